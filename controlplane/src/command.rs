@@ -1,0 +1,189 @@
+//! Commands: intents from the API, hosts and controllers. `decide` turns one into a
+//! proposal of events, or rejects it. Commands are never stored in the log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Disk, DomainSpec, HostState, Labels, MigrationId, MigrationPhase, NetworkConfig, ObservedPhase,
+    PoolConfig, Resources, SnapshotKind, VolumeFormat, VolumeRef,
+};
+
+/// A command with who sent it and the id that makes retries safe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Unique per principal; a retry reuses it and gets the first answer.
+    pub request_id: String,
+    pub principal: String,
+    pub command: Command,
+}
+
+/// Everything that can be asked of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    // --- hosts ---
+    /// Register a host, or update a registered one (a host that was fenced or left joins
+    /// again).
+    RegisterHost {
+        name: String,
+        address: String,
+        capacity: Resources,
+        labels: Labels,
+    },
+    SetHostState {
+        name: String,
+        state: HostState,
+    },
+
+    // --- domains ---
+    DefineDomain {
+        name: String,
+        spec: DomainSpec,
+    },
+    UndefineDomain {
+        name: String,
+    },
+    StartDomain {
+        name: String,
+    },
+    ShutdownDomain {
+        name: String,
+    },
+    DestroyDomain {
+        name: String,
+    },
+    RebootDomain {
+        name: String,
+    },
+    SuspendDomain {
+        name: String,
+    },
+    ResumeDomain {
+        name: String,
+    },
+    /// Attach a disk to a stopped domain.
+    AttachDisk {
+        domain: String,
+        disk: Disk,
+    },
+    /// Detach a disk from a stopped domain.
+    DetachDisk {
+        domain: String,
+        volume: VolumeRef,
+    },
+    /// A host reports what the VM of run `generation` is doing.
+    ReportObservation {
+        domain: String,
+        host: String,
+        generation: u64,
+        phase: ObservedPhase,
+        reason: Option<String>,
+    },
+
+    // --- networks ---
+    CreateNetwork {
+        name: String,
+        config: NetworkConfig,
+    },
+    DeleteNetwork {
+        name: String,
+    },
+
+    // --- storage ---
+    CreatePool {
+        name: String,
+        config: PoolConfig,
+    },
+    DeletePool {
+        name: String,
+    },
+    /// Create a volume; with `backing`, a qcow2 copy-on-write clone of that volume of the
+    /// same pool.
+    CreateVolume {
+        volume: VolumeRef,
+        format: VolumeFormat,
+        capacity_mib: u64,
+        backing: Option<String>,
+    },
+    DeleteVolume {
+        volume: VolumeRef,
+    },
+    /// Grow a volume that no running domain holds.
+    ResizeVolume {
+        volume: VolumeRef,
+        capacity_mib: u64,
+    },
+    ReportVolumeAllocation {
+        volume: VolumeRef,
+        allocation_mib: u64,
+    },
+
+    // --- snapshots ---
+    CreateSnapshot {
+        domain: String,
+        name: String,
+        kind: SnapshotKind,
+    },
+    DeleteSnapshot {
+        domain: String,
+        name: String,
+    },
+    RevertSnapshot {
+        domain: String,
+        name: String,
+    },
+
+    // --- migrations ---
+    /// Live-migrate a running domain; without a target the scheduler picks one.
+    StartMigration {
+        domain: String,
+        target: Option<String>,
+    },
+    ReportMigrationProgress {
+        id: MigrationId,
+        phase: MigrationPhase,
+    },
+    /// The switch-over: ownership moves to the target.
+    CommitMigration {
+        id: MigrationId,
+    },
+    AbortMigration {
+        id: MigrationId,
+        reason: String,
+    },
+}
+
+impl Command {
+    /// The command's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::RegisterHost { .. } => "RegisterHost",
+            Command::SetHostState { .. } => "SetHostState",
+            Command::DefineDomain { .. } => "DefineDomain",
+            Command::UndefineDomain { .. } => "UndefineDomain",
+            Command::StartDomain { .. } => "StartDomain",
+            Command::ShutdownDomain { .. } => "ShutdownDomain",
+            Command::DestroyDomain { .. } => "DestroyDomain",
+            Command::RebootDomain { .. } => "RebootDomain",
+            Command::SuspendDomain { .. } => "SuspendDomain",
+            Command::ResumeDomain { .. } => "ResumeDomain",
+            Command::AttachDisk { .. } => "AttachDisk",
+            Command::DetachDisk { .. } => "DetachDisk",
+            Command::ReportObservation { .. } => "ReportObservation",
+            Command::CreateNetwork { .. } => "CreateNetwork",
+            Command::DeleteNetwork { .. } => "DeleteNetwork",
+            Command::CreatePool { .. } => "CreatePool",
+            Command::DeletePool { .. } => "DeletePool",
+            Command::CreateVolume { .. } => "CreateVolume",
+            Command::DeleteVolume { .. } => "DeleteVolume",
+            Command::ResizeVolume { .. } => "ResizeVolume",
+            Command::ReportVolumeAllocation { .. } => "ReportVolumeAllocation",
+            Command::CreateSnapshot { .. } => "CreateSnapshot",
+            Command::DeleteSnapshot { .. } => "DeleteSnapshot",
+            Command::RevertSnapshot { .. } => "RevertSnapshot",
+            Command::StartMigration { .. } => "StartMigration",
+            Command::ReportMigrationProgress { .. } => "ReportMigrationProgress",
+            Command::CommitMigration { .. } => "CommitMigration",
+            Command::AbortMigration { .. } => "AbortMigration",
+        }
+    }
+}

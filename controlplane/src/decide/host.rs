@@ -1,0 +1,97 @@
+//! Host commands.
+
+use super::Draft;
+use crate::event::Event;
+use crate::limits::{ADDRESS_LEN_MAX, HOST_MEMORY_MIB_MAX, HOST_VCPUS_MAX};
+use crate::model::{HostState, Labels, ResourceKey, ResourceKind, Resources};
+use crate::rejection::Rejection;
+use crate::validate;
+
+pub(super) fn register(
+    d: &mut Draft<'_>,
+    name: &str,
+    address: &str,
+    capacity: Resources,
+    labels: &Labels,
+) -> Result<(), Rejection> {
+    validate::name("name", name)?;
+    validate::token("address", address, ADDRESS_LEN_MAX)?;
+    validate::range("capacity.vcpus", capacity.vcpus, 1, HOST_VCPUS_MAX)?;
+    validate::range(
+        "capacity.memory_mib",
+        capacity.memory_mib,
+        1,
+        HOST_MEMORY_MIB_MAX,
+    )?;
+    validate::labels("labels", labels)?;
+    let Some(host) = d.state.host(name) else {
+        d.guard(ResourceKey::Host(name.to_owned()));
+        d.emit(Event::HostRegistered {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            capacity,
+            labels: labels.clone(),
+        });
+        return Ok(());
+    };
+    d.guard(ResourceKey::Host(name.to_owned()));
+    if !host.allocated.fits_within(capacity) {
+        return Err(Rejection::precondition(
+            ResourceKind::Host,
+            name,
+            format!(
+                "capacity {} vCPUs / {} MiB is below what its domains use ({} vCPUs / {} MiB)",
+                capacity.vcpus,
+                capacity.memory_mib,
+                host.allocated.vcpus,
+                host.allocated.memory_mib
+            ),
+        ));
+    }
+    if host.address != address || host.capacity != capacity || &host.labels != labels {
+        d.emit(Event::HostUpdated {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            capacity,
+            labels: labels.clone(),
+        });
+    }
+    if matches!(host.state, HostState::Fenced | HostState::Left) {
+        d.emit(Event::HostStateChanged {
+            name: name.to_owned(),
+            state: HostState::Joining,
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<(), Rejection> {
+    let host = d.host(name)?;
+    if host.state == to {
+        return Ok(());
+    }
+    if !host.state.may_become(to) {
+        let hint = if to == HostState::Joining {
+            "; register the host again to rejoin"
+        } else {
+            ""
+        };
+        return Err(Rejection::precondition(
+            ResourceKind::Host,
+            name,
+            format!("cannot go from {} to {to}{hint}", host.state),
+        ));
+    }
+    if to == HostState::Left && !host.domains.is_empty() {
+        return Err(Rejection::precondition(
+            ResourceKind::Host,
+            name,
+            format!("still holds {} domains; drain it first", host.domains.len()),
+        ));
+    }
+    d.emit(Event::HostStateChanged {
+        name: name.to_owned(),
+        state: to,
+    });
+    Ok(())
+}

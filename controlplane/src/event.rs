@@ -1,0 +1,376 @@
+//! Events: the facts in the log. Replaying them needs no command logic.
+//!
+//! **Append only.** The codec encodes a variant by its position, so a new variant goes at
+//! the end of [`Event`], and no variant or field is ever changed or removed; the golden
+//! files in `tests/golden/` prove that events written by earlier builds still decode.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    DesiredState, Disk, DomainSpec, HostState, Labels, Mac, MigrationId, MigrationPhase,
+    NetworkConfig, ObservedPhase, PoolConfig, ResourceKey, Resources, SnapshotKind, VolumeFormat,
+    VolumeRef,
+};
+
+/// One event with its place in history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    /// Position in the cluster's history: 1, 2, 3, … with no gaps.
+    pub seq: u64,
+    /// When the proposer decided it (ms since the Unix epoch).
+    pub time_ms: u64,
+    /// Who asked for it.
+    pub principal: String,
+    /// The client's request id; every event of one request carries it.
+    pub request_id: String,
+    pub event: Event,
+}
+
+/// Every change to the cluster's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    // --- hosts ---
+    HostRegistered {
+        name: String,
+        address: String,
+        capacity: Resources,
+        labels: Labels,
+    },
+    HostUpdated {
+        name: String,
+        address: String,
+        capacity: Resources,
+        labels: Labels,
+    },
+    HostStateChanged {
+        name: String,
+        state: HostState,
+    },
+
+    // --- domain life cycle ---
+    DomainDefined {
+        name: String,
+        spec: DomainSpec,
+    },
+    DomainUndefined {
+        name: String,
+    },
+    DomainStartRequested {
+        name: String,
+    },
+    DomainShutdownRequested {
+        name: String,
+    },
+    DomainDestroyRequested {
+        name: String,
+    },
+    DomainRebootRequested {
+        name: String,
+    },
+    DomainSuspendRequested {
+        name: String,
+    },
+    DomainResumeRequested {
+        name: String,
+    },
+    /// The domain is placed on `host` for run number `generation`.
+    DomainScheduled {
+        name: String,
+        host: String,
+        generation: u64,
+    },
+    /// The host holding `generation` saw the VM in `phase`.
+    DomainObserved {
+        name: String,
+        generation: u64,
+        phase: ObservedPhase,
+        reason: Option<String>,
+    },
+    /// The run `generation` is over: its host and resources are freed, and the domain now
+    /// wants to be `desired`.
+    DomainReleased {
+        name: String,
+        generation: u64,
+        desired: DesiredState,
+    },
+    DomainDiskAdded {
+        name: String,
+        disk: Disk,
+    },
+    DomainDiskRemoved {
+        name: String,
+        volume: VolumeRef,
+    },
+
+    // --- networks and addresses ---
+    NetworkCreated {
+        name: String,
+        config: NetworkConfig,
+    },
+    NetworkDeleted {
+        name: String,
+    },
+    /// A NIC's lease on a network; `ip` is set where the network manages addresses.
+    IpAllocated {
+        network: String,
+        mac: Mac,
+        ip: Option<Ipv4Addr>,
+        domain: String,
+    },
+    IpReleased {
+        network: String,
+        mac: Mac,
+    },
+
+    // --- storage ---
+    PoolCreated {
+        name: String,
+        config: PoolConfig,
+    },
+    PoolDeleted {
+        name: String,
+    },
+    VolumeCreated {
+        volume: VolumeRef,
+        format: VolumeFormat,
+        capacity_mib: u64,
+        backing: Option<String>,
+    },
+    VolumeDeleted {
+        volume: VolumeRef,
+    },
+    VolumeResized {
+        volume: VolumeRef,
+        capacity_mib: u64,
+    },
+    VolumeAllocationObserved {
+        volume: VolumeRef,
+        allocation_mib: u64,
+    },
+    VolumeAttached {
+        volume: VolumeRef,
+        domain: String,
+        read_only: bool,
+    },
+    VolumeDetached {
+        volume: VolumeRef,
+        domain: String,
+    },
+
+    // --- snapshots ---
+    SnapshotCreated {
+        domain: String,
+        name: String,
+        parent: Option<String>,
+        kind: SnapshotKind,
+    },
+    SnapshotDeleted {
+        domain: String,
+        name: String,
+    },
+    SnapshotReparented {
+        domain: String,
+        name: String,
+        parent: Option<String>,
+    },
+    SnapshotReverted {
+        domain: String,
+        name: String,
+    },
+
+    // --- migrations (the id of a migration is the seq of its MigrationStarted) ---
+    MigrationStarted {
+        domain: String,
+        source: String,
+        target: String,
+    },
+    MigrationPhaseChanged {
+        id: MigrationId,
+        phase: MigrationPhase,
+    },
+    /// The switch-over: from this event on the target owns the domain, run `generation`.
+    MigrationCommitted {
+        id: MigrationId,
+        generation: u64,
+    },
+    MigrationRolledBack {
+        id: MigrationId,
+        reason: String,
+    },
+}
+
+impl Event {
+    /// Every variant's name, in declaration order (= encoding order).
+    pub const KINDS: &'static [&'static str] = &[
+        "HostRegistered",
+        "HostUpdated",
+        "HostStateChanged",
+        "DomainDefined",
+        "DomainUndefined",
+        "DomainStartRequested",
+        "DomainShutdownRequested",
+        "DomainDestroyRequested",
+        "DomainRebootRequested",
+        "DomainSuspendRequested",
+        "DomainResumeRequested",
+        "DomainScheduled",
+        "DomainObserved",
+        "DomainReleased",
+        "DomainDiskAdded",
+        "DomainDiskRemoved",
+        "NetworkCreated",
+        "NetworkDeleted",
+        "IpAllocated",
+        "IpReleased",
+        "PoolCreated",
+        "PoolDeleted",
+        "VolumeCreated",
+        "VolumeDeleted",
+        "VolumeResized",
+        "VolumeAllocationObserved",
+        "VolumeAttached",
+        "VolumeDetached",
+        "SnapshotCreated",
+        "SnapshotDeleted",
+        "SnapshotReparented",
+        "SnapshotReverted",
+        "MigrationStarted",
+        "MigrationPhaseChanged",
+        "MigrationCommitted",
+        "MigrationRolledBack",
+    ];
+
+    /// This variant's name (one of [`Event::KINDS`]).
+    pub fn kind(&self) -> &'static str {
+        Event::KINDS[self.kind_index()]
+    }
+
+    fn kind_index(&self) -> usize {
+        match self {
+            Event::HostRegistered { .. } => 0,
+            Event::HostUpdated { .. } => 1,
+            Event::HostStateChanged { .. } => 2,
+            Event::DomainDefined { .. } => 3,
+            Event::DomainUndefined { .. } => 4,
+            Event::DomainStartRequested { .. } => 5,
+            Event::DomainShutdownRequested { .. } => 6,
+            Event::DomainDestroyRequested { .. } => 7,
+            Event::DomainRebootRequested { .. } => 8,
+            Event::DomainSuspendRequested { .. } => 9,
+            Event::DomainResumeRequested { .. } => 10,
+            Event::DomainScheduled { .. } => 11,
+            Event::DomainObserved { .. } => 12,
+            Event::DomainReleased { .. } => 13,
+            Event::DomainDiskAdded { .. } => 14,
+            Event::DomainDiskRemoved { .. } => 15,
+            Event::NetworkCreated { .. } => 16,
+            Event::NetworkDeleted { .. } => 17,
+            Event::IpAllocated { .. } => 18,
+            Event::IpReleased { .. } => 19,
+            Event::PoolCreated { .. } => 20,
+            Event::PoolDeleted { .. } => 21,
+            Event::VolumeCreated { .. } => 22,
+            Event::VolumeDeleted { .. } => 23,
+            Event::VolumeResized { .. } => 24,
+            Event::VolumeAllocationObserved { .. } => 25,
+            Event::VolumeAttached { .. } => 26,
+            Event::VolumeDetached { .. } => 27,
+            Event::SnapshotCreated { .. } => 28,
+            Event::SnapshotDeleted { .. } => 29,
+            Event::SnapshotReparented { .. } => 30,
+            Event::SnapshotReverted { .. } => 31,
+            Event::MigrationStarted { .. } => 32,
+            Event::MigrationPhaseChanged { .. } => 33,
+            Event::MigrationCommitted { .. } => 34,
+            Event::MigrationRolledBack { .. } => 35,
+        }
+    }
+
+    /// The resource the event is about, for the archive's index. Events that touch a
+    /// second resource (a volume attachment, an address lease) name the primary one here
+    /// and the other in [`Event::related`].
+    pub fn subject(&self) -> ResourceKey {
+        use Event::*;
+        match self {
+            HostRegistered { name, .. }
+            | HostUpdated { name, .. }
+            | HostStateChanged { name, .. } => ResourceKey::Host(name.clone()),
+            DomainDefined { name, .. }
+            | DomainUndefined { name }
+            | DomainStartRequested { name }
+            | DomainShutdownRequested { name }
+            | DomainDestroyRequested { name }
+            | DomainRebootRequested { name }
+            | DomainSuspendRequested { name }
+            | DomainResumeRequested { name }
+            | DomainScheduled { name, .. }
+            | DomainObserved { name, .. }
+            | DomainReleased { name, .. }
+            | DomainDiskAdded { name, .. }
+            | DomainDiskRemoved { name, .. } => ResourceKey::Domain(name.clone()),
+            NetworkCreated { name, .. } | NetworkDeleted { name } => {
+                ResourceKey::Network(name.clone())
+            }
+            IpAllocated { network, .. } | IpReleased { network, .. } => {
+                ResourceKey::Network(network.clone())
+            }
+            PoolCreated { name, .. } | PoolDeleted { name } => ResourceKey::Pool(name.clone()),
+            VolumeCreated { volume, .. }
+            | VolumeDeleted { volume }
+            | VolumeResized { volume, .. }
+            | VolumeAllocationObserved { volume, .. }
+            | VolumeAttached { volume, .. }
+            | VolumeDetached { volume, .. } => ResourceKey::Volume(volume.clone()),
+            SnapshotCreated { domain, name, .. }
+            | SnapshotDeleted { domain, name }
+            | SnapshotReparented { domain, name, .. }
+            | SnapshotReverted { domain, name } => ResourceKey::Snapshot {
+                domain: domain.clone(),
+                name: name.clone(),
+            },
+            MigrationStarted { domain, .. } => ResourceKey::Domain(domain.clone()),
+            MigrationPhaseChanged { id, .. }
+            | MigrationCommitted { id, .. }
+            | MigrationRolledBack { id, .. } => ResourceKey::Migration(*id),
+        }
+    }
+
+    /// Other resources the event changes or names, for the archive's index.
+    pub fn related(&self) -> Vec<ResourceKey> {
+        use Event::*;
+        match self {
+            DomainScheduled { host, .. } => vec![ResourceKey::Host(host.clone())],
+            DomainDiskAdded { disk, .. } => vec![ResourceKey::Volume(disk.volume.clone())],
+            DomainDiskRemoved { volume, .. } => vec![ResourceKey::Volume(volume.clone())],
+            IpAllocated { domain, .. } => vec![ResourceKey::Domain(domain.clone())],
+            VolumeCreated {
+                volume,
+                backing: Some(b),
+                ..
+            } => {
+                vec![
+                    ResourceKey::Pool(volume.pool.clone()),
+                    ResourceKey::Volume(VolumeRef::new(&volume.pool, b)),
+                ]
+            }
+            VolumeCreated { volume, .. } | VolumeDeleted { volume } => {
+                vec![ResourceKey::Pool(volume.pool.clone())]
+            }
+            VolumeAttached { domain, .. } | VolumeDetached { domain, .. } => {
+                vec![ResourceKey::Domain(domain.clone())]
+            }
+            SnapshotCreated { domain, .. }
+            | SnapshotDeleted { domain, .. }
+            | SnapshotReverted { domain, .. } => vec![ResourceKey::Domain(domain.clone())],
+            MigrationStarted { source, target, .. } => {
+                vec![
+                    ResourceKey::Host(source.clone()),
+                    ResourceKey::Host(target.clone()),
+                ]
+            }
+            _ => Vec::new(),
+        }
+    }
+}

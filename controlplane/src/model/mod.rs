@@ -1,0 +1,34 @@
+//! The resource model: what the replicated state is made of.
+//!
+//! Every resource carries a `version`: the sequence number of the last event that changed
+//! it (0 means "absent"). Proposals guard on these versions.
+
+mod cidr;
+mod domain;
+mod host;
+mod mac;
+mod migration;
+mod network;
+mod pool;
+mod resource_key;
+mod resources;
+mod snapshot;
+mod volume;
+
+pub use cidr::{Cidr, CidrError};
+pub use domain::{
+    Boot, DesiredState, Disk, Domain, DomainSpec, DomainStatus, HaPolicy, Nic, ObservedPhase,
+    Phase, Placement, StopMode,
+};
+pub use host::{Host, HostState};
+pub use mac::{Mac, MacError};
+pub use migration::{Migration, MigrationId, MigrationPhase};
+pub use network::{Lease, Network, NetworkConfig, NetworkMode};
+pub use pool::{Pool, PoolConfig, PoolKind};
+pub use resource_key::{ResourceKey, ResourceKind};
+pub use resources::Resources;
+pub use snapshot::{Snapshot, SnapshotKind};
+pub use volume::{AttachMode, Volume, VolumeFormat, VolumeRef};
+
+/// Labels on a host, or labels a domain requires of its host.
+pub type Labels = std::collections::BTreeMap<String, String>;

@@ -1,0 +1,119 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Cidr, Mac};
+
+/// How a virtual network reaches the outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkMode {
+    /// Guests see each other and nothing else.
+    Isolated,
+    /// Guests reach out through the host's address (masquerade).
+    Nat,
+    /// Guests sit on an existing host bridge.
+    Bridge,
+}
+
+/// A network's settings, fixed at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub mode: NetworkMode,
+    /// Required for isolated and NAT networks; optional for a bridge, where it turns on
+    /// Drover's address management for that segment.
+    pub cidr: Option<Cidr>,
+    /// Defaults to the first host address for isolated and NAT networks.
+    pub gateway: Option<Ipv4Addr>,
+    /// The host bridge to join (bridge mode only).
+    pub bridge: Option<String>,
+}
+
+/// One NIC's lease on a network: its MAC, and its address where the network has a CIDR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub domain: String,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// A virtual network with its address management.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub config: NetworkConfig,
+    /// Every NIC on this network, by MAC.
+    pub leases: BTreeMap<Mac, Lease>,
+    /// The addresses in `leases`, for allocation.
+    pub used_ips: BTreeSet<Ipv4Addr>,
+    pub created_ms: u64,
+    pub version: u64,
+}
+
+impl Network {
+    /// The lowest address not in use: not network, broadcast or gateway, not leased, not
+    /// in `also_taken` (addresses picked for a proposal not applied yet). `None` when the
+    /// network has no CIDR or is full.
+    pub fn next_free_ip(&self, also_taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+        let cidr = self.config.cidr?;
+        let first = u32::from(cidr.first_host());
+        let last = u32::from(cidr.broadcast()) - 1;
+        let gateway = self.config.gateway.map(u32::from);
+        let mut used = self.used_ips.iter().map(|ip| u32::from(*ip)).peekable();
+        let mut candidate = first;
+        while candidate <= last {
+            while used.peek().is_some_and(|u| *u < candidate) {
+                used.next();
+            }
+            let pending = also_taken.iter().any(|ip| u32::from(*ip) == candidate);
+            if Some(candidate) == gateway || used.peek() == Some(&candidate) || pending {
+                candidate += 1;
+                continue;
+            }
+            return Some(Ipv4Addr::from(candidate));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(cidr: &str) -> Network {
+        let cidr: Cidr = cidr.parse().unwrap();
+        Network {
+            name: "n".into(),
+            config: NetworkConfig {
+                mode: NetworkMode::Nat,
+                cidr: Some(cidr),
+                gateway: Some(cidr.first_host()),
+                bridge: None,
+            },
+            leases: BTreeMap::new(),
+            used_ips: BTreeSet::new(),
+            created_ms: 0,
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn allocates_lowest_free_and_skips_gateway() {
+        let mut n = net("192.0.2.0/29"); // .1 gateway, .2-.6 free, .7 broadcast
+        let mut got = Vec::new();
+        while let Some(ip) = n.next_free_ip(&[]) {
+            n.used_ips.insert(ip);
+            got.push(ip.octets()[3]);
+        }
+        assert_eq!(got, vec![2, 3, 4, 5, 6]);
+        n.used_ips.remove(&Ipv4Addr::new(192, 0, 2, 4));
+        assert_eq!(n.next_free_ip(&[]), Some(Ipv4Addr::new(192, 0, 2, 4)));
+        assert_eq!(n.next_free_ip(&[Ipv4Addr::new(192, 0, 2, 4)]), None);
+    }
+
+    #[test]
+    fn no_cidr_no_addresses() {
+        let mut n = net("192.0.2.0/30");
+        n.config.cidr = None;
+        assert_eq!(n.next_free_ip(&[]), None);
+    }
+}

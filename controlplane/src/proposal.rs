@@ -1,0 +1,65 @@
+//! Proposals: what `decide` produces and the log carries.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::model::ResourceKey;
+
+/// "This resource is still at this version" (0: "does not exist"). Checked at apply time
+/// against the then-latest state; one failure voids the whole proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Precondition {
+    pub key: ResourceKey,
+    pub version: u64,
+}
+
+/// The decided result of one request: events to append if every precondition still holds.
+/// This is the raft log's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub request_id: String,
+    pub principal: String,
+    /// The proposer's clock when it decided, stamped on every event.
+    pub time_ms: u64,
+    pub preconditions: Vec<Precondition>,
+    pub events: Vec<Event>,
+}
+
+/// Where a committed request's events landed: `first_seq..=last_seq`. A request that
+/// changed nothing has an empty range (`last_seq == first_seq - 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+impl Committed {
+    pub fn event_count(self) -> u64 {
+        self.last_seq + 1 - self.first_seq
+    }
+}
+
+/// What `decide` returns for an acceptable request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Propose these events.
+    Propose(Proposal),
+    /// The request id was already committed: here is the first answer, do nothing.
+    AlreadyCommitted(Committed),
+}
+
+/// What applying a proposal did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProposalOutcome {
+    /// Every event was applied.
+    Applied(Committed),
+    /// The request id had been committed before (a retry raced the first attempt); nothing
+    /// was applied and this is the first answer.
+    Duplicate(Committed),
+    /// A precondition failed; nothing was applied. The proposer re-decides.
+    Conflict {
+        key: ResourceKey,
+        expected: u64,
+        actual: u64,
+    },
+}

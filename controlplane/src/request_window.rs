@@ -1,0 +1,85 @@
+//! The idempotency window: which requests have been committed, and where.
+//!
+//! A request is known by its principal and request id. The window remembers the last
+//! [`REQUEST_WINDOW_MAX`] committed requests that changed something; a retry of one of
+//! those gets the first answer instead of a second effect. A retry arriving after its
+//! request has been pushed out of the window (65,536 later writes) is decided afresh,
+//! which is safe for every command whose second effect is a rejection (defining twice,
+//! deleting twice) and a repeat for the rest; clients retry within seconds, far inside it.
+//!
+//! The window is part of the replicated state and of its hash, and it is rebuilt by
+//! replaying events (every envelope carries its principal and request id), so every
+//! replica deduplicates identically.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::REQUEST_WINDOW_MAX;
+use crate::proposal::Committed;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestWindow {
+    entries: BTreeMap<String, Committed>,
+    /// Keys in commit order, oldest first.
+    order: VecDeque<String>,
+}
+
+fn key(principal: &str, request_id: &str) -> String {
+    // Neither part may contain control characters (decide checks), so NUL separates them.
+    let mut k = String::with_capacity(principal.len() + 1 + request_id.len());
+    k.push_str(principal);
+    k.push('\0');
+    k.push_str(request_id);
+    k
+}
+
+impl RequestWindow {
+    /// The first answer to this request, if it was committed and is still remembered.
+    pub fn get(&self, principal: &str, request_id: &str) -> Option<Committed> {
+        self.entries.get(&key(principal, request_id)).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Record that event `seq` belongs to this request. The events of one request are
+    /// contiguous; a request id seen earlier and then again later is a broken invariant.
+    pub(crate) fn record(&mut self, principal: &str, request_id: &str, seq: u64) {
+        let k = key(principal, request_id);
+        if self.order.back() == Some(&k) {
+            let entry = self
+                .entries
+                .get_mut(&k)
+                .expect("window order and entries agree");
+            assert_eq!(
+                entry.last_seq + 1,
+                seq,
+                "events of one request are contiguous"
+            );
+            entry.last_seq = seq;
+            return;
+        }
+        let previous = self.entries.insert(
+            k.clone(),
+            Committed {
+                first_seq: seq,
+                last_seq: seq,
+            },
+        );
+        assert!(
+            previous.is_none(),
+            "request {request_id:?} of {principal:?} applied twice"
+        );
+        self.order.push_back(k);
+        while self.order.len() > REQUEST_WINDOW_MAX {
+            let oldest = self.order.pop_front().expect("window is not empty");
+            self.entries.remove(&oldest);
+        }
+    }
+}

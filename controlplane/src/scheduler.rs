@@ -1,0 +1,150 @@
+//! Placement: which host runs a domain. A pure function of the state.
+//!
+//! A host fits when it is ready, has the vCPUs and memory free, carries every required
+//! label, and runs no other domain of the domain's anti-affinity group. Among the hosts
+//! that fit, the scheduler spreads load: it picks the host whose fuller dimension (vCPU or
+//! memory share) would be lowest after the placement, ties broken by host name. The same
+//! state always gives the same answer.
+
+use std::fmt;
+
+use crate::model::{DomainSpec, Host, HostState};
+use crate::state::State;
+
+/// Why one host cannot take a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misfit {
+    NotReady(HostState),
+    Vcpus,
+    Memory,
+    Labels,
+    /// Another domain of the group runs there.
+    AntiAffinity(String),
+}
+
+impl fmt::Display for Misfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Misfit::NotReady(s) => write!(f, "host is {s}"),
+            Misfit::Vcpus => f.write_str("not enough free vCPUs"),
+            Misfit::Memory => f.write_str("not enough free memory"),
+            Misfit::Labels => f.write_str("missing required labels"),
+            Misfit::AntiAffinity(d) => write!(f, "runs {d} of the same anti-affinity group"),
+        }
+    }
+}
+
+/// Why no host could take a domain: how many hosts failed for each reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoPlacement {
+    pub hosts: usize,
+    pub not_ready: usize,
+    pub vcpus: usize,
+    pub memory: usize,
+    pub labels: usize,
+    pub anti_affinity: usize,
+}
+
+impl fmt::Display for NoPlacement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.hosts == 0 {
+            return f.write_str("no host can run it: the cluster has no candidate hosts");
+        }
+        write!(f, "no host can run it: of {} hosts", self.hosts)?;
+        let parts = [
+            (self.not_ready, "not ready"),
+            (self.vcpus, "short of vCPUs"),
+            (self.memory, "short of memory"),
+            (self.labels, "missing required labels"),
+            (self.anti_affinity, "running its anti-affinity group"),
+        ];
+        let mut first = true;
+        for (n, what) in parts.into_iter().filter(|(n, _)| *n > 0) {
+            write!(f, "{} {n} {what}", if first { "" } else { "," })?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `host` can take domain `name` with `spec` now.
+pub fn fit(state: &State, host: &Host, name: &str, spec: &DomainSpec) -> Result<(), Misfit> {
+    if host.state != HostState::Ready {
+        return Err(Misfit::NotReady(host.state));
+    }
+    let free = host.free();
+    if spec.vcpus > free.vcpus {
+        return Err(Misfit::Vcpus);
+    }
+    if spec.memory_mib > free.memory_mib {
+        return Err(Misfit::Memory);
+    }
+    if !spec
+        .placement
+        .required_labels
+        .iter()
+        .all(|(k, v)| host.labels.get(k) == Some(v))
+    {
+        return Err(Misfit::Labels);
+    }
+    if let Some(group) = &spec.placement.anti_affinity_group {
+        for other in host.domains.iter().filter(|d| d.as_str() != name) {
+            let same_group = state
+                .domain(other)
+                .is_some_and(|d| d.spec.placement.anti_affinity_group.as_ref() == Some(group));
+            if same_group {
+                return Err(Misfit::AntiAffinity(other.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Load after placing `spec` on `host`, in millionths of the fuller dimension.
+fn load_after(host: &Host, spec: &DomainSpec) -> u64 {
+    let share = |used: u64, cap: u64| {
+        used.saturating_mul(1_000_000)
+            .checked_div(cap)
+            .unwrap_or(u64::MAX)
+    };
+    let cpu = share(
+        u64::from(host.allocated.vcpus + spec.vcpus),
+        u64::from(host.capacity.vcpus),
+    );
+    let mem = share(
+        host.allocated.memory_mib + spec.memory_mib,
+        host.capacity.memory_mib,
+    );
+    cpu.max(mem)
+}
+
+/// Pick a host for domain `name`, never `exclude` (a migration's source).
+pub fn place(
+    state: &State,
+    name: &str,
+    spec: &DomainSpec,
+    exclude: Option<&str>,
+) -> Result<String, NoPlacement> {
+    let mut best: Option<(u64, &Host)> = None;
+    let mut why = NoPlacement::default();
+    for host in state.hosts().values() {
+        if Some(host.name.as_str()) == exclude || host.state == HostState::Left {
+            continue;
+        }
+        why.hosts += 1;
+        match fit(state, host, name, spec) {
+            Ok(()) => {
+                let load = load_after(host, spec);
+                if best.is_none_or(|(b, _)| load < b) {
+                    best = Some((load, host));
+                }
+            }
+            Err(Misfit::NotReady(_)) => why.not_ready += 1,
+            Err(Misfit::Vcpus) => why.vcpus += 1,
+            Err(Misfit::Memory) => why.memory += 1,
+            Err(Misfit::Labels) => why.labels += 1,
+            Err(Misfit::AntiAffinity(_)) => why.anti_affinity += 1,
+        }
+    }
+    best.map(|(_, h)| h.name.clone()).ok_or(why)
+}

@@ -1,0 +1,123 @@
+//! The replicated state: every resource, as the events so far have made it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    Domain, Host, Migration, MigrationId, Network, Pool, ResourceKey, Snapshot, Volume, VolumeRef,
+};
+use crate::request_window::RequestWindow;
+
+/// The whole cluster state. Only [`crate::apply`] changes it. Every map is ordered, so
+/// its encoding (and so its hash) is canonical.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub(crate) last_seq: u64,
+    pub(crate) hosts: BTreeMap<String, Host>,
+    pub(crate) domains: BTreeMap<String, Domain>,
+    pub(crate) networks: BTreeMap<String, Network>,
+    pub(crate) pools: BTreeMap<String, Pool>,
+    pub(crate) volumes: BTreeMap<VolumeRef, Volume>,
+    /// Keyed by (domain, snapshot name).
+    pub(crate) snapshots: BTreeMap<(String, String), Snapshot>,
+    pub(crate) migrations: BTreeMap<MigrationId, Migration>,
+    /// Ended migrations still kept, oldest first (bounded by `ENDED_MIGRATIONS_KEPT_MAX`).
+    pub(crate) ended_migrations: VecDeque<MigrationId>,
+    pub(crate) requests: RequestWindow,
+}
+
+impl State {
+    pub fn new() -> State {
+        State::default()
+    }
+
+    /// Sequence number of the last applied event (0 for the empty state).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn hosts(&self) -> &BTreeMap<String, Host> {
+        &self.hosts
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.get(name)
+    }
+
+    pub fn domains(&self) -> &BTreeMap<String, Domain> {
+        &self.domains
+    }
+
+    pub fn domain(&self, name: &str) -> Option<&Domain> {
+        self.domains.get(name)
+    }
+
+    pub fn networks(&self) -> &BTreeMap<String, Network> {
+        &self.networks
+    }
+
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.get(name)
+    }
+
+    pub fn pools(&self) -> &BTreeMap<String, Pool> {
+        &self.pools
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.get(name)
+    }
+
+    pub fn volumes(&self) -> &BTreeMap<VolumeRef, Volume> {
+        &self.volumes
+    }
+
+    pub fn volume(&self, id: &VolumeRef) -> Option<&Volume> {
+        self.volumes.get(id)
+    }
+
+    pub fn snapshots(&self) -> &BTreeMap<(String, String), Snapshot> {
+        &self.snapshots
+    }
+
+    pub fn snapshot(&self, domain: &str, name: &str) -> Option<&Snapshot> {
+        self.snapshots.get(&(domain.to_owned(), name.to_owned()))
+    }
+
+    /// The snapshots of one domain, by name.
+    pub fn snapshots_of<'a>(&'a self, domain: &'a str) -> impl Iterator<Item = &'a Snapshot> + 'a {
+        self.snapshots
+            .range((domain.to_owned(), String::new())..)
+            .take_while(move |((d, _), _)| d == domain)
+            .map(|(_, s)| s)
+    }
+
+    pub fn migrations(&self) -> &BTreeMap<MigrationId, Migration> {
+        &self.migrations
+    }
+
+    pub fn migration(&self, id: MigrationId) -> Option<&Migration> {
+        self.migrations.get(&id)
+    }
+
+    pub fn requests(&self) -> &RequestWindow {
+        &self.requests
+    }
+
+    /// The version of a resource; 0 when it does not exist.
+    pub fn version_of(&self, key: &ResourceKey) -> u64 {
+        match key {
+            ResourceKey::Host(n) => self.hosts.get(n).map_or(0, |r| r.version),
+            ResourceKey::Domain(n) => self.domains.get(n).map_or(0, |r| r.version),
+            ResourceKey::Network(n) => self.networks.get(n).map_or(0, |r| r.version),
+            ResourceKey::Pool(n) => self.pools.get(n).map_or(0, |r| r.version),
+            ResourceKey::Volume(v) => self.volumes.get(v).map_or(0, |r| r.version),
+            ResourceKey::Snapshot { domain, name } => self
+                .snapshots
+                .get(&(domain.clone(), name.clone()))
+                .map_or(0, |r| r.version),
+            ResourceKey::Migration(id) => self.migrations.get(id).map_or(0, |r| r.version),
+        }
+    }
+}
