@@ -210,3 +210,6 @@ impl<'s> Draft<'s> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

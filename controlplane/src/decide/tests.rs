@@ -1,0 +1,1949 @@
+//! One test case per rejection `decide` can give, plus the paths that succeed around them.
+//! Each case names the command, the gRPC code it must map to and a phrase of the message.
+
+use std::collections::BTreeMap;
+
+use crate::fixtures::{dir_pool, kernel_spec, nat_network, register_host, Harness};
+use crate::model::{
+    Boot, Cidr, Disk, DomainSpec, HaPolicy, HostState, Labels, Mac, MigrationPhase, NetworkConfig,
+    NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, VolumeFormat,
+    VolumeRef,
+};
+use crate::{decide, state_hash, Command, Decision, RejectionCode, Request};
+
+use RejectionCode::*;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn vol(pool: &str, name: &str) -> VolumeRef {
+    VolumeRef::new(pool, name)
+}
+
+fn ok(h: &mut Harness, command: Command) {
+    let name = command.name();
+    if let Err(e) = h.exec(command) {
+        panic!("setup {name} rejected: {e}");
+    }
+}
+
+fn observe(h: &mut Harness, domain: &str, phase: ObservedPhase) {
+    let d = h.state.domain(domain).unwrap();
+    let (host, generation) = (d.status.host.clone().unwrap(), d.status.generation);
+    ok(
+        h,
+        Command::ReportObservation {
+            domain: domain.into(),
+            host,
+            generation,
+            phase,
+            reason: None,
+        },
+    );
+}
+
+fn run(h: &mut Harness, domain: &str) {
+    ok(
+        h,
+        Command::StartDomain {
+            name: domain.into(),
+        },
+    );
+    observe(h, domain, ObservedPhase::Running);
+}
+
+fn spec_with(disks: &[(VolumeRef, bool)], nets: &[&str]) -> DomainSpec {
+    let mut spec = kernel_spec(1, 512);
+    spec.disks = disks
+        .iter()
+        .map(|(v, ro)| Disk {
+            volume: v.clone(),
+            read_only: *ro,
+        })
+        .collect();
+    spec.nics = nets
+        .iter()
+        .map(|n| Nic {
+            network: n.to_string(),
+            mac: None,
+        })
+        .collect();
+    spec
+}
+
+/// The world every case starts from.
+fn world() -> Harness {
+    let mut h = Harness::new();
+    ok(
+        &mut h,
+        Command::RegisterHost {
+            name: "h1".into(),
+            address: "127.0.0.1:7001".into(),
+            capacity: Resources {
+                vcpus: 8,
+                memory_mib: 8192,
+            },
+            labels: labels(&[("zone", "a")]),
+        },
+    );
+    ok(
+        &mut h,
+        Command::SetHostState {
+            name: "h1".into(),
+            state: HostState::Ready,
+        },
+    );
+    ok(
+        &mut h,
+        Command::RegisterHost {
+            name: "h2".into(),
+            address: "127.0.0.1:7002".into(),
+            capacity: Resources {
+                vcpus: 8,
+                memory_mib: 8192,
+            },
+            labels: labels(&[("zone", "b")]),
+        },
+    );
+    ok(
+        &mut h,
+        Command::SetHostState {
+            name: "h2".into(),
+            state: HostState::Ready,
+        },
+    );
+    ok(&mut h, register_host("h3", 4, 4096)); // stays joining
+    ok(&mut h, nat_network("net", "10.0.0.0/29")); // .1 gateway, .2-.6 free
+    ok(
+        &mut h,
+        Command::CreateNetwork {
+            name: "lan".into(),
+            config: NetworkConfig {
+                mode: NetworkMode::Bridge,
+                cidr: None,
+                gateway: None,
+                bridge: Some("br0".into()),
+            },
+        },
+    );
+    ok(&mut h, dir_pool("local", false, 10_000));
+    ok(&mut h, dir_pool("shared", true, 10_000));
+    for (pool, name, format, size) in [
+        ("shared", "base", VolumeFormat::Qcow2, 1000),
+        ("shared", "data", VolumeFormat::Qcow2, 1000),
+        ("shared", "spare", VolumeFormat::Qcow2, 100),
+        ("shared", "iso", VolumeFormat::Raw, 100),
+        ("local", "raw", VolumeFormat::Raw, 1000),
+    ] {
+        ok(
+            &mut h,
+            Command::CreateVolume {
+                volume: vol(pool, name),
+                format,
+                capacity_mib: size,
+                backing: None,
+            },
+        );
+    }
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "web".into(),
+            spec: spec_with(&[(vol("shared", "data"), false)], &["net"]),
+        },
+    );
+    run(&mut h, "web");
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "db".into(),
+            spec: spec_with(&[(vol("local", "raw"), false)], &[]),
+        },
+    );
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "cd".into(),
+            spec: spec_with(&[(vol("shared", "iso"), true)], &[]),
+        },
+    );
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "paused".into(),
+            spec: kernel_spec(1, 256),
+        },
+    );
+    run(&mut h, "paused");
+    ok(
+        &mut h,
+        Command::SuspendDomain {
+            name: "paused".into(),
+        },
+    );
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "stopping".into(),
+            spec: kernel_spec(1, 256),
+        },
+    );
+    run(&mut h, "stopping");
+    ok(
+        &mut h,
+        Command::ShutdownDomain {
+            name: "stopping".into(),
+        },
+    );
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "idle".into(),
+            spec: kernel_spec(1, 256),
+        },
+    );
+    h
+}
+
+/// Assert every case is rejected with its code and phrase, and changes nothing.
+#[track_caller]
+fn assert_rejections(h: &Harness, cases: Vec<(&str, Command, RejectionCode, &str)>) {
+    let before = state_hash(&h.state);
+    for (case, command, code, phrase) in cases {
+        let request = Request {
+            request_id: "case".into(),
+            principal: "tester".into(),
+            command,
+        };
+        match decide(&h.state, &request, 42) {
+            Ok(d) => panic!("case {case:?}: expected {code:?}, was accepted: {d:?}"),
+            Err(r) => {
+                assert_eq!(r.code(), code, "case {case:?}: {r}");
+                assert!(
+                    r.to_string().contains(phrase),
+                    "case {case:?}: {r:?} lacks {phrase:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(state_hash(&h.state), before);
+}
+
+fn req(request_id: &str, principal: &str, command: Command) -> Request {
+    Request {
+        request_id: request_id.into(),
+        principal: principal.into(),
+        command,
+    }
+}
+
+#[test]
+fn request_envelope_rejections() {
+    let h = world();
+    let cmd = || Command::StartDomain {
+        name: "idle".into(),
+    };
+    for (case, r) in [
+        ("empty request id", req("", "p", cmd())),
+        ("space in request id", req("a b", "p", cmd())),
+        ("long request id", req(&"r".repeat(129), "p", cmd())),
+        ("empty principal", req("r", "", cmd())),
+        ("long principal", req("r", &"p".repeat(129), cmd())),
+    ] {
+        let e = decide(&h.state, &r, 1).expect_err(case);
+        assert_eq!(e.code(), InvalidArgument, "{case}");
+    }
+}
+
+#[test]
+fn host_rejections() {
+    let mut h = world();
+    let reg =
+        |name: &str, vcpus, memory_mib, labels: Labels, address: &str| Command::RegisterHost {
+            name: name.into(),
+            address: address.into(),
+            capacity: Resources { vcpus, memory_mib },
+            labels,
+        };
+    let web_host = h.state.domain("web").unwrap().status.host.clone().unwrap();
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "bad name",
+                reg("Bad_Name", 1, 1, Labels::new(), "a:1"),
+                InvalidArgument,
+                "name",
+            ),
+            (
+                "zero vcpus",
+                reg("h9", 0, 1024, Labels::new(), "a:1"),
+                InvalidArgument,
+                "capacity.vcpus",
+            ),
+            (
+                "huge memory",
+                reg("h9", 1, u64::MAX, Labels::new(), "a:1"),
+                InvalidArgument,
+                "capacity.memory_mib",
+            ),
+            (
+                "bad label",
+                reg("h9", 1, 1024, labels(&[("Zone", "a")]), "a:1"),
+                InvalidArgument,
+                "label key",
+            ),
+            (
+                "empty address",
+                reg("h9", 1, 1024, Labels::new(), ""),
+                InvalidArgument,
+                "address",
+            ),
+            (
+                "shrink below use",
+                reg(&web_host, 1, 64, Labels::new(), "a:1"),
+                FailedPrecondition,
+                "below what its domains use",
+            ),
+            (
+                "unknown host",
+                Command::SetHostState {
+                    name: "nope".into(),
+                    state: HostState::Ready,
+                },
+                NotFound,
+                "host nope",
+            ),
+            (
+                "back to joining",
+                Command::SetHostState {
+                    name: "h2".into(),
+                    state: HostState::Joining,
+                },
+                FailedPrecondition,
+                "register the host again",
+            ),
+            (
+                "leave while busy",
+                Command::SetHostState {
+                    name: web_host.clone(),
+                    state: HostState::Left,
+                },
+                FailedPrecondition,
+                "drain it first",
+            ),
+            (
+                "joining to fenced",
+                Command::SetHostState {
+                    name: "h3".into(),
+                    state: HostState::Fenced,
+                },
+                FailedPrecondition,
+                "cannot go from joining to fenced",
+            ),
+        ],
+    );
+    ok(
+        &mut h,
+        Command::SetHostState {
+            name: "h3".into(),
+            state: HostState::Left,
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![(
+            "left to ready",
+            Command::SetHostState {
+                name: "h3".into(),
+                state: HostState::Ready,
+            },
+            FailedPrecondition,
+            "cannot go from left to ready",
+        )],
+    );
+    // Re-registering brings a departed host back as joining.
+    ok(&mut h, register_host("h3", 4, 4096));
+    assert_eq!(h.state.host("h3").unwrap().state, HostState::Joining);
+}
+
+#[test]
+fn define_rejections() {
+    let h = world();
+    let define = |name: &str, spec: DomainSpec| Command::DefineDomain {
+        name: name.into(),
+        spec,
+    };
+    let with = |f: &dyn Fn(&mut DomainSpec)| {
+        let mut s = kernel_spec(1, 512);
+        f(&mut s);
+        s
+    };
+    let mac = |s: &str| Some(s.parse::<Mac>().unwrap());
+    let web_mac = h.state.domain("web").unwrap().spec.nics[0].mac;
+    let nine_nics: Vec<Nic> = (0..9)
+        .map(|_| Nic {
+            network: "lan".into(),
+            mac: None,
+        })
+        .collect();
+    let seventeen_disks: Vec<Disk> = (0..17)
+        .map(|i| Disk {
+            volume: vol("shared", &format!("v{i}")),
+            read_only: true,
+        })
+        .collect();
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "bad name",
+                define("web_1", kernel_spec(1, 512)),
+                InvalidArgument,
+                "a-z, 0-9",
+            ),
+            (
+                "long name",
+                define(&"a".repeat(64), kernel_spec(1, 512)),
+                InvalidArgument,
+                "1 to 63",
+            ),
+            (
+                "zero vcpus",
+                define("x", kernel_spec(0, 512)),
+                InvalidArgument,
+                "spec.vcpus",
+            ),
+            (
+                "too many vcpus",
+                define("x", kernel_spec(257, 512)),
+                InvalidArgument,
+                "spec.vcpus",
+            ),
+            (
+                "tiny memory",
+                define("x", kernel_spec(1, 1)),
+                InvalidArgument,
+                "spec.memory_mib",
+            ),
+            (
+                "huge memory",
+                define("x", kernel_spec(1, u64::MAX)),
+                InvalidArgument,
+                "spec.memory_mib",
+            ),
+            (
+                "relative kernel",
+                define(
+                    "x",
+                    with(&|s| {
+                        s.boot = Boot::Kernel {
+                            kernel: "vmlinux".into(),
+                            initrd: None,
+                            cmdline: String::new(),
+                        }
+                    }),
+                ),
+                InvalidArgument,
+                "spec.boot.kernel",
+            ),
+            (
+                "bad initrd",
+                define(
+                    "x",
+                    with(&|s| {
+                        s.boot = Boot::Kernel {
+                            kernel: "/k".into(),
+                            initrd: Some("/a/../b".into()),
+                            cmdline: String::new(),
+                        }
+                    }),
+                ),
+                InvalidArgument,
+                "spec.boot.initrd",
+            ),
+            (
+                "long cmdline",
+                define(
+                    "x",
+                    with(&|s| {
+                        s.boot = Boot::Kernel {
+                            kernel: "/k".into(),
+                            initrd: None,
+                            cmdline: "x".repeat(2049),
+                        }
+                    }),
+                ),
+                InvalidArgument,
+                "spec.boot.cmdline",
+            ),
+            (
+                "disk boot without disks",
+                define("x", with(&|s| s.boot = Boot::Disk)),
+                InvalidArgument,
+                "no disks",
+            ),
+            (
+                "too many disks",
+                define("x", with(&|s| s.disks = seventeen_disks.clone())),
+                InvalidArgument,
+                "spec.disks",
+            ),
+            (
+                "volume twice",
+                define(
+                    "x",
+                    spec_with(
+                        &[
+                            (vol("shared", "spare"), true),
+                            (vol("shared", "spare"), true),
+                        ],
+                        &[],
+                    ),
+                ),
+                InvalidArgument,
+                "listed twice",
+            ),
+            (
+                "too many nics",
+                define("x", with(&|s| s.nics = nine_nics.clone())),
+                InvalidArgument,
+                "spec.nics",
+            ),
+            (
+                "multicast mac",
+                define(
+                    "x",
+                    with(&|s| {
+                        s.nics = vec![Nic {
+                            network: "lan".into(),
+                            mac: mac("01:00:5e:00:00:01"),
+                        }]
+                    }),
+                ),
+                InvalidArgument,
+                "unicast",
+            ),
+            (
+                "mac twice",
+                define(
+                    "x",
+                    with(&|s| {
+                        s.nics = vec![
+                            Nic {
+                                network: "lan".into(),
+                                mac: mac("52:54:00:00:00:01")
+                            };
+                            2
+                        ]
+                    }),
+                ),
+                InvalidArgument,
+                "listed twice",
+            ),
+            (
+                "ha priority",
+                define("x", with(&|s| s.ha = HaPolicy::Restart { priority: 1001 })),
+                InvalidArgument,
+                "spec.ha.priority",
+            ),
+            (
+                "bad label",
+                define(
+                    "x",
+                    with(&|s| s.placement.required_labels = labels(&[("a b", "")])),
+                ),
+                InvalidArgument,
+                "label key",
+            ),
+            (
+                "bad group",
+                define(
+                    "x",
+                    with(&|s| s.placement.anti_affinity_group = Some("G".into())),
+                ),
+                InvalidArgument,
+                "anti_affinity_group",
+            ),
+            (
+                "exists",
+                define("web", kernel_spec(1, 512)),
+                AlreadyExists,
+                "domain web already exists",
+            ),
+            (
+                "unknown volume",
+                define("x", spec_with(&[(vol("shared", "nope"), false)], &[])),
+                NotFound,
+                "volume shared/nope",
+            ),
+            (
+                "unknown pool",
+                define("x", spec_with(&[(vol("nope", "x"), false)], &[])),
+                NotFound,
+                "volume nope/x",
+            ),
+            (
+                "unknown network",
+                define("x", spec_with(&[], &["nope"])),
+                NotFound,
+                "network nope",
+            ),
+            (
+                "volume held rw",
+                define("x", spec_with(&[(vol("shared", "data"), true)], &[])),
+                FailedPrecondition,
+                "read-write to domain web",
+            ),
+            (
+                "rw over ro",
+                define("x", spec_with(&[(vol("shared", "iso"), false)], &[])),
+                FailedPrecondition,
+                "must be exclusive",
+            ),
+            (
+                "mac in use",
+                define(
+                    "x",
+                    with(&|s| {
+                        s.nics = vec![Nic {
+                            network: "net".into(),
+                            mac: web_mac,
+                        }]
+                    }),
+                ),
+                FailedPrecondition,
+                "in use by domain web",
+            ),
+            (
+                "network full",
+                define("x", spec_with(&[], &["net"; 5])),
+                ResourceExhausted,
+                "no free address",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn lifecycle_rejections() {
+    let mut h = world();
+    let name = |n: &str| n.to_string();
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "undefine unknown",
+                Command::UndefineDomain { name: name("nope") },
+                NotFound,
+                "domain nope not found",
+            ),
+            (
+                "undefine running",
+                Command::UndefineDomain { name: name("web") },
+                FailedPrecondition,
+                "is active",
+            ),
+            (
+                "start running",
+                Command::StartDomain { name: name("web") },
+                FailedPrecondition,
+                "already running",
+            ),
+            (
+                "start paused",
+                Command::StartDomain {
+                    name: name("paused"),
+                },
+                FailedPrecondition,
+                "resume it",
+            ),
+            (
+                "start stopping",
+                Command::StartDomain {
+                    name: name("stopping"),
+                },
+                FailedPrecondition,
+                "still stopping",
+            ),
+            (
+                "start bad name",
+                Command::StartDomain { name: name("") },
+                InvalidArgument,
+                "domain",
+            ),
+            (
+                "shutdown stopped",
+                Command::ShutdownDomain { name: name("idle") },
+                FailedPrecondition,
+                "is not running",
+            ),
+            (
+                "destroy stopped",
+                Command::DestroyDomain { name: name("idle") },
+                FailedPrecondition,
+                "is not running",
+            ),
+            (
+                "reboot stopped",
+                Command::RebootDomain { name: name("idle") },
+                FailedPrecondition,
+                "is not running",
+            ),
+            (
+                "reboot paused",
+                Command::RebootDomain {
+                    name: name("paused"),
+                },
+                FailedPrecondition,
+                "resume it first",
+            ),
+            (
+                "reboot stopping",
+                Command::RebootDomain {
+                    name: name("stopping"),
+                },
+                FailedPrecondition,
+                "shutting down",
+            ),
+            (
+                "suspend paused",
+                Command::SuspendDomain {
+                    name: name("paused"),
+                },
+                FailedPrecondition,
+                "already paused",
+            ),
+            (
+                "suspend stopping",
+                Command::SuspendDomain {
+                    name: name("stopping"),
+                },
+                FailedPrecondition,
+                "shutting down",
+            ),
+            (
+                "suspend stopped",
+                Command::SuspendDomain { name: name("idle") },
+                FailedPrecondition,
+                "is not running",
+            ),
+            (
+                "resume running",
+                Command::ResumeDomain { name: name("web") },
+                FailedPrecondition,
+                "is not paused",
+            ),
+            (
+                "resume stopped",
+                Command::ResumeDomain { name: name("idle") },
+                FailedPrecondition,
+                "is not paused",
+            ),
+        ],
+    );
+    ok(
+        &mut h,
+        Command::DestroyDomain {
+            name: "stopping".into(),
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![(
+            "shutdown destroyed",
+            Command::ShutdownDomain {
+                name: name("stopping"),
+            },
+            FailedPrecondition,
+            "being destroyed",
+        )],
+    );
+}
+
+#[test]
+fn undefine_with_snapshots_is_refused() {
+    let mut h = world();
+    let vol_spec = spec_with(&[(vol("shared", "spare"), false)], &[]);
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "snappy".into(),
+            spec: vol_spec,
+        },
+    );
+    ok(
+        &mut h,
+        Command::CreateSnapshot {
+            domain: "snappy".into(),
+            name: "s1".into(),
+            kind: SnapshotKind::Disk,
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![(
+            "undefine with snapshots",
+            Command::UndefineDomain {
+                name: "snappy".into(),
+            },
+            FailedPrecondition,
+            "has 1 snapshots",
+        )],
+    );
+}
+
+#[test]
+fn scheduling_rejections() {
+    let mut h = world();
+    let define = |h: &mut Harness, name: &str, f: &dyn Fn(&mut DomainSpec)| {
+        let mut s = kernel_spec(1, 512);
+        f(&mut s);
+        ok(
+            h,
+            Command::DefineDomain {
+                name: name.into(),
+                spec: s,
+            },
+        );
+    };
+    define(&mut h, "huge", &|s| s.memory_mib = 16 * 1024);
+    define(&mut h, "picky", &|s| {
+        s.placement.required_labels = labels(&[("zone", "c")])
+    });
+    define(&mut h, "ha-1", &|s| {
+        s.placement.anti_affinity_group = Some("pair".into())
+    });
+    define(&mut h, "ha-2", &|s| {
+        s.placement.anti_affinity_group = Some("pair".into())
+    });
+    define(&mut h, "ha-3", &|s| {
+        s.placement.anti_affinity_group = Some("pair".into())
+    });
+    run(&mut h, "ha-1");
+    run(&mut h, "ha-2");
+    let h1 = h.state.domain("ha-1").unwrap().status.host.clone();
+    let h2 = h.state.domain("ha-2").unwrap().status.host.clone();
+    assert_ne!(h1, h2, "anti-affinity spreads the pair");
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "no memory anywhere",
+                Command::StartDomain {
+                    name: "huge".into(),
+                },
+                ResourceExhausted,
+                "2 short of memory",
+            ),
+            (
+                "no label match",
+                Command::StartDomain {
+                    name: "picky".into(),
+                },
+                ResourceExhausted,
+                "missing required labels",
+            ),
+            (
+                "anti-affinity",
+                Command::StartDomain {
+                    name: "ha-3".into(),
+                },
+                ResourceExhausted,
+                "anti-affinity group",
+            ),
+        ],
+    );
+    let e = decide(
+        &h.state,
+        &req(
+            "r",
+            "p",
+            Command::StartDomain {
+                name: "huge".into(),
+            },
+        ),
+        1,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("1 not ready"),
+        "the joining host counts as not ready: {e}"
+    );
+}
+
+#[test]
+fn disk_rejections() {
+    let mut h = world();
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "attach to running",
+                Command::AttachDisk {
+                    domain: "web".into(),
+                    disk: Disk {
+                        volume: vol("shared", "spare"),
+                        read_only: true,
+                    },
+                },
+                FailedPrecondition,
+                "attach disks while it is stopped",
+            ),
+            (
+                "attach twice",
+                Command::AttachDisk {
+                    domain: "cd".into(),
+                    disk: Disk {
+                        volume: vol("shared", "iso"),
+                        read_only: true,
+                    },
+                },
+                FailedPrecondition,
+                "already attached to domain cd",
+            ),
+            (
+                "attach unknown",
+                Command::AttachDisk {
+                    domain: "idle".into(),
+                    disk: Disk {
+                        volume: vol("shared", "nope"),
+                        read_only: true,
+                    },
+                },
+                NotFound,
+                "volume shared/nope",
+            ),
+            (
+                "attach held rw",
+                Command::AttachDisk {
+                    domain: "idle".into(),
+                    disk: Disk {
+                        volume: vol("shared", "data"),
+                        read_only: true,
+                    },
+                },
+                FailedPrecondition,
+                "read-write to domain web",
+            ),
+            (
+                "detach absent",
+                Command::DetachDisk {
+                    domain: "idle".into(),
+                    volume: vol("shared", "iso"),
+                },
+                NotFound,
+                "shared/iso on domain idle",
+            ),
+            (
+                "detach from running",
+                Command::DetachDisk {
+                    domain: "web".into(),
+                    volume: vol("shared", "data"),
+                },
+                FailedPrecondition,
+                "detach disks while it is stopped",
+            ),
+        ],
+    );
+    let mut spec = spec_with(&[(vol("shared", "spare"), false)], &[]);
+    spec.boot = Boot::Disk;
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "diskboot".into(),
+            spec,
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![(
+            "detach boot disk",
+            Command::DetachDisk {
+                domain: "diskboot".into(),
+                volume: vol("shared", "spare"),
+            },
+            FailedPrecondition,
+            "its only disk stays",
+        )],
+    );
+    // The paths around them work: attach, detach.
+    ok(
+        &mut h,
+        Command::AttachDisk {
+            domain: "idle".into(),
+            disk: Disk {
+                volume: vol("shared", "iso"),
+                read_only: true,
+            },
+        },
+    );
+    ok(
+        &mut h,
+        Command::DetachDisk {
+            domain: "idle".into(),
+            volume: vol("shared", "iso"),
+        },
+    );
+}
+
+#[test]
+fn observation_rejections() {
+    let h = world();
+    let web = h.state.domain("web").unwrap();
+    let host = web.status.host.clone().unwrap();
+    let other = if host == "h1" { "h2" } else { "h1" };
+    let report = |host: &str, generation, reason: Option<&str>| Command::ReportObservation {
+        domain: "web".into(),
+        host: host.into(),
+        generation,
+        phase: ObservedPhase::Running,
+        reason: reason.map(str::to_owned),
+    };
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "stale generation",
+                report(&host, web.status.generation - 1, None),
+                FailedPrecondition,
+                "stale report",
+            ),
+            (
+                "future generation",
+                report(&host, web.status.generation + 1, None),
+                FailedPrecondition,
+                "stale report",
+            ),
+            (
+                "wrong host",
+                report(other, web.status.generation, None),
+                FailedPrecondition,
+                "belongs to host",
+            ),
+            (
+                "unknown host",
+                report("h9", web.status.generation, None),
+                NotFound,
+                "host h9",
+            ),
+            (
+                "control chars",
+                report(&host, web.status.generation, Some("a\u{7}b")),
+                InvalidArgument,
+                "reason",
+            ),
+            (
+                "stopped domain",
+                Command::ReportObservation {
+                    domain: "idle".into(),
+                    host: "h1".into(),
+                    generation: 0,
+                    phase: ObservedPhase::Running,
+                    reason: None,
+                },
+                FailedPrecondition,
+                "has ended",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn network_rejections() {
+    let h = world();
+    let net =
+        |name: &str, mode, cidr: Option<&str>, gateway: Option<&str>, bridge: Option<&str>| {
+            Command::CreateNetwork {
+                name: name.into(),
+                config: NetworkConfig {
+                    mode,
+                    cidr: cidr.map(|c| {
+                        let (a, l) = c.split_once('/').unwrap();
+                        Cidr {
+                            addr: a.parse().unwrap(),
+                            prefix_len: l.parse().unwrap(),
+                        }
+                    }),
+                    gateway: gateway.map(|g| g.parse().unwrap()),
+                    bridge: bridge.map(str::to_owned),
+                },
+            }
+        };
+    use NetworkMode::*;
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "bad name",
+                net("N", Nat, Some("10.9.0.0/24"), None, None),
+                InvalidArgument,
+                "name",
+            ),
+            (
+                "nat without cidr",
+                net("x", Nat, None, None, None),
+                InvalidArgument,
+                "need a CIDR",
+            ),
+            (
+                "bridge without name",
+                net("x", Bridge, None, None, None),
+                InvalidArgument,
+                "names its host bridge",
+            ),
+            (
+                "bridge name on nat",
+                net("x", Nat, Some("10.9.0.0/24"), None, Some("br0")),
+                InvalidArgument,
+                "only bridge networks",
+            ),
+            (
+                "bad bridge name",
+                net("x", Bridge, None, None, Some("br 0")),
+                InvalidArgument,
+                "interface name",
+            ),
+            (
+                "long bridge name",
+                net("x", Bridge, None, None, Some("b234567890123456")),
+                InvalidArgument,
+                "interface name",
+            ),
+            (
+                "prefix too long",
+                net("x", Isolated, Some("10.9.0.0/31"), None, None),
+                InvalidArgument,
+                "prefix_len",
+            ),
+            (
+                "prefix too short",
+                net("x", Isolated, Some("10.0.0.0/7"), None, None),
+                InvalidArgument,
+                "prefix_len",
+            ),
+            (
+                "host bits",
+                net("x", Isolated, Some("10.9.0.1/24"), None, None),
+                InvalidArgument,
+                "host bits",
+            ),
+            (
+                "gateway outside",
+                net("x", Nat, Some("10.9.0.0/24"), Some("10.8.0.1"), None),
+                InvalidArgument,
+                "not a host address",
+            ),
+            (
+                "gateway broadcast",
+                net("x", Nat, Some("10.9.0.0/24"), Some("10.9.0.255"), None),
+                InvalidArgument,
+                "not a host address",
+            ),
+            (
+                "gateway without cidr",
+                net("x", Bridge, None, Some("10.9.0.1"), Some("br1")),
+                InvalidArgument,
+                "needs a CIDR",
+            ),
+            (
+                "overlap",
+                net("x", Nat, Some("10.0.0.0/16"), None, None),
+                FailedPrecondition,
+                "overlaps network net",
+            ),
+            (
+                "exists",
+                net("net", Nat, Some("10.9.0.0/24"), None, None),
+                AlreadyExists,
+                "network net already exists",
+            ),
+            (
+                "delete in use",
+                Command::DeleteNetwork { name: "net".into() },
+                FailedPrecondition,
+                "in use by 1 NICs",
+            ),
+            (
+                "delete unknown",
+                Command::DeleteNetwork {
+                    name: "nope".into(),
+                },
+                NotFound,
+                "network nope",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn storage_rejections() {
+    let mut h = world();
+    ok(
+        &mut h,
+        Command::CreateVolume {
+            volume: vol("shared", "child"),
+            format: VolumeFormat::Qcow2,
+            capacity_mib: 1000,
+            backing: Some("base".into()),
+        },
+    );
+    let pool = |name: &str, path: &str, cap| Command::CreatePool {
+        name: name.into(),
+        config: PoolConfig {
+            kind: PoolKind::Dir,
+            path: path.into(),
+            shared: false,
+            capacity_mib: cap,
+        },
+    };
+    let create = |name: &str, format, cap, backing: Option<&str>| Command::CreateVolume {
+        volume: vol("shared", name),
+        format,
+        capacity_mib: cap,
+        backing: backing.map(str::to_owned),
+    };
+    use VolumeFormat::*;
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "pool relative path",
+                pool("p", "images", 10),
+                InvalidArgument,
+                "absolute",
+            ),
+            (
+                "pool zero capacity",
+                pool("p", "/images", 0),
+                InvalidArgument,
+                "config.capacity_mib",
+            ),
+            (
+                "pool path reused",
+                pool("p", "/var/lib/drover/pools/local", 10),
+                FailedPrecondition,
+                "already pool local",
+            ),
+            (
+                "pool exists",
+                pool("local", "/elsewhere", 10),
+                AlreadyExists,
+                "pool local",
+            ),
+            (
+                "pool delete busy",
+                Command::DeletePool {
+                    name: "local".into(),
+                },
+                FailedPrecondition,
+                "still holds 1 volumes",
+            ),
+            (
+                "pool delete unknown",
+                Command::DeletePool {
+                    name: "nope".into(),
+                },
+                NotFound,
+                "pool nope",
+            ),
+            (
+                "volume unknown pool",
+                Command::CreateVolume {
+                    volume: vol("nope", "v"),
+                    format: Raw,
+                    capacity_mib: 1,
+                    backing: None,
+                },
+                NotFound,
+                "pool nope",
+            ),
+            (
+                "volume zero",
+                create("v", Raw, 0, None),
+                InvalidArgument,
+                "capacity_mib",
+            ),
+            (
+                "volume too big",
+                create("v", Raw, u64::MAX, None),
+                InvalidArgument,
+                "capacity_mib",
+            ),
+            (
+                "volume exists",
+                create("base", Raw, 1, None),
+                AlreadyExists,
+                "volume shared/base",
+            ),
+            (
+                "clone raw",
+                create("v", Raw, 1000, Some("base")),
+                InvalidArgument,
+                "qcow2",
+            ),
+            (
+                "clone smaller",
+                create("v", Qcow2, 10, Some("base")),
+                InvalidArgument,
+                "at least as large",
+            ),
+            (
+                "clone unknown",
+                create("v", Qcow2, 1000, Some("nope")),
+                NotFound,
+                "volume shared/nope",
+            ),
+            (
+                "pool full",
+                create("v", Qcow2, 9000, None),
+                ResourceExhausted,
+                "MiB free",
+            ),
+            (
+                "delete attached",
+                Command::DeleteVolume {
+                    volume: vol("shared", "data"),
+                },
+                FailedPrecondition,
+                "attached to domain web",
+            ),
+            (
+                "delete backing",
+                Command::DeleteVolume {
+                    volume: vol("shared", "base"),
+                },
+                FailedPrecondition,
+                "backing volume of 1 clones",
+            ),
+            (
+                "delete unknown",
+                Command::DeleteVolume {
+                    volume: vol("shared", "nope"),
+                },
+                NotFound,
+                "volume shared/nope",
+            ),
+            (
+                "shrink",
+                Command::ResizeVolume {
+                    volume: vol("shared", "spare"),
+                    capacity_mib: 50,
+                },
+                InvalidArgument,
+                "only grow",
+            ),
+            (
+                "resize in use",
+                Command::ResizeVolume {
+                    volume: vol("shared", "data"),
+                    capacity_mib: 2000,
+                },
+                FailedPrecondition,
+                "active domain web",
+            ),
+            (
+                "resize past pool",
+                Command::ResizeVolume {
+                    volume: vol("shared", "spare"),
+                    capacity_mib: 9000,
+                },
+                ResourceExhausted,
+                "MiB free",
+            ),
+            (
+                "allocation huge",
+                Command::ReportVolumeAllocation {
+                    volume: vol("shared", "spare"),
+                    allocation_mib: u64::MAX,
+                },
+                InvalidArgument,
+                "allocation_mib",
+            ),
+        ],
+    );
+    // The paths around them work: clone deleted, then its base; a stopped volume grows.
+    ok(
+        &mut h,
+        Command::DeleteVolume {
+            volume: vol("shared", "child"),
+        },
+    );
+    ok(
+        &mut h,
+        Command::DeleteVolume {
+            volume: vol("shared", "base"),
+        },
+    );
+    ok(
+        &mut h,
+        Command::ResizeVolume {
+            volume: vol("shared", "spare"),
+            capacity_mib: 200,
+        },
+    );
+    assert_eq!(
+        h.state.pool("shared").unwrap().allocated_mib,
+        1000 + 200 + 100
+    );
+}
+
+#[test]
+fn snapshot_rejections() {
+    let mut h = world();
+    let snap = |domain: &str, name: &str, kind| Command::CreateSnapshot {
+        domain: domain.into(),
+        name: name.into(),
+        kind,
+    };
+    ok(&mut h, snap("web", "s1", SnapshotKind::Full));
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "exists",
+                snap("web", "s1", SnapshotKind::Full),
+                AlreadyExists,
+                "snapshot web/s1",
+            ),
+            (
+                "bad name",
+                snap("web", "S", SnapshotKind::Full),
+                InvalidArgument,
+                "name",
+            ),
+            (
+                "unknown domain",
+                snap("nope", "s", SnapshotKind::Full),
+                NotFound,
+                "domain nope",
+            ),
+            (
+                "full of stopped",
+                snap("idle", "s", SnapshotKind::Full),
+                FailedPrecondition,
+                "running or paused",
+            ),
+            (
+                "disk of raw",
+                snap("db", "s", SnapshotKind::Disk),
+                FailedPrecondition,
+                "disk snapshots need qcow2",
+            ),
+            (
+                "disk without disks",
+                snap("idle", "s", SnapshotKind::Disk),
+                FailedPrecondition,
+                "no disks",
+            ),
+            (
+                "delete unknown",
+                Command::DeleteSnapshot {
+                    domain: "web".into(),
+                    name: "nope".into(),
+                },
+                NotFound,
+                "snapshot web/nope",
+            ),
+            (
+                "revert running",
+                Command::RevertSnapshot {
+                    domain: "web".into(),
+                    name: "s1".into(),
+                },
+                FailedPrecondition,
+                "stop it before reverting",
+            ),
+        ],
+    );
+    // A read-only raw disk does not stop a disk snapshot.
+    ok(&mut h, snap("cd", "ro", SnapshotKind::Disk));
+    let mut spec = spec_with(&[(vol("shared", "spare"), false)], &[]);
+    spec.vcpus = 1;
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "many".into(),
+            spec,
+        },
+    );
+    for i in 0..crate::limits::SNAPSHOTS_PER_DOMAIN_MAX {
+        ok(&mut h, snap("many", &format!("s{i}"), SnapshotKind::Disk));
+    }
+    assert_rejections(
+        &h,
+        vec![(
+            "too many",
+            snap("many", "one-more", SnapshotKind::Disk),
+            ResourceExhausted,
+            "already has 256",
+        )],
+    );
+    // Deleting the root re-parents its child; the chain stays whole.
+    ok(
+        &mut h,
+        Command::DeleteSnapshot {
+            domain: "many".into(),
+            name: "s0".into(),
+        },
+    );
+    assert_eq!(h.state.snapshot("many", "s1").unwrap().parent, None);
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn migration_rejections() {
+    let mut h = world();
+    let web_host = h.state.domain("web").unwrap().status.host.clone().unwrap();
+    let other = if web_host == "h1" { "h2" } else { "h1" }.to_string();
+    let start = |domain: &str, target: Option<&str>| Command::StartMigration {
+        domain: domain.into(),
+        target: target.map(str::to_owned),
+    };
+    ok(
+        &mut h,
+        Command::CreateVolume {
+            volume: vol("local", "l2"),
+            format: VolumeFormat::Raw,
+            capacity_mib: 10,
+            backing: None,
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "not running",
+                start("idle", None),
+                FailedPrecondition,
+                "is not running",
+            ),
+            (
+                "paused fine but stopping not",
+                start("stopping", None),
+                FailedPrecondition,
+                "is not running",
+            ),
+            (
+                "to itself",
+                start("web", Some(&web_host)),
+                InvalidArgument,
+                "own host",
+            ),
+            (
+                "unknown target",
+                start("web", Some("h9")),
+                NotFound,
+                "host h9",
+            ),
+            (
+                "joining target",
+                start("web", Some("h3")),
+                FailedPrecondition,
+                "host is joining",
+            ),
+            (
+                "progress unknown",
+                Command::ReportMigrationProgress {
+                    id: 999_999,
+                    phase: MigrationPhase::Transferring,
+                },
+                NotFound,
+                "migration 999999",
+            ),
+            (
+                "commit unknown",
+                Command::CommitMigration { id: 999_999 },
+                NotFound,
+                "migration 999999",
+            ),
+        ],
+    );
+    let free = h.state.host(&other).unwrap().free().memory_mib;
+    let mut big = kernel_spec(1, free - 100);
+    big.placement.required_labels = labels(&[("zone", if web_host == "h1" { "b" } else { "a" })]);
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "filler".into(),
+            spec: big,
+        },
+    );
+    run(&mut h, "filler");
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "target full",
+                start("web", Some(&other)),
+                ResourceExhausted,
+                "not enough free memory",
+            ),
+            (
+                "nowhere to go",
+                start("web", None),
+                ResourceExhausted,
+                "short of memory",
+            ),
+        ],
+    );
+    ok(
+        &mut h,
+        Command::DestroyDomain {
+            name: "filler".into(),
+        },
+    );
+    observe(&mut h, "filler", ObservedPhase::Stopped);
+
+    let before = h.state.last_seq();
+    ok(&mut h, start("web", None));
+    let id = before + 1;
+    assert_eq!(h.state.migration(id).unwrap().target, other);
+    ok(
+        &mut h,
+        Command::ReportMigrationProgress {
+            id,
+            phase: MigrationPhase::Transferring,
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "already migrating",
+                start("web", None),
+                FailedPrecondition,
+                "already migrating",
+            ),
+            (
+                "start while migrating",
+                Command::ShutdownDomain { name: "web".into() },
+                FailedPrecondition,
+                "is migrating",
+            ),
+            (
+                "snapshot while migrating",
+                Command::CreateSnapshot {
+                    domain: "web".into(),
+                    name: "m".into(),
+                    kind: SnapshotKind::Full,
+                },
+                FailedPrecondition,
+                "is migrating",
+            ),
+            (
+                "progress backwards",
+                Command::ReportMigrationProgress {
+                    id,
+                    phase: MigrationPhase::Preparing,
+                },
+                FailedPrecondition,
+                "cannot go back",
+            ),
+            (
+                "progress to end",
+                Command::ReportMigrationProgress {
+                    id,
+                    phase: MigrationPhase::Committed,
+                },
+                InvalidArgument,
+                "CommitMigration",
+            ),
+            (
+                "abort without reason",
+                Command::AbortMigration {
+                    id,
+                    reason: String::new(),
+                },
+                InvalidArgument,
+                "reason",
+            ),
+        ],
+    );
+    ok(
+        &mut h,
+        Command::SetHostState {
+            name: other.clone(),
+            state: HostState::Suspect,
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![(
+            "commit to suspect",
+            Command::CommitMigration { id },
+            FailedPrecondition,
+            "roll the migration back",
+        )],
+    );
+    ok(
+        &mut h,
+        Command::SetHostState {
+            name: other.clone(),
+            state: HostState::Ready,
+        },
+    );
+    let generation = h.state.domain("web").unwrap().status.generation;
+    ok(&mut h, Command::CommitMigration { id });
+    let web = h.state.domain("web").unwrap();
+    assert_eq!(web.status.host.as_deref(), Some(other.as_str()));
+    assert_eq!(web.status.generation, generation + 1);
+    assert!(h
+        .state
+        .host(&web_host)
+        .unwrap()
+        .domains
+        .get("web")
+        .is_none());
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "commit twice",
+                Command::CommitMigration { id },
+                FailedPrecondition,
+                "already committed",
+            ),
+            (
+                "abort committed",
+                Command::AbortMigration {
+                    id,
+                    reason: "x".into(),
+                },
+                FailedPrecondition,
+                "already committed",
+            ),
+        ],
+    );
+    // A local-storage domain cannot live-migrate; a suspect source cannot either.
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "pinned".into(),
+            spec: spec_with(&[(vol("local", "l2"), false)], &[]),
+        },
+    );
+    run(&mut h, "pinned");
+    let pinned_host = h
+        .state
+        .domain("pinned")
+        .unwrap()
+        .status
+        .host
+        .clone()
+        .unwrap();
+    assert_rejections(
+        &h,
+        vec![(
+            "local storage",
+            start("pinned", None),
+            FailedPrecondition,
+            "needs shared storage",
+        )],
+    );
+    ok(
+        &mut h,
+        Command::SetHostState {
+            name: pinned_host.clone(),
+            state: HostState::Suspect,
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![(
+            "suspect source",
+            start("pinned", None),
+            FailedPrecondition,
+            "healthy source",
+        )],
+    );
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn aborted_maps_to_its_code() {
+    let r = crate::Rejection::Aborted {
+        resource: "domain web".into(),
+        attempts: 5,
+    };
+    assert_eq!(r.code(), Aborted);
+    assert!(r.to_string().contains("after 5 attempts"));
+}
+
+#[test]
+fn a_retried_request_gets_its_first_answer() {
+    let mut h = world();
+    let request = h.request(Command::StartDomain {
+        name: "idle".into(),
+    });
+    let first = h.submit(&request).unwrap();
+    assert_eq!(first.event_count(), 2);
+    let hash = state_hash(&h.state);
+    // Decided again: the window answers without proposing anything.
+    assert_eq!(
+        decide(&h.state, &request, 99).unwrap(),
+        Decision::AlreadyCommitted(first)
+    );
+    // Two proposals of one request raced into the log: the second applies nothing.
+    let mut h2 = world();
+    let request = h2.request(Command::StartDomain {
+        name: "idle".into(),
+    });
+    let Decision::Propose(p) = decide(&h2.state, &request, 5).unwrap() else {
+        panic!("fresh request proposes")
+    };
+    let (first, _) = crate::apply_proposal(&mut h2.state, &p);
+    let (second, events) = crate::apply_proposal(&mut h2.state, &p);
+    let crate::ProposalOutcome::Applied(c) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(second, crate::ProposalOutcome::Duplicate(c));
+    assert!(events.is_empty());
+    // The same request id from another principal is another request.
+    let mut other = request.clone();
+    other.principal = "someone-else".into();
+    assert!(matches!(decide(&h2.state, &other, 6), Err(e) if e.code() == FailedPrecondition));
+    let _ = hash;
+}
+
+#[test]
+fn a_stale_proposal_conflicts_and_changes_nothing() {
+    let mut h = world();
+    let r1 = h.request(Command::DefineDomain {
+        name: "twin".into(),
+        spec: kernel_spec(1, 256),
+    });
+    let r2 = h.request(Command::DefineDomain {
+        name: "twin".into(),
+        spec: kernel_spec(2, 256),
+    });
+    let Decision::Propose(p1) = decide(&h.state, &r1, 1).unwrap() else {
+        panic!()
+    };
+    let Decision::Propose(p2) = decide(&h.state, &r2, 1).unwrap() else {
+        panic!()
+    };
+    assert!(matches!(
+        crate::apply_proposal(&mut h.state, &p1).0,
+        crate::ProposalOutcome::Applied(_)
+    ));
+    let hash = state_hash(&h.state);
+    let (outcome, events) = crate::apply_proposal(&mut h.state, &p2);
+    assert!(
+        matches!(
+            outcome,
+            crate::ProposalOutcome::Conflict { expected: 0, .. }
+        ),
+        "{outcome:?}"
+    );
+    assert!(events.is_empty());
+    assert_eq!(state_hash(&h.state), hash);
+}
+
+#[test]
+fn terminal_observations_release_and_ha_keeps_wanting_to_run() {
+    let mut h = world();
+    let mut spec = kernel_spec(2, 1024);
+    spec.ha = HaPolicy::Restart { priority: 10 };
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "ha".into(),
+            spec,
+        },
+    );
+    run(&mut h, "ha");
+    let host = h.state.domain("ha").unwrap().status.host.clone().unwrap();
+    let before = h.state.host(&host).unwrap().allocated;
+    observe(&mut h, "ha", ObservedPhase::Crashed);
+    let d = h.state.domain("ha").unwrap();
+    assert_eq!(
+        (d.status.host.as_deref(), d.desired),
+        (None, crate::model::DesiredState::Running)
+    );
+    assert_eq!(d.status.phase, crate::model::Phase::Crashed);
+    let after = h.state.host(&host).unwrap().allocated;
+    assert_eq!(after.memory_mib + 1024, before.memory_mib);
+    // Without HA, a crash leaves the domain stopped; a self-poweroff always does.
+    observe(&mut h, "web", ObservedPhase::Stopped);
+    assert_eq!(
+        h.state.domain("web").unwrap().desired,
+        crate::model::DesiredState::Stopped
+    );
+    // A repeated identical report changes nothing.
+    let seq = h.state.last_seq();
+    run(&mut h, "web");
+    let seq2 = h.state.last_seq();
+    observe(&mut h, "web", ObservedPhase::Running);
+    assert_eq!(h.state.last_seq(), seq2);
+    assert!(seq2 > seq);
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn destroy_during_migration_rolls_it_back() {
+    let mut h = world();
+    let seq = h.state.last_seq();
+    ok(
+        &mut h,
+        Command::StartMigration {
+            domain: "web".into(),
+            target: None,
+        },
+    );
+    let id = seq + 1;
+    ok(&mut h, Command::DestroyDomain { name: "web".into() });
+    let m = h.state.migration(id).unwrap();
+    assert_eq!(m.phase, MigrationPhase::RolledBack);
+    assert!(h.state.domain("web").unwrap().migration.is_none());
+    assert_eq!(
+        h.state.host(&m.target).unwrap().domains.len(),
+        h.state
+            .host(&m.target)
+            .unwrap()
+            .domains
+            .iter()
+            .filter(|d| *d != "web")
+            .count()
+    );
+    observe(&mut h, "web", ObservedPhase::Stopped);
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn macs_and_addresses_are_deterministic_and_unique() {
+    let mut a = world();
+    let mut b = world();
+    for h in [&mut a, &mut b] {
+        ok(
+            h,
+            Command::DefineDomain {
+                name: "two-nics".into(),
+                spec: spec_with(&[], &["net", "net", "lan"]),
+            },
+        );
+    }
+    let nics = &a.state.domain("two-nics").unwrap().spec.nics;
+    assert_eq!(nics, &b.state.domain("two-nics").unwrap().spec.nics);
+    let net = a.state.network("net").unwrap();
+    let ips: Vec<_> = net
+        .leases
+        .values()
+        .map(|l| l.ip.unwrap().to_string())
+        .collect();
+    assert_eq!(ips.len(), 3, "web + two NICs");
+    let unique: std::collections::BTreeSet<_> = ips.iter().collect();
+    assert_eq!(unique.len(), 3);
+    assert!(a
+        .state
+        .network("lan")
+        .unwrap()
+        .leases
+        .values()
+        .all(|l| l.ip.is_none()));
+    let _: BTreeMap<u8, u8> = BTreeMap::new();
+}
