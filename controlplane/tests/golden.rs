@@ -1,0 +1,377 @@
+//! Golden files: encodings written by earlier builds must decode forever.
+//!
+//! `tests/golden/events-N.bin` holds the first N entries of [`samples`] (one envelope of
+//! every event variant, in declaration order), each as a u32 little-endian length and a
+//! codec encoding. Because variants are only appended, samples are only appended too, and
+//! every file must decode to a prefix of today's samples. A build that appends a variant
+//! appends a sample and writes a new file with `DROVER_WRITE_GOLDEN=1 cargo test -p
+//! controlplane --test golden`; existing files are never rewritten.
+//!
+//! `state-1.bin` and `proposal-1.bin` hold a state snapshot and a proposal written by the
+//! first format; they must decode, and re-encode to the very same bytes.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use controlplane::codec::{self, Durable};
+use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, Harness};
+use controlplane::model::{
+    Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, NetworkConfig, NetworkMode,
+    Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, VolumeFormat, VolumeRef,
+};
+use controlplane::{invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State};
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// One event of every variant, in declaration order. Append only.
+fn samples() -> Vec<EventEnvelope> {
+    let labels: Labels = [("zone".to_string(), "a".to_string())].into();
+    let capacity = Resources {
+        vcpus: 16,
+        memory_mib: 65536,
+    };
+    let vol = VolumeRef::new("images", "root");
+    let mut spec = kernel_spec(2, 1024);
+    spec.disks.push(Disk {
+        volume: vol.clone(),
+        read_only: false,
+    });
+    spec.nics.push(Nic {
+        network: "default".into(),
+        mac: Some(Mac([0x52, 0x54, 0, 1, 2, 3])),
+    });
+    let events = vec![
+        Event::HostRegistered {
+            name: "h1".into(),
+            address: "127.0.0.1:7001".into(),
+            capacity,
+            labels: labels.clone(),
+        },
+        Event::HostUpdated {
+            name: "h1".into(),
+            address: "127.0.0.1:7002".into(),
+            capacity,
+            labels,
+        },
+        Event::HostStateChanged {
+            name: "h1".into(),
+            state: HostState::Ready,
+        },
+        Event::DomainDefined {
+            name: "web".into(),
+            spec,
+        },
+        Event::DomainUndefined { name: "web".into() },
+        Event::DomainStartRequested { name: "web".into() },
+        Event::DomainShutdownRequested { name: "web".into() },
+        Event::DomainDestroyRequested { name: "web".into() },
+        Event::DomainRebootRequested { name: "web".into() },
+        Event::DomainSuspendRequested { name: "web".into() },
+        Event::DomainResumeRequested { name: "web".into() },
+        Event::DomainScheduled {
+            name: "web".into(),
+            host: "h1".into(),
+            generation: 3,
+        },
+        Event::DomainObserved {
+            name: "web".into(),
+            generation: 3,
+            phase: ObservedPhase::Crashed,
+            reason: Some("triple fault".into()),
+        },
+        Event::DomainReleased {
+            name: "web".into(),
+            generation: 3,
+            desired: DesiredState::Running,
+        },
+        Event::DomainDiskAdded {
+            name: "web".into(),
+            disk: Disk {
+                volume: vol.clone(),
+                read_only: true,
+            },
+        },
+        Event::DomainDiskRemoved {
+            name: "web".into(),
+            volume: vol.clone(),
+        },
+        Event::NetworkCreated {
+            name: "default".into(),
+            config: NetworkConfig {
+                mode: NetworkMode::Nat,
+                cidr: Some(Cidr {
+                    addr: Ipv4Addr::new(10, 0, 0, 0),
+                    prefix_len: 24,
+                }),
+                gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                bridge: None,
+            },
+        },
+        Event::NetworkDeleted {
+            name: "default".into(),
+        },
+        Event::IpAllocated {
+            network: "default".into(),
+            mac: Mac([0x52, 0x54, 0, 1, 2, 3]),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            domain: "web".into(),
+        },
+        Event::IpReleased {
+            network: "default".into(),
+            mac: Mac([0x52, 0x54, 0, 1, 2, 3]),
+        },
+        Event::PoolCreated {
+            name: "images".into(),
+            config: PoolConfig {
+                kind: PoolKind::Dir,
+                path: "/var/lib/drover/images".into(),
+                shared: true,
+                capacity_mib: 1 << 20,
+            },
+        },
+        Event::PoolDeleted {
+            name: "images".into(),
+        },
+        Event::VolumeCreated {
+            volume: vol.clone(),
+            format: VolumeFormat::Qcow2,
+            capacity_mib: 10240,
+            backing: Some("base".into()),
+        },
+        Event::VolumeDeleted {
+            volume: vol.clone(),
+        },
+        Event::VolumeResized {
+            volume: vol.clone(),
+            capacity_mib: 20480,
+        },
+        Event::VolumeAllocationObserved {
+            volume: vol.clone(),
+            allocation_mib: 512,
+        },
+        Event::VolumeAttached {
+            volume: vol.clone(),
+            domain: "web".into(),
+            read_only: false,
+        },
+        Event::VolumeDetached {
+            volume: vol,
+            domain: "web".into(),
+        },
+        Event::SnapshotCreated {
+            domain: "web".into(),
+            name: "s2".into(),
+            parent: Some("s1".into()),
+            kind: SnapshotKind::Full,
+        },
+        Event::SnapshotDeleted {
+            domain: "web".into(),
+            name: "s1".into(),
+        },
+        Event::SnapshotReparented {
+            domain: "web".into(),
+            name: "s2".into(),
+            parent: None,
+        },
+        Event::SnapshotReverted {
+            domain: "web".into(),
+            name: "s2".into(),
+        },
+        Event::MigrationStarted {
+            domain: "web".into(),
+            source: "h1".into(),
+            target: "h2".into(),
+        },
+        Event::MigrationPhaseChanged {
+            id: 33,
+            phase: MigrationPhase::Transferring,
+        },
+        Event::MigrationCommitted {
+            id: 33,
+            generation: 4,
+        },
+        Event::MigrationRolledBack {
+            id: 33,
+            reason: "target unreachable".into(),
+        },
+    ];
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| EventEnvelope {
+            seq: i as u64 + 1,
+            time_ms: 1_764_000_000_000 + i as u64,
+            principal: "golden".into(),
+            request_id: format!("golden-{i}"),
+            event,
+        })
+        .collect()
+}
+
+fn write_events(path: &Path, envelopes: &[EventEnvelope]) {
+    let mut out = Vec::new();
+    for e in envelopes {
+        let bytes = codec::encode(e);
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn read_events(path: &Path) -> Vec<EventEnvelope> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut rest = &bytes[..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        out.push(
+            codec::decode(&rest[4..4 + len]).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        );
+        rest = &rest[4 + len..];
+    }
+    out
+}
+
+fn writing() -> bool {
+    std::env::var_os("DROVER_WRITE_GOLDEN").is_some()
+}
+
+#[test]
+fn samples_cover_every_variant_in_order() {
+    let kinds: Vec<&str> = samples().iter().map(|e| e.event.kind()).collect();
+    assert_eq!(
+        kinds,
+        Event::KINDS,
+        "append a sample for every new variant, in order"
+    );
+}
+
+#[test]
+fn every_golden_event_file_decodes_to_todays_samples() {
+    let samples = samples();
+    let newest = dir().join(format!("events-{}.bin", samples.len()));
+    if writing() && !newest.exists() {
+        write_events(&newest, &samples);
+    }
+    let mut covered = 0;
+    for entry in std::fs::read_dir(dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.starts_with("events-") && name.ends_with(".bin")) {
+            continue;
+        }
+        let decoded = read_events(&path);
+        assert_eq!(
+            decoded,
+            samples[..decoded.len()],
+            "{name} no longer decodes to the samples it was written from"
+        );
+        covered = covered.max(decoded.len());
+    }
+    assert_eq!(
+        covered,
+        samples.len(),
+        "no golden file holds the newest variants; run with DROVER_WRITE_GOLDEN=1"
+    );
+}
+
+/// A state with one of everything, built through decide and apply.
+fn rich_state() -> (State, Proposal) {
+    let mut h = Harness::new();
+    h.ready_host("h1", 16, 65536);
+    h.ready_host("h2", 16, 65536);
+    for c in [
+        nat_network("default", "10.0.0.0/24"),
+        dir_pool("images", true, 1 << 20),
+    ] {
+        h.exec(c).unwrap();
+    }
+    let vol = VolumeRef::new("images", "root");
+    h.exec(Command::CreateVolume {
+        volume: vol.clone(),
+        format: VolumeFormat::Qcow2,
+        capacity_mib: 4096,
+        backing: None,
+    })
+    .unwrap();
+    let mut spec = kernel_spec(2, 2048);
+    spec.disks.push(Disk {
+        volume: vol,
+        read_only: false,
+    });
+    spec.nics.push(Nic {
+        network: "default".into(),
+        mac: None,
+    });
+    h.exec(Command::DefineDomain {
+        name: "web".into(),
+        spec,
+    })
+    .unwrap();
+    h.exec(Command::StartDomain { name: "web".into() }).unwrap();
+    let d = h.state.domain("web").unwrap();
+    let (host, generation) = (d.status.host.clone().unwrap(), d.status.generation);
+    h.exec(Command::ReportObservation {
+        domain: "web".into(),
+        host,
+        generation,
+        phase: ObservedPhase::Running,
+        reason: None,
+    })
+    .unwrap();
+    h.exec(Command::CreateSnapshot {
+        domain: "web".into(),
+        name: "before".into(),
+        kind: SnapshotKind::Full,
+    })
+    .unwrap();
+    h.exec(Command::StartMigration {
+        domain: "web".into(),
+        target: None,
+    })
+    .unwrap();
+    let id = *h.state.migrations().keys().next().unwrap();
+    let command = Command::ReportMigrationProgress {
+        id,
+        phase: MigrationPhase::Transferring,
+    };
+    let request = Request {
+        request_id: "golden-proposal".into(),
+        principal: "golden".into(),
+        command,
+    };
+    let Ok(Decision::Propose(p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000)
+    else {
+        panic!("migration progress decides");
+    };
+    (h.state, p)
+}
+
+fn check_fixed_bytes<T: Durable + PartialEq + std::fmt::Debug>(name: &str, fresh: &T) -> T {
+    let path = dir().join(name);
+    if writing() && !path.exists() {
+        std::fs::write(&path, codec::encode(fresh)).unwrap();
+    }
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with DROVER_WRITE_GOLDEN=1", path.display()));
+    let value: T = codec::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        codec::encode(&value),
+        bytes,
+        "{name} re-encodes to other bytes"
+    );
+    value
+}
+
+#[test]
+fn golden_state_and_proposal_decode_and_reencode_identically() {
+    let (state, proposal) = rich_state();
+    let old_state: State = check_fixed_bytes("state-1.bin", &state);
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state.domains().len(), 1);
+    assert_eq!(old_state.migrations().len(), 1);
+    let old: Proposal = check_fixed_bytes("proposal-1.bin", &proposal);
+    assert_eq!(old.request_id, "golden-proposal");
+}
