@@ -83,3 +83,33 @@ impl RequestWindow {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_contiguous_events_and_evicts_the_oldest() {
+        let mut w = RequestWindow::default();
+        w.record("alice", "r0", 1);
+        w.record("alice", "r0", 2);
+        w.record("bob", "r0", 3);
+        assert_eq!(w.get("alice", "r0"), Some(Committed { first_seq: 1, last_seq: 2 }));
+        assert_eq!(w.get("bob", "r0"), Some(Committed { first_seq: 3, last_seq: 3 }));
+        for i in 1..REQUEST_WINDOW_MAX as u64 {
+            w.record("carol", &format!("r{i}"), 3 + i);
+        }
+        assert_eq!(w.len(), REQUEST_WINDOW_MAX);
+        assert_eq!(w.get("alice", "r0"), None, "the oldest request left the window");
+        assert_eq!(w.get("bob", "r0"), Some(Committed { first_seq: 3, last_seq: 3 }));
+    }
+
+    #[test]
+    #[should_panic(expected = "applied twice")]
+    fn a_request_applied_twice_is_a_broken_invariant() {
+        let mut w = RequestWindow::default();
+        w.record("alice", "r0", 1);
+        w.record("bob", "r1", 2);
+        w.record("alice", "r0", 3);
+    }
+}
