@@ -16,10 +16,7 @@ pub struct Shape {
 
 impl Default for Shape {
     fn default() -> Shape {
-        Shape {
-            hosts: 100,
-            live_domains: 5_000,
-        }
+        Shape { hosts: 100, live_domains: 5_000 }
     }
 }
 
@@ -33,16 +30,7 @@ fn run_to(h: &mut Harness, name: &str, phase: ObservedPhase) {
     let d = h.state.domain(name).expect("domain exists");
     let host = d.status.host.clone().expect("domain is placed");
     let generation = d.status.generation;
-    exec(
-        h,
-        Command::ReportObservation {
-            domain: name.into(),
-            host,
-            generation,
-            phase,
-            reason: None,
-        },
-    );
+    exec(h, Command::ReportObservation { domain: name.into(), host, generation, phase, reason: None });
 }
 
 /// A harness whose archive holds at least `events` events.
@@ -61,12 +49,7 @@ pub fn generate(events: usize, shape: Shape) -> Harness {
             exec(&mut h, Command::ShutdownDomain { name: name.clone() });
             run_to(&mut h, &name, ObservedPhase::Stopped);
             exec(&mut h, Command::UndefineDomain { name: name.clone() });
-            exec(
-                &mut h,
-                Command::DeleteVolume {
-                    volume: VolumeRef::new("images", name),
-                },
-            );
+            exec(&mut h, Command::DeleteVolume { volume: VolumeRef::new("images", name) });
             retired += 1;
         }
         let name = format!("vm-{born}");
@@ -81,21 +64,9 @@ pub fn generate(events: usize, shape: Shape) -> Harness {
             },
         );
         let mut spec = kernel_spec(1, 256);
-        spec.disks.push(Disk {
-            volume,
-            read_only: false,
-        });
-        spec.nics.push(Nic {
-            network: "default".into(),
-            mac: None,
-        });
-        exec(
-            &mut h,
-            Command::DefineDomain {
-                name: name.clone(),
-                spec,
-            },
-        );
+        spec.disks.push(Disk { volume, read_only: false });
+        spec.nics.push(Nic { network: "default".into(), mac: None });
+        exec(&mut h, Command::DefineDomain { name: name.clone(), spec });
         exec(&mut h, Command::StartDomain { name: name.clone() });
         run_to(&mut h, &name, ObservedPhase::Starting);
         run_to(&mut h, &name, ObservedPhase::Running);

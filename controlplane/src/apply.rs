@@ -20,25 +20,15 @@ use crate::state::State;
 
 /// Apply a proposal: all of its events if every precondition holds and its request was not
 /// committed before, none otherwise. Returns the outcome and the envelopes it appended.
-pub fn apply_proposal(
-    state: &mut State,
-    proposal: &Proposal,
-) -> (ProposalOutcome, Vec<EventEnvelope>) {
-    if let Some(first) = state
-        .requests
-        .get(&proposal.principal, &proposal.request_id)
-    {
+pub fn apply_proposal(state: &mut State, proposal: &Proposal) -> (ProposalOutcome, Vec<EventEnvelope>) {
+    if let Some(first) = state.requests.get(&proposal.principal, &proposal.request_id) {
         return (ProposalOutcome::Duplicate(first), Vec::new());
     }
     for pre in &proposal.preconditions {
         let actual = state.version_of(&pre.key);
         if actual != pre.version {
             trace!(key = %pre.key, expected = pre.version, actual, "proposal conflicts");
-            let outcome = ProposalOutcome::Conflict {
-                key: pre.key.clone(),
-                expected: pre.version,
-                actual,
-            };
+            let outcome = ProposalOutcome::Conflict { key: pre.key.clone(), expected: pre.version, actual };
             return (outcome, Vec::new());
         }
     }
@@ -55,36 +45,19 @@ pub fn apply_proposal(
         apply(state, &envelope);
         envelopes.push(envelope);
     }
-    (
-        ProposalOutcome::Applied(Committed {
-            first_seq,
-            last_seq: state.last_seq,
-        }),
-        envelopes,
-    )
+    (ProposalOutcome::Applied(Committed { first_seq, last_seq: state.last_seq }), envelopes)
 }
 
 /// Apply one event. Replaying an archive is calling this for each envelope in order.
 pub fn apply(state: &mut State, envelope: &EventEnvelope) {
     let seq = envelope.seq;
-    assert_eq!(
-        seq,
-        state.last_seq + 1,
-        "events apply in sequence without gaps"
-    );
+    assert_eq!(seq, state.last_seq + 1, "events apply in sequence without gaps");
     state.last_seq = seq;
-    state
-        .requests
-        .record(&envelope.principal, &envelope.request_id, seq);
+    state.requests.record(&envelope.principal, &envelope.request_id, seq);
     let now = envelope.time_ms;
 
     match &envelope.event {
-        Event::HostRegistered {
-            name,
-            address,
-            capacity,
-            labels,
-        } => {
+        Event::HostRegistered { name, address, capacity, labels } => {
             let host = Host {
                 name: name.clone(),
                 address: address.clone(),
@@ -99,17 +72,9 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             let previous = state.hosts.insert(name.clone(), host);
             assert!(previous.is_none(), "host {name} registered twice");
         }
-        Event::HostUpdated {
-            name,
-            address,
-            capacity,
-            labels,
-        } => {
+        Event::HostUpdated { name, address, capacity, labels } => {
             let host = host_mut(state, name);
-            assert!(
-                host.allocated.fits_within(*capacity),
-                "host {name} capacity below its allocation"
-            );
+            assert!(host.allocated.fits_within(*capacity), "host {name} capacity below its allocation");
             host.address = address.clone();
             host.capacity = *capacity;
             host.labels = labels.clone();
@@ -118,10 +83,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         Event::HostStateChanged { name, state: to } => {
             let host = host_mut(state, name);
             if *to == HostState::Left {
-                assert!(
-                    host.domains.is_empty(),
-                    "host {name} left with domains placed"
-                );
+                assert!(host.domains.is_empty(), "host {name} left with domains placed");
             }
             host.state = *to;
             host.version = seq;
@@ -154,24 +116,16 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             assert!(previous.is_none(), "domain {name} defined twice");
         }
         Event::DomainUndefined { name } => {
-            let domain = state
-                .domains
-                .remove(name)
-                .unwrap_or_else(|| panic!("domain {name} undefined but absent"));
+            let domain =
+                state.domains.remove(name).unwrap_or_else(|| panic!("domain {name} undefined but absent"));
             assert!(
                 !domain.is_placed() && domain.migration.is_none(),
                 "domain {name} undefined while active"
             );
             for disk in &domain.spec.disks {
-                let attached = state
-                    .volumes
-                    .get(&disk.volume)
-                    .is_some_and(|v| v.attachments.contains_key(name));
-                assert!(
-                    !attached,
-                    "domain {name} undefined before volume {} was detached",
-                    disk.volume
-                );
+                let attached =
+                    state.volumes.get(&disk.volume).is_some_and(|v| v.attachments.contains_key(name));
+                assert!(!attached, "domain {name} undefined before volume {} was detached", disk.volume);
             }
             for nic in &domain.spec.nics {
                 let network = state.networks.get(&nic.network);
@@ -182,10 +136,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                     nic.network
                 );
             }
-            assert!(
-                state.snapshots_of(name).next().is_none(),
-                "domain {name} undefined with snapshots"
-            );
+            assert!(state.snapshots_of(name).next().is_none(), "domain {name} undefined with snapshots");
         }
         Event::DomainStartRequested { name } => {
             let d = domain_mut(state, name);
@@ -220,18 +171,10 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             d.desired = DesiredState::Running;
             d.version = seq;
         }
-        Event::DomainScheduled {
-            name,
-            host,
-            generation,
-        } => {
+        Event::DomainScheduled { name, host, generation } => {
             let d = domain_mut(state, name);
             assert!(!d.is_placed(), "domain {name} scheduled while placed");
-            assert_eq!(
-                *generation,
-                d.status.generation + 1,
-                "domain {name} generations go up by one"
-            );
+            assert_eq!(*generation, d.status.generation + 1, "domain {name} generations go up by one");
             d.status.host = Some(host.clone());
             d.status.generation = *generation;
             d.status.phase = Phase::Scheduled;
@@ -239,49 +182,24 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             d.version = seq;
             let needs = d.spec.resources();
             let h = host_mut(state, host);
-            assert_eq!(
-                h.state,
-                HostState::Ready,
-                "domain {name} scheduled on host {host} that is not ready"
-            );
+            assert_eq!(h.state, HostState::Ready, "domain {name} scheduled on host {host} that is not ready");
             reserve(h, name, needs, seq);
         }
-        Event::DomainObserved {
-            name,
-            generation,
-            phase,
-            reason,
-        } => {
+        Event::DomainObserved { name, generation, phase, reason } => {
             let d = domain_mut(state, name);
-            assert_eq!(
-                *generation, d.status.generation,
-                "domain {name} observed for a stale generation"
-            );
+            assert_eq!(*generation, d.status.generation, "domain {name} observed for a stale generation");
             assert!(d.is_placed(), "domain {name} observed while not placed");
             d.status.phase = (*phase).into();
             d.status.reason = reason.clone();
             d.status.observed_ms = now;
             d.version = seq;
         }
-        Event::DomainReleased {
-            name,
-            generation,
-            desired,
-        } => {
+        Event::DomainReleased { name, generation, desired } => {
             let d = domain_mut(state, name);
-            assert_eq!(
-                *generation, d.status.generation,
-                "domain {name} released for a stale generation"
-            );
-            assert!(
-                d.migration.is_none(),
-                "domain {name} released while migrating"
-            );
-            let host = d
-                .status
-                .host
-                .take()
-                .unwrap_or_else(|| panic!("domain {name} released while not placed"));
+            assert_eq!(*generation, d.status.generation, "domain {name} released for a stale generation");
+            assert!(d.migration.is_none(), "domain {name} released while migrating");
+            let host =
+                d.status.host.take().unwrap_or_else(|| panic!("domain {name} released while not placed"));
             if !matches!(d.status.phase, Phase::Crashed | Phase::Failed) {
                 d.status.phase = Phase::Stopped;
             }
@@ -302,11 +220,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             assert!(!d.is_placed(), "disk removed from running domain {name}");
             let before = d.spec.disks.len();
             d.spec.disks.retain(|disk| &disk.volume != volume);
-            assert_eq!(
-                d.spec.disks.len() + 1,
-                before,
-                "domain {name} had exactly one disk on {volume}"
-            );
+            assert_eq!(d.spec.disks.len() + 1, before, "domain {name} had exactly one disk on {volume}");
             d.version = seq;
         }
 
@@ -323,48 +237,23 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             assert!(previous.is_none(), "network {name} created twice");
         }
         Event::NetworkDeleted { name } => {
-            let n = state
-                .networks
-                .remove(name)
-                .unwrap_or_else(|| panic!("network {name} deleted but absent"));
+            let n =
+                state.networks.remove(name).unwrap_or_else(|| panic!("network {name} deleted but absent"));
             assert!(n.leases.is_empty(), "network {name} deleted with leases");
         }
-        Event::IpAllocated {
-            network,
-            mac,
-            ip,
-            domain,
-        } => {
+        Event::IpAllocated { network, mac, ip, domain } => {
             let n = network_mut(state, network);
             if let Some(ip) = ip {
                 let cidr = n
                     .config
                     .cidr
                     .unwrap_or_else(|| panic!("address leased on network {network} without CIDR"));
-                assert!(
-                    cidr.is_host_address(*ip),
-                    "address {ip} outside network {network}"
-                );
-                assert!(
-                    Some(*ip) != n.config.gateway,
-                    "gateway {ip} leased on network {network}"
-                );
-                assert!(
-                    n.used_ips.insert(*ip),
-                    "address {ip} leased twice on network {network}"
-                );
+                assert!(cidr.is_host_address(*ip), "address {ip} outside network {network}");
+                assert!(Some(*ip) != n.config.gateway, "gateway {ip} leased on network {network}");
+                assert!(n.used_ips.insert(*ip), "address {ip} leased twice on network {network}");
             }
-            let previous = n.leases.insert(
-                *mac,
-                Lease {
-                    domain: domain.clone(),
-                    ip: *ip,
-                },
-            );
-            assert!(
-                previous.is_none(),
-                "MAC {mac} leased twice on network {network}"
-            );
+            let previous = n.leases.insert(*mac, Lease { domain: domain.clone(), ip: *ip });
+            assert!(previous.is_none(), "MAC {mac} leased twice on network {network}");
             n.version = seq;
         }
         Event::IpReleased { network, mac } => {
@@ -374,10 +263,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 .remove(mac)
                 .unwrap_or_else(|| panic!("MAC {mac} released but not leased on {network}"));
             if let Some(ip) = lease.ip {
-                assert!(
-                    n.used_ips.remove(&ip),
-                    "address {ip} leased but not marked used"
-                );
+                assert!(n.used_ips.remove(&ip), "address {ip} leased but not marked used");
             }
             n.version = seq;
         }
@@ -395,25 +281,13 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             assert!(previous.is_none(), "pool {name} created twice");
         }
         Event::PoolDeleted { name } => {
-            let p = state
-                .pools
-                .remove(name)
-                .unwrap_or_else(|| panic!("pool {name} deleted but absent"));
+            let p = state.pools.remove(name).unwrap_or_else(|| panic!("pool {name} deleted but absent"));
             assert_eq!(p.volumes, 0, "pool {name} deleted with volumes");
         }
-        Event::VolumeCreated {
-            volume,
-            format,
-            capacity_mib,
-            backing,
-        } => {
+        Event::VolumeCreated { volume, format, capacity_mib, backing } => {
             let pool = pool_mut(state, &volume.pool);
             pool.allocated_mib += capacity_mib;
-            assert!(
-                pool.allocated_mib <= pool.config.capacity_mib,
-                "pool {} over capacity",
-                volume.pool
-            );
+            assert!(pool.allocated_mib <= pool.config.capacity_mib, "pool {} over capacity", volume.pool);
             pool.volumes += 1;
             pool.version = seq;
             if let Some(b) = backing {
@@ -436,14 +310,9 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             assert!(previous.is_none(), "volume {volume} created twice");
         }
         Event::VolumeDeleted { volume } => {
-            let v = state
-                .volumes
-                .remove(volume)
-                .unwrap_or_else(|| panic!("volume {volume} deleted but absent"));
-            assert!(
-                v.attachments.is_empty() && v.clones == 0,
-                "volume {volume} deleted while in use"
-            );
+            let v =
+                state.volumes.remove(volume).unwrap_or_else(|| panic!("volume {volume} deleted but absent"));
+            assert!(v.attachments.is_empty() && v.clones == 0, "volume {volume} deleted while in use");
             if let Some(b) = &v.backing {
                 let base = volume_mut(state, &VolumeRef::new(&volume.pool, b));
                 base.clones -= 1;
@@ -454,50 +323,29 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             pool.volumes -= 1;
             pool.version = seq;
         }
-        Event::VolumeResized {
-            volume,
-            capacity_mib,
-        } => {
+        Event::VolumeResized { volume, capacity_mib } => {
             let v = volume_mut(state, volume);
-            let grow = capacity_mib
-                .checked_sub(v.capacity_mib)
-                .expect("volumes only grow");
+            let grow = capacity_mib.checked_sub(v.capacity_mib).expect("volumes only grow");
             v.capacity_mib = *capacity_mib;
             v.version = seq;
             let pool = pool_mut(state, &volume.pool);
             pool.allocated_mib += grow;
-            assert!(
-                pool.allocated_mib <= pool.config.capacity_mib,
-                "pool {} over capacity",
-                volume.pool
-            );
+            assert!(pool.allocated_mib <= pool.config.capacity_mib, "pool {} over capacity", volume.pool);
             pool.version = seq;
         }
-        Event::VolumeAllocationObserved {
-            volume,
-            allocation_mib,
-        } => {
+        Event::VolumeAllocationObserved { volume, allocation_mib } => {
             let v = volume_mut(state, volume);
             v.allocation_mib = *allocation_mib;
             v.version = seq;
         }
-        Event::VolumeAttached {
-            volume,
-            domain,
-            read_only,
-        } => {
+        Event::VolumeAttached { volume, domain, read_only } => {
             attach(state, volume, domain, *read_only, seq);
         }
         Event::VolumeDetached { volume, domain } => {
             detach(state, volume, domain, seq);
         }
 
-        Event::SnapshotCreated {
-            domain,
-            name,
-            parent,
-            kind,
-        } => {
+        Event::SnapshotCreated { domain, name, parent, kind } => {
             let d = domain_mut(state, domain);
             assert_eq!(
                 &d.current_snapshot, parent,
@@ -519,9 +367,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 created_ms: now,
                 version: seq,
             };
-            let previous = state
-                .snapshots
-                .insert((domain.clone(), name.clone()), snapshot);
+            let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
             assert!(previous.is_none(), "snapshot {domain}/{name} created twice");
         }
         Event::SnapshotDeleted { domain, name } => {
@@ -531,9 +377,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 .remove(&key)
                 .unwrap_or_else(|| panic!("snapshot {domain}/{name} deleted but absent"));
             assert!(
-                state
-                    .snapshots_of(domain)
-                    .all(|c| c.parent.as_deref() != Some(name)),
+                state.snapshots_of(domain).all(|c| c.parent.as_deref() != Some(name)),
                 "snapshot {domain}/{name} deleted with children"
             );
             let d = domain_mut(state, domain);
@@ -542,11 +386,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             }
             d.version = seq;
         }
-        Event::SnapshotReparented {
-            domain,
-            name,
-            parent,
-        } => {
+        Event::SnapshotReparented { domain, name, parent } => {
             let s = state
                 .snapshots
                 .get_mut(&(domain.clone(), name.clone()))
@@ -556,9 +396,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         }
         Event::SnapshotReverted { domain, name } => {
             assert!(
-                state
-                    .snapshots
-                    .contains_key(&(domain.clone(), name.clone())),
+                state.snapshots.contains_key(&(domain.clone(), name.clone())),
                 "reverted to a missing snapshot"
             );
             let d = domain_mut(state, domain);
@@ -567,27 +405,15 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             d.version = seq;
         }
 
-        Event::MigrationStarted {
-            domain,
-            source,
-            target,
-        } => {
+        Event::MigrationStarted { domain, source, target } => {
             let d = domain_mut(state, domain);
             assert!(d.migration.is_none(), "domain {domain} migrating twice");
-            assert_eq!(
-                d.status.host.as_ref(),
-                Some(source),
-                "domain {domain} migrates from its own host"
-            );
+            assert_eq!(d.status.host.as_ref(), Some(source), "domain {domain} migrates from its own host");
             d.migration = Some(seq);
             d.version = seq;
             let needs = d.spec.resources();
             let t = host_mut(state, target);
-            assert_eq!(
-                t.state,
-                HostState::Ready,
-                "migration target {target} is ready"
-            );
+            assert_eq!(t.state, HostState::Ready, "migration target {target} is ready");
             reserve(t, domain, needs, seq);
             let migration = Migration {
                 id: seq,
@@ -604,10 +430,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         }
         Event::MigrationPhaseChanged { id, phase } => {
             let m = migration_mut(state, *id);
-            assert!(
-                !phase.is_ended() && *phase > m.phase,
-                "migration {id} moves forward to a live phase"
-            );
+            assert!(!phase.is_ended() && *phase > m.phase, "migration {id} moves forward to a live phase");
             m.phase = *phase;
             m.version = seq;
         }
@@ -619,16 +442,8 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             m.version = seq;
             let (domain, source, target) = (m.domain.clone(), m.source.clone(), m.target.clone());
             let d = domain_mut(state, &domain);
-            assert_eq!(
-                d.migration,
-                Some(*id),
-                "domain {domain} is in migration {id}"
-            );
-            assert_eq!(
-                *generation,
-                d.status.generation + 1,
-                "domain {domain} generations go up by one"
-            );
+            assert_eq!(d.migration, Some(*id), "domain {domain} is in migration {id}");
+            assert_eq!(*generation, d.status.generation + 1, "domain {domain} generations go up by one");
             d.migration = None;
             d.status.host = Some(target);
             d.status.generation = *generation;
@@ -646,11 +461,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             m.version = seq;
             let (domain, target) = (m.domain.clone(), m.target.clone());
             let d = domain_mut(state, &domain);
-            assert_eq!(
-                d.migration,
-                Some(*id),
-                "domain {domain} is in migration {id}"
-            );
+            assert_eq!(d.migration, Some(*id), "domain {domain} is in migration {id}");
             d.migration = None;
             d.version = seq;
             let needs = d.spec.resources();
@@ -661,85 +472,48 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
 }
 
 fn host_mut<'a>(state: &'a mut State, name: &str) -> &'a mut Host {
-    state
-        .hosts
-        .get_mut(name)
-        .unwrap_or_else(|| panic!("host {name} is not registered"))
+    state.hosts.get_mut(name).unwrap_or_else(|| panic!("host {name} is not registered"))
 }
 
 fn domain_mut<'a>(state: &'a mut State, name: &str) -> &'a mut Domain {
-    state
-        .domains
-        .get_mut(name)
-        .unwrap_or_else(|| panic!("domain {name} is not defined"))
+    state.domains.get_mut(name).unwrap_or_else(|| panic!("domain {name} is not defined"))
 }
 
 fn network_mut<'a>(state: &'a mut State, name: &str) -> &'a mut Network {
-    state
-        .networks
-        .get_mut(name)
-        .unwrap_or_else(|| panic!("network {name} does not exist"))
+    state.networks.get_mut(name).unwrap_or_else(|| panic!("network {name} does not exist"))
 }
 
 fn pool_mut<'a>(state: &'a mut State, name: &str) -> &'a mut Pool {
-    state
-        .pools
-        .get_mut(name)
-        .unwrap_or_else(|| panic!("pool {name} does not exist"))
+    state.pools.get_mut(name).unwrap_or_else(|| panic!("pool {name} does not exist"))
 }
 
 fn volume_mut<'a>(state: &'a mut State, id: &VolumeRef) -> &'a mut Volume {
-    state
-        .volumes
-        .get_mut(id)
-        .unwrap_or_else(|| panic!("volume {id} does not exist"))
+    state.volumes.get_mut(id).unwrap_or_else(|| panic!("volume {id} does not exist"))
 }
 
 fn migration_mut(state: &mut State, id: MigrationId) -> &mut Migration {
-    state
-        .migrations
-        .get_mut(&id)
-        .unwrap_or_else(|| panic!("migration {id} does not exist"))
+    state.migrations.get_mut(&id).unwrap_or_else(|| panic!("migration {id} does not exist"))
 }
 
 fn reserve(host: &mut Host, domain: &str, needs: Resources, seq: u64) {
     host.allocated = host.allocated.plus(needs);
-    assert!(
-        host.allocated.fits_within(host.capacity),
-        "host {} over capacity",
-        host.name
-    );
-    assert!(
-        host.domains.insert(domain.to_owned()),
-        "domain {domain} placed twice on {}",
-        host.name
-    );
+    assert!(host.allocated.fits_within(host.capacity), "host {} over capacity", host.name);
+    assert!(host.domains.insert(domain.to_owned()), "domain {domain} placed twice on {}", host.name);
     host.version = seq;
 }
 
 fn release(host: &mut Host, domain: &str, needs: Resources, seq: u64) {
-    assert!(
-        host.domains.remove(domain),
-        "domain {domain} released from {} where it was not",
-        host.name
-    );
+    assert!(host.domains.remove(domain), "domain {domain} released from {} where it was not", host.name);
     host.allocated = host.allocated.minus(needs);
     host.version = seq;
 }
 
 fn attach(state: &mut State, volume: &VolumeRef, domain: &str, read_only: bool, seq: u64) {
     let v = volume_mut(state, volume);
-    let mode = if read_only {
-        AttachMode::ReadOnly
-    } else {
-        AttachMode::ReadWrite
-    };
+    let mode = if read_only { AttachMode::ReadOnly } else { AttachMode::ReadWrite };
     let exclusive_conflict = v.attachments.values().any(|m| *m == AttachMode::ReadWrite)
         || (mode == AttachMode::ReadWrite && !v.attachments.is_empty());
-    assert!(
-        !exclusive_conflict,
-        "volume {volume} attached read-write alongside another attachment"
-    );
+    assert!(!exclusive_conflict, "volume {volume} attached read-write alongside another attachment");
     v.attachments.insert(domain.to_owned(), mode);
     v.version = seq;
 }

@@ -75,8 +75,7 @@ pub fn encode<T: Durable>(value: &T) -> Vec<u8> {
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     // The model holds only types bincode's serde support encodes (no maps keyed by
     // unsized types, no untagged enums), so failure would be a bug in the model.
-    bincode::serde::encode_into_std_write(value, &mut out, config())
-        .expect("the model always encodes");
+    bincode::serde::encode_into_std_write(value, &mut out, config()).expect("the model always encodes");
     out
 }
 
@@ -89,10 +88,7 @@ pub fn decode<T: Durable>(bytes: &[u8]) -> Result<T, CodecError> {
         return Err(CodecError::Magic([bytes[0], bytes[1]]));
     }
     if bytes[2] != T::TAG as u8 {
-        return Err(CodecError::Tag {
-            expected: T::TAG as u8,
-            found: bytes[2],
-        });
+        return Err(CodecError::Tag { expected: T::TAG as u8, found: bytes[2] });
     }
     let version = u16::from_le_bytes([bytes[3], bytes[4]]);
     let payload = &bytes[HEADER_LEN..];
@@ -133,39 +129,18 @@ mod tests {
     #[test]
     fn refuses_damage() {
         let bytes = encode(&envelope());
-        assert!(matches!(
-            decode::<EventEnvelope>(&bytes[..3]),
-            Err(CodecError::Truncated(3))
-        ));
-        assert!(matches!(
-            decode::<State>(&bytes),
-            Err(CodecError::Tag {
-                expected: 3,
-                found: 1
-            })
-        ));
+        assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
+        assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
         let mut v2 = bytes.clone();
         v2[3] = 2;
-        assert!(matches!(
-            decode::<EventEnvelope>(&v2),
-            Err(CodecError::Version(2))
-        ));
+        assert!(matches!(decode::<EventEnvelope>(&v2), Err(CodecError::Version(2))));
         let mut magic = bytes.clone();
         magic[0] = b'X';
-        assert!(matches!(
-            decode::<EventEnvelope>(&magic),
-            Err(CodecError::Magic(_))
-        ));
+        assert!(matches!(decode::<EventEnvelope>(&magic), Err(CodecError::Magic(_))));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(
-            decode::<EventEnvelope>(&trailing),
-            Err(CodecError::Trailing(1))
-        ));
-        assert!(matches!(
-            decode::<EventEnvelope>(&bytes[..bytes.len() - 1]),
-            Err(CodecError::Payload(_))
-        ));
+        assert!(matches!(decode::<EventEnvelope>(&trailing), Err(CodecError::Trailing(1))));
+        assert!(matches!(decode::<EventEnvelope>(&bytes[..bytes.len() - 1]), Err(CodecError::Payload(_))));
     }
 
     #[test]
@@ -175,9 +150,6 @@ mod tests {
         bytes.extend_from_slice(&[7, 0]); // seq 7, time 0
         bytes.push(0xFF); // varint u64 marker
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
-        assert!(matches!(
-            decode::<EventEnvelope>(&bytes),
-            Err(CodecError::Payload(_))
-        ));
+        assert!(matches!(decode::<EventEnvelope>(&bytes), Err(CodecError::Payload(_))));
     }
 }

@@ -9,9 +9,8 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DesiredState, Disk, DomainSpec, HostState, Labels, Mac, MigrationId, MigrationPhase,
-    NetworkConfig, ObservedPhase, PoolConfig, ResourceKey, Resources, SnapshotKind, VolumeFormat,
-    VolumeRef,
+    DesiredState, Disk, DomainSpec, HostState, Labels, Mac, MigrationId, MigrationPhase, NetworkConfig,
+    ObservedPhase, PoolConfig, ResourceKey, Resources, SnapshotKind, VolumeFormat, VolumeRef,
 };
 
 /// One event with its place in history.
@@ -294,9 +293,9 @@ impl Event {
     pub fn subject(&self) -> ResourceKey {
         use Event::*;
         match self {
-            HostRegistered { name, .. }
-            | HostUpdated { name, .. }
-            | HostStateChanged { name, .. } => ResourceKey::Host(name.clone()),
+            HostRegistered { name, .. } | HostUpdated { name, .. } | HostStateChanged { name, .. } => {
+                ResourceKey::Host(name.clone())
+            }
             DomainDefined { name, .. }
             | DomainUndefined { name }
             | DomainStartRequested { name }
@@ -310,12 +309,8 @@ impl Event {
             | DomainReleased { name, .. }
             | DomainDiskAdded { name, .. }
             | DomainDiskRemoved { name, .. } => ResourceKey::Domain(name.clone()),
-            NetworkCreated { name, .. } | NetworkDeleted { name } => {
-                ResourceKey::Network(name.clone())
-            }
-            IpAllocated { network, .. } | IpReleased { network, .. } => {
-                ResourceKey::Network(network.clone())
-            }
+            NetworkCreated { name, .. } | NetworkDeleted { name } => ResourceKey::Network(name.clone()),
+            IpAllocated { network, .. } | IpReleased { network, .. } => ResourceKey::Network(network.clone()),
             PoolCreated { name, .. } | PoolDeleted { name } => ResourceKey::Pool(name.clone()),
             VolumeCreated { volume, .. }
             | VolumeDeleted { volume }
@@ -326,10 +321,9 @@ impl Event {
             SnapshotCreated { domain, name, .. }
             | SnapshotDeleted { domain, name }
             | SnapshotReparented { domain, name, .. }
-            | SnapshotReverted { domain, name } => ResourceKey::Snapshot {
-                domain: domain.clone(),
-                name: name.clone(),
-            },
+            | SnapshotReverted { domain, name } => {
+                ResourceKey::Snapshot { domain: domain.clone(), name: name.clone() }
+            }
             MigrationStarted { domain, .. } => ResourceKey::Domain(domain.clone()),
             MigrationPhaseChanged { id, .. }
             | MigrationCommitted { id, .. }
@@ -345,11 +339,7 @@ impl Event {
             DomainDiskAdded { disk, .. } => vec![ResourceKey::Volume(disk.volume.clone())],
             DomainDiskRemoved { volume, .. } => vec![ResourceKey::Volume(volume.clone())],
             IpAllocated { domain, .. } => vec![ResourceKey::Domain(domain.clone())],
-            VolumeCreated {
-                volume,
-                backing: Some(b),
-                ..
-            } => {
+            VolumeCreated { volume, backing: Some(b), .. } => {
                 vec![
                     ResourceKey::Pool(volume.pool.clone()),
                     ResourceKey::Volume(VolumeRef::new(&volume.pool, b)),
@@ -365,10 +355,7 @@ impl Event {
             | SnapshotDeleted { domain, .. }
             | SnapshotReverted { domain, .. } => vec![ResourceKey::Domain(domain.clone())],
             MigrationStarted { source, target, .. } => {
-                vec![
-                    ResourceKey::Host(source.clone()),
-                    ResourceKey::Host(target.clone()),
-                ]
+                vec![ResourceKey::Host(source.clone()), ResourceKey::Host(target.clone())]
             }
             _ => Vec::new(),
         }

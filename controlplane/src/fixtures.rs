@@ -2,12 +2,12 @@
 //! applies in one step. For tests, benches and the simulator (feature `fixtures`).
 
 use crate::model::{
-    Boot, DomainSpec, HaPolicy, HostState, Labels, NetworkConfig, NetworkMode, Placement,
-    PoolConfig, PoolKind, Resources,
+    Boot, DomainSpec, HaPolicy, HostState, Labels, NetworkConfig, NetworkMode, Placement, PoolConfig,
+    PoolKind, Resources,
 };
 use crate::{
-    apply_proposal, decide, Command, Committed, Decision, EventEnvelope, ProposalOutcome,
-    Rejection, Request, State,
+    apply_proposal, decide, Command, Committed, Decision, EventEnvelope, ProposalOutcome, Rejection, Request,
+    State,
 };
 
 /// A domain spec that boots a kernel directly, with no disks or NICs.
@@ -72,20 +72,13 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Harness {
-        Harness {
-            now_ms: 1_700_000_000_000,
-            ..Harness::default()
-        }
+        Harness { now_ms: 1_700_000_000_000, ..Harness::default() }
     }
 
     /// A fresh request id for `command`.
     pub fn request(&mut self, command: Command) -> Request {
         self.next_request += 1;
-        Request {
-            request_id: format!("req-{}", self.next_request),
-            principal: "test".into(),
-            command,
-        }
+        Request { request_id: format!("req-{}", self.next_request), principal: "test".into(), command }
     }
 
     /// Decide and apply a request, as a leader with no concurrent writers would.
@@ -114,12 +107,8 @@ impl Harness {
 
     /// Register a host and mark it ready.
     pub fn ready_host(&mut self, name: &str, vcpus: u32, memory_mib: u64) {
-        self.exec(register_host(name, vcpus, memory_mib))
-            .expect("fixture host registers");
-        self.exec(Command::SetHostState {
-            name: name.into(),
-            state: HostState::Ready,
-        })
-        .expect("fixture host readies");
+        self.exec(register_host(name, vcpus, memory_mib)).expect("fixture host registers");
+        self.exec(Command::SetHostState { name: name.into(), state: HostState::Ready })
+            .expect("fixture host readies");
     }
 }

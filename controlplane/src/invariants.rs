@@ -54,18 +54,10 @@ fn check_hosts(state: &State) -> Result<(), Violation> {
     }
     let mut expected: BTreeMap<&str, (Resources, BTreeSet<&str>)> = BTreeMap::new();
     for (host, d) in charges {
-        ensure!(
-            state.host(host).is_some(),
-            "domain {} placed on unknown host {host}",
-            d.name
-        );
+        ensure!(state.host(host).is_some(), "domain {} placed on unknown host {host}", d.name);
         let entry = expected.entry(host).or_default();
         entry.0 = entry.0.plus(d.spec.resources());
-        ensure!(
-            entry.1.insert(&d.name),
-            "domain {} charged twice to host {host}",
-            d.name
-        );
+        ensure!(entry.1.insert(&d.name), "domain {} charged twice to host {host}", d.name);
     }
     for host in state.hosts().values() {
         let (allocated, domains) = expected.remove(host.name.as_str()).unwrap_or_default();
@@ -75,17 +67,9 @@ fn check_hosts(state: &State) -> Result<(), Violation> {
             host.name,
             host.allocated
         );
-        ensure!(
-            host.allocated.fits_within(host.capacity),
-            "host {} is over capacity",
-            host.name
-        );
+        ensure!(host.allocated.fits_within(host.capacity), "host {} is over capacity", host.name);
         let listed: BTreeSet<&str> = host.domains.iter().map(String::as_str).collect();
-        ensure!(
-            listed == domains,
-            "host {} lists domains {listed:?}, placements say {domains:?}",
-            host.name
-        );
+        ensure!(listed == domains, "host {} lists domains {listed:?}, placements say {domains:?}", host.name);
         ensure!(
             host.state != HostState::Left || host.domains.is_empty(),
             "host {} left with domains",
@@ -100,21 +84,13 @@ fn check_networks(state: &State) -> Result<(), Violation> {
         let mut ips = BTreeSet::new();
         for (mac, lease) in &n.leases {
             if let Some(ip) = lease.ip {
-                ensure!(
-                    ips.insert(ip),
-                    "address {ip} leased twice on network {}",
-                    n.name
-                );
+                ensure!(ips.insert(ip), "address {ip} leased twice on network {}", n.name);
                 ensure!(
                     n.config.cidr.is_some_and(|c| c.is_host_address(ip)),
                     "address {ip} outside network {}",
                     n.name
                 );
-                ensure!(
-                    Some(ip) != n.config.gateway,
-                    "gateway {ip} leased on network {}",
-                    n.name
-                );
+                ensure!(Some(ip) != n.config.gateway, "gateway {ip} leased on network {}", n.name);
             }
             let owner = state.domain(&lease.domain);
             ensure!(
@@ -128,17 +104,11 @@ fn check_networks(state: &State) -> Result<(), Violation> {
                 lease.domain
             );
         }
-        ensure!(
-            ips == n.used_ips,
-            "network {} used-address index disagrees with its leases",
-            n.name
-        );
+        ensure!(ips == n.used_ips, "network {} used-address index disagrees with its leases", n.name);
     }
     for d in state.domains().values() {
         for nic in &d.spec.nics {
-            let mac = nic
-                .mac
-                .ok_or_else(|| Violation(format!("domain {} has a NIC without MAC", d.name)))?;
+            let mac = nic.mac.ok_or_else(|| Violation(format!("domain {} has a NIC without MAC", d.name)))?;
             let leased = state.network(&nic.network).and_then(|n| n.leases.get(&mac));
             ensure!(
                 leased.is_some_and(|l| l.domain == d.name),
@@ -154,28 +124,15 @@ fn check_volumes(state: &State) -> Result<(), Violation> {
     let mut pools: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut clones: BTreeMap<&crate::model::VolumeRef, u64> = BTreeMap::new();
     for v in state.volumes().values() {
-        ensure!(
-            state.pool(&v.id.pool).is_some(),
-            "volume {} in unknown pool",
-            v.id
-        );
+        ensure!(state.pool(&v.id.pool).is_some(), "volume {} in unknown pool", v.id);
         let entry = pools.entry(v.id.pool.as_str()).or_default();
         entry.0 += v.capacity_mib;
         entry.1 += 1;
-        let rw = v
-            .attachments
-            .values()
-            .filter(|m| **m == AttachMode::ReadWrite)
-            .count();
-        ensure!(
-            rw == 0 || v.attachments.len() == 1,
-            "volume {} attached read-write alongside others",
-            v.id
-        );
+        let rw = v.attachments.values().filter(|m| **m == AttachMode::ReadWrite).count();
+        ensure!(rw == 0 || v.attachments.len() == 1, "volume {} attached read-write alongside others", v.id);
         for (domain, mode) in &v.attachments {
-            let disk = state
-                .domain(domain)
-                .and_then(|d| d.spec.disks.iter().find(|disk| disk.volume == v.id));
+            let disk =
+                state.domain(domain).and_then(|d| d.spec.disks.iter().find(|disk| disk.volume == v.id));
             ensure!(
                 disk.is_some_and(|disk| disk.read_only == (*mode == AttachMode::ReadOnly)),
                 "volume {} attachment to {domain} does not match the domain's disks",
@@ -183,9 +140,7 @@ fn check_volumes(state: &State) -> Result<(), Violation> {
             );
         }
         if let Some(b) = &v.backing {
-            let base = state
-                .volumes()
-                .get_key_value(&crate::model::VolumeRef::new(&v.id.pool, b));
+            let base = state.volumes().get_key_value(&crate::model::VolumeRef::new(&v.id.pool, b));
             let (base_id, _) =
                 base.ok_or_else(|| Violation(format!("volume {} backed by missing {b}", v.id)))?;
             *clones.entry(base_id).or_default() += 1;
@@ -193,37 +148,17 @@ fn check_volumes(state: &State) -> Result<(), Violation> {
     }
     for v in state.volumes().values() {
         let n = clones.get(&v.id).copied().unwrap_or(0);
-        ensure!(
-            v.clones == n,
-            "volume {} counts {} clones, has {n}",
-            v.id,
-            v.clones
-        );
+        ensure!(v.clones == n, "volume {} counts {} clones, has {n}", v.id, v.clones);
     }
     for p in state.pools().values() {
         let (allocated, count) = pools.remove(p.name.as_str()).unwrap_or_default();
-        ensure!(
-            p.allocated_mib == allocated && p.volumes == count,
-            "pool {} accounting is off",
-            p.name
-        );
-        ensure!(
-            p.allocated_mib <= p.config.capacity_mib,
-            "pool {} is over capacity",
-            p.name
-        );
+        ensure!(p.allocated_mib == allocated && p.volumes == count, "pool {} accounting is off", p.name);
+        ensure!(p.allocated_mib <= p.config.capacity_mib, "pool {} is over capacity", p.name);
     }
     for d in state.domains().values() {
         for disk in &d.spec.disks {
-            let attached = state
-                .volume(&disk.volume)
-                .is_some_and(|v| v.attachments.contains_key(&d.name));
-            ensure!(
-                attached,
-                "disk {} of domain {} is not attached",
-                disk.volume,
-                d.name
-            );
+            let attached = state.volume(&disk.volume).is_some_and(|v| v.attachments.contains_key(&d.name));
+            ensure!(attached, "disk {} of domain {} is not attached", disk.volume, d.name);
         }
     }
     Ok(())
@@ -231,15 +166,9 @@ fn check_volumes(state: &State) -> Result<(), Violation> {
 
 fn check_snapshots_and_migrations(state: &State) -> Result<(), Violation> {
     for ((domain, name), s) in state.snapshots() {
-        ensure!(
-            state.domain(domain).is_some(),
-            "snapshot {domain}/{name} of unknown domain"
-        );
+        ensure!(state.domain(domain).is_some(), "snapshot {domain}/{name} of unknown domain");
         if let Some(p) = &s.parent {
-            ensure!(
-                state.snapshot(domain, p).is_some(),
-                "snapshot {domain}/{name} has missing parent {p}"
-            );
+            ensure!(state.snapshot(domain, p).is_some(), "snapshot {domain}/{name} has missing parent {p}");
         }
     }
     for d in state.domains().values() {

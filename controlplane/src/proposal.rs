@@ -57,9 +57,5 @@ pub enum ProposalOutcome {
     /// was applied and this is the first answer.
     Duplicate(Committed),
     /// A precondition failed; nothing was applied. The proposer re-decides.
-    Conflict {
-        key: ResourceKey,
-        expected: u64,
-        actual: u64,
-    },
+    Conflict { key: ResourceKey, expected: u64, actual: u64 },
 }

@@ -27,18 +27,10 @@ pub enum Rejection {
     AlreadyExists { kind: ResourceKind, name: String },
     /// The command is well formed but the resource is not in a state that allows it.
     #[error("{kind} {name}: {reason}")]
-    FailedPrecondition {
-        kind: ResourceKind,
-        name: String,
-        reason: String,
-    },
+    FailedPrecondition { kind: ResourceKind, name: String, reason: String },
     /// No room: no host can take the domain, a pool or network is full.
     #[error("{kind} {name}: {reason}")]
-    ResourceExhausted {
-        kind: ResourceKind,
-        name: String,
-        reason: String,
-    },
+    ResourceExhausted { kind: ResourceKind, name: String, reason: String },
     /// The proposal kept losing version races with concurrent writes; retry.
     #[error("conflict on {resource}: still conflicting after {attempts} attempts")]
     Aborted { resource: String, attempts: u32 },
@@ -57,24 +49,15 @@ impl Rejection {
     }
 
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Rejection {
-        Rejection::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Rejection::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
     pub(crate) fn not_found(kind: ResourceKind, name: impl ToString) -> Rejection {
-        Rejection::NotFound {
-            kind,
-            name: name.to_string(),
-        }
+        Rejection::NotFound { kind, name: name.to_string() }
     }
 
     pub(crate) fn exists(kind: ResourceKind, name: impl ToString) -> Rejection {
-        Rejection::AlreadyExists {
-            kind,
-            name: name.to_string(),
-        }
+        Rejection::AlreadyExists { kind, name: name.to_string() }
     }
 
     pub(crate) fn precondition(
@@ -82,22 +65,10 @@ impl Rejection {
         name: impl ToString,
         reason: impl Into<String>,
     ) -> Rejection {
-        Rejection::FailedPrecondition {
-            kind,
-            name: name.to_string(),
-            reason: reason.into(),
-        }
+        Rejection::FailedPrecondition { kind, name: name.to_string(), reason: reason.into() }
     }
 
-    pub(crate) fn exhausted(
-        kind: ResourceKind,
-        name: impl ToString,
-        reason: impl Into<String>,
-    ) -> Rejection {
-        Rejection::ResourceExhausted {
-            kind,
-            name: name.to_string(),
-            reason: reason.into(),
-        }
+    pub(crate) fn exhausted(kind: ResourceKind, name: impl ToString, reason: impl Into<String>) -> Rejection {
+        Rejection::ResourceExhausted { kind, name: name.to_string(), reason: reason.into() }
     }
 }

@@ -53,29 +53,13 @@ impl RequestWindow {
     pub(crate) fn record(&mut self, principal: &str, request_id: &str, seq: u64) {
         let k = key(principal, request_id);
         if self.order.back() == Some(&k) {
-            let entry = self
-                .entries
-                .get_mut(&k)
-                .expect("window order and entries agree");
-            assert_eq!(
-                entry.last_seq + 1,
-                seq,
-                "events of one request are contiguous"
-            );
+            let entry = self.entries.get_mut(&k).expect("window order and entries agree");
+            assert_eq!(entry.last_seq + 1, seq, "events of one request are contiguous");
             entry.last_seq = seq;
             return;
         }
-        let previous = self.entries.insert(
-            k.clone(),
-            Committed {
-                first_seq: seq,
-                last_seq: seq,
-            },
-        );
-        assert!(
-            previous.is_none(),
-            "request {request_id:?} of {principal:?} applied twice"
-        );
+        let previous = self.entries.insert(k.clone(), Committed { first_seq: seq, last_seq: seq });
+        assert!(previous.is_none(), "request {request_id:?} of {principal:?} applied twice");
         self.order.push_back(k);
         while self.order.len() > REQUEST_WINDOW_MAX {
             let oldest = self.order.pop_front().expect("window is not empty");

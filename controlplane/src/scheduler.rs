@@ -79,12 +79,7 @@ pub fn fit(state: &State, host: &Host, name: &str, spec: &DomainSpec) -> Result<
     if spec.memory_mib > free.memory_mib {
         return Err(Misfit::Memory);
     }
-    if !spec
-        .placement
-        .required_labels
-        .iter()
-        .all(|(k, v)| host.labels.get(k) == Some(v))
-    {
+    if !spec.placement.required_labels.iter().all(|(k, v)| host.labels.get(k) == Some(v)) {
         return Err(Misfit::Labels);
     }
     if let Some(group) = &spec.placement.anti_affinity_group {
@@ -102,19 +97,9 @@ pub fn fit(state: &State, host: &Host, name: &str, spec: &DomainSpec) -> Result<
 
 /// Load after placing `spec` on `host`, in millionths of the fuller dimension.
 fn load_after(host: &Host, spec: &DomainSpec) -> u64 {
-    let share = |used: u64, cap: u64| {
-        used.saturating_mul(1_000_000)
-            .checked_div(cap)
-            .unwrap_or(u64::MAX)
-    };
-    let cpu = share(
-        u64::from(host.allocated.vcpus + spec.vcpus),
-        u64::from(host.capacity.vcpus),
-    );
-    let mem = share(
-        host.allocated.memory_mib + spec.memory_mib,
-        host.capacity.memory_mib,
-    );
+    let share = |used: u64, cap: u64| used.saturating_mul(1_000_000).checked_div(cap).unwrap_or(u64::MAX);
+    let cpu = share(u64::from(host.allocated.vcpus + spec.vcpus), u64::from(host.capacity.vcpus));
+    let mem = share(host.allocated.memory_mib + spec.memory_mib, host.capacity.memory_mib);
     cpu.max(mem)
 }
 

@@ -113,10 +113,9 @@ impl State {
             ResourceKey::Network(n) => self.networks.get(n).map_or(0, |r| r.version),
             ResourceKey::Pool(n) => self.pools.get(n).map_or(0, |r| r.version),
             ResourceKey::Volume(v) => self.volumes.get(v).map_or(0, |r| r.version),
-            ResourceKey::Snapshot { domain, name } => self
-                .snapshots
-                .get(&(domain.clone(), name.clone()))
-                .map_or(0, |r| r.version),
+            ResourceKey::Snapshot { domain, name } => {
+                self.snapshots.get(&(domain.clone(), name.clone())).map_or(0, |r| r.version)
+            }
             ResourceKey::Migration(id) => self.migrations.get(id).map_or(0, |r| r.version),
         }
     }

@@ -1,8 +1,6 @@
 //! Checks on the shape of command fields, independent of the state.
 
-use crate::limits::{
-    LABELS_MAX, LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, NAME_LEN_MAX, PATH_LEN_MAX,
-};
+use crate::limits::{LABELS_MAX, LABEL_KEY_LEN_MAX, LABEL_VALUE_LEN_MAX, NAME_LEN_MAX, PATH_LEN_MAX};
 use crate::model::Labels;
 use crate::rejection::Rejection;
 
@@ -11,26 +9,14 @@ pub fn name(field: &str, value: &str) -> Result<(), Rejection> {
     if value.is_empty() || value.len() > NAME_LEN_MAX {
         return Err(Rejection::invalid(
             field,
-            format!(
-                "must be 1 to {NAME_LEN_MAX} characters, got {}",
-                value.len()
-            ),
+            format!("must be 1 to {NAME_LEN_MAX} characters, got {}", value.len()),
         ));
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(Rejection::invalid(
-            field,
-            format!("{value:?} may hold only a-z, 0-9 and '-'"),
-        ));
+    if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(Rejection::invalid(field, format!("{value:?} may hold only a-z, 0-9 and '-'")));
     }
     if value.starts_with('-') || value.ends_with('-') {
-        return Err(Rejection::invalid(
-            field,
-            format!("{value:?} may not start or end with '-'"),
-        ));
+        return Err(Rejection::invalid(field, format!("{value:?} may not start or end with '-'")));
     }
     Ok(())
 }
@@ -38,16 +24,10 @@ pub fn name(field: &str, value: &str) -> Result<(), Rejection> {
 /// Free text of at most `max` bytes without control characters.
 pub fn text(field: &str, value: &str, min: usize, max: usize) -> Result<(), Rejection> {
     if value.len() < min || value.len() > max {
-        return Err(Rejection::invalid(
-            field,
-            format!("must be {min} to {max} bytes, got {}", value.len()),
-        ));
+        return Err(Rejection::invalid(field, format!("must be {min} to {max} bytes, got {}", value.len())));
     }
     if value.chars().any(char::is_control) {
-        return Err(Rejection::invalid(
-            field,
-            "may not contain control characters",
-        ));
+        return Err(Rejection::invalid(field, "may not contain control characters"));
     }
     Ok(())
 }
@@ -55,16 +35,10 @@ pub fn text(field: &str, value: &str, min: usize, max: usize) -> Result<(), Reje
 /// An identifier made of printable ASCII without spaces (principals, request ids).
 pub fn token(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
     if value.is_empty() || value.len() > max {
-        return Err(Rejection::invalid(
-            field,
-            format!("must be 1 to {max} characters, got {}", value.len()),
-        ));
+        return Err(Rejection::invalid(field, format!("must be 1 to {max} characters, got {}", value.len())));
     }
     if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Rejection::invalid(
-            field,
-            "may hold only printable ASCII without spaces",
-        ));
+        return Err(Rejection::invalid(field, "may hold only printable ASCII without spaces"));
     }
     Ok(())
 }
@@ -73,16 +47,10 @@ pub fn token(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
 pub fn path(field: &str, value: &str) -> Result<(), Rejection> {
     text(field, value, 1, PATH_LEN_MAX)?;
     if !value.starts_with('/') {
-        return Err(Rejection::invalid(
-            field,
-            format!("{value:?} is not an absolute path"),
-        ));
+        return Err(Rejection::invalid(field, format!("{value:?} is not an absolute path")));
     }
     if value.split('/').any(|part| part == "." || part == "..") || value.contains("//") {
-        return Err(Rejection::invalid(
-            field,
-            format!("{value:?} is not a normalized path"),
-        ));
+        return Err(Rejection::invalid(field, format!("{value:?} is not a normalized path")));
     }
     Ok(())
 }
@@ -90,16 +58,12 @@ pub fn path(field: &str, value: &str) -> Result<(), Rejection> {
 /// Labels: at most 32; keys `[a-z0-9-._/]` (1-63), values `[A-Za-z0-9-._]` (0-63).
 pub fn labels(field: &str, labels: &Labels) -> Result<(), Rejection> {
     if labels.len() > LABELS_MAX {
-        return Err(Rejection::invalid(
-            field,
-            format!("at most {LABELS_MAX} labels, got {}", labels.len()),
-        ));
+        return Err(Rejection::invalid(field, format!("at most {LABELS_MAX} labels, got {}", labels.len())));
     }
     for (k, v) in labels {
         let key_ok = !k.is_empty()
             && k.len() <= LABEL_KEY_LEN_MAX
-            && k.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._/".contains(&b));
+            && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._/".contains(&b));
         if !key_ok {
             return Err(Rejection::invalid(
                 field,
@@ -107,8 +71,7 @@ pub fn labels(field: &str, labels: &Labels) -> Result<(), Rejection> {
             ));
         }
         let value_ok = v.len() <= LABEL_VALUE_LEN_MAX
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
         if !value_ok {
             return Err(Rejection::invalid(
                 field,
@@ -127,10 +90,7 @@ pub fn range<T: PartialOrd + std::fmt::Display>(
     max: T,
 ) -> Result<(), Rejection> {
     if value < min || value > max {
-        return Err(Rejection::invalid(
-            field,
-            format!("must be {min} to {max}, got {value}"),
-        ));
+        return Err(Rejection::invalid(field, format!("must be {min} to {max}, got {value}")));
     }
     Ok(())
 }
@@ -158,11 +118,7 @@ mod tests {
 
     #[test]
     fn label_rules() {
-        let ok: Labels = [
-            ("zone".into(), "eu-1".into()),
-            ("disk/ssd".into(), String::new()),
-        ]
-        .into();
+        let ok: Labels = [("zone".into(), "eu-1".into()), ("disk/ssd".into(), String::new())].into();
         assert!(labels("l", &ok).is_ok());
         let bad_key: Labels = [("Zone".into(), "x".into())].into();
         assert!(labels("l", &bad_key).is_err());

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use controlplane::codec::{self, Durable};
 use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, Harness};
 use controlplane::model::{
-    Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, NetworkConfig, NetworkMode,
-    Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, VolumeFormat, VolumeRef,
+    Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, NetworkConfig, NetworkMode, Nic,
+    ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, VolumeFormat, VolumeRef,
 };
 use controlplane::{invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State};
 
@@ -28,20 +28,11 @@ fn dir() -> PathBuf {
 /// One event of every variant, in declaration order. Append only.
 fn samples() -> Vec<EventEnvelope> {
     let labels: Labels = [("zone".to_string(), "a".to_string())].into();
-    let capacity = Resources {
-        vcpus: 16,
-        memory_mib: 65536,
-    };
+    let capacity = Resources { vcpus: 16, memory_mib: 65536 };
     let vol = VolumeRef::new("images", "root");
     let mut spec = kernel_spec(2, 1024);
-    spec.disks.push(Disk {
-        volume: vol.clone(),
-        read_only: false,
-    });
-    spec.nics.push(Nic {
-        network: "default".into(),
-        mac: Some(Mac([0x52, 0x54, 0, 1, 2, 3])),
-    });
+    spec.disks.push(Disk { volume: vol.clone(), read_only: false });
+    spec.nics.push(Nic { network: "default".into(), mac: Some(Mac([0x52, 0x54, 0, 1, 2, 3])) });
     let events = vec![
         Event::HostRegistered {
             name: "h1".into(),
@@ -49,20 +40,9 @@ fn samples() -> Vec<EventEnvelope> {
             capacity,
             labels: labels.clone(),
         },
-        Event::HostUpdated {
-            name: "h1".into(),
-            address: "127.0.0.1:7002".into(),
-            capacity,
-            labels,
-        },
-        Event::HostStateChanged {
-            name: "h1".into(),
-            state: HostState::Ready,
-        },
-        Event::DomainDefined {
-            name: "web".into(),
-            spec,
-        },
+        Event::HostUpdated { name: "h1".into(), address: "127.0.0.1:7002".into(), capacity, labels },
+        Event::HostStateChanged { name: "h1".into(), state: HostState::Ready },
+        Event::DomainDefined { name: "web".into(), spec },
         Event::DomainUndefined { name: "web".into() },
         Event::DomainStartRequested { name: "web".into() },
         Event::DomainShutdownRequested { name: "web".into() },
@@ -70,58 +50,33 @@ fn samples() -> Vec<EventEnvelope> {
         Event::DomainRebootRequested { name: "web".into() },
         Event::DomainSuspendRequested { name: "web".into() },
         Event::DomainResumeRequested { name: "web".into() },
-        Event::DomainScheduled {
-            name: "web".into(),
-            host: "h1".into(),
-            generation: 3,
-        },
+        Event::DomainScheduled { name: "web".into(), host: "h1".into(), generation: 3 },
         Event::DomainObserved {
             name: "web".into(),
             generation: 3,
             phase: ObservedPhase::Crashed,
             reason: Some("triple fault".into()),
         },
-        Event::DomainReleased {
-            name: "web".into(),
-            generation: 3,
-            desired: DesiredState::Running,
-        },
-        Event::DomainDiskAdded {
-            name: "web".into(),
-            disk: Disk {
-                volume: vol.clone(),
-                read_only: true,
-            },
-        },
-        Event::DomainDiskRemoved {
-            name: "web".into(),
-            volume: vol.clone(),
-        },
+        Event::DomainReleased { name: "web".into(), generation: 3, desired: DesiredState::Running },
+        Event::DomainDiskAdded { name: "web".into(), disk: Disk { volume: vol.clone(), read_only: true } },
+        Event::DomainDiskRemoved { name: "web".into(), volume: vol.clone() },
         Event::NetworkCreated {
             name: "default".into(),
             config: NetworkConfig {
                 mode: NetworkMode::Nat,
-                cidr: Some(Cidr {
-                    addr: Ipv4Addr::new(10, 0, 0, 0),
-                    prefix_len: 24,
-                }),
+                cidr: Some(Cidr { addr: Ipv4Addr::new(10, 0, 0, 0), prefix_len: 24 }),
                 gateway: Some(Ipv4Addr::new(10, 0, 0, 1)),
                 bridge: None,
             },
         },
-        Event::NetworkDeleted {
-            name: "default".into(),
-        },
+        Event::NetworkDeleted { name: "default".into() },
         Event::IpAllocated {
             network: "default".into(),
             mac: Mac([0x52, 0x54, 0, 1, 2, 3]),
             ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
             domain: "web".into(),
         },
-        Event::IpReleased {
-            network: "default".into(),
-            mac: Mac([0x52, 0x54, 0, 1, 2, 3]),
-        },
+        Event::IpReleased { network: "default".into(), mac: Mac([0x52, 0x54, 0, 1, 2, 3]) },
         Event::PoolCreated {
             name: "images".into(),
             config: PoolConfig {
@@ -131,71 +86,31 @@ fn samples() -> Vec<EventEnvelope> {
                 capacity_mib: 1 << 20,
             },
         },
-        Event::PoolDeleted {
-            name: "images".into(),
-        },
+        Event::PoolDeleted { name: "images".into() },
         Event::VolumeCreated {
             volume: vol.clone(),
             format: VolumeFormat::Qcow2,
             capacity_mib: 10240,
             backing: Some("base".into()),
         },
-        Event::VolumeDeleted {
-            volume: vol.clone(),
-        },
-        Event::VolumeResized {
-            volume: vol.clone(),
-            capacity_mib: 20480,
-        },
-        Event::VolumeAllocationObserved {
-            volume: vol.clone(),
-            allocation_mib: 512,
-        },
-        Event::VolumeAttached {
-            volume: vol.clone(),
-            domain: "web".into(),
-            read_only: false,
-        },
-        Event::VolumeDetached {
-            volume: vol,
-            domain: "web".into(),
-        },
+        Event::VolumeDeleted { volume: vol.clone() },
+        Event::VolumeResized { volume: vol.clone(), capacity_mib: 20480 },
+        Event::VolumeAllocationObserved { volume: vol.clone(), allocation_mib: 512 },
+        Event::VolumeAttached { volume: vol.clone(), domain: "web".into(), read_only: false },
+        Event::VolumeDetached { volume: vol, domain: "web".into() },
         Event::SnapshotCreated {
             domain: "web".into(),
             name: "s2".into(),
             parent: Some("s1".into()),
             kind: SnapshotKind::Full,
         },
-        Event::SnapshotDeleted {
-            domain: "web".into(),
-            name: "s1".into(),
-        },
-        Event::SnapshotReparented {
-            domain: "web".into(),
-            name: "s2".into(),
-            parent: None,
-        },
-        Event::SnapshotReverted {
-            domain: "web".into(),
-            name: "s2".into(),
-        },
-        Event::MigrationStarted {
-            domain: "web".into(),
-            source: "h1".into(),
-            target: "h2".into(),
-        },
-        Event::MigrationPhaseChanged {
-            id: 33,
-            phase: MigrationPhase::Transferring,
-        },
-        Event::MigrationCommitted {
-            id: 33,
-            generation: 4,
-        },
-        Event::MigrationRolledBack {
-            id: 33,
-            reason: "target unreachable".into(),
-        },
+        Event::SnapshotDeleted { domain: "web".into(), name: "s1".into() },
+        Event::SnapshotReparented { domain: "web".into(), name: "s2".into(), parent: None },
+        Event::SnapshotReverted { domain: "web".into(), name: "s2".into() },
+        Event::MigrationStarted { domain: "web".into(), source: "h1".into(), target: "h2".into() },
+        Event::MigrationPhaseChanged { id: 33, phase: MigrationPhase::Transferring },
+        Event::MigrationCommitted { id: 33, generation: 4 },
+        Event::MigrationRolledBack { id: 33, reason: "target unreachable".into() },
     ];
     events
         .into_iter()
@@ -226,9 +141,7 @@ fn read_events(path: &Path) -> Vec<EventEnvelope> {
     let mut out = Vec::new();
     while !rest.is_empty() {
         let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-        out.push(
-            codec::decode(&rest[4..4 + len]).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-        );
+        out.push(codec::decode(&rest[4..4 + len]).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
         rest = &rest[4 + len..];
     }
     out
@@ -241,11 +154,7 @@ fn writing() -> bool {
 #[test]
 fn samples_cover_every_variant_in_order() {
     let kinds: Vec<&str> = samples().iter().map(|e| e.event.kind()).collect();
-    assert_eq!(
-        kinds,
-        Event::KINDS,
-        "append a sample for every new variant, in order"
-    );
+    assert_eq!(kinds, Event::KINDS, "append a sample for every new variant, in order");
 }
 
 #[test]
@@ -282,10 +191,7 @@ fn rich_state() -> (State, Proposal) {
     let mut h = Harness::new();
     h.ready_host("h1", 16, 65536);
     h.ready_host("h2", 16, 65536);
-    for c in [
-        nat_network("default", "10.0.0.0/24"),
-        dir_pool("images", true, 1 << 20),
-    ] {
+    for c in [nat_network("default", "10.0.0.0/24"), dir_pool("images", true, 1 << 20)] {
         h.exec(c).unwrap();
     }
     let vol = VolumeRef::new("images", "root");
@@ -297,19 +203,9 @@ fn rich_state() -> (State, Proposal) {
     })
     .unwrap();
     let mut spec = kernel_spec(2, 2048);
-    spec.disks.push(Disk {
-        volume: vol,
-        read_only: false,
-    });
-    spec.nics.push(Nic {
-        network: "default".into(),
-        mac: None,
-    });
-    h.exec(Command::DefineDomain {
-        name: "web".into(),
-        spec,
-    })
-    .unwrap();
+    spec.disks.push(Disk { volume: vol, read_only: false });
+    spec.nics.push(Nic { network: "default".into(), mac: None });
+    h.exec(Command::DefineDomain { name: "web".into(), spec }).unwrap();
     h.exec(Command::StartDomain { name: "web".into() }).unwrap();
     let d = h.state.domain("web").unwrap();
     let (host, generation) = (d.status.host.clone().unwrap(), d.status.generation);
@@ -321,29 +217,13 @@ fn rich_state() -> (State, Proposal) {
         reason: None,
     })
     .unwrap();
-    h.exec(Command::CreateSnapshot {
-        domain: "web".into(),
-        name: "before".into(),
-        kind: SnapshotKind::Full,
-    })
-    .unwrap();
-    h.exec(Command::StartMigration {
-        domain: "web".into(),
-        target: None,
-    })
-    .unwrap();
+    h.exec(Command::CreateSnapshot { domain: "web".into(), name: "before".into(), kind: SnapshotKind::Full })
+        .unwrap();
+    h.exec(Command::StartMigration { domain: "web".into(), target: None }).unwrap();
     let id = *h.state.migrations().keys().next().unwrap();
-    let command = Command::ReportMigrationProgress {
-        id,
-        phase: MigrationPhase::Transferring,
-    };
-    let request = Request {
-        request_id: "golden-proposal".into(),
-        principal: "golden".into(),
-        command,
-    };
-    let Ok(Decision::Propose(p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000)
-    else {
+    let command = Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring };
+    let request = Request { request_id: "golden-proposal".into(), principal: "golden".into(), command };
+    let Ok(Decision::Propose(p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000) else {
         panic!("migration progress decides");
     };
     (h.state, p)
@@ -357,11 +237,7 @@ fn check_fixed_bytes<T: Durable + PartialEq + std::fmt::Debug>(name: &str, fresh
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run with DROVER_WRITE_GOLDEN=1", path.display()));
     let value: T = codec::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(
-        codec::encode(&value),
-        bytes,
-        "{name} re-encodes to other bytes"
-    );
+    assert_eq!(codec::encode(&value), bytes, "{name} re-encodes to other bytes");
     value
 }
 

@@ -11,13 +11,13 @@
 use std::collections::BTreeSet;
 
 use controlplane::model::{
-    Boot, Cidr, DesiredState, Disk, DomainSpec, HaPolicy, HostState, Mac, MigrationPhase,
-    NetworkConfig, NetworkMode, Nic, ObservedPhase, Phase, Placement, PoolConfig, PoolKind,
-    Resources, SnapshotKind, VolumeFormat, VolumeRef,
+    Boot, Cidr, DesiredState, Disk, DomainSpec, HaPolicy, HostState, Mac, MigrationPhase, NetworkConfig,
+    NetworkMode, Nic, ObservedPhase, Phase, Placement, PoolConfig, PoolKind, Resources, SnapshotKind,
+    VolumeFormat, VolumeRef,
 };
 use controlplane::{
-    apply, apply_proposal, codec, decide, invariants, state_hash, Command, Decision, Event,
-    EventEnvelope, Proposal, ProposalOutcome, Request, State,
+    apply, apply_proposal, codec, decide, invariants, state_hash, Command, Decision, Event, EventEnvelope,
+    Proposal, ProposalOutcome, Request, State,
 };
 use proptest::prelude::*;
 
@@ -80,10 +80,7 @@ fn sane_spec() -> impl Strategy<Value = DomainSpec> {
         1u32..=3,
         64u64..=3000,
         proptest::collection::vec(
-            (
-                proptest::sample::select(&["v0", "v1", "v2"][..]),
-                proptest::bool::weighted(0.3),
-            ),
+            (proptest::sample::select(&["v0", "v1", "v2"][..]), proptest::bool::weighted(0.3)),
             0..3,
         ),
         proptest::collection::vec(proptest::sample::select(&["n0", "n1"][..]), 0..3),
@@ -93,34 +90,14 @@ fn sane_spec() -> impl Strategy<Value = DomainSpec> {
         .prop_map(|(vcpus, memory_mib, disks, nics, group, ha)| DomainSpec {
             vcpus,
             memory_mib,
-            boot: Boot::Kernel {
-                kernel: "/boot/vmlinuz".into(),
-                initrd: None,
-                cmdline: "quiet".into(),
-            },
+            boot: Boot::Kernel { kernel: "/boot/vmlinuz".into(), initrd: None, cmdline: "quiet".into() },
             disks: disks
                 .into_iter()
-                .map(|(v, read_only)| Disk {
-                    volume: VolumeRef::new("p0", v),
-                    read_only,
-                })
+                .map(|(v, read_only)| Disk { volume: VolumeRef::new("p0", v), read_only })
                 .collect(),
-            nics: nics
-                .into_iter()
-                .map(|n| Nic {
-                    network: n.to_string(),
-                    mac: None,
-                })
-                .collect(),
-            ha: if ha {
-                HaPolicy::Restart { priority: 5 }
-            } else {
-                HaPolicy::None
-            },
-            placement: Placement {
-                required_labels: Default::default(),
-                anti_affinity_group: group,
-            },
+            nics: nics.into_iter().map(|n| Nic { network: n.to_string(), mac: None }).collect(),
+            ha: if ha { HaPolicy::Restart { priority: 5 } } else { HaPolicy::None },
+            placement: Placement { required_labels: Default::default(), anti_affinity_group: group },
         })
 }
 
@@ -130,54 +107,30 @@ fn wild_spec() -> impl Strategy<Value = DomainSpec> {
         0u32..=300,
         prop_oneof![Just(0u64), 16u64..=9000, Just(u64::MAX)],
         proptest::collection::vec((volume_ref(), any::<bool>()), 0..3),
-        proptest::collection::vec(
-            (pick(NETWORKS), proptest::option::of(any::<[u8; 6]>())),
-            0..3,
-        ),
+        proptest::collection::vec((pick(NETWORKS), proptest::option::of(any::<[u8; 6]>())), 0..3),
         any::<bool>(),
         proptest::option::of(prop_oneof![Just("g".to_string()), Just("G".to_string())]),
     )
-        .prop_map(
-            |(vcpus, memory_mib, disks, nics, boot_disk, group)| DomainSpec {
-                vcpus,
-                memory_mib,
-                boot: if boot_disk {
-                    Boot::Disk
-                } else {
-                    Boot::Kernel {
-                        kernel: "boot/vmlinuz".into(),
-                        initrd: None,
-                        cmdline: "quiet".into(),
-                    }
-                },
-                disks: disks
-                    .into_iter()
-                    .map(|(volume, read_only)| Disk { volume, read_only })
-                    .collect(),
-                nics: nics
-                    .into_iter()
-                    .map(|(network, mac)| Nic {
-                        network,
-                        mac: mac.map(Mac),
-                    })
-                    .collect(),
-                ha: HaPolicy::Restart { priority: vcpus },
-                placement: Placement {
-                    required_labels: Default::default(),
-                    anti_affinity_group: group,
-                },
+        .prop_map(|(vcpus, memory_mib, disks, nics, boot_disk, group)| DomainSpec {
+            vcpus,
+            memory_mib,
+            boot: if boot_disk {
+                Boot::Disk
+            } else {
+                Boot::Kernel { kernel: "boot/vmlinuz".into(), initrd: None, cmdline: "quiet".into() }
             },
-        )
+            disks: disks.into_iter().map(|(volume, read_only)| Disk { volume, read_only }).collect(),
+            nics: nics.into_iter().map(|(network, mac)| Nic { network, mac: mac.map(Mac) }).collect(),
+            ha: HaPolicy::Restart { priority: vcpus },
+            placement: Placement { required_labels: Default::default(), anti_affinity_group: group },
+        })
 }
 
 fn network_config() -> impl Strategy<Value = NetworkConfig> {
     prop_oneof![
         (0u8..4, 27u8..=31).prop_map(|(third, len)| NetworkConfig {
             mode: NetworkMode::Nat,
-            cidr: Some(Cidr {
-                addr: std::net::Ipv4Addr::new(10, 0, third, 0),
-                prefix_len: len
-            }),
+            cidr: Some(Cidr { addr: std::net::Ipv4Addr::new(10, 0, third, 0), prefix_len: len }),
             gateway: None,
             bridge: None,
         }),
@@ -187,12 +140,7 @@ fn network_config() -> impl Strategy<Value = NetworkConfig> {
             gateway: None,
             bridge: Some("br0".into())
         }),
-        Just(NetworkConfig {
-            mode: NetworkMode::Isolated,
-            cidr: None,
-            gateway: None,
-            bridge: None
-        }),
+        Just(NetworkConfig { mode: NetworkMode::Isolated, cidr: None, gateway: None, bridge: None }),
     ]
 }
 
@@ -295,11 +243,8 @@ struct Run {
 
 impl Run {
     fn request(&mut self, command: Command) -> Request {
-        let r = Request {
-            request_id: format!("r{}", self.requests.len()),
-            principal: "prop".into(),
-            command,
-        };
+        let r =
+            Request { request_id: format!("r{}", self.requests.len()), principal: "prop".into(), command };
         self.requests.push(r.clone());
         r
     }
@@ -323,11 +268,7 @@ impl Run {
             }
             ProposalOutcome::Duplicate(_) | ProposalOutcome::Conflict { .. } => {
                 assert!(envelopes.is_empty());
-                assert_eq!(
-                    state_hash(&self.state),
-                    before,
-                    "{outcome:?} changed the state"
-                );
+                assert_eq!(state_hash(&self.state), before, "{outcome:?} changed the state");
             }
         }
         if let Err(v) = invariants::check(&self.state) {
@@ -340,12 +281,7 @@ impl Run {
         match decide(&self.state, request, self.now_ms) {
             Ok(Decision::Propose(p)) => self.apply(&p),
             Ok(Decision::AlreadyCommitted(c)) => {
-                assert_eq!(
-                    self.state
-                        .requests()
-                        .get(&request.principal, &request.request_id),
-                    Some(c)
-                );
+                assert_eq!(self.state.requests().get(&request.principal, &request.request_id), Some(c));
             }
             Err(_) => {}
         }
@@ -353,8 +289,7 @@ impl Run {
 
     fn step(&mut self, index: usize, step: Step) {
         let due: Vec<Proposal> = {
-            let (now, later): (Vec<_>, Vec<_>) =
-                self.pending.drain(..).partition(|(at, _)| *at <= index);
+            let (now, later): (Vec<_>, Vec<_>) = self.pending.drain(..).partition(|(at, _)| *at <= index);
             self.pending = later;
             now.into_iter().map(|(_, p)| p).collect()
         };
@@ -366,11 +301,7 @@ impl Run {
                 let r = self.request(command);
                 self.submit(&r);
             }
-            Step::Observe {
-                domain,
-                phase,
-                honest,
-            } => {
+            Step::Observe { domain, phase, honest } => {
                 let name = DOMAINS[domain];
                 let Some(d) = self.state.domain(name) else {
                     return;
@@ -397,26 +328,15 @@ impl Run {
                 self.submit(&r);
             }
             Step::Migrate { which, action } => {
-                let live: Vec<u64> = self
-                    .state
-                    .migrations()
-                    .values()
-                    .filter(|m| !m.phase.is_ended())
-                    .map(|m| m.id)
-                    .collect();
+                let live: Vec<u64> =
+                    self.state.migrations().values().filter(|m| !m.phase.is_ended()).map(|m| m.id).collect();
                 let Some(&id) = live.get(which % live.len().max(1)) else {
                     return;
                 };
                 let command = match action {
-                    0 => Command::ReportMigrationProgress {
-                        id,
-                        phase: MigrationPhase::Transferring,
-                    },
+                    0 => Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring },
                     1 => Command::CommitMigration { id },
-                    _ => Command::AbortMigration {
-                        id,
-                        reason: "test".into(),
-                    },
+                    _ => Command::AbortMigration { id, reason: "test".into() },
                 };
                 let r = self.request(command);
                 self.submit(&r);
@@ -444,16 +364,10 @@ fn seeded() -> Vec<Command> {
         out.push(Command::RegisterHost {
             name: h.to_string(),
             address: format!("127.0.0.1:{}", 7000 + i),
-            capacity: Resources {
-                vcpus: 8,
-                memory_mib: 8192,
-            },
+            capacity: Resources { vcpus: 8, memory_mib: 8192 },
             labels: Default::default(),
         });
-        out.push(Command::SetHostState {
-            name: h.to_string(),
-            state: HostState::Ready,
-        });
+        out.push(Command::SetHostState { name: h.to_string(), state: HostState::Ready });
     }
     out.push(Command::CreateNetwork {
         name: "n0".into(),
@@ -592,30 +506,16 @@ fn the_seeded_cluster_is_valid() {
     let mut applied = BTreeSet::new();
     for (i, c) in seeded().into_iter().enumerate() {
         let name = c.name();
-        let r = Request {
-            request_id: format!("s{i}"),
-            principal: "p".into(),
-            command: c,
-        };
+        let r = Request { request_id: format!("s{i}"), principal: "p".into(), command: c };
         match decide(&state, &r, 1) {
             Ok(Decision::Propose(p)) => {
-                assert!(matches!(
-                    apply_proposal(&mut state, &p).0,
-                    ProposalOutcome::Applied(_)
-                ));
+                assert!(matches!(apply_proposal(&mut state, &p).0, ProposalOutcome::Applied(_)));
                 applied.insert(name);
             }
             other => panic!("seed command {name} failed: {other:?}"),
         }
     }
-    assert_eq!(
-        state
-            .hosts()
-            .values()
-            .filter(|h| h.state == HostState::Ready)
-            .count(),
-        3
-    );
+    assert_eq!(state.hosts().values().filter(|h| h.state == HostState::Ready).count(), 3);
     assert_eq!(state.volumes().len(), 3);
 }
 
@@ -646,13 +546,8 @@ fn the_generator_reaches_every_event_kind() {
             run.step(i, s);
         }
         seen.extend(run.archive.iter().map(|e| e.event.kind()));
-        run.archive
-            .iter()
-            .for_each(|e| *counts.entry(e.event.kind()).or_default() += 1);
+        run.archive.iter().for_each(|e| *counts.entry(e.event.kind()).or_default() += 1);
     }
     let missing: Vec<_> = Event::KINDS.iter().filter(|k| !seen.contains(*k)).collect();
-    assert!(
-        missing.is_empty(),
-        "never generated: {missing:?}; generated: {counts:?}"
-    );
+    assert!(missing.is_empty(), "never generated: {missing:?}; generated: {counts:?}");
 }

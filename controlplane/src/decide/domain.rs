@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256};
 use super::Draft;
 use crate::event::Event;
 use crate::limits::{
-    CMDLINE_LEN_MAX, DISKS_PER_DOMAIN_MAX, DOMAIN_MEMORY_MIB_MAX, DOMAIN_MEMORY_MIB_MIN,
-    DOMAIN_VCPUS_MAX, HA_PRIORITY_MAX, NICS_PER_DOMAIN_MAX, REASON_LEN_MAX,
+    CMDLINE_LEN_MAX, DISKS_PER_DOMAIN_MAX, DOMAIN_MEMORY_MIB_MAX, DOMAIN_MEMORY_MIB_MIN, DOMAIN_VCPUS_MAX,
+    HA_PRIORITY_MAX, NICS_PER_DOMAIN_MAX, REASON_LEN_MAX,
 };
 use crate::model::{
     AttachMode, Boot, DesiredState, Disk, Domain, DomainSpec, HaPolicy, Mac, ObservedPhase, Phase,
@@ -22,18 +22,9 @@ use crate::validate;
 /// Shape checks on a spec that need no state.
 fn validate_spec(spec: &DomainSpec) -> Result<(), Rejection> {
     validate::range("spec.vcpus", spec.vcpus, 1, DOMAIN_VCPUS_MAX)?;
-    validate::range(
-        "spec.memory_mib",
-        spec.memory_mib,
-        DOMAIN_MEMORY_MIB_MIN,
-        DOMAIN_MEMORY_MIB_MAX,
-    )?;
+    validate::range("spec.memory_mib", spec.memory_mib, DOMAIN_MEMORY_MIB_MIN, DOMAIN_MEMORY_MIB_MAX)?;
     match &spec.boot {
-        Boot::Kernel {
-            kernel,
-            initrd,
-            cmdline,
-        } => {
+        Boot::Kernel { kernel, initrd, cmdline } => {
             validate::path("spec.boot.kernel", kernel)?;
             if let Some(initrd) = initrd {
                 validate::path("spec.boot.initrd", initrd)?;
@@ -41,10 +32,7 @@ fn validate_spec(spec: &DomainSpec) -> Result<(), Rejection> {
             validate::text("spec.boot.cmdline", cmdline, 0, CMDLINE_LEN_MAX)?;
         }
         Boot::Disk if spec.disks.is_empty() => {
-            return Err(Rejection::invalid(
-                "spec.boot",
-                "boots from disk but has no disks",
-            ));
+            return Err(Rejection::invalid("spec.boot", "boots from disk but has no disks"));
         }
         Boot::Disk => {}
     }
@@ -59,10 +47,7 @@ fn validate_spec(spec: &DomainSpec) -> Result<(), Rejection> {
         validate::name("spec.disks.volume.pool", &disk.volume.pool)?;
         validate::name("spec.disks.volume.name", &disk.volume.name)?;
         if !volumes.insert(&disk.volume) {
-            return Err(Rejection::invalid(
-                "spec.disks",
-                format!("volume {} is listed twice", disk.volume),
-            ));
+            return Err(Rejection::invalid("spec.disks", format!("volume {} is listed twice", disk.volume)));
         }
     }
     if spec.nics.len() > NICS_PER_DOMAIN_MAX {
@@ -76,26 +61,17 @@ fn validate_spec(spec: &DomainSpec) -> Result<(), Rejection> {
         validate::name("spec.nics.network", &nic.network)?;
         if let Some(mac) = nic.mac {
             if !mac.is_unicast() {
-                return Err(Rejection::invalid(
-                    "spec.nics.mac",
-                    format!("{mac} is not a unicast address"),
-                ));
+                return Err(Rejection::invalid("spec.nics.mac", format!("{mac} is not a unicast address")));
             }
             if !macs.insert(mac) {
-                return Err(Rejection::invalid(
-                    "spec.nics.mac",
-                    format!("{mac} is listed twice"),
-                ));
+                return Err(Rejection::invalid("spec.nics.mac", format!("{mac} is listed twice")));
             }
         }
     }
     if let HaPolicy::Restart { priority } = spec.ha {
         validate::range("spec.ha.priority", priority, 0, HA_PRIORITY_MAX)?;
     }
-    validate::labels(
-        "spec.placement.required_labels",
-        &spec.placement.required_labels,
-    )?;
+    validate::labels("spec.placement.required_labels", &spec.placement.required_labels)?;
     if let Some(group) = &spec.placement.anti_affinity_group {
         validate::name("spec.placement.anti_affinity_group", group)?;
     }
@@ -111,11 +87,7 @@ fn check_attachable(volume: &Volume, domain: &str, read_only: bool) -> Result<()
             format!("is already attached to domain {domain}"),
         ));
     }
-    if let Some((holder, _)) = volume
-        .attachments
-        .iter()
-        .find(|(_, m)| **m == AttachMode::ReadWrite)
-    {
+    if let Some((holder, _)) = volume.attachments.iter().find(|(_, m)| **m == AttachMode::ReadWrite) {
         return Err(Rejection::precondition(
             ResourceKind::Volume,
             &volume.id,
@@ -127,9 +99,7 @@ fn check_attachable(volume: &Volume, domain: &str, read_only: bool) -> Result<()
             return Err(Rejection::precondition(
                 ResourceKind::Volume,
                 &volume.id,
-                format!(
-                    "is attached to domain {holder}; a read-write attachment must be exclusive"
-                ),
+                format!("is attached to domain {holder}; a read-write attachment must be exclusive"),
             ));
         }
     }
@@ -193,23 +163,14 @@ pub(super) fn define(d: &mut Draft<'_>, name: &str, spec: &DomainSpec) -> Result
         let ip = if network.config.cidr.is_some() {
             let taken = taken_ips.entry(network.name.as_str()).or_default();
             let ip = network.next_free_ip(taken).ok_or_else(|| {
-                Rejection::exhausted(
-                    ResourceKind::Network,
-                    &network.name,
-                    "no free address left in its CIDR",
-                )
+                Rejection::exhausted(ResourceKind::Network, &network.name, "no free address left in its CIDR")
             })?;
             taken.push(ip);
             Some(ip)
         } else {
             None
         };
-        leases.push(Event::IpAllocated {
-            network: network.name.clone(),
-            mac,
-            ip,
-            domain: name.to_owned(),
-        });
+        leases.push(Event::IpAllocated { network: network.name.clone(), mac, ip, domain: name.to_owned() });
     }
     let attachments: Vec<Event> = spec
         .disks
@@ -220,10 +181,7 @@ pub(super) fn define(d: &mut Draft<'_>, name: &str, spec: &DomainSpec) -> Result
             read_only: disk.read_only,
         })
         .collect();
-    d.emit(Event::DomainDefined {
-        name: name.to_owned(),
-        spec,
-    });
+    d.emit(Event::DomainDefined { name: name.to_owned(), spec });
     attachments.into_iter().for_each(|e| d.emit(e));
     leases.into_iter().for_each(|e| d.emit(e));
     Ok(())
@@ -248,22 +206,14 @@ pub(super) fn undefine(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     }
     for disk in &domain.spec.disks {
         d.guard(ResourceKey::Volume(disk.volume.clone()));
-        d.emit(Event::VolumeDetached {
-            volume: disk.volume.clone(),
-            domain: name.to_owned(),
-        });
+        d.emit(Event::VolumeDetached { volume: disk.volume.clone(), domain: name.to_owned() });
     }
     for nic in &domain.spec.nics {
         d.guard(ResourceKey::Network(nic.network.clone()));
         let mac = nic.mac.expect("NICs in the state have MACs");
-        d.emit(Event::IpReleased {
-            network: nic.network.clone(),
-            mac,
-        });
+        d.emit(Event::IpReleased { network: nic.network.clone(), mac });
     }
-    d.emit(Event::DomainUndefined {
-        name: name.to_owned(),
-    });
+    d.emit(Event::DomainUndefined { name: name.to_owned() });
     Ok(())
 }
 
@@ -280,23 +230,11 @@ fn not_while_migrating(domain: &Domain) -> Result<(), Rejection> {
 
 fn must_be_active(domain: &Domain) -> Result<(), Rejection> {
     if !domain.is_placed() {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            &domain.name,
-            "is not running",
-        ));
+        return Err(Rejection::precondition(ResourceKind::Domain, &domain.name, "is not running"));
     }
     if domain.desired == DesiredState::Stopped {
-        let what = if domain.stop_mode == StopMode::Force {
-            "being destroyed"
-        } else {
-            "shutting down"
-        };
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            &domain.name,
-            format!("is {what}"),
-        ));
+        let what = if domain.stop_mode == StopMode::Force { "being destroyed" } else { "shutting down" };
+        return Err(Rejection::precondition(ResourceKind::Domain, &domain.name, format!("is {what}")));
     }
     Ok(())
 }
@@ -315,14 +253,8 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     let host = scheduler::place(d.state, name, &domain.spec, None)
         .map_err(|why| Rejection::exhausted(ResourceKind::Domain, name, why.to_string()))?;
     d.guard(ResourceKey::Host(host.clone()));
-    d.emit(Event::DomainStartRequested {
-        name: name.to_owned(),
-    });
-    d.emit(Event::DomainScheduled {
-        name: name.to_owned(),
-        host,
-        generation: domain.status.generation + 1,
-    });
+    d.emit(Event::DomainStartRequested { name: name.to_owned() });
+    d.emit(Event::DomainScheduled { name: name.to_owned(), host, generation: domain.status.generation + 1 });
     Ok(())
 }
 
@@ -330,48 +262,29 @@ pub(super) fn shutdown(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     let domain = d.domain(name)?;
     not_while_migrating(domain)?;
     if !domain.is_placed() {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            name,
-            "is not running",
-        ));
+        return Err(Rejection::precondition(ResourceKind::Domain, name, "is not running"));
     }
     if domain.desired == DesiredState::Stopped && domain.stop_mode == StopMode::Force {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            name,
-            "is being destroyed",
-        ));
+        return Err(Rejection::precondition(ResourceKind::Domain, name, "is being destroyed"));
     }
     // Asking again while it shuts down presses the power button again, as virsh does.
-    d.emit(Event::DomainShutdownRequested {
-        name: name.to_owned(),
-    });
+    d.emit(Event::DomainShutdownRequested { name: name.to_owned() });
     Ok(())
 }
 
 pub(super) fn destroy(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     let domain = d.domain(name)?;
     if !domain.is_placed() {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            name,
-            "is not running",
-        ));
+        return Err(Rejection::precondition(ResourceKind::Domain, name, "is not running"));
     }
     if domain.desired == DesiredState::Stopped && domain.stop_mode == StopMode::Force {
         return Ok(());
     }
     if let Some(id) = domain.migration {
         d.guard(ResourceKey::Migration(id));
-        d.emit(Event::MigrationRolledBack {
-            id,
-            reason: "domain destroyed".to_owned(),
-        });
+        d.emit(Event::MigrationRolledBack { id, reason: "domain destroyed".to_owned() });
     }
-    d.emit(Event::DomainDestroyRequested {
-        name: name.to_owned(),
-    });
+    d.emit(Event::DomainDestroyRequested { name: name.to_owned() });
     Ok(())
 }
 
@@ -380,15 +293,9 @@ pub(super) fn reboot(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     not_while_migrating(domain)?;
     must_be_active(domain)?;
     if domain.desired == DesiredState::Paused {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            name,
-            "is paused; resume it first",
-        ));
+        return Err(Rejection::precondition(ResourceKind::Domain, name, "is paused; resume it first"));
     }
-    d.emit(Event::DomainRebootRequested {
-        name: name.to_owned(),
-    });
+    d.emit(Event::DomainRebootRequested { name: name.to_owned() });
     Ok(())
 }
 
@@ -397,15 +304,9 @@ pub(super) fn suspend(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     not_while_migrating(domain)?;
     must_be_active(domain)?;
     if domain.desired == DesiredState::Paused {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            name,
-            "is already paused",
-        ));
+        return Err(Rejection::precondition(ResourceKind::Domain, name, "is already paused"));
     }
-    d.emit(Event::DomainSuspendRequested {
-        name: name.to_owned(),
-    });
+    d.emit(Event::DomainSuspendRequested { name: name.to_owned() });
     Ok(())
 }
 
@@ -413,15 +314,9 @@ pub(super) fn resume(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     let domain = d.domain(name)?;
     not_while_migrating(domain)?;
     if domain.desired != DesiredState::Paused || !domain.is_placed() {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            name,
-            "is not paused",
-        ));
+        return Err(Rejection::precondition(ResourceKind::Domain, name, "is not paused"));
     }
-    d.emit(Event::DomainResumeRequested {
-        name: name.to_owned(),
-    });
+    d.emit(Event::DomainResumeRequested { name: name.to_owned() });
     Ok(())
 }
 
@@ -448,10 +343,7 @@ pub(super) fn attach_disk(d: &mut Draft<'_>, name: &str, disk: &Disk) -> Result<
     }
     let volume = d.volume(&disk.volume)?;
     check_attachable(volume, name, disk.read_only)?;
-    d.emit(Event::DomainDiskAdded {
-        name: name.to_owned(),
-        disk: disk.clone(),
-    });
+    d.emit(Event::DomainDiskAdded { name: name.to_owned(), disk: disk.clone() });
     d.emit(Event::VolumeAttached {
         volume: disk.volume.clone(),
         domain: name.to_owned(),
@@ -460,20 +352,13 @@ pub(super) fn attach_disk(d: &mut Draft<'_>, name: &str, disk: &Disk) -> Result<
     Ok(())
 }
 
-pub(super) fn detach_disk(
-    d: &mut Draft<'_>,
-    name: &str,
-    volume: &VolumeRef,
-) -> Result<(), Rejection> {
+pub(super) fn detach_disk(d: &mut Draft<'_>, name: &str, volume: &VolumeRef) -> Result<(), Rejection> {
     let domain = d.domain(name)?;
     validate::name("volume.pool", &volume.pool)?;
     validate::name("volume.name", &volume.name)?;
     must_be_offline(domain, "detach disks")?;
     if !domain.spec.disks.iter().any(|disk| &disk.volume == volume) {
-        return Err(Rejection::not_found(
-            ResourceKind::Volume,
-            format!("{volume} on domain {name}"),
-        ));
+        return Err(Rejection::not_found(ResourceKind::Volume, format!("{volume} on domain {name}")));
     }
     if domain.spec.boot == Boot::Disk && domain.spec.disks.len() == 1 {
         return Err(Rejection::precondition(
@@ -483,14 +368,8 @@ pub(super) fn detach_disk(
         ));
     }
     d.guard(ResourceKey::Volume(volume.clone()));
-    d.emit(Event::DomainDiskRemoved {
-        name: name.to_owned(),
-        volume: volume.clone(),
-    });
-    d.emit(Event::VolumeDetached {
-        volume: volume.clone(),
-        domain: name.to_owned(),
-    });
+    d.emit(Event::DomainDiskRemoved { name: name.to_owned(), volume: volume.clone() });
+    d.emit(Event::VolumeDetached { volume: volume.clone(), domain: name.to_owned() });
     Ok(())
 }
 
@@ -519,8 +398,7 @@ pub(super) fn report_observation(
             format!("stale report from host {host} for run {generation}: {now}"),
         ));
     }
-    let unchanged =
-        Phase::from(phase) == domain.status.phase && domain.status.reason.as_deref() == reason;
+    let unchanged = Phase::from(phase) == domain.status.phase && domain.status.reason.as_deref() == reason;
     if unchanged {
         return Ok(());
     }
@@ -533,26 +411,15 @@ pub(super) fn report_observation(
     if phase.is_terminal() {
         if let Some(id) = domain.migration {
             d.guard(ResourceKey::Migration(id));
-            d.emit(Event::MigrationRolledBack {
-                id,
-                reason: format!("source VM {phase:?}"),
-            });
+            d.emit(Event::MigrationRolledBack { id, reason: format!("source VM {phase:?}") });
         }
         // A guest that powered itself off, or could not start, stays off. A crash of an HA
         // domain leaves it wanting to run, for the HA controller to restart.
         let restart = phase == ObservedPhase::Crashed
             && domain.desired != DesiredState::Stopped
             && matches!(domain.spec.ha, HaPolicy::Restart { .. });
-        let desired = if restart {
-            DesiredState::Running
-        } else {
-            DesiredState::Stopped
-        };
-        d.emit(Event::DomainReleased {
-            name: name.to_owned(),
-            generation,
-            desired,
-        });
+        let desired = if restart { DesiredState::Running } else { DesiredState::Stopped };
+        d.emit(Event::DomainReleased { name: name.to_owned(), generation, desired });
     }
     Ok(())
 }

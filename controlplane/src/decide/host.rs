@@ -17,12 +17,7 @@ pub(super) fn register(
     validate::name("name", name)?;
     validate::token("address", address, ADDRESS_LEN_MAX)?;
     validate::range("capacity.vcpus", capacity.vcpus, 1, HOST_VCPUS_MAX)?;
-    validate::range(
-        "capacity.memory_mib",
-        capacity.memory_mib,
-        1,
-        HOST_MEMORY_MIB_MAX,
-    )?;
+    validate::range("capacity.memory_mib", capacity.memory_mib, 1, HOST_MEMORY_MIB_MAX)?;
     validate::labels("labels", labels)?;
     let Some(host) = d.state.host(name) else {
         d.guard(ResourceKey::Host(name.to_owned()));
@@ -41,10 +36,7 @@ pub(super) fn register(
             name,
             format!(
                 "capacity {} vCPUs / {} MiB is below what its domains use ({} vCPUs / {} MiB)",
-                capacity.vcpus,
-                capacity.memory_mib,
-                host.allocated.vcpus,
-                host.allocated.memory_mib
+                capacity.vcpus, capacity.memory_mib, host.allocated.vcpus, host.allocated.memory_mib
             ),
         ));
     }
@@ -57,10 +49,7 @@ pub(super) fn register(
         });
     }
     if matches!(host.state, HostState::Fenced | HostState::Left) {
-        d.emit(Event::HostStateChanged {
-            name: name.to_owned(),
-            state: HostState::Joining,
-        });
+        d.emit(Event::HostStateChanged { name: name.to_owned(), state: HostState::Joining });
     }
     Ok(())
 }
@@ -71,11 +60,7 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
         return Ok(());
     }
     if !host.state.may_become(to) {
-        let hint = if to == HostState::Joining {
-            "; register the host again to rejoin"
-        } else {
-            ""
-        };
+        let hint = if to == HostState::Joining { "; register the host again to rejoin" } else { "" };
         return Err(Rejection::precondition(
             ResourceKind::Host,
             name,
@@ -89,9 +74,6 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
             format!("still holds {} domains; drain it first", host.domains.len()),
         ));
     }
-    d.emit(Event::HostStateChanged {
-        name: name.to_owned(),
-        state: to,
-    });
+    d.emit(Event::HostStateChanged { name: name.to_owned(), state: to });
     Ok(())
 }

@@ -21,21 +21,14 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str, target: Option<&str>) -> Resu
     let live = domain.desired != DesiredState::Stopped
         && matches!(domain.status.phase, Phase::Running | Phase::Paused);
     let Some(source) = domain.status.host.clone().filter(|_| live) else {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            name,
-            "is not running",
-        ));
+        return Err(Rejection::precondition(ResourceKind::Domain, name, "is not running"));
     };
     let source_host = d.host(&source)?;
     if !matches!(source_host.state, HostState::Ready | HostState::Maintenance) {
         return Err(Rejection::precondition(
             ResourceKind::Host,
             &source,
-            format!(
-                "is {}; a live migration needs a healthy source",
-                source_host.state
-            ),
+            format!("is {}; a live migration needs a healthy source", source_host.state),
         ));
     }
     for disk in &domain.spec.disks {
@@ -44,10 +37,7 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str, target: Option<&str>) -> Resu
             return Err(Rejection::precondition(
                 ResourceKind::Volume,
                 &disk.volume,
-                format!(
-                    "is on local pool {}; live migration needs shared storage",
-                    pool.name
-                ),
+                format!("is on local pool {}; live migration needs shared storage", pool.name),
             ));
         }
     }
@@ -55,71 +45,36 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str, target: Option<&str>) -> Resu
         Some(target) => {
             let host = d.host(target)?;
             if target == source {
-                return Err(Rejection::invalid(
-                    "target",
-                    format!("{target} is the domain's own host"),
-                ));
+                return Err(Rejection::invalid("target", format!("{target} is the domain's own host")));
             }
             match scheduler::fit(d.state, host, name, &domain.spec) {
                 Ok(()) => target.to_owned(),
                 Err(m @ (Misfit::Vcpus | Misfit::Memory)) => {
-                    return Err(Rejection::exhausted(
-                        ResourceKind::Host,
-                        target,
-                        m.to_string(),
-                    ));
+                    return Err(Rejection::exhausted(ResourceKind::Host, target, m.to_string()));
                 }
-                Err(m) => {
-                    return Err(Rejection::precondition(
-                        ResourceKind::Host,
-                        target,
-                        m.to_string(),
-                    ))
-                }
+                Err(m) => return Err(Rejection::precondition(ResourceKind::Host, target, m.to_string())),
             }
         }
         None => scheduler::place(d.state, name, &domain.spec, Some(&source))
             .map_err(|why| Rejection::exhausted(ResourceKind::Domain, name, why.to_string()))?,
     };
     d.host(&target)?;
-    d.emit(Event::MigrationStarted {
-        domain: name.to_owned(),
-        source,
-        target,
-    });
+    d.emit(Event::MigrationStarted { domain: name.to_owned(), source, target });
     Ok(())
 }
 
-fn live_migration<'s>(
-    d: &mut Draft<'s>,
-    id: MigrationId,
-) -> Result<&'s crate::model::Migration, Rejection> {
+fn live_migration<'s>(d: &mut Draft<'s>, id: MigrationId) -> Result<&'s crate::model::Migration, Rejection> {
     let m = d.migration(id)?;
     if m.phase.is_ended() {
-        let how = if m.phase == MigrationPhase::Committed {
-            "committed"
-        } else {
-            "rolled back"
-        };
-        return Err(Rejection::precondition(
-            ResourceKind::Migration,
-            id,
-            format!("has already {how}"),
-        ));
+        let how = if m.phase == MigrationPhase::Committed { "committed" } else { "rolled back" };
+        return Err(Rejection::precondition(ResourceKind::Migration, id, format!("has already {how}")));
     }
     Ok(m)
 }
 
-pub(super) fn progress(
-    d: &mut Draft<'_>,
-    id: MigrationId,
-    phase: MigrationPhase,
-) -> Result<(), Rejection> {
+pub(super) fn progress(d: &mut Draft<'_>, id: MigrationId, phase: MigrationPhase) -> Result<(), Rejection> {
     if phase.is_ended() {
-        return Err(Rejection::invalid(
-            "phase",
-            "end a migration with CommitMigration or AbortMigration",
-        ));
+        return Err(Rejection::invalid("phase", "end a migration with CommitMigration or AbortMigration"));
     }
     let m = live_migration(d, id)?;
     if phase == m.phase {
@@ -147,10 +102,7 @@ pub(super) fn commit(d: &mut Draft<'_>, id: MigrationId) -> Result<(), Rejection
         ));
     }
     let domain = d.domain(&m.domain)?;
-    d.emit(Event::MigrationCommitted {
-        id,
-        generation: domain.status.generation + 1,
-    });
+    d.emit(Event::MigrationCommitted { id, generation: domain.status.generation + 1 });
     Ok(())
 }
 
@@ -158,9 +110,6 @@ pub(super) fn abort(d: &mut Draft<'_>, id: MigrationId, reason: &str) -> Result<
     validate::text("reason", reason, 1, REASON_LEN_MAX)?;
     let m = live_migration(d, id)?;
     d.domain(&m.domain)?;
-    d.emit(Event::MigrationRolledBack {
-        id,
-        reason: reason.to_owned(),
-    });
+    d.emit(Event::MigrationRolledBack { id, reason: reason.to_owned() });
     Ok(())
 }

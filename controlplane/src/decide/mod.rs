@@ -23,8 +23,7 @@ use crate::command::{Command, Request};
 use crate::event::Event;
 use crate::limits::{EVENTS_PER_PROPOSAL_MAX, PRINCIPAL_LEN_MAX, REQUEST_ID_LEN_MAX};
 use crate::model::{
-    Domain, Host, Migration, MigrationId, Network, Pool, ResourceKey, ResourceKind, Volume,
-    VolumeRef,
+    Domain, Host, Migration, MigrationId, Network, Pool, ResourceKey, ResourceKind, Volume, VolumeRef,
 };
 use crate::proposal::{Decision, Precondition, Proposal};
 use crate::rejection::Rejection;
@@ -35,17 +34,10 @@ use crate::validate;
 pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision, Rejection> {
     validate::token("request_id", &request.request_id, REQUEST_ID_LEN_MAX)?;
     validate::token("principal", &request.principal, PRINCIPAL_LEN_MAX)?;
-    if let Some(first) = state
-        .requests()
-        .get(&request.principal, &request.request_id)
-    {
+    if let Some(first) = state.requests().get(&request.principal, &request.request_id) {
         return Ok(Decision::AlreadyCommitted(first));
     }
-    let mut draft = Draft {
-        state,
-        preconditions: Vec::new(),
-        events: Vec::new(),
-    };
+    let mut draft = Draft { state, preconditions: Vec::new(), events: Vec::new() };
     decide_command(&mut draft, &request.command).inspect_err(|rejection| {
         debug!(command = request.command.name(), request_id = %request.request_id, %rejection, "rejected");
     })?;
@@ -65,12 +57,9 @@ pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision,
 
 fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection> {
     match command {
-        Command::RegisterHost {
-            name,
-            address,
-            capacity,
-            labels,
-        } => host::register(d, name, address, *capacity, labels),
+        Command::RegisterHost { name, address, capacity, labels } => {
+            host::register(d, name, address, *capacity, labels)
+        }
         Command::SetHostState { name, state } => host::set_state(d, name, *state),
         Command::DefineDomain { name, spec } => domain::define(d, name, spec),
         Command::UndefineDomain { name } => domain::undefine(d, name),
@@ -82,38 +71,25 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
         Command::ResumeDomain { name } => domain::resume(d, name),
         Command::AttachDisk { domain, disk } => domain::attach_disk(d, domain, disk),
         Command::DetachDisk { domain, volume } => domain::detach_disk(d, domain, volume),
-        Command::ReportObservation {
-            domain,
-            host,
-            generation,
-            phase,
-            reason,
-        } => domain::report_observation(d, domain, host, *generation, *phase, reason.as_deref()),
+        Command::ReportObservation { domain, host, generation, phase, reason } => {
+            domain::report_observation(d, domain, host, *generation, *phase, reason.as_deref())
+        }
         Command::CreateNetwork { name, config } => network::create(d, name, config),
         Command::DeleteNetwork { name } => network::delete(d, name),
         Command::CreatePool { name, config } => storage::create_pool(d, name, config),
         Command::DeletePool { name } => storage::delete_pool(d, name),
-        Command::CreateVolume {
-            volume,
-            format,
-            capacity_mib,
-            backing,
-        } => storage::create_volume(d, volume, *format, *capacity_mib, backing.as_deref()),
+        Command::CreateVolume { volume, format, capacity_mib, backing } => {
+            storage::create_volume(d, volume, *format, *capacity_mib, backing.as_deref())
+        }
         Command::DeleteVolume { volume } => storage::delete_volume(d, volume),
-        Command::ResizeVolume {
-            volume,
-            capacity_mib,
-        } => storage::resize_volume(d, volume, *capacity_mib),
-        Command::ReportVolumeAllocation {
-            volume,
-            allocation_mib,
-        } => storage::report_allocation(d, volume, *allocation_mib),
+        Command::ResizeVolume { volume, capacity_mib } => storage::resize_volume(d, volume, *capacity_mib),
+        Command::ReportVolumeAllocation { volume, allocation_mib } => {
+            storage::report_allocation(d, volume, *allocation_mib)
+        }
         Command::CreateSnapshot { domain, name, kind } => snapshot::create(d, domain, name, *kind),
         Command::DeleteSnapshot { domain, name } => snapshot::delete(d, domain, name),
         Command::RevertSnapshot { domain, name } => snapshot::revert(d, domain, name),
-        Command::StartMigration { domain, target } => {
-            migration::start(d, domain, target.as_deref())
-        }
+        Command::StartMigration { domain, target } => migration::start(d, domain, target.as_deref()),
         Command::ReportMigrationProgress { id, phase } => migration::progress(d, *id, *phase),
         Command::CommitMigration { id } => migration::commit(d, *id),
         Command::AbortMigration { id, reason } => migration::abort(d, *id, reason),
@@ -143,40 +119,30 @@ impl<'s> Draft<'s> {
 
     fn host(&mut self, name: &str) -> Result<&'s Host, Rejection> {
         validate::name("host", name)?;
-        let host = self
-            .state
-            .host(name)
-            .ok_or_else(|| Rejection::not_found(ResourceKind::Host, name))?;
+        let host = self.state.host(name).ok_or_else(|| Rejection::not_found(ResourceKind::Host, name))?;
         self.guard(ResourceKey::Host(name.to_owned()));
         Ok(host)
     }
 
     fn domain(&mut self, name: &str) -> Result<&'s Domain, Rejection> {
         validate::name("domain", name)?;
-        let domain = self
-            .state
-            .domain(name)
-            .ok_or_else(|| Rejection::not_found(ResourceKind::Domain, name))?;
+        let domain =
+            self.state.domain(name).ok_or_else(|| Rejection::not_found(ResourceKind::Domain, name))?;
         self.guard(ResourceKey::Domain(name.to_owned()));
         Ok(domain)
     }
 
     fn network(&mut self, name: &str) -> Result<&'s Network, Rejection> {
         validate::name("network", name)?;
-        let network = self
-            .state
-            .network(name)
-            .ok_or_else(|| Rejection::not_found(ResourceKind::Network, name))?;
+        let network =
+            self.state.network(name).ok_or_else(|| Rejection::not_found(ResourceKind::Network, name))?;
         self.guard(ResourceKey::Network(name.to_owned()));
         Ok(network)
     }
 
     fn pool(&mut self, name: &str) -> Result<&'s Pool, Rejection> {
         validate::name("pool", name)?;
-        let pool = self
-            .state
-            .pool(name)
-            .ok_or_else(|| Rejection::not_found(ResourceKind::Pool, name))?;
+        let pool = self.state.pool(name).ok_or_else(|| Rejection::not_found(ResourceKind::Pool, name))?;
         self.guard(ResourceKey::Pool(name.to_owned()));
         Ok(pool)
     }
@@ -184,19 +150,13 @@ impl<'s> Draft<'s> {
     fn volume(&mut self, id: &VolumeRef) -> Result<&'s Volume, Rejection> {
         validate::name("volume.pool", &id.pool)?;
         validate::name("volume.name", &id.name)?;
-        let volume = self
-            .state
-            .volume(id)
-            .ok_or_else(|| Rejection::not_found(ResourceKind::Volume, id))?;
+        let volume = self.state.volume(id).ok_or_else(|| Rejection::not_found(ResourceKind::Volume, id))?;
         self.guard(ResourceKey::Volume(id.clone()));
         Ok(volume)
     }
 
     fn migration(&mut self, id: MigrationId) -> Result<&'s Migration, Rejection> {
-        let m = self
-            .state
-            .migration(id)
-            .ok_or_else(|| Rejection::not_found(ResourceKind::Migration, id))?;
+        let m = self.state.migration(id).ok_or_else(|| Rejection::not_found(ResourceKind::Migration, id))?;
         self.guard(ResourceKey::Migration(id));
         Ok(m)
     }

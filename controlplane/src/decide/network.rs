@@ -7,27 +7,18 @@ use crate::model::{Cidr, NetworkConfig, NetworkMode, ResourceKey, ResourceKind};
 use crate::rejection::Rejection;
 use crate::validate;
 
-pub(super) fn create(
-    d: &mut Draft<'_>,
-    name: &str,
-    config: &NetworkConfig,
-) -> Result<(), Rejection> {
+pub(super) fn create(d: &mut Draft<'_>, name: &str, config: &NetworkConfig) -> Result<(), Rejection> {
     validate::name("name", name)?;
     d.absent(ResourceKey::Network(name.to_owned()), name)?;
     let mut config = config.clone();
     match (config.mode, &config.bridge) {
         (NetworkMode::Bridge, None) => {
-            return Err(Rejection::invalid(
-                "config.bridge",
-                "a bridge network names its host bridge",
-            ));
+            return Err(Rejection::invalid("config.bridge", "a bridge network names its host bridge"));
         }
         (NetworkMode::Bridge, Some(bridge)) => {
             let ok = !bridge.is_empty()
                 && bridge.len() <= IFNAME_LEN_MAX
-                && bridge
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                && bridge.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
             if !ok {
                 return Err(Rejection::invalid(
                     "config.bridge",
@@ -36,25 +27,16 @@ pub(super) fn create(
             }
         }
         (_, Some(_)) => {
-            return Err(Rejection::invalid(
-                "config.bridge",
-                "only bridge networks name a host bridge",
-            ));
+            return Err(Rejection::invalid("config.bridge", "only bridge networks name a host bridge"));
         }
         (_, None) => {}
     }
     match config.cidr {
         None if config.mode != NetworkMode::Bridge => {
-            return Err(Rejection::invalid(
-                "config.cidr",
-                "isolated and nat networks need a CIDR",
-            ));
+            return Err(Rejection::invalid("config.cidr", "isolated and nat networks need a CIDR"));
         }
         None if config.gateway.is_some() => {
-            return Err(Rejection::invalid(
-                "config.gateway",
-                "a gateway needs a CIDR",
-            ));
+            return Err(Rejection::invalid("config.gateway", "a gateway needs a CIDR"));
         }
         None => {}
         Some(cidr) => {
@@ -74,9 +56,7 @@ pub(super) fn create(
                     ));
                 }
                 Some(_) => {}
-                None if config.mode != NetworkMode::Bridge => {
-                    config.gateway = Some(cidr.first_host())
-                }
+                None if config.mode != NetworkMode::Bridge => config.gateway = Some(cidr.first_host()),
                 None => {}
             }
             for other in d.state.networks().values() {
@@ -90,10 +70,7 @@ pub(super) fn create(
             }
         }
     }
-    d.emit(Event::NetworkCreated {
-        name: name.to_owned(),
-        config,
-    });
+    d.emit(Event::NetworkCreated { name: name.to_owned(), config });
     Ok(())
 }
 
@@ -103,15 +80,9 @@ pub(super) fn delete(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
         return Err(Rejection::precondition(
             ResourceKind::Network,
             name,
-            format!(
-                "in use by {} NICs (domain {} among them)",
-                network.leases.len(),
-                lease.domain
-            ),
+            format!("in use by {} NICs (domain {} among them)", network.leases.len(), lease.domain),
         ));
     }
-    d.emit(Event::NetworkDeleted {
-        name: name.to_owned(),
-    });
+    d.emit(Event::NetworkDeleted { name: name.to_owned() });
     Ok(())
 }

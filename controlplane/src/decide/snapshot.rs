@@ -15,10 +15,7 @@ pub(super) fn create(
 ) -> Result<(), Rejection> {
     validate::name("name", name)?;
     let domain = d.domain(domain_name)?;
-    let key = ResourceKey::Snapshot {
-        domain: domain_name.to_owned(),
-        name: name.to_owned(),
-    };
+    let key = ResourceKey::Snapshot { domain: domain_name.to_owned(), name: name.to_owned() };
     d.absent(key, format!("{domain_name}/{name}"))?;
     if d.state.snapshots_of(domain_name).count() >= SNAPSHOTS_PER_DOMAIN_MAX {
         return Err(Rejection::exhausted(
@@ -36,8 +33,7 @@ pub(super) fn create(
     }
     match kind {
         SnapshotKind::Full => {
-            let live =
-                domain.is_placed() && matches!(domain.status.phase, Phase::Running | Phase::Paused);
+            let live = domain.is_placed() && matches!(domain.status.phase, Phase::Running | Phase::Paused);
             if !live {
                 return Err(Rejection::precondition(
                     ResourceKind::Domain,
@@ -86,10 +82,7 @@ fn snapshot_guarded<'s>(
         .state
         .snapshot(domain, name)
         .ok_or_else(|| Rejection::not_found(ResourceKind::Snapshot, format!("{domain}/{name}")))?;
-    d.guard(ResourceKey::Snapshot {
-        domain: domain.to_owned(),
-        name: name.to_owned(),
-    });
+    d.guard(ResourceKey::Snapshot { domain: domain.to_owned(), name: name.to_owned() });
     Ok(snapshot)
 }
 
@@ -102,20 +95,14 @@ pub(super) fn delete(d: &mut Draft<'_>, domain: &str, name: &str) -> Result<(), 
         .map(|s| s.name.clone())
         .collect();
     for child in children {
-        d.guard(ResourceKey::Snapshot {
-            domain: domain.to_owned(),
-            name: child.clone(),
-        });
+        d.guard(ResourceKey::Snapshot { domain: domain.to_owned(), name: child.clone() });
         d.emit(Event::SnapshotReparented {
             domain: domain.to_owned(),
             name: child,
             parent: snapshot.parent.clone(),
         });
     }
-    d.emit(Event::SnapshotDeleted {
-        domain: domain.to_owned(),
-        name: name.to_owned(),
-    });
+    d.emit(Event::SnapshotDeleted { domain: domain.to_owned(), name: name.to_owned() });
     Ok(())
 }
 
@@ -129,9 +116,6 @@ pub(super) fn revert(d: &mut Draft<'_>, domain: &str, name: &str) -> Result<(), 
             "is active; stop it before reverting",
         ));
     }
-    d.emit(Event::SnapshotReverted {
-        domain: domain.to_owned(),
-        name: name.to_owned(),
-    });
+    d.emit(Event::SnapshotReverted { domain: domain.to_owned(), name: name.to_owned() });
     Ok(())
 }

@@ -7,36 +7,19 @@ use crate::model::{PoolConfig, ResourceKey, ResourceKind, VolumeFormat, VolumeRe
 use crate::rejection::Rejection;
 use crate::validate;
 
-pub(super) fn create_pool(
-    d: &mut Draft<'_>,
-    name: &str,
-    config: &PoolConfig,
-) -> Result<(), Rejection> {
+pub(super) fn create_pool(d: &mut Draft<'_>, name: &str, config: &PoolConfig) -> Result<(), Rejection> {
     validate::name("name", name)?;
     validate::path("config.path", &config.path)?;
-    validate::range(
-        "config.capacity_mib",
-        config.capacity_mib,
-        1,
-        POOL_CAPACITY_MIB_MAX,
-    )?;
+    validate::range("config.capacity_mib", config.capacity_mib, 1, POOL_CAPACITY_MIB_MAX)?;
     d.absent(ResourceKey::Pool(name.to_owned()), name)?;
-    if let Some(other) = d
-        .state
-        .pools()
-        .values()
-        .find(|p| p.config.path == config.path)
-    {
+    if let Some(other) = d.state.pools().values().find(|p| p.config.path == config.path) {
         return Err(Rejection::precondition(
             ResourceKind::Pool,
             name,
             format!("path {} is already pool {}", config.path, other.name),
         ));
     }
-    d.emit(Event::PoolCreated {
-        name: name.to_owned(),
-        config: config.clone(),
-    });
+    d.emit(Event::PoolCreated { name: name.to_owned(), config: config.clone() });
     Ok(())
 }
 
@@ -49,9 +32,7 @@ pub(super) fn delete_pool(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection
             format!("still holds {} volumes; delete them first", pool.volumes),
         ));
     }
-    d.emit(Event::PoolDeleted {
-        name: name.to_owned(),
-    });
+    d.emit(Event::PoolDeleted { name: name.to_owned() });
     Ok(())
 }
 
@@ -89,10 +70,7 @@ pub(super) fn create_volume(
         if capacity_mib < base.capacity_mib {
             return Err(Rejection::invalid(
                 "capacity_mib",
-                format!(
-                    "a clone is at least as large as its backing volume ({} MiB)",
-                    base.capacity_mib
-                ),
+                format!("a clone is at least as large as its backing volume ({} MiB)", base.capacity_mib),
             ));
         }
     }
@@ -130,20 +108,13 @@ pub(super) fn delete_volume(d: &mut Draft<'_>, id: &VolumeRef) -> Result<(), Rej
     Ok(())
 }
 
-pub(super) fn resize_volume(
-    d: &mut Draft<'_>,
-    id: &VolumeRef,
-    capacity_mib: u64,
-) -> Result<(), Rejection> {
+pub(super) fn resize_volume(d: &mut Draft<'_>, id: &VolumeRef, capacity_mib: u64) -> Result<(), Rejection> {
     let volume = d.volume(id)?;
     validate::range("capacity_mib", capacity_mib, 1, VOLUME_CAPACITY_MIB_MAX)?;
     if capacity_mib < volume.capacity_mib {
         return Err(Rejection::invalid(
             "capacity_mib",
-            format!(
-                "volumes only grow: {capacity_mib} MiB is below {} MiB",
-                volume.capacity_mib
-            ),
+            format!("volumes only grow: {capacity_mib} MiB is below {} MiB", volume.capacity_mib),
         ));
     }
     if capacity_mib == volume.capacity_mib {
@@ -155,17 +126,12 @@ pub(super) fn resize_volume(
             return Err(Rejection::precondition(
                 ResourceKind::Volume,
                 id,
-                format!(
-                    "is attached to active domain {holder}; resize it while the domain is stopped"
-                ),
+                format!("is attached to active domain {holder}; resize it while the domain is stopped"),
             ));
         }
     }
     pool_room(d, &id.pool, capacity_mib - volume.capacity_mib)?;
-    d.emit(Event::VolumeResized {
-        volume: id.clone(),
-        capacity_mib,
-    });
+    d.emit(Event::VolumeResized { volume: id.clone(), capacity_mib });
     Ok(())
 }
 
@@ -177,10 +143,7 @@ pub(super) fn report_allocation(
     let volume = d.volume(id)?;
     validate::range("allocation_mib", allocation_mib, 0, VOLUME_CAPACITY_MIB_MAX)?;
     if volume.allocation_mib != allocation_mib {
-        d.emit(Event::VolumeAllocationObserved {
-            volume: id.clone(),
-            allocation_mib,
-        });
+        d.emit(Event::VolumeAllocationObserved { volume: id.clone(), allocation_mib });
     }
     Ok(())
 }

@@ -6,18 +6,14 @@ use std::collections::BTreeMap;
 use crate::fixtures::{dir_pool, kernel_spec, nat_network, register_host, Harness};
 use crate::model::{
     Boot, Cidr, Disk, DomainSpec, HaPolicy, HostState, Labels, Mac, MigrationPhase, NetworkConfig,
-    NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, VolumeFormat,
-    VolumeRef,
+    NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, VolumeFormat, VolumeRef,
 };
 use crate::{decide, state_hash, Command, Decision, RejectionCode, Request};
 
 use RejectionCode::*;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn vol(pool: &str, name: &str) -> VolumeRef {
@@ -34,44 +30,18 @@ fn ok(h: &mut Harness, command: Command) {
 fn observe(h: &mut Harness, domain: &str, phase: ObservedPhase) {
     let d = h.state.domain(domain).unwrap();
     let (host, generation) = (d.status.host.clone().unwrap(), d.status.generation);
-    ok(
-        h,
-        Command::ReportObservation {
-            domain: domain.into(),
-            host,
-            generation,
-            phase,
-            reason: None,
-        },
-    );
+    ok(h, Command::ReportObservation { domain: domain.into(), host, generation, phase, reason: None });
 }
 
 fn run(h: &mut Harness, domain: &str) {
-    ok(
-        h,
-        Command::StartDomain {
-            name: domain.into(),
-        },
-    );
+    ok(h, Command::StartDomain { name: domain.into() });
     observe(h, domain, ObservedPhase::Running);
 }
 
 fn spec_with(disks: &[(VolumeRef, bool)], nets: &[&str]) -> DomainSpec {
     let mut spec = kernel_spec(1, 512);
-    spec.disks = disks
-        .iter()
-        .map(|(v, ro)| Disk {
-            volume: v.clone(),
-            read_only: *ro,
-        })
-        .collect();
-    spec.nics = nets
-        .iter()
-        .map(|n| Nic {
-            network: n.to_string(),
-            mac: None,
-        })
-        .collect();
+    spec.disks = disks.iter().map(|(v, ro)| Disk { volume: v.clone(), read_only: *ro }).collect();
+    spec.nics = nets.iter().map(|n| Nic { network: n.to_string(), mac: None }).collect();
     spec
 }
 
@@ -83,39 +53,21 @@ fn world() -> Harness {
         Command::RegisterHost {
             name: "h1".into(),
             address: "127.0.0.1:7001".into(),
-            capacity: Resources {
-                vcpus: 8,
-                memory_mib: 8192,
-            },
+            capacity: Resources { vcpus: 8, memory_mib: 8192 },
             labels: labels(&[("zone", "a")]),
         },
     );
-    ok(
-        &mut h,
-        Command::SetHostState {
-            name: "h1".into(),
-            state: HostState::Ready,
-        },
-    );
+    ok(&mut h, Command::SetHostState { name: "h1".into(), state: HostState::Ready });
     ok(
         &mut h,
         Command::RegisterHost {
             name: "h2".into(),
             address: "127.0.0.1:7002".into(),
-            capacity: Resources {
-                vcpus: 8,
-                memory_mib: 8192,
-            },
+            capacity: Resources { vcpus: 8, memory_mib: 8192 },
             labels: labels(&[("zone", "b")]),
         },
     );
-    ok(
-        &mut h,
-        Command::SetHostState {
-            name: "h2".into(),
-            state: HostState::Ready,
-        },
-    );
+    ok(&mut h, Command::SetHostState { name: "h2".into(), state: HostState::Ready });
     ok(&mut h, register_host("h3", 4, 4096)); // stays joining
     ok(&mut h, nat_network("net", "10.0.0.0/29")); // .1 gateway, .2-.6 free
     ok(
@@ -141,12 +93,7 @@ fn world() -> Harness {
     ] {
         ok(
             &mut h,
-            Command::CreateVolume {
-                volume: vol(pool, name),
-                format,
-                capacity_mib: size,
-                backing: None,
-            },
+            Command::CreateVolume { volume: vol(pool, name), format, capacity_mib: size, backing: None },
         );
     }
     ok(
@@ -159,53 +106,19 @@ fn world() -> Harness {
     run(&mut h, "web");
     ok(
         &mut h,
-        Command::DefineDomain {
-            name: "db".into(),
-            spec: spec_with(&[(vol("local", "raw"), false)], &[]),
-        },
+        Command::DefineDomain { name: "db".into(), spec: spec_with(&[(vol("local", "raw"), false)], &[]) },
     );
     ok(
         &mut h,
-        Command::DefineDomain {
-            name: "cd".into(),
-            spec: spec_with(&[(vol("shared", "iso"), true)], &[]),
-        },
+        Command::DefineDomain { name: "cd".into(), spec: spec_with(&[(vol("shared", "iso"), true)], &[]) },
     );
-    ok(
-        &mut h,
-        Command::DefineDomain {
-            name: "paused".into(),
-            spec: kernel_spec(1, 256),
-        },
-    );
+    ok(&mut h, Command::DefineDomain { name: "paused".into(), spec: kernel_spec(1, 256) });
     run(&mut h, "paused");
-    ok(
-        &mut h,
-        Command::SuspendDomain {
-            name: "paused".into(),
-        },
-    );
-    ok(
-        &mut h,
-        Command::DefineDomain {
-            name: "stopping".into(),
-            spec: kernel_spec(1, 256),
-        },
-    );
+    ok(&mut h, Command::SuspendDomain { name: "paused".into() });
+    ok(&mut h, Command::DefineDomain { name: "stopping".into(), spec: kernel_spec(1, 256) });
     run(&mut h, "stopping");
-    ok(
-        &mut h,
-        Command::ShutdownDomain {
-            name: "stopping".into(),
-        },
-    );
-    ok(
-        &mut h,
-        Command::DefineDomain {
-            name: "idle".into(),
-            spec: kernel_spec(1, 256),
-        },
-    );
+    ok(&mut h, Command::ShutdownDomain { name: "stopping".into() });
+    ok(&mut h, Command::DefineDomain { name: "idle".into(), spec: kernel_spec(1, 256) });
     h
 }
 
@@ -214,19 +127,12 @@ fn world() -> Harness {
 fn assert_rejections(h: &Harness, cases: Vec<(&str, Command, RejectionCode, &str)>) {
     let before = state_hash(&h.state);
     for (case, command, code, phrase) in cases {
-        let request = Request {
-            request_id: "case".into(),
-            principal: "tester".into(),
-            command,
-        };
+        let request = Request { request_id: "case".into(), principal: "tester".into(), command };
         match decide(&h.state, &request, 42) {
             Ok(d) => panic!("case {case:?}: expected {code:?}, was accepted: {d:?}"),
             Err(r) => {
                 assert_eq!(r.code(), code, "case {case:?}: {r}");
-                assert!(
-                    r.to_string().contains(phrase),
-                    "case {case:?}: {r:?} lacks {phrase:?}"
-                );
+                assert!(r.to_string().contains(phrase), "case {case:?}: {r:?} lacks {phrase:?}");
             }
         }
     }
@@ -234,19 +140,13 @@ fn assert_rejections(h: &Harness, cases: Vec<(&str, Command, RejectionCode, &str
 }
 
 fn req(request_id: &str, principal: &str, command: Command) -> Request {
-    Request {
-        request_id: request_id.into(),
-        principal: principal.into(),
-        command,
-    }
+    Request { request_id: request_id.into(), principal: principal.into(), command }
 }
 
 #[test]
 fn request_envelope_rejections() {
     let h = world();
-    let cmd = || Command::StartDomain {
-        name: "idle".into(),
-    };
+    let cmd = || Command::StartDomain { name: "idle".into() };
     for (case, r) in [
         ("empty request id", req("", "p", cmd())),
         ("space in request id", req("a b", "p", cmd())),
@@ -262,47 +162,26 @@ fn request_envelope_rejections() {
 #[test]
 fn host_rejections() {
     let mut h = world();
-    let reg =
-        |name: &str, vcpus, memory_mib, labels: Labels, address: &str| Command::RegisterHost {
-            name: name.into(),
-            address: address.into(),
-            capacity: Resources { vcpus, memory_mib },
-            labels,
-        };
+    let reg = |name: &str, vcpus, memory_mib, labels: Labels, address: &str| Command::RegisterHost {
+        name: name.into(),
+        address: address.into(),
+        capacity: Resources { vcpus, memory_mib },
+        labels,
+    };
     let web_host = h.state.domain("web").unwrap().status.host.clone().unwrap();
     assert_rejections(
         &h,
         vec![
-            (
-                "bad name",
-                reg("Bad_Name", 1, 1, Labels::new(), "a:1"),
-                InvalidArgument,
-                "name",
-            ),
-            (
-                "zero vcpus",
-                reg("h9", 0, 1024, Labels::new(), "a:1"),
-                InvalidArgument,
-                "capacity.vcpus",
-            ),
+            ("bad name", reg("Bad_Name", 1, 1, Labels::new(), "a:1"), InvalidArgument, "name"),
+            ("zero vcpus", reg("h9", 0, 1024, Labels::new(), "a:1"), InvalidArgument, "capacity.vcpus"),
             (
                 "huge memory",
                 reg("h9", 1, u64::MAX, Labels::new(), "a:1"),
                 InvalidArgument,
                 "capacity.memory_mib",
             ),
-            (
-                "bad label",
-                reg("h9", 1, 1024, labels(&[("Zone", "a")]), "a:1"),
-                InvalidArgument,
-                "label key",
-            ),
-            (
-                "empty address",
-                reg("h9", 1, 1024, Labels::new(), ""),
-                InvalidArgument,
-                "address",
-            ),
+            ("bad label", reg("h9", 1, 1024, labels(&[("Zone", "a")]), "a:1"), InvalidArgument, "label key"),
+            ("empty address", reg("h9", 1, 1024, Labels::new(), ""), InvalidArgument, "address"),
             (
                 "shrink below use",
                 reg(&web_host, 1, 64, Labels::new(), "a:1"),
@@ -311,57 +190,36 @@ fn host_rejections() {
             ),
             (
                 "unknown host",
-                Command::SetHostState {
-                    name: "nope".into(),
-                    state: HostState::Ready,
-                },
+                Command::SetHostState { name: "nope".into(), state: HostState::Ready },
                 NotFound,
                 "host nope",
             ),
             (
                 "back to joining",
-                Command::SetHostState {
-                    name: "h2".into(),
-                    state: HostState::Joining,
-                },
+                Command::SetHostState { name: "h2".into(), state: HostState::Joining },
                 FailedPrecondition,
                 "register the host again",
             ),
             (
                 "leave while busy",
-                Command::SetHostState {
-                    name: web_host.clone(),
-                    state: HostState::Left,
-                },
+                Command::SetHostState { name: web_host.clone(), state: HostState::Left },
                 FailedPrecondition,
                 "drain it first",
             ),
             (
                 "joining to fenced",
-                Command::SetHostState {
-                    name: "h3".into(),
-                    state: HostState::Fenced,
-                },
+                Command::SetHostState { name: "h3".into(), state: HostState::Fenced },
                 FailedPrecondition,
                 "cannot go from joining to fenced",
             ),
         ],
     );
-    ok(
-        &mut h,
-        Command::SetHostState {
-            name: "h3".into(),
-            state: HostState::Left,
-        },
-    );
+    ok(&mut h, Command::SetHostState { name: "h3".into(), state: HostState::Left });
     assert_rejections(
         &h,
         vec![(
             "left to ready",
-            Command::SetHostState {
-                name: "h3".into(),
-                state: HostState::Ready,
-            },
+            Command::SetHostState { name: "h3".into(), state: HostState::Ready },
             FailedPrecondition,
             "cannot go from left to ready",
         )],
@@ -374,10 +232,7 @@ fn host_rejections() {
 #[test]
 fn define_rejections() {
     let h = world();
-    let define = |name: &str, spec: DomainSpec| Command::DefineDomain {
-        name: name.into(),
-        spec,
-    };
+    let define = |name: &str, spec: DomainSpec| Command::DefineDomain { name: name.into(), spec };
     let with = |f: &dyn Fn(&mut DomainSpec)| {
         let mut s = kernel_spec(1, 512);
         f(&mut s);
@@ -385,67 +240,25 @@ fn define_rejections() {
     };
     let mac = |s: &str| Some(s.parse::<Mac>().unwrap());
     let web_mac = h.state.domain("web").unwrap().spec.nics[0].mac;
-    let nine_nics: Vec<Nic> = (0..9)
-        .map(|_| Nic {
-            network: "lan".into(),
-            mac: None,
-        })
-        .collect();
-    let seventeen_disks: Vec<Disk> = (0..17)
-        .map(|i| Disk {
-            volume: vol("shared", &format!("v{i}")),
-            read_only: true,
-        })
-        .collect();
+    let nine_nics: Vec<Nic> = (0..9).map(|_| Nic { network: "lan".into(), mac: None }).collect();
+    let seventeen_disks: Vec<Disk> =
+        (0..17).map(|i| Disk { volume: vol("shared", &format!("v{i}")), read_only: true }).collect();
     assert_rejections(
         &h,
         vec![
-            (
-                "bad name",
-                define("web_1", kernel_spec(1, 512)),
-                InvalidArgument,
-                "a-z, 0-9",
-            ),
-            (
-                "long name",
-                define(&"a".repeat(64), kernel_spec(1, 512)),
-                InvalidArgument,
-                "1 to 63",
-            ),
-            (
-                "zero vcpus",
-                define("x", kernel_spec(0, 512)),
-                InvalidArgument,
-                "spec.vcpus",
-            ),
-            (
-                "too many vcpus",
-                define("x", kernel_spec(257, 512)),
-                InvalidArgument,
-                "spec.vcpus",
-            ),
-            (
-                "tiny memory",
-                define("x", kernel_spec(1, 1)),
-                InvalidArgument,
-                "spec.memory_mib",
-            ),
-            (
-                "huge memory",
-                define("x", kernel_spec(1, u64::MAX)),
-                InvalidArgument,
-                "spec.memory_mib",
-            ),
+            ("bad name", define("web_1", kernel_spec(1, 512)), InvalidArgument, "a-z, 0-9"),
+            ("long name", define(&"a".repeat(64), kernel_spec(1, 512)), InvalidArgument, "1 to 63"),
+            ("zero vcpus", define("x", kernel_spec(0, 512)), InvalidArgument, "spec.vcpus"),
+            ("too many vcpus", define("x", kernel_spec(257, 512)), InvalidArgument, "spec.vcpus"),
+            ("tiny memory", define("x", kernel_spec(1, 1)), InvalidArgument, "spec.memory_mib"),
+            ("huge memory", define("x", kernel_spec(1, u64::MAX)), InvalidArgument, "spec.memory_mib"),
             (
                 "relative kernel",
                 define(
                     "x",
                     with(&|s| {
-                        s.boot = Boot::Kernel {
-                            kernel: "vmlinux".into(),
-                            initrd: None,
-                            cmdline: String::new(),
-                        }
+                        s.boot =
+                            Boot::Kernel { kernel: "vmlinux".into(), initrd: None, cmdline: String::new() }
                     }),
                 ),
                 InvalidArgument,
@@ -471,11 +284,7 @@ fn define_rejections() {
                 define(
                     "x",
                     with(&|s| {
-                        s.boot = Boot::Kernel {
-                            kernel: "/k".into(),
-                            initrd: None,
-                            cmdline: "x".repeat(2049),
-                        }
+                        s.boot = Boot::Kernel { kernel: "/k".into(), initrd: None, cmdline: "x".repeat(2049) }
                     }),
                 ),
                 InvalidArgument,
@@ -497,13 +306,7 @@ fn define_rejections() {
                 "volume twice",
                 define(
                     "x",
-                    spec_with(
-                        &[
-                            (vol("shared", "spare"), true),
-                            (vol("shared", "spare"), true),
-                        ],
-                        &[],
-                    ),
+                    spec_with(&[(vol("shared", "spare"), true), (vol("shared", "spare"), true)], &[]),
                 ),
                 InvalidArgument,
                 "listed twice",
@@ -518,12 +321,7 @@ fn define_rejections() {
                 "multicast mac",
                 define(
                     "x",
-                    with(&|s| {
-                        s.nics = vec![Nic {
-                            network: "lan".into(),
-                            mac: mac("01:00:5e:00:00:01"),
-                        }]
-                    }),
+                    with(&|s| s.nics = vec![Nic { network: "lan".into(), mac: mac("01:00:5e:00:00:01") }]),
                 ),
                 InvalidArgument,
                 "unicast",
@@ -532,15 +330,7 @@ fn define_rejections() {
                 "mac twice",
                 define(
                     "x",
-                    with(&|s| {
-                        s.nics = vec![
-                            Nic {
-                                network: "lan".into(),
-                                mac: mac("52:54:00:00:00:01")
-                            };
-                            2
-                        ]
-                    }),
+                    with(&|s| s.nics = vec![Nic { network: "lan".into(), mac: mac("52:54:00:00:00:01") }; 2]),
                 ),
                 InvalidArgument,
                 "listed twice",
@@ -553,28 +343,17 @@ fn define_rejections() {
             ),
             (
                 "bad label",
-                define(
-                    "x",
-                    with(&|s| s.placement.required_labels = labels(&[("a b", "")])),
-                ),
+                define("x", with(&|s| s.placement.required_labels = labels(&[("a b", "")]))),
                 InvalidArgument,
                 "label key",
             ),
             (
                 "bad group",
-                define(
-                    "x",
-                    with(&|s| s.placement.anti_affinity_group = Some("G".into())),
-                ),
+                define("x", with(&|s| s.placement.anti_affinity_group = Some("G".into()))),
                 InvalidArgument,
                 "anti_affinity_group",
             ),
-            (
-                "exists",
-                define("web", kernel_spec(1, 512)),
-                AlreadyExists,
-                "domain web already exists",
-            ),
+            ("exists", define("web", kernel_spec(1, 512)), AlreadyExists, "domain web already exists"),
             (
                 "unknown volume",
                 define("x", spec_with(&[(vol("shared", "nope"), false)], &[])),
@@ -587,12 +366,7 @@ fn define_rejections() {
                 NotFound,
                 "volume nope/x",
             ),
-            (
-                "unknown network",
-                define("x", spec_with(&[], &["nope"])),
-                NotFound,
-                "network nope",
-            ),
+            ("unknown network", define("x", spec_with(&[], &["nope"])), NotFound, "network nope"),
             (
                 "volume held rw",
                 define("x", spec_with(&[(vol("shared", "data"), true)], &[])),
@@ -607,24 +381,11 @@ fn define_rejections() {
             ),
             (
                 "mac in use",
-                define(
-                    "x",
-                    with(&|s| {
-                        s.nics = vec![Nic {
-                            network: "net".into(),
-                            mac: web_mac,
-                        }]
-                    }),
-                ),
+                define("x", with(&|s| s.nics = vec![Nic { network: "net".into(), mac: web_mac }])),
                 FailedPrecondition,
                 "in use by domain web",
             ),
-            (
-                "network full",
-                define("x", spec_with(&[], &["net"; 5])),
-                ResourceExhausted,
-                "no free address",
-            ),
+            ("network full", define("x", spec_with(&[], &["net"; 5])), ResourceExhausted, "no free address"),
         ],
     );
 }
@@ -654,28 +415,14 @@ fn lifecycle_rejections() {
                 FailedPrecondition,
                 "already running",
             ),
-            (
-                "start paused",
-                Command::StartDomain {
-                    name: name("paused"),
-                },
-                FailedPrecondition,
-                "resume it",
-            ),
+            ("start paused", Command::StartDomain { name: name("paused") }, FailedPrecondition, "resume it"),
             (
                 "start stopping",
-                Command::StartDomain {
-                    name: name("stopping"),
-                },
+                Command::StartDomain { name: name("stopping") },
                 FailedPrecondition,
                 "still stopping",
             ),
-            (
-                "start bad name",
-                Command::StartDomain { name: name("") },
-                InvalidArgument,
-                "domain",
-            ),
+            ("start bad name", Command::StartDomain { name: name("") }, InvalidArgument, "domain"),
             (
                 "shutdown stopped",
                 Command::ShutdownDomain { name: name("idle") },
@@ -696,33 +443,25 @@ fn lifecycle_rejections() {
             ),
             (
                 "reboot paused",
-                Command::RebootDomain {
-                    name: name("paused"),
-                },
+                Command::RebootDomain { name: name("paused") },
                 FailedPrecondition,
                 "resume it first",
             ),
             (
                 "reboot stopping",
-                Command::RebootDomain {
-                    name: name("stopping"),
-                },
+                Command::RebootDomain { name: name("stopping") },
                 FailedPrecondition,
                 "shutting down",
             ),
             (
                 "suspend paused",
-                Command::SuspendDomain {
-                    name: name("paused"),
-                },
+                Command::SuspendDomain { name: name("paused") },
                 FailedPrecondition,
                 "already paused",
             ),
             (
                 "suspend stopping",
-                Command::SuspendDomain {
-                    name: name("stopping"),
-                },
+                Command::SuspendDomain { name: name("stopping") },
                 FailedPrecondition,
                 "shutting down",
             ),
@@ -746,19 +485,12 @@ fn lifecycle_rejections() {
             ),
         ],
     );
-    ok(
-        &mut h,
-        Command::DestroyDomain {
-            name: "stopping".into(),
-        },
-    );
+    ok(&mut h, Command::DestroyDomain { name: "stopping".into() });
     assert_rejections(
         &h,
         vec![(
             "shutdown destroyed",
-            Command::ShutdownDomain {
-                name: name("stopping"),
-            },
+            Command::ShutdownDomain { name: name("stopping") },
             FailedPrecondition,
             "being destroyed",
         )],
@@ -769,28 +501,16 @@ fn lifecycle_rejections() {
 fn undefine_with_snapshots_is_refused() {
     let mut h = world();
     let vol_spec = spec_with(&[(vol("shared", "spare"), false)], &[]);
+    ok(&mut h, Command::DefineDomain { name: "snappy".into(), spec: vol_spec });
     ok(
         &mut h,
-        Command::DefineDomain {
-            name: "snappy".into(),
-            spec: vol_spec,
-        },
-    );
-    ok(
-        &mut h,
-        Command::CreateSnapshot {
-            domain: "snappy".into(),
-            name: "s1".into(),
-            kind: SnapshotKind::Disk,
-        },
+        Command::CreateSnapshot { domain: "snappy".into(), name: "s1".into(), kind: SnapshotKind::Disk },
     );
     assert_rejections(
         &h,
         vec![(
             "undefine with snapshots",
-            Command::UndefineDomain {
-                name: "snappy".into(),
-            },
+            Command::UndefineDomain { name: "snappy".into() },
             FailedPrecondition,
             "has 1 snapshots",
         )],
@@ -803,27 +523,13 @@ fn scheduling_rejections() {
     let define = |h: &mut Harness, name: &str, f: &dyn Fn(&mut DomainSpec)| {
         let mut s = kernel_spec(1, 512);
         f(&mut s);
-        ok(
-            h,
-            Command::DefineDomain {
-                name: name.into(),
-                spec: s,
-            },
-        );
+        ok(h, Command::DefineDomain { name: name.into(), spec: s });
     };
     define(&mut h, "huge", &|s| s.memory_mib = 16 * 1024);
-    define(&mut h, "picky", &|s| {
-        s.placement.required_labels = labels(&[("zone", "c")])
-    });
-    define(&mut h, "ha-1", &|s| {
-        s.placement.anti_affinity_group = Some("pair".into())
-    });
-    define(&mut h, "ha-2", &|s| {
-        s.placement.anti_affinity_group = Some("pair".into())
-    });
-    define(&mut h, "ha-3", &|s| {
-        s.placement.anti_affinity_group = Some("pair".into())
-    });
+    define(&mut h, "picky", &|s| s.placement.required_labels = labels(&[("zone", "c")]));
+    define(&mut h, "ha-1", &|s| s.placement.anti_affinity_group = Some("pair".into()));
+    define(&mut h, "ha-2", &|s| s.placement.anti_affinity_group = Some("pair".into()));
+    define(&mut h, "ha-3", &|s| s.placement.anti_affinity_group = Some("pair".into()));
     run(&mut h, "ha-1");
     run(&mut h, "ha-2");
     let h1 = h.state.domain("ha-1").unwrap().status.host.clone();
@@ -834,46 +540,26 @@ fn scheduling_rejections() {
         vec![
             (
                 "no memory anywhere",
-                Command::StartDomain {
-                    name: "huge".into(),
-                },
+                Command::StartDomain { name: "huge".into() },
                 ResourceExhausted,
                 "2 short of memory",
             ),
             (
                 "no label match",
-                Command::StartDomain {
-                    name: "picky".into(),
-                },
+                Command::StartDomain { name: "picky".into() },
                 ResourceExhausted,
                 "missing required labels",
             ),
             (
                 "anti-affinity",
-                Command::StartDomain {
-                    name: "ha-3".into(),
-                },
+                Command::StartDomain { name: "ha-3".into() },
                 ResourceExhausted,
                 "anti-affinity group",
             ),
         ],
     );
-    let e = decide(
-        &h.state,
-        &req(
-            "r",
-            "p",
-            Command::StartDomain {
-                name: "huge".into(),
-            },
-        ),
-        1,
-    )
-    .unwrap_err();
-    assert!(
-        e.to_string().contains("1 not ready"),
-        "the joining host counts as not ready: {e}"
-    );
+    let e = decide(&h.state, &req("r", "p", Command::StartDomain { name: "huge".into() }), 1).unwrap_err();
+    assert!(e.to_string().contains("1 not ready"), "the joining host counts as not ready: {e}");
 }
 
 #[test]
@@ -886,10 +572,7 @@ fn disk_rejections() {
                 "attach to running",
                 Command::AttachDisk {
                     domain: "web".into(),
-                    disk: Disk {
-                        volume: vol("shared", "spare"),
-                        read_only: true,
-                    },
+                    disk: Disk { volume: vol("shared", "spare"), read_only: true },
                 },
                 FailedPrecondition,
                 "attach disks while it is stopped",
@@ -898,10 +581,7 @@ fn disk_rejections() {
                 "attach twice",
                 Command::AttachDisk {
                     domain: "cd".into(),
-                    disk: Disk {
-                        volume: vol("shared", "iso"),
-                        read_only: true,
-                    },
+                    disk: Disk { volume: vol("shared", "iso"), read_only: true },
                 },
                 FailedPrecondition,
                 "already attached to domain cd",
@@ -910,10 +590,7 @@ fn disk_rejections() {
                 "attach unknown",
                 Command::AttachDisk {
                     domain: "idle".into(),
-                    disk: Disk {
-                        volume: vol("shared", "nope"),
-                        read_only: true,
-                    },
+                    disk: Disk { volume: vol("shared", "nope"), read_only: true },
                 },
                 NotFound,
                 "volume shared/nope",
@@ -922,29 +599,20 @@ fn disk_rejections() {
                 "attach held rw",
                 Command::AttachDisk {
                     domain: "idle".into(),
-                    disk: Disk {
-                        volume: vol("shared", "data"),
-                        read_only: true,
-                    },
+                    disk: Disk { volume: vol("shared", "data"), read_only: true },
                 },
                 FailedPrecondition,
                 "read-write to domain web",
             ),
             (
                 "detach absent",
-                Command::DetachDisk {
-                    domain: "idle".into(),
-                    volume: vol("shared", "iso"),
-                },
+                Command::DetachDisk { domain: "idle".into(), volume: vol("shared", "iso") },
                 NotFound,
                 "shared/iso on domain idle",
             ),
             (
                 "detach from running",
-                Command::DetachDisk {
-                    domain: "web".into(),
-                    volume: vol("shared", "data"),
-                },
+                Command::DetachDisk { domain: "web".into(), volume: vol("shared", "data") },
                 FailedPrecondition,
                 "detach disks while it is stopped",
             ),
@@ -952,21 +620,12 @@ fn disk_rejections() {
     );
     let mut spec = spec_with(&[(vol("shared", "spare"), false)], &[]);
     spec.boot = Boot::Disk;
-    ok(
-        &mut h,
-        Command::DefineDomain {
-            name: "diskboot".into(),
-            spec,
-        },
-    );
+    ok(&mut h, Command::DefineDomain { name: "diskboot".into(), spec });
     assert_rejections(
         &h,
         vec![(
             "detach boot disk",
-            Command::DetachDisk {
-                domain: "diskboot".into(),
-                volume: vol("shared", "spare"),
-            },
+            Command::DetachDisk { domain: "diskboot".into(), volume: vol("shared", "spare") },
             FailedPrecondition,
             "its only disk stays",
         )],
@@ -976,19 +635,10 @@ fn disk_rejections() {
         &mut h,
         Command::AttachDisk {
             domain: "idle".into(),
-            disk: Disk {
-                volume: vol("shared", "iso"),
-                read_only: true,
-            },
+            disk: Disk { volume: vol("shared", "iso"), read_only: true },
         },
     );
-    ok(
-        &mut h,
-        Command::DetachDisk {
-            domain: "idle".into(),
-            volume: vol("shared", "iso"),
-        },
-    );
+    ok(&mut h, Command::DetachDisk { domain: "idle".into(), volume: vol("shared", "iso") });
 }
 
 #[test]
@@ -1019,18 +669,8 @@ fn observation_rejections() {
                 FailedPrecondition,
                 "stale report",
             ),
-            (
-                "wrong host",
-                report(other, web.status.generation, None),
-                FailedPrecondition,
-                "belongs to host",
-            ),
-            (
-                "unknown host",
-                report("h9", web.status.generation, None),
-                NotFound,
-                "host h9",
-            ),
+            ("wrong host", report(other, web.status.generation, None), FailedPrecondition, "belongs to host"),
+            ("unknown host", report("h9", web.status.generation, None), NotFound, "host h9"),
             (
                 "control chars",
                 report(&host, web.status.generation, Some("a\u{7}b")),
@@ -1056,40 +696,26 @@ fn observation_rejections() {
 #[test]
 fn network_rejections() {
     let h = world();
-    let net =
-        |name: &str, mode, cidr: Option<&str>, gateway: Option<&str>, bridge: Option<&str>| {
-            Command::CreateNetwork {
-                name: name.into(),
-                config: NetworkConfig {
-                    mode,
-                    cidr: cidr.map(|c| {
-                        let (a, l) = c.split_once('/').unwrap();
-                        Cidr {
-                            addr: a.parse().unwrap(),
-                            prefix_len: l.parse().unwrap(),
-                        }
-                    }),
-                    gateway: gateway.map(|g| g.parse().unwrap()),
-                    bridge: bridge.map(str::to_owned),
-                },
-            }
-        };
+    let net = |name: &str, mode, cidr: Option<&str>, gateway: Option<&str>, bridge: Option<&str>| {
+        Command::CreateNetwork {
+            name: name.into(),
+            config: NetworkConfig {
+                mode,
+                cidr: cidr.map(|c| {
+                    let (a, l) = c.split_once('/').unwrap();
+                    Cidr { addr: a.parse().unwrap(), prefix_len: l.parse().unwrap() }
+                }),
+                gateway: gateway.map(|g| g.parse().unwrap()),
+                bridge: bridge.map(str::to_owned),
+            },
+        }
+    };
     use NetworkMode::*;
     assert_rejections(
         &h,
         vec![
-            (
-                "bad name",
-                net("N", Nat, Some("10.9.0.0/24"), None, None),
-                InvalidArgument,
-                "name",
-            ),
-            (
-                "nat without cidr",
-                net("x", Nat, None, None, None),
-                InvalidArgument,
-                "need a CIDR",
-            ),
+            ("bad name", net("N", Nat, Some("10.9.0.0/24"), None, None), InvalidArgument, "name"),
+            ("nat without cidr", net("x", Nat, None, None, None), InvalidArgument, "need a CIDR"),
             (
                 "bridge without name",
                 net("x", Bridge, None, None, None),
@@ -1126,12 +752,7 @@ fn network_rejections() {
                 InvalidArgument,
                 "prefix_len",
             ),
-            (
-                "host bits",
-                net("x", Isolated, Some("10.9.0.1/24"), None, None),
-                InvalidArgument,
-                "host bits",
-            ),
+            ("host bits", net("x", Isolated, Some("10.9.0.1/24"), None, None), InvalidArgument, "host bits"),
             (
                 "gateway outside",
                 net("x", Nat, Some("10.9.0.0/24"), Some("10.8.0.1"), None),
@@ -1168,14 +789,7 @@ fn network_rejections() {
                 FailedPrecondition,
                 "in use by 1 NICs",
             ),
-            (
-                "delete unknown",
-                Command::DeleteNetwork {
-                    name: "nope".into(),
-                },
-                NotFound,
-                "network nope",
-            ),
+            ("delete unknown", Command::DeleteNetwork { name: "nope".into() }, NotFound, "network nope"),
         ],
     );
 }
@@ -1194,12 +808,7 @@ fn storage_rejections() {
     );
     let pool = |name: &str, path: &str, cap| Command::CreatePool {
         name: name.into(),
-        config: PoolConfig {
-            kind: PoolKind::Dir,
-            path: path.into(),
-            shared: false,
-            capacity_mib: cap,
-        },
+        config: PoolConfig { kind: PoolKind::Dir, path: path.into(), shared: false, capacity_mib: cap },
     };
     let create = |name: &str, format, cap, backing: Option<&str>| Command::CreateVolume {
         volume: vol("shared", name),
@@ -1211,46 +820,22 @@ fn storage_rejections() {
     assert_rejections(
         &h,
         vec![
-            (
-                "pool relative path",
-                pool("p", "images", 10),
-                InvalidArgument,
-                "absolute",
-            ),
-            (
-                "pool zero capacity",
-                pool("p", "/images", 0),
-                InvalidArgument,
-                "config.capacity_mib",
-            ),
+            ("pool relative path", pool("p", "images", 10), InvalidArgument, "absolute"),
+            ("pool zero capacity", pool("p", "/images", 0), InvalidArgument, "config.capacity_mib"),
             (
                 "pool path reused",
                 pool("p", "/var/lib/drover/pools/local", 10),
                 FailedPrecondition,
                 "already pool local",
             ),
-            (
-                "pool exists",
-                pool("local", "/elsewhere", 10),
-                AlreadyExists,
-                "pool local",
-            ),
+            ("pool exists", pool("local", "/elsewhere", 10), AlreadyExists, "pool local"),
             (
                 "pool delete busy",
-                Command::DeletePool {
-                    name: "local".into(),
-                },
+                Command::DeletePool { name: "local".into() },
                 FailedPrecondition,
                 "still holds 1 volumes",
             ),
-            (
-                "pool delete unknown",
-                Command::DeletePool {
-                    name: "nope".into(),
-                },
-                NotFound,
-                "pool nope",
-            ),
+            ("pool delete unknown", Command::DeletePool { name: "nope".into() }, NotFound, "pool nope"),
             (
                 "volume unknown pool",
                 Command::CreateVolume {
@@ -1262,134 +847,62 @@ fn storage_rejections() {
                 NotFound,
                 "pool nope",
             ),
-            (
-                "volume zero",
-                create("v", Raw, 0, None),
-                InvalidArgument,
-                "capacity_mib",
-            ),
-            (
-                "volume too big",
-                create("v", Raw, u64::MAX, None),
-                InvalidArgument,
-                "capacity_mib",
-            ),
-            (
-                "volume exists",
-                create("base", Raw, 1, None),
-                AlreadyExists,
-                "volume shared/base",
-            ),
-            (
-                "clone raw",
-                create("v", Raw, 1000, Some("base")),
-                InvalidArgument,
-                "qcow2",
-            ),
-            (
-                "clone smaller",
-                create("v", Qcow2, 10, Some("base")),
-                InvalidArgument,
-                "at least as large",
-            ),
-            (
-                "clone unknown",
-                create("v", Qcow2, 1000, Some("nope")),
-                NotFound,
-                "volume shared/nope",
-            ),
-            (
-                "pool full",
-                create("v", Qcow2, 9000, None),
-                ResourceExhausted,
-                "MiB free",
-            ),
+            ("volume zero", create("v", Raw, 0, None), InvalidArgument, "capacity_mib"),
+            ("volume too big", create("v", Raw, u64::MAX, None), InvalidArgument, "capacity_mib"),
+            ("volume exists", create("base", Raw, 1, None), AlreadyExists, "volume shared/base"),
+            ("clone raw", create("v", Raw, 1000, Some("base")), InvalidArgument, "qcow2"),
+            ("clone smaller", create("v", Qcow2, 10, Some("base")), InvalidArgument, "at least as large"),
+            ("clone unknown", create("v", Qcow2, 1000, Some("nope")), NotFound, "volume shared/nope"),
+            ("pool full", create("v", Qcow2, 9000, None), ResourceExhausted, "MiB free"),
             (
                 "delete attached",
-                Command::DeleteVolume {
-                    volume: vol("shared", "data"),
-                },
+                Command::DeleteVolume { volume: vol("shared", "data") },
                 FailedPrecondition,
                 "attached to domain web",
             ),
             (
                 "delete backing",
-                Command::DeleteVolume {
-                    volume: vol("shared", "base"),
-                },
+                Command::DeleteVolume { volume: vol("shared", "base") },
                 FailedPrecondition,
                 "backing volume of 1 clones",
             ),
             (
                 "delete unknown",
-                Command::DeleteVolume {
-                    volume: vol("shared", "nope"),
-                },
+                Command::DeleteVolume { volume: vol("shared", "nope") },
                 NotFound,
                 "volume shared/nope",
             ),
             (
                 "shrink",
-                Command::ResizeVolume {
-                    volume: vol("shared", "spare"),
-                    capacity_mib: 50,
-                },
+                Command::ResizeVolume { volume: vol("shared", "spare"), capacity_mib: 50 },
                 InvalidArgument,
                 "only grow",
             ),
             (
                 "resize in use",
-                Command::ResizeVolume {
-                    volume: vol("shared", "data"),
-                    capacity_mib: 2000,
-                },
+                Command::ResizeVolume { volume: vol("shared", "data"), capacity_mib: 2000 },
                 FailedPrecondition,
                 "active domain web",
             ),
             (
                 "resize past pool",
-                Command::ResizeVolume {
-                    volume: vol("shared", "spare"),
-                    capacity_mib: 9000,
-                },
+                Command::ResizeVolume { volume: vol("shared", "spare"), capacity_mib: 9000 },
                 ResourceExhausted,
                 "MiB free",
             ),
             (
                 "allocation huge",
-                Command::ReportVolumeAllocation {
-                    volume: vol("shared", "spare"),
-                    allocation_mib: u64::MAX,
-                },
+                Command::ReportVolumeAllocation { volume: vol("shared", "spare"), allocation_mib: u64::MAX },
                 InvalidArgument,
                 "allocation_mib",
             ),
         ],
     );
     // The paths around them work: clone deleted, then its base; a stopped volume grows.
-    ok(
-        &mut h,
-        Command::DeleteVolume {
-            volume: vol("shared", "child"),
-        },
-    );
-    ok(
-        &mut h,
-        Command::DeleteVolume {
-            volume: vol("shared", "base"),
-        },
-    );
-    ok(
-        &mut h,
-        Command::ResizeVolume {
-            volume: vol("shared", "spare"),
-            capacity_mib: 200,
-        },
-    );
-    assert_eq!(
-        h.state.pool("shared").unwrap().allocated_mib,
-        1000 + 200 + 100
-    );
+    ok(&mut h, Command::DeleteVolume { volume: vol("shared", "child") });
+    ok(&mut h, Command::DeleteVolume { volume: vol("shared", "base") });
+    ok(&mut h, Command::ResizeVolume { volume: vol("shared", "spare"), capacity_mib: 200 });
+    assert_eq!(h.state.pool("shared").unwrap().allocated_mib, 1000 + 200 + 100);
 }
 
 #[test]
@@ -1404,24 +917,9 @@ fn snapshot_rejections() {
     assert_rejections(
         &h,
         vec![
-            (
-                "exists",
-                snap("web", "s1", SnapshotKind::Full),
-                AlreadyExists,
-                "snapshot web/s1",
-            ),
-            (
-                "bad name",
-                snap("web", "S", SnapshotKind::Full),
-                InvalidArgument,
-                "name",
-            ),
-            (
-                "unknown domain",
-                snap("nope", "s", SnapshotKind::Full),
-                NotFound,
-                "domain nope",
-            ),
+            ("exists", snap("web", "s1", SnapshotKind::Full), AlreadyExists, "snapshot web/s1"),
+            ("bad name", snap("web", "S", SnapshotKind::Full), InvalidArgument, "name"),
+            ("unknown domain", snap("nope", "s", SnapshotKind::Full), NotFound, "domain nope"),
             (
                 "full of stopped",
                 snap("idle", "s", SnapshotKind::Full),
@@ -1434,27 +932,16 @@ fn snapshot_rejections() {
                 FailedPrecondition,
                 "disk snapshots need qcow2",
             ),
-            (
-                "disk without disks",
-                snap("idle", "s", SnapshotKind::Disk),
-                FailedPrecondition,
-                "no disks",
-            ),
+            ("disk without disks", snap("idle", "s", SnapshotKind::Disk), FailedPrecondition, "no disks"),
             (
                 "delete unknown",
-                Command::DeleteSnapshot {
-                    domain: "web".into(),
-                    name: "nope".into(),
-                },
+                Command::DeleteSnapshot { domain: "web".into(), name: "nope".into() },
                 NotFound,
                 "snapshot web/nope",
             ),
             (
                 "revert running",
-                Command::RevertSnapshot {
-                    domain: "web".into(),
-                    name: "s1".into(),
-                },
+                Command::RevertSnapshot { domain: "web".into(), name: "s1".into() },
                 FailedPrecondition,
                 "stop it before reverting",
             ),
@@ -1464,13 +951,7 @@ fn snapshot_rejections() {
     ok(&mut h, snap("cd", "ro", SnapshotKind::Disk));
     let mut spec = spec_with(&[(vol("shared", "spare"), false)], &[]);
     spec.vcpus = 1;
-    ok(
-        &mut h,
-        Command::DefineDomain {
-            name: "many".into(),
-            spec,
-        },
-    );
+    ok(&mut h, Command::DefineDomain { name: "many".into(), spec });
     for i in 0..crate::limits::SNAPSHOTS_PER_DOMAIN_MAX {
         ok(&mut h, snap("many", &format!("s{i}"), SnapshotKind::Disk));
     }
@@ -1484,13 +965,7 @@ fn snapshot_rejections() {
         )],
     );
     // Deleting the root re-parents its child; the chain stays whole.
-    ok(
-        &mut h,
-        Command::DeleteSnapshot {
-            domain: "many".into(),
-            name: "s0".into(),
-        },
-    );
+    ok(&mut h, Command::DeleteSnapshot { domain: "many".into(), name: "s0".into() });
     assert_eq!(h.state.snapshot("many", "s1").unwrap().parent, None);
     crate::invariants::check(&h.state).unwrap();
 }
@@ -1516,109 +991,44 @@ fn migration_rejections() {
     assert_rejections(
         &h,
         vec![
-            (
-                "not running",
-                start("idle", None),
-                FailedPrecondition,
-                "is not running",
-            ),
-            (
-                "paused fine but stopping not",
-                start("stopping", None),
-                FailedPrecondition,
-                "is not running",
-            ),
-            (
-                "to itself",
-                start("web", Some(&web_host)),
-                InvalidArgument,
-                "own host",
-            ),
-            (
-                "unknown target",
-                start("web", Some("h9")),
-                NotFound,
-                "host h9",
-            ),
-            (
-                "joining target",
-                start("web", Some("h3")),
-                FailedPrecondition,
-                "host is joining",
-            ),
+            ("not running", start("idle", None), FailedPrecondition, "is not running"),
+            ("paused fine but stopping not", start("stopping", None), FailedPrecondition, "is not running"),
+            ("to itself", start("web", Some(&web_host)), InvalidArgument, "own host"),
+            ("unknown target", start("web", Some("h9")), NotFound, "host h9"),
+            ("joining target", start("web", Some("h3")), FailedPrecondition, "host is joining"),
             (
                 "progress unknown",
-                Command::ReportMigrationProgress {
-                    id: 999_999,
-                    phase: MigrationPhase::Transferring,
-                },
+                Command::ReportMigrationProgress { id: 999_999, phase: MigrationPhase::Transferring },
                 NotFound,
                 "migration 999999",
             ),
-            (
-                "commit unknown",
-                Command::CommitMigration { id: 999_999 },
-                NotFound,
-                "migration 999999",
-            ),
+            ("commit unknown", Command::CommitMigration { id: 999_999 }, NotFound, "migration 999999"),
         ],
     );
     let free = h.state.host(&other).unwrap().free().memory_mib;
     let mut big = kernel_spec(1, free - 100);
     big.placement.required_labels = labels(&[("zone", if web_host == "h1" { "b" } else { "a" })]);
-    ok(
-        &mut h,
-        Command::DefineDomain {
-            name: "filler".into(),
-            spec: big,
-        },
-    );
+    ok(&mut h, Command::DefineDomain { name: "filler".into(), spec: big });
     run(&mut h, "filler");
     assert_rejections(
         &h,
         vec![
-            (
-                "target full",
-                start("web", Some(&other)),
-                ResourceExhausted,
-                "not enough free memory",
-            ),
-            (
-                "nowhere to go",
-                start("web", None),
-                ResourceExhausted,
-                "short of memory",
-            ),
+            ("target full", start("web", Some(&other)), ResourceExhausted, "not enough free memory"),
+            ("nowhere to go", start("web", None), ResourceExhausted, "short of memory"),
         ],
     );
-    ok(
-        &mut h,
-        Command::DestroyDomain {
-            name: "filler".into(),
-        },
-    );
+    ok(&mut h, Command::DestroyDomain { name: "filler".into() });
     observe(&mut h, "filler", ObservedPhase::Stopped);
 
     let before = h.state.last_seq();
     ok(&mut h, start("web", None));
     let id = before + 1;
     assert_eq!(h.state.migration(id).unwrap().target, other);
-    ok(
-        &mut h,
-        Command::ReportMigrationProgress {
-            id,
-            phase: MigrationPhase::Transferring,
-        },
-    );
+    ok(&mut h, Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring });
     assert_rejections(
         &h,
         vec![
-            (
-                "already migrating",
-                start("web", None),
-                FailedPrecondition,
-                "already migrating",
-            ),
+            ("already migrating", start("web", None), FailedPrecondition, "already migrating"),
             (
                 "start while migrating",
                 Command::ShutdownDomain { name: "web".into() },
@@ -1627,50 +1037,31 @@ fn migration_rejections() {
             ),
             (
                 "snapshot while migrating",
-                Command::CreateSnapshot {
-                    domain: "web".into(),
-                    name: "m".into(),
-                    kind: SnapshotKind::Full,
-                },
+                Command::CreateSnapshot { domain: "web".into(), name: "m".into(), kind: SnapshotKind::Full },
                 FailedPrecondition,
                 "is migrating",
             ),
             (
                 "progress backwards",
-                Command::ReportMigrationProgress {
-                    id,
-                    phase: MigrationPhase::Preparing,
-                },
+                Command::ReportMigrationProgress { id, phase: MigrationPhase::Preparing },
                 FailedPrecondition,
                 "cannot go back",
             ),
             (
                 "progress to end",
-                Command::ReportMigrationProgress {
-                    id,
-                    phase: MigrationPhase::Committed,
-                },
+                Command::ReportMigrationProgress { id, phase: MigrationPhase::Committed },
                 InvalidArgument,
                 "CommitMigration",
             ),
             (
                 "abort without reason",
-                Command::AbortMigration {
-                    id,
-                    reason: String::new(),
-                },
+                Command::AbortMigration { id, reason: String::new() },
                 InvalidArgument,
                 "reason",
             ),
         ],
     );
-    ok(
-        &mut h,
-        Command::SetHostState {
-            name: other.clone(),
-            state: HostState::Suspect,
-        },
-    );
+    ok(&mut h, Command::SetHostState { name: other.clone(), state: HostState::Suspect });
     assert_rejections(
         &h,
         vec![(
@@ -1680,40 +1071,20 @@ fn migration_rejections() {
             "roll the migration back",
         )],
     );
-    ok(
-        &mut h,
-        Command::SetHostState {
-            name: other.clone(),
-            state: HostState::Ready,
-        },
-    );
+    ok(&mut h, Command::SetHostState { name: other.clone(), state: HostState::Ready });
     let generation = h.state.domain("web").unwrap().status.generation;
     ok(&mut h, Command::CommitMigration { id });
     let web = h.state.domain("web").unwrap();
     assert_eq!(web.status.host.as_deref(), Some(other.as_str()));
     assert_eq!(web.status.generation, generation + 1);
-    assert!(h
-        .state
-        .host(&web_host)
-        .unwrap()
-        .domains
-        .get("web")
-        .is_none());
+    assert!(!h.state.host(&web_host).unwrap().domains.contains("web"));
     assert_rejections(
         &h,
         vec![
-            (
-                "commit twice",
-                Command::CommitMigration { id },
-                FailedPrecondition,
-                "already committed",
-            ),
+            ("commit twice", Command::CommitMigration { id }, FailedPrecondition, "already committed"),
             (
                 "abort committed",
-                Command::AbortMigration {
-                    id,
-                    reason: "x".into(),
-                },
+                Command::AbortMigration { id, reason: "x".into() },
                 FailedPrecondition,
                 "already committed",
             ),
@@ -1722,54 +1093,25 @@ fn migration_rejections() {
     // A local-storage domain cannot live-migrate; a suspect source cannot either.
     ok(
         &mut h,
-        Command::DefineDomain {
-            name: "pinned".into(),
-            spec: spec_with(&[(vol("local", "l2"), false)], &[]),
-        },
+        Command::DefineDomain { name: "pinned".into(), spec: spec_with(&[(vol("local", "l2"), false)], &[]) },
     );
     run(&mut h, "pinned");
-    let pinned_host = h
-        .state
-        .domain("pinned")
-        .unwrap()
-        .status
-        .host
-        .clone()
-        .unwrap();
+    let pinned_host = h.state.domain("pinned").unwrap().status.host.clone().unwrap();
     assert_rejections(
         &h,
-        vec![(
-            "local storage",
-            start("pinned", None),
-            FailedPrecondition,
-            "needs shared storage",
-        )],
+        vec![("local storage", start("pinned", None), FailedPrecondition, "needs shared storage")],
     );
-    ok(
-        &mut h,
-        Command::SetHostState {
-            name: pinned_host.clone(),
-            state: HostState::Suspect,
-        },
-    );
+    ok(&mut h, Command::SetHostState { name: pinned_host.clone(), state: HostState::Suspect });
     assert_rejections(
         &h,
-        vec![(
-            "suspect source",
-            start("pinned", None),
-            FailedPrecondition,
-            "healthy source",
-        )],
+        vec![("suspect source", start("pinned", None), FailedPrecondition, "healthy source")],
     );
     crate::invariants::check(&h.state).unwrap();
 }
 
 #[test]
 fn aborted_maps_to_its_code() {
-    let r = crate::Rejection::Aborted {
-        resource: "domain web".into(),
-        attempts: 5,
-    };
+    let r = crate::Rejection::Aborted { resource: "domain web".into(), attempts: 5 };
     assert_eq!(r.code(), Aborted);
     assert!(r.to_string().contains("after 5 attempts"));
 }
@@ -1777,30 +1119,21 @@ fn aborted_maps_to_its_code() {
 #[test]
 fn a_retried_request_gets_its_first_answer() {
     let mut h = world();
-    let request = h.request(Command::StartDomain {
-        name: "idle".into(),
-    });
+    let request = h.request(Command::StartDomain { name: "idle".into() });
     let first = h.submit(&request).unwrap();
     assert_eq!(first.event_count(), 2);
     let hash = state_hash(&h.state);
     // Decided again: the window answers without proposing anything.
-    assert_eq!(
-        decide(&h.state, &request, 99).unwrap(),
-        Decision::AlreadyCommitted(first)
-    );
+    assert_eq!(decide(&h.state, &request, 99).unwrap(), Decision::AlreadyCommitted(first));
     // Two proposals of one request raced into the log: the second applies nothing.
     let mut h2 = world();
-    let request = h2.request(Command::StartDomain {
-        name: "idle".into(),
-    });
+    let request = h2.request(Command::StartDomain { name: "idle".into() });
     let Decision::Propose(p) = decide(&h2.state, &request, 5).unwrap() else {
         panic!("fresh request proposes")
     };
     let (first, _) = crate::apply_proposal(&mut h2.state, &p);
     let (second, events) = crate::apply_proposal(&mut h2.state, &p);
-    let crate::ProposalOutcome::Applied(c) = first else {
-        panic!("{first:?}")
-    };
+    let crate::ProposalOutcome::Applied(c) = first else { panic!("{first:?}") };
     assert_eq!(second, crate::ProposalOutcome::Duplicate(c));
     assert!(events.is_empty());
     // The same request id from another principal is another request.
@@ -1813,33 +1146,14 @@ fn a_retried_request_gets_its_first_answer() {
 #[test]
 fn a_stale_proposal_conflicts_and_changes_nothing() {
     let mut h = world();
-    let r1 = h.request(Command::DefineDomain {
-        name: "twin".into(),
-        spec: kernel_spec(1, 256),
-    });
-    let r2 = h.request(Command::DefineDomain {
-        name: "twin".into(),
-        spec: kernel_spec(2, 256),
-    });
-    let Decision::Propose(p1) = decide(&h.state, &r1, 1).unwrap() else {
-        panic!()
-    };
-    let Decision::Propose(p2) = decide(&h.state, &r2, 1).unwrap() else {
-        panic!()
-    };
-    assert!(matches!(
-        crate::apply_proposal(&mut h.state, &p1).0,
-        crate::ProposalOutcome::Applied(_)
-    ));
+    let r1 = h.request(Command::DefineDomain { name: "twin".into(), spec: kernel_spec(1, 256) });
+    let r2 = h.request(Command::DefineDomain { name: "twin".into(), spec: kernel_spec(2, 256) });
+    let Decision::Propose(p1) = decide(&h.state, &r1, 1).unwrap() else { panic!() };
+    let Decision::Propose(p2) = decide(&h.state, &r2, 1).unwrap() else { panic!() };
+    assert!(matches!(crate::apply_proposal(&mut h.state, &p1).0, crate::ProposalOutcome::Applied(_)));
     let hash = state_hash(&h.state);
     let (outcome, events) = crate::apply_proposal(&mut h.state, &p2);
-    assert!(
-        matches!(
-            outcome,
-            crate::ProposalOutcome::Conflict { expected: 0, .. }
-        ),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, crate::ProposalOutcome::Conflict { expected: 0, .. }), "{outcome:?}");
     assert!(events.is_empty());
     assert_eq!(state_hash(&h.state), hash);
 }
@@ -1849,31 +1163,19 @@ fn terminal_observations_release_and_ha_keeps_wanting_to_run() {
     let mut h = world();
     let mut spec = kernel_spec(2, 1024);
     spec.ha = HaPolicy::Restart { priority: 10 };
-    ok(
-        &mut h,
-        Command::DefineDomain {
-            name: "ha".into(),
-            spec,
-        },
-    );
+    ok(&mut h, Command::DefineDomain { name: "ha".into(), spec });
     run(&mut h, "ha");
     let host = h.state.domain("ha").unwrap().status.host.clone().unwrap();
     let before = h.state.host(&host).unwrap().allocated;
     observe(&mut h, "ha", ObservedPhase::Crashed);
     let d = h.state.domain("ha").unwrap();
-    assert_eq!(
-        (d.status.host.as_deref(), d.desired),
-        (None, crate::model::DesiredState::Running)
-    );
+    assert_eq!((d.status.host.as_deref(), d.desired), (None, crate::model::DesiredState::Running));
     assert_eq!(d.status.phase, crate::model::Phase::Crashed);
     let after = h.state.host(&host).unwrap().allocated;
     assert_eq!(after.memory_mib + 1024, before.memory_mib);
     // Without HA, a crash leaves the domain stopped; a self-poweroff always does.
     observe(&mut h, "web", ObservedPhase::Stopped);
-    assert_eq!(
-        h.state.domain("web").unwrap().desired,
-        crate::model::DesiredState::Stopped
-    );
+    assert_eq!(h.state.domain("web").unwrap().desired, crate::model::DesiredState::Stopped);
     // A repeated identical report changes nothing.
     let seq = h.state.last_seq();
     run(&mut h, "web");
@@ -1888,13 +1190,7 @@ fn terminal_observations_release_and_ha_keeps_wanting_to_run() {
 fn destroy_during_migration_rolls_it_back() {
     let mut h = world();
     let seq = h.state.last_seq();
-    ok(
-        &mut h,
-        Command::StartMigration {
-            domain: "web".into(),
-            target: None,
-        },
-    );
+    ok(&mut h, Command::StartMigration { domain: "web".into(), target: None });
     let id = seq + 1;
     ok(&mut h, Command::DestroyDomain { name: "web".into() });
     let m = h.state.migration(id).unwrap();
@@ -1902,13 +1198,7 @@ fn destroy_during_migration_rolls_it_back() {
     assert!(h.state.domain("web").unwrap().migration.is_none());
     assert_eq!(
         h.state.host(&m.target).unwrap().domains.len(),
-        h.state
-            .host(&m.target)
-            .unwrap()
-            .domains
-            .iter()
-            .filter(|d| *d != "web")
-            .count()
+        h.state.host(&m.target).unwrap().domains.iter().filter(|d| *d != "web").count()
     );
     observe(&mut h, "web", ObservedPhase::Stopped);
     crate::invariants::check(&h.state).unwrap();
@@ -1921,29 +1211,16 @@ fn macs_and_addresses_are_deterministic_and_unique() {
     for h in [&mut a, &mut b] {
         ok(
             h,
-            Command::DefineDomain {
-                name: "two-nics".into(),
-                spec: spec_with(&[], &["net", "net", "lan"]),
-            },
+            Command::DefineDomain { name: "two-nics".into(), spec: spec_with(&[], &["net", "net", "lan"]) },
         );
     }
     let nics = &a.state.domain("two-nics").unwrap().spec.nics;
     assert_eq!(nics, &b.state.domain("two-nics").unwrap().spec.nics);
     let net = a.state.network("net").unwrap();
-    let ips: Vec<_> = net
-        .leases
-        .values()
-        .map(|l| l.ip.unwrap().to_string())
-        .collect();
+    let ips: Vec<_> = net.leases.values().map(|l| l.ip.unwrap().to_string()).collect();
     assert_eq!(ips.len(), 3, "web + two NICs");
     let unique: std::collections::BTreeSet<_> = ips.iter().collect();
     assert_eq!(unique.len(), 3);
-    assert!(a
-        .state
-        .network("lan")
-        .unwrap()
-        .leases
-        .values()
-        .all(|l| l.ip.is_none()));
+    assert!(a.state.network("lan").unwrap().leases.values().all(|l| l.ip.is_none()));
     let _: BTreeMap<u8, u8> = BTreeMap::new();
 }

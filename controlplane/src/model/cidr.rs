@@ -99,10 +99,7 @@ mod tests {
         assert!(!c.contains(Ipv4Addr::new(10, 1, 1, 1)));
         assert!(c.overlaps("10.0.0.0/8".parse().unwrap()));
         assert!(!c.overlaps("10.1.1.0/24".parse().unwrap()));
-        assert_eq!(
-            "10.1.0.1/24".parse::<Cidr>(),
-            Err(CidrError::HostBits(Ipv4Addr::new(10, 1, 0, 0)))
-        );
+        assert_eq!("10.1.0.1/24".parse::<Cidr>(), Err(CidrError::HostBits(Ipv4Addr::new(10, 1, 0, 0))));
         assert_eq!("10.1.0.0/33".parse::<Cidr>(), Err(CidrError::PrefixLen(33)));
         assert_eq!("10.1.0.0".parse::<Cidr>(), Err(CidrError::Syntax));
     }

@@ -6,11 +6,7 @@ use super::{Labels, Mac, MigrationId, Resources, VolumeRef};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Boot {
     /// Direct kernel boot (Linux boot protocol or PVH ELF), paths on the host.
-    Kernel {
-        kernel: String,
-        initrd: Option<String>,
-        cmdline: String,
-    },
+    Kernel { kernel: String, initrd: Option<String>, cmdline: String },
     /// Boot from the first disk.
     Disk,
 }
@@ -61,10 +57,7 @@ pub struct DomainSpec {
 
 impl DomainSpec {
     pub fn resources(&self) -> Resources {
-        Resources {
-            vcpus: self.vcpus,
-            memory_mib: self.memory_mib,
-        }
+        Resources { vcpus: self.vcpus, memory_mib: self.memory_mib }
     }
 }
 
@@ -103,10 +96,7 @@ pub enum ObservedPhase {
 impl ObservedPhase {
     /// The VM process is gone: the placement can be released.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            ObservedPhase::Stopped | ObservedPhase::Crashed | ObservedPhase::Failed
-        )
+        matches!(self, ObservedPhase::Stopped | ObservedPhase::Crashed | ObservedPhase::Failed)
     }
 }
 

@@ -23,11 +23,7 @@ impl Mac {
 impl std::fmt::Display for Mac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -61,13 +57,7 @@ mod tests {
         assert_eq!(m.to_string(), "52:54:00:ab:cd:ef");
         assert!(m.is_unicast());
         assert!(!"01:00:5e:00:00:01".parse::<Mac>().unwrap().is_unicast());
-        for bad in [
-            "",
-            "52:54:00:ab:cd",
-            "52:54:00:ab:cd:ef:00",
-            "5:54:00:ab:cd:ef",
-            "zz:54:00:ab:cd:ef",
-        ] {
+        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:ef:00", "5:54:00:ab:cd:ef", "zz:54:00:ab:cd:ef"] {
             assert_eq!(bad.parse::<Mac>(), Err(MacError::Syntax), "{bad}");
         }
     }

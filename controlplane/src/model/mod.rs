@@ -17,8 +17,8 @@ mod volume;
 
 pub use cidr::{Cidr, CidrError};
 pub use domain::{
-    Boot, DesiredState, Disk, Domain, DomainSpec, DomainStatus, HaPolicy, Nic, ObservedPhase,
-    Phase, Placement, StopMode,
+    Boot, DesiredState, Disk, Domain, DomainSpec, DomainStatus, HaPolicy, Nic, ObservedPhase, Phase,
+    Placement, StopMode,
 };
 pub use host::{Host, HostState};
 pub use mac::{Mac, MacError};

@@ -11,10 +11,7 @@ pub struct VolumeRef {
 
 impl VolumeRef {
     pub fn new(pool: impl Into<String>, name: impl Into<String>) -> VolumeRef {
-        VolumeRef {
-            pool: pool.into(),
-            name: name.into(),
-        }
+        VolumeRef { pool: pool.into(), name: name.into() }
     }
 }
 
