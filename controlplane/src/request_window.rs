@@ -11,18 +11,51 @@
 //! replaying events (every envelope carries its principal and request id), so every
 //! replica deduplicates identically.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::limits::REQUEST_WINDOW_MAX;
 use crate::proposal::Committed;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Encoded as the list of (key, answer) in commit order, which is canonical; the lookup
+/// map is rebuilt on decode and never iterated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestWindow {
-    entries: BTreeMap<String, Committed>,
+    entries: HashMap<String, Committed>,
     /// Keys in commit order, oldest first.
     order: VecDeque<String>,
+}
+
+impl Serialize for RequestWindow {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.order.iter().map(|k| (k, &self.entries[k])))
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestWindow {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RequestWindow, D::Error> {
+        let list: Vec<(String, Committed)> = Vec::deserialize(deserializer)?;
+        if list.len() > REQUEST_WINDOW_MAX {
+            return Err(serde::de::Error::custom("request window over its bound"));
+        }
+        let mut window = RequestWindow::default();
+        for (k, c) in list {
+            if window.entries.insert(k.clone(), c).is_some() {
+                return Err(serde::de::Error::custom("request window lists a request twice"));
+            }
+            window.order.push_back(k);
+        }
+        Ok(window)
+    }
+}
+
+/// Whether `k` is the key of (principal, request_id), without building it.
+fn is_key(k: &str, principal: &str, request_id: &str) -> bool {
+    k.len() == principal.len() + 1 + request_id.len()
+        && k.starts_with(principal)
+        && k.as_bytes()[principal.len()] == 0
+        && k.ends_with(request_id)
 }
 
 fn key(principal: &str, request_id: &str) -> String {
@@ -51,13 +84,13 @@ impl RequestWindow {
     /// Record that event `seq` belongs to this request. The events of one request are
     /// contiguous; a request id seen earlier and then again later is a broken invariant.
     pub(crate) fn record(&mut self, principal: &str, request_id: &str, seq: u64) {
-        let k = key(principal, request_id);
-        if self.order.back() == Some(&k) {
-            let entry = self.entries.get_mut(&k).expect("window order and entries agree");
+        if let Some(last) = self.order.back().filter(|k| is_key(k, principal, request_id)) {
+            let entry = self.entries.get_mut(last).expect("window order and entries agree");
             assert_eq!(entry.last_seq + 1, seq, "events of one request are contiguous");
             entry.last_seq = seq;
             return;
         }
+        let k = key(principal, request_id);
         let previous = self.entries.insert(k.clone(), Committed { first_seq: seq, last_seq: seq });
         assert!(previous.is_none(), "request {request_id:?} of {principal:?} applied twice");
         self.order.push_back(k);
