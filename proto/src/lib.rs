@@ -1,9 +1,15 @@
 //! Drover's wire contract.
 //!
-//! Contract (filled in by the replication issue, #3, and the API issue, #4): the `.proto`
-//! files in this crate are the contract for every language; they are compiled in-process
-//! (no system `protoc`) and this crate re-exports the generated tonic/prost code. Nothing
-//! else lives here.
+//! Contract: the `.proto` files under `proto/` are the contract for every language; they
+//! are compiled in-process by `build.rs` with protox (no system `protoc`), and this crate
+//! re-exports the generated prost/tonic code. Nothing else lives here.
 //!
-//! Today this crate is empty: no protos are defined yet.
+//! - `drover.raft.v1`: replication between replicas and the internal write path (#3).
+//! - `drover.api.v1`: the public cluster API — arrives with issue #4.
 #![forbid(unsafe_code)]
+#![allow(missing_debug_implementations, clippy::all)]
+
+/// Replication: raft traffic, joins, forwarded writes, replica status.
+pub mod raft {
+    tonic::include_proto!("drover.raft.v1");
+}

@@ -1,12 +1,27 @@
 //! Replication of Drover's event log.
 //!
-//! Contract (filled in by the replication issue, #3): one `declare_raft_types!` whose app
-//! data is a [`controlplane::Proposal`]-shaped entry and whose response is the apply
-//! outcome; a log, vote and state-machine store on sled 0.34.7 with group commit (one fsync
-//! per batch) and an in-memory twin with an explicit fsync model for the simulator, both
-//! passing openraft's storage suite; the durable event archive (every applied event with
-//! its sequence number, kept past log compaction, indexed by resource, with state
-//! checkpoints); and the tonic transport for AppendEntries, Vote and streamed snapshots.
-//!
-//! Today this crate is empty: nothing here is wired yet.
+//! Contract:
+//! - **Types** (`type_config`): one `declare_raft_types!`; the log carries decided
+//!   `controlplane::Proposal`s and answers with their `ProposalOutcome`.
+//! - **Runtime** (`runtime`): openraft's tasks and time run on tokio; its randomness comes
+//!   from a source the simulator can seed.
+//! - **Storage** (`kv`, `log_store`, `state_machine`, `archive`): one implementation of
+//!   openraft's storage traits over a small key-value trait, with two backends: sled
+//!   (`kv_sled`, production) and memory with an explicit fsync model (`kv_mem`, the
+//!   simulator). Both pass openraft's storage suite. Group commit: one fsync per appended
+//!   batch. The state is made durable by snapshots; a restart is snapshot + log.
+//! - **Archive** (`archive`): every applied event with seq, raft index, time, principal
+//!   and request id, indexed by resource, with state checkpoints; never compacted.
+//! - **Transport and node** (`network`, `service`, `node`): tonic gRPC for AppendEntries,
+//!   Vote and chunked InstallSnapshot; joins, forwarded writes and replica status.
 #![forbid(unsafe_code)]
+
+pub mod archive;
+pub mod encoding;
+pub mod kv;
+pub mod kv_mem;
+pub mod kv_sled;
+pub mod log_store;
+pub mod runtime;
+pub mod state_machine;
+pub mod type_config;

@@ -1,0 +1,159 @@
+//! The event archive: every applied event with its sequence number, raft index, time,
+//! principal and request id, indexed by resource, with a state checkpoint every
+//! `checkpoint_every` events. It is never compacted with the raft log, so history outlives
+//! compaction: the state at any past sequence number is the nearest checkpoint at or
+//! before it plus a replay of the events after it.
+//!
+//! A replica that joined by installing a snapshot holds the archive from that snapshot's
+//! sequence number on (a checkpoint is written there); earlier history lives on the
+//! replicas that applied it.
+
+use controlplane::model::ResourceKey;
+use controlplane::{apply, codec, EventEnvelope, State};
+
+use crate::kv::{key_u64, u64_key, Kv, KvError, Tree};
+
+/// One archived event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedEvent {
+    pub raft_index: u64,
+    pub envelope: EventEnvelope,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("storage")]
+    Kv(#[from] KvError),
+    #[error("damaged record at seq {seq}")]
+    Codec { seq: u64, source: codec::CodecError },
+    #[error("event {0} is missing from the archive")]
+    Gap(u64),
+    #[error("seq {asked} is beyond the last applied event {last}")]
+    Future { asked: u64, last: u64 },
+}
+
+/// Most events one query returns.
+pub const ARCHIVE_QUERY_LIMIT_MAX: usize = 10_000;
+
+/// The archive on a [`Kv`].
+#[derive(Debug, Clone)]
+pub struct Archive<K: Kv> {
+    kv: K,
+    checkpoint_every: u64,
+}
+
+/// Index key: the resource's display form, a NUL, then the seq (big-endian).
+fn index_key(resource: &ResourceKey, seq: u64) -> Vec<u8> {
+    let mut k = index_prefix(resource);
+    k.extend_from_slice(&u64_key(seq));
+    k
+}
+
+fn index_prefix(resource: &ResourceKey) -> Vec<u8> {
+    let mut k = resource.to_string().into_bytes();
+    k.push(0);
+    k
+}
+
+impl<K: Kv> Archive<K> {
+    pub fn new(kv: K, checkpoint_every: u64) -> Archive<K> {
+        assert!(checkpoint_every > 0, "checkpoints need a positive interval");
+        Archive { kv, checkpoint_every }
+    }
+
+    /// Record the envelopes one log entry produced. Writing the same entry again (after a
+    /// restart re-applies the log) rewrites identical records.
+    pub fn record(&self, raft_index: u64, envelopes: &[EventEnvelope]) -> Result<(), KvError> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let mut events = Vec::with_capacity(envelopes.len());
+        let mut index = Vec::with_capacity(envelopes.len() * 2);
+        for e in envelopes {
+            let mut value = raft_index.to_be_bytes().to_vec();
+            value.extend_from_slice(&codec::encode(e));
+            events.push((u64_key(e.seq).to_vec(), value));
+            index.push((index_key(&e.event.subject(), e.seq), Vec::new()));
+            for r in e.event.related() {
+                index.push((index_key(&r, e.seq), Vec::new()));
+            }
+            if matches!(e.event, controlplane::Event::MigrationStarted { .. }) {
+                index.push((index_key(&ResourceKey::Migration(e.seq), e.seq), Vec::new()));
+            }
+        }
+        self.kv.put_batch(Tree::Events, events)?;
+        self.kv.put_batch(Tree::Index, index)
+    }
+
+    /// Write a checkpoint of `state` if one is due (every `checkpoint_every` events), or
+    /// unconditionally with `force` (after installing a snapshot).
+    pub fn checkpoint(&self, state: &State, previous_seq: u64, force: bool) -> Result<(), KvError> {
+        let seq = state.last_seq();
+        let due = seq / self.checkpoint_every > previous_seq / self.checkpoint_every;
+        if (due || force) && seq > 0 {
+            self.kv.put(Tree::Checkpoints, &u64_key(seq), &codec::encode(state))?;
+        }
+        Ok(())
+    }
+
+    fn decode(key: &[u8], value: &[u8]) -> Result<ArchivedEvent, ArchiveError> {
+        let seq = key_u64(key);
+        let (index, rest) = value.split_at(8);
+        let envelope = codec::decode(rest).map_err(|source| ArchiveError::Codec { seq, source })?;
+        Ok(ArchivedEvent { raft_index: u64::from_be_bytes(index.try_into().expect("8 bytes")), envelope })
+    }
+
+    /// Events with `seq >= from_seq`, at most `limit` (capped).
+    pub fn events(&self, from_seq: u64, limit: usize) -> Result<Vec<ArchivedEvent>, ArchiveError> {
+        let limit = limit.min(ARCHIVE_QUERY_LIMIT_MAX);
+        let pairs = self.kv.range(Tree::Events, &u64_key(from_seq), None, limit)?;
+        pairs.iter().map(|(k, v)| Self::decode(k, v)).collect()
+    }
+
+    /// The sequence numbers of the events about `resource`, from `from_seq`, at most `limit`.
+    pub fn seqs_for(&self, resource: &ResourceKey, from_seq: u64, limit: usize) -> Result<Vec<u64>, ArchiveError> {
+        let limit = limit.min(ARCHIVE_QUERY_LIMIT_MAX);
+        let prefix = index_prefix(resource);
+        let mut end = prefix.clone();
+        *end.last_mut().expect("prefix ends with NUL") = 1;
+        let pairs = self.kv.range(Tree::Index, &index_key(resource, from_seq), Some(&end), limit)?;
+        Ok(pairs.iter().map(|(k, _)| key_u64(&k[prefix.len()..])).collect())
+    }
+
+    /// The first and last archived sequence numbers.
+    pub fn bounds(&self) -> Result<Option<(u64, u64)>, ArchiveError> {
+        let first = self.kv.first(Tree::Events)?.map(|(k, _)| key_u64(&k));
+        let last = self.kv.last(Tree::Events)?.map(|(k, _)| key_u64(&k));
+        Ok(first.zip(last))
+    }
+
+    /// The state right after event `seq` (0: the empty state).
+    pub fn state_at(&self, seq: u64, last_applied_seq: u64) -> Result<State, ArchiveError> {
+        if seq > last_applied_seq {
+            return Err(ArchiveError::Future { asked: seq, last: last_applied_seq });
+        }
+        let (mut state, from) = match self.kv.floor(Tree::Checkpoints, &u64_key(seq))? {
+            Some((k, v)) => {
+                let at = key_u64(&k);
+                (codec::decode::<State>(&v).map_err(|source| ArchiveError::Codec { seq: at, source })?, at)
+            }
+            None => (State::new(), 0),
+        };
+        let mut next = from + 1;
+        while next <= seq {
+            let want = usize::try_from(seq - next + 1).unwrap_or(usize::MAX);
+            let batch = self.events(next, want)?;
+            if batch.is_empty() {
+                return Err(ArchiveError::Gap(next));
+            }
+            for e in &batch {
+                if e.envelope.seq != next {
+                    return Err(ArchiveError::Gap(next));
+                }
+                apply(&mut state, &e.envelope);
+                next += 1;
+            }
+        }
+        Ok(state)
+    }
+}

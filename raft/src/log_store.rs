@@ -1,0 +1,141 @@
+//! The raft log and vote on a [`Kv`]: openraft's `RaftLogStorage`.
+//!
+//! Group commit: `append` writes a whole batch of entries and then flushes once, so the
+//! fsync cost is paid per batch, never per entry. The vote is flushed before `save_vote`
+//! returns; the committed index is written without a flush (openraft can recompute it).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogId, StorageIOError};
+
+use crate::encoding;
+use crate::kv::{key_u64, u64_key, Kv, Tree};
+use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+pub(crate) const VOTE_KEY: &[u8] = b"vote";
+pub(crate) const COMMITTED_KEY: &[u8] = b"committed";
+pub(crate) const LAST_PURGED_KEY: &[u8] = b"last_purged";
+
+/// The log store; clones share the same storage.
+#[derive(Debug, Clone)]
+pub struct LogStore<K: Kv> {
+    kv: K,
+}
+
+pub(crate) fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn read_logs_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_logs_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+impl<K: Kv> LogStore<K> {
+    pub fn new(kv: K) -> LogStore<K> {
+        LogStore { kv }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.kv.get(Tree::Meta, key).map_err(read_logs_err)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(encoding::decode(&bytes).map_err(read_logs_err)?)),
+        }
+    }
+
+    /// Index of the last entry, if any.
+    pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self.kv.last(Tree::Log).map_err(read_logs_err)?.map(|(k, _)| key_u64(&k)))
+    }
+}
+
+impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let from = match range.start_bound() {
+            Bound::Included(n) => *n,
+            Bound::Excluded(n) => n + 1,
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(n) => Some(n + 1),
+            Bound::Excluded(n) => Some(*n),
+            Bound::Unbounded => None,
+        };
+        let to_key = to.map(u64_key);
+        let pairs = self.kv.range(Tree::Log, &u64_key(from), to_key.as_ref().map(|k| &k[..]), usize::MAX).map_err(read_logs_err)?;
+        pairs.into_iter().map(|(_, v)| encoding::decode(&v).map_err(read_logs_err)).collect()
+    }
+}
+
+impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.meta(LAST_PURGED_KEY)?;
+        let last = match self.kv.last(Tree::Log).map_err(read_logs_err)? {
+            Some((_, v)) => Some(*encoding::decode::<Entry>(&v).map_err(read_logs_err)?.get_log_id()),
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let vote_err = |e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e);
+        self.kv.put(Tree::Meta, VOTE_KEY, &encoding::encode(vote)).map_err(vote_err)?;
+        self.kv.flush().await.map_err(vote_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        match self.kv.get(Tree::Meta, VOTE_KEY).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))? {
+            None => Ok(None),
+            Some(b) => Ok(Some(encoding::decode(&b).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?)),
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.kv.put(Tree::Meta, COMMITTED_KEY, &encoding::encode(&committed)).map_err(write_logs_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta::<Option<LogId>>(COMMITTED_KEY)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let pairs: Vec<_> = entries
+            .into_iter()
+            .map(|e| (u64_key(e.get_log_id().index).to_vec(), encoding::encode(&e)))
+            .collect();
+        self.kv.put_batch(Tree::Log, pairs).map_err(write_logs_err)?;
+        let flushed = self.kv.flush().await;
+        let result = flushed.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(result);
+        flushed.map_err(write_logs_err)
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.kv.remove_range(Tree::Log, &u64_key(log_id.index), None).map_err(write_logs_err)?;
+        self.kv.flush().await.map_err(write_logs_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.kv.put(Tree::Meta, LAST_PURGED_KEY, &encoding::encode(&log_id)).map_err(write_logs_err)?;
+        self.kv.remove_range(Tree::Log, &u64_key(0), Some(&u64_key(log_id.index + 1))).map_err(write_logs_err)?;
+        self.kv.flush().await.map_err(write_logs_err)
+    }
+}

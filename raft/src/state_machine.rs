@@ -1,0 +1,200 @@
+//! The replicated state machine: openraft's `RaftStateMachine` over the pure core.
+//!
+//! Applying a log entry runs `controlplane::apply_proposal` on the in-memory [`State`]
+//! and records the resulting envelopes in the [`Archive`]. The state itself is made
+//! durable by snapshots: a restart loads the latest snapshot and openraft re-applies the
+//! log after it (archive writes are keyed by seq, so re-applying rewrites the same
+//! records). Before a snapshot is stored, the archive is flushed, so compacting the log
+//! behind the snapshot never loses an event.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use controlplane::{apply_proposal, codec, State};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogId};
+use tokio::sync::watch;
+
+use crate::archive::Archive;
+use crate::encoding;
+use crate::kv::{Kv, Tree};
+use crate::log_store::io_err;
+use crate::type_config::{ApplyResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+pub(crate) const SNAPSHOT_META_KEY: &[u8] = b"snapshot_meta";
+pub(crate) const SNAPSHOT_DATA_KEY: &[u8] = b"snapshot_data";
+
+/// What the rest of the node reads: the applied state and where it stands.
+#[derive(Debug)]
+pub struct Shared {
+    pub state: RwLock<State>,
+    applied: RwLock<(Option<LogId>, StoredMembership)>,
+    /// The last applied sequence number, for waiters.
+    pub applied_seq: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.applied.read().expect("applied lock").0
+    }
+
+    pub fn membership(&self) -> StoredMembership {
+        self.applied.read().expect("applied lock").1.clone()
+    }
+}
+
+/// The state machine; cheap to clone (shared state, shared storage).
+#[derive(Debug, Clone)]
+pub struct StateMachine<K: Kv> {
+    kv: K,
+    shared: Arc<Shared>,
+    archive: Archive<K>,
+    snapshot_counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Snapshot(None), verb, e)
+}
+
+impl<K: Kv> StateMachine<K> {
+    /// Open the state machine: the latest stored snapshot, or the empty state.
+    pub fn open(kv: K, checkpoint_every: u64) -> Result<StateMachine<K>, StorageError> {
+        let (state, applied) = match kv.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(|e| snap_err(ErrorVerb::Read, e))? {
+            None => (State::new(), (None, StoredMembership::default())),
+            Some(meta_bytes) => {
+                let meta: SnapshotMeta = encoding::decode(&meta_bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                let data = kv
+                    .get(Tree::Meta, SNAPSHOT_DATA_KEY)
+                    .map_err(|e| snap_err(ErrorVerb::Read, e))?
+                    .ok_or_else(|| snap_err(ErrorVerb::Read, std::io::Error::other("snapshot data missing")))?;
+                let state: State = codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                (state, (meta.last_log_id, meta.last_membership))
+            }
+        };
+        let (applied_seq, _) = watch::channel(state.last_seq());
+        let shared = Arc::new(Shared { state: RwLock::new(state), applied: RwLock::new(applied), applied_seq });
+        Ok(StateMachine {
+            archive: Archive::new(kv.clone(), checkpoint_every),
+            kv,
+            shared,
+            snapshot_counter: Arc::default(),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub fn archive(&self) -> Archive<K> {
+        self.archive.clone()
+    }
+
+    async fn store_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let w = |e| snap_err(ErrorVerb::Write, e);
+        // Archive records up to the snapshot must be durable before the log behind the
+        // snapshot may be purged.
+        self.kv.flush().await.map_err(w)?;
+        self.kv.put(Tree::Meta, SNAPSHOT_DATA_KEY, data).map_err(w)?;
+        self.kv.put(Tree::Meta, SNAPSHOT_META_KEY, &encoding::encode(meta)).map_err(w)?;
+        self.kv.flush().await.map_err(w)
+    }
+}
+
+impl<K: Kv> RaftSnapshotBuilder<TypeConfig> for StateMachine<K> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (data, last_log_id, last_membership) = {
+            // Both locks together, so the state and its position agree.
+            let state = self.shared.state.read().expect("state lock");
+            let applied = self.shared.applied.read().expect("applied lock");
+            (codec::encode(&*state), applied.0, applied.1.clone())
+        };
+        let n = self.snapshot_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
+            None => format!("empty-{n}"),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        self.store_snapshot(&meta, &data).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self.shared.applied.read().expect("applied lock").clone())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        for entry in entries {
+            let log_id = *entry.get_log_id();
+            let result = match entry.payload {
+                EntryPayload::Blank => ApplyResult::Internal,
+                EntryPayload::Membership(m) => {
+                    self.shared.applied.write().expect("applied lock").1 = StoredMembership::new(Some(log_id), m);
+                    ApplyResult::Internal
+                }
+                EntryPayload::Normal(proposal) => {
+                    let (outcome, envelopes, state_copy) = {
+                        let mut state = self.shared.state.write().expect("state lock");
+                        let before = state.last_seq();
+                        let (outcome, envelopes) = apply_proposal(&mut state, &proposal);
+                        // Checkpoints are rare; encode under the lock only when one is due.
+                        let checkpoint = self.archive.checkpoint(&state, before, false);
+                        (outcome, envelopes, checkpoint)
+                    };
+                    state_copy.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                    self.archive.record(log_id.index, &envelopes).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                    ApplyResult::Proposal(outcome)
+                }
+            };
+            self.shared.applied.write().expect("applied lock").0 = Some(log_id);
+            results.push(result);
+        }
+        let seq = self.shared.state.read().expect("state lock").last_seq();
+        self.shared.applied_seq.send_replace(seq);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state: State = codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        self.store_snapshot(meta, &data).await?;
+        self.archive.checkpoint(&state, 0, true).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let seq = state.last_seq();
+        {
+            let mut s = self.shared.state.write().expect("state lock");
+            let mut a = self.shared.applied.write().expect("applied lock");
+            *s = state;
+            *a = (meta.last_log_id, meta.last_membership.clone());
+        }
+        self.shared.applied_seq.send_replace(seq);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let r = |e| snap_err(ErrorVerb::Read, e);
+        let Some(meta_bytes) = self.kv.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(r)? else { return Ok(None) };
+        let meta: SnapshotMeta = encoding::decode(&meta_bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let data = self.kv.get(Tree::Meta, SNAPSHOT_DATA_KEY).map_err(r)?.unwrap_or_default();
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
