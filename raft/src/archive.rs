@@ -111,7 +111,12 @@ impl<K: Kv> Archive<K> {
     }
 
     /// The sequence numbers of the events about `resource`, from `from_seq`, at most `limit`.
-    pub fn seqs_for(&self, resource: &ResourceKey, from_seq: u64, limit: usize) -> Result<Vec<u64>, ArchiveError> {
+    pub fn seqs_for(
+        &self,
+        resource: &ResourceKey,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, ArchiveError> {
         let limit = limit.min(ARCHIVE_QUERY_LIMIT_MAX);
         let prefix = index_prefix(resource);
         let mut end = prefix.clone();

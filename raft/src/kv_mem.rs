@@ -118,7 +118,9 @@ impl Kv for MemKv {
 
     fn floor(&self, tree: Tree, key: &[u8]) -> Result<Option<Pair>, KvError> {
         Ok(self.read(tree, |t| {
-            t.range::<[u8], _>((Bound::Unbounded, Bound::Included(key))).next_back().map(|(k, v)| (k.clone(), v.clone()))
+            t.range::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+                .next_back()
+                .map(|(k, v)| (k.clone(), v.clone()))
         }))
     }
 

@@ -17,7 +17,13 @@ impl SledKv {
         // backstop but acknowledgements never rely on it.
         let db = sled::Config::new().path(path).flush_every_ms(Some(1000)).open()?;
         let open = |t: Tree| db.open_tree(t.name());
-        let trees = [open(Tree::Log)?, open(Tree::Meta)?, open(Tree::Events)?, open(Tree::Index)?, open(Tree::Checkpoints)?];
+        let trees = [
+            open(Tree::Log)?,
+            open(Tree::Meta)?,
+            open(Tree::Events)?,
+            open(Tree::Index)?,
+            open(Tree::Checkpoints)?,
+        ];
         Ok(SledKv { db, trees })
     }
 

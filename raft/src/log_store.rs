@@ -24,7 +24,11 @@ pub struct LogStore<K: Kv> {
     kv: K,
 }
 
-pub(crate) fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+pub(crate) fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -70,7 +74,10 @@ impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
             Bound::Unbounded => None,
         };
         let to_key = to.map(u64_key);
-        let pairs = self.kv.range(Tree::Log, &u64_key(from), to_key.as_ref().map(|k| &k[..]), usize::MAX).map_err(read_logs_err)?;
+        let pairs = self
+            .kv
+            .range(Tree::Log, &u64_key(from), to_key.as_ref().map(|k| &k[..]), usize::MAX)
+            .map_err(read_logs_err)?;
         pairs.into_iter().map(|(_, v)| encoding::decode(&v).map_err(read_logs_err)).collect()
     }
 }
@@ -100,7 +107,9 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         match self.kv.get(Tree::Meta, VOTE_KEY).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))? {
             None => Ok(None),
-            Some(b) => Ok(Some(encoding::decode(&b).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?)),
+            Some(b) => {
+                Ok(Some(encoding::decode(&b).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))?))
+            }
         }
     }
 
@@ -135,7 +144,9 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.kv.put(Tree::Meta, LAST_PURGED_KEY, &encoding::encode(&log_id)).map_err(write_logs_err)?;
-        self.kv.remove_range(Tree::Log, &u64_key(0), Some(&u64_key(log_id.index + 1))).map_err(write_logs_err)?;
+        self.kv
+            .remove_range(Tree::Log, &u64_key(0), Some(&u64_key(log_id.index + 1)))
+            .map_err(write_logs_err)?;
         self.kv.flush().await.map_err(write_logs_err)
     }
 }

@@ -19,7 +19,9 @@ use crate::archive::Archive;
 use crate::encoding;
 use crate::kv::{Kv, Tree};
 use crate::log_store::io_err;
-use crate::type_config::{ApplyResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::type_config::{
+    ApplyResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 pub(crate) const SNAPSHOT_META_KEY: &[u8] = b"snapshot_meta";
 pub(crate) const SNAPSHOT_DATA_KEY: &[u8] = b"snapshot_data";
@@ -63,20 +65,25 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
 impl<K: Kv> StateMachine<K> {
     /// Open the state machine: the latest stored snapshot, or the empty state.
     pub fn open(kv: K, checkpoint_every: u64) -> Result<StateMachine<K>, StorageError> {
-        let (state, applied) = match kv.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(|e| snap_err(ErrorVerb::Read, e))? {
-            None => (State::new(), (None, StoredMembership::default())),
-            Some(meta_bytes) => {
-                let meta: SnapshotMeta = encoding::decode(&meta_bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                let data = kv
-                    .get(Tree::Meta, SNAPSHOT_DATA_KEY)
-                    .map_err(|e| snap_err(ErrorVerb::Read, e))?
-                    .ok_or_else(|| snap_err(ErrorVerb::Read, std::io::Error::other("snapshot data missing")))?;
-                let state: State = codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                (state, (meta.last_log_id, meta.last_membership))
-            }
-        };
+        let (state, applied) =
+            match kv.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(|e| snap_err(ErrorVerb::Read, e))? {
+                None => (State::new(), (None, StoredMembership::default())),
+                Some(meta_bytes) => {
+                    let meta: SnapshotMeta =
+                        encoding::decode(&meta_bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                    let data = kv
+                        .get(Tree::Meta, SNAPSHOT_DATA_KEY)
+                        .map_err(|e| snap_err(ErrorVerb::Read, e))?
+                        .ok_or_else(|| {
+                            snap_err(ErrorVerb::Read, std::io::Error::other("snapshot data missing"))
+                        })?;
+                    let state: State = codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                    (state, (meta.last_log_id, meta.last_membership))
+                }
+            };
         let (applied_seq, _) = watch::channel(state.last_seq());
-        let shared = Arc::new(Shared { state: RwLock::new(state), applied: RwLock::new(applied), applied_seq });
+        let shared =
+            Arc::new(Shared { state: RwLock::new(state), applied: RwLock::new(applied), applied_seq });
         Ok(StateMachine {
             archive: Archive::new(kv.clone(), checkpoint_every),
             kv,
@@ -141,7 +148,8 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
             let result = match entry.payload {
                 EntryPayload::Blank => ApplyResult::Internal,
                 EntryPayload::Membership(m) => {
-                    self.shared.applied.write().expect("applied lock").1 = StoredMembership::new(Some(log_id), m);
+                    self.shared.applied.write().expect("applied lock").1 =
+                        StoredMembership::new(Some(log_id), m);
                     ApplyResult::Internal
                 }
                 EntryPayload::Normal(proposal) => {
@@ -174,7 +182,11 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let state: State = codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         self.store_snapshot(meta, &data).await?;
@@ -192,7 +204,9 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let r = |e| snap_err(ErrorVerb::Read, e);
-        let Some(meta_bytes) = self.kv.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(r)? else { return Ok(None) };
+        let Some(meta_bytes) = self.kv.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(r)? else {
+            return Ok(None);
+        };
         let meta: SnapshotMeta = encoding::decode(&meta_bytes).map_err(|e| snap_err(ErrorVerb::Read, e))?;
         let data = self.kv.get(Tree::Meta, SNAPSHOT_DATA_KEY).map_err(r)?.unwrap_or_default();
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))

@@ -19,7 +19,9 @@ impl StoreBuilder<TypeConfig, LogStore<MemKv>, StateMachine<MemKv>, ()> for MemB
 struct SledBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore<SledKv>, StateMachine<SledKv>, tempfile::TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore<SledKv>, StateMachine<SledKv>), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore<SledKv>, StateMachine<SledKv>), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let kv = SledKv::open(&dir.path().join("db")).expect("sled opens");
         Ok((dir, LogStore::new(kv.clone()), StateMachine::open(kv, 100)?))

@@ -1,0 +1,150 @@
+//! The storage layer with real proposals: group commit, the fsync model, restart from
+//! snapshot + log, and the archive (checkpoints, state at a past seq, resource index).
+
+use controlplane::fixtures::{kernel_spec, register_host, Harness};
+use controlplane::model::{HostState, ResourceKey};
+use controlplane::{decide, state_hash, Command, Decision, Proposal, Request, State};
+use openraft::storage::{
+    RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine,
+};
+use openraft::{CommittedLeaderId, EntryPayload};
+use raft::kv::Kv;
+use raft::kv_mem::MemKv;
+use raft::log_store::LogStore;
+use raft::state_machine::StateMachine;
+use raft::type_config::{ApplyResult, Entry, LogId};
+
+/// Decided proposals for a little cluster's life: a host, then domains defined and started.
+fn proposals(domains: usize) -> Vec<Proposal> {
+    let mut h = Harness::new();
+    let mut out = Vec::new();
+    let mut commands = vec![
+        register_host("h1", 64, 1 << 20),
+        Command::SetHostState { name: "h1".into(), state: HostState::Ready },
+    ];
+    for i in 0..domains {
+        commands.push(Command::DefineDomain { name: format!("d{i}"), spec: kernel_spec(1, 64) });
+        commands.push(Command::StartDomain { name: format!("d{i}") });
+    }
+    for c in commands {
+        let r: Request = h.request(c);
+        let Ok(Decision::Propose(p)) = decide(&h.state, &r, h.now_ms) else { panic!("fixture decides") };
+        out.push(p);
+        h.submit(&r).unwrap();
+    }
+    out
+}
+
+fn entry(index: u64, proposal: Proposal) -> Entry {
+    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(proposal) }
+}
+
+#[tokio::test]
+async fn an_appended_batch_costs_one_fsync() {
+    let kv = MemKv::new();
+    let mut log = LogStore::new(kv.clone());
+    let entries: Vec<Entry> =
+        proposals(20).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    let n = entries.len() as u64;
+    let before = kv.flushes();
+    log.blocking_append(entries).await.unwrap();
+    assert_eq!(kv.flushes() - before, 1, "one fsync for {n} entries");
+    assert_eq!(log.try_get_log_entries(1..=n).await.unwrap().len() as u64, n);
+}
+
+#[tokio::test]
+async fn what_was_not_flushed_is_lost_in_a_crash() {
+    let kv = MemKv::new();
+    kv.put(raft::kv::Tree::Meta, b"a", b"1").unwrap();
+    kv.flush().await.unwrap();
+    kv.put(raft::kv::Tree::Meta, b"b", b"2").unwrap();
+    kv.crash();
+    assert_eq!(kv.get(raft::kv::Tree::Meta, b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(kv.get(raft::kv::Tree::Meta, b"b").unwrap(), None);
+    kv.fail_writes(true);
+    assert!(kv.put(raft::kv::Tree::Meta, b"c", b"3").is_err());
+    assert!(kv.flush().await.is_err());
+}
+
+#[tokio::test]
+async fn restart_is_snapshot_plus_log_and_the_archive_answers_the_past() {
+    let kv = MemKv::new();
+    let mut log = LogStore::new(kv.clone());
+    let mut sm = StateMachine::open(kv.clone(), 10).unwrap();
+    let entries: Vec<Entry> =
+        proposals(30).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    let total = entries.len() as u64;
+    log.blocking_append(entries.clone()).await.unwrap();
+
+    // Apply the first 40 entries, snapshot, then the rest.
+    let results = sm.apply(entries[..40].to_vec()).await.unwrap();
+    assert!(results
+        .iter()
+        .all(|r| matches!(r, ApplyResult::Proposal(controlplane::ProposalOutcome::Applied(_)))));
+    let snap = sm.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id.unwrap().index, 40);
+    sm.apply(entries[40..].to_vec()).await.unwrap();
+    let live = sm.shared().state.read().unwrap().clone();
+    let live_hash = state_hash(&live);
+
+    // Power loss, then restart: the snapshot, plus openraft re-applying the log after it.
+    kv.crash();
+    let mut reopened = StateMachine::open(kv.clone(), 10).unwrap();
+    let (applied, _) = reopened.applied_state().await.unwrap();
+    assert_eq!(applied.unwrap().index, 40);
+    let mut log = LogStore::new(kv.clone());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id.unwrap().index, total, "the log was flushed on append");
+    let rest = log.try_get_log_entries(41..=total).await.unwrap();
+    reopened.apply(rest).await.unwrap();
+    assert_eq!(state_hash(&reopened.shared().state.read().unwrap()), live_hash);
+
+    // The archive holds every event, has checkpoints, and rebuilds any past state.
+    let archive = reopened.archive();
+    let (first, last) = archive.bounds().unwrap().unwrap();
+    assert_eq!((first, last), (1, live.last_seq()));
+    let mut replay = State::new();
+    for e in archive.events(1, usize::MAX).unwrap() {
+        controlplane::apply(&mut replay, &e.envelope);
+    }
+    assert_eq!(state_hash(&replay), live_hash);
+    let mut expect = State::new();
+    for e in archive.events(1, usize::MAX).unwrap() {
+        let seq = e.envelope.seq;
+        controlplane::apply(&mut expect, &e.envelope);
+        if seq % 7 == 0 || seq == last {
+            assert_eq!(
+                state_hash(&archive.state_at(seq, last).unwrap()),
+                state_hash(&expect),
+                "state at {seq}"
+            );
+        }
+    }
+    assert!(archive.state_at(last + 1, last).is_err());
+    let d3 = archive.seqs_for(&ResourceKey::Domain("d3".into()), 0, 100).unwrap();
+    assert_eq!(d3.len(), 3, "defined, start requested, scheduled: {d3:?}");
+    let host_events = archive.seqs_for(&ResourceKey::Host("h1".into()), 0, 1000).unwrap();
+    assert_eq!(host_events.len(), 2 + 30, "registered, ready, and every placement");
+}
+
+#[tokio::test]
+async fn a_snapshot_installs_on_an_empty_replica() {
+    let kv = MemKv::new();
+    let mut sm = StateMachine::open(kv.clone(), 1000).unwrap();
+    let entries: Vec<Entry> =
+        proposals(5).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    sm.apply(entries).await.unwrap();
+    let snap = sm.build_snapshot().await.unwrap();
+    let hash = state_hash(&sm.shared().state.read().unwrap());
+
+    let other = MemKv::new();
+    let mut fresh = StateMachine::open(other.clone(), 1000).unwrap();
+    fresh.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    assert_eq!(state_hash(&fresh.shared().state.read().unwrap()), hash);
+    let seq = fresh.shared().state.read().unwrap().last_seq();
+    // Its archive starts at the snapshot: a checkpoint there answers state_at.
+    assert_eq!(state_hash(&fresh.archive().state_at(seq, seq).unwrap()), hash);
+    other.crash();
+    let reopened = StateMachine::open(other, 1000).unwrap();
+    assert_eq!(state_hash(&reopened.shared().state.read().unwrap()), hash);
+}
