@@ -7,5 +7,7 @@
 //! `controlplane::Rejection` maps to exactly one gRPC status code. This crate also holds
 //! the client library and the `drover` CLI, including `drover up`.
 //!
-//! Today this crate is empty: the API does not exist yet.
+//! Today: the `drover` binary (`src/main.rs`) is the one place that wires the pieces
+//! together, and runs a replica with `drover server` (the replication service of `raft`).
+//! The public API services do not exist yet.
 #![forbid(unsafe_code)]

@@ -45,6 +45,16 @@ impl Shared {
     }
 }
 
+/// Called with the last log index of every snapshot once it is durable.
+#[derive(Clone)]
+pub struct SnapshotHook(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for SnapshotHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotHook")
+    }
+}
+
 /// The state machine; cheap to clone (shared state, shared storage).
 #[derive(Debug, Clone)]
 pub struct StateMachine<K: Kv> {
@@ -52,6 +62,7 @@ pub struct StateMachine<K: Kv> {
     shared: Arc<Shared>,
     archive: Archive<K>,
     snapshot_counter: Arc<std::sync::atomic::AtomicU64>,
+    on_snapshot: Option<SnapshotHook>,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -89,7 +100,14 @@ impl<K: Kv> StateMachine<K> {
             kv,
             shared,
             snapshot_counter: Arc::default(),
+            on_snapshot: None,
         })
+    }
+
+    /// Call `hook` after every snapshot is stored.
+    pub fn with_snapshot_hook(mut self, hook: SnapshotHook) -> StateMachine<K> {
+        self.on_snapshot = Some(hook);
+        self
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -107,7 +125,11 @@ impl<K: Kv> StateMachine<K> {
         self.kv.flush().await.map_err(w)?;
         self.kv.put(Tree::Meta, SNAPSHOT_DATA_KEY, data).map_err(w)?;
         self.kv.put(Tree::Meta, SNAPSHOT_META_KEY, &encoding::encode(meta)).map_err(w)?;
-        self.kv.flush().await.map_err(w)
+        self.kv.flush().await.map_err(w)?;
+        if let (Some(hook), Some(last)) = (&self.on_snapshot, meta.last_log_id) {
+            (hook.0)(last.index);
+        }
+        Ok(())
     }
 }
 

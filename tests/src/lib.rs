@@ -1,9 +1,154 @@
 //! Drover's multi-process tests.
 //!
-//! Contract: tests here start real Drover processes on loopback (or in network namespaces
-//! the tests create and remove themselves), talk to them over real gRPC sockets, kill them
-//! with SIGKILL, and boot real guests under KVM. Shared harness code lives in this library;
-//! the tests live in `tests/tests/`.
-//!
-//! Today this crate is empty: there are no processes to start yet (issues #3-#5).
+//! Contract: tests here start real Drover processes (the `drover` binary) on loopback,
+//! talk to them over real gRPC sockets, and kill them with SIGKILL. Shared harness code
+//! lives in this library; the tests live in `tests/tests/`. Every wait has a deadline.
 #![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The `drover` binary, built once per test run (same profile as the tests).
+pub fn drover_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "api", "--bin", "drover"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building the drover binary failed");
+        let bin = profile_dir.join("drover");
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("addr").port()
+}
+
+/// Poll `check` until it returns `Some`, or fail after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One replica process.
+#[derive(Debug)]
+pub struct Replica {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// A set of replica processes in one temporary directory; all are killed on drop.
+#[derive(Debug)]
+pub struct Processes {
+    pub dir: tempfile::TempDir,
+    pub replicas: BTreeMap<u64, Replica>,
+}
+
+impl Default for Processes {
+    fn default() -> Self {
+        Processes::new()
+    }
+}
+
+impl Processes {
+    pub fn new() -> Processes {
+        Processes { dir: tempfile::tempdir().expect("temp dir"), replicas: BTreeMap::new() }
+    }
+
+    /// Start replica `id` (on a fresh port the first time, the same port after).
+    pub fn start(&mut self, id: u64, extra: &[&str]) -> String {
+        let (addr, data_dir) = match self.replicas.get(&id) {
+            Some(r) => (r.addr.clone(), r.data_dir.clone()),
+            None => (format!("127.0.0.1:{}", free_port()), self.dir.path().join(format!("n{id}"))),
+        };
+        let log = self.dir.path().join(format!("n{id}.log"));
+        let out = File::options().create(true).append(true).open(&log).expect("log file");
+        let child = Command::new(drover_bin())
+            .args(["server", "--id", &id.to_string(), "--listen", &addr, "--data-dir"])
+            .arg(&data_dir)
+            .args(extra)
+            .stdout(Stdio::from(out.try_clone().expect("log fd")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("drover starts");
+        self.replicas.insert(id, Replica { id, addr: addr.clone(), data_dir, log, child: Some(child) });
+        addr
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.replicas[&id].addr.clone()
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.replicas.values().map(|r| r.addr.clone()).collect()
+    }
+
+    /// SIGKILL replica `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.replicas.get_mut(&id).and_then(|r| r.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait for replica `id` to exit by itself.
+    pub fn wait_exit(&mut self, id: u64, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.replicas.get_mut(&id).and_then(|r| r.child.as_mut()).expect("replica was started");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "replica {id} did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What replica `id` logged.
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default()
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.replicas.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `drover`: the one binary. Today it runs a control replica (`drover server`); the CLI
+//! verbs and `drover up` arrive with the API issue.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use raft::node::{Node, NodeConfig};
+use tracing::{error, info, warn};
+
+#[derive(Parser, Debug)]
+#[command(name = "drover", version, about = "Drover: libvirt for a whole cluster")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info,openraft=warn")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a control replica.
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// This replica's node id (1 or more, unique in the cluster).
+    #[arg(long)]
+    id: u64,
+    /// Where the replica's gRPC services listen.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    listen: SocketAddr,
+    /// The address other replicas use to reach this one (defaults to --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The replica's data directory (created if absent).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Start a new cluster with this replica as its only voter (no-op once initialized).
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
+    /// Join the cluster through this member (host:port).
+    #[arg(long)]
+    join: Option<String>,
+    /// With --join: become a voter once caught up (otherwise stay a learner).
+    #[arg(long, requires = "join")]
+    voter: bool,
+    /// Allow listening beyond loopback. There is no authentication yet: anyone who can
+    /// reach the port can join the cluster or write to it.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Snapshot (and compact the raft log) every this many entries.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_every: u64,
+    /// Raft log entries kept behind a snapshot.
+    #[arg(long, default_value_t = 1_000)]
+    log_kept: u64,
+    /// Archive checkpoint interval, in events.
+    #[arg(long, default_value_t = 10_000)]
+    checkpoint_every: u64,
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    if args.id == 0 {
+        bail!("--id must be 1 or more");
+    }
+    if !args.listen.ip().is_loopback() {
+        if !args.allow_remote {
+            bail!(
+                "--listen {} is not a loopback address; pass --allow-remote to accept that the API is open",
+                args.listen
+            );
+        }
+        warn!(listen = %args.listen, "listening beyond loopback: the API is open to anyone who can reach it");
+    }
+    let mut config = NodeConfig::new(args.id, args.listen, args.data_dir.clone());
+    if let Some(a) = args.advertise {
+        config.advertise = a;
+    }
+    config.snapshot_every_entries = args.snapshot_every;
+    config.log_entries_kept_after_snapshot = args.log_kept;
+    config.checkpoint_every_events = args.checkpoint_every;
+    let node = Node::start(config).await.with_context(|| format!("starting replica {}", args.id))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(raft::service::serve(node.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    if args.bootstrap {
+        node.bootstrap().await.context("bootstrapping the cluster")?;
+    }
+    if let Some(seed) = &args.join {
+        node.join(seed, args.voter, Duration::from_secs(120))
+            .await
+            .with_context(|| format!("joining through {seed}"))?;
+    }
+    info!(node = args.id, listen = %args.listen, cluster = ?node.cluster_id(), "replica ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted; stopping"),
+        _ = term.recv() => info!("terminated; stopping"),
+        r = server => {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e).context("serving"),
+                Err(e) => return Err(e).context("server task"),
+            }
+        }
+    }
+    let _ = stop_tx.send(());
+    node.shutdown().await;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => run_server(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("drover: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

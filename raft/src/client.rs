@@ -1,0 +1,146 @@
+//! A client of the replication service: writes with retries across endpoints, replica
+//! status and archive reads. Used by tests, the load generator and (until the public API
+//! exists) tools.
+//!
+//! A write is retried with the same request id, so a retry after a lost answer or a
+//! leader change gets the first answer instead of a second effect. Retries are bounded in
+//! count and time.
+
+use std::time::Duration;
+
+use controlplane::{codec, Committed, EventEnvelope, Request};
+use proto::raft::replication_client::ReplicationClient;
+use proto::raft::{ArchiveRequest, StateAtRequest, StatusReply, StatusRequest, SubmitRequest};
+use tonic::Code;
+
+use crate::encoding;
+use crate::network::Channels;
+use crate::node::LEADER_ADDRESS_HEADER;
+
+/// Most attempts for one write before giving up.
+pub const CLIENT_ATTEMPTS_MAX: u32 = 40;
+/// Pause between attempts after an `Unavailable`.
+pub const CLIENT_RETRY_PAUSE_MS: u64 = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The cluster refused the request; retrying will not change that.
+    #[error("{code:?}: {message}")]
+    Refused { code: Code, message: String },
+    /// No replica could take the write within the retry budget.
+    #[error("unavailable after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    #[error("bad reply: {0}")]
+    BadReply(String),
+}
+
+/// A client over a list of replica endpoints (`host:port`).
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoints: Vec<String>,
+    channels: Channels,
+    call_timeout: Duration,
+}
+
+impl Client {
+    pub fn new(endpoints: Vec<String>) -> Client {
+        assert!(!endpoints.is_empty(), "a client needs at least one endpoint");
+        Client { endpoints, channels: Channels::default(), call_timeout: Duration::from_secs(10) }
+    }
+
+    fn rpc(&self, endpoint: &str) -> Result<ReplicationClient<tonic::transport::Channel>, ClientError> {
+        let channel = self
+            .channels
+            .get(endpoint)
+            .map_err(|e| ClientError::BadReply(format!("endpoint {endpoint}: {e}")))?;
+        Ok(ReplicationClient::new(channel))
+    }
+
+    /// Submit a request; retries across endpoints (following leader hints) on
+    /// `Unavailable`, `DeadlineExceeded` and `Aborted`.
+    pub async fn submit(&self, request: &Request) -> Result<Committed, ClientError> {
+        let bytes = encoding::encode(request);
+        let mut target = 0usize;
+        let mut hint: Option<String> = None;
+        let mut last = String::new();
+        for attempt in 1..=CLIENT_ATTEMPTS_MAX {
+            let endpoint =
+                hint.take().unwrap_or_else(|| self.endpoints[target % self.endpoints.len()].clone());
+            let mut req = tonic::Request::new(SubmitRequest { request: bytes.clone() });
+            req.set_timeout(self.call_timeout);
+            match self.rpc(&endpoint)?.submit(req).await {
+                Ok(reply) => {
+                    return encoding::decode(&reply.into_inner().committed)
+                        .map_err(|e| ClientError::BadReply(e.to_string()));
+                }
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::Unavailable
+                            | Code::DeadlineExceeded
+                            | Code::Aborted
+                            | Code::Cancelled
+                            | Code::Unknown
+                    ) =>
+                {
+                    hint = s
+                        .metadata()
+                        .get(LEADER_ADDRESS_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if hint.as_deref() == Some(endpoint.as_str()) {
+                        hint = None;
+                    }
+                    if hint.is_none() {
+                        target += 1;
+                    }
+                    last = format!("{endpoint}: {s}");
+                    if attempt < CLIENT_ATTEMPTS_MAX {
+                        tokio::time::sleep(Duration::from_millis(CLIENT_RETRY_PAUSE_MS)).await;
+                    }
+                }
+                Err(s) => {
+                    return Err(ClientError::Refused { code: s.code(), message: s.message().to_owned() })
+                }
+            }
+        }
+        Err(ClientError::Unavailable { attempts: CLIENT_ATTEMPTS_MAX, last })
+    }
+
+    /// One replica's status.
+    pub async fn status(&self, endpoint: &str) -> Result<StatusReply, tonic::Status> {
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(self.call_timeout);
+        let mut rpc = self.rpc(endpoint).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(rpc.status(req).await?.into_inner())
+    }
+
+    /// Every archived event of one replica from `from_seq` on.
+    pub async fn archive(&self, endpoint: &str, from_seq: u64) -> Result<Vec<EventEnvelope>, tonic::Status> {
+        let mut out = Vec::new();
+        let mut next = from_seq;
+        loop {
+            let mut req = tonic::Request::new(ArchiveRequest { from_seq: next, limit: 5000 });
+            req.set_timeout(self.call_timeout);
+            let mut rpc = self.rpc(endpoint).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let batch = rpc.archive(req).await?.into_inner().events;
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            for bytes in batch {
+                let e: EventEnvelope =
+                    codec::decode(&bytes).map_err(|e| tonic::Status::data_loss(e.to_string()))?;
+                next = e.seq + 1;
+                out.push(e);
+            }
+        }
+    }
+
+    /// The hash of one replica's state right after event `seq`.
+    pub async fn state_hash_at(&self, endpoint: &str, seq: u64) -> Result<String, tonic::Status> {
+        let mut req = tonic::Request::new(StateAtRequest { seq });
+        req.set_timeout(self.call_timeout);
+        let mut rpc = self.rpc(endpoint).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(rpc.state_at(req).await?.into_inner().state_hash)
+    }
+}

@@ -1,0 +1,173 @@
+//! A replica's data directory, and the checks that make a damaged one refuse to start
+//! rather than come up silently empty.
+//!
+//! Layout: `IDENTITY` (text: format and node id, written once, last, at creation), `db/`
+//! (sled) and `WATERMARK` (the index of the newest snapshot, rewritten after each). On open:
+//! - `IDENTITY` must exist whenever `db/` does, name this node, and match the identity
+//!   record inside the database (a truncated or wiped database loses that record);
+//! - every stored record must decode: vote, committed index, purge point, snapshot,
+//!   every log entry;
+//! - the log must be contiguous and start right after the purge point;
+//! - the stored snapshot must not be older than `WATERMARK` says it was.
+
+use std::path::{Path, PathBuf};
+
+use controlplane::{codec, State};
+
+use crate::encoding;
+use crate::kv::{key_u64, Kv, Tree};
+use crate::kv_sled::SledKv;
+use crate::log_store::{COMMITTED_KEY, LAST_PURGED_KEY, VOTE_KEY};
+use crate::state_machine::{SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY};
+use crate::type_config::{Entry, LogId, SnapshotMeta, Vote};
+
+const IDENTITY_FILE: &str = "IDENTITY";
+const WATERMARK_FILE: &str = "WATERMARK";
+const DB_DIR: &str = "db";
+const IDENTITY_KEY: &[u8] = b"identity";
+const FORMAT_LINE: &str = "drover-data-dir v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data directory {path} is damaged: {reason}; refusing to start (restore it from a backup, or remove it and join the node afresh)")]
+    Damaged { path: PathBuf, reason: String },
+    #[error("data directory {path} belongs to node {found}, not node {expected}")]
+    WrongNode { path: PathBuf, expected: u64, found: u64 },
+    #[error("data directory {path}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// An opened, checked data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub path: PathBuf,
+    pub kv: SledKv,
+}
+
+fn identity_text(node_id: u64) -> String {
+    format!("{FORMAT_LINE}\nnode_id={node_id}\n")
+}
+
+impl DataDir {
+    /// Open (creating it if absent) the data directory of node `node_id`.
+    pub async fn open(path: &Path, node_id: u64) -> Result<DataDir, DataDirError> {
+        let io = |source| DataDirError::Io { path: path.to_owned(), source };
+        let damaged = |reason: String| DataDirError::Damaged { path: path.to_owned(), reason };
+        let identity_path = path.join(IDENTITY_FILE);
+        let db_path = path.join(DB_DIR);
+        let expected = identity_text(node_id);
+
+        if !identity_path.exists() {
+            if db_path.exists() {
+                return Err(damaged(format!("{IDENTITY_FILE} is missing beside an existing database")));
+            }
+            std::fs::create_dir_all(path).map_err(io)?;
+            let kv =
+                SledKv::open(&db_path).map_err(|e| damaged(format!("cannot create the database: {e:?}")))?;
+            kv.put(Tree::Meta, IDENTITY_KEY, expected.as_bytes()).map_err(|e| damaged(format!("{e:?}")))?;
+            kv.flush().await.map_err(|e| damaged(format!("{e:?}")))?;
+            write_synced(&identity_path, expected.as_bytes()).map_err(io)?;
+            return Ok(DataDir { path: path.to_owned(), kv });
+        }
+
+        let found = std::fs::read_to_string(&identity_path).map_err(io)?;
+        let found_id = found
+            .strip_prefix(FORMAT_LINE)
+            .and_then(|rest| rest.trim().strip_prefix("node_id="))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .ok_or_else(|| damaged(format!("{IDENTITY_FILE} is unreadable")))?;
+        if found_id != node_id {
+            return Err(DataDirError::WrongNode {
+                path: path.to_owned(),
+                expected: node_id,
+                found: found_id,
+            });
+        }
+        if !db_path.exists() {
+            return Err(damaged("the database directory is missing".into()));
+        }
+        let kv = SledKv::open(&db_path).map_err(|e| damaged(format!("the database does not open: {e:?}")))?;
+        match kv.get(Tree::Meta, IDENTITY_KEY).map_err(|e| damaged(format!("{e:?}")))? {
+            Some(id) if id == expected.as_bytes() => {}
+            Some(_) => return Err(damaged("the database belongs to another node".into())),
+            None => return Err(damaged("the database lost its identity record (truncated or wiped)".into())),
+        }
+        check_records(&kv, path).map_err(damaged)?;
+        Ok(DataDir { path: path.to_owned(), kv })
+    }
+
+    /// Record that a snapshot up to `index` is stored, so losing it is noticed at open.
+    pub fn write_watermark(path: &Path, index: u64) -> std::io::Result<()> {
+        write_synced(&path.join(WATERMARK_FILE), index.to_string().as_bytes())
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn check_records(kv: &SledKv, path: &Path) -> Result<(), String> {
+    let get = |key: &[u8]| kv.get(Tree::Meta, key).map_err(|e| format!("{e:?}"));
+    if let Some(b) = get(VOTE_KEY)? {
+        encoding::decode::<Vote>(&b).map_err(|e| format!("the vote record does not decode: {e}"))?;
+    }
+    if let Some(b) = get(COMMITTED_KEY)? {
+        encoding::decode::<Option<LogId>>(&b)
+            .map_err(|e| format!("the committed record does not decode: {e}"))?;
+    }
+    let purged = match get(LAST_PURGED_KEY)? {
+        Some(b) => Some(
+            encoding::decode::<LogId>(&b).map_err(|e| format!("the purge record does not decode: {e}"))?,
+        ),
+        None => None,
+    };
+    let mut snapshot_index = 0;
+    if let Some(b) = get(SNAPSHOT_META_KEY)? {
+        let meta: SnapshotMeta =
+            encoding::decode(&b).map_err(|e| format!("the snapshot metadata does not decode: {e}"))?;
+        snapshot_index = meta.last_log_id.map_or(0, |l| l.index);
+        let data = get(SNAPSHOT_DATA_KEY)?.ok_or("the snapshot data is missing")?;
+        codec::decode::<State>(&data).map_err(|e| format!("the snapshot does not decode: {e}"))?;
+    }
+    let mut expected_index = purged.map(|p| p.index + 1);
+    let mut from = 0u64;
+    loop {
+        let batch = kv.range(Tree::Log, &from.to_be_bytes(), None, 1024).map_err(|e| format!("{e:?}"))?;
+        if batch.is_empty() {
+            break;
+        }
+        for (k, v) in &batch {
+            let index = key_u64(k);
+            let entry: Entry =
+                encoding::decode(v).map_err(|e| format!("log entry {index} does not decode: {e}"))?;
+            if entry.log_id.index != index {
+                return Err(format!("log entry at {index} claims index {}", entry.log_id.index));
+            }
+            if let Some(want) = expected_index {
+                if index != want {
+                    return Err(format!("the log has a hole: expected entry {want}, found {index}"));
+                }
+            }
+            expected_index = Some(index + 1);
+            from = index + 1;
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(path.join(WATERMARK_FILE)) {
+        let mark: u64 = text.trim().parse().map_err(|_| "WATERMARK is unreadable".to_string())?;
+        if snapshot_index < mark {
+            return Err(format!(
+                "the stored snapshot covers index {snapshot_index}, but a snapshot up to {mark} was written"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,494 @@
+//! A replica: its data directory, openraft, the gRPC services, and the write path.
+//!
+//! Writes ([`Node::submit`]) are decided on the leader against its applied state and
+//! committed through raft; a version conflict makes the leader decide again, at most
+//! [`SUBMIT_ATTEMPTS_MAX`] times. A write that reaches a follower is forwarded to the
+//! leader once; a forwarded write that finds no leader fails with `Unavailable` and the
+//! leader hint, which clients retry.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use controlplane::{decide, state_hash, Committed, Decision, ProposalOutcome, Rejection, Request, State};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use proto::raft::replication_client::ReplicationClient;
+use proto::raft::{JoinRequest, StatusReply, SubmitRequest};
+use tracing::{info, warn};
+
+use crate::archive::Archive;
+use crate::data_dir::{DataDir, DataDirError};
+use crate::encoding;
+use crate::kv::{Kv, Tree};
+use crate::kv_sled::SledKv;
+use crate::log_store::LogStore;
+use crate::network::{Channels, ClusterId, GrpcNetwork};
+use crate::state_machine::{Shared, SnapshotHook, StateMachine};
+use crate::type_config::{ApplyResult, NodeId, Raft, StorageError};
+
+/// How many times the leader re-decides a write that lost a version race.
+pub const SUBMIT_ATTEMPTS_MAX: u32 = 8;
+/// Header marking a write or join already forwarded once.
+pub const FORWARDED_HEADER: &str = "drover-forwarded";
+/// Headers naming the leader on an `Unavailable` answer.
+pub const LEADER_ID_HEADER: &str = "drover-leader-id";
+pub const LEADER_ADDRESS_HEADER: &str = "drover-leader-address";
+const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+
+/// How a replica runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// Where the gRPC services listen.
+    pub listen: SocketAddr,
+    /// Where other replicas reach this one (`host:port`).
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot, for followers that lag a little.
+    pub log_entries_kept_after_snapshot: u64,
+    /// Archive checkpoint interval, in events.
+    pub checkpoint_every_events: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for a replica on `listen` storing into `data_dir`.
+    pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            node_id,
+            listen,
+            advertise: listen.to_string(),
+            data_dir,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every_entries: 20_000,
+            log_entries_kept_after_snapshot: 1_000,
+            checkpoint_every_events: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("storage")]
+    Storage(#[from] StorageError),
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error(transparent)]
+    Rejected(Rejection),
+    #[error("not the leader (leader: {})", leader_address.as_deref().unwrap_or("unknown"))]
+    NotLeader { leader_id: Option<NodeId>, leader_address: Option<String> },
+    #[error("cluster id mismatch: this replica is in cluster {ours}, the other side in cluster {theirs}")]
+    ClusterMismatch { ours: String, theirs: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("forwarded to the leader")]
+    Remote(#[source] tonic::Status),
+}
+
+impl NodeError {
+    /// The gRPC status this error answers with.
+    pub fn to_status(&self) -> tonic::Status {
+        use controlplane::RejectionCode as R;
+        match self {
+            NodeError::Rejected(r) => {
+                let code = match r.code() {
+                    R::InvalidArgument => tonic::Code::InvalidArgument,
+                    R::NotFound => tonic::Code::NotFound,
+                    R::AlreadyExists => tonic::Code::AlreadyExists,
+                    R::FailedPrecondition => tonic::Code::FailedPrecondition,
+                    R::ResourceExhausted => tonic::Code::ResourceExhausted,
+                    R::Aborted => tonic::Code::Aborted,
+                };
+                tonic::Status::new(code, r.to_string())
+            }
+            NodeError::NotLeader { leader_id, leader_address } => {
+                let mut s = tonic::Status::unavailable(self.to_string());
+                if let Some(id) = leader_id {
+                    s.metadata_mut().insert(LEADER_ID_HEADER, id.to_string().parse().expect("digits"));
+                }
+                if let Some(addr) = leader_address.as_ref().and_then(|a| a.parse().ok()) {
+                    s.metadata_mut().insert(LEADER_ADDRESS_HEADER, addr);
+                }
+                s
+            }
+            NodeError::ClusterMismatch { .. } => tonic::Status::failed_precondition(self.to_string()),
+            NodeError::Unavailable(m) => tonic::Status::unavailable(m.clone()),
+            NodeError::Remote(s) => s.clone(),
+            NodeError::DataDir(_) | NodeError::Storage(_) | NodeError::Config(_) | NodeError::Raft(_) => {
+                tonic::Status::internal(self.to_string())
+            }
+        }
+    }
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) id: NodeId,
+    pub(crate) advertise: String,
+    pub(crate) raft: Raft,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) archive: Archive<SledKv>,
+    pub(crate) kv: SledKv,
+    pub(crate) cluster: ClusterId,
+    pub(crate) channels: Channels,
+    pub(crate) listen: SocketAddr,
+    /// The term in which this leader last confirmed its applied state is current.
+    linearized_term: AtomicU64,
+}
+
+/// A running replica. Clones share it.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.inner.id).finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn raft_err<E: std::fmt::Display>(e: E) -> NodeError {
+    NodeError::Raft(e.to_string())
+}
+
+impl Node {
+    /// Open the data directory and start raft (not yet serving).
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let dir = DataDir::open(&config.data_dir, config.node_id).await?;
+        let kv = dir.kv.clone();
+        let cluster = ClusterId::default();
+        if let Some(id) = kv.get(Tree::Meta, CLUSTER_ID_KEY).map_err(|e| NodeError::Raft(format!("{e:?}")))? {
+            cluster.set(String::from_utf8_lossy(&id).into_owned());
+        }
+        let path = config.data_dir.clone();
+        let hook = SnapshotHook(Arc::new(move |index| {
+            if let Err(e) = DataDir::write_watermark(&path, index) {
+                warn!(error = %e, index, "could not record the snapshot watermark");
+            }
+        }));
+        let sm = StateMachine::open(kv.clone(), config.checkpoint_every_events)?.with_snapshot_hook(hook);
+        let shared = sm.shared();
+        let archive = sm.archive();
+        let raft_config = openraft::Config {
+            cluster_name: "drover".into(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: config.log_entries_kept_after_snapshot,
+            snapshot_max_chunk_size: 1 << 20,
+            max_payload_entries: 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let channels = Channels::default();
+        let network = GrpcNetwork { channels: channels.clone(), cluster: cluster.clone() };
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, LogStore::new(kv.clone()), sm)
+            .await
+            .map_err(raft_err)?;
+        info!(node = config.node_id, cluster = ?cluster.get(), "replica started");
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                id: config.node_id,
+                advertise: config.advertise,
+                raft,
+                shared,
+                archive,
+                kv,
+                cluster,
+                channels,
+                listen: config.listen,
+                linearized_term: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub fn archive(&self) -> &Archive<SledKv> {
+        &self.inner.archive
+    }
+
+    pub fn cluster_id(&self) -> Option<String> {
+        self.inner.cluster.get()
+    }
+
+    /// Persist the cluster id this replica belongs to.
+    pub(crate) async fn adopt_cluster(&self, id: &str) -> Result<(), NodeError> {
+        if let Some(ours) = self.inner.cluster.get() {
+            if ours != id {
+                return Err(NodeError::ClusterMismatch { ours, theirs: id.to_owned() });
+            }
+            return Ok(());
+        }
+        self.inner
+            .kv
+            .put(Tree::Meta, CLUSTER_ID_KEY, id.as_bytes())
+            .map_err(|e| NodeError::Raft(format!("{e:?}")))?;
+        self.inner.kv.flush().await.map_err(|e| NodeError::Raft(format!("{e:?}")))?;
+        self.inner.cluster.set(id.to_owned());
+        info!(cluster = id, "joined cluster");
+        Ok(())
+    }
+
+    /// Start a new single-voter cluster, unless this replica already belongs to one.
+    pub async fn bootstrap(&self) -> Result<(), NodeError> {
+        if self.inner.cluster.get().is_some() {
+            return Ok(());
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        self.adopt_cluster(&id).await?;
+        let members = [(self.inner.id, BasicNode::new(&self.inner.advertise))]
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>();
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(raft_err(e)),
+        }
+    }
+
+    /// Join the cluster reachable at `seed` (any member), retrying until `deadline`.
+    pub async fn join(&self, seed: &str, voter: bool, deadline: Duration) -> Result<(), NodeError> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let channel = self.inner.channels.get(seed).map_err(|e| NodeError::Unavailable(e.to_string()))?;
+            let mut request = tonic::Request::new(JoinRequest {
+                node_id: self.inner.id,
+                address: self.inner.advertise.clone(),
+                cluster_id: self.inner.cluster.get().unwrap_or_default(),
+                voter,
+            });
+            request.set_timeout(Duration::from_secs(30));
+            match ReplicationClient::new(channel).join(request).await {
+                Ok(reply) => return self.adopt_cluster(&reply.into_inner().cluster_id).await,
+                Err(s)
+                    if s.code() == tonic::Code::FailedPrecondition
+                        || s.code() == tonic::Code::InvalidArgument =>
+                {
+                    return Err(NodeError::Remote(s));
+                }
+                Err(s) if tokio::time::Instant::now() >= until => return Err(NodeError::Remote(s)),
+                Err(s) => {
+                    warn!(seed, status = %s, "join not accepted yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    }
+
+    fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let addr = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        (m.current_leader, addr)
+    }
+
+    fn not_leader(&self) -> NodeError {
+        let (leader_id, leader_address) = self.leader();
+        NodeError::NotLeader { leader_id, leader_address }
+    }
+
+    /// Decide and commit a request on the leader (forwarding it there from a follower).
+    pub async fn submit(&self, request: Request, forwarded: bool) -> Result<Committed, NodeError> {
+        let mut last_conflict = String::new();
+        for _ in 0..SUBMIT_ATTEMPTS_MAX {
+            let (leader, address) = self.leader();
+            if leader != Some(self.inner.id) {
+                return match (forwarded, address) {
+                    (false, Some(addr)) => self.forward(&addr, &request).await,
+                    _ => Err(self.not_leader()),
+                };
+            }
+            self.ensure_current().await?;
+            let decision = {
+                let state = self.inner.shared.state.read().expect("state lock");
+                decide(&state, &request, now_ms())
+            };
+            let proposal = match decision.map_err(NodeError::Rejected)? {
+                Decision::AlreadyCommitted(c) => return Ok(c),
+                Decision::Propose(p) => p,
+            };
+            match self.inner.raft.client_write(proposal).await {
+                Ok(resp) => match resp.data {
+                    ApplyResult::Proposal(ProposalOutcome::Applied(c) | ProposalOutcome::Duplicate(c)) => {
+                        return Ok(c)
+                    }
+                    ApplyResult::Proposal(ProposalOutcome::Conflict { key, .. }) => {
+                        last_conflict = key.to_string()
+                    }
+                    ApplyResult::Internal => {
+                        return Err(NodeError::Raft("a proposal applied as an internal entry".into()))
+                    }
+                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    if forwarded {
+                        return Err(self.not_leader());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(NodeError::Unavailable(format!("write not committed: {e}"))),
+            }
+        }
+        Err(NodeError::Rejected(Rejection::Aborted {
+            resource: last_conflict,
+            attempts: SUBMIT_ATTEMPTS_MAX,
+        }))
+    }
+
+    /// After winning an election, wait until the applied state includes everything
+    /// committed before, so decisions never see a stale state.
+    async fn ensure_current(&self) -> Result<(), NodeError> {
+        let term = self.inner.raft.metrics().borrow().current_term;
+        if self.inner.linearized_term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        self.inner.raft.ensure_linearizable().await.map_err(|_| self.not_leader())?;
+        self.inner.linearized_term.store(term, Ordering::Release);
+        Ok(())
+    }
+
+    async fn forward(&self, leader: &str, request: &Request) -> Result<Committed, NodeError> {
+        let channel = self.inner.channels.get(leader).map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let mut req = tonic::Request::new(SubmitRequest { request: encoding::encode(request) });
+        req.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
+        req.set_timeout(Duration::from_secs(10));
+        self.inner.cluster.stamp(&mut req);
+        let reply = ReplicationClient::new(channel).submit(req).await.map_err(NodeError::Remote)?;
+        encoding::decode(&reply.into_inner().committed)
+            .map_err(|e| NodeError::Raft(format!("bad forwarded reply: {e}")))
+    }
+
+    /// Run `f` on a state that includes every write committed before this call
+    /// (openraft's read index). Only the leader answers.
+    pub async fn read_linearizable<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, NodeError> {
+        self.inner.raft.ensure_linearizable().await.map_err(|_| self.not_leader())?;
+        Ok(f(&self.inner.shared.state.read().expect("state lock")))
+    }
+
+    /// Run `f` on this replica's applied state, however far behind it may be.
+    pub fn read_local<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.inner.shared.state.read().expect("state lock"))
+    }
+
+    pub(crate) async fn handle_join(&self, req: JoinRequest, forwarded: bool) -> Result<String, NodeError> {
+        let ours = self
+            .inner
+            .cluster
+            .get()
+            .ok_or_else(|| NodeError::Unavailable("this replica has not joined a cluster yet".into()))?;
+        if !req.cluster_id.is_empty() && req.cluster_id != ours {
+            return Err(NodeError::ClusterMismatch { ours, theirs: req.cluster_id });
+        }
+        if req.address.parse::<SocketAddr>().is_err() {
+            return Err(NodeError::Rejected(Rejection::InvalidArgument {
+                field: "address".into(),
+                reason: format!("{:?} is not ip:port", req.address),
+            }));
+        }
+        let (leader, address) = self.leader();
+        if leader != Some(self.inner.id) {
+            return match (forwarded, address) {
+                (false, Some(addr)) => {
+                    let channel =
+                        self.inner.channels.get(&addr).map_err(|e| NodeError::Unavailable(e.to_string()))?;
+                    let mut r = tonic::Request::new(req);
+                    r.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
+                    r.set_timeout(Duration::from_secs(30));
+                    let reply = ReplicationClient::new(channel).join(r).await.map_err(NodeError::Remote)?;
+                    Ok(reply.into_inner().cluster_id)
+                }
+                _ => Err(self.not_leader()),
+            };
+        }
+        let membership = self.inner.shared.membership();
+        let known = membership.membership().get_node(&req.node_id).map(|n| n.addr.clone());
+        if known.as_deref() != Some(req.address.as_str()) {
+            self.inner
+                .raft
+                .add_learner(req.node_id, BasicNode::new(&req.address), true)
+                .await
+                .map_err(|e| NodeError::Unavailable(format!("adding learner {}: {e}", req.node_id)))?;
+        }
+        if req.voter {
+            self.change(ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]))).await?;
+        }
+        info!(node = req.node_id, address = %req.address, voter = req.voter, "member joined");
+        Ok(ours)
+    }
+
+    /// Change membership (on the leader).
+    pub async fn change(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), NodeError> {
+        match self.inner.raft.change_membership(change, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
+            Err(e) => Err(NodeError::Unavailable(format!("membership change: {e}"))),
+        }
+    }
+
+    /// Voters and learners as this replica last applied them.
+    pub fn members(&self) -> (Vec<NodeId>, Vec<NodeId>) {
+        let m = self.inner.raft.metrics().borrow().membership_config.clone();
+        let voters: Vec<NodeId> = m.membership().voter_ids().collect();
+        let learners: Vec<NodeId> = m.membership().learner_ids().collect();
+        (voters, learners)
+    }
+
+    pub fn status(&self) -> StatusReply {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let (voters, learners) = self.members();
+        let (hash, last_seq) = self.read_local(|s| (state_hash(s).to_string(), s.last_seq()));
+        let (leader_id, leader_address) = self.leader();
+        StatusReply {
+            node_id: self.inner.id,
+            cluster_id: self.inner.cluster.get().unwrap_or_default(),
+            leader_id: leader_id.unwrap_or(0),
+            leader_address: leader_address.unwrap_or_default(),
+            last_applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_seq,
+            state_hash: hash,
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            first_log_index: m.purged.map_or(0, |l| l.index + 1),
+            voters,
+            learners,
+        }
+    }
+
+    /// Where the services listen.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen
+    }
+
+    /// Stop raft (the services stop with [`crate::service::serve`]'s shutdown future).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.raft.shutdown().await {
+            warn!(error = %e, "raft shutdown");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The gRPC services a replica serves: `Raft` (between replicas) and `Replication`
+//! (joins, membership, writes, status, archive).
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::{BasicNode, ChangeMembers};
+use proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
+use proto::raft::replication_server::{Replication, ReplicationServer};
+use proto::raft::{
+    ArchiveReply, ArchiveRequest, JoinReply, JoinRequest, MemberReply, MemberRequest, RaftPayload,
+    StateAtReply, StateAtRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::encoding;
+use crate::network::{CLUSTER_HEADER, RAFT_MESSAGE_BYTES_MAX};
+use crate::node::{Node, NodeError, FORWARDED_HEADER};
+use crate::type_config::NodeId;
+
+/// Largest write request accepted (one encoded command).
+pub const SUBMIT_BYTES_MAX: usize = 1 << 20;
+/// Longest any call may run on the server.
+pub const CALL_TIMEOUT_MS: u64 = 60_000;
+
+/// Refuse traffic for another cluster; a replica that has none yet adopts the sender's.
+async fn check_cluster<T>(node: &Node, request: &Request<T>) -> Result<(), Status> {
+    let Some(theirs) = request.metadata().get(CLUSTER_HEADER).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    node.adopt_cluster(theirs).await.map_err(|e| e.to_status())
+}
+
+fn forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}
+
+fn bad_payload(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("payload does not decode: {e}"))
+}
+
+struct RaftService {
+    node: Node,
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        check_cluster(&self.node, &request).await?;
+        let rpc = encoding::decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let result = self.node.raft().append_entries(rpc).await;
+        Ok(Response::new(RaftPayload { payload: encoding::encode(&result) }))
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        check_cluster(&self.node, &request).await?;
+        let rpc = encoding::decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let result = self.node.raft().vote(rpc).await;
+        Ok(Response::new(RaftPayload { payload: encoding::encode(&result) }))
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        check_cluster(&self.node, &request).await?;
+        let rpc = encoding::decode(&request.into_inner().payload).map_err(bad_payload)?;
+        let result = self.node.raft().install_snapshot(rpc).await;
+        Ok(Response::new(RaftPayload { payload: encoding::encode(&result) }))
+    }
+}
+
+struct ReplicationService {
+    node: Node,
+}
+
+impl ReplicationService {
+    fn member_reply(&self) -> MemberReply {
+        let (voters, learners) = self.node.members();
+        MemberReply { voters, learners }
+    }
+
+    async fn change(
+        &self,
+        id: NodeId,
+        change: ChangeMembers<NodeId, BasicNode>,
+    ) -> Result<Response<MemberReply>, Status> {
+        if id == 0 {
+            return Err(Status::invalid_argument("node_id must be set"));
+        }
+        self.node.change(change).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(self.member_reply()))
+    }
+}
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let fwd = forwarded(&request);
+        let req = request.into_inner();
+        if req.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must be set"));
+        }
+        let cluster_id = self.node.handle_join(req, fwd).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(JoinReply { cluster_id }))
+    }
+
+    async fn promote(&self, request: Request<MemberRequest>) -> Result<Response<MemberReply>, Status> {
+        let id = request.into_inner().node_id;
+        self.change(id, ChangeMembers::AddVoterIds([id].into())).await
+    }
+
+    async fn remove(&self, request: Request<MemberRequest>) -> Result<Response<MemberReply>, Status> {
+        let id = request.into_inner().node_id;
+        let (voters, _) = self.node.members();
+        if voters.contains(&id) {
+            self.change(id, ChangeMembers::RemoveVoters([id].into())).await?;
+        }
+        self.change(id, ChangeMembers::RemoveNodes([id].into())).await
+    }
+
+    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
+        check_cluster(&self.node, &request).await?;
+        let fwd = forwarded(&request);
+        let req = encoding::decode(&request.into_inner().request).map_err(bad_payload)?;
+        let committed = self.node.submit(req, fwd).await.map_err(|e: NodeError| e.to_status())?;
+        Ok(Response::new(SubmitReply { committed: encoding::encode(&committed) }))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(self.node.status()))
+    }
+
+    async fn archive(&self, request: Request<ArchiveRequest>) -> Result<Response<ArchiveReply>, Status> {
+        let req = request.into_inner();
+        let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
+        let events =
+            self.node.archive().events(req.from_seq, limit).map_err(|e| Status::internal(e.to_string()))?;
+        let events = events.iter().map(|e| controlplane::codec::encode(&e.envelope)).collect();
+        Ok(Response::new(ArchiveReply { events }))
+    }
+
+    async fn state_at(&self, request: Request<StateAtRequest>) -> Result<Response<StateAtReply>, Status> {
+        let seq = request.into_inner().seq;
+        let last = self.node.read_local(|s| s.last_seq());
+        let state = self.node.archive().state_at(seq, last).map_err(|e| match e {
+            crate::archive::ArchiveError::Future { .. } => Status::out_of_range(e.to_string()),
+            other => Status::internal(other.to_string()),
+        })?;
+        Ok(Response::new(StateAtReply { state_hash: controlplane::state_hash(&state).to_string(), seq }))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("gRPC server")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serve both services on the node's listen address until `shutdown` resolves.
+pub async fn serve(
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = node.listen_addr();
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "the replication service listens beyond loopback without authentication: anyone who can reach it can join or write");
+    }
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    let raft = RaftServer::new(RaftService { node: node.clone() })
+        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let replication = ReplicationServer::new(ReplicationService { node })
+        .max_decoding_message_size(SUBMIT_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
+        .tcp_nodelay(true)
+        .add_service(raft)
+        .add_service(replication)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
