@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use controlplane::{codec, Committed, EventEnvelope, Request};
 use proto::raft::replication_client::ReplicationClient;
-use proto::raft::{ArchiveRequest, StateAtRequest, StatusReply, StatusRequest, SubmitRequest};
+use proto::raft::{
+    ArchiveRequest, MemberReply, MemberRequest, StateAtRequest, StatusReply, StatusRequest, SubmitRequest,
+};
 use tonic::Code;
 
 use crate::encoding;
@@ -142,5 +144,17 @@ impl Client {
         req.set_timeout(self.call_timeout);
         let mut rpc = self.rpc(endpoint).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         Ok(rpc.state_at(req).await?.into_inner().state_hash)
+    }
+
+    /// Make learner `node_id` a voter (ask the leader at `endpoint`).
+    pub async fn promote(&self, endpoint: &str, node_id: u64) -> Result<MemberReply, tonic::Status> {
+        let mut rpc = self.rpc(endpoint).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(rpc.promote(MemberRequest { node_id }).await?.into_inner())
+    }
+
+    /// Remove member `node_id` (ask the leader at `endpoint`).
+    pub async fn remove(&self, endpoint: &str, node_id: u64) -> Result<MemberReply, tonic::Status> {
+        let mut rpc = self.rpc(endpoint).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(rpc.remove(MemberRequest { node_id }).await?.into_inner())
     }
 }

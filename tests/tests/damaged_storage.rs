@@ -1,0 +1,113 @@
+//! Damaged storage: a corrupted, truncated or partly missing data directory makes the
+//! replica refuse to start with a clear error. It never comes up silently empty.
+
+use std::path::Path;
+use std::time::Duration;
+
+use controlplane::fixtures::kernel_spec;
+use controlplane::{Command, Request};
+use raft::client::Client;
+use tests::{wait_for, Processes};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A stopped single-replica cluster's data directory holding `writes` events.
+async fn populated(p: &mut Processes, writes: usize) -> (String, std::path::PathBuf) {
+    let addr = p.start(1, &["--bootstrap", "--snapshot-every", "100", "--log-kept", "10"]);
+    let client = Client::new(vec![addr.clone()]);
+    wait_for("the replica to lead", Duration::from_secs(30), || async {
+        client.status(&addr).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
+    })
+    .await;
+    for i in 0..writes {
+        let name = format!("d{i}");
+        let r = Request {
+            request_id: name.clone(),
+            principal: "t".into(),
+            command: Command::DefineDomain { name, spec: kernel_spec(1, 64) },
+        };
+        client.submit(&r).await.unwrap();
+    }
+    let status = client.status(&addr).await.unwrap();
+    assert!(status.snapshot_index > 0, "a snapshot was taken");
+    let hash = status.state_hash;
+    p.kill(1);
+    (hash, p.replicas[&1].data_dir.clone())
+}
+
+/// Start replica 1 on a copy of `dir` and expect it to exit with an error naming the damage.
+fn refuses(p: &mut Processes, dir: &Path, case: &str) {
+    let target = p.replicas[&1].data_dir.clone();
+    std::fs::remove_dir_all(&target).unwrap();
+    copy_dir(dir, &target);
+    p.start(1, &[]);
+    let status = p.wait_exit(1, Duration::from_secs(30));
+    assert!(!status.success(), "{case}: the replica started on a damaged directory");
+    let log = p.log_of(1);
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("damaged"), "{case}: no clear error, the log ends:\n{last}");
+    eprintln!("{case}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_data_directories_are_refused() {
+    let mut p = Processes::new();
+    let (hash, dir) = populated(&mut p, 300).await;
+    let work = p.dir.path().join("copies");
+
+    // Control: an intact copy starts and holds the same state.
+    let intact = work.join("intact");
+    copy_dir(&dir, &intact);
+    let addr = p.start(1, &[]);
+    let client = Client::new(vec![addr.clone()]);
+    let restored = wait_for("the intact replica to serve", Duration::from_secs(30), || async {
+        client.status(&addr).await.ok().filter(|s| s.last_seq == 300).map(|s| s.state_hash)
+    })
+    .await;
+    assert_eq!(restored, hash);
+    p.kill(1);
+
+    let db_file = |d: &Path| d.join("db").join("db");
+
+    let case = work.join("truncated");
+    copy_dir(&intact, &case);
+    let len = std::fs::metadata(db_file(&case)).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(db_file(&case)).unwrap().set_len(len / 3).unwrap();
+    refuses(&mut p, &case, "truncated database");
+
+    let case = work.join("emptied");
+    copy_dir(&intact, &case);
+    std::fs::OpenOptions::new().write(true).open(db_file(&case)).unwrap().set_len(0).unwrap();
+    refuses(&mut p, &case, "emptied database");
+
+    let case = work.join("corrupted");
+    copy_dir(&intact, &case);
+    let mut bytes = std::fs::read(db_file(&case)).unwrap();
+    let (mid, n) = (bytes.len() / 2, 4096.min(bytes.len() / 2));
+    for b in &mut bytes[mid..mid + n] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(db_file(&case), bytes).unwrap();
+    refuses(&mut p, &case, "corrupted database");
+
+    let case = work.join("no-db");
+    copy_dir(&intact, &case);
+    std::fs::remove_dir_all(case.join("db")).unwrap();
+    refuses(&mut p, &case, "missing database");
+
+    let case = work.join("no-identity");
+    copy_dir(&intact, &case);
+    std::fs::remove_file(case.join("IDENTITY")).unwrap();
+    refuses(&mut p, &case, "missing identity file");
+}

@@ -1,0 +1,79 @@
+//! Snapshot install: after the cluster has compacted its log, a new learner can only catch
+//! up from a snapshot (sent in bounded chunks). It converges to the same state hash.
+
+use std::time::Duration;
+
+use controlplane::fixtures::kernel_spec;
+use controlplane::{Command, Request};
+use raft::client::Client;
+use tests::{wait_for, Processes};
+
+const FLAGS: [&str; 4] = ["--snapshot-every", "200", "--log-kept", "20"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_joining_after_compaction_converges() {
+    let mut p = Processes::new();
+    let a1 = p.start(1, &[&["--bootstrap"][..], &FLAGS].concat());
+    let client = Client::new(vec![a1.clone()]);
+    wait_for("node 1 to lead", Duration::from_secs(30), || async {
+        client.status(&a1).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
+    })
+    .await;
+    p.start(2, &[&["--join", &a1, "--voter"][..], &FLAGS].concat());
+    wait_for("two voters", Duration::from_secs(60), || async {
+        client.status(&a1).await.ok().filter(|s| s.voters.len() == 2).map(|_| ())
+    })
+    .await;
+
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..150 {
+                let name = format!("c{c}-{i}");
+                let r = Request {
+                    request_id: name.clone(),
+                    principal: "t".into(),
+                    command: Command::DefineDomain { name, spec: kernel_spec(1, 64) },
+                };
+                client.submit(&r).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let leader = wait_for("the log to be compacted", Duration::from_secs(60), || async {
+        client.status(&a1).await.ok().filter(|s| s.first_log_index > 100 && s.snapshot_index > 0)
+    })
+    .await;
+    assert_eq!(leader.last_seq, 1200);
+
+    // Node 3 joins as a learner: entries 1..first_log_index are gone, so only a snapshot
+    // can bring it up to date.
+    let a3 = p.start(3, &[&["--join", &a1][..], &FLAGS].concat());
+    let all = Client::new(vec![a1.clone(), a3.clone()]);
+    let joined = wait_for("the learner to converge", Duration::from_secs(60), || async {
+        let s = all.status(&a3).await.ok()?;
+        (s.last_seq == leader.last_seq).then_some(s)
+    })
+    .await;
+    assert_eq!(joined.state_hash, leader.state_hash);
+    assert!(joined.snapshot_index > 0, "the learner installed a snapshot");
+    assert!(joined.learners.contains(&3) && !joined.voters.contains(&3));
+
+    // It keeps following: a later write reaches it too.
+    let r = Request {
+        request_id: "late".into(),
+        principal: "t".into(),
+        command: Command::DefineDomain { name: "late".into(), spec: kernel_spec(1, 64) },
+    };
+    all.submit(&r).await.unwrap();
+    let after = wait_for("the learner to apply a later write", Duration::from_secs(30), || async {
+        all.status(&a3).await.ok().filter(|s| s.last_seq == 1201)
+    })
+    .await;
+    assert_eq!(after.state_hash, all.status(&a1).await.unwrap().state_hash);
+    // Its archive starts at the snapshot it installed and answers from there on.
+    assert_eq!(all.state_hash_at(&a3, 1201).await.unwrap(), after.state_hash);
+}
