@@ -28,10 +28,69 @@ use crate::kv_sled::SledKv;
 use crate::log_store::LogStore;
 use crate::network::{Channels, ClusterId, GrpcNetwork};
 use crate::state_machine::{Shared, SnapshotHook, StateMachine};
-use crate::type_config::{ApplyResult, NodeId, Raft, StorageError};
+use crate::type_config::{ApplyResult, NodeId, ProposalBatch, Raft, StorageError};
 
 /// How many times the leader re-decides a write that lost a version race.
 pub const SUBMIT_ATTEMPTS_MAX: u32 = 8;
+/// Most proposals in one log entry.
+pub const BATCH_PROPOSALS_MAX: usize = 1024;
+/// Log entries being committed at once; proposals arriving meanwhile wait for a slot
+/// and go together in the next entry.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Proposals waiting for a batch; a full queue makes writers wait.
+pub const PROPOSAL_QUEUE_MAX: usize = 16_384;
+
+/// Why a batched write did not commit.
+#[derive(Debug)]
+enum WriteFailure {
+    NotLeader,
+    Other(String),
+}
+
+type Pending = (controlplane::Proposal, tokio::sync::oneshot::Sender<Result<ProposalOutcome, WriteFailure>>);
+
+/// Groups the proposals that arrive while earlier entries are being committed into one
+/// log entry each, at most [`BATCHES_IN_FLIGHT_MAX`] entries in flight.
+async fn batcher(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_PROPOSALS_MAX {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (proposals, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let count = proposals.len();
+            let result = raft.client_write(ProposalBatch(proposals)).await;
+            drop(slot);
+            let outcomes: Vec<Result<ProposalOutcome, WriteFailure>> = match result {
+                Ok(resp) => match resp.data {
+                    ApplyResult::Batch(outcomes) if outcomes.len() == count => {
+                        outcomes.into_iter().map(Ok).collect()
+                    }
+                    other => (0..count)
+                        .map(|_| Err(WriteFailure::Other(format!("unexpected apply result {other:?}"))))
+                        .collect(),
+                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    (0..count).map(|_| Err(WriteFailure::NotLeader)).collect()
+                }
+                Err(e) => (0..count)
+                    .map(|_| Err(WriteFailure::Other(format!("write not committed: {e}"))))
+                    .collect(),
+            };
+            for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                let _ = waiter.send(outcome);
+            }
+        });
+    }
+}
 /// Header marking a write or join already forwarded once.
 pub const FORWARDED_HEADER: &str = "drover-forwarded";
 /// Headers naming the leader on an `Unavailable` answer.
@@ -145,6 +204,7 @@ pub(crate) struct NodeInner {
     pub(crate) cluster: ClusterId,
     pub(crate) channels: Channels,
     pub(crate) listen: SocketAddr,
+    proposals: tokio::sync::mpsc::Sender<Pending>,
     /// The term in which this leader last confirmed its applied state is current.
     linearized_term: AtomicU64,
 }
@@ -205,6 +265,8 @@ impl Node {
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, LogStore::new(kv.clone()), sm)
             .await
             .map_err(raft_err)?;
+        let (proposals, queue) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
+        tokio::spawn(batcher(raft.clone(), queue));
         info!(node = config.node_id, cluster = ?cluster.get(), "replica started");
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -217,6 +279,7 @@ impl Node {
                 cluster,
                 channels,
                 listen: config.listen,
+                proposals,
                 linearized_term: AtomicU64::new(0),
             }),
         })
@@ -335,25 +398,17 @@ impl Node {
                 Decision::AlreadyCommitted(c) => return Ok(c),
                 Decision::Propose(p) => p,
             };
-            match self.inner.raft.client_write(proposal).await {
-                Ok(resp) => match resp.data {
-                    ApplyResult::Proposal(ProposalOutcome::Applied(c) | ProposalOutcome::Duplicate(c)) => {
-                        return Ok(c)
-                    }
-                    ApplyResult::Proposal(ProposalOutcome::Conflict { key, .. }) => {
-                        last_conflict = key.to_string()
-                    }
-                    ApplyResult::Internal => {
-                        return Err(NodeError::Raft("a proposal applied as an internal entry".into()))
-                    }
-                },
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    if forwarded {
-                        return Err(self.not_leader());
-                    }
-                    continue;
-                }
-                Err(e) => return Err(NodeError::Unavailable(format!("write not committed: {e}"))),
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.inner.proposals.send((proposal, tx)).await.is_err() {
+                return Err(NodeError::Unavailable("the replica is shutting down".into()));
+            }
+            match rx.await {
+                Ok(Ok(ProposalOutcome::Applied(c) | ProposalOutcome::Duplicate(c))) => return Ok(c),
+                Ok(Ok(ProposalOutcome::Conflict { key, .. })) => last_conflict = key.to_string(),
+                Ok(Err(WriteFailure::NotLeader)) if forwarded => return Err(self.not_leader()),
+                Ok(Err(WriteFailure::NotLeader)) => continue,
+                Ok(Err(WriteFailure::Other(m))) => return Err(NodeError::Unavailable(m)),
+                Err(_) => return Err(NodeError::Unavailable("the replica is shutting down".into())),
             }
         }
         Err(NodeError::Rejected(Rejection::Aborted {

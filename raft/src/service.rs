@@ -11,7 +11,7 @@ use proto::raft::{
     ArchiveReply, ArchiveRequest, JoinReply, JoinRequest, MemberReply, MemberRequest, RaftPayload,
     StateAtReply, StateAtRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest,
 };
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
@@ -177,10 +177,9 @@ pub async fn serve(
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
         .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
-        .tcp_nodelay(true)
         .add_service(raft)
         .add_service(replication)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await?;
     Ok(())
 }

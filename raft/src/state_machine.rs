@@ -174,18 +174,24 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                         StoredMembership::new(Some(log_id), m);
                     ApplyResult::Internal
                 }
-                EntryPayload::Normal(proposal) => {
-                    let (outcome, envelopes, state_copy) = {
-                        let mut state = self.shared.state.write().expect("state lock");
-                        let before = state.last_seq();
-                        let (outcome, envelopes) = apply_proposal(&mut state, &proposal);
-                        // Checkpoints are rare; encode under the lock only when one is due.
-                        let checkpoint = self.archive.checkpoint(&state, before, false);
-                        (outcome, envelopes, checkpoint)
-                    };
-                    state_copy.map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                    self.archive.record(log_id.index, &envelopes).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                    ApplyResult::Proposal(outcome)
+                EntryPayload::Normal(batch) => {
+                    let mut outcomes = Vec::with_capacity(batch.0.len());
+                    for proposal in &batch.0 {
+                        let (outcome, envelopes, checkpoint) = {
+                            let mut state = self.shared.state.write().expect("state lock");
+                            let before = state.last_seq();
+                            let (outcome, envelopes) = apply_proposal(&mut state, proposal);
+                            // Checkpoints are rare; the state is encoded under the lock only when one is due.
+                            let checkpoint = self.archive.checkpoint(&state, before, false);
+                            (outcome, envelopes, checkpoint)
+                        };
+                        checkpoint.map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                        self.archive
+                            .record(log_id.index, &envelopes)
+                            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                        outcomes.push(outcome);
+                    }
+                    ApplyResult::Batch(outcomes)
                 }
             };
             self.shared.applied.write().expect("applied lock").0 = Some(log_id);

@@ -12,19 +12,25 @@ pub type NodeId = u64;
 /// A node's address record (its raft service's `host:port`).
 pub type Node = openraft::BasicNode;
 
+/// One log entry's payload: proposals decided by the leader, committed together and
+/// applied in order. Batching amortizes a raft round (and its fsyncs) over every write
+/// that arrived while the previous round was in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalBatch(pub Vec<Proposal>);
+
 /// What applying one log entry produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyResult {
-    /// An application entry: the proposal's outcome.
-    Proposal(ProposalOutcome),
+    /// An application entry: each proposal's outcome, in order.
+    Batch(Vec<ProposalOutcome>),
     /// A blank or membership entry.
     Internal,
 }
 
 openraft::declare_raft_types!(
-    /// Drover's raft types: the log carries decided [`Proposal`]s.
+    /// Drover's raft types: the log carries batches of decided [`Proposal`]s.
     pub TypeConfig:
-        D = Proposal,
+        D = ProposalBatch,
         R = ApplyResult,
         NodeId = NodeId,
         Node = Node,

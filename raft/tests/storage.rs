@@ -12,7 +12,7 @@ use raft::kv::Kv;
 use raft::kv_mem::MemKv;
 use raft::log_store::LogStore;
 use raft::state_machine::StateMachine;
-use raft::type_config::{ApplyResult, Entry, LogId};
+use raft::type_config::{ApplyResult, Entry, LogId, ProposalBatch};
 
 /// Decided proposals for a little cluster's life: a host, then domains defined and started.
 fn proposals(domains: usize) -> Vec<Proposal> {
@@ -36,7 +36,10 @@ fn proposals(domains: usize) -> Vec<Proposal> {
 }
 
 fn entry(index: u64, proposal: Proposal) -> Entry {
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(proposal) }
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(ProposalBatch(vec![proposal])),
+    }
 }
 
 #[tokio::test]
@@ -78,9 +81,9 @@ async fn restart_is_snapshot_plus_log_and_the_archive_answers_the_past() {
 
     // Apply the first 40 entries, snapshot, then the rest.
     let results = sm.apply(entries[..40].to_vec()).await.unwrap();
-    assert!(results
-        .iter()
-        .all(|r| matches!(r, ApplyResult::Proposal(controlplane::ProposalOutcome::Applied(_)))));
+    assert!(results.iter().all(
+        |r| matches!(r, ApplyResult::Batch(o) if matches!(o[..], [controlplane::ProposalOutcome::Applied(_)]))
+    ));
     let snap = sm.build_snapshot().await.unwrap();
     assert_eq!(snap.meta.last_log_id.unwrap().index, 40);
     sm.apply(entries[40..].to_vec()).await.unwrap();

@@ -1,0 +1,95 @@
+//! Three in-process replicas on loopback: writes sent to a follower are forwarded to the
+//! leader; linearizable reads are answered by the leader only; local reads answer from
+//! any replica's applied state.
+
+use std::time::{Duration, Instant};
+
+use controlplane::fixtures::kernel_spec;
+use controlplane::{Command, Request};
+use raft::node::{Node, NodeConfig, NodeError};
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+async fn start(id: u64, dir: &std::path::Path) -> Node {
+    let config = NodeConfig::new(id, free_addr(), dir.join(format!("n{id}")));
+    let node = Node::start(config).await.unwrap();
+    tokio::spawn(raft::service::serve(node.clone(), std::future::pending()));
+    node
+}
+
+async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn define(name: &str) -> Request {
+    Request {
+        request_id: name.into(),
+        principal: "t".into(),
+        command: Command::DefineDomain { name: name.into(), spec: kernel_spec(1, 64) },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_writes_forward_and_reads_come_in_two_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(1, dir.path()).await;
+    n1.bootstrap().await.unwrap();
+    until("node 1 to lead", || (n1.status().leader_id == 1).then_some(())).await;
+    let seed = n1.listen_addr().to_string();
+    let n2 = start(2, dir.path()).await;
+    n2.join(&seed, true, Duration::from_secs(30)).await.unwrap();
+    let n3 = start(3, dir.path()).await;
+    n3.join(&seed, true, Duration::from_secs(30)).await.unwrap();
+    until("three voters", || (n1.members().0.len() == 3).then_some(())).await;
+
+    // A write to a follower is forwarded to the leader and committed.
+    let committed = n2.submit(define("via-follower"), false).await.unwrap();
+    assert_eq!(committed.event_count(), 1);
+    // The leader reads it linearizably, at once.
+    assert!(n1.read_linearizable(|s| s.domain("via-follower").is_some()).await.unwrap());
+    // A follower will not answer a linearizable read; it names the leader instead.
+    match n3.read_linearizable(|s| s.last_seq()).await {
+        Err(NodeError::NotLeader { leader_id, leader_address }) => {
+            assert_eq!(leader_id, Some(1));
+            assert_eq!(leader_address.as_deref(), Some(seed.as_str()));
+        }
+        other => panic!("a follower answered a linearizable read: {other:?}"),
+    }
+    // A local read on a follower sees the write once it has applied it.
+    until("the follower to apply", || n3.read_local(|s| s.domain("via-follower").is_some()).then_some(()))
+        .await;
+
+    // A write already forwarded once is not forwarded again: it fails with the hint.
+    match n3.submit(define("twice-forwarded"), true).await {
+        Err(e @ NodeError::NotLeader { .. }) => {
+            let status = e.to_status();
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert_eq!(
+                status.metadata().get(raft::node::LEADER_ADDRESS_HEADER).unwrap().to_str().unwrap(),
+                seed
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Rejections keep their meaning across forwarding.
+    match n2.submit(define("via-follower"), false).await {
+        Ok(c) => assert_eq!(c, committed, "the same request id gets the first answer"),
+        Err(e) => panic!("{e}"),
+    }
+    let mut again = define("via-follower");
+    again.request_id = "another-id".into();
+    let err = n2.submit(again, false).await.unwrap_err();
+    assert_eq!(err.to_status().code(), tonic::Code::AlreadyExists, "{err}");
+    for n in [&n1, &n2, &n3] {
+        n.shutdown().await;
+    }
+}
