@@ -9,6 +9,9 @@
 //! etcd: 3 members; each write is a `Put` of a new key with a 64-byte value, sent to the
 //! members round robin. Every request loop stops at `--seconds` or `--max-ops`.
 
+// A load generator prints its results table.
+#![allow(clippy::print_stdout)]
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
