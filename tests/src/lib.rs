@@ -156,3 +156,30 @@ impl Drop for Processes {
         }
     }
 }
+
+impl Processes {
+    /// Start replica 1 bootstrapping a new cluster with `flags`; wait until it leads.
+    pub async fn bootstrap(&mut self, flags: &[&str]) -> String {
+        let addr = self.start(1, &[&["--bootstrap"][..], flags].concat());
+        let client = raft::client::Client::new(vec![addr.clone()]);
+        wait_for("replica 1 to lead", Duration::from_secs(30), || async {
+            client.status(&addr).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
+        })
+        .await;
+        addr
+    }
+
+    /// Start replicas `ids` joining through `seed` as voters with `flags`; wait until the
+    /// leader at `seed` counts them all as voters.
+    pub async fn join_voters(&mut self, seed: &str, ids: &[u64], flags: &[&str]) {
+        for &id in ids {
+            self.start(id, &[&["--join", seed, "--voter"][..], flags].concat());
+        }
+        let client = raft::client::Client::new(vec![seed.to_owned()]);
+        let want = ids.len() + 1;
+        wait_for("the voters to join", Duration::from_secs(60), || async {
+            client.status(seed).await.ok().filter(|s| s.voters.len() == want).map(|_| ())
+        })
+        .await;
+    }
+}

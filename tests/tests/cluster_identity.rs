@@ -35,12 +35,8 @@ async fn a_replica_of_another_cluster_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learners_join_get_promoted_and_removed() {
     let mut p = Processes::new();
-    let a1 = p.start(1, &["--bootstrap"]);
+    let a1 = p.bootstrap(&[]).await;
     let client = Client::new(vec![a1.clone()]);
-    wait_for("node 1 to lead", Duration::from_secs(30), || async {
-        client.status(&a1).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
-    })
-    .await;
     let a2 = p.start(2, &["--join", &a1]);
     let s = wait_for("a learner", Duration::from_secs(60), || async {
         client.status(&a1).await.ok().filter(|s| s.learners == vec![2])

@@ -24,12 +24,8 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A stopped single-replica cluster's data directory holding `writes` events.
 async fn populated(p: &mut Processes, writes: usize) -> (String, std::path::PathBuf) {
-    let addr = p.start(1, &["--bootstrap", "--snapshot-every", "100", "--log-kept", "10"]);
+    let addr = p.bootstrap(&["--snapshot-every", "100", "--log-kept", "10"]).await;
     let client = Client::new(vec![addr.clone()]);
-    wait_for("the replica to lead", Duration::from_secs(30), || async {
-        client.status(&addr).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
-    })
-    .await;
     for i in 0..writes {
         let name = format!("d{i}");
         let r = Request {

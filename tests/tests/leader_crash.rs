@@ -29,18 +29,9 @@ async fn converged(client: &Client, addrs: &[String]) -> Option<(u64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_under_load_loses_nothing_acknowledged() {
     let mut p = Processes::new();
-    let a1 = p.start(1, &["--bootstrap"]);
+    let a1 = p.bootstrap(&[]).await;
+    p.join_voters(&a1, &[2, 3], &[]).await;
     let probe = Client::new(vec![a1.clone()]);
-    wait_for("node 1 to lead", Duration::from_secs(30), || async {
-        probe.status(&a1).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
-    })
-    .await;
-    p.start(2, &["--join", &a1, "--voter"]);
-    p.start(3, &["--join", &a1, "--voter"]);
-    wait_for("three voters", Duration::from_secs(60), || async {
-        probe.status(&a1).await.ok().filter(|s| s.voters.len() == 3).map(|_| ())
-    })
-    .await;
     let addrs = p.addrs();
 
     let acked: Arc<Mutex<BTreeMap<String, Committed>>> = Arc::default();

@@ -13,17 +13,9 @@ const FLAGS: [&str; 4] = ["--snapshot-every", "200", "--log-kept", "20"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_joining_after_compaction_converges() {
     let mut p = Processes::new();
-    let a1 = p.start(1, &[&["--bootstrap"][..], &FLAGS].concat());
+    let a1 = p.bootstrap(&FLAGS).await;
+    p.join_voters(&a1, &[2], &FLAGS).await;
     let client = Client::new(vec![a1.clone()]);
-    wait_for("node 1 to lead", Duration::from_secs(30), || async {
-        client.status(&a1).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
-    })
-    .await;
-    p.start(2, &[&["--join", &a1, "--voter"][..], &FLAGS].concat());
-    wait_for("two voters", Duration::from_secs(60), || async {
-        client.status(&a1).await.ok().filter(|s| s.voters.len() == 2).map(|_| ())
-    })
-    .await;
 
     let mut tasks = Vec::new();
     for c in 0..8 {

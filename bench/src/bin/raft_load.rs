@@ -21,7 +21,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use controlplane::fixtures::kernel_spec;
 use raft::client::Client;
-use tests::{free_port, wait_for, Processes};
+use tests::{free_port, Processes};
 
 mod etcdpb {
     #![allow(missing_debug_implementations, clippy::all)]
@@ -126,18 +126,8 @@ async fn drover(args: &Args) -> anyhow::Result<()> {
         return drive_drover(args, Client::new(args.drover_endpoints.clone())).await;
     }
     let mut p = Processes::new();
-    let a1 = p.start(1, &["--bootstrap", "--log", "warn"]);
-    let probe = Client::new(vec![a1.clone()]);
-    wait_for("drover node 1 to lead", Duration::from_secs(30), || async {
-        probe.status(&a1).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
-    })
-    .await;
-    p.start(2, &["--join", &a1, "--voter", "--log", "warn"]);
-    p.start(3, &["--join", &a1, "--voter", "--log", "warn"]);
-    wait_for("three drover voters", Duration::from_secs(60), || async {
-        probe.status(&a1).await.ok().filter(|s| s.voters.len() == 3).map(|_| ())
-    })
-    .await;
+    let a1 = p.bootstrap(&["--log", "warn"]).await;
+    p.join_voters(&a1, &[2, 3], &["--log", "warn"]).await;
     drive_drover(args, Client::new(p.addrs())).await
 }
 
