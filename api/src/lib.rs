@@ -1,13 +1,18 @@
 //! Drover's cluster API.
 //!
-//! Contract (filled in by the API issue, #4): every node serves the whole gRPC API
-//! (Cluster, Hosts, Domains, Networks, StoragePools, Volumes, Snapshots, Migrations,
-//! Events, Audit). A request becomes a `controlplane::Command`, is decided on the leader
-//! with `controlplane::decide`, and its proposal is committed through `raft`. Every
-//! `controlplane::Rejection` maps to exactly one gRPC status code. This crate also holds
-//! the client library and the `drover` CLI, including `drover up`.
+//! Contract: every control replica serves the whole gRPC API (`proto/drover/api/v1`). A
+//! request becomes a `controlplane::Command`, is forwarded to the leader, decided there
+//! with `controlplane::decide` and committed through `raft`; every
+//! `controlplane::Rejection` maps to one gRPC status code. Reads choose linearizable (the
+//! leader, after a read index) or local. The `drover` binary (`src/main.rs`) is the one
+//! place that wires the pieces together.
 //!
-//! Today: the `drover` binary (`src/main.rs`) is the one place that wires the pieces
-//! together, and runs a replica with `drover server` (the replication service of `raft`).
-//! The public API services do not exist yet.
+//! Today: Domains, Hosts, Events (durable, resumable stream) and Audit (log, state at a
+//! past point, verify, export), with gRPC health and reflection. Still to come (issue #4):
+//! Networks, StoragePools, Volumes, Snapshots and Migrations services, the CLI verbs and
+//! `drover up`.
 #![forbid(unsafe_code)]
+
+pub mod convert;
+pub mod server;
+pub mod service;

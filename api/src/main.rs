@@ -102,7 +102,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let node = Node::start(config).await.with_context(|| format!("starting replica {}", args.id))?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(raft::service::serve(node.clone(), async move {
+    let server = tokio::spawn(api::server::serve(node.clone(), async move {
         let _ = stop_rx.await;
     }));
     if args.bootstrap {

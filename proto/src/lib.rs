@@ -5,7 +5,7 @@
 //! re-exports the generated prost/tonic code. Nothing else lives here.
 //!
 //! - `drover.raft.v1`: replication between replicas and the internal write path (#3).
-//! - `drover.api.v1`: the public cluster API — arrives with issue #4.
+//! - `drover.api.v1`: the public cluster API (Domains, Hosts, Events, Audit so far).
 #![forbid(unsafe_code)]
 #![allow(missing_debug_implementations, clippy::all)]
 
@@ -13,3 +13,11 @@
 pub mod raft {
     tonic::include_proto!("drover.raft.v1");
 }
+
+/// The public cluster API.
+pub mod api {
+    tonic::include_proto!("drover.api.v1");
+}
+
+/// The encoded descriptor set of every service here, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("drover_descriptor");

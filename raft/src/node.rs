@@ -297,6 +297,11 @@ impl Node {
         &self.inner.archive
     }
 
+    /// The last applied sequence number, updated as entries apply.
+    pub fn applied_seq(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.shared.applied_seq.subscribe()
+    }
+
     pub fn cluster_id(&self) -> Option<String> {
         self.inner.cluster.get()
     }

@@ -41,7 +41,9 @@ fn bad_payload(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("payload does not decode: {e}"))
 }
 
-struct RaftService {
+/// The raft service between replicas.
+#[derive(Debug)]
+pub struct RaftService {
     node: Node,
 }
 
@@ -69,7 +71,9 @@ impl RaftRpc for RaftService {
     }
 }
 
-struct ReplicationService {
+/// Joins, membership, writes and replica inspection.
+#[derive(Debug)]
+pub struct ReplicationService {
     node: Node,
 }
 
@@ -158,28 +162,47 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serve both services on the node's listen address until `shutdown` resolves.
+/// The raft service, with its message-size limits.
+pub fn raft_server(node: Node) -> RaftServer<RaftService> {
+    RaftServer::new(RaftService { node })
+        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+}
+
+/// The replication service, with its message-size limits.
+pub fn replication_server(node: Node) -> ReplicationServer<ReplicationService> {
+    ReplicationServer::new(ReplicationService { node })
+        .max_decoding_message_size(SUBMIT_BYTES_MAX)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+}
+
+/// Bind the node's listen address (warning when it is not loopback), with TCP_NODELAY on
+/// every accepted connection.
+pub async fn listen(node: &Node) -> Result<TcpIncoming, ServeError> {
+    let addr = node.listen_addr();
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "listening beyond loopback without authentication: anyone who can reach it can join, read or write");
+    }
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(TcpIncoming::from(listener).with_nodelay(Some(true)))
+}
+
+/// A server builder with Drover's call timeout.
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder().timeout(Duration::from_millis(CALL_TIMEOUT_MS))
+}
+
+/// Serve the two replication services on the node's listen address until `shutdown`.
 pub async fn serve(
     node: Node,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let addr = node.listen_addr();
-    if !addr.ip().is_loopback() {
-        warn!(%addr, "the replication service listens beyond loopback without authentication: anyone who can reach it can join or write");
-    }
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-    let raft = RaftServer::new(RaftService { node: node.clone() })
-        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-    let replication = ReplicationServer::new(ReplicationService { node })
-        .max_decoding_message_size(SUBMIT_BYTES_MAX)
-        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-    tonic::transport::Server::builder()
-        .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
-        .add_service(raft)
-        .add_service(replication)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+    let incoming = listen(&node).await?;
+    server_builder()
+        .add_service(raft_server(node.clone()))
+        .add_service(replication_server(node))
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

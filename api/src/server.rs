@@ -1,0 +1,52 @@
+//! Everything a control replica serves on one port: the replication services of `raft`,
+//! the public API, gRPC health and reflection.
+
+use std::future::Future;
+
+use proto::api::audit_server::AuditServer;
+use proto::api::domains_server::DomainsServer;
+use proto::api::events_server::EventsServer;
+use proto::api::hosts_server::HostsServer;
+use raft::node::Node;
+use raft::service::{listen, raft_server, replication_server, server_builder, ServeError};
+
+use crate::service::Api;
+
+/// Largest public API request (a domain definition is a few KiB).
+pub const API_REQUEST_BYTES_MAX: usize = 1 << 20;
+/// Largest public API response (a list of every domain).
+pub const API_RESPONSE_BYTES_MAX: usize = 64 << 20;
+
+/// Serve every service until `shutdown` resolves.
+pub async fn serve(
+    node: Node,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let incoming = listen(&node).await?;
+    let api = Api { node: node.clone() };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<DomainsServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor set is valid");
+    macro_rules! limited {
+        ($server:ident) => {
+            $server::new(api.clone())
+                .max_decoding_message_size(API_REQUEST_BYTES_MAX)
+                .max_encoding_message_size(API_RESPONSE_BYTES_MAX)
+        };
+    }
+    server_builder()
+        .add_service(raft_server(node.clone()))
+        .add_service(replication_server(node))
+        .add_service(limited!(DomainsServer))
+        .add_service(limited!(HostsServer))
+        .add_service(limited!(EventsServer))
+        .add_service(limited!(AuditServer))
+        .add_service(health)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! `drover.api.v1.Hosts`.
+
+use controlplane::Command;
+use proto::api as pb;
+use proto::api::hosts_server::Hosts;
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::convert;
+
+#[tonic::async_trait]
+impl Hosts for Api {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterHostRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let command = Command::RegisterHost {
+            name: r.name,
+            address: r.address,
+            capacity: convert::resources(r.capacity)?,
+            labels: r.labels.into_iter().collect(),
+        };
+        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+    }
+
+    async fn set_state(
+        &self,
+        request: Request<pb::SetHostStateRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let command = Command::SetHostState { name: r.name, state: convert::host_state(&r.state)? };
+        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsReply>, Status> {
+        let r = request.into_inner();
+        let hosts =
+            self.read(r.consistency, |s| s.hosts().values().map(convert::host_to_pb).collect()).await?;
+        Ok(Response::new(pb::ListHostsReply { hosts }))
+    }
+}
