@@ -6,6 +6,10 @@ fn main() {
         "proto/drover/api/v1/types.proto",
         "proto/drover/api/v1/domains.proto",
         "proto/drover/api/v1/hosts.proto",
+        "proto/drover/api/v1/networks.proto",
+        "proto/drover/api/v1/storage.proto",
+        "proto/drover/api/v1/snapshots.proto",
+        "proto/drover/api/v1/migrations.proto",
         "proto/drover/api/v1/events.proto",
         "proto/drover/api/v1/audit.proto",
     ];

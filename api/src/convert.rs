@@ -2,9 +2,12 @@
 //! into the model validate shape (a missing field, a bad MAC) and answer
 //! `InvalidArgument`; everything else is `decide`'s to judge.
 
+use std::net::Ipv4Addr;
+
 use controlplane::model::{
-    Boot, DesiredState, Disk, Domain, DomainSpec, HaPolicy, Host, HostState, Mac, Nic, Phase, Placement,
-    Resources, StopMode, VolumeRef,
+    AttachMode, Boot, Cidr, DesiredState, Disk, Domain, DomainSpec, HaPolicy, Host, HostState, Mac,
+    Migration, MigrationPhase, Network, NetworkConfig, NetworkMode, Nic, Phase, Placement, Pool, PoolConfig,
+    PoolKind, Resources, Snapshot, SnapshotKind, StopMode, Volume, VolumeFormat, VolumeRef,
 };
 use controlplane::EventEnvelope;
 use proto::api as pb;
@@ -196,5 +199,153 @@ pub fn event_to_pb(e: &EventEnvelope) -> pb::Event {
         kind: e.event.kind().into(),
         resource: e.event.subject().to_string(),
         json: serde_json::to_string(&e.event).expect("events serialize to JSON"),
+    }
+}
+
+pub fn network_config(c: Option<pb::NetworkConfig>) -> Result<NetworkConfig, Status> {
+    let c = c.ok_or_else(|| invalid("config", "is required"))?;
+    let mode = match c.mode.as_str() {
+        "isolated" => NetworkMode::Isolated,
+        "nat" => NetworkMode::Nat,
+        "bridge" => NetworkMode::Bridge,
+        other => return Err(invalid("config.mode", format!("{other:?} is not isolated, nat or bridge"))),
+    };
+    let cidr = if c.cidr.is_empty() {
+        None
+    } else {
+        Some(c.cidr.parse::<Cidr>().map_err(|e| invalid("config.cidr", format!("{:?}: {e}", c.cidr)))?)
+    };
+    let gateway = if c.gateway.is_empty() {
+        None
+    } else {
+        Some(
+            c.gateway
+                .parse::<Ipv4Addr>()
+                .map_err(|e| invalid("config.gateway", format!("{:?}: {e}", c.gateway)))?,
+        )
+    };
+    Ok(NetworkConfig { mode, cidr, gateway, bridge: (!c.bridge.is_empty()).then_some(c.bridge) })
+}
+
+pub fn network_to_pb(n: &Network) -> pb::Network {
+    pb::Network {
+        name: n.name.clone(),
+        config: Some(pb::NetworkConfig {
+            mode: match n.config.mode {
+                NetworkMode::Isolated => "isolated",
+                NetworkMode::Nat => "nat",
+                NetworkMode::Bridge => "bridge",
+            }
+            .into(),
+            cidr: n.config.cidr.map(|c| c.to_string()).unwrap_or_default(),
+            gateway: n.config.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            bridge: n.config.bridge.clone().unwrap_or_default(),
+        }),
+        leases: n
+            .leases
+            .iter()
+            .map(|(mac, l)| pb::Lease {
+                mac: mac.to_string(),
+                ip: l.ip.map(|i| i.to_string()).unwrap_or_default(),
+                domain: l.domain.clone(),
+            })
+            .collect(),
+        created_ms: n.created_ms,
+        version: n.version,
+    }
+}
+
+pub fn pool_config(c: Option<pb::PoolConfig>) -> Result<PoolConfig, Status> {
+    let c = c.ok_or_else(|| invalid("config", "is required"))?;
+    let kind = match c.kind.as_str() {
+        "dir" | "" => PoolKind::Dir,
+        other => return Err(invalid("config.kind", format!("{other:?} is not a pool kind (dir)"))),
+    };
+    Ok(PoolConfig { kind, path: c.path, shared: c.shared, capacity_mib: c.capacity_mib })
+}
+
+pub fn pool_to_pb(p: &Pool) -> pb::Pool {
+    pb::Pool {
+        name: p.name.clone(),
+        config: Some(pb::PoolConfig {
+            kind: "dir".into(),
+            path: p.config.path.clone(),
+            shared: p.config.shared,
+            capacity_mib: p.config.capacity_mib,
+        }),
+        allocated_mib: p.allocated_mib,
+        volumes: p.volumes,
+        created_ms: p.created_ms,
+        version: p.version,
+    }
+}
+
+pub fn volume_format(f: &str) -> Result<VolumeFormat, Status> {
+    match f {
+        "raw" => Ok(VolumeFormat::Raw),
+        "qcow2" => Ok(VolumeFormat::Qcow2),
+        other => Err(invalid("format", format!("{other:?} is not raw or qcow2"))),
+    }
+}
+
+pub fn volume_to_pb(v: &Volume) -> pb::Volume {
+    pb::Volume {
+        id: Some(pb::VolumeRef { pool: v.id.pool.clone(), name: v.id.name.clone() }),
+        format: match v.format {
+            VolumeFormat::Raw => "raw",
+            VolumeFormat::Qcow2 => "qcow2",
+        }
+        .into(),
+        capacity_mib: v.capacity_mib,
+        allocation_mib: v.allocation_mib,
+        backing: v.backing.clone().unwrap_or_default(),
+        clones: v.clones,
+        attachments: v
+            .attachments
+            .iter()
+            .map(|(d, m)| (d.clone(), if *m == AttachMode::ReadOnly { "ro" } else { "rw" }.to_string()))
+            .collect(),
+        created_ms: v.created_ms,
+        version: v.version,
+    }
+}
+
+pub fn snapshot_kind(k: &str) -> Result<SnapshotKind, Status> {
+    match k {
+        "full" => Ok(SnapshotKind::Full),
+        "disk" => Ok(SnapshotKind::Disk),
+        other => Err(invalid("kind", format!("{other:?} is not full or disk"))),
+    }
+}
+
+pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
+    pb::Snapshot {
+        domain: s.domain.clone(),
+        name: s.name.clone(),
+        parent: s.parent.clone().unwrap_or_default(),
+        kind: if s.kind == SnapshotKind::Full { "full" } else { "disk" }.into(),
+        created_ms: s.created_ms,
+        version: s.version,
+    }
+}
+
+pub fn migration_to_pb(m: &Migration) -> pb::Migration {
+    pb::Migration {
+        id: m.id,
+        domain: m.domain.clone(),
+        source: m.source.clone(),
+        target: m.target.clone(),
+        phase: match m.phase {
+            MigrationPhase::Preparing => "preparing",
+            MigrationPhase::Transferring => "transferring",
+            MigrationPhase::Completing => "completing",
+            MigrationPhase::Committed => "committed",
+            MigrationPhase::RolledBack => "rolled-back",
+        }
+        .into(),
+        reason: m.reason.clone().unwrap_or_default(),
+        started_ms: m.started_ms,
+        ended_ms: m.ended_ms.unwrap_or(0),
+        version: m.version,
     }
 }

@@ -7,9 +7,9 @@
 //! leader, after a read index) or local. The `drover` binary (`src/main.rs`) is the one
 //! place that wires the pieces together.
 //!
-//! Today: Domains, Hosts, Events (durable, resumable stream) and Audit (log, state at a
-//! past point, verify, export), with gRPC health and reflection. Still to come (issue #4):
-//! Networks, StoragePools, Volumes, Snapshots and Migrations services, the CLI verbs and
+//! Today: Domains, Hosts, Networks, StoragePools, Volumes, Snapshots, Migrations, Events
+//! (durable, resumable stream) and Audit (log, state at a past point, verify, export),
+//! with gRPC health and reflection. Still to come (issue #4): the CLI verbs and
 //! `drover up`.
 #![forbid(unsafe_code)]
 

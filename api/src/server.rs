@@ -7,6 +7,11 @@ use proto::api::audit_server::AuditServer;
 use proto::api::domains_server::DomainsServer;
 use proto::api::events_server::EventsServer;
 use proto::api::hosts_server::HostsServer;
+use proto::api::migrations_server::MigrationsServer;
+use proto::api::networks_server::NetworksServer;
+use proto::api::snapshots_server::SnapshotsServer;
+use proto::api::storage_pools_server::StoragePoolsServer;
+use proto::api::volumes_server::VolumesServer;
 use raft::node::Node;
 use raft::service::{listen, raft_server, replication_server, server_builder, ServeError};
 
@@ -42,6 +47,11 @@ pub async fn serve(
         .add_service(replication_server(node))
         .add_service(limited!(DomainsServer))
         .add_service(limited!(HostsServer))
+        .add_service(limited!(NetworksServer))
+        .add_service(limited!(StoragePoolsServer))
+        .add_service(limited!(VolumesServer))
+        .add_service(limited!(SnapshotsServer))
+        .add_service(limited!(MigrationsServer))
         .add_service(limited!(EventsServer))
         .add_service(limited!(AuditServer))
         .add_service(health)

@@ -5,6 +5,9 @@ pub mod audit;
 pub mod domains;
 pub mod events;
 pub mod hosts;
+pub mod networks;
+pub mod snapshots;
+pub mod storage;
 
 use controlplane::{Command, Committed, Request, State};
 use proto::api as pb;

@@ -1,0 +1,52 @@
+//! `drover.api.v1.Networks`.
+
+use controlplane::model::ResourceKind;
+use controlplane::{Command, Rejection};
+use proto::api as pb;
+use proto::api::networks_server::Networks;
+use tonic::{Request, Response, Status};
+
+use super::Api;
+use crate::convert;
+
+#[tonic::async_trait]
+impl Networks for Api {
+    async fn create(
+        &self,
+        request: Request<pb::CreateNetworkRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let config = convert::network_config(r.config)?;
+        Ok(Response::new(
+            self.write(&meta, r.request_id, Command::CreateNetwork { name: r.name, config }).await?,
+        ))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteNetworkRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        Ok(Response::new(self.write(&meta, r.request_id, Command::DeleteNetwork { name: r.name }).await?))
+    }
+
+    async fn get(&self, request: Request<pb::GetNetworkRequest>) -> Result<Response<pb::Network>, Status> {
+        let r = request.into_inner();
+        let found = self.read(r.consistency, |s| s.network(&r.name).map(convert::network_to_pb)).await?;
+        found.map(Response::new).ok_or_else(|| {
+            Status::not_found(
+                Rejection::NotFound { kind: ResourceKind::Network, name: r.name.clone() }.to_string(),
+            )
+        })
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListNetworksRequest>,
+    ) -> Result<Response<pb::ListNetworksReply>, Status> {
+        let r = request.into_inner();
+        let networks =
+            self.read(r.consistency, |s| s.networks().values().map(convert::network_to_pb).collect()).await?;
+        Ok(Response::new(pb::ListNetworksReply { networks }))
+    }
+}
