@@ -9,10 +9,14 @@
 //!
 //! Today: Domains, Hosts, Networks, StoragePools, Volumes, Snapshots, Migrations, Events
 //! (durable, resumable stream) and Audit (log, state at a past point, verify, export),
-//! with gRPC health and reflection. Still to come (issue #4): the CLI verbs and
+//! with gRPC health and reflection; the CLI verbs (`cli`) over a multi-endpoint client
+//! (`client`). Still to come (issue #4): the rest of the CLI (snapshots, migrations) and
 //! `drover up`.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod client;
 pub mod convert;
 pub mod server;
 pub mod service;
+pub mod spec_file;

@@ -1,5 +1,5 @@
-//! `drover`: the one binary. Today it runs a control replica (`drover server`); the CLI
-//! verbs and `drover up` arrive with the API issue.
+//! `drover`: the one binary. `drover server` runs a control replica; the other verbs are
+//! the command line client (`drover domain start web`, `drover events --follow`, …).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -16,9 +16,12 @@ use tracing::{error, info, warn};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info,openraft=warn")]
-    log: String,
+    #[command(flatten)]
+    client: api::cli::ClientArgs,
+    /// Log filter (tracing's env-filter syntax); RUST_LOG overrides it. Default: info for
+    /// the server, warn for client verbs.
+    #[arg(long, global = true)]
+    log: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
@@ -28,6 +31,10 @@ struct Cli {
 enum Command {
     /// Run a control replica.
     Server(ServerArgs),
+    #[command(flatten)]
+    Client(api::cli::ClientCmd),
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(clap::Args, Debug)]
@@ -132,9 +139,23 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A readable line for an error, naming the gRPC code where there is one.
+fn describe(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(s) => format!("{:?}: {}", s.code(), s.message()),
+        None => format!("{e:#}"),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log, cli.log_json);
+    let default_log = if matches!(cli.command, Command::Server(_)) { "info,openraft=warn" } else { "warn" };
+    init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -145,13 +166,14 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => run_server(args).await,
+            Command::Client(cmd) => api::cli::run(&cli.client, cmd, &mut std::io::stdout()).await,
+            Command::Completions { .. } => Ok(()),
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("drover: {e:#}");
+            eprintln!("drover: {}", describe(&e));
             std::process::ExitCode::FAILURE
         }
     }

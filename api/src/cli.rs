@@ -1,0 +1,810 @@
+//! The `drover` command line: virsh-like verbs over the public API.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use proto::api as pb;
+use proto::api::audit_client::AuditClient;
+use proto::api::domains_client::DomainsClient;
+use proto::api::events_client::EventsClient;
+use proto::api::hosts_client::HostsClient;
+use proto::api::networks_client::NetworksClient;
+use proto::api::storage_pools_client::StoragePoolsClient;
+use proto::api::volumes_client::VolumesClient;
+use serde_json::{json, Value};
+use tonic::Status;
+
+use crate::client::ApiClient;
+use crate::spec_file;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Options every client verb takes.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Replica endpoints (host:port), tried in turn.
+    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:7401")]
+    pub endpoint: Vec<String>,
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Who is making changes (recorded in the audit log).
+    #[arg(long, global = true, default_value = "cli")]
+    pub principal: String,
+    /// Read this replica's state even if it lags (default: linearizable reads).
+    #[arg(long, global = true)]
+    pub local: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainCmd {
+    /// Define a domain from a YAML or TOML spec file.
+    Define {
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    Undefine {
+        name: String,
+    },
+    Start {
+        name: String,
+    },
+    /// Graceful shutdown (ACPI), destroyed after the host's timeout.
+    Shutdown {
+        name: String,
+    },
+    /// Stop at once.
+    Destroy {
+        name: String,
+    },
+    Reboot {
+        name: String,
+    },
+    Suspend {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    List,
+    Info {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    List,
+    /// Take a host out of scheduling (maintenance).
+    Drain {
+        name: String,
+    },
+    /// Put a host back into scheduling.
+    Ready {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetCmd {
+    Create {
+        name: String,
+        #[arg(long, default_value = "nat")]
+        mode: String,
+        #[arg(long, default_value = "")]
+        cidr: String,
+        #[arg(long, default_value = "")]
+        gateway: String,
+        #[arg(long, default_value = "")]
+        bridge: String,
+    },
+    Delete {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        capacity_mib: u64,
+        #[arg(long)]
+        shared: bool,
+    },
+    Delete {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolCmd {
+    /// Create a volume `pool/name`.
+    Create {
+        volume: String,
+        #[arg(long)]
+        capacity_mib: u64,
+        #[arg(long, default_value = "qcow2")]
+        format: String,
+    },
+    /// Clone `pool/source` into a new qcow2 volume `name` in the same pool.
+    Clone {
+        source: String,
+        name: String,
+    },
+    Delete {
+        volume: String,
+    },
+    Resize {
+        volume: String,
+        #[arg(long)]
+        capacity_mib: u64,
+    },
+    List {
+        #[arg(long, default_value = "")]
+        pool: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Who changed what, when.
+    Log {
+        #[arg(long, default_value = "")]
+        kind: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        principal: String,
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The state right after event SEQ (or at --time-ms).
+    At {
+        seq: Option<u64>,
+        #[arg(long)]
+        time_ms: Option<u64>,
+    },
+    /// Replay the whole archive and compare with the live state.
+    Verify,
+    /// Every event as JSON lines.
+    Export {
+        #[arg(long, default_value_t = 1)]
+        from_seq: u64,
+    },
+}
+
+/// A client verb.
+#[derive(Debug, Subcommand)]
+pub enum ClientCmd {
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    #[command(subcommand)]
+    Host(HostCmd),
+    #[command(subcommand)]
+    Net(NetCmd),
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    #[command(subcommand)]
+    Vol(VolCmd),
+    /// Print events, from a sequence number; with --follow, keep streaming.
+    Events {
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        kind: Vec<String>,
+        #[arg(long)]
+        name: Vec<String>,
+    },
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+fn vref(s: &str) -> Result<pb::VolumeRef, Status> {
+    let (pool, name) = s
+        .split_once('/')
+        .ok_or_else(|| Status::invalid_argument(format!("volume {s:?} is not pool/name")))?;
+    Ok(pb::VolumeRef { pool: pool.into(), name: name.into() })
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r));
+    }
+    out
+}
+
+fn domain_json(d: &pb::Domain) -> Value {
+    let st = d.status.clone().unwrap_or_default();
+    let spec = d.spec.clone().unwrap_or_default();
+    json!({
+        "name": d.name, "desired": d.desired, "phase": st.phase, "host": st.host,
+        "generation": st.generation, "reason": st.reason, "vcpus": spec.vcpus,
+        "memory_mib": spec.memory_mib, "version": d.version, "migration_id": d.migration_id,
+        "current_snapshot": d.current_snapshot,
+    })
+}
+
+fn event_json(e: &pb::Event) -> Value {
+    let event: Value = serde_json::from_str(&e.json).unwrap_or(Value::String(e.json.clone()));
+    json!({"seq": e.seq, "time_ms": e.time_ms, "principal": e.principal, "request_id": e.request_id,
+           "kind": e.kind, "resource": e.resource, "event": event})
+}
+
+fn write_json(w: &pb::WriteReply) -> Value {
+    json!({"first_seq": w.first_seq, "last_seq": w.last_seq})
+}
+
+/// What a verb printed: table text, or a JSON value.
+enum Printed {
+    Text(String),
+    Json(Value),
+}
+
+fn show(output: Output, text: impl FnOnce() -> String, value: impl FnOnce() -> Value) -> Printed {
+    match output {
+        Output::Table => Printed::Text(text()),
+        Output::Json => Printed::Json(value()),
+    }
+}
+
+fn written(output: Output, what: &str, w: &pb::WriteReply) -> Printed {
+    show(output, || format!("{what} (events {}..={})", w.first_seq, w.last_seq), || write_json(w))
+}
+
+/// Run a client verb; prints its result to `out`.
+pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+    let c = ApiClient::new(args.endpoint.clone(), args.principal.clone());
+    let consistency = if args.local { pb::Consistency::Local } else { pb::Consistency::Linearizable } as i32;
+    let o = args.output;
+    let printed = match cmd {
+        ClientCmd::Domain(cmd) => domain(&c, o, consistency, cmd).await?,
+        ClientCmd::Host(cmd) => host(&c, o, consistency, cmd).await?,
+        ClientCmd::Net(cmd) => net(&c, o, consistency, cmd).await?,
+        ClientCmd::Pool(cmd) => pool(&c, o, consistency, cmd).await?,
+        ClientCmd::Vol(cmd) => vol(&c, o, consistency, cmd).await?,
+        ClientCmd::Events { from, follow, kind, name } => {
+            let req = pb::WatchRequest { from_seq: from, follow, kinds: kind, names: name };
+            let mut stream = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(EventsClient::new(ch).watch(r).await?.into_inner()) }
+                })
+                .await?;
+            while let Some(e) = stream.message().await? {
+                match o {
+                    Output::Json => writeln!(out, "{}", event_json(&e))?,
+                    Output::Table => {
+                        writeln!(out, "{:>8}  {:<26} {:<24} {}", e.seq, e.kind, e.resource, e.principal)?
+                    }
+                }
+                out.flush()?;
+            }
+            return Ok(());
+        }
+        ClientCmd::Audit(cmd) => audit(&c, o, cmd, out).await?,
+    };
+    match printed {
+        Printed::Text(t) if !t.is_empty() => writeln!(out, "{t}")?,
+        Printed::Text(_) => {}
+        Printed::Json(v) => writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?,
+    }
+    Ok(())
+}
+
+async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> anyhow::Result<Printed> {
+    let action = |name: String| pb::DomainActionRequest { request_id: new_id(), name };
+    macro_rules! act {
+        ($method:ident, $name:expr, $what:expr) => {{
+            let req = action($name.clone());
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(DomainsClient::new(ch).$method(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("domain {} {}", $name, $what), &w)
+        }};
+    }
+    Ok(match cmd {
+        DomainCmd::Define { name, file } => {
+            let spec = spec_file::read(&file)?;
+            let req = pb::DefineDomainRequest { request_id: new_id(), name: name.clone(), spec: Some(spec) };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(DomainsClient::new(ch).define(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("domain {name} defined"), &w)
+        }
+        DomainCmd::Undefine { name } => act!(undefine, name, "undefined"),
+        DomainCmd::Start { name } => act!(start, name, "started"),
+        DomainCmd::Shutdown { name } => act!(shutdown, name, "is being shut down"),
+        DomainCmd::Destroy { name } => act!(destroy, name, "destroyed"),
+        DomainCmd::Reboot { name } => act!(reboot, name, "is rebooting"),
+        DomainCmd::Suspend { name } => act!(suspend, name, "suspended"),
+        DomainCmd::Resume { name } => act!(resume, name, "resumed"),
+        DomainCmd::List => {
+            let list = c
+                .call(|ch| {
+                    let r = c.request(pb::ListDomainsRequest { consistency });
+                    async move { Ok(DomainsClient::new(ch).list(r).await?.into_inner().domains) }
+                })
+                .await?;
+            show(
+                o,
+                || {
+                    let rows = list
+                        .iter()
+                        .map(|d| {
+                            let st = d.status.clone().unwrap_or_default();
+                            let spec = d.spec.clone().unwrap_or_default();
+                            vec![
+                                d.name.clone(),
+                                d.desired.clone(),
+                                st.phase,
+                                st.host,
+                                spec.vcpus.to_string(),
+                                spec.memory_mib.to_string(),
+                            ]
+                        })
+                        .collect();
+                    table(&["name", "desired", "phase", "host", "vcpus", "memory_mib"], rows)
+                },
+                || Value::Array(list.iter().map(domain_json).collect()),
+            )
+        }
+        DomainCmd::Info { name } => {
+            let d = c
+                .call(|ch| {
+                    let r = c.request(pb::GetDomainRequest { name: name.clone(), consistency });
+                    async move { Ok(DomainsClient::new(ch).get(r).await?.into_inner()) }
+                })
+                .await?;
+            let v = domain_json(&d);
+            show(
+                o,
+                || {
+                    v.as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| format!("{k:<18} {}", v.to_string().trim_matches('"')))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        })
+                        .unwrap_or_default()
+                },
+                || v.clone(),
+            )
+        }
+    })
+}
+
+async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyhow::Result<Printed> {
+    let set = |name: String, state: &str| pb::SetHostStateRequest {
+        request_id: new_id(),
+        name,
+        state: state.into(),
+    };
+    Ok(match cmd {
+        HostCmd::List => {
+            let list = c
+                .call(|ch| {
+                    let r = c.request(pb::ListHostsRequest { consistency });
+                    async move { Ok(HostsClient::new(ch).list(r).await?.into_inner().hosts) }
+                })
+                .await?;
+            show(
+                o,
+                || {
+                    let rows = list
+                        .iter()
+                        .map(|h| {
+                            let cap = h.capacity.unwrap_or_default();
+                            let used = h.allocated.unwrap_or_default();
+                            vec![
+                                h.name.clone(),
+                                h.state.clone(),
+                                h.address.clone(),
+                                format!("{}/{}", used.vcpus, cap.vcpus),
+                                format!("{}/{}", used.memory_mib, cap.memory_mib),
+                                h.domains.len().to_string(),
+                            ]
+                        })
+                        .collect();
+                    table(&["name", "state", "address", "vcpus", "memory_mib", "domains"], rows)
+                },
+                || {
+                    Value::Array(
+                        list.iter()
+                            .map(|h| json!({"name": h.name, "state": h.state, "address": h.address, "domains": h.domains}))
+                            .collect(),
+                    )
+                },
+            )
+        }
+        HostCmd::Drain { name } | HostCmd::Ready { name } if name.is_empty() => {
+            return Err(anyhow::anyhow!("a host name is required"));
+        }
+        HostCmd::Drain { name } => {
+            let req = set(name.clone(), "maintenance");
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(HostsClient::new(ch).set_state(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("host {name} drained (maintenance)"), &w)
+        }
+        HostCmd::Ready { name } => {
+            let req = set(name.clone(), "ready");
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(HostsClient::new(ch).set_state(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("host {name} ready"), &w)
+        }
+    })
+}
+
+async fn net(c: &ApiClient, o: Output, consistency: i32, cmd: NetCmd) -> anyhow::Result<Printed> {
+    Ok(match cmd {
+        NetCmd::Create { name, mode, cidr, gateway, bridge } => {
+            let req = pb::CreateNetworkRequest {
+                request_id: new_id(),
+                name: name.clone(),
+                config: Some(pb::NetworkConfig { mode, cidr, gateway, bridge }),
+            };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(NetworksClient::new(ch).create(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("network {name} created"), &w)
+        }
+        NetCmd::Delete { name } => {
+            let req = pb::DeleteNetworkRequest { request_id: new_id(), name: name.clone() };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(NetworksClient::new(ch).delete(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("network {name} deleted"), &w)
+        }
+        NetCmd::List => {
+            let list = c
+                .call(|ch| {
+                    let r = c.request(pb::ListNetworksRequest { consistency });
+                    async move { Ok(NetworksClient::new(ch).list(r).await?.into_inner().networks) }
+                })
+                .await?;
+            show(
+                o,
+                || {
+                    let rows = list
+                        .iter()
+                        .map(|n| {
+                            let cfg = n.config.clone().unwrap_or_default();
+                            vec![n.name.clone(), cfg.mode, cfg.cidr, cfg.gateway, n.leases.len().to_string()]
+                        })
+                        .collect();
+                    table(&["name", "mode", "cidr", "gateway", "leases"], rows)
+                },
+                || {
+                    Value::Array(
+                        list.iter()
+                            .map(|n| {
+                                let cfg = n.config.clone().unwrap_or_default();
+                                json!({"name": n.name, "mode": cfg.mode, "cidr": cfg.cidr, "gateway": cfg.gateway,
+                                       "leases": n.leases.iter().map(|l| json!({"mac": l.mac, "ip": l.ip, "domain": l.domain})).collect::<Vec<_>>()})
+                            })
+                            .collect(),
+                    )
+                },
+            )
+        }
+    })
+}
+
+async fn pool(c: &ApiClient, o: Output, consistency: i32, cmd: PoolCmd) -> anyhow::Result<Printed> {
+    Ok(match cmd {
+        PoolCmd::Create { name, path, capacity_mib, shared } => {
+            let req = pb::CreatePoolRequest {
+                request_id: new_id(),
+                name: name.clone(),
+                config: Some(pb::PoolConfig { kind: "dir".into(), path, shared, capacity_mib }),
+            };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(StoragePoolsClient::new(ch).create(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("pool {name} created"), &w)
+        }
+        PoolCmd::Delete { name } => {
+            let req = pb::DeletePoolRequest { request_id: new_id(), name: name.clone() };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(StoragePoolsClient::new(ch).delete(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("pool {name} deleted"), &w)
+        }
+        PoolCmd::List => {
+            let list = c
+                .call(|ch| {
+                    let r = c.request(pb::ListPoolsRequest { consistency });
+                    async move { Ok(StoragePoolsClient::new(ch).list(r).await?.into_inner().pools) }
+                })
+                .await?;
+            show(
+                o,
+                || {
+                    let rows = list
+                        .iter()
+                        .map(|p| {
+                            let cfg = p.config.clone().unwrap_or_default();
+                            vec![
+                                p.name.clone(),
+                                cfg.path,
+                                cfg.shared.to_string(),
+                                format!("{}/{}", p.allocated_mib, cfg.capacity_mib),
+                                p.volumes.to_string(),
+                            ]
+                        })
+                        .collect();
+                    table(&["name", "path", "shared", "allocated_mib", "volumes"], rows)
+                },
+                || {
+                    Value::Array(list.iter().map(|p| json!({"name": p.name, "allocated_mib": p.allocated_mib, "volumes": p.volumes})).collect())
+                },
+            )
+        }
+    })
+}
+
+async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow::Result<Printed> {
+    Ok(match cmd {
+        VolCmd::Create { volume, capacity_mib, format } => {
+            let req = pb::CreateVolumeRequest {
+                request_id: new_id(),
+                volume: Some(vref(&volume)?),
+                format,
+                capacity_mib,
+                backing: String::new(),
+            };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(VolumesClient::new(ch).create(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("volume {volume} created"), &w)
+        }
+        VolCmd::Clone { source, name } => {
+            let src = vref(&source)?;
+            let base = c
+                .call(|ch| {
+                    let r = c.request(pb::GetVolumeRequest { volume: Some(src.clone()), consistency });
+                    async move { Ok(VolumesClient::new(ch).get(r).await?.into_inner()) }
+                })
+                .await?;
+            let req = pb::CreateVolumeRequest {
+                request_id: new_id(),
+                volume: Some(pb::VolumeRef { pool: src.pool.clone(), name: name.clone() }),
+                format: "qcow2".into(),
+                capacity_mib: base.capacity_mib,
+                backing: src.name.clone(),
+            };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(VolumesClient::new(ch).create(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("volume {}/{name} cloned from {source}", src.pool), &w)
+        }
+        VolCmd::Delete { volume } => {
+            let req = pb::VolumeRequest { request_id: new_id(), volume: Some(vref(&volume)?) };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(VolumesClient::new(ch).delete(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("volume {volume} deleted"), &w)
+        }
+        VolCmd::Resize { volume, capacity_mib } => {
+            let req =
+                pb::ResizeVolumeRequest { request_id: new_id(), volume: Some(vref(&volume)?), capacity_mib };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(VolumesClient::new(ch).resize(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("volume {volume} resized to {capacity_mib} MiB"), &w)
+        }
+        VolCmd::List { pool } => {
+            let list = c
+                .call(|ch| {
+                    let r = c.request(pb::ListVolumesRequest { pool: pool.clone(), consistency });
+                    async move { Ok(VolumesClient::new(ch).list(r).await?.into_inner().volumes) }
+                })
+                .await?;
+            let id =
+                |v: &pb::Volume| v.id.clone().map(|i| format!("{}/{}", i.pool, i.name)).unwrap_or_default();
+            show(
+                o,
+                || {
+                    let rows = list
+                        .iter()
+                        .map(|v| {
+                            vec![
+                                id(v),
+                                v.format.clone(),
+                                v.capacity_mib.to_string(),
+                                v.backing.clone(),
+                                v.attachments.keys().cloned().collect::<Vec<_>>().join(","),
+                            ]
+                        })
+                        .collect();
+                    table(&["volume", "format", "capacity_mib", "backing", "attached_to"], rows)
+                },
+                || {
+                    Value::Array(list.iter().map(|v| json!({"volume": id(v), "format": v.format, "capacity_mib": v.capacity_mib, "backing": v.backing})).collect())
+                },
+            )
+        }
+    })
+}
+
+async fn audit(
+    c: &ApiClient,
+    o: Output,
+    cmd: AuditCmd,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<Printed> {
+    Ok(match cmd {
+        AuditCmd::Log { kind, name, principal, from_seq, limit } => {
+            let req = pb::AuditLogRequest { kind, name, principal, from_ms: 0, to_ms: 0, from_seq, limit };
+            let reply = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(AuditClient::new(ch).log(r).await?.into_inner()) }
+                })
+                .await?;
+            show(
+                o,
+                || {
+                    let rows = reply
+                        .events
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.seq.to_string(),
+                                e.time_ms.to_string(),
+                                e.principal.clone(),
+                                e.kind.clone(),
+                                e.resource.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(&["seq", "time_ms", "principal", "kind", "resource"], rows)
+                },
+                || json!({"events": reply.events.iter().map(event_json).collect::<Vec<_>>(), "next_seq": reply.next_seq}),
+            )
+        }
+        AuditCmd::At { seq, time_ms } => {
+            let at = match (seq, time_ms) {
+                (Some(s), None) => pb::state_at_request::At::Seq(s),
+                (None, Some(t)) => pb::state_at_request::At::TimeMs(t),
+                _ => anyhow::bail!("give a sequence number or --time-ms"),
+            };
+            let reply = c
+                .call(|ch| {
+                    let r = c.request(pb::StateAtRequest { at: Some(at) });
+                    async move { Ok(AuditClient::new(ch).state_at(r).await?.into_inner()) }
+                })
+                .await?;
+            let state: Value = serde_json::from_str(&reply.state_json)?;
+            show(
+                o,
+                || {
+                    let names = |k: &str| {
+                        state
+                            .get(k)
+                            .and_then(Value::as_object)
+                            .map(|m| m.keys().cloned().collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default()
+                    };
+                    format!(
+                        "seq         {}\nstate_hash  {}\nhosts       {}\ndomains     {}\nnetworks    {}\npools       {}",
+                        reply.seq, reply.state_hash, names("hosts"), names("domains"), names("networks"), names("pools")
+                    )
+                },
+                || json!({"seq": reply.seq, "state_hash": reply.state_hash, "state": state}),
+            )
+        }
+        AuditCmd::Verify => {
+            let v = c
+                .call(|ch| {
+                    let r = c.request(pb::VerifyRequest {});
+                    async move { Ok(AuditClient::new(ch).verify(r).await?.into_inner()) }
+                })
+                .await?;
+            if !v.ok {
+                anyhow::bail!(
+                    "verify FAILED: replaying {} events gives {}, the live state is {}",
+                    v.events,
+                    v.replay_hash,
+                    v.live_hash
+                );
+            }
+            show(
+                o,
+                || {
+                    format!(
+                        "verify ok: {} events replayed in {:.3} s, state hash {}",
+                        v.events, v.seconds, v.live_hash
+                    )
+                },
+                || json!({"ok": v.ok, "events": v.events, "seconds": v.seconds, "state_hash": v.live_hash}),
+            )
+        }
+        AuditCmd::Export { from_seq } => {
+            let mut stream = c
+                .call(|ch| {
+                    let r = c.request(pb::ExportRequest { from_seq });
+                    async move { Ok(AuditClient::new(ch).export(r).await?.into_inner()) }
+                })
+                .await?;
+            while let Some(chunk) = stream.message().await? {
+                out.write_all(chunk.lines.as_bytes())?;
+            }
+            Printed::Text(String::new())
+        }
+    })
+}
+
+/// A fresh request id; the CLI's own retries reuse it.
+fn new_id() -> String {
+    format!("cli-{:032x}", rand::random::<u128>())
+}
