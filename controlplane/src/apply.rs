@@ -18,8 +18,8 @@ use crate::model::{
 use crate::proposal::{Committed, Proposal, ProposalOutcome};
 use crate::state::State;
 
-/// Apply a proposal: all of its events if every precondition holds and its request was not
-/// committed before, none otherwise. Returns the outcome and the envelopes it appended.
+/// Apply a proposal: all of its events if every precondition and host fit holds and its
+/// request was not committed before, none otherwise. Returns the outcome and the envelopes it appended.
 pub fn apply_proposal(state: &mut State, proposal: &Proposal) -> (ProposalOutcome, Vec<EventEnvelope>) {
     if let Some(first) = state.requests.get(&proposal.principal, &proposal.request_id) {
         return (ProposalOutcome::Duplicate(first), Vec::new());
@@ -29,6 +29,24 @@ pub fn apply_proposal(state: &mut State, proposal: &Proposal) -> (ProposalOutcom
         if actual != pre.version {
             trace!(key = %pre.key, expected = pre.version, actual, "proposal conflicts");
             let outcome = ProposalOutcome::Conflict { key: pre.key.clone(), expected: pre.version, actual };
+            return (outcome, Vec::new());
+        }
+    }
+    for fit in &proposal.fits {
+        let (Some(host), Some(domain)) = (state.hosts.get(&fit.host), state.domains.get(&fit.domain)) else {
+            let reason = "host or domain is gone".to_owned();
+            return (
+                ProposalOutcome::Unfit { host: fit.host.clone(), domain: fit.domain.clone(), reason },
+                Vec::new(),
+            );
+        };
+        if let Err(misfit) = crate::scheduler::fit(state, host, &fit.domain, &domain.spec) {
+            trace!(host = %fit.host, domain = %fit.domain, %misfit, "placement no longer fits");
+            let outcome = ProposalOutcome::Unfit {
+                host: fit.host.clone(),
+                domain: fit.domain.clone(),
+                reason: misfit.to_string(),
+            };
             return (outcome, Vec::new());
         }
     }

@@ -92,7 +92,7 @@ impl Harness {
                     Ok(c)
                 }
                 (ProposalOutcome::Duplicate(c), _) => Ok(c),
-                (conflict @ ProposalOutcome::Conflict { .. }, _) => {
+                (conflict @ (ProposalOutcome::Conflict { .. } | ProposalOutcome::Unfit { .. }), _) => {
                     panic!("a proposal decided on the latest state conflicts: {conflict:?}")
                 }
             },

@@ -40,7 +40,7 @@ pub use apply::{apply, apply_proposal};
 pub use command::{Command, Request};
 pub use decide::decide;
 pub use event::{Event, EventEnvelope};
-pub use proposal::{Committed, Decision, Precondition, Proposal, ProposalOutcome};
+pub use proposal::{Committed, Decision, HostFit, Precondition, Proposal, ProposalOutcome};
 pub use rejection::{Rejection, RejectionCode};
 pub use state::State;
 pub use state_hash::{state_hash, StateHash};

@@ -13,6 +13,17 @@ pub struct Precondition {
     pub version: u64,
 }
 
+/// "Domain `domain` still fits on host `host`": the host is ready, has the room, carries
+/// the required labels and runs no other member of the domain's anti-affinity group.
+/// Placements guard on this rather than on the host's version, so placements decided at
+/// the same moment on the same host commute unless the host really fills up (the way
+/// Nomad's plan applier re-checks fit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFit {
+    pub host: String,
+    pub domain: String,
+}
+
 /// The decided result of one request: events to append if every precondition still holds.
 /// This is the raft log's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +33,7 @@ pub struct Proposal {
     /// The proposer's clock when it decided, stamped on every event.
     pub time_ms: u64,
     pub preconditions: Vec<Precondition>,
+    pub fits: Vec<HostFit>,
     pub events: Vec<Event>,
 }
 
@@ -58,4 +70,6 @@ pub enum ProposalOutcome {
     Duplicate(Committed),
     /// A precondition failed; nothing was applied. The proposer re-decides.
     Conflict { key: ResourceKey, expected: u64, actual: u64 },
+    /// A placement no longer fits its host; nothing was applied. The proposer re-decides.
+    Unfit { host: String, domain: String, reason: String },
 }

@@ -3,8 +3,11 @@
 //! A host fits when it is ready, has the vCPUs and memory free, carries every required
 //! label, and runs no other domain of the domain's anti-affinity group. Among the hosts
 //! that fit, the scheduler spreads load: it picks the host whose fuller dimension (vCPU or
-//! memory share) would be lowest after the placement, ties broken by host name. The same
-//! state always gives the same answer.
+//! memory share) would be lowest after the placement, counted in whole percent; hosts in
+//! the same percent are told apart by a hash of the domain and host names. The hash keeps
+//! the answer deterministic for a given state while sending domains that are placed at the
+//! same moment (decided against the same state) to different hosts, so their proposals do
+//! not collide on one host's version.
 
 use std::fmt;
 
@@ -95,6 +98,19 @@ pub fn fit(state: &State, host: &Host, name: &str, spec: &DomainSpec) -> Result<
     Ok(())
 }
 
+/// Granularity of load comparison: one percent, in millionths.
+const LOAD_BUCKET_MILLIONTHS: u64 = 10_000;
+
+/// FNV-1a over the domain and host names: a stable, platform-independent tie-break.
+fn tie_break(domain: &str, host: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in domain.bytes().chain([0]).chain(host.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// Load after placing `spec` on `host`, in millionths of the fuller dimension.
 fn load_after(host: &Host, spec: &DomainSpec) -> u64 {
     let share = |used: u64, cap: u64| used.saturating_mul(1_000_000).checked_div(cap).unwrap_or(u64::MAX);
@@ -110,7 +126,7 @@ pub fn place(
     spec: &DomainSpec,
     exclude: Option<&str>,
 ) -> Result<String, NoPlacement> {
-    let mut best: Option<(u64, &Host)> = None;
+    let mut best: Option<((u64, u64), &Host)> = None;
     let mut why = NoPlacement::default();
     for host in state.hosts().values() {
         if Some(host.name.as_str()) == exclude || host.state == HostState::Left {
@@ -119,9 +135,9 @@ pub fn place(
         why.hosts += 1;
         match fit(state, host, name, spec) {
             Ok(()) => {
-                let load = load_after(host, spec);
-                if best.is_none_or(|(b, _)| load < b) {
-                    best = Some((load, host));
+                let rank = (load_after(host, spec) / LOAD_BUCKET_MILLIONTHS, tie_break(name, &host.name));
+                if best.is_none_or(|(b, _)| rank < b) {
+                    best = Some((rank, host));
                 }
             }
             Err(Misfit::NotReady(_)) => why.not_ready += 1,
@@ -180,15 +196,21 @@ mod tests {
     }
 
     #[test]
-    fn is_deterministic_and_breaks_ties_by_name() {
-        let h = cluster(&[("b", 4, 4096), ("a", 4, 4096), ("c", 4, 4096)]);
+    fn is_deterministic_and_spreads_simultaneous_placements() {
+        let hosts: Vec<(String, u32, u64)> = (0..10).map(|i| (format!("h{i}"), 64, 65536)).collect();
+        let refs: Vec<(&str, u32, u64)> = hosts.iter().map(|(n, c, m)| (n.as_str(), *c, *m)).collect();
+        let h = cluster(&refs);
         let spec = kernel_spec(1, 512);
         let first = place(&h.state, "x", &spec, None).unwrap();
-        assert_eq!(first, "a");
         for _ in 0..10 {
-            assert_eq!(place(&h.state, "x", &spec, None).unwrap(), first);
+            assert_eq!(place(&h.state, "x", &spec, None).unwrap(), first, "same state, same answer");
         }
-        assert_eq!(place(&h.state, "x", &spec, Some("a")).unwrap(), "b");
+        let other = place(&h.state, "x", &spec, Some(&first)).unwrap();
+        assert_ne!(other, first);
+        // Twenty domains decided against the same state land on many hosts, not one.
+        let chosen: std::collections::BTreeSet<String> =
+            (0..20).map(|i| place(&h.state, &format!("d{i}"), &spec, None).unwrap()).collect();
+        assert!(chosen.len() >= 6, "placements spread over {chosen:?}");
     }
 
     #[test]

@@ -266,7 +266,9 @@ impl Run {
                 }
                 self.archive.extend(envelopes);
             }
-            ProposalOutcome::Duplicate(_) | ProposalOutcome::Conflict { .. } => {
+            ProposalOutcome::Duplicate(_)
+            | ProposalOutcome::Conflict { .. }
+            | ProposalOutcome::Unfit { .. } => {
                 assert!(envelopes.is_empty());
                 assert_eq!(state_hash(&self.state), before, "{outcome:?} changed the state");
             }

@@ -410,6 +410,7 @@ impl Node {
             match rx.await {
                 Ok(Ok(ProposalOutcome::Applied(c) | ProposalOutcome::Duplicate(c))) => return Ok(c),
                 Ok(Ok(ProposalOutcome::Conflict { key, .. })) => last_conflict = key.to_string(),
+                Ok(Ok(ProposalOutcome::Unfit { host, .. })) => last_conflict = format!("host {host}"),
                 Ok(Err(WriteFailure::NotLeader)) if forwarded => return Err(self.not_leader()),
                 Ok(Err(WriteFailure::NotLeader)) => continue,
                 Ok(Err(WriteFailure::Other(m))) => return Err(NodeError::Unavailable(m)),

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::{Buf, BufMut};
 use proto::api as pb;
 use proto::api::audit_client::AuditClient;
 use proto::api::domains_client::DomainsClient;
@@ -15,7 +16,6 @@ use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
 use proto::api::volumes_client::VolumesClient;
 use tests::Processes;
-use bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -97,23 +97,87 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
     // A small world: a ready host, a network, a pool with a volume, a running domain
     // using both, a stopped domain.
     let id = |s: &str| s.to_string();
-    hosts.clone().register(pb::RegisterHostRequest { request_id: id("r1"), name: id("h1"), address: id("127.0.0.1:9201"), capacity: Some(pb::Resources { vcpus: 4, memory_mib: 4096 }), labels: Default::default() }).await.unwrap();
-    hosts.clone().set_state(pb::SetHostStateRequest { request_id: id("r2"), name: id("h1"), state: id("ready") }).await.unwrap();
-    nets.clone().create(pb::CreateNetworkRequest { request_id: id("r3"), name: id("net"), config: Some(pb::NetworkConfig { mode: id("nat"), cidr: id("10.8.0.0/24"), gateway: String::new(), bridge: String::new() }) }).await.unwrap();
-    pools.clone().create(pb::CreatePoolRequest { request_id: id("r4"), name: id("images"), config: Some(pb::PoolConfig { kind: id("dir"), path: id("/var/lib/drover/images"), shared: true, capacity_mib: 100_000 }) }).await.unwrap();
+    hosts
+        .clone()
+        .register(pb::RegisterHostRequest {
+            request_id: id("r1"),
+            name: id("h1"),
+            address: id("127.0.0.1:9201"),
+            capacity: Some(pb::Resources { vcpus: 4, memory_mib: 4096 }),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap();
+    hosts
+        .clone()
+        .set_state(pb::SetHostStateRequest { request_id: id("r2"), name: id("h1"), state: id("ready") })
+        .await
+        .unwrap();
+    nets.clone()
+        .create(pb::CreateNetworkRequest {
+            request_id: id("r3"),
+            name: id("net"),
+            config: Some(pb::NetworkConfig {
+                mode: id("nat"),
+                cidr: id("10.8.0.0/24"),
+                gateway: String::new(),
+                bridge: String::new(),
+            }),
+        })
+        .await
+        .unwrap();
+    pools
+        .clone()
+        .create(pb::CreatePoolRequest {
+            request_id: id("r4"),
+            name: id("images"),
+            config: Some(pb::PoolConfig {
+                kind: id("dir"),
+                path: id("/var/lib/drover/images"),
+                shared: true,
+                capacity_mib: 100_000,
+            }),
+        })
+        .await
+        .unwrap();
     let vref = |n: &str| Some(pb::VolumeRef { pool: id("images"), name: n.to_string() });
-    vols.clone().create(pb::CreateVolumeRequest { request_id: id("r5"), volume: vref("root"), format: id("qcow2"), capacity_mib: 1000, backing: String::new() }).await.unwrap();
+    vols.clone()
+        .create(pb::CreateVolumeRequest {
+            request_id: id("r5"),
+            volume: vref("root"),
+            format: id("qcow2"),
+            capacity_mib: 1000,
+            backing: String::new(),
+        })
+        .await
+        .unwrap();
     let mut web = kernel_spec(512);
     web.disks.push(pb::Disk { volume: vref("root"), read_only: false });
     web.nics.push(pb::Nic { network: id("net"), mac: String::new() });
-    domains.clone().define(pb::DefineDomainRequest { request_id: id("r6"), name: id("web"), spec: Some(web) }).await.unwrap();
+    domains
+        .clone()
+        .define(pb::DefineDomainRequest { request_id: id("r6"), name: id("web"), spec: Some(web) })
+        .await
+        .unwrap();
     domains.clone().start(pb::DomainActionRequest { request_id: id("r7"), name: id("web") }).await.unwrap();
-    domains.clone().define(pb::DefineDomainRequest { request_id: id("r8"), name: id("idle"), spec: Some(kernel_spec(256)) }).await.unwrap();
+    domains
+        .clone()
+        .define(pb::DefineDomainRequest {
+            request_id: id("r8"),
+            name: id("idle"),
+            spec: Some(kernel_spec(256)),
+        })
+        .await
+        .unwrap();
 
     let probe = raft::client::Client::new(vec![a1.clone()]);
     let before = probe.status(&a1).await.unwrap();
 
-    let define = |name: &str, spec: Option<pb::DomainSpec>| pb::DefineDomainRequest { request_id: String::new(), name: name.to_string(), spec };
+    let define = |name: &str, spec: Option<pb::DomainSpec>| pb::DefineDomainRequest {
+        request_id: String::new(),
+        name: name.to_string(),
+        spec,
+    };
     let act = |name: &str| pb::DomainActionRequest { request_id: String::new(), name: name.to_string() };
     let spec_with = |f: &dyn Fn(&mut pb::DomainSpec)| {
         let mut s = kernel_spec(256);
@@ -137,51 +201,313 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
     long_id.request_id = "x".repeat(200);
     let mut bad_principal = tonic::Request::new(act("idle"));
     bad_principal.metadata_mut().insert("drover-principal", "has space".parse().unwrap());
-    let huge = spec_with(&|s| s.boot = Some(pb::domain_spec::Boot::Kernel(pb::KernelBoot { kernel: "/k".into(), initrd: String::new(), cmdline: "x".repeat(2 << 20) })));
+    let huge = spec_with(&|s| {
+        s.boot = Some(pb::domain_spec::Boot::Kernel(pb::KernelBoot {
+            kernel: "/k".into(),
+            initrd: String::new(),
+            cmdline: "x".repeat(2 << 20),
+        }))
+    });
     let cases: Vec<Case> = vec![
         case!("bad name", Code::InvalidArgument, domains, define, define("Bad_Name", Some(kernel_spec(256)))),
         case!("empty name", Code::InvalidArgument, domains, define, define("", Some(kernel_spec(256)))),
-        case!("long name", Code::InvalidArgument, domains, define, define(&"a".repeat(64), Some(kernel_spec(256)))),
+        case!(
+            "long name",
+            Code::InvalidArgument,
+            domains,
+            define,
+            define(&"a".repeat(64), Some(kernel_spec(256)))
+        ),
         case!("zero vcpus", Code::InvalidArgument, domains, define, define("x", spec_with(&|s| s.vcpus = 0))),
         case!("zero memory", Code::InvalidArgument, domains, define, define("x", Some(kernel_spec(0)))),
-        case!("huge memory", Code::InvalidArgument, domains, define, define("x", Some(kernel_spec(u64::MAX)))),
+        case!(
+            "huge memory",
+            Code::InvalidArgument,
+            domains,
+            define,
+            define("x", Some(kernel_spec(u64::MAX)))
+        ),
         case!("no spec", Code::InvalidArgument, domains, define, define("x", None)),
         case!("no boot", Code::InvalidArgument, domains, define, define("x", spec_with(&|s| s.boot = None))),
-        case!("relative kernel", Code::InvalidArgument, domains, define, define("x", spec_with(&|s| s.boot = Some(pb::domain_spec::Boot::Kernel(pb::KernelBoot { kernel: "vmlinux".into(), initrd: String::new(), cmdline: String::new() }))))),
-        case!("bad mac", Code::InvalidArgument, domains, define, define("x", spec_with(&|s| s.nics.push(pb::Nic { network: "net".into(), mac: "zz:zz".into() })))),
-        case!("unknown network", Code::NotFound, domains, define, define("x", spec_with(&|s| s.nics.push(pb::Nic { network: "nope".into(), mac: String::new() })))),
-        case!("unknown volume", Code::NotFound, domains, define, define("x", spec_with(&|s| s.disks.push(pb::Disk { volume: Some(pb::VolumeRef { pool: "images".into(), name: "nope".into() }), read_only: true })))),
-        case!("volume held rw", Code::FailedPrecondition, domains, define, define("x", spec_with(&|s| s.disks.push(pb::Disk { volume: Some(pb::VolumeRef { pool: "images".into(), name: "root".into() }), read_only: true })))),
+        case!(
+            "relative kernel",
+            Code::InvalidArgument,
+            domains,
+            define,
+            define(
+                "x",
+                spec_with(&|s| s.boot = Some(pb::domain_spec::Boot::Kernel(pb::KernelBoot {
+                    kernel: "vmlinux".into(),
+                    initrd: String::new(),
+                    cmdline: String::new()
+                })))
+            )
+        ),
+        case!(
+            "bad mac",
+            Code::InvalidArgument,
+            domains,
+            define,
+            define("x", spec_with(&|s| s.nics.push(pb::Nic { network: "net".into(), mac: "zz:zz".into() })))
+        ),
+        case!(
+            "unknown network",
+            Code::NotFound,
+            domains,
+            define,
+            define("x", spec_with(&|s| s.nics.push(pb::Nic { network: "nope".into(), mac: String::new() })))
+        ),
+        case!(
+            "unknown volume",
+            Code::NotFound,
+            domains,
+            define,
+            define(
+                "x",
+                spec_with(&|s| s.disks.push(pb::Disk {
+                    volume: Some(pb::VolumeRef { pool: "images".into(), name: "nope".into() }),
+                    read_only: true
+                }))
+            )
+        ),
+        case!(
+            "volume held rw",
+            Code::FailedPrecondition,
+            domains,
+            define,
+            define(
+                "x",
+                spec_with(&|s| s.disks.push(pb::Disk {
+                    volume: Some(pb::VolumeRef { pool: "images".into(), name: "root".into() }),
+                    read_only: true
+                }))
+            )
+        ),
         case!("already exists", Code::AlreadyExists, domains, define, define("web", Some(kernel_spec(256)))),
         case!("start unknown", Code::NotFound, domains, start, act("nope")),
         case!("start running", Code::FailedPrecondition, domains, start, act("web")),
         case!("resume stopped", Code::FailedPrecondition, domains, resume, act("idle")),
         case!("suspend stopped", Code::FailedPrecondition, domains, suspend, act("idle")),
         case!("undefine running", Code::FailedPrecondition, domains, undefine, act("web")),
-        case!("get unknown", Code::NotFound, domains, get, pb::GetDomainRequest { name: "nope".into(), consistency: 0 }),
+        case!(
+            "get unknown",
+            Code::NotFound,
+            domains,
+            get,
+            pb::GetDomainRequest { name: "nope".into(), consistency: 0 }
+        ),
         case!("request id too long", Code::InvalidArgument, domains, start, long_id),
         case!("principal with a space", Code::InvalidArgument, domains, start, bad_principal),
         case!("oversized message", Code::OutOfRange, domains, define, define("x", huge)),
-        case!("bad host state", Code::InvalidArgument, hosts, set_state, pb::SetHostStateRequest { request_id: String::new(), name: "h1".into(), state: "sleepy".into() }),
-        case!("host back to joining", Code::FailedPrecondition, hosts, set_state, pb::SetHostStateRequest { request_id: String::new(), name: "h1".into(), state: "joining".into() }),
-        case!("host without capacity", Code::InvalidArgument, hosts, register, pb::RegisterHostRequest { request_id: String::new(), name: "h2".into(), address: "a:1".into(), capacity: None, labels: Default::default() }),
-        case!("network in use", Code::FailedPrecondition, nets, delete, pb::DeleteNetworkRequest { request_id: String::new(), name: "net".into() }),
-        case!("network overlap", Code::FailedPrecondition, nets, create, pb::CreateNetworkRequest { request_id: String::new(), name: "other".into(), config: Some(pb::NetworkConfig { mode: "nat".into(), cidr: "10.8.0.0/16".into(), gateway: String::new(), bridge: String::new() }) }),
-        case!("network bad cidr", Code::InvalidArgument, nets, create, pb::CreateNetworkRequest { request_id: String::new(), name: "other".into(), config: Some(pb::NetworkConfig { mode: "nat".into(), cidr: "10.9.0.0/99".into(), gateway: String::new(), bridge: String::new() }) }),
-        case!("network bad mode", Code::InvalidArgument, nets, create, pb::CreateNetworkRequest { request_id: String::new(), name: "other".into(), config: Some(pb::NetworkConfig { mode: "wormhole".into(), cidr: String::new(), gateway: String::new(), bridge: String::new() }) }),
-        case!("pool relative path", Code::InvalidArgument, pools, create, pb::CreatePoolRequest { request_id: String::new(), name: "p2".into(), config: Some(pb::PoolConfig { kind: "dir".into(), path: "pools".into(), shared: false, capacity_mib: 10 }) }),
-        case!("pool with volumes", Code::FailedPrecondition, pools, delete, pb::DeletePoolRequest { request_id: String::new(), name: "images".into() }),
-        case!("volume zero size", Code::InvalidArgument, vols, create, pb::CreateVolumeRequest { request_id: String::new(), volume: vref("v0"), format: "raw".into(), capacity_mib: 0, backing: String::new() }),
-        case!("volume bad format", Code::InvalidArgument, vols, create, pb::CreateVolumeRequest { request_id: String::new(), volume: vref("v0"), format: "vmdk".into(), capacity_mib: 10, backing: String::new() }),
-        case!("volume unknown pool", Code::NotFound, vols, create, pb::CreateVolumeRequest { request_id: String::new(), volume: Some(pb::VolumeRef { pool: "nope".into(), name: "v0".into() }), format: "raw".into(), capacity_mib: 10, backing: String::new() }),
-        case!("volume attached", Code::FailedPrecondition, vols, delete, pb::VolumeRequest { request_id: String::new(), volume: vref("root") }),
-        case!("volume shrink", Code::InvalidArgument, vols, resize, pb::ResizeVolumeRequest { request_id: String::new(), volume: vref("root"), capacity_mib: 10 }),
-        case!("full snapshot of a stopped domain", Code::FailedPrecondition, snaps, create, pb::CreateSnapshotRequest { request_id: String::new(), domain: "idle".into(), name: "s".into(), kind: "full".into() }),
-        case!("migrate a stopped domain", Code::FailedPrecondition, migs, start, pb::StartMigrationRequest { request_id: String::new(), domain: "idle".into(), target: String::new() }),
-        case!("abort unknown migration", Code::NotFound, migs, abort, pb::AbortMigrationRequest { request_id: String::new(), id: 424_242, reason: "x".into() }),
-        case!("events bad kind", Code::InvalidArgument, EventsClient::new(ch.clone()), watch, pb::WatchRequest { from_seq: 1, follow: false, kinds: vec!["spaceship".into()], names: vec![] }),
-        case!("state at no point", Code::InvalidArgument, AuditClient::new(ch.clone()), state_at, pb::StateAtRequest { at: None }),
-        case!("state at the future", Code::OutOfRange, AuditClient::new(ch.clone()), state_at, pb::StateAtRequest { at: Some(pb::state_at_request::At::Seq(1 << 40)) }),
+        case!(
+            "bad host state",
+            Code::InvalidArgument,
+            hosts,
+            set_state,
+            pb::SetHostStateRequest { request_id: String::new(), name: "h1".into(), state: "sleepy".into() }
+        ),
+        case!(
+            "host back to joining",
+            Code::FailedPrecondition,
+            hosts,
+            set_state,
+            pb::SetHostStateRequest { request_id: String::new(), name: "h1".into(), state: "joining".into() }
+        ),
+        case!(
+            "host without capacity",
+            Code::InvalidArgument,
+            hosts,
+            register,
+            pb::RegisterHostRequest {
+                request_id: String::new(),
+                name: "h2".into(),
+                address: "a:1".into(),
+                capacity: None,
+                labels: Default::default()
+            }
+        ),
+        case!(
+            "network in use",
+            Code::FailedPrecondition,
+            nets,
+            delete,
+            pb::DeleteNetworkRequest { request_id: String::new(), name: "net".into() }
+        ),
+        case!(
+            "network overlap",
+            Code::FailedPrecondition,
+            nets,
+            create,
+            pb::CreateNetworkRequest {
+                request_id: String::new(),
+                name: "other".into(),
+                config: Some(pb::NetworkConfig {
+                    mode: "nat".into(),
+                    cidr: "10.8.0.0/16".into(),
+                    gateway: String::new(),
+                    bridge: String::new()
+                })
+            }
+        ),
+        case!(
+            "network bad cidr",
+            Code::InvalidArgument,
+            nets,
+            create,
+            pb::CreateNetworkRequest {
+                request_id: String::new(),
+                name: "other".into(),
+                config: Some(pb::NetworkConfig {
+                    mode: "nat".into(),
+                    cidr: "10.9.0.0/99".into(),
+                    gateway: String::new(),
+                    bridge: String::new()
+                })
+            }
+        ),
+        case!(
+            "network bad mode",
+            Code::InvalidArgument,
+            nets,
+            create,
+            pb::CreateNetworkRequest {
+                request_id: String::new(),
+                name: "other".into(),
+                config: Some(pb::NetworkConfig {
+                    mode: "wormhole".into(),
+                    cidr: String::new(),
+                    gateway: String::new(),
+                    bridge: String::new()
+                })
+            }
+        ),
+        case!(
+            "pool relative path",
+            Code::InvalidArgument,
+            pools,
+            create,
+            pb::CreatePoolRequest {
+                request_id: String::new(),
+                name: "p2".into(),
+                config: Some(pb::PoolConfig {
+                    kind: "dir".into(),
+                    path: "pools".into(),
+                    shared: false,
+                    capacity_mib: 10
+                })
+            }
+        ),
+        case!(
+            "pool with volumes",
+            Code::FailedPrecondition,
+            pools,
+            delete,
+            pb::DeletePoolRequest { request_id: String::new(), name: "images".into() }
+        ),
+        case!(
+            "volume zero size",
+            Code::InvalidArgument,
+            vols,
+            create,
+            pb::CreateVolumeRequest {
+                request_id: String::new(),
+                volume: vref("v0"),
+                format: "raw".into(),
+                capacity_mib: 0,
+                backing: String::new()
+            }
+        ),
+        case!(
+            "volume bad format",
+            Code::InvalidArgument,
+            vols,
+            create,
+            pb::CreateVolumeRequest {
+                request_id: String::new(),
+                volume: vref("v0"),
+                format: "vmdk".into(),
+                capacity_mib: 10,
+                backing: String::new()
+            }
+        ),
+        case!(
+            "volume unknown pool",
+            Code::NotFound,
+            vols,
+            create,
+            pb::CreateVolumeRequest {
+                request_id: String::new(),
+                volume: Some(pb::VolumeRef { pool: "nope".into(), name: "v0".into() }),
+                format: "raw".into(),
+                capacity_mib: 10,
+                backing: String::new()
+            }
+        ),
+        case!(
+            "volume attached",
+            Code::FailedPrecondition,
+            vols,
+            delete,
+            pb::VolumeRequest { request_id: String::new(), volume: vref("root") }
+        ),
+        case!(
+            "volume shrink",
+            Code::InvalidArgument,
+            vols,
+            resize,
+            pb::ResizeVolumeRequest { request_id: String::new(), volume: vref("root"), capacity_mib: 10 }
+        ),
+        case!(
+            "full snapshot of a stopped domain",
+            Code::FailedPrecondition,
+            snaps,
+            create,
+            pb::CreateSnapshotRequest {
+                request_id: String::new(),
+                domain: "idle".into(),
+                name: "s".into(),
+                kind: "full".into()
+            }
+        ),
+        case!(
+            "migrate a stopped domain",
+            Code::FailedPrecondition,
+            migs,
+            start,
+            pb::StartMigrationRequest {
+                request_id: String::new(),
+                domain: "idle".into(),
+                target: String::new()
+            }
+        ),
+        case!(
+            "abort unknown migration",
+            Code::NotFound,
+            migs,
+            abort,
+            pb::AbortMigrationRequest { request_id: String::new(), id: 424_242, reason: "x".into() }
+        ),
+        case!(
+            "events bad kind",
+            Code::InvalidArgument,
+            EventsClient::new(ch.clone()),
+            watch,
+            pb::WatchRequest { from_seq: 1, follow: false, kinds: vec!["spaceship".into()], names: vec![] }
+        ),
+        case!(
+            "state at no point",
+            Code::InvalidArgument,
+            AuditClient::new(ch.clone()),
+            state_at,
+            pb::StateAtRequest { at: None }
+        ),
+        case!(
+            "state at the future",
+            Code::OutOfRange,
+            AuditClient::new(ch.clone()),
+            state_at,
+            pb::StateAtRequest { at: Some(pb::state_at_request::At::Seq(1 << 40)) }
+        ),
     ];
     assert!(cases.len() >= 30);
     for (name, code, fut) in cases {
@@ -201,7 +527,11 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
     }
 
     let after = probe.status(&a1).await.unwrap();
-    assert_eq!((after.last_seq, &after.state_hash), (before.last_seq, &before.state_hash), "bad input changed the state");
+    assert_eq!(
+        (after.last_seq, &after.state_hash),
+        (before.last_seq, &before.state_hash),
+        "bad input changed the state"
+    );
     // And the replica still serves.
     let ok = domains.clone().get(pb::GetDomainRequest { name: "web".into(), consistency: 0 }).await.unwrap();
     assert_eq!(ok.into_inner().name, "web");

@@ -252,7 +252,7 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     }
     let host = scheduler::place(d.state, name, &domain.spec, None)
         .map_err(|why| Rejection::exhausted(ResourceKind::Domain, name, why.to_string()))?;
-    d.guard(ResourceKey::Host(host.clone()));
+    d.fit(&host, name);
     d.emit(Event::DomainStartRequested { name: name.to_owned() });
     d.emit(Event::DomainScheduled { name: name.to_owned(), host, generation: domain.status.generation + 1 });
     Ok(())

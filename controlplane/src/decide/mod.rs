@@ -25,7 +25,7 @@ use crate::limits::{EVENTS_PER_PROPOSAL_MAX, PRINCIPAL_LEN_MAX, REQUEST_ID_LEN_M
 use crate::model::{
     Domain, Host, Migration, MigrationId, Network, Pool, ResourceKey, ResourceKind, Volume, VolumeRef,
 };
-use crate::proposal::{Decision, Precondition, Proposal};
+use crate::proposal::{Decision, HostFit, Precondition, Proposal};
 use crate::rejection::Rejection;
 use crate::state::State;
 use crate::validate;
@@ -37,7 +37,7 @@ pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision,
     if let Some(first) = state.requests().get(&request.principal, &request.request_id) {
         return Ok(Decision::AlreadyCommitted(first));
     }
-    let mut draft = Draft { state, preconditions: Vec::new(), events: Vec::new() };
+    let mut draft = Draft { state, preconditions: Vec::new(), fits: Vec::new(), events: Vec::new() };
     decide_command(&mut draft, &request.command).inspect_err(|rejection| {
         debug!(command = request.command.name(), request_id = %request.request_id, %rejection, "rejected");
     })?;
@@ -51,6 +51,7 @@ pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision,
         principal: request.principal.clone(),
         time_ms: now_ms,
         preconditions: draft.preconditions,
+        fits: draft.fits,
         events: draft.events,
     }))
 }
@@ -100,6 +101,7 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
 struct Draft<'s> {
     state: &'s State,
     preconditions: Vec<Precondition>,
+    fits: Vec<HostFit>,
     events: Vec<Event>,
 }
 
@@ -111,6 +113,11 @@ impl<'s> Draft<'s> {
         }
         let version = self.state.version_of(&key);
         self.preconditions.push(Precondition { key, version });
+    }
+
+    /// Guard on `domain` still fitting on `host` when the proposal applies.
+    fn fit(&mut self, host: &str, domain: &str) {
+        self.fits.push(HostFit { host: host.to_owned(), domain: domain.to_owned() });
     }
 
     fn emit(&mut self, event: Event) {
