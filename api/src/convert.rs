@@ -349,3 +349,17 @@ pub fn migration_to_pb(m: &Migration) -> pb::Migration {
         version: m.version,
     }
 }
+
+pub fn observed_phase(p: &str) -> Result<controlplane::model::ObservedPhase, Status> {
+    use controlplane::model::ObservedPhase as O;
+    Ok(match p {
+        "starting" => O::Starting,
+        "running" => O::Running,
+        "paused" => O::Paused,
+        "shutting-down" => O::ShuttingDown,
+        "stopped" => O::Stopped,
+        "crashed" => O::Crashed,
+        "failed" => O::Failed,
+        other => return Err(invalid("phase", format!("{other:?} is not an observed phase"))),
+    })
+}

@@ -10,8 +10,9 @@
 //! Today: Domains, Hosts, Networks, StoragePools, Volumes, Snapshots, Migrations, Events
 //! (durable, resumable stream) and Audit (log, state at a past point, verify, export),
 //! with gRPC health and reflection; the CLI verbs (`cli`) over a multi-endpoint client
-//! (`client`). Still to come (issue #4): the rest of the CLI (snapshots, migrations) and
-//! `drover up`.
+//! (`client`); `drover up` (`up`), a local cluster of 3 replicas and 3 host agents on
+//! the fake driver. Still to come: CLI verbs for snapshots and migrations, and real guests
+//! under `drover up` once the kvm and qemu drivers exist (issue #5).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -20,3 +21,4 @@ pub mod convert;
 pub mod server;
 pub mod service;
 pub mod spec_file;
+pub mod up;

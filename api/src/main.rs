@@ -29,8 +29,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a whole local cluster (3 replicas, 3 hosts) until Ctrl-C.
+    Up(api::up::UpArgs),
     /// Run a control replica.
     Server(ServerArgs),
+    /// Run a host agent.
+    Hostd(HostdArgs),
     #[command(flatten)]
     Client(api::cli::ClientCmd),
     /// Print a shell completion script.
@@ -73,6 +77,68 @@ struct ServerArgs {
     /// Archive checkpoint interval, in events.
     #[arg(long, default_value_t = 10_000)]
     checkpoint_every: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct HostdArgs {
+    /// This host's name in the cluster.
+    #[arg(long)]
+    name: String,
+    /// Where this host's agent can be reached (recorded in the cluster).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    address: String,
+    /// The hypervisor driver (today: fake).
+    #[arg(long, default_value = "fake")]
+    driver: String,
+    /// vCPUs offered to the cluster.
+    #[arg(long, default_value_t = 16)]
+    vcpus: u32,
+    /// Memory offered to the cluster, MiB.
+    #[arg(long, default_value_t = 32768)]
+    memory_mib: u64,
+    /// Labels, as key=value (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Milliseconds between reconcile passes.
+    #[arg(long, default_value_t = 200)]
+    tick_ms: u64,
+}
+
+async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()> {
+    let labels = args
+        .labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("label {l:?} is not key=value"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let config = hostd::agent::AgentConfig {
+        host: args.name,
+        address: args.address,
+        endpoints,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        labels,
+        tick_ms: args.tick_ms,
+        shutdown_timeout_ms: 30_000,
+    };
+    let stop = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    match args.driver.as_str() {
+        "fake" => hostd::agent::run(config, hostd::fake::FakeDriver::default(), stop).await?,
+        other => bail!("driver {other:?} is not available yet (today: fake)"),
+    }
+    Ok(())
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -149,7 +215,11 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let default_log = if matches!(cli.command, Command::Server(_)) { "info,openraft=warn" } else { "warn" };
+    let default_log = if matches!(cli.command, Command::Server(_) | Command::Hostd(_)) {
+        "info,openraft=warn"
+    } else {
+        "warn"
+    };
     init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
@@ -166,6 +236,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => run_server(args).await,
+            Command::Hostd(args) => run_hostd(args, cli.client.endpoint.clone()).await,
+            Command::Up(args) => api::up::run(args, &mut std::io::stdout()).await,
             Command::Client(cmd) => api::cli::run(&cli.client, cmd, &mut std::io::stdout()).await,
             Command::Completions { .. } => Ok(()),
         }

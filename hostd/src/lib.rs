@@ -1,11 +1,18 @@
 //! Drover's host agent.
 //!
-//! Contract (filled in by the hostd issue, #5): hostd follows the replicated log as a raft
-//! learner, reconciles the domains assigned to its host (desired state in the replica
-//! against what the hypervisor reports) and reports observations back as commands that
-//! carry the domain's generation. Hypervisors sit behind one driver trait with three
-//! drivers: `kvm` (the project's own micro-VMM, the only place `unsafe` is allowed),
-//! `qemu` (over QMP) and `fake` (deterministic, for the simulator and unit tests).
+//! Contract: hostd registers its host, reconciles the domains placed on it (desired state
+//! in the cluster against what the hypervisor reports) and reports observations back as
+//! commands that carry the domain's generation. Hypervisors sit behind one driver trait
+//! (`driver`).
 //!
-//! Today this crate is empty: no agent or driver exists yet.
+//! Today: the driver trait, the deterministic `fake` driver (boot and shutdown delays,
+//! injected crashes), the pure `reconciler`, and the `agent` loop that reads the state
+//! through the public API and reports through it. Still to come (issue #5): the learner
+//! replica on each host, the `kvm` driver (the project's own VMM, the only place `unsafe`
+//! is allowed) and the `qemu` driver, re-adoption of VM processes after a restart.
 #![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod driver;
+pub mod fake;
+pub mod reconciler;

@@ -497,7 +497,7 @@ impl Node {
                 .await
                 .map_err(|e| NodeError::Unavailable(format!("adding learner {}: {e}", req.node_id)))?;
         }
-        if req.voter {
+        if req.voter && !membership.membership().voter_ids().any(|v| v == req.node_id) {
             self.change(ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]))).await?;
         }
         info!(node = req.node_id, address = %req.address, voter = req.voter, "member joined");

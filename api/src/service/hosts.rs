@@ -33,6 +33,18 @@ impl Hosts for Api {
         Ok(Response::new(self.write(&meta, r.request_id, command).await?))
     }
 
+    async fn report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let command = Command::ReportObservation {
+            domain: r.domain,
+            host: r.host,
+            generation: r.generation,
+            phase: convert::observed_phase(&r.phase)?,
+            reason: (!r.reason.is_empty()).then_some(r.reason),
+        };
+        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+    }
+
     async fn list(
         &self,
         request: Request<pb::ListHostsRequest>,

@@ -1,0 +1,307 @@
+//! The agent loop: register the host, then reconcile every tick — read this host's share
+//! of the cluster state through the API, ask the driver what runs, apply the reconciler's
+//! actions, and report observations back through the API (with the run's generation, so
+//! a report about an old run is refused).
+//!
+//! Today the agent reads the state through the public API from the control replicas; the
+//! learner replica on every host (issue #5) will replace that read with a local one.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proto::api as pb;
+use proto::api::domains_client::DomainsClient;
+use proto::api::hosts_client::HostsClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+use tracing::{info, warn};
+
+use crate::driver::{Driver, VmSpec};
+use crate::reconciler::{reconcile, Action, Assigned, Desired, Memory, Report};
+
+/// How a host agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub host: String,
+    /// Where this host's agent can be reached (recorded in the cluster).
+    pub address: String,
+    /// Control replicas (`host:port`), tried in turn.
+    pub endpoints: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub labels: BTreeMap<String, String>,
+    pub tick_ms: u64,
+    /// After a graceful shutdown request, destroy the VM if it has not stopped by then.
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no control replica answered: {0}")]
+    Unavailable(String),
+    #[error("the cluster refused: {0}")]
+    Refused(String),
+    #[error("bad endpoint {0}")]
+    Endpoint(String),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct Api {
+    channels: Vec<Channel>,
+    next: usize,
+}
+
+impl Api {
+    fn new(endpoints: &[String]) -> Result<Api, AgentError> {
+        let channels = endpoints
+            .iter()
+            .map(|e| {
+                Endpoint::from_shared(format!("http://{e}"))
+                    .map(|ep| {
+                        ep.connect_timeout(Duration::from_secs(2))
+                            .timeout(Duration::from_secs(10))
+                            .connect_lazy()
+                    })
+                    .map_err(|_| AgentError::Endpoint(e.clone()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Api { channels, next: 0 })
+    }
+
+    /// Call `f` on each replica in turn until one answers (at most one round).
+    async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last = tonic::Status::unavailable("no replica");
+        for _ in 0..self.channels.len() {
+            let ch = self.channels[self.next % self.channels.len()].clone();
+            match f(ch).await {
+                Err(s) if s.code() == Code::Unavailable => {
+                    self.next += 1;
+                    last = s;
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+}
+
+fn request<T>(host: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Ok(v) = format!("host/{host}").parse() {
+        r.metadata_mut().insert("drover-principal", v);
+    }
+    r
+}
+
+fn assigned_from(host: &str, domains: &[pb::Domain]) -> BTreeMap<String, Assigned> {
+    domains
+        .iter()
+        .filter_map(|d| {
+            let status = d.status.as_ref()?;
+            if status.host != host {
+                return None;
+            }
+            let spec = d.spec.as_ref()?;
+            let kernel = match &spec.boot {
+                Some(pb::domain_spec::Boot::Kernel(k)) => Some(k.kernel.clone()),
+                _ => None,
+            };
+            let cmdline = match &spec.boot {
+                Some(pb::domain_spec::Boot::Kernel(k)) => k.cmdline.clone(),
+                _ => String::new(),
+            };
+            let desired = match d.desired.as_str() {
+                "running" => Desired::Running,
+                "paused" => Desired::Paused,
+                _ => Desired::Stopped,
+            };
+            Some((
+                d.name.clone(),
+                Assigned {
+                    spec: VmSpec {
+                        domain: d.name.clone(),
+                        generation: status.generation,
+                        vcpus: spec.vcpus,
+                        memory_mib: spec.memory_mib,
+                        kernel,
+                        cmdline,
+                    },
+                    desired,
+                    force: d.stop_mode == "force",
+                    reboots: d.reboots,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Register the host and make it ready, retrying until `deadline`.
+async fn register(api: &mut Api, config: &AgentConfig, boot: u64) -> Result<(), AgentError> {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let reg = pb::RegisterHostRequest {
+            request_id: format!("{}-register-{boot}", config.host),
+            name: config.host.clone(),
+            address: config.address.clone(),
+            capacity: Some(pb::Resources { vcpus: config.vcpus, memory_mib: config.memory_mib }),
+            labels: config.labels.clone().into_iter().collect(),
+        };
+        let ready = pb::SetHostStateRequest {
+            request_id: format!("{}-ready-{boot}", config.host),
+            name: config.host.clone(),
+            state: "ready".into(),
+        };
+        let host = config.host.clone();
+        let result = async {
+            api.call(|ch| {
+                let r = request(&host, reg.clone());
+                async move { HostsClient::new(ch).register(r).await }
+            })
+            .await?;
+            api.call(|ch| {
+                let r = request(&host, ready.clone());
+                async move { HostsClient::new(ch).set_state(r).await }
+            })
+            .await
+        }
+        .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(s) if s.code() == Code::Unavailable && std::time::Instant::now() < until => {
+                warn!(status = %s, "cluster not reachable yet; retrying registration");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) if s.code() == Code::Unavailable => return Err(AgentError::Unavailable(s.to_string())),
+            Err(s) => return Err(AgentError::Refused(s.to_string())),
+        }
+    }
+}
+
+/// Run the agent until `stop` resolves.
+pub async fn run<D: Driver>(
+    config: AgentConfig,
+    mut driver: D,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let mut api = Api::new(&config.endpoints)?;
+    let boot = now_ms();
+    register(&mut api, &config, boot).await?;
+    info!(host = %config.host, "host registered and ready");
+    let mut memory = Memory::default();
+    let mut shutdown_since: BTreeMap<String, u64> = BTreeMap::new();
+    let mut report_seq = 0u64;
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let host = config.host.clone();
+        let domains = match api
+            .call(|ch| {
+                let r = request(
+                    &host,
+                    pb::ListDomainsRequest { consistency: pb::Consistency::Linearizable as i32 },
+                );
+                async move { DomainsClient::new(ch).list(r).await }
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().domains,
+            Err(s) => {
+                warn!(status = %s, "cannot read the cluster state; VMs keep running as they are");
+                continue;
+            }
+        };
+        let assigned = assigned_from(&config.host, &domains);
+        let now = now_ms();
+        let observed = driver.list(now);
+        for action in reconcile(&assigned, &observed, &memory) {
+            match action {
+                Action::Start(spec) => {
+                    if let Err(e) = driver.start(&spec, now) {
+                        warn!(domain = %spec.domain, error = %e, "start failed");
+                        report_seq += 1;
+                        let r = pb::ReportRequest {
+                            request_id: format!("{}-{boot}-{report_seq}", config.host),
+                            domain: spec.domain.clone(),
+                            host: config.host.clone(),
+                            generation: spec.generation,
+                            phase: Report::Failed.as_str().into(),
+                            reason: e.to_string(),
+                        };
+                        let _ = api
+                            .call(|ch| {
+                                let r = request(&host, r.clone());
+                                async move { HostsClient::new(ch).report(r).await }
+                            })
+                            .await;
+                    }
+                }
+                Action::Pause(d) => log_err(&d, "pause", driver.pause(&d, now)),
+                Action::Resume(d) => log_err(&d, "resume", driver.resume(&d, now)),
+                Action::Shutdown(d) => {
+                    let since = *shutdown_since.entry(d.clone()).or_insert(now);
+                    if now.saturating_sub(since) > config.shutdown_timeout_ms {
+                        warn!(domain = %d, "graceful shutdown timed out; destroying");
+                        log_err(&d, "destroy", driver.destroy(&d, now));
+                    } else {
+                        log_err(&d, "shutdown", driver.shutdown(&d, now));
+                    }
+                }
+                Action::Destroy(d) => log_err(&d, "destroy", driver.destroy(&d, now)),
+                Action::Reboot(d) => {
+                    log_err(&d, "reboot", driver.reboot(&d, now));
+                    if let Some(a) = assigned.get(&d) {
+                        memory.rebooted.insert(d.clone(), (a.spec.generation, a.reboots));
+                    }
+                }
+                Action::Remove(d) => {
+                    driver.remove(&d);
+                    shutdown_since.remove(&d);
+                }
+                Action::Report { domain, generation, phase, reason } => {
+                    report_seq += 1;
+                    let r = pb::ReportRequest {
+                        request_id: format!("{}-{boot}-{report_seq}", config.host),
+                        domain: domain.clone(),
+                        host: config.host.clone(),
+                        generation,
+                        phase: phase.as_str().into(),
+                        reason: reason.unwrap_or_default(),
+                    };
+                    let sent = api
+                        .call(|ch| {
+                            let r = request(&host, r.clone());
+                            async move { HostsClient::new(ch).report(r).await }
+                        })
+                        .await;
+                    match sent {
+                        Ok(_) => {
+                            memory.reported.insert(domain, (generation, phase));
+                        }
+                        Err(s) if s.code() == Code::FailedPrecondition => {
+                            // The run moved on (stale generation): nothing to report any more.
+                            memory.reported.insert(domain, (generation, phase));
+                        }
+                        Err(s) => warn!(domain = %domain, status = %s, "report not accepted; will retry"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn log_err(domain: &str, what: &str, r: Result<(), crate::driver::DriverError>) {
+    if let Err(e) = r {
+        warn!(domain, error = %e, "{what} failed");
+    }
+}

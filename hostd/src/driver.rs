@@ -1,0 +1,65 @@
+//! The hypervisor driver trait: what hostd asks of a hypervisor, for one VM per domain
+//! run. Implemented by `fake` today; `kvm` (the own VMM) and `qemu` (QMP) come with the
+//! rest of issue #5, behind this same trait and its shared test suite.
+
+use std::collections::BTreeMap;
+
+/// What a driver needs to run one domain's VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub domain: String,
+    /// The run this VM belongs to; a VM of an older run must not keep running.
+    pub generation: u64,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Kernel path for direct boot; `None` boots from the first disk.
+    pub kernel: Option<String>,
+    pub cmdline: String,
+}
+
+/// What a VM is doing, as the hypervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmPhase {
+    Starting,
+    Running,
+    Paused,
+    ShuttingDown,
+    Stopped,
+    Crashed,
+}
+
+/// One VM the driver knows of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmStatus {
+    pub generation: u64,
+    pub phase: VmPhase,
+    /// Why it crashed or could not start.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    #[error("no VM for domain {0}")]
+    NoSuchVm(String),
+    #[error("VM for domain {domain} cannot {action} while {phase:?}")]
+    WrongPhase { domain: String, action: &'static str, phase: VmPhase },
+    #[error("cannot start domain {domain}: {reason}")]
+    StartFailed { domain: String, reason: String },
+}
+
+/// A hypervisor. `now_ms` is passed in so drivers that model time (the fake) stay
+/// deterministic; real drivers ignore it.
+pub trait Driver: Send {
+    fn start(&mut self, spec: &VmSpec, now_ms: u64) -> Result<(), DriverError>;
+    fn pause(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;
+    fn resume(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;
+    /// Ask the guest to power off (ACPI); it stops on its own time.
+    fn shutdown(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;
+    /// Kill the VM at once.
+    fn destroy(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;
+    fn reboot(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;
+    /// Forget a VM that has stopped (its process is gone).
+    fn remove(&mut self, domain: &str);
+    /// Every VM the driver knows of, as of `now_ms`.
+    fn list(&mut self, now_ms: u64) -> BTreeMap<String, VmStatus>;
+}

@@ -1,0 +1,188 @@
+//! The fake hypervisor: deterministic and in memory, for the simulator, unit tests and
+//! `drover up` on machines without a usable KVM. It models boot time (a VM is starting
+//! for `boot_ms`, then running), graceful shutdown time, reboots, and crashes injected by
+//! tests. Time only moves when the caller says so.
+
+use std::collections::BTreeMap;
+
+use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
+
+#[derive(Debug, Clone)]
+struct FakeVm {
+    generation: u64,
+    phase: VmPhase,
+    /// When the current transition (boot, shutdown) completes.
+    until_ms: u64,
+    reason: Option<String>,
+}
+
+/// An in-memory hypervisor.
+#[derive(Debug, Clone)]
+pub struct FakeDriver {
+    vms: BTreeMap<String, FakeVm>,
+    pub boot_ms: u64,
+    pub shutdown_ms: u64,
+    /// Kernels that fail to boot (bad-input tests).
+    pub broken_kernels: Vec<String>,
+}
+
+impl Default for FakeDriver {
+    fn default() -> Self {
+        FakeDriver::new(50, 50)
+    }
+}
+
+impl FakeDriver {
+    pub fn new(boot_ms: u64, shutdown_ms: u64) -> FakeDriver {
+        FakeDriver { vms: BTreeMap::new(), boot_ms, shutdown_ms, broken_kernels: Vec::new() }
+    }
+
+    /// Make a VM crash (tests and the simulator).
+    pub fn crash(&mut self, domain: &str, reason: &str) {
+        if let Some(vm) = self.vms.get_mut(domain) {
+            vm.phase = VmPhase::Crashed;
+            vm.reason = Some(reason.to_owned());
+        }
+    }
+
+    fn vm(&mut self, domain: &str) -> Result<&mut FakeVm, DriverError> {
+        self.vms.get_mut(domain).ok_or_else(|| DriverError::NoSuchVm(domain.to_owned()))
+    }
+
+    fn advance(vm: &mut FakeVm, now_ms: u64) {
+        if now_ms >= vm.until_ms {
+            match vm.phase {
+                VmPhase::Starting => vm.phase = VmPhase::Running,
+                VmPhase::ShuttingDown => vm.phase = VmPhase::Stopped,
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Driver for FakeDriver {
+    fn start(&mut self, spec: &VmSpec, now_ms: u64) -> Result<(), DriverError> {
+        if let Some(kernel) = spec.kernel.as_ref().filter(|k| self.broken_kernels.contains(k)) {
+            return Err(DriverError::StartFailed {
+                domain: spec.domain.clone(),
+                reason: format!("kernel {kernel} is not bootable"),
+            });
+        }
+        let vm = FakeVm {
+            generation: spec.generation,
+            phase: VmPhase::Starting,
+            until_ms: now_ms + self.boot_ms,
+            reason: None,
+        };
+        self.vms.insert(spec.domain.clone(), vm);
+        Ok(())
+    }
+
+    fn pause(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        Self::advance(vm, now_ms);
+        match vm.phase {
+            VmPhase::Running | VmPhase::Paused => {
+                vm.phase = VmPhase::Paused;
+                Ok(())
+            }
+            phase => Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "pause", phase }),
+        }
+    }
+
+    fn resume(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        Self::advance(vm, now_ms);
+        match vm.phase {
+            VmPhase::Paused | VmPhase::Running => {
+                vm.phase = VmPhase::Running;
+                Ok(())
+            }
+            phase => Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "resume", phase }),
+        }
+    }
+
+    fn shutdown(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
+        let shutdown_ms = self.shutdown_ms;
+        let vm = self.vm(domain)?;
+        Self::advance(vm, now_ms);
+        if matches!(vm.phase, VmPhase::Starting | VmPhase::Running | VmPhase::Paused) {
+            vm.phase = VmPhase::ShuttingDown;
+            vm.until_ms = now_ms + shutdown_ms;
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        if vm.phase != VmPhase::Crashed {
+            vm.phase = VmPhase::Stopped;
+        }
+        Ok(())
+    }
+
+    fn reboot(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
+        let boot_ms = self.boot_ms;
+        let vm = self.vm(domain)?;
+        vm.phase = VmPhase::Starting;
+        vm.until_ms = now_ms + boot_ms;
+        Ok(())
+    }
+
+    fn remove(&mut self, domain: &str) {
+        self.vms.remove(domain);
+    }
+
+    fn list(&mut self, now_ms: u64) -> BTreeMap<String, VmStatus> {
+        self.vms
+            .iter_mut()
+            .map(|(name, vm)| {
+                Self::advance(vm, now_ms);
+                (
+                    name.clone(),
+                    VmStatus { generation: vm.generation, phase: vm.phase, reason: vm.reason.clone() },
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kernel: &str) -> VmSpec {
+        VmSpec {
+            domain: "web".into(),
+            generation: 1,
+            vcpus: 1,
+            memory_mib: 64,
+            kernel: Some(kernel.into()),
+            cmdline: String::new(),
+        }
+    }
+
+    #[test]
+    fn models_boot_shutdown_pause_crash_and_bad_kernels() {
+        let mut d = FakeDriver::new(100, 50);
+        d.start(&spec("/k"), 1_000).unwrap();
+        assert_eq!(d.list(1_050)["web"].phase, VmPhase::Starting);
+        assert_eq!(d.list(1_100)["web"].phase, VmPhase::Running);
+        d.pause("web", 1_200).unwrap();
+        assert_eq!(d.list(1_200)["web"].phase, VmPhase::Paused);
+        d.resume("web", 1_300).unwrap();
+        d.shutdown("web", 1_400).unwrap();
+        assert_eq!(d.list(1_420)["web"].phase, VmPhase::ShuttingDown);
+        assert_eq!(d.list(1_450)["web"].phase, VmPhase::Stopped);
+        assert!(matches!(d.pause("web", 1_500), Err(DriverError::WrongPhase { .. })));
+        d.start(&spec("/k"), 2_000).unwrap();
+        d.crash("web", "triple fault");
+        let vm = &d.list(2_500)["web"];
+        assert_eq!((vm.phase, vm.reason.as_deref()), (VmPhase::Crashed, Some("triple fault")));
+        d.remove("web");
+        assert!(d.list(3_000).is_empty());
+        d.broken_kernels.push("/broken".into());
+        assert!(matches!(d.start(&spec("/broken"), 0), Err(DriverError::StartFailed { .. })));
+        assert!(matches!(d.destroy("nope", 0), Err(DriverError::NoSuchVm(_))));
+    }
+}
