@@ -8,7 +8,9 @@ use proto::api::audit_client::AuditClient;
 use proto::api::domains_client::DomainsClient;
 use proto::api::events_client::EventsClient;
 use proto::api::hosts_client::HostsClient;
+use proto::api::migrations_client::MigrationsClient;
 use proto::api::networks_client::NetworksClient;
+use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
 use proto::api::volumes_client::VolumesClient;
 use serde_json::{json, Value};
@@ -155,6 +157,46 @@ pub enum VolCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot a domain: `full` (memory + devices + disks, running domain) or `disk`.
+    Create {
+        domain: String,
+        name: String,
+        #[arg(long, default_value = "full")]
+        kind: String,
+    },
+    Delete {
+        domain: String,
+        name: String,
+    },
+    /// Make a stopped domain's current snapshot NAME.
+    Revert {
+        domain: String,
+        name: String,
+    },
+    List {
+        #[arg(default_value = "")]
+        domain: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCmd {
+    /// Live-migrate a running domain (the scheduler picks the target unless --to).
+    Start {
+        domain: String,
+        #[arg(long, default_value = "")]
+        to: String,
+    },
+    Abort {
+        id: u64,
+        #[arg(long, default_value = "aborted by operator")]
+        reason: String,
+    },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Who changed what, when.
     Log {
@@ -197,6 +239,10 @@ pub enum ClientCmd {
     Pool(PoolCmd),
     #[command(subcommand)]
     Vol(VolCmd),
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    #[command(subcommand)]
+    Migrate(MigrateCmd),
     /// Print events, from a sequence number; with --follow, keep streaming.
     Events {
         #[arg(long, default_value_t = 1)]
@@ -293,6 +339,8 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
         ClientCmd::Net(cmd) => net(&c, o, consistency, cmd).await?,
         ClientCmd::Pool(cmd) => pool(&c, o, consistency, cmd).await?,
         ClientCmd::Vol(cmd) => vol(&c, o, consistency, cmd).await?,
+        ClientCmd::Snapshot(cmd) => snapshot(&c, o, consistency, cmd).await?,
+        ClientCmd::Migrate(cmd) => migrate(&c, o, consistency, cmd).await?,
         ClientCmd::Events { from, follow, kind, name } => {
             let req = pb::WatchRequest { from_seq: from, follow, kinds: kind, names: name };
             let mut stream = c
@@ -690,6 +738,127 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
                 },
                 || {
                     Value::Array(list.iter().map(|v| json!({"volume": id(v), "format": v.format, "capacity_mib": v.capacity_mib, "backing": v.backing})).collect())
+                },
+            )
+        }
+    })
+}
+
+async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) -> anyhow::Result<Printed> {
+    Ok(match cmd {
+        SnapshotCmd::Create { domain, name, kind } => {
+            let req = pb::CreateSnapshotRequest {
+                request_id: new_id(),
+                domain: domain.clone(),
+                name: name.clone(),
+                kind,
+            };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(SnapshotsClient::new(ch).create(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("snapshot {domain}/{name} created"), &w)
+        }
+        SnapshotCmd::Delete { domain, name } => {
+            let req =
+                pb::SnapshotRequest { request_id: new_id(), domain: domain.clone(), name: name.clone() };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(SnapshotsClient::new(ch).delete(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("snapshot {domain}/{name} deleted"), &w)
+        }
+        SnapshotCmd::Revert { domain, name } => {
+            let req =
+                pb::SnapshotRequest { request_id: new_id(), domain: domain.clone(), name: name.clone() };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(SnapshotsClient::new(ch).revert(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("domain {domain} reverted to snapshot {name}"), &w)
+        }
+        SnapshotCmd::List { domain } => {
+            let list = c
+                .call(|ch| {
+                    let r = c.request(pb::ListSnapshotsRequest { domain: domain.clone(), consistency });
+                    async move { Ok(SnapshotsClient::new(ch).list(r).await?.into_inner().snapshots) }
+                })
+                .await?;
+            show(
+                o,
+                || {
+                    let rows = list
+                        .iter()
+                        .map(|s| vec![s.domain.clone(), s.name.clone(), s.kind.clone(), s.parent.clone()])
+                        .collect();
+                    table(&["domain", "name", "kind", "parent"], rows)
+                },
+                || {
+                    Value::Array(list.iter().map(|s| json!({"domain": s.domain, "name": s.name, "kind": s.kind, "parent": s.parent})).collect())
+                },
+            )
+        }
+    })
+}
+
+async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) -> anyhow::Result<Printed> {
+    Ok(match cmd {
+        MigrateCmd::Start { domain, to } => {
+            let req = pb::StartMigrationRequest { request_id: new_id(), domain: domain.clone(), target: to };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(MigrationsClient::new(ch).start(r).await?.into_inner()) }
+                })
+                .await?;
+            show(
+                o,
+                || format!("migration {} of domain {domain} started", w.first_seq),
+                || json!({"id": w.first_seq}),
+            )
+        }
+        MigrateCmd::Abort { id, reason } => {
+            let req = pb::AbortMigrationRequest { request_id: new_id(), id, reason };
+            let w = c
+                .call(|ch| {
+                    let r = c.request(req.clone());
+                    async move { Ok(MigrationsClient::new(ch).abort(r).await?.into_inner()) }
+                })
+                .await?;
+            written(o, &format!("migration {id} rolled back"), &w)
+        }
+        MigrateCmd::List => {
+            let list = c
+                .call(|ch| {
+                    let r = c.request(pb::ListMigrationsRequest { consistency });
+                    async move { Ok(MigrationsClient::new(ch).list(r).await?.into_inner().migrations) }
+                })
+                .await?;
+            show(
+                o,
+                || {
+                    let rows = list
+                        .iter()
+                        .map(|m| {
+                            vec![
+                                m.id.to_string(),
+                                m.domain.clone(),
+                                m.source.clone(),
+                                m.target.clone(),
+                                m.phase.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(&["id", "domain", "source", "target", "phase"], rows)
+                },
+                || {
+                    Value::Array(list.iter().map(|m| json!({"id": m.id, "domain": m.domain, "source": m.source, "target": m.target, "phase": m.phase})).collect())
                 },
             )
         }
