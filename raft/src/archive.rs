@@ -28,6 +28,8 @@ pub enum ArchiveError {
     Codec { seq: u64, source: codec::CodecError },
     #[error("event {0} is missing from the archive")]
     Gap(u64),
+    #[error("record at seq {0} is too short")]
+    Short(u64),
     #[error("seq {asked} is beyond the last applied event {last}")]
     Future { asked: u64, last: u64 },
 }
@@ -97,7 +99,13 @@ impl<K: Kv> Archive<K> {
     }
 
     fn decode(key: &[u8], value: &[u8]) -> Result<ArchivedEvent, ArchiveError> {
+        if key.len() != 8 {
+            return Err(ArchiveError::Short(0));
+        }
         let seq = key_u64(key);
+        if value.len() < 8 {
+            return Err(ArchiveError::Short(seq));
+        }
         let (index, rest) = value.split_at(8);
         let envelope = codec::decode(rest).map_err(|source| ArchiveError::Codec { seq, source })?;
         Ok(ArchivedEvent { raft_index: u64::from_be_bytes(index.try_into().expect("8 bytes")), envelope })
