@@ -371,7 +371,8 @@ impl Node {
     }
 
     fn leader(&self) -> (Option<NodeId>, Option<String>) {
-        let m = self.inner.raft.metrics().borrow().clone();
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
         let addr = m
             .current_leader
             .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));

@@ -176,21 +176,23 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                 }
                 EntryPayload::Normal(batch) => {
                     let mut outcomes = Vec::with_capacity(batch.0.len());
-                    for proposal in &batch.0 {
-                        let (outcome, envelopes, checkpoint) = {
-                            let mut state = self.shared.state.write().expect("state lock");
+                    let mut envelopes = Vec::new();
+                    {
+                        let mut state = self.shared.state.write().expect("state lock");
+                        for proposal in &batch.0 {
                             let before = state.last_seq();
-                            let (outcome, envelopes) = apply_proposal(&mut state, proposal);
-                            // Checkpoints are rare; the state is encoded under the lock only when one is due.
-                            let checkpoint = self.archive.checkpoint(&state, before, false);
-                            (outcome, envelopes, checkpoint)
-                        };
-                        checkpoint.map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                        self.archive
-                            .record(log_id.index, &envelopes)
-                            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-                        outcomes.push(outcome);
+                            let (outcome, mut produced) = apply_proposal(&mut state, proposal);
+                            // Checkpoints are rare; the state is encoded under the lock only
+                            // when one is due.
+                            self.archive
+                                .checkpoint(&state, before, false)
+                                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                            envelopes.append(&mut produced);
+                            outcomes.push(outcome);
+                        }
                     }
+                    // One archive write for the whole entry.
+                    self.archive.record(log_id.index, &envelopes).map_err(|e| sm_err(ErrorVerb::Write, e))?;
                     ApplyResult::Batch(outcomes)
                 }
             };
