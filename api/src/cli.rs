@@ -19,6 +19,9 @@ use tonic::Status;
 use crate::client::ApiClient;
 use crate::spec_file;
 
+/// Largest list reply the CLI accepts (the server's cap).
+const LIST_REPLY_BYTES_MAX: usize = crate::server::API_RESPONSE_BYTES_MAX;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -407,7 +410,14 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
             let list = c
                 .call(|ch| {
                     let r = c.request(pb::ListDomainsRequest { consistency });
-                    async move { Ok(DomainsClient::new(ch).list(r).await?.into_inner().domains) }
+                    async move {
+                        Ok(DomainsClient::new(ch)
+                            .max_decoding_message_size(LIST_REPLY_BYTES_MAX)
+                            .list(r)
+                            .await?
+                            .into_inner()
+                            .domains)
+                    }
                 })
                 .await?;
             show(

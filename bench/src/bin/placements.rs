@@ -131,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let placed = domains
         .clone()
+        .max_decoding_message_size(256 << 20)
         .list(pb::ListDomainsRequest { consistency: 0 })
         .await?
         .into_inner()
