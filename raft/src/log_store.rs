@@ -5,8 +5,8 @@
 //! syncs. The flusher takes every callback queued so far, fsyncs once, and completes them
 //! all: one fsync per group of batches, never one per entry. Entries are written before
 //! their callback is queued, so the fsync that completes a callback always covers them.
-//! The vote is flushed before `save_vote` returns; the committed index is written without
-//! a flush (openraft can recompute it).
+//! The vote is flushed before `save_vote` returns; the committed index is a restart hint,
+//! written now and then without a flush (openraft learns it from the leader anyway).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -21,6 +21,8 @@ use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 pub(crate) const VOTE_KEY: &[u8] = b"vote";
 pub(crate) const COMMITTED_KEY: &[u8] = b"committed";
 pub(crate) const LAST_PURGED_KEY: &[u8] = b"last_purged";
+/// The committed index is saved when it reaches a multiple of this.
+const COMMITTED_SAVE_EVERY: u64 = 256;
 
 /// The log store; clones share the same storage and flusher.
 #[derive(Debug, Clone)]
@@ -145,7 +147,14 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.kv.put(Tree::Meta, COMMITTED_KEY, &encoding::encode(&committed)).map_err(write_logs_err)
+        // Only a hint for restarts (openraft learns the commit index from the leader
+        // anyway), so it is written every COMMITTED_SAVE_EVERY entries, not every round:
+        // each sled write costs the hot path.
+        let due = committed.is_some_and(|c| c.index % COMMITTED_SAVE_EVERY == 0);
+        if due {
+            self.kv.put(Tree::Meta, COMMITTED_KEY, &encoding::encode(&committed)).map_err(write_logs_err)?;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
