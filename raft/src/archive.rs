@@ -111,6 +111,11 @@ impl<K: Kv> Archive<K> {
         Ok(ArchivedEvent { raft_index: u64::from_be_bytes(index.try_into().expect("8 bytes")), envelope })
     }
 
+    /// Make every archive write so far durable.
+    pub async fn flush(&self) -> Result<(), KvError> {
+        self.kv.flush().await
+    }
+
     /// Events with `seq >= from_seq`, at most `limit` (capped).
     pub fn events(&self, from_seq: u64, limit: usize) -> Result<Vec<ArchivedEvent>, ArchiveError> {
         let limit = limit.min(ARCHIVE_QUERY_LIMIT_MAX);

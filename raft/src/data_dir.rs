@@ -2,13 +2,16 @@
 //! rather than come up silently empty.
 //!
 //! Layout: `IDENTITY` (text: format and node id, written once, last, at creation), `db/`
-//! (sled) and `WATERMARK` (the index of the newest snapshot, rewritten after each). On open:
+//! (sled: raft log, vote, snapshots), `archive/` (sled: the event archive, kept apart so
+//! the log's fsyncs stay small) and `WATERMARK` (the index of the newest snapshot,
+//! rewritten after each). On open:
 //! - `IDENTITY` must exist whenever `db/` does, name this node, and match the identity
 //!   record inside the database (a truncated or wiped database loses that record);
 //! - every stored record must decode: vote, committed index, purge point, snapshot,
 //!   every log entry;
 //! - the log must be contiguous and start right after the purge point;
-//! - the stored snapshot must not be older than `WATERMARK` says it was.
+//! - the stored snapshot must not be older than `WATERMARK` says it was;
+//! - the archive must hold every event up to the snapshot's.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +27,7 @@ use crate::type_config::{Entry, LogId, SnapshotMeta, Vote};
 const IDENTITY_FILE: &str = "IDENTITY";
 const WATERMARK_FILE: &str = "WATERMARK";
 const DB_DIR: &str = "db";
+const ARCHIVE_DIR: &str = "archive";
 const IDENTITY_KEY: &[u8] = b"identity";
 const FORMAT_LINE: &str = "drover-data-dir v1";
 
@@ -41,7 +45,10 @@ pub enum DataDirError {
 #[derive(Debug, Clone)]
 pub struct DataDir {
     pub path: PathBuf,
+    /// Raft log, vote, snapshots.
     pub kv: SledKv,
+    /// The event archive.
+    pub archive_kv: SledKv,
 }
 
 fn identity_text(node_id: u64) -> String {
@@ -64,10 +71,16 @@ impl DataDir {
             std::fs::create_dir_all(path).map_err(io)?;
             let kv =
                 SledKv::open(&db_path).map_err(|e| damaged(format!("cannot create the database: {e:?}")))?;
-            kv.put(Tree::Meta, IDENTITY_KEY, expected.as_bytes()).map_err(|e| damaged(format!("{e:?}")))?;
-            kv.flush().await.map_err(|e| damaged(format!("{e:?}")))?;
+            let archive_kv = SledKv::open(&path.join(ARCHIVE_DIR))
+                .map_err(|e| damaged(format!("cannot create the archive: {e:?}")))?;
+            for store in [&kv, &archive_kv] {
+                store
+                    .put(Tree::Meta, IDENTITY_KEY, expected.as_bytes())
+                    .map_err(|e| damaged(format!("{e:?}")))?;
+                store.flush().await.map_err(|e| damaged(format!("{e:?}")))?;
+            }
             write_synced(&identity_path, expected.as_bytes()).map_err(io)?;
-            return Ok(DataDir { path: path.to_owned(), kv });
+            return Ok(DataDir { path: path.to_owned(), kv, archive_kv });
         }
 
         let found = std::fs::read_to_string(&identity_path).map_err(io)?;
@@ -83,17 +96,26 @@ impl DataDir {
                 found: found_id,
             });
         }
-        if !db_path.exists() {
-            return Err(damaged("the database directory is missing".into()));
+        let archive_path = path.join(ARCHIVE_DIR);
+        for (dir, what) in [(&db_path, "database"), (&archive_path, "archive")] {
+            if !dir.exists() {
+                return Err(damaged(format!("the {what} directory is missing")));
+            }
         }
         let kv = SledKv::open(&db_path).map_err(|e| damaged(format!("the database does not open: {e:?}")))?;
-        match kv.get(Tree::Meta, IDENTITY_KEY).map_err(|e| damaged(format!("{e:?}")))? {
-            Some(id) if id == expected.as_bytes() => {}
-            Some(_) => return Err(damaged("the database belongs to another node".into())),
-            None => return Err(damaged("the database lost its identity record (truncated or wiped)".into())),
+        let archive_kv =
+            SledKv::open(&archive_path).map_err(|e| damaged(format!("the archive does not open: {e:?}")))?;
+        for (store, what) in [(&kv, "database"), (&archive_kv, "archive")] {
+            match store.get(Tree::Meta, IDENTITY_KEY).map_err(|e| damaged(format!("{e:?}")))? {
+                Some(id) if id == expected.as_bytes() => {}
+                Some(_) => return Err(damaged(format!("the {what} belongs to another node"))),
+                None => {
+                    return Err(damaged(format!("the {what} lost its identity record (truncated or wiped)")))
+                }
+            }
         }
-        check_records(&kv, path).map_err(damaged)?;
-        Ok(DataDir { path: path.to_owned(), kv })
+        check_records(&kv, &archive_kv, path).map_err(damaged)?;
+        Ok(DataDir { path: path.to_owned(), kv, archive_kv })
     }
 
     /// Record that a snapshot up to `index` is stored, so losing it is noticed at open.
@@ -115,7 +137,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn check_records(kv: &SledKv, path: &Path) -> Result<(), String> {
+fn check_records(kv: &SledKv, archive_kv: &SledKv, path: &Path) -> Result<(), String> {
     let get = |key: &[u8]| kv.get(Tree::Meta, key).map_err(|e| format!("{e:?}"));
     if let Some(b) = get(VOTE_KEY)? {
         encoding::decode::<Vote>(&b).map_err(|e| format!("the vote record does not decode: {e}"))?;
@@ -136,7 +158,16 @@ fn check_records(kv: &SledKv, path: &Path) -> Result<(), String> {
             encoding::decode(&b).map_err(|e| format!("the snapshot metadata does not decode: {e}"))?;
         snapshot_index = meta.last_log_id.map_or(0, |l| l.index);
         let data = get(SNAPSHOT_DATA_KEY)?.ok_or("the snapshot data is missing")?;
-        codec::decode::<State>(&data).map_err(|e| format!("the snapshot does not decode: {e}"))?;
+        let state =
+            codec::decode::<State>(&data).map_err(|e| format!("the snapshot does not decode: {e}"))?;
+        let archived =
+            archive_kv.last(Tree::Events).map_err(|e| format!("{e:?}"))?.map_or(0, |(k, _)| key_u64(&k));
+        if archived < state.last_seq() {
+            return Err(format!(
+                "the archive ends at event {archived}, but the snapshot holds events up to {}",
+                state.last_seq()
+            ));
+        }
     }
     let mut expected_index = purged.map(|p| p.index + 1);
     let mut from = 0u64;

@@ -244,7 +244,12 @@ impl Node {
                 warn!(error = %e, index, "could not record the snapshot watermark");
             }
         }));
-        let sm = StateMachine::open(kv.clone(), config.checkpoint_every_events)?.with_snapshot_hook(hook);
+        let sm = StateMachine::open_with_archive(
+            kv.clone(),
+            dir.archive_kv.clone(),
+            config.checkpoint_every_events,
+        )?
+        .with_snapshot_hook(hook);
         let shared = sm.shared();
         let archive = sm.archive();
         let raft_config = openraft::Config {

@@ -76,6 +76,16 @@ fn snap_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageErro
 impl<K: Kv> StateMachine<K> {
     /// Open the state machine: the latest stored snapshot, or the empty state.
     pub fn open(kv: K, checkpoint_every: u64) -> Result<StateMachine<K>, StorageError> {
+        StateMachine::open_with_archive(kv.clone(), kv, checkpoint_every)
+    }
+
+    /// Open with the archive on its own store, so the raft log's fsyncs do not carry
+    /// archive writes (the archive is flushed before every snapshot instead).
+    pub fn open_with_archive(
+        kv: K,
+        archive_kv: K,
+        checkpoint_every: u64,
+    ) -> Result<StateMachine<K>, StorageError> {
         let (state, applied) =
             match kv.get(Tree::Meta, SNAPSHOT_META_KEY).map_err(|e| snap_err(ErrorVerb::Read, e))? {
                 None => (State::new(), (None, StoredMembership::default())),
@@ -96,7 +106,7 @@ impl<K: Kv> StateMachine<K> {
         let shared =
             Arc::new(Shared { state: RwLock::new(state), applied: RwLock::new(applied), applied_seq });
         Ok(StateMachine {
-            archive: Archive::new(kv.clone(), checkpoint_every),
+            archive: Archive::new(archive_kv, checkpoint_every),
             kv,
             shared,
             snapshot_counter: Arc::default(),
@@ -122,7 +132,7 @@ impl<K: Kv> StateMachine<K> {
         let w = |e| snap_err(ErrorVerb::Write, e);
         // Archive records up to the snapshot must be durable before the log behind the
         // snapshot may be purged.
-        self.kv.flush().await.map_err(w)?;
+        self.archive.flush().await.map_err(w)?;
         self.kv.put(Tree::Meta, SNAPSHOT_DATA_KEY, data).map_err(w)?;
         self.kv.put(Tree::Meta, SNAPSHOT_META_KEY, &encoding::encode(meta)).map_err(w)?;
         self.kv.flush().await.map_err(w)?;

@@ -102,6 +102,21 @@ async fn damaged_data_directories_are_refused() {
     std::fs::remove_dir_all(case.join("db")).unwrap();
     refuses(&mut p, &case, "missing database");
 
+    let case = work.join("no-archive");
+    copy_dir(&intact, &case);
+    std::fs::remove_dir_all(case.join("archive")).unwrap();
+    refuses(&mut p, &case, "missing archive");
+
+    let case = work.join("emptied-archive");
+    copy_dir(&intact, &case);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(case.join("archive").join("db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    refuses(&mut p, &case, "emptied archive");
+
     let case = work.join("no-identity");
     copy_dir(&intact, &case);
     std::fs::remove_file(case.join("IDENTITY")).unwrap();
