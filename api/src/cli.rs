@@ -19,8 +19,22 @@ use tonic::Status;
 use crate::client::ApiClient;
 use crate::spec_file;
 
-/// Largest list reply the CLI accepts (the server's cap).
-const LIST_REPLY_BYTES_MAX: usize = crate::server::API_RESPONSE_BYTES_MAX;
+/// Largest reply the CLI accepts (the server's cap).
+const REPLY_BYTES_MAX: usize = crate::server::API_RESPONSE_BYTES_MAX;
+
+/// One unary call through the multi-endpoint client: `rpc!(client, FooClient, method,
+/// request)`; `request` is rebuilt for every attempt.
+macro_rules! rpc {
+    ($c:expr, $client:ident, $method:ident, $req:expr) => {
+        $c.call(|ch| {
+            let r = $c.request($req);
+            async move {
+                Ok($client::new(ch).max_decoding_message_size(REPLY_BYTES_MAX).$method(r).await?.into_inner())
+            }
+        })
+        .await?
+    };
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -346,12 +360,7 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
         ClientCmd::Migrate(cmd) => migrate(&c, o, consistency, cmd).await?,
         ClientCmd::Events { from, follow, kind, name } => {
             let req = pb::WatchRequest { from_seq: from, follow, kinds: kind, names: name };
-            let mut stream = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(EventsClient::new(ch).watch(r).await?.into_inner()) }
-                })
-                .await?;
+            let mut stream = rpc!(c, EventsClient, watch, req.clone());
             while let Some(e) = stream.message().await? {
                 match o {
                     Output::Json => writeln!(out, "{}", event_json(&e))?,
@@ -378,12 +387,7 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
     macro_rules! act {
         ($method:ident, $name:expr, $what:expr) => {{
             let req = action($name.clone());
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(DomainsClient::new(ch).$method(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, DomainsClient, $method, req.clone());
             written(o, &format!("domain {} {}", $name, $what), &w)
         }};
     }
@@ -391,12 +395,7 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
         DomainCmd::Define { name, file } => {
             let spec = spec_file::read(&file)?;
             let req = pb::DefineDomainRequest { request_id: new_id(), name: name.clone(), spec: Some(spec) };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(DomainsClient::new(ch).define(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, DomainsClient, define, req.clone());
             written(o, &format!("domain {name} defined"), &w)
         }
         DomainCmd::Undefine { name } => act!(undefine, name, "undefined"),
@@ -407,19 +406,7 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
         DomainCmd::Suspend { name } => act!(suspend, name, "suspended"),
         DomainCmd::Resume { name } => act!(resume, name, "resumed"),
         DomainCmd::List => {
-            let list = c
-                .call(|ch| {
-                    let r = c.request(pb::ListDomainsRequest { consistency });
-                    async move {
-                        Ok(DomainsClient::new(ch)
-                            .max_decoding_message_size(LIST_REPLY_BYTES_MAX)
-                            .list(r)
-                            .await?
-                            .into_inner()
-                            .domains)
-                    }
-                })
-                .await?;
+            let list = rpc!(c, DomainsClient, list, pb::ListDomainsRequest { consistency }).domains;
             show(
                 o,
                 || {
@@ -444,12 +431,7 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
             )
         }
         DomainCmd::Info { name } => {
-            let d = c
-                .call(|ch| {
-                    let r = c.request(pb::GetDomainRequest { name: name.clone(), consistency });
-                    async move { Ok(DomainsClient::new(ch).get(r).await?.into_inner()) }
-                })
-                .await?;
+            let d = rpc!(c, DomainsClient, get, pb::GetDomainRequest { name: name.clone(), consistency });
             let v = domain_json(&d);
             show(
                 o,
@@ -477,12 +459,7 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
     };
     Ok(match cmd {
         HostCmd::List => {
-            let list = c
-                .call(|ch| {
-                    let r = c.request(pb::ListHostsRequest { consistency });
-                    async move { Ok(HostsClient::new(ch).list(r).await?.into_inner().hosts) }
-                })
-                .await?;
+            let list = rpc!(c, HostsClient, list, pb::ListHostsRequest { consistency }).hosts;
             show(
                 o,
                 || {
@@ -517,22 +494,12 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
         }
         HostCmd::Drain { name } => {
             let req = set(name.clone(), "maintenance");
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(HostsClient::new(ch).set_state(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, HostsClient, set_state, req.clone());
             written(o, &format!("host {name} drained (maintenance)"), &w)
         }
         HostCmd::Ready { name } => {
             let req = set(name.clone(), "ready");
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(HostsClient::new(ch).set_state(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, HostsClient, set_state, req.clone());
             written(o, &format!("host {name} ready"), &w)
         }
     })
@@ -546,31 +513,16 @@ async fn net(c: &ApiClient, o: Output, consistency: i32, cmd: NetCmd) -> anyhow:
                 name: name.clone(),
                 config: Some(pb::NetworkConfig { mode, cidr, gateway, bridge }),
             };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(NetworksClient::new(ch).create(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, NetworksClient, create, req.clone());
             written(o, &format!("network {name} created"), &w)
         }
         NetCmd::Delete { name } => {
             let req = pb::DeleteNetworkRequest { request_id: new_id(), name: name.clone() };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(NetworksClient::new(ch).delete(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, NetworksClient, delete, req.clone());
             written(o, &format!("network {name} deleted"), &w)
         }
         NetCmd::List => {
-            let list = c
-                .call(|ch| {
-                    let r = c.request(pb::ListNetworksRequest { consistency });
-                    async move { Ok(NetworksClient::new(ch).list(r).await?.into_inner().networks) }
-                })
-                .await?;
+            let list = rpc!(c, NetworksClient, list, pb::ListNetworksRequest { consistency }).networks;
             show(
                 o,
                 || {
@@ -607,31 +559,16 @@ async fn pool(c: &ApiClient, o: Output, consistency: i32, cmd: PoolCmd) -> anyho
                 name: name.clone(),
                 config: Some(pb::PoolConfig { kind: "dir".into(), path, shared, capacity_mib }),
             };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(StoragePoolsClient::new(ch).create(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, StoragePoolsClient, create, req.clone());
             written(o, &format!("pool {name} created"), &w)
         }
         PoolCmd::Delete { name } => {
             let req = pb::DeletePoolRequest { request_id: new_id(), name: name.clone() };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(StoragePoolsClient::new(ch).delete(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, StoragePoolsClient, delete, req.clone());
             written(o, &format!("pool {name} deleted"), &w)
         }
         PoolCmd::List => {
-            let list = c
-                .call(|ch| {
-                    let r = c.request(pb::ListPoolsRequest { consistency });
-                    async move { Ok(StoragePoolsClient::new(ch).list(r).await?.into_inner().pools) }
-                })
-                .await?;
+            let list = rpc!(c, StoragePoolsClient, list, pb::ListPoolsRequest { consistency }).pools;
             show(
                 o,
                 || {
@@ -668,22 +605,13 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
                 capacity_mib,
                 backing: String::new(),
             };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(VolumesClient::new(ch).create(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, VolumesClient, create, req.clone());
             written(o, &format!("volume {volume} created"), &w)
         }
         VolCmd::Clone { source, name } => {
             let src = vref(&source)?;
-            let base = c
-                .call(|ch| {
-                    let r = c.request(pb::GetVolumeRequest { volume: Some(src.clone()), consistency });
-                    async move { Ok(VolumesClient::new(ch).get(r).await?.into_inner()) }
-                })
-                .await?;
+            let base =
+                rpc!(c, VolumesClient, get, pb::GetVolumeRequest { volume: Some(src.clone()), consistency });
             let req = pb::CreateVolumeRequest {
                 request_id: new_id(),
                 volume: Some(pb::VolumeRef { pool: src.pool.clone(), name: name.clone() }),
@@ -691,42 +619,24 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
                 capacity_mib: base.capacity_mib,
                 backing: src.name.clone(),
             };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(VolumesClient::new(ch).create(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, VolumesClient, create, req.clone());
             written(o, &format!("volume {}/{name} cloned from {source}", src.pool), &w)
         }
         VolCmd::Delete { volume } => {
             let req = pb::VolumeRequest { request_id: new_id(), volume: Some(vref(&volume)?) };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(VolumesClient::new(ch).delete(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, VolumesClient, delete, req.clone());
             written(o, &format!("volume {volume} deleted"), &w)
         }
         VolCmd::Resize { volume, capacity_mib } => {
             let req =
                 pb::ResizeVolumeRequest { request_id: new_id(), volume: Some(vref(&volume)?), capacity_mib };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(VolumesClient::new(ch).resize(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, VolumesClient, resize, req.clone());
             written(o, &format!("volume {volume} resized to {capacity_mib} MiB"), &w)
         }
         VolCmd::List { pool } => {
-            let list = c
-                .call(|ch| {
-                    let r = c.request(pb::ListVolumesRequest { pool: pool.clone(), consistency });
-                    async move { Ok(VolumesClient::new(ch).list(r).await?.into_inner().volumes) }
-                })
-                .await?;
+            let list =
+                rpc!(c, VolumesClient, list, pb::ListVolumesRequest { pool: pool.clone(), consistency })
+                    .volumes;
             let id =
                 |v: &pb::Volume| v.id.clone().map(|i| format!("{}/{}", i.pool, i.name)).unwrap_or_default();
             show(
@@ -763,43 +673,29 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
                 name: name.clone(),
                 kind,
             };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(SnapshotsClient::new(ch).create(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, SnapshotsClient, create, req.clone());
             written(o, &format!("snapshot {domain}/{name} created"), &w)
         }
         SnapshotCmd::Delete { domain, name } => {
             let req =
                 pb::SnapshotRequest { request_id: new_id(), domain: domain.clone(), name: name.clone() };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(SnapshotsClient::new(ch).delete(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, SnapshotsClient, delete, req.clone());
             written(o, &format!("snapshot {domain}/{name} deleted"), &w)
         }
         SnapshotCmd::Revert { domain, name } => {
             let req =
                 pb::SnapshotRequest { request_id: new_id(), domain: domain.clone(), name: name.clone() };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(SnapshotsClient::new(ch).revert(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, SnapshotsClient, revert, req.clone());
             written(o, &format!("domain {domain} reverted to snapshot {name}"), &w)
         }
         SnapshotCmd::List { domain } => {
-            let list = c
-                .call(|ch| {
-                    let r = c.request(pb::ListSnapshotsRequest { domain: domain.clone(), consistency });
-                    async move { Ok(SnapshotsClient::new(ch).list(r).await?.into_inner().snapshots) }
-                })
-                .await?;
+            let list = rpc!(
+                c,
+                SnapshotsClient,
+                list,
+                pb::ListSnapshotsRequest { domain: domain.clone(), consistency }
+            )
+            .snapshots;
             show(
                 o,
                 || {
@@ -821,12 +717,7 @@ async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) ->
     Ok(match cmd {
         MigrateCmd::Start { domain, to } => {
             let req = pb::StartMigrationRequest { request_id: new_id(), domain: domain.clone(), target: to };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(MigrationsClient::new(ch).start(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, MigrationsClient, start, req.clone());
             show(
                 o,
                 || format!("migration {} of domain {domain} started", w.first_seq),
@@ -835,21 +726,11 @@ async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) ->
         }
         MigrateCmd::Abort { id, reason } => {
             let req = pb::AbortMigrationRequest { request_id: new_id(), id, reason };
-            let w = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(MigrationsClient::new(ch).abort(r).await?.into_inner()) }
-                })
-                .await?;
+            let w = rpc!(c, MigrationsClient, abort, req.clone());
             written(o, &format!("migration {id} rolled back"), &w)
         }
         MigrateCmd::List => {
-            let list = c
-                .call(|ch| {
-                    let r = c.request(pb::ListMigrationsRequest { consistency });
-                    async move { Ok(MigrationsClient::new(ch).list(r).await?.into_inner().migrations) }
-                })
-                .await?;
+            let list = rpc!(c, MigrationsClient, list, pb::ListMigrationsRequest { consistency }).migrations;
             show(
                 o,
                 || {
@@ -884,12 +765,7 @@ async fn audit(
     Ok(match cmd {
         AuditCmd::Log { kind, name, principal, from_seq, limit } => {
             let req = pb::AuditLogRequest { kind, name, principal, from_ms: 0, to_ms: 0, from_seq, limit };
-            let reply = c
-                .call(|ch| {
-                    let r = c.request(req.clone());
-                    async move { Ok(AuditClient::new(ch).log(r).await?.into_inner()) }
-                })
-                .await?;
+            let reply = rpc!(c, AuditClient, log, req.clone());
             show(
                 o,
                 || {
@@ -917,12 +793,7 @@ async fn audit(
                 (None, Some(t)) => pb::state_at_request::At::TimeMs(t),
                 _ => anyhow::bail!("give a sequence number or --time-ms"),
             };
-            let reply = c
-                .call(|ch| {
-                    let r = c.request(pb::StateAtRequest { at: Some(at) });
-                    async move { Ok(AuditClient::new(ch).state_at(r).await?.into_inner()) }
-                })
-                .await?;
+            let reply = rpc!(c, AuditClient, state_at, pb::StateAtRequest { at: Some(at) });
             let state: Value = serde_json::from_str(&reply.state_json)?;
             show(
                 o,
@@ -943,12 +814,7 @@ async fn audit(
             )
         }
         AuditCmd::Verify => {
-            let v = c
-                .call(|ch| {
-                    let r = c.request(pb::VerifyRequest {});
-                    async move { Ok(AuditClient::new(ch).verify(r).await?.into_inner()) }
-                })
-                .await?;
+            let v = rpc!(c, AuditClient, verify, pb::VerifyRequest {});
             if !v.ok {
                 anyhow::bail!(
                     "verify FAILED: replaying {} events gives {}, the live state is {}",
@@ -969,12 +835,7 @@ async fn audit(
             )
         }
         AuditCmd::Export { from_seq } => {
-            let mut stream = c
-                .call(|ch| {
-                    let r = c.request(pb::ExportRequest { from_seq });
-                    async move { Ok(AuditClient::new(ch).export(r).await?.into_inner()) }
-                })
-                .await?;
+            let mut stream = rpc!(c, AuditClient, export, pb::ExportRequest { from_seq });
             while let Some(chunk) = stream.message().await? {
                 out.write_all(chunk.lines.as_bytes())?;
             }

@@ -6,7 +6,7 @@ use proto::api as pb;
 use proto::api::domains_server::Domains;
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{not_found, Api};
 use crate::convert;
 
 #[tonic::async_trait]
@@ -26,68 +26,55 @@ impl Domains for Api {
         &self,
         request: Request<pb::DomainActionRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::UndefineDomain { name: r.name }).await?))
+        self.act(request, |name| Command::UndefineDomain { name }).await
     }
 
     async fn start(
         &self,
         request: Request<pb::DomainActionRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::StartDomain { name: r.name }).await?))
+        self.act(request, |name| Command::StartDomain { name }).await
     }
 
     async fn shutdown(
         &self,
         request: Request<pb::DomainActionRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::ShutdownDomain { name: r.name }).await?))
+        self.act(request, |name| Command::ShutdownDomain { name }).await
     }
 
     async fn destroy(
         &self,
         request: Request<pb::DomainActionRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::DestroyDomain { name: r.name }).await?))
+        self.act(request, |name| Command::DestroyDomain { name }).await
     }
 
     async fn reboot(
         &self,
         request: Request<pb::DomainActionRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::RebootDomain { name: r.name }).await?))
+        self.act(request, |name| Command::RebootDomain { name }).await
     }
 
     async fn suspend(
         &self,
         request: Request<pb::DomainActionRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::SuspendDomain { name: r.name }).await?))
+        self.act(request, |name| Command::SuspendDomain { name }).await
     }
 
     async fn resume(
         &self,
         request: Request<pb::DomainActionRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::ResumeDomain { name: r.name }).await?))
+        self.act(request, |name| Command::ResumeDomain { name }).await
     }
 
     async fn get(&self, request: Request<pb::GetDomainRequest>) -> Result<Response<pb::Domain>, Status> {
         let r = request.into_inner();
         let found = self.read(r.consistency, |s| s.domain(&r.name).map(convert::domain_to_pb)).await?;
-        let domain = found.ok_or_else(|| {
-            Status::not_found(
-                controlplane::Rejection::NotFound { kind: ResourceKind::Domain, name: r.name.clone() }
-                    .to_string(),
-            )
-        })?;
-        Ok(Response::new(domain))
+        found.map(Response::new).ok_or_else(|| not_found(ResourceKind::Domain, &r.name))
     }
 
     async fn list(

@@ -9,7 +9,8 @@ pub mod networks;
 pub mod snapshots;
 pub mod storage;
 
-use controlplane::{Command, Committed, Request, State};
+use controlplane::model::ResourceKind;
+use controlplane::{Command, Committed, Rejection, Request, State};
 use proto::api as pb;
 use raft::node::Node;
 use tonic::Status;
@@ -46,6 +47,16 @@ impl Api {
         Ok(pb::WriteReply { first_seq: committed.first_seq, last_seq: committed.last_seq })
     }
 
+    /// Submit the command `command(name)` built from a domain action request.
+    pub async fn act(
+        &self,
+        request: tonic::Request<pb::DomainActionRequest>,
+        command: fn(String) -> Command,
+    ) -> Result<tonic::Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        Ok(tonic::Response::new(self.write(&meta, r.request_id, command(r.name)).await?))
+    }
+
     /// Run `f` on a state as fresh as `consistency` asks.
     pub async fn read<T>(&self, consistency: i32, f: impl FnOnce(&State) -> T) -> Result<T, Status> {
         match pb::Consistency::try_from(consistency) {
@@ -56,4 +67,9 @@ impl Api {
             Err(_) => Err(Status::invalid_argument(format!("invalid consistency: {consistency}"))),
         }
     }
+}
+
+/// The NOT_FOUND answer for a read of a missing resource, worded like `decide`'s.
+pub fn not_found(kind: ResourceKind, name: &str) -> Status {
+    Status::not_found(Rejection::NotFound { kind, name: name.to_owned() }.to_string())
 }

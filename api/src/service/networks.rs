@@ -1,12 +1,12 @@
 //! `drover.api.v1.Networks`.
 
 use controlplane::model::ResourceKind;
-use controlplane::{Command, Rejection};
+use controlplane::Command;
 use proto::api as pb;
 use proto::api::networks_server::Networks;
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{not_found, Api};
 use crate::convert;
 
 #[tonic::async_trait]
@@ -33,11 +33,7 @@ impl Networks for Api {
     async fn get(&self, request: Request<pb::GetNetworkRequest>) -> Result<Response<pb::Network>, Status> {
         let r = request.into_inner();
         let found = self.read(r.consistency, |s| s.network(&r.name).map(convert::network_to_pb)).await?;
-        found.map(Response::new).ok_or_else(|| {
-            Status::not_found(
-                Rejection::NotFound { kind: ResourceKind::Network, name: r.name.clone() }.to_string(),
-            )
-        })
+        found.map(Response::new).ok_or_else(|| not_found(ResourceKind::Network, &r.name))
     }
 
     async fn list(

@@ -1,13 +1,13 @@
 //! `drover.api.v1.Snapshots` and `drover.api.v1.Migrations`.
 
 use controlplane::model::ResourceKind;
-use controlplane::{Command, Rejection};
+use controlplane::Command;
 use proto::api as pb;
 use proto::api::migrations_server::Migrations;
 use proto::api::snapshots_server::Snapshots;
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{not_found, Api};
 use crate::convert;
 
 #[tonic::async_trait]
@@ -93,11 +93,7 @@ impl Migrations for Api {
     ) -> Result<Response<pb::Migration>, Status> {
         let r = request.into_inner();
         let found = self.read(r.consistency, |s| s.migration(r.id).map(convert::migration_to_pb)).await?;
-        found.map(Response::new).ok_or_else(|| {
-            Status::not_found(
-                Rejection::NotFound { kind: ResourceKind::Migration, name: r.id.to_string() }.to_string(),
-            )
-        })
+        found.map(Response::new).ok_or_else(|| not_found(ResourceKind::Migration, &r.id.to_string()))
     }
 
     async fn list(

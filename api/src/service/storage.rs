@@ -1,13 +1,13 @@
 //! `drover.api.v1.StoragePools` and `drover.api.v1.Volumes`.
 
 use controlplane::model::{ResourceKind, VolumeRef};
-use controlplane::{Command, Rejection};
+use controlplane::Command;
 use proto::api as pb;
 use proto::api::storage_pools_server::StoragePools;
 use proto::api::volumes_server::Volumes;
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{not_found, Api};
 use crate::convert;
 
 #[tonic::async_trait]
@@ -34,11 +34,7 @@ impl StoragePools for Api {
     async fn get(&self, request: Request<pb::GetPoolRequest>) -> Result<Response<pb::Pool>, Status> {
         let r = request.into_inner();
         let found = self.read(r.consistency, |s| s.pool(&r.name).map(convert::pool_to_pb)).await?;
-        found.map(Response::new).ok_or_else(|| {
-            Status::not_found(
-                Rejection::NotFound { kind: ResourceKind::Pool, name: r.name.clone() }.to_string(),
-            )
-        })
+        found.map(Response::new).ok_or_else(|| not_found(ResourceKind::Pool, &r.name))
     }
 
     async fn list(
@@ -114,11 +110,7 @@ impl Volumes for Api {
         let r = request.into_inner();
         let id = convert::volume_ref(r.volume, "volume")?;
         let found = self.read(r.consistency, |s| s.volume(&id).map(convert::volume_to_pb)).await?;
-        found.map(Response::new).ok_or_else(|| {
-            Status::not_found(
-                Rejection::NotFound { kind: ResourceKind::Volume, name: id.to_string() }.to_string(),
-            )
-        })
+        found.map(Response::new).ok_or_else(|| not_found(ResourceKind::Volume, &id.to_string()))
     }
 
     async fn list(
