@@ -196,7 +196,7 @@ pub async fn run<D: Driver>(
     info!(host = %config.host, "host registered and ready");
     let mut memory = Memory::default();
     let mut shutdown_since: BTreeMap<String, u64> = BTreeMap::new();
-    let mut report_seq = 0u64;
+    let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
     loop {
@@ -229,21 +229,13 @@ pub async fn run<D: Driver>(
                 Action::Start(spec) => {
                     if let Err(e) = driver.start(&spec, now) {
                         warn!(domain = %spec.domain, error = %e, "start failed");
-                        report_seq += 1;
-                        let r = pb::ReportRequest {
-                            request_id: format!("{}-{boot}-{report_seq}", config.host),
-                            domain: spec.domain.clone(),
-                            host: config.host.clone(),
-                            generation: spec.generation,
-                            phase: Report::Failed.as_str().into(),
-                            reason: e.to_string(),
-                        };
-                        let _ = api
-                            .call(|ch| {
-                                let r = request(&host, r.clone());
-                                async move { HostsClient::new(ch).report(r).await }
-                            })
-                            .await;
+                        let failed = Some(e.to_string());
+                        if let Err(s) = reporter
+                            .send(&mut api, &spec.domain, spec.generation, Report::Failed, failed)
+                            .await
+                        {
+                            warn!(domain = %spec.domain, status = %s, "failure report not accepted; will retry");
+                        }
                     }
                 }
                 Action::Pause(d) => log_err(&d, "pause", driver.pause(&d, now)),
@@ -269,22 +261,7 @@ pub async fn run<D: Driver>(
                     shutdown_since.remove(&d);
                 }
                 Action::Report { domain, generation, phase, reason } => {
-                    report_seq += 1;
-                    let r = pb::ReportRequest {
-                        request_id: format!("{}-{boot}-{report_seq}", config.host),
-                        domain: domain.clone(),
-                        host: config.host.clone(),
-                        generation,
-                        phase: phase.as_str().into(),
-                        reason: reason.unwrap_or_default(),
-                    };
-                    let sent = api
-                        .call(|ch| {
-                            let r = request(&host, r.clone());
-                            async move { HostsClient::new(ch).report(r).await }
-                        })
-                        .await;
-                    match sent {
+                    match reporter.send(&mut api, &domain, generation, phase, reason).await {
                         Ok(_) => {
                             memory.reported.insert(domain, (generation, phase));
                         }
@@ -297,6 +274,41 @@ pub async fn run<D: Driver>(
                 }
             }
         }
+    }
+}
+
+/// Sends observations, each under a request id of its own.
+struct Reporter {
+    host: String,
+    boot: u64,
+    sent: u64,
+}
+
+impl Reporter {
+    async fn send(
+        &mut self,
+        api: &mut Api,
+        domain: &str,
+        generation: u64,
+        phase: Report,
+        reason: Option<String>,
+    ) -> Result<(), tonic::Status> {
+        self.sent += 1;
+        let report = pb::ReportRequest {
+            request_id: format!("{}-{}-{}", self.host, self.boot, self.sent),
+            domain: domain.to_owned(),
+            host: self.host.clone(),
+            generation,
+            phase: phase.as_str().into(),
+            reason: reason.unwrap_or_default(),
+        };
+        let host = &self.host;
+        api.call(|ch| {
+            let r = request(host, report.clone());
+            async move { HostsClient::new(ch).report(r).await }
+        })
+        .await
+        .map(|_| ())
     }
 }
 

@@ -31,20 +31,12 @@ pub struct LogStore<K: Kv> {
     flusher: tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
 }
 
-/// How many times the flusher yields to other tasks before an fsync, gathering appends
-/// that are already on their way. Costs no time when nothing else is runnable.
-const GROUP_COMMIT_YIELDS: usize = 4;
-
 /// Complete queued append callbacks, one fsync per group.
 async fn flusher<K: Kv>(kv: K, mut queue: tokio::sync::mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
-        // Let the tasks that are about to append run first, so one fsync covers them too.
-        for _ in 0..GROUP_COMMIT_YIELDS {
-            tokio::task::yield_now().await;
-            while let Ok(more) = queue.try_recv() {
-                group.push(more);
-            }
+        while let Ok(more) = queue.try_recv() {
+            group.push(more);
         }
         let result = kv.flush().await.map_err(|e| e.to_string());
         tracing::trace!(group = group.len(), "log flushed");

@@ -441,13 +441,26 @@ impl Node {
         Ok(())
     }
 
-    async fn forward(&self, leader: &str, request: &Request) -> Result<Committed, NodeError> {
+    /// A client of the leader at `leader`, and `message` marked as forwarded once, with a
+    /// deadline and this cluster's id.
+    fn to_leader<T>(
+        &self,
+        leader: &str,
+        message: T,
+        timeout: Duration,
+    ) -> Result<(ReplicationClient<tonic::transport::Channel>, tonic::Request<T>), NodeError> {
         let channel = self.inner.channels.get(leader).map_err(|e| NodeError::Unavailable(e.to_string()))?;
-        let mut req = tonic::Request::new(SubmitRequest { request: encoding::encode(request) });
+        let mut req = tonic::Request::new(message);
         req.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
-        req.set_timeout(Duration::from_secs(10));
+        req.set_timeout(timeout);
         self.inner.cluster.stamp(&mut req);
-        let reply = ReplicationClient::new(channel).submit(req).await.map_err(NodeError::Remote)?;
+        Ok((ReplicationClient::new(channel), req))
+    }
+
+    async fn forward(&self, leader: &str, request: &Request) -> Result<Committed, NodeError> {
+        let message = SubmitRequest { request: encoding::encode(request) };
+        let (mut client, req) = self.to_leader(leader, message, Duration::from_secs(10))?;
+        let reply = client.submit(req).await.map_err(NodeError::Remote)?;
         encoding::decode(&reply.into_inner().committed)
             .map_err(|e| NodeError::Raft(format!("bad forwarded reply: {e}")))
     }
@@ -483,12 +496,8 @@ impl Node {
         if leader != Some(self.inner.id) {
             return match (forwarded, address) {
                 (false, Some(addr)) => {
-                    let channel =
-                        self.inner.channels.get(&addr).map_err(|e| NodeError::Unavailable(e.to_string()))?;
-                    let mut r = tonic::Request::new(req);
-                    r.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
-                    r.set_timeout(Duration::from_secs(30));
-                    let reply = ReplicationClient::new(channel).join(r).await.map_err(NodeError::Remote)?;
+                    let (mut client, r) = self.to_leader(&addr, req, Duration::from_secs(30))?;
+                    let reply = client.join(r).await.map_err(NodeError::Remote)?;
                     Ok(reply.into_inner().cluster_id)
                 }
                 _ => Err(self.not_leader()),
