@@ -1,0 +1,38 @@
+//! Drover's test guest, as bytes.
+//!
+//! Contract: [`IMAGE`] is a PVH-bootable ELF (Xen ELF note 18, 32-bit entry), built from
+//! `entry.S` and `guest.c` in this folder by the host's gcc (no extra Rust targets). It
+//! boots unchanged under Drover's own VMM, bare QEMU (`-kernel`, any machine type) and
+//! libvirt. It enters long mode with static page tables, drops to ring 3 (fast under
+//! kvm-pvm, where ring-0 code is emulated), prints [`MARKER`], then a counter line
+//! (`drover-guest: tick N`) every `drover.tick_ms`. Its command-line parameters and serial
+//! commands are listed at the top of `guest.c`.
+#![forbid(unsafe_code)]
+
+/// The ELF image.
+pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/drover-test-guest.elf"));
+
+/// The first line the guest prints once its workload runs.
+pub const MARKER: &str = "DROVER-GUEST-READY";
+
+/// The prefix of every counter line; the number follows.
+pub const TICK_PREFIX: &str = "drover-guest: tick ";
+
+/// Serial input byte that makes the guest power off.
+pub const POWER_OFF_KEY: u8 = b'p';
+
+/// Write the image to `path` (the drivers boot files, not bytes).
+pub fn write_to(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::write(path, IMAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn image_is_an_elf_with_the_pvh_note() {
+        assert_eq!(&super::IMAGE[..4], b"\x7fELF");
+        // XEN_ELFNOTE_PHYS32_ENTRY (18) with owner "Xen".
+        let note = [4u8, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0, b'X', b'e', b'n', 0];
+        assert!(super::IMAGE.windows(note.len()).any(|w| w == note), "no PVH note");
+    }
+}

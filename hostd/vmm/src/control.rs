@@ -1,0 +1,97 @@
+//! The control protocol between hostd and one `drover-vmm` process: one JSON request per
+//! line on a Unix stream socket, one JSON response line back. Every request has a short
+//! deadline; a VMM that does not answer is treated as gone.
+//!
+//! Files in a VM's run directory (named here so hostd and the VMM agree):
+//! `control.sock`, `console.log`, `vmm.log` (the VMM's own stderr), `exit.json` (written
+//! by the VMM as it ends: how the VM ended), `config.json` (what it was started with).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const SOCKET_FILE: &str = "control.sock";
+pub const CONSOLE_FILE: &str = "console.log";
+pub const VMM_LOG_FILE: &str = "vmm.log";
+pub const EXIT_FILE: &str = "exit.json";
+pub const CONFIG_FILE: &str = "config.json";
+/// A request or response line longer than this is refused.
+pub const LINE_BYTES_MAX: usize = 64 * 1024;
+/// How long a request may take end to end.
+pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Pause,
+    Resume,
+    /// Ask the guest to power off (a key on its serial console); it stops on its own time.
+    Shutdown,
+    Reboot,
+    /// End the VM at once.
+    Destroy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    Paused,
+    /// The guest powered off.
+    Stopped,
+    /// The guest or the VMM failed; `reason` says how.
+    Crashed,
+    /// Destroyed on request.
+    Destroyed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub domain: String,
+    pub generation: u64,
+    pub pid: u32,
+    pub phase: Phase,
+    pub reason: Option<String>,
+    /// VM exits handled so far (a cheap liveness signal).
+    pub exits: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Status),
+    Error(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("VMM socket {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("VMM sent a malformed answer: {0}")]
+    Malformed(String),
+    #[error("VMM refused: {0}")]
+    Refused(String),
+}
+
+/// Send one request to the VMM listening at `socket` and wait for its answer.
+pub fn call(socket: &Path, request: Request) -> Result<Status, ControlError> {
+    let io = |source| ControlError::Io { path: socket.display().to_string(), source };
+    let stream = UnixStream::connect(socket).map_err(io)?;
+    let timeout = Some(Duration::from_millis(REQUEST_TIMEOUT_MS));
+    stream.set_read_timeout(timeout).map_err(io)?;
+    stream.set_write_timeout(timeout).map_err(io)?;
+    let mut line = serde_json::to_string(&request).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).take(LINE_BYTES_MAX as u64).read_line(&mut answer).map_err(io)?;
+    match serde_json::from_str::<Response>(answer.trim_end()) {
+        Ok(Response::Ok(status)) => Ok(status),
+        Ok(Response::Error(e)) => Err(ControlError::Refused(e)),
+        Err(e) => Err(ControlError::Malformed(format!("{e}: {answer:?}"))),
+    }
+}

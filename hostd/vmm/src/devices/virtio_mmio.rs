@@ -1,0 +1,205 @@
+//! The virtio-mmio transport (virtio 1.x, "version 2" register layout), polled by the
+//! vCPU thread: a queue notification processes the queue on the spot, then raises the
+//! device's interrupt if the device asks for it.
+
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4452_5652; // "DRVR"
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FAILED: u32 = 128;
+const INTERRUPT_USED_RING: u32 = 1;
+
+/// What a device behind the transport provides.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    /// Offered feature bits (VIRTIO_F_VERSION_1 is added by the transport).
+    fn features(&self) -> u64;
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Read the device's configuration space at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Handle what the driver made available on `queue`; true if the guest should be
+    /// interrupted.
+    fn process(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+}
+
+#[derive(Debug)]
+pub struct MmioTransport<D> {
+    pub device: D,
+    mem: GuestMemoryMmap,
+    irq: EventFd,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    interrupt_status: u32,
+    /// Registers written with bad values or at unknown offsets.
+    pub bad_writes: u64,
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    pub fn new(device: D, mem: GuestMemoryMmap, irq: EventFd) -> MmioTransport<D> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).expect("device queue sizes are powers of two"))
+            .collect();
+        MmioTransport {
+            device,
+            mem,
+            irq,
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            interrupt_status: 0,
+            bad_writes: 0,
+        }
+    }
+
+    fn offered(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    fn selected(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    fn reset(&mut self) {
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.driver_features = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+        self.queue_select = 0;
+    }
+
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            self.device.read_config(offset - 0x100, data);
+            return;
+        }
+        let value = match offset {
+            0x000 => MAGIC,
+            0x004 => VERSION,
+            0x008 => self.device.device_type(),
+            0x00c => VENDOR_ID,
+            0x010 => match self.device_features_select {
+                0 => self.offered() as u32,
+                1 => (self.offered() >> 32) as u32,
+                _ => 0,
+            },
+            0x034 => self.selected().map_or(0, |q| u32::from(q.max_size())),
+            0x044 => self.selected().map_or(0, |q| u32::from(q.ready())),
+            0x060 => self.interrupt_status,
+            0x070 => self.status,
+            0x0fc => 0, // config generation: the config never changes
+            _ => 0,
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 4 {
+            self.bad_writes += 1;
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        match offset {
+            0x014 => self.device_features_select = v,
+            0x020 => match self.driver_features_select {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                _ => self.bad_writes += 1,
+            },
+            0x024 => self.driver_features_select = v,
+            0x030 => self.queue_select = v,
+            0x038 => match self.selected() {
+                Some(q) => q.set_size(v as u16),
+                None => self.bad_writes += 1,
+            },
+            0x044 => match self.selected() {
+                Some(q) => q.set_ready(v == 1),
+                None => self.bad_writes += 1,
+            },
+            0x050 => self.notify(v as usize),
+            0x064 => self.interrupt_status &= !v,
+            0x070 => self.set_status(v),
+            0x080 | 0x084 | 0x090 | 0x094 | 0x0a0 | 0x0a4 => {
+                let Some(q) = self.selected() else {
+                    self.bad_writes += 1;
+                    return;
+                };
+                let (lo, hi) = if offset & 4 == 0 { (Some(v), None) } else { (None, Some(v)) };
+                match offset & !4 {
+                    0x080 => q.set_desc_table_address(lo, hi),
+                    0x090 => q.set_avail_ring_address(lo, hi),
+                    _ => q.set_used_ring_address(lo, hi),
+                }
+            }
+            _ => self.bad_writes += 1,
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let mut v = v;
+        // FEATURES_OK only sticks if the driver took nothing we did not offer and
+        // speaks virtio 1.x.
+        if v & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            let ok =
+                self.driver_features & !self.offered() == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0;
+            if !ok {
+                v &= !STATUS_FEATURES_OK;
+            }
+        }
+        if v & STATUS_DRIVER_OK != 0 && !self.queues.iter().all(|q| !q.ready() || q.is_valid(&self.mem)) {
+            v |= STATUS_FAILED;
+        }
+        self.status = v;
+    }
+
+    fn notify(&mut self, index: usize) {
+        if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_FAILED != 0 {
+            self.bad_writes += 1;
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            self.bad_writes += 1;
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        if self.device.process(index, queue, &self.mem) {
+            self.interrupt_status |= INTERRUPT_USED_RING;
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.irq.write(1).is_err() {
+                self.bad_writes += 1;
+            }
+        }
+    }
+
+    /// Whether the driver finished setting the device up.
+    pub fn driver_ok(&self) -> bool {
+        self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_FAILED == 0
+    }
+}

@@ -1,0 +1,41 @@
+//! Where things live in guest-physical memory and on the I/O bus (x86_64).
+
+use vm_memory::GuestAddress;
+
+/// Boot GDT for the Linux 64-bit protocol.
+pub const BOOT_GDT: GuestAddress = GuestAddress(0x500);
+/// Boot IDT (empty) for the Linux 64-bit protocol.
+pub const BOOT_IDT: GuestAddress = GuestAddress(0x520);
+/// PVH `hvm_start_info`, followed by its memory map.
+pub const PVH_START_INFO: GuestAddress = GuestAddress(0x6000);
+pub const PVH_MEMMAP: GuestAddress = GuestAddress(0x6100);
+/// Linux `boot_params` (the zero page).
+pub const ZERO_PAGE: GuestAddress = GuestAddress(0x7000);
+/// Identity page tables for the Linux 64-bit protocol: PML4, PDPT, PD (first 1 GiB).
+pub const PML4: GuestAddress = GuestAddress(0x9000);
+pub const PDPT: GuestAddress = GuestAddress(0xa000);
+pub const PD: GuestAddress = GuestAddress(0xb000);
+/// The kernel command line.
+pub const CMDLINE: GuestAddress = GuestAddress(0x20000);
+/// Start of the EBDA hole (legacy BIOS area) up to 1 MiB.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Kernels load at 1 MiB.
+pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
+/// Start of the MMIO hole; RAM stays below it.
+pub const MMIO_START: u64 = 0xd000_0000;
+/// The virtio-blk device's virtio-mmio window and its interrupt line.
+pub const VIRTIO_BLK_MMIO: u64 = MMIO_START;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_BLK_IRQ: u32 = 5;
+/// COM1 and its interrupt line.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+/// A write here powers the VM off (the port QEMU's isa-debug-exit uses by default).
+pub const POWER_OFF_PORT: u16 = 0xf4;
+/// i8042 command port: 0xfe pulses the reset line.
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+pub const I8042_DATA_PORT: u16 = 0x60;
+/// The TSS KVM needs on Intel for real-mode emulation (3 pages below 4 GiB).
+pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// The boot stack for the Linux 64-bit protocol (grows down below the zero page).
+pub const BOOT_STACK: u64 = 0x8ff0;

@@ -1,0 +1,31 @@
+//! Drover's own micro-VMM: one OS process per VM on KVM, built from rust-vmm crates
+//! (kvm-ioctls, vm-memory, linux-loader, vm-superio, virtio-queue).
+//!
+//! Contract: [`vm::Vm`] boots one guest from a [`config::VmConfig`] — a PVH ELF (Xen note
+//! 18), a Linux `vmlinux` ELF or a `bzImage` (64-bit Linux boot protocol), with an initrd
+//! and a command line — on KVM's in-kernel irqchip and PIT, with an 8250 serial console
+//! captured to a size-capped log ([`console_log`]), a power-off port and i8042 reset
+//! ([`devices`]), and a virtio-blk disk over virtio-mmio backed by a raw file. The
+//! `drover-vmm` binary serves the [`control`] protocol (JSON lines on a Unix socket) that
+//! hostd's `kvm` driver speaks: status, pause, resume, shutdown, reboot, destroy; when the
+//! VM ends it writes its exit record beside the socket, so a restarted hostd learns how a
+//! VM it did not watch ended.
+//!
+//! This is the only crate of the workspace that holds `unsafe` code; every block carries a
+//! `// SAFETY:` comment. Everything below the [`vm`] layer is safe Rust over the rust-vmm
+//! crates' abstractions.
+#![allow(unsafe_code)] // The one crate allowed to; each block says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod boot;
+pub mod config;
+pub mod console_log;
+pub mod control;
+pub mod devices;
+pub mod layout;
+pub mod vcpu;
+pub mod vm;
+
+/// The serial input byte that asks a guest to power off (the test guest and Drover's
+/// Linux initramfs both honour it).
+pub const POWER_OFF_KEY: u8 = b'p';

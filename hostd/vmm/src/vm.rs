@@ -1,0 +1,433 @@
+//! One VM: KVM objects, guest memory, devices, and the vCPU thread that runs it, plus the
+//! handle the control socket uses to pause, resume, reset and end it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, BootEntry, BootError};
+use crate::config::{ConfigError, VmConfig};
+use crate::console_log::ConsoleLog;
+use crate::control::Phase;
+use crate::devices::power::Power;
+use crate::devices::serial::{Console, IrqLine};
+use crate::devices::virtio_blk::Block;
+use crate::devices::virtio_mmio::MmioTransport;
+use crate::devices::{Bus, BusEvent};
+use crate::layout;
+use crate::vcpu::{self, VcpuError};
+
+/// KVM exit codes for KVM_EXIT_SYSTEM_EVENT.
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const SYSTEM_EVENT_RESET: u32 = 2;
+/// How often a pause request re-kicks a vCPU that has not stopped yet.
+const KICK_INTERVAL_MS: u64 = 1;
+/// How long pause and resume wait for the vCPU thread to answer.
+const TRANSITION_TIMEOUT_MS: u64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("KVM: {what}: {source}")]
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error("guest memory: {0}")]
+    Memory(String),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the VM has ended")]
+    Ended,
+    #[error("the vCPU did not {0} in time")]
+    Timeout(&'static str),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Where the vCPU thread is, shared with the control side.
+#[derive(Debug)]
+struct RunState {
+    phase: Phase,
+    reason: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<RunState>,
+    changed: Condvar,
+    pause_requested: AtomicBool,
+    reset_requested: AtomicBool,
+    stop_requested: AtomicBool,
+    exits: AtomicU64,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, phase: Phase, reason: Option<String>) {
+        let mut s = self.state();
+        if !ended(s.phase) {
+            s.phase = phase;
+            s.reason = reason;
+        }
+        self.changed.notify_all();
+    }
+}
+
+fn ended(phase: Phase) -> bool {
+    matches!(phase, Phase::Stopped | Phase::Crashed | Phase::Destroyed)
+}
+
+/// A VM whose vCPU thread is running.
+#[derive(Debug)]
+pub struct Vm {
+    config: VmConfig,
+    shared: Arc<Shared>,
+    bus: Arc<Bus>,
+    /// Taken out (under the lock) only to join it, so a kick never targets a joined thread.
+    vcpu_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Kept for the VM's lifetime: the memory slots and irqchip belong to it.
+    _vm_fd: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+}
+
+/// Everything the vCPU thread owns.
+struct VcpuRunner {
+    kvm: Kvm,
+    vcpu: VcpuFd,
+    mem: GuestMemoryMmap,
+    bus: Arc<Bus>,
+    shared: Arc<Shared>,
+    config: VmConfig,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal only makes KVM_RUN return EINTR.
+}
+
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+impl Vm {
+    /// Create the VM, load the kernel and start the vCPU thread.
+    pub fn start(config: VmConfig) -> Result<Vm, VmError> {
+        config.validate()?;
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+            .map_err(|e| VmError::Io { what: "installing the vCPU kick handler".into(), source: e.into() })?;
+        let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("creating the VM"))?);
+        vm_fd.set_tss_address(layout::KVM_TSS_ADDRESS).map_err(kvm_err("setting the TSS address"))?;
+        vm_fd.create_irq_chip().map_err(kvm_err("creating the irqchip"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm_fd.create_pit2(pit).map_err(kvm_err("creating the PIT"))?;
+
+        let memory_bytes = config.memory_mib << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), memory_bytes as usize)])
+            .map_err(|e| VmError::Memory(e.to_string()))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host =
+                mem.get_host_address(region.start_addr()).map_err(|e| VmError::Memory(e.to_string()))?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: `host..host + len` is a live anonymous mapping owned by `mem`. `mem`
+            // is kept by the `Vm` and by the vCPU thread for as long as the VM fd can run
+            // guest code, and the mapping is never resized or unmapped before that.
+            unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("registering guest memory"))?;
+        }
+
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| VmError::Io { what: "eventfd".into(), source: e })?;
+        vm_fd
+            .register_irqfd(&serial_irq, layout::COM1_IRQ)
+            .map_err(kvm_err("wiring the serial interrupt"))?;
+        let log = ConsoleLog::open(&config.console_log, config.console_log_bytes_max).map_err(|e| {
+            VmError::Io { what: format!("console log {}", config.console_log.display()), source: e }
+        })?;
+        let console = Arc::new(Mutex::new(Console::new(IrqLine(serial_irq), log)));
+        let disk = match &config.disk {
+            Some(path) => {
+                let block = Block::open(path, false, &config.domain)
+                    .map_err(|e| VmError::Io { what: format!("disk {}", path.display()), source: e })?;
+                let irq = EventFd::new(libc::EFD_NONBLOCK)
+                    .map_err(|e| VmError::Io { what: "eventfd".into(), source: e })?;
+                vm_fd
+                    .register_irqfd(&irq, layout::VIRTIO_BLK_IRQ)
+                    .map_err(kvm_err("wiring the disk interrupt"))?;
+                Some(Mutex::new(MmioTransport::new(block, mem.clone(), irq)))
+            }
+            None => None,
+        };
+        let bus = Arc::new(Bus { console, power: Power::default(), disk, unclaimed: AtomicU64::new(0) });
+
+        let entry =
+            boot::load(&mem, memory_bytes, &config.kernel, config.initrd.as_deref(), &full_cmdline(&config))?;
+        let vcpu = vm_fd.create_vcpu(0).map_err(kvm_err("creating vCPU 0"))?;
+        vcpu::configure(&kvm, &vcpu, &mem, entry)?;
+
+        let shared = Arc::new(Shared {
+            state: Mutex::new(RunState { phase: Phase::Running, reason: None }),
+            changed: Condvar::new(),
+            pause_requested: AtomicBool::new(false),
+            reset_requested: AtomicBool::new(false),
+            stop_requested: AtomicBool::new(false),
+            exits: AtomicU64::new(0),
+        });
+        let runner = VcpuRunner {
+            kvm,
+            vcpu,
+            mem: mem.clone(),
+            bus: bus.clone(),
+            shared: shared.clone(),
+            config: config.clone(),
+        };
+        let vcpu_thread = std::thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn(move || runner.run())
+            .map_err(|e| VmError::Io { what: "spawning the vCPU thread".into(), source: e })?;
+        Ok(Vm { config, shared, bus, vcpu_thread: Mutex::new(Some(vcpu_thread)), _vm_fd: vm_fd, mem })
+    }
+
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// (phase, reason, exits so far).
+    pub fn status(&self) -> (Phase, Option<String>, u64) {
+        let s = self.shared.state();
+        (s.phase, s.reason.clone(), self.shared.exits.load(Ordering::Relaxed))
+    }
+
+    fn kick(&self) {
+        let thread = self.vcpu_thread.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = thread.as_ref() {
+            use std::os::unix::thread::JoinHandleExt;
+            // SAFETY: the pthread id comes from a JoinHandle still held under the lock, so
+            // the thread has not been joined and the id is valid (a finished but unjoined
+            // thread makes pthread_kill fail with ESRCH, which is harmless). The signal
+            // has a no-op handler, installed by `start` before the thread existed.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+        }
+    }
+
+    /// Wait until `done(phase)`, kicking the vCPU every millisecond.
+    fn wait_for(&self, what: &'static str, done: impl Fn(Phase) -> bool) -> Result<(), VmError> {
+        let deadline = std::time::Instant::now() + Duration::from_millis(TRANSITION_TIMEOUT_MS);
+        let mut state = self.shared.state();
+        loop {
+            if done(state.phase) {
+                return Ok(());
+            }
+            if ended(state.phase) {
+                return Err(VmError::Ended);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(VmError::Timeout(what));
+            }
+            drop(state);
+            self.kick();
+            state = self.shared.state();
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, Duration::from_millis(KICK_INTERVAL_MS))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub fn pause(&self) -> Result<(), VmError> {
+        self.shared.pause_requested.store(true, Ordering::SeqCst);
+        self.wait_for("pause", |p| p == Phase::Paused)
+    }
+
+    pub fn resume(&self) -> Result<(), VmError> {
+        self.shared.pause_requested.store(false, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        self.wait_for("resume", |p| p == Phase::Running)
+    }
+
+    /// Ask the guest to power off: the power-off key on its serial console.
+    pub fn shutdown(&self) -> Result<(), VmError> {
+        if ended(self.status().0) {
+            return Err(VmError::Ended);
+        }
+        self.bus.console.lock().unwrap_or_else(|p| p.into_inner()).input(&[crate::POWER_OFF_KEY]);
+        Ok(())
+    }
+
+    pub fn reboot(&self) -> Result<(), VmError> {
+        if ended(self.status().0) {
+            return Err(VmError::Ended);
+        }
+        self.shared.reset_requested.store(true, Ordering::SeqCst);
+        self.kick();
+        Ok(())
+    }
+
+    /// Stop the vCPU at once; the VM ends as Destroyed.
+    pub fn destroy(&self) {
+        self.shared.stop_requested.store(true, Ordering::SeqCst);
+        self.shared.pause_requested.store(false, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        let _ = self.wait_for("stop", ended);
+    }
+
+    /// Block until the VM has ended; returns how.
+    pub fn wait(&self) -> (Phase, Option<String>) {
+        let mut state = self.shared.state();
+        while !ended(state.phase) {
+            state = self.shared.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        let out = (state.phase, state.reason.clone());
+        drop(state);
+        let thread = self.vcpu_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                return (Phase::Crashed, Some("the vCPU thread panicked".into()));
+            }
+        }
+        out
+    }
+}
+
+/// The command line the guest sees: the configured one plus where its disk is.
+fn full_cmdline(config: &VmConfig) -> String {
+    let mut line = config.cmdline.trim().to_owned();
+    if config.disk.is_some() {
+        let disk = format!("virtio_mmio.device=4K@{:#x}:{}", layout::VIRTIO_BLK_MMIO, layout::VIRTIO_BLK_IRQ);
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&disk);
+    }
+    line
+}
+
+impl VcpuRunner {
+    fn run(mut self) {
+        let (phase, reason) = self.run_loop();
+        self.shared.set(phase, Some(reason));
+    }
+
+    /// Run until the VM ends; returns how it ended.
+    fn run_loop(&mut self) -> (Phase, String) {
+        loop {
+            if self.shared.stop_requested.load(Ordering::SeqCst) {
+                return (Phase::Destroyed, "destroyed on request".into());
+            }
+            if self.shared.pause_requested.load(Ordering::SeqCst) {
+                self.park();
+                continue;
+            }
+            if self.shared.reset_requested.swap(false, Ordering::SeqCst) {
+                if let Err(e) = self.reset() {
+                    return (Phase::Crashed, format!("reset failed: {e}"));
+                }
+            }
+            let exit = self.vcpu.run();
+            self.shared.exits.fetch_add(1, Ordering::Relaxed);
+            match exit {
+                Ok(VcpuExit::IoIn(port, data)) => self.bus.pio_read(port, data),
+                Ok(VcpuExit::IoOut(port, data)) => match self.bus.pio_write(port, data) {
+                    BusEvent::None => {}
+                    BusEvent::PowerOff => return (Phase::Stopped, "the guest powered off".into()),
+                    BusEvent::Reset => self.shared.reset_requested.store(true, Ordering::SeqCst),
+                },
+                Ok(VcpuExit::MmioRead(addr, data)) => self.bus.mmio_read(addr, data),
+                Ok(VcpuExit::MmioWrite(addr, data)) => self.bus.mmio_write(addr, data),
+                Ok(VcpuExit::Hlt) => return (Phase::Stopped, "the guest halted".into()),
+                Ok(VcpuExit::Shutdown) => {
+                    return (Phase::Crashed, format!("triple fault at {}", self.where_now()))
+                }
+                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _)) => {
+                    return (Phase::Stopped, "the guest powered off".into())
+                }
+                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => {
+                    self.shared.reset_requested.store(true, Ordering::SeqCst)
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return (
+                        Phase::Crashed,
+                        format!("KVM could not enter the guest (reason {reason:#x}, cpu {cpu})"),
+                    )
+                }
+                Ok(VcpuExit::InternalError) => return (Phase::Crashed, "KVM internal error".into()),
+                Ok(other) => return (Phase::Crashed, format!("unexpected VM exit {other:?}")),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => return (Phase::Crashed, format!("KVM_RUN failed: {e}")),
+            }
+        }
+    }
+
+    /// The vCPU's instruction pointer and mode, for crash reasons.
+    fn where_now(&self) -> String {
+        match (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
+            (Ok(r), Ok(s)) => {
+                format!("rip {:#x} (cs {:#x}, cr0 {:#x}, efer {:#x})", r.rip, s.cs.selector, s.cr0, s.efer)
+            }
+            _ => "an unknown address".into(),
+        }
+    }
+
+    /// Sit paused until resumed or stopped.
+    fn park(&self) {
+        let mut state = self.shared.state();
+        state.phase = Phase::Paused;
+        self.shared.changed.notify_all();
+        while self.shared.pause_requested.load(Ordering::SeqCst)
+            && !self.shared.stop_requested.load(Ordering::SeqCst)
+        {
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.phase = Phase::Running;
+        self.shared.changed.notify_all();
+    }
+
+    /// Reboot in place: reset the disk, reload the kernel, start the vCPU at its entry.
+    fn reset(&mut self) -> Result<(), VmError> {
+        if let Some(d) = &self.bus.disk {
+            d.lock().unwrap_or_else(|p| p.into_inner()).write(0x70, &0u32.to_le_bytes());
+        }
+        let entry: BootEntry = boot::load(
+            &self.mem,
+            self.config.memory_mib << 20,
+            &self.config.kernel,
+            self.config.initrd.as_deref(),
+            &full_cmdline(&self.config),
+        )?;
+        vcpu::configure(&self.kvm, &self.vcpu, &self.mem, entry)?;
+        Ok(())
+    }
+}
