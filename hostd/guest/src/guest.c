@@ -13,6 +13,9 @@
  *   drover.ticks=N        power off after N ticks (0: run until asked)
  *   virtio_mmio.device=4K@0xADDR:IRQ   where the virtio-blk device is (Linux syntax)
  *
+ * Between ticks the guest writes the milliseconds left to port 0xf6, where Drover's VMM
+ * idles the vCPU (a ring-3 guest cannot halt); elsewhere that port does nothing.
+ *
  * Serial input: 'p' powers off (graceful shutdown), 'r' resets (reboot).
  * Power-off writes to port 0xf4 (QEMU's isa-debug-exit; Drover's VMM treats it the
  * same); reset uses the i8042 reset line (port 0x64, 0xfe).
@@ -27,9 +30,11 @@ extern u64 start_info_paddr;
 
 #define COM1 0x3f8
 #define POWER_OFF_PORT 0xf4
+#define IDLE_PORT 0xf6
 #define MARKER "DROVER-GUEST-READY"
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port) {
     u8 v;
     __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
@@ -241,7 +246,12 @@ void guest_main(void) {
             int c = serial_rx();
             if (c == 'p') power_off();
             if (c == 'r') reset();
-            if ((long)(rdtsc() - next) >= 0) break;
+            long left = (long)(next - rdtsc());
+            if (left <= 0) break;
+            /* Drover's VMM sleeps here until the tick is due or input arrives; under
+             * QEMU the port does nothing and this loop polls. */
+            u64 ms = (u64)left / (tsc_mhz * 1000);
+            outw(IDLE_PORT, (u16)(ms > 100 ? 100 : ms));
         }
         next += interval;
         puts_("drover-guest: tick ");

@@ -32,6 +32,12 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 /// A write here powers the VM off (the port QEMU's isa-debug-exit uses by default).
 pub const POWER_OFF_PORT: u16 = 0xf4;
+/// A 16-bit write of N here asks the VMM to idle the vCPU for N ms, or until a request
+/// or serial input arrives (a paravirtual "sleep" for ring-3 guests, which cannot halt).
+/// Elsewhere (QEMU) the port is unclaimed and the write does nothing.
+pub const IDLE_PORT: u16 = 0xf6;
+/// The longest single idle.
+pub const IDLE_MS_MAX: u64 = 100;
 /// i8042 command port: 0xfe pulses the reset line.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 pub const I8042_DATA_PORT: u16 = 0x60;

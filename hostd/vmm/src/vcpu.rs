@@ -3,6 +3,7 @@
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
+
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use crate::boot::BootEntry;
@@ -66,15 +67,15 @@ fn segment(entry: u64, index: u16) -> kvm_segment {
     }
 }
 
-/// Set up `vcpu` to enter the kernel at `entry`.
-pub fn configure(
-    kvm_sys: &Kvm,
-    vcpu: &VcpuFd,
-    mem: &GuestMemoryMmap,
-    entry: BootEntry,
-) -> Result<(), VcpuError> {
+/// Give a new vCPU its CPUID (once: KVM refuses changes after the first run).
+pub fn set_cpuid(kvm_sys: &Kvm, vcpu: &VcpuFd) -> Result<(), VcpuError> {
     let cpuid = kvm_sys.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("reading supported CPUID"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(kvm("setting CPUID"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm("setting CPUID"))
+}
+
+/// Set up `vcpu` (its CPUID already set) to enter the kernel at `entry`; also used to
+/// reset it for a reboot.
+pub fn configure(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: BootEntry) -> Result<(), VcpuError> {
     let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
     vcpu.set_fpu(&fpu).map_err(kvm("setting FPU state"))?;
     let msrs = Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {

@@ -69,6 +69,8 @@ struct Shared {
     pause_requested: AtomicBool,
     reset_requested: AtomicBool,
     stop_requested: AtomicBool,
+    /// Serial input arrived: an idle guest should look at it.
+    input_pending: AtomicBool,
     exits: AtomicU64,
 }
 
@@ -106,7 +108,6 @@ pub struct Vm {
 
 /// Everything the vCPU thread owns.
 struct VcpuRunner {
-    kvm: Kvm,
     vcpu: VcpuFd,
     mem: GuestMemoryMmap,
     bus: Arc<Bus>,
@@ -181,7 +182,8 @@ impl Vm {
         let entry =
             boot::load(&mem, memory_bytes, &config.kernel, config.initrd.as_deref(), &full_cmdline(&config))?;
         let vcpu = vm_fd.create_vcpu(0).map_err(kvm_err("creating vCPU 0"))?;
-        vcpu::configure(&kvm, &vcpu, &mem, entry)?;
+        vcpu::set_cpuid(&kvm, &vcpu)?;
+        vcpu::configure(&vcpu, &mem, entry)?;
 
         let shared = Arc::new(Shared {
             state: Mutex::new(RunState { phase: Phase::Running, reason: None }),
@@ -189,10 +191,10 @@ impl Vm {
             pause_requested: AtomicBool::new(false),
             reset_requested: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
+            input_pending: AtomicBool::new(false),
             exits: AtomicU64::new(0),
         });
         let runner = VcpuRunner {
-            kvm,
             vcpu,
             mem: mem.clone(),
             bus: bus.clone(),
@@ -279,6 +281,8 @@ impl Vm {
             return Err(VmError::Ended);
         }
         self.bus.console.lock().unwrap_or_else(|p| p.into_inner()).input(&[crate::POWER_OFF_KEY]);
+        self.shared.input_pending.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
         Ok(())
     }
 
@@ -287,6 +291,7 @@ impl Vm {
             return Err(VmError::Ended);
         }
         self.shared.reset_requested.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
         self.kick();
         Ok(())
     }
@@ -359,6 +364,7 @@ impl VcpuRunner {
                     BusEvent::None => {}
                     BusEvent::PowerOff => return (Phase::Stopped, "the guest powered off".into()),
                     BusEvent::Reset => self.shared.reset_requested.store(true, Ordering::SeqCst),
+                    BusEvent::Idle(ms) => self.idle(ms),
                 },
                 Ok(VcpuExit::MmioRead(addr, data)) => self.bus.mmio_read(addr, data),
                 Ok(VcpuExit::MmioWrite(addr, data)) => self.bus.mmio_write(addr, data),
@@ -396,6 +402,25 @@ impl VcpuRunner {
         }
     }
 
+    /// The guest has nothing to do for `ms`: sleep, but wake for any request or input.
+    fn idle(&self, ms: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(ms.min(layout::IDLE_MS_MAX));
+        let mut state = self.shared.state();
+        loop {
+            let now = std::time::Instant::now();
+            if now >= deadline
+                || self.shared.pause_requested.load(Ordering::SeqCst)
+                || self.shared.stop_requested.load(Ordering::SeqCst)
+                || self.shared.reset_requested.load(Ordering::SeqCst)
+                || self.shared.input_pending.swap(false, Ordering::SeqCst)
+            {
+                return;
+            }
+            state =
+                self.shared.changed.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
     /// Sit paused until resumed or stopped.
     fn park(&self) {
         let mut state = self.shared.state();
@@ -427,7 +452,7 @@ impl VcpuRunner {
             self.config.initrd.as_deref(),
             &full_cmdline(&self.config),
         )?;
-        vcpu::configure(&self.kvm, &self.vcpu, &self.mem, entry)?;
+        vcpu::configure(&self.vcpu, &self.mem, entry)?;
         Ok(())
     }
 }

@@ -22,6 +22,8 @@ pub enum BusEvent {
     None,
     PowerOff,
     Reset,
+    /// The guest asks to idle for this many milliseconds (see `layout::IDLE_PORT`).
+    Idle(u64),
 }
 
 /// Every device of one VM, shared between its vCPU thread and the control thread.
@@ -62,6 +64,9 @@ impl Bus {
                 BusEvent::None
             }
             layout::POWER_OFF_PORT => BusEvent::PowerOff,
+            layout::IDLE_PORT if data.len() == 2 => {
+                BusEvent::Idle(u64::from(u16::from_le_bytes([data[0], data[1]])))
+            }
             layout::I8042_DATA_PORT | layout::I8042_COMMAND_PORT if data.len() == 1 => {
                 self.power.i8042_write(port, data[0])
             }

@@ -1,0 +1,223 @@
+//! The own VMM with the test guest, as separate `drover-vmm` processes on the real
+//! `/dev/kvm`. Where `/dev/kvm` is missing every test says so on stderr and returns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use vmm::control::{self, Phase, Request};
+
+fn kvm_present() -> bool {
+    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm is not usable here; the own-VMM tests did not run");
+    }
+    ok
+}
+
+struct Guest {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Guest {
+    fn start(cmdline: &str, disk: Option<&Path>) -> Guest {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("guest.elf");
+        testguest::write_to(&kernel).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover-vmm"));
+        cmd.arg("--run-dir").arg(dir.path()).args(["--domain", "t1", "--generation", "7"]);
+        cmd.arg("--kernel").arg(&kernel).args(["--memory-mib", "32", "--cmdline", cmdline]);
+        if let Some(d) = disk {
+            cmd.arg("--disk").arg(d);
+        }
+        let child = cmd.spawn().unwrap();
+        let g = Guest { dir, child };
+        g.wait_until("the control socket", || g.socket().exists());
+        g
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join(control::SOCKET_FILE)
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(control::CONSOLE_FILE)).unwrap_or_default()
+    }
+
+    fn wait_until(&self, what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; console:\n{}", self.console());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The highest counter the guest has printed.
+    fn ticks(&self) -> u64 {
+        self.console()
+            .lines()
+            .filter_map(|l| l.strip_prefix(testguest::TICK_PREFIX))
+            .filter_map(|n| n.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn call(&self, r: Request) -> control::Status {
+        control::call(&self.socket(), r).unwrap()
+    }
+
+    fn exit_record(&mut self) -> serde_json::Value {
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "drover-vmm exited with {status}");
+        let text = std::fs::read_to_string(self.dir.path().join(control::EXIT_FILE)).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_marker_reaches_the_console_log_and_the_guest_powers_off() {
+    if !kvm_present() {
+        return;
+    }
+    let mut g = Guest::start("drover.tick_ms=10 drover.ticks=3", None);
+    g.wait_until("the marker", || g.console().contains(testguest::MARKER));
+    let exit = g.exit_record();
+    assert_eq!(exit["phase"], "stopped", "{exit}");
+    assert_eq!(exit["generation"], 7);
+    assert_eq!(g.ticks(), 3);
+    assert!(!g.socket().exists(), "the socket outlived the VM");
+}
+
+#[test]
+fn pause_stops_the_counter_and_resume_continues_it() {
+    if !kvm_present() {
+        return;
+    }
+    let mut g = Guest::start("drover.tick_ms=20", None);
+    g.wait_until("two ticks", || g.ticks() >= 2);
+    assert_eq!(g.call(Request::Pause).phase, Phase::Paused);
+    let frozen = g.ticks();
+    // Five tick periods pass on the host; the paused guest prints nothing.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(g.ticks(), frozen, "the counter moved while paused");
+    assert_eq!(g.call(Request::Status).phase, Phase::Paused);
+    assert_eq!(g.call(Request::Resume).phase, Phase::Running);
+    g.wait_until("the counter to move again", || g.ticks() > frozen);
+    // The counter continues from where it stopped: no tick is lost or repeated.
+    let console = g.console();
+    let seen: Vec<u64> = console
+        .lines()
+        .filter_map(|l| l.strip_prefix(testguest::TICK_PREFIX))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    assert_eq!(g.call(Request::Destroy).phase, Phase::Destroyed);
+    assert_eq!(g.exit_record()["phase"], "destroyed");
+}
+
+#[test]
+fn destroy_ends_the_process() {
+    if !kvm_present() {
+        return;
+    }
+    let mut g = Guest::start("drover.tick_ms=10", None);
+    g.wait_until("the marker", || g.console().contains(testguest::MARKER));
+    let pid = g.call(Request::Status).pid;
+    assert_eq!(pid, g.child.id());
+    g.call(Request::Destroy);
+    let exit = g.exit_record();
+    assert_eq!(exit["phase"], "destroyed");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the VMM process is still there");
+}
+
+#[test]
+fn graceful_shutdown_reaches_the_guest() {
+    if !kvm_present() {
+        return;
+    }
+    let mut g = Guest::start("drover.tick_ms=10", None);
+    g.wait_until("a tick", || g.ticks() >= 1);
+    g.call(Request::Shutdown);
+    let exit = g.exit_record();
+    assert_eq!(exit["phase"], "stopped", "{exit}");
+    assert!(g.console().contains("drover-guest: power off"));
+}
+
+#[test]
+fn reboot_starts_the_guest_again() {
+    if !kvm_present() {
+        return;
+    }
+    let g = Guest::start("drover.tick_ms=10", None);
+    g.wait_until("a tick", || g.ticks() >= 1);
+    g.call(Request::Reboot);
+    g.wait_until("a second marker", || g.console().matches(testguest::MARKER).count() == 2);
+    assert_eq!(g.call(Request::Status).phase, Phase::Running);
+}
+
+#[test]
+fn data_written_to_a_disk_is_read_back_by_a_new_vm() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(1 << 20).unwrap();
+    let token = format!("token-{}", std::process::id());
+    let mut writer =
+        Guest::start(&format!("drover.ticks=1 drover.tick_ms=1 drover.blk=write:{token}"), Some(&disk));
+    assert_eq!(writer.exit_record()["phase"], "stopped");
+    assert!(writer.console().contains(&format!("blk wrote {token}")), "{}", writer.console());
+    let mut reader = Guest::start("drover.ticks=1 drover.tick_ms=1 drover.blk=read", Some(&disk));
+    assert_eq!(reader.exit_record()["phase"], "stopped");
+    assert!(reader.console().contains(&format!("blk read {token}")), "{}", reader.console());
+}
+
+#[test]
+fn bad_input_ends_with_a_clear_reason() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.elf");
+    let mut bytes = testguest::IMAGE.to_vec();
+    bytes.truncate(200); // an ELF header whose program headers are cut off
+    std::fs::write(&corrupt, bytes).unwrap();
+    let not_a_kernel = dir.path().join("text");
+    std::fs::write(&not_a_kernel, "hello").unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--kernel", "/nonexistent/kernel"], "kernel /nonexistent/kernel is missing"),
+        (&["--kernel", corrupt.to_str().unwrap()], "is corrupt"),
+        (&["--kernel", not_a_kernel.to_str().unwrap()], "neither an ELF nor a bzImage"),
+        (
+            &["--kernel", corrupt.to_str().unwrap(), "--disk", "/nonexistent/disk"],
+            "disk /nonexistent/disk is missing",
+        ),
+        (&["--kernel", corrupt.to_str().unwrap(), "--memory-mib", "100000000"], "MiB is outside"),
+    ];
+    for (args, want) in cases {
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_drover-vmm"))
+            .arg("--run-dir")
+            .arg(&run)
+            .args(["--domain", "bad"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let exit: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(control::EXIT_FILE)).unwrap()).unwrap();
+        assert_eq!(exit["phase"], "crashed");
+        let reason = exit["reason"].as_str().unwrap();
+        assert!(reason.contains(want), "{args:?}: {reason}");
+    }
+}
