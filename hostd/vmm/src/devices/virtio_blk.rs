@@ -169,3 +169,105 @@ impl Block {
         written
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The device model against virtio-queue's mock split queue, without a guest.
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const HEADER: u64 = 0x10_0000;
+    const DATA: u64 = 0x10_1000;
+    const STATUS: u64 = 0x10_2000;
+    const NEXT: u16 = 1;
+    const WRITE: u16 = 2;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap()
+    }
+
+    fn disk(sectors: u64, read_only: bool) -> (tempfile::TempDir, Block) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        std::fs::File::create(&path).unwrap().set_len(sectors * SECTOR_BYTES).unwrap();
+        let block = Block::open(&path, read_only, "dom-1").unwrap();
+        (dir, block)
+    }
+
+    /// Submit one request with a `data_len`-byte buffer; returns (status, used length).
+    fn request(block: &mut Block, mem: &GuestMemoryMmap, kind: u32, sector: u64, data_len: u32) -> (u8, u32) {
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&header, GuestAddress(HEADER)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let data_flags = if kind == T_OUT { NEXT } else { NEXT | WRITE };
+        let descs: Vec<RawDescriptor> = vec![
+            Descriptor::new(HEADER, 16, NEXT, 1).into(),
+            Descriptor::new(DATA, data_len, data_flags, 2).into(),
+            Descriptor::new(STATUS, 1, WRITE, 0).into(),
+        ];
+        let vq = MockSplitQueue::new(mem, 16);
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = vq.create_queue().unwrap();
+        block.process(0, &mut queue, mem);
+        assert_eq!(vq.used().idx().load(), 1, "the request was not completed");
+        let used = vq.used().ring().ref_at(0).unwrap().load();
+        (mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), used.len())
+    }
+
+    #[test]
+    fn a_written_sector_reads_back() {
+        let mem = memory();
+        let (_dir, mut block) = disk(8, false);
+        mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+        assert_eq!(request(&mut block, &mem, T_OUT, 3, 512), (S_OK, 1));
+        mem.write_slice(&[0; 512], GuestAddress(DATA)).unwrap();
+        assert_eq!(request(&mut block, &mem, T_IN, 3, 512), (S_OK, 513));
+        let mut back = [0u8; 512];
+        mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        assert_eq!(back, [0xab; 512]);
+        assert_eq!(request(&mut block, &mem, T_FLUSH, 0, 512), (S_OK, 1));
+    }
+
+    #[test]
+    fn requests_past_the_end_or_misaligned_fail_without_touching_the_file() {
+        let mem = memory();
+        let (dir, mut block) = disk(8, false);
+        mem.write_slice(&[0xcd; 1024], GuestAddress(DATA)).unwrap();
+        assert_eq!(request(&mut block, &mem, T_OUT, 8, 512).0, S_IOERR);
+        assert_eq!(request(&mut block, &mem, T_OUT, 7, 1024).0, S_IOERR);
+        assert_eq!(request(&mut block, &mem, T_OUT, u64::MAX, 512).0, S_IOERR);
+        assert_eq!(request(&mut block, &mem, T_OUT, 0, 100).0, S_IOERR);
+        assert_eq!(request(&mut block, &mem, T_IN, 8, 512).0, S_IOERR);
+        let file = std::fs::read(dir.path().join("disk.raw")).unwrap();
+        assert!(file.iter().all(|&b| b == 0), "a refused write reached the file");
+        assert_eq!(block.failed_requests, 5);
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes_and_unknown_requests_are_unsupported() {
+        let mem = memory();
+        let (_dir, mut block) = disk(8, true);
+        assert_ne!(block.features() & VIRTIO_BLK_F_RO, 0);
+        assert_eq!(request(&mut block, &mem, T_OUT, 0, 512).0, S_IOERR);
+        assert_eq!(request(&mut block, &mem, 77, 0, 512).0, S_UNSUPP);
+        assert_eq!(request(&mut block, &mem, T_GET_ID, 0, 20), (S_OK, 21));
+        let mut id = [0u8; 5];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"dom-1");
+    }
+
+    #[test]
+    fn capacity_is_in_the_config_space() {
+        let (_dir, block) = disk(8, false);
+        let mut cap = [0u8; 8];
+        block.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+        let mut past = [0xffu8; 4];
+        block.read_config(64, &mut past);
+        assert_eq!(past, [0; 4]);
+    }
+}
