@@ -12,11 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proto::api as pb;
 use proto::api::domains_client::DomainsClient;
 use proto::api::hosts_client::HostsClient;
+use proto::api::storage_pools_client::StoragePoolsClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tracing::{info, warn};
 
-use crate::driver::{Driver, VmSpec};
+use crate::driver::{DiskSpec, Driver, VmSpec};
 use crate::reconciler::{reconcile, Action, Assigned, Desired, Memory, Report};
 
 /// How a host agent runs.
@@ -100,7 +101,16 @@ fn request<T>(host: &str, message: T) -> tonic::Request<T> {
     r
 }
 
-fn assigned_from(host: &str, domains: &[pb::Domain]) -> BTreeMap<String, Assigned> {
+/// The file of a volume: `<pool path>/<volume name>`; `None` if the pool is unknown.
+fn volume_path(pools: &BTreeMap<String, String>, volume: &pb::VolumeRef) -> Option<String> {
+    pools.get(&volume.pool).map(|dir| format!("{}/{}", dir.trim_end_matches('/'), volume.name))
+}
+
+fn assigned_from(
+    host: &str,
+    domains: &[pb::Domain],
+    pools: &BTreeMap<String, String>,
+) -> BTreeMap<String, Assigned> {
     domains
         .iter()
         .filter_map(|d| {
@@ -113,10 +123,25 @@ fn assigned_from(host: &str, domains: &[pb::Domain]) -> BTreeMap<String, Assigne
                 Some(pb::domain_spec::Boot::Kernel(k)) => Some(k.kernel.clone()),
                 _ => None,
             };
-            let cmdline = match &spec.boot {
-                Some(pb::domain_spec::Boot::Kernel(k)) => k.cmdline.clone(),
-                _ => String::new(),
+            let (initrd, cmdline) = match &spec.boot {
+                Some(pb::domain_spec::Boot::Kernel(k)) => {
+                    (Some(k.initrd.clone()).filter(|i| !i.is_empty()), k.cmdline.clone())
+                }
+                _ => (None, String::new()),
             };
+            let disks = spec
+                .disks
+                .iter()
+                .map(|d| DiskSpec {
+                    // An unknown pool gives a path that cannot exist, so the start fails
+                    // with the disk named rather than silently without it.
+                    path: d.volume.as_ref().and_then(|v| volume_path(pools, v)).unwrap_or_else(|| {
+                        let v = d.volume.clone().unwrap_or_default();
+                        format!("<no pool {:?} for volume {:?}>", v.pool, v.name)
+                    }),
+                    read_only: d.read_only,
+                })
+                .collect();
             let desired = match d.desired.as_str() {
                 "running" => Desired::Running,
                 "paused" => Desired::Paused,
@@ -131,7 +156,9 @@ fn assigned_from(host: &str, domains: &[pb::Domain]) -> BTreeMap<String, Assigne
                         vcpus: spec.vcpus,
                         memory_mib: spec.memory_mib,
                         kernel,
+                        initrd,
                         cmdline,
+                        disks,
                     },
                     desired,
                     force: d.stop_mode == "force",
@@ -221,7 +248,35 @@ pub async fn run<D: Driver>(
                 continue;
             }
         };
-        let assigned = assigned_from(&config.host, &domains);
+        let mine = domains.iter().any(|d| d.status.as_ref().is_some_and(|s| s.host == config.host));
+        let needs_pools =
+            mine && domains.iter().any(|d| d.spec.as_ref().is_some_and(|s| !s.disks.is_empty()));
+        let pools = if needs_pools {
+            match api
+                .call(|ch| {
+                    let r = request(
+                        &host,
+                        pb::ListPoolsRequest { consistency: pb::Consistency::Linearizable as i32 },
+                    );
+                    async move { StoragePoolsClient::new(ch).list(r).await }
+                })
+                .await
+            {
+                Ok(r) => r
+                    .into_inner()
+                    .pools
+                    .into_iter()
+                    .map(|p| (p.name, p.config.map(|c| c.path).unwrap_or_default()))
+                    .collect(),
+                Err(s) => {
+                    warn!(status = %s, "cannot read the storage pools; VMs keep running as they are");
+                    continue;
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
+        let assigned = assigned_from(&config.host, &domains, &pools);
         let now = now_ms();
         let observed = driver.list(now);
         for action in reconcile(&assigned, &observed, &memory) {

@@ -1,6 +1,6 @@
 //! The hypervisor driver trait: what hostd asks of a hypervisor, for one VM per domain
-//! run. Implemented by `fake` today; `kvm` (the own VMM) and `qemu` (QMP) come with the
-//! rest of issue #5, behind this same trait and its shared test suite.
+//! run. Implemented by `fake` (in memory) and `kvm` (the own VMM, one process per VM);
+//! all of them pass the shared suite in `conformance`.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +14,17 @@ pub struct VmSpec {
     pub memory_mib: u64,
     /// Kernel path for direct boot; `None` boots from the first disk.
     pub kernel: Option<String>,
+    pub initrd: Option<String>,
     pub cmdline: String,
+    /// Disk images on this host, in guest order.
+    pub disks: Vec<DiskSpec>,
+}
+
+/// One disk of a VM: an image file on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: String,
+    pub read_only: bool,
 }
 
 /// What a VM is doing, as the hypervisor sees it.
@@ -45,6 +55,8 @@ pub enum DriverError {
     WrongPhase { domain: String, action: &'static str, phase: VmPhase },
     #[error("cannot start domain {domain}: {reason}")]
     StartFailed { domain: String, reason: String },
+    #[error("VM for domain {domain} did not {action}: {reason}")]
+    Failed { domain: String, action: &'static str, reason: String },
 }
 
 /// A hypervisor. `now_ms` is passed in so drivers that model time (the fake) stay

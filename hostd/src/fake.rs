@@ -68,6 +68,16 @@ impl Driver for FakeDriver {
                 reason: format!("kernel {kernel} is not bootable"),
             });
         }
+        if let Some(vm) = self.vms.get_mut(&spec.domain) {
+            Self::advance(vm, now_ms);
+            if !matches!(vm.phase, VmPhase::Stopped | VmPhase::Crashed) {
+                return Err(DriverError::WrongPhase {
+                    domain: spec.domain.clone(),
+                    action: "start",
+                    phase: vm.phase,
+                });
+            }
+        }
         let vm = FakeVm {
             generation: spec.generation,
             phase: VmPhase::Starting,
@@ -158,7 +168,9 @@ mod tests {
             vcpus: 1,
             memory_mib: 64,
             kernel: Some(kernel.into()),
+            initrd: None,
             cmdline: String::new(),
+            disks: Vec::new(),
         }
     }
 

@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod conformance;
 pub mod driver;
 pub mod fake;
+pub mod kvm;
 pub mod reconciler;

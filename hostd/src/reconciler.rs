@@ -159,7 +159,9 @@ mod tests {
             vcpus: 1,
             memory_mib: 64,
             kernel: Some("/k".into()),
+            initrd: None,
             cmdline: String::new(),
+            disks: Vec::new(),
         }
     }
 

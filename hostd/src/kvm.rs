@@ -1,0 +1,339 @@
+//! The `kvm` driver: Drover's own VMM, one OS process per VM, driven over its control
+//! socket (`vmm::control`).
+//!
+//! Each VM has a run directory `<run_dir>/<domain>/` with its control socket, console
+//! log, the VMM's own log, `config.json` (domain and generation, written by this driver)
+//! and `exit.json` (written by the VMM as it ends). VMM processes run in their own process
+//! group, so they outlive hostd; a new driver re-adopts every VMM that still answers on
+//! its socket, learns how the others ended from their exit record, and kills any VMM
+//! process that no longer answers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use vmm::control::{self, Phase, Request};
+
+use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
+
+/// How long a VMM may take to come up (create the VM, load the kernel, bind its socket).
+pub const START_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct KvmConfig {
+    /// The VMM program and the arguments before the VMM's own (`drover` + `vmm`, or
+    /// `drover-vmm` and nothing).
+    pub program: PathBuf,
+    pub program_args: Vec<String>,
+    pub run_dir: PathBuf,
+    pub console_log_bytes_max: u64,
+}
+
+/// What the driver writes beside each VM, so a later hostd knows whose VMM it is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    domain: String,
+    generation: u64,
+    pid: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct ExitRecord {
+    generation: u64,
+    phase: Phase,
+    reason: Option<String>,
+}
+
+#[derive(Debug)]
+struct KvmVm {
+    generation: u64,
+    pid: u32,
+    dir: PathBuf,
+    /// Our child, when this driver started it (reaped in `list`).
+    child: Option<Child>,
+    shutting_down: bool,
+}
+
+#[derive(Debug)]
+pub struct KvmDriver {
+    config: KvmConfig,
+    vms: BTreeMap<String, KvmVm>,
+}
+
+fn phase_of(p: Phase) -> VmPhase {
+    match p {
+        Phase::Running => VmPhase::Running,
+        Phase::Paused => VmPhase::Paused,
+        Phase::Stopped | Phase::Destroyed => VmPhase::Stopped,
+        Phase::Crashed => VmPhase::Crashed,
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; its state letter says it is dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn kill(pid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::KILL) {
+            warn!(pid, error = %e, "killing a VMM process failed");
+        }
+    }
+}
+
+impl KvmDriver {
+    /// A driver over `config.run_dir`, re-adopting the VMs found there.
+    pub fn new(config: KvmConfig) -> Result<KvmDriver, DriverError> {
+        std::fs::create_dir_all(&config.run_dir).map_err(|e| DriverError::Failed {
+            domain: String::new(),
+            action: "create its run directory",
+            reason: format!("{}: {e}", config.run_dir.display()),
+        })?;
+        let mut driver = KvmDriver { config, vms: BTreeMap::new() };
+        driver.adopt();
+        Ok(driver)
+    }
+
+    fn adopt(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.config.run_dir) else { return };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(text) = std::fs::read_to_string(dir.join(control::CONFIG_FILE)) else { continue };
+            let Ok(record) = serde_json::from_str::<Record>(&text) else {
+                warn!(dir = %dir.display(), "unreadable VM record; ignoring the directory");
+                continue;
+            };
+            match control::call(&dir.join(control::SOCKET_FILE), Request::Status) {
+                Ok(status) if status.domain == record.domain => {
+                    info!(domain = %record.domain, pid = status.pid, "re-adopted a running VM");
+                }
+                _ if process_alive(record.pid) && self.is_vmm(record.pid, &dir) => {
+                    // There, but not answering: it cannot be controlled, so it must go.
+                    warn!(domain = %record.domain, pid = record.pid, "VMM does not answer; killing it");
+                    kill(record.pid);
+                }
+                _ => {}
+            }
+            let vm = KvmVm {
+                generation: record.generation,
+                pid: record.pid,
+                dir,
+                child: None,
+                shutting_down: false,
+            };
+            self.vms.insert(record.domain, vm);
+        }
+    }
+
+    /// Whether `pid` is a VMM for `dir` (and not a recycled pid).
+    fn is_vmm(&self, pid: u32, dir: &Path) -> bool {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
+            .unwrap_or(false)
+    }
+
+    fn vm(&mut self, domain: &str) -> Result<&mut KvmVm, DriverError> {
+        self.vms.get_mut(domain).ok_or_else(|| DriverError::NoSuchVm(domain.to_owned()))
+    }
+
+    fn control(&mut self, domain: &str, action: &'static str, request: Request) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        control::call(&vm.dir.join(control::SOCKET_FILE), request)
+            .map(|_| ())
+            .map_err(|e| DriverError::Failed { domain: domain.to_owned(), action, reason: e.to_string() })
+    }
+
+    fn status_of(vm: &mut KvmVm) -> VmStatus {
+        if let Some(child) = &mut vm.child {
+            if let Ok(Some(_)) = child.try_wait() {
+                vm.child = None;
+            }
+        }
+        match control::call(&vm.dir.join(control::SOCKET_FILE), Request::Status) {
+            Ok(s) => {
+                let mut phase = phase_of(s.phase);
+                if vm.shutting_down && phase == VmPhase::Running {
+                    phase = VmPhase::ShuttingDown;
+                }
+                VmStatus { generation: vm.generation, phase, reason: s.reason }
+            }
+            Err(_) if process_alive(vm.pid) => {
+                // Starting up or briefly busy: say it is starting rather than guess.
+                VmStatus { generation: vm.generation, phase: VmPhase::Starting, reason: None }
+            }
+            Err(_) => match std::fs::read_to_string(vm.dir.join(control::EXIT_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
+                .filter(|r| r.generation == vm.generation)
+            {
+                Some(exit) => {
+                    VmStatus { generation: vm.generation, phase: phase_of(exit.phase), reason: exit.reason }
+                }
+                None => VmStatus {
+                    generation: vm.generation,
+                    phase: VmPhase::Crashed,
+                    reason: Some("the VMM process ended without an exit record (killed?)".into()),
+                },
+            },
+        }
+    }
+
+    fn spawn(&self, spec: &VmSpec, dir: &Path) -> Result<Child, String> {
+        let kernel = spec
+            .kernel
+            .as_ref()
+            .ok_or("the kvm driver boots a kernel directly; disk boot is not supported")?;
+        if spec.disks.len() > 1 {
+            return Err(format!("{} disks; the kvm driver serves one disk per VM today", spec.disks.len()));
+        }
+        let vcpus = u8::try_from(spec.vcpus).map_err(|_| format!("{} vCPUs is too many", spec.vcpus))?;
+        let log = std::fs::File::create(dir.join(control::VMM_LOG_FILE)).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.config.program);
+        cmd.args(&self.config.program_args)
+            .arg("--run-dir")
+            .arg(dir)
+            .args(["--domain", &spec.domain, "--generation", &spec.generation.to_string()])
+            .args(["--kernel", kernel, "--cmdline", &spec.cmdline])
+            .args(["--memory-mib", &spec.memory_mib.to_string(), "--vcpus", &vcpus.to_string()])
+            .args(["--console-log-bytes-max", &self.config.console_log_bytes_max.to_string()]);
+        if let Some(initrd) = &spec.initrd {
+            cmd.args(["--initrd", initrd]);
+        }
+        if let Some(disk) = spec.disks.first() {
+            if disk.read_only {
+                return Err("read-only disks are not supported by the kvm driver yet".into());
+            }
+            cmd.args(["--disk", &disk.path]);
+        }
+        use std::os::unix::process::CommandExt;
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
+        cmd.spawn().map_err(|e| format!("cannot run the VMM {}: {e}", self.config.program.display()))
+    }
+}
+
+impl Driver for KvmDriver {
+    fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
+        let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
+        if let Some(vm) = self.vms.get_mut(&spec.domain) {
+            let status = Self::status_of(vm);
+            if !matches!(status.phase, VmPhase::Stopped | VmPhase::Crashed) {
+                return Err(DriverError::WrongPhase {
+                    domain: spec.domain.clone(),
+                    action: "start",
+                    phase: status.phase,
+                });
+            }
+        }
+        if spec.domain.is_empty() || spec.domain.contains('/') || spec.domain.starts_with('.') {
+            return Err(failed(format!("{:?} cannot name a run directory", spec.domain)));
+        }
+        let dir = self.config.run_dir.join(&spec.domain);
+        std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
+        for stale in [control::EXIT_FILE, control::SOCKET_FILE, control::CONFIG_FILE] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let mut child = self.spawn(spec, &dir).map_err(failed)?;
+        let record = Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() };
+        let written = serde_json::to_vec(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|b| std::fs::write(dir.join(control::CONFIG_FILE), b).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(format!("recording the VM: {e}")));
+        }
+        // Up when its socket answers; failed when it exits first (its exit record says why).
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            if control::call(&dir.join(control::SOCKET_FILE), Request::Status).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let reason = std::fs::read_to_string(dir.join(control::EXIT_FILE))
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
+                    .and_then(|r| r.reason)
+                    .unwrap_or_else(|| format!("the VMM exited with {status}"));
+                let _ = std::fs::remove_file(dir.join(control::CONFIG_FILE));
+                return Err(failed(reason));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(dir.join(control::CONFIG_FILE));
+                return Err(failed(format!("the VMM did not come up within {START_TIMEOUT_MS} ms")));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let pid = child.id();
+        self.vms.insert(
+            spec.domain.clone(),
+            KvmVm { generation: spec.generation, pid, dir, child: Some(child), shutting_down: false },
+        );
+        Ok(())
+    }
+
+    fn pause(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        self.control(domain, "pause", Request::Pause)
+    }
+
+    fn resume(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        self.control(domain, "resume", Request::Resume)
+    }
+
+    fn shutdown(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        self.control(domain, "shut down", Request::Shutdown)?;
+        self.vm(domain)?.shutting_down = true;
+        Ok(())
+    }
+
+    fn destroy(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        match self.control(domain, "destroy", Request::Destroy) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let vm = self.vm(domain)?;
+                if process_alive(vm.pid) {
+                    // It does not answer: end it the hard way.
+                    kill(vm.pid);
+                    if let Some(child) = &mut vm.child {
+                        let _ = child.wait();
+                        vm.child = None;
+                    }
+                    Ok(())
+                } else if matches!(e, DriverError::Failed { .. }) {
+                    Ok(()) // already gone
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn reboot(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        self.control(domain, "reboot", Request::Reboot)
+    }
+
+    fn remove(&mut self, domain: &str) {
+        if let Some(mut vm) = self.vms.remove(domain) {
+            if let Some(child) = &mut vm.child {
+                let _ = child.wait();
+            }
+            // The console and VMM logs stay for the operator; the records go.
+            for f in [control::CONFIG_FILE, control::EXIT_FILE] {
+                let _ = std::fs::remove_file(vm.dir.join(f));
+            }
+        }
+    }
+
+    fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {
+        self.vms.iter_mut().map(|(name, vm)| (name.clone(), Self::status_of(vm))).collect()
+    }
+}

@@ -1,0 +1,194 @@
+//! The shared driver suite (`hostd::conformance`) against every driver, and the kvm
+//! driver's re-adoption of VMs after its own restart. The kvm cases run the real
+//! `drover-vmm` on `/dev/kvm`; where that is missing they say so and return.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hostd::conformance::{self, Harness};
+use hostd::driver::{Driver, VmPhase, VmSpec};
+use hostd::fake::FakeDriver;
+use hostd::kvm::{KvmConfig, KvmDriver};
+use hostd::reconciler::{reconcile, Action, Memory};
+
+struct FakeHarness {
+    driver: FakeDriver,
+    now_ms: u64,
+}
+
+fn spec(domain: &str, generation: u64, kernel: &str, cmdline: &str) -> VmSpec {
+    VmSpec {
+        domain: domain.into(),
+        generation,
+        vcpus: 1,
+        memory_mib: 32,
+        kernel: Some(kernel.into()),
+        initrd: None,
+        cmdline: cmdline.into(),
+        disks: Vec::new(),
+    }
+}
+
+impl Harness for FakeHarness {
+    fn driver(&mut self) -> &mut dyn Driver {
+        &mut self.driver
+    }
+    fn spec(&self, domain: &str, generation: u64) -> VmSpec {
+        spec(domain, generation, "/boot/vmlinuz", "")
+    }
+    fn missing_kernel(&self, domain: &str) -> VmSpec {
+        spec(domain, 1, "/missing/kernel", "")
+    }
+    fn advance(&mut self) -> u64 {
+        self.now_ms += 10;
+        self.now_ms
+    }
+}
+
+#[test]
+fn the_fake_driver_passes_the_suite() {
+    let mut driver = FakeDriver::new(30, 30);
+    driver.broken_kernels.push("/missing/kernel".into());
+    conformance::run_all(&mut FakeHarness { driver, now_ms: 0 });
+}
+
+fn kvm_present() -> bool {
+    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm is not usable here; the kvm driver tests did not run");
+    }
+    ok
+}
+
+/// `drover-vmm`, built once per run in the tests' profile.
+fn vmm_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let mut dir = exe.parent().unwrap();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir = dir.parent().unwrap();
+        }
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "vmm", "--bin", "drover-vmm"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building drover-vmm failed");
+        dir.join("drover-vmm")
+    })
+    .clone()
+}
+
+struct KvmHarness {
+    driver: KvmDriver,
+    kernel: String,
+}
+
+fn kvm_config(run_dir: &std::path::Path) -> KvmConfig {
+    KvmConfig {
+        program: vmm_bin(),
+        program_args: Vec::new(),
+        run_dir: run_dir.to_owned(),
+        console_log_bytes_max: 1 << 20,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+impl Harness for KvmHarness {
+    fn driver(&mut self) -> &mut dyn Driver {
+        &mut self.driver
+    }
+    fn spec(&self, domain: &str, generation: u64) -> VmSpec {
+        spec(domain, generation, &self.kernel, "drover.tick_ms=20")
+    }
+    fn missing_kernel(&self, domain: &str) -> VmSpec {
+        spec(domain, 1, "/missing/kernel", "")
+    }
+    fn advance(&mut self) -> u64 {
+        std::thread::sleep(Duration::from_millis(5));
+        now_ms()
+    }
+}
+
+#[test]
+fn the_kvm_driver_passes_the_suite() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let driver = KvmDriver::new(kvm_config(&dir.path().join("run"))).unwrap();
+    conformance::run_all(&mut KvmHarness { driver, kernel: kernel.display().to_string() });
+}
+
+fn wait_phase(driver: &mut KvmDriver, domain: &str, phase: VmPhase) -> hostd::driver::VmStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = driver.list(now_ms()).get(domain).cloned();
+        if s.as_ref().is_some_and(|s| s.phase == phase) {
+            return s.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{domain} never {phase:?}; last {s:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_new_kvm_driver_re_adopts_running_vms_and_learns_how_the_others_ended() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let k = kernel.display().to_string();
+    let run = dir.path().join("run");
+    let mut first = KvmDriver::new(kvm_config(&run)).unwrap();
+    first.start(&spec("keeps", 4, &k, "drover.tick_ms=20"), 0).unwrap();
+    first.start(&spec("ends", 2, &k, "drover.tick_ms=1 drover.ticks=2"), 0).unwrap();
+    first.start(&spec("killed", 1, &k, "drover.tick_ms=20"), 0).unwrap();
+    first.start(&spec("orphan", 9, &k, "drover.tick_ms=20"), 0).unwrap();
+    wait_phase(&mut first, "keeps", VmPhase::Running);
+    wait_phase(&mut first, "ends", VmPhase::Stopped);
+    let killed_pid: u32 = std::fs::read_to_string(run.join("killed/config.json"))
+        .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap()["pid"].as_u64().unwrap() as u32)
+        .unwrap();
+    // hostd goes away without a word (its driver is dropped, like a SIGKILL)...
+    std::mem::forget(first);
+    Command::new("kill").args(["-KILL", &killed_pid.to_string()]).status().unwrap();
+
+    // ...and a new one finds every VM where it was.
+    let mut second = KvmDriver::new(kvm_config(&run)).unwrap();
+    let keeps = wait_phase(&mut second, "keeps", VmPhase::Running);
+    assert_eq!(keeps.generation, 4);
+    assert_eq!(wait_phase(&mut second, "ends", VmPhase::Stopped).generation, 2);
+    let killed = wait_phase(&mut second, "killed", VmPhase::Crashed);
+    assert!(killed.reason.unwrap().contains("without an exit record"));
+    let console = || std::fs::read_to_string(run.join("keeps/console.log")).unwrap();
+    let ticks_before = console().matches(testguest::TICK_PREFIX).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while console().matches(testguest::TICK_PREFIX).count() <= ticks_before {
+        assert!(Instant::now() < deadline, "the re-adopted VM stopped counting");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The adopted VM is controllable.
+    second.pause("keeps", 0).unwrap();
+    wait_phase(&mut second, "keeps", VmPhase::Paused);
+
+    // The reconciler cleans up a VM that nothing in the cluster asks for.
+    let observed = second.list(now_ms());
+    let actions = reconcile(&BTreeMap::new(), &observed, &Memory::default());
+    assert!(actions.contains(&Action::Destroy("orphan".into())), "{actions:?}");
+    second.destroy("orphan", 0).unwrap();
+    wait_phase(&mut second, "orphan", VmPhase::Stopped);
+    second.destroy("keeps", 0).unwrap();
+    wait_phase(&mut second, "keeps", VmPhase::Stopped);
+}

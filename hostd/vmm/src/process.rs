@@ -1,0 +1,170 @@
+//! The VMM process: run one VM and serve its control socket until the VM ends.
+//!
+//! Started by hostd's `kvm` driver (as `drover vmm …` or `drover-vmm …`) in its own
+//! process group, so it outlives hostd, with a run directory that holds the files named
+//! in [`crate::control`]. On the way out it writes `exit.json` (how the VM ended) and
+//! removes its socket. Exit status: 0 when the VM ended (whatever the guest did), 2 when
+//! it could not start.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
+use crate::control::{self, Phase, Request, Response, Status};
+use crate::vm::Vm;
+
+/// The VMM's command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VmmArgs {
+    /// Directory for the control socket, console log and exit record.
+    #[arg(long)]
+    pub run_dir: PathBuf,
+    #[arg(long)]
+    pub domain: String,
+    #[arg(long, default_value_t = 1)]
+    pub generation: u64,
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    #[arg(long, default_value_t = 64)]
+    pub memory_mib: u64,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// A raw disk image, served as virtio-blk.
+    #[arg(long)]
+    pub disk: Option<PathBuf>,
+    #[arg(long, default_value_t = CONSOLE_LOG_BYTES_DEFAULT)]
+    pub console_log_bytes_max: u64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ExitRecord<'a> {
+    domain: &'a str,
+    generation: u64,
+    phase: Phase,
+    reason: Option<String>,
+}
+
+fn write_exit(run_dir: &Path, record: &ExitRecord<'_>) {
+    let tmp = run_dir.join(format!("{}.tmp", control::EXIT_FILE));
+    let body = serde_json::to_vec(record).expect("exit record serializes");
+    let written =
+        std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, run_dir.join(control::EXIT_FILE)));
+    if let Err(e) = written {
+        eprintln!("drover-vmm: writing the exit record: {e}");
+    }
+}
+
+/// Run the VM described by `args` to its end; returns the process exit status.
+pub fn run(args: VmmArgs) -> i32 {
+    let config = VmConfig {
+        domain: args.domain.clone(),
+        generation: args.generation,
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory_mib: args.memory_mib,
+        vcpus: args.vcpus,
+        disk: args.disk,
+        console_log: args.run_dir.join(control::CONSOLE_FILE),
+        console_log_bytes_max: args.console_log_bytes_max,
+    };
+    let record =
+        |phase, reason| ExitRecord { domain: &args.domain, generation: args.generation, phase, reason };
+    let socket = args.run_dir.join(control::SOCKET_FILE);
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(args.run_dir.join(control::EXIT_FILE));
+    let vm = match Vm::start(config) {
+        Ok(vm) => Arc::new(vm),
+        Err(e) => {
+            eprintln!("drover-vmm: {e}");
+            write_exit(&args.run_dir, &record(Phase::Crashed, Some(e.to_string())));
+            return 2;
+        }
+    };
+    let listener = match UnixListener::bind(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("drover-vmm: binding {}: {e}", socket.display());
+            vm.destroy();
+            write_exit(&args.run_dir, &record(Phase::Crashed, Some(format!("control socket: {e}"))));
+            return 2;
+        }
+    };
+    // Held while a request is handled, so the process never exits mid-answer.
+    let serving = Arc::new(Mutex::new(()));
+    {
+        let (vm, serving) = (vm.clone(), serving.clone());
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let _guard = serving.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = serve(&vm, stream) {
+                        eprintln!("drover-vmm: control connection: {e}");
+                    }
+                }
+            })
+            .expect("spawning the control thread");
+    }
+    let (phase, reason) = vm.wait();
+    let _ = std::fs::remove_file(&socket);
+    let _guard = serving.lock().unwrap_or_else(|p| p.into_inner());
+    eprintln!("drover-vmm: VM ended: {phase:?} {}", reason.as_deref().unwrap_or(""));
+    write_exit(&args.run_dir, &record(phase, reason));
+    0
+}
+
+fn status(vm: &Vm) -> Status {
+    let (phase, reason, exits) = vm.status();
+    Status {
+        domain: vm.config().domain.clone(),
+        generation: vm.config().generation,
+        pid: std::process::id(),
+        phase,
+        reason,
+        exits,
+    }
+}
+
+/// Answer every request on one connection.
+fn serve(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_millis(control::REQUEST_TIMEOUT_MS)))?;
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let mut line = String::new();
+        if (&mut reader).take(control::LINE_BYTES_MAX as u64).read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let response = match serde_json::from_str::<Request>(line.trim()) {
+            Err(e) => Response::Error(format!("bad request: {e}")),
+            Ok(request) => {
+                let done = match request {
+                    Request::Status => Ok(()),
+                    Request::Pause => vm.pause(),
+                    Request::Resume => vm.resume(),
+                    Request::Shutdown => vm.shutdown(),
+                    Request::Reboot => vm.reboot(),
+                    Request::Destroy => {
+                        vm.destroy();
+                        Ok(())
+                    }
+                };
+                match done {
+                    Ok(()) => Response::Ok(status(vm)),
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+        };
+        let mut out = serde_json::to_string(&response).expect("responses serialize");
+        out.push('\n');
+        (&stream).write_all(out.as_bytes())?;
+    }
+}
