@@ -35,6 +35,8 @@ enum Command {
     Server(ServerArgs),
     /// Run a host agent.
     Hostd(HostdArgs),
+    /// Run one VM under Drover's own VMM (started by hostd's kvm driver).
+    Vmm(vmm::process::VmmArgs),
     #[command(flatten)]
     Client(api::cli::ClientCmd),
     /// Print a shell completion script.
@@ -87,9 +89,17 @@ struct HostdArgs {
     /// Where this host's agent can be reached (recorded in the cluster).
     #[arg(long, default_value = "127.0.0.1:0")]
     address: String,
-    /// The hypervisor driver (today: fake).
-    #[arg(long, default_value = "fake")]
+    /// The hypervisor driver: kvm (Drover's own VMM, one process per VM) or fake (in
+    /// memory, no guests).
+    #[arg(long, default_value = "kvm")]
     driver: String,
+    /// Where the kvm driver keeps each VM's socket, console log and records. VMs outlive
+    /// hostd; a hostd restarted on the same directory re-adopts them.
+    #[arg(long, default_value = "/run/drover/vms")]
+    run_dir: PathBuf,
+    /// Cap of each VM's console log, bytes (the previous part is kept as `.old`).
+    #[arg(long, default_value_t = 1 << 20)]
+    console_log_bytes_max: u64,
     /// vCPUs offered to the cluster.
     #[arg(long, default_value_t = 16)]
     vcpus: u32,
@@ -136,7 +146,17 @@ async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()
     };
     match args.driver.as_str() {
         "fake" => hostd::agent::run(config, hostd::fake::FakeDriver::default(), stop).await?,
-        other => bail!("driver {other:?} is not available yet (today: fake)"),
+        "kvm" => {
+            let kvm = hostd::kvm::KvmConfig {
+                program: std::env::current_exe().context("finding the drover binary")?,
+                program_args: vec!["vmm".into()],
+                run_dir: args.run_dir.clone(),
+                console_log_bytes_max: args.console_log_bytes_max,
+            };
+            let driver = hostd::kvm::KvmDriver::new(kvm)?;
+            hostd::agent::run(config, driver, stop).await?
+        }
+        other => bail!("unknown driver {other:?} (kvm or fake)"),
     }
     Ok(())
 }
@@ -215,6 +235,10 @@ fn describe(e: &anyhow::Error) -> String {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Vmm(args) = cli.command {
+        // No async runtime, no logging setup: the VMM process stays small.
+        return std::process::ExitCode::from(vmm::process::run(args) as u8);
+    }
     let default_log = if matches!(cli.command, Command::Server(_) | Command::Hostd(_)) {
         "info,openraft=warn"
     } else {
@@ -239,7 +263,7 @@ fn main() -> std::process::ExitCode {
             Command::Hostd(args) => run_hostd(args, cli.client.endpoint.clone()).await,
             Command::Up(args) => api::up::run(args, &mut std::io::stdout()).await,
             Command::Client(cmd) => api::cli::run(&cli.client, cmd, &mut std::io::stdout()).await,
-            Command::Completions { .. } => Ok(()),
+            Command::Completions { .. } | Command::Vmm(_) => Ok(()),
         }
     });
     match result {

@@ -1,7 +1,10 @@
 //! `drover up`: a whole local cluster on this machine in one command — 3 control
 //! replicas and 3 host agents, each its own process, with their data in one directory
-//! that survives a restart. Ctrl-C stops every process cleanly; running `drover up` again
-//! resumes the same cluster.
+//! that survives a restart. The hosts run real guests under Drover's own VMM where
+//! `/dev/kvm` works (the fake driver otherwise, said loudly); `up` writes the test guest
+//! and an example domain spec that boots it into the data directory. Ctrl-C stops every
+//! process and VM cleanly; running `drover up` again resumes the same cluster, and hosts
+//! start again the domains that should run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,9 +24,49 @@ pub struct UpArgs {
     /// How many host agents to run.
     #[arg(long, default_value_t = 3)]
     pub hosts: usize,
-    /// The hypervisor driver of the hosts.
-    #[arg(long, default_value = "fake")]
+    /// The hypervisor driver of the hosts: kvm, fake, or auto (kvm where /dev/kvm works).
+    #[arg(long, default_value = "auto")]
     pub driver: String,
+}
+
+/// Whether this process may use KVM.
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+/// The example domain spec `up` writes: the test guest, printing a counter every second.
+fn example_spec(kernel: &Path) -> String {
+    format!(
+        "# Drover's test guest (hostd/guest): prints {} and then a counter.\n\
+         vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=1000\n",
+        testguest::MARKER,
+        kernel.display()
+    )
+}
+
+/// End every VM the hosts of this cluster left running (their VMMs outlive hostd, by
+/// design) and drop the hosts' records of them, so the next `up` starts afresh the
+/// domains that should run instead of re-adopting VMs that are gone.
+fn destroy_vms(data_dir: &Path, hosts: usize) -> usize {
+    let mut destroyed = 0;
+    for h in 1..=hosts {
+        let Ok(entries) = std::fs::read_dir(data_dir.join(format!("host-{h}")).join("vms")) else { continue };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let socket = dir.join(vmm::control::SOCKET_FILE);
+            if socket.exists() && vmm::control::call(&socket, vmm::control::Request::Destroy).is_ok() {
+                destroyed += 1;
+                let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS);
+                while socket.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            for f in [vmm::control::CONFIG_FILE, vmm::control::EXIT_FILE] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+        }
+    }
+    destroyed
 }
 
 const REPLICAS: u16 = 3;
@@ -87,6 +130,23 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i);
     let endpoints: Vec<String> = (0..REPLICAS).map(addr).collect();
+    let driver = match args.driver.as_str() {
+        "auto" if kvm_usable() => "kvm".to_owned(),
+        "auto" => {
+            writeln!(
+                out,
+                "WARNING: /dev/kvm is not usable here; the hosts run the fake driver (no real guests)"
+            )?;
+            "fake".to_owned()
+        }
+        other => other.to_owned(),
+    };
+    let images = data_dir.join("images");
+    std::fs::create_dir_all(&images)?;
+    let guest = images.join("drover-test-guest.elf");
+    testguest::write_to(&guest).with_context(|| format!("writing {}", guest.display()))?;
+    let example = data_dir.join("hello.yaml");
+    std::fs::write(&example, example_spec(&guest))?;
     let mut children = Children(Vec::new());
     for i in 0..REPLICAS {
         let id = u64::from(i) + 1;
@@ -114,7 +174,9 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
             "--endpoint".into(),
             endpoints.join(","),
             "--driver".into(),
-            args.driver.clone(),
+            driver.clone(),
+            "--run-dir".into(),
+            data_dir.join(format!("host-{h}")).join("vms").display().to_string(),
         ];
         children.spawn(&format!("host-{h}"), &a, &logs.join(format!("host-{h}.log")))?;
     }
@@ -122,14 +184,17 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
         out,
         "Drover is up: {} replicas, {} hosts ({} driver); data in {}\n\
          \n  endpoint   {}\n  logs       {}\n\n\
-         Try:\n  drover host list\n  drover domain define web --file web.yaml\n  drover domain start web\n  \
+         Try:\n  drover host list\n  drover domain define hello --file {}\n  drover domain start hello\n  \
+         tail -f {}/host-*/vms/hello/console.log\n  \
          drover events --from 1 --follow\n  drover audit verify\n\nCtrl-C stops the cluster; `drover up` again resumes it.",
         REPLICAS,
         args.hosts,
-        args.driver,
+        driver,
         data_dir.display(),
         endpoints.join(","),
         logs.display(),
+        example.display(),
+        data_dir.display(),
     )?;
     out.flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -149,6 +214,7 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
     }
     writeln!(out, "stopping…")?;
     children.stop();
-    writeln!(out, "stopped")?;
+    let vms = destroy_vms(&data_dir, args.hosts);
+    writeln!(out, "stopped ({vms} VMs ended; they start again with the cluster)")?;
     Ok(())
 }

@@ -123,6 +123,11 @@ pub fn reconcile(
                     (_, VmPhase::Stopped | VmPhase::Crashed) => {}
                     (Desired::Stopped, VmPhase::ShuttingDown) if !want.force => {}
                     (Desired::Stopped, _) if want.force => actions.push(Action::Destroy(name.clone())),
+                    (Desired::Stopped, VmPhase::Paused) => {
+                        // A paused guest cannot hear a shutdown request: wake it first.
+                        actions.push(Action::Resume(name.clone()));
+                        actions.push(Action::Shutdown(name.clone()));
+                    }
                     (Desired::Stopped, _) => actions.push(Action::Shutdown(name.clone())),
                     (Desired::Paused, VmPhase::Running) => actions.push(Action::Pause(name.clone())),
                     (Desired::Running, VmPhase::Paused) => actions.push(Action::Resume(name.clone())),
@@ -209,6 +214,8 @@ mod tests {
         let paused: BTreeMap<_, _> = [("web".to_owned(), vm(1, VmPhase::Paused))].into();
         let acts = reconcile(&assigned("web", 1, Desired::Running), &paused, &memory);
         assert_eq!(acts[0], Action::Resume("web".into()));
+        let acts = reconcile(&assigned("web", 1, Desired::Stopped), &paused, &memory);
+        assert_eq!(acts[..2], [Action::Resume("web".into()), Action::Shutdown("web".into())]);
         // A VM nobody assigned here is destroyed and forgotten.
         assert_eq!(
             reconcile(&BTreeMap::new(), &running, &memory),
