@@ -51,13 +51,13 @@ pub enum ConfigError {
 impl VmConfig {
     /// Check everything that can be checked without KVM.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(MEMORY_MIB_MIN..=MEMORY_MIB_MAX).contains(&self.memory_mib) {
-            return Err(ConfigError::Memory(self.memory_mib));
-        }
         if let Some(host_mib) = host_memory_mib() {
             if self.memory_mib > host_mib {
                 return Err(ConfigError::HostMemory { want_mib: self.memory_mib, host_mib });
             }
+        }
+        if !(MEMORY_MIB_MIN..=MEMORY_MIB_MAX).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
         }
         if !(1..=VCPUS_MAX).contains(&self.vcpus) {
             return Err(ConfigError::Vcpus(self.vcpus));

@@ -193,7 +193,7 @@ fn bad_input_ends_with_a_clear_reason() {
     std::fs::write(&corrupt, bytes).unwrap();
     let not_a_kernel = dir.path().join("text");
     std::fs::write(&not_a_kernel, "hello").unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--kernel", "/nonexistent/kernel"], "kernel /nonexistent/kernel is missing"),
         (&["--kernel", corrupt.to_str().unwrap()], "is corrupt"),
         (&["--kernel", not_a_kernel.to_str().unwrap()], "neither an ELF nor a bzImage"),
@@ -201,7 +201,8 @@ fn bad_input_ends_with_a_clear_reason() {
             &["--kernel", corrupt.to_str().unwrap(), "--disk", "/nonexistent/disk"],
             "disk /nonexistent/disk is missing",
         ),
-        (&["--kernel", corrupt.to_str().unwrap(), "--memory-mib", "100000000"], "MiB is outside"),
+        (&["--kernel", corrupt.to_str().unwrap(), "--memory-mib", "100000000"], "more than the host has"),
+        (&["--kernel", corrupt.to_str().unwrap(), "--memory-mib", "2"], "MiB is outside"),
     ];
     for (args, want) in cases {
         let run = dir.path().join("run");

@@ -1,0 +1,222 @@
+//! hostd with the kvm driver as real processes: a VM outlives a SIGKILLed hostd and is
+//! re-adopted by the next one; bad input (missing or corrupt kernel, missing volume, more
+//! memory than the host has) comes back as a `failed` observation with a clear reason,
+//! and hostd keeps serving. Where /dev/kvm is missing the tests say so and return.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tests::{drover_bin, wait_for, Processes};
+
+fn kvm_present() -> bool {
+    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if !ok {
+        eprintln!("SKIPPED: /dev/kvm is not usable here; the hostd kvm tests did not run");
+    }
+    ok
+}
+
+struct Hostd {
+    child: Child,
+}
+
+impl Hostd {
+    fn start(endpoint: &str, run_dir: &Path, log: &Path, memory_mib: u64) -> Hostd {
+        let out = std::fs::File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new(drover_bin())
+            .args(["--endpoint", endpoint, "hostd", "--name", "h1", "--driver", "kvm", "--tick-ms", "50"])
+            .args(["--memory-mib", &memory_mib.to_string(), "--run-dir"])
+            .arg(run_dir)
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        Hostd { child }
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Hostd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn drover(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new(drover_bin()).args(["--endpoint", endpoint]).args(args).output().unwrap();
+    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn info(endpoint: &str, domain: &str) -> Option<serde_json::Value> {
+    let out = Command::new(drover_bin())
+        .args(["--endpoint", endpoint, "--output", "json", "domain", "info", domain])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+async fn wait_phase(endpoint: &str, domain: &str, phase: &str) -> serde_json::Value {
+    wait_for(&format!("{domain} to be {phase}"), Duration::from_secs(30), || async {
+        info(endpoint, domain).filter(|v| v["phase"] == phase)
+    })
+    .await
+}
+
+async fn ready_host(endpoint: &str) {
+    wait_for("h1 to be ready", Duration::from_secs(30), || async {
+        let out = Command::new(drover_bin()).args(["--endpoint", endpoint, "host", "list"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("h1 ") && l.contains(" ready "))
+            .then_some(())
+    })
+    .await;
+}
+
+fn define(endpoint: &str, dir: &Path, name: &str, body: &str) {
+    let spec = dir.join(format!("{name}.yaml"));
+    std::fs::write(&spec, body).unwrap();
+    drover(endpoint, &["domain", "define", name, "--file", spec.to_str().unwrap()]);
+}
+
+fn ticks(console: &Path) -> usize {
+    std::fs::read_to_string(console).unwrap_or_default().matches(testguest::TICK_PREFIX).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_outlives_a_sigkilled_hostd_and_is_re_adopted() {
+    if !kvm_present() {
+        return;
+    }
+    let mut cluster = Processes::new();
+    let ep = cluster.bootstrap(&[]).await;
+    let dir = cluster.dir.path().to_owned();
+    let run_dir = dir.join("vms");
+    let log = dir.join("hostd.log");
+    let kernel = dir.join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let hostd = Hostd::start(&ep, &run_dir, &log, 4096);
+    ready_host(&ep).await;
+    define(
+        &ep,
+        &dir,
+        "web",
+        &format!("vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\n", kernel.display()),
+    );
+    drover(&ep, &["domain", "start", "web"]);
+    let before = wait_phase(&ep, "web", "running").await;
+    let console: PathBuf = run_dir.join("web/console.log");
+    wait_for("ticks on the console", Duration::from_secs(20), || async {
+        (ticks(&console) >= 2).then_some(())
+    })
+    .await;
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("web/config.json")).unwrap()).unwrap();
+    let vmm_pid = record["pid"].as_u64().unwrap();
+
+    hostd.sigkill();
+    // Without its hostd the VM keeps running: its counter keeps moving.
+    let seen = ticks(&console);
+    wait_for("the VM to keep running without hostd", Duration::from_secs(20), || async {
+        (ticks(&console) >= seen + 3).then_some(())
+    })
+    .await;
+
+    let mut hostd = Hostd::start(&ep, &run_dir, &log, 4096);
+    // The new hostd adopts it: the same process, the same run, still counting, and the
+    // domain still obeys the cluster.
+    let seen = ticks(&console);
+    wait_for("the adopted VM to keep counting", Duration::from_secs(20), || async {
+        (ticks(&console) >= seen + 3).then_some(())
+    })
+    .await;
+    let after = info(&ep, "web").unwrap();
+    assert_eq!(after["phase"], "running");
+    assert_eq!(after["generation"], before["generation"], "the VM was started again instead of adopted");
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert_eq!(text.matches(testguest::MARKER).count(), 1, "the guest booted twice:\n{text}");
+    assert!(Path::new(&format!("/proc/{vmm_pid}")).exists(), "the VMM process is gone");
+    let adopted = std::fs::read_to_string(&log).unwrap();
+    assert!(adopted.contains("re-adopted a running VM"), "{adopted}");
+
+    drover(&ep, &["domain", "shutdown", "web"]);
+    wait_phase(&ep, "web", "stopped").await;
+    wait_for("the VMM process to end", Duration::from_secs(20), || async {
+        (!Path::new(&format!("/proc/{vmm_pid}")).exists()).then_some(())
+    })
+    .await;
+    assert!(hostd.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_reported_as_a_failed_observation() {
+    if !kvm_present() {
+        return;
+    }
+    let mut cluster = Processes::new();
+    let ep = cluster.bootstrap(&[]).await;
+    let dir = cluster.dir.path().to_owned();
+    let run_dir = dir.join("vms");
+    // The host offers far more memory than it has, so the scheduler places the huge
+    // domain here and the VMM is the one to refuse it.
+    let mut hostd = Hostd::start(&ep, &run_dir, &dir.join("hostd.log"), 1 << 22);
+    ready_host(&ep).await;
+    let kernel = dir.join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let corrupt = dir.join("corrupt.elf");
+    std::fs::write(&corrupt, &testguest::IMAGE[..200]).unwrap();
+    let pool_dir = dir.join("pool");
+    std::fs::create_dir_all(&pool_dir).unwrap();
+    drover(&ep, &["pool", "create", "p", "--path", pool_dir.to_str().unwrap(), "--capacity-mib", "1024"]);
+    drover(&ep, &["vol", "create", "p/missing", "--capacity-mib", "16", "--format", "raw"]);
+    let k = kernel.display();
+    let cases = [
+        (
+            "nokernel",
+            "vcpus: 1\nmemory_mib: 32\nkernel: /nonexistent/vmlinux\n".to_owned(),
+            "kernel /nonexistent/vmlinux is missing",
+        ),
+        ("corrupt", format!("vcpus: 1\nmemory_mib: 32\nkernel: {}\n", corrupt.display()), "is corrupt"),
+        (
+            "novolume",
+            format!("vcpus: 1\nmemory_mib: 32\nkernel: {k}\ndisks: [{{volume: p/missing}}]\n"),
+            "missing",
+        ),
+        ("huge", format!("vcpus: 1\nmemory_mib: {}\nkernel: {k}\n", 1u64 << 21), "more than the host has"),
+    ];
+    for (name, body, _) in &cases {
+        define(&ep, &dir, name, body);
+        drover(&ep, &["domain", "start", name]);
+    }
+    for (name, _, want) in &cases {
+        let v = wait_phase(&ep, name, "failed").await;
+        let reason = v["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(want), "{name}: {reason:?} does not say {want:?}");
+    }
+    // The failures are in the audit log as observations from the host.
+    let log = drover(&ep, &["--output", "json", "audit", "log", "--kind", "domain", "--name", "corrupt"]);
+    assert!(log.contains("host/h1") && log.contains("is corrupt"), "{log}");
+    // hostd is still there and still starts good domains.
+    assert!(hostd.alive(), "hostd died on bad input");
+    define(
+        &ep,
+        &dir,
+        "good",
+        &format!("vcpus: 1\nmemory_mib: 32\nkernel: {k}\ncmdline: drover.tick_ms=20\n"),
+    );
+    drover(&ep, &["domain", "start", "good"]);
+    wait_phase(&ep, "good", "running").await;
+    drover(&ep, &["domain", "destroy", "good"]);
+    wait_phase(&ep, "good", "stopped").await;
+}
