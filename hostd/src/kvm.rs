@@ -250,13 +250,18 @@ impl Driver for KvmDriver {
             let _ = child.wait();
             return Err(failed(format!("recording the VM: {e}")));
         }
-        // Up when its socket answers; failed when it exits first (its exit record says why).
+        // Up when its socket answers; failed when it exits first with a failure (its exit
+        // record says why). A guest may also run and power off before the first look:
+        // the VMM then exits successfully and the VM lists as stopped.
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
         loop {
             if control::call(&dir.join(control::SOCKET_FILE), Request::Status).is_ok() {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
+                if status.success() {
+                    break;
+                }
                 let reason = std::fs::read_to_string(dir.join(control::EXIT_FILE))
                     .ok()
                     .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
