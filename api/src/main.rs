@@ -89,11 +89,21 @@ struct HostdArgs {
     /// Where this host's agent can be reached (recorded in the cluster).
     #[arg(long, default_value = "127.0.0.1:0")]
     address: String,
-    /// The hypervisor driver: kvm (Drover's own VMM, one process per VM) or fake (in
-    /// memory, no guests).
+    /// The hypervisor driver: kvm (Drover's own VMM, one process per VM), qemu (one QEMU
+    /// per VM over QMP, any guest), or fake (in memory, no guests).
     #[arg(long, default_value = "kvm")]
     driver: String,
-    /// Where the kvm driver keeps each VM's socket, console log and records. VMs outlive
+    /// qemu driver: the QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu_binary: PathBuf,
+    /// qemu driver: kvm, tcg, or auto (kvm where the CPU has hardware virtualization and
+    /// KVM is not kvm-pvm).
+    #[arg(long, default_value = "auto")]
+    qemu_accel: String,
+    /// qemu driver: the machine type (microvm or q35).
+    #[arg(long, default_value = "microvm")]
+    qemu_machine: String,
+    /// Where the kvm and qemu drivers keep each VM's socket, console log and records. VMs outlive
     /// hostd; a hostd restarted on the same directory re-adopts them.
     #[arg(long, default_value = "/run/drover/vms")]
     run_dir: PathBuf,
@@ -156,7 +166,21 @@ async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()
             let driver = hostd::kvm::KvmDriver::new(kvm)?;
             hostd::agent::run(config, driver, stop).await?
         }
-        other => bail!("unknown driver {other:?} (kvm or fake)"),
+        "qemu" => {
+            let accel = hostd::qemu::Accel::parse(&args.qemu_accel)
+                .with_context(|| format!("--qemu-accel {:?} is not kvm, tcg or auto", args.qemu_accel))?;
+            let qemu = hostd::qemu::QemuConfig {
+                binary: args.qemu_binary.clone(),
+                accel,
+                machine: args.qemu_machine.clone(),
+                run_dir: args.run_dir.clone(),
+                console_log_bytes_max: args.console_log_bytes_max,
+            };
+            let driver = hostd::qemu::QemuDriver::new(qemu)?;
+            info!(accel = ?driver.accel(), "qemu driver ready");
+            hostd::agent::run(config, driver, stop).await?
+        }
+        other => bail!("unknown driver {other:?} (kvm, qemu or fake)"),
     }
     Ok(())
 }

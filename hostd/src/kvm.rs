@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::{info, warn};
 use vmm::control::{self, Phase, Request};
 
 use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::vm_dir::{self, Record};
 
 /// How long a VMM may take to come up (create the VM, load the kernel, bind its socket).
 pub const START_TIMEOUT_MS: u64 = 10_000;
@@ -30,14 +31,6 @@ pub struct KvmConfig {
     pub program_args: Vec<String>,
     pub run_dir: PathBuf,
     pub console_log_bytes_max: u64,
-}
-
-/// What the driver writes beside each VM, so a later hostd knows whose VMM it is.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    domain: String,
-    generation: u64,
-    pid: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,22 +65,6 @@ fn phase_of(p: Phase) -> VmPhase {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
-    // A zombie still has /proc/<pid>; its state letter says it is dead.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
-fn kill(pid: u32) {
-    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-        if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::KILL) {
-            warn!(pid, error = %e, "killing a VMM process failed");
-        }
-    }
-}
-
 impl KvmDriver {
     /// A driver over `config.run_dir`, re-adopting the VMs found there.
     pub fn new(config: KvmConfig) -> Result<KvmDriver, DriverError> {
@@ -102,22 +79,15 @@ impl KvmDriver {
     }
 
     fn adopt(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.config.run_dir) else { return };
-        for entry in entries.flatten() {
-            let dir = entry.path();
-            let Ok(text) = std::fs::read_to_string(dir.join(control::CONFIG_FILE)) else { continue };
-            let Ok(record) = serde_json::from_str::<Record>(&text) else {
-                warn!(dir = %dir.display(), "unreadable VM record; ignoring the directory");
-                continue;
-            };
+        for (dir, record) in vm_dir::recorded(&self.config.run_dir) {
             match control::call(&dir.join(control::SOCKET_FILE), Request::Status) {
                 Ok(status) if status.domain == record.domain => {
                     info!(domain = %record.domain, pid = status.pid, "re-adopted a running VM");
                 }
-                _ if process_alive(record.pid) && self.is_vmm(record.pid, &dir) => {
+                _ if vm_dir::process_alive(record.pid) && vm_dir::runs_in(record.pid, &dir) => {
                     // There, but not answering: it cannot be controlled, so it must go.
                     warn!(domain = %record.domain, pid = record.pid, "VMM does not answer; killing it");
-                    kill(record.pid);
+                    vm_dir::kill(record.pid);
                 }
                 _ => {}
             }
@@ -130,13 +100,6 @@ impl KvmDriver {
             };
             self.vms.insert(record.domain, vm);
         }
-    }
-
-    /// Whether `pid` is a VMM for `dir` (and not a recycled pid).
-    fn is_vmm(&self, pid: u32, dir: &Path) -> bool {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
-            .unwrap_or(false)
     }
 
     fn vm(&mut self, domain: &str) -> Result<&mut KvmVm, DriverError> {
@@ -164,7 +127,7 @@ impl KvmDriver {
                 }
                 VmStatus { generation: vm.generation, phase, reason: s.reason }
             }
-            Err(_) if process_alive(vm.pid) => {
+            Err(_) if vm_dir::process_alive(vm.pid) => {
                 // Starting up or briefly busy: say it is starting rather than guess.
                 VmStatus { generation: vm.generation, phase: VmPhase::Starting, reason: None }
             }
@@ -232,20 +195,14 @@ impl Driver for KvmDriver {
                 });
             }
         }
-        if spec.domain.is_empty() || spec.domain.contains('/') || spec.domain.starts_with('.') {
-            return Err(failed(format!("{:?} cannot name a run directory", spec.domain)));
-        }
-        let dir = self.config.run_dir.join(&spec.domain);
+        let dir = vm_dir::dir_for(&self.config.run_dir, &spec.domain).map_err(failed)?;
         std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
         for stale in [control::EXIT_FILE, control::SOCKET_FILE, control::CONFIG_FILE] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let mut child = self.spawn(spec, &dir).map_err(failed)?;
         let record = Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() };
-        let written = serde_json::to_vec(&record)
-            .map_err(|e| e.to_string())
-            .and_then(|b| std::fs::write(dir.join(control::CONFIG_FILE), b).map_err(|e| e.to_string()));
-        if let Err(e) = written {
+        if let Err(e) = record.write(&dir) {
             let _ = child.kill();
             let _ = child.wait();
             return Err(failed(format!("recording the VM: {e}")));
@@ -305,9 +262,9 @@ impl Driver for KvmDriver {
             Ok(()) => Ok(()),
             Err(e) => {
                 let vm = self.vm(domain)?;
-                if process_alive(vm.pid) {
+                if vm_dir::process_alive(vm.pid) {
                     // It does not answer: end it the hard way.
-                    kill(vm.pid);
+                    vm_dir::kill(vm.pid);
                     if let Some(child) = &mut vm.child {
                         let _ = child.wait();
                         vm.child = None;

@@ -5,11 +5,14 @@
 //! commands that carry the domain's generation. Hypervisors sit behind one driver trait
 //! (`driver`).
 //!
-//! Today: the driver trait, the deterministic `fake` driver (boot and shutdown delays,
-//! injected crashes), the pure `reconciler`, and the `agent` loop that reads the state
-//! through the public API and reports through it. Still to come (issue #5): the learner
-//! replica on each host, the `kvm` driver (the project's own VMM, the only place `unsafe`
-//! is allowed) and the `qemu` driver, re-adoption of VM processes after a restart.
+//! Drivers: `kvm` (Drover's own VMM, crate `vmm`, one `drover vmm` process per VM over a
+//! Unix socket), `qemu` (one QEMU per VM over QMP; KVM or TCG) and the deterministic
+//! `fake` (boot and shutdown delays, injected crashes). The process drivers keep each VM's
+//! files in a run directory (`vm_dir`) and re-adopt running VMs after a hostd restart;
+//! every driver passes the shared suite in `conformance`. The pure `reconciler` decides,
+//! the `agent` loop reads the cluster state through the public API and reports through
+//! it. Still to come: the learner replica on each host (today the agent reads the state
+//! from the control replicas), virtio-net and taps.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -17,4 +20,6 @@ pub mod conformance;
 pub mod driver;
 pub mod fake;
 pub mod kvm;
+pub mod qemu;
 pub mod reconciler;
+pub mod vm_dir;

@@ -12,6 +12,7 @@ use hostd::conformance::{self, Harness};
 use hostd::driver::{Driver, VmPhase, VmSpec};
 use hostd::fake::FakeDriver;
 use hostd::kvm::{KvmConfig, KvmDriver};
+use hostd::qemu::{QemuConfig, QemuDriver};
 use hostd::reconciler::{reconcile, Action, Memory};
 
 struct FakeHarness {
@@ -191,4 +192,102 @@ fn a_new_kvm_driver_re_adopts_running_vms_and_learns_how_the_others_ended() {
     wait_phase(&mut second, "orphan", VmPhase::Stopped);
     second.destroy("keeps", 0).unwrap();
     wait_phase(&mut second, "keeps", VmPhase::Stopped);
+}
+
+fn qemu_present() -> bool {
+    let ok = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "qemu-system-x86_64 is not installed; scripts/deps installs it");
+    ok
+}
+
+struct QemuHarness {
+    driver: QemuDriver,
+    kernel: String,
+}
+
+impl Harness for QemuHarness {
+    fn driver(&mut self) -> &mut dyn Driver {
+        &mut self.driver
+    }
+    fn spec(&self, domain: &str, generation: u64) -> VmSpec {
+        spec(domain, generation, &self.kernel, "drover.tick_ms=20")
+    }
+    fn missing_kernel(&self, domain: &str) -> VmSpec {
+        spec(domain, 1, "/missing/kernel", "")
+    }
+    fn advance(&mut self) -> u64 {
+        std::thread::sleep(Duration::from_millis(5));
+        now_ms()
+    }
+}
+
+#[test]
+fn the_qemu_driver_passes_the_suite() {
+    qemu_present();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let driver = QemuDriver::new(QemuConfig::new(dir.path().join("run"))).unwrap();
+    conformance::run_all(&mut QemuHarness { driver, kernel: kernel.display().to_string() });
+}
+
+#[test]
+fn a_qemu_binary_that_is_not_installed_is_a_clear_start_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let mut config = QemuConfig::new(dir.path().join("run"));
+    config.binary = "/nonexistent/qemu-system-x86_64".into();
+    let mut driver = QemuDriver::new(config).unwrap();
+    let err = driver.start(&spec("d", 1, &kernel.display().to_string(), ""), 0).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("cannot run QEMU (/nonexistent/qemu-system-x86_64)"), "{text}");
+    assert!(driver.list(0).is_empty(), "a VM that never started is listed");
+}
+
+/// The Linux test guest (scripts/guest-linux), built here if it is not yet.
+fn linux_guest() -> (String, String) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("target/guests/linux");
+    let status = Command::new(root.join("scripts/guest-linux")).arg(&dir).status().unwrap();
+    assert!(status.success(), "scripts/guest-linux failed");
+    (dir.join("vmlinuz").display().to_string(), dir.join("initramfs.cpio.gz").display().to_string())
+}
+
+#[test]
+fn the_qemu_driver_boots_the_debian_linux_guest_to_init_and_shuts_it_down() {
+    qemu_present();
+    let (kernel, initrd) = linux_guest();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
+    let mut linux = spec("linux", 1, &kernel, "console=ttyS0 panic=-1");
+    linux.initrd = Some(initrd);
+    linux.memory_mib = 256;
+    let started = Instant::now();
+    driver.start(&linux, 0).unwrap();
+    let console = || std::fs::read_to_string(run.join("linux/console.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !console().contains("DROVER-LINUX-READY") {
+        assert!(Instant::now() < deadline, "Linux never reached init:\n{}", console());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("Linux reached init under QEMU ({:?}) in {:?}", driver.accel(), started.elapsed());
+    assert_eq!(wait_phase_any(&mut driver, "linux", VmPhase::Running).generation, 1);
+    driver.shutdown("linux", 0).unwrap();
+    let s = wait_phase_any(&mut driver, "linux", VmPhase::Stopped);
+    assert_eq!(s.reason.as_deref(), Some("the guest powered off"));
+    assert!(console().contains("drover-linux: power"), "{}", console());
+}
+
+fn wait_phase_any(driver: &mut dyn Driver, domain: &str, phase: VmPhase) -> hostd::driver::VmStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = driver.list(now_ms()).get(domain).cloned();
+        if s.as_ref().is_some_and(|s| s.phase == phase) {
+            return s.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{domain} never {phase:?}; last {s:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

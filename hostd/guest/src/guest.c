@@ -17,8 +17,9 @@
  * idles the vCPU (a ring-3 guest cannot halt); elsewhere that port does nothing.
  *
  * Serial input: 'p' powers off (graceful shutdown), 'r' resets (reboot).
- * Power-off writes to port 0xf4 (QEMU's isa-debug-exit; Drover's VMM treats it the
- * same); reset uses the i8042 reset line (port 0x64, 0xfe).
+ * Power-off writes to port 0xf4 (Drover's VMM; QEMU's isa-debug-exit), then to the ACPI
+ * sleep control of QEMU's q35, pc and microvm machines; reset uses the i8042 reset line
+ * (port 0x64, 0xfe).
  */
 
 typedef unsigned char u8;
@@ -67,9 +68,15 @@ static void putu(u64 v) {
 }
 static int serial_rx(void) { return (inb(COM1 + 5) & 1) ? inb(COM1) : -1; }
 
+/* Power off, trying each machine's way in turn; the first that works never returns. */
 static void power_off(void) {
     puts_("drover-guest: power off\n");
-    for (;;) outb(POWER_OFF_PORT, 0);
+    for (;;) {
+        outb(POWER_OFF_PORT, 0);                   /* Drover's VMM; QEMU isa-debug-exit */
+        outw(0x604, 0x2000);                       /* QEMU q35: ICH9 PM1a_CNT, SLP_EN, S5 */
+        outw(0xb004, 0x2000);                      /* QEMU pc: PIIX4 PM1a_CNT */
+        *(volatile u8 *)0xfea00200UL = (5 << 2) | 0x20; /* QEMU microvm: GED sleep control, S5 */
+    }
 }
 static void reset(void) {
     puts_("drover-guest: reset\n");

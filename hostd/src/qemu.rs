@@ -1,0 +1,455 @@
+//! The `qemu` driver: one qemu-system-x86_64 process per VM, as libvirt runs it,
+//! controlled over QMP (the `qapi` crate). This is how Drover runs arbitrary guests on
+//! any host: KVM where the host has hardware virtualization, TCG where it does not
+//! (kvm-pvm counts as "not": its ring-0 emulation is slower than TCG).
+//!
+//! Each VM's run directory holds `qmp.sock`, `console.sock` (the serial port: output is
+//! logged to `console.log`, input is how a graceful shutdown reaches guests without ACPI),
+//! `qemu.log` (QEMU's own stderr), the driver's record and, once the guest has powered
+//! off, `exit.json`. QEMU runs with `-no-shutdown`, so a guest power-off leaves it alive
+//! in the `shutdown` state until the driver has written down that it stopped; a QEMU that
+//! vanishes without that record crashed. QEMU outlives hostd (own process group) and is
+//! re-adopted through its QMP socket.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qapi::{qmp, Qmp};
+use tracing::{info, warn};
+
+use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::vm_dir::{self, Record};
+
+pub const QMP_FILE: &str = "qmp.sock";
+pub const CONSOLE_SOCKET_FILE: &str = "console.sock";
+pub const CONSOLE_FILE: &str = "console.log";
+pub const QEMU_LOG_FILE: &str = "qemu.log";
+pub const EXIT_FILE: &str = "exit.json";
+/// How long QEMU may take to come up and answer QMP.
+pub const START_TIMEOUT_MS: u64 = 10_000;
+/// Deadline of one QMP exchange.
+pub const QMP_TIMEOUT_MS: u64 = 2_000;
+/// The TSC frequency given to Linux guests on microvm, where early calibration against
+/// the PIT hangs about half the boots under TCG.
+pub const MICROVM_TSC_KHZ: u64 = 2_300_000;
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM where the CPU has VMX/SVM and KVM is not kvm-pvm; TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn parse(s: &str) -> Option<Accel> {
+        match s {
+            "auto" => Some(Accel::Auto),
+            "kvm" => Some(Accel::Kvm),
+            "tcg" => Some(Accel::Tcg),
+            _ => None,
+        }
+    }
+
+    /// What `Auto` means on this machine.
+    pub fn resolve(self) -> Accel {
+        match self {
+            Accel::Auto if hardware_kvm() => Accel::Kvm,
+            Accel::Auto => Accel::Tcg,
+            other => other,
+        }
+    }
+}
+
+/// Hardware-assisted KVM: /dev/kvm usable, the CPU has VMX or SVM, and not kvm-pvm.
+pub fn hardware_kvm() -> bool {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpu.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
+    let vmx = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    vmx && !Path::new("/sys/module/kvm_pvm").exists()
+        && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub binary: PathBuf,
+    pub accel: Accel,
+    /// `microvm` (virtio-mmio, no firmware) or `q35` (PCI, SeaBIOS).
+    pub machine: String,
+    pub run_dir: PathBuf,
+    pub console_log_bytes_max: u64,
+}
+
+impl QemuConfig {
+    pub fn new(run_dir: PathBuf) -> QemuConfig {
+        QemuConfig {
+            binary: "qemu-system-x86_64".into(),
+            accel: Accel::Auto,
+            machine: "microvm".into(),
+            run_dir,
+            console_log_bytes_max: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ExitRecord {
+    generation: u64,
+    stopped: bool,
+    reason: String,
+}
+
+#[derive(Debug)]
+struct QemuVm {
+    generation: u64,
+    pid: u32,
+    dir: PathBuf,
+    child: Option<Child>,
+    shutting_down: bool,
+}
+
+#[derive(Debug)]
+pub struct QemuDriver {
+    config: QemuConfig,
+    accel: Accel,
+    vms: BTreeMap<String, QemuVm>,
+}
+
+fn qmp_call<C: qapi::Command>(dir: &Path, command: &C) -> Result<C::Ok, String> {
+    let stream = UnixStream::connect(dir.join(QMP_FILE)).map_err(|e| format!("QMP socket: {e}"))?;
+    let timeout = Some(Duration::from_millis(QMP_TIMEOUT_MS));
+    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+    let mut qmp = Qmp::from_stream(&stream);
+    qmp.handshake().map_err(|e| format!("QMP handshake: {e}"))?;
+    qmp.execute(command).map_err(|e| format!("QMP: {e}"))
+}
+
+/// A disk image's format, from its first bytes.
+fn image_format(path: &str) -> &'static str {
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| magic == *b"QFI\xfb");
+    if is_qcow2 {
+        "qcow2"
+    } else {
+        "raw"
+    }
+}
+
+impl QemuDriver {
+    pub fn new(config: QemuConfig) -> Result<QemuDriver, DriverError> {
+        std::fs::create_dir_all(&config.run_dir).map_err(|e| DriverError::Failed {
+            domain: String::new(),
+            action: "create its run directory",
+            reason: format!("{}: {e}", config.run_dir.display()),
+        })?;
+        let accel = config.accel.resolve();
+        let mut driver = QemuDriver { config, accel, vms: BTreeMap::new() };
+        for (dir, record) in vm_dir::recorded(&driver.config.run_dir) {
+            match qmp_call(&dir, &qmp::query_status {}) {
+                Ok(_) => info!(domain = %record.domain, pid = record.pid, "re-adopted a running QEMU"),
+                Err(_) if vm_dir::process_alive(record.pid) && vm_dir::runs_in(record.pid, &dir) => {
+                    warn!(domain = %record.domain, pid = record.pid, "QEMU does not answer QMP; killing it");
+                    vm_dir::kill(record.pid);
+                }
+                Err(_) => {}
+            }
+            let vm = QemuVm {
+                generation: record.generation,
+                pid: record.pid,
+                dir,
+                child: None,
+                shutting_down: false,
+            };
+            driver.vms.insert(record.domain, vm);
+        }
+        Ok(driver)
+    }
+
+    /// The accelerator this driver uses on this machine.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    fn vm(&mut self, domain: &str) -> Result<&mut QemuVm, DriverError> {
+        self.vms.get_mut(domain).ok_or_else(|| DriverError::NoSuchVm(domain.to_owned()))
+    }
+
+    fn call<C: qapi::Command>(
+        &mut self,
+        domain: &str,
+        action: &'static str,
+        command: &C,
+    ) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        qmp_call(&vm.dir, command).map(|_| ()).map_err(|reason| DriverError::Failed {
+            domain: domain.to_owned(),
+            action,
+            reason,
+        })
+    }
+
+    fn args(&self, spec: &VmSpec, dir: &Path) -> Result<Vec<String>, String> {
+        let kernel = spec
+            .kernel
+            .as_ref()
+            .ok_or("the qemu driver boots a kernel directly; disk boot is not supported yet")?;
+        if !Path::new(kernel).is_file() {
+            return Err(format!("kernel {kernel} is missing"));
+        }
+        let microvm = self.config.machine == "microvm";
+        let mut cmdline = spec.cmdline.trim().to_owned();
+        if microvm && !cmdline.contains("tsc_early_khz=") {
+            cmdline = format!("{cmdline} tsc_early_khz={MICROVM_TSC_KHZ}").trim().to_owned();
+        }
+        let p = |f: &str| dir.join(f).display().to_string();
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            format!("{},process=drover-{}", spec.domain, spec.domain),
+            "-machine".into(),
+            self.config.machine.clone(),
+            "-accel".into(),
+            match self.accel {
+                Accel::Kvm => "kvm".into(),
+                _ => "tcg".into(),
+            },
+            "-m".into(),
+            spec.memory_mib.to_string(),
+            "-smp".into(),
+            spec.vcpus.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-nographic".into(),
+            "-no-shutdown".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
+                p(CONSOLE_SOCKET_FILE),
+                p(CONSOLE_FILE)
+            ),
+            "-serial".into(),
+            "chardev:con".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", p(QMP_FILE)),
+            "-kernel".into(),
+            kernel.clone(),
+            "-append".into(),
+            cmdline,
+        ];
+        if self.accel == Accel::Kvm {
+            a.extend(["-cpu".into(), "host".into()]);
+        }
+        if let Some(initrd) = &spec.initrd {
+            if !Path::new(initrd).is_file() {
+                return Err(format!("initrd {initrd} is missing"));
+            }
+            a.extend(["-initrd".into(), initrd.clone()]);
+        }
+        for (i, disk) in spec.disks.iter().enumerate() {
+            if !Path::new(&disk.path).is_file() {
+                return Err(format!("disk {} is missing", disk.path));
+            }
+            a.push("-drive".into());
+            a.push(format!(
+                "file={},if=none,id=disk{i},format={},readonly={}",
+                disk.path,
+                image_format(&disk.path),
+                if disk.read_only { "on" } else { "off" }
+            ));
+            a.push("-device".into());
+            let model = if microvm { "virtio-blk-device" } else { "virtio-blk-pci" };
+            a.push(format!("{model},drive=disk{i}"));
+        }
+        Ok(a)
+    }
+
+    fn exit_record(dir: &Path, generation: u64) -> Option<ExitRecord> {
+        std::fs::read_to_string(dir.join(EXIT_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
+            .filter(|r| r.generation == generation)
+    }
+
+    /// Keep the console log under its cap: the current part becomes `.old`.
+    fn cap_console(&self, dir: &Path) {
+        let log = dir.join(CONSOLE_FILE);
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() > self.config.console_log_bytes_max) {
+            let old = dir.join(format!("{CONSOLE_FILE}.old"));
+            // QEMU appends (logappend=on), so truncating in place is safe for it.
+            if let Err(e) = std::fs::copy(&log, &old).and_then(|_| std::fs::File::create(&log).map(|_| ())) {
+                warn!(log = %log.display(), error = %e, "cannot rotate a console log");
+            }
+        }
+    }
+
+    fn status_of(&self, vm: &mut QemuVm) -> VmStatus {
+        if let Some(child) = &mut vm.child {
+            if let Ok(Some(_)) = child.try_wait() {
+                vm.child = None;
+            }
+        }
+        self.cap_console(&vm.dir);
+        let status = |phase, reason: Option<String>| VmStatus { generation: vm.generation, phase, reason };
+        match qmp_call(&vm.dir, &qmp::query_status {}) {
+            Ok(info) => match info.status {
+                qmp::RunState::running if vm.shutting_down => status(VmPhase::ShuttingDown, None),
+                qmp::RunState::running => status(VmPhase::Running, None),
+                qmp::RunState::paused | qmp::RunState::suspended => status(VmPhase::Paused, None),
+                qmp::RunState::shutdown => {
+                    // The guest powered off; write it down, then let QEMU go.
+                    let record = ExitRecord {
+                        generation: vm.generation,
+                        stopped: true,
+                        reason: "the guest powered off".into(),
+                    };
+                    if let Ok(body) = serde_json::to_vec(&record) {
+                        if std::fs::write(vm.dir.join(EXIT_FILE), body).is_ok() {
+                            let _ = qmp_call(&vm.dir, &qmp::quit {});
+                        }
+                    }
+                    status(VmPhase::Stopped, Some(record.reason))
+                }
+                qmp::RunState::internal_error | qmp::RunState::io_error | qmp::RunState::guest_panicked => {
+                    status(VmPhase::Crashed, Some(format!("QEMU reports {:?}", info.status)))
+                }
+                _ => status(VmPhase::Starting, None),
+            },
+            Err(_) if vm_dir::process_alive(vm.pid) => status(VmPhase::Starting, None),
+            Err(_) => match Self::exit_record(&vm.dir, vm.generation) {
+                Some(exit) if exit.stopped => status(VmPhase::Stopped, Some(exit.reason)),
+                Some(exit) => status(VmPhase::Crashed, Some(exit.reason)),
+                None => status(VmPhase::Crashed, Some("QEMU ended without the guest powering off".into())),
+            },
+        }
+    }
+
+    fn record_destroyed(vm: &QemuVm) {
+        let record =
+            ExitRecord { generation: vm.generation, stopped: true, reason: "destroyed on request".into() };
+        if let Ok(body) = serde_json::to_vec(&record) {
+            let _ = std::fs::write(vm.dir.join(EXIT_FILE), body);
+        }
+    }
+}
+
+impl Driver for QemuDriver {
+    fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
+        let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
+        if let Some(mut vm) = self.vms.remove(&spec.domain) {
+            let phase = self.status_of(&mut vm).phase;
+            self.vms.insert(spec.domain.clone(), vm);
+            if !matches!(phase, VmPhase::Stopped | VmPhase::Crashed) {
+                return Err(DriverError::WrongPhase { domain: spec.domain.clone(), action: "start", phase });
+            }
+        }
+        let dir = vm_dir::dir_for(&self.config.run_dir, &spec.domain).map_err(failed)?;
+        std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
+        for stale in [EXIT_FILE, QMP_FILE, CONSOLE_SOCKET_FILE, vm_dir::RECORD_FILE] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let args = self.args(spec, &dir).map_err(failed)?;
+        let log = std::fs::File::create(dir.join(QEMU_LOG_FILE)).map_err(|e| failed(e.to_string()))?;
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(&self.config.binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| failed(e.to_string()))?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| failed(format!("cannot run QEMU ({}): {e}", self.config.binary.display())))?;
+        let record = Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() };
+        if let Err(e) = record.write(&dir) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(format!("recording the VM: {e}")));
+        }
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            if qmp_call(&dir, &qmp::query_status {}).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let said = std::fs::read_to_string(dir.join(QEMU_LOG_FILE)).unwrap_or_default();
+                let said = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
+                let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
+                return Err(failed(format!("QEMU exited with {status}: {said}")));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
+                return Err(failed(format!("QEMU did not answer QMP within {START_TIMEOUT_MS} ms")));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let pid = child.id();
+        self.vms.insert(
+            spec.domain.clone(),
+            QemuVm { generation: spec.generation, pid, dir, child: Some(child), shutting_down: false },
+        );
+        Ok(())
+    }
+
+    fn pause(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        self.call(domain, "pause", &qmp::stop {})
+    }
+
+    fn resume(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        self.call(domain, "resume", &qmp::cont {})
+    }
+
+    /// ACPI power button, and the power-off key on the serial console for guests
+    /// without ACPI (Drover's test guests); hostd destroys the VM if neither works in time.
+    fn shutdown(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        self.call(domain, "shut down", &qmp::system_powerdown {})?;
+        let vm = self.vm(domain)?;
+        vm.shutting_down = true;
+        if let Ok(mut console) = UnixStream::connect(vm.dir.join(CONSOLE_SOCKET_FILE)) {
+            let _ = console.write_all(&[vmm::POWER_OFF_KEY]);
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        Self::record_destroyed(vm);
+        if qmp_call(&vm.dir, &qmp::quit {}).is_err() && vm_dir::process_alive(vm.pid) {
+            vm_dir::kill(vm.pid);
+        }
+        if let Some(child) = &mut vm.child {
+            let _ = child.wait();
+            vm.child = None;
+        }
+        Ok(())
+    }
+
+    fn reboot(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
+        self.call(domain, "reboot", &qmp::system_reset {})
+    }
+
+    fn remove(&mut self, domain: &str) {
+        if let Some(mut vm) = self.vms.remove(domain) {
+            if let Some(child) = &mut vm.child {
+                let _ = child.wait();
+            }
+            for f in [vm_dir::RECORD_FILE, EXIT_FILE] {
+                let _ = std::fs::remove_file(vm.dir.join(f));
+            }
+        }
+    }
+
+    fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {
+        let mut vms = std::mem::take(&mut self.vms);
+        let out = vms.iter_mut().map(|(name, vm)| (name.clone(), self.status_of(vm))).collect();
+        self.vms = vms;
+        out
+    }
+}

@@ -1,0 +1,79 @@
+//! A VM's run directory, as the process drivers (kvm, qemu) keep it: `<run_dir>/<domain>/`
+//! with the driver's record of the VM (`config.json`: domain, generation, pid) beside the
+//! hypervisor's own files. The record is what lets a restarted hostd find its VMs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+/// The driver's record file in each VM directory.
+pub const RECORD_FILE: &str = vmm::control::CONFIG_FILE;
+
+/// What a driver writes beside each VM, so a later hostd knows whose process it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub domain: String,
+    pub generation: u64,
+    pub pid: u32,
+}
+
+impl Record {
+    pub fn write(&self, dir: &Path) -> Result<(), String> {
+        let body = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join(RECORD_FILE), body).map_err(|e| e.to_string())
+    }
+
+    pub fn read(dir: &Path) -> Option<Record> {
+        let text = std::fs::read_to_string(dir.join(RECORD_FILE)).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "unreadable VM record; ignoring the directory");
+                None
+            }
+        }
+    }
+}
+
+/// Every VM directory under `run_dir` that holds a record.
+pub fn recorded(run_dir: &Path) -> Vec<(PathBuf, Record)> {
+    let Ok(entries) = std::fs::read_dir(run_dir) else { return Vec::new() };
+    let mut found: Vec<(PathBuf, Record)> =
+        entries.flatten().filter_map(|e| Record::read(&e.path()).map(|r| (e.path(), r))).collect();
+    found.sort_by(|a, b| a.1.domain.cmp(&b.1.domain));
+    found
+}
+
+/// The directory for `domain`, refusing names that would escape `run_dir`.
+pub fn dir_for(run_dir: &Path, domain: &str) -> Result<PathBuf, String> {
+    if domain.is_empty() || domain.contains('/') || domain.starts_with('.') {
+        return Err(format!("{domain:?} cannot name a run directory"));
+    }
+    Ok(run_dir.join(domain))
+}
+
+/// Whether `pid` is a live process (a zombie counts as dead).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Whether live process `pid` was started for `dir` (its command line names it), so a
+/// recycled pid is never mistaken for a VM.
+pub fn runs_in(pid: u32, dir: &Path) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(&*dir.to_string_lossy()))
+        .unwrap_or(false)
+}
+
+/// SIGKILL `pid`.
+pub fn kill(pid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        if let Err(e) = rustix::process::kill_process(p, rustix::process::Signal::KILL) {
+            warn!(pid, error = %e, "killing a VM process failed");
+        }
+    }
+}
