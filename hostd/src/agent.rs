@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::api as pb;
 use proto::api::domains_client::DomainsClient;
+use proto::api::events_client::EventsClient;
 use proto::api::hosts_client::HostsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
 use tonic::transport::{Channel, Endpoint};
@@ -226,11 +227,27 @@ pub async fn run<D: Driver>(
     let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
+    // Domain events wake the loop at once (a start reaches the hypervisor without waiting
+    // for the tick); the tick still runs, to catch anything a broken stream missed.
+    let mut watch: Option<tonic::Streaming<pb::Event>> = None;
+    let mut last_pass = tokio::time::Instant::now();
     loop {
-        tokio::select! {
+        let woken = tokio::select! {
             _ = &mut stop => return Ok(()),
-            _ = tick.tick() => {}
+            _ = tick.tick() => false,
+            m = next_event(&mut watch) => match m {
+                Ok(Some(_)) => true,
+                Ok(None) | Err(_) => {
+                    watch = None;
+                    false
+                }
+            },
+        };
+        if woken {
+            // Coalesce bursts: at most one pass per PASS_GAP_MS.
+            tokio::time::sleep_until(last_pass + Duration::from_millis(PASS_GAP_MS)).await;
         }
+        last_pass = tokio::time::Instant::now();
         let host = config.host.clone();
         let domains = match api
             .call(|ch| {
@@ -276,6 +293,22 @@ pub async fn run<D: Driver>(
         } else {
             BTreeMap::new()
         };
+        if watch.is_none() {
+            // Every domain event after the newest version seen is news.
+            let from_seq = domains.iter().map(|d| d.version).max().unwrap_or(0) + 1;
+            let w =
+                pb::WatchRequest { from_seq, follow: true, kinds: vec!["domain".into()], names: Vec::new() };
+            match api
+                .call(|ch| {
+                    let r = request(&host, w.clone());
+                    async move { EventsClient::new(ch).watch(r).await }
+                })
+                .await
+            {
+                Ok(stream) => watch = Some(stream.into_inner()),
+                Err(s) => warn!(status = %s, "cannot watch domain events; reconciling on the tick only"),
+            }
+        }
         let assigned = assigned_from(&config.host, &domains, &pools);
         let now = now_ms();
         let observed = driver.list(now);
@@ -329,6 +362,19 @@ pub async fn run<D: Driver>(
                 }
             }
         }
+    }
+}
+
+/// The shortest time between two reconcile passes woken by events.
+const PASS_GAP_MS: u64 = 5;
+
+/// The next event of the watch, or never when there is none.
+async fn next_event(
+    watch: &mut Option<tonic::Streaming<pb::Event>>,
+) -> Result<Option<pb::Event>, tonic::Status> {
+    match watch {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
     }
 }
 
