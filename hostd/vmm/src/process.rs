@@ -80,20 +80,23 @@ pub fn run(args: VmmArgs) -> i32 {
     let socket = args.run_dir.join(control::SOCKET_FILE);
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(args.run_dir.join(control::EXIT_FILE));
-    let vm = match Vm::start(config) {
-        Ok(vm) => Arc::new(vm),
-        Err(e) => {
-            eprintln!("drover-vmm: {e}");
-            write_exit(&args.run_dir, &record(Phase::Crashed, Some(e.to_string())));
-            return 2;
-        }
-    };
+    // The socket exists before the guest runs, so whoever sees the guest's first output
+    // can already reach its VMM.
     let listener = match UnixListener::bind(&socket) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("drover-vmm: binding {}: {e}", socket.display());
-            vm.destroy();
             write_exit(&args.run_dir, &record(Phase::Crashed, Some(format!("control socket: {e}"))));
+            return 2;
+        }
+    };
+    let vm = match Vm::start(config) {
+        Ok(vm) => Arc::new(vm),
+        Err(e) => {
+            eprintln!("drover-vmm: {e}");
+            drop(listener);
+            let _ = std::fs::remove_file(&socket);
+            write_exit(&args.run_dir, &record(Phase::Crashed, Some(e.to_string())));
             return 2;
         }
     };
