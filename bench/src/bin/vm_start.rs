@@ -13,6 +13,8 @@
 //! libvirt needs `libvirt-daemon-system` (this program starts virtlogd and libvirtd when
 //! they are not running, and stops what it started); linux needs `scripts/guest-linux`.
 
+#![allow(clippy::print_stdout)] // a report on stdout is its output
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
