@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tracing::{info, warn};
@@ -210,30 +209,27 @@ impl Driver for KvmDriver {
         // Up when its socket answers; failed when it exits first with a failure (its exit
         // record says why). A guest may also run and power off before the first look:
         // the VMM then exits successfully and the VM lists as stopped.
-        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
-        loop {
-            if control::call(&dir.join(control::SOCKET_FILE), Request::Status).is_ok() {
-                break;
+        let socket = dir.join(control::SOCKET_FILE);
+        match vm_dir::wait_up(&mut child, &dir, START_TIMEOUT_MS, || {
+            control::call(&socket, Request::Status).is_ok()
+        }) {
+            vm_dir::StartOutcome::Up => {}
+            vm_dir::StartOutcome::Exited(status) if status.success() => {
+                Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() }
+                    .write(&dir)
+                    .map_err(failed)?;
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                if status.success() {
-                    break;
-                }
+            vm_dir::StartOutcome::Exited(status) => {
                 let reason = std::fs::read_to_string(dir.join(control::EXIT_FILE))
                     .ok()
                     .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
                     .and_then(|r| r.reason)
                     .unwrap_or_else(|| format!("the VMM exited with {status}"));
-                let _ = std::fs::remove_file(dir.join(control::CONFIG_FILE));
                 return Err(failed(reason));
             }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = std::fs::remove_file(dir.join(control::CONFIG_FILE));
-                return Err(failed(format!("the VMM did not come up within {START_TIMEOUT_MS} ms")));
+            vm_dir::StartOutcome::TimedOut => {
+                return Err(failed(format!("the VMM did not come up within {START_TIMEOUT_MS} ms")))
             }
-            std::thread::sleep(Duration::from_millis(1));
         }
         let pid = child.id();
         self.vms.insert(

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use qapi::{qmp, Qmp};
 use tracing::{info, warn};
@@ -371,24 +371,18 @@ impl Driver for QemuDriver {
             let _ = child.wait();
             return Err(failed(format!("recording the VM: {e}")));
         }
-        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
-        loop {
-            if qmp_call(&dir, &qmp::query_status {}).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
+        match vm_dir::wait_up(&mut child, &dir, START_TIMEOUT_MS, || {
+            qmp_call(&dir, &qmp::query_status {}).is_ok()
+        }) {
+            vm_dir::StartOutcome::Up => {}
+            vm_dir::StartOutcome::Exited(status) => {
                 let said = std::fs::read_to_string(dir.join(QEMU_LOG_FILE)).unwrap_or_default();
                 let said = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-                let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
                 return Err(failed(format!("QEMU exited with {status}: {said}")));
             }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
-                return Err(failed(format!("QEMU did not answer QMP within {START_TIMEOUT_MS} ms")));
+            vm_dir::StartOutcome::TimedOut => {
+                return Err(failed(format!("QEMU did not answer QMP within {START_TIMEOUT_MS} ms")))
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
         let pid = child.id();
         self.vms.insert(

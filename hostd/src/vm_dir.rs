@@ -3,6 +3,8 @@
 //! hypervisor's own files. The record is what lets a restarted hostd find its VMs.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -76,4 +78,37 @@ pub fn kill(pid: u32) {
             warn!(pid, error = %e, "killing a VM process failed");
         }
     }
+}
+
+/// How a freshly spawned VM process came out of its start.
+#[derive(Debug)]
+pub enum StartOutcome {
+    /// It answers on its control socket.
+    Up,
+    /// It exited first.
+    Exited(ExitStatus),
+    /// Neither within the timeout; it has been killed and reaped.
+    TimedOut,
+}
+
+/// Wait until `answers()` or until `child` exits, for at most `timeout_ms`. On a failure
+/// the driver's record in `dir` is removed, so no later hostd adopts the corpse.
+pub fn wait_up(child: &mut Child, dir: &Path, timeout_ms: u64, answers: impl Fn() -> bool) -> StartOutcome {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let outcome = loop {
+        if answers() {
+            return StartOutcome::Up;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break StartOutcome::Exited(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break StartOutcome::TimedOut;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = std::fs::remove_file(dir.join(RECORD_FILE));
+    outcome
 }

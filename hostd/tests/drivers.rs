@@ -84,8 +84,9 @@ fn vmm_bin() -> PathBuf {
     .clone()
 }
 
-struct KvmHarness {
-    driver: KvmDriver,
+/// A process driver (kvm, qemu) booting the test guest, on real time.
+struct ProcessHarness<D> {
+    driver: D,
     kernel: String,
 }
 
@@ -102,7 +103,7 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-impl Harness for KvmHarness {
+impl<D: Driver> Harness for ProcessHarness<D> {
     fn driver(&mut self) -> &mut dyn Driver {
         &mut self.driver
     }
@@ -127,7 +128,7 @@ fn the_kvm_driver_passes_the_suite() {
     let kernel = dir.path().join("guest.elf");
     testguest::write_to(&kernel).unwrap();
     let driver = KvmDriver::new(kvm_config(&dir.path().join("run"))).unwrap();
-    conformance::run_all(&mut KvmHarness { driver, kernel: kernel.display().to_string() });
+    conformance::run_all(&mut ProcessHarness { driver, kernel: kernel.display().to_string() });
 }
 
 fn wait_phase(driver: &mut KvmDriver, domain: &str, phase: VmPhase) -> hostd::driver::VmStatus {
@@ -200,27 +201,6 @@ fn qemu_present() -> bool {
     ok
 }
 
-struct QemuHarness {
-    driver: QemuDriver,
-    kernel: String,
-}
-
-impl Harness for QemuHarness {
-    fn driver(&mut self) -> &mut dyn Driver {
-        &mut self.driver
-    }
-    fn spec(&self, domain: &str, generation: u64) -> VmSpec {
-        spec(domain, generation, &self.kernel, "drover.tick_ms=20")
-    }
-    fn missing_kernel(&self, domain: &str) -> VmSpec {
-        spec(domain, 1, "/missing/kernel", "")
-    }
-    fn advance(&mut self) -> u64 {
-        std::thread::sleep(Duration::from_millis(5));
-        now_ms()
-    }
-}
-
 #[test]
 fn the_qemu_driver_passes_the_suite() {
     qemu_present();
@@ -228,7 +208,7 @@ fn the_qemu_driver_passes_the_suite() {
     let kernel = dir.path().join("guest.elf");
     testguest::write_to(&kernel).unwrap();
     let driver = QemuDriver::new(QemuConfig::new(dir.path().join("run"))).unwrap();
-    conformance::run_all(&mut QemuHarness { driver, kernel: kernel.display().to_string() });
+    conformance::run_all(&mut ProcessHarness { driver, kernel: kernel.display().to_string() });
 }
 
 #[test]
