@@ -103,14 +103,14 @@ pub fn run(args: VmmArgs) -> i32 {
     // Held while a request is handled, so the process never exits mid-answer.
     let serving = Arc::new(Mutex::new(()));
     {
-        let (vm, serving) = (vm.clone(), serving.clone());
+        let (vm, serving, run_dir) = (vm.clone(), serving.clone(), args.run_dir.clone());
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
                     let _guard = serving.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = serve(&vm, stream) {
+                    if let Err(e) = serve(&vm, &run_dir, stream) {
                         eprintln!("drover-vmm: control connection: {e}");
                     }
                 }
@@ -138,7 +138,7 @@ fn status(vm: &Vm) -> Status {
 }
 
 /// Answer every request on one connection.
-fn serve(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
+fn serve(vm: &Vm, run_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_millis(control::REQUEST_TIMEOUT_MS)))?;
     let mut reader = BufReader::new(&stream);
     loop {
@@ -156,7 +156,19 @@ fn serve(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
                     Request::Shutdown => vm.shutdown(),
                     Request::Reboot => vm.reboot(),
                     Request::Destroy => {
-                        vm.destroy();
+                        if let Err(e) = vm.destroy() {
+                            // A vCPU stuck in KVM_RUN cannot be stopped from here: end the
+                            // process, which ends the VM with it.
+                            eprintln!("drover-vmm: {e}; exiting to end the VM");
+                            let record = ExitRecord {
+                                domain: &vm.config().domain,
+                                generation: vm.config().generation,
+                                phase: Phase::Destroyed,
+                                reason: Some(format!("destroyed on request ({e}; the VMM exited)")),
+                            };
+                            write_exit(run_dir, &record);
+                            std::process::exit(0);
+                        }
                         Ok(())
                     }
                 };

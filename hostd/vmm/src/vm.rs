@@ -296,12 +296,17 @@ impl Vm {
         Ok(())
     }
 
-    /// Stop the vCPU at once; the VM ends as Destroyed.
-    pub fn destroy(&self) {
+    /// Stop the vCPU at once; the VM ends as Destroyed. An error means the vCPU did not
+    /// stop in time (the caller ends the process instead); a VM that had already ended is
+    /// not an error.
+    pub fn destroy(&self) -> Result<(), VmError> {
         self.shared.stop_requested.store(true, Ordering::SeqCst);
         self.shared.pause_requested.store(false, Ordering::SeqCst);
         self.shared.changed.notify_all();
-        let _ = self.wait_for("stop", ended);
+        match self.wait_for("stop", ended) {
+            Ok(()) | Err(VmError::Ended) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Block until the VM has ended; returns how.
