@@ -1,5 +1,6 @@
-//! The agent loop: register the host, then reconcile every tick — read this host's share
-//! of the cluster state through the API, ask the driver what runs, apply the reconciler's
+//! The agent loop: register the host, then reconcile whenever a domain event arrives (a
+//! watch on `Events`) and on every tick as a safety net — read this host's share of the
+//! cluster state through the API, ask the driver what runs, apply the reconciler's
 //! actions, and report observations back through the API (with the run's generation, so
 //! a report about an old run is refused).
 //!

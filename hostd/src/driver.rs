@@ -1,6 +1,6 @@
 //! The hypervisor driver trait: what hostd asks of a hypervisor, for one VM per domain
-//! run. Implemented by `fake` (in memory) and `kvm` (the own VMM, one process per VM);
-//! all of them pass the shared suite in `conformance`.
+//! run. Implemented by `fake` (in memory), `kvm` (the own VMM, one process per VM) and
+//! `qemu` (one QEMU per VM over QMP); all of them pass the shared suite in `conformance`.
 
 use std::collections::BTreeMap;
 
