@@ -110,12 +110,12 @@ struct HostdArgs {
     /// Cap of each VM's console log, bytes (the previous part is kept as `.old`).
     #[arg(long, default_value_t = 1 << 20)]
     console_log_bytes_max: u64,
-    /// vCPUs offered to the cluster.
-    #[arg(long, default_value_t = 16)]
-    vcpus: u32,
-    /// Memory offered to the cluster, MiB.
-    #[arg(long, default_value_t = 32768)]
-    memory_mib: u64,
+    /// vCPUs offered to the cluster (default: this machine's CPUs).
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Memory offered to the cluster, MiB (default: this machine's RAM).
+    #[arg(long)]
+    memory_mib: Option<u64>,
     /// Labels, as key=value (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -138,8 +138,16 @@ async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()
         host: args.name,
         address: args.address,
         endpoints,
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
+        vcpus: match args.vcpus {
+            Some(v) => v,
+            None => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        },
+        memory_mib: match args.memory_mib {
+            Some(m) => m,
+            None => {
+                vmm::config::host_memory_mib().context("reading this machine's memory; pass --memory-mib")?
+            }
+        },
         labels,
         tick_ms: args.tick_ms,
         shutdown_timeout_ms: 30_000,

@@ -26,7 +26,7 @@ impl Hostd {
         let out = std::fs::File::options().create(true).append(true).open(log).unwrap();
         let child = Command::new(drover_bin())
             .args(["--endpoint", endpoint, "hostd", "--name", "h1", "--driver", "kvm", "--tick-ms", "50"])
-            .args(["--memory-mib", &memory_mib.to_string(), "--run-dir"])
+            .args(["--vcpus", "64", "--memory-mib", &memory_mib.to_string(), "--run-dir"])
             .arg(run_dir)
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
