@@ -29,11 +29,6 @@ pub struct UpArgs {
     pub driver: String,
 }
 
-/// Whether this process may use KVM.
-pub fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
-}
-
 /// The example domain spec `up` writes: the test guest, printing a counter every second.
 fn example_spec(kernel: &Path) -> String {
     format!(
@@ -131,7 +126,7 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i);
     let endpoints: Vec<String> = (0..REPLICAS).map(addr).collect();
     let driver = match args.driver.as_str() {
-        "auto" if kvm_usable() => "kvm".to_owned(),
+        "auto" if vmm::kvm_usable() => "kvm".to_owned(),
         "auto" => {
             writeln!(
                 out,

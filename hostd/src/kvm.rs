@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use vmm::control::{self, Phase, Request};
 
 use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
-use crate::vm_dir::{self, Record};
+use crate::vm_dir::{self, Record, VmProcess};
 
 /// How long a VMM may take to come up (create the VM, load the kernel, bind its socket).
 pub const START_TIMEOUT_MS: u64 = 10_000;
@@ -40,19 +40,9 @@ struct ExitRecord {
 }
 
 #[derive(Debug)]
-struct KvmVm {
-    generation: u64,
-    pid: u32,
-    dir: PathBuf,
-    /// Our child, when this driver started it (reaped in `list`).
-    child: Option<Child>,
-    shutting_down: bool,
-}
-
-#[derive(Debug)]
 pub struct KvmDriver {
     config: KvmConfig,
-    vms: BTreeMap<String, KvmVm>,
+    vms: BTreeMap<String, VmProcess>,
 }
 
 fn phase_of(p: Phase) -> VmPhase {
@@ -90,18 +80,12 @@ impl KvmDriver {
                 }
                 _ => {}
             }
-            let vm = KvmVm {
-                generation: record.generation,
-                pid: record.pid,
-                dir,
-                child: None,
-                shutting_down: false,
-            };
+            let vm = VmProcess::adopted(&record, dir);
             self.vms.insert(record.domain, vm);
         }
     }
 
-    fn vm(&mut self, domain: &str) -> Result<&mut KvmVm, DriverError> {
+    fn vm(&mut self, domain: &str) -> Result<&mut VmProcess, DriverError> {
         self.vms.get_mut(domain).ok_or_else(|| DriverError::NoSuchVm(domain.to_owned()))
     }
 
@@ -112,12 +96,8 @@ impl KvmDriver {
             .map_err(|e| DriverError::Failed { domain: domain.to_owned(), action, reason: e.to_string() })
     }
 
-    fn status_of(vm: &mut KvmVm) -> VmStatus {
-        if let Some(child) = &mut vm.child {
-            if let Ok(Some(_)) = child.try_wait() {
-                vm.child = None;
-            }
-        }
+    fn status_of(vm: &mut VmProcess) -> VmStatus {
+        vm.reap();
         match control::call(&vm.dir.join(control::SOCKET_FILE), Request::Status) {
             Ok(s) => {
                 let mut phase = phase_of(s.phase);
@@ -231,11 +211,7 @@ impl Driver for KvmDriver {
                 return Err(failed(format!("the VMM did not come up within {START_TIMEOUT_MS} ms")))
             }
         }
-        let pid = child.id();
-        self.vms.insert(
-            spec.domain.clone(),
-            KvmVm { generation: spec.generation, pid, dir, child: Some(child), shutting_down: false },
-        );
+        self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));
         Ok(())
     }
 
@@ -261,10 +237,7 @@ impl Driver for KvmDriver {
                 if vm_dir::process_alive(vm.pid) {
                     // It does not answer: end it the hard way.
                     vm_dir::kill(vm.pid);
-                    if let Some(child) = &mut vm.child {
-                        let _ = child.wait();
-                        vm.child = None;
-                    }
+                    vm.wait_child();
                     Ok(())
                 } else if matches!(e, DriverError::Failed { .. }) {
                     Ok(()) // already gone
@@ -280,14 +253,8 @@ impl Driver for KvmDriver {
     }
 
     fn remove(&mut self, domain: &str) {
-        if let Some(mut vm) = self.vms.remove(domain) {
-            if let Some(child) = &mut vm.child {
-                let _ = child.wait();
-            }
-            // The console and VMM logs stay for the operator; the records go.
-            for f in [control::CONFIG_FILE, control::EXIT_FILE] {
-                let _ = std::fs::remove_file(vm.dir.join(f));
-            }
+        if let Some(vm) = self.vms.remove(domain) {
+            vm.forget();
         }
     }
 

@@ -15,20 +15,20 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use qapi::{qmp, Qmp};
 use tracing::{info, warn};
 
 use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
-use crate::vm_dir::{self, Record};
+use crate::vm_dir::{self, Record, VmProcess};
 
 pub const QMP_FILE: &str = "qmp.sock";
 pub const CONSOLE_SOCKET_FILE: &str = "console.sock";
 pub const CONSOLE_FILE: &str = "console.log";
 pub const QEMU_LOG_FILE: &str = "qemu.log";
-pub const EXIT_FILE: &str = "exit.json";
+pub const EXIT_FILE: &str = vm_dir::EXIT_FILE;
 /// How long QEMU may take to come up and answer QMP.
 pub const START_TIMEOUT_MS: u64 = 10_000;
 /// Deadline of one QMP exchange.
@@ -71,8 +71,7 @@ pub fn hardware_kvm() -> bool {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = cpu.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
     let vmx = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
-    vmx && !Path::new("/sys/module/kvm_pvm").exists()
-        && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    vmx && !Path::new("/sys/module/kvm_pvm").exists() && vmm::kvm_usable()
 }
 
 #[derive(Debug, Clone)]
@@ -105,19 +104,10 @@ struct ExitRecord {
 }
 
 #[derive(Debug)]
-struct QemuVm {
-    generation: u64,
-    pid: u32,
-    dir: PathBuf,
-    child: Option<Child>,
-    shutting_down: bool,
-}
-
-#[derive(Debug)]
 pub struct QemuDriver {
     config: QemuConfig,
     accel: Accel,
-    vms: BTreeMap<String, QemuVm>,
+    vms: BTreeMap<String, VmProcess>,
 }
 
 fn qmp_call<C: qapi::Command>(dir: &Path, command: &C) -> Result<C::Ok, String> {
@@ -161,13 +151,7 @@ impl QemuDriver {
                 }
                 Err(_) => {}
             }
-            let vm = QemuVm {
-                generation: record.generation,
-                pid: record.pid,
-                dir,
-                child: None,
-                shutting_down: false,
-            };
+            let vm = VmProcess::adopted(&record, dir);
             driver.vms.insert(record.domain, vm);
         }
         Ok(driver)
@@ -178,7 +162,7 @@ impl QemuDriver {
         self.accel
     }
 
-    fn vm(&mut self, domain: &str) -> Result<&mut QemuVm, DriverError> {
+    fn vm(&mut self, domain: &str) -> Result<&mut VmProcess, DriverError> {
         self.vms.get_mut(domain).ok_or_else(|| DriverError::NoSuchVm(domain.to_owned()))
     }
 
@@ -289,12 +273,8 @@ impl QemuDriver {
         }
     }
 
-    fn status_of(&self, vm: &mut QemuVm) -> VmStatus {
-        if let Some(child) = &mut vm.child {
-            if let Ok(Some(_)) = child.try_wait() {
-                vm.child = None;
-            }
-        }
+    fn status_of(&self, vm: &mut VmProcess) -> VmStatus {
+        vm.reap();
         self.cap_console(&vm.dir);
         let status = |phase, reason: Option<String>| VmStatus { generation: vm.generation, phase, reason };
         match qmp_call(&vm.dir, &qmp::query_status {}) {
@@ -330,7 +310,7 @@ impl QemuDriver {
         }
     }
 
-    fn record_destroyed(vm: &QemuVm) {
+    fn record_destroyed(vm: &VmProcess) {
         let record =
             ExitRecord { generation: vm.generation, stopped: true, reason: "destroyed on request".into() };
         if let Ok(body) = serde_json::to_vec(&record) {
@@ -384,11 +364,7 @@ impl Driver for QemuDriver {
                 return Err(failed(format!("QEMU did not answer QMP within {START_TIMEOUT_MS} ms")))
             }
         }
-        let pid = child.id();
-        self.vms.insert(
-            spec.domain.clone(),
-            QemuVm { generation: spec.generation, pid, dir, child: Some(child), shutting_down: false },
-        );
+        self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));
         Ok(())
     }
 
@@ -418,10 +394,7 @@ impl Driver for QemuDriver {
         if qmp_call(&vm.dir, &qmp::quit {}).is_err() && vm_dir::process_alive(vm.pid) {
             vm_dir::kill(vm.pid);
         }
-        if let Some(child) = &mut vm.child {
-            let _ = child.wait();
-            vm.child = None;
-        }
+        vm.wait_child();
         Ok(())
     }
 
@@ -430,13 +403,8 @@ impl Driver for QemuDriver {
     }
 
     fn remove(&mut self, domain: &str) {
-        if let Some(mut vm) = self.vms.remove(domain) {
-            if let Some(child) = &mut vm.child {
-                let _ = child.wait();
-            }
-            for f in [vm_dir::RECORD_FILE, EXIT_FILE] {
-                let _ = std::fs::remove_file(vm.dir.join(f));
-            }
+        if let Some(vm) = self.vms.remove(domain) {
+            vm.forget();
         }
     }
 

@@ -11,6 +11,57 @@ use tracing::warn;
 
 /// The driver's record file in each VM directory.
 pub const RECORD_FILE: &str = vmm::control::CONFIG_FILE;
+/// How the VM ended (written by the VMM, or by the qemu driver for QEMU).
+pub const EXIT_FILE: &str = vmm::control::EXIT_FILE;
+
+/// One VM process a driver knows of.
+#[derive(Debug)]
+pub struct VmProcess {
+    pub generation: u64,
+    pub pid: u32,
+    pub dir: PathBuf,
+    /// Our child, when this driver started it (reaped in `reap`).
+    pub child: Option<Child>,
+    /// A graceful shutdown was asked for.
+    pub shutting_down: bool,
+}
+
+impl VmProcess {
+    /// A VM this driver just started.
+    pub fn started(generation: u64, dir: PathBuf, child: Child) -> VmProcess {
+        VmProcess { generation, pid: child.id(), dir, child: Some(child), shutting_down: false }
+    }
+
+    /// A VM found in the run directory after a restart (not our child).
+    pub fn adopted(record: &Record, dir: PathBuf) -> VmProcess {
+        VmProcess { generation: record.generation, pid: record.pid, dir, child: None, shutting_down: false }
+    }
+
+    /// Collect our child's exit status if it has ended, so no zombie is left.
+    pub fn reap(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+            }
+        }
+    }
+
+    /// Wait for our child to end (after it was told or made to).
+    pub fn wait_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Forget the VM: wait for our child and drop the records; the console and
+    /// hypervisor logs stay for the operator.
+    pub fn forget(mut self) {
+        self.wait_child();
+        for f in [RECORD_FILE, EXIT_FILE] {
+            let _ = std::fs::remove_file(self.dir.join(f));
+        }
+    }
+}
 
 /// What a driver writes beside each VM, so a later hostd knows whose process it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

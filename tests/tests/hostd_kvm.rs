@@ -10,7 +10,7 @@ use std::time::Duration;
 use tests::{drover_bin, wait_for, Processes};
 
 fn kvm_present() -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = vmm::kvm_usable();
     if !ok {
         eprintln!("SKIPPED: /dev/kvm is not usable here; the hostd kvm tests did not run");
     }

@@ -92,7 +92,7 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     })
     .await;
 
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm = vmm::kvm_usable();
     if !kvm {
         eprintln!(
             "SKIPPED (in part): /dev/kvm is not usable; drover up ran the fake driver, no guest booted"

@@ -30,3 +30,8 @@ pub mod vm;
 /// The serial input byte that asks a guest to power off (the test guest and Drover's
 /// Linux initramfs both honour it).
 pub const POWER_OFF_KEY: u8 = b'p';
+
+/// Whether this process may use KVM (`/dev/kvm` opens read-write).
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
