@@ -20,7 +20,8 @@ use tonic::Code;
 use tracing::{info, warn};
 
 use crate::driver::{DiskSpec, Driver, VmSpec};
-use crate::reconciler::{reconcile, Action, Assigned, Desired, Memory, Report};
+use crate::pass::{HostPass, Observation};
+use crate::reconciler::{Assigned, Desired, Report};
 
 /// How a host agent runs.
 #[derive(Debug, Clone)]
@@ -223,8 +224,7 @@ pub async fn run<D: Driver>(
     let boot = now_ms();
     register(&mut api, &config, boot).await?;
     info!(host = %config.host, "host registered and ready");
-    let mut memory = Memory::default();
-    let mut shutdown_since: BTreeMap<String, u64> = BTreeMap::new();
+    let mut pass = HostPass::new(config.shutdown_timeout_ms);
     let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
@@ -311,56 +311,15 @@ pub async fn run<D: Driver>(
             }
         }
         let assigned = assigned_from(&config.host, &domains, &pools);
-        let now = now_ms();
-        let observed = driver.list(now);
-        for action in reconcile(&assigned, &observed, &memory) {
-            match action {
-                Action::Start(spec) => {
-                    if let Err(e) = driver.start(&spec, now) {
-                        warn!(domain = %spec.domain, error = %e, "start failed");
-                        let failed = Some(e.to_string());
-                        if let Err(s) = reporter
-                            .send(&mut api, &spec.domain, spec.generation, Report::Failed, failed)
-                            .await
-                        {
-                            warn!(domain = %spec.domain, status = %s, "failure report not accepted; will retry");
-                        }
-                    }
+        for observation in pass.run(&mut driver, &assigned, now_ms()) {
+            let Observation { domain, generation, phase, reason } = observation.clone();
+            match reporter.send(&mut api, &domain, generation, phase, reason).await {
+                Ok(_) => pass.reported(&observation),
+                Err(s) if s.code() == Code::FailedPrecondition => {
+                    // The run moved on (stale generation): nothing to report any more.
+                    pass.reported(&observation);
                 }
-                Action::Pause(d) => log_err(&d, "pause", driver.pause(&d, now)),
-                Action::Resume(d) => log_err(&d, "resume", driver.resume(&d, now)),
-                Action::Shutdown(d) => {
-                    let since = *shutdown_since.entry(d.clone()).or_insert(now);
-                    if now.saturating_sub(since) > config.shutdown_timeout_ms {
-                        warn!(domain = %d, "graceful shutdown timed out; destroying");
-                        log_err(&d, "destroy", driver.destroy(&d, now));
-                    } else {
-                        log_err(&d, "shutdown", driver.shutdown(&d, now));
-                    }
-                }
-                Action::Destroy(d) => log_err(&d, "destroy", driver.destroy(&d, now)),
-                Action::Reboot(d) => {
-                    log_err(&d, "reboot", driver.reboot(&d, now));
-                    if let Some(a) = assigned.get(&d) {
-                        memory.rebooted.insert(d.clone(), (a.spec.generation, a.reboots));
-                    }
-                }
-                Action::Remove(d) => {
-                    driver.remove(&d);
-                    shutdown_since.remove(&d);
-                }
-                Action::Report { domain, generation, phase, reason } => {
-                    match reporter.send(&mut api, &domain, generation, phase, reason).await {
-                        Ok(_) => {
-                            memory.reported.insert(domain, (generation, phase));
-                        }
-                        Err(s) if s.code() == Code::FailedPrecondition => {
-                            // The run moved on (stale generation): nothing to report any more.
-                            memory.reported.insert(domain, (generation, phase));
-                        }
-                        Err(s) => warn!(domain = %domain, status = %s, "report not accepted; will retry"),
-                    }
-                }
+                Err(s) => warn!(domain = %domain, status = %s, "report not accepted; will retry"),
             }
         }
     }
@@ -411,11 +370,5 @@ impl Reporter {
         })
         .await
         .map(|_| ())
-    }
-}
-
-fn log_err(domain: &str, what: &str, r: Result<(), crate::driver::DriverError>) {
-    if let Err(e) = r {
-        warn!(domain, error = %e, "{what} failed");
     }
 }

@@ -10,16 +10,19 @@
 //! `fake` (boot and shutdown delays, injected crashes). The process drivers keep each VM's
 //! files in a run directory (`vm_dir`) and re-adopt running VMs after a hostd restart;
 //! every driver passes the shared suite in `conformance`. The pure `reconciler` decides,
-//! the `agent` loop reads the cluster state through the public API and reports through
+//! `pass` carries out one reconcile pass on a driver (shared with the simulator), the
+//! `agent` loop reads the cluster state through the public API and reports through
 //! it. Still to come: the learner replica on each host (today the agent reads the state
 //! from the control replicas), virtio-net and taps.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod assignment;
 pub mod conformance;
 pub mod driver;
 pub mod fake;
 pub mod kvm;
+pub mod pass;
 pub mod qemu;
 pub mod reconciler;
 pub mod vm_dir;

@@ -3,7 +3,8 @@
 //! Every write lands in a volatile layer; `flush` makes the volatile layer durable.
 //! [`MemKv::crash`] throws the volatile layer away, which is exactly what a power loss
 //! does to writes that were not fsynced. [`MemKv::fail_writes`] makes writes return an
-//! error, as a full or failing disk would. Clones share the same disk.
+//! error, as a full or failing disk would; [`MemKv::set_flush_delay_ms`] makes fsyncs slow.
+//! Clones share the same disk.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -29,6 +30,8 @@ struct Disk {
     pending: Vec<Op>,
     fail_writes: bool,
     flushes: u64,
+    /// How long an fsync takes (the simulator's fsync lag), in tokio time.
+    flush_delay_ms: u64,
 }
 
 fn put(trees: &mut Trees, tree: Tree, pairs: Vec<Pair>) {
@@ -64,6 +67,12 @@ impl MemKv {
     /// Make every write fail (true) or succeed again (false).
     pub fn fail_writes(&self, fail: bool) {
         self.disk.lock().expect("disk lock").fail_writes = fail;
+    }
+
+    /// Make every flush take `ms` milliseconds (tokio time) before it makes anything
+    /// durable; writes made meanwhile are still lost by a crash until a flush covers them.
+    pub fn set_flush_delay_ms(&self, ms: u64) {
+        self.disk.lock().expect("disk lock").flush_delay_ms = ms;
     }
 
     /// How many flushes (fsyncs) have happened.
@@ -133,6 +142,10 @@ impl Kv for MemKv {
     }
 
     async fn flush(&self) -> Result<(), KvError> {
+        let delay_ms = self.disk.lock().expect("disk lock").flush_delay_ms;
+        if delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
         let mut d = self.disk.lock().expect("disk lock");
         if d.fail_writes {
             return Err(KvError::Injected);

@@ -12,6 +12,8 @@
 //!   batch. The state is made durable by snapshots; a restart is snapshot + log.
 //! - **Archive** (`archive`): every applied event with seq, raft index, time, principal
 //!   and request id, indexed by resource, with state checkpoints; never compacted.
+//! - **Write path** (`proposer`): decide on the leader, batch, commit; shared with the
+//!   simulator, time passed in.
 //! - **Transport and node** (`network`, `service`, `node`): tonic gRPC for AppendEntries,
 //!   Vote and chunked InstallSnapshot; joins, forwarded writes and replica status.
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod kv_sled;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod runtime;
 pub mod service;
 pub mod state_machine;

@@ -66,7 +66,7 @@ impl<K: Kv> LogStore<K> {
     /// A log store on `kv`; spawns its flusher task on the current tokio runtime.
     pub fn new(kv: K) -> LogStore<K> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(flusher(kv.clone(), rx));
+        crate::runtime::spawn(flusher(kv.clone(), rx));
         LogStore { kv, flusher: tx }
     }
 

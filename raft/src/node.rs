@@ -2,18 +2,17 @@
 //!
 //! Writes ([`Node::submit`]) are decided on the leader against its applied state and
 //! committed through raft; a version conflict makes the leader decide again, at most
-//! [`SUBMIT_ATTEMPTS_MAX`] times. A write that reaches a follower is forwarded to the
+//! [`crate::proposer::SUBMIT_ATTEMPTS_MAX`] times. A write that reaches a follower is forwarded to the
 //! leader once; a forwarded write that finds no leader fails with `Unavailable` and the
 //! leader hint, which clients retry.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use controlplane::{decide, state_hash, Committed, Decision, ProposalOutcome, Rejection, Request, State};
+use controlplane::{state_hash, Committed, Rejection, Request, State};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use proto::raft::replication_client::ReplicationClient;
@@ -27,70 +26,10 @@ use crate::kv::{Kv, Tree};
 use crate::kv_sled::SledKv;
 use crate::log_store::LogStore;
 use crate::network::{Channels, ClusterId, GrpcNetwork};
+use crate::proposer::{Bug, ProposeError, Proposer};
 use crate::state_machine::{Shared, SnapshotHook, StateMachine};
-use crate::type_config::{ApplyResult, NodeId, ProposalBatch, Raft, StorageError};
+use crate::type_config::{NodeId, Raft, StorageError};
 
-/// How many times the leader re-decides a write that lost a version race.
-pub const SUBMIT_ATTEMPTS_MAX: u32 = 8;
-/// Most proposals in one log entry.
-pub const BATCH_PROPOSALS_MAX: usize = 1024;
-/// Log entries being committed at once; proposals arriving meanwhile wait for a slot
-/// and go together in the next entry.
-pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
-/// Proposals waiting for a batch; a full queue makes writers wait.
-pub const PROPOSAL_QUEUE_MAX: usize = 16_384;
-
-/// Why a batched write did not commit.
-#[derive(Debug)]
-enum WriteFailure {
-    NotLeader,
-    Other(String),
-}
-
-type Pending = (controlplane::Proposal, tokio::sync::oneshot::Sender<Result<ProposalOutcome, WriteFailure>>);
-
-/// Groups the proposals that arrive while earlier entries are being committed into one
-/// log entry each, at most [`BATCHES_IN_FLIGHT_MAX`] entries in flight.
-async fn batcher(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let Some(first) = queue.recv().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < BATCH_PROPOSALS_MAX {
-            match queue.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let (proposals, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let count = proposals.len();
-            let result = raft.client_write(ProposalBatch(proposals)).await;
-            drop(slot);
-            let outcomes: Vec<Result<ProposalOutcome, WriteFailure>> = match result {
-                Ok(resp) => match resp.data {
-                    ApplyResult::Batch(outcomes) if outcomes.len() == count => {
-                        outcomes.into_iter().map(Ok).collect()
-                    }
-                    other => (0..count)
-                        .map(|_| Err(WriteFailure::Other(format!("unexpected apply result {other:?}"))))
-                        .collect(),
-                },
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    (0..count).map(|_| Err(WriteFailure::NotLeader)).collect()
-                }
-                Err(e) => (0..count)
-                    .map(|_| Err(WriteFailure::Other(format!("write not committed: {e}"))))
-                    .collect(),
-            };
-            for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
-                let _ = waiter.send(outcome);
-            }
-        });
-    }
-}
 /// Header marking a write or join already forwarded once.
 pub const FORWARDED_HEADER: &str = "drover-forwarded";
 /// Headers naming the leader on an `Unavailable` answer.
@@ -204,9 +143,7 @@ pub(crate) struct NodeInner {
     pub(crate) cluster: ClusterId,
     pub(crate) channels: Channels,
     pub(crate) listen: SocketAddr,
-    proposals: tokio::sync::mpsc::Sender<Pending>,
-    /// The term in which this leader last confirmed its applied state is current.
-    linearized_term: AtomicU64,
+    proposer: Proposer,
 }
 
 /// A running replica. Clones share it.
@@ -270,8 +207,7 @@ impl Node {
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, LogStore::new(kv.clone()), sm)
             .await
             .map_err(raft_err)?;
-        let (proposals, queue) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
-        tokio::spawn(batcher(raft.clone(), queue));
+        let proposer = Proposer::new(config.node_id, raft.clone(), shared.clone(), Bug::None);
         info!(node = config.node_id, cluster = ?cluster.get(), "replica started");
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -284,8 +220,7 @@ impl Node {
                 cluster,
                 channels,
                 listen: config.listen,
-                proposals,
-                linearized_term: AtomicU64::new(0),
+                proposer,
             }),
         })
     }
@@ -391,8 +326,9 @@ impl Node {
 
     /// Decide and commit a request on the leader (forwarding it there from a follower).
     pub async fn submit(&self, request: Request, forwarded: bool) -> Result<Committed, NodeError> {
-        let mut last_conflict = String::new();
-        for _ in 0..SUBMIT_ATTEMPTS_MAX {
+        // Two rounds: a leader that loses its leadership mid-write forwards the retry to
+        // the new leader.
+        for _ in 0..2 {
             let (leader, address) = self.leader();
             if leader != Some(self.inner.id) {
                 return match (forwarded, address) {
@@ -400,45 +336,15 @@ impl Node {
                     _ => Err(self.not_leader()),
                 };
             }
-            self.ensure_current().await?;
-            let decision = {
-                let state = self.inner.shared.state.read().expect("state lock");
-                decide(&state, &request, now_ms())
-            };
-            let proposal = match decision.map_err(NodeError::Rejected)? {
-                Decision::AlreadyCommitted(c) => return Ok(c),
-                Decision::Propose(p) => p,
-            };
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if self.inner.proposals.send((proposal, tx)).await.is_err() {
-                return Err(NodeError::Unavailable("the replica is shutting down".into()));
-            }
-            match rx.await {
-                Ok(Ok(ProposalOutcome::Applied(c) | ProposalOutcome::Duplicate(c))) => return Ok(c),
-                Ok(Ok(ProposalOutcome::Conflict { key, .. })) => last_conflict = key.to_string(),
-                Ok(Ok(ProposalOutcome::Unfit { host, .. })) => last_conflict = format!("host {host}"),
-                Ok(Err(WriteFailure::NotLeader)) if forwarded => return Err(self.not_leader()),
-                Ok(Err(WriteFailure::NotLeader)) => continue,
-                Ok(Err(WriteFailure::Other(m))) => return Err(NodeError::Unavailable(m)),
-                Err(_) => return Err(NodeError::Unavailable("the replica is shutting down".into())),
+            match self.inner.proposer.propose(&request, now_ms()).await {
+                Ok(c) => return Ok(c),
+                Err(ProposeError::NotLeader) if !forwarded => continue,
+                Err(ProposeError::NotLeader) => return Err(self.not_leader()),
+                Err(ProposeError::Rejected(r)) => return Err(NodeError::Rejected(r)),
+                Err(ProposeError::Unavailable(m)) => return Err(NodeError::Unavailable(m)),
             }
         }
-        Err(NodeError::Rejected(Rejection::Aborted {
-            resource: last_conflict,
-            attempts: SUBMIT_ATTEMPTS_MAX,
-        }))
-    }
-
-    /// After winning an election, wait until the applied state includes everything
-    /// committed before, so decisions never see a stale state.
-    async fn ensure_current(&self) -> Result<(), NodeError> {
-        let term = self.inner.raft.metrics().borrow().current_term;
-        if self.inner.linearized_term.load(Ordering::Acquire) == term {
-            return Ok(());
-        }
-        self.inner.raft.ensure_linearizable().await.map_err(|_| self.not_leader())?;
-        self.inner.linearized_term.store(term, Ordering::Release);
-        Ok(())
+        Err(self.not_leader())
     }
 
     /// A client of the leader at `leader`, and `message` marked as forwarded once, with a

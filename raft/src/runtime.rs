@@ -4,9 +4,14 @@
 //! openraft draws its election timeouts from `thread_rng()`. In production that is rand's
 //! thread RNG. A thread that calls [`seed_thread_rng`] gets a ChaCha8 stream from that
 //! seed instead, so a single-threaded simulation replays bit-identically; the simulator
-//! re-seeds per node as it switches between them.
+//! runs every node on that one thread.
+//!
+//! Tasks spawned while running as a simulated node ([`as_node`]) carry the node's id, and
+//! [`abort_node`] aborts all of them at once: that is how the simulator crashes a node.
+//! Outside [`as_node`] (production), [`spawn`] is `tokio::spawn`.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,6 +21,59 @@ use rand_chacha::ChaCha8Rng;
 
 thread_local! {
     static SEEDED: RefCell<Option<ChaCha8Rng>> = const { RefCell::new(None) };
+    /// Abort handles of the tasks of each simulated node on this thread.
+    static NODE_TASKS: RefCell<BTreeMap<u64, Vec<tokio::task::AbortHandle>>> =
+        const { RefCell::new(BTreeMap::new()) };
+}
+
+tokio::task_local! {
+    /// The simulated node the current task belongs to.
+    static NODE: u64;
+}
+
+/// Run `future` as simulated node `node`: every task it spawns through [`spawn`] (and so
+/// every openraft task) belongs to that node too.
+pub fn as_node<F: Future>(node: u64, future: F) -> impl Future<Output = F::Output> {
+    NODE.scope(node, future)
+}
+
+/// Abort every task of simulated node `node` on this thread, as a crash would end them.
+pub fn abort_node(node: u64) {
+    let handles = NODE_TASKS.with(|t| t.borrow_mut().remove(&node)).unwrap_or_default();
+    for h in handles {
+        h.abort();
+    }
+}
+
+/// Spawn a task that belongs to simulated node `node`, wherever it is spawned from (a
+/// message in flight to `node`, for example).
+pub fn spawn_on_node<F>(node: u64, future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    NODE.sync_scope(node, || spawn(future))
+}
+
+/// Spawn a task; inside [`as_node`] the task belongs to that node.
+pub fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match NODE.try_with(|n| *n) {
+        Ok(node) => {
+            let handle = tokio::spawn(NODE.scope(node, future));
+            NODE_TASKS.with(|t| {
+                let mut t = t.borrow_mut();
+                let tasks = t.entry(node).or_default();
+                tasks.retain(|h| !h.is_finished());
+                tasks.push(handle.abort_handle());
+            });
+            handle
+        }
+        Err(_) => tokio::spawn(future),
+    }
 }
 
 /// Make this thread's [`DroverRuntime::thread_rng`] a deterministic stream from `seed`.
@@ -84,7 +142,7 @@ impl AsyncRuntime for DroverRuntime {
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
-        TokioRuntime::spawn(future)
+        spawn(future)
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {

@@ -1,10 +1,36 @@
-//! Drover's deterministic simulator.
+//! Drover's deterministic simulator of the whole control plane.
 //!
-//! Contract (filled in by the simulator issue, #6): a world of control replicas and hosts
-//! running the real core, openraft and hostd reconcilers on a simulated network, disk,
-//! clock and fake hypervisor, all driven from one seed; faults and workload drawn from the
-//! seed; one invariant per file; any failing seed replays bit-identically.
+//! Contract: one seed decides everything. A world of control replicas and hosts runs the
+//! real code — the pure core (`controlplane`), openraft 0.9 with Drover's storage code on
+//! an in-memory disk with an fsync model (`raft::kv_mem`), the leader's write path
+//! (`raft::proposer`), the API's decision path with leader forwarding (`caller`), and
+//! hostd's reconcile pass (`hostd::pass`, `hostd::assignment`) on the fake hypervisor —
+//! on one single-threaded tokio runtime with a paused clock, tokio's randomness and
+//! openraft's seeded (`raft::runtime`), a simulated network (`network`) and per-node
+//! clocks (`clock`). Faults (partitions, loss, duplication, delay, crashes and restarts of
+//! replicas, hostds and VMs, slow and failing disks, clock skew and jumps, hosts lost for
+//! good) and the workload are drawn from the seed (`world`, `workload`). The invariants
+//! live one per file in `invariants`. Every run yields a trace whose hash is the same for
+//! the same seed, in debug and release builds.
 //!
-//! Today this crate is empty: the simulator does not exist yet. The property tests in
-//! `controlplane/tests` exercise the pure core until it does.
+//! Not simulated yet: HA failover, fencing and migrations (their issues add their faults
+//! and invariants here); hosts read the state through the API as production hostd does,
+//! not from a learner replica of their own.
 #![forbid(unsafe_code)]
+// openraft's error types are large by design and are what its network trait returns.
+#![allow(clippy::result_large_err)]
+
+pub mod caller;
+pub mod clock;
+pub mod config;
+pub mod history;
+pub mod host;
+pub mod invariants;
+pub mod network;
+pub mod replica;
+pub mod trace;
+pub mod workload;
+pub mod world;
+
+pub use config::SimConfig;
+pub use world::{run, RunOutcome, DETERMINISTIC};

@@ -1,0 +1,100 @@
+//! One reconcile pass, without I/O to the cluster: ask the driver what runs, let the
+//! reconciler decide, carry out its hypervisor actions, and hand back the observations to
+//! report. The agent (over gRPC) and the simulator (in process) both run this, so the
+//! simulator exercises the same host logic production does.
+
+use std::collections::BTreeMap;
+
+use tracing::warn;
+
+use crate::driver::{Driver, DriverError};
+use crate::reconciler::{reconcile, Action, Assigned, Memory, Report};
+
+/// An observation to send to the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub domain: String,
+    pub generation: u64,
+    pub phase: Report,
+    pub reason: Option<String>,
+}
+
+/// What a host remembers between passes.
+#[derive(Debug, Clone, Default)]
+pub struct HostPass {
+    memory: Memory,
+    /// When a graceful shutdown of each domain was first asked for.
+    shutdown_since: BTreeMap<String, u64>,
+    /// After a graceful shutdown request, destroy the VM if it has not stopped by then.
+    shutdown_timeout_ms: u64,
+}
+
+impl HostPass {
+    pub fn new(shutdown_timeout_ms: u64) -> HostPass {
+        HostPass { shutdown_timeout_ms, ..HostPass::default() }
+    }
+
+    /// Run one pass at `now_ms`; returns the observations to report, in order.
+    pub fn run<D: Driver + ?Sized>(
+        &mut self,
+        driver: &mut D,
+        assigned: &BTreeMap<String, Assigned>,
+        now_ms: u64,
+    ) -> Vec<Observation> {
+        let observed = driver.list(now_ms);
+        let mut out = Vec::new();
+        for action in reconcile(assigned, &observed, &self.memory) {
+            match action {
+                Action::Start(spec) => {
+                    if let Err(e) = driver.start(&spec, now_ms) {
+                        warn!(domain = %spec.domain, error = %e, "start failed");
+                        out.push(Observation {
+                            domain: spec.domain.clone(),
+                            generation: spec.generation,
+                            phase: Report::Failed,
+                            reason: Some(e.to_string()),
+                        });
+                    }
+                }
+                Action::Pause(d) => log_err(&d, "pause", driver.pause(&d, now_ms)),
+                Action::Resume(d) => log_err(&d, "resume", driver.resume(&d, now_ms)),
+                Action::Shutdown(d) => {
+                    let since = *self.shutdown_since.entry(d.clone()).or_insert(now_ms);
+                    if now_ms.saturating_sub(since) > self.shutdown_timeout_ms {
+                        warn!(domain = %d, "graceful shutdown timed out; destroying");
+                        log_err(&d, "destroy", driver.destroy(&d, now_ms));
+                    } else {
+                        log_err(&d, "shutdown", driver.shutdown(&d, now_ms));
+                    }
+                }
+                Action::Destroy(d) => log_err(&d, "destroy", driver.destroy(&d, now_ms)),
+                Action::Reboot(d) => {
+                    log_err(&d, "reboot", driver.reboot(&d, now_ms));
+                    if let Some(a) = assigned.get(&d) {
+                        self.memory.rebooted.insert(d.clone(), (a.spec.generation, a.reboots));
+                    }
+                }
+                Action::Remove(d) => {
+                    driver.remove(&d);
+                    self.shutdown_since.remove(&d);
+                }
+                Action::Report { domain, generation, phase, reason } => {
+                    out.push(Observation { domain, generation, phase, reason })
+                }
+            }
+        }
+        out
+    }
+
+    /// The cluster has taken `observation` (or refused it as being about an old run): do
+    /// not send it again.
+    pub fn reported(&mut self, observation: &Observation) {
+        self.memory.reported.insert(observation.domain.clone(), (observation.generation, observation.phase));
+    }
+}
+
+fn log_err(domain: &str, what: &str, r: Result<(), DriverError>) {
+    if let Err(e) = r {
+        warn!(domain, error = %e, "{what} failed");
+    }
+}

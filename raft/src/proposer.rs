@@ -1,0 +1,193 @@
+//! The leader's write path, shared by production ([`crate::node::Node::submit`]) and the
+//! simulator: decide a request against the applied state, batch the proposal into a log
+//! entry, and answer once raft has committed and applied it.
+//!
+//! A version conflict (another write changed what the decision read) makes the proposer
+//! decide again, at most [`SUBMIT_ATTEMPTS_MAX`] times, then `Aborted`. Time is passed in
+//! (`now_ms`), so the simulator's clock stamps the events. Forwarding from followers is
+//! the caller's business: the proposer only answers [`ProposeError::NotLeader`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use controlplane::{apply_proposal, decide, Committed, Decision, ProposalOutcome, Rejection, Request};
+use openraft::error::{ClientWriteError, RaftError};
+
+use crate::state_machine::Shared;
+use crate::type_config::{ApplyResult, NodeId, ProposalBatch, Raft};
+
+/// How many times the leader re-decides a write that lost a version race.
+pub const SUBMIT_ATTEMPTS_MAX: u32 = 8;
+/// Most proposals in one log entry.
+pub const BATCH_PROPOSALS_MAX: usize = 1024;
+/// Log entries being committed at once; proposals arriving meanwhile wait for a slot
+/// and go together in the next entry.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Proposals waiting for a batch; a full queue makes writers wait.
+pub const PROPOSAL_QUEUE_MAX: usize = 16_384;
+
+/// A deliberately wrong write path, for proving that the simulator catches bugs. Only the
+/// simulator sets one; production always runs [`Bug::None`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bug {
+    #[default]
+    None,
+    /// Answer a write as soon as it is decided, before raft has committed it.
+    AckBeforeCommit,
+}
+
+/// Why a write was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader")]
+    NotLeader,
+    #[error(transparent)]
+    Rejected(Rejection),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Why a batched write did not commit.
+#[derive(Debug)]
+enum WriteFailure {
+    NotLeader,
+    Other(String),
+}
+
+type Pending = (controlplane::Proposal, tokio::sync::oneshot::Sender<Result<ProposalOutcome, WriteFailure>>);
+
+/// The leader's write path of one replica. Clones share it.
+#[derive(Clone)]
+pub struct Proposer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Proposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposer").field("id", &self.inner.id).field("bug", &self.inner.bug).finish()
+    }
+}
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    shared: Arc<Shared>,
+    queue: tokio::sync::mpsc::Sender<Pending>,
+    /// The term in which this leader last confirmed its applied state is current.
+    linearized_term: AtomicU64,
+    bug: Bug,
+}
+
+impl Proposer {
+    /// The write path of replica `id`; spawns its batcher (see [`crate::runtime::spawn`]).
+    pub fn new(id: NodeId, raft: Raft, shared: Arc<Shared>, bug: Bug) -> Proposer {
+        let (queue, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
+        crate::runtime::spawn(batcher(raft.clone(), rx));
+        Proposer {
+            inner: Arc::new(Inner { id, raft, shared, queue, linearized_term: AtomicU64::new(0), bug }),
+        }
+    }
+
+    /// Whether this replica believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.id)
+    }
+
+    /// Decide `request` at `now_ms` and commit it, on the leader.
+    pub async fn propose(&self, request: &Request, now_ms: u64) -> Result<Committed, ProposeError> {
+        let mut last_conflict = String::new();
+        for _ in 0..SUBMIT_ATTEMPTS_MAX {
+            if !self.is_leader() {
+                return Err(ProposeError::NotLeader);
+            }
+            self.ensure_current().await?;
+            let decision = {
+                let state = self.inner.shared.state.read().expect("state lock");
+                decide(&state, request, now_ms)
+            };
+            let proposal = match decision.map_err(ProposeError::Rejected)? {
+                Decision::AlreadyCommitted(c) => return Ok(c),
+                Decision::Propose(p) => p,
+            };
+            let speculative = (self.inner.bug == Bug::AckBeforeCommit).then(|| {
+                let mut state = self.inner.shared.state.read().expect("state lock").clone();
+                apply_proposal(&mut state, &proposal).0
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.inner.queue.send((proposal, tx)).await.is_err() {
+                return Err(ProposeError::Unavailable("the replica is shutting down".into()));
+            }
+            if let Some(ProposalOutcome::Applied(c)) = speculative {
+                // The deliberate bug: the answer does not wait for the commit.
+                return Ok(c);
+            }
+            match rx.await {
+                Ok(Ok(ProposalOutcome::Applied(c) | ProposalOutcome::Duplicate(c))) => return Ok(c),
+                Ok(Ok(ProposalOutcome::Conflict { key, .. })) => last_conflict = key.to_string(),
+                Ok(Ok(ProposalOutcome::Unfit { host, .. })) => last_conflict = format!("host {host}"),
+                Ok(Err(WriteFailure::NotLeader)) => return Err(ProposeError::NotLeader),
+                Ok(Err(WriteFailure::Other(m))) => return Err(ProposeError::Unavailable(m)),
+                Err(_) => return Err(ProposeError::Unavailable("the replica is shutting down".into())),
+            }
+        }
+        Err(ProposeError::Rejected(Rejection::Aborted {
+            resource: last_conflict,
+            attempts: SUBMIT_ATTEMPTS_MAX,
+        }))
+    }
+
+    /// After winning an election, wait until the applied state includes everything
+    /// committed before, so decisions never see a stale state.
+    async fn ensure_current(&self) -> Result<(), ProposeError> {
+        let term = self.inner.raft.metrics().borrow().current_term;
+        if self.inner.linearized_term.load(Ordering::Acquire) == term {
+            return Ok(());
+        }
+        self.inner.raft.ensure_linearizable().await.map_err(|_| ProposeError::NotLeader)?;
+        self.inner.linearized_term.store(term, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Groups the proposals that arrive while earlier entries are being committed into one
+/// log entry each, at most [`BATCHES_IN_FLIGHT_MAX`] entries in flight.
+async fn batcher(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < BATCH_PROPOSALS_MAX {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        crate::runtime::spawn(async move {
+            let (proposals, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let count = proposals.len();
+            let result = raft.client_write(ProposalBatch(proposals)).await;
+            drop(slot);
+            let outcomes: Vec<Result<ProposalOutcome, WriteFailure>> = match result {
+                Ok(resp) => match resp.data {
+                    ApplyResult::Batch(outcomes) if outcomes.len() == count => {
+                        outcomes.into_iter().map(Ok).collect()
+                    }
+                    other => (0..count)
+                        .map(|_| Err(WriteFailure::Other(format!("unexpected apply result {other:?}"))))
+                        .collect(),
+                },
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    (0..count).map(|_| Err(WriteFailure::NotLeader)).collect()
+                }
+                Err(e) => (0..count)
+                    .map(|_| Err(WriteFailure::Other(format!("write not committed: {e}"))))
+                    .collect(),
+            };
+            for (waiter, outcome) in waiters.into_iter().zip(outcomes) {
+                let _ = waiter.send(outcome);
+            }
+        });
+    }
+}

@@ -1,0 +1,167 @@
+//! The API's decision path, in process: what `drover server` does with a write or a
+//! linearizable read, without tonic. A replica that is not the leader forwards a write
+//! once to the leader it knows (as [`raft::node::Node::submit`] does); callers retry
+//! with the same request id on no answer and follow leader hints, as the CLI does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use controlplane::{Committed, Rejection, Request, State};
+use raft::proposer::ProposeError;
+use raft::type_config::NodeId;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::clock::Clocks;
+use crate::history::Outcome;
+use crate::network::Net;
+
+/// How long a caller waits for one answer.
+pub const CALL_TTL_MS: u64 = 2_000;
+/// How long a replica waits for the leader it forwarded to.
+pub const FORWARD_TTL_MS: u64 = 1_500;
+/// Tries per write before the caller gives up (the outcome is then unknown).
+pub const ATTEMPTS_MAX: u32 = 20;
+
+/// What a replica answers.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    NotLeader(Option<NodeId>),
+    Rejected(Rejection),
+    Unavailable(String),
+}
+
+type Answer<T> = Pin<Box<dyn Future<Output = Result<T, Refusal>> + Send>>;
+
+/// At replica `at`: commit `request` on the leader, forwarding it there once.
+pub fn submit_at(
+    net: Net,
+    clocks: Clocks,
+    at: NodeId,
+    request: Request,
+    forwarded: bool,
+) -> Answer<Committed> {
+    Box::pin(async move {
+        let live = net.live(at).ok_or_else(|| Refusal::Unavailable("replica down".into()))?;
+        for _ in 0..2 {
+            let leader = live.raft.metrics().borrow().current_leader;
+            if leader != Some(at) {
+                return match (forwarded, leader) {
+                    (false, Some(l)) => {
+                        let (n, c, r) = (net.clone(), clocks.clone(), request.clone());
+                        let ttl = Duration::from_millis(FORWARD_TTL_MS);
+                        match net
+                            .call(at, l, ttl, move |_| submit_at(n.clone(), c.clone(), l, r.clone(), true))
+                            .await
+                        {
+                            Ok(answer) => answer,
+                            Err(e) => Err(Refusal::Unavailable(format!("forwarding to {l}: {e}"))),
+                        }
+                    }
+                    _ => Err(Refusal::NotLeader(leader)),
+                };
+            }
+            match live.proposer.propose(&request, clocks.now_ms(at)).await {
+                Ok(c) => return Ok(c),
+                Err(ProposeError::NotLeader) if !forwarded => continue,
+                Err(ProposeError::NotLeader) => return Err(Refusal::NotLeader(None)),
+                Err(ProposeError::Rejected(r)) => return Err(Refusal::Rejected(r)),
+                Err(ProposeError::Unavailable(m)) => return Err(Refusal::Unavailable(m)),
+            }
+        }
+        Err(Refusal::NotLeader(None))
+    })
+}
+
+/// At replica `at`: the applied state, after confirming it includes every committed
+/// write (openraft's read index; the leader only).
+pub fn read_at(net: Net, at: NodeId) -> Answer<State> {
+    Box::pin(async move {
+        let live = net.live(at).ok_or_else(|| Refusal::Unavailable("replica down".into()))?;
+        let leader = live.raft.metrics().borrow().current_leader;
+        if leader != Some(at) {
+            return Err(Refusal::NotLeader(leader));
+        }
+        live.raft.ensure_linearizable().await.map_err(|_| Refusal::NotLeader(None))?;
+        let state = live.shared.state.read().expect("state lock").clone();
+        Ok(state)
+    })
+}
+
+/// A client of the cluster: tries replicas, follows hints, retries with the same id.
+#[derive(Debug)]
+pub struct Caller {
+    net: Net,
+    clocks: Clocks,
+    me: NodeId,
+    replicas: Vec<NodeId>,
+    hint: Option<NodeId>,
+    rng: ChaCha8Rng,
+}
+
+impl Caller {
+    pub fn new(net: Net, clocks: Clocks, me: NodeId, replicas: Vec<NodeId>, seed: u64) -> Caller {
+        Caller { net, clocks, me, replicas, hint: None, rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    fn target(&mut self) -> NodeId {
+        match self.hint.take() {
+            Some(h) => h,
+            None => self.replicas[self.rng.gen_range(0..self.replicas.len())],
+        }
+    }
+
+    async fn back_off(&mut self) {
+        let ms = self.rng.gen_range(20..120);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// Send a write until it has a definite answer, [`ATTEMPTS_MAX`] tries or until
+    /// `deadline_ms` (simulated time), whichever comes first.
+    pub async fn submit(&mut self, request: &Request, deadline_ms: u64) -> Outcome {
+        let ttl = Duration::from_millis(CALL_TTL_MS);
+        for _ in 0..ATTEMPTS_MAX {
+            if self.clocks.elapsed_ms() >= deadline_ms {
+                break;
+            }
+            let to = self.target();
+            let (n, c, r) = (self.net.clone(), self.clocks.clone(), request.clone());
+            let answer = self
+                .net
+                .call(self.me, to, ttl, move |_| submit_at(n.clone(), c.clone(), to, r.clone(), false))
+                .await;
+            match answer {
+                Ok(Ok(committed)) => {
+                    self.hint = Some(to);
+                    return Outcome::Acked(committed);
+                }
+                Ok(Err(Refusal::Rejected(r))) => {
+                    self.hint = Some(to);
+                    return Outcome::Rejected(r);
+                }
+                Ok(Err(Refusal::NotLeader(Some(l)))) if l != to => self.hint = Some(l),
+                _ => self.back_off().await,
+            }
+        }
+        Outcome::Unknown
+    }
+
+    /// A linearizable read of the whole state, a few tries.
+    pub async fn read(&mut self) -> Option<State> {
+        let ttl = Duration::from_millis(CALL_TTL_MS);
+        for _ in 0..3 {
+            let to = self.target();
+            let n = self.net.clone();
+            match self.net.call(self.me, to, ttl, move |_| read_at(n.clone(), to)).await {
+                Ok(Ok(state)) => {
+                    self.hint = Some(to);
+                    return Some(state);
+                }
+                Ok(Err(Refusal::NotLeader(Some(l)))) if l != to => self.hint = Some(l),
+                _ => self.back_off().await,
+            }
+        }
+        None
+    }
+}

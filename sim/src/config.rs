@@ -1,0 +1,47 @@
+//! What one simulated run looks like: the size of the world, how long the chaos lasts,
+//! and which deliberate bug (if any) the write path carries.
+
+use raft::proposer::Bug;
+
+/// One run's settings. Everything random is drawn from `seed`.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Control replicas (raft voters).
+    pub replicas: u64,
+    /// Hypervisor hosts, each with a hostd and a fake hypervisor.
+    pub hosts: u64,
+    /// Domain names the workload uses (`d0`, `d1`, …).
+    pub domains: u64,
+    /// Concurrent API clients.
+    pub clients: u64,
+    /// Simulated time with workload and faults, in milliseconds.
+    pub chaos_ms: u64,
+    /// After healing every fault, how long the cluster has to settle (the liveness
+    /// bound), in milliseconds.
+    pub settle_ms: u64,
+    /// Draw faults at all (a fault-free run is the baseline).
+    pub faults: bool,
+    /// A deliberately broken write path, to prove the invariants catch it.
+    pub bug: Bug,
+    /// Keep the readable trace (it is always hashed).
+    pub keep_trace: bool,
+}
+
+impl SimConfig {
+    /// A small world: 3 replicas, 4 hosts, 12 domains, 3 clients, 20 s of chaos.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            replicas: 3,
+            hosts: 4,
+            domains: 12,
+            clients: 3,
+            chaos_ms: 20_000,
+            settle_ms: 60_000,
+            faults: true,
+            bug: Bug::None,
+            keep_trace: false,
+        }
+    }
+}

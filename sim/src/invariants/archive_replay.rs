@@ -1,0 +1,81 @@
+//! Protects: **history reproduces today.** Replaying a replica's event archive gives its
+//! live state (from the first event where the archive is complete, else from its newest
+//! checkpoint), and replicas' archives agree event for event.
+
+use controlplane::{apply, state_hash, EventEnvelope, State};
+use raft::archive::{Archive, ArchiveError};
+use raft::kv_mem::MemKv;
+use raft::type_config::NodeId;
+
+/// Every archived event from `from_seq` on, in order.
+fn all_events(archive: &Archive<MemKv>, from_seq: u64) -> Result<Vec<EventEnvelope>, ArchiveError> {
+    let mut out: Vec<EventEnvelope> = Vec::new();
+    loop {
+        let next = out.last().map_or(from_seq, |e| e.seq + 1);
+        let batch = archive.events(next, 4096)?;
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        out.extend(batch.into_iter().map(|e| e.envelope));
+    }
+}
+
+/// Replay one replica's archive and compare with its live state.
+pub fn check_replica(id: NodeId, archive: &Archive<MemKv>, live: &State) -> Vec<String> {
+    let last = live.last_seq();
+    let replayed = match archive.bounds() {
+        Ok(Some((1, _))) => {
+            let events = match all_events(archive, 1) {
+                Ok(e) => e,
+                Err(e) => return vec![format!("replica {id}: reading the archive: {e}")],
+            };
+            let mut state = State::new();
+            for (expected, e) in (1..).zip(&events) {
+                if e.seq != expected {
+                    return vec![format!("replica {id}: the archive skips from seq {expected} to {}", e.seq)];
+                }
+                apply(&mut state, e);
+            }
+            state
+        }
+        _ => match archive.state_at(last, last) {
+            Ok(s) => s,
+            Err(e) => return vec![format!("replica {id}: no state at seq {last} from the archive: {e}")],
+        },
+    };
+    if state_hash(&replayed) != state_hash(live) {
+        return vec![format!(
+            "replica {id}: replaying the archive gives state {} at seq {}, the live state is {} at seq {last}",
+            state_hash(&replayed),
+            replayed.last_seq(),
+            state_hash(live)
+        )];
+    }
+    Vec::new()
+}
+
+/// Every event two archives both hold is the same event.
+pub fn check_agree(archives: &[(NodeId, &Archive<MemKv>)]) -> Vec<String> {
+    let mut found = Vec::new();
+    let Some(((first_id, first), rest)) = archives.split_first() else { return found };
+    let Ok(reference) = all_events(first, 1) else { return found };
+    for (id, other) in rest {
+        let Ok(theirs) = all_events(other, 1) else { continue };
+        let mut mine = reference.iter().peekable();
+        for e in &theirs {
+            while mine.peek().is_some_and(|m| m.seq < e.seq) {
+                mine.next();
+            }
+            if let Some(m) = mine.peek().filter(|m| m.seq == e.seq) {
+                if *m != e {
+                    found.push(format!(
+                        "seq {}: replica {first_id} archived {:?}, replica {id} archived {:?}",
+                        e.seq, m.event, e.event
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,20 @@
+//! The invariants, one per file, each saying what it protects. Each is a pure function
+//! over what the world observed; the world calls them during the run (single run,
+//! replica hashes) and at its end (the rest).
+
+pub mod acked_writes;
+pub mod archive_replay;
+pub mod linearizable;
+pub mod liveness;
+pub mod replica_hashes;
+pub mod single_run;
+
+/// An invariant that did not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name (its file).
+    pub invariant: &'static str,
+    /// Simulated time it was found.
+    pub at_ms: u64,
+    pub detail: String,
+}

@@ -1,0 +1,113 @@
+//! The clients' workload, drawn from the seed: domain lifecycles (define, start,
+//! shutdown, destroy, reboot, suspend, resume, undefine), networks and volumes, and a
+//! share of invalid commands that must be refused without changing anything.
+//!
+//! Migrations are not drawn yet: nothing in hostd carries one out, so a started
+//! migration could only end by an operator's abort (the migration issue adds both).
+
+use std::collections::BTreeMap;
+
+use controlplane::model::{
+    Boot, Cidr, DomainSpec, HaPolicy, NetworkConfig, NetworkMode, Nic, Placement, PoolConfig, PoolKind,
+    VolumeFormat, VolumeRef,
+};
+use controlplane::Command;
+use rand::Rng;
+
+use crate::config::SimConfig;
+
+/// The kernel every valid domain boots (the fake hypervisor boots anything else).
+pub const KERNEL: &str = "/var/lib/drover/images/guest.elf";
+/// A kernel the fake hypervisor refuses to boot (a failed start, reported as such).
+pub const BROKEN_KERNEL: &str = "/var/lib/drover/images/broken.elf";
+const NETWORKS: u64 = 3;
+const VOLUMES: u64 = 6;
+const POOL: &str = "p0";
+
+fn domain_name(rng: &mut impl Rng, cfg: &SimConfig) -> String {
+    format!("d{}", rng.gen_range(0..cfg.domains.max(1)))
+}
+
+fn spec(rng: &mut impl Rng) -> DomainSpec {
+    let kernel = if rng.gen_range(0..20) == 0 { BROKEN_KERNEL } else { KERNEL };
+    let nics = if rng.gen_bool(0.3) {
+        vec![Nic { network: format!("n{}", rng.gen_range(0..NETWORKS)), mac: None }]
+    } else {
+        Vec::new()
+    };
+    DomainSpec {
+        vcpus: rng.gen_range(1..=4),
+        memory_mib: 256 * rng.gen_range(1..=8),
+        boot: Boot::Kernel { kernel: kernel.into(), initrd: None, cmdline: "console=ttyS0".into() },
+        disks: Vec::new(),
+        nics,
+        ha: HaPolicy::None,
+        placement: Placement::default(),
+    }
+}
+
+/// One command for a client to send.
+pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
+    let name = domain_name(rng, cfg);
+    match rng.gen_range(0..100) {
+        0..=14 => Command::DefineDomain { name, spec: spec(rng) },
+        15..=34 => Command::StartDomain { name },
+        35..=42 => Command::ShutdownDomain { name },
+        43..=48 => Command::DestroyDomain { name },
+        49..=52 => Command::RebootDomain { name },
+        53..=56 => Command::SuspendDomain { name },
+        57..=60 => Command::ResumeDomain { name },
+        61..=66 => Command::UndefineDomain { name },
+        67..=72 => {
+            let i = rng.gen_range(0..NETWORKS);
+            let cidr: Cidr = format!("10.{}.0.0/24", 10 + i).parse().expect("valid cidr");
+            Command::CreateNetwork {
+                name: format!("n{i}"),
+                config: NetworkConfig {
+                    mode: NetworkMode::Isolated,
+                    cidr: Some(cidr),
+                    gateway: None,
+                    bridge: None,
+                },
+            }
+        }
+        73..=75 => Command::DeleteNetwork { name: format!("n{}", rng.gen_range(0..NETWORKS)) },
+        76..=78 => Command::CreatePool {
+            name: POOL.into(),
+            config: PoolConfig {
+                kind: PoolKind::Dir,
+                path: "/var/lib/drover/pools/p0".into(),
+                shared: true,
+                capacity_mib: 1 << 20,
+            },
+        },
+        79..=84 => Command::CreateVolume {
+            volume: VolumeRef { pool: POOL.into(), name: format!("v{}", rng.gen_range(0..VOLUMES)) },
+            format: VolumeFormat::Raw,
+            capacity_mib: 1024 * rng.gen_range(1..=8),
+            backing: None,
+        },
+        85..=87 => Command::DeleteVolume {
+            volume: VolumeRef { pool: POOL.into(), name: format!("v{}", rng.gen_range(0..VOLUMES)) },
+        },
+        // Invalid on purpose: every one of these must be refused and change nothing.
+        88..=90 => Command::DefineDomain { name: "bad name!".into(), spec: spec(rng) },
+        91..=93 => {
+            let mut s = spec(rng);
+            s.vcpus = 0;
+            Command::DefineDomain { name, spec: s }
+        }
+        94..=95 => {
+            let mut s = spec(rng);
+            s.memory_mib = u64::MAX / 2;
+            Command::DefineDomain { name, spec: s }
+        }
+        96..=97 => Command::StartDomain { name: "no-such-domain".into() },
+        _ => Command::RegisterHost {
+            name: String::new(),
+            address: "nowhere".into(),
+            capacity: controlplane::model::Resources { vcpus: 0, memory_mib: 0 },
+            labels: BTreeMap::new(),
+        },
+    }
+}

@@ -1,0 +1,595 @@
+//! The world: control replicas, hosts and clients on one simulated network, disk and
+//! clock, and the fault schedule, all drawn from one seed. [`run`] plays one seed to the
+//! end and checks every invariant.
+//!
+//! The run: start the replicas (replica 1 initializes the cluster with all of them as
+//! voters), the hostds and the clients; for `chaos_ms`, draw a fault every few hundred
+//! milliseconds while the clients run their workload; then heal everything (partitions,
+//! weather, disks; restart every crashed replica and hostd), let the clients finish and
+//! give the cluster `settle_ms` to reach the liveness condition; then compare replicas,
+//! archives and the clients' history.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use controlplane::{state_hash, Request, State};
+use hostd::driver::{Driver, VmStatus};
+use raft::type_config::NodeId;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::caller::Caller;
+use crate::clock::Clocks;
+use crate::config::SimConfig;
+use crate::history::{History, Outcome};
+use crate::host::{self, HostInfo};
+use crate::invariants::{self, Violation};
+use crate::network::{Net, Weather};
+use crate::replica::Replica;
+use crate::trace::Trace;
+
+/// Network ids: replicas are 1..=R, hosts from here, clients from [`CLIENT_BASE`].
+pub const HOST_BASE: NodeId = 100;
+pub const CLIENT_BASE: NodeId = 200;
+/// How often the world looks at replicas (supervision, hash samples).
+const STEP_MS: u64 = 50;
+const SAMPLE_EVERY_MS: u64 = 500;
+
+/// What every task of the world shares.
+#[derive(Debug)]
+pub struct Core {
+    pub cfg: SimConfig,
+    pub net: Net,
+    pub clocks: Clocks,
+    pub trace: Trace,
+    pub history: Mutex<History>,
+    pub violations: Mutex<Vec<Violation>>,
+    pub hosts: Vec<HostInfo>,
+    pub replica_ids: Vec<NodeId>,
+}
+
+impl Core {
+    /// A caller for node `me`, its randomness drawn from the seed.
+    pub fn caller(&self, me: NodeId, boot: u64) -> Caller {
+        let seed = self.cfg.seed ^ (me << 32) ^ boot.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        Caller::new(self.net.clone(), self.clocks.clone(), me, self.replica_ids.clone(), seed)
+    }
+
+    /// Send a write and record it.
+    pub async fn write(&self, caller: &mut Caller, request: &Request, deadline_ms: u64) -> Outcome {
+        let invoke_ms = self.clocks.elapsed_ms();
+        let outcome = caller.submit(request, invoke_ms + deadline_ms).await;
+        host::record_op(self, request, invoke_ms, &outcome);
+        outcome
+    }
+
+    pub fn violation(&self, invariant: &'static str, detail: String) {
+        let at_ms = self.clocks.elapsed_ms();
+        self.trace.record(at_ms, format!("VIOLATION {invariant}: {detail}"));
+        self.violations.lock().expect("violations lock").push(Violation { invariant, at_ms, detail });
+    }
+
+    /// Every host's VMs, each as of its own clock.
+    pub fn vms(&self) -> BTreeMap<String, BTreeMap<String, VmStatus>> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let now = self.clocks.now_ms(h.net_id);
+                (h.name.clone(), h.driver.lock().expect("driver lock").list(now))
+            })
+            .collect()
+    }
+
+    /// The single-run invariant, checked whenever a hypervisor may have started a VM.
+    pub fn check_single_run(&self) {
+        for detail in invariants::single_run::check(&self.vms()) {
+            self.violation("single_run", detail);
+        }
+    }
+}
+
+/// What one run found.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub seed: u64,
+    pub trace_hash: String,
+    pub trace: Vec<String>,
+    pub violations: Vec<Violation>,
+    pub simulated_ms: u64,
+    pub wall: Duration,
+    pub writes_acked: u64,
+    pub writes_refused: u64,
+    pub writes_unknown: u64,
+    pub faults: u64,
+}
+
+/// Where a host's hostd stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostRun {
+    Up,
+    /// hostd is down; it restarts at this time.
+    Down {
+        restart_ms: u64,
+    },
+    /// The machine is gone for good.
+    Lost,
+}
+
+struct World {
+    core: Arc<Core>,
+    replicas: Vec<Replica>,
+    /// Crashed replicas restart at these times.
+    replica_restart: BTreeMap<NodeId, u64>,
+    /// Replicas whose disk fails writes until then.
+    failing: BTreeMap<NodeId, u64>,
+    hosts: Vec<HostRun>,
+    boots: Vec<u64>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    rng: ChaCha8Rng,
+    faults: u64,
+}
+
+/// Play seed `cfg.seed` to the end. Runs on its own single-threaded tokio runtime with a
+/// paused clock and seeded randomness, so the same seed gives the same trace.
+pub fn run(cfg: &SimConfig) -> RunOutcome {
+    let started = Instant::now();
+    raft::runtime::seed_thread_rng(cfg.seed);
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time().start_paused(true);
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&cfg.seed.to_le_bytes()));
+    let rt = builder.build().expect("tokio runtime");
+    let mut outcome = rt.block_on(play(cfg.clone()));
+    drop(rt);
+    raft::runtime::unseed_thread_rng();
+    outcome.wall = started.elapsed();
+    outcome
+}
+
+/// Whether this build can replay seeds bit-identically (tokio's own randomness seeded).
+pub const DETERMINISTIC: bool = cfg!(tokio_unstable);
+
+async fn play(cfg: SimConfig) -> RunOutcome {
+    let net = Net::new(cfg.seed ^ 0x6e65_7477_6f72_6b00);
+    let replica_ids: Vec<NodeId> = (1..=cfg.replicas).collect();
+    let hosts: Vec<HostInfo> = (0..cfg.hosts).map(|i| HostInfo::new(i, HOST_BASE + i)).collect();
+    let core = Arc::new(Core {
+        cfg: cfg.clone(),
+        net,
+        clocks: Clocks::new(),
+        trace: Trace::new(cfg.keep_trace),
+        history: Mutex::default(),
+        violations: Mutex::default(),
+        hosts,
+        replica_ids: replica_ids.clone(),
+    });
+    let mut world = World {
+        core: core.clone(),
+        replicas: replica_ids.iter().map(|id| Replica::new(*id)).collect(),
+        replica_restart: BTreeMap::new(),
+        failing: BTreeMap::new(),
+        hosts: vec![HostRun::Up; cfg.hosts as usize],
+        boots: vec![0; cfg.hosts as usize],
+        clients: Vec::new(),
+        rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6661_756c_7473),
+        faults: 0,
+    };
+    world.boot().await;
+    world.chaos().await;
+    world.heal().await;
+    world.settle().await;
+    world.finish()
+}
+
+impl World {
+    fn now(&self) -> u64 {
+        self.core.clocks.elapsed_ms()
+    }
+
+    fn trace(&self, line: String) {
+        self.core.trace.record(self.now(), line);
+    }
+
+    async fn start_replica(&mut self, i: usize) {
+        let id = self.replicas[i].id;
+        match self.replicas[i].start(&self.core.net, self.core.cfg.bug).await {
+            Ok(_) => self.trace(format!("replica {id} up")),
+            Err(e) => self.core.violation("replica_starts", format!("replica {id} cannot start: {e}")),
+        }
+    }
+
+    fn start_hostd(&mut self, i: usize) {
+        self.boots[i] += 1;
+        let (core, boot, id) = (self.core.clone(), self.boots[i], self.core.hosts[i].net_id);
+        raft::runtime::spawn_on_node(id, host::hostd(core, i, boot));
+        self.hosts[i] = HostRun::Up;
+        self.trace(format!("hostd {} up (boot {boot})", self.core.hosts[i].name));
+    }
+
+    async fn boot(&mut self) {
+        for i in 0..self.replicas.len() {
+            self.start_replica(i).await;
+        }
+        let members: BTreeMap<NodeId, raft::type_config::Node> = self
+            .core
+            .replica_ids
+            .iter()
+            .map(|id| (*id, openraft::BasicNode::new(format!("replica-{id}"))))
+            .collect();
+        if let Some(live) = self.core.net.live(1) {
+            if let Err(e) = live.raft.initialize(members).await {
+                self.core.violation("replica_starts", format!("initializing the cluster: {e}"));
+            }
+        }
+        for i in 0..self.hosts.len() {
+            self.start_hostd(i);
+        }
+        for c in 0..self.core.cfg.clients {
+            let core = self.core.clone();
+            let task = raft::runtime::spawn_on_node(CLIENT_BASE + c, host::client(core, c, CLIENT_BASE + c));
+            self.clients.push(task);
+        }
+    }
+
+    /// Restarts that are due, crashed rafts (a failed disk write stops openraft), hash samples.
+    async fn supervise(&mut self, next_sample: &mut u64) {
+        let now = self.now();
+        let due: Vec<NodeId> =
+            self.replica_restart.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id).collect();
+        for id in due {
+            self.replica_restart.remove(&id);
+            self.start_replica((id - 1) as usize).await;
+        }
+        let healed: Vec<NodeId> =
+            self.failing.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id).collect();
+        for id in healed {
+            self.failing.remove(&id);
+            self.replicas[(id - 1) as usize].disk.fail_writes(false);
+            self.replicas[(id - 1) as usize].archive_disk.fail_writes(false);
+            self.trace(format!("replica {id} disk writes succeed again"));
+        }
+        for i in 0..self.replicas.len() {
+            let id = self.replicas[i].id;
+            let Some(live) = self.core.net.live(id) else { continue };
+            let stopped = live.raft.metrics().borrow().running_state.is_err();
+            if stopped {
+                // The process exits on a storage error; its supervisor restarts it.
+                self.replicas[i].crash(&self.core.net);
+                let restart = self.failing.get(&id).copied().unwrap_or(now) + 100;
+                self.replica_restart.insert(id, restart);
+                self.trace(format!("replica {id} stopped on a storage error; restarts at {restart}"));
+            }
+        }
+        for i in 0..self.hosts.len() {
+            if let HostRun::Down { restart_ms } = self.hosts[i] {
+                if restart_ms <= now {
+                    self.start_hostd(i);
+                }
+            }
+        }
+        if now >= *next_sample {
+            *next_sample = now + SAMPLE_EVERY_MS;
+            let mut samples = Vec::new();
+            let mut line = String::from("replicas");
+            for id in &self.core.replica_ids {
+                if let Some(live) = self.core.net.live(*id) {
+                    let index = live.shared.last_applied().map_or(0, |l| l.index);
+                    let hash = state_hash(&live.shared.state.read().expect("state lock"));
+                    line.push_str(&format!(" {id}@{index}:{}", &hash.to_string()[..8]));
+                    samples.push((*id, index, hash));
+                }
+            }
+            self.trace(line);
+            for detail in invariants::replica_hashes::check(&samples) {
+                self.core.violation("replica_hashes", detail);
+            }
+        }
+    }
+
+    async fn chaos(&mut self) {
+        let mut next_fault = 1_000 + self.rng.gen_range(0..1_000);
+        let mut next_sample = 0;
+        while self.now() < self.core.cfg.chaos_ms {
+            tokio::time::sleep(Duration::from_millis(STEP_MS)).await;
+            self.supervise(&mut next_sample).await;
+            if self.core.cfg.faults && self.now() >= next_fault {
+                self.fault();
+                next_fault = self.now() + self.rng.gen_range(200..1_500);
+            }
+        }
+    }
+
+    fn leader(&self) -> Option<NodeId> {
+        self.core.replica_ids.iter().find_map(|id| {
+            let live = self.core.net.live(*id)?;
+            live.proposer.is_leader().then_some(*id)
+        })
+    }
+
+    fn every_node(&self) -> Vec<NodeId> {
+        let mut all = self.core.replica_ids.clone();
+        all.extend(self.core.hosts.iter().map(|h| h.net_id));
+        all.extend((0..self.core.cfg.clients).map(|c| CLIENT_BASE + c));
+        all
+    }
+
+    fn isolate(&self, node: NodeId) {
+        for other in self.every_node() {
+            if other != node {
+                self.core.net.cut(node, other);
+                self.core.net.cut(other, node);
+            }
+        }
+    }
+
+    /// Draw and inject one fault.
+    fn fault(&mut self) {
+        self.faults += 1;
+        let now = self.now();
+        let replicas = self.core.replica_ids.clone();
+        let pick_replica = |rng: &mut ChaCha8Rng| replicas[rng.gen_range(0..replicas.len())];
+        let host_count = self.hosts.len();
+        match self.rng.gen_range(0..100) {
+            0..=9 => {
+                let mut nodes = self.every_node();
+                nodes.shuffle(&mut self.rng);
+                let split = self.rng.gen_range(1..nodes.len());
+                let (a, b) = nodes.split_at(split);
+                for x in a {
+                    for y in b {
+                        self.core.net.cut(*x, *y);
+                        self.core.net.cut(*y, *x);
+                    }
+                }
+                self.trace(format!("fault: partition {a:?} | {b:?}"));
+            }
+            10..=14 => {
+                let nodes = self.every_node();
+                let from = nodes[self.rng.gen_range(0..nodes.len())];
+                let to = nodes[self.rng.gen_range(0..nodes.len())];
+                self.core.net.cut(from, to);
+                self.trace(format!("fault: one-way cut {from} -> {to}"));
+            }
+            15..=21 => match self.leader() {
+                Some(l) => {
+                    self.isolate(l);
+                    self.trace(format!("fault: isolate leader {l}"));
+                }
+                None => self.trace("fault: isolate leader (none)".into()),
+            },
+            22..=26 => {
+                let h = self.rng.gen_range(0..host_count);
+                for r in &replicas {
+                    self.core.net.cut(self.core.hosts[h].net_id, *r);
+                    self.core.net.cut(*r, self.core.hosts[h].net_id);
+                }
+                self.trace(format!("fault: host {} cut off from the control plane", self.core.hosts[h].name));
+            }
+            27..=39 => {
+                self.core.net.heal();
+                self.trace("fault: partitions healed".into());
+            }
+            40..=46 => {
+                let w = Weather {
+                    loss_pct: self.rng.gen_range(0..=20),
+                    dup_pct: self.rng.gen_range(0..=10),
+                    delay_max_ms: self.rng.gen_range(1..=60),
+                };
+                self.core.net.set_weather(w);
+                self.trace(format!("fault: weather {w:?}"));
+            }
+            47..=58 => {
+                let id = pick_replica(&mut self.rng);
+                let i = (id - 1) as usize;
+                if self.replicas[i].up {
+                    self.replicas[i].crash(&self.core.net);
+                    let restart = now + self.rng.gen_range(100..3_000);
+                    self.replica_restart.insert(id, restart);
+                    self.trace(format!("fault: replica {id} killed; restarts at {restart}"));
+                }
+            }
+            59..=66 => {
+                let h = self.rng.gen_range(0..host_count);
+                if self.hosts[h] == HostRun::Up {
+                    raft::runtime::abort_node(self.core.hosts[h].net_id);
+                    let restart_ms = now + self.rng.gen_range(100..3_000);
+                    self.hosts[h] = HostRun::Down { restart_ms };
+                    self.trace(format!(
+                        "fault: hostd {} killed; restarts at {restart_ms}",
+                        self.core.hosts[h].name
+                    ));
+                }
+            }
+            67..=73 => {
+                let h = self.rng.gen_range(0..host_count);
+                let host = &self.core.hosts[h];
+                let now_host = self.core.clocks.now_ms(host.net_id);
+                let mut driver = host.driver.lock().expect("driver lock");
+                let live: Vec<String> = driver
+                    .list(now_host)
+                    .into_iter()
+                    .filter(|(_, vm)| invariants::single_run::is_live(vm.phase))
+                    .map(|(name, _)| name)
+                    .collect();
+                if let Some(victim) = live.choose(&mut self.rng) {
+                    driver.crash(victim, "the VM process was killed");
+                    drop(driver);
+                    self.trace(format!("fault: VM {victim} on {} crashed", self.core.hosts[h].name));
+                }
+            }
+            74..=79 => {
+                let id = pick_replica(&mut self.rng);
+                let ms = self.rng.gen_range(5..=200);
+                self.replicas[(id - 1) as usize].disk.set_flush_delay_ms(ms);
+                self.trace(format!("fault: replica {id} fsync takes {ms} ms"));
+            }
+            80..=84 => {
+                let id = pick_replica(&mut self.rng);
+                let until = now + self.rng.gen_range(200..2_000);
+                self.replicas[(id - 1) as usize].disk.fail_writes(true);
+                self.replicas[(id - 1) as usize].archive_disk.fail_writes(true);
+                self.failing.insert(id, until);
+                self.trace(format!("fault: replica {id} disk writes fail until {until}"));
+            }
+            85..=94 => {
+                let nodes = self.every_node();
+                let node = nodes[self.rng.gen_range(0..nodes.len())];
+                let delta: i64 = if self.rng.gen_bool(0.5) {
+                    self.rng.gen_range(-2_000..=2_000)
+                } else {
+                    self.rng.gen_range(-120_000..=120_000)
+                };
+                self.core.clocks.shift(node, delta);
+                self.trace(format!("fault: clock of node {node} moves {delta} ms"));
+            }
+            _ => {
+                let alive = self.hosts.iter().filter(|h| **h != HostRun::Lost).count();
+                let h = self.rng.gen_range(0..host_count);
+                if alive > 2 && self.hosts[h] != HostRun::Lost {
+                    raft::runtime::abort_node(self.core.hosts[h].net_id);
+                    *self.core.hosts[h].driver.lock().expect("driver lock") = host::new_driver();
+                    self.isolate(self.core.hosts[h].net_id);
+                    self.hosts[h] = HostRun::Lost;
+                    self.trace(format!("fault: host {} lost for good with its VMs", self.core.hosts[h].name));
+                }
+            }
+        }
+    }
+
+    fn lost_hosts(&self) -> BTreeSet<String> {
+        (0..self.hosts.len())
+            .filter(|i| self.hosts[*i] == HostRun::Lost)
+            .map(|i| self.core.hosts[i].name.clone())
+            .collect()
+    }
+
+    /// End every fault: partitions, weather, disks; restart what is down.
+    async fn heal(&mut self) {
+        let net = &self.core.net;
+        net.heal();
+        net.set_weather(Weather::CALM);
+        for i in 0..self.hosts.len() {
+            if self.hosts[i] == HostRun::Lost {
+                self.isolate(self.core.hosts[i].net_id);
+            }
+        }
+        for r in &self.replicas {
+            r.disk.fail_writes(false);
+            r.archive_disk.fail_writes(false);
+            r.disk.set_flush_delay_ms(0);
+        }
+        self.failing.clear();
+        self.trace("heal: every fault ends".into());
+        let mut next_sample = 0;
+        // A replica whose raft stopped is restarted by the supervisor.
+        self.supervise(&mut next_sample).await;
+        self.replica_restart.clear();
+        for i in 0..self.replicas.len() {
+            if !self.replicas[i].up {
+                self.start_replica(i).await;
+            }
+        }
+        for i in 0..self.hosts.len() {
+            if let HostRun::Down { .. } = self.hosts[i] {
+                self.start_hostd(i);
+            }
+        }
+    }
+
+    /// Wait, at most `settle_ms`, for the liveness condition.
+    async fn settle(&mut self) {
+        let deadline = self.now() + self.core.cfg.settle_ms;
+        let mut next_sample = 0;
+        let mut last_problem = String::new();
+        while self.now() < deadline {
+            tokio::time::sleep(Duration::from_millis(STEP_MS * 4)).await;
+            self.supervise(&mut next_sample).await;
+            // Clients finish their last writes first (each is bounded in time).
+            if self.clients.iter().any(|c| !c.is_finished()) {
+                continue;
+            }
+            match self.settled() {
+                Ok(()) => {
+                    self.trace("settled: every replica agrees and every domain runs as it should".into());
+                    return;
+                }
+                Err(problem) => last_problem = problem,
+            }
+        }
+        self.core.violation(
+            "liveness",
+            format!("not settled after {} ms: {last_problem}", self.core.cfg.settle_ms),
+        );
+    }
+
+    fn settled(&self) -> Result<(), String> {
+        let mut reference: Option<(NodeId, u64, controlplane::StateHash, State)> = None;
+        for id in &self.core.replica_ids {
+            let live = self.core.net.live(*id).ok_or_else(|| format!("replica {id} is down"))?;
+            let index = live.shared.last_applied().map_or(0, |l| l.index);
+            let state = live.shared.state.read().expect("state lock").clone();
+            let hash = state_hash(&state);
+            match &reference {
+                None => reference = Some((*id, index, hash, state)),
+                Some((rid, rindex, rhash, _)) if (*rindex, *rhash) != (index, hash) => {
+                    return Err(format!(
+                        "replica {id} is at {index} ({hash}), replica {rid} at {rindex} ({rhash})"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let (_, _, _, state) = reference.ok_or_else(|| "no replicas".to_string())?;
+        invariants::liveness::check(&state, &self.core.vms(), &self.lost_hosts())
+    }
+
+    /// Compare replicas, archives and the clients' history; stop every task.
+    fn finish(self) -> RunOutcome {
+        let core = &self.core;
+        let mut states = Vec::new();
+        let mut archives = Vec::new();
+        for id in &core.replica_ids {
+            if let Some(live) = core.net.live(*id) {
+                states.push((*id, live.shared.state.read().expect("state lock").clone()));
+                archives.push((*id, live.archive.clone()));
+            }
+        }
+        let history = std::mem::take(&mut *core.history.lock().expect("history lock"));
+        for detail in invariants::acked_writes::check(&history.ops, &states) {
+            core.violation("acked_writes", detail);
+        }
+        for ((id, state), (_, archive)) in states.iter().zip(&archives) {
+            for detail in invariants::archive_replay::check_replica(*id, archive, state) {
+                core.violation("archive_replay", detail);
+            }
+        }
+        let refs: Vec<(NodeId, &raft::archive::Archive<raft::kv_mem::MemKv>)> =
+            archives.iter().map(|(id, a)| (*id, a)).collect();
+        for detail in invariants::archive_replay::check_agree(&refs) {
+            core.violation("archive_replay", detail);
+        }
+        if let Some((_, state)) = states.first() {
+            for detail in invariants::linearizable::check(&history.ops, &history.reads, state) {
+                core.violation("linearizable", detail);
+            }
+        }
+        for id in self.every_node() {
+            raft::runtime::abort_node(id);
+        }
+        let count = |f: fn(&Outcome) -> bool| history.ops.iter().filter(|o| f(&o.outcome)).count() as u64;
+        RunOutcome {
+            seed: core.cfg.seed,
+            trace_hash: core.trace.hash(),
+            trace: core.trace.lines(),
+            violations: core.violations.lock().expect("violations lock").clone(),
+            simulated_ms: core.clocks.elapsed_ms(),
+            wall: Duration::ZERO,
+            writes_acked: count(|o| matches!(o, Outcome::Acked(_))),
+            writes_refused: count(|o| matches!(o, Outcome::Rejected(_))),
+            writes_unknown: count(|o| matches!(o, Outcome::Unknown)),
+            faults: self.faults,
+        }
+    }
+}
