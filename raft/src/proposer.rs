@@ -101,9 +101,19 @@ impl Proposer {
                 return Err(ProposeError::NotLeader);
             }
             self.ensure_current().await?;
-            let decision = {
-                let state = self.inner.shared.state.read().expect("state lock");
-                decide(&state, request, now_ms)
+            let decision = match self.decide(request, now_ms) {
+                // A refusal is an answer read from the state, so it must come from a state
+                // that is current *now*: a leader cut off from the others may still believe
+                // it leads, with a state that misses writes committed elsewhere (the
+                // simulator found this: a retried report refused as stale although its
+                // first attempt had committed). Confirm leadership and catch up (read
+                // index), then decide again. An acceptance needs no such check: a stale
+                // leader's proposal never commits, and preconditions void stale decisions.
+                Err(_) => {
+                    self.inner.raft.ensure_linearizable().await.map_err(|_| ProposeError::NotLeader)?;
+                    self.decide(request, now_ms)
+                }
+                fresh => fresh,
             };
             let proposal = match decision.map_err(ProposeError::Rejected)? {
                 Decision::AlreadyCommitted(c) => return Ok(c),
@@ -134,6 +144,11 @@ impl Proposer {
             resource: last_conflict,
             attempts: SUBMIT_ATTEMPTS_MAX,
         }))
+    }
+
+    fn decide(&self, request: &Request, now_ms: u64) -> Result<Decision, Rejection> {
+        let state = self.inner.shared.state.read().expect("state lock");
+        decide(&state, request, now_ms)
     }
 
     /// After winning an election, wait until the applied state includes everything

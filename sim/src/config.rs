@@ -13,6 +13,9 @@ pub struct SimConfig {
     pub hosts: u64,
     /// Domain names the workload uses (`d0`, `d1`, …).
     pub domains: u64,
+    /// Domains (`vm0`, `vm1`, …) defined and started before the chaos begins, so the
+    /// world has VMs to keep running whatever the workload draws.
+    pub vms: u64,
     /// Concurrent API clients.
     pub clients: u64,
     /// Simulated time with workload and faults, in milliseconds.
@@ -29,13 +32,15 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// A small world: 3 replicas, 4 hosts, 12 domains, 3 clients, 20 s of chaos.
+    /// A small world: 3 replicas, 4 hosts, 8 VMs started up front, 12 more domain names for
+    /// the workload, 3 clients, 20 s of chaos.
     pub fn new(seed: u64) -> SimConfig {
         SimConfig {
             seed,
             replicas: 3,
             hosts: 4,
             domains: 12,
+            vms: 8,
             clients: 3,
             chaos_ms: 20_000,
             settle_ms: 60_000,

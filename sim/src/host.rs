@@ -138,6 +138,37 @@ pub async fn client(core: Arc<Core>, index: u64, net_id: NodeId) {
     }
 }
 
+/// Define and start the up-front VMs (`vm0`, `vm1`, …), one after the other.
+pub async fn setup(core: Arc<Core>, net_id: NodeId) {
+    use controlplane::model::{Boot, DomainSpec, HaPolicy, Placement};
+    let mut caller = core.caller(net_id, 0);
+    for i in 0..core.cfg.vms {
+        let name = format!("vm{i}");
+        let spec = DomainSpec {
+            vcpus: 1,
+            memory_mib: 256,
+            boot: Boot::Kernel {
+                kernel: crate::workload::KERNEL.into(),
+                initrd: None,
+                cmdline: String::new(),
+            },
+            disks: Vec::new(),
+            nics: Vec::new(),
+            ha: HaPolicy::None,
+            placement: Placement::default(),
+        };
+        for (k, command) in
+            [Command::DefineDomain { name: name.clone(), spec }, Command::StartDomain { name }]
+                .into_iter()
+                .enumerate()
+        {
+            let request =
+                Request { request_id: format!("setup-{i}-{k}"), principal: "operator".into(), command };
+            core.write(&mut caller, &request, 15_000).await;
+        }
+    }
+}
+
 /// Record a write in the history and the trace.
 pub(crate) fn record_op(core: &Core, request: &Request, invoke_ms: u64, outcome: &Outcome) {
     let now = core.clocks.elapsed_ms();

@@ -45,6 +45,9 @@ struct Args {
     /// Domain names the workload uses.
     #[arg(long, default_value_t = 12)]
     domains: u64,
+    /// VMs defined and started before the chaos.
+    #[arg(long, default_value_t = 8)]
+    vms: u64,
     #[arg(long, default_value_t = 3)]
     clients: u64,
     /// Simulated seconds of workload and faults.
@@ -72,8 +75,8 @@ fn parse_range(s: &str) -> anyhow::Result<Range<u64>> {
 
 fn replay_command(args: &Args, seed: u64) -> String {
     let mut c = format!(
-        "cargo run -p sim --release -- --seed {seed} --trace --replicas {} --hosts {} --domains {} --clients {} --chaos-s {}",
-        args.replicas, args.hosts, args.domains, args.clients, args.chaos_s
+        "cargo run -p sim --release -- --seed {seed} --trace --replicas {} --hosts {} --domains {} --vms {} --clients {} --chaos-s {}",
+        args.replicas, args.hosts, args.domains, args.vms, args.clients, args.chaos_s
     );
     if args.no_faults {
         c.push_str(" --no-faults");
@@ -94,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         replicas: args.replicas,
         hosts: args.hosts,
         domains: args.domains,
+        vms: args.vms,
         clients: args.clients,
         chaos_ms: args.chaos_s * 1000,
         faults: !args.no_faults,

@@ -226,6 +226,9 @@ impl World {
         for i in 0..self.hosts.len() {
             self.start_hostd(i);
         }
+        let core = self.core.clone();
+        let setup_id = CLIENT_BASE + self.core.cfg.clients;
+        self.clients.push(raft::runtime::spawn_on_node(setup_id, host::setup(core, setup_id)));
         for c in 0..self.core.cfg.clients {
             let core = self.core.clone();
             let task = raft::runtime::spawn_on_node(CLIENT_BASE + c, host::client(core, c, CLIENT_BASE + c));
@@ -277,7 +280,12 @@ impl World {
                 if let Some(live) = self.core.net.live(*id) {
                     let index = live.shared.last_applied().map_or(0, |l| l.index);
                     let hash = state_hash(&live.shared.state.read().expect("state lock"));
-                    line.push_str(&format!(" {id}@{index}:{}", &hash.to_string()[..8]));
+                    let (term, leader) = {
+                        let m = live.raft.metrics();
+                        let m = m.borrow();
+                        (m.current_term, m.current_leader.unwrap_or(0))
+                    };
+                    line.push_str(&format!(" {id}@{index}:{}/t{term}/l{leader}", &hash.to_string()[..8]));
                     samples.push((*id, index, hash));
                 }
             }
@@ -311,7 +319,8 @@ impl World {
     fn every_node(&self) -> Vec<NodeId> {
         let mut all = self.core.replica_ids.clone();
         all.extend(self.core.hosts.iter().map(|h| h.net_id));
-        all.extend((0..self.core.cfg.clients).map(|c| CLIENT_BASE + c));
+        // The clients and the operator who set the VMs up.
+        all.extend((0..=self.core.cfg.clients).map(|c| CLIENT_BASE + c));
         all
     }
 
