@@ -222,6 +222,9 @@ pub async fn run<D: Driver>(
 ) -> Result<(), AgentError> {
     let mut api = Api::new(&config.endpoints)?;
     let boot = now_ms();
+    // Driver time is monotonic: a wall-clock jump must not stretch or cut a shutdown
+    // timeout (or the fake driver's boot delay).
+    let started = std::time::Instant::now();
     register(&mut api, &config, boot).await?;
     info!(host = %config.host, "host registered and ready");
     let mut pass = HostPass::new(config.shutdown_timeout_ms);
@@ -311,7 +314,7 @@ pub async fn run<D: Driver>(
             }
         }
         let assigned = assigned_from(&config.host, &domains, &pools);
-        for observation in pass.run(&mut driver, &assigned, now_ms()) {
+        for observation in pass.run(&mut driver, &assigned, started.elapsed().as_millis() as u64) {
             let Observation { domain, generation, phase, reason } = observation.clone();
             match reporter.send(&mut api, &domain, generation, phase, reason).await {
                 Ok(_) => pass.reported(&observation),
@@ -319,7 +322,10 @@ pub async fn run<D: Driver>(
                     // The run moved on (stale generation): nothing to report any more.
                     pass.reported(&observation);
                 }
-                Err(s) => warn!(domain = %domain, status = %s, "report not accepted; will retry"),
+                Err(s) => {
+                    warn!(domain = %domain, status = %s, "report not accepted; will retry");
+                    pass.unsure(&observation);
+                }
             }
         }
     }

@@ -93,8 +93,61 @@ impl HostPass {
     }
 }
 
+impl HostPass {
+    /// `observation` got no definite answer: it may or may not have been recorded.
+    /// Forget what was last recorded for its domain, so the next pass reports the VM's
+    /// phase again, whatever it is by then. (Remembering the earlier acknowledged phase
+    /// would be wrong: after a reboot, an in-doubt `starting` that did commit, followed by
+    /// `running` again, would leave the cluster at `starting` for good. The simulator
+    /// found this, seed 2618.)
+    pub fn unsure(&mut self, observation: &Observation) {
+        self.memory.reported.remove(&observation.domain);
+    }
+}
+
 fn log_err(domain: &str, what: &str, r: Result<(), DriverError>) {
     if let Err(e) = r {
         warn!(domain, error = %e, "{what} failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::VmSpec;
+    use crate::fake::FakeDriver;
+    use crate::reconciler::Desired;
+
+    #[test]
+    fn a_report_without_an_answer_is_sent_again_even_if_the_phase_returns() {
+        let spec = VmSpec {
+            domain: "web".into(),
+            generation: 1,
+            vcpus: 1,
+            memory_mib: 64,
+            kernel: Some("/k".into()),
+            initrd: None,
+            cmdline: String::new(),
+            disks: Vec::new(),
+        };
+        let assigned: BTreeMap<String, Assigned> =
+            [("web".into(), Assigned { spec, desired: Desired::Running, force: false, reboots: 0 })].into();
+        let mut driver = FakeDriver::new(10, 10);
+        let mut pass = HostPass::new(1_000);
+        assert!(pass.run(&mut driver, &assigned, 0).is_empty(), "the start is not a report");
+        let running = pass.run(&mut driver, &assigned, 20);
+        assert_eq!(running.len(), 1);
+        assert_eq!(running[0].phase, Report::Running);
+        pass.reported(&running[0]);
+        assert!(pass.run(&mut driver, &assigned, 30).is_empty(), "an acknowledged phase is not sent twice");
+        // A reboot: `starting` is sent but its answer is lost.
+        driver.reboot("web", 40).unwrap();
+        let starting = pass.run(&mut driver, &assigned, 41);
+        assert_eq!(starting[0].phase, Report::Starting);
+        pass.unsure(&starting[0]);
+        // Back to running: the cluster may hold `starting`, so `running` goes again.
+        let again = pass.run(&mut driver, &assigned, 60);
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(again[0].phase, Report::Running);
     }
 }

@@ -4,9 +4,11 @@
 //! compaction: the state at any past sequence number is the nearest checkpoint at or
 //! before it plus a replay of the events after it.
 //!
-//! A replica that joined by installing a snapshot holds the archive from that snapshot's
-//! sequence number on (a checkpoint is written there); earlier history lives on the
-//! replicas that applied it.
+//! A replica that installs a snapshot skips the events between its archive's end and the
+//! snapshot: it writes a checkpoint at the snapshot and notes the **hole**. The backfill
+//! task (`backfill`) fetches the missing events from another replica, checks them by
+//! replaying them from the state before the hole to the checkpoint after it, and only
+//! then closes the hole; so every replica's archive ends up complete.
 
 use controlplane::model::ResourceKey;
 use controlplane::{apply, codec, EventEnvelope, State};
@@ -32,6 +34,19 @@ pub enum ArchiveError {
     Short(u64),
     #[error("seq {asked} is beyond the last applied event {last}")]
     Future { asked: u64, last: u64 },
+    #[error("events {from}..={to} do not replay to the checkpoint at {to}")]
+    Mismatch { from: u64, to: u64 },
+    #[error("no checkpoint at seq {0} to check a backfill against")]
+    NoCheckpoint(u64),
+}
+
+/// Meta-tree key prefix of the holes: `hole` ++ first seq (big-endian) → last seq.
+const HOLE_PREFIX: &[u8] = b"hole";
+
+fn hole_key(from: u64) -> Vec<u8> {
+    let mut k = HOLE_PREFIX.to_vec();
+    k.extend_from_slice(&u64_key(from));
+    k
 }
 
 /// Most events one query returns.
@@ -66,12 +81,13 @@ impl<K: Kv> Archive<K> {
     /// Record the envelopes one log entry produced. Writing the same entry again (after a
     /// restart re-applies the log) rewrites identical records.
     pub fn record(&self, raft_index: u64, envelopes: &[EventEnvelope]) -> Result<(), KvError> {
-        if envelopes.is_empty() {
-            return Ok(());
-        }
-        let mut events = Vec::with_capacity(envelopes.len());
-        let mut index = Vec::with_capacity(envelopes.len() * 2);
-        for e in envelopes {
+        self.write(envelopes.iter().map(|e| (raft_index, e)))
+    }
+
+    fn write<'a>(&self, records: impl Iterator<Item = (u64, &'a EventEnvelope)>) -> Result<(), KvError> {
+        let mut events = Vec::new();
+        let mut index = Vec::new();
+        for (raft_index, e) in records {
             let mut value = raft_index.to_be_bytes().to_vec();
             value.extend_from_slice(&codec::encode(e));
             events.push((u64_key(e.seq).to_vec(), value));
@@ -83,8 +99,47 @@ impl<K: Kv> Archive<K> {
                 index.push((index_key(&ResourceKey::Migration(e.seq), e.seq), Vec::new()));
             }
         }
+        if events.is_empty() {
+            return Ok(());
+        }
         self.kv.put_batch(Tree::Events, events)?;
         self.kv.put_batch(Tree::Index, index)
+    }
+
+    /// Note that events `from..=to` are missing (a snapshot was installed over them).
+    pub fn note_hole(&self, from: u64, to: u64) -> Result<(), KvError> {
+        assert!(from <= to, "a hole holds at least one event");
+        self.kv.put(Tree::Meta, &hole_key(from), &u64_key(to))
+    }
+
+    /// The earliest hole, if any.
+    pub fn first_hole(&self) -> Result<Option<(u64, u64)>, ArchiveError> {
+        let mut end = HOLE_PREFIX.to_vec();
+        *end.last_mut().expect("non-empty prefix") += 1;
+        let found = self.kv.range(Tree::Meta, HOLE_PREFIX, Some(&end), 1)?;
+        Ok(found.first().map(|(k, v)| (key_u64(&k[HOLE_PREFIX.len()..]), key_u64(v))))
+    }
+
+    /// Write backfilled events (part of a hole, in order); [`Archive::close_hole`] checks
+    /// them once the hole is full.
+    pub fn backfill(&self, events: &[ArchivedEvent]) -> Result<(), KvError> {
+        self.write(events.iter().map(|e| (e.raft_index, &e.envelope)))
+    }
+
+    /// Check the hole `from..=to` now that it is filled: replaying its events from the
+    /// state before it must give the checkpoint written at its end. Closes it if so.
+    pub fn close_hole(&self, from: u64, to: u64) -> Result<(), ArchiveError> {
+        let before = self.replay_to(from - 1)?;
+        let after = self.replay_from(before, to)?;
+        let checkpoint =
+            self.kv.get(Tree::Checkpoints, &u64_key(to))?.ok_or(ArchiveError::NoCheckpoint(to))?;
+        let expected: State =
+            codec::decode(&checkpoint).map_err(|source| ArchiveError::Codec { seq: to, source })?;
+        if controlplane::state_hash(&after) != controlplane::state_hash(&expected) {
+            return Err(ArchiveError::Mismatch { from, to });
+        }
+        self.kv.remove_range(Tree::Meta, &hole_key(from), Some(&hole_key(from + 1)))?;
+        Ok(())
     }
 
     /// Write a checkpoint of `state` if one is due (every `checkpoint_every` events), or
@@ -150,14 +205,24 @@ impl<K: Kv> Archive<K> {
         if seq > last_applied_seq {
             return Err(ArchiveError::Future { asked: seq, last: last_applied_seq });
         }
-        let (mut state, from) = match self.kv.floor(Tree::Checkpoints, &u64_key(seq))? {
+        self.replay_to(seq)
+    }
+
+    /// Nearest checkpoint at or before `seq`, then the events after it up to `seq`.
+    fn replay_to(&self, seq: u64) -> Result<State, ArchiveError> {
+        let state = match self.kv.floor(Tree::Checkpoints, &u64_key(seq))? {
             Some((k, v)) => {
                 let at = key_u64(&k);
-                (codec::decode::<State>(&v).map_err(|source| ArchiveError::Codec { seq: at, source })?, at)
+                codec::decode::<State>(&v).map_err(|source| ArchiveError::Codec { seq: at, source })?
             }
-            None => (State::new(), 0),
+            None => State::new(),
         };
-        let mut next = from + 1;
+        self.replay_from(state, seq)
+    }
+
+    /// `state` with the archived events after it applied, up to `seq`.
+    fn replay_from(&self, mut state: State, seq: u64) -> Result<State, ArchiveError> {
+        let mut next = state.last_seq() + 1;
         while next <= seq {
             let want = usize::try_from(seq - next + 1).unwrap_or(usize::MAX);
             let batch = self.events(next, want)?;

@@ -22,6 +22,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
+pub mod archive_peers;
+pub mod backfill;
 pub mod client;
 pub mod data_dir;
 pub mod encoding;

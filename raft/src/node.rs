@@ -20,6 +20,8 @@ use proto::raft::{JoinRequest, StatusReply, SubmitRequest};
 use tracing::{info, warn};
 
 use crate::archive::Archive;
+use crate::archive_peers::GrpcArchivePeers;
+use crate::backfill;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::encoding;
 use crate::kv::{Kv, Tree};
@@ -30,6 +32,8 @@ use crate::proposer::{Bug, ProposeError, Proposer};
 use crate::state_machine::{Shared, SnapshotHook, StateMachine};
 use crate::type_config::{NodeId, Raft, StorageError};
 
+/// How often a replica looks for holes in its archive to fill.
+pub const BACKFILL_INTERVAL_MS: u64 = 1_000;
 /// Header marking a write or join already forwarded once.
 pub const FORWARDED_HEADER: &str = "drover-forwarded";
 /// Headers naming the leader on an `Unavailable` answer.
@@ -204,10 +208,20 @@ impl Node {
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let channels = Channels::default();
         let network = GrpcNetwork { channels: channels.clone(), cluster: cluster.clone() };
-        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, LogStore::new(kv.clone()), sm)
+        let log_store = LogStore::new(kv.clone());
+        let start_index = log_store.last_index()?;
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
             .await
             .map_err(raft_err)?;
-        let proposer = Proposer::new(config.node_id, raft.clone(), shared.clone(), Bug::None);
+        let proposer = Proposer::new(config.node_id, raft.clone(), shared.clone(), start_index, Bug::None);
+        let peers = GrpcArchivePeers {
+            me: config.node_id,
+            shared: shared.clone(),
+            channels: channels.clone(),
+            cluster: cluster.clone(),
+            turn: 0,
+        };
+        tokio::spawn(backfill::run(archive.clone(), peers, Duration::from_millis(BACKFILL_INTERVAL_MS)));
         info!(node = config.node_id, cluster = ?cluster.get(), "replica started");
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -374,8 +388,11 @@ impl Node {
     /// Run `f` on a state that includes every write committed before this call
     /// (openraft's read index). Only the leader answers.
     pub async fn read_linearizable<T>(&self, f: impl FnOnce(&State) -> T) -> Result<T, NodeError> {
-        self.inner.raft.ensure_linearizable().await.map_err(|_| self.not_leader())?;
-        Ok(f(&self.inner.shared.state.read().expect("state lock")))
+        match self.inner.proposer.read(f).await {
+            Ok(v) => Ok(v),
+            Err(ProposeError::Unavailable(m)) => Err(NodeError::Unavailable(m)),
+            Err(_) => Err(self.not_leader()),
+        }
     }
 
     /// Run `f` on this replica's applied state, however far behind it may be.

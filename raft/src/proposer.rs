@@ -25,6 +25,9 @@ pub const BATCH_PROPOSALS_MAX: usize = 1024;
 pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
 /// Proposals waiting for a batch; a full queue makes writers wait.
 pub const PROPOSAL_QUEUE_MAX: usize = 16_384;
+/// How long a linearizable read or decision waits for a restarted replica to apply the
+/// log it had when it started.
+pub const CATCH_UP_WAIT_MS: u64 = 5_000;
 
 /// A deliberately wrong write path, for proving that the simulator catches bugs. Only the
 /// simulator sets one; production always runs [`Bug::None`].
@@ -75,17 +78,52 @@ struct Inner {
     queue: tokio::sync::mpsc::Sender<Pending>,
     /// The term in which this leader last confirmed its applied state is current.
     linearized_term: AtomicU64,
+    /// The last log index this replica held when it started.
+    start_index: Option<u64>,
     bug: Bug,
 }
 
 impl Proposer {
-    /// The write path of replica `id`; spawns its batcher (see [`crate::runtime::spawn`]).
-    pub fn new(id: NodeId, raft: Raft, shared: Arc<Shared>, bug: Bug) -> Proposer {
+    /// The write path of replica `id`, whose log ended at `start_index` when it started;
+    /// spawns its batcher (see [`crate::runtime::spawn`]).
+    pub fn new(id: NodeId, raft: Raft, shared: Arc<Shared>, start_index: Option<u64>, bug: Bug) -> Proposer {
         let (queue, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         crate::runtime::spawn(batcher(raft.clone(), rx));
-        Proposer {
-            inner: Arc::new(Inner { id, raft, shared, queue, linearized_term: AtomicU64::new(0), bug }),
+        let linearized_term = AtomicU64::new(0);
+        Proposer { inner: Arc::new(Inner { id, raft, shared, queue, linearized_term, start_index, bug }) }
+    }
+
+    /// Confirm this replica leads and that its applied state includes every committed
+    /// write: openraft's read index, and — after a restart — the whole log the replica
+    /// had when it started.
+    ///
+    /// The second half matters because openraft 0.9 lets a leader that restarts within
+    /// its term take up its leadership again, and its read index is then the commit index
+    /// it recovered, which the log store persists only now and then: a read answered from
+    /// that stale state missed writes this very leader had acknowledged before its crash
+    /// (found by the simulator, seed 160 of the 5-replica world). Everything it had
+    /// acknowledged is in the log it started with, so applying that far is enough.
+    pub async fn ensure_linearizable(&self) -> Result<(), ProposeError> {
+        self.inner.raft.ensure_linearizable().await.map_err(|_| ProposeError::NotLeader)?;
+        let applied = self.inner.shared.last_applied().map(|l| l.index);
+        if applied < self.inner.start_index {
+            self.inner
+                .raft
+                .wait(Some(std::time::Duration::from_millis(CATCH_UP_WAIT_MS)))
+                .applied_index_at_least(self.inner.start_index, "catch up with the log held at start")
+                .await
+                .map_err(|e| {
+                    ProposeError::Unavailable(format!("still applying the log held at start: {e}"))
+                })?;
         }
+        Ok(())
+    }
+
+    /// Run `f` on a state that includes every write committed before this call (the
+    /// leader only).
+    pub async fn read<T>(&self, f: impl FnOnce(&controlplane::State) -> T) -> Result<T, ProposeError> {
+        self.ensure_linearizable().await?;
+        Ok(f(&self.inner.shared.state.read().expect("state lock")))
     }
 
     /// Whether this replica believes it leads.
@@ -110,7 +148,7 @@ impl Proposer {
                 // index), then decide again. An acceptance needs no such check: a stale
                 // leader's proposal never commits, and preconditions void stale decisions.
                 Err(_) => {
-                    self.inner.raft.ensure_linearizable().await.map_err(|_| ProposeError::NotLeader)?;
+                    self.ensure_linearizable().await?;
                     self.decide(request, now_ms)
                 }
                 fresh => fresh,
@@ -158,7 +196,7 @@ impl Proposer {
         if self.inner.linearized_term.load(Ordering::Acquire) == term {
             return Ok(());
         }
-        self.inner.raft.ensure_linearizable().await.map_err(|_| ProposeError::NotLeader)?;
+        self.ensure_linearizable().await?;
         self.inner.linearized_term.store(term, Ordering::Release);
         Ok(())
     }

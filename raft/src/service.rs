@@ -139,8 +139,9 @@ impl Replication for ReplicationService {
         let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
         let events =
             self.node.archive().events(req.from_seq, limit).map_err(|e| Status::internal(e.to_string()))?;
+        let raft_indexes = events.iter().map(|e| e.raft_index).collect();
         let events = events.iter().map(|e| controlplane::codec::encode(&e.envelope)).collect();
-        Ok(Response::new(ArchiveReply { events }))
+        Ok(Response::new(ArchiveReply { events, raft_indexes }))
     }
 
     async fn state_at(&self, request: Request<StateAtRequest>) -> Result<Response<StateAtReply>, Status> {

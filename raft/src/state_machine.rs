@@ -229,9 +229,17 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let state: State = codec::decode(&data).map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        self.store_snapshot(meta, &data).await?;
-        self.archive.checkpoint(&state, 0, true).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // The events between the archive's end and the snapshot are not applied here: note
+        // the hole (the backfill task fetches them) and checkpoint the snapshot's state.
+        // Both are flushed with the archive before the snapshot is stored.
+        let archived =
+            self.archive.bounds().map_err(|e| snap_err(ErrorVerb::Read, e))?.map_or(0, |(_, last)| last);
         let seq = state.last_seq();
+        if archived < seq {
+            self.archive.note_hole(archived + 1, seq).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        }
+        self.archive.checkpoint(&state, 0, true).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        self.store_snapshot(meta, &data).await?;
         {
             let mut s = self.shared.state.write().expect("state lock");
             let mut a = self.shared.applied.write().expect("applied lock");

@@ -145,9 +145,82 @@ async fn a_snapshot_installs_on_an_empty_replica() {
     fresh.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
     assert_eq!(state_hash(&fresh.shared().state.read().unwrap()), hash);
     let seq = fresh.shared().state.read().unwrap().last_seq();
-    // Its archive starts at the snapshot: a checkpoint there answers state_at.
+    // A checkpoint at the snapshot answers state_at there; the events before it are a
+    // noted hole, durable with the snapshot.
     assert_eq!(state_hash(&fresh.archive().state_at(seq, seq).unwrap()), hash);
+    assert_eq!(fresh.archive().first_hole().unwrap(), Some((1, seq)));
     other.crash();
     let reopened = StateMachine::open(other, 1000).unwrap();
     assert_eq!(state_hash(&reopened.shared().state.read().unwrap()), hash);
+    assert_eq!(reopened.archive().first_hole().unwrap(), Some((1, seq)));
+}
+
+/// Serves events from an archive, optionally altered.
+struct Peer {
+    archive: raft::archive::Archive<MemKv>,
+    tamper: bool,
+}
+
+impl raft::backfill::ArchivePeers for Peer {
+    async fn fetch(
+        &mut self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<raft::archive::ArchivedEvent>, String> {
+        let mut events = self.archive.events(from_seq, limit).map_err(|e| e.to_string())?;
+        if self.tamper {
+            if let Some(e) = events.first_mut() {
+                e.envelope.principal = "mallory".into();
+            }
+        }
+        Ok(events)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn backfill_fills_the_hole_a_snapshot_left_and_refuses_events_that_do_not_replay() {
+    let kv = MemKv::new();
+    let mut sm = StateMachine::open(kv.clone(), 7).unwrap();
+    let entries: Vec<Entry> =
+        proposals(40).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    sm.apply(entries).await.unwrap();
+    let snap = sm.build_snapshot().await.unwrap();
+    let last = sm.shared().state.read().unwrap().last_seq();
+
+    let other = MemKv::new();
+    let mut fresh = StateMachine::open(other.clone(), 7).unwrap();
+    fresh.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    let archive = fresh.archive();
+    assert_eq!(archive.first_hole().unwrap(), Some((1, last)));
+
+    // Events that were altered do not replay to the checkpoint: the hole stays.
+    let liar = Peer { archive: sm.archive(), tamper: true };
+    let task = tokio::spawn(raft::backfill::run(archive.clone(), liar, std::time::Duration::from_millis(10)));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    task.abort();
+    assert_eq!(archive.first_hole().unwrap(), Some((1, last)), "a tampered history is refused");
+
+    let honest = Peer { archive: sm.archive(), tamper: false };
+    let task =
+        tokio::spawn(raft::backfill::run(archive.clone(), honest, std::time::Duration::from_millis(10)));
+    for _ in 0..100 {
+        if archive.first_hole().unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    task.abort();
+    assert_eq!(archive.first_hole().unwrap(), None, "the hole is filled");
+    assert_eq!(archive.events(1, usize::MAX).unwrap(), sm.archive().events(1, usize::MAX).unwrap());
+    for seq in [1, last / 2, last] {
+        assert_eq!(
+            state_hash(&archive.state_at(seq, last).unwrap()),
+            state_hash(&sm.archive().state_at(seq, last).unwrap()),
+            "state at {seq}"
+        );
+    }
+    // The filled hole is durable.
+    archive.flush().await.unwrap();
+    other.crash();
+    assert_eq!(StateMachine::open(other, 7).unwrap().archive().first_hole().unwrap(), None);
 }

@@ -52,7 +52,9 @@ pub fn submit_at(
                         let (n, c, r) = (net.clone(), clocks.clone(), request.clone());
                         let ttl = Duration::from_millis(FORWARD_TTL_MS);
                         match net
-                            .call(at, l, ttl, move |_| submit_at(n.clone(), c.clone(), l, r.clone(), true))
+                            .call_once(at, l, ttl, move |_| {
+                                submit_at(n.clone(), c.clone(), l, r.clone(), true)
+                            })
                             .await
                         {
                             Ok(answer) => answer,
@@ -83,9 +85,10 @@ pub fn read_at(net: Net, at: NodeId) -> Answer<State> {
         if leader != Some(at) {
             return Err(Refusal::NotLeader(leader));
         }
-        live.raft.ensure_linearizable().await.map_err(|_| Refusal::NotLeader(None))?;
-        let state = live.shared.state.read().expect("state lock").clone();
-        Ok(state)
+        live.proposer.read(State::clone).await.map_err(|e| match e {
+            ProposeError::Unavailable(m) => Refusal::Unavailable(m),
+            _ => Refusal::NotLeader(None),
+        })
     })
 }
 
@@ -121,7 +124,7 @@ impl Caller {
     /// `deadline_ms` (simulated time), whichever comes first.
     pub async fn submit(&mut self, request: &Request, deadline_ms: u64) -> Outcome {
         let ttl = Duration::from_millis(CALL_TTL_MS);
-        for _ in 0..ATTEMPTS_MAX {
+        for attempt in 1..=ATTEMPTS_MAX {
             if self.clocks.elapsed_ms() >= deadline_ms {
                 break;
             }
@@ -129,7 +132,7 @@ impl Caller {
             let (n, c, r) = (self.net.clone(), self.clocks.clone(), request.clone());
             let answer = self
                 .net
-                .call(self.me, to, ttl, move |_| submit_at(n.clone(), c.clone(), to, r.clone(), false))
+                .call_once(self.me, to, ttl, move |_| submit_at(n.clone(), c.clone(), to, r.clone(), false))
                 .await;
             match answer {
                 Ok(Ok(committed)) => {
@@ -138,7 +141,7 @@ impl Caller {
                 }
                 Ok(Err(Refusal::Rejected(r))) => {
                     self.hint = Some(to);
-                    return Outcome::Rejected(r);
+                    return Outcome::Rejected { rejection: r, attempts: attempt };
                 }
                 Ok(Err(Refusal::NotLeader(Some(l)))) if l != to => self.hint = Some(l),
                 _ => self.back_off().await,
@@ -153,7 +156,7 @@ impl Caller {
         for _ in 0..3 {
             let to = self.target();
             let n = self.net.clone();
-            match self.net.call(self.me, to, ttl, move |_| read_at(n.clone(), to)).await {
+            match self.net.call_once(self.me, to, ttl, move |_| read_at(n.clone(), to)).await {
                 Ok(Ok(state)) => {
                     self.hint = Some(to);
                     return Some(state);

@@ -1,8 +1,8 @@
 //! Simulated clocks. All time is tokio's paused clock, which only moves when every task
 //! waits; each node reads wall-clock time through its own skew, which faults change.
-//! Raft's timers run on the monotonic clock (as in production), so skew and jumps reach
-//! what a node stamps and compares in wall-clock time: event times, shutdown timeouts,
-//! the fake hypervisor's boot and shutdown delays.
+//! Raft's timers and hostd's durations (shutdown timeouts, the hypervisor's delays) run
+//! on the monotonic clock, as in production, so skew and jumps reach what a node reads
+//! from the wall clock: the time a leader stamps on the events it decides.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,12 @@ impl Clocks {
     /// Simulated milliseconds since the run began (no skew).
     pub fn elapsed_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Monotonic time as hosts measure durations (timeouts, the hypervisor's delays):
+    /// no skew, no jumps, as `Instant` in production.
+    pub fn monotonic_ms(&self) -> u64 {
+        EPOCH_MS + self.elapsed_ms()
     }
 
     /// Node `node`'s wall clock.

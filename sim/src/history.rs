@@ -8,8 +8,10 @@ use controlplane::{Committed, Rejection};
 pub enum Outcome {
     /// Committed, with the answer the cluster gave.
     Acked(Committed),
-    /// Refused: it must have changed nothing.
-    Rejected(Rejection),
+    /// Refused, on the `attempts`-th try. Refused on its first try, it must have changed
+    /// nothing; after a try with no answer, that earlier try may still commit (a request
+    /// id makes a write happen at most once, it does not make a refusal durable).
+    Rejected { rejection: Rejection, attempts: u32 },
     /// No definite answer within the deadline: it may or may not have happened.
     Unknown,
 }

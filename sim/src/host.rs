@@ -97,7 +97,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             last_seq: state.last_seq(),
         });
         let assigned = assigned_from_state(&host.name, &state);
-        let now = core.clocks.now_ms(host.net_id);
+        let now = core.clocks.monotonic_ms();
         let observations = {
             let mut driver = host.driver.lock().expect("driver lock");
             pass.run(&mut *driver, &assigned, now)
@@ -114,8 +114,12 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             match core.write(&mut caller, &request, WRITE_DEADLINE_MS).await {
                 Outcome::Acked(_) => pass.reported(&o),
                 // The run moved on (stale generation): nothing to report any more.
-                Outcome::Rejected(r) if r.code() == RejectionCode::FailedPrecondition => pass.reported(&o),
-                _ => {}
+                Outcome::Rejected { rejection, .. }
+                    if rejection.code() == RejectionCode::FailedPrecondition =>
+                {
+                    pass.reported(&o)
+                }
+                _ => pass.unsure(&o),
             }
         }
     }
@@ -174,7 +178,9 @@ pub(crate) fn record_op(core: &Core, request: &Request, invoke_ms: u64, outcome:
     let now = core.clocks.elapsed_ms();
     let answer = match outcome {
         Outcome::Acked(c) => format!("ok {}..{}", c.first_seq, c.last_seq),
-        Outcome::Rejected(r) => format!("refused {:?}", r.code()),
+        Outcome::Rejected { rejection, attempts } => {
+            format!("refused {:?} (attempt {attempts})", rejection.code())
+        }
         Outcome::Unknown => "unknown".into(),
     };
     core.trace.record(

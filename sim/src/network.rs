@@ -140,13 +140,48 @@ impl Net {
     }
 
     /// Send a request from `from` to `to`, run `handle` there, and bring its answer back,
-    /// each way subject to the network's fate; give up after `ttl`.
+    /// each way subject to the network's fate (a request may arrive twice); give up after
+    /// `ttl`. Raft's messages travel this way.
     pub async fn call<T, F, Fut>(
         &self,
         from: NodeId,
         to: NodeId,
         ttl: Duration,
         handle: F,
+    ) -> Result<T, Undelivered>
+    where
+        F: Fn(Live) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.send(from, to, ttl, handle, true).await
+    }
+
+    /// As [`Net::call`], but a request arrives at most once, as a gRPC call over one
+    /// HTTP/2 connection does (a client's retry is a new request). API calls travel
+    /// this way.
+    pub async fn call_once<T, F, Fut>(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        ttl: Duration,
+        handle: F,
+    ) -> Result<T, Undelivered>
+    where
+        F: Fn(Live) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.send(from, to, ttl, handle, false).await
+    }
+
+    async fn send<T, F, Fut>(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        ttl: Duration,
+        handle: F,
+        may_duplicate: bool,
     ) -> Result<T, Undelivered>
     where
         F: Fn(Live) -> Fut,
@@ -165,7 +200,7 @@ impl Net {
             return Err(Undelivered::Lost);
         }
         let Some(live) = self.live(to) else { return Err(Undelivered::Down) };
-        if let Some(after) = duplicate_after_ms {
+        if let Some(after) = duplicate_after_ms.filter(|_| may_duplicate) {
             // The same message arrives a second time; its answer goes nowhere.
             let copy = handle(live.clone());
             raft::runtime::spawn_on_node(to, async move {

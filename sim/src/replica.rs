@@ -13,6 +13,37 @@ use raft::type_config::{NodeId, Raft};
 
 use crate::network::{Live, Net, SimNetwork};
 
+/// How often a replica looks for archive holes to fill (production: 1 s).
+pub const BACKFILL_INTERVAL_MS: u64 = 500;
+
+/// The other replicas' archives over the simulated network.
+#[derive(Debug)]
+pub struct SimArchivePeers {
+    net: Net,
+    me: NodeId,
+    others: Vec<NodeId>,
+    turn: usize,
+}
+
+impl raft::backfill::ArchivePeers for SimArchivePeers {
+    async fn fetch(
+        &mut self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<raft::archive::ArchivedEvent>, String> {
+        self.turn = self.turn.wrapping_add(1);
+        let peer = self.others[self.turn % self.others.len()];
+        let ttl = std::time::Duration::from_millis(crate::caller::CALL_TTL_MS);
+        let answer = self
+            .net
+            .call_once(self.me, peer, ttl, move |live: Live| async move {
+                live.archive.events(from_seq, limit).map_err(|e| e.to_string())
+            })
+            .await;
+        answer.map_err(|e| format!("replica {peer}: {e}"))?
+    }
+}
+
 /// Archive checkpoint interval in the simulation, in events (small, so restarts and
 /// `state_at` use checkpoints).
 pub const CHECKPOINT_EVERY_EVENTS: u64 = 64;
@@ -52,7 +83,13 @@ impl Replica {
     }
 
     /// Start (or restart) the replica from what its disks hold.
-    pub async fn start(&mut self, net: &Net, bug: Bug) -> Result<Live, String> {
+    pub async fn start(&mut self, net: &Net, bug: Bug, replicas: &[NodeId]) -> Result<Live, String> {
+        let peers = SimArchivePeers {
+            net: net.clone(),
+            me: self.id,
+            others: replicas.iter().copied().filter(|r| *r != self.id).collect(),
+            turn: 0,
+        };
         let (id, disk, archive_disk, network) = (
             self.id,
             self.disk.clone(),
@@ -64,10 +101,14 @@ impl Replica {
                 .map_err(|e| format!("opening the state machine: {e}"))?;
             let shared = sm.shared();
             let archive = sm.archive();
-            let raft = Raft::new(id, raft_config(), network, LogStore::new(disk), sm)
+            let log_store = LogStore::new(disk);
+            let start_index = log_store.last_index().map_err(|e| format!("reading the log: {e}"))?;
+            let raft = Raft::new(id, raft_config(), network, log_store, sm)
                 .await
                 .map_err(|e| format!("starting raft: {e}"))?;
-            let proposer = Proposer::new(id, raft.clone(), shared.clone(), bug);
+            let proposer = Proposer::new(id, raft.clone(), shared.clone(), start_index, bug);
+            let interval = std::time::Duration::from_millis(BACKFILL_INTERVAL_MS);
+            raft::runtime::spawn(raft::backfill::run(archive.clone(), peers, interval));
             Ok::<_, String>(Live { raft, proposer, shared, archive })
         })
         .await?;

@@ -76,7 +76,7 @@ impl Core {
         self.hosts
             .iter()
             .map(|h| {
-                let now = self.clocks.now_ms(h.net_id);
+                let now = self.clocks.monotonic_ms();
                 (h.name.clone(), h.driver.lock().expect("driver lock").list(now))
             })
             .collect()
@@ -194,9 +194,21 @@ impl World {
 
     async fn start_replica(&mut self, i: usize) {
         let id = self.replicas[i].id;
-        match self.replicas[i].start(&self.core.net, self.core.cfg.bug).await {
+        match self.replicas[i].start(&self.core.net, self.core.cfg.bug, &self.core.replica_ids).await {
             Ok(_) => self.trace(format!("replica {id} up")),
-            Err(e) => self.core.violation("replica_starts", format!("replica {id} cannot start: {e}")),
+            Err(e) => match self.failing.get(&id).copied() {
+                // On a disk that fails every write, a replica cannot start: its supervisor
+                // tries again once the disk works.
+                Some(until) => {
+                    self.replica_restart.insert(id, until + 100);
+                    self.trace(format!(
+                        "replica {id} cannot start on its failing disk; tries again at {}",
+                        until + 100
+                    ));
+                }
+                // On a working disk, whatever a crash left behind must be enough to start.
+                None => self.core.violation("replica_starts", format!("replica {id} cannot start: {e}")),
+            },
         }
     }
 
@@ -414,7 +426,7 @@ impl World {
             67..=73 => {
                 let h = self.rng.gen_range(0..host_count);
                 let host = &self.core.hosts[h];
-                let now_host = self.core.clocks.now_ms(host.net_id);
+                let now_host = self.core.clocks.monotonic_ms();
                 let mut driver = host.driver.lock().expect("driver lock");
                 let live: Vec<String> = driver
                     .list(now_host)
@@ -540,6 +552,9 @@ impl World {
             let index = live.shared.last_applied().map_or(0, |l| l.index);
             let state = live.shared.state.read().expect("state lock").clone();
             let hash = state_hash(&state);
+            if let Ok(Some((from, to))) = live.archive.first_hole() {
+                return Err(format!("replica {id}'s archive still misses events {from}..={to}"));
+            }
             match &reference {
                 None => reference = Some((*id, index, hash, state)),
                 Some((rid, rindex, rhash, _)) if (*rindex, *rhash) != (index, hash) => {
@@ -596,7 +611,7 @@ impl World {
             simulated_ms: core.clocks.elapsed_ms(),
             wall: Duration::ZERO,
             writes_acked: count(|o| matches!(o, Outcome::Acked(_))),
-            writes_refused: count(|o| matches!(o, Outcome::Rejected(_))),
+            writes_refused: count(|o| matches!(o, Outcome::Rejected { .. })),
             writes_unknown: count(|o| matches!(o, Outcome::Unknown)),
             faults: self.faults,
         }
