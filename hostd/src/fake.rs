@@ -45,6 +45,13 @@ impl FakeDriver {
         }
     }
 
+    /// One VM's status as of `now_ms` (what `list` says of it, without listing all).
+    pub fn status(&mut self, domain: &str, now_ms: u64) -> Option<VmStatus> {
+        let vm = self.vms.get_mut(domain)?;
+        Self::advance(vm, now_ms);
+        Some(VmStatus { generation: vm.generation, phase: vm.phase, reason: vm.reason.clone() })
+    }
+
     fn vm(&mut self, domain: &str) -> Result<&mut FakeVm, DriverError> {
         self.vms.get_mut(domain).ok_or_else(|| DriverError::NoSuchVm(domain.to_owned()))
     }

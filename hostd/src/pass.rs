@@ -99,7 +99,7 @@ impl HostPass {
     /// phase again, whatever it is by then. (Remembering the earlier acknowledged phase
     /// would be wrong: after a reboot, an in-doubt `starting` that did commit, followed by
     /// `running` again, would leave the cluster at `starting` for good. The simulator
-    /// found this, seed 2618.)
+    /// found this.)
     pub fn unsure(&mut self, observation: &Observation) {
         self.memory.reported.remove(&observation.domain);
     }

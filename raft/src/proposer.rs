@@ -101,7 +101,7 @@ impl Proposer {
     /// its term take up its leadership again, and its read index is then the commit index
     /// it recovered, which the log store persists only now and then: a read answered from
     /// that stale state missed writes this very leader had acknowledged before its crash
-    /// (found by the simulator, seed 160 of the 5-replica world). Everything it had
+    /// (found by the simulator in its 5-replica world). Everything it had
     /// acknowledged is in the log it started with, so applying that far is enough.
     pub async fn ensure_linearizable(&self) -> Result<(), ProposeError> {
         self.inner.raft.ensure_linearizable().await.map_err(|_| ProposeError::NotLeader)?;

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use controlplane::{Committed, Rejection, Request, State};
@@ -76,16 +77,19 @@ pub fn submit_at(
     })
 }
 
-/// At replica `at`: the applied state, after confirming it includes every committed
-/// write (openraft's read index; the leader only).
-pub fn read_at(net: Net, at: NodeId) -> Answer<State> {
+/// What a reader wants of the state (the whole state would be a large copy per read).
+pub type View<T> = Arc<dyn Fn(&State) -> T + Send + Sync>;
+
+/// At replica `at`: `view` of the applied state, after confirming it includes every
+/// committed write (the leader only; see `Proposer::read`).
+pub fn read_at<T: Send + 'static>(net: Net, at: NodeId, view: View<T>) -> Answer<T> {
     Box::pin(async move {
         let live = net.live(at).ok_or_else(|| Refusal::Unavailable("replica down".into()))?;
         let leader = live.raft.metrics().borrow().current_leader;
         if leader != Some(at) {
             return Err(Refusal::NotLeader(leader));
         }
-        live.proposer.read(State::clone).await.map_err(|e| match e {
+        live.proposer.read(|s| view(s)).await.map_err(|e| match e {
             ProposeError::Unavailable(m) => Refusal::Unavailable(m),
             _ => Refusal::NotLeader(None),
         })
@@ -150,13 +154,13 @@ impl Caller {
         Outcome::Unknown
     }
 
-    /// A linearizable read of the whole state, a few tries.
-    pub async fn read(&mut self) -> Option<State> {
+    /// A linearizable read of `view` of the state, a few tries.
+    pub async fn read<T: Send + 'static>(&mut self, view: View<T>) -> Option<T> {
         let ttl = Duration::from_millis(CALL_TTL_MS);
         for _ in 0..3 {
             let to = self.target();
-            let n = self.net.clone();
-            match self.net.call_once(self.me, to, ttl, move |_| read_at(n.clone(), to)).await {
+            let (n, v) = (self.net.clone(), view.clone());
+            match self.net.call_once(self.me, to, ttl, move |_| read_at(n.clone(), to, v.clone())).await {
                 Ok(Ok(state)) => {
                     self.hint = Some(to);
                     return Some(state);

@@ -7,18 +7,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::model::{HostState, ObservedPhase, Resources};
-use controlplane::{Command, RejectionCode, Request};
+use controlplane::{Command, RejectionCode, Request, State};
 use hostd::assignment::assigned_from_state;
+use hostd::driver::Driver;
 use hostd::fake::FakeDriver;
 use hostd::pass::HostPass;
 use hostd::reconciler::Report;
 use raft::type_config::NodeId;
 
+use crate::caller::View;
 use crate::history::{Op, Outcome, Read};
+use crate::invariants::single_run::is_live;
 use crate::world::Core;
 
 /// How often hostd reconciles.
-pub const TICK_MS: u64 = 100;
+pub const TICK_MS: u64 = 200;
 /// Graceful shutdown before a destroy.
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 2_000;
 /// The fake hypervisor's boot and shutdown times.
@@ -89,20 +92,31 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     loop {
         tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
         let invoke_ms = core.clocks.elapsed_ms();
-        let Some(state) = caller.read().await else { continue };
+        // As production hostd lists the domains, not the whole state.
+        let name = host.name.clone();
+        let view: View<_> = Arc::new(move |s: &State| (s.last_seq(), assigned_from_state(&name, s)));
+        let Some((last_seq, assigned)) = caller.read(view).await else { continue };
         core.history.lock().expect("history lock").reads.push(Read {
             reader: principal.clone(),
             invoke_ms,
             complete_ms: core.clocks.elapsed_ms(),
-            last_seq: state.last_seq(),
+            last_seq,
         });
-        let assigned = assigned_from_state(&host.name, &state);
         let now = core.clocks.monotonic_ms();
-        let observations = {
+        let (observations, started) = {
             let mut driver = host.driver.lock().expect("driver lock");
-            pass.run(&mut *driver, &assigned, now)
+            let live = |d: &mut hostd::fake::FakeDriver| -> std::collections::BTreeSet<String> {
+                d.list(now).into_iter().filter(|(_, vm)| is_live(vm.phase)).map(|(name, _)| name).collect()
+            };
+            let before = live(&mut driver);
+            let observations = pass.run(&mut *driver, &assigned, now);
+            let started: Vec<String> = live(&mut driver).difference(&before).cloned().collect();
+            (observations, started)
         };
-        core.check_single_run();
+        // A VM only comes to life when a pass starts it: check those against every host.
+        if !started.is_empty() {
+            core.check_single_run(&started);
+        }
         for o in observations {
             let request = write(Command::ReportObservation {
                 domain: o.domain.clone(),

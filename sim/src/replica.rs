@@ -46,17 +46,18 @@ impl raft::backfill::ArchivePeers for SimArchivePeers {
 
 /// Archive checkpoint interval in the simulation, in events (small, so restarts and
 /// `state_at` use checkpoints).
-pub const CHECKPOINT_EVERY_EVENTS: u64 = 64;
+pub const CHECKPOINT_EVERY_EVENTS: u64 = 256;
 /// Entries between raft snapshots (small, so compaction and snapshot installs happen).
 pub const SNAPSHOT_EVERY_ENTRIES: u64 = 200;
 
-/// openraft's settings in the simulation: production's shape, faster timers.
+/// openraft's settings in the simulation: production's timers (`NodeConfig::new`), small
+/// snapshot and checkpoint intervals so compaction and installs happen within a run.
 pub fn raft_config() -> Arc<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "drover-sim".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
         max_in_snapshot_log_to_keep: 50,
         snapshot_max_chunk_size: 16 << 10,

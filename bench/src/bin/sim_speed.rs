@@ -25,6 +25,9 @@ struct Args {
     /// Simulated seconds of chaos per seed.
     #[arg(long, default_value_t = 60)]
     chaos_s: u64,
+    /// The same world without faults (every message delivered, nothing crashes).
+    #[arg(long)]
+    no_faults: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
             domains: 20,
             clients: 4,
             chaos_ms: args.chaos_s * 1000,
+            faults: !args.no_faults,
             ..SimConfig::new(seed)
         };
         let out = run(&cfg);
@@ -55,10 +59,11 @@ fn main() -> anyhow::Result<()> {
         wall_s += w;
     }
     println!(
-        "{} replicas, {} hosts, {} VMs: {simulated_s:.0} simulated s in {wall_s:.1} s wall = {:.0}x real time",
+        "{} replicas, {} hosts, {} VMs{}: {simulated_s:.0} simulated s in {wall_s:.1} s wall = {:.0}x real time",
         args.replicas,
         args.hosts,
         args.vms,
+        if args.no_faults { ", no faults" } else { ", faults on" },
         simulated_s / wall_s
     );
     Ok(())
