@@ -122,6 +122,61 @@ struct HostdArgs {
     /// Milliseconds between reconcile passes.
     #[arg(long, default_value_t = 200)]
     tick_ms: u64,
+    /// Hold a replica of the cluster's log in this directory (a raft learner that joins
+    /// through --endpoint) and read this host's share of the state from it, instead of
+    /// asking the control replicas on every pass.
+    #[arg(long, requires_all = ["replica_id", "replica_listen"])]
+    replica_dir: Option<PathBuf>,
+    /// The replica's raft node id, unique in the cluster.
+    #[arg(long)]
+    replica_id: Option<u64>,
+    /// Where the replica's raft services listen; the leader sends it the log there.
+    #[arg(long)]
+    replica_listen: Option<SocketAddr>,
+    /// Allow --replica-listen beyond loopback. There is no authentication yet.
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+/// Start this host's learner replica, serve its raft services, and join the cluster
+/// through one of `endpoints` (tried in turn until one takes it).
+async fn start_host_replica(args: &HostdArgs, endpoints: &[String]) -> anyhow::Result<Option<Node>> {
+    let (Some(dir), Some(id), Some(listen)) = (&args.replica_dir, args.replica_id, args.replica_listen)
+    else {
+        return Ok(None);
+    };
+    if id == 0 {
+        bail!("--replica-id must be 1 or more");
+    }
+    if !listen.ip().is_loopback() {
+        if !args.allow_remote {
+            bail!("--replica-listen {listen} is not a loopback address; pass --allow-remote to accept that it is open");
+        }
+        warn!(%listen, "the host's replica listens beyond loopback: anyone who can reach it can talk to it");
+    }
+    let node = Node::start(NodeConfig::new(id, listen, dir.clone()))
+        .await
+        .with_context(|| format!("starting the host's replica {id}"))?;
+    let serving = node.clone();
+    tokio::spawn(async move {
+        if let Err(e) = raft::service::serve(serving, std::future::pending()).await {
+            warn!(error = %e, "the host's replica stopped serving");
+        }
+    });
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    'join: loop {
+        for seed in endpoints {
+            match node.join(seed, false, Duration::from_secs(5)).await {
+                Ok(()) => break 'join,
+                Err(e) if tokio::time::Instant::now() >= until => {
+                    return Err(e).with_context(|| format!("joining the cluster as learner {id}"));
+                }
+                Err(e) => warn!(seed, error = %e, "not joined yet; trying the next endpoint"),
+            }
+        }
+    }
+    info!(node = id, %listen, cluster = ?node.cluster_id(), "the host's replica follows the log");
+    Ok(Some(node))
 }
 
 async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()> {
@@ -135,9 +190,9 @@ async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()
         })
         .collect::<anyhow::Result<_>>()?;
     let config = hostd::agent::AgentConfig {
-        host: args.name,
-        address: args.address,
-        endpoints,
+        host: args.name.clone(),
+        address: args.address.clone(),
+        endpoints: endpoints.clone(),
         vcpus: match args.vcpus {
             Some(v) => v,
             None => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
@@ -151,7 +206,9 @@ async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()
         labels,
         tick_ms: args.tick_ms,
         shutdown_timeout_ms: 30_000,
+        replica: start_host_replica(&args, &endpoints).await?,
     };
+    let replica = config.replica.clone();
     let stop = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(t) => t,
@@ -196,6 +253,9 @@ async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()
             hostd::agent::run(config, driver, stop).await?
         }
         other => bail!("unknown driver {other:?} (kvm, qemu or fake)"),
+    }
+    if let Some(node) = replica {
+        node.shutdown().await;
     }
     Ok(())
 }

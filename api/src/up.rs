@@ -162,6 +162,7 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
         children.spawn(&format!("replica {id}"), &a, &logs.join(format!("replica-{id}.log")))?;
     }
     for h in 1..=args.hosts {
+        let host_port = u16::try_from(h).context("too many hosts")?;
         let a = vec![
             "hostd".to_string(),
             "--name".into(),
@@ -172,6 +173,14 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
             driver.clone(),
             "--run-dir".into(),
             data_dir.join(format!("host-{h}")).join("vms").display().to_string(),
+            // Every host holds a replica of the log (a raft learner), ids from 101, ports
+            // after the control replicas'.
+            "--replica-dir".into(),
+            data_dir.join(format!("host-{h}")).join("replica").display().to_string(),
+            "--replica-id".into(),
+            (100 + u64::from(host_port)).to_string(),
+            "--replica-listen".into(),
+            addr(REPLICAS + host_port),
         ];
         children.spawn(&format!("host-{h}"), &a, &logs.join(format!("host-{h}.log")))?;
     }

@@ -1,11 +1,12 @@
-//! The agent loop: register the host, then reconcile whenever a domain event arrives (a
-//! watch on `Events`) and on every tick as a safety net — read this host's share of the
-//! cluster state through the API, ask the driver what runs, apply the reconciler's
-//! actions, and report observations back through the API (with the run's generation, so
-//! a report about an old run is refused).
+//! The agent loop: register the host, then reconcile whenever the state may have changed
+//! and on every tick as a safety net — read this host's share of the cluster state, ask
+//! the driver what runs, apply the reconciler's actions, and report observations back
+//! through the API (with the run's generation, so a report about an old run is refused).
 //!
-//! Today the agent reads the state through the public API from the control replicas; the
-//! learner replica on every host (issue #5) will replace that read with a local one.
+//! With a replica of its own (`AgentConfig::replica`: a raft learner, as `drover up` runs
+//! every host), the agent reads the state locally and wakes whenever the replica applies
+//! events. Without one it reads through the public API (linearizable) and wakes on a
+//! watch of domain events.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tracing::{info, warn};
 
+use crate::assignment::assigned_from_state;
 use crate::driver::{DiskSpec, Driver, VmSpec};
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::{Assigned, Desired, Report};
@@ -37,6 +39,9 @@ pub struct AgentConfig {
     pub tick_ms: u64,
     /// After a graceful shutdown request, destroy the VM if it has not stopped by then.
     pub shutdown_timeout_ms: u64,
+    /// This host's replica of the log (a raft learner), read locally; `None`: read the
+    /// state through the API.
+    pub replica: Option<raft::node::Node>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +239,8 @@ pub async fn run<D: Driver>(
     // Domain events wake the loop at once (a start reaches the hypervisor without waiting
     // for the tick); the tick still runs, to catch anything a broken stream missed.
     let mut watch: Option<tonic::Streaming<pb::Event>> = None;
+    // With a replica of its own, hostd wakes whenever it applies new events instead.
+    let mut applied = config.replica.as_ref().map(|node| node.applied_seq());
     let mut last_pass = tokio::time::Instant::now();
     loop {
         let woken = tokio::select! {
@@ -246,74 +253,22 @@ pub async fn run<D: Driver>(
                     false
                 }
             },
+            woke = next_applied(&mut applied) => woke,
         };
         if woken {
             // Coalesce bursts: at most one pass per PASS_GAP_MS.
             tokio::time::sleep_until(last_pass + Duration::from_millis(PASS_GAP_MS)).await;
         }
         last_pass = tokio::time::Instant::now();
-        let host = config.host.clone();
-        let domains = match api
-            .call(|ch| {
-                let r = request(
-                    &host,
-                    pb::ListDomainsRequest { consistency: pb::Consistency::Linearizable as i32 },
-                );
-                async move { DomainsClient::new(ch).list(r).await }
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().domains,
-            Err(s) => {
-                warn!(status = %s, "cannot read the cluster state; VMs keep running as they are");
-                continue;
-            }
+        let assigned = match &config.replica {
+            // The host's own replica: no round trip, and as fresh as the log it follows
+            // (a lagging replica only delays actions; generations keep them safe).
+            Some(node) => node.read_local(|state| assigned_from_state(&config.host, state)),
+            None => match read_through_api(&mut api, &config.host, &mut watch).await {
+                Some(assigned) => assigned,
+                None => continue,
+            },
         };
-        let mine = domains.iter().any(|d| d.status.as_ref().is_some_and(|s| s.host == config.host));
-        let needs_pools =
-            mine && domains.iter().any(|d| d.spec.as_ref().is_some_and(|s| !s.disks.is_empty()));
-        let pools = if needs_pools {
-            match api
-                .call(|ch| {
-                    let r = request(
-                        &host,
-                        pb::ListPoolsRequest { consistency: pb::Consistency::Linearizable as i32 },
-                    );
-                    async move { StoragePoolsClient::new(ch).list(r).await }
-                })
-                .await
-            {
-                Ok(r) => r
-                    .into_inner()
-                    .pools
-                    .into_iter()
-                    .map(|p| (p.name, p.config.map(|c| c.path).unwrap_or_default()))
-                    .collect(),
-                Err(s) => {
-                    warn!(status = %s, "cannot read the storage pools; VMs keep running as they are");
-                    continue;
-                }
-            }
-        } else {
-            BTreeMap::new()
-        };
-        if watch.is_none() {
-            // Every domain event after the newest version seen is news.
-            let from_seq = domains.iter().map(|d| d.version).max().unwrap_or(0) + 1;
-            let w =
-                pb::WatchRequest { from_seq, follow: true, kinds: vec!["domain".into()], names: Vec::new() };
-            match api
-                .call(|ch| {
-                    let r = request(&host, w.clone());
-                    async move { EventsClient::new(ch).watch(r).await }
-                })
-                .await
-            {
-                Ok(stream) => watch = Some(stream.into_inner()),
-                Err(s) => warn!(status = %s, "cannot watch domain events; reconciling on the tick only"),
-            }
-        }
-        let assigned = assigned_from(&config.host, &domains, &pools);
         for observation in pass.run(&mut driver, &assigned, started.elapsed().as_millis() as u64) {
             let Observation { domain, generation, phase, reason } = observation.clone();
             match reporter.send(&mut api, &domain, generation, phase, reason).await {
@@ -331,8 +286,86 @@ pub async fn run<D: Driver>(
     }
 }
 
+/// This host's domains as the control replicas see them (linearizable), with their
+/// disks resolved through the pools; opens the domain-event watch if it is not open.
+/// `None` when the cluster cannot be read: VMs keep running as they are.
+async fn read_through_api(
+    api: &mut Api,
+    host: &str,
+    watch: &mut Option<tonic::Streaming<pb::Event>>,
+) -> Option<BTreeMap<String, Assigned>> {
+    let host = host.to_owned();
+    let domains = match api
+        .call(|ch| {
+            let r =
+                request(&host, pb::ListDomainsRequest { consistency: pb::Consistency::Linearizable as i32 });
+            async move { DomainsClient::new(ch).list(r).await }
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().domains,
+        Err(s) => {
+            warn!(status = %s, "cannot read the cluster state; VMs keep running as they are");
+            return None;
+        }
+    };
+    let mine = domains.iter().any(|d| d.status.as_ref().is_some_and(|s| s.host == host));
+    let needs_pools = mine && domains.iter().any(|d| d.spec.as_ref().is_some_and(|s| !s.disks.is_empty()));
+    let pools = if needs_pools {
+        match api
+            .call(|ch| {
+                let r = request(
+                    &host,
+                    pb::ListPoolsRequest { consistency: pb::Consistency::Linearizable as i32 },
+                );
+                async move { StoragePoolsClient::new(ch).list(r).await }
+            })
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .pools
+                .into_iter()
+                .map(|p| (p.name, p.config.map(|c| c.path).unwrap_or_default()))
+                .collect(),
+            Err(s) => {
+                warn!(status = %s, "cannot read the storage pools; VMs keep running as they are");
+                return None;
+            }
+        }
+    } else {
+        BTreeMap::new()
+    };
+    if watch.is_none() {
+        // Every domain event after the newest version seen is news.
+        let from_seq = domains.iter().map(|d| d.version).max().unwrap_or(0) + 1;
+        let w = pb::WatchRequest { from_seq, follow: true, kinds: vec!["domain".into()], names: Vec::new() };
+        match api
+            .call(|ch| {
+                let r = request(&host, w.clone());
+                async move { EventsClient::new(ch).watch(r).await }
+            })
+            .await
+        {
+            Ok(stream) => *watch = Some(stream.into_inner()),
+            Err(s) => warn!(status = %s, "cannot watch domain events; reconciling on the tick only"),
+        }
+    }
+    Some(assigned_from(&host, &domains, &pools))
+}
+
 /// The shortest time between two reconcile passes woken by events.
 const PASS_GAP_MS: u64 = 5;
+
+/// Whether the replica applied new events (false, and never again, once it stopped).
+async fn next_applied(applied: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {
+    let Some(rx) = applied else { return std::future::pending().await };
+    if rx.changed().await.is_ok() {
+        return true;
+    }
+    *applied = None;
+    false
+}
 
 /// The next event of the watch, or never when there is none.
 async fn next_event(

@@ -11,9 +11,8 @@
 //! files in a run directory (`vm_dir`) and re-adopt running VMs after a hostd restart;
 //! every driver passes the shared suite in `conformance`. The pure `reconciler` decides,
 //! `pass` carries out one reconcile pass on a driver (shared with the simulator), the
-//! `agent` loop reads the cluster state through the public API and reports through
-//! it. Still to come: the learner replica on each host (today the agent reads the state
-//! from the control replicas), virtio-net and taps.
+//! `agent` loop reads the cluster state from the host's own learner replica (or through
+//! the public API) and reports through the API. Still to come: virtio-net and taps.
 #![forbid(unsafe_code)]
 
 pub mod agent;

@@ -14,11 +14,11 @@ use tests::{drover_bin, wait_for};
 fn free_base() -> u16 {
     for _ in 0..200 {
         let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if base < 60_000 && (1..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        if base < 60_000 && (1..6).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
-    panic!("no three consecutive free ports");
+    panic!("no six consecutive free ports (3 replicas, 3 host replicas)");
 }
 
 /// Stops a `drover up` the test left behind (a failed assertion), so no cluster or VM
@@ -89,6 +89,14 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             (text.lines().filter(|l| l.contains(" ready ")).count() == 3).then_some(())
         }
+    })
+    .await;
+
+    // Every host holds a replica of the log: three learners beside the three voters.
+    let client = raft::client::Client::new(vec![format!("127.0.0.1:{base}")]);
+    wait_for("the hosts' replicas to join as learners", Duration::from_secs(60), || async {
+        let s = client.status(&format!("127.0.0.1:{base}")).await.ok()?;
+        (s.voters == [1, 2, 3] && s.learners == [101, 102, 103]).then_some(())
     })
     .await;
 
