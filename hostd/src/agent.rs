@@ -15,13 +15,14 @@ use proto::api as pb;
 use proto::api::domains_client::DomainsClient;
 use proto::api::events_client::EventsClient;
 use proto::api::hosts_client::HostsClient;
+use proto::api::networks_client::NetworksClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tracing::{info, warn};
 
 use crate::assignment::assigned_from_state;
-use crate::driver::{DiskSpec, Driver, VmSpec};
+use crate::driver::{isolated_bridge, Attachment, DiskSpec, Driver, NicSpec, VmSpec};
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::{Assigned, Desired, Report};
 
@@ -114,10 +115,27 @@ fn volume_path(pools: &BTreeMap<String, String>, volume: &pb::VolumeRef) -> Opti
     pools.get(&volume.pool).map(|dir| format!("{}/{}", dir.trim_end_matches('/'), volume.name))
 }
 
+/// Where a NIC of `network` plugs in (the API's view of `assignment::attachment`).
+fn attachment_of(networks: &BTreeMap<String, pb::NetworkConfig>, network: &str) -> Attachment {
+    match networks.get(network) {
+        None => Attachment::Unsupported("the network does not exist".into()),
+        Some(c) if c.mode == "bridge" && !c.bridge.is_empty() => Attachment::HostBridge(c.bridge.clone()),
+        Some(c) if c.mode == "bridge" => {
+            Attachment::Unsupported("the bridge network names no host bridge".into())
+        }
+        Some(c) if c.mode == "isolated" => Attachment::Isolated(isolated_bridge(network)),
+        Some(_) => Attachment::Unsupported(
+            "NAT networks need forwarding and masquerading on the host, which hostd does not set up yet"
+                .into(),
+        ),
+    }
+}
+
 fn assigned_from(
     host: &str,
     domains: &[pb::Domain],
     pools: &BTreeMap<String, String>,
+    networks: &BTreeMap<String, pb::NetworkConfig>,
 ) -> BTreeMap<String, Assigned> {
     domains
         .iter()
@@ -167,6 +185,15 @@ fn assigned_from(
                         initrd,
                         cmdline,
                         disks,
+                        nics: spec
+                            .nics
+                            .iter()
+                            .map(|n| NicSpec {
+                                mac: n.mac.clone(),
+                                network: n.network.clone(),
+                                attachment: attachment_of(networks, &n.network),
+                            })
+                            .collect(),
                     },
                     desired,
                     force: d.stop_mode == "force",
@@ -336,6 +363,29 @@ async fn read_through_api(
     } else {
         BTreeMap::new()
     };
+    let needs_networks = mine && domains.iter().any(|d| d.spec.as_ref().is_some_and(|s| !s.nics.is_empty()));
+    let networks = if needs_networks {
+        match api
+            .call(|ch| {
+                let r = request(
+                    &host,
+                    pb::ListNetworksRequest { consistency: pb::Consistency::Linearizable as i32 },
+                );
+                async move { NetworksClient::new(ch).list(r).await }
+            })
+            .await
+        {
+            Ok(r) => {
+                r.into_inner().networks.into_iter().map(|n| (n.name, n.config.unwrap_or_default())).collect()
+            }
+            Err(s) => {
+                warn!(status = %s, "cannot read the networks; VMs keep running as they are");
+                return None;
+            }
+        }
+    } else {
+        BTreeMap::new()
+    };
     if watch.is_none() {
         // Every domain event after the newest version seen is news.
         let from_seq = domains.iter().map(|d| d.version).max().unwrap_or(0) + 1;
@@ -351,7 +401,7 @@ async fn read_through_api(
             Err(s) => warn!(status = %s, "cannot watch domain events; reconciling on the tick only"),
         }
     }
-    Some(assigned_from(&host, &domains, &pools))
+    Some(assigned_from(&host, &domains, &pools, &networks))
 }
 
 /// The shortest time between two reconcile passes woken by events.

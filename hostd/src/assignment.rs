@@ -4,14 +4,33 @@
 
 use std::collections::BTreeMap;
 
-use controlplane::model::{Boot, DesiredState, StopMode};
+use controlplane::model::{Boot, DesiredState, NetworkConfig, NetworkMode, StopMode};
 use controlplane::State;
 
-use crate::driver::{DiskSpec, VmSpec};
+use crate::driver::{isolated_bridge, Attachment, DiskSpec, NicSpec, VmSpec};
 use crate::reconciler::{Assigned, Desired};
 
+/// Where a NIC of network `network` (name and settings; `None`: no such network) plugs
+/// in on a host.
+pub fn attachment(network: Option<(&String, &NetworkConfig)>) -> Attachment {
+    match network {
+        None => Attachment::Unsupported("the network does not exist".into()),
+        Some((_, config)) if config.mode == NetworkMode::Bridge => match &config.bridge {
+            Some(b) => Attachment::HostBridge(b.clone()),
+            None => Attachment::Unsupported("the bridge network names no host bridge".into()),
+        },
+        Some((name, config)) if config.mode == NetworkMode::Isolated => {
+            Attachment::Isolated(isolated_bridge(name))
+        }
+        Some(_) => Attachment::Unsupported(
+            "NAT networks need forwarding and masquerading on the host, which hostd does not set up yet"
+                .into(),
+        ),
+    }
+}
+
 /// The domains the state places on `host`, with their disks resolved to
-/// `<pool path>/<volume name>`.
+/// `<pool path>/<volume name>` and their NICs to where their taps plug in.
 pub fn assigned_from_state(host: &str, state: &State) -> BTreeMap<String, Assigned> {
     state
         .domains()
@@ -52,6 +71,16 @@ pub fn assigned_from_state(host: &str, state: &State) -> BTreeMap<String, Assign
                 initrd,
                 cmdline,
                 disks,
+                nics: d
+                    .spec
+                    .nics
+                    .iter()
+                    .map(|nic| NicSpec {
+                        mac: nic.mac.map(|m| m.to_string()).unwrap_or_default(),
+                        network: nic.network.clone(),
+                        attachment: attachment(state.network(&nic.network).map(|n| (&n.name, &n.config))),
+                    })
+                    .collect(),
             };
             (
                 d.name.clone(),
@@ -59,4 +88,38 @@ pub fn assigned_from_state(host: &str, state: &State) -> BTreeMap<String, Assign
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(mode: NetworkMode, bridge: Option<&str>) -> NetworkConfig {
+        NetworkConfig { mode, cidr: None, gateway: None, bridge: bridge.map(str::to_owned) }
+    }
+
+    #[test]
+    fn nics_plug_into_the_bridge_their_network_names_or_fail_plainly() {
+        let name = "lan".to_owned();
+        assert_eq!(
+            attachment(Some((&name, &config(NetworkMode::Isolated, None)))),
+            Attachment::Isolated(isolated_bridge("lan"))
+        );
+        assert_eq!(
+            attachment(Some((&name, &config(NetworkMode::Bridge, Some("br0"))))),
+            Attachment::HostBridge("br0".into())
+        );
+        for (network, why) in [
+            (Some((&name, &config(NetworkMode::Nat, None))), "NAT"),
+            (Some((&name, &config(NetworkMode::Bridge, None))), "no host bridge"),
+            (None, "does not exist"),
+        ] {
+            match attachment(network) {
+                Attachment::Unsupported(reason) => assert!(reason.contains(why), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(isolated_bridge("a-network-with-a-long-name").len() <= 15, "interface names fit");
+        assert!(crate::driver::tap_name("a-domain-with-a-long-name", 7).len() <= 15, "tap names fit");
+    }
 }

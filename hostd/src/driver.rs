@@ -18,6 +18,46 @@ pub struct VmSpec {
     pub cmdline: String,
     /// Disk images on this host, in guest order.
     pub disks: Vec<DiskSpec>,
+    /// Network interfaces, in guest order.
+    pub nics: Vec<NicSpec>,
+}
+
+/// One network interface of a VM: a virtio-net device on a tap plugged into a bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    /// "52:54:00:12:34:56", as the cluster allocated it.
+    pub mac: String,
+    /// The cluster network it belongs to.
+    pub network: String,
+    pub attachment: Attachment,
+}
+
+/// Where a NIC's tap is plugged on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    /// An existing host bridge (a `bridge` network); the start fails if it is missing.
+    HostBridge(String),
+    /// A bridge hostd creates for an isolated network: no uplink and no host address, so
+    /// the guests on it reach each other and nothing else.
+    Isolated(String),
+    /// A network this host cannot provide; the start fails with this reason.
+    Unsupported(String),
+}
+
+/// The bridge of isolated network `network` on every host: `drvb` and 8 hex digits of a
+/// hash of the name (interface names are at most 15 bytes).
+pub fn isolated_bridge(network: &str) -> String {
+    format!("drvb{:08x}", fnv32(network))
+}
+
+/// The tap of NIC `index` of `domain`'s VM.
+pub fn tap_name(domain: &str, index: usize) -> String {
+    format!("drvt{:08x}n{index}", fnv32(domain))
+}
+
+/// FNV-1a, 32 bits: stable across builds and machines, unlike std's hasher.
+fn fnv32(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// One disk of a VM: an image file on this host.

@@ -178,6 +178,7 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
             disks: Vec::new(),
+            nics: Vec::new(),
         }
     }
 

@@ -164,6 +164,12 @@ impl KvmDriver {
 impl Driver for KvmDriver {
     fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
+        if !spec.nics.is_empty() {
+            // Said plainly rather than booting the guest without its network.
+            return Err(failed(
+                "Drover's own VMM has no virtio-net yet; run domains with NICs on a qemu host".into(),
+            ));
+        }
         if let Some(vm) = self.vms.get_mut(&spec.domain) {
             let status = Self::status_of(vm);
             if !matches!(status.phase, VmPhase::Stopped | VmPhase::Crashed) {

@@ -129,6 +129,7 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
             disks: Vec::new(),
+            nics: Vec::new(),
         };
         let assigned: BTreeMap<String, Assigned> =
             [("web".into(), Assigned { spec, desired: Desired::Running, force: false, reboots: 0 })].into();

@@ -167,6 +167,7 @@ mod tests {
             initrd: None,
             cmdline: String::new(),
             disks: Vec::new(),
+            nics: Vec::new(),
         }
     }
 

@@ -3,13 +3,13 @@
 //! `drover-vmm` on `/dev/kvm`; where that is missing they say so and return.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hostd::conformance::{self, Harness};
-use hostd::driver::{Driver, VmPhase, VmSpec};
+use hostd::driver::{isolated_bridge, tap_name, Attachment, Driver, NicSpec, VmPhase, VmSpec};
 use hostd::fake::FakeDriver;
 use hostd::kvm::{KvmConfig, KvmDriver};
 use hostd::qemu::{QemuConfig, QemuDriver};
@@ -30,6 +30,7 @@ fn spec(domain: &str, generation: u64, kernel: &str, cmdline: &str) -> VmSpec {
         initrd: None,
         cmdline: cmdline.into(),
         disks: Vec::new(),
+        nics: Vec::new(),
     }
 }
 
@@ -258,6 +259,90 @@ fn the_qemu_driver_boots_the_debian_linux_guest_to_init_and_shuts_it_down() {
     let s = wait_phase_any(&mut driver, "linux", VmPhase::Stopped);
     assert_eq!(s.reason.as_deref(), Some("the guest powered off"));
     assert!(console().contains("drover-linux: power"), "{}", console());
+}
+
+/// Two Linux guests under the qemu driver, each with a virtio-net NIC on a tap in the
+/// isolated bridge the driver makes for their network, reach each other: one pings the
+/// other. The bridge has no uplink and no host address; the test removes it.
+#[test]
+fn two_qemu_guests_on_an_isolated_network_reach_each_other() {
+    qemu_present();
+    let (kernel, initrd) = linux_guest();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
+    let network = format!("test-{}", std::process::id());
+    let bridge = isolated_bridge(&network);
+    struct RemoveBridge(String);
+    impl Drop for RemoveBridge {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    let _cleanup = RemoveBridge(bridge.clone());
+    let guest = |name: &str, mac: &str, cmdline: &str| {
+        let mut s = spec(name, 1, &kernel, &format!("console=ttyS0 panic=-1 {cmdline}"));
+        s.initrd = Some(initrd.clone());
+        s.memory_mib = 256;
+        s.nics = vec![NicSpec {
+            mac: mac.into(),
+            network: network.clone(),
+            attachment: Attachment::Isolated(bridge.clone()),
+        }];
+        s
+    };
+    driver.start(&guest("net-a", "52:54:00:dd:00:01", "drover.ip=10.231.0.1/24"), 0).unwrap();
+    driver
+        .start(&guest("net-b", "52:54:00:dd:00:02", "drover.ip=10.231.0.2/24 drover.ping=10.231.0.1"), 0)
+        .unwrap();
+    // Host side: each tap is in the bridge.
+    for domain in ["net-a", "net-b"] {
+        let master = std::fs::read_link(format!("/sys/class/net/{}/master", tap_name(domain, 0))).unwrap();
+        assert!(master.ends_with(&bridge), "{domain}'s tap is in {master:?}");
+    }
+    let console = |d: &str| std::fs::read_to_string(run.join(d).join("console.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !console("net-b").contains("DROVER-PING-OK 10.231.0.1") {
+        assert!(
+            Instant::now() < deadline,
+            "net-b never reached net-a:\n{}\n---\n{}",
+            console("net-b"),
+            console("net-a")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(console("net-a").contains("DROVER-NET 52:54:00:dd:00:01 10.231.0.1/24"), "{}", console("net-a"));
+    for domain in ["net-a", "net-b"] {
+        driver.destroy(domain, 0).unwrap();
+        wait_phase_any(&mut driver, domain, VmPhase::Stopped);
+        driver.remove(domain);
+        assert!(
+            !Path::new(&format!("/sys/class/net/{}", tap_name(domain, 0))).exists(),
+            "{domain}'s tap is gone"
+        );
+    }
+}
+
+/// A NIC the host cannot provide is a clear start failure, not a guest without network.
+#[test]
+fn a_nic_on_a_missing_host_bridge_is_a_clear_start_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let mut driver = QemuDriver::new(QemuConfig::new(dir.path().join("run"))).unwrap();
+    let mut s = spec("d", 1, &kernel.display().to_string(), "");
+    s.nics = vec![NicSpec {
+        mac: "52:54:00:dd:00:09".into(),
+        network: "lan".into(),
+        attachment: Attachment::HostBridge("drvnosuchbr0".into()),
+    }];
+    let text = driver.start(&s, 0).unwrap_err().to_string();
+    assert!(text.contains("host bridge \"drvnosuchbr0\" does not exist"), "{text}");
+    if kvm_present() {
+        let mut kvm = KvmDriver::new(kvm_config(&dir.path().join("kvm"))).unwrap();
+        let text = kvm.start(&s, 0).unwrap_err().to_string();
+        assert!(text.contains("no virtio-net yet"), "{text}");
+    }
 }
 
 fn wait_phase_any(driver: &mut dyn Driver, domain: &str, phase: VmPhase) -> hostd::driver::VmStatus {
