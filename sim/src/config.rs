@@ -16,6 +16,9 @@ pub struct SimConfig {
     /// Domains (`vm0`, `vm1`, …) defined and started before the chaos begins, so the
     /// world has VMs to keep running whatever the workload draws.
     pub vms: u64,
+    /// Every host holds a learner replica of the log and hostd reconciles from it, as
+    /// `drover up` runs hosts; otherwise hostd reads through the API (linearizable).
+    pub host_replicas: bool,
     /// Concurrent API clients.
     pub clients: u64,
     /// Simulated time with workload and faults, in milliseconds.
@@ -41,6 +44,7 @@ impl SimConfig {
             hosts: 4,
             domains: 12,
             vms: 8,
+            host_replicas: true,
             clients: 3,
             chaos_ms: 20_000,
             settle_ms: 60_000,

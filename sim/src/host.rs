@@ -91,17 +91,26 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     let mut pass = HostPass::new(SHUTDOWN_TIMEOUT_MS);
     loop {
         tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
-        let invoke_ms = core.clocks.elapsed_ms();
-        // As production hostd lists the domains, not the whole state.
-        let name = host.name.clone();
-        let view: View<_> = Arc::new(move |s: &State| (s.last_seq(), assigned_from_state(&name, s)));
-        let Some((last_seq, assigned)) = caller.read(view).await else { continue };
-        core.history.lock().expect("history lock").reads.push(Read {
-            reader: principal.clone(),
-            invoke_ms,
-            complete_ms: core.clocks.elapsed_ms(),
-            last_seq,
-        });
+        let assigned = if core.cfg.host_replicas {
+            // The host's own learner replica, read locally (stale-ok: generations keep
+            // a lagging host safe), as production hostd does.
+            let Some(replica) = core.net.live(host.net_id) else { continue };
+            let state = replica.shared.state.read().expect("state lock");
+            assigned_from_state(&host.name, &state)
+        } else {
+            let invoke_ms = core.clocks.elapsed_ms();
+            // As production hostd lists the domains, not the whole state.
+            let name = host.name.clone();
+            let view: View<_> = Arc::new(move |s: &State| (s.last_seq(), assigned_from_state(&name, s)));
+            let Some((last_seq, assigned)) = caller.read(view).await else { continue };
+            core.history.lock().expect("history lock").reads.push(Read {
+                reader: principal.clone(),
+                invoke_ms,
+                complete_ms: core.clocks.elapsed_ms(),
+                last_seq,
+            });
+            assigned
+        };
         let now = core.clocks.monotonic_ms();
         let (observations, started) = {
             let mut driver = host.driver.lock().expect("driver lock");
@@ -149,6 +158,22 @@ pub async fn client(core: Arc<Core>, index: u64, net_id: NodeId) {
     let mut k = 0u64;
     while core.clocks.elapsed_ms() < core.cfg.chaos_ms {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..400))).await;
+        if rng.gen_range(0..100) < 20 {
+            // A linearizable read (`drover domain list`), checked by `linearizable`.
+            let invoke_ms = core.clocks.elapsed_ms();
+            let view: View<u64> = Arc::new(State::last_seq);
+            if let Some(last_seq) = caller.read(view).await {
+                let complete_ms = core.clocks.elapsed_ms();
+                core.trace.record(complete_ms, format!("{principal} read: seq {last_seq}"));
+                core.history.lock().expect("history lock").reads.push(Read {
+                    reader: principal.clone(),
+                    invoke_ms,
+                    complete_ms,
+                    last_seq,
+                });
+            }
+            continue;
+        }
         k += 1;
         let command = crate::workload::draw(&mut rng, &core.cfg);
         let request = Request { request_id: format!("c{index}-{k}"), principal: principal.clone(), command };

@@ -13,9 +13,10 @@
 //! live one per file in `invariants`. Every run yields a trace whose hash is the same for
 //! the same seed, in debug and release builds.
 //!
-//! Not simulated yet: HA failover, fencing and migrations (their issues add their faults
-//! and invariants here); hosts read the state through the API as production hostd does,
-//! not from a learner replica of their own.
+//! Every host holds a learner replica of the log and hostd reconciles from it, as under
+//! `drover up` (`SimConfig::host_replicas`; off, hosts read through the API). Not
+//! simulated yet: HA failover, fencing and migrations (their issues add their faults and
+//! invariants here).
 #![forbid(unsafe_code)]
 // openraft's error types are large by design and are what its network trait returns.
 #![allow(clippy::result_large_err)]

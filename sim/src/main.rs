@@ -45,6 +45,10 @@ struct Args {
     /// Domain names the workload uses.
     #[arg(long, default_value_t = 12)]
     domains: u64,
+    /// Hosts read the state through the API (linearizable reads) instead of holding a
+    /// learner replica of the log each.
+    #[arg(long)]
+    hosts_read_api: bool,
     /// VMs defined and started before the chaos.
     #[arg(long, default_value_t = 8)]
     vms: u64,
@@ -81,6 +85,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
     if args.no_faults {
         c.push_str(" --no-faults");
     }
+    if args.hosts_read_api {
+        c.push_str(" --hosts-read-api");
+    }
     if let BugArg::AckBeforeCommit = args.bug {
         c.push_str(" --bug ack-before-commit");
     }
@@ -98,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         hosts: args.hosts,
         domains: args.domains,
         vms: args.vms,
+        host_replicas: !args.hosts_read_api,
         clients: args.clients,
         chaos_ms: args.chaos_s * 1000,
         faults: !args.no_faults,

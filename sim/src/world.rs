@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controlplane::{state_hash, Request, State};
+use controlplane::{state_hash, Request};
 use hostd::driver::{Driver, VmStatus};
 use raft::type_config::NodeId;
 use rand::seq::SliceRandom;
@@ -133,6 +133,13 @@ struct World {
     /// Replicas whose disk fails writes until then.
     failing: BTreeMap<NodeId, u64>,
     hosts: Vec<HostRun>,
+    /// Each host's learner replica (node id = the host's network id), when hosts hold
+    /// replicas; it lives and dies with hostd.
+    learners: Vec<Replica>,
+    /// Learners the cluster's membership has taken in.
+    joined: BTreeSet<NodeId>,
+    /// State hashes by replica, with the applied index they were taken at.
+    hashes: BTreeMap<NodeId, (u64, controlplane::StateHash)>,
     boots: Vec<u64>,
     clients: Vec<tokio::task::JoinHandle<()>>,
     rng: ChaCha8Rng,
@@ -179,6 +186,9 @@ async fn play(cfg: SimConfig) -> RunOutcome {
         replica_restart: BTreeMap::new(),
         failing: BTreeMap::new(),
         hosts: vec![HostRun::Up; cfg.hosts as usize],
+        learners: (0..cfg.hosts).map(|i| Replica::new(HOST_BASE + i)).collect(),
+        joined: BTreeSet::new(),
+        hashes: BTreeMap::new(),
         boots: vec![0; cfg.hosts as usize],
         clients: Vec::new(),
         rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6661_756c_7473),
@@ -202,6 +212,7 @@ impl World {
 
     async fn start_replica(&mut self, i: usize) {
         let id = self.replicas[i].id;
+        self.hashes.remove(&id);
         match self.replicas[i].start(&self.core.net, self.core.cfg.bug, &self.core.replica_ids).await {
             Ok(_) => self.trace(format!("replica {id} up")),
             Err(e) => match self.failing.get(&id).copied() {
@@ -220,7 +231,16 @@ impl World {
         }
     }
 
-    fn start_hostd(&mut self, i: usize) {
+    async fn start_hostd(&mut self, i: usize) {
+        if self.core.cfg.host_replicas {
+            let id = self.learners[i].id;
+            self.hashes.remove(&id);
+            if let Err(e) =
+                self.learners[i].start(&self.core.net, self.core.cfg.bug, &self.core.replica_ids).await
+            {
+                self.core.violation("replica_starts", format!("host replica {id} cannot start: {e}"));
+            }
+        }
         self.boots[i] += 1;
         let (core, boot, id) = (self.core.clone(), self.boots[i], self.core.hosts[i].net_id);
         raft::runtime::spawn_on_node(id, host::hostd(core, i, boot));
@@ -244,7 +264,7 @@ impl World {
             }
         }
         for i in 0..self.hosts.len() {
-            self.start_hostd(i);
+            self.start_hostd(i).await;
         }
         let core = self.core.clone();
         let setup_id = CLIENT_BASE + self.core.cfg.clients;
@@ -288,31 +308,81 @@ impl World {
         for i in 0..self.hosts.len() {
             if let HostRun::Down { restart_ms } = self.hosts[i] {
                 if restart_ms <= now {
-                    self.start_hostd(i);
+                    self.start_hostd(i).await;
                 }
             }
         }
+        self.join_learners().await;
         if now >= *next_sample {
             *next_sample = now + SAMPLE_EVERY_MS;
             let mut samples = Vec::new();
             let mut line = String::from("replicas");
-            for id in &self.core.replica_ids {
-                if let Some(live) = self.core.net.live(*id) {
-                    let index = live.shared.last_applied().map_or(0, |l| l.index);
-                    let hash = state_hash(&live.shared.state.read().expect("state lock"));
-                    let (term, leader) = {
-                        let m = live.raft.metrics();
-                        let m = m.borrow();
-                        (m.current_term, m.current_leader.unwrap_or(0))
-                    };
-                    line.push_str(&format!(" {id}@{index}:{}/t{term}/l{leader}", &hash.to_string()[..8]));
-                    samples.push((*id, index, hash));
+            let ids = self.replica_and_learner_ids();
+            let index_of =
+                |id: NodeId| self.core.net.live(id).map(|l| l.shared.last_applied().map_or(0, |a| a.index));
+            let indexes: Vec<(NodeId, Option<u64>)> = ids.iter().map(|id| (*id, index_of(*id))).collect();
+            for (id, index) in &indexes {
+                let Some(index) = index else { continue };
+                let live = self.core.net.live(*id).expect("running");
+                let (term, leader) = {
+                    let m = live.raft.metrics();
+                    let m = m.borrow();
+                    (m.current_term, m.current_leader.unwrap_or(0))
+                };
+                // Only replicas that share their index with another can be compared.
+                let shared = indexes.iter().filter(|(_, i)| *i == Some(*index)).count() > 1;
+                let hash = if shared { self.hash_of(*id).map(|(_, h)| h) } else { None };
+                let shown = hash.map_or_else(|| "-".to_owned(), |h| h.to_string()[..8].to_owned());
+                line.push_str(&format!(" {id}@{index}:{shown}/t{term}/l{leader}"));
+                if let Some(hash) = hash {
+                    samples.push((*id, *index, hash));
                 }
             }
             self.trace(line);
             for detail in invariants::replica_hashes::check(&samples) {
                 self.core.violation("replica_hashes", detail);
             }
+        }
+    }
+
+    /// The voters, then the learners of the hosts that still exist.
+    fn replica_and_learner_ids(&self) -> Vec<NodeId> {
+        let mut ids = self.core.replica_ids.clone();
+        if self.core.cfg.host_replicas {
+            ids.extend(
+                (0..self.hosts.len())
+                    .filter(|i| self.hosts[*i] != HostRun::Lost)
+                    .map(|i| self.learners[i].id),
+            );
+        }
+        ids
+    }
+
+    /// Ask the leader to take in every host replica not yet a member (as hostd's join does).
+    async fn join_learners(&mut self) {
+        if !self.core.cfg.host_replicas {
+            return;
+        }
+        let Some(leader) = self.leader().and_then(|l| self.core.net.live(l)) else { return };
+        for r in &self.learners {
+            if self.joined.contains(&r.id) {
+                continue;
+            }
+            let node = openraft::BasicNode::new(format!("host-replica-{}", r.id));
+            let add = leader.raft.add_learner(r.id, node, false);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1_000), add).await {
+                self.joined.insert(r.id);
+                self.core.trace.record(self.core.clocks.elapsed_ms(), format!("learner {} joined", r.id));
+            }
+        }
+    }
+
+    /// Kill hostd `h` (and the replica it holds).
+    fn kill_host(&mut self, h: usize) {
+        if self.core.cfg.host_replicas {
+            self.learners[h].crash(&self.core.net);
+        } else {
+            raft::runtime::abort_node(self.core.hosts[h].net_id);
         }
     }
 
@@ -422,7 +492,7 @@ impl World {
             59..=66 => {
                 let h = self.rng.gen_range(0..host_count);
                 if self.hosts[h] == HostRun::Up {
-                    raft::runtime::abort_node(self.core.hosts[h].net_id);
+                    self.kill_host(h);
                     let restart_ms = now + self.rng.gen_range(100..3_000);
                     self.hosts[h] = HostRun::Down { restart_ms };
                     self.trace(format!(
@@ -477,7 +547,7 @@ impl World {
                 let alive = self.hosts.iter().filter(|h| **h != HostRun::Lost).count();
                 let h = self.rng.gen_range(0..host_count);
                 if alive > 2 && self.hosts[h] != HostRun::Lost {
-                    raft::runtime::abort_node(self.core.hosts[h].net_id);
+                    self.kill_host(h);
                     *self.core.hosts[h].driver.lock().expect("driver lock") = host::new_driver();
                     self.isolate(self.core.hosts[h].net_id);
                     self.hosts[h] = HostRun::Lost;
@@ -522,7 +592,7 @@ impl World {
         }
         for i in 0..self.hosts.len() {
             if let HostRun::Down { .. } = self.hosts[i] {
-                self.start_hostd(i);
+                self.start_hostd(i).await;
             }
         }
     }
@@ -553,28 +623,54 @@ impl World {
         );
     }
 
-    fn settled(&self) -> Result<(), String> {
-        let mut reference: Option<(NodeId, u64, controlplane::StateHash, State)> = None;
-        for id in &self.core.replica_ids {
+    fn settled(&mut self) -> Result<(), String> {
+        let ids = self.replica_and_learner_ids();
+        // Cheap checks first: every replica up, at one log index, with no archive hole.
+        let mut index_of = Vec::new();
+        for id in &ids {
             let live = self.core.net.live(*id).ok_or_else(|| format!("replica {id} is down"))?;
-            let index = live.shared.last_applied().map_or(0, |l| l.index);
-            let state = live.shared.state.read().expect("state lock").clone();
-            let hash = state_hash(&state);
             if let Ok(Some((from, to))) = live.archive.first_hole() {
                 return Err(format!("replica {id}'s archive still misses events {from}..={to}"));
             }
-            match &reference {
-                None => reference = Some((*id, index, hash, state)),
-                Some((rid, rindex, rhash, _)) if (*rindex, *rhash) != (index, hash) => {
+            index_of.push((*id, live.shared.last_applied().map_or(0, |l| l.index)));
+        }
+        if let Some((id, index)) = index_of.iter().find(|(_, i)| *i != index_of[0].1) {
+            return Err(format!(
+                "replica {id} is at log index {index}, replica {} at {}",
+                index_of[0].0, index_of[0].1
+            ));
+        }
+        let mut reference: Option<(NodeId, controlplane::StateHash)> = None;
+        for id in &ids {
+            let Some((_, hash)) = self.hash_of(*id) else { continue };
+            match reference {
+                None => reference = Some((*id, hash)),
+                Some((rid, rhash)) if rhash != hash => {
                     return Err(format!(
-                        "replica {id} is at {index} ({hash}), replica {rid} at {rindex} ({rhash})"
+                        "replica {id} has state {hash}, replica {rid} {rhash} at the same index"
                     ));
                 }
                 Some(_) => {}
             }
         }
-        let (_, _, _, state) = reference.ok_or_else(|| "no replicas".to_string())?;
+        let live = self.core.net.live(ids[0]).ok_or_else(|| "no replicas".to_string())?;
+        let state = live.shared.state.read().expect("state lock").clone();
         invariants::liveness::check(&state, &self.core.vms(), &self.lost_hosts())
+    }
+
+    /// A running replica's applied index and state hash, hashed again only when its
+    /// applied index moved (or it restarted: `start_*` forget the cached hash).
+    fn hash_of(&mut self, id: NodeId) -> Option<(u64, controlplane::StateHash)> {
+        let live = self.core.net.live(id)?;
+        let index = live.shared.last_applied().map_or(0, |l| l.index);
+        if let Some((cached_index, hash)) = self.hashes.get(&id) {
+            if *cached_index == index {
+                return Some((index, *hash));
+            }
+        }
+        let hash = state_hash(&live.shared.state.read().expect("state lock"));
+        self.hashes.insert(id, (index, hash));
+        Some((index, hash))
     }
 
     /// Compare replicas, archives and the clients' history; stop every task.
@@ -582,7 +678,8 @@ impl World {
         let core = &self.core;
         let mut states = Vec::new();
         let mut archives = Vec::new();
-        for id in &core.replica_ids {
+        // The hosts' replicas are held to the same standard as the voters.
+        for id in &self.replica_and_learner_ids() {
             if let Some(live) = core.net.live(*id) {
                 states.push((*id, live.shared.state.read().expect("state lock").clone()));
                 archives.push((*id, live.archive.clone()));

@@ -60,10 +60,10 @@ fn fixed_seeds_hold_every_invariant() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The brief's world: 5 replicas, 10 hosts, 100 VMs. Here the simulator found stale
-/// reads after a leader restarted within its term (seed 179 fails again if
-/// `Proposer::ensure_linearizable` stops waiting for the start-time log) and holes that
-/// snapshot installs left in the archive (now backfilled).
+/// The brief's world: 5 replicas, 10 hosts (each holding a learner replica), 100 VMs.
+/// Here the simulator found stale reads after a leader restarted within its term (seed
+/// 294 fails again if `Proposer::ensure_linearizable` stops waiting for the start-time
+/// log) and holes that snapshot installs left in the archive (now backfilled).
 #[test]
 fn a_larger_world_holds_every_invariant() {
     require_determinism();

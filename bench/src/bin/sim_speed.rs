@@ -28,6 +28,9 @@ struct Args {
     /// The same world without faults (every message delivered, nothing crashes).
     #[arg(long)]
     no_faults: bool,
+    /// Hosts read the state through the API instead of holding a learner replica each.
+    #[arg(long)]
+    hosts_read_api: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             clients: 4,
             chaos_ms: args.chaos_s * 1000,
             faults: !args.no_faults,
+            host_replicas: !args.hosts_read_api,
             ..SimConfig::new(seed)
         };
         let out = run(&cfg);
@@ -63,7 +67,12 @@ fn main() -> anyhow::Result<()> {
         args.replicas,
         args.hosts,
         args.vms,
-        if args.no_faults { ", no faults" } else { ", faults on" },
+        match (args.no_faults, args.hosts_read_api) {
+            (false, false) => ", host replicas, faults on",
+            (true, false) => ", host replicas, no faults",
+            (false, true) => ", hosts read the API, faults on",
+            (true, true) => ", hosts read the API, no faults",
+        },
         simulated_s / wall_s
     );
     Ok(())
