@@ -248,19 +248,33 @@ impl RaftNetworkFactory<TypeConfig> for SimNetwork {
     }
 }
 
-fn answer<R, E>(
-    to: NodeId,
-    r: Result<Result<R, RaftError<NodeId, E>>, Undelivered>,
-) -> Result<R, RPCError<NodeId, Node, RaftError<NodeId, E>>>
-where
-    E: std::error::Error,
-{
-    match r {
-        Ok(Ok(v)) => Ok(v),
-        Err(u) => Err(RPCError::Unreachable(Unreachable::new(&u))),
-        // The target's raft stopped under the message: as unreachable as a dead process.
-        Ok(Err(RaftError::Fatal(f))) => Err(RPCError::Unreachable(Unreachable::new(&f))),
-        Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(to, e))),
+impl SimPeer {
+    /// Carry `rpc` to the target's raft (`deliver` hands it over there) and its answer
+    /// back, as openraft expects from a network.
+    async fn relay<Req, R, E, F, Fut>(
+        &self,
+        rpc: Req,
+        option: RPCOption,
+        deliver: F,
+    ) -> Result<R, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    where
+        Req: Clone + Send + Sync + 'static,
+        R: Send + 'static,
+        E: std::error::Error + Send + 'static,
+        F: Fn(Raft, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RaftError<NodeId, E>>> + Send + 'static,
+    {
+        let answer = self
+            .net
+            .call(self.from, self.to, option.hard_ttl(), move |live: Live| deliver(live.raft, rpc.clone()))
+            .await;
+        match answer {
+            Ok(Ok(v)) => Ok(v),
+            Err(u) => Err(RPCError::Unreachable(Unreachable::new(&u))),
+            // The target's raft stopped under the message: as unreachable as a dead process.
+            Ok(Err(RaftError::Fatal(f))) => Err(RPCError::Unreachable(Unreachable::new(&f))),
+            Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.to, e))),
+        }
     }
 }
 
@@ -270,14 +284,7 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let r = self
-            .net
-            .call(self.from, self.to, option.hard_ttl(), move |live: Live| {
-                let rpc = rpc.clone();
-                async move { live.raft.append_entries(rpc).await }
-            })
-            .await;
-        answer(self.to, r)
+        self.relay(rpc, option, |raft: Raft, rpc| async move { raft.append_entries(rpc).await }).await
     }
 
     async fn install_snapshot(
@@ -288,14 +295,7 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let r = self
-            .net
-            .call(self.from, self.to, option.hard_ttl(), move |live: Live| {
-                let rpc = rpc.clone();
-                async move { live.raft.install_snapshot(rpc).await }
-            })
-            .await;
-        answer(self.to, r)
+        self.relay(rpc, option, |raft: Raft, rpc| async move { raft.install_snapshot(rpc).await }).await
     }
 
     async fn vote(
@@ -303,13 +303,6 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        let r = self
-            .net
-            .call(self.from, self.to, option.hard_ttl(), move |live: Live| {
-                let rpc = rpc.clone();
-                async move { live.raft.vote(rpc).await }
-            })
-            .await;
-        answer(self.to, r)
+        self.relay(rpc, option, |raft: Raft, rpc| async move { raft.vote(rpc).await }).await
     }
 }
