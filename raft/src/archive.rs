@@ -112,6 +112,14 @@ impl<K: Kv> Archive<K> {
         self.kv.put(Tree::Meta, &hole_key(from), &u64_key(to))
     }
 
+    /// Every hole, earliest first.
+    pub fn holes(&self) -> Result<Vec<(u64, u64)>, ArchiveError> {
+        let mut end = HOLE_PREFIX.to_vec();
+        *end.last_mut().expect("non-empty prefix") += 1;
+        let found = self.kv.range(Tree::Meta, HOLE_PREFIX, Some(&end), usize::MAX)?;
+        Ok(found.iter().map(|(k, v)| (key_u64(&k[HOLE_PREFIX.len()..]), key_u64(v))).collect())
+    }
+
     /// The earliest hole, if any.
     pub fn first_hole(&self) -> Result<Option<(u64, u64)>, ArchiveError> {
         let mut end = HOLE_PREFIX.to_vec();

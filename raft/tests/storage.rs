@@ -224,3 +224,28 @@ async fn backfill_fills_the_hole_a_snapshot_left_and_refuses_events_that_do_not_
     other.crash();
     assert_eq!(StateMachine::open(other, 7).unwrap().archive().first_hole().unwrap(), None);
 }
+
+/// A replica restarted right after installing a snapshot, before it applied anything
+/// after it or backfilled its archive, opens: the archive's noted hole is not damage.
+#[tokio::test]
+async fn a_data_directory_with_a_noted_archive_hole_opens() {
+    let source = MemKv::new();
+    let mut sm = StateMachine::open(source, 1000).unwrap();
+    let entries: Vec<Entry> =
+        proposals(5).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    sm.apply(entries).await.unwrap();
+    let snap = sm.build_snapshot().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let data = raft::data_dir::DataDir::open(dir.path(), 7).await.unwrap();
+        let mut fresh =
+            StateMachine::open_with_archive(data.kv.clone(), data.archive_kv.clone(), 1000).unwrap();
+        fresh.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        assert!(fresh.archive().first_hole().unwrap().is_some());
+        data.kv.flush().await.unwrap();
+        data.archive_kv.flush().await.unwrap();
+    }
+    let reopened = raft::data_dir::DataDir::open(dir.path(), 7).await;
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
