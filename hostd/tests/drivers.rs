@@ -226,6 +226,20 @@ fn a_qemu_binary_that_is_not_installed_is_a_clear_start_failure() {
     assert!(driver.list(0).is_empty(), "a VM that never started is listed");
 }
 
+/// Kills every VM process recorded in a run directory when dropped, so a test that fails
+/// half-way leaves no QEMU behind (VM processes outlive their driver by design).
+struct KillVmsOnDrop(PathBuf);
+
+impl Drop for KillVmsOnDrop {
+    fn drop(&mut self) {
+        for (_, record) in hostd::vm_dir::recorded(&self.0) {
+            if hostd::vm_dir::process_alive(record.pid) {
+                hostd::vm_dir::kill(record.pid);
+            }
+        }
+    }
+}
+
 /// The Linux test guest (scripts/guest-linux), built here if it is not yet.
 fn linux_guest() -> (String, String) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -241,6 +255,7 @@ fn the_qemu_driver_boots_the_debian_linux_guest_to_init_and_shuts_it_down() {
     let (kernel, initrd) = linux_guest();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
+    let _cleanup = KillVmsOnDrop(run.clone());
     let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
     let mut linux = spec("linux", 1, &kernel, "console=ttyS0 panic=-1");
     linux.initrd = Some(initrd);
@@ -273,13 +288,19 @@ fn two_qemu_guests_on_an_isolated_network_reach_each_other() {
     let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
     let network = format!("test-{}", std::process::id());
     let bridge = isolated_bridge(&network);
+    // Dropped after the VMs are killed (`_vms` is declared after it): the taps, then the
+    // bridge.
     struct RemoveBridge(String);
     impl Drop for RemoveBridge {
         fn drop(&mut self) {
+            for domain in ["net-a", "net-b"] {
+                hostd::tap::remove_tap(&tap_name(domain, 0));
+            }
             let _ = Command::new("ip").args(["link", "del", &self.0]).status();
         }
     }
     let _cleanup = RemoveBridge(bridge.clone());
+    let _vms = KillVmsOnDrop(run.clone());
     let guest = |name: &str, mac: &str, cmdline: &str| {
         let mut s = spec(name, 1, &kernel, &format!("console=ttyS0 panic=-1 {cmdline}"));
         s.initrd = Some(initrd.clone());
