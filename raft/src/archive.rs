@@ -114,18 +114,20 @@ impl<K: Kv> Archive<K> {
 
     /// Every hole, earliest first.
     pub fn holes(&self) -> Result<Vec<(u64, u64)>, ArchiveError> {
-        let mut end = HOLE_PREFIX.to_vec();
-        *end.last_mut().expect("non-empty prefix") += 1;
-        let found = self.kv.range(Tree::Meta, HOLE_PREFIX, Some(&end), usize::MAX)?;
-        Ok(found.iter().map(|(k, v)| (key_u64(&k[HOLE_PREFIX.len()..]), key_u64(v))).collect())
+        self.holes_up_to(usize::MAX)
     }
 
     /// The earliest hole, if any.
     pub fn first_hole(&self) -> Result<Option<(u64, u64)>, ArchiveError> {
+        Ok(self.holes_up_to(1)?.first().copied())
+    }
+
+    /// The first `limit` holes as (first seq, last seq).
+    fn holes_up_to(&self, limit: usize) -> Result<Vec<(u64, u64)>, ArchiveError> {
         let mut end = HOLE_PREFIX.to_vec();
         *end.last_mut().expect("non-empty prefix") += 1;
-        let found = self.kv.range(Tree::Meta, HOLE_PREFIX, Some(&end), 1)?;
-        Ok(found.first().map(|(k, v)| (key_u64(&k[HOLE_PREFIX.len()..]), key_u64(v))))
+        let found = self.kv.range(Tree::Meta, HOLE_PREFIX, Some(&end), limit)?;
+        Ok(found.iter().map(|(k, v)| (key_u64(&k[HOLE_PREFIX.len()..]), key_u64(v))).collect())
     }
 
     /// Write backfilled events (part of a hole, in order); [`Archive::close_hole`] checks

@@ -16,7 +16,7 @@ use hostd::reconciler::Report;
 use raft::type_config::NodeId;
 
 use crate::caller::View;
-use crate::history::{Op, Outcome, Read};
+use crate::history::{Outcome, Read};
 use crate::invariants::single_run::is_live;
 use crate::world::Core;
 
@@ -146,92 +146,4 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             }
         }
     }
-}
-
-/// An API client running the drawn workload until the chaos ends.
-pub async fn client(core: Arc<Core>, index: u64, net_id: NodeId) {
-    use rand::{Rng, SeedableRng};
-    let mut rng =
-        rand_chacha::ChaCha8Rng::seed_from_u64(core.cfg.seed.wrapping_mul(0x9e37_79b9).wrapping_add(index));
-    let mut caller = core.caller(net_id, 0);
-    let principal = format!("client-{index}");
-    let mut k = 0u64;
-    while core.clocks.elapsed_ms() < core.cfg.chaos_ms {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..400))).await;
-        if rng.gen_range(0..100) < 20 {
-            // A linearizable read (`drover domain list`), checked by `linearizable`.
-            let invoke_ms = core.clocks.elapsed_ms();
-            let view: View<u64> = Arc::new(State::last_seq);
-            if let Some(last_seq) = caller.read(view).await {
-                let complete_ms = core.clocks.elapsed_ms();
-                core.trace.record(complete_ms, format!("{principal} read: seq {last_seq}"));
-                core.history.lock().expect("history lock").reads.push(Read {
-                    reader: principal.clone(),
-                    invoke_ms,
-                    complete_ms,
-                    last_seq,
-                });
-            }
-            continue;
-        }
-        k += 1;
-        let command = crate::workload::draw(&mut rng, &core.cfg);
-        let request = Request { request_id: format!("c{index}-{k}"), principal: principal.clone(), command };
-        core.write(&mut caller, &request, 15_000).await;
-    }
-}
-
-/// Define and start the up-front VMs (`vm0`, `vm1`, …), one after the other.
-pub async fn setup(core: Arc<Core>, net_id: NodeId) {
-    use controlplane::model::{Boot, DomainSpec, HaPolicy, Placement};
-    let mut caller = core.caller(net_id, 0);
-    for i in 0..core.cfg.vms {
-        let name = format!("vm{i}");
-        let spec = DomainSpec {
-            vcpus: 1,
-            memory_mib: 256,
-            boot: Boot::Kernel {
-                kernel: crate::workload::KERNEL.into(),
-                initrd: None,
-                cmdline: String::new(),
-            },
-            disks: Vec::new(),
-            nics: Vec::new(),
-            ha: HaPolicy::None,
-            placement: Placement::default(),
-        };
-        for (k, command) in
-            [Command::DefineDomain { name: name.clone(), spec }, Command::StartDomain { name }]
-                .into_iter()
-                .enumerate()
-        {
-            let request =
-                Request { request_id: format!("setup-{i}-{k}"), principal: "operator".into(), command };
-            core.write(&mut caller, &request, 15_000).await;
-        }
-    }
-}
-
-/// Record a write in the history and the trace.
-pub(crate) fn record_op(core: &Core, request: &Request, invoke_ms: u64, outcome: &Outcome) {
-    let now = core.clocks.elapsed_ms();
-    let answer = match outcome {
-        Outcome::Acked(c) => format!("ok {}..{}", c.first_seq, c.last_seq),
-        Outcome::Rejected { rejection, attempts } => {
-            format!("refused {:?} (attempt {attempts})", rejection.code())
-        }
-        Outcome::Unknown => "unknown".into(),
-    };
-    core.trace.record(
-        now,
-        format!("{} {} {}: {answer}", request.principal, request.request_id, request.command.name()),
-    );
-    core.history.lock().expect("history lock").ops.push(Op {
-        principal: request.principal.clone(),
-        request_id: request.request_id.clone(),
-        command: request.command.name(),
-        invoke_ms,
-        complete_ms: now,
-        outcome: outcome.clone(),
-    });
 }

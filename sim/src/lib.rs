@@ -22,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod caller;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod history;

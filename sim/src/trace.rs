@@ -10,7 +10,6 @@ use sha2::{Digest, Sha256};
 struct Inner {
     hasher: Sha256,
     lines: Option<Vec<String>>,
-    count: u64,
 }
 
 /// The trace; clones share it.
@@ -22,13 +21,7 @@ pub struct Trace {
 impl Trace {
     /// A trace that keeps its lines only when `keep` is set (it is hashed either way).
     pub fn new(keep: bool) -> Trace {
-        Trace {
-            inner: Arc::new(Mutex::new(Inner {
-                hasher: Sha256::new(),
-                lines: keep.then(Vec::new),
-                count: 0,
-            })),
-        }
+        Trace { inner: Arc::new(Mutex::new(Inner { hasher: Sha256::new(), lines: keep.then(Vec::new) })) }
     }
 
     pub fn record(&self, at_ms: u64, line: impl AsRef<str>) {
@@ -36,7 +29,6 @@ impl Trace {
         let mut t = self.inner.lock().expect("trace lock");
         t.hasher.update(line.as_bytes());
         t.hasher.update(b"\n");
-        t.count += 1;
         if let Some(lines) = t.lines.as_mut() {
             lines.push(line);
         }
@@ -46,14 +38,6 @@ impl Trace {
     pub fn hash(&self) -> String {
         let t = self.inner.lock().expect("trace lock");
         t.hasher.clone().finalize().iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    pub fn len(&self) -> u64 {
-        self.inner.lock().expect("trace lock").count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The kept lines (empty unless kept).

@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::caller::Caller;
+use crate::client;
 use crate::clock::Clocks;
 use crate::config::SimConfig;
 use crate::history::{History, Outcome};
@@ -61,7 +62,7 @@ impl Core {
     pub async fn write(&self, caller: &mut Caller, request: &Request, deadline_ms: u64) -> Outcome {
         let invoke_ms = self.clocks.elapsed_ms();
         let outcome = caller.submit(request, invoke_ms + deadline_ms).await;
-        host::record_op(self, request, invoke_ms, &outcome);
+        client::record_op(self, request, invoke_ms, &outcome);
         outcome
     }
 
@@ -268,10 +269,11 @@ impl World {
         }
         let core = self.core.clone();
         let setup_id = CLIENT_BASE + self.core.cfg.clients;
-        self.clients.push(raft::runtime::spawn_on_node(setup_id, host::setup(core, setup_id)));
+        self.clients.push(raft::runtime::spawn_on_node(setup_id, client::setup(core, setup_id)));
         for c in 0..self.core.cfg.clients {
             let core = self.core.clone();
-            let task = raft::runtime::spawn_on_node(CLIENT_BASE + c, host::client(core, c, CLIENT_BASE + c));
+            let task =
+                raft::runtime::spawn_on_node(CLIENT_BASE + c, client::client(core, c, CLIENT_BASE + c));
             self.clients.push(task);
         }
     }
@@ -658,12 +660,13 @@ impl World {
             ));
         }
         let live = self.core.net.live(ids[0]).ok_or_else(|| "no replicas".to_string())?;
-        let state = live.shared.state.read().expect("state lock").clone();
+        let state = live.shared.state.read().expect("state lock");
         // Compared as states (cheaper than hashing each); hashed only to report a difference.
         for id in &ids[1..] {
             let other = self.core.net.live(*id).ok_or_else(|| format!("replica {id} is down"))?;
-            let differs = *other.shared.state.read().expect("state lock") != state;
+            let differs = *other.shared.state.read().expect("state lock") != *state;
             if differs {
+                drop(state);
                 let (theirs, ours) = (self.hash_of(*id), self.hash_of(ids[0]));
                 return Err(format!(
                     "replica {id} has state {theirs:?}, replica {} {ours:?} at the same index",
