@@ -16,7 +16,8 @@ use serde::Deserialize;
 use tracing::{info, warn};
 use vmm::control::{self, Phase, Request};
 
-use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::driver::{tap_name, Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::tap;
 use crate::vm_dir::{self, Record, VmProcess};
 
 /// How long a VMM may take to come up (create the VM, load the kernel, bind its socket).
@@ -155,6 +156,9 @@ impl KvmDriver {
             }
             cmd.args(["--disk", &disk.path]);
         }
+        for (i, nic) in spec.nics.iter().enumerate() {
+            cmd.arg("--nic").arg(format!("tap={},mac={}", tap_name(&spec.domain, i), nic.mac));
+        }
         use std::os::unix::process::CommandExt;
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
         cmd.spawn().map_err(|e| format!("cannot run the VMM {}: {e}", self.config.program.display()))
@@ -164,12 +168,6 @@ impl KvmDriver {
 impl Driver for KvmDriver {
     fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
-        if !spec.nics.is_empty() {
-            // Said plainly rather than booting the guest without its network.
-            return Err(failed(
-                "Drover's own VMM has no virtio-net yet; run domains with NICs on a qemu host".into(),
-            ));
-        }
         if let Some(vm) = self.vms.get_mut(&spec.domain) {
             let status = Self::status_of(vm);
             if !matches!(status.phase, VmPhase::Stopped | VmPhase::Crashed) {
@@ -185,6 +183,8 @@ impl Driver for KvmDriver {
         for stale in [control::EXIT_FILE, control::SOCKET_FILE, control::CONFIG_FILE] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
+        // The taps exist, in their bridges, before the VMM attaches to them.
+        tap::plug_nics(spec).map_err(failed)?;
         let mut child = self.spawn(spec, &dir).map_err(failed)?;
         let record = Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() };
         if let Err(e) = record.write(&dir) {
@@ -262,6 +262,7 @@ impl Driver for KvmDriver {
         if let Some(vm) = self.vms.remove(domain) {
             vm.forget();
         }
+        tap::unplug_nics(domain);
     }
 
     fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {

@@ -12,9 +12,9 @@
 //! every driver passes the shared suite in `conformance`. The pure `reconciler` decides,
 //! `pass` carries out one reconcile pass on a driver (shared with the simulator), the
 //! `agent` loop reads the cluster state from the host's own learner replica (or through
-//! the public API) and reports through the API. NICs: the qemu driver plugs each into a
-//! tap in its network's bridge (`tap`); the own VMM has no virtio-net yet and refuses
-//! domains with NICs plainly.
+//! the public API) and reports through the API. NICs: both process drivers plug each into
+//! a tap in its network's bridge (`tap`) before the VM process starts; QEMU and the own
+//! VMM then attach a virtio-net device to that tap.
 #![forbid(unsafe_code)]
 
 pub mod agent;

@@ -331,25 +331,6 @@ impl QemuDriver {
     }
 }
 
-/// Create the bridge and the tap of every NIC of `spec` (taps left from an earlier run of
-/// the domain go first).
-fn plug_nics(spec: &VmSpec) -> Result<(), String> {
-    unplug_nics(&spec.domain);
-    for (i, nic) in spec.nics.iter().enumerate() {
-        let bridge =
-            tap::bridge_for(&nic.attachment).map_err(|e| format!("NIC {i} ({}): {e}", nic.network))?;
-        tap::create_tap(&tap_name(&spec.domain, i), &bridge).map_err(|e| format!("NIC {i}: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Remove every tap `domain`'s VM may have had.
-fn unplug_nics(domain: &str) {
-    for i in 0..tap::NICS_MAX {
-        tap::remove_tap(&tap_name(domain, i));
-    }
-}
-
 impl Driver for QemuDriver {
     fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
@@ -366,7 +347,7 @@ impl Driver for QemuDriver {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let args = self.args(spec, &dir).map_err(failed)?;
-        plug_nics(spec).map_err(failed)?;
+        tap::plug_nics(spec).map_err(failed)?;
         let log = std::fs::File::create(dir.join(QEMU_LOG_FILE)).map_err(|e| failed(e.to_string()))?;
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(&self.config.binary)
@@ -438,7 +419,7 @@ impl Driver for QemuDriver {
         if let Some(vm) = self.vms.remove(domain) {
             vm.forget();
         }
-        unplug_nics(domain);
+        tap::unplug_nics(domain);
     }
 
     fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::driver::Attachment;
+use crate::driver::{tap_name, Attachment, VmSpec};
 
 /// Most NICs per VM.
 pub const NICS_MAX: usize = 8;
@@ -51,5 +51,26 @@ pub fn remove_tap(name: &str) {
         if let Err(e) = ip(&["link", "del", name]) {
             tracing::warn!(tap = name, error = %e, "cannot remove a tap");
         }
+    }
+}
+
+/// Create the bridge and the tap of every NIC of `spec` (taps left from an earlier run of
+/// the domain go first). Both process drivers call it before their VM process starts.
+pub fn plug_nics(spec: &VmSpec) -> Result<(), String> {
+    if spec.nics.len() > NICS_MAX {
+        return Err(format!("{} NICs; at most {NICS_MAX} per VM", spec.nics.len()));
+    }
+    unplug_nics(&spec.domain);
+    for (i, nic) in spec.nics.iter().enumerate() {
+        let bridge = bridge_for(&nic.attachment).map_err(|e| format!("NIC {i} ({}): {e}", nic.network))?;
+        create_tap(&tap_name(&spec.domain, i), &bridge).map_err(|e| format!("NIC {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Remove every tap `domain`'s VM may have had.
+pub fn unplug_nics(domain: &str) {
+    for i in 0..NICS_MAX {
+        remove_tap(&tap_name(domain, i));
     }
 }

@@ -11,7 +11,12 @@
  *   drover.blk=write:TOK  write TOK to sector 0 of the virtio-blk disk
  *   drover.blk=read       read sector 0 of the disk and print what is there
  *   drover.ticks=N        power off after N ticks (0: run until asked)
- *   virtio_mmio.device=4K@0xADDR:IRQ   where the virtio-blk device is (Linux syntax)
+ *   drover.net=TOKEN      on the first virtio-net NIC: print "drover-guest: net up <mac>",
+ *                         broadcast "DROVER-HELLO TOKEN" (ethertype 0x88b5) every tick, and
+ *                         print "drover-guest: net rx <mac> <token>" for each hello received
+ *                         from a new sender or with a new token
+ *   virtio_mmio.device=4K@0xADDR:IRQ   where the virtio devices are (Linux syntax, one
+ *                         entry per device; the guest reads each device's type)
  *
  * Between ticks the guest writes the milliseconds left to port 0xf6, where Drover's VMM
  * idles the vCPU (a ring-3 guest cannot halt); elsewhere that port does nothing.
@@ -119,49 +124,102 @@ static int starts_with(const char *s, const char *pre) {
     return 1;
 }
 
-/* ---- virtio-blk over virtio-mmio (version 2), polled ---- */
+/* ---- virtio-mmio (version 2), polled ---- */
 
 #define VQ_SIZE 8
 struct desc { u64 addr; u32 len; u16 flags; u16 next; };
 struct avail { u16 flags; u16 idx; u16 ring[VQ_SIZE]; u16 used_event; };
 struct used_elem { u32 id; u32 len; };
 struct used { u16 flags; u16 idx; struct used_elem ring[VQ_SIZE]; u16 avail_event; };
+struct vq {
+    struct desc desc[VQ_SIZE] __attribute__((aligned(16)));
+    struct avail avail __attribute__((aligned(4)));
+    struct used used __attribute__((aligned(4)));
+    u16 last_used;
+};
+
+/* The base of the first virtio-mmio device of type `type` among the command line's
+ * virtio_mmio.device=4K@0xADDR:IRQ entries, or 0. */
+static u64 find_device(u32 type) {
+    for (const char *p = cmdline; *p;) {
+        while (*p == ' ') p++;
+        if (starts_with(p, "virtio_mmio.device=")) {
+            const char *q = p;
+            while (*q && *q != ' ' && *q != '@') q++;
+            if (*q == '@') {
+                u64 base = parse_num(q + 1, 0);
+                if (base && mmio_read(base) == 0x74726976 && mmio_read(base + 4) == 2 &&
+                    mmio_read(base + 8) == type)
+                    return base;
+            }
+        }
+        while (*p && *p != ' ') p++;
+    }
+    return 0;
+}
+
+/* Reset the device, accept VIRTIO_F_VERSION_1 plus `features` (low word); 0 on success. */
+static int vdev_begin(u64 base, u32 features) {
+    mmio_write(base + 0x70, 0);          /* reset */
+    mmio_write(base + 0x70, 1 | 2);      /* ACKNOWLEDGE | DRIVER */
+    mmio_write(base + 0x24, 1);          /* driver features, high word */
+    mmio_write(base + 0x20, 1);          /* VIRTIO_F_VERSION_1 */
+    mmio_write(base + 0x24, 0);
+    mmio_write(base + 0x20, features);
+    mmio_write(base + 0x70, 1 | 2 | 8);  /* FEATURES_OK */
+    return (mmio_read(base + 0x70) & 8) ? 0 : -3;
+}
+
+static int vq_setup(u64 base, u32 index, struct vq *q) {
+    mmio_write(base + 0x30, index);
+    if (mmio_read(base + 0x34) < VQ_SIZE) return -4;
+    mmio_write(base + 0x38, VQ_SIZE);
+    mmio_write(base + 0x80, (u32)(u64)q->desc);
+    mmio_write(base + 0x84, 0);
+    mmio_write(base + 0x90, (u32)(u64)&q->avail);
+    mmio_write(base + 0x94, 0);
+    mmio_write(base + 0xa0, (u32)(u64)&q->used);
+    mmio_write(base + 0xa4, 0);
+    mmio_write(base + 0x44, 1);          /* queue ready */
+    return 0;
+}
+
+/* Make descriptor `head` available on queue `index` of the device at `base`. */
+static void vq_push(u64 base, u32 index, struct vq *q, u16 head) {
+    q->avail.ring[q->avail.idx % VQ_SIZE] = head;
+    barrier();
+    q->avail.idx++;
+    barrier();
+    mmio_write(base + 0x50, index);      /* notify */
+}
+
+/* Wait (bounded) until the device has used everything made available; 0 when it has. */
+static int vq_wait(u64 base, struct vq *q) {
+    for (u64 spins = 0; *(volatile u16 *)&q->used.idx != q->avail.idx; spins++)
+        if (spins > 100000000) return -1;
+    barrier();
+    q->last_used = q->avail.idx;
+    mmio_write(base + 0x64, mmio_read(base + 0x60)); /* ack interrupt */
+    return 0;
+}
+
+/* ---- virtio-blk ---- */
+
 struct blk_req { u32 type; u32 reserved; u64 sector; };
 
-static struct desc vq_desc[VQ_SIZE] __attribute__((aligned(16)));
-static struct avail vq_avail __attribute__((aligned(2)));
-static struct used vq_used __attribute__((aligned(4)));
+static struct vq blk_q;
 static struct blk_req req;
 static u8 sector_buf[512] __attribute__((aligned(512)));
 static volatile u8 req_status;
 static u64 blk_base;
 
 static int blk_init(void) {
-    const char *dev = param("virtio_mmio.device");
-    if (!dev) return -1;
-    while (*dev && *dev != '@') dev++;
-    if (!*dev) return -1;
-    blk_base = parse_num(dev + 1, 0);
-    if (mmio_read(blk_base) != 0x74726976 || mmio_read(blk_base + 4) != 2 || mmio_read(blk_base + 8) != 2)
-        return -2;
-    mmio_write(blk_base + 0x70, 0);          /* reset */
-    mmio_write(blk_base + 0x70, 1 | 2);      /* ACKNOWLEDGE | DRIVER */
-    mmio_write(blk_base + 0x24, 1);          /* driver features, high word */
-    mmio_write(blk_base + 0x20, 1);          /* VIRTIO_F_VERSION_1 */
-    mmio_write(blk_base + 0x24, 0);
-    mmio_write(blk_base + 0x20, 0);
-    mmio_write(blk_base + 0x70, 1 | 2 | 8);  /* FEATURES_OK */
-    if (!(mmio_read(blk_base + 0x70) & 8)) return -3;
-    mmio_write(blk_base + 0x30, 0);          /* queue 0 */
-    if (mmio_read(blk_base + 0x34) < VQ_SIZE) return -4;
-    mmio_write(blk_base + 0x38, VQ_SIZE);
-    mmio_write(blk_base + 0x80, (u32)(u64)vq_desc);
-    mmio_write(blk_base + 0x84, 0);
-    mmio_write(blk_base + 0x90, (u32)(u64)&vq_avail);
-    mmio_write(blk_base + 0x94, 0);
-    mmio_write(blk_base + 0xa0, (u32)(u64)&vq_used);
-    mmio_write(blk_base + 0xa4, 0);
-    mmio_write(blk_base + 0x44, 1);          /* queue ready */
+    blk_base = find_device(2);
+    if (!blk_base) return -1;
+    int rc = vdev_begin(blk_base, 0);
+    if (rc) return rc;
+    rc = vq_setup(blk_base, 0, &blk_q);
+    if (rc) return rc;
     mmio_write(blk_base + 0x70, 1 | 2 | 8 | 4); /* DRIVER_OK */
     return 0;
 }
@@ -172,20 +230,103 @@ static int blk_io(u32 type, u64 sector) {
     req.reserved = 0;
     req.sector = sector;
     req_status = 0xff;
-    vq_desc[0] = (struct desc){(u64)&req, sizeof req, 1, 1};                       /* NEXT */
-    vq_desc[1] = (struct desc){(u64)sector_buf, 512, (u16)(1 | (type == 0 ? 2 : 0)), 2}; /* NEXT|WRITE */
-    vq_desc[2] = (struct desc){(u64)&req_status, 1, 2, 0};                          /* WRITE */
-    u16 used_before = *(volatile u16 *)&vq_used.idx;
-    vq_avail.ring[vq_avail.idx % VQ_SIZE] = 0;
-    barrier();
-    vq_avail.idx++;
-    barrier();
-    mmio_write(blk_base + 0x50, 0);          /* notify queue 0 */
-    for (u64 spins = 0; *(volatile u16 *)&vq_used.idx == used_before; spins++)
-        if (spins > 100000000) return -1;
-    barrier();
-    mmio_write(blk_base + 0x64, mmio_read(blk_base + 0x60)); /* ack interrupt */
+    blk_q.desc[0] = (struct desc){(u64)&req, sizeof req, 1, 1};                       /* NEXT */
+    blk_q.desc[1] = (struct desc){(u64)sector_buf, 512, (u16)(1 | (type == 0 ? 2 : 0)), 2}; /* NEXT|WRITE */
+    blk_q.desc[2] = (struct desc){(u64)&req_status, 1, 2, 0};                          /* WRITE */
+    vq_push(blk_base, 0, &blk_q, 0);
+    if (vq_wait(blk_base, &blk_q)) return -1;
     return req_status;
+}
+
+/* ---- virtio-net: send a hello frame every tick, print each new one received ---- */
+
+#define NET_HDR 12                       /* virtio_net_hdr_v1 */
+#define NET_BUF 1536
+#define ETHERTYPE_DROVER 0x88b5          /* IEEE "local experimental" */
+#define NET_HELLO "DROVER-HELLO "
+
+static struct vq net_rx, net_tx;
+static u8 rx_bufs[VQ_SIZE][NET_BUF] __attribute__((aligned(16)));
+static u8 tx_buf[NET_BUF] __attribute__((aligned(16)));
+static u8 net_mac[6];
+static u64 net_base;
+static const char *net_token;
+static u8 last_src[6];
+static u64 last_hash;
+
+static void puthex2(u8 b) {
+    const char *hex = "0123456789abcdef";
+    putc_(hex[b >> 4]);
+    putc_(hex[b & 15]);
+}
+static void putmac(const u8 *m) {
+    for (int i = 0; i < 6; i++) {
+        if (i) putc_(':');
+        puthex2(m[i]);
+    }
+}
+
+static int net_init(void) {
+    net_base = find_device(1);
+    if (!net_base) return -1;
+    int rc = vdev_begin(net_base, 1u << 5);  /* VIRTIO_NET_F_MAC */
+    if (rc) return rc;
+    for (int i = 0; i < 6; i++) net_mac[i] = *(volatile u8 *)(net_base + 0x100 + (u64)i);
+    if ((rc = vq_setup(net_base, 0, &net_rx)) || (rc = vq_setup(net_base, 1, &net_tx))) return rc;
+    mmio_write(net_base + 0x70, 1 | 2 | 8 | 4); /* DRIVER_OK */
+    for (u16 i = 0; i < VQ_SIZE; i++) {
+        net_rx.desc[i] = (struct desc){(u64)rx_bufs[i], NET_BUF, 2, 0}; /* WRITE */
+        vq_push(net_base, 0, &net_rx, i);
+    }
+    return 0;
+}
+
+/* Broadcast "DROVER-HELLO <token>" in an Ethernet frame of type 0x88b5. */
+static void net_send(void) {
+    u8 *f = tx_buf;
+    for (int i = 0; i < NET_HDR; i++) f[i] = 0;
+    u8 *eth = f + NET_HDR;
+    for (int i = 0; i < 6; i++) eth[i] = 0xff, eth[6 + i] = net_mac[i];
+    eth[12] = ETHERTYPE_DROVER >> 8;
+    eth[13] = ETHERTYPE_DROVER & 0xff;
+    u32 n = 14;
+    for (const char *h = NET_HELLO; *h; h++) eth[n++] = (u8)*h;
+    for (const char *t = net_token; *t && *t != ' ' && n < 100; t++) eth[n++] = (u8)*t;
+    while (n < 60) eth[n++] = 0;         /* the shortest Ethernet frame */
+    net_tx.desc[0] = (struct desc){(u64)tx_buf, NET_HDR + n, 0, 0};
+    vq_push(net_base, 1, &net_tx, 0);
+    if (vq_wait(net_base, &net_tx)) puts_("drover-guest: net error send\n");
+}
+
+/* Look at every frame received so far; print a hello when its sender or text changes. */
+static void net_poll(void) {
+    while (*(volatile u16 *)&net_rx.used.idx != net_rx.last_used) {
+        barrier();
+        struct used_elem e = net_rx.used.ring[net_rx.last_used % VQ_SIZE];
+        net_rx.last_used++;
+        const u8 *eth = rx_bufs[e.id % VQ_SIZE] + NET_HDR;
+        u32 len = e.len > NET_HDR ? e.len - NET_HDR : 0;
+        const char *hello = NET_HELLO;
+        u32 h = 0;
+        while (hello[h] && 14 + h < len && eth[14 + h] == (u8)hello[h]) h++;
+        if (len >= 14 && eth[12] == (ETHERTYPE_DROVER >> 8) && eth[13] == (ETHERTYPE_DROVER & 0xff) &&
+            !hello[h]) {
+            u64 hash = 1469598103934665603UL;
+            for (u32 i = 14; i < len && eth[i]; i++) hash = (hash ^ eth[i]) * 1099511628211UL;
+            int same = hash == last_hash;
+            for (int i = 0; i < 6; i++) same &= eth[6 + i] == last_src[i];
+            if (!same) {
+                last_hash = hash;
+                for (int i = 0; i < 6; i++) last_src[i] = eth[6 + i];
+                puts_("drover-guest: net rx ");
+                putmac(eth + 6);
+                putc_(' ');
+                for (u32 i = 14 + h; i < len && eth[i]; i++) putc_((char)eth[i]);
+                putc_('\n');
+            }
+        }
+        vq_push(net_base, 0, &net_rx, (u16)(e.id % VQ_SIZE)); /* give the buffer back */
+    }
 }
 
 static void blk_command(const char *cmd) {
@@ -241,6 +382,21 @@ void guest_main(void) {
     const char *blk = param("drover.blk");
     if (blk) blk_command(blk);
 
+    net_token = param("drover.net");
+    if (net_token) {
+        int rc = net_init();
+        if (rc) {
+            puts_("drover-guest: net error init ");
+            putu((u64)-rc);
+            putc_('\n');
+            net_token = 0;
+        } else {
+            puts_("drover-guest: net up ");
+            putmac(net_mac);
+            putc_('\n');
+        }
+    }
+
     u64 tick_ms = parse_num(param("drover.tick_ms"), 100);
     u64 tsc_mhz = parse_num(param("drover.tsc_mhz"), 2300);
     u64 dirty_mib = parse_num(param("drover.dirty_mib"), 0);
@@ -249,7 +405,9 @@ void guest_main(void) {
     u64 next = rdtsc() + interval;
     for (u64 tick = 1;; tick++) {
         if (dirty_mib) dirty(dirty_mib, tick);
+        if (net_token) net_send();
         for (;;) {
+            if (net_token) net_poll();
             int c = serial_rx();
             if (c == 'p') power_off();
             if (c == 'r') reset();

@@ -26,8 +26,39 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// A raw disk image served as virtio-blk.
     pub disk: Option<PathBuf>,
+    /// virtio-net NICs, each on an existing tap device.
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
     pub console_log: PathBuf,
     pub console_log_bytes_max: u64,
+}
+
+/// One NIC: the tap it is plugged into on the host, and the MAC the guest sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicConfig {
+    pub tap: String,
+    /// "52:54:00:12:34:56".
+    pub mac: String,
+}
+
+impl std::str::FromStr for NicConfig {
+    type Err = String;
+
+    /// `tap=NAME,mac=MAC`, the VMM's `--nic` argument.
+    fn from_str(text: &str) -> Result<NicConfig, String> {
+        let (mut tap, mut mac) = (None, None);
+        for part in text.split(',') {
+            match part.split_once('=') {
+                Some(("tap", v)) => tap = Some(v.to_owned()),
+                Some(("mac", v)) => mac = Some(v.to_owned()),
+                _ => return Err(format!("{part:?} is not tap=NAME or mac=MAC")),
+            }
+        }
+        match (tap, mac) {
+            (Some(tap), Some(mac)) => Ok(NicConfig { tap, mac }),
+            _ => Err(format!("{text:?}: a NIC needs tap=NAME,mac=MAC")),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +75,12 @@ pub enum ConfigError {
     InitrdMissing(String),
     #[error("disk {0} is missing")]
     DiskMissing(String),
+    #[error("{0} NICs; at most {max}", max = crate::layout::NICS_MAX)]
+    Nics(usize),
+    #[error("NIC {0}: {1:?} is not a MAC address like 52:54:00:12:34:56")]
+    Mac(usize, String),
+    #[error("NIC {0}: {1:?} is not a network interface name (1-15 bytes, no '/')")]
+    TapName(usize, String),
     #[error("memory {want_mib} MiB is more than the host has ({host_mib} MiB)")]
     HostMemory { want_mib: u64, host_mib: u64 },
 }
@@ -78,6 +115,17 @@ impl VmConfig {
                 return Err(ConfigError::DiskMissing(disk.display().to_string()));
             }
         }
+        if self.nics.len() > crate::layout::NICS_MAX {
+            return Err(ConfigError::Nics(self.nics.len()));
+        }
+        for (i, nic) in self.nics.iter().enumerate() {
+            if crate::devices::virtio_net::parse_mac(&nic.mac).is_none() {
+                return Err(ConfigError::Mac(i, nic.mac.clone()));
+            }
+            if nic.tap.is_empty() || nic.tap.len() >= libc::IFNAMSIZ || nic.tap.contains(['\0', '/']) {
+                return Err(ConfigError::TapName(i, nic.tap.clone()));
+            }
+        }
         Ok(())
     }
 }
@@ -88,4 +136,55 @@ pub fn host_memory_mib() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(nics: Vec<NicConfig>) -> VmConfig {
+        VmConfig {
+            domain: "d".into(),
+            generation: 1,
+            kernel: std::env::current_exe().unwrap(),
+            initrd: None,
+            cmdline: String::new(),
+            memory_mib: 32,
+            vcpus: 1,
+            disk: None,
+            nics,
+            console_log: "/tmp/unused".into(),
+            console_log_bytes_max: 1 << 20,
+        }
+    }
+
+    fn nic(tap: &str, mac: &str) -> NicConfig {
+        NicConfig { tap: tap.into(), mac: mac.into() }
+    }
+
+    #[test]
+    fn nic_arguments_parse_and_bad_ones_say_why() {
+        let n: NicConfig = "tap=drvt1n0,mac=52:54:00:00:00:01".parse().unwrap();
+        assert_eq!(n, nic("drvt1n0", "52:54:00:00:00:01"));
+        let e = "tap=drvt1n0".parse::<NicConfig>().unwrap_err();
+        assert!(e.contains("needs tap=NAME,mac=MAC"), "{e}");
+        let e = "tap=x,model=e1000".parse::<NicConfig>().unwrap_err();
+        assert!(e.contains("\"model=e1000\" is not tap=NAME or mac=MAC"), "{e}");
+    }
+
+    #[test]
+    fn nics_are_checked_before_anything_starts() {
+        assert_eq!(config(vec![nic("drvt1n0", "52:54:00:00:00:01")]).validate(), Ok(()));
+        assert_eq!(
+            config(vec![nic("t", "52:54:00:00:00")]).validate(),
+            Err(ConfigError::Mac(0, "52:54:00:00:00".into()))
+        );
+        let long = "a".repeat(16);
+        assert_eq!(
+            config(vec![nic("t", "52:54:00:00:00:01"), nic(&long, "52:54:00:00:00:02")]).validate(),
+            Err(ConfigError::TapName(1, long))
+        );
+        let many = vec![nic("t", "52:54:00:00:00:01"); crate::layout::NICS_MAX + 1];
+        assert_eq!(config(many).validate(), Err(ConfigError::Nics(crate::layout::NICS_MAX + 1)));
+    }
 }

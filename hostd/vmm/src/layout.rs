@@ -27,6 +27,11 @@ pub const MMIO_START: u64 = 0xd000_0000;
 pub const VIRTIO_BLK_MMIO: u64 = MMIO_START;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_BLK_IRQ: u32 = 5;
+/// NIC `i` (virtio-net) has the window at `VIRTIO_NET_MMIO + i * VIRTIO_MMIO_SIZE` and
+/// interrupt line `VIRTIO_NET_IRQ + i`, for `i < NICS_MAX` (lines 6..=13 of the IOAPIC).
+pub const VIRTIO_NET_MMIO: u64 = MMIO_START + VIRTIO_MMIO_SIZE;
+pub const VIRTIO_NET_IRQ: u32 = 6;
+pub const NICS_MAX: usize = 8;
 /// COM1 and its interrupt line.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
+use crate::config::{NicConfig, VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
 use crate::control::{self, Phase, Request, Response, Status};
 use crate::vm::Vm;
 
@@ -39,6 +39,9 @@ pub struct VmmArgs {
     /// A raw disk image, served as virtio-blk.
     #[arg(long)]
     pub disk: Option<PathBuf>,
+    /// A virtio-net NIC on an existing tap: `tap=NAME,mac=52:54:00:12:34:56` (repeatable).
+    #[arg(long = "nic")]
+    pub nics: Vec<NicConfig>,
     #[arg(long, default_value_t = CONSOLE_LOG_BYTES_DEFAULT)]
     pub console_log_bytes_max: u64,
 }
@@ -72,6 +75,7 @@ pub fn run(args: VmmArgs) -> i32 {
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
         disk: args.disk,
+        nics: args.nics,
         console_log: args.run_dir.join(control::CONSOLE_FILE),
         console_log_bytes_max: args.console_log_bytes_max,
     };

@@ -19,6 +19,7 @@ use crate::devices::power::Power;
 use crate::devices::serial::{Console, IrqLine};
 use crate::devices::virtio_blk::Block;
 use crate::devices::virtio_mmio::MmioTransport;
+use crate::devices::virtio_net::{self, Net, RxThread};
 use crate::devices::{Bus, BusEvent};
 use crate::layout;
 use crate::vcpu::{self, VcpuError};
@@ -101,6 +102,8 @@ pub struct Vm {
     bus: Arc<Bus>,
     /// Taken out (under the lock) only to join it, so a kick never targets a joined thread.
     vcpu_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The NICs' receive threads, stopped once the vCPU has ended.
+    rx_threads: Mutex<Vec<RxThread>>,
     /// Kept for the VM's lifetime: the memory slots and irqchip belong to it.
     _vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
@@ -177,7 +180,35 @@ impl Vm {
             }
             None => None,
         };
-        let bus = Arc::new(Bus { console, power: Power::default(), disk, unclaimed: AtomicU64::new(0) });
+        let mut nics = Vec::new();
+        let mut taps = Vec::new();
+        for (i, nic) in config.nics.iter().enumerate() {
+            let io = |what: String| move |source| VmError::Io { what, source };
+            let tap = virtio_net::open_tap(&nic.tap).map_err(io(format!("NIC {i}")))?;
+            let rx_tap = tap.try_clone().map_err(io(format!("NIC {i}: cloning the tap fd")))?;
+            let mac = virtio_net::parse_mac(&nic.mac).expect("validated");
+            let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd".into()))?;
+            vm_fd
+                .register_irqfd(&irq, layout::VIRTIO_NET_IRQ + i as u32)
+                .map_err(kvm_err("wiring a NIC interrupt"))?;
+            nics.push(Arc::new(Mutex::new(MmioTransport::new(Net::new(tap, mac), mem.clone(), irq))));
+            taps.push(rx_tap);
+        }
+        let bus = Arc::new(Bus {
+            console,
+            power: Power::default(),
+            disk,
+            nics: nics.clone(),
+            unclaimed: AtomicU64::new(0),
+        });
+        let mut rx_threads = Vec::new();
+        for (i, (nic, tap)) in nics.into_iter().zip(taps).enumerate() {
+            let rx = virtio_net::spawn_rx(format!("net{i}-rx"), tap, nic).map_err(|e| VmError::Io {
+                what: format!("NIC {i}: starting its receive thread"),
+                source: e,
+            })?;
+            rx_threads.push(rx);
+        }
 
         let entry =
             boot::load(&mem, memory_bytes, &config.kernel, config.initrd.as_deref(), &full_cmdline(&config))?;
@@ -205,7 +236,15 @@ impl Vm {
             .name("vcpu0".into())
             .spawn(move || runner.run())
             .map_err(|e| VmError::Io { what: "spawning the vCPU thread".into(), source: e })?;
-        Ok(Vm { config, shared, bus, vcpu_thread: Mutex::new(Some(vcpu_thread)), _vm_fd: vm_fd, mem })
+        Ok(Vm {
+            config,
+            shared,
+            bus,
+            vcpu_thread: Mutex::new(Some(vcpu_thread)),
+            rx_threads: Mutex::new(rx_threads),
+            _vm_fd: vm_fd,
+            mem,
+        })
     }
 
     pub fn config(&self) -> &VmConfig {
@@ -318,6 +357,9 @@ impl Vm {
         let out = (state.phase, state.reason.clone());
         drop(state);
         let thread = self.vcpu_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for rx in self.rx_threads.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+            rx.stop();
+        }
         if let Some(t) = thread {
             if t.join().is_err() {
                 return (Phase::Crashed, Some("the vCPU thread panicked".into()));
@@ -327,15 +369,25 @@ impl Vm {
     }
 }
 
-/// The command line the guest sees: the configured one plus where its disk is.
+/// The command line the guest sees: the configured one plus where its virtio devices are
+/// (Linux's `virtio_mmio.device=` syntax, which the test guest reads too).
 fn full_cmdline(config: &VmConfig) -> String {
     let mut line = config.cmdline.trim().to_owned();
+    let mut devices = Vec::new();
     if config.disk.is_some() {
-        let disk = format!("virtio_mmio.device=4K@{:#x}:{}", layout::VIRTIO_BLK_MMIO, layout::VIRTIO_BLK_IRQ);
+        devices.push((layout::VIRTIO_BLK_MMIO, layout::VIRTIO_BLK_IRQ));
+    }
+    for i in 0..config.nics.len() {
+        devices.push((
+            layout::VIRTIO_NET_MMIO + i as u64 * layout::VIRTIO_MMIO_SIZE,
+            layout::VIRTIO_NET_IRQ + i as u32,
+        ));
+    }
+    for (base, irq) in devices {
         if !line.is_empty() {
             line.push(' ');
         }
-        line.push_str(&disk);
+        line.push_str(&format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
     line
 }
@@ -445,11 +497,9 @@ impl VcpuRunner {
         self.shared.changed.notify_all();
     }
 
-    /// Reboot in place: reset the disk, reload the kernel, start the vCPU at its entry.
+    /// Reboot in place: reset the virtio devices, reload the kernel, start the vCPU at its entry.
     fn reset(&mut self) -> Result<(), VmError> {
-        if let Some(d) = &self.bus.disk {
-            d.lock().unwrap_or_else(|p| p.into_inner()).write(0x70, &0u32.to_le_bytes());
-        }
+        self.bus.reset_virtio();
         let entry: BootEntry = boot::load(
             &self.mem,
             self.config.memory_mib << 20,

@@ -1,12 +1,14 @@
 //! The VM's devices and the bus that routes vCPU port and MMIO exits to them.
 //!
 //! One file per device, Firecracker style: `serial` (8250 UART, vm-superio), `power`
-//! (power-off port and i8042 reset line), `virtio_mmio` (the transport) and `virtio_blk`.
+//! (power-off port and i8042 reset line), `virtio_mmio` (the transport), `virtio_blk` and
+//! `virtio_net`.
 
 pub mod power;
 pub mod serial;
 pub mod virtio_blk;
 pub mod virtio_mmio;
+pub mod virtio_net;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,9 @@ pub struct Bus {
     pub console: Arc<Mutex<Console>>,
     pub power: Power,
     pub disk: Option<Mutex<MmioTransport<virtio_blk::Block>>>,
+    /// NIC `i` at `layout::VIRTIO_NET_MMIO + i * VIRTIO_MMIO_SIZE`; its receive thread
+    /// holds the other reference.
+    pub nics: Vec<Arc<Mutex<MmioTransport<virtio_net::Net>>>>,
     /// Port and MMIO accesses that no device claimed (reads return all ones).
     pub unclaimed: AtomicU64,
 }
@@ -77,17 +82,24 @@ impl Bus {
         }
     }
 
-    fn disk_at(&self, addr: u64) -> Option<(&Mutex<MmioTransport<virtio_blk::Block>>, u64)> {
-        let base = layout::VIRTIO_BLK_MMIO;
-        match &self.disk {
-            Some(d) if (base..base + layout::VIRTIO_MMIO_SIZE).contains(&addr) => Some((d, addr - base)),
-            _ => None,
+    /// The virtio device whose window holds `addr`, and the offset into it.
+    fn virtio_at(&self, addr: u64) -> Option<(VirtioSlot<'_>, u64)> {
+        let size = layout::VIRTIO_MMIO_SIZE;
+        if let Some(d) = &self.disk {
+            let base = layout::VIRTIO_BLK_MMIO;
+            if (base..base + size).contains(&addr) {
+                return Some((VirtioSlot::Disk(d), addr - base));
+            }
         }
+        let offset = addr.checked_sub(layout::VIRTIO_NET_MMIO)?;
+        let nic = self.nics.get(usize::try_from(offset / size).ok()?)?;
+        Some((VirtioSlot::Nic(nic), offset % size))
     }
 
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        match self.disk_at(addr) {
-            Some((d, offset)) => locked(d).read(offset, data),
+        match self.virtio_at(addr) {
+            Some((VirtioSlot::Disk(d), offset)) => locked(d).read(offset, data),
+            Some((VirtioSlot::Nic(n), offset)) => locked(n).read(offset, data),
             None => {
                 self.unclaimed.fetch_add(1, Ordering::Relaxed);
                 data.fill(0xff);
@@ -96,11 +108,28 @@ impl Bus {
     }
 
     pub fn mmio_write(&self, addr: u64, data: &[u8]) {
-        match self.disk_at(addr) {
-            Some((d, offset)) => locked(d).write(offset, data),
+        match self.virtio_at(addr) {
+            Some((VirtioSlot::Disk(d), offset)) => locked(d).write(offset, data),
+            Some((VirtioSlot::Nic(n), offset)) => locked(n).write(offset, data),
             None => {
                 self.unclaimed.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+
+    /// Put every virtio device back in its reset state (the VM reboots).
+    pub fn reset_virtio(&self) {
+        let status_zero = 0u32.to_le_bytes();
+        if let Some(d) = &self.disk {
+            locked(d).write(0x70, &status_zero);
+        }
+        for n in &self.nics {
+            locked(n).write(0x70, &status_zero);
+        }
+    }
+}
+
+enum VirtioSlot<'a> {
+    Disk(&'a Mutex<MmioTransport<virtio_blk::Block>>),
+    Nic(&'a Mutex<MmioTransport<virtio_net::Net>>),
 }

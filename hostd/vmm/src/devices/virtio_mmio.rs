@@ -29,6 +29,8 @@ pub trait VirtioDevice: Send {
     /// Handle what the driver made available on `queue`; true if the guest should be
     /// interrupted.
     fn process(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// The driver reset the device: forget any state kept beside the queues.
+    fn reset(&mut self) {}
 }
 
 #[derive(Debug)]
@@ -85,6 +87,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.status = 0;
         self.interrupt_status = 0;
         self.queue_select = 0;
+        self.device.reset();
     }
 
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
@@ -178,14 +181,21 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn notify(&mut self, index: usize) {
-        if self.status & STATUS_DRIVER_OK == 0 || self.status & STATUS_FAILED != 0 {
+        if !self.driver_ok() || index >= self.queues.len() {
             self.bad_writes += 1;
             return;
         }
-        let Some(queue) = self.queues.get_mut(index) else {
-            self.bad_writes += 1;
+        self.run_queue(index);
+    }
+
+    /// Let the device work on queue `index` (the driver notified it, or the device has
+    /// something for it), then interrupt the guest if the device asks to. Does nothing
+    /// before the driver has set the device up.
+    pub fn run_queue(&mut self, index: usize) {
+        if !self.driver_ok() {
             return;
-        };
+        }
+        let Some(queue) = self.queues.get_mut(index) else { return };
         if !queue.ready() {
             return;
         }
