@@ -22,7 +22,7 @@ use tonic::Code;
 use tracing::{info, warn};
 
 use crate::assignment::assigned_from_state;
-use crate::driver::{isolated_bridge, Attachment, DiskSpec, Driver, NicSpec, VmSpec};
+use crate::driver::{isolated_bridge, nat_attachment, Attachment, DiskSpec, Driver, NicSpec, VmSpec};
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::{Assigned, Desired, Report};
 
@@ -124,10 +124,17 @@ fn attachment_of(networks: &BTreeMap<String, pb::NetworkConfig>, network: &str) 
             Attachment::Unsupported("the bridge network names no host bridge".into())
         }
         Some(c) if c.mode == "isolated" => Attachment::Isolated(isolated_bridge(network)),
-        Some(_) => Attachment::Unsupported(
-            "NAT networks need forwarding and masquerading on the host, which hostd does not set up yet"
-                .into(),
-        ),
+        Some(c) if c.mode == "nat" => {
+            let gateway = if c.gateway.is_empty() { Ok(None) } else { c.gateway.parse().map(Some) };
+            match (c.cidr.parse(), gateway) {
+                (Ok(cidr), Ok(gateway)) => nat_attachment(network, cidr, gateway),
+                _ => Attachment::Unsupported(format!(
+                    "the NAT network's range {:?} or gateway {:?} does not parse",
+                    c.cidr, c.gateway
+                )),
+            }
+        }
+        Some(c) => Attachment::Unsupported(format!("unknown network mode {:?}", c.mode)),
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use controlplane::model::{Boot, DesiredState, NetworkConfig, NetworkMode, StopMode};
 use controlplane::State;
 
-use crate::driver::{isolated_bridge, Attachment, DiskSpec, NicSpec, VmSpec};
+use crate::driver::{isolated_bridge, nat_attachment, Attachment, DiskSpec, NicSpec, VmSpec};
 use crate::reconciler::{Assigned, Desired};
 
 /// Where a NIC of network `network` (name and settings; `None`: no such network) plugs
@@ -22,10 +22,10 @@ pub fn attachment(network: Option<(&String, &NetworkConfig)>) -> Attachment {
         Some((name, config)) if config.mode == NetworkMode::Isolated => {
             Attachment::Isolated(isolated_bridge(name))
         }
-        Some(_) => Attachment::Unsupported(
-            "NAT networks need forwarding and masquerading on the host, which hostd does not set up yet"
-                .into(),
-        ),
+        Some((name, config)) => match config.cidr {
+            Some(cidr) => nat_attachment(name, cidr, config.gateway),
+            None => Attachment::Unsupported("the NAT network has no address range".into()),
+        },
     }
 }
 
@@ -109,8 +109,22 @@ mod tests {
             attachment(Some((&name, &config(NetworkMode::Bridge, Some("br0"))))),
             Attachment::HostBridge("br0".into())
         );
+        let mut nat = config(NetworkMode::Nat, None);
+        nat.cidr = Some("10.9.0.0/24".parse().unwrap());
+        assert_eq!(
+            attachment(Some((&name, &nat))),
+            Attachment::Nat {
+                bridge: isolated_bridge("lan"),
+                gateway: "10.9.0.1/24".into(),
+                network: "10.9.0.0/24".into()
+            }
+        );
+        nat.gateway = Some("10.9.0.254".parse().unwrap());
+        assert!(
+            matches!(attachment(Some((&name, &nat))), Attachment::Nat { gateway, .. } if gateway == "10.9.0.254/24")
+        );
         for (network, why) in [
-            (Some((&name, &config(NetworkMode::Nat, None))), "NAT"),
+            (Some((&name, &config(NetworkMode::Nat, None))), "no address range"),
             (Some((&name, &config(NetworkMode::Bridge, None))), "no host bridge"),
             (None, "does not exist"),
         ] {

@@ -40,11 +40,37 @@ pub enum Attachment {
     /// A bridge hostd creates for an isolated network: no uplink and no host address, so
     /// the guests on it reach each other and nothing else.
     Isolated(String),
+    /// A bridge hostd creates for a NAT network, like libvirt's default network: the host
+    /// holds the gateway address on it, forwards for it and masquerades what leaves the
+    /// network's range, so guests reach whatever the host reaches, and nothing outside
+    /// reaches them.
+    Nat {
+        bridge: String,
+        /// The gateway address with the network's prefix length, "10.0.0.1/24".
+        gateway: String,
+        /// The network's range, "10.0.0.0/24".
+        network: String,
+    },
     /// A network this host cannot provide; the start fails with this reason.
     Unsupported(String),
 }
 
-/// The bridge of isolated network `network` on every host: `drvb` and 8 hex digits of a
+/// Where a NIC of NAT network `name` (range `cidr`, gateway `gateway` or else the
+/// range's first host address) plugs in.
+pub fn nat_attachment(
+    name: &str,
+    cidr: controlplane::model::Cidr,
+    gateway: Option<std::net::Ipv4Addr>,
+) -> Attachment {
+    let gateway = gateway.unwrap_or(cidr.first_host());
+    Attachment::Nat {
+        bridge: isolated_bridge(name),
+        gateway: format!("{gateway}/{}", cidr.prefix_len),
+        network: cidr.to_string(),
+    }
+}
+
+/// The bridge of isolated (or NAT) network `network` on every host: `drvb` and 8 hex digits of a
 /// hash of the name (interface names are at most 15 bytes).
 pub fn isolated_bridge(network: &str) -> String {
     format!("drvb{:08x}", fnv32(network))

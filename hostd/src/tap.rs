@@ -1,6 +1,12 @@
 //! Host network plumbing for VM NICs: bridges and tap devices, made with iproute2
-//! (`ip`), as libvirt does for its bridged networks. Names are at most 15 bytes
-//! (`driver::isolated_bridge`, `driver::tap_name`).
+//! (`ip`), as libvirt does for its bridged networks, and for NAT networks the gateway
+//! address on the bridge, IPv4 forwarding and iptables rules (masquerade what leaves the
+//! network's range; forward out of the bridge, and back in only for connections made
+//! from inside). Names are at most 15 bytes (`driver::isolated_bridge`,
+//! `driver::tap_name`).
+//!
+//! Bridges and NAT rules stay when the last VM on them goes (as a libvirt network stays
+//! active); `remove_network` takes them away.
 
 use std::process::Command;
 
@@ -27,13 +33,112 @@ pub fn bridge_for(attachment: &Attachment) -> Result<String, String> {
         Attachment::HostBridge(b) if exists(b) => Ok(b.clone()),
         Attachment::HostBridge(b) => Err(format!("host bridge {b:?} does not exist")),
         Attachment::Isolated(b) => {
-            if !exists(b) {
-                ip(&["link", "add", "name", b, "type", "bridge"])?;
-            }
-            ip(&["link", "set", b, "up"])?;
+            bridge_up(b)?;
             Ok(b.clone())
         }
+        Attachment::Nat { bridge, gateway, network } => {
+            bridge_up(bridge)?;
+            ip(&["addr", "replace", gateway, "dev", bridge])?;
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(|e| format!("cannot turn on IPv4 forwarding: {e}"))?;
+            for rule in nat_rules(bridge, network) {
+                ensure_rule(&rule)?;
+            }
+            Ok(bridge.clone())
+        }
         Attachment::Unsupported(reason) => Err(reason.clone()),
+    }
+}
+
+/// Bridge `name`, created if missing, up.
+fn bridge_up(name: &str) -> Result<(), String> {
+    if !exists(name) {
+        ip(&["link", "add", "name", name, "type", "bridge"])?;
+    }
+    ip(&["link", "set", name, "up"])
+}
+
+/// The iptables rules of a NAT network: (table, chain, rule), each tagged with a comment
+/// naming the bridge.
+fn nat_rules(bridge: &str, network: &str) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let tag = format!("drover {bridge}");
+    let rule = |parts: &[&str]| {
+        let mut r: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        r.extend(["-m".into(), "comment".into(), "--comment".into(), tag.clone()]);
+        r
+    };
+    vec![
+        ("nat", "POSTROUTING", rule(&["-s", network, "!", "-d", network, "-j", "MASQUERADE"])),
+        ("filter", "FORWARD", rule(&["-i", bridge, "-s", network, "-j", "ACCEPT"])),
+        (
+            "filter",
+            "FORWARD",
+            rule(&[
+                "-o",
+                bridge,
+                "-d",
+                network,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ]),
+        ),
+    ]
+}
+
+fn iptables(table: &str, op: &str, chain: &str, rule: &[String]) -> Result<bool, String> {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", table, op, chain])
+        .args(rule)
+        .output()
+        .map_err(|e| format!("cannot run iptables (NAT networks need it): {e}"))?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    if op == "-C" && out.status.code() == Some(1) {
+        return Ok(false); // no such rule
+    }
+    Err(format!(
+        "iptables -t {table} {op} {chain} {}: {}",
+        rule.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
+/// Add a rule unless it is there: first in FORWARD (ahead of any policy that drops),
+/// last in POSTROUTING.
+fn ensure_rule((table, chain, rule): &(&str, &str, Vec<String>)) -> Result<(), String> {
+    if iptables(table, "-C", chain, rule)? {
+        return Ok(());
+    }
+    let op = if *chain == "FORWARD" { "-I" } else { "-A" };
+    iptables(table, op, chain, rule).map(|_| ())
+}
+
+/// Take a NAT or isolated network's plumbing off this host: its iptables rules (for a
+/// NAT network) and its bridge. Taps still in the bridge go with it.
+pub fn remove_network(attachment: &Attachment) {
+    let bridge = match attachment {
+        Attachment::Nat { bridge, network, .. } => {
+            for (table, chain, rule) in nat_rules(bridge, network) {
+                while let Ok(true) = iptables(table, "-C", chain, &rule) {
+                    if iptables(table, "-D", chain, &rule).is_err() {
+                        break;
+                    }
+                }
+            }
+            bridge
+        }
+        Attachment::Isolated(bridge) => bridge,
+        Attachment::HostBridge(_) | Attachment::Unsupported(_) => return,
+    };
+    if exists(bridge) {
+        if let Err(e) = ip(&["link", "del", bridge]) {
+            tracing::warn!(bridge, error = %e, "cannot remove a bridge");
+        }
     }
 }
 

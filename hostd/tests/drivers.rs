@@ -415,6 +415,84 @@ fn two_qemu_guests_on_an_isolated_network_reach_each_other() {
     }
 }
 
+/// A Linux guest under the qemu driver on a NAT network reaches an address outside the
+/// network through the host: a network namespace the test makes, joined to the host by a
+/// veth pair, which has no route back to the guest's range, so its answers arrive only
+/// because the host masquerades the guest's packets. Nothing leaves this machine.
+#[test]
+fn a_guest_on_a_nat_network_reaches_beyond_the_host_through_masquerading() {
+    qemu_present();
+    let (kernel, initrd) = linux_guest();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
+    let id = std::process::id() % 100_000;
+    let network = format!("nat-{id}");
+    let attachment = hostd::driver::nat_attachment(&network, "10.253.0.0/24".parse().unwrap(), None);
+    struct Cleanup(String, Attachment);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            hostd::tap::unplug_nics("nat-a");
+            hostd::tap::remove_network(&self.1);
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let ns = format!("drvnat{id}");
+    let _cleanup = Cleanup(ns.clone(), attachment.clone());
+    let _vms = KillVmsOnDrop(run.clone());
+    let (outer, inner) = (format!("drvo{id}"), format!("drvi{id}"));
+    let sh = |args: &[&str]| {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh(&["ip", "netns", "add", &ns]);
+    sh(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner]);
+    sh(&["ip", "link", "set", &inner, "netns", &ns]);
+    sh(&["ip", "addr", "add", "10.252.0.1/30", "dev", &outer]);
+    sh(&["ip", "link", "set", &outer, "up"]);
+    sh(&["ip", "netns", "exec", &ns, "ip", "addr", "add", "10.252.0.2/30", "dev", &inner]);
+    sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &inner, "up"]);
+    let no_route = Command::new("ip")
+        .args(["netns", "exec", &ns, "ip", "route", "get", "10.253.0.10"])
+        .output()
+        .unwrap();
+    assert!(!no_route.status.success(), "the namespace must not route to the guest's range itself");
+
+    let mut s = spec(
+        "nat-a",
+        1,
+        &kernel,
+        "console=ttyS0 panic=-1 drover.ip=10.253.0.10/24 drover.gw=10.253.0.1 drover.ping=10.252.0.2",
+    );
+    s.initrd = Some(initrd);
+    s.memory_mib = 256;
+    s.nics = vec![NicSpec {
+        mac: "52:54:00:dd:01:01".into(),
+        network: network.clone(),
+        attachment: attachment.clone(),
+    }];
+    driver.start(&s, 0).unwrap();
+    let Attachment::Nat { bridge, .. } = &attachment else { unreachable!() };
+    let addrs = Command::new("ip").args(["-4", "-o", "addr", "show", "dev", bridge]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&addrs.stdout).contains("10.253.0.1/24"),
+        "the host holds the gateway address"
+    );
+    wait_console(&run, "nat-a", "DROVER-PING-OK 10.252.0.2", Duration::from_secs(120), "nat-a");
+    driver.destroy("nat-a", 0).unwrap();
+    wait_phase_any(&mut driver, "nat-a", VmPhase::Stopped);
+    driver.remove("nat-a");
+    // Starting again finds the rules in place and adds none twice.
+    hostd::tap::bridge_for(&attachment).unwrap();
+    let rules = Command::new("iptables").args(["-S", "FORWARD"]).output().unwrap();
+    let ours = String::from_utf8_lossy(&rules.stdout).matches(&format!("drover {bridge}")).count();
+    assert_eq!(ours, 2, "two FORWARD rules for the network");
+    hostd::tap::remove_network(&attachment);
+    let rules = Command::new("iptables").args(["-t", "nat", "-S", "POSTROUTING"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains(&format!("drover {bridge}")), "rules removed");
+    assert!(!Path::new(&format!("/sys/class/net/{bridge}")).exists(), "bridge removed");
+}
+
 /// A NIC the host cannot provide is a clear start failure, not a guest without network.
 #[test]
 fn a_nic_on_a_missing_host_bridge_is_a_clear_start_failure() {
