@@ -341,6 +341,7 @@ fn the_qemu_driver_boots_the_debian_linux_guest_to_init_and_shuts_it_down() {
     let mut linux = spec("linux", 1, &kernel, "console=ttyS0 panic=-1");
     linux.initrd = Some(initrd);
     linux.memory_mib = 256;
+    linux.vcpus = 2;
     let started = Instant::now();
     driver.start(&linux, 0).unwrap();
     let console = || std::fs::read_to_string(run.join("linux/console.log")).unwrap_or_default();
@@ -528,9 +529,10 @@ fn wait_phase_any(driver: &mut dyn Driver, domain: &str, phase: VmPhase) -> host
     }
 }
 
-/// Debian's kernel under Drover's own VMM. Its first console line must appear everywhere;
-/// reaching init needs hardware KVM (under kvm-pvm every ring-0 instruction is emulated),
-/// so that half says it is skipped where KVM is kvm-pvm.
+/// Debian's kernel under Drover's own VMM, with two vCPUs. Its first console line must
+/// appear everywhere; reaching init (and bringing up the second vCPU) needs hardware KVM
+/// (under kvm-pvm every ring-0 instruction is emulated), so that half says it is skipped
+/// where KVM is kvm-pvm.
 #[test]
 fn the_kvm_driver_boots_a_linux_kernel_to_its_first_console_line() {
     if !kvm_present() {
@@ -545,6 +547,7 @@ fn the_kvm_driver_boots_a_linux_kernel_to_its_first_console_line() {
     let mut linux = spec("linux", 1, &vmlinux, "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1");
     linux.initrd = Some(initrd);
     linux.memory_mib = 256;
+    linux.vcpus = 2;
     let started = Instant::now();
     driver.start(&linux, 0).unwrap();
     let console = || std::fs::read_to_string(run.join("linux/console.log")).unwrap_or_default();
@@ -566,6 +569,8 @@ fn the_kvm_driver_boots_a_linux_kernel_to_its_first_console_line() {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("Linux reached init under the own VMM after {:?}", started.elapsed());
+        // The MP table gave it both vCPUs, and the second one came up through INIT/SIPI.
+        assert!(console().contains("smp: Brought up 1 node, 2 CPUs"), "{}", console());
     } else {
         eprintln!(
             "SKIPPED: booting Linux to userspace under the own VMM needs hardware KVM; this host's \

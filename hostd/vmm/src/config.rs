@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 pub const MEMORY_MIB_MAX: u64 = 3072;
 /// The smallest guest: the test guest needs 1 MiB of image plus its dirty area.
 pub const MEMORY_MIB_MIN: u64 = 4;
-/// vCPUs per VM. APs need an MP table or ACPI; until then one.
-pub const VCPUS_MAX: u8 = 1;
+/// vCPUs per VM (what the MP table has room for below 640 KiB).
+pub const VCPUS_MAX: u8 = 32;
 /// The kernel command line, without the terminating NUL.
 pub const CMDLINE_BYTES_MAX: usize = 4095;
 /// Default cap of the console log (the older half is kept in `<log>.old`).

@@ -19,6 +19,11 @@ pub const PD: GuestAddress = GuestAddress(0xb000);
 pub const CMDLINE: GuestAddress = GuestAddress(0x20000);
 /// Start of the EBDA hole (legacy BIOS area) up to 1 MiB.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP table (`mptable`), in the last KiB of base memory where kernels look for it.
+pub const MPTABLE_START: u64 = EBDA_START;
+/// Where the local APICs and the IOAPIC answer (KVM's in-kernel irqchip).
+pub const APIC_ADDRESS: u64 = 0xfee0_0000;
+pub const IOAPIC_ADDRESS: u64 = 0xfec0_0000;
 /// Kernels load at 1 MiB.
 pub const HIMEM_START: GuestAddress = GuestAddress(0x10_0000);
 /// Start of the MMIO hole; RAM stays below it.

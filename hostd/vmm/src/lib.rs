@@ -3,9 +3,10 @@
 //!
 //! Contract: [`vm::Vm`] boots one guest from a [`config::VmConfig`] — a PVH ELF (Xen note
 //! 18), a Linux `vmlinux` ELF or a `bzImage` (64-bit Linux boot protocol), with an initrd
-//! and a command line — on KVM's in-kernel irqchip and PIT, with an 8250 serial console
-//! captured to a size-capped log ([`console_log`]), a power-off port and i8042 reset
-//! ([`devices`]), and a virtio-blk disk over virtio-mmio backed by a raw file. The VMM
+//! and a command line — on KVM's in-kernel irqchip and PIT, with up to 32 vCPUs (an MP
+//! table, [`mptable`]), an 8250 serial console captured to a size-capped log
+//! ([`console_log`]), a power-off port and i8042 reset ([`devices`]), a virtio-blk disk
+//! backed by a raw file and virtio-net NICs on taps, over virtio-mmio. The VMM
 //! process ([`process`], run as `drover vmm` or `drover-vmm`) serves the [`control`] protocol (JSON lines on a Unix socket) that
 //! hostd's `kvm` driver speaks: status, pause, resume, shutdown, reboot, destroy; when the
 //! VM ends it writes its exit record beside the socket, so a restarted hostd learns how a
@@ -23,6 +24,7 @@ pub mod console_log;
 pub mod control;
 pub mod devices;
 pub mod layout;
+pub mod mptable;
 pub mod process;
 pub mod vcpu;
 pub mod vm;

@@ -67,15 +67,42 @@ fn segment(entry: u64, index: u16) -> kvm_segment {
     }
 }
 
-/// Give a new vCPU its CPUID (once: KVM refuses changes after the first run).
-pub fn set_cpuid(kvm_sys: &Kvm, vcpu: &VcpuFd) -> Result<(), VcpuError> {
-    let cpuid = kvm_sys.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("reading supported CPUID"))?;
+/// Give vCPU `index` of `count` its CPUID (once: KVM refuses changes after the first
+/// run): what KVM supports, with this vCPU's APIC id (leaf 1 EBX[31:24], leaf 0xb EDX) and
+/// the logical processor count (leaf 1 EBX[23:16]).
+pub fn set_cpuid(kvm_sys: &Kvm, vcpu: &VcpuFd, index: u8, count: u8) -> Result<(), VcpuError> {
+    let mut cpuid =
+        kvm_sys.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("reading supported CPUID"))?;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
+                if count > 1 {
+                    e.edx |= 1 << 28; // HTT: the count above is valid
+                }
+            }
+            0xb => e.edx = u32::from(index),
+            _ => {}
+        }
+    }
     vcpu.set_cpuid2(&cpuid).map_err(kvm("setting CPUID"))
 }
 
-/// Set up `vcpu` (its CPUID already set) to enter the kernel at `entry`; also used to
-/// reset it for a reboot.
-pub fn configure(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: BootEntry) -> Result<(), VcpuError> {
+/// Set up an application processor: FPU, MSRs and local interrupt lines. It waits for
+/// the boot processor's INIT and SIPI (KVM keeps every vCPU but the first in that state),
+/// which set its registers.
+pub fn configure_ap(vcpu: &VcpuFd) -> Result<(), VcpuError> {
+    common(vcpu)
+}
+
+/// Put an application processor back to waiting for INIT and SIPI (a reboot).
+pub fn reset_ap(vcpu: &VcpuFd) -> Result<(), VcpuError> {
+    let state = kvm_bindings::kvm_mp_state { mp_state: kvm_bindings::KVM_MP_STATE_UNINITIALIZED };
+    vcpu.set_mp_state(state).map_err(kvm("setting the MP state"))?;
+    common(vcpu)
+}
+
+fn common(vcpu: &VcpuFd) -> Result<(), VcpuError> {
     let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
     vcpu.set_fpu(&fpu).map_err(kvm("setting FPU state"))?;
     let msrs = Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
@@ -85,7 +112,13 @@ pub fn configure(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: BootEntry) -> Resu
     }])
     .map_err(|_| VcpuError::Gdt("MSR list".into()))?;
     vcpu.set_msrs(&msrs).map_err(kvm("setting MSRs"))?;
-    set_lint(vcpu)?;
+    set_lint(vcpu)
+}
+
+/// Set up the boot processor (its CPUID already set) to enter the kernel at `entry`;
+/// also used to reset it for a reboot.
+pub fn configure(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: BootEntry) -> Result<(), VcpuError> {
+    common(vcpu)?;
 
     // One GDT for both protocols: null, 64-bit code, 32-bit code, data, TSS.
     let long = matches!(entry, BootEntry::Linux64 { .. });

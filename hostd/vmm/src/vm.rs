@@ -22,6 +22,7 @@ use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::virtio_net::{self, Net, RxThread};
 use crate::devices::{Bus, BusEvent};
 use crate::layout;
+use crate::mptable;
 use crate::vcpu::{self, VcpuError};
 
 /// KVM exit codes for KVM_EXIT_SYSTEM_EVENT.
@@ -56,11 +57,15 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
 }
 
-/// Where the vCPU thread is, shared with the control side.
+/// Where the vCPU threads are, shared with the control side.
 #[derive(Debug)]
 struct RunState {
     phase: Phase,
     reason: Option<String>,
+    /// vCPU threads sitting in `park`; the VM is Paused when all of them are.
+    parked: usize,
+    /// For each vCPU, the last reset (a `reset_generation` value) it has carried out.
+    reset_done: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -68,16 +73,39 @@ struct Shared {
     state: Mutex<RunState>,
     changed: Condvar,
     pause_requested: AtomicBool,
-    reset_requested: AtomicBool,
+    /// Raised by one for every reset asked for (by the guest or the control socket); each
+    /// vCPU carries out the newest one it has not yet.
+    reset_generation: AtomicU64,
     stop_requested: AtomicBool,
     /// Serial input arrived: an idle guest should look at it.
     input_pending: AtomicBool,
     exits: AtomicU64,
+    /// The vCPU threads, for kicks; emptied (under the lock) before they are joined, so a
+    /// kick never targets a joined thread.
+    threads: Mutex<Vec<libc::pthread_t>>,
 }
 
 impl Shared {
     fn state(&self) -> std::sync::MutexGuard<'_, RunState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn request_reset(&self) {
+        self.reset_generation.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Interrupt every vCPU that is in KVM_RUN, so it looks at the requests.
+    fn kick_all(&self) {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        for t in threads.iter() {
+            // SAFETY: the ids come from JoinHandles whose threads are joined only after
+            // `Vm::wait` has emptied this list under the same lock, so each id is still
+            // valid (a finished, unjoined thread makes pthread_kill fail with ESRCH, which
+            // is harmless). The signal has a no-op handler, installed by `Vm::start`
+            // before any vCPU thread existed.
+            unsafe { libc::pthread_kill(*t, kick_signal()) };
+        }
     }
 
     fn set(&self, phase: Phase, reason: Option<String>) {
@@ -100,8 +128,8 @@ pub struct Vm {
     config: VmConfig,
     shared: Arc<Shared>,
     bus: Arc<Bus>,
-    /// Taken out (under the lock) only to join it, so a kick never targets a joined thread.
-    vcpu_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The vCPU threads, taken out by `wait` to join them.
+    vcpu_threads: Mutex<Vec<JoinHandle<()>>>,
     /// The NICs' receive threads, stopped once the vCPU has ended.
     rx_threads: Mutex<Vec<RxThread>>,
     /// Kept for the VM's lifetime: the memory slots and irqchip belong to it.
@@ -109,9 +137,13 @@ pub struct Vm {
     mem: GuestMemoryMmap,
 }
 
-/// Everything the vCPU thread owns.
+/// Everything one vCPU thread owns.
 struct VcpuRunner {
     vcpu: VcpuFd,
+    /// 0 is the boot processor.
+    index: usize,
+    /// The last reset this vCPU carried out.
+    reset_seen: u64,
     mem: GuestMemoryMmap,
     bus: Arc<Bus>,
     shared: Arc<Shared>,
@@ -212,39 +244,85 @@ impl Vm {
 
         let entry =
             boot::load(&mem, memory_bytes, &config.kernel, config.initrd.as_deref(), &full_cmdline(&config))?;
-        let vcpu = vm_fd.create_vcpu(0).map_err(kvm_err("creating vCPU 0"))?;
-        vcpu::set_cpuid(&kvm, &vcpu)?;
-        vcpu::configure(&vcpu, &mem, entry)?;
+        mptable::write(&mem, config.vcpus).map_err(|e| VmError::Memory(e.to_string()))?;
+        let mut vcpus = Vec::new();
+        for i in 0..config.vcpus {
+            let vcpu = vm_fd.create_vcpu(u64::from(i)).map_err(kvm_err("creating a vCPU"))?;
+            vcpu::set_cpuid(&kvm, &vcpu, i, config.vcpus)?;
+            if i == 0 {
+                vcpu::configure(&vcpu, &mem, entry)?;
+            } else {
+                vcpu::configure_ap(&vcpu)?;
+            }
+            vcpus.push(vcpu);
+        }
 
         let shared = Arc::new(Shared {
-            state: Mutex::new(RunState { phase: Phase::Running, reason: None }),
+            state: Mutex::new(RunState {
+                phase: Phase::Running,
+                reason: None,
+                parked: 0,
+                reset_done: vec![0; vcpus.len()],
+            }),
             changed: Condvar::new(),
             pause_requested: AtomicBool::new(false),
-            reset_requested: AtomicBool::new(false),
+            reset_generation: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
             input_pending: AtomicBool::new(false),
             exits: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
         });
-        let runner = VcpuRunner {
-            vcpu,
-            mem: mem.clone(),
-            bus: bus.clone(),
-            shared: shared.clone(),
-            config: config.clone(),
-        };
-        let vcpu_thread = std::thread::Builder::new()
-            .name("vcpu0".into())
-            .spawn(move || runner.run())
-            .map_err(|e| VmError::Io { what: "spawning the vCPU thread".into(), source: e })?;
-        Ok(Vm {
+        let mut vcpu_threads = Vec::new();
+        for (index, vcpu) in vcpus.into_iter().enumerate() {
+            let runner = VcpuRunner {
+                vcpu,
+                index,
+                reset_seen: 0,
+                mem: mem.clone(),
+                bus: bus.clone(),
+                shared: shared.clone(),
+                config: config.clone(),
+            };
+            let spawned =
+                std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || runner.run());
+            let thread = match spawned {
+                Ok(t) => t,
+                Err(e) => {
+                    // End the ones already running before giving up.
+                    shared.set(Phase::Crashed, Some(format!("spawning a vCPU thread: {e}")));
+                    shared.stop_requested.store(true, Ordering::SeqCst);
+                    let vm = Vm::assemble(config, shared, bus, vcpu_threads, rx_threads, vm_fd, mem);
+                    vm.wait();
+                    return Err(VmError::Io { what: "spawning a vCPU thread".into(), source: e });
+                }
+            };
+            {
+                use std::os::unix::thread::JoinHandleExt;
+                shared.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread.as_pthread_t());
+            }
+            vcpu_threads.push(thread);
+        }
+        Ok(Vm::assemble(config, shared, bus, vcpu_threads, rx_threads, vm_fd, mem))
+    }
+
+    fn assemble(
+        config: VmConfig,
+        shared: Arc<Shared>,
+        bus: Arc<Bus>,
+        vcpu_threads: Vec<JoinHandle<()>>,
+        rx_threads: Vec<RxThread>,
+        vm_fd: Arc<VmFd>,
+        mem: GuestMemoryMmap,
+    ) -> Vm {
+        Vm {
             config,
             shared,
             bus,
-            vcpu_thread: Mutex::new(Some(vcpu_thread)),
+            vcpu_threads: Mutex::new(vcpu_threads),
             rx_threads: Mutex::new(rx_threads),
             _vm_fd: vm_fd,
             mem,
-        })
+        }
     }
 
     pub fn config(&self) -> &VmConfig {
@@ -266,15 +344,7 @@ impl Vm {
     }
 
     fn kick(&self) {
-        let thread = self.vcpu_thread.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = thread.as_ref() {
-            use std::os::unix::thread::JoinHandleExt;
-            // SAFETY: the pthread id comes from a JoinHandle still held under the lock, so
-            // the thread has not been joined and the id is valid (a finished but unjoined
-            // thread makes pthread_kill fail with ESRCH, which is harmless). The signal
-            // has a no-op handler, installed by `start` before the thread existed.
-            unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
-        }
+        self.shared.kick_all();
     }
 
     /// Wait until `done(phase)`, kicking the vCPU every millisecond.
@@ -329,8 +399,7 @@ impl Vm {
         if ended(self.status().0) {
             return Err(VmError::Ended);
         }
-        self.shared.reset_requested.store(true, Ordering::SeqCst);
-        self.shared.changed.notify_all();
+        self.shared.request_reset();
         self.kick();
         Ok(())
     }
@@ -356,13 +425,28 @@ impl Vm {
         }
         let out = (state.phase, state.reason.clone());
         drop(state);
-        let thread = self.vcpu_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // The first vCPU to end asked the others to stop; kick them until they have
+        // (one may sit in KVM_RUN waiting for a SIPI that will never come).
+        let threads = std::mem::take(&mut *self.vcpu_threads.lock().unwrap_or_else(|p| p.into_inner()));
+        self.shared.stop_requested.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_millis(TRANSITION_TIMEOUT_MS);
+        while !threads.iter().all(|t| t.is_finished()) && std::time::Instant::now() < deadline {
+            self.shared.kick_all();
+            std::thread::sleep(Duration::from_millis(KICK_INTERVAL_MS));
+        }
+        self.shared.threads.lock().unwrap_or_else(|p| p.into_inner()).clear();
         for rx in self.rx_threads.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
             rx.stop();
         }
-        if let Some(t) = thread {
+        let mut out = out;
+        for t in threads {
+            if !t.is_finished() {
+                // Never stopped: leave it (the process is about to end) rather than hang.
+                out = (Phase::Crashed, Some("a vCPU thread did not stop".into()));
+                continue;
+            }
             if t.join().is_err() {
-                return (Phase::Crashed, Some("the vCPU thread panicked".into()));
+                out = (Phase::Crashed, Some("a vCPU thread panicked".into()));
             }
         }
         out
@@ -395,7 +479,11 @@ fn full_cmdline(config: &VmConfig) -> String {
 impl VcpuRunner {
     fn run(mut self) {
         let (phase, reason) = self.run_loop();
+        // The VM ends with the first vCPU that ends (its reason wins, so it is set before
+        // the others are told to stop and end as Destroyed).
         self.shared.set(phase, Some(reason));
+        self.shared.stop_requested.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
     }
 
     /// Run until the VM ends; returns how it ended.
@@ -408,9 +496,12 @@ impl VcpuRunner {
                 self.park();
                 continue;
             }
-            if self.shared.reset_requested.swap(false, Ordering::SeqCst) {
-                if let Err(e) = self.reset() {
-                    return (Phase::Crashed, format!("reset failed: {e}"));
+            let generation = self.shared.reset_generation.load(Ordering::SeqCst);
+            if generation != self.reset_seen {
+                match self.reset(generation) {
+                    Ok(true) => self.reset_seen = generation,
+                    Ok(false) => continue, // interrupted by pause or stop: look again
+                    Err(e) => return (Phase::Crashed, format!("reset failed: {e}")),
                 }
             }
             let exit = self.vcpu.run();
@@ -420,7 +511,7 @@ impl VcpuRunner {
                 Ok(VcpuExit::IoOut(port, data)) => match self.bus.pio_write(port, data) {
                     BusEvent::None => {}
                     BusEvent::PowerOff => return (Phase::Stopped, "the guest powered off".into()),
-                    BusEvent::Reset => self.shared.reset_requested.store(true, Ordering::SeqCst),
+                    BusEvent::Reset => self.shared.request_reset(),
                     BusEvent::Idle(ms) => self.idle(ms),
                 },
                 Ok(VcpuExit::MmioRead(addr, data)) => self.bus.mmio_read(addr, data),
@@ -432,9 +523,7 @@ impl VcpuRunner {
                 Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _)) => {
                     return (Phase::Stopped, "the guest powered off".into())
                 }
-                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => {
-                    self.shared.reset_requested.store(true, Ordering::SeqCst)
-                }
+                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => self.shared.request_reset(),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
                     return (
                         Phase::Crashed,
@@ -468,7 +557,7 @@ impl VcpuRunner {
             if now >= deadline
                 || self.shared.pause_requested.load(Ordering::SeqCst)
                 || self.shared.stop_requested.load(Ordering::SeqCst)
-                || self.shared.reset_requested.load(Ordering::SeqCst)
+                || self.shared.reset_generation.load(Ordering::SeqCst) != self.reset_seen
                 || self.shared.input_pending.swap(false, Ordering::SeqCst)
             {
                 return;
@@ -478,10 +567,14 @@ impl VcpuRunner {
         }
     }
 
-    /// Sit paused until resumed or stopped.
+    /// Sit paused until resumed or stopped; the VM is Paused once every vCPU sits here.
     fn park(&self) {
+        let vcpus = usize::from(self.config.vcpus);
         let mut state = self.shared.state();
-        state.phase = Phase::Paused;
+        state.parked += 1;
+        if state.parked == vcpus && !ended(state.phase) {
+            state.phase = Phase::Paused;
+        }
         self.shared.changed.notify_all();
         while self.shared.pause_requested.load(Ordering::SeqCst)
             && !self.shared.stop_requested.load(Ordering::SeqCst)
@@ -493,13 +586,47 @@ impl VcpuRunner {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        state.phase = Phase::Running;
+        state.parked -= 1;
+        if !ended(state.phase) {
+            state.phase = Phase::Running;
+        }
         self.shared.changed.notify_all();
     }
 
-    /// Reboot in place: reset the virtio devices, reload the kernel, start the vCPU at its entry.
-    fn reset(&mut self) -> Result<(), VmError> {
+    /// Carry out reset `generation`. An application processor goes back to waiting for
+    /// INIT and SIPI; the boot processor waits until every other vCPU has, then resets the
+    /// virtio devices, reloads the kernel and MP table and starts again at the kernel's
+    /// entry. Returns false if a pause or stop interrupted the wait (the reset stays due).
+    fn reset(&mut self, generation: u64) -> Result<bool, VmError> {
+        if self.index != 0 {
+            vcpu::reset_ap(&self.vcpu)?;
+            let mut state = self.shared.state();
+            state.reset_done[self.index] = generation;
+            self.shared.changed.notify_all();
+            return Ok(true);
+        }
+        let mut state = self.shared.state();
+        while !state.reset_done[1..].iter().all(|&g| g >= generation) {
+            if self.shared.pause_requested.load(Ordering::SeqCst)
+                || self.shared.stop_requested.load(Ordering::SeqCst)
+            {
+                return Ok(false);
+            }
+            drop(state);
+            // The others may sit in KVM_RUN: interrupt them so they see the reset.
+            self.shared.kick_all();
+            state = self.shared.state();
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, Duration::from_millis(KICK_INTERVAL_MS))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.reset_done[0] = generation;
+        drop(state);
         self.bus.reset_virtio();
+        mptable::write(&self.mem, self.config.vcpus).map_err(|e| VmError::Memory(e.to_string()))?;
         let entry: BootEntry = boot::load(
             &self.mem,
             self.config.memory_mib << 20,
@@ -508,6 +635,6 @@ impl VcpuRunner {
             &full_cmdline(&self.config),
         )?;
         vcpu::configure(&self.vcpu, &self.mem, entry)?;
-        Ok(())
+        Ok(true)
     }
 }

@@ -22,6 +22,10 @@ struct Guest {
 
 impl Guest {
     fn start(cmdline: &str, disk: Option<&Path>) -> Guest {
+        Guest::start_with(cmdline, disk, &[])
+    }
+
+    fn start_with(cmdline: &str, disk: Option<&Path>, extra: &[&str]) -> Guest {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("guest.elf");
         testguest::write_to(&kernel).unwrap();
@@ -31,6 +35,7 @@ impl Guest {
         if let Some(d) = disk {
             cmd.arg("--disk").arg(d);
         }
+        cmd.args(extra);
         let child = cmd.spawn().unwrap();
         let g = Guest { dir, child };
         g.wait_until("the control socket", || g.socket().exists());
@@ -163,6 +168,39 @@ fn reboot_starts_the_guest_again() {
     assert_eq!(g.call(Request::Status).phase, Phase::Running);
 }
 
+/// Four vCPUs: one thread each (the test guest runs on the boot processor; the others
+/// wait for a SIPI it never sends, in KVM_RUN), and pause, resume, reboot and shutdown act
+/// on all of them: pause only reports Paused once every vCPU is parked, and the process
+/// ends with its guest.
+#[test]
+fn a_vm_with_four_vcpus_pauses_reboots_and_ends_as_one() {
+    if !kvm_present() {
+        return;
+    }
+    let mut g = Guest::start_with("drover.tick_ms=20", None, &["--vcpus", "4"]);
+    g.wait_until("two ticks", || g.ticks() >= 2);
+    let pid = g.child.id();
+    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .filter(|c| c.starts_with("vcpu"))
+        .collect();
+    threads.sort();
+    assert_eq!(threads, ["vcpu0", "vcpu1", "vcpu2", "vcpu3"]);
+    assert_eq!(g.call(Request::Pause).phase, Phase::Paused);
+    let frozen = g.ticks();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(g.ticks(), frozen, "the counter moved while paused");
+    assert_eq!(g.call(Request::Resume).phase, Phase::Running);
+    g.wait_until("the counter to move again", || g.ticks() > frozen);
+    g.call(Request::Reboot);
+    g.wait_until("a second marker", || g.console().matches(testguest::MARKER).count() == 2);
+    g.call(Request::Shutdown);
+    let exit = g.exit_record();
+    assert_eq!(exit["phase"], "stopped", "{exit}");
+}
+
 #[test]
 fn data_written_to_a_disk_is_read_back_by_a_new_vm() {
     if !kvm_present() {
@@ -193,7 +231,7 @@ fn bad_input_ends_with_a_clear_reason() {
     std::fs::write(&corrupt, bytes).unwrap();
     let not_a_kernel = dir.path().join("text");
     std::fs::write(&not_a_kernel, "hello").unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--kernel", "/nonexistent/kernel"], "kernel /nonexistent/kernel is missing"),
         (&["--kernel", corrupt.to_str().unwrap()], "is corrupt"),
         (&["--kernel", not_a_kernel.to_str().unwrap()], "neither an ELF nor a bzImage"),
@@ -203,6 +241,8 @@ fn bad_input_ends_with_a_clear_reason() {
         ),
         (&["--kernel", corrupt.to_str().unwrap(), "--memory-mib", "100000000"], "more than the host has"),
         (&["--kernel", corrupt.to_str().unwrap(), "--memory-mib", "2"], "MiB is outside"),
+        (&["--kernel", corrupt.to_str().unwrap(), "--vcpus", "33"], "33 vCPUs is outside 1..=32"),
+        (&["--kernel", corrupt.to_str().unwrap(), "--nic", "tap=drvt0,mac=52:54"], "is not a MAC address"),
     ];
     for (args, want) in cases {
         let run = dir.path().join("run");
