@@ -57,6 +57,13 @@ fn the_fake_driver_passes_the_suite() {
     conformance::run_all(&mut FakeHarness { driver, now_ms: 0 });
 }
 
+/// The test guest's image, written into `dir`; returns its path.
+fn write_test_guest(dir: &Path) -> String {
+    let kernel = dir.join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    kernel.display().to_string()
+}
+
 fn kvm_present() -> bool {
     let ok = vmm::kvm_usable();
     if !ok {
@@ -126,10 +133,9 @@ fn the_kvm_driver_passes_the_suite() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    testguest::write_to(&kernel).unwrap();
+    let kernel = write_test_guest(dir.path());
     let driver = KvmDriver::new(kvm_config(&dir.path().join("run"))).unwrap();
-    conformance::run_all(&mut ProcessHarness { driver, kernel: kernel.display().to_string() });
+    conformance::run_all(&mut ProcessHarness { driver, kernel: kernel.clone() });
 }
 
 fn wait_phase(driver: &mut KvmDriver, domain: &str, phase: VmPhase) -> hostd::driver::VmStatus {
@@ -150,9 +156,7 @@ fn a_new_kvm_driver_re_adopts_running_vms_and_learns_how_the_others_ended() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    testguest::write_to(&kernel).unwrap();
-    let k = kernel.display().to_string();
+    let k = write_test_guest(dir.path());
     let run = dir.path().join("run");
     let mut first = KvmDriver::new(kvm_config(&run)).unwrap();
     first.start(&spec("keeps", 4, &k, "drover.tick_ms=20"), 0).unwrap();
@@ -206,21 +210,19 @@ fn qemu_present() -> bool {
 fn the_qemu_driver_passes_the_suite() {
     qemu_present();
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    testguest::write_to(&kernel).unwrap();
+    let kernel = write_test_guest(dir.path());
     let driver = QemuDriver::new(QemuConfig::new(dir.path().join("run"))).unwrap();
-    conformance::run_all(&mut ProcessHarness { driver, kernel: kernel.display().to_string() });
+    conformance::run_all(&mut ProcessHarness { driver, kernel: kernel.clone() });
 }
 
 #[test]
 fn a_qemu_binary_that_is_not_installed_is_a_clear_start_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    testguest::write_to(&kernel).unwrap();
+    let kernel = write_test_guest(dir.path());
     let mut config = QemuConfig::new(dir.path().join("run"));
     config.binary = "/nonexistent/qemu-system-x86_64".into();
     let mut driver = QemuDriver::new(config).unwrap();
-    let err = driver.start(&spec("d", 1, &kernel.display().to_string(), ""), 0).unwrap_err();
+    let err = driver.start(&spec("d", 1, &kernel.clone(), ""), 0).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("cannot run QEMU (/nonexistent/qemu-system-x86_64)"), "{text}");
     assert!(driver.list(0).is_empty(), "a VM that never started is listed");
@@ -281,8 +283,7 @@ fn two_own_vmm_guests_on_an_isolated_network_hear_each_other() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    testguest::write_to(&kernel).unwrap();
+    let kernel = write_test_guest(dir.path());
     let run = dir.path().join("run");
     let mut driver = KvmDriver::new(kvm_config(&run)).unwrap();
     let network = format!("ktest-{}", std::process::id());
@@ -290,8 +291,7 @@ fn two_own_vmm_guests_on_an_isolated_network_hear_each_other() {
     let _cleanup = RemoveNetwork { bridge: bridge.clone(), domains: &["knet-a", "knet-b"] };
     let _vms = KillVmsOnDrop(run.clone());
     let guest = |name: &str, mac: &str, token: &str| {
-        let mut s =
-            spec(name, 1, &kernel.display().to_string(), &format!("drover.tick_ms=50 drover.net={token}"));
+        let mut s = spec(name, 1, &kernel.clone(), &format!("drover.tick_ms=50 drover.net={token}"));
         s.nics = vec![NicSpec {
             mac: mac.into(),
             network: network.clone(),
@@ -498,10 +498,9 @@ fn a_guest_on_a_nat_network_reaches_beyond_the_host_through_masquerading() {
 #[test]
 fn a_nic_on_a_missing_host_bridge_is_a_clear_start_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("guest.elf");
-    testguest::write_to(&kernel).unwrap();
+    let kernel = write_test_guest(dir.path());
     let mut driver = QemuDriver::new(QemuConfig::new(dir.path().join("run"))).unwrap();
-    let mut s = spec("d", 1, &kernel.display().to_string(), "");
+    let mut s = spec("d", 1, &kernel.clone(), "");
     s.nics = vec![NicSpec {
         mac: "52:54:00:dd:00:09".into(),
         network: "lan".into(),

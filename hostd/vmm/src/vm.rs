@@ -108,6 +108,20 @@ impl Shared {
         }
     }
 
+    /// Kick every vCPU, then wait up to one kick interval for the state to change.
+    fn kick_and_wait<'a>(
+        &'a self,
+        state: std::sync::MutexGuard<'a, RunState>,
+    ) -> std::sync::MutexGuard<'a, RunState> {
+        drop(state);
+        self.kick_all();
+        let state = self.state();
+        self.changed
+            .wait_timeout(state, Duration::from_millis(KICK_INTERVAL_MS))
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
     fn set(&self, phase: Phase, reason: Option<String>) {
         let mut s = self.state();
         if !ended(s.phase) {
@@ -361,15 +375,7 @@ impl Vm {
             if std::time::Instant::now() >= deadline {
                 return Err(VmError::Timeout(what));
             }
-            drop(state);
-            self.kick();
-            state = self.shared.state();
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, Duration::from_millis(KICK_INTERVAL_MS))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            state = self.shared.kick_and_wait(state);
         }
     }
 
@@ -612,16 +618,8 @@ impl VcpuRunner {
             {
                 return Ok(false);
             }
-            drop(state);
             // The others may sit in KVM_RUN: interrupt them so they see the reset.
-            self.shared.kick_all();
-            state = self.shared.state();
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, Duration::from_millis(KICK_INTERVAL_MS))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            state = self.shared.kick_and_wait(state);
         }
         state.reset_done[0] = generation;
         drop(state);
