@@ -38,7 +38,7 @@ fn proposals(domains: usize) -> Vec<Proposal> {
 fn entry(index: u64, proposal: Proposal) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(ProposalBatch(vec![proposal])),
+        payload: EntryPayload::Normal(ProposalBatch(std::sync::Arc::new(vec![proposal]))),
     }
 }
 
@@ -53,6 +53,35 @@ async fn an_appended_batch_costs_one_fsync() {
     log.blocking_append(entries).await.unwrap();
     assert_eq!(kv.flushes() - before, 1, "one fsync for {n} entries");
     assert_eq!(log.try_get_log_entries(1..=n).await.unwrap().len() as u64, n);
+}
+
+#[tokio::test]
+async fn reads_agree_with_the_store_across_truncation_and_purge() {
+    let kv = MemKv::new();
+    let mut log = LogStore::new(kv.clone());
+    let entries: Vec<Entry> =
+        proposals(10).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    let n = entries.len() as u64;
+    log.blocking_append(entries.clone()).await.unwrap();
+    assert_eq!(log.try_get_log_entries(1..=n).await.unwrap(), entries);
+    // A new leader's entries replace the tail from 6 on.
+    log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 6)).await.unwrap();
+    let mut replaced = entries[..5].to_vec();
+    for (i, e) in entries[10..12].iter().enumerate() {
+        let mut e = e.clone();
+        e.log_id = LogId::new(CommittedLeaderId::new(2, 1), 6 + i as u64);
+        replaced.push(e);
+    }
+    log.blocking_append(replaced[5..].to_vec()).await.unwrap();
+    log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.unwrap();
+    let cached = log.try_get_log_entries(3..=7).await.unwrap();
+    assert_eq!(cached, replaced[2..7].to_vec());
+    assert!(log.try_get_log_entries(8..=n).await.unwrap().is_empty(), "truncated entries are gone");
+    assert!(log.try_get_log_entries(1..3).await.unwrap().is_empty(), "purged entries are gone");
+    // What a fresh store (nothing cached) reads is the same.
+    let mut fresh = LogStore::new(kv.clone());
+    assert_eq!(fresh.try_get_log_entries(3..=7).await.unwrap(), cached);
+    assert_eq!(fresh.try_get_log_entries(3..=7).await.unwrap(), cached, "and again, from its cache");
 }
 
 #[tokio::test]
