@@ -99,6 +99,35 @@ async fn what_was_not_flushed_is_lost_in_a_crash() {
 }
 
 #[tokio::test]
+async fn a_crash_takes_back_overwrites_and_removals_since_the_last_flush() {
+    use raft::kv::Tree::{Log, Meta};
+    let kv = MemKv::new();
+    let all = |tree| kv.range(tree, b"", None, usize::MAX).unwrap();
+    for k in [b"a", b"b", b"c", b"d"] {
+        kv.put(Log, k, b"1").unwrap();
+    }
+    kv.put(Meta, b"m", b"1").unwrap();
+    kv.flush().await.unwrap();
+    let durable = (all(Log), all(Meta));
+    kv.put(Log, b"b", b"2").unwrap();
+    kv.remove_range(Log, b"b", Some(b"d")).unwrap();
+    kv.put(Log, b"c", b"3").unwrap();
+    kv.put(Log, b"e", b"3").unwrap();
+    kv.remove_range(Log, b"a", None).unwrap();
+    kv.put(Meta, b"m", b"2").unwrap();
+    assert!(all(Log).is_empty());
+    kv.crash();
+    assert_eq!((all(Log), all(Meta)), durable, "back to what was flushed");
+    // What a flush covered survives the next crash.
+    kv.remove_range(Log, b"b", Some(b"d")).unwrap();
+    kv.flush().await.unwrap();
+    kv.put(Log, b"b", b"4").unwrap();
+    kv.crash();
+    let keys: Vec<Vec<u8>> = all(Log).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![b"a".to_vec(), b"d".to_vec()]);
+}
+
+#[tokio::test]
 async fn restart_is_snapshot_plus_log_and_the_archive_answers_the_past() {
     let kv = MemKv::new();
     let mut log = LogStore::new(kv.clone());
