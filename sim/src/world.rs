@@ -722,10 +722,11 @@ impl World {
         let guards: Vec<_> =
             lives.iter().map(|(id, live)| (*id, live.shared.state.read().expect("state lock"))).collect();
         let states: Vec<(NodeId, &controlplane::State)> = guards.iter().map(|(id, s)| (*id, &**s)).collect();
-        let archives: Vec<invariants::archive_replay::ReadArchive> = lives
-            .iter()
-            .map(|(id, live)| invariants::archive_replay::ReadArchive::read(*id, &live.archive))
-            .collect();
+        let mut archives: Vec<invariants::archive_replay::ReadArchive> = Vec::new();
+        for (id, live) in &lives {
+            let read = invariants::archive_replay::ReadArchive::read(*id, &live.archive, &archives);
+            archives.push(read);
+        }
         let history = std::mem::take(&mut *core.history.lock().expect("history lock"));
         for detail in invariants::acked_writes::check(&history.ops, &states) {
             core.violation("acked_writes", detail);
