@@ -107,8 +107,9 @@ impl<K: Kv> Archive<K> {
         let mut events = Vec::new();
         let mut index = Vec::new();
         for (raft_index, e) in records {
-            let mut value = raft_index.to_be_bytes().to_vec();
-            value.extend_from_slice(&codec::encode(e));
+            let mut value = Vec::with_capacity(128);
+            value.extend_from_slice(&raft_index.to_be_bytes());
+            codec::encode_into(e, &mut value);
             events.push((u64_key(e.seq).to_vec(), value));
             index.push((index_key(&e.event.subject(), e.seq), Vec::new()));
             for r in e.event.related() {

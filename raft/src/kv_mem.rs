@@ -17,8 +17,8 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 /// How to take back one write not yet made durable.
 #[derive(Debug)]
 enum Undo {
-    /// The key held this value before (`None`: it was absent).
-    Put(Tree, Vec<u8>, Option<Vec<u8>>),
+    /// The key (`Disk::undo_keys[from..to]`) held this value before (`None`: absent).
+    Put { tree: Tree, from: usize, to: usize, old: Option<Vec<u8>> },
     /// These pairs were removed.
     Removed(Tree, Map),
 }
@@ -33,6 +33,8 @@ struct Disk {
     /// durable copy of every tree: a write is made once, not once now and again at the
     /// flush, and a crash touches only what was not flushed.)
     undo: Vec<Undo>,
+    /// The keys of the undone puts, end to end (one buffer rather than a copy each).
+    undo_keys: Vec<u8>,
     fail_writes: bool,
     flushes: u64,
     /// How long an fsync takes (the simulator's fsync lag), in tokio time.
@@ -46,8 +48,10 @@ impl Disk {
 
     fn put(&mut self, tree: Tree, pairs: Vec<Pair>) {
         for (k, v) in pairs {
-            let old = self.tree(tree).insert(k.clone(), v);
-            self.undo.push(Undo::Put(tree, k, old));
+            let from = self.undo_keys.len();
+            self.undo_keys.extend_from_slice(&k);
+            let old = self.tree(tree).insert(k, v);
+            self.undo.push(Undo::Put { tree, from, to: self.undo_keys.len(), old });
         }
     }
 
@@ -69,15 +73,24 @@ impl Disk {
     fn undo_all(&mut self) {
         while let Some(undo) = self.undo.pop() {
             match undo {
-                Undo::Put(tree, k, Some(old)) => {
+                Undo::Put { tree, from, to, old: Some(old) } => {
+                    let k = self.undo_keys[from..to].to_vec();
                     self.tree(tree).insert(k, old);
                 }
-                Undo::Put(tree, k, None) => {
-                    self.tree(tree).remove(&k);
+                Undo::Put { tree, from, to, old: None } => {
+                    let k = &self.undo_keys[from..to];
+                    self.current[tree as usize].remove(k);
                 }
                 Undo::Removed(tree, mut pairs) => self.tree(tree).append(&mut pairs),
             }
         }
+        self.undo_keys.clear();
+    }
+
+    /// Everything written so far is durable.
+    fn forget_undo(&mut self) {
+        self.undo.clear();
+        self.undo_keys.clear();
     }
 }
 
@@ -176,7 +189,7 @@ impl Kv for MemKv {
         if d.fail_writes {
             return Err(KvError::Injected);
         }
-        d.undo.clear();
+        d.forget_undo();
         d.flushes += 1;
         Ok(())
     }
