@@ -10,7 +10,6 @@ use std::time::Duration;
 use controlplane::model::{HostState, ObservedPhase, Resources};
 use controlplane::{Command, RejectionCode, Request, State};
 use hostd::assignment::assigned_from_state;
-use hostd::driver::Driver;
 use hostd::fake::FakeDriver;
 use hostd::pass::HostPass;
 use hostd::reconciler::{Assigned, Report};
@@ -135,9 +134,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
         let now = core.clocks.monotonic_ms();
         let (observations, started) = {
             let mut driver = host.driver.lock().expect("driver lock");
-            let live = |d: &mut hostd::fake::FakeDriver| -> std::collections::BTreeSet<String> {
-                d.list(now).into_iter().filter(|(_, vm)| is_live(vm.phase)).map(|(name, _)| name).collect()
-            };
+            let live = |d: &mut hostd::fake::FakeDriver| d.names_where(now, is_live);
             let before = live(&mut driver);
             let observations = pass.run(&mut *driver, &assigned, now);
             let started: Vec<String> = live(&mut driver).difference(&before).cloned().collect();
