@@ -141,12 +141,11 @@ struct World {
     joined: BTreeSet<NodeId>,
     /// State hashes by replica, with the applied index they were taken at.
     hashes: BTreeMap<NodeId, (u64, controlplane::StateHash)>,
-    /// Replicas known to be in one state, by applied index and a label (the replica first
-    /// seen in that state at that index): a replica whose state was found equal to a
-    /// labelled one takes its label. A state changes only with its applied index (or a
-    /// restart, which forgets the replica and its label), so two replicas still at an
-    /// index with the same label there need not be compared again.
-    verified: BTreeMap<NodeId, (u64, NodeId)>,
+    /// Replicas found equal in state to another replica (the first of their group) at
+    /// an applied index both still stood at: a state changes only with its applied index
+    /// (or a restart, which forgets the pairs), so the pair need not be compared again
+    /// until either moves.
+    verified: BTreeMap<NodeId, (NodeId, u64)>,
     boots: Vec<u64>,
     clients: Vec<tokio::task::JoinHandle<()>>,
     rng: ChaCha8Rng,
@@ -242,7 +241,7 @@ impl World {
     /// Forget what was known of replica `id`'s state (it restarts).
     fn forget(&mut self, id: NodeId) {
         self.hashes.remove(&id);
-        self.verified.retain(|other, (_, label)| *other != id && *label != id);
+        self.verified.retain(|other, (first, _)| *other != id && *first != id);
     }
 
     async fn start_hostd(&mut self, i: usize) {
@@ -351,22 +350,16 @@ impl World {
                     indexes.iter().filter(|(_, i)| *i == Some(*index)).map(|(g, _)| *g).collect();
                 let hash = match group.as_slice() {
                     [_] => None,
-                    [first, ..] if first == id => {
-                        if self.verified.get(id).is_none_or(|(at, _)| at != index) {
-                            self.verified.insert(*id, (*index, *id));
-                        }
-                        self.hash_of(*id).map(|(_, h)| h)
-                    }
+                    [first, ..] if first == id => self.hash_of(*id).map(|(_, h)| h),
                     [first, ..] => {
-                        let label = self.verified.get(first).copied().filter(|(at, _)| at == index);
-                        let known = label.is_some() && self.verified.get(id).copied() == label;
+                        let known = self.verified.get(id) == Some(&(*first, *index));
                         let same = known
                             || self.core.net.live(*first).is_some_and(|f| {
                                 *f.shared.state.read().expect("state lock")
                                     == *live.shared.state.read().expect("state lock")
                             });
-                        if let Some(label) = label.filter(|_| same) {
-                            self.verified.insert(*id, label);
+                        if same {
+                            self.verified.insert(*id, (*first, *index));
                         }
                         match self.hash_of(*first) {
                             Some((_, h)) if same => Some(h),
