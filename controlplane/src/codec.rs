@@ -70,13 +70,18 @@ fn config() -> impl bincode::config::Config {
 /// Encode `value` in the current format.
 pub fn encode<T: Durable>(value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
+    encode_into(value, &mut out);
+    out
+}
+
+/// Encode `value` in the current format at the end of `out`.
+pub fn encode_into<T: Durable>(value: &T, out: &mut Vec<u8>) {
     out.extend_from_slice(&MAGIC);
     out.push(T::TAG as u8);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     // The model holds only types bincode's serde support encodes (no maps keyed by
     // unsized types, no untagged enums), so failure would be a bug in the model.
-    bincode::serde::encode_into_std_write(value, &mut out, config()).expect("the model always encodes");
-    out
+    bincode::serde::encode_into_std_write(value, out, config()).expect("the model always encodes");
 }
 
 /// Decode a value written by this or any earlier format version.

@@ -19,17 +19,31 @@ use crate::limits::REQUEST_WINDOW_MAX;
 use crate::proposal::Committed;
 
 /// Encoded as the list of (key, answer) in commit order, which is canonical; the lookup
-/// map is rebuilt on decode and never iterated.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// map is rebuilt on decode and never iterated. Two windows are equal when their lists
+/// are (the lookup map follows from the list), so comparing and encoding one walk the
+/// list in order without a lookup per entry.
+#[derive(Debug, Clone, Default)]
 pub struct RequestWindow {
-    entries: HashMap<String, Committed>,
-    /// Keys in commit order, oldest first.
-    order: VecDeque<String>,
+    /// (key, answer) in commit order, oldest first.
+    order: VecDeque<(String, Committed)>,
+    /// Where each key is in `order`, counted from the first entry this window ever held
+    /// (`order[i]` is at `evicted + i`).
+    positions: HashMap<String, u64>,
+    /// Entries evicted from the front so far.
+    evicted: u64,
 }
+
+impl PartialEq for RequestWindow {
+    fn eq(&self, other: &RequestWindow) -> bool {
+        self.order == other.order
+    }
+}
+
+impl Eq for RequestWindow {}
 
 impl Serialize for RequestWindow {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.order.iter().map(|k| (k, &self.entries[k])))
+        serializer.collect_seq(self.order.iter().map(|(k, c)| (k, c)))
     }
 }
 
@@ -41,10 +55,11 @@ impl<'de> Deserialize<'de> for RequestWindow {
         }
         let mut window = RequestWindow::default();
         for (k, c) in list {
-            if window.entries.insert(k.clone(), c).is_some() {
+            let at = window.order.len() as u64;
+            if window.positions.insert(k.clone(), at).is_some() {
                 return Err(serde::de::Error::custom("request window lists a request twice"));
             }
-            window.order.push_back(k);
+            window.order.push_back((k, c));
         }
         Ok(window)
     }
@@ -70,7 +85,9 @@ fn key(principal: &str, request_id: &str) -> String {
 impl RequestWindow {
     /// The first answer to this request, if it was committed and is still remembered.
     pub fn get(&self, principal: &str, request_id: &str) -> Option<Committed> {
-        self.entries.get(&key(principal, request_id)).copied()
+        let at = self.positions.get(&key(principal, request_id))?;
+        let (_, committed) = &self.order[(at - self.evicted) as usize];
+        Some(*committed)
     }
 
     pub fn len(&self) -> usize {
@@ -84,19 +101,20 @@ impl RequestWindow {
     /// Record that event `seq` belongs to this request. The events of one request are
     /// contiguous; a request id seen earlier and then again later is a broken invariant.
     pub(crate) fn record(&mut self, principal: &str, request_id: &str, seq: u64) {
-        if let Some(last) = self.order.back().filter(|k| is_key(k, principal, request_id)) {
-            let entry = self.entries.get_mut(last).expect("window order and entries agree");
+        if let Some((_, entry)) = self.order.back_mut().filter(|(k, _)| is_key(k, principal, request_id)) {
             assert_eq!(entry.last_seq + 1, seq, "events of one request are contiguous");
             entry.last_seq = seq;
             return;
         }
         let k = key(principal, request_id);
-        let previous = self.entries.insert(k.clone(), Committed { first_seq: seq, last_seq: seq });
+        let at = self.evicted + self.order.len() as u64;
+        let previous = self.positions.insert(k.clone(), at);
         assert!(previous.is_none(), "request {request_id:?} of {principal:?} applied twice");
-        self.order.push_back(k);
+        self.order.push_back((k, Committed { first_seq: seq, last_seq: seq }));
         while self.order.len() > REQUEST_WINDOW_MAX {
-            let oldest = self.order.pop_front().expect("window is not empty");
-            self.entries.remove(&oldest);
+            let (oldest, _) = self.order.pop_front().expect("window is not empty");
+            self.positions.remove(&oldest);
+            self.evicted += 1;
         }
     }
 }
@@ -119,6 +137,28 @@ mod tests {
         assert_eq!(w.len(), REQUEST_WINDOW_MAX);
         assert_eq!(w.get("alice", "r0"), None, "the oldest request left the window");
         assert_eq!(w.get("bob", "r0"), Some(Committed { first_seq: 3, last_seq: 3 }));
+    }
+
+    #[test]
+    fn a_decoded_window_equals_the_original_and_answers_alike_after_evictions() {
+        let mut w = RequestWindow::default();
+        for i in 0..REQUEST_WINDOW_MAX as u64 + 10 {
+            w.record("carol", &format!("r{i}"), i + 1);
+        }
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&w, config).expect("encodes");
+        let (decoded, _): (RequestWindow, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).expect("decodes");
+        assert_eq!(decoded, w);
+        assert_eq!(bincode::serde::encode_to_vec(&decoded, config).expect("encodes"), bytes);
+        for id in ["r0", "r9", "r10", "r11", "r65545"] {
+            assert_eq!(decoded.get("carol", id), w.get("carol", id), "{id}");
+        }
+        assert_eq!(w.get("carol", "r9"), None);
+        assert_eq!(w.get("carol", "r10"), Some(Committed { first_seq: 11, last_seq: 11 }));
+        let mut other = decoded.clone();
+        other.record("dave", "x", REQUEST_WINDOW_MAX as u64 + 11);
+        assert_ne!(other, w);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! for `boot_ms`, then running), graceful shutdown time, reboots, and crashes injected by
 //! tests. Time only moves when the caller says so.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
 
@@ -50,6 +50,17 @@ impl FakeDriver {
         let vm = self.vms.get_mut(domain)?;
         Self::advance(vm, now_ms);
         Some(VmStatus { generation: vm.generation, phase: vm.phase, reason: vm.reason.clone() })
+    }
+
+    /// The names of the VMs whose phase (as of `now_ms`) passes `keep`.
+    pub fn names_where(&mut self, now_ms: u64, keep: impl Fn(VmPhase) -> bool) -> BTreeSet<String> {
+        self.vms
+            .iter_mut()
+            .filter_map(|(name, vm)| {
+                Self::advance(vm, now_ms);
+                keep(vm.phase).then(|| name.clone())
+            })
+            .collect()
     }
 
     fn vm(&mut self, domain: &str) -> Result<&mut FakeVm, DriverError> {

@@ -13,7 +13,7 @@
 use controlplane::model::ResourceKey;
 use controlplane::{apply, codec, EventEnvelope, State};
 
-use crate::kv::{key_u64, u64_key, Kv, KvError, Tree};
+use crate::kv::{key_u64, u64_key, Kv, KvError, Pair, Tree};
 
 /// One archived event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,13 +61,32 @@ pub struct Archive<K: Kv> {
 
 /// Index key: the resource's display form, a NUL, then the seq (big-endian).
 fn index_key(resource: &ResourceKey, seq: u64) -> Vec<u8> {
-    let mut k = index_prefix(resource);
+    let mut k = index_prefix_with_room(resource, 8);
     k.extend_from_slice(&u64_key(seq));
     k
 }
 
 fn index_prefix(resource: &ResourceKey) -> Vec<u8> {
-    let mut k = resource.to_string().into_bytes();
+    index_prefix_with_room(resource, 0)
+}
+
+/// The resource's display form and a NUL, with `room` bytes to spare.
+fn index_prefix_with_room(resource: &ResourceKey, room: usize) -> Vec<u8> {
+    let mut k = match resource {
+        // The common kinds, "<kind> <name>", written without the formatting machinery.
+        ResourceKey::Host(name)
+        | ResourceKey::Domain(name)
+        | ResourceKey::Network(name)
+        | ResourceKey::Pool(name) => {
+            let kind = resource.kind().as_str();
+            let mut k = Vec::with_capacity(kind.len() + 1 + name.len() + 1 + room);
+            k.extend_from_slice(kind.as_bytes());
+            k.push(b' ');
+            k.extend_from_slice(name.as_bytes());
+            k
+        }
+        _ => resource.to_string().into_bytes(),
+    };
     k.push(0);
     k
 }
@@ -88,8 +107,9 @@ impl<K: Kv> Archive<K> {
         let mut events = Vec::new();
         let mut index = Vec::new();
         for (raft_index, e) in records {
-            let mut value = raft_index.to_be_bytes().to_vec();
-            value.extend_from_slice(&codec::encode(e));
+            let mut value = Vec::with_capacity(128);
+            value.extend_from_slice(&raft_index.to_be_bytes());
+            codec::encode_into(e, &mut value);
             events.push((u64_key(e.seq).to_vec(), value));
             index.push((index_key(&e.event.subject(), e.seq), Vec::new()));
             for r in e.event.related() {
@@ -163,7 +183,8 @@ impl<K: Kv> Archive<K> {
         Ok(())
     }
 
-    fn decode(key: &[u8], value: &[u8]) -> Result<ArchivedEvent, ArchiveError> {
+    /// Decode one record of [`Archive::raw_events`].
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<ArchivedEvent, ArchiveError> {
         if key.len() != 8 {
             return Err(ArchiveError::Short(0));
         }
@@ -186,6 +207,13 @@ impl<K: Kv> Archive<K> {
         let limit = limit.min(ARCHIVE_QUERY_LIMIT_MAX);
         let pairs = self.kv.range(Tree::Events, &u64_key(from_seq), None, limit)?;
         pairs.iter().map(|(k, v)| Self::decode(k, v)).collect()
+    }
+
+    /// Events with `seq >= from_seq`, at most `limit` (capped), as stored (key, value);
+    /// [`Archive::decode`] reads one.
+    pub fn raw_events(&self, from_seq: u64, limit: usize) -> Result<Vec<Pair>, ArchiveError> {
+        let limit = limit.min(ARCHIVE_QUERY_LIMIT_MAX);
+        Ok(self.kv.range(Tree::Events, &u64_key(from_seq), None, limit)?)
     }
 
     /// The sequence numbers of the events about `resource`, from `from_seq`, at most `limit`.
@@ -248,5 +276,30 @@ impl<K: Kv> Archive<K> {
             }
         }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_prefixes_are_the_display_form_and_a_nul() {
+        let keys = [
+            ResourceKey::Host("h1".into()),
+            ResourceKey::Domain("web".into()),
+            ResourceKey::Network("lan".into()),
+            ResourceKey::Pool("default".into()),
+            ResourceKey::Volume(controlplane::model::VolumeRef::new("default", "disk")),
+            ResourceKey::Snapshot { domain: "web".into(), name: "s1".into() },
+            ResourceKey::Migration(7),
+        ];
+        for key in keys {
+            let mut expected = key.to_string().into_bytes();
+            expected.push(0);
+            assert_eq!(index_prefix(&key), expected);
+            expected.extend_from_slice(&u64_key(42));
+            assert_eq!(index_key(&key, 42), expected);
+        }
     }
 }

@@ -12,37 +12,85 @@ use std::sync::{Arc, Mutex};
 
 use crate::kv::{Kv, KvError, Pair, Tree};
 
-type Trees = BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>;
+type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
-/// A write not yet made durable.
+/// How to take back one write not yet made durable.
 #[derive(Debug)]
-enum Op {
-    Put(Tree, Vec<Pair>),
-    RemoveRange(Tree, Vec<u8>, Option<Vec<u8>>),
+enum Undo {
+    /// The key (`Disk::undo_keys[from..to]`) held this value before (`None`: absent).
+    Put { tree: Tree, from: usize, to: usize, old: Option<Vec<u8>> },
+    /// These pairs were removed.
+    Removed(Tree, Map),
 }
 
 #[derive(Debug, Default)]
 struct Disk {
-    durable: Trees,
-    /// The current view: durable plus everything written since the last flush.
-    current: Trees,
-    /// The writes since the last flush, replayed onto `durable` by the next flush.
-    pending: Vec<Op>,
+    /// The current view: what is durable plus everything written since the last flush,
+    /// one map per tree (indexed by `Tree as usize`).
+    current: [Map; Tree::ALL.len()],
+    /// The writes since the last flush, as the way back to what is durable: a crash
+    /// undoes them newest first, a flush forgets them. (Cheaper than keeping a second,
+    /// durable copy of every tree: a write is made once, not once now and again at the
+    /// flush, and a crash touches only what was not flushed.)
+    undo: Vec<Undo>,
+    /// The keys of the undone puts, end to end (one buffer rather than a copy each).
+    undo_keys: Vec<u8>,
     fail_writes: bool,
     flushes: u64,
     /// How long an fsync takes (the simulator's fsync lag), in tokio time.
     flush_delay_ms: u64,
 }
 
-fn put(trees: &mut Trees, tree: Tree, pairs: Vec<Pair>) {
-    trees.entry(tree).or_default().extend(pairs);
-}
+impl Disk {
+    fn tree(&mut self, tree: Tree) -> &mut Map {
+        &mut self.current[tree as usize]
+    }
 
-fn remove_range(trees: &mut Trees, tree: Tree, from: &[u8], to: Option<&[u8]>) {
-    let t = trees.entry(tree).or_default();
-    let keys: Vec<Vec<u8>> = t.range::<[u8], _>(bounds(from, to)).map(|(k, _)| k.clone()).collect();
-    for k in keys {
-        t.remove(&k);
+    fn put(&mut self, tree: Tree, pairs: Vec<Pair>) {
+        for (k, v) in pairs {
+            let from = self.undo_keys.len();
+            self.undo_keys.extend_from_slice(&k);
+            let old = self.tree(tree).insert(k, v);
+            self.undo.push(Undo::Put { tree, from, to: self.undo_keys.len(), old });
+        }
+    }
+
+    fn remove_range(&mut self, tree: Tree, from: &[u8], to: Option<&[u8]>) {
+        let t = self.tree(tree);
+        // `t` keeps what lies before `from`; `removed` gets `from..to`; what lies from `to`
+        // on goes back into `t`.
+        let mut removed = t.split_off(from);
+        if let Some(to) = to {
+            let mut after = removed.split_off(to);
+            t.append(&mut after);
+        }
+        if !removed.is_empty() {
+            self.undo.push(Undo::Removed(tree, removed));
+        }
+    }
+
+    /// Take back every write since the last flush, newest first.
+    fn undo_all(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Put { tree, from, to, old: Some(old) } => {
+                    let k = self.undo_keys[from..to].to_vec();
+                    self.tree(tree).insert(k, old);
+                }
+                Undo::Put { tree, from, to, old: None } => {
+                    let k = &self.undo_keys[from..to];
+                    self.current[tree as usize].remove(k);
+                }
+                Undo::Removed(tree, mut pairs) => self.tree(tree).append(&mut pairs),
+            }
+        }
+        self.undo_keys.clear();
+    }
+
+    /// Everything written so far is durable.
+    fn forget_undo(&mut self) {
+        self.undo.clear();
+        self.undo_keys.clear();
     }
 }
 
@@ -59,9 +107,7 @@ impl MemKv {
 
     /// Lose everything not flushed, as a power loss would.
     pub fn crash(&self) {
-        let mut d = self.disk.lock().expect("disk lock");
-        d.current = d.durable.clone();
-        d.pending.clear();
+        self.disk.lock().expect("disk lock").undo_all();
     }
 
     /// Make every write fail (true) or succeed again (false).
@@ -80,25 +126,18 @@ impl MemKv {
         self.disk.lock().expect("disk lock").flushes
     }
 
-    fn write(&self, op: Op) -> Result<(), KvError> {
+    fn write(&self, f: impl FnOnce(&mut Disk)) -> Result<(), KvError> {
         let mut d = self.disk.lock().expect("disk lock");
         if d.fail_writes {
             return Err(KvError::Injected);
         }
-        match &op {
-            Op::Put(tree, pairs) => put(&mut d.current, *tree, pairs.clone()),
-            Op::RemoveRange(tree, from, to) => remove_range(&mut d.current, *tree, from, to.as_deref()),
-        }
-        d.pending.push(op);
+        f(&mut d);
         Ok(())
     }
 
-    fn read<T>(&self, tree: Tree, f: impl FnOnce(&BTreeMap<Vec<u8>, Vec<u8>>) -> T) -> T {
+    fn read<T>(&self, tree: Tree, f: impl FnOnce(&Map) -> T) -> T {
         let d = self.disk.lock().expect("disk lock");
-        match d.current.get(&tree) {
-            Some(t) => f(t),
-            None => f(&BTreeMap::new()),
-        }
+        f(&d.current[tree as usize])
     }
 }
 
@@ -112,11 +151,11 @@ impl Kv for MemKv {
     }
 
     fn put_batch(&self, tree: Tree, pairs: Vec<Pair>) -> Result<(), KvError> {
-        self.write(Op::Put(tree, pairs))
+        self.write(|d| d.put(tree, pairs))
     }
 
     fn remove_range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<(), KvError> {
-        self.write(Op::RemoveRange(tree, from.to_vec(), to.map(<[u8]>::to_vec)))
+        self.write(|d| d.remove_range(tree, from, to))
     }
 
     fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>, limit: usize) -> Result<Vec<Pair>, KvError> {
@@ -150,13 +189,7 @@ impl Kv for MemKv {
         if d.fail_writes {
             return Err(KvError::Injected);
         }
-        let pending = std::mem::take(&mut d.pending);
-        for op in pending {
-            match op {
-                Op::Put(tree, pairs) => put(&mut d.durable, tree, pairs),
-                Op::RemoveRange(tree, from, to) => remove_range(&mut d.durable, tree, &from, to.as_deref()),
-            }
-        }
+        d.forget_undo();
         d.flushes += 1;
         Ok(())
     }

@@ -7,9 +7,19 @@
 //! their callback is queued, so the fsync that completes a callback always covers them.
 //! The vote is flushed before `save_vote` returns; the committed index is a restart hint,
 //! written now and then without a flush (openraft learns it from the leader anyway).
+//!
+//! Recent entries are also kept decoded in memory ([`EntryCache`]): a leader reads each
+//! entry once per follower (again for every retry to a follower that does not answer,
+//! and once more to apply it), and decoding it each time was the largest cost of
+//! replication. An entry's payload is shared (`Arc`), so a cached entry is handed out
+//! without a deep copy. The cache mirrors the store: it holds entries as written or as
+//! read back, drops them when they are truncated or purged, and a write error empties
+//! it; a restart starts it empty.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogId, StorageIOError};
@@ -24,11 +34,51 @@ pub(crate) const LAST_PURGED_KEY: &[u8] = b"last_purged";
 /// The committed index is saved when it reaches a multiple of this.
 const COMMITTED_SAVE_EVERY: u64 = 256;
 
-/// The log store; clones share the same storage and flusher.
+/// How many decoded entries the cache holds at most.
+const ENTRY_CACHE_MAX: usize = 1024;
+
+/// Decoded entries by index, each exactly what the store holds at that index.
+#[derive(Debug, Default)]
+struct EntryCache {
+    entries: BTreeMap<u64, Entry>,
+}
+
+impl EntryCache {
+    /// These entries are now in the store at their indexes.
+    fn insert(&mut self, entries: &[Entry]) {
+        for e in entries {
+            self.entries.insert(e.get_log_id().index, e.clone());
+        }
+        // The oldest go first: replication reads forward.
+        while self.entries.len() > ENTRY_CACHE_MAX {
+            self.entries.pop_first();
+        }
+    }
+
+    /// Entries `from..to`, if every one of them is cached.
+    fn get(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let want = usize::try_from(to.checked_sub(from)?).ok()?;
+        let found: Vec<Entry> = self.entries.range(from..to).map(|(_, e)| e.clone()).collect();
+        (found.len() == want).then_some(found)
+    }
+
+    /// Entries at `from..` were removed.
+    fn truncated(&mut self, from: u64) {
+        self.entries.split_off(&from);
+    }
+
+    /// Entries at `..=to` were removed.
+    fn purged(&mut self, to: u64) {
+        self.entries = self.entries.split_off(&(to + 1));
+    }
+}
+
+/// The log store; clones share the same storage, flusher and entry cache.
 #[derive(Debug, Clone)]
 pub struct LogStore<K: Kv> {
     kv: K,
     flusher: tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    cache: Arc<Mutex<EntryCache>>,
 }
 
 /// Complete queued append callbacks, one fsync per group.
@@ -67,7 +117,14 @@ impl<K: Kv> LogStore<K> {
     pub fn new(kv: K) -> LogStore<K> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         crate::runtime::spawn(flusher(kv.clone(), rx));
-        LogStore { kv, flusher: tx }
+        LogStore { kv, flusher: tx, cache: Arc::default() }
+    }
+
+    /// The cache, locked. Readers hold it across their store read and the insert of what
+    /// they decoded, and writers update it after their store write, so a read racing a
+    /// write never leaves a stale entry behind.
+    fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
+        self.cache.lock().expect("entry cache lock")
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -98,12 +155,21 @@ impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
             Bound::Excluded(n) => Some(*n),
             Bound::Unbounded => None,
         };
+        let mut cache = self.cache();
+        if let Some(entries) = to.and_then(|to| cache.get(from, to)) {
+            return Ok(entries);
+        }
         let to_key = to.map(u64_key);
         let pairs = self
             .kv
             .range(Tree::Log, &u64_key(from), to_key.as_ref().map(|k| &k[..]), usize::MAX)
             .map_err(read_logs_err)?;
-        pairs.into_iter().map(|(_, v)| encoding::decode(&v).map_err(read_logs_err)).collect()
+        let entries: Vec<Entry> = pairs
+            .into_iter()
+            .map(|(_, v)| encoding::decode(&v).map_err(read_logs_err))
+            .collect::<Result<_, _>>()?;
+        cache.insert(&entries);
+        Ok(entries)
     }
 }
 
@@ -158,11 +224,16 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let pairs: Vec<_> = entries
-            .into_iter()
-            .map(|e| (u64_key(e.get_log_id().index).to_vec(), encoding::encode(&e)))
-            .collect();
-        self.kv.put_batch(Tree::Log, pairs).map_err(write_logs_err)?;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let pairs: Vec<_> =
+            entries.iter().map(|e| (u64_key(e.get_log_id().index).to_vec(), encoding::encode(e))).collect();
+        match self.kv.put_batch(Tree::Log, pairs) {
+            Ok(()) => self.cache().insert(&entries),
+            Err(e) => {
+                *self.cache() = EntryCache::default();
+                return Err(write_logs_err(e));
+            }
+        }
         if let Err(returned) = self.flusher.send(callback) {
             // The flusher is gone only when the runtime is shutting down: flush here.
             let result = self.kv.flush().await.map_err(|e| std::io::Error::other(e.to_string()));
@@ -172,15 +243,27 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.kv.remove_range(Tree::Log, &u64_key(log_id.index), None).map_err(write_logs_err)?;
+        let removed = self.kv.remove_range(Tree::Log, &u64_key(log_id.index), None);
+        match removed {
+            Ok(()) => self.cache().truncated(log_id.index),
+            Err(e) => {
+                *self.cache() = EntryCache::default();
+                return Err(write_logs_err(e));
+            }
+        }
         self.kv.flush().await.map_err(write_logs_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.kv.put(Tree::Meta, LAST_PURGED_KEY, &encoding::encode(&log_id)).map_err(write_logs_err)?;
-        self.kv
-            .remove_range(Tree::Log, &u64_key(0), Some(&u64_key(log_id.index + 1)))
-            .map_err(write_logs_err)?;
+        let removed = self.kv.remove_range(Tree::Log, &u64_key(0), Some(&u64_key(log_id.index + 1)));
+        match removed {
+            Ok(()) => self.cache().purged(log_id.index),
+            Err(e) => {
+                *self.cache() = EntryCache::default();
+                return Err(write_logs_err(e));
+            }
+        }
         self.kv.flush().await.map_err(write_logs_err)
     }
 }

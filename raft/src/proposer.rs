@@ -220,7 +220,7 @@ async fn batcher(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
         crate::runtime::spawn(async move {
             let (proposals, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let count = proposals.len();
-            let result = raft.client_write(ProposalBatch(proposals)).await;
+            let result = raft.client_write(ProposalBatch(Arc::new(proposals))).await;
             drop(slot);
             let outcomes: Vec<Result<ProposalOutcome, WriteFailure>> = match result {
                 Ok(resp) => match resp.data {

@@ -189,7 +189,7 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                     let mut envelopes = Vec::new();
                     {
                         let mut state = self.shared.state.write().expect("state lock");
-                        for proposal in &batch.0 {
+                        for proposal in batch.0.iter() {
                             let before = state.last_seq();
                             let (outcome, mut produced) = apply_proposal(&mut state, proposal);
                             // Checkpoints are rare; the state is encoded under the lock only

@@ -1,6 +1,7 @@
 //! The one `declare_raft_types!`: what openraft replicates and answers.
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use controlplane::{Proposal, ProposalOutcome};
 use serde::{Deserialize, Serialize};
@@ -15,8 +16,11 @@ pub type Node = openraft::BasicNode;
 /// One log entry's payload: proposals decided by the leader, committed together and
 /// applied in order. Batching amortizes a raft round (and its fsyncs) over every write
 /// that arrived while the previous round was in flight.
+///
+/// Shared, so an entry is copied cheaply (to each follower's message, into the log
+/// store's cache, to the state machine); it encodes exactly as the plain list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProposalBatch(pub Vec<Proposal>);
+pub struct ProposalBatch(pub Arc<Vec<Proposal>>);
 
 /// What applying one log entry produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,7 +38,7 @@ fn proposals(domains: usize) -> Vec<Proposal> {
 fn entry(index: u64, proposal: Proposal) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(ProposalBatch(vec![proposal])),
+        payload: EntryPayload::Normal(ProposalBatch(std::sync::Arc::new(vec![proposal]))),
     }
 }
 
@@ -56,6 +56,35 @@ async fn an_appended_batch_costs_one_fsync() {
 }
 
 #[tokio::test]
+async fn reads_agree_with_the_store_across_truncation_and_purge() {
+    let kv = MemKv::new();
+    let mut log = LogStore::new(kv.clone());
+    let entries: Vec<Entry> =
+        proposals(10).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    let n = entries.len() as u64;
+    log.blocking_append(entries.clone()).await.unwrap();
+    assert_eq!(log.try_get_log_entries(1..=n).await.unwrap(), entries);
+    // A new leader's entries replace the tail from 6 on.
+    log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 6)).await.unwrap();
+    let mut replaced = entries[..5].to_vec();
+    for (i, e) in entries[10..12].iter().enumerate() {
+        let mut e = e.clone();
+        e.log_id = LogId::new(CommittedLeaderId::new(2, 1), 6 + i as u64);
+        replaced.push(e);
+    }
+    log.blocking_append(replaced[5..].to_vec()).await.unwrap();
+    log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2)).await.unwrap();
+    let cached = log.try_get_log_entries(3..=7).await.unwrap();
+    assert_eq!(cached, replaced[2..7].to_vec());
+    assert!(log.try_get_log_entries(8..=n).await.unwrap().is_empty(), "truncated entries are gone");
+    assert!(log.try_get_log_entries(1..3).await.unwrap().is_empty(), "purged entries are gone");
+    // What a fresh store (nothing cached) reads is the same.
+    let mut fresh = LogStore::new(kv.clone());
+    assert_eq!(fresh.try_get_log_entries(3..=7).await.unwrap(), cached);
+    assert_eq!(fresh.try_get_log_entries(3..=7).await.unwrap(), cached, "and again, from its cache");
+}
+
+#[tokio::test]
 async fn what_was_not_flushed_is_lost_in_a_crash() {
     let kv = MemKv::new();
     kv.put(raft::kv::Tree::Meta, b"a", b"1").unwrap();
@@ -67,6 +96,35 @@ async fn what_was_not_flushed_is_lost_in_a_crash() {
     kv.fail_writes(true);
     assert!(kv.put(raft::kv::Tree::Meta, b"c", b"3").is_err());
     assert!(kv.flush().await.is_err());
+}
+
+#[tokio::test]
+async fn a_crash_takes_back_overwrites_and_removals_since_the_last_flush() {
+    use raft::kv::Tree::{Log, Meta};
+    let kv = MemKv::new();
+    let all = |tree| kv.range(tree, b"", None, usize::MAX).unwrap();
+    for k in [b"a", b"b", b"c", b"d"] {
+        kv.put(Log, k, b"1").unwrap();
+    }
+    kv.put(Meta, b"m", b"1").unwrap();
+    kv.flush().await.unwrap();
+    let durable = (all(Log), all(Meta));
+    kv.put(Log, b"b", b"2").unwrap();
+    kv.remove_range(Log, b"b", Some(b"d")).unwrap();
+    kv.put(Log, b"c", b"3").unwrap();
+    kv.put(Log, b"e", b"3").unwrap();
+    kv.remove_range(Log, b"a", None).unwrap();
+    kv.put(Meta, b"m", b"2").unwrap();
+    assert!(all(Log).is_empty());
+    kv.crash();
+    assert_eq!((all(Log), all(Meta)), durable, "back to what was flushed");
+    // What a flush covered survives the next crash.
+    kv.remove_range(Log, b"b", Some(b"d")).unwrap();
+    kv.flush().await.unwrap();
+    kv.put(Log, b"b", b"4").unwrap();
+    kv.crash();
+    let keys: Vec<Vec<u8>> = all(Log).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![b"a".to_vec(), b"d".to_vec()]);
 }
 
 #[tokio::test]

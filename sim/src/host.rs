@@ -3,17 +3,18 @@
 //! reconcile pass of `hostd::pass` over `hostd::assignment`, observations reported as
 //! commands carrying the run's generation.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::model::{HostState, ObservedPhase, Resources};
 use controlplane::{Command, RejectionCode, Request, State};
 use hostd::assignment::assigned_from_state;
-use hostd::driver::Driver;
 use hostd::fake::FakeDriver;
 use hostd::pass::HostPass;
-use hostd::reconciler::Report;
-use raft::type_config::NodeId;
+use hostd::reconciler::{Assigned, Report};
+use raft::state_machine::Shared;
+use raft::type_config::{LogId, NodeId};
 
 use crate::caller::View;
 use crate::history::{Outcome, Read};
@@ -63,6 +64,9 @@ fn observed(phase: Report) -> ObservedPhase {
     }
 }
 
+/// The domains placed on a host, as its reconciler wants them.
+type Share = Arc<BTreeMap<String, Assigned>>;
+
 /// One hostd, from its start (boot number `boot`) until it is killed.
 pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     let host = core.hosts[index].clone();
@@ -89,20 +93,36 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
         }
     }
     let mut pass = HostPass::new(SHUTDOWN_TIMEOUT_MS);
+    // This host's share as last read from its replica, and where that replica stood: a
+    // replica's state changes only with its applied log id, so while that stays put
+    // (and the replica is the same one) the share is the same.
+    let mut last_read: Option<(Arc<Shared>, Option<LogId>, Share)> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
         let assigned = if core.cfg.host_replicas {
             // The host's own learner replica, read locally (stale-ok: generations keep
             // a lagging host safe), as production hostd does.
             let Some(replica) = core.net.live(host.net_id) else { continue };
-            let state = replica.shared.state.read().expect("state lock");
-            assigned_from_state(&host.name, &state)
+            let applied = replica.shared.last_applied();
+            match &last_read {
+                Some((shared, at, assigned)) if Arc::ptr_eq(shared, &replica.shared) && *at == applied => {
+                    assigned.clone()
+                }
+                _ => {
+                    let state = replica.shared.state.read().expect("state lock");
+                    let assigned = Arc::new(assigned_from_state(&host.name, &state));
+                    drop(state);
+                    last_read = Some((replica.shared.clone(), applied, assigned.clone()));
+                    assigned
+                }
+            }
         } else {
             let invoke_ms = core.clocks.elapsed_ms();
             // As production hostd lists the domains, not the whole state.
             let name = host.name.clone();
             let view: View<_> = Arc::new(move |s: &State| (s.last_seq(), assigned_from_state(&name, s)));
             let Some((last_seq, assigned)) = caller.read(view).await else { continue };
+            let assigned = Arc::new(assigned);
             core.history.lock().expect("history lock").reads.push(Read {
                 reader: principal.clone(),
                 invoke_ms,
@@ -114,9 +134,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
         let now = core.clocks.monotonic_ms();
         let (observations, started) = {
             let mut driver = host.driver.lock().expect("driver lock");
-            let live = |d: &mut hostd::fake::FakeDriver| -> std::collections::BTreeSet<String> {
-                d.list(now).into_iter().filter(|(_, vm)| is_live(vm.phase)).map(|(name, _)| name).collect()
-            };
+            let live = |d: &mut hostd::fake::FakeDriver| d.names_where(now, is_live);
             let before = live(&mut driver);
             let observations = pass.run(&mut *driver, &assigned, now);
             let started: Vec<String> = live(&mut driver).difference(&before).cloned().collect();

@@ -16,6 +16,9 @@ use clap::{Parser, ValueEnum};
 use raft::proposer::Bug;
 use sim::{run, RunOutcome, SimConfig};
 
+#[global_allocator]
+static ALLOCATOR: sim::Allocator = sim::Allocator;
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BugArg {
     None,

@@ -52,7 +52,13 @@ pub const SNAPSHOT_EVERY_ENTRIES: u64 = 200;
 
 /// openraft's settings in the simulation: production's timers (`NodeConfig::new`), small
 /// snapshot and checkpoint intervals so compaction and installs happen within a run.
+/// Built once (openraft builds its defaults by parsing an empty command line) and shared.
 pub fn raft_config() -> Arc<openraft::Config> {
+    static CONFIG: std::sync::OnceLock<Arc<openraft::Config>> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(build_raft_config).clone()
+}
+
+fn build_raft_config() -> Arc<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "drover-sim".into(),
         heartbeat_interval: 100,

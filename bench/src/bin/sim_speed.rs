@@ -11,6 +11,10 @@
 use clap::Parser;
 use sim::{run, SimConfig};
 
+/// The allocator the simulator's own binary runs on.
+#[global_allocator]
+static ALLOCATOR: sim::Allocator = sim::Allocator;
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Seeds to run (1..=N), one after another.

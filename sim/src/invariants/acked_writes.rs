@@ -12,7 +12,7 @@ use raft::type_config::NodeId;
 use crate::history::{Op, Outcome};
 
 /// `replicas`: each replica's final state.
-pub fn check(ops: &[Op], replicas: &[(NodeId, State)]) -> Vec<String> {
+pub fn check(ops: &[Op], replicas: &[(NodeId, &State)]) -> Vec<String> {
     let mut found = Vec::new();
     for op in ops {
         for (id, state) in replicas {
