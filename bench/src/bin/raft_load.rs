@@ -5,7 +5,8 @@
 //! `cargo run --release -p bench --bin raft_load -- --clients 1,16,256 --seconds 10`
 //!
 //! Drover: 3 `drover server` processes; each write is a `DefineDomain` of a new domain
-//! (one event), submitted to the replicas round robin (followers forward to the leader).
+//! (one event), submitted to the first replica, which bootstrapped the cluster and leads
+//! it (the client follows leader hints if that changes).
 //! etcd: 3 members; each write is a `Put` of a new key with a 64-byte value, sent to the
 //! members round robin. Every request loop stops at `--seconds` or `--max-ops`.
 
