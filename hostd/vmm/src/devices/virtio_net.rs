@@ -283,14 +283,16 @@ pub fn spawn_rx(name: String, tap: File, nic: Arc<Mutex<MmioTransport<Net>>>) ->
             if epoll.wait(RX_WAIT_MS, &mut events).is_err() {
                 continue; // EINTR: look at the stop flag again
             }
-            // Read until the tap is empty; every frame read is either queued or dropped,
-            // so the tap never stays readable (no busy loop while the guest is slow).
+            // Read until the tap is empty (or a ring's worth, so a flood cannot grow this
+            // without bound; the tap stays readable and the next wait returns at once).
+            // Every frame read is either queued or dropped, so a slow guest never leaves
+            // the tap readable for a busy loop.
             let mut frames = Vec::new();
-            while let Ok(n) = (&tap).read(&mut buf) {
-                if n == 0 {
-                    break;
+            while frames.len() < PENDING_FRAMES_MAX {
+                match (&tap).read(&mut buf) {
+                    Ok(n) if n > 0 => frames.push(buf[..n].to_vec()),
+                    _ => break,
                 }
-                frames.push(buf[..n].to_vec());
             }
             if frames.is_empty() {
                 continue;
