@@ -20,28 +20,48 @@ pub struct ReadArchive {
     raw: Result<Vec<Pair>, String>,
     /// The same, decoded.
     pub events: Result<Rc<Vec<EventEnvelope>>, String>,
+    /// `events` replayed from seq 1 (or why they could not be read).
+    replay: Result<Rc<Replay>, String>,
+}
+
+/// Replaying events from seq 1: the state, or where they skip (seq expected, seq found).
+type Replay = Result<State, (u64, u64)>;
+
+fn replay(events: &[EventEnvelope]) -> Replay {
+    let mut replayed = State::new();
+    for (expected, e) in (1..).zip(events) {
+        if e.seq != expected {
+            return Err((expected, e.seq));
+        }
+        apply(&mut replayed, e);
+    }
+    Ok(replayed)
 }
 
 impl ReadArchive {
     /// Read replica `id`'s archive. Records stored byte for byte as in an archive read
-    /// before (`earlier`) decode alike, so they are decoded once.
+    /// before (`earlier`) decode and replay alike, so they are decoded and replayed once.
     pub fn read(id: NodeId, archive: &Archive<MemKv>, earlier: &[ReadArchive]) -> ReadArchive {
         let raw = all_records(archive).map_err(|e| e.to_string());
-        let events = match &raw {
-            Err(e) => Err(e.clone()),
-            Ok(records) => {
-                match earlier.iter().find(|r| r.raw.as_ref().is_ok_and(|theirs| theirs == records)) {
-                    Some(same) => same.events.clone(),
-                    None => records
-                        .iter()
-                        .map(|(k, v)| Archive::<MemKv>::decode(k, v).map(|e| e.envelope))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map(Rc::new)
-                        .map_err(|e| e.to_string()),
-                }
+        let same = match &raw {
+            Ok(records) => earlier.iter().find(|r| r.raw.as_ref().is_ok_and(|theirs| theirs == records)),
+            Err(_) => None,
+        };
+        let (events, replayed) = match (&raw, same) {
+            (Err(e), _) => (Err(e.clone()), Err(e.clone())),
+            (Ok(_), Some(same)) => (same.events.clone(), same.replay.clone()),
+            (Ok(records), None) => {
+                let events = records
+                    .iter()
+                    .map(|(k, v)| Archive::<MemKv>::decode(k, v).map(|e| e.envelope))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Rc::new)
+                    .map_err(|e| e.to_string());
+                let replayed = events.as_ref().map(|e| Rc::new(replay(e))).map_err(Clone::clone);
+                (events, replayed)
             }
         };
-        ReadArchive { id, hole: archive.first_hole(), raw, events }
+        ReadArchive { id, hole: archive.first_hole(), raw, events, replay: replayed }
     }
 }
 
@@ -69,23 +89,19 @@ pub fn check_replica(archive: &ReadArchive, live: &State) -> Vec<String> {
     if let Ok(Some((from, to))) = archive.hole {
         return vec![format!("replica {id}: the archive still misses events {from}..={to}")];
     }
-    let events = match &archive.events {
-        Ok(e) => e,
+    let replayed = match archive.replay.as_deref().map(|r| r.as_ref()) {
+        Ok(Ok(state)) => state,
+        Ok(Err((expected, found))) => {
+            return vec![format!("replica {id}: the archive skips from seq {expected} to {found}")]
+        }
         Err(e) => return vec![format!("replica {id}: reading the archive: {e}")],
     };
-    let mut replayed = State::new();
-    for (expected, e) in (1..).zip(events.iter()) {
-        if e.seq != expected {
-            return vec![format!("replica {id}: the archive skips from seq {expected} to {}", e.seq)];
-        }
-        apply(&mut replayed, e);
-    }
     // Compared as states (as their hashes would be: equal states encode alike); hashed
     // only to report a difference.
-    if replayed != *live {
+    if *replayed != *live {
         return vec![format!(
             "replica {id}: replaying the archive gives state {} at seq {}, the live state is {} at seq {last}",
-            state_hash(&replayed),
+            state_hash(replayed),
             replayed.last_seq(),
             state_hash(live)
         )];
