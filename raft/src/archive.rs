@@ -122,8 +122,11 @@ impl<K: Kv> Archive<K> {
         if events.is_empty() {
             return Ok(());
         }
-        self.kv.put_batch(Tree::Events, events)?;
-        self.kv.put_batch(Tree::Index, index)
+        // Not atomic: after a crash the log after the last snapshot is applied again and
+        // rewrites these records, and the archive is flushed before any snapshot lets the
+        // log behind it go.
+        self.kv.put_in_order(Tree::Events, events)?;
+        self.kv.put_in_order(Tree::Index, index)
     }
 
     /// Note that events `from..=to` are missing (a snapshot was installed over them).

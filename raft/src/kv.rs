@@ -55,6 +55,14 @@ pub trait Kv: Clone + Send + Sync + 'static {
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         self.put_batch(tree, vec![(key.to_vec(), value.to_vec())])
     }
+    /// Insert or replace every pair, in order, without atomicity: a crash before the next
+    /// `flush` keeps some prefix of them (and of everything written before them). For
+    /// writes that are either covered by a later flush before anyone relies on them (log
+    /// appends) or rewritten after a crash (archive records re-applied from the log). An
+    /// atomic store satisfies this as it is.
+    fn put_in_order(&self, tree: Tree, pairs: Vec<Pair>) -> Result<(), KvError> {
+        self.put_batch(tree, pairs)
+    }
     /// Remove keys in `from..to` (`to` = None: to the end).
     fn remove_range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<(), KvError>;
     /// Pairs in `from..to`, in key order, at most `limit`.

@@ -227,7 +227,9 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let pairs: Vec<_> =
             entries.iter().map(|e| (u64_key(e.get_log_id().index).to_vec(), encoding::encode(e))).collect();
-        match self.kv.put_batch(Tree::Log, pairs) {
+        // In order, not atomic: none of these count until the flush below completes the
+        // callback, and a crash before it may keep any prefix, as with any unflushed append.
+        match self.kv.put_in_order(Tree::Log, pairs) {
             Ok(()) => self.cache().insert(&entries),
             Err(e) => {
                 *self.cache() = EntryCache::default();
