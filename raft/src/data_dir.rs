@@ -29,7 +29,9 @@ const WATERMARK_FILE: &str = "WATERMARK";
 const DB_DIR: &str = "db";
 const ARCHIVE_DIR: &str = "archive";
 const IDENTITY_KEY: &[u8] = b"identity";
-const FORMAT_LINE: &str = "drover-data-dir v1";
+/// v2: values over 4 KiB are chunked and every stored value carries a tag byte
+/// (`kv_sled`); v1 directories are refused with a clear error.
+const FORMAT_LINE: &str = "drover-data-dir v2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -84,6 +86,13 @@ impl DataDir {
         }
 
         let found = std::fs::read_to_string(&identity_path).map_err(io)?;
+        if let Some(format) =
+            found.lines().next().filter(|l| l.starts_with("drover-data-dir ") && *l != FORMAT_LINE)
+        {
+            return Err(damaged(format!(
+                "it is in format \"{format}\", and this build reads \"{FORMAT_LINE}\" only"
+            )));
+        }
         let found_id = found
             .strip_prefix(FORMAT_LINE)
             .and_then(|rest| rest.trim().strip_prefix("node_id="))

@@ -42,6 +42,8 @@ pub enum KvError {
     Sled(#[from] sled::Error),
     #[error("injected write failure")]
     Injected,
+    #[error("damaged value: {0}")]
+    Damaged(String),
 }
 
 /// A key and its value.

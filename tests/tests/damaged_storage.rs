@@ -123,4 +123,13 @@ async fn damaged_data_directories_are_refused() {
     copy_dir(&intact, &case);
     std::fs::remove_file(case.join("IDENTITY")).unwrap();
     refuses(&mut p, &case, "missing identity file");
+
+    // A directory in another storage format (an older build's) is refused, not misread.
+    let case = work.join("old-format");
+    copy_dir(&intact, &case);
+    let identity = std::fs::read_to_string(case.join("IDENTITY")).unwrap();
+    let (first, rest) = identity.split_once('\n').unwrap();
+    assert!(first.starts_with("drover-data-dir v"), "{first}");
+    std::fs::write(case.join("IDENTITY"), format!("drover-data-dir v1\n{rest}")).unwrap();
+    refuses(&mut p, &case, "older storage format");
 }
