@@ -32,12 +32,20 @@ fn archive_benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("archive");
     group.sample_size(20);
-    // The worst case: the event just before a checkpoint, so 9,999 events replay.
-    let worst = (last / CHECKPOINT_EVERY) * CHECKPOINT_EVERY - 1;
+    // The worst case: the event just before the last checkpoint, so a whole interval
+    // (10,000 events, or more if the state grew large enough to stretch it) replays.
+    let last_checkpoint = archive.checkpoint_at_or_before(last).expect("read").expect("a checkpoint");
+    let worst = last_checkpoint - 1;
+    let previous = archive.checkpoint_at_or_before(worst).expect("read").expect("an earlier checkpoint");
+    println!(
+        "checkpoint interval {} events; worst case replays {} events after the checkpoint at {previous}",
+        archive.checkpoint_interval(),
+        worst - previous
+    );
     group
         .bench_function("state_at_worst_1m", |b| b.iter(|| archive.state_at(worst, last).expect("state at")));
     group.bench_function("state_at_checkpoint_1m", |b| {
-        b.iter(|| archive.state_at(500 * 1000, last).expect("state at"))
+        b.iter(|| archive.state_at(last_checkpoint, last).expect("state at"))
     });
     group.sample_size(10);
     group.throughput(Throughput::Elements(last));
