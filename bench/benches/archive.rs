@@ -37,7 +37,7 @@ fn archive_benches(c: &mut Criterion) {
     let last_checkpoint = archive.checkpoint_at_or_before(last).expect("read").expect("a checkpoint");
     let worst = last_checkpoint - 1;
     let previous = archive.checkpoint_at_or_before(worst).expect("read").expect("an earlier checkpoint");
-    println!(
+    eprintln!(
         "checkpoint interval {} events; worst case replays {} events after the checkpoint at {previous}",
         archive.checkpoint_interval(),
         worst - previous
