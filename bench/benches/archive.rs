@@ -38,8 +38,9 @@ fn archive_benches(c: &mut Criterion) {
     let worst = last_checkpoint - 1;
     let previous = archive.checkpoint_at_or_before(worst).expect("read").expect("an earlier checkpoint");
     eprintln!(
-        "checkpoint interval {} events; worst case replays {} events after the checkpoint at {previous}",
+        "checkpoint interval {} events ({} bytes of state); worst case replays {} events after the checkpoint at {previous}",
         archive.checkpoint_interval(),
+        controlplane::codec::encode(&state).len(),
         worst - previous
     );
     group
