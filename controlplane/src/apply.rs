@@ -230,14 +230,14 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         Event::DomainDiskAdded { name, disk } => {
             let d = domain_mut(state, name);
             assert!(!d.is_placed(), "disk added to running domain {name}");
-            d.spec.disks.push(disk.clone());
+            std::sync::Arc::make_mut(&mut d.spec).disks.push(disk.clone());
             d.version = seq;
         }
         Event::DomainDiskRemoved { name, volume } => {
             let d = domain_mut(state, name);
             assert!(!d.is_placed(), "disk removed from running domain {name}");
             let before = d.spec.disks.len();
-            d.spec.disks.retain(|disk| &disk.volume != volume);
+            std::sync::Arc::make_mut(&mut d.spec).disks.retain(|disk| &disk.volume != volume);
             assert_eq!(d.spec.disks.len() + 1, before, "domain {name} had exactly one disk on {volume}");
             d.version = seq;
         }

@@ -51,7 +51,10 @@ pub enum Event {
     // --- domain life cycle ---
     DomainDefined {
         name: String,
-        spec: DomainSpec,
+        /// Shared with the domain it defines (and, in the simulator, between replicas that
+        /// apply the same entry), so applying and comparing states need not copy it.
+        /// Encoded as the plain spec.
+        spec: std::sync::Arc<DomainSpec>,
     },
     DomainUndefined {
         name: String,

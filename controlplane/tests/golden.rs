@@ -42,7 +42,7 @@ fn samples() -> Vec<EventEnvelope> {
         },
         Event::HostUpdated { name: "h1".into(), address: "127.0.0.1:7002".into(), capacity, labels },
         Event::HostStateChanged { name: "h1".into(), state: HostState::Ready },
-        Event::DomainDefined { name: "web".into(), spec },
+        Event::DomainDefined { name: "web".into(), spec: spec.into() },
         Event::DomainUndefined { name: "web".into() },
         Event::DomainStartRequested { name: "web".into() },
         Event::DomainShutdownRequested { name: "web".into() },

@@ -181,7 +181,7 @@ pub(super) fn define(d: &mut Draft<'_>, name: &str, spec: &DomainSpec) -> Result
             read_only: disk.read_only,
         })
         .collect();
-    d.emit(Event::DomainDefined { name: name.to_owned(), spec });
+    d.emit(Event::DomainDefined { name: name.to_owned(), spec: std::sync::Arc::new(spec) });
     attachments.into_iter().for_each(|e| d.emit(e));
     leases.into_iter().for_each(|e| d.emit(e));
     Ok(())

@@ -148,7 +148,9 @@ pub struct DomainStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Domain {
     pub name: String,
-    pub spec: DomainSpec,
+    /// Shared with the event that defined it (encoded as the plain spec); `Arc::make_mut`
+    /// to change it.
+    pub spec: std::sync::Arc<DomainSpec>,
     pub desired: DesiredState,
     pub stop_mode: StopMode,
     /// Count of reboot requests; a host reboots the VM when this passes what it has done.
