@@ -6,9 +6,11 @@
 //!
 //! Drover: 3 `drover server` processes; each write is a `DefineDomain` of a new domain
 //! (one event), submitted to the first replica, which bootstrapped the cluster and leads
-//! it (the client follows leader hints if that changes).
-//! etcd: 3 members; each write is a `Put` of a new key with a 64-byte value, sent to the
-//! members round robin. Every request loop stops at `--seconds` or `--max-ops`.
+//! it (the client follows leader hints if that changes), over `--connections` HTTP/2
+//! connections (client *c* uses connection *c* mod N).
+//! etcd: 3 members; each write is a `Put` of a new key with a 64-byte value, sent round
+//! robin over `--connections` connections spread over the members. Every request loop
+//! stops at `--seconds` or `--max-ops`.
 
 // A load generator prints its results table.
 #![allow(clippy::print_stdout)]
@@ -52,6 +54,10 @@ struct Args {
     /// The etcd binary.
     #[arg(long, default_value = "etcd")]
     etcd: String,
+    /// Client connections per system: Drover's clients share this many HTTP/2
+    /// connections to the leader; etcd's this many, spread over its members.
+    #[arg(long, default_value_t = 3)]
+    connections: usize,
     /// Drive an already running Drover cluster at these replicas instead of starting one.
     #[arg(long, value_delimiter = ',')]
     drover_endpoints: Vec<String>,
@@ -124,20 +130,23 @@ fn report(system: &str, clients: usize, s: &Stats) {
 
 async fn drover(args: &Args) -> anyhow::Result<()> {
     if !args.drover_endpoints.is_empty() {
-        return drive_drover(args, Client::new(args.drover_endpoints.clone())).await;
+        return drive_drover(args, args.drover_endpoints.clone()).await;
     }
     let mut p = Processes::new();
     let a1 = p.bootstrap(&["--log", "warn"]).await;
     p.join_voters(&a1, &[2, 3], &["--log", "warn"]).await;
-    drive_drover(args, Client::new(p.addrs())).await
+    drive_drover(args, p.addrs()).await
 }
 
-async fn drive_drover(args: &Args, client: Client) -> anyhow::Result<()> {
+async fn drive_drover(args: &Args, endpoints: Vec<String>) -> anyhow::Result<()> {
     let tag = std::process::id();
+    // Each `Client` holds its own connections.
+    let connections: Vec<Client> =
+        (0..args.connections.max(1)).map(|_| Client::new(endpoints.clone())).collect();
     for (run, &clients) in args.clients.iter().enumerate() {
-        let client = client.clone();
+        let connections = connections.clone();
         let stats = load(clients, args.seconds, args.max_ops, move |c, i| {
-            let client = client.clone();
+            let client = connections[c % connections.len()].clone();
             async move {
                 let name = format!("p{tag}-r{run}-c{c}-{i}");
                 let request = controlplane::Request {
@@ -193,8 +202,8 @@ async fn etcd(args: &Args) -> anyhow::Result<()> {
             .with_context(|| format!("starting {} (install Debian's etcd-server)", args.etcd))?;
         children.0.push(child);
     }
-    let channels: Vec<tonic::transport::Channel> = peers
-        .iter()
+    let channels: Vec<tonic::transport::Channel> = (0..args.connections.max(1))
+        .map(|k| &peers[k % peers.len()])
         .map(|(client, _)| {
             tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{client}"))
                 .expect("endpoint")
