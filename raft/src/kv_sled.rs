@@ -18,8 +18,10 @@
 //! written as: remove leftovers of the new generation (from a write that crashed), write its
 //! chunks, insert the manifest (one insert, atomic), then remove every other generation of
 //! the key. The manifest that survives a crash therefore always finds its chunks: the
-//! previous generation is untouched until the new manifest is in place. Writers of one key
-//! must not race (Drover writes each large key from one task).
+//! previous generation is untouched until the new manifest is in place. Every write takes
+//! its tree's lock (uncontended but for snapshots), so two writers of one key (openraft builds a
+//! snapshot in a task of its own while the state machine may install one) never pick the
+//! same generation.
 
 use std::path::Path;
 
@@ -42,6 +44,8 @@ pub struct SledKv {
     db: sled::Db,
     trees: [sled::Tree; 5],
     chunks: sled::Tree,
+    /// Per tree: held by writes that may write or remove chunks.
+    locks: std::sync::Arc<[std::sync::Mutex<()>; 5]>,
 }
 
 /// Where a chunked value's pieces are.
@@ -94,7 +98,14 @@ impl SledKv {
             open(Tree::Checkpoints)?,
         ];
         let chunks = db.open_tree("chunks")?;
-        Ok(SledKv { db, trees, chunks })
+        Ok(SledKv { db, trees, chunks, locks: Default::default() })
+    }
+
+    /// The lock of `t`'s chunked values.
+    fn lock(&self, t: Tree) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding it leaves nothing half-done that the next writer could not
+        // cope with (leftovers of a generation are cleared before it is written again).
+        self.locks[usize::from(Self::tree_number(t))].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn tree_number(t: Tree) -> u8 {
@@ -223,6 +234,14 @@ impl SledKv {
         }
     }
 
+    /// One insert (one insert is atomic by itself; a sled batch would cost two IO-buffer
+    /// writes), with the tree's lock held.
+    fn put_locked(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        let (stored, kept) = self.stored_form(tree, key, value)?;
+        let old = self.tree(tree).insert(key, stored)?;
+        self.after_overwrite(tree, key, old.as_deref(), kept)
+    }
+
     fn pair(&self, tree: Tree, (k, v): (sled::IVec, sled::IVec)) -> Result<Pair, KvError> {
         let value = self.value(tree, &k, &v)?;
         Ok((k.to_vec(), value))
@@ -235,15 +254,14 @@ impl Kv for SledKv {
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), KvError> {
-        // One insert is atomic by itself; a sled batch would cost two IO-buffer writes.
-        let (stored, kept) = self.stored_form(tree, key, value)?;
-        let old = self.tree(tree).insert(key, stored)?;
-        self.after_overwrite(tree, key, old.as_deref(), kept)
+        let _guard = self.lock(tree);
+        self.put_locked(tree, key, value)
     }
 
     fn put_batch(&self, tree: Tree, pairs: Vec<Pair>) -> Result<(), KvError> {
+        let _guard = self.lock(tree);
         if let [(k, v)] = &pairs[..] {
-            return self.put(tree, k, v);
+            return self.put_locked(tree, k, v);
         }
         let t = self.tree(tree);
         let mut batch = sled::Batch::default();
@@ -267,13 +285,15 @@ impl Kv for SledKv {
     /// threads: two synchronous disk writes per batch, which were most of a replica's
     /// disk traffic when every log append and archive record was a batch.)
     fn put_in_order(&self, tree: Tree, pairs: Vec<Pair>) -> Result<(), KvError> {
+        let _guard = self.lock(tree);
         for (k, v) in pairs {
-            self.put(tree, &k, &v)?;
+            self.put_locked(tree, &k, &v)?;
         }
         Ok(())
     }
 
     fn remove_range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<(), KvError> {
+        let _guard = self.lock(tree);
         let t = self.tree(tree);
         let mut batch = sled::Batch::default();
         let found: Vec<(sled::IVec, sled::IVec)> = match to {
@@ -421,6 +441,30 @@ mod tests {
         kv.put(Tree::Meta, b"s", &big(2 * CHUNK, 2)).unwrap();
         assert_eq!(kv.get(Tree::Meta, b"s").unwrap(), Some(big(2 * CHUNK, 2)));
         assert_eq!(chunk_count(&kv), 2);
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_large_key_leave_one_whole_value() {
+        let (_d, kv) = open();
+        let writers: Vec<_> = (0u8..4)
+            .map(|w| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for round in 0..25 {
+                        let len = (usize::from(w) + 2) * CHUNK + round;
+                        kv.put(Tree::Meta, b"snapshot", &big(len, w)).unwrap();
+                        kv.get(Tree::Meta, b"snapshot").unwrap().expect("always a whole value");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let last = kv.get(Tree::Meta, b"snapshot").unwrap().expect("a value");
+        let writer = (0u8..4).find(|w| big(last.len(), *w) == last).expect("one writer's value, whole");
+        assert_eq!(last.len(), (usize::from(writer) + 2) * CHUNK + 24);
+        assert_eq!(chunk_count(&kv), last.len().div_ceil(CHUNK), "no other generation left");
     }
 
     #[tokio::test]
