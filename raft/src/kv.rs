@@ -14,7 +14,7 @@ pub enum Tree {
     Log,
     /// Small records: identity, vote, committed index, purge point, snapshot.
     Meta,
-    /// Archived events by sequence number.
+    /// Archived events in blocks of consecutive events, by the last one's sequence number.
     Events,
     /// Archive index: resource key bytes ++ seq → nothing.
     Index,

@@ -53,8 +53,9 @@ impl ReadArchive {
             (Ok(records), None) => {
                 let events = records
                     .iter()
-                    .map(|(k, v)| Archive::<MemKv>::decode(k, v).map(|e| e.envelope))
+                    .map(|(k, v)| Archive::<MemKv>::decode(k, v))
                     .collect::<Result<Vec<_>, _>>()
+                    .map(|blocks| blocks.into_iter().flatten().map(|e| e.envelope).collect::<Vec<_>>())
                     .map(Rc::new)
                     .map_err(|e| e.to_string());
                 let replayed = events.as_ref().map(|e| Rc::new(replay(e))).map_err(Clone::clone);
