@@ -9,7 +9,8 @@
 //!   record inside the database (a truncated or wiped database loses that record);
 //! - every stored record must decode: vote, committed index, purge point, snapshot,
 //!   every log entry;
-//! - the log must be contiguous and start right after the purge point;
+//! - the log must be contiguous and start right after the purge point (entries at or
+//!   below it are the leftovers of a purge a crash interrupted, removed at start);
 //! - the stored snapshot must not be older than `WATERMARK` says it was;
 //! - the archive must hold every event up to the snapshot's.
 
@@ -197,13 +198,17 @@ fn check_records(kv: &SledKv, archive_kv: &SledKv, path: &Path) -> Result<(), St
             if entry.log_id.index != index {
                 return Err(format!("log entry at {index} claims index {}", entry.log_id.index));
             }
+            from = index + 1;
+            if purged.is_some_and(|p| index <= p.index) {
+                // Left by a purge that a crash interrupted; the log store removes them.
+                continue;
+            }
             if let Some(want) = expected_index {
                 if index != want {
                     return Err(format!("the log has a hole: expected entry {want}, found {index}"));
                 }
             }
             expected_index = Some(index + 1);
-            from = index + 1;
         }
     }
     if let Ok(text) = std::fs::read_to_string(path.join(WATERMARK_FILE)) {

@@ -178,6 +178,18 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.meta(LAST_PURGED_KEY)?;
+        if let Some(purged) = last_purged {
+            // A purge records its point before it removes the entries, and a crash can
+            // come between the two: finish it, so the log starts right after the point.
+            let leftover = self.kv.first(Tree::Log).map_err(read_logs_err)?;
+            if leftover.is_some_and(|(k, _)| key_u64(&k) <= purged.index) {
+                self.kv
+                    .remove_range(Tree::Log, &u64_key(0), Some(&u64_key(purged.index + 1)))
+                    .map_err(write_logs_err)?;
+                self.cache().purged(purged.index);
+                self.kv.flush().await.map_err(write_logs_err)?;
+            }
+        }
         let last = match self.kv.last(Tree::Log).map_err(read_logs_err)? {
             Some((_, v)) => Some(*encoding::decode::<Entry>(&v).map_err(read_logs_err)?.get_log_id()),
             None => last_purged,
@@ -257,6 +269,10 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The point first, then the removal: sled keeps a prefix of its writes in a crash,
+        // so the entries are never gone while the point still says they are there (a
+        // crash in between leaves entries at or below the point, which the next start
+        // removes: `get_log_state`).
         self.kv.put(Tree::Meta, LAST_PURGED_KEY, &encoding::encode(&log_id)).map_err(write_logs_err)?;
         let removed = self.kv.remove_range(Tree::Log, &u64_key(0), Some(&u64_key(log_id.index + 1)));
         match removed {

@@ -307,3 +307,35 @@ async fn a_data_directory_with_a_noted_archive_hole_opens() {
     let reopened = raft::data_dir::DataDir::open(dir.path(), 7).await;
     assert!(reopened.is_ok(), "{:?}", reopened.err());
 }
+
+/// A purge records its point, then removes the entries; a crash between the two (seen
+/// with SIGKILL in `tests/tests/damaged_storage.rs`) leaves entries at or below the point.
+/// The data directory opens, and the log store finishes the purge when it starts.
+#[tokio::test]
+async fn a_purge_interrupted_after_its_point_was_recorded_is_finished_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<Entry> =
+        proposals(5).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    let n = entries.len() as u64;
+    {
+        let data = raft::data_dir::DataDir::open(dir.path(), 7).await.unwrap();
+        // Written as the log store writes them (its flusher task would hold the database
+        // open past this block).
+        let pairs =
+            entries.iter().map(|e| (raft::kv::u64_key(e.log_id.index).to_vec(), raft::encoding::encode(e)));
+        data.kv.put_in_order(raft::kv::Tree::Log, pairs.collect()).unwrap();
+        // What a purge up to 4 writes first, without what it removes after.
+        let point = LogId::new(CommittedLeaderId::new(1, 1), 4);
+        data.kv.put(raft::kv::Tree::Meta, b"last_purged", &raft::encoding::encode(&point)).unwrap();
+        data.kv.flush().await.unwrap();
+    }
+    let data = raft::data_dir::DataDir::open(dir.path(), 7).await.expect("a half-done purge is not damage");
+    let mut log = LogStore::new(data.kv.clone());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
+    assert_eq!(state.last_log_id.map(|l| l.index), Some(n));
+    assert_eq!(log.last_index().unwrap(), Some(n));
+    let first = data.kv.first(raft::kv::Tree::Log).unwrap().map(|(k, _)| raft::kv::key_u64(&k));
+    assert_eq!(first, Some(5), "the leftovers are gone");
+    assert_eq!(log.try_get_log_entries(5..=n).await.unwrap().len() as u64, n - 4);
+}
