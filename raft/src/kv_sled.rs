@@ -19,9 +19,10 @@
 //! chunks, insert the manifest (one insert, atomic), then remove every other generation of
 //! the key. The manifest that survives a crash therefore always finds its chunks: the
 //! previous generation is untouched until the new manifest is in place. Every write takes
-//! its tree's lock (uncontended but for snapshots), so two writers of one key (openraft builds a
-//! snapshot in a task of its own while the state machine may install one) never pick the
-//! same generation.
+//! its tree's lock (uncontended but for snapshots), so two writers of one key (openraft
+//! builds a snapshot in a task of its own while the state machine may install one) never
+//! pick the same generation; a read that finds a chunked value changing under it (its
+//! chunks removed by the writer that replaced it) reads the key again under that lock.
 
 use std::path::Path;
 
@@ -206,32 +207,50 @@ impl SledKv {
         Ok(())
     }
 
-    /// The value stored as `stored` under `key`.
-    fn value(&self, tree: Tree, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, KvError> {
+    /// The value stored as `stored` under `key`: `None` if a concurrent write removed it.
+    ///
+    /// A chunked value is first read without the tree's lock; a writer may replace it
+    /// meanwhile and remove the chunks being read (they then look missing or fail their
+    /// CRC). Then the key is read again under the lock, where no writer runs, and only a
+    /// failure there is damage.
+    fn value(&self, tree: Tree, key: &[u8], stored: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         match stored.first() {
-            Some(&TAG_INLINE) => Ok(stored[1..].to_vec()),
+            Some(&TAG_INLINE) => Ok(Some(stored[1..].to_vec())),
             Some(&TAG_CHUNKED) => {
-                let m = Manifest::decode(stored).ok_or_else(|| damaged(tree, key, "malformed manifest"))?;
-                let len = usize::try_from(m.len).map_err(|_| damaged(tree, key, "length too large"))?;
-                let prefix = Self::chunk_prefix(tree, key);
-                let mut value = Vec::with_capacity(len);
-                let from = Self::generation_start(&prefix, m.generation);
-                let to = Self::chunk_key(&prefix, m.generation, u32::MAX);
-                for (n, pair) in self.chunks.range(from..to).enumerate() {
-                    let (k, piece) = pair?;
-                    let want = Self::chunk_key(&prefix, m.generation, u32::try_from(n).unwrap_or(u32::MAX));
-                    if k != want[..] {
-                        return Err(damaged(tree, key, format!("chunk {n} is missing")));
-                    }
-                    value.extend_from_slice(&piece);
+                if let Ok(value) = self.read_chunks(tree, key, stored) {
+                    return Ok(Some(value));
                 }
-                if value.len() != len || crc32fast::hash(&value) != m.crc {
-                    return Err(damaged(tree, key, "chunks do not match their manifest"));
+                let _guard = self.lock(tree);
+                match self.tree(tree).get(key)? {
+                    None => Ok(None),
+                    Some(now) if now.first() == Some(&TAG_INLINE) => Ok(Some(now[1..].to_vec())),
+                    Some(now) => self.read_chunks(tree, key, &now).map(Some),
                 }
-                Ok(value)
             }
             _ => Err(damaged(tree, key, "unknown value tag")),
         }
+    }
+
+    /// The value a manifest (`stored`) describes, read from its chunks.
+    fn read_chunks(&self, tree: Tree, key: &[u8], stored: &[u8]) -> Result<Vec<u8>, KvError> {
+        let m = Manifest::decode(stored).ok_or_else(|| damaged(tree, key, "malformed manifest"))?;
+        let len = usize::try_from(m.len).map_err(|_| damaged(tree, key, "length too large"))?;
+        let prefix = Self::chunk_prefix(tree, key);
+        let mut value = Vec::with_capacity(len);
+        let from = Self::generation_start(&prefix, m.generation);
+        let to = Self::chunk_key(&prefix, m.generation, u32::MAX);
+        for (n, pair) in self.chunks.range(from..to).enumerate() {
+            let (k, piece) = pair?;
+            let want = Self::chunk_key(&prefix, m.generation, u32::try_from(n).unwrap_or(u32::MAX));
+            if k != want[..] {
+                return Err(damaged(tree, key, format!("chunk {n} is missing")));
+            }
+            value.extend_from_slice(&piece);
+        }
+        if value.len() != len || crc32fast::hash(&value) != m.crc {
+            return Err(damaged(tree, key, "chunks do not match their manifest"));
+        }
+        Ok(value)
     }
 
     /// One insert (one insert is atomic by itself; a sled batch would cost two IO-buffer
@@ -242,15 +261,18 @@ impl SledKv {
         self.after_overwrite(tree, key, old.as_deref(), kept)
     }
 
-    fn pair(&self, tree: Tree, (k, v): (sled::IVec, sled::IVec)) -> Result<Pair, KvError> {
-        let value = self.value(tree, &k, &v)?;
-        Ok((k.to_vec(), value))
+    /// A stored pair with its value; `None` if a concurrent write removed it.
+    fn pair(&self, tree: Tree, (k, v): (sled::IVec, sled::IVec)) -> Result<Option<Pair>, KvError> {
+        Ok(self.value(tree, &k, &v)?.map(|value| (k.to_vec(), value)))
     }
 }
 
 impl Kv for SledKv {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.tree(tree).get(key)?.map(|v| self.value(tree, key, &v)).transpose()
+        match self.tree(tree).get(key)? {
+            Some(v) => self.value(tree, key, &v),
+            None => Ok(None),
+        }
     }
 
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), KvError> {
@@ -316,19 +338,41 @@ impl Kv for SledKv {
             Some(to) => t.range(from..to),
             None => t.range(from..),
         };
-        iter.take(limit).map(|r| self.pair(tree, r?)).collect()
+        let mut out = Vec::new();
+        for r in iter {
+            if out.len() == limit {
+                break;
+            }
+            out.extend(self.pair(tree, r?)?);
+        }
+        Ok(out)
     }
 
     fn floor(&self, tree: Tree, key: &[u8]) -> Result<Option<Pair>, KvError> {
-        self.tree(tree).range(..=key).next_back().transpose()?.map(|p| self.pair(tree, p)).transpose()
+        for p in self.tree(tree).range(..=key).rev() {
+            if let Some(pair) = self.pair(tree, p?)? {
+                return Ok(Some(pair));
+            }
+        }
+        Ok(None)
     }
 
     fn first(&self, tree: Tree) -> Result<Option<Pair>, KvError> {
-        self.tree(tree).first()?.map(|p| self.pair(tree, p)).transpose()
+        for p in self.tree(tree).iter() {
+            if let Some(pair) = self.pair(tree, p?)? {
+                return Ok(Some(pair));
+            }
+        }
+        Ok(None)
     }
 
     fn last(&self, tree: Tree) -> Result<Option<Pair>, KvError> {
-        self.tree(tree).last()?.map(|p| self.pair(tree, p)).transpose()
+        for p in self.tree(tree).iter().rev() {
+            if let Some(pair) = self.pair(tree, p?)? {
+                return Ok(Some(pair));
+            }
+        }
+        Ok(None)
     }
 
     async fn flush(&self) -> Result<(), KvError> {
@@ -446,6 +490,7 @@ mod tests {
     #[test]
     fn concurrent_writers_of_one_large_key_leave_one_whole_value() {
         let (_d, kv) = open();
+        kv.put(Tree::Meta, b"snapshot", &big(2 * CHUNK, 0)).unwrap();
         let writers: Vec<_> = (0u8..4)
             .map(|w| {
                 let kv = kv.clone();
@@ -458,8 +503,19 @@ mod tests {
                 })
             })
             .collect();
-        for w in writers {
-            w.join().unwrap();
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        let v = kv.get(Tree::Meta, b"snapshot").unwrap().expect("always a whole value");
+                        assert!((0u8..4).any(|w| big(v.len(), w) == v), "one writer's value, whole");
+                    }
+                })
+            })
+            .collect();
+        for t in writers.into_iter().chain(readers) {
+            t.join().unwrap();
         }
         let last = kv.get(Tree::Meta, b"snapshot").unwrap().expect("a value");
         let writer = (0u8..4).find(|w| big(last.len(), *w) == last).expect("one writer's value, whole");
