@@ -285,6 +285,11 @@ impl Kv for SledKv {
         if let [(k, v)] = &pairs[..] {
             return self.put_locked(tree, k, v);
         }
+        // A key written twice in one batch keeps its last value (as a sled batch would);
+        // writing its chunks twice would put both in one generation.
+        let mut seen = std::collections::HashSet::new();
+        let mut pairs: Vec<Pair> = pairs.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
+        pairs.reverse();
         let t = self.tree(tree);
         let mut batch = sled::Batch::default();
         let mut written = Vec::with_capacity(pairs.len());
@@ -427,6 +432,14 @@ mod tests {
             .unwrap();
         assert_eq!(chunk_count(&kv), 2);
         assert_eq!(kv.get(Tree::Checkpoints, b"k").unwrap(), Some(big(2 * CHUNK, 3)));
+        // One key twice in a batch: the last value, whole.
+        kv.put_batch(
+            Tree::Checkpoints,
+            vec![(b"k".to_vec(), big(5 * CHUNK, 5)), (b"k".to_vec(), big(3 * CHUNK, 6))],
+        )
+        .unwrap();
+        assert_eq!(kv.get(Tree::Checkpoints, b"k").unwrap(), Some(big(3 * CHUNK, 6)));
+        assert_eq!(chunk_count(&kv), 3);
         kv.remove_range(Tree::Checkpoints, b"a", None).unwrap();
         assert_eq!(chunk_count(&kv), 0);
         assert_eq!(kv.get(Tree::Checkpoints, b"k").unwrap(), None);
