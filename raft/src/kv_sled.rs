@@ -545,7 +545,19 @@ mod tests {
             kv.put_in_order(Tree::Log, vec![(vec![1], big(5, 1)), (vec![2], big(2 * CHUNK, 2))]).unwrap();
             kv.flush().await.unwrap();
         }
-        let kv = SledKv::open(&dir.path().join("db")).unwrap();
+        // sled's background flusher lets go of the database's file lock shortly after the
+        // last handle is dropped.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let kv = loop {
+            match SledKv::open(&dir.path().join("db")) {
+                Ok(kv) => break kv,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(format!("{e:?}").contains("lock"), "{e:?}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the database does not reopen: {e:?}"),
+            }
+        };
         assert_eq!(kv.get(Tree::Checkpoints, b"c").unwrap(), Some(big(50 * CHUNK + 7, 9)));
         assert_eq!(kv.get(Tree::Log, &[2]).unwrap(), Some(big(2 * CHUNK, 2)));
     }

@@ -329,7 +329,19 @@ async fn a_purge_interrupted_after_its_point_was_recorded_is_finished_at_start()
         data.kv.put(raft::kv::Tree::Meta, b"last_purged", &raft::encoding::encode(&point)).unwrap();
         data.kv.flush().await.unwrap();
     }
-    let data = raft::data_dir::DataDir::open(dir.path(), 7).await.expect("a half-done purge is not damage");
+    // sled's background flusher lets go of the database's file lock shortly after the
+    // last handle is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let data = loop {
+        match raft::data_dir::DataDir::open(dir.path(), 7).await {
+            Ok(data) => break data,
+            Err(e) if e.to_string().contains("damaged") && format!("{e:?}").contains("acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "the database stays locked: {e:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("a half-done purge is not damage: {e:?}"),
+        }
+    };
     let mut log = LogStore::new(data.kv.clone());
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(4));
