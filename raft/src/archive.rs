@@ -89,8 +89,9 @@ pub const CHECKPOINT_BYTES_PER_EVENT: u64 = 256;
 pub struct Archive<K: Kv> {
     kv: K,
     checkpoint_every: u64,
-    /// Encoded size of the last checkpoint this process wrote (0: none yet).
-    last_checkpoint_bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Events between checkpoints now, set from the size of each checkpoint written
+    /// (`checkpoint_every` until this process writes one).
+    interval: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Index key: the resource's display form, a NUL, then the seq (big-endian).
@@ -128,18 +129,13 @@ fn index_prefix_with_room(resource: &ResourceKey, room: usize) -> Vec<u8> {
 impl<K: Kv> Archive<K> {
     pub fn new(kv: K, checkpoint_every: u64) -> Archive<K> {
         assert!(checkpoint_every > 0, "checkpoints need a positive interval");
-        Archive { kv, checkpoint_every, last_checkpoint_bytes: Default::default() }
+        Archive { kv, checkpoint_every, interval: std::sync::Arc::new(checkpoint_every.into()) }
     }
 
     /// Events between checkpoints now: `checkpoint_every`, doubled until it spans one
     /// event per [`CHECKPOINT_BYTES_PER_EVENT`] bytes of the last checkpoint.
     pub fn checkpoint_interval(&self) -> u64 {
-        let bytes = self.last_checkpoint_bytes.load(std::sync::atomic::Ordering::Relaxed);
-        let mut interval = self.checkpoint_every;
-        while interval.saturating_mul(CHECKPOINT_BYTES_PER_EVENT) < bytes && interval < u64::MAX / 2 {
-            interval *= 2;
-        }
-        interval
+        self.interval.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The sequence number of the nearest checkpoint at or before `seq`.
@@ -159,12 +155,9 @@ impl<K: Kv> Archive<K> {
         // The block being built: its value and its last seq.
         let mut block: Option<(Vec<u8>, u64)> = None;
         for (raft_index, e) in records {
-            if let Some((value, last)) = block.take() {
-                if e.seq == last + 1 {
-                    block = Some((value, last));
-                } else {
-                    blocks.push((u64_key(last).to_vec(), value));
-                }
+            if block.as_ref().is_some_and(|(_, last)| e.seq != last + 1) {
+                let (value, last) = block.take().expect("checked above");
+                blocks.push((u64_key(last).to_vec(), value));
             }
             let (value, last) = block.get_or_insert_with(|| (Vec::with_capacity(256), e.seq));
             append_record(value, raft_index, e);
@@ -246,7 +239,13 @@ impl<K: Kv> Archive<K> {
         if (due || force) && seq > 0 {
             let bytes = codec::encode(state);
             self.kv.put(Tree::Checkpoints, &u64_key(seq), &bytes)?;
-            self.last_checkpoint_bytes.store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let mut interval = self.checkpoint_every;
+            while interval.saturating_mul(CHECKPOINT_BYTES_PER_EVENT) < bytes.len() as u64
+                && interval < u64::MAX / 2
+            {
+                interval *= 2;
+            }
+            self.interval.store(interval, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

@@ -140,6 +140,11 @@ impl SledKv {
         Self::chunk_key(prefix, generation, 0)
     }
 
+    /// The keys of one generation's chunks: `from..to`.
+    fn generation_range(prefix: &[u8], generation: u64) -> (Vec<u8>, Vec<u8>) {
+        (Self::generation_start(prefix, generation), Self::chunk_key(prefix, generation, u32::MAX))
+    }
+
     fn remove_chunks(&self, from: &[u8], to: &[u8]) -> Result<(), KvError> {
         for k in self.chunks.range(from..to).keys() {
             self.chunks.remove(k?)?;
@@ -170,10 +175,8 @@ impl SledKv {
         let generation = previous.map_or(1, |m| m.generation.wrapping_add(1));
         let prefix = Self::chunk_prefix(tree, key);
         // Leftovers of this generation from a write that crashed before its manifest.
-        self.remove_chunks(
-            &Self::generation_start(&prefix, generation),
-            &Self::chunk_key(&prefix, generation, u32::MAX),
-        )?;
+        let (from, to) = Self::generation_range(&prefix, generation);
+        self.remove_chunks(&from, &to)?;
         for (n, piece) in value.chunks(CHUNK).enumerate() {
             let n = u32::try_from(n).expect("values under 16 TiB");
             self.chunks.insert(Self::chunk_key(&prefix, generation, n), piece)?;
@@ -237,8 +240,7 @@ impl SledKv {
         let len = usize::try_from(m.len).map_err(|_| damaged(tree, key, "length too large"))?;
         let prefix = Self::chunk_prefix(tree, key);
         let mut value = Vec::with_capacity(len);
-        let from = Self::generation_start(&prefix, m.generation);
-        let to = Self::chunk_key(&prefix, m.generation, u32::MAX);
+        let (from, to) = Self::generation_range(&prefix, m.generation);
         for (n, pair) in self.chunks.range(from..to).enumerate() {
             let (k, piece) = pair?;
             let want = Self::chunk_key(&prefix, m.generation, u32::try_from(n).unwrap_or(u32::MAX));

@@ -134,6 +134,18 @@ impl<K: Kv> LogStore<K> {
         }
     }
 
+    /// Remove the entries up to `index` (inclusive), durably.
+    async fn remove_through(&self, index: u64) -> Result<(), StorageError> {
+        match self.kv.remove_range(Tree::Log, &u64_key(0), Some(&u64_key(index + 1))) {
+            Ok(()) => self.cache().purged(index),
+            Err(e) => {
+                *self.cache() = EntryCache::default();
+                return Err(write_logs_err(e));
+            }
+        }
+        self.kv.flush().await.map_err(write_logs_err)
+    }
+
     /// Index of the last entry, if any.
     pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
         Ok(self.kv.last(Tree::Log).map_err(read_logs_err)?.map(|(k, _)| key_u64(&k)))
@@ -183,11 +195,7 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
             // come between the two: finish it, so the log starts right after the point.
             let leftover = self.kv.first(Tree::Log).map_err(read_logs_err)?;
             if leftover.is_some_and(|(k, _)| key_u64(&k) <= purged.index) {
-                self.kv
-                    .remove_range(Tree::Log, &u64_key(0), Some(&u64_key(purged.index + 1)))
-                    .map_err(write_logs_err)?;
-                self.cache().purged(purged.index);
-                self.kv.flush().await.map_err(write_logs_err)?;
+                self.remove_through(purged.index).await?;
             }
         }
         let last = match self.kv.last(Tree::Log).map_err(read_logs_err)? {
@@ -274,14 +282,6 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         // crash in between leaves entries at or below the point, which the next start
         // removes: `get_log_state`).
         self.kv.put(Tree::Meta, LAST_PURGED_KEY, &encoding::encode(&log_id)).map_err(write_logs_err)?;
-        let removed = self.kv.remove_range(Tree::Log, &u64_key(0), Some(&u64_key(log_id.index + 1)));
-        match removed {
-            Ok(()) => self.cache().purged(log_id.index),
-            Err(e) => {
-                *self.cache() = EntryCache::default();
-                return Err(write_logs_err(e));
-            }
-        }
-        self.kv.flush().await.map_err(write_logs_err)
+        self.remove_through(log_id.index).await
     }
 }
