@@ -201,6 +201,7 @@ fn assigned_from(
                                 attachment: attachment_of(networks, &n.network),
                             })
                             .collect(),
+                        restore_from: None,
                     },
                     desired,
                     force: d.stop_mode == "force",

@@ -81,6 +81,7 @@ pub fn assigned_from_state(host: &str, state: &State) -> BTreeMap<String, Assign
                         attachment: attachment(state.network(&nic.network).map(|n| (&n.name, &n.config))),
                     })
                     .collect(),
+                restore_from: None,
             };
             (
                 d.name.clone(),

@@ -20,6 +20,9 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     /// Network interfaces, in guest order.
     pub nics: Vec<NicSpec>,
+    /// A snapshot file (written by this driver's `snapshot`) to restore instead of
+    /// booting: the VM continues where the snapshot was taken, in the phase it had then.
+    pub restore_from: Option<String>,
 }
 
 /// One network interface of a VM: a virtio-net device on a tap plugged into a bridge.
@@ -93,6 +96,15 @@ pub struct DiskSpec {
     pub read_only: bool,
 }
 
+/// What a driver's `snapshot` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotTaken {
+    /// Size of the snapshot file (bytes allocated on disk may be fewer: files are sparse).
+    pub bytes: u64,
+    /// How long the guest was held paused for it.
+    pub duration_ms: u64,
+}
+
 /// What a VM is doing, as the hypervisor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmPhase {
@@ -136,8 +148,58 @@ pub trait Driver: Send {
     /// Kill the VM at once.
     fn destroy(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;
     fn reboot(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;
+    /// Save the whole state of a running or paused VM (memory, vCPUs, devices) to the file
+    /// `path`, atomically (a failure leaves no file there); the VM is in the same phase
+    /// afterwards. `VmSpec::restore_from` starts a VM from such a file.
+    fn snapshot(&mut self, domain: &str, path: &std::path::Path, now_ms: u64)
+        -> Result<SnapshotTaken, DriverError>;
+    /// The snapshot files under `dir` (`<dir>/<domain>/<name>.snap`), as
+    /// `(domain, name, path)`. Process drivers keep them as files; the fake in memory.
+    fn snapshot_files(&mut self, dir: &std::path::Path) -> Vec<(String, String, std::path::PathBuf)> {
+        snapshot_files_on_disk(dir)
+    }
+    /// Remove a snapshot file; one already gone is not an error.
+    fn remove_snapshot_file(&mut self, path: &std::path::Path) -> Result<(), DriverError> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DriverError::Failed {
+                domain: String::new(),
+                action: "remove a snapshot",
+                reason: format!("{}: {e}", path.display()),
+            }),
+        }
+    }
     /// Forget a VM that has stopped (its process is gone).
     fn remove(&mut self, domain: &str);
     /// Every VM the driver knows of, as of `now_ms`.
     fn list(&mut self, now_ms: u64) -> BTreeMap<String, VmStatus>;
+}
+
+/// Where snapshot `name` of `domain` lives under a host's snapshot directory.
+pub fn snapshot_path(dir: &std::path::Path, domain: &str, name: &str) -> std::path::PathBuf {
+    dir.join(domain).join(format!("{name}.{SNAPSHOT_EXTENSION}"))
+}
+
+/// The extension of finished snapshot files (one being written has another name).
+pub const SNAPSHOT_EXTENSION: &str = "snap";
+
+/// Every `<dir>/<domain>/<name>.snap`, in order.
+pub fn snapshot_files_on_disk(dir: &std::path::Path) -> Vec<(String, String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(domains) = std::fs::read_dir(dir) else { return out };
+    for domain in domains.flatten() {
+        let Ok(files) = std::fs::read_dir(domain.path()) else { continue };
+        let domain_name = domain.file_name().to_string_lossy().into_owned();
+        for file in files.flatten() {
+            let path = file.path();
+            if path.extension().and_then(|e| e.to_str()) != Some(SNAPSHOT_EXTENSION) {
+                continue;
+            }
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+            out.push((domain_name.clone(), stem.to_owned(), path.clone()));
+        }
+    }
+    out.sort();
+    out
 }

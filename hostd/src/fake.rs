@@ -4,12 +4,29 @@
 //! tests. Time only moves when the caller says so.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::driver::{Driver, DriverError, SnapshotTaken, VmPhase, VmSpec, VmStatus};
+
+/// How long the fake says it held a guest paused, per GiB of memory it snapshots.
+pub const SNAPSHOT_MS_PER_GIB: u64 = 200;
+
+/// What a fake snapshot file holds: whose it is, and the phase to come back in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeSnapshot {
+    pub domain: String,
+    pub memory_mib: u64,
+    pub phase: VmPhase,
+}
+
+/// The fake's snapshot "files", by path; hosts that share storage share one.
+pub type SnapshotStore = Arc<Mutex<BTreeMap<PathBuf, FakeSnapshot>>>;
 
 #[derive(Debug, Clone)]
 struct FakeVm {
     generation: u64,
+    memory_mib: u64,
     phase: VmPhase,
     /// When the current transition (boot, shutdown) completes.
     until_ms: u64,
@@ -24,6 +41,10 @@ pub struct FakeDriver {
     pub shutdown_ms: u64,
     /// Kernels that fail to boot (bad-input tests).
     pub broken_kernels: Vec<String>,
+    /// Snapshot files, shared between the fakes of hosts that share storage.
+    pub snapshot_store: SnapshotStore,
+    /// The next snapshot fails with this reason (tests and the simulator's faults).
+    pub fail_next_snapshot: Option<String>,
 }
 
 impl Default for FakeDriver {
@@ -34,7 +55,14 @@ impl Default for FakeDriver {
 
 impl FakeDriver {
     pub fn new(boot_ms: u64, shutdown_ms: u64) -> FakeDriver {
-        FakeDriver { vms: BTreeMap::new(), boot_ms, shutdown_ms, broken_kernels: Vec::new() }
+        FakeDriver {
+            vms: BTreeMap::new(),
+            boot_ms,
+            shutdown_ms,
+            broken_kernels: Vec::new(),
+            snapshot_store: SnapshotStore::default(),
+            fail_next_snapshot: None,
+        }
     }
 
     /// Make a VM crash (tests and the simulator).
@@ -96,12 +124,28 @@ impl Driver for FakeDriver {
                 });
             }
         }
-        let vm = FakeVm {
+        let mut vm = FakeVm {
             generation: spec.generation,
+            memory_mib: spec.memory_mib,
             phase: VmPhase::Starting,
             until_ms: now_ms + self.boot_ms,
             reason: None,
         };
+        if let Some(path) = &spec.restore_from {
+            let store = self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner());
+            let refuse = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
+            let snapshot =
+                store.get(Path::new(path)).ok_or_else(|| refuse(format!("snapshot file {path} is missing")))?;
+            if snapshot.memory_mib != spec.memory_mib {
+                return Err(refuse(format!(
+                    "snapshot {path} is of a {} MiB guest, the domain has {} MiB",
+                    snapshot.memory_mib, spec.memory_mib
+                )));
+            }
+            // A restore is running at once, in the phase the snapshot was taken in.
+            vm.phase = snapshot.phase;
+            vm.until_ms = now_ms;
+        }
         self.vms.insert(spec.domain.clone(), vm);
         Ok(())
     }
@@ -157,6 +201,41 @@ impl Driver for FakeDriver {
         Ok(())
     }
 
+    fn snapshot(&mut self, domain: &str, path: &Path, now_ms: u64) -> Result<SnapshotTaken, DriverError> {
+        let failure = self.fail_next_snapshot.take();
+        let vm = self.vm(domain)?;
+        Self::advance(vm, now_ms);
+        if !matches!(vm.phase, VmPhase::Running | VmPhase::Paused) {
+            return Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "snapshot", phase: vm.phase });
+        }
+        if let Some(reason) = failure {
+            return Err(DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason });
+        }
+        let taken = FakeSnapshot { domain: domain.to_owned(), memory_mib: vm.memory_mib, phase: vm.phase };
+        let bytes = vm.memory_mib << 20;
+        let duration_ms = vm.memory_mib * SNAPSHOT_MS_PER_GIB / 1024;
+        self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), taken);
+        Ok(SnapshotTaken { bytes, duration_ms })
+    }
+
+    fn snapshot_files(&mut self, dir: &Path) -> Vec<(String, String, PathBuf)> {
+        let store = self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner());
+        store
+            .keys()
+            .filter_map(|path| {
+                let rest = path.strip_prefix(dir).ok()?;
+                let domain = rest.parent()?.to_str()?.to_owned();
+                let name = rest.file_stem()?.to_str()?.to_owned();
+                Some((domain, name, path.clone()))
+            })
+            .collect()
+    }
+
+    fn remove_snapshot_file(&mut self, path: &Path) -> Result<(), DriverError> {
+        self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+        Ok(())
+    }
+
     fn remove(&mut self, domain: &str) {
         self.vms.remove(domain);
     }
@@ -190,6 +269,7 @@ mod tests {
             cmdline: String::new(),
             disks: Vec::new(),
             nics: Vec::new(),
+            restore_from: None,
         }
     }
 

@@ -130,6 +130,7 @@ mod tests {
             cmdline: String::new(),
             disks: Vec::new(),
             nics: Vec::new(),
+            restore_from: None,
         };
         let assigned: BTreeMap<String, Assigned> =
             [("web".into(), Assigned { spec, desired: Desired::Running, force: false, reboots: 0 })].into();

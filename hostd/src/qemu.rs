@@ -415,6 +415,15 @@ impl Driver for QemuDriver {
         self.call(domain, "reboot", &qmp::system_reset {})
     }
 
+    fn snapshot(
+        &mut self,
+        domain: &str,
+        _path: &std::path::Path,
+        _now_ms: u64,
+    ) -> Result<crate::driver::SnapshotTaken, DriverError> {
+        Err(DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason: "not yet".into() })
+    }
+
     fn remove(&mut self, domain: &str) {
         if let Some(vm) = self.vms.remove(domain) {
             vm.forget();

@@ -168,6 +168,7 @@ mod tests {
             cmdline: String::new(),
             disks: Vec::new(),
             nics: Vec::new(),
+            restore_from: None,
         }
     }
 

@@ -31,6 +31,7 @@ fn spec(domain: &str, generation: u64, kernel: &str, cmdline: &str) -> VmSpec {
         cmdline: cmdline.into(),
         disks: Vec::new(),
         nics: Vec::new(),
+        restore_from: None,
     }
 }
 
