@@ -151,8 +151,12 @@ pub trait Driver: Send {
     /// Save the whole state of a running or paused VM (memory, vCPUs, devices) to the file
     /// `path`, atomically (a failure leaves no file there); the VM is in the same phase
     /// afterwards. `VmSpec::restore_from` starts a VM from such a file.
-    fn snapshot(&mut self, domain: &str, path: &std::path::Path, now_ms: u64)
-        -> Result<SnapshotTaken, DriverError>;
+    fn snapshot(
+        &mut self,
+        domain: &str,
+        path: &std::path::Path,
+        now_ms: u64,
+    ) -> Result<SnapshotTaken, DriverError>;
     /// The snapshot files under `dir` (`<dir>/<domain>/<name>.snap`), as
     /// `(domain, name, path)`. Process drivers keep them as files; the fake in memory.
     fn snapshot_files(&mut self, dir: &std::path::Path) -> Vec<(String, String, std::path::PathBuf)> {

@@ -134,8 +134,9 @@ impl Driver for FakeDriver {
         if let Some(path) = &spec.restore_from {
             let store = self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner());
             let refuse = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
-            let snapshot =
-                store.get(Path::new(path)).ok_or_else(|| refuse(format!("snapshot file {path} is missing")))?;
+            let snapshot = store
+                .get(Path::new(path))
+                .ok_or_else(|| refuse(format!("snapshot file {path} is missing")))?;
             if snapshot.memory_mib != spec.memory_mib {
                 return Err(refuse(format!(
                     "snapshot {path} is of a {} MiB guest, the domain has {} MiB",
@@ -206,7 +207,11 @@ impl Driver for FakeDriver {
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
         if !matches!(vm.phase, VmPhase::Running | VmPhase::Paused) {
-            return Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "snapshot", phase: vm.phase });
+            return Err(DriverError::WrongPhase {
+                domain: domain.to_owned(),
+                action: "snapshot",
+                phase: vm.phase,
+            });
         }
         if let Some(reason) = failure {
             return Err(DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason });

@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,8 +22,12 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const LINE_BYTES_MAX: usize = 64 * 1024;
 /// How long a request may take end to end.
 pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
+/// How long a snapshot may take end to end (it writes the guest's memory).
+pub const SNAPSHOT_TIMEOUT_MS: u64 = 120_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub use crate::snapshot::SnapshotInfo;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Request {
     Status,
@@ -34,6 +38,11 @@ pub enum Request {
     Reboot,
     /// End the VM at once.
     Destroy,
+    /// Save the VM's whole state to this file (`crate::snapshot`); the VM is in the same
+    /// phase afterwards. Answered with `Response::Snapshot`.
+    Snapshot {
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +73,7 @@ pub struct Status {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Ok(Status),
+    Snapshot(SnapshotInfo),
     Error(String),
 }
 
@@ -77,21 +87,36 @@ pub enum ControlError {
     Refused(String),
 }
 
-/// Send one request to the VMM listening at `socket` and wait for its answer.
+/// Send one request to the VMM listening at `socket` and wait for its status.
 pub fn call(socket: &Path, request: Request) -> Result<Status, ControlError> {
+    match exchange(socket, &request, REQUEST_TIMEOUT_MS)? {
+        Response::Ok(status) => Ok(status),
+        other => Err(ControlError::Malformed(format!("{other:?} is no status"))),
+    }
+}
+
+/// Have the VMM at `socket` save its VM to `path`.
+pub fn snapshot(socket: &Path, path: &Path) -> Result<SnapshotInfo, ControlError> {
+    match exchange(socket, &Request::Snapshot { path: path.to_owned() }, SNAPSHOT_TIMEOUT_MS)? {
+        Response::Snapshot(info) => Ok(info),
+        other => Err(ControlError::Malformed(format!("{other:?} is no snapshot answer"))),
+    }
+}
+
+fn exchange(socket: &Path, request: &Request, timeout_ms: u64) -> Result<Response, ControlError> {
     let io = |source| ControlError::Io { path: socket.display().to_string(), source };
     let stream = UnixStream::connect(socket).map_err(io)?;
-    let timeout = Some(Duration::from_millis(REQUEST_TIMEOUT_MS));
+    let timeout = Some(Duration::from_millis(timeout_ms));
     stream.set_read_timeout(timeout).map_err(io)?;
     stream.set_write_timeout(timeout).map_err(io)?;
-    let mut line = serde_json::to_string(&request).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    let mut line = serde_json::to_string(request).map_err(|e| ControlError::Malformed(e.to_string()))?;
     line.push('\n');
     (&stream).write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
     BufReader::new(&stream).take(LINE_BYTES_MAX as u64).read_line(&mut answer).map_err(io)?;
     match serde_json::from_str::<Response>(answer.trim_end()) {
-        Ok(Response::Ok(status)) => Ok(status),
         Ok(Response::Error(e)) => Err(ControlError::Refused(e)),
+        Ok(response) => Ok(response),
         Err(e) => Err(ControlError::Malformed(format!("{e}: {answer:?}"))),
     }
 }

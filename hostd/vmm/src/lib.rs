@@ -26,6 +26,7 @@ pub mod devices;
 pub mod layout;
 pub mod mptable;
 pub mod process;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

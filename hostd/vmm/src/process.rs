@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::config::{NicConfig, VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
 use crate::control::{self, Phase, Request, Response, Status};
-use crate::vm::Vm;
+use crate::vm::{Source, Vm};
 
 /// The VMM's command line.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,6 +44,10 @@ pub struct VmmArgs {
     pub nics: Vec<NicConfig>,
     #[arg(long, default_value_t = CONSOLE_LOG_BYTES_DEFAULT)]
     pub console_log_bytes_max: u64,
+    /// Continue from this snapshot file instead of booting the kernel (which is still
+    /// needed for reboots). The other arguments must describe the same machine.
+    #[arg(long)]
+    pub restore_from: Option<PathBuf>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -94,7 +98,8 @@ pub fn run(args: VmmArgs) -> i32 {
             return 2;
         }
     };
-    let vm = match Vm::start(config) {
+    let source = args.restore_from.clone().map_or(Source::Kernel, Source::Snapshot);
+    let vm = match Vm::start_from(config, &source) {
         Ok(vm) => Arc::new(vm),
         Err(e) => {
             eprintln!("drover-vmm: {e}");
@@ -152,6 +157,10 @@ fn serve(vm: &Vm, run_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
         }
         let response = match serde_json::from_str::<Request>(line.trim()) {
             Err(e) => Response::Error(format!("bad request: {e}")),
+            Ok(Request::Snapshot { path }) => match vm.snapshot(&path) {
+                Ok(info) => Response::Snapshot(info),
+                Err(e) => Response::Error(e.to_string()),
+            },
             Ok(request) => {
                 let done = match request {
                     Request::Status => Ok(()),
@@ -159,6 +168,7 @@ fn serve(vm: &Vm, run_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
                     Request::Resume => vm.resume(),
                     Request::Shutdown => vm.shutdown(),
                     Request::Reboot => vm.reboot(),
+                    Request::Snapshot { .. } => unreachable!("answered above"),
                     Request::Destroy => {
                         if let Err(e) = vm.destroy() {
                             // A vCPU stuck in KVM_RUN cannot be stopped from here: end the

@@ -1,10 +1,11 @@
 //! One VM: KVM objects, guest memory, devices, and the vCPU thread that runs it, plus the
 //! handle the control socket uses to pause, resume, reset and end it.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -23,6 +24,7 @@ use crate::devices::virtio_net::{self, Net, RxThread};
 use crate::devices::{Bus, BusEvent};
 use crate::layout;
 use crate::mptable;
+use crate::snapshot::{self, KvmVmState, SnapshotError, SnapshotInfo, VcpuState, VmState};
 use crate::vcpu::{self, VcpuError};
 
 /// KVM exit codes for KVM_EXIT_SYSTEM_EVENT.
@@ -51,6 +53,17 @@ pub enum VmError {
     Ended,
     #[error("the vCPU did not {0} in time")]
     Timeout(&'static str),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// What a VM starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Boot the configured kernel.
+    Kernel,
+    /// Continue from a snapshot file (`crate::snapshot`); the kernel is kept for reboots.
+    Snapshot(PathBuf),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -66,6 +79,8 @@ struct RunState {
     parked: usize,
     /// For each vCPU, the last reset (a `reset_generation` value) it has carried out.
     reset_done: Vec<u64>,
+    /// For each vCPU, its state for the snapshot being taken, once it has saved it.
+    captured: Vec<Option<Result<VcpuState, String>>>,
 }
 
 #[derive(Debug)]
@@ -77,6 +92,11 @@ struct Shared {
     /// vCPU carries out the newest one it has not yet.
     reset_generation: AtomicU64,
     stop_requested: AtomicBool,
+    /// Raised by one for every snapshot; each parked vCPU saves its state into
+    /// `RunState::captured` once per value.
+    capture_generation: AtomicU64,
+    /// The MSRs a snapshot saves (what the host's KVM lists).
+    msr_indices: Vec<u32>,
     /// Serial input arrived: an idle guest should look at it.
     input_pending: AtomicBool,
     exits: AtomicU64,
@@ -147,7 +167,7 @@ pub struct Vm {
     /// The NICs' receive threads, stopped once the vCPU has ended.
     rx_threads: Mutex<Vec<RxThread>>,
     /// Kept for the VM's lifetime: the memory slots and irqchip belong to it.
-    _vm_fd: Arc<VmFd>,
+    vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
 }
 
@@ -158,6 +178,8 @@ struct VcpuRunner {
     index: usize,
     /// The last reset this vCPU carried out.
     reset_seen: u64,
+    /// The last snapshot this vCPU saved its state for.
+    capture_seen: u64,
     mem: GuestMemoryMmap,
     bus: Arc<Bus>,
     shared: Arc<Shared>,
@@ -175,7 +197,26 @@ fn kick_signal() -> libc::c_int {
 impl Vm {
     /// Create the VM, load the kernel and start the vCPU thread.
     pub fn start(config: VmConfig) -> Result<Vm, VmError> {
+        Vm::start_from(config, &Source::Kernel)
+    }
+
+    /// Create the VM and start its vCPUs from `source`. A snapshot is checked whole (its
+    /// format, checksums, and that it fits `config`) before any vCPU exists.
+    pub fn start_from(config: VmConfig, source: &Source) -> Result<Vm, VmError> {
         config.validate()?;
+        let mut restore = match source {
+            Source::Kernel => None,
+            Source::Snapshot(path) => {
+                let reader = snapshot::Reader::open(path)?;
+                reader.check_fits(
+                    config.memory_mib,
+                    usize::from(config.vcpus),
+                    config.disk.is_some(),
+                    config.nics.len(),
+                )?;
+                Some(reader)
+            }
+        };
         vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
             .map_err(|e| VmError::Io { what: "installing the vCPU kick handler".into(), source: e.into() })?;
         let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
@@ -203,6 +244,10 @@ impl Vm {
             // guest code, and the mapping is never resized or unmapped before that.
             unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("registering guest memory"))?;
         }
+        if let Some(reader) = restore.as_mut() {
+            reader.load_memory(&mem)?;
+        }
+        let saved: Option<&VmState> = restore.as_ref().map(|r| &r.state);
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| VmError::Io { what: "eventfd".into(), source: e })?;
@@ -212,7 +257,13 @@ impl Vm {
         let log = ConsoleLog::open(&config.console_log, config.console_log_bytes_max).map_err(|e| {
             VmError::Io { what: format!("console log {}", config.console_log.display()), source: e }
         })?;
-        let console = Arc::new(Mutex::new(Console::new(IrqLine(serial_irq), log)));
+        let console = match saved {
+            None => Console::new(IrqLine(serial_irq), log),
+            Some(s) => {
+                Console::from_state(IrqLine(serial_irq), log, &s.serial).map_err(SnapshotError::Mismatch)?
+            }
+        };
+        let console = Arc::new(Mutex::new(console));
         let disk = match &config.disk {
             Some(path) => {
                 let block = Block::open(path, false, &config.domain)
@@ -222,7 +273,11 @@ impl Vm {
                 vm_fd
                     .register_irqfd(&irq, layout::VIRTIO_BLK_IRQ)
                     .map_err(kvm_err("wiring the disk interrupt"))?;
-                Some(Mutex::new(MmioTransport::new(block, mem.clone(), irq)))
+                let mut transport = MmioTransport::new(block, mem.clone(), irq);
+                if let Some(state) = saved.and_then(|s| s.disk.as_ref()) {
+                    transport.restore(state).map_err(|e| SnapshotError::Mismatch(format!("disk: {e}")))?;
+                }
+                Some(Mutex::new(transport))
             }
             None => None,
         };
@@ -237,7 +292,13 @@ impl Vm {
             vm_fd
                 .register_irqfd(&irq, layout::VIRTIO_NET_IRQ + i as u32)
                 .map_err(kvm_err("wiring a NIC interrupt"))?;
-            nics.push(Arc::new(Mutex::new(MmioTransport::new(Net::new(tap, mac), mem.clone(), irq))));
+            let mut transport = MmioTransport::new(Net::new(tap, mac), mem.clone(), irq);
+            if let Some(s) = saved {
+                transport
+                    .restore(&s.nics[i])
+                    .map_err(|e| SnapshotError::Mismatch(format!("NIC {i}: {e}")))?;
+            }
+            nics.push(Arc::new(Mutex::new(transport)));
             taps.push(rx_tap);
         }
         let bus = Arc::new(Bus {
@@ -256,20 +317,36 @@ impl Vm {
             rx_threads.push(rx);
         }
 
-        let entry =
-            boot::load(&mem, memory_bytes, &config.kernel, config.initrd.as_deref(), &full_cmdline(&config))?;
-        mptable::write(&mem, config.vcpus).map_err(|e| VmError::Memory(e.to_string()))?;
+        let entry = match saved {
+            None => {
+                let entry = boot::load(
+                    &mem,
+                    memory_bytes,
+                    &config.kernel,
+                    config.initrd.as_deref(),
+                    &full_cmdline(&config),
+                )?;
+                mptable::write(&mem, config.vcpus).map_err(|e| VmError::Memory(e.to_string()))?;
+                Some(entry)
+            }
+            Some(s) => {
+                s.kvm.restore(&vm_fd)?;
+                None
+            }
+        };
         let mut vcpus = Vec::new();
         for i in 0..config.vcpus {
             let vcpu = vm_fd.create_vcpu(u64::from(i)).map_err(kvm_err("creating a vCPU"))?;
             vcpu::set_cpuid(&kvm, &vcpu, i, config.vcpus)?;
-            if i == 0 {
-                vcpu::configure(&vcpu, &mem, entry)?;
-            } else {
-                vcpu::configure_ap(&vcpu)?;
+            match (saved, entry) {
+                (Some(s), _) => s.vcpus[usize::from(i)].restore(&vcpu)?,
+                (None, Some(entry)) if i == 0 => vcpu::configure(&vcpu, &mem, entry)?,
+                (None, _) => vcpu::configure_ap(&vcpu)?,
             }
             vcpus.push(vcpu);
         }
+        let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("listing MSRs"))?.as_slice().to_vec();
+        let start_paused = saved.is_some_and(|s| s.paused);
 
         let shared = Arc::new(Shared {
             state: Mutex::new(RunState {
@@ -277,11 +354,14 @@ impl Vm {
                 reason: None,
                 parked: 0,
                 reset_done: vec![0; vcpus.len()],
+                captured: Vec::new(),
             }),
             changed: Condvar::new(),
-            pause_requested: AtomicBool::new(false),
+            pause_requested: AtomicBool::new(start_paused),
             reset_generation: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
+            capture_generation: AtomicU64::new(0),
+            msr_indices,
             input_pending: AtomicBool::new(false),
             exits: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
@@ -292,6 +372,7 @@ impl Vm {
                 vcpu,
                 index,
                 reset_seen: 0,
+                capture_seen: 0,
                 mem: mem.clone(),
                 bus: bus.clone(),
                 shared: shared.clone(),
@@ -334,9 +415,82 @@ impl Vm {
             bus,
             vcpu_threads: Mutex::new(vcpu_threads),
             rx_threads: Mutex::new(rx_threads),
-            _vm_fd: vm_fd,
+            vm_fd,
             mem,
         }
+    }
+
+    /// Save the VM's whole state to `path` (see [`crate::snapshot`]). A running VM is
+    /// paused for it and resumed after; a paused one stays paused (and is restored
+    /// paused).
+    pub fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, VmError> {
+        let started = Instant::now();
+        let was_paused = self.shared.pause_requested.load(Ordering::SeqCst);
+        if was_paused {
+            self.wait_for("pause", |p| p == Phase::Paused)?;
+        } else {
+            self.pause()?;
+        }
+        let written = self.write_snapshot(path, was_paused);
+        if !was_paused {
+            self.resume()?;
+        }
+        let bytes = written?;
+        Ok(SnapshotInfo { bytes, duration_ms: started.elapsed().as_millis() as u64 })
+    }
+
+    fn write_snapshot(&self, path: &Path, paused: bool) -> Result<u64, VmError> {
+        // Every device stays locked until the file is written, so a NIC's receive thread
+        // cannot change guest memory or a queue under the copy.
+        let console = self.bus.console.lock().unwrap_or_else(|p| p.into_inner());
+        let disk = self.bus.disk.as_ref().map(|d| d.lock().unwrap_or_else(|p| p.into_inner()));
+        let nics: Vec<_> =
+            self.bus.nics.iter().map(|n| n.lock().unwrap_or_else(|p| p.into_inner())).collect();
+        let vcpus = self.capture_vcpus()?;
+        let state = VmState {
+            domain: self.config.domain.clone(),
+            memory_mib: self.config.memory_mib,
+            paused,
+            vcpus,
+            kvm: KvmVmState::save(&self.vm_fd)?,
+            serial: console.state(),
+            disk: disk.as_ref().map(|d| d.state()),
+            nics: nics.iter().map(|n| n.state()).collect(),
+            memory: Default::default(),
+        };
+        Ok(snapshot::write(path, state, &self.mem)?)
+    }
+
+    /// Have every parked vCPU save its state; the VM must be paused.
+    fn capture_vcpus(&self) -> Result<Vec<VcpuState>, VmError> {
+        let vcpus = usize::from(self.config.vcpus);
+        let mut state = self.shared.state();
+        if state.phase != Phase::Paused {
+            return Err(VmError::Ended);
+        }
+        state.captured = (0..vcpus).map(|_| None).collect();
+        self.shared.capture_generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        let deadline = Instant::now() + Duration::from_millis(TRANSITION_TIMEOUT_MS);
+        while state.captured.iter().any(Option::is_none) {
+            if ended(state.phase) {
+                return Err(VmError::Ended);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(VmError::Timeout("save its state"));
+            }
+            state =
+                self.shared.changed.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        let mut out = Vec::with_capacity(vcpus);
+        for (i, c) in std::mem::take(&mut state.captured).into_iter().enumerate() {
+            match c.expect("every vCPU answered") {
+                Ok(s) => out.push(s),
+                Err(e) => return Err(VmError::Memory(format!("vCPU {i}: {e}"))),
+            }
+        }
+        Ok(out)
     }
 
     pub fn config(&self) -> &VmConfig {
@@ -574,7 +728,8 @@ impl VcpuRunner {
     }
 
     /// Sit paused until resumed or stopped; the VM is Paused once every vCPU sits here.
-    fn park(&self) {
+    /// A parked vCPU saves its state when a snapshot asks for it.
+    fn park(&mut self) {
         let vcpus = usize::from(self.config.vcpus);
         let mut state = self.shared.state();
         state.parked += 1;
@@ -585,6 +740,18 @@ impl VcpuRunner {
         while self.shared.pause_requested.load(Ordering::SeqCst)
             && !self.shared.stop_requested.load(Ordering::SeqCst)
         {
+            let capture = self.shared.capture_generation.load(Ordering::SeqCst);
+            if capture != self.capture_seen {
+                self.capture_seen = capture;
+                drop(state);
+                let saved = VcpuState::save(&self.vcpu, &self.shared.msr_indices).map_err(|e| e.to_string());
+                state = self.shared.state();
+                if let Some(slot) = state.captured.get_mut(self.index) {
+                    *slot = Some(saved);
+                }
+                self.shared.changed.notify_all();
+                continue;
+            }
             state = self
                 .shared
                 .changed

@@ -6,6 +6,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use vmm::control::{self, Phase, Request};
+use vmm::snapshot;
 
 fn kvm_present() -> bool {
     let ok = vmm::kvm_usable();
@@ -260,5 +261,149 @@ fn bad_input_ends_with_a_clear_reason() {
         assert_eq!(exit["phase"], "crashed");
         let reason = exit["reason"].as_str().unwrap();
         assert!(reason.contains(want), "{args:?}: {reason}");
+    }
+}
+
+/// Every counter value in `console`, in order.
+fn ticks_in(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix(testguest::TICK_PREFIX))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_restored_snapshot_continues_the_counter_exactly_where_it_was_taken() {
+    if !kvm_present() {
+        return;
+    }
+    let g = Guest::start("drover.tick_ms=20", None);
+    g.wait_until("three ticks", || g.ticks() >= 3);
+    assert_eq!(g.call(Request::Pause).phase, Phase::Paused);
+    let before = g.console();
+    let file = g.dir.path().join("t1.snap");
+    let info = control::snapshot(&g.socket(), &file).unwrap();
+    assert!(info.bytes > 0 && std::fs::metadata(&file).unwrap().len() == info.bytes, "{info:?}");
+    assert!(!snapshot::part_path(&file).exists(), "the partial file was left behind");
+    assert_eq!(g.call(Request::Status).phase, Phase::Paused, "a paused guest stays paused");
+    // The original runs on past the snapshot, then goes.
+    let taken_at = g.ticks();
+    assert_eq!(g.call(Request::Resume).phase, Phase::Running);
+    g.wait_until("the original to count on", || g.ticks() >= taken_at + 3);
+    g.call(Request::Destroy);
+
+    let restore = ["--restore-from", file.to_str().unwrap()];
+    let r = Guest::start_with("drover.tick_ms=20", None, &restore);
+    assert_eq!(r.call(Request::Status).phase, Phase::Paused, "a snapshot of a paused guest restores paused");
+    assert_eq!(r.call(Request::Resume).phase, Phase::Running);
+    r.wait_until("the restored guest to count", || ticks_in(&r.console()).len() >= 3);
+    let after = r.console();
+    assert!(!after.contains(testguest::MARKER), "the restored guest booted again:\n{after}");
+    // Before and after read as one console: every tick once, none lost, none repeated.
+    let seen = ticks_in(&format!("{before}{after}"));
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    assert!(seen.len() > ticks_in(&before).len() + 2, "{seen:?}");
+    assert_eq!(r.call(Request::Destroy).phase, Phase::Destroyed);
+}
+
+#[test]
+fn a_snapshot_of_a_running_guest_keeps_it_running_and_restores_running() {
+    if !kvm_present() {
+        return;
+    }
+    let g = Guest::start_with("drover.tick_ms=20", None, &["--vcpus", "2"]);
+    g.wait_until("two ticks", || g.ticks() >= 2);
+    let file = g.dir.path().join("t1.snap");
+    let info = control::snapshot(&g.socket(), &file).unwrap();
+    let taken_at = g.ticks();
+    assert_eq!(g.call(Request::Status).phase, Phase::Running);
+    g.wait_until("the original to count on", || g.ticks() >= taken_at + 2);
+    assert!(info.duration_ms < 10_000, "{info:?}");
+    g.call(Request::Destroy);
+
+    let r = Guest::start_with(
+        "drover.tick_ms=20",
+        None,
+        &["--vcpus", "2", "--restore-from", file.to_str().unwrap()],
+    );
+    assert_eq!(r.call(Request::Status).phase, Phase::Running);
+    r.wait_until("the restored guest to count", || !ticks_in(&r.console()).is_empty());
+    let first = ticks_in(&r.console())[0];
+    // The counter goes on from the snapshot (at most one tick was mid-print when taken).
+    assert!((taken_at..=taken_at + 2).contains(&first), "first tick {first}, taken at {taken_at}");
+    assert!(!r.console().contains(testguest::MARKER));
+    // A restored guest is a whole VM: it pauses, reboots and ends like any other.
+    assert_eq!(r.call(Request::Pause).phase, Phase::Paused);
+    assert_eq!(r.call(Request::Resume).phase, Phase::Running);
+    r.call(Request::Reboot);
+    r.wait_until("the reboot's marker", || r.console().contains(testguest::MARKER));
+    assert_eq!(r.call(Request::Destroy).phase, Phase::Destroyed);
+}
+
+#[test]
+fn damaged_or_foreign_snapshot_files_are_refused_before_the_guest_runs() {
+    if !kvm_present() {
+        return;
+    }
+    let g = Guest::start("drover.tick_ms=20", None);
+    g.wait_until("a tick", || g.ticks() >= 1);
+    let good = g.dir.path().join("good.snap");
+    control::snapshot(&g.socket(), &good).unwrap();
+    g.call(Request::Destroy);
+    let bytes = std::fs::read(&good).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, b: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    let truncated = write("truncated.snap", &bytes[..bytes.len() - 4096]);
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 100;
+    flipped[last] ^= 0x40;
+    let corrupt = write("corrupt.snap", &flipped);
+    let mut v9 = bytes.clone();
+    v9[8] = 9;
+    let wrong_version = write("v9.snap", &v9);
+    let mut state_flip = bytes.clone();
+    state_flip[40] ^= 0x01;
+    let corrupt_state = write("state.snap", &state_flip);
+    let text = write("text.snap", b"hello, I am not a snapshot");
+    let kernel = dir.path().join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let mib32: &[&str] = &["--memory-mib", "32"];
+    let cases: [(&std::path::Path, &[&str], &str); 7] = [
+        (&truncated, mib32, "truncated or damaged"),
+        (&corrupt, mib32, "memory section fails its checksum"),
+        (&wrong_version, mib32, "format version 9"),
+        (&corrupt_state, mib32, "state section fails its checksum"),
+        (&text, mib32, "truncated or damaged"),
+        (&good, &["--memory-mib", "64"], "memory: the snapshot has 32 MiB, the VM 64 MiB"),
+        (&good, &["--memory-mib", "32", "--vcpus", "2"], "vCPUs: the snapshot has 1, the VM 2"),
+    ];
+    for (file, extra, want) in cases {
+        let run = tempfile::tempdir_in(dir.path()).unwrap();
+        let run = run.path();
+        let out = Command::new(env!("CARGO_BIN_EXE_drover-vmm"))
+            .arg("--run-dir")
+            .arg(run)
+            .args(["--domain", "bad"])
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--restore-from")
+            .arg(file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{file:?} {extra:?}");
+        let exit: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join(control::EXIT_FILE)).unwrap()).unwrap();
+        assert_eq!(exit["phase"], "crashed");
+        let reason = exit["reason"].as_str().unwrap();
+        assert!(reason.contains(want), "{file:?} {extra:?}: {reason}");
+        assert!(!std::fs::read_to_string(run.join(control::CONSOLE_FILE))
+            .unwrap_or_default()
+            .contains("tick"));
     }
 }

@@ -2,6 +2,8 @@
 //! interrupt to KVM through an irqfd. Input (the control socket's power-off key) is
 //! queued into its receive FIFO.
 
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -46,8 +48,43 @@ impl Console {
         }
     }
 
+    /// The UART's registers and receive FIFO, for a snapshot.
+    pub fn state(&self) -> SerialSnapshot {
+        SerialSnapshot { uart: self.uart.state() }
+    }
+
+    /// A console in the state a snapshot recorded, writing to `log`.
+    pub fn from_state(irq: IrqLine, log: ConsoleLog, state: &SerialSnapshot) -> Result<Console, String> {
+        let uart = Serial::from_state(&state.uart, irq, vm_superio::serial::NoEvents, log)
+            .map_err(|e| format!("serial state: {e:?}"))?;
+        Ok(Console { uart, lost_bytes: 0 })
+    }
+
     /// Queue bytes for the guest to read; returns how many fit in the FIFO.
     pub fn input(&mut self, bytes: &[u8]) -> usize {
         self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
     }
+}
+
+/// The serial port in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    #[serde(with = "SerialStateDef")]
+    pub uart: SerialState,
+}
+
+/// vm-superio's `SerialState`, field for field, for serde.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "SerialState")]
+struct SerialStateDef {
+    baud_divisor_low: u8,
+    baud_divisor_high: u8,
+    interrupt_enable: u8,
+    interrupt_identification: u8,
+    line_control: u8,
+    line_status: u8,
+    modem_control: u8,
+    modem_status: u8,
+    scratch: u8,
+    in_buffer: Vec<u8>,
 }

@@ -4,7 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -208,8 +209,98 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// The transport's registers and its queues' positions, for a snapshot. The device
+    /// behind it keeps nothing else a guest could observe (a NIC's frames not yet
+    /// delivered are dropped, as a wire would).
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            queues: self.queues.iter().map(Queue::state).collect(),
+            queue_select: self.queue_select,
+            device_features_select: self.device_features_select,
+            driver_features_select: self.driver_features_select,
+            driver_features: self.driver_features,
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+        }
+    }
+
+    /// Take on a snapshot's state (the guest's memory is already restored).
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), String> {
+        if state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{} queues in the snapshot, the device has {}",
+                state.queues.len(),
+                self.queues.len()
+            ));
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (q, mine) in state.queues.iter().zip(&self.queues) {
+            if q.max_size != mine.max_size() {
+                return Err(format!(
+                    "queue of {} entries in the snapshot, the device has {}",
+                    q.max_size,
+                    mine.max_size()
+                ));
+            }
+            queues.push(Queue::try_from(*q).map_err(|e| format!("queue state: {e}"))?);
+        }
+        self.queues = queues;
+        self.queue_select = state.queue_select;
+        self.device_features_select = state.device_features_select;
+        self.driver_features_select = state.driver_features_select;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        self.interrupt_status = state.interrupt_status;
+        Ok(())
+    }
+
     /// Whether the driver finished setting the device up.
     pub fn driver_ok(&self) -> bool {
         self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_FAILED == 0
+    }
+}
+
+/// A virtio-mmio transport in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    #[serde(with = "queue_states")]
+    pub queues: Vec<QueueState>,
+    pub queue_select: u32,
+    pub device_features_select: u32,
+    pub driver_features_select: u32,
+    pub driver_features: u64,
+    pub status: u32,
+    pub interrupt_status: u32,
+}
+
+/// virtio-queue's `QueueState`, field for field, for serde.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "QueueState")]
+struct QueueStateDef {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+mod queue_states {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use virtio_queue::QueueState;
+
+    #[derive(Serialize, Deserialize)]
+    struct Wrap(#[serde(with = "super::QueueStateDef")] QueueState);
+
+    pub fn serialize<S: Serializer>(queues: &[QueueState], s: S) -> Result<S::Ok, S::Error> {
+        let wrapped: Vec<Wrap> = queues.iter().map(|q| Wrap(*q)).collect();
+        wrapped.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<QueueState>, D::Error> {
+        Ok(Vec::<Wrap>::deserialize(d)?.into_iter().map(|w| w.0).collect())
     }
 }
