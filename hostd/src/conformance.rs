@@ -3,8 +3,9 @@
 //! driver, specs that boot on it, and a clock (virtual for the fake, real otherwise).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use crate::driver::{Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::driver::{snapshot_path, Driver, DriverError, VmPhase, VmSpec, VmStatus};
 
 /// What the suite needs from a driver under test.
 pub trait Harness {
@@ -15,6 +16,8 @@ pub trait Harness {
     fn missing_kernel(&self, domain: &str) -> VmSpec;
     /// Let time pass (virtual or real) and return the new now.
     fn advance(&mut self) -> u64;
+    /// Where snapshot files may be written (empty, or holding only this suite's files).
+    fn snapshot_dir(&self) -> PathBuf;
 }
 
 /// How many `advance` steps a transition may take before the suite fails.
@@ -57,6 +60,7 @@ pub fn run_all(h: &mut dyn Harness) {
     reboot_keeps_running(h);
     bad_input_is_an_error_not_a_crash(h);
     unknown_domains(h);
+    snapshot_and_restore(h);
 }
 
 /// start → running → pause → paused → resume → running, reported with its generation.
@@ -186,4 +190,66 @@ pub fn unknown_domains(h: &mut dyn Harness) {
     ] {
         assert_eq!(r, Err(DriverError::NoSuchVm("conf-ghost".into())));
     }
+}
+
+/// A snapshot leaves a running VM running and a paused one paused; a new run restored
+/// from it comes up in the phase it was taken in; a missing file is a start failure;
+/// the files are listed and removed; a stopped or unknown VM cannot be snapshotted.
+pub fn snapshot_and_restore(h: &mut dyn Harness) {
+    let dir = h.snapshot_dir();
+    let (running, paused) = (snapshot_path(&dir, "conf-snap", "s1"), snapshot_path(&dir, "conf-snap", "s2"));
+    let now = h.advance();
+    let spec = h.spec("conf-snap", 1);
+    start(h, spec, now).expect("start");
+    wait_for(h, "conf-snap", "ran", phase_is(VmPhase::Running));
+    let now = h.advance();
+    let taken = h.driver().snapshot("conf-snap", &running, now).expect("snapshot of a running VM");
+    assert!(taken.bytes > 0, "{taken:?}");
+    wait_for(h, "conf-snap", "ran on after the snapshot", phase_is(VmPhase::Running));
+    let now = h.advance();
+    h.driver().pause("conf-snap", now).expect("pause");
+    wait_for(h, "conf-snap", "paused", phase_is(VmPhase::Paused));
+    let now = h.advance();
+    h.driver().snapshot("conf-snap", &paused, now).expect("snapshot of a paused VM");
+    wait_for(h, "conf-snap", "stayed paused", phase_is(VmPhase::Paused));
+    let files: Vec<(String, String)> =
+        h.driver().snapshot_files(&dir).into_iter().map(|(d, n, _)| (d, n)).collect();
+    assert_eq!(files, [("conf-snap".to_owned(), "s1".to_owned()), ("conf-snap".to_owned(), "s2".to_owned())]);
+
+    for (generation, file, phase) in [(2, &running, VmPhase::Running), (3, &paused, VmPhase::Paused)] {
+        let now = h.advance();
+        h.driver().destroy("conf-snap", now).expect("destroy");
+        wait_for(h, "conf-snap", "stopped", phase_is(VmPhase::Stopped));
+        let now = h.advance();
+        let err = h.driver().snapshot("conf-snap", &dir.join("stopped.snap"), now);
+        assert!(matches!(err, Err(DriverError::WrongPhase { .. })), "snapshot of a stopped VM: {err:?}");
+        h.driver().remove("conf-snap");
+        let mut spec = h.spec("conf-snap", generation);
+        spec.restore_from = Some(file.display().to_string());
+        let now = h.advance();
+        start(h, spec, now).expect("restore");
+        let s = wait_for(h, "conf-snap", "came back from its snapshot", phase_is(phase));
+        assert_eq!(s.generation, generation);
+    }
+    let now = h.advance();
+    h.driver().destroy("conf-snap", now).expect("destroy");
+    wait_for(h, "conf-snap", "stopped", phase_is(VmPhase::Stopped));
+    h.driver().remove("conf-snap");
+
+    let mut spec = h.spec("conf-snap", 4);
+    spec.restore_from = Some(dir.join("missing.snap").display().to_string());
+    let now = h.advance();
+    match start(h, spec, now) {
+        Err(DriverError::StartFailed { reason, .. }) => assert!(!reason.is_empty()),
+        other => panic!("a restore from a missing file gave {other:?}"),
+    }
+    h.driver().remove("conf-snap");
+    for file in [&running, &paused] {
+        h.driver().remove_snapshot_file(file).expect("remove a snapshot file");
+        h.driver().remove_snapshot_file(file).expect("removing it again is no error");
+    }
+    assert!(h.driver().snapshot_files(&dir).is_empty());
+    let now = h.advance();
+    let ghost = h.driver().snapshot("conf-ghost", &dir.join("ghost.snap"), now);
+    assert_eq!(ghost, Err(DriverError::NoSuchVm("conf-ghost".into())));
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 use vmm::control::{self, Phase, Request};
 
-use crate::driver::{tap_name, Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmPhase, VmSpec, VmStatus};
 use crate::tap;
 use crate::vm_dir::{self, Record, VmProcess};
 
@@ -150,6 +150,9 @@ impl KvmDriver {
         if let Some(initrd) = &spec.initrd {
             cmd.args(["--initrd", initrd]);
         }
+        if let Some(snapshot) = &spec.restore_from {
+            cmd.args(["--restore-from", snapshot]);
+        }
         if let Some(disk) = spec.disks.first() {
             if disk.read_only {
                 return Err("read-only disks are not supported by the kvm driver yet".into());
@@ -258,13 +261,24 @@ impl Driver for KvmDriver {
         self.control(domain, "reboot", Request::Reboot)
     }
 
-    fn snapshot(
-        &mut self,
-        domain: &str,
-        _path: &std::path::Path,
-        _now_ms: u64,
-    ) -> Result<crate::driver::SnapshotTaken, DriverError> {
-        Err(DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason: "not yet".into() })
+    fn snapshot(&mut self, domain: &str, path: &Path, _now_ms: u64) -> Result<SnapshotTaken, DriverError> {
+        let failed =
+            |reason: String| DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason };
+        let vm = self.vm(domain)?;
+        let status = Self::status_of(vm);
+        if !matches!(status.phase, VmPhase::Running | VmPhase::Paused) {
+            return Err(DriverError::WrongPhase {
+                domain: domain.to_owned(),
+                action: "snapshot",
+                phase: status.phase,
+            });
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| failed(format!("{}: {e}", parent.display())))?;
+        }
+        let info =
+            control::snapshot(&vm.dir.join(control::SOCKET_FILE), path).map_err(|e| failed(e.to_string()))?;
+        Ok(SnapshotTaken { bytes: info.bytes, duration_ms: info.duration_ms })
     }
 
     fn remove(&mut self, domain: &str) {

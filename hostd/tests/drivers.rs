@@ -49,6 +49,9 @@ impl Harness for FakeHarness {
         self.now_ms += 10;
         self.now_ms
     }
+    fn snapshot_dir(&self) -> PathBuf {
+        PathBuf::from("/fake/snapshots")
+    }
 }
 
 #[test]
@@ -125,6 +128,9 @@ impl<D: Driver> Harness for ProcessHarness<D> {
     fn advance(&mut self) -> u64 {
         std::thread::sleep(Duration::from_millis(5));
         now_ms()
+    }
+    fn snapshot_dir(&self) -> PathBuf {
+        Path::new(&self.kernel).parent().expect("the kernel sits in the test's directory").join("snapshots")
     }
 }
 
