@@ -13,7 +13,7 @@ use crate::event::{Event, EventEnvelope};
 use crate::limits::ENDED_MIGRATIONS_KEPT_MAX;
 use crate::model::{
     AttachMode, DesiredState, Domain, DomainStatus, Host, HostState, Lease, Migration, MigrationId,
-    MigrationPhase, Network, Phase, Pool, Resources, Snapshot, StopMode, Volume, VolumeRef,
+    MigrationPhase, Network, Phase, Pool, Resources, Snapshot, SnapshotState, StopMode, Volume, VolumeRef,
 };
 use crate::proposal::{Committed, Proposal, ProposalOutcome};
 use crate::state::State;
@@ -126,6 +126,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                     observed_ms: now,
                 },
                 current_snapshot: None,
+                restore_from: None,
                 migration: None,
                 defined_ms: now,
                 version: seq,
@@ -384,6 +385,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 kind: *kind,
                 created_ms: now,
                 version: seq,
+                state: SnapshotState::RecordOnly,
             };
             let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
             assert!(previous.is_none(), "snapshot {domain}/{name} created twice");
@@ -401,6 +403,9 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             let d = domain_mut(state, domain);
             if d.current_snapshot.as_deref() == Some(name) {
                 d.current_snapshot = s.parent;
+            }
+            if d.restore_from.as_deref() == Some(name) {
+                d.restore_from = None;
             }
             d.version = seq;
         }
@@ -420,6 +425,93 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             let d = domain_mut(state, domain);
             assert!(!d.is_placed(), "domain {domain} reverted while placed");
             d.current_snapshot = Some(name.clone());
+            d.version = seq;
+        }
+
+        Event::SnapshotRequested { domain, name, parent, kind, host, generation } => {
+            let d = domain_mut(state, domain);
+            assert_eq!(
+                d.status.host.as_ref(),
+                Some(host),
+                "snapshot {domain}/{name} asked of a host not running it"
+            );
+            assert_eq!(d.status.generation, *generation, "snapshot {domain}/{name} asked for a stale run");
+            assert_eq!(
+                &d.current_snapshot, parent,
+                "snapshot {domain}/{name} parent is the current snapshot"
+            );
+            d.version = seq;
+            if let Some(p) = parent {
+                assert!(
+                    state.snapshots.contains_key(&(domain.clone(), p.clone())),
+                    "snapshot parent {p} exists"
+                );
+            }
+            assert!(
+                state.snapshots_of(domain).all(|s| !matches!(s.state, SnapshotState::Pending { .. })),
+                "domain {domain} has two snapshots pending"
+            );
+            let snapshot = Snapshot {
+                domain: domain.clone(),
+                name: name.clone(),
+                parent: parent.clone(),
+                kind: *kind,
+                created_ms: now,
+                version: seq,
+                state: SnapshotState::Pending { host: host.clone(), generation: *generation },
+            };
+            let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
+            assert!(previous.is_none(), "snapshot {domain}/{name} created twice");
+        }
+        Event::SnapshotTaken { domain, name, bytes, duration_ms } => {
+            let s = snapshot_mut(state, domain, name);
+            let SnapshotState::Pending { host, .. } = &s.state else {
+                panic!("snapshot {domain}/{name} taken while {}", s.state.name());
+            };
+            s.state = SnapshotState::Taken { host: host.clone(), bytes: *bytes, duration_ms: *duration_ms };
+            s.version = seq;
+            // The snapshot's parent was the current one when it was asked for, and no
+            // other snapshot of the domain could be taken meanwhile.
+            let d = domain_mut(state, domain);
+            d.current_snapshot = Some(name.clone());
+            d.version = seq;
+        }
+        Event::SnapshotFailed { domain, name, reason } => {
+            let s = snapshot_mut(state, domain, name);
+            assert!(
+                matches!(s.state, SnapshotState::Pending { .. }),
+                "snapshot {domain}/{name} failed while {}",
+                s.state.name()
+            );
+            s.state = SnapshotState::Failed { reason: reason.clone() };
+            s.version = seq;
+        }
+        Event::SnapshotRevertRequested { domain, name, generation } => {
+            let s = snapshot_mut(state, domain, name);
+            assert!(
+                matches!(s.state, SnapshotState::Taken { .. }),
+                "reverted to snapshot {domain}/{name} while {}",
+                s.state.name()
+            );
+            let d = domain_mut(state, domain);
+            d.current_snapshot = Some(name.clone());
+            d.restore_from = Some(name.clone());
+            if let Some(g) = generation {
+                assert!(d.is_placed(), "domain {domain} reverted in place while not placed");
+                assert_eq!(*g, d.status.generation + 1, "domain {domain} generations go up by one");
+                d.status.generation = *g;
+                d.status.phase = Phase::Scheduled;
+                d.status.reason = None;
+            } else {
+                assert!(!d.is_placed(), "domain {domain} reverted while placed, without a new run");
+            }
+            d.version = seq;
+        }
+        Event::SnapshotRestored { domain, name, generation } => {
+            let d = domain_mut(state, domain);
+            assert_eq!(d.restore_from.as_ref(), Some(name), "domain {domain} restored from another snapshot");
+            assert_eq!(d.status.generation, *generation, "domain {domain} restored for a stale run");
+            d.restore_from = None;
             d.version = seq;
         }
 
@@ -491,6 +583,13 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
 
 fn host_mut<'a>(state: &'a mut State, name: &str) -> &'a mut Host {
     state.hosts.get_mut(name).unwrap_or_else(|| panic!("host {name} is not registered"))
+}
+
+fn snapshot_mut<'a>(state: &'a mut State, domain: &str, name: &str) -> &'a mut Snapshot {
+    state
+        .snapshots
+        .get_mut(&(domain.to_owned(), name.to_owned()))
+        .unwrap_or_else(|| panic!("snapshot {domain}/{name} is absent"))
 }
 
 fn domain_mut<'a>(state: &'a mut State, name: &str) -> &'a mut Domain {

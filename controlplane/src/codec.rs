@@ -7,6 +7,10 @@
 //!
 //! Swapping the serializer means a new format version here: decoders for every earlier
 //! version stay, and the golden files in `tests/golden/` prove it.
+//!
+//! Versions: 1, the first; 2 added a snapshot's state and a domain's `restore_from` to the
+//! state (`crate::state_v1` decodes version-1 states). Events and proposals encode alike
+//! in both (variants are only appended).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,7 +20,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -35,6 +39,11 @@ pub enum Tag {
 /// A type that is written to disk or the wire through this codec.
 pub trait Durable: Serialize + DeserializeOwned {
     const TAG: Tag;
+
+    /// Decode a format-version-1 payload (the same layout, unless the type says not).
+    fn decode_v1(payload: &[u8]) -> Result<Self, CodecError> {
+        decode_payload(payload)
+    }
 }
 
 impl Durable for EventEnvelope {
@@ -45,6 +54,10 @@ impl Durable for Proposal {
 }
 impl Durable for State {
     const TAG: Tag = Tag::State;
+
+    fn decode_v1(payload: &[u8]) -> Result<Self, CodecError> {
+        decode_payload::<crate::state_v1::StateV1>(payload).map(State::from)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,15 +111,19 @@ pub fn decode<T: Durable>(bytes: &[u8]) -> Result<T, CodecError> {
     let version = u16::from_le_bytes([bytes[3], bytes[4]]);
     let payload = &bytes[HEADER_LEN..];
     match version {
-        1 => {
-            let (value, used) = bincode::serde::decode_from_slice(payload, config())?;
-            if used != payload.len() {
-                return Err(CodecError::Trailing(payload.len() - used));
-            }
-            Ok(value)
-        }
+        1 => T::decode_v1(payload),
+        FORMAT_VERSION => decode_payload(payload),
         other => Err(CodecError::Version(other)),
     }
+}
+
+/// Decode a whole bincode payload as `T`.
+fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(payload, config())?;
+    if used != payload.len() {
+        return Err(CodecError::Trailing(payload.len() - used));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -127,7 +144,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 1, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 2, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -136,9 +153,16 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v2 = bytes.clone();
-        v2[3] = 2;
-        assert!(matches!(decode::<EventEnvelope>(&v2), Err(CodecError::Version(2))));
+        let mut v3 = bytes.clone();
+        v3[3] = 3;
+        assert!(matches!(decode::<EventEnvelope>(&v3), Err(CodecError::Version(3))));
+        let mut v1 = bytes.clone();
+        v1[3] = 1;
+        assert_eq!(
+            decode::<EventEnvelope>(&v1).unwrap(),
+            envelope(),
+            "events encode alike in versions 1 and 2"
+        );
         let mut magic = bytes.clone();
         magic[0] = b'X';
         assert!(matches!(decode::<EventEnvelope>(&magic), Err(CodecError::Magic(_))));
@@ -151,7 +175,7 @@ mod tests {
     #[test]
     fn refuses_huge_length_prefix() {
         // A string length of 2^60 must fail on the limit, not try to allocate.
-        let mut bytes = vec![b'D', b'R', 1, 1, 0];
+        let mut bytes = vec![b'D', b'R', 1, 2, 0];
         bytes.extend_from_slice(&[7, 0]); // seq 7, time 0
         bytes.push(0xFF); // varint u64 marker
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());

@@ -150,6 +150,21 @@ pub enum Command {
         id: MigrationId,
         reason: String,
     },
+    /// A host reports how snapshot `name`, asked of it for run `generation`, went.
+    ReportSnapshot {
+        domain: String,
+        name: String,
+        host: String,
+        generation: u64,
+        outcome: SnapshotOutcome,
+    },
+}
+
+/// What a host did with a snapshot asked of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotOutcome {
+    Taken { bytes: u64, duration_ms: u64 },
+    Failed { reason: String },
 }
 
 impl Command {
@@ -184,6 +199,7 @@ impl Command {
             Command::ReportMigrationProgress { .. } => "ReportMigrationProgress",
             Command::CommitMigration { .. } => "CommitMigration",
             Command::AbortMigration { .. } => "AbortMigration",
+            Command::ReportSnapshot { .. } => "ReportSnapshot",
         }
     }
 }

@@ -201,6 +201,45 @@ pub enum Event {
         id: MigrationId,
         reason: String,
     },
+
+    // --- snapshots taken by hosts (appended: `SnapshotCreated` above is the record-only
+    // form of builds before them) ---
+    /// Snapshot `name` is asked of `host`, which runs run `generation` of the domain; it is
+    /// `SnapshotTaken` or `SnapshotFailed` once the host reports.
+    SnapshotRequested {
+        domain: String,
+        name: String,
+        parent: Option<String>,
+        kind: SnapshotKind,
+        host: String,
+        generation: u64,
+    },
+    /// The host wrote the snapshot's file; it becomes the domain's current snapshot.
+    SnapshotTaken {
+        domain: String,
+        name: String,
+        bytes: u64,
+        duration_ms: u64,
+    },
+    SnapshotFailed {
+        domain: String,
+        name: String,
+        reason: String,
+    },
+    /// The domain goes back to snapshot `name`: its next run starts from it. With
+    /// `generation`, the domain is running and that new run starts now on the same host
+    /// (its old run ends).
+    SnapshotRevertRequested {
+        domain: String,
+        name: String,
+        generation: Option<u64>,
+    },
+    /// The host restored run `generation` from snapshot `name` and it runs.
+    SnapshotRestored {
+        domain: String,
+        name: String,
+        generation: u64,
+    },
 }
 
 impl Event {
@@ -242,6 +281,11 @@ impl Event {
         "MigrationPhaseChanged",
         "MigrationCommitted",
         "MigrationRolledBack",
+        "SnapshotRequested",
+        "SnapshotTaken",
+        "SnapshotFailed",
+        "SnapshotRevertRequested",
+        "SnapshotRestored",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -287,6 +331,11 @@ impl Event {
             Event::MigrationPhaseChanged { .. } => 33,
             Event::MigrationCommitted { .. } => 34,
             Event::MigrationRolledBack { .. } => 35,
+            Event::SnapshotRequested { .. } => 36,
+            Event::SnapshotTaken { .. } => 37,
+            Event::SnapshotFailed { .. } => 38,
+            Event::SnapshotRevertRequested { .. } => 39,
+            Event::SnapshotRestored { .. } => 40,
         }
     }
 
@@ -324,7 +373,12 @@ impl Event {
             SnapshotCreated { domain, name, .. }
             | SnapshotDeleted { domain, name }
             | SnapshotReparented { domain, name, .. }
-            | SnapshotReverted { domain, name } => {
+            | SnapshotReverted { domain, name }
+            | SnapshotRequested { domain, name, .. }
+            | SnapshotTaken { domain, name, .. }
+            | SnapshotFailed { domain, name, .. }
+            | SnapshotRevertRequested { domain, name, .. }
+            | SnapshotRestored { domain, name, .. } => {
                 ResourceKey::Snapshot { domain: domain.clone(), name: name.clone() }
             }
             MigrationStarted { domain, .. } => ResourceKey::Domain(domain.clone()),
@@ -354,9 +408,16 @@ impl Event {
             VolumeAttached { domain, .. } | VolumeDetached { domain, .. } => {
                 vec![ResourceKey::Domain(domain.clone())]
             }
+            SnapshotRequested { domain, host, .. } => {
+                vec![ResourceKey::Domain(domain.clone()), ResourceKey::Host(host.clone())]
+            }
             SnapshotCreated { domain, .. }
             | SnapshotDeleted { domain, .. }
-            | SnapshotReverted { domain, .. } => vec![ResourceKey::Domain(domain.clone())],
+            | SnapshotReverted { domain, .. }
+            | SnapshotTaken { domain, .. }
+            | SnapshotFailed { domain, .. }
+            | SnapshotRevertRequested { domain, .. }
+            | SnapshotRestored { domain, .. } => vec![ResourceKey::Domain(domain.clone())],
             MigrationStarted { source, target, .. } => {
                 vec![ResourceKey::Host(source.clone()), ResourceKey::Host(target.clone())]
             }

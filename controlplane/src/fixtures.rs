@@ -3,11 +3,11 @@
 
 use crate::model::{
     Boot, DomainSpec, HaPolicy, HostState, Labels, NetworkConfig, NetworkMode, Placement, PoolConfig,
-    PoolKind, Resources,
+    PoolKind, Resources, SnapshotKind,
 };
 use crate::{
     apply_proposal, decide, Command, Committed, Decision, EventEnvelope, ProposalOutcome, Rejection, Request,
-    State,
+    SnapshotOutcome, State,
 };
 
 /// A domain spec that boots a kernel directly, with no disks or NICs.
@@ -103,6 +103,25 @@ impl Harness {
     pub fn exec(&mut self, command: Command) -> Result<Committed, Rejection> {
         let request = self.request(command);
         self.submit(&request)
+    }
+
+    /// Take a full snapshot of a running domain, as its host would: ask for it, then
+    /// report it taken.
+    pub fn take_snapshot(&mut self, domain: &str, name: &str) -> Result<Committed, Rejection> {
+        self.exec(Command::CreateSnapshot {
+            domain: domain.into(),
+            name: name.into(),
+            kind: SnapshotKind::Full,
+        })?;
+        let d = self.state.domain(domain).expect("the snapshot was asked for, so the domain exists");
+        let (host, generation) = (d.status.host.clone().expect("placed"), d.status.generation);
+        self.exec(Command::ReportSnapshot {
+            domain: domain.into(),
+            name: name.into(),
+            host,
+            generation,
+            outcome: SnapshotOutcome::Taken { bytes: 1 << 20, duration_ms: 3 },
+        })
     }
 
     /// Register a host and mark it ready.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{AttachMode, HostState, Resources};
+use crate::model::{AttachMode, HostState, Resources, SnapshotState};
 use crate::state::State;
 
 /// A broken invariant, described.
@@ -176,6 +176,28 @@ fn check_snapshots_and_migrations(state: &State) -> Result<(), Violation> {
             ensure!(
                 state.snapshot(&d.name, c).is_some(),
                 "domain {} current snapshot {c} is missing",
+                d.name
+            );
+        }
+        if let Some(r) = &d.restore_from {
+            let taken =
+                state.snapshot(&d.name, r).is_some_and(|s| matches!(s.state, SnapshotState::Taken { .. }));
+            ensure!(taken, "domain {} restores from {r}, which is not a taken snapshot of it", d.name);
+        }
+        let pending: Vec<(&str, &String, u64)> = state
+            .snapshots_of(&d.name)
+            .filter_map(|s| match &s.state {
+                SnapshotState::Pending { host, generation } => Some((s.name.as_str(), host, *generation)),
+                _ => None,
+            })
+            .collect();
+        ensure!(pending.len() <= 1, "domain {} has {} snapshots pending", d.name, pending.len());
+        for (name, host, generation) in pending {
+            // A pending snapshot belongs to the domain's current run: when a run ends, its
+            // pending snapshots fail with it.
+            ensure!(
+                d.status.host.as_ref() == Some(host) && d.status.generation == generation,
+                "snapshot {}/{name} is pending on run {generation} of host {host}, which is not the current run",
                 d.name
             );
         }

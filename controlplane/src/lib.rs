@@ -34,10 +34,11 @@ pub mod request_window;
 pub mod scheduler;
 mod state;
 mod state_hash;
+mod state_v1;
 mod validate;
 
 pub use apply::{apply, apply_proposal};
-pub use command::{Command, Request};
+pub use command::{Command, Request, SnapshotOutcome};
 pub use decide::decide;
 pub use event::{Event, EventEnvelope};
 pub use proposal::{Committed, Decision, HostFit, Precondition, Proposal, ProposalOutcome};

@@ -8,7 +8,9 @@
 //! controlplane --test golden`; existing files are never rewritten.
 //!
 //! `state-1.bin` and `proposal-1.bin` hold a state snapshot and a proposal written by the
-//! first format; they must decode, and re-encode to the very same bytes.
+//! first format; they must decode (the proposal re-encodes to the same payload). The
+//! `-2` files are the same written by format version 2 (snapshots taken by hosts); they
+//! must decode and re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use controlplane::codec::{self, Durable};
 use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, Harness};
 use controlplane::model::{
     Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, NetworkConfig, NetworkMode, Nic,
-    ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, VolumeFormat, VolumeRef,
+    ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState, VolumeFormat, VolumeRef,
 };
 use controlplane::{invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State};
 
@@ -111,6 +113,18 @@ fn samples() -> Vec<EventEnvelope> {
         Event::MigrationPhaseChanged { id: 33, phase: MigrationPhase::Transferring },
         Event::MigrationCommitted { id: 33, generation: 4 },
         Event::MigrationRolledBack { id: 33, reason: "target unreachable".into() },
+        Event::SnapshotRequested {
+            domain: "web".into(),
+            name: "s3".into(),
+            parent: Some("s2".into()),
+            kind: SnapshotKind::Full,
+            host: "h1".into(),
+            generation: 4,
+        },
+        Event::SnapshotTaken { domain: "web".into(), name: "s3".into(), bytes: 1 << 20, duration_ms: 7 },
+        Event::SnapshotFailed { domain: "web".into(), name: "s4".into(), reason: "disk full".into() },
+        Event::SnapshotRevertRequested { domain: "web".into(), name: "s3".into(), generation: Some(5) },
+        Event::SnapshotRestored { domain: "web".into(), name: "s3".into(), generation: 5 },
     ];
     events
         .into_iter()
@@ -217,8 +231,7 @@ fn rich_state() -> (State, Proposal) {
         reason: None,
     })
     .unwrap();
-    h.exec(Command::CreateSnapshot { domain: "web".into(), name: "before".into(), kind: SnapshotKind::Full })
-        .unwrap();
+    h.take_snapshot("web", "before").unwrap();
     h.exec(Command::StartMigration { domain: "web".into(), target: None }).unwrap();
     let id = *h.state.migrations().keys().next().unwrap();
     let command = Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring };
@@ -241,13 +254,33 @@ fn check_fixed_bytes<T: Durable + PartialEq + std::fmt::Debug>(name: &str, fresh
     value
 }
 
+fn read_golden<T: Durable>(name: &str) -> (T, Vec<u8>) {
+    let bytes = std::fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    (codec::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}")), bytes)
+}
+
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
     let (state, proposal) = rich_state();
-    let old_state: State = check_fixed_bytes("state-1.bin", &state);
+    let new_state: State = check_fixed_bytes("state-2.bin", &state);
+    invariants::check(&new_state).unwrap();
+    assert_eq!(new_state, state, "today's rich state is the one written by format 2");
+    let new: Proposal = check_fixed_bytes("proposal-2.bin", &proposal);
+    assert_eq!(new.request_id, "golden-proposal");
+}
+
+#[test]
+fn format_1_states_and_proposals_still_decode() {
+    let (old_state, _): (State, _) = read_golden("state-1.bin");
     invariants::check(&old_state).unwrap();
     assert_eq!(old_state.domains().len(), 1);
     assert_eq!(old_state.migrations().len(), 1);
-    let old: Proposal = check_fixed_bytes("proposal-1.bin", &proposal);
+    // A snapshot of format 1 was only a record: no host ever wrote a file for it.
+    let before = old_state.snapshot("web", "before").unwrap();
+    assert_eq!(before.state, SnapshotState::RecordOnly);
+    assert_eq!(old_state.domain("web").unwrap().current_snapshot.as_deref(), Some("before"));
+    assert_eq!(old_state.domain("web").unwrap().restore_from, None);
+    let (old, bytes): (Proposal, _) = read_golden("proposal-1.bin");
     assert_eq!(old.request_id, "golden-proposal");
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 2");
 }

@@ -408,7 +408,13 @@ pub(super) fn report_observation(
         phase,
         reason: reason.map(str::to_owned),
     });
+    if let Some(snapshot) = &domain.restore_from {
+        if matches!(phase, ObservedPhase::Running | ObservedPhase::Paused) {
+            d.emit(Event::SnapshotRestored { domain: name.to_owned(), name: snapshot.clone(), generation });
+        }
+    }
     if phase.is_terminal() {
+        super::snapshot::fail_pending(d, name, generation, "the run ended before the snapshot was taken");
         if let Some(id) = domain.migration {
             d.guard(ResourceKey::Migration(id));
             d.emit(Event::MigrationRolledBack { id, reason: format!("source VM {phase:?}") });

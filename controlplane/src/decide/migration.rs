@@ -4,7 +4,9 @@
 use super::Draft;
 use crate::event::Event;
 use crate::limits::REASON_LEN_MAX;
-use crate::model::{DesiredState, HostState, MigrationId, MigrationPhase, Phase, ResourceKind};
+use crate::model::{
+    DesiredState, HostState, MigrationId, MigrationPhase, Phase, ResourceKind, SnapshotState,
+};
 use crate::rejection::Rejection;
 use crate::scheduler::{self, Misfit};
 use crate::validate;
@@ -16,6 +18,13 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str, target: Option<&str>) -> Resu
             ResourceKind::Domain,
             name,
             format!("is already migrating (migration {id})"),
+        ));
+    }
+    if let Some(s) = d.state.snapshots_of(name).find(|s| matches!(s.state, SnapshotState::Pending { .. })) {
+        return Err(Rejection::precondition(
+            ResourceKind::Domain,
+            name,
+            format!("snapshot {} is still being taken", s.name),
         ));
     }
     let live = domain.desired != DesiredState::Stopped

@@ -1,9 +1,17 @@
 //! Snapshot commands.
 
+//!
+//! A snapshot is a saga with one step on a host: `create` asks the host that runs the
+//! domain (`SnapshotRequested`), the host writes the file and reports (`report`:
+//! `SnapshotTaken` or `SnapshotFailed`). A revert marks the domain to start from the
+//! snapshot (`SnapshotRevertRequested`, a new run at once if it is running); the host that
+//! restores it says so with its observation (`SnapshotRestored`).
+
 use super::Draft;
+use crate::command::SnapshotOutcome;
 use crate::event::Event;
-use crate::limits::SNAPSHOTS_PER_DOMAIN_MAX;
-use crate::model::{Phase, ResourceKey, ResourceKind, SnapshotKind, VolumeFormat};
+use crate::limits::{REASON_LEN_MAX, SNAPSHOTS_PER_DOMAIN_MAX};
+use crate::model::{HostState, Phase, ResourceKey, ResourceKind, SnapshotKind, SnapshotState, VolumeFormat};
 use crate::rejection::Rejection;
 use crate::validate;
 
@@ -29,6 +37,15 @@ pub(super) fn create(
             ResourceKind::Domain,
             domain_name,
             format!("is migrating (migration {id})"),
+        ));
+    }
+    if let Some(pending) =
+        d.state.snapshots_of(domain_name).find(|s| matches!(s.state, SnapshotState::Pending { .. }))
+    {
+        return Err(Rejection::precondition(
+            ResourceKind::Domain,
+            domain_name,
+            format!("snapshot {} is still being taken", pending.name),
         ));
     }
     match kind {
@@ -62,13 +79,84 @@ pub(super) fn create(
             }
         }
     }
-    d.emit(Event::SnapshotCreated {
+    // A disk snapshot of a stopped domain is asked of no host yet: it fails at once, with
+    // the reason, rather than be recorded as taken (disks are not real files yet).
+    let Some(host) = domain.status.host.clone() else {
+        return Err(Rejection::precondition(
+            ResourceKind::Domain,
+            domain_name,
+            "disk snapshots of a stopped domain are not carried out by hosts yet; start it first",
+        ));
+    };
+    d.emit(Event::SnapshotRequested {
         domain: domain_name.to_owned(),
         name: name.to_owned(),
         parent: domain.current_snapshot.clone(),
         kind,
+        host,
+        generation: domain.status.generation,
     });
     Ok(())
+}
+
+/// A host reports a snapshot asked of it. A report about a snapshot that is no longer
+/// pending for that host and run is stale and refused (the host stops sending it); the
+/// same outcome again is accepted and changes nothing.
+pub(super) fn report(
+    d: &mut Draft<'_>,
+    domain: &str,
+    name: &str,
+    host: &str,
+    generation: u64,
+    outcome: &SnapshotOutcome,
+) -> Result<(), Rejection> {
+    if let SnapshotOutcome::Failed { reason } = outcome {
+        validate::text("reason", reason, 1, REASON_LEN_MAX)?;
+    }
+    d.host(host)?;
+    let snapshot = snapshot_guarded(d, domain, name)?;
+    match (&snapshot.state, outcome) {
+        (SnapshotState::Pending { host: h, generation: g }, _) if h == host && *g == generation => {}
+        (SnapshotState::Taken { host: h, .. }, SnapshotOutcome::Taken { .. }) if h == host => return Ok(()),
+        (SnapshotState::Failed { .. }, SnapshotOutcome::Failed { .. }) => return Ok(()),
+        (state, _) => {
+            return Err(Rejection::precondition(
+                ResourceKind::Snapshot,
+                format!("{domain}/{name}"),
+                format!(
+                    "stale report from host {host} for run {generation}: the snapshot is {}",
+                    state.name()
+                ),
+            ))
+        }
+    }
+    d.emit(match outcome {
+        SnapshotOutcome::Taken { bytes, duration_ms } => Event::SnapshotTaken {
+            domain: domain.to_owned(),
+            name: name.to_owned(),
+            bytes: *bytes,
+            duration_ms: *duration_ms,
+        },
+        SnapshotOutcome::Failed { reason } => {
+            Event::SnapshotFailed { domain: domain.to_owned(), name: name.to_owned(), reason: reason.clone() }
+        }
+    });
+    Ok(())
+}
+
+/// The snapshots still pending for run `generation` of `domain`, failed because that run
+/// ended: the events that say so (the caller emits them beside the run's end).
+pub(super) fn fail_pending(d: &mut Draft<'_>, domain: &str, generation: u64, why: &str) {
+    let pending: Vec<String> = d
+        .state
+        .snapshots_of(domain)
+        .filter(|s| matches!(&s.state, SnapshotState::Pending { generation: g, .. } if *g == generation))
+        .map(|s| s.name.clone())
+        .collect();
+    for name in pending {
+        d.guard(ResourceKey::Snapshot { domain: domain.to_owned(), name: name.clone() });
+        d.emit(Event::SnapshotFailed { domain: domain.to_owned(), name, reason: why.to_owned() });
+    }
 }
 
 fn snapshot_guarded<'s>(
@@ -107,15 +195,49 @@ pub(super) fn delete(d: &mut Draft<'_>, domain: &str, name: &str) -> Result<(), 
 }
 
 pub(super) fn revert(d: &mut Draft<'_>, domain: &str, name: &str) -> Result<(), Rejection> {
-    snapshot_guarded(d, domain, name)?;
+    let snapshot = snapshot_guarded(d, domain, name)?;
+    let key = || format!("{domain}/{name}");
+    match (&snapshot.state, snapshot.kind) {
+        (SnapshotState::Taken { .. }, SnapshotKind::Full) => {}
+        (SnapshotState::Taken { .. }, SnapshotKind::Disk) => {
+            return Err(Rejection::precondition(
+                ResourceKind::Snapshot,
+                key(),
+                "is a disk snapshot; reverting disks is not carried out by hosts yet",
+            ))
+        }
+        (state, _) => {
+            return Err(Rejection::precondition(
+                ResourceKind::Snapshot,
+                key(),
+                format!("is {}; only a taken snapshot can be reverted to", state.name()),
+            ))
+        }
+    }
     let dom = d.domain(domain)?;
-    if dom.is_placed() {
+    if let Some(id) = dom.migration {
         return Err(Rejection::precondition(
             ResourceKind::Domain,
             domain,
-            "is active; stop it before reverting",
+            format!("is migrating (migration {id})"),
         ));
     }
-    d.emit(Event::SnapshotReverted { domain: domain.to_owned(), name: name.to_owned() });
+    let generation = match &dom.status.host {
+        None => None,
+        Some(host) => {
+            // A running domain gets a new run on its host, from the snapshot; the host ends
+            // the old run when it sees the new generation.
+            if d.host(host)?.state != HostState::Ready {
+                return Err(Rejection::precondition(
+                    ResourceKind::Host,
+                    host,
+                    "is not ready; stop the domain and revert it while stopped",
+                ));
+            }
+            fail_pending(d, domain, dom.status.generation, "the domain was reverted before it was taken");
+            Some(dom.status.generation + 1)
+        }
+    };
+    d.emit(Event::SnapshotRevertRequested { domain: domain.to_owned(), name: name.to_owned(), generation });
     Ok(())
 }

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use crate::fixtures::{dir_pool, kernel_spec, nat_network, register_host, Harness};
 use crate::model::{
     Boot, Cidr, Disk, DomainSpec, HaPolicy, HostState, Labels, Mac, MigrationPhase, NetworkConfig,
-    NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, VolumeFormat, VolumeRef,
+    NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState,
+    VolumeFormat, VolumeRef,
 };
-use crate::{decide, state_hash, Command, Decision, RejectionCode, Request};
+use crate::{decide, state_hash, Command, Decision, RejectionCode, Request, SnapshotOutcome};
 
 use RejectionCode::*;
 
@@ -500,12 +501,11 @@ fn lifecycle_rejections() {
 #[test]
 fn undefine_with_snapshots_is_refused() {
     let mut h = world();
-    let vol_spec = spec_with(&[(vol("shared", "spare"), false)], &[]);
-    ok(&mut h, Command::DefineDomain { name: "snappy".into(), spec: vol_spec });
-    ok(
-        &mut h,
-        Command::CreateSnapshot { domain: "snappy".into(), name: "s1".into(), kind: SnapshotKind::Disk },
-    );
+    ok(&mut h, Command::DefineDomain { name: "snappy".into(), spec: kernel_spec(1, 256) });
+    run(&mut h, "snappy");
+    h.take_snapshot("snappy", "s1").unwrap();
+    ok(&mut h, Command::DestroyDomain { name: "snappy".into() });
+    observe(&mut h, "snappy", ObservedPhase::Stopped);
     assert_rejections(
         &h,
         vec![(
@@ -913,13 +913,39 @@ fn snapshot_rejections() {
         name: name.into(),
         kind,
     };
+    let web = h.state.domain("web").unwrap().clone();
+    let (web_host, web_run) = (web.status.host.clone().unwrap(), web.status.generation);
+    let report =
+        |name: &str, host: &str, generation: u64, outcome: SnapshotOutcome| Command::ReportSnapshot {
+            domain: "web".into(),
+            name: name.into(),
+            host: host.into(),
+            generation,
+            outcome,
+        };
+    let taken = SnapshotOutcome::Taken { bytes: 4096, duration_ms: 2 };
+    let other_host = if web_host == "h1" { "h2" } else { "h1" };
     ok(&mut h, snap("web", "s1", SnapshotKind::Full));
+    assert!(matches!(h.state.snapshot("web", "s1").unwrap().state, SnapshotState::Pending { .. }));
+    assert_eq!(h.state.domain("web").unwrap().current_snapshot, None, "asked for is not taken");
     assert_rejections(
         &h,
         vec![
             ("exists", snap("web", "s1", SnapshotKind::Full), AlreadyExists, "snapshot web/s1"),
             ("bad name", snap("web", "S", SnapshotKind::Full), InvalidArgument, "name"),
             ("unknown domain", snap("nope", "s", SnapshotKind::Full), NotFound, "domain nope"),
+            (
+                "one at a time",
+                snap("web", "s2", SnapshotKind::Full),
+                FailedPrecondition,
+                "s1 is still being taken",
+            ),
+            (
+                "migrate while taking",
+                Command::StartMigration { domain: "web".into(), target: None },
+                FailedPrecondition,
+                "s1 is still being taken",
+            ),
             (
                 "full of stopped",
                 snap("idle", "s", SnapshotKind::Full),
@@ -934,39 +960,145 @@ fn snapshot_rejections() {
             ),
             ("disk without disks", snap("idle", "s", SnapshotKind::Disk), FailedPrecondition, "no disks"),
             (
+                "disk of a stopped domain",
+                snap("cd", "ro", SnapshotKind::Disk),
+                FailedPrecondition,
+                "not carried out by hosts yet",
+            ),
+            (
                 "delete unknown",
                 Command::DeleteSnapshot { domain: "web".into(), name: "nope".into() },
                 NotFound,
                 "snapshot web/nope",
             ),
             (
-                "revert running",
+                "revert pending",
                 Command::RevertSnapshot { domain: "web".into(), name: "s1".into() },
                 FailedPrecondition,
-                "stop it before reverting",
+                "is pending",
+            ),
+            (
+                "report from another host",
+                report("s1", other_host, web_run, taken.clone()),
+                FailedPrecondition,
+                "stale report",
+            ),
+            (
+                "report for another run",
+                report("s1", &web_host, web_run + 1, taken.clone()),
+                FailedPrecondition,
+                "stale report",
+            ),
+            (
+                "report unknown",
+                report("nope", &web_host, web_run, taken.clone()),
+                NotFound,
+                "snapshot web/nope",
+            ),
+            (
+                "empty failure reason",
+                report("s1", &web_host, web_run, SnapshotOutcome::Failed { reason: String::new() }),
+                InvalidArgument,
+                "reason",
             ),
         ],
     );
-    // A read-only raw disk does not stop a disk snapshot.
-    ok(&mut h, snap("cd", "ro", SnapshotKind::Disk));
-    let mut spec = spec_with(&[(vol("shared", "spare"), false)], &[]);
-    spec.vcpus = 1;
-    ok(&mut h, Command::DefineDomain { name: "many".into(), spec });
-    for i in 0..crate::limits::SNAPSHOTS_PER_DOMAIN_MAX {
-        ok(&mut h, snap("many", &format!("s{i}"), SnapshotKind::Disk));
+    ok(&mut h, report("s1", &web_host, web_run, taken.clone()));
+    // The same report again (a retry whose answer was lost) changes nothing.
+    let before = state_hash(&h.state);
+    ok(&mut h, report("s1", &web_host, web_run, taken.clone()));
+    assert_eq!(state_hash(&h.state), before);
+    assert_eq!(h.state.domain("web").unwrap().current_snapshot.as_deref(), Some("s1"));
+    // A failed snapshot is kept with its reason and never becomes current.
+    ok(&mut h, snap("web", "bad", SnapshotKind::Full));
+    ok(&mut h, report("bad", &web_host, web_run, SnapshotOutcome::Failed { reason: "disk full".into() }));
+    assert_eq!(
+        h.state.snapshot("web", "bad").unwrap().state,
+        SnapshotState::Failed { reason: "disk full".into() }
+    );
+    assert_eq!(h.state.domain("web").unwrap().current_snapshot.as_deref(), Some("s1"));
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "revert failed",
+                Command::RevertSnapshot { domain: "web".into(), name: "bad".into() },
+                FailedPrecondition,
+                "is failed",
+            ),
+            (
+                "late report",
+                report("bad", &web_host, web_run, taken.clone()),
+                FailedPrecondition,
+                "the snapshot is failed",
+            ),
+        ],
+    );
+    crate::invariants::check(&h.state).unwrap();
+    // Many snapshots, up to the limit.
+    for i in 2..crate::limits::SNAPSHOTS_PER_DOMAIN_MAX {
+        h.take_snapshot("web", &format!("s{i}")).unwrap();
     }
     assert_rejections(
         &h,
-        vec![(
-            "too many",
-            snap("many", "one-more", SnapshotKind::Disk),
-            ResourceExhausted,
-            "already has 256",
-        )],
+        vec![("too many", snap("web", "one-more", SnapshotKind::Full), ResourceExhausted, "already has 256")],
     );
     // Deleting the root re-parents its child; the chain stays whole.
-    ok(&mut h, Command::DeleteSnapshot { domain: "many".into(), name: "s0".into() });
-    assert_eq!(h.state.snapshot("many", "s1").unwrap().parent, None);
+    ok(&mut h, Command::DeleteSnapshot { domain: "web".into(), name: "s1".into() });
+    assert_eq!(h.state.snapshot("web", "bad").unwrap().parent, None);
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn a_snapshot_pending_when_its_run_ends_fails_with_it() {
+    let mut h = world();
+    ok(&mut h, Command::CreateSnapshot { domain: "web".into(), name: "s1".into(), kind: SnapshotKind::Full });
+    observe(&mut h, "web", ObservedPhase::Crashed);
+    let SnapshotState::Failed { reason } = &h.state.snapshot("web", "s1").unwrap().state else {
+        panic!("still {:?}", h.state.snapshot("web", "s1").unwrap().state);
+    };
+    assert!(reason.contains("the run ended"), "{reason}");
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn revert_starts_a_new_run_from_the_snapshot_and_the_host_says_when_it_is_restored() {
+    let mut h = world();
+    h.take_snapshot("web", "s1").unwrap();
+    let before = h.state.domain("web").unwrap().clone();
+    // Running: a new run on the same host, from the snapshot.
+    ok(&mut h, Command::RevertSnapshot { domain: "web".into(), name: "s1".into() });
+    let d = h.state.domain("web").unwrap();
+    assert_eq!(d.status.host, before.status.host);
+    assert_eq!(d.status.generation, before.status.generation + 1);
+    assert_eq!(d.restore_from.as_deref(), Some("s1"));
+    // The old run's report is stale now; the new run's first report clears the mark.
+    let host = before.status.host.clone().unwrap();
+    let stale = Command::ReportObservation {
+        domain: "web".into(),
+        host: host.clone(),
+        generation: before.status.generation,
+        phase: ObservedPhase::Running,
+        reason: None,
+    };
+    assert_rejections(&h, vec![("old run", stale, FailedPrecondition, "stale report")]);
+    observe(&mut h, "web", ObservedPhase::Starting);
+    assert_eq!(h.state.domain("web").unwrap().restore_from.as_deref(), Some("s1"), "not restored yet");
+    observe(&mut h, "web", ObservedPhase::Running);
+    assert_eq!(h.state.domain("web").unwrap().restore_from, None);
+    assert!(h
+        .envelopes
+        .iter()
+        .any(|e| matches!(&e.event, crate::Event::SnapshotRestored { name, .. } if name == "s1")));
+    // Stopped: the next start restores; deleting the snapshot drops the mark.
+    ok(&mut h, Command::DestroyDomain { name: "web".into() });
+    observe(&mut h, "web", ObservedPhase::Stopped);
+    ok(&mut h, Command::RevertSnapshot { domain: "web".into(), name: "s1".into() });
+    let d = h.state.domain("web").unwrap();
+    assert!(!d.is_placed());
+    assert_eq!(d.restore_from.as_deref(), Some("s1"));
+    ok(&mut h, Command::DeleteSnapshot { domain: "web".into(), name: "s1".into() });
+    assert_eq!(h.state.domain("web").unwrap().restore_from, None);
     crate::invariants::check(&h.state).unwrap();
 }
 

@@ -9,6 +9,32 @@ pub enum SnapshotKind {
     Disk,
 }
 
+/// Where a snapshot stands: asked for, taken by a host, or failed. Only a host that
+/// really wrote the snapshot's file moves it to `Taken`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotState {
+    /// Asked of `host`, which runs run `generation` of the domain; not taken yet.
+    Pending { host: String, generation: u64 },
+    /// `host` wrote the snapshot: `bytes` in its file, the guest held paused `duration_ms`.
+    Taken { host: String, bytes: u64, duration_ms: u64 },
+    /// The host could not take it (or the run ended first); nothing is kept.
+    Failed { reason: String },
+    /// Recorded by a build from before hosts took snapshots (`SnapshotCreated`): there is
+    /// no file behind it.
+    RecordOnly,
+}
+
+impl SnapshotState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SnapshotState::Pending { .. } => "pending",
+            SnapshotState::Taken { .. } => "taken",
+            SnapshotState::Failed { .. } => "failed",
+            SnapshotState::RecordOnly => "record-only",
+        }
+    }
+}
+
 /// A snapshot of a domain. Snapshots of one domain form a tree through `parent`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -18,4 +44,5 @@ pub struct Snapshot {
     pub kind: SnapshotKind,
     pub created_ms: u64,
     pub version: u64,
+    pub state: SnapshotState,
 }
