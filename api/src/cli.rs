@@ -175,22 +175,30 @@ pub enum VolCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCmd {
-    /// Snapshot a domain: `full` (memory + devices + disks, running domain) or `disk`.
+    /// Snapshot a domain: `full` (memory and devices of a running or paused domain; the
+    /// guest is paused while its host writes the file) or `disk`. Waits until the host
+    /// has taken it (or failed to) unless `--no-wait`.
     Create {
         domain: String,
         name: String,
         #[arg(long, default_value = "full")]
         kind: String,
+        /// Return once the snapshot is asked for, without waiting for the host.
+        #[arg(long)]
+        no_wait: bool,
     },
+    /// Delete a snapshot (its children move to its parent); hosts remove its file.
     Delete {
         domain: String,
         name: String,
     },
-    /// Make a stopped domain's current snapshot NAME.
+    /// Go back to snapshot NAME: a running domain continues from it at once (a new run on
+    /// its host); a stopped one starts from it next time.
     Revert {
         domain: String,
         name: String,
     },
+    /// Snapshots with their state, size and how long the guest was paused for them.
     List {
         #[arg(default_value = "")]
         domain: String,
@@ -314,7 +322,7 @@ fn domain_json(d: &pb::Domain) -> Value {
         "name": d.name, "desired": d.desired, "phase": st.phase, "host": st.host,
         "generation": st.generation, "reason": st.reason, "vcpus": spec.vcpus,
         "memory_mib": spec.memory_mib, "version": d.version, "migration_id": d.migration_id,
-        "current_snapshot": d.current_snapshot,
+        "current_snapshot": d.current_snapshot, "restore_from": d.restore_from,
     })
 }
 
@@ -666,7 +674,7 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
 
 async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) -> anyhow::Result<Printed> {
     Ok(match cmd {
-        SnapshotCmd::Create { domain, name, kind } => {
+        SnapshotCmd::Create { domain, name, kind, no_wait } => {
             let req = pb::CreateSnapshotRequest {
                 request_id: new_id(),
                 domain: domain.clone(),
@@ -674,7 +682,25 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
                 kind,
             };
             let w = rpc!(c, SnapshotsClient, create, req.clone());
-            written(o, &format!("snapshot {domain}/{name} created"), &w)
+            if no_wait {
+                return Ok(written(o, &format!("snapshot {domain}/{name} asked of its host"), &w));
+            }
+            let s = wait_for_snapshot(c, consistency, &domain, &name).await?;
+            if s.state() == pb::SnapshotState::Failed {
+                anyhow::bail!("snapshot {domain}/{name} failed on host {}: {}", s.host, s.reason);
+            }
+            show(
+                o,
+                || {
+                    format!(
+                        "snapshot {domain}/{name} taken on host {}: {}, guest paused {} ms",
+                        s.host,
+                        mib(s.bytes),
+                        s.duration_ms
+                    )
+                },
+                || snapshot_json(&s),
+            )
         }
         SnapshotCmd::Delete { domain, name } => {
             let req =
@@ -686,7 +712,7 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
             let req =
                 pb::SnapshotRequest { request_id: new_id(), domain: domain.clone(), name: name.clone() };
             let w = rpc!(c, SnapshotsClient, revert, req.clone());
-            written(o, &format!("domain {domain} reverted to snapshot {name}"), &w)
+            written(o, &format!("domain {domain} goes back to snapshot {name}"), &w)
         }
         SnapshotCmd::List { domain } => {
             let list = rpc!(
@@ -701,16 +727,73 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
                 || {
                     let rows = list
                         .iter()
-                        .map(|s| vec![s.domain.clone(), s.name.clone(), s.kind.clone(), s.parent.clone()])
+                        .map(|s| {
+                            let taken = s.state() == pb::SnapshotState::Taken;
+                            vec![
+                                s.domain.clone(),
+                                s.name.clone(),
+                                s.kind.clone(),
+                                s.parent.clone(),
+                                snapshot_state(s).to_owned(),
+                                if taken { mib(s.bytes) } else { String::new() },
+                                if taken { format!("{} ms", s.duration_ms) } else { String::new() },
+                                if s.reason.is_empty() { s.host.clone() } else { s.reason.clone() },
+                            ]
+                        })
                         .collect();
-                    table(&["domain", "name", "kind", "parent"], rows)
+                    table(&["domain", "name", "kind", "parent", "state", "size", "paused", "host / reason"], rows)
                 },
-                || {
-                    Value::Array(list.iter().map(|s| json!({"domain": s.domain, "name": s.name, "kind": s.kind, "parent": s.parent})).collect())
-                },
+                || Value::Array(list.iter().map(snapshot_json).collect()),
             )
         }
     })
+}
+
+/// How long `snapshot create` waits for the host to take the snapshot.
+const SNAPSHOT_WAIT_MS: u64 = 300_000;
+/// How often it looks.
+const SNAPSHOT_POLL_MS: u64 = 50;
+
+/// Wait until snapshot `domain/name` is taken or failed.
+async fn wait_for_snapshot(c: &ApiClient, consistency: i32, domain: &str, name: &str) -> anyhow::Result<pb::Snapshot> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(SNAPSHOT_WAIT_MS);
+    loop {
+        let req = pb::ListSnapshotsRequest { domain: domain.to_owned(), consistency };
+        let list = rpc!(c, SnapshotsClient, list, req.clone()).snapshots;
+        let Some(s) = list.into_iter().find(|s| s.name == name) else {
+            anyhow::bail!("snapshot {domain}/{name} is gone (deleted meanwhile?)");
+        };
+        if s.state() != pb::SnapshotState::Pending {
+            return Ok(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("snapshot {domain}/{name} still pending after {} s; `snapshot list` shows when it ends", SNAPSHOT_WAIT_MS / 1000);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(SNAPSHOT_POLL_MS)).await;
+    }
+}
+
+fn snapshot_state(s: &pb::Snapshot) -> &'static str {
+    match s.state() {
+        pb::SnapshotState::Pending => "pending",
+        pb::SnapshotState::Taken => "taken",
+        pb::SnapshotState::Failed => "failed",
+        pb::SnapshotState::RecordOnly => "record-only",
+        pb::SnapshotState::Unspecified => "unknown",
+    }
+}
+
+fn snapshot_json(s: &pb::Snapshot) -> Value {
+    json!({
+        "domain": s.domain, "name": s.name, "kind": s.kind, "parent": s.parent,
+        "state": snapshot_state(s), "host": s.host, "bytes": s.bytes, "duration_ms": s.duration_ms,
+        "reason": s.reason, "created_ms": s.created_ms,
+    })
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) -> anyhow::Result<Printed> {

@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 use controlplane::model::{
     AttachMode, Boot, Cidr, DesiredState, Disk, Domain, DomainSpec, HaPolicy, Host, HostState, Mac,
     Migration, MigrationPhase, Network, NetworkConfig, NetworkMode, Nic, Phase, Placement, Pool, PoolConfig,
-    PoolKind, Resources, Snapshot, SnapshotKind, StopMode, Volume, VolumeFormat, VolumeRef,
+    PoolKind, Resources, Snapshot, SnapshotKind, SnapshotState, StopMode, Volume, VolumeFormat, VolumeRef,
 };
-use controlplane::EventEnvelope;
+use controlplane::{Command, EventEnvelope, SnapshotOutcome};
 use proto::api as pb;
 use tonic::Status;
 
@@ -152,6 +152,7 @@ pub fn domain_to_pb(d: &Domain) -> pb::Domain {
             observed_ms: d.status.observed_ms,
         }),
         current_snapshot: d.current_snapshot.clone().unwrap_or_default(),
+        restore_from: d.restore_from.clone().unwrap_or_default(),
         migration_id: d.migration.unwrap_or(0),
         defined_ms: d.defined_ms,
         version: d.version,
@@ -319,14 +320,44 @@ pub fn snapshot_kind(k: &str) -> Result<SnapshotKind, Status> {
 }
 
 pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
-    pb::Snapshot {
+    let mut out = pb::Snapshot {
         domain: s.domain.clone(),
         name: s.name.clone(),
         parent: s.parent.clone().unwrap_or_default(),
         kind: if s.kind == SnapshotKind::Full { "full" } else { "disk" }.into(),
         created_ms: s.created_ms,
         version: s.version,
+        ..Default::default()
+    };
+    match &s.state {
+        SnapshotState::Pending { host, generation } => {
+            out.set_state(pb::SnapshotState::Pending);
+            out.host = host.clone();
+            out.generation = *generation;
+        }
+        SnapshotState::Taken { host, bytes, duration_ms } => {
+            out.set_state(pb::SnapshotState::Taken);
+            out.host = host.clone();
+            out.bytes = *bytes;
+            out.duration_ms = *duration_ms;
+        }
+        SnapshotState::Failed { reason } => {
+            out.set_state(pb::SnapshotState::Failed);
+            out.reason = reason.clone();
+        }
+        SnapshotState::RecordOnly => out.set_state(pb::SnapshotState::RecordOnly),
     }
+    out
+}
+
+/// A host's snapshot report as the command it is.
+pub fn snapshot_report(r: pb::ReportSnapshotRequest) -> Command {
+    let outcome = if r.failure.is_empty() {
+        SnapshotOutcome::Taken { bytes: r.bytes, duration_ms: r.duration_ms }
+    } else {
+        SnapshotOutcome::Failed { reason: r.failure }
+    };
+    Command::ReportSnapshot { domain: r.domain, name: r.name, host: r.host, generation: r.generation, outcome }
 }
 
 pub fn migration_to_pb(m: &Migration) -> pb::Migration {

@@ -63,6 +63,15 @@ impl Snapshots for Api {
             .await?;
         Ok(Response::new(pb::ListSnapshotsReply { snapshots }))
     }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportSnapshotRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let request_id = r.request_id.clone();
+        Ok(Response::new(self.write(&meta, request_id, convert::snapshot_report(r)).await?))
+    }
 }
 
 #[tonic::async_trait]
