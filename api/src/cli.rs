@@ -188,16 +188,10 @@ pub enum SnapshotCmd {
         no_wait: bool,
     },
     /// Delete a snapshot (its children move to its parent); hosts remove its file.
-    Delete {
-        domain: String,
-        name: String,
-    },
+    Delete { domain: String, name: String },
     /// Go back to snapshot NAME: a running domain continues from it at once (a new run on
     /// its host); a stopped one starts from it next time.
-    Revert {
-        domain: String,
-        name: String,
-    },
+    Revert { domain: String, name: String },
     /// Snapshots with their state, size and how long the guest was paused for them.
     List {
         #[arg(default_value = "")]
@@ -741,7 +735,10 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
                             ]
                         })
                         .collect();
-                    table(&["domain", "name", "kind", "parent", "state", "size", "paused", "host / reason"], rows)
+                    table(
+                        &["domain", "name", "kind", "parent", "state", "size", "paused", "host / reason"],
+                        rows,
+                    )
                 },
                 || Value::Array(list.iter().map(snapshot_json).collect()),
             )
@@ -755,7 +752,12 @@ const SNAPSHOT_WAIT_MS: u64 = 300_000;
 const SNAPSHOT_POLL_MS: u64 = 50;
 
 /// Wait until snapshot `domain/name` is taken or failed.
-async fn wait_for_snapshot(c: &ApiClient, consistency: i32, domain: &str, name: &str) -> anyhow::Result<pb::Snapshot> {
+async fn wait_for_snapshot(
+    c: &ApiClient,
+    consistency: i32,
+    domain: &str,
+    name: &str,
+) -> anyhow::Result<pb::Snapshot> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(SNAPSHOT_WAIT_MS);
     loop {
         let req = pb::ListSnapshotsRequest { domain: domain.to_owned(), consistency };
@@ -767,7 +769,10 @@ async fn wait_for_snapshot(c: &ApiClient, consistency: i32, domain: &str, name: 
             return Ok(s);
         }
         if std::time::Instant::now() >= deadline {
-            anyhow::bail!("snapshot {domain}/{name} still pending after {} s; `snapshot list` shows when it ends", SNAPSHOT_WAIT_MS / 1000);
+            anyhow::bail!(
+                "snapshot {domain}/{name} still pending after {} s; `snapshot list` shows when it ends",
+                SNAPSHOT_WAIT_MS / 1000
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(SNAPSHOT_POLL_MS)).await;
     }

@@ -327,6 +327,7 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
         kind: if s.kind == SnapshotKind::Full { "full" } else { "disk" }.into(),
         created_ms: s.created_ms,
         version: s.version,
+        id: s.id,
         ..Default::default()
     };
     match &s.state {
@@ -357,7 +358,13 @@ pub fn snapshot_report(r: pb::ReportSnapshotRequest) -> Command {
     } else {
         SnapshotOutcome::Failed { reason: r.failure }
     };
-    Command::ReportSnapshot { domain: r.domain, name: r.name, host: r.host, generation: r.generation, outcome }
+    Command::ReportSnapshot {
+        domain: r.domain,
+        name: r.name,
+        host: r.host,
+        generation: r.generation,
+        outcome,
+    }
 }
 
 pub fn migration_to_pb(m: &Migration) -> pb::Migration {

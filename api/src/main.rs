@@ -110,6 +110,11 @@ struct HostdArgs {
     /// Cap of each VM's console log, bytes (the previous part is kept as `.old`).
     #[arg(long, default_value_t = 1 << 20)]
     console_log_bytes_max: u64,
+    /// Where VM snapshots are written and restored from (`<dir>/<domain>/<name>.snap`).
+    /// Give every host the same shared directory (NFS, a cluster filesystem) so that any
+    /// host can restore any snapshot. Default: `snapshots` beside the run directory.
+    #[arg(long)]
+    snapshot_dir: Option<PathBuf>,
     /// vCPUs offered to the cluster (default: this machine's CPUs).
     #[arg(long)]
     vcpus: Option<u32>,
@@ -189,25 +194,28 @@ async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()
                 .with_context(|| format!("label {l:?} is not key=value"))
         })
         .collect::<anyhow::Result<_>>()?;
-    let config = hostd::agent::AgentConfig {
-        host: args.name.clone(),
-        address: args.address.clone(),
-        endpoints: endpoints.clone(),
-        vcpus: match args.vcpus {
-            Some(v) => v,
-            None => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-        },
-        memory_mib: match args.memory_mib {
-            Some(m) => m,
-            None => {
-                vmm::config::host_memory_mib().context("reading this machine's memory; pass --memory-mib")?
-            }
-        },
-        labels,
-        tick_ms: args.tick_ms,
-        shutdown_timeout_ms: 30_000,
-        replica: start_host_replica(&args, &endpoints).await?,
-    };
+    let config =
+        hostd::agent::AgentConfig {
+            host: args.name.clone(),
+            address: args.address.clone(),
+            endpoints: endpoints.clone(),
+            vcpus: match args.vcpus {
+                Some(v) => v,
+                None => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            },
+            memory_mib: match args.memory_mib {
+                Some(m) => m,
+                None => vmm::config::host_memory_mib()
+                    .context("reading this machine's memory; pass --memory-mib")?,
+            },
+            labels,
+            tick_ms: args.tick_ms,
+            shutdown_timeout_ms: 30_000,
+            replica: start_host_replica(&args, &endpoints).await?,
+            snapshot_dir: args.snapshot_dir.clone().unwrap_or_else(|| {
+                args.run_dir.parent().unwrap_or(std::path::Path::new("/")).join("snapshots")
+            }),
+        };
     let replica = config.replica.clone();
     let stop = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

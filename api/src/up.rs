@@ -173,6 +173,9 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
             driver.clone(),
             "--run-dir".into(),
             data_dir.join(format!("host-{h}")).join("vms").display().to_string(),
+            // One snapshot directory for every host, as shared storage would give.
+            "--snapshot-dir".into(),
+            data_dir.join("snapshots").display().to_string(),
             // Every host holds a replica of the log (a raft learner), ids from 101, ports
             // after the control replicas'.
             "--replica-dir".into(),

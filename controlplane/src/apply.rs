@@ -386,6 +386,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 created_ms: now,
                 version: seq,
                 state: SnapshotState::RecordOnly,
+                id: seq,
             };
             let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
             assert!(previous.is_none(), "snapshot {domain}/{name} created twice");
@@ -459,6 +460,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 created_ms: now,
                 version: seq,
                 state: SnapshotState::Pending { host: host.clone(), generation: *generation },
+                id: seq,
             };
             let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
             assert!(previous.is_none(), "snapshot {domain}/{name} created twice");

@@ -88,6 +88,8 @@ impl From<StateV1> for State {
                     created_ms: s.created_ms,
                     version: s.version,
                     state: SnapshotState::RecordOnly,
+                    // The best a format-1 record offers; no file is named by it.
+                    id: s.version,
                 };
                 (k, snapshot)
             })

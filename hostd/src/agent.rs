@@ -9,6 +9,7 @@
 //! watch of domain events.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::api as pb;
@@ -16,15 +17,19 @@ use proto::api::domains_client::DomainsClient;
 use proto::api::events_client::EventsClient;
 use proto::api::hosts_client::HostsClient;
 use proto::api::networks_client::NetworksClient;
+use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tracing::{info, warn};
 
-use crate::assignment::assigned_from_state;
-use crate::driver::{isolated_bridge, nat_attachment, Attachment, DiskSpec, Driver, NicSpec, VmSpec};
+use crate::assignment::{share_from_state, HostShare};
+use crate::driver::{
+    isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, Driver, NicSpec, VmSpec,
+};
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::{Assigned, Desired, Report};
+use crate::snapshots::{HostSnapshots, SnapshotJob, SnapshotReport, SnapshotWork};
 
 /// How a host agent runs.
 #[derive(Debug, Clone)]
@@ -43,6 +48,9 @@ pub struct AgentConfig {
     /// This host's replica of the log (a raft learner), read locally; `None`: read the
     /// state through the API.
     pub replica: Option<raft::node::Node>,
+    /// Where snapshot files are written and restored from (`<dir>/<domain>/<name>.snap`);
+    /// shared by every host that should be able to restore any snapshot.
+    pub snapshot_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +151,7 @@ fn assigned_from(
     domains: &[pb::Domain],
     pools: &BTreeMap<String, String>,
     networks: &BTreeMap<String, pb::NetworkConfig>,
+    restores: &BTreeMap<String, PathBuf>,
 ) -> BTreeMap<String, Assigned> {
     domains
         .iter()
@@ -201,7 +210,7 @@ fn assigned_from(
                                 attachment: attachment_of(networks, &n.network),
                             })
                             .collect(),
-                        restore_from: None,
+                        restore_from: restores.get(&d.name).map(|path| path.display().to_string()),
                     },
                     desired,
                     force: d.stop_mode == "force",
@@ -210,6 +219,33 @@ fn assigned_from(
             ))
         })
         .collect()
+}
+
+/// This host's snapshot work from the cluster's snapshot list.
+fn snapshot_work_from(host: &str, snapshots: &[pb::Snapshot], domains: &[pb::Domain]) -> SnapshotWork {
+    // Every version read is an event the read includes; a snapshot asked for after the
+    // read has a higher id than all of them.
+    let known_seq =
+        snapshots.iter().map(|s| s.version).chain(domains.iter().map(|d| d.version)).max().unwrap_or(0);
+    let mut work = SnapshotWork { known_seq, ..SnapshotWork::default() };
+    for s in snapshots {
+        work.held.insert((s.domain.clone(), s.name.clone()), s.id);
+        if s.state() == pb::SnapshotState::Pending && s.host == host {
+            let kind = if s.kind == "disk" {
+                controlplane::model::SnapshotKind::Disk
+            } else {
+                controlplane::model::SnapshotKind::Full
+            };
+            work.jobs.push(SnapshotJob {
+                domain: s.domain.clone(),
+                name: s.name.clone(),
+                id: s.id,
+                generation: s.generation,
+                kind,
+            });
+        }
+    }
+    work
 }
 
 /// Register the host and make it ready, retrying until `deadline`.
@@ -268,6 +304,7 @@ pub async fn run<D: Driver>(
     register(&mut api, &config, boot).await?;
     info!(host = %config.host, "host registered and ready");
     let mut pass = HostPass::new(config.shutdown_timeout_ms);
+    let mut snapshots = HostSnapshots::new(config.snapshot_dir.clone());
     let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
@@ -295,16 +332,19 @@ pub async fn run<D: Driver>(
             tokio::time::sleep_until(last_pass + Duration::from_millis(PASS_GAP_MS)).await;
         }
         last_pass = tokio::time::Instant::now();
-        let assigned = match &config.replica {
+        let share = match &config.replica {
             // The host's own replica: no round trip, and as fresh as the log it follows
             // (a lagging replica only delays actions; generations keep them safe).
-            Some(node) => node.read_local(|state| assigned_from_state(&config.host, state)),
-            None => match read_through_api(&mut api, &config.host, &mut watch).await {
-                Some(assigned) => assigned,
+            Some(node) => {
+                node.read_local(|state| share_from_state(&config.host, state, &config.snapshot_dir))
+            }
+            None => match read_through_api(&mut api, &config.host, &mut watch, &config.snapshot_dir).await {
+                Some(share) => share,
                 None => continue,
             },
         };
-        for observation in pass.run(&mut driver, &assigned, started.elapsed().as_millis() as u64) {
+        let now = started.elapsed().as_millis() as u64;
+        for observation in pass.run(&mut driver, &share.domains, now) {
             let Observation { domain, generation, phase, reason } = observation.clone();
             match reporter.send(&mut api, &domain, generation, phase, reason).await {
                 Ok(_) => pass.reported(&observation),
@@ -318,6 +358,18 @@ pub async fn run<D: Driver>(
                 }
             }
         }
+        for report in snapshots.run(&mut driver, &share.snapshots, now) {
+            match reporter.send_snapshot(&mut api, &report).await {
+                Ok(()) => snapshots.reported(&report),
+                // Deleted meanwhile, or no longer pending for this run: nothing to report.
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                    snapshots.reported(&report)
+                }
+                Err(s) => {
+                    warn!(domain = %report.domain, snapshot = %report.name, status = %s, "snapshot report not accepted; will retry")
+                }
+            }
+        }
     }
 }
 
@@ -328,7 +380,8 @@ async fn read_through_api(
     api: &mut Api,
     host: &str,
     watch: &mut Option<tonic::Streaming<pb::Event>>,
-) -> Option<BTreeMap<String, Assigned>> {
+    snapshot_dir: &Path,
+) -> Option<HostShare> {
     let host = host.to_owned();
     let domains = match api
         .call(|ch| {
@@ -394,10 +447,35 @@ async fn read_through_api(
     } else {
         BTreeMap::new()
     };
+    let listed = match api
+        .call(|ch| {
+            let r = request(
+                &host,
+                pb::ListSnapshotsRequest {
+                    domain: String::new(),
+                    consistency: pb::Consistency::Linearizable as i32,
+                },
+            );
+            async move { SnapshotsClient::new(ch).list(r).await }
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().snapshots,
+        Err(s) => {
+            warn!(status = %s, "cannot read the snapshots; VMs keep running as they are");
+            return None;
+        }
+    };
+    let snapshots = snapshot_work_from(&host, &listed, &domains);
     if watch.is_none() {
         // Every domain event after the newest version seen is news.
         let from_seq = domains.iter().map(|d| d.version).max().unwrap_or(0) + 1;
-        let w = pb::WatchRequest { from_seq, follow: true, kinds: vec!["domain".into()], names: Vec::new() };
+        let w = pb::WatchRequest {
+            from_seq,
+            follow: true,
+            kinds: vec!["domain".into(), "snapshot".into()],
+            names: Vec::new(),
+        };
         match api
             .call(|ch| {
                 let r = request(&host, w.clone());
@@ -409,7 +487,17 @@ async fn read_through_api(
             Err(s) => warn!(status = %s, "cannot watch domain events; reconciling on the tick only"),
         }
     }
-    Some(assigned_from(&host, &domains, &pools, &networks))
+    // The file each restoring domain starts from: its snapshot's id names it.
+    let restores: BTreeMap<String, PathBuf> = domains
+        .iter()
+        .filter(|d| !d.restore_from.is_empty())
+        .map(|d| {
+            let id =
+                listed.iter().find(|s| s.domain == d.name && s.name == d.restore_from).map_or(0, |s| s.id);
+            (d.name.clone(), snapshot_path(snapshot_dir, &d.name, &d.restore_from, id))
+        })
+        .collect();
+    Some(HostShare { domains: assigned_from(&host, &domains, &pools, &networks, &restores), snapshots })
 }
 
 /// The shortest time between two reconcile passes woken by events.
@@ -464,6 +552,33 @@ impl Reporter {
         api.call(|ch| {
             let r = request(host, report.clone());
             async move { HostsClient::new(ch).report(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn send_snapshot(&mut self, api: &mut Api, report: &SnapshotReport) -> Result<(), tonic::Status> {
+        self.sent += 1;
+        let (failure, bytes, duration_ms) = match &report.outcome {
+            controlplane::SnapshotOutcome::Taken { bytes, duration_ms } => {
+                (String::new(), *bytes, *duration_ms)
+            }
+            controlplane::SnapshotOutcome::Failed { reason } => (reason.clone(), 0, 0),
+        };
+        let message = pb::ReportSnapshotRequest {
+            request_id: format!("{}-{}-{}", self.host, self.boot, self.sent),
+            domain: report.domain.clone(),
+            name: report.name.clone(),
+            host: self.host.clone(),
+            generation: report.generation,
+            failure,
+            bytes,
+            duration_ms,
+        };
+        let host = &self.host;
+        api.call(|ch| {
+            let r = request(host, message.clone());
+            async move { SnapshotsClient::new(ch).report(r).await }
         })
         .await
         .map(|_| ())

@@ -3,12 +3,29 @@
 //! replica on every production host once it lands), it needs no API round trip.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use controlplane::model::{Boot, DesiredState, NetworkConfig, NetworkMode, StopMode};
 use controlplane::State;
 
-use crate::driver::{isolated_bridge, nat_attachment, Attachment, DiskSpec, NicSpec, VmSpec};
+use crate::driver::{isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, NicSpec, VmSpec};
 use crate::reconciler::{Assigned, Desired};
+use crate::snapshots::SnapshotWork;
+
+/// A host's share of the state: the domains placed on it and its snapshot work.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostShare {
+    pub domains: BTreeMap<String, Assigned>,
+    pub snapshots: SnapshotWork,
+}
+
+/// `host`'s share of `state`; snapshots live under `snapshot_dir`.
+pub fn share_from_state(host: &str, state: &State, snapshot_dir: &Path) -> HostShare {
+    HostShare {
+        domains: assigned_from_state(host, state, snapshot_dir),
+        snapshots: SnapshotWork::from_state(host, state),
+    }
+}
 
 /// Where a NIC of network `network` (name and settings; `None`: no such network) plugs
 /// in on a host.
@@ -30,8 +47,9 @@ pub fn attachment(network: Option<(&String, &NetworkConfig)>) -> Attachment {
 }
 
 /// The domains the state places on `host`, with their disks resolved to
-/// `<pool path>/<volume name>` and their NICs to where their taps plug in.
-pub fn assigned_from_state(host: &str, state: &State) -> BTreeMap<String, Assigned> {
+/// `<pool path>/<volume name>`, their NICs to where their taps plug in, and the snapshot
+/// a run restores from to its file under `snapshot_dir`.
+pub fn assigned_from_state(host: &str, state: &State, snapshot_dir: &Path) -> BTreeMap<String, Assigned> {
     state
         .domains()
         .values()
@@ -81,7 +99,12 @@ pub fn assigned_from_state(host: &str, state: &State) -> BTreeMap<String, Assign
                         attachment: attachment(state.network(&nic.network).map(|n| (&n.name, &n.config))),
                     })
                     .collect(),
-                restore_from: None,
+                restore_from: d.restore_from.as_ref().map(|name| {
+                    // A snapshot the state lost would be a broken invariant; an id of 0
+                    // names a file that cannot exist, so the start fails with the path.
+                    let id = state.snapshot(&d.name, name).map_or(0, |s| s.id);
+                    snapshot_path(snapshot_dir, &d.name, name, id).display().to_string()
+                }),
             };
             (
                 d.name.clone(),

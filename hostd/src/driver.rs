@@ -157,9 +157,9 @@ pub trait Driver: Send {
         path: &std::path::Path,
         now_ms: u64,
     ) -> Result<SnapshotTaken, DriverError>;
-    /// The snapshot files under `dir` (`<dir>/<domain>/<name>.snap`), as
-    /// `(domain, name, path)`. Process drivers keep them as files; the fake in memory.
-    fn snapshot_files(&mut self, dir: &std::path::Path) -> Vec<(String, String, std::path::PathBuf)> {
+    /// The snapshot files under `dir` (`<dir>/<domain>/<name>.snap`), as of `now_ms`.
+    /// Process drivers keep them as files; the fake in memory.
+    fn snapshot_files(&mut self, dir: &std::path::Path, _now_ms: u64) -> Vec<SnapshotFile> {
         snapshot_files_on_disk(dir)
     }
     /// Remove a snapshot file; one already gone is not an error.
@@ -180,16 +180,35 @@ pub trait Driver: Send {
     fn list(&mut self, now_ms: u64) -> BTreeMap<String, VmStatus>;
 }
 
-/// Where snapshot `name` of `domain` lives under a host's snapshot directory.
-pub fn snapshot_path(dir: &std::path::Path, domain: &str, name: &str) -> std::path::PathBuf {
-    dir.join(domain).join(format!("{name}.{SNAPSHOT_EXTENSION}"))
+/// Where snapshot `name` of `domain`, asked for by event `id`, lives under a host's
+/// snapshot directory: `<dir>/<domain>/<name>-<id>.snap`.
+pub fn snapshot_path(dir: &std::path::Path, domain: &str, name: &str, id: u64) -> std::path::PathBuf {
+    dir.join(domain).join(format!("{name}-{id}.{SNAPSHOT_EXTENSION}"))
 }
 
 /// The extension of finished snapshot files (one being written has another name).
 pub const SNAPSHOT_EXTENSION: &str = "snap";
 
-/// Every `<dir>/<domain>/<name>.snap`, in order.
-pub fn snapshot_files_on_disk(dir: &std::path::Path) -> Vec<(String, String, std::path::PathBuf)> {
+/// A snapshot file a driver holds.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotFile {
+    pub domain: String,
+    pub name: String,
+    /// The id in its name (the event that asked for the snapshot).
+    pub id: u64,
+    pub path: std::path::PathBuf,
+    /// How long ago it was written.
+    pub age_ms: u64,
+}
+
+/// `<name>-<id>` as (name, id).
+pub fn parse_snapshot_stem(stem: &str) -> Option<(String, u64)> {
+    let (name, id) = stem.rsplit_once('-')?;
+    Some((name.to_owned(), id.parse().ok()?))
+}
+
+/// Every `<dir>/<domain>/<name>-<id>.snap`, in order.
+pub fn snapshot_files_on_disk(dir: &std::path::Path) -> Vec<SnapshotFile> {
     let mut out = Vec::new();
     let Ok(domains) = std::fs::read_dir(dir) else { return out };
     for domain in domains.flatten() {
@@ -200,8 +219,17 @@ pub fn snapshot_files_on_disk(dir: &std::path::Path) -> Vec<(String, String, std
             if path.extension().and_then(|e| e.to_str()) != Some(SNAPSHOT_EXTENSION) {
                 continue;
             }
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-            out.push((domain_name.clone(), stem.to_owned(), path.clone()));
+            let Some((name, id)) = path.file_stem().and_then(|s| s.to_str()).and_then(parse_snapshot_stem)
+            else {
+                continue;
+            };
+            let age_ms = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            out.push(SnapshotFile { domain: domain_name.clone(), name, id, path: path.clone(), age_ms });
         }
     }
     out.sort();

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::driver::{Driver, DriverError, SnapshotTaken, VmPhase, VmSpec, VmStatus};
+use crate::driver::{Driver, DriverError, SnapshotFile, SnapshotTaken, VmPhase, VmSpec, VmStatus};
 
 /// How long the fake says it held a guest paused, per GiB of memory it snapshots.
 pub const SNAPSHOT_MS_PER_GIB: u64 = 200;
@@ -18,6 +18,7 @@ pub struct FakeSnapshot {
     pub domain: String,
     pub memory_mib: u64,
     pub phase: VmPhase,
+    pub written_ms: u64,
 }
 
 /// The fake's snapshot "files", by path; hosts that share storage share one.
@@ -45,6 +46,8 @@ pub struct FakeDriver {
     pub snapshot_store: SnapshotStore,
     /// The next snapshot fails with this reason (tests and the simulator's faults).
     pub fail_next_snapshot: Option<String>,
+    /// Every restore so far: (the domain started, the domain whose snapshot it was).
+    pub restores: Vec<(String, String)>,
 }
 
 impl Default for FakeDriver {
@@ -62,6 +65,7 @@ impl FakeDriver {
             broken_kernels: Vec::new(),
             snapshot_store: SnapshotStore::default(),
             fail_next_snapshot: None,
+            restores: Vec::new(),
         }
     }
 
@@ -146,6 +150,7 @@ impl Driver for FakeDriver {
             // A restore is running at once, in the phase the snapshot was taken in.
             vm.phase = snapshot.phase;
             vm.until_ms = now_ms;
+            self.restores.push((spec.domain.clone(), snapshot.domain.clone()));
         }
         self.vms.insert(spec.domain.clone(), vm);
         Ok(())
@@ -216,22 +221,28 @@ impl Driver for FakeDriver {
         if let Some(reason) = failure {
             return Err(DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason });
         }
-        let taken = FakeSnapshot { domain: domain.to_owned(), memory_mib: vm.memory_mib, phase: vm.phase };
+        let taken = FakeSnapshot {
+            domain: domain.to_owned(),
+            memory_mib: vm.memory_mib,
+            phase: vm.phase,
+            written_ms: now_ms,
+        };
         let bytes = vm.memory_mib << 20;
         let duration_ms = vm.memory_mib * SNAPSHOT_MS_PER_GIB / 1024;
         self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), taken);
         Ok(SnapshotTaken { bytes, duration_ms })
     }
 
-    fn snapshot_files(&mut self, dir: &Path) -> Vec<(String, String, PathBuf)> {
+    fn snapshot_files(&mut self, dir: &Path, now_ms: u64) -> Vec<SnapshotFile> {
         let store = self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner());
         store
-            .keys()
-            .filter_map(|path| {
+            .iter()
+            .filter_map(|(path, s)| {
                 let rest = path.strip_prefix(dir).ok()?;
                 let domain = rest.parent()?.to_str()?.to_owned();
-                let name = rest.file_stem()?.to_str()?.to_owned();
-                Some((domain, name, path.clone()))
+                let (name, id) = crate::driver::parse_snapshot_stem(rest.file_stem()?.to_str()?)?;
+                let age_ms = now_ms.saturating_sub(s.written_ms);
+                Some(SnapshotFile { domain, name, id, path: path.clone(), age_ms })
             })
             .collect()
     }

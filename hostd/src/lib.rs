@@ -26,5 +26,6 @@ pub mod kvm;
 pub mod pass;
 pub mod qemu;
 pub mod reconciler;
+pub mod snapshots;
 pub mod tap;
 pub mod vm_dir;

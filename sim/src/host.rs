@@ -3,16 +3,17 @@
 //! reconcile pass of `hostd::pass` over `hostd::assignment`, observations reported as
 //! commands carrying the run's generation.
 
-use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::model::{HostState, ObservedPhase, Resources};
 use controlplane::{Command, RejectionCode, Request, State};
-use hostd::assignment::assigned_from_state;
-use hostd::fake::FakeDriver;
+use hostd::assignment::{share_from_state, HostShare};
+use hostd::fake::{FakeDriver, SnapshotStore};
 use hostd::pass::HostPass;
-use hostd::reconciler::{Assigned, Report};
+use hostd::reconciler::Report;
+use hostd::snapshots::HostSnapshots;
 use raft::state_machine::Shared;
 use raft::type_config::{LogId, NodeId};
 
@@ -30,6 +31,8 @@ pub const BOOT_MS: u64 = 150;
 pub const GUEST_SHUTDOWN_MS: u64 = 300;
 /// How long one write of hostd may take before it gives up and tries again next pass.
 const WRITE_DEADLINE_MS: u64 = 5_000;
+/// Every host's snapshot directory: one shared store, as shared storage gives.
+pub const SNAPSHOT_DIR: &str = "/sim/snapshots";
 
 /// A host: its name, its network id, its hypervisor.
 #[derive(Debug, Clone)]
@@ -40,15 +43,16 @@ pub struct HostInfo {
 }
 
 impl HostInfo {
-    pub fn new(index: u64, net_id: NodeId) -> HostInfo {
-        HostInfo { name: format!("h{index}"), net_id, driver: Arc::new(Mutex::new(new_driver())) }
+    pub fn new(index: u64, net_id: NodeId, snapshots: &SnapshotStore) -> HostInfo {
+        HostInfo { name: format!("h{index}"), net_id, driver: Arc::new(Mutex::new(new_driver(snapshots))) }
     }
 }
 
-/// A fresh hypervisor with no VMs.
-pub fn new_driver() -> FakeDriver {
+/// A fresh hypervisor with no VMs, on the cluster's shared snapshot storage.
+pub fn new_driver(snapshots: &SnapshotStore) -> FakeDriver {
     let mut d = FakeDriver::new(BOOT_MS, GUEST_SHUTDOWN_MS);
     d.broken_kernels.push(crate::workload::BROKEN_KERNEL.into());
+    d.snapshot_store = snapshots.clone();
     d
 }
 
@@ -64,8 +68,8 @@ fn observed(phase: Report) -> ObservedPhase {
     }
 }
 
-/// The domains placed on a host, as its reconciler wants them.
-type Share = Arc<BTreeMap<String, Assigned>>;
+/// A host's share of the state: its domains and snapshot work.
+type Share = Arc<HostShare>;
 
 /// One hostd, from its start (boot number `boot`) until it is killed.
 pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
@@ -93,6 +97,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
         }
     }
     let mut pass = HostPass::new(SHUTDOWN_TIMEOUT_MS);
+    let mut snapshots = HostSnapshots::new(SNAPSHOT_DIR.into());
     // This host's share as last read from its replica, and where that replica stood: a
     // replica's state changes only with its applied log id, so while that stays put
     // (and the replica is the same one) the share is the same.
@@ -110,7 +115,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
                 }
                 _ => {
                     let state = replica.shared.state.read().expect("state lock");
-                    let assigned = Arc::new(assigned_from_state(&host.name, &state));
+                    let assigned = Arc::new(share_from_state(&host.name, &state, Path::new(SNAPSHOT_DIR)));
                     drop(state);
                     last_read = Some((replica.shared.clone(), applied, assigned.clone()));
                     assigned
@@ -120,7 +125,9 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             let invoke_ms = core.clocks.elapsed_ms();
             // As production hostd lists the domains, not the whole state.
             let name = host.name.clone();
-            let view: View<_> = Arc::new(move |s: &State| (s.last_seq(), assigned_from_state(&name, s)));
+            let view: View<_> = Arc::new(move |s: &State| {
+                (s.last_seq(), share_from_state(&name, s, Path::new(SNAPSHOT_DIR)))
+            });
             let Some((last_seq, assigned)) = caller.read(view).await else { continue };
             let assigned = Arc::new(assigned);
             core.history.lock().expect("history lock").reads.push(Read {
@@ -132,13 +139,18 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             assigned
         };
         let now = core.clocks.monotonic_ms();
-        let (observations, started) = {
+        let (observations, started, snapshot_reports) = {
             let mut driver = host.driver.lock().expect("driver lock");
             let live = |d: &mut hostd::fake::FakeDriver| d.names_where(now, is_live);
             let before = live(&mut driver);
-            let observations = pass.run(&mut *driver, &assigned, now);
+            let observations = pass.run(&mut *driver, &assigned.domains, now);
             let started: Vec<String> = live(&mut driver).difference(&before).cloned().collect();
-            (observations, started)
+            let snapshot_reports = snapshots.run(&mut *driver, &assigned.snapshots, now);
+            for detail in crate::invariants::snapshots::check_restores(&std::mem::take(&mut driver.restores))
+            {
+                core.violation("snapshots", detail);
+            }
+            (observations, started, snapshot_reports)
         };
         // A VM only comes to life when a pass starts it: check those against every host.
         if !started.is_empty() {
@@ -161,6 +173,28 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
                     pass.reported(&o)
                 }
                 _ => pass.unsure(&o),
+            }
+        }
+        for r in snapshot_reports {
+            let request = write(Command::ReportSnapshot {
+                domain: r.domain.clone(),
+                name: r.name.clone(),
+                host: host.name.clone(),
+                generation: r.generation,
+                outcome: r.outcome.clone(),
+            });
+            match core.write(&mut caller, &request, WRITE_DEADLINE_MS).await {
+                Outcome::Acked(_) => snapshots.reported(&r),
+                // Deleted meanwhile, or no longer pending for this run.
+                Outcome::Rejected { rejection, .. }
+                    if matches!(
+                        rejection.code(),
+                        RejectionCode::FailedPrecondition | RejectionCode::NotFound
+                    ) =>
+                {
+                    snapshots.reported(&r)
+                }
+                _ => {}
             }
         }
     }

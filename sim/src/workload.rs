@@ -1,6 +1,7 @@
 //! The clients' workload, drawn from the seed: domain lifecycles (define, start,
-//! shutdown, destroy, reboot, suspend, resume, undefine), networks and volumes, and a
-//! share of invalid commands that must be refused without changing anything.
+//! shutdown, destroy, reboot, suspend, resume, undefine), snapshots (take, revert,
+//! delete), networks and volumes, and a share of invalid commands that must be refused
+//! without changing anything.
 //!
 //! Migrations are not drawn yet: nothing in hostd carries one out, so a started
 //! migration could only end by an operator's abort (the migration issue adds both).
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 
 use controlplane::model::{
     Boot, Cidr, DomainSpec, HaPolicy, NetworkConfig, NetworkMode, Nic, Placement, PoolConfig, PoolKind,
-    VolumeFormat, VolumeRef,
+    SnapshotKind, VolumeFormat, VolumeRef,
 };
 use controlplane::Command;
 use rand::Rng;
@@ -21,6 +22,7 @@ pub const KERNEL: &str = "/var/lib/drover/images/guest.elf";
 /// A kernel the fake hypervisor refuses to boot (a failed start, reported as such).
 pub const BROKEN_KERNEL: &str = "/var/lib/drover/images/broken.elf";
 const NETWORKS: u64 = 3;
+const SNAPSHOTS: u64 = 3;
 const VOLUMES: u64 = 6;
 const POOL: &str = "p0";
 
@@ -49,7 +51,12 @@ fn spec(rng: &mut impl Rng) -> DomainSpec {
 /// One command for a client to send.
 pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
     let name = domain_name(rng, cfg);
-    match rng.gen_range(0..100) {
+    let snapshot = |rng: &mut dyn rand::RngCore| format!("s{}", rng.gen_range(0..SNAPSHOTS));
+    match rng.gen_range(0..112) {
+        100..=104 => Command::CreateSnapshot { domain: name, name: snapshot(rng), kind: SnapshotKind::Full },
+        105..=106 => Command::CreateSnapshot { domain: name, name: snapshot(rng), kind: SnapshotKind::Disk },
+        107..=109 => Command::RevertSnapshot { domain: name, name: snapshot(rng) },
+        110..=111 => Command::DeleteSnapshot { domain: name, name: snapshot(rng) },
         0..=14 => Command::DefineDomain { name, spec: spec(rng) },
         15..=34 => Command::StartDomain { name },
         35..=42 => Command::ShutdownDomain { name },

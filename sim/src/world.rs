@@ -49,6 +49,8 @@ pub struct Core {
     pub violations: Mutex<Vec<Violation>>,
     pub hosts: Vec<HostInfo>,
     pub replica_ids: Vec<NodeId>,
+    /// The hosts' shared snapshot storage (survives every host).
+    pub snapshots: hostd::fake::SnapshotStore,
 }
 
 impl Core {
@@ -175,7 +177,8 @@ pub const DETERMINISTIC: bool = cfg!(tokio_unstable);
 async fn play(cfg: SimConfig) -> RunOutcome {
     let net = Net::new(cfg.seed ^ 0x6e65_7477_6f72_6b00);
     let replica_ids: Vec<NodeId> = (1..=cfg.replicas).collect();
-    let hosts: Vec<HostInfo> = (0..cfg.hosts).map(|i| HostInfo::new(i, HOST_BASE + i)).collect();
+    let snapshots = hostd::fake::SnapshotStore::default();
+    let hosts: Vec<HostInfo> = (0..cfg.hosts).map(|i| HostInfo::new(i, HOST_BASE + i, &snapshots)).collect();
     let core = Arc::new(Core {
         cfg: cfg.clone(),
         net,
@@ -185,6 +188,7 @@ async fn play(cfg: SimConfig) -> RunOutcome {
         violations: Mutex::default(),
         hosts,
         replica_ids: replica_ids.clone(),
+        snapshots,
     });
     let mut world = World {
         core: core.clone(),
@@ -537,7 +541,14 @@ impl World {
                     ));
                 }
             }
-            67..=73 => {
+            72..=73 => {
+                let h = self.rng.gen_range(0..host_count);
+                let reason = "the snapshot file could not be written (disk full)";
+                self.core.hosts[h].driver.lock().expect("driver lock").fail_next_snapshot =
+                    Some(reason.into());
+                self.trace(format!("fault: the next snapshot on {} fails", self.core.hosts[h].name));
+            }
+            67..=71 => {
                 let h = self.rng.gen_range(0..host_count);
                 let host = &self.core.hosts[h];
                 let now_host = self.core.clocks.monotonic_ms();
@@ -584,7 +595,8 @@ impl World {
                 let h = self.rng.gen_range(0..host_count);
                 if alive > 2 && self.hosts[h] != HostRun::Lost {
                     self.kill_host(h);
-                    *self.core.hosts[h].driver.lock().expect("driver lock") = host::new_driver();
+                    *self.core.hosts[h].driver.lock().expect("driver lock") =
+                        host::new_driver(&self.core.snapshots);
                     self.isolate(self.core.hosts[h].net_id);
                     self.hosts[h] = HostRun::Lost;
                     self.trace(format!("fault: host {} lost for good with its VMs", self.core.hosts[h].name));
@@ -691,7 +703,9 @@ impl World {
                 ));
             }
         }
-        invariants::liveness::check(&state, &self.core.vms(), &self.lost_hosts())
+        invariants::liveness::check(&state, &self.core.vms(), &self.lost_hosts())?;
+        let files = self.core.snapshots.lock().expect("snapshot store lock").clone();
+        invariants::snapshots::check_settled(&state, &files, &self.lost_hosts())
     }
 
     /// A running replica's applied index and state hash, hashed again only when its
@@ -742,6 +756,10 @@ impl World {
         if let Some((_, state)) = states.first() {
             for detail in invariants::linearizable::check(&history.ops, &history.reads, state) {
                 core.violation("linearizable", detail);
+            }
+            let files = core.snapshots.lock().expect("snapshot store lock").clone();
+            if let Err(detail) = invariants::snapshots::check_settled(state, &files, &self.lost_hosts()) {
+                core.violation("snapshots", detail);
             }
         }
         drop(states);

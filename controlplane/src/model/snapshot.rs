@@ -45,4 +45,7 @@ pub struct Snapshot {
     pub created_ms: u64,
     pub version: u64,
     pub state: SnapshotState,
+    /// The sequence number of the event that asked for it: unique for ever (a later
+    /// snapshot of the same name has another), it names the snapshot's file.
+    pub id: u64,
 }

@@ -8,6 +8,7 @@ pub mod linearizable;
 pub mod liveness;
 pub mod replica_hashes;
 pub mod single_run;
+pub mod snapshots;
 
 /// An invariant that did not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]

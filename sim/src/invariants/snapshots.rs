@@ -1,0 +1,73 @@
+//! Protects: **snapshots are what hosts hold, and only a domain's own.** Once the
+//! cluster has settled: every snapshot the state says is taken has its file on the shared
+//! storage, and every file there is of a snapshot the state holds with that id (a deleted
+//! snapshot's file is gone; a failed one left none); every snapshot asked of a live host
+//! has been taken or has failed. At every restore: the snapshot restored is of the domain
+//! that starts from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use controlplane::model::SnapshotState;
+use controlplane::State;
+use hostd::driver::{parse_snapshot_stem, snapshot_path};
+use hostd::fake::FakeSnapshot;
+
+use crate::host::SNAPSHOT_DIR;
+
+/// `files`: the shared snapshot storage; `lost`: hosts gone for good (what is asked of
+/// them stays pending). `Ok` once settled, else what is still wrong.
+pub fn check_settled(
+    state: &State,
+    files: &BTreeMap<PathBuf, FakeSnapshot>,
+    lost: &BTreeSet<String>,
+) -> Result<(), String> {
+    let dir = Path::new(SNAPSHOT_DIR);
+    for ((domain, name), s) in state.snapshots() {
+        match &s.state {
+            SnapshotState::Taken { .. } => {
+                let path = snapshot_path(dir, domain, name, s.id);
+                if !files.contains_key(&path) {
+                    return Err(format!(
+                        "snapshot {domain}/{name} is taken but its file {} is missing",
+                        path.display()
+                    ));
+                }
+            }
+            SnapshotState::Pending { host, .. } if !lost.contains(host) => {
+                return Err(format!("snapshot {domain}/{name} is still pending on host {host}"));
+            }
+            _ => {}
+        }
+    }
+    for path in files.keys() {
+        let parsed = path.strip_prefix(dir).ok().and_then(|rest| {
+            Some((rest.parent()?.to_str()?, parse_snapshot_stem(rest.file_stem()?.to_str()?)?))
+        });
+        let Some((domain, (name, id))) = parsed else {
+            return Err(format!(
+                "a snapshot file outside the snapshot directory's layout: {}",
+                path.display()
+            ));
+        };
+        let held = state
+            .snapshot(domain, &name)
+            .is_some_and(|s| s.id == id && matches!(s.state, SnapshotState::Taken { .. }));
+        if !held {
+            return Err(format!(
+                "file {} is of no taken snapshot (deleted or failed, and left behind)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every restore a hypervisor made: (domain started, domain whose snapshot it was).
+pub fn check_restores(restores: &[(String, String)]) -> Vec<String> {
+    restores
+        .iter()
+        .filter(|(started, of)| started != of)
+        .map(|(started, of)| format!("domain {started} was started from a snapshot of domain {of}"))
+        .collect()
+}
