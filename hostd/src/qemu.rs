@@ -10,6 +10,13 @@
 //! in the `shutdown` state until the driver has written down that it stopped; a QEMU that
 //! vanishes without that record crashed. QEMU outlives hostd (own process group) and is
 //! re-adopted through its QMP socket.
+//!
+//! Snapshots (`snapshot`, `qemu/snapshot.rs`) are QEMU's own migration stream in a file,
+//! behind a one-line Drover header that records the guest's phase and memory size: QMP
+//! `stop`, `migrate` to an `exec:` writer, `cont`, then fsync and rename. A start with
+//! `restore_from` runs QEMU with the same arguments plus `-S -incoming defer`, feeds it the
+//! stream with `migrate-incoming` and resumes the guest if it was running when the
+//! snapshot was taken; a file QEMU cannot load fails the start and leaves no QEMU behind.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,9 +28,11 @@ use std::time::Duration;
 use qapi::{qmp, Qmp};
 use tracing::{info, warn};
 
-use crate::driver::{tap_name, Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmPhase, VmSpec, VmStatus};
 use crate::tap;
 use crate::vm_dir::{self, Record, VmProcess};
+
+pub mod snapshot;
 
 pub const QMP_FILE: &str = "qmp.sock";
 pub const CONSOLE_SOCKET_FILE: &str = "console.sock";
@@ -119,6 +128,15 @@ fn qmp_call<C: qapi::Command>(dir: &Path, command: &C) -> Result<C::Ok, String> 
     let mut qmp = Qmp::from_stream(&stream);
     qmp.handshake().map_err(|e| format!("QMP handshake: {e}"))?;
     qmp.execute(command).map_err(|e| format!("QMP: {e}"))
+}
+
+/// The last `lines` non-empty lines QEMU wrote to its log in `dir`, joined by " / ".
+fn qemu_said(dir: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(dir.join(QEMU_LOG_FILE)).unwrap_or_default();
+    let mut said: Vec<&str> =
+        log.lines().map(str::trim).filter(|l| !l.is_empty()).rev().take(lines).collect();
+    said.reverse();
+    said.join(" / ")
 }
 
 /// A disk image's format, from its first bytes.
@@ -293,7 +311,12 @@ impl QemuDriver {
             Ok(info) => match info.status {
                 qmp::RunState::running if vm.shutting_down => status(VmPhase::ShuttingDown, None),
                 qmp::RunState::running => status(VmPhase::Running, None),
-                qmp::RunState::paused | qmp::RunState::suspended => status(VmPhase::Paused, None),
+                // `finish-migrate` while a snapshot is written; `postmigrate` after one of a
+                // paused guest (a `cont` resumes it as from `paused`).
+                qmp::RunState::paused
+                | qmp::RunState::suspended
+                | qmp::RunState::finish_migrate
+                | qmp::RunState::postmigrate => status(VmPhase::Paused, None),
                 qmp::RunState::shutdown => {
                     // The guest powered off; write it down, then let QEMU go.
                     let record = ExitRecord {
@@ -346,7 +369,28 @@ impl Driver for QemuDriver {
         for stale in [EXIT_FILE, QMP_FILE, CONSOLE_SOCKET_FILE, vm_dir::RECORD_FILE] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
-        let args = self.args(spec, &dir).map_err(failed)?;
+        // A restore: the file must be a snapshot of this driver, of a guest of this size.
+        let restore = match &spec.restore_from {
+            None => None,
+            Some(file) => {
+                let path = Path::new(file);
+                if !path.is_file() {
+                    return Err(failed(format!("snapshot file {file} is missing")));
+                }
+                let (header, offset) = snapshot::read_header(path).map_err(failed)?;
+                if header.memory_mib != spec.memory_mib {
+                    return Err(failed(format!(
+                        "snapshot {file} is of a {} MiB guest, the domain has {} MiB",
+                        header.memory_mib, spec.memory_mib
+                    )));
+                }
+                Some((file, header, snapshot::incoming_uri(path, offset).map_err(failed)?))
+            }
+        };
+        let mut args = self.args(spec, &dir).map_err(failed)?;
+        if restore.is_some() {
+            args.extend(["-S".into(), "-incoming".into(), "defer".into()]);
+        }
         tap::plug_nics(spec).map_err(failed)?;
         let log = std::fs::File::create(dir.join(QEMU_LOG_FILE)).map_err(|e| failed(e.to_string()))?;
         use std::os::unix::process::CommandExt;
@@ -369,13 +413,20 @@ impl Driver for QemuDriver {
         }) {
             vm_dir::StartOutcome::Up => {}
             vm_dir::StartOutcome::Exited(status) => {
-                let said = std::fs::read_to_string(dir.join(QEMU_LOG_FILE)).unwrap_or_default();
-                let said = said.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-                return Err(failed(format!("QEMU exited with {status}: {said}")));
+                return Err(failed(format!("QEMU exited with {status}: {}", qemu_said(&dir, 1))));
             }
             vm_dir::StartOutcome::TimedOut => {
                 return Err(failed(format!("QEMU did not answer QMP within {START_TIMEOUT_MS} ms")))
             }
+        }
+        if let Some((file, header, uri)) = restore {
+            if let Err(reason) = snapshot::restore(&dir, &mut child, &uri, header.resumes()) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
+                return Err(failed(format!("restoring {file}: {reason}")));
+            }
+            info!(domain = %spec.domain, file = %file, phase = %header.phase, "restored a snapshot");
         }
         self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));
         Ok(())
@@ -415,13 +466,25 @@ impl Driver for QemuDriver {
         self.call(domain, "reboot", &qmp::system_reset {})
     }
 
-    fn snapshot(
-        &mut self,
-        domain: &str,
-        _path: &std::path::Path,
-        _now_ms: u64,
-    ) -> Result<crate::driver::SnapshotTaken, DriverError> {
-        Err(DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason: "not yet".into() })
+    /// QEMU's migration stream behind a header (see `snapshot`); `duration_ms` is the time
+    /// from `stop` to `cont` (for a paused guest, the time QEMU took to write it).
+    fn snapshot(&mut self, domain: &str, path: &Path, _now_ms: u64) -> Result<SnapshotTaken, DriverError> {
+        let mut vm = self.vms.remove(domain).ok_or_else(|| DriverError::NoSuchVm(domain.to_owned()))?;
+        let phase = self.status_of(&mut vm).phase;
+        let (dir, pid) = (vm.dir.clone(), vm.pid);
+        self.vms.insert(domain.to_owned(), vm);
+        let running = match phase {
+            VmPhase::Running => true,
+            VmPhase::Paused => false,
+            phase => {
+                return Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "snapshot", phase })
+            }
+        };
+        let taken = snapshot::take(&dir, pid, domain, path, running).map_err(|reason| {
+            DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason }
+        })?;
+        info!(domain, path = %path.display(), bytes = taken.bytes, held_ms = taken.duration_ms, "took a snapshot");
+        Ok(taken)
     }
 
     fn remove(&mut self, domain: &str) {

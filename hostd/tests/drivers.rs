@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hostd::conformance::{self, Harness};
-use hostd::driver::{isolated_bridge, tap_name, Attachment, Driver, NicSpec, VmPhase, VmSpec};
+use hostd::driver::{isolated_bridge, tap_name, Attachment, Driver, DriverError, NicSpec, VmPhase, VmSpec};
 use hostd::fake::FakeDriver;
 use hostd::kvm::{KvmConfig, KvmDriver};
 use hostd::qemu::{QemuConfig, QemuDriver};
@@ -585,4 +585,208 @@ fn the_kvm_driver_boots_a_linux_kernel_to_its_first_console_line() {
     }
     driver.destroy("linux", 0).unwrap();
     wait_phase(&mut driver, "linux", VmPhase::Stopped);
+}
+
+/// The `drover-linux: tick N` numbers in whole lines of `console` (the Linux guest's
+/// counter, `drover.tick_ms`), in order.
+fn linux_ticks(console: &str) -> Vec<u64> {
+    let mut lines: Vec<&str> = console.split('\n').collect();
+    lines.pop(); // a line still being written
+    lines
+        .iter()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("drover-linux: tick ")?.parse().ok())
+        .collect()
+}
+
+/// Wait until `done()`, for at most `within`; `show()` says what there is on failure.
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool, show: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}:\n{}", show());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Live processes started for VM directory `dir` (their command line names it).
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let pids = std::fs::read_dir("/proc").unwrap().flatten();
+    pids.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| hostd::vm_dir::process_alive(pid) && hostd::vm_dir::runs_in(pid, dir))
+        .collect()
+}
+
+/// The Linux guest (with a disk) under the qemu driver, snapshotted while it runs: the file
+/// is there, and the guest runs on and keeps counting. Destroyed, then started from the
+/// file as the next generation, it continues where the snapshot was taken (its counter goes
+/// on from there; it does not boot again), and a restarted driver adopts it. A snapshot of
+/// the paused guest (taken twice) comes back paused and counts on once resumed. Files that
+/// are no whole snapshot (a truncated copy, random bytes, a corrupt stream behind a good
+/// header) and a snapshot of another memory size are clear start failures that leave no
+/// QEMU behind.
+#[test]
+fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
+    qemu_present();
+    let (kernel, initrd) = linux_guest();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let _vms = KillVmsOnDrop(run.clone());
+    let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
+    let mut linux = spec("snap", 1, &kernel, "console=ttyS0 panic=-1 drover.tick_ms=100");
+    linux.initrd = Some(initrd);
+    linux.memory_mib = 256;
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    linux.disks = vec![hostd::driver::DiskSpec { path: disk.display().to_string(), read_only: false }];
+    // The console log from byte `from` on (the log is appended to across generations).
+    let console_from = |from: u64| {
+        let bytes = std::fs::read(run.join("snap/console.log")).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default()).into_owned()
+    };
+    let console_len = || std::fs::metadata(run.join("snap/console.log")).map_or(0, |m| m.len());
+    let console = || console_from(0);
+    let last_tick = || linux_ticks(&console()).last().copied().unwrap_or(0);
+    let boot = Instant::now();
+    driver.start(&linux, 0).unwrap();
+    let within = Duration::from_secs(120);
+    wait_for(
+        "Linux counting",
+        within,
+        || console().contains("DROVER-LINUX-READY") && last_tick() >= 3,
+        console,
+    );
+    eprintln!(
+        "Linux ({} MiB) counting under QEMU ({:?}) after {:?}",
+        linux.memory_mib,
+        driver.accel(),
+        boot.elapsed()
+    );
+
+    // A snapshot of the running guest.
+    let snapshots = dir.path().join("snapshots");
+    let file = hostd::driver::snapshot_path(&snapshots, "snap", "running");
+    let before = last_tick();
+    let asked = Instant::now();
+    let taken = driver.snapshot("snap", &file, now_ms()).unwrap();
+    let snapshot_wall = asked.elapsed();
+    let after = last_tick();
+    assert_eq!(taken.bytes, std::fs::metadata(&file).unwrap().len());
+    assert!(taken.bytes > 0);
+    let names: Vec<String> = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["running.snap"], "only the snapshot is left beside it");
+    let listed = driver.snapshot_files(&snapshots);
+    assert_eq!(listed, [("snap".to_owned(), "running".to_owned(), file.clone())]);
+    assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Running);
+    wait_for("counting on after the snapshot", within, || last_tick() >= after + 3, console);
+    eprintln!(
+        "snapshot of the running guest: {} bytes, held paused {} ms, snapshot() took {snapshot_wall:?}",
+        taken.bytes, taken.duration_ms
+    );
+    driver.destroy("snap", 0).unwrap();
+    wait_phase_any(&mut driver, "snap", VmPhase::Stopped);
+
+    // Restored as the next generation, it continues from the snapshot.
+    let restored_from = console_len();
+    let mut restored = linux.clone();
+    restored.generation = 2;
+    restored.restore_from = Some(file.display().to_string());
+    let asked = Instant::now();
+    driver.start(&restored, 0).unwrap();
+    let restore_wall = asked.elapsed();
+    assert_eq!(wait_phase_any(&mut driver, "snap", VmPhase::Running).generation, 2);
+    let since_restore = || console_from(restored_from);
+    wait_for(
+        "counting after the restore",
+        within,
+        || linux_ticks(&since_restore()).len() >= 3,
+        since_restore,
+    );
+    let ticks = linux_ticks(&since_restore());
+    eprintln!(
+        "restore to running: {restore_wall:?}; ticks {before}..={after} around the snapshot, {:?} after the restore",
+        &ticks[..3]
+    );
+    assert!(
+        before < ticks[0] && ticks[0] <= after + 2,
+        "the restored guest counts on from the snapshot (ticks {before}..={after} around it), not from \
+         elsewhere: {ticks:?}"
+    );
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
+    assert!(!since_restore().contains("DROVER-LINUX-READY"), "it booted again:\n{}", since_restore());
+
+    // The restored VM is a VM like any other: a new driver (hostd restarted) adopts it.
+    drop(driver);
+    let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
+    assert_eq!(wait_phase_any(&mut driver, "snap", VmPhase::Running).generation, 2);
+    // A path the exec: writer cannot be given is refused before the guest is touched.
+    let err = driver.snapshot("snap", &snapshots.join("snap/it's.snap"), now_ms()).unwrap_err().to_string();
+    assert!(err.contains("single quote"), "{err}");
+    assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Running);
+
+    // A snapshot of the paused guest comes back paused.
+    driver.pause("snap", 0).unwrap();
+    wait_phase_any(&mut driver, "snap", VmPhase::Paused);
+    let paused_file = hostd::driver::snapshot_path(&snapshots, "snap", "paused");
+    let taken = driver.snapshot("snap", &paused_file, now_ms()).unwrap();
+    assert!(taken.bytes > 0);
+    assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Paused);
+    // Again (QEMU itself refuses to migrate a guest a migration has left paused).
+    let taken = driver.snapshot("snap", &paused_file, now_ms()).unwrap();
+    eprintln!("snapshot of the paused guest, again: {} bytes in {} ms", taken.bytes, taken.duration_ms);
+    assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Paused);
+    driver.destroy("snap", 0).unwrap();
+    wait_phase_any(&mut driver, "snap", VmPhase::Stopped);
+    let mut again = linux.clone();
+    again.generation = 3;
+    again.restore_from = Some(paused_file.display().to_string());
+    driver.start(&again, 0).unwrap();
+    assert_eq!(wait_phase_any(&mut driver, "snap", VmPhase::Paused).generation, 3);
+    let resumed_from = console_len();
+    driver.resume("snap", 0).unwrap();
+    assert_eq!(wait_phase_any(&mut driver, "snap", VmPhase::Running).generation, 3);
+    let since_resume = || console_from(resumed_from);
+    wait_for("counting once resumed", within, || linux_ticks(&since_resume()).len() >= 2, since_resume);
+    let since = since_resume();
+    assert!(!since.contains("DROVER-LINUX-READY"), "it booted again:\n{since}");
+    driver.destroy("snap", 0).unwrap();
+    wait_phase_any(&mut driver, "snap", VmPhase::Stopped);
+    let err = driver.snapshot("snap", &snapshots.join("snap/stopped.snap"), now_ms()).unwrap_err();
+    assert!(matches!(err, DriverError::WrongPhase { phase: VmPhase::Stopped, .. }), "{err}");
+
+    // Files that are no whole snapshot.
+    let bytes = std::fs::read(&file).unwrap();
+    let stream = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let noise: Vec<u8> =
+        (0..1_000_000u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8).collect();
+    let broken = [
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), "QEMU exited"),
+        ("random", noise.clone(), "is not a snapshot of the qemu driver"),
+        ("corrupt", [&bytes[..stream + 8], &noise[..]].concat(), "QEMU exited"),
+    ];
+    for (name, content, says) in broken {
+        let path = snapshots.join(format!("{name}.snap"));
+        std::fs::write(&path, content).unwrap();
+        let mut s = linux.clone();
+        s.domain = "snap-bad".into();
+        s.restore_from = Some(path.display().to_string());
+        let err = driver.start(&s, 0).unwrap_err().to_string();
+        eprintln!("restoring a {name} file: {err}");
+        assert!(err.contains(says) && err.contains(&path.display().to_string()), "{name}: {err}");
+        assert!(!driver.list(now_ms()).contains_key("snap-bad"), "{name}: a VM that never started is listed");
+        assert_eq!(processes_in(&run.join("snap-bad")), Vec::<u32>::new(), "{name}: QEMU left behind");
+    }
+    let mut smaller = linux.clone();
+    smaller.generation = 4;
+    smaller.memory_mib = 128;
+    smaller.restore_from = Some(file.display().to_string());
+    let err = driver.start(&smaller, 0).unwrap_err().to_string();
+    assert!(err.contains("is of a 256 MiB guest, the domain has 128 MiB"), "{err}");
+    let mut missing = linux.clone();
+    missing.generation = 4;
+    missing.restore_from = Some(snapshots.join("nothing.snap").display().to_string());
+    let err = driver.start(&missing, 0).unwrap_err().to_string();
+    assert!(err.contains("nothing.snap is missing"), "{err}");
+    assert_eq!(processes_in(&run.join("snap")), Vec::<u32>::new(), "QEMU left behind");
 }
