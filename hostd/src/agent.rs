@@ -229,7 +229,9 @@ fn snapshot_work_from(host: &str, snapshots: &[pb::Snapshot], domains: &[pb::Dom
         snapshots.iter().map(|s| s.version).chain(domains.iter().map(|d| d.version)).max().unwrap_or(0);
     let mut work = SnapshotWork { known_seq, ..SnapshotWork::default() };
     for s in snapshots {
-        work.held.insert((s.domain.clone(), s.name.clone()), s.id);
+        if matches!(s.state(), pb::SnapshotState::Pending | pb::SnapshotState::Taken) {
+            work.held.insert((s.domain.clone(), s.name.clone()), s.id);
+        }
         if s.state() == pb::SnapshotState::Pending && s.host == host {
             let kind = if s.kind == "disk" {
                 controlplane::model::SnapshotKind::Disk

@@ -37,7 +37,9 @@ pub struct SnapshotJob {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotWork {
     pub jobs: Vec<SnapshotJob>,
-    /// Every snapshot the view holds: (domain, name) → id.
+    /// Every snapshot the view holds that has (or may soon have) a file: taken or
+    /// pending, as (domain, name) → id. A failed snapshot's file (written, but its run
+    /// ended before the report) may go: its id will never be taken.
     pub held: BTreeMap<(String, String), u64>,
     /// Every event up to this one is in the view.
     pub known_seq: u64,
@@ -48,7 +50,9 @@ impl SnapshotWork {
     pub fn from_state(host: &str, state: &State) -> SnapshotWork {
         let mut work = SnapshotWork { known_seq: state.last_seq(), ..SnapshotWork::default() };
         for ((domain, name), s) in state.snapshots() {
-            work.held.insert((domain.clone(), name.clone()), s.id);
+            if matches!(s.state, SnapshotState::Pending { .. } | SnapshotState::Taken { .. }) {
+                work.held.insert((domain.clone(), name.clone()), s.id);
+            }
             if let SnapshotState::Pending { host: h, generation } = &s.state {
                 if h == host {
                     work.jobs.push(SnapshotJob {

@@ -663,7 +663,7 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
 
     // A snapshot of the running guest.
     let snapshots = dir.path().join("snapshots");
-    let file = hostd::driver::snapshot_path(&snapshots, "snap", "running");
+    let file = hostd::driver::snapshot_path(&snapshots, "snap", "running", 1);
     let before = last_tick();
     let asked = Instant::now();
     let taken = driver.snapshot("snap", &file, now_ms()).unwrap();
@@ -675,9 +675,13 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["running.snap"], "only the snapshot is left beside it");
-    let listed = driver.snapshot_files(&snapshots);
-    assert_eq!(listed, [("snap".to_owned(), "running".to_owned(), file.clone())]);
+    assert_eq!(names, ["running-1.snap"], "only the snapshot is left beside it");
+    let listed: Vec<_> = driver
+        .snapshot_files(&snapshots, now_ms())
+        .into_iter()
+        .map(|f| (f.domain, f.name, f.id, f.path))
+        .collect();
+    assert_eq!(listed, [("snap".to_owned(), "running".to_owned(), 1, file.clone())]);
     assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Running);
     wait_for("counting on after the snapshot", within, || last_tick() >= after + 3, console);
     eprintln!(
@@ -728,7 +732,7 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     // A snapshot of the paused guest comes back paused.
     driver.pause("snap", 0).unwrap();
     wait_phase_any(&mut driver, "snap", VmPhase::Paused);
-    let paused_file = hostd::driver::snapshot_path(&snapshots, "snap", "paused");
+    let paused_file = hostd::driver::snapshot_path(&snapshots, "snap", "paused", 2);
     let taken = driver.snapshot("snap", &paused_file, now_ms()).unwrap();
     assert!(taken.bytes > 0);
     assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Paused);

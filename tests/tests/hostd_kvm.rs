@@ -220,3 +220,112 @@ async fn bad_input_is_reported_as_a_failed_observation() {
     drover(&ep, &["domain", "destroy", "good"]);
     wait_phase(&ep, "good", "stopped").await;
 }
+
+/// Every counter value on the console, in order.
+fn tick_values(console: &Path) -> Vec<u64> {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(testguest::TICK_PREFIX))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn snapshots_json(endpoint: &str, domain: &str) -> Vec<serde_json::Value> {
+    let out = drover(endpoint, &["--output", "json", "snapshot", "list", domain]);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_revert() {
+    if !kvm_present() {
+        return;
+    }
+    let mut cluster = Processes::new();
+    let ep = cluster.bootstrap(&[]).await;
+    let dir = cluster.dir.path().to_owned();
+    let run_dir = dir.join("vms");
+    let kernel = dir.join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let mut hostd = Hostd::start(&ep, &run_dir, &dir.join("hostd.log"), 4096);
+    ready_host(&ep).await;
+    define(
+        &ep,
+        &dir,
+        "web",
+        &format!("vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\n", kernel.display()),
+    );
+    // Not running: a full snapshot is refused and nothing is recorded.
+    let refused = Command::new(drover_bin())
+        .args(["--endpoint", &ep, "snapshot", "create", "web", "s0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("running or paused"), "{refused:?}");
+    assert!(snapshots_json(&ep, "web").is_empty());
+
+    drover(&ep, &["domain", "start", "web"]);
+    let first_run = wait_phase(&ep, "web", "running").await;
+    let console = run_dir.join("web/console.log");
+    wait_for("three ticks", Duration::from_secs(20), || async {
+        (tick_values(&console).len() >= 3).then_some(())
+    })
+    .await;
+    let before = *tick_values(&console).last().unwrap();
+    let out = drover(&ep, &["snapshot", "create", "web", "s1"]);
+    let after = *tick_values(&console).last().unwrap();
+    assert!(out.contains("snapshot web/s1 taken on host h1"), "{out}");
+    let listed = snapshots_json(&ep, "web");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["state"], "taken", "{listed:?}");
+    assert!(listed[0]["bytes"].as_u64().unwrap() > 0);
+    let file = std::fs::read_dir(dir.join("snapshots/web")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), listed[0]["bytes"].as_u64().unwrap());
+    // The guest counts on past the snapshot.
+    wait_for("the counter to move on", Duration::from_secs(20), || async {
+        (tick_values(&console).last().is_some_and(|t| *t >= after + 5)).then_some(())
+    })
+    .await;
+
+    // Revert the running domain: a new run on its host, restored from the file.
+    drover(&ep, &["snapshot", "revert", "web", "s1"]);
+    let generation = first_run["generation"].as_u64().unwrap() + 1;
+    wait_for("the restored run to be running", Duration::from_secs(30), || async {
+        info(&ep, "web").filter(|v| v["phase"] == "running" && v["generation"] == generation)
+    })
+    .await;
+    wait_for("the restored guest to count", Duration::from_secs(20), || async {
+        let t = tick_values(&console);
+        let drop = t.windows(2).position(|w| w[1] < w[0])?;
+        (t.len() >= drop + 4).then_some(())
+    })
+    .await;
+    let ticks = tick_values(&console);
+    let drop = ticks.windows(2).position(|w| w[1] < w[0]).unwrap();
+    let back_to = ticks[drop + 1];
+    // The counter went back to where the snapshot was taken and continues from there.
+    assert!(
+        (before + 1..=after + 2).contains(&back_to),
+        "back to {back_to}; snapshot taken between {before} and {after}"
+    );
+    for (i, w) in ticks.windows(2).enumerate() {
+        assert!(i == drop || w[1] == w[0] + 1, "ticks jump at {i}: {ticks:?}");
+    }
+    let text = std::fs::read_to_string(&console).unwrap();
+    assert_eq!(text.matches(testguest::MARKER).count(), 1, "the restored guest booted again");
+    let restored = info(&ep, "web").unwrap();
+    assert_eq!(restored["restore_from"], "", "the host said it restored: {restored}");
+    let log = drover(&ep, &["--output", "json", "audit", "log", "--kind", "snapshot", "--name", "web/s1"]);
+    for kind in ["SnapshotRequested", "SnapshotTaken", "SnapshotRevertRequested", "SnapshotRestored"] {
+        assert!(log.contains(kind), "{kind} missing from the audit log: {log}");
+    }
+
+    // Deleting the snapshot removes its file.
+    drover(&ep, &["snapshot", "delete", "web", "s1"]);
+    wait_for("the snapshot file to go", Duration::from_secs(20), || async { (!file.exists()).then_some(()) })
+        .await;
+    assert!(snapshots_json(&ep, "web").is_empty());
+    drover(&ep, &["domain", "destroy", "web"]);
+    wait_phase(&ep, "web", "stopped").await;
+    assert!(hostd.alive());
+}

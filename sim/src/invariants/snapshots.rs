@@ -1,8 +1,8 @@
 //! Protects: **snapshots are what hosts hold, and only a domain's own.** Once the
 //! cluster has settled: every snapshot the state says is taken has its file on the shared
-//! storage, and every file there is of a snapshot the state holds with that id (a deleted
-//! snapshot's file is gone; a failed one left none); every snapshot asked of a live host
-//! has been taken or has failed. At every restore: the snapshot restored is of the domain
+//! storage, and every file there is of a snapshot the state holds with that id, taken
+//! or still asked of a host lost for good (a deleted snapshot's file is gone, and so is
+//! a failed one's); every snapshot asked of a live host has been taken or has failed. At every restore: the snapshot restored is of the domain
 //! that starts from it.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,9 +50,10 @@ pub fn check_settled(
                 path.display()
             ));
         };
-        let held = state
-            .snapshot(domain, &name)
-            .is_some_and(|s| s.id == id && matches!(s.state, SnapshotState::Taken { .. }));
+        // Pending here means asked of a lost host, which may have written it.
+        let held = state.snapshot(domain, &name).is_some_and(|s| {
+            s.id == id && matches!(s.state, SnapshotState::Taken { .. } | SnapshotState::Pending { .. })
+        });
         if !held {
             return Err(format!(
                 "file {} is of no taken snapshot (deleted or failed, and left behind)",
