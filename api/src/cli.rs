@@ -192,6 +192,9 @@ pub enum SnapshotCmd {
     /// Go back to snapshot NAME: a running domain continues from it at once (a new run on
     /// its host); a stopped one starts from it next time.
     Revert { domain: String, name: String },
+    /// A new domain CLONE: a copy of DOMAIN (its own name and MACs) that continues from
+    /// DOMAIN's snapshot NAME when started.
+    Clone { domain: String, name: String, clone: String },
     /// Snapshots with their state, size and how long the guest was paused for them.
     List {
         #[arg(default_value = "")]
@@ -316,7 +319,8 @@ fn domain_json(d: &pb::Domain) -> Value {
         "name": d.name, "desired": d.desired, "phase": st.phase, "host": st.host,
         "generation": st.generation, "reason": st.reason, "vcpus": spec.vcpus,
         "memory_mib": spec.memory_mib, "version": d.version, "migration_id": d.migration_id,
-        "current_snapshot": d.current_snapshot, "restore_from": d.restore_from,
+        "current_snapshot": d.current_snapshot,
+        "restore_from": d.restore_from.as_ref().map(|r| format!("{}/{}", r.domain, r.name)).unwrap_or_default(),
     })
 }
 
@@ -707,6 +711,16 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
                 pb::SnapshotRequest { request_id: new_id(), domain: domain.clone(), name: name.clone() };
             let w = rpc!(c, SnapshotsClient, revert, req.clone());
             written(o, &format!("domain {domain} goes back to snapshot {name}"), &w)
+        }
+        SnapshotCmd::Clone { domain, name, clone } => {
+            let req = pb::CloneRequest {
+                request_id: new_id(),
+                domain: domain.clone(),
+                name: name.clone(),
+                clone: clone.clone(),
+            };
+            let w = rpc!(c, SnapshotsClient, clone_domain, req.clone());
+            written(o, &format!("domain {clone} defined from snapshot {domain}/{name}; start it to run"), &w)
         }
         SnapshotCmd::List { domain } => {
             let list = rpc!(

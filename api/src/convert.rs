@@ -152,7 +152,10 @@ pub fn domain_to_pb(d: &Domain) -> pb::Domain {
             observed_ms: d.status.observed_ms,
         }),
         current_snapshot: d.current_snapshot.clone().unwrap_or_default(),
-        restore_from: d.restore_from.clone().unwrap_or_default(),
+        restore_from: d
+            .restore_from
+            .as_ref()
+            .map(|r| pb::SnapshotRef { domain: r.domain.clone(), name: r.name.clone() }),
         migration_id: d.migration.unwrap_or(0),
         defined_ms: d.defined_ms,
         version: d.version,

@@ -13,7 +13,8 @@ use crate::event::{Event, EventEnvelope};
 use crate::limits::ENDED_MIGRATIONS_KEPT_MAX;
 use crate::model::{
     AttachMode, DesiredState, Domain, DomainStatus, Host, HostState, Lease, Migration, MigrationId,
-    MigrationPhase, Network, Phase, Pool, Resources, Snapshot, SnapshotState, StopMode, Volume, VolumeRef,
+    MigrationPhase, Network, Phase, Pool, Resources, Snapshot, SnapshotRef, SnapshotState, StopMode, Volume,
+    VolumeRef,
 };
 use crate::proposal::{Committed, Proposal, ProposalOutcome};
 use crate::state::State;
@@ -405,10 +406,14 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             if d.current_snapshot.as_deref() == Some(name) {
                 d.current_snapshot = s.parent;
             }
-            if d.restore_from.as_deref() == Some(name) {
-                d.restore_from = None;
-            }
             d.version = seq;
+            // A domain (itself, or a clone) waiting to start from it boots instead.
+            for d in state.domains.values_mut() {
+                if d.restore_from.as_ref().is_some_and(|r| r.domain == *domain && r.name == *name) {
+                    d.restore_from = None;
+                    d.version = seq;
+                }
+            }
         }
         Event::SnapshotReparented { domain, name, parent } => {
             let s = state
@@ -497,7 +502,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             );
             let d = domain_mut(state, domain);
             d.current_snapshot = Some(name.clone());
-            d.restore_from = Some(name.clone());
+            d.restore_from = Some(SnapshotRef { domain: domain.clone(), name: name.clone() });
             if let Some(g) = generation {
                 assert!(d.is_placed(), "domain {domain} reverted in place while not placed");
                 assert_eq!(*g, d.status.generation + 1, "domain {domain} generations go up by one");
@@ -509,11 +514,28 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             }
             d.version = seq;
         }
-        Event::SnapshotRestored { domain, name, generation } => {
+        Event::SnapshotRestored { domain, source, name, generation } => {
             let d = domain_mut(state, domain);
-            assert_eq!(d.restore_from.as_ref(), Some(name), "domain {domain} restored from another snapshot");
+            let restored = d.restore_from.as_ref().is_some_and(|r| r.domain == *source && r.name == *name);
+            assert!(
+                restored,
+                "domain {domain} restored from {source}/{name}, which it was not to start from"
+            );
             assert_eq!(d.status.generation, *generation, "domain {domain} restored for a stale run");
             d.restore_from = None;
+            d.version = seq;
+        }
+
+        Event::DomainCloned { clone, source, name } => {
+            let s = snapshot_mut(state, source, name);
+            assert!(
+                matches!(s.state, SnapshotState::Taken { .. }),
+                "clone {clone} of {source}/{name} while {}",
+                s.state.name()
+            );
+            let d = domain_mut(state, clone);
+            assert!(!d.is_placed() && d.restore_from.is_none(), "domain {clone} cloned once defined");
+            d.restore_from = Some(SnapshotRef { domain: source.clone(), name: name.clone() });
             d.version = seq;
         }
 

@@ -150,6 +150,13 @@ pub enum Command {
         id: MigrationId,
         reason: String,
     },
+    /// Define domain `clone` as a copy of `source` (new name, new MACs) that starts from
+    /// `source`'s snapshot `snapshot`.
+    CloneDomain {
+        clone: String,
+        source: String,
+        snapshot: String,
+    },
     /// A host reports how snapshot `name`, asked of it for run `generation`, went.
     ReportSnapshot {
         domain: String,
@@ -200,6 +207,7 @@ impl Command {
             Command::CommitMigration { .. } => "CommitMigration",
             Command::AbortMigration { .. } => "AbortMigration",
             Command::ReportSnapshot { .. } => "ReportSnapshot",
+            Command::CloneDomain { .. } => "CloneDomain",
         }
     }
 }

@@ -234,11 +234,20 @@ pub enum Event {
         name: String,
         generation: Option<u64>,
     },
-    /// The host restored run `generation` from snapshot `name` and it runs.
+    /// The host restored run `generation` of `domain` from snapshot `source`/`name` (the
+    /// domain's own, or its clone source's) and it runs.
     SnapshotRestored {
         domain: String,
+        source: String,
         name: String,
         generation: u64,
+    },
+    /// Domain `clone` (just defined, stopped) starts from snapshot `source`/`name`: a new
+    /// domain, with its own name, MACs and runs, continuing another's memory image.
+    DomainCloned {
+        clone: String,
+        source: String,
+        name: String,
     },
 }
 
@@ -286,6 +295,7 @@ impl Event {
         "SnapshotFailed",
         "SnapshotRevertRequested",
         "SnapshotRestored",
+        "DomainCloned",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -336,6 +346,7 @@ impl Event {
             Event::SnapshotFailed { .. } => 38,
             Event::SnapshotRevertRequested { .. } => 39,
             Event::SnapshotRestored { .. } => 40,
+            Event::DomainCloned { .. } => 41,
         }
     }
 
@@ -377,10 +388,11 @@ impl Event {
             | SnapshotRequested { domain, name, .. }
             | SnapshotTaken { domain, name, .. }
             | SnapshotFailed { domain, name, .. }
-            | SnapshotRevertRequested { domain, name, .. }
-            | SnapshotRestored { domain, name, .. } => {
+            | SnapshotRevertRequested { domain, name, .. } => {
                 ResourceKey::Snapshot { domain: domain.clone(), name: name.clone() }
             }
+            SnapshotRestored { domain, .. } => ResourceKey::Domain(domain.clone()),
+            DomainCloned { clone, .. } => ResourceKey::Domain(clone.clone()),
             MigrationStarted { domain, .. } => ResourceKey::Domain(domain.clone()),
             MigrationPhaseChanged { id, .. }
             | MigrationCommitted { id, .. }
@@ -416,8 +428,10 @@ impl Event {
             | SnapshotReverted { domain, .. }
             | SnapshotTaken { domain, .. }
             | SnapshotFailed { domain, .. }
-            | SnapshotRevertRequested { domain, .. }
-            | SnapshotRestored { domain, .. } => vec![ResourceKey::Domain(domain.clone())],
+            | SnapshotRevertRequested { domain, .. } => vec![ResourceKey::Domain(domain.clone())],
+            SnapshotRestored { source, name, .. } | DomainCloned { source, name, .. } => {
+                vec![ResourceKey::Snapshot { domain: source.clone(), name: name.clone() }]
+            }
             MigrationStarted { source, target, .. } => {
                 vec![ResourceKey::Host(source.clone()), ResourceKey::Host(target.clone())]
             }

@@ -180,9 +180,10 @@ fn check_snapshots_and_migrations(state: &State) -> Result<(), Violation> {
             );
         }
         if let Some(r) = &d.restore_from {
-            let taken =
-                state.snapshot(&d.name, r).is_some_and(|s| matches!(s.state, SnapshotState::Taken { .. }));
-            ensure!(taken, "domain {} restores from {r}, which is not a taken snapshot of it", d.name);
+            let taken = state
+                .snapshot(&r.domain, &r.name)
+                .is_some_and(|s| matches!(s.state, SnapshotState::Taken { .. }));
+            ensure!(taken, "domain {} restores from {r}, which is not a taken snapshot", d.name);
         }
         let pending: Vec<(&str, &String, u64)> = state
             .snapshots_of(&d.name)

@@ -124,7 +124,13 @@ fn samples() -> Vec<EventEnvelope> {
         Event::SnapshotTaken { domain: "web".into(), name: "s3".into(), bytes: 1 << 20, duration_ms: 7 },
         Event::SnapshotFailed { domain: "web".into(), name: "s4".into(), reason: "disk full".into() },
         Event::SnapshotRevertRequested { domain: "web".into(), name: "s3".into(), generation: Some(5) },
-        Event::SnapshotRestored { domain: "web".into(), name: "s3".into(), generation: 5 },
+        Event::SnapshotRestored {
+            domain: "web".into(),
+            source: "web".into(),
+            name: "s3".into(),
+            generation: 5,
+        },
+        Event::DomainCloned { clone: "web2".into(), source: "web".into(), name: "s3".into() },
     ];
     events
         .into_iter()

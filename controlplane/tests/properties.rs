@@ -191,6 +191,8 @@ fn command() -> impl Strategy<Value = Command> {
         }),
         4 => (domain(), pick(SNAPSHOTS)).prop_map(|(domain, name)| Command::DeleteSnapshot { domain, name }),
         4 => (domain(), pick(SNAPSHOTS)).prop_map(|(domain, name)| Command::RevertSnapshot { domain, name }),
+        1 => (domain(), domain(), pick(SNAPSHOTS))
+            .prop_map(|(clone, source, snapshot)| Command::CloneDomain { clone, source, snapshot }),
         3 => (domain(), proptest::option::of(pick(HOSTS))).prop_map(|(domain, target)| Command::StartMigration { domain, target }),
     ]
 }
@@ -218,6 +220,14 @@ enum Step {
         domain: usize,
         name: usize,
     },
+    /// Clone a domain from one of its taken snapshots under the first free name.
+    CloneOf {
+        source: usize,
+    },
+    /// Revert a domain to one of its taken snapshots, then let its host report twice.
+    RevertAndRun {
+        domain: usize,
+    },
     /// Move the `which`-th live migration on: 0 progress, 1 commit, 2 abort.
     Migrate {
         which: usize,
@@ -242,6 +252,8 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (0..DOMAINS.len(), proptest::bool::weighted(0.8), proptest::bool::weighted(0.9))
             .prop_map(|(domain, taken, honest)| Step::Snapshot { domain, taken, honest }),
         4 => (0..DOMAINS.len(), 0..SNAPSHOTS.len()).prop_map(|(domain, name)| Step::Take { domain, name }),
+        2 => (0..DOMAINS.len()).prop_map(|domain| Step::RevertAndRun { domain }),
+        2 => (0..DOMAINS.len()).prop_map(|source| Step::CloneOf { source }),
         4 => (0usize..3, 0u8..3).prop_map(|(which, action)| Step::Migrate { which, action }),
         2 => (command(), 1usize..6).prop_map(|(command, delay)| Step::Stale { command, delay }),
         1 => (0usize..64).prop_map(|which| Step::Retry { which }),
@@ -378,6 +390,35 @@ impl Run {
                 let r = self.request(create);
                 self.submit(&r);
                 self.step(0, Step::Snapshot { domain, taken: true, honest: true });
+            }
+            Step::CloneOf { source } => {
+                let name = DOMAINS[source];
+                let Some(s) =
+                    self.state.snapshots_of(name).find(|s| matches!(s.state, SnapshotState::Taken { .. }))
+                else {
+                    return;
+                };
+                let Some(clone) = DOMAINS.iter().find(|d| self.state.domain(d).is_none()) else { return };
+                let command = Command::CloneDomain {
+                    clone: (*clone).into(),
+                    source: name.into(),
+                    snapshot: s.name.clone(),
+                };
+                let r = self.request(command);
+                self.submit(&r);
+            }
+            Step::RevertAndRun { domain } => {
+                let name = DOMAINS[domain];
+                let Some(s) =
+                    self.state.snapshots_of(name).find(|s| matches!(s.state, SnapshotState::Taken { .. }))
+                else {
+                    return;
+                };
+                let r = self.request(Command::RevertSnapshot { domain: name.into(), name: s.name.clone() });
+                self.submit(&r);
+                for _ in 0..2 {
+                    self.step(0, Step::Observe { domain, phase: None, honest: true });
+                }
             }
             Step::Migrate { which, action } => {
                 let live: Vec<u64> =

@@ -492,11 +492,10 @@ async fn read_through_api(
     // The file each restoring domain starts from: its snapshot's id names it.
     let restores: BTreeMap<String, PathBuf> = domains
         .iter()
-        .filter(|d| !d.restore_from.is_empty())
-        .map(|d| {
-            let id =
-                listed.iter().find(|s| s.domain == d.name && s.name == d.restore_from).map_or(0, |s| s.id);
-            (d.name.clone(), snapshot_path(snapshot_dir, &d.name, &d.restore_from, id))
+        .filter_map(|d| Some((d, d.restore_from.as_ref()?)))
+        .map(|(d, r)| {
+            let id = listed.iter().find(|s| s.domain == r.domain && s.name == r.name).map_or(0, |s| s.id);
+            (d.name.clone(), snapshot_path(snapshot_dir, &r.domain, &r.name, id))
         })
         .collect();
     Some(HostShare { domains: assigned_from(&host, &domains, &pools, &networks, &restores), snapshots })

@@ -99,11 +99,11 @@ pub fn assigned_from_state(host: &str, state: &State, snapshot_dir: &Path) -> BT
                         attachment: attachment(state.network(&nic.network).map(|n| (&n.name, &n.config))),
                     })
                     .collect(),
-                restore_from: d.restore_from.as_ref().map(|name| {
+                restore_from: d.restore_from.as_ref().map(|r| {
                     // A snapshot the state lost would be a broken invariant; an id of 0
                     // names a file that cannot exist, so the start fails with the path.
-                    let id = state.snapshot(&d.name, name).map_or(0, |s| s.id);
-                    snapshot_path(snapshot_dir, &d.name, name, id).display().to_string()
+                    let id = state.snapshot(&r.domain, &r.name).map_or(0, |s| s.id);
+                    snapshot_path(snapshot_dir, &r.domain, &r.name, id).display().to_string()
                 }),
             };
             (

@@ -64,6 +64,15 @@ impl Snapshots for Api {
         Ok(Response::new(pb::ListSnapshotsReply { snapshots }))
     }
 
+    async fn clone_domain(
+        &self,
+        request: Request<pb::CloneRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let command = Command::CloneDomain { clone: r.clone, source: r.domain, snapshot: r.name };
+        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+    }
+
     async fn report(
         &self,
         request: Request<pb::ReportSnapshotRequest>,

@@ -119,6 +119,11 @@ fn generated_mac(name: &str, index: usize, attempt: u32) -> Mac {
 }
 
 pub(super) fn define(d: &mut Draft<'_>, name: &str, spec: &DomainSpec) -> Result<(), Rejection> {
+    define_with(d, name, spec)
+}
+
+/// Define `name`; the events are emitted into `d`.
+pub(super) fn define_with(d: &mut Draft<'_>, name: &str, spec: &DomainSpec) -> Result<(), Rejection> {
     validate::name("name", name)?;
     validate_spec(spec)?;
     d.absent(ResourceKey::Domain(name.to_owned()), name)?;
@@ -410,7 +415,12 @@ pub(super) fn report_observation(
     });
     if let Some(snapshot) = &domain.restore_from {
         if matches!(phase, ObservedPhase::Running | ObservedPhase::Paused) {
-            d.emit(Event::SnapshotRestored { domain: name.to_owned(), name: snapshot.clone(), generation });
+            d.emit(Event::SnapshotRestored {
+                domain: name.to_owned(),
+                source: snapshot.domain.clone(),
+                name: snapshot.name.clone(),
+                generation,
+            });
         }
     }
     if phase.is_terminal() {

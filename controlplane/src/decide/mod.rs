@@ -94,6 +94,7 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
         Command::ReportMigrationProgress { id, phase } => migration::progress(d, *id, *phase),
         Command::CommitMigration { id } => migration::commit(d, *id),
         Command::AbortMigration { id, reason } => migration::abort(d, *id, reason),
+        Command::CloneDomain { clone, source, snapshot } => snapshot::clone(d, clone, source, snapshot),
         Command::ReportSnapshot { domain, name, host, generation, outcome } => {
             snapshot::report(d, domain, name, host, *generation, outcome)
         }

@@ -99,6 +99,34 @@ pub(super) fn create(
     Ok(())
 }
 
+/// Define `clone` as a copy of `source` (its own name and MACs, no disks it cannot share)
+/// that starts from `source`'s snapshot `snapshot`.
+pub(super) fn clone(d: &mut Draft<'_>, clone: &str, source: &str, snapshot: &str) -> Result<(), Rejection> {
+    let taken = snapshot_guarded(d, source, snapshot)?;
+    if !matches!((&taken.state, taken.kind), (SnapshotState::Taken { .. }, SnapshotKind::Full)) {
+        return Err(Rejection::precondition(
+            ResourceKind::Snapshot,
+            format!("{source}/{snapshot}"),
+            format!(
+                "is a {} {:?} snapshot; a clone starts from a taken full one",
+                taken.state.name(),
+                taken.kind
+            ),
+        ));
+    }
+    let mut spec = (*d.domain(source)?.spec).clone();
+    for nic in &mut spec.nics {
+        nic.mac = None;
+    }
+    super::domain::define_with(d, clone, &spec)?;
+    d.emit(Event::DomainCloned {
+        clone: clone.to_owned(),
+        source: source.to_owned(),
+        name: snapshot.to_owned(),
+    });
+    Ok(())
+}
+
 /// A host reports a snapshot asked of it. A report about a snapshot that is no longer
 /// pending for that host and run is stale and refused (the host stops sending it); the
 /// same outcome again is accepted and changes nothing.

@@ -1071,7 +1071,7 @@ fn revert_starts_a_new_run_from_the_snapshot_and_the_host_says_when_it_is_restor
     let d = h.state.domain("web").unwrap();
     assert_eq!(d.status.host, before.status.host);
     assert_eq!(d.status.generation, before.status.generation + 1);
-    assert_eq!(d.restore_from.as_deref(), Some("s1"));
+    assert_eq!(d.restore_from.as_ref().map(|r| r.name.as_str()), Some("s1"));
     // The old run's report is stale now; the new run's first report clears the mark.
     let host = before.status.host.clone().unwrap();
     let stale = Command::ReportObservation {
@@ -1083,7 +1083,11 @@ fn revert_starts_a_new_run_from_the_snapshot_and_the_host_says_when_it_is_restor
     };
     assert_rejections(&h, vec![("old run", stale, FailedPrecondition, "stale report")]);
     observe(&mut h, "web", ObservedPhase::Starting);
-    assert_eq!(h.state.domain("web").unwrap().restore_from.as_deref(), Some("s1"), "not restored yet");
+    assert_eq!(
+        h.state.domain("web").unwrap().restore_from.as_ref().map(|r| r.name.as_str()),
+        Some("s1"),
+        "not restored yet"
+    );
     observe(&mut h, "web", ObservedPhase::Running);
     assert_eq!(h.state.domain("web").unwrap().restore_from, None);
     assert!(h
@@ -1096,7 +1100,7 @@ fn revert_starts_a_new_run_from_the_snapshot_and_the_host_says_when_it_is_restor
     ok(&mut h, Command::RevertSnapshot { domain: "web".into(), name: "s1".into() });
     let d = h.state.domain("web").unwrap();
     assert!(!d.is_placed());
-    assert_eq!(d.restore_from.as_deref(), Some("s1"));
+    assert_eq!(d.restore_from.as_ref().map(|r| r.name.as_str()), Some("s1"));
     ok(&mut h, Command::DeleteSnapshot { domain: "web".into(), name: "s1".into() });
     assert_eq!(h.state.domain("web").unwrap().restore_from, None);
     crate::invariants::check(&h.state).unwrap();
@@ -1355,4 +1359,55 @@ fn macs_and_addresses_are_deterministic_and_unique() {
     assert_eq!(unique.len(), 3);
     assert!(a.state.network("lan").unwrap().leases.values().all(|l| l.ip.is_none()));
     let _: BTreeMap<u8, u8> = BTreeMap::new();
+}
+
+#[test]
+fn a_clone_is_a_new_domain_that_starts_from_another_domains_snapshot() {
+    let mut h = world();
+    // A read-write disk cannot be shared with a clone.
+    h.take_snapshot("web", "s0").unwrap();
+    let of_web = Command::CloneDomain { clone: "web2".into(), source: "web".into(), snapshot: "s0".into() };
+    assert_rejections(&h, vec![("read-write disk", of_web, FailedPrecondition, "attached read-write")]);
+    ok(&mut h, Command::DefineDomain { name: "src".into(), spec: spec_with(&[], &["net"]) });
+    run(&mut h, "src");
+    let clone =
+        |c: &str, s: &str| Command::CloneDomain { clone: c.into(), source: "src".into(), snapshot: s.into() };
+    ok(&mut h, Command::CreateSnapshot { domain: "src".into(), name: "s0".into(), kind: SnapshotKind::Full });
+    assert_rejections(
+        &h,
+        vec![("pending", clone("web2", "s0"), FailedPrecondition, "a pending Full snapshot")],
+    );
+    let web = h.state.domain("src").unwrap().clone();
+    ok(
+        &mut h,
+        Command::ReportSnapshot {
+            domain: "src".into(),
+            name: "s0".into(),
+            host: web.status.host.clone().unwrap(),
+            generation: web.status.generation,
+            outcome: SnapshotOutcome::Taken { bytes: 1, duration_ms: 1 },
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![
+            ("existing name", clone("idle", "s0"), AlreadyExists, "domain idle"),
+            ("unknown snapshot", clone("web2", "nope"), NotFound, "snapshot src/nope"),
+            ("bad name", clone("Web 2", "s0"), InvalidArgument, "name"),
+        ],
+    );
+    ok(&mut h, clone("web2", "s0"));
+    let c = h.state.domain("web2").unwrap().clone();
+    assert_eq!(c.restore_from, Some(crate::model::SnapshotRef { domain: "src".into(), name: "s0".into() }));
+    assert!(!c.is_placed());
+    assert_ne!(c.spec.nics[0].mac, web.spec.nics[0].mac, "a clone has its own MAC");
+    assert_eq!((c.spec.vcpus, c.spec.memory_mib), (web.spec.vcpus, web.spec.memory_mib));
+    run(&mut h, "web2");
+    assert_eq!(h.state.domain("web2").unwrap().restore_from, None, "its host restored it");
+    assert!(h.envelopes.iter().any(|e| matches!(&e.event, crate::Event::SnapshotRestored { domain, source, .. } if domain == "web2" && source == "src")));
+    // A clone not started yet boots afresh once its source snapshot is deleted.
+    ok(&mut h, clone("web3", "s0"));
+    ok(&mut h, Command::DeleteSnapshot { domain: "src".into(), name: "s0".into() });
+    assert_eq!(h.state.domain("web3").unwrap().restore_from, None);
+    crate::invariants::check(&h.state).unwrap();
 }

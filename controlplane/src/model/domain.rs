@@ -157,9 +157,9 @@ pub struct Domain {
     pub reboots: u64,
     pub status: DomainStatus,
     pub current_snapshot: Option<String>,
-    /// The snapshot the next run starts from instead of booting (set by a revert, cleared
-    /// once a host has restored it).
-    pub restore_from: Option<String>,
+    /// The snapshot the next run starts from instead of booting: one of its own (set by a
+    /// revert) or, for a clone, its source's; cleared once a host has restored it.
+    pub restore_from: Option<super::SnapshotRef>,
     /// The migration in progress, if any.
     pub migration: Option<MigrationId>,
     pub defined_ms: u64,

@@ -27,7 +27,7 @@ pub use network::{Lease, Network, NetworkConfig, NetworkMode};
 pub use pool::{Pool, PoolConfig, PoolKind};
 pub use resource_key::{ResourceKey, ResourceKind};
 pub use resources::Resources;
-pub use snapshot::{Snapshot, SnapshotKind, SnapshotState};
+pub use snapshot::{Snapshot, SnapshotKind, SnapshotRef, SnapshotState};
 pub use volume::{AttachMode, Volume, VolumeFormat, VolumeRef};
 
 /// Labels on a host, or labels a domain requires of its host.

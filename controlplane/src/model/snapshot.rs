@@ -35,6 +35,19 @@ impl SnapshotState {
     }
 }
 
+/// A snapshot, named by its domain and its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    pub domain: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.domain, self.name)
+    }
+}
+
 /// A snapshot of a domain. Snapshots of one domain form a tree through `parent`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
