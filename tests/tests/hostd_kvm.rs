@@ -280,7 +280,8 @@ async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_rev
     assert_eq!(listed[0]["state"], "taken", "{listed:?}");
     assert!(listed[0]["bytes"].as_u64().unwrap() > 0);
     let file = std::fs::read_dir(dir.join("snapshots/web")).unwrap().next().unwrap().unwrap().path();
-    assert_eq!(std::fs::metadata(&file).unwrap().len(), listed[0]["bytes"].as_u64().unwrap());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().blocks() * 512, listed[0]["bytes"].as_u64().unwrap());
     // The guest counts on past the snapshot.
     wait_for("the counter to move on", Duration::from_secs(20), || async {
         (tick_values(&console).last().is_some_and(|t| *t >= after + 5)).then_some(())

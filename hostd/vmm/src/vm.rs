@@ -204,7 +204,7 @@ impl Vm {
     /// format, checksums, and that it fits `config`) before any vCPU exists.
     pub fn start_from(config: VmConfig, source: &Source) -> Result<Vm, VmError> {
         config.validate()?;
-        let mut restore = match source {
+        let restore = match source {
             Source::Kernel => None,
             Source::Snapshot(path) => {
                 let reader = snapshot::Reader::open(path)?;
@@ -227,8 +227,12 @@ impl Vm {
         vm_fd.create_pit2(pit).map_err(kvm_err("creating the PIT"))?;
 
         let memory_bytes = config.memory_mib << 20;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), memory_bytes as usize)])
-            .map_err(|e| VmError::Memory(e.to_string()))?;
+        let mem = match &restore {
+            // The snapshot's memory image, mapped copy-on-write: nothing is copied.
+            Some(reader) => reader.guest_memory()?,
+            None => GuestMemoryMmap::from_ranges(&[(GuestAddress(0), memory_bytes as usize)])
+                .map_err(|e| VmError::Memory(e.to_string()))?,
+        };
         for (slot, region) in mem.iter().enumerate() {
             let host =
                 mem.get_host_address(region.start_addr()).map_err(|e| VmError::Memory(e.to_string()))?;
@@ -243,9 +247,6 @@ impl Vm {
             // is kept by the `Vm` and by the vCPU thread for as long as the VM fd can run
             // guest code, and the mapping is never resized or unmapped before that.
             unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("registering guest memory"))?;
-        }
-        if let Some(reader) = restore.as_mut() {
-            reader.load_memory(&mem)?;
         }
         let saved: Option<&VmState> = restore.as_ref().map(|r| &r.state);
 
@@ -432,14 +433,16 @@ impl Vm {
             self.pause()?;
         }
         let written = self.write_snapshot(path, was_paused);
+        let duration_ms = if was_paused { 0 } else { started.elapsed().as_millis() as u64 };
         if !was_paused {
             self.resume()?;
         }
-        let bytes = written?;
-        Ok(SnapshotInfo { bytes, duration_ms: started.elapsed().as_millis() as u64 })
+        // Synced while the guest runs again: the pause covers only the copy.
+        let bytes = written?.commit()?;
+        Ok(SnapshotInfo { bytes, duration_ms })
     }
 
-    fn write_snapshot(&self, path: &Path, paused: bool) -> Result<u64, VmError> {
+    fn write_snapshot(&self, path: &Path, paused: bool) -> Result<snapshot::Written, VmError> {
         // Every device stays locked until the file is written, so a NIC's receive thread
         // cannot change guest memory or a queue under the copy.
         let console = self.bus.console.lock().unwrap_or_else(|p| p.into_inner());

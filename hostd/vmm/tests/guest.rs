@@ -284,7 +284,12 @@ fn a_restored_snapshot_continues_the_counter_exactly_where_it_was_taken() {
     let before = g.console();
     let file = g.dir.path().join("t1.snap");
     let info = control::snapshot(&g.socket(), &file).unwrap();
-    assert!(info.bytes > 0 && std::fs::metadata(&file).unwrap().len() == info.bytes, "{info:?}");
+    use std::os::unix::fs::MetadataExt;
+    let on_disk = std::fs::metadata(&file).unwrap().blocks() * 512;
+    assert!(info.bytes > 0 && on_disk == info.bytes, "{info:?}, {on_disk} bytes on disk");
+    // Sparse: the 32 MiB guest touched far less.
+    assert!(info.bytes < 8 << 20, "{info:?}");
+    assert_eq!(info.duration_ms, 0, "a paused guest is not paused for it");
     assert!(!snapshot::part_path(&file).exists(), "the partial file was left behind");
     assert_eq!(g.call(Request::Status).phase, Phase::Paused, "a paused guest stays paused");
     // The original runs on past the snapshot, then goes.
@@ -359,23 +364,29 @@ fn damaged_or_foreign_snapshot_files_are_refused_before_the_guest_runs() {
         p
     };
     let truncated = write("truncated.snap", &bytes[..bytes.len() - 4096]);
+    // The guest image sits at 1 MiB of guest memory, which starts at offset 4096.
     let mut flipped = bytes.clone();
-    let last = flipped.len() - 100;
-    flipped[last] ^= 0x40;
+    flipped[4096 + (1 << 20) + 100] ^= 0x40;
     let corrupt = write("corrupt.snap", &flipped);
+    // Data where the guest had only zeros (a hole in the file).
+    let mut planted = bytes.clone();
+    planted[4096 + (30 << 20) + 7] = 0x55;
+    let planted = write("planted.snap", &planted);
     let mut v9 = bytes.clone();
     v9[8] = 9;
     let wrong_version = write("v9.snap", &v9);
     let mut state_flip = bytes.clone();
-    state_flip[40] ^= 0x01;
+    let last = state_flip.len() - 100;
+    state_flip[last] ^= 0x01;
     let corrupt_state = write("state.snap", &state_flip);
     let text = write("text.snap", b"hello, I am not a snapshot");
     let kernel = dir.path().join("guest.elf");
     testguest::write_to(&kernel).unwrap();
     let mib32: &[&str] = &["--memory-mib", "32"];
-    let cases: [(&std::path::Path, &[&str], &str); 7] = [
+    let cases: [(&std::path::Path, &[&str], &str); 8] = [
         (&truncated, mib32, "truncated or damaged"),
         (&corrupt, mib32, "memory section fails its checksum"),
+        (&planted, mib32, "memory section fails its checksum"),
         (&wrong_version, mib32, "format version 9"),
         (&corrupt_state, mib32, "state section fails its checksum"),
         (&text, mib32, "truncated or damaged"),

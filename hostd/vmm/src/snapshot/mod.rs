@@ -1,5 +1,5 @@
 //! A VM's whole state in one file: every vCPU, the in-kernel irqchip, PIT and clock, every
-//! device, and guest memory. Written by `Vm::snapshot`, read back by `Vm::start` with
+//! device, and guest memory. Written by `Vm::snapshot`, read back by `Vm::start_from` with
 //! `Source::Snapshot`, for revert, clone and (later) migration.
 //!
 //! # Format, version 1 (all integers little endian)
@@ -9,28 +9,35 @@
 //! | 0 | 8 | magic `DRVRSNAP` |
 //! | 8 | 4 | format version ([`FORMAT_VERSION`]) |
 //! | 12 | 4 | `S`: length of the state section |
-//! | 16 | 8 | `M`: length of the memory section |
+//! | 16 | 8 | `M`: length of the memory image (the guest's RAM size) |
 //! | 24 | 4 | CRC-32 of the state section |
-//! | 28 | 4 | CRC-32 of the memory section |
-//! | 32 | `S` | the state section: [`VmState`] as JSON |
-//! | … | | zeros up to the next multiple of [`PAGE_BYTES`] |
-//! | | `M` | the memory section: the guest pages [`MemoryLayout::runs`] lists, in order |
+//! | 28 | 4 | CRC-32 of the memory pages [`MemoryLayout::runs`] lists, in order |
+//! | 32 | | zeros up to [`PAGE_BYTES`] |
+//! | 4096 | `M` | the memory image: guest-physical page `p` at `4096 + p * 4096` |
+//! | 4096 + `M` | `S` | the state section: [`VmState`] as JSON |
 //!
-//! Pages that are all zeros are not stored (guest memory starts zeroed). A file is
-//! accepted only if its magic and version are known, its size is exactly what the header
-//! says, both checksums match, and the state fits the VM being built; all of that is
-//! checked before any vCPU runs. Snapshots are written to `<path>.part`, synced, and
+//! Pages that are all zeros are not written: they are holes in a sparse file (guest
+//! memory starts zeroed), so a file costs the disk only what the guest has touched. The
+//! memory image sits page-aligned so a restore maps it privately (copy on write) as the
+//! new VM's RAM instead of copying it. A file is accepted only if its magic and version
+//! are known, its size is exactly what the header says, both checksums match, no data
+//! lies outside the listed pages (where a file system keeps no holes, it must read as
+//! zeros), and the state fits the VM being built; all of that is checked before any vCPU
+//! runs. Snapshots are written to `<path>.part`, synced once the guest runs again, and
 //! renamed into place, so a failed or interrupted save leaves nothing at `path`.
 
 pub mod vcpu_state;
 pub mod vm_state;
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 
 use crate::devices::serial::SerialSnapshot;
 use crate::devices::virtio_mmio::TransportState;
@@ -41,10 +48,14 @@ pub const MAGIC: [u8; 8] = *b"DRVRSNAP";
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 32;
 pub const PAGE_BYTES: u64 = 4096;
+/// Where the memory image starts.
+const MEMORY_OFFSET: u64 = PAGE_BYTES;
 /// The state section's largest size (32 vCPUs with their XSAVE areas fit many times).
 pub const STATE_BYTES_MAX: u32 = 16 << 20;
-/// How much memory is read or written at once.
+/// How much memory is scanned at once.
 const CHUNK_BYTES: usize = 1 << 20;
+
+static ZERO_PAGE: [u8; PAGE_BYTES as usize] = [0; PAGE_BYTES as usize];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -84,24 +95,19 @@ pub struct VmState {
     pub memory: MemoryLayout,
 }
 
-/// Which guest pages the memory section holds.
+/// Which guest pages the memory image holds data for.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MemoryLayout {
     /// (first page, page count), ascending and not overlapping.
     pub runs: Vec<(u64, u64)>,
 }
 
-impl MemoryLayout {
-    fn pages(&self) -> u64 {
-        self.runs.iter().map(|r| r.1).sum()
-    }
-}
-
 /// What a save wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
+    /// What the file takes on disk (it is sparse: untouched guest memory costs nothing).
     pub bytes: u64,
-    /// From the pause to the resume (or to the end, for a guest already paused).
+    /// How long the guest was held paused for it (0 for a guest that was paused anyway).
     pub duration_ms: u64,
 }
 
@@ -109,86 +115,104 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io { path: path.display().to_string(), source }
 }
 
-fn state_offset_end(state_len: u64) -> u64 {
-    (HEADER_BYTES as u64 + state_len).div_ceil(PAGE_BYTES) * PAGE_BYTES
+/// The whole of `mem` (one region from guest address 0, `memory_bytes` long) as bytes.
+///
+/// SAFETY (of the callers' promise): nothing may write guest memory while the slice
+/// lives; every caller holds the VM's vCPUs parked and its devices locked, or owns a
+/// mapping no VM runs on yet.
+fn guest_bytes(mem: &GuestMemoryMmap, memory_bytes: u64) -> Result<&[u8], SnapshotError> {
+    let host = mem.get_host_address(GuestAddress(0)).map_err(|e| SnapshotError::Memory(e.to_string()))?;
+    let len = usize::try_from(memory_bytes).map_err(|e| SnapshotError::Memory(e.to_string()))?;
+    let region_len = mem.iter().next().map_or(0, |r| r.len());
+    assert_eq!(mem.num_regions(), 1, "guest memory is one region");
+    assert_eq!(region_len, memory_bytes, "guest memory is {region_len} bytes, the state says {memory_bytes}");
+    // SAFETY: `host..host + len` is the one mapping of `mem`'s single region (checked
+    // above), readable and alive for as long as `mem` is borrowed; the callers guarantee
+    // that nothing writes it meanwhile (see above), so a shared slice over it is sound.
+    Ok(unsafe { std::slice::from_raw_parts(host, len) })
 }
 
-/// The pages of `mem` (one region from guest address 0, `memory_bytes` long) that are
-/// not all zeros, as runs.
-fn nonzero_runs(mem: &GuestMemoryMmap, memory_bytes: u64) -> Result<MemoryLayout, SnapshotError> {
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut at = 0u64;
-    while at < memory_bytes {
-        let len = (memory_bytes - at).min(CHUNK_BYTES as u64) as usize;
-        mem.read_slice(&mut buf[..len], GuestAddress(at))
-            .map_err(|e| SnapshotError::Memory(e.to_string()))?;
-        for (i, page) in buf[..len].chunks(PAGE_BYTES as usize).enumerate() {
-            if page.iter().all(|&b| b == 0) {
-                continue;
-            }
-            let number = at / PAGE_BYTES + i as u64;
-            match runs.last_mut() {
-                Some((first, count)) if *first + *count == number => *count += 1,
-                _ => runs.push((number, 1)),
-            }
-        }
-        at += len as u64;
-    }
-    Ok(MemoryLayout { runs })
+/// A snapshot written to its `.part` file, not yet synced nor in place.
+#[derive(Debug)]
+pub struct Written {
+    path: PathBuf,
+    part: PathBuf,
+    file: Option<File>,
 }
 
-/// Write `state` (its `memory` field is filled in here) and the pages of `mem` to `path`,
-/// atomically. The caller holds every vCPU parked and every device locked.
-pub fn write(path: &Path, mut state: VmState, mem: &GuestMemoryMmap) -> Result<u64, SnapshotError> {
-    let memory_bytes = state.memory_mib << 20;
-    state.memory = nonzero_runs(mem, memory_bytes)?;
-    let state_json = serde_json::to_vec(&state)
-        .map_err(|e| SnapshotError::Malformed { path: path.display().to_string(), reason: e.to_string() })?;
-    assert!(state_json.len() <= STATE_BYTES_MAX as usize, "a VM's state is {} bytes", state_json.len());
-    let memory_len = state.memory.pages() * PAGE_BYTES;
-
-    let part = part_path(path);
-    let result = (|| {
-        let file = File::create(&part).map_err(io(&part))?;
-        let mut out = BufWriter::with_capacity(CHUNK_BYTES, file);
-        // The header's memory checksum is filled in once the pages are written.
-        out.write_all(&header(state_json.len() as u32, memory_len, crc32fast::hash(&state_json), 0))
-            .map_err(io(&part))?;
-        out.write_all(&state_json).map_err(io(&part))?;
-        let pad = state_offset_end(state_json.len() as u64) - (HEADER_BYTES + state_json.len()) as u64;
-        out.write_all(&vec![0u8; pad as usize]).map_err(io(&part))?;
-        let mut crc = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; CHUNK_BYTES];
-        for &(first, count) in &state.memory.runs {
-            let mut at = first * PAGE_BYTES;
-            let end = (first + count) * PAGE_BYTES;
-            while at < end {
-                let len = (end - at).min(CHUNK_BYTES as u64) as usize;
-                mem.read_slice(&mut buf[..len], GuestAddress(at))
-                    .map_err(|e| SnapshotError::Memory(e.to_string()))?;
-                crc.update(&buf[..len]);
-                out.write_all(&buf[..len]).map_err(io(&part))?;
-                at += len as u64;
-            }
-        }
-        let mut file = out
-            .into_inner()
-            .map_err(|e| SnapshotError::Io { path: part.display().to_string(), source: e.into_error() })?;
-        file.seek(SeekFrom::Start(28)).map_err(io(&part))?;
-        file.write_all(&crc.finalize().to_le_bytes()).map_err(io(&part))?;
-        file.sync_all().map_err(io(&part))?;
-        let bytes = file.metadata().map_err(io(&part))?.len();
-        std::fs::rename(&part, path).map_err(io(path))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+impl Written {
+    /// Sync the file and move it into place; returns the bytes it takes on disk.
+    pub fn commit(mut self) -> Result<u64, SnapshotError> {
+        let file = self.file.take().expect("committed once");
+        file.sync_all().map_err(io(&self.part))?;
+        let bytes = file.metadata().map_err(io(&self.part))?.blocks() * 512;
+        std::fs::rename(&self.part, &self.path).map_err(io(&self.path))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
         }
         Ok(bytes)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&part);
     }
-    result
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
+}
+
+/// Write `state` (its `memory` field is filled in here) and the touched pages of `mem` to
+/// `path`'s `.part` file, in one pass over guest memory. The caller holds every vCPU
+/// parked and every device locked until this returns, then commits the result (which
+/// syncs it) once the guest may run again.
+pub fn write(path: &Path, mut state: VmState, mem: &GuestMemoryMmap) -> Result<Written, SnapshotError> {
+    let memory_bytes = state.memory_mib << 20;
+    let part = part_path(path);
+    let file = File::create(&part).map_err(io(&part))?;
+    let written = Written { path: path.to_owned(), part: part.clone(), file: Some(file) };
+    let file = written.file.as_ref().expect("just set");
+    let bytes = guest_bytes(mem, memory_bytes)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (c, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
+        let first_page = (c * CHUNK_BYTES) as u64 / PAGE_BYTES;
+        let mut run: Option<(usize, usize)> = None; // pages [from, to) of this chunk
+        let mut flush = |from: usize, to: usize, runs: &mut Vec<(u64, u64)>| -> Result<(), SnapshotError> {
+            let data = &chunk[from * PAGE_BYTES as usize..to * PAGE_BYTES as usize];
+            crc.update(data);
+            let page = first_page + from as u64;
+            file.write_all_at(data, MEMORY_OFFSET + page * PAGE_BYTES).map_err(io(&part))?;
+            match runs.last_mut() {
+                Some((p, n)) if *p + *n == page => *n += (to - from) as u64,
+                _ => runs.push((page, (to - from) as u64)),
+            }
+            Ok(())
+        };
+        for (i, page) in chunk.chunks(PAGE_BYTES as usize).enumerate() {
+            let touched = page != &ZERO_PAGE[..page.len()];
+            run = match (run, touched) {
+                (None, true) => Some((i, i + 1)),
+                (Some((from, _)), true) => Some((from, i + 1)),
+                (Some((from, to)), false) => {
+                    flush(from, to, &mut runs)?;
+                    None
+                }
+                (None, false) => None,
+            };
+        }
+        if let Some((from, to)) = run {
+            flush(from, to, &mut runs)?;
+        }
+    }
+    state.memory = MemoryLayout { runs };
+    let state_json = serde_json::to_vec(&state)
+        .map_err(|e| SnapshotError::Malformed { path: path.display().to_string(), reason: e.to_string() })?;
+    assert!(state_json.len() <= STATE_BYTES_MAX as usize, "a VM's state is {} bytes", state_json.len());
+    file.write_all_at(&state_json, MEMORY_OFFSET + memory_bytes).map_err(io(&part))?;
+    let h = header(state_json.len() as u32, memory_bytes, crc32fast::hash(&state_json), crc.finalize());
+    file.write_all_at(&h, 0).map_err(io(&part))?;
+    Ok(written)
 }
 
 /// Where a snapshot is written before it is renamed to `path`.
@@ -210,11 +234,11 @@ fn header(state_len: u32, memory_len: u64, state_crc: u32, memory_crc: u32) -> [
 }
 
 /// An opened snapshot whose header and state section have been checked; its memory is
-/// checked as [`Reader::load_memory`] reads it.
+/// checked by [`Reader::guest_memory`].
 #[derive(Debug)]
 pub struct Reader {
     path: PathBuf,
-    file: BufReader<File>,
+    file: File,
     pub state: VmState,
     memory_crc: u32,
 }
@@ -224,12 +248,11 @@ impl Reader {
         let name = || path.display().to_string();
         let file = File::open(path).map_err(io(path))?;
         let actual = file.metadata().map_err(io(path))?.len();
-        let mut file = BufReader::with_capacity(CHUNK_BYTES, file);
-        let mut h = [0u8; HEADER_BYTES];
         if actual < HEADER_BYTES as u64 {
             return Err(SnapshotError::Size { path: name(), expected: HEADER_BYTES as u64, actual });
         }
-        file.read_exact(&mut h).map_err(io(path))?;
+        let mut h = [0u8; HEADER_BYTES];
+        file.read_exact_at(&mut h, 0).map_err(io(path))?;
         if h[0..8] != MAGIC {
             return Err(SnapshotError::Magic { path: name() });
         }
@@ -241,24 +264,25 @@ impl Reader {
         let state_len = word(12);
         let memory_len = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
         let (state_crc, memory_crc) = (word(24), word(28));
-        let expected = state_offset_end(u64::from(state_len)).checked_add(memory_len);
-        if state_len > STATE_BYTES_MAX || expected != Some(actual) {
+        let expected =
+            MEMORY_OFFSET.checked_add(memory_len).and_then(|m| m.checked_add(u64::from(state_len)));
+        if state_len > STATE_BYTES_MAX || memory_len % PAGE_BYTES != 0 || expected != Some(actual) {
             return Err(SnapshotError::Size { path: name(), expected: expected.unwrap_or(u64::MAX), actual });
         }
         let mut state_json = vec![0u8; state_len as usize];
-        file.read_exact(&mut state_json).map_err(io(path))?;
+        file.read_exact_at(&mut state_json, MEMORY_OFFSET + memory_len).map_err(io(path))?;
         if crc32fast::hash(&state_json) != state_crc {
             return Err(SnapshotError::Checksum { path: name(), section: "state" });
         }
         let state: VmState = serde_json::from_slice(&state_json)
             .map_err(|e| SnapshotError::Malformed { path: name(), reason: e.to_string() })?;
-        if state.memory.pages() * PAGE_BYTES != memory_len {
+        if state.memory_mib << 20 != memory_len {
             return Err(SnapshotError::Malformed {
                 path: name(),
-                reason: "memory runs do not match the memory section".into(),
+                reason: "memory size disagrees with the header".into(),
             });
         }
-        let memory_pages = (state.memory_mib << 20) / PAGE_BYTES;
+        let memory_pages = memory_len / PAGE_BYTES;
         let mut next = 0u64;
         for &(first, count) in &state.memory.runs {
             if first < next || count == 0 || first.checked_add(count).is_none_or(|end| end > memory_pages) {
@@ -269,7 +293,6 @@ impl Reader {
             }
             next = first + count;
         }
-        file.seek(SeekFrom::Start(state_offset_end(u64::from(state_len)))).map_err(io(path))?;
         Ok(Reader { path: path.to_owned(), file, state, memory_crc })
     }
 
@@ -300,26 +323,93 @@ impl Reader {
         Ok(())
     }
 
-    /// Copy the stored pages into `mem` (zeroed, fresh guest memory), checking the memory
-    /// section's checksum; an error means `mem` must not run.
-    pub fn load_memory(&mut self, mem: &GuestMemoryMmap) -> Result<(), SnapshotError> {
+    /// The snapshot's memory image mapped privately (copy on write) as a new VM's RAM,
+    /// once checked: its checksum, and no data outside the listed pages. An error means
+    /// nothing may run on it.
+    pub fn guest_memory(&self) -> Result<GuestMemoryMmap, SnapshotError> {
+        let memory_bytes = self.state.memory_mib << 20;
+        let size = usize::try_from(memory_bytes).map_err(|e| SnapshotError::Memory(e.to_string()))?;
+        let file = self.file.try_clone().map_err(io(&self.path))?;
+        let region = MmapRegionBuilder::new(size)
+            .with_file_offset(FileOffset::new(file, MEMORY_OFFSET))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| SnapshotError::Memory(format!("mapping {}: {e}", self.path.display())))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(0))
+            .ok_or_else(|| SnapshotError::Memory("guest memory region".into()))?;
+        let mem =
+            GuestMemoryMmap::from_regions(vec![region]).map_err(|e| SnapshotError::Memory(e.to_string()))?;
+        // Nothing runs on `mem` yet and nobody else has it.
+        let bytes = guest_bytes(&mem, memory_bytes)?;
         let mut crc = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; CHUNK_BYTES];
         for &(first, count) in &self.state.memory.runs {
-            let mut at = first * PAGE_BYTES;
-            let end = (first + count) * PAGE_BYTES;
-            while at < end {
-                let len = (end - at).min(CHUNK_BYTES as u64) as usize;
-                self.file.read_exact(&mut buf[..len]).map_err(io(&self.path))?;
-                crc.update(&buf[..len]);
-                mem.write_slice(&buf[..len], GuestAddress(at))
-                    .map_err(|e| SnapshotError::Memory(e.to_string()))?;
-                at += len as u64;
-            }
+            let from = (first * PAGE_BYTES) as usize;
+            crc.update(&bytes[from..from + (count * PAGE_BYTES) as usize]);
         }
         if crc.finalize() != self.memory_crc {
             return Err(SnapshotError::Checksum { path: self.path.display().to_string(), section: "memory" });
         }
+        self.check_unlisted_is_zero(bytes)?;
+        Ok(mem)
+    }
+
+    /// Data the file holds outside the listed pages must read as zeros (file systems with
+    /// holes report none there; the others store zeros).
+    fn check_unlisted_is_zero(&self, memory: &[u8]) -> Result<(), SnapshotError> {
+        let end = memory.len() as u64;
+        let mut at = 0u64;
+        let runs = &self.state.memory.runs;
+        while at < end {
+            let Some((data, hole)) = self.data_extent(at, end)? else { break };
+            // Within [data, hole), every page not in a run must be zero.
+            let mut page = data / PAGE_BYTES;
+            while page * PAGE_BYTES < hole {
+                let listed = runs.iter().find(|(p, n)| page >= *p && page < p + n);
+                match listed {
+                    Some((p, n)) => page = p + n,
+                    None => {
+                        let from = (page * PAGE_BYTES) as usize;
+                        if memory[from..from + PAGE_BYTES as usize] != ZERO_PAGE {
+                            return Err(SnapshotError::Checksum {
+                                path: self.path.display().to_string(),
+                                section: "memory",
+                            });
+                        }
+                        page += 1;
+                    }
+                }
+            }
+            at = hole;
+        }
         Ok(())
+    }
+
+    /// The next data extent of the memory image at or after `at` (image offsets), as
+    /// `(start, end)`; `None` past the last one.
+    fn data_extent(&self, at: u64, end: u64) -> Result<Option<(u64, u64)>, SnapshotError> {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let seek = |offset: u64, whence: libc::c_int| -> Result<Option<u64>, SnapshotError> {
+            let offset = libc::off_t::try_from(MEMORY_OFFSET + offset)
+                .map_err(|e| SnapshotError::Memory(e.to_string()))?;
+            // SAFETY: lseek on a file descriptor this reader owns; it only moves the
+            // descriptor's offset, which nothing else uses (reads are positional).
+            let r = unsafe { libc::lseek(fd, offset, whence) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::ENXIO) => Ok(None), // no data after `offset`
+                    _ => Err(SnapshotError::Io { path: self.path.display().to_string(), source: e }),
+                };
+            }
+            Ok(Some((r as u64).saturating_sub(MEMORY_OFFSET)))
+        };
+        let Some(data) = seek(at, libc::SEEK_DATA)? else { return Ok(None) };
+        if data >= end {
+            return Ok(None);
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        Ok(Some((data, hole)))
     }
 }
