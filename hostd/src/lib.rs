@@ -14,7 +14,10 @@
 //! `agent` loop reads the cluster state from the host's own learner replica (or through
 //! the public API) and reports through the API. NICs: both process drivers plug each into
 //! a tap in its network's bridge (`tap`) before the VM process starts; QEMU and the own
-//! VMM then attach a virtio-net device to that tap.
+//! VMM then attach a virtio-net device to that tap. Snapshots: every driver saves a
+//! running or paused VM's whole state to a file and starts a VM from one
+//! (`VmSpec::restore_from`); `snapshots` takes the ones the cluster asks of this host,
+//! reports them, and removes the files of snapshots the cluster no longer holds.
 #![forbid(unsafe_code)]
 
 pub mod agent;

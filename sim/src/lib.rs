@@ -14,9 +14,10 @@
 //! the same seed, in debug and release builds.
 //!
 //! Every host holds a learner replica of the log and hostd reconciles from it, as under
-//! `drover up` (`SimConfig::host_replicas`; off, hosts read through the API). Not
-//! simulated yet: HA failover, fencing and migrations (their issues add their faults and
-//! invariants here).
+//! `drover up` (`SimConfig::host_replicas`; off, hosts read through the API). Snapshots
+//! are taken, reverted, cloned from and deleted on storage every host shares
+//! (`hostd::fake::SnapshotStore`). Not simulated yet: HA failover, fencing and migrations
+//! (their issues add their faults and invariants here).
 #![forbid(unsafe_code)]
 // openraft's error types are large by design and are what its network trait returns.
 #![allow(clippy::result_large_err)]

@@ -8,9 +8,12 @@
 //! ([`console_log`]), a power-off port and i8042 reset ([`devices`]), a virtio-blk disk
 //! backed by a raw file and virtio-net NICs on taps, over virtio-mmio. The VMM
 //! process ([`process`], run as `drover vmm` or `drover-vmm`) serves the [`control`] protocol (JSON lines on a Unix socket) that
-//! hostd's `kvm` driver speaks: status, pause, resume, shutdown, reboot, destroy; when the
-//! VM ends it writes its exit record beside the socket, so a restarted hostd learns how a
-//! VM it did not watch ended.
+//! hostd's `kvm` driver speaks: status, pause, resume, shutdown, reboot, destroy,
+//! snapshot; when the VM ends it writes its exit record beside the socket, so a restarted
+//! hostd learns how a VM it did not watch ended. [`snapshot`] saves a VM's whole state
+//! (vCPUs, irqchip, PIT, clock, devices, touched memory) to a versioned, checksummed,
+//! sparse file, and a VM starts from one (`--restore-from`) with the memory image mapped
+//! copy-on-write.
 //!
 //! This is the only crate of the workspace that holds `unsafe` code; every block carries a
 //! `// SAFETY:` comment. Everything below the [`vm`] layer is safe Rust over the rust-vmm

@@ -169,6 +169,8 @@ pub struct Vm {
     /// Kept for the VM's lifetime: the memory slots and irqchip belong to it.
     vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
+    /// Whether `mem` maps a snapshot's file (else it is anonymous memory).
+    restored: bool,
 }
 
 /// Everything one vCPU thread owns.
@@ -398,7 +400,9 @@ impl Vm {
             }
             vcpu_threads.push(thread);
         }
-        Ok(Vm::assemble(config, shared, bus, vcpu_threads, rx_threads, vm_fd, mem))
+        let mut vm = Vm::assemble(config, shared, bus, vcpu_threads, rx_threads, vm_fd, mem);
+        vm.restored = restore.is_some();
+        Ok(vm)
     }
 
     fn assemble(
@@ -418,6 +422,7 @@ impl Vm {
             rx_threads: Mutex::new(rx_threads),
             vm_fd,
             mem,
+            restored: false,
         }
     }
 
@@ -461,7 +466,7 @@ impl Vm {
             nics: nics.iter().map(|n| n.state()).collect(),
             memory: Default::default(),
         };
-        Ok(snapshot::write(path, state, &self.mem)?)
+        Ok(snapshot::write(path, state, &self.mem, !self.restored)?)
     }
 
     /// Have every parked vCPU save its state; the VM must be paused.
@@ -538,6 +543,10 @@ impl Vm {
 
     pub fn pause(&self) -> Result<(), VmError> {
         self.shared.pause_requested.store(true, Ordering::SeqCst);
+        // A vCPU idling on the condition variable wakes for this, not for the kick (a
+        // signal does not end a condvar wait): without it a pause took up to the rest of
+        // the guest's idle period (up to IDLE_MS_MAX).
+        self.shared.changed.notify_all();
         self.wait_for("pause", |p| p == Phase::Paused)
     }
 

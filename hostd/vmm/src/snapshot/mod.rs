@@ -162,17 +162,44 @@ impl Drop for Written {
     }
 }
 
+/// Which pages of the anonymous mapping at `bytes` the process has never touched (neither
+/// present nor swapped out, per `/proc/self/pagemap`): they read as zeros, and reading
+/// them only to find that out would map a zero page into each. `None` when the kernel
+/// does not say; then every page is read.
+fn untouched_pages(bytes: &[u8]) -> Option<Vec<bool>> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    let pages = bytes.len() / PAGE_BYTES as usize;
+    let mut raw = vec![0u8; pages * 8];
+    let offset = (bytes.as_ptr() as u64 / PAGE_BYTES) * 8;
+    pagemap.read_exact_at(&mut raw, offset).ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes")) & (PRESENT | SWAPPED) == 0)
+            .collect(),
+    )
+}
+
 /// Write `state` (its `memory` field is filled in here) and the touched pages of `mem` to
-/// `path`'s `.part` file, in one pass over guest memory. The caller holds every vCPU
-/// parked and every device locked until this returns, then commits the result (which
-/// syncs it) once the guest may run again.
-pub fn write(path: &Path, mut state: VmState, mem: &GuestMemoryMmap) -> Result<Written, SnapshotError> {
+/// `path`'s `.part` file, in one pass over guest memory. `anonymous`: `mem` is anonymous
+/// memory (not a restored snapshot's file mapping), so pages the process never touched
+/// are known zeros without reading them. The caller holds every vCPU parked and every
+/// device locked until this returns, then commits the result (which syncs it) once the
+/// guest may run again.
+pub fn write(
+    path: &Path,
+    mut state: VmState,
+    mem: &GuestMemoryMmap,
+    anonymous: bool,
+) -> Result<Written, SnapshotError> {
     let memory_bytes = state.memory_mib << 20;
     let part = part_path(path);
     let file = File::create(&part).map_err(io(&part))?;
     let written = Written { path: path.to_owned(), part: part.clone(), file: Some(file) };
     let file = written.file.as_ref().expect("just set");
     let bytes = guest_bytes(mem, memory_bytes)?;
+    let untouched = if anonymous { untouched_pages(bytes) } else { None };
     let mut crc = crc32fast::Hasher::new();
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (c, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
@@ -190,7 +217,8 @@ pub fn write(path: &Path, mut state: VmState, mem: &GuestMemoryMmap) -> Result<W
             Ok(())
         };
         for (i, page) in chunk.chunks(PAGE_BYTES as usize).enumerate() {
-            let touched = page != &ZERO_PAGE[..page.len()];
+            let never = untouched.as_ref().is_some_and(|u| u[first_page as usize + i]);
+            let touched = !never && page != &ZERO_PAGE[..page.len()];
             run = match (run, touched) {
                 (None, true) => Some((i, i + 1)),
                 (Some((from, _)), true) => Some((from, i + 1)),
