@@ -267,6 +267,10 @@ impl Vm {
             }
         };
         let console = Arc::new(Mutex::new(console));
+        if let (Some(reader), Some(path)) = (&restore, &config.disk) {
+            // The disk goes back to the snapshot's instant before the VM opens it.
+            reader.restore_disk(path)?;
+        }
         let disk = match &config.disk {
             Some(path) => {
                 let block = Block::open(path, false, &config.domain)
@@ -466,7 +470,8 @@ impl Vm {
             nics: nics.iter().map(|n| n.state()).collect(),
             memory: Default::default(),
         };
-        Ok(snapshot::write(path, state, &self.mem, !self.restored)?)
+        let disk_file = disk.as_ref().map(|d| d.device.file());
+        Ok(snapshot::write(path, state, &self.mem, !self.restored, disk_file)?)
     }
 
     /// Have every parked vCPU save its state; the VM must be paused.

@@ -418,3 +418,62 @@ fn damaged_or_foreign_snapshot_files_are_refused_before_the_guest_runs() {
             .contains("tick"));
     }
 }
+
+#[test]
+fn a_restore_brings_the_disk_back_to_the_instant_of_the_snapshot() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(1 << 20).unwrap();
+    let write = |token: &str| {
+        let mut w =
+            Guest::start(&format!("drover.ticks=1 drover.tick_ms=1 drover.blk=write:{token}"), Some(&disk));
+        assert_eq!(w.exit_record()["phase"], "stopped");
+        assert!(w.console().contains(&format!("blk wrote {token}")), "{}", w.console());
+    };
+    write("before-the-snapshot");
+    let g = Guest::start("drover.tick_ms=20", Some(&disk));
+    g.wait_until("a tick", || g.ticks() >= 1);
+    let file = dir.path().join("with-disk.snap");
+    let info = control::snapshot(&g.socket(), &file).unwrap();
+    g.call(Request::Destroy);
+    // The disk changes after the snapshot: a guest writes something else.
+    write("after-the-snapshot");
+    let restore = ["--restore-from", file.to_str().unwrap()];
+    let r = Guest::start_with("drover.tick_ms=20", Some(&disk), &restore);
+    assert_eq!(r.call(Request::Status).phase, Phase::Running);
+    r.wait_until("the restored guest to count", || !ticks_in(&r.console()).is_empty());
+    r.call(Request::Destroy);
+    let mut reader = Guest::start("drover.ticks=1 drover.tick_ms=1 drover.blk=read", Some(&disk));
+    assert_eq!(reader.exit_record()["phase"], "stopped");
+    assert!(reader.console().contains("blk read before-the-snapshot"), "{}\n{info:?}", reader.console());
+    // A damaged disk image is refused, and the disk is left as it is.
+    write("kept");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - (1 << 20) + 600; // inside the disk image's first sector
+    bytes[last] ^= 0x20;
+    let damaged = dir.path().join("damaged.snap");
+    std::fs::write(&damaged, bytes).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let kernel = run.path().join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_drover-vmm"))
+        .arg("--run-dir")
+        .arg(run.path())
+        .args(["--domain", "bad", "--memory-mib", "32", "--kernel"])
+        .arg(&kernel)
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--restore-from")
+        .arg(&damaged)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let exit = std::fs::read_to_string(run.path().join(control::EXIT_FILE)).unwrap();
+    assert!(exit.contains("disk section fails its checksum"), "{exit}");
+    let mut reader = Guest::start("drover.ticks=1 drover.tick_ms=1 drover.blk=read", Some(&disk));
+    assert_eq!(reader.exit_record()["phase"], "stopped");
+    assert!(reader.console().contains("blk read kept"), "{}", reader.console());
+}

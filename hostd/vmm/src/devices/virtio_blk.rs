@@ -48,6 +48,11 @@ impl Block {
         Ok(Block { file, capacity_sectors, read_only, id: id_bytes, failed_requests: 0 })
     }
 
+    /// The disk's file (a snapshot copies it while the VM is paused).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Serve one request: `header` is (type, sector), `data` the bytes the driver sent,
     /// `room` how many bytes the driver can take back before the status byte.
     /// Returns (status, bytes to give back).

@@ -12,12 +12,19 @@
 //! | 16 | 8 | `M`: length of the memory image (the guest's RAM size) |
 //! | 24 | 4 | CRC-32 of the state section |
 //! | 28 | 4 | CRC-32 of the memory pages [`MemoryLayout::runs`] lists, in order |
-//! | 32 | | zeros up to [`PAGE_BYTES`] |
+//! | 32 | 8 | `D`: length of the disk image (0: the VM has no disk) |
+//! | 40 | 4 | CRC-32 of the disk image |
+//! | 44 | | zeros up to [`PAGE_BYTES`] |
 //! | 4096 | `M` | the memory image: guest-physical page `p` at `4096 + p * 4096` |
 //! | 4096 + `M` | `S` | the state section: [`VmState`] as JSON |
+//! | `4096 + M + S` rounded up to a page | `D` | the disk image: the VM's disk as it was |
 //!
 //! Pages that are all zeros are not written: they are holes in a sparse file (guest
-//! memory starts zeroed), so a file costs the disk only what the guest has touched. The
+//! memory starts zeroed, and so does a sparse disk), so a file costs the disk only what
+//! the guest has touched. The disk image is taken with the memory, the guest paused across
+//! both, so a restore brings memory and disk back to one instant: a restore writes the
+//! image back over the VM's disk file (through a file beside it, renamed into place)
+//! before the VM opens it. The
 //! memory image sits page-aligned so a restore maps it privately (copy on write) as the
 //! new VM's RAM instead of copying it. A file is accepted only if its magic and version
 //! are known, its size is exactly what the header says, both checksums match, no data
@@ -46,7 +53,7 @@ pub use vm_state::KvmVmState;
 
 pub const MAGIC: [u8; 8] = *b"DRVRSNAP";
 pub const FORMAT_VERSION: u32 = 1;
-const HEADER_BYTES: usize = 32;
+const HEADER_BYTES: usize = 48;
 pub const PAGE_BYTES: u64 = 4096;
 /// Where the memory image starts.
 const MEMORY_OFFSET: u64 = PAGE_BYTES;
@@ -192,6 +199,7 @@ pub fn write(
     mut state: VmState,
     mem: &GuestMemoryMmap,
     anonymous: bool,
+    disk: Option<&File>,
 ) -> Result<Written, SnapshotError> {
     let memory_bytes = state.memory_mib << 20;
     let part = part_path(path);
@@ -238,9 +246,55 @@ pub fn write(
         .map_err(|e| SnapshotError::Malformed { path: path.display().to_string(), reason: e.to_string() })?;
     assert!(state_json.len() <= STATE_BYTES_MAX as usize, "a VM's state is {} bytes", state_json.len());
     file.write_all_at(&state_json, MEMORY_OFFSET + memory_bytes).map_err(io(&part))?;
-    let h = header(state_json.len() as u32, memory_bytes, crc32fast::hash(&state_json), crc.finalize());
+    let (disk_len, disk_crc) = match disk {
+        None => (0, 0),
+        Some(disk) => {
+            let offset = disk_offset(memory_bytes, state_json.len() as u32);
+            copy_sparse(disk, file, offset).map_err(io(&part))?
+        }
+    };
+    let lengths = Lengths { state: state_json.len() as u32, memory: memory_bytes, disk: disk_len };
+    let h = header(lengths, crc32fast::hash(&state_json), crc.finalize(), disk_crc);
     file.write_all_at(&h, 0).map_err(io(&part))?;
     Ok(written)
+}
+
+/// Where the disk image starts.
+fn disk_offset(memory_len: u64, state_len: u32) -> u64 {
+    (MEMORY_OFFSET + memory_len + u64::from(state_len)).div_ceil(PAGE_BYTES) * PAGE_BYTES
+}
+
+/// Copy all of `from` into `to` at `offset`, leaving its all-zero pages as holes; returns
+/// (length, CRC-32 of all of it).
+fn copy_sparse(from: &File, to: &File, offset: u64) -> std::io::Result<(u64, u32)> {
+    let len = from.metadata()?.len();
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(CHUNK_BYTES as u64) as usize;
+        from.read_exact_at(&mut buf[..n], at)?;
+        crc.update(&buf[..n]);
+        for (i, page) in buf[..n].chunks(PAGE_BYTES as usize).enumerate() {
+            if page != &ZERO_PAGE[..page.len()] {
+                to.write_all_at(page, offset + at + (i as u64) * PAGE_BYTES)?;
+            }
+        }
+        at += n as u64;
+    }
+    // A trailing hole still counts toward the length.
+    if to.metadata()?.len() < offset + len {
+        to.set_len(offset + len)?;
+    }
+    Ok((len, crc.finalize()))
+}
+
+/// The lengths of a snapshot file's sections.
+#[derive(Debug, Clone, Copy)]
+struct Lengths {
+    state: u32,
+    memory: u64,
+    disk: u64,
 }
 
 /// Where a snapshot is written before it is renamed to `path`.
@@ -250,14 +304,16 @@ pub fn part_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn header(state_len: u32, memory_len: u64, state_crc: u32, memory_crc: u32) -> [u8; HEADER_BYTES] {
+fn header(lengths: Lengths, state_crc: u32, memory_crc: u32, disk_crc: u32) -> [u8; HEADER_BYTES] {
     let mut h = [0u8; HEADER_BYTES];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h[12..16].copy_from_slice(&state_len.to_le_bytes());
-    h[16..24].copy_from_slice(&memory_len.to_le_bytes());
+    h[12..16].copy_from_slice(&lengths.state.to_le_bytes());
+    h[16..24].copy_from_slice(&lengths.memory.to_le_bytes());
     h[24..28].copy_from_slice(&state_crc.to_le_bytes());
     h[28..32].copy_from_slice(&memory_crc.to_le_bytes());
+    h[32..40].copy_from_slice(&lengths.disk.to_le_bytes());
+    h[40..44].copy_from_slice(&disk_crc.to_le_bytes());
     h
 }
 
@@ -269,6 +325,8 @@ pub struct Reader {
     file: File,
     pub state: VmState,
     memory_crc: u32,
+    /// (offset, length, CRC-32) of the disk image; length 0: none.
+    disk: (u64, u64, u32),
 }
 
 impl Reader {
@@ -292,8 +350,17 @@ impl Reader {
         let state_len = word(12);
         let memory_len = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
         let (state_crc, memory_crc) = (word(24), word(28));
-        let expected =
-            MEMORY_OFFSET.checked_add(memory_len).and_then(|m| m.checked_add(u64::from(state_len)));
+        let disk_len = u64::from_le_bytes(h[32..40].try_into().expect("8 bytes"));
+        let disk_crc = word(40);
+        let disk_at = MEMORY_OFFSET
+            .checked_add(memory_len)
+            .and_then(|m| m.checked_add(u64::from(state_len)))
+            .map(|end| end.div_ceil(PAGE_BYTES) * PAGE_BYTES);
+        let expected = if disk_len == 0 {
+            MEMORY_OFFSET.checked_add(memory_len).and_then(|m| m.checked_add(u64::from(state_len)))
+        } else {
+            disk_at.and_then(|d| d.checked_add(disk_len))
+        };
         if state_len > STATE_BYTES_MAX || memory_len % PAGE_BYTES != 0 || expected != Some(actual) {
             return Err(SnapshotError::Size { path: name(), expected: expected.unwrap_or(u64::MAX), actual });
         }
@@ -321,7 +388,14 @@ impl Reader {
             }
             next = first + count;
         }
-        Ok(Reader { path: path.to_owned(), file, state, memory_crc })
+        if state.disk.is_some() != (disk_len > 0) {
+            return Err(SnapshotError::Malformed {
+                path: name(),
+                reason: "the disk image and the disk's state disagree".into(),
+            });
+        }
+        let disk = (disk_at.unwrap_or(0), disk_len, disk_crc);
+        Ok(Reader { path: path.to_owned(), file, state, memory_crc, disk })
     }
 
     /// Check that the snapshot can be restored into a VM with this shape.
@@ -380,6 +454,53 @@ impl Reader {
         }
         self.check_unlisted_is_zero(bytes)?;
         Ok(mem)
+    }
+
+    /// Put the disk as it was when the snapshot was taken back at `target` (the VM's disk
+    /// file), once the image passes its checksum: written beside `target`, synced, and
+    /// renamed over it, so a failure leaves the disk as it was.
+    pub fn restore_disk(&self, target: &Path) -> Result<(), SnapshotError> {
+        let (offset, len, crc) = self.disk;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(CHUNK_BYTES as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], offset + at).map_err(io(&self.path))?;
+            hasher.update(&buf[..n]);
+            at += n as u64;
+        }
+        if hasher.finalize() != crc {
+            return Err(SnapshotError::Checksum { path: self.path.display().to_string(), section: "disk" });
+        }
+        let mut name = target.file_name().unwrap_or_default().to_os_string();
+        name.push(".restoring");
+        let temp = target.with_file_name(name);
+        let written = (|| {
+            let out = File::create(&temp)?;
+            let mut at = 0u64;
+            while at < len {
+                let n = (len - at).min(CHUNK_BYTES as u64) as usize;
+                self.file.read_exact_at(&mut buf[..n], offset + at)?;
+                for (i, page) in buf[..n].chunks(PAGE_BYTES as usize).enumerate() {
+                    if page != &ZERO_PAGE[..page.len()] {
+                        out.write_all_at(page, at + (i as u64) * PAGE_BYTES)?;
+                    }
+                }
+                at += n as u64;
+            }
+            out.set_len(len)?;
+            out.sync_all()?;
+            std::fs::rename(&temp, target)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(SnapshotError::Io { path: target.display().to_string(), source: e });
+        }
+        Ok(())
     }
 
     /// Data the file holds outside the listed pages must read as zeros (file systems with
