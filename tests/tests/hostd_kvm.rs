@@ -321,6 +321,29 @@ async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_rev
         assert!(log.contains(kind), "{kind} missing from the audit log: {log}");
     }
 
+    // A clone: a new domain that continues from the snapshot, beside the original.
+    drover(&ep, &["snapshot", "clone", "web", "s1", "web2"]);
+    let cloned = info(&ep, "web2").unwrap();
+    assert_eq!(cloned["restore_from"], "web/s1", "{cloned}");
+    drover(&ep, &["domain", "start", "web2"]);
+    wait_phase(&ep, "web2", "running").await;
+    let clone_console = run_dir.join("web2/console.log");
+    wait_for("the clone to count", Duration::from_secs(20), || async {
+        (tick_values(&clone_console).len() >= 3).then_some(())
+    })
+    .await;
+    let clone_ticks = tick_values(&clone_console);
+    assert!((before + 1..=after + 2).contains(&clone_ticks[0]), "the clone starts at {}", clone_ticks[0]);
+    let text = std::fs::read_to_string(&clone_console).unwrap();
+    assert!(!text.contains(testguest::MARKER), "the clone booted instead of restoring:\n{text}");
+    let original = *tick_values(&console).last().unwrap();
+    wait_for("the original to count on beside its clone", Duration::from_secs(20), || async {
+        (tick_values(&console).last().is_some_and(|t| *t > original + 2)).then_some(())
+    })
+    .await;
+    drover(&ep, &["domain", "destroy", "web2"]);
+    wait_phase(&ep, "web2", "stopped").await;
+
     // Deleting the snapshot removes its file.
     drover(&ep, &["snapshot", "delete", "web", "s1"]);
     wait_for("the snapshot file to go", Duration::from_secs(20), || async { (!file.exists()).then_some(()) })
