@@ -48,7 +48,7 @@ pub struct AgentConfig {
     /// This host's replica of the log (a raft learner), read locally; `None`: read the
     /// state through the API.
     pub replica: Option<raft::node::Node>,
-    /// Where snapshot files are written and restored from (`<dir>/<domain>/<name>.snap`);
+    /// Where snapshot files are written and restored from (`<dir>/<domain>/<name>-<id>.snap`);
     /// shared by every host that should be able to restore any snapshot.
     pub snapshot_dir: PathBuf,
 }

@@ -13,9 +13,10 @@
 //!
 //! Snapshots (`snapshot`, `qemu/snapshot.rs`) are QEMU's own migration stream in a file,
 //! behind a one-line Drover header that records the guest's phase and memory size: QMP
-//! `stop`, `migrate` to an `exec:` writer, `cont`, then fsync and rename. A start with
-//! `restore_from` runs QEMU with the same arguments plus `-S -incoming defer`, feeds it the
-//! stream with `migrate-incoming` and resumes the guest if it was running when the
+//! `stop`, `migrate` to an `exec:` writer, the writable disks copied after the stream
+//! (still stopped), `cont`, then fsync and rename. A start with `restore_from` writes the
+//! disk images back, runs QEMU with the same arguments plus `-S -incoming defer`, feeds it
+//! the stream with `migrate-incoming` and resumes the guest if it was running when the
 //! snapshot was taken; a file QEMU cannot load fails the start and leaves no QEMU behind.
 
 use std::collections::BTreeMap;
@@ -384,7 +385,13 @@ impl Driver for QemuDriver {
                         header.memory_mib, spec.memory_mib
                     )));
                 }
-                Some((file, header, snapshot::incoming_uri(path, offset).map_err(failed)?))
+                let (end, disks) = snapshot::read_disks(path).map_err(failed)?;
+                // Memory and disks come back to one instant: the disks first, before QEMU
+                // opens them.
+                let targets: Vec<Option<&str>> =
+                    spec.disks.iter().map(|d| (!d.read_only).then_some(d.path.as_str())).collect();
+                snapshot::restore_disks(path, &disks, &targets).map_err(failed)?;
+                Some((file, header, snapshot::incoming_uri(path, offset, end).map_err(failed)?))
             }
         };
         let mut args = self.args(spec, &dir).map_err(failed)?;

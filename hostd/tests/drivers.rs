@@ -664,6 +664,12 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     // A snapshot of the running guest.
     let snapshots = dir.path().join("snapshots");
     let file = hostd::driver::snapshot_path(&snapshots, "snap", "running", 1);
+    // What the disk holds at the snapshot (the Linux guest leaves its disk alone).
+    let disk_at = |marker: &[u8]| {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&disk).unwrap().write_all_at(marker, 512).unwrap();
+    };
+    disk_at(b"BEFORE-THE-SNAPSHOT");
     let before = last_tick();
     let asked = Instant::now();
     let taken = driver.snapshot("snap", &file, now_ms()).unwrap();
@@ -690,8 +696,10 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     );
     driver.destroy("snap", 0).unwrap();
     wait_phase_any(&mut driver, "snap", VmPhase::Stopped);
+    // The disk changes after the snapshot.
+    disk_at(b"AFTER--THE-SNAPSHOT");
 
-    // Restored as the next generation, it continues from the snapshot.
+    // Restored as the next generation, it continues from the snapshot, its disk too.
     let restored_from = console_len();
     let mut restored = linux.clone();
     restored.generation = 2;
@@ -719,6 +727,9 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     );
     assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
     assert!(!since_restore().contains("DROVER-LINUX-READY"), "it booted again:\n{}", since_restore());
+    let content = std::fs::read(&disk).unwrap();
+    assert_eq!(&content[512..531], b"BEFORE-THE-SNAPSHOT", "the disk is back to the snapshot's instant");
+    assert_eq!(content.len(), 1 << 20);
 
     // The restored VM is a VM like any other: a new driver (hostd restarted) adopts it.
     drop(driver);
@@ -764,10 +775,22 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     let stream = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
     let noise: Vec<u8> =
         (0..1_000_000u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8).collect();
+    // The disk images and their trailer follow QEMU's stream.
+    let (stream_end, images) = hostd::qemu::snapshot::read_disks(&file).unwrap();
+    assert_eq!(images.len(), 1, "the one writable disk is in the snapshot");
+    let stream_end = stream_end as usize;
+    let scrambled: Vec<u8> = noise.iter().cycle().take(stream_end - stream - 8).copied().collect();
+    let mut bad_disk = bytes.clone();
+    bad_disk[images[0].offset as usize + 515] ^= 0x01;
     let broken = [
-        ("truncated", bytes[..bytes.len() / 2].to_vec(), "QEMU exited"),
+        (
+            "truncated",
+            bytes[..bytes.len() / 2].to_vec(),
+            "holds images of disks [], the domain has writable disks [0]",
+        ),
         ("random", noise.clone(), "is not a snapshot of the qemu driver"),
-        ("corrupt", [&bytes[..stream + 8], &noise[..]].concat(), "QEMU exited"),
+        ("corrupt", [&bytes[..stream + 8], &scrambled[..], &bytes[stream_end..]].concat(), "QEMU exited"),
+        ("bad-disk", bad_disk, "the image of disk 0 fails its checksum"),
     ];
     for (name, content, says) in broken {
         let path = snapshots.join(format!("{name}.snap"));

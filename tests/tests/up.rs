@@ -132,11 +132,17 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
         .await;
     }
     // Snapshots and migrations through the CLI (no migration controller yet: a started
-    // migration waits in `preparing` until aborted).
-    assert!(drover(&endpoints, &["snapshot", "create", "web", "s1"]).contains("snapshot web/s1 created"));
+    // migration waits in `preparing` until aborted). The host takes the snapshot, into the
+    // snapshot directory every host of `drover up` shares.
+    let taken = drover(&endpoints, &["snapshot", "create", "web", "s1"]);
+    assert!(taken.contains(&format!("snapshot web/s1 taken on host {host}")), "{taken}");
     assert!(drover(&endpoints, &["snapshot", "list", "web"])
         .lines()
-        .any(|l| l.starts_with("web ") && l.contains("s1") && l.contains("full")));
+        .any(|l| l.starts_with("web ") && l.contains("s1") && l.contains("full") && l.contains("taken")));
+    if kvm {
+        let files: Vec<_> = std::fs::read_dir(data.join("snapshots/web")).unwrap().collect();
+        assert_eq!(files.len(), 1, "one snapshot file: {files:?}");
+    }
     let started = drover(&endpoints, &["--output", "json", "migrate", "start", "web"]);
     let id = serde_json::from_str::<serde_json::Value>(&started).unwrap()["id"].as_u64().unwrap();
     assert!(drover(&endpoints, &["migrate", "list"]).contains("preparing"));

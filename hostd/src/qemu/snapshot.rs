@@ -28,9 +28,18 @@
 //! QEMU cannot load makes it exit (its default on a failed incoming migration); the start
 //! then fails with what QEMU said, and the driver makes sure no QEMU is left.
 //!
-//! Disks are not in a snapshot, only the guest's memory and devices: restoring one after
-//! the guest's disks have changed gives it a memory (page cache, filesystem state) that
-//! does not match them. Disk images are the caller's to keep with the snapshot.
+//! Disks: once QEMU has written its stream (the guest still stopped, and QEMU's block
+//! layer flushed and let go of the images, as a migration ends), every writable disk is
+//! copied after the stream, and a trailer lists them (index, offset, length, CRC-32):
+//!
+//! ```text
+//! ... QEMU's stream ... | disk images | {"disks":[...]} | u64 trailer length | DRVRDSKS
+//! ```
+//!
+//! so memory and disks come back to one instant. A restore checks each image against its
+//! checksum and writes it back over the domain's disk (beside it, synced, renamed) before
+//! QEMU starts, and feeds QEMU only the stream. A snapshot of a VM without writable disks
+//! has no trailer.
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
@@ -60,6 +69,51 @@ const HEADER_BYTES_MAX: u64 = 4096;
 const MAX_BANDWIDTH: u64 = 1 << 40;
 /// How often QEMU is asked how far it got.
 const POLL: Duration = Duration::from_millis(5);
+/// The last bytes of a snapshot that carries disk images.
+const DISKS_MAGIC: &[u8; 8] = b"DRVRDSKS";
+/// The longest disk trailer accepted.
+const TRAILER_BYTES_MAX: u64 = 1 << 20;
+/// Copies go in pieces of this size.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
+
+/// One disk image after the stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskImage {
+    /// The disk's position in the domain's disks (QEMU's drive `disk<index>`).
+    pub index: usize,
+    pub offset: u64,
+    pub len: u64,
+    pub crc: u32,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Trailer {
+    disks: Vec<DiskImage>,
+}
+
+/// `query-block`'s answer, read loosely (only what a snapshot needs).
+#[derive(Debug, serde::Serialize)]
+struct QueryBlock {}
+
+#[derive(Debug, serde::Deserialize)]
+struct BlockEntry {
+    device: String,
+    #[serde(default)]
+    inserted: Option<Inserted>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Inserted {
+    file: String,
+    #[serde(default)]
+    ro: bool,
+}
+
+impl qapi::Command for QueryBlock {
+    type Ok = Vec<BlockEntry>;
+    const NAME: &'static str = "query-block";
+    const ALLOW_OOB: bool = false;
+}
 
 /// What the driver writes down about the VM in the snapshot's header.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -215,7 +269,9 @@ fn migrate_out(dir: &Path, pid: u32, files: &Files, uri: &str, running: bool) ->
             let _ = files.wait_writer(Instant::now() + Duration::from_millis(super::QMP_TIMEOUT_MS));
             return outcome;
         }
-        files.wait_writer(deadline)
+        files.wait_writer(deadline)?;
+        // Still stopped, and the block layer has let go of the images: copy the disks.
+        append_disks(dir, &files.part)
     });
     // `cont` whatever happened: the guest must not stay paused by a failed snapshot.
     let resumed = if running {
@@ -227,6 +283,125 @@ fn migrate_out(dir: &Path, pid: u32, files: &Files, uri: &str, running: bool) ->
     migrated?;
     resumed?;
     Ok(held_ms)
+}
+
+/// Copy every writable disk of the VM (QEMU's drives `disk<i>`) after the stream in
+/// `part`, then the trailer that lists them; nothing when there is none.
+fn append_disks(dir: &Path, part: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let blocks = qmp_call(dir, &QueryBlock {})?;
+    let mut trailer = Trailer::default();
+    let out = std::fs::OpenOptions::new()
+        .append(true)
+        .open(part)
+        .map_err(|e| io(&part.display().to_string(), e))?;
+    let mut offset = out.metadata().map_err(|e| io("the snapshot", e))?.len();
+    for block in blocks {
+        let Some(index) = block.device.strip_prefix("disk").and_then(|i| i.parse::<usize>().ok()) else {
+            continue;
+        };
+        let Some(inserted) = block.inserted.filter(|i| !i.ro) else { continue };
+        let disk = std::fs::File::open(&inserted.file).map_err(|e| io(&inserted.file, e))?;
+        let len = disk.metadata().map_err(|e| io(&inserted.file, e))?.len();
+        let mut crc = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(COPY_CHUNK_BYTES as u64) as usize;
+            disk.read_exact_at(&mut buf[..n], at).map_err(|e| io(&inserted.file, e))?;
+            crc.update(&buf[..n]);
+            (&out).write_all(&buf[..n]).map_err(|e| io("the snapshot", e))?;
+            at += n as u64;
+        }
+        trailer.disks.push(DiskImage { index, offset, len, crc: crc.finalize() });
+        offset += len;
+    }
+    if trailer.disks.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(&trailer).map_err(|e| e.to_string())?;
+    (&out).write_all(&json).map_err(|e| io("the snapshot", e))?;
+    (&out).write_all(&(json.len() as u64).to_le_bytes()).map_err(|e| io("the snapshot", e))?;
+    (&out).write_all(DISKS_MAGIC).map_err(|e| io("the snapshot", e))
+}
+
+/// Where QEMU's stream of snapshot `file` ends, and the disk images after it.
+pub fn read_disks(file: &Path) -> Result<(u64, Vec<DiskImage>), String> {
+    use std::os::unix::fs::FileExt;
+    let damaged = |why: String| format!("{}: the disk images are damaged: {why}", file.display());
+    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let len = f.metadata().map_err(|e| format!("{}: {e}", file.display()))?.len();
+    let mut tail = [0u8; 16];
+    if len < 16 || f.read_exact_at(&mut tail, len - 16).is_err() || &tail[8..] != DISKS_MAGIC {
+        return Ok((len, Vec::new()));
+    }
+    let trailer_len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
+    if trailer_len > TRAILER_BYTES_MAX || trailer_len + 16 > len {
+        return Err(damaged(format!("a trailer of {trailer_len} bytes")));
+    }
+    let mut json = vec![0u8; trailer_len as usize];
+    f.read_exact_at(&mut json, len - 16 - trailer_len).map_err(|e| damaged(e.to_string()))?;
+    let trailer: Trailer = serde_json::from_slice(&json).map_err(|e| damaged(e.to_string()))?;
+    let mut end = len - 16 - trailer_len;
+    for d in trailer.disks.iter().rev() {
+        if d.offset.checked_add(d.len) != Some(end) {
+            return Err(damaged(format!("disk {} does not end where the next part starts", d.index)));
+        }
+        end = d.offset;
+    }
+    Ok((end, trailer.disks))
+}
+
+/// Write the disk images of snapshot `file` back over `targets` (the domain's disk paths,
+/// by index; `None` for read-only ones), once each passes its checksum; every writable
+/// disk must have an image.
+pub fn restore_disks(file: &Path, disks: &[DiskImage], targets: &[Option<&str>]) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let writable: Vec<usize> = (0..targets.len()).filter(|i| targets[*i].is_some()).collect();
+    let imaged: Vec<usize> = disks.iter().map(|d| d.index).collect();
+    if writable != imaged {
+        return Err(format!(
+            "{}: the snapshot holds images of disks {imaged:?}, the domain has writable disks {writable:?}",
+            file.display()
+        ));
+    }
+    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+    for d in disks {
+        let mut crc = crc32fast::Hasher::new();
+        let mut at = 0u64;
+        while at < d.len {
+            let n = (d.len - at).min(COPY_CHUNK_BYTES as u64) as usize;
+            f.read_exact_at(&mut buf[..n], d.offset + at).map_err(|e| format!("{}: {e}", file.display()))?;
+            crc.update(&buf[..n]);
+            at += n as u64;
+        }
+        if crc.finalize() != d.crc {
+            return Err(format!("{}: the image of disk {} fails its checksum", file.display(), d.index));
+        }
+    }
+    for d in disks {
+        let target = Path::new(targets[d.index].expect("writable, checked above"));
+        let temp = with_suffix(target, ".restoring");
+        let written = (|| {
+            let out = std::fs::File::create(&temp)?;
+            let mut at = 0u64;
+            while at < d.len {
+                let n = (d.len - at).min(COPY_CHUNK_BYTES as u64) as usize;
+                f.read_exact_at(&mut buf[..n], d.offset + at)?;
+                out.write_all_at(&buf[..n], at)?;
+                at += n as u64;
+            }
+            out.sync_all()?;
+            std::fs::rename(&temp, target)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(format!("writing disk {} back to {}: {e}", d.index, target.display()));
+        }
+    }
+    Ok(())
 }
 
 /// A paused guest that a snapshot has been taken of stays in QEMU's `postmigrate` state,
@@ -323,10 +498,10 @@ pub fn read_header(file: &Path) -> Result<(Header, u64), String> {
     Ok((header, line.len() as u64))
 }
 
-/// The `exec:` URI that feeds QEMU the stream of snapshot `file`, whose header is
-/// `offset` bytes long.
-pub fn incoming_uri(file: &Path, offset: u64) -> Result<String, String> {
-    Ok(format!("exec:tail -c +{} {}", offset + 1, sh_quoted(file)?))
+/// The `exec:` URI that feeds QEMU the stream of snapshot `file`: from the end of its
+/// `offset`-byte header to `end` (where the disk images start, or the file ends).
+pub fn incoming_uri(file: &Path, offset: u64, end: u64) -> Result<String, String> {
+    Ok(format!("exec:tail -c +{} {} | head -c {}", offset + 1, sh_quoted(file)?, end.saturating_sub(offset)))
 }
 
 /// Load a snapshot into `child`, a QEMU started with `-S -incoming defer` whose run
@@ -415,6 +590,9 @@ mod tests {
             files.uri().unwrap(),
             "exec:cat >> '/s/d/n.snap.part' && : > '/s/d/n.snap.part.written' || : > '/s/d/n.snap.part.failed'"
         );
-        assert_eq!(incoming_uri(Path::new("/s/n.snap"), 80).unwrap(), "exec:tail -c +81 '/s/n.snap'");
+        assert_eq!(
+            incoming_uri(Path::new("/s/n.snap"), 80, 1080).unwrap(),
+            "exec:tail -c +81 '/s/n.snap' | head -c 1000"
+        );
     }
 }
