@@ -69,11 +69,7 @@ fn write_test_guest(dir: &Path) -> String {
 }
 
 fn kvm_present() -> bool {
-    let ok = vmm::kvm_usable();
-    if !ok {
-        eprintln!("SKIPPED: /dev/kvm is not usable here; the kvm driver tests did not run");
-    }
-    ok
+    vmm::kvm_present_for("the kvm driver tests")
 }
 
 /// `drover-vmm`, built once per run in the tests' profile.

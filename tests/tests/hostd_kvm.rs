@@ -10,11 +10,7 @@ use std::time::Duration;
 use tests::{drover_bin, wait_for, Processes};
 
 fn kvm_present() -> bool {
-    let ok = vmm::kvm_usable();
-    if !ok {
-        eprintln!("SKIPPED: /dev/kvm is not usable here; the hostd kvm tests did not run");
-    }
-    ok
+    vmm::kvm_present_for("the hostd kvm tests")
 }
 
 struct Hostd {

@@ -9,11 +9,7 @@ use vmm::control::{self, Phase, Request};
 use vmm::snapshot;
 
 fn kvm_present() -> bool {
-    let ok = vmm::kvm_usable();
-    if !ok {
-        eprintln!("SKIPPED: /dev/kvm is not usable here; the own-VMM tests did not run");
-    }
-    ok
+    vmm::kvm_present_for("the own-VMM tests")
 }
 
 struct Guest {
