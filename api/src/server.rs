@@ -31,10 +31,16 @@ pub async fn serve(
     let api = Api { node: node.clone() };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DomainsServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("the descriptor set is valid");
+    // Reflection in both versions clients speak (grpcurl and Postman use v1; Python's
+    // grpcio-reflection, up to its newest release, only v1alpha), listing the health
+    // service too.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().expect("the descriptor sets are valid");
+    let reflection_v1alpha = reflection().build_v1alpha().expect("the descriptor sets are valid");
     macro_rules! limited {
         ($server:ident) => {
             $server::new(api.clone())
@@ -55,7 +61,8 @@ pub async fn serve(
         .add_service(limited!(EventsServer))
         .add_service(limited!(AuditServer))
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

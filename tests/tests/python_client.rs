@@ -21,3 +21,19 @@ async fn a_python_grpcio_client_defines_starts_and_lists() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("define, start and list ok"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_that_only_knows_reflection_lists_services_and_calls_domains_list() {
+    let have = Command::new("python3").args(["-c", "import grpc, grpc_reflection"]).status();
+    assert!(
+        have.is_ok_and(|s| s.success()),
+        "python3 with grpcio-reflection is needed (scripts/test installs it: pip install grpcio-reflection)"
+    );
+    let mut p = Processes::new();
+    let a1 = p.bootstrap(&[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/reflection_test.py");
+    let out = Command::new("python3").arg(script).arg(&a1).output().expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("reflection ok"), "{stdout}");
+}
