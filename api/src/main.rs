@@ -86,9 +86,10 @@ struct HostdArgs {
     /// This host's name in the cluster.
     #[arg(long)]
     name: String,
-    /// Where this host's agent can be reached (recorded in the cluster).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    address: String,
+    /// Where this host can be reached (recorded in the cluster; `host list` shows it).
+    /// Default: its replica's --replica-listen address, else this machine's hostname.
+    #[arg(long)]
+    address: Option<String>,
     /// The hypervisor driver: kvm (Drover's own VMM, one process per VM), qemu (one QEMU
     /// per VM over QMP, any guest), or fake (in memory, no guests).
     #[arg(long, default_value = "kvm")]
@@ -197,7 +198,7 @@ async fn run_hostd(args: HostdArgs, endpoints: Vec<String>) -> anyhow::Result<()
     let config =
         hostd::agent::AgentConfig {
             host: args.name.clone(),
-            address: args.address.clone(),
+            address: host_address(&args),
             endpoints: endpoints.clone(),
             vcpus: match args.vcpus {
                 Some(v) => v,
@@ -380,4 +381,20 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Where a host says it can be reached: `--address`, else its replica's listen address,
+/// else the machine's hostname.
+fn host_address(args: &HostdArgs) -> String {
+    if let Some(a) = &args.address {
+        return a.clone();
+    }
+    if let Some(listen) = args.replica_listen {
+        return listen.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }

@@ -92,6 +92,13 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     })
     .await;
 
+    // Each host says where it is reached: its replica's address, not a placeholder.
+    let hosts = drover(&endpoints, &["host", "list"]);
+    for h in 1..=3u16 {
+        let line = hosts.lines().find(|l| l.starts_with(&format!("host-{h} "))).unwrap_or_default();
+        assert!(line.contains(&format!("127.0.0.1:{}", base + 3 + h)), "{hosts}");
+    }
+
     // Every host holds a replica of the log: three learners beside the three voters.
     let client = raft::client::Client::new(vec![format!("127.0.0.1:{base}")]);
     wait_for("the hosts' replicas to join as learners", Duration::from_secs(60), || async {
