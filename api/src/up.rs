@@ -187,13 +187,17 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
         ];
         children.spawn(&format!("host-{h}"), &a, &logs.join(format!("host-{h}.log")))?;
     }
+    // The commands to try name this very binary: `drover` is usually not on the PATH (it
+    // is wherever cargo built it).
+    let d = std::env::current_exe().map_or_else(|_| "drover".to_owned(), |p| p.display().to_string());
     writeln!(
         out,
         "Drover is up: {} replicas, {} hosts ({} driver); data in {}\n\
          \n  endpoint   {}\n  logs       {}\n\n\
-         Try:\n  drover host list\n  drover domain define hello --file {}\n  drover domain start hello\n  \
+         Try:\n  D={d}\n  $D host list\n  $D domain define hello --file {}\n  $D domain start hello\n  \
          tail -f {}/host-*/vms/hello/console.log\n  \
-         drover events --from 1 --follow\n  drover audit verify\n\nCtrl-C stops the cluster; `drover up` again resumes it.",
+         $D snapshot create hello s1\n  $D events --from 1 --follow\n  $D audit verify\n\n\
+         Ctrl-C stops the cluster; `$D up` again resumes it.",
         REPLICAS,
         args.hosts,
         driver,
