@@ -356,14 +356,15 @@ pub fn snapshot_to_pb(s: &Snapshot) -> pb::Snapshot {
 
 /// A host's snapshot report as the command it is.
 pub fn snapshot_report(r: pb::ReportSnapshotRequest) -> Command {
-    let outcome = if r.failure.is_empty() {
-        SnapshotOutcome::Taken { bytes: r.bytes, duration_ms: r.duration_ms }
-    } else {
+    let outcome = if r.failed {
         SnapshotOutcome::Failed { reason: r.failure }
+    } else {
+        SnapshotOutcome::Taken { bytes: r.bytes, duration_ms: r.duration_ms }
     };
     Command::ReportSnapshot {
         domain: r.domain,
         name: r.name,
+        id: r.id,
         host: r.host,
         generation: r.generation,
         outcome,

@@ -387,7 +387,9 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 created_ms: now,
                 version: seq,
                 state: SnapshotState::RecordOnly,
-                id: seq,
+                // No file is named by it; 0 whether replayed or decoded from format 1.
+                id: 0,
+                disks: Vec::new(),
             };
             let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
             assert!(previous.is_none(), "snapshot {domain}/{name} created twice");
@@ -436,6 +438,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
 
         Event::SnapshotRequested { domain, name, parent, kind, host, generation } => {
             let d = domain_mut(state, domain);
+            let disks = d.spec.disks.iter().filter(|x| !x.read_only).map(|x| x.volume.clone()).collect();
             assert_eq!(
                 d.status.host.as_ref(),
                 Some(host),
@@ -466,6 +469,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 version: seq,
                 state: SnapshotState::Pending { host: host.clone(), generation: *generation },
                 id: seq,
+                disks,
             };
             let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
             assert!(previous.is_none(), "snapshot {domain}/{name} created twice");

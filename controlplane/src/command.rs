@@ -161,6 +161,8 @@ pub enum Command {
     ReportSnapshot {
         domain: String,
         name: String,
+        /// The snapshot's id (a later snapshot of the same name has another).
+        id: u64,
         host: String,
         generation: u64,
         outcome: SnapshotOutcome,

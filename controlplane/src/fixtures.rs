@@ -115,9 +115,11 @@ impl Harness {
         })?;
         let d = self.state.domain(domain).expect("the snapshot was asked for, so the domain exists");
         let (host, generation) = (d.status.host.clone().expect("placed"), d.status.generation);
+        let id = self.state.snapshot(domain, name).expect("asked for").id;
         self.exec(Command::ReportSnapshot {
             domain: domain.into(),
             name: name.into(),
+            id,
             host,
             generation,
             outcome: SnapshotOutcome::Taken { bytes: 1 << 20, duration_ms: 3 },

@@ -88,8 +88,9 @@ impl From<StateV1> for State {
                     created_ms: s.created_ms,
                     version: s.version,
                     state: SnapshotState::RecordOnly,
-                    // The best a format-1 record offers; no file is named by it.
-                    id: s.version,
+                    // As replaying its `SnapshotCreated` gives: no file is named by it.
+                    id: 0,
+                    disks: Vec::new(),
                 };
                 (k, snapshot)
             })

@@ -373,6 +373,7 @@ impl Run {
                 let command = Command::ReportSnapshot {
                     domain: name.into(),
                     name: s.name.clone(),
+                    id: s.id,
                     host,
                     generation,
                     outcome,

@@ -364,7 +364,13 @@ pub async fn run<D: Driver>(
             match reporter.send_snapshot(&mut api, &report).await {
                 Ok(()) => snapshots.reported(&report),
                 // Deleted meanwhile, or no longer pending for this run: nothing to report.
-                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                // (Refused as malformed, sending it again would not help either.)
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+                    ) =>
+                {
                     snapshots.reported(&report)
                 }
                 Err(s) => {
@@ -560,11 +566,11 @@ impl Reporter {
 
     async fn send_snapshot(&mut self, api: &mut Api, report: &SnapshotReport) -> Result<(), tonic::Status> {
         self.sent += 1;
-        let (failure, bytes, duration_ms) = match &report.outcome {
+        let (failed, failure, bytes, duration_ms) = match &report.outcome {
             controlplane::SnapshotOutcome::Taken { bytes, duration_ms } => {
-                (String::new(), *bytes, *duration_ms)
+                (false, String::new(), *bytes, *duration_ms)
             }
-            controlplane::SnapshotOutcome::Failed { reason } => (reason.clone(), 0, 0),
+            controlplane::SnapshotOutcome::Failed { reason } => (true, reason.clone(), 0, 0),
         };
         let message = pb::ReportSnapshotRequest {
             request_id: format!("{}-{}-{}", self.host, self.boot, self.sent),
@@ -575,6 +581,8 @@ impl Reporter {
             failure,
             bytes,
             duration_ms,
+            id: report.id,
+            failed,
         };
         let host = &self.host;
         api.call(|ch| {

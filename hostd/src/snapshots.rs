@@ -74,8 +74,29 @@ impl SnapshotWork {
 pub struct SnapshotReport {
     pub domain: String,
     pub name: String,
+    pub id: u64,
     pub generation: u64,
     pub outcome: SnapshotOutcome,
+}
+
+/// The longest failure reason reported (the cluster refuses longer ones).
+pub const REASON_BYTES_MAX: usize = 512;
+
+/// A driver's error as a reason the cluster takes: printable, on one line, bounded.
+fn reason(text: &str) -> String {
+    let mut out: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if out.trim().is_empty() {
+        out = "the driver gave no reason".into();
+    }
+    if out.len() > REASON_BYTES_MAX {
+        let mut cut = REASON_BYTES_MAX - 3;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
 }
 
 /// What a host remembers between passes.
@@ -117,7 +138,7 @@ impl HostSnapshots {
                 out.push(done.clone());
                 continue;
             }
-            let failed = |reason: String| SnapshotOutcome::Failed { reason };
+            let failed = |why: String| SnapshotOutcome::Failed { reason: reason(&why) };
             let outcome = match listed.get(&job.domain) {
                 _ if job.kind == SnapshotKind::Disk => failed(
                     "disk snapshots are not carried out by hosts yet (volumes are not files yet)".into(),
@@ -145,6 +166,7 @@ impl HostSnapshots {
             let report = SnapshotReport {
                 domain: job.domain.clone(),
                 name: job.name.clone(),
+                id: job.id,
                 generation: job.generation,
                 outcome,
             };

@@ -179,6 +179,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             let request = write(Command::ReportSnapshot {
                 domain: r.domain.clone(),
                 name: r.name.clone(),
+                id: r.id,
                 host: host.name.clone(),
                 generation: r.generation,
                 outcome: r.outcome.clone(),

@@ -95,9 +95,11 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
         Command::CommitMigration { id } => migration::commit(d, *id),
         Command::AbortMigration { id, reason } => migration::abort(d, *id, reason),
         Command::CloneDomain { clone, source, snapshot } => snapshot::clone(d, clone, source, snapshot),
-        Command::ReportSnapshot { domain, name, host, generation, outcome } => {
-            snapshot::report(d, domain, name, host, *generation, outcome)
-        }
+        Command::ReportSnapshot { domain, name, id, host, generation, outcome } => snapshot::report(
+            d,
+            snapshot::Reported { domain, name, id: *id, host, generation: *generation },
+            outcome,
+        ),
     }
 }
 

@@ -11,7 +11,9 @@ use super::Draft;
 use crate::command::SnapshotOutcome;
 use crate::event::Event;
 use crate::limits::{REASON_LEN_MAX, SNAPSHOTS_PER_DOMAIN_MAX};
-use crate::model::{HostState, Phase, ResourceKey, ResourceKind, SnapshotKind, SnapshotState, VolumeFormat};
+use crate::model::{
+    HostState, Phase, ResourceKey, ResourceKind, SnapshotKind, SnapshotState, VolumeFormat, VolumeRef,
+};
 use crate::rejection::Rejection;
 use crate::validate;
 
@@ -79,8 +81,8 @@ pub(super) fn create(
             }
         }
     }
-    // A disk snapshot of a stopped domain is asked of no host yet: it fails at once, with
-    // the reason, rather than be recorded as taken (disks are not real files yet).
+    // A disk snapshot of a stopped domain could be asked of no host yet: it is refused,
+    // with the reason, rather than recorded as taken (volumes are not files yet).
     let Some(host) = domain.status.host.clone() else {
         return Err(Rejection::precondition(
             ResourceKind::Domain,
@@ -127,36 +129,40 @@ pub(super) fn clone(d: &mut Draft<'_>, clone: &str, source: &str, snapshot: &str
     Ok(())
 }
 
+/// Which snapshot a host reports on, as it was asked of it.
+pub(super) struct Reported<'a> {
+    pub domain: &'a str,
+    pub name: &'a str,
+    pub id: u64,
+    pub host: &'a str,
+    pub generation: u64,
+}
+
 /// A host reports a snapshot asked of it. A report about a snapshot that is no longer
-/// pending for that host and run is stale and refused (the host stops sending it); the
-/// same outcome again is accepted and changes nothing.
-pub(super) fn report(
-    d: &mut Draft<'_>,
-    domain: &str,
-    name: &str,
-    host: &str,
-    generation: u64,
-    outcome: &SnapshotOutcome,
-) -> Result<(), Rejection> {
+/// pending for that host, run and id is stale and refused (the host stops sending it);
+/// the same outcome again is accepted and changes nothing.
+pub(super) fn report(d: &mut Draft<'_>, r: Reported<'_>, outcome: &SnapshotOutcome) -> Result<(), Rejection> {
+    let Reported { domain, name, id, host, generation } = r;
     if let SnapshotOutcome::Failed { reason } = outcome {
         validate::text("reason", reason, 1, REASON_LEN_MAX)?;
     }
     d.host(host)?;
     let snapshot = snapshot_guarded(d, domain, name)?;
+    let stale = |now: &str| {
+        Rejection::precondition(
+            ResourceKind::Snapshot,
+            format!("{domain}/{name}"),
+            format!("stale report from host {host} for run {generation} (id {id}): the snapshot is {now}"),
+        )
+    };
+    if snapshot.id != id {
+        return Err(stale(&format!("another one now (id {})", snapshot.id)));
+    }
     match (&snapshot.state, outcome) {
         (SnapshotState::Pending { host: h, generation: g }, _) if h == host && *g == generation => {}
         (SnapshotState::Taken { host: h, .. }, SnapshotOutcome::Taken { .. }) if h == host => return Ok(()),
         (SnapshotState::Failed { .. }, SnapshotOutcome::Failed { .. }) => return Ok(()),
-        (state, _) => {
-            return Err(Rejection::precondition(
-                ResourceKind::Snapshot,
-                format!("{domain}/{name}"),
-                format!(
-                    "stale report from host {host} for run {generation}: the snapshot is {}",
-                    state.name()
-                ),
-            ))
-        }
+        (state, _) => return Err(stale(state.name())),
     }
     d.emit(match outcome {
         SnapshotOutcome::Taken { bytes, duration_ms } => Event::SnapshotTaken {
@@ -204,6 +210,23 @@ fn snapshot_guarded<'s>(
 
 pub(super) fn delete(d: &mut Draft<'_>, domain: &str, name: &str) -> Result<(), Rejection> {
     let snapshot = snapshot_guarded(d, domain, name)?;
+    // A domain about to start from it (a revert or a clone not yet restored) must not
+    // silently boot afresh instead.
+    let restoring = d
+        .state
+        .domains()
+        .values()
+        .find(|x| x.restore_from.as_ref().is_some_and(|r| r.domain == domain && r.name == name));
+    if let Some(x) = restoring {
+        return Err(Rejection::precondition(
+            ResourceKind::Snapshot,
+            format!("{domain}/{name}"),
+            format!(
+                "domain {} is to start from it; start it first, or revert it to another snapshot",
+                x.name
+            ),
+        ));
+    }
     let children: Vec<String> = d
         .state
         .snapshots_of(domain)
@@ -243,6 +266,17 @@ pub(super) fn revert(d: &mut Draft<'_>, domain: &str, name: &str) -> Result<(), 
         }
     }
     let dom = d.domain(domain)?;
+    let disks: Vec<&VolumeRef> = dom.spec.disks.iter().filter(|x| !x.read_only).map(|x| &x.volume).collect();
+    if disks != snapshot.disks.iter().collect::<Vec<_>>() {
+        return Err(Rejection::precondition(
+            ResourceKind::Domain,
+            domain,
+            format!(
+                "its writable disks changed since snapshot {name} ({:?} then); a revert would write them over others",
+                snapshot.disks.iter().map(ToString::to_string).collect::<Vec<_>>()
+            ),
+        ));
+    }
     if let Some(id) = dom.migration {
         return Err(Rejection::precondition(
             ResourceKind::Domain,

@@ -915,18 +915,21 @@ fn snapshot_rejections() {
     };
     let web = h.state.domain("web").unwrap().clone();
     let (web_host, web_run) = (web.status.host.clone().unwrap(), web.status.generation);
-    let report =
-        |name: &str, host: &str, generation: u64, outcome: SnapshotOutcome| Command::ReportSnapshot {
+    let report = |name: &str, id: u64, host: &str, generation: u64, outcome: SnapshotOutcome| {
+        Command::ReportSnapshot {
             domain: "web".into(),
             name: name.into(),
+            id,
             host: host.into(),
             generation,
             outcome,
-        };
+        }
+    };
     let taken = SnapshotOutcome::Taken { bytes: 4096, duration_ms: 2 };
     let other_host = if web_host == "h1" { "h2" } else { "h1" };
     ok(&mut h, snap("web", "s1", SnapshotKind::Full));
     assert!(matches!(h.state.snapshot("web", "s1").unwrap().state, SnapshotState::Pending { .. }));
+    let s1 = h.state.snapshot("web", "s1").unwrap().id;
     assert_eq!(h.state.domain("web").unwrap().current_snapshot, None, "asked for is not taken");
     assert_rejections(
         &h,
@@ -979,39 +982,52 @@ fn snapshot_rejections() {
             ),
             (
                 "report from another host",
-                report("s1", other_host, web_run, taken.clone()),
+                report("s1", s1, other_host, web_run, taken.clone()),
                 FailedPrecondition,
                 "stale report",
             ),
             (
                 "report for another run",
-                report("s1", &web_host, web_run + 1, taken.clone()),
+                report("s1", s1, &web_host, web_run + 1, taken.clone()),
                 FailedPrecondition,
                 "stale report",
             ),
             (
                 "report unknown",
-                report("nope", &web_host, web_run, taken.clone()),
+                report("nope", 1, &web_host, web_run, taken.clone()),
                 NotFound,
                 "snapshot web/nope",
             ),
             (
                 "empty failure reason",
-                report("s1", &web_host, web_run, SnapshotOutcome::Failed { reason: String::new() }),
+                report("s1", s1, &web_host, web_run, SnapshotOutcome::Failed { reason: String::new() }),
                 InvalidArgument,
                 "reason",
             ),
         ],
     );
-    ok(&mut h, report("s1", &web_host, web_run, taken.clone()));
+    ok(&mut h, report("s1", s1, &web_host, web_run, taken.clone()));
     // The same report again (a retry whose answer was lost) changes nothing.
     let before = state_hash(&h.state);
-    ok(&mut h, report("s1", &web_host, web_run, taken.clone()));
+    ok(&mut h, report("s1", s1, &web_host, web_run, taken.clone()));
     assert_eq!(state_hash(&h.state), before);
     assert_eq!(h.state.domain("web").unwrap().current_snapshot.as_deref(), Some("s1"));
     // A failed snapshot is kept with its reason and never becomes current.
     ok(&mut h, snap("web", "bad", SnapshotKind::Full));
-    ok(&mut h, report("bad", &web_host, web_run, SnapshotOutcome::Failed { reason: "disk full".into() }));
+    let bad = h.state.snapshot("web", "bad").unwrap().id;
+    assert_rejections(
+        &h,
+        vec![(
+            "another id",
+            report("bad", s1, &web_host, web_run, taken.clone()),
+            FailedPrecondition,
+            "another one now",
+        )],
+    );
+    ok(
+        &mut h,
+        report("bad", bad, &web_host, web_run, SnapshotOutcome::Failed { reason: "disk full".into() }),
+    );
     assert_eq!(
         h.state.snapshot("web", "bad").unwrap().state,
         SnapshotState::Failed { reason: "disk full".into() }
@@ -1028,7 +1044,7 @@ fn snapshot_rejections() {
             ),
             (
                 "late report",
-                report("bad", &web_host, web_run, taken.clone()),
+                report("bad", bad, &web_host, web_run, taken.clone()),
                 FailedPrecondition,
                 "the snapshot is failed",
             ),
@@ -1094,15 +1110,18 @@ fn revert_starts_a_new_run_from_the_snapshot_and_the_host_says_when_it_is_restor
         .envelopes
         .iter()
         .any(|e| matches!(&e.event, crate::Event::SnapshotRestored { name, .. } if name == "s1")));
-    // Stopped: the next start restores; deleting the snapshot drops the mark.
+    // Stopped: the next start restores, so the snapshot cannot go meanwhile.
     ok(&mut h, Command::DestroyDomain { name: "web".into() });
     observe(&mut h, "web", ObservedPhase::Stopped);
     ok(&mut h, Command::RevertSnapshot { domain: "web".into(), name: "s1".into() });
     let d = h.state.domain("web").unwrap();
     assert!(!d.is_placed());
     assert_eq!(d.restore_from.as_ref().map(|r| r.name.as_str()), Some("s1"));
-    ok(&mut h, Command::DeleteSnapshot { domain: "web".into(), name: "s1".into() });
-    assert_eq!(h.state.domain("web").unwrap().restore_from, None);
+    let delete = Command::DeleteSnapshot { domain: "web".into(), name: "s1".into() };
+    assert_rejections(
+        &h,
+        vec![("delete while restoring", delete, FailedPrecondition, "web is to start from it")],
+    );
     crate::invariants::check(&h.state).unwrap();
 }
 
@@ -1378,11 +1397,13 @@ fn a_clone_is_a_new_domain_that_starts_from_another_domains_snapshot() {
         vec![("pending", clone("web2", "s0"), FailedPrecondition, "a pending Full snapshot")],
     );
     let web = h.state.domain("src").unwrap().clone();
+    let src_s0 = h.state.snapshot("src", "s0").unwrap().id;
     ok(
         &mut h,
         Command::ReportSnapshot {
             domain: "src".into(),
             name: "s0".into(),
+            id: src_s0,
             host: web.status.host.clone().unwrap(),
             generation: web.status.generation,
             outcome: SnapshotOutcome::Taken { bytes: 1, duration_ms: 1 },
@@ -1405,9 +1426,31 @@ fn a_clone_is_a_new_domain_that_starts_from_another_domains_snapshot() {
     run(&mut h, "web2");
     assert_eq!(h.state.domain("web2").unwrap().restore_from, None, "its host restored it");
     assert!(h.envelopes.iter().any(|e| matches!(&e.event, crate::Event::SnapshotRestored { domain, source, .. } if domain == "web2" && source == "src")));
-    // A clone not started yet boots afresh once its source snapshot is deleted.
+    // A clone not started yet keeps its source snapshot from going.
     ok(&mut h, clone("web3", "s0"));
+    let delete = Command::DeleteSnapshot { domain: "src".into(), name: "s0".into() };
+    assert_rejections(
+        &h,
+        vec![("delete a clone's source", delete, FailedPrecondition, "web3 is to start from it")],
+    );
+    ok(&mut h, Command::UndefineDomain { name: "web3".into() });
     ok(&mut h, Command::DeleteSnapshot { domain: "src".into(), name: "s0".into() });
-    assert_eq!(h.state.domain("web3").unwrap().restore_from, None);
     crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn a_revert_is_refused_once_the_domains_disks_changed() {
+    let mut h = world();
+    h.take_snapshot("web", "s1").unwrap();
+    let disk =
+        h.state.domain("web").unwrap().spec.disks.iter().find(|d| !d.read_only).unwrap().volume.clone();
+    assert_eq!(h.state.snapshot("web", "s1").unwrap().disks, vec![disk.clone()]);
+    ok(&mut h, Command::DestroyDomain { name: "web".into() });
+    observe(&mut h, "web", ObservedPhase::Stopped);
+    ok(&mut h, Command::DetachDisk { domain: "web".into(), volume: disk });
+    let revert = Command::RevertSnapshot { domain: "web".into(), name: "s1".into() };
+    assert_rejections(
+        &h,
+        vec![("disks changed", revert, FailedPrecondition, "writable disks changed since snapshot s1")],
+    );
 }

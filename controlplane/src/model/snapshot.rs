@@ -61,4 +61,7 @@ pub struct Snapshot {
     /// The sequence number of the event that asked for it: unique for ever (a later
     /// snapshot of the same name has another), it names the snapshot's file.
     pub id: u64,
+    /// The domain's writable disks when it was asked for, in order: the disks whose
+    /// images it holds, which a revert writes back (so the domain must still have them).
+    pub disks: Vec<super::VolumeRef>,
 }
