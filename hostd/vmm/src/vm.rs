@@ -55,6 +55,8 @@ pub enum VmError {
     Timeout(&'static str),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error("the VM is {0}")]
+    Busy(&'static str),
 }
 
 /// What a VM starts from.
@@ -97,6 +99,10 @@ struct Shared {
     capture_generation: AtomicU64,
     /// The MSRs a snapshot saves (what the host's KVM lists).
     msr_indices: Vec<u32>,
+    /// Whether this host's XSAVE area fits `kvm_xsave` (4 KiB), which is all a snapshot
+    /// saves and restores; where it does not (KVM_CAP_XSAVE2 reports more, e.g. AMX),
+    /// snapshots are refused.
+    xsave_fits: bool,
     /// Serial input arrived: an idle guest should look at it.
     input_pending: AtomicBool,
     exits: AtomicU64,
@@ -267,12 +273,16 @@ impl Vm {
             }
         };
         let console = Arc::new(Mutex::new(console));
-        if let (Some(reader), Some(path)) = (&restore, &config.disk) {
-            // The disk goes back to the snapshot's instant before the VM opens it.
-            reader.restore_disk(path)?;
-        }
+        // The disk goes back to the snapshot's instant: its image is written beside it and
+        // opened from there, and moved over the disk only once the whole VM is restored,
+        // so a restore that fails leaves the disk as it was.
+        let prepared = match (&restore, &config.disk) {
+            (Some(reader), Some(path)) => reader.prepare_disk(path)?,
+            _ => None,
+        };
         let disk = match &config.disk {
             Some(path) => {
+                let path = prepared.as_ref().map_or(path.as_path(), |p| p.path());
                 let block = Block::open(path, false, &config.domain)
                     .map_err(|e| VmError::Io { what: format!("disk {}", path.display()), source: e })?;
                 let irq = EventFd::new(libc::EFD_NONBLOCK)
@@ -341,6 +351,9 @@ impl Vm {
                 None
             }
         };
+        if saved.is_some() && !xsave_fits(&vm_fd) {
+            return Err(SnapshotError::Mismatch(XSAVE_TOO_BIG.into()).into());
+        }
         let mut vcpus = Vec::new();
         for i in 0..config.vcpus {
             let vcpu = vm_fd.create_vcpu(u64::from(i)).map_err(kvm_err("creating a vCPU"))?;
@@ -353,6 +366,10 @@ impl Vm {
             vcpus.push(vcpu);
         }
         let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("listing MSRs"))?.as_slice().to_vec();
+        let xsave_fits = xsave_fits(&vm_fd);
+        if let Some(disk) = prepared {
+            disk.commit()?;
+        }
         let start_paused = saved.is_some_and(|s| s.paused);
 
         let shared = Arc::new(Shared {
@@ -369,6 +386,7 @@ impl Vm {
             stop_requested: AtomicBool::new(false),
             capture_generation: AtomicU64::new(0),
             msr_indices,
+            xsave_fits,
             input_pending: AtomicBool::new(false),
             exits: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
@@ -435,11 +453,23 @@ impl Vm {
     /// paused).
     pub fn snapshot(&self, path: &Path) -> Result<SnapshotInfo, VmError> {
         let started = Instant::now();
+        if !self.shared.xsave_fits {
+            return Err(SnapshotError::Mismatch(XSAVE_TOO_BIG.into()).into());
+        }
+        {
+            let state = self.shared.state();
+            let due = self.shared.reset_generation.load(Ordering::SeqCst);
+            if state.reset_done.iter().any(|&g| g != due) {
+                return Err(VmError::Busy("rebooting; snapshot it once it runs again"));
+            }
+        }
         let was_paused = self.shared.pause_requested.load(Ordering::SeqCst);
         if was_paused {
             self.wait_for("pause", |p| p == Phase::Paused)?;
-        } else {
-            self.pause()?;
+        } else if let Err(e) = self.pause() {
+            // Not left paused by a snapshot that could not pause it.
+            let _ = self.resume();
+            return Err(e);
         }
         let written = self.write_snapshot(path, was_paused);
         let duration_ms = if was_paused { 0 } else { started.elapsed().as_millis() as u64 };
@@ -479,7 +509,7 @@ impl Vm {
         let vcpus = usize::from(self.config.vcpus);
         let mut state = self.shared.state();
         if state.phase != Phase::Paused {
-            return Err(VmError::Ended);
+            return Err(VmError::Busy("not paused"));
         }
         state.captured = (0..vcpus).map(|_| None).collect();
         self.shared.capture_generation.fetch_add(1, Ordering::SeqCst);
@@ -630,6 +660,16 @@ impl Vm {
     }
 }
 
+const XSAVE_TOO_BIG: &str =
+    "this host's XSAVE area is larger than the 4 KiB snapshots hold (AMX?); snapshots are not supported here";
+
+/// Whether the vCPUs' XSAVE area fits `kvm_xsave` (KVM_CAP_XSAVE2 reports its size, or 0
+/// where the legacy 4 KiB is all there is).
+fn xsave_fits(vm: &VmFd) -> bool {
+    let size = vm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+    size <= std::mem::size_of::<kvm_bindings::kvm_xsave>() as i32
+}
+
 /// The command line the guest sees: the configured one plus where its virtio devices are
 /// (Linux's `virtio_mmio.device=` syntax, which the test guest reads too).
 fn full_cmdline(config: &VmConfig) -> String {
@@ -761,7 +801,7 @@ impl VcpuRunner {
             if capture != self.capture_seen {
                 self.capture_seen = capture;
                 drop(state);
-                let saved = VcpuState::save(&self.vcpu, &self.shared.msr_indices).map_err(|e| e.to_string());
+                let saved = self.save_state();
                 state = self.shared.state();
                 if let Some(slot) = state.captured.get_mut(self.index) {
                     *slot = Some(saved);
@@ -781,6 +821,23 @@ impl VcpuRunner {
             state.phase = Phase::Running;
         }
         self.shared.changed.notify_all();
+    }
+
+    /// This vCPU's state for a snapshot. The exit it last took is completed first: an
+    /// IN's or an MMIO read's data reaches the guest (and its instruction retires) only on
+    /// the next KVM_RUN, so one run with `immediate_exit` set completes it and returns at
+    /// once, without entering the guest; otherwise a restore would run that instruction
+    /// again (a byte read twice, or lost).
+    fn save_state(&mut self) -> Result<VcpuState, String> {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let completed = match self.vcpu.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(format!("completing the last exit: {e}")),
+            Ok(exit) => Err(format!("completing the last exit: the guest ran and exited ({exit:?})")),
+        };
+        self.vcpu.set_kvm_immediate_exit(0);
+        completed?;
+        VcpuState::save(&self.vcpu, &self.shared.msr_indices).map_err(|e| e.to_string())
     }
 
     /// Carry out reset `generation`. An application processor goes back to waiting for

@@ -150,10 +150,12 @@ pub struct Written {
 impl Written {
     /// Sync the file and move it into place; returns the bytes it takes on disk.
     pub fn commit(mut self) -> Result<u64, SnapshotError> {
-        let file = self.file.take().expect("committed once");
+        // On an error `self` drops with its file, which removes the `.part` file.
+        let file = self.file.as_ref().expect("committed once");
         file.sync_all().map_err(io(&self.part))?;
         let bytes = file.metadata().map_err(io(&self.part))?.blocks() * 512;
         std::fs::rename(&self.part, &self.path).map_err(io(&self.path))?;
+        self.file = None;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
         }
@@ -287,6 +289,40 @@ fn copy_sparse(from: &File, to: &File, offset: u64) -> std::io::Result<(u64, u32
         to.set_len(offset + len)?;
     }
     Ok((len, crc.finalize()))
+}
+
+/// A disk image written beside the disk it replaces, not yet moved over it.
+#[derive(Debug)]
+pub struct PreparedDisk {
+    temp: PathBuf,
+    target: PathBuf,
+    done: bool,
+}
+
+impl PreparedDisk {
+    /// Where the image is now (a VM may open it there: the open file stays valid when it
+    /// is renamed).
+    pub fn path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Move the image over the disk it replaces.
+    pub fn commit(mut self) -> Result<(), SnapshotError> {
+        std::fs::rename(&self.temp, &self.target).map_err(io(&self.target))?;
+        self.done = true;
+        if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PreparedDisk {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
 }
 
 /// The lengths of a snapshot file's sections.
@@ -456,13 +492,13 @@ impl Reader {
         Ok(mem)
     }
 
-    /// Put the disk as it was when the snapshot was taken back at `target` (the VM's disk
-    /// file), once the image passes its checksum: written beside `target`, synced, and
-    /// renamed over it, so a failure leaves the disk as it was.
-    pub fn restore_disk(&self, target: &Path) -> Result<(), SnapshotError> {
+    /// The disk as it was when the snapshot was taken, written beside `target` (the VM's
+    /// disk file) once the image passes its checksum; [`PreparedDisk::commit`] moves it
+    /// over `target`, and dropping it uncommitted removes it. `None`: no disk image.
+    pub fn prepare_disk(&self, target: &Path) -> Result<Option<PreparedDisk>, SnapshotError> {
         let (offset, len, crc) = self.disk;
         if len == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let mut hasher = crc32fast::Hasher::new();
         let mut buf = vec![0u8; CHUNK_BYTES];
@@ -478,29 +514,23 @@ impl Reader {
         }
         let mut name = target.file_name().unwrap_or_default().to_os_string();
         name.push(".restoring");
-        let temp = target.with_file_name(name);
-        let written = (|| {
-            let out = File::create(&temp)?;
-            let mut at = 0u64;
-            while at < len {
-                let n = (len - at).min(CHUNK_BYTES as u64) as usize;
-                self.file.read_exact_at(&mut buf[..n], offset + at)?;
-                for (i, page) in buf[..n].chunks(PAGE_BYTES as usize).enumerate() {
-                    if page != &ZERO_PAGE[..page.len()] {
-                        out.write_all_at(page, at + (i as u64) * PAGE_BYTES)?;
-                    }
+        let prepared =
+            PreparedDisk { temp: target.with_file_name(name), target: target.to_owned(), done: false };
+        let out = File::create(&prepared.temp).map_err(io(&prepared.temp))?;
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(CHUNK_BYTES as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], offset + at).map_err(io(&self.path))?;
+            for (i, page) in buf[..n].chunks(PAGE_BYTES as usize).enumerate() {
+                if page != &ZERO_PAGE[..page.len()] {
+                    out.write_all_at(page, at + (i as u64) * PAGE_BYTES).map_err(io(&prepared.temp))?;
                 }
-                at += n as u64;
             }
-            out.set_len(len)?;
-            out.sync_all()?;
-            std::fs::rename(&temp, target)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temp);
-            return Err(SnapshotError::Io { path: target.display().to_string(), source: e });
+            at += n as u64;
         }
-        Ok(())
+        out.set_len(len).map_err(io(&prepared.temp))?;
+        out.sync_all().map_err(io(&prepared.temp))?;
+        Ok(Some(prepared))
     }
 
     /// Data the file holds outside the listed pages must read as zeros (file systems with
@@ -514,7 +544,8 @@ impl Reader {
             // Within [data, hole), every page not in a run must be zero.
             let mut page = data / PAGE_BYTES;
             while page * PAGE_BYTES < hole {
-                let listed = runs.iter().find(|(p, n)| page >= *p && page < p + n);
+                let i = runs.partition_point(|(p, n)| p + n <= page);
+                let listed = runs.get(i).filter(|(p, _)| *p <= page);
                 match listed {
                     Some((p, n)) => page = p + n,
                     None => {

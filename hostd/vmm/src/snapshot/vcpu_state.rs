@@ -74,9 +74,10 @@ impl VcpuState {
         vcpu.set_mp_state(self.mp_state).map_err(kvm("setting the MP state"))?;
         vcpu.set_regs(&self.regs).map_err(kvm("setting registers"))?;
         vcpu.set_sregs(&self.sregs).map_err(kvm("setting special registers"))?;
-        // SAFETY: `self.xsave` is a whole `kvm_xsave` (4 KiB) as KVM_GET_XSAVE returned it
-        // on a vCPU with the same CPUID; KVM_SET_XSAVE reads exactly that struct, and the
-        // reference is valid for the call.
+        // SAFETY: `self.xsave` is a whole `kvm_xsave` (4 KiB), valid for the call.
+        // KVM_SET_XSAVE copies the vCPU's XSAVE size from it, which is 4 KiB unless
+        // KVM_CAP_XSAVE2 reports more; `Vm` refuses to snapshot or restore on a host where it
+        // does (`vm::xsave_fits`), so the copy stays within this struct.
         unsafe { vcpu.set_xsave(&self.xsave) }.map_err(kvm("setting the XSAVE area"))?;
         vcpu.set_xcrs(&self.xcrs).map_err(kvm("setting XCRs"))?;
         vcpu.set_debug_regs(&self.debug_regs).map_err(kvm("setting debug registers"))?;
