@@ -390,8 +390,8 @@ impl Driver for QemuDriver {
                 // opens them.
                 let targets: Vec<Option<&str>> =
                     spec.disks.iter().map(|d| (!d.read_only).then_some(d.path.as_str())).collect();
-                snapshot::restore_disks(path, &disks, &targets).map_err(failed)?;
-                Some((file, header, snapshot::incoming_uri(path, offset, end).map_err(failed)?))
+                let restored = snapshot::restore_disks(path, &disks, &targets).map_err(failed)?;
+                Some((file, header, snapshot::incoming_uri(path, offset, end).map_err(failed)?, restored))
             }
         };
         let mut args = self.args(spec, &dir).map_err(failed)?;
@@ -426,13 +426,16 @@ impl Driver for QemuDriver {
                 return Err(failed(format!("QEMU did not answer QMP within {START_TIMEOUT_MS} ms")))
             }
         }
-        if let Some((file, header, uri)) = restore {
+        if let Some((file, header, uri, restored)) = restore {
             if let Err(reason) = snapshot::restore(&dir, &mut child, &uri, header.resumes()) {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
+                // The disks go back to what they were before this failed restore.
+                restored.undo();
                 return Err(failed(format!("restoring {file}: {reason}")));
             }
+            restored.keep();
             info!(domain = %spec.domain, file = %file, phase = %header.phase, "restored a snapshot");
         }
         self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));

@@ -788,6 +788,8 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
         ("corrupt", [&bytes[..stream + 8], &scrambled[..], &bytes[stream_end..]].concat(), "QEMU exited"),
         ("bad-disk", bad_disk, "the image of disk 0 fails its checksum"),
     ];
+    // A failed restore leaves the disk as it was before it.
+    disk_at(b"KEPT-BY-FAILED-ONES");
     for (name, content, says) in broken {
         let path = snapshots.join(format!("{name}.snap"));
         std::fs::write(&path, content).unwrap();
@@ -799,6 +801,8 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
         assert!(err.contains(says) && err.contains(&path.display().to_string()), "{name}: {err}");
         assert!(!driver.list(now_ms()).contains_key("snap-bad"), "{name}: a VM that never started is listed");
         assert_eq!(processes_in(&run.join("snap-bad")), Vec::<u32>::new(), "{name}: QEMU left behind");
+        let content = std::fs::read(&disk).unwrap();
+        assert_eq!(&content[512..531], b"KEPT-BY-FAILED-ONES", "{name}: the disk was not put back");
     }
     let mut smaller = linux.clone();
     smaller.generation = 4;

@@ -81,6 +81,8 @@ const COPY_CHUNK_BYTES: usize = 1 << 20;
 pub struct DiskImage {
     /// The disk's position in the domain's disks (QEMU's drive `disk<index>`).
     pub index: usize,
+    /// The disk's file when the snapshot was taken: a restore writes it back only there.
+    pub file: String,
     pub offset: u64,
     pub len: u64,
     pub crc: u32,
@@ -314,7 +316,13 @@ fn append_disks(dir: &Path, part: &Path) -> Result<(), String> {
             (&out).write_all(&buf[..n]).map_err(|e| io("the snapshot", e))?;
             at += n as u64;
         }
-        trailer.disks.push(DiskImage { index, offset, len, crc: crc.finalize() });
+        trailer.disks.push(DiskImage {
+            index,
+            file: inserted.file.clone(),
+            offset,
+            len,
+            crc: crc.finalize(),
+        });
         offset += len;
     }
     if trailer.disks.is_empty() {
@@ -353,10 +361,50 @@ pub fn read_disks(file: &Path) -> Result<(u64, Vec<DiskImage>), String> {
     Ok((end, trailer.disks))
 }
 
+/// Disk images written back over a domain's disks, with what they replaced kept beside
+/// until the restore is known to have worked: [`RestoredDisks::keep`] drops the old
+/// contents, [`RestoredDisks::undo`] (or dropping it) puts them back.
+#[derive(Debug, Default)]
+pub struct RestoredDisks {
+    /// (disk, its old contents moved aside).
+    moved: Vec<(PathBuf, PathBuf)>,
+}
+
+impl RestoredDisks {
+    pub fn keep(mut self) {
+        for (_, old) in std::mem::take(&mut self.moved) {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+
+    pub fn undo(mut self) {
+        self.roll_back();
+    }
+
+    fn roll_back(&mut self) {
+        for (disk, old) in std::mem::take(&mut self.moved) {
+            if let Err(e) = std::fs::rename(&old, &disk) {
+                tracing::warn!(disk = %disk.display(), error = %e, "cannot put a disk back after a failed restore");
+            }
+        }
+    }
+}
+
+impl Drop for RestoredDisks {
+    fn drop(&mut self) {
+        self.roll_back();
+    }
+}
+
 /// Write the disk images of snapshot `file` back over `targets` (the domain's disk paths,
-/// by index; `None` for read-only ones), once each passes its checksum; every writable
-/// disk must have an image.
-pub fn restore_disks(file: &Path, disks: &[DiskImage], targets: &[Option<&str>]) -> Result<(), String> {
+/// by index; `None` for read-only ones), once every image passes its checksum and names
+/// the same file; every writable disk must have an image. What they replace is kept until
+/// the caller knows the restore worked.
+pub fn restore_disks(
+    file: &Path,
+    disks: &[DiskImage],
+    targets: &[Option<&str>],
+) -> Result<RestoredDisks, String> {
     use std::os::unix::fs::FileExt;
     let writable: Vec<usize> = (0..targets.len()).filter(|i| targets[*i].is_some()).collect();
     let imaged: Vec<usize> = disks.iter().map(|d| d.index).collect();
@@ -365,6 +413,17 @@ pub fn restore_disks(file: &Path, disks: &[DiskImage], targets: &[Option<&str>])
             "{}: the snapshot holds images of disks {imaged:?}, the domain has writable disks {writable:?}",
             file.display()
         ));
+    }
+    for d in disks {
+        let target = targets[d.index].expect("writable, checked above");
+        if d.file != target {
+            return Err(format!(
+                "{}: disk {} was {} when the snapshot was taken, the domain's is {target}",
+                file.display(),
+                d.index,
+                d.file
+            ));
+        }
     }
     let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut buf = vec![0u8; COPY_CHUNK_BYTES];
@@ -381,19 +440,29 @@ pub fn restore_disks(file: &Path, disks: &[DiskImage], targets: &[Option<&str>])
             return Err(format!("{}: the image of disk {} fails its checksum", file.display(), d.index));
         }
     }
+    let mut restored = RestoredDisks::default();
     for d in disks {
         let target = Path::new(targets[d.index].expect("writable, checked above"));
         let temp = with_suffix(target, ".restoring");
+        let old = with_suffix(target, ".before-restore");
         let written = (|| {
             let out = std::fs::File::create(&temp)?;
             let mut at = 0u64;
             while at < d.len {
                 let n = (d.len - at).min(COPY_CHUNK_BYTES as u64) as usize;
                 f.read_exact_at(&mut buf[..n], d.offset + at)?;
-                out.write_all_at(&buf[..n], at)?;
+                // Zero pages stay holes: a sparse disk stays sparse.
+                for (i, page) in buf[..n].chunks(4096).enumerate() {
+                    if page.iter().any(|&b| b != 0) {
+                        out.write_all_at(page, at + (i as u64) * 4096)?;
+                    }
+                }
                 at += n as u64;
             }
+            out.set_len(d.len)?;
             out.sync_all()?;
+            std::fs::rename(target, &old)?;
+            restored.moved.push((target.to_owned(), old.clone()));
             std::fs::rename(&temp, target)
         })();
         if let Err(e) = written {
@@ -401,7 +470,7 @@ pub fn restore_disks(file: &Path, disks: &[DiskImage], targets: &[Option<&str>])
             return Err(format!("writing disk {} back to {}: {e}", d.index, target.display()));
         }
     }
-    Ok(())
+    Ok(restored)
 }
 
 /// A paused guest that a snapshot has been taken of stays in QEMU's `postmigrate` state,
