@@ -46,8 +46,9 @@ pub struct FakeDriver {
     pub snapshot_store: SnapshotStore,
     /// The next snapshot fails with this reason (tests and the simulator's faults).
     pub fail_next_snapshot: Option<String>,
-    /// Every restore so far: (the domain started, the domain whose snapshot it was).
-    pub restores: Vec<(String, String)>,
+    /// Every restore so far: (the domain started, the domain whose snapshot it was, the
+    /// file it came from).
+    pub restores: Vec<(String, String, PathBuf)>,
 }
 
 impl Default for FakeDriver {
@@ -150,7 +151,7 @@ impl Driver for FakeDriver {
             // A restore is running at once, in the phase the snapshot was taken in.
             vm.phase = snapshot.phase;
             vm.until_ms = now_ms;
-            self.restores.push((spec.domain.clone(), snapshot.domain.clone()));
+            self.restores.push((spec.domain.clone(), snapshot.domain.clone(), PathBuf::from(path)));
         }
         self.vms.insert(spec.domain.clone(), vm);
         Ok(())

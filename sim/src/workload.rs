@@ -1,6 +1,6 @@
 //! The clients' workload, drawn from the seed: domain lifecycles (define, start,
 //! shutdown, destroy, reboot, suspend, resume, undefine), snapshots (take, revert,
-//! delete), networks and volumes, and a share of invalid commands that must be refused
+//! clone, delete), networks and volumes, and a share of invalid commands that must be refused
 //! without changing anything.
 //!
 //! Migrations are not drawn yet: nothing in hostd carries one out, so a started
@@ -52,11 +52,33 @@ fn spec(rng: &mut impl Rng) -> DomainSpec {
 pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
     let name = domain_name(rng, cfg);
     let snapshot = |rng: &mut dyn rand::RngCore| format!("s{}", rng.gen_range(0..SNAPSHOTS));
-    match rng.gen_range(0..112) {
-        100..=104 => Command::CreateSnapshot { domain: name, name: snapshot(rng), kind: SnapshotKind::Full },
-        105..=106 => Command::CreateSnapshot { domain: name, name: snapshot(rng), kind: SnapshotKind::Disk },
-        107..=109 => Command::RevertSnapshot { domain: name, name: snapshot(rng) },
-        110..=111 => Command::DeleteSnapshot { domain: name, name: snapshot(rng) },
+    // Snapshots are of the long-running VMs the operator set up half of the time (the
+    // clients' own domains are seldom running when asked).
+    let snapshotted = |rng: &mut dyn rand::RngCore, name: String| {
+        if cfg.vms > 0 && rng.gen_bool(0.5) {
+            format!("vm{}", rng.gen_range(0..cfg.vms))
+        } else {
+            name
+        }
+    };
+    match rng.gen_range(0..120) {
+        100..=106 => Command::CreateSnapshot {
+            domain: snapshotted(rng, name),
+            name: snapshot(rng),
+            kind: SnapshotKind::Full,
+        },
+        107 => Command::CreateSnapshot {
+            domain: snapshotted(rng, name),
+            name: snapshot(rng),
+            kind: SnapshotKind::Disk,
+        },
+        108..=111 => Command::RevertSnapshot { domain: snapshotted(rng, name), name: snapshot(rng) },
+        112..=113 => Command::DeleteSnapshot { domain: snapshotted(rng, name), name: snapshot(rng) },
+        114..=119 => Command::CloneDomain {
+            clone: domain_name(rng, cfg),
+            source: snapshotted(rng, name),
+            snapshot: snapshot(rng),
+        },
         0..=14 => Command::DefineDomain { name, spec: spec(rng) },
         15..=34 => Command::StartDomain { name },
         35..=42 => Command::ShutdownDomain { name },

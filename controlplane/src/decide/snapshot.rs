@@ -101,8 +101,8 @@ pub(super) fn create(
     Ok(())
 }
 
-/// Define `clone` as a copy of `source` (its own name and MACs, no disks it cannot share)
-/// that starts from `source`'s snapshot `snapshot`.
+/// Define `clone` as a copy of `source` (its own name and runs; no NICs, no disks it
+/// cannot share) that starts from `source`'s snapshot `snapshot`.
 pub(super) fn clone(d: &mut Draft<'_>, clone: &str, source: &str, snapshot: &str) -> Result<(), Rejection> {
     let taken = snapshot_guarded(d, source, snapshot)?;
     if !matches!((&taken.state, taken.kind), (SnapshotState::Taken { .. }, SnapshotKind::Full)) {
@@ -116,9 +116,15 @@ pub(super) fn clone(d: &mut Draft<'_>, clone: &str, source: &str, snapshot: &str
             ),
         ));
     }
-    let mut spec = (*d.domain(source)?.spec).clone();
-    for nic in &mut spec.nics {
-        nic.mac = None;
+    let spec = (*d.domain(source)?.spec).clone();
+    if !spec.nics.is_empty() {
+        // The guest keeps the MAC and address it learned at boot in the memory the clone
+        // continues from: two of them on one network would clash.
+        return Err(Rejection::precondition(
+            ResourceKind::Domain,
+            source,
+            "has NICs; a clone of its running memory would put its MAC and address on the network twice",
+        ));
     }
     super::domain::define_with(d, clone, &spec)?;
     d.emit(Event::DomainCloned {

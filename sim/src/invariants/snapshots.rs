@@ -1,9 +1,10 @@
-//! Protects: **snapshots are what hosts hold, and only a domain's own.** Once the
-//! cluster has settled: every snapshot the state says is taken has its file on the shared
-//! storage, and every file there is of a snapshot the state holds with that id, taken
-//! or still asked of a host lost for good (a deleted snapshot's file is gone, and so is
-//! a failed one's); every snapshot asked of a live host has been taken or has failed. At every restore: the snapshot restored is of the domain
-//! that starts from it.
+//! Protects: **snapshots are what hosts hold, and a restore is of the snapshot the
+//! cluster named.** Once the cluster has settled: every snapshot the state says is taken
+//! has its file on the shared storage, and every file there is of a snapshot the state
+//! holds with that id, taken or still asked of a host lost for good (a deleted snapshot's
+//! file is gone, and so is a failed one's); every snapshot asked of a live host has been
+//! taken or has failed. At every restore: the file the hypervisor restored holds a
+//! snapshot of the domain its path names (a revert's own domain, a clone's source).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -64,11 +65,18 @@ pub fn check_settled(
     Ok(())
 }
 
-/// Every restore a hypervisor made: (domain started, domain whose snapshot it was).
-pub fn check_restores(restores: &[(String, String)]) -> Vec<String> {
+/// Every restore a hypervisor made: (domain started, domain the snapshot was taken of,
+/// the file named by the cluster).
+pub fn check_restores(restores: &[(String, String, PathBuf)]) -> Vec<String> {
     restores
         .iter()
-        .filter(|(started, of)| started != of)
-        .map(|(started, of)| format!("domain {started} was started from a snapshot of domain {of}"))
+        .filter(|(_, of, path)| {
+            let named =
+                path.strip_prefix(SNAPSHOT_DIR).ok().and_then(|p| p.parent()).and_then(|p| p.to_str());
+            named != Some(of.as_str())
+        })
+        .map(|(started, of, path)| {
+            format!("domain {started} was started from a snapshot of domain {of} at {}", path.display())
+        })
         .collect()
 }
