@@ -192,8 +192,8 @@ pub enum SnapshotCmd {
     /// Go back to snapshot NAME: a running domain continues from it at once (a new run on
     /// its host); a stopped one starts from it next time.
     Revert { domain: String, name: String },
-    /// A new domain CLONE: a copy of DOMAIN (its own name and MACs) that continues from
-    /// DOMAIN's snapshot NAME when started.
+    /// A new domain CLONE: a copy of DOMAIN (its own name and runs; DOMAIN must have no
+    /// NICs) that continues from DOMAIN's snapshot NAME when started.
     Clone { domain: String, name: String, clone: String },
     /// Snapshots with their state, size and how long the guest was paused for them.
     List {

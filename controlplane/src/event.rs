@@ -243,7 +243,7 @@ pub enum Event {
         generation: u64,
     },
     /// Domain `clone` (just defined, stopped) starts from snapshot `source`/`name`: a new
-    /// domain, with its own name, MACs and runs, continuing another's memory image.
+    /// domain, with its own name and runs, continuing another's memory image.
     DomainCloned {
         clone: String,
         source: String,

@@ -99,7 +99,8 @@ pub struct DiskSpec {
 /// What a driver's `snapshot` wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotTaken {
-    /// Size of the snapshot file (bytes allocated on disk may be fewer: files are sparse).
+    /// What the snapshot takes on disk (the own VMM's files are sparse: their allocated
+    /// blocks; QEMU's: the file's length).
     pub bytes: u64,
     /// How long the guest was held paused for it.
     pub duration_ms: u64,
