@@ -409,13 +409,13 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
                 d.current_snapshot = s.parent;
             }
             d.version = seq;
-            // A domain (itself, or a clone) waiting to start from it boots instead.
-            for d in state.domains.values_mut() {
-                if d.restore_from.as_ref().is_some_and(|r| r.domain == *domain && r.name == *name) {
-                    d.restore_from = None;
-                    d.version = seq;
-                }
-            }
+            assert!(
+                state
+                    .domains
+                    .values()
+                    .all(|d| d.restore_from.as_ref().is_none_or(|r| r.domain != *domain || r.name != *name)),
+                "snapshot {domain}/{name} deleted while a domain is to start from it"
+            );
         }
         Event::SnapshotReparented { domain, name, parent } => {
             let s = state
@@ -498,12 +498,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             s.version = seq;
         }
         Event::SnapshotRevertRequested { domain, name, generation } => {
-            let s = snapshot_mut(state, domain, name);
-            assert!(
-                matches!(s.state, SnapshotState::Taken { .. }),
-                "reverted to snapshot {domain}/{name} while {}",
-                s.state.name()
-            );
+            assert_taken(state, domain, name, "reverted to");
             let d = domain_mut(state, domain);
             d.current_snapshot = Some(name.clone());
             d.restore_from = Some(SnapshotRef { domain: domain.clone(), name: name.clone() });
@@ -531,12 +526,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         }
 
         Event::DomainCloned { clone, source, name } => {
-            let s = snapshot_mut(state, source, name);
-            assert!(
-                matches!(s.state, SnapshotState::Taken { .. }),
-                "clone {clone} of {source}/{name} while {}",
-                s.state.name()
-            );
+            assert_taken(state, source, name, "cloned from");
             let d = domain_mut(state, clone);
             assert!(!d.is_placed() && d.restore_from.is_none(), "domain {clone} cloned once defined");
             d.restore_from = Some(SnapshotRef { domain: source.clone(), name: name.clone() });
@@ -611,6 +601,19 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
 
 fn host_mut<'a>(state: &'a mut State, name: &str) -> &'a mut Host {
     state.hosts.get_mut(name).unwrap_or_else(|| panic!("host {name} is not registered"))
+}
+
+/// A revert or clone starts from a snapshot some host has taken.
+fn assert_taken(state: &State, domain: &str, name: &str, what: &str) {
+    let s = state
+        .snapshots
+        .get(&(domain.to_owned(), name.to_owned()))
+        .unwrap_or_else(|| panic!("{what} snapshot {domain}/{name}, which is absent"));
+    assert!(
+        matches!(s.state, SnapshotState::Taken { .. }),
+        "{what} snapshot {domain}/{name} while {}",
+        s.state.name()
+    );
 }
 
 fn snapshot_mut<'a>(state: &'a mut State, domain: &str, name: &str) -> &'a mut Snapshot {
