@@ -63,84 +63,83 @@ pub enum DomainCmd {
     /// Define a domain from a YAML or TOML spec file.
     Define {
         name: String,
+        /// The spec: vcpus, memory_mib, kernel (or boot from disk), disks, nics, ha, placement.
         #[arg(long)]
         file: PathBuf,
     },
-    Undefine {
-        name: String,
-    },
-    Start {
-        name: String,
-    },
+    /// Remove a stopped domain's definition (refused while it has snapshots).
+    Undefine { name: String },
+    /// Place the domain on a host with room and boot it (a new run, with a new generation).
+    Start { name: String },
     /// Graceful shutdown (ACPI), destroyed after the host's timeout.
-    Shutdown {
-        name: String,
-    },
+    Shutdown { name: String },
     /// Stop at once.
-    Destroy {
-        name: String,
-    },
-    Reboot {
-        name: String,
-    },
-    Suspend {
-        name: String,
-    },
-    Resume {
-        name: String,
-    },
+    Destroy { name: String },
+    /// Restart the guest in place (same run).
+    Reboot { name: String },
+    /// Pause the guest's vCPUs; it keeps its host and memory.
+    Suspend { name: String },
+    /// Let a suspended guest run again.
+    Resume { name: String },
+    /// Every domain: desired state, phase, host, generation.
     List,
-    Info {
-        name: String,
-    },
+    /// One domain in full: spec, status, reason, snapshots to restore from.
+    Info { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
+    /// Every host: address, state, capacity and what its domains use.
     List,
     /// Take a host out of scheduling (maintenance).
-    Drain {
-        name: String,
-    },
+    Drain { name: String },
     /// Put a host back into scheduling.
-    Ready {
-        name: String,
-    },
+    Ready { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum NetCmd {
+    /// Create a virtual network.
     Create {
         name: String,
+        /// nat (a bridge per host with masquerading), isolated (guests only), or bridge
+        /// (an existing host bridge, --bridge).
         #[arg(long, default_value = "nat")]
         mode: String,
+        /// The address range leases come from, as 10.0.0.0/24 (nat and isolated).
         #[arg(long, default_value = "")]
         cidr: String,
+        /// The gateway address (nat; default: the range's first address).
         #[arg(long, default_value = "")]
         gateway: String,
+        /// The host bridge a bridge network joins.
         #[arg(long, default_value = "")]
         bridge: String,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete a network no domain uses.
+    Delete { name: String },
+    /// Every network with its mode, range and leases.
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCmd {
+    /// Create a directory storage pool.
     Create {
         name: String,
+        /// The pool's directory, the same path on every host that uses it.
         #[arg(long)]
         path: String,
+        /// What the pool may hand out to volumes, MiB.
         #[arg(long)]
         capacity_mib: u64,
+        /// Every host sees the same files (NFS, a cluster filesystem).
         #[arg(long)]
         shared: bool,
     },
-    Delete {
-        name: String,
-    },
+    /// Delete a pool that holds no volumes.
+    Delete { name: String },
+    /// Every pool with its path and what it has handed out.
     List,
 }
 
@@ -151,22 +150,21 @@ pub enum VolCmd {
         volume: String,
         #[arg(long)]
         capacity_mib: u64,
+        /// qcow2 or raw.
         #[arg(long, default_value = "qcow2")]
         format: String,
     },
     /// Clone `pool/source` into a new qcow2 volume `name` in the same pool.
-    Clone {
-        source: String,
-        name: String,
-    },
-    Delete {
-        volume: String,
-    },
+    Clone { source: String, name: String },
+    /// Delete a volume `pool/name` no domain holds and no clone is backed by.
+    Delete { volume: String },
+    /// Grow a volume `pool/name` no running domain holds.
     Resize {
         volume: String,
         #[arg(long)]
         capacity_mib: u64,
     },
+    /// Every volume (of one pool with --pool).
     List {
         #[arg(long, default_value = "")]
         pool: String,
@@ -207,14 +205,17 @@ pub enum MigrateCmd {
     /// Live-migrate a running domain (the scheduler picks the target unless --to).
     Start {
         domain: String,
+        /// The target host (default: the scheduler's choice).
         #[arg(long, default_value = "")]
         to: String,
     },
+    /// Abort migration ID; the domain stays on its source.
     Abort {
         id: u64,
         #[arg(long, default_value = "aborted by operator")]
         reason: String,
     },
+    /// Every migration with its phase.
     List,
 }
 
@@ -222,14 +223,20 @@ pub enum MigrateCmd {
 pub enum AuditCmd {
     /// Who changed what, when.
     Log {
+        /// Only events of this kind of resource: host, domain, network, pool, volume,
+        /// snapshot, migration.
         #[arg(long, default_value = "")]
         kind: String,
+        /// Only events of this resource (with --kind; a snapshot is DOMAIN/NAME).
         #[arg(long, default_value = "")]
         name: String,
+        /// Only changes made by this principal.
         #[arg(long, default_value = "")]
         principal: String,
+        /// Start at this event.
         #[arg(long, default_value_t = 0)]
         from_seq: u64,
+        /// At most this many events.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -251,31 +258,43 @@ pub enum AuditCmd {
 /// A client verb.
 #[derive(Debug, Subcommand)]
 pub enum ClientCmd {
+    /// Domains (VMs): define, start, stop, inspect.
     #[command(subcommand)]
     Domain(DomainCmd),
+    /// Hypervisor hosts: list, drain, ready.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Virtual networks and their address leases.
     #[command(subcommand)]
     Net(NetCmd),
+    /// Storage pools.
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// Volumes (disk images) in pools.
     #[command(subcommand)]
     Vol(VolCmd),
+    /// Snapshots of domains: take, list, revert, clone, delete.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Live migrations.
     #[command(subcommand)]
     Migrate(MigrateCmd),
     /// Print events, from a sequence number; with --follow, keep streaming.
     Events {
+        /// The first sequence number to print.
         #[arg(long, default_value_t = 1)]
         from: u64,
+        /// Keep streaming new events as they are committed.
         #[arg(long)]
         follow: bool,
+        /// Only events of these kinds of resource (repeatable).
         #[arg(long)]
         kind: Vec<String>,
+        /// Only events of these resources (repeatable).
         #[arg(long)]
         name: Vec<String>,
     },
+    /// The audit log: who did what, the state at a past point, replay verification.
     #[command(subcommand)]
     Audit(AuditCmd),
 }
@@ -949,4 +968,27 @@ async fn audit(
 /// A fresh request id; the CLI's own retries reuse it.
 fn new_id() -> String {
     format!("cli-{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Subcommand;
+
+    /// Every verb says what it does in `--help` (a verb added without a doc comment fails).
+    #[test]
+    fn every_verb_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let cli = super::ClientCmd::augment_subcommands(clap::Command::new("drover"));
+        let mut missing = Vec::new();
+        walk(&cli, "drover", &mut missing);
+        assert!(missing.is_empty(), "verbs without help text: {missing:?}");
+    }
 }
