@@ -9,10 +9,10 @@
 //!
 //! Today: Domains, Hosts, Networks, StoragePools, Volumes, Snapshots, Migrations, Events
 //! (durable, resumable stream) and Audit (log, state at a past point, verify, export),
-//! with gRPC health and reflection; the CLI verbs (`cli`) over a multi-endpoint client
-//! (`client`); `drover up` (`up`), a local cluster of 3 replicas and 3 host agents on
-//! the fake driver. Still to come: CLI verbs for snapshots and migrations, and real guests
-//! under `drover up` once the kvm and qemu drivers exist (issue #5).
+//! with gRPC health and reflection (v1 and v1alpha); the CLI verbs (`cli`) over a
+//! multi-endpoint client (`client`); `drover up` (`up`), a local cluster of 3 replicas
+//! and 3 host agents (each holding a learner replica) that run real guests under the kvm
+//! driver where /dev/kvm works, the fake driver elsewhere.
 #![forbid(unsafe_code)]
 
 pub mod cli;

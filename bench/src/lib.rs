@@ -2,9 +2,10 @@
 //!
 //! Contract: speed and memory are measured here, never asserted by timed tests. Each
 //! benchmark records its numbers, the machine and the command in `bench/README.md`.
-//! Today: criterion benches of the pure core (`benches/core.rs`) over histories made by
-//! [`history`]. Later issues add the replication load generator (against etcd), VM start
-//! latency (against QEMU and libvirt) and the simulator's speed.
+//! Criterion benches of the pure core (`benches/core.rs`) and the audit archive
+//! (`benches/archive.rs`) over histories made by [`history`]; binaries: `raft_load`
+//! (replication against etcd), `durability_floor`, `placements`, `vm_start` (against QEMU
+//! and libvirt), `snapshot` (save and restore, against QEMU) and `sim_speed`.
 #![forbid(unsafe_code)]
 
 pub mod history;

@@ -1,6 +1,6 @@
 //! This host's share of the replicated state: the domains placed on it, as the reconciler
-//! wants them. Read from a replica of the log (the simulator's hosts today; the learner
-//! replica on every production host once it lands), it needs no API round trip.
+//! wants them, and its snapshot work. Read from the host's own learner replica of the log
+//! (in production and in the simulator), it needs no API round trip.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -5,7 +5,8 @@
 //! re-exports the generated prost/tonic code. Nothing else lives here.
 //!
 //! - `drover.raft.v1`: replication between replicas and the internal write path (#3).
-//! - `drover.api.v1`: the public cluster API (Domains, Hosts, Events, Audit so far).
+//! - `drover.api.v1`: the public cluster API (Domains, Hosts, Networks, StoragePools,
+//!   Volumes, Snapshots, Migrations, Events, Audit).
 #![forbid(unsafe_code)]
 #![allow(missing_debug_implementations, clippy::all)]
 
