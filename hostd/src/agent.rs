@@ -221,6 +221,15 @@ fn assigned_from(
         .collect()
 }
 
+/// Run blocking `work` where it does not hold up other tasks: `block_in_place` on a
+/// multi-thread runtime (hostd's), in place on a current-thread one (tests).
+fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// This host's snapshot work from the cluster's snapshot list.
 fn snapshot_work_from(host: &str, snapshots: &[pb::Snapshot], domains: &[pb::Domain]) -> SnapshotWork {
     // Every version read is an event the read includes; a snapshot asked for after the
@@ -346,7 +355,10 @@ pub async fn run<D: Driver>(
             },
         };
         let now = started.elapsed().as_millis() as u64;
-        for observation in pass.run(&mut driver, &share.domains, now) {
+        // Driver calls block (a VMM's socket, QMP, a snapshot written to disk): off the
+        // async workers, so the host's replica and the API calls keep going meanwhile.
+        let observations = off_the_workers(|| pass.run(&mut driver, &share.domains, now));
+        for observation in observations {
             let Observation { domain, generation, phase, reason } = observation.clone();
             match reporter.send(&mut api, &domain, generation, phase, reason).await {
                 Ok(_) => pass.reported(&observation),
@@ -360,7 +372,8 @@ pub async fn run<D: Driver>(
                 }
             }
         }
-        for report in snapshots.run(&mut driver, &share.snapshots, now) {
+        let reports = off_the_workers(|| snapshots.run(&mut driver, &share.snapshots, now));
+        for report in reports {
             match reporter.send_snapshot(&mut api, &report).await {
                 Ok(()) => snapshots.reported(&report),
                 // Deleted meanwhile, or no longer pending for this run: nothing to report.
