@@ -5,6 +5,7 @@ pub mod audit;
 pub mod domains;
 pub mod events;
 pub mod hosts;
+pub mod migrations;
 pub mod networks;
 pub mod snapshots;
 pub mod storage;

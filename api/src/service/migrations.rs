@@ -1,0 +1,53 @@
+//! `drover.api.v1.Migrations`.
+
+use controlplane::model::ResourceKind;
+use controlplane::Command;
+use proto::api as pb;
+use proto::api::migrations_server::Migrations;
+use tonic::{Request, Response, Status};
+
+use super::{not_found, Api};
+use crate::convert;
+
+#[tonic::async_trait]
+impl Migrations for Api {
+    async fn start(
+        &self,
+        request: Request<pb::StartMigrationRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let command =
+            Command::StartMigration { domain: r.domain, target: (!r.target.is_empty()).then_some(r.target) };
+        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::AbortMigrationRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        Ok(Response::new(
+            self.write(&meta, r.request_id, Command::AbortMigration { id: r.id, reason: r.reason }).await?,
+        ))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetMigrationRequest>,
+    ) -> Result<Response<pb::Migration>, Status> {
+        let r = request.into_inner();
+        let found = self.read(r.consistency, |s| s.migration(r.id).map(convert::migration_to_pb)).await?;
+        found.map(Response::new).ok_or_else(|| not_found(ResourceKind::Migration, &r.id.to_string()))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListMigrationsRequest>,
+    ) -> Result<Response<pb::ListMigrationsReply>, Status> {
+        let r = request.into_inner();
+        let migrations = self
+            .read(r.consistency, |s| s.migrations().values().map(convert::migration_to_pb).collect())
+            .await?;
+        Ok(Response::new(pb::ListMigrationsReply { migrations }))
+    }
+}

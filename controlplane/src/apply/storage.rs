@@ -1,0 +1,107 @@
+//! Applying the events of storage pools and volumes.
+// Each function takes the fields of its event as the event holds them.
+#![allow(clippy::ptr_arg)]
+
+use super::*;
+
+pub(super) fn pool_created(state: &mut State, seq: u64, now: u64, name: &String, config: &PoolConfig) {
+    let pool = Pool {
+        name: name.clone(),
+        config: config.clone(),
+        allocated_mib: 0,
+        volumes: 0,
+        created_ms: now,
+        version: seq,
+    };
+    let previous = state.pools.insert(name.clone(), pool);
+    assert!(previous.is_none(), "pool {name} created twice");
+}
+
+pub(super) fn pool_deleted(state: &mut State, name: &String) {
+    let p = state.pools.remove(name).unwrap_or_else(|| panic!("pool {name} deleted but absent"));
+    assert_eq!(p.volumes, 0, "pool {name} deleted with volumes");
+}
+
+pub(super) fn volume_created(
+    state: &mut State,
+    seq: u64,
+    now: u64,
+    volume: &VolumeRef,
+    format: &VolumeFormat,
+    capacity_mib: &u64,
+    backing: &Option<String>,
+) {
+    let pool = pool_mut(state, &volume.pool);
+    pool.allocated_mib += capacity_mib;
+    assert!(pool.allocated_mib <= pool.config.capacity_mib, "pool {} over capacity", volume.pool);
+    pool.volumes += 1;
+    pool.version = seq;
+    if let Some(b) = backing {
+        let base = volume_mut(state, &VolumeRef::new(&volume.pool, b));
+        base.clones += 1;
+        base.version = seq;
+    }
+    let v = Volume {
+        id: volume.clone(),
+        format: *format,
+        capacity_mib: *capacity_mib,
+        allocation_mib: 0,
+        backing: backing.clone(),
+        clones: 0,
+        attachments: BTreeMap::new(),
+        created_ms: now,
+        version: seq,
+    };
+    let previous = state.volumes.insert(volume.clone(), v);
+    assert!(previous.is_none(), "volume {volume} created twice");
+}
+
+pub(super) fn volume_deleted(state: &mut State, seq: u64, volume: &VolumeRef) {
+    let v = state.volumes.remove(volume).unwrap_or_else(|| panic!("volume {volume} deleted but absent"));
+    assert!(v.attachments.is_empty() && v.clones == 0, "volume {volume} deleted while in use");
+    if let Some(b) = &v.backing {
+        let base = volume_mut(state, &VolumeRef::new(&volume.pool, b));
+        base.clones -= 1;
+        base.version = seq;
+    }
+    let pool = pool_mut(state, &volume.pool);
+    pool.allocated_mib -= v.capacity_mib;
+    pool.volumes -= 1;
+    pool.version = seq;
+}
+
+pub(super) fn volume_resized(state: &mut State, seq: u64, volume: &VolumeRef, capacity_mib: &u64) {
+    let v = volume_mut(state, volume);
+    let grow = capacity_mib.checked_sub(v.capacity_mib).expect("volumes only grow");
+    v.capacity_mib = *capacity_mib;
+    v.version = seq;
+    let pool = pool_mut(state, &volume.pool);
+    pool.allocated_mib += grow;
+    assert!(pool.allocated_mib <= pool.config.capacity_mib, "pool {} over capacity", volume.pool);
+    pool.version = seq;
+}
+
+pub(super) fn volume_allocation_observed(
+    state: &mut State,
+    seq: u64,
+    volume: &VolumeRef,
+    allocation_mib: &u64,
+) {
+    let v = volume_mut(state, volume);
+    v.allocation_mib = *allocation_mib;
+    v.version = seq;
+}
+
+pub(super) fn volume_attached(
+    state: &mut State,
+    seq: u64,
+    volume: &VolumeRef,
+    domain: &String,
+    read_only: &bool,
+) {
+    attach(state, volume, domain, *read_only, seq);
+}
+
+pub(super) fn volume_detached(state: &mut State, seq: u64, volume: &VolumeRef, domain: &String) {
+    detach(state, volume, domain, seq);
+}
