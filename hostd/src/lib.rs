@@ -12,7 +12,8 @@
 //! every driver passes the shared suite in `conformance`. The pure `reconciler` decides,
 //! `pass` carries out one reconcile pass on a driver (shared with the simulator), the
 //! `agent` loop reads the cluster state from the host's own learner replica (or through
-//! the public API) and reports through the API. NICs: both process drivers plug each into
+//! the public API) and reports through the API; `process` is the `drover hostd` process
+//! around it (command line, learner replica, driver choice). NICs: both process drivers plug each into
 //! a tap in its network's bridge (`tap`) before the VM process starts; QEMU and the own
 //! VMM then attach a virtio-net device to that tap. Snapshots: every driver saves a
 //! running or paused VM's whole state to a file and starts a VM from one
@@ -27,6 +28,7 @@ pub mod driver;
 pub mod fake;
 pub mod kvm;
 pub mod pass;
+pub mod process;
 pub mod qemu;
 pub mod reconciler;
 pub mod snapshots;

@@ -1,0 +1,245 @@
+//! The hostd process: its command line ([`HostdArgs`]) and [`run`], which starts the
+//! host's learner replica (when asked to), builds the chosen driver and runs the agent
+//! until SIGTERM or Ctrl-C. The `drover` binary's `hostd` verb calls it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raft::node::{Node, NodeConfig};
+use tracing::{info, warn};
+
+use crate::agent::{self, AgentConfig, AgentError};
+use crate::driver::DriverError;
+
+/// The hypervisor driver a host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverKind {
+    /// Drover's own VMM, one process per VM.
+    Kvm,
+    /// One QEMU per VM over QMP: any guest.
+    Qemu,
+    /// In memory, no guests (tests, machines without KVM).
+    Fake,
+}
+
+/// `drover hostd`'s command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostdArgs {
+    /// This host's name in the cluster.
+    #[arg(long)]
+    pub name: String,
+    /// Where this host can be reached (recorded in the cluster; `host list` shows it).
+    /// Default: its replica's --replica-listen address, else this machine's hostname.
+    #[arg(long)]
+    pub address: Option<String>,
+    /// The hypervisor driver.
+    #[arg(long, value_enum, default_value_t = DriverKind::Kvm)]
+    pub driver: DriverKind,
+    /// qemu driver: the QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu_binary: PathBuf,
+    /// qemu driver: kvm, tcg, or auto (kvm where the CPU has hardware virtualization and
+    /// KVM is not kvm-pvm).
+    #[arg(long, default_value = "auto")]
+    pub qemu_accel: String,
+    /// qemu driver: the machine type (microvm or q35).
+    #[arg(long, default_value = "microvm")]
+    pub qemu_machine: String,
+    /// Where the kvm and qemu drivers keep each VM's socket, console log and records. VMs
+    /// outlive hostd; a hostd restarted on the same directory re-adopts them.
+    #[arg(long, default_value = "/run/drover/vms")]
+    pub run_dir: PathBuf,
+    /// Cap of each VM's console log, bytes (the previous part is kept as `.old`).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub console_log_bytes_max: u64,
+    /// Where VM snapshots are written and restored from (`<dir>/<domain>/<name>-<id>.snap`).
+    /// Give every host the same shared directory (NFS, a cluster filesystem) so that any
+    /// host can restore any snapshot. Default: `snapshots` beside the run directory.
+    #[arg(long)]
+    pub snapshot_dir: Option<PathBuf>,
+    /// vCPUs offered to the cluster (default: this machine's CPUs).
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Memory offered to the cluster, MiB (default: this machine's RAM).
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    /// Labels, as key=value (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Milliseconds between reconcile passes.
+    #[arg(long, default_value_t = 200)]
+    pub tick_ms: u64,
+    /// Hold a replica of the cluster's log in this directory (a raft learner that joins
+    /// through --endpoint) and read this host's share of the state from it, instead of
+    /// asking the control replicas on every pass.
+    #[arg(long, requires_all = ["replica_id", "replica_listen"])]
+    pub replica_dir: Option<PathBuf>,
+    /// The replica's raft node id, unique in the cluster.
+    #[arg(long)]
+    pub replica_id: Option<u64>,
+    /// Where the replica's raft services listen; the leader sends it the log there.
+    #[arg(long)]
+    pub replica_listen: Option<SocketAddr>,
+    /// Allow --replica-listen beyond loopback. There is no authentication yet.
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{0}")]
+    Args(String),
+    #[error("the host's replica: {0}")]
+    Replica(String),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// Where a host says it can be reached: `--address`, else its replica's listen address,
+/// else the machine's hostname.
+fn host_address(args: &HostdArgs) -> String {
+    if let Some(a) = &args.address {
+        return a.clone();
+    }
+    if let Some(listen) = args.replica_listen {
+        return listen.to_string();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Start this host's learner replica, serve its raft services, and join the cluster
+/// through one of `endpoints` (tried in turn until one takes it, for up to two minutes).
+async fn start_host_replica(args: &HostdArgs, endpoints: &[String]) -> Result<Option<Node>, ProcessError> {
+    let (Some(dir), Some(id), Some(listen)) = (&args.replica_dir, args.replica_id, args.replica_listen)
+    else {
+        return Ok(None);
+    };
+    if id == 0 {
+        return Err(ProcessError::Args("--replica-id must be 1 or more".into()));
+    }
+    if !listen.ip().is_loopback() {
+        if !args.allow_remote {
+            return Err(ProcessError::Args(format!(
+                "--replica-listen {listen} is not a loopback address; pass --allow-remote to accept that it is open"
+            )));
+        }
+        warn!(%listen, "the host's replica listens beyond loopback: anyone who can reach it can talk to it");
+    }
+    let node = Node::start(NodeConfig::new(id, listen, dir.clone()))
+        .await
+        .map_err(|e| ProcessError::Replica(format!("starting replica {id}: {e}")))?;
+    let serving = node.clone();
+    tokio::spawn(async move {
+        if let Err(e) = raft::service::serve(serving, std::future::pending()).await {
+            warn!(error = %e, "the host's replica stopped serving");
+        }
+    });
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    'join: loop {
+        for seed in endpoints {
+            match node.join(seed, false, Duration::from_secs(5)).await {
+                Ok(()) => break 'join,
+                Err(e) if tokio::time::Instant::now() >= until => {
+                    return Err(ProcessError::Replica(format!("joining the cluster as learner {id}: {e}")));
+                }
+                Err(e) => warn!(seed, error = %e, "not joined yet; trying the next endpoint"),
+            }
+        }
+    }
+    info!(node = id, %listen, cluster = ?node.cluster_id(), "the host's replica follows the log");
+    Ok(Some(node))
+}
+
+/// Run a host agent with `args`, reaching the control replicas at `endpoints`, until
+/// SIGTERM or Ctrl-C.
+pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessError> {
+    let labels = args
+        .labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| ProcessError::Args(format!("label {l:?} is not key=value")))
+        })
+        .collect::<Result<_, _>>()?;
+    let memory_mib = match args.memory_mib {
+        Some(m) => m,
+        None => vmm::config::host_memory_mib().ok_or_else(|| {
+            ProcessError::Args("cannot read this machine's memory; pass --memory-mib".into())
+        })?,
+    };
+    let config = AgentConfig {
+        host: args.name.clone(),
+        address: host_address(&args),
+        endpoints: endpoints.clone(),
+        vcpus: args
+            .vcpus
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)),
+        memory_mib,
+        labels,
+        tick_ms: args.tick_ms,
+        shutdown_timeout_ms: 30_000,
+        replica: start_host_replica(&args, &endpoints).await?,
+        snapshot_dir: args
+            .snapshot_dir
+            .clone()
+            .unwrap_or_else(|| args.run_dir.parent().unwrap_or(Path::new("/")).join("snapshots")),
+    };
+    let replica = config.replica.clone();
+    let stop = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    match args.driver {
+        DriverKind::Fake => agent::run(config, crate::fake::FakeDriver::default(), stop).await?,
+        DriverKind::Kvm => {
+            // The standalone drover-vmm beside this binary is preferred: it is a tenth of
+            // the size, so each VM costs less memory (bench/README.md).
+            let exe = std::env::current_exe()
+                .map_err(|e| ProcessError::Args(format!("finding the drover binary: {e}")))?;
+            let standalone = exe.with_file_name("drover-vmm");
+            let (program, program_args) =
+                if standalone.is_file() { (standalone, Vec::new()) } else { (exe, vec!["vmm".to_owned()]) };
+            info!(vmm = %program.display(), "kvm driver ready");
+            let kvm = crate::kvm::KvmConfig {
+                program,
+                program_args,
+                run_dir: args.run_dir.clone(),
+                console_log_bytes_max: args.console_log_bytes_max,
+            };
+            agent::run(config, crate::kvm::KvmDriver::new(kvm)?, stop).await?
+        }
+        DriverKind::Qemu => {
+            let accel = crate::qemu::Accel::parse(&args.qemu_accel).ok_or_else(|| {
+                ProcessError::Args(format!("--qemu-accel {:?} is not kvm, tcg or auto", args.qemu_accel))
+            })?;
+            let qemu = crate::qemu::QemuConfig {
+                binary: args.qemu_binary.clone(),
+                accel,
+                machine: args.qemu_machine.clone(),
+                run_dir: args.run_dir.clone(),
+                console_log_bytes_max: args.console_log_bytes_max,
+            };
+            let driver = crate::qemu::QemuDriver::new(qemu)?;
+            info!(accel = ?driver.accel(), "qemu driver ready");
+            agent::run(config, driver, stop).await?
+        }
+    }
+    if let Some(node) = replica {
+        node.shutdown().await;
+    }
+    Ok(())
+}
