@@ -374,7 +374,9 @@ impl Vm {
 
         let shared = Arc::new(Shared {
             state: Mutex::new(RunState {
-                phase: Phase::Running,
+                // A VM restored paused is paused from the start (its vCPUs park at once),
+                // not running for the moment until they have.
+                phase: if start_paused { Phase::Paused } else { Phase::Running },
                 reason: None,
                 parked: 0,
                 reset_done: vec![0; vcpus.len()],
@@ -587,6 +589,14 @@ impl Vm {
 
     pub fn resume(&self) -> Result<(), VmError> {
         self.shared.pause_requested.store(false, Ordering::SeqCst);
+        {
+            // vCPUs that never reached `park` (a VM restored paused and resumed at once)
+            // now run without passing through it, which is where the phase is set.
+            let mut state = self.shared.state();
+            if state.parked == 0 && state.phase == Phase::Paused {
+                state.phase = Phase::Running;
+            }
+        }
         self.shared.changed.notify_all();
         self.wait_for("resume", |p| p == Phase::Running)
     }
