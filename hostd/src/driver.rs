@@ -158,9 +158,9 @@ pub trait Driver: Send {
         path: &std::path::Path,
         now_ms: u64,
     ) -> Result<SnapshotTaken, DriverError>;
-    /// The snapshot files under `dir` (`<dir>/<domain>/<name>.snap`), as of `now_ms`.
-    /// Process drivers keep them as files; the fake in memory.
-    fn snapshot_files(&mut self, dir: &std::path::Path, _now_ms: u64) -> Vec<SnapshotFile> {
+    /// The snapshot files under `dir` (`<dir>/<domain>/<name>-<id>.snap`). Process drivers
+    /// keep them as files; the fake in memory.
+    fn snapshot_files(&mut self, dir: &std::path::Path) -> Vec<SnapshotFile> {
         snapshot_files_on_disk(dir)
     }
     /// Remove a snapshot file; one already gone is not an error.
@@ -198,8 +198,6 @@ pub struct SnapshotFile {
     /// The id in its name (the event that asked for the snapshot).
     pub id: u64,
     pub path: std::path::PathBuf,
-    /// How long ago it was written.
-    pub age_ms: u64,
 }
 
 /// `<name>-<id>` as (name, id).
@@ -224,13 +222,7 @@ pub fn snapshot_files_on_disk(dir: &std::path::Path) -> Vec<SnapshotFile> {
             else {
                 continue;
             };
-            let age_ms = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .map_or(0, |d| d.as_millis() as u64);
-            out.push(SnapshotFile { domain: domain_name.clone(), name, id, path: path.clone(), age_ms });
+            out.push(SnapshotFile { domain: domain_name.clone(), name, id, path: path.clone() });
         }
     }
     out.sort();

@@ -18,7 +18,6 @@ pub struct FakeSnapshot {
     pub domain: String,
     pub memory_mib: u64,
     pub phase: VmPhase,
-    pub written_ms: u64,
 }
 
 /// The fake's snapshot "files", by path; hosts that share storage share one.
@@ -222,28 +221,22 @@ impl Driver for FakeDriver {
         if let Some(reason) = failure {
             return Err(DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason });
         }
-        let taken = FakeSnapshot {
-            domain: domain.to_owned(),
-            memory_mib: vm.memory_mib,
-            phase: vm.phase,
-            written_ms: now_ms,
-        };
+        let taken = FakeSnapshot { domain: domain.to_owned(), memory_mib: vm.memory_mib, phase: vm.phase };
         let bytes = vm.memory_mib << 20;
         let duration_ms = vm.memory_mib * SNAPSHOT_MS_PER_GIB / 1024;
         self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), taken);
         Ok(SnapshotTaken { bytes, duration_ms })
     }
 
-    fn snapshot_files(&mut self, dir: &Path, now_ms: u64) -> Vec<SnapshotFile> {
+    fn snapshot_files(&mut self, dir: &Path) -> Vec<SnapshotFile> {
         let store = self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner());
         store
-            .iter()
-            .filter_map(|(path, s)| {
+            .keys()
+            .filter_map(|path| {
                 let rest = path.strip_prefix(dir).ok()?;
                 let domain = rest.parent()?.to_str()?.to_owned();
                 let (name, id) = crate::driver::parse_snapshot_stem(rest.file_stem()?.to_str()?)?;
-                let age_ms = now_ms.saturating_sub(s.written_ms);
-                Some(SnapshotFile { domain, name, id, path: path.clone(), age_ms })
+                Some(SnapshotFile { domain, name, id, path: path.clone() })
             })
             .collect()
     }

@@ -10,7 +10,7 @@
 //! that id. A host whose view lags never removes a file written after its view.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use controlplane::model::{SnapshotKind, SnapshotState};
 use controlplane::{SnapshotOutcome, State};
@@ -113,10 +113,6 @@ impl HostSnapshots {
         HostSnapshots { dir, outcomes: BTreeMap::new(), passes: 0 }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Run one pass at `now_ms` (after the reconcile pass); returns the reports to send.
     pub fn run<D: Driver + ?Sized>(
         &mut self,
@@ -125,7 +121,7 @@ impl HostSnapshots {
         now_ms: u64,
     ) -> Vec<SnapshotReport> {
         if self.passes % SWEEP_EVERY_PASSES == 0 {
-            self.remove_unheld(driver, work, now_ms);
+            self.remove_unheld(driver, work);
         }
         self.passes += 1;
         let mut out = Vec::new();
@@ -182,8 +178,8 @@ impl HostSnapshots {
     }
 
     /// Remove every file the view knows to be of no snapshot (see the module doc).
-    fn remove_unheld<D: Driver + ?Sized>(&mut self, driver: &mut D, work: &SnapshotWork, now_ms: u64) {
-        for file in driver.snapshot_files(&self.dir, now_ms) {
+    fn remove_unheld<D: Driver + ?Sized>(&mut self, driver: &mut D, work: &SnapshotWork) {
+        for file in driver.snapshot_files(&self.dir) {
             let held = work.held.get(&(file.domain.clone(), file.name.clone())) == Some(&file.id);
             if held || file.id > work.known_seq || self.outcomes.contains_key(&file.id) {
                 continue;

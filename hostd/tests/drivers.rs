@@ -678,11 +678,8 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["running-1.snap"], "only the snapshot is left beside it");
-    let listed: Vec<_> = driver
-        .snapshot_files(&snapshots, now_ms())
-        .into_iter()
-        .map(|f| (f.domain, f.name, f.id, f.path))
-        .collect();
+    let listed: Vec<_> =
+        driver.snapshot_files(&snapshots).into_iter().map(|f| (f.domain, f.name, f.id, f.path)).collect();
     assert_eq!(listed, [("snap".to_owned(), "running".to_owned(), 1, file.clone())]);
     assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Running);
     wait_for("counting on after the snapshot", within, || last_tick() >= after + 3, console);
