@@ -13,25 +13,34 @@ pub(super) fn created(
     parent: &Option<String>,
     kind: &SnapshotKind,
 ) {
+    insert(
+        state,
+        Snapshot {
+            domain: domain.clone(),
+            name: name.clone(),
+            parent: parent.clone(),
+            kind: *kind,
+            created_ms: now,
+            version: seq,
+            state: SnapshotState::RecordOnly,
+            // No file is named by it; 0 whether replayed or decoded from format 1.
+            id: 0,
+            disks: Vec::new(),
+        },
+    );
     let d = domain_mut(state, domain);
-    assert_eq!(&d.current_snapshot, parent, "snapshot {domain}/{name} parent is the current snapshot");
     d.current_snapshot = Some(name.clone());
     d.version = seq;
-    if let Some(p) = parent {
+}
+
+/// Record a new snapshot of a domain, whose parent is the domain's current snapshot.
+fn insert(state: &mut State, snapshot: Snapshot) {
+    let (domain, name) = (snapshot.domain.clone(), snapshot.name.clone());
+    let current = &domain_mut(state, &domain).current_snapshot;
+    assert_eq!(current, &snapshot.parent, "snapshot {domain}/{name} parent is the current snapshot");
+    if let Some(p) = &snapshot.parent {
         assert!(state.snapshots.contains_key(&(domain.clone(), p.clone())), "snapshot parent {p} exists");
     }
-    let snapshot = Snapshot {
-        domain: domain.clone(),
-        name: name.clone(),
-        parent: parent.clone(),
-        kind: *kind,
-        created_ms: now,
-        version: seq,
-        state: SnapshotState::RecordOnly,
-        // No file is named by it; 0 whether replayed or decoded from format 1.
-        id: 0,
-        disks: Vec::new(),
-    };
     let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
     assert!(previous.is_none(), "snapshot {domain}/{name} created twice");
 }
@@ -97,28 +106,25 @@ pub(super) fn requested(
     let disks = d.spec.disks.iter().filter(|x| !x.read_only).map(|x| x.volume.clone()).collect();
     assert_eq!(d.status.host.as_ref(), Some(host), "snapshot {domain}/{name} asked of a host not running it");
     assert_eq!(d.status.generation, *generation, "snapshot {domain}/{name} asked for a stale run");
-    assert_eq!(&d.current_snapshot, parent, "snapshot {domain}/{name} parent is the current snapshot");
     d.version = seq;
-    if let Some(p) = parent {
-        assert!(state.snapshots.contains_key(&(domain.clone(), p.clone())), "snapshot parent {p} exists");
-    }
     assert!(
         state.snapshots_of(domain).all(|s| !matches!(s.state, SnapshotState::Pending { .. })),
         "domain {domain} has two snapshots pending"
     );
-    let snapshot = Snapshot {
-        domain: domain.clone(),
-        name: name.clone(),
-        parent: parent.clone(),
-        kind: *kind,
-        created_ms: now,
-        version: seq,
-        state: SnapshotState::Pending { host: host.clone(), generation: *generation },
-        id: seq,
-        disks,
-    };
-    let previous = state.snapshots.insert((domain.clone(), name.clone()), snapshot);
-    assert!(previous.is_none(), "snapshot {domain}/{name} created twice");
+    insert(
+        state,
+        Snapshot {
+            domain: domain.clone(),
+            name: name.clone(),
+            parent: parent.clone(),
+            kind: *kind,
+            created_ms: now,
+            version: seq,
+            state: SnapshotState::Pending { host: host.clone(), generation: *generation },
+            id: seq,
+            disks,
+        },
+    );
 }
 
 pub(super) fn taken(
