@@ -3,6 +3,14 @@
 
 use raft::proposer::Bug;
 
+/// A planted bug in the hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostBug {
+    None,
+    /// Report a snapshot as taken although its file never reached storage.
+    SnapshotWithoutFile,
+}
+
 /// One run's settings. Everything random is drawn from `seed`.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -30,6 +38,8 @@ pub struct SimConfig {
     pub faults: bool,
     /// A deliberately broken write path, to prove the invariants catch it.
     pub bug: Bug,
+    /// A deliberately broken host, to prove the invariants catch it.
+    pub host_bug: HostBug,
     /// Keep the readable trace (it is always hashed).
     pub keep_trace: bool,
 }
@@ -50,6 +60,7 @@ impl SimConfig {
             settle_ms: 60_000,
             faults: true,
             bug: Bug::None,
+            host_bug: HostBug::None,
             keep_trace: false,
         }
     }

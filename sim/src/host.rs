@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::model::{HostState, ObservedPhase, Resources};
-use controlplane::{Command, RejectionCode, Request, State};
+use controlplane::{Command, RejectionCode, Request, SnapshotOutcome, State};
 use hostd::assignment::{share_from_state, HostShare};
 use hostd::fake::{FakeDriver, SnapshotStore};
 use hostd::pass::HostPass;
@@ -146,6 +146,16 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             let observations = pass.run(&mut *driver, &assigned.domains, now);
             let started: Vec<String> = live(&mut driver).difference(&before).cloned().collect();
             let snapshot_reports = snapshots.run(&mut *driver, &assigned.snapshots, now);
+            if core.cfg.host_bug == crate::config::HostBug::SnapshotWithoutFile {
+                // The planted bug: what was taken never reaches storage, yet is reported.
+                for r in
+                    snapshot_reports.iter().filter(|r| matches!(r.outcome, SnapshotOutcome::Taken { .. }))
+                {
+                    let path =
+                        hostd::driver::snapshot_path(Path::new(SNAPSHOT_DIR), &r.domain, &r.name, r.id);
+                    driver.snapshot_store.lock().expect("snapshot store lock").remove(&path);
+                }
+            }
             for detail in crate::invariants::snapshots::check_restores(&std::mem::take(&mut driver.restores))
             {
                 core.violation("snapshots", detail);

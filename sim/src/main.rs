@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use raft::proposer::Bug;
+use sim::config::HostBug;
 use sim::{run, RunOutcome, SimConfig};
 
 #[global_allocator]
@@ -24,6 +25,8 @@ enum BugArg {
     None,
     /// Acknowledge writes before raft commits them.
     AckBeforeCommit,
+    /// Hosts report snapshots taken whose files never reached storage.
+    SnapshotWithoutFile,
 }
 
 #[derive(Debug, Parser)]
@@ -91,8 +94,10 @@ fn replay_command(args: &Args, seed: u64) -> String {
     if args.hosts_read_api {
         c.push_str(" --hosts-read-api");
     }
-    if let BugArg::AckBeforeCommit = args.bug {
-        c.push_str(" --bug ack-before-commit");
+    match args.bug {
+        BugArg::None => {}
+        BugArg::AckBeforeCommit => c.push_str(" --bug ack-before-commit"),
+        BugArg::SnapshotWithoutFile => c.push_str(" --bug snapshot-without-file"),
     }
     c
 }
@@ -113,8 +118,12 @@ fn main() -> anyhow::Result<()> {
         chaos_ms: args.chaos_s * 1000,
         faults: !args.no_faults,
         bug: match args.bug {
-            BugArg::None => Bug::None,
             BugArg::AckBeforeCommit => Bug::AckBeforeCommit,
+            BugArg::None | BugArg::SnapshotWithoutFile => Bug::None,
+        },
+        host_bug: match args.bug {
+            BugArg::SnapshotWithoutFile => HostBug::SnapshotWithoutFile,
+            BugArg::None | BugArg::AckBeforeCommit => HostBug::None,
         },
         keep_trace: args.trace,
         ..SimConfig::new(seed)

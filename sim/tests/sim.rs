@@ -3,6 +3,7 @@
 //! every invariant, and a deliberately broken write path is caught.
 
 use raft::proposer::Bug;
+use sim::config::HostBug;
 use sim::{run, SimConfig};
 
 /// The seed whose trace hash is recorded in `tests/golden/`.
@@ -90,5 +91,18 @@ fn a_write_acknowledged_before_commit_is_caught_within_ten_seeds() {
     assert!(
         caught.is_some(),
         "ten seeds ran a write path that acknowledges before commit and no invariant noticed"
+    );
+}
+
+#[test]
+fn a_host_that_reports_snapshots_it_did_not_keep_is_caught_within_twenty_seeds() {
+    require_determinism();
+    let caught = (1..=20).find(|seed| {
+        let out = run(&SimConfig { host_bug: HostBug::SnapshotWithoutFile, ..SimConfig::new(*seed) });
+        out.violations.iter().any(|v| v.invariant == "snapshots")
+    });
+    assert!(
+        caught.is_some(),
+        "twenty seeds ran hosts that lose the snapshots they report and no invariant noticed"
     );
 }
