@@ -125,6 +125,7 @@ pub fn phase_str(p: Phase) -> &'static str {
         Phase::ShuttingDown => "shutting-down",
         Phase::Crashed => "crashed",
         Phase::Failed => "failed",
+        Phase::Lost => "lost",
     }
 }
 

@@ -9,8 +9,9 @@
 //! version stay, and the golden files in `tests/golden/` prove it.
 //!
 //! Versions: 1, the first; 2 added a snapshot's state and a domain's `restore_from` to the
-//! state (`crate::state_v1` decodes version-1 states). Events and proposals encode alike
-//! in both (variants are only appended).
+//! state (`crate::state_v1` decodes version-1 states); 3 added a domain's `ha_restarts`
+//! (`crate::state_v2` decodes version-2 states). Events and proposals encode alike in all
+//! three (variants are only appended).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,7 +21,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -40,8 +41,10 @@ pub enum Tag {
 pub trait Durable: Serialize + DeserializeOwned {
     const TAG: Tag;
 
-    /// Decode a format-version-1 payload (the same layout, unless the type says not).
-    fn decode_v1(payload: &[u8]) -> Result<Self, CodecError> {
+    /// Decode a payload of an earlier format `version` (the same layout, unless the type
+    /// says not).
+    fn decode_old(version: u16, payload: &[u8]) -> Result<Self, CodecError> {
+        debug_assert!(version < FORMAT_VERSION);
         decode_payload(payload)
     }
 }
@@ -55,8 +58,11 @@ impl Durable for Proposal {
 impl Durable for State {
     const TAG: Tag = Tag::State;
 
-    fn decode_v1(payload: &[u8]) -> Result<Self, CodecError> {
-        decode_payload::<crate::state_v1::StateV1>(payload).map(State::from)
+    fn decode_old(version: u16, payload: &[u8]) -> Result<Self, CodecError> {
+        match version {
+            1 => decode_payload::<crate::state_v1::StateV1>(payload).map(State::from),
+            _ => decode_payload::<crate::state_v2::StateV2>(payload).map(State::from),
+        }
     }
 }
 
@@ -111,7 +117,7 @@ pub fn decode<T: Durable>(bytes: &[u8]) -> Result<T, CodecError> {
     let version = u16::from_le_bytes([bytes[3], bytes[4]]);
     let payload = &bytes[HEADER_LEN..];
     match version {
-        1 => T::decode_v1(payload),
+        1..FORMAT_VERSION => T::decode_old(version, payload),
         FORMAT_VERSION => decode_payload(payload),
         other => Err(CodecError::Version(other)),
     }
@@ -144,7 +150,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 2, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 3, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -153,15 +159,15 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v3 = bytes.clone();
-        v3[3] = 3;
-        assert!(matches!(decode::<EventEnvelope>(&v3), Err(CodecError::Version(3))));
+        let mut v4 = bytes.clone();
+        v4[3] = 4;
+        assert!(matches!(decode::<EventEnvelope>(&v4), Err(CodecError::Version(4))));
         let mut v1 = bytes.clone();
         v1[3] = 1;
         assert_eq!(
             decode::<EventEnvelope>(&v1).unwrap(),
             envelope(),
-            "events encode alike in versions 1 and 2"
+            "events encode alike in versions 1 to 3"
         );
         let mut magic = bytes.clone();
         magic[0] = b'X';
@@ -175,7 +181,7 @@ mod tests {
     #[test]
     fn refuses_huge_length_prefix() {
         // A string length of 2^60 must fail on the limit, not try to allocate.
-        let mut bytes = vec![b'D', b'R', 1, 2, 0];
+        let mut bytes = vec![b'D', b'R', 1, 3, 0];
         bytes.extend_from_slice(&[7, 0]); // seq 7, time 0
         bytes.push(0xFF); // varint u64 marker
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());

@@ -167,6 +167,11 @@ pub enum Command {
         generation: u64,
         outcome: SnapshotOutcome,
     },
+    /// The HA controller restarts an HA domain that should run and does not: lost with its
+    /// fenced host, or crashed on a live one (within its restart limit).
+    RestartDomain {
+        name: String,
+    },
 }
 
 /// What a host did with a snapshot asked of it.
@@ -210,6 +215,7 @@ impl Command {
             Command::AbortMigration { .. } => "AbortMigration",
             Command::ReportSnapshot { .. } => "ReportSnapshot",
             Command::CloneDomain { .. } => "CloneDomain",
+            Command::RestartDomain { .. } => "RestartDomain",
         }
     }
 }

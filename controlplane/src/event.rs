@@ -249,6 +249,32 @@ pub enum Event {
         source: String,
         name: String,
     },
+
+    // --- HA ---
+    /// Run `generation` of domain `name` ended with its host `host`, which was fenced: the
+    /// placement is released and the domain is `Lost` (its desired state kept).
+    DomainLost {
+        name: String,
+        generation: u64,
+        host: String,
+    },
+    /// The HA controller restarts a domain that crashed on a live host (counted against
+    /// its restart limit); a `DomainScheduled` follows in the same proposal.
+    DomainHaRestarting {
+        name: String,
+    },
+    /// The HA controller could not place a domain that should run again (why, in
+    /// `reason`); it tries again as capacity changes.
+    DomainHaWaiting {
+        name: String,
+        reason: String,
+    },
+    /// The HA controller stops restarting a domain that keeps crashing: it is `Failed`
+    /// with `reason` until a user starts it.
+    DomainHaGaveUp {
+        name: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -296,6 +322,10 @@ impl Event {
         "SnapshotRevertRequested",
         "SnapshotRestored",
         "DomainCloned",
+        "DomainLost",
+        "DomainHaRestarting",
+        "DomainHaWaiting",
+        "DomainHaGaveUp",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -347,6 +377,10 @@ impl Event {
             Event::SnapshotRevertRequested { .. } => 39,
             Event::SnapshotRestored { .. } => 40,
             Event::DomainCloned { .. } => 41,
+            Event::DomainLost { .. } => 42,
+            Event::DomainHaRestarting { .. } => 43,
+            Event::DomainHaWaiting { .. } => 44,
+            Event::DomainHaGaveUp { .. } => 45,
         }
     }
 
@@ -371,7 +405,11 @@ impl Event {
             | DomainObserved { name, .. }
             | DomainReleased { name, .. }
             | DomainDiskAdded { name, .. }
-            | DomainDiskRemoved { name, .. } => ResourceKey::Domain(name.clone()),
+            | DomainDiskRemoved { name, .. }
+            | DomainLost { name, .. }
+            | DomainHaRestarting { name }
+            | DomainHaWaiting { name, .. }
+            | DomainHaGaveUp { name, .. } => ResourceKey::Domain(name.clone()),
             NetworkCreated { name, .. } | NetworkDeleted { name } => ResourceKey::Network(name.clone()),
             IpAllocated { network, .. } | IpReleased { network, .. } => ResourceKey::Network(network.clone()),
             PoolCreated { name, .. } | PoolDeleted { name } => ResourceKey::Pool(name.clone()),
@@ -404,7 +442,7 @@ impl Event {
     pub fn related(&self) -> Vec<ResourceKey> {
         use Event::*;
         match self {
-            DomainScheduled { host, .. } => vec![ResourceKey::Host(host.clone())],
+            DomainScheduled { host, .. } | DomainLost { host, .. } => vec![ResourceKey::Host(host.clone())],
             DomainDiskAdded { disk, .. } => vec![ResourceKey::Volume(disk.volume.clone())],
             DomainDiskRemoved { volume, .. } => vec![ResourceKey::Volume(volume.clone())],
             IpAllocated { domain, .. } => vec![ResourceKey::Domain(domain.clone())],

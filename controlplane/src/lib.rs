@@ -25,6 +25,7 @@ mod decide;
 mod event;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod ha;
 pub mod invariants;
 pub mod limits;
 pub mod model;
@@ -35,6 +36,7 @@ pub mod scheduler;
 mod state;
 mod state_hash;
 mod state_v1;
+mod state_v2;
 mod validate;
 
 pub use apply::{apply, apply_proposal};

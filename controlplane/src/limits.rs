@@ -40,6 +40,11 @@ pub const DISKS_PER_DOMAIN_MAX: usize = 16;
 pub const NICS_PER_DOMAIN_MAX: usize = 8;
 /// Highest HA restart priority (higher restarts first).
 pub const HA_PRIORITY_MAX: u32 = 1000;
+/// Most restarts of an HA domain after crashes on a live host within
+/// [`HA_CRASH_RESTART_WINDOW_MS`]; one more crash and HA gives up on it (phase failed,
+/// with the reason) until a user starts it. Restarts after a host was fenced do not count.
+pub const HA_CRASH_RESTARTS_MAX: usize = 3;
+pub const HA_CRASH_RESTART_WINDOW_MS: u64 = 10 * 60 * 1000;
 
 /// Most vCPUs a host may declare.
 pub const HOST_VCPUS_MAX: u32 = 16_384;

@@ -69,6 +69,7 @@ impl From<StateV1> for State {
                     status: d.status,
                     current_snapshot: d.current_snapshot,
                     restore_from: None,
+                    ha_restarts: Vec::new(),
                     migration: d.migration,
                     defined_ms: d.defined_ms,
                     version: d.version,

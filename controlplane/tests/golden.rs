@@ -9,8 +9,9 @@
 //!
 //! `state-1.bin` and `proposal-1.bin` hold a state snapshot and a proposal written by the
 //! first format; they must decode (the proposal re-encodes to the same payload). The
-//! `-2` files are the same written by format version 2 (snapshots taken by hosts); they
-//! must decode and re-encode to the very same bytes.
+//! `-2` files are the same written by format version 2 (snapshots taken by hosts), which
+//! must decode too; the `-3` files are written by format version 3 (HA restart counts)
+//! and must decode and re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -131,6 +132,10 @@ fn samples() -> Vec<EventEnvelope> {
             generation: 5,
         },
         Event::DomainCloned { clone: "web2".into(), source: "web".into(), name: "s3".into() },
+        Event::DomainLost { name: "web".into(), generation: 5, host: "h1".into() },
+        Event::DomainHaRestarting { name: "web".into() },
+        Event::DomainHaWaiting { name: "web".into(), reason: "no host can run it".into() },
+        Event::DomainHaGaveUp { name: "web".into(), reason: "crashed again".into() },
     ];
     events
         .into_iter()
@@ -268,11 +273,22 @@ fn read_golden<T: Durable>(name: &str) -> (T, Vec<u8>) {
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
     let (state, proposal) = rich_state();
-    let new_state: State = check_fixed_bytes("state-2.bin", &state);
+    let new_state: State = check_fixed_bytes("state-3.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 2");
-    let new: Proposal = check_fixed_bytes("proposal-2.bin", &proposal);
+    assert_eq!(new_state, state, "today's rich state is the one written by format 3");
+    let new: Proposal = check_fixed_bytes("proposal-3.bin", &proposal);
     assert_eq!(new.request_id, "golden-proposal");
+}
+
+#[test]
+fn format_2_states_and_proposals_still_decode() {
+    let (state, proposal) = rich_state();
+    let (old_state, _): (State, _) = read_golden("state-2.bin");
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state, state, "format 2 held today's rich state, with no HA restarts counted");
+    let (old, bytes): (Proposal, _) = read_golden("proposal-2.bin");
+    assert_eq!(old, proposal);
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 2 and 3");
 }
 
 #[test]
@@ -288,5 +304,5 @@ fn format_1_states_and_proposals_still_decode() {
     assert_eq!(old_state.domain("web").unwrap().restore_from, None);
     let (old, bytes): (Proposal, _) = read_golden("proposal-1.bin");
     assert_eq!(old.request_id, "golden-proposal");
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 2");
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 3");
 }

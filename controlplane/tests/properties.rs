@@ -8,7 +8,7 @@
 //! - replaying the produced events onto an empty state gives the same hash, and every
 //!   event and the state survive an encode/decode round trip.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use controlplane::model::{
     Boot, Cidr, DesiredState, Disk, DomainSpec, HaPolicy, HostState, Mac, MigrationPhase, NetworkConfig,
@@ -194,6 +194,7 @@ fn command() -> impl Strategy<Value = Command> {
         1 => (domain(), domain(), pick(SNAPSHOTS))
             .prop_map(|(clone, source, snapshot)| Command::CloneDomain { clone, source, snapshot }),
         3 => (domain(), proptest::option::of(pick(HOSTS))).prop_map(|(domain, target)| Command::StartMigration { domain, target }),
+        1 => domain().prop_map(|name| Command::RestartDomain { name }),
     ]
 }
 
@@ -242,6 +243,15 @@ enum Step {
     Retry {
         which: usize,
     },
+    /// The HA controller runs once, with these lease ages (ms) for the hosts in order.
+    Ha {
+        ages: Vec<u64>,
+    },
+    /// Domain `domain` crashes on its host and the HA controller runs, `times` over.
+    CrashLoop {
+        domain: usize,
+        times: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -257,6 +267,9 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0usize..3, 0u8..3).prop_map(|(which, action)| Step::Migrate { which, action }),
         2 => (command(), 1usize..6).prop_map(|(command, delay)| Step::Stale { command, delay }),
         1 => (0usize..64).prop_map(|which| Step::Retry { which }),
+        2 => proptest::collection::vec(prop_oneof![35 => Just(0u64), 3 => Just(1_500u64), 2 => Just(60_000u64)], HOSTS.len())
+            .prop_map(|ages| Step::Ha { ages }),
+        1 => (0..DOMAINS.len(), 1usize..6).prop_map(|(domain, times)| Step::CrashLoop { domain, times }),
     ]
 }
 
@@ -269,6 +282,15 @@ struct Run {
 }
 
 impl Run {
+    /// Run the HA controller once and submit what it asks for.
+    fn ha(&mut self, ages: &BTreeMap<String, u64>) {
+        let settings = controlplane::ha::HaSettings::default();
+        for command in controlplane::ha::plan(&self.state, ages, &settings, self.now_ms) {
+            let r = self.request(command);
+            self.submit(&r);
+        }
+    }
+
     fn request(&mut self, command: Command) -> Request {
         let r =
             Request { request_id: format!("r{}", self.requests.len()), principal: "prop".into(), command };
@@ -447,6 +469,26 @@ impl Run {
                     self.submit(&r);
                 }
             }
+            Step::Ha { ages } => {
+                let ages = HOSTS.iter().zip(ages).map(|(h, a)| (h.to_string(), a)).collect();
+                self.ha(&ages);
+            }
+            Step::CrashLoop { domain, times } => {
+                for _ in 0..times {
+                    let Some(d) = self.state.domain(DOMAINS[domain]) else { return };
+                    let Some(host) = d.status.host.clone() else { return };
+                    let command = Command::ReportObservation {
+                        domain: d.name.clone(),
+                        host,
+                        generation: d.status.generation,
+                        phase: ObservedPhase::Crashed,
+                        reason: Some("crash loop".into()),
+                    };
+                    let r = self.request(command);
+                    self.submit(&r);
+                    self.ha(&BTreeMap::new());
+                }
+            }
         }
     }
 }
@@ -623,7 +665,7 @@ fn the_generator_reaches_every_event_kind() {
     let strategy = proptest::collection::vec(step(), 100..200);
     let mut seen = BTreeSet::new();
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    for _ in 0..300 {
+    for _ in 0..400 {
         let steps = strategy.new_tree(&mut runner).unwrap().current();
         let mut run = Run {
             state: State::new(),

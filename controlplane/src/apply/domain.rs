@@ -27,6 +27,7 @@ pub(super) fn defined(
         },
         current_snapshot: None,
         restore_from: None,
+        ha_restarts: Vec::new(),
         migration: None,
         defined_ms: now,
         version: seq,
@@ -58,6 +59,8 @@ pub(super) fn start_requested(state: &mut State, seq: u64, name: &String) {
     let d = domain_mut(state, name);
     d.desired = DesiredState::Running;
     d.stop_mode = StopMode::Graceful;
+    // A user's start is a fresh chance: HA's count of crash restarts begins again.
+    d.ha_restarts.clear();
     d.version = seq;
 }
 

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tracing::trace;
 
 mod domain;
+mod ha;
 mod host;
 mod migration;
 mod network;
@@ -168,6 +169,10 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         Event::MigrationPhaseChanged { id, phase } => migration::phase_changed(state, seq, id, phase),
         Event::MigrationCommitted { id, generation } => migration::committed(state, seq, now, id, generation),
         Event::MigrationRolledBack { id, reason } => migration::rolled_back(state, seq, now, id, reason),
+        Event::DomainLost { name, generation, host } => ha::lost(state, seq, name, generation, host),
+        Event::DomainHaRestarting { name } => ha::restarting(state, seq, now, name),
+        Event::DomainHaWaiting { name, reason } => ha::waiting(state, seq, name, reason),
+        Event::DomainHaGaveUp { name, reason } => ha::gave_up(state, seq, name, reason),
     }
 }
 

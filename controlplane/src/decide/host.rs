@@ -57,6 +57,10 @@ pub(super) fn register(
 pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<(), Rejection> {
     let host = d.host(name)?;
     if host.state == to {
+        if to == HostState::Fenced {
+            // Runs a full proposal could not carry are lost now.
+            super::ha::lose_runs(d, name);
+        }
         return Ok(());
     }
     if !host.state.may_become(to) {
@@ -75,5 +79,9 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
         ));
     }
     d.emit(Event::HostStateChanged { name: name.to_owned(), state: to });
+    if to == HostState::Fenced {
+        // Fencing is the point after which its runs may start elsewhere: they end here.
+        super::ha::lose_runs(d, name);
+    }
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! proposer saw; the API serializes decisions on the leader, which closes that gap there.
 
 mod domain;
+mod ha;
 mod host;
 mod migration;
 mod network;
@@ -37,7 +38,7 @@ pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision,
     if let Some(first) = state.requests().get(&request.principal, &request.request_id) {
         return Ok(Decision::AlreadyCommitted(first));
     }
-    let mut draft = Draft { state, preconditions: Vec::new(), fits: Vec::new(), events: Vec::new() };
+    let mut draft = Draft { state, now_ms, preconditions: Vec::new(), fits: Vec::new(), events: Vec::new() };
     decide_command(&mut draft, &request.command).inspect_err(|rejection| {
         debug!(command = request.command.name(), request_id = %request.request_id, %rejection, "rejected");
     })?;
@@ -100,12 +101,15 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
             snapshot::Reported { domain, name, id: *id, host, generation: *generation },
             outcome,
         ),
+        Command::RestartDomain { name } => ha::restart(d, name),
     }
 }
 
 /// A proposal being built: what was read (with its version) and what to emit.
 struct Draft<'s> {
     state: &'s State,
+    /// The proposer's clock, as `decide` got it.
+    now_ms: u64,
     preconditions: Vec<Precondition>,
     fits: Vec<HostFit>,
     events: Vec<Event>,

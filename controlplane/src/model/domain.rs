@@ -113,6 +113,10 @@ pub enum Phase {
     ShuttingDown,
     Crashed,
     Failed,
+    /// Its host was fenced while it ran: the run is gone, the placement released. An HA
+    /// domain waits here to be restarted elsewhere; any other keeps its desired state and
+    /// stays down until a user starts it.
+    Lost,
 }
 
 impl From<ObservedPhase> for Phase {
@@ -160,6 +164,9 @@ pub struct Domain {
     /// The snapshot the next run starts from instead of booting: one of its own (set by a
     /// revert) or, for a clone, its source's; cleared once a host has restored it.
     pub restore_from: Option<super::SnapshotRef>,
+    /// When the HA controller restarted it after a crash (proposer ms), oldest first: at
+    /// most `HA_CRASH_RESTARTS_MAX`, the ones within `HA_CRASH_RESTART_WINDOW_MS` count.
+    pub ha_restarts: Vec<u64>,
     /// The migration in progress, if any.
     pub migration: Option<MigrationId>,
     pub defined_ms: u64,

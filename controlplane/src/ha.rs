@@ -1,0 +1,315 @@
+//! The HA controller: what the leader asks for, given the state, how long ago each host
+//! last renewed its lease (held in the leader's memory, never logged), and `now`. A pure
+//! function; the leader's loop (`raft::ha`) submits its commands
+//! one by one through the ordinary write path, so each is decided against the state the
+//! previous one left.
+//!
+//! The timeline of a host that stops renewing (every duration a setting, see
+//! [`HaSettings`]):
+//! - `lease_ms` after its last renewal it is `Suspect`: nothing new is placed there.
+//! - `fence_ms` after the last renewal *it sent*, its hostd has killed its VMs (and its VM
+//!   processes have killed themselves if hostd is gone too): self-fencing.
+//! - `lease_ms + fence_ms + drift_ms` after the leader last heard from it, the leader
+//!   records it `Fenced`: its runs are lost, and HA domains are restarted elsewhere, by
+//!   priority. `lease_ms` past the host's own deadline, plus the drift margin, is what
+//!   makes it safe for the leader's and the host's clocks to disagree a little.
+//!
+//! A suspect host that renews again is `Ready`. An HA domain that crashed on a live host
+//! is restarted too, at most `HA_CRASH_RESTARTS_MAX` times per window.
+
+use std::collections::BTreeMap;
+
+use crate::command::{Command, Request};
+use crate::decide::decide;
+use crate::model::{DesiredState, HaPolicy, HostState, Phase};
+use crate::proposal::Decision;
+use crate::state::State;
+
+/// The lease timings, shared by the leader (which suspects and fences) and each hostd
+/// (which renews, and fences itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HaSettings {
+    /// How often a hostd renews.
+    pub heartbeat_interval_ms: u64,
+    /// A host that has not renewed for this long is suspect.
+    pub lease_ms: u64,
+    /// A hostd that has not renewed for this long kills its VMs.
+    pub fence_ms: u64,
+    /// Margin for the leader's and a host's clocks running at different rates.
+    pub drift_ms: u64,
+}
+
+impl Default for HaSettings {
+    /// Chosen for the 5 s target: fenced 2.5 s after the last renewal, leaving about two
+    /// seconds to commit the restart and boot elsewhere.
+    fn default() -> HaSettings {
+        HaSettings { heartbeat_interval_ms: 250, lease_ms: 1_000, fence_ms: 1_000, drift_ms: 500 }
+    }
+}
+
+impl HaSettings {
+    /// How long after the leader last heard from a host it may fence it.
+    pub fn fence_after_ms(&self) -> u64 {
+        self.lease_ms + self.fence_ms + self.drift_ms
+    }
+
+    /// Whether the timings are safe: a host renews several times per lease, and fences
+    /// itself before the leader may.
+    pub fn check(&self) -> Result<(), String> {
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 2 > self.lease_ms {
+            return Err(format!(
+                "heartbeat interval {} ms must be positive and at most half the lease ({} ms)",
+                self.heartbeat_interval_ms, self.lease_ms
+            ));
+        }
+        if self.fence_ms < self.lease_ms {
+            return Err(format!(
+                "fence time {} ms must be at least the lease ({} ms): a host must not kill its VMs while it is still trusted",
+                self.fence_ms, self.lease_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Who the HA controller's changes are recorded as.
+pub const PRINCIPAL: &str = "system/ha";
+
+/// What the leader should ask for now, in order. `lease_age_ms`: for each host the leader
+/// holds a lease of, how long ago it was last renewed (a host without an entry is left
+/// alone). `now_ms`: the proposer clock, for the crash-restart window.
+pub fn plan(
+    state: &State,
+    lease_age_ms: &BTreeMap<String, u64>,
+    settings: &HaSettings,
+    now_ms: u64,
+) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for host in state.hosts().values() {
+        let set = |s| Command::SetHostState { name: host.name.clone(), state: s };
+        if host.state == HostState::Fenced {
+            if !host.domains.is_empty() {
+                // A fencing that could not carry every lost run in one proposal.
+                commands.push(set(HostState::Fenced));
+            }
+            continue;
+        }
+        let Some(&age) = lease_age_ms.get(&host.name) else { continue };
+        match host.state {
+            HostState::Ready | HostState::Suspect | HostState::Maintenance
+                if age >= settings.fence_after_ms() =>
+            {
+                commands.push(set(HostState::Fenced))
+            }
+            HostState::Ready if age >= settings.lease_ms => commands.push(set(HostState::Suspect)),
+            HostState::Suspect if age < settings.lease_ms => commands.push(set(HostState::Ready)),
+            _ => {}
+        }
+    }
+    let mut waiting: Vec<(u32, &str)> = state
+        .domains()
+        .values()
+        .filter_map(|d| match d.spec.ha {
+            HaPolicy::Restart { priority }
+                if !d.is_placed()
+                    && d.migration.is_none()
+                    && d.desired != DesiredState::Stopped
+                    && matches!(d.status.phase, Phase::Lost | Phase::Crashed) =>
+            {
+                Some((priority, d.name.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    // Highest priority first; by name among equals.
+    waiting.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    for (_, name) in waiting {
+        let command = Command::RestartDomain { name: name.to_owned() };
+        // Only what would change something: a domain still waiting for the same reason
+        // is not asked about again (an empty proposal would still cost a log entry).
+        let probe = Request { request_id: "ha-probe".into(), principal: PRINCIPAL.into(), command };
+        if let Ok(Decision::Propose(p)) = decide(state, &probe, now_ms) {
+            if !p.events.is_empty() {
+                commands.push(probe.command);
+            }
+        }
+    }
+    commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{kernel_spec, Harness};
+    use crate::limits::HA_CRASH_RESTARTS_MAX;
+    use crate::model::ObservedPhase;
+
+    const S: HaSettings =
+        HaSettings { heartbeat_interval_ms: 250, lease_ms: 1_000, fence_ms: 1_000, drift_ms: 500 };
+
+    fn ages(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(h, a)| (h.to_string(), *a)).collect()
+    }
+
+    /// Run the controller until it asks for nothing more (bounded).
+    fn settle(h: &mut Harness, ages: &BTreeMap<String, u64>) -> Vec<String> {
+        let mut done = Vec::new();
+        for _ in 0..20 {
+            let commands = plan(&h.state, ages, &S, h.now_ms);
+            if commands.is_empty() {
+                return done;
+            }
+            for c in commands {
+                done.push(format!("{c:?}"));
+                h.exec(c).unwrap();
+            }
+        }
+        panic!("the controller never settles: {done:#?}");
+    }
+
+    fn ha_spec(priority: u32, memory_mib: u64) -> crate::model::DomainSpec {
+        let mut s = kernel_spec(1, memory_mib);
+        s.ha = HaPolicy::Restart { priority };
+        s
+    }
+
+    fn start_on(h: &mut Harness, name: &str, spec: crate::model::DomainSpec) -> String {
+        h.exec(Command::DefineDomain { name: name.into(), spec }).unwrap();
+        h.exec(Command::StartDomain { name: name.into() }).unwrap();
+        report(h, name, ObservedPhase::Running);
+        h.state.domain(name).unwrap().status.host.clone().unwrap()
+    }
+
+    fn report(h: &mut Harness, name: &str, phase: ObservedPhase) {
+        let d = h.state.domain(name).unwrap();
+        let (host, generation) = (d.status.host.clone().unwrap(), d.status.generation);
+        h.exec(Command::ReportObservation { domain: name.into(), host, generation, phase, reason: None })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_silent_host_is_suspected_then_fenced_and_a_renewing_one_is_ready_again() {
+        let mut h = Harness::new();
+        h.ready_host("a", 8, 8192);
+        h.ready_host("b", 8, 8192);
+        assert!(plan(&h.state, &ages(&[("a", 999), ("b", 0)]), &S, h.now_ms).is_empty());
+        settle(&mut h, &ages(&[("a", 1_000)]));
+        assert_eq!(h.state.host("a").unwrap().state, HostState::Suspect);
+        settle(&mut h, &ages(&[("a", 10)]));
+        assert_eq!(h.state.host("a").unwrap().state, HostState::Ready, "it renewed");
+        settle(&mut h, &ages(&[("a", S.fence_after_ms() - 1)]));
+        assert_eq!(h.state.host("a").unwrap().state, HostState::Suspect);
+        settle(&mut h, &ages(&[("a", S.fence_after_ms())]));
+        assert_eq!(h.state.host("a").unwrap().state, HostState::Fenced);
+        // A fenced host stays fenced whatever its lease says, until it registers again.
+        assert!(plan(&h.state, &ages(&[("a", 0)]), &S, h.now_ms).is_empty());
+        assert_eq!(h.state.host("b").unwrap().state, HostState::Ready, "no lease known: left alone");
+    }
+
+    #[test]
+    fn fencing_restarts_ha_domains_elsewhere_by_priority_and_loses_the_others() {
+        let mut h = Harness::new();
+        h.ready_host("a", 8, 8192);
+        h.ready_host("b", 8, 3072);
+        h.ready_host("c", 8, 8192);
+        // Fill a with an HA pair and a plain domain; b and c get the rest.
+        for (name, spec) in
+            [("low", ha_spec(1, 2048)), ("high", ha_spec(9, 2048)), ("plain", kernel_spec(1, 1024))]
+        {
+            h.exec(Command::DefineDomain { name: name.into(), spec }).unwrap();
+        }
+        // Only a is ready while they start, so all three land there.
+        h.exec(Command::SetHostState { name: "b".into(), state: HostState::Maintenance }).unwrap();
+        h.exec(Command::SetHostState { name: "c".into(), state: HostState::Maintenance }).unwrap();
+        for name in ["low", "high", "plain"] {
+            h.exec(Command::StartDomain { name: name.into() }).unwrap();
+            report(&mut h, name, ObservedPhase::Running);
+        }
+        h.exec(Command::SetHostState { name: "b".into(), state: HostState::Ready }).unwrap();
+        let a_gen = h.state.domain("high").unwrap().status.generation;
+        // a goes silent; c is down too (suspect), so only b (room for one) can take them.
+        settle(&mut h, &ages(&[("a", S.fence_after_ms()), ("b", 0)]));
+        let high = h.state.domain("high").unwrap();
+        assert_eq!(high.status.host.as_deref(), Some("b"), "the higher priority restarts first");
+        assert_eq!(high.status.generation, a_gen + 1, "a new run, with a new generation");
+        let low = h.state.domain("low").unwrap();
+        assert_eq!(low.status.phase, Phase::Lost);
+        assert!(low.status.reason.as_deref().unwrap().contains("short of memory"), "{:?}", low.status.reason);
+        let plain = h.state.domain("plain").unwrap();
+        assert_eq!((plain.status.phase, plain.desired), (Phase::Lost, DesiredState::Running));
+        assert_eq!(plain.status.reason.as_deref(), Some("host a was fenced"));
+        let a = h.state.host("a").unwrap();
+        assert!(a.domains.is_empty() && a.allocated == crate::model::Resources::ZERO);
+        // The waiting reason is recorded once, not again on every tick.
+        let before = h.state.last_seq();
+        assert!(plan(&h.state, &ages(&[("a", 99_999), ("b", 0)]), &S, h.now_ms).is_empty());
+        assert_eq!(h.state.last_seq(), before);
+        // Capacity appears: low restarts there; plain (no HA) stays lost.
+        h.exec(Command::SetHostState { name: "c".into(), state: HostState::Ready }).unwrap();
+        settle(&mut h, &ages(&[("b", 0), ("c", 0)]));
+        assert_eq!(h.state.domain("low").unwrap().status.host.as_deref(), Some("c"));
+        assert_eq!(h.state.domain("plain").unwrap().status.phase, Phase::Lost);
+        crate::invariants::check(&h.state).unwrap();
+    }
+
+    #[test]
+    fn a_fenced_source_or_target_rolls_its_migration_back() {
+        let mut h = Harness::new();
+        h.ready_host("a", 8, 8192);
+        h.ready_host("b", 8, 8192);
+        let src = start_on(&mut h, "m", ha_spec(1, 1024));
+        let dst = if src == "a" { "b" } else { "a" };
+        h.exec(Command::StartMigration { domain: "m".into(), target: Some(dst.into()) }).unwrap();
+        // The target dies: the domain keeps running on its source.
+        settle(&mut h, &ages(&[(dst, S.fence_after_ms()), (src.as_str(), 0)]));
+        let m = h.state.domain("m").unwrap();
+        assert_eq!((m.status.host.as_deref(), m.migration), (Some(src.as_str()), None));
+        assert!(h.state.host(dst).unwrap().domains.is_empty(), "the reservation is released");
+        crate::invariants::check(&h.state).unwrap();
+    }
+
+    #[test]
+    fn crashes_on_a_live_host_restart_until_the_limit_then_ha_gives_up() {
+        let mut h = Harness::new();
+        h.ready_host("a", 8, 8192);
+        start_on(&mut h, "web", ha_spec(1, 1024));
+        for round in 0..=HA_CRASH_RESTARTS_MAX {
+            report(&mut h, "web", ObservedPhase::Crashed);
+            settle(&mut h, &BTreeMap::new());
+            let d = h.state.domain("web").unwrap();
+            if round < HA_CRASH_RESTARTS_MAX {
+                assert_eq!(d.status.phase, Phase::Scheduled, "restart {round}");
+                report(&mut h, "web", ObservedPhase::Running);
+            } else {
+                assert_eq!(d.status.phase, Phase::Failed);
+                assert!(d.status.reason.as_deref().unwrap().contains("HA gave up"), "{:?}", d.status.reason);
+            }
+        }
+        // A user's start is a fresh chance.
+        h.exec(Command::StartDomain { name: "web".into() }).unwrap();
+        report(&mut h, "web", ObservedPhase::Crashed);
+        settle(&mut h, &BTreeMap::new());
+        assert_eq!(h.state.domain("web").unwrap().status.phase, Phase::Scheduled);
+    }
+
+    #[test]
+    fn restart_is_refused_for_what_does_not_need_it() {
+        let mut h = Harness::new();
+        h.ready_host("a", 8, 8192);
+        start_on(&mut h, "up", ha_spec(1, 1024));
+        h.exec(Command::DefineDomain { name: "plain".into(), spec: kernel_spec(1, 512) }).unwrap();
+        for (name, phrase) in
+            [("up", "holds a placement"), ("plain", "has no HA policy"), ("nope", "not found")]
+        {
+            let e = h.exec(Command::RestartDomain { name: name.into() }).unwrap_err();
+            assert!(e.to_string().contains(phrase), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(HaSettings::default().check().is_ok());
+        assert!(HaSettings { fence_ms: 500, ..S }.check().is_err());
+        assert!(HaSettings { heartbeat_interval_ms: 600, ..S }.check().is_err());
+    }
+}

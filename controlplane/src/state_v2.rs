@@ -1,0 +1,82 @@
+//! The state as codec format version 2 encoded it, for decoding old snapshots and
+//! checkpoints. Version 3 added a domain's `ha_restarts` (none were counted before).
+//! Field order is the encoding: never change this file.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::model::{
+    DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Network, Pool, Snapshot,
+    SnapshotRef, StopMode, Volume, VolumeRef,
+};
+use crate::request_window::RequestWindow;
+use crate::state::State;
+
+#[derive(Deserialize)]
+struct DomainV2 {
+    name: String,
+    spec: Arc<DomainSpec>,
+    desired: DesiredState,
+    stop_mode: StopMode,
+    reboots: u64,
+    status: DomainStatus,
+    current_snapshot: Option<String>,
+    restore_from: Option<SnapshotRef>,
+    migration: Option<MigrationId>,
+    defined_ms: u64,
+    version: u64,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct StateV2 {
+    last_seq: u64,
+    hosts: BTreeMap<String, Host>,
+    domains: BTreeMap<String, DomainV2>,
+    networks: BTreeMap<String, Network>,
+    pools: BTreeMap<String, Pool>,
+    volumes: BTreeMap<VolumeRef, Volume>,
+    snapshots: BTreeMap<(String, String), Snapshot>,
+    migrations: BTreeMap<MigrationId, Migration>,
+    ended_migrations: VecDeque<MigrationId>,
+    requests: RequestWindow,
+}
+
+impl From<StateV2> for State {
+    fn from(v2: StateV2) -> State {
+        let domains = v2
+            .domains
+            .into_iter()
+            .map(|(k, d)| {
+                let domain = Domain {
+                    name: d.name,
+                    spec: d.spec,
+                    desired: d.desired,
+                    stop_mode: d.stop_mode,
+                    reboots: d.reboots,
+                    status: d.status,
+                    current_snapshot: d.current_snapshot,
+                    restore_from: d.restore_from,
+                    ha_restarts: Vec::new(),
+                    migration: d.migration,
+                    defined_ms: d.defined_ms,
+                    version: d.version,
+                };
+                (k, domain)
+            })
+            .collect();
+        State {
+            last_seq: v2.last_seq,
+            hosts: v2.hosts,
+            domains,
+            networks: v2.networks,
+            pools: v2.pools,
+            volumes: v2.volumes,
+            snapshots: v2.snapshots,
+            migrations: v2.migrations,
+            ended_migrations: v2.ended_migrations,
+            requests: v2.requests,
+        }
+    }
+}
