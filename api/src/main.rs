@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use controlplane::ha::HaSettings;
 use raft::node::{Node, NodeConfig};
 use tracing::{error, info, warn};
 
@@ -36,7 +37,7 @@ enum Command {
     /// Run a host agent.
     Hostd(hostd::process::HostdArgs),
     /// Run one VM under Drover's own VMM (started by hostd's kvm driver).
-    Vmm(vmm::process::VmmArgs),
+    Vmm(vmm::process::VmmCli),
     #[command(flatten)]
     Client(api::cli::ClientCmd),
     /// Print a shell completion script.
@@ -79,6 +80,19 @@ struct ServerArgs {
     /// Archive checkpoint interval, in events.
     #[arg(long, default_value_t = 10_000)]
     checkpoint_every: u64,
+    /// How often hosts renew their leases (told to each hostd in the answer).
+    #[arg(long, default_value_t = HaSettings::default().heartbeat_interval_ms)]
+    heartbeat_interval_ms: u64,
+    /// A host that has not renewed for this long is suspect: nothing new goes there.
+    #[arg(long, default_value_t = HaSettings::default().lease_ms)]
+    lease_ms: u64,
+    /// A hostd that has not renewed for this long kills its VMs (self-fencing).
+    #[arg(long, default_value_t = HaSettings::default().fence_ms)]
+    fence_ms: u64,
+    /// Margin for clock rates; a host is fenced (its HA domains restarted elsewhere)
+    /// after lease + fence + this with no renewal.
+    #[arg(long, default_value_t = HaSettings::default().drift_ms)]
+    fence_drift_ms: u64,
 }
 
 fn init_logging(filter: &str, json: bool) {
@@ -112,6 +126,13 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     config.snapshot_every_entries = args.snapshot_every;
     config.log_entries_kept_after_snapshot = args.log_kept;
     config.checkpoint_every_events = args.checkpoint_every;
+    config.ha = HaSettings {
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        lease_ms: args.lease_ms,
+        fence_ms: args.fence_ms,
+        drift_ms: args.fence_drift_ms,
+    };
+    config.ha.check().map_err(anyhow::Error::msg).context("the lease settings")?;
     let node = Node::start(config).await.with_context(|| format!("starting replica {}", args.id))?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -157,7 +178,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Command::Vmm(args) = cli.command {
         // No async runtime, no logging setup: the VMM process stays small.
-        return std::process::ExitCode::from(vmm::process::run(args) as u8);
+        return std::process::ExitCode::from(vmm::process::main(args) as u8);
     }
     let default_log = if matches!(cli.command, Command::Server(_) | Command::Hostd(_)) {
         "info,openraft=warn"

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::api as pb;
@@ -27,6 +28,7 @@ use crate::assignment::{share_from_state, HostShare};
 use crate::driver::{
     isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, Driver, NicSpec, VmSpec,
 };
+use crate::lease::HostLease;
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::{Assigned, Desired, Report};
 use crate::snapshots::{HostSnapshots, SnapshotJob, SnapshotReport, SnapshotWork};
@@ -51,6 +53,9 @@ pub struct AgentConfig {
     /// Where snapshot files are written and restored from (`<dir>/<domain>/<name>-<id>.snap`);
     /// shared by every host that should be able to restore any snapshot.
     pub snapshot_dir: PathBuf,
+    /// Where the host's lease deadline is written for its VM processes to watch
+    /// (`vmm::lease`); `None` when no VM process watches one (the fake driver).
+    pub lease_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,14 +78,15 @@ struct Api {
 }
 
 impl Api {
-    fn new(endpoints: &[String]) -> Result<Api, AgentError> {
+    /// Channels to every replica; each call gives up after `timeout`.
+    fn new(endpoints: &[String], timeout: Duration) -> Result<Api, AgentError> {
         let channels = endpoints
             .iter()
             .map(|e| {
                 Endpoint::from_shared(format!("http://{e}"))
                     .map(|ep| {
-                        ep.connect_timeout(Duration::from_secs(2))
-                            .timeout(Duration::from_secs(10))
+                        ep.connect_timeout(timeout.min(Duration::from_secs(2)))
+                            .timeout(timeout)
                             .connect_lazy()
                     })
                     .map_err(|_| AgentError::Endpoint(e.clone()))
@@ -259,19 +265,20 @@ fn snapshot_work_from(host: &str, snapshots: &[pb::Snapshot], domains: &[pb::Dom
     work
 }
 
-/// Register the host and make it ready, retrying until `deadline`.
-async fn register(api: &mut Api, config: &AgentConfig, boot: u64) -> Result<(), AgentError> {
+/// Register the host and make it ready, retrying for up to two minutes. `boot` and
+/// `attempt` make the request ids (a host registers again after being fenced).
+async fn register(api: &mut Api, config: &AgentConfig, boot: u64, attempt: u64) -> Result<(), AgentError> {
     let until = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let reg = pb::RegisterHostRequest {
-            request_id: format!("{}-register-{boot}", config.host),
+            request_id: format!("{}-register-{boot}-{attempt}", config.host),
             name: config.host.clone(),
             address: config.address.clone(),
             capacity: Some(pb::Resources { vcpus: config.vcpus, memory_mib: config.memory_mib }),
             labels: config.labels.clone().into_iter().collect(),
         };
         let ready = pb::SetHostStateRequest {
-            request_id: format!("{}-ready-{boot}", config.host),
+            request_id: format!("{}-ready-{boot}-{attempt}", config.host),
             name: config.host.clone(),
             state: "ready".into(),
         };
@@ -307,13 +314,25 @@ pub async fn run<D: Driver>(
     mut driver: D,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let mut api = Api::new(&config.endpoints)?;
+    let mut api = Api::new(&config.endpoints, API_CALL_TIMEOUT)?;
     let boot = now_ms();
     // Driver time is monotonic: a wall-clock jump must not stretch or cut a shutdown
     // timeout (or the fake driver's boot delay).
     let started = std::time::Instant::now();
-    register(&mut api, &config, boot).await?;
+    let mut registrations = 0;
+    register(&mut api, &config, boot, registrations).await?;
     info!(host = %config.host, "host registered and ready");
+    let lease = Arc::new(HostLease::new(config.lease_file.clone()));
+    let heartbeats = tokio::spawn(heartbeat(
+        Api::new(&config.endpoints, HEARTBEAT_TIMEOUT)?,
+        config.host.clone(),
+        lease.clone(),
+    ));
+    let _stop_heartbeats = AbortOnDrop(heartbeats);
+    // Nothing runs here before the lease is held.
+    while !lease.held() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut pass = HostPass::new(config.shutdown_timeout_ms);
     let mut snapshots = HostSnapshots::new(config.snapshot_dir.clone());
     let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
@@ -343,6 +362,21 @@ pub async fn run<D: Driver>(
             tokio::time::sleep_until(last_pass + Duration::from_millis(PASS_GAP_MS)).await;
         }
         last_pass = tokio::time::Instant::now();
+        let now = started.elapsed().as_millis() as u64;
+        if lease.fenced() || lease.expired(vmm::lease::monotonic_ms()) {
+            let fenced = off_the_workers(|| fence(&mut driver, now));
+            if fenced > 0 {
+                warn!(host = %config.host, vms = fenced, "the lease has passed: destroyed every VM of this host");
+            }
+            if lease.fenced() {
+                // The cluster has given this host's runs to others: join it afresh.
+                registrations += 1;
+                register(&mut api, &config, boot, registrations).await?;
+                info!(host = %config.host, "registered again after being fenced");
+                lease.clear_fenced();
+            }
+            continue;
+        }
         let share = match &config.replica {
             // The host's own replica: no round trip, and as fresh as the log it follows
             // (a lagging replica only delays actions; generations keep them safe).
@@ -354,7 +388,6 @@ pub async fn run<D: Driver>(
                 None => continue,
             },
         };
-        let now = started.elapsed().as_millis() as u64;
         // Driver calls block (a VMM's socket, QMP, a snapshot written to disk): off the
         // async workers, so the host's replica and the API calls keep going meanwhile.
         let observations = off_the_workers(|| pass.run(&mut driver, &share.domains, now));
@@ -522,6 +555,62 @@ async fn read_through_api(
 
 /// The shortest time between two reconcile passes woken by events.
 const PASS_GAP_MS: u64 = 5;
+
+/// How long an API call of the agent may take.
+const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a heartbeat may take: an answer later than this would renew little.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Aborts a task when dropped (the agent's heartbeats end with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renew the host's lease with the leader for ever, as often as the leader asks.
+async fn heartbeat(mut api: Api, host: String, lease: Arc<HostLease>) {
+    let mut interval = Duration::from_millis(controlplane::ha::HaSettings::default().heartbeat_interval_ms);
+    loop {
+        let sent = vmm::lease::monotonic_ms();
+        let message = pb::HeartbeatRequest { name: host.clone() };
+        let answer = api
+            .call(|ch| {
+                let r = request(&host, message.clone());
+                async move { HostsClient::new(ch).heartbeat(r).await }
+            })
+            .await;
+        match answer {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                lease.renewed(sent, reply.fence_ms);
+                interval = Duration::from_millis(reply.heartbeat_interval_ms.clamp(10, 10_000));
+            }
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                if !lease.fenced() {
+                    warn!(host = %host, status = %s, "the cluster refuses this host's lease");
+                }
+                lease.set_fenced();
+            }
+            Err(s) => tracing::debug!(host = %host, status = %s, "lease not renewed"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Self-fencing: destroy every VM of this host that may still run. Returns how many.
+pub fn fence(driver: &mut impl Driver, now_ms: u64) -> usize {
+    let live: Vec<String> =
+        driver.list(now_ms).into_iter().filter(|(_, vm)| vm.phase.is_live()).map(|(name, _)| name).collect();
+    for name in &live {
+        if let Err(e) = driver.destroy(name, now_ms) {
+            warn!(domain = %name, error = %e, "self-fencing could not destroy a VM");
+        }
+    }
+    live.len()
+}
 
 /// Whether the replica applied new events (false, and never again, once it stopped).
 async fn next_applied(applied: &mut Option<tokio::sync::watch::Receiver<u64>>) -> bool {

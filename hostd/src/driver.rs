@@ -117,6 +117,13 @@ pub enum VmPhase {
     Crashed,
 }
 
+impl VmPhase {
+    /// Whether the VM is using its domain's identity (disks, addresses) right now.
+    pub fn is_live(self) -> bool {
+        matches!(self, VmPhase::Starting | VmPhase::Running | VmPhase::Paused | VmPhase::ShuttingDown)
+    }
+}
+
 /// One VM the driver knows of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmStatus {

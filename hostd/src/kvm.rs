@@ -6,7 +6,8 @@
 //! and `exit.json` (written by the VMM as it ends). VMM processes run in their own process
 //! group, so they outlive hostd; a new driver re-adopts every VMM that still answers on
 //! its socket, learns how the others ended from their exit record, and kills any VMM
-//! process that no longer answers.
+//! process that no longer answers. Every VMM watches the host's lease file
+//! (`<run_dir>/lease`, `vmm::lease`) and ends itself once the lease passes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,6 +154,8 @@ impl KvmDriver {
         if let Some(snapshot) = &spec.restore_from {
             cmd.args(["--restore-from", snapshot]);
         }
+        // The host's lease: the VMM ends itself once it passes (no file: none is kept).
+        cmd.arg("--lease").arg(self.config.run_dir.join(vmm::lease::LEASE_FILE));
         if let Some(disk) = spec.disks.first() {
             if disk.read_only {
                 return Err("read-only disks are not supported by the kvm driver yet".into());

@@ -19,6 +19,10 @@
 //! running or paused VM's whole state to a file and starts a VM from one
 //! (`VmSpec::restore_from`); `snapshots` takes the ones the cluster asks of this host,
 //! reports them, and removes the files of snapshots the cluster no longer holds.
+//! Leases (`lease`): hostd renews its host's lease with the leader by heartbeat, writes
+//! the deadline where its VM processes watch it, and while it has passed destroys every
+//! VM and starts none (self-fencing); a host the leader has fenced destroys its VMs and
+//! registers again.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -27,6 +31,7 @@ pub mod conformance;
 pub mod driver;
 pub mod fake;
 pub mod kvm;
+pub mod lease;
 pub mod pass;
 pub mod process;
 pub mod qemu;

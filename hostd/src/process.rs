@@ -157,6 +157,16 @@ async fn start_host_replica(args: &HostdArgs, endpoints: &[String]) -> Result<Op
     Ok(Some(node))
 }
 
+/// The VMM program and the arguments before its own: the standalone `drover-vmm` beside
+/// this binary where there is one (a tenth of the size, so each VM costs less memory,
+/// bench/README.md), else this binary's `vmm` verb.
+fn vmm_program() -> Result<(PathBuf, Vec<String>), ProcessError> {
+    let exe =
+        std::env::current_exe().map_err(|e| ProcessError::Args(format!("finding the drover binary: {e}")))?;
+    let standalone = exe.with_file_name("drover-vmm");
+    Ok(if standalone.is_file() { (standalone, Vec::new()) } else { (exe, vec!["vmm".to_owned()]) })
+}
+
 /// Run a host agent with `args`, reaching the control replicas at `endpoints`, until
 /// SIGTERM or Ctrl-C.
 pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessError> {
@@ -191,6 +201,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessE
             .snapshot_dir
             .clone()
             .unwrap_or_else(|| args.run_dir.parent().unwrap_or(Path::new("/")).join("snapshots")),
+        lease_file: (args.driver != DriverKind::Fake).then(|| args.run_dir.join(vmm::lease::LEASE_FILE)),
     };
     let replica = config.replica.clone();
     let stop = async {
@@ -206,13 +217,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessE
     match args.driver {
         DriverKind::Fake => agent::run(config, crate::fake::FakeDriver::default(), stop).await?,
         DriverKind::Kvm => {
-            // The standalone drover-vmm beside this binary is preferred: it is a tenth of
-            // the size, so each VM costs less memory (bench/README.md).
-            let exe = std::env::current_exe()
-                .map_err(|e| ProcessError::Args(format!("finding the drover binary: {e}")))?;
-            let standalone = exe.with_file_name("drover-vmm");
-            let (program, program_args) =
-                if standalone.is_file() { (standalone, Vec::new()) } else { (exe, vec!["vmm".to_owned()]) };
+            let (program, program_args) = vmm_program()?;
             info!(vmm = %program.display(), "kvm driver ready");
             let kvm = crate::kvm::KvmConfig {
                 program,
@@ -232,6 +237,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessE
                 machine: args.qemu_machine.clone(),
                 run_dir: args.run_dir.clone(),
                 console_log_bytes_max: args.console_log_bytes_max,
+                fence_watch: Some(vmm_program()?),
             };
             let driver = crate::qemu::QemuDriver::new(qemu)?;
             info!(accel = ?driver.accel(), "qemu driver ready");

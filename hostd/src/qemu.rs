@@ -18,6 +18,10 @@
 //! disk images back, runs QEMU with the same arguments plus `-S -incoming defer`, feeds it
 //! the stream with `migrate-incoming` and resumes the guest if it was running when the
 //! snapshot was taken; a file QEMU cannot load fails the start and leaves no QEMU behind.
+//!
+//! QEMU cannot watch the host's lease itself, so with `fence_watch` set each QEMU gets a
+//! guard process (`drover-vmm fence-watch`, in its own process group too) that SIGKILLs it
+//! the moment the lease in `<run_dir>/lease` passes (self-fencing, see `vmm::lease`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -93,6 +97,9 @@ pub struct QemuConfig {
     pub machine: String,
     pub run_dir: PathBuf,
     pub console_log_bytes_max: u64,
+    /// The VMM program and the arguments before its own (`drover-vmm`, or `drover` +
+    /// `vmm`) that runs each QEMU's lease guard; `None`: QEMUs are not guarded.
+    pub fence_watch: Option<(PathBuf, Vec<String>)>,
 }
 
 impl QemuConfig {
@@ -103,6 +110,7 @@ impl QemuConfig {
             machine: "microvm".into(),
             run_dir,
             console_log_bytes_max: 1 << 20,
+            fence_watch: None,
         }
     }
 }
@@ -119,6 +127,8 @@ pub struct QemuDriver {
     config: QemuConfig,
     accel: Accel,
     vms: BTreeMap<String, VmProcess>,
+    /// Lease guards this driver started, reaped once they end.
+    guards: Vec<std::process::Child>,
 }
 
 fn qmp_call<C: qapi::Command>(dir: &Path, command: &C) -> Result<C::Ok, String> {
@@ -154,6 +164,24 @@ fn image_format(path: &str) -> &'static str {
 }
 
 impl QemuDriver {
+    /// Start the lease guard of QEMU process `pid`, if guards are configured.
+    fn guard(&mut self, pid: u32) -> std::io::Result<()> {
+        let Some((program, args)) = &self.config.fence_watch else { return Ok(()) };
+        use std::os::unix::process::CommandExt;
+        let guard = Command::new(program)
+            .args(args)
+            .arg("fence-watch")
+            .args(["--pid", &pid.to_string()])
+            .arg("--lease")
+            .arg(self.config.run_dir.join(vmm::lease::LEASE_FILE))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        self.guards.push(guard);
+        Ok(())
+    }
+
     pub fn new(config: QemuConfig) -> Result<QemuDriver, DriverError> {
         std::fs::create_dir_all(&config.run_dir).map_err(|e| DriverError::Failed {
             domain: String::new(),
@@ -161,7 +189,7 @@ impl QemuDriver {
             reason: format!("{}: {e}", config.run_dir.display()),
         })?;
         let accel = config.accel.resolve();
-        let mut driver = QemuDriver { config, accel, vms: BTreeMap::new() };
+        let mut driver = QemuDriver { config, accel, vms: BTreeMap::new(), guards: Vec::new() };
         for (dir, record) in vm_dir::recorded(&driver.config.run_dir) {
             match qmp_call(&dir, &qmp::query_status {}) {
                 Ok(_) => info!(domain = %record.domain, pid = record.pid, "re-adopted a running QEMU"),
@@ -415,6 +443,12 @@ impl Driver for QemuDriver {
             let _ = child.wait();
             return Err(failed(format!("recording the VM: {e}")));
         }
+        if let Err(e) = self.guard(child.id()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
+            return Err(failed(format!("cannot guard QEMU with the host's lease: {e}")));
+        }
         match vm_dir::wait_up(&mut child, &dir, START_TIMEOUT_MS, || {
             qmp_call(&dir, &qmp::query_status {}).is_ok()
         }) {
@@ -505,6 +539,7 @@ impl Driver for QemuDriver {
     }
 
     fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {
+        self.guards.retain_mut(|g| matches!(g.try_wait(), Ok(None)));
         let mut vms = std::mem::take(&mut self.vms);
         let out = vms.iter_mut().map(|(name, vm)| (name.clone(), self.status_of(vm))).collect();
         self.vms = vms;

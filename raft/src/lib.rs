@@ -16,6 +16,9 @@
 //!   simulator, time passed in.
 //! - **Transport and node** (`network`, `service`, `node`): tonic gRPC for AppendEntries,
 //!   Vote and chunked InstallSnapshot; joins, forwarded writes and replica status.
+//! - **HA** (`leases`, `ha`): the leader's in-memory host leases, renewed by hostd
+//!   heartbeats it answers only after confirming its leadership, and the loop that runs
+//!   the pure HA controller on them.
 #![forbid(unsafe_code)]
 // openraft's error types (StorageError, RaftError) are large by design and are what its
 // traits return; boxing them here would only add conversions.
@@ -27,9 +30,11 @@ pub mod backfill;
 pub mod client;
 pub mod data_dir;
 pub mod encoding;
+pub mod ha;
 pub mod kv;
 pub mod kv_mem;
 pub mod kv_sled;
+pub mod leases;
 pub mod log_store;
 pub mod network;
 pub mod node;

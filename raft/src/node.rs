@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use controlplane::ha::HaSettings;
+use controlplane::model::HostState;
 use controlplane::{state_hash, Committed, Rejection, Request, State};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
@@ -24,8 +26,10 @@ use crate::archive_peers::GrpcArchivePeers;
 use crate::backfill;
 use crate::data_dir::{DataDir, DataDirError};
 use crate::encoding;
+use crate::ha::HaLoop;
 use crate::kv::{Kv, Tree};
 use crate::kv_sled::SledKv;
+use crate::leases::Leases;
 use crate::log_store::LogStore;
 use crate::network::{Channels, ClusterId, GrpcNetwork};
 use crate::proposer::{Bug, ProposeError, Proposer};
@@ -59,6 +63,9 @@ pub struct NodeConfig {
     pub log_entries_kept_after_snapshot: u64,
     /// Archive checkpoint interval, in events.
     pub checkpoint_every_events: u64,
+    /// Host lease timings (the leader suspects and fences by them; hosts learn them from
+    /// each heartbeat's answer).
+    pub ha: HaSettings,
 }
 
 impl NodeConfig {
@@ -75,6 +82,7 @@ impl NodeConfig {
             snapshot_every_entries: 20_000,
             log_entries_kept_after_snapshot: 1_000,
             checkpoint_every_events: 10_000,
+            ha: HaSettings::default(),
         }
     }
 }
@@ -148,6 +156,8 @@ pub(crate) struct NodeInner {
     pub(crate) channels: Channels,
     pub(crate) listen: SocketAddr,
     proposer: Proposer,
+    leases: Arc<Leases>,
+    ha: HaSettings,
 }
 
 /// A running replica. Clones share it.
@@ -222,6 +232,18 @@ impl Node {
             turn: 0,
         };
         tokio::spawn(backfill::run(archive.clone(), peers, Duration::from_millis(BACKFILL_INTERVAL_MS)));
+        config.ha.check().map_err(NodeError::Config)?;
+        let leases = Arc::new(Leases::default());
+        let ha = HaLoop {
+            id: config.node_id,
+            raft: raft.clone(),
+            shared: shared.clone(),
+            proposer: proposer.clone(),
+            leases: leases.clone(),
+            settings: config.ha,
+            clock: Arc::new(now_ms),
+        };
+        tokio::spawn(ha.run());
         info!(node = config.node_id, cluster = ?cluster.get(), "replica started");
         Ok(Node {
             inner: Arc::new(NodeInner {
@@ -235,6 +257,8 @@ impl Node {
                 channels,
                 listen: config.listen,
                 proposer,
+                leases,
+                ha: config.ha,
             }),
         })
     }
@@ -392,6 +416,41 @@ impl Node {
             Ok(v) => Ok(v),
             Err(ProposeError::Unavailable(m)) => Err(NodeError::Unavailable(m)),
             Err(_) => Err(self.not_leader()),
+        }
+    }
+
+    /// A heartbeat from host `host`: renew its lease, on the leader only, and only once
+    /// this replica has confirmed it still leads (a deposed leader that answered would
+    /// let a host that the new leader fences believe itself safe). Answers the timings
+    /// the host must keep, or why it may not renew: unknown, or fenced (it must destroy
+    /// its VMs and register again).
+    pub async fn renew_lease(&self, host: &str) -> Result<HaSettings, NodeError> {
+        let (leader, _) = self.leader();
+        if leader != Some(self.inner.id) {
+            return Err(self.not_leader());
+        }
+        let term = self.inner.raft.metrics().borrow().current_term;
+        let asked = tokio::time::Instant::now();
+        self.inner.proposer.ensure_linearizable().await.map_err(|_| self.not_leader())?;
+        let state = self.read_local(|s| s.host(host).map(|h| h.state));
+        match state {
+            None => Err(NodeError::Rejected(Rejection::NotFound {
+                kind: controlplane::model::ResourceKind::Host,
+                name: host.to_owned(),
+            })),
+            Some(s @ (HostState::Fenced | HostState::Left)) => {
+                self.inner.leases.forget(host);
+                Err(NodeError::Rejected(Rejection::FailedPrecondition {
+                    kind: controlplane::model::ResourceKind::Host,
+                    name: host.to_owned(),
+                    reason: format!("is {s}: destroy its VMs and register again"),
+                }))
+            }
+            Some(_) => {
+                // Counted from when the heartbeat arrived, not from the confirmation.
+                self.inner.leases.renew(term, host, asked);
+                Ok(self.inner.ha)
+            }
         }
     }
 

@@ -45,6 +45,22 @@ impl Hosts for Api {
         Ok(Response::new(self.write(&meta, r.request_id, command).await?))
     }
 
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let r = request.into_inner();
+        if r.name.is_empty() || r.name.len() > controlplane::limits::NAME_LEN_MAX {
+            return Err(Status::invalid_argument("invalid name: must name a registered host"));
+        }
+        let ha = self.node.renew_lease(&r.name).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::HeartbeatReply {
+            heartbeat_interval_ms: ha.heartbeat_interval_ms,
+            lease_ms: ha.lease_ms,
+            fence_ms: ha.fence_ms,
+        }))
+    }
+
     async fn list(
         &self,
         request: Request<pb::ListHostsRequest>,

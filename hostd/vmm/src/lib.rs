@@ -13,7 +13,8 @@
 //! hostd learns how a VM it did not watch ended. [`snapshot`] saves a VM's whole state
 //! (vCPUs, irqchip, PIT, clock, devices, touched memory) to a versioned, checksummed,
 //! sparse file, and a VM starts from one (`--restore-from`) with the memory image mapped
-//! copy-on-write.
+//! copy-on-write. A VM process given its host's [`lease`] file ends itself the moment the
+//! lease passes (self-fencing).
 //!
 //! This is the only crate of the workspace that holds `unsafe` code; every block carries a
 //! `// SAFETY:` comment. Everything below the [`vm`] layer is safe Rust over the rust-vmm
@@ -27,6 +28,7 @@ pub mod console_log;
 pub mod control;
 pub mod devices;
 pub mod layout;
+pub mod lease;
 pub mod mptable;
 pub mod process;
 pub mod snapshot;

@@ -7,9 +7,9 @@ use clap::Parser;
 #[command(name = "drover-vmm", about = "Drover's micro-VMM: one VM per process")]
 struct Cli {
     #[command(flatten)]
-    args: vmm::process::VmmArgs,
+    cli: vmm::process::VmmCli,
 }
 
 fn main() {
-    std::process::exit(vmm::process::run(Cli::parse().args));
+    std::process::exit(vmm::process::main(Cli::parse().cli));
 }

@@ -4,7 +4,7 @@
 //! process group, so it outlives hostd, with a run directory that holds the files named
 //! in [`crate::control`]. On the way out it writes `exit.json` (how the VM ended) and
 //! removes its socket. Exit status: 0 when the VM ended (whatever the guest did), 2 when
-//! it could not start.
+//! it could not start, 3 when it fenced itself (its host's lease passed).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::config::{NicConfig, VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
 use crate::control::{self, Phase, Request, Response, Status};
+use crate::lease;
 use crate::vm::{Source, Vm};
 
 /// The VMM's command line.
@@ -48,6 +49,39 @@ pub struct VmmArgs {
     /// needed for reboots). The other arguments must describe the same machine.
     #[arg(long)]
     pub restore_from: Option<PathBuf>,
+    /// The host's lease file ([`crate::lease`]): the VM ends itself once it passes, and
+    /// does not start if it already has.
+    #[arg(long)]
+    pub lease: Option<PathBuf>,
+}
+
+/// The VMM binary's command line: run a VM (the flags of [`VmmArgs`]), or guard another
+/// VM process with the host's lease (`fence-watch`).
+#[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct VmmCli {
+    #[command(subcommand)]
+    pub tool: Option<VmmTool>,
+    #[command(flatten)]
+    pub run: Option<VmmArgs>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum VmmTool {
+    /// Kill a VM process (a QEMU) once its host's lease passes; end when it does.
+    FenceWatch(crate::lease::WatchArgs),
+}
+
+/// Run what `cli` asks; returns the process exit status.
+pub fn main(cli: VmmCli) -> i32 {
+    match (cli.tool, cli.run) {
+        (Some(VmmTool::FenceWatch(args)), _) => crate::lease::guard(&args),
+        (None, Some(args)) => run(args),
+        (None, None) => {
+            eprintln!("drover-vmm: give the VM's flags (--run-dir, --domain, --kernel, …) or a tool");
+            2
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -98,6 +132,14 @@ pub fn run(args: VmmArgs) -> i32 {
             return 2;
         }
     };
+    if let Some(lease) = args.lease.as_deref().filter(|l| lease::expired(l)) {
+        drop(listener);
+        let _ = std::fs::remove_file(&socket);
+        let why = format!("its host's lease {} has passed: not started", lease.display());
+        eprintln!("drover-vmm: {why}");
+        write_exit(&args.run_dir, &record(Phase::Crashed, Some(why)));
+        return 2;
+    }
     let source = args.restore_from.clone().map_or(Source::Kernel, Source::Snapshot);
     let vm = match Vm::start_from(config, &source) {
         Ok(vm) => Arc::new(vm),
@@ -109,6 +151,22 @@ pub fn run(args: VmmArgs) -> i32 {
             return 2;
         }
     };
+    if let Some(path) = args.lease.clone() {
+        let (run_dir, domain, generation) = (args.run_dir.clone(), args.domain.clone(), args.generation);
+        let watching = lease::watch(path, move || {
+            // Ends the whole process, vCPU threads included: the guest stops here.
+            let reason = "fenced itself: its host's lease passed".to_owned();
+            eprintln!("drover-vmm: {reason}");
+            let record =
+                ExitRecord { domain: &domain, generation, phase: Phase::Crashed, reason: Some(reason) };
+            write_exit(&run_dir, &record);
+            std::process::exit(3);
+        });
+        if let Err(e) = watching {
+            eprintln!("drover-vmm: cannot watch the lease: {e}");
+            let _ = vm.destroy(); // unwatched, it may not run at all
+        }
+    }
     // Held while a request is handled, so the process never exits mid-answer.
     let serving = Arc::new(Mutex::new(()));
     {

@@ -1,0 +1,81 @@
+//! The leader's HA loop: every [`HA_TICK_MS`], while this replica leads, ask the pure
+//! controller ([`controlplane::ha::plan`]) what to do given the leases, and submit its
+//! commands one at a time through the ordinary write path (each decided against the
+//! state the previous one left). Followers run the loop too and do nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use controlplane::ha::{plan, HaSettings, PRINCIPAL};
+use controlplane::Request;
+use tracing::{debug, info};
+
+use crate::leases::Leases;
+use crate::proposer::{ProposeError, Proposer};
+use crate::state_machine::Shared;
+use crate::type_config::{NodeId, Raft};
+
+/// How often the leader looks at leases and domains to restart.
+pub const HA_TICK_MS: u64 = 100;
+
+/// The wall clock the leader stamps events with (the simulator passes its own).
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// What the loop needs of its replica.
+pub struct HaLoop {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub proposer: Proposer,
+    pub leases: Arc<Leases>,
+    pub settings: HaSettings,
+    pub clock: WallClock,
+}
+
+impl std::fmt::Debug for HaLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaLoop").field("id", &self.id).field("settings", &self.settings).finish()
+    }
+}
+
+impl HaLoop {
+    /// Run until the replica's tasks end.
+    pub async fn run(self) {
+        let mut sent = 0u64;
+        loop {
+            tokio::time::sleep(Duration::from_millis(HA_TICK_MS)).await;
+            let term = {
+                let m = self.raft.metrics().borrow().clone();
+                if m.running_state.is_err() {
+                    return; // raft has stopped: so has this replica
+                }
+                if m.current_leader != Some(self.id) {
+                    continue;
+                }
+                m.current_term
+            };
+            let now = tokio::time::Instant::now();
+            let commands = {
+                let state = self.shared.state.read().expect("state lock");
+                let ages = self.leases.ages(term, state.hosts().keys().map(String::as_str), now);
+                plan(&state, &ages, &self.settings, (self.clock)())
+            };
+            for command in commands {
+                sent += 1;
+                let name = command.name();
+                let request = Request {
+                    request_id: format!("ha-{}-{term}-{sent}", self.id),
+                    principal: PRINCIPAL.to_owned(),
+                    command,
+                };
+                match self.proposer.propose(&request, (self.clock)()).await {
+                    Ok(c) => info!(command = name, ?request.command, seq = c.last_seq, "HA"),
+                    // No longer the leader: the next one takes over.
+                    Err(ProposeError::NotLeader) => break,
+                    // The state moved on meanwhile: the next tick looks again.
+                    Err(e) => debug!(command = name, error = %e, "HA command not committed"),
+                }
+            }
+        }
+    }
+}
