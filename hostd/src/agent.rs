@@ -266,8 +266,9 @@ fn snapshot_work_from(host: &str, snapshots: &[pb::Snapshot], domains: &[pb::Dom
 }
 
 /// Register the host and make it ready, retrying for up to two minutes. `boot` and
-/// `attempt` make the request ids (a host registers again after being fenced).
-async fn register(api: &mut Api, config: &AgentConfig, boot: u64, attempt: u64) -> Result<(), AgentError> {
+/// `attempt` make the request ids (a host registers again after being fenced). Returns
+/// the log's last seq once it is ready.
+async fn register(api: &mut Api, config: &AgentConfig, boot: u64, attempt: u64) -> Result<u64, AgentError> {
     let until = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let reg = pb::RegisterHostRequest {
@@ -297,7 +298,7 @@ async fn register(api: &mut Api, config: &AgentConfig, boot: u64, attempt: u64) 
         }
         .await;
         match result {
-            Ok(_) => return Ok(()),
+            Ok(reply) => return Ok(reply.into_inner().last_seq),
             Err(s) if s.code() == Code::Unavailable && std::time::Instant::now() < until => {
                 warn!(status = %s, "cluster not reachable yet; retrying registration");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -320,7 +321,10 @@ pub async fn run<D: Driver>(
     // timeout (or the fake driver's boot delay).
     let started = std::time::Instant::now();
     let mut registrations = 0;
-    register(&mut api, &config, boot, registrations).await?;
+    // The log as far as this host's (re-)registration: a replica of its own that has not
+    // applied that much may still hand it runs the cluster gave to others while it was
+    // fenced, so it acts on nothing until it has.
+    let mut registered_seq = register(&mut api, &config, boot, registrations).await?;
     info!(host = %config.host, "host registered and ready");
     let lease = Arc::new(HostLease::new(config.lease_file.clone()));
     let heartbeats = tokio::spawn(heartbeat(
@@ -371,7 +375,7 @@ pub async fn run<D: Driver>(
             if lease.fenced() {
                 // The cluster has given this host's runs to others: join it afresh.
                 registrations += 1;
-                register(&mut api, &config, boot, registrations).await?;
+                registered_seq = register(&mut api, &config, boot, registrations).await?;
                 info!(host = %config.host, "registered again after being fenced");
                 lease.clear_fenced();
             }
@@ -381,7 +385,14 @@ pub async fn run<D: Driver>(
             // The host's own replica: no round trip, and as fresh as the log it follows
             // (a lagging replica only delays actions; generations keep them safe).
             Some(node) => {
-                node.read_local(|state| share_from_state(&config.host, state, &config.snapshot_dir))
+                let share = node.read_local(|state| {
+                    (state.last_seq() >= registered_seq)
+                        .then(|| share_from_state(&config.host, state, &config.snapshot_dir))
+                });
+                match share {
+                    Some(share) => share,
+                    None => continue,
+                }
             }
             None => match read_through_api(&mut api, &config.host, &mut watch, &config.snapshot_dir).await {
                 Some(share) => share,

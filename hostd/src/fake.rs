@@ -48,6 +48,9 @@ pub struct FakeDriver {
     /// Every restore so far: (the domain started, the domain whose snapshot it was, the
     /// file it came from).
     pub restores: Vec<(String, String, PathBuf)>,
+    /// The host's lease deadline, as its VM processes would watch it: past it, every VM
+    /// has ended itself and none starts. `None`: no lease kept.
+    pub lease_deadline_ms: Option<u64>,
 }
 
 impl Default for FakeDriver {
@@ -66,6 +69,29 @@ impl FakeDriver {
             snapshot_store: SnapshotStore::default(),
             fail_next_snapshot: None,
             restores: Vec::new(),
+            lease_deadline_ms: None,
+        }
+    }
+
+    /// hostd renewed the lease at `now_ms` until `deadline_ms`. VMs whose lease passed
+    /// before have ended already, whether or not anyone looked.
+    pub fn renew_lease(&mut self, deadline_ms: u64, now_ms: u64) {
+        self.enforce_lease(now_ms);
+        self.lease_deadline_ms = Some(deadline_ms);
+    }
+
+    /// Model the VM processes' self-fencing: once the lease has passed, every live VM
+    /// has ended itself.
+    fn enforce_lease(&mut self, now_ms: u64) {
+        if self.lease_deadline_ms.is_none_or(|d| now_ms < d) {
+            return;
+        }
+        for vm in self.vms.values_mut() {
+            Self::advance(vm, now_ms);
+            if vm.phase.is_live() {
+                vm.phase = VmPhase::Crashed;
+                vm.reason = Some("fenced itself: its host's lease passed".into());
+            }
         }
     }
 
@@ -79,6 +105,7 @@ impl FakeDriver {
 
     /// One VM's status as of `now_ms` (what `list` says of it, without listing all).
     pub fn status(&mut self, domain: &str, now_ms: u64) -> Option<VmStatus> {
+        self.enforce_lease(now_ms);
         let vm = self.vms.get_mut(domain)?;
         Self::advance(vm, now_ms);
         Some(VmStatus { generation: vm.generation, phase: vm.phase, reason: vm.reason.clone() })
@@ -86,6 +113,7 @@ impl FakeDriver {
 
     /// The names of the VMs whose phase (as of `now_ms`) passes `keep`.
     pub fn names_where(&mut self, now_ms: u64, keep: impl Fn(VmPhase) -> bool) -> BTreeSet<String> {
+        self.enforce_lease(now_ms);
         self.vms
             .iter_mut()
             .filter_map(|(name, vm)| {
@@ -112,6 +140,13 @@ impl FakeDriver {
 
 impl Driver for FakeDriver {
     fn start(&mut self, spec: &VmSpec, now_ms: u64) -> Result<(), DriverError> {
+        self.enforce_lease(now_ms);
+        if self.lease_deadline_ms.is_some_and(|d| now_ms >= d) {
+            return Err(DriverError::StartFailed {
+                domain: spec.domain.clone(),
+                reason: "the host's lease has passed: not started".into(),
+            });
+        }
         if let Some(kernel) = spec.kernel.as_ref().filter(|k| self.broken_kernels.contains(k)) {
             return Err(DriverError::StartFailed {
                 domain: spec.domain.clone(),
@@ -157,6 +192,7 @@ impl Driver for FakeDriver {
     }
 
     fn pause(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
+        self.enforce_lease(now_ms);
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
         match vm.phase {
@@ -169,6 +205,7 @@ impl Driver for FakeDriver {
     }
 
     fn resume(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
+        self.enforce_lease(now_ms);
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
         match vm.phase {
@@ -181,6 +218,7 @@ impl Driver for FakeDriver {
     }
 
     fn shutdown(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
+        self.enforce_lease(now_ms);
         let shutdown_ms = self.shutdown_ms;
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
@@ -200,6 +238,7 @@ impl Driver for FakeDriver {
     }
 
     fn reboot(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
+        self.enforce_lease(now_ms);
         let boot_ms = self.boot_ms;
         let vm = self.vm(domain)?;
         vm.phase = VmPhase::Starting;
@@ -208,6 +247,7 @@ impl Driver for FakeDriver {
     }
 
     fn snapshot(&mut self, domain: &str, path: &Path, now_ms: u64) -> Result<SnapshotTaken, DriverError> {
+        self.enforce_lease(now_ms);
         let failure = self.fail_next_snapshot.take();
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
@@ -251,6 +291,7 @@ impl Driver for FakeDriver {
     }
 
     fn list(&mut self, now_ms: u64) -> BTreeMap<String, VmStatus> {
+        self.enforce_lease(now_ms);
         self.vms
             .iter_mut()
             .map(|(name, vm)| {

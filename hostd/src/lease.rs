@@ -33,6 +33,12 @@ impl HostLease {
         HostLease { file, deadline_ms: AtomicU64::new(deadline), fenced: AtomicBool::new(false) }
     }
 
+    /// A lease without a file, held until `deadline_ms` (0: not held), as a restarted
+    /// hostd of the simulator finds it.
+    pub fn held_until(deadline_ms: u64) -> HostLease {
+        HostLease { file: None, deadline_ms: AtomicU64::new(deadline_ms), fenced: AtomicBool::new(false) }
+    }
+
     /// A renewal sent at `sent_ms` (monotonic) was answered: the lease holds until
     /// `sent_ms + fence_ms`.
     pub fn renewed(&self, sent_ms: u64, fence_ms: u64) {

@@ -51,6 +51,7 @@ async fn fill<K: Kv, P: ArchivePeers>(
     from: u64,
     to: u64,
 ) -> Result<(), String> {
+    archive.begin_backfill(from, to).map_err(|e| e.to_string())?;
     let mut next = from;
     while next <= to {
         let want = usize::try_from(to - next + 1).unwrap_or(usize::MAX).min(BACKFILL_BATCH_EVENTS);

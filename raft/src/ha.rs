@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controlplane::ha::{plan, HaSettings, PRINCIPAL};
-use controlplane::Request;
+use controlplane::model::HostState;
+use controlplane::{Command, Request};
 use tracing::{debug, info};
 
 use crate::leases::Leases;
@@ -41,11 +42,14 @@ impl std::fmt::Debug for HaLoop {
 impl HaLoop {
     /// Run until the replica's tasks end.
     pub async fn run(self) {
+        // Request ids must not repeat across restarts of this replica within a term.
+        let boot = (self.clock)();
         let mut sent = 0u64;
         loop {
             tokio::time::sleep(Duration::from_millis(HA_TICK_MS)).await;
             let term = {
-                let m = self.raft.metrics().borrow().clone();
+                let m = self.raft.metrics();
+                let m = m.borrow();
                 if m.running_state.is_err() {
                     return; // raft has stopped: so has this replica
                 }
@@ -61,14 +65,32 @@ impl HaLoop {
                 plan(&state, &ages, &self.settings, (self.clock)())
             };
             for command in commands {
+                // A plan is made from the leases at one moment and carried out over several
+                // commits: a host that renewed meanwhile is not fenced, and one being fenced
+                // cannot renew until its fencing has committed or failed.
+                let fencing = match &command {
+                    Command::SetHostState { name, state: HostState::Fenced } => {
+                        let now = tokio::time::Instant::now();
+                        let fence_after = self.settings.fence_after_ms();
+                        if !self.leases.begin_fencing(term, name, now, fence_after) {
+                            continue;
+                        }
+                        Some(name.clone())
+                    }
+                    _ => None,
+                };
                 sent += 1;
                 let name = command.name();
                 let request = Request {
-                    request_id: format!("ha-{}-{term}-{sent}", self.id),
+                    request_id: format!("ha-{}-{term}-{boot}-{sent}", self.id),
                     principal: PRINCIPAL.to_owned(),
                     command,
                 };
-                match self.proposer.propose(&request, (self.clock)()).await {
+                let outcome = self.proposer.propose(&request, (self.clock)()).await;
+                if let Some(host) = fencing {
+                    self.leases.fenced(&host);
+                }
+                match outcome {
                     Ok(c) => info!(command = name, ?request.command, seq = c.last_seq, "HA"),
                     // No longer the leader: the next one takes over.
                     Err(ProposeError::NotLeader) => break,

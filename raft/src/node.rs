@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use controlplane::ha::HaSettings;
-use controlplane::model::HostState;
 use controlplane::{state_hash, Committed, Rejection, Request, State};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
@@ -29,7 +28,7 @@ use crate::encoding;
 use crate::ha::HaLoop;
 use crate::kv::{Kv, Tree};
 use crate::kv_sled::SledKv;
-use crate::leases::Leases;
+use crate::leases::{self, Leases};
 use crate::log_store::LogStore;
 use crate::network::{Channels, ClusterId, GrpcNetwork};
 use crate::proposer::{Bug, ProposeError, Proposer};
@@ -419,38 +418,34 @@ impl Node {
         }
     }
 
-    /// A heartbeat from host `host`: renew its lease, on the leader only, and only once
-    /// this replica has confirmed it still leads (a deposed leader that answered would
-    /// let a host that the new leader fences believe itself safe). Answers the timings
-    /// the host must keep, or why it may not renew: unknown, or fenced (it must destroy
-    /// its VMs and register again).
+    /// A heartbeat from host `host` (see [`Leases::renew_from`]): answers the timings the
+    /// host must keep, or why it may not renew: this replica does not lead, the host is
+    /// unknown, or fenced (it must destroy its VMs and register again).
     pub async fn renew_lease(&self, host: &str) -> Result<HaSettings, NodeError> {
-        let (leader, _) = self.leader();
-        if leader != Some(self.inner.id) {
-            return Err(self.not_leader());
-        }
-        let term = self.inner.raft.metrics().borrow().current_term;
-        let asked = tokio::time::Instant::now();
-        self.inner.proposer.ensure_linearizable().await.map_err(|_| self.not_leader())?;
-        let state = self.read_local(|s| s.host(host).map(|h| h.state));
-        match state {
-            None => Err(NodeError::Rejected(Rejection::NotFound {
-                kind: controlplane::model::ResourceKind::Host,
+        let replica = leases::Replica {
+            id: self.inner.id,
+            raft: &self.inner.raft,
+            proposer: &self.inner.proposer,
+            shared: &self.inner.shared,
+        };
+        let kind = controlplane::model::ResourceKind::Host;
+        match self.inner.leases.renew_from(replica, host, self.inner.ha.lease_ms).await {
+            Ok(()) => Ok(self.inner.ha),
+            Err(leases::Refusal::NotLeader) => Err(self.not_leader()),
+            Err(leases::Refusal::NotConfirmed) => Err(NodeError::Unavailable(
+                "the leader has not heard from a quorum recently; try again".into(),
+            )),
+            Err(leases::Refusal::Fencing) => {
+                Err(NodeError::Unavailable(format!("host {host} is being fenced; its lease is not renewed")))
+            }
+            Err(leases::Refusal::Unknown) => {
+                Err(NodeError::Rejected(Rejection::NotFound { kind, name: host.to_owned() }))
+            }
+            Err(leases::Refusal::Gone(s)) => Err(NodeError::Rejected(Rejection::FailedPrecondition {
+                kind,
                 name: host.to_owned(),
+                reason: format!("is {s}: destroy its VMs and register again"),
             })),
-            Some(s @ (HostState::Fenced | HostState::Left)) => {
-                self.inner.leases.forget(host);
-                Err(NodeError::Rejected(Rejection::FailedPrecondition {
-                    kind: controlplane::model::ResourceKind::Host,
-                    name: host.to_owned(),
-                    reason: format!("is {s}: destroy its VMs and register again"),
-                }))
-            }
-            Some(_) => {
-                // Counted from when the heartbeat arrived, not from the confirmation.
-                self.inner.leases.renew(term, host, asked);
-                Ok(self.inner.ha)
-            }
         }
     }
 

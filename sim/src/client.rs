@@ -46,7 +46,8 @@ pub async fn client(core: Arc<Core>, index: u64, net_id: NodeId) {
     }
 }
 
-/// Define and start the up-front VMs (`vm0`, `vm1`, …), one after the other.
+/// Define and start the up-front VMs (`vm0`, `vm1`, …; the even ones HA), one after the
+/// other.
 pub async fn setup(core: Arc<Core>, net_id: NodeId) {
     let mut caller = core.caller(net_id, 0);
     for i in 0..core.cfg.vms {
@@ -61,7 +62,8 @@ pub async fn setup(core: Arc<Core>, net_id: NodeId) {
             },
             disks: Vec::new(),
             nics: Vec::new(),
-            ha: HaPolicy::None,
+            // Every other one is HA, so failover has domains to move and others to lose.
+            ha: if i % 2 == 0 { HaPolicy::Restart { priority: i as u32 } } else { HaPolicy::None },
             placement: Placement::default(),
         };
         for (k, command) in

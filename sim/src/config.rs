@@ -9,6 +9,8 @@ pub enum HostBug {
     None,
     /// Report a snapshot as taken although its file never reached storage.
     SnapshotWithoutFile,
+    /// Ignore the lease: no self-fencing by hostd, and VM processes that do not watch it.
+    NoSelfFence,
 }
 
 /// One run's settings. Everything random is drawn from `seed`.

@@ -7,19 +7,23 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use controlplane::ha::HaSettings;
 use controlplane::model::{HostState, ObservedPhase, Resources};
 use controlplane::{Command, RejectionCode, Request, SnapshotOutcome, State};
 use hostd::assignment::{share_from_state, HostShare};
 use hostd::fake::{FakeDriver, SnapshotStore};
+use hostd::lease::HostLease;
 use hostd::pass::HostPass;
 use hostd::reconciler::Report;
 use hostd::snapshots::HostSnapshots;
+use raft::leases::Refusal as LeaseRefusal;
 use raft::state_machine::Shared;
 use raft::type_config::{LogId, NodeId};
 
 use crate::caller::View;
 use crate::history::{Outcome, Read};
 use crate::invariants::single_run::is_live;
+use crate::network::Live;
 use crate::world::Core;
 
 /// How often hostd reconciles.
@@ -31,6 +35,8 @@ pub const BOOT_MS: u64 = 150;
 pub const GUEST_SHUTDOWN_MS: u64 = 300;
 /// How long one write of hostd may take before it gives up and tries again next pass.
 const WRITE_DEADLINE_MS: u64 = 5_000;
+/// How long a heartbeat waits for its answer (production: 500 ms too).
+const HEARTBEAT_TTL_MS: u64 = 500;
 /// Every host's snapshot directory: one shared store, as shared storage gives.
 pub const SNAPSHOT_DIR: &str = "/sim/snapshots";
 
@@ -71,6 +77,62 @@ fn observed(phase: Report) -> ObservedPhase {
 /// A host's share of the state: its domains and snapshot work.
 type Share = Arc<HostShare>;
 
+/// Write `request` until the cluster answers it (acknowledged or refused); the last seq
+/// of the log when it was acknowledged (0 if refused).
+async fn write_until_answered(core: &Core, caller: &mut crate::caller::Caller, request: &Request) -> u64 {
+    loop {
+        match core.write(caller, request, WRITE_DEADLINE_MS).await {
+            Outcome::Unknown => {}
+            Outcome::Acked(c) => return c.last_seq,
+            Outcome::Rejected { .. } => return 0,
+        }
+    }
+}
+
+/// Renew host `index`'s lease for ever, as production hostd does: each round tries the
+/// replicas in turn until one (the leader) renews it or says the host is gone.
+async fn heartbeat(core: Arc<Core>, index: usize, lease: Arc<HostLease>) {
+    let host = core.hosts[index].clone();
+    let settings = HaSettings::default();
+    let obeys_lease = core.cfg.host_bug != crate::config::HostBug::NoSelfFence;
+    let ttl = Duration::from_millis(HEARTBEAT_TTL_MS);
+    let mut turn = 0usize;
+    loop {
+        let sent = core.clocks.monotonic_ms();
+        for _ in 0..core.replica_ids.len() {
+            let to = core.replica_ids[turn % core.replica_ids.len()];
+            let name = host.name.clone();
+            let answer = core
+                .net
+                .call_once(host.net_id, to, ttl, move |live: Live| {
+                    let name = name.clone();
+                    async move {
+                        live.leases.renew_from(live.as_lease_replica(to), &name, settings.lease_ms).await
+                    }
+                })
+                .await;
+            match answer {
+                Ok(Ok(())) => {
+                    lease.renewed(sent, settings.fence_ms);
+                    if obeys_lease {
+                        // The VM processes watch the new deadline.
+                        let now = core.clocks.monotonic_ms();
+                        host.driver.lock().expect("driver lock").renew_lease(lease.deadline_ms(), now);
+                    }
+                    break;
+                }
+                Ok(Err(LeaseRefusal::Unknown | LeaseRefusal::Gone(_))) => {
+                    lease.set_fenced();
+                    break;
+                }
+                Ok(Err(LeaseRefusal::NotLeader | LeaseRefusal::NotConfirmed | LeaseRefusal::Fencing))
+                | Err(_) => turn += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(settings.heartbeat_interval_ms)).await;
+    }
+}
+
 /// One hostd, from its start (boot number `boot`) until it is killed.
 pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     let host = core.hosts[index].clone();
@@ -81,20 +143,29 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
         sent += 1;
         Request { request_id: format!("{}-{boot}-{sent}", host.name), principal: principal.clone(), command }
     };
-    let register = write(Command::RegisterHost {
-        name: host.name.clone(),
-        address: format!("10.0.0.{}:7001", index + 1),
-        capacity: Resources { vcpus: 32, memory_mib: 64 << 10 },
-        labels: Default::default(),
-    });
-    let ready = write(Command::SetHostState { name: host.name.clone(), state: HostState::Ready });
-    for request in [register, ready] {
-        loop {
-            let outcome = core.write(&mut caller, &request, WRITE_DEADLINE_MS).await;
-            if outcome != Outcome::Unknown {
-                break;
-            }
-        }
+    let registration = |write: &mut dyn FnMut(Command) -> Request| {
+        let register = write(Command::RegisterHost {
+            name: host.name.clone(),
+            address: format!("10.0.0.{}:7001", index + 1),
+            capacity: Resources { vcpus: 32, memory_mib: 64 << 10 },
+            labels: Default::default(),
+        });
+        [register, write(Command::SetHostState { name: host.name.clone(), state: HostState::Ready })]
+    };
+    // The log as far as this host's (re-)registration: a replica that has not applied that
+    // much may still hand it runs the cluster gave to others while it was fenced.
+    let mut registered_seq = 0;
+    for request in registration(&mut write) {
+        registered_seq = registered_seq.max(write_until_answered(&core, &mut caller, &request).await);
+    }
+    let obeys_lease = core.cfg.host_bug != crate::config::HostBug::NoSelfFence;
+    // The lease its VM processes watch outlives hostd (as the lease file does).
+    let deadline = host.driver.lock().expect("driver lock").lease_deadline_ms.unwrap_or(0);
+    let lease = Arc::new(HostLease::held_until(deadline));
+    raft::runtime::spawn(heartbeat(core.clone(), index, lease.clone()));
+    // Nothing runs here before the lease is held.
+    while !lease.held() {
+        tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
     }
     let mut pass = HostPass::new(SHUTDOWN_TIMEOUT_MS);
     let mut snapshots = HostSnapshots::new(SNAPSHOT_DIR.into());
@@ -105,9 +176,14 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     loop {
         tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
         let assigned = if core.cfg.host_replicas {
-            // The host's own learner replica, read locally (stale-ok: generations keep
-            // a lagging host safe), as production hostd does.
+            // The host's own learner replica, read locally, as production hostd does.
+            // Stale is fine (generations keep a lagging host's reports harmless) once it
+            // holds the host's own registration: before that it may still hand the host
+            // runs that moved elsewhere while the host was fenced.
             let Some(replica) = core.net.live(host.net_id) else { continue };
+            if replica.shared.state.read().expect("state lock").last_seq() < registered_seq {
+                continue;
+            }
             let applied = replica.shared.last_applied();
             match &last_read {
                 Some((shared, at, assigned)) if Arc::ptr_eq(shared, &replica.shared) && *at == applied => {
@@ -139,6 +215,25 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             assigned
         };
         let now = core.clocks.monotonic_ms();
+        if lease.fenced() || (obeys_lease && lease.expired(now)) {
+            if obeys_lease {
+                let fenced = hostd::agent::fence(&mut *host.driver.lock().expect("driver lock"), now);
+                if fenced > 0 {
+                    core.trace.record(
+                        core.clocks.elapsed_ms(),
+                        format!("{} fenced itself: {fenced} VMs", host.name),
+                    );
+                }
+            }
+            if lease.fenced() {
+                for request in registration(&mut write) {
+                    registered_seq =
+                        registered_seq.max(write_until_answered(&core, &mut caller, &request).await);
+                }
+                lease.clear_fenced();
+            }
+            continue;
+        }
         let (observations, started, snapshot_reports) = {
             let mut driver = host.driver.lock().expect("driver lock");
             let live = |d: &mut hostd::fake::FakeDriver| d.names_where(now, is_live);

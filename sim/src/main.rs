@@ -27,6 +27,8 @@ enum BugArg {
     AckBeforeCommit,
     /// Hosts report snapshots taken whose files never reached storage.
     SnapshotWithoutFile,
+    /// Hosts ignore their lease: no self-fencing by hostd or its VM processes.
+    NoSelfFence,
 }
 
 #[derive(Debug, Parser)]
@@ -98,6 +100,7 @@ fn replay_command(args: &Args, seed: u64) -> String {
         BugArg::None => {}
         BugArg::AckBeforeCommit => c.push_str(" --bug ack-before-commit"),
         BugArg::SnapshotWithoutFile => c.push_str(" --bug snapshot-without-file"),
+        BugArg::NoSelfFence => c.push_str(" --bug no-self-fence"),
     }
     c
 }
@@ -119,10 +122,11 @@ fn main() -> anyhow::Result<()> {
         faults: !args.no_faults,
         bug: match args.bug {
             BugArg::AckBeforeCommit => Bug::AckBeforeCommit,
-            BugArg::None | BugArg::SnapshotWithoutFile => Bug::None,
+            BugArg::None | BugArg::SnapshotWithoutFile | BugArg::NoSelfFence => Bug::None,
         },
         host_bug: match args.bug {
             BugArg::SnapshotWithoutFile => HostBug::SnapshotWithoutFile,
+            BugArg::NoSelfFence => HostBug::NoSelfFence,
             BugArg::None | BugArg::AckBeforeCommit => HostBug::None,
         },
         keep_trace: args.trace,

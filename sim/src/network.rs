@@ -32,6 +32,15 @@ pub struct Live {
     pub proposer: Proposer,
     pub shared: Arc<Shared>,
     pub archive: Archive<MemKv>,
+    /// The host leases this replica holds while it leads.
+    pub leases: Arc<raft::leases::Leases>,
+}
+
+impl Live {
+    /// What renewing a lease needs of this replica.
+    pub fn as_lease_replica(&self, id: NodeId) -> raft::leases::Replica<'_> {
+        raft::leases::Replica { id, raft: &self.raft, proposer: &self.proposer, shared: &self.shared }
+    }
 }
 
 impl std::fmt::Debug for Live {

@@ -11,6 +11,7 @@ use raft::proposer::{Bug, Proposer};
 use raft::state_machine::StateMachine;
 use raft::type_config::{NodeId, Raft};
 
+use crate::clock::Clocks;
 use crate::network::{Live, Net, SimNetwork};
 
 /// How often a replica looks for archive holes to fill (production: 1 s).
@@ -40,7 +41,7 @@ impl raft::backfill::ArchivePeers for SimArchivePeers {
                 live.archive.events(from_seq, limit).map_err(|e| e.to_string())
             })
             .await;
-        answer.map_err(|e| format!("replica {peer}: {e}"))?
+        answer.map_err(|e| format!("replica {peer}: {e}"))?.map_err(|e| format!("replica {peer}: {e}"))
     }
 }
 
@@ -89,12 +90,20 @@ impl Replica {
         Replica { id, disk: MemKv::new(), archive_disk: MemKv::new(), up: false }
     }
 
-    /// Start (or restart) the replica from what its disks hold.
-    pub async fn start(&mut self, net: &Net, bug: Bug, replicas: &[NodeId]) -> Result<Live, String> {
+    /// Start (or restart) the replica from what its disks hold; its HA loop stamps events
+    /// with its own wall clock from `clocks`. `holders`: every replica that holds an
+    /// archive, learners included, as production backfills from every member.
+    pub async fn start(
+        &mut self,
+        net: &Net,
+        clocks: &Clocks,
+        bug: Bug,
+        holders: &[NodeId],
+    ) -> Result<Live, String> {
         let peers = SimArchivePeers {
             net: net.clone(),
             me: self.id,
-            others: replicas.iter().copied().filter(|r| *r != self.id).collect(),
+            others: holders.iter().copied().filter(|r| *r != self.id).collect(),
             turn: 0,
         };
         let (id, disk, archive_disk, network) = (
@@ -103,6 +112,10 @@ impl Replica {
             self.archive_disk.clone(),
             SimNetwork { net: net.clone(), from: self.id },
         );
+        let clock: raft::ha::WallClock = {
+            let clocks = clocks.clone();
+            Arc::new(move || clocks.now_ms(id))
+        };
         let live = raft::runtime::as_node(id, async move {
             let sm = StateMachine::open_with_archive(disk.clone(), archive_disk, CHECKPOINT_EVERY_EVENTS)
                 .map_err(|e| format!("opening the state machine: {e}"))?;
@@ -116,7 +129,18 @@ impl Replica {
             let proposer = Proposer::new(id, raft.clone(), shared.clone(), start_index, bug);
             let interval = std::time::Duration::from_millis(BACKFILL_INTERVAL_MS);
             raft::runtime::spawn(raft::backfill::run(archive.clone(), peers, interval));
-            Ok::<_, String>(Live { raft, proposer, shared, archive })
+            let leases = Arc::new(raft::leases::Leases::default());
+            let ha = raft::ha::HaLoop {
+                id,
+                raft: raft.clone(),
+                shared: shared.clone(),
+                proposer: proposer.clone(),
+                leases: leases.clone(),
+                settings: controlplane::ha::HaSettings::default(),
+                clock,
+            };
+            raft::runtime::spawn(ha.run());
+            Ok::<_, String>(Live { raft, proposer, shared, archive, leases })
         })
         .await?;
         net.set_live(self.id, live.clone());

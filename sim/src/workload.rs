@@ -43,7 +43,11 @@ fn spec(rng: &mut impl Rng) -> DomainSpec {
         boot: Boot::Kernel { kernel: kernel.into(), initrd: None, cmdline: "console=ttyS0".into() },
         disks: Vec::new(),
         nics,
-        ha: HaPolicy::None,
+        ha: if rng.gen_bool(0.5) {
+            HaPolicy::Restart { priority: rng.gen_range(0..10) }
+        } else {
+            HaPolicy::None
+        },
         placement: Placement::default(),
     }
 }

@@ -37,6 +37,8 @@ pub const CLIENT_BASE: NodeId = 200;
 /// How often the world looks at replicas (supervision, hash samples).
 const STEP_MS: u64 = 50;
 const SAMPLE_EVERY_MS: u64 = 1_000;
+/// A leader acknowledged by a quorum within this long counts as able to commit.
+const LEADER_CONTACT_MS: u64 = 300;
 
 /// What every task of the world shares.
 #[derive(Debug)]
@@ -149,6 +151,7 @@ struct World {
     /// until either moves.
     verified: BTreeMap<NodeId, (NodeId, u64)>,
     boots: Vec<u64>,
+    failover: invariants::failover::FailoverWatch,
     clients: Vec<tokio::task::JoinHandle<()>>,
     rng: ChaCha8Rng,
     faults: u64,
@@ -201,6 +204,7 @@ async fn play(cfg: SimConfig) -> RunOutcome {
         hashes: BTreeMap::new(),
         verified: BTreeMap::new(),
         boots: vec![0; cfg.hosts as usize],
+        failover: Default::default(),
         clients: Vec::new(),
         rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6661_756c_7473),
         faults: 0,
@@ -224,7 +228,8 @@ impl World {
     async fn start_replica(&mut self, i: usize) {
         let id = self.replicas[i].id;
         self.forget(id);
-        match self.replicas[i].start(&self.core.net, self.core.cfg.bug, &self.core.replica_ids).await {
+        let holders = self.archive_holders();
+        match self.replicas[i].start(&self.core.net, &self.core.clocks, self.core.cfg.bug, &holders).await {
             Ok(_) => self.trace(format!("replica {id} up")),
             Err(e) => match self.failing.get(&id).copied() {
                 // On a disk that fails every write, a replica cannot start: its supervisor
@@ -252,8 +257,9 @@ impl World {
         if self.core.cfg.host_replicas {
             let id = self.learners[i].id;
             self.forget(id);
+            let holders = self.archive_holders();
             if let Err(e) =
-                self.learners[i].start(&self.core.net, self.core.cfg.bug, &self.core.replica_ids).await
+                self.learners[i].start(&self.core.net, &self.core.clocks, self.core.cfg.bug, &holders).await
             {
                 self.core.violation("replica_starts", format!("host replica {id} cannot start: {e}"));
             }
@@ -331,6 +337,14 @@ impl World {
             }
         }
         self.join_learners().await;
+        let leader = self.leader_in_contact().and_then(|l| self.core.net.live(l));
+        let found = {
+            let state = leader.as_ref().map(|l| l.shared.state.read().expect("state lock"));
+            self.failover.observe(now, state.as_deref())
+        };
+        for detail in found {
+            self.core.violation("failover", detail);
+        }
         if now >= *next_sample {
             *next_sample = now + SAMPLE_EVERY_MS;
             let mut samples = Vec::new();
@@ -383,6 +397,16 @@ impl World {
                 self.core.violation("replica_hashes", detail);
             }
         }
+    }
+
+    /// Every replica that holds an archive, learners included (as members, production's
+    /// backfill asks them all).
+    fn archive_holders(&self) -> Vec<NodeId> {
+        let mut ids = self.core.replica_ids.clone();
+        if self.core.cfg.host_replicas {
+            ids.extend(self.learners.iter().map(|l| l.id));
+        }
+        ids
     }
 
     /// The voters, then the learners of the hosts that still exist.
@@ -444,6 +468,15 @@ impl World {
             let live = self.core.net.live(*id)?;
             live.proposer.is_leader().then_some(*id)
         })
+    }
+
+    /// The leader, if a quorum acknowledged it within the last heartbeat or two (one cut
+    /// off from the others still believes it leads, but can commit nothing).
+    fn leader_in_contact(&self) -> Option<NodeId> {
+        let id = self.leader()?;
+        let live = self.core.net.live(id)?;
+        let ack = live.raft.metrics().borrow().millis_since_quorum_ack;
+        ack.is_some_and(|ms| ms <= LEADER_CONTACT_MS).then_some(id)
     }
 
     fn every_node(&self) -> Vec<NodeId> {
@@ -764,6 +797,7 @@ impl World {
         }
         drop(states);
         drop(guards);
+
         for id in self.every_node() {
             raft::runtime::abort_node(id);
         }

@@ -38,7 +38,7 @@ async fn a_deposed_leader_does_not_refuse_a_write_committed_without_it() {
     let ids: Vec<NodeId> = vec![1, 2, 3];
     let mut replicas: Vec<Replica> = ids.iter().map(|id| Replica::new(*id)).collect();
     for r in &mut replicas {
-        r.start(&net, Bug::None, &ids).await.unwrap();
+        r.start(&net, &clocks, Bug::None, &ids).await.unwrap();
     }
     let members: BTreeMap<NodeId, openraft::BasicNode> =
         ids.iter().map(|id| (*id, openraft::BasicNode::new(format!("replica-{id}")))).collect();

@@ -106,3 +106,16 @@ fn a_host_that_reports_snapshots_it_did_not_keep_is_caught_within_twenty_seeds()
         "twenty seeds ran hosts that lose the snapshots they report and no invariant noticed"
     );
 }
+
+#[test]
+fn a_host_that_does_not_fence_itself_is_caught_within_ten_seeds() {
+    require_determinism();
+    let caught = (1..=10).find(|seed| {
+        let out = run(&SimConfig { host_bug: HostBug::NoSelfFence, ..SimConfig::new(*seed) });
+        out.violations.iter().any(|v| v.invariant == "single_run")
+    });
+    assert!(
+        caught.is_some(),
+        "ten seeds ran hosts that keep their VMs past their lease and no double run was seen"
+    );
+}

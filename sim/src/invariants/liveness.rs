@@ -1,16 +1,16 @@
 //! Protects: **the cluster does not stay stuck.** After every fault is healed, within the
 //! settle bound: every replica has applied the same log; every domain that should run
-//! (desired running or paused, placed on a host that still exists, not failed or
-//! crashed) runs exactly once, on its host, with its current generation, and the state
-//! says so; no VM runs anywhere for a domain that should not; every migration has
-//! committed or rolled back.
+//! (desired running or paused, placed, not failed or crashed) runs exactly once, on its
+//! host, with its current generation, and the state says so; no VM runs anywhere for a
+//! domain that should not; every migration has committed or rolled back.
 //!
-//! Until HA lands (its issue extends this file), domains placed on a host lost for good
-//! are not expected to run again.
+//! And HA has done its work: no domain is still placed on a host lost for good (the host
+//! was fenced and its runs lost), and every HA domain that should run and that HA has not
+//! given up on runs again, elsewhere if need be.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use controlplane::model::{DesiredState, Phase};
+use controlplane::model::{DesiredState, HaPolicy, Phase};
 use controlplane::State;
 use hostd::driver::{VmPhase, VmStatus};
 
@@ -35,14 +35,22 @@ pub fn check(
     };
     for d in state.domains().values() {
         let holders = live_on(&d.name);
-        let on_lost = d.status.host.as_ref().is_some_and(|h| lost.contains(h));
+        if let Some(host) = d.status.host.as_ref().filter(|h| lost.contains(*h)) {
+            return Err(format!("domain {} is still placed on {host}, lost for good", d.name));
+        }
+        let ha = matches!(d.spec.ha, HaPolicy::Restart { .. });
+        if ha && d.desired != DesiredState::Stopped && matches!(d.status.phase, Phase::Lost | Phase::Crashed)
+        {
+            return Err(format!(
+                "HA domain {} is {:?} and not restarted ({})",
+                d.name,
+                d.status.phase,
+                d.status.reason.as_deref().unwrap_or("no reason given")
+            ));
+        }
         let should_run = d.desired != DesiredState::Stopped
             && d.status.host.is_some()
-            && !on_lost
             && !matches!(d.status.phase, Phase::Failed | Phase::Crashed);
-        if on_lost {
-            continue;
-        }
         if !should_run {
             if let Some((h, vm)) = holders.first() {
                 return Err(format!("domain {} should not run but is {:?} on {h}", d.name, vm.phase));

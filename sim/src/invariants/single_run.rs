@@ -8,7 +8,7 @@ use hostd::driver::{VmPhase, VmStatus};
 
 /// Whether a VM is using its domain's identity (disks, addresses) right now.
 pub fn is_live(phase: VmPhase) -> bool {
-    matches!(phase, VmPhase::Starting | VmPhase::Running | VmPhase::Paused | VmPhase::ShuttingDown)
+    phase.is_live()
 }
 
 /// `vms`: every host's VMs. Returns one line per domain live on more than one host.
