@@ -40,10 +40,13 @@ pub struct HaSettings {
 }
 
 impl Default for HaSettings {
-    /// Chosen for the 5 s target: fenced 2.5 s after the last renewal, leaving about two
-    /// seconds to commit the restart and boot elsewhere.
+    /// Chosen for the 5 s target: fenced 3.25 s after the last renewal, leaving over a
+    /// second and a half to commit the restart and boot elsewhere. `fence_ms` is what a
+    /// host survives without renewing: more than a control-plane election (election
+    /// timeouts of 0.5-1 s, then a heartbeat to the new leader), so electing a new leader
+    /// never makes VMs fence themselves.
     fn default() -> HaSettings {
-        HaSettings { heartbeat_interval_ms: 250, lease_ms: 1_000, fence_ms: 1_000, drift_ms: 500 }
+        HaSettings { heartbeat_interval_ms: 250, lease_ms: 1_000, fence_ms: 2_000, drift_ms: 250 }
     }
 }
 
@@ -145,7 +148,7 @@ mod tests {
     use crate::model::ObservedPhase;
 
     const S: HaSettings =
-        HaSettings { heartbeat_interval_ms: 250, lease_ms: 1_000, fence_ms: 1_000, drift_ms: 500 };
+        HaSettings { heartbeat_interval_ms: 250, lease_ms: 1_000, fence_ms: 2_000, drift_ms: 250 };
 
     fn ages(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
         pairs.iter().map(|(h, a)| (h.to_string(), *a)).collect()

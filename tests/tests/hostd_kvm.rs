@@ -96,7 +96,9 @@ async fn a_vm_outlives_a_sigkilled_hostd_and_is_re_adopted() {
         return;
     }
     let mut cluster = Processes::new();
-    let ep = cluster.bootstrap(&[]).await;
+    // A fence time far longer than hostd's absence: this test is about re-adoption (the
+    // VMs fencing themselves when their hostd stays away is tests/tests/ha.rs).
+    let ep = cluster.bootstrap(&["--lease-ms", "5000", "--fence-ms", "60000"]).await;
     let dir = cluster.dir.path().to_owned();
     let run_dir = dir.join("vms");
     let log = dir.join("hostd.log");
