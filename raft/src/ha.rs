@@ -18,6 +18,8 @@ use crate::type_config::{NodeId, Raft};
 
 /// How often the leader looks at leases and domains to restart.
 pub const HA_TICK_MS: u64 = 100;
+/// How long the loop waits for one of its writes to commit.
+pub const HA_PROPOSE_TIMEOUT_MS: u64 = 2_000;
 
 /// The wall clock the leader stamps events with (the simulator passes its own).
 pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -86,7 +88,12 @@ impl HaLoop {
                     principal: PRINCIPAL.to_owned(),
                     command,
                 };
-                let outcome = self.proposer.propose(&request, (self.clock)()).await;
+                // Bounded: a write a cut-off leader made may wait for a commit that never
+                // comes, and the loop must go on (a later tick decides again).
+                let proposed = self.proposer.propose(&request, (self.clock)());
+                let outcome = tokio::time::timeout(Duration::from_millis(HA_PROPOSE_TIMEOUT_MS), proposed)
+                    .await
+                    .unwrap_or_else(|_| Err(ProposeError::Unavailable("no commit in time".into())));
                 if let Some(host) = fencing {
                     self.leases.fenced(&host);
                 }

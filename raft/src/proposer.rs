@@ -28,6 +28,12 @@ pub const PROPOSAL_QUEUE_MAX: usize = 16_384;
 /// How long a linearizable read or decision waits for a restarted replica to apply the
 /// log it had when it started.
 pub const CATCH_UP_WAIT_MS: u64 = 5_000;
+/// Longest wait for one batch to commit. A leader cut off from the others may wait for
+/// ever (openraft 0.9 does not always answer writes a deposed leader held); past this the
+/// batch's writers hear "unknown, retry" (their request ids make a retry safe) and its
+/// slot is freed: with every slot held by such writes, this replica could never commit
+/// again, even as leader of a later term (found by the simulator).
+pub const COMMIT_WAIT_MAX_MS: u64 = 10_000;
 
 /// A deliberately wrong write path, for proving that the simulator catches bugs. Only the
 /// simulator sets one; production always runs [`Bug::None`].
@@ -220,8 +226,17 @@ async fn batcher(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
         crate::runtime::spawn(async move {
             let (proposals, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let count = proposals.len();
-            let result = raft.client_write(ProposalBatch(Arc::new(proposals))).await;
+            let write = raft.client_write(ProposalBatch(Arc::new(proposals)));
+            let result =
+                tokio::time::timeout(std::time::Duration::from_millis(COMMIT_WAIT_MAX_MS), write).await;
             drop(slot);
+            let Ok(result) = result else {
+                let why = format!("not committed within {COMMIT_WAIT_MAX_MS} ms; it may still commit: retry with the same request id");
+                for waiter in waiters {
+                    let _ = waiter.send(Err(WriteFailure::Other(why.clone())));
+                }
+                return;
+            };
             let outcomes: Vec<Result<ProposalOutcome, WriteFailure>> = match result {
                 Ok(resp) => match resp.data {
                     ApplyResult::Batch(outcomes) if outcomes.len() == count => {
