@@ -199,7 +199,7 @@ async fn a_dead_hosts_ha_domains_boot_elsewhere_and_its_vms_fence_themselves() {
             "h1's history lacks {state} by {by}:\n{events}"
         );
     }
-    println!(
+    eprintln!(
         "failover: VMs on h1 fenced at {:?}, db running elsewhere at {:?}, web at {:?} after the SIGKILL",
         fenced_at, running_at["db"], running_at["web"]
     );
