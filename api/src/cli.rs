@@ -45,8 +45,13 @@ pub enum Output {
 /// Options every client verb takes.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Replica endpoints (host:port), tried in turn.
-    #[arg(long, global = true, value_delimiter = ',', default_value = "127.0.0.1:7401")]
+    /// Replica endpoints (host:port), tried in turn (default: the three of `drover up`).
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
+    )]
     pub endpoint: Vec<String>,
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Output,

@@ -95,6 +95,11 @@ struct ServerArgs {
     fence_drift_ms: u64,
 }
 
+/// How long a new replica tries to join through its seed.
+const JOIN_WAIT: Duration = Duration::from_secs(120);
+/// How long a replica that is a member already tries, before going on without the seed.
+const JOIN_AGAIN_WAIT: Duration = Duration::from_secs(5);
+
 fn init_logging(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
@@ -143,9 +148,27 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         node.bootstrap().await.context("bootstrapping the cluster")?;
     }
     if let Some(seed) = &args.join {
-        node.join(seed, args.voter, Duration::from_secs(120))
-            .await
-            .with_context(|| format!("joining through {seed}"))?;
+        // A replica restarted on its data is a member already: it need not reach the seed
+        // (which may be the replica that is down) and goes on after a short try; a seed of
+        // another cluster is refused either way.
+        let (voters, learners) = node.members();
+        let member = node.cluster_id().is_some()
+            && (voters.contains(&args.id) || (!args.voter && learners.contains(&args.id)));
+        let patience = if member { JOIN_AGAIN_WAIT } else { JOIN_WAIT };
+        match node.join(seed, args.voter, patience).await {
+            Ok(()) => {}
+            Err(e @ raft::node::NodeError::ClusterMismatch { .. }) => {
+                return Err(e).with_context(|| format!("joining through {seed}"))
+            }
+            Err(raft::node::NodeError::Remote(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                return Err(anyhow::anyhow!("{}", s.message()))
+                    .with_context(|| format!("joining through {seed}"))
+            }
+            Err(e) if member => {
+                warn!(seed, error = %e, "the seed did not answer; going on as the member this replica is")
+            }
+            Err(e) => return Err(e).with_context(|| format!("joining through {seed}")),
+        }
     }
     info!(node = args.id, listen = %args.listen, cluster = ?node.cluster_id(), "replica ready");
 

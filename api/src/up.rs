@@ -2,9 +2,10 @@
 //! replicas and 3 host agents, each its own process, with their data in one directory
 //! that survives a restart. The hosts run real guests under Drover's own VMM where
 //! `/dev/kvm` works (the fake driver otherwise, said loudly); `up` writes the test guest
-//! and an example domain spec that boots it into the data directory. Ctrl-C stops every
-//! process and VM cleanly; running `drover up` again resumes the same cluster, and hosts
-//! start again the domains that should run.
+//! and an example domain spec that boots it into the data directory. A process that dies
+//! is restarted (with backoff) while the others go on serving; Ctrl-C stops every process
+//! and VM cleanly; running `drover up` again resumes the same cluster, and hosts start
+//! again the domains that should run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -66,40 +67,94 @@ fn destroy_vms(data_dir: &Path, hosts: usize) -> usize {
 
 const REPLICAS: u16 = 3;
 const STOP_GRACE_MS: u64 = 10_000;
+/// How often `up` looks for processes that died.
+const SUPERVISE_EVERY_MS: u64 = 200;
 
-struct Children(Vec<(String, Child)>);
+/// Restart backoff: the first wait, doubled on each quick death up to the most.
+const RESTART_BACKOFF_MS: u64 = 500;
+const RESTART_BACKOFF_MAX_MS: u64 = 30_000;
+/// A process that ran this long before dying is restarted at once again.
+const RESTART_FORGIVEN_MS: u64 = 60_000;
+
+/// One supervised process of the cluster.
+struct Member {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    started: Instant,
+    /// Deaths in a row, each within [`RESTART_FORGIVEN_MS`] of its start.
+    quick_deaths: u32,
+    restart_at: Option<Instant>,
+}
+
+/// The cluster's processes, restarted when they die; all stopped on drop.
+struct Children(Vec<Member>);
 
 impl Children {
     fn spawn(&mut self, name: &str, args: &[String], log: &Path) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("finding the drover binary")?;
-        let out = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone()?))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.0.push((name.to_owned(), child));
+        let mut member = Member {
+            name: name.to_owned(),
+            args: args.to_vec(),
+            log: log.to_owned(),
+            child: None,
+            started: Instant::now(),
+            quick_deaths: 0,
+            restart_at: None,
+        };
+        member.start()?;
+        self.0.push(member);
+        Ok(())
+    }
+
+    /// Notice deaths and restart who is due; says what it did on `out`.
+    fn supervise(&mut self, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+        let now = Instant::now();
+        for m in &mut self.0 {
+            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                m.child = None;
+                let ran = now.duration_since(m.started);
+                m.quick_deaths =
+                    if ran.as_millis() as u64 >= RESTART_FORGIVEN_MS { 0 } else { m.quick_deaths + 1 };
+                let wait = RESTART_BACKOFF_MS
+                    .saturating_mul(1 << m.quick_deaths.min(16))
+                    .min(RESTART_BACKOFF_MAX_MS);
+                m.restart_at = Some(now + Duration::from_millis(wait));
+                writeln!(
+                    out,
+                    "{} exited ({status}); restarting it in {wait} ms (log: {})",
+                    m.name,
+                    m.log.display()
+                )?;
+            }
+            if m.restart_at.is_some_and(|at| at <= now) {
+                m.restart_at = None;
+                match m.start() {
+                    Ok(()) => writeln!(out, "{} restarted", m.name)?,
+                    Err(e) => {
+                        writeln!(out, "{} could not be restarted: {e:#}", m.name)?;
+                        m.restart_at = Some(now + Duration::from_millis(RESTART_BACKOFF_MAX_MS));
+                    }
+                }
+            }
+        }
+        out.flush()?;
         Ok(())
     }
 
     /// SIGTERM everyone, wait for them, SIGKILL whoever lingers.
     fn stop(&mut self) {
-        for (_, c) in &self.0 {
+        for c in self.0.iter().filter_map(|m| m.child.as_ref()) {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         }
         let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS);
-        for (name, c) in &mut self.0 {
+        for m in &mut self.0 {
+            let Some(c) = m.child.as_mut() else { continue };
             loop {
                 match c.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if Instant::now() > deadline => {
-                        eprintln!("{name} did not stop in time; killing it");
+                        eprintln!("{} did not stop in time; killing it", m.name);
                         let _ = c.kill();
                         let _ = c.wait();
                         break;
@@ -109,6 +164,27 @@ impl Children {
             }
         }
         self.0.clear();
+    }
+}
+
+impl Member {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding the drover binary")?;
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let child = Command::new(exe)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .with_context(|| format!("starting {}", self.name))?;
+        self.child = Some(child);
+        self.started = Instant::now();
+        Ok(())
     }
 }
 
@@ -209,18 +285,12 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
     )?;
     out.flush()?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut check = tokio::time::interval(Duration::from_millis(SUPERVISE_EVERY_MS));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = check.tick() => {
-                for (name, c) in &mut children.0 {
-                    if let Ok(Some(status)) = c.try_wait() {
-                        anyhow::bail!("{name} exited ({status}); see {}", logs.display());
-                    }
-                }
-            }
+            _ = check.tick() => children.supervise(out)?,
         }
     }
     writeln!(out, "stopping…")?;

@@ -215,3 +215,77 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let status = interrupt_and_wait(child);
     assert!(status.success());
 }
+
+/// The pid of the process of this cluster whose command line holds `pattern`.
+fn pid_of(pattern: &str) -> Option<u32> {
+    let out = Command::new("pgrep").args(["-f", pattern]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().next()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let child = Command::new(drover_bin())
+        .args(["up", "--driver", "fake", "--data-dir"])
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("drover up starts");
+    let mut guard = UpGuard(Some(child.id()));
+    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
+    let eps = endpoints.clone();
+    wait_for("the cluster to answer", Duration::from_secs(60), || {
+        let eps = eps.clone();
+        async move {
+            let out = Command::new(drover_bin()).args(["--endpoint", &eps, "host", "list"]).output().ok()?;
+            (String::from_utf8_lossy(&out.stdout).matches(" ready ").count() == 3).then_some(())
+        }
+    })
+    .await;
+    let spec = dir.path().join("hello.yaml");
+    // The bootstrap replica, most likely the leader: the harder case.
+    let replica_1 = format!("server --id 1 --listen 127.0.0.1:{base}");
+    let first = pid_of(&replica_1).expect("replica 1 runs");
+    let mut acknowledged = Vec::new();
+    for i in 0..30 {
+        if i == 10 {
+            Command::new("kill").args(["-KILL", &first.to_string()]).status().unwrap();
+        }
+        let name = format!("w{i}");
+        // Every write succeeds: the CLI moves on to the replicas that still answer.
+        drover(&endpoints, &["domain", "define", &name, "--file", spec.to_str().unwrap()]);
+        acknowledged.push(name);
+    }
+    let list = drover(&endpoints, &["domain", "list"]);
+    for name in &acknowledged {
+        assert!(list.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} was lost:\n{list}");
+    }
+    // `up` restarted replica 1, and it caught up with what was written without it.
+    let restarted = wait_for("replica 1 to be restarted", Duration::from_secs(30), || async {
+        pid_of(&replica_1).filter(|p| *p != first)
+    })
+    .await;
+    let own = format!("127.0.0.1:{base}");
+    wait_for("replica 1 to catch up", Duration::from_secs(60), || {
+        let own = own.clone();
+        async move {
+            let out = Command::new(drover_bin())
+                .args(["--endpoint", &own, "--local", "domain", "list"])
+                .output()
+                .ok()?;
+            let list = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && list.lines().any(|l| l.starts_with("w29 "))).then_some(())
+        }
+    })
+    .await;
+    assert!(std::path::Path::new(&format!("/proc/{restarted}")).exists());
+    let verified = drover(&endpoints, &["audit", "verify"]);
+    assert!(verified.starts_with("verify ok"), "{verified}");
+    guard.0 = None;
+    let status = interrupt_and_wait(child);
+    assert!(status.success(), "drover up exited with {status}");
+    assert_eq!(processes_of_cluster(base), 0, "every replica and host process stopped");
+}
