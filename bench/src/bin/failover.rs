@@ -147,7 +147,8 @@ fn main() -> anyhow::Result<()> {
     )?;
     drover(&ep, &["domain", "define", "db", "--file", spec.to_str().expect("utf-8 path")])?;
     drover(&ep, &["domain", "start", "db"])?;
-    wait("db to run", || Ok((domain(&ep)?["phase"] == "running").then_some(())))?;
+    wait("db to run", || Ok((domain(&ep)?["phase"] == "running").then_some(())))
+        .with_context(|| format!("db: {:?}", domain(&ep).ok()))?;
     let (mut total, mut detect, mut fence, mut commit, mut boot) = (vec![], vec![], vec![], vec![], vec![]);
     let mut double_runs = 0;
     for run in 0..args.runs {
