@@ -1,6 +1,7 @@
 //! The `drover` command line: virsh-like verbs over the public API.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use proto::api as pb;
@@ -97,7 +98,17 @@ pub enum HostCmd {
     /// Every host: address, state, capacity and what its domains use.
     List,
     /// Take a host out of scheduling (maintenance).
-    Drain { name: String },
+    /// Take a host out of scheduling (maintenance) and move its running domains to other
+    /// hosts: each is shut down and started again elsewhere (live migration later).
+    Drain {
+        name: String,
+        /// Only take it out of scheduling; leave its domains where they run.
+        #[arg(long)]
+        keep_domains: bool,
+        /// How long one domain may take to shut down before the drain gives up.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
     /// Put a host back into scheduling.
     Ready { name: String },
 }
@@ -481,6 +492,53 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
     })
 }
 
+/// Move every domain running on `host` (already in maintenance) elsewhere, one at a time:
+/// shut it down, wait until it has stopped, start it again (the scheduler never picks a
+/// host in maintenance). Returns (domain, new host) for each.
+async fn drain(
+    c: &ApiClient,
+    consistency: i32,
+    host: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let list = rpc!(c, DomainsClient, list, pb::ListDomainsRequest { consistency }).domains;
+    let on_host: Vec<String> = list
+        .iter()
+        .filter(|d| d.status.as_ref().is_some_and(|s| s.host == host) && d.desired != "stopped")
+        .map(|d| d.name.clone())
+        .collect();
+    let mut moved = Vec::new();
+    for name in on_host {
+        let req = pb::DomainActionRequest { request_id: new_id(), name: name.clone() };
+        rpc!(c, DomainsClient, shutdown, req.clone());
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let get = pb::GetDomainRequest { name: name.clone(), consistency };
+            let d = rpc!(c, DomainsClient, get, get.clone());
+            let status = d.status.unwrap_or_default();
+            if status.host.is_empty() {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "domain {name} did not stop within {} s (phase {}); host {host} stays in maintenance",
+                timeout.as_secs(),
+                status.phase
+            );
+            tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+        }
+        let req = pb::DomainActionRequest { request_id: new_id(), name: name.clone() };
+        rpc!(c, DomainsClient, start, req.clone());
+        let get = pb::GetDomainRequest { name: name.clone(), consistency };
+        let to = rpc!(c, DomainsClient, get, get.clone()).status.unwrap_or_default().host;
+        moved.push((name, to));
+    }
+    Ok(moved)
+}
+
+/// How often a drain looks whether a domain has stopped.
+const DRAIN_POLL_MS: u64 = 100;
+
 async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyhow::Result<Printed> {
     let set = |name: String, state: &str| pb::SetHostStateRequest {
         request_id: new_id(),
@@ -519,13 +577,22 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
                 },
             )
         }
-        HostCmd::Drain { name } | HostCmd::Ready { name } if name.is_empty() => {
+        HostCmd::Drain { name, .. } | HostCmd::Ready { name } if name.is_empty() => {
             return Err(anyhow::anyhow!("a host name is required"));
         }
-        HostCmd::Drain { name } => {
+        HostCmd::Drain { name, keep_domains, timeout_s } => {
             let req = set(name.clone(), "maintenance");
             let w = rpc!(c, HostsClient, set_state, req.clone());
-            written(o, &format!("host {name} drained (maintenance)"), &w)
+            if keep_domains {
+                return Ok(written(o, &format!("host {name} in maintenance; its domains stay"), &w));
+            }
+            let moved = drain(c, consistency, &name, Duration::from_secs(timeout_s)).await?;
+            let lines: Vec<String> = moved.iter().map(|(d, to)| format!("  {d} -> {to}")).collect();
+            show(
+                o,
+                || format!("host {name} in maintenance; {} domains moved\n{}", moved.len(), lines.join("\n")),
+                || json!({"host": name, "moved": moved.iter().map(|(d, to)| json!({"domain": d, "host": to})).collect::<Vec<_>>()}),
+            )
         }
         HostCmd::Ready { name } => {
             let req = set(name.clone(), "ready");

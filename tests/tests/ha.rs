@@ -216,3 +216,54 @@ async fn a_dead_hosts_ha_domains_boot_elsewhere_and_its_vms_fence_themselves() {
     assert_eq!(info(&ep, "batch")["phase"], "lost");
     drop((h2, h3, h1_back));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
+    if !vmm::kvm_present_for("the drain test") {
+        return;
+    }
+    let mut cluster = Processes::new();
+    let ep = cluster.bootstrap(&[]).await;
+    let dir = cluster.dir.path().to_owned();
+    let kernel = dir.join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let h1 = Hostd::start(&ep, &dir, "h1");
+    wait_ready(&ep, &["h1"]).await;
+    let spec = dir.join("app.yaml");
+    std::fs::write(
+        &spec,
+        format!("vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\nha_priority: 1\n", kernel.display()),
+    )
+    .unwrap();
+    for name in ["a", "b"] {
+        drover(&ep, &["domain", "define", name, "--file", spec.to_str().unwrap()]);
+        drover(&ep, &["domain", "start", name]);
+    }
+    wait_for("a and b to run on h1", Duration::from_secs(30), || async {
+        ["a", "b"].iter().all(|d| info(&ep, d)["phase"] == "running").then_some(())
+    })
+    .await;
+    let h2 = Hostd::start(&ep, &dir, "h2");
+    wait_ready(&ep, &["h1", "h2"]).await;
+    let out = drover(&ep, &["host", "drain", "h1"]);
+    assert!(out.contains("2 domains moved"), "{out}");
+    wait_for("a and b to run on h2", Duration::from_secs(30), || async {
+        ["a", "b"]
+            .iter()
+            .all(|d| {
+                let i = info(&ep, d);
+                i["phase"] == "running" && i["host"] == "h2"
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(host_states(&ep)["h1"], "maintenance");
+    for d in ["a", "b"] {
+        assert!(h1.vmm_pid(d).is_none(), "{d} still runs on the drained host");
+        assert!(h2.vmm_pid(d).is_some(), "{d} has no VMM on h2");
+    }
+    // Nothing new goes to a host in maintenance, HA restarts included.
+    drover(&ep, &["domain", "define", "c", "--file", spec.to_str().unwrap()]);
+    drover(&ep, &["domain", "start", "c"]);
+    assert_eq!(info(&ep, "c")["host"], "h2");
+}
