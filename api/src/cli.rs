@@ -313,6 +313,23 @@ pub enum ClientCmd {
     /// The audit log: who did what, the state at a past point, replay verification.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// High availability: what failover would do.
+    #[command(subcommand)]
+    Ha(HaCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HaCmd {
+    /// Where HA would restart the domains of hosts that fail now, and what would not fit
+    /// (computed on the live state; nothing changes).
+    Plan {
+        /// A host that fails (repeatable).
+        #[arg(long)]
+        fail: Vec<String>,
+        /// Every set of this many hosts failing, worst first.
+        #[arg(long, default_value_t = 0)]
+        fail_any: u32,
+    },
 }
 
 fn vref(s: &str) -> Result<pb::VolumeRef, Status> {
@@ -414,6 +431,11 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
             return Ok(());
         }
         ClientCmd::Audit(cmd) => audit(&c, o, cmd, out).await?,
+        ClientCmd::Ha(HaCmd::Plan { fail, fail_any }) => {
+            let req = pb::HaPlanRequest { fail, fail_any, consistency };
+            let reply = rpc!(c, HostsClient, ha_plan, req.clone());
+            ha_plan(o, &reply)
+        }
     };
     match printed {
         Printed::Text(t) if !t.is_empty() => writeln!(out, "{t}")?,
@@ -490,6 +512,43 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
             )
         }
     })
+}
+
+fn ha_plan(o: Output, reply: &pb::HaPlanReply) -> Printed {
+    show(
+        o,
+        || {
+            let mut text = String::new();
+            for s in &reply.scenarios {
+                text.push_str(&format!("if {} fail:\n", s.failed.join(", ")));
+                for p in &s.placed {
+                    text.push_str(&format!("  {:<24} restarts on {}\n", p.domain, p.host));
+                }
+                for m in &s.unplaced {
+                    text.push_str(&format!("  {:<24} DOES NOT FIT: {}\n", m.domain, m.reason));
+                }
+                if s.placed.is_empty() && s.unplaced.is_empty() {
+                    text.push_str("  no HA domain runs there\n");
+                }
+            }
+            text.trim_end().to_owned()
+        },
+        || {
+            Value::Array(
+                reply
+                    .scenarios
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "failed": s.failed,
+                            "placed": s.placed.iter().map(|p| json!({"domain": p.domain, "host": p.host})).collect::<Vec<_>>(),
+                            "unplaced": s.unplaced.iter().map(|m| json!({"domain": m.domain, "reason": m.reason})).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect(),
+            )
+        },
+    )
 }
 
 /// Move every domain running on `host` (already in maintenance) elsewhere, one at a time:

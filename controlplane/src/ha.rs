@@ -140,6 +140,115 @@ pub fn plan(
     commands
 }
 
+/// What HA would do if `failed` hosts died now: where each HA domain they hold would run
+/// again, and which would not fit (with why). Computed on a copy of `state` by the same
+/// decisions the controller takes (fencing, then restarts by priority), so the answer is
+/// what failover would really do, as of this state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WhatIf {
+    pub failed: Vec<String>,
+    /// (domain, host it would run on).
+    pub placed: Vec<(String, String)>,
+    /// (domain, why no host would take it).
+    pub unplaced: Vec<(String, String)>,
+}
+
+/// Most decisions one what-if makes (fences, restarts), a bound on its work.
+const WHAT_IF_STEPS_MAX: usize = 10_000;
+
+/// See [`WhatIf`]. Hosts in `failed` that do not exist or are not up are skipped.
+pub fn what_if(state: &State, failed: &[String], now_ms: u64) -> WhatIf {
+    let mut s = state.clone();
+    let steps = std::cell::Cell::new(0usize);
+    let run = |s: &mut State, command: Command| -> bool {
+        steps.set(steps.get() + 1);
+        let request =
+            Request { request_id: format!("what-if-{}", steps.get()), principal: PRINCIPAL.into(), command };
+        match decide(s, &request, now_ms) {
+            Ok(Decision::Propose(p)) => {
+                matches!(crate::apply::apply_proposal(s, &p).0, crate::proposal::ProposalOutcome::Applied(_))
+            }
+            _ => false,
+        }
+    };
+    let mut moving: Vec<String> = Vec::new();
+    for host in failed {
+        let Some(h) = s.host(host) else { continue };
+        moving.extend(
+            h.domains
+                .iter()
+                .filter(|d| {
+                    s.domain(d).is_some_and(|d| {
+                        matches!(d.spec.ha, HaPolicy::Restart { .. })
+                            && d.status.host.as_deref() == Some(host)
+                    })
+                })
+                .cloned(),
+        );
+        run(&mut s, Command::SetHostState { name: host.clone(), state: HostState::Fenced });
+    }
+    // Restart as the controller would, until it has nothing more to do.
+    while steps.get() < WHAT_IF_STEPS_MAX {
+        let commands = plan(&s, &BTreeMap::new(), &HaSettings::default(), now_ms);
+        let before = s.last_seq();
+        for c in commands {
+            run(&mut s, c);
+        }
+        if s.last_seq() == before {
+            break;
+        }
+    }
+    let mut out = WhatIf { failed: failed.to_vec(), ..WhatIf::default() };
+    for name in moving {
+        let Some(d) = s.domain(&name) else { continue };
+        match &d.status.host {
+            Some(h) => out.placed.push((name, h.clone())),
+            None => {
+                out.unplaced.push((name, d.status.reason.clone().unwrap_or_else(|| "not restarted".into())))
+            }
+        }
+    }
+    out
+}
+
+/// Most host sets one `what_if_any` looks at.
+pub const WHAT_IF_SCENARIOS_MAX: usize = 1_000;
+
+/// [`what_if`] for every set of `n` hosts that are up (ready, suspect or in
+/// maintenance): the scenarios in which some HA domain would not fit first, then the
+/// rest. `Err` when there are more than [`WHAT_IF_SCENARIOS_MAX`] sets.
+pub fn what_if_any(state: &State, n: usize, now_ms: u64) -> Result<Vec<WhatIf>, String> {
+    let up: Vec<String> = state
+        .hosts()
+        .values()
+        .filter(|h| matches!(h.state, HostState::Ready | HostState::Suspect | HostState::Maintenance))
+        .map(|h| h.name.clone())
+        .collect();
+    if n == 0 || n > up.len() {
+        return Err(format!("cannot fail {n} of the {} hosts that are up", up.len()));
+    }
+    let mut sets = Vec::new();
+    let mut pick: Vec<usize> = (0..n).collect();
+    loop {
+        if sets.len() == WHAT_IF_SCENARIOS_MAX {
+            return Err(format!(
+                "more than {WHAT_IF_SCENARIOS_MAX} sets of {n} of {} hosts; name the hosts",
+                up.len()
+            ));
+        }
+        sets.push(pick.iter().map(|i| up[*i].clone()).collect::<Vec<_>>());
+        // The next combination in lexicographic order, if any.
+        let Some(i) = (0..n).rev().find(|&i| pick[i] < up.len() - n + i) else { break };
+        pick[i] += 1;
+        for j in i + 1..n {
+            pick[j] = pick[j - 1] + 1;
+        }
+    }
+    let mut out: Vec<WhatIf> = sets.iter().map(|failed| what_if(state, failed, now_ms)).collect();
+    out.sort_by_key(|w| std::cmp::Reverse(w.unplaced.len()));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +416,44 @@ mod tests {
             let e = h.exec(Command::RestartDomain { name: name.into() }).unwrap_err();
             assert!(e.to_string().contains(phrase), "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn what_if_says_where_ha_domains_would_go_and_what_would_not_fit() {
+        let mut h = Harness::new();
+        h.ready_host("a", 8, 4096);
+        h.ready_host("b", 8, 4096);
+        h.ready_host("c", 8, 2048);
+        for (name, mem) in [("big", 3072), ("small", 1024)] {
+            h.exec(Command::DefineDomain { name: name.into(), spec: ha_spec(1, mem) }).unwrap();
+        }
+        h.exec(Command::DefineDomain { name: "plain".into(), spec: kernel_spec(1, 512) }).unwrap();
+        for name in ["big", "small", "plain"] {
+            h.exec(Command::StartDomain { name: name.into() }).unwrap();
+        }
+        let before = h.state.clone();
+        let host_of = |d: &str| h.state.domain(d).unwrap().status.host.clone().unwrap();
+        let big_host = host_of("big");
+        let w = what_if(&h.state, std::slice::from_ref(&big_host), h.now_ms);
+        assert_eq!(
+            w.placed.len() + w.unplaced.len(),
+            h.state
+                .host(&big_host)
+                .unwrap()
+                .domains
+                .iter()
+                .filter(|d| h.state.domain(d).is_some_and(|d| d.spec.ha != HaPolicy::None))
+                .count()
+        );
+        for (d, to) in &w.placed {
+            assert_ne!(to, &big_host, "{d} would restart on the failed host");
+        }
+        assert_eq!(h.state, before, "a what-if changes nothing");
+        // Every pair failing: at most one host left, which cannot take everything.
+        let all = what_if_any(&h.state, 2, h.now_ms).unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(all[0].unplaced.len() >= all[2].unplaced.len(), "worst first");
+        assert!(what_if_any(&h.state, 4, h.now_ms).is_err());
     }
 
     #[test]

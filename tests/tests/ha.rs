@@ -232,7 +232,10 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
     let spec = dir.join("app.yaml");
     std::fs::write(
         &spec,
-        format!("vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\nha_priority: 1\n", kernel.display()),
+        format!(
+            "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\nha_priority: 1\n",
+            kernel.display()
+        ),
     )
     .unwrap();
     for name in ["a", "b"] {
@@ -266,4 +269,24 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
     drover(&ep, &["domain", "define", "c", "--file", spec.to_str().unwrap()]);
     drover(&ep, &["domain", "start", "c"]);
     assert_eq!(info(&ep, "c")["host"], "h2");
+    // What-if: h2 failing would leave a, b and c nowhere to go (h1 is in maintenance);
+    // with h1 back, h1 would take them. Nothing changes by asking.
+    let plan = drover(&ep, &["ha", "plan", "--fail", "h2"]);
+    for d in ["a", "b", "c"] {
+        assert!(plan.lines().any(|l| l.contains(d) && l.contains("DOES NOT FIT")), "{plan}");
+    }
+    drover(&ep, &["host", "ready", "h1"]);
+    let plan = drover(&ep, &["ha", "plan", "--fail-any", "1"]);
+    assert!(plan.contains("if h2 fail:") && plan.contains("restarts on h1"), "{plan}");
+    assert!(!plan.contains("DOES NOT FIT"), "{plan}");
+    assert_eq!(info(&ep, "a")["host"], "h2", "a plan moves nothing");
+    for (args, code) in [
+        (&["ha", "plan", "--fail", "nope"][..], "NotFound"),
+        (&["ha", "plan"][..], "InvalidArgument"),
+        (&["ha", "plan", "--fail-any", "9"][..], "InvalidArgument"),
+    ] {
+        let out = Command::new(drover_bin()).args(["--endpoint", &ep]).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(code), "{args:?}: {err}");
+    }
 }

@@ -61,6 +61,51 @@ impl Hosts for Api {
         }))
     }
 
+    async fn ha_plan(
+        &self,
+        request: Request<pb::HaPlanRequest>,
+    ) -> Result<Response<pb::HaPlanReply>, Status> {
+        let r = request.into_inner();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let (fail, fail_any) = (r.fail, r.fail_any as usize);
+        if fail.is_empty() == (fail_any == 0) {
+            return Err(Status::invalid_argument(
+                "invalid plan: name the hosts that fail, or give fail_any, not both",
+            ));
+        }
+        if fail.iter().any(|h| h.is_empty() || h.len() > controlplane::limits::NAME_LEN_MAX) {
+            return Err(Status::invalid_argument("invalid fail: host names are 1 to 63 characters"));
+        }
+        let scenarios = self
+            .read(r.consistency, move |s| {
+                if let Some(missing) = fail.iter().find(|h| s.host(h).is_none()) {
+                    return Err(super::not_found(controlplane::model::ResourceKind::Host, missing));
+                }
+                if fail.is_empty() {
+                    controlplane::ha::what_if_any(s, fail_any, now_ms).map_err(Status::invalid_argument)
+                } else {
+                    Ok(vec![controlplane::ha::what_if(s, &fail, now_ms)])
+                }
+            })
+            .await??;
+        let scenarios = scenarios
+            .into_iter()
+            .map(|w| pb::HaScenario {
+                failed: w.failed,
+                placed: w.placed.into_iter().map(|(domain, host)| pb::HaPlacement { domain, host }).collect(),
+                unplaced: w
+                    .unplaced
+                    .into_iter()
+                    .map(|(domain, reason)| pb::HaMisfit { domain, reason })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::HaPlanReply { scenarios }))
+    }
+
     async fn list(
         &self,
         request: Request<pb::ListHostsRequest>,
