@@ -1,5 +1,6 @@
 //! The `drover` command line: virsh-like verbs over the public API.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -316,6 +317,16 @@ pub enum ClientCmd {
     /// High availability: what failover would do.
     #[command(subcommand)]
     Ha(HaCmd),
+    /// The control plane itself.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Every replica (role, term, applied index, lag behind the leader) and every host's
+    /// state and lease age.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -431,6 +442,7 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
             return Ok(());
         }
         ClientCmd::Audit(cmd) => audit(&c, o, cmd, out).await?,
+        ClientCmd::Cluster(ClusterCmd::Status) => cluster_status(&c, o, &args.endpoint).await?,
         ClientCmd::Ha(HaCmd::Plan { fail, fail_any }) => {
             let req = pb::HaPlanRequest { fail, fail_any, consistency };
             let reply = rpc!(c, HostsClient, ha_plan, req.clone());
@@ -512,6 +524,103 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
             )
         }
     })
+}
+
+/// `cluster status`: each replica's own view (asked of it directly: the ones named by
+/// `endpoints` and every member they know of), and the leader's leases.
+async fn cluster_status(c: &ApiClient, o: Output, endpoints: &[String]) -> anyhow::Result<Printed> {
+    let raft = raft::client::Client::new(endpoints.to_vec());
+    let mut addresses: BTreeMap<u64, String> = BTreeMap::new();
+    let mut unknown: Vec<String> = Vec::new();
+    for e in endpoints {
+        match raft.status(e).await {
+            Ok(s) => addresses.extend(s.addresses),
+            Err(_) => unknown.push(e.clone()),
+        }
+    }
+    let mut rows = Vec::new();
+    for (id, addr) in &addresses {
+        rows.push((*id, addr.clone(), raft.status(addr).await.ok()));
+    }
+    let leader_applied = rows
+        .iter()
+        .filter_map(|(_, _, s)| s.as_ref())
+        .find(|s| s.leader_id == s.node_id)
+        .map(|s| s.last_applied_index);
+    let hosts = rpc!(
+        c,
+        HostsClient,
+        list,
+        pb::ListHostsRequest { consistency: pb::Consistency::Linearizable as i32 }
+    )
+    .hosts;
+    let leases = rpc!(c, HostsClient, leases, pb::LeasesRequest {}).age_ms;
+    let role = |id: u64, s: &proto::raft::StatusReply| -> &'static str {
+        if s.leader_id == id {
+            "leader"
+        } else if s.learners.contains(&id) {
+            "learner"
+        } else {
+            "follower"
+        }
+    };
+    let lease_of = |h: &pb::Host| match h.state.as_str() {
+        "fenced" | "left" => None,
+        _ => leases.get(&h.name).copied(),
+    };
+    Ok(show(
+        o,
+        || {
+            let mut replicas: Vec<Vec<String>> = rows
+                .iter()
+                .map(|(id, addr, s)| match s {
+                    Some(s) => vec![
+                        id.to_string(),
+                        addr.clone(),
+                        role(*id, s).into(),
+                        s.term.to_string(),
+                        s.last_applied_index.to_string(),
+                        leader_applied
+                            .map_or("?".into(), |l| l.saturating_sub(s.last_applied_index).to_string()),
+                    ],
+                    None => {
+                        vec![id.to_string(), addr.clone(), "DOWN".into(), "-".into(), "-".into(), "-".into()]
+                    }
+                })
+                .collect();
+            replicas.extend(
+                unknown
+                    .iter()
+                    .map(|e| vec!["?".into(), e.clone(), "DOWN".into(), "-".into(), "-".into(), "-".into()]),
+            );
+            let hosts: Vec<Vec<String>> = hosts
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.name.clone(),
+                        h.state.clone(),
+                        lease_of(h).map_or("-".into(), |a| format!("{a} ms")),
+                    ]
+                })
+                .collect();
+            format!(
+                "{}\n\n{}",
+                table(&["replica", "address", "role", "term", "applied", "lag"], replicas),
+                table(&["host", "state", "lease age"], hosts)
+            )
+        },
+        || {
+            json!({
+                "replicas": rows.iter().map(|(id, addr, s)| match s {
+                    Some(s) => json!({"id": id, "address": addr, "role": role(*id, s), "term": s.term,
+                                      "applied": s.last_applied_index,
+                                      "lag": leader_applied.map(|l| l.saturating_sub(s.last_applied_index))}),
+                    None => json!({"id": id, "address": addr, "role": "down"}),
+                }).collect::<Vec<_>>(),
+                "hosts": hosts.iter().map(|h| json!({"name": h.name, "state": h.state, "lease_age_ms": lease_of(h)})).collect::<Vec<_>>(),
+            })
+        },
+    ))
 }
 
 fn ha_plan(o: Output, reply: &pb::HaPlanReply) -> Printed {

@@ -6,13 +6,14 @@
 //! leader once; a forwarded write that finds no leader fails with `Unavailable` and the
 //! leader hint, which clients retry.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use controlplane::ha::HaSettings;
+use controlplane::model::HostState;
 use controlplane::{state_hash, Committed, Rejection, Request, State};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
@@ -530,7 +531,28 @@ impl Node {
             first_log_index: m.purged.map_or(0, |l| l.index + 1),
             voters,
             learners,
+            term: m.current_term,
+            addresses: m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect(),
         }
+    }
+
+    /// How long ago each host renewed its lease, in ms, as this replica holds them (only
+    /// the leader holds any: a follower answers `NotLeader`).
+    pub fn lease_ages(&self) -> Result<BTreeMap<String, u64>, NodeError> {
+        let (leader, _) = self.leader();
+        if leader != Some(self.inner.id) {
+            return Err(self.not_leader());
+        }
+        let term = self.inner.raft.metrics().borrow().current_term;
+        let hosts: Vec<String> = self.read_local(|s| {
+            s.hosts().values().filter(|h| h.state != HostState::Left).map(|h| h.name.clone()).collect()
+        });
+        Ok(self.inner.leases.ages(term, hosts.iter().map(String::as_str), tokio::time::Instant::now()))
     }
 
     /// Where the services listen.

@@ -284,6 +284,18 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     assert!(std::path::Path::new(&format!("/proc/{restarted}")).exists());
     let verified = drover(&endpoints, &["audit", "verify"]);
     assert!(verified.starts_with("verify ok"), "{verified}");
+    // The control plane as it stands: three voters and three host learners, one leader,
+    // every host renewing its lease.
+    let status: serde_json::Value =
+        serde_json::from_str(&drover(&endpoints, &["--output", "json", "cluster", "status"])).unwrap();
+    let replicas = status["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 6, "{status}");
+    assert_eq!(replicas.iter().filter(|r| r["role"] == "leader").count(), 1, "{status}");
+    assert_eq!(replicas.iter().filter(|r| r["role"] == "learner").count(), 3, "{status}");
+    for h in status["hosts"].as_array().unwrap() {
+        assert_eq!(h["state"], "ready", "{status}");
+        assert!(h["lease_age_ms"].as_u64().is_some_and(|a| a < 5_000), "{status}");
+    }
     guard.0 = None;
     let status = interrupt_and_wait(child);
     assert!(status.success(), "drover up exited with {status}");

@@ -106,6 +106,11 @@ impl Hosts for Api {
         Ok(Response::new(pb::HaPlanReply { scenarios }))
     }
 
+    async fn leases(&self, _: Request<pb::LeasesRequest>) -> Result<Response<pb::LeasesReply>, Status> {
+        let age_ms = self.node.lease_ages().map_err(|e| e.to_status())?.into_iter().collect();
+        Ok(Response::new(pb::LeasesReply { age_ms }))
+    }
+
     async fn list(
         &self,
         request: Request<pb::ListHostsRequest>,
