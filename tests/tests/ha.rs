@@ -6,6 +6,11 @@
 //! the HA domains boot on the other hosts with a new generation, and the non-HA domain is
 //! lost, not restarted — never two live VMs of one domain. The killed host's hostd comes
 //! back, registers again, becomes ready, and runs none of its old VMs again.
+//!
+//! A host cut off from the network (its own namespace, its cable pulled at a switch the
+//! test builds out of namespaces) fences itself the same way while its hostd lives on, and
+//! rejoins once plugged back. Draining a host moves its domains off; `ha plan` says where
+//! they would go if hosts failed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -288,5 +293,216 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
         let out = Command::new(drover_bin()).args(["--endpoint", &ep]).args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(code), "{args:?}: {err}");
+    }
+}
+
+/// A network of namespaces the test owns: a switch (a bridge in a namespace of its own)
+/// and, per node, a namespace joined to it by a veth pair, with an address only there.
+/// Deleted (with everything in it) on drop.
+struct Net {
+    prefix: String,
+    nodes: Vec<String>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Net {
+    fn new(nodes: &[&str]) -> Net {
+        let prefix = format!("dha{}", std::process::id() % 100_000);
+        let net = Net { prefix: prefix.clone(), nodes: nodes.iter().map(|n| n.to_string()).collect() };
+        let sw = net.ns("sw");
+        ip(&["netns", "add", &sw]);
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        for (i, node) in nodes.iter().enumerate() {
+            let ns = net.ns(node);
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let (inner, outer) = (format!("{prefix}i{i}"), format!("{prefix}o{i}"));
+            ip(&["link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &outer, "netns", &sw]);
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.addr(i)), "dev", &inner]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &sw, "link", "set", &outer, "master", "br0", "up"]);
+        }
+        net
+    }
+
+    fn ns(&self, node: &str) -> String {
+        format!("{}-{node}", self.prefix)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("10.231.{}.{}", std::process::id() % 200, 10 + i)
+    }
+
+    /// Cut node `i` off (its cable pulled at the switch), or plug it back.
+    fn cable(&self, i: usize, plugged: bool) {
+        let state = if plugged { "up" } else { "down" };
+        ip(&["-n", &self.ns("sw"), "link", "set", &format!("{}o{i}", self.prefix), state]);
+    }
+
+    /// `drover` run inside node `node`'s namespace.
+    fn drover(&self, node: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(node)]).arg(drover_bin());
+        c
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for node in self.nodes.iter().map(String::as_str).chain(["sw"]) {
+            let ns = self.ns(node);
+            // Whatever still runs in it first.
+            let _ = Command::new("ip").args(["netns", "pids", &ns]).output().map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+            });
+            let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_fences_itself_its_ha_domains_run_elsewhere_and_it_rejoins() {
+    if !vmm::kvm_present_for("the cut-off host test") {
+        return;
+    }
+    let net = Net::new(&["ctl", "h1", "h2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ep = format!("{}:7401", net.addr(0));
+    let spawn = |node: &str, args: &[&str]| -> Child {
+        let log = std::fs::File::create(dir.path().join(format!("{node}.log"))).unwrap();
+        net.drover(node)
+            .args(args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap()
+    };
+    let data = dir.path().join("ctl-data");
+    let mut children = vec![spawn(
+        "ctl",
+        &[
+            "server",
+            "--id",
+            "1",
+            "--listen",
+            &ep,
+            "--allow-remote",
+            "--bootstrap",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    )];
+    let cli = |args: &[&str]| -> Option<String> {
+        let out = net.drover("ctl").args(["--endpoint", &ep]).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let run_dir = |h: &str| dir.path().join(format!("{h}-vms"));
+    for (i, h) in ["h1", "h2"].iter().enumerate() {
+        let rd = run_dir(h);
+        let address = format!("{}:7500", net.addr(i + 1));
+        children.push(spawn(
+            h,
+            &[
+                "--endpoint",
+                &ep,
+                "hostd",
+                "--name",
+                h,
+                "--address",
+                &address,
+                "--driver",
+                "kvm",
+                "--tick-ms",
+                "50",
+                "--vcpus",
+                "8",
+                "--memory-mib",
+                "2048",
+                "--run-dir",
+                rd.to_str().unwrap(),
+            ],
+        ));
+        if i == 0 {
+            // Let h1 take the domains: h2 starts after they run.
+            wait_for("h1 to be ready", Duration::from_secs(60), || async {
+                cli(&["host", "list"])
+                    .filter(|l| l.lines().any(|l| l.starts_with("h1 ") && l.contains(" ready ")))
+                    .map(|_| ())
+            })
+            .await;
+            let kernel = dir.path().join("guest.elf");
+            testguest::write_to(&kernel).unwrap();
+            for (name, ha) in [("db", "ha_priority: 3\n"), ("batch", "")] {
+                let spec = dir.path().join(format!("{name}.yaml"));
+                std::fs::write(
+                    &spec,
+                    format!(
+                        "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\n{ha}",
+                        kernel.display()
+                    ),
+                )
+                .unwrap();
+                cli(&["domain", "define", name, "--file", spec.to_str().unwrap()]).expect("defined");
+                cli(&["domain", "start", name]).expect("started");
+            }
+        }
+    }
+    let info = |d: &str| -> serde_json::Value {
+        cli(&["--output", "json", "domain", "info", d])
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default()
+    };
+    wait_for("db and batch to run on h1", Duration::from_secs(60), || async {
+        ["db", "batch"].iter().all(|d| info(d)["phase"] == "running" && info(d)["host"] == "h1").then_some(())
+    })
+    .await;
+    let pid_of = |h: &str, d: &str| -> Option<u64> {
+        let record = std::fs::read_to_string(run_dir(h).join(d).join("config.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&record).ok()?["pid"].as_u64()
+    };
+    let old_db = pid_of("h1", "db").expect("db's VMM on h1");
+    let old_batch = pid_of("h1", "batch").expect("batch's VMM on h1");
+    wait_for("h2 to be ready", Duration::from_secs(60), || async {
+        cli(&["host", "list"])
+            .filter(|l| l.lines().any(|l| l.starts_with("h2 ") && l.contains(" ready ")))
+            .map(|_| ())
+    })
+    .await;
+
+    // Pull h1's cable: hostd lives on but reaches no one.
+    net.cable(1, false);
+    wait_for("db to run on h2", Duration::from_secs(30), || async {
+        let i = info("db");
+        if i["host"] == "h2" {
+            assert!(!alive(old_db), "db runs on h2 while its VM on cut-off h1 still lives");
+        }
+        (i["phase"] == "running" && i["host"] == "h2").then_some(())
+    })
+    .await;
+    for pid in [old_db, old_batch] {
+        assert!(!alive(pid), "a VM of the cut-off host still runs");
+    }
+    assert_eq!(info("batch")["phase"], "lost");
+
+    // Plug it back: h1 hears it was fenced, destroys what it had, registers again.
+    net.cable(1, true);
+    wait_for("h1 to be ready again", Duration::from_secs(60), || async {
+        cli(&["host", "list"])
+            .filter(|l| l.lines().any(|l| l.starts_with("h1 ") && l.contains(" ready ")))
+            .map(|_| ())
+    })
+    .await;
+    assert!(pid_of("h1", "db").is_none_or(|p| !alive(p)), "h1 runs db again");
+    assert_eq!(info("db")["host"], "h2");
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
