@@ -334,13 +334,16 @@ pub async fn run<D: Driver>(
     ));
     let _stop_heartbeats = AbortOnDrop(heartbeats);
     // Nothing runs here before the lease is held.
+    tokio::pin!(stop);
     while !lease.held() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     }
     let mut pass = HostPass::new(config.shutdown_timeout_ms);
     let mut snapshots = HostSnapshots::new(config.snapshot_dir.clone());
     let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
-    tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
     // Domain events wake the loop at once (a start reaches the hypervisor without waiting
     // for the tick); the tick still runs, to catch anything a broken stream missed.
