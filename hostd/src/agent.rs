@@ -386,7 +386,8 @@ pub async fn run<D: Driver>(
         }
         let share = match &config.replica {
             // The host's own replica: no round trip, and as fresh as the log it follows
-            // (a lagging replica only delays actions; generations keep them safe).
+            // (once it holds this host's registration, a lagging replica only delays
+            // actions; generations keep them safe).
             Some(node) => {
                 let share = node.read_local(|state| {
                     (state.last_seq() >= registered_seq)

@@ -95,7 +95,13 @@ impl HaLoop {
                     .await
                     .unwrap_or_else(|_| Err(ProposeError::Unavailable("no commit in time".into())));
                 if let Some(host) = fencing {
-                    self.leases.fenced(&host);
+                    // Renewals are answered again only once the fencing has certainly
+                    // committed (the state then refuses them) or certainly not; a write
+                    // whose fate is unknown may still commit, so the mark stays (a new
+                    // term clears it, and a host that old is fenced again next tick).
+                    if matches!(outcome, Ok(_) | Err(ProposeError::Rejected(_))) {
+                        self.leases.fenced(&host);
+                    }
                 }
                 match outcome {
                     Ok(c) => info!(command = name, ?request.command, seq = c.last_seq, "HA"),

@@ -124,8 +124,8 @@ impl Leases {
         true
     }
 
-    /// The fencing of `host` committed or failed: renewals are answered again (a fenced
-    /// host's are refused by its state).
+    /// The fencing of `host` committed or was refused: renewals are answered again (a
+    /// fenced host's are refused by its state).
     pub fn fenced(&self, host: &str) {
         self.table.lock().expect("lease lock").fencing.remove(host);
     }

@@ -123,8 +123,13 @@ pub fn run(args: VmmArgs) -> i32 {
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(args.run_dir.join(control::EXIT_FILE));
     // The socket exists before the guest runs, so whoever sees the guest's first output
-    // can already reach its VMM.
-    let listener = match UnixListener::bind(&socket) {
+    // can already reach its VMM. It is bound under another name and renamed once it
+    // listens: a client that finds the socket never meets it between bind and listen
+    // (connection refused; seen under load).
+    let bound = socket.with_extension("sock.tmp");
+    let _ = std::fs::remove_file(&bound);
+    let listener = match UnixListener::bind(&bound).and_then(|l| std::fs::rename(&bound, &socket).map(|()| l))
+    {
         Ok(l) => l,
         Err(e) => {
             eprintln!("drover-vmm: binding {}: {e}", socket.display());
