@@ -217,6 +217,46 @@ fn data_written_to_a_disk_is_read_back_by_a_new_vm() {
 }
 
 #[test]
+fn a_disk_another_vm_holds_is_refused_until_that_vm_ends() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.raw");
+    std::fs::File::create(&disk).unwrap().set_len(1 << 20).unwrap();
+    let first = Guest::start("drover.tick_ms=20", Some(&disk));
+    first.wait_until("the first VM to run", || first.ticks() >= 1);
+    // A second run of the disk (as a stale run on shared storage would be) is refused
+    // before its guest runs.
+    let run = dir.path().join("second");
+    std::fs::create_dir_all(&run).unwrap();
+    let kernel = dir.path().join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let second = || {
+        Command::new(env!("CARGO_BIN_EXE_drover-vmm"))
+            .arg("--run-dir")
+            .arg(&run)
+            .args(["--domain", "t2", "--memory-mib", "32", "--cmdline", "drover.ticks=1 drover.tick_ms=1"])
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--disk")
+            .arg(&disk)
+            .output()
+            .unwrap()
+    };
+    let out = second();
+    assert_eq!(out.status.code(), Some(2));
+    let exit: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join(control::EXIT_FILE)).unwrap()).unwrap();
+    assert!(exit["reason"].as_str().unwrap().contains("in use by another VM"), "{exit}");
+    // Once the holder has ended, the disk is free.
+    first.call(Request::Destroy);
+    drop(first);
+    let out = second();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn bad_input_ends_with_a_clear_reason() {
     if !kvm_present() {
         return;

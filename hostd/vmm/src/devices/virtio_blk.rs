@@ -1,6 +1,11 @@
 //! virtio-blk backed by a raw image file: read, write, flush and get-id requests, 512-byte
 //! sectors, every request bounds-checked against the image size. A request the device
 //! cannot serve gets VIRTIO_BLK_S_IOERR or S_UNSUPP; it never ends the VM.
+//!
+//! The image is locked while the VM holds it (an open-file-description lock on the whole
+//! file, as QEMU locks its images): exclusive when writable, shared when read-only. A
+//! second VM, a stale run of the same domain on shared storage included, cannot open it
+//! for writing until the holder's process has ended.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -38,9 +43,37 @@ pub struct Block {
     pub failed_requests: u64,
 }
 
+/// Lock the whole of `file` for this open file description: shared for a reader,
+/// exclusive for a writer; refused at once if another holds a conflicting lock.
+fn lock(file: &File, shared: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero `flock` is a valid value (the fields are plain integers), and
+    // the fields OFD locks require are set below (l_pid must be 0).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if shared { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0; // to the end, however far the file grows
+    // SAFETY: `file` is an open descriptor for the duration of the call and `fl` a valid,
+    // writable flock; F_OFD_SETLK reads it and does not keep the pointer.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "is in use by another VM (its lock is held; a run of this domain may still be alive)",
+        )),
+        _ => Err(e),
+    }
+}
+
 impl Block {
     pub fn open(path: &Path, read_only: bool, id: &str) -> std::io::Result<Block> {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        lock(&file, read_only)?;
         let capacity_sectors = file.metadata()?.len() / SECTOR_BYTES;
         let mut id_bytes = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
