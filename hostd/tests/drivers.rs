@@ -814,3 +814,56 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     assert!(err.contains("nothing.snap is missing"), "{err}");
     assert_eq!(processes_in(&run.join("snap")), Vec::<u32>::new(), "QEMU left behind");
 }
+
+/// Wait until `domain` is no longer live under `driver`; returns how it ended.
+fn wait_ended(driver: &mut dyn Driver, domain: &str) -> hostd::driver::VmStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = driver.list(now_ms()).get(domain).cloned();
+        if let Some(s) = s.as_ref().filter(|s| !s.phase.is_live()) {
+            return s.clone();
+        }
+        assert!(Instant::now() < deadline, "{domain} still lives; last {s:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_vm_of_either_process_driver_ends_when_its_hosts_lease_passes() {
+    qemu_present();
+    let kvm = kvm_present();
+    let dir = tempfile::tempdir().unwrap();
+    let k = write_test_guest(dir.path());
+    let kvm_run = dir.path().join("kvm");
+    let qemu_run = dir.path().join("qemu");
+    let mut qemu_config = QemuConfig::new(qemu_run.clone());
+    qemu_config.fence_watch = Some((vmm_bin(), Vec::new()));
+    let mut drivers: Vec<(Box<dyn Driver>, PathBuf)> =
+        vec![(Box::new(QemuDriver::new(qemu_config).unwrap()), qemu_run)];
+    if kvm {
+        drivers.push((Box::new(KvmDriver::new(kvm_config(&kvm_run)).unwrap()), kvm_run));
+    }
+    for (driver, run) in &mut drivers {
+        let lease = run.join(vmm::lease::LEASE_FILE);
+        vmm::lease::write(&lease, vmm::lease::monotonic_ms() + 60_000).unwrap();
+        driver.start(&spec("held", 1, &k, "drover.tick_ms=20"), 0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while driver.list(now_ms()).get("held").is_none_or(|s| s.phase != VmPhase::Running) {
+            assert!(Instant::now() < deadline, "held never ran under {}", run.display());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The host stops renewing: the lease passes, and the VM ends without a word from
+        // the driver.
+        vmm::lease::write(&lease, vmm::lease::monotonic_ms()).unwrap();
+        let ended = wait_ended(driver.as_mut(), "held");
+        assert_eq!(ended.phase, VmPhase::Crashed, "{}: {ended:?}", run.display());
+        // Nothing starts on a host whose lease has passed.
+        let refused = driver.start(&spec("late", 2, &k, "drover.tick_ms=20"), 0);
+        if run.ends_with("kvm") {
+            assert!(refused.is_err(), "the own VMM started past the lease");
+        } else {
+            let _ = refused;
+            assert!(!wait_ended(driver.as_mut(), "late").phase.is_live());
+        }
+    }
+}

@@ -54,8 +54,8 @@ fn lock(file: &File, shared: bool) -> std::io::Result<()> {
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = 0;
     fl.l_len = 0; // to the end, however far the file grows
-    // SAFETY: `file` is an open descriptor for the duration of the call and `fl` a valid,
-    // writable flock; F_OFD_SETLK reads it and does not keep the pointer.
+                  // SAFETY: `file` is an open descriptor for the duration of the call and `fl` a valid,
+                  // writable flock; F_OFD_SETLK reads it and does not keep the pointer.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
     if rc == 0 {
         return Ok(());
