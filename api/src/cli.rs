@@ -112,6 +112,8 @@ pub enum HostCmd {
     },
     /// Put a host back into scheduling.
     Ready { name: String },
+    /// Put a host that was fenced too often (flapping) back into placement.
+    Clear { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,7 +280,7 @@ pub enum ClientCmd {
     /// Domains (VMs): define, start, stop, inspect.
     #[command(subcommand)]
     Domain(DomainCmd),
-    /// Hypervisor hosts: list, drain, ready.
+    /// Hypervisor hosts: list, drain, ready, clear.
     #[command(subcommand)]
     Host(HostCmd),
     /// Virtual networks and their address leases.
@@ -327,6 +329,15 @@ pub enum ClusterCmd {
     /// Every replica (role, term, applied index, lag behind the leader) and every host's
     /// state and lease age.
     Status,
+    /// The cluster's settings.
+    Settings,
+    /// Change the cluster's settings.
+    Set {
+        /// HA admission control: refuse to start an HA domain unless every HA domain could
+        /// still run again after any this many hosts fail (0: off).
+        #[arg(long)]
+        ha_reserve_hosts: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -443,6 +454,22 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
         }
         ClientCmd::Audit(cmd) => audit(&c, o, cmd, out).await?,
         ClientCmd::Cluster(ClusterCmd::Status) => cluster_status(&c, o, &args.endpoint).await?,
+        ClientCmd::Cluster(ClusterCmd::Settings) => {
+            let s = rpc!(c, HostsClient, get_cluster_settings, pb::GetClusterSettingsRequest { consistency });
+            show(
+                o,
+                || format!("ha_reserve_hosts  {}", s.ha_reserve_hosts),
+                || json!({"ha_reserve_hosts": s.ha_reserve_hosts}),
+            )
+        }
+        ClientCmd::Cluster(ClusterCmd::Set { ha_reserve_hosts }) => {
+            let req = pb::SetClusterSettingsRequest {
+                request_id: new_id(),
+                settings: Some(pb::ClusterSettings { ha_reserve_hosts }),
+            };
+            let w = rpc!(c, HostsClient, set_cluster_settings, req.clone());
+            written(o, &format!("ha_reserve_hosts set to {ha_reserve_hosts}"), &w)
+        }
         ClientCmd::Ha(HaCmd::Plan { fail, fail_any }) => {
             let req = pb::HaPlanRequest { fail, fail_any, consistency };
             let reply = rpc!(c, HostsClient, ha_plan, req.clone());
@@ -726,7 +753,7 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
                             let used = h.allocated.unwrap_or_default();
                             vec![
                                 h.name.clone(),
-                                h.state.clone(),
+                                if h.flapping { format!("{} (flapping)", h.state) } else { h.state.clone() },
                                 h.address.clone(),
                                 format!("{}/{}", used.vcpus, cap.vcpus),
                                 format!("{}/{}", used.memory_mib, cap.memory_mib),
@@ -739,11 +766,16 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
                 || {
                     Value::Array(
                         list.iter()
-                            .map(|h| json!({"name": h.name, "state": h.state, "address": h.address, "domains": h.domains}))
+                            .map(|h| json!({"name": h.name, "state": h.state, "address": h.address, "domains": h.domains, "flapping": h.flapping, "recent_fences": h.recent_fences}))
                             .collect(),
                     )
                 },
             )
+        }
+        HostCmd::Clear { name } => {
+            let req = pb::ClearHostRequest { request_id: new_id(), name: name.clone() };
+            let w = rpc!(c, HostsClient, clear, req.clone());
+            written(o, &format!("host {name} cleared"), &w)
         }
         HostCmd::Drain { name, .. } | HostCmd::Ready { name } if name.is_empty() => {
             return Err(anyhow::anyhow!("a host name is required"));

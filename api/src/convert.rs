@@ -180,9 +180,13 @@ pub fn resources(r: Option<pb::Resources>) -> Result<Resources, Status> {
     Ok(Resources { vcpus: r.vcpus, memory_mib: r.memory_mib })
 }
 
-pub fn host_to_pb(h: &Host) -> pb::Host {
+/// A host as the API shows it, with what the state knows of its recent fencings.
+pub fn host_to_pb(state: &controlplane::State, h: &Host) -> pb::Host {
     let res = |r: Resources| Some(pb::Resources { vcpus: r.vcpus, memory_mib: r.memory_mib });
+    let fences = state.fences_of(&h.name);
     pb::Host {
+        flapping: fences.is_some_and(|f| f.flapping),
+        recent_fences: fences.map_or(0, |f| f.times.len() as u32),
         name: h.name.clone(),
         address: h.address.clone(),
         capacity: res(h.capacity),

@@ -172,6 +172,13 @@ pub enum Command {
     RestartDomain {
         name: String,
     },
+    SetClusterSettings {
+        ha_reserve_hosts: u32,
+    },
+    /// Put a flapping host back into placement.
+    ClearHost {
+        name: String,
+    },
 }
 
 /// What a host did with a snapshot asked of it.
@@ -216,6 +223,8 @@ impl Command {
             Command::ReportSnapshot { .. } => "ReportSnapshot",
             Command::CloneDomain { .. } => "CloneDomain",
             Command::RestartDomain { .. } => "RestartDomain",
+            Command::SetClusterSettings { .. } => "SetClusterSettings",
+            Command::ClearHost { .. } => "ClearHost",
         }
     }
 }

@@ -275,6 +275,15 @@ pub enum Event {
         name: String,
         reason: String,
     },
+
+    // --- the cluster ---
+    ClusterSettingsChanged {
+        ha_reserve_hosts: u32,
+    },
+    /// An operator cleared a flapping host: it may be placed on again.
+    HostCleared {
+        name: String,
+    },
 }
 
 impl Event {
@@ -326,6 +335,8 @@ impl Event {
         "DomainHaRestarting",
         "DomainHaWaiting",
         "DomainHaGaveUp",
+        "ClusterSettingsChanged",
+        "HostCleared",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -381,6 +392,8 @@ impl Event {
             Event::DomainHaRestarting { .. } => 43,
             Event::DomainHaWaiting { .. } => 44,
             Event::DomainHaGaveUp { .. } => 45,
+            Event::ClusterSettingsChanged { .. } => 46,
+            Event::HostCleared { .. } => 47,
         }
     }
 
@@ -390,9 +403,11 @@ impl Event {
     pub fn subject(&self) -> ResourceKey {
         use Event::*;
         match self {
-            HostRegistered { name, .. } | HostUpdated { name, .. } | HostStateChanged { name, .. } => {
-                ResourceKey::Host(name.clone())
-            }
+            HostRegistered { name, .. }
+            | HostUpdated { name, .. }
+            | HostStateChanged { name, .. }
+            | HostCleared { name } => ResourceKey::Host(name.clone()),
+            ClusterSettingsChanged { .. } => ResourceKey::Cluster,
             DomainDefined { name, .. }
             | DomainUndefined { name }
             | DomainStartRequested { name }

@@ -457,6 +457,56 @@ mod tests {
     }
 
     #[test]
+    fn a_host_fenced_too_often_is_left_out_until_cleared() {
+        let mut h = Harness::new();
+        h.ready_host("a", 8, 8192);
+        h.ready_host("b", 8, 8192);
+        for _ in 0..crate::limits::HOST_FENCES_MAX {
+            assert!(!h.state.is_flapping("a"));
+            h.exec(Command::SetHostState { name: "a".into(), state: HostState::Fenced }).unwrap();
+            h.exec(crate::fixtures::register_host("a", 8, 8192)).unwrap();
+            h.exec(Command::SetHostState { name: "a".into(), state: HostState::Ready }).unwrap();
+        }
+        assert!(h.state.is_flapping("a"));
+        for i in 0..4 {
+            let name = format!("d{i}");
+            h.exec(Command::DefineDomain { name: name.clone(), spec: kernel_spec(1, 512) }).unwrap();
+            h.exec(Command::StartDomain { name: name.clone() }).unwrap();
+            assert_eq!(h.state.domain(&name).unwrap().status.host.as_deref(), Some("b"), "never on a");
+        }
+        let e = h.exec(Command::ClearHost { name: "b".into() }).unwrap_err();
+        assert!(e.to_string().contains("nothing to clear"), "{e}");
+        h.exec(Command::ClearHost { name: "a".into() }).unwrap();
+        assert!(!h.state.is_flapping("a"));
+        h.exec(Command::DefineDomain { name: "e".into(), spec: kernel_spec(1, 512) }).unwrap();
+        h.exec(Command::StartDomain { name: "e".into() }).unwrap();
+        assert_eq!(h.state.domain("e").unwrap().status.host.as_deref(), Some("a"), "the emptier host again");
+    }
+
+    #[test]
+    fn admission_refuses_an_ha_start_that_losing_reserved_hosts_could_not_restart() {
+        let mut h = Harness::new();
+        h.ready_host("a", 8, 4096);
+        h.ready_host("b", 8, 4096);
+        h.exec(Command::SetClusterSettings { ha_reserve_hosts: 1 }).unwrap();
+        h.exec(Command::DefineDomain { name: "x".into(), spec: ha_spec(1, 3072) }).unwrap();
+        h.exec(Command::StartDomain { name: "x".into() }).unwrap();
+        // A second one that big: one host failing would leave one of them nowhere.
+        h.exec(Command::DefineDomain { name: "y".into(), spec: ha_spec(1, 3072) }).unwrap();
+        let e = h.exec(Command::StartDomain { name: "y".into() }).unwrap_err();
+        assert_eq!(e.code(), crate::RejectionCode::FailedPrecondition);
+        assert!(e.to_string().contains("would not run again"), "{e}");
+        assert!(!h.state.domain("y").unwrap().is_placed(), "a refusal changes nothing");
+        // A non-HA domain is not held to it; and with the setting off, y starts.
+        h.exec(Command::DefineDomain { name: "z".into(), spec: kernel_spec(1, 3072) }).unwrap();
+        h.exec(Command::StartDomain { name: "z".into() }).unwrap();
+        h.exec(Command::SetClusterSettings { ha_reserve_hosts: 0 }).unwrap();
+        h.exec(Command::DestroyDomain { name: "z".into() }).unwrap();
+        let e = h.exec(Command::SetClusterSettings { ha_reserve_hosts: 99 }).unwrap_err();
+        assert_eq!(e.code(), crate::RejectionCode::InvalidArgument);
+    }
+
+    #[test]
     fn settings_are_checked() {
         assert!(HaSettings::default().check().is_ok());
         assert!(HaSettings { fence_ms: 500, ..S }.check().is_err());

@@ -37,6 +37,7 @@ mod state;
 mod state_hash;
 mod state_v1;
 mod state_v2;
+mod state_v3;
 mod validate;
 
 pub use apply::{apply, apply_proposal};

@@ -45,6 +45,12 @@ pub const HA_PRIORITY_MAX: u32 = 1000;
 /// with the reason) until a user starts it. Restarts after a host was fenced do not count.
 pub const HA_CRASH_RESTARTS_MAX: usize = 3;
 pub const HA_CRASH_RESTART_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// A host fenced this many times within [`HOST_FENCE_WINDOW_MS`] is flapping: left out of
+/// placement until an operator clears it.
+pub const HOST_FENCES_MAX: usize = 3;
+pub const HOST_FENCE_WINDOW_MS: u64 = 60 * 60 * 1000;
+/// Most hosts HA admission control may keep in reserve.
+pub const HA_RESERVE_HOSTS_MAX: u32 = 16;
 
 /// Most vCPUs a host may declare.
 pub const HOST_VCPUS_MAX: u32 = 16_384;

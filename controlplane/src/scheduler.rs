@@ -1,7 +1,8 @@
 //! Placement: which host runs a domain. A pure function of the state.
 //!
-//! A host fits when it is ready, has the vCPUs and memory free, carries every required
-//! label, and runs no other domain of the domain's anti-affinity group. Among the hosts
+//! A host fits when it is ready and not flapping (fenced too often lately), has the vCPUs
+//! and memory free, carries every required label, and runs no other domain of the
+//! domain's anti-affinity group. Among the hosts
 //! that fit, the scheduler spreads load: it picks the host whose fuller dimension (vCPU or
 //! memory share) would be lowest after the placement, counted in whole percent; hosts in
 //! the same percent are told apart by a hash of the domain and host names. The hash keeps
@@ -23,6 +24,8 @@ pub enum Misfit {
     Labels,
     /// Another domain of the group runs there.
     AntiAffinity(String),
+    /// Fenced too often lately; an operator must clear it.
+    Flapping,
 }
 
 impl fmt::Display for Misfit {
@@ -33,6 +36,7 @@ impl fmt::Display for Misfit {
             Misfit::Memory => f.write_str("not enough free memory"),
             Misfit::Labels => f.write_str("missing required labels"),
             Misfit::AntiAffinity(d) => write!(f, "runs {d} of the same anti-affinity group"),
+            Misfit::Flapping => f.write_str("host was fenced too often lately (drover host clear)"),
         }
     }
 }
@@ -46,6 +50,7 @@ pub struct NoPlacement {
     pub memory: usize,
     pub labels: usize,
     pub anti_affinity: usize,
+    pub flapping: usize,
 }
 
 impl fmt::Display for NoPlacement {
@@ -60,6 +65,7 @@ impl fmt::Display for NoPlacement {
             (self.memory, "short of memory"),
             (self.labels, "missing required labels"),
             (self.anti_affinity, "running its anti-affinity group"),
+            (self.flapping, "flapping"),
         ];
         let mut first = true;
         for (n, what) in parts.into_iter().filter(|(n, _)| *n > 0) {
@@ -74,6 +80,9 @@ impl fmt::Display for NoPlacement {
 pub fn fit(state: &State, host: &Host, name: &str, spec: &DomainSpec) -> Result<(), Misfit> {
     if host.state != HostState::Ready {
         return Err(Misfit::NotReady(host.state));
+    }
+    if state.is_flapping(&host.name) {
+        return Err(Misfit::Flapping);
     }
     let free = host.free();
     if spec.vcpus > free.vcpus {
@@ -145,6 +154,7 @@ pub fn place(
             Err(Misfit::Memory) => why.memory += 1,
             Err(Misfit::Labels) => why.labels += 1,
             Err(Misfit::AntiAffinity(_)) => why.anti_affinity += 1,
+            Err(Misfit::Flapping) => why.flapping += 1,
         }
     }
     best.map(|(_, h)| h.name.clone()).ok_or(why)

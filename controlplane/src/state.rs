@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Domain, Host, Migration, MigrationId, Network, Pool, ResourceKey, Snapshot, Volume, VolumeRef,
+    ClusterSettings, Domain, Host, HostFences, Migration, MigrationId, Network, Pool, ResourceKey, Snapshot,
+    Volume, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 
@@ -25,6 +26,9 @@ pub struct State {
     /// Ended migrations still kept, oldest first (bounded by `ENDED_MIGRATIONS_KEPT_MAX`).
     pub(crate) ended_migrations: VecDeque<MigrationId>,
     pub(crate) requests: RequestWindow,
+    pub(crate) settings: ClusterSettings,
+    /// Hosts fenced lately (absent: never, or cleared).
+    pub(crate) fences: BTreeMap<String, HostFences>,
 }
 
 impl State {
@@ -105,6 +109,20 @@ impl State {
         &self.requests
     }
 
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.settings
+    }
+
+    /// How often host `name` was fenced lately, and whether it is flapping.
+    pub fn fences_of(&self, name: &str) -> Option<&HostFences> {
+        self.fences.get(name)
+    }
+
+    /// Whether host `name` is left out of placement for failing too often.
+    pub fn is_flapping(&self, name: &str) -> bool {
+        self.fences.get(name).is_some_and(|f| f.flapping)
+    }
+
     /// The version of a resource; 0 when it does not exist.
     pub fn version_of(&self, key: &ResourceKey) -> u64 {
         match key {
@@ -117,6 +135,7 @@ impl State {
                 self.snapshots.get(&(domain.clone(), name.clone())).map_or(0, |r| r.version)
             }
             ResourceKey::Migration(id) => self.migrations.get(id).map_or(0, |r| r.version),
+            ResourceKey::Cluster => self.settings.version,
         }
     }
 }

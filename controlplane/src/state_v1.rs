@@ -107,6 +107,8 @@ impl From<StateV1> for State {
             migrations: v1.migrations,
             ended_migrations: v1.ended_migrations,
             requests: v1.requests,
+            settings: Default::default(),
+            fences: BTreeMap::new(),
         }
     }
 }

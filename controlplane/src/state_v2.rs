@@ -77,6 +77,8 @@ impl From<StateV2> for State {
             migrations: v2.migrations,
             ended_migrations: v2.ended_migrations,
             requests: v2.requests,
+            settings: Default::default(),
+            fences: BTreeMap::new(),
         }
     }
 }

@@ -10,8 +10,9 @@
 //! `state-1.bin` and `proposal-1.bin` hold a state snapshot and a proposal written by the
 //! first format; they must decode (the proposal re-encodes to the same payload). The
 //! `-2` files are the same written by format version 2 (snapshots taken by hosts), which
-//! must decode too; the `-3` files are written by format version 3 (HA restart counts)
-//! and must decode and re-encode to the very same bytes.
+//! must decode too, as must the `-3` files (format 3: HA restart counts); the `-4` files
+//! are written by format version 4 (cluster settings, hosts' fencings) and must decode and
+//! re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -136,6 +137,8 @@ fn samples() -> Vec<EventEnvelope> {
         Event::DomainHaRestarting { name: "web".into() },
         Event::DomainHaWaiting { name: "web".into(), reason: "no host can run it".into() },
         Event::DomainHaGaveUp { name: "web".into(), reason: "crashed again".into() },
+        Event::ClusterSettingsChanged { ha_reserve_hosts: 1 },
+        Event::HostCleared { name: "h1".into() },
     ];
     events
         .into_iter()
@@ -273,11 +276,22 @@ fn read_golden<T: Durable>(name: &str) -> (T, Vec<u8>) {
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
     let (state, proposal) = rich_state();
-    let new_state: State = check_fixed_bytes("state-3.bin", &state);
+    let new_state: State = check_fixed_bytes("state-4.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 3");
-    let new: Proposal = check_fixed_bytes("proposal-3.bin", &proposal);
+    assert_eq!(new_state, state, "today's rich state is the one written by format 4");
+    let new: Proposal = check_fixed_bytes("proposal-4.bin", &proposal);
     assert_eq!(new.request_id, "golden-proposal");
+}
+
+#[test]
+fn format_3_states_and_proposals_still_decode() {
+    let (state, proposal) = rich_state();
+    let (old_state, _): (State, _) = read_golden("state-3.bin");
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state, state, "format 3 held today's rich state, with default settings and no fencings");
+    let (old, bytes): (Proposal, _) = read_golden("proposal-3.bin");
+    assert_eq!(old, proposal);
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 3 and 4");
 }
 
 #[test]
@@ -288,7 +302,7 @@ fn format_2_states_and_proposals_still_decode() {
     assert_eq!(old_state, state, "format 2 held today's rich state, with no HA restarts counted");
     let (old, bytes): (Proposal, _) = read_golden("proposal-2.bin");
     assert_eq!(old, proposal);
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 2 and 3");
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 2 and 4");
 }
 
 #[test]
@@ -304,5 +318,5 @@ fn format_1_states_and_proposals_still_decode() {
     assert_eq!(old_state.domain("web").unwrap().restore_from, None);
     let (old, bytes): (Proposal, _) = read_golden("proposal-1.bin");
     assert_eq!(old.request_id, "golden-proposal");
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 3");
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 4");
 }

@@ -195,6 +195,8 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(clone, source, snapshot)| Command::CloneDomain { clone, source, snapshot }),
         3 => (domain(), proptest::option::of(pick(HOSTS))).prop_map(|(domain, target)| Command::StartMigration { domain, target }),
         1 => domain().prop_map(|name| Command::RestartDomain { name }),
+        1 => prop_oneof![4 => Just(0u32), 1 => Just(1u32)].prop_map(|ha_reserve_hosts| Command::SetClusterSettings { ha_reserve_hosts }),
+        1 => pick(HOSTS).prop_map(|name| Command::ClearHost { name }),
     ]
 }
 

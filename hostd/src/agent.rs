@@ -372,6 +372,9 @@ pub async fn run<D: Driver>(
         let now = started.elapsed().as_millis() as u64;
         if lease.fenced() || lease.expired(vmm::lease::monotonic_ms()) {
             let fenced = off_the_workers(|| fence(&mut driver, now));
+            // What it reported of those runs says nothing of runs to come (a domain
+            // defined again starts its generations from 1 again).
+            pass = HostPass::new(config.shutdown_timeout_ms);
             if fenced > 0 {
                 warn!(host = %config.host, vms = fenced, "the lease has passed: destroyed every VM of this host");
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use controlplane::ha::{plan, HaSettings, PRINCIPAL};
 use controlplane::model::HostState;
-use controlplane::{Command, Request};
+use controlplane::{Command, Committed, Request};
 use tracing::{debug, info};
 
 use crate::leases::Leases;
@@ -66,7 +66,11 @@ impl HaLoop {
                 let ages = self.leases.ages(term, state.hosts().keys().map(String::as_str), now);
                 plan(&state, &ages, &self.settings, (self.clock)())
             };
-            for command in commands {
+            // Host states first, one at a time (each may lose runs the restarts need).
+            let (restarts, hosts): (Vec<Command>, Vec<Command>) =
+                commands.into_iter().partition(|c| matches!(c, Command::RestartDomain { .. }));
+            let mut led = true;
+            for command in hosts {
                 // A plan is made from the leases at one moment and carried out over several
                 // commits: a host that renewed meanwhile is not fenced, and one being fenced
                 // cannot renew until its fencing has committed or failed.
@@ -82,18 +86,7 @@ impl HaLoop {
                     _ => None,
                 };
                 sent += 1;
-                let name = command.name();
-                let request = Request {
-                    request_id: format!("ha-{}-{term}-{boot}-{sent}", self.id),
-                    principal: PRINCIPAL.to_owned(),
-                    command,
-                };
-                // Bounded: a write a cut-off leader made may wait for a commit that never
-                // comes, and the loop must go on (a later tick decides again).
-                let proposed = self.proposer.propose(&request, (self.clock)());
-                let outcome = tokio::time::timeout(Duration::from_millis(HA_PROPOSE_TIMEOUT_MS), proposed)
-                    .await
-                    .unwrap_or_else(|_| Err(ProposeError::Unavailable("no commit in time".into())));
+                let outcome = self.propose(command, term, boot, sent).await;
                 if let Some(host) = fencing {
                     // Renewals are answered again only once the fencing has certainly
                     // committed (the state then refuses them) or certainly not; a write
@@ -103,14 +96,52 @@ impl HaLoop {
                         self.leases.fenced(&host);
                     }
                 }
-                match outcome {
-                    Ok(c) => info!(command = name, ?request.command, seq = c.last_seq, "HA"),
-                    // No longer the leader: the next one takes over.
-                    Err(ProposeError::NotLeader) => break,
-                    // The state moved on meanwhile: the next tick looks again.
-                    Err(e) => debug!(command = name, error = %e, "HA command not committed"),
+                if matches!(outcome, Err(ProposeError::NotLeader)) {
+                    led = false;
+                    break;
                 }
             }
+            if !led || restarts.is_empty() {
+                continue;
+            }
+            // Restarts together: decided in priority order as they are handed over, they
+            // share raft entries, so a dead host's many domains come back in one or two
+            // commits rather than one commit each. (Two decided against the same state may
+            // want the same room; the write path decides the loser again on the newer
+            // state, so under a shortage a lower priority can win a slot: the plan's next
+            // tick sees what is left.)
+            let writes = restarts.into_iter().map(|command| {
+                sent += 1;
+                self.propose(command, term, boot, sent)
+            });
+            futures::future::join_all(writes).await;
         }
+    }
+
+    /// Submit one command of the controller, bounded in time: a write a cut-off leader
+    /// made may wait for a commit that never comes, and the loop must go on (a later tick
+    /// decides again).
+    async fn propose(
+        &self,
+        command: Command,
+        term: u64,
+        boot: u64,
+        sent: u64,
+    ) -> Result<Committed, ProposeError> {
+        let name = command.name();
+        let request = Request {
+            request_id: format!("ha-{}-{term}-{boot}-{sent}", self.id),
+            principal: PRINCIPAL.to_owned(),
+            command,
+        };
+        let proposed = self.proposer.propose(&request, (self.clock)());
+        let outcome = tokio::time::timeout(Duration::from_millis(HA_PROPOSE_TIMEOUT_MS), proposed)
+            .await
+            .unwrap_or_else(|_| Err(ProposeError::Unavailable("no commit in time".into())));
+        match &outcome {
+            Ok(c) => info!(command = name, ?request.command, seq = c.last_seq, "HA"),
+            Err(e) => debug!(command = name, error = %e, "HA command not committed"),
+        }
+        outcome
     }
 }

@@ -218,6 +218,9 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
         if lease.fenced() || (obeys_lease && lease.expired(now)) {
             if obeys_lease {
                 let fenced = hostd::agent::fence(&mut *host.driver.lock().expect("driver lock"), now);
+                // What it reported of those runs says nothing of runs to come (a domain
+                // defined again starts its generations from 1 again).
+                pass = HostPass::new(SHUTDOWN_TIMEOUT_MS);
                 if fenced > 0 {
                     core.trace.record(
                         core.clocks.elapsed_ms(),

@@ -65,7 +65,10 @@ pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
             name
         }
     };
-    match rng.gen_range(0..120) {
+    match rng.gen_range(0..124) {
+        // An operator clears a host left out for flapping, or changes HA admission.
+        120..=121 => Command::ClearHost { name: format!("h{}", rng.gen_range(0..cfg.hosts.max(1))) },
+        122..=123 => Command::SetClusterSettings { ha_reserve_hosts: rng.gen_range(0..=1) },
         100..=106 => Command::CreateSnapshot {
             domain: snapshotted(rng, name),
             name: snapshot(rng),

@@ -285,7 +285,37 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
     assert!(plan.contains("if h2 fail:") && plan.contains("restarts on h1"), "{plan}");
     assert!(!plan.contains("DOES NOT FIT"), "{plan}");
     assert_eq!(info(&ep, "a")["host"], "h2", "a plan moves nothing");
+    // Admission control: with one host in reserve, a second HA domain too big for the
+    // survivor is refused, and says why.
+    drover(&ep, &["cluster", "set", "--ha-reserve-hosts", "1"]);
+    assert!(drover(&ep, &["cluster", "settings"]).contains("ha_reserve_hosts  1"));
+    let big = dir.join("big.yaml");
+    std::fs::write(
+        &big,
+        format!(
+            "vcpus: 1\nmemory_mib: 3000\nkernel: {}\ncmdline: drover.tick_ms=20\nha_priority: 1\n",
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    for name in ["big1", "big2"] {
+        drover(&ep, &["domain", "define", name, "--file", big.to_str().unwrap()]);
+    }
+    drover(&ep, &["domain", "start", "big1"]);
+    let refused =
+        Command::new(drover_bin()).args(["--endpoint", &ep, "domain", "start", "big2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("FailedPrecondition")
+            && err.contains("would not run again"),
+        "{err}"
+    );
+    assert_eq!(info(&ep, "big2")["phase"], "stopped");
+    drover(&ep, &["cluster", "set", "--ha-reserve-hosts", "0"]);
     for (args, code) in [
+        (&["host", "clear", "h2"][..], "FailedPrecondition"),
+        (&["cluster", "set", "--ha-reserve-hosts", "99"][..], "InvalidArgument"),
         (&["ha", "plan", "--fail", "nope"][..], "NotFound"),
         (&["ha", "plan"][..], "InvalidArgument"),
         (&["ha", "plan", "--fail-any", "9"][..], "InvalidArgument"),

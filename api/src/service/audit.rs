@@ -45,6 +45,7 @@ fn resource(kind: &str, name: &str) -> Result<Option<ResourceKey>, Status> {
             ResourceKey::Snapshot { domain: d.into(), name: s.into() }
         }
         "migration" => ResourceKey::Migration(name.parse().map_err(|_| bad())?),
+        "cluster" if name == "settings" => ResourceKey::Cluster,
         _ => return Err(Status::invalid_argument(format!("invalid kind: {kind:?}"))),
     }))
 }

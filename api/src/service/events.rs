@@ -34,6 +34,7 @@ pub fn key_name(key: &ResourceKey) -> String {
         ResourceKey::Volume(v) => v.to_string(),
         ResourceKey::Snapshot { domain, name } => format!("{domain}/{name}"),
         ResourceKey::Migration(id) => id.to_string(),
+        ResourceKey::Cluster => "settings".into(),
     }
 }
 

@@ -111,13 +111,42 @@ impl Hosts for Api {
         Ok(Response::new(pb::LeasesReply { age_ms }))
     }
 
+    async fn clear(
+        &self,
+        request: Request<pb::ClearHostRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        Ok(Response::new(self.write(&meta, r.request_id, Command::ClearHost { name: r.name }).await?))
+    }
+
+    async fn set_cluster_settings(
+        &self,
+        request: Request<pb::SetClusterSettingsRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let settings =
+            r.settings.ok_or_else(|| Status::invalid_argument("invalid settings: are required"))?;
+        let command = Command::SetClusterSettings { ha_reserve_hosts: settings.ha_reserve_hosts };
+        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+    }
+
+    async fn get_cluster_settings(
+        &self,
+        request: Request<pb::GetClusterSettingsRequest>,
+    ) -> Result<Response<pb::ClusterSettings>, Status> {
+        let r = request.into_inner();
+        let ha_reserve_hosts = self.read(r.consistency, |s| s.settings().ha_reserve_hosts).await?;
+        Ok(Response::new(pb::ClusterSettings { ha_reserve_hosts }))
+    }
+
     async fn list(
         &self,
         request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsReply>, Status> {
         let r = request.into_inner();
-        let hosts =
-            self.read(r.consistency, |s| s.hosts().values().map(convert::host_to_pb).collect()).await?;
+        let hosts = self
+            .read(r.consistency, |s| s.hosts().values().map(|h| convert::host_to_pb(s, h)).collect())
+            .await?;
         Ok(Response::new(pb::ListHostsReply { hosts }))
     }
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::ptr_arg)]
 
 use super::*;
+use crate::limits::{HOST_FENCES_MAX, HOST_FENCE_WINDOW_MS};
 
 pub(super) fn registered(
     state: &mut State,
@@ -44,11 +45,32 @@ pub(super) fn updated(
     host.version = seq;
 }
 
-pub(super) fn state_changed(state: &mut State, seq: u64, name: &String, to: &HostState) {
+pub(super) fn state_changed(state: &mut State, seq: u64, now: u64, name: &String, to: &HostState) {
     let host = host_mut(state, name);
     if *to == HostState::Left {
         assert!(host.domains.is_empty(), "host {name} left with domains placed");
     }
     host.state = *to;
     host.version = seq;
+    if *to == HostState::Fenced {
+        // Counted: a host fenced too often within the window is left out of placement.
+        let fences = state.fences.entry(name.clone()).or_default();
+        let since = now.saturating_sub(HOST_FENCE_WINDOW_MS);
+        fences.times.retain(|t| *t > since);
+        fences.times.push(now);
+        if fences.times.len() > HOST_FENCES_MAX {
+            fences.times.remove(0);
+        }
+        fences.flapping |= fences.times.len() >= HOST_FENCES_MAX;
+    }
+}
+
+pub(super) fn cleared(state: &mut State, seq: u64, name: &String) {
+    assert!(state.fences.remove(name).is_some(), "host {name} cleared but never fenced lately");
+    host_mut(state, name).version = seq;
+}
+
+pub(super) fn settings_changed(state: &mut State, seq: u64, ha_reserve_hosts: &u32) {
+    state.settings.ha_reserve_hosts = *ha_reserve_hosts;
+    state.settings.version = seq;
 }

@@ -97,7 +97,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         Event::HostUpdated { name, address, capacity, labels } => {
             host::updated(state, seq, name, address, capacity, labels)
         }
-        Event::HostStateChanged { name, state: to } => host::state_changed(state, seq, name, to),
+        Event::HostStateChanged { name, state: to } => host::state_changed(state, seq, now, name, to),
         Event::DomainDefined { name, spec } => domain::defined(state, seq, now, name, spec),
         Event::DomainUndefined { name } => domain::undefined(state, name),
         Event::DomainStartRequested { name } => domain::start_requested(state, seq, name),
@@ -173,6 +173,10 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         Event::DomainHaRestarting { name } => ha::restarting(state, seq, now, name),
         Event::DomainHaWaiting { name, reason } => ha::waiting(state, seq, name, reason),
         Event::DomainHaGaveUp { name, reason } => ha::gave_up(state, seq, name, reason),
+        Event::ClusterSettingsChanged { ha_reserve_hosts } => {
+            host::settings_changed(state, seq, ha_reserve_hosts)
+        }
+        Event::HostCleared { name } => host::cleared(state, seq, name),
     }
 }
 

@@ -260,6 +260,10 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     d.fit(&host, name);
     d.emit(Event::DomainStartRequested { name: name.to_owned() });
     d.emit(Event::DomainScheduled { name: name.to_owned(), host, generation: domain.status.generation + 1 });
+    if matches!(domain.spec.ha, HaPolicy::Restart { .. }) {
+        d.guard(ResourceKey::Cluster);
+        super::ha::admit(d, name)?;
+    }
     Ok(())
 }
 

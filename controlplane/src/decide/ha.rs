@@ -95,3 +95,40 @@ pub(super) fn restart(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     }
     Ok(())
 }
+
+/// HA admission control: with `ha_reserve_hosts` N set, starting HA domain `name` (the
+/// draft's events so far place it) is refused unless every HA domain could still run
+/// again after any N of the hosts that are up failed.
+pub(super) fn admit(d: &Draft<'_>, name: &str) -> Result<(), Rejection> {
+    let n = d.state.settings().ha_reserve_hosts;
+    if n == 0 {
+        return Ok(());
+    }
+    let mut after = d.state.clone();
+    let proposal = crate::proposal::Proposal {
+        request_id: "ha-admission".into(),
+        principal: crate::ha::PRINCIPAL.into(),
+        time_ms: d.now_ms,
+        preconditions: Vec::new(),
+        fits: Vec::new(),
+        events: d.events.clone(),
+    };
+    crate::apply::apply_proposal(&mut after, &proposal);
+    let refuse = |why: String| {
+        Err(Rejection::precondition(
+            ResourceKind::Domain,
+            name,
+            format!("HA admission (ha_reserve_hosts {n}): {why}"),
+        ))
+    };
+    match crate::ha::what_if_any(&after, n as usize, d.now_ms) {
+        Err(why) => refuse(why),
+        Ok(scenarios) => match scenarios.iter().find(|w| !w.unplaced.is_empty()) {
+            Some(w) => {
+                let (domain, why) = &w.unplaced[0];
+                refuse(format!("if {} failed, {domain} would not run again ({why})", w.failed.join(", ")))
+            }
+            None => Ok(()),
+        },
+    }
+}

@@ -2,7 +2,7 @@
 
 use super::Draft;
 use crate::event::Event;
-use crate::limits::{ADDRESS_LEN_MAX, HOST_MEMORY_MIB_MAX, HOST_VCPUS_MAX};
+use crate::limits::{ADDRESS_LEN_MAX, HA_RESERVE_HOSTS_MAX, HOST_MEMORY_MIB_MAX, HOST_VCPUS_MAX};
 use crate::model::{HostState, Labels, ResourceKey, ResourceKind, Resources};
 use crate::rejection::Rejection;
 use crate::validate;
@@ -82,6 +82,28 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
     if to == HostState::Fenced {
         // Fencing is the point after which its runs may start elsewhere: they end here.
         super::ha::lose_runs(d, name);
+    }
+    Ok(())
+}
+
+pub(super) fn clear(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
+    d.host(name)?;
+    if d.state.fences_of(name).is_none() {
+        return Err(Rejection::precondition(
+            ResourceKind::Host,
+            name,
+            "was not fenced lately; nothing to clear",
+        ));
+    }
+    d.emit(Event::HostCleared { name: name.to_owned() });
+    Ok(())
+}
+
+pub(super) fn set_settings(d: &mut Draft<'_>, ha_reserve_hosts: u32) -> Result<(), Rejection> {
+    validate::range("ha_reserve_hosts", ha_reserve_hosts, 0, HA_RESERVE_HOSTS_MAX)?;
+    d.guard(ResourceKey::Cluster);
+    if d.state.settings().ha_reserve_hosts != ha_reserve_hosts {
+        d.emit(Event::ClusterSettingsChanged { ha_reserve_hosts });
     }
     Ok(())
 }

@@ -102,6 +102,8 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
             outcome,
         ),
         Command::RestartDomain { name } => ha::restart(d, name),
+        Command::SetClusterSettings { ha_reserve_hosts } => host::set_settings(d, *ha_reserve_hosts),
+        Command::ClearHost { name } => host::clear(d, name),
     }
 }
 

@@ -4,6 +4,7 @@
 //! it (0 means "absent"). Proposals guard on these versions.
 
 mod cidr;
+mod cluster;
 mod domain;
 mod host;
 mod mac;
@@ -16,6 +17,7 @@ mod snapshot;
 mod volume;
 
 pub use cidr::{Cidr, CidrError};
+pub use cluster::{ClusterSettings, HostFences};
 pub use domain::{
     Boot, DesiredState, Disk, Domain, DomainSpec, DomainStatus, HaPolicy, Nic, ObservedPhase, Phase,
     Placement, StopMode,

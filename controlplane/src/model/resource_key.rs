@@ -12,6 +12,8 @@ pub enum ResourceKind {
     Volume,
     Snapshot,
     Migration,
+    /// The cluster as a whole (its settings).
+    Cluster,
 }
 
 impl ResourceKind {
@@ -24,6 +26,7 @@ impl ResourceKind {
             ResourceKind::Volume => "volume",
             ResourceKind::Snapshot => "snapshot",
             ResourceKind::Migration => "migration",
+            ResourceKind::Cluster => "cluster",
         }
     }
 }
@@ -43,8 +46,13 @@ pub enum ResourceKey {
     Network(String),
     Pool(String),
     Volume(VolumeRef),
-    Snapshot { domain: String, name: String },
+    Snapshot {
+        domain: String,
+        name: String,
+    },
     Migration(MigrationId),
+    /// The cluster's settings.
+    Cluster,
 }
 
 impl ResourceKey {
@@ -57,6 +65,7 @@ impl ResourceKey {
             ResourceKey::Volume(_) => ResourceKind::Volume,
             ResourceKey::Snapshot { .. } => ResourceKind::Snapshot,
             ResourceKey::Migration(_) => ResourceKind::Migration,
+            ResourceKey::Cluster => ResourceKind::Cluster,
         }
     }
 }
@@ -71,6 +80,7 @@ impl std::fmt::Display for ResourceKey {
             ResourceKey::Volume(v) => write!(f, "volume {v}"),
             ResourceKey::Snapshot { domain, name } => write!(f, "snapshot {domain}/{name}"),
             ResourceKey::Migration(id) => write!(f, "migration {id}"),
+            ResourceKey::Cluster => f.write_str("cluster settings"),
         }
     }
 }

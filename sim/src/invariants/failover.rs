@@ -4,7 +4,7 @@
 //! [`FAILOVER_BOUND_MS`] of leader time (time with a leader a quorum acknowledges, the
 //! only time anything can commit; a domain HA records as waiting for capacity is exempt
 //! while it waits), and no domain stays placed on a fenced host or is newly placed on
-//! one that is not ready.
+//! one that is not ready or is left out for flapping (fenced too often lately).
 
 use std::collections::BTreeMap;
 
@@ -62,6 +62,9 @@ impl FailoverWatch {
                         // since, but never fenced or in maintenance when placed).
                         if matches!(h, Some(HostState::Fenced | HostState::Maintenance | HostState::Left)) {
                             found.push(format!("domain {} was placed on {host}, which is {h:?}", d.name));
+                        }
+                        if state.is_flapping(host) {
+                            found.push(format!("domain {} was placed on {host}, which is flapping", d.name));
                         }
                         self.placed.insert(d.name.clone(), now);
                     }

@@ -1,0 +1,45 @@
+//! The state as codec format version 3 encoded it, for decoding old snapshots and
+//! checkpoints. Version 4 added the cluster's settings and its hosts' recent fencings
+//! (none were kept before: the settings are the defaults, no host is flapping).
+//! Field order is the encoding: never change this file.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Deserialize;
+
+use crate::model::{Domain, Host, Migration, MigrationId, Network, Pool, Snapshot, Volume, VolumeRef};
+use crate::request_window::RequestWindow;
+use crate::state::State;
+
+#[derive(Deserialize)]
+pub(crate) struct StateV3 {
+    last_seq: u64,
+    hosts: BTreeMap<String, Host>,
+    domains: BTreeMap<String, Domain>,
+    networks: BTreeMap<String, Network>,
+    pools: BTreeMap<String, Pool>,
+    volumes: BTreeMap<VolumeRef, Volume>,
+    snapshots: BTreeMap<(String, String), Snapshot>,
+    migrations: BTreeMap<MigrationId, Migration>,
+    ended_migrations: VecDeque<MigrationId>,
+    requests: RequestWindow,
+}
+
+impl From<StateV3> for State {
+    fn from(v3: StateV3) -> State {
+        State {
+            last_seq: v3.last_seq,
+            hosts: v3.hosts,
+            domains: v3.domains,
+            networks: v3.networks,
+            pools: v3.pools,
+            volumes: v3.volumes,
+            snapshots: v3.snapshots,
+            migrations: v3.migrations,
+            ended_migrations: v3.ended_migrations,
+            requests: v3.requests,
+            settings: Default::default(),
+            fences: BTreeMap::new(),
+        }
+    }
+}
