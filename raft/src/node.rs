@@ -541,6 +541,11 @@ impl Node {
         }
     }
 
+    /// The lease timings this replica runs with.
+    pub fn ha_settings(&self) -> HaSettings {
+        self.inner.ha
+    }
+
     /// How long ago each host renewed its lease, in ms, as this replica holds them (only
     /// the leader holds any: a follower answers `NotLeader`).
     pub fn lease_ages(&self) -> Result<BTreeMap<String, u64>, NodeError> {

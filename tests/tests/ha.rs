@@ -285,6 +285,20 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
     assert!(plan.contains("if h2 fail:") && plan.contains("restarts on h1"), "{plan}");
     assert!(!plan.contains("DOES NOT FIT"), "{plan}");
     assert_eq!(info(&ep, "a")["host"], "h2", "a plan moves nothing");
+    // An operator may not declare a host fenced while it renews its lease: HA would start
+    // its domains elsewhere while they still run there.
+    let mut hosts = proto::api::hosts_client::HostsClient::connect(format!("http://{ep}")).await.unwrap();
+    let refused = hosts
+        .set_state(proto::api::SetHostStateRequest {
+            request_id: "fence-a-live-host".into(),
+            name: "h2".into(),
+            state: "fenced".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(refused.message().contains("renewed its lease"), "{refused}");
+    assert_eq!(host_states(&ep)["h2"], "ready");
     // Admission control: with one host in reserve, a second HA domain too big for the
     // survivor is refused, and says why.
     drover(&ep, &["cluster", "set", "--ha-reserve-hosts", "1"]);

@@ -29,7 +29,21 @@ impl Hosts for Api {
         request: Request<pb::SetHostStateRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
         let (meta, _, r) = request.into_parts();
-        let command = Command::SetHostState { name: r.name, state: convert::host_state(&r.state)? };
+        let state = convert::host_state(&r.state)?;
+        if state == controlplane::model::HostState::Fenced {
+            // Fencing releases the host's runs for HA to start elsewhere: refused while
+            // the host still renews its lease (its VMs may be running), asked of the
+            // leader, which holds the leases.
+            let ages = self.node.lease_ages().map_err(|e| e.to_status())?;
+            let fresh = self.node.ha_settings().fence_after_ms();
+            if let Some(age) = ages.get(&r.name).filter(|a| **a < fresh) {
+                return Err(Status::failed_precondition(format!(
+                    "host {} renewed its lease {age} ms ago and may still run its VMs; drain it, or stop its hostd and wait for HA to fence it",
+                    r.name
+                )));
+            }
+        }
+        let command = Command::SetHostState { name: r.name, state };
         Ok(Response::new(self.write(&meta, r.request_id, command).await?))
     }
 
