@@ -1,5 +1,6 @@
 //! Drover's pure core: the resource model, the events, `apply`, `decide`, the scheduler,
-//! the idempotency window, the codec and the state hash.
+//! the HA controller and its what-if (`ha`), the idempotency window, the codec and the
+//! state hash.
 //!
 //! Contract:
 //! - **Pure.** Nothing here reads a clock, draws randomness, does I/O or spawns a task.

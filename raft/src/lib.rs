@@ -17,8 +17,8 @@
 //! - **Transport and node** (`network`, `service`, `node`): tonic gRPC for AppendEntries,
 //!   Vote and chunked InstallSnapshot; joins, forwarded writes and replica status.
 //! - **HA** (`leases`, `ha`): the leader's in-memory host leases, renewed by hostd
-//!   heartbeats it answers only after confirming its leadership, and the loop that runs
-//!   the pure HA controller on them.
+//!   heartbeats it answers only while a quorum acknowledged it within the lease, and the
+//!   loop that runs the pure HA controller on them.
 #![forbid(unsafe_code)]
 // openraft's error types (StorageError, RaftError) are large by design and are what its
 // traits return; boxing them here would only add conversions.
