@@ -117,7 +117,7 @@ impl Children {
                 m.quick_deaths =
                     if ran.as_millis() as u64 >= RESTART_FORGIVEN_MS { 0 } else { m.quick_deaths + 1 };
                 let wait = RESTART_BACKOFF_MS
-                    .saturating_mul(1 << m.quick_deaths.min(16))
+                    .saturating_mul(1 << m.quick_deaths.saturating_sub(1).min(16))
                     .min(RESTART_BACKOFF_MAX_MS);
                 m.restart_at = Some(now + Duration::from_millis(wait));
                 writeln!(
