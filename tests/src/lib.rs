@@ -38,6 +38,11 @@ pub fn drover_bin() -> PathBuf {
     .clone()
 }
 
+/// Server flags for a cluster whose hosts the test registers itself, with no hostd to
+/// renew their leases: leases long enough that HA never suspects or fences them while
+/// the test runs.
+pub const NO_HOSTD: &[&str] = &["--lease-ms", "600000", "--fence-ms", "600000"];
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("addr").port()

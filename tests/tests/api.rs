@@ -37,7 +37,7 @@ fn act(name: &str) -> pb::DomainActionRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domains_events_and_audit_over_the_public_api() {
     let mut p = Processes::new();
-    let a1 = p.bootstrap(&[]).await;
+    let a1 = p.bootstrap(tests::NO_HOSTD).await;
     p.join_voters(&a1, &[2, 3], &[]).await;
 
     // Write through a follower: the API forwards to the leader.

@@ -84,7 +84,7 @@ type Case = (&'static str, Code, Pin<Box<dyn Future<Output = tonic::Status> + Se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_kinds_of_bad_input_change_nothing() {
     let mut p = Processes::new();
-    let a1 = p.bootstrap(&[]).await;
+    let a1 = p.bootstrap(tests::NO_HOSTD).await;
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{a1}")).unwrap().connect_lazy();
     let domains = DomainsClient::new(ch.clone());
     let hosts = HostsClient::new(ch.clone());

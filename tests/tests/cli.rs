@@ -21,7 +21,7 @@ fn drover(endpoint: &str, args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn define_start_list_shutdown_undefine() {
     let mut p = Processes::new();
-    let a1 = p.bootstrap(&[]).await;
+    let a1 = p.bootstrap(tests::NO_HOSTD).await;
     // A host registers itself (as hostd will).
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{a1}")).unwrap().connect_lazy();
     HostsClient::new(channel)

@@ -14,7 +14,7 @@ async fn a_python_grpcio_client_defines_starts_and_lists() {
         "python3 with grpcio and grpcio-tools is needed (scripts/test installs them: pip install grpcio grpcio-tools)"
     );
     let mut p = Processes::new();
-    let a1 = p.bootstrap(&[]).await;
+    let a1 = p.bootstrap(tests::NO_HOSTD).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/client_test.py");
     let out = Command::new("python3").arg(script).arg(&a1).output().expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -30,7 +30,7 @@ async fn a_python_client_that_only_knows_reflection_lists_services_and_calls_dom
         "python3 with grpcio-reflection is needed (scripts/test installs it: pip install grpcio-reflection)"
     );
     let mut p = Processes::new();
-    let a1 = p.bootstrap(&[]).await;
+    let a1 = p.bootstrap(tests::NO_HOSTD).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/reflection_test.py");
     let out = Command::new("python3").arg(script).arg(&a1).output().expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);

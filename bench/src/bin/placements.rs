@@ -84,8 +84,10 @@ where
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut p = Processes::new();
-    let a1 = p.bootstrap(&["--log", "warn"]).await;
-    p.join_voters(&a1, &[2, 3], &["--log", "warn"]).await;
+    // The hosts are registered here, with no hostd renewing their leases.
+    let flags = [&["--log", "warn"][..], tests::NO_HOSTD].concat();
+    let a1 = p.bootstrap(&flags).await;
+    p.join_voters(&a1, &[2, 3], &flags).await;
     let channel: Channel = tonic::transport::Endpoint::from_shared(format!("http://{a1}"))?.connect_lazy();
     let mut hosts = HostsClient::new(channel.clone());
     for i in 0..args.hosts {
