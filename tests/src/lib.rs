@@ -43,6 +43,13 @@ pub fn drover_bin() -> PathBuf {
 /// the test runs.
 pub const NO_HOSTD: &[&str] = &["--lease-ms", "600000", "--fence-ms", "600000"];
 
+/// Whether process `pid` runs (a zombie does not count).
+pub fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("addr").port()

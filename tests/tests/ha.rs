@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{drover_bin, wait_for, Processes};
+use tests::{alive, drover_bin, wait_for, Processes};
 
 struct Hostd {
     name: String,
@@ -73,13 +73,6 @@ impl Drop for Hostd {
             }
         }
     }
-}
-
-/// Whether process `pid` runs (a zombie does not count).
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
 }
 
 fn drover(endpoint: &str, args: &[&str]) -> String {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use tests::alive;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -79,12 +80,6 @@ fn all_ready(endpoint: &str) -> anyhow::Result<bool> {
         serde_json::from_str(&drover(endpoint, &["--output", "json", "host", "list"])?)?;
     let ready = list.as_array().into_iter().flatten().filter(|h| h["state"] == "ready").count();
     Ok(ready == HOSTS.len())
-}
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
 }
 
 fn vmm_pid(dir: &Path, host: &str) -> Option<u64> {
