@@ -1,12 +1,12 @@
 //! A replica's data directory, and the checks that make a damaged one refuse to start
 //! rather than come up silently empty.
 //!
-//! Layout: `IDENTITY` (text: format and node id, written once, last, at creation), `db/`
-//! (sled: raft log, vote, snapshots), `archive/` (sled: the event archive, kept apart so
-//! the log's fsyncs stay small) and `WATERMARK` (the index of the newest snapshot,
-//! rewritten after each). On open:
+//! Layout: `IDENTITY` (text: format and node id, written once, last, at creation), `log/`
+//! (the write-ahead log, `kv_wal`: raft log, vote, committed index, purge point), `db/`
+//! (sled: snapshots, cluster id), `archive/` (sled: the event archive) and `WATERMARK`
+//! (the index of the newest snapshot, rewritten after each). On open:
 //! - `IDENTITY` must exist whenever `db/` does, name this node, and match the identity
-//!   record inside the database (a truncated or wiped database loses that record);
+//!   record inside the log and each database (a truncated or wiped store loses it);
 //! - every stored record must decode: vote, committed index, purge point, snapshot,
 //!   every log entry;
 //! - the log must be contiguous and start right after the purge point (entries at or
@@ -21,18 +21,21 @@ use controlplane::{codec, State};
 use crate::encoding;
 use crate::kv::{key_u64, Kv, Tree};
 use crate::kv_sled::SledKv;
+use crate::kv_wal::WalKv;
 use crate::log_store::{COMMITTED_KEY, LAST_PURGED_KEY, VOTE_KEY};
 use crate::state_machine::{SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY};
 use crate::type_config::{Entry, LogId, SnapshotMeta, Vote};
 
 const IDENTITY_FILE: &str = "IDENTITY";
 const WATERMARK_FILE: &str = "WATERMARK";
+const LOG_DIR: &str = "log";
 const DB_DIR: &str = "db";
 const ARCHIVE_DIR: &str = "archive";
 const IDENTITY_KEY: &[u8] = b"identity";
-/// v2: values over 4 KiB are chunked and every stored value carries a tag byte
-/// (`kv_sled`); v1 directories are refused with a clear error.
-const FORMAT_LINE: &str = "drover-data-dir v2";
+/// v3: the raft log and vote moved from sled to the write-ahead log (`log/`). v2: values
+/// over 4 KiB are chunked and every stored value carries a tag byte (`kv_sled`). Older
+/// directories are refused with a clear error.
+const FORMAT_LINE: &str = "drover-data-dir v3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
@@ -48,7 +51,9 @@ pub enum DataDirError {
 #[derive(Debug, Clone)]
 pub struct DataDir {
     pub path: PathBuf,
-    /// Raft log, vote, snapshots.
+    /// Raft log, vote, committed index, purge point.
+    pub log_kv: WalKv,
+    /// Snapshots, cluster id.
     pub kv: SledKv,
     /// The event archive.
     pub archive_kv: SledKv,
@@ -72,6 +77,12 @@ impl DataDir {
                 return Err(damaged(format!("{IDENTITY_FILE} is missing beside an existing database")));
             }
             std::fs::create_dir_all(path).map_err(io)?;
+            let log_kv = WalKv::open(&path.join(LOG_DIR))
+                .map_err(|e| damaged(format!("cannot create the log: {e:?}")))?;
+            log_kv
+                .put(Tree::Meta, IDENTITY_KEY, expected.as_bytes())
+                .map_err(|e| damaged(format!("{e:?}")))?;
+            log_kv.flush().await.map_err(|e| damaged(format!("{e:?}")))?;
             let kv =
                 SledKv::open(&db_path).map_err(|e| damaged(format!("cannot create the database: {e:?}")))?;
             let archive_kv = SledKv::open(&path.join(ARCHIVE_DIR))
@@ -83,7 +94,7 @@ impl DataDir {
                 store.flush().await.map_err(|e| damaged(format!("{e:?}")))?;
             }
             write_synced(&identity_path, expected.as_bytes()).map_err(io)?;
-            return Ok(DataDir { path: path.to_owned(), kv, archive_kv });
+            return Ok(DataDir { path: path.to_owned(), log_kv, kv, archive_kv });
         }
 
         let found = std::fs::read_to_string(&identity_path).map_err(io)?;
@@ -107,10 +118,17 @@ impl DataDir {
             });
         }
         let archive_path = path.join(ARCHIVE_DIR);
-        for (dir, what) in [(&db_path, "database"), (&archive_path, "archive")] {
+        let log_path = path.join(LOG_DIR);
+        for (dir, what) in [(&log_path, "log"), (&db_path, "database"), (&archive_path, "archive")] {
             if !dir.exists() {
                 return Err(damaged(format!("the {what} directory is missing")));
             }
+        }
+        let log_kv = WalKv::open(&log_path).map_err(|e| damaged(format!("the log does not open: {e:?}")))?;
+        match log_kv.get(Tree::Meta, IDENTITY_KEY).map_err(|e| damaged(format!("{e:?}")))? {
+            Some(id) if id == expected.as_bytes() => {}
+            Some(_) => return Err(damaged("the log belongs to another node".into())),
+            None => return Err(damaged("the log lost its identity record (truncated or wiped)".into())),
         }
         let kv = SledKv::open(&db_path).map_err(|e| damaged(format!("the database does not open: {e:?}")))?;
         let archive_kv =
@@ -124,8 +142,8 @@ impl DataDir {
                 }
             }
         }
-        check_records(&kv, &archive_kv, path).map_err(damaged)?;
-        Ok(DataDir { path: path.to_owned(), kv, archive_kv })
+        check_records(&log_kv, &kv, &archive_kv, path).map_err(damaged)?;
+        Ok(DataDir { path: path.to_owned(), log_kv, kv, archive_kv })
     }
 
     /// Record that a snapshot up to `index` is stored, so losing it is noticed at open.
@@ -147,16 +165,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn check_records(kv: &SledKv, archive_kv: &SledKv, path: &Path) -> Result<(), String> {
+fn check_records(log_kv: &WalKv, kv: &SledKv, archive_kv: &SledKv, path: &Path) -> Result<(), String> {
+    let get_log = |key: &[u8]| log_kv.get(Tree::Meta, key).map_err(|e| format!("{e:?}"));
     let get = |key: &[u8]| kv.get(Tree::Meta, key).map_err(|e| format!("{e:?}"));
-    if let Some(b) = get(VOTE_KEY)? {
+    if let Some(b) = get_log(VOTE_KEY)? {
         encoding::decode::<Vote>(&b).map_err(|e| format!("the vote record does not decode: {e}"))?;
     }
-    if let Some(b) = get(COMMITTED_KEY)? {
+    if let Some(b) = get_log(COMMITTED_KEY)? {
         encoding::decode::<Option<LogId>>(&b)
             .map_err(|e| format!("the committed record does not decode: {e}"))?;
     }
-    let purged = match get(LAST_PURGED_KEY)? {
+    let purged = match get_log(LAST_PURGED_KEY)? {
         Some(b) => Some(
             encoding::decode::<LogId>(&b).map_err(|e| format!("the purge record does not decode: {e}"))?,
         ),
@@ -187,7 +206,7 @@ fn check_records(kv: &SledKv, archive_kv: &SledKv, path: &Path) -> Result<(), St
     let mut expected_index = purged.map(|p| p.index + 1);
     let mut from = 0u64;
     loop {
-        let batch = kv.range(Tree::Log, &from.to_be_bytes(), None, 1024).map_err(|e| format!("{e:?}"))?;
+        let batch = log_kv.range(Tree::Log, &from.to_be_bytes(), None, 1024).map_err(|e| format!("{e:?}"))?;
         if batch.is_empty() {
             break;
         }

@@ -1,9 +1,11 @@
 //! The storage backend under the raft log, the state machine and the archive: a few
 //! ordered key-value trees and an explicit `flush` (fsync).
 //!
-//! Two implementations pass the same tests: [`crate::kv_sled::SledKv`] for production and
-//! [`crate::kv_mem::MemKv`] for the simulator, whose crash model loses everything written
-//! since the last flush. Nothing written is durable until `flush` returns.
+//! Three implementations: [`crate::kv_wal::WalKv`] (the raft log and its small records,
+//! `fdatasync`ed) and [`crate::kv_sled::SledKv`] (snapshots, the archive; `fsync`ed) in
+//! production, and [`crate::kv_mem::MemKv`] for the simulator, whose crash model loses
+//! everything written since the last flush. Nothing written is durable until `flush`
+//! returns.
 
 use std::future::Future;
 
@@ -44,6 +46,10 @@ pub enum KvError {
     Injected,
     #[error("damaged value: {0}")]
     Damaged(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("tree {0} is not kept in this store")]
+    Unsupported(&'static str),
 }
 
 /// A key and its value.

@@ -1,4 +1,6 @@
-//! [`Kv`] on sled 0.34: one sled tree per [`Tree`]; `flush` is sled's fsync.
+//! [`Kv`] on sled 0.34: one sled tree per [`Tree`]; `flush` is sled's flush followed by an
+//! `fsync` of sled's data file (sled's flush alone only calls `sync_file_range`, and leaves
+//! the `fsync` to its background thread: not durable when it returns).
 //!
 //! **Large values are stored in chunks.** sled keeps a value inside its B-tree leaf, and a
 //! leaf (up to 16 entries) is rewritten whole whenever sled consolidates or splits it; a
@@ -28,6 +30,8 @@ use std::path::Path;
 
 use crate::kv::{Kv, KvError, Pair, Tree};
 
+/// The file sled 0.34 keeps its pages in, inside its directory.
+const SLED_DATA_FILE: &str = "db";
 /// Values longer than this are chunked.
 pub const INLINE_MAX: usize = 4096;
 /// Size of a chunk (the last may be shorter). 17 chunks (a leaf about to split) stay well
@@ -47,6 +51,10 @@ pub struct SledKv {
     chunks: sled::Tree,
     /// Per tree: held by writes that may write or remove chunks.
     locks: std::sync::Arc<[std::sync::Mutex<()>; 5]>,
+    /// sled's data file, opened again to `fsync` it: sled's own flush only calls
+    /// `sync_file_range`, which neither writes the file's metadata nor flushes the device's
+    /// cache (an fsync of any descriptor of the file covers it).
+    data_file: std::sync::Arc<std::fs::File>,
 }
 
 /// Where a chunked value's pieces are.
@@ -99,7 +107,9 @@ impl SledKv {
             open(Tree::Checkpoints)?,
         ];
         let chunks = db.open_tree("chunks")?;
-        Ok(SledKv { db, trees, chunks, locks: Default::default() })
+        let data_file = std::fs::File::open(path.join(SLED_DATA_FILE))
+            .map_err(|e| KvError::Io(format!("{}: {e}", path.join(SLED_DATA_FILE).display())))?;
+        Ok(SledKv { db, trees, chunks, locks: Default::default(), data_file: std::sync::Arc::new(data_file) })
     }
 
     /// The lock of `t`'s chunked values.
@@ -384,7 +394,11 @@ impl Kv for SledKv {
 
     async fn flush(&self) -> Result<(), KvError> {
         self.db.flush_async().await?;
-        Ok(())
+        let file = self.data_file.clone();
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(|e| KvError::Io(format!("the sync task ended: {e}")))?
+            .map_err(|e| KvError::Io(format!("fsync of sled's data file: {e}")))
     }
 }
 

@@ -7,6 +7,8 @@
 //! their callback is queued, so the fsync that completes a callback always covers them.
 //! The vote is flushed before `save_vote` returns; the committed index is a restart hint,
 //! written now and then without a flush (openraft learns it from the leader anyway).
+//! Every step that tells openraft something is durable makes its [`Promise`] right there
+//! (`durability`), which the simulator checks against what a crash leaves.
 //!
 //! Recent entries are also kept decoded in memory ([`EntryCache`]): a leader reads each
 //! entry once per follower (again for every retry to a follower that does not answer,
@@ -24,8 +26,10 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, RaftLogId, StorageIOError};
 
+use crate::durability::{promise, Promise};
 use crate::encoding;
 use crate::kv::{key_u64, u64_key, Kv, Tree};
+use crate::proposer::Bug;
 use crate::type_config::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 pub(crate) const VOTE_KEY: &[u8] = b"vote";
@@ -77,12 +81,16 @@ impl EntryCache {
 #[derive(Debug, Clone)]
 pub struct LogStore<K: Kv> {
     kv: K,
-    flusher: tokio::sync::mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flusher: tokio::sync::mpsc::UnboundedSender<Appended>,
     cache: Arc<Mutex<EntryCache>>,
+    bug: Bug,
 }
 
+/// An append waiting for its flush: openraft's callback and the last entry it wrote.
+type Appended = (LogFlushed<TypeConfig>, Option<LogId>);
+
 /// Complete queued append callbacks, one fsync per group.
-async fn flusher<K: Kv>(kv: K, mut queue: tokio::sync::mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+async fn flusher<K: Kv>(kv: K, mut queue: tokio::sync::mpsc::UnboundedReceiver<Appended>) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while let Ok(more) = queue.try_recv() {
@@ -90,7 +98,10 @@ async fn flusher<K: Kv>(kv: K, mut queue: tokio::sync::mpsc::UnboundedReceiver<L
         }
         let result = kv.flush().await.map_err(|e| e.to_string());
         tracing::trace!(group = group.len(), "log flushed");
-        for callback in group {
+        for (callback, last) in group {
+            if let (Ok(()), Some(last)) = (&result, last) {
+                promise(Promise::Appended(last)).await;
+            }
             callback.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
@@ -117,7 +128,13 @@ impl<K: Kv> LogStore<K> {
     pub fn new(kv: K) -> LogStore<K> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         crate::runtime::spawn(flusher(kv.clone(), rx));
-        LogStore { kv, flusher: tx, cache: Arc::default() }
+        LogStore { kv, flusher: tx, cache: Arc::default(), bug: Bug::None }
+    }
+
+    /// The same store with a planted storage bug (the simulator's).
+    pub fn with_bug(mut self, bug: Bug) -> LogStore<K> {
+        self.bug = bug;
+        self
     }
 
     /// The cache, locked. Readers hold it across their store read and the insert of what
@@ -134,8 +151,8 @@ impl<K: Kv> LogStore<K> {
         }
     }
 
-    /// Remove the entries up to `index` (inclusive), durably.
-    async fn remove_through(&self, index: u64) -> Result<(), StorageError> {
+    /// Remove the entries up to `index` (inclusive), durably if `sync`.
+    async fn remove_through(&self, index: u64, sync: bool) -> Result<(), StorageError> {
         match self.kv.remove_range(Tree::Log, &u64_key(0), Some(&u64_key(index + 1))) {
             Ok(()) => self.cache().purged(index),
             Err(e) => {
@@ -143,7 +160,10 @@ impl<K: Kv> LogStore<K> {
                 return Err(write_logs_err(e));
             }
         }
-        self.kv.flush().await.map_err(write_logs_err)
+        if sync {
+            self.kv.flush().await.map_err(write_logs_err)?;
+        }
+        Ok(())
     }
 
     /// Index of the last entry, if any.
@@ -195,7 +215,7 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
             // come between the two: finish it, so the log starts right after the point.
             let leftover = self.kv.first(Tree::Log).map_err(read_logs_err)?;
             if leftover.is_some_and(|(k, _)| key_u64(&k) <= purged.index) {
-                self.remove_through(purged.index).await?;
+                self.remove_through(purged.index, true).await?;
             }
         }
         let last = match self.kv.last(Tree::Log).map_err(read_logs_err)? {
@@ -212,7 +232,11 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let vote_err = |e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e);
         self.kv.put(Tree::Meta, VOTE_KEY, &encoding::encode(vote)).map_err(vote_err)?;
-        self.kv.flush().await.map_err(vote_err)
+        if self.bug != Bug::VoteUnsynced {
+            self.kv.flush().await.map_err(vote_err)?;
+        }
+        promise(Promise::Vote(*vote)).await;
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -256,10 +280,18 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
                 return Err(write_logs_err(e));
             }
         }
-        if let Err(returned) = self.flusher.send(callback) {
+        let last = entries.last().map(|e| *e.get_log_id());
+        if self.bug == Bug::AppendUnsynced {
+            if let Some(last) = last {
+                promise(Promise::Appended(last)).await;
+            }
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
+        if let Err(returned) = self.flusher.send((callback, last)) {
             // The flusher is gone only when the runtime is shutting down: flush here.
             let result = self.kv.flush().await.map_err(|e| std::io::Error::other(e.to_string()));
-            returned.0.log_io_completed(result);
+            returned.0 .0.log_io_completed(result);
         }
         Ok(())
     }
@@ -273,7 +305,9 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
                 return Err(write_logs_err(e));
             }
         }
-        self.kv.flush().await.map_err(write_logs_err)
+        self.kv.flush().await.map_err(write_logs_err)?;
+        promise(Promise::Truncated(log_id.index)).await;
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -282,6 +316,8 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         // crash in between leaves entries at or below the point, which the next start
         // removes: `get_log_state`).
         self.kv.put(Tree::Meta, LAST_PURGED_KEY, &encoding::encode(&log_id)).map_err(write_logs_err)?;
-        self.remove_through(log_id.index).await
+        self.remove_through(log_id.index, self.bug != Bug::PurgeUnsynced).await?;
+        promise(Promise::Purged(log_id)).await;
+        Ok(())
     }
 }

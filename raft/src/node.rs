@@ -218,7 +218,7 @@ impl Node {
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let channels = Channels::default();
         let network = GrpcNetwork { channels: channels.clone(), cluster: cluster.clone() };
-        let log_store = LogStore::new(kv.clone());
+        let log_store = LogStore::new(dir.log_kv.clone());
         let start_index = log_store.last_index()?;
         let raft = Raft::new(config.node_id, Arc::new(raft_config), network, log_store, sm)
             .await

@@ -35,14 +35,23 @@ pub const CATCH_UP_WAIT_MS: u64 = 5_000;
 /// again, even as leader of a later term (found by the simulator).
 pub const COMMIT_WAIT_MAX_MS: u64 = 10_000;
 
-/// A deliberately wrong write path, for proving that the simulator catches bugs. Only the
-/// simulator sets one; production always runs [`Bug::None`].
+/// A deliberately wrong replica (its write path or its storage), for proving that the
+/// simulator catches bugs. Only the simulator sets one; production always runs
+/// [`Bug::None`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Bug {
     #[default]
     None,
     /// Answer a write as soon as it is decided, before raft has committed it.
     AckBeforeCommit,
+    /// Save the vote without flushing it.
+    VoteUnsynced,
+    /// Acknowledge appended entries before their flush.
+    AppendUnsynced,
+    /// Record a purge without flushing it.
+    PurgeUnsynced,
+    /// Store a snapshot without flushing it.
+    SnapshotUnsynced,
 }
 
 /// Why a write was not committed.

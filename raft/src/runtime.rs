@@ -37,6 +37,11 @@ pub fn as_node<F: Future>(node: u64, future: F) -> impl Future<Output = F::Outpu
     NODE.scope(node, future)
 }
 
+/// The simulated node the current task belongs to (`None` in production).
+pub fn current_node() -> Option<u64> {
+    NODE.try_with(|n| *n).ok()
+}
+
 /// Abort every task of simulated node `node` on this thread, as a crash would end them.
 pub fn abort_node(node: u64) {
     let handles = NODE_TASKS.with(|t| t.borrow_mut().remove(&node)).unwrap_or_default();

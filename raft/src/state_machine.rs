@@ -16,9 +16,11 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogId};
 use tokio::sync::watch;
 
 use crate::archive::Archive;
+use crate::durability::{promise, Promise};
 use crate::encoding;
 use crate::kv::{Kv, Tree};
 use crate::log_store::io_err;
+use crate::proposer::Bug;
 use crate::type_config::{
     ApplyResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -63,6 +65,7 @@ pub struct StateMachine<K: Kv> {
     archive: Archive<K>,
     snapshot_counter: Arc<std::sync::atomic::AtomicU64>,
     on_snapshot: Option<SnapshotHook>,
+    bug: Bug,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
@@ -111,7 +114,14 @@ impl<K: Kv> StateMachine<K> {
             shared,
             snapshot_counter: Arc::default(),
             on_snapshot: None,
+            bug: Bug::None,
         })
+    }
+
+    /// The same state machine with a planted storage bug (the simulator's).
+    pub fn with_bug(mut self, bug: Bug) -> StateMachine<K> {
+        self.bug = bug;
+        self
     }
 
     /// Call `hook` after every snapshot is stored.
@@ -135,7 +145,10 @@ impl<K: Kv> StateMachine<K> {
         self.archive.flush().await.map_err(w)?;
         self.kv.put(Tree::Meta, SNAPSHOT_DATA_KEY, data).map_err(w)?;
         self.kv.put(Tree::Meta, SNAPSHOT_META_KEY, &encoding::encode(meta)).map_err(w)?;
-        self.kv.flush().await.map_err(w)?;
+        if self.bug != Bug::SnapshotUnsynced {
+            self.kv.flush().await.map_err(w)?;
+        }
+        promise(Promise::Snapshot(meta.last_log_id)).await;
         if let (Some(hook), Some(last)) = (&self.on_snapshot, meta.last_log_id) {
             (hook.0)(last.index);
         }

@@ -29,6 +29,14 @@ enum BugArg {
     SnapshotWithoutFile,
     /// Hosts ignore their lease: no self-fencing by hostd or its VM processes.
     NoSelfFence,
+    /// Replicas save their vote without flushing it.
+    VoteUnsynced,
+    /// Replicas acknowledge appended entries before flushing them.
+    AppendUnsynced,
+    /// Replicas record a purge without flushing it.
+    PurgeUnsynced,
+    /// Replicas store snapshots without flushing them.
+    SnapshotUnsynced,
 }
 
 #[derive(Debug, Parser)]
@@ -101,6 +109,10 @@ fn replay_command(args: &Args, seed: u64) -> String {
         BugArg::AckBeforeCommit => c.push_str(" --bug ack-before-commit"),
         BugArg::SnapshotWithoutFile => c.push_str(" --bug snapshot-without-file"),
         BugArg::NoSelfFence => c.push_str(" --bug no-self-fence"),
+        BugArg::VoteUnsynced => c.push_str(" --bug vote-unsynced"),
+        BugArg::AppendUnsynced => c.push_str(" --bug append-unsynced"),
+        BugArg::PurgeUnsynced => c.push_str(" --bug purge-unsynced"),
+        BugArg::SnapshotUnsynced => c.push_str(" --bug snapshot-unsynced"),
     }
     c
 }
@@ -122,12 +134,16 @@ fn main() -> anyhow::Result<()> {
         faults: !args.no_faults,
         bug: match args.bug {
             BugArg::AckBeforeCommit => Bug::AckBeforeCommit,
+            BugArg::VoteUnsynced => Bug::VoteUnsynced,
+            BugArg::AppendUnsynced => Bug::AppendUnsynced,
+            BugArg::PurgeUnsynced => Bug::PurgeUnsynced,
+            BugArg::SnapshotUnsynced => Bug::SnapshotUnsynced,
             BugArg::None | BugArg::SnapshotWithoutFile | BugArg::NoSelfFence => Bug::None,
         },
         host_bug: match args.bug {
             BugArg::SnapshotWithoutFile => HostBug::SnapshotWithoutFile,
             BugArg::NoSelfFence => HostBug::NoSelfFence,
-            BugArg::None | BugArg::AckBeforeCommit => HostBug::None,
+            _ => HostBug::None,
         },
         keep_trace: args.trace,
         ..SimConfig::new(seed)

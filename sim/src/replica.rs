@@ -48,8 +48,11 @@ impl raft::backfill::ArchivePeers for SimArchivePeers {
 /// Archive checkpoint interval in the simulation, in events (small, so restarts and
 /// `state_at` use checkpoints).
 pub const CHECKPOINT_EVERY_EVENTS: u64 = 256;
-/// Entries between raft snapshots (small, so compaction and snapshot installs happen).
-pub const SNAPSHOT_EVERY_ENTRIES: u64 = 200;
+/// Entries between raft snapshots (small, so compaction, snapshot installs and their
+/// crash points happen several times in a 20 s run of the small world, ~80 entries).
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 30;
+/// Entries kept behind a snapshot.
+const LOG_KEPT_AFTER_SNAPSHOT: u64 = 10;
 
 /// openraft's settings in the simulation: production's timers (`NodeConfig::new`), small
 /// snapshot and checkpoint intervals so compaction and installs happen within a run.
@@ -66,7 +69,7 @@ fn build_raft_config() -> Arc<openraft::Config> {
         election_timeout_min: 500,
         election_timeout_max: 1000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-        max_in_snapshot_log_to_keep: 50,
+        max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
         snapshot_max_chunk_size: 16 << 10,
         max_payload_entries: 256,
         ..Default::default()
@@ -118,10 +121,11 @@ impl Replica {
         };
         let live = raft::runtime::as_node(id, async move {
             let sm = StateMachine::open_with_archive(disk.clone(), archive_disk, CHECKPOINT_EVERY_EVENTS)
-                .map_err(|e| format!("opening the state machine: {e}"))?;
+                .map_err(|e| format!("opening the state machine: {e}"))?
+                .with_bug(bug);
             let shared = sm.shared();
             let archive = sm.archive();
-            let log_store = LogStore::new(disk);
+            let log_store = LogStore::new(disk).with_bug(bug);
             let start_index = log_store.last_index().map_err(|e| format!("reading the log: {e}"))?;
             let raft = Raft::new(id, raft_config(), network, log_store, sm)
                 .await

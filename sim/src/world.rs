@@ -155,6 +155,7 @@ struct World {
     clients: Vec<tokio::task::JoinHandle<()>>,
     rng: ChaCha8Rng,
     faults: u64,
+    durability: invariants::durability::DurabilityWatch,
 }
 
 /// Play seed `cfg.seed` to the end. Runs on its own single-threaded tokio runtime with a
@@ -169,6 +170,7 @@ pub fn run(cfg: &SimConfig) -> RunOutcome {
     let rt = builder.build().expect("tokio runtime");
     let mut outcome = rt.block_on(play(cfg.clone()));
     drop(rt);
+    raft::durability::observe(None);
     raft::runtime::unseed_thread_rng();
     outcome.wall = started.elapsed();
     outcome
@@ -208,6 +210,10 @@ async fn play(cfg: SimConfig) -> RunOutcome {
         clients: Vec::new(),
         rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6661_756c_7473),
         faults: 0,
+        durability: invariants::durability::DurabilityWatch::install(
+            cfg.seed ^ 0x0062_7567_6769_6679,
+            replica_ids.iter().copied(),
+        ),
     };
     world.boot().await;
     world.chaos().await;
@@ -225,8 +231,23 @@ impl World {
         self.core.trace.record(self.now(), line);
     }
 
+    /// Whatever replica `r` promised durable before it went down must be on its disk.
+    fn check_durable(&self, r: &Replica) {
+        match raft::durability::Durable::read(&r.disk, &r.disk) {
+            Ok(durable) => {
+                if let Some(broken) = self.durability.check_restart(r.id, &durable) {
+                    self.core.violation("durability", format!("replica {} restarts: {broken}", r.id));
+                }
+            }
+            Err(e) => {
+                self.core.violation("durability", format!("replica {}'s disk does not read: {e}", r.id))
+            }
+        }
+    }
+
     async fn start_replica(&mut self, i: usize) {
         let id = self.replicas[i].id;
+        self.check_durable(&self.replicas[i]);
         self.forget(id);
         let holders = self.archive_holders();
         match self.replicas[i].start(&self.core.net, &self.core.clocks, self.core.cfg.bug, &holders).await {
@@ -256,6 +277,7 @@ impl World {
     async fn start_hostd(&mut self, i: usize) {
         if self.core.cfg.host_replicas {
             let id = self.learners[i].id;
+            self.check_durable(&self.learners[i]);
             self.forget(id);
             let holders = self.archive_holders();
             if let Err(e) =
@@ -303,6 +325,18 @@ impl World {
     /// Restarts that are due, crashed rafts (a failed disk write stops openraft), hash samples.
     async fn supervise(&mut self, next_sample: &mut u64) {
         let now = self.now();
+        for (id, promise) in self.durability.take_crashed() {
+            let i = (id - 1) as usize;
+            if self.replicas[i].up {
+                self.replicas[i].crash(&self.core.net);
+                let restart = now + self.rng.gen_range(100..3_000);
+                self.replica_restart.insert(id, restart);
+                self.faults += 1;
+                self.trace(format!(
+                    "fault: replica {id} crashed right after {promise:?}; restarts at {restart}"
+                ));
+            }
+        }
         let due: Vec<NodeId> =
             self.replica_restart.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id).collect();
         for id in due {
@@ -451,6 +485,7 @@ impl World {
     }
 
     async fn chaos(&mut self) {
+        self.durability.arm(self.core.cfg.faults);
         let mut next_fault = 1_000 + self.rng.gen_range(0..1_000);
         let mut next_sample = 0;
         while self.now() < self.core.cfg.chaos_ms {
@@ -647,6 +682,7 @@ impl World {
 
     /// End every fault: partitions, weather, disks; restart what is down.
     async fn heal(&mut self) {
+        self.durability.arm(false);
         let net = &self.core.net;
         net.heal();
         net.set_weather(Weather::CALM);

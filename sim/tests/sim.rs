@@ -119,3 +119,37 @@ fn a_host_that_does_not_fence_itself_is_caught_within_ten_seeds() {
         "ten seeds ran hosts that keep their VMs past their lease and no double run was seen"
     );
 }
+
+/// A storage step that returns before its flush, caught within 200 seeds: the crash
+/// points at durability boundaries land a crash right after it.
+fn storage_bug_is_caught(bug: Bug) {
+    require_determinism();
+    let caught = (1..=200).find(|seed| {
+        let out = run(&SimConfig { bug, ..SimConfig::new(*seed) });
+        out.violations.iter().any(|v| v.invariant == "durability")
+    });
+    match caught {
+        Some(seed) => eprintln!("{bug:?} caught at seed {seed}"),
+        None => panic!("200 seeds ran replicas with {bug:?} and no restart found the promise broken"),
+    }
+}
+
+#[test]
+fn a_vote_saved_without_a_flush_is_caught_within_200_seeds() {
+    storage_bug_is_caught(Bug::VoteUnsynced);
+}
+
+#[test]
+fn entries_acknowledged_before_their_flush_are_caught_within_200_seeds() {
+    storage_bug_is_caught(Bug::AppendUnsynced);
+}
+
+#[test]
+fn a_purge_recorded_without_a_flush_is_caught_within_200_seeds() {
+    storage_bug_is_caught(Bug::PurgeUnsynced);
+}
+
+#[test]
+fn a_snapshot_stored_without_a_flush_is_caught_within_200_seeds() {
+    storage_bug_is_caught(Bug::SnapshotUnsynced);
+}

@@ -4,6 +4,7 @@
 
 pub mod acked_writes;
 pub mod archive_replay;
+pub mod durability;
 pub mod failover;
 pub mod linearizable;
 pub mod liveness;
