@@ -656,7 +656,7 @@ impl Filesystem for Fs {
             tri!(file.set_permissions(Permissions::from_mode(mode & !umask & 0o7777)), reply);
         }
         let fh = st.add_file(file);
-        let mut attr = tri!(st.created(req, &rel), reply);
+        let mut attr = tri!(if existed { st.entry(&rel) } else { st.created(req, &rel) }, reply);
         if existed && flags & libc::O_TRUNC != 0 {
             tri!(st.set_size(attr.ino, Some(fh), 0), reply);
             attr.size = 0;
