@@ -26,8 +26,9 @@
 //!   by the kernel under direct IO.
 //! - Locks (`flock`, `fcntl`) are done by the kernel locally; they are not forwarded.
 //! - One session thread serves every request; state sits behind one mutex.
-//! - Needs root and `/dev/fuse`: it mounts with mount(2), not fusermount. Inode numbers are
-//!   the filesystem's own (by path relative to the backing root) and are never reused.
+//! - Needs root and `/dev/fuse`: it mounts with mount(2), not fusermount, with
+//!   `default_permissions` (the kernel checks modes) and `allow_other`. Inode numbers are the
+//!   filesystem's own (by path relative to the backing root), never reused nor forgotten.
 
 #![forbid(unsafe_code)]
 

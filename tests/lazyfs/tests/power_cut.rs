@@ -175,3 +175,30 @@ fn a_busy_mount_is_detached_on_drop() {
     assert_eq!(fs::read_dir(mnt.path()).expect("readdir the bare mountpoint").count(), 0);
     drop(f);
 }
+
+#[test]
+fn fallocate_and_tempfiles() {
+    use rustix::fs::{fallocate, FallocateFlags};
+    let m = Mounted::new();
+    let f = File::create(m.path("wal")).expect("create");
+    fallocate(&f, FallocateFlags::empty(), 0, 4096).expect("fallocate");
+    fallocate(&f, FallocateFlags::KEEP_SIZE, 0, 1 << 20).expect("fallocate, keep size");
+    let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    assert_eq!(fallocate(&f, punch, 0, 10), Err(rustix::io::Errno::OPNOTSUPP));
+    assert_eq!(f.metadata().expect("fstat").len(), 4096);
+    assert_eq!(m.durable("wal").len(), 0);
+    m.fs.power_cut();
+    assert_eq!(f.metadata().expect("fstat").len(), 0);
+
+    // An unnamed temp file (O_TMPFILE, or create and unlink where FUSE lacks it) and a
+    // named one persisted over a target.
+    let mut t = tempfile::tempfile_in(m.mnt.path()).expect("an unnamed temp file");
+    t.write_all(b"scratch").expect("write");
+    t.sync_all().expect("fsync");
+    let mut named = tempfile::NamedTempFile::new_in(m.mnt.path()).expect("a named temp file");
+    named.write_all(b"conf v2").expect("write");
+    named.as_file().sync_all().expect("fsync");
+    named.persist(m.path("conf")).expect("persist");
+    m.fs.power_cut();
+    assert_eq!(fs::read_to_string(m.path("conf")).expect("read"), "conf v2");
+}
