@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -91,6 +91,8 @@ impl Replica {
 #[derive(Debug)]
 pub struct Processes {
     pub dir: tempfile::TempDir,
+    /// Where the replicas' data directories go (`dir` unless [`Processes::with_data_root`]).
+    pub data_root: PathBuf,
     pub replicas: BTreeMap<u64, Replica>,
 }
 
@@ -102,14 +104,22 @@ impl Default for Processes {
 
 impl Processes {
     pub fn new() -> Processes {
-        Processes { dir: tempfile::tempdir().expect("temp dir"), replicas: BTreeMap::new() }
+        let dir = tempfile::tempdir().expect("temp dir");
+        Processes { data_root: dir.path().to_owned(), dir, replicas: BTreeMap::new() }
+    }
+
+    /// Replicas keep their data directories under `root` (a test filesystem, say); logs
+    /// stay in the temporary directory.
+    pub fn with_data_root(mut self, root: &Path) -> Processes {
+        self.data_root = root.to_owned();
+        self
     }
 
     /// Start replica `id` (on a fresh port the first time, the same port after).
     pub fn start(&mut self, id: u64, extra: &[&str]) -> String {
         let (addr, data_dir) = match self.replicas.get(&id) {
             Some(r) => (r.addr.clone(), r.data_dir.clone()),
-            None => (format!("127.0.0.1:{}", free_port()), self.dir.path().join(format!("n{id}"))),
+            None => (format!("127.0.0.1:{}", free_port()), self.data_root.join(format!("n{id}"))),
         };
         let log = self.dir.path().join(format!("n{id}.log"));
         let out = File::options().create(true).append(true).open(&log).expect("log file");

@@ -104,6 +104,29 @@ async fn damaged_data_directories_are_refused() {
     std::fs::remove_dir_all(case.join("db")).unwrap();
     refuses(&mut p, &case, "missing database");
 
+    let segment = |d: &Path| {
+        let mut segments: Vec<_> =
+            std::fs::read_dir(d.join("log")).unwrap().map(|e| e.unwrap().path()).collect();
+        segments.sort();
+        segments.pop().expect("the log has a segment")
+    };
+
+    let case = work.join("no-log");
+    copy_dir(&intact, &case);
+    std::fs::remove_dir_all(case.join("log")).unwrap();
+    refuses(&mut p, &case, "missing log");
+
+    let case = work.join("truncated-log");
+    copy_dir(&intact, &case);
+    let len = std::fs::metadata(segment(&case)).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(segment(&case)).unwrap().set_len(len / 2).unwrap();
+    refuses(&mut p, &case, "truncated log segment");
+
+    let case = work.join("emptied-log");
+    copy_dir(&intact, &case);
+    std::fs::OpenOptions::new().write(true).open(segment(&case)).unwrap().set_len(0).unwrap();
+    refuses(&mut p, &case, "emptied log segment");
+
     let case = work.join("no-archive");
     copy_dir(&intact, &case);
     std::fs::remove_dir_all(case.join("archive")).unwrap();
