@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use controlplane::fixtures::kernel_spec;
 use controlplane::{Command, Committed, Event, Request};
@@ -97,13 +97,20 @@ async fn a_power_cut_of_every_replica_loses_nothing_acknowledged() {
         p.start(id, &flags);
     }
     let probe = Client::new(addrs.clone());
-    let (last_seq, hash) = wait_for("the replicas to come back and agree", Duration::from_secs(120), || {
-        converged(&probe, &addrs)
-    })
-    .await;
-    for r in p.replicas.values_mut() {
-        assert!(r.is_running(), "replica {} exited after the cut", r.id);
-    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (last_seq, hash) = loop {
+        for id in [1, 2, 3] {
+            if !p.replicas.get_mut(&id).expect("started").is_running() {
+                let log = p.log_of(id);
+                panic!("replica {id} exited after the cut: {}", log.lines().last().unwrap_or_default());
+            }
+        }
+        if let Some(agreed) = converged(&probe, &addrs).await {
+            break agreed;
+        }
+        assert!(Instant::now() < deadline, "the replicas did not come back and agree within 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(last_seq >= acked.len() as u64, "{last_seq} events for {} acknowledged writes", acked.len());
 
     for addr in &addrs {
