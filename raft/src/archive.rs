@@ -232,6 +232,13 @@ impl<K: Kv> Archive<K> {
         if controlplane::state_hash(&after) != controlplane::state_hash(&expected) {
             return Err(ArchiveError::Mismatch { from, to });
         }
+        // A snapshot installed while this hole was being filled may have widened it (the
+        // same first seq, a later end): what is filled and checked stays, the rest remains
+        // a hole (noted before the old one goes, so a crash leaves both, never neither).
+        let end = self.kv.get(Tree::Meta, &hole_key(from))?.map(|v| key_u64(&v));
+        if let Some(end) = end.filter(|end| *end > to) {
+            self.note_hole(to + 1, end)?;
+        }
         self.kv.remove_range(Tree::Meta, &hole_key(from), Some(&hole_key(from + 1)))?;
         Ok(())
     }
