@@ -78,14 +78,25 @@ impl HaSettings {
 /// Who the HA controller's changes are recorded as.
 pub const PRINCIPAL: &str = "system/ha";
 
-/// What the leader should ask for now, in order. `lease_age_ms`: for each host the leader
-/// holds a lease of, how long ago it was last renewed (a host without an entry is left
-/// alone). `now_ms`: the proposer clock, for the crash-restart window.
+/// What the leader should ask for now, in order: [`plan_hosts`], then [`plan_restarts`].
 pub fn plan(
     state: &State,
     lease_age_ms: &BTreeMap<String, u64>,
     settings: &HaSettings,
     now_ms: u64,
+) -> Vec<Command> {
+    let mut commands = plan_hosts(state, lease_age_ms, settings);
+    commands.extend(plan_restarts(state, now_ms));
+    commands
+}
+
+/// Host state changes the leases call for. `lease_age_ms`: for each host the leader holds
+/// a lease of, how long ago it was last renewed (a host without an entry is left alone).
+/// Costs a look at each host.
+pub fn plan_hosts(
+    state: &State,
+    lease_age_ms: &BTreeMap<String, u64>,
+    settings: &HaSettings,
 ) -> Vec<Command> {
     let mut commands = Vec::new();
     for host in state.hosts().values() {
@@ -109,6 +120,13 @@ pub fn plan(
             _ => {}
         }
     }
+    commands
+}
+
+/// HA domains to restart, highest priority first. `now_ms`: the proposer clock, for the
+/// crash-restart window. Costs a look at every domain.
+pub fn plan_restarts(state: &State, now_ms: u64) -> Vec<Command> {
+    let mut commands = Vec::new();
     let mut waiting: Vec<(u32, &str)> = state
         .domains()
         .values()

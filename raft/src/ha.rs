@@ -1,12 +1,16 @@
 //! The leader's HA loop: every [`HA_TICK_MS`], while this replica leads, ask the pure
-//! controller ([`controlplane::ha::plan`]) what to do given the leases, and submit its
-//! commands one at a time through the ordinary write path (each decided against the
-//! state the previous one left). Followers run the loop too and do nothing.
+//! controller what to do given the leases ([`controlplane::ha::plan_hosts`]), and submit
+//! its commands one at a time through the ordinary write path (each decided against the
+//! state the previous one left); then, in the same tick as a fencing or at least every
+//! [`RESTART_SCAN_MS`], which HA domains to restart ([`controlplane::ha::plan_restarts`],
+//! a look at every domain: with 100,000 domains every tick it took a tenth of a busy
+//! leader's CPU, and held the state lock against the apply while it ran). Followers run
+//! the loop too and do nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use controlplane::ha::{plan, HaSettings, PRINCIPAL};
+use controlplane::ha::{plan_hosts, plan_restarts, HaSettings, PRINCIPAL};
 use controlplane::model::HostState;
 use controlplane::{Command, Committed, Request};
 use tracing::{debug, info};
@@ -18,6 +22,9 @@ use crate::type_config::{NodeId, Raft};
 
 /// How often the leader looks at leases and domains to restart.
 pub const HA_TICK_MS: u64 = 100;
+/// How often the leader looks for HA domains to restart when no host was fenced (a
+/// crashed HA domain on a live host waits at most this long).
+pub const RESTART_SCAN_MS: u64 = 1_000;
 /// How long the loop waits for one of its writes to commit.
 pub const HA_PROPOSE_TIMEOUT_MS: u64 = 2_000;
 
@@ -47,6 +54,7 @@ impl HaLoop {
         // Request ids must not repeat across restarts of this replica within a term.
         let boot = (self.clock)();
         let mut sent = 0u64;
+        let mut last_scan: Option<tokio::time::Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(HA_TICK_MS)).await;
             let term = {
@@ -61,14 +69,13 @@ impl HaLoop {
                 m.current_term
             };
             let now = tokio::time::Instant::now();
-            let commands = {
+            let hosts = {
                 let state = self.shared.state.read().expect("state lock");
                 let ages = self.leases.ages(term, state.hosts().keys().map(String::as_str), now);
-                plan(&state, &ages, &self.settings, (self.clock)())
+                plan_hosts(&state, &ages, &self.settings)
             };
             // Host states first, one at a time (each may lose runs the restarts need).
-            let (restarts, hosts): (Vec<Command>, Vec<Command>) =
-                commands.into_iter().partition(|c| matches!(c, Command::RestartDomain { .. }));
+            let mut fenced_now = false;
             let mut led = true;
             for command in hosts {
                 // A plan is made from the leases at one moment and carried out over several
@@ -87,6 +94,7 @@ impl HaLoop {
                 };
                 sent += 1;
                 let outcome = self.propose(command, term, boot, sent).await;
+                fenced_now |= fencing.is_some();
                 if let Some(host) = fencing {
                     // Renewals are answered again only once the fencing has certainly
                     // committed (the state then refuses them) or certainly not; a write
@@ -101,7 +109,17 @@ impl HaLoop {
                     break;
                 }
             }
-            if !led || restarts.is_empty() {
+            let due =
+                last_scan.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(RESTART_SCAN_MS));
+            if !led || !(fenced_now || due) {
+                continue;
+            }
+            last_scan = Some(now);
+            let restarts = {
+                let state = self.shared.state.read().expect("state lock");
+                plan_restarts(&state, (self.clock)())
+            };
+            if restarts.is_empty() {
                 continue;
             }
             // Restarts together: decided in priority order as they are handed over, they
