@@ -1,18 +1,21 @@
 //! The floor under one durable replicated write on this machine: what a single client's
 //! write costs at least, whatever the consensus code does, with the pieces Drover must
-//! use (sled for the raft log, openraft 0.9.25, which finishes the leader's log flush
-//! before it sends the entry to the followers).
+//! use (the write-ahead log `raft::kv_wal` for the raft log, openraft 0.9.25, which
+//! finishes the leader's log flush before it sends the entry to the followers).
 //!
 //! Measures, each `--runs` times, p50 and p99:
 //! - `fdatasync`: a 256-byte write into a preallocated file, then fdatasync (the disk's own
 //!   floor, what etcd's WAL pays);
-//! - `sled`: one 256-byte log entry put into Drover's sled log tree, then the flush that
-//!   makes it durable (`raft::kv_sled`, as the log store does it);
+//! - `wal`: one 256-byte log entry put into Drover's write-ahead log, then the flush that
+//!   makes it durable (`raft::kv_wal`, as the log store does it: an fdatasync on a
+//!   blocking thread);
+//! - `sled`: the same on `raft::kv_sled` (sled's flush, then an fsync of its data file:
+//!   what the log would cost on sled at equal durability);
 //! - `rtt`: a 256-byte request and answer over loopback TCP (TCP_NODELAY), no gRPC.
 //!
 //! and prints the serial path of one write at one client: client → leader, leader flush,
 //! leader → follower, follower flush, follower → leader, leader → client
-//! = 2 × sled + 2 × rtt, before any gRPC, decoding or state-machine work.
+//! = 2 × wal + 2 × rtt, before any gRPC, decoding or state-machine work.
 //!
 //! Usage: `cargo run --release -p bench --bin durability_floor -- [--runs 2000] [--dir D]`
 //! (D must be on the disk the replicas use; default `target/durability-floor`).
@@ -61,10 +64,20 @@ fn fdatasync(args: &Args) -> anyhow::Result<Vec<Duration>> {
     Ok(out)
 }
 
+fn wal(args: &Args) -> anyhow::Result<Vec<Duration>> {
+    let path = args.dir.join("wal");
+    let _ = std::fs::remove_dir_all(&path);
+    put_and_flush(args, raft::kv_wal::WalKv::open(&path)?, &path)
+}
+
 fn sled(args: &Args) -> anyhow::Result<Vec<Duration>> {
     let path = args.dir.join("sled");
     let _ = std::fs::remove_dir_all(&path);
-    let kv = raft::kv_sled::SledKv::open(&path)?;
+    put_and_flush(args, raft::kv_sled::SledKv::open(&path)?, &path)
+}
+
+/// One log entry put and flushed, `--runs` times; `path` is removed after.
+fn put_and_flush(args: &Args, kv: impl Kv, path: &std::path::Path) -> anyhow::Result<Vec<Duration>> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut out = Vec::with_capacity(args.runs);
     for i in 0..args.runs as u64 {
@@ -74,7 +87,7 @@ fn sled(args: &Args) -> anyhow::Result<Vec<Duration>> {
         out.push(t.elapsed());
     }
     drop(kv);
-    std::fs::remove_dir_all(&path)?;
+    std::fs::remove_dir_all(path)?;
     Ok(out)
 }
 
@@ -112,17 +125,20 @@ fn main() -> anyhow::Result<()> {
     println!("| piece | p50 ms | p99 ms |");
     println!("|---|---|---|");
     let mut p50 = Vec::new();
-    for (name, samples) in
-        [("fdatasync", fdatasync(&args)?), ("sled put + flush", sled(&args)?), ("loopback rtt", rtt(&args)?)]
-    {
+    for (name, samples) in [
+        ("fdatasync", fdatasync(&args)?),
+        ("wal put + flush", wal(&args)?),
+        ("sled put + flush + fsync", sled(&args)?),
+        ("loopback rtt", rtt(&args)?),
+    ] {
         let (a, b) = percentiles(samples);
         println!("| {name} | {a:.3} | {b:.3} |");
         p50.push(a);
     }
-    let floor = 2.0 * p50[1] + 2.0 * p50[2];
+    let floor = 2.0 * p50[1] + 2.0 * p50[3];
     println!();
     println!(
-        "serial floor of one write at one client (2 x sled + 2 x rtt): {floor:.3} ms p50 \
+        "serial floor of one write at one client (2 x wal + 2 x rtt): {floor:.3} ms p50 \
          = at most {:.0} writes/s per client",
         1e3 / floor
     );
