@@ -6,10 +6,13 @@
 //! - **Runtime** (`runtime`): openraft's tasks and time run on tokio; its randomness comes
 //!   from a source the simulator can seed.
 //! - **Storage** (`kv`, `log_store`, `state_machine`, `archive`): one implementation of
-//!   openraft's storage traits over a small key-value trait, with two backends: sled
-//!   (`kv_sled`, production) and memory with an explicit fsync model (`kv_mem`, the
-//!   simulator). Both pass openraft's storage suite. Group commit: one fsync per appended
-//!   batch. The state is made durable by snapshots; a restart is snapshot + log.
+//!   openraft's storage traits over a small key-value trait, with three backends: a
+//!   write-ahead log (`kv_wal`, production's raft log and vote, `fdatasync`ed), sled
+//!   (`kv_sled`, production's snapshots and archive, `fsync`ed) and memory with an
+//!   explicit fsync model (`kv_mem`, the simulator). All pass openraft's storage suite.
+//!   Group commit: one sync per group of appended batches. The state is made durable by
+//!   snapshots; a restart is snapshot + log. Every durability step makes a promise
+//!   (`durability`) the simulator checks after crashes it places right after them.
 //! - **Archive** (`archive`): every applied event with seq, raft index, time, principal
 //!   and request id, indexed by resource, with state checkpoints; never compacted.
 //! - **Write path** (`proposer`): decide on the leader, batch, commit; shared with the
