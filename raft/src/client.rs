@@ -11,7 +11,8 @@ use std::time::Duration;
 use controlplane::{codec, Committed, EventEnvelope, Request};
 use proto::raft::replication_client::ReplicationClient;
 use proto::raft::{
-    ArchiveRequest, MemberReply, MemberRequest, StateAtRequest, StatusReply, StatusRequest, SubmitRequest,
+    ArchiveRequest, MemberReply, MemberRequest, StateAtRequest, StatusReply, StatusRequest,
+    SubmitBatchRequest, SubmitRequest,
 };
 use tonic::Code;
 
@@ -34,6 +35,14 @@ pub enum ClientError {
     Unavailable { attempts: u32, last: String },
     #[error("bad reply: {0}")]
     BadReply(String),
+}
+
+/// Whether a write that failed with `code` may succeed if sent again (with its request id).
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::Unknown
+    )
 }
 
 /// A client over a list of replica endpoints (`host:port`).
@@ -75,16 +84,7 @@ impl Client {
                     return encoding::decode(&reply.into_inner().committed)
                         .map_err(|e| ClientError::BadReply(e.to_string()));
                 }
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        Code::Unavailable
-                            | Code::DeadlineExceeded
-                            | Code::Aborted
-                            | Code::Cancelled
-                            | Code::Unknown
-                    ) =>
-                {
+                Err(s) if retryable(s.code()) => {
                     hint = s
                         .metadata()
                         .get(LEADER_ADDRESS_HEADER)
@@ -107,6 +107,90 @@ impl Client {
             }
         }
         Err(ClientError::Unavailable { attempts: CLIENT_ATTEMPTS_MAX, last })
+    }
+
+    /// Submit several requests in one call per attempt (at most
+    /// [`crate::service::SUBMIT_BATCH_MAX`]); the outcomes come back in their order. Writes
+    /// that fail in a way a retry may fix are sent again together, to the next endpoint,
+    /// with their request ids, as [`Client::submit`] does for one.
+    pub async fn submit_batch(&self, requests: &[Request]) -> Vec<Result<Committed, ClientError>> {
+        let mut outcomes: Vec<Option<Result<Committed, ClientError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        let encoded: Vec<Vec<u8>> = requests.iter().map(encoding::encode).collect();
+        let mut target = 0usize;
+        let mut last = String::new();
+        for attempt in 1..=CLIENT_ATTEMPTS_MAX {
+            let pending: Vec<usize> = (0..requests.len()).filter(|i| outcomes[*i].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            let endpoint = self.endpoints[target % self.endpoints.len()].clone();
+            let batch =
+                SubmitBatchRequest { requests: pending.iter().map(|i| encoded[*i].clone()).collect() };
+            let mut req = tonic::Request::new(batch);
+            req.set_timeout(self.call_timeout);
+            let mut retry = false;
+            match self.rpc(&endpoint) {
+                Err(e) => {
+                    last = e.to_string();
+                    retry = true;
+                }
+                Ok(mut rpc) => match rpc.submit_batch(req).await {
+                    Ok(reply) => {
+                        let results = reply.into_inner().results;
+                        if results.len() != pending.len() {
+                            let bad = format!("{} outcomes for {} writes", results.len(), pending.len());
+                            for i in pending {
+                                outcomes[i] = Some(Err(ClientError::BadReply(bad.clone())));
+                            }
+                            break;
+                        }
+                        for (i, r) in pending.into_iter().zip(results) {
+                            let code = Code::from_i32(r.code);
+                            outcomes[i] = match code {
+                                Code::Ok => Some(
+                                    encoding::decode(&r.committed)
+                                        .map_err(|e| ClientError::BadReply(e.to_string())),
+                                ),
+                                c if retryable(c) => {
+                                    retry = true;
+                                    last = format!("{endpoint}: {c:?}: {}", r.message);
+                                    None
+                                }
+                                c => Some(Err(ClientError::Refused { code: c, message: r.message })),
+                            };
+                        }
+                    }
+                    Err(s) if retryable(s.code()) => {
+                        last = format!("{endpoint}: {s}");
+                        retry = true;
+                    }
+                    Err(s) => {
+                        for i in pending {
+                            outcomes[i] = Some(Err(ClientError::Refused {
+                                code: s.code(),
+                                message: s.message().to_owned(),
+                            }));
+                        }
+                        break;
+                    }
+                },
+            }
+            if retry {
+                target += 1;
+                if attempt < CLIENT_ATTEMPTS_MAX {
+                    tokio::time::sleep(Duration::from_millis(CLIENT_RETRY_PAUSE_MS)).await;
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(ClientError::Unavailable { attempts: CLIENT_ATTEMPTS_MAX, last: last.clone() })
+                })
+            })
+            .collect()
     }
 
     /// One replica's status.

@@ -9,7 +9,8 @@ use proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use proto::raft::replication_server::{Replication, ReplicationServer};
 use proto::raft::{
     ArchiveReply, ArchiveRequest, JoinReply, JoinRequest, MemberReply, MemberRequest, RaftPayload,
-    StateAtReply, StateAtRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest,
+    StateAtReply, StateAtRequest, StatusReply, StatusRequest, SubmitBatchReply, SubmitBatchRequest,
+    SubmitReply, SubmitRequest, SubmitResult,
 };
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -22,6 +23,8 @@ use crate::type_config::NodeId;
 
 /// Largest write request accepted (one encoded command).
 pub const SUBMIT_BYTES_MAX: usize = 1 << 20;
+/// Most writes in one `SubmitBatch` call.
+pub const SUBMIT_BATCH_MAX: usize = 1024;
 /// Longest any call may run on the server.
 pub const CALL_TIMEOUT_MS: u64 = 60_000;
 
@@ -128,6 +131,50 @@ impl Replication for ReplicationService {
         let req = encoding::decode(&request.into_inner().request).map_err(bad_payload)?;
         let committed = self.node.submit(req, fwd).await.map_err(|e: NodeError| e.to_status())?;
         Ok(Response::new(SubmitReply { committed: encoding::encode(&committed) }))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<SubmitBatchRequest>,
+    ) -> Result<Response<SubmitBatchReply>, Status> {
+        check_cluster(&self.node, &request).await?;
+        let fwd = forwarded(&request);
+        let requests = request.into_inner().requests;
+        if requests.len() > SUBMIT_BATCH_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} writes in one batch; at most {SUBMIT_BATCH_MAX}",
+                requests.len()
+            )));
+        }
+        // Every request decodes before any is submitted: bad input changes nothing.
+        let decoded = requests
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                encoding::decode(bytes)
+                    .map_err(|e| Status::invalid_argument(format!("write {i} does not decode: {e}")))
+            })
+            .collect::<Result<Vec<controlplane::Request>, Status>>()?;
+        // Together, as that many concurrent Submit calls would be: the leader's write path
+        // batches them into log entries.
+        let outcomes = futures::future::join_all(decoded.into_iter().map(|r| self.node.submit(r, fwd))).await;
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(committed) => {
+                    SubmitResult { committed: encoding::encode(&committed), code: 0, message: String::new() }
+                }
+                Err(e) => {
+                    let status = e.to_status();
+                    SubmitResult {
+                        committed: Vec::new(),
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }
+                }
+            })
+            .collect();
+        Ok(Response::new(SubmitBatchReply { results }))
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {

@@ -93,3 +93,46 @@ async fn follower_writes_forward_and_reads_come_in_two_kinds() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_writes_answer_in_order_and_a_bad_batch_changes_nothing() {
+    use proto::raft::replication_client::ReplicationClient;
+    use proto::raft::SubmitBatchRequest;
+    use raft::client::{Client, ClientError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(1, dir.path()).await;
+    n1.bootstrap().await.unwrap();
+    until("node 1 to lead", || (n1.status().leader_id == 1).then_some(())).await;
+    let addr = n1.listen_addr().to_string();
+    let client = Client::new(vec![addr.clone()]);
+
+    // Each write is decided as if alone: the third names a domain the first defined.
+    let mut again = define("a");
+    again.request_id = "a-again".into();
+    let outcomes = client.submit_batch(&[define("a"), define("b"), again]).await;
+    assert_eq!(outcomes.len(), 3);
+    let first = outcomes[0].as_ref().expect("a is defined");
+    let second = outcomes[1].as_ref().expect("b is defined");
+    assert_ne!(first.first_seq, second.first_seq);
+    match &outcomes[2] {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(*code, tonic::Code::AlreadyExists),
+        other => panic!("a second definition of a: {other:?}"),
+    }
+    // Sent again, the same request ids get the first answers.
+    let replayed = client.submit_batch(&[define("a")]).await;
+    assert_eq!(replayed[0].as_ref().unwrap().first_seq, first.first_seq);
+
+    let before = n1.read_local(|s| s.last_seq());
+    let mut raw = ReplicationClient::connect(format!("http://{addr}")).await.unwrap();
+    let good = raft::encoding::encode(&define("c"));
+    let bad = SubmitBatchRequest { requests: vec![good.clone(), b"not a request".to_vec()] };
+    let status = raw.submit_batch(bad).await.expect_err("a batch with a bad write is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("write 1"), "{}", status.message());
+    let too_many = SubmitBatchRequest { requests: vec![good; raft::service::SUBMIT_BATCH_MAX + 1] };
+    let status = raw.submit_batch(too_many).await.expect_err("an oversized batch is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(n1.read_local(|s| s.last_seq()), before, "refused batches change nothing");
+    assert!(!n1.read_local(|s| s.domain("c").is_some()));
+}

@@ -8,6 +8,11 @@
 //! (one event), submitted to the first replica, which bootstrapped the cluster and leads
 //! it (the client follows leader hints if that changes), over `--connections` HTTP/2
 //! connections (client *c* uses connection *c* mod N).
+//! With `--drover-calls unary,batch` (the default) Drover is driven twice: `drover`
+//! sends each write as its own `Submit` call (as the CLI and hostd do); `drover-batch`
+//! hands each write to a batcher per connection that sends whatever writes are waiting as
+//! one `SubmitBatch` call, with at most [`BATCH_CALLS_IN_FLIGHT`] calls in flight per
+//! connection (a write's latency includes its wait in the batcher).
 //! etcd: 3 members; each write is a `Put` of a new key with a 64-byte value, sent round
 //! robin over `--connections` connections spread over the members. Every request loop
 //! stops at `--seconds` or `--max-ops`.
@@ -38,6 +43,18 @@ enum System {
     Both,
 }
 
+/// How Drover's writes are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Calls {
+    /// One `Submit` call per write.
+    Unary,
+    /// Waiting writes together in `SubmitBatch` calls.
+    Batch,
+}
+
+/// `SubmitBatch` calls one batcher keeps in flight at once.
+const BATCH_CALLS_IN_FLIGHT: usize = 2;
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Concurrent client counts to run, one after another.
@@ -58,6 +75,9 @@ struct Args {
     /// connections to the leader; etcd's this many, spread over its members.
     #[arg(long, default_value_t = 3)]
     connections: usize,
+    /// How Drover's writes are sent; each is run and reported.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "unary,batch")]
+    drover_calls: Vec<Calls>,
     /// Drive an already running Drover cluster at these replicas instead of starting one.
     #[arg(long, value_delimiter = ',')]
     drover_endpoints: Vec<String>,
@@ -143,24 +163,87 @@ async fn drive_drover(args: &Args, endpoints: Vec<String>) -> anyhow::Result<()>
     // Each `Client` holds its own connections.
     let connections: Vec<Client> =
         (0..args.connections.max(1)).map(|_| Client::new(endpoints.clone())).collect();
-    for (run, &clients) in args.clients.iter().enumerate() {
-        let connections = connections.clone();
-        let stats = load(clients, args.seconds, args.max_ops, move |c, i| {
-            let client = connections[c % connections.len()].clone();
-            async move {
+    let mut run = 0;
+    for &calls in &args.drover_calls {
+        for &clients in &args.clients {
+            run += 1;
+            let write = move |c: usize, i: usize| {
                 let name = format!("p{tag}-r{run}-c{c}-{i}");
-                let request = controlplane::Request {
+                controlplane::Request {
                     request_id: name.clone(),
                     principal: "load".into(),
                     command: controlplane::Command::DefineDomain { name, spec: kernel_spec(1, 64) },
-                };
-                client.submit(&request).await.is_ok()
-            }
-        })
-        .await;
-        report("drover", clients, &stats);
+                }
+            };
+            let stats = match calls {
+                Calls::Unary => {
+                    let connections = connections.clone();
+                    load(clients, args.seconds, args.max_ops, move |c, i| {
+                        let client = connections[c % connections.len()].clone();
+                        async move { client.submit(&write(c, i)).await.is_ok() }
+                    })
+                    .await
+                }
+                Calls::Batch => {
+                    let batchers: Vec<Batcher> =
+                        connections.iter().map(|c| Batcher::start(c.clone())).collect();
+                    load(clients, args.seconds, args.max_ops, move |c, i| {
+                        let batcher = batchers[c % batchers.len()].clone();
+                        async move { batcher.submit(write(c, i)).await }
+                    })
+                    .await
+                }
+            };
+            report(if calls == Calls::Unary { "drover" } else { "drover-batch" }, clients, &stats);
+        }
     }
     Ok(())
+}
+
+type Waiting = (controlplane::Request, tokio::sync::oneshot::Sender<bool>);
+
+/// Sends the writes handed to it as `SubmitBatch` calls: whatever waits when a call may
+/// start goes in it (up to the server's limit).
+#[derive(Debug, Clone)]
+struct Batcher {
+    queue: tokio::sync::mpsc::UnboundedSender<Waiting>,
+}
+
+impl Batcher {
+    fn start(client: Client) -> Batcher {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<Waiting>();
+        let slots = Arc::new(tokio::sync::Semaphore::new(BATCH_CALLS_IN_FLIGHT));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let mut batch = vec![first];
+                while batch.len() < raft::service::SUBMIT_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let (requests, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let outcomes = client.submit_batch(&requests).await;
+                    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                        let _ = answer.send(outcome.is_ok());
+                    }
+                    drop(slot);
+                });
+            }
+        });
+        Batcher { queue }
+    }
+
+    async fn submit(&self, request: controlplane::Request) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.queue.send((request, tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
 }
 
 struct Etcd(Vec<Child>);
