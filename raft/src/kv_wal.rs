@@ -159,14 +159,18 @@ fn in_range(k: &[u8], from: &[u8], to: Option<&[u8]>) -> bool {
     k >= from && to.is_none_or(|to| k < to)
 }
 
-fn remove_from<V>(map: &mut BTreeMap<Vec<u8>, V>, from: &[u8], to: Option<&[u8]>) {
-    let doomed: Vec<Vec<u8>> = map
-        .range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
+/// Keys of `map` in `from..to`, in order, at most `limit`.
+fn keys_in<V>(map: &BTreeMap<Vec<u8>, V>, from: &[u8], to: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
+    map.range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
         .map(|(k, _)| k)
         .take_while(|k| to.is_none_or(|to| k.as_slice() < to))
+        .take(limit)
         .cloned()
-        .collect();
-    for k in doomed {
+        .collect()
+}
+
+fn remove_from<V>(map: &mut BTreeMap<Vec<u8>, V>, from: &[u8], to: Option<&[u8]>) {
+    for k in keys_in(map, from, to, usize::MAX) {
         map.remove(&k);
     }
 }
@@ -300,27 +304,11 @@ impl Inner {
         }
     }
 
-    /// Keys of `tree` in `from..to`, in order.
+    /// Keys of `tree` in `from..to`, in order, at most `limit`.
     fn keys(&self, tree: Tree, from: &[u8], to: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
-        let from = (Bound::Included(from), Bound::Unbounded);
-        let pick = |k: &&Vec<u8>| to.is_none_or(|to| k.as_slice() < to);
         match tree {
-            Tree::Log => self
-                .log
-                .range::<[u8], _>(from)
-                .map(|(k, _)| k)
-                .take_while(pick)
-                .take(limit)
-                .cloned()
-                .collect(),
-            _ => self
-                .meta
-                .range::<[u8], _>(from)
-                .map(|(k, _)| k)
-                .take_while(pick)
-                .take(limit)
-                .cloned()
-                .collect(),
+            Tree::Log => keys_in(&self.log, from, to, limit),
+            _ => keys_in(&self.meta, from, to, limit),
         }
     }
 

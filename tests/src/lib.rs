@@ -87,6 +87,17 @@ impl Replica {
     }
 }
 
+/// The (last seq, state hash) every replica at `addrs` reports, once they all report the
+/// same; `None` while they differ or one does not answer.
+pub async fn converged(client: &raft::client::Client, addrs: &[String]) -> Option<(u64, String)> {
+    let mut seen = Vec::new();
+    for a in addrs {
+        let s = client.status(a).await.ok()?;
+        seen.push((s.last_seq, s.state_hash));
+    }
+    seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0].clone())
+}
+
 /// A set of replica processes in one temporary directory; all are killed on drop.
 #[derive(Debug)]
 pub struct Processes {

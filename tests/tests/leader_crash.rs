@@ -11,20 +11,11 @@ use std::time::Duration;
 use controlplane::fixtures::kernel_spec;
 use controlplane::{Command, Committed, Event, Request};
 use raft::client::Client;
-use tests::{wait_for, Processes};
+use tests::{converged, wait_for, Processes};
 
 const CLIENTS: usize = 16;
 const WRITES: usize = 10_000;
 const KILL_AFTER: usize = 3_000;
-
-async fn converged(client: &Client, addrs: &[String]) -> Option<(u64, String)> {
-    let mut seen = Vec::new();
-    for a in addrs {
-        let s = client.status(a).await.ok()?;
-        seen.push((s.last_seq, s.state_hash));
-    }
-    seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0].clone())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_crash_under_load_loses_nothing_acknowledged() {

@@ -17,21 +17,12 @@ use controlplane::fixtures::kernel_spec;
 use controlplane::{Command, Committed, Event, Request};
 use lazyfs::LazyFs;
 use raft::client::Client;
-use tests::{wait_for, Processes};
+use tests::{converged, wait_for, Processes};
 
 const CLIENTS: usize = 8;
 /// Writes acknowledged before the cut (snapshots every 200 entries: several are taken
 /// and the log behind them purged, so those boundaries are crossed too).
 const CUT_AFTER: usize = 1_500;
-
-async fn converged(client: &Client, addrs: &[String]) -> Option<(u64, String)> {
-    let mut seen = Vec::new();
-    for a in addrs {
-        let s = client.status(a).await.ok()?;
-        seen.push((s.last_seq, s.state_hash));
-    }
-    seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0].clone())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_cut_of_every_replica_loses_nothing_acknowledged() {
