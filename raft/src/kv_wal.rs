@@ -74,6 +74,8 @@ struct Inner {
     active: u64,
     write_at: u64,
     log: BTreeMap<Vec<u8>, Loc>,
+    /// How many live log values lie in each segment (segments with none are absent).
+    live: BTreeMap<u64, usize>,
     meta: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Why writes are refused, after one failed.
     failed: Option<String>,
@@ -176,6 +178,29 @@ fn remove_from<V>(map: &mut BTreeMap<Vec<u8>, V>, from: &[u8], to: Option<&[u8]>
 }
 
 impl Inner {
+    fn insert_log(&mut self, k: Vec<u8>, loc: Loc) {
+        *self.live.entry(loc.segment).or_default() += 1;
+        if let Some(old) = self.log.insert(k, loc) {
+            self.forget(old.segment);
+        }
+    }
+
+    fn remove_log(&mut self, from: &[u8], to: Option<&[u8]>) {
+        for k in keys_in(&self.log, from, to, usize::MAX) {
+            let old = self.log.remove(&k).expect("the key was just listed");
+            self.forget(old.segment);
+        }
+    }
+
+    /// One live value fewer in `segment`.
+    fn forget(&mut self, segment: u64) {
+        let n = self.live.get_mut(&segment).expect("every live value is counted");
+        *n -= 1;
+        if *n == 0 {
+            self.live.remove(&segment);
+        }
+    }
+
     /// Apply a record body found at `offset` (of its header) in `segment`.
     fn replay(&mut self, segment: u64, offset: u64, body: &[u8]) -> Option<()> {
         let mut r = Reader { body, at: 0 };
@@ -192,7 +217,7 @@ impl Inner {
                     match tree {
                         Tree::Log => {
                             let len = u32::try_from(vlen).ok()?;
-                            self.log.insert(k, Loc { segment, offset: value_at, len });
+                            self.insert_log(k, Loc { segment, offset: value_at, len });
                         }
                         _ => {
                             self.meta.insert(k, v.to_vec());
@@ -207,7 +232,7 @@ impl Inner {
                     _ => Some(r.bytes()?.to_vec()),
                 };
                 match tree {
-                    Tree::Log => remove_from(&mut self.log, &from, to.as_deref()),
+                    Tree::Log => self.remove_log(&from, to.as_deref()),
                     _ => remove_from(&mut self.meta, &from, to.as_deref()),
                 }
             }
@@ -317,9 +342,8 @@ impl Inner {
         if self.segments.len() < 2 {
             return Ok(());
         }
-        // Values lie in segments in key order: an entry is rewritten only after every
-        // later one was removed (truncation), and purges remove from the front.
-        let oldest_live = self.log.values().next().map_or(synced, |l| l.segment).min(synced);
+        let oldest_live = self.live.keys().next().copied().unwrap_or(synced).min(synced);
+        debug_assert_eq!(self.live.values().sum::<usize>(), self.log.len(), "live counts match the log");
         let dead: Vec<u64> = self.segments.range(..oldest_live).map(|(n, _)| *n).collect();
         for n in &dead {
             let path = segment_path(&self.dir, *n);
@@ -404,6 +428,7 @@ impl WalKv {
             active: 0,
             write_at: 0,
             log: BTreeMap::new(),
+            live: BTreeMap::new(),
             meta: BTreeMap::new(),
             failed: None,
         };
@@ -496,7 +521,7 @@ impl Kv for WalKv {
             match tree {
                 Tree::Log => {
                     let len = u32::try_from(len).expect("under the record limit");
-                    inner.log.insert(k, Loc { segment, offset, len });
+                    inner.insert_log(k, Loc { segment, offset, len });
                 }
                 _ => {
                     inner.meta.insert(k, v);
@@ -526,7 +551,7 @@ impl Kv for WalKv {
         }
         inner.append(&body)?;
         match tree {
-            Tree::Log => remove_from(&mut inner.log, from, to),
+            Tree::Log => inner.remove_log(from, to),
             _ => remove_from(&mut inner.meta, from, to),
         }
         Ok(())
@@ -667,6 +692,28 @@ mod tests {
         let kv = WalKv::open(dir.path()).expect("reopens");
         assert_eq!(kv.get(Tree::Meta, b"vote").expect("get"), Some(b"v9".to_vec()));
         assert_eq!(kv.first(Tree::Log).expect("first").map(|p| p.0), Some(u64_key(n - 1).to_vec()));
+    }
+
+    #[test]
+    fn a_segment_stays_while_any_live_value_lies_in_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kv = WalKv::open(dir.path()).expect("opens");
+        // Written first, so it lies in the first segment, but sorts after the others.
+        put_log(&kv, 1_000_000, 1_000_001, 10);
+        let n = 2 * SEGMENT_BYTES / (64 << 10);
+        for i in 0..n {
+            put_log(&kv, i, i + 1, 64 << 10);
+        }
+        // The first key left lies in the newest segment, the other in the oldest.
+        kv.remove_range(Tree::Log, &u64_key(0), Some(&u64_key(n - 1))).expect("purge");
+        rt().block_on(kv.flush()).expect("flush");
+        assert!(kv.segments() >= 3, "the first segment still holds a live value: {}", kv.segments());
+        drop(kv);
+        let kv = WalKv::open(dir.path()).expect("reopens");
+        assert_eq!(
+            kv.get(Tree::Log, &u64_key(1_000_000)).expect("get"),
+            Some(vec![(1_000_000 % 251) as u8; 10])
+        );
     }
 
     #[test]
