@@ -291,7 +291,8 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         if let Err(returned) = self.flusher.send((callback, last)) {
             // The flusher is gone only when the runtime is shutting down: flush here.
             let result = self.kv.flush().await.map_err(|e| std::io::Error::other(e.to_string()));
-            returned.0 .0.log_io_completed(result);
+            let (callback, _) = returned.0;
+            callback.log_io_completed(result);
         }
         Ok(())
     }
