@@ -404,7 +404,15 @@ impl Node {
     async fn forward(&self, leader: &str, request: &Request) -> Result<Committed, NodeError> {
         let message = SubmitRequest { request: encoding::encode(request) };
         let (mut client, req) = self.to_leader(leader, message, Duration::from_secs(10))?;
-        let reply = client.submit(req).await.map_err(NodeError::Remote)?;
+        let reply = client.submit(req).await.map_err(|s| match s.code() {
+            // The call, not the leader, failed (a leader killed mid-call resets the
+            // connection): the write may or may not have been taken, and a retry with its
+            // request id finds out, so the caller is told to try again.
+            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                NodeError::Unavailable(format!("the leader at {leader} did not answer: {s}"))
+            }
+            _ => NodeError::Remote(s),
+        })?;
         encoding::decode(&reply.into_inner().committed)
             .map_err(|e| NodeError::Raft(format!("bad forwarded reply: {e}")))
     }
