@@ -157,10 +157,6 @@ fn byte_tree(b: u8) -> Option<Tree> {
     }
 }
 
-fn in_range(k: &[u8], from: &[u8], to: Option<&[u8]>) -> bool {
-    k >= from && to.is_none_or(|to| k < to)
-}
-
 /// Keys of `map` in `from..to`, in order, at most `limit`.
 fn keys_in<V>(map: &BTreeMap<Vec<u8>, V>, from: &[u8], to: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
     map.range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
@@ -266,10 +262,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Append one record; returns the offset of its body.
-    fn append(&mut self, body: &[u8]) -> Result<u64, KvError> {
+    /// Append one record (from [`record`], its header still blank); returns the offset of
+    /// its body.
+    fn append(&mut self, record: &mut [u8]) -> Result<u64, KvError> {
         self.refuse_if_failed()?;
-        let need = HEADER + body.len() as u64;
+        let need = record.len() as u64;
         if need > RECORD_MAX {
             return Err(KvError::Io(format!("a record of {need} bytes is over the limit of {RECORD_MAX}")));
         }
@@ -278,12 +275,12 @@ impl Inner {
             self.roll(need)?;
         }
         let at = self.write_at;
-        let mut record = Vec::with_capacity(usize::try_from(need).expect("under the limit"));
-        put_u32(&mut record, body.len());
-        record.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        record.extend_from_slice(body);
+        let (header, body) = record.split_at_mut(HEADER as usize);
+        let len = u32::try_from(body.len()).expect("under the record limit");
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4..].copy_from_slice(&crc32fast::hash(body).to_le_bytes());
         let file = &self.segments[&self.active].file;
-        if let Err(e) = file.write_all_at(&record, at) {
+        if let Err(e) = file.write_all_at(record, at) {
             self.failed = Some(e.to_string());
             return Err(io("append", e));
         }
@@ -299,8 +296,8 @@ impl Inner {
             self.failed = Some(e.to_string());
             return Err(io("sync before a new segment", e));
         }
-        let meta_body = put_body(Tree::Meta, self.meta.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
-        let size = SEGMENT_BYTES.max(need + HEADER + meta_body.len() as u64 + 4);
+        let mut meta = put_record(Tree::Meta, self.meta.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
+        let size = SEGMENT_BYTES.max(need + meta.len() as u64 + 4);
         let next = self.active + 1;
         if let Err(e) = self.create_segment(next, size) {
             self.failed = Some(format!("{e:?}"));
@@ -308,7 +305,7 @@ impl Inner {
         }
         self.active = next;
         self.write_at = 0;
-        self.append(&meta_body)?;
+        self.append(&mut meta)?;
         Ok(())
     }
 
@@ -357,18 +354,27 @@ impl Inner {
     }
 }
 
-/// The body of a put record.
-fn put_body<'a>(tree: Tree, pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Result<Vec<u8>, KvError> {
-    let pairs: Vec<_> = pairs.collect();
-    let mut body = vec![OP_PUT, tree_byte(tree)?];
-    put_u32(&mut body, pairs.len());
+/// A record being built: a blank header ([`Inner::append`] fills it), then the op and tree.
+fn record(op: u8, tree: Tree) -> Result<Vec<u8>, KvError> {
+    let mut r = vec![0u8; HEADER as usize];
+    r.extend_from_slice(&[op, tree_byte(tree)?]);
+    Ok(r)
+}
+
+/// A put record.
+fn put_record<'a>(
+    tree: Tree,
+    pairs: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<Vec<u8>, KvError> {
+    let mut r = record(OP_PUT, tree)?;
+    put_u32(&mut r, pairs.len());
     for (k, v) in pairs {
-        put_u32(&mut body, k.len());
-        body.extend_from_slice(k);
-        put_u32(&mut body, v.len());
-        body.extend_from_slice(v);
+        put_u32(&mut r, k.len());
+        r.extend_from_slice(k);
+        put_u32(&mut r, v.len());
+        r.extend_from_slice(v);
     }
-    Ok(body)
+    Ok(r)
 }
 
 /// Read the record at `at` in `file` (of `size` bytes): its body, or `None` at the end of
@@ -509,9 +515,9 @@ impl Kv for WalKv {
     }
 
     fn put_batch(&self, tree: Tree, pairs: Vec<Pair>) -> Result<(), KvError> {
-        let body = put_body(tree, pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
+        let mut r = put_record(tree, pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
         let mut inner = self.lock();
-        let at = inner.append(&body)?;
+        let at = inner.append(&mut r)?;
         let segment = inner.active;
         // Where each value landed: after op, tree, count, then per pair key and length.
         let mut offset = at + 2 + 4;
@@ -533,15 +539,15 @@ impl Kv for WalKv {
     }
 
     fn remove_range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<(), KvError> {
-        let mut body = vec![OP_REMOVE, tree_byte(tree)?];
-        put_u32(&mut body, from.len());
-        body.extend_from_slice(from);
+        let mut r = record(OP_REMOVE, tree)?;
+        put_u32(&mut r, from.len());
+        r.extend_from_slice(from);
         match to {
-            None => body.push(0),
+            None => r.push(0),
             Some(to) => {
-                body.push(1);
-                put_u32(&mut body, to.len());
-                body.extend_from_slice(to);
+                r.push(1);
+                put_u32(&mut r, to.len());
+                r.extend_from_slice(to);
             }
         }
         let mut inner = self.lock();
@@ -549,7 +555,7 @@ impl Kv for WalKv {
         if !any {
             return Ok(());
         }
-        inner.append(&body)?;
+        inner.append(&mut r)?;
         match tree {
             Tree::Log => inner.remove_log(from, to),
             _ => remove_from(&mut inner.meta, from, to),
@@ -562,7 +568,6 @@ impl Kv for WalKv {
         let inner = self.lock();
         let mut out = Vec::new();
         for k in inner.keys(tree, from, to, limit) {
-            debug_assert!(in_range(&k, from, to));
             if let Some(v) = inner.pair(tree, &k)? {
                 out.push((k, v));
             }

@@ -87,6 +87,35 @@ impl Replica {
     }
 }
 
+/// Write a domain spec file for the test guest at `kernel`: one vCPU, `memory_mib`, its
+/// counter ticking every `tick_ms`, HA with `ha_priority` if given.
+pub fn write_guest_spec(
+    path: &Path,
+    kernel: &Path,
+    memory_mib: u64,
+    tick_ms: u64,
+    ha_priority: Option<u32>,
+) -> std::io::Result<()> {
+    let ha = ha_priority.map(|p| format!("ha_priority: {p}\n")).unwrap_or_default();
+    let spec = format!(
+        "vcpus: 1\nmemory_mib: {memory_mib}\nkernel: {}\ncmdline: drover.tick_ms={tick_ms}\n{ha}",
+        kernel.display()
+    );
+    std::fs::write(path, spec)
+}
+
+/// A request defining domain `name` (a small kernel guest); its name is its request id.
+pub fn define_request(name: &str, principal: &str) -> controlplane::Request {
+    controlplane::Request {
+        request_id: name.to_owned(),
+        principal: principal.to_owned(),
+        command: controlplane::Command::DefineDomain {
+            name: name.to_owned(),
+            spec: controlplane::fixtures::kernel_spec(1, 64),
+        },
+    }
+}
+
 /// The (last seq, state hash) every replica at `addrs` reports, once they all report the
 /// same; `None` while they differ or one does not answer.
 pub async fn converged(client: &raft::client::Client, addrs: &[String]) -> Option<(u64, String)> {

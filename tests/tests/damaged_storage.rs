@@ -4,10 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use controlplane::fixtures::kernel_spec;
-use controlplane::{Command, Request};
 use raft::client::Client;
-use tests::{wait_for, Processes};
+use tests::{define_request, wait_for, Processes};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -28,11 +26,7 @@ async fn populated(p: &mut Processes, writes: usize) -> (String, std::path::Path
     let client = Client::new(vec![addr.clone()]);
     for i in 0..writes {
         let name = format!("d{i}");
-        let r = Request {
-            request_id: name.clone(),
-            principal: "t".into(),
-            command: Command::DefineDomain { name, spec: kernel_spec(1, 64) },
-        };
+        let r = define_request(&name, "t");
         client.submit(&r).await.unwrap();
     }
     let status = client.status(&addr).await.unwrap();

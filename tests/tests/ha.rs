@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{alive, drover_bin, wait_for, Processes};
+use tests::{alive, drover_bin, wait_for, write_guest_spec, Processes};
 
 struct Hostd {
     name: String,
@@ -116,11 +116,9 @@ async fn a_dead_hosts_ha_domains_boot_elsewhere_and_its_vms_fence_themselves() {
     // Everything lands on h1: it is the only host while the domains start.
     let mut h1 = Hostd::start(&ep, &dir, "h1");
     wait_ready(&ep, &["h1"]).await;
-    let guest =
-        format!("vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\n", kernel.display());
-    for (name, ha) in [("db", "ha_priority: 9\n"), ("web", "ha_priority: 1\n"), ("batch", "")] {
+    for (name, ha) in [("db", Some(9)), ("web", Some(1)), ("batch", None)] {
         let spec = dir.join(format!("{name}.yaml"));
-        std::fs::write(&spec, format!("{guest}{ha}")).unwrap();
+        write_guest_spec(&spec, &kernel, 32, 20, ha).unwrap();
         drover(&ep, &["domain", "define", name, "--file", spec.to_str().unwrap()]);
         drover(&ep, &["domain", "start", name]);
     }
@@ -228,14 +226,7 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
     let h1 = Hostd::start(&ep, &dir, "h1");
     wait_ready(&ep, &["h1"]).await;
     let spec = dir.join("app.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\nha_priority: 1\n",
-            kernel.display()
-        ),
-    )
-    .unwrap();
+    write_guest_spec(&spec, &kernel, 32, 20, Some(1)).unwrap();
     for name in ["a", "b"] {
         drover(&ep, &["domain", "define", name, "--file", spec.to_str().unwrap()]);
         drover(&ep, &["domain", "start", name]);
@@ -297,14 +288,7 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
     drover(&ep, &["cluster", "set", "--ha-reserve-hosts", "1"]);
     assert!(drover(&ep, &["cluster", "settings"]).contains("ha_reserve_hosts  1"));
     let big = dir.join("big.yaml");
-    std::fs::write(
-        &big,
-        format!(
-            "vcpus: 1\nmemory_mib: 3000\nkernel: {}\ncmdline: drover.tick_ms=20\nha_priority: 1\n",
-            kernel.display()
-        ),
-    )
-    .unwrap();
+    write_guest_spec(&big, &kernel, 3000, 20, Some(1)).unwrap();
     for name in ["big1", "big2"] {
         drover(&ep, &["domain", "define", name, "--file", big.to_str().unwrap()]);
     }
@@ -476,16 +460,9 @@ async fn a_host_cut_off_fences_itself_its_ha_domains_run_elsewhere_and_it_rejoin
             .await;
             let kernel = dir.path().join("guest.elf");
             testguest::write_to(&kernel).unwrap();
-            for (name, ha) in [("db", "ha_priority: 3\n"), ("batch", "")] {
+            for (name, ha) in [("db", Some(3)), ("batch", None)] {
                 let spec = dir.path().join(format!("{name}.yaml"));
-                std::fs::write(
-                    &spec,
-                    format!(
-                        "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\n{ha}",
-                        kernel.display()
-                    ),
-                )
-                .unwrap();
+                write_guest_spec(&spec, &kernel, 32, 20, ha).unwrap();
                 cli(&["domain", "define", name, "--file", spec.to_str().unwrap()]).expect("defined");
                 cli(&["domain", "start", name]).expect("started");
             }

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use controlplane::fixtures::kernel_spec;
-use controlplane::{Command, Committed, Event, Request};
+use controlplane::{Committed, Event};
 use raft::client::Client;
-use tests::{converged, wait_for, Processes};
+use tests::{converged, define_request, wait_for, Processes};
 
 const CLIENTS: usize = 16;
 const WRITES: usize = 10_000;
@@ -37,11 +36,7 @@ async fn leader_crash_under_load_loses_nothing_acknowledged() {
         tasks.push(tokio::spawn(async move {
             for i in 0..WRITES / CLIENTS {
                 let name = format!("c{c}-{i}");
-                let request = Request {
-                    request_id: name.clone(),
-                    principal: "load".into(),
-                    command: Command::DefineDomain { name: name.clone(), spec: kernel_spec(1, 64) },
-                };
+                let request = define_request(&name, "load");
                 match client.submit(&request).await {
                     Ok(committed) => {
                         acked.lock().unwrap().insert(name, committed);

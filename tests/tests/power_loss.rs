@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controlplane::fixtures::kernel_spec;
-use controlplane::{Command, Committed, Event, Request};
+use controlplane::{Committed, Event};
 use lazyfs::LazyFs;
 use raft::client::Client;
-use tests::{converged, wait_for, Processes};
+use tests::{converged, define_request, wait_for, Processes};
 
 const CLIENTS: usize = 8;
 /// Writes acknowledged before the cut (snapshots every 200 entries: several are taken
@@ -48,11 +47,7 @@ async fn a_power_cut_of_every_replica_loses_nothing_acknowledged() {
             // Bounded: the cut comes long before the last of these.
             for i in 0..10 * CUT_AFTER / CLIENTS {
                 let name = format!("c{c}-{i}");
-                let request = Request {
-                    request_id: name.clone(),
-                    principal: "load".into(),
-                    command: Command::DefineDomain { name: name.clone(), spec: kernel_spec(1, 64) },
-                };
+                let request = define_request(&name, "load");
                 match client.submit(&request).await {
                     Ok(committed) => {
                         acked.lock().unwrap().insert(name, committed);

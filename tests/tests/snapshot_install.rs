@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
-use controlplane::fixtures::kernel_spec;
-use controlplane::{Command, Request};
 use raft::client::Client;
-use tests::{wait_for, Processes};
+use tests::{define_request, wait_for, Processes};
 
 const FLAGS: [&str; 4] = ["--snapshot-every", "200", "--log-kept", "20"];
 
@@ -24,11 +22,7 @@ async fn a_learner_joining_after_compaction_converges() {
         tasks.push(tokio::spawn(async move {
             for i in 0..150 {
                 let name = format!("c{c}-{i}");
-                let r = Request {
-                    request_id: name.clone(),
-                    principal: "t".into(),
-                    command: Command::DefineDomain { name, spec: kernel_spec(1, 64) },
-                };
+                let r = define_request(&name, "t");
                 client.submit(&r).await.unwrap();
             }
         }));
@@ -56,11 +50,7 @@ async fn a_learner_joining_after_compaction_converges() {
     assert!(joined.learners.contains(&3) && !joined.voters.contains(&3));
 
     // It keeps following: a later write reaches it too.
-    let r = Request {
-        request_id: "late".into(),
-        principal: "t".into(),
-        command: Command::DefineDomain { name: "late".into(), spec: kernel_spec(1, 64) },
-    };
+    let r = define_request("late", "t");
     all.submit(&r).await.unwrap();
     let after = wait_for("the learner to apply a later write", Duration::from_secs(30), || async {
         all.status(&a3).await.ok().filter(|s| s.last_seq == 1201)

@@ -133,13 +133,7 @@ fn main() -> anyhow::Result<()> {
     }
     wait("every host to be ready", || Ok(all_ready(&ep)?.then_some(())))?;
     let spec = dir.join("db.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=1000\nha_priority: 5\n",
-            kernel.display()
-        ),
-    )?;
+    tests::write_guest_spec(&spec, &kernel, 32, 1000, Some(5))?;
     drover(&ep, &["domain", "define", "db", "--file", spec.to_str().expect("utf-8 path")])?;
     drover(&ep, &["domain", "start", "db"])?;
     wait("db to run", || Ok((domain(&ep)?["phase"] == "running").then_some(())))

@@ -27,9 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use controlplane::fixtures::kernel_spec;
 use raft::client::Client;
-use tests::{free_port, Processes};
+use tests::{define_request, free_port, Processes};
 
 mod etcdpb {
     #![allow(missing_debug_implementations, clippy::all)]
@@ -167,14 +166,7 @@ async fn drive_drover(args: &Args, endpoints: Vec<String>) -> anyhow::Result<()>
     for &calls in &args.drover_calls {
         for &clients in &args.clients {
             run += 1;
-            let write = move |c: usize, i: usize| {
-                let name = format!("p{tag}-r{run}-c{c}-{i}");
-                controlplane::Request {
-                    request_id: name.clone(),
-                    principal: "load".into(),
-                    command: controlplane::Command::DefineDomain { name, spec: kernel_spec(1, 64) },
-                }
-            };
+            let write = move |c: usize, i: usize| define_request(&format!("p{tag}-r{run}-c{c}-{i}"), "load");
             let stats = match calls {
                 Calls::Unary => {
                     let connections = connections.clone();
