@@ -164,7 +164,8 @@ pub enum PoolCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum VolCmd {
-    /// Create a volume `pool/name`.
+    /// Create a volume `pool/name`: a host of the pool makes its file. Waits until the
+    /// file is made (or could not be) unless `--no-wait`.
     Create {
         volume: String,
         #[arg(long)]
@@ -172,18 +173,31 @@ pub enum VolCmd {
         /// qcow2 or raw.
         #[arg(long, default_value = "qcow2")]
         format: String,
+        /// Raw only: allocate every block now rather than on first write.
+        #[arg(long)]
+        preallocate: bool,
+        /// Copy this image file (raw or qcow2, an absolute path on the host that makes
+        /// the volume) into the volume; --capacity-mib must hold it.
+        #[arg(long, default_value = "")]
+        import: String,
+        /// Return once the volume is recorded, without waiting for its file.
+        #[arg(long)]
+        no_wait: bool,
     },
-    /// Clone `pool/source` into a new qcow2 volume `name` in the same pool.
+    /// Clone `pool/source` into a new qcow2 volume `name` in the same pool (an overlay
+    /// whose backing file is the source's).
     Clone { source: String, name: String },
-    /// Delete a volume `pool/name` no domain holds and no clone is backed by.
+    /// Delete a volume `pool/name` no domain holds and no clone is backed by; waits until
+    /// a host removed its file.
     Delete { volume: String },
-    /// Grow a volume `pool/name` no running domain holds.
+    /// Grow a volume `pool/name` no running domain holds; waits until a host grew its
+    /// file.
     Resize {
         volume: String,
         #[arg(long)]
         capacity_mib: u64,
     },
-    /// Every volume (of one pool with --pool).
+    /// Every volume (of one pool with --pool), with its state and where its file is.
     List {
         #[arg(long, default_value = "")]
         pool: String,
@@ -894,16 +908,22 @@ async fn pool(c: &ApiClient, o: Output, consistency: i32, cmd: PoolCmd) -> anyho
 
 async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow::Result<Printed> {
     Ok(match cmd {
-        VolCmd::Create { volume, capacity_mib, format } => {
+        VolCmd::Create { volume, capacity_mib, format, preallocate, import, no_wait } => {
             let req = pb::CreateVolumeRequest {
                 request_id: new_id(),
                 volume: Some(vref(&volume)?),
                 format,
                 capacity_mib,
                 backing: String::new(),
+                preallocate,
+                import,
             };
             let w = rpc!(c, VolumesClient, create, req.clone());
-            written(o, &format!("volume {volume} created"), &w)
+            if no_wait {
+                return Ok(written(o, &format!("volume {volume} recorded; its file is asked of a host"), &w));
+            }
+            let v = wait_for_volume(c, consistency, &volume).await?.ok_or_else(|| gone(&volume))?;
+            volume_made(o, &volume, &v, "created")?
         }
         VolCmd::Clone { source, name } => {
             let src = vref(&source)?;
@@ -915,20 +935,31 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
                 format: "qcow2".into(),
                 capacity_mib: base.capacity_mib,
                 backing: src.name.clone(),
+                preallocate: false,
+                import: String::new(),
             };
-            let w = rpc!(c, VolumesClient, create, req.clone());
-            written(o, &format!("volume {}/{name} cloned from {source}", src.pool), &w)
+            rpc!(c, VolumesClient, create, req.clone());
+            let volume = format!("{}/{name}", src.pool);
+            let v = wait_for_volume(c, consistency, &volume).await?.ok_or_else(|| gone(&volume))?;
+            volume_made(o, &volume, &v, &format!("cloned from {source}"))?
         }
         VolCmd::Delete { volume } => {
             let req = pb::VolumeRequest { request_id: new_id(), volume: Some(vref(&volume)?) };
             let w = rpc!(c, VolumesClient, delete, req.clone());
-            written(o, &format!("volume {volume} deleted"), &w)
+            if let Some(v) = wait_for_volume(c, consistency, &volume).await? {
+                anyhow::bail!("volume {volume} was not deleted: {}", v.failure);
+            }
+            written(o, &format!("volume {volume} deleted, its file removed"), &w)
         }
         VolCmd::Resize { volume, capacity_mib } => {
             let req =
                 pb::ResizeVolumeRequest { request_id: new_id(), volume: Some(vref(&volume)?), capacity_mib };
-            let w = rpc!(c, VolumesClient, resize, req.clone());
-            written(o, &format!("volume {volume} resized to {capacity_mib} MiB"), &w)
+            rpc!(c, VolumesClient, resize, req.clone());
+            let v = wait_for_volume(c, consistency, &volume).await?.ok_or_else(|| gone(&volume))?;
+            if v.capacity_mib != capacity_mib {
+                anyhow::bail!("volume {volume} was not resized: {}", v.failure);
+            }
+            volume_made(o, &volume, &v, &format!("resized to {capacity_mib} MiB"))?
         }
         VolCmd::List { pool } => {
             let list =
@@ -945,20 +976,120 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
                             vec![
                                 id(v),
                                 v.format.clone(),
+                                volume_state(v).into(),
                                 v.capacity_mib.to_string(),
+                                v.allocation_mib.to_string(),
                                 v.backing.clone(),
+                                v.host.clone(),
                                 v.attachments.keys().cloned().collect::<Vec<_>>().join(","),
+                                v.failure.clone(),
                             ]
                         })
                         .collect();
-                    table(&["volume", "format", "capacity_mib", "backing", "attached_to"], rows)
+                    table(
+                        &[
+                            "volume",
+                            "format",
+                            "state",
+                            "capacity_mib",
+                            "allocation_mib",
+                            "backing",
+                            "host",
+                            "attached_to",
+                            "failure",
+                        ],
+                        rows,
+                    )
                 },
-                || {
-                    Value::Array(list.iter().map(|v| json!({"volume": id(v), "format": v.format, "capacity_mib": v.capacity_mib, "backing": v.backing})).collect())
-                },
+                || Value::Array(list.iter().map(|v| volume_json(&id(v), v)).collect()),
             )
         }
     })
+}
+
+fn gone(volume: &str) -> anyhow::Error {
+    anyhow::anyhow!("volume {volume} is gone (deleted meanwhile?)")
+}
+
+/// Print a volume whose file a host made (or fail with why it could not).
+fn volume_made(o: Output, volume: &str, v: &pb::Volume, what: &str) -> anyhow::Result<Printed> {
+    if v.state() == pb::VolumeState::Failed {
+        anyhow::bail!("volume {volume} failed: {}", v.failure);
+    }
+    let host = if v.host.is_empty() { String::new() } else { format!(" on host {}", v.host) };
+    Ok(show(
+        o,
+        || {
+            format!(
+                "volume {volume} {what}{host}: {} MiB, {} MiB allocated",
+                v.capacity_mib, v.allocation_mib
+            )
+        },
+        || volume_json(volume, v),
+    ))
+}
+
+fn volume_state(v: &pb::Volume) -> &'static str {
+    match v.state() {
+        pb::VolumeState::Creating => "creating",
+        pb::VolumeState::Ready => "ready",
+        pb::VolumeState::Resizing => "resizing",
+        pb::VolumeState::Deleting => "deleting",
+        pb::VolumeState::Failed => "failed",
+        pb::VolumeState::RecordOnly => "record-only",
+        pb::VolumeState::Unspecified => "unknown",
+    }
+}
+
+fn volume_json(id: &str, v: &pb::Volume) -> Value {
+    json!({
+        "volume": id, "format": v.format, "state": volume_state(v), "capacity_mib": v.capacity_mib,
+        "allocation_mib": v.allocation_mib, "backing": v.backing, "host": v.host, "failure": v.failure,
+        "attached_to": v.attachments.keys().collect::<Vec<_>>(),
+    })
+}
+
+/// How long volume commands wait for a host to carry them out (a large import copies).
+const VOLUME_WAIT_MS: u64 = 600_000;
+
+/// Wait until no operation is pending on `volume`; `None` once it is gone.
+async fn wait_for_volume(
+    c: &ApiClient,
+    consistency: i32,
+    volume: &str,
+) -> anyhow::Result<Option<pb::Volume>> {
+    let id = vref(volume)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(VOLUME_WAIT_MS);
+    loop {
+        let req = pb::GetVolumeRequest { volume: Some(id.clone()), consistency };
+        let got = c
+            .call(|ch| {
+                let r = c.request(req.clone());
+                async move { Ok(VolumesClient::new(ch).get(r).await?.into_inner()) }
+            })
+            .await;
+        let v = match got {
+            Ok(v) => v,
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => return Err(s.into()),
+        };
+        let pending = matches!(
+            v.state(),
+            pb::VolumeState::Creating | pb::VolumeState::Resizing | pb::VolumeState::Deleting
+        );
+        if !pending {
+            return Ok(Some(v));
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "volume {volume} still {} on host {} after {} s; `vol list` shows when it ends",
+                volume_state(&v),
+                v.pending_host,
+                VOLUME_WAIT_MS / 1000
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(SNAPSHOT_POLL_MS)).await;
+    }
 }
 
 async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) -> anyhow::Result<Printed> {
@@ -1053,7 +1184,7 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
 
 /// How long `snapshot create` waits for the host to take the snapshot.
 const SNAPSHOT_WAIT_MS: u64 = 300_000;
-/// How often it looks.
+/// How often it (and the volume commands) look.
 const SNAPSHOT_POLL_MS: u64 = 50;
 
 /// Wait until snapshot `domain/name` is taken or failed.

@@ -7,9 +7,10 @@ use std::net::Ipv4Addr;
 use controlplane::model::{
     AttachMode, Boot, Cidr, DesiredState, Disk, Domain, DomainSpec, HaPolicy, Host, HostState, Mac,
     Migration, MigrationPhase, Network, NetworkConfig, NetworkMode, Nic, Phase, Placement, Pool, PoolConfig,
-    PoolKind, Resources, Snapshot, SnapshotKind, SnapshotState, StopMode, Volume, VolumeFormat, VolumeRef,
+    PoolKind, Resources, Snapshot, SnapshotKind, SnapshotState, StopMode, Volume, VolumeFormat, VolumeOp,
+    VolumeRef, VolumeState,
 };
-use controlplane::{Command, EventEnvelope, SnapshotOutcome};
+use controlplane::{Command, EventEnvelope, SnapshotOutcome, VolumeOutcome};
 use proto::api as pb;
 use tonic::Status;
 
@@ -298,7 +299,7 @@ pub fn volume_format(f: &str) -> Result<VolumeFormat, Status> {
 }
 
 pub fn volume_to_pb(v: &Volume) -> pb::Volume {
-    pb::Volume {
+    let mut out = pb::Volume {
         id: Some(pb::VolumeRef { pool: v.id.pool.clone(), name: v.id.name.clone() }),
         format: match v.format {
             VolumeFormat::Raw => "raw",
@@ -316,7 +317,45 @@ pub fn volume_to_pb(v: &Volume) -> pb::Volume {
             .collect(),
         created_ms: v.created_ms,
         version: v.version,
+        host: v.host.clone().unwrap_or_default(),
+        failure: v.failure.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    match &v.state {
+        VolumeState::Pending { op, host, id } => {
+            out.pending_host = host.clone();
+            out.pending_id = *id;
+            match op {
+                VolumeOp::Create { preallocate, import } => {
+                    out.set_state(pb::VolumeState::Creating);
+                    out.pending_preallocate = *preallocate;
+                    out.pending_import = import.clone().unwrap_or_default();
+                }
+                VolumeOp::Resize { capacity_mib } => {
+                    out.set_state(pb::VolumeState::Resizing);
+                    out.pending_capacity_mib = *capacity_mib;
+                }
+                VolumeOp::Delete => out.set_state(pb::VolumeState::Deleting),
+            }
+        }
+        VolumeState::Ready => out.set_state(pb::VolumeState::Ready),
+        VolumeState::Failed { reason } => {
+            out.set_state(pb::VolumeState::Failed);
+            out.failure = reason.clone();
+        }
+        VolumeState::RecordOnly => out.set_state(pb::VolumeState::RecordOnly),
     }
+    out
+}
+
+/// A host's volume report as the command it is.
+pub fn volume_report(r: pb::ReportVolumeRequest) -> Result<Command, Status> {
+    let outcome = if r.failed {
+        VolumeOutcome::Failed { reason: r.failure }
+    } else {
+        VolumeOutcome::Done { allocation_mib: r.allocation_mib }
+    };
+    Ok(Command::ReportVolume { volume: volume_ref(r.volume, "volume")?, host: r.host, id: r.id, outcome })
 }
 
 pub fn snapshot_kind(k: &str) -> Result<SnapshotKind, Status> {

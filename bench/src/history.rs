@@ -2,7 +2,7 @@
 //! `apply`: hosts join, then domains with a disk and a NIC are defined, started, observed,
 //! shut down and undefined, with a bounded number alive at once.
 
-use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, Harness};
+use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, new_volume, Harness};
 use controlplane::model::{Disk, Nic, ObservedPhase, VolumeFormat, VolumeRef};
 use controlplane::{Command, EventEnvelope};
 
@@ -49,20 +49,14 @@ pub fn generate(events: usize, shape: Shape) -> Harness {
             exec(&mut h, Command::ShutdownDomain { name: name.clone() });
             run_to(&mut h, &name, ObservedPhase::Stopped);
             exec(&mut h, Command::UndefineDomain { name: name.clone() });
-            exec(&mut h, Command::DeleteVolume { volume: VolumeRef::new("images", name) });
+            h.exec_volume(Command::DeleteVolume { volume: VolumeRef::new("images", name) })
+                .expect("history volume deletes");
             retired += 1;
         }
         let name = format!("vm-{born}");
         let volume = VolumeRef::new("images", name.clone());
-        exec(
-            &mut h,
-            Command::CreateVolume {
-                volume: volume.clone(),
-                format: VolumeFormat::Qcow2,
-                capacity_mib: 1024,
-                backing: None,
-            },
-        );
+        h.exec_volume(new_volume("images", &name, VolumeFormat::Qcow2, 1024, None))
+            .expect("history volume is made");
         let mut spec = kernel_spec(1, 256);
         spec.disks.push(Disk { volume, read_only: false });
         spec.nics.push(Nic { network: "default".into(), mac: None });

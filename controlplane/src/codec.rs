@@ -11,8 +11,9 @@
 //! Versions: 1, the first; 2 added a snapshot's state and a domain's `restore_from` to the
 //! state (`crate::state_v1` decodes version-1 states); 3 added a domain's `ha_restarts`
 //! (`crate::state_v2` decodes version-2 states); 4 added the cluster's settings and its
-//! hosts' recent fencings (`crate::state_v3`). Events and proposals encode alike in all
-//! four (variants are only appended).
+//! hosts' recent fencings (`crate::state_v3`); 5 added a volume's state, host and last
+//! failure (`crate::state_v4`). Events and proposals encode alike in all five (variants
+//! are only appended).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -22,7 +23,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -63,7 +64,8 @@ impl Durable for State {
         match version {
             1 => decode_payload::<crate::state_v1::StateV1>(payload).map(State::from),
             2 => decode_payload::<crate::state_v2::StateV2>(payload).map(State::from),
-            _ => decode_payload::<crate::state_v3::StateV3>(payload).map(State::from),
+            3 => decode_payload::<crate::state_v3::StateV3>(payload).map(State::from),
+            _ => decode_payload::<crate::state_v4::StateV4>(payload).map(State::from),
         }
     }
 }
@@ -152,7 +154,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 4, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 5, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -161,15 +163,15 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v5 = bytes.clone();
-        v5[3] = 5;
-        assert!(matches!(decode::<EventEnvelope>(&v5), Err(CodecError::Version(5))));
+        let mut v6 = bytes.clone();
+        v6[3] = 6;
+        assert!(matches!(decode::<EventEnvelope>(&v6), Err(CodecError::Version(6))));
         let mut v1 = bytes.clone();
         v1[3] = 1;
         assert_eq!(
             decode::<EventEnvelope>(&v1).unwrap(),
             envelope(),
-            "events encode alike in versions 1 to 4"
+            "events encode alike in versions 1 to 5"
         );
         let mut magic = bytes.clone();
         magic[0] = b'X';

@@ -103,6 +103,11 @@ pub enum Command {
         format: VolumeFormat,
         capacity_mib: u64,
         backing: Option<String>,
+        /// A raw volume's blocks are allocated up front rather than on first write.
+        preallocate: bool,
+        /// An image file on the host that makes the volume, copied into it (converted to
+        /// `format`; grown to `capacity_mib`, which must hold it).
+        import: Option<String>,
     },
     DeleteVolume {
         volume: VolumeRef,
@@ -115,6 +120,14 @@ pub enum Command {
     ReportVolumeAllocation {
         volume: VolumeRef,
         allocation_mib: u64,
+    },
+    /// A host reports how the operation `id` on `volume` (the event that asked for it),
+    /// asked of it, went.
+    ReportVolume {
+        volume: VolumeRef,
+        host: String,
+        id: u64,
+        outcome: VolumeOutcome,
     },
 
     // --- snapshots ---
@@ -181,6 +194,18 @@ pub enum Command {
     },
 }
 
+/// What a host did with a volume operation asked of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeOutcome {
+    /// Done; the file takes `allocation_mib` (nothing, once deleted).
+    Done {
+        allocation_mib: u64,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
 /// What a host did with a snapshot asked of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotOutcome {
@@ -213,6 +238,7 @@ impl Command {
             Command::DeleteVolume { .. } => "DeleteVolume",
             Command::ResizeVolume { .. } => "ResizeVolume",
             Command::ReportVolumeAllocation { .. } => "ReportVolumeAllocation",
+            Command::ReportVolume { .. } => "ReportVolume",
             Command::CreateSnapshot { .. } => "CreateSnapshot",
             Command::DeleteSnapshot { .. } => "DeleteSnapshot",
             Command::RevertSnapshot { .. } => "RevertSnapshot",

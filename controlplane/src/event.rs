@@ -284,6 +284,43 @@ pub enum Event {
     HostCleared {
         name: String,
     },
+
+    // --- volume files made by hosts (appended: `VolumeCreated` and `VolumeResized` above
+    // are the record-only forms of builds before them) ---
+    /// Volume `volume` is recorded and its file asked of `host`: empty, a qcow2 overlay
+    /// on `backing`, or a copy of `import` (a file on that host). It counts against its
+    /// pool from here; `VolumeReady` or `VolumeFailed` follows once the host reports.
+    VolumeRequested {
+        volume: VolumeRef,
+        format: VolumeFormat,
+        capacity_mib: u64,
+        backing: Option<String>,
+        preallocate: bool,
+        import: Option<String>,
+        host: String,
+    },
+    /// `host` is asked to grow the file to `capacity_mib` (counted against the pool now).
+    VolumeResizeRequested {
+        volume: VolumeRef,
+        capacity_mib: u64,
+        host: String,
+    },
+    /// `host` is asked to remove the file; `VolumeDeleted` follows once it has.
+    VolumeDeleteRequested {
+        volume: VolumeRef,
+        host: String,
+    },
+    /// The host carried out the pending create or resize; the file takes `allocation_mib`.
+    VolumeReady {
+        volume: VolumeRef,
+        allocation_mib: u64,
+    },
+    /// The host could not carry out the pending operation: a create leaves a failed
+    /// volume with no file, a resize or delete leaves the volume as it was.
+    VolumeFailed {
+        volume: VolumeRef,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -337,6 +374,11 @@ impl Event {
         "DomainHaGaveUp",
         "ClusterSettingsChanged",
         "HostCleared",
+        "VolumeRequested",
+        "VolumeResizeRequested",
+        "VolumeDeleteRequested",
+        "VolumeReady",
+        "VolumeFailed",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -394,6 +436,11 @@ impl Event {
             Event::DomainHaGaveUp { .. } => 45,
             Event::ClusterSettingsChanged { .. } => 46,
             Event::HostCleared { .. } => 47,
+            Event::VolumeRequested { .. } => 48,
+            Event::VolumeResizeRequested { .. } => 49,
+            Event::VolumeDeleteRequested { .. } => 50,
+            Event::VolumeReady { .. } => 51,
+            Event::VolumeFailed { .. } => 52,
         }
     }
 
@@ -433,7 +480,12 @@ impl Event {
             | VolumeResized { volume, .. }
             | VolumeAllocationObserved { volume, .. }
             | VolumeAttached { volume, .. }
-            | VolumeDetached { volume, .. } => ResourceKey::Volume(volume.clone()),
+            | VolumeDetached { volume, .. }
+            | VolumeRequested { volume, .. }
+            | VolumeResizeRequested { volume, .. }
+            | VolumeDeleteRequested { volume, .. }
+            | VolumeReady { volume, .. }
+            | VolumeFailed { volume, .. } => ResourceKey::Volume(volume.clone()),
             SnapshotCreated { domain, name, .. }
             | SnapshotDeleted { domain, name }
             | SnapshotReparented { domain, name, .. }
@@ -466,6 +518,15 @@ impl Event {
                     ResourceKey::Pool(volume.pool.clone()),
                     ResourceKey::Volume(VolumeRef::new(&volume.pool, b)),
                 ]
+            }
+            VolumeRequested { volume, backing, host, .. } => {
+                let mut related =
+                    vec![ResourceKey::Pool(volume.pool.clone()), ResourceKey::Host(host.clone())];
+                related.extend(backing.iter().map(|b| ResourceKey::Volume(VolumeRef::new(&volume.pool, b))));
+                related
+            }
+            VolumeResizeRequested { volume, host, .. } | VolumeDeleteRequested { volume, host } => {
+                vec![ResourceKey::Pool(volume.pool.clone()), ResourceKey::Host(host.clone())]
             }
             VolumeCreated { volume, .. } | VolumeDeleted { volume } => {
                 vec![ResourceKey::Pool(volume.pool.clone())]

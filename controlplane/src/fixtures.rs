@@ -3,11 +3,11 @@
 
 use crate::model::{
     Boot, DomainSpec, HaPolicy, HostState, Labels, NetworkConfig, NetworkMode, Placement, PoolConfig,
-    PoolKind, Resources, SnapshotKind,
+    PoolKind, Resources, SnapshotKind, VolumeFormat, VolumeRef, VolumeState,
 };
 use crate::{
     apply_proposal, decide, Command, Committed, Decision, EventEnvelope, ProposalOutcome, Rejection, Request,
-    SnapshotOutcome, State,
+    SnapshotOutcome, State, VolumeOutcome,
 };
 
 /// A domain spec that boots a kernel directly, with no disks or NICs.
@@ -57,6 +57,24 @@ pub fn dir_pool(name: &str, shared: bool, capacity_mib: u64) -> Command {
             shared,
             capacity_mib,
         },
+    }
+}
+
+/// `CreateVolume` of an empty volume (a qcow2 overlay on `backing` with one).
+pub fn new_volume(
+    pool: &str,
+    name: &str,
+    format: VolumeFormat,
+    capacity_mib: u64,
+    backing: Option<&str>,
+) -> Command {
+    Command::CreateVolume {
+        volume: VolumeRef::new(pool, name),
+        format,
+        capacity_mib,
+        backing: backing.map(str::to_owned),
+        preallocate: false,
+        import: None,
     }
 }
 
@@ -124,6 +142,35 @@ impl Harness {
             generation,
             outcome: SnapshotOutcome::Taken { bytes: 1 << 20, duration_ms: 3 },
         })
+    }
+
+    /// Report the operation pending on `volume` done, as the host asked would once it
+    /// made, grew or removed the file. `None` when nothing is pending.
+    pub fn host_carries_out(&mut self, volume: &VolumeRef) -> Option<Result<Committed, Rejection>> {
+        let VolumeState::Pending { host, id, .. } = &self.state.volume(volume)?.state else { return None };
+        let (host, id) = (host.clone(), *id);
+        Some(self.exec(Command::ReportVolume {
+            volume: volume.clone(),
+            host,
+            id,
+            outcome: VolumeOutcome::Done { allocation_mib: 1 },
+        }))
+    }
+
+    /// Exec a volume command (create, resize, delete), then carry out what it asked of
+    /// a host. Returns the command's own commit.
+    pub fn exec_volume(&mut self, command: Command) -> Result<Committed, Rejection> {
+        let volume = match &command {
+            Command::CreateVolume { volume, .. }
+            | Command::ResizeVolume { volume, .. }
+            | Command::DeleteVolume { volume } => volume.clone(),
+            other => panic!("{} is not a volume command", other.name()),
+        };
+        let committed = self.exec(command)?;
+        if let Some(report) = self.host_carries_out(&volume) {
+            report.expect("the host's report of a volume operation is accepted");
+        }
+        Ok(committed)
     }
 
     /// Register a host and mark it ready.

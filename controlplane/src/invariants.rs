@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{AttachMode, HostState, Resources, SnapshotState};
+use crate::model::{AttachMode, HostState, Resources, SnapshotState, VolumeOp, VolumeState};
 use crate::state::State;
 
 /// A broken invariant, described.
@@ -126,8 +126,30 @@ fn check_volumes(state: &State) -> Result<(), Violation> {
     for v in state.volumes().values() {
         ensure!(state.pool(&v.id.pool).is_some(), "volume {} in unknown pool", v.id);
         let entry = pools.entry(v.id.pool.as_str()).or_default();
-        entry.0 += v.capacity_mib;
+        entry.0 += v.reserved_mib();
         entry.1 += 1;
+        // A volume being removed is held by nothing; one with no file backs no clone (a
+        // domain may still name a failed one: it cannot start until the disk is detached).
+        let deleting = matches!(v.state, VolumeState::Pending { op: VolumeOp::Delete, .. });
+        ensure!(!deleting || v.attachments.is_empty(), "volume {} is deleting yet attached", v.id);
+        let fileless = deleting || matches!(v.state, VolumeState::Failed { .. });
+        ensure!(!fileless || v.clones == 0, "volume {} is {} yet backs clones", v.id, v.state.name());
+        if matches!(v.state, VolumeState::Pending { op: VolumeOp::Resize { .. }, .. }) {
+            let running = v.attachments.keys().find(|d| state.domain(d).is_some_and(|d| d.is_placed()));
+            ensure!(
+                running.is_none(),
+                "volume {} resized under running domain {}",
+                v.id,
+                running.unwrap_or(&String::new())
+            );
+        }
+        if let Some(host) = &v.host {
+            ensure!(
+                state.pool(&v.id.pool).is_some_and(|p| !p.config.shared),
+                "volume {} of a shared pool is bound to host {host}",
+                v.id
+            );
+        }
         let rw = v.attachments.values().filter(|m| **m == AttachMode::ReadWrite).count();
         ensure!(rw == 0 || v.attachments.len() == 1, "volume {} attached read-write alongside others", v.id);
         for (domain, mode) in &v.attachments {
@@ -157,8 +179,17 @@ fn check_volumes(state: &State) -> Result<(), Violation> {
     }
     for d in state.domains().values() {
         for disk in &d.spec.disks {
-            let attached = state.volume(&disk.volume).is_some_and(|v| v.attachments.contains_key(&d.name));
+            let volume = state.volume(&disk.volume);
+            let attached = volume.is_some_and(|v| v.attachments.contains_key(&d.name));
             ensure!(attached, "disk {} of domain {} is not attached", disk.volume, d.name);
+            if let (Some(file_host), Some(host)) = (volume.and_then(|v| v.host.as_ref()), &d.status.host) {
+                ensure!(
+                    file_host == host,
+                    "domain {} runs on {host}, its disk {} is on {file_host}",
+                    d.name,
+                    disk.volume
+                );
+            }
         }
     }
     Ok(())

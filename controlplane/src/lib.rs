@@ -39,10 +39,11 @@ mod state_hash;
 mod state_v1;
 mod state_v2;
 mod state_v3;
+mod state_v4;
 mod validate;
 
 pub use apply::{apply, apply_proposal};
-pub use command::{Command, Request, SnapshotOutcome};
+pub use command::{Command, Request, SnapshotOutcome, VolumeOutcome};
 pub use decide::decide;
 pub use event::{Event, EventEnvelope};
 pub use proposal::{Committed, Decision, HostFit, Precondition, Proposal, ProposalOutcome};

@@ -26,6 +26,11 @@ pub enum Misfit {
     AntiAffinity(String),
     /// Fenced too often lately; an operator must clear it.
     Flapping,
+    /// A disk of the domain is a local pool's volume whose file is on another host.
+    LocalVolume {
+        volume: String,
+        host: String,
+    },
 }
 
 impl fmt::Display for Misfit {
@@ -37,6 +42,7 @@ impl fmt::Display for Misfit {
             Misfit::Labels => f.write_str("missing required labels"),
             Misfit::AntiAffinity(d) => write!(f, "runs {d} of the same anti-affinity group"),
             Misfit::Flapping => f.write_str("host was fenced too often lately (drover host clear)"),
+            Misfit::LocalVolume { volume, host } => write!(f, "its disk {volume} is on host {host}"),
         }
     }
 }
@@ -51,6 +57,7 @@ pub struct NoPlacement {
     pub labels: usize,
     pub anti_affinity: usize,
     pub flapping: usize,
+    pub local_volume: usize,
 }
 
 impl fmt::Display for NoPlacement {
@@ -66,6 +73,7 @@ impl fmt::Display for NoPlacement {
             (self.labels, "missing required labels"),
             (self.anti_affinity, "running its anti-affinity group"),
             (self.flapping, "flapping"),
+            (self.local_volume, "without its local disks"),
         ];
         let mut first = true;
         for (n, what) in parts.into_iter().filter(|(n, _)| *n > 0) {
@@ -93,6 +101,13 @@ pub fn fit(state: &State, host: &Host, name: &str, spec: &DomainSpec) -> Result<
     }
     if !spec.placement.required_labels.iter().all(|(k, v)| host.labels.get(k) == Some(v)) {
         return Err(Misfit::Labels);
+    }
+    for disk in &spec.disks {
+        if let Some(file_host) = state.volume(&disk.volume).and_then(|v| v.host.as_ref()) {
+            if *file_host != host.name {
+                return Err(Misfit::LocalVolume { volume: disk.volume.to_string(), host: file_host.clone() });
+            }
+        }
     }
     if let Some(group) = &spec.placement.anti_affinity_group {
         for other in host.domains.iter().filter(|d| d.as_str() != name) {
@@ -155,6 +170,7 @@ pub fn place(
             Err(Misfit::Labels) => why.labels += 1,
             Err(Misfit::AntiAffinity(_)) => why.anti_affinity += 1,
             Err(Misfit::Flapping) => why.flapping += 1,
+            Err(Misfit::LocalVolume { .. }) => why.local_volume += 1,
         }
     }
     best.map(|(_, h)| h.name.clone()).ok_or(why)

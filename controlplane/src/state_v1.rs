@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::model::{
     DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Network, Pool, Snapshot,
-    SnapshotKind, SnapshotState, StopMode, Volume, VolumeRef,
+    SnapshotKind, SnapshotState, StopMode, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -47,7 +47,7 @@ pub(crate) struct StateV1 {
     domains: BTreeMap<String, DomainV1>,
     networks: BTreeMap<String, Network>,
     pools: BTreeMap<String, Pool>,
-    volumes: BTreeMap<VolumeRef, Volume>,
+    volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), SnapshotV1>,
     migrations: BTreeMap<MigrationId, Migration>,
     ended_migrations: VecDeque<MigrationId>,
@@ -102,7 +102,7 @@ impl From<StateV1> for State {
             domains,
             networks: v1.networks,
             pools: v1.pools,
-            volumes: v1.volumes,
+            volumes: crate::state_v4::upgrade_volumes(v1.volumes),
             snapshots,
             migrations: v1.migrations,
             ended_migrations: v1.ended_migrations,

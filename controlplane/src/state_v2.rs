@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::model::{
     DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Network, Pool, Snapshot,
-    SnapshotRef, StopMode, Volume, VolumeRef,
+    SnapshotRef, StopMode, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -36,7 +36,7 @@ pub(crate) struct StateV2 {
     domains: BTreeMap<String, DomainV2>,
     networks: BTreeMap<String, Network>,
     pools: BTreeMap<String, Pool>,
-    volumes: BTreeMap<VolumeRef, Volume>,
+    volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), Snapshot>,
     migrations: BTreeMap<MigrationId, Migration>,
     ended_migrations: VecDeque<MigrationId>,
@@ -72,7 +72,7 @@ impl From<StateV2> for State {
             domains,
             networks: v2.networks,
             pools: v2.pools,
-            volumes: v2.volumes,
+            volumes: crate::state_v4::upgrade_volumes(v2.volumes),
             snapshots: v2.snapshots,
             migrations: v2.migrations,
             ended_migrations: v2.ended_migrations,

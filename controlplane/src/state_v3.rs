@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Deserialize;
 
-use crate::model::{Domain, Host, Migration, MigrationId, Network, Pool, Snapshot, Volume, VolumeRef};
+use crate::model::{Domain, Host, Migration, MigrationId, Network, Pool, Snapshot, VolumeRef};
 use crate::request_window::RequestWindow;
 use crate::state::State;
 
@@ -18,7 +18,7 @@ pub(crate) struct StateV3 {
     domains: BTreeMap<String, Domain>,
     networks: BTreeMap<String, Network>,
     pools: BTreeMap<String, Pool>,
-    volumes: BTreeMap<VolumeRef, Volume>,
+    volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), Snapshot>,
     migrations: BTreeMap<MigrationId, Migration>,
     ended_migrations: VecDeque<MigrationId>,
@@ -33,7 +33,7 @@ impl From<StateV3> for State {
             domains: v3.domains,
             networks: v3.networks,
             pools: v3.pools,
-            volumes: v3.volumes,
+            volumes: crate::state_v4::upgrade_volumes(v3.volumes),
             snapshots: v3.snapshots,
             migrations: v3.migrations,
             ended_migrations: v3.ended_migrations,

@@ -11,17 +11,19 @@
 //! first format; they must decode (the proposal re-encodes to the same payload). The
 //! `-2` files are the same written by format version 2 (snapshots taken by hosts), which
 //! must decode too, as must the `-3` files (format 3: HA restart counts); the `-4` files
-//! are written by format version 4 (cluster settings, hosts' fencings) and must decode and
-//! re-encode to the very same bytes.
+//! are format version 4 (cluster settings, hosts' fencings), which must decode too; the
+//! `-5` files are written by format version 5 (volume files made by hosts) and must
+//! decode and re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use controlplane::codec::{self, Durable};
-use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, Harness};
+use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, new_volume, Harness};
 use controlplane::model::{
     Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, NetworkConfig, NetworkMode, Nic,
     ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState, VolumeFormat, VolumeRef,
+    VolumeState,
 };
 use controlplane::{invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State};
 
@@ -101,7 +103,7 @@ fn samples() -> Vec<EventEnvelope> {
         Event::VolumeResized { volume: vol.clone(), capacity_mib: 20480 },
         Event::VolumeAllocationObserved { volume: vol.clone(), allocation_mib: 512 },
         Event::VolumeAttached { volume: vol.clone(), domain: "web".into(), read_only: false },
-        Event::VolumeDetached { volume: vol, domain: "web".into() },
+        Event::VolumeDetached { volume: vol.clone(), domain: "web".into() },
         Event::SnapshotCreated {
             domain: "web".into(),
             name: "s2".into(),
@@ -139,6 +141,19 @@ fn samples() -> Vec<EventEnvelope> {
         Event::DomainHaGaveUp { name: "web".into(), reason: "crashed again".into() },
         Event::ClusterSettingsChanged { ha_reserve_hosts: 1 },
         Event::HostCleared { name: "h1".into() },
+        Event::VolumeRequested {
+            volume: vol.clone(),
+            format: VolumeFormat::Qcow2,
+            capacity_mib: 4096,
+            backing: Some("base".into()),
+            preallocate: false,
+            import: Some("/srv/images/debian.qcow2".into()),
+            host: "h1".into(),
+        },
+        Event::VolumeResizeRequested { volume: vol.clone(), capacity_mib: 8192, host: "h1".into() },
+        Event::VolumeDeleteRequested { volume: vol.clone(), host: "h2".into() },
+        Event::VolumeReady { volume: vol.clone(), allocation_mib: 12 },
+        Event::VolumeFailed { volume: vol, reason: "No space left on device".into() },
     ];
     events
         .into_iter()
@@ -223,13 +238,7 @@ fn rich_state() -> (State, Proposal) {
         h.exec(c).unwrap();
     }
     let vol = VolumeRef::new("images", "root");
-    h.exec(Command::CreateVolume {
-        volume: vol.clone(),
-        format: VolumeFormat::Qcow2,
-        capacity_mib: 4096,
-        backing: None,
-    })
-    .unwrap();
+    h.exec_volume(new_volume("images", "root", VolumeFormat::Qcow2, 4096, None)).unwrap();
     let mut spec = kernel_spec(2, 2048);
     spec.disks.push(Disk { volume: vol, read_only: false });
     spec.nics.push(Nic { network: "default".into(), mac: None });
@@ -276,33 +285,47 @@ fn read_golden<T: Durable>(name: &str) -> (T, Vec<u8>) {
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
     let (state, proposal) = rich_state();
-    let new_state: State = check_fixed_bytes("state-4.bin", &state);
+    let new_state: State = check_fixed_bytes("state-5.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 4");
-    let new: Proposal = check_fixed_bytes("proposal-4.bin", &proposal);
+    assert_eq!(new_state, state, "today's rich state is the one written by format 5");
+    let new: Proposal = check_fixed_bytes("proposal-5.bin", &proposal);
     assert_eq!(new.request_id, "golden-proposal");
+}
+
+/// A state and proposal of formats 2 to 4: the rich state of their day (its volume made
+/// before hosts made files, so record-only now), and a proposal whose payload is the
+/// same in every format.
+fn check_old_format(version: u16) {
+    let (old_state, _): (State, _) = read_golden(&format!("state-{version}.bin"));
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state.domains().len(), 1);
+    assert_eq!(old_state.migrations().len(), 1);
+    assert_eq!(old_state.snapshot("web", "before").unwrap().state.name(), "taken");
+    let root = old_state.volume(&VolumeRef::new("images", "root")).unwrap();
+    assert_eq!(root.state, VolumeState::RecordOnly, "format {version} volumes had no files made by hosts");
+    assert_eq!((root.capacity_mib, root.host.as_deref()), (4096, None));
+    let (old, bytes): (Proposal, _) = read_golden(&format!("proposal-{version}.bin"));
+    assert_eq!(old.request_id, "golden-proposal");
+    assert_eq!(
+        codec::encode(&old)[5..],
+        bytes[5..],
+        "a proposal's payload is the same in format {version} and today's"
+    );
+}
+
+#[test]
+fn format_4_states_and_proposals_still_decode() {
+    check_old_format(4);
 }
 
 #[test]
 fn format_3_states_and_proposals_still_decode() {
-    let (state, proposal) = rich_state();
-    let (old_state, _): (State, _) = read_golden("state-3.bin");
-    invariants::check(&old_state).unwrap();
-    assert_eq!(old_state, state, "format 3 held today's rich state, with default settings and no fencings");
-    let (old, bytes): (Proposal, _) = read_golden("proposal-3.bin");
-    assert_eq!(old, proposal);
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 3 and 4");
+    check_old_format(3);
 }
 
 #[test]
 fn format_2_states_and_proposals_still_decode() {
-    let (state, proposal) = rich_state();
-    let (old_state, _): (State, _) = read_golden("state-2.bin");
-    invariants::check(&old_state).unwrap();
-    assert_eq!(old_state, state, "format 2 held today's rich state, with no HA restarts counted");
-    let (old, bytes): (Proposal, _) = read_golden("proposal-2.bin");
-    assert_eq!(old, proposal);
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 2 and 4");
+    check_old_format(2);
 }
 
 #[test]
@@ -318,5 +341,5 @@ fn format_1_states_and_proposals_still_decode() {
     assert_eq!(old_state.domain("web").unwrap().restore_from, None);
     let (old, bytes): (Proposal, _) = read_golden("proposal-1.bin");
     assert_eq!(old.request_id, "golden-proposal");
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 4");
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 5");
 }

@@ -13,11 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use controlplane::model::{
     Boot, Cidr, DesiredState, Disk, DomainSpec, HaPolicy, HostState, Mac, MigrationPhase, NetworkConfig,
     NetworkMode, Nic, ObservedPhase, Phase, Placement, PoolConfig, PoolKind, Resources, SnapshotKind,
-    SnapshotState, VolumeFormat, VolumeRef,
+    SnapshotState, VolumeFormat, VolumeRef, VolumeState,
 };
 use controlplane::{
     apply, apply_proposal, codec, decide, invariants, state_hash, Command, Decision, Event, EventEnvelope,
-    Proposal, ProposalOutcome, Request, SnapshotOutcome, State,
+    Proposal, ProposalOutcome, Request, SnapshotOutcome, State, VolumeOutcome,
 };
 use proptest::prelude::*;
 
@@ -180,6 +180,8 @@ fn command() -> impl Strategy<Value = Command> {
                 format: if qcow2 { VolumeFormat::Qcow2 } else { VolumeFormat::Raw },
                 capacity_mib,
                 backing,
+                preallocate: !qcow2 && capacity_mib % 2 == 0,
+                import: (capacity_mib % 5 == 0).then(|| "/srv/images/base.img".to_owned()),
             }
         ),
         1 => volume_ref().prop_map(|volume| Command::DeleteVolume { volume }),
@@ -204,6 +206,13 @@ fn command() -> impl Strategy<Value = Command> {
 #[derive(Debug, Clone)]
 enum Step {
     Do(Command),
+    /// The host asked reports on the `which`-th volume with an operation pending: done
+    /// when `done`; from the true host and operation when `honest`.
+    Volume {
+        which: usize,
+        done: bool,
+        honest: bool,
+    },
     /// A host reports on domain `domain`: the true host and generation when `honest`, and
     /// the phase a working host would report next when `phase` is `None`.
     Observe {
@@ -259,6 +268,8 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         8 => command().prop_map(Step::Do),
+        3 => (0usize..8, proptest::bool::weighted(0.85), proptest::bool::weighted(0.9))
+            .prop_map(|(which, done, honest)| Step::Volume { which, done, honest }),
         8 => (0..DOMAINS.len(), proptest::option::weighted(0.3, observed_phase()), proptest::bool::weighted(0.9))
             .prop_map(|(domain, phase, honest)| Step::Observe { domain, phase, honest }),
         6 => (0..DOMAINS.len(), proptest::bool::weighted(0.8), proptest::bool::weighted(0.9))
@@ -266,7 +277,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0..DOMAINS.len(), 0..SNAPSHOTS.len()).prop_map(|(domain, name)| Step::Take { domain, name }),
         2 => (0..DOMAINS.len()).prop_map(|domain| Step::RevertAndRun { domain }),
         2 => (0..DOMAINS.len()).prop_map(|source| Step::CloneOf { source }),
-        4 => (0usize..3, 0u8..3).prop_map(|(which, action)| Step::Migrate { which, action }),
+        4 => (0usize..3, 0u8..4).prop_map(|(which, action)| Step::Migrate { which, action }),
         2 => (command(), 1usize..6).prop_map(|(command, delay)| Step::Stale { command, delay }),
         1 => (0usize..64).prop_map(|which| Step::Retry { which }),
         2 => proptest::collection::vec(prop_oneof![35 => Just(0u64), 3 => Just(1_500u64), 2 => Just(60_000u64)], HOSTS.len())
@@ -291,6 +302,16 @@ impl Run {
             let r = self.request(command);
             self.submit(&r);
         }
+    }
+
+    /// Build the seeded cluster, its volumes' files made by their hosts.
+    fn seed(&mut self) {
+        for c in seeded() {
+            let r = self.request(c);
+            self.submit(&r);
+            self.step(0, Step::Volume { which: 0, done: true, honest: true });
+        }
+        assert!(self.state.volumes().values().all(|v| v.usable()), "the seeded volumes are made");
     }
 
     fn request(&mut self, command: Command) -> Request {
@@ -352,6 +373,29 @@ impl Run {
         match step {
             Step::Do(command) => {
                 let r = self.request(command);
+                self.submit(&r);
+            }
+            Step::Volume { which, done, honest } => {
+                let pending: Vec<_> = self
+                    .state
+                    .volumes()
+                    .values()
+                    .filter_map(|v| match &v.state {
+                        VolumeState::Pending { host, id, .. } => Some((v.id.clone(), host.clone(), *id)),
+                        _ => None,
+                    })
+                    .collect();
+                if pending.is_empty() {
+                    return;
+                }
+                let (volume, host, id) = pending[which % pending.len()].clone();
+                let outcome = if done {
+                    VolumeOutcome::Done { allocation_mib: 3 }
+                } else {
+                    VolumeOutcome::Failed { reason: "test".into() }
+                };
+                let id = if honest { id } else { id + 1 };
+                let r = self.request(Command::ReportVolume { volume, host, id, outcome });
                 self.submit(&r);
             }
             Step::Observe { domain, phase, honest } => {
@@ -443,6 +487,30 @@ impl Run {
                 self.submit(&r);
                 for _ in 0..2 {
                     self.step(0, Step::Observe { domain, phase: None, honest: true });
+                }
+            }
+            Step::Migrate { which, action: 3 } => {
+                // A whole migration of a running domain, start to commit, so commits are
+                // common enough to be tested.
+                let running: Vec<String> = self
+                    .state
+                    .domains()
+                    .values()
+                    .filter(|d| d.status.phase == Phase::Running && d.migration.is_none())
+                    .map(|d| d.name.clone())
+                    .collect();
+                let Some(domain) = running.get(which % running.len().max(1)).cloned() else {
+                    return;
+                };
+                let r = self.request(Command::StartMigration { domain: domain.clone(), target: None });
+                self.submit(&r);
+                let Some(id) = self.state.domain(&domain).and_then(|d| d.migration) else { return };
+                for command in [
+                    Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring },
+                    Command::CommitMigration { id },
+                ] {
+                    let r = self.request(command);
+                    self.submit(&r);
                 }
             }
             Step::Migrate { which, action } => {
@@ -549,6 +617,8 @@ fn seeded() -> Vec<Command> {
             format: VolumeFormat::Qcow2,
             capacity_mib: 1000,
             backing: None,
+            preallocate: false,
+            import: None,
         });
     }
     out
@@ -560,10 +630,7 @@ proptest! {
     #[test]
     fn random_histories_keep_invariants_and_replay_to_the_same_hash(steps in proptest::collection::vec(step(), 1..200)) {
         let mut run = Run { state: State::new(), archive: Vec::new(), requests: Vec::new(), pending: Vec::new(), now_ms: 1_000 };
-        for c in seeded() {
-            let r = run.request(c);
-            run.submit(&r);
-        }
+        run.seed();
         for (i, s) in steps.into_iter().enumerate() {
             run.step(i, s);
         }
@@ -676,10 +743,7 @@ fn the_generator_reaches_every_event_kind() {
             pending: Vec::new(),
             now_ms: 1_000,
         };
-        for c in seeded() {
-            let r = run.request(c);
-            run.submit(&r);
-        }
+        run.seed();
         for (i, s) in steps.into_iter().enumerate() {
             run.step(i, s);
         }
@@ -687,7 +751,7 @@ fn the_generator_reaches_every_event_kind() {
         run.archive.iter().for_each(|e| *counts.entry(e.event.kind()).or_default() += 1);
     }
     // Kept for replaying older logs; no decision emits them any more.
-    let legacy = ["SnapshotCreated", "SnapshotReverted"];
+    let legacy = ["SnapshotCreated", "SnapshotReverted", "VolumeCreated", "VolumeResized"];
     let missing: Vec<_> = Event::KINDS.iter().filter(|k| !seen.contains(*k) && !legacy.contains(k)).collect();
     assert!(missing.is_empty(), "never generated: {missing:?}; generated: {counts:?}");
 }

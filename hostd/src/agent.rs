@@ -20,6 +20,7 @@ use proto::api::hosts_client::HostsClient;
 use proto::api::networks_client::NetworksClient;
 use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
+use proto::api::volumes_client::VolumesClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 use tracing::{info, warn};
@@ -32,6 +33,8 @@ use crate::lease::HostLease;
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::{Assigned, Desired, Report};
 use crate::snapshots::{HostSnapshots, SnapshotJob, SnapshotReport, SnapshotWork};
+use crate::volumes::{HostVolumes, VolumeJob, VolumeReport, VolumeWork};
+use controlplane::model::{VolumeFormat, VolumeOp, VolumeRef};
 
 /// How a host agent runs.
 #[derive(Debug, Clone)]
@@ -126,7 +129,51 @@ fn request<T>(host: &str, message: T) -> tonic::Request<T> {
 
 /// The file of a volume: `<pool path>/<volume name>`; `None` if the pool is unknown.
 fn volume_path(pools: &BTreeMap<String, String>, volume: &pb::VolumeRef) -> Option<String> {
-    pools.get(&volume.pool).map(|dir| format!("{}/{}", dir.trim_end_matches('/'), volume.name))
+    pools.get(&volume.pool).map(|dir| crate::dir_pool::volume_path(dir, &volume.name).display().to_string())
+}
+
+fn volume_format(format: &str) -> VolumeFormat {
+    if format == "qcow2" {
+        VolumeFormat::Qcow2
+    } else {
+        VolumeFormat::Raw
+    }
+}
+
+/// The volume operations the cluster's volume list asks of `host`.
+fn volume_work_from(host: &str, volumes: &[pb::Volume], pools: &BTreeMap<String, String>) -> VolumeWork {
+    // A linearizable read holds every operation asked so far.
+    let mut work = VolumeWork { known_seq: u64::MAX, ..VolumeWork::default() };
+    for v in volumes.iter().filter(|v| v.pending_host == host) {
+        let (Some(id), Some(path)) = (v.id.as_ref(), v.id.as_ref().and_then(|id| volume_path(pools, id)))
+        else {
+            continue;
+        };
+        let op = match v.state() {
+            pb::VolumeState::Creating => VolumeOp::Create {
+                preallocate: v.pending_preallocate,
+                import: (!v.pending_import.is_empty()).then(|| v.pending_import.clone()),
+            },
+            pb::VolumeState::Resizing => VolumeOp::Resize { capacity_mib: v.pending_capacity_mib },
+            pb::VolumeState::Deleting => VolumeOp::Delete,
+            _ => continue,
+        };
+        let backing = (!v.backing.is_empty()).then(|| {
+            let base = pb::VolumeRef { pool: id.pool.clone(), name: v.backing.clone() };
+            let format = volumes.iter().find(|b| b.id.as_ref() == Some(&base)).map_or("raw", |b| &b.format);
+            (PathBuf::from(volume_path(pools, &base).unwrap_or_default()), volume_format(format))
+        });
+        work.jobs.push(VolumeJob {
+            volume: VolumeRef::new(&id.pool, &id.name),
+            id: v.pending_id,
+            op,
+            path: PathBuf::from(path),
+            format: volume_format(&v.format),
+            capacity_mib: v.capacity_mib,
+            backing,
+        });
+    }
+    work
 }
 
 /// Where a NIC of `network` plugs in (the API's view of `assignment::attachment`).
@@ -156,6 +203,7 @@ fn assigned_from(
     host: &str,
     domains: &[pb::Domain],
     pools: &BTreeMap<String, String>,
+    volumes: &[pb::Volume],
     networks: &BTreeMap<String, pb::NetworkConfig>,
     restores: &BTreeMap<String, PathBuf>,
 ) -> BTreeMap<String, Assigned> {
@@ -187,6 +235,10 @@ fn assigned_from(
                         let v = d.volume.clone().unwrap_or_default();
                         format!("<no pool {:?} for volume {:?}>", v.pool, v.name)
                     }),
+                    format: volumes
+                        .iter()
+                        .find(|v| v.id == d.volume)
+                        .map_or(VolumeFormat::Raw, |v| volume_format(&v.format)),
                     read_only: d.read_only,
                 })
                 .collect();
@@ -343,6 +395,7 @@ pub async fn run<D: Driver>(
     }
     let mut pass = HostPass::new(config.shutdown_timeout_ms);
     let mut snapshots = HostSnapshots::new(config.snapshot_dir.clone());
+    let mut volumes = HostVolumes::new();
     let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
     // Domain events wake the loop at once (a start reaches the hypervisor without waiting
@@ -423,6 +476,25 @@ pub async fn run<D: Driver>(
                 }
             }
         }
+        // Volume files first: a domain waiting on one starts once it is reported made.
+        let volume_reports = off_the_workers(|| volumes.run(&mut driver, &share.volumes));
+        for report in volume_reports {
+            match reporter.send_volume(&mut api, &report).await {
+                Ok(()) => volumes.reported(&report),
+                // Deleted meanwhile, or no longer pending under this id: nothing to report.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+                    ) =>
+                {
+                    volumes.reported(&report)
+                }
+                Err(s) => {
+                    warn!(volume = %report.volume, status = %s, "volume report not accepted; will retry")
+                }
+            }
+        }
         let reports = off_the_workers(|| snapshots.run(&mut driver, &share.snapshots, now));
         for report in reports {
             match reporter.send_snapshot(&mut api, &report).await {
@@ -470,7 +542,28 @@ async fn read_through_api(
         }
     };
     let mine = domains.iter().any(|d| d.status.as_ref().is_some_and(|s| s.host == host));
-    let needs_pools = mine && domains.iter().any(|d| d.spec.as_ref().is_some_and(|s| !s.disks.is_empty()));
+    // Volumes (and the pools that say where their files are): for this host's disks, and
+    // for the volume operations asked of it.
+    let volumes = match api
+        .call(|ch| {
+            let r = request(
+                &host,
+                pb::ListVolumesRequest {
+                    pool: String::new(),
+                    consistency: pb::Consistency::Linearizable as i32,
+                },
+            );
+            async move { VolumesClient::new(ch).list(r).await }
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().volumes,
+        Err(s) => {
+            warn!(status = %s, "cannot read the volumes; VMs keep running as they are");
+            return None;
+        }
+    };
+    let needs_pools = !volumes.is_empty();
     let pools = if needs_pools {
         match api
             .call(|ch| {
@@ -545,7 +638,7 @@ async fn read_through_api(
         let w = pb::WatchRequest {
             from_seq,
             follow: true,
-            kinds: vec!["domain".into(), "snapshot".into()],
+            kinds: vec!["domain".into(), "snapshot".into(), "volume".into()],
             names: Vec::new(),
         };
         match api
@@ -568,7 +661,11 @@ async fn read_through_api(
             (d.name.clone(), snapshot_path(snapshot_dir, &r.domain, &r.name, id))
         })
         .collect();
-    Some(HostShare { domains: assigned_from(&host, &domains, &pools, &networks, &restores), snapshots })
+    Some(HostShare {
+        domains: assigned_from(&host, &domains, &pools, &volumes, &networks, &restores),
+        snapshots,
+        volumes: volume_work_from(&host, &volumes, &pools),
+    })
 }
 
 /// The shortest time between two reconcile passes woken by events.
@@ -679,6 +776,33 @@ impl Reporter {
         api.call(|ch| {
             let r = request(host, report.clone());
             async move { HostsClient::new(ch).report(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn send_volume(&mut self, api: &mut Api, report: &VolumeReport) -> Result<(), tonic::Status> {
+        self.sent += 1;
+        let (failed, failure, allocation_mib) = match &report.outcome {
+            controlplane::VolumeOutcome::Done { allocation_mib } => (false, String::new(), *allocation_mib),
+            controlplane::VolumeOutcome::Failed { reason } => (true, reason.clone(), 0),
+        };
+        let message = pb::ReportVolumeRequest {
+            request_id: format!("{}-{}-{}", self.host, self.boot, self.sent),
+            volume: Some(pb::VolumeRef {
+                pool: report.volume.pool.clone(),
+                name: report.volume.name.clone(),
+            }),
+            host: self.host.clone(),
+            id: report.id,
+            failed,
+            failure,
+            allocation_mib,
+        };
+        let host = &self.host;
+        api.call(|ch| {
+            let r = request(host, message.clone());
+            async move { VolumesClient::new(ch).report(r).await }
         })
         .await
         .map(|_| ())

@@ -1,22 +1,25 @@
 //! This host's share of the replicated state: the domains placed on it, as the reconciler
-//! wants them, and its snapshot work. Read from the host's own learner replica of the log
+//! wants them, and its snapshot and volume work. Read from the host's own learner replica of the log
 //! (in production and in the simulator), it needs no API round trip.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use controlplane::model::{Boot, DesiredState, NetworkConfig, NetworkMode, StopMode};
+use controlplane::model::{Boot, DesiredState, NetworkConfig, NetworkMode, StopMode, VolumeFormat};
 use controlplane::State;
 
+use crate::dir_pool::volume_path;
 use crate::driver::{isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, NicSpec, VmSpec};
 use crate::reconciler::{Assigned, Desired};
 use crate::snapshots::SnapshotWork;
+use crate::volumes::VolumeWork;
 
-/// A host's share of the state: the domains placed on it and its snapshot work.
+/// A host's share of the state: the domains placed on it, its snapshot and volume work.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostShare {
     pub domains: BTreeMap<String, Assigned>,
     pub snapshots: SnapshotWork,
+    pub volumes: VolumeWork,
 }
 
 /// `host`'s share of `state`; snapshots live under `snapshot_dir`.
@@ -24,6 +27,7 @@ pub fn share_from_state(host: &str, state: &State, snapshot_dir: &Path) -> HostS
     HostShare {
         domains: assigned_from_state(host, state, snapshot_dir),
         snapshots: SnapshotWork::from_state(host, state),
+        volumes: VolumeWork::from_state(host, state),
     }
 }
 
@@ -67,11 +71,13 @@ pub fn assigned_from_state(host: &str, state: &State, snapshot_dir: &Path) -> BT
                 .iter()
                 .map(|disk| DiskSpec {
                     path: match state.pool(&disk.volume.pool) {
-                        Some(p) => format!("{}/{}", p.config.path.trim_end_matches('/'), disk.volume.name),
+                        Some(p) => volume_path(&p.config.path, &disk.volume.name).display().to_string(),
                         // An unknown pool gives a path that cannot exist, so the start fails
                         // with the disk named rather than silently without it.
                         None => format!("<no pool {:?} for volume {:?}>", disk.volume.pool, disk.volume.name),
                     },
+                    // A disk's volume is never deleted while attached (an invariant).
+                    format: state.volume(&disk.volume).map_or(VolumeFormat::Raw, |v| v.format),
                     read_only: disk.read_only,
                 })
                 .collect();

@@ -93,6 +93,9 @@ fn fnv32(text: &str) -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub path: String,
+    /// As the cluster recorded the volume (never guessed from the file's first bytes,
+    /// which a guest writes).
+    pub format: controlplane::model::VolumeFormat,
     pub read_only: bool,
 }
 
@@ -143,6 +146,8 @@ pub enum DriverError {
     StartFailed { domain: String, reason: String },
     #[error("VM for domain {domain} did not {action}: {reason}")]
     Failed { domain: String, action: &'static str, reason: String },
+    #[error("cannot {action} volume {volume}: {reason}")]
+    Volume { volume: String, action: &'static str, reason: String },
 }
 
 /// A hypervisor. `now_ms` is passed in so drivers that model time (the fake) stay
@@ -181,6 +186,16 @@ pub trait Driver: Send {
                 reason: format!("{}: {e}", path.display()),
             }),
         }
+    }
+    /// Carry out a volume operation asked of this host (make, grow or remove the file);
+    /// returns the MiB the file takes on disk. Process drivers work on this host's file
+    /// system (`dir_pool`); the fake in memory.
+    fn volume(&mut self, job: &crate::volumes::VolumeJob) -> Result<u64, DriverError> {
+        crate::dir_pool::carry_out(job).map_err(|reason| DriverError::Volume {
+            volume: job.volume.to_string(),
+            action: job.op.name(),
+            reason,
+        })
     }
     /// Forget a VM that has stopped (its process is gone).
     fn remove(&mut self, domain: &str);

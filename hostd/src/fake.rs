@@ -1,13 +1,17 @@
 //! The fake hypervisor: deterministic and in memory, for the simulator, unit tests and
 //! `drover up` on machines without a usable KVM. It models boot time (a VM is starting
 //! for `boot_ms`, then running), graceful shutdown time, reboots, and crashes injected by
-//! tests. Time only moves when the caller says so.
+//! tests; snapshot and volume files live in stores that hosts sharing storage share (a
+//! VM whose disk file is missing does not start). Time only moves when the caller says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use controlplane::model::{VolumeFormat, VolumeOp};
+
 use crate::driver::{Driver, DriverError, SnapshotFile, SnapshotTaken, VmPhase, VmSpec, VmStatus};
+use crate::volumes::VolumeJob;
 
 /// How long the fake says it held a guest paused, per GiB of memory it snapshots.
 pub const SNAPSHOT_MS_PER_GIB: u64 = 200;
@@ -22,6 +26,17 @@ pub struct FakeSnapshot {
 
 /// The fake's snapshot "files", by path; hosts that share storage share one.
 pub type SnapshotStore = Arc<Mutex<BTreeMap<PathBuf, FakeSnapshot>>>;
+
+/// What a fake volume file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeVolume {
+    pub format: VolumeFormat,
+    pub capacity_mib: u64,
+    pub backing: Option<PathBuf>,
+}
+
+/// The fake's volume "files", by path; hosts that share a pool share one.
+pub type VolumeStore = Arc<Mutex<BTreeMap<PathBuf, FakeVolume>>>;
 
 #[derive(Debug, Clone)]
 struct FakeVm {
@@ -51,6 +66,12 @@ pub struct FakeDriver {
     /// The host's lease deadline, as its VM processes would watch it: past it, every VM
     /// has ended itself and none starts. `None`: no lease kept.
     pub lease_deadline_ms: Option<u64>,
+    /// Volume files, shared between the fakes of hosts that share a pool.
+    pub volume_store: VolumeStore,
+    /// The next volume operation fails with this reason (tests and the simulator's faults).
+    pub fail_next_volume: Option<String>,
+    /// Every start refused for a disk whose file is missing: (domain, path).
+    pub missing_disks: Vec<(String, String)>,
 }
 
 impl Default for FakeDriver {
@@ -70,6 +91,9 @@ impl FakeDriver {
             fail_next_snapshot: None,
             restores: Vec::new(),
             lease_deadline_ms: None,
+            volume_store: VolumeStore::default(),
+            fail_next_volume: None,
+            missing_disks: Vec::new(),
         }
     }
 
@@ -160,6 +184,17 @@ impl Driver for FakeDriver {
                     domain: spec.domain.clone(),
                     action: "start",
                     phase: vm.phase,
+                });
+            }
+        }
+        {
+            let volumes = self.volume_store.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(disk) = spec.disks.iter().find(|d| !volumes.contains_key(Path::new(&d.path))) {
+                drop(volumes);
+                self.missing_disks.push((spec.domain.clone(), disk.path.clone()));
+                return Err(DriverError::StartFailed {
+                    domain: spec.domain.clone(),
+                    reason: format!("disk {} is missing", disk.path),
                 });
             }
         }
@@ -284,6 +319,50 @@ impl Driver for FakeDriver {
     fn remove_snapshot_file(&mut self, path: &Path) -> Result<(), DriverError> {
         self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
         Ok(())
+    }
+
+    fn volume(&mut self, job: &VolumeJob) -> Result<u64, DriverError> {
+        let failed = |reason: String| DriverError::Volume {
+            volume: job.volume.to_string(),
+            action: job.op.name(),
+            reason,
+        };
+        if let Some(reason) = self.fail_next_volume.take() {
+            return Err(failed(reason));
+        }
+        let mut store = self.volume_store.lock().unwrap_or_else(|p| p.into_inner());
+        match &job.op {
+            VolumeOp::Create { .. } => {
+                let made = FakeVolume {
+                    format: job.format,
+                    capacity_mib: job.capacity_mib,
+                    backing: job.backing.as_ref().map(|(path, _)| path.clone()),
+                };
+                if let Some(there) = store.get(&job.path) {
+                    // Its own earlier work, or another's file.
+                    return if *there == made {
+                        Ok(0)
+                    } else {
+                        Err(failed(format!("{} already exists", job.path.display())))
+                    };
+                }
+                if let Some(backing) = made.backing.as_ref().filter(|b| !store.contains_key(*b)) {
+                    return Err(failed(format!("the backing file {} is missing", backing.display())));
+                }
+                store.insert(job.path.clone(), made);
+            }
+            VolumeOp::Resize { capacity_mib } => {
+                let file = store
+                    .get_mut(&job.path)
+                    .ok_or_else(|| failed(format!("{} is missing", job.path.display())))?;
+                file.capacity_mib = file.capacity_mib.max(*capacity_mib);
+            }
+            VolumeOp::Delete => {
+                store.remove(&job.path);
+            }
+        }
+        // Sparse: nothing written yet.
+        Ok(0)
     }
 
     fn remove(&mut self, domain: &str) {

@@ -19,6 +19,9 @@
 //! running or paused VM's whole state to a file and starts a VM from one
 //! (`VmSpec::restore_from`); `snapshots` takes the ones the cluster asks of this host,
 //! reports them, and removes the files of snapshots the cluster no longer holds.
+//! Volumes: `volumes` carries out the volume operations the cluster asks of this host
+//! (through `Driver::volume`; on disk, `dir_pool` makes, grows and removes the files of
+//! directory pools with std and `qemu-img`) and reports each.
 //! Leases (`lease`): hostd renews its host's lease with the leader by heartbeat, writes
 //! the deadline where its VM processes watch it, and while it has passed destroys every
 //! VM and starts none (self-fencing); a host the leader has fenced destroys its VMs and
@@ -28,6 +31,7 @@
 pub mod agent;
 pub mod assignment;
 pub mod conformance;
+pub mod dir_pool;
 pub mod driver;
 pub mod fake;
 pub mod kvm;
@@ -39,3 +43,4 @@ pub mod reconciler;
 pub mod snapshots;
 pub mod tap;
 pub mod vm_dir;
+pub mod volumes;

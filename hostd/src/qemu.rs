@@ -150,19 +150,6 @@ fn qemu_said(dir: &Path, lines: usize) -> String {
     said.join(" / ")
 }
 
-/// A disk image's format, from its first bytes.
-fn image_format(path: &str) -> &'static str {
-    let mut magic = [0u8; 4];
-    let is_qcow2 = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok_and(|()| magic == *b"QFI\xfb");
-    if is_qcow2 {
-        "qcow2"
-    } else {
-        "raw"
-    }
-}
-
 impl QemuDriver {
     /// Start the lease guard of QEMU process `pid`, if guards are configured.
     fn guard(&mut self, pid: u32) -> std::io::Result<()> {
@@ -292,7 +279,10 @@ impl QemuDriver {
             a.push(format!(
                 "file={},if=none,id=disk{i},format={},readonly={}",
                 disk.path,
-                image_format(&disk.path),
+                match disk.format {
+                    controlplane::model::VolumeFormat::Raw => "raw",
+                    controlplane::model::VolumeFormat::Qcow2 => "qcow2",
+                },
                 if disk.read_only { "on" } else { "off" }
             ));
             a.push("-device".into());

@@ -83,7 +83,7 @@ pub struct SnapshotReport {
 pub const REASON_BYTES_MAX: usize = 512;
 
 /// A driver's error as a reason the cluster takes: printable, on one line, bounded.
-fn reason(text: &str) -> String {
+pub fn failure_reason(text: &str) -> String {
     let mut out: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if out.trim().is_empty() {
         out = "the driver gave no reason".into();
@@ -134,7 +134,7 @@ impl HostSnapshots {
                 out.push(done.clone());
                 continue;
             }
-            let failed = |why: String| SnapshotOutcome::Failed { reason: reason(&why) };
+            let failed = |why: String| SnapshotOutcome::Failed { reason: failure_reason(&why) };
             let outcome = match listed.get(&job.domain) {
                 _ if job.kind == SnapshotKind::Disk => failed(
                     "disk snapshots are not carried out by hosts yet (volumes are not files yet)".into(),

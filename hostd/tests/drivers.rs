@@ -632,7 +632,11 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     linux.memory_mib = 256;
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    linux.disks = vec![hostd::driver::DiskSpec { path: disk.display().to_string(), read_only: false }];
+    linux.disks = vec![hostd::driver::DiskSpec {
+        path: disk.display().to_string(),
+        format: controlplane::model::VolumeFormat::Raw,
+        read_only: false,
+    }];
     // The console log from byte `from` on (the log is appended to across generations).
     let console_from = |from: u64| {
         let bytes = std::fs::read(run.join("snap/console.log")).unwrap_or_default();

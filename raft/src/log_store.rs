@@ -187,6 +187,11 @@ impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
             Bound::Excluded(n) => Some(*n),
             Bound::Unbounded => None,
         };
+        // An empty (or inverted) range holds nothing; the key-value stores refuse an
+        // inverted one.
+        if to.is_some_and(|to| to <= from) {
+            return Ok(Vec::new());
+        }
         let mut cache = self.cache();
         if let Some(entries) = to.and_then(|to| cache.get(from, to)) {
             return Ok(entries);

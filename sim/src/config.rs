@@ -11,6 +11,8 @@ pub enum HostBug {
     SnapshotWithoutFile,
     /// Ignore the lease: no self-fencing by hostd, and VM processes that do not watch it.
     NoSelfFence,
+    /// Report a volume's file made although it never reached the pool.
+    VolumeWithoutFile,
 }
 
 /// One run's settings. Everything random is drawn from `seed`.

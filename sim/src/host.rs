@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::ha::HaSettings;
-use controlplane::model::{HostState, ObservedPhase, Resources};
+use controlplane::model::{HostState, ObservedPhase, Resources, VolumeOp};
 use controlplane::{Command, RejectionCode, Request, SnapshotOutcome, State};
 use hostd::assignment::{share_from_state, HostShare};
-use hostd::fake::{FakeDriver, SnapshotStore};
+use hostd::fake::{FakeDriver, SnapshotStore, VolumeStore};
 use hostd::lease::HostLease;
 use hostd::pass::HostPass;
 use hostd::reconciler::Report;
 use hostd::snapshots::HostSnapshots;
+use hostd::volumes::HostVolumes;
 use raft::leases::Refusal as LeaseRefusal;
 use raft::state_machine::Shared;
 use raft::type_config::{LogId, NodeId};
@@ -49,16 +50,18 @@ pub struct HostInfo {
 }
 
 impl HostInfo {
-    pub fn new(index: u64, net_id: NodeId, snapshots: &SnapshotStore) -> HostInfo {
-        HostInfo { name: format!("h{index}"), net_id, driver: Arc::new(Mutex::new(new_driver(snapshots))) }
+    pub fn new(index: u64, net_id: NodeId, snapshots: &SnapshotStore, volumes: &VolumeStore) -> HostInfo {
+        let driver = Arc::new(Mutex::new(new_driver(snapshots, volumes)));
+        HostInfo { name: format!("h{index}"), net_id, driver }
     }
 }
 
-/// A fresh hypervisor with no VMs, on the cluster's shared snapshot storage.
-pub fn new_driver(snapshots: &SnapshotStore) -> FakeDriver {
+/// A fresh hypervisor with no VMs, on the cluster's shared snapshot storage and pool.
+pub fn new_driver(snapshots: &SnapshotStore, volumes: &VolumeStore) -> FakeDriver {
     let mut d = FakeDriver::new(BOOT_MS, GUEST_SHUTDOWN_MS);
     d.broken_kernels.push(crate::workload::BROKEN_KERNEL.into());
     d.snapshot_store = snapshots.clone();
+    d.volume_store = volumes.clone();
     d
 }
 
@@ -169,6 +172,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     }
     let mut pass = HostPass::new(SHUTDOWN_TIMEOUT_MS);
     let mut snapshots = HostSnapshots::new(SNAPSHOT_DIR.into());
+    let mut volumes = HostVolumes::new();
     // This host's share as last read from its replica, and where that replica stood: a
     // replica's state changes only with its applied log id, so while that stays put
     // (and the replica is the same one) the share is the same.
@@ -237,10 +241,19 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             }
             continue;
         }
-        let (observations, started, snapshot_reports) = {
+        let (observations, started, snapshot_reports, volume_reports) = {
             let mut driver = host.driver.lock().expect("driver lock");
             let live = |d: &mut hostd::fake::FakeDriver| d.names_where(now, is_live);
             let before = live(&mut driver);
+            // Volume files first, as production hostd does.
+            let volume_reports = volumes.run(&mut *driver, &assigned.volumes);
+            if core.cfg.host_bug == crate::config::HostBug::VolumeWithoutFile {
+                // The planted bug: what was made never reaches the pool, yet is reported.
+                let mut store = driver.volume_store.lock().expect("volume store lock");
+                for job in assigned.volumes.jobs.iter().filter(|j| matches!(j.op, VolumeOp::Create { .. })) {
+                    store.remove(&job.path);
+                }
+            }
             let observations = pass.run(&mut *driver, &assigned.domains, now);
             let started: Vec<String> = live(&mut driver).difference(&before).cloned().collect();
             let snapshot_reports = snapshots.run(&mut *driver, &assigned.snapshots, now);
@@ -258,8 +271,35 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             {
                 core.violation("snapshots", detail);
             }
-            (observations, started, snapshot_reports)
+            for (domain, path) in std::mem::take(&mut driver.missing_disks) {
+                core.violation(
+                    "volumes",
+                    format!("domain {domain} was started without its disk file {path}"),
+                );
+            }
+            (observations, started, snapshot_reports, volume_reports)
         };
+        for r in volume_reports {
+            let request = write(Command::ReportVolume {
+                volume: r.volume.clone(),
+                host: host.name.clone(),
+                id: r.id,
+                outcome: r.outcome.clone(),
+            });
+            match core.write(&mut caller, &request, WRITE_DEADLINE_MS).await {
+                Outcome::Acked(_) => volumes.reported(&r),
+                // Deleted meanwhile, or no longer pending under this id.
+                Outcome::Rejected { rejection, .. }
+                    if matches!(
+                        rejection.code(),
+                        RejectionCode::FailedPrecondition | RejectionCode::NotFound
+                    ) =>
+                {
+                    volumes.reported(&r)
+                }
+                _ => {}
+            }
+        }
         // A VM only comes to life when a pass starts it: check those against every host.
         if !started.is_empty() {
             core.check_single_run(&started);

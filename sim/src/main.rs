@@ -29,6 +29,8 @@ enum BugArg {
     SnapshotWithoutFile,
     /// Hosts ignore their lease: no self-fencing by hostd or its VM processes.
     NoSelfFence,
+    /// Hosts report volume files made that never reached the pool.
+    VolumeWithoutFile,
     /// Replicas save their vote without flushing it.
     VoteUnsynced,
     /// Replicas acknowledge appended entries before flushing them.
@@ -109,6 +111,7 @@ fn replay_command(args: &Args, seed: u64) -> String {
         BugArg::AckBeforeCommit => c.push_str(" --bug ack-before-commit"),
         BugArg::SnapshotWithoutFile => c.push_str(" --bug snapshot-without-file"),
         BugArg::NoSelfFence => c.push_str(" --bug no-self-fence"),
+        BugArg::VolumeWithoutFile => c.push_str(" --bug volume-without-file"),
         BugArg::VoteUnsynced => c.push_str(" --bug vote-unsynced"),
         BugArg::AppendUnsynced => c.push_str(" --bug append-unsynced"),
         BugArg::PurgeUnsynced => c.push_str(" --bug purge-unsynced"),
@@ -138,11 +141,14 @@ fn main() -> anyhow::Result<()> {
             BugArg::AppendUnsynced => Bug::AppendUnsynced,
             BugArg::PurgeUnsynced => Bug::PurgeUnsynced,
             BugArg::SnapshotUnsynced => Bug::SnapshotUnsynced,
-            BugArg::None | BugArg::SnapshotWithoutFile | BugArg::NoSelfFence => Bug::None,
+            BugArg::None | BugArg::SnapshotWithoutFile | BugArg::NoSelfFence | BugArg::VolumeWithoutFile => {
+                Bug::None
+            }
         },
         host_bug: match args.bug {
             BugArg::SnapshotWithoutFile => HostBug::SnapshotWithoutFile,
             BugArg::NoSelfFence => HostBug::NoSelfFence,
+            BugArg::VolumeWithoutFile => HostBug::VolumeWithoutFile,
             _ => HostBug::None,
         },
         keep_trace: args.trace,

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use controlplane::model::{
-    Boot, Cidr, DomainSpec, HaPolicy, NetworkConfig, NetworkMode, Nic, Placement, PoolConfig, PoolKind,
+    Boot, Cidr, Disk, DomainSpec, HaPolicy, NetworkConfig, NetworkMode, Nic, Placement, PoolConfig, PoolKind,
     SnapshotKind, VolumeFormat, VolumeRef,
 };
 use controlplane::Command;
@@ -37,11 +37,19 @@ fn spec(rng: &mut impl Rng) -> DomainSpec {
     } else {
         Vec::new()
     };
+    // Some domains have a disk: a volume of the shared pool, which must be made before
+    // they start (and read-write volumes are held by one domain at a time).
+    let disks = if rng.gen_bool(0.2) {
+        let volume = VolumeRef { pool: POOL.into(), name: format!("v{}", rng.gen_range(0..VOLUMES)) };
+        vec![Disk { volume, read_only: rng.gen_bool(0.5) }]
+    } else {
+        Vec::new()
+    };
     DomainSpec {
         vcpus: rng.gen_range(1..=4),
         memory_mib: 256 * rng.gen_range(1..=8),
         boot: Boot::Kernel { kernel: kernel.into(), initrd: None, cmdline: "console=ttyS0".into() },
-        disks: Vec::new(),
+        disks,
         nics,
         ha: if rng.gen_bool(0.5) {
             HaPolicy::Restart { priority: rng.gen_range(0..10) }
@@ -117,11 +125,17 @@ pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
                 capacity_mib: 1 << 20,
             },
         },
-        79..=84 => Command::CreateVolume {
+        79..=83 => Command::CreateVolume {
             volume: VolumeRef { pool: POOL.into(), name: format!("v{}", rng.gen_range(0..VOLUMES)) },
             format: VolumeFormat::Raw,
             capacity_mib: 1024 * rng.gen_range(1..=8),
             backing: None,
+            preallocate: rng.gen_bool(0.3),
+            import: None,
+        },
+        84 => Command::ResizeVolume {
+            volume: VolumeRef { pool: POOL.into(), name: format!("v{}", rng.gen_range(0..VOLUMES)) },
+            capacity_mib: 1024 * rng.gen_range(1..=12),
         },
         85..=87 => Command::DeleteVolume {
             volume: VolumeRef { pool: POOL.into(), name: format!("v{}", rng.gen_range(0..VOLUMES)) },

@@ -53,6 +53,8 @@ pub struct Core {
     pub replica_ids: Vec<NodeId>,
     /// The hosts' shared snapshot storage (survives every host).
     pub snapshots: hostd::fake::SnapshotStore,
+    /// The hosts' shared pool (survives every host).
+    pub volumes: hostd::fake::VolumeStore,
 }
 
 impl Core {
@@ -183,7 +185,9 @@ async fn play(cfg: SimConfig) -> RunOutcome {
     let net = Net::new(cfg.seed ^ 0x6e65_7477_6f72_6b00);
     let replica_ids: Vec<NodeId> = (1..=cfg.replicas).collect();
     let snapshots = hostd::fake::SnapshotStore::default();
-    let hosts: Vec<HostInfo> = (0..cfg.hosts).map(|i| HostInfo::new(i, HOST_BASE + i, &snapshots)).collect();
+    let volumes = hostd::fake::VolumeStore::default();
+    let hosts: Vec<HostInfo> =
+        (0..cfg.hosts).map(|i| HostInfo::new(i, HOST_BASE + i, &snapshots, &volumes)).collect();
     let core = Arc::new(Core {
         cfg: cfg.clone(),
         net,
@@ -194,6 +198,7 @@ async fn play(cfg: SimConfig) -> RunOutcome {
         hosts,
         replica_ids: replica_ids.clone(),
         snapshots,
+        volumes,
     });
     let mut world = World {
         core: core.clone(),
@@ -609,12 +614,18 @@ impl World {
                     ));
                 }
             }
-            72..=73 => {
+            72 => {
                 let h = self.rng.gen_range(0..host_count);
                 let reason = "the snapshot file could not be written (disk full)";
                 self.core.hosts[h].driver.lock().expect("driver lock").fail_next_snapshot =
                     Some(reason.into());
                 self.trace(format!("fault: the next snapshot on {} fails", self.core.hosts[h].name));
+            }
+            73 => {
+                let h = self.rng.gen_range(0..host_count);
+                let reason = "the volume file could not be written (disk full)";
+                self.core.hosts[h].driver.lock().expect("driver lock").fail_next_volume = Some(reason.into());
+                self.trace(format!("fault: the next volume operation on {} fails", self.core.hosts[h].name));
             }
             67..=71 => {
                 let h = self.rng.gen_range(0..host_count);
@@ -664,7 +675,7 @@ impl World {
                 if alive > 2 && self.hosts[h] != HostRun::Lost {
                     self.kill_host(h);
                     *self.core.hosts[h].driver.lock().expect("driver lock") =
-                        host::new_driver(&self.core.snapshots);
+                        host::new_driver(&self.core.snapshots, &self.core.volumes);
                     self.isolate(self.core.hosts[h].net_id);
                     self.hosts[h] = HostRun::Lost;
                     self.trace(format!("fault: host {} lost for good with its VMs", self.core.hosts[h].name));
@@ -774,7 +785,9 @@ impl World {
         }
         invariants::liveness::check(&state, &self.core.vms(), &self.lost_hosts())?;
         let files = self.core.snapshots.lock().expect("snapshot store lock").clone();
-        invariants::snapshots::check_settled(&state, &files, &self.lost_hosts())
+        invariants::snapshots::check_settled(&state, &files, &self.lost_hosts())?;
+        let volumes = self.core.volumes.lock().expect("volume store lock").clone();
+        invariants::volumes::check_settled(&state, &volumes, &self.lost_hosts())
     }
 
     /// A running replica's applied index and state hash, hashed again only when its
@@ -829,6 +842,10 @@ impl World {
             let files = core.snapshots.lock().expect("snapshot store lock").clone();
             if let Err(detail) = invariants::snapshots::check_settled(state, &files, &self.lost_hosts()) {
                 core.violation("snapshots", detail);
+            }
+            let volumes = core.volumes.lock().expect("volume store lock").clone();
+            if let Err(detail) = invariants::volumes::check_settled(state, &volumes, &self.lost_hosts()) {
+                core.violation("volumes", detail);
             }
         }
         drop(states);

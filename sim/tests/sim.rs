@@ -108,6 +108,19 @@ fn a_host_that_reports_snapshots_it_did_not_keep_is_caught_within_twenty_seeds()
 }
 
 #[test]
+fn a_host_that_reports_volume_files_it_did_not_make_is_caught_within_fifty_seeds() {
+    require_determinism();
+    let caught = (1..=50).find(|seed| {
+        let out = run(&SimConfig { host_bug: HostBug::VolumeWithoutFile, ..SimConfig::new(*seed) });
+        out.violations.iter().any(|v| v.invariant == "volumes")
+    });
+    assert!(
+        caught.is_some(),
+        "fifty seeds ran hosts that lose the volume files they report and no invariant noticed"
+    );
+}
+
+#[test]
 fn a_host_that_does_not_fence_itself_is_caught_within_ten_seeds() {
     require_determinism();
     let caught = (1..=10).find(|seed| {

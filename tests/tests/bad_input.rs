@@ -148,6 +148,27 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             format: id("qcow2"),
             capacity_mib: 1000,
             backing: String::new(),
+            preallocate: false,
+            import: String::new(),
+        })
+        .await
+        .unwrap();
+    // No hostd runs here: report the volume's file made, as its host would.
+    let root = vols
+        .clone()
+        .get(pb::GetVolumeRequest { volume: vref("root"), consistency: pb::Consistency::Linearizable as i32 })
+        .await
+        .unwrap()
+        .into_inner();
+    vols.clone()
+        .report(pb::ReportVolumeRequest {
+            request_id: id("r5b"),
+            volume: vref("root"),
+            host: root.pending_host,
+            id: root.pending_id,
+            failed: false,
+            failure: String::new(),
+            allocation_mib: 1,
         })
         .await
         .unwrap();
@@ -414,7 +435,9 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 volume: vref("v0"),
                 format: "raw".into(),
                 capacity_mib: 0,
-                backing: String::new()
+                backing: String::new(),
+                preallocate: false,
+                import: String::new()
             }
         ),
         case!(
@@ -427,7 +450,9 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 volume: vref("v0"),
                 format: "vmdk".into(),
                 capacity_mib: 10,
-                backing: String::new()
+                backing: String::new(),
+                preallocate: false,
+                import: String::new()
             }
         ),
         case!(
@@ -440,7 +465,39 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 volume: Some(pb::VolumeRef { pool: "nope".into(), name: "v0".into() }),
                 format: "raw".into(),
                 capacity_mib: 10,
-                backing: String::new()
+                backing: String::new(),
+                preallocate: false,
+                import: String::new()
+            }
+        ),
+        case!(
+            "volume import from a relative path",
+            Code::InvalidArgument,
+            vols,
+            create,
+            pb::CreateVolumeRequest {
+                request_id: String::new(),
+                volume: vref("v0"),
+                format: "raw".into(),
+                capacity_mib: 10,
+                backing: String::new(),
+                preallocate: false,
+                import: "images/debian.img".into()
+            }
+        ),
+        case!(
+            "volume report of no pending operation",
+            Code::FailedPrecondition,
+            vols,
+            report,
+            pb::ReportVolumeRequest {
+                request_id: String::new(),
+                volume: vref("root"),
+                host: "h1".into(),
+                id: 1,
+                failed: true,
+                failure: "made up".into(),
+                allocation_mib: 0
             }
         ),
         case!(

@@ -60,6 +60,8 @@ impl Volumes for Api {
             format: convert::volume_format(&r.format)?,
             capacity_mib: r.capacity_mib,
             backing: (!r.backing.is_empty()).then_some(r.backing),
+            preallocate: r.preallocate,
+            import: (!r.import.is_empty()).then_some(r.import),
         };
         Ok(Response::new(self.write(&meta, r.request_id, command).await?))
     }
@@ -128,5 +130,14 @@ impl Volumes for Api {
             })
             .await?;
         Ok(Response::new(pb::ListVolumesReply { volumes }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportVolumeRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, _, r) = request.into_parts();
+        let request_id = r.request_id.clone();
+        Ok(Response::new(self.write(&meta, request_id, convert::volume_report(r)?).await?))
     }
 }

@@ -23,7 +23,7 @@ use crate::limits::ENDED_MIGRATIONS_KEPT_MAX;
 use crate::model::{
     AttachMode, DesiredState, Domain, DomainStatus, Host, HostState, Lease, Migration, MigrationId,
     MigrationPhase, Network, Phase, Pool, Resources, Snapshot, SnapshotRef, SnapshotState, StopMode, Volume,
-    VolumeRef,
+    VolumeOp, VolumeRef, VolumeState,
 };
 // The types of the events' fields, which the per-resource functions take.
 use std::net::Ipv4Addr;
@@ -177,6 +177,20 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             host::settings_changed(state, seq, ha_reserve_hosts)
         }
         Event::HostCleared { name } => host::cleared(state, seq, name),
+        Event::VolumeRequested { volume, format, capacity_mib, backing, preallocate, import, host } => {
+            let op = VolumeOp::Create { preallocate: *preallocate, import: import.clone() };
+            storage::volume_requested(state, seq, now, volume, format, capacity_mib, backing, op, host)
+        }
+        Event::VolumeResizeRequested { volume, capacity_mib, host } => {
+            storage::volume_resize_requested(state, seq, volume, capacity_mib, host)
+        }
+        Event::VolumeDeleteRequested { volume, host } => {
+            storage::volume_delete_requested(state, seq, volume, host)
+        }
+        Event::VolumeReady { volume, allocation_mib } => {
+            storage::volume_ready(state, seq, volume, allocation_mib)
+        }
+        Event::VolumeFailed { volume, reason } => storage::volume_failed(state, seq, volume, reason),
     }
 }
 

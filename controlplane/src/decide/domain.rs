@@ -13,7 +13,7 @@ use crate::limits::{
 };
 use crate::model::{
     AttachMode, Boot, DesiredState, Disk, Domain, DomainSpec, HaPolicy, Mac, ObservedPhase, Phase,
-    ResourceKey, ResourceKind, StopMode, Volume, VolumeRef,
+    ResourceKey, ResourceKind, StopMode, Volume, VolumeOp, VolumeRef, VolumeState,
 };
 use crate::rejection::Rejection;
 use crate::scheduler;
@@ -80,6 +80,14 @@ fn validate_spec(spec: &DomainSpec) -> Result<(), Rejection> {
 
 /// Whether `domain` may attach `volume` in `mode`: a read-write attachment is exclusive.
 fn check_attachable(volume: &Volume, domain: &str, read_only: bool) -> Result<(), Rejection> {
+    if matches!(volume.state, VolumeState::Failed { .. } | VolumeState::Pending { op: VolumeOp::Delete, .. })
+    {
+        return Err(Rejection::precondition(
+            ResourceKind::Volume,
+            &volume.id,
+            format!("is {}; it cannot be attached", volume.state.name()),
+        ));
+    }
     if volume.attachments.contains_key(domain) {
         return Err(Rejection::precondition(
             ResourceKind::Volume,
@@ -254,6 +262,16 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
             DesiredState::Stopped => "is still stopping; start it once it has stopped",
         };
         return Err(Rejection::precondition(ResourceKind::Domain, name, reason));
+    }
+    for disk in &domain.spec.disks {
+        let volume = d.volume(&disk.volume)?;
+        if !volume.usable() {
+            return Err(Rejection::precondition(
+                ResourceKind::Volume,
+                &disk.volume,
+                format!("is {}; start the domain once its file is ready", volume.state.name()),
+            ));
+        }
     }
     let host = scheduler::place(d.state, name, &domain.spec, None)
         .map_err(|why| Rejection::exhausted(ResourceKind::Domain, name, why.to_string()))?;

@@ -80,13 +80,26 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
         Command::DeleteNetwork { name } => network::delete(d, name),
         Command::CreatePool { name, config } => storage::create_pool(d, name, config),
         Command::DeletePool { name } => storage::delete_pool(d, name),
-        Command::CreateVolume { volume, format, capacity_mib, backing } => {
-            storage::create_volume(d, volume, *format, *capacity_mib, backing.as_deref())
+        Command::CreateVolume { volume, format, capacity_mib, backing, preallocate, import } => {
+            storage::create_volume(
+                d,
+                storage::NewVolume {
+                    volume,
+                    format: *format,
+                    capacity_mib: *capacity_mib,
+                    backing: backing.as_deref(),
+                    preallocate: *preallocate,
+                    import: import.as_deref(),
+                },
+            )
         }
         Command::DeleteVolume { volume } => storage::delete_volume(d, volume),
         Command::ResizeVolume { volume, capacity_mib } => storage::resize_volume(d, volume, *capacity_mib),
         Command::ReportVolumeAllocation { volume, allocation_mib } => {
             storage::report_allocation(d, volume, *allocation_mib)
+        }
+        Command::ReportVolume { volume, host, id, outcome } => {
+            storage::report_volume(d, volume, host, *id, outcome)
         }
         Command::CreateSnapshot { domain, name, kind } => snapshot::create(d, domain, name, *kind),
         Command::DeleteSnapshot { domain, name } => snapshot::delete(d, domain, name),

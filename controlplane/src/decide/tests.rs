@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::fixtures::{dir_pool, kernel_spec, nat_network, register_host, Harness};
+use crate::fixtures::{dir_pool, kernel_spec, nat_network, new_volume, register_host, Harness};
 use crate::model::{
     Boot, Cidr, Disk, DomainSpec, HaPolicy, HostState, Labels, Mac, MigrationPhase, NetworkConfig,
     NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState,
@@ -92,10 +92,7 @@ fn world() -> Harness {
         ("shared", "iso", VolumeFormat::Raw, 100),
         ("local", "raw", VolumeFormat::Raw, 1000),
     ] {
-        ok(
-            &mut h,
-            Command::CreateVolume { volume: vol(pool, name), format, capacity_mib: size, backing: None },
-        );
+        h.exec_volume(new_volume(pool, name, format, size, None)).expect("fixture volume");
     }
     ok(
         &mut h,
@@ -797,25 +794,13 @@ fn network_rejections() {
 #[test]
 fn storage_rejections() {
     let mut h = world();
-    ok(
-        &mut h,
-        Command::CreateVolume {
-            volume: vol("shared", "child"),
-            format: VolumeFormat::Qcow2,
-            capacity_mib: 1000,
-            backing: Some("base".into()),
-        },
-    );
+    h.exec_volume(new_volume("shared", "child", VolumeFormat::Qcow2, 1000, Some("base"))).unwrap();
     let pool = |name: &str, path: &str, cap| Command::CreatePool {
         name: name.into(),
         config: PoolConfig { kind: PoolKind::Dir, path: path.into(), shared: false, capacity_mib: cap },
     };
-    let create = |name: &str, format, cap, backing: Option<&str>| Command::CreateVolume {
-        volume: vol("shared", name),
-        format,
-        capacity_mib: cap,
-        backing: backing.map(str::to_owned),
-    };
+    let create =
+        |name: &str, format, cap, backing: Option<&str>| new_volume("shared", name, format, cap, backing);
     use VolumeFormat::*;
     assert_rejections(
         &h,
@@ -836,17 +821,7 @@ fn storage_rejections() {
                 "still holds 1 volumes",
             ),
             ("pool delete unknown", Command::DeletePool { name: "nope".into() }, NotFound, "pool nope"),
-            (
-                "volume unknown pool",
-                Command::CreateVolume {
-                    volume: vol("nope", "v"),
-                    format: Raw,
-                    capacity_mib: 1,
-                    backing: None,
-                },
-                NotFound,
-                "pool nope",
-            ),
+            ("volume unknown pool", new_volume("nope", "v", Raw, 1, None), NotFound, "pool nope"),
             ("volume zero", create("v", Raw, 0, None), InvalidArgument, "capacity_mib"),
             ("volume too big", create("v", Raw, u64::MAX, None), InvalidArgument, "capacity_mib"),
             ("volume exists", create("base", Raw, 1, None), AlreadyExists, "volume shared/base"),
@@ -899,9 +874,9 @@ fn storage_rejections() {
         ],
     );
     // The paths around them work: clone deleted, then its base; a stopped volume grows.
-    ok(&mut h, Command::DeleteVolume { volume: vol("shared", "child") });
-    ok(&mut h, Command::DeleteVolume { volume: vol("shared", "base") });
-    ok(&mut h, Command::ResizeVolume { volume: vol("shared", "spare"), capacity_mib: 200 });
+    h.exec_volume(Command::DeleteVolume { volume: vol("shared", "child") }).unwrap();
+    h.exec_volume(Command::DeleteVolume { volume: vol("shared", "base") }).unwrap();
+    h.exec_volume(Command::ResizeVolume { volume: vol("shared", "spare"), capacity_mib: 200 }).unwrap();
     assert_eq!(h.state.pool("shared").unwrap().allocated_mib, 1000 + 200 + 100);
 }
 
@@ -1134,15 +1109,7 @@ fn migration_rejections() {
         domain: domain.into(),
         target: target.map(str::to_owned),
     };
-    ok(
-        &mut h,
-        Command::CreateVolume {
-            volume: vol("local", "l2"),
-            format: VolumeFormat::Raw,
-            capacity_mib: 10,
-            backing: None,
-        },
-    );
+    h.exec_volume(new_volume("local", "l2", VolumeFormat::Raw, 10, None)).unwrap();
     assert_rejections(
         &h,
         vec![
@@ -1457,5 +1424,151 @@ fn a_revert_is_refused_once_the_domains_disks_changed() {
     assert_rejections(
         &h,
         vec![("disks changed", revert, FailedPrecondition, "writable disks changed since snapshot s1")],
+    );
+}
+
+/// A volume's file is made, grown and removed by a host, and only its report of doing so
+/// moves the volume on; a late or foreign report changes nothing.
+#[test]
+fn volume_operations_are_carried_out_by_hosts() {
+    use crate::command::VolumeOutcome;
+    use crate::model::{VolumeOp, VolumeState};
+    let mut h = world();
+    let v = vol("shared", "new");
+    ok(&mut h, new_volume("shared", "new", VolumeFormat::Raw, 100, None));
+    let VolumeState::Pending { op: VolumeOp::Create { .. }, host, id } =
+        h.state.volume(&v).unwrap().state.clone()
+    else {
+        panic!("a new volume waits for its host")
+    };
+    assert_eq!(h.state.volume(&v).unwrap().host, None, "a shared pool's volume is bound to no host");
+    let report = |host: &str, id: u64, outcome: VolumeOutcome| Command::ReportVolume {
+        volume: v.clone(),
+        host: host.into(),
+        id,
+        outcome,
+    };
+    let done = VolumeOutcome::Done { allocation_mib: 0 };
+    let other = if host == "h1" { "h2" } else { "h1" };
+    ok(&mut h, Command::DefineDomain { name: "user".into(), spec: spec_with(&[(v.clone(), false)], &[]) });
+    assert_rejections(
+        &h,
+        vec![
+            ("other host", report(other, id, done.clone()), FailedPrecondition, "no operation"),
+            ("other operation", report(&host, id + 1, done.clone()), FailedPrecondition, "no operation"),
+            (
+                "start before the file",
+                Command::StartDomain { name: "user".into() },
+                FailedPrecondition,
+                "is creating",
+            ),
+            (
+                "delete while made",
+                Command::DeleteVolume { volume: v.clone() },
+                FailedPrecondition,
+                "carries out its create",
+            ),
+            (
+                "resize while made",
+                Command::ResizeVolume { volume: v.clone(), capacity_mib: 200 },
+                FailedPrecondition,
+                "carries out its create",
+            ),
+            (
+                "clone while made",
+                new_volume("shared", "c", VolumeFormat::Qcow2, 100, Some("new")),
+                FailedPrecondition,
+                "cannot be cloned while creating",
+            ),
+        ],
+    );
+    ok(&mut h, report(&host, id, VolumeOutcome::Done { allocation_mib: 7 }));
+    assert_eq!(h.state.volume(&v).unwrap().state, VolumeState::Ready);
+    assert_eq!(h.state.volume(&v).unwrap().allocation_mib, 7);
+    ok(&mut h, Command::DetachDisk { domain: "user".into(), volume: v.clone() });
+
+    // A failed resize leaves the volume as it was and gives the pool its room back.
+    let allocated = h.state.pool("shared").unwrap().allocated_mib;
+    ok(&mut h, Command::ResizeVolume { volume: v.clone(), capacity_mib: 300 });
+    assert_eq!(
+        h.state.pool("shared").unwrap().allocated_mib,
+        allocated + 200,
+        "a resize reserves its growth"
+    );
+    let VolumeState::Pending { id, .. } = h.state.volume(&v).unwrap().state else { panic!("resizing") };
+    ok(&mut h, report(&host, id, VolumeOutcome::Failed { reason: "disk full".into() }));
+    let after = h.state.volume(&v).unwrap();
+    assert_eq!(
+        (after.capacity_mib, &after.state, after.failure.as_deref()),
+        (100, &VolumeState::Ready, Some("disk full"))
+    );
+    assert_eq!(h.state.pool("shared").unwrap().allocated_mib, allocated);
+
+    // Delete: the record goes only once the host removed the file.
+    ok(&mut h, Command::DeleteVolume { volume: v.clone() });
+    let VolumeState::Pending { op: VolumeOp::Delete, id, .. } = h.state.volume(&v).unwrap().state else {
+        panic!("deleting")
+    };
+    ok(&mut h, report(&host, id, done.clone()));
+    assert!(h.state.volume(&v).is_none());
+
+    // A volume whose file could not be made is failed, and its record goes at once.
+    ok(&mut h, new_volume("shared", "bad", VolumeFormat::Qcow2, 10, None));
+    let bad = vol("shared", "bad");
+    let VolumeState::Pending { host, id, .. } = h.state.volume(&bad).unwrap().state.clone() else { panic!() };
+    ok(
+        &mut h,
+        Command::ReportVolume {
+            volume: bad.clone(),
+            host,
+            id,
+            outcome: VolumeOutcome::Failed { reason: "EACCES".into() },
+        },
+    );
+    assert_eq!(h.state.volume(&bad).unwrap().state, VolumeState::Failed { reason: "EACCES".into() });
+    ok(&mut h, Command::DeleteVolume { volume: bad.clone() });
+    assert!(h.state.volume(&bad).is_none());
+}
+
+/// A local pool's volume lives on the host that made it: its domains run there, and its
+/// operations wait for that host.
+#[test]
+fn a_local_volume_binds_its_domains_to_its_host() {
+    let mut h = world();
+    let raw = h.state.volume(&vol("local", "raw")).unwrap();
+    let file_host = raw.host.clone().expect("a local pool's volume is bound to its host");
+    run(&mut h, "db");
+    let db = h.state.domain("db").unwrap();
+    assert_eq!(db.status.host.as_ref(), Some(&file_host), "db runs where its disk is");
+    // A clone lives beside its backing file.
+    h.exec_volume(new_volume("local", "base", VolumeFormat::Qcow2, 10, None)).unwrap();
+    let base_host = h.state.volume(&vol("local", "base")).unwrap().host.clone().unwrap();
+    h.exec_volume(new_volume("local", "child", VolumeFormat::Qcow2, 10, Some("base"))).unwrap();
+    assert_eq!(h.state.volume(&vol("local", "child")).unwrap().host.as_ref(), Some(&base_host));
+    // With its host down, nothing can run its domains or touch its file.
+    ok(&mut h, Command::SetHostState { name: base_host.clone(), state: HostState::Maintenance });
+    ok(
+        &mut h,
+        Command::DefineDomain {
+            name: "pinned".into(),
+            spec: spec_with(&[(vol("local", "child"), false)], &[]),
+        },
+    );
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "start elsewhere",
+                Command::StartDomain { name: "pinned".into() },
+                ResourceExhausted,
+                "without its local disks",
+            ),
+            (
+                "resize",
+                Command::ResizeVolume { volume: vol("local", "base"), capacity_mib: 20 },
+                FailedPrecondition,
+                "which is maintenance",
+            ),
+        ],
     );
 }

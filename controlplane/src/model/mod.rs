@@ -30,7 +30,7 @@ pub use pool::{Pool, PoolConfig, PoolKind};
 pub use resource_key::{ResourceKey, ResourceKind};
 pub use resources::Resources;
 pub use snapshot::{Snapshot, SnapshotKind, SnapshotRef, SnapshotState};
-pub use volume::{AttachMode, Volume, VolumeFormat, VolumeRef};
+pub use volume::{AttachMode, Volume, VolumeFormat, VolumeOp, VolumeRef, VolumeState};
 
 /// Labels on a host, or labels a domain requires of its host.
 pub type Labels = std::collections::BTreeMap<String, String>;

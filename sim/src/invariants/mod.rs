@@ -11,6 +11,7 @@ pub mod liveness;
 pub mod replica_hashes;
 pub mod single_run;
 pub mod snapshots;
+pub mod volumes;
 
 /// An invariant that did not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
