@@ -53,7 +53,9 @@ pub fn check_settled(
         let recorded = state
             .volumes()
             .values()
-            .find(|v| state.pool(&v.id.pool).is_some_and(|p| volume_path(&p.config.path, &v.id.name) == *stray))
+            .find(|v| {
+                state.pool(&v.id.pool).is_some_and(|p| volume_path(&p.config.path, &v.id.name) == *stray)
+            })
             .map_or("none".to_string(), |v| format!("{} {}", v.id, v.state.name()));
         return Err(format!(
             "file {} is of no volume (deleted or failed, and left behind; the state holds: {recorded})",
