@@ -30,11 +30,12 @@ use crate::driver::{
     isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, Driver, NicSpec, VmSpec,
 };
 use crate::lease::HostLease;
+use crate::networks::{HostNetworks, NetworkPlan, NetworkWork};
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::{Assigned, Desired, Report};
 use crate::snapshots::{HostSnapshots, SnapshotJob, SnapshotReport, SnapshotWork};
 use crate::volumes::{HostVolumes, VolumeJob, VolumeReport, VolumeWork};
-use controlplane::model::{VolumeFormat, VolumeOp, VolumeRef};
+use controlplane::model::{Cidr, NetworkConfig, NetworkMode, VolumeFormat, VolumeOp, VolumeRef};
 
 /// How a host agent runs.
 #[derive(Debug, Clone)]
@@ -138,6 +139,45 @@ fn volume_format(format: &str) -> VolumeFormat {
     } else {
         VolumeFormat::Raw
     }
+}
+
+/// The networks `host` serves, from the cluster's domain and network lists (see
+/// `NetworkWork::from_state`).
+fn network_work_from(host: &str, domains: &[pb::Domain], networks: &[pb::Network]) -> NetworkWork {
+    let mut work = NetworkWork { host: host.to_owned(), ..NetworkWork::default() };
+    let served: std::collections::BTreeSet<&str> = domains
+        .iter()
+        .filter(|d| d.status.as_ref().is_some_and(|s| s.host == host))
+        .filter_map(|d| d.spec.as_ref())
+        .flat_map(|s| s.nics.iter().map(|n| n.network.as_str()))
+        .collect();
+    for n in networks.iter().filter(|n| served.contains(n.name.as_str())) {
+        let Some(c) = &n.config else { continue };
+        let mode = match c.mode.as_str() {
+            "nat" => NetworkMode::Nat,
+            "isolated" => NetworkMode::Isolated,
+            _ => continue,
+        };
+        let (Ok(cidr), gateway) = (c.cidr.parse::<Cidr>(), c.gateway.parse().ok()) else { continue };
+        let config = NetworkConfig { mode, cidr: Some(cidr), gateway, bridge: None };
+        let Some(service_ip) = config.service_ip() else { continue };
+        let leases = n
+            .leases
+            .iter()
+            .filter_map(|l| Some((l.mac.clone(), l.ip.parse().ok()?, l.domain.clone())))
+            .collect();
+        let bridge = isolated_bridge(&n.name);
+        let plan = NetworkPlan {
+            name: n.name.clone(),
+            bridge: bridge.clone(),
+            nat: mode == NetworkMode::Nat,
+            cidr,
+            service_ip,
+            leases,
+        };
+        work.networks.insert(bridge, plan);
+    }
+    work
 }
 
 /// The volume operations the cluster's volume list asks of `host`.
@@ -396,6 +436,7 @@ pub async fn run<D: Driver>(
     let mut pass = HostPass::new(config.shutdown_timeout_ms);
     let mut snapshots = HostSnapshots::new(config.snapshot_dir.clone());
     let mut volumes = HostVolumes::new();
+    let mut networks = HostNetworks::new();
     let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
     // Domain events wake the loop at once (a start reaches the hypervisor without waiting
@@ -461,6 +502,8 @@ pub async fn run<D: Driver>(
         };
         // Driver calls block (a VMM's socket, QMP, a snapshot written to disk): off the
         // async workers, so the host's replica and the API calls keep going meanwhile.
+        // Networks first: a guest that boots finds its DHCP server there.
+        off_the_workers(|| networks.run(&mut driver, &share.networks));
         let observations = off_the_workers(|| pass.run(&mut driver, &share.domains, now));
         for observation in observations {
             let Observation { domain, generation, phase, reason } = observation.clone();
@@ -590,7 +633,7 @@ async fn read_through_api(
         BTreeMap::new()
     };
     let needs_networks = mine && domains.iter().any(|d| d.spec.as_ref().is_some_and(|s| !s.nics.is_empty()));
-    let networks = if needs_networks {
+    let listed_networks: Vec<pb::Network> = if needs_networks {
         match api
             .call(|ch| {
                 let r = request(
@@ -601,17 +644,17 @@ async fn read_through_api(
             })
             .await
         {
-            Ok(r) => {
-                r.into_inner().networks.into_iter().map(|n| (n.name, n.config.unwrap_or_default())).collect()
-            }
+            Ok(r) => r.into_inner().networks,
             Err(s) => {
                 warn!(status = %s, "cannot read the networks; VMs keep running as they are");
                 return None;
             }
         }
     } else {
-        BTreeMap::new()
+        Vec::new()
     };
+    let networks: BTreeMap<String, pb::NetworkConfig> =
+        listed_networks.iter().map(|n| (n.name.clone(), n.config.clone().unwrap_or_default())).collect();
     let listed = match api
         .call(|ch| {
             let r = request(
@@ -638,7 +681,7 @@ async fn read_through_api(
         let w = pb::WatchRequest {
             from_seq,
             follow: true,
-            kinds: vec!["domain".into(), "snapshot".into(), "volume".into()],
+            kinds: vec!["domain".into(), "snapshot".into(), "volume".into(), "network".into()],
             names: Vec::new(),
         };
         match api
@@ -665,6 +708,7 @@ async fn read_through_api(
         domains: assigned_from(&host, &domains, &pools, &volumes, &networks, &restores),
         snapshots,
         volumes: volume_work_from(&host, &volumes, &pools),
+        networks: network_work_from(&host, &domains, &listed_networks),
     })
 }
 

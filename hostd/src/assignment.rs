@@ -1,5 +1,5 @@
 //! This host's share of the replicated state: the domains placed on it, as the reconciler
-//! wants them, and its snapshot and volume work. Read from the host's own learner replica of the log
+//! wants them, its snapshot and volume work and the networks it serves. Read from the host's own learner replica of the log
 //! (in production and in the simulator), it needs no API round trip.
 
 use std::collections::BTreeMap;
@@ -10,6 +10,7 @@ use controlplane::State;
 
 use crate::dir_pool::volume_path;
 use crate::driver::{isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, NicSpec, VmSpec};
+use crate::networks::NetworkWork;
 use crate::reconciler::{Assigned, Desired};
 use crate::snapshots::SnapshotWork;
 use crate::volumes::VolumeWork;
@@ -20,6 +21,7 @@ pub struct HostShare {
     pub domains: BTreeMap<String, Assigned>,
     pub snapshots: SnapshotWork,
     pub volumes: VolumeWork,
+    pub networks: NetworkWork,
 }
 
 /// `host`'s share of `state`; snapshots live under `snapshot_dir`.
@@ -28,6 +30,7 @@ pub fn share_from_state(host: &str, state: &State, snapshot_dir: &Path) -> HostS
         domains: assigned_from_state(host, state, snapshot_dir),
         snapshots: SnapshotWork::from_state(host, state),
         volumes: VolumeWork::from_state(host, state),
+        networks: NetworkWork::from_state(host, state),
     }
 }
 

@@ -76,13 +76,17 @@ pub fn nat_attachment(
 /// The bridge of isolated (or NAT) network `network` on every host: `drvb` and 8 hex digits of a
 /// hash of the name (interface names are at most 15 bytes).
 pub fn isolated_bridge(network: &str) -> String {
-    format!("drvb{:08x}", fnv32(network))
+    format!("{BRIDGE_PREFIX}{:08x}", fnv32(network))
 }
 
 /// The tap of NIC `index` of `domain`'s VM.
 pub fn tap_name(domain: &str, index: usize) -> String {
-    format!("drvt{:08x}n{index}", fnv32(domain))
+    format!("{TAP_PREFIX}{:08x}n{index}", fnv32(domain))
 }
+
+/// How the names of Drover's bridges and taps begin.
+pub const BRIDGE_PREFIX: &str = "drvb";
+pub const TAP_PREFIX: &str = "drvt";
 
 /// FNV-1a, 32 bits: stable across builds and machines, unlike std's hasher.
 fn fnv32(text: &str) -> u32 {
@@ -196,6 +200,12 @@ pub trait Driver: Send {
             action: job.op.name(),
             reason,
         })
+    }
+    /// Serve exactly `work`'s networks on this host (bridge, address, DHCP and DNS) and
+    /// take away the rest; returns (network, error) for each that could not be served.
+    /// Process drivers plumb this host (`net_host`); the fake records it.
+    fn serve_networks(&mut self, work: &crate::networks::NetworkWork) -> Vec<(String, String)> {
+        crate::net_host::serve(work, std::path::Path::new(crate::net_host::SERVER_DIR))
     }
     /// Forget a VM that has stopped (its process is gone).
     fn remove(&mut self, domain: &str);

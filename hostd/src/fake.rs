@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use controlplane::model::{VolumeFormat, VolumeOp};
 
 use crate::driver::{Driver, DriverError, SnapshotFile, SnapshotTaken, VmPhase, VmSpec, VmStatus};
+use crate::networks::NetworkWork;
 use crate::volumes::VolumeJob;
 
 /// How long the fake says it held a guest paused, per GiB of memory it snapshots.
@@ -72,6 +73,8 @@ pub struct FakeDriver {
     pub fail_next_volume: Option<String>,
     /// Every start refused for a disk whose file is missing: (domain, path).
     pub missing_disks: Vec<(String, String)>,
+    /// The networks the host serves, as last asked (by bridge).
+    pub served_networks: NetworkWork,
 }
 
 impl Default for FakeDriver {
@@ -94,6 +97,7 @@ impl FakeDriver {
             volume_store: VolumeStore::default(),
             fail_next_volume: None,
             missing_disks: Vec::new(),
+            served_networks: NetworkWork::default(),
         }
     }
 
@@ -363,6 +367,11 @@ impl Driver for FakeDriver {
         }
         // Sparse: nothing written yet.
         Ok(0)
+    }
+
+    fn serve_networks(&mut self, work: &NetworkWork) -> Vec<(String, String)> {
+        self.served_networks = work.clone();
+        Vec::new()
     }
 
     fn remove(&mut self, domain: &str) {

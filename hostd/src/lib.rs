@@ -21,7 +21,11 @@
 //! reports them, and removes the files of snapshots the cluster no longer holds.
 //! Volumes: `volumes` carries out the volume operations the cluster asks of this host
 //! (through `Driver::volume`; on disk, `dir_pool` makes, grows and removes the files of
-//! directory pools with std and `qemu-img`) and reports each.
+//! directory pools with std and `qemu-img`) and reports each. Networks: `networks` has
+//! the host serve every isolated or NAT network one of its VMs is on (through
+//! `Driver::serve_networks`; on this host, `net_host`: the bridge with the network's
+//! address, and a `dnsmasq` giving each NIC the address IPAM recorded by DHCP and
+//! answering the domains' names) and takes away the networks it no longer serves.
 //! Leases (`lease`): hostd renews its host's lease with the leader by heartbeat, writes
 //! the deadline where its VM processes watch it, and while it has passed destroys every
 //! VM and starts none (self-fencing); a host the leader has fenced destroys its VMs and
@@ -36,6 +40,8 @@ pub mod driver;
 pub mod fake;
 pub mod kvm;
 pub mod lease;
+pub mod net_host;
+pub mod networks;
 pub mod pass;
 pub mod process;
 pub mod qemu;

@@ -5,8 +5,9 @@
 //! from inside). Names are at most 15 bytes (`driver::isolated_bridge`,
 //! `driver::tap_name`).
 //!
-//! Bridges and NAT rules stay when the last VM on them goes (as a libvirt network stays
-//! active); `remove_network` takes them away.
+//! Bridges and NAT rules stay when the last VM on them goes; the host's network pass
+//! (`networks`, `net_host`) takes a network away once no VM of it runs on the host
+//! (`remove_network`).
 
 use std::process::Command;
 
@@ -118,23 +119,85 @@ fn ensure_rule((table, chain, rule): &(&str, &str, Vec<String>)) -> Result<(), S
     iptables(table, op, chain, rule).map(|_| ())
 }
 
-/// Take a NAT or isolated network's plumbing off this host: its iptables rules (for a
-/// NAT network) and its bridge. Taps still in the bridge go with it.
-pub fn remove_network(attachment: &Attachment) {
-    let bridge = match attachment {
-        Attachment::Nat { bridge, network, .. } => {
-            for (table, chain, rule) in nat_rules(bridge, network) {
-                while let Ok(true) = iptables(table, "-C", chain, &rule) {
-                    if iptables(table, "-D", chain, &rule).is_err() {
-                        break;
+/// The address `addr` ("10.0.0.1/24") on `bridge`; for an isolated network also the
+/// rules that keep the host from routing for it (nothing in or out of the bridge is
+/// forwarded), as libvirt does for its isolated networks.
+pub fn serve_address(bridge: &str, addr: &str, isolated: bool) -> Result<(), String> {
+    ip(&["addr", "replace", addr, "dev", bridge])?;
+    if isolated {
+        for rule in isolation_rules(bridge) {
+            ensure_rule(&rule)?;
+        }
+    }
+    Ok(())
+}
+
+fn isolation_rules(bridge: &str) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let tag = format!("drover {bridge}");
+    let rule = |parts: &[&str]| {
+        let mut r: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+        r.extend(["-m".into(), "comment".into(), "--comment".into(), tag.clone()]);
+        ("filter", "FORWARD", r)
+    };
+    // Each is put first in FORWARD in turn, so the last is checked first: guests of the
+    // network reach each other (where bridged frames pass iptables, br_netfilter).
+    vec![
+        rule(&["-i", bridge, "-j", "REJECT"]),
+        rule(&["-o", bridge, "-j", "REJECT"]),
+        rule(&["-i", bridge, "-o", bridge, "-j", "ACCEPT"]),
+    ]
+}
+
+/// Whether a VM's tap is still plugged into `bridge`.
+pub fn has_taps(bridge: &str) -> bool {
+    let Ok(ports) = std::fs::read_dir(std::path::Path::new("/sys/class/net").join(bridge).join("brif"))
+    else {
+        return false;
+    };
+    ports.flatten().any(|p| p.file_name().to_string_lossy().starts_with(crate::driver::TAP_PREFIX))
+}
+
+/// Remove every iptables rule tagged for `bridge` (NAT and isolation rules), found in
+/// `iptables-save`, so nothing about the network need be known any more.
+fn remove_tagged_rules(bridge: &str) {
+    let tag = format!("\"drover {bridge}\"");
+    for table in ["nat", "filter"] {
+        let Ok(out) = Command::new("iptables-save").args(["-t", table]).output() else { return };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(rule) = line.strip_prefix("-A ") else { continue };
+            if !rule.contains(&tag) {
+                continue;
+            }
+            // iptables-save quotes the comment; the rule's words otherwise split on spaces.
+            let mut words: Vec<String> = Vec::new();
+            let mut quoted: Option<String> = None;
+            for w in rule.split(' ') {
+                match quoted.as_mut() {
+                    Some(q) => {
+                        q.push(' ');
+                        q.push_str(w.trim_end_matches('"'));
+                        if w.ends_with('"') {
+                            words.push(quoted.take().unwrap_or_default());
+                        }
                     }
+                    None if w.starts_with('"') && !(w.len() > 1 && w.ends_with('"')) => {
+                        quoted = Some(w.trim_start_matches('"').to_owned())
+                    }
+                    None => words.push(w.trim_matches('"').to_owned()),
                 }
             }
-            bridge
+            let Some((chain, rest)) = words.split_first() else { continue };
+            if let Err(e) = iptables(table, "-D", chain, rest) {
+                tracing::warn!(bridge, error = %e, "cannot remove a network's rule");
+            }
         }
-        Attachment::Isolated(bridge) => bridge,
-        Attachment::HostBridge(_) | Attachment::Unsupported(_) => return,
-    };
+    }
+}
+
+/// Take a NAT or isolated network's plumbing off this host: its iptables rules and its
+/// bridge (taps still in the bridge go with it).
+pub fn remove_network(bridge: &str) {
+    remove_tagged_rules(bridge);
     if exists(bridge) {
         if let Err(e) = ip(&["link", "del", bridge]) {
             tracing::warn!(bridge, error = %e, "cannot remove a bridge");

@@ -433,16 +433,16 @@ fn a_guest_on_a_nat_network_reaches_beyond_the_host_through_masquerading() {
     let id = std::process::id() % 100_000;
     let network = format!("nat-{id}");
     let attachment = hostd::driver::nat_attachment(&network, "10.253.0.0/24".parse().unwrap(), None);
-    struct Cleanup(String, Attachment);
+    struct Cleanup(String, String);
     impl Drop for Cleanup {
         fn drop(&mut self) {
             hostd::tap::unplug_nics("nat-a");
-            hostd::tap::remove_network(&self.1);
+            hostd::tap::remove_network(&hostd::driver::isolated_bridge(&self.1));
             let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
         }
     }
     let ns = format!("drvnat{id}");
-    let _cleanup = Cleanup(ns.clone(), attachment.clone());
+    let _cleanup = Cleanup(ns.clone(), network.clone());
     let _vms = KillVmsOnDrop(run.clone());
     let (outer, inner) = (format!("drvo{id}"), format!("drvi{id}"));
     let sh = |args: &[&str]| {
@@ -491,7 +491,7 @@ fn a_guest_on_a_nat_network_reaches_beyond_the_host_through_masquerading() {
     let rules = Command::new("iptables").args(["-S", "FORWARD"]).output().unwrap();
     let ours = String::from_utf8_lossy(&rules.stdout).matches(&format!("drover {bridge}")).count();
     assert_eq!(ours, 2, "two FORWARD rules for the network");
-    hostd::tap::remove_network(&attachment);
+    hostd::tap::remove_network(bridge);
     let rules = Command::new("iptables").args(["-t", "nat", "-S", "POSTROUTING"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&rules.stdout).contains(&format!("drover {bridge}")), "rules removed");
     assert!(!Path::new(&format!("/sys/class/net/{bridge}")).exists(), "bridge removed");

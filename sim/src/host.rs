@@ -13,6 +13,7 @@ use controlplane::{Command, RejectionCode, Request, SnapshotOutcome, State};
 use hostd::assignment::{share_from_state, HostShare};
 use hostd::fake::{FakeDriver, SnapshotStore, VolumeStore};
 use hostd::lease::HostLease;
+use hostd::networks::HostNetworks;
 use hostd::pass::HostPass;
 use hostd::reconciler::Report;
 use hostd::snapshots::HostSnapshots;
@@ -173,6 +174,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     let mut pass = HostPass::new(SHUTDOWN_TIMEOUT_MS);
     let mut snapshots = HostSnapshots::new(SNAPSHOT_DIR.into());
     let mut volumes = HostVolumes::new();
+    let mut networks = HostNetworks::new();
     // This host's share as last read from its replica, and where that replica stood: a
     // replica's state changes only with its applied log id, so while that stays put
     // (and the replica is the same one) the share is the same.
@@ -245,7 +247,11 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             let mut driver = host.driver.lock().expect("driver lock");
             let live = |d: &mut hostd::fake::FakeDriver| d.names_where(now, is_live);
             let before = live(&mut driver);
-            // Volume files first, as production hostd does.
+            // Networks and volume files first, as production hostd does.
+            networks.run(&mut *driver, &assigned.networks);
+            for detail in crate::invariants::leases::check(&host.name, &driver.served_networks) {
+                core.violation("leases", detail);
+            }
             let volume_reports = volumes.run(&mut *driver, &assigned.volumes);
             if core.cfg.host_bug == crate::config::HostBug::VolumeWithoutFile {
                 // The planted bug: what was made never reaches the pool, yet is reported.

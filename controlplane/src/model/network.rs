@@ -49,6 +49,24 @@ pub struct Network {
     pub version: u64,
 }
 
+impl NetworkConfig {
+    /// The host's address on the network, where its DHCP and DNS server answers: a NAT
+    /// network's gateway (its first host address unless set); an isolated network's
+    /// gateway if set, else its last host address (an isolated network routes nowhere;
+    /// the address serves the network only). `None` without a range, or for a bridge
+    /// network (the user's bridge, the user's DHCP).
+    pub fn service_ip(&self) -> Option<Ipv4Addr> {
+        let cidr = self.cidr?;
+        match self.mode {
+            NetworkMode::Bridge => None,
+            NetworkMode::Nat => Some(self.gateway.unwrap_or(cidr.first_host())),
+            NetworkMode::Isolated => {
+                Some(self.gateway.unwrap_or(Ipv4Addr::from(u32::from(cidr.broadcast()) - 1)))
+            }
+        }
+    }
+}
+
 impl Network {
     /// The lowest address not in use: not network, broadcast or gateway, not leased, not
     /// in `also_taken` (addresses picked for a proposal not applied yet). `None` when the
@@ -57,7 +75,7 @@ impl Network {
         let cidr = self.config.cidr?;
         let first = u32::from(cidr.first_host());
         let last = u32::from(cidr.broadcast()) - 1;
-        let gateway = self.config.gateway.map(u32::from);
+        let gateway = self.config.gateway.or(self.config.service_ip()).map(u32::from);
         let mut used = self.used_ips.iter().map(|ip| u32::from(*ip)).peekable();
         let mut candidate = first;
         while candidate <= last {
