@@ -513,7 +513,7 @@ fn a_restore_brings_the_disk_back_to_the_instant_of_the_snapshot() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let exit = std::fs::read_to_string(run.path().join(control::EXIT_FILE)).unwrap();
-    assert!(exit.contains("disk section fails its checksum"), "{exit}");
+    assert!(exit.contains("the image of disk 0 fails its checksum"), "{exit}");
     let mut reader = Guest::start("drover.ticks=1 drover.tick_ms=1 drover.blk=read", Some(&disk));
     assert_eq!(reader.exit_record()["phase"], "stopped");
     assert!(reader.console().contains("blk read kept"), "{}", reader.console());
