@@ -210,10 +210,10 @@ fn data_written_to_a_disk_is_read_back_by_a_new_vm() {
     let mut writer =
         Guest::start(&format!("drover.ticks=1 drover.tick_ms=1 drover.blk=write:{token}"), Some(&disk));
     assert_eq!(writer.exit_record()["phase"], "stopped");
-    assert!(writer.console().contains(&format!("blk wrote {token}")), "{}", writer.console());
+    assert!(writer.console().contains(&format!("blk 0 wrote {token}-0\n")), "{}", writer.console());
     let mut reader = Guest::start("drover.ticks=1 drover.tick_ms=1 drover.blk=read", Some(&disk));
     assert_eq!(reader.exit_record()["phase"], "stopped");
-    assert!(reader.console().contains(&format!("blk read {token}")), "{}", reader.console());
+    assert!(reader.console().contains(&format!("blk 0 ro=0 read {token}-0\n")), "{}", reader.console());
 }
 
 #[test]
@@ -472,7 +472,7 @@ fn a_restore_brings_the_disk_back_to_the_instant_of_the_snapshot() {
         let mut w =
             Guest::start(&format!("drover.ticks=1 drover.tick_ms=1 drover.blk=write:{token}"), Some(&disk));
         assert_eq!(w.exit_record()["phase"], "stopped");
-        assert!(w.console().contains(&format!("blk wrote {token}")), "{}", w.console());
+        assert!(w.console().contains(&format!("blk 0 wrote {token}-0\n")), "{}", w.console());
     };
     write("before-the-snapshot");
     let g = Guest::start("drover.tick_ms=20", Some(&disk));
@@ -489,7 +489,11 @@ fn a_restore_brings_the_disk_back_to_the_instant_of_the_snapshot() {
     r.call(Request::Destroy);
     let mut reader = Guest::start("drover.ticks=1 drover.tick_ms=1 drover.blk=read", Some(&disk));
     assert_eq!(reader.exit_record()["phase"], "stopped");
-    assert!(reader.console().contains("blk read before-the-snapshot"), "{}\n{info:?}", reader.console());
+    assert!(
+        reader.console().contains("blk 0 ro=0 read before-the-snapshot-0\n"),
+        "{}\n{info:?}",
+        reader.console()
+    );
     // A damaged disk image is refused, and the disk is left as it is.
     write("kept");
     let mut bytes = std::fs::read(&file).unwrap();
@@ -516,5 +520,5 @@ fn a_restore_brings_the_disk_back_to_the_instant_of_the_snapshot() {
     assert!(exit.contains("the image of disk 0 fails its checksum"), "{exit}");
     let mut reader = Guest::start("drover.ticks=1 drover.tick_ms=1 drover.blk=read", Some(&disk));
     assert_eq!(reader.exit_record()["phase"], "stopped");
-    assert!(reader.console().contains("blk read kept"), "{}", reader.console());
+    assert!(reader.console().contains("blk 0 ro=0 read kept-0\n"), "{}", reader.console());
 }
