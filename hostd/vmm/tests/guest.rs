@@ -709,7 +709,12 @@ fn a_restore_brings_every_writable_disk_back_and_keeps_read_only_ones_in_use() {
     for (n, (path, text)) in
         [(&a, "host-wrote-a"), (&b, "host-wrote-b"), (&c, "host-wrote-c")].iter().enumerate()
     {
-        std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(text.as_bytes(), 0).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .write_all_at(format!("{text}\0").as_bytes(), 0)
+            .unwrap();
         r.wait_until(&format!("the guest to see disk {n} change"), || watched(&r.console(), n, text));
     }
     assert!(!r.console().contains(testguest::MARKER), "the restored guest booted again");
