@@ -8,11 +8,16 @@
 //! its socket, learns how the others ended from their exit record, and kills any VMM
 //! process that no longer answers. Every VMM watches the host's lease file
 //! (`<run_dir>/lease`, `vmm::lease`) and ends itself once the lease passes.
+//!
+//! A VM has up to `vmm::layout::DISKS_MAX` (8) disks, raw files only, passed in guest order;
+//! a read-only one is attached read-only. A qcow2 disk, or a ninth, is a start failure that
+//! says so (the qemu driver serves qcow2).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use controlplane::model::VolumeFormat;
 use serde::Deserialize;
 use tracing::{info, warn};
 use vmm::control::{self, Phase, Request};
@@ -134,8 +139,24 @@ impl KvmDriver {
             .kernel
             .as_ref()
             .ok_or("the kvm driver boots a kernel directly; disk boot is not supported")?;
-        if spec.disks.len() > 1 {
-            return Err(format!("{} disks; the kvm driver serves one disk per VM today", spec.disks.len()));
+        if spec.disks.len() > vmm::layout::DISKS_MAX {
+            return Err(format!(
+                "{} disks; the kvm driver's VMM attaches at most {} per VM",
+                spec.disks.len(),
+                vmm::layout::DISKS_MAX
+            ));
+        }
+        for (i, disk) in spec.disks.iter().enumerate() {
+            match disk.format {
+                VolumeFormat::Raw => {}
+                VolumeFormat::Qcow2 => {
+                    return Err(format!(
+                        "disk {i} ({}) is qcow2; the kvm driver's VMM serves raw files only (the qemu \
+                         driver serves qcow2)",
+                        disk.path
+                    ))
+                }
+            }
         }
         let vcpus = u8::try_from(spec.vcpus).map_err(|_| format!("{} vCPUs is too many", spec.vcpus))?;
         let log = std::fs::File::create(dir.join(control::VMM_LOG_FILE)).map_err(|e| e.to_string())?;
@@ -156,11 +177,10 @@ impl KvmDriver {
         }
         // The host's lease: the VMM ends itself once it passes (no file: none is kept).
         cmd.arg("--lease").arg(self.config.run_dir.join(vmm::lease::LEASE_FILE));
-        if let Some(disk) = spec.disks.first() {
-            if disk.read_only {
-                return Err("read-only disks are not supported by the kvm driver yet".into());
-            }
-            cmd.args(["--disk", &disk.path]);
+        // In guest order, each with its mode spelled out (so no path reads as a mode).
+        for disk in &spec.disks {
+            let mode = if disk.read_only { "ro" } else { "rw" };
+            cmd.arg("--disk").arg(format!("{},{mode}", disk.path));
         }
         for (i, nic) in spec.nics.iter().enumerate() {
             cmd.arg("--nic").arg(format!("tap={},mac={}", tap_name(&spec.domain, i), nic.mac));

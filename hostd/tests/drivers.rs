@@ -877,3 +877,169 @@ fn a_vm_of_either_process_driver_ends_when_its_hosts_lease_passes() {
         }
     }
 }
+
+/// A 1 MiB raw disk at `dir/name` whose sector 0 holds `text`, as a disk of a spec.
+fn raw_disk_spec(dir: &Path, name: &str, text: &str, read_only: bool) -> hostd::driver::DiskSpec {
+    let path = dir.join(name);
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..text.len()].copy_from_slice(text.as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    hostd::driver::DiskSpec {
+        path: path.display().to_string(),
+        format: controlplane::model::VolumeFormat::Raw,
+        read_only,
+    }
+}
+
+/// What sector 0 of `path` holds, up to its first NUL.
+fn sector0(path: &str) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let text = &bytes[..512];
+    String::from_utf8_lossy(&text[..text.iter().position(|&b| b == 0).unwrap_or(512)]).into_owned()
+}
+
+/// The test guest under the kvm driver with three raw disks, the middle one read-only:
+/// it writes its marker to every disk; the two writable files hold theirs, the read-only
+/// one is unchanged (its write was refused, and the guest saw the device offer
+/// VIRTIO_BLK_F_RO). Started again as the next generation, it reads the markers back.
+#[test]
+fn the_kvm_driver_attaches_three_raw_disks_and_honours_read_only_ones() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_test_guest(dir.path());
+    let run = dir.path().join("run");
+    let _vms = KillVmsOnDrop(run.clone());
+    let mut driver = KvmDriver::new(kvm_config(&run)).unwrap();
+    let disks = vec![
+        raw_disk_spec(dir.path(), "d0.raw", "", false),
+        raw_disk_spec(dir.path(), "d1.raw", "the-read-only-one", true),
+        raw_disk_spec(dir.path(), "d2.raw", "", false),
+    ];
+    let read_only_before = std::fs::read(&disks[1].path).unwrap();
+    let mut s = spec("disks", 1, &kernel, "drover.ticks=1 drover.tick_ms=1 drover.blk=write:gen1");
+    s.disks = disks.clone();
+    driver.start(&s, 0).unwrap();
+    wait_phase(&mut driver, "disks", VmPhase::Stopped);
+    let console = || std::fs::read_to_string(run.join("disks/console.log")).unwrap_or_default();
+    for line in [
+        "drover-guest: blk disks 3\n",
+        "drover-guest: blk 0 ro=0 held \n",
+        "drover-guest: blk 0 wrote gen1-0\n",
+        "drover-guest: blk 1 ro=1 held the-read-only-one\n",
+        "drover-guest: blk 1 write refused status 1\n",
+        "drover-guest: blk 2 ro=0 held \n",
+        "drover-guest: blk 2 wrote gen1-2\n",
+    ] {
+        assert!(console().contains(line), "{line:?}:\n{}", console());
+    }
+    assert_eq!(sector0(&disks[0].path), "gen1-0");
+    assert_eq!(sector0(&disks[2].path), "gen1-2");
+    assert!(std::fs::read(&disks[1].path).unwrap() == read_only_before, "the read-only disk changed");
+
+    let mut again = spec("disks", 2, &kernel, "drover.ticks=1 drover.tick_ms=1 drover.blk=read");
+    again.disks = disks.clone();
+    let from = console().len();
+    driver.start(&again, 0).unwrap();
+    assert_eq!(wait_phase(&mut driver, "disks", VmPhase::Stopped).generation, 2);
+    let second = console()[from..].to_owned();
+    for line in [
+        "drover-guest: blk 0 ro=0 read gen1-0\n",
+        "drover-guest: blk 1 ro=1 read the-read-only-one\n",
+        "drover-guest: blk 2 ro=0 read gen1-2\n",
+    ] {
+        assert!(second.contains(line), "{line:?}:\n{second}");
+    }
+}
+
+/// A kvm-driver VM with two disks (writable, read-only), snapshotted while it runs and
+/// restored as the next generation after the writable disk changed: the writable disk is
+/// back to the snapshot's instant, the read-only one is as it was, and the restored guest
+/// (which watches both disks every tick, through the devices it set up before the
+/// snapshot) sees what the host writes into each.
+#[test]
+fn a_kvm_driver_vm_with_two_disks_restores_from_a_snapshot() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_test_guest(dir.path());
+    let run = dir.path().join("run");
+    let _vms = KillVmsOnDrop(run.clone());
+    let mut driver = KvmDriver::new(kvm_config(&run)).unwrap();
+    let disks = vec![
+        raw_disk_spec(dir.path(), "rw.raw", "at-the-snapshot", false),
+        raw_disk_spec(dir.path(), "ro.raw", "never-written", true),
+    ];
+    let mut s = spec("two", 1, &kernel, "drover.tick_ms=20 drover.blk=watch");
+    s.disks = disks.clone();
+    driver.start(&s, 0).unwrap();
+    let console = || std::fs::read_to_string(run.join("two/console.log")).unwrap_or_default();
+    wait_for(
+        "the guest to read both disks",
+        Duration::from_secs(20),
+        || console().contains("tick 2"),
+        console,
+    );
+    assert!(console().contains("blk 0 ro=0 read at-the-snapshot\n"), "{}", console());
+    assert!(console().contains("blk 1 ro=1 read never-written\n"), "{}", console());
+    let file = hostd::driver::snapshot_path(&dir.path().join("snapshots"), "two", "s", 1);
+    let taken = driver.snapshot("two", &file, now_ms()).unwrap();
+    assert!(taken.bytes > 0);
+    driver.destroy("two", 0).unwrap();
+    wait_phase(&mut driver, "two", VmPhase::Stopped);
+    use std::os::unix::fs::FileExt;
+    let write_at0 = |path: &str, text: &str| {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(format!("{text}\0").as_bytes(), 0).unwrap();
+    };
+    write_at0(&disks[0].path, "after--the-snapshot");
+
+    let mut restored = s.clone();
+    restored.generation = 2;
+    restored.restore_from = Some(file.display().to_string());
+    let from = console().len();
+    driver.start(&restored, 0).unwrap();
+    assert_eq!(wait_phase(&mut driver, "two", VmPhase::Running).generation, 2);
+    assert_eq!(sector0(&disks[0].path), "at-the-snapshot", "the writable disk is back to the snapshot");
+    assert_eq!(sector0(&disks[1].path), "never-written");
+    let since = || console()[from..].to_owned();
+    wait_for(
+        "ticks after the restore",
+        Duration::from_secs(20),
+        || since().matches("tick").count() >= 2,
+        since,
+    );
+    assert!(!since().contains(testguest::MARKER), "it booted again:\n{}", since());
+    write_at0(&disks[0].path, "host-wrote-rw");
+    write_at0(&disks[1].path, "host-wrote-ro");
+    for line in ["blk 0 now host-wrote-rw\n", "blk 1 now host-wrote-ro\n"] {
+        wait_for(line, Duration::from_secs(20), || since().contains(line), since);
+    }
+    driver.destroy("two", 0).unwrap();
+    wait_phase(&mut driver, "two", VmPhase::Stopped);
+}
+
+/// What the own VMM cannot serve is a clear start failure, before any VMM runs: a qcow2
+/// disk, more than eight disks.
+#[test]
+fn the_kvm_driver_refuses_qcow2_disks_and_a_ninth_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_test_guest(dir.path());
+    let mut driver = KvmDriver::new(kvm_config(&dir.path().join("run"))).unwrap();
+    let mut s = spec("refused", 1, &kernel, "");
+    s.disks =
+        vec![raw_disk_spec(dir.path(), "a.raw", "", false), raw_disk_spec(dir.path(), "b.qcow2", "", true)];
+    s.disks[1].format = controlplane::model::VolumeFormat::Qcow2;
+    let text = driver.start(&s, 0).unwrap_err().to_string();
+    assert!(
+        text.contains("disk 1 (")
+            && text.contains("b.qcow2) is qcow2; the kvm driver's VMM serves raw files only"),
+        "{text}"
+    );
+    s.disks = (0..9).map(|i| raw_disk_spec(dir.path(), &format!("{i}.raw"), "", false)).collect();
+    let text = driver.start(&s, 0).unwrap_err().to_string();
+    assert!(text.contains("9 disks; the kvm driver's VMM attaches at most 8 per VM"), "{text}");
+    assert!(driver.list(0).is_empty(), "a VM that never started is listed");
+}

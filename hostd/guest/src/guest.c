@@ -8,8 +8,20 @@
  *   drover.tick_ms=N      print "drover-guest: tick K" every N ms (default 100)
  *   drover.tsc_mhz=N      TSC frequency used to time ticks (default 2300)
  *   drover.dirty_mib=N    rewrite N MiB of memory every tick (dirty-page load)
- *   drover.blk=write:TOK  write TOK to sector 0 of the virtio-blk disk
- *   drover.blk=read       read sector 0 of the disk and print what is there
+ *   drover.blk=...        on every virtio-blk disk n (0-based, in command-line order, at
+ *                         most 8), after "drover-guest: blk disks N":
+ *     write:TOK           print "drover-guest: blk n ro=R held TEXT" (R: 1 when the device
+ *                         offers VIRTIO_BLK_F_RO; TEXT: what sector 0 held, up to its first
+ *                         NUL), then write "TOK-n" to sector 0 (also where R is 1: the
+ *                         device must refuse it) and print "drover-guest: blk n wrote TOK-n",
+ *                         or "drover-guest: blk n write refused status S" when the device
+ *                         answered status S instead of OK
+ *     read                print "drover-guest: blk n ro=R read TEXT"
+ *     watch               print the read lines, then read sector 0 of every disk after
+ *                         every tick and print "drover-guest: blk n now TEXT" when it changed
+ *                         (the devices are set up once, at boot: a restored snapshot goes on
+ *                         using them as the snapshot left them)
+ *                         Failures print "drover-guest: blk n error ...".
  *   drover.ticks=N        power off after N ticks (0: run until asked)
  *   drover.net=TOKEN      on the first virtio-net NIC: print "drover-guest: net up <mac>",
  *                         broadcast "DROVER-HELLO TOKEN" (ethertype 0x88b5) every tick, and
@@ -138,9 +150,9 @@ struct vq {
     u16 last_used;
 };
 
-/* The base of the first virtio-mmio device of type `type` among the command line's
- * virtio_mmio.device=4K@0xADDR:IRQ entries, or 0. */
-static u64 find_device(u32 type) {
+/* The base of the `nth` (0-based) virtio-mmio device of type `type` among the command
+ * line's virtio_mmio.device=4K@0xADDR:IRQ entries, or 0. */
+static u64 find_device_nth(u32 type, u32 nth) {
     for (const char *p = cmdline; *p;) {
         while (*p == ' ') p++;
         if (starts_with(p, "virtio_mmio.device=")) {
@@ -149,7 +161,7 @@ static u64 find_device(u32 type) {
             if (*q == '@') {
                 u64 base = parse_num(q + 1, 0);
                 if (base && mmio_read(base) == 0x74726976 && mmio_read(base + 4) == 2 &&
-                    mmio_read(base + 8) == type)
+                    mmio_read(base + 8) == type && nth-- == 0)
                     return base;
             }
         }
@@ -157,6 +169,7 @@ static u64 find_device(u32 type) {
     }
     return 0;
 }
+static u64 find_device(u32 type) { return find_device_nth(type, 0); }
 
 /* Reset the device, accept VIRTIO_F_VERSION_1 plus `features` (low word); 0 on success. */
 static int vdev_begin(u64 base, u32 features) {
@@ -203,39 +216,141 @@ static int vq_wait(u64 base, struct vq *q) {
     return 0;
 }
 
-/* ---- virtio-blk ---- */
+/* ---- virtio-blk: every disk, one request at a time ---- */
+
+#define BLK_MAX 8
+#define BLK_F_RO (1u << 5)
+#define BLK_TEXT_MAX 500
 
 struct blk_req { u32 type; u32 reserved; u64 sector; };
+struct blk {
+    u64 base;
+    int ro;                              /* the device offers VIRTIO_BLK_F_RO */
+    u64 seen;                            /* hash of sector 0 as last printed (watch) */
+    struct vq q;
+};
 
-static struct vq blk_q;
+static struct blk blks[BLK_MAX];
+static u32 blk_count;
+static int blk_watch;
 static struct blk_req req;
 static u8 sector_buf[512] __attribute__((aligned(512)));
 static volatile u8 req_status;
-static u64 blk_base;
 
-static int blk_init(void) {
-    blk_base = find_device(2);
-    if (!blk_base) return -1;
-    int rc = vdev_begin(blk_base, 0);
+/* Set up disk `n` (found at `base`); 0 on success. */
+static int blk_init(struct blk *b, u64 base) {
+    b->base = base;
+    mmio_write(base + 0x14, 0);          /* device features, low word */
+    b->ro = (mmio_read(base + 0x10) & BLK_F_RO) != 0;
+    int rc = vdev_begin(base, b->ro ? BLK_F_RO : 0);
     if (rc) return rc;
-    rc = vq_setup(blk_base, 0, &blk_q);
+    rc = vq_setup(base, 0, &b->q);
     if (rc) return rc;
-    mmio_write(blk_base + 0x70, 1 | 2 | 8 | 4); /* DRIVER_OK */
+    mmio_write(base + 0x70, 1 | 2 | 8 | 4); /* DRIVER_OK */
     return 0;
 }
 
-/* One request of one sector; 0 on success. */
-static int blk_io(u32 type, u64 sector) {
+/* One request of one sector; the device's status (0: OK), or -1 if it never answered. */
+static int blk_io(struct blk *b, u32 type, u64 sector) {
     req.type = type;
     req.reserved = 0;
     req.sector = sector;
     req_status = 0xff;
-    blk_q.desc[0] = (struct desc){(u64)&req, sizeof req, 1, 1};                       /* NEXT */
-    blk_q.desc[1] = (struct desc){(u64)sector_buf, 512, (u16)(1 | (type == 0 ? 2 : 0)), 2}; /* NEXT|WRITE */
-    blk_q.desc[2] = (struct desc){(u64)&req_status, 1, 2, 0};                          /* WRITE */
-    vq_push(blk_base, 0, &blk_q, 0);
-    if (vq_wait(blk_base, &blk_q)) return -1;
+    b->q.desc[0] = (struct desc){(u64)&req, sizeof req, 1, 1};                       /* NEXT */
+    b->q.desc[1] = (struct desc){(u64)sector_buf, 512, (u16)(1 | (type == 0 ? 2 : 0)), 2}; /* NEXT|WRITE */
+    b->q.desc[2] = (struct desc){(u64)&req_status, 1, 2, 0};                          /* WRITE */
+    vq_push(b->base, 0, &b->q, 0);
+    if (vq_wait(b->base, &b->q)) return -1;
     return req_status;
+}
+
+/* The line head "drover-guest: blk N " for disk `n`. */
+static void blk_line(u32 n) {
+    puts_("drover-guest: blk ");
+    putu(n);
+    putc_(' ');
+}
+
+/* What sector 0 holds (in sector_buf), up to its first NUL, unprintable bytes as '.'. */
+static void put_sector_text(void) {
+    for (int i = 0; i < BLK_TEXT_MAX && sector_buf[i]; i++)
+        putc_(sector_buf[i] >= 32 && sector_buf[i] < 127 ? (char)sector_buf[i] : '.');
+    putc_('\n');
+}
+
+static u64 sector_hash(void) {
+    u64 hash = 1469598103934665603UL;
+    for (int i = 0; i < 512; i++) hash = (hash ^ sector_buf[i]) * 1099511628211UL;
+    return hash;
+}
+
+/* Read sector 0 of disk `n` into sector_buf; 0 on success (else the error is printed). */
+static int blk_read0(u32 n) {
+    int rc = blk_io(&blks[n], 0, 0);
+    if (rc) {
+        blk_line(n);
+        puts_("error read ");
+        putu((u64)(rc < 0 ? 999 : rc));
+        putc_('\n');
+    }
+    return rc;
+}
+
+static void blk_command(const char *cmd) {
+    for (u64 base; blk_count < BLK_MAX && (base = find_device_nth(2, blk_count)); blk_count++) {
+        int rc = blk_init(&blks[blk_count], base);
+        if (rc) {
+            blk_line(blk_count);
+            puts_("error init ");
+            putu((u64)-rc);
+            putc_('\n');
+            break;
+        }
+    }
+    puts_("drover-guest: blk disks ");
+    putu(blk_count);
+    putc_('\n');
+    int write = starts_with(cmd, "write:");
+    blk_watch = starts_with(cmd, "watch");
+    for (u32 n = 0; n < blk_count; n++) {
+        if (blk_read0(n)) continue;
+        blk_line(n);
+        puts_(blks[n].ro ? "ro=1 " : "ro=0 ");
+        puts_(write ? "held " : "read ");
+        put_sector_text();
+        blks[n].seen = sector_hash();
+        if (!write) continue;
+        const char *tok = cmd + 6;
+        int i = 0;
+        for (; tok[i] && tok[i] != ' ' && i < BLK_TEXT_MAX - 4; i++) sector_buf[i] = (u8)tok[i];
+        sector_buf[i++] = '-';
+        if (n >= 10) sector_buf[i++] = (u8)('0' + n / 10);
+        sector_buf[i++] = (u8)('0' + n % 10);
+        for (; i < 512; i++) sector_buf[i] = 0;
+        int rc = blk_io(&blks[n], 1, 0);
+        blk_line(n);
+        if (rc == 0) {
+            puts_("wrote ");
+            put_sector_text();
+        } else {
+            puts_("write refused status ");
+            putu((u64)(rc < 0 ? 999 : rc));
+            putc_('\n');
+        }
+    }
+}
+
+/* Watch: print each disk's sector 0 when it is not what was last printed. */
+static void blk_poll(void) {
+    for (u32 n = 0; n < blk_count; n++) {
+        if (blk_read0(n)) continue;
+        u64 hash = sector_hash();
+        if (hash == blks[n].seen) continue;
+        blks[n].seen = hash;
+        blk_line(n);
+        puts_("now ");
+        put_sector_text();
+    }
 }
 
 /* ---- virtio-net: send a hello frame every tick, print each new one received ---- */
@@ -329,39 +444,6 @@ static void net_poll(void) {
     }
 }
 
-static void blk_command(const char *cmd) {
-    int rc = blk_init();
-    if (rc) {
-        puts_("drover-guest: blk error init ");
-        putu((u64)-rc);
-        putc_('\n');
-        return;
-    }
-    if (starts_with(cmd, "write:")) {
-        const char *tok = cmd + 6;
-        int i = 0;
-        for (; tok[i] && tok[i] != ' ' && i < 500; i++) sector_buf[i] = (u8)tok[i];
-        for (; i < 512; i++) sector_buf[i] = 0;
-        rc = blk_io(1, 0);
-        if (rc) {
-            puts_("drover-guest: blk error write\n");
-            return;
-        }
-        puts_("drover-guest: blk wrote ");
-        for (i = 0; sector_buf[i]; i++) putc_((char)sector_buf[i]);
-        putc_('\n');
-    } else if (starts_with(cmd, "read")) {
-        rc = blk_io(0, 0);
-        if (rc) {
-            puts_("drover-guest: blk error read\n");
-            return;
-        }
-        puts_("drover-guest: blk read ");
-        for (int i = 0; i < 500 && sector_buf[i]; i++) putc_((char)sector_buf[i]);
-        putc_('\n');
-    }
-}
-
 /* ---- memory dirtier ---- */
 
 extern u8 __dirty_start[];
@@ -422,6 +504,7 @@ void guest_main(void) {
         puts_("drover-guest: tick ");
         putu(tick);
         putc_('\n');
+        if (blk_watch) blk_poll();
         if (ticks && tick >= ticks) power_off();
     }
 }

@@ -14,6 +14,7 @@ pub const VCPUS_MAX: u8 = 32;
 pub const CMDLINE_BYTES_MAX: usize = 4095;
 /// Default cap of the console log (the older half is kept in `<log>.old`).
 pub const CONSOLE_LOG_BYTES_DEFAULT: u64 = 1 << 20;
+pub use crate::layout::DISKS_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -24,13 +25,42 @@ pub struct VmConfig {
     pub cmdline: String,
     pub memory_mib: u64,
     pub vcpus: u8,
-    /// A raw disk image served as virtio-blk.
-    pub disk: Option<PathBuf>,
+    /// Raw disk images, each served as a virtio-blk device, in guest order (at most
+    /// [`DISKS_MAX`]).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
     /// virtio-net NICs, each on an existing tap device.
     #[serde(default)]
     pub nics: Vec<NicConfig>,
     pub console_log: PathBuf,
     pub console_log_bytes_max: u64,
+}
+
+/// One disk: a raw image file, and whether the guest may only read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    /// Opened read-only, offered with VIRTIO_BLK_F_RO, and every write refused.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// `PATH`, `PATH,ro` or `PATH,rw`, the VMM's `--disk` argument: a last `,ro` or `,rw`
+    /// says how the disk is attached (writable when there is none); any other comma is
+    /// part of the path (a file named `a,ro` is `a,ro,rw`).
+    fn from_str(text: &str) -> Result<DiskConfig, String> {
+        let (path, read_only) = match text.rsplit_once(',') {
+            Some((path, "ro")) => (path, true),
+            Some((path, "rw")) => (path, false),
+            _ => (text, false),
+        };
+        if path.is_empty() {
+            return Err(format!("{text:?}: a disk needs a path (PATH, PATH,ro or PATH,rw)"));
+        }
+        Ok(DiskConfig { path: path.into(), read_only })
+    }
 }
 
 /// One NIC: the tap it is plugged into on the host, and the MAC the guest sees.
@@ -75,6 +105,10 @@ pub enum ConfigError {
     InitrdMissing(String),
     #[error("disk {0} is missing")]
     DiskMissing(String),
+    #[error("{0} disks; at most {DISKS_MAX}")]
+    Disks(usize),
+    #[error("disk {0} is given twice (disks {1} and {2})")]
+    DiskTwice(String, usize, usize),
     #[error("{0} NICs; at most {max}", max = crate::layout::NICS_MAX)]
     Nics(usize),
     #[error("NIC {0}: {1:?} is not a MAC address like 52:54:00:12:34:56")]
@@ -110,10 +144,21 @@ impl VmConfig {
                 return Err(ConfigError::InitrdMissing(initrd.display().to_string()));
             }
         }
-        if let Some(disk) = &self.disk {
-            if !disk.is_file() {
-                return Err(ConfigError::DiskMissing(disk.display().to_string()));
+        if self.disks.len() > DISKS_MAX {
+            return Err(ConfigError::Disks(self.disks.len()));
+        }
+        let mut files = Vec::new();
+        for (i, disk) in self.disks.iter().enumerate() {
+            if !disk.path.is_file() {
+                return Err(ConfigError::DiskMissing(disk.path.display().to_string()));
             }
+            // One file twice would be two devices over one image (and a writable one
+            // conflicts with its own lock): the same file under two names is refused too.
+            let file = disk.path.canonicalize().unwrap_or_else(|_| disk.path.clone());
+            if let Some(first) = files.iter().position(|f| *f == file) {
+                return Err(ConfigError::DiskTwice(disk.path.display().to_string(), first, i));
+            }
+            files.push(file);
         }
         if self.nics.len() > crate::layout::NICS_MAX {
             return Err(ConfigError::Nics(self.nics.len()));
@@ -151,7 +196,7 @@ mod tests {
             cmdline: String::new(),
             memory_mib: 32,
             vcpus: 1,
-            disk: None,
+            disks: Vec::new(),
             nics,
             console_log: "/tmp/unused".into(),
             console_log_bytes_max: 1 << 20,
@@ -186,5 +231,46 @@ mod tests {
         );
         let many = vec![nic("t", "52:54:00:00:00:01"); crate::layout::NICS_MAX + 1];
         assert_eq!(config(many).validate(), Err(ConfigError::Nics(crate::layout::NICS_MAX + 1)));
+    }
+
+    fn disk(path: &std::path::Path, read_only: bool) -> DiskConfig {
+        DiskConfig { path: path.to_owned(), read_only }
+    }
+
+    #[test]
+    fn disk_arguments_parse_with_their_mode_last() {
+        let d = |text: &str| text.parse::<DiskConfig>().unwrap();
+        assert_eq!(d("/v/a.raw"), disk("/v/a.raw".as_ref(), false));
+        assert_eq!(d("/v/a.raw,ro"), disk("/v/a.raw".as_ref(), true));
+        assert_eq!(d("/v/a.raw,rw"), disk("/v/a.raw".as_ref(), false));
+        assert_eq!(d("/v/a,b.raw"), disk("/v/a,b.raw".as_ref(), false));
+        assert_eq!(d("/v/a,ro,rw"), disk("/v/a,ro".as_ref(), false));
+        assert_eq!(d("/v/a,ro,ro"), disk("/v/a,ro".as_ref(), true));
+        let e = ",ro".parse::<DiskConfig>().unwrap_err();
+        assert!(e.contains("a disk needs a path"), "{e}");
+    }
+
+    #[test]
+    fn disks_are_checked_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<_> = (0..=DISKS_MAX)
+            .map(|i| {
+                let p = dir.path().join(format!("d{i}.raw"));
+                std::fs::write(&p, [0u8; 512]).unwrap();
+                p
+            })
+            .collect();
+        let mut c = config(Vec::new());
+        c.disks = files[..DISKS_MAX].iter().enumerate().map(|(i, p)| disk(p, i % 2 == 1)).collect();
+        assert_eq!(c.validate(), Ok(()));
+        c.disks.push(disk(&files[DISKS_MAX], false));
+        assert_eq!(c.validate(), Err(ConfigError::Disks(DISKS_MAX + 1)));
+        assert_eq!(ConfigError::Disks(9).to_string(), "9 disks; at most 8");
+        c.disks = vec![disk(&files[0], false), disk(&dir.path().join("missing.raw"), true)];
+        assert!(matches!(c.validate(), Err(ConfigError::DiskMissing(p)) if p.ends_with("missing.raw")));
+        // The same file twice, under another name the second time.
+        let other_name = dir.path().join(".").join("d0.raw");
+        c.disks = vec![disk(&files[0], false), disk(&files[1], true), disk(&other_name, true)];
+        assert!(matches!(c.validate(), Err(ConfigError::DiskTwice(_, 0, 2))), "{:?}", c.validate());
     }
 }

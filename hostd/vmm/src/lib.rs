@@ -5,16 +5,18 @@
 //! 18), a Linux `vmlinux` ELF or a `bzImage` (64-bit Linux boot protocol), with an initrd
 //! and a command line — on KVM's in-kernel irqchip and PIT, with up to 32 vCPUs (an MP
 //! table, [`mptable`]), an 8250 serial console captured to a size-capped log
-//! ([`console_log`]), a power-off port and i8042 reset ([`devices`]), a virtio-blk disk
-//! backed by a raw file and virtio-net NICs on taps, over virtio-mmio. The VMM
-//! process ([`process`], run as `drover vmm` or `drover-vmm`) serves the [`control`] protocol (JSON lines on a Unix socket) that
-//! hostd's `kvm` driver speaks: status, pause, resume, shutdown, reboot, destroy,
-//! snapshot; when the VM ends it writes its exit record beside the socket, so a restarted
-//! hostd learns how a VM it did not watch ended. [`snapshot`] saves a VM's whole state
-//! (vCPUs, irqchip, PIT, clock, devices, touched memory) to a versioned, checksummed,
+//! ([`console_log`]), a power-off port and i8042 reset ([`devices`]), up to
+//! [`layout::DISKS_MAX`] virtio-blk disks backed by raw files (each writable, or read-only:
+//! opened read-only, offered as such, writes refused) and virtio-net NICs on taps, over
+//! virtio-mmio. The VMM process ([`process`], run as `drover vmm` or `drover-vmm`) serves
+//! the [`control`] protocol (JSON lines on a Unix socket) that hostd's `kvm` driver
+//! speaks: status, pause, resume, shutdown, reboot, destroy, snapshot; when the VM ends it
+//! writes its exit record beside the socket, so a restarted hostd learns how a VM it did
+//! not watch ended. [`snapshot`] saves a VM's whole state (vCPUs, irqchip, PIT, clock,
+//! devices, touched memory, every writable disk's contents) to a versioned, checksummed,
 //! sparse file, and a VM starts from one (`--restore-from`) with the memory image mapped
-//! copy-on-write. A VM process given its host's [`lease`] file ends itself the moment the
-//! lease passes (self-fencing).
+//! copy-on-write and its disks put back to the snapshot's instant. A VM process given its
+//! host's [`lease`] file ends itself the moment the lease passes (self-fencing).
 //!
 //! This is the only crate of the workspace that holds `unsafe` code; every block carries a
 //! `// SAFETY:` comment. Everything below the [`vm`] layer is safe Rust over the rust-vmm

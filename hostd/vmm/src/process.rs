@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{NicConfig, VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
+use crate::config::{DiskConfig, NicConfig, VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
 use crate::control::{self, Phase, Request, Response, Status};
 use crate::lease;
 use crate::vm::{Source, Vm};
@@ -37,9 +37,12 @@ pub struct VmmArgs {
     pub memory_mib: u64,
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,
-    /// A raw disk image, served as virtio-blk.
-    #[arg(long)]
-    pub disk: Option<PathBuf>,
+    /// A raw disk image, served as virtio-blk: `PATH` or `PATH,rw` (writable), `PATH,ro`
+    /// (read-only: opened read-only, offered as read-only, writes refused). Repeatable, up
+    /// to 8; the guest finds the disks in this order. Only a last `,ro` or `,rw` is read as
+    /// the mode (a file named `a,ro` is `a,ro,rw`).
+    #[arg(long = "disk", value_name = "PATH[,ro|,rw]")]
+    pub disks: Vec<DiskConfig>,
     /// A virtio-net NIC on an existing tap: `tap=NAME,mac=52:54:00:12:34:56` (repeatable).
     #[arg(long = "nic")]
     pub nics: Vec<NicConfig>,
@@ -112,7 +115,7 @@ pub fn run(args: VmmArgs) -> i32 {
         cmdline: args.cmdline,
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
-        disk: args.disk,
+        disks: args.disks,
         nics: args.nics,
         console_log: args.run_dir.join(control::CONSOLE_FILE),
         console_log_bytes_max: args.console_log_bytes_max,

@@ -24,7 +24,7 @@ use crate::devices::virtio_net::{self, Net, RxThread};
 use crate::devices::{Bus, BusEvent};
 use crate::layout;
 use crate::mptable;
-use crate::snapshot::{self, KvmVmState, SnapshotError, SnapshotInfo, VcpuState, VmState};
+use crate::snapshot::{self, DiskState, KvmVmState, SnapshotError, SnapshotInfo, VcpuState, VmState};
 use crate::vcpu::{self, VcpuError};
 
 /// KVM exit codes for KVM_EXIT_SYSTEM_EVENT.
@@ -216,10 +216,11 @@ impl Vm {
             Source::Kernel => None,
             Source::Snapshot(path) => {
                 let reader = snapshot::Reader::open(path)?;
+                let read_only: Vec<bool> = config.disks.iter().map(|d| d.read_only).collect();
                 reader.check_fits(
                     config.memory_mib,
                     usize::from(config.vcpus),
-                    config.disk.is_some(),
+                    &read_only,
                     config.nics.len(),
                 )?;
                 Some(reader)
@@ -273,31 +274,48 @@ impl Vm {
             }
         };
         let console = Arc::new(Mutex::new(console));
-        // The disk goes back to the snapshot's instant: its image is written beside it and
-        // opened from there, and moved over the disk only once the whole VM is restored,
-        // so a restore that fails leaves the disk as it was.
-        let prepared = match (&restore, &config.disk) {
-            (Some(reader), Some(path)) => reader.prepare_disk(path)?,
-            _ => None,
-        };
-        let disk = match &config.disk {
-            Some(path) => {
-                let path = prepared.as_ref().map_or(path.as_path(), |p| p.path());
-                let block = Block::open(path, false, &config.domain)
-                    .map_err(|e| VmError::Io { what: format!("disk {}", path.display()), source: e })?;
-                let irq = EventFd::new(libc::EFD_NONBLOCK)
-                    .map_err(|e| VmError::Io { what: "eventfd".into(), source: e })?;
-                vm_fd
-                    .register_irqfd(&irq, layout::VIRTIO_BLK_IRQ)
-                    .map_err(kvm_err("wiring the disk interrupt"))?;
-                let mut transport = MmioTransport::new(block, mem.clone(), irq);
-                if let Some(state) = saved.and_then(|s| s.disk.as_ref()) {
-                    transport.restore(state).map_err(|e| SnapshotError::Mismatch(format!("disk: {e}")))?;
+        // The writable disks go back to the snapshot's instant: each image is written
+        // beside its disk (all of them checked and written before any VM device exists)
+        // and opened from there, and moved over the disks only once the whole VM is
+        // restored, so a restore that fails leaves every disk as it was.
+        let mut prepared = Vec::new();
+        let mut opened_at = Vec::new();
+        for (i, disk) in config.disks.iter().enumerate() {
+            let image = match &restore {
+                Some(reader) if !disk.read_only => reader.prepare_disk(i, &disk.path)?,
+                _ => None,
+            };
+            opened_at.push(image.as_ref().map_or(disk.path.clone(), |p| p.path().to_owned()));
+            prepared.extend(image);
+        }
+        let mut disks = Vec::new();
+        for (i, (disk, path)) in config.disks.iter().zip(&opened_at).enumerate() {
+            let block = Block::open(path, disk.read_only, &config.domain).map_err(|e| VmError::Io {
+                what: format!("disk {i} ({})", disk.path.display()),
+                source: e,
+            })?;
+            let irq = EventFd::new(libc::EFD_NONBLOCK)
+                .map_err(|e| VmError::Io { what: "eventfd".into(), source: e })?;
+            vm_fd.register_irqfd(&irq, layout::disk_slot(i).1).map_err(kvm_err("wiring a disk interrupt"))?;
+            let sectors = block.capacity_sectors();
+            let mut transport = MmioTransport::new(block, mem.clone(), irq);
+            if let Some(state) = saved.map(|s| &s.disks[i]) {
+                // A read-only disk is not in the snapshot: it must be the same size (the
+                // guest knows its capacity); its contents are the host's business.
+                if disk.read_only && state.sectors != sectors {
+                    return Err(SnapshotError::Mismatch(format!(
+                        "disk {i}: {} has {sectors} sectors, the snapshot's read-only disk had {}",
+                        disk.path.display(),
+                        state.sectors
+                    ))
+                    .into());
                 }
-                Some(Mutex::new(transport))
+                transport
+                    .restore(&state.transport)
+                    .map_err(|e| SnapshotError::Mismatch(format!("disk {i}: {e}")))?;
             }
-            None => None,
-        };
+            disks.push(Mutex::new(transport));
+        }
         let mut nics = Vec::new();
         let mut taps = Vec::new();
         for (i, nic) in config.nics.iter().enumerate() {
@@ -306,9 +324,7 @@ impl Vm {
             let rx_tap = tap.try_clone().map_err(io(format!("NIC {i}: cloning the tap fd")))?;
             let mac = virtio_net::parse_mac(&nic.mac).expect("validated");
             let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io("eventfd".into()))?;
-            vm_fd
-                .register_irqfd(&irq, layout::VIRTIO_NET_IRQ + i as u32)
-                .map_err(kvm_err("wiring a NIC interrupt"))?;
+            vm_fd.register_irqfd(&irq, layout::nic_slot(i).1).map_err(kvm_err("wiring a NIC interrupt"))?;
             let mut transport = MmioTransport::new(Net::new(tap, mac), mem.clone(), irq);
             if let Some(s) = saved {
                 transport
@@ -321,7 +337,7 @@ impl Vm {
         let bus = Arc::new(Bus {
             console,
             power: Power::default(),
-            disk,
+            disks,
             nics: nics.clone(),
             unclaimed: AtomicU64::new(0),
         });
@@ -367,9 +383,7 @@ impl Vm {
         }
         let msr_indices = kvm.get_msr_index_list().map_err(kvm_err("listing MSRs"))?.as_slice().to_vec();
         let xsave_fits = xsave_fits(&vm_fd);
-        if let Some(disk) = prepared {
-            disk.commit()?;
-        }
+        snapshot::commit_disks(prepared)?;
         let start_paused = saved.is_some_and(|s| s.paused);
 
         let shared = Arc::new(Shared {
@@ -487,7 +501,8 @@ impl Vm {
         // Every device stays locked until the file is written, so a NIC's receive thread
         // cannot change guest memory or a queue under the copy.
         let console = self.bus.console.lock().unwrap_or_else(|p| p.into_inner());
-        let disk = self.bus.disk.as_ref().map(|d| d.lock().unwrap_or_else(|p| p.into_inner()));
+        let disks: Vec<_> =
+            self.bus.disks.iter().map(|d| d.lock().unwrap_or_else(|p| p.into_inner())).collect();
         let nics: Vec<_> =
             self.bus.nics.iter().map(|n| n.lock().unwrap_or_else(|p| p.into_inner())).collect();
         let vcpus = self.capture_vcpus()?;
@@ -498,12 +513,24 @@ impl Vm {
             vcpus,
             kvm: KvmVmState::save(&self.vm_fd)?,
             serial: console.state(),
-            disk: disk.as_ref().map(|d| d.state()),
+            disks: disks
+                .iter()
+                .map(|d| DiskState {
+                    read_only: d.device.read_only(),
+                    sectors: d.device.capacity_sectors(),
+                    transport: d.state(),
+                })
+                .collect(),
             nics: nics.iter().map(|n| n.state()).collect(),
             memory: Default::default(),
         };
-        let disk_file = disk.as_ref().map(|d| d.device.file());
-        Ok(snapshot::write(path, state, &self.mem, !self.restored, disk_file)?)
+        let images: Vec<(usize, &std::fs::File)> = disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.device.read_only())
+            .map(|(i, d)| (i, d.device.file()))
+            .collect();
+        Ok(snapshot::write(path, state, &self.mem, !self.restored, &images)?)
     }
 
     /// Have every parked vCPU save its state; the VM must be paused.
@@ -684,16 +711,9 @@ fn xsave_fits(vm: &VmFd) -> bool {
 /// (Linux's `virtio_mmio.device=` syntax, which the test guest reads too).
 fn full_cmdline(config: &VmConfig) -> String {
     let mut line = config.cmdline.trim().to_owned();
-    let mut devices = Vec::new();
-    if config.disk.is_some() {
-        devices.push((layout::VIRTIO_BLK_MMIO, layout::VIRTIO_BLK_IRQ));
-    }
-    for i in 0..config.nics.len() {
-        devices.push((
-            layout::VIRTIO_NET_MMIO + i as u64 * layout::VIRTIO_MMIO_SIZE,
-            layout::VIRTIO_NET_IRQ + i as u32,
-        ));
-    }
+    // Disks first, in guest order (the order Linux and the test guest find them in).
+    let devices =
+        (0..config.disks.len()).map(layout::disk_slot).chain((0..config.nics.len()).map(layout::nic_slot));
     for (base, irq) in devices {
         if !line.is_empty() {
             line.push(' ');

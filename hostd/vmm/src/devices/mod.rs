@@ -33,7 +33,8 @@ pub enum BusEvent {
 pub struct Bus {
     pub console: Arc<Mutex<Console>>,
     pub power: Power,
-    pub disk: Option<Mutex<MmioTransport<virtio_blk::Block>>>,
+    /// Disk `i` (in guest order) at `layout::disk_slot(i)`.
+    pub disks: Vec<Mutex<MmioTransport<virtio_blk::Block>>>,
     /// NIC `i` at `layout::VIRTIO_NET_MMIO + i * VIRTIO_MMIO_SIZE`; its receive thread
     /// holds the other reference.
     pub nics: Vec<Arc<Mutex<MmioTransport<virtio_net::Net>>>>,
@@ -85,11 +86,14 @@ impl Bus {
     /// The virtio device whose window holds `addr`, and the offset into it.
     fn virtio_at(&self, addr: u64) -> Option<(VirtioSlot<'_>, u64)> {
         let size = layout::VIRTIO_MMIO_SIZE;
-        if let Some(d) = &self.disk {
-            let base = layout::VIRTIO_BLK_MMIO;
-            if (base..base + size).contains(&addr) {
-                return Some((VirtioSlot::Disk(d), addr - base));
-            }
+        if (layout::VIRTIO_BLK_MMIO..layout::VIRTIO_BLK_MMIO + size).contains(&addr) {
+            let disk = self.disks.first()?;
+            return Some((VirtioSlot::Disk(disk), addr - layout::VIRTIO_BLK_MMIO));
+        }
+        if let Some(offset) = addr.checked_sub(layout::VIRTIO_BLK_MORE_MMIO) {
+            // Disks 1.. follow the NICs' windows.
+            let disk = self.disks.get(usize::try_from(offset / size).ok()?.checked_add(1)?)?;
+            return Some((VirtioSlot::Disk(disk), offset % size));
         }
         let offset = addr.checked_sub(layout::VIRTIO_NET_MMIO)?;
         let nic = self.nics.get(usize::try_from(offset / size).ok()?)?;
@@ -120,7 +124,7 @@ impl Bus {
     /// Put every virtio device back in its reset state (the VM reboots).
     pub fn reset_virtio(&self) {
         let status_zero = 0u32.to_le_bytes();
-        if let Some(d) = &self.disk {
+        for d in &self.disks {
             locked(d).write(0x70, &status_zero);
         }
         for n in &self.nics {

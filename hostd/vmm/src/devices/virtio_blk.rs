@@ -86,6 +86,17 @@ impl Block {
         &self.file
     }
 
+    /// Whether the disk was opened read-only (the guest is offered VIRTIO_BLK_F_RO and
+    /// every write is refused).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The capacity the guest sees, in 512-byte sectors.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity_sectors
+    }
+
     /// Serve one request: `header` is (type, sector), `data` the bytes the driver sent,
     /// `room` how many bytes the driver can take back before the status byte.
     /// Returns (status, bytes to give back).
@@ -288,9 +299,20 @@ mod tests {
     #[test]
     fn read_only_disks_refuse_writes_and_unknown_requests_are_unsupported() {
         let mem = memory();
-        let (_dir, mut block) = disk(8, true);
+        let (dir, mut block) = disk(8, true);
+        let path = dir.path().join("disk.raw");
+        std::fs::write(&path, [0x5au8; 8 * 512]).unwrap();
         assert_ne!(block.features() & VIRTIO_BLK_F_RO, 0);
+        assert!(block.read_only());
+        mem.write_slice(&[0xcd; 512], GuestAddress(DATA)).unwrap();
         assert_eq!(request(&mut block, &mem, T_OUT, 0, 512).0, S_IOERR);
+        assert_eq!(request(&mut block, &mem, T_IN, 0, 512).0, S_OK, "reads are served");
+        assert_eq!(request(&mut block, &mem, T_FLUSH, 0, 512).0, S_OK);
+        assert_eq!(std::fs::read(&path).unwrap(), [0x5a; 8 * 512], "a refused write reached the file");
+        // The file itself is open read-only: nothing the device does can write it.
+        assert!(block.file.write_at(b"x", 0).is_err());
+        let (_dir, writable) = disk(8, false);
+        assert_eq!(writable.features() & VIRTIO_BLK_F_RO, 0);
         assert_eq!(request(&mut block, &mem, 77, 0, 512).0, S_UNSUPP);
         assert_eq!(request(&mut block, &mem, T_GET_ID, 0, 20), (S_OK, 21));
         let mut id = [0u8; 5];
