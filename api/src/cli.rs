@@ -851,7 +851,7 @@ async fn net(c: &ApiClient, o: Output, consistency: i32, cmd: NetCmd) -> anyhow:
                         list.iter()
                             .map(|n| {
                                 let cfg = n.config.clone().unwrap_or_default();
-                                json!({"name": n.name, "mode": cfg.mode, "cidr": cfg.cidr, "gateway": cfg.gateway,
+                                json!({"name": n.name, "mode": cfg.mode, "cidr": cfg.cidr, "gateway": cfg.gateway, "vni": n.vni,
                                        "leases": n.leases.iter().map(|l| json!({"mac": l.mac, "ip": l.ip, "domain": l.domain})).collect::<Vec<_>>()})
                             })
                             .collect(),

@@ -262,6 +262,7 @@ pub fn network_to_pb(n: &Network) -> pb::Network {
             .collect(),
         created_ms: n.created_ms,
         version: n.version,
+        vni: n.vni(),
     }
 }
 

@@ -321,6 +321,15 @@ pub enum Event {
         volume: VolumeRef,
         reason: String,
     },
+
+    // --- networks with overlays (appended: `NetworkCreated` above is the form of builds
+    // before them) ---
+    /// Network `name` is created; its overlay between hosts is VXLAN network `vni`.
+    NetworkDefined {
+        name: String,
+        config: NetworkConfig,
+        vni: u32,
+    },
 }
 
 impl Event {
@@ -379,6 +388,7 @@ impl Event {
         "VolumeDeleteRequested",
         "VolumeReady",
         "VolumeFailed",
+        "NetworkDefined",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -441,6 +451,7 @@ impl Event {
             Event::VolumeDeleteRequested { .. } => 50,
             Event::VolumeReady { .. } => 51,
             Event::VolumeFailed { .. } => 52,
+            Event::NetworkDefined { .. } => 53,
         }
     }
 
@@ -472,7 +483,9 @@ impl Event {
             | DomainHaRestarting { name }
             | DomainHaWaiting { name, .. }
             | DomainHaGaveUp { name, .. } => ResourceKey::Domain(name.clone()),
-            NetworkCreated { name, .. } | NetworkDeleted { name } => ResourceKey::Network(name.clone()),
+            NetworkCreated { name, .. } | NetworkDefined { name, .. } | NetworkDeleted { name } => {
+                ResourceKey::Network(name.clone())
+            }
             IpAllocated { network, .. } | IpReleased { network, .. } => ResourceKey::Network(network.clone()),
             PoolCreated { name, .. } | PoolDeleted { name } => ResourceKey::Pool(name.clone()),
             VolumeCreated { volume, .. }

@@ -80,7 +80,9 @@ fn check_hosts(state: &State) -> Result<(), Violation> {
 }
 
 fn check_networks(state: &State) -> Result<(), Violation> {
+    let mut vnis = BTreeSet::new();
     for n in state.networks().values() {
+        ensure!(vnis.insert(n.vni()), "network {} shares VNI {} with another network", n.name, n.vni());
         let mut ips = BTreeSet::new();
         for (mac, lease) in &n.leases {
             if let Some(ip) = lease.ip {

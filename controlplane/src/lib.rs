@@ -40,6 +40,7 @@ mod state_v1;
 mod state_v2;
 mod state_v3;
 mod state_v4;
+mod state_v5;
 mod validate;
 
 pub use apply::{apply, apply_proposal};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::model::{
-    DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Network, Pool, Snapshot,
+    DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Pool, Snapshot,
     SnapshotKind, SnapshotState, StopMode, VolumeRef,
 };
 use crate::request_window::RequestWindow;
@@ -45,7 +45,7 @@ pub(crate) struct StateV1 {
     last_seq: u64,
     hosts: BTreeMap<String, Host>,
     domains: BTreeMap<String, DomainV1>,
-    networks: BTreeMap<String, Network>,
+    networks: BTreeMap<String, crate::state_v5::NetworkV1>,
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), SnapshotV1>,
@@ -100,7 +100,7 @@ impl From<StateV1> for State {
             last_seq: v1.last_seq,
             hosts: v1.hosts,
             domains,
-            networks: v1.networks,
+            networks: crate::state_v5::upgrade_networks(v1.networks),
             pools: v1.pools,
             volumes: crate::state_v4::upgrade_volumes(v1.volumes),
             snapshots,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::model::{
-    DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Network, Pool, Snapshot,
+    DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Pool, Snapshot,
     SnapshotRef, StopMode, VolumeRef,
 };
 use crate::request_window::RequestWindow;
@@ -34,7 +34,7 @@ pub(crate) struct StateV2 {
     last_seq: u64,
     hosts: BTreeMap<String, Host>,
     domains: BTreeMap<String, DomainV2>,
-    networks: BTreeMap<String, Network>,
+    networks: BTreeMap<String, crate::state_v5::NetworkV1>,
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), Snapshot>,
@@ -70,7 +70,7 @@ impl From<StateV2> for State {
             last_seq: v2.last_seq,
             hosts: v2.hosts,
             domains,
-            networks: v2.networks,
+            networks: crate::state_v5::upgrade_networks(v2.networks),
             pools: v2.pools,
             volumes: crate::state_v4::upgrade_volumes(v2.volumes),
             snapshots: v2.snapshots,

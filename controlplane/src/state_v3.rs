@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Deserialize;
 
-use crate::model::{Domain, Host, Migration, MigrationId, Network, Pool, Snapshot, VolumeRef};
+use crate::model::{Domain, Host, Migration, MigrationId, Pool, Snapshot, VolumeRef};
 use crate::request_window::RequestWindow;
 use crate::state::State;
 
@@ -16,7 +16,7 @@ pub(crate) struct StateV3 {
     last_seq: u64,
     hosts: BTreeMap<String, Host>,
     domains: BTreeMap<String, Domain>,
-    networks: BTreeMap<String, Network>,
+    networks: BTreeMap<String, crate::state_v5::NetworkV1>,
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), Snapshot>,
@@ -31,7 +31,7 @@ impl From<StateV3> for State {
             last_seq: v3.last_seq,
             hosts: v3.hosts,
             domains: v3.domains,
-            networks: v3.networks,
+            networks: crate::state_v5::upgrade_networks(v3.networks),
             pools: v3.pools,
             volumes: crate::state_v4::upgrade_volumes(v3.volumes),
             snapshots: v3.snapshots,

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Deserialize;
 
 use crate::model::{
-    AttachMode, ClusterSettings, Domain, Host, HostFences, Migration, MigrationId, Network, Pool, Snapshot,
-    Volume, VolumeFormat, VolumeRef, VolumeState,
+    AttachMode, ClusterSettings, Domain, Host, HostFences, Migration, MigrationId, Pool, Snapshot, Volume,
+    VolumeFormat, VolumeRef, VolumeState,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -58,7 +58,7 @@ pub(crate) struct StateV4 {
     last_seq: u64,
     hosts: BTreeMap<String, Host>,
     domains: BTreeMap<String, Domain>,
-    networks: BTreeMap<String, Network>,
+    networks: BTreeMap<String, crate::state_v5::NetworkV1>,
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, VolumeV1>,
     snapshots: BTreeMap<(String, String), Snapshot>,
@@ -75,7 +75,7 @@ impl From<StateV4> for State {
             last_seq: v4.last_seq,
             hosts: v4.hosts,
             domains: v4.domains,
-            networks: v4.networks,
+            networks: crate::state_v5::upgrade_networks(v4.networks),
             pools: v4.pools,
             volumes: upgrade_volumes(v4.volumes),
             snapshots: v4.snapshots,

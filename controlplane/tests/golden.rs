@@ -12,8 +12,9 @@
 //! `-2` files are the same written by format version 2 (snapshots taken by hosts), which
 //! must decode too, as must the `-3` files (format 3: HA restart counts); the `-4` files
 //! are format version 4 (cluster settings, hosts' fencings), which must decode too; the
-//! `-5` files are written by format version 5 (volume files made by hosts) and must
-//! decode and re-encode to the very same bytes.
+//! `-5` files are format version 5 (volume files made by hosts), which must decode too;
+//! the `-6` files are written by format version 6 (a network's VNI) and must decode and
+//! re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -154,6 +155,16 @@ fn samples() -> Vec<EventEnvelope> {
         Event::VolumeDeleteRequested { volume: vol.clone(), host: "h2".into() },
         Event::VolumeReady { volume: vol.clone(), allocation_mib: 12 },
         Event::VolumeFailed { volume: vol, reason: "No space left on device".into() },
+        Event::NetworkDefined {
+            name: "lan".into(),
+            config: NetworkConfig {
+                mode: NetworkMode::Isolated,
+                cidr: Some(Cidr { addr: Ipv4Addr::new(10, 1, 0, 0), prefix_len: 24 }),
+                gateway: Some(Ipv4Addr::new(10, 1, 0, 1)),
+                bridge: None,
+            },
+            vni: 7,
+        },
     ];
     events
         .into_iter()
@@ -285,11 +296,31 @@ fn read_golden<T: Durable>(name: &str) -> (T, Vec<u8>) {
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
     let (state, proposal) = rich_state();
-    let new_state: State = check_fixed_bytes("state-5.bin", &state);
+    let new_state: State = check_fixed_bytes("state-6.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 5");
-    let new: Proposal = check_fixed_bytes("proposal-5.bin", &proposal);
+    assert_eq!(new_state, state, "today's rich state is the one written by format 6");
+    let new: Proposal = check_fixed_bytes("proposal-6.bin", &proposal);
     assert_eq!(new.request_id, "golden-proposal");
+}
+
+#[test]
+fn format_5_states_and_proposals_still_decode() {
+    let (state, proposal) = rich_state();
+    let (old_state, _): (State, _) = read_golden("state-5.bin");
+    invariants::check(&old_state).unwrap();
+    // Format 5 held today's rich state but for the network's VNI, which it did not record:
+    // the network's VNI is derived from its name.
+    let (old_net, net) = (old_state.network("default").unwrap(), state.network("default").unwrap());
+    assert_eq!((old_net.vni, net.vni), (0, 1));
+    assert_ne!(old_net.vni(), 0);
+    assert_eq!((&old_net.leases, &old_net.config), (&net.leases, &net.config));
+    assert_eq!(old_state.domains(), state.domains());
+    assert_eq!(old_state.volumes(), state.volumes());
+    assert_eq!(old_state.snapshots(), state.snapshots());
+    assert_eq!(old_state.hosts(), state.hosts());
+    let (old, bytes): (Proposal, _) = read_golden("proposal-5.bin");
+    assert_eq!(old, proposal);
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 5 and 6");
 }
 
 /// A state and proposal of formats 2 to 4: the rich state of their day (its volume made
@@ -341,5 +372,5 @@ fn format_1_states_and_proposals_still_decode() {
     assert_eq!(old_state.domain("web").unwrap().restore_from, None);
     let (old, bytes): (Proposal, _) = read_golden("proposal-1.bin");
     assert_eq!(old.request_id, "golden-proposal");
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 5");
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 6");
 }

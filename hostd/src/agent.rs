@@ -30,7 +30,7 @@ use crate::driver::{
     isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, Driver, NicSpec, VmSpec,
 };
 use crate::lease::HostLease;
-use crate::networks::{HostNetworks, NetworkPlan, NetworkWork};
+use crate::networks::{host_ip, HostNetworks, NetworkPlan, NetworkWork};
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::{Assigned, Desired, Report};
 use crate::snapshots::{HostSnapshots, SnapshotJob, SnapshotReport, SnapshotWork};
@@ -143,8 +143,15 @@ fn volume_format(format: &str) -> VolumeFormat {
 
 /// The networks `host` serves, from the cluster's domain and network lists (see
 /// `NetworkWork::from_state`).
-fn network_work_from(host: &str, domains: &[pb::Domain], networks: &[pb::Network]) -> NetworkWork {
+fn network_work_from(
+    host: &str,
+    domains: &[pb::Domain],
+    networks: &[pb::Network],
+    hosts: &[pb::Host],
+) -> NetworkWork {
     let mut work = NetworkWork { host: host.to_owned(), ..NetworkWork::default() };
+    let ip_of = |name: &str| hosts.iter().find(|h| h.name == name).and_then(|h| host_ip(&h.address));
+    let local = ip_of(host);
     let served: std::collections::BTreeSet<&str> = domains
         .iter()
         .filter(|d| d.status.as_ref().is_some_and(|s| s.host == host))
@@ -166,6 +173,14 @@ fn network_work_from(host: &str, domains: &[pb::Domain], networks: &[pb::Network
             .iter()
             .filter_map(|l| Some((l.mac.clone(), l.ip.parse().ok()?, l.domain.clone())))
             .collect();
+        let peers: std::collections::BTreeSet<std::net::Ipv4Addr> = domains
+            .iter()
+            .filter(|d| d.spec.as_ref().is_some_and(|s| s.nics.iter().any(|nic| nic.network == n.name)))
+            .filter_map(|d| d.status.as_ref().map(|s| s.host.as_str()))
+            .filter(|h| !h.is_empty() && *h != host)
+            .filter_map(ip_of)
+            .filter(|ip| Some(*ip) != local)
+            .collect();
         let bridge = isolated_bridge(&n.name);
         let plan = NetworkPlan {
             name: n.name.clone(),
@@ -174,6 +189,9 @@ fn network_work_from(host: &str, domains: &[pb::Domain], networks: &[pb::Network
             cidr,
             service_ip,
             leases,
+            vni: n.vni,
+            local,
+            peers: peers.into_iter().collect(),
         };
         work.networks.insert(bridge, plan);
     }
@@ -653,6 +671,27 @@ async fn read_through_api(
     } else {
         Vec::new()
     };
+    // Where the network's other hosts are, for its overlay.
+    let hosts = if needs_networks {
+        match api
+            .call(|ch| {
+                let r = request(
+                    &host,
+                    pb::ListHostsRequest { consistency: pb::Consistency::Linearizable as i32 },
+                );
+                async move { HostsClient::new(ch).list(r).await }
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().hosts,
+            Err(s) => {
+                warn!(status = %s, "cannot read the hosts; VMs keep running as they are");
+                return None;
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let networks: BTreeMap<String, pb::NetworkConfig> =
         listed_networks.iter().map(|n| (n.name.clone(), n.config.clone().unwrap_or_default())).collect();
     let listed = match api
@@ -708,7 +747,7 @@ async fn read_through_api(
         domains: assigned_from(&host, &domains, &pools, &volumes, &networks, &restores),
         snapshots,
         volumes: volume_work_from(&host, &volumes, &pools),
-        networks: network_work_from(&host, &domains, &listed_networks),
+        networks: network_work_from(&host, &domains, &listed_networks, &hosts),
     })
 }
 

@@ -79,6 +79,12 @@ pub fn isolated_bridge(network: &str) -> String {
     format!("{BRIDGE_PREFIX}{:08x}", fnv32(network))
 }
 
+/// The VXLAN device that carries the network of `bridge` between hosts: the bridge's
+/// name with `drvx` for `drvb`.
+pub fn overlay_of(bridge: &str) -> String {
+    format!("{OVERLAY_PREFIX}{}", bridge.strip_prefix(BRIDGE_PREFIX).unwrap_or(bridge))
+}
+
 /// The tap of NIC `index` of `domain`'s VM.
 pub fn tap_name(domain: &str, index: usize) -> String {
     format!("{TAP_PREFIX}{:08x}n{index}", fnv32(domain))
@@ -87,6 +93,7 @@ pub fn tap_name(domain: &str, index: usize) -> String {
 /// How the names of Drover's bridges and taps begin.
 pub const BRIDGE_PREFIX: &str = "drvb";
 pub const TAP_PREFIX: &str = "drvt";
+pub const OVERLAY_PREFIX: &str = "drvx";
 
 /// FNV-1a, 32 bits: stable across builds and machines, unlike std's hasher.
 fn fnv32(text: &str) -> u32 {

@@ -26,8 +26,8 @@ use crate::tap;
 
 /// Where every hostd of this machine keeps its DHCP servers' files.
 pub const SERVER_DIR: &str = "/run/drover/net";
-/// The MTU DHCP gives guests: 1500 less a VXLAN overlay's 50 bytes.
-pub const GUEST_MTU: u32 = 1450;
+/// The MTU DHCP gives guests: what the overlay carries.
+pub const GUEST_MTU: u32 = tap::OVERLAY_MTU;
 /// How long a DHCP lease lasts (the address never changes; renewals are cheap).
 const LEASE_TIME: &str = "1h";
 
@@ -48,8 +48,12 @@ pub fn serve(work: &NetworkWork, dir: &Path) -> Vec<(String, String)> {
         if work.networks.contains_key(&bridge) {
             continue;
         }
+        if tap::has_taps(&bridge) {
+            // A VM is still going (or another hostd's runs here): look again next pass.
+            continue;
+        }
         let _ = fs::remove_file(files.user_mark(&bridge, &work.host));
-        if !files.users(&bridge).is_empty() || tap::has_taps(&bridge) {
+        if !files.users(&bridge).is_empty() {
             continue;
         }
         info!(bridge = %bridge, "no VM uses the network on this host any more: taking it away");
@@ -77,6 +81,11 @@ fn serve_one(plan: &NetworkPlan, files: &ServerFiles, host: &str) -> Result<(), 
     };
     tap::bridge_for(&attachment)?;
     tap::serve_address(&plan.bridge, &address, !plan.nat)?;
+    match plan.local {
+        Some(local) if !local.is_loopback() => tap::overlay(&plan.bridge, plan.vni, local, &plan.peers)?,
+        // Every host on this machine shares the one bridge: no overlay to build.
+        _ => {}
+    }
     let hosts =
         plan.leases.iter().map(|(mac, ip, domain)| format!("{mac},{ip},{domain}\n")).collect::<String>();
     let names = plan

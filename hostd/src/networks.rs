@@ -32,6 +32,17 @@ pub struct NetworkPlan {
     /// Every address IPAM recorded on the network: (MAC, address, domain), whichever host
     /// its VM runs on (so names resolve across the network).
     pub leases: Vec<(String, Ipv4Addr, String)>,
+    /// The overlay: its VXLAN network identifier, this host's address (`None`, or a
+    /// loopback one: no overlay, every host shares this kernel's bridge), and the
+    /// addresses of the other hosts that run VMs of the network.
+    pub vni: u32,
+    pub local: Option<Ipv4Addr>,
+    pub peers: Vec<Ipv4Addr>,
+}
+
+/// The IP address in a host's recorded address (`ip:port`).
+pub fn host_ip(address: &str) -> Option<Ipv4Addr> {
+    address.parse::<std::net::SocketAddrV4>().ok().map(|a| *a.ip()).or_else(|| address.parse().ok())
 }
 
 /// The networks `state` has this host serve, by bridge.
@@ -52,6 +63,8 @@ impl NetworkWork {
             .filter(|d| d.status.host.as_deref() == Some(host))
             .flat_map(|d| d.spec.nics.iter().map(|n| n.network.as_str()))
             .collect();
+        let local = state.host(host).and_then(|h| host_ip(&h.address));
+        let ip_of = |h: &str| state.host(h).and_then(|h| host_ip(&h.address));
         for name in served {
             let Some(n) = state.network(name) else { continue };
             let (Some(cidr), Some(service_ip)) = (n.config.cidr, n.config.service_ip()) else { continue };
@@ -63,12 +76,29 @@ impl NetworkWork {
                 .iter()
                 .filter_map(|(mac, lease)| Some((mac.to_string(), lease.ip?, lease.domain.clone())))
                 .collect();
+            let peers: BTreeSet<Ipv4Addr> = state
+                .domains()
+                .values()
+                .filter(|d| d.spec.nics.iter().any(|nic| nic.network == name))
+                .filter_map(|d| d.status.host.as_deref())
+                .filter(|h| *h != host)
+                .filter_map(ip_of)
+                .filter(|ip| Some(*ip) != local)
+                .collect();
             let bridge = isolated_bridge(name);
             let nat = n.config.mode == NetworkMode::Nat;
-            work.networks.insert(
-                bridge.clone(),
-                NetworkPlan { name: name.to_owned(), bridge, nat, cidr, service_ip, leases },
-            );
+            let plan = NetworkPlan {
+                name: name.to_owned(),
+                bridge: bridge.clone(),
+                nat,
+                cidr,
+                service_ip,
+                leases,
+                vni: n.vni(),
+                local,
+                peers: peers.into_iter().collect(),
+            };
+            work.networks.insert(bridge, plan);
         }
         work
     }

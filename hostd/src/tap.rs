@@ -194,15 +194,69 @@ fn remove_tagged_rules(bridge: &str) {
     }
 }
 
-/// Take a NAT or isolated network's plumbing off this host: its iptables rules and its
-/// bridge (taps still in the bridge go with it).
+/// Take a NAT or isolated network's plumbing off this host: its iptables rules, its
+/// overlay and its bridge (taps still in the bridge go with it).
 pub fn remove_network(bridge: &str) {
     remove_tagged_rules(bridge);
-    if exists(bridge) {
-        if let Err(e) = ip(&["link", "del", bridge]) {
-            tracing::warn!(bridge, error = %e, "cannot remove a bridge");
+    for link in [crate::driver::overlay_of(bridge), bridge.to_owned()] {
+        if exists(&link) {
+            if let Err(e) = ip(&["link", "del", &link]) {
+                tracing::warn!(link, error = %e, "cannot remove a network's link");
+            }
         }
     }
+}
+
+/// The UDP port of the hosts' VXLAN overlays (IANA's).
+pub const VXLAN_PORT: u16 = 4789;
+/// The largest frame an overlay carries: 1500 less VXLAN's 50 bytes of headers.
+pub const OVERLAY_MTU: u32 = 1450;
+
+/// The overlay of `bridge`'s network: a VXLAN device `vni` on `local` in the bridge,
+/// sending broadcast and unknown frames to every host in `peers` (and to nobody else;
+/// it learns where each guest's MAC lives from what arrives).
+pub fn overlay(
+    bridge: &str,
+    vni: u32,
+    local: std::net::Ipv4Addr,
+    peers: &[std::net::Ipv4Addr],
+) -> Result<(), String> {
+    let name = crate::driver::overlay_of(bridge);
+    if !exists(&name) {
+        let (vni, local, port) = (vni.to_string(), local.to_string(), VXLAN_PORT.to_string());
+        let mtu = OVERLAY_MTU.to_string();
+        ip(&[
+            "link", "add", &name, "mtu", &mtu, "type", "vxlan", "id", &vni, "local", &local, "dstport", &port,
+        ])?;
+        ip(&["link", "set", &name, "master", bridge])?;
+    }
+    ip(&["link", "set", &name, "up"])?;
+    let out = Command::new("bridge")
+        .args(["fdb", "show", "dev", &name])
+        .output()
+        .map_err(|e| format!("cannot run bridge: {e}"))?;
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("00:00:00:00:00:00 "))
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "dst").nth(1).map(str::to_owned))
+        .collect();
+    let fdb = |op: &str, dst: &str| {
+        let out = Command::new("bridge")
+            .args(["fdb", op, "00:00:00:00:00:00", "dev", &name, "dst", dst])
+            .output()
+            .map_err(|e| format!("cannot run bridge: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!("bridge fdb {op} {dst} on {name}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    };
+    for peer in peers.iter().map(|p| p.to_string()).filter(|p| !listed.contains(p)) {
+        fdb("append", &peer)?;
+    }
+    for gone in listed.iter().filter(|l| !peers.iter().any(|p| p.to_string() == **l)) {
+        fdb("del", gone)?;
+    }
+    Ok(())
 }
 
 /// A fresh tap `name` in `bridge`, up (a stale one of the same name goes first).

@@ -117,7 +117,8 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         }
         Event::DomainDiskAdded { name, disk } => domain::disk_added(state, seq, name, disk),
         Event::DomainDiskRemoved { name, volume } => domain::disk_removed(state, seq, name, volume),
-        Event::NetworkCreated { name, config } => network::created(state, seq, now, name, config),
+        Event::NetworkCreated { name, config } => network::created(state, seq, now, name, config, &0),
+        Event::NetworkDefined { name, config, vni } => network::created(state, seq, now, name, config, vni),
         Event::NetworkDeleted { name } => network::deleted(state, name),
         Event::IpAllocated { network, mac, ip, domain } => {
             network::ip_allocated(state, seq, network, mac, ip, domain)

@@ -4,7 +4,14 @@
 
 use super::*;
 
-pub(super) fn created(state: &mut State, seq: u64, now: u64, name: &String, config: &NetworkConfig) {
+pub(super) fn created(
+    state: &mut State,
+    seq: u64,
+    now: u64,
+    name: &String,
+    config: &NetworkConfig,
+    vni: &u32,
+) {
     let network = Network {
         name: name.clone(),
         config: config.clone(),
@@ -12,6 +19,7 @@ pub(super) fn created(state: &mut State, seq: u64, now: u64, name: &String, conf
         used_ips: BTreeSet::new(),
         created_ms: now,
         version: seq,
+        vni: *vni,
     };
     let previous = state.networks.insert(name.clone(), network);
     assert!(previous.is_none(), "network {name} created twice");

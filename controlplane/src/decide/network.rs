@@ -3,7 +3,7 @@
 use super::Draft;
 use crate::event::Event;
 use crate::limits::{IFNAME_LEN_MAX, NETWORK_PREFIX_LEN_MAX, NETWORK_PREFIX_LEN_MIN};
-use crate::model::{Cidr, NetworkConfig, NetworkMode, ResourceKey, ResourceKind};
+use crate::model::{Cidr, NetworkConfig, NetworkMode, ResourceKey, ResourceKind, VNI_MAX};
 use crate::rejection::Rejection;
 use crate::validate;
 
@@ -70,7 +70,13 @@ pub(super) fn create(d: &mut Draft<'_>, name: &str, config: &NetworkConfig) -> R
             }
         }
     }
-    d.emit(Event::NetworkCreated { name: name.to_owned(), config });
+    // The lowest VNI no network holds (creations are decided one at a time on the leader,
+    // as the range check above is).
+    let taken: std::collections::BTreeSet<u32> = d.state.networks().values().map(|n| n.vni()).collect();
+    let vni = (1..=VNI_MAX).find(|v| !taken.contains(v)).ok_or_else(|| {
+        Rejection::exhausted(ResourceKind::Network, name, "every VXLAN network identifier is taken")
+    })?;
+    d.emit(Event::NetworkDefined { name: name.to_owned(), config, vni });
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub use domain::{
 pub use host::{Host, HostState};
 pub use mac::{Mac, MacError};
 pub use migration::{Migration, MigrationId, MigrationPhase};
-pub use network::{Lease, Network, NetworkConfig, NetworkMode};
+pub use network::{Lease, Network, NetworkConfig, NetworkMode, VNI_MAX};
 pub use pool::{Pool, PoolConfig, PoolKind};
 pub use resource_key::{ResourceKey, ResourceKind};
 pub use resources::Resources;

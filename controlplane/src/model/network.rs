@@ -47,6 +47,9 @@ pub struct Network {
     pub used_ips: BTreeSet<Ipv4Addr>,
     pub created_ms: u64,
     pub version: u64,
+    /// Its overlay's VXLAN network identifier, chosen when it was created; 0 for a network
+    /// created before overlays (its VNI is derived from its name: [`Network::vni`]).
+    pub vni: u32,
 }
 
 impl NetworkConfig {
@@ -67,7 +70,20 @@ impl NetworkConfig {
     }
 }
 
+/// The largest VXLAN network identifier (24 bits).
+pub const VNI_MAX: u32 = (1 << 24) - 1;
+
 impl Network {
+    /// Its overlay's VNI: as recorded, or for a network from before overlays, one derived
+    /// from its name (FNV-1a, folded into 24 bits, never 0).
+    pub fn vni(&self) -> u32 {
+        if self.vni != 0 {
+            return self.vni;
+        }
+        let h = self.name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+        ((h >> 24) ^ (h & VNI_MAX)).max(1)
+    }
+
     /// The lowest address not in use: not network, broadcast or gateway, not leased, not
     /// in `also_taken` (addresses picked for a proposal not applied yet). `None` when the
     /// network has no CIDR or is full.
@@ -111,6 +127,7 @@ mod tests {
             used_ips: BTreeSet::new(),
             created_ms: 0,
             version: 1,
+            vni: 0,
         }
     }
 
