@@ -137,7 +137,7 @@ impl HostSnapshots {
             let failed = |why: String| SnapshotOutcome::Failed { reason: failure_reason(&why) };
             let outcome = match listed.get(&job.domain) {
                 _ if job.kind == SnapshotKind::Disk => failed(
-                    "disk snapshots are not carried out by hosts yet (volumes are not files yet)".into(),
+                    "disk snapshots (qcow2 internal snapshots) are not carried out by hosts yet".into(),
                 ),
                 Some(vm)
                     if vm.generation == job.generation

@@ -16,8 +16,10 @@
 //! Every host holds a learner replica of the log and hostd reconciles from it, as under
 //! `drover up` (`SimConfig::host_replicas`; off, hosts read through the API). Snapshots
 //! are taken, reverted, cloned from and deleted on storage every host shares
-//! (`hostd::fake::SnapshotStore`). Not simulated yet: HA failover, fencing and migrations
-//! (their issues add their faults and invariants here).
+//! (`hostd::fake::SnapshotStore`); volume files are made, grown and removed in a pool
+//! every host shares (`hostd::fake::VolumeStore`), and hosts serve their networks
+//! (recorded by the fake). HA failover and fencing run under every fault. Not simulated
+//! yet: migrations (their issue adds their faults and invariants here).
 #![forbid(unsafe_code)]
 // openraft's error types are large by design and are what its network trait returns.
 #![allow(clippy::result_large_err)]

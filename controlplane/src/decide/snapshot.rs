@@ -82,7 +82,7 @@ pub(super) fn create(
         }
     }
     // A disk snapshot of a stopped domain could be asked of no host yet: it is refused,
-    // with the reason, rather than recorded as taken (volumes are not files yet).
+    // with the reason, rather than recorded as taken (hosts do not take them yet).
     let Some(host) = domain.status.host.clone() else {
         return Err(Rejection::precondition(
             ResourceKind::Domain,
