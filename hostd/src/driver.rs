@@ -79,6 +79,15 @@ pub fn isolated_bridge(network: &str) -> String {
     format!("{BRIDGE_PREFIX}{:08x}", fnv32(network))
 }
 
+/// The MAC address of network `network`'s bridge on every host (locally administered,
+/// from a hash of the name): the service address (gateway, DHCP, DNS) is the same on
+/// every host, with the same MAC, so each host answers its own guests and the copies that
+/// reach it over the overlay are its own address (dropped), as an anycast gateway is.
+pub fn service_mac(network: &str) -> String {
+    let h = fnv32(network).to_be_bytes();
+    format!("02:d7:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
+}
+
 /// The VXLAN device that carries the network of `bridge` between hosts: the bridge's
 /// name with `drvx` for `drvb`.
 pub fn overlay_of(bridge: &str) -> String {

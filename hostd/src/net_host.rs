@@ -4,7 +4,9 @@
 //! NIC IPAM does not know gets nothing), and DNS for the names of the network's domains
 //! (`<domain>` and `<domain>.<network>`), answered from its own tables only (no upstream
 //! is asked). It advertises an MTU of [`GUEST_MTU`], which leaves room for an overlay's
-//! headers.
+//! headers. The service address is the same on every host serving the network, with the
+//! same MAC (`driver::service_mac`): each host is its own guests' gateway, DHCP and DNS
+//! server, and a NAT network's traffic leaves through the host its VM runs on.
 //!
 //! dnsmasq runs on as a daemon of its own, like a VM process: a restarted hostd finds it
 //! by its pid file and keeps it. Its files live in [`SERVER_DIR`], named for the network
@@ -80,6 +82,7 @@ fn serve_one(plan: &NetworkPlan, files: &ServerFiles, host: &str) -> Result<(), 
         crate::driver::Attachment::Isolated(plan.bridge.clone())
     };
     tap::bridge_for(&attachment)?;
+    tap::set_mac(&plan.bridge, &crate::driver::service_mac(&plan.name))?;
     tap::serve_address(&plan.bridge, &address, !plan.nat)?;
     match plan.local {
         Some(local) if !local.is_loopback() => tap::overlay(&plan.bridge, plan.vni, local, &plan.peers)?,

@@ -119,6 +119,16 @@ fn ensure_rule((table, chain, rule): &(&str, &str, Vec<String>)) -> Result<(), S
     iptables(table, op, chain, rule).map(|_| ())
 }
 
+/// Give `bridge` the MAC address `mac` (a bridge otherwise takes its first port's).
+pub fn set_mac(bridge: &str, mac: &str) -> Result<(), String> {
+    let now = std::fs::read_to_string(std::path::Path::new("/sys/class/net").join(bridge).join("address"))
+        .unwrap_or_default();
+    if now.trim() == mac {
+        return Ok(());
+    }
+    ip(&["link", "set", "dev", bridge, "address", mac])
+}
+
 /// The address `addr` ("10.0.0.1/24") on `bridge`; for an isolated network also the
 /// rules that keep the host from routing for it (nothing in or out of the bridge is
 /// forwarded), as libvirt does for its isolated networks.

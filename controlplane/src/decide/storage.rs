@@ -120,7 +120,7 @@ pub(super) fn create_volume(d: &mut Draft<'_>, new: NewVolume<'_>) -> Result<(),
     validate::name("volume.pool", &volume.pool)?;
     validate::name("volume.name", &volume.name)?;
     validate::range("capacity_mib", capacity_mib, 1, VOLUME_CAPACITY_MIB_MAX)?;
-    let pool = d.pool(&volume.pool)?;
+    d.pool(&volume.pool)?;
     d.absent(ResourceKey::Volume(volume.clone()), volume)?;
     if preallocate && format != VolumeFormat::Raw {
         return Err(Rejection::invalid("preallocate", "only a raw volume is preallocated"));
@@ -154,10 +154,8 @@ pub(super) fn create_volume(d: &mut Draft<'_>, new: NewVolume<'_>) -> Result<(),
         // An overlay lives beside its backing file.
         bound = base.host.as_deref();
     }
-    let shared = pool.config.shared;
     pool_room(d, &volume.pool, capacity_mib)?;
     let host = volume_host(d, volume, bound)?;
-    debug_assert!(shared || bound.is_none() || bound == Some(host.as_str()));
     d.emit(Event::VolumeRequested {
         volume: volume.clone(),
         format,
