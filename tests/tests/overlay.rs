@@ -222,7 +222,13 @@ async fn two_guests_on_two_hosts_reach_each_other_over_the_overlay() {
         gone.then_some(())
     })
     .await;
-    let servers = Command::new("pgrep").args(["-f", "--"]).arg(format!("--interface={bridge}")).output().unwrap();
-    assert_eq!(servers.status.code(), Some(1), "no DHCP server left: {}", String::from_utf8_lossy(&servers.stdout));
+    let servers =
+        Command::new("pgrep").args(["-f", "--"]).arg(format!("--interface={bridge}")).output().unwrap();
+    assert_eq!(
+        servers.status.code(),
+        Some(1),
+        "no DHCP server left: {}",
+        String::from_utf8_lossy(&servers.stdout)
+    );
     drop(world);
 }
