@@ -150,6 +150,9 @@ fn qemu_said(dir: &Path, lines: usize) -> String {
     said.join(" / ")
 }
 
+/// The machine a domain that boots from its disk runs on when the driver's is microvm.
+pub const DISK_BOOT_MACHINE: &str = "pc";
+
 impl QemuDriver {
     /// Start the lease guard of QEMU process `pid`, if guards are configured.
     fn guard(&mut self, pid: u32) -> std::io::Result<()> {
@@ -216,14 +219,19 @@ impl QemuDriver {
     }
 
     fn args(&self, spec: &VmSpec, dir: &Path) -> Result<Vec<String>, String> {
-        let kernel = spec
-            .kernel
-            .as_ref()
-            .ok_or("the qemu driver boots a kernel directly; disk boot is not supported yet")?;
-        if !Path::new(kernel).is_file() {
+        if let Some(kernel) = spec.kernel.as_ref().filter(|k| !Path::new(k).is_file()) {
             return Err(format!("kernel {kernel} is missing"));
         }
-        let microvm = self.config.machine == "microvm";
+        if spec.kernel.is_none() && spec.disks.is_empty() {
+            return Err("boots from its first disk, and has none".into());
+        }
+        // A disk boots through firmware (SeaBIOS); microvm has none that reads disks, so a
+        // domain that boots from its disk runs on the PC machine.
+        let machine = match &spec.kernel {
+            None if self.config.machine == "microvm" => DISK_BOOT_MACHINE.to_owned(),
+            _ => self.config.machine.clone(),
+        };
+        let microvm = machine == "microvm";
         let mut cmdline = spec.cmdline.trim().to_owned();
         if microvm && !cmdline.contains("tsc_early_khz=") {
             cmdline = format!("{cmdline} tsc_early_khz={MICROVM_TSC_KHZ}").trim().to_owned();
@@ -233,7 +241,7 @@ impl QemuDriver {
             "-name".into(),
             format!("{},process=drover-{}", spec.domain, spec.domain),
             "-machine".into(),
-            self.config.machine.clone(),
+            machine,
             "-accel".into(),
             match self.accel {
                 Accel::Kvm => "kvm".into(),
@@ -257,11 +265,10 @@ impl QemuDriver {
             "chardev:con".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", p(QMP_FILE)),
-            "-kernel".into(),
-            kernel.clone(),
-            "-append".into(),
-            cmdline,
         ];
+        if let Some(kernel) = &spec.kernel {
+            a.extend(["-kernel".into(), kernel.clone(), "-append".into(), cmdline]);
+        }
         if self.accel == Accel::Kvm {
             a.extend(["-cpu".into(), "host".into()]);
         }
@@ -287,7 +294,9 @@ impl QemuDriver {
             ));
             a.push("-device".into());
             let model = if microvm { "virtio-blk-device" } else { "virtio-blk-pci" };
-            a.push(format!("{model},drive=disk{i}"));
+            // Without a kernel, the firmware boots the first disk.
+            let boot = if spec.kernel.is_none() && i == 0 { ",bootindex=0" } else { "" };
+            a.push(format!("{model},drive=disk{i}{boot}"));
         }
         if spec.nics.len() > tap::NICS_MAX {
             return Err(format!("{} NICs; at most {} per VM", spec.nics.len(), tap::NICS_MAX));

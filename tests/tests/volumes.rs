@@ -4,7 +4,8 @@
 //! a marker to each and reads it back after a restart; a resize is seen by the guest; a
 //! clone is a qcow2 overlay the guest sees its base's data through, while a read-only disk
 //! refuses writes; an import copies an image; a volume whose file cannot be made is
-//! failed with the reason; delete removes the files.
+//! failed with the reason; delete removes the files. And a domain boots from an imported
+//! bootable disk (firmware, boot loader, kernel on the disk).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,12 +63,40 @@ fn qemu_img_info(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn linux_guest() -> (String, String) {
+/// The Linux test guest's directory (kernel, initramfs, bootable disk), built if needed.
+fn linux_guest_dir() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
     let dir = root.join("target/guests/linux");
     let status = Command::new(root.join("scripts/guest-linux")).arg(&dir).status().unwrap();
     assert!(status.success(), "scripts/guest-linux failed");
+    dir
+}
+
+fn linux_guest() -> (String, String) {
+    let dir = linux_guest_dir();
     (dir.join("vmlinuz").display().to_string(), dir.join("initramfs.cpio.gz").display().to_string())
+}
+
+async fn start_hostd(ep: &str, dir: &Path, run: &Path) -> Hostd {
+    let log = std::fs::File::create(dir.join("hostd.log")).unwrap();
+    let hostd = Hostd(
+        Command::new(drover_bin())
+            .args(["--endpoint", ep, "hostd", "--name", "h1", "--driver", "qemu", "--tick-ms", "50"])
+            .args(["--vcpus", "8", "--memory-mib", "4096", "--run-dir"])
+            .arg(run)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("h1 to be ready", Duration::from_secs(30), || async {
+        drover(ep, &["host", "list"])
+            .lines()
+            .any(|l| l.starts_with("h1 ") && l.contains(" ready "))
+            .then_some(())
+    })
+    .await;
+    hostd
 }
 
 /// The console from byte `from` on.
@@ -130,24 +159,7 @@ async fn volumes_are_files_a_linux_guest_writes_through_the_api() {
     let run = dir.path().join("run");
     let _vms = KillVmsOnDrop(run.clone());
     let pool = dir.path().join("pool");
-    let log = std::fs::File::create(dir.path().join("hostd.log")).unwrap();
-    let _hostd = Hostd(
-        Command::new(drover_bin())
-            .args(["--endpoint", &ep, "hostd", "--name", "h1", "--driver", "qemu", "--tick-ms", "50"])
-            .args(["--vcpus", "8", "--memory-mib", "4096", "--run-dir"])
-            .arg(&run)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("h1 to be ready", Duration::from_secs(30), || async {
-        drover(&ep, &["host", "list"])
-            .lines()
-            .any(|l| l.starts_with("h1 ") && l.contains(" ready "))
-            .then_some(())
-    })
-    .await;
+    let _hostd = start_hostd(&ep, dir.path(), &run).await;
     drover(&ep, &["pool", "create", "images", "--path", pool.to_str().unwrap(), "--capacity-mib", "4096"]);
 
     // Made by the host, as files of their format and size.
@@ -266,4 +278,50 @@ async fn volumes_are_files_a_linux_guest_writes_through_the_api() {
     let left: Vec<_> = std::fs::read_dir(&pool).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "nothing left in the pool: {left:?}");
     assert_eq!(drover(&ep, &["--output", "json", "vol", "list"]).trim(), "[]");
+}
+
+/// A domain that boots from its disk (a cloud-image-like raw disk imported into a pool:
+/// firmware, boot loader, kernel) runs under the qemu driver on the PC machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_boots_from_an_imported_disk_under_the_qemu_driver() {
+    let guest = linux_guest_dir();
+    let mut p = Processes::new();
+    let ep = p.bootstrap(tests::NO_HOSTD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let _vms = KillVmsOnDrop(run.clone());
+    let _hostd = start_hostd(&ep, dir.path(), &run).await;
+    let pool = dir.path().join("pool");
+    drover(&ep, &["pool", "create", "images", "--path", pool.to_str().unwrap(), "--capacity-mib", "1024"]);
+    let image = guest.join("disk.img");
+    drover(
+        &ep,
+        &[
+            "vol",
+            "create",
+            "images/root",
+            "--format",
+            "qcow2",
+            "--capacity-mib",
+            "128",
+            "--import",
+            image.to_str().unwrap(),
+        ],
+    );
+    let file = dir.path().join("disk-boot.yaml");
+    std::fs::write(&file, "vcpus: 1\nmemory_mib: 256\nboot_disk: true\ndisks: [{volume: images/root}]\n")
+        .unwrap();
+    drover(&ep, &["domain", "define", "disk-boot", "--file", file.to_str().unwrap()]);
+    drover(&ep, &["domain", "start", "disk-boot"]);
+    wait_for("the guest booted from its disk to count", Duration::from_secs(120), || async {
+        let c = console_from(&run, "disk-boot", 0);
+        (c.contains("BOOT_IMAGE=vmlinuz")
+            && c.contains("DROVER-LINUX-READY")
+            && c.contains("drover-linux: tick 3"))
+        .then_some(())
+    })
+    .await;
+    // BOOT_IMAGE= on the kernel's command line is the boot loader's: the firmware booted
+    // the disk (a kernel given to QEMU directly has none).
+    drover(&ep, &["domain", "destroy", "disk-boot"]);
 }
