@@ -1,9 +1,11 @@
 //! A network across hosts, end to end: two hostd processes in network namespaces of their
 //! own (each its own host, with its own address), the control plane in a third, all made
-//! by this test. Two Debian Linux guests of one isolated network, one on each host, get
-//! their recorded addresses by DHCP from their own host and reach each other by name over
-//! the hosts' VXLAN overlay (the network's VNI, as recorded). Once their VMs are gone,
-//! neither host keeps the network's bridge, overlay or DHCP server.
+//! by this test. Two Debian Linux guests of one NAT network, one on each host, get their
+//! recorded addresses by DHCP from their own host and reach each other by name over the
+//! hosts' VXLAN overlay (the network's VNI, as recorded); one reaches an address of the
+//! control namespace, which has no route back to the network, through its own host's
+//! masquerading. Once their VMs are gone, neither host keeps the network's bridge,
+//! overlay, DHCP server or rules.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -165,9 +167,12 @@ async fn two_guests_on_two_hosts_reach_each_other_over_the_overlay() {
     .await;
 
     let (ok, _, err) =
-        drover(&["net", "create", &network, "--mode", "isolated", "--cidr", &format!("10.246.{k}.0/24")]);
+        drover(&["net", "create", &network, "--mode", "nat", "--cidr", &format!("10.246.{k}.0/24")]);
     assert!(ok, "{err}");
-    for (name, side, extra) in [("alpha", "ha", ""), ("beta", "hb", "drover.resolve=alpha drover.ping=alpha")]
+    let outside = format!("10.250.{k}.1");
+    let alpha_extra = format!("drover.ping={outside}");
+    for (name, side, extra) in
+        [("alpha", "ha", alpha_extra.as_str()), ("beta", "hb", "drover.resolve=alpha drover.ping=alpha")]
     {
         let file = dir.path().join(format!("{name}.yaml"));
         let body = format!(
@@ -204,6 +209,23 @@ async fn two_guests_on_two_hosts_reach_each_other_over_the_overlay() {
     })
     .await;
     assert!(beta.contains(&format!("DROVER-RESOLVED alpha {alpha_ip}")), "{beta}");
+    wait_for("alpha (on ha) to reach the control namespace", Duration::from_secs(120), || async {
+        console(&run, "ha", "alpha").contains(&format!("DROVER-PING-OK {outside}")).then_some(())
+    })
+    .await;
+    // It left through its own host: ha's masquerade rule counted it. (hb's has been seen
+    // to count one echo request too, once: not understood yet, see the notes.)
+    let masqueraded = |ns: &str| {
+        let rules = in_ns(ns, &["iptables-save", "-c", "-t", "nat"]);
+        let line = rules
+            .lines()
+            .find(|l| l.contains("MASQUERADE") && l.contains(&bridge))
+            .unwrap_or_default()
+            .to_owned();
+        line.trim_start_matches('[').split(':').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert!(masqueraded(&host_a) > 0, "ha masqueraded alpha's packets");
+    assert!(masqueraded(&host_a) >= masqueraded(&host_b), "alpha's traffic leaves through ha");
     let overlay = hostd::driver::overlay_of(&bridge);
     for ns in [&host_a, &host_b] {
         let details = in_ns(ns, &["ip", "-d", "link", "show", &overlay]);
@@ -222,6 +244,10 @@ async fn two_guests_on_two_hosts_reach_each_other_over_the_overlay() {
         gone.then_some(())
     })
     .await;
+    for ns in [&host_a, &host_b] {
+        let rules = in_ns(ns, &["iptables-save"]);
+        assert!(!rules.contains(&format!("drover {bridge}")), "{ns} keeps no rule of the network");
+    }
     let servers =
         Command::new("pgrep").args(["-f", "--"]).arg(format!("--interface={bridge}")).output().unwrap();
     assert_eq!(
