@@ -263,16 +263,7 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
         };
         return Err(Rejection::precondition(ResourceKind::Domain, name, reason));
     }
-    for disk in &domain.spec.disks {
-        let volume = d.volume(&disk.volume)?;
-        if !volume.usable() {
-            return Err(Rejection::precondition(
-                ResourceKind::Volume,
-                &disk.volume,
-                format!("is {}; start the domain once its file is ready", volume.state.name()),
-            ));
-        }
-    }
+    disks_ready(d, domain)?;
     let host = scheduler::place(d.state, name, &domain.spec, None)
         .map_err(|why| Rejection::exhausted(ResourceKind::Domain, name, why.to_string()))?;
     d.fit(&host, name);
@@ -281,6 +272,22 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
     if matches!(domain.spec.ha, HaPolicy::Restart { .. }) {
         d.guard(ResourceKey::Cluster);
         super::ha::admit(d, name)?;
+    }
+    Ok(())
+}
+
+/// A run of `domain` may begin only on disks whose files are made and not changing
+/// (guarded: a resize or delete asked meanwhile voids the proposal).
+pub(super) fn disks_ready(d: &mut Draft<'_>, domain: &Domain) -> Result<(), Rejection> {
+    for disk in &domain.spec.disks {
+        let volume = d.volume(&disk.volume)?;
+        if !volume.usable() {
+            return Err(Rejection::precondition(
+                ResourceKind::Volume,
+                &disk.volume,
+                format!("is {}; the domain runs once its file is ready", volume.state.name()),
+            ));
+        }
     }
     Ok(())
 }

@@ -74,6 +74,7 @@ pub(super) fn restart(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
             return Ok(());
         }
     }
+    super::domain::disks_ready(d, domain)?;
     match scheduler::place(d.state, name, &domain.spec, None) {
         Ok(host) => {
             d.fit(&host, name);

@@ -17,6 +17,10 @@
  *                         or "drover-guest: blk n write refused status S" when the device
  *                         answered status S instead of OK
  *     read                print "drover-guest: blk n ro=R read TEXT"
+ *     bench:M             time disk 0 (M MiB): sequential writes and reads of 64 KiB, then
+ *                         random writes and reads of 4 KiB (M MiB of each), one request at a
+ *                         time; each phase prints "drover-guest: blk bench P start" and
+ *                         "... done" for the host to time
  *     watch               print the read lines, then read sector 0 of every disk after
  *                         every tick and print "drover-guest: blk n now TEXT" when it changed
  *                         (the devices are set up once, at boot: a restored snapshot goes on
@@ -250,18 +254,70 @@ static int blk_init(struct blk *b, u64 base) {
     return 0;
 }
 
-/* One request of one sector; the device's status (0: OK), or -1 if it never answered. */
-static int blk_io(struct blk *b, u32 type, u64 sector) {
+/* One request of `len` bytes at `sector` from or into `buf`; the device's status (0: OK),
+ * or -1 if it never answered. */
+static int blk_io_buf(struct blk *b, u32 type, u64 sector, u8 *buf, u32 len) {
     req.type = type;
     req.reserved = 0;
     req.sector = sector;
     req_status = 0xff;
     b->q.desc[0] = (struct desc){(u64)&req, sizeof req, 1, 1};                       /* NEXT */
-    b->q.desc[1] = (struct desc){(u64)sector_buf, 512, (u16)(1 | (type == 0 ? 2 : 0)), 2}; /* NEXT|WRITE */
+    b->q.desc[1] = (struct desc){(u64)buf, len, (u16)(1 | (type == 0 ? 2 : 0)), 2};      /* NEXT|WRITE */
     b->q.desc[2] = (struct desc){(u64)&req_status, 1, 2, 0};                          /* WRITE */
     vq_push(b->base, 0, &b->q, 0);
     if (vq_wait(b->base, &b->q)) return -1;
     return req_status;
+}
+
+/* One request of one sector, through sector_buf. */
+static int blk_io(struct blk *b, u32 type, u64 sector) {
+    return blk_io_buf(b, type, sector, sector_buf, 512);
+}
+
+/* ---- disk throughput (bench:M): disk 0, M MiB, one request at a time ---- */
+
+#define BENCH_SEQ_BYTES 65536
+#define BENCH_RAND_BYTES 4096
+static u8 bench_buf[BENCH_SEQ_BYTES] __attribute__((aligned(4096)));
+
+/* Run one phase: `count` requests of `len` bytes, sequential or at pseudo-random 4 KiB
+ * places within `mib` MiB; prints "drover-guest: blk bench NAME start" and "... done" (the
+ * host times the lines), or the failing status. */
+static void bench_phase(const char *name, u32 type, u32 len, u64 count, u64 mib, int random) {
+    puts_("drover-guest: blk bench ");
+    puts_(name);
+    puts_(" start\n");
+    u64 x = 88172645463325252UL, places = mib * 256;  /* 4 KiB places */
+    for (u64 i = 0; i < count; i++) {
+        u64 sector;
+        if (random) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            sector = (x % places) * 8;
+        } else {
+            sector = i * (len / 512);
+        }
+        if (type == 1) bench_buf[0] = (u8)i;
+        int rc = blk_io_buf(&blks[0], type, sector, bench_buf, len);
+        if (rc) {
+            puts_("drover-guest: blk bench ");
+            puts_(name);
+            puts_(" error ");
+            putu((u64)(rc < 0 ? 999 : rc));
+            putc_('\n');
+            return;
+        }
+    }
+    puts_("drover-guest: blk bench ");
+    puts_(name);
+    puts_(" done\n");
+}
+
+static void blk_bench(u64 mib) {
+    u64 seq = mib * 1048576 / BENCH_SEQ_BYTES, rand = mib * 1048576 / BENCH_RAND_BYTES;
+    bench_phase("seq-write", 1, BENCH_SEQ_BYTES, seq, mib, 0);
+    bench_phase("seq-read", 0, BENCH_SEQ_BYTES, seq, mib, 0);
+    bench_phase("rand-write", 1, BENCH_RAND_BYTES, rand, mib, 1);
+    bench_phase("rand-read", 0, BENCH_RAND_BYTES, rand, mib, 1);
 }
 
 /* The line head "drover-guest: blk N " for disk `n`. */
@@ -310,6 +366,10 @@ static void blk_command(const char *cmd) {
     puts_("drover-guest: blk disks ");
     putu(blk_count);
     putc_('\n');
+    if (starts_with(cmd, "bench:")) {
+        if (blk_count) blk_bench(parse_num(cmd + 6, 16));
+        return;
+    }
     int write = starts_with(cmd, "write:");
     blk_watch = starts_with(cmd, "watch");
     for (u32 n = 0; n < blk_count; n++) {
