@@ -87,6 +87,52 @@ impl Replica {
     }
 }
 
+/// Run the `drover` CLI against `endpoint`; panics with what it said if it fails.
+pub fn drover_cli(endpoint: &str, args: &[&str]) -> String {
+    let out =
+        Command::new(drover_bin()).args(["--endpoint", endpoint]).args(args).output().expect("drover runs");
+    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Debian Linux test guest's directory (`vmlinuz`, `initramfs.cpio.gz`, `disk.img`),
+/// built by `scripts/guest-linux` if needed.
+pub fn linux_guest_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repository root");
+    let dir = root.join("target/guests/linux");
+    let status = Command::new(root.join("scripts/guest-linux")).arg(&dir).status().expect("guest-linux runs");
+    assert!(status.success(), "scripts/guest-linux failed");
+    dir
+}
+
+/// The Linux test guest's kernel and initramfs paths.
+pub fn linux_guest() -> (String, String) {
+    let dir = linux_guest_dir();
+    (dir.join("vmlinuz").display().to_string(), dir.join("initramfs.cpio.gz").display().to_string())
+}
+
+/// A child process killed (and reaped) when this is dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// SIGKILLs every process whose command line names this directory (a run directory's
+/// VMs) when dropped, pass or fail.
+#[derive(Debug)]
+pub struct KillVmsOnDrop(pub PathBuf);
+
+impl Drop for KillVmsOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill").args(["-9", "-f", "--"]).arg(self.0.display().to_string()).status();
+    }
+}
+
 /// Write a domain spec file for the test guest at `kernel`: one vCPU, `memory_mib`, its
 /// counter ticking every `tick_ms`, HA with `ha_priority` if given.
 pub fn write_guest_spec(

@@ -4,43 +4,11 @@
 //! through the host's DNS and pings it; once no VM of the network runs on the host, its
 //! bridge, DHCP server and rules are gone, and the network can be deleted.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tests::{drover_bin, wait_for, Processes};
-
-struct Hostd(Child);
-
-impl Drop for Hostd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Kills every QEMU left under the run directory when the test ends, pass or fail.
-struct KillVmsOnDrop(PathBuf);
-
-impl Drop for KillVmsOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill").arg("-9").arg("-f").arg(self.0.display().to_string()).status();
-    }
-}
-
-fn drover(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new(drover_bin()).args(["--endpoint", endpoint]).args(args).output().unwrap();
-    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn linux_guest() -> (String, String) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
-    let dir = root.join("target/guests/linux");
-    let status = Command::new(root.join("scripts/guest-linux")).arg(&dir).status().unwrap();
-    assert!(status.success(), "scripts/guest-linux failed");
-    (dir.join("vmlinuz").display().to_string(), dir.join("initramfs.cpio.gz").display().to_string())
-}
+use tests::{drover_bin, drover_cli as drover, linux_guest, wait_for, KillOnDrop, KillVmsOnDrop, Processes};
 
 fn console(run: &Path, domain: &str) -> String {
     String::from_utf8_lossy(&std::fs::read(run.join(domain).join("console.log")).unwrap_or_default())
@@ -92,7 +60,7 @@ async fn guests_get_their_recorded_addresses_by_dhcp_and_find_each_other_by_name
     let run = dir.path().join("run");
     let _vms = KillVmsOnDrop(run.clone());
     let log = std::fs::File::create(dir.path().join("hostd.log")).unwrap();
-    let _hostd = Hostd(
+    let _hostd = KillOnDrop(
         Command::new(drover_bin())
             .args(["--endpoint", &ep, "hostd", "--name", "h1", "--driver", "qemu", "--tick-ms", "50"])
             .args(["--vcpus", "8", "--memory-mib", "4096", "--run-dir"])

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tests::{drover_bin, free_port, wait_for};
+use tests::{drover_bin, free_port, linux_guest, wait_for};
 
 /// Processes and namespaces of the test, taken away when it ends, pass or fail.
 struct World {
@@ -44,14 +44,6 @@ fn in_ns(ns: &str, args: &[&str]) -> String {
     let out = Command::new("ip").args(["netns", "exec", ns]).args(args).output().unwrap();
     assert!(out.status.success(), "{ns}: {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn linux_guest() -> (String, String) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
-    let dir = root.join("target/guests/linux");
-    let status = Command::new(root.join("scripts/guest-linux")).arg(&dir).status().unwrap();
-    assert!(status.success(), "scripts/guest-linux failed");
-    (dir.join("vmlinuz").display().to_string(), dir.join("initramfs.cpio.gz").display().to_string())
 }
 
 fn console(run: &Path, host: &str, domain: &str) -> String {

@@ -7,37 +7,16 @@
 //! failed with the reason; delete removes the files. And a domain boots from an imported
 //! bootable disk (firmware, boot loader, kernel on the disk).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tests::{drover_bin, wait_for, Processes};
+use tests::{
+    drover_bin, drover_cli as drover, linux_guest, linux_guest_dir, wait_for, KillOnDrop, KillVmsOnDrop,
+    Processes,
+};
 
 const MIB: u64 = 1 << 20;
-
-struct Hostd(Child);
-
-impl Drop for Hostd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Kills every QEMU left under the run directory when the test ends, pass or fail.
-struct KillVmsOnDrop(PathBuf);
-
-impl Drop for KillVmsOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill").arg("-9").arg("-f").arg(self.0.display().to_string()).status();
-    }
-}
-
-fn drover(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new(drover_bin()).args(["--endpoint", endpoint]).args(args).output().unwrap();
-    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A CLI call that must fail; returns what it said.
 fn drover_fails(endpoint: &str, args: &[&str]) -> String {
@@ -63,23 +42,9 @@ fn qemu_img_info(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The Linux test guest's directory (kernel, initramfs, bootable disk), built if needed.
-fn linux_guest_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
-    let dir = root.join("target/guests/linux");
-    let status = Command::new(root.join("scripts/guest-linux")).arg(&dir).status().unwrap();
-    assert!(status.success(), "scripts/guest-linux failed");
-    dir
-}
-
-fn linux_guest() -> (String, String) {
-    let dir = linux_guest_dir();
-    (dir.join("vmlinuz").display().to_string(), dir.join("initramfs.cpio.gz").display().to_string())
-}
-
-async fn start_hostd(ep: &str, dir: &Path, run: &Path) -> Hostd {
+async fn start_hostd(ep: &str, dir: &Path, run: &Path) -> KillOnDrop {
     let log = std::fs::File::create(dir.join("hostd.log")).unwrap();
-    let hostd = Hostd(
+    let hostd = KillOnDrop(
         Command::new(drover_bin())
             .args(["--endpoint", ep, "hostd", "--name", "h1", "--driver", "qemu", "--tick-ms", "50"])
             .args(["--vcpus", "8", "--memory-mib", "4096", "--run-dir"])
