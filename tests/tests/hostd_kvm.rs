@@ -178,6 +178,8 @@ async fn bad_input_is_reported_as_a_failed_observation() {
     std::fs::create_dir_all(&pool_dir).unwrap();
     drover(&ep, &["pool", "create", "p", "--path", pool_dir.to_str().unwrap(), "--capacity-mib", "1024"]);
     drover(&ep, &["vol", "create", "p/missing", "--capacity-mib", "16", "--format", "raw"]);
+    // The host made the file; losing it behind the cluster's back is what a host must report.
+    std::fs::remove_file(pool_dir.join("missing")).unwrap();
     let k = kernel.display();
     let cases = [
         (
