@@ -245,9 +245,22 @@ impl Processes {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "replica {id} did not exit within {timeout:?}");
+            if Instant::now() >= deadline {
+                let log = self.log_of(id);
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "replica {id} did not exit within {timeout:?}; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether replica `id` has exited, and how.
+    pub fn exited(&mut self, id: u64) -> Option<ExitStatus> {
+        let child = self.replicas.get_mut(&id).and_then(|r| r.child.as_mut()).expect("replica was started");
+        child.try_wait().expect("wait")
     }
 
     /// What replica `id` logged.
