@@ -206,9 +206,11 @@ pub enum VolCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCmd {
-    /// Snapshot a domain: `full` (memory and devices of a running or paused domain; the
-    /// guest is paused while its host writes the file) or `disk`. Waits until the host
-    /// has taken it (or failed to) unless `--no-wait`.
+    /// Snapshot a domain: `full` (memory, devices and writable disks of a running or
+    /// paused domain; the guest is paused while its host writes the file) or `disk` (the
+    /// writable disks of a stopped domain, imaged by a host that sees their files; the
+    /// domain starts again once it is taken). Waits until the host has taken it (or
+    /// failed to) unless `--no-wait`.
     Create {
         domain: String,
         name: String,
@@ -221,7 +223,8 @@ pub enum SnapshotCmd {
     /// Delete a snapshot (its children move to its parent); hosts remove its file.
     Delete { domain: String, name: String },
     /// Go back to snapshot NAME: a running domain continues from it at once (a new run on
-    /// its host); a stopped one starts from it next time.
+    /// its host); a stopped one starts from it next time. A disk snapshot's images are
+    /// written back over the disks just before that run boots afresh.
     Revert { domain: String, name: String },
     /// A new domain CLONE: a copy of DOMAIN (its own name and runs; DOMAIN must have no
     /// NICs) that continues from DOMAIN's snapshot NAME when started.
@@ -1112,8 +1115,9 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
             show(
                 o,
                 || {
+                    let held = if s.kind == "disk" { "disks imaged in" } else { "guest paused" };
                     format!(
-                        "snapshot {domain}/{name} taken on host {}: {}, guest paused {} ms",
+                        "snapshot {domain}/{name} taken on host {}: {}, {held} {} ms",
                         s.host,
                         mib(s.bytes),
                         s.duration_ms

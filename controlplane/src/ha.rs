@@ -102,8 +102,8 @@ pub fn plan_hosts(
     for host in state.hosts().values() {
         let set = |s| Command::SetHostState { name: host.name.clone(), state: s };
         if host.state == HostState::Fenced {
-            if !host.domains.is_empty() {
-                // A fencing that could not carry every lost run in one proposal.
+            if !host.domains.is_empty() || state.snapshots_asked_of(&host.name).next().is_some() {
+                // A fencing that could not carry every lost run (or snapshot) in one proposal.
                 commands.push(set(HostState::Fenced));
             }
             continue;

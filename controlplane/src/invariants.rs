@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{AttachMode, HostState, Resources, SnapshotState, VolumeOp, VolumeState};
+use crate::model::{AttachMode, HostState, Resources, SnapshotKind, SnapshotState, VolumeOp, VolumeState};
 use crate::state::State;
 
 /// A broken invariant, described.
@@ -218,22 +218,29 @@ fn check_snapshots_and_migrations(state: &State) -> Result<(), Violation> {
                 .is_some_and(|s| matches!(s.state, SnapshotState::Taken { .. }));
             ensure!(taken, "domain {} restores from {r}, which is not a taken snapshot", d.name);
         }
-        let pending: Vec<(&str, &String, u64)> = state
+        let pending: Vec<&crate::model::Snapshot> = state
             .snapshots_of(&d.name)
-            .filter_map(|s| match &s.state {
-                SnapshotState::Pending { host, generation } => Some((s.name.as_str(), host, *generation)),
-                _ => None,
-            })
+            .filter(|s| matches!(s.state, SnapshotState::Pending { .. }))
             .collect();
         ensure!(pending.len() <= 1, "domain {} has {} snapshots pending", d.name, pending.len());
-        for (name, host, generation) in pending {
-            // A pending snapshot belongs to the domain's current run: when a run ends, its
-            // pending snapshots fail with it.
-            ensure!(
-                d.status.host.as_ref() == Some(host) && d.status.generation == generation,
-                "snapshot {}/{name} is pending on run {generation} of host {host}, which is not the current run",
-                d.name
-            );
+        for s in pending {
+            let SnapshotState::Pending { host, generation } = &s.state else { unreachable!("filtered") };
+            let name = &s.name;
+            match s.kind {
+                // A pending full snapshot belongs to the domain's current run: when a run
+                // ends, its pending snapshots fail with it.
+                SnapshotKind::Full => ensure!(
+                    d.status.host.as_ref() == Some(host) && d.status.generation == *generation,
+                    "snapshot {}/{name} is pending on run {generation} of host {host}, which is not the current run",
+                    d.name
+                ),
+                // A disk snapshot is of a stopped domain, which stays stopped until it is taken.
+                SnapshotKind::Disk => ensure!(
+                    !d.is_placed() && d.status.generation == *generation,
+                    "disk snapshot {}/{name} is pending on host {host} while the domain is placed or ran again",
+                    d.name
+                ),
+            }
         }
     }
     for m in state.migrations().values() {

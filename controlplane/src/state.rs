@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     ClusterSettings, Domain, Host, HostFences, Migration, MigrationId, Network, Pool, ResourceKey, Snapshot,
-    Volume, VolumeRef,
+    SnapshotState, Volume, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 
@@ -83,6 +83,13 @@ impl State {
 
     pub fn snapshots(&self) -> &BTreeMap<(String, String), Snapshot> {
         &self.snapshots
+    }
+
+    /// The snapshots pending on `host`.
+    pub fn snapshots_asked_of<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Snapshot> + 'a {
+        self.snapshots
+            .values()
+            .filter(move |s| matches!(&s.state, SnapshotState::Pending { host: h, .. } if h == host))
     }
 
     pub fn snapshot(&self, domain: &str, name: &str) -> Option<&Snapshot> {

@@ -263,7 +263,7 @@ fn assigned_from(
     pools: &BTreeMap<String, String>,
     volumes: &[pb::Volume],
     networks: &BTreeMap<String, pb::NetworkConfig>,
-    restores: &BTreeMap<String, PathBuf>,
+    restores: &BTreeMap<String, (PathBuf, bool)>,
 ) -> BTreeMap<String, Assigned> {
     domains
         .iter()
@@ -283,23 +283,7 @@ fn assigned_from(
                 }
                 _ => (None, String::new()),
             };
-            let disks = spec
-                .disks
-                .iter()
-                .map(|d| DiskSpec {
-                    // An unknown pool gives a path that cannot exist, so the start fails
-                    // with the disk named rather than silently without it.
-                    path: d.volume.as_ref().and_then(|v| volume_path(pools, v)).unwrap_or_else(|| {
-                        let v = d.volume.clone().unwrap_or_default();
-                        format!("<no pool {:?} for volume {:?}>", v.pool, v.name)
-                    }),
-                    format: volumes
-                        .iter()
-                        .find(|v| v.id == d.volume)
-                        .map_or(VolumeFormat::Raw, |v| volume_format(&v.format)),
-                    read_only: d.read_only,
-                })
-                .collect();
+            let disks = disk_specs_of(&spec.disks, pools, volumes);
             let desired = match d.desired.as_str() {
                 "running" => Desired::Running,
                 "paused" => Desired::Paused,
@@ -326,7 +310,14 @@ fn assigned_from(
                                 attachment: attachment_of(networks, &n.network),
                             })
                             .collect(),
-                        restore_from: restores.get(&d.name).map(|path| path.display().to_string()),
+                        restore_from: restores
+                            .get(&d.name)
+                            .filter(|(_, disk_only)| !disk_only)
+                            .map(|(path, _)| path.display().to_string()),
+                        disks_from: restores
+                            .get(&d.name)
+                            .filter(|(_, disk_only)| *disk_only)
+                            .map(|(path, _)| path.display().to_string()),
                     },
                     desired,
                     force: d.stop_mode == "force",
@@ -346,8 +337,38 @@ fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// `disks` resolved to their files on this host.
+fn disk_specs_of(
+    disks: &[pb::Disk],
+    pools: &BTreeMap<String, String>,
+    volumes: &[pb::Volume],
+) -> Vec<DiskSpec> {
+    disks
+        .iter()
+        .map(|d| DiskSpec {
+            // An unknown pool gives a path that cannot exist, so the start fails with the
+            // disk named rather than silently without it.
+            path: d.volume.as_ref().and_then(|v| volume_path(pools, v)).unwrap_or_else(|| {
+                let v = d.volume.clone().unwrap_or_default();
+                format!("<no pool {:?} for volume {:?}>", v.pool, v.name)
+            }),
+            format: volumes
+                .iter()
+                .find(|v| v.id == d.volume)
+                .map_or(VolumeFormat::Raw, |v| volume_format(&v.format)),
+            read_only: d.read_only,
+        })
+        .collect()
+}
+
 /// This host's snapshot work from the cluster's snapshot list.
-fn snapshot_work_from(host: &str, snapshots: &[pb::Snapshot], domains: &[pb::Domain]) -> SnapshotWork {
+fn snapshot_work_from(
+    host: &str,
+    snapshots: &[pb::Snapshot],
+    domains: &[pb::Domain],
+    pools: &BTreeMap<String, String>,
+    volumes: &[pb::Volume],
+) -> SnapshotWork {
     // Every version read is an event the read includes; a snapshot asked for after the
     // read has a higher id than all of them.
     let known_seq =
@@ -369,6 +390,12 @@ fn snapshot_work_from(host: &str, snapshots: &[pb::Snapshot], domains: &[pb::Dom
                 id: s.id,
                 generation: s.generation,
                 kind,
+                disks: match domains.iter().find(|d| d.name == s.domain).and_then(|d| d.spec.as_ref()) {
+                    Some(spec) if kind == controlplane::model::SnapshotKind::Disk => {
+                        disk_specs_of(&spec.disks, pools, volumes)
+                    }
+                    _ => Vec::new(),
+                },
             });
         }
     }
@@ -713,7 +740,7 @@ async fn read_through_api(
             return None;
         }
     };
-    let snapshots = snapshot_work_from(&host, &listed, &domains);
+    let snapshots = snapshot_work_from(&host, &listed, &domains, &pools, &volumes);
     if watch.is_none() {
         // Every domain event after the newest version seen is news.
         let from_seq = domains.iter().map(|d| d.version).max().unwrap_or(0) + 1;
@@ -735,12 +762,16 @@ async fn read_through_api(
         }
     }
     // The file each restoring domain starts from: its snapshot's id names it.
-    let restores: BTreeMap<String, PathBuf> = domains
+    let restores: BTreeMap<String, (PathBuf, bool)> = domains
         .iter()
         .filter_map(|d| Some((d, d.restore_from.as_ref()?)))
         .map(|(d, r)| {
-            let id = listed.iter().find(|s| s.domain == r.domain && s.name == r.name).map_or(0, |s| s.id);
-            (d.name.clone(), snapshot_path(snapshot_dir, &r.domain, &r.name, id))
+            let s = listed.iter().find(|s| s.domain == r.domain && s.name == r.name);
+            let disk_only = s.is_some_and(|s| s.kind == "disk");
+            (
+                d.name.clone(),
+                (snapshot_path(snapshot_dir, &r.domain, &r.name, s.map_or(0, |s| s.id)), disk_only),
+            )
         })
         .collect();
     Some(HostShare {

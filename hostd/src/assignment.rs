@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use controlplane::model::{Boot, DesiredState, NetworkConfig, NetworkMode, StopMode, VolumeFormat};
+use controlplane::model::{
+    Boot, DesiredState, Disk, NetworkConfig, NetworkMode, SnapshotKind, StopMode, VolumeFormat,
+};
 use controlplane::State;
 
 use crate::dir_pool::volume_path;
@@ -68,22 +70,14 @@ pub fn assigned_from_state(host: &str, state: &State, snapshot_dir: &Path) -> BT
                 }
                 Boot::Disk => (None, None, String::new()),
             };
-            let disks = d
-                .spec
-                .disks
-                .iter()
-                .map(|disk| DiskSpec {
-                    path: match state.pool(&disk.volume.pool) {
-                        Some(p) => volume_path(&p.config.path, &disk.volume.name).display().to_string(),
-                        // An unknown pool gives a path that cannot exist, so the start fails
-                        // with the disk named rather than silently without it.
-                        None => format!("<no pool {:?} for volume {:?}>", disk.volume.pool, disk.volume.name),
-                    },
-                    // A disk's volume is never deleted while attached (an invariant).
-                    format: state.volume(&disk.volume).map_or(VolumeFormat::Raw, |v| v.format),
-                    read_only: disk.read_only,
-                })
-                .collect();
+            let disks = disk_specs(state, &d.spec.disks);
+            // A snapshot the state lost would be a broken invariant; an id of 0 names a
+            // file that cannot exist, so the start fails with the path.
+            let restored = d.restore_from.as_ref().map(|r| (r, state.snapshot(&r.domain, &r.name)));
+            let restore = restored.map(|(r, s)| {
+                snapshot_path(snapshot_dir, &r.domain, &r.name, s.map_or(0, |s| s.id)).display().to_string()
+            });
+            let restore_kind = restored.map(|(_, s)| s.map_or(SnapshotKind::Full, |s| s.kind));
             let desired = match d.desired {
                 DesiredState::Running => Desired::Running,
                 DesiredState::Paused => Desired::Paused,
@@ -108,17 +102,31 @@ pub fn assigned_from_state(host: &str, state: &State, snapshot_dir: &Path) -> BT
                         attachment: attachment(state.network(&nic.network).map(|n| (&n.name, &n.config))),
                     })
                     .collect(),
-                restore_from: d.restore_from.as_ref().map(|r| {
-                    // A snapshot the state lost would be a broken invariant; an id of 0
-                    // names a file that cannot exist, so the start fails with the path.
-                    let id = state.snapshot(&r.domain, &r.name).map_or(0, |s| s.id);
-                    snapshot_path(snapshot_dir, &r.domain, &r.name, id).display().to_string()
-                }),
+                restore_from: restore.clone().filter(|_| restore_kind == Some(SnapshotKind::Full)),
+                disks_from: restore.filter(|_| restore_kind == Some(SnapshotKind::Disk)),
             };
             (
                 d.name.clone(),
                 Assigned { spec, desired, force: d.stop_mode == StopMode::Force, reboots: d.reboots },
             )
+        })
+        .collect()
+}
+
+/// `disks` resolved to `<pool path>/<volume name>` on a host.
+pub fn disk_specs(state: &State, disks: &[Disk]) -> Vec<DiskSpec> {
+    disks
+        .iter()
+        .map(|disk| DiskSpec {
+            path: match state.pool(&disk.volume.pool) {
+                Some(p) => volume_path(&p.config.path, &disk.volume.name).display().to_string(),
+                // An unknown pool gives a path that cannot exist, so the start fails with
+                // the disk named rather than silently without it.
+                None => format!("<no pool {:?} for volume {:?}>", disk.volume.pool, disk.volume.name),
+            },
+            // A disk's volume is never deleted while attached (an invariant).
+            format: state.volume(&disk.volume).map_or(VolumeFormat::Raw, |v| v.format),
+            read_only: disk.read_only,
         })
         .collect()
 }

@@ -23,6 +23,9 @@ pub struct VmSpec {
     /// A snapshot file (written by this driver's `snapshot`) to restore instead of
     /// booting: the VM continues where the snapshot was taken, in the phase it had then.
     pub restore_from: Option<String>,
+    /// A disk-only snapshot file (`Driver::disk_snapshot`) whose images the host writes
+    /// back over the writable disks before the VM boots afresh (a revert to it).
+    pub disks_from: Option<String>,
 }
 
 /// One network interface of a VM: a virtio-net device on a tap plugged into a bridge.
@@ -125,7 +128,8 @@ pub struct SnapshotTaken {
     /// What the snapshot takes on disk (the own VMM's files are sparse: their allocated
     /// blocks; QEMU's: the file's length).
     pub bytes: u64,
-    /// How long the guest was held paused for it.
+    /// How long the guest was held paused for it (a disk-only snapshot: how long the
+    /// copy took; no guest runs).
     pub duration_ms: u64,
 }
 
@@ -190,6 +194,41 @@ pub trait Driver: Send {
         path: &std::path::Path,
         now_ms: u64,
     ) -> Result<SnapshotTaken, DriverError>;
+    /// Take a disk-only snapshot of `domain`, whose VM does not run: an image of each of
+    /// its writable `disks` in the file `path`, atomically. Process drivers copy the
+    /// files (`disk_images`); the fake in memory.
+    fn disk_snapshot(
+        &mut self,
+        domain: &str,
+        disks: &[DiskSpec],
+        path: &std::path::Path,
+    ) -> Result<SnapshotTaken, DriverError> {
+        if let Some(vm) = self.list(0).get(domain).filter(|vm| vm.phase.is_live()) {
+            return Err(DriverError::WrongPhase {
+                domain: domain.to_owned(),
+                action: "take a disk snapshot",
+                phase: vm.phase,
+            });
+        }
+        crate::disk_images::take(path, domain, disks).map_err(|reason| DriverError::Failed {
+            domain: domain.to_owned(),
+            action: "take a disk snapshot",
+            reason,
+        })
+    }
+    /// Write disk-only snapshot `path` back over `domain`'s writable `disks`, before its VM
+    /// boots (`VmSpec::disks_from`); nothing changes unless the whole snapshot is sound.
+    fn restore_disks(
+        &mut self,
+        domain: &str,
+        disks: &[DiskSpec],
+        path: &std::path::Path,
+    ) -> Result<(), DriverError> {
+        crate::disk_images::restore_snapshot(path, domain, disks).map_err(|reason| DriverError::StartFailed {
+            domain: domain.to_owned(),
+            reason: format!("restoring its disks: {reason}"),
+        })
+    }
     /// The snapshot files under `dir` (`<dir>/<domain>/<name>-<id>.snap`). Process drivers
     /// keep them as files; the fake in memory.
     fn snapshot_files(&mut self, dir: &std::path::Path) -> Vec<SnapshotFile> {

@@ -10,20 +10,26 @@ use std::sync::{Arc, Mutex};
 
 use controlplane::model::{VolumeFormat, VolumeOp};
 
-use crate::driver::{Driver, DriverError, SnapshotFile, SnapshotTaken, VmPhase, VmSpec, VmStatus};
+use crate::driver::{DiskSpec, Driver, DriverError, SnapshotFile, SnapshotTaken, VmPhase, VmSpec, VmStatus};
 use crate::networks::NetworkWork;
 use crate::volumes::VolumeJob;
 
 /// How long the fake says it held a guest paused, per GiB of memory it snapshots.
 pub const SNAPSHOT_MS_PER_GIB: u64 = 200;
 
-/// What a fake snapshot file holds: whose it is, and the phase to come back in.
+/// What a fake snapshot file holds: whose it is, and the phase to come back in; a
+/// disk-only one (`disk_only`, no memory) the disk files it imaged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeSnapshot {
     pub domain: String,
     pub memory_mib: u64,
     pub phase: VmPhase,
+    pub disk_only: bool,
+    pub disks: Vec<PathBuf>,
 }
+
+/// How long the fake says a disk-only snapshot takes per disk it images.
+pub const DISK_SNAPSHOT_MS_PER_DISK: u64 = 20;
 
 /// The fake's snapshot "files", by path; hosts that share storage share one.
 pub type SnapshotStore = Arc<Mutex<BTreeMap<PathBuf, FakeSnapshot>>>;
@@ -215,6 +221,9 @@ impl Driver for FakeDriver {
             let snapshot = store
                 .get(Path::new(path))
                 .ok_or_else(|| refuse(format!("snapshot file {path} is missing")))?;
+            if snapshot.disk_only {
+                return Err(refuse(format!("{path} is a disk snapshot; it holds no memory to restore")));
+            }
             if snapshot.memory_mib != spec.memory_mib {
                 return Err(refuse(format!(
                     "snapshot {path} is of a {} MiB guest, the domain has {} MiB",
@@ -300,11 +309,83 @@ impl Driver for FakeDriver {
         if let Some(reason) = failure {
             return Err(DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason });
         }
-        let taken = FakeSnapshot { domain: domain.to_owned(), memory_mib: vm.memory_mib, phase: vm.phase };
+        let taken = FakeSnapshot {
+            domain: domain.to_owned(),
+            memory_mib: vm.memory_mib,
+            phase: vm.phase,
+            disk_only: false,
+            disks: Vec::new(),
+        };
         let bytes = vm.memory_mib << 20;
         let duration_ms = vm.memory_mib * SNAPSHOT_MS_PER_GIB / 1024;
         self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), taken);
         Ok(SnapshotTaken { bytes, duration_ms })
+    }
+
+    fn disk_snapshot(
+        &mut self,
+        domain: &str,
+        disks: &[DiskSpec],
+        path: &Path,
+    ) -> Result<SnapshotTaken, DriverError> {
+        let failed = |reason: String| DriverError::Failed {
+            domain: domain.to_owned(),
+            action: "take a disk snapshot",
+            reason,
+        };
+        if let Some(reason) = self.fail_next_snapshot.take() {
+            return Err(failed(reason));
+        }
+        if let Some(phase) = self.vms.get(domain).map(|vm| vm.phase).filter(|p| p.is_live()) {
+            return Err(DriverError::WrongPhase {
+                domain: domain.to_owned(),
+                action: "take a disk snapshot",
+                phase,
+            });
+        }
+        let writable: Vec<PathBuf> =
+            disks.iter().filter(|d| !d.read_only).map(|d| PathBuf::from(&d.path)).collect();
+        let volumes = self.volume_store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(missing) = writable.iter().find(|d| !volumes.contains_key(*d)) {
+            return Err(failed(format!("disk {} is missing", missing.display())));
+        }
+        drop(volumes);
+        let duration_ms = writable.len() as u64 * DISK_SNAPSHOT_MS_PER_DISK;
+        let taken = FakeSnapshot {
+            domain: domain.to_owned(),
+            memory_mib: 0,
+            phase: VmPhase::Stopped,
+            disk_only: true,
+            disks: writable,
+        };
+        self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), taken);
+        Ok(SnapshotTaken { bytes: 0, duration_ms })
+    }
+
+    fn restore_disks(&mut self, domain: &str, disks: &[DiskSpec], path: &Path) -> Result<(), DriverError> {
+        let refuse = |reason: String| DriverError::StartFailed {
+            domain: domain.to_owned(),
+            reason: format!("restoring its disks: {reason}"),
+        };
+        let store = self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot =
+            store.get(path).ok_or_else(|| refuse(format!("snapshot file {} is missing", path.display())))?;
+        if !snapshot.disk_only || snapshot.domain != domain {
+            return Err(refuse(format!("{} is not a disk snapshot of {domain}", path.display())));
+        }
+        let writable: Vec<PathBuf> =
+            disks.iter().filter(|d| !d.read_only).map(|d| PathBuf::from(&d.path)).collect();
+        if writable != snapshot.disks {
+            return Err(refuse(format!(
+                "{} imaged {:?}, the domain's writable disks are {writable:?}",
+                path.display(),
+                snapshot.disks
+            )));
+        }
+        let from = snapshot.domain.clone();
+        drop(store);
+        self.restores.push((domain.to_owned(), from, path.to_owned()));
+        Ok(())
     }
 
     fn snapshot_files(&mut self, dir: &Path) -> Vec<SnapshotFile> {
@@ -409,6 +490,7 @@ mod tests {
             disks: Vec::new(),
             nics: Vec::new(),
             restore_from: None,
+            disks_from: None,
         }
     }
 

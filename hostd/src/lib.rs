@@ -17,8 +17,11 @@
 //! a tap in its network's bridge (`tap`) before the VM process starts; QEMU and the own
 //! VMM then attach a virtio-net device to that tap. Snapshots: every driver saves a
 //! running or paused VM's whole state to a file and starts a VM from one
-//! (`VmSpec::restore_from`); `snapshots` takes the ones the cluster asks of this host,
-//! reports them, and removes the files of snapshots the cluster no longer holds.
+//! (`VmSpec::restore_from`); a disk-only snapshot of a stopped domain images its writable
+//! disks (`Driver::disk_snapshot`; on disk, `disk_images`) and a revert writes them back
+//! before the next boot (`VmSpec::disks_from`); `snapshots` takes the ones the cluster
+//! asks of this host, reports them, and removes the files of snapshots the cluster no
+//! longer holds.
 //! Volumes: `volumes` carries out the volume operations the cluster asks of this host
 //! (through `Driver::volume`; on disk, `dir_pool` makes, grows and removes the files of
 //! directory pools with std and `qemu-img`) and reports each. Networks: `networks` has
@@ -36,6 +39,7 @@ pub mod agent;
 pub mod assignment;
 pub mod conformance;
 pub mod dir_pool;
+pub mod disk_images;
 pub mod driver;
 pub mod fake;
 pub mod kvm;

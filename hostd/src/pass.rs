@@ -4,6 +4,7 @@
 //! simulator exercises the same host logic production does.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use tracing::warn;
 
@@ -46,7 +47,13 @@ impl HostPass {
         for action in reconcile(assigned, &observed, &self.memory) {
             match action {
                 Action::Start(spec) => {
-                    if let Err(e) = driver.start(&spec, now_ms) {
+                    // A revert to a disk snapshot: the disks go back first, the VM boots
+                    // afresh on them (again at each try: the images are the same).
+                    let disks_back = match &spec.disks_from {
+                        Some(file) => driver.restore_disks(&spec.domain, &spec.disks, Path::new(file)),
+                        None => Ok(()),
+                    };
+                    if let Err(e) = disks_back.and_then(|()| driver.start(&spec, now_ms)) {
                         warn!(domain = %spec.domain, error = %e, "start failed");
                         out.push(Observation {
                             domain: spec.domain.clone(),
@@ -131,6 +138,7 @@ mod tests {
             disks: Vec::new(),
             nics: Vec::new(),
             restore_from: None,
+            disks_from: None,
         };
         let assigned: BTreeMap<String, Assigned> =
             [("web".into(), Assigned { spec, desired: Desired::Running, force: false, reboots: 0 })].into();

@@ -412,12 +412,12 @@ impl Driver for QemuDriver {
                         header.memory_mib, spec.memory_mib
                     )));
                 }
-                let (end, disks) = snapshot::read_disks(path).map_err(failed)?;
+                let (end, disks) = crate::disk_images::read(path).map_err(failed)?;
                 // Memory and disks come back to one instant: the disks first, before QEMU
                 // opens them.
                 let targets: Vec<Option<&str>> =
                     spec.disks.iter().map(|d| (!d.read_only).then_some(d.path.as_str())).collect();
-                let restored = snapshot::restore_disks(path, &disks, &targets).map_err(failed)?;
+                let restored = crate::disk_images::restore(path, &disks, &targets).map_err(failed)?;
                 Some((file, header, snapshot::incoming_uri(path, offset, end).map_err(failed)?, restored))
             }
         };

@@ -169,6 +169,7 @@ mod tests {
             disks: Vec::new(),
             nics: Vec::new(),
             restore_from: None,
+            disks_from: None,
         }
     }
 

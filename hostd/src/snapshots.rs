@@ -1,6 +1,8 @@
-//! Snapshots on a host: take the ones the cluster asks of this host's VMs, report how
-//! each went, and remove the files of snapshots the cluster no longer holds. Pure of
-//! cluster I/O like [`crate::pass`]: the agent and the simulator both run it.
+//! Snapshots on a host: take the ones the cluster asks of this host (a full one of its
+//! VM of the asked run; a disk one of a stopped domain's disks, once no VM of the domain
+//! lives here), report how each went, and remove the files of snapshots the cluster no
+//! longer holds. Pure of cluster I/O like [`crate::pass`]: the agent and the simulator
+//! both run it.
 //!
 //! Files live at `<snapshot dir>/<domain>/<name>-<id>.snap` (`driver::snapshot_path`),
 //! where `id` is the sequence number of the event that asked for the snapshot. The
@@ -16,7 +18,7 @@ use controlplane::model::{SnapshotKind, SnapshotState};
 use controlplane::{SnapshotOutcome, State};
 use tracing::{info, warn};
 
-use crate::driver::{snapshot_path, Driver, VmPhase};
+use crate::driver::{snapshot_path, DiskSpec, Driver, VmPhase};
 
 /// How often (in passes) the snapshot directory is looked through for files to remove.
 pub const SWEEP_EVERY_PASSES: u64 = 10;
@@ -30,6 +32,9 @@ pub struct SnapshotJob {
     /// The run it is asked of: only a VM of this run may be snapshotted for it.
     pub generation: u64,
     pub kind: SnapshotKind,
+    /// A disk snapshot's disks, resolved on this host (empty for a full one: the VM has
+    /// its own).
+    pub disks: Vec<DiskSpec>,
 }
 
 /// This host's snapshot work, read from the state: what to take, and which snapshots
@@ -61,6 +66,12 @@ impl SnapshotWork {
                         id: s.id,
                         generation: *generation,
                         kind: s.kind,
+                        disks: match (s.kind, state.domain(domain)) {
+                            (SnapshotKind::Disk, Some(d)) => {
+                                crate::assignment::disk_specs(state, &d.spec.disks)
+                            }
+                            _ => Vec::new(),
+                        },
                     });
                 }
             }
@@ -134,30 +145,34 @@ impl HostSnapshots {
                 out.push(done.clone());
                 continue;
             }
-            let failed = |why: String| SnapshotOutcome::Failed { reason: failure_reason(&why) };
-            let outcome = match listed.get(&job.domain) {
-                _ if job.kind == SnapshotKind::Disk => failed(
-                    "disk snapshots (qcow2 internal snapshots) are not carried out by hosts yet".into(),
-                ),
-                Some(vm)
-                    if vm.generation == job.generation
-                        && matches!(vm.phase, VmPhase::Running | VmPhase::Paused) =>
-                {
-                    let path = snapshot_path(&self.dir, &job.domain, &job.name, job.id);
-                    match driver.snapshot(&job.domain, &path, now_ms) {
-                        Ok(taken) => {
-                            info!(domain = %job.domain, snapshot = %job.name, bytes = taken.bytes, paused_ms = taken.duration_ms, "snapshot taken");
-                            SnapshotOutcome::Taken { bytes: taken.bytes, duration_ms: taken.duration_ms }
-                        }
-                        Err(e) => {
-                            warn!(domain = %job.domain, snapshot = %job.name, error = %e, "snapshot failed");
-                            failed(e.to_string())
-                        }
+            let path = snapshot_path(&self.dir, &job.domain, &job.name, job.id);
+            let vm = listed.get(&job.domain);
+            let taken = match job.kind {
+                // Of a stopped domain: a VM of its last run not yet gone from this host
+                // may still write its disks, so wait for it.
+                SnapshotKind::Disk if vm.is_some_and(|vm| vm.phase.is_live()) => continue,
+                SnapshotKind::Disk => driver.disk_snapshot(&job.domain, &job.disks, &path),
+                SnapshotKind::Full => match vm {
+                    Some(vm)
+                        if vm.generation == job.generation
+                            && matches!(vm.phase, VmPhase::Running | VmPhase::Paused) =>
+                    {
+                        driver.snapshot(&job.domain, &path, now_ms)
                     }
+                    // Not (yet) this run's VM, or still starting: wait; a run that ends
+                    // fails the snapshot in the cluster.
+                    _ => continue,
+                },
+            };
+            let outcome = match taken {
+                Ok(taken) => {
+                    info!(domain = %job.domain, snapshot = %job.name, kind = ?job.kind, bytes = taken.bytes, paused_ms = taken.duration_ms, "snapshot taken");
+                    SnapshotOutcome::Taken { bytes: taken.bytes, duration_ms: taken.duration_ms }
                 }
-                // Not (yet) this run's VM, or still starting: wait; a run that ends
-                // fails the snapshot in the cluster.
-                _ => continue,
+                Err(e) => {
+                    warn!(domain = %job.domain, snapshot = %job.name, error = %e, "snapshot failed");
+                    SnapshotOutcome::Failed { reason: failure_reason(&e.to_string()) }
+                }
             };
             let report = SnapshotReport {
                 domain: job.domain.clone(),

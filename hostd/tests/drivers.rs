@@ -32,6 +32,7 @@ fn spec(domain: &str, generation: u64, kernel: &str, cmdline: &str) -> VmSpec {
         disks: Vec::new(),
         nics: Vec::new(),
         restore_from: None,
+        disks_from: None,
     }
 }
 
@@ -773,7 +774,7 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     let noise: Vec<u8> =
         (0..1_000_000u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8).collect();
     // The disk images and their trailer follow QEMU's stream.
-    let (stream_end, images) = hostd::qemu::snapshot::read_disks(&file).unwrap();
+    let (stream_end, images) = hostd::disk_images::read(&file).unwrap();
     assert_eq!(images.len(), 1, "the one writable disk is in the snapshot");
     let stream_end = stream_end as usize;
     let scrambled: Vec<u8> = noise.iter().cycle().take(stream_end - stream - 8).copied().collect();

@@ -47,9 +47,11 @@ pub async fn client(core: Arc<Core>, index: u64, net_id: NodeId) {
 }
 
 /// Define and start the up-front VMs (`vm0`, `vm1`, …; the even ones HA), one after the
-/// other.
+/// other; then the stopped domain with a disk that disk snapshots are taken of
+/// (`workload::STORE`, its volume in a pool of its own that clients leave alone).
 pub async fn setup(core: Arc<Core>, net_id: NodeId) {
     let mut caller = core.caller(net_id, 0);
+    let store = crate::workload::store_commands();
     for i in 0..core.cfg.vms {
         let name = format!("vm{i}");
         let spec = DomainSpec {
@@ -75,6 +77,11 @@ pub async fn setup(core: Arc<Core>, net_id: NodeId) {
                 Request { request_id: format!("setup-{i}-{k}"), principal: "operator".into(), command };
             core.write(&mut caller, &request, 15_000).await;
         }
+    }
+    for (k, command) in store.into_iter().enumerate() {
+        let request =
+            Request { request_id: format!("setup-store-{k}"), principal: "operator".into(), command };
+        core.write(&mut caller, &request, 15_000).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The clients' workload, drawn from the seed: domain lifecycles (define, start,
 //! shutdown, destroy, reboot, suspend, resume, undefine), snapshots (take, revert,
-//! clone, delete), networks and volumes, and a share of invalid commands that must be refused
+//! clone, delete; disk snapshots mostly of the operator's stopped `store` domain),
+//! networks and volumes, and a share of invalid commands that must be refused
 //! without changing anything.
 //!
 //! Migrations are not drawn yet: nothing in hostd carries one out, so a started
@@ -25,6 +26,47 @@ const NETWORKS: u64 = 3;
 const SNAPSHOTS: u64 = 3;
 const VOLUMES: u64 = 6;
 const POOL: &str = "p0";
+
+/// The stopped domain with a writable disk that the operator sets up for disk snapshots
+/// (the clients' own domains seldom have one and are stopped when asked).
+pub const STORE: &str = "store";
+const STORE_POOL: &str = "ops";
+
+/// The operator's commands that make `STORE`: its pool, its volume, the domain.
+pub fn store_commands() -> Vec<Command> {
+    let volume = VolumeRef { pool: STORE_POOL.into(), name: STORE.into() };
+    vec![
+        Command::CreatePool {
+            name: STORE_POOL.into(),
+            config: PoolConfig {
+                kind: PoolKind::Dir,
+                path: "/var/lib/drover/pools/ops".into(),
+                shared: true,
+                capacity_mib: 1 << 16,
+            },
+        },
+        Command::CreateVolume {
+            volume: volume.clone(),
+            format: VolumeFormat::Qcow2,
+            capacity_mib: 1024,
+            backing: None,
+            preallocate: false,
+            import: None,
+        },
+        Command::DefineDomain {
+            name: STORE.into(),
+            spec: DomainSpec {
+                vcpus: 1,
+                memory_mib: 256,
+                boot: Boot::Kernel { kernel: KERNEL.into(), initrd: None, cmdline: String::new() },
+                disks: vec![Disk { volume, read_only: false }],
+                nics: Vec::new(),
+                ha: HaPolicy::None,
+                placement: Placement::default(),
+            },
+        },
+    ]
+}
 
 fn domain_name(rng: &mut impl Rng, cfg: &SimConfig) -> String {
     format!("d{}", rng.gen_range(0..cfg.domains.max(1)))
@@ -66,28 +108,30 @@ pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
     let snapshot = |rng: &mut dyn rand::RngCore| format!("s{}", rng.gen_range(0..SNAPSHOTS));
     // Snapshots are of the long-running VMs the operator set up half of the time (the
     // clients' own domains are seldom running when asked).
-    let snapshotted = |rng: &mut dyn rand::RngCore, name: String| {
-        if cfg.vms > 0 && rng.gen_bool(0.5) {
-            format!("vm{}", rng.gen_range(0..cfg.vms))
-        } else {
-            name
-        }
+    // and of the stopped domain with a disk a fifth of the time.
+    let snapshotted = |rng: &mut dyn rand::RngCore, name: String| match rng.gen_range(0..10) {
+        0..=4 if cfg.vms > 0 => format!("vm{}", rng.gen_range(0..cfg.vms)),
+        5..=6 => STORE.to_owned(),
+        _ => name,
     };
     match rng.gen_range(0..124) {
         // An operator clears a host left out for flapping, or changes HA admission.
         120..=121 => Command::ClearHost { name: format!("h{}", rng.gen_range(0..cfg.hosts.max(1))) },
         122..=123 => Command::SetClusterSettings { ha_reserve_hosts: rng.gen_range(0..=1) },
-        100..=106 => Command::CreateSnapshot {
+        100..=105 => Command::CreateSnapshot {
             domain: snapshotted(rng, name),
             name: snapshot(rng),
             kind: SnapshotKind::Full,
         },
-        107 => Command::CreateSnapshot {
-            domain: snapshotted(rng, name),
+        106..=107 => Command::CreateSnapshot {
+            domain: if rng.gen_bool(0.5) { STORE.to_owned() } else { snapshotted(rng, name) },
             name: snapshot(rng),
             kind: SnapshotKind::Disk,
         },
-        108..=111 => Command::RevertSnapshot { domain: snapshotted(rng, name), name: snapshot(rng) },
+        108..=111 => Command::RevertSnapshot {
+            domain: if rng.gen_bool(0.3) { STORE.to_owned() } else { snapshotted(rng, name) },
+            name: snapshot(rng),
+        },
         112..=113 => Command::DeleteSnapshot { domain: snapshotted(rng, name), name: snapshot(rng) },
         114..=119 => Command::CloneDomain {
             clone: domain_name(rng, cfg),
@@ -95,9 +139,10 @@ pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
             snapshot: snapshot(rng),
         },
         0..=14 => Command::DefineDomain { name, spec: spec(rng) },
-        15..=34 => Command::StartDomain { name },
+        // The operator's `store` runs now and then (a revert to a disk snapshot restores at a start).
+        15..=34 => Command::StartDomain { name: if rng.gen_bool(0.1) { STORE.into() } else { name } },
         35..=42 => Command::ShutdownDomain { name },
-        43..=48 => Command::DestroyDomain { name },
+        43..=48 => Command::DestroyDomain { name: if rng.gen_bool(0.2) { STORE.into() } else { name } },
         49..=52 => Command::RebootDomain { name },
         53..=56 => Command::SuspendDomain { name },
         57..=60 => Command::ResumeDomain { name },

@@ -420,3 +420,106 @@ async fn raw_volumes_made_through_the_api_are_the_guests_disks() {
     let failed = wait_phase(&ep, "cow", "failed").await;
     assert!(failed.to_string().contains("qcow2"), "{failed}");
 }
+
+/// A disk snapshot of a stopped domain: the host images its writable raw volume; what is
+/// written to the disk afterwards is gone once the domain is reverted to it (the guest of
+/// the next run reads the snapshot's content), the read-only disk is left alone, and
+/// deleting the snapshot removes its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_snapshot_of_a_stopped_domain_brings_its_disk_back_on_revert() {
+    if !kvm_present() {
+        return;
+    }
+    let mut cluster = Processes::new();
+    let ep = cluster.bootstrap(tests::NO_HOSTD).await;
+    let dir = cluster.dir.path().to_owned();
+    let run_dir = dir.join("vms");
+    let pool = dir.join("pool");
+    let kernel = dir.join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let mut hostd = Hostd::start(&ep, &run_dir, &dir.join("hostd.log"), 4096);
+    ready_host(&ep).await;
+    drover(&ep, &["pool", "create", "p", "--path", pool.to_str().unwrap(), "--capacity-mib", "64"]);
+    for v in ["a", "ro"] {
+        drover(&ep, &["vol", "create", &format!("p/{v}"), "--format", "raw", "--capacity-mib", "1"]);
+    }
+    std::fs::write(pool.join("ro"), [b"read-only-disk".as_slice(), &[0u8; 1 << 20][14..]].concat()).unwrap();
+    define(
+        &ep,
+        &dir,
+        "db",
+        &format!(
+            "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.blk=write:one\ndisks: [{{volume: p/a}}, {{volume: p/ro, read_only: true}}]\n",
+            kernel.display()
+        ),
+    );
+    let console = run_dir.join("db/console.log");
+    let text = || std::fs::read_to_string(&console).unwrap_or_default();
+    drover(&ep, &["domain", "start", "db"]);
+    wait_for("the guest to write its disk", Duration::from_secs(30), || async {
+        text().contains("drover-guest: blk 0 wrote one-0").then_some(())
+    })
+    .await;
+    // A disk snapshot of a running domain is refused, and changes nothing.
+    let refused = Command::new(drover_bin())
+        .args(["--endpoint", &ep, "snapshot", "create", "db", "d0", "--kind", "disk"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop it first"), "{refused:?}");
+    assert!(snapshots_json(&ep, "db").is_empty());
+    drover(&ep, &["domain", "destroy", "db"]);
+    wait_phase(&ep, "db", "stopped").await;
+
+    let out = drover(&ep, &["snapshot", "create", "db", "d1", "--kind", "disk"]);
+    assert!(out.contains("snapshot db/d1 taken on host h1") && out.contains("disks imaged in"), "{out}");
+    let listed = snapshots_json(&ep, "db");
+    assert_eq!(
+        (listed[0]["state"].as_str(), listed[0]["kind"].as_str()),
+        (Some("taken"), Some("disk")),
+        "{listed:?}"
+    );
+    let file = std::fs::read_dir(dir.join("snapshots/db")).unwrap().next().unwrap().unwrap().path();
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().blocks() * 512, listed[0]["bytes"].as_u64().unwrap());
+    }
+    // Written after the snapshot (by hand here, as a later run would).
+    let written_after = [b"after-the-snapshot".as_slice(), &[0u8; 1 << 20][18..]].concat();
+    std::fs::write(pool.join("a"), &written_after).unwrap();
+    std::fs::write(pool.join("ro"), [b"ro-changed-by-hand".as_slice(), &[0u8; 1 << 20][18..]].concat())
+        .unwrap();
+
+    drover(&ep, &["snapshot", "revert", "db", "d1"]);
+    assert_eq!(
+        &std::fs::read(pool.join("a")).unwrap()[..18],
+        b"after-the-snapshot",
+        "put back at the next start, not before"
+    );
+    drover(&ep, &["domain", "start", "db"]);
+    wait_for("the reverted run to read its disk", Duration::from_secs(30), || async {
+        (text().matches("drover-guest: blk 0 ro=0 held").count() == 2).then_some(())
+    })
+    .await;
+    let console_text = text();
+    let second_run = &console_text[console_text.rfind("drover-guest: blk disks").unwrap()..];
+    assert!(
+        second_run.contains("drover-guest: blk 0 ro=0 held one-0"),
+        "the snapshot's content: {second_run}"
+    );
+    assert!(second_run.contains("drover-guest: blk 1 ro=1 held ro-changed-by-hand"), "{second_run}");
+    wait_for("the host to say it restored", Duration::from_secs(20), || async {
+        info(&ep, "db").filter(|v| v["phase"] == "running" && v["restore_from"] == "")
+    })
+    .await;
+    let log = drover(&ep, &["--output", "json", "audit", "log", "--kind", "snapshot", "--name", "db/d1"]);
+    for kind in ["SnapshotRequested", "SnapshotTaken", "SnapshotRevertRequested", "SnapshotRestored"] {
+        assert!(log.contains(kind), "{kind} missing from the audit log: {log}");
+    }
+    drover(&ep, &["domain", "destroy", "db"]);
+    wait_phase(&ep, "db", "stopped").await;
+    drover(&ep, &["snapshot", "delete", "db", "d1"]);
+    wait_for("the snapshot file to go", Duration::from_secs(20), || async { (!file.exists()).then_some(()) })
+        .await;
+    assert!(hostd.alive());
+}

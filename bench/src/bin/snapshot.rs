@@ -152,6 +152,7 @@ fn main() -> anyhow::Result<()> {
                         disks: Vec::new(),
                         nics: Vec::new(),
                         restore_from: None,
+                        disks_from: None,
                     };
                     let console = run_dir.join(&domain).join("console.log");
                     rounds.push(

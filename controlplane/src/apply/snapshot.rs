@@ -104,7 +104,16 @@ pub(super) fn requested(
 ) {
     let d = domain_mut(state, domain);
     let disks = d.spec.disks.iter().filter(|x| !x.read_only).map(|x| x.volume.clone()).collect();
-    assert_eq!(d.status.host.as_ref(), Some(host), "snapshot {domain}/{name} asked of a host not running it");
+    match kind {
+        SnapshotKind::Full => assert_eq!(
+            d.status.host.as_ref(),
+            Some(host),
+            "snapshot {domain}/{name} asked of a host not running it"
+        ),
+        SnapshotKind::Disk => {
+            assert!(!d.is_placed(), "disk snapshot {domain}/{name} asked of a placed domain")
+        }
+    }
     assert_eq!(d.status.generation, *generation, "snapshot {domain}/{name} asked for a stale run");
     d.version = seq;
     assert!(

@@ -13,7 +13,7 @@ use crate::limits::{
 };
 use crate::model::{
     AttachMode, Boot, DesiredState, Disk, Domain, DomainSpec, HaPolicy, Mac, ObservedPhase, Phase,
-    ResourceKey, ResourceKind, StopMode, Volume, VolumeOp, VolumeRef, VolumeState,
+    ResourceKey, ResourceKind, SnapshotState, StopMode, Volume, VolumeOp, VolumeRef, VolumeState,
 };
 use crate::rejection::Rejection;
 use crate::scheduler;
@@ -279,6 +279,16 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
 /// A run of `domain` may begin only on disks whose files are made and not changing
 /// (guarded: a resize or delete asked meanwhile voids the proposal).
 pub(super) fn disks_ready(d: &mut Draft<'_>, domain: &Domain) -> Result<(), Rejection> {
+    // Pending while the domain is not placed, it is a disk snapshot being taken of them.
+    if let Some(s) =
+        d.state.snapshots_of(&domain.name).find(|s| matches!(s.state, SnapshotState::Pending { .. }))
+    {
+        return Err(Rejection::precondition(
+            ResourceKind::Domain,
+            &domain.name,
+            format!("its disk snapshot {} is being taken; it runs once that is done", s.name),
+        ));
+    }
     for disk in &domain.spec.disks {
         let volume = d.volume(&disk.volume)?;
         if !volume.usable() {

@@ -38,6 +38,23 @@ pub(super) fn lose_runs(d: &mut Draft<'_>, host: &str) {
         super::snapshot::fail_pending(d, name, generation, &format!("host {host} was fenced"));
         d.emit(Event::DomainLost { name: name.clone(), generation, host: host.to_owned() });
     }
+    // Disk snapshots of stopped domains asked of it will not be taken by it.
+    let asked: Vec<(String, String)> = state
+        .snapshots_asked_of(host)
+        .filter(|s| state.domain(&s.domain).is_some_and(|x| !x.is_placed()))
+        .map(|s| (s.domain.clone(), s.name.clone()))
+        .collect();
+    for (domain, name) in asked {
+        if d.events.len() + 1 > EVENTS_PER_PROPOSAL_MAX {
+            break;
+        }
+        d.guard(ResourceKey::Snapshot { domain: domain.clone(), name: name.clone() });
+        d.emit(Event::SnapshotFailed {
+            domain,
+            name,
+            reason: format!("host {host} was fenced before it was taken"),
+        });
+    }
 }
 
 /// Restart HA domain `name`, which should run and does not: placed anywhere that fits,

@@ -71,6 +71,15 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
             format!("cannot go from {} to {to}{hint}", host.state),
         ));
     }
+    if to == HostState::Left {
+        if let Some(s) = d.state.snapshots_asked_of(name).next() {
+            return Err(Rejection::precondition(
+                ResourceKind::Host,
+                name,
+                format!("is still taking snapshot {}/{}", s.domain, s.name),
+            ));
+        }
+    }
     if to == HostState::Left && !host.domains.is_empty() {
         return Err(Rejection::precondition(
             ResourceKind::Host,

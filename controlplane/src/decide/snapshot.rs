@@ -1,18 +1,22 @@
 //! Snapshot commands.
 
 //!
-//! A snapshot is a saga with one step on a host: `create` asks the host that runs the
-//! domain (`SnapshotRequested`), the host writes the file and reports (`report`:
-//! `SnapshotTaken` or `SnapshotFailed`). A revert marks the domain to start from the
-//! snapshot (`SnapshotRevertRequested`, a new run at once if it is running); the host that
-//! restores it says so with its observation (`SnapshotRestored`).
+//! A snapshot is a saga with one step on a host: `create` asks a host (`SnapshotRequested`),
+//! the host writes the file and reports (`report`: `SnapshotTaken` or `SnapshotFailed`).
+//! A full snapshot (memory, devices and writable disks) is of a running or paused domain
+//! and asked of the host running it; a disk snapshot (the writable disks' images) is of a
+//! stopped domain and asked of a host that sees its disks' files (`disk_snapshot_host`),
+//! and the domain cannot start until it is taken. A revert marks the domain to start from
+//! the snapshot (`SnapshotRevertRequested`, a new run at once if it is running); the host
+//! that restores it (a disk snapshot: writes the images back, then boots afresh) says so
+//! with its observation (`SnapshotRestored`).
 
 use super::Draft;
 use crate::command::SnapshotOutcome;
 use crate::event::Event;
 use crate::limits::{REASON_LEN_MAX, SNAPSHOTS_PER_DOMAIN_MAX};
 use crate::model::{
-    HostState, Phase, ResourceKey, ResourceKind, SnapshotKind, SnapshotState, VolumeFormat, VolumeRef,
+    Disk, HostState, Phase, ResourceKey, ResourceKind, SnapshotKind, SnapshotState, VolumeRef,
 };
 use crate::rejection::Rejection;
 use crate::validate;
@@ -62,33 +66,18 @@ pub(super) fn create(
             }
         }
         SnapshotKind::Disk => {
-            if domain.spec.disks.is_empty() {
+            if domain.is_placed() {
                 return Err(Rejection::precondition(
                     ResourceKind::Domain,
                     domain_name,
-                    "has no disks to snapshot",
+                    "a disk snapshot is of a stopped domain; stop it first, or take a full snapshot (memory and disks) of it running",
                 ));
-            }
-            for disk in domain.spec.disks.iter().filter(|disk| !disk.read_only) {
-                let volume = d.volume(&disk.volume)?;
-                if volume.format != VolumeFormat::Qcow2 {
-                    return Err(Rejection::precondition(
-                        ResourceKind::Volume,
-                        &disk.volume,
-                        "is raw; disk snapshots need qcow2",
-                    ));
-                }
             }
         }
     }
-    // A disk snapshot of a stopped domain could be asked of no host yet: it is refused,
-    // with the reason, rather than recorded as taken (hosts do not take them yet).
-    let Some(host) = domain.status.host.clone() else {
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            domain_name,
-            "disk snapshots of a stopped domain are not carried out by hosts yet; start it first",
-        ));
+    let host = match kind {
+        SnapshotKind::Full => domain.status.host.clone().expect("a live domain is placed"),
+        SnapshotKind::Disk => disk_snapshot_host(d, domain_name, &domain.spec.disks)?,
     };
     d.emit(Event::SnapshotRequested {
         domain: domain_name.to_owned(),
@@ -99,6 +88,42 @@ pub(super) fn create(
         generation: domain.status.generation,
     });
     Ok(())
+}
+
+/// The host that images a stopped domain's writable disks: the one holding them (disks
+/// of a local pool), else the one a shared pool's first writable disk picks.
+fn disk_snapshot_host(d: &mut Draft<'_>, domain: &str, disks: &[Disk]) -> Result<String, Rejection> {
+    let writable: Vec<&VolumeRef> = disks.iter().filter(|x| !x.read_only).map(|x| &x.volume).collect();
+    let Some(first) = writable.first() else {
+        return Err(Rejection::precondition(
+            ResourceKind::Domain,
+            domain,
+            "has no writable disks to snapshot",
+        ));
+    };
+    let mut bound: Option<&str> = None;
+    for id in &writable {
+        let volume = d.volume(id)?;
+        if !volume.usable() {
+            return Err(Rejection::precondition(
+                ResourceKind::Volume,
+                *id,
+                format!("is {}; a disk snapshot images ready volumes", volume.state.name()),
+            ));
+        }
+        match (bound, volume.host.as_deref()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Rejection::precondition(
+                    ResourceKind::Domain,
+                    domain,
+                    format!("its disks are local to two hosts ({a} and {b}); no one host can image them"),
+                ))
+            }
+            (None, Some(b)) => bound = Some(b),
+            _ => {}
+        }
+    }
+    super::storage::volume_host(d, first, bound)
 }
 
 /// Define `clone` as a copy of `source` (its own name and runs; no NICs, no disks it
@@ -255,14 +280,7 @@ pub(super) fn revert(d: &mut Draft<'_>, domain: &str, name: &str) -> Result<(), 
     let snapshot = snapshot_guarded(d, domain, name)?;
     let key = || format!("{domain}/{name}");
     match (&snapshot.state, snapshot.kind) {
-        (SnapshotState::Taken { .. }, SnapshotKind::Full) => {}
-        (SnapshotState::Taken { .. }, SnapshotKind::Disk) => {
-            return Err(Rejection::precondition(
-                ResourceKind::Snapshot,
-                key(),
-                "is a disk snapshot; reverting disks is not carried out by hosts yet",
-            ))
-        }
+        (SnapshotState::Taken { .. }, _) => {}
         (state, _) => {
             return Err(Rejection::precondition(
                 ResourceKind::Snapshot,

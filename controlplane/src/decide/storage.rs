@@ -56,7 +56,11 @@ fn pool_room(d: &mut Draft<'_>, pool: &str, extra_mib: u64) -> Result<(), Reject
 /// The host that carries out an operation on a volume's file: the host holding it (a
 /// volume of a local pool, `bound`), else a ready host picked by a hash of the volume's
 /// name (any host sees a shared pool's files). Guards the host it picks.
-fn volume_host(d: &mut Draft<'_>, volume: &VolumeRef, bound: Option<&str>) -> Result<String, Rejection> {
+pub(super) fn volume_host(
+    d: &mut Draft<'_>,
+    volume: &VolumeRef,
+    bound: Option<&str>,
+) -> Result<String, Rejection> {
     if let Some(name) = bound {
         let host = d.host(name)?;
         if host.state != HostState::Ready {
@@ -224,6 +228,17 @@ pub(super) fn resize_volume(d: &mut Draft<'_>, id: &VolumeRef, capacity_mib: u64
     }
     for holder in volume.attachments.keys() {
         let domain = d.domain(holder)?;
+        if let Some(s) = d
+            .state
+            .snapshots_of(holder)
+            .find(|s| matches!(s.state, crate::model::SnapshotState::Pending { .. }))
+        {
+            return Err(Rejection::precondition(
+                ResourceKind::Volume,
+                id,
+                format!("is being imaged for snapshot {holder}/{}; resize it once that is taken", s.name),
+            ));
+        }
         if domain.is_placed() {
             return Err(Rejection::precondition(
                 ResourceKind::Volume,

@@ -931,17 +931,22 @@ fn snapshot_rejections() {
                 "running or paused",
             ),
             (
-                "disk of raw",
-                snap("db", "s", SnapshotKind::Disk),
+                "disk of a running domain",
+                snap("paused", "s", SnapshotKind::Disk),
                 FailedPrecondition,
-                "disk snapshots need qcow2",
+                "stop it first",
             ),
-            ("disk without disks", snap("idle", "s", SnapshotKind::Disk), FailedPrecondition, "no disks"),
             (
-                "disk of a stopped domain",
+                "disk without disks",
+                snap("idle", "s", SnapshotKind::Disk),
+                FailedPrecondition,
+                "no writable disks",
+            ),
+            (
+                "disk of read-only disks",
                 snap("cd", "ro", SnapshotKind::Disk),
                 FailedPrecondition,
-                "not carried out by hosts yet",
+                "no writable disks",
             ),
             (
                 "delete unknown",
@@ -1037,6 +1042,77 @@ fn snapshot_rejections() {
     // Deleting the root re-parents its child; the chain stays whole.
     ok(&mut h, Command::DeleteSnapshot { domain: "web".into(), name: "s1".into() });
     assert_eq!(h.state.snapshot("web", "bad").unwrap().parent, None);
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn a_disk_snapshot_of_a_stopped_domain_is_taken_by_the_host_of_its_disks_and_reverted_at_the_next_start() {
+    let mut h = world();
+    let disk_host =
+        h.state.volume(&vol("local", "raw")).unwrap().host.clone().expect("a local volume's host");
+    ok(&mut h, Command::CreateSnapshot { domain: "db".into(), name: "d1".into(), kind: SnapshotKind::Disk });
+    let s = h.state.snapshot("db", "d1").unwrap().clone();
+    let generation = h.state.domain("db").unwrap().status.generation;
+    assert_eq!(s.state, SnapshotState::Pending { host: disk_host.clone(), generation });
+    assert_eq!(s.disks, vec![vol("local", "raw")]);
+    // Its disks are being read: the domain does not start, the volume does not grow.
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "start while imaged",
+                Command::StartDomain { name: "db".into() },
+                FailedPrecondition,
+                "d1 is being taken",
+            ),
+            (
+                "resize while imaged",
+                Command::ResizeVolume { volume: vol("local", "raw"), capacity_mib: 4000 },
+                FailedPrecondition,
+                "being imaged for snapshot db/d1",
+            ),
+        ],
+    );
+    let report = |outcome| Command::ReportSnapshot {
+        domain: "db".into(),
+        name: "d1".into(),
+        id: s.id,
+        host: disk_host.clone(),
+        generation,
+        outcome,
+    };
+    ok(&mut h, report(SnapshotOutcome::Taken { bytes: 1 << 20, duration_ms: 3 }));
+    assert!(matches!(h.state.snapshot("db", "d1").unwrap().state, SnapshotState::Taken { .. }));
+    assert_eq!(h.state.domain("db").unwrap().current_snapshot.as_deref(), Some("d1"));
+    // Runs, is reverted while running: a new run starts from the disk snapshot.
+    run(&mut h, "db");
+    let before = h.state.domain("db").unwrap().clone();
+    ok(&mut h, Command::RevertSnapshot { domain: "db".into(), name: "d1".into() });
+    let d = h.state.domain("db").unwrap();
+    assert_eq!(d.status.generation, before.status.generation + 1);
+    assert_eq!(d.restore_from.as_ref().map(|r| r.name.as_str()), Some("d1"));
+    observe(&mut h, "db", ObservedPhase::Running);
+    assert_eq!(h.state.domain("db").unwrap().restore_from, None);
+    assert!(h
+        .envelopes
+        .iter()
+        .any(|e| matches!(&e.event, crate::Event::SnapshotRestored { name, .. } if name == "d1")));
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn a_disk_snapshot_asked_of_a_host_that_is_fenced_fails_and_frees_the_domain() {
+    let mut h = world();
+    let disk_host = h.state.volume(&vol("local", "raw")).unwrap().host.clone().unwrap();
+    ok(&mut h, Command::CreateSnapshot { domain: "db".into(), name: "d1".into(), kind: SnapshotKind::Disk });
+    let leave = Command::SetHostState { name: disk_host.clone(), state: HostState::Left };
+    assert_rejections(&h, vec![("host leaves", leave, FailedPrecondition, "still taking snapshot db/d1")]);
+    ok(&mut h, Command::SetHostState { name: disk_host.clone(), state: HostState::Fenced });
+    let SnapshotState::Failed { reason } = &h.state.snapshot("db", "d1").unwrap().state else {
+        panic!("still {:?}", h.state.snapshot("db", "d1").unwrap().state);
+    };
+    assert!(reason.contains("fenced"), "{reason}");
+    assert_eq!(h.state.snapshots_asked_of(&disk_host).count(), 0);
     crate::invariants::check(&h.state).unwrap();
 }
 

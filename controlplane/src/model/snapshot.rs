@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 pub enum SnapshotKind {
     /// Memory, device state and disks of a running domain.
     Full,
-    /// Disks only (qcow2 internal snapshots).
+    /// The writable disks of a stopped domain, imaged by a host (raw or qcow2).
     Disk,
 }
 

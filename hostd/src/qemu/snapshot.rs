@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 use qapi::qmp;
 
 use super::{qemu_said, qmp_call};
+use crate::disk_images::{self, with_suffix};
 use crate::driver::SnapshotTaken;
 use crate::vm_dir;
 
@@ -69,30 +70,6 @@ const HEADER_BYTES_MAX: u64 = 4096;
 const MAX_BANDWIDTH: u64 = 1 << 40;
 /// How often QEMU is asked how far it got.
 const POLL: Duration = Duration::from_millis(5);
-/// The last bytes of a snapshot that carries disk images.
-const DISKS_MAGIC: &[u8; 8] = b"DRVRDSKS";
-/// The longest disk trailer accepted.
-const TRAILER_BYTES_MAX: u64 = 1 << 20;
-/// Copies go in pieces of this size.
-const COPY_CHUNK_BYTES: usize = 1 << 20;
-
-/// One disk image after the stream.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DiskImage {
-    /// The disk's position in the domain's disks (QEMU's drive `disk<index>`).
-    pub index: usize,
-    /// The disk's file when the snapshot was taken: a restore writes it back only there.
-    pub file: String,
-    pub offset: u64,
-    pub len: u64,
-    pub crc: u32,
-}
-
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Trailer {
-    disks: Vec<DiskImage>,
-}
-
 /// `query-block`'s answer, read loosely (only what a snapshot needs).
 #[derive(Debug, serde::Serialize)]
 struct QueryBlock {}
@@ -158,13 +135,6 @@ fn sh_quoted(path: &Path) -> Result<String, String> {
         return Err(format!("{text} contains a single quote, which QEMU's exec: migration cannot be given"));
     }
     Ok(format!("'{text}'"))
-}
-
-/// `path` with `suffix` appended to its file name.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 /// The files a snapshot in progress uses beside its destination.
@@ -288,189 +258,18 @@ fn migrate_out(dir: &Path, pid: u32, files: &Files, uri: &str, running: bool) ->
 }
 
 /// Copy every writable disk of the VM (QEMU's drives `disk<i>`) after the stream in
-/// `part`, then the trailer that lists them; nothing when there is none.
+/// `part`, then the trailer that lists them (`disk_images`); nothing when there is none.
 fn append_disks(dir: &Path, part: &Path) -> Result<(), String> {
-    use std::os::unix::fs::FileExt;
-    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
     let blocks = qmp_call(dir, &QueryBlock {})?;
-    let mut trailer = Trailer::default();
-    let out = std::fs::OpenOptions::new()
-        .append(true)
-        .open(part)
-        .map_err(|e| io(&part.display().to_string(), e))?;
-    let mut offset = out.metadata().map_err(|e| io("the snapshot", e))?.len();
-    for block in blocks {
-        let Some(index) = block.device.strip_prefix("disk").and_then(|i| i.parse::<usize>().ok()) else {
-            continue;
-        };
-        let Some(inserted) = block.inserted.filter(|i| !i.ro) else { continue };
-        let disk = std::fs::File::open(&inserted.file).map_err(|e| io(&inserted.file, e))?;
-        let len = disk.metadata().map_err(|e| io(&inserted.file, e))?.len();
-        let mut crc = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; COPY_CHUNK_BYTES];
-        let mut at = 0u64;
-        while at < len {
-            let n = (len - at).min(COPY_CHUNK_BYTES as u64) as usize;
-            disk.read_exact_at(&mut buf[..n], at).map_err(|e| io(&inserted.file, e))?;
-            crc.update(&buf[..n]);
-            (&out).write_all(&buf[..n]).map_err(|e| io("the snapshot", e))?;
-            at += n as u64;
-        }
-        trailer.disks.push(DiskImage {
-            index,
-            file: inserted.file.clone(),
-            offset,
-            len,
-            crc: crc.finalize(),
-        });
-        offset += len;
-    }
-    if trailer.disks.is_empty() {
-        return Ok(());
-    }
-    let json = serde_json::to_vec(&trailer).map_err(|e| e.to_string())?;
-    (&out).write_all(&json).map_err(|e| io("the snapshot", e))?;
-    (&out).write_all(&(json.len() as u64).to_le_bytes()).map_err(|e| io("the snapshot", e))?;
-    (&out).write_all(DISKS_MAGIC).map_err(|e| io("the snapshot", e))
-}
-
-/// Where QEMU's stream of snapshot `file` ends, and the disk images after it.
-pub fn read_disks(file: &Path) -> Result<(u64, Vec<DiskImage>), String> {
-    use std::os::unix::fs::FileExt;
-    let damaged = |why: String| format!("{}: the disk images are damaged: {why}", file.display());
-    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let len = f.metadata().map_err(|e| format!("{}: {e}", file.display()))?.len();
-    let mut tail = [0u8; 16];
-    if len < 16 || f.read_exact_at(&mut tail, len - 16).is_err() || &tail[8..] != DISKS_MAGIC {
-        return Ok((len, Vec::new()));
-    }
-    let trailer_len = u64::from_le_bytes(tail[..8].try_into().expect("8 bytes"));
-    if trailer_len > TRAILER_BYTES_MAX || trailer_len + 16 > len {
-        return Err(damaged(format!("a trailer of {trailer_len} bytes")));
-    }
-    let mut json = vec![0u8; trailer_len as usize];
-    f.read_exact_at(&mut json, len - 16 - trailer_len).map_err(|e| damaged(e.to_string()))?;
-    let trailer: Trailer = serde_json::from_slice(&json).map_err(|e| damaged(e.to_string()))?;
-    let mut end = len - 16 - trailer_len;
-    for d in trailer.disks.iter().rev() {
-        if d.offset.checked_add(d.len) != Some(end) {
-            return Err(damaged(format!("disk {} does not end where the next part starts", d.index)));
-        }
-        end = d.offset;
-    }
-    Ok((end, trailer.disks))
-}
-
-/// Disk images written back over a domain's disks, with what they replaced kept beside
-/// until the restore is known to have worked: [`RestoredDisks::keep`] drops the old
-/// contents, [`RestoredDisks::undo`] (or dropping it) puts them back.
-#[derive(Debug, Default)]
-pub struct RestoredDisks {
-    /// (disk, its old contents moved aside).
-    moved: Vec<(PathBuf, PathBuf)>,
-}
-
-impl RestoredDisks {
-    pub fn keep(mut self) {
-        for (_, old) in std::mem::take(&mut self.moved) {
-            let _ = std::fs::remove_file(old);
-        }
-    }
-
-    pub fn undo(mut self) {
-        self.roll_back();
-    }
-
-    fn roll_back(&mut self) {
-        for (disk, old) in std::mem::take(&mut self.moved) {
-            if let Err(e) = std::fs::rename(&old, &disk) {
-                tracing::warn!(disk = %disk.display(), error = %e, "cannot put a disk back after a failed restore");
-            }
-        }
-    }
-}
-
-impl Drop for RestoredDisks {
-    fn drop(&mut self) {
-        self.roll_back();
-    }
-}
-
-/// Write the disk images of snapshot `file` back over `targets` (the domain's disk paths,
-/// by index; `None` for read-only ones), once every image passes its checksum and names
-/// the same file; every writable disk must have an image. What they replace is kept until
-/// the caller knows the restore worked.
-pub fn restore_disks(
-    file: &Path,
-    disks: &[DiskImage],
-    targets: &[Option<&str>],
-) -> Result<RestoredDisks, String> {
-    use std::os::unix::fs::FileExt;
-    let writable: Vec<usize> = (0..targets.len()).filter(|i| targets[*i].is_some()).collect();
-    let imaged: Vec<usize> = disks.iter().map(|d| d.index).collect();
-    if writable != imaged {
-        return Err(format!(
-            "{}: the snapshot holds images of disks {imaged:?}, the domain has writable disks {writable:?}",
-            file.display()
-        ));
-    }
-    for d in disks {
-        let target = targets[d.index].expect("writable, checked above");
-        if d.file != target {
-            return Err(format!(
-                "{}: disk {} was {} when the snapshot was taken, the domain's is {target}",
-                file.display(),
-                d.index,
-                d.file
-            ));
-        }
-    }
-    let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
-    for d in disks {
-        let mut crc = crc32fast::Hasher::new();
-        let mut at = 0u64;
-        while at < d.len {
-            let n = (d.len - at).min(COPY_CHUNK_BYTES as u64) as usize;
-            f.read_exact_at(&mut buf[..n], d.offset + at).map_err(|e| format!("{}: {e}", file.display()))?;
-            crc.update(&buf[..n]);
-            at += n as u64;
-        }
-        if crc.finalize() != d.crc {
-            return Err(format!("{}: the image of disk {} fails its checksum", file.display(), d.index));
-        }
-    }
-    let mut restored = RestoredDisks::default();
-    for d in disks {
-        let target = Path::new(targets[d.index].expect("writable, checked above"));
-        let temp = with_suffix(target, ".restoring");
-        let old = with_suffix(target, ".before-restore");
-        let written = (|| {
-            let out = std::fs::File::create(&temp)?;
-            let mut at = 0u64;
-            while at < d.len {
-                let n = (d.len - at).min(COPY_CHUNK_BYTES as u64) as usize;
-                f.read_exact_at(&mut buf[..n], d.offset + at)?;
-                // Zero pages stay holes: a sparse disk stays sparse.
-                for (i, page) in buf[..n].chunks(4096).enumerate() {
-                    if page.iter().any(|&b| b != 0) {
-                        out.write_all_at(page, at + (i as u64) * 4096)?;
-                    }
-                }
-                at += n as u64;
-            }
-            out.set_len(d.len)?;
-            out.sync_all()?;
-            std::fs::rename(target, &old)?;
-            restored.moved.push((target.to_owned(), old.clone()));
-            std::fs::rename(&temp, target)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temp);
-            return Err(format!("writing disk {} back to {}: {e}", d.index, target.display()));
-        }
-    }
-    Ok(restored)
+    let disks: Vec<(usize, String)> = blocks
+        .into_iter()
+        .filter_map(|block| {
+            let index = block.device.strip_prefix("disk")?.parse::<usize>().ok()?;
+            let inserted = block.inserted.filter(|i| !i.ro)?;
+            Some((index, inserted.file))
+        })
+        .collect();
+    disk_images::append(part, &disks)
 }
 
 /// A paused guest that a snapshot has been taken of stays in QEMU's `postmigrate` state,
