@@ -470,9 +470,17 @@ pub async fn run<D: Driver>(
         lease.clone(),
     ));
     let _stop_heartbeats = AbortOnDrop(heartbeats);
-    // Nothing runs here before the lease is held.
+    // Nothing runs here before the lease is held. A host fenced before it ever held one
+    // (its first heartbeats lost while the cluster elected a leader) joins afresh, or it
+    // would wait for a lease the cluster refuses it for ever (the simulator found this).
     tokio::pin!(stop);
     while !lease.held() {
+        if lease.fenced() {
+            registrations += 1;
+            registered_seq = register(&mut api, &config, boot, registrations).await?;
+            info!(host = %config.host, "registered again: fenced before it first held its lease");
+            lease.clear_fenced();
+        }
         tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}

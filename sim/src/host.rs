@@ -167,8 +167,15 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     let deadline = host.driver.lock().expect("driver lock").lease_deadline_ms.unwrap_or(0);
     let lease = Arc::new(HostLease::held_until(deadline));
     raft::runtime::spawn(heartbeat(core.clone(), index, lease.clone()));
-    // Nothing runs here before the lease is held.
+    // Nothing runs here before the lease is held; fenced before it first held it, the
+    // host joins afresh (as production hostd does).
     while !lease.held() {
+        if lease.fenced() {
+            for request in registration(&mut write) {
+                registered_seq = registered_seq.max(write_until_answered(&core, &mut caller, &request).await);
+            }
+            lease.clear_fenced();
+        }
         tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
     }
     let mut pass = HostPass::new(SHUTDOWN_TIMEOUT_MS);
