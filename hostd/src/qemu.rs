@@ -272,6 +272,11 @@ impl QemuDriver {
         if self.accel == Accel::Kvm {
             a.extend(["-cpu".into(), "host".into()]);
         }
+        if microvm {
+            // Virtio 1.0 transports (version 2), as the own VMM offers, rather than QEMU's
+            // legacy default: Linux drives either, Drover's test guest only these.
+            a.extend(["-global".into(), "virtio-mmio.force-legacy=false".into()]);
+        }
         if let Some(initrd) = &spec.initrd {
             if !Path::new(initrd).is_file() {
                 return Err(format!("initrd {initrd} is missing"));

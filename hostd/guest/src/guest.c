@@ -33,6 +33,10 @@
  *                         from a new sender or with a new token
  *   virtio_mmio.device=4K@0xADDR:IRQ   where the virtio devices are (Linux syntax, one
  *                         entry per device; the guest reads each device's type)
+ *   drover.mmio_window=BASE:COUNT:STRIDE   besides those, probe COUNT transports STRIDE
+ *                         bytes apart from BASE (QEMU's microvm with ACPI lists none on
+ *                         the command line: 0xfeb00000:24:512; it needs virtio-mmio
+ *                         version 2, -global virtio-mmio.force-legacy=false)
  *
  * Between ticks the guest writes the milliseconds left to port 0xf6, where Drover's VMM
  * idles the vCPU (a ring-3 guest cannot halt); elsewhere that port does nothing.
@@ -170,6 +174,22 @@ static u64 find_device_nth(u32 type, u32 nth) {
             }
         }
         while (*p && *p != ' ') p++;
+    }
+    /* A machine that lists no devices on the command line (QEMU's microvm with ACPI):
+     * probe the window it puts its transports in, in address order. */
+    const char *w = param("drover.mmio_window");
+    if (w) {
+        u64 base = parse_num(w, 0);
+        while (*w && *w != ':') w++;
+        u64 count = *w ? parse_num(++w, 0) : 0;
+        while (*w && *w != ':') w++;
+        u64 stride = *w ? parse_num(++w, 0) : 0;
+        for (u64 i = 0; base && stride && i < count && i < 64; i++) {
+            u64 at = base + i * stride;
+            if (mmio_read(at) == 0x74726976 && mmio_read(at + 4) == 2 && mmio_read(at + 8) == type &&
+                nth-- == 0)
+                return at;
+        }
     }
     return 0;
 }
