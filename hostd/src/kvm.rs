@@ -113,10 +113,9 @@ impl KvmDriver {
                 }
                 VmStatus { generation: vm.generation, phase, reason: s.reason }
             }
-            Err(_) if vm_dir::process_alive(vm.pid) => {
-                // Starting up or briefly busy: say it is starting rather than guess.
-                VmStatus { generation: vm.generation, phase: VmPhase::Starting, reason: None }
-            }
+            // No answer: its exit record, once written, says how this run ended (a VMM
+            // that has written it may still be on its way out; calling that "starting"
+            // refused a start right after a stop, seen in CI).
             Err(_) => match std::fs::read_to_string(vm.dir.join(control::EXIT_FILE))
                 .ok()
                 .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
@@ -124,6 +123,10 @@ impl KvmDriver {
             {
                 Some(exit) => {
                     VmStatus { generation: vm.generation, phase: phase_of(exit.phase), reason: exit.reason }
+                }
+                // Starting up or briefly busy: say it is starting rather than guess.
+                None if vm_dir::process_alive(vm.pid) => {
+                    VmStatus { generation: vm.generation, phase: VmPhase::Starting, reason: None }
                 }
                 None => VmStatus {
                     generation: vm.generation,
@@ -191,6 +194,9 @@ impl KvmDriver {
     }
 }
 
+/// How long a start waits for the VMM of the domain's ended run to exit.
+const OLD_VMM_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Driver for KvmDriver {
     fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
@@ -202,6 +208,23 @@ impl Driver for KvmDriver {
                     action: "start",
                     phase: status.phase,
                 });
+            }
+            // Its run has ended; let its process finish first (on its way out it removes
+            // its control socket, which must not be the new VMM's: same directory).
+            let deadline = std::time::Instant::now() + OLD_VMM_EXIT_WAIT;
+            let alive = |vm: &mut vm_dir::VmProcess| {
+                vm.reap();
+                vm_dir::process_alive(vm.pid) && vm_dir::runs_in(vm.pid, &vm.dir)
+            };
+            while alive(vm) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if alive(vm) {
+                return Err(failed(format!(
+                    "the VMM of its last run (pid {}) has not exited {} ms after the run ended",
+                    vm.pid,
+                    OLD_VMM_EXIT_WAIT.as_millis()
+                )));
             }
         }
         let dir = vm_dir::dir_for(&self.config.run_dir, &spec.domain).map_err(failed)?;

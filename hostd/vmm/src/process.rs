@@ -193,10 +193,11 @@ pub fn run(args: VmmArgs) -> i32 {
             .expect("spawning the control thread");
     }
     let (phase, reason) = vm.wait();
-    let _ = std::fs::remove_file(&socket);
     let _guard = serving.lock().unwrap_or_else(|p| p.into_inner());
     eprintln!("drover-vmm: VM ended: {phase:?} {}", reason.as_deref().unwrap_or(""));
+    // The record first: whoever finds the socket gone finds how the run ended.
     write_exit(&args.run_dir, &record(phase, reason));
+    let _ = std::fs::remove_file(&socket);
     0
 }
 
