@@ -245,8 +245,14 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
         // The events between the archive's end and the snapshot are not applied here: note
         // the hole (the backfill task fetches them) and checkpoint the snapshot's state.
         // Both are flushed with the archive before the snapshot is stored.
+        // What is archived or already noted missing: a hole still being filled holds some
+        // events (a backfill that stopped part way), and the new hole must not overlap it
+        // (filling one would drop the other's events; the simulator found an archive left
+        // without events no hole named).
         let archived =
             self.archive.bounds().map_err(|e| snap_err(ErrorVerb::Read, e))?.map_or(0, |(_, last)| last);
+        let noted = self.archive.holes().map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let archived = noted.iter().map(|(_, to)| *to).fold(archived, u64::max);
         let seq = state.last_seq();
         if archived < seq {
             self.archive.note_hole(archived + 1, seq).map_err(|e| snap_err(ErrorVerb::Write, e))?;
