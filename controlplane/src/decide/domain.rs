@@ -278,17 +278,21 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
 
 /// A run of `domain` may begin only on disks whose files are made and not changing
 /// (guarded: a resize or delete asked meanwhile voids the proposal).
-pub(super) fn disks_ready(d: &mut Draft<'_>, domain: &Domain) -> Result<(), Rejection> {
-    // Pending while the domain is not placed, it is a disk snapshot being taken of them.
-    if let Some(s) =
-        d.state.snapshots_of(&domain.name).find(|s| matches!(s.state, SnapshotState::Pending { .. }))
-    {
-        return Err(Rejection::precondition(
+/// Refuse to `what` while a host images the domain's disks (a snapshot pending while the
+/// domain is not placed is a disk snapshot).
+fn not_while_imaged(d: &Draft<'_>, domain: &Domain, what: &str) -> Result<(), Rejection> {
+    match d.state.snapshots_of(&domain.name).find(|s| matches!(s.state, SnapshotState::Pending { .. })) {
+        Some(s) if !domain.is_placed() => Err(Rejection::precondition(
             ResourceKind::Domain,
             &domain.name,
-            format!("its disk snapshot {} is being taken; it runs once that is done", s.name),
-        ));
+            format!("its disk snapshot {} is being taken; {what} once that is done", s.name),
+        )),
+        _ => Ok(()),
     }
+}
+
+pub(super) fn disks_ready(d: &mut Draft<'_>, domain: &Domain) -> Result<(), Rejection> {
+    not_while_imaged(d, domain, "it runs")?;
     for disk in &domain.spec.disks {
         let volume = d.volume(&disk.volume)?;
         if !volume.usable() {
@@ -378,6 +382,7 @@ fn must_be_offline(domain: &Domain, what: &str) -> Result<(), Rejection> {
 pub(super) fn attach_disk(d: &mut Draft<'_>, name: &str, disk: &Disk) -> Result<(), Rejection> {
     let domain = d.domain(name)?;
     must_be_offline(domain, "attach disks")?;
+    not_while_imaged(d, domain, "attach disks")?;
     if domain.spec.disks.len() >= DISKS_PER_DOMAIN_MAX {
         return Err(Rejection::exhausted(
             ResourceKind::Domain,
@@ -401,6 +406,7 @@ pub(super) fn detach_disk(d: &mut Draft<'_>, name: &str, volume: &VolumeRef) -> 
     validate::name("volume.pool", &volume.pool)?;
     validate::name("volume.name", &volume.name)?;
     must_be_offline(domain, "detach disks")?;
+    not_while_imaged(d, domain, "detach disks")?;
     if !domain.spec.disks.iter().any(|disk| &disk.volume == volume) {
         return Err(Rejection::not_found(ResourceKind::Volume, format!("{volume} on domain {name}")));
     }

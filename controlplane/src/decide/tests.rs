@@ -1066,6 +1066,12 @@ fn a_disk_snapshot_of_a_stopped_domain_is_taken_by_the_host_of_its_disks_and_rev
                 "d1 is being taken",
             ),
             (
+                "detach while imaged",
+                Command::DetachDisk { domain: "db".into(), volume: vol("local", "raw") },
+                FailedPrecondition,
+                "detach disks once that is done",
+            ),
+            (
                 "resize while imaged",
                 Command::ResizeVolume { volume: vol("local", "raw"), capacity_mib: 4000 },
                 FailedPrecondition,
