@@ -288,9 +288,16 @@ pub fn take(path: &Path, domain: &str, disks: &[DiskSpec]) -> Result<SnapshotTak
     }
 }
 
-/// The header of disk-only snapshot `file`, and where its images start.
-pub fn read_header(file: &Path) -> Result<(Header, u64), String> {
-    let not_ours = |why: &str| format!("{} is not a disk snapshot: {why}", file.display());
+/// The one-line header `MAGIC VERSION {json}` that starts snapshot `file` (this module's
+/// disk-only snapshots, the qemu driver's): the JSON read as `H`, and the line's length.
+/// `kind` says what the file must be, for the errors ("a disk snapshot").
+pub fn read_header_line<H: serde::de::DeserializeOwned>(
+    file: &Path,
+    magic: &str,
+    version: u32,
+    kind: &str,
+) -> Result<(H, u64), String> {
+    let not_ours = |why: &str| format!("{} is not {kind}: {why}", file.display());
     let opened = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut line = Vec::new();
     std::io::BufReader::new(opened)
@@ -302,16 +309,21 @@ pub fn read_header(file: &Path) -> Result<(Header, u64), String> {
     }
     let text = std::str::from_utf8(&line).map_err(|_| not_ours("no header line"))?.trim_end();
     let mut words = text.splitn(3, ' ');
-    if words.next() != Some(MAGIC) {
-        return Err(not_ours(&format!("it does not start with {MAGIC}")));
+    if words.next() != Some(magic) {
+        return Err(not_ours(&format!("it does not start with {magic}")));
     }
-    let version = words.next().unwrap_or_default();
-    if version != FORMAT_VERSION.to_string() {
-        return Err(not_ours(&format!("format {version:?}; this build reads {FORMAT_VERSION}")));
+    let found = words.next().unwrap_or_default();
+    if found != version.to_string() {
+        return Err(not_ours(&format!("format {found:?}; this build reads {version}")));
     }
-    let header: Header = serde_json::from_str(words.next().unwrap_or_default())
+    let header: H = serde_json::from_str(words.next().unwrap_or_default())
         .map_err(|e| not_ours(&format!("unreadable header: {e}")))?;
     Ok((header, line.len() as u64))
+}
+
+/// The header of disk-only snapshot `file`, and where its images start.
+pub fn read_header(file: &Path) -> Result<(Header, u64), String> {
+    read_header_line(file, MAGIC, FORMAT_VERSION, "a disk snapshot")
 }
 
 /// Write disk-only snapshot `file` of `domain` back over its writable `disks` (its VM not

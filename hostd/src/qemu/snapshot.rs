@@ -41,7 +41,7 @@
 //! QEMU starts, and feeds QEMU only the stream. A snapshot of a VM without writable disks
 //! has no trailer.
 
-use std::io::{BufRead, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -63,8 +63,6 @@ pub const MAGIC: &str = "DROVER-QEMU-SNAPSHOT";
 pub const FORMAT_VERSION: u32 = 1;
 /// QEMU's migration stream starts with these bytes ("QEVM").
 const QEMU_STREAM_MAGIC: &[u8; 4] = b"QEVM";
-/// The longest header line accepted.
-const HEADER_BYTES_MAX: u64 = 4096;
 /// The migration bandwidth cap while snapshotting: none that matters (QEMU's default, 128
 /// MiB/s, would hold a stopped guest paused for seconds per GiB).
 const MAX_BANDWIDTH: u64 = 1 << 40;
@@ -336,34 +334,22 @@ fn check_stream(file: &Path) -> Result<(), String> {
 
 /// The header of snapshot `file`, and the offset of the QEMU stream after it.
 pub fn read_header(file: &Path) -> Result<(Header, u64), String> {
-    let not_ours = |why: &str| format!("{} is not a snapshot of the qemu driver: {why}", file.display());
+    use std::os::unix::fs::FileExt;
+    let (header, len) =
+        disk_images::read_header_line(file, MAGIC, FORMAT_VERSION, "a snapshot of the qemu driver")?;
+    let no_stream = || {
+        format!(
+            "{} is not a snapshot of the qemu driver: no QEMU migration stream after the header",
+            file.display()
+        )
+    };
     let opened = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut reader = std::io::BufReader::new(opened);
-    let mut line = Vec::new();
-    (&mut reader)
-        .take(HEADER_BYTES_MAX)
-        .read_until(b'\n', &mut line)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    if line.last() != Some(&b'\n') {
-        return Err(not_ours("no header line"));
-    }
-    let text = std::str::from_utf8(&line).map_err(|_| not_ours("no header line"))?.trim_end();
-    let mut words = text.splitn(3, ' ');
-    if words.next() != Some(MAGIC) {
-        return Err(not_ours(&format!("it does not start with {MAGIC}")));
-    }
-    let version = words.next().unwrap_or_default();
-    if version != FORMAT_VERSION.to_string() {
-        return Err(not_ours(&format!("format {version:?}; this driver reads {FORMAT_VERSION}")));
-    }
-    let header: Header = serde_json::from_str(words.next().unwrap_or_default())
-        .map_err(|e| not_ours(&format!("unreadable header: {e}")))?;
     let mut magic = [0u8; 4];
-    reader.read_exact(&mut magic).map_err(|_| not_ours("no QEMU migration stream after the header"))?;
+    opened.read_exact_at(&mut magic, len).map_err(|_| no_stream())?;
     if &magic != QEMU_STREAM_MAGIC {
-        return Err(not_ours("no QEMU migration stream after the header"));
+        return Err(no_stream());
     }
-    Ok((header, line.len() as u64))
+    Ok((header, len))
 }
 
 /// The `exec:` URI that feeds QEMU the stream of snapshot `file`: from the end of its
