@@ -235,6 +235,19 @@ impl raft::backfill::ArchivePeers for Peer {
     }
 }
 
+/// Run the backfill task against `peer` until `archive` has no hole (bounded: 100 rounds
+/// of paused time).
+async fn backfill_until_whole(archive: &raft::archive::Archive<MemKv>, peer: Peer) {
+    let task = tokio::spawn(raft::backfill::run(archive.clone(), peer, std::time::Duration::from_millis(10)));
+    for _ in 0..100 {
+        if archive.first_hole().unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    task.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn backfill_fills_the_hole_a_snapshot_left_and_refuses_events_that_do_not_replay() {
     let kv = MemKv::new();
@@ -258,16 +271,7 @@ async fn backfill_fills_the_hole_a_snapshot_left_and_refuses_events_that_do_not_
     task.abort();
     assert_eq!(archive.first_hole().unwrap(), Some((1, last)), "a tampered history is refused");
 
-    let honest = Peer { archive: sm.archive(), tamper: false };
-    let task =
-        tokio::spawn(raft::backfill::run(archive.clone(), honest, std::time::Duration::from_millis(10)));
-    for _ in 0..100 {
-        if archive.first_hole().unwrap().is_none() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    task.abort();
+    backfill_until_whole(&archive, Peer { archive: sm.archive(), tamper: false }).await;
     assert_eq!(archive.first_hole().unwrap(), None, "the hole is filled");
     assert_eq!(archive.events(1, usize::MAX).unwrap(), sm.archive().events(1, usize::MAX).unwrap());
     for seq in [1, last / 2, last] {
@@ -314,16 +318,7 @@ async fn a_snapshot_installed_during_a_partial_backfill_notes_a_hole_that_does_n
     fresh.install_snapshot(&second.meta, second.snapshot).await.unwrap();
     assert_eq!(archive.holes().unwrap(), vec![(1, a), (a + 1, b)], "two holes side by side");
 
-    let honest = Peer { archive: sm.archive(), tamper: false };
-    let task =
-        tokio::spawn(raft::backfill::run(archive.clone(), honest, std::time::Duration::from_millis(10)));
-    for _ in 0..100 {
-        if archive.first_hole().unwrap().is_none() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    task.abort();
+    backfill_until_whole(&archive, Peer { archive: sm.archive(), tamper: false }).await;
     assert_eq!(archive.holes().unwrap(), vec![], "both holes are filled");
     assert_eq!(archive.events(1, usize::MAX).unwrap(), sm.archive().events(1, usize::MAX).unwrap());
 }

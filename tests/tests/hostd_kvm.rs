@@ -354,6 +354,31 @@ async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_rev
     assert!(hostd.alive());
 }
 
+/// A one-replica cluster, a kvm hostd on it, ready, and a directory pool `p` of 64 MiB.
+struct PoolCluster {
+    cluster: Processes,
+    ep: String,
+    dir: PathBuf,
+    run_dir: PathBuf,
+    pool: PathBuf,
+    kernel: PathBuf,
+    hostd: Hostd,
+}
+
+async fn pool_cluster() -> PoolCluster {
+    let mut cluster = Processes::new();
+    let ep = cluster.bootstrap(tests::NO_HOSTD).await;
+    let dir = cluster.dir.path().to_owned();
+    let run_dir = dir.join("vms");
+    let pool = dir.join("pool");
+    let kernel = dir.join("guest.elf");
+    testguest::write_to(&kernel).unwrap();
+    let hostd = Hostd::start(&ep, &run_dir, &dir.join("hostd.log"), 4096);
+    ready_host(&ep).await;
+    drover(&ep, &["pool", "create", "p", "--path", pool.to_str().unwrap(), "--capacity-mib", "64"]);
+    PoolCluster { cluster, ep, dir, run_dir, pool, kernel, hostd }
+}
+
 /// Raw volumes made through the API are the own VMM's guest's disks: the test guest
 /// writes its marker to each writable one, a read-only one refuses the write and keeps
 /// its content, and the next run of the domain reads back what the last one wrote. A
@@ -363,16 +388,8 @@ async fn raw_volumes_made_through_the_api_are_the_guests_disks() {
     if !kvm_present() {
         return;
     }
-    let mut cluster = Processes::new();
-    let ep = cluster.bootstrap(tests::NO_HOSTD).await;
-    let dir = cluster.dir.path().to_owned();
-    let run_dir = dir.join("vms");
-    let pool = dir.join("pool");
-    let kernel = dir.join("guest.elf");
-    testguest::write_to(&kernel).unwrap();
-    let _hostd = Hostd::start(&ep, &run_dir, &dir.join("hostd.log"), 4096);
-    ready_host(&ep).await;
-    drover(&ep, &["pool", "create", "p", "--path", pool.to_str().unwrap(), "--capacity-mib", "64"]);
+    let PoolCluster { cluster: _cluster, ep, dir, run_dir, pool, kernel, hostd: _hostd } =
+        pool_cluster().await;
     for v in ["a", "b", "c"] {
         drover(&ep, &["vol", "create", &format!("p/{v}"), "--format", "raw", "--capacity-mib", "1"]);
     }
@@ -430,16 +447,7 @@ async fn a_disk_snapshot_of_a_stopped_domain_brings_its_disk_back_on_revert() {
     if !kvm_present() {
         return;
     }
-    let mut cluster = Processes::new();
-    let ep = cluster.bootstrap(tests::NO_HOSTD).await;
-    let dir = cluster.dir.path().to_owned();
-    let run_dir = dir.join("vms");
-    let pool = dir.join("pool");
-    let kernel = dir.join("guest.elf");
-    testguest::write_to(&kernel).unwrap();
-    let mut hostd = Hostd::start(&ep, &run_dir, &dir.join("hostd.log"), 4096);
-    ready_host(&ep).await;
-    drover(&ep, &["pool", "create", "p", "--path", pool.to_str().unwrap(), "--capacity-mib", "64"]);
+    let PoolCluster { cluster: _cluster, ep, dir, run_dir, pool, kernel, mut hostd } = pool_cluster().await;
     for v in ["a", "ro"] {
         drover(&ep, &["vol", "create", &format!("p/{v}"), "--format", "raw", "--capacity-mib", "1"]);
     }
