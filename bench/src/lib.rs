@@ -5,7 +5,37 @@
 //! Criterion benches of the pure core (`benches/core.rs`) and the audit archive
 //! (`benches/archive.rs`) over histories made by [`history`]; binaries: `raft_load`
 //! (replication against etcd), `durability_floor`, `placements`, `vm_start` (against QEMU
-//! and libvirt), `snapshot` (save and restore, against QEMU) and `sim_speed`.
+//! and libvirt), `snapshot` (save and restore, against QEMU), `disk_io` (guest disk throughput, against
+//! QEMU) and `sim_speed`; `bench/overlay_net.sh` (the overlay against one bridge).
 #![forbid(unsafe_code)]
 
 pub mod history;
+
+/// The own VMM's binary beside the running benchmark (`target/<profile>/drover-vmm`).
+pub fn vmm_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    exe.parent().expect("target/<profile>").join("drover-vmm")
+}
+
+/// The process driver `name` (`kvm`: the own VMM, which must be built; `qemu`) with its
+/// VMs under `run_dir`.
+pub fn process_driver(
+    name: &str,
+    run_dir: &std::path::Path,
+) -> anyhow::Result<Box<dyn hostd::driver::Driver>> {
+    Ok(match name {
+        "kvm" => {
+            if !vmm_bin().exists() {
+                anyhow::bail!("{} is missing: cargo build --release -p vmm", vmm_bin().display());
+            }
+            Box::new(hostd::kvm::KvmDriver::new(hostd::kvm::KvmConfig {
+                program: vmm_bin(),
+                program_args: Vec::new(),
+                run_dir: run_dir.to_owned(),
+                console_log_bytes_max: 1 << 20,
+            })?)
+        }
+        "qemu" => Box::new(hostd::qemu::QemuDriver::new(hostd::qemu::QemuConfig::new(run_dir.to_owned()))?),
+        other => anyhow::bail!("unknown driver {other}"),
+    })
+}

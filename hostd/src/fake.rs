@@ -336,13 +336,6 @@ impl Driver for FakeDriver {
         if let Some(reason) = self.fail_next_snapshot.take() {
             return Err(failed(reason));
         }
-        if let Some(phase) = self.vms.get(domain).map(|vm| vm.phase).filter(|p| p.is_live()) {
-            return Err(DriverError::WrongPhase {
-                domain: domain.to_owned(),
-                action: "take a disk snapshot",
-                phase,
-            });
-        }
         let writable: Vec<PathBuf> =
             disks.iter().filter(|d| !d.read_only).map(|d| PathBuf::from(&d.path)).collect();
         let volumes = self.volume_store.lock().unwrap_or_else(|p| p.into_inner());

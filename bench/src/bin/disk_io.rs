@@ -15,15 +15,13 @@
 #![allow(clippy::print_stdout)] // a report on stdout is its output
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use controlplane::model::VolumeFormat;
 use hostd::driver::{DiskSpec, Driver, VmPhase, VmSpec};
-use hostd::kvm::{KvmConfig, KvmDriver};
-use hostd::qemu::{QemuConfig, QemuDriver};
 
 /// Where QEMU 7.2's microvm puts its virtio-mmio transports: 24 of them, 512 bytes apart.
 const QEMU_MICROVM_MMIO: &str = "drover.mmio_window=0xfeb00000:24:512";
@@ -45,11 +43,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
-fn vmm_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    exe.parent().expect("target/<profile>").join("drover-vmm")
 }
 
 /// One run: each phase's duration in seconds.
@@ -101,21 +94,7 @@ fn main() -> anyhow::Result<()> {
     let mut results: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for name in args.only.split(',') {
         let run_dir = work.path().join(name);
-        let mut driver: Box<dyn Driver> = match name {
-            "kvm" => {
-                if !vmm_bin().exists() {
-                    bail!("{} is missing: cargo build --release -p vmm", vmm_bin().display());
-                }
-                Box::new(KvmDriver::new(KvmConfig {
-                    program: vmm_bin(),
-                    program_args: Vec::new(),
-                    run_dir: run_dir.clone(),
-                    console_log_bytes_max: 1 << 20,
-                })?)
-            }
-            "qemu" => Box::new(QemuDriver::new(QemuConfig::new(run_dir.clone()))?),
-            other => bail!("unknown driver {other}"),
-        };
+        let mut driver = bench::process_driver(name, &run_dir)?;
         for run in 0..args.runs {
             let disk = work.path().join(format!("{name}-{run}.img"));
             let file = std::fs::File::create(&disk)?;

@@ -12,14 +12,12 @@
 
 #![allow(clippy::print_stdout)] // a report on stdout is its output
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use hostd::driver::{snapshot_path, Driver, VmPhase, VmSpec};
-use hostd::kvm::{KvmConfig, KvmDriver};
-use hostd::qemu::{QemuConfig, QemuDriver};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -105,11 +103,6 @@ fn round(
     Ok((taken.duration_ms as f64, call_ms, taken.bytes, restore_ms))
 }
 
-fn vmm_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    exe.parent().expect("target/<profile>").join("drover-vmm")
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let work = tempfile::tempdir()?;
@@ -119,21 +112,7 @@ fn main() -> anyhow::Result<()> {
     println!("driver  size_mib  workload  paused_ms_p50  snapshot_call_ms_p50  file_mib  restore_to_running_ms_p50");
     for name in args.only.split(',') {
         let run_dir = work.path().join(name);
-        let mut driver: Box<dyn Driver> = match name {
-            "kvm" => {
-                if !vmm_bin().exists() {
-                    bail!("{} is missing: cargo build --release -p vmm", vmm_bin().display());
-                }
-                Box::new(KvmDriver::new(KvmConfig {
-                    program: vmm_bin(),
-                    program_args: Vec::new(),
-                    run_dir: run_dir.clone(),
-                    console_log_bytes_max: 1 << 20,
-                })?)
-            }
-            "qemu" => Box::new(QemuDriver::new(QemuConfig::new(run_dir.clone()))?),
-            other => bail!("unknown driver {other}"),
-        };
+        let mut driver = bench::process_driver(name, &run_dir)?;
         let mut n = 0;
         for &mib in &args.sizes {
             for (workload, dirty) in [("idle", 0), ("touched", mib / 4)] {
