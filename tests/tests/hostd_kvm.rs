@@ -505,8 +505,11 @@ async fn a_disk_snapshot_of_a_stopped_domain_brings_its_disk_back_on_revert() {
         "put back at the next start, not before"
     );
     drover(&ep, &["domain", "start", "db"]);
-    wait_for("the reverted run to read its disk", Duration::from_secs(30), || async {
-        (text().matches("drover-guest: blk 0 ro=0 held").count() == 2).then_some(())
+    // Both disks' lines are whole once the run ticks after them.
+    wait_for("the reverted run to read its disks", Duration::from_secs(30), || async {
+        let t = text();
+        let second = t.match_indices("drover-guest: blk disks").nth(1).map(|(i, _)| &t[i..])?;
+        second.contains("drover-guest: tick").then_some(())
     })
     .await;
     let console_text = text();
