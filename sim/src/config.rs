@@ -13,6 +13,9 @@ pub enum HostBug {
     NoSelfFence,
     /// Report a volume's file made although it never reached the pool.
     VolumeWithoutFile,
+    /// Boot a domain reverted to a disk snapshot on its disks as they are, without writing
+    /// the snapshot's images back.
+    DiskRevertSkipped,
 }
 
 /// One run's settings. Everything random is drawn from `seed`.

@@ -267,8 +267,22 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
                     store.remove(&job.path);
                 }
             }
-            let observations = pass.run(&mut *driver, &assigned.domains, now);
+            let observations = if core.cfg.host_bug == crate::config::HostBug::DiskRevertSkipped {
+                // The planted bug: a revert to a disk snapshot boots on the disks as they are.
+                let mut skipped = assigned.domains.clone();
+                skipped.values_mut().for_each(|a| a.spec.disks_from = None);
+                pass.run(&mut *driver, &skipped, now)
+            } else {
+                pass.run(&mut *driver, &assigned.domains, now)
+            };
             let started: Vec<String> = live(&mut driver).difference(&before).cloned().collect();
+            for detail in crate::invariants::snapshots::check_disk_restores(
+                &assigned.domains,
+                &started,
+                &driver.restores,
+            ) {
+                core.violation("snapshots", detail);
+            }
             let snapshot_reports = snapshots.run(&mut *driver, &assigned.snapshots, now);
             if core.cfg.host_bug == crate::config::HostBug::SnapshotWithoutFile {
                 // The planted bug: what was taken never reaches storage, yet is reported.

@@ -31,6 +31,8 @@ enum BugArg {
     NoSelfFence,
     /// Hosts report volume files made that never reached the pool.
     VolumeWithoutFile,
+    /// Hosts boot a domain reverted to a disk snapshot without writing its images back.
+    DiskRevertSkipped,
     /// Replicas save their vote without flushing it.
     VoteUnsynced,
     /// Replicas acknowledge appended entries before flushing them.
@@ -112,6 +114,7 @@ fn replay_command(args: &Args, seed: u64) -> String {
         BugArg::SnapshotWithoutFile => c.push_str(" --bug snapshot-without-file"),
         BugArg::NoSelfFence => c.push_str(" --bug no-self-fence"),
         BugArg::VolumeWithoutFile => c.push_str(" --bug volume-without-file"),
+        BugArg::DiskRevertSkipped => c.push_str(" --bug disk-revert-skipped"),
         BugArg::VoteUnsynced => c.push_str(" --bug vote-unsynced"),
         BugArg::AppendUnsynced => c.push_str(" --bug append-unsynced"),
         BugArg::PurgeUnsynced => c.push_str(" --bug purge-unsynced"),
@@ -141,14 +144,17 @@ fn main() -> anyhow::Result<()> {
             BugArg::AppendUnsynced => Bug::AppendUnsynced,
             BugArg::PurgeUnsynced => Bug::PurgeUnsynced,
             BugArg::SnapshotUnsynced => Bug::SnapshotUnsynced,
-            BugArg::None | BugArg::SnapshotWithoutFile | BugArg::NoSelfFence | BugArg::VolumeWithoutFile => {
-                Bug::None
-            }
+            BugArg::None
+            | BugArg::SnapshotWithoutFile
+            | BugArg::NoSelfFence
+            | BugArg::VolumeWithoutFile
+            | BugArg::DiskRevertSkipped => Bug::None,
         },
         host_bug: match args.bug {
             BugArg::SnapshotWithoutFile => HostBug::SnapshotWithoutFile,
             BugArg::NoSelfFence => HostBug::NoSelfFence,
             BugArg::VolumeWithoutFile => HostBug::VolumeWithoutFile,
+            BugArg::DiskRevertSkipped => HostBug::DiskRevertSkipped,
             _ => HostBug::None,
         },
         keep_trace: args.trace,

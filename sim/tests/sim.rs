@@ -121,6 +121,16 @@ fn a_host_that_reports_volume_files_it_did_not_make_is_caught_within_fifty_seeds
 }
 
 #[test]
+fn a_host_that_boots_a_disk_revert_without_restoring_the_disks_is_caught_within_sixty_seeds() {
+    require_determinism();
+    let caught = (1..=60).find(|seed| {
+        let out = run(&SimConfig { host_bug: HostBug::DiskRevertSkipped, ..SimConfig::new(*seed) });
+        out.violations.iter().any(|v| v.invariant == "snapshots")
+    });
+    assert!(caught.is_some(), "sixty seeds ran hosts that skip disk restores and no invariant noticed");
+}
+
+#[test]
 fn a_host_that_does_not_fence_itself_is_caught_within_ten_seeds() {
     require_determinism();
     let caught = (1..=10).find(|seed| {

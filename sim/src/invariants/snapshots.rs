@@ -4,7 +4,8 @@
 //! holds with that id, taken or still asked of a host lost for good (a deleted snapshot's
 //! file is gone, and so is a failed one's); every snapshot asked of a live host has been
 //! taken or has failed. At every restore: the file the hypervisor restored holds a
-//! snapshot of the domain its path names (a revert's own domain, a clone's source).
+//! snapshot of the domain its path names (a revert's own domain, a clone's source), and a
+//! VM whose run reverts to a disk snapshot boots only after its images were written back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,24 @@ pub fn check_settled(
         }
     }
     Ok(())
+}
+
+/// Every VM `started` in this pass whose run reverts to a disk snapshot (`disks_from` in
+/// its assignment) had that snapshot's images written back first: the driver's
+/// `restores` (not yet drained this pass) hold it.
+pub fn check_disk_restores(
+    assigned: &BTreeMap<String, hostd::reconciler::Assigned>,
+    started: &[String],
+    restores: &[(String, String, PathBuf)],
+) -> Vec<String> {
+    started
+        .iter()
+        .filter_map(|domain| Some((domain, assigned.get(domain)?.spec.disks_from.as_ref()?)))
+        .filter(|(domain, file)| !restores.iter().any(|(d, _, p)| d == *domain && p == Path::new(file)))
+        .map(|(domain, file)| {
+            format!("domain {domain} booted on disks not restored from its disk snapshot {file}")
+        })
+        .collect()
 }
 
 /// Every restore a hypervisor made: (domain started, domain the snapshot was taken of,
