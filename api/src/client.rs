@@ -1,6 +1,8 @@
 //! A client of the public API over several endpoints, tried in turn: a call that finds a
-//! replica unreachable, or a follower that names the leader, moves on (to the leader when
-//! named). Retries are bounded.
+//! replica unreachable, loses its connection on the way, or reaches a follower that names
+//! the leader, moves on (to the leader when named). Retries are bounded. A write lost on
+//! the way may have been committed: its retry carries the same request id, so the cluster
+//! answers it with the first commit instead of doing it twice.
 
 use std::future::Future;
 use std::time::Duration;
@@ -57,7 +59,7 @@ impl ApiClient {
             let addr = hint.take().unwrap_or_else(|| self.endpoints[next % self.endpoints.len()].clone());
             match call(channel(&addr)?).await {
                 Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::Unavailable => {
+                Err(s) if s.code() == Code::Unavailable || connection_lost(&s) => {
                     hint = s
                         .metadata()
                         .get(raft::node::LEADER_ADDRESS_HEADER)
@@ -74,5 +76,50 @@ impl ApiClient {
             }
         }
         Err(last)
+    }
+}
+
+/// Whether the call failed in the transport (the connection broke while the request or
+/// its answer was on the way, as when the replica is killed), not in the service.
+fn connection_lost(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    use super::*;
+
+    /// A replica that dies with the request on the way (here: one that accepts every
+    /// connection and closes it at once) is retried like an unreachable one, within the
+    /// bound, not reported as an unknown error after the first try.
+    #[tokio::test]
+    async fn a_connection_lost_on_the_way_is_retried_within_the_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let closer = tokio::spawn(async move {
+            for _ in 0..CALL_ATTEMPTS_MAX * 4 {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                drop(conn);
+            }
+        });
+        let tries = AtomicUsize::new(0);
+        let client = ApiClient::new(vec![addr], "test".into());
+        let err = client
+            .call(|ch| {
+                tries.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Ok(HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await?)
+                }
+            })
+            .await
+            .unwrap_err();
+        assert!(connection_lost(&err), "{err:?}");
+        assert_eq!(tries.load(Ordering::SeqCst), CALL_ATTEMPTS_MAX, "last error: {err:?}");
+        closer.abort();
     }
 }
