@@ -226,8 +226,8 @@ pub enum SnapshotCmd {
     /// its host); a stopped one starts from it next time. A disk snapshot's images are
     /// written back over the disks just before that run boots afresh.
     Revert { domain: String, name: String },
-    /// A new domain CLONE: a copy of DOMAIN (its own name and runs; DOMAIN must have no
-    /// NICs) that continues from DOMAIN's snapshot NAME when started.
+    /// A new domain CLONE: a copy of DOMAIN (its own name, runs, MACs and addresses) that
+    /// continues from DOMAIN's snapshot NAME when started.
     Clone { domain: String, name: String, clone: String },
     /// Snapshots with their state, size and how long the guest was paused for them.
     List {

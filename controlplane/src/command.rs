@@ -163,8 +163,8 @@ pub enum Command {
         id: MigrationId,
         reason: String,
     },
-    /// Define domain `clone` as a copy of `source` (a new name; `source` has no NICs) that
-    /// starts from `source`'s snapshot `snapshot`.
+    /// Define domain `clone` as a copy of `source` (a new name, new MACs and addresses)
+    /// that starts from `source`'s snapshot `snapshot`.
     CloneDomain {
         clone: String,
         source: String,

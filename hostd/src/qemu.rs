@@ -411,12 +411,7 @@ impl Driver for QemuDriver {
                     return Err(failed(format!("snapshot file {file} is missing")));
                 }
                 let (header, offset) = snapshot::read_header(path).map_err(failed)?;
-                if header.memory_mib != spec.memory_mib {
-                    return Err(failed(format!(
-                        "snapshot {file} is of a {} MiB guest, the domain has {} MiB",
-                        header.memory_mib, spec.memory_mib
-                    )));
-                }
+                header.fits(file, spec).map_err(failed)?;
                 let (end, disks) = crate::disk_images::read(path).map_err(failed)?;
                 // Memory and disks come back to one instant: the disks first, before QEMU
                 // opens them.

@@ -24,8 +24,10 @@ pub fn drover_bin() -> PathBuf {
             profile_dir = profile_dir.parent().expect("target/<profile>");
         }
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        // The standalone VMM too: hostd runs the `drover-vmm` beside `drover` where there
+        // is one, so a stale one would run every kvm test's VMs.
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "api", "--bin", "drover"]);
+        cmd.args(["build", "--quiet", "-p", "api", "--bin", "drover", "-p", "vmm", "--bin", "drover-vmm"]);
         if release {
             cmd.arg("--release");
         }

@@ -249,11 +249,20 @@ async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_rev
     testguest::write_to(&kernel).unwrap();
     let mut hostd = Hostd::start(&ep, &run_dir, &dir.join("hostd.log"), 4096);
     ready_host(&ep).await;
+    // A NIC on an isolated network of its own name (bridges are named for networks, and
+    // tests share the host).
+    let network = format!("sn{}", std::process::id() % 100_000);
+    let bridge = hostd::driver::isolated_bridge(&network);
+    drover(&ep, &["net", "create", &network, "--mode", "isolated", "--cidr", "10.247.9.0/24"]);
     define(
         &ep,
         &dir,
         "web",
-        &format!("vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20\n", kernel.display()),
+        &format!(
+            "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: drover.tick_ms=20 drover.net=web\n\
+             nics: [{{network: {network}}}]\n",
+            kernel.display()
+        ),
     );
     // Not running: a full snapshot is refused and nothing is recorded.
     let refused = Command::new(drover_bin())
@@ -321,10 +330,13 @@ async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_rev
         assert!(log.contains(kind), "{kind} missing from the audit log: {log}");
     }
 
-    // A clone: a new domain that continues from the snapshot, beside the original.
+    // A clone: a new domain that continues from the snapshot, beside the original, with a
+    // MAC of its own.
     drover(&ep, &["snapshot", "clone", "web", "s1", "web2"]);
     let cloned = info(&ep, "web2").unwrap();
     assert_eq!(cloned["restore_from"], "web/s1", "{cloned}");
+    let (mac, clone_mac) = (mac_of(&ep, &network, "web"), mac_of(&ep, &network, "web2"));
+    assert_ne!(mac, clone_mac);
     drover(&ep, &["domain", "start", "web2"]);
     wait_phase(&ep, "web2", "running").await;
     let clone_console = run_dir.join("web2/console.log");
@@ -341,6 +353,20 @@ async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_rev
         (tick_values(&console).last().is_some_and(|t| *t > original + 2)).then_some(())
     })
     .await;
+    // The clone's guest was told of its new MAC, sends from it, and the two hear each
+    // other on the network under their own MACs.
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        read(&clone_console).contains(&format!("drover-guest: net mac {clone_mac}")),
+        "{mac} {clone_mac}; the clone's console:\n{}",
+        read(&clone_console)
+    );
+    wait_for("the original and its clone to hear each other", Duration::from_secs(20), || async {
+        (read(&console).contains(&format!("drover-guest: net rx {clone_mac} web"))
+            && read(&clone_console).contains(&format!("drover-guest: net rx {mac} web")))
+        .then_some(())
+    })
+    .await;
     drover(&ep, &["domain", "destroy", "web2"]);
     wait_phase(&ep, "web2", "stopped").await;
 
@@ -351,7 +377,27 @@ async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_rev
     assert!(snapshots_json(&ep, "web").is_empty());
     drover(&ep, &["domain", "destroy", "web"]);
     wait_phase(&ep, "web", "stopped").await;
+    for domain in ["web", "web2"] {
+        drover(&ep, &["domain", "undefine", domain]);
+    }
+    drover(&ep, &["net", "delete", &network]);
+    wait_for("the network's bridge to go", Duration::from_secs(20), || async {
+        (!Path::new("/sys/class/net").join(&bridge).exists()).then_some(())
+    })
+    .await;
     assert!(hostd.alive());
+}
+
+/// The MAC the cluster gave `domain`'s NIC on `network`.
+fn mac_of(endpoint: &str, network: &str, domain: &str) -> String {
+    let nets: serde_json::Value =
+        serde_json::from_str(&drover(endpoint, &["--output", "json", "net", "list"])).unwrap();
+    let net = nets.as_array().unwrap().iter().find(|n| n["name"] == network).expect("the network");
+    let lease = net["leases"].as_array().unwrap().iter().find(|l| l["domain"] == domain);
+    lease.unwrap_or_else(|| panic!("no lease of {domain} on {network}: {net}"))["mac"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// A one-replica cluster, a kvm hostd on it, ready, and a directory pool `p` of 64 MiB.

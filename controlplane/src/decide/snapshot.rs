@@ -126,8 +126,8 @@ fn disk_snapshot_host(d: &mut Draft<'_>, domain: &str, disks: &[Disk]) -> Result
     super::storage::volume_host(d, first, bound)
 }
 
-/// Define `clone` as a copy of `source` (its own name and runs; no NICs, no disks it
-/// cannot share) that starts from `source`'s snapshot `snapshot`.
+/// Define `clone` as a copy of `source` (its own name, runs, MACs and addresses; no disks
+/// it cannot share) that starts from `source`'s snapshot `snapshot`.
 pub(super) fn clone(d: &mut Draft<'_>, clone: &str, source: &str, snapshot: &str) -> Result<(), Rejection> {
     let taken = snapshot_guarded(d, source, snapshot)?;
     if !matches!((&taken.state, taken.kind), (SnapshotState::Taken { .. }, SnapshotKind::Full)) {
@@ -141,15 +141,11 @@ pub(super) fn clone(d: &mut Draft<'_>, clone: &str, source: &str, snapshot: &str
             ),
         ));
     }
-    let spec = (*d.domain(source)?.spec).clone();
-    if !spec.nics.is_empty() {
-        // The guest keeps the MAC and address it learned at boot in the memory the clone
-        // continues from: two of them on one network would clash.
-        return Err(Rejection::precondition(
-            ResourceKind::Domain,
-            source,
-            "has NICs; a clone of its running memory would put its MAC and address on the network twice",
-        ));
+    let mut spec = (*d.domain(source)?.spec).clone();
+    // Its own MACs and addresses: the host that restores it hands the guest the new MAC
+    // (a configuration change on each NIC), and the network's DHCP the new address.
+    for nic in &mut spec.nics {
+        nic.mac = None;
     }
     super::domain::define_with(d, clone, &spec)?;
     d.emit(Event::DomainCloned {

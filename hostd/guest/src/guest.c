@@ -30,7 +30,11 @@
  *   drover.net=TOKEN      on the first virtio-net NIC: print "drover-guest: net up <mac>",
  *                         broadcast "DROVER-HELLO TOKEN" (ethertype 0x88b5) every tick, and
  *                         print "drover-guest: net rx <mac> <token>" for each hello received
- *                         from a new sender or with a new token
+ *                         from a new sender or with a new token; when the device
+ *                         announces a configuration change (interrupt status bit 1, as a
+ *                         VMM does when it restores a snapshot as a clone with a new MAC),
+ *                         read the MAC again, send from it and print "drover-guest: net
+ *                         mac <mac>" if it changed
  *   virtio_mmio.device=4K@0xADDR:IRQ   where the virtio devices are (Linux syntax, one
  *                         entry per device; the guest reads each device's type)
  *   drover.mmio_window=BASE:COUNT:STRIDE   besides those, probe COUNT transports STRIDE
@@ -236,7 +240,7 @@ static int vq_wait(u64 base, struct vq *q) {
         if (spins > 100000000) return -1;
     barrier();
     q->last_used = q->avail.idx;
-    mmio_write(base + 0x64, mmio_read(base + 0x60)); /* ack interrupt */
+    mmio_write(base + 0x64, 1);          /* ack the used-ring interrupt (only) */
     return 0;
 }
 
@@ -461,12 +465,39 @@ static void putmac(const u8 *m) {
     }
 }
 
+/* The MAC from the config space, read until the config generation is the same before and
+ * after (virtio 1.x, 4.2.2.2: the device may change it meanwhile). */
+static void net_read_mac(void) {
+    u32 before, after;
+    do {
+        before = mmio_read(net_base + 0xfc);
+        for (int i = 0; i < 6; i++) net_mac[i] = *(volatile u8 *)(net_base + 0x100 + (u64)i);
+        after = mmio_read(net_base + 0xfc);
+    } while (before != after);
+}
+
+/* Take a configuration change the device announced: the MAC may be another now. */
+static void net_config_check(void) {
+    if (!(mmio_read(net_base + 0x60) & 2)) return;  /* InterruptStatus: configuration change */
+    mmio_write(net_base + 0x64, 2);                  /* InterruptACK */
+    u8 old[6];
+    int same = 1;
+    for (int i = 0; i < 6; i++) old[i] = net_mac[i];
+    net_read_mac();
+    for (int i = 0; i < 6; i++) same &= old[i] == net_mac[i];
+    if (!same) {
+        puts_("drover-guest: net mac ");
+        putmac(net_mac);
+        putc_('\n');
+    }
+}
+
 static int net_init(void) {
     net_base = find_device(1);
     if (!net_base) return -1;
     int rc = vdev_begin(net_base, 1u << 5);  /* VIRTIO_NET_F_MAC */
     if (rc) return rc;
-    for (int i = 0; i < 6; i++) net_mac[i] = *(volatile u8 *)(net_base + 0x100 + (u64)i);
+    net_read_mac();
     if ((rc = vq_setup(net_base, 0, &net_rx)) || (rc = vq_setup(net_base, 1, &net_tx))) return rc;
     mmio_write(net_base + 0x70, 1 | 2 | 8 | 4); /* DRIVER_OK */
     for (u16 i = 0; i < VQ_SIZE; i++) {
@@ -567,7 +598,10 @@ void guest_main(void) {
     u64 next = rdtsc() + interval;
     for (u64 tick = 1;; tick++) {
         if (dirty_mib) dirty(dirty_mib, tick);
-        if (net_token) net_send();
+        if (net_token) {
+            net_config_check();
+            net_send();
+        }
         for (;;) {
             if (net_token) net_poll();
             int c = serial_rx();

@@ -105,6 +105,28 @@ impl Header {
     pub fn resumes(&self) -> bool {
         self.phase == "running"
     }
+
+    /// Whether snapshot `file` with this header can start `spec`'s VM: a guest of the same
+    /// size, and, for a clone (another domain's snapshot), no NICs: QEMU restores each
+    /// NIC's MAC from the migration stream, so a clone would put the source's MACs on the
+    /// network beside the source's own.
+    pub fn fits(&self, file: &str, spec: &crate::driver::VmSpec) -> Result<(), String> {
+        if self.memory_mib != spec.memory_mib {
+            return Err(format!(
+                "snapshot {file} is of a {} MiB guest, the domain has {} MiB",
+                self.memory_mib, spec.memory_mib
+            ));
+        }
+        if self.domain != spec.domain && !spec.nics.is_empty() {
+            return Err(format!(
+                "snapshot {file} is of domain {}: QEMU restores each NIC's MAC from the \
+                 snapshot, so a clone with NICs would put {}'s MACs on the network; clone it on \
+                 a host with the kvm driver (the own VMM hands the clone its own MACs)",
+                self.domain, self.domain
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `query-migrate`'s answer, read loosely: the qapi crate's `MigrationInfo` wants RAM
@@ -433,6 +455,39 @@ mod tests {
         std::fs::write(&headless, &text[..offset as usize]).unwrap();
         let err = read_header(&headless).unwrap_err();
         assert!(err.contains("no QEMU migration stream"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_restores_a_guest_of_its_size_and_clones_only_without_nics() {
+        use crate::driver::{Attachment, NicSpec, VmSpec};
+        let header = Header { domain: "web".into(), phase: "running".into(), memory_mib: 256 };
+        let mut spec = VmSpec {
+            domain: "web".into(),
+            generation: 1,
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: None,
+            initrd: None,
+            cmdline: String::new(),
+            disks: vec![],
+            nics: vec![NicSpec {
+                mac: "52:54:00:00:00:01".into(),
+                network: "lan".into(),
+                attachment: Attachment::Isolated("drvb0".into()),
+            }],
+            restore_from: Some("s.snap".into()),
+            disks_from: None,
+        };
+        header.fits("s.snap", &spec).unwrap();
+        spec.memory_mib = 512;
+        let err = header.fits("s.snap", &spec).unwrap_err();
+        assert!(err.contains("is of a 256 MiB guest, the domain has 512 MiB"), "{err}");
+        spec.memory_mib = 256;
+        spec.domain = "web2".into();
+        let err = header.fits("s.snap", &spec).unwrap_err();
+        assert!(err.contains("is of domain web: QEMU restores each NIC's MAC"), "{err}");
+        spec.nics.clear();
+        header.fits("s.snap", &spec).unwrap();
     }
 
     #[test]

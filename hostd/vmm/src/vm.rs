@@ -330,6 +330,11 @@ impl Vm {
                 transport
                     .restore(&s.nics[i])
                     .map_err(|e| SnapshotError::Mismatch(format!("NIC {i}: {e}")))?;
+                // A clone has its own MAC: the guest learned the snapshot's at boot and
+                // is told to read it again.
+                if s.nic_macs.get(i) != Some(&mac) {
+                    transport.config_changed();
+                }
             }
             nics.push(Arc::new(Mutex::new(transport)));
             taps.push(rx_tap);
@@ -522,6 +527,7 @@ impl Vm {
                 })
                 .collect(),
             nics: nics.iter().map(|n| n.state()).collect(),
+            nic_macs: nics.iter().map(|n| n.device.mac()).collect(),
             memory: Default::default(),
         };
         let images: Vec<(usize, &std::fs::File)> = disks

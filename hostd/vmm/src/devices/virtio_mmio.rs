@@ -18,6 +18,7 @@ const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FAILED: u32 = 128;
 const INTERRUPT_USED_RING: u32 = 1;
+const INTERRUPT_CONFIG: u32 = 2;
 
 /// What a device behind the transport provides.
 pub trait VirtioDevice: Send {
@@ -46,6 +47,9 @@ pub struct MmioTransport<D> {
     driver_features: u64,
     status: u32,
     interrupt_status: u32,
+    /// Bumped each time the device's configuration changes under the driver, which
+    /// reads it before and after the configuration to see a consistent one.
+    config_generation: u32,
     /// Registers written with bad values or at unknown offsets.
     pub bad_writes: u64,
 }
@@ -68,6 +72,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features: 0,
             status: 0,
             interrupt_status: 0,
+            config_generation: 0,
             bad_writes: 0,
         }
     }
@@ -110,7 +115,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             0x044 => self.selected().map_or(0, |q| u32::from(q.ready())),
             0x060 => self.interrupt_status,
             0x070 => self.status,
-            0x0fc => 0, // config generation: the config never changes
+            0x0fc => self.config_generation,
             _ => 0,
         };
         let bytes = value.to_le_bytes();
@@ -209,6 +214,21 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// The device's configuration changed under the driver (a restored NIC with another
+    /// MAC): bump the generation and, once the driver runs the device, tell it with a
+    /// configuration-change interrupt (virtio 1.x, 4.2.2.1) so it reads the config again.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if !self.driver_ok() {
+            return;
+        }
+        self.interrupt_status |= INTERRUPT_CONFIG;
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.irq.write(1).is_err() {
+            self.bad_writes += 1;
+        }
+    }
+
     /// The transport's registers and its queues' positions, for a snapshot. The device
     /// behind it keeps nothing else a guest could observe (a NIC's frames not yet
     /// delivered are dropped, as a wire would).
@@ -221,6 +241,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features: self.driver_features,
             status: self.status,
             interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
         }
     }
 
@@ -251,6 +272,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.driver_features = state.driver_features;
         self.status = state.status;
         self.interrupt_status = state.interrupt_status;
+        self.config_generation = state.config_generation;
         Ok(())
     }
 
@@ -271,6 +293,9 @@ pub struct TransportState {
     pub driver_features: u64,
     pub status: u32,
     pub interrupt_status: u32,
+    /// Absent from snapshots taken before it was kept (always 0 then).
+    #[serde(default)]
+    pub config_generation: u32,
 }
 
 /// virtio-queue's `QueueState`, field for field, for serde.

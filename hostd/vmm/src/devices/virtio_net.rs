@@ -86,6 +86,10 @@ impl Net {
         Net { tap, mac, pending: VecDeque::new(), counters: NetCounters::default() }
     }
 
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
     /// Queue a frame read from the tap for the guest; false if it was dropped.
     pub fn push_frame(&mut self, frame: Vec<u8>) -> bool {
         if self.pending.len() >= PENDING_FRAMES_MAX || frame.len() > FRAME_BYTES_MAX {

@@ -132,6 +132,12 @@ pub struct VmState {
     /// Every disk, in guest order.
     pub disks: Vec<DiskState>,
     pub nics: Vec<TransportState>,
+    /// Each NIC's MAC, in guest order. A restore with other MACs (a clone) announces a
+    /// configuration change to the guest. Absent from snapshots taken before it was kept:
+    /// a restore of one announces a change on every NIC, which a guest that reads the MAC
+    /// again takes as no change.
+    #[serde(default)]
+    pub nic_macs: Vec<[u8; 6]>,
     pub memory: MemoryLayout,
 }
 
