@@ -330,6 +330,16 @@ pub enum Event {
         config: NetworkConfig,
         vni: u32,
     },
+
+    // --- volume operations moved between hosts (appended) ---
+    /// The operation pending on the volume is asked of `host` now, instead of a host that
+    /// was fenced or left before reporting it (a shared pool's file: every host sees it).
+    /// It keeps its operation; its id becomes this event's, so a late report of the first
+    /// host completes nothing.
+    VolumeReassigned {
+        volume: VolumeRef,
+        host: String,
+    },
 }
 
 impl Event {
@@ -389,6 +399,7 @@ impl Event {
         "VolumeReady",
         "VolumeFailed",
         "NetworkDefined",
+        "VolumeReassigned",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -452,6 +463,7 @@ impl Event {
             Event::VolumeReady { .. } => 51,
             Event::VolumeFailed { .. } => 52,
             Event::NetworkDefined { .. } => 53,
+            Event::VolumeReassigned { .. } => 54,
         }
     }
 
@@ -498,7 +510,8 @@ impl Event {
             | VolumeResizeRequested { volume, .. }
             | VolumeDeleteRequested { volume, .. }
             | VolumeReady { volume, .. }
-            | VolumeFailed { volume, .. } => ResourceKey::Volume(volume.clone()),
+            | VolumeFailed { volume, .. }
+            | VolumeReassigned { volume, .. } => ResourceKey::Volume(volume.clone()),
             SnapshotCreated { domain, name, .. }
             | SnapshotDeleted { domain, name }
             | SnapshotReparented { domain, name, .. }
@@ -538,7 +551,9 @@ impl Event {
                 related.extend(backing.iter().map(|b| ResourceKey::Volume(VolumeRef::new(&volume.pool, b))));
                 related
             }
-            VolumeResizeRequested { volume, host, .. } | VolumeDeleteRequested { volume, host } => {
+            VolumeResizeRequested { volume, host, .. }
+            | VolumeDeleteRequested { volume, host }
+            | VolumeReassigned { volume, host } => {
                 vec![ResourceKey::Pool(volume.pool.clone()), ResourceKey::Host(host.clone())]
             }
             VolumeCreated { volume, .. } | VolumeDeleted { volume } => {

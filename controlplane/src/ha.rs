@@ -102,8 +102,18 @@ pub fn plan_hosts(
     for host in state.hosts().values() {
         let set = |s| Command::SetHostState { name: host.name.clone(), state: s };
         if host.state == HostState::Fenced {
-            if !host.domains.is_empty() || state.snapshots_asked_of(&host.name).next().is_some() {
-                // A fencing that could not carry every lost run (or snapshot) in one proposal.
+            let movable = || {
+                state.volumes_asked_of(&host.name).any(|v| v.host.is_none())
+                    && state
+                        .hosts()
+                        .values()
+                        .any(|h| h.state == HostState::Ready && !state.is_flapping(&h.name))
+            };
+            if !host.domains.is_empty() || state.snapshots_asked_of(&host.name).next().is_some() || movable()
+            {
+                // A fencing that could not carry every lost run (or snapshot, or volume
+                // operation) in one proposal, or volume operations that waited for a
+                // ready host to take them.
                 commands.push(set(HostState::Fenced));
             }
             continue;

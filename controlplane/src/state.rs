@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     ClusterSettings, Domain, Host, HostFences, Migration, MigrationId, Network, Pool, ResourceKey, Snapshot,
-    SnapshotState, Volume, VolumeRef,
+    SnapshotState, Volume, VolumeRef, VolumeState,
 };
 use crate::request_window::RequestWindow;
 
@@ -83,6 +83,13 @@ impl State {
 
     pub fn snapshots(&self) -> &BTreeMap<(String, String), Snapshot> {
         &self.snapshots
+    }
+
+    /// The volumes with an operation asked of `host`.
+    pub fn volumes_asked_of<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a Volume> + 'a {
+        self.volumes
+            .values()
+            .filter(move |v| matches!(&v.state, VolumeState::Pending { host: h, .. } if h == host))
     }
 
     /// The snapshots pending on `host`.

@@ -165,6 +165,7 @@ fn samples() -> Vec<EventEnvelope> {
             },
             vni: 7,
         },
+        Event::VolumeReassigned { volume: VolumeRef::new("images", "root"), host: "h3".into() },
     ];
     events
         .into_iter()

@@ -229,6 +229,7 @@ fn volume_work_from(host: &str, volumes: &[pb::Volume], pools: &BTreeMap<String,
             format: volume_format(&v.format),
             capacity_mib: v.capacity_mib,
             backing,
+            commit_by_ms: None,
         });
     }
     work
@@ -573,7 +574,8 @@ pub async fn run<D: Driver>(
             }
         }
         // Volume files first: a domain waiting on one starts once it is reported made.
-        let volume_reports = off_the_workers(|| volumes.run(&mut driver, &share.volumes));
+        let lease_until = Some(lease.deadline_ms());
+        let volume_reports = off_the_workers(|| volumes.run(&mut driver, &share.volumes, lease_until));
         for report in volume_reports {
             match reporter.send_volume(&mut api, &report).await {
                 Ok(()) => volumes.reported(&report),

@@ -6,7 +6,10 @@
 //! temporary name beside its place, synced, renamed into place and the directory synced,
 //! so a crash leaves either no file or the whole one; a host that finds the file already
 //! there, of the right format and size, takes it as its own earlier work (it crashed
-//! before its report) rather than failing the volume.
+//! before its report) rather than failing the volume, or as the work of a host fenced
+//! before its report, which the cluster then asked of this one. A host whose lease has
+//! passed (`VolumeJob::commit_by_ms`) starts no operation and moves no new file into
+//! place: the cluster may have fenced it and asked another host by then.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -28,6 +31,7 @@ const MIB: u64 = 1 << 20;
 /// Carry out `job` on this host's file system; returns the MiB the file takes on disk
 /// (0 once deleted).
 pub fn carry_out(job: &VolumeJob) -> Result<u64, String> {
+    lease_held(job)?;
     match &job.op {
         VolumeOp::Create { preallocate, import } => create(job, *preallocate, import.as_deref()),
         VolumeOp::Resize { capacity_mib } => resize(&job.path, job.format, *capacity_mib),
@@ -58,6 +62,8 @@ fn create(job: &VolumeJob, preallocate: bool, import: Option<&str>) -> Result<u6
         File::open(&part)
             .and_then(|f| f.sync_all())
             .map_err(|e| format!("cannot sync {}: {e}", part.display()))?;
+        // The commit point: a making that outlasted the lease leaves nothing.
+        lease_held(job)?;
         fs::rename(&part, path).map_err(|e| format!("cannot move the new file into place: {e}"))?;
         sync_dir(dir)
     });
@@ -66,6 +72,16 @@ fn create(job: &VolumeJob, preallocate: bool, import: Option<&str>) -> Result<u6
         return Err(e);
     }
     allocation_mib(path)
+}
+
+/// Refuse to go on once the host's lease has passed.
+fn lease_held(job: &VolumeJob) -> Result<(), String> {
+    match job.commit_by_ms {
+        Some(by) if vmm::lease::monotonic_ms() >= by => {
+            Err("this host's lease has passed; the cluster may have asked another host".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Write the new file at `part`.
@@ -262,11 +278,36 @@ mod tests {
             format,
             capacity_mib,
             backing: None,
+            commit_by_ms: None,
         }
     }
 
     fn create() -> VolumeOp {
         VolumeOp::Create { preallocate: false, import: None }
+    }
+
+    #[test]
+    fn a_host_whose_lease_passed_starts_and_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = dir.path().join("pool");
+        let now = vmm::lease::monotonic_ms();
+        let mut late = job(&pool, "v", 1, create(), VolumeFormat::Raw, 8);
+        late.commit_by_ms = Some(now);
+        assert!(carry_out(&late).unwrap_err().contains("lease has passed"));
+        assert!(!late.path.exists());
+        assert_eq!(fs::read_dir(&pool).map(|d| d.count()).unwrap_or(0), 0, "no part file either");
+        // Held: made; and the same file is taken as done by the host asked next.
+        late.commit_by_ms = Some(now + 60_000);
+        carry_out(&late).unwrap();
+        let mut next = job(&pool, "v", 7, create(), VolumeFormat::Raw, 8);
+        next.commit_by_ms = Some(now + 60_000);
+        carry_out(&next).unwrap();
+        for op in [VolumeOp::Resize { capacity_mib: 16 }, VolumeOp::Delete] {
+            let mut passed = job(&pool, "v", 8, op, VolumeFormat::Raw, 8);
+            passed.commit_by_ms = Some(now);
+            assert!(carry_out(&passed).unwrap_err().contains("lease has passed"));
+            assert_eq!(fs::metadata(&late.path).unwrap().len(), 8 * MIB, "untouched");
+        }
     }
 
     #[test]

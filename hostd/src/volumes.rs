@@ -35,6 +35,10 @@ pub struct VolumeJob {
     pub capacity_mib: u64,
     /// A clone's backing file and its format.
     pub backing: Option<(PathBuf, VolumeFormat)>,
+    /// When the host's lease passes (monotonic ms, `vmm::lease::monotonic_ms`), if it
+    /// holds one: from then on the cluster may fence it and ask another host, so the
+    /// operation commits nothing after it (`dir_pool`). Set by [`HostVolumes::run`].
+    pub commit_by_ms: Option<u64>,
 }
 
 /// This host's volume work, read from the state.
@@ -69,6 +73,7 @@ impl VolumeWork {
                 format: v.format,
                 capacity_mib: v.capacity_mib,
                 backing,
+                commit_by_ms: None,
             });
         }
         work
@@ -102,8 +107,17 @@ impl HostVolumes {
         HostVolumes::default()
     }
 
-    /// Carry out every job not done yet; returns the reports to send.
-    pub fn run<D: Driver + ?Sized>(&mut self, driver: &mut D, work: &VolumeWork) -> Vec<VolumeReport> {
+    /// Carry out every job not done yet; returns the reports to send. `lease_until_ms`:
+    /// when the host's lease passes (monotonic ms), where it holds one. An operation that
+    /// fails once it has passed is not reported: the cluster may be asking another host
+    /// for it by then, and if it still asks this one, the next pass under a renewed lease
+    /// carries it out again.
+    pub fn run<D: Driver + ?Sized>(
+        &mut self,
+        driver: &mut D,
+        work: &VolumeWork,
+        lease_until_ms: Option<u64>,
+    ) -> Vec<VolumeReport> {
         // Outcomes of operations a view that knows them no longer asks for were taken (or
         // the volume went): forget them. An older view (a replica catching up) does not
         // know them yet: keep them, or the operation would be carried out twice.
@@ -123,7 +137,12 @@ impl HostVolumes {
                 out.push(done.clone());
                 continue;
             }
-            let outcome = match driver.volume(job) {
+            let job = VolumeJob { commit_by_ms: lease_until_ms, ..job.clone() };
+            let outcome = match driver.volume(&job) {
+                Err(e) if lease_until_ms.is_some_and(|by| vmm::lease::monotonic_ms() >= by) => {
+                    warn!(volume = %job.volume, op = job.op.name(), error = %e, "volume file operation stopped: the lease passed");
+                    continue;
+                }
                 Ok(allocation_mib) => {
                     info!(volume = %job.volume, op = job.op.name(), path = %job.path.display(), allocation_mib, "volume file done");
                     VolumeOutcome::Done { allocation_mib }
@@ -173,6 +192,7 @@ mod tests {
                     format: VolumeFormat::Raw,
                     capacity_mib: 10,
                     backing: None,
+                    commit_by_ms: None,
                 })
                 .collect(),
             known_seq,
@@ -186,25 +206,40 @@ mod tests {
         let create = VolumeOp::Create { preallocate: false, import: None };
         driver.fail_next_volume = Some("disk full".into());
         let asked = work(5, &[(5, create.clone())]);
-        let first = host.run(&mut driver, &asked);
+        let first = host.run(&mut driver, &asked, None);
         assert!(
             matches!(&first[0].outcome, VolumeOutcome::Failed { reason } if reason.contains("disk full"))
         );
-        assert_eq!(host.run(&mut driver, &asked), first, "the outcome is sent again, the work not redone");
+        assert_eq!(
+            host.run(&mut driver, &asked, None),
+            first,
+            "the outcome is sent again, the work not redone"
+        );
         // A view behind the one that asked (a replica catching up) keeps the outcome.
-        host.run(&mut driver, &work(4, &[]));
-        assert_eq!(host.run(&mut driver, &asked), first);
+        host.run(&mut driver, &work(4, &[]), None);
+        assert_eq!(host.run(&mut driver, &asked, None), first);
         host.reported(&first[0]);
         // A stale view asking again does not make the file the cluster knows failed.
-        assert!(host.run(&mut driver, &asked).is_empty());
+        assert!(host.run(&mut driver, &asked, None).is_empty());
         assert!(driver.volume_store.lock().unwrap().is_empty(), "no file for a failed create");
         // A view past an operation that no longer lists it ends it too.
         let grow = work(9, &[(9, VolumeOp::Resize { capacity_mib: 20 })]);
         assert!(
-            matches!(host.run(&mut driver, &grow)[0].outcome, VolumeOutcome::Failed { .. }),
+            matches!(host.run(&mut driver, &grow, None)[0].outcome, VolumeOutcome::Failed { .. }),
             "no file to grow"
         );
-        assert!(host.run(&mut driver, &work(12, &[])).is_empty());
-        assert!(host.run(&mut driver, &grow).is_empty(), "forgotten as finished, not redone");
+        assert!(host.run(&mut driver, &work(12, &[]), None).is_empty());
+        assert!(host.run(&mut driver, &grow, None).is_empty(), "forgotten as finished, not redone");
+    }
+
+    #[test]
+    fn an_operation_that_fails_once_the_lease_passed_is_not_reported_and_is_tried_again() {
+        let mut driver = FakeDriver::default();
+        let mut host = HostVolumes::new();
+        let asked = work(5, &[(5, VolumeOp::Create { preallocate: false, import: None })]);
+        driver.fail_next_volume = Some("this host's lease has passed".into());
+        assert!(host.run(&mut driver, &asked, Some(0)).is_empty(), "nothing reported");
+        let later = host.run(&mut driver, &asked, Some(vmm::lease::monotonic_ms() + 60_000));
+        assert!(matches!(later[0].outcome, VolumeOutcome::Done { .. }), "{later:?}");
     }
 }

@@ -259,7 +259,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             for detail in crate::invariants::leases::check(&host.name, &driver.served_networks) {
                 core.violation("leases", detail);
             }
-            let volume_reports = volumes.run(&mut *driver, &assigned.volumes);
+            let volume_reports = volumes.run(&mut *driver, &assigned.volumes, None);
             if core.cfg.host_bug == crate::config::HostBug::VolumeWithoutFile {
                 // The planted bug: what was made never reaches the pool, yet is reported.
                 let mut store = driver.volume_store.lock().expect("volume store lock");

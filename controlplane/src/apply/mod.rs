@@ -192,6 +192,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             storage::volume_ready(state, seq, volume, allocation_mib)
         }
         Event::VolumeFailed { volume, reason } => storage::volume_failed(state, seq, volume, reason),
+        Event::VolumeReassigned { volume, host } => storage::volume_reassigned(state, seq, volume, host),
     }
 }
 

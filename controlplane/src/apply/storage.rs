@@ -123,6 +123,18 @@ pub(super) fn volume_delete_requested(state: &mut State, seq: u64, volume: &Volu
     v.version = seq;
 }
 
+pub(super) fn volume_reassigned(state: &mut State, seq: u64, volume: &VolumeRef, to: &String) {
+    let v = volume_mut(state, volume);
+    let VolumeState::Pending { host, id, .. } = &mut v.state else {
+        panic!("volume {volume} reassigned while {}", v.state.name())
+    };
+    assert!(v.host.is_none(), "volume {volume} of a local pool reassigned");
+    assert_ne!(host, to, "volume {volume} reassigned to the host it was asked of");
+    *host = to.clone();
+    *id = seq;
+    v.version = seq;
+}
+
 pub(super) fn volume_ready(state: &mut State, seq: u64, volume: &VolumeRef, allocation_mib: &u64) {
     let v = volume_mut(state, volume);
     match &v.state {

@@ -55,6 +55,7 @@ pub(super) fn lose_runs(d: &mut Draft<'_>, host: &str) {
             reason: format!("host {host} was fenced before it was taken"),
         });
     }
+    super::storage::reassign_volume_ops(d, host);
 }
 
 /// Restart HA domain `name`, which should run and does not: placed anywhere that fits,

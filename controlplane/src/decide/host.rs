@@ -80,6 +80,17 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
             ));
         }
     }
+    if to == HostState::Left {
+        // A live host may still be working on it: it is the host's to finish (only a
+        // fenced host's lease guarantees it commits nothing more).
+        if let Some(v) = d.state.volumes_asked_of(name).next() {
+            return Err(Rejection::precondition(
+                ResourceKind::Host,
+                name,
+                format!("is still {} volume {}", v.state.name(), v.id),
+            ));
+        }
+    }
     if to == HostState::Left && !host.domains.is_empty() {
         return Err(Rejection::precondition(
             ResourceKind::Host,
@@ -92,6 +103,7 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
         // Fencing is the point after which its runs may start elsewhere: they end here.
         super::ha::lose_runs(d, name);
     }
+
     Ok(())
 }
 

@@ -123,7 +123,7 @@ fn disk_snapshot_host(d: &mut Draft<'_>, domain: &str, disks: &[Disk]) -> Result
             _ => {}
         }
     }
-    super::storage::volume_host(d, first, bound)
+    super::storage::volume_host(d, first, bound, None)
 }
 
 /// Define `clone` as a copy of `source` (its own name, runs, MACs and addresses; no disks

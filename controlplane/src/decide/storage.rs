@@ -3,7 +3,7 @@
 use super::Draft;
 use crate::command::VolumeOutcome;
 use crate::event::Event;
-use crate::limits::REASON_LEN_MAX;
+use crate::limits::{EVENTS_PER_PROPOSAL_MAX, REASON_LEN_MAX};
 use crate::limits::{POOL_CAPACITY_MIB_MAX, VOLUME_CAPACITY_MIB_MAX};
 use crate::model::{
     HostState, PoolConfig, ResourceKey, ResourceKind, Volume, VolumeFormat, VolumeOp, VolumeRef, VolumeState,
@@ -54,12 +54,14 @@ fn pool_room(d: &mut Draft<'_>, pool: &str, extra_mib: u64) -> Result<(), Reject
 }
 
 /// The host that carries out an operation on a volume's file: the host holding it (a
-/// volume of a local pool, `bound`), else a ready host picked by a hash of the volume's
-/// name (any host sees a shared pool's files). Guards the host it picks.
+/// volume of a local pool, `bound`), else a ready host other than `avoid` picked by a
+/// hash of the volume's name (any host sees a shared pool's files). Guards the host it
+/// picks.
 pub(super) fn volume_host(
     d: &mut Draft<'_>,
     volume: &VolumeRef,
     bound: Option<&str>,
+    avoid: Option<&str>,
 ) -> Result<String, Rejection> {
     if let Some(name) = bound {
         let host = d.host(name)?;
@@ -77,6 +79,7 @@ pub(super) fn volume_host(
         .hosts()
         .values()
         .filter(|h| h.state == HostState::Ready && !d.state.is_flapping(&h.name))
+        .filter(|h| Some(h.name.as_str()) != avoid)
         .map(|h| h.name.as_str())
         .collect();
     if ready.is_empty() {
@@ -90,6 +93,26 @@ pub(super) fn volume_host(
     let pick = ready[(fnv64(&key) % ready.len() as u64) as usize].to_owned();
     d.host(&pick)?;
     Ok(pick)
+}
+
+/// Host `host` was fenced and carries out nothing more: each operation on a shared
+/// pool's volume still asked of it is asked of another ready host instead, as
+/// many as one proposal carries (the HA controller fences again for the rest). Every
+/// operation is idempotent on the file (a file already made as asked, grown, or gone is
+/// taken as done), and `host` commits none once its lease has passed, so the second host
+/// finishes what the first may have begun. With no other ready host they stay asked of
+/// `host`, and an operation on a local pool's volume always does: the file is on its
+/// disk, and it carries the operation out once it is back.
+pub(super) fn reassign_volume_ops(d: &mut Draft<'_>, host: &str) {
+    let state = d.state;
+    for v in state.volumes_asked_of(host).filter(|v| v.host.is_none()) {
+        if d.events.len() + 1 > EVENTS_PER_PROPOSAL_MAX {
+            break;
+        }
+        let Ok(to) = volume_host(d, &v.id, None, Some(host)) else { break };
+        d.guard(ResourceKey::Volume(v.id.clone()));
+        d.emit(Event::VolumeReassigned { volume: v.id.clone(), host: to });
+    }
 }
 
 /// FNV-1a: a stable, platform-independent hash.
@@ -159,7 +182,7 @@ pub(super) fn create_volume(d: &mut Draft<'_>, new: NewVolume<'_>) -> Result<(),
         bound = base.host.as_deref();
     }
     pool_room(d, &volume.pool, capacity_mib)?;
-    let host = volume_host(d, volume, bound)?;
+    let host = volume_host(d, volume, bound, None)?;
     d.emit(Event::VolumeRequested {
         volume: volume.clone(),
         format,
@@ -199,7 +222,7 @@ pub(super) fn delete_volume(d: &mut Draft<'_>, id: &VolumeRef) -> Result<(), Rej
             d.emit(Event::VolumeDeleted { volume: id.clone() })
         }
         _ => {
-            let host = volume_host(d, id, volume.host.as_deref())?;
+            let host = volume_host(d, id, volume.host.as_deref(), None)?;
             d.emit(Event::VolumeDeleteRequested { volume: id.clone(), host });
         }
     }
@@ -248,7 +271,7 @@ pub(super) fn resize_volume(d: &mut Draft<'_>, id: &VolumeRef, capacity_mib: u64
         }
     }
     pool_room(d, &id.pool, capacity_mib - volume.capacity_mib)?;
-    let host = volume_host(d, id, volume.host.as_deref())?;
+    let host = volume_host(d, id, volume.host.as_deref(), None)?;
     d.emit(Event::VolumeResizeRequested { volume: id.clone(), capacity_mib, host });
     Ok(())
 }

@@ -1618,6 +1618,75 @@ fn volume_operations_are_carried_out_by_hosts() {
     assert!(h.state.volume(&bad).is_none());
 }
 
+/// An operation on a shared pool's volume asked of a host that is fenced before reporting
+/// is asked of another ready host; the first host's late report completes nothing. A
+/// local pool's volume waits for its host, and no host leaves with an operation asked
+/// of it.
+#[test]
+fn a_fenced_hosts_volume_operations_go_to_another_host() {
+    use crate::command::VolumeOutcome;
+    use crate::model::VolumeState;
+    let mut h = world();
+    let v = vol("shared", "new");
+    ok(&mut h, new_volume("shared", "new", VolumeFormat::Raw, 100, None));
+    let pending = |h: &Harness, v: &VolumeRef| match &h.state.volume(v).unwrap().state {
+        VolumeState::Pending { host, id, .. } => (host.clone(), *id),
+        other => panic!("{v} is {}", other.name()),
+    };
+    let (first, first_id) = pending(&h, &v);
+    let leave = Command::SetHostState { name: first.clone(), state: HostState::Left };
+    assert_rejections(&h, vec![("leave while asked", leave, FailedPrecondition, "is still creating volume")]);
+    ok(&mut h, Command::SetHostState { name: first.clone(), state: HostState::Fenced });
+    let (second, second_id) = pending(&h, &v);
+    assert_ne!(second, first);
+    assert!(second_id > first_id);
+    let report = |host: &str, id: u64| Command::ReportVolume {
+        volume: v.clone(),
+        host: host.into(),
+        id,
+        outcome: VolumeOutcome::Done { allocation_mib: 0 },
+    };
+    assert_rejections(
+        &h,
+        vec![("late report", report(&first, first_id), FailedPrecondition, "no operation")],
+    );
+    ok(&mut h, report(&second, second_id));
+    assert_eq!(h.state.volume(&v).unwrap().state, VolumeState::Ready);
+
+    // With no other ready host it waits, and the HA controller fences again once one is.
+    let mut h = world();
+    ok(&mut h, new_volume("shared", "new", VolumeFormat::Raw, 100, None));
+    let (first, _) = pending(&h, &v);
+    let others: Vec<String> = h
+        .state
+        .hosts()
+        .values()
+        .filter(|x| x.name != first && x.state == HostState::Ready)
+        .map(|x| x.name.clone())
+        .collect();
+    for other in &others {
+        ok(&mut h, Command::SetHostState { name: other.clone(), state: HostState::Maintenance });
+    }
+    ok(&mut h, Command::SetHostState { name: first.clone(), state: HostState::Fenced });
+    assert_eq!(pending(&h, &v).0, first, "no ready host to take it");
+    let settings = crate::ha::HaSettings::default();
+    assert!(crate::ha::plan_hosts(&h.state, &BTreeMap::new(), &settings).is_empty());
+    ok(&mut h, Command::SetHostState { name: others[0].clone(), state: HostState::Ready });
+    let again = crate::ha::plan_hosts(&h.state, &BTreeMap::new(), &settings);
+    assert_eq!(again, vec![Command::SetHostState { name: first.clone(), state: HostState::Fenced }]);
+    ok(&mut h, again[0].clone());
+    assert_eq!(pending(&h, &v).0, others[0]);
+
+    // A local pool's volume stays with the host its file is on.
+    let mut h = world();
+    h.exec_volume(new_volume("local", "mine", VolumeFormat::Raw, 10, None)).unwrap();
+    let local = vol("local", "mine");
+    let owner = h.state.volume(&local).unwrap().host.clone().unwrap();
+    ok(&mut h, Command::ResizeVolume { volume: local.clone(), capacity_mib: 20 });
+    ok(&mut h, Command::SetHostState { name: owner.clone(), state: HostState::Fenced });
+    assert_eq!(pending(&h, &local).0, owner);
+}
+
 /// A local pool's volume lives on the host that made it: its domains run there, and its
 /// operations wait for that host.
 #[test]

@@ -1,14 +1,16 @@
 //! Protects: **a volume is its file.** Once the cluster has settled: every volume the
 //! state says is ready has its file in the shared pool, of its format and capacity; every
-//! file there is of a volume the state holds, ready or with an operation still asked of a
-//! host lost for good (a deleted volume's file is gone, and a failed one never had one);
-//! every operation asked of a live host has been carried out or has failed. (That a VM
+//! file there is of a volume the state holds, ready or with an operation still pending
+//! (a deleted volume's file is gone, and a failed one never had one); every operation
+//! has been carried out or has failed, also one asked of a host lost for good (fenced,
+//! it is asked of another ready host: a shared pool's files are every host's); only a
+//! local pool's volume, or one with no ready host left, waits for a lost host. (That a VM
 //! never starts without its disk file is checked at every start, in `host`.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use controlplane::model::VolumeState;
+use controlplane::model::{HostState, VolumeState};
 use controlplane::State;
 use hostd::dir_pool::volume_path;
 use hostd::fake::FakeVolume;
@@ -21,6 +23,7 @@ pub fn check_settled(
     lost: &BTreeSet<String>,
 ) -> Result<(), String> {
     let mut held = BTreeSet::new();
+    let any_ready = state.hosts().values().any(|h| h.state == HostState::Ready);
     for v in state.volumes().values() {
         let Some(pool) = state.pool(&v.id.pool) else {
             return Err(format!("volume {} is in no pool", v.id));
@@ -40,7 +43,9 @@ pub fn check_settled(
                 }
                 Some(_) => {}
             },
-            VolumeState::Pending { op, host, .. } if !lost.contains(host) => {
+            VolumeState::Pending { op, host, .. }
+                if !lost.contains(host) || (v.host.is_none() && any_ready) =>
+            {
                 return Err(format!("volume {} still has its {} pending on host {host}", v.id, op.name()));
             }
             _ => {}
