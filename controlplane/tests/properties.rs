@@ -191,7 +191,7 @@ fn command() -> impl Strategy<Value = Command> {
             name,
             kind: if full { SnapshotKind::Full } else { SnapshotKind::Disk },
         }),
-        4 => (domain(), pick(SNAPSHOTS)).prop_map(|(domain, name)| Command::DeleteSnapshot { domain, name }),
+        6 => (domain(), pick(SNAPSHOTS)).prop_map(|(domain, name)| Command::DeleteSnapshot { domain, name }),
         4 => (domain(), pick(SNAPSHOTS)).prop_map(|(domain, name)| Command::RevertSnapshot { domain, name }),
         1 => (domain(), domain(), pick(SNAPSHOTS))
             .prop_map(|(clone, source, snapshot)| Command::CloneDomain { clone, source, snapshot }),

@@ -82,12 +82,15 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
     }
     if to == HostState::Left {
         // A live host may still be working on it: it is the host's to finish (only a
-        // fenced host's lease guarantees it commits nothing more).
-        if let Some(v) = d.state.volumes_asked_of(name).next() {
+        // fenced host's lease guarantees it commits nothing more). A fenced host's
+        // shared-pool operations wait for a ready host to take them.
+        let fenced = host.state == HostState::Fenced;
+        if let Some(v) = d.state.volumes_asked_of(name).find(|v| !fenced || v.host.is_none()) {
+            let wait = if fenced { "; it goes once a ready host takes that over" } else { "" };
             return Err(Rejection::precondition(
                 ResourceKind::Host,
                 name,
-                format!("is still {} volume {}", v.state.name(), v.id),
+                format!("is still {} volume {}{wait}", v.state.name(), v.id),
             ));
         }
     }
@@ -102,6 +105,9 @@ pub(super) fn set_state(d: &mut Draft<'_>, name: &str, to: HostState) -> Result<
     if to == HostState::Fenced {
         // Fencing is the point after which its runs may start elsewhere: they end here.
         super::ha::lose_runs(d, name);
+    }
+    if to == HostState::Left {
+        super::storage::abandon_volume_ops(d, name);
     }
 
     Ok(())

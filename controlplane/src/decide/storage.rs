@@ -115,6 +115,28 @@ pub(super) fn reassign_volume_ops(d: &mut Draft<'_>, host: &str) {
     }
 }
 
+/// Fenced host `host` leaves with operations on its local pools' volumes still asked of
+/// it: no host will carry them out. A create or resize fails (the volume stays as it was,
+/// or failed with no file); a delete completes, as the file went with the host's disk.
+pub(super) fn abandon_volume_ops(d: &mut Draft<'_>, host: &str) {
+    let state = d.state;
+    for v in state.volumes_asked_of(host) {
+        let VolumeState::Pending { op, .. } = &v.state else { continue };
+        d.guard(ResourceKey::Volume(v.id.clone()));
+        d.guard(ResourceKey::Pool(v.id.pool.clone()));
+        if let Some(b) = v.backing.as_ref().filter(|_| *op == VolumeOp::Delete) {
+            d.guard(ResourceKey::Volume(VolumeRef::new(&v.id.pool, b)));
+        }
+        d.emit(match op {
+            VolumeOp::Delete => Event::VolumeDeleted { volume: v.id.clone() },
+            _ => Event::VolumeFailed {
+                volume: v.id.clone(),
+                reason: format!("host {host} left before it carried out the {}", op.name()),
+            },
+        });
+    }
+}
+
 /// FNV-1a: a stable, platform-independent hash.
 fn fnv64(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))

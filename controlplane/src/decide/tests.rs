@@ -1685,6 +1685,11 @@ fn a_fenced_hosts_volume_operations_go_to_another_host() {
     ok(&mut h, Command::ResizeVolume { volume: local.clone(), capacity_mib: 20 });
     ok(&mut h, Command::SetHostState { name: owner.clone(), state: HostState::Fenced });
     assert_eq!(pending(&h, &local).0, owner);
+    // Its host leaving for good fails the resize: the volume stays as it was.
+    ok(&mut h, Command::SetHostState { name: owner.clone(), state: HostState::Left });
+    let after = h.state.volume(&local).unwrap();
+    assert_eq!((after.capacity_mib, &after.state), (10, &VolumeState::Ready));
+    assert!(after.failure.as_deref().unwrap().contains("left before it carried out the resize"));
 }
 
 /// A local pool's volume lives on the host that made it: its domains run there, and its
