@@ -775,15 +775,24 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
                                 format!("{}/{}", used.vcpus, cap.vcpus),
                                 format!("{}/{}", used.memory_mib, cap.memory_mib),
                                 h.domains.len().to_string(),
+                                h.vm_limits.map_or("-".into(), |l| {
+                                    format!(
+                                        "{} vCPUs, {} MiB, {} disks, {} NICs",
+                                        l.vcpus, l.memory_mib, l.disks, l.nics
+                                    )
+                                }),
                             ]
                         })
                         .collect();
-                    table(&["name", "state", "address", "vcpus", "memory_mib", "domains"], rows)
+                    table(&["name", "state", "address", "vcpus", "memory_mib", "domains", "largest VM"], rows)
                 },
                 || {
                     Value::Array(
                         list.iter()
-                            .map(|h| json!({"name": h.name, "state": h.state, "address": h.address, "domains": h.domains, "flapping": h.flapping, "recent_fences": h.recent_fences}))
+                            .map(|h| {
+                                let limits = h.vm_limits.map(|l| json!({"vcpus": l.vcpus, "memory_mib": l.memory_mib, "disks": l.disks, "nics": l.nics}));
+                                json!({"name": h.name, "state": h.state, "address": h.address, "domains": h.domains, "flapping": h.flapping, "recent_fences": h.recent_fences, "vm_limits": limits})
+                            })
                             .collect(),
                     )
                 },

@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use controlplane::model::{
     AttachMode, Boot, Cidr, DesiredState, Disk, Domain, DomainSpec, HaPolicy, Host, HostState, Mac,
     Migration, MigrationPhase, Network, NetworkConfig, NetworkMode, Nic, Phase, Placement, Pool, PoolConfig,
-    PoolKind, Resources, Snapshot, SnapshotKind, SnapshotState, StopMode, Volume, VolumeFormat, VolumeOp,
-    VolumeRef, VolumeState,
+    PoolKind, Resources, Snapshot, SnapshotKind, SnapshotState, StopMode, VmLimits, Volume, VolumeFormat,
+    VolumeOp, VolumeRef, VolumeState,
 };
 use controlplane::{Command, EventEnvelope, SnapshotOutcome, VolumeOutcome};
 use proto::api as pb;
@@ -181,6 +181,14 @@ pub fn resources(r: Option<pb::Resources>) -> Result<Resources, Status> {
     Ok(Resources { vcpus: r.vcpus, memory_mib: r.memory_mib })
 }
 
+pub fn vm_limits_from_pb(l: Option<pb::VmLimits>) -> Option<VmLimits> {
+    l.map(|l| VmLimits { vcpus: l.vcpus, memory_mib: l.memory_mib, disks: l.disks, nics: l.nics })
+}
+
+pub fn vm_limits_to_pb(l: Option<VmLimits>) -> Option<pb::VmLimits> {
+    l.map(|l| pb::VmLimits { vcpus: l.vcpus, memory_mib: l.memory_mib, disks: l.disks, nics: l.nics })
+}
+
 /// A host as the API shows it, with what the state knows of its recent fencings.
 pub fn host_to_pb(state: &controlplane::State, h: &Host) -> pb::Host {
     let res = |r: Resources| Some(pb::Resources { vcpus: r.vcpus, memory_mib: r.memory_mib });
@@ -197,6 +205,7 @@ pub fn host_to_pb(state: &controlplane::State, h: &Host) -> pb::Host {
         domains: h.domains.iter().cloned().collect(),
         registered_ms: h.registered_ms,
         version: h.version,
+        vm_limits: vm_limits_to_pb(h.vm_limits),
     }
 }
 

@@ -12,8 +12,9 @@
 //! state (`crate::state_v1` decodes version-1 states); 3 added a domain's `ha_restarts`
 //! (`crate::state_v2` decodes version-2 states); 4 added the cluster's settings and its
 //! hosts' recent fencings (`crate::state_v3`); 5 added a volume's state, host and last
-//! failure (`crate::state_v4`); 6 added a network's VNI (`crate::state_v5`). Events and
-//! proposals encode alike in all six (variants are only appended).
+//! failure (`crate::state_v4`); 6 added a network's VNI (`crate::state_v5`); 7 added a
+//! host's VM limits (`crate::state_v6`). Events and proposals encode alike in all seven
+//! (variants are only appended).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -23,7 +24,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 6;
+pub const FORMAT_VERSION: u16 = 7;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -66,7 +67,8 @@ impl Durable for State {
             2 => decode_payload::<crate::state_v2::StateV2>(payload).map(State::from),
             3 => decode_payload::<crate::state_v3::StateV3>(payload).map(State::from),
             4 => decode_payload::<crate::state_v4::StateV4>(payload).map(State::from),
-            _ => decode_payload::<crate::state_v5::StateV5>(payload).map(State::from),
+            5 => decode_payload::<crate::state_v5::StateV5>(payload).map(State::from),
+            _ => decode_payload::<crate::state_v6::StateV6>(payload).map(State::from),
         }
     }
 }
@@ -155,7 +157,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 6, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 7, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -164,15 +166,15 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v7 = bytes.clone();
-        v7[3] = 7;
-        assert!(matches!(decode::<EventEnvelope>(&v7), Err(CodecError::Version(7))));
+        let mut v8 = bytes.clone();
+        v8[3] = 8;
+        assert!(matches!(decode::<EventEnvelope>(&v8), Err(CodecError::Version(8))));
         let mut v1 = bytes.clone();
         v1[3] = 1;
         assert_eq!(
             decode::<EventEnvelope>(&v1).unwrap(),
             envelope(),
-            "events encode alike in versions 1 to 6"
+            "events encode alike in versions 1 to 7"
         );
         let mut magic = bytes.clone();
         magic[0] = b'X';

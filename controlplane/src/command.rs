@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Disk, DomainSpec, HostState, Labels, MigrationId, MigrationPhase, NetworkConfig, ObservedPhase,
-    PoolConfig, Resources, SnapshotKind, VolumeFormat, VolumeRef,
+    PoolConfig, Resources, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
 };
 
 /// A command with who sent it and the id that makes retries safe.
@@ -28,6 +28,8 @@ pub enum Command {
         address: String,
         capacity: Resources,
         labels: Labels,
+        /// The largest VM its driver runs (`None`: no limit beyond the cluster's).
+        vm_limits: Option<VmLimits>,
     },
     SetHostState {
         name: String,

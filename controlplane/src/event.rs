@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     DesiredState, Disk, DomainSpec, HostState, Labels, Mac, MigrationId, MigrationPhase, NetworkConfig,
-    ObservedPhase, PoolConfig, ResourceKey, Resources, SnapshotKind, VolumeFormat, VolumeRef,
+    ObservedPhase, PoolConfig, ResourceKey, Resources, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
 };
 
 /// One event with its place in history.
@@ -340,6 +340,14 @@ pub enum Event {
         volume: VolumeRef,
         host: String,
     },
+
+    // --- what a host's driver runs (appended) ---
+    /// Host `name` runs VMs up to `limits` (`None`: it says nothing of its limits).
+    /// Emitted when a registration says something else than the state holds.
+    HostVmLimits {
+        name: String,
+        limits: Option<VmLimits>,
+    },
 }
 
 impl Event {
@@ -400,6 +408,7 @@ impl Event {
         "VolumeFailed",
         "NetworkDefined",
         "VolumeReassigned",
+        "HostVmLimits",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -464,6 +473,7 @@ impl Event {
             Event::VolumeFailed { .. } => 52,
             Event::NetworkDefined { .. } => 53,
             Event::VolumeReassigned { .. } => 54,
+            Event::HostVmLimits { .. } => 55,
         }
     }
 
@@ -476,7 +486,8 @@ impl Event {
             HostRegistered { name, .. }
             | HostUpdated { name, .. }
             | HostStateChanged { name, .. }
-            | HostCleared { name } => ResourceKey::Host(name.clone()),
+            | HostCleared { name }
+            | HostVmLimits { name, .. } => ResourceKey::Host(name.clone()),
             ClusterSettingsChanged { .. } => ResourceKey::Cluster,
             DomainDefined { name, .. }
             | DomainUndefined { name }

@@ -33,6 +33,7 @@ pub fn register_host(name: &str, vcpus: u32, memory_mib: u64) -> Command {
         address: format!("127.0.0.1:{}", 7000 + name.len()),
         capacity: Resources { vcpus, memory_mib },
         labels: Labels::new(),
+        vm_limits: None,
     }
 }
 

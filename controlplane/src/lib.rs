@@ -41,6 +41,7 @@ mod state_v2;
 mod state_v3;
 mod state_v4;
 mod state_v5;
+mod state_v6;
 mod validate;
 
 pub use apply::{apply, apply_proposal};

@@ -1,8 +1,9 @@
 //! Placement: which host runs a domain. A pure function of the state.
 //!
-//! A host fits when it is ready and not flapping (fenced too often lately), has the vCPUs
-//! and memory free, carries every required label, and runs no other domain of the
-//! domain's anti-affinity group. Among the hosts
+//! A host fits when it is ready and not flapping (fenced too often lately), its driver
+//! runs a VM of the domain's size (the host's VM limits), it has the vCPUs and memory
+//! free, carries every required label, and runs no other domain of the domain's
+//! anti-affinity group. Among the hosts
 //! that fit, the scheduler spreads load: it picks the host whose fuller dimension (vCPU or
 //! memory share) would be lowest after the placement, counted in whole percent; hosts in
 //! the same percent are told apart by a hash of the domain and host names. The hash keeps
@@ -31,6 +32,8 @@ pub enum Misfit {
         volume: String,
         host: String,
     },
+    /// The host's driver runs no VM this large: what is over its limits.
+    TooLarge(String),
 }
 
 impl fmt::Display for Misfit {
@@ -43,6 +46,7 @@ impl fmt::Display for Misfit {
             Misfit::AntiAffinity(d) => write!(f, "runs {d} of the same anti-affinity group"),
             Misfit::Flapping => f.write_str("host was fenced too often lately (drover host clear)"),
             Misfit::LocalVolume { volume, host } => write!(f, "its disk {volume} is on host {host}"),
+            Misfit::TooLarge(what) => write!(f, "its driver runs no VM with {what}"),
         }
     }
 }
@@ -58,6 +62,9 @@ pub struct NoPlacement {
     pub anti_affinity: usize,
     pub flapping: usize,
     pub local_volume: usize,
+    pub too_large: usize,
+    /// What was over the limits of the first host too small for it.
+    pub too_large_detail: Option<String>,
 }
 
 impl fmt::Display for NoPlacement {
@@ -74,11 +81,15 @@ impl fmt::Display for NoPlacement {
             (self.anti_affinity, "running its anti-affinity group"),
             (self.flapping, "flapping"),
             (self.local_volume, "without its local disks"),
+            (self.too_large, "whose driver runs no VM this large"),
         ];
         let mut first = true;
         for (n, what) in parts.into_iter().filter(|(n, _)| *n > 0) {
             write!(f, "{} {n} {what}", if first { "" } else { "," })?;
             first = false;
+        }
+        if let Some(detail) = &self.too_large_detail {
+            write!(f, " ({detail})")?;
         }
         Ok(())
     }
@@ -91,6 +102,9 @@ pub fn fit(state: &State, host: &Host, name: &str, spec: &DomainSpec) -> Result<
     }
     if state.is_flapping(&host.name) {
         return Err(Misfit::Flapping);
+    }
+    if let Some(over) = host.vm_limits.and_then(|l| l.exceeded_by(spec)) {
+        return Err(Misfit::TooLarge(over));
     }
     let free = host.free();
     if spec.vcpus > free.vcpus {
@@ -171,6 +185,10 @@ pub fn place(
             Err(Misfit::AntiAffinity(_)) => why.anti_affinity += 1,
             Err(Misfit::Flapping) => why.flapping += 1,
             Err(Misfit::LocalVolume { .. }) => why.local_volume += 1,
+            Err(Misfit::TooLarge(over)) => {
+                why.too_large += 1;
+                why.too_large_detail.get_or_insert(over);
+            }
         }
     }
     best.map(|(_, h)| h.name.clone()).ok_or(why)
@@ -247,6 +265,7 @@ mod tests {
             address: "127.0.0.1:7003".into(),
             capacity: crate::model::Resources { vcpus: 64, memory_mib: 1 << 20 },
             labels: [("gpu".to_string(), "yes".to_string())].into(),
+            vm_limits: None,
         })
         .unwrap();
         // c is the emptiest by far but still joining: never chosen.
@@ -266,5 +285,47 @@ mod tests {
         let why = place(&h.state, "db3", &member, None).unwrap_err();
         assert_eq!(why.anti_affinity, 3);
         assert!(why.to_string().contains("3 running its anti-affinity group"), "{why}");
+    }
+
+    /// A host's driver runs VMs up to the limits the host said: a larger domain goes
+    /// elsewhere, or nowhere, with the reason; the limits change only when said again.
+    #[test]
+    fn honours_the_vm_limits_hosts_say() {
+        use crate::model::VmLimits;
+        let mut h = cluster(&[("a", 64, 1 << 20), ("b", 64, 1 << 20)]);
+        let own_vmm = VmLimits { vcpus: 32, memory_mib: 3072, disks: 8, nics: 8 };
+        let say = |h: &mut Harness, name: &str, vm_limits| {
+            h.exec(Command::RegisterHost {
+                name: name.into(),
+                address: "127.0.0.1:7001".into(),
+                capacity: crate::model::Resources { vcpus: 64, memory_mib: 1 << 20 },
+                labels: Labels::new(),
+                vm_limits,
+            })
+        };
+        let said = say(&mut h, "a", Some(own_vmm)).unwrap();
+        assert_eq!(h.state.host("a").unwrap().vm_limits, Some(own_vmm));
+        let again = say(&mut h, "a", Some(own_vmm)).unwrap();
+        assert_eq!(again.last_seq, said.last_seq, "the same limits again change nothing");
+        let big = kernel_spec(4, 4096);
+        assert_eq!(place(&h.state, "x", &big, None).unwrap(), "b", "only b runs a 4 GiB VM");
+        assert!(fit(&h.state, h.state.host("a").unwrap(), "x", &kernel_spec(32, 3072)).is_ok());
+        say(&mut h, "b", Some(own_vmm)).unwrap();
+        let why = place(&h.state, "x", &big, None).unwrap_err();
+        assert_eq!((why.hosts, why.too_large), (2, 2));
+        assert!(
+            why.to_string()
+                .contains("2 whose driver runs no VM this large (4096 MiB of memory (at most 3072))"),
+            "{why}"
+        );
+        let mut wide = kernel_spec(33, 512);
+        let why = place(&h.state, "x", &wide, None).unwrap_err();
+        assert!(why.to_string().contains("33 vCPUs (at most 32)"), "{why}");
+        wide.vcpus = 1;
+        wide.nics = (0..9).map(|_| crate::model::Nic { network: "n".into(), mac: None }).collect();
+        assert!(place(&h.state, "x", &wide, None).unwrap_err().to_string().contains("9 NICs (at most 8)"));
+        // A host that says nothing any more has no limits beyond the cluster's.
+        say(&mut h, "b", None).unwrap();
+        assert_eq!(place(&h.state, "x", &big, None).unwrap(), "b");
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::model::{
-    DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Pool, Snapshot,
-    SnapshotKind, SnapshotState, StopMode, VolumeRef,
+    DesiredState, Domain, DomainSpec, DomainStatus, Migration, MigrationId, Pool, Snapshot, SnapshotKind,
+    SnapshotState, StopMode, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -43,7 +43,7 @@ struct SnapshotV1 {
 #[derive(Deserialize)]
 pub(crate) struct StateV1 {
     last_seq: u64,
-    hosts: BTreeMap<String, Host>,
+    hosts: BTreeMap<String, crate::state_v6::HostV1>,
     domains: BTreeMap<String, DomainV1>,
     networks: BTreeMap<String, crate::state_v5::NetworkV1>,
     pools: BTreeMap<String, Pool>,
@@ -98,7 +98,7 @@ impl From<StateV1> for State {
             .collect();
         State {
             last_seq: v1.last_seq,
-            hosts: v1.hosts,
+            hosts: crate::state_v6::upgrade_hosts(v1.hosts),
             domains,
             networks: crate::state_v5::upgrade_networks(v1.networks),
             pools: v1.pools,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::model::{
-    DesiredState, Domain, DomainSpec, DomainStatus, Host, Migration, MigrationId, Pool, Snapshot,
-    SnapshotRef, StopMode, VolumeRef,
+    DesiredState, Domain, DomainSpec, DomainStatus, Migration, MigrationId, Pool, Snapshot, SnapshotRef,
+    StopMode, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -32,7 +32,7 @@ struct DomainV2 {
 #[derive(Deserialize)]
 pub(crate) struct StateV2 {
     last_seq: u64,
-    hosts: BTreeMap<String, Host>,
+    hosts: BTreeMap<String, crate::state_v6::HostV1>,
     domains: BTreeMap<String, DomainV2>,
     networks: BTreeMap<String, crate::state_v5::NetworkV1>,
     pools: BTreeMap<String, Pool>,
@@ -68,7 +68,7 @@ impl From<StateV2> for State {
             .collect();
         State {
             last_seq: v2.last_seq,
-            hosts: v2.hosts,
+            hosts: crate::state_v6::upgrade_hosts(v2.hosts),
             domains,
             networks: crate::state_v5::upgrade_networks(v2.networks),
             pools: v2.pools,

@@ -7,14 +7,14 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Deserialize;
 
-use crate::model::{Domain, Host, Migration, MigrationId, Pool, Snapshot, VolumeRef};
+use crate::model::{Domain, Migration, MigrationId, Pool, Snapshot, VolumeRef};
 use crate::request_window::RequestWindow;
 use crate::state::State;
 
 #[derive(Deserialize)]
 pub(crate) struct StateV3 {
     last_seq: u64,
-    hosts: BTreeMap<String, Host>,
+    hosts: BTreeMap<String, crate::state_v6::HostV1>,
     domains: BTreeMap<String, Domain>,
     networks: BTreeMap<String, crate::state_v5::NetworkV1>,
     pools: BTreeMap<String, Pool>,
@@ -29,7 +29,7 @@ impl From<StateV3> for State {
     fn from(v3: StateV3) -> State {
         State {
             last_seq: v3.last_seq,
-            hosts: v3.hosts,
+            hosts: crate::state_v6::upgrade_hosts(v3.hosts),
             domains: v3.domains,
             networks: crate::state_v5::upgrade_networks(v3.networks),
             pools: v3.pools,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Deserialize;
 
 use crate::model::{
-    AttachMode, ClusterSettings, Domain, Host, HostFences, Migration, MigrationId, Pool, Snapshot, Volume,
+    AttachMode, ClusterSettings, Domain, HostFences, Migration, MigrationId, Pool, Snapshot, Volume,
     VolumeFormat, VolumeRef, VolumeState,
 };
 use crate::request_window::RequestWindow;
@@ -56,7 +56,7 @@ pub(crate) fn upgrade_volumes(volumes: BTreeMap<VolumeRef, VolumeV1>) -> BTreeMa
 #[derive(Deserialize)]
 pub(crate) struct StateV4 {
     last_seq: u64,
-    hosts: BTreeMap<String, Host>,
+    hosts: BTreeMap<String, crate::state_v6::HostV1>,
     domains: BTreeMap<String, Domain>,
     networks: BTreeMap<String, crate::state_v5::NetworkV1>,
     pools: BTreeMap<String, Pool>,
@@ -73,7 +73,7 @@ impl From<StateV4> for State {
     fn from(v4: StateV4) -> State {
         State {
             last_seq: v4.last_seq,
-            hosts: v4.hosts,
+            hosts: crate::state_v6::upgrade_hosts(v4.hosts),
             domains: v4.domains,
             networks: crate::state_v5::upgrade_networks(v4.networks),
             pools: v4.pools,

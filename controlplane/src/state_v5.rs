@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 
 use crate::model::{
-    ClusterSettings, Domain, Host, HostFences, Lease, Mac, Migration, MigrationId, Network, NetworkConfig,
-    Pool, Snapshot, Volume, VolumeRef,
+    ClusterSettings, Domain, HostFences, Lease, Mac, Migration, MigrationId, Network, NetworkConfig, Pool,
+    Snapshot, Volume, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -49,7 +49,7 @@ pub(crate) fn upgrade_networks(networks: BTreeMap<String, NetworkV1>) -> BTreeMa
 #[derive(Deserialize)]
 pub(crate) struct StateV5 {
     last_seq: u64,
-    hosts: BTreeMap<String, Host>,
+    hosts: BTreeMap<String, crate::state_v6::HostV1>,
     domains: BTreeMap<String, Domain>,
     networks: BTreeMap<String, NetworkV1>,
     pools: BTreeMap<String, Pool>,
@@ -66,7 +66,7 @@ impl From<StateV5> for State {
     fn from(v5: StateV5) -> State {
         State {
             last_seq: v5.last_seq,
-            hosts: v5.hosts,
+            hosts: crate::state_v6::upgrade_hosts(v5.hosts),
             domains: v5.domains,
             networks: upgrade_networks(v5.networks),
             pools: v5.pools,

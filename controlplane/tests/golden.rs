@@ -12,9 +12,10 @@
 //! `-2` files are the same written by format version 2 (snapshots taken by hosts), which
 //! must decode too, as must the `-3` files (format 3: HA restart counts); the `-4` files
 //! are format version 4 (cluster settings, hosts' fencings), which must decode too; the
-//! `-5` files are format version 5 (volume files made by hosts), which must decode too;
-//! the `-6` files are written by format version 6 (a network's VNI) and must decode and
-//! re-encode to the very same bytes.
+//! `-5` files are format version 5 (volume files made by hosts), which must decode too,
+//! as must the `-6` files (format 6: a network's VNI); the `-7` files are written by
+//! format version 7 (a host's VM limits) and must decode and re-encode to the very same
+//! bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,8 @@ use controlplane::codec::{self, Durable};
 use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, new_volume, Harness};
 use controlplane::model::{
     Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, NetworkConfig, NetworkMode, Nic,
-    ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState, VolumeFormat, VolumeRef,
-    VolumeState,
+    ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState, VmLimits, VolumeFormat,
+    VolumeRef, VolumeState,
 };
 use controlplane::{invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State};
 
@@ -166,6 +167,10 @@ fn samples() -> Vec<EventEnvelope> {
             vni: 7,
         },
         Event::VolumeReassigned { volume: VolumeRef::new("images", "root"), host: "h3".into() },
+        Event::HostVmLimits {
+            name: "h1".into(),
+            limits: Some(VmLimits { vcpus: 32, memory_mib: 3072, disks: 8, nics: 8 }),
+        },
     ];
     events
         .into_iter()
@@ -243,6 +248,25 @@ fn every_golden_event_file_decodes_to_todays_samples() {
 
 /// A state with one of everything, built through decide and apply.
 fn rich_state() -> (State, Proposal) {
+    let (h, p) = rich_harness();
+    (h.state, p)
+}
+
+/// The rich state, then host h2 says its VM limits (format 7 records them).
+fn rich_state_saying_limits() -> (State, Proposal) {
+    let (mut h, p) = rich_harness();
+    h.exec(Command::RegisterHost {
+        name: "h2".into(),
+        address: "127.0.0.1:7002".into(),
+        capacity: Resources { vcpus: 16, memory_mib: 65536 },
+        labels: Labels::new(),
+        vm_limits: Some(VmLimits { vcpus: 32, memory_mib: 3072, disks: 8, nics: 8 }),
+    })
+    .unwrap();
+    (h.state, p)
+}
+
+fn rich_harness() -> (Harness, Proposal) {
     let mut h = Harness::new();
     h.ready_host("h1", 16, 65536);
     h.ready_host("h2", 16, 65536);
@@ -274,7 +298,7 @@ fn rich_state() -> (State, Proposal) {
     let Ok(Decision::Propose(p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000) else {
         panic!("migration progress decides");
     };
-    (h.state, p)
+    (h, p)
 }
 
 fn check_fixed_bytes<T: Durable + PartialEq + std::fmt::Debug>(name: &str, fresh: &T) -> T {
@@ -296,11 +320,12 @@ fn read_golden<T: Durable>(name: &str) -> (T, Vec<u8>) {
 
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
-    let (state, proposal) = rich_state();
-    let new_state: State = check_fixed_bytes("state-6.bin", &state);
+    let (state, proposal) = rich_state_saying_limits();
+    assert!(state.host("h2").unwrap().vm_limits.is_some());
+    let new_state: State = check_fixed_bytes("state-7.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 6");
-    let new: Proposal = check_fixed_bytes("proposal-6.bin", &proposal);
+    assert_eq!(new_state, state, "today's rich state is the one written by format 7");
+    let new: Proposal = check_fixed_bytes("proposal-7.bin", &proposal);
     assert_eq!(new.request_id, "golden-proposal");
 }
 
@@ -321,7 +346,23 @@ fn format_5_states_and_proposals_still_decode() {
     assert_eq!(old_state.hosts(), state.hosts());
     let (old, bytes): (Proposal, _) = read_golden("proposal-5.bin");
     assert_eq!(old, proposal);
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 5 and 6");
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 5 and 7");
+}
+
+#[test]
+fn format_6_states_and_proposals_still_decode() {
+    let (state, proposal) = rich_state();
+    let (old_state, _): (State, _) = read_golden("state-6.bin");
+    invariants::check(&old_state).unwrap();
+    // Format 6 held today's rich state but for the hosts' VM limits, which no host said.
+    assert!(old_state.hosts().values().all(|h| h.vm_limits.is_none()));
+    assert_eq!(old_state.hosts(), state.hosts());
+    assert_eq!(old_state.domains(), state.domains());
+    assert_eq!(old_state.networks(), state.networks());
+    assert_eq!(old_state.volumes(), state.volumes());
+    let (old, bytes): (Proposal, _) = read_golden("proposal-6.bin");
+    assert_eq!(old, proposal);
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 6 and 7");
 }
 
 /// A state and proposal of formats 2 to 4: the rich state of their day (its volume made

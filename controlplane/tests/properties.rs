@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use controlplane::model::{
     Boot, Cidr, DesiredState, Disk, DomainSpec, HaPolicy, HostState, Mac, MigrationPhase, NetworkConfig,
     NetworkMode, Nic, ObservedPhase, Phase, Placement, PoolConfig, PoolKind, Resources, SnapshotKind,
-    SnapshotState, VolumeFormat, VolumeRef, VolumeState,
+    SnapshotState, VmLimits, VolumeFormat, VolumeRef, VolumeState,
 };
 use controlplane::{
     apply, apply_proposal, codec, decide, invariants, state_hash, Command, Decision, Event, EventEnvelope,
@@ -147,12 +147,15 @@ fn network_config() -> impl Strategy<Value = NetworkConfig> {
 fn command() -> impl Strategy<Value = Command> {
     let domain = || pick(DOMAINS);
     prop_oneof![
-        1 => (pick(HOSTS), 0u32..=8, 0u64..=8192).prop_map(|(name, vcpus, memory_mib)| Command::RegisterHost {
-            address: format!("127.0.0.1:{}", 7000 + vcpus),
-            name,
-            capacity: Resources { vcpus, memory_mib },
-            labels: Default::default(),
-        }),
+        1 => (pick(HOSTS), 0u32..=8, 0u64..=8192, proptest::option::of((1u32..=4, 16u64..=2048))).prop_map(
+            |(name, vcpus, memory_mib, limits)| Command::RegisterHost {
+                address: format!("127.0.0.1:{}", 7000 + vcpus),
+                name,
+                capacity: Resources { vcpus, memory_mib },
+                labels: Default::default(),
+                vm_limits: limits.map(|(vcpus, memory_mib)| VmLimits { vcpus, memory_mib, disks: 2, nics: 2 }),
+            }
+        ),
         1 => (pick(HOSTS), host_state()).prop_map(|(name, state)| Command::SetHostState { name, state }),
         6 => (domain(), spec()).prop_map(|(name, spec)| Command::DefineDomain { name, spec }),
         1 => domain().prop_map(|name| Command::UndefineDomain { name }),
@@ -572,6 +575,7 @@ fn seeded() -> Vec<Command> {
             address: format!("127.0.0.1:{}", 7000 + i),
             capacity: Resources { vcpus: 8, memory_mib: 8192 },
             labels: Default::default(),
+            vm_limits: None,
         });
         out.push(Command::SetHostState { name: h.to_string(), state: HostState::Ready });
     }
@@ -689,7 +693,7 @@ proptest! {
         let commands = vec![
             Command::DefineDomain { name: name.clone(), spec },
             Command::StartDomain { name: name.clone() },
-            Command::RegisterHost { name: name.clone(), address: path.clone(), capacity: Resources { vcpus, memory_mib }, labels: [(path.clone(), name.clone())].into() },
+            Command::RegisterHost { name: name.clone(), address: path.clone(), capacity: Resources { vcpus, memory_mib }, labels: [(path.clone(), name.clone())].into(), vm_limits: None },
             Command::CreatePool { name: name.clone(), config: PoolConfig { kind: PoolKind::Dir, path: path.clone(), shared: false, capacity_mib: memory_mib } },
             Command::ReportObservation { domain: name.clone(), host: path.clone(), generation: memory_mib, phase: ObservedPhase::Running, reason: Some(name.clone()) },
             Command::CreateSnapshot { domain: name.clone(), name: path.clone(), kind: SnapshotKind::Full },

@@ -406,7 +406,13 @@ fn snapshot_work_from(
 /// Register the host and make it ready, retrying for up to two minutes. `boot` and
 /// `attempt` make the request ids (a host registers again after being fenced). Returns
 /// the log's last seq once it is ready.
-async fn register(api: &mut Api, config: &AgentConfig, boot: u64, attempt: u64) -> Result<u64, AgentError> {
+async fn register(
+    api: &mut Api,
+    config: &AgentConfig,
+    vm_limits: Option<pb::VmLimits>,
+    boot: u64,
+    attempt: u64,
+) -> Result<u64, AgentError> {
     let until = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let reg = pb::RegisterHostRequest {
@@ -415,6 +421,7 @@ async fn register(api: &mut Api, config: &AgentConfig, boot: u64, attempt: u64) 
             address: config.address.clone(),
             capacity: Some(pb::Resources { vcpus: config.vcpus, memory_mib: config.memory_mib }),
             labels: config.labels.clone().into_iter().collect(),
+            vm_limits,
         };
         let ready = pb::SetHostStateRequest {
             request_id: format!("{}-ready-{boot}-{attempt}", config.host),
@@ -459,10 +466,18 @@ pub async fn run<D: Driver>(
     // timeout (or the fake driver's boot delay).
     let started = std::time::Instant::now();
     let mut registrations = 0;
+    // What the driver runs, said with every registration: the cluster places here only
+    // the domains it fits.
+    let limits = driver.vm_limits().map(|l| pb::VmLimits {
+        vcpus: l.vcpus,
+        memory_mib: l.memory_mib,
+        disks: l.disks,
+        nics: l.nics,
+    });
     // The log as far as this host's (re-)registration: a replica of its own that has not
     // applied that much may still hand it runs the cluster gave to others while it was
     // fenced, so it acts on nothing until it has.
-    let mut registered_seq = register(&mut api, &config, boot, registrations).await?;
+    let mut registered_seq = register(&mut api, &config, limits, boot, registrations).await?;
     info!(host = %config.host, "host registered and ready");
     let lease = Arc::new(HostLease::new(config.lease_file.clone()));
     let heartbeats = tokio::spawn(heartbeat(
@@ -478,7 +493,7 @@ pub async fn run<D: Driver>(
     while !lease.held() {
         if lease.fenced() {
             registrations += 1;
-            registered_seq = register(&mut api, &config, boot, registrations).await?;
+            registered_seq = register(&mut api, &config, limits, boot, registrations).await?;
             info!(host = %config.host, "registered again: fenced before it first held its lease");
             lease.clear_fenced();
         }
@@ -529,7 +544,7 @@ pub async fn run<D: Driver>(
             if lease.fenced() {
                 // The cluster has given this host's runs to others: join it afresh.
                 registrations += 1;
-                registered_seq = register(&mut api, &config, boot, registrations).await?;
+                registered_seq = register(&mut api, &config, limits, boot, registrations).await?;
                 info!(host = %config.host, "registered again after being fenced");
                 lease.clear_fenced();
             }

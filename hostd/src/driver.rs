@@ -177,6 +177,11 @@ pub enum DriverError {
 /// A hypervisor. `now_ms` is passed in so drivers that model time (the fake) stay
 /// deterministic; real drivers ignore it.
 pub trait Driver: Send {
+    /// The largest VM this driver runs, said to the cluster when the host registers so
+    /// that nothing larger is placed here; `None`: no limit beyond the host's capacity.
+    fn vm_limits(&self) -> Option<controlplane::model::VmLimits> {
+        None
+    }
     fn start(&mut self, spec: &VmSpec, now_ms: u64) -> Result<(), DriverError>;
     fn pause(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;
     fn resume(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError>;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use controlplane::model::{VolumeFormat, VolumeOp};
+use controlplane::model::{VmLimits, VolumeFormat, VolumeOp};
 
 use crate::driver::{DiskSpec, Driver, DriverError, SnapshotFile, SnapshotTaken, VmPhase, VmSpec, VmStatus};
 use crate::networks::NetworkWork;
@@ -55,6 +55,9 @@ struct FakeVm {
     reason: Option<String>,
 }
 
+/// How a start refused for being over the driver's limits begins its reason.
+pub const OVER_LIMITS: &str = "over this driver's VM limits";
+
 /// An in-memory hypervisor.
 #[derive(Debug, Clone)]
 pub struct FakeDriver {
@@ -81,6 +84,9 @@ pub struct FakeDriver {
     pub missing_disks: Vec<(String, String)>,
     /// The networks the host serves, as last asked (by bridge).
     pub served_networks: NetworkWork,
+    /// The largest VM it runs (said to the cluster); a larger one fails to start, as the
+    /// own VMM refuses one. `None`: no limit.
+    pub vm_limits: Option<VmLimits>,
 }
 
 impl Default for FakeDriver {
@@ -104,6 +110,7 @@ impl FakeDriver {
             fail_next_volume: None,
             missing_disks: Vec::new(),
             served_networks: NetworkWork::default(),
+            vm_limits: None,
         }
     }
 
@@ -173,7 +180,20 @@ impl FakeDriver {
 }
 
 impl Driver for FakeDriver {
+    fn vm_limits(&self) -> Option<VmLimits> {
+        self.vm_limits
+    }
+
     fn start(&mut self, spec: &VmSpec, now_ms: u64) -> Result<(), DriverError> {
+        if let Some(over) = self
+            .vm_limits
+            .and_then(|l| l.exceeded(spec.vcpus, spec.memory_mib, spec.disks.len(), spec.nics.len()))
+        {
+            return Err(DriverError::StartFailed {
+                domain: spec.domain.clone(),
+                reason: format!("{OVER_LIMITS}: {over}"),
+            });
+        }
         self.enforce_lease(now_ms);
         if self.lease_deadline_ms.is_some_and(|d| now_ms >= d) {
             return Err(DriverError::StartFailed {
@@ -405,24 +425,24 @@ impl Driver for FakeDriver {
             action: job.op.name(),
             reason,
         };
+        let mut store = self.volume_store.lock().unwrap_or_else(|p| p.into_inner());
+        let made = FakeVolume {
+            format: job.format,
+            capacity_mib: job.capacity_mib,
+            backing: job.backing.as_ref().map(|(path, _)| path.clone()),
+        };
+        // As `dir_pool` does: a create first looks for the file, which is its own earlier
+        // work or that of a host fenced before reporting it, and only then can fail making it.
+        if matches!(job.op, VolumeOp::Create { .. }) && store.get(&job.path) == Some(&made) {
+            return Ok(0);
+        }
         if let Some(reason) = self.fail_next_volume.take() {
             return Err(failed(reason));
         }
-        let mut store = self.volume_store.lock().unwrap_or_else(|p| p.into_inner());
         match &job.op {
             VolumeOp::Create { .. } => {
-                let made = FakeVolume {
-                    format: job.format,
-                    capacity_mib: job.capacity_mib,
-                    backing: job.backing.as_ref().map(|(path, _)| path.clone()),
-                };
-                if let Some(there) = store.get(&job.path) {
-                    // Its own earlier work, or another's file.
-                    return if *there == made {
-                        Ok(0)
-                    } else {
-                        Err(failed(format!("{} already exists", job.path.display())))
-                    };
+                if store.contains_key(&job.path) {
+                    return Err(failed(format!("{} already exists", job.path.display())));
                 }
                 if let Some(backing) = made.backing.as_ref().filter(|b| !store.contains_key(*b)) {
                     return Err(failed(format!("the backing file {} is missing", backing.display())));

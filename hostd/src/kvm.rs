@@ -198,6 +198,16 @@ impl KvmDriver {
 const OLD_VMM_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Driver for KvmDriver {
+    /// Drover's own VMM's limits, from the VMM itself (`vmm::config`).
+    fn vm_limits(&self) -> Option<controlplane::model::VmLimits> {
+        Some(controlplane::model::VmLimits {
+            vcpus: u32::from(vmm::config::VCPUS_MAX),
+            memory_mib: vmm::config::MEMORY_MIB_MAX,
+            disks: vmm::config::DISKS_MAX as u32,
+            nics: vmm::config::NICS_MAX as u32,
+        })
+    }
+
     fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
         if let Some(vm) = self.vms.get_mut(&spec.domain) {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::ha::HaSettings;
-use controlplane::model::{HostState, ObservedPhase, Resources, VolumeOp};
+use controlplane::model::{HostState, ObservedPhase, Resources, VmLimits, VolumeOp};
 use controlplane::{Command, RejectionCode, Request, SnapshotOutcome, State};
 use hostd::assignment::{share_from_state, HostShare};
 use hostd::fake::{FakeDriver, SnapshotStore, VolumeStore};
@@ -52,14 +52,20 @@ pub struct HostInfo {
 
 impl HostInfo {
     pub fn new(index: u64, net_id: NodeId, snapshots: &SnapshotStore, volumes: &VolumeStore) -> HostInfo {
-        let driver = Arc::new(Mutex::new(new_driver(snapshots, volumes)));
+        let limits = (index % 2 == 0).then_some(SMALL_HOST_LIMITS);
+        let driver = Arc::new(Mutex::new(new_driver(snapshots, volumes, limits)));
         HostInfo { name: format!("h{index}"), net_id, driver }
     }
 }
 
 /// A fresh hypervisor with no VMs, on the cluster's shared snapshot storage and pool.
-pub fn new_driver(snapshots: &SnapshotStore, volumes: &VolumeStore) -> FakeDriver {
+/// What the drivers of every other host run (the rest run anything): the scheduler must
+/// keep larger domains off them.
+pub const SMALL_HOST_LIMITS: VmLimits = VmLimits { vcpus: 2, memory_mib: 1024, disks: 4, nics: 2 };
+
+pub fn new_driver(snapshots: &SnapshotStore, volumes: &VolumeStore, limits: Option<VmLimits>) -> FakeDriver {
     let mut d = FakeDriver::new(BOOT_MS, GUEST_SHUTDOWN_MS);
+    d.vm_limits = limits;
     d.broken_kernels.push(crate::workload::BROKEN_KERNEL.into());
     d.snapshot_store = snapshots.clone();
     d.volume_store = volumes.clone();
@@ -153,6 +159,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             address: format!("10.0.0.{}:7001", index + 1),
             capacity: Resources { vcpus: 32, memory_mib: 64 << 10 },
             labels: Default::default(),
+            vm_limits: host.driver.lock().expect("driver lock").vm_limits,
         });
         [register, write(Command::SetHostState { name: host.name.clone(), state: HostState::Ready })]
     };
@@ -303,6 +310,18 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
                     "volumes",
                     format!("domain {domain} was started without its disk file {path}"),
                 );
+            }
+            // The cluster placed here only what this host's driver runs.
+            for o in &observations {
+                if let Some(reason) = o.reason.as_deref().filter(|r| r.contains(hostd::fake::OVER_LIMITS)) {
+                    core.violation(
+                        "vm_limits",
+                        format!(
+                            "domain {} was placed on host {}, whose driver refused it: {reason}",
+                            o.domain, host.name
+                        ),
+                    );
+                }
             }
             (observations, started, snapshot_reports, volume_reports)
         };

@@ -203,6 +203,7 @@ pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
             address: "nowhere".into(),
             capacity: controlplane::model::Resources { vcpus: 0, memory_mib: 0 },
             labels: BTreeMap::new(),
+            vm_limits: None,
         },
     }
 }

@@ -674,8 +674,9 @@ impl World {
                 let h = self.rng.gen_range(0..host_count);
                 if alive > 2 && self.hosts[h] != HostRun::Lost {
                     self.kill_host(h);
-                    *self.core.hosts[h].driver.lock().expect("driver lock") =
-                        host::new_driver(&self.core.snapshots, &self.core.volumes);
+                    let mut driver = self.core.hosts[h].driver.lock().expect("driver lock");
+                    *driver = host::new_driver(&self.core.snapshots, &self.core.volumes, driver.vm_limits);
+                    drop(driver);
                     self.isolate(self.core.hosts[h].net_id);
                     self.hosts[h] = HostRun::Lost;
                     self.trace(format!("fault: host {} lost for good with its VMs", self.core.hosts[h].name));

@@ -50,6 +50,7 @@ async fn domains_events_and_audit_over_the_public_api() {
             address: "127.0.0.1:9001".into(),
             capacity: Some(pb::Resources { vcpus: 8, memory_mib: 8192 }),
             labels: Default::default(),
+            vm_limits: None,
         })
         .await
         .unwrap();

@@ -105,6 +105,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             address: id("127.0.0.1:9201"),
             capacity: Some(pb::Resources { vcpus: 4, memory_mib: 4096 }),
             labels: Default::default(),
+            vm_limits: None,
         })
         .await
         .unwrap();
@@ -344,7 +345,8 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 name: "h2".into(),
                 address: "a:1".into(),
                 capacity: None,
-                labels: Default::default()
+                labels: Default::default(),
+                vm_limits: None
             }
         ),
         case!(

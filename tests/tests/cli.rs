@@ -31,6 +31,7 @@ async fn define_start_list_shutdown_undefine() {
             address: "127.0.0.1:9101".into(),
             capacity: Some(pb::Resources { vcpus: 4, memory_mib: 4096 }),
             labels: Default::default(),
+            vm_limits: None,
         })
         .await
         .unwrap();

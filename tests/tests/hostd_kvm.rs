@@ -166,8 +166,8 @@ async fn bad_input_is_reported_as_a_failed_observation() {
     let ep = cluster.bootstrap(&[]).await;
     let dir = cluster.dir.path().to_owned();
     let run_dir = dir.join("vms");
-    // The host offers far more memory than it has, so the scheduler places the huge
-    // domain here and the VMM is the one to refuse it.
+    // The host offers far more memory than it has: what keeps a huge domain off it is
+    // the VM limits its driver said when it registered.
     let mut hostd = Hostd::start(&ep, &run_dir, &dir.join("hostd.log"), 1 << 22);
     ready_host(&ep).await;
     let kernel = dir.join("guest.elf");
@@ -193,7 +193,6 @@ async fn bad_input_is_reported_as_a_failed_observation() {
             format!("vcpus: 1\nmemory_mib: 32\nkernel: {k}\ndisks: [{{volume: p/missing}}]\n"),
             "missing",
         ),
-        ("huge", format!("vcpus: 1\nmemory_mib: {}\nkernel: {k}\n", 1u64 << 21), "more than the host has"),
     ];
     for (name, body, _) in &cases {
         define(&ep, &dir, name, body);
@@ -204,6 +203,21 @@ async fn bad_input_is_reported_as_a_failed_observation() {
         let reason = v["reason"].as_str().unwrap_or_default();
         assert!(reason.contains(want), "{name}: {reason:?} does not say {want:?}");
     }
+    // A domain larger than the own VMM runs is refused at start, with the reason, and
+    // nothing changes: it is not placed, and the host never sees it.
+    define(&ep, &dir, "huge", &format!("vcpus: 1\nmemory_mib: 4096\nkernel: {k}\n"));
+    let seq_before = drover(&ep, &["--output", "json", "audit", "log", "--name", "huge"]);
+    let refused =
+        Command::new(drover_bin()).args(["--endpoint", &ep, "domain", "start", "huge"]).output().unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a 4 GiB domain was placed on the own VMM");
+    assert!(
+        said.contains("ResourceExhausted") && said.contains("4096 MiB of memory (at most 3072)"),
+        "{said}"
+    );
+    assert_eq!(drover(&ep, &["--output", "json", "audit", "log", "--name", "huge"]), seq_before);
+    let hosts = drover(&ep, &["--output", "json", "host", "list"]);
+    assert!(hosts.contains("\"memory_mib\": 3072"), "the host's limits are shown: {hosts}");
     // The failures are in the audit log as observations from the host.
     let log = drover(&ep, &["--output", "json", "audit", "log", "--kind", "domain", "--name", "corrupt"]);
     assert!(log.contains("host/h1") && log.contains("is corrupt"), "{log}");
@@ -386,6 +400,9 @@ async fn a_snapshot_taken_through_the_api_brings_the_running_counter_back_on_rev
     })
     .await;
     assert!(hostd.alive());
+    // A log written to a file is plain text.
+    let log = std::fs::read_to_string(dir.join("hostd.log")).unwrap();
+    assert!(log.contains("INFO") && !log.contains('\x1b'), "escape codes in the log file:\n{log}");
 }
 
 /// The MAC the cluster gave `domain`'s NIC on `network`.

@@ -82,8 +82,13 @@ async fn hostd_follows_the_log_as_a_learner_and_runs_its_domains_from_it() {
         (s.learners == [101] && s.voters == [1]).then_some(())
     })
     .await;
-    let status = client.status(&replica).await.unwrap();
-    assert_eq!((status.node_id, status.leader_id), (101, 1), "the host's replica follows the leader");
+    // The leader lists the learner before the learner has heard from it: wait for that.
+    wait_for("the host's replica to follow the leader", Duration::from_secs(30), || async {
+        let status = client.status(&replica).await.ok()?;
+        assert_eq!(status.node_id, 101);
+        (status.leader_id == 1).then_some(())
+    })
+    .await;
 
     wait_for("h1 to be ready", Duration::from_secs(30), || async {
         drover(&ep, &["host", "list"])

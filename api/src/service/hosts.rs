@@ -20,6 +20,7 @@ impl Hosts for Api {
             address: r.address,
             capacity: convert::resources(r.capacity)?,
             labels: r.labels.into_iter().collect(),
+            vm_limits: convert::vm_limits_from_pb(r.vm_limits),
         };
         Ok(Response::new(self.write(&meta, r.request_id, command).await?))
     }

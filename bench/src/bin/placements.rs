@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
                 address: format!("127.0.0.1:{}", 20_000 + i),
                 capacity: Some(pb::Resources { vcpus: 512, memory_mib: 1 << 20 }),
                 labels: Default::default(),
+                vm_limits: None,
             })
             .await?;
         hosts

@@ -24,6 +24,7 @@ pub(super) fn registered(
         domains: BTreeSet::new(),
         registered_ms: now,
         version: seq,
+        vm_limits: None,
     };
     let previous = state.hosts.insert(name.clone(), host);
     assert!(previous.is_none(), "host {name} registered twice");
@@ -42,6 +43,12 @@ pub(super) fn updated(
     host.address = address.clone();
     host.capacity = *capacity;
     host.labels = labels.clone();
+    host.version = seq;
+}
+
+pub(super) fn vm_limits(state: &mut State, seq: u64, name: &String, limits: &Option<VmLimits>) {
+    let host = host_mut(state, name);
+    host.vm_limits = *limits;
     host.version = seq;
 }
 

@@ -29,7 +29,8 @@ use crate::model::{
 use std::net::Ipv4Addr;
 
 use crate::model::{
-    Disk, DomainSpec, Labels, Mac, NetworkConfig, ObservedPhase, PoolConfig, SnapshotKind, VolumeFormat,
+    Disk, DomainSpec, Labels, Mac, NetworkConfig, ObservedPhase, PoolConfig, SnapshotKind, VmLimits,
+    VolumeFormat,
 };
 use crate::proposal::{Committed, Proposal, ProposalOutcome};
 use crate::state::State;
@@ -193,6 +194,7 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         }
         Event::VolumeFailed { volume, reason } => storage::volume_failed(state, seq, volume, reason),
         Event::VolumeReassigned { volume, host } => storage::volume_reassigned(state, seq, volume, host),
+        Event::HostVmLimits { name, limits } => host::vm_limits(state, seq, name, limits),
     }
 }
 

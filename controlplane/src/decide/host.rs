@@ -2,8 +2,11 @@
 
 use super::Draft;
 use crate::event::Event;
-use crate::limits::{ADDRESS_LEN_MAX, HA_RESERVE_HOSTS_MAX, HOST_MEMORY_MIB_MAX, HOST_VCPUS_MAX};
-use crate::model::{HostState, Labels, ResourceKey, ResourceKind, Resources};
+use crate::limits::{
+    ADDRESS_LEN_MAX, DISKS_PER_DOMAIN_MAX, DOMAIN_MEMORY_MIB_MAX, DOMAIN_MEMORY_MIB_MIN, DOMAIN_VCPUS_MAX,
+    HA_RESERVE_HOSTS_MAX, HOST_MEMORY_MIB_MAX, HOST_VCPUS_MAX, NICS_PER_DOMAIN_MAX,
+};
+use crate::model::{HostState, Labels, ResourceKey, ResourceKind, Resources, VmLimits};
 use crate::rejection::Rejection;
 use crate::validate;
 
@@ -13,8 +16,15 @@ pub(super) fn register(
     address: &str,
     capacity: Resources,
     labels: &Labels,
+    vm_limits: Option<VmLimits>,
 ) -> Result<(), Rejection> {
     validate::name("name", name)?;
+    if let Some(l) = vm_limits {
+        validate::range("vm_limits.vcpus", l.vcpus, 1, DOMAIN_VCPUS_MAX)?;
+        validate::range("vm_limits.memory_mib", l.memory_mib, DOMAIN_MEMORY_MIB_MIN, DOMAIN_MEMORY_MIB_MAX)?;
+        validate::range("vm_limits.disks", l.disks as usize, 0, DISKS_PER_DOMAIN_MAX)?;
+        validate::range("vm_limits.nics", l.nics as usize, 0, NICS_PER_DOMAIN_MAX)?;
+    }
     validate::token("address", address, ADDRESS_LEN_MAX)?;
     validate::range("capacity.vcpus", capacity.vcpus, 1, HOST_VCPUS_MAX)?;
     validate::range("capacity.memory_mib", capacity.memory_mib, 1, HOST_MEMORY_MIB_MAX)?;
@@ -27,6 +37,9 @@ pub(super) fn register(
             capacity,
             labels: labels.clone(),
         });
+        if vm_limits.is_some() {
+            d.emit(Event::HostVmLimits { name: name.to_owned(), limits: vm_limits });
+        }
         return Ok(());
     };
     d.guard(ResourceKey::Host(name.to_owned()));
@@ -47,6 +60,9 @@ pub(super) fn register(
             capacity,
             labels: labels.clone(),
         });
+    }
+    if host.vm_limits != vm_limits {
+        d.emit(Event::HostVmLimits { name: name.to_owned(), limits: vm_limits });
     }
     if matches!(host.state, HostState::Fenced | HostState::Left) {
         d.emit(Event::HostStateChanged { name: name.to_owned(), state: HostState::Joining });

@@ -59,8 +59,8 @@ pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision,
 
 fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection> {
     match command {
-        Command::RegisterHost { name, address, capacity, labels } => {
-            host::register(d, name, address, *capacity, labels)
+        Command::RegisterHost { name, address, capacity, labels, vm_limits } => {
+            host::register(d, name, address, *capacity, labels, *vm_limits)
         }
         Command::SetHostState { name, state } => host::set_state(d, name, *state),
         Command::DefineDomain { name, spec } => domain::define(d, name, spec),

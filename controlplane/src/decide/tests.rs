@@ -56,6 +56,7 @@ fn world() -> Harness {
             address: "127.0.0.1:7001".into(),
             capacity: Resources { vcpus: 8, memory_mib: 8192 },
             labels: labels(&[("zone", "a")]),
+            vm_limits: None,
         },
     );
     ok(&mut h, Command::SetHostState { name: "h1".into(), state: HostState::Ready });
@@ -66,6 +67,7 @@ fn world() -> Harness {
             address: "127.0.0.1:7002".into(),
             capacity: Resources { vcpus: 8, memory_mib: 8192 },
             labels: labels(&[("zone", "b")]),
+            vm_limits: None,
         },
     );
     ok(&mut h, Command::SetHostState { name: "h2".into(), state: HostState::Ready });
@@ -165,6 +167,7 @@ fn host_rejections() {
         address: address.into(),
         capacity: Resources { vcpus, memory_mib },
         labels,
+        vm_limits: None,
     };
     let web_host = h.state.domain("web").unwrap().status.host.clone().unwrap();
     assert_rejections(

@@ -54,6 +54,37 @@ impl std::fmt::Display for HostState {
     }
 }
 
+/// The largest VM a host's hypervisor driver runs, as the host says when it registers
+/// (Drover's own VMM: 32 vCPUs, 3 GiB, 8 disks, 8 NICs). The scheduler places a domain
+/// only on a host whose driver runs a VM of its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmLimits {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disks: u32,
+    pub nics: u32,
+}
+
+impl VmLimits {
+    /// What of `spec` is over these limits ("4096 MiB of memory (at most 3072)"), if any.
+    pub fn exceeded_by(&self, spec: &super::DomainSpec) -> Option<String> {
+        self.exceeded(spec.vcpus, spec.memory_mib, spec.disks.len(), spec.nics.len())
+    }
+
+    /// What of a VM of this size is over these limits, if any.
+    pub fn exceeded(&self, vcpus: u32, memory_mib: u64, disks: usize, nics: usize) -> Option<String> {
+        let over = [
+            (u64::from(vcpus), u64::from(self.vcpus), "vCPUs"),
+            (memory_mib, self.memory_mib, "MiB of memory"),
+            (disks as u64, u64::from(self.disks), "disks"),
+            (nics as u64, u64::from(self.nics), "NICs"),
+        ];
+        over.into_iter()
+            .find(|(asked, max, _)| asked > max)
+            .map(|(asked, max, what)| format!("{asked} {what} (at most {max})"))
+    }
+}
+
 /// A hypervisor host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
@@ -69,6 +100,9 @@ pub struct Host {
     pub domains: BTreeSet<String>,
     pub registered_ms: u64,
     pub version: u64,
+    /// The largest VM its driver runs; `None`: the host said nothing (registered by a
+    /// build from before hosts said), and only the cluster's own limits apply.
+    pub vm_limits: Option<VmLimits>,
 }
 
 impl Host {

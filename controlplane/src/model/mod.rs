@@ -22,7 +22,7 @@ pub use domain::{
     Boot, DesiredState, Disk, Domain, DomainSpec, DomainStatus, HaPolicy, Nic, ObservedPhase, Phase,
     Placement, StopMode,
 };
-pub use host::{Host, HostState};
+pub use host::{Host, HostState, VmLimits};
 pub use mac::{Mac, MacError};
 pub use migration::{Migration, MigrationId, MigrationPhase};
 pub use network::{Lease, Network, NetworkConfig, NetworkMode, VNI_MAX};

@@ -14,7 +14,7 @@ pub const VCPUS_MAX: u8 = 32;
 pub const CMDLINE_BYTES_MAX: usize = 4095;
 /// Default cap of the console log (the older half is kept in `<log>.old`).
 pub const CONSOLE_LOG_BYTES_DEFAULT: u64 = 1 << 20;
-pub use crate::layout::DISKS_MAX;
+pub use crate::layout::{DISKS_MAX, NICS_MAX};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {

@@ -6,7 +6,8 @@
 //!
 //! And HA has done its work: no domain is still placed on a host lost for good (the host
 //! was fenced and its runs lost), and every HA domain that should run and that HA has not
-//! given up on runs again, elsewhere if need be.
+//! given up on runs again, elsewhere if need be (unless no host left runs a VM of its
+//! size: the hosts' VM limits).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,7 +40,14 @@ pub fn check(
             return Err(format!("domain {} is still placed on {host}, lost for good", d.name));
         }
         let ha = matches!(d.spec.ha, HaPolicy::Restart { .. });
-        if ha && d.desired != DesiredState::Stopped && matches!(d.status.phase, Phase::Lost | Phase::Crashed)
+        let runnable = state
+            .hosts()
+            .values()
+            .any(|h| !lost.contains(&h.name) && h.vm_limits.is_none_or(|l| l.exceeded_by(&d.spec).is_none()));
+        if ha
+            && runnable
+            && d.desired != DesiredState::Stopped
+            && matches!(d.status.phase, Phase::Lost | Phase::Crashed)
         {
             return Err(format!(
                 "HA domain {} is {:?} and not restarted ({})",
