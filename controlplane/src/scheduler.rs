@@ -307,6 +307,10 @@ mod tests {
         assert_eq!(h.state.host("a").unwrap().vm_limits, Some(own_vmm));
         let again = say(&mut h, "a", Some(own_vmm)).unwrap();
         assert_eq!(again.last_seq, said.last_seq, "the same limits again change nothing");
+        let none = VmLimits { vcpus: 0, ..own_vmm };
+        let refused = say(&mut h, "a", Some(none)).unwrap_err();
+        assert!(refused.to_string().contains("vm_limits.vcpus"), "{refused}");
+        assert_eq!(h.state.host("a").unwrap().vm_limits, Some(own_vmm), "a refusal changes nothing");
         let big = kernel_spec(4, 4096);
         assert_eq!(place(&h.state, "x", &big, None).unwrap(), "b", "only b runs a 4 GiB VM");
         assert!(fit(&h.state, h.state.host("a").unwrap(), "x", &kernel_spec(32, 3072)).is_ok());

@@ -3,8 +3,7 @@
 use super::Draft;
 use crate::event::Event;
 use crate::limits::{
-    ADDRESS_LEN_MAX, DISKS_PER_DOMAIN_MAX, DOMAIN_MEMORY_MIB_MAX, DOMAIN_MEMORY_MIB_MIN, DOMAIN_VCPUS_MAX,
-    HA_RESERVE_HOSTS_MAX, HOST_MEMORY_MIB_MAX, HOST_VCPUS_MAX, NICS_PER_DOMAIN_MAX,
+    ADDRESS_LEN_MAX, DOMAIN_MEMORY_MIB_MIN, HA_RESERVE_HOSTS_MAX, HOST_MEMORY_MIB_MAX, HOST_VCPUS_MAX,
 };
 use crate::model::{HostState, Labels, ResourceKey, ResourceKind, Resources, VmLimits};
 use crate::rejection::Rejection;
@@ -19,11 +18,11 @@ pub(super) fn register(
     vm_limits: Option<VmLimits>,
 ) -> Result<(), Rejection> {
     validate::name("name", name)?;
+    // A driver that runs more than the cluster defines is not refused: the cluster's own
+    // domain limits still apply on top of it.
     if let Some(l) = vm_limits {
-        validate::range("vm_limits.vcpus", l.vcpus, 1, DOMAIN_VCPUS_MAX)?;
-        validate::range("vm_limits.memory_mib", l.memory_mib, DOMAIN_MEMORY_MIB_MIN, DOMAIN_MEMORY_MIB_MAX)?;
-        validate::range("vm_limits.disks", l.disks as usize, 0, DISKS_PER_DOMAIN_MAX)?;
-        validate::range("vm_limits.nics", l.nics as usize, 0, NICS_PER_DOMAIN_MAX)?;
+        validate::range("vm_limits.vcpus", l.vcpus, 1, HOST_VCPUS_MAX)?;
+        validate::range("vm_limits.memory_mib", l.memory_mib, DOMAIN_MEMORY_MIB_MIN, HOST_MEMORY_MIB_MAX)?;
     }
     validate::token("address", address, ADDRESS_LEN_MAX)?;
     validate::range("capacity.vcpus", capacity.vcpus, 1, HOST_VCPUS_MAX)?;
