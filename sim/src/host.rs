@@ -58,11 +58,12 @@ impl HostInfo {
     }
 }
 
-/// A fresh hypervisor with no VMs, on the cluster's shared snapshot storage and pool.
 /// What the drivers of every other host run (the rest run anything): the scheduler must
 /// keep larger domains off them.
 pub const SMALL_HOST_LIMITS: VmLimits = VmLimits { vcpus: 2, memory_mib: 1024, disks: 4, nics: 2 };
 
+/// A fresh hypervisor with no VMs, on the cluster's shared snapshot storage and pool,
+/// running VMs up to `limits`.
 pub fn new_driver(snapshots: &SnapshotStore, volumes: &VolumeStore, limits: Option<VmLimits>) -> FakeDriver {
     let mut d = FakeDriver::new(BOOT_MS, GUEST_SHUTDOWN_MS);
     d.vm_limits = limits;
