@@ -6,7 +6,9 @@
 //! Each operation is carried out once per id (the event that asked for it); its outcome
 //! is kept and sent again until the cluster takes it, so a lost reply repeats the report,
 //! not the work. A host that restarts meanwhile finds its own finished work on disk
-//! (`dir_pool` takes a file of the right format and size as done). Known gap: a hostd
+//! (`dir_pool` takes a file of the right format and size as done), as does a host asked
+//! an operation that a fenced host began (`VolumeReassigned`): a host whose lease has
+//! passed commits none, and reports none that failed after it passed. Known gap: a hostd
 //! that restarts after reporting a failed create, and reads a view that has not applied
 //! that report yet, makes the file again, and the cluster refuses its second report: the
 //! file is left in the pool (as libvirt leaves an unknown file in a dir pool).
