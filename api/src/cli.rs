@@ -38,6 +38,32 @@ macro_rules! rpc {
     };
 }
 
+/// How many items the CLI asks for per page of a List call, and at most how many pages.
+const LIST_PAGE_SIZE: u32 = 1_000;
+const LIST_PAGES_MAX: usize = 10_000;
+
+/// Every item of a List call, page by page: `list_all!(client, FooClient, field,
+/// request)`, where `field` is the reply's list.
+macro_rules! list_all {
+    ($c:expr, $client:ident, $field:ident, $req:expr) => {{
+        let mut all = Vec::new();
+        let mut token = String::new();
+        for page in 0.. {
+            anyhow::ensure!(page < LIST_PAGES_MAX, "the list runs past {LIST_PAGES_MAX} pages");
+            let mut req = $req;
+            req.page_size = LIST_PAGE_SIZE;
+            req.page_token = std::mem::take(&mut token);
+            let reply = rpc!($c, $client, list, req.clone());
+            all.extend(reply.$field);
+            if reply.next_page_token.is_empty() {
+                break;
+            }
+            token = reply.next_page_token;
+        }
+        all
+    }};
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -525,7 +551,12 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
         DomainCmd::Suspend { name } => act!(suspend, name, "suspended"),
         DomainCmd::Resume { name } => act!(resume, name, "resumed"),
         DomainCmd::List => {
-            let list = rpc!(c, DomainsClient, list, pb::ListDomainsRequest { consistency }).domains;
+            let list = list_all!(
+                c,
+                DomainsClient,
+                domains,
+                pb::ListDomainsRequest { consistency, ..Default::default() }
+            );
             show(
                 o,
                 || {
@@ -591,13 +622,12 @@ async fn cluster_status(c: &ApiClient, o: Output, endpoints: &[String]) -> anyho
         .filter_map(|(_, _, s)| s.as_ref())
         .find(|s| s.leader_id == s.node_id)
         .map(|s| s.last_applied_index);
-    let hosts = rpc!(
+    let hosts = list_all!(
         c,
         HostsClient,
-        list,
-        pb::ListHostsRequest { consistency: pb::Consistency::Linearizable as i32 }
-    )
-    .hosts;
+        hosts,
+        pb::ListHostsRequest { consistency: pb::Consistency::Linearizable as i32, ..Default::default() }
+    );
     let leases = rpc!(c, HostsClient, leases, pb::LeasesRequest {}).age_ms;
     let role = |id: u64, s: &proto::raft::StatusReply| -> &'static str {
         if s.leader_id == id {
@@ -713,7 +743,8 @@ async fn drain(
     host: &str,
     timeout: Duration,
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let list = rpc!(c, DomainsClient, list, pb::ListDomainsRequest { consistency }).domains;
+    let list =
+        list_all!(c, DomainsClient, domains, pb::ListDomainsRequest { consistency, ..Default::default() });
     let on_host: Vec<String> = list
         .iter()
         .filter(|d| d.status.as_ref().is_some_and(|s| s.host == host) && d.desired != "stopped")
@@ -759,7 +790,8 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
     };
     Ok(match cmd {
         HostCmd::List => {
-            let list = rpc!(c, HostsClient, list, pb::ListHostsRequest { consistency }).hosts;
+            let list =
+                list_all!(c, HostsClient, hosts, pb::ListHostsRequest { consistency, ..Default::default() });
             show(
                 o,
                 || {
@@ -845,7 +877,12 @@ async fn net(c: &ApiClient, o: Output, consistency: i32, cmd: NetCmd) -> anyhow:
             written(o, &format!("network {name} deleted"), &w)
         }
         NetCmd::List => {
-            let list = rpc!(c, NetworksClient, list, pb::ListNetworksRequest { consistency }).networks;
+            let list = list_all!(
+                c,
+                NetworksClient,
+                networks,
+                pb::ListNetworksRequest { consistency, ..Default::default() }
+            );
             show(
                 o,
                 || {
@@ -891,7 +928,12 @@ async fn pool(c: &ApiClient, o: Output, consistency: i32, cmd: PoolCmd) -> anyho
             written(o, &format!("pool {name} deleted"), &w)
         }
         PoolCmd::List => {
-            let list = rpc!(c, StoragePoolsClient, list, pb::ListPoolsRequest { consistency }).pools;
+            let list = list_all!(
+                c,
+                StoragePoolsClient,
+                pools,
+                pb::ListPoolsRequest { consistency, ..Default::default() }
+            );
             show(
                 o,
                 || {
@@ -974,9 +1016,12 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
             volume_made(o, &volume, &v, &format!("resized to {capacity_mib} MiB"))?
         }
         VolCmd::List { pool } => {
-            let list =
-                rpc!(c, VolumesClient, list, pb::ListVolumesRequest { pool: pool.clone(), consistency })
-                    .volumes;
+            let list = list_all!(
+                c,
+                VolumesClient,
+                volumes,
+                pb::ListVolumesRequest { pool: pool.clone(), consistency, ..Default::default() }
+            );
             let id =
                 |v: &pb::Volume| v.id.clone().map(|i| format!("{}/{}", i.pool, i.name)).unwrap_or_default();
             show(
@@ -1158,13 +1203,12 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
             written(o, &format!("domain {clone} defined from snapshot {domain}/{name}; start it to run"), &w)
         }
         SnapshotCmd::List { domain } => {
-            let list = rpc!(
+            let list = list_all!(
                 c,
                 SnapshotsClient,
-                list,
-                pb::ListSnapshotsRequest { domain: domain.clone(), consistency }
-            )
-            .snapshots;
+                snapshots,
+                pb::ListSnapshotsRequest { domain: domain.clone(), consistency, ..Default::default() }
+            );
             show(
                 o,
                 || {
@@ -1209,7 +1253,7 @@ async fn wait_for_snapshot(
 ) -> anyhow::Result<pb::Snapshot> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(SNAPSHOT_WAIT_MS);
     loop {
-        let req = pb::ListSnapshotsRequest { domain: domain.to_owned(), consistency };
+        let req = pb::ListSnapshotsRequest { domain: domain.to_owned(), consistency, ..Default::default() };
         let list = rpc!(c, SnapshotsClient, list, req.clone()).snapshots;
         let Some(s) = list.into_iter().find(|s| s.name == name) else {
             anyhow::bail!("snapshot {domain}/{name} is gone (deleted meanwhile?)");
@@ -1267,7 +1311,12 @@ async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) ->
             written(o, &format!("migration {id} rolled back"), &w)
         }
         MigrateCmd::List => {
-            let list = rpc!(c, MigrationsClient, list, pb::ListMigrationsRequest { consistency }).migrations;
+            let list = list_all!(
+                c,
+                MigrationsClient,
+                migrations,
+                pb::ListMigrationsRequest { consistency, ..Default::default() }
+            );
             show(
                 o,
                 || {

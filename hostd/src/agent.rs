@@ -642,8 +642,13 @@ async fn read_through_api(
     let host = host.to_owned();
     let domains = match api
         .call(|ch| {
-            let r =
-                request(&host, pb::ListDomainsRequest { consistency: pb::Consistency::Linearizable as i32 });
+            let r = request(
+                &host,
+                pb::ListDomainsRequest {
+                    consistency: pb::Consistency::Linearizable as i32,
+                    ..Default::default()
+                },
+            );
             async move { DomainsClient::new(ch).list(r).await }
         })
         .await
@@ -664,6 +669,7 @@ async fn read_through_api(
                 pb::ListVolumesRequest {
                     pool: String::new(),
                     consistency: pb::Consistency::Linearizable as i32,
+                    ..Default::default()
                 },
             );
             async move { VolumesClient::new(ch).list(r).await }
@@ -682,7 +688,10 @@ async fn read_through_api(
             .call(|ch| {
                 let r = request(
                     &host,
-                    pb::ListPoolsRequest { consistency: pb::Consistency::Linearizable as i32 },
+                    pb::ListPoolsRequest {
+                        consistency: pb::Consistency::Linearizable as i32,
+                        ..Default::default()
+                    },
                 );
                 async move { StoragePoolsClient::new(ch).list(r).await }
             })
@@ -708,7 +717,10 @@ async fn read_through_api(
             .call(|ch| {
                 let r = request(
                     &host,
-                    pb::ListNetworksRequest { consistency: pb::Consistency::Linearizable as i32 },
+                    pb::ListNetworksRequest {
+                        consistency: pb::Consistency::Linearizable as i32,
+                        ..Default::default()
+                    },
                 );
                 async move { NetworksClient::new(ch).list(r).await }
             })
@@ -729,7 +741,10 @@ async fn read_through_api(
             .call(|ch| {
                 let r = request(
                     &host,
-                    pb::ListHostsRequest { consistency: pb::Consistency::Linearizable as i32 },
+                    pb::ListHostsRequest {
+                        consistency: pb::Consistency::Linearizable as i32,
+                        ..Default::default()
+                    },
                 );
                 async move { HostsClient::new(ch).list(r).await }
             })
@@ -753,6 +768,7 @@ async fn read_through_api(
                 pb::ListSnapshotsRequest {
                     domain: String::new(),
                     consistency: pb::Consistency::Linearizable as i32,
+                    ..Default::default()
                 },
             );
             async move { SnapshotsClient::new(ch).list(r).await }

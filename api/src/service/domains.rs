@@ -82,8 +82,13 @@ impl Domains for Api {
         request: Request<pb::ListDomainsRequest>,
     ) -> Result<Response<pb::ListDomainsReply>, Status> {
         let r = request.into_inner();
-        let domains =
-            self.read(r.consistency, |s| s.domains().values().map(convert::domain_to_pb).collect()).await?;
-        Ok(Response::new(pb::ListDomainsReply { domains }))
+        let after = super::name_token(&r.page_token);
+        let (domains, next_page_token) = self
+            .read(r.consistency, |s| {
+                let items = s.domains().iter().map(|(k, d)| (k, convert::domain_to_pb(d)));
+                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+            })
+            .await?;
+        Ok(Response::new(pb::ListDomainsReply { domains, next_page_token }))
     }
 }

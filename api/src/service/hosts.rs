@@ -159,9 +159,13 @@ impl Hosts for Api {
         request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsReply>, Status> {
         let r = request.into_inner();
-        let hosts = self
-            .read(r.consistency, |s| s.hosts().values().map(|h| convert::host_to_pb(s, h)).collect())
+        let after = super::name_token(&r.page_token);
+        let (hosts, next_page_token) = self
+            .read(r.consistency, |s| {
+                let items = s.hosts().iter().map(|(k, h)| (k, convert::host_to_pb(s, h)));
+                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+            })
             .await?;
-        Ok(Response::new(pb::ListHostsReply { hosts }))
+        Ok(Response::new(pb::ListHostsReply { hosts, next_page_token }))
     }
 }

@@ -45,9 +45,18 @@ impl Migrations for Api {
         request: Request<pb::ListMigrationsRequest>,
     ) -> Result<Response<pb::ListMigrationsReply>, Status> {
         let r = request.into_inner();
-        let migrations = self
-            .read(r.consistency, |s| s.migrations().values().map(convert::migration_to_pb).collect())
+        let after = match r.page_token.as_str() {
+            "" => None,
+            t => Some(t.parse::<u64>().map_err(|_| {
+                Status::invalid_argument(format!("invalid page_token {t:?}: not from this list"))
+            })?),
+        };
+        let (migrations, next_page_token) = self
+            .read(r.consistency, |s| {
+                let items = s.migrations().iter().map(|(id, m)| (*id, convert::migration_to_pb(m)));
+                super::page(items, after.as_ref(), r.page_size, |id| id.to_string())
+            })
             .await?;
-        Ok(Response::new(pb::ListMigrationsReply { migrations }))
+        Ok(Response::new(pb::ListMigrationsReply { migrations, next_page_token }))
     }
 }

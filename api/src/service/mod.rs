@@ -74,3 +74,67 @@ impl Api {
 pub fn not_found(kind: ResourceKind, name: &str) -> Status {
     Status::not_found(Rejection::NotFound { kind, name: name.to_owned() }.to_string())
 }
+
+/// The most items one page of a List reply holds (a larger `page_size` is cut to it).
+pub const LIST_PAGE_SIZE_MAX: u32 = 10_000;
+
+/// One page of a list walked in key order: the items after the key `after` (where the
+/// previous page ended; `None` for the first), at most `page_size` of them (0: all), and
+/// the token to go on from ("" once the list is done: the key of the last item sent).
+pub fn page<K, T>(
+    items: impl Iterator<Item = (K, T)>,
+    after: Option<&K>,
+    page_size: u32,
+    token_of: impl Fn(&K) -> String,
+) -> (Vec<T>, String)
+where
+    K: Ord,
+{
+    let size = if page_size == 0 { usize::MAX } else { page_size.min(LIST_PAGE_SIZE_MAX) as usize };
+    let mut out = Vec::new();
+    let mut items = items.filter(|(k, _)| after.is_none_or(|a| k > a)).peekable();
+    let mut last = None;
+    while out.len() < size {
+        let Some((k, item)) = items.next() else { break };
+        out.push(item);
+        last = Some(k);
+    }
+    let more = items.peek().is_some();
+    (out, last.filter(|_| more).map(|k| token_of(&k)).unwrap_or_default())
+}
+
+/// A page token that names a key of two names (`pool/volume`, `domain/snapshot`).
+pub fn pair_token(token: &str) -> Result<Option<(String, String)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let (a, b) = token.split_once('/').ok_or_else(|| {
+        Status::invalid_argument(format!("invalid page_token {token:?}: not from this list"))
+    })?;
+    Ok(Some((a.to_owned(), b.to_owned())))
+}
+
+/// A page token that names a name (`""`: the first page).
+pub fn name_token(token: &str) -> Option<String> {
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_holds_at_most_the_cap_and_goes_on_after_its_last_key() {
+        let keys: Vec<u32> = (0..LIST_PAGE_SIZE_MAX + 5).collect();
+        let (items, token) = page(keys.iter().map(|k| (*k, *k)), None, u32::MAX, |k| k.to_string());
+        assert_eq!((items.len(), token.as_str()), (LIST_PAGE_SIZE_MAX as usize, "9999"));
+        let (rest, token) = page(keys.iter().map(|k| (*k, *k)), Some(&9_999), 0, |k| k.to_string());
+        assert_eq!((rest, token.as_str()), (vec![10_000, 10_001, 10_002, 10_003, 10_004], ""));
+        // A key gone since the last page: the next page starts after where it was.
+        let (after_gone, _) = page([(1, 'a'), (3, 'c')].into_iter(), Some(&2), 1, |k| k.to_string());
+        assert_eq!(after_gone, vec!['c']);
+        assert_eq!(pair_token("p/v").unwrap(), Some(("p".into(), "v".into())));
+        assert_eq!(pair_token("").unwrap(), None);
+        assert_eq!(pair_token("pv").unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+}

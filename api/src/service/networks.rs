@@ -41,8 +41,13 @@ impl Networks for Api {
         request: Request<pb::ListNetworksRequest>,
     ) -> Result<Response<pb::ListNetworksReply>, Status> {
         let r = request.into_inner();
-        let networks =
-            self.read(r.consistency, |s| s.networks().values().map(convert::network_to_pb).collect()).await?;
-        Ok(Response::new(pb::ListNetworksReply { networks }))
+        let after = super::name_token(&r.page_token);
+        let (networks, next_page_token) = self
+            .read(r.consistency, |s| {
+                let items = s.networks().iter().map(|(k, n)| (k, convert::network_to_pb(n)));
+                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+            })
+            .await?;
+        Ok(Response::new(pb::ListNetworksReply { networks, next_page_token }))
     }
 }

@@ -50,16 +50,19 @@ impl Snapshots for Api {
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsReply>, Status> {
         let r = request.into_inner();
-        let snapshots = self
+        let after = super::pair_token(&r.page_token)?;
+        let (snapshots, next_page_token) = self
             .read(r.consistency, |s| {
-                if r.domain.is_empty() {
-                    s.snapshots().values().map(convert::snapshot_to_pb).collect()
+                let of: Box<dyn Iterator<Item = &controlplane::model::Snapshot>> = if r.domain.is_empty() {
+                    Box::new(s.snapshots().values())
                 } else {
-                    s.snapshots_of(&r.domain).map(convert::snapshot_to_pb).collect()
-                }
+                    Box::new(s.snapshots_of(&r.domain))
+                };
+                let items = of.map(|x| ((x.domain.clone(), x.name.clone()), convert::snapshot_to_pb(x)));
+                super::page(items, after.as_ref(), r.page_size, |(d, n)| format!("{d}/{n}"))
             })
             .await?;
-        Ok(Response::new(pb::ListSnapshotsReply { snapshots }))
+        Ok(Response::new(pb::ListSnapshotsReply { snapshots, next_page_token }))
     }
 
     async fn clone_domain(

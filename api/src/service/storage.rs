@@ -42,9 +42,14 @@ impl StoragePools for Api {
         request: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsReply>, Status> {
         let r = request.into_inner();
-        let pools =
-            self.read(r.consistency, |s| s.pools().values().map(convert::pool_to_pb).collect()).await?;
-        Ok(Response::new(pb::ListPoolsReply { pools }))
+        let after = super::name_token(&r.page_token);
+        let (pools, next_page_token) = self
+            .read(r.consistency, |s| {
+                let items = s.pools().iter().map(|(k, p)| (k, convert::pool_to_pb(p)));
+                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+            })
+            .await?;
+        Ok(Response::new(pb::ListPoolsReply { pools, next_page_token }))
     }
 }
 
@@ -120,16 +125,18 @@ impl Volumes for Api {
         request: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesReply>, Status> {
         let r = request.into_inner();
-        let volumes = self
+        let after = super::pair_token(&r.page_token)?.map(|(pool, name)| VolumeRef::new(&pool, &name));
+        let (volumes, next_page_token) = self
             .read(r.consistency, |s| {
-                s.volumes()
+                let items = s
+                    .volumes()
                     .iter()
                     .filter(|(id, _): &(&VolumeRef, _)| r.pool.is_empty() || id.pool == r.pool)
-                    .map(|(_, v)| convert::volume_to_pb(v))
-                    .collect()
+                    .map(|(id, v)| (id, convert::volume_to_pb(v)));
+                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
             })
             .await?;
-        Ok(Response::new(pb::ListVolumesReply { volumes }))
+        Ok(Response::new(pb::ListVolumesReply { volumes, next_page_token }))
     }
 
     async fn report(

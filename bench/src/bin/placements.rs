@@ -135,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     let placed = domains
         .clone()
         .max_decoding_message_size(256 << 20)
-        .list(pb::ListDomainsRequest { consistency: 0 })
+        .list(pb::ListDomainsRequest { consistency: 0, ..Default::default() })
         .await?
         .into_inner()
         .domains
