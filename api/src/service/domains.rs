@@ -82,11 +82,9 @@ impl Domains for Api {
         request: Request<pb::ListDomainsRequest>,
     ) -> Result<Response<pb::ListDomainsReply>, Status> {
         let r = request.into_inner();
-        let after = super::name_token(&r.page_token);
         let (domains, next_page_token) = self
             .read(r.consistency, |s| {
-                let items = s.domains().iter().map(|(k, d)| (k, convert::domain_to_pb(d)));
-                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+                super::page_by_name(s.domains(), &r.page_token, r.page_size, convert::domain_to_pb)
             })
             .await?;
         Ok(Response::new(pb::ListDomainsReply { domains, next_page_token }))

@@ -159,11 +159,9 @@ impl Hosts for Api {
         request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsReply>, Status> {
         let r = request.into_inner();
-        let after = super::name_token(&r.page_token);
         let (hosts, next_page_token) = self
             .read(r.consistency, |s| {
-                let items = s.hosts().iter().map(|(k, h)| (k, convert::host_to_pb(s, h)));
-                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+                super::page_by_name(s.hosts(), &r.page_token, r.page_size, |h| convert::host_to_pb(s, h))
             })
             .await?;
         Ok(Response::new(pb::ListHostsReply { hosts, next_page_token }))

@@ -53,8 +53,8 @@ impl Migrations for Api {
         };
         let (migrations, next_page_token) = self
             .read(r.consistency, |s| {
-                let items = s.migrations().iter().map(|(id, m)| (*id, convert::migration_to_pb(m)));
-                super::page(items, after.as_ref(), r.page_size, |id| id.to_string())
+                let from = s.migrations().range(super::after(after));
+                super::page(from, r.page_size, |id| id.to_string(), convert::migration_to_pb)
             })
             .await?;
         Ok(Response::new(pb::ListMigrationsReply { migrations, next_page_token }))

@@ -10,6 +10,9 @@ pub mod networks;
 pub mod snapshots;
 pub mod storage;
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
 use controlplane::model::ResourceKind;
 use controlplane::{Command, Committed, Rejection, Request, State};
 use proto::api as pb;
@@ -78,29 +81,43 @@ pub fn not_found(kind: ResourceKind, name: &str) -> Status {
 /// The most items one page of a List reply holds (a larger `page_size` is cut to it).
 pub const LIST_PAGE_SIZE_MAX: u32 = 10_000;
 
-/// One page of a list walked in key order: the items after the key `after` (where the
-/// previous page ended; `None` for the first), at most `page_size` of them (0: all), and
-/// the token to go on from ("" once the list is done: the key of the last item sent).
-pub fn page<K, T>(
-    items: impl Iterator<Item = (K, T)>,
-    after: Option<&K>,
+/// One page of a list walked in key order: the first at most `page_size` (0: all) of
+/// `from` (a map's entries after where the previous page ended: [`after`]), each
+/// converted by `to_pb` (only those sent are), and the token to go on from ("" once the
+/// list is done: the key of the last item sent, by `token_of`).
+pub fn page<K, V, P>(
+    from: impl Iterator<Item = (K, V)>,
     page_size: u32,
     token_of: impl Fn(&K) -> String,
-) -> (Vec<T>, String)
-where
-    K: Ord,
-{
+    mut to_pb: impl FnMut(V) -> P,
+) -> (Vec<P>, String) {
     let size = if page_size == 0 { usize::MAX } else { page_size.min(LIST_PAGE_SIZE_MAX) as usize };
     let mut out = Vec::new();
-    let mut items = items.filter(|(k, _)| after.is_none_or(|a| k > a)).peekable();
+    let mut from = from.peekable();
     let mut last = None;
     while out.len() < size {
-        let Some((k, item)) = items.next() else { break };
-        out.push(item);
+        let Some((k, v)) = from.next() else { break };
+        out.push(to_pb(v));
         last = Some(k);
     }
-    let more = items.peek().is_some();
+    let more = from.peek().is_some();
     (out, last.filter(|_| more).map(|k| token_of(&k)).unwrap_or_default())
+}
+
+/// The range of a map's keys a page starts from: after `key` (the token's), or all.
+pub fn after<K>(key: Option<K>) -> (Bound<K>, Bound<K>) {
+    (key.map_or(Bound::Unbounded, Bound::Excluded), Bound::Unbounded)
+}
+
+/// One page of a map keyed by name, after the name `token` names ("": the first page).
+pub fn page_by_name<V, P>(
+    map: &BTreeMap<String, V>,
+    token: &str,
+    page_size: u32,
+    to_pb: impl FnMut(&V) -> P,
+) -> (Vec<P>, String) {
+    let start = if token.is_empty() { Bound::Unbounded } else { Bound::Excluded(token) };
+    page(map.range::<str, _>((start, Bound::Unbounded)), page_size, |k| k.to_string(), to_pb)
 }
 
 /// A page token that names a key of two names (`pool/volume`, `domain/snapshot`).
@@ -114,24 +131,20 @@ pub fn pair_token(token: &str) -> Result<Option<(String, String)>, Status> {
     Ok(Some((a.to_owned(), b.to_owned())))
 }
 
-/// A page token that names a name (`""`: the first page).
-pub fn name_token(token: &str) -> Option<String> {
-    (!token.is_empty()).then(|| token.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_page_holds_at_most_the_cap_and_goes_on_after_its_last_key() {
-        let keys: Vec<u32> = (0..LIST_PAGE_SIZE_MAX + 5).collect();
-        let (items, token) = page(keys.iter().map(|k| (*k, *k)), None, u32::MAX, |k| k.to_string());
+        let keys: BTreeMap<u32, u32> = (0..LIST_PAGE_SIZE_MAX + 5).map(|k| (k, k)).collect();
+        let (items, token) = page(keys.range(after::<u32>(None)), u32::MAX, |k| k.to_string(), |v| *v);
         assert_eq!((items.len(), token.as_str()), (LIST_PAGE_SIZE_MAX as usize, "9999"));
-        let (rest, token) = page(keys.iter().map(|k| (*k, *k)), Some(&9_999), 0, |k| k.to_string());
+        let (rest, token) = page(keys.range(after(Some(9_999))), 0, |k| k.to_string(), |v| *v);
         assert_eq!((rest, token.as_str()), (vec![10_000, 10_001, 10_002, 10_003, 10_004], ""));
         // A key gone since the last page: the next page starts after where it was.
-        let (after_gone, _) = page([(1, 'a'), (3, 'c')].into_iter(), Some(&2), 1, |k| k.to_string());
+        let named: BTreeMap<String, char> = [("a".to_string(), 'a'), ("c".to_string(), 'c')].into();
+        let (after_gone, _) = page_by_name(&named, "b", 1, |v| *v);
         assert_eq!(after_gone, vec!['c']);
         assert_eq!(pair_token("p/v").unwrap(), Some(("p".into(), "v".into())));
         assert_eq!(pair_token("").unwrap(), None);

@@ -41,11 +41,9 @@ impl Networks for Api {
         request: Request<pb::ListNetworksRequest>,
     ) -> Result<Response<pb::ListNetworksReply>, Status> {
         let r = request.into_inner();
-        let after = super::name_token(&r.page_token);
         let (networks, next_page_token) = self
             .read(r.consistency, |s| {
-                let items = s.networks().iter().map(|(k, n)| (k, convert::network_to_pb(n)));
-                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+                super::page_by_name(s.networks(), &r.page_token, r.page_size, convert::network_to_pb)
             })
             .await?;
         Ok(Response::new(pb::ListNetworksReply { networks, next_page_token }))

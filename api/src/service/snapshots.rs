@@ -1,5 +1,7 @@
 //! `drover.api.v1.Snapshots`.
 
+use std::ops::Bound;
+
 use controlplane::Command;
 use proto::api as pb;
 use proto::api::snapshots_server::Snapshots;
@@ -53,13 +55,17 @@ impl Snapshots for Api {
         let after = super::pair_token(&r.page_token)?;
         let (snapshots, next_page_token) = self
             .read(r.consistency, |s| {
-                let of: Box<dyn Iterator<Item = &controlplane::model::Snapshot>> = if r.domain.is_empty() {
-                    Box::new(s.snapshots().values())
-                } else {
-                    Box::new(s.snapshots_of(&r.domain))
+                // One domain's snapshots are a run of keys: start at its first.
+                let start = match after {
+                    Some(key) => Bound::Excluded(key),
+                    None if r.domain.is_empty() => Bound::Unbounded,
+                    None => Bound::Included((r.domain.clone(), String::new())),
                 };
-                let items = of.map(|x| ((x.domain.clone(), x.name.clone()), convert::snapshot_to_pb(x)));
-                super::page(items, after.as_ref(), r.page_size, |(d, n)| format!("{d}/{n}"))
+                let from = s
+                    .snapshots()
+                    .range((start, Bound::Unbounded))
+                    .take_while(|((domain, _), _)| r.domain.is_empty() || *domain == r.domain);
+                super::page(from, r.page_size, |(d, n)| format!("{d}/{n}"), convert::snapshot_to_pb)
             })
             .await?;
         Ok(Response::new(pb::ListSnapshotsReply { snapshots, next_page_token }))

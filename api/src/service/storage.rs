@@ -42,11 +42,9 @@ impl StoragePools for Api {
         request: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsReply>, Status> {
         let r = request.into_inner();
-        let after = super::name_token(&r.page_token);
         let (pools, next_page_token) = self
             .read(r.consistency, |s| {
-                let items = s.pools().iter().map(|(k, p)| (k, convert::pool_to_pb(p)));
-                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+                super::page_by_name(s.pools(), &r.page_token, r.page_size, convert::pool_to_pb)
             })
             .await?;
         Ok(Response::new(pb::ListPoolsReply { pools, next_page_token }))
@@ -128,12 +126,11 @@ impl Volumes for Api {
         let after = super::pair_token(&r.page_token)?.map(|(pool, name)| VolumeRef::new(&pool, &name));
         let (volumes, next_page_token) = self
             .read(r.consistency, |s| {
-                let items = s
+                let from = s
                     .volumes()
-                    .iter()
-                    .filter(|(id, _): &(&VolumeRef, _)| r.pool.is_empty() || id.pool == r.pool)
-                    .map(|(id, v)| (id, convert::volume_to_pb(v)));
-                super::page(items, after.as_ref().as_ref(), r.page_size, |k| k.to_string())
+                    .range(super::after(after))
+                    .filter(|(id, _): &(&VolumeRef, _)| r.pool.is_empty() || id.pool == r.pool);
+                super::page(from, r.page_size, |k| k.to_string(), convert::volume_to_pb)
             })
             .await?;
         Ok(Response::new(pb::ListVolumesReply { volumes, next_page_token }))
