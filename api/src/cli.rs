@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use controlplane::model::{HostState, NetworkMode, SnapshotKind, VolumeFormat};
 use proto::api as pb;
 use proto::api::audit_client::AuditClient;
 use proto::api::domains_client::DomainsClient;
@@ -15,6 +16,7 @@ use proto::api::networks_client::NetworksClient;
 use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
 use proto::api::volumes_client::VolumesClient;
+use proto::convert::word;
 use serde_json::{json, Value};
 use tonic::Status;
 
@@ -150,7 +152,7 @@ pub enum NetCmd {
         /// nat (a bridge per host with masquerading), isolated (guests only), or bridge
         /// (an existing host bridge, --bridge).
         #[arg(long, default_value = "nat")]
-        mode: String,
+        mode: NetworkMode,
         /// The address range leases come from, as 10.0.0.0/24 (nat and isolated).
         #[arg(long, default_value = "")]
         cidr: String,
@@ -198,7 +200,7 @@ pub enum VolCmd {
         capacity_mib: u64,
         /// qcow2 or raw.
         #[arg(long, default_value = "qcow2")]
-        format: String,
+        format: VolumeFormat,
         /// Raw only: allocate every block now rather than on first write.
         #[arg(long)]
         preallocate: bool,
@@ -241,7 +243,7 @@ pub enum SnapshotCmd {
         domain: String,
         name: String,
         #[arg(long, default_value = "full")]
-        kind: String,
+        kind: SnapshotKind,
         /// Return once the snapshot is asked for, without waiting for the host.
         #[arg(long)]
         no_wait: bool,
@@ -433,7 +435,7 @@ fn domain_json(d: &pb::Domain) -> Value {
     let st = d.status.clone().unwrap_or_default();
     let spec = d.spec.clone().unwrap_or_default();
     json!({
-        "name": d.name, "desired": d.desired, "phase": st.phase, "host": st.host,
+        "name": d.name, "desired": word::<pb::DesiredState>(d.desired), "phase": word::<pb::DomainPhase>(st.phase), "host": st.host,
         "generation": st.generation, "reason": st.reason, "vcpus": spec.vcpus,
         "memory_mib": spec.memory_mib, "version": d.version, "migration_id": d.migration_id,
         "current_snapshot": d.current_snapshot,
@@ -567,8 +569,8 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
                             let spec = d.spec.clone().unwrap_or_default();
                             vec![
                                 d.name.clone(),
-                                d.desired.clone(),
-                                st.phase,
+                                word::<pb::DesiredState>(d.desired),
+                                word::<pb::DomainPhase>(st.phase),
                                 st.host,
                                 spec.vcpus.to_string(),
                                 spec.memory_mib.to_string(),
@@ -638,8 +640,8 @@ async fn cluster_status(c: &ApiClient, o: Output, endpoints: &[String]) -> anyho
             "follower"
         }
     };
-    let lease_of = |h: &pb::Host| match h.state.as_str() {
-        "fenced" | "left" => None,
+    let lease_of = |h: &pb::Host| match h.state() {
+        pb::HostState::Fenced | pb::HostState::Left => None,
         _ => leases.get(&h.name).copied(),
     };
     Ok(show(
@@ -672,7 +674,7 @@ async fn cluster_status(c: &ApiClient, o: Output, endpoints: &[String]) -> anyho
                 .map(|h| {
                     vec![
                         h.name.clone(),
-                        h.state.clone(),
+                        word::<pb::HostState>(h.state),
                         lease_of(h).map_or("-".into(), |a| format!("{a} ms")),
                     ]
                 })
@@ -691,7 +693,7 @@ async fn cluster_status(c: &ApiClient, o: Output, endpoints: &[String]) -> anyho
                                       "lag": leader_applied.map(|l| l.saturating_sub(s.last_applied_index))}),
                     None => json!({"id": id, "address": addr, "role": "down"}),
                 }).collect::<Vec<_>>(),
-                "hosts": hosts.iter().map(|h| json!({"name": h.name, "state": h.state, "lease_age_ms": lease_of(h)})).collect::<Vec<_>>(),
+                "hosts": hosts.iter().map(|h| json!({"name": h.name, "state": word::<pb::HostState>(h.state), "lease_age_ms": lease_of(h)})).collect::<Vec<_>>(),
             })
         },
     ))
@@ -747,7 +749,9 @@ async fn drain(
         list_all!(c, DomainsClient, domains, pb::ListDomainsRequest { consistency, ..Default::default() });
     let on_host: Vec<String> = list
         .iter()
-        .filter(|d| d.status.as_ref().is_some_and(|s| s.host == host) && d.desired != "stopped")
+        .filter(|d| {
+            d.status.as_ref().is_some_and(|s| s.host == host) && d.desired() != pb::DesiredState::Stopped
+        })
         .map(|d| d.name.clone())
         .collect();
     let mut moved = Vec::new();
@@ -766,7 +770,7 @@ async fn drain(
                 std::time::Instant::now() < deadline,
                 "domain {name} did not stop within {} s (phase {}); host {host} stays in maintenance",
                 timeout.as_secs(),
-                status.phase
+                word::<pb::DomainPhase>(status.phase)
             );
             tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
         }
@@ -783,10 +787,10 @@ async fn drain(
 const DRAIN_POLL_MS: u64 = 100;
 
 async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyhow::Result<Printed> {
-    let set = |name: String, state: &str| pb::SetHostStateRequest {
+    let set = |name: String, state: HostState| pb::SetHostStateRequest {
         request_id: new_id(),
         name,
-        state: state.into(),
+        state: pb::HostState::from(state).into(),
     };
     Ok(match cmd {
         HostCmd::List => {
@@ -802,7 +806,11 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
                             let used = h.allocated.unwrap_or_default();
                             vec![
                                 h.name.clone(),
-                                if h.flapping { format!("{} (flapping)", h.state) } else { h.state.clone() },
+                                if h.flapping {
+                                    format!("{} (flapping)", word::<pb::HostState>(h.state))
+                                } else {
+                                    word::<pb::HostState>(h.state)
+                                },
                                 h.address.clone(),
                                 format!("{}/{}", used.vcpus, cap.vcpus),
                                 format!("{}/{}", used.memory_mib, cap.memory_mib),
@@ -823,7 +831,7 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
                         list.iter()
                             .map(|h| {
                                 let limits = h.vm_limits.map(|l| json!({"vcpus": l.vcpus, "memory_mib": l.memory_mib, "disks": l.disks, "nics": l.nics}));
-                                json!({"name": h.name, "state": h.state, "address": h.address, "domains": h.domains, "flapping": h.flapping, "recent_fences": h.recent_fences, "vm_limits": limits})
+                                json!({"name": h.name, "state": word::<pb::HostState>(h.state), "address": h.address, "domains": h.domains, "flapping": h.flapping, "recent_fences": h.recent_fences, "vm_limits": limits})
                             })
                             .collect(),
                     )
@@ -839,7 +847,7 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
             return Err(anyhow::anyhow!("a host name is required"));
         }
         HostCmd::Drain { name, keep_domains, timeout_s } => {
-            let req = set(name.clone(), "maintenance");
+            let req = set(name.clone(), HostState::Maintenance);
             let w = rpc!(c, HostsClient, set_state, req.clone());
             if keep_domains {
                 return Ok(written(o, &format!("host {name} in maintenance; its domains stay"), &w));
@@ -853,7 +861,7 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
             )
         }
         HostCmd::Ready { name } => {
-            let req = set(name.clone(), "ready");
+            let req = set(name.clone(), HostState::Ready);
             let w = rpc!(c, HostsClient, set_state, req.clone());
             written(o, &format!("host {name} ready"), &w)
         }
@@ -866,7 +874,12 @@ async fn net(c: &ApiClient, o: Output, consistency: i32, cmd: NetCmd) -> anyhow:
             let req = pb::CreateNetworkRequest {
                 request_id: new_id(),
                 name: name.clone(),
-                config: Some(pb::NetworkConfig { mode, cidr, gateway, bridge }),
+                config: Some(pb::NetworkConfig {
+                    mode: pb::NetworkMode::from(mode).into(),
+                    cidr,
+                    gateway,
+                    bridge,
+                }),
             };
             let w = rpc!(c, NetworksClient, create, req.clone());
             written(o, &format!("network {name} created"), &w)
@@ -890,7 +903,13 @@ async fn net(c: &ApiClient, o: Output, consistency: i32, cmd: NetCmd) -> anyhow:
                         .iter()
                         .map(|n| {
                             let cfg = n.config.clone().unwrap_or_default();
-                            vec![n.name.clone(), cfg.mode, cfg.cidr, cfg.gateway, n.leases.len().to_string()]
+                            vec![
+                                n.name.clone(),
+                                word::<pb::NetworkMode>(cfg.mode),
+                                cfg.cidr,
+                                cfg.gateway,
+                                n.leases.len().to_string(),
+                            ]
                         })
                         .collect();
                     table(&["name", "mode", "cidr", "gateway", "leases"], rows)
@@ -900,7 +919,7 @@ async fn net(c: &ApiClient, o: Output, consistency: i32, cmd: NetCmd) -> anyhow:
                         list.iter()
                             .map(|n| {
                                 let cfg = n.config.clone().unwrap_or_default();
-                                json!({"name": n.name, "mode": cfg.mode, "cidr": cfg.cidr, "gateway": cfg.gateway, "vni": n.vni,
+                                json!({"name": n.name, "mode": word::<pb::NetworkMode>(cfg.mode), "cidr": cfg.cidr, "gateway": cfg.gateway, "vni": n.vni,
                                        "leases": n.leases.iter().map(|l| json!({"mac": l.mac, "ip": l.ip, "domain": l.domain})).collect::<Vec<_>>()})
                             })
                             .collect(),
@@ -917,7 +936,7 @@ async fn pool(c: &ApiClient, o: Output, consistency: i32, cmd: PoolCmd) -> anyho
             let req = pb::CreatePoolRequest {
                 request_id: new_id(),
                 name: name.clone(),
-                config: Some(pb::PoolConfig { kind: "dir".into(), path, shared, capacity_mib }),
+                config: Some(pb::PoolConfig { kind: pb::PoolKind::Dir.into(), path, shared, capacity_mib }),
             };
             let w = rpc!(c, StoragePoolsClient, create, req.clone());
             written(o, &format!("pool {name} created"), &w)
@@ -966,7 +985,7 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
             let req = pb::CreateVolumeRequest {
                 request_id: new_id(),
                 volume: Some(vref(&volume)?),
-                format,
+                format: pb::VolumeFormat::from(format).into(),
                 capacity_mib,
                 backing: String::new(),
                 preallocate,
@@ -986,7 +1005,7 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
             let req = pb::CreateVolumeRequest {
                 request_id: new_id(),
                 volume: Some(pb::VolumeRef { pool: src.pool.clone(), name: name.clone() }),
-                format: "qcow2".into(),
+                format: pb::VolumeFormat::Qcow2.into(),
                 capacity_mib: base.capacity_mib,
                 backing: src.name.clone(),
                 preallocate: false,
@@ -1032,7 +1051,7 @@ async fn vol(c: &ApiClient, o: Output, consistency: i32, cmd: VolCmd) -> anyhow:
                         .map(|v| {
                             vec![
                                 id(v),
-                                v.format.clone(),
+                                word::<pb::VolumeFormat>(v.format),
                                 volume_state(v).into(),
                                 v.capacity_mib.to_string(),
                                 v.allocation_mib.to_string(),
@@ -1100,7 +1119,7 @@ fn volume_state(v: &pb::Volume) -> &'static str {
 
 fn volume_json(id: &str, v: &pb::Volume) -> Value {
     json!({
-        "volume": id, "format": v.format, "state": volume_state(v), "capacity_mib": v.capacity_mib,
+        "volume": id, "format": word::<pb::VolumeFormat>(v.format), "state": volume_state(v), "capacity_mib": v.capacity_mib,
         "allocation_mib": v.allocation_mib, "backing": v.backing, "host": v.host, "failure": v.failure,
         "attached_to": v.attachments.keys().collect::<Vec<_>>(),
     })
@@ -1156,7 +1175,7 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
                 request_id: new_id(),
                 domain: domain.clone(),
                 name: name.clone(),
-                kind,
+                kind: pb::SnapshotKind::from(kind).into(),
             };
             let w = rpc!(c, SnapshotsClient, create, req.clone());
             if no_wait {
@@ -1169,7 +1188,8 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
             show(
                 o,
                 || {
-                    let held = if s.kind == "disk" { "disks imaged in" } else { "guest paused" };
+                    let held =
+                        if s.kind() == pb::SnapshotKind::Disk { "disks imaged in" } else { "guest paused" };
                     format!(
                         "snapshot {domain}/{name} taken on host {}: {}, {held} {} ms",
                         s.host,
@@ -1219,7 +1239,7 @@ async fn snapshot(c: &ApiClient, o: Output, consistency: i32, cmd: SnapshotCmd) 
                             vec![
                                 s.domain.clone(),
                                 s.name.clone(),
-                                s.kind.clone(),
+                                word::<pb::SnapshotKind>(s.kind),
                                 s.parent.clone(),
                                 snapshot_state(s).to_owned(),
                                 if taken { mib(s.bytes) } else { String::new() },
@@ -1283,7 +1303,7 @@ fn snapshot_state(s: &pb::Snapshot) -> &'static str {
 
 fn snapshot_json(s: &pb::Snapshot) -> Value {
     json!({
-        "domain": s.domain, "name": s.name, "kind": s.kind, "parent": s.parent,
+        "domain": s.domain, "name": s.name, "kind": word::<pb::SnapshotKind>(s.kind), "parent": s.parent,
         "state": snapshot_state(s), "host": s.host, "bytes": s.bytes, "duration_ms": s.duration_ms,
         "reason": s.reason, "created_ms": s.created_ms,
     })
@@ -1328,14 +1348,14 @@ async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) ->
                                 m.domain.clone(),
                                 m.source.clone(),
                                 m.target.clone(),
-                                m.phase.clone(),
+                                word::<pb::MigrationPhase>(m.phase),
                             ]
                         })
                         .collect();
                     table(&["id", "domain", "source", "target", "phase"], rows)
                 },
                 || {
-                    Value::Array(list.iter().map(|m| json!({"id": m.id, "domain": m.domain, "source": m.source, "target": m.target, "phase": m.phase})).collect())
+                    Value::Array(list.iter().map(|m| json!({"id": m.id, "domain": m.domain, "source": m.source, "target": m.target, "phase": word::<pb::MigrationPhase>(m.phase)})).collect())
                 },
             )
         }

@@ -17,7 +17,6 @@
 
 pub mod cli;
 pub mod client;
-pub mod convert;
 pub mod server;
 pub mod service;
 pub mod spec_file;

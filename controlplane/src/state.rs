@@ -36,6 +36,43 @@ impl State {
         State::default()
     }
 
+    /// A state assembled from what a read of the API listed (hostd without a replica of
+    /// its own reads this way, then uses the same code as with one). `last_seq` is the
+    /// newest version among the resources: the reads must be linearizable and the last of
+    /// them the one whose completeness matters. It holds no migrations, request window,
+    /// settings or fence history.
+    pub fn from_listing(
+        hosts: impl IntoIterator<Item = Host>,
+        domains: impl IntoIterator<Item = Domain>,
+        networks: impl IntoIterator<Item = Network>,
+        pools: impl IntoIterator<Item = Pool>,
+        volumes: impl IntoIterator<Item = Volume>,
+        snapshots: impl IntoIterator<Item = Snapshot>,
+    ) -> State {
+        let mut state = State {
+            hosts: hosts.into_iter().map(|h| (h.name.clone(), h)).collect(),
+            domains: domains.into_iter().map(|d| (d.name.clone(), d)).collect(),
+            networks: networks.into_iter().map(|n| (n.name.clone(), n)).collect(),
+            pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            volumes: volumes.into_iter().map(|v| (v.id.clone(), v)).collect(),
+            snapshots: snapshots.into_iter().map(|s| ((s.domain.clone(), s.name.clone()), s)).collect(),
+            ..State::default()
+        };
+        state.last_seq = [
+            state.hosts.values().map(|h| h.version).max(),
+            state.domains.values().map(|d| d.version).max(),
+            state.networks.values().map(|n| n.version).max(),
+            state.pools.values().map(|p| p.version).max(),
+            state.volumes.values().map(|v| v.version).max(),
+            state.snapshots.values().map(|s| s.version).max(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        state
+    }
+
     /// Sequence number of the last applied event (0 for the empty state).
     pub fn last_seq(&self) -> u64 {
         self.last_seq

@@ -26,16 +26,15 @@ use tonic::Code;
 use tracing::{info, warn};
 
 use crate::assignment::{share_from_state, HostShare};
-use crate::driver::{
-    isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, Driver, NicSpec, VmSpec,
-};
+use crate::driver::Driver;
 use crate::lease::HostLease;
-use crate::networks::{host_ip, HostNetworks, NetworkPlan, NetworkWork};
+use crate::networks::HostNetworks;
 use crate::pass::{HostPass, Observation};
-use crate::reconciler::{Assigned, Desired, Report};
-use crate::snapshots::{HostSnapshots, SnapshotJob, SnapshotReport, SnapshotWork};
-use crate::volumes::{HostVolumes, VolumeJob, VolumeReport, VolumeWork};
-use controlplane::model::{Cidr, NetworkConfig, NetworkMode, VolumeFormat, VolumeOp, VolumeRef};
+use crate::snapshots::{HostSnapshots, SnapshotReport};
+use crate::volumes::{HostVolumes, VolumeReport};
+use controlplane::model::{HostState, ObservedPhase};
+use controlplane::State;
+use proto::convert;
 
 /// How a host agent runs.
 #[derive(Debug, Clone)]
@@ -128,207 +127,6 @@ fn request<T>(host: &str, message: T) -> tonic::Request<T> {
     r
 }
 
-/// The file of a volume: `<pool path>/<volume name>`; `None` if the pool is unknown.
-fn volume_path(pools: &BTreeMap<String, String>, volume: &pb::VolumeRef) -> Option<String> {
-    pools.get(&volume.pool).map(|dir| crate::dir_pool::volume_path(dir, &volume.name).display().to_string())
-}
-
-fn volume_format(format: &str) -> VolumeFormat {
-    if format == "qcow2" {
-        VolumeFormat::Qcow2
-    } else {
-        VolumeFormat::Raw
-    }
-}
-
-/// The networks `host` serves, from the cluster's domain and network lists (see
-/// `NetworkWork::from_state`).
-fn network_work_from(
-    host: &str,
-    domains: &[pb::Domain],
-    networks: &[pb::Network],
-    hosts: &[pb::Host],
-) -> NetworkWork {
-    let mut work = NetworkWork { host: host.to_owned(), ..NetworkWork::default() };
-    let ip_of = |name: &str| hosts.iter().find(|h| h.name == name).and_then(|h| host_ip(&h.address));
-    let local = ip_of(host);
-    let served: std::collections::BTreeSet<&str> = domains
-        .iter()
-        .filter(|d| d.status.as_ref().is_some_and(|s| s.host == host))
-        .filter_map(|d| d.spec.as_ref())
-        .flat_map(|s| s.nics.iter().map(|n| n.network.as_str()))
-        .collect();
-    for n in networks.iter().filter(|n| served.contains(n.name.as_str())) {
-        let Some(c) = &n.config else { continue };
-        let mode = match c.mode.as_str() {
-            "nat" => NetworkMode::Nat,
-            "isolated" => NetworkMode::Isolated,
-            _ => continue,
-        };
-        let (Ok(cidr), gateway) = (c.cidr.parse::<Cidr>(), c.gateway.parse().ok()) else { continue };
-        let config = NetworkConfig { mode, cidr: Some(cidr), gateway, bridge: None };
-        let Some(service_ip) = config.service_ip() else { continue };
-        let leases = n
-            .leases
-            .iter()
-            .filter_map(|l| Some((l.mac.clone(), l.ip.parse().ok()?, l.domain.clone())))
-            .collect();
-        let peers: std::collections::BTreeSet<std::net::Ipv4Addr> = domains
-            .iter()
-            .filter(|d| d.spec.as_ref().is_some_and(|s| s.nics.iter().any(|nic| nic.network == n.name)))
-            .filter_map(|d| d.status.as_ref().map(|s| s.host.as_str()))
-            .filter(|h| !h.is_empty() && *h != host)
-            .filter_map(ip_of)
-            .filter(|ip| Some(*ip) != local)
-            .collect();
-        let bridge = isolated_bridge(&n.name);
-        let plan = NetworkPlan {
-            name: n.name.clone(),
-            bridge: bridge.clone(),
-            nat: mode == NetworkMode::Nat,
-            cidr,
-            service_ip,
-            leases,
-            vni: n.vni,
-            local,
-            peers: peers.into_iter().collect(),
-        };
-        work.networks.insert(bridge, plan);
-    }
-    work
-}
-
-/// The volume operations the cluster's volume list asks of `host`.
-fn volume_work_from(host: &str, volumes: &[pb::Volume], pools: &BTreeMap<String, String>) -> VolumeWork {
-    // A linearizable read holds every operation asked so far.
-    let mut work = VolumeWork { known_seq: u64::MAX, ..VolumeWork::default() };
-    for v in volumes.iter().filter(|v| v.pending_host == host) {
-        let (Some(id), Some(path)) = (v.id.as_ref(), v.id.as_ref().and_then(|id| volume_path(pools, id)))
-        else {
-            continue;
-        };
-        let op = match v.state() {
-            pb::VolumeState::Creating => VolumeOp::Create {
-                preallocate: v.pending_preallocate,
-                import: (!v.pending_import.is_empty()).then(|| v.pending_import.clone()),
-            },
-            pb::VolumeState::Resizing => VolumeOp::Resize { capacity_mib: v.pending_capacity_mib },
-            pb::VolumeState::Deleting => VolumeOp::Delete,
-            _ => continue,
-        };
-        let backing = (!v.backing.is_empty()).then(|| {
-            let base = pb::VolumeRef { pool: id.pool.clone(), name: v.backing.clone() };
-            let format = volumes.iter().find(|b| b.id.as_ref() == Some(&base)).map_or("raw", |b| &b.format);
-            (PathBuf::from(volume_path(pools, &base).unwrap_or_default()), volume_format(format))
-        });
-        work.jobs.push(VolumeJob {
-            volume: VolumeRef::new(&id.pool, &id.name),
-            id: v.pending_id,
-            op,
-            path: PathBuf::from(path),
-            format: volume_format(&v.format),
-            capacity_mib: v.capacity_mib,
-            backing,
-            commit_by_ms: None,
-        });
-    }
-    work
-}
-
-/// Where a NIC of `network` plugs in (the API's view of `assignment::attachment`).
-fn attachment_of(networks: &BTreeMap<String, pb::NetworkConfig>, network: &str) -> Attachment {
-    match networks.get(network) {
-        None => Attachment::Unsupported("the network does not exist".into()),
-        Some(c) if c.mode == "bridge" && !c.bridge.is_empty() => Attachment::HostBridge(c.bridge.clone()),
-        Some(c) if c.mode == "bridge" => {
-            Attachment::Unsupported("the bridge network names no host bridge".into())
-        }
-        Some(c) if c.mode == "isolated" => Attachment::Isolated(isolated_bridge(network)),
-        Some(c) if c.mode == "nat" => {
-            let gateway = if c.gateway.is_empty() { Ok(None) } else { c.gateway.parse().map(Some) };
-            match (c.cidr.parse(), gateway) {
-                (Ok(cidr), Ok(gateway)) => nat_attachment(network, cidr, gateway),
-                _ => Attachment::Unsupported(format!(
-                    "the NAT network's range {:?} or gateway {:?} does not parse",
-                    c.cidr, c.gateway
-                )),
-            }
-        }
-        Some(c) => Attachment::Unsupported(format!("unknown network mode {:?}", c.mode)),
-    }
-}
-
-fn assigned_from(
-    host: &str,
-    domains: &[pb::Domain],
-    pools: &BTreeMap<String, String>,
-    volumes: &[pb::Volume],
-    networks: &BTreeMap<String, pb::NetworkConfig>,
-    restores: &BTreeMap<String, (PathBuf, bool)>,
-) -> BTreeMap<String, Assigned> {
-    domains
-        .iter()
-        .filter_map(|d| {
-            let status = d.status.as_ref()?;
-            if status.host != host {
-                return None;
-            }
-            let spec = d.spec.as_ref()?;
-            let kernel = match &spec.boot {
-                Some(pb::domain_spec::Boot::Kernel(k)) => Some(k.kernel.clone()),
-                _ => None,
-            };
-            let (initrd, cmdline) = match &spec.boot {
-                Some(pb::domain_spec::Boot::Kernel(k)) => {
-                    (Some(k.initrd.clone()).filter(|i| !i.is_empty()), k.cmdline.clone())
-                }
-                _ => (None, String::new()),
-            };
-            let disks = disk_specs_of(&spec.disks, pools, volumes);
-            let desired = match d.desired.as_str() {
-                "running" => Desired::Running,
-                "paused" => Desired::Paused,
-                _ => Desired::Stopped,
-            };
-            Some((
-                d.name.clone(),
-                Assigned {
-                    spec: VmSpec {
-                        domain: d.name.clone(),
-                        generation: status.generation,
-                        vcpus: spec.vcpus,
-                        memory_mib: spec.memory_mib,
-                        kernel,
-                        initrd,
-                        cmdline,
-                        disks,
-                        nics: spec
-                            .nics
-                            .iter()
-                            .map(|n| NicSpec {
-                                mac: n.mac.clone(),
-                                network: n.network.clone(),
-                                attachment: attachment_of(networks, &n.network),
-                            })
-                            .collect(),
-                        restore_from: restores
-                            .get(&d.name)
-                            .filter(|(_, disk_only)| !disk_only)
-                            .map(|(path, _)| path.display().to_string()),
-                        disks_from: restores
-                            .get(&d.name)
-                            .filter(|(_, disk_only)| *disk_only)
-                            .map(|(path, _)| path.display().to_string()),
-                    },
-                    desired,
-                    force: d.stop_mode == "force",
-                    reboots: d.reboots,
-                },
-            ))
-        })
-        .collect()
-}
-
 /// Run blocking `work` where it does not hold up other tasks: `block_in_place` on a
 /// multi-thread runtime (hostd's), in place on a current-thread one (tests).
 fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
@@ -336,71 +134,6 @@ fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
     }
-}
-
-/// `disks` resolved to their files on this host.
-fn disk_specs_of(
-    disks: &[pb::Disk],
-    pools: &BTreeMap<String, String>,
-    volumes: &[pb::Volume],
-) -> Vec<DiskSpec> {
-    disks
-        .iter()
-        .map(|d| DiskSpec {
-            // An unknown pool gives a path that cannot exist, so the start fails with the
-            // disk named rather than silently without it.
-            path: d.volume.as_ref().and_then(|v| volume_path(pools, v)).unwrap_or_else(|| {
-                let v = d.volume.clone().unwrap_or_default();
-                format!("<no pool {:?} for volume {:?}>", v.pool, v.name)
-            }),
-            format: volumes
-                .iter()
-                .find(|v| v.id == d.volume)
-                .map_or(VolumeFormat::Raw, |v| volume_format(&v.format)),
-            read_only: d.read_only,
-        })
-        .collect()
-}
-
-/// This host's snapshot work from the cluster's snapshot list.
-fn snapshot_work_from(
-    host: &str,
-    snapshots: &[pb::Snapshot],
-    domains: &[pb::Domain],
-    pools: &BTreeMap<String, String>,
-    volumes: &[pb::Volume],
-) -> SnapshotWork {
-    // Every version read is an event the read includes; a snapshot asked for after the
-    // read has a higher id than all of them.
-    let known_seq =
-        snapshots.iter().map(|s| s.version).chain(domains.iter().map(|d| d.version)).max().unwrap_or(0);
-    let mut work = SnapshotWork { known_seq, ..SnapshotWork::default() };
-    for s in snapshots {
-        if matches!(s.state(), pb::SnapshotState::Pending | pb::SnapshotState::Taken) {
-            work.held.insert((s.domain.clone(), s.name.clone()), s.id);
-        }
-        if s.state() == pb::SnapshotState::Pending && s.host == host {
-            let kind = if s.kind == "disk" {
-                controlplane::model::SnapshotKind::Disk
-            } else {
-                controlplane::model::SnapshotKind::Full
-            };
-            work.jobs.push(SnapshotJob {
-                domain: s.domain.clone(),
-                name: s.name.clone(),
-                id: s.id,
-                generation: s.generation,
-                kind,
-                disks: match domains.iter().find(|d| d.name == s.domain).and_then(|d| d.spec.as_ref()) {
-                    Some(spec) if kind == controlplane::model::SnapshotKind::Disk => {
-                        disk_specs_of(&spec.disks, pools, volumes)
-                    }
-                    _ => Vec::new(),
-                },
-            });
-        }
-    }
-    work
 }
 
 /// Register the host and make it ready, retrying for up to two minutes. `boot` and
@@ -426,7 +159,7 @@ async fn register(
         let ready = pb::SetHostStateRequest {
             request_id: format!("{}-ready-{boot}-{attempt}", config.host),
             name: config.host.clone(),
-            state: "ready".into(),
+            state: pb::HostState::from(HostState::Ready).into(),
         };
         let host = config.host.clone();
         let result = async {
@@ -468,12 +201,7 @@ pub async fn run<D: Driver>(
     let mut registrations = 0;
     // What the driver runs, said with every registration: the cluster places here only
     // the domains it fits.
-    let limits = driver.vm_limits().map(|l| pb::VmLimits {
-        vcpus: l.vcpus,
-        memory_mib: l.memory_mib,
-        disks: l.disks,
-        nics: l.nics,
-    });
+    let limits = convert::vm_limits_to_pb(driver.vm_limits());
     // The log as far as this host's (re-)registration: a replica of its own that has not
     // applied that much may still hand it runs the cluster gave to others while it was
     // fenced, so it acts on nothing until it has.
@@ -630,160 +358,82 @@ pub async fn run<D: Driver>(
     }
 }
 
-/// This host's domains as the control replicas see them (linearizable), with their
-/// disks resolved through the pools; opens the domain-event watch if it is not open.
-/// `None` when the cluster cannot be read: VMs keep running as they are.
+/// One list call of a linearizable read; `None` (and a warning) when the cluster cannot
+/// be read.
+async fn listed<T, F, Fut>(api: &mut Api, what: &str, f: F) -> Option<T>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    match api.call(f).await {
+        Ok(listed) => Some(listed),
+        Err(s) => {
+            warn!(status = %s, "cannot read {what}; VMs keep running as they are");
+            None
+        }
+    }
+}
+
+/// This host's share of the cluster as the control replicas list it (linearizable),
+/// converted to the model and taken by the same code as a replica's state
+/// (`share_from_state`); opens the domain-event watch if it is not open. `None` when the
+/// cluster cannot be read: VMs keep running as they are.
 async fn read_through_api(
     api: &mut Api,
     host: &str,
     watch: &mut Option<tonic::Streaming<pb::Event>>,
     snapshot_dir: &Path,
 ) -> Option<HostShare> {
-    let host = host.to_owned();
-    let domains = match api
-        .call(|ch| {
-            let r = request(
-                &host,
-                pb::ListDomainsRequest {
-                    consistency: pb::Consistency::Linearizable as i32,
-                    ..Default::default()
-                },
-            );
-            async move { DomainsClient::new(ch).list(r).await }
-        })
-        .await
-    {
-        Ok(r) => r.into_inner().domains,
-        Err(s) => {
-            warn!(status = %s, "cannot read the cluster state; VMs keep running as they are");
-            return None;
-        }
-    };
+    let linearizable = pb::Consistency::Linearizable as i32;
+    let domains = listed(api, "the domains", |ch| {
+        let r = request(host, pb::ListDomainsRequest { consistency: linearizable, ..Default::default() });
+        async move { Ok(DomainsClient::new(ch).list(r).await?.into_inner().domains) }
+    })
+    .await?;
     let mine = domains.iter().any(|d| d.status.as_ref().is_some_and(|s| s.host == host));
     // Volumes (and the pools that say where their files are): for this host's disks, and
     // for the volume operations asked of it.
-    let volumes = match api
-        .call(|ch| {
-            let r = request(
-                &host,
-                pb::ListVolumesRequest {
-                    pool: String::new(),
-                    consistency: pb::Consistency::Linearizable as i32,
-                    ..Default::default()
-                },
-            );
-            async move { VolumesClient::new(ch).list(r).await }
-        })
-        .await
-    {
-        Ok(r) => r.into_inner().volumes,
-        Err(s) => {
-            warn!(status = %s, "cannot read the volumes; VMs keep running as they are");
-            return None;
-        }
-    };
-    let needs_pools = !volumes.is_empty();
-    let pools = if needs_pools {
-        match api
-            .call(|ch| {
-                let r = request(
-                    &host,
-                    pb::ListPoolsRequest {
-                        consistency: pb::Consistency::Linearizable as i32,
-                        ..Default::default()
-                    },
-                );
-                async move { StoragePoolsClient::new(ch).list(r).await }
-            })
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .pools
-                .into_iter()
-                .map(|p| (p.name, p.config.map(|c| c.path).unwrap_or_default()))
-                .collect(),
-            Err(s) => {
-                warn!(status = %s, "cannot read the storage pools; VMs keep running as they are");
-                return None;
-            }
-        }
+    let volumes = listed(api, "the volumes", |ch| {
+        let r = request(host, pb::ListVolumesRequest { consistency: linearizable, ..Default::default() });
+        async move { Ok(VolumesClient::new(ch).list(r).await?.into_inner().volumes) }
+    })
+    .await?;
+    let pools = if volumes.is_empty() {
+        Vec::new()
     } else {
-        BTreeMap::new()
+        listed(api, "the storage pools", |ch| {
+            let r = request(host, pb::ListPoolsRequest { consistency: linearizable, ..Default::default() });
+            async move { Ok(StoragePoolsClient::new(ch).list(r).await?.into_inner().pools) }
+        })
+        .await?
     };
+    // The networks this host's domains use, and where their other hosts are (overlays).
     let needs_networks = mine && domains.iter().any(|d| d.spec.as_ref().is_some_and(|s| !s.nics.is_empty()));
-    let listed_networks: Vec<pb::Network> = if needs_networks {
-        match api
-            .call(|ch| {
-                let r = request(
-                    &host,
-                    pb::ListNetworksRequest {
-                        consistency: pb::Consistency::Linearizable as i32,
-                        ..Default::default()
-                    },
-                );
-                async move { NetworksClient::new(ch).list(r).await }
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().networks,
-            Err(s) => {
-                warn!(status = %s, "cannot read the networks; VMs keep running as they are");
-                return None;
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    // Where the network's other hosts are, for its overlay.
-    let hosts = if needs_networks {
-        match api
-            .call(|ch| {
-                let r = request(
-                    &host,
-                    pb::ListHostsRequest {
-                        consistency: pb::Consistency::Linearizable as i32,
-                        ..Default::default()
-                    },
-                );
-                async move { HostsClient::new(ch).list(r).await }
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().hosts,
-            Err(s) => {
-                warn!(status = %s, "cannot read the hosts; VMs keep running as they are");
-                return None;
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    let networks: BTreeMap<String, pb::NetworkConfig> =
-        listed_networks.iter().map(|n| (n.name.clone(), n.config.clone().unwrap_or_default())).collect();
-    let listed = match api
-        .call(|ch| {
-            let r = request(
-                &host,
-                pb::ListSnapshotsRequest {
-                    domain: String::new(),
-                    consistency: pb::Consistency::Linearizable as i32,
-                    ..Default::default()
-                },
-            );
-            async move { SnapshotsClient::new(ch).list(r).await }
+    let (networks, hosts) = if needs_networks {
+        let networks = listed(api, "the networks", |ch| {
+            let r =
+                request(host, pb::ListNetworksRequest { consistency: linearizable, ..Default::default() });
+            async move { Ok(NetworksClient::new(ch).list(r).await?.into_inner().networks) }
         })
-        .await
-    {
-        Ok(r) => r.into_inner().snapshots,
-        Err(s) => {
-            warn!(status = %s, "cannot read the snapshots; VMs keep running as they are");
-            return None;
-        }
+        .await?;
+        let hosts = listed(api, "the hosts", |ch| {
+            let r = request(host, pb::ListHostsRequest { consistency: linearizable, ..Default::default() });
+            async move { Ok(HostsClient::new(ch).list(r).await?.into_inner().hosts) }
+        })
+        .await?;
+        (networks, hosts)
+    } else {
+        (Vec::new(), Vec::new())
     };
-    let snapshots = snapshot_work_from(&host, &listed, &domains, &pools, &volumes);
+    // Read last: every snapshot asked by an event the reads above saw is in it, so the
+    // newest version of all is a point the whole view is complete up to.
+    let snapshots = listed(api, "the snapshots", |ch| {
+        let r = request(host, pb::ListSnapshotsRequest { consistency: linearizable, ..Default::default() });
+        async move { Ok(SnapshotsClient::new(ch).list(r).await?.into_inner().snapshots) }
+    })
+    .await?;
     if watch.is_none() {
-        // Every domain event after the newest version seen is news.
+        // Every domain event after the newest domain version seen is news.
         let from_seq = domains.iter().map(|d| d.version).max().unwrap_or(0) + 1;
         let w = pb::WatchRequest {
             from_seq,
@@ -793,7 +443,7 @@ async fn read_through_api(
         };
         match api
             .call(|ch| {
-                let r = request(&host, w.clone());
+                let r = request(host, w.clone());
                 async move { EventsClient::new(ch).watch(r).await }
             })
             .await
@@ -802,25 +452,23 @@ async fn read_through_api(
             Err(s) => warn!(status = %s, "cannot watch domain events; reconciling on the tick only"),
         }
     }
-    // The file each restoring domain starts from: its snapshot's id names it.
-    let restores: BTreeMap<String, (PathBuf, bool)> = domains
-        .iter()
-        .filter_map(|d| Some((d, d.restore_from.as_ref()?)))
-        .map(|(d, r)| {
-            let s = listed.iter().find(|s| s.domain == r.domain && s.name == r.name);
-            let disk_only = s.is_some_and(|s| s.kind == "disk");
-            (
-                d.name.clone(),
-                (snapshot_path(snapshot_dir, &r.domain, &r.name, s.map_or(0, |s| s.id)), disk_only),
-            )
-        })
-        .collect();
-    Some(HostShare {
-        domains: assigned_from(&host, &domains, &pools, &volumes, &networks, &restores),
-        snapshots,
-        volumes: volume_work_from(&host, &volumes, &pools),
-        networks: network_work_from(&host, &domains, &listed_networks, &hosts),
-    })
+    let state = (|| {
+        Ok::<_, tonic::Status>(State::from_listing(
+            hosts.into_iter().map(convert::host_from_pb).collect::<Result<Vec<_>, _>>()?,
+            domains.into_iter().map(convert::domain_from_pb).collect::<Result<Vec<_>, _>>()?,
+            networks.into_iter().map(convert::network_from_pb).collect::<Result<Vec<_>, _>>()?,
+            pools.into_iter().map(convert::pool_from_pb).collect::<Result<Vec<_>, _>>()?,
+            volumes.into_iter().map(convert::volume_from_pb).collect::<Result<Vec<_>, _>>()?,
+            snapshots.into_iter().map(convert::snapshot_from_pb).collect::<Result<Vec<_>, _>>()?,
+        ))
+    })();
+    match state {
+        Ok(state) => Some(share_from_state(host, &state, snapshot_dir)),
+        Err(s) => {
+            warn!(status = %s, "the cluster's lists do not convert; VMs keep running as they are");
+            None
+        }
+    }
 }
 
 /// The shortest time between two reconcile passes woken by events.
@@ -915,7 +563,7 @@ impl Reporter {
         api: &mut Api,
         domain: &str,
         generation: u64,
-        phase: Report,
+        phase: ObservedPhase,
         reason: Option<String>,
     ) -> Result<(), tonic::Status> {
         self.sent += 1;
@@ -924,7 +572,7 @@ impl Reporter {
             domain: domain.to_owned(),
             host: self.host.clone(),
             generation,
-            phase: phase.as_str().into(),
+            phase: pb::ObservedPhase::from(phase).into(),
             reason: reason.unwrap_or_default(),
         };
         let host = &self.host;

@@ -1,19 +1,19 @@
 //! This host's share of the replicated state: the domains placed on it, as the reconciler
-//! wants them, its snapshot and volume work and the networks it serves. Read from the host's own learner replica of the log
-//! (in production and in the simulator), it needs no API round trip.
+//! wants them, its snapshot and volume work and the networks it serves. Taken from the
+//! host's own learner replica of the log (in production and in the simulator), or from a
+//! `State::from_listing` of what the API listed (a hostd without a replica): one code
+//! path for both.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use controlplane::model::{
-    Boot, DesiredState, Disk, NetworkConfig, NetworkMode, SnapshotKind, StopMode, VolumeFormat,
-};
+use controlplane::model::{Boot, Disk, NetworkConfig, NetworkMode, SnapshotKind, StopMode, VolumeFormat};
 use controlplane::State;
 
 use crate::dir_pool::volume_path;
 use crate::driver::{isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, NicSpec, VmSpec};
 use crate::networks::NetworkWork;
-use crate::reconciler::{Assigned, Desired};
+use crate::reconciler::Assigned;
 use crate::snapshots::SnapshotWork;
 use crate::volumes::VolumeWork;
 
@@ -78,11 +78,6 @@ pub fn assigned_from_state(host: &str, state: &State, snapshot_dir: &Path) -> BT
                 snapshot_path(snapshot_dir, &r.domain, &r.name, s.map_or(0, |s| s.id)).display().to_string()
             });
             let restore_kind = restored.map(|(_, s)| s.map_or(SnapshotKind::Full, |s| s.kind));
-            let desired = match d.desired {
-                DesiredState::Running => Desired::Running,
-                DesiredState::Paused => Desired::Paused,
-                DesiredState::Stopped => Desired::Stopped,
-            };
             let spec = VmSpec {
                 domain: d.name.clone(),
                 generation: d.status.generation,
@@ -107,7 +102,12 @@ pub fn assigned_from_state(host: &str, state: &State, snapshot_dir: &Path) -> BT
             };
             (
                 d.name.clone(),
-                Assigned { spec, desired, force: d.stop_mode == StopMode::Force, reboots: d.reboots },
+                Assigned {
+                    spec,
+                    desired: d.desired,
+                    force: d.stop_mode == StopMode::Force,
+                    reboots: d.reboots,
+                },
             )
         })
         .collect()

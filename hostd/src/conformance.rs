@@ -2,10 +2,11 @@
 //! each driver by `hostd/tests/drivers.rs` (fake, kvm, qemu). A harness supplies the
 //! driver, specs that boot on it, and a clock (virtual for the fake, real otherwise).
 
+use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::driver::{snapshot_path, Driver, DriverError, VmPhase, VmSpec, VmStatus};
+use crate::driver::{snapshot_path, Driver, DriverError, VmSpec, VmStatus};
 
 /// What the suite needs from a driver under test.
 pub trait Harness {
@@ -35,7 +36,7 @@ fn wait_for(
         if ok(all.get(domain)) {
             return all.get(domain).cloned().unwrap_or(VmStatus {
                 generation: 0,
-                phase: VmPhase::Stopped,
+                phase: ObservedPhase::Stopped,
                 reason: None,
             });
         }
@@ -48,7 +49,7 @@ fn start(h: &mut dyn Harness, spec: VmSpec, now: u64) -> Result<(), DriverError>
     h.driver().start(&spec, now)
 }
 
-fn phase_is(p: VmPhase) -> impl Fn(Option<&VmStatus>) -> bool {
+fn phase_is(p: ObservedPhase) -> impl Fn(Option<&VmStatus>) -> bool {
     move |s| s.is_some_and(|s| s.phase == p)
 }
 
@@ -68,7 +69,7 @@ pub fn lifecycle(h: &mut dyn Harness) {
     let spec = h.spec("conf-life", 3);
     let now = h.advance();
     h.driver().start(&spec, now).expect("start");
-    let s = wait_for(h, "conf-life", "ran", phase_is(VmPhase::Running));
+    let s = wait_for(h, "conf-life", "ran", phase_is(ObservedPhase::Running));
     assert_eq!(s.generation, 3);
     let now = h.advance();
     let again = h.driver().start(&spec, now);
@@ -78,13 +79,13 @@ pub fn lifecycle(h: &mut dyn Harness) {
     );
     let now = h.advance();
     h.driver().pause("conf-life", now).expect("pause");
-    wait_for(h, "conf-life", "paused", phase_is(VmPhase::Paused));
+    wait_for(h, "conf-life", "paused", phase_is(ObservedPhase::Paused));
     let now = h.advance();
     h.driver().resume("conf-life", now).expect("resume");
-    wait_for(h, "conf-life", "resumed", phase_is(VmPhase::Running));
+    wait_for(h, "conf-life", "resumed", phase_is(ObservedPhase::Running));
     let now = h.advance();
     h.driver().destroy("conf-life", now).expect("destroy");
-    wait_for(h, "conf-life", "stopped", phase_is(VmPhase::Stopped));
+    wait_for(h, "conf-life", "stopped", phase_is(ObservedPhase::Stopped));
     h.driver().remove("conf-life");
     let now = h.advance();
     assert!(!h.driver().list(now).contains_key("conf-life"));
@@ -95,10 +96,10 @@ pub fn graceful_shutdown(h: &mut dyn Harness) {
     let spec = h.spec("conf-shut", 1);
     let now = h.advance();
     h.driver().start(&spec, now).expect("start");
-    wait_for(h, "conf-shut", "ran", phase_is(VmPhase::Running));
+    wait_for(h, "conf-shut", "ran", phase_is(ObservedPhase::Running));
     let now = h.advance();
     h.driver().shutdown("conf-shut", now).expect("shutdown");
-    let s = wait_for(h, "conf-shut", "stopped", phase_is(VmPhase::Stopped));
+    let s = wait_for(h, "conf-shut", "stopped", phase_is(ObservedPhase::Stopped));
     assert_eq!(s.generation, 1);
     h.driver().remove("conf-shut");
 }
@@ -111,10 +112,10 @@ pub fn destroy_and_start_again(h: &mut dyn Harness) {
         start(h, spec, now)
     }
     .expect("start");
-    wait_for(h, "conf-again", "ran", phase_is(VmPhase::Running));
+    wait_for(h, "conf-again", "ran", phase_is(ObservedPhase::Running));
     let now = h.advance();
     h.driver().destroy("conf-again", now).expect("destroy");
-    wait_for(h, "conf-again", "stopped", phase_is(VmPhase::Stopped));
+    wait_for(h, "conf-again", "stopped", phase_is(ObservedPhase::Stopped));
     h.driver().remove("conf-again");
     let now = h.advance();
     {
@@ -122,11 +123,11 @@ pub fn destroy_and_start_again(h: &mut dyn Harness) {
         start(h, spec, now)
     }
     .expect("second start");
-    let s = wait_for(h, "conf-again", "ran again", phase_is(VmPhase::Running));
+    let s = wait_for(h, "conf-again", "ran again", phase_is(ObservedPhase::Running));
     assert_eq!(s.generation, 2);
     let now = h.advance();
     h.driver().destroy("conf-again", now).expect("destroy");
-    wait_for(h, "conf-again", "stopped", phase_is(VmPhase::Stopped));
+    wait_for(h, "conf-again", "stopped", phase_is(ObservedPhase::Stopped));
     h.driver().remove("conf-again");
 }
 
@@ -138,13 +139,13 @@ pub fn reboot_keeps_running(h: &mut dyn Harness) {
         start(h, spec, now)
     }
     .expect("start");
-    wait_for(h, "conf-reboot", "ran", phase_is(VmPhase::Running));
+    wait_for(h, "conf-reboot", "ran", phase_is(ObservedPhase::Running));
     let now = h.advance();
     h.driver().reboot("conf-reboot", now).expect("reboot");
-    wait_for(h, "conf-reboot", "ran after the reboot", phase_is(VmPhase::Running));
+    wait_for(h, "conf-reboot", "ran after the reboot", phase_is(ObservedPhase::Running));
     let now = h.advance();
     h.driver().destroy("conf-reboot", now).expect("destroy");
-    wait_for(h, "conf-reboot", "stopped", phase_is(VmPhase::Stopped));
+    wait_for(h, "conf-reboot", "stopped", phase_is(ObservedPhase::Stopped));
     h.driver().remove("conf-reboot");
 }
 
@@ -158,9 +159,9 @@ pub fn bad_input_is_an_error_not_a_crash(h: &mut dyn Harness) {
         Err(other) => panic!("a missing kernel gave {other:?}"),
         Ok(()) => {
             let s = wait_for(h, "conf-bad", "failed", |s| {
-                s.is_some_and(|s| matches!(s.phase, VmPhase::Crashed | VmPhase::Stopped))
+                s.is_some_and(|s| matches!(s.phase, ObservedPhase::Crashed | ObservedPhase::Stopped))
             });
-            assert_eq!(s.phase, VmPhase::Crashed);
+            assert_eq!(s.phase, ObservedPhase::Crashed);
             assert!(s.reason.is_some_and(|r| !r.is_empty()), "a crash without a reason");
             h.driver().remove("conf-bad");
         }
@@ -171,10 +172,10 @@ pub fn bad_input_is_an_error_not_a_crash(h: &mut dyn Harness) {
         start(h, spec, now)
     }
     .expect("start after a bad one");
-    wait_for(h, "conf-after-bad", "ran", phase_is(VmPhase::Running));
+    wait_for(h, "conf-after-bad", "ran", phase_is(ObservedPhase::Running));
     let now = h.advance();
     h.driver().destroy("conf-after-bad", now).expect("destroy");
-    wait_for(h, "conf-after-bad", "stopped", phase_is(VmPhase::Stopped));
+    wait_for(h, "conf-after-bad", "stopped", phase_is(ObservedPhase::Stopped));
     h.driver().remove("conf-after-bad");
 }
 
@@ -202,25 +203,27 @@ pub fn snapshot_and_restore(h: &mut dyn Harness) {
     let now = h.advance();
     let spec = h.spec("conf-snap", 1);
     start(h, spec, now).expect("start");
-    wait_for(h, "conf-snap", "ran", phase_is(VmPhase::Running));
+    wait_for(h, "conf-snap", "ran", phase_is(ObservedPhase::Running));
     let now = h.advance();
     let taken = h.driver().snapshot("conf-snap", &running, now).expect("snapshot of a running VM");
     assert!(taken.bytes > 0, "{taken:?}");
-    wait_for(h, "conf-snap", "ran on after the snapshot", phase_is(VmPhase::Running));
+    wait_for(h, "conf-snap", "ran on after the snapshot", phase_is(ObservedPhase::Running));
     let now = h.advance();
     h.driver().pause("conf-snap", now).expect("pause");
-    wait_for(h, "conf-snap", "paused", phase_is(VmPhase::Paused));
+    wait_for(h, "conf-snap", "paused", phase_is(ObservedPhase::Paused));
     let now = h.advance();
     h.driver().snapshot("conf-snap", &paused, now).expect("snapshot of a paused VM");
-    wait_for(h, "conf-snap", "stayed paused", phase_is(VmPhase::Paused));
+    wait_for(h, "conf-snap", "stayed paused", phase_is(ObservedPhase::Paused));
     let files: Vec<(String, String)> =
         h.driver().snapshot_files(&dir).into_iter().map(|f| (f.domain, f.name)).collect();
     assert_eq!(files, [("conf-snap".to_owned(), "s1".to_owned()), ("conf-snap".to_owned(), "s2".to_owned())]);
 
-    for (generation, file, phase) in [(2, &running, VmPhase::Running), (3, &paused, VmPhase::Paused)] {
+    for (generation, file, phase) in
+        [(2, &running, ObservedPhase::Running), (3, &paused, ObservedPhase::Paused)]
+    {
         let now = h.advance();
         h.driver().destroy("conf-snap", now).expect("destroy");
-        wait_for(h, "conf-snap", "stopped", phase_is(VmPhase::Stopped));
+        wait_for(h, "conf-snap", "stopped", phase_is(ObservedPhase::Stopped));
         let now = h.advance();
         let err = h.driver().snapshot("conf-snap", &dir.join("stopped.snap"), now);
         assert!(matches!(err, Err(DriverError::WrongPhase { .. })), "snapshot of a stopped VM: {err:?}");
@@ -234,7 +237,7 @@ pub fn snapshot_and_restore(h: &mut dyn Harness) {
     }
     let now = h.advance();
     h.driver().destroy("conf-snap", now).expect("destroy");
-    wait_for(h, "conf-snap", "stopped", phase_is(VmPhase::Stopped));
+    wait_for(h, "conf-snap", "stopped", phase_is(ObservedPhase::Stopped));
     h.driver().remove("conf-snap");
 
     let mut spec = h.spec("conf-snap", 4);

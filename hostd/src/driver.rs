@@ -2,6 +2,7 @@
 //! run. Implemented by `fake` (in memory), `kvm` (the own VMM, one process per VM) and
 //! `qemu` (one QEMU per VM over QMP); all of them pass the shared suite in `conformance`.
 
+use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 
 /// What a driver needs to run one domain's VM.
@@ -133,29 +134,11 @@ pub struct SnapshotTaken {
     pub duration_ms: u64,
 }
 
-/// What a VM is doing, as the hypervisor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VmPhase {
-    Starting,
-    Running,
-    Paused,
-    ShuttingDown,
-    Stopped,
-    Crashed,
-}
-
-impl VmPhase {
-    /// Whether the VM is using its domain's identity (disks, addresses) right now.
-    pub fn is_live(self) -> bool {
-        matches!(self, VmPhase::Starting | VmPhase::Running | VmPhase::Paused | VmPhase::ShuttingDown)
-    }
-}
-
 /// One VM the driver knows of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmStatus {
     pub generation: u64,
-    pub phase: VmPhase,
+    pub phase: ObservedPhase,
     /// Why it crashed or could not start.
     pub reason: Option<String>,
 }
@@ -165,7 +148,7 @@ pub enum DriverError {
     #[error("no VM for domain {0}")]
     NoSuchVm(String),
     #[error("VM for domain {domain} cannot {action} while {phase:?}")]
-    WrongPhase { domain: String, action: &'static str, phase: VmPhase },
+    WrongPhase { domain: String, action: &'static str, phase: ObservedPhase },
     #[error("cannot start domain {domain}: {reason}")]
     StartFailed { domain: String, reason: String },
     #[error("VM for domain {domain} did not {action}: {reason}")]

@@ -4,13 +4,14 @@
 //! tests; snapshot and volume files live in stores that hosts sharing storage share (a
 //! VM whose disk file is missing does not start). Time only moves when the caller says so.
 
+use controlplane::model::ObservedPhase;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use controlplane::model::{VmLimits, VolumeFormat, VolumeOp};
 
-use crate::driver::{DiskSpec, Driver, DriverError, SnapshotFile, SnapshotTaken, VmPhase, VmSpec, VmStatus};
+use crate::driver::{DiskSpec, Driver, DriverError, SnapshotFile, SnapshotTaken, VmSpec, VmStatus};
 use crate::networks::NetworkWork;
 use crate::volumes::VolumeJob;
 
@@ -23,7 +24,7 @@ pub const SNAPSHOT_MS_PER_GIB: u64 = 200;
 pub struct FakeSnapshot {
     pub domain: String,
     pub memory_mib: u64,
-    pub phase: VmPhase,
+    pub phase: ObservedPhase,
     pub disk_only: bool,
     pub disks: Vec<PathBuf>,
 }
@@ -49,7 +50,7 @@ pub type VolumeStore = Arc<Mutex<BTreeMap<PathBuf, FakeVolume>>>;
 struct FakeVm {
     generation: u64,
     memory_mib: u64,
-    phase: VmPhase,
+    phase: ObservedPhase,
     /// When the current transition (boot, shutdown) completes.
     until_ms: u64,
     reason: Option<String>,
@@ -130,7 +131,7 @@ impl FakeDriver {
         for vm in self.vms.values_mut() {
             Self::advance(vm, now_ms);
             if vm.phase.is_live() {
-                vm.phase = VmPhase::Crashed;
+                vm.phase = ObservedPhase::Crashed;
                 vm.reason = Some("fenced itself: its host's lease passed".into());
             }
         }
@@ -139,7 +140,7 @@ impl FakeDriver {
     /// Make a VM crash (tests and the simulator).
     pub fn crash(&mut self, domain: &str, reason: &str) {
         if let Some(vm) = self.vms.get_mut(domain) {
-            vm.phase = VmPhase::Crashed;
+            vm.phase = ObservedPhase::Crashed;
             vm.reason = Some(reason.to_owned());
         }
     }
@@ -153,7 +154,7 @@ impl FakeDriver {
     }
 
     /// The names of the VMs whose phase (as of `now_ms`) passes `keep`.
-    pub fn names_where(&mut self, now_ms: u64, keep: impl Fn(VmPhase) -> bool) -> BTreeSet<String> {
+    pub fn names_where(&mut self, now_ms: u64, keep: impl Fn(ObservedPhase) -> bool) -> BTreeSet<String> {
         self.enforce_lease(now_ms);
         self.vms
             .iter_mut()
@@ -171,8 +172,8 @@ impl FakeDriver {
     fn advance(vm: &mut FakeVm, now_ms: u64) {
         if now_ms >= vm.until_ms {
             match vm.phase {
-                VmPhase::Starting => vm.phase = VmPhase::Running,
-                VmPhase::ShuttingDown => vm.phase = VmPhase::Stopped,
+                ObservedPhase::Starting => vm.phase = ObservedPhase::Running,
+                ObservedPhase::ShuttingDown => vm.phase = ObservedPhase::Stopped,
                 _ => {}
             }
         }
@@ -209,7 +210,7 @@ impl Driver for FakeDriver {
         }
         if let Some(vm) = self.vms.get_mut(&spec.domain) {
             Self::advance(vm, now_ms);
-            if !matches!(vm.phase, VmPhase::Stopped | VmPhase::Crashed) {
+            if !matches!(vm.phase, ObservedPhase::Stopped | ObservedPhase::Crashed) {
                 return Err(DriverError::WrongPhase {
                     domain: spec.domain.clone(),
                     action: "start",
@@ -231,7 +232,7 @@ impl Driver for FakeDriver {
         let mut vm = FakeVm {
             generation: spec.generation,
             memory_mib: spec.memory_mib,
-            phase: VmPhase::Starting,
+            phase: ObservedPhase::Starting,
             until_ms: now_ms + self.boot_ms,
             reason: None,
         };
@@ -264,8 +265,8 @@ impl Driver for FakeDriver {
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
         match vm.phase {
-            VmPhase::Running | VmPhase::Paused => {
-                vm.phase = VmPhase::Paused;
+            ObservedPhase::Running | ObservedPhase::Paused => {
+                vm.phase = ObservedPhase::Paused;
                 Ok(())
             }
             phase => Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "pause", phase }),
@@ -277,8 +278,8 @@ impl Driver for FakeDriver {
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
         match vm.phase {
-            VmPhase::Paused | VmPhase::Running => {
-                vm.phase = VmPhase::Running;
+            ObservedPhase::Paused | ObservedPhase::Running => {
+                vm.phase = ObservedPhase::Running;
                 Ok(())
             }
             phase => Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "resume", phase }),
@@ -290,8 +291,8 @@ impl Driver for FakeDriver {
         let shutdown_ms = self.shutdown_ms;
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
-        if matches!(vm.phase, VmPhase::Starting | VmPhase::Running | VmPhase::Paused) {
-            vm.phase = VmPhase::ShuttingDown;
+        if matches!(vm.phase, ObservedPhase::Starting | ObservedPhase::Running | ObservedPhase::Paused) {
+            vm.phase = ObservedPhase::ShuttingDown;
             vm.until_ms = now_ms + shutdown_ms;
         }
         Ok(())
@@ -299,8 +300,8 @@ impl Driver for FakeDriver {
 
     fn destroy(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
         let vm = self.vm(domain)?;
-        if vm.phase != VmPhase::Crashed {
-            vm.phase = VmPhase::Stopped;
+        if vm.phase != ObservedPhase::Crashed {
+            vm.phase = ObservedPhase::Stopped;
         }
         Ok(())
     }
@@ -309,7 +310,7 @@ impl Driver for FakeDriver {
         self.enforce_lease(now_ms);
         let boot_ms = self.boot_ms;
         let vm = self.vm(domain)?;
-        vm.phase = VmPhase::Starting;
+        vm.phase = ObservedPhase::Starting;
         vm.until_ms = now_ms + boot_ms;
         Ok(())
     }
@@ -319,7 +320,7 @@ impl Driver for FakeDriver {
         let failure = self.fail_next_snapshot.take();
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
-        if !matches!(vm.phase, VmPhase::Running | VmPhase::Paused) {
+        if !matches!(vm.phase, ObservedPhase::Running | ObservedPhase::Paused) {
             return Err(DriverError::WrongPhase {
                 domain: domain.to_owned(),
                 action: "snapshot",
@@ -367,7 +368,7 @@ impl Driver for FakeDriver {
         let taken = FakeSnapshot {
             domain: domain.to_owned(),
             memory_mib: 0,
-            phase: VmPhase::Stopped,
+            phase: ObservedPhase::Stopped,
             disk_only: true,
             disks: writable,
         };
@@ -511,19 +512,19 @@ mod tests {
     fn models_boot_shutdown_pause_crash_and_bad_kernels() {
         let mut d = FakeDriver::new(100, 50);
         d.start(&spec("/k"), 1_000).unwrap();
-        assert_eq!(d.list(1_050)["web"].phase, VmPhase::Starting);
-        assert_eq!(d.list(1_100)["web"].phase, VmPhase::Running);
+        assert_eq!(d.list(1_050)["web"].phase, ObservedPhase::Starting);
+        assert_eq!(d.list(1_100)["web"].phase, ObservedPhase::Running);
         d.pause("web", 1_200).unwrap();
-        assert_eq!(d.list(1_200)["web"].phase, VmPhase::Paused);
+        assert_eq!(d.list(1_200)["web"].phase, ObservedPhase::Paused);
         d.resume("web", 1_300).unwrap();
         d.shutdown("web", 1_400).unwrap();
-        assert_eq!(d.list(1_420)["web"].phase, VmPhase::ShuttingDown);
-        assert_eq!(d.list(1_450)["web"].phase, VmPhase::Stopped);
+        assert_eq!(d.list(1_420)["web"].phase, ObservedPhase::ShuttingDown);
+        assert_eq!(d.list(1_450)["web"].phase, ObservedPhase::Stopped);
         assert!(matches!(d.pause("web", 1_500), Err(DriverError::WrongPhase { .. })));
         d.start(&spec("/k"), 2_000).unwrap();
         d.crash("web", "triple fault");
         let vm = &d.list(2_500)["web"];
-        assert_eq!((vm.phase, vm.reason.as_deref()), (VmPhase::Crashed, Some("triple fault")));
+        assert_eq!((vm.phase, vm.reason.as_deref()), (ObservedPhase::Crashed, Some("triple fault")));
         d.remove("web");
         assert!(d.list(3_000).is_empty());
         d.broken_kernels.push("/broken".into());

@@ -13,6 +13,7 @@
 //! a read-only one is attached read-only. A qcow2 disk, or a ninth, is a start failure that
 //! says so (the qemu driver serves qcow2).
 
+use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +23,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 use vmm::control::{self, Phase, Request};
 
-use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmPhase, VmSpec, VmStatus};
+use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmSpec, VmStatus};
 use crate::tap;
 use crate::vm_dir::{self, Record, VmProcess};
 
@@ -52,12 +53,12 @@ pub struct KvmDriver {
     vms: BTreeMap<String, VmProcess>,
 }
 
-fn phase_of(p: Phase) -> VmPhase {
+fn phase_of(p: Phase) -> ObservedPhase {
     match p {
-        Phase::Running => VmPhase::Running,
-        Phase::Paused => VmPhase::Paused,
-        Phase::Stopped | Phase::Destroyed => VmPhase::Stopped,
-        Phase::Crashed => VmPhase::Crashed,
+        Phase::Running => ObservedPhase::Running,
+        Phase::Paused => ObservedPhase::Paused,
+        Phase::Stopped | Phase::Destroyed => ObservedPhase::Stopped,
+        Phase::Crashed => ObservedPhase::Crashed,
     }
 }
 
@@ -108,8 +109,8 @@ impl KvmDriver {
         match control::call(&vm.dir.join(control::SOCKET_FILE), Request::Status) {
             Ok(s) => {
                 let mut phase = phase_of(s.phase);
-                if vm.shutting_down && phase == VmPhase::Running {
-                    phase = VmPhase::ShuttingDown;
+                if vm.shutting_down && phase == ObservedPhase::Running {
+                    phase = ObservedPhase::ShuttingDown;
                 }
                 VmStatus { generation: vm.generation, phase, reason: s.reason }
             }
@@ -126,11 +127,11 @@ impl KvmDriver {
                 }
                 // Starting up or briefly busy: say it is starting rather than guess.
                 None if vm_dir::process_alive(vm.pid) => {
-                    VmStatus { generation: vm.generation, phase: VmPhase::Starting, reason: None }
+                    VmStatus { generation: vm.generation, phase: ObservedPhase::Starting, reason: None }
                 }
                 None => VmStatus {
                     generation: vm.generation,
-                    phase: VmPhase::Crashed,
+                    phase: ObservedPhase::Crashed,
                     reason: Some("the VMM process ended without an exit record (killed?)".into()),
                 },
             },
@@ -212,7 +213,7 @@ impl Driver for KvmDriver {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
         if let Some(vm) = self.vms.get_mut(&spec.domain) {
             let status = Self::status_of(vm);
-            if !matches!(status.phase, VmPhase::Stopped | VmPhase::Crashed) {
+            if !matches!(status.phase, ObservedPhase::Stopped | ObservedPhase::Crashed) {
                 return Err(DriverError::WrongPhase {
                     domain: spec.domain.clone(),
                     action: "start",
@@ -322,7 +323,7 @@ impl Driver for KvmDriver {
             |reason: String| DriverError::Failed { domain: domain.to_owned(), action: "snapshot", reason };
         let vm = self.vm(domain)?;
         let status = Self::status_of(vm);
-        if !matches!(status.phase, VmPhase::Running | VmPhase::Paused) {
+        if !matches!(status.phase, ObservedPhase::Running | ObservedPhase::Paused) {
             return Err(DriverError::WrongPhase {
                 domain: domain.to_owned(),
                 action: "snapshot",

@@ -12,7 +12,9 @@
 //! every driver passes the shared suite in `conformance`. The pure `reconciler` decides,
 //! `pass` carries out one reconcile pass on a driver (shared with the simulator), the
 //! `agent` loop reads the cluster state from the host's own learner replica (or through
-//! the public API) and reports through the API; `process` is the `drover hostd` process
+//! the public API, converted to the model by `proto::convert`, so that both paths take
+//! their share with `assignment`) and reports through the API; phases are the model's
+//! `ObservedPhase` from the driver to the report; `process` is the `drover hostd` process
 //! around it (command line, learner replica, driver choice). NICs: both process drivers plug each into
 //! a tap in its network's bridge (`tap`) before the VM process starts; QEMU and the own
 //! VMM then attach a virtio-net device to that tap. Snapshots: every driver saves a

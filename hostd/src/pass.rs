@@ -9,14 +9,16 @@ use std::path::Path;
 use tracing::warn;
 
 use crate::driver::{Driver, DriverError};
-use crate::reconciler::{reconcile, Action, Assigned, Memory, Report};
+use controlplane::model::ObservedPhase;
+
+use crate::reconciler::{reconcile, Action, Assigned, Memory};
 
 /// An observation to send to the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub domain: String,
     pub generation: u64,
-    pub phase: Report,
+    pub phase: ObservedPhase,
     pub reason: Option<String>,
 }
 
@@ -58,7 +60,7 @@ impl HostPass {
                         out.push(Observation {
                             domain: spec.domain.clone(),
                             generation: spec.generation,
-                            phase: Report::Failed,
+                            phase: ObservedPhase::Failed,
                             reason: Some(e.to_string()),
                         });
                     }
@@ -123,7 +125,7 @@ mod tests {
     use super::*;
     use crate::driver::VmSpec;
     use crate::fake::FakeDriver;
-    use crate::reconciler::Desired;
+    use controlplane::model::DesiredState;
 
     #[test]
     fn a_report_without_an_answer_is_sent_again_even_if_the_phase_returns() {
@@ -141,23 +143,24 @@ mod tests {
             disks_from: None,
         };
         let assigned: BTreeMap<String, Assigned> =
-            [("web".into(), Assigned { spec, desired: Desired::Running, force: false, reboots: 0 })].into();
+            [("web".into(), Assigned { spec, desired: DesiredState::Running, force: false, reboots: 0 })]
+                .into();
         let mut driver = FakeDriver::new(10, 10);
         let mut pass = HostPass::new(1_000);
         assert!(pass.run(&mut driver, &assigned, 0).is_empty(), "the start is not a report");
         let running = pass.run(&mut driver, &assigned, 20);
         assert_eq!(running.len(), 1);
-        assert_eq!(running[0].phase, Report::Running);
+        assert_eq!(running[0].phase, ObservedPhase::Running);
         pass.reported(&running[0]);
         assert!(pass.run(&mut driver, &assigned, 30).is_empty(), "an acknowledged phase is not sent twice");
         // A reboot: `starting` is sent but its answer is lost.
         driver.reboot("web", 40).unwrap();
         let starting = pass.run(&mut driver, &assigned, 41);
-        assert_eq!(starting[0].phase, Report::Starting);
+        assert_eq!(starting[0].phase, ObservedPhase::Starting);
         pass.unsure(&starting[0]);
         // Back to running: the cluster may hold `starting`, so `running` goes again.
         let again = pass.run(&mut driver, &assigned, 60);
         assert_eq!(again.len(), 1, "{again:?}");
-        assert_eq!(again[0].phase, Report::Running);
+        assert_eq!(again[0].phase, ObservedPhase::Running);
     }
 }

@@ -23,6 +23,7 @@
 //! guard process (`drover-vmm fence-watch`, in its own process group too) that SIGKILLs it
 //! the moment the lease in `<run_dir>/lease` passes (self-fencing, see `vmm::lease`).
 
+use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use qapi::{qmp, Qmp};
 use tracing::{info, warn};
 
-use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmPhase, VmSpec, VmStatus};
+use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmSpec, VmStatus};
 use crate::tap;
 use crate::vm_dir::{self, Record, VmProcess};
 
@@ -342,14 +343,14 @@ impl QemuDriver {
         let status = |phase, reason: Option<String>| VmStatus { generation: vm.generation, phase, reason };
         match qmp_call(&vm.dir, &qmp::query_status {}) {
             Ok(info) => match info.status {
-                qmp::RunState::running if vm.shutting_down => status(VmPhase::ShuttingDown, None),
-                qmp::RunState::running => status(VmPhase::Running, None),
+                qmp::RunState::running if vm.shutting_down => status(ObservedPhase::ShuttingDown, None),
+                qmp::RunState::running => status(ObservedPhase::Running, None),
                 // `finish-migrate` while a snapshot is written; `postmigrate` after one of a
                 // paused guest (a `cont` resumes it as from `paused`).
                 qmp::RunState::paused
                 | qmp::RunState::suspended
                 | qmp::RunState::finish_migrate
-                | qmp::RunState::postmigrate => status(VmPhase::Paused, None),
+                | qmp::RunState::postmigrate => status(ObservedPhase::Paused, None),
                 qmp::RunState::shutdown => {
                     // The guest powered off; write it down, then let QEMU go.
                     let record = ExitRecord {
@@ -362,18 +363,20 @@ impl QemuDriver {
                             let _ = qmp_call(&vm.dir, &qmp::quit {});
                         }
                     }
-                    status(VmPhase::Stopped, Some(record.reason))
+                    status(ObservedPhase::Stopped, Some(record.reason))
                 }
                 qmp::RunState::internal_error | qmp::RunState::io_error | qmp::RunState::guest_panicked => {
-                    status(VmPhase::Crashed, Some(format!("QEMU reports {:?}", info.status)))
+                    status(ObservedPhase::Crashed, Some(format!("QEMU reports {:?}", info.status)))
                 }
-                _ => status(VmPhase::Starting, None),
+                _ => status(ObservedPhase::Starting, None),
             },
-            Err(_) if vm_dir::process_alive(vm.pid) => status(VmPhase::Starting, None),
+            Err(_) if vm_dir::process_alive(vm.pid) => status(ObservedPhase::Starting, None),
             Err(_) => match Self::exit_record(&vm.dir, vm.generation) {
-                Some(exit) if exit.stopped => status(VmPhase::Stopped, Some(exit.reason)),
-                Some(exit) => status(VmPhase::Crashed, Some(exit.reason)),
-                None => status(VmPhase::Crashed, Some("QEMU ended without the guest powering off".into())),
+                Some(exit) if exit.stopped => status(ObservedPhase::Stopped, Some(exit.reason)),
+                Some(exit) => status(ObservedPhase::Crashed, Some(exit.reason)),
+                None => {
+                    status(ObservedPhase::Crashed, Some("QEMU ended without the guest powering off".into()))
+                }
             },
         }
     }
@@ -393,7 +396,7 @@ impl Driver for QemuDriver {
         if let Some(mut vm) = self.vms.remove(&spec.domain) {
             let phase = self.status_of(&mut vm).phase;
             self.vms.insert(spec.domain.clone(), vm);
-            if !matches!(phase, VmPhase::Stopped | VmPhase::Crashed) {
+            if !matches!(phase, ObservedPhase::Stopped | ObservedPhase::Crashed) {
                 return Err(DriverError::WrongPhase { domain: spec.domain.clone(), action: "start", phase });
             }
         }
@@ -517,8 +520,8 @@ impl Driver for QemuDriver {
         let (dir, pid) = (vm.dir.clone(), vm.pid);
         self.vms.insert(domain.to_owned(), vm);
         let running = match phase {
-            VmPhase::Running => true,
-            VmPhase::Paused => false,
+            ObservedPhase::Running => true,
+            ObservedPhase::Paused => false,
             phase => {
                 return Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "snapshot", phase })
             }

@@ -4,61 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use crate::driver::{VmPhase, VmSpec, VmStatus};
+use controlplane::model::{DesiredState, ObservedPhase};
+
+use crate::driver::{VmSpec, VmStatus};
 
 /// What the cluster wants for one domain placed on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assigned {
     pub spec: VmSpec,
-    pub desired: Desired,
+    pub desired: DesiredState,
     /// Destroy rather than shut down gracefully.
     pub force: bool,
     /// Reboots requested so far.
     pub reboots: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Desired {
-    Running,
-    Paused,
-    Stopped,
-}
-
-/// What the host reports about a run (the API's observed phases).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Report {
-    Starting,
-    Running,
-    Paused,
-    ShuttingDown,
-    Stopped,
-    Crashed,
-    Failed,
-}
-
-impl Report {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Report::Starting => "starting",
-            Report::Running => "running",
-            Report::Paused => "paused",
-            Report::ShuttingDown => "shutting-down",
-            Report::Stopped => "stopped",
-            Report::Crashed => "crashed",
-            Report::Failed => "failed",
-        }
-    }
-}
-
-fn report_of(phase: VmPhase) -> Report {
-    match phase {
-        VmPhase::Starting => Report::Starting,
-        VmPhase::Running => Report::Running,
-        VmPhase::Paused => Report::Paused,
-        VmPhase::ShuttingDown => Report::ShuttingDown,
-        VmPhase::Stopped => Report::Stopped,
-        VmPhase::Crashed => Report::Crashed,
-    }
 }
 
 /// Something for the agent to do.
@@ -75,7 +33,7 @@ pub enum Action {
     Report {
         domain: String,
         generation: u64,
-        phase: Report,
+        phase: ObservedPhase,
         reason: Option<String>,
     },
 }
@@ -84,7 +42,7 @@ pub enum Action {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Memory {
     /// The last report acknowledged per domain: (generation, phase).
-    pub reported: BTreeMap<String, (u64, Report)>,
+    pub reported: BTreeMap<String, (u64, ObservedPhase)>,
     /// Reboots carried out per domain and generation.
     pub rebooted: BTreeMap<String, (u64, u64)>,
 }
@@ -96,12 +54,15 @@ pub fn reconcile(
     memory: &Memory,
 ) -> Vec<Action> {
     let mut actions = Vec::new();
-    let report =
-        |actions: &mut Vec<Action>, name: &str, generation: u64, phase: Report, reason: Option<String>| {
-            if memory.reported.get(name) != Some(&(generation, phase)) {
-                actions.push(Action::Report { domain: name.to_owned(), generation, phase, reason });
-            }
-        };
+    let report = |actions: &mut Vec<Action>,
+                  name: &str,
+                  generation: u64,
+                  phase: ObservedPhase,
+                  reason: Option<String>| {
+        if memory.reported.get(name) != Some(&(generation, phase)) {
+            actions.push(Action::Report { domain: name.to_owned(), generation, phase, reason });
+        }
+    };
     for (name, want) in assigned {
         let generation = want.spec.generation;
         match observed.get(name) {
@@ -115,36 +76,45 @@ pub fn reconcile(
                 // next pass, when the state catches up.
             }
             None => match want.desired {
-                Desired::Running | Desired::Paused => actions.push(Action::Start(want.spec.clone())),
-                Desired::Stopped => report(&mut actions, name, generation, Report::Stopped, None),
+                DesiredState::Running | DesiredState::Paused => {
+                    actions.push(Action::Start(want.spec.clone()))
+                }
+                DesiredState::Stopped => report(&mut actions, name, generation, ObservedPhase::Stopped, None),
             },
             Some(vm) => {
                 match (want.desired, vm.phase) {
-                    (_, VmPhase::Stopped | VmPhase::Crashed) => {}
-                    (Desired::Stopped, VmPhase::ShuttingDown) if !want.force => {}
-                    (Desired::Stopped, _) if want.force => actions.push(Action::Destroy(name.clone())),
-                    (Desired::Stopped, VmPhase::Paused) => {
+                    (_, ObservedPhase::Stopped | ObservedPhase::Crashed) => {}
+                    (DesiredState::Stopped, ObservedPhase::ShuttingDown) if !want.force => {}
+                    (DesiredState::Stopped, _) if want.force => actions.push(Action::Destroy(name.clone())),
+                    (DesiredState::Stopped, ObservedPhase::Paused) => {
                         // A paused guest cannot hear a shutdown request: wake it first.
                         actions.push(Action::Resume(name.clone()));
                         actions.push(Action::Shutdown(name.clone()));
                     }
-                    (Desired::Stopped, _) => actions.push(Action::Shutdown(name.clone())),
-                    (Desired::Paused, VmPhase::Running) => actions.push(Action::Pause(name.clone())),
-                    (Desired::Running, VmPhase::Paused) => actions.push(Action::Resume(name.clone())),
+                    (DesiredState::Stopped, _) => actions.push(Action::Shutdown(name.clone())),
+                    (DesiredState::Paused, ObservedPhase::Running) => {
+                        actions.push(Action::Pause(name.clone()))
+                    }
+                    (DesiredState::Running, ObservedPhase::Paused) => {
+                        actions.push(Action::Resume(name.clone()))
+                    }
                     _ => {}
                 }
                 let done = memory.rebooted.get(name).filter(|(g, _)| *g == generation).map_or(0, |(_, n)| *n);
-                if want.desired == Desired::Running && want.reboots > done && vm.phase == VmPhase::Running {
+                if want.desired == DesiredState::Running
+                    && want.reboots > done
+                    && vm.phase == ObservedPhase::Running
+                {
                     actions.push(Action::Reboot(name.clone()));
                 }
-                report(&mut actions, name, generation, report_of(vm.phase), vm.reason.clone());
+                report(&mut actions, name, generation, vm.phase, vm.reason.clone());
             }
         }
     }
     for (name, vm) in observed {
         if !assigned.contains_key(name) {
             // Not this host's (any more), or a VM it has no record of: stop and forget it.
-            if !matches!(vm.phase, VmPhase::Stopped | VmPhase::Crashed) {
+            if !matches!(vm.phase, ObservedPhase::Stopped | ObservedPhase::Crashed) {
                 actions.push(Action::Destroy(name.clone()));
             }
             actions.push(Action::Remove(name.clone()));
@@ -173,51 +143,55 @@ mod tests {
         }
     }
 
-    fn assigned(name: &str, generation: u64, desired: Desired) -> BTreeMap<String, Assigned> {
+    fn assigned(name: &str, generation: u64, desired: DesiredState) -> BTreeMap<String, Assigned> {
         [(name.to_owned(), Assigned { spec: spec(name, generation), desired, force: false, reboots: 0 })]
             .into()
     }
 
-    fn vm(generation: u64, phase: VmPhase) -> VmStatus {
+    fn vm(generation: u64, phase: ObservedPhase) -> VmStatus {
         VmStatus { generation, phase, reason: None }
     }
 
     #[test]
     fn starts_what_should_run_and_reports_phases_once() {
-        let want = assigned("web", 1, Desired::Running);
+        let want = assigned("web", 1, DesiredState::Running);
         assert_eq!(
             reconcile(&want, &BTreeMap::new(), &Memory::default()),
             vec![Action::Start(spec("web", 1))]
         );
-        let running: BTreeMap<_, _> = [("web".to_owned(), vm(1, VmPhase::Running))].into();
-        let report =
-            Action::Report { domain: "web".into(), generation: 1, phase: Report::Running, reason: None };
+        let running: BTreeMap<_, _> = [("web".to_owned(), vm(1, ObservedPhase::Running))].into();
+        let report = Action::Report {
+            domain: "web".into(),
+            generation: 1,
+            phase: ObservedPhase::Running,
+            reason: None,
+        };
         assert_eq!(reconcile(&want, &running, &Memory::default()), vec![report]);
         let mut memory = Memory::default();
-        memory.reported.insert("web".into(), (1, Report::Running));
+        memory.reported.insert("web".into(), (1, ObservedPhase::Running));
         assert!(reconcile(&want, &running, &memory).is_empty(), "nothing to do once reported");
     }
 
     #[test]
     fn stops_pauses_resumes_and_cleans_up() {
-        let running: BTreeMap<_, _> = [("web".to_owned(), vm(1, VmPhase::Running))].into();
+        let running: BTreeMap<_, _> = [("web".to_owned(), vm(1, ObservedPhase::Running))].into();
         let mut memory = Memory::default();
-        memory.reported.insert("web".into(), (1, Report::Running));
+        memory.reported.insert("web".into(), (1, ObservedPhase::Running));
         assert_eq!(
-            reconcile(&assigned("web", 1, Desired::Stopped), &running, &memory),
+            reconcile(&assigned("web", 1, DesiredState::Stopped), &running, &memory),
             vec![Action::Shutdown("web".into())]
         );
-        let mut forced = assigned("web", 1, Desired::Stopped);
+        let mut forced = assigned("web", 1, DesiredState::Stopped);
         forced.get_mut("web").unwrap().force = true;
         assert_eq!(reconcile(&forced, &running, &memory), vec![Action::Destroy("web".into())]);
         assert_eq!(
-            reconcile(&assigned("web", 1, Desired::Paused), &running, &memory),
+            reconcile(&assigned("web", 1, DesiredState::Paused), &running, &memory),
             vec![Action::Pause("web".into())]
         );
-        let paused: BTreeMap<_, _> = [("web".to_owned(), vm(1, VmPhase::Paused))].into();
-        let acts = reconcile(&assigned("web", 1, Desired::Running), &paused, &memory);
+        let paused: BTreeMap<_, _> = [("web".to_owned(), vm(1, ObservedPhase::Paused))].into();
+        let acts = reconcile(&assigned("web", 1, DesiredState::Running), &paused, &memory);
         assert_eq!(acts[0], Action::Resume("web".into()));
-        let acts = reconcile(&assigned("web", 1, Desired::Stopped), &paused, &memory);
+        let acts = reconcile(&assigned("web", 1, DesiredState::Stopped), &paused, &memory);
         assert_eq!(acts[..2], [Action::Resume("web".into()), Action::Shutdown("web".into())]);
         // A VM nobody assigned here is destroyed and forgotten.
         assert_eq!(
@@ -225,20 +199,20 @@ mod tests {
             vec![Action::Destroy("web".into()), Action::Remove("web".into())]
         );
         // A VM of an older run is destroyed before the new run starts.
-        let acts = reconcile(&assigned("web", 2, Desired::Running), &running, &memory);
+        let acts = reconcile(&assigned("web", 2, DesiredState::Running), &running, &memory);
         assert_eq!(acts, vec![Action::Destroy("web".into()), Action::Remove("web".into())]);
     }
 
     #[test]
     fn a_stopped_vm_is_reported_so_its_placement_is_released() {
-        let stopped: BTreeMap<_, _> = [("web".to_owned(), vm(1, VmPhase::Stopped))].into();
-        let acts = reconcile(&assigned("web", 1, Desired::Stopped), &stopped, &Memory::default());
+        let stopped: BTreeMap<_, _> = [("web".to_owned(), vm(1, ObservedPhase::Stopped))].into();
+        let acts = reconcile(&assigned("web", 1, DesiredState::Stopped), &stopped, &Memory::default());
         assert_eq!(
             acts,
             vec![Action::Report {
                 domain: "web".into(),
                 generation: 1,
-                phase: Report::Stopped,
+                phase: ObservedPhase::Stopped,
                 reason: None
             }]
         );

@@ -11,6 +11,7 @@
 //! would hold the snapshot if it still existed) and holds no snapshot of that name with
 //! that id. A host whose view lags never removes a file written after its view.
 
+use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -18,7 +19,7 @@ use controlplane::model::{SnapshotKind, SnapshotState};
 use controlplane::{SnapshotOutcome, State};
 use tracing::{info, warn};
 
-use crate::driver::{snapshot_path, DiskSpec, Driver, VmPhase};
+use crate::driver::{snapshot_path, DiskSpec, Driver};
 
 /// How often (in passes) the snapshot directory is looked through for files to remove.
 pub const SWEEP_EVERY_PASSES: u64 = 10;
@@ -155,7 +156,7 @@ impl HostSnapshots {
                 SnapshotKind::Full => match vm {
                     Some(vm)
                         if vm.generation == job.generation
-                            && matches!(vm.phase, VmPhase::Running | VmPhase::Paused) =>
+                            && matches!(vm.phase, ObservedPhase::Running | ObservedPhase::Paused) =>
                     {
                         driver.snapshot(&job.domain, &path, now_ms)
                     }

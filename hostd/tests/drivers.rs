@@ -2,6 +2,7 @@
 //! driver's re-adoption of VMs after its own restart. The kvm cases run the real
 //! `drover-vmm` on `/dev/kvm`; where that is missing they say so and return.
 
+use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hostd::conformance::{self, Harness};
-use hostd::driver::{isolated_bridge, tap_name, Attachment, Driver, DriverError, NicSpec, VmPhase, VmSpec};
+use hostd::driver::{isolated_bridge, tap_name, Attachment, Driver, DriverError, NicSpec, VmSpec};
 use hostd::fake::FakeDriver;
 use hostd::kvm::{KvmConfig, KvmDriver};
 use hostd::qemu::{QemuConfig, QemuDriver};
@@ -142,7 +143,7 @@ fn the_kvm_driver_passes_the_suite() {
     conformance::run_all(&mut ProcessHarness { driver, kernel: kernel.clone() });
 }
 
-fn wait_phase(driver: &mut KvmDriver, domain: &str, phase: VmPhase) -> hostd::driver::VmStatus {
+fn wait_phase(driver: &mut KvmDriver, domain: &str, phase: ObservedPhase) -> hostd::driver::VmStatus {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = driver.list(now_ms()).get(domain).cloned();
@@ -167,8 +168,8 @@ fn a_new_kvm_driver_re_adopts_running_vms_and_learns_how_the_others_ended() {
     first.start(&spec("ends", 2, &k, "drover.tick_ms=1 drover.ticks=2"), 0).unwrap();
     first.start(&spec("killed", 1, &k, "drover.tick_ms=20"), 0).unwrap();
     first.start(&spec("orphan", 9, &k, "drover.tick_ms=20"), 0).unwrap();
-    wait_phase(&mut first, "keeps", VmPhase::Running);
-    wait_phase(&mut first, "ends", VmPhase::Stopped);
+    wait_phase(&mut first, "keeps", ObservedPhase::Running);
+    wait_phase(&mut first, "ends", ObservedPhase::Stopped);
     let killed_pid: u32 = std::fs::read_to_string(run.join("killed/config.json"))
         .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap()["pid"].as_u64().unwrap() as u32)
         .unwrap();
@@ -178,10 +179,10 @@ fn a_new_kvm_driver_re_adopts_running_vms_and_learns_how_the_others_ended() {
 
     // ...and a new one finds every VM where it was.
     let mut second = KvmDriver::new(kvm_config(&run)).unwrap();
-    let keeps = wait_phase(&mut second, "keeps", VmPhase::Running);
+    let keeps = wait_phase(&mut second, "keeps", ObservedPhase::Running);
     assert_eq!(keeps.generation, 4);
-    assert_eq!(wait_phase(&mut second, "ends", VmPhase::Stopped).generation, 2);
-    let killed = wait_phase(&mut second, "killed", VmPhase::Crashed);
+    assert_eq!(wait_phase(&mut second, "ends", ObservedPhase::Stopped).generation, 2);
+    let killed = wait_phase(&mut second, "killed", ObservedPhase::Crashed);
     assert!(killed.reason.unwrap().contains("without an exit record"));
     let console = || std::fs::read_to_string(run.join("keeps/console.log")).unwrap();
     let ticks_before = console().matches(testguest::TICK_PREFIX).count();
@@ -192,16 +193,16 @@ fn a_new_kvm_driver_re_adopts_running_vms_and_learns_how_the_others_ended() {
     }
     // The adopted VM is controllable.
     second.pause("keeps", 0).unwrap();
-    wait_phase(&mut second, "keeps", VmPhase::Paused);
+    wait_phase(&mut second, "keeps", ObservedPhase::Paused);
 
     // The reconciler cleans up a VM that nothing in the cluster asks for.
     let observed = second.list(now_ms());
     let actions = reconcile(&BTreeMap::new(), &observed, &Memory::default());
     assert!(actions.contains(&Action::Destroy("orphan".into())), "{actions:?}");
     second.destroy("orphan", 0).unwrap();
-    wait_phase(&mut second, "orphan", VmPhase::Stopped);
+    wait_phase(&mut second, "orphan", ObservedPhase::Stopped);
     second.destroy("keeps", 0).unwrap();
-    wait_phase(&mut second, "keeps", VmPhase::Stopped);
+    wait_phase(&mut second, "keeps", ObservedPhase::Stopped);
 }
 
 fn qemu_present() -> bool {
@@ -316,7 +317,7 @@ fn two_own_vmm_guests_on_an_isolated_network_hear_each_other() {
     wait_console(&run, "knet-b", "drover-guest: net rx 52:54:00:ee:00:01 alpha", within, "knet-a");
     for domain in ["knet-a", "knet-b"] {
         driver.destroy(domain, 0).unwrap();
-        wait_phase_any(&mut driver, domain, VmPhase::Stopped);
+        wait_phase_any(&mut driver, domain, ObservedPhase::Stopped);
         driver.remove(domain);
         assert!(
             !Path::new(&format!("/sys/class/net/{}", tap_name(domain, 0))).exists(),
@@ -355,9 +356,9 @@ fn the_qemu_driver_boots_the_debian_linux_guest_to_init_and_shuts_it_down() {
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!("Linux reached init under QEMU ({:?}) in {:?}", driver.accel(), started.elapsed());
-    assert_eq!(wait_phase_any(&mut driver, "linux", VmPhase::Running).generation, 1);
+    assert_eq!(wait_phase_any(&mut driver, "linux", ObservedPhase::Running).generation, 1);
     driver.shutdown("linux", 0).unwrap();
-    let s = wait_phase_any(&mut driver, "linux", VmPhase::Stopped);
+    let s = wait_phase_any(&mut driver, "linux", ObservedPhase::Stopped);
     assert_eq!(s.reason.as_deref(), Some("the guest powered off"));
     assert!(console().contains("drover-linux: power"), "{}", console());
 }
@@ -411,7 +412,7 @@ fn two_qemu_guests_on_an_isolated_network_reach_each_other() {
     assert!(console("net-a").contains("DROVER-NET 52:54:00:dd:00:01 10.231.0.1/24"), "{}", console("net-a"));
     for domain in ["net-a", "net-b"] {
         driver.destroy(domain, 0).unwrap();
-        wait_phase_any(&mut driver, domain, VmPhase::Stopped);
+        wait_phase_any(&mut driver, domain, ObservedPhase::Stopped);
         driver.remove(domain);
         assert!(
             !Path::new(&format!("/sys/class/net/{}", tap_name(domain, 0))).exists(),
@@ -485,7 +486,7 @@ fn a_guest_on_a_nat_network_reaches_beyond_the_host_through_masquerading() {
     );
     wait_console(&run, "nat-a", "DROVER-PING-OK 10.252.0.2", Duration::from_secs(120), "nat-a");
     driver.destroy("nat-a", 0).unwrap();
-    wait_phase_any(&mut driver, "nat-a", VmPhase::Stopped);
+    wait_phase_any(&mut driver, "nat-a", ObservedPhase::Stopped);
     driver.remove("nat-a");
     // Starting again finds the rules in place and adds none twice.
     hostd::tap::bridge_for(&attachment).unwrap();
@@ -520,7 +521,7 @@ fn a_nic_on_a_missing_host_bridge_is_a_clear_start_failure() {
     }
 }
 
-fn wait_phase_any(driver: &mut dyn Driver, domain: &str, phase: VmPhase) -> hostd::driver::VmStatus {
+fn wait_phase_any(driver: &mut dyn Driver, domain: &str, phase: ObservedPhase) -> hostd::driver::VmStatus {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = driver.list(now_ms()).get(domain).cloned();
@@ -558,7 +559,7 @@ fn the_kvm_driver_boots_a_linux_kernel_to_its_first_console_line() {
     while !console().contains("Linux version") {
         let s = driver.list(now_ms()).get("linux").cloned();
         assert!(
-            Instant::now() < deadline && s.as_ref().is_some_and(|s| s.phase == VmPhase::Running),
+            Instant::now() < deadline && s.as_ref().is_some_and(|s| s.phase == ObservedPhase::Running),
             "no first line ({s:?}):\n{}",
             console()
         );
@@ -581,7 +582,7 @@ fn the_kvm_driver_boots_a_linux_kernel_to_its_first_console_line() {
         );
     }
     driver.destroy("linux", 0).unwrap();
-    wait_phase(&mut driver, "linux", VmPhase::Stopped);
+    wait_phase(&mut driver, "linux", ObservedPhase::Stopped);
 }
 
 /// The `drover-linux: tick N` numbers in whole lines of `console` (the Linux guest's
@@ -686,14 +687,14 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     let listed: Vec<_> =
         driver.snapshot_files(&snapshots).into_iter().map(|f| (f.domain, f.name, f.id, f.path)).collect();
     assert_eq!(listed, [("snap".to_owned(), "running".to_owned(), 1, file.clone())]);
-    assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Running);
+    assert_eq!(driver.list(now_ms())["snap"].phase, ObservedPhase::Running);
     wait_for("counting on after the snapshot", within, || last_tick() >= after + 3, console);
     eprintln!(
         "snapshot of the running guest: {} bytes, held paused {} ms, snapshot() took {snapshot_wall:?}",
         taken.bytes, taken.duration_ms
     );
     driver.destroy("snap", 0).unwrap();
-    wait_phase_any(&mut driver, "snap", VmPhase::Stopped);
+    wait_phase_any(&mut driver, "snap", ObservedPhase::Stopped);
     // The disk changes after the snapshot.
     disk_at(b"AFTER--THE-SNAPSHOT");
 
@@ -705,7 +706,7 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     let asked = Instant::now();
     driver.start(&restored, 0).unwrap();
     let restore_wall = asked.elapsed();
-    assert_eq!(wait_phase_any(&mut driver, "snap", VmPhase::Running).generation, 2);
+    assert_eq!(wait_phase_any(&mut driver, "snap", ObservedPhase::Running).generation, 2);
     let since_restore = || console_from(restored_from);
     wait_for(
         "counting after the restore",
@@ -732,41 +733,41 @@ fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     // The restored VM is a VM like any other: a new driver (hostd restarted) adopts it.
     drop(driver);
     let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
-    assert_eq!(wait_phase_any(&mut driver, "snap", VmPhase::Running).generation, 2);
+    assert_eq!(wait_phase_any(&mut driver, "snap", ObservedPhase::Running).generation, 2);
     // A path the exec: writer cannot be given is refused before the guest is touched.
     let err = driver.snapshot("snap", &snapshots.join("snap/it's.snap"), now_ms()).unwrap_err().to_string();
     assert!(err.contains("single quote"), "{err}");
-    assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Running);
+    assert_eq!(driver.list(now_ms())["snap"].phase, ObservedPhase::Running);
 
     // A snapshot of the paused guest comes back paused.
     driver.pause("snap", 0).unwrap();
-    wait_phase_any(&mut driver, "snap", VmPhase::Paused);
+    wait_phase_any(&mut driver, "snap", ObservedPhase::Paused);
     let paused_file = hostd::driver::snapshot_path(&snapshots, "snap", "paused", 2);
     let taken = driver.snapshot("snap", &paused_file, now_ms()).unwrap();
     assert!(taken.bytes > 0);
-    assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Paused);
+    assert_eq!(driver.list(now_ms())["snap"].phase, ObservedPhase::Paused);
     // Again (QEMU itself refuses to migrate a guest a migration has left paused).
     let taken = driver.snapshot("snap", &paused_file, now_ms()).unwrap();
     eprintln!("snapshot of the paused guest, again: {} bytes in {} ms", taken.bytes, taken.duration_ms);
-    assert_eq!(driver.list(now_ms())["snap"].phase, VmPhase::Paused);
+    assert_eq!(driver.list(now_ms())["snap"].phase, ObservedPhase::Paused);
     driver.destroy("snap", 0).unwrap();
-    wait_phase_any(&mut driver, "snap", VmPhase::Stopped);
+    wait_phase_any(&mut driver, "snap", ObservedPhase::Stopped);
     let mut again = linux.clone();
     again.generation = 3;
     again.restore_from = Some(paused_file.display().to_string());
     driver.start(&again, 0).unwrap();
-    assert_eq!(wait_phase_any(&mut driver, "snap", VmPhase::Paused).generation, 3);
+    assert_eq!(wait_phase_any(&mut driver, "snap", ObservedPhase::Paused).generation, 3);
     let resumed_from = console_len();
     driver.resume("snap", 0).unwrap();
-    assert_eq!(wait_phase_any(&mut driver, "snap", VmPhase::Running).generation, 3);
+    assert_eq!(wait_phase_any(&mut driver, "snap", ObservedPhase::Running).generation, 3);
     let since_resume = || console_from(resumed_from);
     wait_for("counting once resumed", within, || linux_ticks(&since_resume()).len() >= 2, since_resume);
     let since = since_resume();
     assert!(!since.contains("DROVER-LINUX-READY"), "it booted again:\n{since}");
     driver.destroy("snap", 0).unwrap();
-    wait_phase_any(&mut driver, "snap", VmPhase::Stopped);
+    wait_phase_any(&mut driver, "snap", ObservedPhase::Stopped);
     let err = driver.snapshot("snap", &snapshots.join("snap/stopped.snap"), now_ms()).unwrap_err();
-    assert!(matches!(err, DriverError::WrongPhase { phase: VmPhase::Stopped, .. }), "{err}");
+    assert!(matches!(err, DriverError::WrongPhase { phase: ObservedPhase::Stopped, .. }), "{err}");
 
     // Files that are no whole snapshot.
     let bytes = std::fs::read(&file).unwrap();
@@ -853,7 +854,7 @@ fn a_vm_of_either_process_driver_ends_when_its_hosts_lease_passes() {
         vmm::lease::write(&lease, vmm::lease::monotonic_ms() + 60_000).unwrap();
         driver.start(&spec("held", 1, &k, "drover.tick_ms=20"), 0).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while driver.list(now_ms()).get("held").is_none_or(|s| s.phase != VmPhase::Running) {
+        while driver.list(now_ms()).get("held").is_none_or(|s| s.phase != ObservedPhase::Running) {
             assert!(Instant::now() < deadline, "held never ran under {}", run.display());
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -861,7 +862,7 @@ fn a_vm_of_either_process_driver_ends_when_its_hosts_lease_passes() {
         // the driver.
         vmm::lease::write(&lease, vmm::lease::monotonic_ms()).unwrap();
         let ended = wait_ended(driver.as_mut(), "held");
-        assert_eq!(ended.phase, VmPhase::Crashed, "{}: {ended:?}", run.display());
+        assert_eq!(ended.phase, ObservedPhase::Crashed, "{}: {ended:?}", run.display());
         // Nothing starts on a host whose lease has passed.
         let refused = driver.start(&spec("late", 2, &k, "drover.tick_ms=20"), 0);
         if run.ends_with("kvm") {
@@ -922,7 +923,7 @@ fn the_kvm_driver_attaches_three_raw_disks_and_honours_read_only_ones() {
     let mut s = spec("disks", 1, &kernel, "drover.ticks=1 drover.tick_ms=1 drover.blk=write:gen1");
     s.disks = disks.clone();
     driver.start(&s, 0).unwrap();
-    wait_phase(&mut driver, "disks", VmPhase::Stopped);
+    wait_phase(&mut driver, "disks", ObservedPhase::Stopped);
     let console = || std::fs::read_to_string(run.join("disks/console.log")).unwrap_or_default();
     for line in [
         "drover-guest: blk disks 3\n",
@@ -943,7 +944,7 @@ fn the_kvm_driver_attaches_three_raw_disks_and_honours_read_only_ones() {
     again.disks = disks.clone();
     let from = console().len();
     driver.start(&again, 0).unwrap();
-    assert_eq!(wait_phase(&mut driver, "disks", VmPhase::Stopped).generation, 2);
+    assert_eq!(wait_phase(&mut driver, "disks", ObservedPhase::Stopped).generation, 2);
     let second = console()[from..].to_owned();
     for line in [
         "drover-guest: blk 0 ro=0 read gen1-0\n",
@@ -989,7 +990,7 @@ fn a_kvm_driver_vm_with_two_disks_restores_from_a_snapshot() {
     let taken = driver.snapshot("two", &file, now_ms()).unwrap();
     assert!(taken.bytes > 0);
     driver.destroy("two", 0).unwrap();
-    wait_phase(&mut driver, "two", VmPhase::Stopped);
+    wait_phase(&mut driver, "two", ObservedPhase::Stopped);
     use std::os::unix::fs::FileExt;
     let write_at0 = |path: &str, text: &str| {
         let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -1002,7 +1003,7 @@ fn a_kvm_driver_vm_with_two_disks_restores_from_a_snapshot() {
     restored.restore_from = Some(file.display().to_string());
     let from = console().len();
     driver.start(&restored, 0).unwrap();
-    assert_eq!(wait_phase(&mut driver, "two", VmPhase::Running).generation, 2);
+    assert_eq!(wait_phase(&mut driver, "two", ObservedPhase::Running).generation, 2);
     assert_eq!(sector0(&disks[0].path), "at-the-snapshot", "the writable disk is back to the snapshot");
     assert_eq!(sector0(&disks[1].path), "never-written");
     let since = || console()[from..].to_owned();
@@ -1019,7 +1020,7 @@ fn a_kvm_driver_vm_with_two_disks_restores_from_a_snapshot() {
         wait_for(line, Duration::from_secs(20), || since().contains(line), since);
     }
     driver.destroy("two", 0).unwrap();
-    wait_phase(&mut driver, "two", VmPhase::Stopped);
+    wait_phase(&mut driver, "two", ObservedPhase::Stopped);
 }
 
 /// What the own VMM cannot serve is a clear start failure, before any VMM runs: a qcow2

@@ -8,14 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use controlplane::ha::HaSettings;
-use controlplane::model::{HostState, ObservedPhase, Resources, VmLimits, VolumeOp};
+use controlplane::model::{HostState, Resources, VmLimits, VolumeOp};
 use controlplane::{Command, RejectionCode, Request, SnapshotOutcome, State};
 use hostd::assignment::{share_from_state, HostShare};
 use hostd::fake::{FakeDriver, SnapshotStore, VolumeStore};
 use hostd::lease::HostLease;
 use hostd::networks::HostNetworks;
 use hostd::pass::HostPass;
-use hostd::reconciler::Report;
 use hostd::snapshots::HostSnapshots;
 use hostd::volumes::HostVolumes;
 use raft::leases::Refusal as LeaseRefusal;
@@ -71,18 +70,6 @@ pub fn new_driver(snapshots: &SnapshotStore, volumes: &VolumeStore, limits: Opti
     d.snapshot_store = snapshots.clone();
     d.volume_store = volumes.clone();
     d
-}
-
-fn observed(phase: Report) -> ObservedPhase {
-    match phase {
-        Report::Starting => ObservedPhase::Starting,
-        Report::Running => ObservedPhase::Running,
-        Report::Paused => ObservedPhase::Paused,
-        Report::ShuttingDown => ObservedPhase::ShuttingDown,
-        Report::Stopped => ObservedPhase::Stopped,
-        Report::Crashed => ObservedPhase::Crashed,
-        Report::Failed => ObservedPhase::Failed,
-    }
 }
 
 /// A host's share of the state: its domains and snapshot work.
@@ -356,7 +343,7 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
                 domain: o.domain.clone(),
                 host: host.name.clone(),
                 generation: o.generation,
-                phase: observed(o.phase),
+                phase: o.phase,
                 reason: o.reason.clone(),
             });
             match core.write(&mut caller, &request, WRITE_DEADLINE_MS).await {

@@ -37,7 +37,7 @@ def main() -> None:
     hosts.Register(hosts_pb2.RegisterHostRequest(
         request_id="py-h1", name="py-h1", address="127.0.0.1:9301",
         capacity=types_pb2.Resources(vcpus=2, memory_mib=2048)), metadata=meta)
-    hosts.SetState(hosts_pb2.SetHostStateRequest(request_id="py-h1-ready", name="py-h1", state="ready"), metadata=meta)
+    hosts.SetState(hosts_pb2.SetHostStateRequest(request_id="py-h1-ready", name="py-h1", state=types_pb2.HOST_STATE_READY), metadata=meta)
 
     domains = domains_pb2_grpc.DomainsStub(channel)
     spec = types_pb2.DomainSpec(vcpus=1, memory_mib=128,
@@ -48,7 +48,7 @@ def main() -> None:
     listed = domains.List(domains_pb2.ListDomainsRequest())
     web = [d for d in listed.domains if d.name == "py-web"]
     assert len(web) == 1, listed
-    assert web[0].desired == "running" and web[0].status.host == "py-h1", web[0]
+    assert web[0].desired == types_pb2.DESIRED_STATE_RUNNING and web[0].status.host == "py-h1", web[0]
 
     try:
         domains.Start(domains_pb2.DomainActionRequest(name="py-web"), metadata=meta)

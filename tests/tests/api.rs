@@ -58,7 +58,7 @@ async fn domains_events_and_audit_over_the_public_api() {
         .set_state(pb::SetHostStateRequest {
             request_id: String::new(),
             name: "h1".into(),
-            state: "ready".into(),
+            state: pb::HostState::Ready.into(),
         })
         .await
         .unwrap();
@@ -89,9 +89,12 @@ async fn domains_events_and_audit_over_the_public_api() {
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(web.desired(), pb::DesiredState::Running);
     let status = web.status.unwrap();
-    assert_eq!((status.host.as_str(), status.generation, status.phase.as_str()), ("h1", 1, "scheduled"));
-    assert_eq!(web.desired, "running");
+    assert_eq!(
+        (status.host.as_str(), status.generation, status.phase()),
+        ("h1", 1, pb::DomainPhase::Scheduled)
+    );
     // A follower refuses a linearizable read, naming the leader; it answers a local one.
     let err = domains.get(pb::GetDomainRequest { name: "web".into(), consistency: 0 }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);

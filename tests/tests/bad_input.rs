@@ -111,7 +111,11 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
         .unwrap();
     hosts
         .clone()
-        .set_state(pb::SetHostStateRequest { request_id: id("r2"), name: id("h1"), state: id("ready") })
+        .set_state(pb::SetHostStateRequest {
+            request_id: id("r2"),
+            name: id("h1"),
+            state: pb::HostState::Ready.into(),
+        })
         .await
         .unwrap();
     nets.clone()
@@ -119,7 +123,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             request_id: id("r3"),
             name: id("net"),
             config: Some(pb::NetworkConfig {
-                mode: id("nat"),
+                mode: pb::NetworkMode::Nat.into(),
                 cidr: id("10.8.0.0/24"),
                 gateway: String::new(),
                 bridge: String::new(),
@@ -133,7 +137,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             request_id: id("r4"),
             name: id("images"),
             config: Some(pb::PoolConfig {
-                kind: id("dir"),
+                kind: pb::PoolKind::Dir.into(),
                 path: id("/var/lib/drover/images"),
                 shared: true,
                 capacity_mib: 100_000,
@@ -146,7 +150,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
         .create(pb::CreateVolumeRequest {
             request_id: id("r5"),
             volume: vref("root"),
-            format: id("qcow2"),
+            format: pb::VolumeFormat::Qcow2.into(),
             capacity_mib: 1000,
             backing: String::new(),
             preallocate: false,
@@ -326,14 +330,18 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             Code::InvalidArgument,
             hosts,
             set_state,
-            pb::SetHostStateRequest { request_id: String::new(), name: "h1".into(), state: "sleepy".into() }
+            pb::SetHostStateRequest { request_id: String::new(), name: "h1".into(), state: 99 }
         ),
         case!(
             "host back to joining",
             Code::FailedPrecondition,
             hosts,
             set_state,
-            pb::SetHostStateRequest { request_id: String::new(), name: "h1".into(), state: "joining".into() }
+            pb::SetHostStateRequest {
+                request_id: String::new(),
+                name: "h1".into(),
+                state: pb::HostState::Joining.into()
+            }
         ),
         case!(
             "host without capacity",
@@ -365,7 +373,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 request_id: String::new(),
                 name: "other".into(),
                 config: Some(pb::NetworkConfig {
-                    mode: "nat".into(),
+                    mode: pb::NetworkMode::Nat.into(),
                     cidr: "10.8.0.0/16".into(),
                     gateway: String::new(),
                     bridge: String::new()
@@ -381,7 +389,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 request_id: String::new(),
                 name: "other".into(),
                 config: Some(pb::NetworkConfig {
-                    mode: "nat".into(),
+                    mode: pb::NetworkMode::Nat.into(),
                     cidr: "10.9.0.0/99".into(),
                     gateway: String::new(),
                     bridge: String::new()
@@ -397,7 +405,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 request_id: String::new(),
                 name: "other".into(),
                 config: Some(pb::NetworkConfig {
-                    mode: "wormhole".into(),
+                    mode: pb::NetworkMode::Unspecified.into(),
                     cidr: String::new(),
                     gateway: String::new(),
                     bridge: String::new()
@@ -413,7 +421,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 request_id: String::new(),
                 name: "p2".into(),
                 config: Some(pb::PoolConfig {
-                    kind: "dir".into(),
+                    kind: pb::PoolKind::Dir.into(),
                     path: "pools".into(),
                     shared: false,
                     capacity_mib: 10
@@ -435,7 +443,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             pb::CreateVolumeRequest {
                 request_id: String::new(),
                 volume: vref("v0"),
-                format: "raw".into(),
+                format: pb::VolumeFormat::Raw.into(),
                 capacity_mib: 0,
                 backing: String::new(),
                 preallocate: false,
@@ -450,7 +458,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             pb::CreateVolumeRequest {
                 request_id: String::new(),
                 volume: vref("v0"),
-                format: "vmdk".into(),
+                format: 42,
                 capacity_mib: 10,
                 backing: String::new(),
                 preallocate: false,
@@ -465,7 +473,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             pb::CreateVolumeRequest {
                 request_id: String::new(),
                 volume: Some(pb::VolumeRef { pool: "nope".into(), name: "v0".into() }),
-                format: "raw".into(),
+                format: pb::VolumeFormat::Raw.into(),
                 capacity_mib: 10,
                 backing: String::new(),
                 preallocate: false,
@@ -480,7 +488,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             pb::CreateVolumeRequest {
                 request_id: String::new(),
                 volume: vref("v0"),
-                format: "raw".into(),
+                format: pb::VolumeFormat::Raw.into(),
                 capacity_mib: 10,
                 backing: String::new(),
                 preallocate: false,
@@ -525,7 +533,7 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
                 request_id: String::new(),
                 domain: "idle".into(),
                 name: "s".into(),
-                kind: "full".into()
+                kind: pb::SnapshotKind::Full.into()
             }
         ),
         case!(

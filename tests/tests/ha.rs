@@ -276,7 +276,7 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
         .set_state(proto::api::SetHostStateRequest {
             request_id: "fence-a-live-host".into(),
             name: "h2".into(),
-            state: "fenced".into(),
+            state: proto::api::HostState::Fenced.into(),
         })
         .await
         .unwrap_err();

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::events::matches;
 use super::Api;
-use crate::convert;
+use proto::convert;
 
 /// Most events one log page returns.
 const AUDIT_PAGE_EVENTS_MAX: usize = 10_000;

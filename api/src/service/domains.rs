@@ -7,7 +7,7 @@ use proto::api::domains_server::Domains;
 use tonic::{Request, Response, Status};
 
 use super::{not_found, Api};
-use crate::convert;
+use proto::convert;
 
 #[tonic::async_trait]
 impl Domains for Api {

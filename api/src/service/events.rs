@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use crate::convert;
+use proto::convert;
 
 /// Events read from the archive per step.
 const WATCH_BATCH_EVENTS: usize = 512;

@@ -6,7 +6,7 @@ use proto::api::hosts_server::Hosts;
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use crate::convert;
+use proto::convert;
 
 #[tonic::async_trait]
 impl Hosts for Api {
@@ -30,7 +30,7 @@ impl Hosts for Api {
         request: Request<pb::SetHostStateRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
         let (meta, _, r) = request.into_parts();
-        let state = convert::host_state(&r.state)?;
+        let state = convert::required::<pb::HostState>(r.state, "state")?;
         if state == controlplane::model::HostState::Fenced {
             // Fencing releases the host's runs for HA to start elsewhere: refused while
             // the host still renews its lease (its VMs may be running), asked of the
@@ -54,7 +54,7 @@ impl Hosts for Api {
             domain: r.domain,
             host: r.host,
             generation: r.generation,
-            phase: convert::observed_phase(&r.phase)?,
+            phase: convert::required::<pb::ObservedPhase>(r.phase, "phase")?,
             reason: (!r.reason.is_empty()).then_some(r.reason),
         };
         Ok(Response::new(self.write(&meta, r.request_id, command).await?))

@@ -8,7 +8,7 @@ use proto::api::snapshots_server::Snapshots;
 use tonic::{Request, Response, Status};
 
 use super::Api;
-use crate::convert;
+use proto::convert;
 
 #[tonic::async_trait]
 impl Snapshots for Api {
@@ -20,7 +20,7 @@ impl Snapshots for Api {
         let command = Command::CreateSnapshot {
             domain: r.domain,
             name: r.name,
-            kind: convert::snapshot_kind(&r.kind)?,
+            kind: convert::required::<pb::SnapshotKind>(r.kind, "kind")?,
         };
         Ok(Response::new(self.write(&meta, r.request_id, command).await?))
     }

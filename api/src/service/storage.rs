@@ -8,7 +8,7 @@ use proto::api::volumes_server::Volumes;
 use tonic::{Request, Response, Status};
 
 use super::{not_found, Api};
-use crate::convert;
+use proto::convert;
 
 #[tonic::async_trait]
 impl StoragePools for Api {
@@ -60,7 +60,7 @@ impl Volumes for Api {
         let (meta, _, r) = request.into_parts();
         let command = Command::CreateVolume {
             volume: convert::volume_ref(r.volume, "volume")?,
-            format: convert::volume_format(&r.format)?,
+            format: convert::required::<pb::VolumeFormat>(r.format, "format")?,
             capacity_mib: r.capacity_mib,
             backing: (!r.backing.is_empty()).then_some(r.backing),
             preallocate: r.preallocate,

@@ -14,6 +14,7 @@
 
 #![allow(clippy::print_stdout)] // a report on stdout is its output
 
+use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use controlplane::model::VolumeFormat;
-use hostd::driver::{DiskSpec, Driver, VmPhase, VmSpec};
+use hostd::driver::{DiskSpec, Driver, VmSpec};
 
 /// Where QEMU 7.2's microvm puts its virtio-mmio transports: 24 of them, 512 bytes apart.
 const QEMU_MICROVM_MMIO: &str = "drover.mmio_window=0xfeb00000:24:512";
@@ -70,7 +71,7 @@ fn run_once(driver: &mut dyn Driver, spec: &VmSpec, console: &Path) -> anyhow::R
     }
     driver.destroy(&spec.domain, now_ms())?;
     let stop = Instant::now() + Duration::from_secs(30);
-    while driver.list(now_ms()).get(&spec.domain).map(|s| s.phase) != Some(VmPhase::Stopped)
+    while driver.list(now_ms()).get(&spec.domain).map(|s| s.phase) != Some(ObservedPhase::Stopped)
         && Instant::now() < stop
     {
         std::thread::sleep(Duration::from_millis(5));

@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
             .set_state(pb::SetHostStateRequest {
                 request_id: format!("ready-{name}"),
                 name,
-                state: "ready".into(),
+                state: pb::HostState::Ready.into(),
             })
             .await?;
     }

@@ -12,12 +12,13 @@
 
 #![allow(clippy::print_stdout)] // a report on stdout is its output
 
+use controlplane::model::ObservedPhase;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use hostd::driver::{snapshot_path, Driver, VmPhase, VmSpec};
+use hostd::driver::{snapshot_path, Driver, VmSpec};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -46,7 +47,7 @@ fn p50(mut v: Vec<f64>) -> f64 {
     percentile(&v, 0.5)
 }
 
-fn wait_phase(driver: &mut dyn Driver, domain: &str, phase: VmPhase) -> anyhow::Result<()> {
+fn wait_phase(driver: &mut dyn Driver, domain: &str, phase: ObservedPhase) -> anyhow::Result<()> {
     let deadline = Instant::now() + DEADLINE;
     while driver.list(now_ms()).get(domain).map(|s| s.phase) != Some(phase) {
         if Instant::now() > deadline {
@@ -80,24 +81,24 @@ fn round(
     n: u64,
 ) -> anyhow::Result<Round> {
     driver.start(spec, now_ms())?;
-    wait_phase(driver, &spec.domain, VmPhase::Running)?;
+    wait_phase(driver, &spec.domain, ObservedPhase::Running)?;
     wait_ticks(console, 2)?;
     let file = snapshot_path(dir, &spec.domain, "s", n);
     let t = Instant::now();
     let taken = driver.snapshot(&spec.domain, &file, now_ms())?;
     let call_ms = t.elapsed().as_secs_f64() * 1e3;
     driver.destroy(&spec.domain, now_ms())?;
-    wait_phase(driver, &spec.domain, VmPhase::Stopped)?;
+    wait_phase(driver, &spec.domain, ObservedPhase::Stopped)?;
     driver.remove(&spec.domain);
     let mut restore = spec.clone();
     restore.generation += 1;
     restore.restore_from = Some(file.display().to_string());
     let t = Instant::now();
     driver.start(&restore, now_ms())?;
-    wait_phase(driver, &spec.domain, VmPhase::Running)?;
+    wait_phase(driver, &spec.domain, ObservedPhase::Running)?;
     let restore_ms = t.elapsed().as_secs_f64() * 1e3;
     driver.destroy(&spec.domain, now_ms())?;
-    wait_phase(driver, &spec.domain, VmPhase::Stopped)?;
+    wait_phase(driver, &spec.domain, ObservedPhase::Stopped)?;
     driver.remove(&spec.domain);
     driver.remove_snapshot_file(&file)?;
     Ok((taken.duration_ms as f64, call_ms, taken.bytes, restore_ms))

@@ -374,7 +374,10 @@ async fn bench_api(drover: &Path, guest: &Path, runs: usize) -> anyhow::Result<f
                     })
                     .await?
                     .into_inner();
-                if d.status.as_ref().is_some_and(|s| s.phase == "stopped" && s.host.is_empty()) {
+                if d.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase() == pb::DomainPhase::Stopped && s.host.is_empty())
+                {
                     break;
                 }
                 anyhow::ensure!(Instant::now() < stop_deadline, "b never stopped");

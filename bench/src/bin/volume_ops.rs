@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use controlplane::model::VolumeFormat;
 use proto::api as pb;
 use proto::api::volumes_client::VolumesClient;
 use tonic::transport::Channel;
@@ -50,7 +51,8 @@ async fn through_drover(
         .create(pb::CreateVolumeRequest {
             request_id: format!("bench-{name}"),
             volume: vref(name),
-            format: format.into(),
+            format: pb::VolumeFormat::from(format.parse::<VolumeFormat>().map_err(anyhow::Error::msg)?)
+                .into(),
             capacity_mib: CAPACITY_MIB,
             backing: backing.into(),
             preallocate: false,

@@ -69,6 +69,12 @@ pub enum DesiredState {
     Paused,
 }
 
+words!(DesiredState {
+    Running => "running",
+    Stopped => "stopped",
+    Paused => "paused",
+});
+
 /// How a domain that should stop is to be stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopMode {
@@ -77,6 +83,11 @@ pub enum StopMode {
     /// Kill at once (virsh destroy).
     Force,
 }
+
+words!(StopMode {
+    Graceful => "graceful",
+    Force => "force",
+});
 
 /// What a host reports a domain's VM is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +104,28 @@ pub enum ObservedPhase {
     Failed,
 }
 
+words!(ObservedPhase {
+    Starting => "starting",
+    Running => "running",
+    Paused => "paused",
+    ShuttingDown => "shutting-down",
+    Stopped => "stopped",
+    Crashed => "crashed",
+    Failed => "failed",
+});
+
 impl ObservedPhase {
+    /// The VM is using its domain's identity (disks, addresses) right now.
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            ObservedPhase::Starting
+                | ObservedPhase::Running
+                | ObservedPhase::Paused
+                | ObservedPhase::ShuttingDown
+        )
+    }
+
     /// The VM process is gone: the placement can be released.
     pub fn is_terminal(self) -> bool {
         matches!(self, ObservedPhase::Stopped | ObservedPhase::Crashed | ObservedPhase::Failed)
@@ -118,6 +150,18 @@ pub enum Phase {
     /// stays down until a user starts it.
     Lost,
 }
+
+words!(Phase {
+    Stopped => "stopped",
+    Scheduled => "scheduled",
+    Starting => "starting",
+    Running => "running",
+    Paused => "paused",
+    ShuttingDown => "shutting-down",
+    Crashed => "crashed",
+    Failed => "failed",
+    Lost => "lost",
+});
 
 impl From<ObservedPhase> for Phase {
     fn from(p: ObservedPhase) -> Phase {

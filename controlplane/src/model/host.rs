@@ -35,24 +35,16 @@ impl HostState {
                 | (Fenced, Left)
         )
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostState::Joining => "joining",
-            HostState::Ready => "ready",
-            HostState::Suspect => "suspect",
-            HostState::Fenced => "fenced",
-            HostState::Maintenance => "maintenance",
-            HostState::Left => "left",
-        }
-    }
 }
 
-impl std::fmt::Display for HostState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+words!(HostState {
+    Joining => "joining",
+    Ready => "ready",
+    Suspect => "suspect",
+    Fenced => "fenced",
+    Maintenance => "maintenance",
+    Left => "left",
+});
 
 /// The largest VM a host's hypervisor driver runs, as the host says when it registers
 /// (Drover's own VMM: 32 vCPUs, 3 GiB, 8 disks, 8 NICs). The scheduler places a domain

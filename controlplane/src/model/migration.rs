@@ -18,6 +18,14 @@ pub enum MigrationPhase {
     RolledBack,
 }
 
+words!(MigrationPhase {
+    Preparing => "preparing",
+    Transferring => "transferring",
+    Completing => "completing",
+    Committed => "committed",
+    RolledBack => "rolled-back",
+});
+
 impl MigrationPhase {
     pub fn is_ended(self) -> bool {
         matches!(self, MigrationPhase::Committed | MigrationPhase::RolledBack)

@@ -3,6 +3,41 @@
 //! Every resource carries a `version`: the sequence number of the last event that changed
 //! it (0 means "absent"). Proposals guard on these versions.
 
+/// Gives a fieldless enum its words: `as_str`, `Display` and `FromStr`, the one spelling
+/// the CLI, logs and error messages use (the wire has its own enums, converted in
+/// `proto::convert`).
+macro_rules! words {
+    ($ty:ident { $($variant:ident => $word:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<$ty, String> {
+                match s {
+                    $($word => Ok($ty::$variant),)+
+                    other => Err(format!("{other:?} is not one of: {}", [$($word),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
 mod cidr;
 mod cluster;
 mod domain;

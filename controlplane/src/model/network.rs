@@ -16,6 +16,12 @@ pub enum NetworkMode {
     Bridge,
 }
 
+words!(NetworkMode {
+    Isolated => "isolated",
+    Nat => "nat",
+    Bridge => "bridge",
+});
+
 /// A network's settings, fixed at creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkConfig {

@@ -7,6 +7,10 @@ pub enum PoolKind {
     Dir,
 }
 
+words!(PoolKind {
+    Dir => "dir",
+});
+
 /// A pool's settings, fixed at creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolConfig {

@@ -9,6 +9,11 @@ pub enum SnapshotKind {
     Disk,
 }
 
+words!(SnapshotKind {
+    Full => "full",
+    Disk => "disk",
+});
+
 /// Where a snapshot stands: asked for, taken by a host, or failed. Only a host that
 /// really wrote the snapshot's file moves it to `Taken`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,12 +28,22 @@ pub enum VolumeFormat {
     Qcow2,
 }
 
+words!(VolumeFormat {
+    Raw => "raw",
+    Qcow2 => "qcow2",
+});
+
 /// How a domain holds a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AttachMode {
     ReadOnly,
     ReadWrite,
 }
+
+words!(AttachMode {
+    ReadOnly => "ro",
+    ReadWrite => "rw",
+});
 
 /// What a host is asked to do to a volume's file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

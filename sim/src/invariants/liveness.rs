@@ -9,11 +9,12 @@
 //! given up on runs again, elsewhere if need be (unless no host left runs a VM of its
 //! size: the hosts' VM limits).
 
+use controlplane::model::ObservedPhase;
 use std::collections::{BTreeMap, BTreeSet};
 
 use controlplane::model::{DesiredState, HaPolicy, Phase};
 use controlplane::State;
-use hostd::driver::{VmPhase, VmStatus};
+use hostd::driver::VmStatus;
 
 use crate::invariants::single_run::is_live;
 
@@ -67,8 +68,8 @@ pub fn check(
         }
         let host = d.status.host.as_ref().expect("placed");
         let (want_vm, want_phase) = match d.desired {
-            DesiredState::Paused => (VmPhase::Paused, Phase::Paused),
-            _ => (VmPhase::Running, Phase::Running),
+            DesiredState::Paused => (ObservedPhase::Paused, Phase::Paused),
+            _ => (ObservedPhase::Running, Phase::Running),
         };
         match holders.as_slice() {
             [(h, vm)] if *h == host && vm.generation == d.status.generation && vm.phase == want_vm => {}

@@ -2,12 +2,13 @@
 //! changes, at most one hypervisor in the world holds a live (starting, running, paused or
 //! shutting-down) VM of each domain.
 
+use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 
-use hostd::driver::{VmPhase, VmStatus};
+use hostd::driver::VmStatus;
 
 /// Whether a VM is using its domain's identity (disks, addresses) right now.
-pub fn is_live(phase: VmPhase) -> bool {
+pub fn is_live(phase: ObservedPhase) -> bool {
     phase.is_live()
 }
 
@@ -35,17 +36,17 @@ pub fn check(vms: &BTreeMap<String, BTreeMap<String, VmStatus>>) -> Vec<String> 
 mod tests {
     use super::*;
 
-    fn vm(generation: u64, phase: VmPhase) -> VmStatus {
+    fn vm(generation: u64, phase: ObservedPhase) -> VmStatus {
         VmStatus { generation, phase, reason: None }
     }
 
     #[test]
     fn two_live_vms_of_one_domain_are_caught_and_stopped_ones_are_not() {
         let mut vms = BTreeMap::new();
-        vms.insert("h0".to_owned(), BTreeMap::from([("web".to_owned(), vm(1, VmPhase::Stopped))]));
-        vms.insert("h1".to_owned(), BTreeMap::from([("web".to_owned(), vm(2, VmPhase::Running))]));
+        vms.insert("h0".to_owned(), BTreeMap::from([("web".to_owned(), vm(1, ObservedPhase::Stopped))]));
+        vms.insert("h1".to_owned(), BTreeMap::from([("web".to_owned(), vm(2, ObservedPhase::Running))]));
         assert!(check(&vms).is_empty());
-        vms.get_mut("h0").unwrap().insert("web".into(), vm(1, VmPhase::Paused));
+        vms.get_mut("h0").unwrap().insert("web".into(), vm(1, ObservedPhase::Paused));
         let found = check(&vms);
         assert_eq!(found.len(), 1);
         assert!(found[0].contains("h0") && found[0].contains("h1"), "{found:?}");
