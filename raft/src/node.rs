@@ -32,7 +32,7 @@ use crate::kv_sled::SledKv;
 use crate::leases::{self, Leases};
 use crate::log_store::LogStore;
 use crate::network::{Channels, ClusterId, GrpcNetwork};
-use crate::proposer::{Bug, ProposeError, Proposer};
+use crate::proposer::{self, Bug, LeaderPath, ProposeError, Proposer};
 use crate::state_machine::{Shared, SnapshotHook, StateMachine};
 use crate::type_config::{NodeId, Raft, StorageError};
 
@@ -178,6 +178,37 @@ fn now_ms() -> u64 {
 
 fn raft_err<E: std::fmt::Display>(e: E) -> NodeError {
     NodeError::Raft(e.to_string())
+}
+
+/// Production's way to the leader: its address from the membership, over gRPC.
+impl LeaderPath for Node {
+    type Leader = String;
+    type Error = NodeError;
+
+    fn leader(&self) -> (bool, Option<String>) {
+        let (leader, address) = Node::leader(self);
+        (leader == Some(self.inner.id), address)
+    }
+
+    fn not_leader(&self) -> NodeError {
+        Node::not_leader(self)
+    }
+
+    fn refused(&self, e: ProposeError) -> NodeError {
+        match e {
+            ProposeError::NotLeader => Node::not_leader(self),
+            ProposeError::Rejected(r) => NodeError::Rejected(r),
+            ProposeError::Unavailable(m) => NodeError::Unavailable(m),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    async fn forward(&self, leader: String, request: &Request) -> Result<Committed, NodeError> {
+        self.forward_to(&leader, request).await
+    }
 }
 
 impl Node {
@@ -364,25 +395,7 @@ impl Node {
 
     /// Decide and commit a request on the leader (forwarding it there from a follower).
     pub async fn submit(&self, request: Request, forwarded: bool) -> Result<Committed, NodeError> {
-        // Two rounds: a leader that loses its leadership mid-write forwards the retry to
-        // the new leader.
-        for _ in 0..2 {
-            let (leader, address) = self.leader();
-            if leader != Some(self.inner.id) {
-                return match (forwarded, address) {
-                    (false, Some(addr)) => self.forward(&addr, &request).await,
-                    _ => Err(self.not_leader()),
-                };
-            }
-            match self.inner.proposer.propose(&request, now_ms()).await {
-                Ok(c) => return Ok(c),
-                Err(ProposeError::NotLeader) if !forwarded => continue,
-                Err(ProposeError::NotLeader) => return Err(self.not_leader()),
-                Err(ProposeError::Rejected(r)) => return Err(NodeError::Rejected(r)),
-                Err(ProposeError::Unavailable(m)) => return Err(NodeError::Unavailable(m)),
-            }
-        }
-        Err(self.not_leader())
+        proposer::submit(self, &self.inner.proposer, &request, forwarded).await
     }
 
     /// A client of the leader at `leader`, and `message` marked as forwarded once, with a
@@ -401,7 +414,7 @@ impl Node {
         Ok((ReplicationClient::new(channel), req))
     }
 
-    async fn forward(&self, leader: &str, request: &Request) -> Result<Committed, NodeError> {
+    async fn forward_to(&self, leader: &str, request: &Request) -> Result<Committed, NodeError> {
         let message = SubmitRequest { request: encoding::encode(request) };
         let (mut client, req) = self.to_leader(leader, message, Duration::from_secs(10))?;
         let reply = client.submit(req).await.map_err(|s| match s.code() {

@@ -4,8 +4,10 @@
 //!
 //! A version conflict (another write changed what the decision read) makes the proposer
 //! decide again, at most [`SUBMIT_ATTEMPTS_MAX`] times, then `Aborted`. Time is passed in
-//! (`now_ms`), so the simulator's clock stamps the events. Forwarding from followers is
-//! the caller's business: the proposer only answers [`ProposeError::NotLeader`].
+//! (`now_ms`), so the simulator's clock stamps the events. The proposer only answers
+//! [`ProposeError::NotLeader`]; [`submit`] is a replica's whole decision path around it
+//! (propose here, or forward once to the leader), over a [`LeaderPath`] that production
+//! (`Node`: gRPC) and the simulator (its network) each give.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,6 +65,56 @@ pub enum ProposeError {
     Rejected(Rejection),
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// How one replica reaches the leader for [`submit`]: who leads, how to hand it a write,
+/// and the caller's error type.
+pub trait LeaderPath {
+    /// How the leader is reached (an address, a network id).
+    type Leader;
+    type Error;
+    /// Whether this replica leads, and how to reach the leader it knows of otherwise.
+    fn leader(&self) -> (bool, Option<Self::Leader>);
+    /// "Not the leader", with whatever hint the caller gives.
+    fn not_leader(&self) -> Self::Error;
+    /// What the proposer's refusal is to the caller (never `NotLeader`: [`submit`]
+    /// answers that with [`LeaderPath::not_leader`]).
+    fn refused(&self, e: ProposeError) -> Self::Error;
+    /// The time the proposer stamps a decision with.
+    fn now_ms(&self) -> u64;
+    /// Hand `request` to the leader, marked as forwarded once.
+    fn forward(
+        &self,
+        leader: Self::Leader,
+        request: &Request,
+    ) -> impl std::future::Future<Output = Result<Committed, Self::Error>> + Send;
+}
+
+/// A write arriving at a replica: proposed here if it leads, else forwarded once to the
+/// leader it knows (`forwarded`: it came forwarded, so it goes no further). Two rounds: a
+/// leader that loses its leadership mid-write forwards the retry to the new leader.
+pub async fn submit<P: LeaderPath>(
+    path: &P,
+    proposer: &Proposer,
+    request: &Request,
+    forwarded: bool,
+) -> Result<Committed, P::Error> {
+    for _ in 0..2 {
+        let (leads, leader) = path.leader();
+        if !leads {
+            return match (forwarded, leader) {
+                (false, Some(leader)) => path.forward(leader, request).await,
+                _ => Err(path.not_leader()),
+            };
+        }
+        match proposer.propose(request, path.now_ms()).await {
+            Ok(c) => return Ok(c),
+            Err(ProposeError::NotLeader) if !forwarded => continue,
+            Err(ProposeError::NotLeader) => return Err(path.not_leader()),
+            Err(e) => return Err(path.refused(e)),
+        }
+    }
+    Err(path.not_leader())
 }
 
 /// Why a batched write did not commit.

@@ -1,7 +1,8 @@
 //! The API's decision path, in process: what `drover server` does with a write or a
-//! linearizable read, without tonic. A replica that is not the leader forwards a write
-//! once to the leader it knows (as [`raft::node::Node::submit`] does); callers retry
-//! with the same request id on no answer and follow leader hints, as the CLI does.
+//! linearizable read, without tonic. A write runs production's own path
+//! ([`raft::proposer::submit`], over the simulated network): a replica that is not the
+//! leader forwards it once to the leader it knows. Callers retry with the same request id
+//! on no answer and follow leader hints, as the CLI does.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use controlplane::{Committed, Rejection, Request, State};
-use raft::proposer::ProposeError;
-use raft::type_config::NodeId;
+use raft::proposer::{LeaderPath, ProposeError};
+use raft::type_config::{NodeId, Raft};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,6 +36,61 @@ pub enum Refusal {
 
 type Answer<T> = Pin<Box<dyn Future<Output = Result<T, Refusal>> + Send>>;
 
+/// The simulated network's way to the leader for [`raft::proposer::submit`], the decision
+/// path production runs: the leader from the replica's raft metrics, a forward as one call
+/// over the network.
+struct SimPath {
+    net: Net,
+    clocks: Clocks,
+    at: NodeId,
+    raft: Raft,
+}
+
+impl SimPath {
+    fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+}
+
+impl LeaderPath for SimPath {
+    type Leader = NodeId;
+    type Error = Refusal;
+
+    fn leader(&self) -> (bool, Option<NodeId>) {
+        let leader = self.current_leader();
+        (leader == Some(self.at), leader)
+    }
+
+    fn not_leader(&self) -> Refusal {
+        Refusal::NotLeader(self.current_leader().filter(|l| *l != self.at))
+    }
+
+    fn refused(&self, e: ProposeError) -> Refusal {
+        match e {
+            ProposeError::NotLeader => Refusal::NotLeader(None),
+            ProposeError::Rejected(r) => Refusal::Rejected(r),
+            ProposeError::Unavailable(m) => Refusal::Unavailable(m),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clocks.now_ms(self.at)
+    }
+
+    async fn forward(&self, l: NodeId, request: &Request) -> Result<Committed, Refusal> {
+        let (n, c, r) = (self.net.clone(), self.clocks.clone(), request.clone());
+        let ttl = Duration::from_millis(FORWARD_TTL_MS);
+        match self
+            .net
+            .call_once(self.at, l, ttl, move |_| submit_at(n.clone(), c.clone(), l, r.clone(), true))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => Err(Refusal::Unavailable(format!("forwarding to {l}: {e}"))),
+        }
+    }
+}
+
 /// At replica `at`: commit `request` on the leader, forwarding it there once.
 pub fn submit_at(
     net: Net,
@@ -45,35 +101,8 @@ pub fn submit_at(
 ) -> Answer<Committed> {
     Box::pin(async move {
         let live = net.live(at).ok_or_else(|| Refusal::Unavailable("replica down".into()))?;
-        for _ in 0..2 {
-            let leader = live.raft.metrics().borrow().current_leader;
-            if leader != Some(at) {
-                return match (forwarded, leader) {
-                    (false, Some(l)) => {
-                        let (n, c, r) = (net.clone(), clocks.clone(), request.clone());
-                        let ttl = Duration::from_millis(FORWARD_TTL_MS);
-                        match net
-                            .call_once(at, l, ttl, move |_| {
-                                submit_at(n.clone(), c.clone(), l, r.clone(), true)
-                            })
-                            .await
-                        {
-                            Ok(answer) => answer,
-                            Err(e) => Err(Refusal::Unavailable(format!("forwarding to {l}: {e}"))),
-                        }
-                    }
-                    _ => Err(Refusal::NotLeader(leader)),
-                };
-            }
-            match live.proposer.propose(&request, clocks.now_ms(at)).await {
-                Ok(c) => return Ok(c),
-                Err(ProposeError::NotLeader) if !forwarded => continue,
-                Err(ProposeError::NotLeader) => return Err(Refusal::NotLeader(None)),
-                Err(ProposeError::Rejected(r)) => return Err(Refusal::Rejected(r)),
-                Err(ProposeError::Unavailable(m)) => return Err(Refusal::Unavailable(m)),
-            }
-        }
-        Err(Refusal::NotLeader(None))
+        let path = SimPath { net, clocks, at, raft: live.raft.clone() };
+        raft::proposer::submit(&path, &live.proposer, &request, forwarded).await
     })
 }
 

@@ -11,8 +11,8 @@ use raft::type_config::NodeId;
 use rand::{Rng, SeedableRng};
 
 use crate::caller::View;
-use crate::history::{Op, Outcome, Read};
-use crate::world::Core;
+use crate::history::Read;
+use crate::shared::Core;
 
 /// An API client running the drawn workload until the chaos ends.
 pub async fn client(core: Arc<Core>, index: u64, net_id: NodeId) {
@@ -83,28 +83,4 @@ pub async fn setup(core: Arc<Core>, net_id: NodeId) {
             Request { request_id: format!("setup-store-{k}"), principal: "operator".into(), command };
         core.write(&mut caller, &request, 15_000).await;
     }
-}
-
-/// Record a write in the history and the trace.
-pub(crate) fn record_op(core: &Core, request: &Request, invoke_ms: u64, outcome: &Outcome) {
-    let now = core.clocks.elapsed_ms();
-    let answer = match outcome {
-        Outcome::Acked(c) => format!("ok {}..{}", c.first_seq, c.last_seq),
-        Outcome::Rejected { rejection, attempts } => {
-            format!("refused {:?} (attempt {attempts})", rejection.code())
-        }
-        Outcome::Unknown => "unknown".into(),
-    };
-    core.trace.record(
-        now,
-        format!("{} {} {}: {answer}", request.principal, request.request_id, request.command.name()),
-    );
-    core.history.lock().expect("history lock").ops.push(Op {
-        principal: request.principal.clone(),
-        request_id: request.request_id.clone(),
-        command: request.command.name(),
-        invoke_ms,
-        complete_ms: now,
-        outcome: outcome.clone(),
-    });
 }

@@ -72,3 +72,6 @@ impl SimConfig {
         }
     }
 }
+
+/// Every host's snapshot directory: one shared store, as shared storage gives.
+pub const SNAPSHOT_DIR: &str = "/sim/snapshots";

@@ -22,10 +22,12 @@ use raft::state_machine::Shared;
 use raft::type_config::{LogId, NodeId};
 
 use crate::caller::View;
+use crate::config::SNAPSHOT_DIR;
 use crate::history::{Outcome, Read};
 use crate::invariants::single_run::is_live;
 use crate::network::Live;
-use crate::world::Core;
+use crate::shared::Core;
+use crate::shared::HostInfo;
 
 /// How often hostd reconciles.
 pub const TICK_MS: u64 = 200;
@@ -38,23 +40,12 @@ pub const GUEST_SHUTDOWN_MS: u64 = 300;
 const WRITE_DEADLINE_MS: u64 = 5_000;
 /// How long a heartbeat waits for its answer (production: 500 ms too).
 const HEARTBEAT_TTL_MS: u64 = 500;
-/// Every host's snapshot directory: one shared store, as shared storage gives.
-pub const SNAPSHOT_DIR: &str = "/sim/snapshots";
 
-/// A host: its name, its network id, its hypervisor.
-#[derive(Debug, Clone)]
-pub struct HostInfo {
-    pub name: String,
-    pub net_id: NodeId,
-    pub driver: Arc<Mutex<FakeDriver>>,
-}
-
-impl HostInfo {
-    pub fn new(index: u64, net_id: NodeId, snapshots: &SnapshotStore, volumes: &VolumeStore) -> HostInfo {
-        let limits = (index % 2 == 0).then_some(SMALL_HOST_LIMITS);
-        let driver = Arc::new(Mutex::new(new_driver(snapshots, volumes, limits)));
-        HostInfo { name: format!("h{index}"), net_id, driver }
-    }
+/// Host `index`'s hypervisor: every other host runs only small VMs.
+pub fn host_info(index: u64, net_id: NodeId, snapshots: &SnapshotStore, volumes: &VolumeStore) -> HostInfo {
+    let limits = (index % 2 == 0).then_some(SMALL_HOST_LIMITS);
+    let driver = Arc::new(Mutex::new(new_driver(snapshots, volumes, limits)));
+    HostInfo { name: format!("h{index}"), net_id, driver }
 }
 
 /// What the drivers of every other host run (the rest run anything): the scheduler must

@@ -3,14 +3,16 @@
 //! Contract: one seed decides everything. A world of control replicas and hosts runs the
 //! real code — the pure core (`controlplane`), openraft 0.9 with Drover's storage code on
 //! an in-memory disk with an fsync model (`raft::kv_mem`), the leader's write path
-//! (`raft::proposer`), the API's decision path with leader forwarding (`caller`), and
+//! (`raft::proposer`), the API's decision path with leader forwarding (`caller`: the
+//! same `raft::proposer::submit` as `drover server`, over the simulated network), and
 //! hostd's reconcile pass (`hostd::pass`, `hostd::assignment`) on the fake hypervisor —
 //! on one single-threaded tokio runtime with a paused clock, tokio's randomness and
 //! openraft's seeded (`raft::runtime`), a simulated network (`network`) and per-node
 //! clocks (`clock`). Faults (partitions, loss, duplication, delay, crashes and restarts of
 //! replicas, hostds and VMs, slow and failing disks, clock skew and jumps, hosts lost for
 //! good) and the workload are drawn from the seed (`world`, `workload`). The invariants
-//! live one per file in `invariants`. Every run yields a trace whose hash is the same for
+//! live one per file in `invariants`. The world, hosts and clients share one `Core`
+//! (`shared`), which depends on none of them. Every run yields a trace whose hash is the same for
 //! the same seed, in debug and release builds.
 //!
 //! Every host holds a learner replica of the log and hostd reconciles from it, as under
@@ -33,6 +35,7 @@ pub mod host;
 pub mod invariants;
 pub mod network;
 pub mod replica;
+pub mod shared;
 pub mod trace;
 pub mod workload;
 pub mod world;

@@ -13,22 +13,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use controlplane::{state_hash, Request};
-use hostd::driver::{Driver, VmStatus};
+use controlplane::state_hash;
+use hostd::driver::Driver;
 use raft::type_config::NodeId;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::caller::Caller;
 use crate::client;
 use crate::clock::Clocks;
 use crate::config::SimConfig;
-use crate::history::{History, Outcome};
-use crate::host::{self, HostInfo};
+use crate::history::Outcome;
+use crate::host;
 use crate::invariants::{self, Violation};
 use crate::network::{Net, Weather};
 use crate::replica::Replica;
+use crate::shared::{Core, HostInfo};
 use crate::trace::Trace;
 
 /// Network ids: replicas are 1..=R, hosts from here, clients from [`CLIENT_BASE`].
@@ -39,71 +39,6 @@ const STEP_MS: u64 = 50;
 const SAMPLE_EVERY_MS: u64 = 1_000;
 /// A leader acknowledged by a quorum within this long counts as able to commit.
 const LEADER_CONTACT_MS: u64 = 300;
-
-/// What every task of the world shares.
-#[derive(Debug)]
-pub struct Core {
-    pub cfg: SimConfig,
-    pub net: Net,
-    pub clocks: Clocks,
-    pub trace: Trace,
-    pub history: Mutex<History>,
-    pub violations: Mutex<Vec<Violation>>,
-    pub hosts: Vec<HostInfo>,
-    pub replica_ids: Vec<NodeId>,
-    /// The hosts' shared snapshot storage (survives every host).
-    pub snapshots: hostd::fake::SnapshotStore,
-    /// The hosts' shared pool (survives every host).
-    pub volumes: hostd::fake::VolumeStore,
-}
-
-impl Core {
-    /// A caller for node `me`, its randomness drawn from the seed.
-    pub fn caller(&self, me: NodeId, boot: u64) -> Caller {
-        let seed = self.cfg.seed ^ (me << 32) ^ boot.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        Caller::new(self.net.clone(), self.clocks.clone(), me, self.replica_ids.clone(), seed)
-    }
-
-    /// Send a write and record it.
-    pub async fn write(&self, caller: &mut Caller, request: &Request, deadline_ms: u64) -> Outcome {
-        let invoke_ms = self.clocks.elapsed_ms();
-        let outcome = caller.submit(request, invoke_ms + deadline_ms).await;
-        client::record_op(self, request, invoke_ms, &outcome);
-        outcome
-    }
-
-    pub fn violation(&self, invariant: &'static str, detail: String) {
-        let at_ms = self.clocks.elapsed_ms();
-        self.trace.record(at_ms, format!("VIOLATION {invariant}: {detail}"));
-        self.violations.lock().expect("violations lock").push(Violation { invariant, at_ms, detail });
-    }
-
-    /// Every host's VMs, each as of its own clock.
-    pub fn vms(&self) -> BTreeMap<String, BTreeMap<String, VmStatus>> {
-        self.hosts
-            .iter()
-            .map(|h| {
-                let now = self.clocks.monotonic_ms();
-                (h.name.clone(), h.driver.lock().expect("driver lock").list(now))
-            })
-            .collect()
-    }
-
-    /// The single-run invariant for `domains`, which a hypervisor has just started.
-    pub fn check_single_run(&self, domains: &[String]) {
-        let now = self.clocks.monotonic_ms();
-        let mut vms: BTreeMap<String, BTreeMap<String, VmStatus>> = BTreeMap::new();
-        for h in &self.hosts {
-            let mut driver = h.driver.lock().expect("driver lock");
-            let mine: BTreeMap<String, VmStatus> =
-                domains.iter().filter_map(|d| Some((d.clone(), driver.status(d, now)?))).collect();
-            vms.insert(h.name.clone(), mine);
-        }
-        for detail in invariants::single_run::check(&vms) {
-            self.violation("single_run", detail);
-        }
-    }
-}
 
 /// What one run found.
 #[derive(Debug, Clone)]
@@ -187,7 +122,7 @@ async fn play(cfg: SimConfig) -> RunOutcome {
     let snapshots = hostd::fake::SnapshotStore::default();
     let volumes = hostd::fake::VolumeStore::default();
     let hosts: Vec<HostInfo> =
-        (0..cfg.hosts).map(|i| HostInfo::new(i, HOST_BASE + i, &snapshots, &volumes)).collect();
+        (0..cfg.hosts).map(|i| host::host_info(i, HOST_BASE + i, &snapshots, &volumes)).collect();
     let core = Arc::new(Core {
         cfg: cfg.clone(),
         net,

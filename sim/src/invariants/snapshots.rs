@@ -15,7 +15,7 @@ use controlplane::State;
 use hostd::driver::{parse_snapshot_stem, snapshot_path};
 use hostd::fake::FakeSnapshot;
 
-use crate::host::SNAPSHOT_DIR;
+use crate::config::SNAPSHOT_DIR;
 
 /// `files`: the shared snapshot storage; `lost`: hosts gone for good (what is asked of
 /// them stays pending). `Ok` once settled, else what is still wrong.
