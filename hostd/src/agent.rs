@@ -57,7 +57,7 @@ pub struct AgentConfig {
     /// shared by every host that should be able to restore any snapshot.
     pub snapshot_dir: PathBuf,
     /// Where the host's lease deadline is written for its VM processes to watch
-    /// (`vmm::lease`); `None` when no VM process watches one (the fake driver).
+    /// (`vmm_control::lease`); `None` when no VM process watches one (the fake driver).
     pub lease_file: Option<PathBuf>,
 }
 
@@ -261,7 +261,7 @@ pub async fn run<D: Driver>(
         }
         last_pass = tokio::time::Instant::now();
         let now = started.elapsed().as_millis() as u64;
-        if lease.fenced() || lease.expired(vmm::lease::monotonic_ms()) {
+        if lease.fenced() || lease.expired(vmm_control::lease::monotonic_ms()) {
             let fenced = off_the_workers(|| fence(&mut driver, now));
             // What it reported of those runs says nothing of runs to come (a domain
             // defined again starts its generations from 1 again).
@@ -492,7 +492,7 @@ impl Drop for AbortOnDrop {
 async fn heartbeat(mut api: Api, host: String, lease: Arc<HostLease>) {
     let mut interval = Duration::from_millis(controlplane::ha::HaSettings::default().heartbeat_interval_ms);
     loop {
-        let sent = vmm::lease::monotonic_ms();
+        let sent = vmm_control::lease::monotonic_ms();
         let message = pb::HeartbeatRequest { name: host.clone() };
         let answer = api
             .call(|ch| {

@@ -2,9 +2,10 @@
 //! each driver by `hostd/tests/drivers.rs` (fake, kvm, qemu). A harness supplies the
 //! driver, specs that boot on it, and a clock (virtual for the fake, real otherwise).
 
-use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use controlplane::model::ObservedPhase;
 
 use crate::driver::{snapshot_path, Driver, DriverError, VmSpec, VmStatus};
 

@@ -77,7 +77,7 @@ fn create(job: &VolumeJob, preallocate: bool, import: Option<&str>) -> Result<u6
 /// Refuse to go on once the host's lease has passed.
 fn lease_held(job: &VolumeJob) -> Result<(), String> {
     match job.commit_by_ms {
-        Some(by) if vmm::lease::monotonic_ms() >= by => {
+        Some(by) if vmm_control::lease::monotonic_ms() >= by => {
             Err("this host's lease has passed; the cluster may have asked another host".into())
         }
         _ => Ok(()),
@@ -290,7 +290,7 @@ mod tests {
     fn a_host_whose_lease_passed_starts_and_commits_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let pool = dir.path().join("pool");
-        let now = vmm::lease::monotonic_ms();
+        let now = vmm_control::lease::monotonic_ms();
         let mut late = job(&pool, "v", 1, create(), VolumeFormat::Raw, 8);
         late.commit_by_ms = Some(now);
         assert!(carry_out(&late).unwrap_err().contains("lease has passed"));

@@ -2,8 +2,9 @@
 //! run. Implemented by `fake` (in memory), `kvm` (the own VMM, one process per VM) and
 //! `qemu` (one QEMU per VM over QMP); all of them pass the shared suite in `conformance`.
 
-use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
+
+use controlplane::model::ObservedPhase;
 
 /// What a driver needs to run one domain's VM.
 #[derive(Debug, Clone, PartialEq, Eq)]

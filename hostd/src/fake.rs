@@ -4,12 +4,11 @@
 //! tests; snapshot and volume files live in stores that hosts sharing storage share (a
 //! VM whose disk file is missing does not start). Time only moves when the caller says so.
 
-use controlplane::model::ObservedPhase;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use controlplane::model::{VmLimits, VolumeFormat, VolumeOp};
+use controlplane::model::{ObservedPhase, VmLimits, VolumeFormat, VolumeOp};
 
 use crate::driver::{DiskSpec, Driver, DriverError, SnapshotFile, SnapshotTaken, VmSpec, VmStatus};
 use crate::networks::NetworkWork;

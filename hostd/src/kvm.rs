@@ -1,5 +1,5 @@
 //! The `kvm` driver: Drover's own VMM, one OS process per VM, driven over its control
-//! socket (`vmm::control`).
+//! socket (`vmm_control::control`).
 //!
 //! Each VM has a run directory `<run_dir>/<domain>/` with its control socket, console
 //! log, the VMM's own log, `config.json` (domain and generation, written by this driver)
@@ -7,21 +7,19 @@
 //! group, so they outlive hostd; a new driver re-adopts every VMM that still answers on
 //! its socket, learns how the others ended from their exit record, and kills any VMM
 //! process that no longer answers. Every VMM watches the host's lease file
-//! (`<run_dir>/lease`, `vmm::lease`) and ends itself once the lease passes.
+//! (`<run_dir>/lease`, `vmm_control::lease`) and ends itself once the lease passes.
 //!
-//! A VM has up to `vmm::layout::DISKS_MAX` (8) disks, raw files only, passed in guest order;
+//! A VM has up to `vmm_control::limits::DISKS_MAX` (8) disks, raw files only, passed in guest order;
 //! a read-only one is attached read-only. A qcow2 disk, or a ninth, is a start failure that
 //! says so (the qemu driver serves qcow2).
 
-use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use controlplane::model::VolumeFormat;
-use serde::Deserialize;
+use controlplane::model::{ObservedPhase, VolumeFormat};
 use tracing::{info, warn};
-use vmm::control::{self, Phase, Request};
+use vmm_control::control::{self, ExitRecord, Phase, Request};
 
 use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmSpec, VmStatus};
 use crate::tap;
@@ -38,13 +36,6 @@ pub struct KvmConfig {
     pub program_args: Vec<String>,
     pub run_dir: PathBuf,
     pub console_log_bytes_max: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct ExitRecord {
-    generation: u64,
-    phase: Phase,
-    reason: Option<String>,
 }
 
 #[derive(Debug)]
@@ -117,11 +108,7 @@ impl KvmDriver {
             // No answer: its exit record, once written, says how this run ended (a VMM
             // that has written it may still be on its way out; calling that "starting"
             // refused a start right after a stop, seen in CI).
-            Err(_) => match std::fs::read_to_string(vm.dir.join(control::EXIT_FILE))
-                .ok()
-                .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
-                .filter(|r| r.generation == vm.generation)
-            {
+            Err(_) => match ExitRecord::read(&vm.dir, vm.generation) {
                 Some(exit) => {
                     VmStatus { generation: vm.generation, phase: phase_of(exit.phase), reason: exit.reason }
                 }
@@ -138,16 +125,17 @@ impl KvmDriver {
         }
     }
 
-    fn spawn(&self, spec: &VmSpec, dir: &Path) -> Result<Child, String> {
+    /// The VMM's command line for `spec`, running in `dir`.
+    fn command(&self, spec: &VmSpec, dir: &Path) -> Result<Command, String> {
         let kernel = spec
             .kernel
             .as_ref()
             .ok_or("the kvm driver boots a kernel directly; disk boot is not supported")?;
-        if spec.disks.len() > vmm::layout::DISKS_MAX {
+        if spec.disks.len() > vmm_control::limits::DISKS_MAX {
             return Err(format!(
                 "{} disks; the kvm driver's VMM attaches at most {} per VM",
                 spec.disks.len(),
-                vmm::layout::DISKS_MAX
+                vmm_control::limits::DISKS_MAX
             ));
         }
         for (i, disk) in spec.disks.iter().enumerate() {
@@ -163,8 +151,6 @@ impl KvmDriver {
             }
         }
         let vcpus = u8::try_from(spec.vcpus).map_err(|_| format!("{} vCPUs is too many", spec.vcpus))?;
-        let log = std::fs::File::create(dir.join(control::VMM_LOG_FILE)).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&self.config.program);
         cmd.args(&self.config.program_args)
             .arg("--run-dir")
@@ -180,7 +166,7 @@ impl KvmDriver {
             cmd.args(["--restore-from", snapshot]);
         }
         // The host's lease: the VMM ends itself once it passes (no file: none is kept).
-        cmd.arg("--lease").arg(self.config.run_dir.join(vmm::lease::LEASE_FILE));
+        cmd.arg("--lease").arg(self.config.run_dir.join(vmm_control::lease::LEASE_FILE));
         // In guest order, each with its mode spelled out (so no path reads as a mode).
         for disk in &spec.disks {
             let mode = if disk.read_only { "ro" } else { "rw" };
@@ -189,69 +175,40 @@ impl KvmDriver {
         for (i, nic) in spec.nics.iter().enumerate() {
             cmd.arg("--nic").arg(format!("tap={},mac={}", tap_name(&spec.domain, i), nic.mac));
         }
-        use std::os::unix::process::CommandExt;
-        cmd.stdin(Stdio::null()).stdout(log).stderr(log2).process_group(0);
-        cmd.spawn().map_err(|e| format!("cannot run the VMM {}: {e}", self.config.program.display()))
+        Ok(cmd)
     }
 }
 
-/// How long a start waits for the VMM of the domain's ended run to exit.
-const OLD_VMM_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl Driver for KvmDriver {
-    /// Drover's own VMM's limits, from the VMM itself (`vmm::config`).
+    /// Drover's own VMM's limits, from their one owner (`vmm_control::limits`).
     fn vm_limits(&self) -> Option<controlplane::model::VmLimits> {
         Some(controlplane::model::VmLimits {
-            vcpus: u32::from(vmm::config::VCPUS_MAX),
-            memory_mib: vmm::config::MEMORY_MIB_MAX,
-            disks: vmm::config::DISKS_MAX as u32,
-            nics: vmm::config::NICS_MAX as u32,
+            vcpus: u32::from(vmm_control::limits::VCPUS_MAX),
+            memory_mib: vmm_control::limits::MEMORY_MIB_MAX,
+            disks: vmm_control::limits::DISKS_MAX as u32,
+            nics: vmm_control::limits::NICS_MAX as u32,
         })
     }
 
     fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
         if let Some(vm) = self.vms.get_mut(&spec.domain) {
-            let status = Self::status_of(vm);
-            if !matches!(status.phase, ObservedPhase::Stopped | ObservedPhase::Crashed) {
-                return Err(DriverError::WrongPhase {
-                    domain: spec.domain.clone(),
-                    action: "start",
-                    phase: status.phase,
-                });
-            }
-            // Its run has ended; let its process finish first (on its way out it removes
-            // its control socket, which must not be the new VMM's: same directory).
-            let deadline = std::time::Instant::now() + OLD_VMM_EXIT_WAIT;
-            let alive = |vm: &mut vm_dir::VmProcess| {
-                vm.reap();
-                vm_dir::process_alive(vm.pid) && vm_dir::runs_in(vm.pid, &vm.dir)
-            };
-            while alive(vm) && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            if alive(vm) {
-                return Err(failed(format!(
-                    "the VMM of its last run (pid {}) has not exited {} ms after the run ended",
-                    vm.pid,
-                    OLD_VMM_EXIT_WAIT.as_millis()
-                )));
-            }
+            let phase = Self::status_of(vm).phase;
+            vm_dir::ensure_ended(vm, phase, &spec.domain)?;
         }
-        let dir = vm_dir::dir_for(&self.config.run_dir, &spec.domain).map_err(failed)?;
-        std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
-        for stale in [control::EXIT_FILE, control::SOCKET_FILE, control::CONFIG_FILE] {
-            let _ = std::fs::remove_file(dir.join(stale));
-        }
+        let dir =
+            vm_dir::prepare(&self.config.run_dir, &spec.domain, &[control::SOCKET_FILE]).map_err(failed)?;
         // The taps exist, in their bridges, before the VMM attaches to them.
         tap::plug_nics(spec).map_err(failed)?;
-        let mut child = self.spawn(spec, &dir).map_err(failed)?;
-        let record = Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() };
-        if let Err(e) = record.write(&dir) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(failed(format!("recording the VM: {e}")));
-        }
+        let mut cmd = self.command(spec, &dir).map_err(failed)?;
+        let launch = vm_dir::Launch {
+            what: "the VMM",
+            dir: &dir,
+            log: control::VMM_LOG_FILE,
+            domain: &spec.domain,
+            generation: spec.generation,
+        };
+        let mut child = vm_dir::spawn(&mut cmd, launch).map_err(failed)?;
         // Up when its socket answers; failed when it exits first with a failure (its exit
         // record says why). A guest may also run and power off before the first look:
         // the VMM then exits successfully and the VM lists as stopped.
@@ -266,9 +223,7 @@ impl Driver for KvmDriver {
                     .map_err(failed)?;
             }
             vm_dir::StartOutcome::Exited(status) => {
-                let reason = std::fs::read_to_string(dir.join(control::EXIT_FILE))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
+                let reason = ExitRecord::read(&dir, spec.generation)
                     .and_then(|r| r.reason)
                     .unwrap_or_else(|| format!("the VMM exited with {status}"));
                 return Err(failed(reason));

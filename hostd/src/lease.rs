@@ -1,5 +1,5 @@
 //! The host's lease, as hostd keeps it: renewed by heartbeats to the leader, written to
-//! the lease file every VM process watches (`vmm::lease`), and checked before every
+//! the lease file every VM process watches (`vmm_control::lease`), and checked before every
 //! reconcile pass. While it has passed, hostd runs nothing: it destroys every VM it holds
 //! (self-fencing, in case a VM process could not fence itself) and starts none until a
 //! renewal succeeds.
@@ -29,7 +29,7 @@ impl HostLease {
     /// The lease of a hostd whose VM processes watch `file`; a deadline a previous hostd
     /// left there holds until renewed, so re-adopted VMs and this hostd agree.
     pub fn new(file: Option<PathBuf>) -> HostLease {
-        let deadline = file.as_deref().and_then(vmm::lease::read).unwrap_or(0);
+        let deadline = file.as_deref().and_then(vmm_control::lease::read).unwrap_or(0);
         HostLease { file, deadline_ms: AtomicU64::new(deadline), fenced: AtomicBool::new(false) }
     }
 
@@ -50,9 +50,9 @@ impl HostLease {
             return;
         }
         if let Some(file) = &self.file {
-            let written = vmm::lease::write(file, deadline).or_else(|_| {
+            let written = vmm_control::lease::write(file, deadline).or_else(|_| {
                 std::fs::create_dir_all(file.parent().unwrap_or(file))?;
-                vmm::lease::write(file, deadline)
+                vmm_control::lease::write(file, deadline)
             });
             if let Err(e) = written {
                 // The VMs would fence themselves on the old deadline: they must not
@@ -103,10 +103,10 @@ mod tests {
         let lease = HostLease::new(Some(file.clone()));
         assert!(!lease.held() && lease.expired(1));
         lease.renewed(1_000, 500);
-        assert_eq!(vmm::lease::read(&file), Some(1_500), "the file is made with its directory");
+        assert_eq!(vmm_control::lease::read(&file), Some(1_500), "the file is made with its directory");
         assert!(!lease.expired(1_499) && lease.expired(1_500));
         lease.renewed(900, 500);
-        assert_eq!((lease.deadline_ms(), vmm::lease::read(&file)), (1_500, Some(1_500)));
+        assert_eq!((lease.deadline_ms(), vmm_control::lease::read(&file)), (1_500, Some(1_500)));
         // A new hostd picks up the deadline its predecessor left.
         assert_eq!(HostLease::new(Some(file)).deadline_ms(), 1_500);
     }

@@ -6,11 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use controlplane::model::ObservedPhase;
 use tracing::warn;
 
 use crate::driver::{Driver, DriverError};
-use controlplane::model::ObservedPhase;
-
 use crate::reconciler::{reconcile, Action, Assigned, Memory};
 
 /// An observation to send to the cluster.

@@ -181,7 +181,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessE
         .collect::<Result<_, _>>()?;
     let memory_mib = match args.memory_mib {
         Some(m) => m,
-        None => vmm::config::host_memory_mib().ok_or_else(|| {
+        None => vmm_control::host_memory_mib().ok_or_else(|| {
             ProcessError::Args("cannot read this machine's memory; pass --memory-mib".into())
         })?,
     };
@@ -201,7 +201,8 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessE
             .snapshot_dir
             .clone()
             .unwrap_or_else(|| args.run_dir.parent().unwrap_or(Path::new("/")).join("snapshots")),
-        lease_file: (args.driver != DriverKind::Fake).then(|| args.run_dir.join(vmm::lease::LEASE_FILE)),
+        lease_file: (args.driver != DriverKind::Fake)
+            .then(|| args.run_dir.join(vmm_control::lease::LEASE_FILE)),
     };
     let replica = config.replica.clone();
     let stop = async {

@@ -21,9 +21,8 @@
 //!
 //! QEMU cannot watch the host's lease itself, so with `fence_watch` set each QEMU gets a
 //! guard process (`drover-vmm fence-watch`, in its own process group too) that SIGKILLs it
-//! the moment the lease in `<run_dir>/lease` passes (self-fencing, see `vmm::lease`).
+//! the moment the lease in `<run_dir>/lease` passes (self-fencing, see `vmm_control::lease`).
 
-use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -31,12 +30,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use controlplane::model::ObservedPhase;
 use qapi::{qmp, Qmp};
 use tracing::{info, warn};
+use vmm_control::control::{ExitRecord, Phase};
 
 use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmSpec, VmStatus};
 use crate::tap;
-use crate::vm_dir::{self, Record, VmProcess};
+use crate::vm_dir::{self, VmProcess};
 
 pub mod snapshot;
 
@@ -87,7 +88,7 @@ pub fn hardware_kvm() -> bool {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flags = cpu.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
     let vmx = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
-    vmx && !Path::new("/sys/module/kvm_pvm").exists() && vmm::kvm_usable()
+    vmx && !Path::new("/sys/module/kvm_pvm").exists() && vmm_control::kvm_usable()
 }
 
 #[derive(Debug, Clone)]
@@ -114,13 +115,6 @@ impl QemuConfig {
             fence_watch: None,
         }
     }
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct ExitRecord {
-    generation: u64,
-    stopped: bool,
-    reason: String,
 }
 
 #[derive(Debug)]
@@ -164,7 +158,7 @@ impl QemuDriver {
             .arg("fence-watch")
             .args(["--pid", &pid.to_string()])
             .arg("--lease")
-            .arg(self.config.run_dir.join(vmm::lease::LEASE_FILE))
+            .arg(self.config.run_dir.join(vmm_control::lease::LEASE_FILE))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .process_group(0)
@@ -318,13 +312,6 @@ impl QemuDriver {
         Ok(a)
     }
 
-    fn exit_record(dir: &Path, generation: u64) -> Option<ExitRecord> {
-        std::fs::read_to_string(dir.join(EXIT_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str::<ExitRecord>(&t).ok())
-            .filter(|r| r.generation == generation)
-    }
-
     /// Keep the console log under its cap: the current part becomes `.old`.
     fn cap_console(&self, dir: &Path) {
         let log = dir.join(CONSOLE_FILE);
@@ -353,17 +340,11 @@ impl QemuDriver {
                 | qmp::RunState::postmigrate => status(ObservedPhase::Paused, None),
                 qmp::RunState::shutdown => {
                     // The guest powered off; write it down, then let QEMU go.
-                    let record = ExitRecord {
-                        generation: vm.generation,
-                        stopped: true,
-                        reason: "the guest powered off".into(),
-                    };
-                    if let Ok(body) = serde_json::to_vec(&record) {
-                        if std::fs::write(vm.dir.join(EXIT_FILE), body).is_ok() {
-                            let _ = qmp_call(&vm.dir, &qmp::quit {});
-                        }
+                    let reason = "the guest powered off";
+                    if Self::record_exit(vm, Phase::Stopped, reason).is_ok() {
+                        let _ = qmp_call(&vm.dir, &qmp::quit {});
                     }
-                    status(ObservedPhase::Stopped, Some(record.reason))
+                    status(ObservedPhase::Stopped, Some(reason.into()))
                 }
                 qmp::RunState::internal_error | qmp::RunState::io_error | qmp::RunState::guest_panicked => {
                     status(ObservedPhase::Crashed, Some(format!("QEMU reports {:?}", info.status)))
@@ -371,9 +352,9 @@ impl QemuDriver {
                 _ => status(ObservedPhase::Starting, None),
             },
             Err(_) if vm_dir::process_alive(vm.pid) => status(ObservedPhase::Starting, None),
-            Err(_) => match Self::exit_record(&vm.dir, vm.generation) {
-                Some(exit) if exit.stopped => status(ObservedPhase::Stopped, Some(exit.reason)),
-                Some(exit) => status(ObservedPhase::Crashed, Some(exit.reason)),
+            Err(_) => match ExitRecord::read(&vm.dir, vm.generation) {
+                Some(exit) if exit.phase == Phase::Crashed => status(ObservedPhase::Crashed, exit.reason),
+                Some(exit) => status(ObservedPhase::Stopped, exit.reason),
                 None => {
                     status(ObservedPhase::Crashed, Some("QEMU ended without the guest powering off".into()))
                 }
@@ -381,12 +362,10 @@ impl QemuDriver {
         }
     }
 
-    fn record_destroyed(vm: &VmProcess) {
-        let record =
-            ExitRecord { generation: vm.generation, stopped: true, reason: "destroyed on request".into() };
-        if let Ok(body) = serde_json::to_vec(&record) {
-            let _ = std::fs::write(vm.dir.join(EXIT_FILE), body);
-        }
+    /// Write how the QEMU of `vm` ended, in the VMM's format (QEMU writes none of its own).
+    fn record_exit(vm: &VmProcess, phase: Phase, reason: &str) -> std::io::Result<()> {
+        let domain = vm.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        ExitRecord { domain, generation: vm.generation, phase, reason: Some(reason.into()) }.write(&vm.dir)
     }
 }
 
@@ -395,16 +374,12 @@ impl Driver for QemuDriver {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
         if let Some(mut vm) = self.vms.remove(&spec.domain) {
             let phase = self.status_of(&mut vm).phase;
+            let ended = vm_dir::ensure_ended(&mut vm, phase, &spec.domain);
             self.vms.insert(spec.domain.clone(), vm);
-            if !matches!(phase, ObservedPhase::Stopped | ObservedPhase::Crashed) {
-                return Err(DriverError::WrongPhase { domain: spec.domain.clone(), action: "start", phase });
-            }
+            ended?;
         }
-        let dir = vm_dir::dir_for(&self.config.run_dir, &spec.domain).map_err(failed)?;
-        std::fs::create_dir_all(&dir).map_err(|e| failed(e.to_string()))?;
-        for stale in [EXIT_FILE, QMP_FILE, CONSOLE_SOCKET_FILE, vm_dir::RECORD_FILE] {
-            let _ = std::fs::remove_file(dir.join(stale));
-        }
+        let dir = vm_dir::prepare(&self.config.run_dir, &spec.domain, &[QMP_FILE, CONSOLE_SOCKET_FILE])
+            .map_err(failed)?;
         // A restore: the file must be a snapshot of this driver, of a guest of this size.
         let restore = match &spec.restore_from {
             None => None,
@@ -429,26 +404,18 @@ impl Driver for QemuDriver {
             args.extend(["-S".into(), "-incoming".into(), "defer".into()]);
         }
         tap::plug_nics(spec).map_err(failed)?;
-        let log = std::fs::File::create(dir.join(QEMU_LOG_FILE)).map_err(|e| failed(e.to_string()))?;
-        use std::os::unix::process::CommandExt;
-        let mut child = Command::new(&self.config.binary)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| failed(e.to_string()))?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| failed(format!("cannot run QEMU ({}): {e}", self.config.binary.display())))?;
-        let record = Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() };
-        if let Err(e) = record.write(&dir) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(failed(format!("recording the VM: {e}")));
-        }
+        let mut cmd = Command::new(&self.config.binary);
+        cmd.args(&args);
+        let launch = vm_dir::Launch {
+            what: "QEMU",
+            dir: &dir,
+            log: QEMU_LOG_FILE,
+            domain: &spec.domain,
+            generation: spec.generation,
+        };
+        let mut child = vm_dir::spawn(&mut cmd, launch).map_err(failed)?;
         if let Err(e) = self.guard(child.id()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
+            vm_dir::abandon(&mut child, &dir);
             return Err(failed(format!("cannot guard QEMU with the host's lease: {e}")));
         }
         match vm_dir::wait_up(&mut child, &dir, START_TIMEOUT_MS, || {
@@ -464,9 +431,7 @@ impl Driver for QemuDriver {
         }
         if let Some((file, header, uri, restored)) = restore {
             if let Err(reason) = snapshot::restore(&dir, &mut child, &uri, header.resumes()) {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = std::fs::remove_file(dir.join(vm_dir::RECORD_FILE));
+                vm_dir::abandon(&mut child, &dir);
                 // The disks go back to what they were before this failed restore.
                 restored.undo();
                 return Err(failed(format!("restoring {file}: {reason}")));
@@ -493,14 +458,14 @@ impl Driver for QemuDriver {
         let vm = self.vm(domain)?;
         vm.shutting_down = true;
         if let Ok(mut console) = UnixStream::connect(vm.dir.join(CONSOLE_SOCKET_FILE)) {
-            let _ = console.write_all(&[vmm::POWER_OFF_KEY]);
+            let _ = console.write_all(&[vmm_control::POWER_OFF_KEY]);
         }
         Ok(())
     }
 
     fn destroy(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {
         let vm = self.vm(domain)?;
-        Self::record_destroyed(vm);
+        let _ = Self::record_exit(vm, Phase::Destroyed, "destroyed on request");
         if qmp_call(&vm.dir, &qmp::quit {}).is_err() && vm_dir::process_alive(vm.pid) {
             vm_dir::kill(vm.pid);
         }

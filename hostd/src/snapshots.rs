@@ -11,11 +11,10 @@
 //! would hold the snapshot if it still existed) and holds no snapshot of that name with
 //! that id. A host whose view lags never removes a file written after its view.
 
-use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use controlplane::model::{SnapshotKind, SnapshotState};
+use controlplane::model::{ObservedPhase, SnapshotKind, SnapshotState};
 use controlplane::{SnapshotOutcome, State};
 use tracing::{info, warn};
 

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use crate::driver::{tap_name, Attachment, VmSpec};
 
-/// Most NICs per VM.
-pub const NICS_MAX: usize = 8;
+/// Most NICs per VM: the cluster's own limit (a driver may say less, as the own VMM does).
+pub const NICS_MAX: usize = controlplane::limits::NICS_PER_DOMAIN_MAX;
 
 fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;

@@ -1,18 +1,29 @@
-//! A VM's run directory, as the process drivers (kvm, qemu) keep it: `<run_dir>/<domain>/`
-//! with the driver's record of the VM (`config.json`: domain, generation, pid) beside the
-//! hypervisor's own files. The record is what lets a restarted hostd find its VMs.
+//! The process drivers' (kvm, qemu) shared skeleton: a VM's run directory
+//! `<run_dir>/<domain>/` with the driver's record of the VM (`config.json`: domain,
+//! generation, pid) and its exit record (`exit.json`, `vmm_control::control::ExitRecord`, one
+//! format for the VMM and QEMU) beside the hypervisor's own files. The records are what
+//! let a restarted hostd find its VMs and learn how the ones it did not watch ended.
+//!
+//! A start goes the same way in both: the last run must be over and its process gone
+//! (`ensure_ended`), the directory is made ready (`prepare`), the NICs plugged
+//! (`tap::plug_nics`), the process spawned and recorded (`spawn`), then awaited until it
+//! answers (`wait_up`); a failure after the spawn leaves nothing to adopt (`abandon`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use controlplane::model::ObservedPhase;
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::driver::DriverError;
+
 /// The driver's record file in each VM directory.
-pub const RECORD_FILE: &str = vmm::control::CONFIG_FILE;
+pub const RECORD_FILE: &str = vmm_control::control::CONFIG_FILE;
 /// How the VM ended (written by the VMM, or by the qemu driver for QEMU).
-pub const EXIT_FILE: &str = vmm::control::EXIT_FILE;
+pub const EXIT_FILE: &str = vmm_control::control::EXIT_FILE;
 
 /// One VM process a driver knows of.
 #[derive(Debug)]
@@ -104,6 +115,93 @@ pub fn dir_for(run_dir: &Path, domain: &str) -> Result<PathBuf, String> {
         return Err(format!("{domain:?} cannot name a run directory"));
     }
     Ok(run_dir.join(domain))
+}
+
+/// How long a start waits for the process of the domain's ended run to exit.
+pub const OLD_PROCESS_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a new run of `domain` may start beside `vm`, its last one, now in `phase`: only
+/// once that run is over and its process has exited (on its way out it removes its
+/// sockets, which must not be the new process's: same directory).
+pub fn ensure_ended(vm: &mut VmProcess, phase: ObservedPhase, domain: &str) -> Result<(), DriverError> {
+    if !matches!(phase, ObservedPhase::Stopped | ObservedPhase::Crashed) {
+        return Err(DriverError::WrongPhase { domain: domain.to_owned(), action: "start", phase });
+    }
+    let deadline = Instant::now() + OLD_PROCESS_EXIT_WAIT;
+    let mut alive = || {
+        vm.reap();
+        process_alive(vm.pid) && runs_in(vm.pid, &vm.dir)
+    };
+    while alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if alive() {
+        return Err(DriverError::StartFailed {
+            domain: domain.to_owned(),
+            reason: format!(
+                "the process of its last run (pid {}) has not exited {} ms after the run ended",
+                vm.pid,
+                OLD_PROCESS_EXIT_WAIT.as_millis()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// `domain`'s run directory, made ready for a new VM process: created, without the last
+/// run's records or the files in `stale` (its sockets).
+pub fn prepare(run_dir: &Path, domain: &str, stale: &[&str]) -> Result<PathBuf, String> {
+    let dir = dir_for(run_dir, domain)?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for file in [RECORD_FILE, EXIT_FILE].iter().chain(stale) {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    Ok(dir)
+}
+
+/// Where and as what a VM process runs, for [`spawn`].
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// What the process is, for messages ("QEMU", "the VMM").
+    pub what: &'a str,
+    pub dir: &'a Path,
+    /// Its stdout and stderr, a file in `dir`.
+    pub log: &'a str,
+    pub domain: &'a str,
+    pub generation: u64,
+}
+
+/// Start `cmd` as run `generation` of `domain` in `dir`: no stdin, stdout and stderr to
+/// the file `log` there, in a process group of its own (it outlives hostd), and recorded
+/// before this returns (a process that cannot be recorded is killed: no hostd could find
+/// it again).
+pub fn spawn(cmd: &mut Command, launch: Launch<'_>) -> Result<Child, String> {
+    use std::os::unix::process::CommandExt;
+    let Launch { what, dir, log, domain, generation } = launch;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = std::fs::File::create(dir.join(log)).map_err(|e| format!("{log}: {e}"))?;
+    let err = out.try_clone().map_err(|e| format!("{log}: {e}"))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {what} ({program}): {e}"))?;
+    let record = Record { domain: domain.to_owned(), generation, pid: child.id() };
+    if let Err(e) = record.write(dir) {
+        abandon(&mut child, dir);
+        return Err(format!("recording the VM: {e}"));
+    }
+    Ok(child)
+}
+
+/// Give up a VM process whose start failed after its spawn: kill it, reap it, and remove
+/// its record so no later hostd adopts it.
+pub fn abandon(child: &mut Child, dir: &Path) {
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(dir.join(RECORD_FILE));
 }
 
 /// Whether `pid` is a live process (a zombie counts as dead).

@@ -37,7 +37,7 @@ pub struct VolumeJob {
     pub capacity_mib: u64,
     /// A clone's backing file and its format.
     pub backing: Option<(PathBuf, VolumeFormat)>,
-    /// When the host's lease passes (monotonic ms, `vmm::lease::monotonic_ms`), if it
+    /// When the host's lease passes (monotonic ms, `vmm_control::lease::monotonic_ms`), if it
     /// holds one: from then on the cluster may fence it and ask another host, so the
     /// operation commits nothing after it (`dir_pool`). Set by [`HostVolumes::run`].
     pub commit_by_ms: Option<u64>,
@@ -141,7 +141,7 @@ impl HostVolumes {
             }
             let job = VolumeJob { commit_by_ms: lease_until_ms, ..job.clone() };
             let outcome = match driver.volume(&job) {
-                Err(e) if lease_until_ms.is_some_and(|by| vmm::lease::monotonic_ms() >= by) => {
+                Err(e) if lease_until_ms.is_some_and(|by| vmm_control::lease::monotonic_ms() >= by) => {
                     warn!(volume = %job.volume, op = job.op.name(), error = %e, "volume file operation stopped: the lease passed");
                     continue;
                 }
@@ -241,7 +241,7 @@ mod tests {
         let asked = work(5, &[(5, VolumeOp::Create { preallocate: false, import: None })]);
         driver.fail_next_volume = Some("this host's lease has passed".into());
         assert!(host.run(&mut driver, &asked, Some(0)).is_empty(), "nothing reported");
-        let later = host.run(&mut driver, &asked, Some(vmm::lease::monotonic_ms() + 60_000));
+        let later = host.run(&mut driver, &asked, Some(vmm_control::lease::monotonic_ms() + 60_000));
         assert!(matches!(later[0].outcome, VolumeOutcome::Done { .. }), "{later:?}");
     }
 }

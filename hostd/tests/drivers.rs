@@ -2,13 +2,13 @@
 //! driver's re-adoption of VMs after its own restart. The kvm cases run the real
 //! `drover-vmm` on `/dev/kvm`; where that is missing they say so and return.
 
-use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use controlplane::model::ObservedPhase;
 use hostd::conformance::{self, Harness};
 use hostd::driver::{isolated_bridge, tap_name, Attachment, Driver, DriverError, NicSpec, VmSpec};
 use hostd::fake::FakeDriver;

@@ -14,14 +14,13 @@
 
 #![allow(clippy::print_stdout)] // a report on stdout is its output
 
-use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use controlplane::model::VolumeFormat;
+use controlplane::model::{ObservedPhase, VolumeFormat};
 use hostd::driver::{DiskSpec, Driver, VmSpec};
 
 /// Where QEMU 7.2's microvm puts its virtio-mmio transports: 24 of them, 512 bytes apart.

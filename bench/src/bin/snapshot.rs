@@ -12,12 +12,12 @@
 
 #![allow(clippy::print_stdout)] // a report on stdout is its output
 
-use controlplane::model::ObservedPhase;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use controlplane::model::ObservedPhase;
 use hostd::driver::{snapshot_path, Driver, VmSpec};
 
 #[derive(Debug, Parser)]

@@ -4,17 +4,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Guest RAM below the MMIO hole; larger guests need a second memory region (not yet).
-pub const MEMORY_MIB_MAX: u64 = 3072;
-/// The smallest guest: the test guest needs 1 MiB of image plus its dirty area.
-pub const MEMORY_MIB_MIN: u64 = 4;
-/// vCPUs per VM (what the MP table has room for below 640 KiB).
-pub const VCPUS_MAX: u8 = 32;
-/// The kernel command line, without the terminating NUL.
-pub const CMDLINE_BYTES_MAX: usize = 4095;
+pub use vmm_control::limits::{CMDLINE_BYTES_MAX, MEMORY_MIB_MAX, MEMORY_MIB_MIN, VCPUS_MAX};
 /// Default cap of the console log (the older half is kept in `<log>.old`).
 pub const CONSOLE_LOG_BYTES_DEFAULT: u64 = 1 << 20;
-pub use crate::layout::{DISKS_MAX, NICS_MAX};
+pub use vmm_control::limits::{DISKS_MAX, NICS_MAX};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -175,13 +168,7 @@ impl VmConfig {
     }
 }
 
-/// Total RAM of this machine, from /proc/meminfo.
-pub fn host_memory_mib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
-}
+pub use vmm_control::host_memory_mib;
 
 #[cfg(test)]
 mod tests {

@@ -38,14 +38,14 @@ pub const VIRTIO_BLK_IRQ: u32 = 5;
 /// interrupt line `VIRTIO_NET_IRQ + i`, for `i < NICS_MAX` (lines 6..=13 of the IOAPIC).
 pub const VIRTIO_NET_MMIO: u64 = MMIO_START + VIRTIO_MMIO_SIZE;
 pub const VIRTIO_NET_IRQ: u32 = 6;
-pub const NICS_MAX: usize = 8;
+pub use vmm_control::limits::NICS_MAX;
 /// Disk `i`, for `1 <= i < DISKS_MAX`, has the window at
 /// `VIRTIO_BLK_MORE_MMIO + (i - 1) * VIRTIO_MMIO_SIZE` (after the NICs') and interrupt
 /// line `VIRTIO_BLK_MORE_IRQ + i - 1` (lines 14..=20 of the IOAPIC).
 pub const VIRTIO_BLK_MORE_MMIO: u64 = VIRTIO_NET_MMIO + NICS_MAX as u64 * VIRTIO_MMIO_SIZE;
 pub const VIRTIO_BLK_MORE_IRQ: u32 = VIRTIO_NET_IRQ + NICS_MAX as u32;
-/// Disks (virtio-blk devices) per VM.
-pub const DISKS_MAX: usize = 8;
+/// Disks (virtio-blk devices) per VM, one window and line each (checked below).
+pub use vmm_control::limits::DISKS_MAX;
 const _: () = assert!(
     VIRTIO_BLK_MORE_IRQ + DISKS_MAX as u32 - 2 < crate::mptable::IOAPIC_PINS as u32,
     "every disk's interrupt line is an IOAPIC pin"

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{DiskConfig, NicConfig, VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
-use crate::control::{self, Phase, Request, Response, Status};
+use crate::control::{self, ExitRecord, Phase, Request, Response, Status};
 use crate::lease;
 use crate::vm::{Source, Vm};
 
@@ -87,20 +87,8 @@ pub fn main(cli: VmmCli) -> i32 {
     }
 }
 
-#[derive(Debug, serde::Serialize)]
-struct ExitRecord<'a> {
-    domain: &'a str,
-    generation: u64,
-    phase: Phase,
-    reason: Option<String>,
-}
-
-fn write_exit(run_dir: &Path, record: &ExitRecord<'_>) {
-    let tmp = run_dir.join(format!("{}.tmp", control::EXIT_FILE));
-    let body = serde_json::to_vec(record).expect("exit record serializes");
-    let written =
-        std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, run_dir.join(control::EXIT_FILE)));
-    if let Err(e) = written {
+fn write_exit(run_dir: &Path, record: &ExitRecord) {
+    if let Err(e) = record.write(run_dir) {
         eprintln!("drover-vmm: writing the exit record: {e}");
     }
 }
@@ -120,8 +108,12 @@ pub fn run(args: VmmArgs) -> i32 {
         console_log: args.run_dir.join(control::CONSOLE_FILE),
         console_log_bytes_max: args.console_log_bytes_max,
     };
-    let record =
-        |phase, reason| ExitRecord { domain: &args.domain, generation: args.generation, phase, reason };
+    let record = |phase, reason| ExitRecord {
+        domain: args.domain.clone(),
+        generation: args.generation,
+        phase,
+        reason,
+    };
     let socket = args.run_dir.join(control::SOCKET_FILE);
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(args.run_dir.join(control::EXIT_FILE));
@@ -165,8 +157,12 @@ pub fn run(args: VmmArgs) -> i32 {
             // Ends the whole process, vCPU threads included: the guest stops here.
             let reason = "fenced itself: its host's lease passed".to_owned();
             eprintln!("drover-vmm: {reason}");
-            let record =
-                ExitRecord { domain: &domain, generation, phase: Phase::Crashed, reason: Some(reason) };
+            let record = ExitRecord {
+                domain: domain.clone(),
+                generation,
+                phase: Phase::Crashed,
+                reason: Some(reason),
+            };
             write_exit(&run_dir, &record);
             std::process::exit(3);
         });
@@ -242,7 +238,7 @@ fn serve(vm: &Vm, run_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
                             // process, which ends the VM with it.
                             eprintln!("drover-vmm: {e}; exiting to end the VM");
                             let record = ExitRecord {
-                                domain: &vm.config().domain,
+                                domain: vm.config().domain.clone(),
                                 generation: vm.config().generation,
                                 phase: Phase::Destroyed,
                                 reason: Some(format!("destroyed on request ({e}; the VMM exited)")),

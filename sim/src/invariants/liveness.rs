@@ -9,10 +9,9 @@
 //! given up on runs again, elsewhere if need be (unless no host left runs a VM of its
 //! size: the hosts' VM limits).
 
-use controlplane::model::ObservedPhase;
 use std::collections::{BTreeMap, BTreeSet};
 
-use controlplane::model::{DesiredState, HaPolicy, Phase};
+use controlplane::model::{DesiredState, HaPolicy, ObservedPhase, Phase};
 use controlplane::State;
 use hostd::driver::VmStatus;
 

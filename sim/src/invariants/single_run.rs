@@ -2,9 +2,9 @@
 //! changes, at most one hypervisor in the world holds a live (starting, running, paused or
 //! shutting-down) VM of each domain.
 
-use controlplane::model::ObservedPhase;
 use std::collections::BTreeMap;
 
+use controlplane::model::ObservedPhase;
 use hostd::driver::VmStatus;
 
 /// Whether a VM is using its domain's identity (disks, addresses) right now.

@@ -157,14 +157,7 @@ pub struct MemoryLayout {
     pub runs: Vec<(u64, u64)>,
 }
 
-/// What a save wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotInfo {
-    /// What the file takes on disk (it is sparse: untouched guest memory costs nothing).
-    pub bytes: u64,
-    /// How long the guest was held paused for it (0 for a guest that was paused anyway).
-    pub duration_ms: u64,
-}
+pub use vmm_control::control::SnapshotInfo;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
     move |source| SnapshotError::Io { path: path.display().to_string(), source }

@@ -25,7 +25,42 @@ pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// How long a snapshot may take end to end (it writes the guest's memory).
 pub const SNAPSHOT_TIMEOUT_MS: u64 = 120_000;
 
-pub use crate::snapshot::SnapshotInfo;
+/// What a snapshot save wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// What the file takes on disk (it is sparse: untouched guest memory costs nothing).
+    pub bytes: u64,
+    /// How long the guest was held paused for it (0 for a guest that was paused anyway).
+    pub duration_ms: u64,
+}
+
+/// How a VM ended, written beside its socket (`EXIT_FILE`) by whoever saw it end: the
+/// VMM as it exits, or hostd's qemu driver for a QEMU. One format for every process
+/// driver, so a restarted hostd learns how a VM it did not watch ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub domain: String,
+    pub generation: u64,
+    pub phase: Phase,
+    pub reason: Option<String>,
+}
+
+impl ExitRecord {
+    /// Write it to `dir` whole or not at all (through a temporary file and a rename).
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!("{EXIT_FILE}.tmp"));
+        let body = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, dir.join(EXIT_FILE))
+    }
+
+    /// The record in `dir` of run `generation`; `None` if there is none (or it is another
+    /// run's, or unreadable).
+    pub fn read(dir: &Path, generation: u64) -> Option<ExitRecord> {
+        let text = std::fs::read_to_string(dir.join(EXIT_FILE)).ok()?;
+        serde_json::from_str::<ExitRecord>(&text).ok().filter(|r| r.generation == generation)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,7 +73,7 @@ pub enum Request {
     Reboot,
     /// End the VM at once.
     Destroy,
-    /// Save the VM's whole state to this file (`crate::snapshot`); the VM is in the same
+    /// Save the VM's whole state to this file (the VMM's `snapshot` format); the VM is in the same
     /// phase afterwards. Answered with `Response::Snapshot`.
     Snapshot {
         path: PathBuf,

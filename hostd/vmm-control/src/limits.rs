@@ -1,0 +1,17 @@
+//! The largest VM Drover's own VMM runs, one owner for each limit: the VMM checks a
+//! configuration against them before touching KVM, its device layout asserts that it has
+//! room for them, and hostd's kvm driver tells the cluster (`Driver::vm_limits`), so the
+//! scheduler never places a VM here that the VMM would refuse.
+
+/// Guest RAM below the MMIO hole; larger guests need a second memory region (not yet).
+pub const MEMORY_MIB_MAX: u64 = 3072;
+/// The smallest guest: the test guest needs 1 MiB of image plus its dirty area.
+pub const MEMORY_MIB_MIN: u64 = 4;
+/// vCPUs per VM (what the MP table has room for below 640 KiB).
+pub const VCPUS_MAX: u8 = 32;
+/// The kernel command line, without the terminating NUL.
+pub const CMDLINE_BYTES_MAX: usize = 4095;
+/// Disks (virtio-blk devices) per VM: one MMIO window and interrupt line each.
+pub const DISKS_MAX: usize = 8;
+/// NICs (virtio-net devices) per VM: one MMIO window and interrupt line each.
+pub const NICS_MAX: usize = 8;
