@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod spec_file;

@@ -93,6 +93,10 @@ struct ServerArgs {
     /// after lease + fence + this with no renewal.
     #[arg(long, default_value_t = HaSettings::default().drift_ms)]
     fence_drift_ms: u64,
+    /// Serve Prometheus metrics at http://<this>/metrics (loopback unless
+    /// --allow-remote). Default: none.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// How long a new replica tries to join through its seed.
@@ -128,6 +132,16 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             );
         }
         warn!(listen = %args.listen, "listening beyond loopback: the API is open to anyone who can reach it");
+    }
+    if let Some(addr) = args.metrics_listen {
+        if !addr.ip().is_loopback() && !args.allow_remote {
+            bail!(
+                "--metrics-listen {addr} is not a loopback address; pass --allow-remote to serve it anyway"
+            );
+        }
+        raft::metrics::serve(addr).map_err(anyhow::Error::msg)?;
+        api::metrics::describe();
+        info!(%addr, "serving metrics");
     }
     let mut config = NodeConfig::new(args.id, args.listen, args.data_dir.clone());
     if let Some(a) = args.advertise {

@@ -49,6 +49,7 @@ pub async fn serve(
         };
     }
     server_builder()
+        .layer(crate::metrics::MetricsLayer)
         .add_service(raft_server(node.clone()))
         .add_service(replication_server(node))
         .add_service(limited!(DomainsServer))

@@ -28,6 +28,10 @@ pub struct UpArgs {
     /// The hypervisor driver of the hosts: kvm, fake, or auto (kvm where /dev/kvm works).
     #[arg(long, default_value = "auto")]
     pub driver: String,
+    /// Every replica and host serves Prometheus metrics on 127.0.0.1 from this port up
+    /// (replicas first, then hosts). Default: --base-port + 100.
+    #[arg(long)]
+    pub metrics_base_port: Option<u16>,
 }
 
 /// The example domain spec `up` writes: the test guest, printing a counter every second.
@@ -201,6 +205,10 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i);
     let endpoints: Vec<String> = (0..REPLICAS).map(addr).collect();
+    let metrics_base = args.metrics_base_port.unwrap_or(args.base_port.saturating_add(100));
+    let metrics_addr = |i: u16| format!("127.0.0.1:{}", metrics_base + i);
+    let hosts = u16::try_from(args.hosts).context("too many hosts")?;
+    let metrics: Vec<String> = (0..REPLICAS + hosts).map(metrics_addr).collect();
     let driver = match args.driver.as_str() {
         "auto" if vmm::kvm_usable() => "kvm".to_owned(),
         "auto" => {
@@ -229,6 +237,8 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
             addr(i),
             "--data-dir".into(),
             data_dir.join(format!("replica-{id}")).display().to_string(),
+            "--metrics-listen".into(),
+            metrics_addr(i),
         ];
         if i == 0 {
             a.push("--bootstrap".into());
@@ -260,6 +270,8 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
             (100 + u64::from(host_port)).to_string(),
             "--replica-listen".into(),
             addr(REPLICAS + host_port),
+            "--metrics-listen".into(),
+            metrics_addr(REPLICAS + host_port - 1),
         ];
         children.spawn(&format!("host-{h}"), &a, &logs.join(format!("host-{h}.log")))?;
     }
@@ -269,7 +281,7 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
     writeln!(
         out,
         "Drover is up: {} replicas, {} hosts ({} driver); data in {}\n\
-         \n  endpoint   {}\n  logs       {}\n\n\
+         \n  endpoint   {}\n  metrics    {}\n  logs       {}\n\n\
          Try:\n  D={d}\n  $D host list\n  $D domain define hello --file {}\n  $D domain start hello\n  \
          tail -f {}/host-*/vms/hello/console.log\n  \
          $D snapshot create hello s1\n  $D events --from 1 --follow\n  $D audit verify\n\n\
@@ -279,6 +291,7 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
         driver,
         data_dir.display(),
         endpoints.join(","),
+        metrics.iter().map(|m| format!("http://{m}/metrics")).collect::<Vec<_>>().join(" "),
         logs.display(),
         example.display(),
         data_dir.display(),

@@ -261,7 +261,9 @@ pub async fn run<D: Driver>(
         }
         last_pass = tokio::time::Instant::now();
         let now = started.elapsed().as_millis() as u64;
-        if lease.fenced() || lease.expired(vmm_control::lease::monotonic_ms()) {
+        let monotonic = vmm_control::lease::monotonic_ms();
+        crate::metrics::lease_remaining(lease.deadline_ms() as i64 - monotonic as i64);
+        if lease.fenced() || lease.expired(monotonic) {
             let fenced = off_the_workers(|| fence(&mut driver, now));
             // What it reported of those runs says nothing of runs to come (a domain
             // defined again starts its generations from 1 again).
@@ -300,17 +302,25 @@ pub async fn run<D: Driver>(
         // Driver calls block (a VMM's socket, QMP, a snapshot written to disk): off the
         // async workers, so the host's replica and the API calls keep going meanwhile.
         // Networks first: a guest that boots finds its DHCP server there.
+        let pass_started = std::time::Instant::now();
         off_the_workers(|| networks.run(&mut driver, &share.networks));
         let observations = off_the_workers(|| pass.run(&mut driver, &share.domains, now));
+        metrics::histogram!(crate::metrics::RECONCILE_SECONDS).record(pass_started.elapsed().as_secs_f64());
+        crate::metrics::vm_usage(&off_the_workers(|| driver.usage()));
         for observation in observations {
             let Observation { domain, generation, phase, reason } = observation.clone();
             match reporter.send(&mut api, &domain, generation, phase, reason).await {
-                Ok(_) => pass.reported(&observation),
+                Ok(_) => {
+                    crate::metrics::report("phase", "accepted");
+                    pass.reported(&observation)
+                }
                 Err(s) if s.code() == Code::FailedPrecondition => {
                     // The run moved on (stale generation): nothing to report any more.
+                    crate::metrics::report("phase", "refused");
                     pass.reported(&observation);
                 }
                 Err(s) => {
+                    crate::metrics::report("phase", "unsure");
                     warn!(domain = %domain, status = %s, "report not accepted; will retry");
                     pass.unsure(&observation);
                 }
@@ -320,7 +330,9 @@ pub async fn run<D: Driver>(
         let lease_until = Some(lease.deadline_ms());
         let volume_reports = off_the_workers(|| volumes.run(&mut driver, &share.volumes, lease_until));
         for report in volume_reports {
-            match reporter.send_volume(&mut api, &report).await {
+            let sent = reporter.send_volume(&mut api, &report).await;
+            crate::metrics::report("volume", report_result(&sent));
+            match sent {
                 Ok(()) => volumes.reported(&report),
                 // Deleted meanwhile, or no longer pending under this id: nothing to report.
                 Err(s)
@@ -338,7 +350,9 @@ pub async fn run<D: Driver>(
         }
         let reports = off_the_workers(|| snapshots.run(&mut driver, &share.snapshots, now));
         for report in reports {
-            match reporter.send_snapshot(&mut api, &report).await {
+            let sent = reporter.send_snapshot(&mut api, &report).await;
+            crate::metrics::report("snapshot", report_result(&sent));
+            match sent {
                 Ok(()) => snapshots.reported(&report),
                 // Deleted meanwhile, or no longer pending for this run: nothing to report.
                 // (Refused as malformed, sending it again would not help either.)
@@ -355,6 +369,18 @@ pub async fn run<D: Driver>(
                 }
             }
         }
+    }
+}
+
+/// A volume or snapshot report's fate, for metrics: refused for good (deleted meanwhile,
+/// no longer pending, malformed) or without a definite answer.
+fn report_result(sent: &Result<(), tonic::Status>) -> &'static str {
+    match sent {
+        Ok(()) => "accepted",
+        Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument) => {
+            "refused"
+        }
+        Err(_) => "unsure",
     }
 }
 

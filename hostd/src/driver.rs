@@ -247,6 +247,12 @@ pub trait Driver: Send {
     }
     /// Forget a VM that has stopped (its process is gone).
     fn remove(&mut self, domain: &str);
+
+    /// What each VM process uses (CPU time, resident memory), for metrics; none where
+    /// there is no process (the fake).
+    fn usage(&mut self) -> BTreeMap<String, crate::metrics::VmUsage> {
+        BTreeMap::new()
+    }
     /// Every VM the driver knows of, as of `now_ms`.
     fn list(&mut self, now_ms: u64) -> BTreeMap<String, VmStatus>;
 }

@@ -300,6 +300,10 @@ impl Driver for KvmDriver {
         tap::unplug_nics(domain);
     }
 
+    fn usage(&mut self) -> BTreeMap<String, crate::metrics::VmUsage> {
+        vm_dir::usage_of(self.vms.iter())
+    }
+
     fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {
         self.vms.iter_mut().map(|(name, vm)| (name.clone(), Self::status_of(vm))).collect()
     }

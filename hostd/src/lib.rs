@@ -46,6 +46,7 @@ pub mod driver;
 pub mod fake;
 pub mod kvm;
 pub mod lease;
+pub mod metrics;
 pub mod net_host;
 pub mod networks;
 pub mod pass;

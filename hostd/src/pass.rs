@@ -10,6 +10,7 @@ use controlplane::model::ObservedPhase;
 use tracing::warn;
 
 use crate::driver::{Driver, DriverError};
+use crate::metrics::timed;
 use crate::reconciler::{reconcile, Action, Assigned, Memory};
 
 /// An observation to send to the cluster.
@@ -43,7 +44,8 @@ impl HostPass {
         assigned: &BTreeMap<String, Assigned>,
         now_ms: u64,
     ) -> Vec<Observation> {
-        let observed = driver.list(now_ms);
+        let observed = timed("list", || driver.list(now_ms));
+        crate::metrics::vms(&observed);
         let mut out = Vec::new();
         for action in reconcile(assigned, &observed, &self.memory) {
             match action {
@@ -51,10 +53,12 @@ impl HostPass {
                     // A revert to a disk snapshot: the disks go back first, the VM boots
                     // afresh on them (again at each try: the images are the same).
                     let disks_back = match &spec.disks_from {
-                        Some(file) => driver.restore_disks(&spec.domain, &spec.disks, Path::new(file)),
+                        Some(file) => timed("restore_disks", || {
+                            driver.restore_disks(&spec.domain, &spec.disks, Path::new(file))
+                        }),
                         None => Ok(()),
                     };
-                    if let Err(e) = disks_back.and_then(|()| driver.start(&spec, now_ms)) {
+                    if let Err(e) = disks_back.and_then(|()| timed("start", || driver.start(&spec, now_ms))) {
                         warn!(domain = %spec.domain, error = %e, "start failed");
                         out.push(Observation {
                             domain: spec.domain.clone(),
@@ -64,26 +68,26 @@ impl HostPass {
                         });
                     }
                 }
-                Action::Pause(d) => log_err(&d, "pause", driver.pause(&d, now_ms)),
-                Action::Resume(d) => log_err(&d, "resume", driver.resume(&d, now_ms)),
+                Action::Pause(d) => log_err(&d, "pause", timed("pause", || driver.pause(&d, now_ms))),
+                Action::Resume(d) => log_err(&d, "resume", timed("resume", || driver.resume(&d, now_ms))),
                 Action::Shutdown(d) => {
                     let since = *self.shutdown_since.entry(d.clone()).or_insert(now_ms);
                     if now_ms.saturating_sub(since) > self.shutdown_timeout_ms {
                         warn!(domain = %d, "graceful shutdown timed out; destroying");
-                        log_err(&d, "destroy", driver.destroy(&d, now_ms));
+                        log_err(&d, "destroy", timed("destroy", || driver.destroy(&d, now_ms)));
                     } else {
-                        log_err(&d, "shutdown", driver.shutdown(&d, now_ms));
+                        log_err(&d, "shutdown", timed("shutdown", || driver.shutdown(&d, now_ms)));
                     }
                 }
-                Action::Destroy(d) => log_err(&d, "destroy", driver.destroy(&d, now_ms)),
+                Action::Destroy(d) => log_err(&d, "destroy", timed("destroy", || driver.destroy(&d, now_ms))),
                 Action::Reboot(d) => {
-                    log_err(&d, "reboot", driver.reboot(&d, now_ms));
+                    log_err(&d, "reboot", timed("reboot", || driver.reboot(&d, now_ms)));
                     if let Some(a) = assigned.get(&d) {
                         self.memory.rebooted.insert(d.clone(), (a.spec.generation, a.reboots));
                     }
                 }
                 Action::Remove(d) => {
-                    driver.remove(&d);
+                    timed("remove", || driver.remove(&d));
                     self.shutdown_since.remove(&d);
                 }
                 Action::Report { domain, generation, phase, reason } => {

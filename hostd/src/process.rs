@@ -81,9 +81,13 @@ pub struct HostdArgs {
     /// Where the replica's raft services listen; the leader sends it the log there.
     #[arg(long)]
     pub replica_listen: Option<SocketAddr>,
-    /// Allow --replica-listen beyond loopback. There is no authentication yet.
+    /// Allow --replica-listen (and --metrics-listen) beyond loopback. There is no
+    /// authentication yet.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Serve Prometheus metrics at http://<this>/metrics. Default: none.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +174,16 @@ fn vmm_program() -> Result<(PathBuf, Vec<String>), ProcessError> {
 /// Run a host agent with `args`, reaching the control replicas at `endpoints`, until
 /// SIGTERM or Ctrl-C.
 pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessError> {
+    if let Some(addr) = args.metrics_listen {
+        if !addr.ip().is_loopback() && !args.allow_remote {
+            return Err(ProcessError::Args(format!(
+                "--metrics-listen {addr} is not a loopback address; pass --allow-remote to serve it anyway"
+            )));
+        }
+        raft::metrics::serve(addr).map_err(ProcessError::Args)?;
+        crate::metrics::describe();
+        info!(%addr, "serving metrics");
+    }
     let labels = args
         .labels
         .iter()

@@ -505,6 +505,10 @@ impl Driver for QemuDriver {
         tap::unplug_nics(domain);
     }
 
+    fn usage(&mut self) -> BTreeMap<String, crate::metrics::VmUsage> {
+        vm_dir::usage_of(self.vms.iter())
+    }
+
     fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {
         self.guards.retain_mut(|g| matches!(g.try_wait(), Ok(None)));
         let mut vms = std::mem::take(&mut self.vms);

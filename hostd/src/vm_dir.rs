@@ -220,6 +220,28 @@ pub fn runs_in(pid: u32, dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// What process `pid` uses: its CPU time (user + system, every thread) and resident
+/// memory, from `/proc`; `None` once it is gone.
+pub fn usage(pid: u32) -> Option<crate::metrics::VmUsage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may hold spaces), from field 3 (state).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(crate::metrics::VmUsage {
+        cpu_seconds: ticks as f64 / rustix::param::clock_ticks_per_second() as f64,
+        resident_bytes: pages * rustix::param::page_size() as u64,
+    })
+}
+
+/// The usage of every VM process in `vms` that is still there.
+pub fn usage_of<'a>(
+    vms: impl Iterator<Item = (&'a String, &'a VmProcess)>,
+) -> std::collections::BTreeMap<String, crate::metrics::VmUsage> {
+    vms.filter_map(|(domain, vm)| Some((domain.clone(), usage(vm.pid)?))).collect()
+}
+
 /// SIGKILL `pid`.
 pub fn kill(pid: u32) {
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {

@@ -146,7 +146,9 @@ impl<K: Kv> Archive<K> {
     /// Record the envelopes one log entry produced. Writing the same entry again (after a
     /// restart re-applies the log) rewrites identical records.
     pub fn record(&self, raft_index: u64, envelopes: &[EventEnvelope]) -> Result<(), KvError> {
-        self.write(envelopes.iter().map(|e| (raft_index, e)))
+        self.write(envelopes.iter().map(|e| (raft_index, e)))?;
+        metrics::counter!(crate::metrics::ARCHIVE_EVENTS_TOTAL).increment(envelopes.len() as u64);
+        Ok(())
     }
 
     fn write<'a>(&self, records: impl Iterator<Item = (u64, &'a EventEnvelope)>) -> Result<(), KvError> {
@@ -253,6 +255,7 @@ impl<K: Kv> Archive<K> {
         if (due || force) && seq > 0 {
             let bytes = codec::encode(state);
             self.kv.put(Tree::Checkpoints, &u64_key(seq), &bytes)?;
+            metrics::counter!(crate::metrics::ARCHIVE_CHECKPOINTS_TOTAL).increment(1);
             let mut interval = self.checkpoint_every;
             while interval.saturating_mul(CHECKPOINT_BYTES_PER_EVENT) < bytes.len() as u64
                 && interval < u64::MAX / 2

@@ -605,9 +605,11 @@ impl Kv for WalKv {
         };
         // Off the runtime's threads: an fdatasync takes milliseconds. Every record written
         // before this point is covered; records written meanwhile may be too.
+        let started = std::time::Instant::now();
         let synced = tokio::task::spawn_blocking(move || file.sync_data())
             .await
             .map_err(|e| KvError::Io(format!("the sync task ended: {e}")))?;
+        metrics::histogram!(crate::metrics::LOG_SYNC_SECONDS).record(started.elapsed().as_secs_f64());
         let mut inner = self.lock();
         if let Err(e) = synced {
             inner.failed = Some(e.to_string());

@@ -41,6 +41,7 @@ pub mod kv_sled;
 pub mod kv_wal;
 pub mod leases;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;

@@ -275,6 +275,7 @@ impl Node {
             clock: Arc::new(now_ms),
         };
         tokio::spawn(ha.run());
+        tokio::spawn(crate::metrics::sample(raft.clone(), config.node_id));
         info!(node = config.node_id, cluster = ?cluster.get(), "replica started");
         Ok(Node {
             inner: Arc::new(NodeInner {

@@ -220,9 +220,16 @@ impl Proposer {
                 }
                 fresh => fresh,
             };
-            let proposal = match decision.map_err(ProposeError::Rejected)? {
-                Decision::AlreadyCommitted(c) => return Ok(c),
-                Decision::Propose(p) => p,
+            let proposal = match decision {
+                Err(r) => {
+                    crate::metrics::proposal("rejected");
+                    return Err(ProposeError::Rejected(r));
+                }
+                Ok(Decision::AlreadyCommitted(c)) => {
+                    crate::metrics::proposal("duplicate");
+                    return Ok(c);
+                }
+                Ok(Decision::Propose(p)) => p,
             };
             let speculative = (self.inner.bug == Bug::AckBeforeCommit).then(|| {
                 let mut state = self.inner.shared.state.read().expect("state lock").clone();
@@ -236,7 +243,16 @@ impl Proposer {
                 // The deliberate bug: the answer does not wait for the commit.
                 return Ok(c);
             }
-            match rx.await {
+            let answer = rx.await;
+            crate::metrics::proposal(match &answer {
+                Ok(Ok(ProposalOutcome::Applied(_))) => "applied",
+                Ok(Ok(ProposalOutcome::Duplicate(_))) => "duplicate",
+                Ok(Ok(ProposalOutcome::Conflict { .. })) => "conflict",
+                Ok(Ok(ProposalOutcome::Unfit { .. })) => "unfit",
+                Ok(Err(WriteFailure::NotLeader)) => "not_leader",
+                Ok(Err(WriteFailure::Other(_))) | Err(_) => "failed",
+            });
+            match answer {
                 Ok(Ok(ProposalOutcome::Applied(c) | ProposalOutcome::Duplicate(c))) => return Ok(c),
                 Ok(Ok(ProposalOutcome::Conflict { key, .. })) => last_conflict = key.to_string(),
                 Ok(Ok(ProposalOutcome::Unfit { host, .. })) => last_conflict = format!("host {host}"),
@@ -287,9 +303,12 @@ async fn batcher(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<Pending>) {
         crate::runtime::spawn(async move {
             let (proposals, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let count = proposals.len();
+            metrics::histogram!(crate::metrics::BATCH_PROPOSALS).record(count as f64);
+            let started = std::time::Instant::now();
             let write = raft.client_write(ProposalBatch(Arc::new(proposals)));
             let result =
                 tokio::time::timeout(std::time::Duration::from_millis(COMMIT_WAIT_MAX_MS), write).await;
+            metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
             drop(slot);
             let Ok(result) = result else {
                 let why = format!("not committed within {COMMIT_WAIT_MAX_MS} ms; it may still commit: retry with the same request id");
