@@ -120,6 +120,17 @@ pub enum DomainCmd {
     List,
     /// One domain in full: spec, status, reason, snapshots to restore from.
     Info { name: String },
+    /// Print the domain's serial console, as its host keeps it (read-only, like `virsh
+    /// console` without typing); with --follow, keep printing what the guest prints until
+    /// interrupted.
+    Console {
+        name: String,
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last this many bytes of what is kept (default: all of it).
+        #[arg(long, default_value_t = 0)]
+        tail_bytes: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -476,6 +487,15 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
     let consistency = if args.local { pb::Consistency::Local } else { pb::Consistency::Linearizable } as i32;
     let o = args.output;
     let printed = match cmd {
+        ClientCmd::Domain(DomainCmd::Console { name, follow, tail_bytes }) => {
+            let req = pb::ConsoleRequest { name, follow, tail_bytes };
+            let mut stream = rpc!(c, DomainsClient, console, req.clone());
+            while let Some(chunk) = stream.message().await? {
+                out.write_all(&chunk.data)?;
+                out.flush()?;
+            }
+            return Ok(());
+        }
         ClientCmd::Domain(cmd) => domain(&c, o, consistency, cmd).await?,
         ClientCmd::Host(cmd) => host(&c, o, consistency, cmd).await?,
         ClientCmd::Net(cmd) => net(&c, o, consistency, cmd).await?,
@@ -582,6 +602,8 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
                 || Value::Array(list.iter().map(domain_json).collect()),
             )
         }
+        // `run` streams it, printing as it comes rather than once at the end.
+        DomainCmd::Console { .. } => unreachable!("run handles the console"),
         DomainCmd::Info { name } => {
             let d = rpc!(c, DomainsClient, get, pb::GetDomainRequest { name: name.clone(), consistency });
             let v = domain_json(&d);

@@ -40,6 +40,7 @@
 pub mod agent;
 pub mod assignment;
 pub mod conformance;
+pub mod console;
 pub mod dir_pool;
 pub mod disk_images;
 pub mod driver;

@@ -139,9 +139,24 @@ async fn start_host_replica(args: &HostdArgs, endpoints: &[String]) -> Result<Op
     let node = Node::start(NodeConfig::new(id, listen, dir.clone()))
         .await
         .map_err(|e| ProcessError::Replica(format!("starting replica {id}: {e}")))?;
+    // The replica's raft services, and the host's own for the control replicas (its
+    // VMs' consoles), on the one port.
     let serving = node.clone();
+    let consoles = crate::console::ConsoleService {
+        run_dir: (args.driver != DriverKind::Fake).then(|| args.run_dir.clone()),
+    };
     tokio::spawn(async move {
-        if let Err(e) = raft::service::serve(serving, std::future::pending()).await {
+        let served = async {
+            let incoming = raft::service::listen(&serving).await?;
+            raft::service::server_builder()
+                .add_service(raft::service::raft_server(serving.clone()))
+                .add_service(raft::service::replication_server(serving))
+                .add_service(proto::host::host_agent_server::HostAgentServer::new(consoles))
+                .serve_with_incoming_shutdown(incoming, std::future::pending())
+                .await?;
+            Ok::<_, raft::service::ServeError>(())
+        };
+        if let Err(e) = served.await {
             warn!(error = %e, "the host's replica stopped serving");
         }
     });

@@ -43,7 +43,7 @@ pub mod snapshot;
 
 pub const QMP_FILE: &str = "qmp.sock";
 pub const CONSOLE_SOCKET_FILE: &str = "console.sock";
-pub const CONSOLE_FILE: &str = "console.log";
+pub const CONSOLE_FILE: &str = vmm_control::control::CONSOLE_FILE;
 pub const QEMU_LOG_FILE: &str = "qemu.log";
 pub const EXIT_FILE: &str = vm_dir::EXIT_FILE;
 /// How long QEMU may take to come up and answer QMP.

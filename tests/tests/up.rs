@@ -133,7 +133,45 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
             async move { std::fs::read_to_string(console).ok()?.contains(testguest::MARKER).then_some(()) }
         })
         .await;
+        // The console through the API, from whichever host runs it: what it printed so
+        // far, then, following, the counter as it goes on (a tick every second).
+        let printed = drover(&endpoints, &["domain", "console", "web"]);
+        assert!(printed.contains(testguest::MARKER), "{printed}");
+        let tail = drover(&endpoints, &["domain", "console", "web", "--tail-bytes", "10"]);
+        assert_eq!(tail.len(), 10, "{tail:?}");
+        let ticks_before = printed.matches(testguest::TICK_PREFIX).count();
+        let mut follow = tests::KillOnDrop(
+            Command::new(drover_bin())
+                .args(["--endpoint", &endpoints, "domain", "console", "web", "--follow"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = follow.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ticks = 0;
+        while ticks <= ticks_before + 1 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("the followed console goes on with new ticks");
+            ticks += usize::from(line.contains(testguest::TICK_PREFIX));
+        }
+        drop(follow);
     }
+    // A domain that is not placed has no console; an unknown one is not found.
+    let refused = Command::new(drover_bin())
+        .args(["--endpoint", &endpoints, "domain", "console", "nothing-here"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("NotFound"), "{refused:?}");
     // Snapshots and migrations through the CLI (no migration controller yet: a started
     // migration waits in `preparing` until aborted). The host takes the snapshot, into the
     // snapshot directory every host of `drover up` shares.

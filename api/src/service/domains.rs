@@ -1,16 +1,61 @@
 //! `drover.api.v1.Domains`.
 
+use std::pin::Pin;
+use std::time::Duration;
+
 use controlplane::model::ResourceKind;
 use controlplane::Command;
 use proto::api as pb;
 use proto::api::domains_server::Domains;
+use proto::host::host_agent_client::HostAgentClient;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{not_found, Api};
 use proto::convert;
 
+/// How long a replica waits to reach the host whose console it forwards.
+const HOST_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[tonic::async_trait]
 impl Domains for Api {
+    type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleChunk, Status>> + Send>>;
+
+    /// Forwarded to the host that runs the domain's current run (from this replica's own
+    /// state: a console needs no linearizable read), which streams its VM's console log.
+    async fn console(
+        &self,
+        request: Request<pb::ConsoleRequest>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        let r = request.into_inner();
+        let placed = self.node.read_local(|s| {
+            let d = s.domain(&r.name)?;
+            Some(d.status.host.as_ref().map(|h| (h.clone(), s.host(h).map(|h| h.address.clone()))))
+        });
+        let (host, address) = match placed {
+            None => return Err(not_found(ResourceKind::Domain, &r.name)),
+            Some(None) => {
+                return Err(Status::failed_precondition(format!(
+                    "domain {} is not placed on a host: it has no console now",
+                    r.name
+                )))
+            }
+            Some(Some((host, address))) => (host, address.unwrap_or_default()),
+        };
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!(
+                "cannot reach host {host} at {address:?} for the console of {}: {e} (a host serves consoles on its --replica-listen)",
+                r.name
+            ))
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| unreachable(&e))?
+            .connect_timeout(HOST_CONNECT_TIMEOUT);
+        let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+        let stream = HostAgentClient::new(channel).console(r.clone()).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn define(
         &self,
         request: Request<pb::DefineDomainRequest>,

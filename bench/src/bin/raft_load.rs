@@ -80,6 +80,9 @@ struct Args {
     /// Drive an already running Drover cluster at these replicas instead of starting one.
     #[arg(long, value_delimiter = ',')]
     drover_endpoints: Vec<String>,
+    /// Start Drover's replicas with --metrics-listen (what metrics cost).
+    #[arg(long)]
+    metrics: bool,
 }
 
 #[derive(Debug)]
@@ -152,8 +155,21 @@ async fn drover(args: &Args) -> anyhow::Result<()> {
         return drive_drover(args, args.drover_endpoints.clone()).await;
     }
     let mut p = Processes::new();
-    let a1 = p.bootstrap(&["--log", "warn"]).await;
-    p.join_voters(&a1, &[2, 3], &["--log", "warn"]).await;
+    if !args.metrics {
+        let a1 = p.bootstrap(&["--log", "warn"]).await;
+        p.join_voters(&a1, &[2, 3], &["--log", "warn"]).await;
+        return drive_drover(args, p.addrs()).await;
+    }
+    let metrics: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", tests::free_port())).collect();
+    let a1 = p.bootstrap(&["--log", "warn", "--metrics-listen", &metrics[0]]).await;
+    p.join_voters(&a1, &[2], &["--log", "warn", "--metrics-listen", &metrics[1]]).await;
+    p.join_voters(&a1, &[3], &["--log", "warn", "--metrics-listen", &metrics[2]]).await;
+    let client = raft::client::Client::new(vec![a1.clone()]);
+    tests::wait_for("three voters", Duration::from_secs(60), || async {
+        client.status(&a1).await.ok().filter(|s| s.voters.len() == 3).map(|_| ())
+    })
+    .await;
+    println!("metrics at {}", metrics.join(" "));
     drive_drover(args, p.addrs()).await
 }
 
