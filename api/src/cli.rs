@@ -105,9 +105,19 @@ pub enum DomainCmd {
     /// Remove a stopped domain's definition (refused while it has snapshots).
     Undefine { name: String },
     /// Place the domain on a host with room and boot it (a new run, with a new generation).
-    Start { name: String },
+    Start {
+        name: String,
+        /// Return once its host reports it running (an error if it fails to start).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Graceful shutdown (ACPI), destroyed after the host's timeout.
-    Shutdown { name: String },
+    Shutdown {
+        name: String,
+        /// Return once it has stopped and left its host.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Stop at once.
     Destroy { name: String },
     /// Restart the guest in place (same run).
@@ -566,8 +576,20 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
             written(o, &format!("domain {name} defined"), &w)
         }
         DomainCmd::Undefine { name } => act!(undefine, name, "undefined"),
-        DomainCmd::Start { name } => act!(start, name, "started"),
-        DomainCmd::Shutdown { name } => act!(shutdown, name, "is being shut down"),
+        DomainCmd::Start { name, wait: false } => act!(start, name, "started"),
+        DomainCmd::Start { name, wait: true } => {
+            let req = action(name.clone());
+            let w = rpc!(c, DomainsClient, start, req.clone());
+            let host = wait_for_phase(c, consistency, &name, Until::Running).await?;
+            written(o, &format!("domain {name} is running on host {host}"), &w)
+        }
+        DomainCmd::Shutdown { name, wait: false } => act!(shutdown, name, "is being shut down"),
+        DomainCmd::Shutdown { name, wait: true } => {
+            let req = action(name.clone());
+            let w = rpc!(c, DomainsClient, shutdown, req.clone());
+            wait_for_phase(c, consistency, &name, Until::Stopped).await?;
+            written(o, &format!("domain {name} has stopped"), &w)
+        }
         DomainCmd::Destroy { name } => act!(destroy, name, "destroyed"),
         DomainCmd::Reboot { name } => act!(reboot, name, "is rebooting"),
         DomainCmd::Suspend { name } => act!(suspend, name, "suspended"),
@@ -777,7 +799,9 @@ async fn drain(
         .map(|d| d.name.clone())
         .collect();
     let mut moved = Vec::new();
+    let spinner = crate::progress::Spinner::new(format!("draining host {host}"));
     for name in on_host {
+        spinner.say(format!("draining host {host}: moving {name}"));
         let req = pb::DomainActionRequest { request_id: new_id(), name: name.clone() };
         rpc!(c, DomainsClient, shutdown, req.clone());
         let deadline = std::time::Instant::now() + timeout;
@@ -807,6 +831,48 @@ async fn drain(
 
 /// How often a drain looks whether a domain has stopped.
 const DRAIN_POLL_MS: u64 = 100;
+/// How long `domain start --wait` and `domain shutdown --wait` wait.
+const DOMAIN_WAIT: Duration = Duration::from_secs(300);
+
+/// What `--wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    Running,
+    Stopped,
+}
+
+/// Wait until domain `name` runs (its host is returned) or has stopped and left its host;
+/// a run that fails or crashes on the way is an error with the host's reason.
+async fn wait_for_phase(c: &ApiClient, consistency: i32, name: &str, until: Until) -> anyhow::Result<String> {
+    let spinner = crate::progress::Spinner::new(format!("waiting for domain {name}"));
+    let deadline = std::time::Instant::now() + DOMAIN_WAIT;
+    loop {
+        let get = pb::GetDomainRequest { name: name.to_owned(), consistency };
+        let status = rpc!(c, DomainsClient, get, get.clone()).status.unwrap_or_default();
+        let phase = status.phase();
+        spinner.say(format!("domain {name}: {} {}", word::<pb::DomainPhase>(status.phase), status.host));
+        match (until, phase) {
+            (Until::Running, pb::DomainPhase::Running) => return Ok(status.host),
+            (Until::Running, pb::DomainPhase::Failed | pb::DomainPhase::Crashed | pb::DomainPhase::Lost) => {
+                anyhow::bail!(
+                    "domain {name} {} on host {}: {}",
+                    word::<pb::DomainPhase>(status.phase),
+                    status.host,
+                    status.reason
+                )
+            }
+            (Until::Stopped, _) if status.host.is_empty() => return Ok(String::new()),
+            _ => {}
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "domain {name} is still {} after {} s",
+            word::<pb::DomainPhase>(status.phase),
+            DOMAIN_WAIT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
+}
 
 async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyhow::Result<Printed> {
     let set = |name: String, state: HostState| pb::SetHostStateRequest {
@@ -1158,6 +1224,7 @@ async fn wait_for_volume(
 ) -> anyhow::Result<Option<pb::Volume>> {
     let id = vref(volume)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(VOLUME_WAIT_MS);
+    let spinner = crate::progress::Spinner::new(format!("waiting for volume {volume}"));
     loop {
         let req = pb::GetVolumeRequest { volume: Some(id.clone()), consistency };
         let got = c
@@ -1178,6 +1245,7 @@ async fn wait_for_volume(
         if !pending {
             return Ok(Some(v));
         }
+        spinner.say(format!("volume {volume}: {} on host {}", volume_state(&v), v.pending_host));
         if std::time::Instant::now() >= deadline {
             anyhow::bail!(
                 "volume {volume} still {} on host {} after {} s; `vol list` shows when it ends",
@@ -1294,6 +1362,8 @@ async fn wait_for_snapshot(
     name: &str,
 ) -> anyhow::Result<pb::Snapshot> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(SNAPSHOT_WAIT_MS);
+    let _spinner =
+        crate::progress::Spinner::new(format!("waiting for a host to take snapshot {domain}/{name}"));
     loop {
         let req = pb::ListSnapshotsRequest { domain: domain.to_owned(), consistency, ..Default::default() };
         let list = rpc!(c, SnapshotsClient, list, req.clone()).snapshots;
@@ -1442,7 +1512,9 @@ async fn audit(
             )
         }
         AuditCmd::Verify => {
+            let spinner = crate::progress::Spinner::new("replaying the archive");
             let v = rpc!(c, AuditClient, verify, pb::VerifyRequest {});
+            drop(spinner);
             if !v.ok {
                 anyhow::bail!(
                     "verify FAILED: replaying {} events gives {}, the live state is {}",

@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod client;
 pub mod metrics;
+pub mod progress;
 pub mod server;
 pub mod service;
 pub mod spec_file;

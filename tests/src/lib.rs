@@ -294,6 +294,28 @@ impl Processes {
 
     /// Start replicas `ids` joining through `seed` as voters with `flags`; wait until the
     /// leader at `seed` counts them all as voters.
+    /// Three voters (1 bootstraps, 2 and 3 join), each with `flags` and, with `metrics`,
+    /// serving Prometheus metrics on a port of its own (returned after the seed's address).
+    pub async fn three_voters(&mut self, flags: &[&str], metrics: bool) -> (String, Vec<String>) {
+        if !metrics {
+            let seed = self.bootstrap(flags).await;
+            self.join_voters(&seed, &[2, 3], flags).await;
+            return (seed, Vec::new());
+        }
+        let ports: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let with = |i: usize| [flags, &["--metrics-listen", &ports[i]][..]].concat();
+        let seed = self.bootstrap(&with(0)).await;
+        for (i, id) in [(1, 2), (2, 3)] {
+            self.start(id, &[&["--join", &seed, "--voter"][..], &with(i)].concat());
+        }
+        let client = raft::client::Client::new(vec![seed.clone()]);
+        wait_for("three voters", Duration::from_secs(60), || async {
+            client.status(&seed).await.ok().filter(|s| s.voters.len() == 3).map(|_| ())
+        })
+        .await;
+        (seed, ports)
+    }
+
     pub async fn join_voters(&mut self, seed: &str, ids: &[u64], flags: &[&str]) {
         for &id in ids {
             self.start(id, &[&["--join", seed, "--voter"][..], flags].concat());

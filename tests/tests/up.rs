@@ -112,7 +112,11 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     // The example spec `up` wrote boots the test guest it wrote beside it.
     let spec = data.join("hello.yaml");
     drover(&endpoints, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
-    drover(&endpoints, &["domain", "start", "web"]);
+    // `--wait` returns once the host reports it running, and says where; piped, the
+    // spinner stays off (no escape codes).
+    let started = drover(&endpoints, &["domain", "start", "web", "--wait"]);
+    assert!(started.contains("domain web is running on host host-"), "{started}");
+    assert!(!started.contains('\x1b'), "{started:?}");
     let phase = |eps: String| async move {
         let out = Command::new(drover_bin())
             .args(["--endpoint", &eps, "--output", "json", "domain", "info", "web"])
@@ -196,12 +200,9 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     })
     .await;
     drover(&endpoints, &["domain", "resume", "web"]);
-    drover(&endpoints, &["domain", "shutdown", "web"]);
-    wait_for("web to stop and leave its host", Duration::from_secs(30), || {
-        let eps = endpoints.clone();
-        async move { phase(eps).await.filter(|(p, h)| p == "stopped" && h.is_empty()) }
-    })
-    .await;
+    let stopped = drover(&endpoints, &["domain", "shutdown", "web", "--wait"]);
+    assert!(stopped.contains("domain web has stopped"), "{stopped}");
+    assert_eq!(phase(endpoints.clone()).await, Some(("stopped".to_owned(), String::new())));
 
     if kvm {
         let text = std::fs::read_to_string(&console).unwrap();

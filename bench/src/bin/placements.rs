@@ -32,6 +32,9 @@ struct Args {
     /// Give up after this many seconds per phase.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    /// Start the replicas with --metrics-listen (what metrics cost).
+    #[arg(long)]
+    metrics: bool,
 }
 
 fn spec() -> pb::DomainSpec {
@@ -86,8 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let mut p = Processes::new();
     // The hosts are registered here, with no hostd renewing their leases.
     let flags = [&["--log", "warn"][..], tests::NO_HOSTD].concat();
-    let a1 = p.bootstrap(&flags).await;
-    p.join_voters(&a1, &[2, 3], &flags).await;
+    let (a1, _) = p.three_voters(&flags, args.metrics).await;
     let channel: Channel = tonic::transport::Endpoint::from_shared(format!("http://{a1}"))?.connect_lazy();
     let mut hosts = HostsClient::new(channel.clone());
     for i in 0..args.hosts {

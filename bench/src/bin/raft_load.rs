@@ -155,21 +155,10 @@ async fn drover(args: &Args) -> anyhow::Result<()> {
         return drive_drover(args, args.drover_endpoints.clone()).await;
     }
     let mut p = Processes::new();
-    if !args.metrics {
-        let a1 = p.bootstrap(&["--log", "warn"]).await;
-        p.join_voters(&a1, &[2, 3], &["--log", "warn"]).await;
-        return drive_drover(args, p.addrs()).await;
+    let (_, metrics) = p.three_voters(&["--log", "warn"], args.metrics).await;
+    if args.metrics {
+        println!("metrics at {}", metrics.join(" "));
     }
-    let metrics: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", tests::free_port())).collect();
-    let a1 = p.bootstrap(&["--log", "warn", "--metrics-listen", &metrics[0]]).await;
-    p.join_voters(&a1, &[2], &["--log", "warn", "--metrics-listen", &metrics[1]]).await;
-    p.join_voters(&a1, &[3], &["--log", "warn", "--metrics-listen", &metrics[2]]).await;
-    let client = raft::client::Client::new(vec![a1.clone()]);
-    tests::wait_for("three voters", Duration::from_secs(60), || async {
-        client.status(&a1).await.ok().filter(|s| s.voters.len() == 3).map(|_| ())
-    })
-    .await;
-    println!("metrics at {}", metrics.join(" "));
     drive_drover(args, p.addrs()).await
 }
 
