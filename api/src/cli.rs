@@ -461,7 +461,18 @@ fn domain_json(d: &pb::Domain) -> Value {
         "memory_mib": spec.memory_mib, "version": d.version, "migration_id": d.migration_id,
         "current_snapshot": d.current_snapshot,
         "restore_from": d.restore_from.as_ref().map(|r| format!("{}/{}", r.domain, r.name)).unwrap_or_default(),
+        "phase_since_ms": st.observed_ms,
+        "uptime_s": (st.phase() == pb::DomainPhase::Running).then(|| uptime_s(st.observed_ms)),
     })
+}
+
+/// Seconds since `since_ms` (ms since the Unix epoch): how long a domain has run since its
+/// host reported it running.
+fn uptime_s(since_ms: u64) -> u64 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now_ms.saturating_sub(since_ms) / 1000
 }
 
 fn event_json(e: &pb::Event) -> Value {

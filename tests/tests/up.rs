@@ -117,6 +117,9 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let started = drover(&endpoints, &["domain", "start", "web", "--wait"]);
     assert!(started.contains("domain web is running on host host-"), "{started}");
     assert!(!started.contains('\x1b'), "{started:?}");
+    let info: serde_json::Value =
+        serde_json::from_str(&drover(&endpoints, &["--output", "json", "domain", "info", "web"])).unwrap();
+    assert!(info["uptime_s"].is_u64() && info["phase_since_ms"].as_u64() > Some(0), "{info}");
     let phase = |eps: String| async move {
         let out = Command::new(drover_bin())
             .args(["--endpoint", &eps, "--output", "json", "domain", "info", "web"])
