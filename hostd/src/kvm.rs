@@ -300,8 +300,14 @@ impl Driver for KvmDriver {
         tap::unplug_nics(domain);
     }
 
+    /// With the VM exits each VMM counted (its status, over its socket).
     fn usage(&mut self) -> BTreeMap<String, crate::metrics::VmUsage> {
-        vm_dir::usage_of(self.vms.iter())
+        let mut usage = vm_dir::usage_of(self.vms.iter());
+        for (domain, u) in usage.iter_mut() {
+            let socket = self.vms[domain].dir.join(control::SOCKET_FILE);
+            u.exits = control::call(&socket, Request::Status).ok().map(|s| s.exits);
+        }
+        usage
     }
 
     fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {

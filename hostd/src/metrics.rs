@@ -20,6 +20,7 @@ pub const LEASE_REMAINING_SECONDS: &str = "drover_hostd_lease_remaining_seconds"
 /// Cumulative, as a gauge: the `metrics` facade's counters are whole numbers.
 pub const VM_CPU_SECONDS: &str = "drover_vm_cpu_seconds";
 pub const VM_RESIDENT_BYTES: &str = "drover_vm_resident_bytes";
+pub const VM_EXITS_TOTAL: &str = "drover_vm_exits_total";
 
 /// The help text of the host's series (call once an exporter is installed).
 pub fn describe() {
@@ -30,6 +31,7 @@ pub fn describe() {
     describe_gauge!(LEASE_REMAINING_SECONDS, "Until the host's lease passes and it fences itself");
     describe_gauge!(VM_CPU_SECONDS, "CPU time a VM's process has used (cumulative)");
     describe_gauge!(VM_RESIDENT_BYTES, "Resident memory of a VM's process");
+    describe_counter!(VM_EXITS_TOTAL, Unit::Count, "VM exits the own VMM handled for a VM");
 }
 
 /// Run driver call `call` (start, destroy, list, ...), recording how long it took.
@@ -60,6 +62,8 @@ pub struct VmUsage {
     pub cpu_seconds: f64,
     /// Resident memory of the process (guest memory it touched, and its own), bytes.
     pub resident_bytes: u64,
+    /// VM exits the hypervisor handled, where it counts them (the own VMM).
+    pub exits: Option<u64>,
 }
 
 /// Record each VM's usage; a VM gone since the last call keeps its last values until the
@@ -68,6 +72,9 @@ pub fn vm_usage(usage: &BTreeMap<String, VmUsage>) {
     for (domain, u) in usage {
         gauge!(VM_CPU_SECONDS, "domain" => domain.clone()).set(u.cpu_seconds);
         gauge!(VM_RESIDENT_BYTES, "domain" => domain.clone()).set(u.resident_bytes as f64);
+        if let Some(exits) = u.exits {
+            counter!(VM_EXITS_TOTAL, "domain" => domain.clone()).absolute(exits);
+        }
     }
 }
 

@@ -14,7 +14,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use controlplane::model::ObservedPhase;
-
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -232,14 +231,18 @@ pub fn usage(pid: u32) -> Option<crate::metrics::VmUsage> {
     Some(crate::metrics::VmUsage {
         cpu_seconds: ticks as f64 / rustix::param::clock_ticks_per_second() as f64,
         resident_bytes: pages * rustix::param::page_size() as u64,
+        exits: None,
     })
 }
 
-/// The usage of every VM process in `vms` that is still there.
+/// The usage of every VM process in `vms` that is still there (and still the VM's: a
+/// recycled pid is someone else's).
 pub fn usage_of<'a>(
     vms: impl Iterator<Item = (&'a String, &'a VmProcess)>,
 ) -> std::collections::BTreeMap<String, crate::metrics::VmUsage> {
-    vms.filter_map(|(domain, vm)| Some((domain.clone(), usage(vm.pid)?))).collect()
+    vms.filter(|(_, vm)| runs_in(vm.pid, &vm.dir))
+        .filter_map(|(domain, vm)| Some((domain.clone(), usage(vm.pid)?)))
+        .collect()
 }
 
 /// SIGKILL `pid`.

@@ -172,6 +172,7 @@ async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     if vmm::kvm_present_for("per-VM metrics of a guest under the own VMM") {
         until(&prometheus, r#"drover_vm_resident_bytes{domain="web"}"#, 1, |v| v > 0.0).await;
         until(&prometheus, r#"drover_vm_cpu_seconds{domain="web"}"#, 1, |v| v >= 0.0).await;
+        until(&prometheus, r#"drover_vm_exits_total{domain="web"}"#, 1, |v| v > 0.0).await;
     }
     drover(&endpoints, &["domain", "destroy", "web"]);
     drop(up);
