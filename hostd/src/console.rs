@@ -101,3 +101,64 @@ impl HostAgent for ConsoleService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    async fn next(stream: &mut <ConsoleService as HostAgent>::ConsoleStream) -> String {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a chunk within 10 s")
+            .expect("the stream goes on")
+            .expect("a chunk, not an error");
+        String::from_utf8(chunk.data).unwrap()
+    }
+
+    fn request(name: &str, follow: bool, tail_bytes: u64) -> Request<pb::ConsoleRequest> {
+        Request::new(pb::ConsoleRequest { name: name.into(), follow, tail_bytes })
+    }
+
+    #[tokio::test]
+    async fn a_console_is_read_whole_or_its_tail_and_followed_across_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = dir.path().join("web");
+        std::fs::create_dir_all(&vm).unwrap();
+        let log = vm.join(CONSOLE_FILE);
+        std::fs::write(&log, "booting\nready\n").unwrap();
+        let service = ConsoleService { run_dir: Some(dir.path().to_owned()) };
+
+        let mut whole = service.console(request("web", false, 0)).await.unwrap().into_inner();
+        assert_eq!(next(&mut whole).await, "booting\nready\n");
+        assert!(whole.next().await.is_none(), "not following: it ends at the end of the log");
+        let mut tail = service.console(request("web", false, 6)).await.unwrap().into_inner();
+        assert_eq!(next(&mut tail).await, "ready\n");
+
+        let mut follow = service.console(request("web", true, 0)).await.unwrap().into_inner();
+        assert_eq!(next(&mut follow).await, "booting\nready\n");
+        std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"tick 1\n").unwrap();
+        assert_eq!(next(&mut follow).await, "tick 1\n");
+        // The log passes its cap: the VMM moves it aside and starts a new one.
+        std::fs::rename(&log, vm.join(format!("{CONSOLE_FILE}.old"))).unwrap();
+        std::fs::write(&log, "tick 2\n").unwrap();
+        assert_eq!(next(&mut follow).await, "tick 2\n");
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_read_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = ConsoleService { run_dir: None };
+        let code = |r: Result<_, Status>| r.err().map(|s| s.code());
+        assert_eq!(code(fake.console(request("web", false, 0)).await), Some(tonic::Code::FailedPrecondition));
+        let service = ConsoleService { run_dir: Some(dir.path().to_owned()) };
+        assert_eq!(code(service.console(request("web", false, 0)).await), Some(tonic::Code::NotFound));
+        assert_eq!(
+            code(service.console(request("../etc", false, 0)).await),
+            Some(tonic::Code::InvalidArgument)
+        );
+    }
+}
