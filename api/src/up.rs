@@ -262,8 +262,9 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
             // One snapshot directory for every host, as shared storage would give.
             "--snapshot-dir".into(),
             data_dir.join("snapshots").display().to_string(),
-            // Every host holds a replica of the log (a raft learner), ids from 101, ports
-            // after the control replicas'.
+            // Every host holds a replica of the log (a raft learner), ids from 101, on
+            // base+4.. (base+3 is left free: kept as it was, since a cluster resumed
+            // with `drover up` has its learners' addresses in its membership).
             "--replica-dir".into(),
             data_dir.join(format!("host-{h}")).join("replica").display().to_string(),
             "--replica-id".into(),

@@ -145,9 +145,16 @@ async fn start_host_replica(args: &HostdArgs, endpoints: &[String]) -> Result<Op
     let consoles = crate::console::ConsoleService {
         run_dir: (args.driver != DriverKind::Fake).then(|| args.run_dir.clone()),
     };
+    // Bound here, not in the task: a host whose replica cannot listen would follow no log
+    // and act on nothing, so it fails to start instead.
+    let incoming = raft::service::listen(&serving).await.map_err(|e| match e {
+        raft::service::ServeError::Bind { addr, source } => {
+            ProcessError::Replica(format!("replica {id} cannot listen on {addr}: {source}"))
+        }
+        other => ProcessError::Replica(format!("serving replica {id}: {other}")),
+    })?;
     tokio::spawn(async move {
         let served = async {
-            let incoming = raft::service::listen(&serving).await?;
             raft::service::server_builder()
                 .add_service(raft::service::raft_server(serving.clone()))
                 .add_service(raft::service::replication_server(serving))

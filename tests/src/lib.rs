@@ -57,6 +57,33 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("addr").port()
 }
 
+/// `n` consecutive ports on 127.0.0.1, free a moment ago, starting at the one returned,
+/// for processes that bind them later (a `drover up`'s replicas, hosts and metrics).
+/// They come from below the kernel's ephemeral range, so the outgoing connections of
+/// tests running meanwhile cannot take them before those processes bind them; each call
+/// in a test binary gets a run of its own.
+pub fn free_run(n: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    const LOW: u16 = 10_000;
+    assert!(ephemeral_low > LOW + 1_000, "the ephemeral port range starts too low ({ephemeral_low})");
+    let span = ephemeral_low - LOW - n;
+    // Spread binaries apart by pid; calls within one binary by a cursor.
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..1_000 {
+        let step = NEXT.fetch_add(n, Ordering::Relaxed);
+        let base = LOW + (start.wrapping_add(step) % span);
+        if (0..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports below {ephemeral_low}");
+}
+
 /// Poll `check` until it returns `Some`, or fail after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

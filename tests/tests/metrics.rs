@@ -4,22 +4,11 @@
 //! start, its HTTP API shows the series Drover exports, with counters that moved.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{drover_bin, free_port, wait_for, KillOnDrop};
-
-/// `n` consecutive free ports on 127.0.0.1, starting at the one returned.
-fn free_run(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if base < 60_000 && (1..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports");
-}
+use tests::{drover_bin, free_port, free_run, wait_for, KillOnDrop};
 
 /// Stops the `drover up` (SIGINT, as Ctrl-C) when the test ends, passing or not.
 struct Up(Child);
@@ -86,7 +75,8 @@ fn drover(endpoints: &str, args: &[&str]) -> String {
 async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     let prometheus_bin = which("prometheus").expect("prometheus is not installed (scripts/deps installs it)");
     let dir = tempfile::tempdir().unwrap();
-    let (base, metrics_base) = (free_run(6), free_run(6));
+    // A cluster takes base..=base+6 (learners from base+4), its metrics six more.
+    let (base, metrics_base) = (free_run(7), free_run(6));
     let mut up = Up(Command::new(drover_bin())
         .args(["up", "--data-dir"])
         .arg(dir.path().join("cluster"))

@@ -4,22 +4,10 @@
 //! shows the guest's marker; Ctrl-C stops every process and VM; running it again resumes
 //! the same cluster.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{drover_bin, wait_for};
-
-/// A base port with the two ports after it free too.
-fn free_base() -> u16 {
-    for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if base < 60_000 && (1..6).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no six consecutive free ports (3 replicas, 3 host replicas)");
-}
+use tests::{drover_bin, free_run, wait_for};
 
 /// Stops a `drover up` the test left behind (a failed assertion), so no cluster or VM
 /// outlives the test.
@@ -41,7 +29,7 @@ fn up(dir: &std::path::Path, base: u16) -> Child {
     Command::new(drover_bin())
         .args(["up", "--data-dir"])
         .arg(dir)
-        .args(["--base-port", &base.to_string()])
+        .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -77,7 +65,7 @@ fn processes_of_cluster(base: u16) -> usize {
 async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cluster");
-    let base = free_base();
+    let base = free_run(13);
     let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
     let child = up(&data, base);
     let mut guard = UpGuard(Some(child.id()));
@@ -267,11 +255,11 @@ fn pid_of(pattern: &str) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base();
+    let base = free_run(13);
     let child = Command::new(drover_bin())
         .args(["up", "--driver", "fake", "--data-dir"])
         .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
+        .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
