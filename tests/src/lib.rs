@@ -70,8 +70,12 @@ pub fn free_run(n: u16) -> u16 {
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(32_768);
     const LOW: u16 = 10_000;
+    /// The longest run asked for: every call maps the cursor onto the same span, so one
+    /// binary's runs follow each other and never overlap.
+    const RUN_MAX: u16 = 64;
+    assert!(n <= RUN_MAX, "at most {RUN_MAX} ports in a run");
     assert!(ephemeral_low > LOW + 1_000, "the ephemeral port range starts too low ({ephemeral_low})");
-    let span = ephemeral_low - LOW - n;
+    let span = ephemeral_low - LOW - RUN_MAX;
     // Spread binaries apart by pid; calls within one binary by a cursor.
     let start = (std::process::id() % u32::from(span)) as u16;
     for _ in 0..1_000 {
@@ -122,6 +126,16 @@ pub fn drover_cli(endpoint: &str, args: &[&str]) -> String {
         Command::new(drover_bin()).args(["--endpoint", endpoint]).args(args).output().expect("drover runs");
     assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Wait until the cluster at `endpoints` lists `count` hosts as ready (`drover host list`).
+pub async fn wait_ready_hosts(endpoints: &str, count: usize) {
+    wait_for(&format!("{count} ready hosts"), Duration::from_secs(60), || async move {
+        let out = Command::new(drover_bin()).args(["--endpoint", endpoints, "host", "list"]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.lines().filter(|l| l.contains(" ready ")).count() == count).then_some(())
+    })
+    .await;
 }
 
 /// The Debian Linux test guest's directory (`vmlinuz`, `initramfs.cpio.gz`, `disk.img`),

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{drover_bin, free_port, free_run, wait_for, KillOnDrop};
+use tests::{drover_bin, drover_cli, free_port, free_run, wait_for, KillOnDrop};
 
 /// Stops the `drover up` (SIGINT, as Ctrl-C) when the test ends, passing or not.
 struct Up(Child);
@@ -65,12 +65,6 @@ async fn until(prometheus: &str, promql: &str, count: usize, ok: impl Fn(f64) ->
     .await;
 }
 
-fn drover(endpoints: &str, args: &[&str]) -> String {
-    let out = Command::new(drover_bin()).args(["--endpoint", endpoints]).args(args).output().unwrap();
-    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     let prometheus_bin = which("prometheus").expect("prometheus is not installed (scripts/deps installs it)");
@@ -99,19 +93,10 @@ async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     std::thread::spawn(move || lines.for_each(drop));
 
     let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
-    let eps = endpoints.clone();
-    wait_for("three ready hosts", Duration::from_secs(60), || {
-        let eps = eps.clone();
-        async move {
-            let out = Command::new(drover_bin()).args(["--endpoint", &eps, "host", "list"]).output().ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            (text.lines().filter(|l| l.contains(" ready ")).count() == 3).then_some(())
-        }
-    })
-    .await;
+    tests::wait_ready_hosts(&endpoints, 3).await;
     let spec = dir.path().join("cluster/hello.yaml");
-    drover(&endpoints, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
-    drover(&endpoints, &["domain", "start", "web"]);
+    drover_cli(&endpoints, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
+    drover_cli(&endpoints, &["domain", "start", "web"]);
 
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -164,7 +149,7 @@ async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
         until(&prometheus, r#"drover_vm_cpu_seconds{domain="web"}"#, 1, |v| v >= 0.0).await;
         until(&prometheus, r#"drover_vm_exits_total{domain="web"}"#, 1, |v| v > 0.0).await;
     }
-    drover(&endpoints, &["domain", "destroy", "web"]);
+    drover_cli(&endpoints, &["domain", "destroy", "web"]);
     drop(up);
 }
 

@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{drover_bin, free_run, wait_for};
+use tests::{drover_bin, drover_cli, free_run, wait_for};
 
 /// Stops a `drover up` the test left behind (a failed assertion), so no cluster or VM
 /// outlives the test.
@@ -48,12 +48,6 @@ fn interrupt_and_wait(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
-fn drover(endpoints: &str, args: &[&str]) -> String {
-    let out = Command::new(drover_bin()).args(["--endpoint", endpoints]).args(args).output().unwrap();
-    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Processes whose command line names the first replica's address: every replica
 /// (listen or join) and every host agent (endpoints) of this cluster.
 fn processes_of_cluster(base: u16) -> usize {
@@ -69,19 +63,10 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
     let child = up(&data, base);
     let mut guard = UpGuard(Some(child.id()));
-    let eps = endpoints.clone();
-    wait_for("three ready hosts", Duration::from_secs(60), || {
-        let eps = eps.clone();
-        async move {
-            let out = Command::new(drover_bin()).args(["--endpoint", &eps, "host", "list"]).output().ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            (text.lines().filter(|l| l.contains(" ready ")).count() == 3).then_some(())
-        }
-    })
-    .await;
+    tests::wait_ready_hosts(&endpoints, 3).await;
 
     // Each host says where it is reached: its replica's address, not a placeholder.
-    let hosts = drover(&endpoints, &["host", "list"]);
+    let hosts = drover_cli(&endpoints, &["host", "list"]);
     for h in 1..=3u16 {
         let line = hosts.lines().find(|l| l.starts_with(&format!("host-{h} "))).unwrap_or_default();
         assert!(line.contains(&format!("127.0.0.1:{}", base + 3 + h)), "{hosts}");
@@ -99,14 +84,15 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let kvm = vmm::kvm_present_for("booting guests under drover up (it ran the fake driver)");
     // The example spec `up` wrote boots the test guest it wrote beside it.
     let spec = data.join("hello.yaml");
-    drover(&endpoints, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
+    drover_cli(&endpoints, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
     // `--wait` returns once the host reports it running, and says where; piped, the
     // spinner stays off (no escape codes).
-    let started = drover(&endpoints, &["domain", "start", "web", "--wait"]);
+    let started = drover_cli(&endpoints, &["domain", "start", "web", "--wait"]);
     assert!(started.contains("domain web is running on host host-"), "{started}");
     assert!(!started.contains('\x1b'), "{started:?}");
     let info: serde_json::Value =
-        serde_json::from_str(&drover(&endpoints, &["--output", "json", "domain", "info", "web"])).unwrap();
+        serde_json::from_str(&drover_cli(&endpoints, &["--output", "json", "domain", "info", "web"]))
+            .unwrap();
     assert!(info["uptime_s"].is_u64() && info["phase_since_ms"].as_u64() > Some(0), "{info}");
     let phase = |eps: String| async move {
         let out = Command::new(drover_bin())
@@ -130,9 +116,9 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
         .await;
         // The console through the API, from whichever host runs it: what it printed so
         // far, then, following, the counter as it goes on (a tick every second).
-        let printed = drover(&endpoints, &["domain", "console", "web"]);
+        let printed = drover_cli(&endpoints, &["domain", "console", "web"]);
         assert!(printed.contains(testguest::MARKER), "{printed}");
-        let tail = drover(&endpoints, &["domain", "console", "web", "--tail-bytes", "10"]);
+        let tail = drover_cli(&endpoints, &["domain", "console", "web", "--tail-bytes", "10"]);
         assert_eq!(tail.len(), 10, "{tail:?}");
         let ticks_before = printed.matches(testguest::TICK_PREFIX).count();
         let mut follow = tests::KillOnDrop(
@@ -170,28 +156,28 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     // Snapshots and migrations through the CLI (no migration controller yet: a started
     // migration waits in `preparing` until aborted). The host takes the snapshot, into the
     // snapshot directory every host of `drover up` shares.
-    let taken = drover(&endpoints, &["snapshot", "create", "web", "s1"]);
+    let taken = drover_cli(&endpoints, &["snapshot", "create", "web", "s1"]);
     assert!(taken.contains(&format!("snapshot web/s1 taken on host {host}")), "{taken}");
-    assert!(drover(&endpoints, &["snapshot", "list", "web"])
+    assert!(drover_cli(&endpoints, &["snapshot", "list", "web"])
         .lines()
         .any(|l| l.starts_with("web ") && l.contains("s1") && l.contains("full") && l.contains("taken")));
     if kvm {
         let files: Vec<_> = std::fs::read_dir(data.join("snapshots/web")).unwrap().collect();
         assert_eq!(files.len(), 1, "one snapshot file: {files:?}");
     }
-    let started = drover(&endpoints, &["--output", "json", "migrate", "start", "web"]);
+    let started = drover_cli(&endpoints, &["--output", "json", "migrate", "start", "web"]);
     let id = serde_json::from_str::<serde_json::Value>(&started).unwrap()["id"].as_u64().unwrap();
-    assert!(drover(&endpoints, &["migrate", "list"]).contains("preparing"));
-    drover(&endpoints, &["migrate", "abort", &id.to_string()]);
-    assert!(drover(&endpoints, &["migrate", "list"]).contains("rolled-back"));
-    drover(&endpoints, &["domain", "suspend", "web"]);
+    assert!(drover_cli(&endpoints, &["migrate", "list"]).contains("preparing"));
+    drover_cli(&endpoints, &["migrate", "abort", &id.to_string()]);
+    assert!(drover_cli(&endpoints, &["migrate", "list"]).contains("rolled-back"));
+    drover_cli(&endpoints, &["domain", "suspend", "web"]);
     wait_for("web to pause", Duration::from_secs(30), || {
         let eps = endpoints.clone();
         async move { phase(eps).await.filter(|(p, _)| p == "paused") }
     })
     .await;
-    drover(&endpoints, &["domain", "resume", "web"]);
-    let stopped = drover(&endpoints, &["domain", "shutdown", "web", "--wait"]);
+    drover_cli(&endpoints, &["domain", "resume", "web"]);
+    let stopped = drover_cli(&endpoints, &["domain", "shutdown", "web", "--wait"]);
     assert!(stopped.contains("domain web has stopped"), "{stopped}");
     assert_eq!(phase(endpoints.clone()).await, Some(("stopped".to_owned(), String::new())));
 
@@ -201,8 +187,8 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     }
 
     // A second guest is left running when the cluster stops: Ctrl-C ends it too.
-    drover(&endpoints, &["domain", "define", "left", "--file", spec.to_str().unwrap()]);
-    drover(&endpoints, &["domain", "start", "left"]);
+    drover_cli(&endpoints, &["domain", "define", "left", "--file", spec.to_str().unwrap()]);
+    drover_cli(&endpoints, &["domain", "start", "left"]);
     let left_phase = |eps: String| async move {
         let out = Command::new(drover_bin())
             .args(["--endpoint", &eps, "--output", "json", "domain", "info", "left"])
@@ -237,7 +223,7 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     })
     .await;
     assert!(verified.starts_with("verify ok"), "{verified}");
-    let list = drover(&endpoints, &["domain", "list"]);
+    let list = drover_cli(&endpoints, &["domain", "list"]);
     assert!(list.lines().any(|l| l.starts_with("web ") && l.contains("stopped")), "{list}");
     // The domain that should run runs again.
     wait_for("left to run again", Duration::from_secs(30), || left_phase(endpoints.clone())).await;
@@ -286,10 +272,10 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
         }
         let name = format!("w{i}");
         // Every write succeeds: the CLI moves on to the replicas that still answer.
-        drover(&endpoints, &["domain", "define", &name, "--file", spec.to_str().unwrap()]);
+        drover_cli(&endpoints, &["domain", "define", &name, "--file", spec.to_str().unwrap()]);
         acknowledged.push(name);
     }
-    let list = drover(&endpoints, &["domain", "list"]);
+    let list = drover_cli(&endpoints, &["domain", "list"]);
     for name in &acknowledged {
         assert!(list.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} was lost:\n{list}");
     }
@@ -312,12 +298,12 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     })
     .await;
     assert!(std::path::Path::new(&format!("/proc/{restarted}")).exists());
-    let verified = drover(&endpoints, &["audit", "verify"]);
+    let verified = drover_cli(&endpoints, &["audit", "verify"]);
     assert!(verified.starts_with("verify ok"), "{verified}");
     // The control plane as it stands: three voters and three host learners, one leader,
     // every host renewing its lease.
     let status: serde_json::Value =
-        serde_json::from_str(&drover(&endpoints, &["--output", "json", "cluster", "status"])).unwrap();
+        serde_json::from_str(&drover_cli(&endpoints, &["--output", "json", "cluster", "status"])).unwrap();
     let replicas = status["replicas"].as_array().unwrap();
     assert_eq!(replicas.len(), 6, "{status}");
     assert_eq!(replicas.iter().filter(|r| r["role"] == "leader").count(), 1, "{status}");
