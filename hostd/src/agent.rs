@@ -242,6 +242,7 @@ pub async fn run<D: Driver>(
     // With a replica of its own, hostd wakes whenever it applies new events instead.
     let mut applied = config.replica.as_ref().map(|node| node.applied_seq());
     let mut last_pass = tokio::time::Instant::now();
+    let mut last_usage: Option<std::time::Instant> = None;
     loop {
         let woken = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -306,7 +307,12 @@ pub async fn run<D: Driver>(
         off_the_workers(|| networks.run(&mut driver, &share.networks));
         let observations = off_the_workers(|| pass.run(&mut driver, &share.domains, now));
         metrics::histogram!(crate::metrics::RECONCILE_SECONDS).record(pass_started.elapsed().as_secs_f64());
-        crate::metrics::vm_usage(&off_the_workers(|| driver.usage()));
+        // Per-VM usage reads /proc for every VM: once a second, not on every pass (passes
+        // woken by events come every few ms).
+        if last_usage.is_none_or(|at| at.elapsed() >= USAGE_EVERY) {
+            crate::metrics::vm_usage(&off_the_workers(|| driver.usage()));
+            last_usage = Some(std::time::Instant::now());
+        }
         for observation in observations {
             let Observation { domain, generation, phase, reason } = observation.clone();
             match reporter.send(&mut api, &domain, generation, phase, reason).await {
@@ -496,6 +502,9 @@ async fn read_through_api(
         }
     }
 }
+
+/// How often hostd records each VM's usage for its metrics.
+const USAGE_EVERY: Duration = Duration::from_secs(1);
 
 /// The shortest time between two reconcile passes woken by events.
 const PASS_GAP_MS: u64 = 5;

@@ -31,6 +31,9 @@ pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// Chunks read ahead of a slow caller.
 const CHUNKS_QUEUED_MAX: usize = 16;
 
+/// A console as it streams, from a host to a replica and from a replica to its caller.
+pub type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleChunk, Status>> + Send>>;
+
 /// Serves the consoles of the VMs under `run_dir`; `None`: the driver keeps no consoles
 /// (the fake).
 #[derive(Debug, Clone)]
@@ -40,7 +43,7 @@ pub struct ConsoleService {
 
 #[tonic::async_trait]
 impl HostAgent for ConsoleService {
-    type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleChunk, Status>> + Send>>;
+    type ConsoleStream = ConsoleStream;
 
     async fn console(
         &self,

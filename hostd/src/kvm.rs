@@ -99,6 +99,7 @@ impl KvmDriver {
         vm.reap();
         match control::call(&vm.dir.join(control::SOCKET_FILE), Request::Status) {
             Ok(s) => {
+                vm.exits = Some(s.exits);
                 let mut phase = phase_of(s.phase);
                 if vm.shutting_down && phase == ObservedPhase::Running {
                     phase = ObservedPhase::ShuttingDown;
@@ -300,14 +301,9 @@ impl Driver for KvmDriver {
         tap::unplug_nics(domain);
     }
 
-    /// With the VM exits each VMM counted (its status, over its socket).
+    /// With the VM exits each VMM counted, as of its last status (read by `list`).
     fn usage(&mut self) -> BTreeMap<String, crate::metrics::VmUsage> {
-        let mut usage = vm_dir::usage_of(self.vms.iter());
-        for (domain, u) in usage.iter_mut() {
-            let socket = self.vms[domain].dir.join(control::SOCKET_FILE);
-            u.exits = control::call(&socket, Request::Status).ok().map(|s| s.exits);
-        }
-        usage
+        vm_dir::usage_of(self.vms.iter())
     }
 
     fn list(&mut self, _now_ms: u64) -> BTreeMap<String, VmStatus> {

@@ -34,17 +34,26 @@ pub struct VmProcess {
     pub child: Option<Child>,
     /// A graceful shutdown was asked for.
     pub shutting_down: bool,
+    /// VM exits its hypervisor counted, as of its last status (the own VMM says).
+    pub exits: Option<u64>,
 }
 
 impl VmProcess {
     /// A VM this driver just started.
     pub fn started(generation: u64, dir: PathBuf, child: Child) -> VmProcess {
-        VmProcess { generation, pid: child.id(), dir, child: Some(child), shutting_down: false }
+        VmProcess { generation, pid: child.id(), dir, child: Some(child), shutting_down: false, exits: None }
     }
 
     /// A VM found in the run directory after a restart (not our child).
     pub fn adopted(record: &Record, dir: PathBuf) -> VmProcess {
-        VmProcess { generation: record.generation, pid: record.pid, dir, child: None, shutting_down: false }
+        VmProcess {
+            generation: record.generation,
+            pid: record.pid,
+            dir,
+            child: None,
+            shutting_down: false,
+            exits: None,
+        }
     }
 
     /// Collect our child's exit status if it has ended, so no zombie is left.
@@ -241,7 +250,9 @@ pub fn usage_of<'a>(
     vms: impl Iterator<Item = (&'a String, &'a VmProcess)>,
 ) -> std::collections::BTreeMap<String, crate::metrics::VmUsage> {
     vms.filter(|(_, vm)| runs_in(vm.pid, &vm.dir))
-        .filter_map(|(domain, vm)| Some((domain.clone(), usage(vm.pid)?)))
+        .filter_map(|(domain, vm)| {
+            Some((domain.clone(), crate::metrics::VmUsage { exits: vm.exits, ..usage(vm.pid)? }))
+        })
         .collect()
 }
 

@@ -1,6 +1,5 @@
 //! `drover.api.v1.Domains`.
 
-use std::pin::Pin;
 use std::time::Duration;
 
 use controlplane::model::ResourceKind;
@@ -8,7 +7,6 @@ use controlplane::Command;
 use proto::api as pb;
 use proto::api::domains_server::Domains;
 use proto::host::host_agent_client::HostAgentClient;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{not_found, Api};
@@ -19,7 +17,7 @@ const HOST_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[tonic::async_trait]
 impl Domains for Api {
-    type ConsoleStream = Pin<Box<dyn Stream<Item = Result<pb::ConsoleChunk, Status>> + Send>>;
+    type ConsoleStream = hostd::console::ConsoleStream;
 
     /// Forwarded to the host that runs the domain's current run (from this replica's own
     /// state: a console needs no linearizable read), which streams its VM's console log.
