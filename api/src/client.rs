@@ -37,12 +37,13 @@ impl ApiClient {
         ApiClient { endpoints, principal }
     }
 
-    /// A request carrying the principal header.
+    /// A request carrying the principal header, and the current trace when traced.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
         if let Ok(v) = self.principal.parse() {
             r.metadata_mut().insert(crate::service::PRINCIPAL_HEADER, v);
         }
+        raft::telemetry::inject(r.metadata_mut());
         r
     }
 

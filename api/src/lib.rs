@@ -22,4 +22,5 @@ pub mod progress;
 pub mod server;
 pub mod service;
 pub mod spec_file;
+pub mod traces;
 pub mod up;

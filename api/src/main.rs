@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use controlplane::ha::HaSettings;
 use raft::node::{Node, NodeConfig};
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 #[derive(Parser, Debug)]
 #[command(name = "drover", version, about = "Drover: libvirt for a whole cluster")]
@@ -26,6 +26,14 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Export OpenTelemetry traces to this OTLP/gRPC collector (`http://host:4317`):
+    /// the CLI's calls, and a server's or host's part in them. Default: no traces.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The share of new traces kept, 0 to 1 (a call that arrives traced keeps its
+    /// caller's choice).
+    #[arg(long, global = true, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0)]
+    trace_sample_ratio: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,20 +112,36 @@ const JOIN_WAIT: Duration = Duration::from_secs(120);
 /// How long a replica that is a member already tries, before going on without the seed.
 const JOIN_AGAIN_WAIT: Duration = Duration::from_secs(5);
 
-fn init_logging(filter: &str, json: bool) {
+/// Log to stderr (text, or JSON lines), and export traces where `traces` says. The log
+/// filter leaves the traces alone: they take Drover's own spans (not its dependencies'),
+/// and warnings and errors as span events.
+fn init_logging(
+    filter: &str,
+    json: bool,
+    traces: Option<&raft::telemetry::TraceConfig>,
+) -> Result<Option<raft::telemetry::Exporting>, String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     // Colours on a terminal only: a log written to a file or a pipe is plain text.
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };
+    let exporting = traces.map(raft::telemetry::start).transpose()?;
+    let otel = exporting.as_ref().map(|e| {
+        tracing_opentelemetry::layer().with_tracer(e.tracer()).with_filter(
+            tracing_subscriber::filter::filter_fn(|m| match m.is_span() {
+                true => *m.level() <= tracing::Level::INFO && raft::telemetry::drover_target(m.target()),
+                false => *m.level() <= tracing::Level::WARN,
+            }),
+        )
+    });
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).init();
+    Ok(exporting)
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
@@ -216,8 +240,24 @@ fn describe(e: &anyhow::Error) -> String {
     }
 }
 
+/// The verbs a command line names (`domain start`), for its trace.
+fn verbs(matches: &clap::ArgMatches) -> String {
+    let mut words = Vec::new();
+    let mut at = matches;
+    while let Some((name, sub)) = at.subcommand() {
+        words.push(name);
+        at = sub;
+    }
+    format!("drover {}", words.join(" "))
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let Command::Vmm(args) = cli.command {
         // No async runtime, no logging setup: the VMM process stays small.
         return std::process::ExitCode::from(vmm::process::main(args) as u8);
@@ -227,9 +267,37 @@ fn main() -> std::process::ExitCode {
     } else {
         "warn"
     };
-    init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
+    // Who exports traces: servers, hosts and client verbs. `up` hands its endpoint to the
+    // processes it starts (through the environment they inherit).
+    let service = match &cli.command {
+        Command::Server(a) => Some(("drover-server", format!("replica-{}", a.id))),
+        Command::Hostd(a) => Some(("drover-hostd", a.name.clone())),
+        Command::Client(_) => Some(("drover-cli", std::process::id().to_string())),
+        Command::Up(_) | Command::Vmm(_) | Command::Completions { .. } => None,
+    };
+    if let (Command::Up(_), Some(endpoint)) = (&cli.command, &cli.otlp_endpoint) {
+        // Still one thread: nothing reads the environment concurrently.
+        std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        std::env::set_var("OTEL_TRACES_SAMPLER_ARG", cli.trace_sample_ratio.to_string());
+    }
+    let traces = match (service, &cli.otlp_endpoint) {
+        (Some((service, instance)), Some(endpoint)) => Some(raft::telemetry::TraceConfig {
+            endpoint: endpoint.clone(),
+            sample_ratio: cli.trace_sample_ratio,
+            service: service.to_owned(),
+            instance,
+        }),
+        _ => None,
+    };
+    let exporting =
+        match init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json, traces.as_ref()) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("drover: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     if let Command::Completions { shell } = cli.command {
-        use clap::CommandFactory;
         clap_complete::generate(shell, &mut Cli::command(), "drover", &mut std::io::stdout());
         return std::process::ExitCode::SUCCESS;
     }
@@ -245,10 +313,19 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => run_server(args).await,
             Command::Hostd(args) => Ok(hostd::process::run(args, cli.client.endpoint.clone()).await?),
             Command::Up(args) => api::up::run(args, &mut std::io::stdout()).await,
-            Command::Client(cmd) => api::cli::run(&cli.client, cmd, &mut std::io::stdout()).await,
+            Command::Client(cmd) => {
+                // The CLI's call is the root of its trace.
+                let span = raft::traced_root_span!("cli", otel.name = %verbs(&matches), otel.kind = "client");
+                api::cli::run(&cli.client, cmd, &mut std::io::stdout()).instrument(span).await
+            }
             Command::Completions { .. } | Command::Vmm(_) => Ok(()),
         }
     });
+    // Send the spans still waiting (the CLI's are all waiting: it exits now).
+    drop(runtime);
+    if let Some(exporting) = exporting {
+        exporting.shutdown();
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

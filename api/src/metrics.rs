@@ -48,16 +48,21 @@ pub struct Metered<S> {
     inner: S,
 }
 
-/// The gRPC status a response carries in its headers (an error answered at once);
-/// "OK" when they carry none (success: the status follows in the trailers).
-fn code_of<B>(response: &http::Response<B>) -> &'static str {
+/// The gRPC status a response carries in its headers (an error answered at once); OK
+/// when they carry none (success: the status follows in the trailers).
+pub(crate) fn grpc_code<B>(response: &http::Response<B>) -> tonic::Code {
     let code = response
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .unwrap_or(0);
-    match tonic::Code::from(code) {
+    tonic::Code::from(code)
+}
+
+/// [`grpc_code`]'s name, as the series label it.
+fn code_of<B>(response: &http::Response<B>) -> &'static str {
+    match grpc_code(response) {
         tonic::Code::Ok => "OK",
         tonic::Code::Cancelled => "CANCELLED",
         tonic::Code::Unknown => "UNKNOWN",

@@ -50,6 +50,7 @@ pub async fn serve(
     }
     server_builder()
         .layer(crate::metrics::MetricsLayer)
+        .layer(crate::traces::TracesLayer)
         .add_service(raft_server(node.clone()))
         .add_service(replication_server(node))
         .add_service(limited!(DomainsServer))

@@ -39,3 +39,18 @@ pub fn process_driver(
         other => anyhow::bail!("unknown driver {other}"),
     })
 }
+
+/// Traces for a benchmark's replicas (`--trace-sample-ratio`): an OTLP receiver in the
+/// benchmark's process, and the flags that point the replicas at it with that ratio.
+/// `None` (no flags) when no ratio is given: traces off.
+pub async fn traced(ratio: Option<f64>) -> (Option<tests::otlp::Receiver>, Vec<String>) {
+    let Some(ratio) = ratio else { return (None, Vec::new()) };
+    let receiver = tests::otlp::Receiver::start().await;
+    let flags = vec![
+        "--otlp-endpoint".to_owned(),
+        receiver.endpoint(),
+        "--trace-sample-ratio".to_owned(),
+        ratio.to_string(),
+    ];
+    (Some(receiver), flags)
+}

@@ -13,8 +13,9 @@
 //! (`crate::state_v2` decodes version-2 states); 4 added the cluster's settings and its
 //! hosts' recent fencings (`crate::state_v3`); 5 added a volume's state, host and last
 //! failure (`crate::state_v4`); 6 added a network's VNI (`crate::state_v5`); 7 added a
-//! host's VM limits (`crate::state_v6`). Events and proposals encode alike in all seven
-//! (variants are only appended).
+//! host's VM limits (`crate::state_v6`); 8 added a proposal's trace context
+//! (`crate::proposal::ProposalV7` decodes earlier proposals; states are as in 7). Events
+//! encode alike in all eight (variants are only appended).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,7 +25,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 7;
+pub const FORMAT_VERSION: u16 = 8;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -57,6 +58,10 @@ impl Durable for EventEnvelope {
 }
 impl Durable for Proposal {
     const TAG: Tag = Tag::Proposal;
+
+    fn decode_old(_version: u16, payload: &[u8]) -> Result<Self, CodecError> {
+        decode_payload::<crate::proposal::ProposalV7>(payload).map(Proposal::from)
+    }
 }
 impl Durable for State {
     const TAG: Tag = Tag::State;
@@ -68,7 +73,8 @@ impl Durable for State {
             3 => decode_payload::<crate::state_v3::StateV3>(payload).map(State::from),
             4 => decode_payload::<crate::state_v4::StateV4>(payload).map(State::from),
             5 => decode_payload::<crate::state_v5::StateV5>(payload).map(State::from),
-            _ => decode_payload::<crate::state_v6::StateV6>(payload).map(State::from),
+            6 => decode_payload::<crate::state_v6::StateV6>(payload).map(State::from),
+            _ => decode_payload(payload),
         }
     }
 }

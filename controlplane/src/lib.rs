@@ -48,7 +48,9 @@ pub use apply::{apply, apply_proposal};
 pub use command::{Command, Request, SnapshotOutcome, VolumeOutcome};
 pub use decide::decide;
 pub use event::{Event, EventEnvelope};
-pub use proposal::{Committed, Decision, HostFit, Precondition, Proposal, ProposalOutcome};
+pub use proposal::{
+    Committed, Decision, HostFit, Precondition, Proposal, ProposalOutcome, ProposalV7, TraceParent,
+};
 pub use rejection::{Rejection, RejectionCode};
 pub use state::State;
 pub use state_hash::{state_hash, StateHash};

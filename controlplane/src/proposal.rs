@@ -35,6 +35,38 @@ pub struct Proposal {
     pub preconditions: Vec<Precondition>,
     pub fits: Vec<HostFit>,
     pub events: Vec<Event>,
+    /// The trace this decision belongs to, when it is being traced (format 8 on): every
+    /// replica that applies the proposal, and the host that acts on it, continue it. Not
+    /// part of what the proposal decides: applying ignores it.
+    pub trace: Option<TraceParent>,
+}
+
+/// A W3C trace context (`traceparent`) as the log carries it: whose trace, which span
+/// decided, and its flags (bit 0: sampled). Only sampled traces ride in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceParent {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+}
+
+/// A proposal as formats 1 to 7 wrote it: no trace. (Raft log entries of raft format 1
+/// hold proposals in this layout, without the codec's header.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProposalV7 {
+    pub request_id: String,
+    pub principal: String,
+    pub time_ms: u64,
+    pub preconditions: Vec<Precondition>,
+    pub fits: Vec<HostFit>,
+    pub events: Vec<Event>,
+}
+
+impl From<ProposalV7> for Proposal {
+    fn from(p: ProposalV7) -> Proposal {
+        let ProposalV7 { request_id, principal, time_ms, preconditions, fits, events } = p;
+        Proposal { request_id, principal, time_ms, preconditions, fits, events, trace: None }
+    }
 }
 
 /// Where a committed request's events landed: `first_seq..=last_seq`. A request that

@@ -27,7 +27,9 @@ use controlplane::model::{
     ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState, VmLimits, VolumeFormat,
     VolumeRef, VolumeState,
 };
-use controlplane::{invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State};
+use controlplane::{
+    invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State, TraceParent,
+};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -318,15 +320,38 @@ fn read_golden<T: Durable>(name: &str) -> (T, Vec<u8>) {
     (codec::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}")), bytes)
 }
 
+/// Today's payload of a proposal written by an earlier format: the same bytes, then the
+/// trace format 8 added (none).
+fn payload_today(old_bytes: &[u8]) -> Vec<u8> {
+    [&old_bytes[5..], &[0u8][..]].concat()
+}
+
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
-    let (state, proposal) = rich_state_saying_limits();
+    let (state, mut proposal) = rich_state_saying_limits();
     assert!(state.host("h2").unwrap().vm_limits.is_some());
-    let new_state: State = check_fixed_bytes("state-7.bin", &state);
+    let new_state: State = check_fixed_bytes("state-8.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 7");
-    let new: Proposal = check_fixed_bytes("proposal-7.bin", &proposal);
-    assert_eq!(new.request_id, "golden-proposal");
+    assert_eq!(new_state, state, "today's rich state is the one written by format 8");
+    proposal.trace = Some(TraceParent { trace_id: [0xab; 16], span_id: [0xcd; 8], flags: 1 });
+    let new: Proposal = check_fixed_bytes("proposal-8.bin", &proposal);
+    assert_eq!(new, proposal, "format 8 carries a proposal's trace");
+}
+
+#[test]
+fn format_7_states_and_proposals_still_decode() {
+    let (state, proposal) = rich_state_saying_limits();
+    let (old_state, _): (State, _) = read_golden("state-7.bin");
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state, state, "format 8 changed no state");
+    let (old, bytes): (Proposal, _) = read_golden("proposal-7.bin");
+    assert_eq!(old.trace, None, "format 7 carried no trace");
+    assert_eq!(old, proposal);
+    assert_eq!(
+        codec::encode(&old)[5..],
+        payload_today(&bytes),
+        "a format 7 proposal's payload, with no trace"
+    );
 }
 
 #[test]
@@ -346,7 +371,11 @@ fn format_5_states_and_proposals_still_decode() {
     assert_eq!(old_state.hosts(), state.hosts());
     let (old, bytes): (Proposal, _) = read_golden("proposal-5.bin");
     assert_eq!(old, proposal);
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 5 and 7");
+    assert_eq!(
+        codec::encode(&old)[5..],
+        payload_today(&bytes),
+        "a proposal's payload is format 5's, with no trace"
+    );
 }
 
 #[test]
@@ -362,7 +391,11 @@ fn format_6_states_and_proposals_still_decode() {
     assert_eq!(old_state.volumes(), state.volumes());
     let (old, bytes): (Proposal, _) = read_golden("proposal-6.bin");
     assert_eq!(old, proposal);
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 6 and 7");
+    assert_eq!(
+        codec::encode(&old)[5..],
+        payload_today(&bytes),
+        "a proposal's payload is format 6's, with no trace"
+    );
 }
 
 /// A state and proposal of formats 2 to 4: the rich state of their day (its volume made
@@ -381,8 +414,8 @@ fn check_old_format(version: u16) {
     assert_eq!(old.request_id, "golden-proposal");
     assert_eq!(
         codec::encode(&old)[5..],
-        bytes[5..],
-        "a proposal's payload is the same in format {version} and today's"
+        payload_today(&bytes),
+        "a proposal's payload is format {version}'s, with no trace"
     );
 }
 
@@ -414,5 +447,9 @@ fn format_1_states_and_proposals_still_decode() {
     assert_eq!(old_state.domain("web").unwrap().restore_from, None);
     let (old, bytes): (Proposal, _) = read_golden("proposal-1.bin");
     assert_eq!(old.request_id, "golden-proposal");
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "a proposal's payload is the same in formats 1 and 6");
+    assert_eq!(
+        codec::encode(&old)[5..],
+        payload_today(&bytes),
+        "a proposal's payload is format 1's, with no trace"
+    );
 }

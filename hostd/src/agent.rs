@@ -23,16 +23,17 @@ use proto::api::storage_pools_client::StoragePoolsClient;
 use proto::api::volumes_client::VolumesClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::assignment::{share_from_state, HostShare};
 use crate::driver::Driver;
 use crate::lease::HostLease;
 use crate::networks::HostNetworks;
 use crate::pass::{HostPass, Observation};
+use crate::reconciler::Assigned;
 use crate::snapshots::{HostSnapshots, SnapshotReport};
 use crate::volumes::{HostVolumes, VolumeReport};
-use controlplane::model::{HostState, ObservedPhase};
+use controlplane::model::{HostState, ObservedPhase, ResourceKey};
 use controlplane::State;
 use proto::convert;
 
@@ -59,6 +60,9 @@ pub struct AgentConfig {
     /// Where the host's lease deadline is written for its VM processes to watch
     /// (`vmm_control::lease`); `None` when no VM process watches one (the fake driver).
     pub lease_file: Option<PathBuf>,
+    /// Where the driver keeps each VM's console (`<dir>/<domain>/console.log`); `None`:
+    /// it keeps none (the fake driver).
+    pub console_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,8 @@ fn request<T>(host: &str, message: T) -> tonic::Request<T> {
     if let Ok(v) = format!("host/{host}").parse() {
         r.metadata_mut().insert("drover-principal", v);
     }
+    // A report from a traced pass carries its trace on to the cluster.
+    raft::telemetry::inject(r.metadata_mut());
     r
 }
 
@@ -133,6 +139,70 @@ fn off_the_workers<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
+    }
+}
+
+/// The span of a reconcile pass that acts on traced writes: it continues the newest trace
+/// this host's replica applied for a domain placed here, and links the others. None (a
+/// `Span::none()`) when there is none, or traces are off.
+fn reconcile_span(config: &AgentConfig, domains: &BTreeMap<String, Assigned>) -> tracing::Span {
+    let Some(node) = config.replica.as_ref().filter(|_| raft::telemetry::on()) else {
+        return tracing::Span::none();
+    };
+    let traced: Vec<_> = node
+        .take_traces()
+        .into_iter()
+        .filter_map(|(key, parent)| match key {
+            ResourceKey::Domain(d) if domains.contains_key(&d) => Some(parent),
+            _ => None,
+        })
+        .collect();
+    let Some((newest, others)) = traced.split_last() else {
+        return tracing::Span::none();
+    };
+    let span = tracing::info_span!(
+        "reconcile",
+        host = %config.host,
+        traced = traced.len(),
+        trace_id = tracing::field::Empty,
+    );
+    raft::telemetry::continue_from(&span, newest);
+    for other in others {
+        raft::telemetry::link(&span, other);
+    }
+    span
+}
+
+/// Guests started under a traced pass, until their first console output: each one's
+/// `guest.boot` span then ends, so the trace reaches the guest.
+#[derive(Debug, Default)]
+struct Boots(BTreeMap<String, (tracing::Span, std::time::Instant)>);
+
+impl Boots {
+    fn extend(&mut self, started: Vec<(String, tracing::Span)>) {
+        let now = std::time::Instant::now();
+        self.0.extend(started.into_iter().map(|(domain, span)| (domain, (span, now))));
+    }
+
+    /// End the span of every guest whose console has output, or that has had none for
+    /// [`BOOT_TRACE_MAX`] (a driver that keeps no consoles ends them at once).
+    fn watch(&mut self, console_dir: Option<&Path>) {
+        self.0.retain(|domain, (span, since)| {
+            let Some(dir) = console_dir else { return false };
+            let console = crate::vm_dir::dir_for(dir, domain)
+                .map(|d| d.join(vmm_control::control::CONSOLE_FILE))
+                .ok()
+                .and_then(|f| std::fs::metadata(f).ok());
+            if console.is_some_and(|m| m.len() > 0) {
+                span.record("console", "output");
+                return false;
+            }
+            if since.elapsed() > BOOT_TRACE_MAX {
+                span.record("console", "none");
+                return false;
+            }
+            true
+        });
     }
 }
 
@@ -243,6 +313,7 @@ pub async fn run<D: Driver>(
     let mut applied = config.replica.as_ref().map(|node| node.applied_seq());
     let mut last_pass = tokio::time::Instant::now();
     let mut last_usage: Option<std::time::Instant> = None;
+    let mut boots = Boots::default();
     loop {
         let woken = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -304,9 +375,12 @@ pub async fn run<D: Driver>(
         // async workers, so the host's replica and the API calls keep going meanwhile.
         // Networks first: a guest that boots finds its DHCP server there.
         let pass_started = std::time::Instant::now();
-        off_the_workers(|| networks.run(&mut driver, &share.networks));
-        let observations = off_the_workers(|| pass.run(&mut driver, &share.domains, now));
+        let span = reconcile_span(&config, &share.domains);
+        off_the_workers(|| span.in_scope(|| networks.run(&mut driver, &share.networks)));
+        let observations = off_the_workers(|| span.in_scope(|| pass.run(&mut driver, &share.domains, now)));
         metrics::histogram!(crate::metrics::RECONCILE_SECONDS).record(pass_started.elapsed().as_secs_f64());
+        boots.extend(pass.take_boots());
+        boots.watch(config.console_dir.as_deref());
         // Per-VM usage reads /proc for every VM: once a second, not on every pass (passes
         // woken by events come every few ms).
         if last_usage.is_none_or(|at| at.elapsed() >= USAGE_EVERY) {
@@ -315,7 +389,7 @@ pub async fn run<D: Driver>(
         }
         for observation in observations {
             let Observation { domain, generation, phase, reason } = observation.clone();
-            match reporter.send(&mut api, &domain, generation, phase, reason).await {
+            match reporter.send(&mut api, &domain, generation, phase, reason).instrument(span.clone()).await {
                 Ok(_) => {
                     crate::metrics::report("phase", "accepted");
                     pass.reported(&observation)
@@ -505,6 +579,8 @@ async fn read_through_api(
 
 /// How often hostd records each VM's usage for its metrics.
 const USAGE_EVERY: Duration = Duration::from_secs(1);
+/// How long a traced guest's boot span waits for its first console output.
+const BOOT_TRACE_MAX: Duration = Duration::from_secs(60);
 
 /// The shortest time between two reconcile passes woken by events.
 const PASS_GAP_MS: u64 = 5;

@@ -34,10 +34,11 @@ pub fn describe() {
     describe_counter!(VM_EXITS_TOTAL, Unit::Count, "VM exits the own VMM handled for a VM");
 }
 
-/// Run driver call `call` (start, destroy, list, ...), recording how long it took.
+/// Run driver call `call` (start, destroy, list, ...), recording how long it took (and,
+/// in a traced pass, as a span of its own).
 pub fn timed<T>(call: &'static str, f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
-    let out = f();
+    let out = raft::traced_span!("driver", otel.name = %format!("driver.{call}"), call).in_scope(f);
     histogram!(DRIVER_CALL_SECONDS, "call" => call).record(started.elapsed().as_secs_f64());
     out
 }

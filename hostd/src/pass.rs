@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use controlplane::model::ObservedPhase;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::driver::{Driver, DriverError};
 use crate::metrics::timed;
@@ -30,6 +30,9 @@ pub struct HostPass {
     shutdown_since: BTreeMap<String, u64>,
     /// After a graceful shutdown request, destroy the VM if it has not stopped by then.
     shutdown_timeout_ms: u64,
+    /// Guests started under a traced pass, with their `guest.boot` span (the agent ends it
+    /// at the guest's first console output).
+    boots: Vec<(String, tracing::Span)>,
 }
 
 impl HostPass {
@@ -58,7 +61,19 @@ impl HostPass {
                         }),
                         None => Ok(()),
                     };
-                    if let Err(e) = disks_back.and_then(|()| timed("start", || driver.start(&spec, now_ms))) {
+                    let started = disks_back.and_then(|()| timed("start", || driver.start(&spec, now_ms)));
+                    if started.is_ok() {
+                        info!(domain = %spec.domain, generation = spec.generation, "started");
+                        if raft::telemetry::recording() {
+                            let boot = tracing::info_span!(
+                                "guest.boot",
+                                domain = %spec.domain,
+                                console = tracing::field::Empty
+                            );
+                            self.boots.push((spec.domain.clone(), boot));
+                        }
+                    }
+                    if let Err(e) = started {
                         warn!(domain = %spec.domain, error = %e, "start failed");
                         out.push(Observation {
                             domain: spec.domain.clone(),
@@ -96,6 +111,11 @@ impl HostPass {
             }
         }
         out
+    }
+
+    /// The guests started under traced passes since the last take.
+    pub fn take_boots(&mut self) -> Vec<(String, tracing::Span)> {
+        std::mem::take(&mut self.boots)
     }
 
     /// The cluster has taken `observation` (or refused it as being about an old run): do

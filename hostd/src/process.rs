@@ -239,6 +239,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessE
             .unwrap_or_else(|| args.run_dir.parent().unwrap_or(Path::new("/")).join("snapshots")),
         lease_file: (args.driver != DriverKind::Fake)
             .then(|| args.run_dir.join(vmm_control::lease::LEASE_FILE)),
+        console_dir: (args.driver != DriverKind::Fake).then(|| args.run_dir.clone()),
     };
     let replica = config.replica.clone();
     let stop = async {

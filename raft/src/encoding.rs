@@ -1,12 +1,27 @@
 //! How the raft layer encodes openraft's own types (log entries, votes, snapshot metadata
 //! and the messages on the wire): a version byte, then bincode 2.0.1 via serde. Drover's
-//! events and states go through `controlplane::codec` instead.
+//! events, proposals and states go through `controlplane::codec` instead.
+//!
+//! Versions: 1, the first; 2 encodes each proposal of a log entry with
+//! `controlplane::codec` (see [`crate::type_config::ProposalBatch`]). Everything else
+//! encodes alike in both, and version 1 still decodes.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The version byte this build writes.
-pub const RAFT_FORMAT_VERSION: u8 = 1;
+pub const RAFT_FORMAT_VERSION: u8 = 2;
+
+std::thread_local! {
+    /// The version of the value being decoded on this thread, for the types whose layout
+    /// changed (decoding is synchronous: no other decode interleaves).
+    static DECODING: std::cell::Cell<u8> = const { std::cell::Cell::new(RAFT_FORMAT_VERSION) };
+}
+
+/// The raft format of the value being decoded (for a type's own `Deserialize`).
+pub(crate) fn decoding_format() -> u8 {
+    DECODING.with(|d| d.get())
+}
 /// Largest value decoded here (a raft message or a log entry), 64 MiB.
 pub const DECODE_LIMIT_BYTES: usize = 64 << 20;
 
@@ -34,10 +49,13 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, EncodingError> {
     let (&version, payload) = bytes.split_first().ok_or(EncodingError::Empty)?;
-    if version != RAFT_FORMAT_VERSION {
+    if !(1..=RAFT_FORMAT_VERSION).contains(&version) {
         return Err(EncodingError::Version(version));
     }
-    let (value, used) = bincode::serde::decode_from_slice(payload, config())?;
+    let outer = DECODING.with(|d| d.replace(version));
+    let decoded = bincode::serde::decode_from_slice(payload, config());
+    DECODING.with(|d| d.set(outer));
+    let (value, used) = decoded?;
     if used != payload.len() {
         return Err(EncodingError::Trailing(payload.len() - used));
     }

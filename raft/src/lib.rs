@@ -48,4 +48,5 @@ pub mod proposer;
 pub mod runtime;
 pub mod service;
 pub mod state_machine;
+pub mod telemetry;
 pub mod type_config;

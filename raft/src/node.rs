@@ -19,7 +19,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
 use proto::raft::replication_client::ReplicationClient;
 use proto::raft::{JoinRequest, StatusReply, SubmitRequest};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::archive::Archive;
 use crate::archive_peers::GrpcArchivePeers;
@@ -412,10 +412,16 @@ impl Node {
         req.metadata_mut().insert(FORWARDED_HEADER, "1".parse().expect("ascii"));
         req.set_timeout(timeout);
         self.inner.cluster.stamp(&mut req);
+        crate::telemetry::inject(req.metadata_mut());
         Ok((ReplicationClient::new(channel), req))
     }
 
     async fn forward_to(&self, leader: &str, request: &Request) -> Result<Committed, NodeError> {
+        let span = crate::traced_span!("forward", leader);
+        self.forward_traced(leader, request).instrument(span).await
+    }
+
+    async fn forward_traced(&self, leader: &str, request: &Request) -> Result<Committed, NodeError> {
         let message = SubmitRequest { request: encoding::encode(request) };
         let (mut client, req) = self.to_leader(leader, message, Duration::from_secs(10))?;
         let reply = client.submit(req).await.map_err(|s| match s.code() {
@@ -475,6 +481,12 @@ impl Node {
     /// Run `f` on this replica's applied state, however far behind it may be.
     pub fn read_local<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.inner.shared.state.read().expect("state lock"))
+    }
+
+    /// The traces of proposals this replica applied since the last take, by the resources
+    /// they changed (empty while traces are off): its host continues them.
+    pub fn take_traces(&self) -> Vec<(controlplane::model::ResourceKey, controlplane::TraceParent)> {
+        self.inner.shared.traces.take()
     }
 
     pub(crate) async fn handle_join(&self, req: JoinRequest, forwarded: bool) -> Result<String, NodeError> {

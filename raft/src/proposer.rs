@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use controlplane::{apply_proposal, decide, Committed, Decision, ProposalOutcome, Rejection, Request};
 use openraft::error::{ClientWriteError, RaftError};
+use tracing::Instrument;
 
 use crate::state_machine::Shared;
 use crate::type_config::{ApplyResult, NodeId, ProposalBatch, Raft};
@@ -200,13 +201,19 @@ impl Proposer {
 
     /// Decide `request` at `now_ms` and commit it, on the leader.
     pub async fn propose(&self, request: &Request, now_ms: u64) -> Result<Committed, ProposeError> {
+        let span = crate::traced_span!("propose", request_id = %request.request_id, command = request.command.name());
+        self.propose_traced(request, now_ms).instrument(span).await
+    }
+
+    async fn propose_traced(&self, request: &Request, now_ms: u64) -> Result<Committed, ProposeError> {
         let mut last_conflict = String::new();
         for _ in 0..SUBMIT_ATTEMPTS_MAX {
             if !self.is_leader() {
                 return Err(ProposeError::NotLeader);
             }
             self.ensure_current().await?;
-            let decision = match self.decide(request, now_ms) {
+            let deciding = crate::traced_span!("decide");
+            let decision = match deciding.in_scope(|| self.decide(request, now_ms)) {
                 // A refusal is an answer read from the state, so it must come from a state
                 // that is current *now*: a leader cut off from the others may still believe
                 // it leads, with a state that misses writes committed elsewhere (the
@@ -216,7 +223,7 @@ impl Proposer {
                 // leader's proposal never commits, and preconditions void stale decisions.
                 Err(_) => {
                     self.ensure_linearizable().await?;
-                    self.decide(request, now_ms)
+                    deciding.in_scope(|| self.decide(request, now_ms))
                 }
                 fresh => fresh,
             };
@@ -231,6 +238,12 @@ impl Proposer {
                 }
                 Ok(Decision::Propose(p)) => p,
             };
+            drop(deciding);
+            // The log append, its fsyncs on a majority, the commit and the leader's apply;
+            // the proposal carries this span's context to every replica that applies it.
+            let committing = crate::traced_span!("commit", events = proposal.events.len());
+            let mut proposal = proposal;
+            proposal.trace = crate::telemetry::current_of(&committing);
             let speculative = (self.inner.bug == Bug::AckBeforeCommit).then(|| {
                 let mut state = self.inner.shared.state.read().expect("state lock").clone();
                 apply_proposal(&mut state, &proposal).0
@@ -243,7 +256,7 @@ impl Proposer {
                 // The deliberate bug: the answer does not wait for the commit.
                 return Ok(c);
             }
-            let answer = rx.await;
+            let answer = rx.instrument(committing).await;
             crate::metrics::proposal(match &answer {
                 Ok(Ok(ProposalOutcome::Applied(_))) => "applied",
                 Ok(Ok(ProposalOutcome::Duplicate(_))) => "duplicate",

@@ -21,6 +21,7 @@ use crate::encoding;
 use crate::kv::{Kv, Tree};
 use crate::log_store::io_err;
 use crate::proposer::Bug;
+use crate::telemetry::RecentTraces;
 use crate::type_config::{
     ApplyResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -35,6 +36,8 @@ pub struct Shared {
     applied: RwLock<(Option<LogId>, StoredMembership)>,
     /// The last applied sequence number, for waiters.
     pub applied_seq: watch::Sender<u64>,
+    /// The traces of recently applied proposals, by resource (while traces are on).
+    pub traces: RecentTraces,
 }
 
 impl Shared {
@@ -106,8 +109,12 @@ impl<K: Kv> StateMachine<K> {
                 }
             };
         let (applied_seq, _) = watch::channel(state.last_seq());
-        let shared =
-            Arc::new(Shared { state: RwLock::new(state), applied: RwLock::new(applied), applied_seq });
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            applied: RwLock::new(applied),
+            applied_seq,
+            traces: RecentTraces::default(),
+        });
         Ok(StateMachine {
             archive: Archive::new(archive_kv, checkpoint_every),
             kv,
@@ -153,6 +160,27 @@ impl<K: Kv> StateMachine<K> {
             (hook.0)(last.index);
         }
         Ok(())
+    }
+}
+
+impl<K: Kv> StateMachine<K> {
+    /// The span of one traced proposal's apply, continuing the trace it carries (none for
+    /// an untraced one, or while traces are off).
+    fn apply_span(&self, proposal: &controlplane::Proposal, index: u64) -> tracing::Span {
+        match proposal.trace {
+            Some(parent) if crate::telemetry::on() => {
+                let span = tracing::info_span!(
+                    "apply",
+                    request_id = %proposal.request_id,
+                    raft.index = index,
+                    events = proposal.events.len(),
+                    trace_id = tracing::field::Empty,
+                );
+                crate::telemetry::continue_from(&span, &parent);
+                span
+            }
+            _ => tracing::Span::none(),
+        }
     }
 }
 
@@ -204,7 +232,14 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                         let mut state = self.shared.state.write().expect("state lock");
                         for proposal in batch.0.iter() {
                             let before = state.last_seq();
-                            let (outcome, mut produced) = apply_proposal(&mut state, proposal);
+                            let span = self.apply_span(proposal, log_id.index);
+                            let (outcome, mut produced) =
+                                span.in_scope(|| apply_proposal(&mut state, proposal));
+                            if let Some(parent) = crate::telemetry::current_of(&span) {
+                                for e in &produced {
+                                    self.shared.traces.note(e.event.subject(), parent);
+                                }
+                            }
                             // Checkpoints are rare; the state is encoded under the lock only
                             // when one is due.
                             self.archive

@@ -3,8 +3,10 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
-use controlplane::{Proposal, ProposalOutcome};
-use serde::{Deserialize, Serialize};
+use controlplane::{codec, Proposal, ProposalOutcome, ProposalV7};
+use serde::de::Error as _;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::runtime::DroverRuntime;
 
@@ -18,9 +20,65 @@ pub type Node = openraft::BasicNode;
 /// that arrived while the previous round was in flight.
 ///
 /// Shared, so an entry is copied cheaply (to each follower's message, into the log
-/// store's cache, to the state machine); it encodes exactly as the plain list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// store's cache, to the state machine).
+///
+/// Each proposal is encoded by `controlplane::codec`, versioned, so a proposal that
+/// changes shape (format 8 added its trace) needs no new raft format. Raft format 1
+/// entries held the proposals' plain layout ([`ProposalV7`]) instead, and still decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProposalBatch(pub Arc<Vec<Proposal>>);
+
+/// One proposal's codec bytes, as one byte string.
+struct Encoded(Vec<u8>);
+
+impl Serialize for Encoded {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Encoded {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Encoded, D::Error> {
+        struct Bytes;
+        impl serde::de::Visitor<'_> for Bytes {
+            type Value = Encoded;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a proposal's codec bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Encoded, E> {
+                Ok(Encoded(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Encoded, E> {
+                Ok(Encoded(v))
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
+}
+
+impl Serialize for ProposalBatch {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for proposal in self.0.iter() {
+            seq.serialize_element(&Encoded(codec::encode(proposal)))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ProposalBatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ProposalBatch, D::Error> {
+        let proposals = if crate::encoding::decoding_format() == 1 {
+            Vec::<ProposalV7>::deserialize(d)?.into_iter().map(Proposal::from).collect()
+        } else {
+            Vec::<Encoded>::deserialize(d)?
+                .iter()
+                .map(|e| codec::decode::<Proposal>(&e.0).map_err(D::Error::custom))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(ProposalBatch(Arc::new(proposals)))
+    }
+}
 
 /// What applying one log entry produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod otlp;
+
 /// The `drover` binary, built once per test run (same profile as the tests).
 pub fn drover_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -117,6 +119,21 @@ pub struct Replica {
 impl Replica {
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// A `drover up` run by a test: stopped (SIGINT, as Ctrl-C) when the test ends, passing or
+/// not, and waited for.
+#[derive(Debug)]
+pub struct UpCluster(pub Child);
+
+impl Drop for UpCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -5,23 +5,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use tests::{drover_bin, drover_cli, free_port, free_run, wait_for, KillOnDrop};
-
-/// Stops the `drover up` (SIGINT, as Ctrl-C) when the test ends, passing or not.
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+use tests::{drover_bin, drover_cli, free_port, free_run, wait_for, KillOnDrop, UpCluster};
 
 /// `text` as a URL query value.
 fn encode(text: &str) -> String {
@@ -71,14 +58,16 @@ async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     let dir = tempfile::tempdir().unwrap();
     // A cluster takes base..=base+6 (learners from base+4), its metrics six more.
     let (base, metrics_base) = (free_run(7), free_run(6));
-    let mut up = Up(Command::new(drover_bin())
-        .args(["up", "--data-dir"])
-        .arg(dir.path().join("cluster"))
-        .args(["--base-port", &base.to_string(), "--metrics-base-port", &metrics_base.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("drover up starts"));
+    let mut up = UpCluster(
+        Command::new(drover_bin())
+            .args(["up", "--data-dir"])
+            .arg(dir.path().join("cluster"))
+            .args(["--base-port", &base.to_string(), "--metrics-base-port", &metrics_base.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("drover up starts"),
+    );
     // `drover up` says where every process serves its metrics.
     let mut lines = BufReader::new(up.0.stdout.take().unwrap()).lines();
     let printed = loop {

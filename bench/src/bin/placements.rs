@@ -35,6 +35,10 @@ struct Args {
     /// Start the replicas with --metrics-listen (what metrics cost).
     #[arg(long)]
     metrics: bool,
+    /// Start the replicas exporting traces, keeping this share of them (what traces
+    /// cost), to a receiver in this process.
+    #[arg(long)]
+    trace_sample_ratio: Option<f64>,
 }
 
 fn spec() -> pb::DomainSpec {
@@ -88,7 +92,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut p = Processes::new();
     // The hosts are registered here, with no hostd renewing their leases.
-    let flags = [&["--log", "warn"][..], tests::NO_HOSTD].concat();
+    let (receiver, trace_flags) = bench::traced(args.trace_sample_ratio).await;
+    let trace_flags: Vec<&str> = trace_flags.iter().map(String::as_str).collect();
+    let flags = [&["--log", "warn"][..], tests::NO_HOSTD, &trace_flags].concat();
     let (a1, _) = p.three_voters(&flags, args.metrics).await;
     let channel: Channel = tonic::transport::Endpoint::from_shared(format!("http://{a1}"))?.connect_lazy();
     let mut hosts = HostsClient::new(channel.clone());
@@ -159,5 +165,10 @@ async fn main() -> anyhow::Result<()> {
         args.domains as f64 / start_s
     );
     println!("placed domains: {placed}");
+    if let Some(receiver) = receiver {
+        // The replicas export every 500 ms: what arrived by now is what they made.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("spans received: {}", receiver.count());
+    }
     Ok(())
 }

@@ -83,6 +83,10 @@ struct Args {
     /// Start Drover's replicas with --metrics-listen (what metrics cost).
     #[arg(long)]
     metrics: bool,
+    /// Start Drover's replicas exporting traces, keeping this share of them (what traces
+    /// cost), to a receiver in this process.
+    #[arg(long)]
+    trace_sample_ratio: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -155,11 +159,20 @@ async fn drover(args: &Args) -> anyhow::Result<()> {
         return drive_drover(args, args.drover_endpoints.clone()).await;
     }
     let mut p = Processes::new();
-    let (_, metrics) = p.three_voters(&["--log", "warn"], args.metrics).await;
+    let (receiver, trace_flags) = bench::traced(args.trace_sample_ratio).await;
+    let flags: Vec<&str> =
+        ["--log", "warn"].into_iter().chain(trace_flags.iter().map(String::as_str)).collect();
+    let (_, metrics) = p.three_voters(&flags, args.metrics).await;
     if args.metrics {
         println!("metrics at {}", metrics.join(" "));
     }
-    drive_drover(args, p.addrs()).await
+    drive_drover(args, p.addrs()).await?;
+    if let Some(receiver) = receiver {
+        // The replicas export every 500 ms: what arrived by now is what they made.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        println!("spans received: {}", receiver.count());
+    }
+    Ok(())
 }
 
 async fn drive_drover(args: &Args, endpoints: Vec<String>) -> anyhow::Result<()> {

@@ -131,6 +131,7 @@ pub(super) fn admit(d: &Draft<'_>, name: &str) -> Result<(), Rejection> {
         preconditions: Vec::new(),
         fits: Vec::new(),
         events: d.events.clone(),
+        trace: None,
     };
     crate::apply::apply_proposal(&mut after, &proposal);
     let refuse = |why: String| {

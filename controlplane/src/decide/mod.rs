@@ -54,6 +54,7 @@ pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision,
         preconditions: draft.preconditions,
         fits: draft.fits,
         events: draft.events,
+        trace: None,
     }))
 }
 
