@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 7, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 8, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -172,15 +172,15 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v8 = bytes.clone();
-        v8[3] = 8;
-        assert!(matches!(decode::<EventEnvelope>(&v8), Err(CodecError::Version(8))));
+        let mut v9 = bytes.clone();
+        v9[3] = 9;
+        assert!(matches!(decode::<EventEnvelope>(&v9), Err(CodecError::Version(9))));
         let mut v1 = bytes.clone();
         v1[3] = 1;
         assert_eq!(
             decode::<EventEnvelope>(&v1).unwrap(),
             envelope(),
-            "events encode alike in versions 1 to 7"
+            "events encode alike in versions 1 to 8"
         );
         let mut magic = bytes.clone();
         magic[0] = b'X';
