@@ -475,6 +475,14 @@ fn uptime_s(since_ms: u64) -> u64 {
     now_ms.saturating_sub(since_ms) / 1000
 }
 
+/// An event as one readable line: seq, UTC time, kind, resource, who.
+fn event_line(e: &pb::Event) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(e.time_ms as i64)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|| e.time_ms.to_string());
+    format!("{:>8}  {time}  {:<26} {:<24} {}", e.seq, e.kind, e.resource, e.principal)
+}
+
 fn event_json(e: &pb::Event) -> Value {
     let event: Value = serde_json::from_str(&e.json).unwrap_or(Value::String(e.json.clone()));
     json!({"seq": e.seq, "time_ms": e.time_ms, "principal": e.principal, "request_id": e.request_id,
@@ -530,9 +538,7 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
             while let Some(e) = stream.message().await? {
                 match o {
                     Output::Json => writeln!(out, "{}", event_json(&e))?,
-                    Output::Table => {
-                        writeln!(out, "{:>8}  {:<26} {:<24} {}", e.seq, e.kind, e.resource, e.principal)?
-                    }
+                    Output::Table => writeln!(out, "{}", event_line(&e))?,
                 }
                 out.flush()?;
             }
@@ -1580,5 +1586,23 @@ mod tests {
         let mut missing = Vec::new();
         walk(&cli, "drover", &mut missing);
         assert!(missing.is_empty(), "verbs without help text: {missing:?}");
+    }
+
+    #[test]
+    fn an_event_is_one_readable_line_with_its_utc_time() {
+        let e = proto::api::Event {
+            seq: 42,
+            time_ms: 1_764_558_245_123,
+            principal: "alice".into(),
+            kind: "DomainStartRequested".into(),
+            resource: "domain/web".into(),
+            ..Default::default()
+        };
+        let line = super::event_line(&e);
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            ["42", "2025-12-01", "03:04:05.123", "DomainStartRequested", "domain/web", "alice"]
+        );
+        assert!(!line.contains('\n') && !line.contains('\u{1b}'));
     }
 }

@@ -12,7 +12,8 @@
 //! with gRPC health and reflection (v1 and v1alpha); the CLI verbs (`cli`) over a
 //! multi-endpoint client (`client`); `drover up` (`up`), a local cluster of 3 replicas
 //! and 3 host agents (each holding a learner replica) that run real guests under the kvm
-//! driver where /dev/kvm works, the fake driver elsewhere.
+//! driver where /dev/kvm works, the fake driver elsewhere. Every call is counted
+//! (`metrics`) and, with traces on, traced (`traces`).
 #![forbid(unsafe_code)]
 
 pub mod cli;

@@ -1,6 +1,7 @@
 //! The API's traces: a tower layer around every gRPC service of a replica opens one span
-//! per call (the public API, and the replication service's writes, forwards and joins),
-//! continuing the caller's trace when its metadata carries one (`traceparent`). Raft's
+//! per traced call (the public API, and the replication service's writes, forwards and
+//! joins): a child of the caller's span when its metadata carries a sampled trace
+//! (`traceparent`), else a new trace's root when the sample ratio keeps it. Raft's
 //! own consensus traffic between replicas (append, vote, snapshot) is never traced.
 //! Nothing happens while traces are off.
 
@@ -47,8 +48,11 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let traced = telemetry::on() && !path.starts_with(CONSENSUS_PREFIX);
-        if !traced {
+        let how = match path.starts_with(CONSENSUS_PREFIX) {
+            true => telemetry::Arriving::Untraced,
+            false => telemetry::arriving(request.headers()),
+        };
+        if matches!(how, telemetry::Arriving::Untraced) {
             return Box::pin(self.inner.call(request));
         }
         let span = tracing::info_span!(
@@ -59,7 +63,7 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
-        telemetry::continue_call(&span, request.headers());
+        telemetry::continue_call(&span, how);
         let response = span.in_scope(|| self.inner.call(request));
         let recorded = span.clone();
         Box::pin(

@@ -22,6 +22,8 @@
 //! - **HA** (`leases`, `ha`): the leader's in-memory host leases, renewed by hostd
 //!   heartbeats it answers only while a quorum acknowledged it within the lease, and the
 //!   loop that runs the pure HA controller on them.
+//! - **Telemetry** (`metrics`, `telemetry`): Prometheus metrics, and OpenTelemetry traces
+//!   (opt-in) whose context crosses the log inside each proposal.
 #![forbid(unsafe_code)]
 // openraft's error types (StorageError, RaftError) are large by design and are what its
 // traits return; boxing them here would only add conversions.

@@ -227,7 +227,7 @@ impl Proposer {
                 }
                 fresh => fresh,
             };
-            let proposal = match decision {
+            let mut proposal = match decision {
                 Err(r) => {
                     crate::metrics::proposal("rejected");
                     return Err(ProposeError::Rejected(r));
@@ -242,7 +242,6 @@ impl Proposer {
             // The log append, its fsyncs on a majority, the commit and the leader's apply;
             // the proposal carries this span's context to every replica that applies it.
             let committing = crate::traced_span!("commit", events = proposal.events.len());
-            let mut proposal = proposal;
             proposal.trace = crate::telemetry::current_of(&committing);
             let speculative = (self.inner.bug == Bug::AckBeforeCommit).then(|| {
                 let mut state = self.inner.shared.state.read().expect("state lock").clone();

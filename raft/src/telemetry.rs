@@ -9,15 +9,16 @@
 //! it per resource ([`RecentTraces`]), where hostd picks it up for the reconcile pass and
 //! its driver calls.
 //!
-//! Nothing is traced while traces are off: [`on`] is one relaxed load, and the spans of
-//! the write path are made only where the current trace is sampled ([`recording`],
-//! [`crate::traced_span!`]), so an unsampled call costs one span at the API's door.
+//! Nothing is traced while traces are off: [`on`] is one relaxed load. A new trace is
+//! sampled where it starts, at the door ([`arriving`], [`crate::traced_root_span!`]): an
+//! unsampled call makes no span at all, and the spans of the write path are made only
+//! where the current trace is sampled ([`recording`], [`crate::traced_span!`]).
 //!
 //! Export runs on a tokio runtime of its own (one thread): the SDK's batch processor
 //! exports from a plain thread, where tonic's client would find no reactor.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RECENT_TRACES_MAX: usize = 256;
 
 static ON: AtomicBool = AtomicBool::new(false);
+/// The share of new traces kept (an `f64`'s bits).
+static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0);
 
 /// Whether this process exports traces.
 pub fn on() -> bool {
@@ -141,9 +144,11 @@ pub fn start(config: &TraceConfig) -> Result<Exporting, String> {
         .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio))))
+        // New traces are sampled at the door (`sample_root`), before any span is made.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(resource)
         .build();
+    SAMPLE_RATIO.store(config.sample_ratio.to_bits(), Ordering::Relaxed);
     ON.store(true, Ordering::Relaxed);
     Ok(Exporting { provider, runtime: Some(runtime) })
 }
@@ -189,12 +194,12 @@ macro_rules! traced_span {
     };
 }
 
-/// A span that may start a trace: made whenever traces are on (the sampler decides
-/// whether it is kept), else `Span::none()`. Takes `tracing::info_span!`'s arguments.
+/// A span that starts a trace: made when traces are on and [`sample_root`] keeps this
+/// one, else `Span::none()`. Takes `tracing::info_span!`'s arguments.
 #[macro_export]
 macro_rules! traced_root_span {
     ($($arg:tt)*) => {
-        if $crate::telemetry::on() {
+        if $crate::telemetry::sample_root() {
             ::tracing::info_span!($($arg)*)
         } else {
             ::tracing::Span::none()
@@ -208,6 +213,47 @@ pub fn drover_target(target: &str) -> bool {
     const CRATES: [&str; 5] = ["drover", "api", "raft", "hostd", "controlplane"];
     let krate = target.split("::").next().unwrap_or(target);
     CRATES.contains(&krate)
+}
+
+/// Whether a new trace starting here is kept: traces are on, and a draw falls within the
+/// sample ratio.
+pub fn sample_root() -> bool {
+    if !on() {
+        return false;
+    }
+    let ratio = f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio)
+}
+
+/// How a call that arrives is traced.
+#[derive(Debug)]
+pub enum Arriving {
+    /// Not at all: traces are off, the caller's trace is not sampled, or a new one is not
+    /// kept.
+    Untraced,
+    /// As a new trace.
+    Root,
+    /// As part of the caller's (sampled) trace.
+    Child(Context),
+}
+
+/// How a call whose metadata is `headers` is traced.
+pub fn arriving(headers: &http::HeaderMap) -> Arriving {
+    if !on() {
+        return Arriving::Untraced;
+    }
+    if headers.contains_key(TRACEPARENT) {
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let sc = parent.span().span_context().clone();
+        if sc.is_valid() {
+            return if sc.is_sampled() { Arriving::Child(parent) } else { Arriving::Untraced };
+        }
+    }
+    if sample_root() {
+        Arriving::Root
+    } else {
+        Arriving::Untraced
+    }
 }
 
 /// Whether the current span belongs to a trace being recorded (sampled).
@@ -258,11 +304,11 @@ pub fn link(span: &tracing::Span, other: &TraceParent) {
     span.add_link(remote(other).span().span_context().clone());
 }
 
-/// Make `span` continue the trace a call's `headers` carry, if any; records its id in the
-/// span's `trace_id` field (once sampled).
-pub fn continue_call(span: &tracing::Span, headers: &http::HeaderMap) {
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    if parent.span().span_context().is_valid() {
+/// Make `span` the span of a call that arrived `how` (not [`Arriving::Untraced`]): a child
+/// of the caller's span, or a new trace's root; records the trace id in its `trace_id`
+/// field.
+pub fn continue_call(span: &tracing::Span, how: Arriving) {
+    if let Arriving::Child(parent) = how {
         let _ = span.set_parent(parent);
     }
     let sc = span.context().span().span_context().clone();
@@ -313,15 +359,20 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// The traces of recently applied proposals, by the resources their events touched: a
 /// host's replica fills it, and its reconcile pass continues the traces of the domains it
-/// acts on. Bounded: the oldest go first. Filled only while traces are on.
+/// acts on. Bounded: the oldest go first. Filled only while traces are on, and only once
+/// someone has taken from it (a control replica's is never read, so it notes nothing).
 #[derive(Debug, Default)]
 pub struct RecentTraces {
     entries: Mutex<VecDeque<(ResourceKey, TraceParent)>>,
+    read: AtomicBool,
 }
 
 impl RecentTraces {
     /// `key` was changed by a proposal applied under `parent`.
     pub fn note(&self, key: ResourceKey, parent: TraceParent) {
+        if !self.read.load(Ordering::Relaxed) {
+            return;
+        }
         let mut entries = self.entries.lock().expect("recent traces lock");
         entries.retain(|(k, _)| *k != key);
         if entries.len() == RECENT_TRACES_MAX {
@@ -330,8 +381,10 @@ impl RecentTraces {
         entries.push_back((key, parent));
     }
 
-    /// Everything noted since the last take, oldest first.
+    /// Everything noted since the last take, oldest first (the first take starts the
+    /// noting).
     pub fn take(&self) -> Vec<(ResourceKey, TraceParent)> {
+        self.read.store(true, Ordering::Relaxed);
         self.entries.lock().expect("recent traces lock").drain(..).collect()
     }
 }
@@ -347,6 +400,8 @@ mod tests {
     #[test]
     fn recent_traces_keep_the_newest_per_resource_and_stay_bounded() {
         let recent = RecentTraces::default();
+        recent.note(ResourceKey::Domain("web".into()), parent(1));
+        assert!(recent.take().is_empty(), "nothing is noted before anyone reads");
         recent.note(ResourceKey::Domain("web".into()), parent(1));
         recent.note(ResourceKey::Domain("web".into()), parent(2));
         recent.note(ResourceKey::Domain("db".into()), parent(3));
@@ -386,7 +441,12 @@ mod tests {
     fn nothing_is_traced_while_traces_are_off() {
         assert!(!on());
         assert!(!recording());
+        assert!(!sample_root());
         assert_eq!(current(), None);
+        let mut headers = http::HeaderMap::new();
+        headers
+            .insert(TRACEPARENT, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
+        assert!(matches!(arriving(&headers), Arriving::Untraced));
         let mut metadata = tonic::metadata::MetadataMap::new();
         inject(&mut metadata);
         assert!(metadata.get(TRACEPARENT).is_none());
