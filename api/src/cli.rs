@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use controlplane::model::{HostState, NetworkMode, SnapshotKind, VolumeFormat};
 use proto::api as pb;
@@ -17,6 +18,7 @@ use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
 use proto::api::volumes_client::VolumesClient;
 use proto::convert::word;
+use raft::tls::{Security, Transport};
 use serde_json::{json, Value};
 use tonic::Status;
 
@@ -75,22 +77,77 @@ pub enum Output {
 /// Options every client verb takes.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Replica endpoints (host:port), tried in turn (default: the three of `drover up`).
-    #[arg(
-        long,
-        global = true,
-        value_delimiter = ',',
-        default_value = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403"
-    )]
+    /// Replica endpoints (host:port), tried in turn (default: the config file's, else the
+    /// three of `drover up`).
+    #[arg(long, global = true, value_delimiter = ',')]
     pub endpoint: Vec<String>,
+    /// Mutual TLS with the certificate in this directory (ca.pem, cert.pem, key.pem; made
+    /// by `drover up` or `drover cert issue`). Servers and hosts present it and accept
+    /// only peers the same CA signed; a client verb takes it from the config file if not
+    /// given. Default: none (insecure).
+    #[arg(long, global = true, env = "DROVER_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Let a server or host listen beyond loopback without TLS, and serve metrics (plain
+    /// HTTP) beyond loopback: anyone who can reach the port can then join, read or write.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// The client config file (endpoints, TLS directory) that `drover up` writes. Default:
+    /// $XDG_CONFIG_HOME/drover/config.toml or ~/.config/drover/config.toml, if present and
+    /// neither --endpoint nor --tls-dir is given.
+    #[arg(long, global = true, env = "DROVER_CONFIG")]
+    pub config: Option<PathBuf>,
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Output,
-    /// Who is making changes (recorded in the audit log).
+    /// Who is making changes, taken on trust without TLS (recorded in the audit log);
+    /// under TLS the servers record the certificate's holder instead.
     #[arg(long, global = true, default_value = "cli")]
     pub principal: String,
     /// Read this replica's state even if it lags (default: linearizable reads).
     #[arg(long, global = true)]
     pub local: bool,
+}
+
+/// The endpoints of `drover up`, where nothing else names any.
+pub const DEFAULT_ENDPOINTS: [&str; 3] = ["127.0.0.1:7401", "127.0.0.1:7402", "127.0.0.1:7403"];
+
+impl ClientArgs {
+    /// What a server or a host was told about security, by its flags only (not by the
+    /// user's config file).
+    pub fn security(&self) -> anyhow::Result<Security> {
+        let transport = Transport::from_dir(self.tls_dir.as_deref()).context("loading --tls-dir")?;
+        Ok(Security { transport, insecure: self.insecure })
+    }
+
+    /// The endpoints a server or host reaches the cluster at: `--endpoint`, else `up`'s.
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.endpoint.is_empty() {
+            DEFAULT_ENDPOINTS.map(str::to_owned).to_vec()
+        } else {
+            self.endpoint.clone()
+        }
+    }
+
+    /// The client a verb calls with: flags first, then the config file, then defaults.
+    /// The default config file counts only when no flag names a cluster (`--endpoint`,
+    /// `--tls-dir`): its certificate belongs to its endpoints.
+    pub fn client(&self) -> anyhow::Result<ApiClient> {
+        let config = match (&self.config, self.endpoint.is_empty() && self.tls_dir.is_none()) {
+            (Some(path), _) => Some(crate::config::load(path)?),
+            (None, true) => crate::config::find_default()?,
+            (None, false) => None,
+        }
+        .unwrap_or_default();
+        let endpoints = if !self.endpoint.is_empty() {
+            self.endpoint.clone()
+        } else if !config.endpoints.is_empty() {
+            config.endpoints
+        } else {
+            DEFAULT_ENDPOINTS.map(str::to_owned).to_vec()
+        };
+        let tls_dir = self.tls_dir.clone().or(config.tls_dir);
+        let transport = Transport::from_dir(tls_dir.as_deref()).context("loading the TLS directory")?;
+        Ok(ApiClient::with_transport(endpoints, self.principal.clone(), transport))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -512,7 +569,7 @@ fn written(output: Output, what: &str, w: &pb::WriteReply) -> Printed {
 
 /// Run a client verb; prints its result to `out`.
 pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
-    let c = ApiClient::new(args.endpoint.clone(), args.principal.clone());
+    let c = args.client()?;
     let consistency = if args.local { pb::Consistency::Local } else { pb::Consistency::Linearizable } as i32;
     let o = args.output;
     let printed = match cmd {
@@ -545,7 +602,7 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
             return Ok(());
         }
         ClientCmd::Audit(cmd) => audit(&c, o, cmd, out).await?,
-        ClientCmd::Cluster(ClusterCmd::Status) => cluster_status(&c, o, &args.endpoint).await?,
+        ClientCmd::Cluster(ClusterCmd::Status) => cluster_status(&c, o).await?,
         ClientCmd::Cluster(ClusterCmd::Settings) => {
             let s = rpc!(c, HostsClient, get_cluster_settings, pb::GetClusterSettingsRequest { consistency });
             show(
@@ -666,8 +723,9 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
 
 /// `cluster status`: each replica's own view (asked of it directly: the ones named by
 /// `endpoints` and every member they know of), and the leader's leases.
-async fn cluster_status(c: &ApiClient, o: Output, endpoints: &[String]) -> anyhow::Result<Printed> {
-    let raft = raft::client::Client::new(endpoints.to_vec());
+async fn cluster_status(c: &ApiClient, o: Output) -> anyhow::Result<Printed> {
+    let endpoints = c.endpoints();
+    let raft = raft::client::Client::with_transport(endpoints.to_vec(), c.transport().clone());
     let mut addresses: BTreeMap<u64, String> = BTreeMap::new();
     let mut unknown: Vec<String> = Vec::new();
     for e in endpoints {

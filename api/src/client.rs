@@ -7,7 +7,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use raft::tls::Transport;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Most attempts for one call.
@@ -15,26 +16,43 @@ pub const CALL_ATTEMPTS_MAX: usize = 12;
 const RETRY_PAUSE_MS: u64 = 200;
 const CALL_TIMEOUT_S: u64 = 30;
 
-/// Endpoints (`host:port`) and who is calling.
+/// Endpoints (`host:port`), how to reach them, and who is calling.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     endpoints: Vec<String>,
+    /// Under TLS the servers take the caller's name from its certificate instead.
     pub principal: String,
-}
-
-fn channel(addr: &str) -> Result<Channel, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("bad endpoint {addr:?}: {e}")))?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(CALL_TIMEOUT_S))
-        .connect_lazy())
+    transport: Transport,
 }
 
 impl ApiClient {
+    /// A client without TLS: `principal` is taken on trust by the servers.
     pub fn new(endpoints: Vec<String>, principal: String) -> ApiClient {
+        ApiClient::with_transport(endpoints, principal, Transport::insecure())
+    }
+
+    pub fn with_transport(endpoints: Vec<String>, principal: String, transport: Transport) -> ApiClient {
         assert!(!endpoints.is_empty(), "at least one endpoint");
-        ApiClient { endpoints, principal }
+        ApiClient { endpoints, principal, transport }
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let endpoint = self
+            .transport
+            .endpoint(addr)
+            .map_err(|e| Status::invalid_argument(format!("bad endpoint {addr:?}: {e}")))?;
+        Ok(endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(CALL_TIMEOUT_S))
+            .connect_lazy())
     }
 
     /// A request carrying the principal header, and the current trace when traced.
@@ -58,7 +76,7 @@ impl ApiClient {
         let mut last = Status::unavailable("no endpoint tried");
         for _ in 0..CALL_ATTEMPTS_MAX {
             let addr = hint.take().unwrap_or_else(|| self.endpoints[next % self.endpoints.len()].clone());
-            match call(channel(&addr)?).await {
+            match call(self.channel(&addr)?).await {
                 Ok(v) => return Ok(v),
                 Err(s) if s.code() == Code::Unavailable || connection_lost(&s) => {
                     hint = s

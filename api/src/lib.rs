@@ -13,11 +13,16 @@
 //! multi-endpoint client (`client`); `drover up` (`up`), a local cluster of 3 replicas
 //! and 3 host agents (each holding a learner replica) that run real guests under the kvm
 //! driver where /dev/kvm works, the fake driver elsewhere. Every call is counted
-//! (`metrics`) and, with traces on, traced (`traces`).
+//! (`metrics`) and, with traces on, traced (`traces`). Security: each server's door
+//! (`raft::tls`) checks a caller's certificate; `certs` makes a cluster's CA and
+//! certificates (`drover up`, `drover ca`, `drover cert`), `config` is the CLI's file that
+//! names its endpoints and certificate.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod metrics;
 pub mod progress;
 pub mod server;

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use controlplane::ha::HaSettings;
 use raft::node::{Node, NodeConfig};
+use raft::tls::{Kind, Security};
 use tracing::{error, info, warn, Instrument};
 
 #[derive(Parser, Debug)]
@@ -44,6 +45,12 @@ enum Command {
     Server(ServerArgs),
     /// Run a host agent.
     Hostd(hostd::process::HostdArgs),
+    /// A cluster's certificate authority (for mutual TLS).
+    #[command(subcommand)]
+    Ca(api::certs::CaCmd),
+    /// Certificates for replicas, hosts and users, signed by the cluster's CA.
+    #[command(subcommand)]
+    Cert(api::certs::CertCmd),
     /// Run one VM under Drover's own VMM (started by hostd's kvm driver).
     Vmm(vmm::process::VmmCli),
     #[command(flatten)]
@@ -75,10 +82,6 @@ struct ServerArgs {
     /// With --join: become a voter once caught up (otherwise stay a learner).
     #[arg(long, requires = "join")]
     voter: bool,
-    /// Allow listening beyond loopback. There is no authentication yet: anyone who can
-    /// reach the port can join the cluster or write to it.
-    #[arg(long)]
-    allow_remote: bool,
     /// Snapshot (and compact the raft log) every this many entries.
     #[arg(long, default_value_t = 20_000)]
     snapshot_every: u64,
@@ -101,8 +104,8 @@ struct ServerArgs {
     /// after lease + fence + this with no renewal.
     #[arg(long, default_value_t = HaSettings::default().drift_ms)]
     fence_drift_ms: u64,
-    /// Serve Prometheus metrics at http://<this>/metrics (loopback unless
-    /// --allow-remote). Default: none.
+    /// Serve Prometheus metrics at http://<this>/metrics (loopback unless --insecure).
+    /// Default: none.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
 }
@@ -153,23 +156,31 @@ fn init_logging(
     Ok(exporting)
 }
 
-async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+async fn run_server(args: ServerArgs, security: Security) -> anyhow::Result<()> {
     if args.id == 0 {
         bail!("--id must be 1 or more");
     }
-    if !args.listen.ip().is_loopback() {
-        if !args.allow_remote {
+    if let Some(own) = security.transport.own() {
+        if own.kind != Kind::Replica || own.name != args.id.to_string() {
             bail!(
-                "--listen {} is not a loopback address; pass --allow-remote to accept that the API is open",
+                "the TLS certificate names {own}, not replica:{}: a replica serves only under its own",
+                args.id
+            );
+        }
+    }
+    if !args.listen.ip().is_loopback() && !security.transport.is_tls() {
+        if !security.insecure {
+            bail!(
+                "--listen {} is not a loopback address and there is no --tls-dir; pass --insecure to accept that the API is open",
                 args.listen
             );
         }
-        warn!(listen = %args.listen, "listening beyond loopback: the API is open to anyone who can reach it");
+        warn!(listen = %args.listen, "INSECURE: listening beyond loopback without TLS: the API is open to anyone who can reach it");
     }
     if let Some(addr) = args.metrics_listen {
-        if !addr.ip().is_loopback() && !args.allow_remote {
+        if !addr.ip().is_loopback() && !security.insecure {
             bail!(
-                "--metrics-listen {addr} is not a loopback address; pass --allow-remote to serve it anyway"
+                "--metrics-listen {addr} is not a loopback address (metrics are plain HTTP); pass --insecure to serve it anyway"
             );
         }
         raft::metrics::serve(addr).map_err(anyhow::Error::msg)?;
@@ -177,6 +188,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         info!(%addr, "serving metrics");
     }
     let mut config = NodeConfig::new(args.id, args.listen, args.data_dir.clone());
+    config.transport = security.transport;
     if let Some(a) = args.advertise {
         config.advertise = a;
     }
@@ -282,7 +294,11 @@ fn main() -> std::process::ExitCode {
         Command::Server(a) => Some(("drover-server", format!("replica-{}", a.id))),
         Command::Hostd(a) => Some(("drover-hostd", a.name.clone())),
         Command::Client(_) => Some(("drover-cli", std::process::id().to_string())),
-        Command::Up(_) | Command::Vmm(_) | Command::Completions { .. } => None,
+        Command::Up(_)
+        | Command::Vmm(_)
+        | Command::Ca(_)
+        | Command::Cert(_)
+        | Command::Completions { .. } => None,
     };
     if let (Command::Up(_), Some(endpoint)) = (&cli.command, &cli.otlp_endpoint) {
         // Still one thread: nothing reads the environment concurrently.
@@ -319,9 +335,13 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Server(args) => run_server(args).await,
-            Command::Hostd(args) => Ok(hostd::process::run(args, cli.client.endpoint.clone()).await?),
-            Command::Up(args) => api::up::run(args, &mut std::io::stdout()).await,
+            Command::Server(args) => run_server(args, cli.client.security()?).await,
+            Command::Hostd(args) => {
+                Ok(hostd::process::run(args, cli.client.endpoints(), cli.client.security()?).await?)
+            }
+            Command::Ca(cmd) => api::certs::run_ca(cmd, &mut std::io::stdout()),
+            Command::Cert(cmd) => api::certs::run_cert(cmd, &mut std::io::stdout()),
+            Command::Up(args) => api::up::run(args, cli.client.insecure, &mut std::io::stdout()).await,
             Command::Client(cmd) => {
                 // The CLI's call is the root of its trace.
                 let span = raft::traced_root_span!("cli", otel.name = %verbs(&matches), otel.kind = "client");

@@ -1,5 +1,6 @@
 //! Everything a control replica serves on one port: the replication services of `raft`,
-//! the public API, gRPC health and reflection.
+//! the public API, gRPC health and reflection, behind the door of its transport
+//! ([`raft::tls`]).
 
 use std::future::Future;
 
@@ -48,9 +49,11 @@ pub async fn serve(
                 .max_encoding_message_size(API_RESPONSE_BYTES_MAX)
         };
     }
-    server_builder()
+    // The door last, so that the metrics and traces layers see its refusals too.
+    server_builder(node.transport())?
         .layer(crate::metrics::MetricsLayer)
         .layer(crate::traces::TracesLayer)
+        .layer(node.transport().door())
         .add_service(raft_server(node.clone()))
         .add_service(replication_server(node))
         .add_service(limited!(DomainsServer))

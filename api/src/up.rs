@@ -32,6 +32,48 @@ pub struct UpArgs {
     /// (replicas first, then hosts). Default: --base-port + 100.
     #[arg(long)]
     pub metrics_base_port: Option<u16>,
+    /// Write the client config only into the data directory (`config.toml`), not to the
+    /// user's default config file as well.
+    #[arg(long)]
+    pub no_user_config: bool,
+}
+
+/// Make (once) the cluster's CA and a certificate for each replica, each host and the
+/// admin user under `<data_dir>/tls`, all reached on 127.0.0.1; returns the admin's
+/// directory. A cluster resumed keeps its CA and certificates.
+fn make_certificates(data_dir: &Path, hosts: usize) -> anyhow::Result<PathBuf> {
+    use crate::certs::{Ca, Validity};
+    use raft::tls::Kind;
+    let tls = data_dir.join("tls");
+    let ca_dir = tls.join("ca");
+    let ca = if ca_dir.join(crate::certs::CA_KEY).exists() {
+        Ca::load(&ca_dir)?
+    } else {
+        Ca::create(&ca_dir, "drover up", Validity::days(crate::certs::CA_DAYS_DEFAULT)?)?
+    };
+    let local = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let mut holders: Vec<(Kind, String)> =
+        (1..=u64::from(REPLICAS)).map(|id| (Kind::Replica, id.to_string())).collect();
+    holders.extend((1..=hosts).map(|h| (Kind::Host, format!("host-{h}"))));
+    holders.push((Kind::User, ADMIN.to_owned()));
+    for (kind, name) in holders {
+        let dir = tls_dir(data_dir, kind, &name);
+        if !raft::tls::TlsFiles::new(&dir).cert().exists() {
+            ca.issue(kind, &name, &local, Validity::days(crate::certs::CERT_DAYS_DEFAULT)?, &dir)?;
+        }
+    }
+    Ok(tls_dir(data_dir, Kind::User, ADMIN))
+}
+
+/// The user `drover up` makes a certificate for.
+pub const ADMIN: &str = "admin";
+
+/// Where `up` keeps the TLS directory of `kind` `name`.
+pub fn tls_dir(data_dir: &Path, kind: raft::tls::Kind, name: &str) -> PathBuf {
+    match kind {
+        raft::tls::Kind::Replica => data_dir.join("tls").join(format!("replica-{name}")),
+        _ => data_dir.join("tls").join(name),
+    }
 }
 
 /// The example domain spec `up` writes: the test guest, printing a counter every second.
@@ -199,7 +241,9 @@ impl Drop for Children {
 }
 
 /// Run the local cluster until Ctrl-C; prints where it is and what to try.
-pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+/// Without `insecure`, every process gets a certificate of the cluster's own CA and the
+/// CLI's config names the admin's.
+pub async fn run(args: UpArgs, insecure: bool, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     let logs = args.data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
@@ -226,6 +270,37 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
     testguest::write_to(&guest).with_context(|| format!("writing {}", guest.display()))?;
     let example = data_dir.join("hello.yaml");
     std::fs::write(&example, example_spec(&guest))?;
+    let admin = if insecure { None } else { Some(make_certificates(&data_dir, args.hosts)?) };
+    let tls_args = |kind: raft::tls::Kind, name: &str| -> Vec<String> {
+        match admin {
+            Some(_) => vec!["--tls-dir".into(), tls_dir(&data_dir, kind, name).display().to_string()],
+            None => Vec::new(),
+        }
+    };
+    let config = crate::config::ClientConfig { endpoints: endpoints.clone(), tls_dir: admin.clone() };
+    let config_file = data_dir.join("config.toml");
+    crate::config::write(&config_file, &config)?;
+    let user_config = (!args.no_user_config).then(crate::config::default_path).flatten();
+    let user_config = match user_config {
+        // A config the user wrote is theirs: only one `up` wrote is replaced.
+        Some(p)
+            if !p.exists()
+                || std::fs::read_to_string(&p).is_ok_and(|t| t.starts_with(crate::config::WRITTEN_BY_UP)) =>
+        {
+            crate::config::write(&p, &config)?;
+            Some(p)
+        }
+        Some(p) => {
+            writeln!(
+                out,
+                "WARNING: {} is not one `drover up` wrote; left alone (use --config {})",
+                p.display(),
+                config_file.display()
+            )?;
+            None
+        }
+        None => None,
+    };
     let mut children = Children(Vec::new());
     for i in 0..REPLICAS {
         let id = u64::from(i) + 1;
@@ -240,6 +315,7 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
             "--metrics-listen".into(),
             metrics_addr(i),
         ];
+        a.extend(tls_args(raft::tls::Kind::Replica, &id.to_string()));
         if i == 0 {
             a.push("--bootstrap".into());
         } else {
@@ -249,7 +325,7 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
     }
     for h in 1..=args.hosts {
         let host_port = u16::try_from(h).context("too many hosts")?;
-        let a = vec![
+        let mut a = vec![
             "hostd".to_string(),
             "--name".into(),
             format!("host-{h}"),
@@ -274,15 +350,28 @@ pub async fn run(args: UpArgs, out: &mut dyn std::io::Write) -> anyhow::Result<(
             "--metrics-listen".into(),
             metrics_addr(REPLICAS + host_port - 1),
         ];
+        a.extend(tls_args(raft::tls::Kind::Host, &format!("host-{h}")));
         children.spawn(&format!("host-{h}"), &a, &logs.join(format!("host-{h}.log")))?;
     }
     // The commands to try name this very binary: `drover` is usually not on the PATH (it
     // is wherever cargo built it).
-    let d = std::env::current_exe().map_or_else(|_| "drover".to_owned(), |p| p.display().to_string());
+    let mut d = std::env::current_exe().map_or_else(|_| "drover".to_owned(), |p| p.display().to_string());
+    if user_config.is_none() {
+        d = format!("\"{d} --config {}\"", config_file.display());
+    }
+    let security = match &admin {
+        Some(a) => format!(
+            "mutual TLS, CA and certificates in {}; the CLI is admin ({})",
+            data_dir.join("tls").display(),
+            a.display()
+        ),
+        None => "INSECURE: no TLS (--insecure)".to_owned(),
+    };
+    let config_shown = user_config.as_ref().unwrap_or(&config_file).display().to_string();
     writeln!(
         out,
         "Drover is up: {} replicas, {} hosts ({} driver); data in {}\n\
-         \n  endpoint   {}\n  metrics    {}\n  logs       {}\n\n\
+         \n  endpoint   {}\n  security   {security}\n  config     {config_shown}\n  metrics    {}\n  logs       {}\n\n\
          Try:\n  D={d}\n  $D host list\n  $D domain define hello --file {}\n  $D domain start hello\n  \
          tail -f {}/host-*/vms/hello/console.log\n  \
          $D snapshot create hello s1\n  $D events --from 1 --follow\n  $D audit verify\n\n\

@@ -21,7 +21,7 @@ use proto::api::networks_client::NetworksClient;
 use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
 use proto::api::volumes_client::VolumesClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 use tracing::{info, warn, Instrument};
 
@@ -45,6 +45,8 @@ pub struct AgentConfig {
     pub address: String,
     /// Control replicas (`host:port`), tried in turn.
     pub endpoints: Vec<String>,
+    /// How it reaches them: with the host's certificate, or insecure.
+    pub transport: raft::tls::Transport,
     pub vcpus: u32,
     pub memory_mib: u64,
     pub labels: BTreeMap<String, String>,
@@ -86,11 +88,16 @@ struct Api {
 
 impl Api {
     /// Channels to every replica; each call gives up after `timeout`.
-    fn new(endpoints: &[String], timeout: Duration) -> Result<Api, AgentError> {
+    fn new(
+        endpoints: &[String],
+        transport: &raft::tls::Transport,
+        timeout: Duration,
+    ) -> Result<Api, AgentError> {
         let channels = endpoints
             .iter()
             .map(|e| {
-                Endpoint::from_shared(format!("http://{e}"))
+                transport
+                    .endpoint(e)
                     .map(|ep| {
                         ep.connect_timeout(timeout.min(Duration::from_secs(2)))
                             .timeout(timeout)
@@ -263,7 +270,7 @@ pub async fn run<D: Driver>(
     mut driver: D,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let mut api = Api::new(&config.endpoints, API_CALL_TIMEOUT)?;
+    let mut api = Api::new(&config.endpoints, &config.transport, API_CALL_TIMEOUT)?;
     let boot = now_ms();
     // Driver time is monotonic: a wall-clock jump must not stretch or cut a shutdown
     // timeout (or the fake driver's boot delay).
@@ -279,7 +286,7 @@ pub async fn run<D: Driver>(
     info!(host = %config.host, "host registered and ready");
     let lease = Arc::new(HostLease::new(config.lease_file.clone()));
     let heartbeats = tokio::spawn(heartbeat(
-        Api::new(&config.endpoints, HEARTBEAT_TIMEOUT)?,
+        Api::new(&config.endpoints, &config.transport, HEARTBEAT_TIMEOUT)?,
         config.host.clone(),
         lease.clone(),
     ));

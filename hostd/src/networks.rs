@@ -123,7 +123,7 @@ impl HostNetworks {
 
     /// Serve `work`'s networks and stop serving the rest.
     pub fn run<D: Driver + ?Sized>(&mut self, driver: &mut D, work: &NetworkWork) {
-        let recheck = self.passes % RECHECK_EVERY_PASSES == 0;
+        let recheck = self.passes.is_multiple_of(RECHECK_EVERY_PASSES);
         self.passes += 1;
         if !recheck && *work == self.served {
             return;

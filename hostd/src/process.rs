@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use raft::node::{Node, NodeConfig};
+use raft::tls::Security;
 use tracing::{info, warn};
 
 use crate::agent::{self, AgentConfig, AgentError};
@@ -81,10 +82,6 @@ pub struct HostdArgs {
     /// Where the replica's raft services listen; the leader sends it the log there.
     #[arg(long)]
     pub replica_listen: Option<SocketAddr>,
-    /// Allow --replica-listen (and --metrics-listen) beyond loopback. There is no
-    /// authentication yet.
-    #[arg(long)]
-    pub allow_remote: bool,
     /// Serve Prometheus metrics at http://<this>/metrics. Default: none.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -120,7 +117,11 @@ fn host_address(args: &HostdArgs) -> String {
 
 /// Start this host's learner replica, serve its raft services, and join the cluster
 /// through one of `endpoints` (tried in turn until one takes it, for up to two minutes).
-async fn start_host_replica(args: &HostdArgs, endpoints: &[String]) -> Result<Option<Node>, ProcessError> {
+async fn start_host_replica(
+    args: &HostdArgs,
+    endpoints: &[String],
+    security: &Security,
+) -> Result<Option<Node>, ProcessError> {
     let (Some(dir), Some(id), Some(listen)) = (&args.replica_dir, args.replica_id, args.replica_listen)
     else {
         return Ok(None);
@@ -128,15 +129,17 @@ async fn start_host_replica(args: &HostdArgs, endpoints: &[String]) -> Result<Op
     if id == 0 {
         return Err(ProcessError::Args("--replica-id must be 1 or more".into()));
     }
-    if !listen.ip().is_loopback() {
-        if !args.allow_remote {
+    if !listen.ip().is_loopback() && !security.transport.is_tls() {
+        if !security.insecure {
             return Err(ProcessError::Args(format!(
-                "--replica-listen {listen} is not a loopback address; pass --allow-remote to accept that it is open"
+                "--replica-listen {listen} is not a loopback address and there is no --tls-dir; pass --insecure to accept that it is open"
             )));
         }
-        warn!(%listen, "the host's replica listens beyond loopback: anyone who can reach it can talk to it");
+        warn!(%listen, "INSECURE: the host's replica listens beyond loopback without TLS: anyone who can reach it can talk to it");
     }
-    let node = Node::start(NodeConfig::new(id, listen, dir.clone()))
+    let mut replica = NodeConfig::new(id, listen, dir.clone());
+    replica.transport = security.transport.clone();
+    let node = Node::start(replica)
         .await
         .map_err(|e| ProcessError::Replica(format!("starting replica {id}: {e}")))?;
     // The replica's raft services, and the host's own for the control replicas (its
@@ -155,7 +158,8 @@ async fn start_host_replica(args: &HostdArgs, endpoints: &[String]) -> Result<Op
     })?;
     tokio::spawn(async move {
         let served = async {
-            raft::service::server_builder()
+            raft::service::server_builder(serving.transport())?
+                .layer(serving.transport().door())
                 .add_service(raft::service::raft_server(serving.clone()))
                 .add_service(raft::service::replication_server(serving))
                 .add_service(proto::host::host_agent_server::HostAgentServer::new(consoles))
@@ -195,11 +199,19 @@ fn vmm_program() -> Result<(PathBuf, Vec<String>), ProcessError> {
 
 /// Run a host agent with `args`, reaching the control replicas at `endpoints`, until
 /// SIGTERM or Ctrl-C.
-pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessError> {
-    if let Some(addr) = args.metrics_listen {
-        if !addr.ip().is_loopback() && !args.allow_remote {
+pub async fn run(args: HostdArgs, endpoints: Vec<String>, security: Security) -> Result<(), ProcessError> {
+    if let Some(own) = security.transport.own() {
+        if own.kind != raft::tls::Kind::Host || own.name != args.name {
             return Err(ProcessError::Args(format!(
-                "--metrics-listen {addr} is not a loopback address; pass --allow-remote to serve it anyway"
+                "the TLS certificate names {own}, not host:{}: a host acts only under its own certificate",
+                args.name
+            )));
+        }
+    }
+    if let Some(addr) = args.metrics_listen {
+        if !addr.ip().is_loopback() && !security.insecure {
+            return Err(ProcessError::Args(format!(
+                "--metrics-listen {addr} is not a loopback address (metrics are plain HTTP); pass --insecure to serve it anyway"
             )));
         }
         raft::metrics::serve(addr).map_err(ProcessError::Args)?;
@@ -225,6 +237,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessE
         host: args.name.clone(),
         address: host_address(&args),
         endpoints: endpoints.clone(),
+        transport: security.transport.clone(),
         vcpus: args
             .vcpus
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)),
@@ -232,7 +245,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>) -> Result<(), ProcessE
         labels,
         tick_ms: args.tick_ms,
         shutdown_timeout_ms: 30_000,
-        replica: start_host_replica(&args, &endpoints).await?,
+        replica: start_host_replica(&args, &endpoints, &security).await?,
         snapshot_dir: args
             .snapshot_dir
             .clone()

@@ -131,7 +131,7 @@ impl HostSnapshots {
         work: &SnapshotWork,
         now_ms: u64,
     ) -> Vec<SnapshotReport> {
-        if self.passes % SWEEP_EVERY_PASSES == 0 {
+        if self.passes.is_multiple_of(SWEEP_EVERY_PASSES) {
             self.remove_unheld(driver, work);
         }
         self.passes += 1;

@@ -19,6 +19,7 @@ use tonic::Code;
 use crate::encoding;
 use crate::network::Channels;
 use crate::node::LEADER_ADDRESS_HEADER;
+use crate::tls::Transport;
 
 /// Most attempts for one write before giving up.
 pub const CLIENT_ATTEMPTS_MAX: u32 = 40;
@@ -54,9 +55,14 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client without TLS (tests, the load generator).
     pub fn new(endpoints: Vec<String>) -> Client {
+        Client::with_transport(endpoints, Transport::insecure())
+    }
+
+    pub fn with_transport(endpoints: Vec<String>, transport: Transport) -> Client {
         assert!(!endpoints.is_empty(), "a client needs at least one endpoint");
-        Client { endpoints, channels: Channels::default(), call_timeout: Duration::from_secs(10) }
+        Client { endpoints, channels: Channels::new(transport), call_timeout: Duration::from_secs(10) }
     }
 
     fn rpc(&self, endpoint: &str) -> Result<ReplicationClient<tonic::transport::Channel>, ClientError> {

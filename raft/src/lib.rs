@@ -22,6 +22,8 @@
 //! - **HA** (`leases`, `ha`): the leader's in-memory host leases, renewed by hostd
 //!   heartbeats it answers only while a quorum acknowledged it within the lease, and the
 //!   loop that runs the pure HA controller on them.
+//! - **Security** (`tls`): mutual TLS on every connection; the identity a peer's
+//!   certificate names, checked at each server's door and recorded as the principal.
 //! - **Telemetry** (`metrics`, `telemetry`): Prometheus metrics, and OpenTelemetry traces
 //!   (opt-in) whose context crosses the log inside each proposal.
 #![forbid(unsafe_code)]
@@ -51,4 +53,5 @@ pub mod runtime;
 pub mod service;
 pub mod state_machine;
 pub mod telemetry;
+pub mod tls;
 pub mod type_config;

@@ -18,9 +18,10 @@ use proto::raft::raft_client::RaftClient;
 use proto::raft::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::encoding;
+use crate::tls::Transport;
 use crate::type_config::{Node, NodeId, TypeConfig};
 
 /// Largest gRPC message a replica sends or accepts (a batch of entries or a snapshot chunk).
@@ -52,18 +53,31 @@ impl ClusterId {
     }
 }
 
-/// Lazily connected channels by address.
+/// Lazily connected channels by address, over one transport (TLS or insecure).
 #[derive(Debug, Clone, Default)]
-pub struct Channels(Arc<Mutex<HashMap<String, Channel>>>);
+pub struct Channels {
+    map: Arc<Mutex<HashMap<String, Channel>>>,
+    transport: Transport,
+}
 
 impl Channels {
+    pub fn new(transport: Transport) -> Channels {
+        Channels { map: Arc::default(), transport }
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     /// A channel to `addr` (`host:port`), created on first use.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self.0.lock().expect("channels lock");
+        let mut map = self.map.lock().expect("channels lock");
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        let channel = self
+            .transport
+            .endpoint(addr)?
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .connect_lazy();

@@ -34,6 +34,7 @@ use crate::log_store::LogStore;
 use crate::network::{Channels, ClusterId, GrpcNetwork};
 use crate::proposer::{self, Bug, LeaderPath, ProposeError, Proposer};
 use crate::state_machine::{Shared, SnapshotHook, StateMachine};
+use crate::tls::Transport;
 use crate::type_config::{NodeId, Raft, StorageError};
 
 /// How often a replica looks for holes in its archive to fill.
@@ -66,6 +67,8 @@ pub struct NodeConfig {
     /// Host lease timings (the leader suspects and fences by them; hosts learn them from
     /// each heartbeat's answer).
     pub ha: HaSettings,
+    /// How it connects to other replicas and serves them: TLS or insecure.
+    pub transport: Transport,
 }
 
 impl NodeConfig {
@@ -83,6 +86,7 @@ impl NodeConfig {
             log_entries_kept_after_snapshot: 1_000,
             checkpoint_every_events: 10_000,
             ha: HaSettings::default(),
+            transport: Transport::insecure(),
         }
     }
 }
@@ -247,7 +251,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let channels = Channels::default();
+        let channels = Channels::new(config.transport.clone());
         let network = GrpcNetwork { channels: channels.clone(), cluster: cluster.clone() };
         let log_store = LogStore::new(dir.log_kv.clone());
         let start_index = log_store.last_index()?;
@@ -597,6 +601,11 @@ impl Node {
     /// Where the services listen.
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen
+    }
+
+    /// How this replica connects and serves (TLS or insecure).
+    pub fn transport(&self) -> &Transport {
+        self.inner.channels.transport()
     }
 
     /// Stop raft (the services stop with [`crate::service::serve`]'s shutdown future).

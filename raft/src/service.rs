@@ -19,6 +19,7 @@ use tracing::warn;
 use crate::encoding;
 use crate::network::{CLUSTER_HEADER, RAFT_MESSAGE_BYTES_MAX};
 use crate::node::{Node, NodeError, FORWARDED_HEADER};
+use crate::tls::{Identity, Kind, Transport};
 use crate::type_config::NodeId;
 
 /// Largest write request accepted (one encoded command).
@@ -103,9 +104,15 @@ impl ReplicationService {
 impl Replication for ReplicationService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let fwd = forwarded(&request);
+        let caller = request.extensions().get::<Identity>().cloned();
         let req = request.into_inner();
         if req.node_id == 0 {
             return Err(Status::invalid_argument("node_id must be set"));
+        }
+        // A host's certificate joins its learner only; a voter needs a replica's.
+        if let Some(caller) = caller.filter(|c| c.kind != Kind::Replica && req.voter) {
+            warn!(%caller, node = req.node_id, "refused: a voter's join with a certificate that is not a replica's");
+            return Err(Status::permission_denied(format!("{caller} may join only as a learner")));
         }
         let cluster_id = self.node.handle_join(req, fwd).await.map_err(|e| e.to_status())?;
         Ok(Response::new(JoinReply { cluster_id }))
@@ -224,21 +231,23 @@ pub fn replication_server(node: Node) -> ReplicationServer<ReplicationService> {
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
 }
 
-/// Bind the node's listen address (warning when it is not loopback), with TCP_NODELAY on
-/// every accepted connection.
+/// Bind the node's listen address (warning when it is not loopback and has no TLS), with
+/// TCP_NODELAY on every accepted connection.
 pub async fn listen(node: &Node) -> Result<TcpIncoming, ServeError> {
     let addr = node.listen_addr();
-    if !addr.ip().is_loopback() {
-        warn!(%addr, "listening beyond loopback without authentication: anyone who can reach it can join, read or write");
+    if !addr.ip().is_loopback() && !node.transport().is_tls() {
+        warn!(%addr, "INSECURE: listening beyond loopback without TLS: anyone who can reach it can join, read or write");
     }
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
     Ok(TcpIncoming::from(listener).with_nodelay(Some(true)))
 }
 
-/// A server builder with Drover's call timeout.
-pub fn server_builder() -> tonic::transport::Server {
-    tonic::transport::Server::builder().timeout(Duration::from_millis(CALL_TIMEOUT_MS))
+/// A server builder with Drover's call timeout and `transport`'s TLS; its door
+/// ([`Transport::door`]) goes in front of the services.
+pub fn server_builder(transport: &Transport) -> Result<tonic::transport::Server, ServeError> {
+    Ok(transport
+        .server(tonic::transport::Server::builder().timeout(Duration::from_millis(CALL_TIMEOUT_MS)))?)
 }
 
 /// Serve the two replication services on the node's listen address until `shutdown`.
@@ -247,7 +256,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let incoming = listen(&node).await?;
-    server_builder()
+    server_builder(node.transport())?
+        .layer(node.transport().door())
         .add_service(raft_server(node.clone()))
         .add_service(replication_server(node))
         .serve_with_incoming_shutdown(incoming, shutdown)

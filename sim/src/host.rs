@@ -43,7 +43,7 @@ const HEARTBEAT_TTL_MS: u64 = 500;
 
 /// Host `index`'s hypervisor: every other host runs only small VMs.
 pub fn host_info(index: u64, net_id: NodeId, snapshots: &SnapshotStore, volumes: &VolumeStore) -> HostInfo {
-    let limits = (index % 2 == 0).then_some(SMALL_HOST_LIMITS);
+    let limits = index.is_multiple_of(2).then_some(SMALL_HOST_LIMITS);
     let driver = Arc::new(Mutex::new(new_driver(snapshots, volumes, limits)));
     HostInfo { name: format!("h{index}"), net_id, driver }
 }

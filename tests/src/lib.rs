@@ -137,18 +137,43 @@ impl Drop for UpCluster {
     }
 }
 
-/// Run the `drover` CLI against `endpoint`; panics with what it said if it fails.
-pub fn drover_cli(endpoint: &str, args: &[&str]) -> String {
-    let out =
-        Command::new(drover_bin()).args(["--endpoint", endpoint]).args(args).output().expect("drover runs");
+/// A `drover` command that reads no user config file (a developer's `drover up` may have
+/// written one naming another cluster and its certificate).
+pub fn drover_command() -> Command {
+    let mut c = Command::new(drover_bin());
+    c.env_remove("DROVER_CONFIG")
+        .env_remove("DROVER_TLS_DIR")
+        .env("XDG_CONFIG_HOME", "/nonexistent/drover-tests");
+    c
+}
+
+/// Run `drover` with `args`; panics with what it said if it fails.
+fn run_cli(connect: &[&std::ffi::OsStr], args: &[&str]) -> String {
+    let out = drover_command().args(connect).args(args).output().expect("drover runs");
     assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Wait until the cluster at `endpoints` lists `count` hosts as ready (`drover host list`).
-pub async fn wait_ready_hosts(endpoints: &str, count: usize) {
+/// Run the `drover` CLI against `endpoint` (no TLS); panics with what it said if it fails.
+pub fn drover_cli(endpoint: &str, args: &[&str]) -> String {
+    run_cli(&["--endpoint".as_ref(), endpoint.as_ref()], args)
+}
+
+/// Run the `drover` CLI with the config file a `drover up` wrote (its endpoints and the
+/// admin's certificate); panics with what it said if it fails.
+pub fn up_cli(config: &Path, args: &[&str]) -> String {
+    run_cli(&["--config".as_ref(), config.as_os_str()], args)
+}
+
+/// The config file `drover up` writes into its data directory.
+pub fn up_config(data_dir: &Path) -> PathBuf {
+    data_dir.join("config.toml")
+}
+
+/// Wait until the `drover up` cluster of `config` lists `count` hosts as ready.
+pub async fn wait_ready_hosts(config: &Path, count: usize) {
     wait_for(&format!("{count} ready hosts"), Duration::from_secs(60), || async move {
-        let out = Command::new(drover_bin()).args(["--endpoint", endpoints, "host", "list"]).output().ok()?;
+        let out = drover_command().arg("--config").arg(config).args(["host", "list"]).output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (text.lines().filter(|l| l.contains(" ready ")).count() == count).then_some(())
     })
@@ -233,6 +258,44 @@ pub async fn converged(client: &raft::client::Client, addrs: &[String]) -> Optio
     seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0].clone())
 }
 
+/// A CA of a test's own, and certificates it signs for its replicas and one user.
+#[derive(Debug)]
+pub struct TestPki {
+    root: PathBuf,
+    ca: api::certs::Ca,
+    /// The user `tester`'s directory and transport (what the test and its clients use).
+    pub user_dir: PathBuf,
+    pub user: raft::tls::Transport,
+}
+
+impl TestPki {
+    /// A new CA and the user's certificate under `root`.
+    pub fn new(root: &Path) -> TestPki {
+        let ca = api::certs::Ca::create(&root.join("ca"), "test", Self::validity()).expect("a test CA");
+        let user_dir = root.join("user-tester");
+        let files = ca
+            .issue(raft::tls::Kind::User, "tester", &[], Self::validity(), &user_dir)
+            .expect("the user's certificate");
+        let user = raft::tls::Transport::tls(raft::tls::Tls::load(&files).expect("the user's TLS files"));
+        TestPki { root: root.to_owned(), ca, user_dir, user }
+    }
+
+    fn validity() -> api::certs::Validity {
+        api::certs::Validity::days(1).expect("one day")
+    }
+
+    /// The `--tls-dir` of `kind` `name` reached at 127.0.0.1 (made on first use).
+    pub fn dir_for(&self, kind: raft::tls::Kind, name: &str) -> PathBuf {
+        let dir = self.root.join(format!("{kind}-{name}"));
+        if !raft::tls::TlsFiles::new(&dir).cert().exists() {
+            self.ca
+                .issue(kind, name, &["127.0.0.1".to_owned()], Self::validity(), &dir)
+                .expect("a certificate");
+        }
+        dir
+    }
+}
+
 /// A set of replica processes in one temporary directory; all are killed on drop.
 #[derive(Debug)]
 pub struct Processes {
@@ -240,6 +303,8 @@ pub struct Processes {
     /// Where the replicas' data directories go (`dir` unless [`Processes::with_data_root`]).
     pub data_root: PathBuf,
     pub replicas: BTreeMap<u64, Replica>,
+    /// With [`Processes::with_tls`]: every replica runs with a certificate of its own.
+    pub pki: Option<TestPki>,
 }
 
 impl Default for Processes {
@@ -251,7 +316,24 @@ impl Default for Processes {
 impl Processes {
     pub fn new() -> Processes {
         let dir = tempfile::tempdir().expect("temp dir");
-        Processes { data_root: dir.path().to_owned(), dir, replicas: BTreeMap::new() }
+        Processes { data_root: dir.path().to_owned(), dir, replicas: BTreeMap::new(), pki: None }
+    }
+
+    /// Every replica started from now on runs with `--tls-dir` (a certificate of a CA made
+    /// for these processes), and the harness's own calls use the user's certificate.
+    pub fn with_tls(mut self) -> Processes {
+        self.pki = Some(TestPki::new(&self.dir.path().join("tls")));
+        self
+    }
+
+    /// How the harness and the test's clients reach these replicas.
+    pub fn transport(&self) -> raft::tls::Transport {
+        self.pki.as_ref().map(|p| p.user.clone()).unwrap_or_default()
+    }
+
+    /// A replication client for `endpoints`, over this set's transport.
+    pub fn raft_client(&self, endpoints: Vec<String>) -> raft::client::Client {
+        raft::client::Client::with_transport(endpoints, self.transport())
     }
 
     /// Replicas keep their data directories under `root` (a test filesystem, say); logs
@@ -269,9 +351,14 @@ impl Processes {
         };
         let log = self.dir.path().join(format!("n{id}.log"));
         let out = File::options().create(true).append(true).open(&log).expect("log file");
+        let tls: Vec<PathBuf> = match &self.pki {
+            Some(pki) => vec!["--tls-dir".into(), pki.dir_for(raft::tls::Kind::Replica, &id.to_string())],
+            None => Vec::new(),
+        };
         let child = Command::new(drover_bin())
             .args(["server", "--id", &id.to_string(), "--listen", &addr, "--data-dir"])
             .arg(&data_dir)
+            .args(&tls)
             .args(extra)
             .stdout(Stdio::from(out.try_clone().expect("log fd")))
             .stderr(Stdio::from(out))
@@ -342,7 +429,7 @@ impl Processes {
     /// Start replica 1 bootstrapping a new cluster with `flags`; wait until it leads.
     pub async fn bootstrap(&mut self, flags: &[&str]) -> String {
         let addr = self.start(1, &[&["--bootstrap"][..], flags].concat());
-        let client = raft::client::Client::new(vec![addr.clone()]);
+        let client = self.raft_client(vec![addr.clone()]);
         wait_for("replica 1 to lead", Duration::from_secs(30), || async {
             client.status(&addr).await.ok().filter(|s| s.leader_id == 1).map(|_| ())
         })
@@ -366,7 +453,7 @@ impl Processes {
         for (i, id) in [(1, 2), (2, 3)] {
             self.start(id, &[&["--join", &seed, "--voter"][..], &with(i)].concat());
         }
-        let client = raft::client::Client::new(vec![seed.clone()]);
+        let client = self.raft_client(vec![seed.clone()]);
         wait_for("three voters", Duration::from_secs(60), || async {
             client.status(&seed).await.ok().filter(|s| s.voters.len() == 3).map(|_| ())
         })
@@ -378,7 +465,7 @@ impl Processes {
         for &id in ids {
             self.start(id, &[&["--join", seed, "--voter"][..], flags].concat());
         }
-        let client = raft::client::Client::new(vec![seed.to_owned()]);
+        let client = self.raft_client(vec![seed.to_owned()]);
         let want = ids.len() + 1;
         wait_for("the voters to join", Duration::from_secs(60), || async {
             client.status(seed).await.ok().filter(|s| s.voters.len() == want).map(|_| ())

@@ -414,7 +414,7 @@ async fn a_host_cut_off_fences_itself_its_ha_domains_run_elsewhere_and_it_rejoin
             "1",
             "--listen",
             &ep,
-            "--allow-remote",
+            "--insecure",
             "--bootstrap",
             "--data-dir",
             data.to_str().unwrap(),

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tests::{drover_bin, drover_cli, free_port, free_run, wait_for, KillOnDrop, UpCluster};
+use tests::{drover_bin, free_port, free_run, up_cli, wait_for, KillOnDrop, UpCluster};
 
 /// `text` as a URL query value.
 fn encode(text: &str) -> String {
@@ -60,7 +60,7 @@ async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     let (base, metrics_base) = (free_run(7), free_run(6));
     let mut up = UpCluster(
         Command::new(drover_bin())
-            .args(["up", "--data-dir"])
+            .args(["up", "--no-user-config", "--data-dir"])
             .arg(dir.path().join("cluster"))
             .args(["--base-port", &base.to_string(), "--metrics-base-port", &metrics_base.to_string()])
             .stdout(Stdio::piped())
@@ -81,11 +81,11 @@ async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     // Keep reading its output, so it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
 
-    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
-    tests::wait_ready_hosts(&endpoints, 3).await;
+    let cluster = tests::up_config(&dir.path().join("cluster"));
+    tests::wait_ready_hosts(&cluster, 3).await;
     let spec = dir.path().join("cluster/hello.yaml");
-    drover_cli(&endpoints, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
-    drover_cli(&endpoints, &["domain", "start", "web"]);
+    up_cli(&cluster, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
+    up_cli(&cluster, &["domain", "start", "web"]);
 
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -138,7 +138,7 @@ async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
         until(&prometheus, r#"drover_vm_cpu_seconds{domain="web"}"#, 1, |v| v >= 0.0).await;
         until(&prometheus, r#"drover_vm_exits_total{domain="web"}"#, 1, |v| v > 0.0).await;
     }
-    drover_cli(&endpoints, &["domain", "destroy", "web"]);
+    up_cli(&cluster, &["domain", "destroy", "web"]);
     drop(up);
 }
 

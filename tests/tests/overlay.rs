@@ -109,7 +109,7 @@ async fn two_guests_on_two_hosts_reach_each_other_over_the_overlay() {
     };
     let data = dir.path().join("data").display().to_string();
     let server =
-        ["server", "--id", "1", "--listen", &endpoint, "--allow-remote", "--bootstrap", "--data-dir", &data];
+        ["server", "--id", "1", "--listen", &endpoint, "--insecure", "--bootstrap", "--data-dir", &data];
     world.children.push(spawn(&control, &server, log("server")));
     let drover = |args: &[&str]| {
         let out = Command::new("ip")

@@ -49,7 +49,7 @@ async fn one_trace_follows_a_start_from_the_cli_to_the_guest() {
     let (base, metrics_base) = (free_run(7), free_run(6));
     let _up = UpCluster(
         Command::new(drover_bin())
-            .args(["up", "--data-dir"])
+            .args(["up", "--no-user-config", "--data-dir"])
             .arg(dir.path().join("cluster"))
             .args(["--base-port", &base.to_string(), "--metrics-base-port", &metrics_base.to_string()])
             .args(["--otlp-endpoint", &receiver.endpoint()])
@@ -58,13 +58,14 @@ async fn one_trace_follows_a_start_from_the_cli_to_the_guest() {
             .spawn()
             .expect("drover up starts"),
     );
-    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
-    tests::wait_ready_hosts(&endpoints, 3).await;
+    let config = tests::up_config(&dir.path().join("cluster"));
+    tests::wait_ready_hosts(&config, 3).await;
     let kvm = vmm::kvm_present_for("a traced start of a guest under the own VMM");
     let spec = dir.path().join("cluster/hello.yaml");
     let cli = |args: &[&str]| {
-        let out = Command::new(drover_bin())
-            .args(["--endpoint", &endpoints])
+        let out = tests::drover_command()
+            .arg("--config")
+            .arg(&config)
             .args(args)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
             .output()

@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{drover_bin, drover_cli, free_run, wait_for};
+use tests::{drover_bin, free_run, up_cli, up_config, wait_for};
 
 /// Stops a `drover up` the test left behind (a failed assertion), so no cluster or VM
 /// outlives the test.
@@ -27,7 +27,7 @@ impl Drop for UpGuard {
 
 fn up(dir: &std::path::Path, base: u16) -> Child {
     Command::new(drover_bin())
-        .args(["up", "--data-dir"])
+        .args(["up", "--no-user-config", "--data-dir"])
         .arg(dir)
         .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
         .stdout(Stdio::piped())
@@ -59,21 +59,25 @@ fn processes_of_cluster(base: u16) -> usize {
 async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cluster");
+    let config = up_config(&data);
+    let cfg = config.as_path();
     let base = free_run(13);
     let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
     let child = up(&data, base);
     let mut guard = UpGuard(Some(child.id()));
-    tests::wait_ready_hosts(&endpoints, 3).await;
+    tests::wait_ready_hosts(&config, 3).await;
 
     // Each host says where it is reached: its replica's address, not a placeholder.
-    let hosts = drover_cli(&endpoints, &["host", "list"]);
+    let hosts = up_cli(&config, &["host", "list"]);
     for h in 1..=3u16 {
         let line = hosts.lines().find(|l| l.starts_with(&format!("host-{h} "))).unwrap_or_default();
         assert!(line.contains(&format!("127.0.0.1:{}", base + 3 + h)), "{hosts}");
     }
 
     // Every host holds a replica of the log: three learners beside the three voters.
-    let client = raft::client::Client::new(vec![format!("127.0.0.1:{base}")]);
+    let admin = raft::tls::Transport::from_dir(Some(&data.join("tls/admin")))
+        .expect("up made the admin's certificate");
+    let client = raft::client::Client::with_transport(vec![format!("127.0.0.1:{base}")], admin);
     wait_for("the hosts' replicas to join as learners", Duration::from_secs(60), || async {
         let s = client.status(&format!("127.0.0.1:{base}")).await.ok()?;
         (s.voters == [1, 2, 3] && s.learners == [101, 102, 103]).then_some(())
@@ -84,18 +88,19 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let kvm = vmm::kvm_present_for("booting guests under drover up (it ran the fake driver)");
     // The example spec `up` wrote boots the test guest it wrote beside it.
     let spec = data.join("hello.yaml");
-    drover_cli(&endpoints, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
+    up_cli(&config, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
     // `--wait` returns once the host reports it running, and says where; piped, the
     // spinner stays off (no escape codes).
-    let started = drover_cli(&endpoints, &["domain", "start", "web", "--wait"]);
+    let started = up_cli(&config, &["domain", "start", "web", "--wait"]);
     assert!(started.contains("domain web is running on host host-"), "{started}");
     assert!(!started.contains('\x1b'), "{started:?}");
     let info: serde_json::Value =
-        serde_json::from_str(&drover_cli(&endpoints, &["--output", "json", "domain", "info", "web"]))
-            .unwrap();
+        serde_json::from_str(&up_cli(&config, &["--output", "json", "domain", "info", "web"])).unwrap();
     assert!(info["uptime_s"].is_u64() && info["phase_since_ms"].as_u64() > Some(0), "{info}");
     let phase = |eps: String| async move {
-        let out = Command::new(drover_bin())
+        let out = tests::drover_command()
+            .arg("--config")
+            .arg(cfg)
             .args(["--endpoint", &eps, "--output", "json", "domain", "info", "web"])
             .output()
             .ok()?;
@@ -116,14 +121,16 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
         .await;
         // The console through the API, from whichever host runs it: what it printed so
         // far, then, following, the counter as it goes on (a tick every second).
-        let printed = drover_cli(&endpoints, &["domain", "console", "web"]);
+        let printed = up_cli(&config, &["domain", "console", "web"]);
         assert!(printed.contains(testguest::MARKER), "{printed}");
-        let tail = drover_cli(&endpoints, &["domain", "console", "web", "--tail-bytes", "10"]);
+        let tail = up_cli(&config, &["domain", "console", "web", "--tail-bytes", "10"]);
         assert_eq!(tail.len(), 10, "{tail:?}");
         let ticks_before = printed.matches(testguest::TICK_PREFIX).count();
         let mut follow = tests::KillOnDrop(
-            Command::new(drover_bin())
-                .args(["--endpoint", &endpoints, "domain", "console", "web", "--follow"])
+            tests::drover_command()
+                .arg("--config")
+                .arg(cfg)
+                .args(["domain", "console", "web", "--follow"])
                 .stdout(Stdio::piped())
                 .spawn()
                 .unwrap(),
@@ -148,36 +155,38 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
         drop(follow);
     }
     // A domain that is not placed has no console; an unknown one is not found.
-    let refused = Command::new(drover_bin())
-        .args(["--endpoint", &endpoints, "domain", "console", "nothing-here"])
+    let refused = tests::drover_command()
+        .arg("--config")
+        .arg(cfg)
+        .args(["domain", "console", "nothing-here"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&refused.stderr).contains("NotFound"), "{refused:?}");
     // Snapshots and migrations through the CLI (no migration controller yet: a started
     // migration waits in `preparing` until aborted). The host takes the snapshot, into the
     // snapshot directory every host of `drover up` shares.
-    let taken = drover_cli(&endpoints, &["snapshot", "create", "web", "s1"]);
+    let taken = up_cli(&config, &["snapshot", "create", "web", "s1"]);
     assert!(taken.contains(&format!("snapshot web/s1 taken on host {host}")), "{taken}");
-    assert!(drover_cli(&endpoints, &["snapshot", "list", "web"])
+    assert!(up_cli(&config, &["snapshot", "list", "web"])
         .lines()
         .any(|l| l.starts_with("web ") && l.contains("s1") && l.contains("full") && l.contains("taken")));
     if kvm {
         let files: Vec<_> = std::fs::read_dir(data.join("snapshots/web")).unwrap().collect();
         assert_eq!(files.len(), 1, "one snapshot file: {files:?}");
     }
-    let started = drover_cli(&endpoints, &["--output", "json", "migrate", "start", "web"]);
+    let started = up_cli(&config, &["--output", "json", "migrate", "start", "web"]);
     let id = serde_json::from_str::<serde_json::Value>(&started).unwrap()["id"].as_u64().unwrap();
-    assert!(drover_cli(&endpoints, &["migrate", "list"]).contains("preparing"));
-    drover_cli(&endpoints, &["migrate", "abort", &id.to_string()]);
-    assert!(drover_cli(&endpoints, &["migrate", "list"]).contains("rolled-back"));
-    drover_cli(&endpoints, &["domain", "suspend", "web"]);
+    assert!(up_cli(&config, &["migrate", "list"]).contains("preparing"));
+    up_cli(&config, &["migrate", "abort", &id.to_string()]);
+    assert!(up_cli(&config, &["migrate", "list"]).contains("rolled-back"));
+    up_cli(&config, &["domain", "suspend", "web"]);
     wait_for("web to pause", Duration::from_secs(30), || {
         let eps = endpoints.clone();
         async move { phase(eps).await.filter(|(p, _)| p == "paused") }
     })
     .await;
-    drover_cli(&endpoints, &["domain", "resume", "web"]);
-    let stopped = drover_cli(&endpoints, &["domain", "shutdown", "web", "--wait"]);
+    up_cli(&config, &["domain", "resume", "web"]);
+    let stopped = up_cli(&config, &["domain", "shutdown", "web", "--wait"]);
     assert!(stopped.contains("domain web has stopped"), "{stopped}");
     assert_eq!(phase(endpoints.clone()).await, Some(("stopped".to_owned(), String::new())));
 
@@ -187,10 +196,12 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     }
 
     // A second guest is left running when the cluster stops: Ctrl-C ends it too.
-    drover_cli(&endpoints, &["domain", "define", "left", "--file", spec.to_str().unwrap()]);
-    drover_cli(&endpoints, &["domain", "start", "left"]);
+    up_cli(&config, &["domain", "define", "left", "--file", spec.to_str().unwrap()]);
+    up_cli(&config, &["domain", "start", "left"]);
     let left_phase = |eps: String| async move {
-        let out = Command::new(drover_bin())
+        let out = tests::drover_command()
+            .arg("--config")
+            .arg(cfg)
             .args(["--endpoint", &eps, "--output", "json", "domain", "info", "left"])
             .output()
             .ok()?;
@@ -216,14 +227,18 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let verified = wait_for("the cluster to come back", Duration::from_secs(60), || {
         let eps = eps.clone();
         async move {
-            let out =
-                Command::new(drover_bin()).args(["--endpoint", &eps, "audit", "verify"]).output().ok()?;
+            let out = tests::drover_command()
+                .arg("--config")
+                .arg(cfg)
+                .args(["--endpoint", &eps, "audit", "verify"])
+                .output()
+                .ok()?;
             out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
         }
     })
     .await;
     assert!(verified.starts_with("verify ok"), "{verified}");
-    let list = drover_cli(&endpoints, &["domain", "list"]);
+    let list = up_cli(&config, &["domain", "list"]);
     assert!(list.lines().any(|l| l.starts_with("web ") && l.contains("stopped")), "{list}");
     // The domain that should run runs again.
     wait_for("left to run again", Duration::from_secs(30), || left_phase(endpoints.clone())).await;
@@ -243,7 +258,7 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_run(13);
     let child = Command::new(drover_bin())
-        .args(["up", "--driver", "fake", "--data-dir"])
+        .args(["up", "--no-user-config", "--driver", "fake", "--data-dir"])
         .arg(dir.path())
         .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
         .stdout(Stdio::piped())
@@ -251,14 +266,11 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
         .spawn()
         .expect("drover up starts");
     let mut guard = UpGuard(Some(child.id()));
-    let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
-    let eps = endpoints.clone();
-    wait_for("the cluster to answer", Duration::from_secs(60), || {
-        let eps = eps.clone();
-        async move {
-            let out = Command::new(drover_bin()).args(["--endpoint", &eps, "host", "list"]).output().ok()?;
-            (String::from_utf8_lossy(&out.stdout).matches(" ready ").count() == 3).then_some(())
-        }
+    let config = up_config(dir.path());
+    let cfg = config.as_path();
+    wait_for("the cluster to answer", Duration::from_secs(60), || async move {
+        let out = tests::drover_command().arg("--config").arg(cfg).args(["host", "list"]).output().ok()?;
+        (String::from_utf8_lossy(&out.stdout).matches(" ready ").count() == 3).then_some(())
     })
     .await;
     let spec = dir.path().join("hello.yaml");
@@ -272,10 +284,10 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
         }
         let name = format!("w{i}");
         // Every write succeeds: the CLI moves on to the replicas that still answer.
-        drover_cli(&endpoints, &["domain", "define", &name, "--file", spec.to_str().unwrap()]);
+        up_cli(&config, &["domain", "define", &name, "--file", spec.to_str().unwrap()]);
         acknowledged.push(name);
     }
-    let list = drover_cli(&endpoints, &["domain", "list"]);
+    let list = up_cli(&config, &["domain", "list"]);
     for name in &acknowledged {
         assert!(list.lines().any(|l| l.starts_with(&format!("{name} "))), "{name} was lost:\n{list}");
     }
@@ -288,7 +300,9 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     wait_for("replica 1 to catch up", Duration::from_secs(60), || {
         let own = own.clone();
         async move {
-            let out = Command::new(drover_bin())
+            let out = tests::drover_command()
+                .arg("--config")
+                .arg(cfg)
                 .args(["--endpoint", &own, "--local", "domain", "list"])
                 .output()
                 .ok()?;
@@ -298,12 +312,12 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     })
     .await;
     assert!(std::path::Path::new(&format!("/proc/{restarted}")).exists());
-    let verified = drover_cli(&endpoints, &["audit", "verify"]);
+    let verified = up_cli(&config, &["audit", "verify"]);
     assert!(verified.starts_with("verify ok"), "{verified}");
     // The control plane as it stands: three voters and three host learners, one leader,
     // every host renewing its lease.
     let status: serde_json::Value =
-        serde_json::from_str(&drover_cli(&endpoints, &["--output", "json", "cluster", "status"])).unwrap();
+        serde_json::from_str(&up_cli(&config, &["--output", "json", "cluster", "status"])).unwrap();
     let replicas = status["replicas"].as_array().unwrap();
     assert_eq!(replicas.len(), 6, "{status}");
     assert_eq!(replicas.iter().filter(|r| r["role"] == "leader").count(), 1, "{status}");

@@ -46,7 +46,10 @@ impl Domains for Api {
                 r.name
             ))
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        let endpoint = self
+            .node
+            .transport()
+            .endpoint(&address)
             .map_err(|e| unreachable(&e))?
             .connect_timeout(HOST_CONNECT_TIMEOUT);
         let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;

@@ -19,9 +19,10 @@ use proto::api as pb;
 use raft::node::Node;
 use tonic::Status;
 
-/// Metadata header naming who makes a change. Until authentication exists it is taken on
-/// trust; without it the principal is `anonymous`.
-pub const PRINCIPAL_HEADER: &str = "drover-principal";
+/// Metadata header naming who makes a change. Under TLS the server's door writes the
+/// caller's proven identity into it (whatever the client sent); in insecure mode it is
+/// taken on trust, and without it the principal is `anonymous`.
+pub use raft::tls::PRINCIPAL_HEADER;
 
 /// What every service holds: the replica it runs on.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ impl Api {
         let principal = meta
             .get(PRINCIPAL_HEADER)
             .and_then(|v| v.to_str().ok())
-            .map_or_else(|| "anonymous".to_owned(), str::to_owned);
+            .map_or_else(|| raft::tls::ANONYMOUS.to_owned(), str::to_owned);
         let request_id =
             if request_id.is_empty() { format!("auto-{:032x}", rand::random::<u128>()) } else { request_id };
         let committed: Committed = self

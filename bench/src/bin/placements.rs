@@ -39,6 +39,9 @@ struct Args {
     /// cost), to a receiver in this process.
     #[arg(long)]
     trace_sample_ratio: Option<f64>,
+    /// Run the replicas and the client with mutual TLS (what TLS costs).
+    #[arg(long)]
+    tls: bool,
 }
 
 fn spec() -> pb::DomainSpec {
@@ -90,13 +93,13 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut p = Processes::new();
+    let mut p = if args.tls { Processes::new().with_tls() } else { Processes::new() };
     // The hosts are registered here, with no hostd renewing their leases.
     let (receiver, trace_flags) = bench::traced(args.trace_sample_ratio).await;
     let trace_flags: Vec<&str> = trace_flags.iter().map(String::as_str).collect();
     let flags = [&["--log", "warn"][..], tests::NO_HOSTD, &trace_flags].concat();
     let (a1, _) = p.three_voters(&flags, args.metrics).await;
-    let channel: Channel = tonic::transport::Endpoint::from_shared(format!("http://{a1}"))?.connect_lazy();
+    let channel: Channel = p.transport().endpoint(&a1)?.connect_lazy();
     let mut hosts = HostsClient::new(channel.clone());
     for i in 0..args.hosts {
         let name = format!("host-{i}");

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use raft::client::Client;
+use raft::tls::Transport;
 use tests::{define_request, free_port, Processes};
 
 mod etcdpb {
@@ -87,6 +88,9 @@ struct Args {
     /// cost), to a receiver in this process.
     #[arg(long)]
     trace_sample_ratio: Option<f64>,
+    /// Run Drover's replicas and clients with mutual TLS (what TLS costs).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(Debug)]
@@ -156,9 +160,9 @@ fn report(system: &str, clients: usize, s: &Stats) {
 
 async fn drover(args: &Args) -> anyhow::Result<()> {
     if !args.drover_endpoints.is_empty() {
-        return drive_drover(args, args.drover_endpoints.clone()).await;
+        return drive_drover(args, args.drover_endpoints.clone(), Transport::insecure()).await;
     }
-    let mut p = Processes::new();
+    let mut p = if args.tls { Processes::new().with_tls() } else { Processes::new() };
     let (receiver, trace_flags) = bench::traced(args.trace_sample_ratio).await;
     let flags: Vec<&str> =
         ["--log", "warn"].into_iter().chain(trace_flags.iter().map(String::as_str)).collect();
@@ -166,7 +170,7 @@ async fn drover(args: &Args) -> anyhow::Result<()> {
     if args.metrics {
         println!("metrics at {}", metrics.join(" "));
     }
-    drive_drover(args, p.addrs()).await?;
+    drive_drover(args, p.addrs(), p.transport()).await?;
     if let Some(receiver) = receiver {
         // The replicas export every 500 ms: what arrived by now is what they made.
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -175,11 +179,12 @@ async fn drover(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drive_drover(args: &Args, endpoints: Vec<String>) -> anyhow::Result<()> {
+async fn drive_drover(args: &Args, endpoints: Vec<String>, transport: Transport) -> anyhow::Result<()> {
     let tag = std::process::id();
     // Each `Client` holds its own connections.
-    let connections: Vec<Client> =
-        (0..args.connections.max(1)).map(|_| Client::new(endpoints.clone())).collect();
+    let connections: Vec<Client> = (0..args.connections.max(1))
+        .map(|_| Client::with_transport(endpoints.clone(), transport.clone()))
+        .collect();
     let mut run = 0;
     for &calls in &args.drover_calls {
         for &clients in &args.clients {

@@ -103,7 +103,7 @@ impl Block {
     fn serve(&mut self, kind: u32, sector: u64, data: &[u8], room: usize) -> (u8, Vec<u8>) {
         let in_range = |len: usize| {
             let sectors = (len as u64).div_ceil(SECTOR_BYTES);
-            len % SECTOR_BYTES as usize == 0
+            len.is_multiple_of(SECTOR_BYTES as usize)
                 && sector.checked_add(sectors).is_some_and(|end| end <= self.capacity_sectors)
         };
         match kind {

@@ -1,0 +1,164 @@
+//! Mutual TLS between real `drover server` processes: only certificates of the cluster's
+//! CA get in, each kind only where it may, refusals change nothing and are logged, and
+//! the audit log names the certificate's holder, not what the client claims.
+
+use std::path::Path;
+use std::time::Duration;
+
+use api::certs::{Ca, Validity};
+use proto::api::domains_client::DomainsClient;
+use proto::raft::raft_client::RaftClient;
+use proto::raft::replication_client::ReplicationClient;
+use raft::tls::{Kind, Tls, TlsFiles, Transport};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::Code;
+
+use tests::{drover_command, wait_for, Processes};
+
+fn day() -> Validity {
+    Validity::days(1).unwrap()
+}
+
+fn transport(dir: &Path) -> Transport {
+    Transport::tls(Tls::load(&TlsFiles::new(dir)).unwrap())
+}
+
+/// The status of replica `addr` as `who` sees it (open to every certificate).
+async fn state_hash(who: &Transport, addr: &str) -> Option<(u64, String)> {
+    let channel = who.endpoint(addr).ok()?.connect().await.ok()?;
+    let s = ReplicationClient::new(channel).status(proto::raft::StatusRequest {}).await.ok()?.into_inner();
+    Some((s.last_seq, s.state_hash))
+}
+
+/// The code a `Domains/List` call made over `endpoint` ends with (a failed handshake is
+/// `Unavailable` or `Unknown`: the connection never carried the call).
+async fn list_code(endpoint: Endpoint) -> Code {
+    match endpoint.connect().await {
+        Err(_) => Code::Unavailable,
+        Ok(channel) => {
+            match DomainsClient::new(channel).list(proto::api::ListDomainsRequest::default()).await {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_audit_names_them() {
+    let mut p = Processes::new().with_tls();
+    let pki = p.pki.as_ref().unwrap();
+    let alice = pki.dir_for(Kind::User, "alice");
+    let host = pki.dir_for(Kind::Host, "h1");
+    let replica_1 = pki.dir_for(Kind::Replica, "1");
+    let ca_pem = std::fs::read(TlsFiles::new(&alice).ca()).unwrap();
+    let root = p.dir.path().join("more-tls");
+    let expired = root.join("expired");
+    Ca::load(&p.dir.path().join("tls/ca"))
+        .unwrap()
+        .issue(Kind::User, "late", &[], Validity::expired(), &expired)
+        .unwrap();
+    let other_ca = Ca::create(&root.join("other-ca"), "other", day()).unwrap();
+    let stranger = root.join("stranger");
+    other_ca.issue(Kind::User, "alice", &[], day(), &stranger).unwrap();
+    let stranger_replica = root.join("stranger-replica");
+    other_ca.issue(Kind::Replica, "1", &["127.0.0.1".to_owned()], day(), &stranger_replica).unwrap();
+
+    // A replica refuses to serve under another holder's certificate.
+    let refused = drover_command()
+        .args(["server", "--id", "2", "--data-dir"])
+        .arg(p.dir.path().join("nope"))
+        .arg("--tls-dir")
+        .arg(&replica_1)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("replica:1, not replica:2"), "{refused:?}");
+
+    // Three replicas over mutual TLS.
+    let (seed, _) = p.three_voters(&[], false).await;
+    let addrs = p.addrs();
+    let as_alice = transport(&alice);
+
+    // Alice writes through the CLI while claiming to be root: the audit log says alice.
+    let endpoints = addrs.join(",");
+    let spec = p.dir.path().join("web.yaml");
+    std::fs::write(&spec, "vcpus: 1\nmemory_mib: 64\nkernel: /boot/vmlinuz\n").unwrap();
+    let cli = |tls_dir: &Path, args: &[&str]| {
+        drover_command()
+            .args(["--endpoint", &endpoints, "--output", "json"])
+            .arg("--tls-dir")
+            .arg(tls_dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let defined =
+        cli(&alice, &["--principal", "root", "domain", "define", "web", "--file", spec.to_str().unwrap()]);
+    assert!(defined.status.success(), "{defined:?}");
+    // (The replica that answers may not have archived it yet.)
+    let log = wait_for("the define in the audit log", Duration::from_secs(30), || async {
+        let log = cli(&alice, &["audit", "log", "--kind", "domain", "--name", "web"]);
+        let log = String::from_utf8_lossy(&log.stdout).into_owned();
+        log.contains("DomainDefined").then_some(log)
+    })
+    .await;
+    assert!(log.contains("user:alice"), "{log}");
+    assert!(!log.contains("root"), "{log}");
+
+    let converged = wait_for("the replicas to agree", Duration::from_secs(30), || async {
+        let mut seen = Vec::new();
+        for a in &addrs {
+            seen.push(state_hash(&as_alice, a).await?);
+        }
+        seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0].clone())
+    })
+    .await;
+
+    // Refused: no certificate (UNAUTHENTICATED), another CA's, an expired one, plain text.
+    let ca_only = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    let no_cert = Endpoint::from_shared(format!("https://{seed}")).unwrap().tls_config(ca_only).unwrap();
+    assert_eq!(list_code(no_cert).await, Code::Unauthenticated);
+    assert_eq!(list_code(transport(&alice).endpoint(&seed).unwrap()).await, Code::Ok);
+    for (what, dir) in [("another CA's", &stranger), ("an expired", &expired)] {
+        let code = list_code(transport(dir).endpoint(&seed).unwrap()).await;
+        assert_ne!(code, Code::Ok, "{what} certificate got in");
+    }
+    let plain = Endpoint::from_shared(format!("http://{seed}")).unwrap();
+    assert_ne!(list_code(plain).await, Code::Ok, "a plain-text call got in");
+    // A replica of another cluster's CA cannot send AppendEntries.
+    let foreign = transport(&stranger_replica).endpoint(&seed).unwrap();
+    if let Ok(channel) = foreign.connect().await {
+        let r = RaftClient::new(channel).append_entries(proto::raft::RaftPayload::default()).await;
+        assert!(r.is_err(), "another CA's replica reached raft");
+    }
+
+    // Each kind only where it may: a user or a host may not send raft messages or
+    // forwarded writes, and a host joins only as a learner.
+    let as_host = transport(&host);
+    for who in [&as_alice, &as_host] {
+        let channel = who.endpoint(&seed).unwrap().connect().await.unwrap();
+        let r = RaftClient::new(channel.clone()).append_entries(proto::raft::RaftPayload::default()).await;
+        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+        let r = ReplicationClient::new(channel).submit(proto::raft::SubmitRequest::default()).await;
+        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    }
+    let channel = as_host.endpoint(&seed).unwrap().connect().await.unwrap();
+    let join = proto::raft::JoinRequest {
+        node_id: 9,
+        address: "127.0.0.1:1".into(),
+        cluster_id: String::new(),
+        voter: true,
+    };
+    let r = ReplicationClient::new(channel).join(join).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+
+    // Nothing changed, and the leader's log names who was refused and what they called.
+    for a in &addrs {
+        assert_eq!(state_hash(&as_alice, a).await, Some(converged.clone()), "replica {a} changed");
+    }
+    let log = p.log_of(1);
+    assert!(log.contains("refused: no client certificate"), "{log}");
+    assert!(log.contains("user:alice") && log.contains("/drover.raft.v1.Raft/AppendEntries"), "{log}");
+    assert!(log.contains("host:h1") && log.contains("a voter's join"), "{log}");
+}
