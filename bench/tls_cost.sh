@@ -9,7 +9,7 @@ for round in 1 2; do
   for mode in off tls; do
     extra=(); [ "$mode" = tls ] && extra=(--tls)
     echo "=== raft_load round $round: $mode"
-    $B/raft_load --system drover --drover-calls unary,batch --clients 1,16,256 --seconds 10 "${extra[@]}" 2>&1 | grep -E "^\|"
+    $B/raft_load --system drover --drover-calls unary --clients 1,16,256 --seconds 10 "${extra[@]}" 2>&1 | grep -E "^\|"
   done
 done
 for round in 1 2; do

@@ -3,7 +3,7 @@
 //! `drover ca init` and `drover cert issue` for a real one.
 //!
 //! A certificate names its holder as [`raft::tls`] reads it: common name = the holder's
-//! name, organizational unit = its kind. It is good for both ends of a connection
+//! name, organizational unit = its kind, and for a user organization = its role. It is good for both ends of a connection
 //! (server and client authentication), with the subject alternative names it is reached
 //! by. Keys are ECDSA P-256; key files are written mode 0600. An issued certificate's
 //! directory holds what a process's `--tls-dir` needs: `ca.pem`, `cert.pem`, `key.pem`.
@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use raft::tls::{Kind, TlsFiles};
+use raft::tls::{Kind, Role, TlsFiles};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -112,7 +112,7 @@ impl Ca {
     }
 
     /// Make in `out` the files of `kind` `name`'s `--tls-dir`, for a holder reached at
-    /// `sans` (host names or IP addresses).
+    /// `sans` (host names or IP addresses); a user gets the viewer role.
     pub fn issue(
         &self,
         kind: Kind,
@@ -121,6 +121,22 @@ impl Ca {
         validity: Validity,
         out: &Path,
     ) -> anyhow::Result<TlsFiles> {
+        self.issue_with_role(kind, name, Role::Viewer, sans, validity, out)
+    }
+
+    /// [`Ca::issue`], for a user of `role` (written in the certificate's organization).
+    pub fn issue_with_role(
+        &self,
+        kind: Kind,
+        name: &str,
+        role: Role,
+        sans: &[String],
+        validity: Validity,
+        out: &Path,
+    ) -> anyhow::Result<TlsFiles> {
+        if kind != Kind::User && role != Role::Viewer {
+            bail!("only a user's certificate names a role; a {kind} has its kind's rights");
+        }
         if !raft::tls::valid_name(name) {
             bail!(
                 "{name:?} cannot name a certificate's holder: 1 to {} letters, digits, '-', '_', '.' or '@'",
@@ -131,6 +147,9 @@ impl Ca {
         let mut params = CertificateParams::new(sans.to_vec()).context("the subject alternative names")?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.distinguished_name.push(DnType::OrganizationalUnitName, kind.as_str());
+        if kind == Kind::User {
+            params.distinguished_name.push(DnType::OrganizationName, role.as_str());
+        }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -178,6 +197,10 @@ pub enum CertCmd {
         /// The holder's name: a replica's id, a host's name, a user's name.
         #[arg(long)]
         name: String,
+        /// A user's role: viewer (reads), operator (domains, snapshots, migrations,
+        /// attachments) or admin (everything).
+        #[arg(long, default_value = "viewer")]
+        role: Role,
         /// Names and addresses the holder is reached at (replicas and hosts), comma-separated.
         #[arg(long, value_delimiter = ',')]
         san: Vec<String>,
@@ -204,9 +227,11 @@ pub fn run_ca(cmd: CaCmd, out: &mut dyn Write) -> anyhow::Result<()> {
 /// Run a `cert` verb, saying what it made.
 pub fn run_cert(cmd: CertCmd, out: &mut dyn Write) -> anyhow::Result<()> {
     match cmd {
-        CertCmd::Issue { ca, kind, name, san, days, out: dir } => {
-            let files = Ca::load(&ca)?.issue(kind, &name, &san, Validity::days(days)?, &dir)?;
-            writeln!(out, "{kind}:{name}: --tls-dir {}", files.dir.display())?;
+        CertCmd::Issue { ca, kind, name, role, san, days, out: dir } => {
+            let files =
+                Ca::load(&ca)?.issue_with_role(kind, &name, role, &san, Validity::days(days)?, &dir)?;
+            let role = if kind == Kind::User { format!(" ({role})") } else { String::new() };
+            writeln!(out, "{kind}:{name}{role}: --tls-dir {}", files.dir.display())?;
         }
     }
     Ok(())
@@ -232,6 +257,22 @@ mod tests {
         let pem = std::fs::read(files.cert()).unwrap();
         let id = raft::tls::identity_of_pem(&pem).unwrap();
         assert_eq!((id.kind, id.name.as_str()), (Kind::Host, "h1"));
+        let bob = ca
+            .issue_with_role(
+                Kind::User,
+                "bob",
+                Role::Operator,
+                &[],
+                Validity::days(1).unwrap(),
+                &dir.path().join("bob"),
+            )
+            .unwrap();
+        let id = raft::tls::identity_of_pem(&std::fs::read(bob.cert()).unwrap()).unwrap();
+        assert_eq!((id.kind, id.role), (Kind::User, Role::Operator));
+        let h2 = dir.path().join("h2");
+        assert!(ca
+            .issue_with_role(Kind::Host, "h2", Role::Admin, &[], Validity::days(1).unwrap(), &h2)
+            .is_err());
         assert!(raft::tls::Tls::load(&files).is_ok());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(files.key()).unwrap().permissions().mode() & 0o777, 0o600);

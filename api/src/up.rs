@@ -58,8 +58,10 @@ fn make_certificates(data_dir: &Path, hosts: usize) -> anyhow::Result<PathBuf> {
     holders.push((Kind::User, ADMIN.to_owned()));
     for (kind, name) in holders {
         let dir = tls_dir(data_dir, kind, &name);
+        let role = if kind == Kind::User { raft::tls::Role::Admin } else { raft::tls::Role::Viewer };
         if !raft::tls::TlsFiles::new(&dir).cert().exists() {
-            ca.issue(kind, &name, &local, Validity::days(crate::certs::CERT_DAYS_DEFAULT)?, &dir)?;
+            let days = Validity::days(crate::certs::CERT_DAYS_DEFAULT)?;
+            ca.issue_with_role(kind, &name, role, &local, days, &dir)?;
         }
     }
     Ok(tls_dir(data_dir, Kind::User, ADMIN))

@@ -8,9 +8,11 @@
 //! organizational unit its [`Kind`] (`replica`, `host` or `user`).
 //!
 //! [`Door`] is the tower layer every server puts in front of its services. It reads the
-//! caller's [`Identity`] from the connection's certificate and refuses what that kind may
-//! not call ([`allowed`]): the raft services only to replicas (and a host's learner its
-//! join), a host's own service only to replicas. Every caller that passes the door has its
+//! caller's [`Identity`] from the connection's certificate and refuses what it may not
+//! call ([`allowed`]): the raft services only to replicas (and a host's learner its join),
+//! a host's own service only to replicas, the public API by [`API_RULES`] (a user's
+//! [`Role`], which its certificate's organization names; hosts read and report, for their
+//! own host only: [`acts_for_host`]). Every caller that passes the door has its
 //! identity written into the request's `drover-principal` header, replacing whatever the
 //! client sent, so the audit log's principal is the proven name. A refusal is logged
 //! with the identity and method and changes nothing.
@@ -78,11 +80,54 @@ impl fmt::Display for Kind {
     }
 }
 
+/// What a user may do in the public API, least first. A user's certificate says it in
+/// its organization (O); one that says none is a viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads: lists, gets, events, consoles, the audit log.
+    Viewer,
+    /// And the lifecycle of domains, their snapshots, migrations and volume attachments.
+    Operator,
+    /// Everything: hosts, networks, pools, volumes, cluster settings.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown role {s:?} (viewer, operator or admin)"))
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Who holds a certificate: the principal of every call made with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub kind: Kind,
     pub name: String,
+    /// A user's role (replicas and hosts have their kind's rights instead).
+    pub role: Role,
 }
 
 impl fmt::Display for Identity {
@@ -124,7 +169,12 @@ pub fn identity_of(der: &[u8]) -> Result<Identity, String> {
     if !valid_name(&name) {
         return Err(format!("the certificate's holder name {name:?} is not a valid name"));
     }
-    Ok(Identity { kind, name })
+    let role = match subject.iter_organization().next() {
+        Some(_) if kind != Kind::User => Role::Viewer,
+        Some(o) => text(Some(o), "organization (its role)")?.parse::<Role>()?,
+        None => Role::Viewer,
+    };
+    Ok(Identity { kind, name, role })
 }
 
 /// The identity of the PEM certificate in `pem`.
@@ -277,21 +327,119 @@ pub struct Security {
     pub insecure: bool,
 }
 
-/// Whether a caller of `kind` may call the gRPC method at `path` (`/package.Service/Method`).
-/// The public API is open to every holder of a certificate of the cluster (what each may
-/// do there is for roles to say), and so is a replica's status; the rest of replication
-/// is for replicas; hosts join as learners.
-pub fn allowed(kind: Kind, path: &str) -> bool {
-    if path == "/drover.raft.v1.Replication/Status" {
+/// Who may call one method of the public API: users of at least `role`, and hosts where
+/// `host` (for their own host only, checked by the method: [`acts_for_host`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub role: Role,
+    pub host: bool,
+}
+
+const fn rule(role: Role, host: bool) -> Rule {
+    Rule { role, host }
+}
+
+/// The rule of every method of the public API (`drover.api.v1`), by `Service/Method`. A
+/// method missing here is refused to everyone but replicas (a test fails for any method
+/// of the protos without a rule).
+pub const API_RULES: &[(&str, Rule)] = {
+    use Role::*;
+    &[
+        ("Audit/Log", rule(Viewer, false)),
+        ("Audit/StateAt", rule(Viewer, false)),
+        ("Audit/Verify", rule(Viewer, false)),
+        ("Audit/Export", rule(Viewer, false)),
+        ("Domains/Define", rule(Operator, false)),
+        ("Domains/Undefine", rule(Operator, false)),
+        ("Domains/Start", rule(Operator, false)),
+        ("Domains/Shutdown", rule(Operator, false)),
+        ("Domains/Destroy", rule(Operator, false)),
+        ("Domains/Reboot", rule(Operator, false)),
+        ("Domains/Suspend", rule(Operator, false)),
+        ("Domains/Resume", rule(Operator, false)),
+        ("Domains/Get", rule(Viewer, true)),
+        ("Domains/List", rule(Viewer, true)),
+        ("Domains/Console", rule(Viewer, false)),
+        ("Events/Watch", rule(Viewer, true)),
+        ("Hosts/Register", rule(Admin, true)),
+        ("Hosts/SetState", rule(Admin, true)),
+        ("Hosts/List", rule(Viewer, true)),
+        ("Hosts/Report", rule(Admin, true)),
+        ("Hosts/Heartbeat", rule(Admin, true)),
+        ("Hosts/HaPlan", rule(Viewer, false)),
+        ("Hosts/Leases", rule(Viewer, false)),
+        ("Hosts/Clear", rule(Admin, false)),
+        ("Hosts/SetClusterSettings", rule(Admin, false)),
+        ("Hosts/GetClusterSettings", rule(Viewer, true)),
+        ("Migrations/Start", rule(Operator, false)),
+        ("Migrations/Abort", rule(Operator, false)),
+        ("Migrations/Get", rule(Viewer, true)),
+        ("Migrations/List", rule(Viewer, true)),
+        ("Networks/Create", rule(Admin, false)),
+        ("Networks/Delete", rule(Admin, false)),
+        ("Networks/Get", rule(Viewer, true)),
+        ("Networks/List", rule(Viewer, true)),
+        ("Snapshots/Create", rule(Operator, false)),
+        ("Snapshots/Delete", rule(Operator, false)),
+        ("Snapshots/Revert", rule(Operator, false)),
+        ("Snapshots/List", rule(Viewer, true)),
+        ("Snapshots/Report", rule(Admin, true)),
+        ("Snapshots/CloneDomain", rule(Operator, false)),
+        ("StoragePools/Create", rule(Admin, false)),
+        ("StoragePools/Delete", rule(Admin, false)),
+        ("StoragePools/Get", rule(Viewer, true)),
+        ("StoragePools/List", rule(Viewer, true)),
+        ("Volumes/Create", rule(Admin, false)),
+        ("Volumes/Delete", rule(Admin, false)),
+        ("Volumes/Resize", rule(Admin, false)),
+        ("Volumes/Attach", rule(Operator, false)),
+        ("Volumes/Detach", rule(Operator, false)),
+        ("Volumes/Get", rule(Viewer, true)),
+        ("Volumes/List", rule(Viewer, true)),
+        ("Volumes/Report", rule(Admin, true)),
+    ]
+};
+
+/// The public API's package, as it begins a method's path.
+const API_PREFIX: &str = "/drover.api.v1.";
+
+/// The rule of the public API method at `path`, if it is one.
+pub fn api_rule(path: &str) -> Option<Rule> {
+    let method = path.strip_prefix(API_PREFIX)?;
+    API_RULES.iter().find(|(m, _)| *m == method).map(|(_, r)| *r)
+}
+
+/// Whether `who` may call the gRPC method at `path` (`/package.Service/Method`). Replicas
+/// may call everything; the public API by [`API_RULES`]; a replica's status is open to
+/// every certificate of the cluster; the rest of replication is for replicas (hosts join
+/// as learners); a host's own service is for replicas; health and reflection are open.
+pub fn allowed(who: &Identity, path: &str) -> bool {
+    if who.kind == Kind::Replica || path == "/drover.raft.v1.Replication/Status" {
         return true;
     }
-    if path.starts_with("/drover.raft.v1.Raft/") || path.starts_with("/drover.raft.v1.Replication/") {
-        return kind == Kind::Replica || (kind == Kind::Host && path == "/drover.raft.v1.Replication/Join");
+    if let Some(rule) = api_rule(path) {
+        return match who.kind {
+            Kind::Host => rule.host,
+            _ => who.role >= rule.role,
+        };
     }
-    if path.starts_with("/drover.host.v1.") {
-        return kind == Kind::Replica;
+    if path == "/drover.raft.v1.Replication/Join" {
+        return who.kind == Kind::Host;
     }
-    true
+    !path.starts_with("/drover.")
+}
+
+/// Refuse a host's certificate acting for another host (a report, a heartbeat, a
+/// registration names the host it is for). `caller` is the identity the door proved, if
+/// any (none in insecure mode).
+pub fn acts_for_host(caller: Option<&Identity>, host: &str) -> Result<(), tonic::Status> {
+    match caller {
+        Some(c) if c.kind == Kind::Host && c.name != host => {
+            warn!(caller = %c, host, "refused: a host's certificate acting for another host");
+            Err(tonic::Status::permission_denied(format!("{c} may act only for host {}, not {host}", c.name)))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The identity the client proved on this request's connection, if it presented a
@@ -356,8 +504,8 @@ where
                 tonic::Status::unauthenticated("a client certificate signed by the cluster's CA is required");
             return Either::Right(ready(Ok(status.into_http())));
         };
-        if !allowed(identity.kind, &path) {
-            warn!(%identity, method = %path, "refused: not allowed for this kind of certificate");
+        if !allowed(&identity, &path) {
+            warn!(%identity, role = %identity.role, method = %path, "refused: not allowed for this certificate");
             let status = tonic::Status::permission_denied(format!("{identity} may not call {path}"));
             return Either::Right(ready(Ok(status.into_http())));
         }
@@ -373,16 +521,83 @@ where
 mod tests {
     use super::*;
 
+    fn who(kind: Kind, role: Role) -> Identity {
+        Identity { kind, name: "x".into(), role }
+    }
+
     #[test]
     fn replication_is_for_replicas_and_a_host_may_only_join() {
         for kind in Kind::ALL {
-            assert!(allowed(kind, "/drover.api.v1.Domains/List"));
-            assert_eq!(allowed(kind, "/drover.raft.v1.Raft/AppendEntries"), kind == Kind::Replica);
-            assert_eq!(allowed(kind, "/drover.raft.v1.Replication/Submit"), kind == Kind::Replica);
-            assert_eq!(allowed(kind, "/drover.host.v1.HostAgent/Console"), kind == Kind::Replica);
-            assert_eq!(allowed(kind, "/drover.raft.v1.Replication/Join"), kind != Kind::User);
-            assert!(allowed(kind, "/drover.raft.v1.Replication/Status"));
+            let id = who(kind, Role::Admin);
+            assert!(allowed(&id, "/drover.api.v1.Domains/List"));
+            assert_eq!(allowed(&id, "/drover.raft.v1.Raft/AppendEntries"), kind == Kind::Replica);
+            assert_eq!(allowed(&id, "/drover.raft.v1.Replication/Submit"), kind == Kind::Replica);
+            assert_eq!(allowed(&id, "/drover.host.v1.HostAgent/Console"), kind == Kind::Replica);
+            assert_eq!(allowed(&id, "/drover.raft.v1.Replication/Join"), kind != Kind::User);
+            assert!(allowed(&id, "/drover.raft.v1.Replication/Status"));
+            assert!(allowed(&id, "/grpc.health.v1.Health/Check"));
+            assert_eq!(allowed(&id, "/drover.api.v1.Domains/NotAMethod"), kind == Kind::Replica);
         }
+    }
+
+    /// Every method of every Drover service in the protos has its rule, and each role and
+    /// kind gets what the table says (a new RPC without a rule fails here).
+    #[test]
+    fn every_rpc_has_a_rule_and_each_role_gets_its_share() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut api_methods = 0;
+        for file in &set.file {
+            let package = file.package();
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{package}.{}/{}", service.name(), method.name());
+                    let rule = api_rule(&path);
+                    if package == "drover.api.v1" {
+                        api_methods += 1;
+                        let rule = rule.unwrap_or_else(|| panic!("{path} has no rule in API_RULES"));
+                        for role in Role::ALL {
+                            assert_eq!(allowed(&who(Kind::User, role), &path), role >= rule.role, "{path}");
+                        }
+                        assert_eq!(allowed(&who(Kind::Host, Role::Viewer), &path), rule.host, "{path}");
+                        let read = [
+                            "Get",
+                            "List",
+                            "Watch",
+                            "Console",
+                            "Log",
+                            "StateAt",
+                            "Verify",
+                            "Export",
+                            "HaPlan",
+                            "Leases",
+                            "GetClusterSettings",
+                        ]
+                        .contains(&method.name());
+                        assert_eq!(
+                            rule.role == Role::Viewer,
+                            read,
+                            "{path}: reads are for viewers, writes are not"
+                        );
+                    } else {
+                        assert!(package.starts_with("drover."), "{path}");
+                        assert!(rule.is_none(), "{path}");
+                    }
+                    assert!(allowed(&who(Kind::Replica, Role::Viewer), &path), "{path}");
+                }
+            }
+        }
+        assert_eq!(api_methods, API_RULES.len(), "API_RULES names a method the protos do not have");
+        // What hosts may do: read, and report and renew for themselves; never define.
+        let host = who(Kind::Host, Role::Viewer);
+        assert!(!allowed(&host, "/drover.api.v1.Domains/Define"));
+        assert!(!allowed(&host, "/drover.api.v1.Networks/Create"));
+        assert!(allowed(&host, "/drover.api.v1.Hosts/Heartbeat"));
+        let h1 = Identity { kind: Kind::Host, name: "h1".into(), role: Role::Viewer };
+        assert!(acts_for_host(Some(&h1), "h1").is_ok());
+        assert_eq!(acts_for_host(Some(&h1), "h2").unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert!(acts_for_host(Some(&who(Kind::User, Role::Admin)), "h2").is_ok());
+        assert!(acts_for_host(None, "h2").is_ok());
     }
 
     #[test]
@@ -396,6 +611,9 @@ mod tests {
         assert!(!valid_name(&"a".repeat(NAME_BYTES_MAX + 1)));
         for kind in Kind::ALL {
             assert_eq!(kind.as_str().parse::<Kind>(), Ok(kind));
+        }
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
         }
         assert!("admin".parse::<Kind>().is_err());
     }

@@ -2,8 +2,9 @@
 """A client not written in Rust: grpcio stubs generated from proto/ at run time.
 
 Defines, starts and lists a domain against the Drover replica at ENDPOINT (argv[1]),
-registering and readying a host first so the domain has somewhere to run. Exits 0 on
-success; any failure raises.
+registering and readying a host first so the domain has somewhere to run; with a TLS
+directory (argv[2]: ca.pem, cert.pem, key.pem) over mutual TLS. Exits 0 on success; any
+failure raises.
 """
 import os
 import sys
@@ -30,7 +31,15 @@ def main() -> None:
     import grpc
     from drover.api.v1 import domains_pb2, domains_pb2_grpc, hosts_pb2, hosts_pb2_grpc, types_pb2
 
-    channel = grpc.insecure_channel(endpoint)
+    if len(sys.argv) > 2:
+        # Mutual TLS: the directory drover's --tls-dir takes (ca.pem, cert.pem, key.pem).
+        tls = sys.argv[2]
+        read = lambda f: open(os.path.join(tls, f), "rb").read()
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read("ca.pem"), private_key=read("key.pem"), certificate_chain=read("cert.pem"))
+        channel = grpc.secure_channel(endpoint, creds)
+    else:
+        channel = grpc.insecure_channel(endpoint)
     grpc.channel_ready_future(channel).result(timeout=30)
     meta = [("drover-principal", "python")]
     hosts = hosts_pb2_grpc.HostsStub(channel)

@@ -263,7 +263,7 @@ pub async fn converged(client: &raft::client::Client, addrs: &[String]) -> Optio
 pub struct TestPki {
     root: PathBuf,
     ca: api::certs::Ca,
-    /// The user `tester`'s directory and transport (what the test and its clients use).
+    /// The admin user `tester`'s directory and transport (what the test and its clients use).
     pub user_dir: PathBuf,
     pub user: raft::tls::Transport,
 }
@@ -274,7 +274,14 @@ impl TestPki {
         let ca = api::certs::Ca::create(&root.join("ca"), "test", Self::validity()).expect("a test CA");
         let user_dir = root.join("user-tester");
         let files = ca
-            .issue(raft::tls::Kind::User, "tester", &[], Self::validity(), &user_dir)
+            .issue_with_role(
+                raft::tls::Kind::User,
+                "tester",
+                raft::tls::Role::Admin,
+                &[],
+                Self::validity(),
+                &user_dir,
+            )
             .expect("the user's certificate");
         let user = raft::tls::Transport::tls(raft::tls::Tls::load(&files).expect("the user's TLS files"));
         TestPki { root: root.to_owned(), ca, user_dir, user }
@@ -284,13 +291,18 @@ impl TestPki {
         api::certs::Validity::days(1).expect("one day")
     }
 
-    /// The `--tls-dir` of `kind` `name` reached at 127.0.0.1 (made on first use).
+    /// The `--tls-dir` of `kind` `name` reached at 127.0.0.1 (made on first use; a user
+    /// is a viewer).
     pub fn dir_for(&self, kind: raft::tls::Kind, name: &str) -> PathBuf {
+        self.dir_with_role(kind, name, raft::tls::Role::Viewer)
+    }
+
+    /// The `--tls-dir` of user `name` of `role` (made on first use).
+    pub fn dir_with_role(&self, kind: raft::tls::Kind, name: &str, role: raft::tls::Role) -> PathBuf {
         let dir = self.root.join(format!("{kind}-{name}"));
         if !raft::tls::TlsFiles::new(&dir).cert().exists() {
-            self.ca
-                .issue(kind, name, &["127.0.0.1".to_owned()], Self::validity(), &dir)
-                .expect("a certificate");
+            let local = ["127.0.0.1".to_owned()];
+            self.ca.issue_with_role(kind, name, role, &local, Self::validity(), &dir).expect("a certificate");
         }
         dir
     }
@@ -329,6 +341,21 @@ impl Processes {
     /// How the harness and the test's clients reach these replicas.
     pub fn transport(&self) -> raft::tls::Transport {
         self.pki.as_ref().map(|p| p.user.clone()).unwrap_or_default()
+    }
+
+    /// How a client of the replication service itself (the load generator's writes, which
+    /// skip the public API) reaches these replicas: as a member, with a replica-kind
+    /// certificate of its own under TLS.
+    pub fn member_transport(&self) -> raft::tls::Transport {
+        match &self.pki {
+            Some(pki) => {
+                let dir = pki.dir_for(raft::tls::Kind::Replica, "load");
+                raft::tls::Transport::tls(
+                    raft::tls::Tls::load(&raft::tls::TlsFiles::new(dir)).expect("TLS files"),
+                )
+            }
+            None => raft::tls::Transport::insecure(),
+        }
     }
 
     /// A replication client for `endpoints`, over this set's transport.

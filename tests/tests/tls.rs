@@ -1,15 +1,19 @@
 //! Mutual TLS between real `drover server` processes: only certificates of the cluster's
-//! CA get in, each kind only where it may, refusals change nothing and are logged, and
-//! the audit log names the certificate's holder, not what the client claims.
+//! CA get in, each kind and role only where it may, a host only for itself, refusals
+//! change nothing and are logged, and the audit log names the certificate's holder, not
+//! what the client claims.
 
 use std::path::Path;
 use std::time::Duration;
 
 use api::certs::{Ca, Validity};
+use proto::api as pb;
 use proto::api::domains_client::DomainsClient;
+use proto::api::hosts_client::HostsClient;
+use proto::api::networks_client::NetworksClient;
 use proto::raft::raft_client::RaftClient;
 use proto::raft::replication_client::ReplicationClient;
-use raft::tls::{Kind, Tls, TlsFiles, Transport};
+use raft::tls::{Kind, Role, Tls, TlsFiles, Transport};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
@@ -48,7 +52,8 @@ async fn list_code(endpoint: Endpoint) -> Code {
 async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_audit_names_them() {
     let mut p = Processes::new().with_tls();
     let pki = p.pki.as_ref().unwrap();
-    let alice = pki.dir_for(Kind::User, "alice");
+    let alice = pki.dir_with_role(Kind::User, "alice", Role::Operator);
+    let viewer = pki.dir_for(Kind::User, "vic");
     let host = pki.dir_for(Kind::Host, "h1");
     let replica_1 = pki.dir_for(Kind::Replica, "1");
     let ca_pem = std::fs::read(TlsFiles::new(&alice).ca()).unwrap();
@@ -153,6 +158,40 @@ async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_a
     let r = ReplicationClient::new(channel).join(join).await;
     assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
 
+    // Each role only what it may: a viewer reads but does not write, an operator runs
+    // domains but makes no networks; a host reads and renews its own lease, but defines
+    // nothing and acts for no other host.
+    let api = |who: &Transport| who.endpoint(&seed).unwrap().connect_lazy();
+    // (Refused at the door, before their contents are looked at.)
+    let define = |name: &str| pb::DefineDomainRequest {
+        request_id: format!("tls-{name}"),
+        name: name.to_owned(),
+        ..Default::default()
+    };
+    let as_viewer = transport(&viewer);
+    assert_eq!(list_code(as_viewer.endpoint(&seed).unwrap()).await, Code::Ok);
+    let r = DomainsClient::new(api(&as_viewer)).define(define("by-viewer")).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    let network =
+        pb::CreateNetworkRequest { request_id: "tls-net".into(), name: "n1".into(), ..Default::default() };
+    let r = NetworksClient::new(api(&as_alice)).create(network).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    let r = DomainsClient::new(api(&as_host)).define(define("by-host")).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(list_code(as_host.endpoint(&seed).unwrap()).await, Code::Ok);
+    let r = HostsClient::new(api(&as_host)).heartbeat(pb::HeartbeatRequest { name: "h2".into() }).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    let report = pb::ReportRequest {
+        request_id: "tls-report".into(),
+        domain: "web".into(),
+        host: "h2".into(),
+        generation: 1,
+        phase: pb::ObservedPhase::Running as i32,
+        reason: String::new(),
+    };
+    let r = HostsClient::new(api(&as_host)).report(report).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+
     // Nothing changed, and the leader's log names who was refused and what they called.
     for a in &addrs {
         assert_eq!(state_hash(&as_alice, a).await, Some(converged.clone()), "replica {a} changed");
@@ -161,4 +200,6 @@ async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_a
     assert!(log.contains("refused: no client certificate"), "{log}");
     assert!(log.contains("user:alice") && log.contains("/drover.raft.v1.Raft/AppendEntries"), "{log}");
     assert!(log.contains("host:h1") && log.contains("a voter's join"), "{log}");
+    assert!(log.contains("user:vic") && log.contains("/drover.api.v1.Domains/Define"), "{log}");
+    assert!(log.contains("acting for another host"), "{log}");
 }

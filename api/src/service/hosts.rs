@@ -14,7 +14,8 @@ impl Hosts for Api {
         &self,
         request: Request<pb::RegisterHostRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, caller, r) = request.into_parts();
+        raft::tls::acts_for_host(caller.get(), &r.name)?;
         let command = Command::RegisterHost {
             name: r.name,
             address: r.address,
@@ -29,7 +30,8 @@ impl Hosts for Api {
         &self,
         request: Request<pb::SetHostStateRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, caller, r) = request.into_parts();
+        raft::tls::acts_for_host(caller.get(), &r.name)?;
         let state = convert::required::<pb::HostState>(r.state, "state")?;
         if state == controlplane::model::HostState::Fenced {
             // Fencing releases the host's runs for HA to start elsewhere: refused while
@@ -49,7 +51,8 @@ impl Hosts for Api {
     }
 
     async fn report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, caller, r) = request.into_parts();
+        raft::tls::acts_for_host(caller.get(), &r.host)?;
         let command = Command::ReportObservation {
             domain: r.domain,
             host: r.host,
@@ -64,10 +67,11 @@ impl Hosts for Api {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        let r = request.into_inner();
+        let (_, caller, r) = request.into_parts();
         if r.name.is_empty() || r.name.len() > controlplane::limits::NAME_LEN_MAX {
             return Err(Status::invalid_argument("invalid name: must name a registered host"));
         }
+        raft::tls::acts_for_host(caller.get(), &r.name)?;
         let ha = self.node.renew_lease(&r.name).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::HeartbeatReply {
             heartbeat_interval_ms: ha.heartbeat_interval_ms,

@@ -84,7 +84,8 @@ impl Snapshots for Api {
         &self,
         request: Request<pb::ReportSnapshotRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, caller, r) = request.into_parts();
+        raft::tls::acts_for_host(caller.get(), &r.host)?;
         let request_id = r.request_id.clone();
         Ok(Response::new(self.write(&meta, request_id, convert::snapshot_report(r)).await?))
     }
