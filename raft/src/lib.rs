@@ -22,8 +22,9 @@
 //! - **HA** (`leases`, `ha`): the leader's in-memory host leases, renewed by hostd
 //!   heartbeats it answers only while a quorum acknowledged it within the lease, and the
 //!   loop that runs the pure HA controller on them.
-//! - **Security** (`tls`): mutual TLS on every connection; the identity a peer's
-//!   certificate names, checked at each server's door and recorded as the principal.
+//! - **Security** (`tls`): mutual TLS on every connection; the identity and role a
+//!   peer's certificate names, checked at each server's door against one rule per
+//!   method, and recorded as the principal.
 //! - **Telemetry** (`metrics`, `telemetry`): Prometheus metrics, and OpenTelemetry traces
 //!   (opt-in) whose context crosses the log inside each proposal.
 #![forbid(unsafe_code)]

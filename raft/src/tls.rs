@@ -412,7 +412,8 @@ pub fn api_rule(path: &str) -> Option<Rule> {
 /// Whether `who` may call the gRPC method at `path` (`/package.Service/Method`). Replicas
 /// may call everything; the public API by [`API_RULES`]; a replica's status is open to
 /// every certificate of the cluster; the rest of replication is for replicas (hosts join
-/// as learners); a host's own service is for replicas; health and reflection are open.
+/// as learners and backfill their archives); a host's own service is for replicas; health
+/// and reflection are open.
 pub fn allowed(who: &Identity, path: &str) -> bool {
     if who.kind == Kind::Replica || path == "/drover.raft.v1.Replication/Status" {
         return true;
@@ -423,7 +424,9 @@ pub fn allowed(who: &Identity, path: &str) -> bool {
             _ => who.role >= rule.role,
         };
     }
-    if path == "/drover.raft.v1.Replication/Join" {
+    // A host's learner joins, and fills gaps in its archive from the replicas (it holds
+    // the log already: the archive tells it nothing new).
+    if path == "/drover.raft.v1.Replication/Join" || path == "/drover.raft.v1.Replication/Archive" {
         return who.kind == Kind::Host;
     }
     !path.starts_with("/drover.")
@@ -534,6 +537,7 @@ mod tests {
             assert_eq!(allowed(&id, "/drover.raft.v1.Replication/Submit"), kind == Kind::Replica);
             assert_eq!(allowed(&id, "/drover.host.v1.HostAgent/Console"), kind == Kind::Replica);
             assert_eq!(allowed(&id, "/drover.raft.v1.Replication/Join"), kind != Kind::User);
+            assert_eq!(allowed(&id, "/drover.raft.v1.Replication/Archive"), kind != Kind::User);
             assert!(allowed(&id, "/drover.raft.v1.Replication/Status"));
             assert!(allowed(&id, "/grpc.health.v1.Health/Check"));
             assert_eq!(allowed(&id, "/drover.api.v1.Domains/NotAMethod"), kind == Kind::Replica);
