@@ -152,7 +152,8 @@ pub enum TlsError {
     Certificate { path: PathBuf, reason: String },
 }
 
-/// The identity a DER certificate names in its subject (CN = name, OU = kind).
+/// The identity a DER certificate names in its subject (CN = name, OU = kind, and for a
+/// user O = role; a user's certificate without O is a viewer's).
 pub fn identity_of(der: &[u8]) -> Result<Identity, String> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
