@@ -316,7 +316,7 @@ impl Transport {
 
     /// The layer that checks callers at this server's door.
     pub fn door(&self) -> Door {
-        Door { tls: self.is_tls() }
+        Door { seen: self.is_tls().then(Arc::default) }
     }
 }
 
@@ -446,39 +446,58 @@ pub fn acts_for_host(caller: Option<&Identity>, host: &str) -> Result<(), tonic:
     }
 }
 
-/// The identity the client proved on this request's connection, if it presented a
-/// certificate.
-pub fn caller<B>(request: &http::Request<B>) -> Option<Identity> {
-    let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    let certs = info.peer_certs()?;
-    let leaf = certs.first()?;
-    match identity_of(leaf.as_ref()) {
-        Ok(identity) => Some(identity),
-        Err(reason) => {
-            warn!(%reason, "a client certificate signed by the cluster's CA names no holder");
-            None
+/// Most certificates whose identities a server keeps (then it forgets them all and parses
+/// again).
+const SEEN_CERTIFICATES_MAX: usize = 1024;
+
+/// The identities of the client certificates a server has seen, by their DER bytes: each
+/// is parsed once, not at every call (a connection carries many calls).
+#[derive(Debug, Default)]
+pub struct Seen(std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<Identity>>>);
+
+impl Seen {
+    /// The identity the client proved on this request's connection, if it presented a
+    /// certificate that names one.
+    pub fn caller<B>(&self, request: &http::Request<B>) -> Option<Identity> {
+        let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+        let certs = info.peer_certs()?;
+        let leaf = certs.first()?.as_ref();
+        let mut seen = self.0.lock().expect("seen certificates lock");
+        if let Some(identity) = seen.get(leaf) {
+            return identity.clone();
         }
+        let identity = identity_of(leaf)
+            .inspect_err(
+                |reason| warn!(%reason, "a client certificate signed by the cluster's CA names no holder"),
+            )
+            .ok();
+        if seen.len() >= SEEN_CERTIFICATES_MAX {
+            seen.clear();
+        }
+        seen.insert(leaf.to_vec(), identity.clone());
+        identity
     }
 }
 
-/// The tower layer in front of a server's services ([module docs](self)).
-#[derive(Debug, Clone, Copy)]
+/// The tower layer in front of a server's services ([module docs](self)); without TLS
+/// (`seen` is `None`) it lets every call through.
+#[derive(Debug, Clone)]
 pub struct Door {
-    tls: bool,
+    seen: Option<Arc<Seen>>,
 }
 
 impl<S> tower::Layer<S> for Door {
     type Service = DoorService<S>;
 
     fn layer(&self, inner: S) -> DoorService<S> {
-        DoorService { inner, tls: self.tls }
+        DoorService { inner, seen: self.seen.clone() }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct DoorService<S> {
     inner: S,
-    tls: bool,
+    seen: Option<Arc<Seen>>,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for DoorService<S>
@@ -498,11 +517,11 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         use futures::future::{ready, Either};
-        if !self.tls {
+        let Some(seen) = &self.seen else {
             return Either::Left(self.inner.call(request));
-        }
+        };
         let path = request.uri().path().to_owned();
-        let Some(identity) = caller(&request) else {
+        let Some(identity) = seen.caller(&request) else {
             warn!(method = %path, "refused: no client certificate");
             let status =
                 tonic::Status::unauthenticated("a client certificate signed by the cluster's CA is required");
