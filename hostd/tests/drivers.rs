@@ -84,9 +84,12 @@ fn vmm_bin() -> PathBuf {
             dir = dir.parent().unwrap();
         }
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "vmm", "--bin", "drover-vmm"]);
+        cmd.args(["build", "--quiet", "--bin", "drover-vmm"]);
         if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+            cmd.args(["--release", "-p", "vmm"]);
+        } else {
+            // With the features `cargo test --workspace` resolved (see tests::drover_bin).
+            cmd.args(["--workspace", "--examples"]);
         }
         assert!(cmd.status().unwrap().success(), "building drover-vmm failed");
         dir.join("drover-vmm")

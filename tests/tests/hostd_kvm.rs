@@ -237,12 +237,7 @@ async fn bad_input_is_reported_as_a_failed_observation() {
 
 /// Every counter value on the console, in order.
 fn tick_values(console: &Path) -> Vec<u64> {
-    std::fs::read_to_string(console)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix(testguest::TICK_PREFIX))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
+    testguest::ticks(&std::fs::read_to_string(console).unwrap_or_default())
 }
 
 fn snapshots_json(endpoint: &str, domain: &str) -> Vec<serde_json::Value> {

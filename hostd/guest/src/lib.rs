@@ -18,6 +18,17 @@ pub const MARKER: &str = "DROVER-GUEST-READY";
 /// The prefix of every counter line; the number follows.
 pub const TICK_PREFIX: &str = "drover-guest: tick ";
 
+/// Every counter value printed on `console`, in order. Only complete lines count: a
+/// console read while the guest is writing may end in half a line (`tick 2` of `tick 20`).
+pub fn ticks(console: &str) -> Vec<u64> {
+    console
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .filter_map(|l| l.strip_prefix(TICK_PREFIX))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
 /// Serial input byte that makes the guest power off.
 pub const POWER_OFF_KEY: u8 = b'p';
 
@@ -34,5 +45,11 @@ mod tests {
         // XEN_ELFNOTE_PHYS32_ENTRY (18) with owner "Xen".
         let note = [4u8, 0, 0, 0, 4, 0, 0, 0, 18, 0, 0, 0, b'X', b'e', b'n', 0];
         assert!(super::IMAGE.windows(note.len()).any(|w| w == note), "no PVH note");
+    }
+
+    #[test]
+    fn a_half_written_last_line_is_not_a_tick() {
+        let console = "DROVER-GUEST-READY\r\ndrover-guest: tick 19\r\ndrover-guest: tick 2";
+        assert_eq!(super::ticks(console), [19]);
     }
 }

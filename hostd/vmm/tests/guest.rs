@@ -57,12 +57,7 @@ impl Guest {
 
     /// The highest counter the guest has printed.
     fn ticks(&self) -> u64 {
-        self.console()
-            .lines()
-            .filter_map(|l| l.strip_prefix(testguest::TICK_PREFIX))
-            .filter_map(|n| n.trim().parse().ok())
-            .max()
-            .unwrap_or(0)
+        testguest::ticks(&self.console()).into_iter().max().unwrap_or(0)
     }
 
     fn call(&self, r: Request) -> control::Status {
@@ -115,11 +110,7 @@ fn pause_stops_the_counter_and_resume_continues_it() {
     g.wait_until("the counter to move again", || g.ticks() > frozen);
     // The counter continues from where it stopped: no tick is lost or repeated.
     let console = g.console();
-    let seen: Vec<u64> = console
-        .lines()
-        .filter_map(|l| l.strip_prefix(testguest::TICK_PREFIX))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
+    let seen = testguest::ticks(&console);
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
     assert_eq!(g.call(Request::Destroy).phase, Phase::Destroyed);
     assert_eq!(g.exit_record()["phase"], "destroyed");
@@ -300,15 +291,6 @@ fn bad_input_ends_with_a_clear_reason() {
     }
 }
 
-/// Every counter value in `console`, in order.
-fn ticks_in(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.strip_prefix(testguest::TICK_PREFIX))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
 #[test]
 fn a_restored_snapshot_continues_the_counter_exactly_where_it_was_taken() {
     if !kvm_present() {
@@ -338,13 +320,13 @@ fn a_restored_snapshot_continues_the_counter_exactly_where_it_was_taken() {
     let r = Guest::start_with("drover.tick_ms=20", None, &restore);
     assert_eq!(r.call(Request::Status).phase, Phase::Paused, "a snapshot of a paused guest restores paused");
     assert_eq!(r.call(Request::Resume).phase, Phase::Running);
-    r.wait_until("the restored guest to count", || ticks_in(&r.console()).len() >= 3);
+    r.wait_until("the restored guest to count", || testguest::ticks(&r.console()).len() >= 3);
     let after = r.console();
     assert!(!after.contains(testguest::MARKER), "the restored guest booted again:\n{after}");
     // Before and after read as one console: every tick once, none lost, none repeated.
-    let seen = ticks_in(&format!("{before}{after}"));
+    let seen = testguest::ticks(&format!("{before}{after}"));
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
-    assert!(seen.len() > ticks_in(&before).len() + 2, "{seen:?}");
+    assert!(seen.len() > testguest::ticks(&before).len() + 2, "{seen:?}");
     assert_eq!(r.call(Request::Destroy).phase, Phase::Destroyed);
 }
 
@@ -371,8 +353,8 @@ fn a_snapshot_of_a_running_guest_keeps_it_running_and_restores_running() {
         &["--vcpus", "2", "--restore-from", file.to_str().unwrap()],
     );
     assert_eq!(r.call(Request::Status).phase, Phase::Running);
-    r.wait_until("the restored guest to count", || !ticks_in(&r.console()).is_empty());
-    let first = ticks_in(&r.console())[0];
+    r.wait_until("the restored guest to count", || !testguest::ticks(&r.console()).is_empty());
+    let first = testguest::ticks(&r.console())[0];
     // The counter goes on from the snapshot (one tick may have been mid-print when taken).
     assert!(
         (before + 1..=after + 2).contains(&first),
@@ -490,7 +472,7 @@ fn a_restore_brings_the_disk_back_to_the_instant_of_the_snapshot() {
     let restore = ["--restore-from", file.to_str().unwrap()];
     let r = Guest::start_with("drover.tick_ms=20", Some(&disk), &restore);
     assert_eq!(r.call(Request::Status).phase, Phase::Running);
-    r.wait_until("the restored guest to count", || !ticks_in(&r.console()).is_empty());
+    r.wait_until("the restored guest to count", || !testguest::ticks(&r.console()).is_empty());
     r.call(Request::Destroy);
     let mut reader = Guest::start("drover.ticks=1 drover.tick_ms=1 drover.blk=read", Some(&disk));
     assert_eq!(reader.exit_record()["phase"], "stopped");
@@ -689,7 +671,7 @@ fn a_restore_brings_every_writable_disk_back_and_keeps_read_only_ones_in_use() {
     let restore = [&args[..], &["--restore-from", file.to_str().unwrap()]].concat();
     let r = Guest::start_with("drover.tick_ms=20 drover.blk=watch", None, &restore);
     assert_eq!(r.call(Request::Status).phase, Phase::Running);
-    r.wait_until("the restored guest to count", || ticks_in(&r.console()).len() >= 2);
+    r.wait_until("the restored guest to count", || testguest::ticks(&r.console()).len() >= 2);
     assert_eq!(
         (sector0(&a), sector0(&b), sector0(&c)),
         ("before-0".into(), "read-only-b".into(), "before-2".into())
@@ -847,8 +829,8 @@ fn a_version_1_snapshot_restores_as_a_vm_with_its_one_disk_or_none() {
         }
         let restore = [disks, &["--restore-from", v1.to_str().unwrap()]].concat();
         let r = Guest::start_with("drover.tick_ms=20", None, &restore);
-        r.wait_until("the restored guest to count", || ticks_in(&r.console()).len() >= 2);
-        assert!(ticks_in(&r.console())[0] > 2, "{}", r.console());
+        r.wait_until("the restored guest to count", || testguest::ticks(&r.console()).len() >= 2);
+        assert!(testguest::ticks(&r.console())[0] > 2, "{}", r.console());
         assert!(!r.console().contains(testguest::MARKER));
         assert_eq!(r.call(Request::Destroy).phase, Phase::Destroyed);
         assert_eq!(sector0(&disk), "at-the-snapshot", "with_disk {with_disk}");
