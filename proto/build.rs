@@ -12,6 +12,7 @@ fn main() {
         "proto/drover/api/v1/migrations.proto",
         "proto/drover/api/v1/events.proto",
         "proto/drover/api/v1/audit.proto",
+        "proto/drover/api/v1/tokens.proto",
         "proto/drover/host/v1/host.proto",
     ];
     for f in files {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use controlplane::model::{HostState, NetworkMode, SnapshotKind, VolumeFormat};
+use controlplane::model::{HostState, NetworkMode, Role, SnapshotKind, VolumeFormat};
 use proto::api as pb;
 use proto::api::audit_client::AuditClient;
 use proto::api::domains_client::DomainsClient;
@@ -16,6 +16,7 @@ use proto::api::migrations_client::MigrationsClient;
 use proto::api::networks_client::NetworksClient;
 use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
+use proto::api::tokens_client::TokensClient;
 use proto::api::volumes_client::VolumesClient;
 use proto::convert::word;
 use raft::tls::{Security, Transport};
@@ -96,6 +97,10 @@ pub struct ClientArgs {
     /// neither --endpoint nor --tls-dir is given.
     #[arg(long, global = true, env = "DROVER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A bearer token to call with (`drover token create` makes them), beside a TLS
+    /// directory holding at least the CA's certificate. Default: the config file's.
+    #[arg(long, global = true, env = "DROVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub output: Output,
     /// Who is making changes, taken on trust without TLS (recorded in the audit log);
@@ -146,7 +151,16 @@ impl ClientArgs {
         };
         let tls_dir = self.tls_dir.clone().or(config.tls_dir);
         let transport = Transport::from_dir(tls_dir.as_deref()).context("loading the TLS directory")?;
-        Ok(ApiClient::with_transport(endpoints, self.principal.clone(), transport))
+        let client = ApiClient::with_transport(endpoints, self.principal.clone(), transport);
+        Ok(match self.token.clone().or(config.token) {
+            Some(_) if !client.transport().is_tls() => {
+                anyhow::bail!(
+                    "a bearer token goes only over TLS: give a TLS directory with the CA's certificate"
+                )
+            }
+            Some(token) => client.with_bearer(token),
+            None => client,
+        })
     }
 }
 
@@ -445,6 +459,43 @@ pub enum ClientCmd {
     /// The control plane itself.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Bearer tokens for users and programs without a certificate (admins only).
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a bearer token and print it (once: the cluster keeps only its hash). Its
+    /// holder calls with `--token` (or `token` in the config file) and the CA's
+    /// certificate, and is audited as user:NAME.
+    Create {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: Role,
+        /// How long it is valid: a number of seconds, or with a unit (90m, 12h, 30d).
+        #[arg(long, default_value = "30d", value_parser = parse_ttl)]
+        ttl: u64,
+    },
+    /// Revoke a token: every replica refuses it once it has applied the revocation.
+    Revoke { name: String },
+    /// Every token: its holder, role, maker and expiry (never its secret).
+    List,
+}
+
+/// A duration in seconds from `90`, `90s`, `15m`, `12h` or `30d`.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 15m, 12h or 30d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -589,6 +640,7 @@ pub async fn run(args: &ClientArgs, cmd: ClientCmd, out: &mut dyn std::io::Write
         ClientCmd::Vol(cmd) => vol(&c, o, consistency, cmd).await?,
         ClientCmd::Snapshot(cmd) => snapshot(&c, o, consistency, cmd).await?,
         ClientCmd::Migrate(cmd) => migrate(&c, o, consistency, cmd).await?,
+        ClientCmd::Token(cmd) => token(&c, o, consistency, cmd).await?,
         ClientCmd::Events { from, follow, kind, name } => {
             let req = pb::WatchRequest { from_seq: from, follow, kinds: kind, names: name };
             let mut stream = rpc!(c, EventsClient, watch, req.clone());
@@ -1027,6 +1079,66 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
             let req = set(name.clone(), HostState::Ready);
             let w = rpc!(c, HostsClient, set_state, req.clone());
             written(o, &format!("host {name} ready"), &w)
+        }
+    })
+}
+
+async fn token(c: &ApiClient, o: Output, consistency: i32, cmd: TokenCmd) -> anyhow::Result<Printed> {
+    let time = |ms: u64| {
+        chrono::DateTime::from_timestamp_millis(ms as i64)
+            .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+    };
+    let info_json = |t: &pb::Token| {
+        json!({"name": t.name, "role": word::<pb::Role>(t.role), "created_ms": t.created_ms,
+               "expires_ms": t.expires_ms, "created_by": t.created_by, "version": t.version})
+    };
+    Ok(match cmd {
+        TokenCmd::Create { name, role, ttl } => {
+            let req = pb::CreateTokenRequest {
+                request_id: new_id(),
+                name: name.clone(),
+                role: pb::Role::from(role).into(),
+                ttl_seconds: ttl,
+            };
+            let reply = rpc!(c, TokensClient, create, req.clone());
+            let info = reply.info.clone().unwrap_or_default();
+            show(
+                o,
+                || {
+                    format!(
+                        "token for user:{name} ({role}) valid until {} UTC; it is shown once:\n{}",
+                        time(info.expires_ms),
+                        reply.token
+                    )
+                },
+                || json!({"token": reply.token, "info": info_json(&info)}),
+            )
+        }
+        TokenCmd::Revoke { name } => {
+            let req = pb::RevokeTokenRequest { request_id: new_id(), name: name.clone() };
+            let w = rpc!(c, TokensClient, revoke, req.clone());
+            written(o, &format!("token {name} revoked"), &w)
+        }
+        TokenCmd::List => {
+            let list = rpc!(c, TokensClient, list, pb::ListTokensRequest { consistency }).tokens;
+            show(
+                o,
+                || {
+                    let rows = list
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.name.clone(),
+                                word::<pb::Role>(t.role),
+                                time(t.expires_ms),
+                                t.created_by.clone(),
+                            ]
+                        })
+                        .collect();
+                    table(&["name", "role", "expires (utc)", "created by"], rows)
+                },
+                || Value::Array(list.iter().map(info_json).collect()),
+            )
         }
     })
 }

@@ -23,6 +23,8 @@ pub struct ApiClient {
     /// Under TLS the servers take the caller's name from its certificate instead.
     pub principal: String,
     transport: Transport,
+    /// A bearer token sent with every call (under TLS; `drover token create` makes them).
+    bearer: Option<String>,
 }
 
 impl ApiClient {
@@ -33,7 +35,13 @@ impl ApiClient {
 
     pub fn with_transport(endpoints: Vec<String>, principal: String, transport: Transport) -> ApiClient {
         assert!(!endpoints.is_empty(), "at least one endpoint");
-        ApiClient { endpoints, principal, transport }
+        ApiClient { endpoints, principal, transport, bearer: None }
+    }
+
+    /// This client proves who it is with bearer token `token` (its certificate, if any,
+    /// still makes the connection).
+    pub fn with_bearer(self, token: String) -> ApiClient {
+        ApiClient { bearer: Some(token), ..self }
     }
 
     pub fn transport(&self) -> &Transport {
@@ -60,6 +68,9 @@ impl ApiClient {
         let mut r = tonic::Request::new(message);
         if let Ok(v) = self.principal.parse() {
             r.metadata_mut().insert(crate::service::PRINCIPAL_HEADER, v);
+        }
+        if let Some(v) = self.bearer.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
+            r.metadata_mut().insert(raft::tls::AUTHORIZATION_HEADER, v);
         }
         raft::telemetry::inject(r.metadata_mut());
         r

@@ -21,9 +21,13 @@ pub struct ClientConfig {
     /// Replica endpoints (`host:port`), tried in turn.
     #[serde(default)]
     pub endpoints: Vec<String>,
-    /// The directory with the user's certificate (`ca.pem`, `cert.pem`, `key.pem`).
+    /// The directory with the user's certificate (`ca.pem`, `cert.pem`, `key.pem`), or
+    /// only the CA's (`ca.pem`) for a user with a bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_dir: Option<PathBuf>,
+    /// A bearer token (`drover token create`), sent with every call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Where the config file is when no `--config` names one.
@@ -64,8 +68,11 @@ mod tests {
     fn a_written_config_reads_back_and_a_wrong_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d").join("config.toml");
-        let config =
-            ClientConfig { endpoints: vec!["127.0.0.1:1".into()], tls_dir: Some(dir.path().join("admin")) };
+        let config = ClientConfig {
+            endpoints: vec!["127.0.0.1:1".into()],
+            tls_dir: Some(dir.path().join("admin")),
+            token: None,
+        };
         write(&path, &config).unwrap();
         assert_eq!(load(&path).unwrap(), config);
         std::fs::write(&path, "endpoint = 3\n").unwrap();

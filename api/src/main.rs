@@ -160,6 +160,11 @@ async fn run_server(args: ServerArgs, security: Security) -> anyhow::Result<()> 
     if args.id == 0 {
         bail!("--id must be 1 or more");
     }
+    if security.transport.is_tls() && security.transport.own().is_none() {
+        bail!(
+            "the TLS directory holds no certificate (cert.pem, key.pem): a replica serves only under its own"
+        );
+    }
     if let Some(own) = security.transport.own() {
         if own.kind != Kind::Replica || own.name != args.id.to_string() {
             bail!(

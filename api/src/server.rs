@@ -12,9 +12,11 @@ use proto::api::migrations_server::MigrationsServer;
 use proto::api::networks_server::NetworksServer;
 use proto::api::snapshots_server::SnapshotsServer;
 use proto::api::storage_pools_server::StoragePoolsServer;
+use proto::api::tokens_server::TokensServer;
 use proto::api::volumes_server::VolumesServer;
 use raft::node::Node;
 use raft::service::{listen, raft_server, replication_server, server_builder, ServeError};
+use raft::tls::TokenBook;
 
 use crate::service::Api;
 
@@ -53,7 +55,7 @@ pub async fn serve(
     server_builder(node.transport())?
         .layer(crate::metrics::MetricsLayer)
         .layer(crate::traces::TracesLayer)
-        .layer(node.transport().door())
+        .layer(node.transport().door().with_tokens(token_book(&node)))
         .add_service(raft_server(node.clone()))
         .add_service(replication_server(node))
         .add_service(limited!(DomainsServer))
@@ -65,10 +67,17 @@ pub async fn serve(
         .add_service(limited!(MigrationsServer))
         .add_service(limited!(EventsServer))
         .add_service(limited!(AuditServer))
+        .add_service(limited!(TokensServer))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// The bearer tokens of this replica's applied state, for its door.
+fn token_book(node: &Node) -> TokenBook {
+    let node = node.clone();
+    TokenBook::new(move |name| node.read_local(|s| s.token(name).cloned()))
 }

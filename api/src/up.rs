@@ -279,7 +279,8 @@ pub async fn run(args: UpArgs, insecure: bool, out: &mut dyn std::io::Write) -> 
             None => Vec::new(),
         }
     };
-    let config = crate::config::ClientConfig { endpoints: endpoints.clone(), tls_dir: admin.clone() };
+    let config =
+        crate::config::ClientConfig { endpoints: endpoints.clone(), tls_dir: admin.clone(), token: None };
     let config_file = data_dir.join("config.toml");
     crate::config::write(&config_file, &config)?;
     let user_config = (!args.no_user_config).then(crate::config::default_path).flatten();

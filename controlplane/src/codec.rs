@@ -14,8 +14,9 @@
 //! hosts' recent fencings (`crate::state_v3`); 5 added a volume's state, host and last
 //! failure (`crate::state_v4`); 6 added a network's VNI (`crate::state_v5`); 7 added a
 //! host's VM limits (`crate::state_v6`); 8 added a proposal's trace context
-//! (`crate::proposal::ProposalV7` decodes earlier proposals; states are as in 7). Events
-//! encode alike in all eight (variants are only appended).
+//! (`crate::proposal::ProposalV7` decodes earlier proposals; states are as in 7); 9 added
+//! bearer tokens to the state (`crate::state_v8` decodes states of 7 and 8; proposals
+//! are as in 8). Events encode alike in all nine (variants are only appended).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,7 +26,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 8;
+pub const FORMAT_VERSION: u16 = 9;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -59,8 +60,11 @@ impl Durable for EventEnvelope {
 impl Durable for Proposal {
     const TAG: Tag = Tag::Proposal;
 
-    fn decode_old(_version: u16, payload: &[u8]) -> Result<Self, CodecError> {
-        decode_payload::<crate::proposal::ProposalV7>(payload).map(Proposal::from)
+    fn decode_old(version: u16, payload: &[u8]) -> Result<Self, CodecError> {
+        match version {
+            1..=7 => decode_payload::<crate::proposal::ProposalV7>(payload).map(Proposal::from),
+            _ => decode_payload(payload),
+        }
     }
 }
 impl Durable for State {
@@ -74,6 +78,7 @@ impl Durable for State {
             4 => decode_payload::<crate::state_v4::StateV4>(payload).map(State::from),
             5 => decode_payload::<crate::state_v5::StateV5>(payload).map(State::from),
             6 => decode_payload::<crate::state_v6::StateV6>(payload).map(State::from),
+            7 | 8 => decode_payload::<crate::state_v8::StateV8>(payload).map(State::from),
             _ => decode_payload(payload),
         }
     }
@@ -163,7 +168,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 8, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 9, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -172,15 +177,15 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v9 = bytes.clone();
-        v9[3] = 9;
-        assert!(matches!(decode::<EventEnvelope>(&v9), Err(CodecError::Version(9))));
+        let mut v10 = bytes.clone();
+        v10[3] = 10;
+        assert!(matches!(decode::<EventEnvelope>(&v10), Err(CodecError::Version(10))));
         let mut v1 = bytes.clone();
         v1[3] = 1;
         assert_eq!(
             decode::<EventEnvelope>(&v1).unwrap(),
             envelope(),
-            "events encode alike in versions 1 to 8"
+            "events encode alike in versions 1 to 9"
         );
         let mut magic = bytes.clone();
         magic[0] = b'X';

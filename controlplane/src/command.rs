@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Disk, DomainSpec, HostState, Labels, MigrationId, MigrationPhase, NetworkConfig, ObservedPhase,
-    PoolConfig, Resources, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
+    PoolConfig, Resources, Role, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
 };
 
 /// A command with who sent it and the id that makes retries safe.
@@ -194,6 +194,19 @@ pub enum Command {
     ClearHost {
         name: String,
     },
+
+    // --- bearer tokens ---
+    /// Make a bearer token for `name`, valid for `ttl_ms` from the decision. The replica
+    /// that took the call made the secret and sends only its hash.
+    CreateToken {
+        name: String,
+        role: Role,
+        secret_sha256: [u8; 32],
+        ttl_ms: u64,
+    },
+    RevokeToken {
+        name: String,
+    },
 }
 
 /// What a host did with a volume operation asked of it.
@@ -253,6 +266,8 @@ impl Command {
             Command::RestartDomain { .. } => "RestartDomain",
             Command::SetClusterSettings { .. } => "SetClusterSettings",
             Command::ClearHost { .. } => "ClearHost",
+            Command::CreateToken { .. } => "CreateToken",
+            Command::RevokeToken { .. } => "RevokeToken",
         }
     }
 }

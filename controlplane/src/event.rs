@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     DesiredState, Disk, DomainSpec, HostState, Labels, Mac, MigrationId, MigrationPhase, NetworkConfig,
-    ObservedPhase, PoolConfig, ResourceKey, Resources, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
+    ObservedPhase, PoolConfig, ResourceKey, Resources, Role, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
 };
 
 /// One event with its place in history.
@@ -348,6 +348,20 @@ pub enum Event {
         name: String,
         limits: Option<VmLimits>,
     },
+
+    // --- bearer tokens ---
+    /// An admin made a bearer token for `name` with `role`, valid until `expires_ms`; the
+    /// cluster keeps the SHA-256 of its secret only.
+    TokenCreated {
+        name: String,
+        role: Role,
+        secret_sha256: [u8; 32],
+        expires_ms: u64,
+    },
+    /// A token was revoked: it is refused from here and forgotten.
+    TokenRevoked {
+        name: String,
+    },
 }
 
 impl Event {
@@ -409,6 +423,8 @@ impl Event {
         "NetworkDefined",
         "VolumeReassigned",
         "HostVmLimits",
+        "TokenCreated",
+        "TokenRevoked",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -474,6 +490,8 @@ impl Event {
             Event::NetworkDefined { .. } => 53,
             Event::VolumeReassigned { .. } => 54,
             Event::HostVmLimits { .. } => 55,
+            Event::TokenCreated { .. } => 56,
+            Event::TokenRevoked { .. } => 57,
         }
     }
 
@@ -489,6 +507,7 @@ impl Event {
             | HostCleared { name }
             | HostVmLimits { name, .. } => ResourceKey::Host(name.clone()),
             ClusterSettingsChanged { .. } => ResourceKey::Cluster,
+            TokenCreated { name, .. } | TokenRevoked { name } => ResourceKey::Token(name.clone()),
             DomainDefined { name, .. }
             | DomainUndefined { name }
             | DomainStartRequested { name }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::limits::{TOKENS_MAX, TOKEN_TTL_MS_MAX};
 use crate::model::{AttachMode, HostState, Resources, SnapshotKind, SnapshotState, VolumeOp, VolumeState};
 use crate::state::State;
 
@@ -26,6 +27,27 @@ pub fn check(state: &State) -> Result<(), Violation> {
     check_networks(state)?;
     check_volumes(state)?;
     check_snapshots_and_migrations(state)?;
+    check_tokens(state)?;
+    Ok(())
+}
+
+fn check_tokens(state: &State) -> Result<(), Violation> {
+    ensure!(state.tokens().count() <= TOKENS_MAX, "{} tokens, over {TOKENS_MAX}", state.tokens().count());
+    for t in state.tokens() {
+        ensure!(
+            state.token(&t.name).is_some_and(|k| k.name == t.name),
+            "token {} kept under another name",
+            t.name
+        );
+        ensure!(
+            t.created_ms < t.expires_ms && t.expires_ms - t.created_ms <= TOKEN_TTL_MS_MAX,
+            "token {} lives from {} to {}",
+            t.name,
+            t.created_ms,
+            t.expires_ms
+        );
+        ensure!(t.version <= state.last_seq(), "token {} is newer than the state", t.name);
+    }
     Ok(())
 }
 

@@ -42,6 +42,7 @@ mod state_v3;
 mod state_v4;
 mod state_v5;
 mod state_v6;
+mod state_v8;
 mod validate;
 
 pub use apply::{apply, apply_proposal};

@@ -80,3 +80,8 @@ pub const REQUEST_WINDOW_MAX: usize = 65_536;
 /// How many ended (committed or rolled back) migrations the live state keeps; older ones
 /// live on only in the event archive.
 pub const ENDED_MIGRATIONS_KEPT_MAX: usize = 1024;
+
+/// Most bearer tokens the cluster keeps (each is checked at every call that carries one).
+pub const TOKENS_MAX: usize = 1024;
+/// Longest a bearer token may be valid: a year. Shorter is better; make new ones.
+pub const TOKEN_TTL_MS_MAX: u64 = 366 * 24 * 60 * 60 * 1000;

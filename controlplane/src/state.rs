@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     ClusterSettings, Domain, Host, HostFences, Migration, MigrationId, Network, Pool, ResourceKey, Snapshot,
-    SnapshotState, Volume, VolumeRef, VolumeState,
+    SnapshotState, Token, Volume, VolumeRef, VolumeState,
 };
 use crate::request_window::RequestWindow;
 
@@ -29,6 +29,8 @@ pub struct State {
     pub(crate) settings: ClusterSettings,
     /// Hosts fenced lately (absent: never, or cleared).
     pub(crate) fences: BTreeMap<String, HostFences>,
+    /// Bearer tokens, by holder name.
+    pub(crate) tokens: BTreeMap<String, Token>,
 }
 
 impl State {
@@ -169,6 +171,15 @@ impl State {
         self.fences.get(name)
     }
 
+    pub fn token(&self, name: &str) -> Option<&Token> {
+        self.tokens.get(name)
+    }
+
+    /// Every bearer token, by name.
+    pub fn tokens(&self) -> impl Iterator<Item = &Token> {
+        self.tokens.values()
+    }
+
     /// Whether host `name` is left out of placement for failing too often.
     pub fn is_flapping(&self, name: &str) -> bool {
         self.fences.get(name).is_some_and(|f| f.flapping)
@@ -187,6 +198,7 @@ impl State {
             }
             ResourceKey::Migration(id) => self.migrations.get(id).map_or(0, |r| r.version),
             ResourceKey::Cluster => self.settings.version,
+            ResourceKey::Token(n) => self.tokens.get(n).map_or(0, |t| t.version),
         }
     }
 }

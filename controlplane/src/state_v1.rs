@@ -109,6 +109,7 @@ impl From<StateV1> for State {
             requests: v1.requests,
             settings: Default::default(),
             fences: BTreeMap::new(),
+            tokens: BTreeMap::new(),
         }
     }
 }

@@ -79,6 +79,7 @@ impl From<StateV2> for State {
             requests: v2.requests,
             settings: Default::default(),
             fences: BTreeMap::new(),
+            tokens: BTreeMap::new(),
         }
     }
 }

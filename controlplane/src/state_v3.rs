@@ -40,6 +40,7 @@ impl From<StateV3> for State {
             requests: v3.requests,
             settings: Default::default(),
             fences: BTreeMap::new(),
+            tokens: BTreeMap::new(),
         }
     }
 }

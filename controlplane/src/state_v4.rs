@@ -84,6 +84,7 @@ impl From<StateV4> for State {
             requests: v4.requests,
             settings: v4.settings,
             fences: v4.fences,
+            tokens: BTreeMap::new(),
         }
     }
 }

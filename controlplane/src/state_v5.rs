@@ -77,6 +77,7 @@ impl From<StateV5> for State {
             requests: v5.requests,
             settings: v5.settings,
             fences: v5.fences,
+            tokens: BTreeMap::new(),
         }
     }
 }

@@ -82,6 +82,7 @@ impl From<StateV6> for State {
             requests: v6.requests,
             settings: v6.settings,
             fences: v6.fences,
+            tokens: BTreeMap::new(),
         }
     }
 }

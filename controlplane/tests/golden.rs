@@ -14,8 +14,9 @@
 //! are format version 4 (cluster settings, hosts' fencings), which must decode too; the
 //! `-5` files are format version 5 (volume files made by hosts), which must decode too,
 //! as must the `-6` files (format 6: a network's VNI); the `-7` files are written by
-//! format version 7 (a host's VM limits) and must decode and re-encode to the very same
-//! bytes.
+//! format version 7 (a host's VM limits) and must decode, as must the `-8` files (format
+//! 8: a proposal's trace); the `-9` files are written by format version 9 (bearer tokens)
+//! and must decode and re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,8 @@ use controlplane::codec::{self, Durable};
 use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, new_volume, Harness};
 use controlplane::model::{
     Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, NetworkConfig, NetworkMode, Nic,
-    ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState, VmLimits, VolumeFormat,
-    VolumeRef, VolumeState,
+    ObservedPhase, PoolConfig, PoolKind, Resources, Role, SnapshotKind, SnapshotState, VmLimits,
+    VolumeFormat, VolumeRef, VolumeState,
 };
 use controlplane::{
     invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State, TraceParent,
@@ -173,6 +174,13 @@ fn samples() -> Vec<EventEnvelope> {
             name: "h1".into(),
             limits: Some(VmLimits { vcpus: 32, memory_mib: 3072, disks: 8, nics: 8 }),
         },
+        Event::TokenCreated {
+            name: "ci".into(),
+            role: Role::Operator,
+            secret_sha256: [0x5a; 32],
+            expires_ms: 1_764_086_400_000,
+        },
+        Event::TokenRevoked { name: "ci".into() },
     ];
     events
         .into_iter()
@@ -326,16 +334,54 @@ fn payload_today(old_bytes: &[u8]) -> Vec<u8> {
     [&old_bytes[5..], &[0u8][..]].concat()
 }
 
+/// The rich state saying limits, with a bearer token (format 9 records them).
+fn rich_state_with_a_token() -> (State, Proposal) {
+    let (mut h, p) = rich_harness();
+    h.exec(Command::RegisterHost {
+        name: "h2".into(),
+        address: "127.0.0.1:7002".into(),
+        capacity: Resources { vcpus: 16, memory_mib: 65536 },
+        labels: Labels::new(),
+        vm_limits: Some(VmLimits { vcpus: 32, memory_mib: 3072, disks: 8, nics: 8 }),
+    })
+    .unwrap();
+    h.exec(Command::CreateToken {
+        name: "ci".into(),
+        role: Role::Viewer,
+        secret_sha256: [0x5a; 32],
+        ttl_ms: 3_600_000,
+    })
+    .unwrap();
+    (h.state, p)
+}
+
+fn trace_of(mut proposal: Proposal) -> Proposal {
+    proposal.trace = Some(TraceParent { trace_id: [0xab; 16], span_id: [0xcd; 8], flags: 1 });
+    proposal
+}
+
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
-    let (state, mut proposal) = rich_state_saying_limits();
-    assert!(state.host("h2").unwrap().vm_limits.is_some());
-    let new_state: State = check_fixed_bytes("state-8.bin", &state);
+    let (state, proposal) = rich_state_with_a_token();
+    assert!(state.token("ci").is_some());
+    let new_state: State = check_fixed_bytes("state-9.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 8");
-    proposal.trace = Some(TraceParent { trace_id: [0xab; 16], span_id: [0xcd; 8], flags: 1 });
-    let new: Proposal = check_fixed_bytes("proposal-8.bin", &proposal);
-    assert_eq!(new, proposal, "format 8 carries a proposal's trace");
+    assert_eq!(new_state, state, "today's rich state is the one written by format 9");
+    let proposal = trace_of(proposal);
+    let new: Proposal = check_fixed_bytes("proposal-9.bin", &proposal);
+    assert_eq!(new, proposal, "format 9 carries a proposal's trace");
+}
+
+#[test]
+fn format_8_states_and_proposals_still_decode() {
+    let (state, proposal) = rich_state_saying_limits();
+    let (old_state, _): (State, _) = read_golden("state-8.bin");
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state, state, "format 8 held no tokens");
+    let (old, bytes): (Proposal, _) = read_golden("proposal-8.bin");
+    let proposal = trace_of(proposal);
+    assert_eq!(old, proposal);
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "proposals encode as in format 8");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use controlplane::model::{
     Boot, Cidr, DesiredState, Disk, DomainSpec, HaPolicy, HostState, Mac, MigrationPhase, NetworkConfig,
-    NetworkMode, Nic, ObservedPhase, Phase, Placement, PoolConfig, PoolKind, Resources, SnapshotKind,
+    NetworkMode, Nic, ObservedPhase, Phase, Placement, PoolConfig, PoolKind, Resources, Role, SnapshotKind,
     SnapshotState, VmLimits, VolumeFormat, VolumeRef, VolumeState,
 };
 use controlplane::{
@@ -27,6 +27,7 @@ const DOMAINS: &[&str] = &["d0", "d1", "d2", "d3"];
 const NETWORKS: &[&str] = &["n0", "n1", "n2"];
 const POOLS: &[&str] = &["p0", "p1", "p2"];
 const VOLUMES: &[&str] = &["v0", "v1", "v2", "v3"];
+const TOKENS: &[&str] = &["t0", "t1"];
 const SNAPSHOTS: &[&str] = &["s0", "s1", "s2"];
 const INVALID: &[&str] = &["", "Bad_Name", "-x", "a b"];
 
@@ -202,6 +203,9 @@ fn command() -> impl Strategy<Value = Command> {
         1 => domain().prop_map(|name| Command::RestartDomain { name }),
         1 => prop_oneof![4 => Just(0u32), 1 => Just(1u32)].prop_map(|ha_reserve_hosts| Command::SetClusterSettings { ha_reserve_hosts }),
         1 => pick(HOSTS).prop_map(|name| Command::ClearHost { name }),
+        1 => (pick(TOKENS), prop_oneof![Just(Role::Viewer), Just(Role::Operator), Just(Role::Admin)], prop_oneof![Just(0u64), 1u64..=10_000, Just(u64::MAX)])
+            .prop_map(|(name, role, ttl_ms)| Command::CreateToken { name, role, secret_sha256: [7; 32], ttl_ms }),
+        1 => pick(TOKENS).prop_map(|name| Command::RevokeToken { name }),
     ]
 }
 
@@ -738,7 +742,7 @@ fn the_generator_reaches_every_event_kind() {
     let strategy = proptest::collection::vec(step(), 100..200);
     let mut seen = BTreeSet::new();
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    for _ in 0..400 {
+    for _ in 0..500 {
         let steps = strategy.new_tree(&mut runner).unwrap().current();
         let mut run = Run {
             state: State::new(),

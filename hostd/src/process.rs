@@ -200,6 +200,12 @@ fn vmm_program() -> Result<(PathBuf, Vec<String>), ProcessError> {
 /// Run a host agent with `args`, reaching the control replicas at `endpoints`, until
 /// SIGTERM or Ctrl-C.
 pub async fn run(args: HostdArgs, endpoints: Vec<String>, security: Security) -> Result<(), ProcessError> {
+    if security.transport.is_tls() && security.transport.own().is_none() {
+        return Err(ProcessError::Args(
+            "the TLS directory holds no certificate (cert.pem, key.pem): a host acts only under its own"
+                .into(),
+        ));
+    }
     if let Some(own) = security.transport.own() {
         if own.kind != raft::tls::Kind::Host || own.name != args.name {
             return Err(ProcessError::Args(format!(

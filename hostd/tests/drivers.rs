@@ -83,7 +83,7 @@ fn vmm_bin() -> PathBuf {
         if dir.file_name().is_some_and(|n| n == "deps") {
             dir = dir.parent().unwrap();
         }
-        let mut cmd = Command::new(env!("CARGO"));
+        let mut cmd = testguest::cargo_from_a_test();
         cmd.args(["build", "--quiet", "--bin", "drover-vmm"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.args(["--release", "-p", "vmm"]);

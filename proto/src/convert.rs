@@ -68,6 +68,7 @@ wire_enum!(PoolKind <=> PoolKind { Dir });
 wire_enum!(SnapshotKind <=> SnapshotKind { Full, Disk });
 wire_enum!(VolumeFormat <=> VolumeFormat { Raw, Qcow2 });
 wire_enum!(AttachMode <=> AttachMode { ReadWrite, ReadOnly });
+wire_enum!(Role <=> Role { Viewer, Operator, Admin });
 
 /// The model value of a wire enum field (its raw `i32`): UNSPECIFIED and values this
 /// build does not know are `InvalidArgument`, naming `field`.
@@ -311,6 +312,17 @@ pub fn network_config(c: Option<pb::NetworkConfig>) -> Result<NetworkConfig, Sta
         )
     };
     Ok(NetworkConfig { mode, cidr, gateway, bridge: (!c.bridge.is_empty()).then_some(c.bridge) })
+}
+
+pub fn token_to_pb(t: &model::Token) -> pb::Token {
+    pb::Token {
+        name: t.name.clone(),
+        role: pb::Role::from(t.role).into(),
+        created_ms: t.created_ms,
+        expires_ms: t.expires_ms,
+        created_by: t.created_by.clone(),
+        version: t.version,
+    }
 }
 
 pub fn network_to_pb(n: &Network) -> pb::Network {
@@ -630,6 +642,7 @@ mod tests {
         round_trip::<pb::SnapshotKind>(model::SnapshotKind::ALL);
         round_trip::<pb::VolumeFormat>(VolumeFormat::ALL);
         round_trip::<pb::AttachMode>(model::AttachMode::ALL);
+        round_trip::<pb::Role>(model::Role::ALL);
         assert_eq!(word::<pb::DomainPhase>(pb::DomainPhase::ShuttingDown.into()), "shutting-down");
         assert_eq!(word::<pb::DomainPhase>(0), "unspecified");
     }

@@ -25,6 +25,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use controlplane::model::{parse_bearer, Token};
 
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -80,46 +83,7 @@ impl fmt::Display for Kind {
     }
 }
 
-/// What a user may do in the public API, least first. A user's certificate says it in
-/// its organization (O); one that says none is a viewer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    /// Reads: lists, gets, events, consoles, the audit log.
-    Viewer,
-    /// And the lifecycle of domains, their snapshots, migrations and volume attachments.
-    Operator,
-    /// Everything: hosts, networks, pools, volumes, cluster settings.
-    Admin,
-}
-
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Role, String> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown role {s:?} (viewer, operator or admin)"))
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use controlplane::model::Role;
 
 /// Who holds a certificate: the principal of every call made with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -221,9 +185,10 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 #[derive(Clone)]
 pub struct Tls {
     ca: Certificate,
-    identity: tonic::transport::Identity,
+    /// Its certificate and key; none for a client that proves itself with a bearer token.
+    identity: Option<tonic::transport::Identity>,
     /// Who this process is, from its own certificate.
-    pub own: Identity,
+    pub own: Option<Identity>,
 }
 
 impl fmt::Debug for Tls {
@@ -233,35 +198,41 @@ impl fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Load `files`; their certificate must name its holder.
+    /// Load `files`; their certificate must name its holder. A directory with the CA's
+    /// certificate alone is a client's that checks the servers and proves itself with a
+    /// bearer token instead ([`Tls::own`] is none; servers refuse to run so).
     pub fn load(files: &TlsFiles) -> Result<Tls, TlsError> {
-        let ca = read(&files.ca())?;
+        let ca = Certificate::from_pem(read(&files.ca())?);
+        if !files.cert().exists() && !files.key().exists() {
+            return Ok(Tls { ca, identity: None, own: None });
+        }
         let cert = read(&files.cert())?;
         let key = read(&files.key())?;
         let own =
             identity_of_pem(&cert).map_err(|reason| TlsError::Certificate { path: files.cert(), reason })?;
-        Ok(Tls {
-            ca: Certificate::from_pem(ca),
-            identity: tonic::transport::Identity::from_pem(cert, key),
-            own,
-        })
+        Ok(Tls { ca, identity: Some(tonic::transport::Identity::from_pem(cert, key)), own: Some(own) })
     }
 
     fn server_config(&self) -> ServerTlsConfig {
+        let identity = self.identity.clone().expect("servers run only under a certificate of their own");
         // A client without a certificate gets through the handshake and is refused by the
-        // door with UNAUTHENTICATED and a reason, rather than a bare handshake failure.
+        // door with UNAUTHENTICATED and a reason (or let in by a bearer token), rather
+        // than a bare handshake failure.
         ServerTlsConfig::new()
-            .identity(self.identity.clone())
+            .identity(identity)
             .client_ca_root(self.ca.clone())
             .client_auth_optional(true)
             .timeout(std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS))
     }
 
     fn client_config(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
+        let config = ClientTlsConfig::new()
             .ca_certificate(self.ca.clone())
-            .identity(self.identity.clone())
-            .timeout(std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS))
+            .timeout(std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS));
+        match &self.identity {
+            Some(identity) => config.identity(identity.clone()),
+            None => config,
+        }
     }
 }
 
@@ -290,9 +261,9 @@ impl Transport {
         self.0.is_some()
     }
 
-    /// Who this process is, under TLS.
+    /// Who this process is, under TLS with a certificate of its own.
     pub fn own(&self) -> Option<&Identity> {
-        self.0.as_deref().map(|t| &t.own)
+        self.0.as_deref().and_then(|t| t.own.as_ref())
     }
 
     /// An endpoint for `addr` (`host:port`), over TLS when this transport has it.
@@ -316,7 +287,7 @@ impl Transport {
 
     /// The layer that checks callers at this server's door.
     pub fn door(&self) -> Door {
-        Door { seen: self.is_tls().then(Arc::default) }
+        Door { seen: self.is_tls().then(Arc::default), tokens: None }
     }
 }
 
@@ -398,6 +369,9 @@ pub const API_RULES: &[(&str, Rule)] = {
         ("Volumes/Get", rule(Viewer, true)),
         ("Volumes/List", rule(Viewer, true)),
         ("Volumes/Report", rule(Admin, true)),
+        ("Tokens/Create", rule(Admin, false)),
+        ("Tokens/Revoke", rule(Admin, false)),
+        ("Tokens/List", rule(Admin, false)),
     ]
 };
 
@@ -479,18 +453,62 @@ impl Seen {
     }
 }
 
+/// The bearer tokens a door admits: a token's record by its holder's name, as this
+/// replica last applied it (a revocation takes effect on each replica as it applies it).
+#[derive(Clone)]
+pub struct TokenBook(Arc<TokenLookup>);
+
+/// A token's record by its holder's name.
+type TokenLookup = dyn Fn(&str) -> Option<Token> + Send + Sync;
+
+impl TokenBook {
+    pub fn new(lookup: impl Fn(&str) -> Option<Token> + Send + Sync + 'static) -> TokenBook {
+        TokenBook(Arc::new(lookup))
+    }
+
+    /// Who `header` (`authorization`) proves the caller is, or why it proves nothing.
+    fn holder(&self, header: &http::HeaderValue, now_ms: u64) -> Result<Identity, &'static str> {
+        let value = header.to_str().map_err(|_| "the authorization header is not text")?;
+        let bearer = value.strip_prefix("Bearer ").ok_or("authorization must be \"Bearer <token>\"")?;
+        let (name, secret) = parse_bearer(bearer.trim()).ok_or("not a Drover bearer token")?;
+        match (self.0)(name) {
+            Some(t) if t.is_secret(&secret) && t.expired_at(now_ms) => Err("the bearer token has expired"),
+            Some(t) if t.is_secret(&secret) => Ok(Identity { kind: Kind::User, name: t.name, role: t.role }),
+            _ => Err("unknown or revoked bearer token"),
+        }
+    }
+}
+
+impl fmt::Debug for TokenBook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenBook")
+    }
+}
+
+/// The header a bearer token comes in.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+
 /// The tower layer in front of a server's services ([module docs](self)); without TLS
 /// (`seen` is `None`) it lets every call through.
 #[derive(Debug, Clone)]
 pub struct Door {
     seen: Option<Arc<Seen>>,
+    tokens: Option<TokenBook>,
+}
+
+impl Door {
+    /// This door admits the bearer tokens of `book` too (the public API's); others refuse
+    /// every bearer token.
+    pub fn with_tokens(self, book: TokenBook) -> Door {
+        Door { tokens: Some(book), ..self }
+    }
 }
 
 impl<S> tower::Layer<S> for Door {
     type Service = DoorService<S>;
 
     fn layer(&self, inner: S) -> DoorService<S> {
-        DoorService { inner, seen: self.seen.clone() }
+        DoorService { inner, seen: self.seen.clone(), tokens: self.tokens.clone() }
     }
 }
 
@@ -498,6 +516,7 @@ impl<S> tower::Layer<S> for Door {
 pub struct DoorService<S> {
     inner: S,
     seen: Option<Arc<Seen>>,
+    tokens: Option<TokenBook>,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for DoorService<S>
@@ -521,16 +540,36 @@ where
             return Either::Left(self.inner.call(request));
         };
         let path = request.uri().path().to_owned();
-        let Some(identity) = seen.caller(&request) else {
-            warn!(method = %path, "refused: no client certificate");
-            let status =
-                tonic::Status::unauthenticated("a client certificate signed by the cluster's CA is required");
-            return Either::Right(ready(Ok(status.into_http())));
+        let refuse = |status: tonic::Status| Either::Right(ready(Ok(status.into_http())));
+        // A bearer token, when sent, is who calls (even over a certificate's connection).
+        let identity = match request.headers_mut().remove(AUTHORIZATION_HEADER) {
+            Some(header) => {
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let holder = match &self.tokens {
+                    Some(book) => book.holder(&header, now_ms),
+                    None => Err("this server takes no bearer tokens"),
+                };
+                match holder {
+                    Ok(identity) => identity,
+                    Err(reason) => {
+                        warn!(method = %path, reason, "refused: a bearer token");
+                        return refuse(tonic::Status::unauthenticated(reason));
+                    }
+                }
+            }
+            None => match seen.caller(&request) {
+                Some(identity) => identity,
+                None => {
+                    warn!(method = %path, "refused: no client certificate or bearer token");
+                    return refuse(tonic::Status::unauthenticated(
+                        "a client certificate signed by the cluster's CA, or a bearer token, is required",
+                    ));
+                }
+            },
         };
         if !allowed(&identity, &path) {
             warn!(%identity, role = %identity.role, method = %path, "refused: not allowed for this certificate");
-            let status = tonic::Status::permission_denied(format!("{identity} may not call {path}"));
-            return Either::Right(ready(Ok(status.into_http())));
+            return refuse(tonic::Status::permission_denied(format!("{identity} may not call {path}")));
         }
         let principal = http::HeaderValue::from_str(&identity.to_string())
             .expect("valid_name admits header-safe bytes only");
@@ -580,7 +619,7 @@ mod tests {
                     if package == "drover.api.v1" {
                         api_methods += 1;
                         let rule = rule.unwrap_or_else(|| panic!("{path} has no rule in API_RULES"));
-                        for role in Role::ALL {
+                        for &role in Role::ALL {
                             assert_eq!(allowed(&who(Kind::User, role), &path), role >= rule.role, "{path}");
                         }
                         assert_eq!(allowed(&who(Kind::Host, Role::Viewer), &path), rule.host, "{path}");
@@ -598,9 +637,11 @@ mod tests {
                             "GetClusterSettings",
                         ]
                         .contains(&method.name());
+                        // Credentials are secrets of a kind: only admins see the list.
+                        let secret = service.name() == "Tokens";
                         assert_eq!(
                             rule.role == Role::Viewer,
-                            read,
+                            read && !secret,
                             "{path}: reads are for viewers, writes are not"
                         );
                     } else {
@@ -636,7 +677,7 @@ mod tests {
         for kind in Kind::ALL {
             assert_eq!(kind.as_str().parse::<Kind>(), Ok(kind));
         }
-        for role in Role::ALL {
+        for &role in Role::ALL {
             assert_eq!(role.as_str().parse::<Role>(), Ok(role));
         }
         assert!("admin".parse::<Kind>().is_err());

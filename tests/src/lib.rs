@@ -28,7 +28,7 @@ pub fn drover_bin() -> PathBuf {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         // The standalone VMM too: hostd runs the `drover-vmm` beside `drover` where there
         // is one, so a stale one would run every kvm test's VMs.
-        let mut cmd = Command::new(env!("CARGO"));
+        let mut cmd = testguest::cargo_from_a_test();
         cmd.args(["build", "--quiet", "--bin", "drover", "--bin", "drover-vmm"]);
         if release {
             // Benchmarks measure the binary a user builds: its own package's features.
@@ -150,6 +150,7 @@ pub fn drover_command() -> Command {
     let mut c = Command::new(drover_bin());
     c.env_remove("DROVER_CONFIG")
         .env_remove("DROVER_TLS_DIR")
+        .env_remove("DROVER_TOKEN")
         .env("XDG_CONFIG_HOME", "/nonexistent/drover-tests");
     c
 }

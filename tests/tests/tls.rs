@@ -203,3 +203,140 @@ async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_a
     assert!(log.contains("user:vic") && log.contains("/drover.api.v1.Domains/Define"), "{log}");
     assert!(log.contains("acting for another host"), "{log}");
 }
+
+/// What `drover` printed, and whether it succeeded.
+struct Said {
+    ok: bool,
+    out: String,
+    err: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_made_by_admins_act_with_their_role_expire_and_are_revoked_everywhere() {
+    let mut p = Processes::new().with_tls();
+    let (seed, _) = p.three_voters(&[], false).await;
+    let addrs = p.addrs();
+    let pki = p.pki.as_ref().unwrap();
+    let admin = pki.user_dir.clone();
+    let as_admin = pki.user.clone();
+    // A token holder has the CA's certificate only: it checks the servers, and the token
+    // says who it is.
+    let ca_only = p.dir.path().join("ca-only");
+    std::fs::create_dir_all(&ca_only).unwrap();
+    std::fs::copy(TlsFiles::new(&admin).ca(), TlsFiles::new(&ca_only).ca()).unwrap();
+    let drover = |endpoints: &str, tls_dir: &Path, token: Option<&str>, args: &[&str]| {
+        let mut c = drover_command();
+        c.args(["--endpoint", endpoints, "--output", "json", "--tls-dir"]).arg(tls_dir);
+        if let Some(t) = token {
+            c.env("DROVER_TOKEN", t);
+        }
+        let out = c.args(args).output().unwrap();
+        Said {
+            ok: out.status.success(),
+            out: String::from_utf8_lossy(&out.stdout).into_owned(),
+            err: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let all = addrs.join(",");
+    let as_holder = |token: &str, args: &[&str]| drover(&all, &ca_only, Some(token), args);
+    let create = |name: &str, role: &str, ttl: &str| {
+        let said = drover(&all, &admin, None, &["token", "create", name, "--role", role, "--ttl", ttl]);
+        assert!(said.ok, "{}", said.err);
+        let v: serde_json::Value = serde_json::from_str(&said.out).unwrap();
+        assert_eq!(v["info"]["created_by"], "user:tester", "{v}");
+        v["token"].as_str().unwrap().to_owned()
+    };
+    let viewer = create("ci", "viewer", "1h");
+    let operator = create("ops", "operator", "30d");
+    let spec = p.dir.path().join("web.yaml");
+    std::fs::write(&spec, "vcpus: 1\nmemory_mib: 64\nkernel: /boot/vmlinuz\n").unwrap();
+    let spec = spec.to_str().unwrap();
+
+    // Each token acts with its role, audited under its holder's name.
+    let listed = as_holder(&viewer, &["domain", "list"]);
+    assert!(listed.ok, "{}", listed.err);
+    let defined = as_holder(&operator, &["domain", "define", "web", "--file", spec]);
+    assert!(defined.ok, "{}", defined.err);
+    let log = wait_for("the define in the audit log", Duration::from_secs(30), || async {
+        let log = as_holder(&viewer, &["audit", "log", "--kind", "domain", "--name", "web"]).out;
+        log.contains("DomainDefined").then_some(log)
+    })
+    .await;
+    assert!(log.contains("user:ops"), "{log}");
+    // The list shows holders, roles and makers, never a secret; only admins see it.
+    let tokens = drover(&all, &admin, None, &["token", "list"]);
+    assert!(tokens.ok, "{}", tokens.err);
+    for t in [&viewer, &operator] {
+        let (name, secret) = t.rsplit_once('.').unwrap();
+        assert!(tokens.out.contains(name) && !tokens.out.contains(secret), "{}", tokens.out);
+    }
+    let denied = as_holder(&operator, &["token", "list"]);
+    assert!(!denied.ok && denied.err.contains("PermissionDenied"), "{}", denied.err);
+    let denied = as_holder(&operator, &["token", "create", "mine", "--role", "admin"]);
+    assert!(!denied.ok && denied.err.contains("PermissionDenied"), "{}", denied.err);
+    // Bad creates change nothing: a name taken, no lifetime.
+    let taken = drover(&all, &admin, None, &["token", "create", "ci", "--role", "viewer"]);
+    assert!(!taken.ok && taken.err.contains("AlreadyExists"), "{}", taken.err);
+    let forever = drover(&all, &admin, None, &["token", "create", "zero", "--role", "viewer", "--ttl", "0"]);
+    assert!(!forever.ok && forever.err.contains("InvalidArgument"), "{}", forever.err);
+    // A token is never sent in plain text.
+    let plain =
+        drover_command().args(["--endpoint", &all, "--token", &viewer, "domain", "list"]).output().unwrap();
+    assert!(!plain.status.success());
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("only over TLS"), "{plain:?}");
+
+    let converged = wait_for("the replicas to agree", Duration::from_secs(30), || async {
+        let mut seen = Vec::new();
+        for a in &addrs {
+            seen.push(state_hash(&as_admin, a).await?);
+        }
+        seen.windows(2).all(|w| w[0] == w[1]).then(|| seen[0].clone())
+    })
+    .await;
+
+    // Refused, changing nothing: a viewer's write, a wrong secret, no token at all, a
+    // token where raft listens.
+    let denied = as_holder(&viewer, &["domain", "define", "by-viewer", "--file", spec]);
+    assert!(!denied.ok && denied.err.contains("PermissionDenied"), "{}", denied.err);
+    let wrong =
+        format!("{}{}", &operator[..operator.len() - 1], if operator.ends_with('0') { '1' } else { '0' });
+    let forged = as_holder(&wrong, &["domain", "define", "by-forger", "--file", spec]);
+    assert!(!forged.ok && forged.err.contains("Unauthenticated"), "{}", forged.err);
+    let garbage = as_holder("not-a-token", &["domain", "list"]);
+    assert!(!garbage.ok && garbage.err.contains("Unauthenticated"), "{}", garbage.err);
+    let nobody = drover(&all, &ca_only, None, &["domain", "list"]);
+    assert!(!nobody.ok && nobody.err.contains("Unauthenticated"), "{}", nobody.err);
+    let channel = Transport::from_dir(Some(&ca_only)).unwrap().endpoint(&seed).unwrap().connect_lazy();
+    let mut append = tonic::Request::new(proto::raft::RaftPayload::default());
+    append.metadata_mut().insert("authorization", format!("Bearer {operator}").parse().unwrap());
+    let r = RaftClient::new(channel).append_entries(append).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+
+    // A token expires.
+    let brief = create("brief", "viewer", "1s");
+    wait_for("the brief token to expire", Duration::from_secs(20), || async {
+        let said = as_holder(&brief, &["domain", "list"]);
+        said.err.contains("expired").then_some(())
+    })
+    .await;
+
+    // Revoked, it is refused by every replica.
+    let revoked = drover(&all, &admin, None, &["token", "revoke", "ops"]);
+    assert!(revoked.ok, "{}", revoked.err);
+    for a in &addrs {
+        wait_for("the revocation to reach the replica", Duration::from_secs(30), || async {
+            let said = drover(a, &ca_only, Some(&operator), &["--local", "domain", "list"]);
+            said.err.contains("unknown or revoked").then_some(())
+        })
+        .await;
+    }
+    let late = as_holder(&operator, &["domain", "define", "by-revoked", "--file", spec]);
+    assert!(!late.ok && late.err.contains("Unauthenticated"), "{}", late.err);
+
+    // The refused calls changed nothing beyond the expiring token and the revocation.
+    let (seq, _) = converged;
+    let after = state_hash(&as_admin, &seed).await.unwrap();
+    assert_eq!(after.0, seq + 2, "only the brief token and the revocation were written");
+    let log = p.log_of(1);
+    assert!(log.contains("refused: a bearer token"), "{log}");
+}

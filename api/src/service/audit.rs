@@ -36,6 +36,7 @@ fn resource(kind: &str, name: &str) -> Result<Option<ResourceKey>, Status> {
         "domain" => ResourceKey::Domain(name.into()),
         "network" => ResourceKey::Network(name.into()),
         "pool" => ResourceKey::Pool(name.into()),
+        "token" => ResourceKey::Token(name.into()),
         "volume" => {
             let (p, v) = name.split_once('/').ok_or_else(bad)?;
             ResourceKey::Volume(VolumeRef::new(p, v))

@@ -28,9 +28,11 @@ const WATCH_FILTERS_MAX: usize = 64;
 /// The name part of a resource key, as filters match it.
 pub fn key_name(key: &ResourceKey) -> String {
     match key {
-        ResourceKey::Host(n) | ResourceKey::Domain(n) | ResourceKey::Network(n) | ResourceKey::Pool(n) => {
-            n.clone()
-        }
+        ResourceKey::Host(n)
+        | ResourceKey::Domain(n)
+        | ResourceKey::Network(n)
+        | ResourceKey::Pool(n)
+        | ResourceKey::Token(n) => n.clone(),
         ResourceKey::Volume(v) => v.to_string(),
         ResourceKey::Snapshot { domain, name } => format!("{domain}/{name}"),
         ResourceKey::Migration(id) => id.to_string(),

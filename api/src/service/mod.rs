@@ -9,6 +9,7 @@ pub mod migrations;
 pub mod networks;
 pub mod snapshots;
 pub mod storage;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;

@@ -17,6 +17,7 @@ mod migration;
 mod network;
 mod snapshot;
 mod storage;
+mod token;
 
 use crate::event::{Event, EventEnvelope};
 use crate::limits::ENDED_MIGRATIONS_KEPT_MAX;
@@ -195,6 +196,11 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         Event::VolumeFailed { volume, reason } => storage::volume_failed(state, seq, volume, reason),
         Event::VolumeReassigned { volume, host } => storage::volume_reassigned(state, seq, volume, host),
         Event::HostVmLimits { name, limits } => host::vm_limits(state, seq, name, limits),
+        Event::TokenCreated { name, role, secret_sha256, expires_ms } => {
+            let by = &envelope.principal;
+            token::created(state, seq, now, by, name, *role, secret_sha256, *expires_ms)
+        }
+        Event::TokenRevoked { name } => token::revoked(state, name),
     }
 }
 

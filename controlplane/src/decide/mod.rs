@@ -17,6 +17,7 @@ mod migration;
 mod network;
 mod snapshot;
 mod storage;
+mod token;
 
 use tracing::debug;
 
@@ -118,6 +119,10 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
         Command::RestartDomain { name } => ha::restart(d, name),
         Command::SetClusterSettings { ha_reserve_hosts } => host::set_settings(d, *ha_reserve_hosts),
         Command::ClearHost { name } => host::clear(d, name),
+        Command::CreateToken { name, role, secret_sha256, ttl_ms } => {
+            token::create(d, name, *role, secret_sha256, *ttl_ms)
+        }
+        Command::RevokeToken { name } => token::revoke(d, name),
     }
 }
 

@@ -49,6 +49,7 @@ mod pool;
 mod resource_key;
 mod resources;
 mod snapshot;
+mod token;
 mod volume;
 
 pub use cidr::{Cidr, CidrError};
@@ -65,6 +66,7 @@ pub use pool::{Pool, PoolConfig, PoolKind};
 pub use resource_key::{ResourceKey, ResourceKind};
 pub use resources::Resources;
 pub use snapshot::{Snapshot, SnapshotKind, SnapshotRef, SnapshotState};
+pub use token::{format_bearer, parse_bearer, secret_sha256, Role, Token, TOKEN_SECRET_BYTES};
 pub use volume::{AttachMode, Volume, VolumeFormat, VolumeOp, VolumeRef, VolumeState};
 
 /// Labels on a host, or labels a domain requires of its host.

@@ -14,6 +14,8 @@ pub enum ResourceKind {
     Migration,
     /// The cluster as a whole (its settings).
     Cluster,
+    /// A bearer token.
+    Token,
 }
 
 impl ResourceKind {
@@ -27,6 +29,7 @@ impl ResourceKind {
             ResourceKind::Snapshot => "snapshot",
             ResourceKind::Migration => "migration",
             ResourceKind::Cluster => "cluster",
+            ResourceKind::Token => "token",
         }
     }
 }
@@ -53,6 +56,8 @@ pub enum ResourceKey {
     Migration(MigrationId),
     /// The cluster's settings.
     Cluster,
+    /// A bearer token, by its holder's name.
+    Token(String),
 }
 
 impl ResourceKey {
@@ -66,6 +71,7 @@ impl ResourceKey {
             ResourceKey::Snapshot { .. } => ResourceKind::Snapshot,
             ResourceKey::Migration(_) => ResourceKind::Migration,
             ResourceKey::Cluster => ResourceKind::Cluster,
+            ResourceKey::Token(_) => ResourceKind::Token,
         }
     }
 }
@@ -76,7 +82,8 @@ impl std::fmt::Display for ResourceKey {
             ResourceKey::Host(n)
             | ResourceKey::Domain(n)
             | ResourceKey::Network(n)
-            | ResourceKey::Pool(n) => write!(f, "{} {n}", self.kind()),
+            | ResourceKey::Pool(n)
+            | ResourceKey::Token(n) => write!(f, "{} {n}", self.kind()),
             ResourceKey::Volume(v) => write!(f, "volume {v}"),
             ResourceKey::Snapshot { domain, name } => write!(f, "snapshot {domain}/{name}"),
             ResourceKey::Migration(id) => write!(f, "migration {id}"),

@@ -7,6 +7,9 @@
 //! kvm-pvm, where ring-0 code is emulated), prints [`MARKER`], then a counter line
 //! (`drover-guest: tick N`) every `drover.tick_ms`. Its command-line parameters and serial
 //! commands are listed at the top of `guest.c`.
+//!
+//! It also holds the one helper the tests that boot it share to build the binaries they
+//! run ([`cargo_from_a_test`]).
 #![forbid(unsafe_code)]
 
 /// The ELF image.
@@ -31,6 +34,26 @@ pub fn ticks(console: &str) -> Vec<u64> {
 
 /// Serial input byte that makes the guest power off.
 pub const POWER_OFF_KEY: u8 = b'p';
+
+/// `cargo`, run from a test without the variables cargo gave the test (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, …): build scripts that watch them (ring's) would see them
+/// changed, run again, and rebuild the TLS stack at every test binary's first call.
+pub fn cargo_from_a_test() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_the_test =
+            ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
+                .iter()
+                .any(|p| key.starts_with(p))
+                || key == "CARGO_TARGET_TMPDIR"
+                || key == "OUT_DIR";
+        if set_for_the_test {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
+}
 
 /// Write the image to `path` (the drivers boot files, not bytes).
 pub fn write_to(path: &std::path::Path) -> std::io::Result<()> {
