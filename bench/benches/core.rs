@@ -26,7 +26,12 @@ fn decide_commands(c: &mut Criterion) {
     let mut h = history::generate(200_000, Shape::default());
     h.exec(Command::DefineDomain { name: "bench-stopped".into(), spec: kernel_spec(1, 256) })
         .expect("a stopped domain to start");
-    let request = |command| Request { request_id: "bench-1".into(), principal: "bench".into(), command };
+    let request = |command| Request {
+        request_id: "bench-1".into(),
+        principal: "bench".into(),
+        caller: controlplane::Caller::Cluster,
+        command,
+    };
     let define = request(Command::DefineDomain { name: "bench-new".into(), spec: kernel_spec(1, 256) });
     let live = h.state.domains().values().find(|d| d.is_placed()).expect("a running domain").name.clone();
     let reboot = request(Command::RebootDomain { name: live });

@@ -14,7 +14,45 @@ pub struct Request {
     /// Unique per principal; a retry reuses it and gets the first answer.
     pub request_id: String,
     pub principal: String,
+    /// The rights it is decided with.
+    pub caller: Caller,
     pub command: Command,
+}
+
+/// Whose rights a request is decided with: what the API's door proved of its caller (a
+/// certificate or a bearer token), or the cluster acting by itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Caller {
+    /// The cluster's own controllers (HA) and tools that speak for it.
+    Cluster,
+    /// A user of a role. Without TLS nobody is proven and every caller is an admin.
+    User(Role),
+    /// A host's agent, which acts only for its own host.
+    Host(String),
+}
+
+/// What a command asks of its caller's rights ([`Command::needs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need<'c> {
+    /// A user of at least this role.
+    Role(Role),
+    /// An admin, or the agent of this host (a report, a registration: a host acts for itself).
+    HostOrAdmin(&'c str),
+    /// The cluster itself (its controllers).
+    Cluster,
+}
+
+impl Caller {
+    /// Whether this caller may ask for what `need` says.
+    pub fn may(&self, need: Need<'_>) -> bool {
+        match (self, need) {
+            (Caller::Cluster, _) => true,
+            (Caller::User(role), Need::Role(needed)) => *role >= needed,
+            (Caller::User(role), Need::HostOrAdmin(_)) => *role == Role::Admin,
+            (Caller::Host(own), Need::HostOrAdmin(host)) => own == host,
+            (Caller::User(_) | Caller::Host(_), _) => false,
+        }
+    }
 }
 
 /// Everything that can be asked of the cluster.
@@ -229,6 +267,47 @@ pub enum SnapshotOutcome {
 }
 
 impl Command {
+    /// What the caller's rights must allow. The API's door checks each method against
+    /// its table first; this is the decision path's own check, which every write passes.
+    pub fn needs(&self) -> Need<'_> {
+        use Command::*;
+        match self {
+            RegisterHost { name, .. } | SetHostState { name, .. } => Need::HostOrAdmin(name),
+            ReportObservation { host, .. } | ReportVolume { host, .. } | ReportSnapshot { host, .. } => {
+                Need::HostOrAdmin(host)
+            }
+            DefineDomain { .. }
+            | UndefineDomain { .. }
+            | StartDomain { .. }
+            | ShutdownDomain { .. }
+            | DestroyDomain { .. }
+            | RebootDomain { .. }
+            | SuspendDomain { .. }
+            | ResumeDomain { .. }
+            | AttachDisk { .. }
+            | DetachDisk { .. }
+            | CreateSnapshot { .. }
+            | DeleteSnapshot { .. }
+            | RevertSnapshot { .. }
+            | CloneDomain { .. }
+            | StartMigration { .. }
+            | AbortMigration { .. } => Need::Role(Role::Operator),
+            CreateNetwork { .. }
+            | DeleteNetwork { .. }
+            | CreatePool { .. }
+            | DeletePool { .. }
+            | CreateVolume { .. }
+            | DeleteVolume { .. }
+            | ResizeVolume { .. }
+            | ReportVolumeAllocation { .. }
+            | SetClusterSettings { .. }
+            | ClearHost { .. }
+            | CreateToken { .. }
+            | RevokeToken { .. } => Need::Role(Role::Admin),
+            ReportMigrationProgress { .. } | CommitMigration { .. } | RestartDomain { .. } => Need::Cluster,
+        }
+    }
+
     /// The command's name, for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {

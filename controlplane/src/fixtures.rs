@@ -97,7 +97,12 @@ impl Harness {
     /// A fresh request id for `command`.
     pub fn request(&mut self, command: Command) -> Request {
         self.next_request += 1;
-        Request { request_id: format!("req-{}", self.next_request), principal: "test".into(), command }
+        Request {
+            request_id: format!("req-{}", self.next_request),
+            principal: "test".into(),
+            caller: crate::Caller::Cluster,
+            command,
+        }
     }
 
     /// Decide and apply a request, as a leader with no concurrent writers would.

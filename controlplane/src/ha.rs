@@ -158,7 +158,12 @@ pub fn plan_restarts(state: &State, now_ms: u64) -> Vec<Command> {
         let command = Command::RestartDomain { name: name.to_owned() };
         // Only what would change something: a domain still waiting for the same reason
         // is not asked about again (an empty proposal would still cost a log entry).
-        let probe = Request { request_id: "ha-probe".into(), principal: PRINCIPAL.into(), command };
+        let probe = Request {
+            request_id: "ha-probe".into(),
+            principal: PRINCIPAL.into(),
+            caller: crate::Caller::Cluster,
+            command,
+        };
         if let Ok(Decision::Propose(p)) = decide(state, &probe, now_ms) {
             if !p.events.is_empty() {
                 commands.push(probe.command);
@@ -190,8 +195,12 @@ pub fn what_if(state: &State, failed: &[String], now_ms: u64) -> WhatIf {
     let steps = std::cell::Cell::new(0usize);
     let run = |s: &mut State, command: Command| -> bool {
         steps.set(steps.get() + 1);
-        let request =
-            Request { request_id: format!("what-if-{}", steps.get()), principal: PRINCIPAL.into(), command };
+        let request = Request {
+            request_id: format!("what-if-{}", steps.get()),
+            principal: PRINCIPAL.into(),
+            caller: crate::Caller::Cluster,
+            command,
+        };
         match decide(s, &request, now_ms) {
             Ok(Decision::Propose(p)) => {
                 matches!(crate::apply::apply_proposal(s, &p).0, crate::proposal::ProposalOutcome::Applied(_))

@@ -46,7 +46,7 @@ mod state_v8;
 mod validate;
 
 pub use apply::{apply, apply_proposal};
-pub use command::{Command, Request, SnapshotOutcome, VolumeOutcome};
+pub use command::{Caller, Command, Need, Request, SnapshotOutcome, VolumeOutcome};
 pub use decide::decide;
 pub use event::{Event, EventEnvelope};
 pub use proposal::{

@@ -11,6 +11,7 @@ pub enum RejectionCode {
     FailedPrecondition,
     ResourceExhausted,
     Aborted,
+    PermissionDenied,
 }
 
 /// A refused command. Nothing was proposed; the state is unchanged.
@@ -34,6 +35,9 @@ pub enum Rejection {
     /// The proposal kept losing version races with concurrent writes; retry.
     #[error("conflict on {resource}: still conflicting after {attempts} attempts")]
     Aborted { resource: String, attempts: u32 },
+    /// The caller's rights do not allow the command.
+    #[error("{caller} may not {command}")]
+    PermissionDenied { caller: String, command: String },
 }
 
 impl Rejection {
@@ -45,6 +49,7 @@ impl Rejection {
             Rejection::FailedPrecondition { .. } => RejectionCode::FailedPrecondition,
             Rejection::ResourceExhausted { .. } => RejectionCode::ResourceExhausted,
             Rejection::Aborted { .. } => RejectionCode::Aborted,
+            Rejection::PermissionDenied { .. } => RejectionCode::PermissionDenied,
         }
     }
 

@@ -304,7 +304,12 @@ fn rich_harness() -> (Harness, Proposal) {
     h.exec(Command::StartMigration { domain: "web".into(), target: None }).unwrap();
     let id = *h.state.migrations().keys().next().unwrap();
     let command = Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring };
-    let request = Request { request_id: "golden-proposal".into(), principal: "golden".into(), command };
+    let request = Request {
+        request_id: "golden-proposal".into(),
+        principal: "golden".into(),
+        caller: controlplane::Caller::Cluster,
+        command,
+    };
     let Ok(Decision::Propose(p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000) else {
         panic!("migration progress decides");
     };

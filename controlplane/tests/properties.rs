@@ -322,8 +322,12 @@ impl Run {
     }
 
     fn request(&mut self, command: Command) -> Request {
-        let r =
-            Request { request_id: format!("r{}", self.requests.len()), principal: "prop".into(), command };
+        let r = Request {
+            request_id: format!("r{}", self.requests.len()),
+            principal: "prop".into(),
+            caller: controlplane::Caller::Cluster,
+            command,
+        };
         self.requests.push(r.clone());
         r
     }
@@ -679,7 +683,7 @@ proptest! {
     ) {
         let mut state = State::new();
         for c in seeded() {
-            let r = Request { request_id: format!("seed-{}", state.last_seq()), principal: "p".into(), command: c };
+            let r = Request { request_id: format!("seed-{}", state.last_seq()), principal: "p".into(), caller: controlplane::Caller::Cluster, command: c };
             if let Ok(Decision::Propose(p)) = decide(&state, &r, 1) {
                 apply_proposal(&mut state, &p);
             }
@@ -704,7 +708,7 @@ proptest! {
             Command::AbortMigration { id: memory_mib, reason: name.clone() },
         ];
         for command in commands {
-            let r = Request { request_id: request_id.clone(), principal: principal.clone(), command };
+            let r = Request { request_id: request_id.clone(), principal: principal.clone(), caller: controlplane::Caller::Cluster, command };
             let _ = decide(&state, &r, memory_mib);
         }
         prop_assert_eq!(state_hash(&state), hash);
@@ -719,7 +723,12 @@ fn the_seeded_cluster_is_valid() {
     let mut applied = BTreeSet::new();
     for (i, c) in seeded().into_iter().enumerate() {
         let name = c.name();
-        let r = Request { request_id: format!("s{i}"), principal: "p".into(), command: c };
+        let r = Request {
+            request_id: format!("s{i}"),
+            principal: "p".into(),
+            caller: controlplane::Caller::Cluster,
+            command: c,
+        };
         match decide(&state, &r, 1) {
             Ok(Decision::Propose(p)) => {
                 assert!(matches!(apply_proposal(&mut state, &p).0, ProposalOutcome::Applied(_)));

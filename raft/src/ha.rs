@@ -150,6 +150,7 @@ impl HaLoop {
         let request = Request {
             request_id: format!("ha-{}-{term}-{boot}-{sent}", self.id),
             principal: PRINCIPAL.to_owned(),
+            caller: controlplane::Caller::Cluster,
             command,
         };
         let proposed = self.proposer.propose(&request, (self.clock)());

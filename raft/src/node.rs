@@ -126,6 +126,7 @@ impl NodeError {
                     R::FailedPrecondition => tonic::Code::FailedPrecondition,
                     R::ResourceExhausted => tonic::Code::ResourceExhausted,
                     R::Aborted => tonic::Code::Aborted,
+                    R::PermissionDenied => tonic::Code::PermissionDenied,
                 };
                 tonic::Status::new(code, r.to_string())
             }

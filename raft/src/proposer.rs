@@ -55,6 +55,8 @@ pub enum Bug {
     PurgeUnsynced,
     /// Store a snapshot without flushing it.
     SnapshotUnsynced,
+    /// Decide every request with the cluster's rights, not its caller's.
+    CallerAsCluster,
 }
 
 /// Why a write was not committed.
@@ -281,6 +283,10 @@ impl Proposer {
 
     fn decide(&self, request: &Request, now_ms: u64) -> Result<Decision, Rejection> {
         let state = self.inner.shared.state.read().expect("state lock");
+        if self.inner.bug == Bug::CallerAsCluster {
+            let elevated = Request { caller: controlplane::Caller::Cluster, ..request.clone() };
+            return decide(&state, &elevated, now_ms);
+        }
         decide(&state, request, now_ms)
     }
 

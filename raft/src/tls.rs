@@ -8,14 +8,19 @@
 //! organizational unit its [`Kind`] (`replica`, `host` or `user`).
 //!
 //! [`Door`] is the tower layer every server puts in front of its services. It reads the
-//! caller's [`Identity`] from the connection's certificate and refuses what it may not
+//! caller's [`Identity`] from the connection's certificate, or from a bearer token
+//! (`authorization: Bearer NAME.SECRET`) where the server has a [`TokenBook`] (the
+//! public API's, backed by its replica's applied state), and refuses what it may not
 //! call ([`allowed`]): the raft services only to replicas (and a host's learner its join),
 //! a host's own service only to replicas, the public API by [`API_RULES`] (a user's
 //! [`Role`], which its certificate's organization names; hosts read and report, for their
 //! own host only: [`acts_for_host`]). Every caller that passes the door has its
 //! identity written into the request's `drover-principal` header, replacing whatever the
-//! client sent, so the audit log's principal is the proven name. A refusal is logged
-//! with the identity and method and changes nothing.
+//! client sent, so the audit log's principal is the proven name, and the identity goes
+//! into the request's extensions, from which a write takes the rights `decide` checks
+//! again ([`Identity::caller`]). A refusal is logged with the identity and method and
+//! changes nothing. A client's TLS directory may hold the CA's certificate alone (a token
+//! holder's); servers refuse to run without a certificate of their own.
 //!
 //! Without TLS ([`Transport::insecure`]) there are no identities: the door lets every
 //! call through and the principal header is taken on trust, which is why servers refuse
@@ -28,6 +33,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use controlplane::model::{parse_bearer, Token};
+use controlplane::Caller;
 
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -92,6 +98,17 @@ pub struct Identity {
     pub name: String,
     /// A user's role (replicas and hosts have their kind's rights instead).
     pub role: Role,
+}
+
+impl Identity {
+    /// The rights decisions are made with for calls of this identity.
+    pub fn caller(&self) -> Caller {
+        match self.kind {
+            Kind::Replica => Caller::Cluster,
+            Kind::Host => Caller::Host(self.name.clone()),
+            Kind::User => Caller::User(self.role),
+        }
+    }
 }
 
 impl fmt::Display for Identity {

@@ -34,6 +34,7 @@ fn define(name: &str) -> Request {
     Request {
         request_id: name.into(),
         principal: "t".into(),
+        caller: controlplane::Caller::Cluster,
         command: Command::DefineDomain { name: name.into(), spec: kernel_spec(1, 64) },
     }
 }

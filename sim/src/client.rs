@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use controlplane::model::{Boot, DomainSpec, HaPolicy, Placement};
-use controlplane::{Command, Request, State};
+use controlplane::model::{Boot, DomainSpec, HaPolicy, Placement, Role};
+use controlplane::{Caller, Command, Request, State};
 use raft::type_config::NodeId;
 use rand::{Rng, SeedableRng};
 
 use crate::caller::View;
 use crate::history::Read;
+use crate::invariants::rights::INTRUDER;
 use crate::shared::Core;
 
 /// An API client running the drawn workload until the chaos ends.
@@ -41,7 +42,13 @@ pub async fn client(core: Arc<Core>, index: u64, net_id: NodeId) {
         }
         k += 1;
         let command = crate::workload::draw(&mut rng, &core.cfg);
-        let request = Request { request_id: format!("c{index}-{k}"), principal: principal.clone(), command };
+        // Some writes come from callers whose rights allow none (`invariants::rights`).
+        let (principal, rights) = match rng.gen_range(0..100) {
+            0..5 => (format!("{INTRUDER}viewer-{index}"), Caller::User(Role::Viewer)),
+            5..8 => (format!("{INTRUDER}host-{index}"), Caller::Host("no-such-host".into())),
+            _ => (principal.clone(), Caller::User(Role::Admin)),
+        };
+        let request = Request { request_id: format!("c{index}-{k}"), principal, caller: rights, command };
         core.write(&mut caller, &request, 15_000).await;
     }
 }
@@ -73,14 +80,22 @@ pub async fn setup(core: Arc<Core>, net_id: NodeId) {
                 .into_iter()
                 .enumerate()
         {
-            let request =
-                Request { request_id: format!("setup-{i}-{k}"), principal: "operator".into(), command };
+            let request = Request {
+                request_id: format!("setup-{i}-{k}"),
+                principal: "operator".into(),
+                caller: Caller::User(Role::Admin),
+                command,
+            };
             core.write(&mut caller, &request, 15_000).await;
         }
     }
     for (k, command) in store.into_iter().enumerate() {
-        let request =
-            Request { request_id: format!("setup-store-{k}"), principal: "operator".into(), command };
+        let request = Request {
+            request_id: format!("setup-store-{k}"),
+            principal: "operator".into(),
+            caller: Caller::User(Role::Admin),
+            command,
+        };
         core.write(&mut caller, &request, 15_000).await;
     }
 }

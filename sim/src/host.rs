@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use controlplane::ha::HaSettings;
 use controlplane::model::{HostState, Resources, VmLimits, VolumeOp};
-use controlplane::{Command, RejectionCode, Request, SnapshotOutcome, State};
+use controlplane::{Caller, Command, RejectionCode, Request, SnapshotOutcome, State};
 use hostd::assignment::{share_from_state, HostShare};
 use hostd::fake::{FakeDriver, SnapshotStore, VolumeStore};
 use hostd::lease::HostLease;
@@ -130,7 +130,12 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     let mut sent = 0u64;
     let mut write = |command: Command| {
         sent += 1;
-        Request { request_id: format!("{}-{boot}-{sent}", host.name), principal: principal.clone(), command }
+        Request {
+            request_id: format!("{}-{boot}-{sent}", host.name),
+            principal: principal.clone(),
+            caller: Caller::Host(host.name.clone()),
+            command,
+        }
     };
     let registration = |write: &mut dyn FnMut(Command) -> Request| {
         let register = write(Command::RegisterHost {

@@ -41,6 +41,8 @@ enum BugArg {
     PurgeUnsynced,
     /// Replicas store snapshots without flushing them.
     SnapshotUnsynced,
+    /// Replicas decide every request with the cluster's rights, not its caller's.
+    CallerAsCluster,
 }
 
 #[derive(Debug, Parser)]
@@ -119,6 +121,7 @@ fn replay_command(args: &Args, seed: u64) -> String {
         BugArg::AppendUnsynced => c.push_str(" --bug append-unsynced"),
         BugArg::PurgeUnsynced => c.push_str(" --bug purge-unsynced"),
         BugArg::SnapshotUnsynced => c.push_str(" --bug snapshot-unsynced"),
+        BugArg::CallerAsCluster => c.push_str(" --bug caller-as-cluster"),
     }
     c
 }
@@ -144,6 +147,7 @@ fn main() -> anyhow::Result<()> {
             BugArg::AppendUnsynced => Bug::AppendUnsynced,
             BugArg::PurgeUnsynced => Bug::PurgeUnsynced,
             BugArg::SnapshotUnsynced => Bug::SnapshotUnsynced,
+            BugArg::CallerAsCluster => Bug::CallerAsCluster,
             BugArg::None
             | BugArg::SnapshotWithoutFile
             | BugArg::NoSelfFence

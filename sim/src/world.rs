@@ -771,6 +771,9 @@ impl World {
         for detail in invariants::archive_replay::check_agree(&archives) {
             core.violation("archive_replay", detail);
         }
+        for detail in invariants::rights::check(&history.ops, &archives) {
+            core.violation("rights", detail);
+        }
         if let Some((_, state)) = states.first() {
             for detail in invariants::linearizable::check(&history.ops, &history.reads, state) {
                 core.violation("linearizable", detail);

@@ -26,7 +26,12 @@ async fn leader_among(net: &Net, ids: &[NodeId]) -> NodeId {
 }
 
 fn request(id: &str, command: Command) -> Request {
-    Request { request_id: id.into(), principal: "operator".into(), command }
+    Request {
+        request_id: id.into(),
+        principal: "operator".into(),
+        caller: controlplane::Caller::Cluster,
+        command,
+    }
 }
 
 /// Seed 16: a leader cut off from the others still believes it leads. A write committed

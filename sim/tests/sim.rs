@@ -95,6 +95,19 @@ fn a_write_acknowledged_before_commit_is_caught_within_ten_seeds() {
 }
 
 #[test]
+fn a_decision_path_that_ignores_the_callers_rights_is_caught_within_ten_seeds() {
+    require_determinism();
+    let caught = (1..=10).find(|seed| {
+        let out = run(&SimConfig { bug: Bug::CallerAsCluster, ..SimConfig::new(*seed) });
+        out.violations.iter().any(|v| v.invariant == "rights")
+    });
+    assert!(
+        caught.is_some(),
+        "ten seeds decided with the cluster's rights for every caller and no invariant noticed"
+    );
+}
+
+#[test]
 fn a_host_that_reports_snapshots_it_did_not_keep_is_caught_within_twenty_seeds() {
     require_determinism();
     let caught = (1..=20).find(|seed| {

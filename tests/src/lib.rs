@@ -248,6 +248,8 @@ pub fn define_request(name: &str, principal: &str) -> controlplane::Request {
     controlplane::Request {
         request_id: name.to_owned(),
         principal: principal.to_owned(),
+        // Submitted straight to replication, which only replicas may call.
+        caller: controlplane::Caller::Cluster,
         command: controlplane::Command::DefineDomain {
             name: name.to_owned(),
             spec: controlplane::fixtures::kernel_spec(1, 64),

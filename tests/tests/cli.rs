@@ -71,6 +71,7 @@ async fn define_start_list_shutdown_undefine() {
     let report = controlplane::Request {
         request_id: "obs-1".into(),
         principal: "host/h1".into(),
+        caller: controlplane::Caller::Host("h1".into()),
         command: controlplane::Command::ReportObservation {
             domain: "web".into(),
             host: "h1".into(),

@@ -61,10 +61,10 @@ impl Domains for Api {
         &self,
         request: Request<pb::DefineDomainRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let spec = convert::domain_spec(r.spec)?;
         Ok(Response::new(
-            self.write(&meta, r.request_id, Command::DefineDomain { name: r.name, spec }).await?,
+            self.write(&meta, &ext, r.request_id, Command::DefineDomain { name: r.name, spec }).await?,
         ))
     }
 

@@ -14,8 +14,8 @@ impl Hosts for Api {
         &self,
         request: Request<pb::RegisterHostRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, caller, r) = request.into_parts();
-        raft::tls::acts_for_host(caller.get(), &r.name)?;
+        let (meta, ext, r) = request.into_parts();
+        raft::tls::acts_for_host(ext.get(), &r.name)?;
         let command = Command::RegisterHost {
             name: r.name,
             address: r.address,
@@ -23,15 +23,15 @@ impl Hosts for Api {
             labels: r.labels.into_iter().collect(),
             vm_limits: convert::vm_limits_from_pb(r.vm_limits),
         };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn set_state(
         &self,
         request: Request<pb::SetHostStateRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, caller, r) = request.into_parts();
-        raft::tls::acts_for_host(caller.get(), &r.name)?;
+        let (meta, ext, r) = request.into_parts();
+        raft::tls::acts_for_host(ext.get(), &r.name)?;
         let state = convert::required::<pb::HostState>(r.state, "state")?;
         if state == controlplane::model::HostState::Fenced {
             // Fencing releases the host's runs for HA to start elsewhere: refused while
@@ -47,12 +47,12 @@ impl Hosts for Api {
             }
         }
         let command = Command::SetHostState { name: r.name, state };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, caller, r) = request.into_parts();
-        raft::tls::acts_for_host(caller.get(), &r.host)?;
+        let (meta, ext, r) = request.into_parts();
+        raft::tls::acts_for_host(ext.get(), &r.host)?;
         let command = Command::ReportObservation {
             domain: r.domain,
             host: r.host,
@@ -60,7 +60,7 @@ impl Hosts for Api {
             phase: convert::required::<pb::ObservedPhase>(r.phase, "phase")?,
             reason: (!r.reason.is_empty()).then_some(r.reason),
         };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn heartbeat(
@@ -134,19 +134,19 @@ impl Hosts for Api {
         &self,
         request: Request<pb::ClearHostRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::ClearHost { name: r.name }).await?))
+        let (meta, ext, r) = request.into_parts();
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, Command::ClearHost { name: r.name }).await?))
     }
 
     async fn set_cluster_settings(
         &self,
         request: Request<pb::SetClusterSettingsRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let settings =
             r.settings.ok_or_else(|| Status::invalid_argument("invalid settings: are required"))?;
         let command = Command::SetClusterSettings { ha_reserve_hosts: settings.ha_reserve_hosts };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn get_cluster_settings(

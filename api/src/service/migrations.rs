@@ -15,19 +15,20 @@ impl Migrations for Api {
         &self,
         request: Request<pb::StartMigrationRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let command =
             Command::StartMigration { domain: r.domain, target: (!r.target.is_empty()).then_some(r.target) };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn abort(
         &self,
         request: Request<pb::AbortMigrationRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         Ok(Response::new(
-            self.write(&meta, r.request_id, Command::AbortMigration { id: r.id, reason: r.reason }).await?,
+            self.write(&meta, &ext, r.request_id, Command::AbortMigration { id: r.id, reason: r.reason })
+                .await?,
         ))
     }
 

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use controlplane::model::ResourceKind;
-use controlplane::{Command, Committed, Rejection, Request, State};
+use controlplane::model::Role;
+use controlplane::{Caller, Command, Committed, Rejection, Request, State};
 use proto::api as pb;
 use raft::node::Node;
 use tonic::Status;
@@ -36,6 +37,7 @@ impl Api {
     pub async fn write(
         &self,
         meta: &tonic::metadata::MetadataMap,
+        ext: &tonic::Extensions,
         request_id: String,
         command: Command,
     ) -> Result<pb::WriteReply, Status> {
@@ -43,11 +45,19 @@ impl Api {
             .get(PRINCIPAL_HEADER)
             .and_then(|v| v.to_str().ok())
             .map_or_else(|| raft::tls::ANONYMOUS.to_owned(), str::to_owned);
+        // The rights the door proved; without TLS nobody is proven and all may do all.
+        let caller = match ext.get::<raft::tls::Identity>() {
+            Some(identity) => identity.caller(),
+            None if self.node.transport().is_tls() => {
+                return Err(Status::unauthenticated("no proven caller for a write"));
+            }
+            None => Caller::User(Role::Admin),
+        };
         let request_id =
             if request_id.is_empty() { format!("auto-{:032x}", rand::random::<u128>()) } else { request_id };
         let committed: Committed = self
             .node
-            .submit(Request { request_id, principal, command }, false)
+            .submit(Request { request_id, principal, caller, command }, false)
             .await
             .map_err(|e| e.to_status())?;
         Ok(pb::WriteReply { first_seq: committed.first_seq, last_seq: committed.last_seq })
@@ -59,8 +69,8 @@ impl Api {
         request: tonic::Request<pb::DomainActionRequest>,
         command: fn(String) -> Command,
     ) -> Result<tonic::Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(tonic::Response::new(self.write(&meta, r.request_id, command(r.name)).await?))
+        let (meta, ext, r) = request.into_parts();
+        Ok(tonic::Response::new(self.write(&meta, &ext, r.request_id, command(r.name)).await?))
     }
 
     /// Run `f` on a state as fresh as `consistency` asks.

@@ -15,10 +15,10 @@ impl Networks for Api {
         &self,
         request: Request<pb::CreateNetworkRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let config = convert::network_config(r.config)?;
         Ok(Response::new(
-            self.write(&meta, r.request_id, Command::CreateNetwork { name: r.name, config }).await?,
+            self.write(&meta, &ext, r.request_id, Command::CreateNetwork { name: r.name, config }).await?,
         ))
     }
 
@@ -26,8 +26,10 @@ impl Networks for Api {
         &self,
         request: Request<pb::DeleteNetworkRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::DeleteNetwork { name: r.name }).await?))
+        let (meta, ext, r) = request.into_parts();
+        Ok(Response::new(
+            self.write(&meta, &ext, r.request_id, Command::DeleteNetwork { name: r.name }).await?,
+        ))
     }
 
     async fn get(&self, request: Request<pb::GetNetworkRequest>) -> Result<Response<pb::Network>, Status> {

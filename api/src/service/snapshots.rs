@@ -16,22 +16,22 @@ impl Snapshots for Api {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let command = Command::CreateSnapshot {
             domain: r.domain,
             name: r.name,
             kind: convert::required::<pb::SnapshotKind>(r.kind, "kind")?,
         };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn delete(
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         Ok(Response::new(
-            self.write(&meta, r.request_id, Command::DeleteSnapshot { domain: r.domain, name: r.name })
+            self.write(&meta, &ext, r.request_id, Command::DeleteSnapshot { domain: r.domain, name: r.name })
                 .await?,
         ))
     }
@@ -40,9 +40,9 @@ impl Snapshots for Api {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         Ok(Response::new(
-            self.write(&meta, r.request_id, Command::RevertSnapshot { domain: r.domain, name: r.name })
+            self.write(&meta, &ext, r.request_id, Command::RevertSnapshot { domain: r.domain, name: r.name })
                 .await?,
         ))
     }
@@ -75,18 +75,18 @@ impl Snapshots for Api {
         &self,
         request: Request<pb::CloneRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let command = Command::CloneDomain { clone: r.clone, source: r.domain, snapshot: r.name };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn report(
         &self,
         request: Request<pb::ReportSnapshotRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, caller, r) = request.into_parts();
-        raft::tls::acts_for_host(caller.get(), &r.host)?;
+        let (meta, ext, r) = request.into_parts();
+        raft::tls::acts_for_host(ext.get(), &r.host)?;
         let request_id = r.request_id.clone();
-        Ok(Response::new(self.write(&meta, request_id, convert::snapshot_report(r)).await?))
+        Ok(Response::new(self.write(&meta, &ext, request_id, convert::snapshot_report(r)).await?))
     }
 }

@@ -16,10 +16,10 @@ impl StoragePools for Api {
         &self,
         request: Request<pb::CreatePoolRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let config = convert::pool_config(r.config)?;
         Ok(Response::new(
-            self.write(&meta, r.request_id, Command::CreatePool { name: r.name, config }).await?,
+            self.write(&meta, &ext, r.request_id, Command::CreatePool { name: r.name, config }).await?,
         ))
     }
 
@@ -27,8 +27,8 @@ impl StoragePools for Api {
         &self,
         request: Request<pb::DeletePoolRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::DeletePool { name: r.name }).await?))
+        let (meta, ext, r) = request.into_parts();
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, Command::DeletePool { name: r.name }).await?))
     }
 
     async fn get(&self, request: Request<pb::GetPoolRequest>) -> Result<Response<pb::Pool>, Status> {
@@ -57,7 +57,7 @@ impl Volumes for Api {
         &self,
         request: Request<pb::CreateVolumeRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let command = Command::CreateVolume {
             volume: convert::volume_ref(r.volume, "volume")?,
             format: convert::required::<pb::VolumeFormat>(r.format, "format")?,
@@ -66,37 +66,37 @@ impl Volumes for Api {
             preallocate: r.preallocate,
             import: (!r.import.is_empty()).then_some(r.import),
         };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn delete(&self, request: Request<pb::VolumeRequest>) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let volume = convert::volume_ref(r.volume, "volume")?;
-        Ok(Response::new(self.write(&meta, r.request_id, Command::DeleteVolume { volume }).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, Command::DeleteVolume { volume }).await?))
     }
 
     async fn resize(
         &self,
         request: Request<pb::ResizeVolumeRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let volume = convert::volume_ref(r.volume, "volume")?;
         let command = Command::ResizeVolume { volume, capacity_mib: r.capacity_mib };
-        Ok(Response::new(self.write(&meta, r.request_id, command).await?))
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 
     async fn attach(
         &self,
         request: Request<pb::AttachDiskRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let disk = r.disk.ok_or_else(|| Status::invalid_argument("invalid disk: is required"))?;
         let disk = controlplane::model::Disk {
             volume: convert::volume_ref(disk.volume, "disk.volume")?,
             read_only: disk.read_only,
         };
         Ok(Response::new(
-            self.write(&meta, r.request_id, Command::AttachDisk { domain: r.domain, disk }).await?,
+            self.write(&meta, &ext, r.request_id, Command::AttachDisk { domain: r.domain, disk }).await?,
         ))
     }
 
@@ -104,10 +104,10 @@ impl Volumes for Api {
         &self,
         request: Request<pb::DetachDiskRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let volume = convert::volume_ref(r.volume, "volume")?;
         Ok(Response::new(
-            self.write(&meta, r.request_id, Command::DetachDisk { domain: r.domain, volume }).await?,
+            self.write(&meta, &ext, r.request_id, Command::DetachDisk { domain: r.domain, volume }).await?,
         ))
     }
 
@@ -140,9 +140,9 @@ impl Volumes for Api {
         &self,
         request: Request<pb::ReportVolumeRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, caller, r) = request.into_parts();
-        raft::tls::acts_for_host(caller.get(), &r.host)?;
+        let (meta, ext, r) = request.into_parts();
+        raft::tls::acts_for_host(ext.get(), &r.host)?;
         let request_id = r.request_id.clone();
-        Ok(Response::new(self.write(&meta, request_id, convert::volume_report(r)?).await?))
+        Ok(Response::new(self.write(&meta, &ext, request_id, convert::volume_report(r)?).await?))
     }
 }

@@ -21,13 +21,13 @@ impl Tokens for Api {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenReply>, Status> {
-        let (meta, _, r) = request.into_parts();
+        let (meta, ext, r) = request.into_parts();
         let role = required::<pb::Role>(r.role, "role")?;
         let secret: [u8; TOKEN_SECRET_BYTES] = rand::random();
         let secret_sha256 = model::secret_sha256(&secret);
         let ttl_ms = r.ttl_seconds.saturating_mul(1000);
         let command = Command::CreateToken { name: r.name.clone(), role, secret_sha256, ttl_ms };
-        let write = self.write(&meta, r.request_id, command).await?;
+        let write = self.write(&meta, &ext, r.request_id, command).await?;
         // A retry of a request that committed before gets that commit: its secret was
         // someone else's call's to show.
         let mut applied = self.node.applied_seq();
@@ -56,8 +56,8 @@ impl Tokens for Api {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
-        let (meta, _, r) = request.into_parts();
-        Ok(Response::new(self.write(&meta, r.request_id, Command::RevokeToken { name: r.name }).await?))
+        let (meta, ext, r) = request.into_parts();
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, Command::RevokeToken { name: r.name }).await?))
     }
 
     async fn list(

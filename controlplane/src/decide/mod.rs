@@ -19,7 +19,7 @@ mod snapshot;
 mod storage;
 mod token;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::command::{Command, Request};
 use crate::event::Event;
@@ -36,6 +36,13 @@ use crate::validate;
 pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision, Rejection> {
     validate::token("request_id", &request.request_id, REQUEST_ID_LEN_MAX)?;
     validate::token("principal", &request.principal, PRINCIPAL_LEN_MAX)?;
+    if !request.caller.may(request.command.needs()) {
+        warn!(principal = %request.principal, caller = ?request.caller, command = request.command.name(), "refused: the caller's rights");
+        return Err(Rejection::PermissionDenied {
+            caller: request.principal.clone(),
+            command: request.command.name().to_owned(),
+        });
+    }
     if let Some(first) = state.requests().get(&request.principal, &request.request_id) {
         return Ok(Decision::AlreadyCommitted(first));
     }

@@ -127,7 +127,12 @@ fn world() -> Harness {
 fn assert_rejections(h: &Harness, cases: Vec<(&str, Command, RejectionCode, &str)>) {
     let before = state_hash(&h.state);
     for (case, command, code, phrase) in cases {
-        let request = Request { request_id: "case".into(), principal: "tester".into(), command };
+        let request = Request {
+            request_id: "case".into(),
+            principal: "tester".into(),
+            caller: crate::Caller::Cluster,
+            command,
+        };
         match decide(&h.state, &request, 42) {
             Ok(d) => panic!("case {case:?}: expected {code:?}, was accepted: {d:?}"),
             Err(r) => {
@@ -140,7 +145,12 @@ fn assert_rejections(h: &Harness, cases: Vec<(&str, Command, RejectionCode, &str
 }
 
 fn req(request_id: &str, principal: &str, command: Command) -> Request {
-    Request { request_id: request_id.into(), principal: principal.into(), command }
+    Request {
+        request_id: request_id.into(),
+        principal: principal.into(),
+        caller: crate::Caller::Cluster,
+        command,
+    }
 }
 
 #[test]
@@ -1736,4 +1746,58 @@ fn a_local_volume_binds_its_domains_to_its_host() {
             ),
         ],
     );
+}
+
+#[test]
+fn a_caller_without_the_rights_is_refused_before_anything_is_looked_at() {
+    use crate::model::Role;
+    use crate::Caller;
+    let h = world();
+    let before = state_hash(&h.state);
+    let define = || Command::DefineDomain { name: "new".into(), spec: kernel_spec(1, 256) };
+    let report = |host: &str| Command::ReportObservation {
+        domain: "web".into(),
+        host: host.into(),
+        generation: 1,
+        phase: ObservedPhase::Running,
+        reason: None,
+    };
+    let token = || Command::CreateToken {
+        name: "t".into(),
+        role: Role::Admin,
+        secret_sha256: [1; 32],
+        ttl_ms: 1_000,
+    };
+    let restart = || Command::RestartDomain { name: "web".into() };
+    let cases: Vec<(Caller, Command, bool)> = vec![
+        (Caller::User(Role::Viewer), define(), false),
+        (Caller::User(Role::Operator), define(), true),
+        (Caller::User(Role::Operator), token(), false),
+        (Caller::User(Role::Admin), token(), true),
+        (Caller::Host("h1".into()), define(), false),
+        (Caller::Host("h1".into()), report("h2"), false),
+        (Caller::Host("h1".into()), report("h1"), true),
+        (Caller::User(Role::Admin), report("h1"), true),
+        (Caller::User(Role::Operator), report("h1"), false),
+        (Caller::User(Role::Admin), restart(), false),
+        (Caller::Cluster, restart(), true),
+    ];
+    for (caller, command, allowed) in cases {
+        let name = command.name();
+        let request = Request {
+            request_id: "rights".into(),
+            principal: "someone".into(),
+            caller: caller.clone(),
+            command,
+        };
+        match decide(&h.state, &request, 42) {
+            Err(r) if r.code() == PermissionDenied => {
+                assert!(!allowed, "{caller:?} {name}: refused: {r}");
+                assert!(r.to_string().contains("someone may not"), "{r}");
+            }
+            // Allowed through to the command's own checks (which may refuse it too).
+            _ => assert!(allowed, "{caller:?} {name} got past the rights check"),
+        }
+    }
+    assert_eq!(state_hash(&h.state), before);
 }

@@ -10,6 +10,7 @@ pub mod leases;
 pub mod linearizable;
 pub mod liveness;
 pub mod replica_hashes;
+pub mod rights;
 pub mod single_run;
 pub mod snapshots;
 pub mod volumes;
