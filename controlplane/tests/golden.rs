@@ -264,6 +264,11 @@ fn rich_state() -> (State, Proposal) {
 
 /// The rich state, then host h2 says its VM limits (format 7 records them).
 fn rich_state_saying_limits() -> (State, Proposal) {
+    let (h, p) = rich_harness_saying_limits();
+    (h.state, p)
+}
+
+fn rich_harness_saying_limits() -> (Harness, Proposal) {
     let (mut h, p) = rich_harness();
     h.exec(Command::RegisterHost {
         name: "h2".into(),
@@ -273,7 +278,7 @@ fn rich_state_saying_limits() -> (State, Proposal) {
         vm_limits: Some(VmLimits { vcpus: 32, memory_mib: 3072, disks: 8, nics: 8 }),
     })
     .unwrap();
-    (h.state, p)
+    (h, p)
 }
 
 fn rich_harness() -> (Harness, Proposal) {
@@ -341,22 +346,14 @@ fn payload_today(old_bytes: &[u8]) -> Vec<u8> {
 
 /// The rich state saying limits, with a bearer token (format 9 records them).
 fn rich_state_with_a_token() -> (State, Proposal) {
-    let (mut h, p) = rich_harness();
-    h.exec(Command::RegisterHost {
-        name: "h2".into(),
-        address: "127.0.0.1:7002".into(),
-        capacity: Resources { vcpus: 16, memory_mib: 65536 },
-        labels: Labels::new(),
-        vm_limits: Some(VmLimits { vcpus: 32, memory_mib: 3072, disks: 8, nics: 8 }),
-    })
-    .unwrap();
-    h.exec(Command::CreateToken {
+    let (mut h, p) = rich_harness_saying_limits();
+    let command = Command::CreateToken {
         name: "ci".into(),
         role: Role::Viewer,
         secret_sha256: [0x5a; 32],
         ttl_ms: 3_600_000,
-    })
-    .unwrap();
+    };
+    h.exec(command).unwrap();
     (h.state, p)
 }
 
