@@ -30,8 +30,9 @@ fn a_seed_replays_bit_identically() {
     assert_ne!(first.trace_hash, other.trace_hash, "another seed, another trace");
 }
 
-/// The hash of seed 7 is recorded in `tests/golden/seed7.hash`; CI runs this test in
-/// debug and in release, so both builds must produce it. A change that alters what the
+/// The hash of seed 7 is recorded in `tests/golden/seed7.hash`; CI runs this test in the
+/// test build, and a release build (`cargo test --release -p sim --test sim`) must
+/// produce it too. A change that alters what the
 /// simulation does (message timing, the workload, the faults) changes the hash: check
 /// that it was meant, then record the new one with
 /// `cargo run -p sim -- --seed 7 | grep -o 'trace [0-9a-f]*'`.
