@@ -88,7 +88,8 @@ pd:
         .set page, page + 1
         .endr
 
-        .section .bss
+        /* The stacks are outside .bss: guest_main zeroes .bss on the stack above. */
+        .section .stack, "aw", @nobits
         .balign 16
 user_stack:
         .skip 65536

@@ -564,7 +564,13 @@ static void dirty(u64 mib, u64 round) {
     for (u64 off = 0; off < (mib << 20); off += 4096) p[off] = (u8)round;
 }
 
+extern u8 __bss_start[], __bss_end[];
+
 void guest_main(void) {
+    /* The ELF loader copies the file's bytes only, and a reboot reloads them over the
+     * memory of the run before: .bss starts zeroed only because this zeroes it (as any
+     * kernel clears its own). */
+    for (volatile u8 *p = __bss_start; p < __bss_end; p++) *p = 0;
     u64 si = start_info_paddr;
     if (si && *(u32 *)si == 0x336ec578) {
         u64 cl = *(u64 *)(si + 24);

@@ -24,6 +24,11 @@ pub const LINE_BYTES_MAX: usize = 64 * 1024;
 pub const REQUEST_TIMEOUT_MS: u64 = 2_000;
 /// How long a snapshot may take end to end (it writes the guest's memory).
 pub const SNAPSHOT_TIMEOUT_MS: u64 = 120_000;
+/// How long a switch-over may take end to end (the target's answer that it runs).
+pub const SWITCH_TIMEOUT_MS: u64 = 10_000;
+/// Where an incoming VMM writes the address it listens on for the migration stream
+/// (written whole, through a rename, once it listens).
+pub const INCOMING_FILE: &str = "incoming.addr";
 
 /// What a snapshot save wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +83,67 @@ pub enum Request {
     Snapshot {
         path: PathBuf,
     },
+    /// Live-migrate the VM to the VMM listening at `address` (`ip:port`, an incoming
+    /// VMM's [`INCOMING_FILE`]): answered at once, the copy goes on in the background and
+    /// `Status::migration` says how far it got. The VM ends up paused with the target
+    /// holding all of it (`OutgoingPhase::AwaitingSwitch`), or running here again after a
+    /// failure.
+    MigrateSend {
+        address: String,
+        /// The longest pause the final copy may take; rounds go on (and the vCPUs are
+        /// throttled) until the rest fits.
+        max_downtime_ms: u64,
+    },
+    /// The switch-over is committed in the cluster: start the target and end this VM.
+    /// Answered with `Response::Migrated`.
+    MigrateSwitch,
+    /// Abandon the outgoing migration: the VM runs here again.
+    MigrateCancel,
+}
+
+/// Where an outgoing live migration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutgoingPhase {
+    /// Pre-copy rounds while the guest runs.
+    Copying,
+    /// Paused here; the last pages and the device state are on their way.
+    Completing,
+    /// The target holds the whole VM, paused: waiting for `MigrateSwitch` (or a cancel).
+    AwaitingSwitch,
+    /// It failed (`reason`); the VM runs here again.
+    Failed,
+    /// Cancelled; the VM runs here again.
+    Cancelled,
+}
+
+/// How far a live migration has got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    /// Guest memory bytes sent so far, all rounds.
+    pub bytes_sent: u64,
+    /// Pre-copy rounds done (round 0 is the first full pass).
+    pub rounds: u32,
+    /// How fast the guest dirties memory, as last measured.
+    pub dirty_bytes_per_s: u64,
+    /// Dirty bytes left to send after the last round.
+    pub remaining_bytes: u64,
+    /// What the final copy would take now, at the measured link rate.
+    pub expected_downtime_ms: u64,
+    /// How much the vCPUs are throttled so the copy converges (0 to 99).
+    pub throttle_percent: u8,
+    /// Once switched over: how long the guest was paused, from the pause here to the
+    /// target's word that it runs.
+    pub downtime_ms: Option<u64>,
+}
+
+/// An outgoing migration's state, in `Status::migration`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingStatus {
+    pub phase: OutgoingPhase,
+    pub progress: MigrationProgress,
+    /// Why it failed.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +168,9 @@ pub struct Status {
     pub reason: Option<String>,
     /// VM exits handled so far (a cheap liveness signal).
     pub exits: u64,
+    /// The outgoing live migration, once one was asked for.
+    #[serde(default)]
+    pub migration: Option<OutgoingStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +178,8 @@ pub struct Status {
 pub enum Response {
     Ok(Status),
     Snapshot(SnapshotInfo),
+    /// The target runs; this VM has ended. The migration's final numbers.
+    Migrated(MigrationProgress),
     Error(String),
 }
 
@@ -135,6 +206,14 @@ pub fn snapshot(socket: &Path, path: &Path) -> Result<SnapshotInfo, ControlError
     match exchange(socket, &Request::Snapshot { path: path.to_owned() }, SNAPSHOT_TIMEOUT_MS)? {
         Response::Snapshot(info) => Ok(info),
         other => Err(ControlError::Malformed(format!("{other:?} is no snapshot answer"))),
+    }
+}
+
+/// Have the VMM at `socket` start the target of its outgoing migration and end its VM.
+pub fn migrate_switch(socket: &Path) -> Result<MigrationProgress, ControlError> {
+    match exchange(socket, &Request::MigrateSwitch, SWITCH_TIMEOUT_MS)? {
+        Response::Migrated(progress) => Ok(progress),
+        other => Err(ControlError::Malformed(format!("{other:?} is no switch-over answer"))),
     }
 }
 

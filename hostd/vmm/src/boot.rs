@@ -13,13 +13,14 @@
 use std::fs::File;
 use std::path::Path;
 
+use crate::memory::GuestMemoryMmap;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::{BzImage, Cmdline, KernelLoader};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
 
 use crate::layout;
 

@@ -10,13 +10,18 @@
 //! opened read-only, offered as such, writes refused) and virtio-net NICs on taps, over
 //! virtio-mmio. The VMM process ([`process`], run as `drover vmm` or `drover-vmm`) serves
 //! the [`control`] protocol (JSON lines on a Unix socket) that hostd's `kvm` driver
-//! speaks: status, pause, resume, shutdown, reboot, destroy, snapshot; when the VM ends it
+//! speaks: status, pause, resume, shutdown, reboot, destroy, snapshot, migrate; when the VM ends it
 //! writes its exit record beside the socket, so a restarted hostd learns how a VM it did
 //! not watch ended. [`snapshot`] saves a VM's whole state (vCPUs, irqchip, PIT, clock,
 //! devices, touched memory, every writable disk's contents) to a versioned, checksummed,
 //! sparse file, and a VM starts from one (`--restore-from`) with the memory image mapped
 //! copy-on-write and its disks put back to the snapshot's instant. A VM process given its
 //! host's [`lease`] file ends itself the moment the lease passes (self-fencing).
+//! [`migration`] moves a running VM to another VMM process over TCP (pre-copy rounds
+//! from KVM's dirty log and the memory's own bitmap, [`memory`]; auto-converge
+//! throttling; the snapshot's VM state at the end; the target runs only on the source's
+//! `Go`, sent once the cluster committed the switch-over): `--incoming ADDR` on the
+//! target, `migrate_send`/`migrate_switch`/`migrate_cancel` on the source's socket.
 //!
 //! This is the only crate of the workspace that holds `unsafe` code; every block carries a
 //! `// SAFETY:` comment. Everything below the [`vm`] layer is safe Rust over the rust-vmm
@@ -30,6 +35,8 @@ pub mod console_log;
 pub mod devices;
 pub mod layout;
 pub mod lease;
+pub mod memory;
+pub mod migration;
 pub mod mptable;
 pub mod process;
 pub mod snapshot;

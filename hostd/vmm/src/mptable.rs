@@ -8,7 +8,8 @@
 //! ISA line and the two local interrupt lines: ExtINT to LINT0, NMI to LINT1), both with
 //! checksums that make their bytes sum to zero.
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use crate::memory::GuestMemoryMmap;
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::layout;
 

@@ -15,6 +15,8 @@ use std::time::Duration;
 use crate::config::{DiskConfig, NicConfig, VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
 use crate::control::{self, ExitRecord, Phase, Request, Response, Status};
 use crate::lease;
+use crate::migration::receive::{self, Incoming};
+use crate::migration::send::Outgoing;
 use crate::vm::{Source, Vm};
 
 /// The VMM's command line.
@@ -56,6 +58,14 @@ pub struct VmmArgs {
     /// does not start if it already has.
     #[arg(long)]
     pub lease: Option<PathBuf>,
+    /// Take the VM from a live migration instead of booting it: listen on this address
+    /// (`ip:port`, port 0 picks one, written to the run directory's `incoming.addr`),
+    /// receive one source's memory and state, build the VM paused, and run it only when
+    /// the source says the switch-over is committed ([`crate::migration`]). The other
+    /// arguments must describe the same machine; the control socket appears once the VM
+    /// is built.
+    #[arg(long, conflicts_with = "restore_from")]
+    pub incoming: Option<String>,
 }
 
 /// The VMM binary's command line: run a VM (the flags of [`VmmArgs`]), or guard another
@@ -117,6 +127,28 @@ pub fn run(args: VmmArgs) -> i32 {
     let socket = args.run_dir.join(control::SOCKET_FILE);
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(args.run_dir.join(control::EXIT_FILE));
+    let _ = std::fs::remove_file(args.run_dir.join(control::INCOMING_FILE));
+    if let Some(lease) = args.lease.as_deref().filter(|l| lease::expired(l)) {
+        let why = format!("its host's lease {} has passed: not started", lease.display());
+        eprintln!("drover-vmm: {why}");
+        write_exit(&args.run_dir, &record(Phase::Crashed, Some(why)));
+        return 2;
+    }
+    // An incoming VM's memory and state come first: the VM exists only once they are in.
+    let (source, incoming) = match &args.incoming {
+        None => (args.restore_from.clone().map_or(Source::Kernel, Source::Snapshot), None),
+        Some(address) => {
+            match receive::listen(address, &args.run_dir).and_then(|l| receive::receive(l, &config)) {
+                Ok(r) => (Source::Migrated(Box::new((r.memory, r.state))), Some(r.incoming)),
+                Err(e) => {
+                    let why = format!("incoming migration: {e}");
+                    eprintln!("drover-vmm: {why}");
+                    write_exit(&args.run_dir, &record(Phase::Crashed, Some(why)));
+                    return 2;
+                }
+            }
+        }
+    };
     // The socket exists before the guest runs, so whoever sees the guest's first output
     // can already reach its VMM. It is bound under another name and renamed once it
     // listens: a client that finds the socket never meets it between bind and listen
@@ -132,25 +164,24 @@ pub fn run(args: VmmArgs) -> i32 {
             return 2;
         }
     };
-    if let Some(lease) = args.lease.as_deref().filter(|l| lease::expired(l)) {
-        drop(listener);
-        let _ = std::fs::remove_file(&socket);
-        let why = format!("its host's lease {} has passed: not started", lease.display());
-        eprintln!("drover-vmm: {why}");
-        write_exit(&args.run_dir, &record(Phase::Crashed, Some(why)));
-        return 2;
-    }
-    let source = args.restore_from.clone().map_or(Source::Kernel, Source::Snapshot);
     let vm = match Vm::start_from(config, &source) {
         Ok(vm) => Arc::new(vm),
         Err(e) => {
             eprintln!("drover-vmm: {e}");
+            if let Some(incoming) = incoming {
+                incoming.refuse(&e.to_string());
+            }
             drop(listener);
             let _ = std::fs::remove_file(&socket);
             write_exit(&args.run_dir, &record(Phase::Crashed, Some(e.to_string())));
             return 2;
         }
     };
+    drop(source); // the migrated memory is the VM's now; the box held one more mapping
+    if let Some(Err(e)) = incoming.map(|i: Incoming| i.ready(vm.clone())) {
+        // Paused and unreachable for the source: its host destroys it.
+        eprintln!("drover-vmm: telling the source the VM is ready: {e}");
+    }
     if let Some(path) = args.lease.clone() {
         let (run_dir, domain, generation) = (args.run_dir.clone(), args.domain.clone(), args.generation);
         let watching = lease::watch(path, move || {
@@ -173,6 +204,7 @@ pub fn run(args: VmmArgs) -> i32 {
     }
     // Held while a request is handled, so the process never exits mid-answer.
     let serving = Arc::new(Mutex::new(()));
+    let outgoing: Arc<Mutex<Option<Outgoing>>> = Arc::new(Mutex::new(None));
     {
         let (vm, serving, run_dir) = (vm.clone(), serving.clone(), args.run_dir.clone());
         std::thread::Builder::new()
@@ -181,7 +213,7 @@ pub fn run(args: VmmArgs) -> i32 {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
                     let _guard = serving.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Err(e) = serve(&vm, &run_dir, stream) {
+                    if let Err(e) = serve(&vm, &outgoing, &run_dir, stream) {
                         eprintln!("drover-vmm: control connection: {e}");
                     }
                 }
@@ -197,8 +229,9 @@ pub fn run(args: VmmArgs) -> i32 {
     0
 }
 
-fn status(vm: &Vm) -> Status {
+fn status(vm: &Vm, outgoing: &Mutex<Option<Outgoing>>) -> Status {
     let (phase, reason, exits) = vm.status();
+    let migration = outgoing.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(Outgoing::status);
     Status {
         domain: vm.config().domain.clone(),
         generation: vm.config().generation,
@@ -206,11 +239,49 @@ fn status(vm: &Vm) -> Status {
         phase,
         reason,
         exits,
+        migration,
+    }
+}
+
+/// The answers to the live-migration requests.
+fn migrate(vm: &Arc<Vm>, outgoing: &Mutex<Option<Outgoing>>, request: Request) -> Response {
+    let mut out = outgoing.lock().unwrap_or_else(|p| p.into_inner());
+    match request {
+        Request::MigrateSend { address, max_downtime_ms } => {
+            if out.as_ref().is_some_and(Outgoing::active) {
+                return Response::Error("a migration is already under way".into());
+            }
+            if !matches!(vm.status().0, Phase::Running | Phase::Paused) {
+                return Response::Error(format!("the VM is {:?}: nothing to migrate", vm.status().0));
+            }
+            *out = Some(Outgoing::start(vm.clone(), address, max_downtime_ms));
+            drop(out);
+            Response::Ok(status(vm, outgoing))
+        }
+        Request::MigrateSwitch => match out.as_ref().map(|o| o.switch(vm)) {
+            None => Response::Error("no migration to switch over".into()),
+            Some(Ok(progress)) => Response::Migrated(progress),
+            Some(Err(e)) => Response::Error(e.to_string()),
+        },
+        Request::MigrateCancel => {
+            match out.as_ref() {
+                None => return Response::Error("no migration to cancel".into()),
+                Some(o) => o.cancel(vm),
+            }
+            drop(out);
+            Response::Ok(status(vm, outgoing))
+        }
+        other => Response::Error(format!("{other:?} is no migration request")),
     }
 }
 
 /// Answer every request on one connection.
-fn serve(vm: &Vm, run_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
+fn serve(
+    vm: &Arc<Vm>,
+    outgoing: &Mutex<Option<Outgoing>>,
+    run_dir: &Path,
+    stream: UnixStream,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_millis(control::REQUEST_TIMEOUT_MS)))?;
     let mut reader = BufReader::new(&stream);
     loop {
@@ -224,6 +295,9 @@ fn serve(vm: &Vm, run_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
                 Ok(info) => Response::Snapshot(info),
                 Err(e) => Response::Error(e.to_string()),
             },
+            Ok(request @ (Request::MigrateSend { .. } | Request::MigrateSwitch | Request::MigrateCancel)) => {
+                migrate(vm, outgoing, request)
+            }
             Ok(request) => {
                 let done = match request {
                     Request::Status => Ok(()),
@@ -231,7 +305,10 @@ fn serve(vm: &Vm, run_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
                     Request::Resume => vm.resume(),
                     Request::Shutdown => vm.shutdown(),
                     Request::Reboot => vm.reboot(),
-                    Request::Snapshot { .. } => unreachable!("answered above"),
+                    Request::Snapshot { .. }
+                    | Request::MigrateSend { .. }
+                    | Request::MigrateSwitch
+                    | Request::MigrateCancel => unreachable!("answered above"),
                     Request::Destroy => {
                         if let Err(e) = vm.destroy() {
                             // A vCPU stuck in KVM_RUN cannot be stopped from here: end the
@@ -250,7 +327,7 @@ fn serve(vm: &Vm, run_dir: &Path, stream: UnixStream) -> std::io::Result<()> {
                     }
                 };
                 match done {
-                    Ok(()) => Response::Ok(status(vm)),
+                    Ok(()) => Response::Ok(status(vm, outgoing)),
                     Err(e) => Response::Error(e.to_string()),
                 }
             }

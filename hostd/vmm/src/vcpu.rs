@@ -4,7 +4,8 @@
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
 
-use vm_memory::{Address, Bytes, GuestMemoryMmap};
+use crate::memory::GuestMemoryMmap;
+use vm_memory::{Address, Bytes};
 
 use crate::boot::BootEntry;
 use crate::layout;

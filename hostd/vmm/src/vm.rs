@@ -2,14 +2,18 @@
 //! handle the control socket uses to pause, resume, reset and end it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootEntry, BootError};
@@ -34,6 +38,12 @@ const SYSTEM_EVENT_RESET: u32 = 2;
 const KICK_INTERVAL_MS: u64 = 1;
 /// How long pause and resume wait for the vCPU thread to answer.
 const TRANSITION_TIMEOUT_MS: u64 = 1_000;
+/// A throttled vCPU is interrupted this often and then sits out its share of the period.
+pub const THROTTLE_PERIOD_MS: u64 = 10;
+/// The most a vCPU is throttled (it always runs a little, so the guest keeps time).
+pub const THROTTLE_PERCENT_MAX: u8 = 99;
+/// How long a live migration's target tries to lock the disks its source is giving up.
+pub const DISK_CLAIM_TIMEOUT_MS: u64 = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -60,12 +70,31 @@ pub enum VmError {
 }
 
 /// What a VM starts from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Source {
     /// Boot the configured kernel.
     Kernel,
     /// Continue from a snapshot file (`crate::snapshot`); the kernel is kept for reboots.
     Snapshot(PathBuf),
+    /// Continue from what a live migration brought (`crate::migration::receive`): the
+    /// guest's memory and its state. The VM starts paused; disks are on storage both hosts
+    /// share, as the source left them.
+    Migrated(Box<(GuestMemoryMmap, VmState)>),
+}
+
+/// A restore's source, once opened and checked.
+enum Restore<'s> {
+    Snapshot(snapshot::Reader),
+    Migrated(&'s GuestMemoryMmap, &'s VmState),
+}
+
+impl Restore<'_> {
+    fn state(&self) -> &VmState {
+        match self {
+            Restore::Snapshot(reader) => &reader.state,
+            Restore::Migrated(_, state) => state,
+        }
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -105,6 +134,11 @@ struct Shared {
     xsave_fits: bool,
     /// Serial input arrived: an idle guest should look at it.
     input_pending: AtomicBool,
+    /// The share of each [`THROTTLE_PERIOD_MS`] the vCPUs sit out (live migration's
+    /// auto-converge); 0: not throttled.
+    throttle_percent: AtomicU8,
+    /// Whether the thread that interrupts throttled vCPUs runs.
+    throttle_ticking: AtomicBool,
     exits: AtomicU64,
     /// The vCPU threads, for kicks; emptied (under the lock) before they are joined, so a
     /// kick never targets a joined thread.
@@ -177,6 +211,10 @@ pub struct Vm {
     mem: GuestMemoryMmap,
     /// Whether `mem` maps a snapshot's file (else it is anonymous memory).
     restored: bool,
+    /// Whether the disks' images are locked for this VM: not yet for a live migration's
+    /// target (its source holds them until the switch-over), no more for a source after
+    /// it. The vCPUs run only while they are.
+    disks_claimed: AtomicBool,
 }
 
 /// Everything one vCPU thread owns.
@@ -212,20 +250,20 @@ impl Vm {
     /// format, checksums, and that it fits `config`) before any vCPU exists.
     pub fn start_from(config: VmConfig, source: &Source) -> Result<Vm, VmError> {
         config.validate()?;
+        let read_only: Vec<bool> = config.disks.iter().map(|d| d.read_only).collect();
         let restore = match source {
             Source::Kernel => None,
-            Source::Snapshot(path) => {
-                let reader = snapshot::Reader::open(path)?;
-                let read_only: Vec<bool> = config.disks.iter().map(|d| d.read_only).collect();
-                reader.check_fits(
-                    config.memory_mib,
-                    usize::from(config.vcpus),
-                    &read_only,
-                    config.nics.len(),
-                )?;
-                Some(reader)
-            }
+            Source::Snapshot(path) => Some(Restore::Snapshot(snapshot::Reader::open(path)?)),
+            Source::Migrated(migrated) => Some(Restore::Migrated(&migrated.0, &migrated.1)),
         };
+        if let Some(r) = &restore {
+            r.state().check_fits(
+                config.memory_mib,
+                usize::from(config.vcpus),
+                &read_only,
+                config.nics.len(),
+            )?;
+        }
         vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
             .map_err(|e| VmError::Io { what: "installing the vCPU kick handler".into(), source: e.into() })?;
         let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
@@ -238,26 +276,13 @@ impl Vm {
         let memory_bytes = config.memory_mib << 20;
         let mem = match &restore {
             // The snapshot's memory image, mapped copy-on-write: nothing is copied.
-            Some(reader) => reader.guest_memory()?,
+            Some(Restore::Snapshot(reader)) => reader.guest_memory()?,
+            Some(Restore::Migrated(mem, _)) => (*mem).clone(),
             None => GuestMemoryMmap::from_ranges(&[(GuestAddress(0), memory_bytes as usize)])
                 .map_err(|e| VmError::Memory(e.to_string()))?,
         };
-        for (slot, region) in mem.iter().enumerate() {
-            let host =
-                mem.get_host_address(region.start_addr()).map_err(|e| VmError::Memory(e.to_string()))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: `host..host + len` is a live anonymous mapping owned by `mem`. `mem`
-            // is kept by the `Vm` and by the vCPU thread for as long as the VM fd can run
-            // guest code, and the mapping is never resized or unmapped before that.
-            unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("registering guest memory"))?;
-        }
-        let saved: Option<&VmState> = restore.as_ref().map(|r| &r.state);
+        register_memory(&vm_fd, &mem, false)?;
+        let saved: Option<&VmState> = restore.as_ref().map(Restore::state);
 
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| VmError::Io { what: "eventfd".into(), source: e })?;
@@ -278,11 +303,12 @@ impl Vm {
         // beside its disk (all of them checked and written before any VM device exists)
         // and opened from there, and moved over the disks only once the whole VM is
         // restored, so a restore that fails leaves every disk as it was.
+        let migrated = matches!(restore, Some(Restore::Migrated(..)));
         let mut prepared = Vec::new();
         let mut opened_at = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
             let image = match &restore {
-                Some(reader) if !disk.read_only => reader.prepare_disk(i, &disk.path)?,
+                Some(Restore::Snapshot(reader)) if !disk.read_only => reader.prepare_disk(i, &disk.path)?,
                 _ => None,
             };
             opened_at.push(image.as_ref().map_or(disk.path.clone(), |p| p.path().to_owned()));
@@ -290,7 +316,8 @@ impl Vm {
         }
         let mut disks = Vec::new();
         for (i, (disk, path)) in config.disks.iter().zip(&opened_at).enumerate() {
-            let block = Block::open(path, disk.read_only, &config.domain).map_err(|e| VmError::Io {
+            let open = if migrated { Block::open_unclaimed } else { Block::open };
+            let block = open(path, disk.read_only, &config.domain).map_err(|e| VmError::Io {
                 what: format!("disk {i} ({})", disk.path.display()),
                 source: e,
             })?;
@@ -409,6 +436,8 @@ impl Vm {
             msr_indices,
             xsave_fits,
             input_pending: AtomicBool::new(false),
+            throttle_percent: AtomicU8::new(0),
+            throttle_ticking: AtomicBool::new(false),
             exits: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
         });
@@ -444,7 +473,8 @@ impl Vm {
             vcpu_threads.push(thread);
         }
         let mut vm = Vm::assemble(config, shared, bus, vcpu_threads, rx_threads, vm_fd, mem);
-        vm.restored = restore.is_some();
+        vm.restored = matches!(restore, Some(Restore::Snapshot(_)));
+        vm.disks_claimed = AtomicBool::new(!migrated);
         Ok(vm)
     }
 
@@ -466,7 +496,48 @@ impl Vm {
             vm_fd,
             mem,
             restored: false,
+            disks_claimed: AtomicBool::new(true),
         }
+    }
+
+    /// Lock the disks' images for this VM if it does not hold them yet (a live
+    /// migration's target, before it runs). The source gives them up just before it
+    /// says `Go`, so a conflicting lock is tried again for [`DISK_CLAIM_TIMEOUT_MS`].
+    pub fn claim_disks(&self) -> Result<(), VmError> {
+        if self.disks_claimed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(DISK_CLAIM_TIMEOUT_MS);
+        for (i, disk) in self.bus.disks.iter().enumerate() {
+            let disk = disk.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                match disk.device.claim() {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => {
+                        return Err(VmError::Io { what: format!("claiming disk {i}"), source: e });
+                    }
+                }
+            }
+        }
+        self.disks_claimed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Give the disks' locks up: a live migration's source, paused for good, right
+    /// before its target runs. The VM must not run again.
+    pub fn release_disks(&self) -> Result<(), VmError> {
+        assert_ne!(self.status().0, Phase::Running, "a running VM keeps its disks");
+        self.disks_claimed.store(false, Ordering::SeqCst);
+        for (i, disk) in self.bus.disks.iter().enumerate() {
+            let disk = disk.lock().unwrap_or_else(|p| p.into_inner());
+            disk.device
+                .release()
+                .map_err(|e| VmError::Io { what: format!("releasing disk {i}"), source: e })?;
+        }
+        Ok(())
     }
 
     /// Save the VM's whole state to `path` (see [`crate::snapshot`]). A running VM is
@@ -505,6 +576,21 @@ impl Vm {
     fn write_snapshot(&self, path: &Path, paused: bool) -> Result<snapshot::Written, VmError> {
         // Every device stays locked until the file is written, so a NIC's receive thread
         // cannot change guest memory or a queue under the copy.
+        let (state, frozen) = self.freeze(paused)?;
+        let images: Vec<(usize, &std::fs::File)> = frozen
+            .disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.device.read_only())
+            .map(|(i, d)| (i, d.device.file()))
+            .collect();
+        Ok(snapshot::write(path, state, &self.mem, !self.restored, &images)?)
+    }
+
+    /// The whole state of the paused VM but its memory's contents, with every device
+    /// locked until the returned [`Frozen`] drops: until then nothing but this thread
+    /// changes guest memory (the vCPUs are parked and a NIC's receive thread waits).
+    pub fn freeze(&self, paused: bool) -> Result<(VmState, Frozen<'_>), VmError> {
         let console = self.bus.console.lock().unwrap_or_else(|p| p.into_inner());
         let disks: Vec<_> =
             self.bus.disks.iter().map(|d| d.lock().unwrap_or_else(|p| p.into_inner())).collect();
@@ -530,13 +616,64 @@ impl Vm {
             nic_macs: nics.iter().map(|n| n.device.mac()).collect(),
             memory: Default::default(),
         };
-        let images: Vec<(usize, &std::fs::File)> = disks
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| !d.device.read_only())
-            .map(|(i, d)| (i, d.device.file()))
-            .collect();
-        Ok(snapshot::write(path, state, &self.mem, !self.restored, &images)?)
+        Ok((state, Frozen { _console: console, disks, _nics: nics }))
+    }
+
+    /// Have KVM log the guest's writes to its memory (for [`Vm::take_dirty_pages`]), or
+    /// stop. Turning it on also clears the VMM's own record of its writes.
+    pub fn log_dirty_pages(&self, on: bool) -> Result<(), VmError> {
+        register_memory(&self.vm_fd, &self.mem, on)?;
+        if on {
+            for region in self.mem.iter() {
+                std::ops::Deref::deref(region).bitmap().reset();
+            }
+        }
+        Ok(())
+    }
+
+    /// Which pages were written since logging began or the last call, one bit per page
+    /// (bit `p % 64` of word `p / 64` for guest page `p`): KVM's log of the guest's writes
+    /// OR'd with the VMM's own (the memory's bitmap); both start afresh.
+    pub fn take_dirty_pages(&self) -> Result<Vec<u64>, VmError> {
+        assert_eq!(self.mem.num_regions(), 1, "guest memory is one region from 0");
+        let region = self.mem.iter().next().expect("one region");
+        let len = usize::try_from(region.len()).map_err(|e| VmError::Memory(e.to_string()))?;
+        let mut dirty = self.vm_fd.get_dirty_log(0, len).map_err(kvm_err("reading the dirty log"))?;
+        let own = std::ops::Deref::deref(region).bitmap().get_and_reset();
+        assert_eq!(own.len(), dirty.len(), "both logs have a bit per page");
+        for (d, o) in dirty.iter_mut().zip(own) {
+            *d |= o;
+        }
+        Ok(dirty)
+    }
+
+    /// Throttle every vCPU to sit out `percent` of each [`THROTTLE_PERIOD_MS`] (0: run
+    /// freely), so a guest dirties memory more slowly than a live migration sends it.
+    pub fn set_throttle(self: &Arc<Self>, percent: u8) {
+        let percent = percent.min(THROTTLE_PERCENT_MAX);
+        self.shared.throttle_percent.store(percent, Ordering::SeqCst);
+        if percent == 0 || self.shared.throttle_ticking.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Interrupts the vCPUs once a period; each then sits out its share (`run_loop`).
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new().name("throttle".into()).spawn(move || {
+            while shared.throttle_percent.load(Ordering::SeqCst) > 0 && !ended(shared.state().phase) {
+                shared.kick_all();
+                std::thread::sleep(Duration::from_millis(THROTTLE_PERIOD_MS));
+            }
+            shared.throttle_ticking.store(false, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            // Without the ticker the vCPUs run unthrottled; the migration may not converge.
+            self.shared.throttle_ticking.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// End the VM as Destroyed, saying `why` (a VM that has already ended keeps its end).
+    pub fn end(&self, why: String) -> Result<(), VmError> {
+        self.shared.set(Phase::Destroyed, Some(why));
+        self.destroy()
     }
 
     /// Have every parked vCPU save its state; the VM must be paused.
@@ -621,6 +758,7 @@ impl Vm {
     }
 
     pub fn resume(&self) -> Result<(), VmError> {
+        self.claim_disks()?;
         self.shared.pause_requested.store(false, Ordering::SeqCst);
         {
             // vCPUs that never reached `park` (a VM restored paused and resumed at once)
@@ -649,6 +787,7 @@ impl Vm {
         if ended(self.status().0) {
             return Err(VmError::Ended);
         }
+        self.claim_disks()?;
         self.shared.request_reset();
         self.kick();
         Ok(())
@@ -701,6 +840,52 @@ impl Vm {
         }
         out
     }
+}
+
+/// The devices of a frozen VM ([`Vm::freeze`]), locked until this drops.
+pub struct Frozen<'a> {
+    _console: std::sync::MutexGuard<'a, Console>,
+    disks: Vec<std::sync::MutexGuard<'a, MmioTransport<Block>>>,
+    _nics: Vec<std::sync::MutexGuard<'a, MmioTransport<Net>>>,
+}
+
+impl std::fmt::Debug for Frozen<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frozen").field("disks", &self.disks.len()).finish()
+    }
+}
+
+impl Frozen<'_> {
+    /// Flush every writable disk's file to stable storage, so that another host that
+    /// opens the same (shared) file sees every write the guest made.
+    pub fn sync_disks(&self) -> std::io::Result<()> {
+        for disk in self.disks.iter().filter(|d| !d.device.read_only()) {
+            disk.device.file().sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// Register `mem`'s regions as the VM's memory slots (slot `i` for region `i`), with
+/// KVM's dirty-page log on or off. Registering a slot again with other flags is how KVM
+/// turns its log on or off.
+fn register_memory(vm_fd: &VmFd, mem: &GuestMemoryMmap, log_dirty: bool) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem.get_host_address(region.start_addr()).map_err(|e| VmError::Memory(e.to_string()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: `host..host + len` is a live mapping owned by `mem`. `mem` is kept by
+        // the `Vm` and by the vCPU thread for as long as the VM fd can run guest code, and
+        // the mapping is never resized or unmapped before that; registering it again only
+        // changes the slot's flags.
+        unsafe { vm_fd.set_user_memory_region(r) }.map_err(kvm_err("registering guest memory"))?;
+    }
+    Ok(())
 }
 
 const XSAVE_TOO_BIG: &str =
@@ -785,7 +970,13 @@ impl VcpuRunner {
                 }
                 Ok(VcpuExit::InternalError) => return (Phase::Crashed, "KVM internal error".into()),
                 Ok(other) => return (Phase::Crashed, format!("unexpected VM exit {other:?}")),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // Interrupted: by a request (looked at above), or by the throttle's tick.
+                    let throttle = u64::from(self.shared.throttle_percent.load(Ordering::SeqCst));
+                    if throttle > 0 {
+                        self.idle(THROTTLE_PERIOD_MS * throttle / 100);
+                    }
+                }
                 Err(e) => return (Phase::Crashed, format!("KVM_RUN failed: {e}")),
             }
         }

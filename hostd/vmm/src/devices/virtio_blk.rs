@@ -12,8 +12,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::memory::GuestMemoryMmap;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::virtio_mmio::VirtioDevice;
 
@@ -46,11 +46,16 @@ pub struct Block {
 /// Lock the whole of `file` for this open file description: shared for a reader,
 /// exclusive for a writer; refused at once if another holds a conflicting lock.
 fn lock(file: &File, shared: bool) -> std::io::Result<()> {
+    set_lock(file, if shared { libc::F_RDLCK } else { libc::F_WRLCK })
+}
+
+/// Set the whole-file OFD lock of `file` to `l_type` (`F_RDLCK`, `F_WRLCK`, `F_UNLCK`).
+fn set_lock(file: &File, l_type: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: an all-zero `flock` is a valid value (the fields are plain integers), and
     // the fields OFD locks require are set below (l_pid must be 0).
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = if shared { libc::F_RDLCK } else { libc::F_WRLCK } as libc::c_short;
+    fl.l_type = l_type as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = 0;
     fl.l_len = 0; // to the end, however far the file grows
@@ -72,13 +77,32 @@ fn lock(file: &File, shared: bool) -> std::io::Result<()> {
 
 impl Block {
     pub fn open(path: &Path, read_only: bool, id: &str) -> std::io::Result<Block> {
+        let block = Block::open_unclaimed(path, read_only, id)?;
+        block.claim()?;
+        Ok(block)
+    }
+
+    /// Open the image without locking it: for the target of a live migration, whose
+    /// source holds the lock until the switch-over ([`Block::claim`] then). The guest
+    /// must not run before the claim.
+    pub fn open_unclaimed(path: &Path, read_only: bool, id: &str) -> std::io::Result<Block> {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        lock(&file, read_only)?;
         let capacity_sectors = file.metadata()?.len() / SECTOR_BYTES;
         let mut id_bytes = [0u8; ID_BYTES];
         let n = id.len().min(ID_BYTES);
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
         Ok(Block { file, capacity_sectors, read_only, id: id_bytes, failed_requests: 0 })
+    }
+
+    /// Take the image's lock (see the module header).
+    pub fn claim(&self) -> std::io::Result<()> {
+        lock(&self.file, self.read_only)
+    }
+
+    /// Give the lock up while the file stays open: a live migration's source, at the
+    /// switch-over, so its target can claim the image. The guest must not run after it.
+    pub fn release(&self) -> std::io::Result<()> {
+        set_lock(&self.file, libc::F_UNLCK)
     }
 
     /// The disk's file (a snapshot copies it while the VM is paused).

@@ -4,9 +4,9 @@
 
 use std::sync::atomic::Ordering;
 
+use crate::memory::GuestMemoryMmap;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"

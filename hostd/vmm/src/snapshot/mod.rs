@@ -61,10 +61,11 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vm_memory::bitmap::NewBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::memory::{AtomicBitmap, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::devices::serial::SerialSnapshot;
 use crate::devices::virtio_mmio::TransportState;
@@ -139,6 +140,44 @@ pub struct VmState {
     #[serde(default)]
     pub nic_macs: Vec<[u8; 6]>,
     pub memory: MemoryLayout,
+}
+
+impl VmState {
+    /// Whether this state fits a VM of this shape (its memory, vCPUs, disks and their
+    /// modes, NICs); a restore and an incoming migration both check it before any vCPU
+    /// exists.
+    pub fn check_fits(
+        &self,
+        memory_mib: u64,
+        vcpus: usize,
+        disks_read_only: &[bool],
+        nics: usize,
+    ) -> Result<(), SnapshotError> {
+        let s = self;
+
+        let mismatch = |what: &str, snap: String, vm: String| {
+            Err(SnapshotError::Mismatch(format!("{what}: the snapshot has {snap}, the VM {vm}")))
+        };
+        if s.memory_mib != memory_mib {
+            return mismatch("memory", format!("{} MiB", s.memory_mib), format!("{memory_mib} MiB"));
+        }
+        if s.vcpus.len() != vcpus {
+            return mismatch("vCPUs", s.vcpus.len().to_string(), vcpus.to_string());
+        }
+        if s.disks.len() != disks_read_only.len() {
+            return mismatch("disks", s.disks.len().to_string(), disks_read_only.len().to_string());
+        }
+        let mode = |read_only: bool| if read_only { "read-only" } else { "writable" }.to_owned();
+        for (i, (disk, &read_only)) in s.disks.iter().zip(disks_read_only).enumerate() {
+            if disk.read_only != read_only {
+                return mismatch(&format!("disk {i}"), mode(disk.read_only), mode(read_only));
+            }
+        }
+        if s.nics.len() != nics {
+            return mismatch("NICs", s.nics.len().to_string(), nics.to_string());
+        }
+        Ok(())
+    }
 }
 
 /// One disk in a snapshot (a writable one's contents are its image in the file).
@@ -625,29 +664,7 @@ impl Reader {
         disks_read_only: &[bool],
         nics: usize,
     ) -> Result<(), SnapshotError> {
-        let s = &self.state;
-        let mismatch = |what: &str, snap: String, vm: String| {
-            Err(SnapshotError::Mismatch(format!("{what}: the snapshot has {snap}, the VM {vm}")))
-        };
-        if s.memory_mib != memory_mib {
-            return mismatch("memory", format!("{} MiB", s.memory_mib), format!("{memory_mib} MiB"));
-        }
-        if s.vcpus.len() != vcpus {
-            return mismatch("vCPUs", s.vcpus.len().to_string(), vcpus.to_string());
-        }
-        if s.disks.len() != disks_read_only.len() {
-            return mismatch("disks", s.disks.len().to_string(), disks_read_only.len().to_string());
-        }
-        let mode = |read_only: bool| if read_only { "read-only" } else { "writable" }.to_owned();
-        for (i, (disk, &read_only)) in s.disks.iter().zip(disks_read_only).enumerate() {
-            if disk.read_only != read_only {
-                return mismatch(&format!("disk {i}"), mode(disk.read_only), mode(read_only));
-            }
-        }
-        if s.nics.len() != nics {
-            return mismatch("NICs", s.nics.len().to_string(), nics.to_string());
-        }
-        Ok(())
+        self.state.check_fits(memory_mib, vcpus, disks_read_only, nics)
     }
 
     /// The snapshot's memory image mapped privately (copy on write) as a new VM's RAM,
@@ -657,7 +674,7 @@ impl Reader {
         let memory_bytes = self.state.memory_mib << 20;
         let size = usize::try_from(memory_bytes).map_err(|e| SnapshotError::Memory(e.to_string()))?;
         let file = self.file.try_clone().map_err(io(&self.path))?;
-        let region = MmapRegionBuilder::new(size)
+        let region = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::with_len(size))
             .with_file_offset(FileOffset::new(file, MEMORY_OFFSET))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)

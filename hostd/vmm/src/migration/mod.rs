@@ -1,0 +1,50 @@
+//! Live migration between two VMM processes over one TCP connection: pre-copy rounds of
+//! dirty memory while the guest runs, then a short stop-and-copy of what is left and the
+//! device state, then a switch-over that only the cluster's commit may order.
+//!
+//! - The source ([`send`]) enables KVM's dirty-page log and clears the VMM's own record of
+//!   its writes (the memory's bitmap, [`crate::memory`]); round 0 sends every page that is
+//!   not all zeros, each later round the pages either log marked since the round before.
+//!   Once what is left would take no more than half the downtime budget at the link rate
+//!   measured so far, it pauses the VM, locks the devices, sends the last pages and the VM's
+//!   state (the snapshot's [`crate::snapshot::VmState`]), flushes the writable disks
+//!   (they are on storage both hosts share) and waits for the target's word that it holds
+//!   the VM. When the guest dirties memory faster than the rounds shrink, its vCPUs are
+//!   throttled more every round (auto-converge: 30% and up by 15 points to 99%). It fails
+//!   (and the VM runs on here) after [`COPY_TIMEOUT_MS`].
+//! - The target ([`receive`]) is a VMM started with `--incoming ADDR`: it listens, takes one
+//!   connection, fills fresh guest memory with the pages, builds the VM paused from the
+//!   state and says it is ready. It resumes the guest only when the source says `Go`,
+//!   which the source sends only once the cluster committed the switch-over; a target
+//!   whose source went quiet stays paused, and its host decides (resume after the commit,
+//!   destroy after a rollback). Never two running copies.
+//!
+//! Wire: every frame is a tag byte, a little-endian u32 length and that many bytes
+//! ([`wire`]).
+
+pub mod receive;
+pub mod send;
+pub mod wire;
+
+/// How long pre-copy may go on before the migration gives up (the VM runs on here).
+pub const COPY_TIMEOUT_MS: u64 = 120_000;
+/// How long the source waits for the target to connect, answer, or build the VM.
+pub const ANSWER_TIMEOUT_MS: u64 = 30_000;
+/// How long an incoming VMM waits for its source to connect.
+pub const ACCEPT_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("migration stream: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("migration stream: {0}")]
+    Protocol(String),
+    #[error("the target refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
+}

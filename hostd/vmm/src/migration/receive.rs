@@ -1,0 +1,201 @@
+//! The target side of a live migration: an incoming VMM [`listen`]s, [`receive`]s one
+//! source's pages and state into fresh guest memory, and once its VM is built paused,
+//! [`Incoming::ready`] tells the source and waits (in a thread) for the `Go` that only a
+//! committed switch-over sends.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::wire::{self, Tag, PAGE_BYTES};
+use super::{MigrationError, ACCEPT_TIMEOUT_MS, ANSWER_TIMEOUT_MS};
+use crate::config::VmConfig;
+use crate::control::INCOMING_FILE;
+use crate::memory::GuestMemoryMmap;
+use crate::snapshot::VmState;
+use crate::vm::Vm;
+
+/// How often a listener with no connection yet looks again.
+const ACCEPT_POLL_MS: u64 = 5;
+
+/// Listen on `address` (`ip:port`; port 0 picks one) and publish the address it got in
+/// `run_dir`'s [`INCOMING_FILE`] (whole, through a rename).
+pub fn listen(address: &str, run_dir: &Path) -> Result<TcpListener, MigrationError> {
+    let addr: SocketAddr =
+        address.parse().map_err(|e| MigrationError::Failed(format!("incoming address {address:?}: {e}")))?;
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    let file = run_dir.join(INCOMING_FILE);
+    let tmp = file.with_extension("addr.tmp");
+    std::fs::write(&tmp, bound.to_string())?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(listener)
+}
+
+/// What a source sent, before the VM exists.
+#[derive(Debug)]
+pub struct Received {
+    pub memory: GuestMemoryMmap,
+    pub state: VmState,
+    pub incoming: Incoming,
+}
+
+/// The connection to the source, once the VM's memory and state are in.
+#[derive(Debug)]
+pub struct Incoming {
+    stream: TcpStream,
+}
+
+/// Take one source's connection and everything it sends up to the VM's state. The
+/// source must describe the machine `config` describes; otherwise it is told why
+/// (`Refused`) and nothing is built.
+pub fn receive(listener: TcpListener, config: &VmConfig) -> Result<Received, MigrationError> {
+    let stream = accept(&listener)?;
+    drop(listener); // one source only
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_millis(ANSWER_TIMEOUT_MS)))?;
+    stream.set_write_timeout(Some(Duration::from_millis(ANSWER_TIMEOUT_MS)))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, stream.try_clone()?);
+    match fill(&mut reader, config) {
+        Ok((memory, state)) => Ok(Received { memory, state, incoming: Incoming { stream } }),
+        Err(e) => {
+            refuse(stream, &e.to_string());
+            Err(e)
+        }
+    }
+}
+
+/// Tell the source why not, then take in what it still sends until it hangs up (or
+/// [`ANSWER_TIMEOUT_MS`] pass): closing on unread bytes would reset the connection, and
+/// the reset could overtake the reason.
+fn refuse(mut stream: TcpStream, why: &str) {
+    if wire::write_frame(&mut stream, Tag::Refused, why.as_bytes()).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_millis(ANSWER_TIMEOUT_MS);
+    let mut sink = vec![0u8; 64 << 10];
+    while Instant::now() < deadline {
+        match std::io::Read::read(&mut stream, &mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn accept(listener: &TcpListener) -> Result<TcpStream, MigrationError> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_millis(ACCEPT_TIMEOUT_MS);
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(MigrationError::Failed(format!(
+                        "no source connected within {ACCEPT_TIMEOUT_MS} ms"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn fill(
+    input: &mut impl std::io::Read,
+    config: &VmConfig,
+) -> Result<(GuestMemoryMmap, VmState), MigrationError> {
+    let bad = MigrationError::Protocol;
+    let mut buf = Vec::new();
+    let tag = wire::read_frame(input, &mut buf)?;
+    if tag != Tag::Hello {
+        return Err(bad(format!("{tag:?} where Hello was due")));
+    }
+    let hello: wire::Hello =
+        serde_json::from_slice(&buf).map_err(|e| bad(format!("a malformed Hello: {e}")))?;
+    if hello.version != wire::VERSION {
+        return Err(bad(format!("protocol version {} (this VMM speaks {})", hello.version, wire::VERSION)));
+    }
+    let shape = (hello.domain.as_str(), hello.memory_mib, hello.vcpus);
+    if shape != (config.domain.as_str(), config.memory_mib, config.vcpus) {
+        return Err(MigrationError::Failed(format!(
+            "the source sends {} with {} MiB and {} vCPUs; this VMM was started for {} with {} MiB and {} vCPUs",
+            hello.domain, hello.memory_mib, hello.vcpus, config.domain, config.memory_mib, config.vcpus
+        )));
+    }
+    let memory_bytes = config.memory_mib << 20;
+    let pages = memory_bytes / PAGE_BYTES as u64;
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), memory_bytes as usize)])
+        .map_err(|e| MigrationError::Failed(format!("guest memory: {e}")))?;
+    let zeros = vec![0u8; PAGE_BYTES];
+    loop {
+        let tag = wire::read_frame(input, &mut buf)?;
+        match tag {
+            Tag::Pages | Tag::Zeros => {
+                let with_data = tag == Tag::Pages;
+                let numbers = wire::page_numbers(&buf, with_data, pages)?;
+                let data = &buf[4 + numbers.len() * 8..];
+                for (i, &p) in numbers.iter().enumerate() {
+                    let page =
+                        if with_data { &data[i * PAGE_BYTES..(i + 1) * PAGE_BYTES] } else { &zeros[..] };
+                    memory
+                        .write_slice(page, GuestAddress(p * PAGE_BYTES as u64))
+                        .map_err(|e| MigrationError::Failed(format!("writing guest page {p}: {e}")))?;
+                }
+            }
+            Tag::State => {
+                let state: VmState =
+                    serde_json::from_slice(&buf).map_err(|e| bad(format!("a malformed VM state: {e}")))?;
+                // The writes above are the source's, not the guest's: none is dirty here.
+                for region in memory.iter() {
+                    std::ops::Deref::deref(region).bitmap().reset();
+                }
+                return Ok((memory, state));
+            }
+            other => return Err(bad(format!("{other:?} in the middle of the pages"))),
+        }
+    }
+}
+
+impl Incoming {
+    /// The VM could not be built from what came: tell the source why.
+    pub fn refuse(self, why: &str) {
+        refuse(self.stream, why);
+    }
+
+    /// Tell the source `vm` is built (paused), then wait in a thread for its `Go`: resume
+    /// the guest if it ran on the source, and say so. A source that goes away without
+    /// `Go` leaves the VM paused; its host decides what becomes of it.
+    pub fn ready(mut self, vm: Arc<Vm>) -> Result<(), MigrationError> {
+        wire::write_frame(&mut self.stream, Tag::Ready, &[])?;
+        self.stream.flush()?;
+        // The cluster's commit comes between Ready and Go, however long it takes.
+        self.stream.set_read_timeout(None)?;
+        std::thread::Builder::new().name("migrate-in".into()).spawn(move || {
+            let mut buf = Vec::new();
+            match wire::read_frame(&mut self.stream, &mut buf) {
+                Ok(Tag::Go) => {
+                    let run = buf.first().copied() == Some(1);
+                    let resumed = if run { vm.resume() } else { Ok(()) };
+                    match resumed {
+                        Ok(()) => {
+                            let _ = wire::write_frame(&mut self.stream, Tag::Resumed, &[]);
+                        }
+                        Err(e) => eprintln!("drover-vmm: resuming the migrated VM: {e}"),
+                    }
+                }
+                Ok(other) => eprintln!("drover-vmm: {other:?} where Go was due; staying paused"),
+                Err(e) => eprintln!("drover-vmm: the source went away before Go ({e}); staying paused"),
+            }
+        })?;
+        Ok(())
+    }
+}
