@@ -16,7 +16,9 @@
 //! host's VM limits (`crate::state_v6`); 8 added a proposal's trace context
 //! (`crate::proposal::ProposalV7` decodes earlier proposals; states are as in 7); 9 added
 //! bearer tokens to the state (`crate::state_v8` decodes states of 7 and 8; proposals
-//! are as in 8). Events encode alike in all nine (variants are only appended).
+//! are as in 8); 10 added a migration's target address and progress (`crate::state_v9`
+//! decodes version-9 states, and its `MigrationV9` the migrations of every earlier one).
+//! Events and proposals encode alike from 8 on (variants are only appended).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,7 +28,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 9;
+pub const FORMAT_VERSION: u16 = 10;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -79,6 +81,7 @@ impl Durable for State {
             5 => decode_payload::<crate::state_v5::StateV5>(payload).map(State::from),
             6 => decode_payload::<crate::state_v6::StateV6>(payload).map(State::from),
             7 | 8 => decode_payload::<crate::state_v8::StateV8>(payload).map(State::from),
+            9 => decode_payload::<crate::state_v9::StateV9>(payload).map(State::from),
             _ => decode_payload(payload),
         }
     }
@@ -168,7 +171,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 9, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 10, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -177,15 +180,15 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v10 = bytes.clone();
-        v10[3] = 10;
-        assert!(matches!(decode::<EventEnvelope>(&v10), Err(CodecError::Version(10))));
+        let mut v11 = bytes.clone();
+        v11[3] = 11;
+        assert!(matches!(decode::<EventEnvelope>(&v11), Err(CodecError::Version(11))));
         let mut v1 = bytes.clone();
         v1[3] = 1;
         assert_eq!(
             decode::<EventEnvelope>(&v1).unwrap(),
             envelope(),
-            "events encode alike in versions 1 to 9"
+            "events encode alike in versions 1 to 10"
         );
         let mut magic = bytes.clone();
         magic[0] = b'X';

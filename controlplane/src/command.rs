@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Disk, DomainSpec, HostState, Labels, MigrationId, MigrationPhase, NetworkConfig, ObservedPhase,
-    PoolConfig, Resources, Role, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
+    Disk, DomainSpec, HostState, Labels, MigrationId, MigrationPhase, MigrationReport, NetworkConfig,
+    ObservedPhase, PoolConfig, Resources, Role, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
 };
 
 /// A command with who sent it and the id that makes retries safe.
@@ -245,6 +245,15 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
+
+    // --- live migrations' data plane (appended) ---
+    /// A host reports a step of migration `id` that it took part in (its source or
+    /// target); `Switch` commits the switch-over.
+    ReportMigration {
+        id: MigrationId,
+        host: String,
+        report: MigrationReport,
+    },
 }
 
 /// What a host did with a volume operation asked of it.
@@ -273,9 +282,10 @@ impl Command {
         use Command::*;
         match self {
             RegisterHost { name, .. } | SetHostState { name, .. } => Need::HostOrAdmin(name),
-            ReportObservation { host, .. } | ReportVolume { host, .. } | ReportSnapshot { host, .. } => {
-                Need::HostOrAdmin(host)
-            }
+            ReportObservation { host, .. }
+            | ReportVolume { host, .. }
+            | ReportSnapshot { host, .. }
+            | ReportMigration { host, .. } => Need::HostOrAdmin(host),
             DefineDomain { .. }
             | UndefineDomain { .. }
             | StartDomain { .. }
@@ -347,6 +357,7 @@ impl Command {
             Command::ClearHost { .. } => "ClearHost",
             Command::CreateToken { .. } => "CreateToken",
             Command::RevokeToken { .. } => "RevokeToken",
+            Command::ReportMigration { .. } => "ReportMigration",
         }
     }
 }

@@ -9,8 +9,9 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DesiredState, Disk, DomainSpec, HostState, Labels, Mac, MigrationId, MigrationPhase, NetworkConfig,
-    ObservedPhase, PoolConfig, ResourceKey, Resources, Role, SnapshotKind, VmLimits, VolumeFormat, VolumeRef,
+    DesiredState, Disk, DomainSpec, HostState, Labels, Mac, MigrationId, MigrationPhase, MigrationProgress,
+    NetworkConfig, ObservedPhase, PoolConfig, ResourceKey, Resources, Role, SnapshotKind, VmLimits,
+    VolumeFormat, VolumeRef,
 };
 
 /// One event with its place in history.
@@ -362,6 +363,18 @@ pub enum Event {
     TokenRevoked {
         name: String,
     },
+
+    // --- live migrations' data plane (appended) ---
+    /// The target host's incoming VM listens at `address`; the source may send.
+    MigrationTargetReady {
+        id: MigrationId,
+        address: String,
+    },
+    /// The source host's numbers for the copy.
+    MigrationProgressed {
+        id: MigrationId,
+        progress: MigrationProgress,
+    },
 }
 
 impl Event {
@@ -425,6 +438,8 @@ impl Event {
         "HostVmLimits",
         "TokenCreated",
         "TokenRevoked",
+        "MigrationTargetReady",
+        "MigrationProgressed",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -492,6 +507,8 @@ impl Event {
             Event::HostVmLimits { .. } => 55,
             Event::TokenCreated { .. } => 56,
             Event::TokenRevoked { .. } => 57,
+            Event::MigrationTargetReady { .. } => 58,
+            Event::MigrationProgressed { .. } => 59,
         }
     }
 
@@ -556,6 +573,8 @@ impl Event {
             DomainCloned { clone, .. } => ResourceKey::Domain(clone.clone()),
             MigrationStarted { domain, .. } => ResourceKey::Domain(domain.clone()),
             MigrationPhaseChanged { id, .. }
+            | MigrationTargetReady { id, .. }
+            | MigrationProgressed { id, .. }
             | MigrationCommitted { id, .. }
             | MigrationRolledBack { id, .. } => ResourceKey::Migration(*id),
         }

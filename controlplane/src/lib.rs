@@ -43,6 +43,7 @@ mod state_v4;
 mod state_v5;
 mod state_v6;
 mod state_v8;
+mod state_v9;
 mod validate;
 
 pub use apply::{apply, apply_proposal};

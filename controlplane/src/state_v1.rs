@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::model::{
-    DesiredState, Domain, DomainSpec, DomainStatus, Migration, MigrationId, Pool, Snapshot, SnapshotKind,
-    SnapshotState, StopMode, VolumeRef,
+    DesiredState, Domain, DomainSpec, DomainStatus, MigrationId, Pool, Snapshot, SnapshotKind, SnapshotState,
+    StopMode, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -49,7 +49,7 @@ pub(crate) struct StateV1 {
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), SnapshotV1>,
-    migrations: BTreeMap<MigrationId, Migration>,
+    migrations: BTreeMap<MigrationId, crate::state_v9::MigrationV9>,
     ended_migrations: VecDeque<MigrationId>,
     requests: RequestWindow,
 }
@@ -104,7 +104,7 @@ impl From<StateV1> for State {
             pools: v1.pools,
             volumes: crate::state_v4::upgrade_volumes(v1.volumes),
             snapshots,
-            migrations: v1.migrations,
+            migrations: crate::state_v9::migrations(v1.migrations),
             ended_migrations: v1.ended_migrations,
             requests: v1.requests,
             settings: Default::default(),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::model::{
-    DesiredState, Domain, DomainSpec, DomainStatus, Migration, MigrationId, Pool, Snapshot, SnapshotRef,
-    StopMode, VolumeRef,
+    DesiredState, Domain, DomainSpec, DomainStatus, MigrationId, Pool, Snapshot, SnapshotRef, StopMode,
+    VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -38,7 +38,7 @@ pub(crate) struct StateV2 {
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), Snapshot>,
-    migrations: BTreeMap<MigrationId, Migration>,
+    migrations: BTreeMap<MigrationId, crate::state_v9::MigrationV9>,
     ended_migrations: VecDeque<MigrationId>,
     requests: RequestWindow,
 }
@@ -74,7 +74,7 @@ impl From<StateV2> for State {
             pools: v2.pools,
             volumes: crate::state_v4::upgrade_volumes(v2.volumes),
             snapshots: v2.snapshots,
-            migrations: v2.migrations,
+            migrations: crate::state_v9::migrations(v2.migrations),
             ended_migrations: v2.ended_migrations,
             requests: v2.requests,
             settings: Default::default(),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Deserialize;
 
-use crate::model::{Domain, Migration, MigrationId, Pool, Snapshot, VolumeRef};
+use crate::model::{Domain, MigrationId, Pool, Snapshot, VolumeRef};
 use crate::request_window::RequestWindow;
 use crate::state::State;
 
@@ -20,7 +20,7 @@ pub(crate) struct StateV3 {
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, crate::state_v4::VolumeV1>,
     snapshots: BTreeMap<(String, String), Snapshot>,
-    migrations: BTreeMap<MigrationId, Migration>,
+    migrations: BTreeMap<MigrationId, crate::state_v9::MigrationV9>,
     ended_migrations: VecDeque<MigrationId>,
     requests: RequestWindow,
 }
@@ -35,7 +35,7 @@ impl From<StateV3> for State {
             pools: v3.pools,
             volumes: crate::state_v4::upgrade_volumes(v3.volumes),
             snapshots: v3.snapshots,
-            migrations: v3.migrations,
+            migrations: crate::state_v9::migrations(v3.migrations),
             ended_migrations: v3.ended_migrations,
             requests: v3.requests,
             settings: Default::default(),

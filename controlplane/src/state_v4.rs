@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Deserialize;
 
 use crate::model::{
-    AttachMode, ClusterSettings, Domain, HostFences, Migration, MigrationId, Pool, Snapshot, Volume,
-    VolumeFormat, VolumeRef, VolumeState,
+    AttachMode, ClusterSettings, Domain, HostFences, MigrationId, Pool, Snapshot, Volume, VolumeFormat,
+    VolumeRef, VolumeState,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -62,7 +62,7 @@ pub(crate) struct StateV4 {
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, VolumeV1>,
     snapshots: BTreeMap<(String, String), Snapshot>,
-    migrations: BTreeMap<MigrationId, Migration>,
+    migrations: BTreeMap<MigrationId, crate::state_v9::MigrationV9>,
     ended_migrations: VecDeque<MigrationId>,
     requests: RequestWindow,
     settings: ClusterSettings,
@@ -79,7 +79,7 @@ impl From<StateV4> for State {
             pools: v4.pools,
             volumes: upgrade_volumes(v4.volumes),
             snapshots: v4.snapshots,
-            migrations: v4.migrations,
+            migrations: crate::state_v9::migrations(v4.migrations),
             ended_migrations: v4.ended_migrations,
             requests: v4.requests,
             settings: v4.settings,

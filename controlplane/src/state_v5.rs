@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 
 use crate::model::{
-    ClusterSettings, Domain, HostFences, Lease, Mac, Migration, MigrationId, Network, NetworkConfig, Pool,
-    Snapshot, Volume, VolumeRef,
+    ClusterSettings, Domain, HostFences, Lease, Mac, MigrationId, Network, NetworkConfig, Pool, Snapshot,
+    Volume, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -55,7 +55,7 @@ pub(crate) struct StateV5 {
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, Volume>,
     snapshots: BTreeMap<(String, String), Snapshot>,
-    migrations: BTreeMap<MigrationId, Migration>,
+    migrations: BTreeMap<MigrationId, crate::state_v9::MigrationV9>,
     ended_migrations: VecDeque<MigrationId>,
     requests: RequestWindow,
     settings: ClusterSettings,
@@ -72,7 +72,7 @@ impl From<StateV5> for State {
             pools: v5.pools,
             volumes: v5.volumes,
             snapshots: v5.snapshots,
-            migrations: v5.migrations,
+            migrations: crate::state_v9::migrations(v5.migrations),
             ended_migrations: v5.ended_migrations,
             requests: v5.requests,
             settings: v5.settings,

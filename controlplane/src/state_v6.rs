@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::Deserialize;
 
 use crate::model::{
-    ClusterSettings, Domain, Host, HostFences, HostState, Labels, Migration, MigrationId, Network, Pool,
-    Resources, Snapshot, Volume, VolumeRef,
+    ClusterSettings, Domain, Host, HostFences, HostState, Labels, MigrationId, Network, Pool, Resources,
+    Snapshot, Volume, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -60,7 +60,7 @@ pub(crate) struct StateV6 {
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, Volume>,
     snapshots: BTreeMap<(String, String), Snapshot>,
-    migrations: BTreeMap<MigrationId, Migration>,
+    migrations: BTreeMap<MigrationId, crate::state_v9::MigrationV9>,
     ended_migrations: VecDeque<MigrationId>,
     requests: RequestWindow,
     settings: ClusterSettings,
@@ -77,7 +77,7 @@ impl From<StateV6> for State {
             pools: v6.pools,
             volumes: v6.volumes,
             snapshots: v6.snapshots,
-            migrations: v6.migrations,
+            migrations: crate::state_v9::migrations(v6.migrations),
             ended_migrations: v6.ended_migrations,
             requests: v6.requests,
             settings: v6.settings,

@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::Deserialize;
 
 use crate::model::{
-    ClusterSettings, Domain, Host, HostFences, Migration, MigrationId, Network, Pool, Snapshot, Volume,
-    VolumeRef,
+    ClusterSettings, Domain, Host, HostFences, MigrationId, Network, Pool, Snapshot, Volume, VolumeRef,
 };
 use crate::request_window::RequestWindow;
 use crate::state::State;
@@ -22,7 +21,7 @@ pub(crate) struct StateV8 {
     pools: BTreeMap<String, Pool>,
     volumes: BTreeMap<VolumeRef, Volume>,
     snapshots: BTreeMap<(String, String), Snapshot>,
-    migrations: BTreeMap<MigrationId, Migration>,
+    migrations: BTreeMap<MigrationId, crate::state_v9::MigrationV9>,
     ended_migrations: VecDeque<MigrationId>,
     requests: RequestWindow,
     settings: ClusterSettings,
@@ -39,7 +38,7 @@ impl From<StateV8> for State {
             pools: v8.pools,
             volumes: v8.volumes,
             snapshots: v8.snapshots,
-            migrations: v8.migrations,
+            migrations: crate::state_v9::migrations(v8.migrations),
             ended_migrations: v8.ended_migrations,
             requests: v8.requests,
             settings: v8.settings,

@@ -16,7 +16,8 @@
 //! as must the `-6` files (format 6: a network's VNI); the `-7` files are written by
 //! format version 7 (a host's VM limits) and must decode, as must the `-8` files (format
 //! 8: a proposal's trace); the `-9` files are written by format version 9 (bearer tokens)
-//! and must decode and re-encode to the very same bytes.
+//! and must decode, as must the `-10` files (format 10: a live migration's target address
+//! and progress), which must re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -24,9 +25,9 @@ use std::path::{Path, PathBuf};
 use controlplane::codec::{self, Durable};
 use controlplane::fixtures::{dir_pool, kernel_spec, nat_network, new_volume, Harness};
 use controlplane::model::{
-    Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, NetworkConfig, NetworkMode, Nic,
-    ObservedPhase, PoolConfig, PoolKind, Resources, Role, SnapshotKind, SnapshotState, VmLimits,
-    VolumeFormat, VolumeRef, VolumeState,
+    Cidr, DesiredState, Disk, HostState, Labels, Mac, MigrationPhase, MigrationProgress, MigrationReport,
+    NetworkConfig, NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources, Role, SnapshotKind,
+    SnapshotState, VmLimits, VolumeFormat, VolumeRef, VolumeState,
 };
 use controlplane::{
     invariants, Command, Decision, Event, EventEnvelope, Proposal, Request, State, TraceParent,
@@ -181,6 +182,8 @@ fn samples() -> Vec<EventEnvelope> {
             expires_ms: 1_764_086_400_000,
         },
         Event::TokenRevoked { name: "ci".into() },
+        Event::MigrationTargetReady { id: 33, address: "127.0.0.1:7100".into() },
+        Event::MigrationProgressed { id: 33, progress: progress() },
     ];
     events
         .into_iter()
@@ -193,6 +196,18 @@ fn samples() -> Vec<EventEnvelope> {
             event,
         })
         .collect()
+}
+
+fn progress() -> MigrationProgress {
+    MigrationProgress {
+        bytes_sent: 3 << 30,
+        rounds: 4,
+        dirty_bytes_per_s: 1 << 27,
+        remaining_bytes: 1 << 20,
+        expected_downtime_ms: 12,
+        throttle_percent: 20,
+        downtime_ms: None,
+    }
 }
 
 fn write_events(path: &Path, envelopes: &[EventEnvelope]) {
@@ -347,14 +362,17 @@ fn payload_today(old_bytes: &[u8]) -> Vec<u8> {
 /// The rich state saying limits, with a bearer token (format 9 records them).
 fn rich_state_with_a_token() -> (State, Proposal) {
     let (mut h, p) = rich_harness_saying_limits();
-    let command = Command::CreateToken {
+    h.exec(token_command()).unwrap();
+    (h.state, p)
+}
+
+fn token_command() -> Command {
+    Command::CreateToken {
         name: "ci".into(),
         role: Role::Viewer,
         secret_sha256: [0x5a; 32],
         ttl_ms: 3_600_000,
-    };
-    h.exec(command).unwrap();
-    (h.state, p)
+    }
 }
 
 fn trace_of(mut proposal: Proposal) -> Proposal {
@@ -362,16 +380,59 @@ fn trace_of(mut proposal: Proposal) -> Proposal {
     proposal
 }
 
+/// The state with a token, its first migration aborted and a second one copying: the
+/// target prepared (format 10 records its address) and the source's progress reported.
+/// The proposal is the source's next progress report.
+fn rich_state_migrating() -> (State, Proposal) {
+    let (mut h, _) = rich_harness_saying_limits();
+    h.exec(token_command()).unwrap();
+    let first = *h.state.migrations().keys().next().unwrap();
+    h.exec(Command::AbortMigration { id: first, reason: "a second try".into() }).unwrap();
+    h.exec(Command::StartMigration { domain: "web".into(), target: Some("h2".into()) }).unwrap();
+    let id = *h.state.migrations().keys().last().unwrap();
+    let ready = MigrationReport::TargetReady { address: "127.0.0.1:7100".into() };
+    h.exec(Command::ReportMigration { id, host: "h2".into(), report: ready }).unwrap();
+    let copying = MigrationReport::Copying(progress());
+    h.exec(Command::ReportMigration { id, host: "h1".into(), report: copying }).unwrap();
+    let more = MigrationProgress { rounds: 5, remaining_bytes: 1 << 16, ..progress() };
+    let request = Request {
+        request_id: "golden-proposal".into(),
+        principal: "golden".into(),
+        caller: controlplane::Caller::Cluster,
+        command: Command::ReportMigration {
+            id,
+            host: "h1".into(),
+            report: MigrationReport::Completing(more),
+        },
+    };
+    let Ok(Decision::Propose(p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000) else {
+        panic!("the source's report decides");
+    };
+    (h.state, p)
+}
+
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
-    let (state, proposal) = rich_state_with_a_token();
-    assert!(state.token("ci").is_some());
-    let new_state: State = check_fixed_bytes("state-9.bin", &state);
+    let (state, proposal) = rich_state_migrating();
+    let m = state.migrations().values().last().unwrap();
+    assert_eq!((m.target_address.as_deref(), m.progress), (Some("127.0.0.1:7100"), progress()));
+    let new_state: State = check_fixed_bytes("state-10.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 9");
+    assert_eq!(new_state, state, "today's rich state is the one written by format 10");
     let proposal = trace_of(proposal);
-    let new: Proposal = check_fixed_bytes("proposal-9.bin", &proposal);
-    assert_eq!(new, proposal, "format 9 carries a proposal's trace");
+    let new: Proposal = check_fixed_bytes("proposal-10.bin", &proposal);
+    assert_eq!(new, proposal, "format 10 carries a host's migration report");
+}
+
+#[test]
+fn format_9_states_and_proposals_still_decode() {
+    let (state, proposal) = rich_state_with_a_token();
+    let (old_state, _): (State, _) = read_golden("state-9.bin");
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state, state, "format 9 held no target addresses nor progress");
+    let (old, bytes): (Proposal, _) = read_golden("proposal-9.bin");
+    assert_eq!(old, trace_of(proposal));
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "proposals encode as in format 9");
 }
 
 #[test]

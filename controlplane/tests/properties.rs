@@ -11,9 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use controlplane::model::{
-    Boot, Cidr, DesiredState, Disk, DomainSpec, HaPolicy, HostState, Mac, MigrationPhase, NetworkConfig,
-    NetworkMode, Nic, ObservedPhase, Phase, Placement, PoolConfig, PoolKind, Resources, Role, SnapshotKind,
-    SnapshotState, VmLimits, VolumeFormat, VolumeRef, VolumeState,
+    Boot, Cidr, DesiredState, Disk, DomainSpec, HaPolicy, HostState, Mac, MigrationPhase, MigrationProgress,
+    MigrationReport, NetworkConfig, NetworkMode, Nic, ObservedPhase, Phase, Placement, PoolConfig, PoolKind,
+    Resources, Role, SnapshotKind, SnapshotState, VmLimits, VolumeFormat, VolumeRef, VolumeState,
 };
 use controlplane::{
     apply, apply_proposal, codec, decide, invariants, state_hash, Command, Decision, Event, EventEnvelope,
@@ -209,6 +209,10 @@ fn command() -> impl Strategy<Value = Command> {
     ]
 }
 
+fn report(id: u64, host: &str, report: MigrationReport) -> Command {
+    Command::ReportMigration { id, host: host.to_owned(), report }
+}
+
 /// One step of a run. Some steps are resolved against the state when they run.
 #[derive(Debug, Clone)]
 enum Step {
@@ -284,7 +288,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0..DOMAINS.len(), 0..SNAPSHOTS.len()).prop_map(|(domain, name)| Step::Take { domain, name }),
         2 => (0..DOMAINS.len()).prop_map(|domain| Step::RevertAndRun { domain }),
         2 => (0..DOMAINS.len()).prop_map(|source| Step::CloneOf { source }),
-        4 => (0usize..3, 0u8..4).prop_map(|(which, action)| Step::Migrate { which, action }),
+        4 => (0usize..4, 0u8..5).prop_map(|(which, action)| Step::Migrate { which, action }),
         2 => (command(), 1usize..6).prop_map(|(command, delay)| Step::Stale { command, delay }),
         1 => (0usize..64).prop_map(|which| Step::Retry { which }),
         2 => proptest::collection::vec(prop_oneof![35 => Just(0u64), 3 => Just(1_500u64), 2 => Just(60_000u64)], HOSTS.len())
@@ -516,13 +520,55 @@ impl Run {
                 let r = self.request(Command::StartMigration { domain: domain.clone(), target: None });
                 self.submit(&r);
                 let Some(id) = self.state.domain(&domain).and_then(|d| d.migration) else { return };
-                for command in [
-                    Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring },
-                    Command::CommitMigration { id },
-                ] {
+                let commands = if which % 2 == 0 {
+                    // The record-only saga an operator drives.
+                    vec![
+                        Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring },
+                        Command::CommitMigration { id },
+                    ]
+                } else {
+                    // The hosts' saga: the target listens, the source copies and switches.
+                    let m = &self.state.migrations()[&id];
+                    let (source, target) = (m.source.clone(), m.target.clone());
+                    let copied = MigrationProgress { bytes_sent: 1 << 20, rounds: 1, ..Default::default() };
+                    let done = MigrationProgress { downtime_ms: Some(3), ..copied };
+                    vec![
+                        report(
+                            id,
+                            &target,
+                            MigrationReport::TargetReady { address: "127.0.0.1:7100".into() },
+                        ),
+                        report(id, &source, MigrationReport::Copying(copied)),
+                        report(id, &source, MigrationReport::Completing(copied)),
+                        report(id, &source, MigrationReport::Switch(copied)),
+                        report(id, &source, MigrationReport::Done(done)),
+                    ]
+                };
+                for command in commands {
                     let r = self.request(command);
                     self.submit(&r);
                 }
+            }
+            Step::Migrate { which, action: 4 } => {
+                // A host's report out of turn, or a failure from either side.
+                let live: Vec<(u64, String, String)> = self
+                    .state
+                    .migrations()
+                    .values()
+                    .filter(|m| !m.phase.is_ended())
+                    .map(|m| (m.id, m.source.clone(), m.target.clone()))
+                    .collect();
+                let Some((id, source, target)) = live.get(which % live.len().max(1)).cloned() else {
+                    return;
+                };
+                let host = if which % 2 == 0 { source } else { target };
+                let r = match which % 4 {
+                    0 | 1 => MigrationReport::Failed { reason: "the link dropped".into() },
+                    2 => MigrationReport::Switch(MigrationProgress::default()),
+                    _ => MigrationReport::TargetReady { address: "127.0.0.1:7101".into() },
+                };
+                let r = self.request(report(id, &host, r));
+                self.submit(&r);
             }
             Step::Migrate { which, action } => {
                 let live: Vec<u64> =
@@ -706,6 +752,8 @@ proptest! {
             Command::ReportObservation { domain: name.clone(), host: path.clone(), generation: memory_mib, phase: ObservedPhase::Running, reason: Some(name.clone()) },
             Command::CreateSnapshot { domain: name.clone(), name: path.clone(), kind: SnapshotKind::Full },
             Command::AbortMigration { id: memory_mib, reason: name.clone() },
+            Command::ReportMigration { id: memory_mib, host: path.clone(), report: MigrationReport::TargetReady { address: name.clone() } },
+            Command::ReportMigration { id: memory_mib, host: path.clone(), report: MigrationReport::Failed { reason: name.clone() } },
         ];
         for command in commands {
             let r = Request { request_id: request_id.clone(), principal: principal.clone(), caller: controlplane::Caller::Cluster, command };

@@ -10,9 +10,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use controlplane::model::{
-    self, Boot, Cidr, Disk, Domain, DomainSpec, DomainStatus, HaPolicy, Host, Lease, Mac, Migration, Network,
-    NetworkConfig, Nic, Placement, Pool, PoolConfig, PoolKind, Resources, Snapshot, SnapshotRef,
-    SnapshotState, VmLimits, Volume, VolumeOp, VolumeRef, VolumeState,
+    self, Boot, Cidr, Disk, Domain, DomainSpec, DomainStatus, HaPolicy, Host, Lease, Mac, Migration,
+    MigrationProgress, MigrationReport, Network, NetworkConfig, Nic, Placement, Pool, PoolConfig, PoolKind,
+    Resources, Snapshot, SnapshotRef, SnapshotState, VmLimits, Volume, VolumeOp, VolumeRef, VolumeState,
 };
 use controlplane::{Command, EventEnvelope, SnapshotOutcome, VolumeOutcome};
 use tonic::Status;
@@ -591,7 +591,67 @@ pub fn migration_to_pb(m: &Migration) -> pb::Migration {
         started_ms: m.started_ms,
         ended_ms: m.ended_ms.unwrap_or(0),
         version: m.version,
+        target_address: m.target_address.clone(),
+        progress: Some(migration_progress_to_pb(&m.progress)),
     }
+}
+
+pub fn migration_progress_to_pb(p: &MigrationProgress) -> pb::MigrationProgress {
+    pb::MigrationProgress {
+        bytes_sent: p.bytes_sent,
+        rounds: p.rounds,
+        dirty_bytes_per_s: p.dirty_bytes_per_s,
+        remaining_bytes: p.remaining_bytes,
+        expected_downtime_ms: p.expected_downtime_ms,
+        throttle_percent: u32::from(p.throttle_percent),
+        downtime_ms: p.downtime_ms,
+    }
+}
+
+pub fn migration_progress_from_pb(p: &pb::MigrationProgress) -> Result<MigrationProgress, Status> {
+    Ok(MigrationProgress {
+        bytes_sent: p.bytes_sent,
+        rounds: p.rounds,
+        dirty_bytes_per_s: p.dirty_bytes_per_s,
+        remaining_bytes: p.remaining_bytes,
+        expected_downtime_ms: p.expected_downtime_ms,
+        throttle_percent: u8::try_from(p.throttle_percent)
+            .map_err(|_| invalid("throttle_percent", format!("{} is above 255", p.throttle_percent)))?,
+        downtime_ms: p.downtime_ms,
+    })
+}
+
+/// A host's migration report for the wire.
+pub fn report_migration_to_pb(
+    request_id: String,
+    id: u64,
+    host: &str,
+    report: &MigrationReport,
+) -> pb::ReportMigrationRequest {
+    use pb::report_migration_request::Report;
+    let report = match report {
+        MigrationReport::TargetReady { address } => Report::TargetReady(address.clone()),
+        MigrationReport::Copying(p) => Report::Copying(migration_progress_to_pb(p)),
+        MigrationReport::Completing(p) => Report::Completing(migration_progress_to_pb(p)),
+        MigrationReport::Switch(p) => Report::Switch(migration_progress_to_pb(p)),
+        MigrationReport::Done(p) => Report::Done(migration_progress_to_pb(p)),
+        MigrationReport::Failed { reason } => Report::Failed(reason.clone()),
+    };
+    pb::ReportMigrationRequest { request_id, id, host: host.to_owned(), report: Some(report) }
+}
+
+/// A host's migration report as the command it is.
+pub fn migration_report(r: &pb::ReportMigrationRequest) -> Result<Command, Status> {
+    use pb::report_migration_request::Report;
+    let report = match r.report.as_ref().ok_or_else(|| invalid("report", "none given"))? {
+        Report::TargetReady(address) => MigrationReport::TargetReady { address: address.clone() },
+        Report::Copying(p) => MigrationReport::Copying(migration_progress_from_pb(p)?),
+        Report::Completing(p) => MigrationReport::Completing(migration_progress_from_pb(p)?),
+        Report::Switch(p) => MigrationReport::Switch(migration_progress_from_pb(p)?),
+        Report::Done(p) => MigrationReport::Done(migration_progress_from_pb(p)?),
+        Report::Failed(reason) => MigrationReport::Failed { reason: reason.clone() },
+    };
+    Ok(Command::ReportMigration { id: r.id, host: r.host.clone(), report })
 }
 
 /// The model's word for a wire enum value, as the CLI shows it: "unspecified", or the

@@ -32,6 +32,16 @@ impl Migrations for Api {
         ))
     }
 
+    async fn report(
+        &self,
+        request: Request<pb::ReportMigrationRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, ext, r) = request.into_parts();
+        raft::tls::acts_for_host(ext.get(), &r.host)?;
+        let command = convert::migration_report(&r)?;
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
+    }
+
     async fn get(
         &self,
         request: Request<pb::GetMigrationRequest>,

@@ -31,6 +31,8 @@ pub(super) fn started(
         started_ms: now,
         ended_ms: None,
         version: seq,
+        target_address: None,
+        progress: Default::default(),
     };
     state.migrations.insert(seq, migration);
 }
@@ -39,6 +41,23 @@ pub(super) fn phase_changed(state: &mut State, seq: u64, id: &MigrationId, phase
     let m = migration_mut(state, *id);
     assert!(!phase.is_ended() && *phase > m.phase, "migration {id} moves forward to a live phase");
     m.phase = *phase;
+    m.version = seq;
+}
+
+pub(super) fn target_ready(state: &mut State, seq: u64, id: &MigrationId, address: &String) {
+    let m = migration_mut(state, *id);
+    assert!(
+        m.phase == MigrationPhase::Preparing && m.target_address.is_none(),
+        "migration {id} is prepared once"
+    );
+    m.target_address = Some(address.clone());
+    m.version = seq;
+}
+
+pub(super) fn progressed(state: &mut State, seq: u64, id: &MigrationId, progress: &MigrationProgress) {
+    let m = migration_mut(state, *id);
+    assert!(m.progress.downtime_ms.is_none(), "migration {id} has its final numbers");
+    m.progress = *progress;
     m.version = seq;
 }
 

@@ -23,8 +23,8 @@ use crate::event::{Event, EventEnvelope};
 use crate::limits::ENDED_MIGRATIONS_KEPT_MAX;
 use crate::model::{
     AttachMode, DesiredState, Domain, DomainStatus, Host, HostState, Lease, Migration, MigrationId,
-    MigrationPhase, Network, Phase, Pool, Resources, Snapshot, SnapshotRef, SnapshotState, StopMode, Volume,
-    VolumeOp, VolumeRef, VolumeState,
+    MigrationPhase, MigrationProgress, Network, Phase, Pool, Resources, Snapshot, SnapshotRef, SnapshotState,
+    StopMode, Volume, VolumeOp, VolumeRef, VolumeState,
 };
 // The types of the events' fields, which the per-resource functions take.
 use std::net::Ipv4Addr;
@@ -201,6 +201,8 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
             token::created(state, seq, now, by, name, *role, secret_sha256, *expires_ms)
         }
         Event::TokenRevoked { name } => token::revoked(state, name),
+        Event::MigrationTargetReady { id, address } => migration::target_ready(state, seq, id, address),
+        Event::MigrationProgressed { id, progress } => migration::progressed(state, seq, id, progress),
     }
 }
 

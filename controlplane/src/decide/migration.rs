@@ -1,11 +1,17 @@
-//! Migration commands: the saga's steps. Before `CommitMigration` the source owns the
-//! domain and a failure rolls back; the commit moves ownership to the target.
+//! Migration commands: the saga's steps. Before the commit (`CommitMigration`, or a
+//! source host's `Switch` report) the source owns the domain and a failure rolls back;
+//! the commit moves ownership to the target. Hosts report the data plane's steps
+//! (`ReportMigration`): the target's address, the copy's progress, the switch-over,
+//! the final numbers, a failure.
 
 use super::Draft;
 use crate::event::Event;
 use crate::limits::REASON_LEN_MAX;
+use std::net::SocketAddr;
+
 use crate::model::{
-    DesiredState, HostState, MigrationId, MigrationPhase, Phase, ResourceKind, SnapshotState,
+    DesiredState, HostState, MigrationId, MigrationPhase, MigrationProgress, MigrationReport, Phase,
+    ResourceKind, SnapshotState, THROTTLE_PERCENT_MAX,
 };
 use crate::rejection::Rejection;
 use crate::scheduler::{self, Misfit};
@@ -121,4 +127,147 @@ pub(super) fn abort(d: &mut Draft<'_>, id: MigrationId, reason: &str) -> Result<
     d.domain(&m.domain)?;
     d.emit(Event::MigrationRolledBack { id, reason: reason.to_owned() });
     Ok(())
+}
+
+/// A host's report of a step of migration `id` (see [`MigrationReport`]).
+pub(super) fn report(
+    d: &mut Draft<'_>,
+    id: MigrationId,
+    host: &str,
+    report: &MigrationReport,
+) -> Result<(), Rejection> {
+    let m = d.migration(id)?;
+    let side = if host == m.source {
+        Side::Source
+    } else if host == m.target {
+        Side::Target
+    } else {
+        return Err(Rejection::precondition(
+            ResourceKind::Migration,
+            id,
+            format!("{host} is neither its source nor its target"),
+        ));
+    };
+    let only = |wanted: Side, what: &str| -> Result<(), Rejection> {
+        if side == wanted {
+            Ok(())
+        } else {
+            Err(Rejection::precondition(
+                ResourceKind::Migration,
+                id,
+                format!("only its {wanted:?} reports {what}"),
+            ))
+        }
+    };
+    match report {
+        MigrationReport::TargetReady { address } => {
+            only(Side::Target, "the target ready")?;
+            let parsed: SocketAddr =
+                address.parse().map_err(|e| Rejection::invalid("address", format!("{address:?}: {e}")))?;
+            if parsed.ip().is_unspecified() || parsed.port() == 0 {
+                return Err(Rejection::invalid("address", format!("{address} names no reachable listener")));
+            }
+            if m.target_address.as_deref() == Some(address.as_str()) {
+                return Ok(()); // said before
+            }
+            let m = live_migration(d, id)?;
+            if m.phase != MigrationPhase::Preparing || m.target_address.is_some() {
+                return Err(Rejection::precondition(
+                    ResourceKind::Migration,
+                    id,
+                    "has its target prepared already",
+                ));
+            }
+            d.emit(Event::MigrationTargetReady { id, address: address.clone() });
+            Ok(())
+        }
+        MigrationReport::Copying(p) | MigrationReport::Completing(p) => {
+            only(Side::Source, "the copy's progress")?;
+            check_progress(p, false)?;
+            let m = live_migration(d, id)?;
+            if m.target_address.is_none() {
+                return Err(Rejection::precondition(
+                    ResourceKind::Migration,
+                    id,
+                    "has no target address yet",
+                ));
+            }
+            let phase = match report {
+                MigrationReport::Copying(_) => MigrationPhase::Transferring,
+                _ => MigrationPhase::Completing,
+            };
+            if m.phase < phase {
+                d.emit(Event::MigrationPhaseChanged { id, phase });
+            }
+            if m.progress != *p {
+                d.emit(Event::MigrationProgressed { id, progress: *p });
+            }
+            Ok(())
+        }
+        MigrationReport::Switch(p) => {
+            only(Side::Source, "the switch-over")?;
+            check_progress(p, false)?;
+            let m = live_migration(d, id)?;
+            if m.phase != MigrationPhase::Completing {
+                return Err(Rejection::precondition(
+                    ResourceKind::Migration,
+                    id,
+                    format!("is {}; the switch-over follows the last copy", m.phase),
+                ));
+            }
+            if m.progress != *p {
+                d.emit(Event::MigrationProgressed { id, progress: *p });
+            }
+            commit(d, id)
+        }
+        MigrationReport::Done(p) => {
+            only(Side::Source, "the final numbers")?;
+            check_progress(p, true)?;
+            if m.phase != MigrationPhase::Committed {
+                return Err(Rejection::precondition(
+                    ResourceKind::Migration,
+                    id,
+                    format!("is {}; only a committed migration is done", m.phase),
+                ));
+            }
+            if m.progress.downtime_ms.is_some() {
+                return Ok(()); // said before
+            }
+            d.emit(Event::MigrationProgressed { id, progress: *p });
+            Ok(())
+        }
+        MigrationReport::Failed { reason } => match m.phase {
+            MigrationPhase::RolledBack => {
+                validate::text("reason", reason, 1, REASON_LEN_MAX)?;
+                Ok(())
+            }
+            MigrationPhase::Committed => Err(Rejection::precondition(
+                ResourceKind::Migration,
+                id,
+                "has committed; the target owns the domain",
+            )),
+            _ => abort(d, id, reason),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Target,
+}
+
+/// A progress report's numbers: a throttle in range; a downtime only with the final ones.
+fn check_progress(p: &MigrationProgress, done: bool) -> Result<(), Rejection> {
+    if p.throttle_percent > THROTTLE_PERCENT_MAX {
+        return Err(Rejection::invalid(
+            "throttle_percent",
+            format!("{} is above {THROTTLE_PERCENT_MAX}", p.throttle_percent),
+        ));
+    }
+    match (done, p.downtime_ms) {
+        (true, None) => Err(Rejection::invalid("downtime_ms", "the final numbers carry the downtime")),
+        (false, Some(_)) => Err(Rejection::invalid("downtime_ms", "only the final numbers carry a downtime")),
+        _ => Ok(()),
+    }
 }

@@ -130,6 +130,7 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
             token::create(d, name, *role, secret_sha256, *ttl_ms)
         }
         Command::RevokeToken { name } => token::revoke(d, name),
+        Command::ReportMigration { id, host, report } => migration::report(d, *id, host, report),
     }
 }
 

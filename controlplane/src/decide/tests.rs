@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use crate::fixtures::{dir_pool, kernel_spec, nat_network, new_volume, register_host, Harness};
 use crate::model::{
-    Boot, Cidr, Disk, DomainSpec, HaPolicy, HostState, Labels, Mac, MigrationPhase, NetworkConfig,
-    NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources, SnapshotKind, SnapshotState,
-    VolumeFormat, VolumeRef,
+    Boot, Cidr, Disk, DomainSpec, HaPolicy, HostState, Labels, Mac, MigrationPhase, MigrationProgress,
+    MigrationReport, NetworkConfig, NetworkMode, Nic, ObservedPhase, PoolConfig, PoolKind, Resources,
+    SnapshotKind, SnapshotState, VolumeFormat, VolumeRef,
 };
 use crate::{decide, state_hash, Command, Decision, RejectionCode, Request, SnapshotOutcome};
 
@@ -1323,6 +1323,155 @@ fn migration_rejections() {
         &h,
         vec![("suspect source", start("pinned", None), FailedPrecondition, "healthy source")],
     );
+    crate::invariants::check(&h.state).unwrap();
+}
+
+/// The source and target of migration `id` in `h`.
+fn migration_sides(h: &Harness, id: u64) -> (String, String) {
+    let m = h.state.migration(id).unwrap();
+    (m.source.clone(), m.target.clone())
+}
+
+fn report(id: u64, host: &str, report: MigrationReport) -> Command {
+    Command::ReportMigration { id, host: host.into(), report }
+}
+
+#[test]
+fn hosts_report_a_migration_through_to_its_end() {
+    use MigrationReport::*;
+    let mut h = world();
+    let id = h.state.last_seq() + 1;
+    ok(&mut h, Command::StartMigration { domain: "web".into(), target: None });
+    let (source, target) = migration_sides(&h, id);
+    let generation = h.state.domain("web").unwrap().status.generation;
+    let ready = || TargetReady { address: "127.0.0.1:7100".into() };
+    let copied =
+        MigrationProgress { bytes_sent: 64 << 20, rounds: 1, remaining_bytes: 1 << 20, ..Default::default() };
+    let done = MigrationProgress { downtime_ms: Some(4), ..copied };
+    let fail = || Failed { reason: "the link dropped".into() };
+    assert_rejections(
+        &h,
+        vec![
+            ("unknown", report(999_999, &source, fail()), NotFound, "migration 999999"),
+            (
+                "a third host",
+                report(id, "h3", fail()),
+                FailedPrecondition,
+                "neither its source nor its target",
+            ),
+            ("the source says ready", report(id, &source, ready()), FailedPrecondition, "only its Target"),
+            (
+                "the target copies",
+                report(id, &target, Copying(copied)),
+                FailedPrecondition,
+                "only its Source",
+            ),
+            (
+                "no address",
+                report(id, &target, TargetReady { address: "nowhere".into() }),
+                InvalidArgument,
+                "address",
+            ),
+            (
+                "an unspecified address",
+                report(id, &target, TargetReady { address: "0.0.0.0:7100".into() }),
+                InvalidArgument,
+                "no reachable listener",
+            ),
+            (
+                "copy before the target",
+                report(id, &source, Copying(copied)),
+                FailedPrecondition,
+                "no target address",
+            ),
+            (
+                "switch too soon",
+                report(id, &source, Switch(copied)),
+                FailedPrecondition,
+                "follows the last copy",
+            ),
+            ("done too soon", report(id, &source, Done(done)), FailedPrecondition, "only a committed"),
+        ],
+    );
+    ok(&mut h, report(id, &target, ready()));
+    assert_eq!(h.state.migration(id).unwrap().target_address.as_deref(), Some("127.0.0.1:7100"));
+    let seq = h.state.last_seq();
+    ok(&mut h, report(id, &target, ready()));
+    assert_eq!(h.state.last_seq(), seq, "the same address said again writes nothing");
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "another address",
+                report(id, &target, TargetReady { address: "127.0.0.1:7101".into() }),
+                FailedPrecondition,
+                "prepared already",
+            ),
+            (
+                "a throttle past the top",
+                report(id, &source, Copying(MigrationProgress { throttle_percent: 100, ..copied })),
+                InvalidArgument,
+                "throttle_percent",
+            ),
+            ("a downtime while copying", report(id, &source, Copying(done)), InvalidArgument, "downtime_ms"),
+        ],
+    );
+    ok(&mut h, report(id, &source, Copying(copied)));
+    let m = h.state.migration(id).unwrap();
+    assert_eq!((m.phase, m.progress), (MigrationPhase::Transferring, copied));
+    let last = MigrationProgress { rounds: 2, remaining_bytes: 0, ..copied };
+    ok(&mut h, report(id, &source, Completing(last)));
+    assert_eq!(h.state.migration(id).unwrap().phase, MigrationPhase::Completing);
+    assert_eq!(h.state.domain("web").unwrap().status.host.as_deref(), Some(source.as_str()));
+    ok(&mut h, report(id, &source, Switch(last)));
+    let web = h.state.domain("web").unwrap();
+    assert_eq!(h.state.migration(id).unwrap().phase, MigrationPhase::Committed);
+    assert_eq!((web.status.host.as_deref(), web.status.generation), (Some(target.as_str()), generation + 1));
+    assert_rejections(
+        &h,
+        vec![
+            ("a failure after the switch", report(id, &target, fail()), FailedPrecondition, "has committed"),
+            ("done without the downtime", report(id, &source, Done(last)), InvalidArgument, "downtime_ms"),
+        ],
+    );
+    ok(&mut h, report(id, &source, Done(done)));
+    assert_eq!(h.state.migration(id).unwrap().progress.downtime_ms, Some(4));
+    let seq = h.state.last_seq();
+    ok(&mut h, report(id, &source, Done(MigrationProgress { downtime_ms: Some(9), ..copied })));
+    assert_eq!(h.state.last_seq(), seq, "the final numbers are said once");
+    crate::invariants::check(&h.state).unwrap();
+}
+
+#[test]
+fn a_host_that_fails_a_migration_rolls_it_back() {
+    let mut h = world();
+    for failing in [0, 1] {
+        let id = h.state.last_seq() + 1;
+        let free = |h: &Harness| h.state.hosts().values().map(|x| x.free().memory_mib).collect::<Vec<_>>();
+        let before = free(&h);
+        ok(&mut h, Command::StartMigration { domain: "web".into(), target: None });
+        let (source, target) = migration_sides(&h, id);
+        ok(&mut h, report(id, &target, MigrationReport::TargetReady { address: "127.0.0.1:7100".into() }));
+        let host = if failing == 0 { &source } else { &target };
+        ok(&mut h, report(id, host, MigrationReport::Failed { reason: "the link dropped".into() }));
+        let m = h.state.migration(id).unwrap();
+        assert_eq!(m.phase, MigrationPhase::RolledBack);
+        let web = h.state.domain("web").unwrap();
+        assert_eq!((web.migration, web.status.host.as_deref()), (None, Some(source.as_str())));
+        assert_eq!(free(&h), before, "the target's reservation is released");
+        let seq = h.state.last_seq();
+        ok(&mut h, report(id, &target, MigrationReport::Failed { reason: "late word".into() }));
+        assert_eq!(h.state.last_seq(), seq, "a failure after the rollback writes nothing");
+        assert_rejections(
+            &h,
+            vec![(
+                "an empty reason",
+                report(id, &target, MigrationReport::Failed { reason: String::new() }),
+                InvalidArgument,
+                "reason",
+            )],
+        );
+    }
     crate::invariants::check(&h.state).unwrap();
 }
 

@@ -60,7 +60,9 @@ pub use domain::{
 };
 pub use host::{Host, HostState, VmLimits};
 pub use mac::{Mac, MacError};
-pub use migration::{Migration, MigrationId, MigrationPhase};
+pub use migration::{
+    Migration, MigrationId, MigrationPhase, MigrationProgress, MigrationReport, THROTTLE_PERCENT_MAX,
+};
 pub use network::{Lease, Network, NetworkConfig, NetworkMode, VNI_MAX};
 pub use pool::{Pool, PoolConfig, PoolKind};
 pub use resource_key::{ResourceKey, ResourceKind};
