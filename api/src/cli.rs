@@ -364,6 +364,10 @@ pub enum MigrateCmd {
         /// The target host (default: the scheduler's choice).
         #[arg(long, default_value = "")]
         to: String,
+        /// Follow the copy until the migration commits or rolls back, printing its
+        /// progress; fails unless it commits.
+        #[arg(long)]
+        wait: bool,
     },
     /// Abort migration ID; the domain stays on its source.
     Abort {
@@ -371,7 +375,9 @@ pub enum MigrateCmd {
         #[arg(long, default_value = "aborted by operator")]
         reason: String,
     },
-    /// Every migration with its phase.
+    /// One migration: its phase, the target's address and the copy's progress.
+    Get { id: u64 },
+    /// Every migration with its phase and progress.
     List,
 }
 
@@ -755,20 +761,7 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
         DomainCmd::Info { name } => {
             let d = rpc!(c, DomainsClient, get, pb::GetDomainRequest { name: name.clone(), consistency });
             let v = domain_json(&d);
-            show(
-                o,
-                || {
-                    v.as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| format!("{k:<18} {}", v.to_string().trim_matches('"')))
-                                .collect::<Vec<_>>()
-                                .join("\n")
-                        })
-                        .unwrap_or_default()
-                },
-                || v.clone(),
-            )
+            show(o, || key_values(&v), || v.clone())
         }
     })
 }
@@ -1595,19 +1588,34 @@ fn mib(bytes: u64) -> String {
 
 async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) -> anyhow::Result<Printed> {
     Ok(match cmd {
-        MigrateCmd::Start { domain, to } => {
+        MigrateCmd::Start { domain, to, wait } => {
             let req = pb::StartMigrationRequest { request_id: new_id(), domain: domain.clone(), target: to };
             let w = rpc!(c, MigrationsClient, start, req.clone());
-            show(
-                o,
-                || format!("migration {} of domain {domain} started", w.first_seq),
-                || json!({"id": w.first_seq}),
-            )
+            let id = w.first_seq;
+            if !wait {
+                return Ok(show(
+                    o,
+                    || format!("migration {id} of domain {domain} started"),
+                    || json!({"id": id}),
+                ));
+            }
+            let m = follow_migration(c, id, o == Output::Table).await?;
+            anyhow::ensure!(
+                m.phase == pb::MigrationPhase::Committed as i32,
+                "migration {id} of domain {domain} rolled back: {}",
+                m.reason
+            );
+            show(o, || migration_summary(&m), || migration_json(&m))
         }
         MigrateCmd::Abort { id, reason } => {
             let req = pb::AbortMigrationRequest { request_id: new_id(), id, reason };
             let w = rpc!(c, MigrationsClient, abort, req.clone());
             written(o, &format!("migration {id} rolled back"), &w)
+        }
+        MigrateCmd::Get { id } => {
+            let m = rpc!(c, MigrationsClient, get, pb::GetMigrationRequest { id, consistency });
+            let v = migration_json(&m);
+            show(o, || key_values(&v), || v.clone())
         }
         MigrateCmd::List => {
             let list = list_all!(
@@ -1622,23 +1630,134 @@ async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) ->
                     let rows = list
                         .iter()
                         .map(|m| {
+                            let p = m.progress.unwrap_or_default();
                             vec![
                                 m.id.to_string(),
                                 m.domain.clone(),
                                 m.source.clone(),
                                 m.target.clone(),
                                 word::<pb::MigrationPhase>(m.phase),
+                                mib(p.bytes_sent),
+                                p.rounds.to_string(),
+                                p.downtime_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
                             ]
                         })
                         .collect();
-                    table(&["id", "domain", "source", "target", "phase"], rows)
+                    table(&["id", "domain", "source", "target", "phase", "sent", "rounds", "downtime"], rows)
                 },
-                || {
-                    Value::Array(list.iter().map(|m| json!({"id": m.id, "domain": m.domain, "source": m.source, "target": m.target, "phase": word::<pb::MigrationPhase>(m.phase)})).collect())
-                },
+                || Value::Array(list.iter().map(migration_json).collect()),
             )
         }
     })
+}
+
+/// A value's fields as `key  value` lines.
+fn key_values(v: &Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k:<18} {}", v.to_string().trim_matches('"')))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+fn migration_json(m: &pb::Migration) -> Value {
+    let p = m.progress.unwrap_or_default();
+    json!({
+        "id": m.id,
+        "domain": m.domain,
+        "source": m.source,
+        "target": m.target,
+        "phase": word::<pb::MigrationPhase>(m.phase),
+        "reason": m.reason,
+        "started_ms": m.started_ms,
+        "ended_ms": (m.ended_ms != 0).then_some(m.ended_ms),
+        "target_address": m.target_address,
+        "progress": {
+            "bytes_sent": p.bytes_sent,
+            "rounds": p.rounds,
+            "dirty_bytes_per_s": p.dirty_bytes_per_s,
+            "remaining_bytes": p.remaining_bytes,
+            "expected_downtime_ms": p.expected_downtime_ms,
+            "throttle_percent": p.throttle_percent,
+            "downtime_ms": p.downtime_ms,
+        },
+    })
+}
+
+/// One line of a migration's progress.
+fn migration_line(m: &pb::Migration) -> String {
+    let p = m.progress.unwrap_or_default();
+    let mut line = format!(
+        "migration {} {}: {} sent in {} round(s), {} left, dirtying {}/s",
+        m.id,
+        word::<pb::MigrationPhase>(m.phase),
+        mib(p.bytes_sent),
+        p.rounds,
+        mib(p.remaining_bytes),
+        mib(p.dirty_bytes_per_s),
+    );
+    if p.throttle_percent > 0 {
+        line += &format!(", vCPUs throttled {}%", p.throttle_percent);
+    }
+    line
+}
+
+fn migration_summary(m: &pb::Migration) -> String {
+    let p = m.progress.unwrap_or_default();
+    let downtime = p.downtime_ms.map(|d| format!("{d} ms")).unwrap_or_else(|| "not yet reported".into());
+    format!(
+        "migration {} of domain {} committed: {} -> {}, {} sent in {} round(s), downtime {downtime}",
+        m.id,
+        m.domain,
+        m.source,
+        m.target,
+        mib(p.bytes_sent),
+        p.rounds
+    )
+}
+
+/// How often `migrate start --wait` looks at the migration.
+const MIGRATION_POLL_MS: u64 = 250;
+/// How long `migrate start --wait` follows a migration.
+const MIGRATION_WAIT: Duration = Duration::from_secs(900);
+/// How long `--wait` waits, after the commit, for the source's final numbers.
+const MIGRATION_DONE_WAIT: Duration = Duration::from_secs(10);
+
+/// Follow migration `id` until it ends (and, once committed, until its downtime is
+/// reported or a short wait passes), printing each change of progress to stderr if
+/// `print`.
+async fn follow_migration(c: &ApiClient, id: u64, print: bool) -> anyhow::Result<pb::Migration> {
+    let deadline = std::time::Instant::now() + MIGRATION_WAIT;
+    let mut committed_at = None;
+    let mut last = String::new();
+    loop {
+        let get = pb::GetMigrationRequest { id, consistency: pb::Consistency::Linearizable as i32 };
+        let m = rpc!(c, MigrationsClient, get, get);
+        let line = migration_line(&m);
+        if print && line != last {
+            eprintln!("{line}");
+        }
+        last = line;
+        let downtime = m.progress.and_then(|p| p.downtime_ms).is_some();
+        if m.phase == pb::MigrationPhase::RolledBack as i32 || downtime {
+            return Ok(m);
+        }
+        if m.phase == pb::MigrationPhase::Committed as i32 {
+            let at = *committed_at.get_or_insert_with(std::time::Instant::now);
+            if at.elapsed() > MIGRATION_DONE_WAIT {
+                return Ok(m);
+            }
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "migration {id} did not end within {} s ({last}); `drover migrate abort {id}` rolls it back",
+            MIGRATION_WAIT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(MIGRATION_POLL_MS)).await;
+    }
 }
 
 async fn audit(

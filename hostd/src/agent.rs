@@ -6,7 +6,9 @@
 //! With a replica of its own (`AgentConfig::replica`: a raft learner, as `drover up` runs
 //! every host), the agent reads the state locally and wakes whenever the replica applies
 //! events. Without one it reads through the public API (linearizable) and wakes on a
-//! watch of domain events.
+//! watch of domain events. Live migrations are carried out only with a replica (the
+//! listing the API path reads holds no migrations); while one is under way the loop
+//! looks every `MIGRATION_POLL_MS`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use proto::api as pb;
 use proto::api::domains_client::DomainsClient;
 use proto::api::events_client::EventsClient;
 use proto::api::hosts_client::HostsClient;
+use proto::api::migrations_client::MigrationsClient;
 use proto::api::networks_client::NetworksClient;
 use proto::api::snapshots_client::SnapshotsClient;
 use proto::api::storage_pools_client::StoragePoolsClient;
@@ -26,8 +29,9 @@ use tonic::Code;
 use tracing::{info, warn, Instrument};
 
 use crate::assignment::{share_from_state, HostShare};
-use crate::driver::Driver;
+use crate::driver::{ConvergeLimits, Driver};
 use crate::lease::HostLease;
+use crate::migrations::{HostMigrations, MigrationUpdate, Sent};
 use crate::networks::HostNetworks;
 use crate::pass::{HostPass, Observation};
 use crate::reconciler::Assigned;
@@ -51,6 +55,8 @@ pub struct AgentConfig {
     pub memory_mib: u64,
     pub labels: BTreeMap<String, String>,
     pub tick_ms: u64,
+    /// How live migrations from this host end: the longest pause, the most throttle.
+    pub migration_limits: ConvergeLimits,
     /// After a graceful shutdown request, destroy the VM if it has not stopped by then.
     pub shutdown_timeout_ms: u64,
     /// This host's replica of the log (a raft learner), read locally; `None`: read the
@@ -311,6 +317,7 @@ pub async fn run<D: Driver>(
     let mut snapshots = HostSnapshots::new(config.snapshot_dir.clone());
     let mut volumes = HostVolumes::new();
     let mut networks = HostNetworks::new();
+    let mut migrations = HostMigrations::new(listen_ip(&config.address), config.migration_limits);
     let mut reporter = Reporter { host: config.host.clone(), boot, sent: 0 };
     let mut tick = tokio::time::interval(Duration::from_millis(config.tick_ms));
     // Domain events wake the loop at once (a start reaches the hypervisor without waiting
@@ -325,6 +332,9 @@ pub async fn run<D: Driver>(
         let woken = tokio::select! {
             _ = &mut stop => return Ok(()),
             _ = tick.tick() => false,
+            // A copy or a switch-over under way is looked at often: the guest's pause
+            // lasts from the last copy to the commit this host reports.
+            _ = tokio::time::sleep(Duration::from_millis(MIGRATION_POLL_MS)), if migrations.busy() => false,
             m = next_event(&mut watch) => match m {
                 Ok(Some(_)) => true,
                 Ok(None) | Err(_) => {
@@ -383,6 +393,30 @@ pub async fn run<D: Driver>(
         // Networks first: a guest that boots finds its DHCP server there.
         let pass_started = std::time::Instant::now();
         let span = reconcile_span(&config, &share.domains);
+        // Migrations before the reconcile pass: a committed switch-over is carried out
+        // before the pass removes the source's VM (no longer this host's).
+        let updates =
+            off_the_workers(|| span.in_scope(|| migrations.run(&mut driver, &share.migrations, now)));
+        for update in updates {
+            let sent = reporter.send_migration(&mut api, &update).await;
+            crate::metrics::report("migration", report_result(&sent));
+            let fate = match &sent {
+                Ok(()) => Sent::Accepted,
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+                    ) =>
+                {
+                    Sent::Refused
+                }
+                Err(_) => Sent::Unsure,
+            };
+            if let Err(s) = &sent {
+                warn!(migration = update.id, status = %s, "migration report not accepted");
+            }
+            migrations.reported(&update, fate);
+        }
         off_the_workers(|| span.in_scope(|| networks.run(&mut driver, &share.networks)));
         let observations = off_the_workers(|| span.in_scope(|| pass.run(&mut driver, &share.domains, now)));
         metrics::histogram!(crate::metrics::RECONCILE_SECONDS).record(pass_started.elapsed().as_secs_f64());
@@ -591,6 +625,19 @@ const BOOT_TRACE_MAX: Duration = Duration::from_secs(60);
 
 /// The shortest time between two reconcile passes woken by events.
 const PASS_GAP_MS: u64 = 5;
+/// How often a host with a migration under way looks at it.
+const MIGRATION_POLL_MS: u64 = 5;
+
+/// Where this host's incoming migrations listen: the IP of its recorded address (which
+/// other hosts reach it at), or loopback where that is no IP or the unspecified one.
+fn listen_ip(address: &str) -> std::net::IpAddr {
+    address
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
 
 /// How long an API call of the agent may take.
 const API_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -724,6 +771,23 @@ impl Reporter {
         api.call(|ch| {
             let r = request(host, message.clone());
             async move { VolumesClient::new(ch).report(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn send_migration(&mut self, api: &mut Api, update: &MigrationUpdate) -> Result<(), tonic::Status> {
+        self.sent += 1;
+        let message = convert::report_migration_to_pb(
+            format!("{}-{}-{}", self.host, self.boot, self.sent),
+            update.id,
+            &self.host,
+            &update.report,
+        );
+        let host = &self.host;
+        api.call(|ch| {
+            let r = request(host, message.clone());
+            async move { MigrationsClient::new(ch).report(r).await }
         })
         .await
         .map(|_| ())

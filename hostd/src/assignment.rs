@@ -7,11 +7,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use controlplane::model::{Boot, Disk, NetworkConfig, NetworkMode, SnapshotKind, StopMode, VolumeFormat};
+use controlplane::model::{
+    Boot, Disk, Domain, NetworkConfig, NetworkMode, SnapshotKind, StopMode, VolumeFormat,
+};
 use controlplane::State;
 
 use crate::dir_pool::volume_path;
 use crate::driver::{isolated_bridge, nat_attachment, snapshot_path, Attachment, DiskSpec, NicSpec, VmSpec};
+use crate::migrations::MigrationWork;
 use crate::networks::NetworkWork;
 use crate::reconciler::Assigned;
 use crate::snapshots::SnapshotWork;
@@ -24,6 +27,7 @@ pub struct HostShare {
     pub snapshots: SnapshotWork,
     pub volumes: VolumeWork,
     pub networks: NetworkWork,
+    pub migrations: MigrationWork,
 }
 
 /// `host`'s share of `state`; snapshots live under `snapshot_dir`.
@@ -33,6 +37,7 @@ pub fn share_from_state(host: &str, state: &State, snapshot_dir: &Path) -> HostS
         snapshots: SnapshotWork::from_state(host, state),
         volumes: VolumeWork::from_state(host, state),
         networks: NetworkWork::from_state(host, state),
+        migrations: MigrationWork::from_state(host, state, snapshot_dir),
     }
 }
 
@@ -55,62 +60,82 @@ pub fn attachment(network: Option<(&String, &NetworkConfig)>) -> Attachment {
     }
 }
 
-/// The domains the state places on `host`, with their disks resolved to
-/// `<pool path>/<volume name>`, their NICs to where their taps plug in, and the snapshot
-/// a run restores from to its file under `snapshot_dir`.
+/// The domains the state places on `host` ([`vm_spec`]), and the incoming VMs of the
+/// migrations to it; those a migration holds are marked `migrating`.
 pub fn assigned_from_state(host: &str, state: &State, snapshot_dir: &Path) -> BTreeMap<String, Assigned> {
-    state
+    let mut assigned: BTreeMap<String, Assigned> = state
         .domains()
         .values()
         .filter(|d| d.status.host.as_deref() == Some(host))
         .map(|d| {
-            let (kernel, initrd, cmdline) = match &d.spec.boot {
-                Boot::Kernel { kernel, initrd, cmdline } => {
-                    (Some(kernel.clone()), initrd.clone(), cmdline.clone())
-                }
-                Boot::Disk => (None, None, String::new()),
-            };
-            let disks = disk_specs(state, &d.spec.disks);
-            // A snapshot the state lost would be a broken invariant; an id of 0 names a
-            // file that cannot exist, so the start fails with the path.
-            let restored = d.restore_from.as_ref().map(|r| (r, state.snapshot(&r.domain, &r.name)));
-            let restore = restored.map(|(r, s)| {
-                snapshot_path(snapshot_dir, &r.domain, &r.name, s.map_or(0, |s| s.id)).display().to_string()
-            });
-            let restore_kind = restored.map(|(_, s)| s.map_or(SnapshotKind::Full, |s| s.kind));
-            let spec = VmSpec {
-                domain: d.name.clone(),
-                generation: d.status.generation,
-                vcpus: d.spec.vcpus,
-                memory_mib: d.spec.memory_mib,
-                kernel,
-                initrd,
-                cmdline,
-                disks,
-                nics: d
-                    .spec
-                    .nics
-                    .iter()
-                    .map(|nic| NicSpec {
-                        mac: nic.mac.map(|m| m.to_string()).unwrap_or_default(),
-                        network: nic.network.clone(),
-                        attachment: attachment(state.network(&nic.network).map(|n| (&n.name, &n.config))),
-                    })
-                    .collect(),
-                restore_from: restore.clone().filter(|_| restore_kind == Some(SnapshotKind::Full)),
-                disks_from: restore.filter(|_| restore_kind == Some(SnapshotKind::Disk)),
-            };
+            // Its VM is on its way out once the target listens: the migration holds it.
+            let migrating = d
+                .migration
+                .and_then(|id| state.migration(id))
+                .is_some_and(|m| m.source == host && m.target_address.is_some());
             (
                 d.name.clone(),
                 Assigned {
-                    spec,
+                    spec: vm_spec(state, d, snapshot_dir),
                     desired: d.desired,
                     force: d.stop_mode == StopMode::Force,
                     reboots: d.reboots,
+                    migrating,
                 },
             )
         })
-        .collect()
+        .collect();
+    // The incoming VM of a migration to this host is the migration's until it ends.
+    for m in state.migrations().values().filter(|m| m.target == host && !m.phase.is_ended()) {
+        if let Some(d) = state.domain(&m.domain) {
+            let mut spec = vm_spec(state, d, snapshot_dir);
+            spec.generation += 1;
+            let want =
+                Assigned { spec, desired: d.desired, force: false, reboots: d.reboots, migrating: true };
+            assigned.insert(d.name.clone(), want);
+        }
+    }
+    assigned
+}
+
+/// What runs domain `d`'s VM on a host: its disks resolved to `<pool path>/<volume
+/// name>`, its NICs to where their taps plug in, the snapshot a run restores from to its
+/// file under `snapshot_dir`.
+pub fn vm_spec(state: &State, d: &Domain, snapshot_dir: &Path) -> VmSpec {
+    let (kernel, initrd, cmdline) = match &d.spec.boot {
+        Boot::Kernel { kernel, initrd, cmdline } => (Some(kernel.clone()), initrd.clone(), cmdline.clone()),
+        Boot::Disk => (None, None, String::new()),
+    };
+    let disks = disk_specs(state, &d.spec.disks);
+    // A snapshot the state lost would be a broken invariant; an id of 0 names a file
+    // that cannot exist, so the start fails with the path.
+    let restored = d.restore_from.as_ref().map(|r| (r, state.snapshot(&r.domain, &r.name)));
+    let restore = restored.map(|(r, s)| {
+        snapshot_path(snapshot_dir, &r.domain, &r.name, s.map_or(0, |s| s.id)).display().to_string()
+    });
+    let restore_kind = restored.map(|(_, s)| s.map_or(SnapshotKind::Full, |s| s.kind));
+    VmSpec {
+        domain: d.name.clone(),
+        generation: d.status.generation,
+        vcpus: d.spec.vcpus,
+        memory_mib: d.spec.memory_mib,
+        kernel,
+        initrd,
+        cmdline,
+        disks,
+        nics: d
+            .spec
+            .nics
+            .iter()
+            .map(|nic| NicSpec {
+                mac: nic.mac.map(|m| m.to_string()).unwrap_or_default(),
+                network: nic.network.clone(),
+                attachment: attachment(state.network(&nic.network).map(|n| (&n.name, &n.config))),
+            })
+            .collect(),
+        restore_from: restore.clone().filter(|_| restore_kind == Some(SnapshotKind::Full)),
+        disks_from: restore.filter(|_| restore_kind == Some(SnapshotKind::Disk)),
+    }
 }
 
 /// `disks` resolved to `<pool path>/<volume name>` on a host.

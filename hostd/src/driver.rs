@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use controlplane::model::ObservedPhase;
+use controlplane::model::{MigrationProgress, ObservedPhase};
+pub use vmm_control::control::{ConvergeLimits, OutgoingPhase};
 
 /// What a driver needs to run one domain's VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +246,45 @@ pub trait Driver: Send {
     fn serve_networks(&mut self, work: &crate::networks::NetworkWork) -> Vec<(String, String)> {
         crate::net_host::serve(work, std::path::Path::new(crate::net_host::SERVER_DIR))
     }
+    /// Start a VM for `spec` that takes its memory and state from a live migration
+    /// instead of booting: it listens on `listen_ip` and returns the `ip:port` its source
+    /// is to send to. It lists as `Starting` until the whole VM is in, then `Paused`; it
+    /// runs only once its source says the switch-over is committed (or it is resumed).
+    fn prepare_incoming(
+        &mut self,
+        spec: &VmSpec,
+        listen_ip: std::net::IpAddr,
+    ) -> Result<String, DriverError> {
+        let _ = listen_ip;
+        Err(unsupported(&spec.domain, "receive a live migration"))
+    }
+    /// Start sending `domain`'s VM to the incoming VM at `address`; the copy goes on in
+    /// the background ([`Driver::outgoing`]), in rounds (and throttling the guest) until
+    /// the rest fits in the `limits`' pause.
+    fn migrate_out(
+        &mut self,
+        domain: &str,
+        address: &str,
+        limits: ConvergeLimits,
+        now_ms: u64,
+    ) -> Result<(), DriverError> {
+        let _ = (address, limits, now_ms);
+        Err(unsupported(domain, "live-migrate"))
+    }
+    /// Where `domain`'s outgoing migration stands.
+    fn outgoing(&mut self, domain: &str, now_ms: u64) -> Result<Outgoing, DriverError> {
+        let _ = now_ms;
+        Err(unsupported(domain, "live-migrate"))
+    }
+    /// The switch-over is committed: start the target and end the VM here. Returns the
+    /// migration's final numbers (with the measured downtime).
+    fn migrate_switch(&mut self, domain: &str) -> Result<MigrationProgress, DriverError> {
+        Err(unsupported(domain, "live-migrate"))
+    }
+    /// Abandon the outgoing migration; the VM runs here again as before.
+    fn migrate_cancel(&mut self, domain: &str) -> Result<(), DriverError> {
+        Err(unsupported(domain, "live-migrate"))
+    }
     /// Forget a VM that has stopped (its process is gone).
     fn remove(&mut self, domain: &str);
 
@@ -255,6 +295,19 @@ pub trait Driver: Send {
     }
     /// Every VM the driver knows of, as of `now_ms`.
     fn list(&mut self, now_ms: u64) -> BTreeMap<String, VmStatus>;
+}
+
+/// An outgoing live migration, as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub phase: OutgoingPhase,
+    pub progress: MigrationProgress,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+fn unsupported(domain: &str, action: &'static str) -> DriverError {
+    DriverError::Failed { domain: domain.to_owned(), action, reason: "this driver cannot".into() }
 }
 
 /// Where snapshot `name` of `domain`, asked for by event `id`, lives under a host's

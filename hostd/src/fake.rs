@@ -8,9 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use controlplane::model::{ObservedPhase, VmLimits, VolumeFormat, VolumeOp};
+use controlplane::model::{MigrationProgress, ObservedPhase, VmLimits, VolumeFormat, VolumeOp};
 
-use crate::driver::{DiskSpec, Driver, DriverError, SnapshotFile, SnapshotTaken, VmSpec, VmStatus};
+use crate::driver::{
+    ConvergeLimits, DiskSpec, Driver, DriverError, Outgoing, OutgoingPhase, SnapshotFile, SnapshotTaken,
+    VmSpec, VmStatus,
+};
 use crate::networks::NetworkWork;
 use crate::volumes::VolumeJob;
 
@@ -53,7 +56,25 @@ struct FakeVm {
     /// When the current transition (boot, shutdown) completes.
     until_ms: u64,
     reason: Option<String>,
+    /// Its outgoing live migration.
+    outgoing: Option<FakeOutgoing>,
 }
+
+/// An outgoing live migration, modelled: one round copies the whole memory at
+/// [`MIGRATION_MIB_PER_MS`], then the VM pauses and the target holds it.
+#[derive(Debug, Clone)]
+struct FakeOutgoing {
+    address: String,
+    started_ms: u64,
+    phase: OutgoingPhase,
+    was_running: bool,
+    progress: MigrationProgress,
+}
+
+/// How fast the fake copies a migrating VM's memory (1 GiB/s).
+pub const MIGRATION_MIB_PER_MS: u64 = 1;
+/// The downtime the fake says a switch-over took.
+pub const MIGRATION_DOWNTIME_MS: u64 = 10;
 
 /// How a start refused for being over the driver's limits begins its reason.
 pub const OVER_LIMITS: &str = "over this driver's VM limits";
@@ -234,6 +255,7 @@ impl Driver for FakeDriver {
             phase: ObservedPhase::Starting,
             until_ms: now_ms + self.boot_ms,
             reason: None,
+            outgoing: None,
         };
         if let Some(path) = &spec.restore_from {
             let store = self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner());
@@ -256,6 +278,107 @@ impl Driver for FakeDriver {
             self.restores.push((spec.domain.clone(), snapshot.domain.clone(), PathBuf::from(path)));
         }
         self.vms.insert(spec.domain.clone(), vm);
+        Ok(())
+    }
+
+    /// The incoming VM is there at once, paused; the address is made up (nothing
+    /// listens: the fakes of two hosts do not talk).
+    fn prepare_incoming(
+        &mut self,
+        spec: &VmSpec,
+        listen_ip: std::net::IpAddr,
+    ) -> Result<String, DriverError> {
+        if let Some(vm) = self.vms.get(&spec.domain).filter(|vm| vm.phase.is_live()) {
+            return Err(DriverError::WrongPhase {
+                domain: spec.domain.clone(),
+                action: "receive a live migration",
+                phase: vm.phase,
+            });
+        }
+        let vm = FakeVm {
+            generation: spec.generation,
+            memory_mib: spec.memory_mib,
+            phase: ObservedPhase::Paused,
+            until_ms: 0,
+            reason: None,
+            outgoing: None,
+        };
+        self.vms.insert(spec.domain.clone(), vm);
+        Ok(std::net::SocketAddr::new(listen_ip, 4_000 + (spec.generation % 1_000) as u16).to_string())
+    }
+
+    fn migrate_out(
+        &mut self,
+        domain: &str,
+        address: &str,
+        _limits: ConvergeLimits,
+        now_ms: u64,
+    ) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        Self::advance(vm, now_ms);
+        if !matches!(vm.phase, ObservedPhase::Running | ObservedPhase::Paused) {
+            return Err(DriverError::WrongPhase {
+                domain: domain.to_owned(),
+                action: "live-migrate",
+                phase: vm.phase,
+            });
+        }
+        vm.outgoing = Some(FakeOutgoing {
+            address: address.to_owned(),
+            started_ms: now_ms,
+            phase: OutgoingPhase::Copying,
+            was_running: vm.phase == ObservedPhase::Running,
+            progress: MigrationProgress::default(),
+        });
+        Ok(())
+    }
+
+    fn outgoing(&mut self, domain: &str, now_ms: u64) -> Result<Outgoing, DriverError> {
+        let vm = self.vm(domain)?;
+        let Some(o) = vm.outgoing.as_mut() else {
+            return Err(DriverError::Failed {
+                domain: domain.to_owned(),
+                action: "live-migrate",
+                reason: "no migration was started".into(),
+            });
+        };
+        if o.phase == OutgoingPhase::Copying && now_ms >= o.started_ms + vm.memory_mib / MIGRATION_MIB_PER_MS
+        {
+            o.phase = OutgoingPhase::AwaitingSwitch;
+            o.progress =
+                MigrationProgress { bytes_sent: vm.memory_mib << 20, rounds: 1, ..Default::default() };
+            vm.phase = ObservedPhase::Paused;
+        }
+        Ok(Outgoing { phase: o.phase, progress: o.progress, reason: None })
+    }
+
+    fn migrate_switch(&mut self, domain: &str) -> Result<MigrationProgress, DriverError> {
+        let vm = self.vm(domain)?;
+        match vm.outgoing.as_mut() {
+            Some(o) if o.phase == OutgoingPhase::AwaitingSwitch => {
+                o.progress.downtime_ms = Some(MIGRATION_DOWNTIME_MS);
+                vm.phase = ObservedPhase::Stopped;
+                vm.reason = Some(format!("migrated to {}", o.address));
+                Ok(o.progress)
+            }
+            _ => Err(DriverError::Failed {
+                domain: domain.to_owned(),
+                action: "switch over",
+                reason: "no migration awaits the switch-over".into(),
+            }),
+        }
+    }
+
+    fn migrate_cancel(&mut self, domain: &str) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        if let Some(o) = vm.outgoing.as_mut() {
+            if matches!(o.phase, OutgoingPhase::Copying | OutgoingPhase::AwaitingSwitch) {
+                if o.phase == OutgoingPhase::AwaitingSwitch && o.was_running {
+                    vm.phase = ObservedPhase::Running;
+                }
+                o.phase = OutgoingPhase::Cancelled;
+            }
+        }
         Ok(())
     }
 

@@ -17,11 +17,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use controlplane::model::{ObservedPhase, VolumeFormat};
+use controlplane::model::{MigrationProgress, ObservedPhase, VolumeFormat};
 use tracing::{info, warn};
 use vmm_control::control::{self, ExitRecord, Phase, Request};
 
-use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmSpec, VmStatus};
+use crate::driver::{
+    tap_name, ConvergeLimits, Driver, DriverError, Outgoing, SnapshotTaken, VmSpec, VmStatus,
+};
 use crate::tap;
 use crate::vm_dir::{self, Record, VmProcess};
 
@@ -50,6 +52,19 @@ fn phase_of(p: Phase) -> ObservedPhase {
         Phase::Paused => ObservedPhase::Paused,
         Phase::Stopped | Phase::Destroyed => ObservedPhase::Stopped,
         Phase::Crashed => ObservedPhase::Crashed,
+    }
+}
+
+/// The VMM's numbers as the cluster records them (the same fields).
+fn progress_of(p: control::MigrationProgress) -> MigrationProgress {
+    MigrationProgress {
+        bytes_sent: p.bytes_sent,
+        rounds: p.rounds,
+        dirty_bytes_per_s: p.dirty_bytes_per_s,
+        remaining_bytes: p.remaining_bytes,
+        expected_downtime_ms: p.expected_downtime_ms,
+        throttle_percent: p.throttle_percent,
+        downtime_ms: p.downtime_ms,
     }
 }
 
@@ -126,6 +141,63 @@ impl KvmDriver {
         }
     }
 
+    /// Start a VMM for `spec` (receiving a live migration on `incoming`): up once its
+    /// socket answers (its incoming address is written). Returns its run directory.
+    fn launch(&mut self, spec: &VmSpec, incoming: Option<&str>) -> Result<PathBuf, DriverError> {
+        let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
+        if let Some(vm) = self.vms.get_mut(&spec.domain) {
+            let phase = Self::status_of(vm).phase;
+            vm_dir::ensure_ended(vm, phase, &spec.domain)?;
+        }
+        let dir = vm_dir::prepare(
+            &self.config.run_dir,
+            &spec.domain,
+            &[control::SOCKET_FILE, control::INCOMING_FILE],
+        )
+        .map_err(failed)?;
+        // The taps exist, in their bridges, before the VMM attaches to them.
+        tap::plug_nics(spec).map_err(failed)?;
+        let mut cmd = self.command(spec, &dir).map_err(failed)?;
+        if let Some(address) = incoming {
+            cmd.args(["--incoming", address]);
+        }
+        let launch = vm_dir::Launch {
+            what: "the VMM",
+            dir: &dir,
+            log: control::VMM_LOG_FILE,
+            domain: &spec.domain,
+            generation: spec.generation,
+        };
+        let mut child = vm_dir::spawn(&mut cmd, launch).map_err(failed)?;
+        // Up when its socket answers; failed when it exits first with a failure (its exit
+        // record says why). A guest may also run and power off before the first look:
+        // the VMM then exits successfully and the VM lists as stopped.
+        let socket = dir.join(control::SOCKET_FILE);
+        let listening = dir.join(control::INCOMING_FILE);
+        match vm_dir::wait_up(&mut child, &dir, START_TIMEOUT_MS, || match incoming {
+            None => control::call(&socket, Request::Status).is_ok(),
+            Some(_) => listening.exists(),
+        }) {
+            vm_dir::StartOutcome::Up => {}
+            vm_dir::StartOutcome::Exited(status) if status.success() => {
+                Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() }
+                    .write(&dir)
+                    .map_err(failed)?;
+            }
+            vm_dir::StartOutcome::Exited(status) => {
+                let reason = ExitRecord::read(&dir, spec.generation)
+                    .and_then(|r| r.reason)
+                    .unwrap_or_else(|| format!("the VMM exited with {status}"));
+                return Err(failed(reason));
+            }
+            vm_dir::StartOutcome::TimedOut => {
+                return Err(failed(format!("the VMM did not come up within {START_TIMEOUT_MS} ms")))
+            }
+        }
+        self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir.clone(), child));
+        Ok(dir)
+    }
+
     /// The VMM's command line for `spec`, running in `dir`.
     fn command(&self, spec: &VmSpec, dir: &Path) -> Result<Command, String> {
         let kernel = spec
@@ -192,49 +264,55 @@ impl Driver for KvmDriver {
     }
 
     fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
-        let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
-        if let Some(vm) = self.vms.get_mut(&spec.domain) {
-            let phase = Self::status_of(vm).phase;
-            vm_dir::ensure_ended(vm, phase, &spec.domain)?;
-        }
-        let dir =
-            vm_dir::prepare(&self.config.run_dir, &spec.domain, &[control::SOCKET_FILE]).map_err(failed)?;
-        // The taps exist, in their bridges, before the VMM attaches to them.
-        tap::plug_nics(spec).map_err(failed)?;
-        let mut cmd = self.command(spec, &dir).map_err(failed)?;
-        let launch = vm_dir::Launch {
-            what: "the VMM",
-            dir: &dir,
-            log: control::VMM_LOG_FILE,
-            domain: &spec.domain,
-            generation: spec.generation,
+        self.launch(spec, None).map(|_| ())
+    }
+
+    fn prepare_incoming(
+        &mut self,
+        spec: &VmSpec,
+        listen_ip: std::net::IpAddr,
+    ) -> Result<String, DriverError> {
+        let address = std::net::SocketAddr::new(listen_ip, 0).to_string();
+        let dir = self.launch(spec, Some(&address))?;
+        std::fs::read_to_string(dir.join(control::INCOMING_FILE)).map_err(|e| DriverError::StartFailed {
+            domain: spec.domain.clone(),
+            reason: format!("reading the incoming VMM's address: {e}"),
+        })
+    }
+
+    fn migrate_out(
+        &mut self,
+        domain: &str,
+        address: &str,
+        limits: ConvergeLimits,
+        _now_ms: u64,
+    ) -> Result<(), DriverError> {
+        let request = Request::MigrateSend { address: address.to_owned(), limits };
+        self.control(domain, "start a live migration", request)
+    }
+
+    fn outgoing(&mut self, domain: &str, _now_ms: u64) -> Result<Outgoing, DriverError> {
+        let failed = |reason: String| DriverError::Failed {
+            domain: domain.to_owned(),
+            action: "live-migrate",
+            reason,
         };
-        let mut child = vm_dir::spawn(&mut cmd, launch).map_err(failed)?;
-        // Up when its socket answers; failed when it exits first with a failure (its exit
-        // record says why). A guest may also run and power off before the first look:
-        // the VMM then exits successfully and the VM lists as stopped.
-        let socket = dir.join(control::SOCKET_FILE);
-        match vm_dir::wait_up(&mut child, &dir, START_TIMEOUT_MS, || {
-            control::call(&socket, Request::Status).is_ok()
-        }) {
-            vm_dir::StartOutcome::Up => {}
-            vm_dir::StartOutcome::Exited(status) if status.success() => {
-                Record { domain: spec.domain.clone(), generation: spec.generation, pid: child.id() }
-                    .write(&dir)
-                    .map_err(failed)?;
-            }
-            vm_dir::StartOutcome::Exited(status) => {
-                let reason = ExitRecord::read(&dir, spec.generation)
-                    .and_then(|r| r.reason)
-                    .unwrap_or_else(|| format!("the VMM exited with {status}"));
-                return Err(failed(reason));
-            }
-            vm_dir::StartOutcome::TimedOut => {
-                return Err(failed(format!("the VMM did not come up within {START_TIMEOUT_MS} ms")))
-            }
-        }
-        self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));
-        Ok(())
+        let vm = self.vm(domain)?;
+        let status = control::call(&vm.dir.join(control::SOCKET_FILE), Request::Status)
+            .map_err(|e| failed(e.to_string()))?;
+        let m = status.migration.ok_or_else(|| failed("no migration was started".into()))?;
+        Ok(Outgoing { phase: m.phase, progress: progress_of(m.progress), reason: m.reason })
+    }
+
+    fn migrate_switch(&mut self, domain: &str) -> Result<MigrationProgress, DriverError> {
+        let vm = self.vm(domain)?;
+        control::migrate_switch(&vm.dir.join(control::SOCKET_FILE)).map(progress_of).map_err(|e| {
+            DriverError::Failed { domain: domain.to_owned(), action: "switch over", reason: e.to_string() }
+        })
+    }
+
+    fn migrate_cancel(&mut self, domain: &str) -> Result<(), DriverError> {
+        self.control(domain, "cancel a live migration", Request::MigrateCancel)
     }
 
     fn pause(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {

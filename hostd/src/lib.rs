@@ -34,7 +34,12 @@
 //! Leases (`lease`): hostd renews its host's lease with the leader by heartbeat, writes
 //! the deadline where its VM processes watch it, and while it has passed destroys every
 //! VM and starts none (self-fencing); a host the leader has fenced destroys its VMs and
-//! registers again.
+//! registers again. Live migrations: `migrations` carries out this host's side of the
+//! saga (the target prepares an incoming VM and reports its address; the source copies
+//! its VM there, reports progress, commits the switch-over through the log and only then
+//! switches; `Driver::prepare_incoming`/`migrate_out`/`outgoing`/`migrate_switch`/
+//! `migrate_cancel`, the own VMM's live migration behind the `kvm` driver); the
+//! reconciler leaves a migrating domain's VM to it.
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -48,6 +53,7 @@ pub mod fake;
 pub mod kvm;
 pub mod lease;
 pub mod metrics;
+pub mod migrations;
 pub mod net_host;
 pub mod networks;
 pub mod pass;

@@ -165,9 +165,11 @@ mod tests {
             restore_from: None,
             disks_from: None,
         };
-        let assigned: BTreeMap<String, Assigned> =
-            [("web".into(), Assigned { spec, desired: DesiredState::Running, force: false, reboots: 0 })]
-                .into();
+        let assigned: BTreeMap<String, Assigned> = [(
+            "web".into(),
+            Assigned { spec, desired: DesiredState::Running, force: false, reboots: 0, migrating: false },
+        )]
+        .into();
         let mut driver = FakeDriver::new(10, 10);
         let mut pass = HostPass::new(1_000);
         assert!(pass.run(&mut driver, &assigned, 0).is_empty(), "the start is not a report");

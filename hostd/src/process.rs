@@ -11,7 +11,7 @@ use raft::tls::Security;
 use tracing::{info, warn};
 
 use crate::agent::{self, AgentConfig, AgentError};
-use crate::driver::DriverError;
+use crate::driver::{ConvergeLimits, DriverError};
 
 /// The hypervisor driver a host runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,6 +71,19 @@ pub struct HostdArgs {
     /// Milliseconds between reconcile passes.
     #[arg(long, default_value_t = 200)]
     pub tick_ms: u64,
+    /// The longest pause a live migration from this host may give a guest: pre-copy
+    /// goes on (and throttles the guest) until the rest fits.
+    #[arg(long, default_value_t = crate::migrations::MAX_DOWNTIME_MS_DEFAULT)]
+    pub migration_max_downtime_ms: u64,
+    /// How far a live migration from this host may throttle the guest's vCPUs when its
+    /// rounds stop shrinking (0 never throttles; then a guest that dirties memory
+    /// faster than the link sends it never switches over, and is aborted by hand).
+    #[arg(
+        long,
+        default_value_t = crate::migrations::THROTTLE_MAX_PERCENT_DEFAULT,
+        value_parser = clap::value_parser!(u8).range(0..=controlplane::model::THROTTLE_PERCENT_MAX as i64),
+    )]
+    pub migration_throttle_max_percent: u8,
     /// Hold a replica of the cluster's log in this directory (a raft learner that joins
     /// through --endpoint) and read this host's share of the state from it, instead of
     /// asking the control replicas on every pass.
@@ -250,6 +263,10 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>, security: Security) ->
         memory_mib,
         labels,
         tick_ms: args.tick_ms,
+        migration_limits: ConvergeLimits {
+            max_downtime_ms: args.migration_max_downtime_ms,
+            throttle_max_percent: args.migration_throttle_max_percent,
+        },
         shutdown_timeout_ms: 30_000,
         replica: start_host_replica(&args, &endpoints, &security).await?,
         snapshot_dir: args

@@ -17,6 +17,9 @@ pub struct Assigned {
     pub force: bool,
     /// Reboots requested so far.
     pub reboots: u64,
+    /// A live migration holds its VM (`crate::migrations`): the source's, paused for
+    /// the last copy, or the target's incoming one. Nothing is done to it or reported.
+    pub migrating: bool,
 }
 
 /// Something for the agent to do.
@@ -64,6 +67,9 @@ pub fn reconcile(
         }
     };
     for (name, want) in assigned {
+        if want.migrating {
+            continue;
+        }
         let generation = want.spec.generation;
         match observed.get(name) {
             Some(vm) if vm.generation < generation => {
@@ -144,8 +150,11 @@ mod tests {
     }
 
     fn assigned(name: &str, generation: u64, desired: DesiredState) -> BTreeMap<String, Assigned> {
-        [(name.to_owned(), Assigned { spec: spec(name, generation), desired, force: false, reboots: 0 })]
-            .into()
+        [(
+            name.to_owned(),
+            Assigned { spec: spec(name, generation), desired, force: false, reboots: 0, migrating: false },
+        )]
+        .into()
     }
 
     fn vm(generation: u64, phase: ObservedPhase) -> VmStatus {

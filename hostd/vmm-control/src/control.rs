@@ -90,15 +90,25 @@ pub enum Request {
     /// failure.
     MigrateSend {
         address: String,
-        /// The longest pause the final copy may take; rounds go on (and the vCPUs are
-        /// throttled) until the rest fits.
-        max_downtime_ms: u64,
+        limits: ConvergeLimits,
     },
     /// The switch-over is committed in the cluster: start the target and end this VM.
     /// Answered with `Response::Migrated`.
     MigrateSwitch,
     /// Abandon the outgoing migration: the VM runs here again.
     MigrateCancel,
+}
+
+/// How an outgoing live migration may bring its copy to an end (QEMU's `downtime-limit`
+/// and `max-cpu-throttle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvergeLimits {
+    /// The longest pause the final copy may take; pre-copy rounds go on until the rest
+    /// fits.
+    pub max_downtime_ms: u64,
+    /// How far the vCPUs may be throttled when the rounds stop shrinking (auto-converge;
+    /// 0 never throttles). The VMM caps it at its own most.
+    pub throttle_max_percent: u8,
 }
 
 /// Where an outgoing live migration stands.

@@ -247,14 +247,14 @@ fn status(vm: &Vm, outgoing: &Mutex<Option<Outgoing>>) -> Status {
 fn migrate(vm: &Arc<Vm>, outgoing: &Mutex<Option<Outgoing>>, request: Request) -> Response {
     let mut out = outgoing.lock().unwrap_or_else(|p| p.into_inner());
     match request {
-        Request::MigrateSend { address, max_downtime_ms } => {
+        Request::MigrateSend { address, limits } => {
             if out.as_ref().is_some_and(Outgoing::active) {
                 return Response::Error("a migration is already under way".into());
             }
             if !matches!(vm.status().0, Phase::Running | Phase::Paused) {
                 return Response::Error(format!("the VM is {:?}: nothing to migrate", vm.status().0));
             }
-            *out = Some(Outgoing::start(vm.clone(), address, max_downtime_ms));
+            *out = Some(Outgoing::start(vm.clone(), address, limits));
             drop(out);
             Response::Ok(status(vm, outgoing))
         }

@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use vmm::control::{self, OutgoingPhase, OutgoingStatus, Phase, Request};
+use vmm::control::{self, ConvergeLimits, OutgoingPhase, OutgoingStatus, Phase, Request};
 
 fn kvm_present() -> bool {
     vmm::kvm_present_for("the live-migration tests")
 }
 
 const WAIT_SECS: u64 = 60;
+/// A budget no copy of a busy guest meets, with no throttle to make it: the copy goes on
+/// until cancelled.
+const NEVER_CONVERGES: ConvergeLimits = ConvergeLimits { max_downtime_ms: 0, throttle_max_percent: 0 };
 
 struct Vmm {
     dir: tempfile::TempDir,
@@ -86,7 +89,10 @@ impl Vmm {
     /// failed).
     fn migrate_to(&self, target: &Vmm, max_downtime_ms: u64) -> OutgoingStatus {
         let address = target.incoming_address().unwrap();
-        self.call(Request::MigrateSend { address, max_downtime_ms });
+        self.call(Request::MigrateSend {
+            address,
+            limits: ConvergeLimits { max_downtime_ms, throttle_max_percent: 99 },
+        });
         self.wait_until("the copy to finish", || {
             !matches!(self.migration().phase, OutgoingPhase::Copying | OutgoingPhase::Completing)
         });
@@ -193,8 +199,7 @@ fn a_cancelled_migration_leaves_the_guest_running_in_the_source() {
     source.wait_until("ticks", || source.ticks() >= 20);
     let mut target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
     let address = target.incoming_address().unwrap();
-    // A budget no copy meets: it keeps copying until cancelled.
-    source.call(Request::MigrateSend { address, max_downtime_ms: 0 });
+    source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES });
     source.wait_until("a few rounds", || source.migration().progress.rounds >= 3);
     let cancelled = source.call(Request::MigrateCancel);
     assert_eq!(cancelled.migration.unwrap().phase, OutgoingPhase::Cancelled);
@@ -217,7 +222,7 @@ fn a_target_killed_mid_copy_leaves_the_guest_running_in_the_source() {
     source.wait_until("ticks", || source.ticks() >= 20);
     let mut target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
     let address = target.incoming_address().unwrap();
-    source.call(Request::MigrateSend { address, max_downtime_ms: 0 });
+    source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES });
     source.wait_until("a few rounds", || source.migration().progress.rounds >= 2);
     target.child.kill().unwrap(); // SIGKILL
     target.child.wait().unwrap();

@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::wire::{self, Tag, PAGES_PER_FRAME_MAX, PAGE_BYTES};
 use super::{MigrationError, ANSWER_TIMEOUT_MS, COPY_TIMEOUT_MS};
-use crate::control::{MigrationProgress, OutgoingPhase, OutgoingStatus};
+use crate::control::{ConvergeLimits, MigrationProgress, OutgoingPhase, OutgoingStatus};
 use crate::memory::GuestMemoryMmap;
 use crate::vm::Vm;
 
@@ -67,7 +67,7 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Outgoing {
     /// Start copying `vm` to the incoming VMM at `address`.
-    pub fn start(vm: Arc<Vm>, address: String, max_downtime_ms: u64) -> Outgoing {
+    pub fn start(vm: Arc<Vm>, address: String, limits: ConvergeLimits) -> Outgoing {
         let shared = Arc::new(Shared {
             address: address.clone(),
             status: Mutex::new(OutgoingStatus {
@@ -83,7 +83,7 @@ impl Outgoing {
         });
         let s = shared.clone();
         let spawned = std::thread::Builder::new().name("migrate-out".into()).spawn(move || {
-            let result = copy(&vm, &s, max_downtime_ms);
+            let result = copy(&vm, &s, limits);
             if let Err(e) = result {
                 undo(&vm, &s);
                 let mut status = locked(&s.status);
@@ -311,8 +311,8 @@ fn refusal(stream: &TcpStream) -> Result<(), MigrationError> {
     }
 }
 
-fn copy(vm: &Arc<Vm>, shared: &Shared, max_downtime_ms: u64) -> Result<(), MigrationError> {
-    let result = copy_rounds(vm, shared, max_downtime_ms);
+fn copy(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<(), MigrationError> {
+    let result = copy_rounds(vm, shared, limits);
     // A stream that broke may carry the target's reason.
     if let Err(MigrationError::Io(_)) = &result {
         if let Some(stream) = locked(&shared.stream).as_ref() {
@@ -326,7 +326,7 @@ fn copy(vm: &Arc<Vm>, shared: &Shared, max_downtime_ms: u64) -> Result<(), Migra
     result
 }
 
-fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, max_downtime_ms: u64) -> Result<(), MigrationError> {
+fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<(), MigrationError> {
     let cancelled = || -> Result<(), MigrationError> {
         if shared.cancel.load(Ordering::SeqCst) {
             Err(MigrationError::Cancelled)
@@ -407,16 +407,21 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, max_downtime_ms: u64) -> Result<()
             p.expected_downtime_ms = expected_ms;
             p.throttle_percent = throttle;
         });
-        if expected_ms <= max_downtime_ms / COPY_SHARE_OF_DOWNTIME {
+        if expected_ms <= limits.max_downtime_ms / COPY_SHARE_OF_DOWNTIME {
             break dirty;
         }
-        if rounds >= 2 && dirty_bytes * 10 >= previous_dirty.saturating_mul(CONVERGING_TENTHS) {
+        let throttle_max = limits.throttle_max_percent.min(crate::vm::THROTTLE_PERCENT_MAX);
+        if rounds >= 2
+            && throttle < throttle_max
+            && dirty_bytes * 10 >= previous_dirty.saturating_mul(CONVERGING_TENTHS)
+        {
             // Not shrinking: slow the guest down (auto-converge).
             throttle = if throttle == 0 {
                 THROTTLE_FIRST_PERCENT
             } else {
-                throttle.saturating_add(THROTTLE_STEP_PERCENT).min(crate::vm::THROTTLE_PERCENT_MAX)
-            };
+                throttle.saturating_add(THROTTLE_STEP_PERCENT)
+            }
+            .min(throttle_max);
             vm.set_throttle(throttle);
         }
         previous_dirty = dirty_bytes;

@@ -1,0 +1,250 @@
+//! Live migration end to end: a cluster, two kvm hostds (each with its replica of the
+//! log, as `drover up` runs them), the test guest with a disk on a shared pool, and
+//! `drover migrate` through the API. The guest's counter goes on in the target with no
+//! tick lost or repeated, the domain's run moves to the target at the commit, its disk
+//! comes along; an aborted migration leaves the guest running on its source and removes
+//! the target's incoming VM. Where /dev/kvm is missing the tests say so and return.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tests::{drover_bin, free_port, wait_for, Processes};
+
+fn kvm_present() -> bool {
+    vmm::kvm_present_for("the live-migration tests")
+}
+
+struct Hostd(Child);
+
+impl Hostd {
+    fn start(endpoint: &str, dir: &Path, name: &str, replica_id: u64, extra: &[&str]) -> Hostd {
+        let log =
+            std::fs::File::options().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(drover_bin())
+            .args(["--endpoint", endpoint, "hostd", "--name", name, "--driver", "kvm", "--tick-ms", "50"])
+            .args(["--vcpus", "8", "--memory-mib", "2048", "--run-dir"])
+            .arg(dir.join(name).join("vms"))
+            .arg("--snapshot-dir")
+            .arg(dir.join("snapshots"))
+            .args(["--replica-id", &replica_id.to_string(), "--replica-listen", &listen, "--replica-dir"])
+            .arg(dir.join(name).join("replica"))
+            .args(extra)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        Hostd(child)
+    }
+}
+
+impl Drop for Hostd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn drover(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new(drover_bin()).args(["--endpoint", endpoint]).args(args).output().unwrap();
+    assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(endpoint: &str, args: &[&str]) -> Option<serde_json::Value> {
+    let out = Command::new(drover_bin())
+        .args(["--endpoint", endpoint, "--output", "json"])
+        .args(args)
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn ticks(console: &Path) -> Vec<u64> {
+    testguest::ticks(&std::fs::read_to_string(console).unwrap_or_default())
+}
+
+/// Whether a VMM process runs in `run_dir` (its command line names it).
+fn vmm_runs_in(run_dir: &Path) -> bool {
+    let wanted = run_dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|p| {
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        args.windows(2).any(|w| w[0] == "--run-dir" && w[1] == wanted)
+    })
+}
+
+struct TwoHosts {
+    _cluster: Processes,
+    ep: String,
+    dir: PathBuf,
+    _hosts: Vec<Hostd>,
+    kernel: PathBuf,
+}
+
+impl TwoHosts {
+    async fn start(h1_extra: &[&str]) -> TwoHosts {
+        let mut cluster = Processes::new();
+        let ep = cluster.bootstrap(tests::NO_HOSTD).await;
+        let dir = cluster.dir.path().to_owned();
+        let kernel = dir.join("guest.elf");
+        testguest::write_to(&kernel).unwrap();
+        let hosts = vec![Hostd::start(&ep, &dir, "h1", 101, h1_extra)];
+        let c = TwoHosts { _cluster: cluster, ep, dir, _hosts: hosts, kernel };
+        c.wait_ready(1).await;
+        let pool = c.dir.join("pool");
+        drover(
+            &c.ep,
+            &["pool", "create", "p", "--path", pool.to_str().unwrap(), "--capacity-mib", "64", "--shared"],
+        );
+        c
+    }
+
+    async fn wait_ready(&self, count: usize) {
+        wait_for("the hosts to be ready", Duration::from_secs(60), || async {
+            let hosts = json(&self.ep, &["host", "list"])?;
+            let ready = hosts.as_array()?.iter().filter(|h| h["state"] == "ready").count();
+            (ready == count).then_some(())
+        })
+        .await;
+    }
+
+    /// h2 joins once the guest runs on h1 (the only host then).
+    async fn add_h2(&mut self) {
+        self._hosts.push(Hostd::start(&self.ep, &self.dir, "h2", 102, &[]));
+        self.wait_ready(2).await;
+    }
+
+    fn console(&self, host: &str) -> PathBuf {
+        self.dir.join(host).join("vms/web/console.log")
+    }
+
+    /// Define `web` on a disk `d1` of the shared pool and run it on h1.
+    async fn run_web(&self, cmdline: &str) {
+        drover(&self.ep, &["vol", "create", "p/d1", "--format", "raw", "--capacity-mib", "1"]);
+        let spec = self.dir.join("web.yaml");
+        std::fs::write(
+            &spec,
+            format!(
+                "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: {cmdline}\ndisks: [{{volume: p/d1}}]\n",
+                self.kernel.display()
+            ),
+        )
+        .unwrap();
+        drover(&self.ep, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
+        drover(&self.ep, &["domain", "start", "web"]);
+        let console = self.console("h1");
+        wait_for("the guest on h1 to count", Duration::from_secs(30), || async {
+            (ticks(&console).len() >= 3).then_some(())
+        })
+        .await;
+    }
+
+    fn domain(&self) -> serde_json::Value {
+        json(&self.ep, &["domain", "info", "web"]).expect("domain info")
+    }
+
+    fn migration(&self, id: u64) -> Option<serde_json::Value> {
+        json(&self.ep, &["migrate", "get", &id.to_string()])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_to_another_host_and_counts_on() {
+    if !kvm_present() {
+        return;
+    }
+    let mut c = TwoHosts::start(&[]).await;
+    let token = format!("mig{}", std::process::id());
+    c.run_web(&format!("drover.tick_ms=20 drover.blk=write:{token}")).await;
+    c.add_h2().await;
+    let before = c.domain();
+    assert_eq!(before["host"], "h1", "{before}");
+
+    // `--wait` follows the copy to its end and fails unless it commits.
+    let done = json(&c.ep, &["migrate", "start", "web", "--to", "h2", "--wait"]).expect("migrated");
+    assert_eq!(done["phase"], "committed", "{done}");
+    assert!(done["progress"]["downtime_ms"].is_u64(), "{done}");
+    assert_eq!(c.migration(done["id"].as_u64().unwrap()).unwrap(), done);
+    assert!(done["progress"]["bytes_sent"].as_u64().unwrap() > 0, "{done}");
+    assert!(done["progress"]["rounds"].as_u64().unwrap() >= 1, "{done}");
+    assert!(done["target_address"].as_str().unwrap().starts_with("127.0.0.1:"), "{done}");
+    eprintln!("migrated: {done}");
+
+    // The run moved at the commit: one generation on, on h2, running there.
+    let generation = before["generation"].as_u64().unwrap() + 1;
+    let after = wait_for("web to run on h2", Duration::from_secs(30), || async {
+        Some(c.domain())
+            .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
+    })
+    .await;
+    assert_eq!(after["generation"], generation);
+    let target = c.console("h2");
+    wait_for("the guest to count on h2", Duration::from_secs(30), || async {
+        (ticks(&target).len() >= 5).then_some(())
+    })
+    .await;
+    // One counter over both hosts' consoles: no tick lost, none repeated, no new boot.
+    let source_console = std::fs::read_to_string(c.console("h1")).unwrap();
+    let target_console = std::fs::read_to_string(&target).unwrap();
+    let seen = testguest::ticks(&format!("{source_console}{target_console}"));
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
+    assert!(!target_console.contains(testguest::MARKER), "the guest booted again on h2");
+    // Nothing runs on h1 any more.
+    wait_for("h1's VMM to be gone", Duration::from_secs(30), || async {
+        (!c.dir.join("h1/vms/web/control.sock").exists()).then_some(())
+    })
+    .await;
+    // The disk came along: a reboot on h2 reads what the guest wrote on h1.
+    drover(&c.ep, &["domain", "reboot", "web"]);
+    wait_for("the reboot on h2 to read the disk", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&target).unwrap_or_default();
+        text.contains(&format!("held {token}-0")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_migration_leaves_the_guest_running_on_its_source() {
+    if !kvm_present() {
+        return;
+    }
+    // A downtime budget of 0 and no throttle never fit a busy guest: the copy goes on
+    // until aborted.
+    let mut c =
+        TwoHosts::start(&["--migration-max-downtime-ms", "0", "--migration-throttle-max-percent", "0"]).await;
+    c.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;
+    c.add_h2().await;
+    let before = c.domain();
+    let started = json(&c.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
+    let id = started["id"].as_u64().unwrap();
+    wait_for("the copy to run rounds", Duration::from_secs(60), || async {
+        c.migration(id)
+            .filter(|m| m["phase"] == "transferring" && m["progress"]["rounds"].as_u64() >= Some(2))
+    })
+    .await;
+    drover(&c.ep, &["migrate", "abort", &id.to_string()]);
+    let aborted = c.migration(id).unwrap();
+    assert_eq!(aborted["phase"], "rolled-back", "{aborted}");
+    // Still h1's, the same run, counting on.
+    let source = c.console("h1");
+    let now = *ticks(&source).last().unwrap();
+    wait_for("the guest to count on h1", Duration::from_secs(30), || async {
+        (ticks(&source).last().is_some_and(|t| *t > now + 50)).then_some(())
+    })
+    .await;
+    let after = c.domain();
+    assert_eq!(
+        (after["host"].clone(), after["generation"].clone()),
+        (before["host"].clone(), before["generation"].clone())
+    );
+    assert_eq!(after["phase"], "running");
+    // h2's incoming VM is gone and never ran the guest.
+    wait_for("h2's incoming VM to go", Duration::from_secs(30), || async {
+        (!vmm_runs_in(&c.dir.join("h2/vms/web"))).then_some(())
+    })
+    .await;
+    assert!(ticks(&c.console("h2")).is_empty());
+}
