@@ -12,6 +12,11 @@
 //! A VM has up to `vmm_control::limits::DISKS_MAX` (8) disks, raw files only, passed in guest order;
 //! a read-only one is attached read-only. A qcow2 disk, or a ninth, is a start failure that
 //! says so (the qemu driver serves qcow2).
+//!
+//! Live migration: `prepare_incoming` starts a VMM with `--incoming IP:0` for the
+//! domain's next run (it listens, and waits paused for its source's copy and `Go`);
+//! `migrate_out`, `outgoing`, `migrate_switch` and `migrate_cancel` drive the source
+//! VMM's `MigrateSend`/`MigrateSwitch`/`MigrateCancel` (`vmm::migration`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

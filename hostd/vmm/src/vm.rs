@@ -527,9 +527,20 @@ impl Vm {
     }
 
     /// Give the disks' locks up: a live migration's source, paused for good, right
-    /// before its target runs. The VM must not run again.
+    /// before its target runs. The guest's writes are synced first: on shared storage the
+    /// target, on another machine, reads what the storage holds. The VM must not run
+    /// again.
     pub fn release_disks(&self) -> Result<(), VmError> {
         assert_ne!(self.status().0, Phase::Running, "a running VM keeps its disks");
+        for (i, disk) in self.bus.disks.iter().enumerate() {
+            let disk = disk.lock().unwrap_or_else(|p| p.into_inner());
+            if !disk.device.read_only() {
+                disk.device
+                    .file()
+                    .sync_data()
+                    .map_err(|e| VmError::Io { what: format!("syncing disk {i}"), source: e })?;
+            }
+        }
         self.disks_claimed.store(false, Ordering::SeqCst);
         for (i, disk) in self.bus.disks.iter().enumerate() {
             let disk = disk.lock().unwrap_or_else(|p| p.into_inner());
