@@ -58,6 +58,8 @@ struct FakeVm {
     reason: Option<String>,
     /// Its outgoing live migration.
     outgoing: Option<FakeOutgoing>,
+    /// An incoming VM's address: it waits for its source's copy and `Go`.
+    incoming: Option<String>,
 }
 
 /// An outgoing live migration, modelled: one round copies the whole memory at
@@ -69,7 +71,27 @@ struct FakeOutgoing {
     phase: OutgoingPhase,
     was_running: bool,
     progress: MigrationProgress,
+    reason: Option<String>,
 }
+
+/// The migration streams between the fakes of a cluster's hosts, modelled: by the
+/// incoming VM's address. Hosts that should reach each other share one.
+pub type MigrationLinks = Arc<Mutex<BTreeMap<String, FakeLink>>>;
+
+/// One migration stream, as its two ends see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeLink {
+    pub domain: String,
+    /// The source's copy is whole: the target holds the VM.
+    pub complete: bool,
+    /// The source said `Go` (after the commit): the target may run.
+    pub go: bool,
+    /// The source gave up (cancelled, failed): the incoming VM ends.
+    pub gone: bool,
+}
+
+/// How an incoming VM whose source gave up ends (as the own VMM's does).
+pub const INCOMING_ABANDONED: &str = "incoming migration: the source went away";
 
 /// How fast the fake copies a migrating VM's memory (1 GiB/s).
 pub const MIGRATION_MIB_PER_MS: u64 = 1;
@@ -108,6 +130,8 @@ pub struct FakeDriver {
     /// The largest VM it runs (said to the cluster); a larger one fails to start, as the
     /// own VMM refuses one. `None`: no limit.
     pub vm_limits: Option<VmLimits>,
+    /// Live migrations' streams, shared with the other hosts' fakes.
+    pub migration_links: MigrationLinks,
 }
 
 impl Default for FakeDriver {
@@ -132,6 +156,7 @@ impl FakeDriver {
             missing_disks: Vec::new(),
             served_networks: NetworkWork::default(),
             vm_limits: None,
+            migration_links: MigrationLinks::default(),
         }
     }
 
@@ -145,6 +170,7 @@ impl FakeDriver {
     /// Model the VM processes' self-fencing: once the lease has passed, every live VM
     /// has ended itself.
     fn enforce_lease(&mut self, now_ms: u64) {
+        self.end_abandoned_incoming();
         if self.lease_deadline_ms.is_none_or(|d| now_ms < d) {
             return;
         }
@@ -155,6 +181,36 @@ impl FakeDriver {
                 vm.reason = Some("fenced itself: its host's lease passed".into());
             }
         }
+    }
+
+    /// An incoming VM whose source gave up ends, as the own VMM's does when its stream
+    /// drops.
+    fn end_abandoned_incoming(&mut self) {
+        let links = self.migration_links.lock().expect("migration links lock");
+        for vm in self.vms.values_mut() {
+            let gone = vm.incoming.as_ref().and_then(|a| links.get(a)).is_some_and(|l| l.gone && !l.go);
+            if gone && vm.phase.is_live() {
+                vm.phase = ObservedPhase::Crashed;
+                vm.reason = Some(INCOMING_ABANDONED.into());
+                vm.incoming = None;
+            }
+        }
+    }
+
+    /// Whether `domain`'s VM is an incoming one that has not run yet (it holds the
+    /// domain's memory as copied so far, but runs nothing until its source's `Go`).
+    pub fn is_incoming(&self, domain: &str) -> bool {
+        self.vms.get(domain).is_some_and(|vm| vm.incoming.is_some() && vm.phase.is_live())
+    }
+
+    /// Run an incoming VM now, as if its source had said go (the simulator's planted
+    /// bug).
+    pub fn run_incoming_now(&mut self, domain: &str, now_ms: u64) {
+        let Some(address) = self.vms.get(domain).and_then(|vm| vm.incoming.clone()) else { return };
+        if let Some(l) = self.migration_links.lock().expect("migration links lock").get_mut(&address) {
+            l.go = true;
+        }
+        let _ = self.resume(domain, now_ms);
     }
 
     /// Make a VM crash (tests and the simulator).
@@ -173,14 +229,15 @@ impl FakeDriver {
         Some(VmStatus { generation: vm.generation, phase: vm.phase, reason: vm.reason.clone() })
     }
 
-    /// The names of the VMs whose phase (as of `now_ms`) passes `keep`.
+    /// The names of the VMs whose phase (as of `now_ms`) passes `keep`, incoming VMs
+    /// that have not run yet left out.
     pub fn names_where(&mut self, now_ms: u64, keep: impl Fn(ObservedPhase) -> bool) -> BTreeSet<String> {
         self.enforce_lease(now_ms);
         self.vms
             .iter_mut()
             .filter_map(|(name, vm)| {
                 Self::advance(vm, now_ms);
-                keep(vm.phase).then(|| name.clone())
+                (keep(vm.phase) && vm.incoming.is_none()).then(|| name.clone())
             })
             .collect()
     }
@@ -256,6 +313,7 @@ impl Driver for FakeDriver {
             until_ms: now_ms + self.boot_ms,
             reason: None,
             outgoing: None,
+            incoming: None,
         };
         if let Some(path) = &spec.restore_from {
             let store = self.snapshot_store.lock().unwrap_or_else(|p| p.into_inner());
@@ -281,8 +339,8 @@ impl Driver for FakeDriver {
         Ok(())
     }
 
-    /// The incoming VM is there at once, paused; the address is made up (nothing
-    /// listens: the fakes of two hosts do not talk).
+    /// The incoming VM is there at once, paused, at a made-up address that names its
+    /// stream in the shared [`MigrationLinks`].
     fn prepare_incoming(
         &mut self,
         spec: &VmSpec,
@@ -295,6 +353,13 @@ impl Driver for FakeDriver {
                 phase: vm.phase,
             });
         }
+        let address = {
+            let mut links = self.migration_links.lock().expect("migration links lock");
+            let port = 4_000 + (links.len() % 60_000) as u16;
+            let address = std::net::SocketAddr::new(listen_ip, port).to_string();
+            links.insert(address.clone(), FakeLink { domain: spec.domain.clone(), ..FakeLink::default() });
+            address
+        };
         let vm = FakeVm {
             generation: spec.generation,
             memory_mib: spec.memory_mib,
@@ -302,9 +367,10 @@ impl Driver for FakeDriver {
             until_ms: 0,
             reason: None,
             outgoing: None,
+            incoming: Some(address.clone()),
         };
         self.vms.insert(spec.domain.clone(), vm);
-        Ok(std::net::SocketAddr::new(listen_ip, 4_000 + (spec.generation % 1_000) as u16).to_string())
+        Ok(address)
     }
 
     fn migrate_out(
@@ -329,12 +395,16 @@ impl Driver for FakeDriver {
             phase: OutgoingPhase::Copying,
             was_running: vm.phase == ObservedPhase::Running,
             progress: MigrationProgress::default(),
+            reason: None,
         });
         Ok(())
     }
 
     fn outgoing(&mut self, domain: &str, now_ms: u64) -> Result<Outgoing, DriverError> {
+        self.enforce_lease(now_ms);
+        let links = self.migration_links.clone();
         let vm = self.vm(domain)?;
+        Self::advance(vm, now_ms);
         let Some(o) = vm.outgoing.as_mut() else {
             return Err(DriverError::Failed {
                 domain: domain.to_owned(),
@@ -342,20 +412,38 @@ impl Driver for FakeDriver {
                 reason: "no migration was started".into(),
             });
         };
+        let mut links = links.lock().expect("migration links lock");
+        if o.phase == OutgoingPhase::Copying
+            && !matches!(vm.phase, ObservedPhase::Running | ObservedPhase::Paused)
+        {
+            // The VM ended under the copy: so does the stream.
+            o.phase = OutgoingPhase::Failed;
+            o.reason = Some(format!("the VM ended ({:?})", vm.phase));
+            if let Some(l) = links.get_mut(&o.address) {
+                l.gone = true;
+            }
+        }
         if o.phase == OutgoingPhase::Copying && now_ms >= o.started_ms + vm.memory_mib / MIGRATION_MIB_PER_MS
         {
             o.phase = OutgoingPhase::AwaitingSwitch;
             o.progress =
                 MigrationProgress { bytes_sent: vm.memory_mib << 20, rounds: 1, ..Default::default() };
             vm.phase = ObservedPhase::Paused;
+            if let Some(l) = links.get_mut(&o.address) {
+                l.complete = true;
+            }
         }
-        Ok(Outgoing { phase: o.phase, progress: o.progress, reason: None })
+        Ok(Outgoing { phase: o.phase, progress: o.progress, reason: o.reason.clone() })
     }
 
     fn migrate_switch(&mut self, domain: &str) -> Result<MigrationProgress, DriverError> {
+        let links = self.migration_links.clone();
         let vm = self.vm(domain)?;
         match vm.outgoing.as_mut() {
             Some(o) if o.phase == OutgoingPhase::AwaitingSwitch => {
+                if let Some(l) = links.lock().expect("migration links lock").get_mut(&o.address) {
+                    l.go = true;
+                }
                 o.progress.downtime_ms = Some(MIGRATION_DOWNTIME_MS);
                 vm.phase = ObservedPhase::Stopped;
                 vm.reason = Some(format!("migrated to {}", o.address));
@@ -370,9 +458,13 @@ impl Driver for FakeDriver {
     }
 
     fn migrate_cancel(&mut self, domain: &str) -> Result<(), DriverError> {
+        let links = self.migration_links.clone();
         let vm = self.vm(domain)?;
         if let Some(o) = vm.outgoing.as_mut() {
             if matches!(o.phase, OutgoingPhase::Copying | OutgoingPhase::AwaitingSwitch) {
+                if let Some(l) = links.lock().expect("migration links lock").get_mut(&o.address) {
+                    l.gone = true;
+                }
                 if o.phase == OutgoingPhase::AwaitingSwitch && o.was_running {
                     vm.phase = ObservedPhase::Running;
                 }
@@ -397,8 +489,20 @@ impl Driver for FakeDriver {
 
     fn resume(&mut self, domain: &str, now_ms: u64) -> Result<(), DriverError> {
         self.enforce_lease(now_ms);
+        let links = self.migration_links.clone();
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
+        if let Some(address) = &vm.incoming {
+            // An incoming VM runs only once its source said `Go`.
+            if !links.lock().expect("migration links lock").get(address).is_some_and(|l| l.go) {
+                return Err(DriverError::WrongPhase {
+                    domain: domain.to_owned(),
+                    action: "run before its source's go",
+                    phase: vm.phase,
+                });
+            }
+            vm.incoming = None;
+        }
         match vm.phase {
             ObservedPhase::Paused | ObservedPhase::Running => {
                 vm.phase = ObservedPhase::Running;

@@ -16,6 +16,9 @@ pub enum HostBug {
     /// Boot a domain reverted to a disk snapshot on its disks as they are, without writing
     /// the snapshot's images back.
     DiskRevertSkipped,
+    /// Run a migration's incoming VM as soon as it is there, without waiting for its
+    /// source's go.
+    IncomingRunsEarly,
 }
 
 /// One run's settings. Everything random is drawn from `seed`.

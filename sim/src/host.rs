@@ -11,8 +11,9 @@ use controlplane::ha::HaSettings;
 use controlplane::model::{HostState, Resources, VmLimits, VolumeOp};
 use controlplane::{Caller, Command, RejectionCode, Request, SnapshotOutcome, State};
 use hostd::assignment::{share_from_state, HostShare};
-use hostd::fake::{FakeDriver, SnapshotStore, VolumeStore};
+use hostd::fake::{FakeDriver, MigrationLinks, SnapshotStore, VolumeStore};
 use hostd::lease::HostLease;
+use hostd::migrations::{HostMigrations, Sent, LIMITS_DEFAULT};
 use hostd::networks::HostNetworks;
 use hostd::pass::HostPass;
 use hostd::snapshots::HostSnapshots;
@@ -42,9 +43,15 @@ const WRITE_DEADLINE_MS: u64 = 5_000;
 const HEARTBEAT_TTL_MS: u64 = 500;
 
 /// Host `index`'s hypervisor: every other host runs only small VMs.
-pub fn host_info(index: u64, net_id: NodeId, snapshots: &SnapshotStore, volumes: &VolumeStore) -> HostInfo {
+pub fn host_info(
+    index: u64,
+    net_id: NodeId,
+    snapshots: &SnapshotStore,
+    volumes: &VolumeStore,
+    links: &MigrationLinks,
+) -> HostInfo {
     let limits = index.is_multiple_of(2).then_some(SMALL_HOST_LIMITS);
-    let driver = Arc::new(Mutex::new(new_driver(snapshots, volumes, limits)));
+    let driver = Arc::new(Mutex::new(new_driver(snapshots, volumes, links, limits)));
     HostInfo { name: format!("h{index}"), net_id, driver }
 }
 
@@ -52,10 +59,16 @@ pub fn host_info(index: u64, net_id: NodeId, snapshots: &SnapshotStore, volumes:
 /// keep larger domains off them.
 pub const SMALL_HOST_LIMITS: VmLimits = VmLimits { vcpus: 2, memory_mib: 1024, disks: 4, nics: 2 };
 
-/// A fresh hypervisor with no VMs, on the cluster's shared snapshot storage and pool,
-/// running VMs up to `limits`.
-pub fn new_driver(snapshots: &SnapshotStore, volumes: &VolumeStore, limits: Option<VmLimits>) -> FakeDriver {
+/// A fresh hypervisor with no VMs, on the cluster's shared snapshot storage and pool and
+/// its network for migration streams, running VMs up to `limits`.
+pub fn new_driver(
+    snapshots: &SnapshotStore,
+    volumes: &VolumeStore,
+    links: &MigrationLinks,
+    limits: Option<VmLimits>,
+) -> FakeDriver {
     let mut d = FakeDriver::new(BOOT_MS, GUEST_SHUTDOWN_MS);
+    d.migration_links = links.clone();
     d.vm_limits = limits;
     d.broken_kernels.push(crate::workload::BROKEN_KERNEL.into());
     d.snapshot_store = snapshots.clone();
@@ -173,6 +186,8 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
     let mut snapshots = HostSnapshots::new(SNAPSHOT_DIR.into());
     let mut volumes = HostVolumes::new();
     let mut networks = HostNetworks::new();
+    let listen_ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, index as u8 + 1));
+    let mut migrations = HostMigrations::new(listen_ip, LIMITS_DEFAULT);
     // This host's share as last read from its replica, and where that replica stood: a
     // replica's state changes only with its applied log id, so while that stays put
     // (and the replica is the same one) the share is the same.
@@ -241,11 +256,20 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             }
             continue;
         }
-        let (observations, started, snapshot_reports, volume_reports) = {
+        let (observations, started, snapshot_reports, volume_reports, migration_updates) = {
             let mut driver = host.driver.lock().expect("driver lock");
             let live = |d: &mut hostd::fake::FakeDriver| d.names_where(now, is_live);
             let before = live(&mut driver);
-            // Networks and volume files first, as production hostd does.
+            // Migrations, networks and volume files first, as production hostd does.
+            let migration_updates = migrations.run(&mut *driver, &assigned.migrations, now);
+            if core.cfg.host_bug == crate::config::HostBug::IncomingRunsEarly {
+                // The planted bug: the incoming VM runs before its source said go.
+                for job in &assigned.migrations.jobs {
+                    if job.side == hostd::migrations::Side::Target && driver.is_incoming(&job.domain) {
+                        driver.run_incoming_now(&job.domain, now);
+                    }
+                }
+            }
             networks.run(&mut *driver, &assigned.networks);
             for detail in crate::invariants::leases::check(&host.name, &driver.served_networks) {
                 core.violation("leases", detail);
@@ -307,8 +331,30 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
                     );
                 }
             }
-            (observations, started, snapshot_reports, volume_reports)
+            (observations, started, snapshot_reports, volume_reports, migration_updates)
         };
+        for u in migration_updates {
+            let request = write(Command::ReportMigration {
+                id: u.id,
+                host: host.name.clone(),
+                report: u.report.clone(),
+            });
+            let sent = match core.write(&mut caller, &request, WRITE_DEADLINE_MS).await {
+                Outcome::Acked(_) => Sent::Accepted,
+                Outcome::Rejected { rejection, .. }
+                    if matches!(
+                        rejection.code(),
+                        RejectionCode::FailedPrecondition
+                            | RejectionCode::NotFound
+                            | RejectionCode::InvalidArgument
+                    ) =>
+                {
+                    Sent::Refused
+                }
+                _ => Sent::Unsure,
+            };
+            migrations.reported(&u, sent);
+        }
         for r in volume_reports {
             let request = write(Command::ReportVolume {
                 volume: r.volume.clone(),

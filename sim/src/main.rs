@@ -33,6 +33,8 @@ enum BugArg {
     VolumeWithoutFile,
     /// Hosts boot a domain reverted to a disk snapshot without writing its images back.
     DiskRevertSkipped,
+    /// Hosts run a migration's incoming VM without waiting for its source's go.
+    IncomingRunsEarly,
     /// Replicas save their vote without flushing it.
     VoteUnsynced,
     /// Replicas acknowledge appended entries before flushing them.
@@ -117,6 +119,7 @@ fn replay_command(args: &Args, seed: u64) -> String {
         BugArg::NoSelfFence => c.push_str(" --bug no-self-fence"),
         BugArg::VolumeWithoutFile => c.push_str(" --bug volume-without-file"),
         BugArg::DiskRevertSkipped => c.push_str(" --bug disk-revert-skipped"),
+        BugArg::IncomingRunsEarly => c.push_str(" --bug incoming-runs-early"),
         BugArg::VoteUnsynced => c.push_str(" --bug vote-unsynced"),
         BugArg::AppendUnsynced => c.push_str(" --bug append-unsynced"),
         BugArg::PurgeUnsynced => c.push_str(" --bug purge-unsynced"),
@@ -152,13 +155,15 @@ fn main() -> anyhow::Result<()> {
             | BugArg::SnapshotWithoutFile
             | BugArg::NoSelfFence
             | BugArg::VolumeWithoutFile
-            | BugArg::DiskRevertSkipped => Bug::None,
+            | BugArg::DiskRevertSkipped
+            | BugArg::IncomingRunsEarly => Bug::None,
         },
         host_bug: match args.bug {
             BugArg::SnapshotWithoutFile => HostBug::SnapshotWithoutFile,
             BugArg::NoSelfFence => HostBug::NoSelfFence,
             BugArg::VolumeWithoutFile => HostBug::VolumeWithoutFile,
             BugArg::DiskRevertSkipped => HostBug::DiskRevertSkipped,
+            BugArg::IncomingRunsEarly => HostBug::IncomingRunsEarly,
             _ => HostBug::None,
         },
         keep_trace: args.trace,

@@ -4,8 +4,8 @@
 //! networks and volumes, and a share of invalid commands that must be refused
 //! without changing anything.
 //!
-//! Migrations are not drawn yet: nothing in hostd carries one out, so a started
-//! migration could only end by an operator's abort (the migration issue adds both).
+//! Live migrations, mostly of the operator's long-running VMs, to the scheduler's pick
+//! or a named host: the hosts carry them out through the fake hypervisors' streams.
 
 use std::collections::BTreeMap;
 
@@ -114,7 +114,15 @@ pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
         5..=6 => STORE.to_owned(),
         _ => name,
     };
-    match rng.gen_range(0..124) {
+    match rng.gen_range(0..136) {
+        124..=135 => Command::StartMigration {
+            domain: if cfg.vms > 0 && rng.gen_bool(0.7) {
+                format!("vm{}", rng.gen_range(0..cfg.vms))
+            } else {
+                name
+            },
+            target: rng.gen_bool(0.3).then(|| format!("h{}", rng.gen_range(0..cfg.hosts.max(1)))),
+        },
         // An operator clears a host left out for flapping, or changes HA admission.
         120..=121 => Command::ClearHost { name: format!("h{}", rng.gen_range(0..cfg.hosts.max(1))) },
         122..=123 => Command::SetClusterSettings { ha_reserve_hosts: rng.gen_range(0..=1) },

@@ -121,8 +121,9 @@ async fn play(cfg: SimConfig) -> RunOutcome {
     let replica_ids: Vec<NodeId> = (1..=cfg.replicas).collect();
     let snapshots = hostd::fake::SnapshotStore::default();
     let volumes = hostd::fake::VolumeStore::default();
+    let links = hostd::fake::MigrationLinks::default();
     let hosts: Vec<HostInfo> =
-        (0..cfg.hosts).map(|i| host::host_info(i, HOST_BASE + i, &snapshots, &volumes)).collect();
+        (0..cfg.hosts).map(|i| host::host_info(i, HOST_BASE + i, &snapshots, &volumes, &links)).collect();
     let core = Arc::new(Core {
         cfg: cfg.clone(),
         net,
@@ -134,6 +135,7 @@ async fn play(cfg: SimConfig) -> RunOutcome {
         replica_ids: replica_ids.clone(),
         snapshots,
         volumes,
+        migration_links: links,
     });
     let mut world = World {
         core: core.clone(),
@@ -610,7 +612,12 @@ impl World {
                 if alive > 2 && self.hosts[h] != HostRun::Lost {
                     self.kill_host(h);
                     let mut driver = self.core.hosts[h].driver.lock().expect("driver lock");
-                    *driver = host::new_driver(&self.core.snapshots, &self.core.volumes, driver.vm_limits);
+                    *driver = host::new_driver(
+                        &self.core.snapshots,
+                        &self.core.volumes,
+                        &self.core.migration_links,
+                        driver.vm_limits,
+                    );
                     drop(driver);
                     self.isolate(self.core.hosts[h].net_id);
                     self.hosts[h] = HostRun::Lost;
@@ -785,6 +792,10 @@ impl World {
             let volumes = core.volumes.lock().expect("volume store lock").clone();
             if let Err(detail) = invariants::volumes::check_settled(state, &volumes, &self.lost_hosts()) {
                 core.violation("volumes", detail);
+            }
+            let links = core.migration_links.lock().expect("migration links lock").clone();
+            for detail in invariants::migrations::check(state, &links) {
+                core.violation("migrations", detail);
             }
         }
         drop(states);

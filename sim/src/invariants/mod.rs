@@ -9,6 +9,7 @@ pub mod failover;
 pub mod leases;
 pub mod linearizable;
 pub mod liveness;
+pub mod migrations;
 pub mod replica_hashes;
 pub mod rights;
 pub mod single_run;
