@@ -1727,20 +1727,18 @@ const MIGRATION_WAIT: Duration = Duration::from_secs(900);
 const MIGRATION_DONE_WAIT: Duration = Duration::from_secs(10);
 
 /// Follow migration `id` until it ends (and, once committed, until its downtime is
-/// reported or a short wait passes), printing each change of progress to stderr if
-/// `print`.
-async fn follow_migration(c: &ApiClient, id: u64, print: bool) -> anyhow::Result<pb::Migration> {
+/// reported or a short wait passes), its progress on a spinner if `show_progress`.
+async fn follow_migration(c: &ApiClient, id: u64, show_progress: bool) -> anyhow::Result<pb::Migration> {
+    let spinner = show_progress.then(|| crate::progress::Spinner::new(format!("migration {id}: starting")));
     let deadline = std::time::Instant::now() + MIGRATION_WAIT;
     let mut committed_at = None;
-    let mut last = String::new();
     loop {
         let get = pb::GetMigrationRequest { id, consistency: pb::Consistency::Linearizable as i32 };
         let m = rpc!(c, MigrationsClient, get, get);
         let line = migration_line(&m);
-        if print && line != last {
-            eprintln!("{line}");
+        if let Some(s) = &spinner {
+            s.say(line.clone());
         }
-        last = line;
         let downtime = m.progress.and_then(|p| p.downtime_ms).is_some();
         if m.phase == pb::MigrationPhase::RolledBack as i32 || downtime {
             return Ok(m);
@@ -1753,7 +1751,7 @@ async fn follow_migration(c: &ApiClient, id: u64, print: bool) -> anyhow::Result
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
-            "migration {id} did not end within {} s ({last}); `drover migrate abort {id}` rolls it back",
+            "migration {id} did not end within {} s ({line}); `drover migrate abort {id}` rolls it back",
             MIGRATION_WAIT.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(MIGRATION_POLL_MS)).await;

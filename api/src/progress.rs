@@ -1,7 +1,7 @@
 //! Progress while the CLI waits (a domain to run or stop, a host to make a volume or take
-//! a snapshot, a drain, an audit verification): a spinner with what it waits for, drawn on
-//! stderr only when stderr is a terminal, so piped or redirected output never carries
-//! escape codes.
+//! a snapshot, a drain, a live migration's copy, an audit verification): a spinner with
+//! what it waits for, drawn on stderr only when stderr is a terminal, so piped or
+//! redirected output never carries escape codes.
 
 use std::io::IsTerminal;
 use std::time::Duration;

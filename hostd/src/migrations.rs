@@ -7,8 +7,10 @@
 //!   run the commit will give this host) and report `TargetReady` with its address. An
 //!   incoming VM that ends before the commit (its source went away) is reported
 //!   `Failed`. After the commit the domain is this host's like any other: the reconciler
-//!   resumes the paused VM (which claims the disks the source gave up); after a
-//!   rollback it destroys it (a VM of no domain of this host's).
+//!   resumes the paused VM (which claims the disks the source gave up). After a
+//!   rollback the incoming VM is destroyed and forgotten before the pass (a run of the
+//!   domain placed here afterwards, by HA or a start, bears the very generation the
+//!   incoming VM was started for, and would take it for its own).
 //! - **Source**: once the target's address is known, have the driver send the VM there
 //!   and report its progress (`Copying`, `Completing`) at most every
 //!   [`PROGRESS_EVERY_MS`]; when the target holds the whole VM, report `Switch`, which
@@ -201,7 +203,7 @@ impl HostMigrations {
         for job in &work.jobs {
             let local = self.local.get(&job.id).cloned();
             let next = match job.side {
-                Side::Target => self.target(driver, job, local, listed.get(&job.domain)),
+                Side::Target => self.target(driver, job, local, listed.get(&job.domain), now_ms),
                 Side::Source => self.source(driver, job, local, now_ms),
             };
             if let Some(next) = next {
@@ -239,9 +241,24 @@ impl HostMigrations {
         job: &MigrationJob,
         local: Option<Local>,
         vm: Option<&crate::driver::VmStatus>,
+        now_ms: u64,
     ) -> Option<Local> {
+        if job.phase == MigrationPhase::RolledBack && local.as_ref().is_some_and(|l| l.stage != Stage::Over) {
+            // The incoming VM this hostd started goes now, before the pass: a later run
+            // of the domain placed here bears the generation it was started for, and the
+            // reconciler would take the paused incoming VM for that run.
+            if vm.is_some() {
+                info!(domain = %job.domain, migration = job.id, "rolled back: removing the incoming VM");
+                if let Err(e) = driver.destroy(&job.domain, now_ms) {
+                    warn!(domain = %job.domain, error = %e, "cannot destroy the incoming VM");
+                    return local; // tried again next pass
+                }
+                driver.remove(&job.domain);
+            }
+            return Some(Local { stage: Stage::Over, pending: None, last_progress_ms: None });
+        }
         if job.phase.is_ended() {
-            return None; // the reconciler keeps or removes the VM
+            return None; // committed: the domain's run here now
         }
         let failed = |reason: String| {
             Some(Local {
@@ -545,6 +562,22 @@ mod tests {
         );
         // Reported once.
         assert!(pass(&mut t, &mut target, &w, 2).is_empty());
+    }
+
+    #[test]
+    fn a_rolled_back_migrations_incoming_vm_is_gone_before_the_pass() {
+        let mut target = FakeDriver::new(0, 0);
+        let mut t = HostMigrations::new(ip(), LIMITS_DEFAULT);
+        pass(&mut t, &mut target, &job(Side::Target, MigrationPhase::Preparing, None), 0);
+        assert!(target.is_incoming("web"));
+        // Rolled back; HA may place the domain here next, at the incoming VM's generation.
+        let w = job(Side::Target, MigrationPhase::RolledBack, Some("127.0.0.1:4000"));
+        assert!(pass(&mut t, &mut target, &w, 1).is_empty());
+        assert!(!target.list(1).contains_key("web"), "{:?}", target.list(1));
+        // A fresh run of that generation starts and runs.
+        target.start(&spec(2), 2).unwrap();
+        assert!(pass(&mut t, &mut target, &w, 3).is_empty());
+        assert_eq!(target.list(3)["web"].phase, ObservedPhase::Running);
     }
 
     #[test]
