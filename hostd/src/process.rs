@@ -72,7 +72,8 @@ pub struct HostdArgs {
     #[arg(long, default_value_t = 200)]
     pub tick_ms: u64,
     /// The longest pause a live migration from this host may give a guest: pre-copy
-    /// goes on (and throttles the guest) until the rest fits.
+    /// goes on (and throttles the guest) until the rest fits. 0: never switch over (a
+    /// copy goes on until aborted).
     #[arg(long, default_value_t = crate::migrations::MAX_DOWNTIME_MS_DEFAULT)]
     pub migration_max_downtime_ms: u64,
     /// How far a live migration from this host may throttle the guest's vCPUs when its

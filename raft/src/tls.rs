@@ -364,6 +364,7 @@ pub const API_RULES: &[(&str, Rule)] = {
         ("Migrations/Abort", rule(Operator, false)),
         ("Migrations/Get", rule(Viewer, true)),
         ("Migrations/List", rule(Viewer, true)),
+        ("Migrations/Report", rule(Admin, true)),
         ("Networks/Create", rule(Admin, false)),
         ("Networks/Delete", rule(Admin, false)),
         ("Networks/Get", rule(Viewer, true)),

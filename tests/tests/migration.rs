@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tests::{drover_bin, free_port, wait_for, Processes};
+use tests::{drover_bin, free_port, wait_for, KillVmsOnDrop, Processes};
 
 fn kvm_present() -> bool {
     vmm::kvm_present_for("the live-migration tests")
@@ -81,6 +81,9 @@ struct TwoHosts {
     ep: String,
     dir: PathBuf,
     _hosts: Vec<Hostd>,
+    // VMs outlive hostd (and, once the test's directory is gone, their lease file): they
+    // end with the test, pass or fail.
+    _vms: KillVmsOnDrop,
     kernel: PathBuf,
 }
 
@@ -92,7 +95,8 @@ impl TwoHosts {
         let kernel = dir.join("guest.elf");
         testguest::write_to(&kernel).unwrap();
         let hosts = vec![Hostd::start(&ep, &dir, "h1", 101, h1_extra)];
-        let c = TwoHosts { _cluster: cluster, ep, dir, _hosts: hosts, kernel };
+        let _vms = KillVmsOnDrop(dir.clone());
+        let c = TwoHosts { _cluster: cluster, ep, dir, _hosts: hosts, _vms, kernel };
         c.wait_ready(1).await;
         let pool = c.dir.join("pool");
         drover(
@@ -211,8 +215,7 @@ async fn an_aborted_migration_leaves_the_guest_running_on_its_source() {
     if !kvm_present() {
         return;
     }
-    // A downtime budget of 0 and no throttle never fit a busy guest: the copy goes on
-    // until aborted.
+    // A downtime budget of 0 never switches over: the copy goes on until aborted.
     let mut c =
         TwoHosts::start(&["--migration-max-downtime-ms", "0", "--migration-throttle-max-percent", "0"]).await;
     c.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;

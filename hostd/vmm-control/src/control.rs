@@ -104,7 +104,7 @@ pub enum Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvergeLimits {
     /// The longest pause the final copy may take; pre-copy rounds go on until the rest
-    /// fits.
+    /// fits. 0 never switches over: the copy goes on until cancelled (or times out).
     pub max_downtime_ms: u64,
     /// How far the vCPUs may be throttled when the rounds stop shrinking (auto-converge;
     /// 0 never throttles). The VMM caps it at its own most.

@@ -407,7 +407,8 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<
             p.expected_downtime_ms = expected_ms;
             p.throttle_percent = throttle;
         });
-        if expected_ms <= limits.max_downtime_ms / COPY_SHARE_OF_DOWNTIME {
+        // A budget of 0 never switches over: the copy goes on until cancelled.
+        if limits.max_downtime_ms > 0 && expected_ms <= limits.max_downtime_ms / COPY_SHARE_OF_DOWNTIME {
             break dirty;
         }
         let throttle_max = limits.throttle_max_percent.min(crate::vm::THROTTLE_PERCENT_MAX);
