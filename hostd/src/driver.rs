@@ -111,7 +111,7 @@ pub const TAP_PREFIX: &str = "drvt";
 pub const OVERLAY_PREFIX: &str = "drvx";
 
 /// FNV-1a, 32 bits: stable across builds and machines, unlike std's hasher.
-fn fnv32(text: &str) -> u32 {
+pub(crate) fn fnv32(text: &str) -> u32 {
     text.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
@@ -242,10 +242,9 @@ pub trait Driver: Send {
     }
     /// Serve exactly `work`'s networks on this host (bridge, address, DHCP and DNS) and
     /// take away the rest; returns (network, error) for each that could not be served.
-    /// Process drivers plumb this host (`net_host`); the fake records it.
-    fn serve_networks(&mut self, work: &crate::networks::NetworkWork) -> Vec<(String, String)> {
-        crate::net_host::serve(work, std::path::Path::new(crate::net_host::SERVER_DIR))
-    }
+    /// Process drivers plumb this host (`net_host`, as the user their run directory
+    /// names); the fake records it.
+    fn serve_networks(&mut self, work: &crate::networks::NetworkWork) -> Vec<(String, String)>;
     /// Start a VM for `spec` that takes its memory and state from a live migration
     /// instead of booting: it listens on `listen_ip` and returns the `ip:port` its source
     /// is to send to. It lists as `Starting` until the whole VM is in, then `Paused`; it

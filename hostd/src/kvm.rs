@@ -272,6 +272,11 @@ impl Driver for KvmDriver {
         self.launch(spec, None).map(|_| ())
     }
 
+    fn serve_networks(&mut self, work: &crate::networks::NetworkWork) -> Vec<(String, String)> {
+        let user = crate::net_host::user(&work.host, &self.config.run_dir);
+        crate::net_host::serve(work, &user, std::path::Path::new(crate::net_host::SERVER_DIR))
+    }
+
     fn prepare_incoming(
         &mut self,
         spec: &VmSpec,

@@ -12,10 +12,11 @@
 //! by its pid file and keeps it. Its files live in [`SERVER_DIR`], named for the network
 //! namespace and the bridge, so hostds that share a namespace (as `drover up`'s do)
 //! share one server per network, and hostds in namespaces of their own each run theirs.
-//! Each hostd serving a network marks itself a user of it there (`.user-<host>`); a
-//! hostd takes a network away only once it was the last user, and never while a VM's tap
-//! is still in its bridge. Networks a hostd never marked (other hosts', other tests')
-//! are not its to touch.
+//! Each hostd serving a network marks itself a user of it there (`.user-<user>`, named by
+//! [`user`]: the host's name and its run directory, since hosts of different clusters on
+//! one machine may share a name); a hostd takes a network away only once it was the last
+//! user, and never while a VM's tap is still in its bridge. Networks a hostd never marked
+//! (other hosts', other clusters', other tests') are not its to touch.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,20 +34,28 @@ pub const GUEST_MTU: u32 = tap::OVERLAY_MTU;
 /// How long a DHCP lease lasts (the address never changes; renewals are cheap).
 const LEASE_TIME: &str = "1h";
 
-/// Serve exactly `work`'s networks; returns (network, error) for those that failed.
-pub fn serve(work: &NetworkWork, dir: &Path) -> Vec<(String, String)> {
+/// The name a hostd marks its networks with: its host's name and a hash of its run
+/// directory, which no two hostds of one machine share (a restarted hostd gets the same).
+pub fn user(host: &str, run_dir: &Path) -> String {
+    let run_dir = run_dir.canonicalize().unwrap_or_else(|_| run_dir.to_owned());
+    format!("{host}@{:08x}", crate::driver::fnv32(&run_dir.to_string_lossy()))
+}
+
+/// Serve exactly `work`'s networks as `user` (see [`user`]); returns (network, error)
+/// for those that failed.
+pub fn serve(work: &NetworkWork, user: &str, dir: &Path) -> Vec<(String, String)> {
     let mut errors = Vec::new();
     if let Err(e) = fs::create_dir_all(dir) {
         return work.networks.values().map(|p| (p.name.clone(), format!("{}: {e}", dir.display()))).collect();
     }
     let files = ServerFiles::new(dir);
     for plan in work.networks.values() {
-        if let Err(e) = serve_one(plan, &files, &work.host) {
+        if let Err(e) = serve_one(plan, &files, user) {
             errors.push((plan.name.clone(), e));
         }
     }
     // Networks this host used and no longer serves.
-    for bridge in files.used_by(&work.host) {
+    for bridge in files.used_by(user) {
         if work.networks.contains_key(&bridge) {
             continue;
         }
@@ -54,7 +63,7 @@ pub fn serve(work: &NetworkWork, dir: &Path) -> Vec<(String, String)> {
             // A VM is still going (or another hostd's runs here): look again next pass.
             continue;
         }
-        let _ = fs::remove_file(files.user_mark(&bridge, &work.host));
+        let _ = fs::remove_file(files.user_mark(&bridge, user));
         if !files.users(&bridge).is_empty() {
             continue;
         }
@@ -65,8 +74,8 @@ pub fn serve(work: &NetworkWork, dir: &Path) -> Vec<(String, String)> {
     errors
 }
 
-fn serve_one(plan: &NetworkPlan, files: &ServerFiles, host: &str) -> Result<(), String> {
-    let mark = files.user_mark(&plan.bridge, host);
+fn serve_one(plan: &NetworkPlan, files: &ServerFiles, user: &str) -> Result<(), String> {
+    let mark = files.user_mark(&plan.bridge, user);
     if !mark.exists() {
         fs::write(&mark, b"").map_err(|e| format!("cannot write {}: {e}", mark.display()))?;
     }
@@ -193,14 +202,14 @@ impl ServerFiles {
         self.dir.join(format!("{}-{bridge}.{what}", self.netns))
     }
 
-    /// The mark that says `host` uses `bridge`'s network.
-    fn user_mark(&self, bridge: &str, host: &str) -> PathBuf {
-        self.path(bridge, &format!("user-{host}"))
+    /// The mark that says `user` uses `bridge`'s network.
+    fn user_mark(&self, bridge: &str, user: &str) -> PathBuf {
+        self.path(bridge, &format!("user-{user}"))
     }
 
-    /// The bridges of this namespace whose networks `host` marked itself a user of.
-    fn used_by(&self, host: &str) -> Vec<String> {
-        let suffix = format!(".user-{host}");
+    /// The bridges of this namespace whose networks `user` marked itself a user of.
+    fn used_by(&self, user: &str) -> Vec<String> {
+        let suffix = format!(".user-{user}");
         let prefix = format!("{}-", self.netns);
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
         entries
@@ -212,7 +221,7 @@ impl ServerFiles {
             .collect()
     }
 
-    /// Every host marked a user of `bridge`'s network in this namespace.
+    /// Every hostd marked a user of `bridge`'s network in this namespace.
     fn users(&self, bridge: &str) -> Vec<String> {
         let prefix = format!("{}-{bridge}.user-", self.netns);
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
@@ -231,5 +240,33 @@ impl ServerFiles {
             warn!(bridge, pid, "the DHCP server's pid file names another process");
         }
         ours.then_some(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two hostds named alike (hosts `h1` of two clusters on one machine, as concurrent
+    /// tests run them): one that serves nothing leaves the other's network alone.
+    #[test]
+    fn hostds_of_one_name_in_different_run_dirs_leave_each_others_networks_alone() {
+        let root = tempfile::tempdir().unwrap();
+        let (a_dir, b_dir) = (root.path().join("a"), root.path().join("b"));
+        fs::create_dir_all(&a_dir).unwrap();
+        fs::create_dir_all(&b_dir).unwrap();
+        let (a, b) = (user("h1", &a_dir), user("h1", &b_dir));
+        assert_ne!(a, b);
+        assert_eq!(a, user("h1", &a_dir.join("../a")), "a restarted hostd is the same user");
+
+        let servers = root.path().join("net");
+        fs::create_dir_all(&servers).unwrap();
+        let files = ServerFiles::new(&servers);
+        fs::write(files.user_mark("drvbtest0001", &a), b"").unwrap();
+        let nothing = NetworkWork { host: "h1".into(), ..NetworkWork::default() };
+        assert!(serve(&nothing, &b, &servers).is_empty());
+        assert_eq!(files.users("drvbtest0001"), vec![a.clone()]);
+        assert_eq!(files.used_by(&a), vec!["drvbtest0001".to_owned()]);
+        assert!(files.used_by(&b).is_empty());
     }
 }

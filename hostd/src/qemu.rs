@@ -370,6 +370,11 @@ impl QemuDriver {
 }
 
 impl Driver for QemuDriver {
+    fn serve_networks(&mut self, work: &crate::networks::NetworkWork) -> Vec<(String, String)> {
+        let user = crate::net_host::user(&work.host, &self.config.run_dir);
+        crate::net_host::serve(work, &user, std::path::Path::new(crate::net_host::SERVER_DIR))
+    }
+
     fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
         if let Some(mut vm) = self.vms.remove(&spec.domain) {

@@ -15,6 +15,7 @@ fn kvm_present() -> bool {
 
 struct Hostd {
     child: Child,
+    log: PathBuf,
 }
 
 impl Hostd {
@@ -28,7 +29,7 @@ impl Hostd {
             .stderr(Stdio::from(out))
             .spawn()
             .unwrap();
-        Hostd { child }
+        Hostd { child, log: log.to_owned() }
     }
 
     fn sigkill(mut self) {
@@ -45,6 +46,15 @@ impl Drop for Hostd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failed test says what hostd saw: its log goes with the test's directory.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- the last lines of {}:", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
