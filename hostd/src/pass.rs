@@ -96,6 +96,7 @@ impl HostPass {
                 }
                 Action::Destroy(d) => log_err(&d, "destroy", timed("destroy", || driver.destroy(&d, now_ms))),
                 Action::Reboot(d) => {
+                    info!(domain = %d, "rebooting on request");
                     log_err(&d, "reboot", timed("reboot", || driver.reboot(&d, now_ms)));
                     if let Some(a) = assigned.get(&d) {
                         self.memory.rebooted.insert(d.clone(), (a.spec.generation, a.reboots));

@@ -19,6 +19,12 @@
 //! the stream with `migrate-incoming` and resumes the guest if it was running when the
 //! snapshot was taken; a file QEMU cannot load fails the start and leaves no QEMU behind.
 //!
+//! Live migration (`qemu/migration.rs`) is QEMU's own pre-copy over TCP through the same
+//! saga as the own VMM's: the target's QEMU waits with `-S -incoming` and inactive disks,
+//! the source's sends with the host's limits mapped to QEMU's (`downtime-limit`,
+//! `auto-converge` up to `max-cpu-throttle`, no bandwidth cap), the switch ends the
+//! source's QEMU and the target's host resumes its own once the commit is in its view.
+//!
 //! QEMU cannot watch the host's lease itself, so with `fence_watch` set each QEMU gets a
 //! guard process (`drover-vmm fence-watch`, in its own process group too) that SIGKILLs it
 //! the moment the lease in `<run_dir>/lease` passes (self-fencing, see `vmm_control::lease`).
@@ -39,6 +45,7 @@ use crate::driver::{tap_name, Driver, DriverError, SnapshotTaken, VmSpec, VmStat
 use crate::tap;
 use crate::vm_dir::{self, VmProcess};
 
+pub mod migration;
 pub mod snapshot;
 
 pub const QMP_FILE: &str = "qmp.sock";
@@ -362,50 +369,29 @@ impl QemuDriver {
         }
     }
 
-    /// Write how the QEMU of `vm` ended, in the VMM's format (QEMU writes none of its own).
-    fn record_exit(vm: &VmProcess, phase: Phase, reason: &str) -> std::io::Result<()> {
-        let domain = vm.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        ExitRecord { domain, generation: vm.generation, phase, reason: Some(reason.into()) }.write(&vm.dir)
-    }
-}
-
-impl Driver for QemuDriver {
-    fn serve_networks(&mut self, work: &crate::networks::NetworkWork) -> Vec<(String, String)> {
-        let user = crate::net_host::user(&work.host, &self.config.run_dir);
-        crate::net_host::serve(work, &user, std::path::Path::new(crate::net_host::SERVER_DIR))
-    }
-
-    fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
-        let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
+    /// Make sure the domain's previous QEMU, if this driver has one, has ended.
+    fn end_previous(&mut self, spec: &VmSpec) -> Result<(), DriverError> {
         if let Some(mut vm) = self.vms.remove(&spec.domain) {
             let phase = self.status_of(&mut vm).phase;
             let ended = vm_dir::ensure_ended(&mut vm, phase, &spec.domain);
             self.vms.insert(spec.domain.clone(), vm);
             ended?;
         }
+        Ok(())
+    }
+
+    /// Start the QEMU of `spec` and wait until it answers QMP; `incoming`: held before the
+    /// guest's first instruction, waiting for a migration stream (`-S -incoming defer`).
+    fn launch(
+        &mut self,
+        spec: &VmSpec,
+        incoming: bool,
+    ) -> Result<(PathBuf, std::process::Child), DriverError> {
+        let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
         let dir = vm_dir::prepare(&self.config.run_dir, &spec.domain, &[QMP_FILE, CONSOLE_SOCKET_FILE])
             .map_err(failed)?;
-        // A restore: the file must be a snapshot of this driver, of a guest of this size.
-        let restore = match &spec.restore_from {
-            None => None,
-            Some(file) => {
-                let path = Path::new(file);
-                if !path.is_file() {
-                    return Err(failed(format!("snapshot file {file} is missing")));
-                }
-                let (header, offset) = snapshot::read_header(path).map_err(failed)?;
-                header.fits(file, spec).map_err(failed)?;
-                let (end, disks) = crate::disk_images::read(path).map_err(failed)?;
-                // Memory and disks come back to one instant: the disks first, before QEMU
-                // opens them.
-                let targets: Vec<Option<&str>> =
-                    spec.disks.iter().map(|d| (!d.read_only).then_some(d.path.as_str())).collect();
-                let restored = crate::disk_images::restore(path, &disks, &targets).map_err(failed)?;
-                Some((file, header, snapshot::incoming_uri(path, offset, end).map_err(failed)?, restored))
-            }
-        };
         let mut args = self.args(spec, &dir).map_err(failed)?;
-        if restore.is_some() {
+        if incoming {
             args.extend(["-S".into(), "-incoming".into(), "defer".into()]);
         }
         tap::plug_nics(spec).map_err(failed)?;
@@ -426,14 +412,53 @@ impl Driver for QemuDriver {
         match vm_dir::wait_up(&mut child, &dir, START_TIMEOUT_MS, || {
             qmp_call(&dir, &qmp::query_status {}).is_ok()
         }) {
-            vm_dir::StartOutcome::Up => {}
+            vm_dir::StartOutcome::Up => Ok((dir, child)),
             vm_dir::StartOutcome::Exited(status) => {
-                return Err(failed(format!("QEMU exited with {status}: {}", qemu_said(&dir, 1))));
+                Err(failed(format!("QEMU exited with {status}: {}", qemu_said(&dir, 1))))
             }
             vm_dir::StartOutcome::TimedOut => {
-                return Err(failed(format!("QEMU did not answer QMP within {START_TIMEOUT_MS} ms")))
+                Err(failed(format!("QEMU did not answer QMP within {START_TIMEOUT_MS} ms")))
             }
         }
+    }
+
+    /// Write how the QEMU of `vm` ended, in the VMM's format (QEMU writes none of its own).
+    fn record_exit(vm: &VmProcess, phase: Phase, reason: &str) -> std::io::Result<()> {
+        let domain = vm.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        ExitRecord { domain, generation: vm.generation, phase, reason: Some(reason.into()) }.write(&vm.dir)
+    }
+}
+
+impl Driver for QemuDriver {
+    fn serve_networks(&mut self, work: &crate::networks::NetworkWork) -> Vec<(String, String)> {
+        let user = crate::net_host::user(&work.host, &self.config.run_dir);
+        crate::net_host::serve(work, &user, std::path::Path::new(crate::net_host::SERVER_DIR))
+    }
+
+    fn start(&mut self, spec: &VmSpec, _now_ms: u64) -> Result<(), DriverError> {
+        let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
+        self.end_previous(spec)?;
+        // A restore: the file must be a snapshot of this driver, of a guest of this size.
+        let restore = match &spec.restore_from {
+            None => None,
+            Some(file) => {
+                let path = Path::new(file);
+                if !path.is_file() {
+                    return Err(failed(format!("snapshot file {file} is missing")));
+                }
+                let (header, offset) = snapshot::read_header(path).map_err(failed)?;
+                header.fits(file, spec).map_err(failed)?;
+                let (end, disks) = crate::disk_images::read(path).map_err(failed)?;
+                // Memory and disks come back to one instant: the disks first, before QEMU
+                // opens them.
+                let targets: Vec<Option<&str>> =
+                    spec.disks.iter().map(|d| (!d.read_only).then_some(d.path.as_str())).collect();
+                let restored = crate::disk_images::restore(path, &disks, &targets).map_err(failed)?;
+                Some((file, header, snapshot::incoming_uri(path, offset, end).map_err(failed)?, restored))
+            }
+        };
+        // (A failed launch drops the restored disks, which puts the old ones back.)
+        let (dir, mut child) = self.launch(spec, restore.is_some())?;
         if let Some((file, header, uri, restored)) = restore {
             if let Err(reason) = snapshot::restore(&dir, &mut child, &uri, header.resumes()) {
                 vm_dir::abandon(&mut child, &dir);
@@ -446,6 +471,84 @@ impl Driver for QemuDriver {
         }
         self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));
         Ok(())
+    }
+
+    /// QEMU `-incoming` on `listen_ip` (see `qemu/migration.rs`).
+    fn prepare_incoming(
+        &mut self,
+        spec: &VmSpec,
+        listen_ip: std::net::IpAddr,
+    ) -> Result<String, DriverError> {
+        self.end_previous(spec)?;
+        let (dir, mut child) = self.launch(spec, true)?;
+        match migration::listen(&dir, listen_ip) {
+            Ok(address) => {
+                info!(domain = %spec.domain, %address, "QEMU waits for an incoming migration");
+                self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));
+                Ok(address)
+            }
+            Err(reason) => {
+                vm_dir::abandon(&mut child, &dir);
+                Err(DriverError::StartFailed {
+                    domain: spec.domain.clone(),
+                    reason: format!("QEMU cannot receive a migration: {reason}"),
+                })
+            }
+        }
+    }
+
+    fn migrate_out(
+        &mut self,
+        domain: &str,
+        address: &str,
+        limits: crate::driver::ConvergeLimits,
+        _now_ms: u64,
+    ) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        migration::start(&vm.dir, address, limits).map_err(|reason| DriverError::Failed {
+            domain: domain.to_owned(),
+            action: "start a live migration",
+            reason,
+        })
+    }
+
+    fn outgoing(&mut self, domain: &str, _now_ms: u64) -> Result<crate::driver::Outgoing, DriverError> {
+        let vm = self.vm(domain)?;
+        migration::outgoing(&vm.dir).map_err(|reason| DriverError::Failed {
+            domain: domain.to_owned(),
+            action: "live-migrate",
+            reason,
+        })
+    }
+
+    /// The target QEMU holds the whole VM: this one ends (the target's host resumes its
+    /// own once it sees the commit).
+    fn migrate_switch(
+        &mut self,
+        domain: &str,
+    ) -> Result<controlplane::model::MigrationProgress, DriverError> {
+        let failed =
+            |reason: String| DriverError::Failed { domain: domain.to_owned(), action: "switch over", reason };
+        let vm = self.vm(domain)?;
+        let progress = migration::finished(&vm.dir).map_err(failed)?;
+        let to = migration::target(&vm.dir).map_or_else(String::new, |(address, _)| address);
+        Self::record_exit(vm, Phase::Destroyed, &format!("migrated to {to}"))
+            .map_err(|e| failed(format!("recording the end: {e}")))?;
+        if qmp_call(&vm.dir, &qmp::quit {}).is_err() && vm_dir::process_alive(vm.pid) {
+            vm_dir::kill(vm.pid);
+        }
+        vm.wait_child();
+        info!(domain, to = %to, downtime_ms = ?progress.downtime_ms, "migrated away");
+        Ok(progress)
+    }
+
+    fn migrate_cancel(&mut self, domain: &str) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        migration::cancel(&vm.dir).map_err(|reason| DriverError::Failed {
+            domain: domain.to_owned(),
+            action: "cancel a live migration",
+            reason,
+        })
     }
 
     fn pause(&mut self, domain: &str, _now_ms: u64) -> Result<(), DriverError> {

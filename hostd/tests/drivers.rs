@@ -1048,3 +1048,112 @@ fn the_kvm_driver_refuses_qcow2_disks_and_a_ninth_disk() {
     assert!(text.contains("9 disks; the kvm driver's VMM attaches at most 8 per VM"), "{text}");
     assert!(driver.list(0).is_empty(), "a VM that never started is listed");
 }
+
+/// The Linux guest (with a disk) under the qemu driver, live-migrated to another driver's
+/// QEMU (another host's, on one machine) with QEMU's own migration. A migration cancelled
+/// right after it started leaves the guest counting on the source (whether QEMU was still
+/// copying or had finished: then the source takes its disks back), and the incoming QEMU
+/// is done away with. The next one completes: the target holds the whole guest paused
+/// until it is resumed (as its host does once the switch-over is committed), the source's
+/// QEMU ends at the switch, and the guest counts on at the target from where it stopped,
+/// without booting again.
+#[test]
+fn the_qemu_driver_live_migrates_the_linux_guest_to_another_qemu() {
+    use hostd::driver::{ConvergeLimits, OutgoingPhase};
+    qemu_present();
+    let (kernel, initrd) = linux_guest();
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+    let _from_vms = KillVmsOnDrop(from.clone());
+    let _to_vms = KillVmsOnDrop(to.clone());
+    let mut source = QemuDriver::new(QemuConfig::new(from.clone())).unwrap();
+    let mut target = QemuDriver::new(QemuConfig::new(to.clone())).unwrap();
+    let mut linux = spec("mig", 1, &kernel, "console=ttyS0 panic=-1 drover.tick_ms=100");
+    linux.initrd = Some(initrd);
+    linux.memory_mib = 256;
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    linux.disks = vec![hostd::driver::DiskSpec {
+        path: disk.display().to_string(),
+        format: controlplane::model::VolumeFormat::Raw,
+        read_only: false,
+    }];
+    let console = |run: &Path| std::fs::read_to_string(run.join("mig/console.log")).unwrap_or_default();
+    let last_tick = |run: &Path| linux_ticks(&console(run)).last().copied().unwrap_or(0);
+    let within = Duration::from_secs(120);
+    source.start(&linux, 0).unwrap();
+    wait_for("Linux counting", within, || last_tick(&from) >= 3, || console(&from));
+    let limits = ConvergeLimits { max_downtime_ms: 50, throttle_max_percent: 99 };
+    let mut incoming = linux.clone();
+    incoming.generation = 2;
+    let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+
+    // Cancelled: the guest stays and counts on where it was.
+    let address = target.prepare_incoming(&incoming, localhost).unwrap();
+    assert_eq!(target.list(now_ms())["mig"].phase, ObservedPhase::Starting);
+    source.migrate_out("mig", &address, limits, now_ms()).unwrap();
+    source.migrate_cancel("mig").unwrap();
+    let err = source.outgoing("mig", now_ms()).unwrap_err().to_string();
+    assert!(err.contains("no migration was started"), "{err}");
+    target.destroy("mig", 0).unwrap();
+    wait_ended(&mut target, "mig");
+    target.remove("mig");
+    assert_eq!(processes_in(&to.join("mig")), Vec::<u32>::new(), "the incoming QEMU is left behind");
+    let at = last_tick(&from);
+    wait_for("counting on after the cancel", within, || last_tick(&from) >= at + 3, || console(&from));
+    assert_eq!(source.list(now_ms())["mig"].phase, ObservedPhase::Running);
+
+    // Completed.
+    let address = target.prepare_incoming(&incoming, localhost).unwrap();
+    let started = Instant::now();
+    source.migrate_out("mig", &address, limits, now_ms()).unwrap();
+    let deadline = Instant::now() + within;
+    let copied = loop {
+        let out = source.outgoing("mig", now_ms()).unwrap();
+        match out.phase {
+            OutgoingPhase::AwaitingSwitch => break out,
+            OutgoingPhase::Failed | OutgoingPhase::Cancelled => panic!("the migration ended: {out:?}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "the migration never finished copying: {out:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(copied.progress.bytes_sent > 0, "{copied:?}");
+    assert_eq!(source.list(now_ms())["mig"].phase, ObservedPhase::Paused);
+    assert_eq!(wait_phase_any(&mut target, "mig", ObservedPhase::Paused).generation, 2);
+    let last_at_source = last_tick(&from);
+    let done = source.migrate_switch("mig").unwrap();
+    let took = started.elapsed();
+    let ended = wait_ended(&mut source, "mig");
+    assert_eq!(ended.reason.as_deref(), Some(format!("migrated to {address}").as_str()), "{ended:?}");
+    assert_eq!(processes_in(&from.join("mig")), Vec::<u32>::new(), "the source's QEMU runs on");
+    // The target has not run a single tick before it is resumed.
+    assert!(linux_ticks(&console(&to)).is_empty(), "{}", console(&to));
+    target.resume("mig", 0).unwrap();
+    assert_eq!(wait_phase_any(&mut target, "mig", ObservedPhase::Running).generation, 2);
+    wait_for("counting at the target", within, || linux_ticks(&console(&to)).len() >= 3, || console(&to));
+    let ticks = linux_ticks(&console(&to));
+    eprintln!(
+        "QEMU migrated {} MiB in {took:?}: {} bytes, downtime {:?} ms; ticks ..{last_at_source} at the source, \
+         {:?} at the target",
+        linux.memory_mib,
+        done.bytes_sent,
+        done.downtime_ms,
+        &ticks[..3]
+    );
+    assert!(done.downtime_ms.is_some(), "{done:?}");
+    assert!(
+        last_at_source < ticks[0] && ticks[0] <= last_at_source + 2,
+        "the guest counts on from where it stopped ({last_at_source}): {ticks:?}"
+    );
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
+    assert!(!console(&to).contains("DROVER-LINUX-READY"), "it booted again:\n{}", console(&to));
+    // A guest like any other there: a reboot boots it again.
+    target.reboot("mig", 0).unwrap();
+    wait_for(
+        "the reboot at the target",
+        within,
+        || console(&to).contains("DROVER-LINUX-READY"),
+        || console(&to),
+    );
+}

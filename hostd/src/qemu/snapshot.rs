@@ -65,7 +65,7 @@ pub const FORMAT_VERSION: u32 = 1;
 const QEMU_STREAM_MAGIC: &[u8; 4] = b"QEVM";
 /// The migration bandwidth cap while snapshotting: none that matters (QEMU's default, 128
 /// MiB/s, would hold a stopped guest paused for seconds per GiB).
-const MAX_BANDWIDTH: u64 = 1 << 40;
+pub(crate) const MAX_BANDWIDTH: u64 = 1 << 40;
 /// How often QEMU is asked how far it got.
 const POLL: Duration = Duration::from_millis(5);
 /// `query-block`'s answer, read loosely (only what a snapshot needs).

@@ -1,0 +1,285 @@
+//! Live migration of the test guest between two hosts' drivers on this machine (over
+//! loopback), Drover's own VMM beside QEMU's own migration (the qemu driver), in one run
+//! with the same guest, memory size, workload and limits: for each guest size and
+//! workload, the downtime each reports, the whole migration (from `migrate_out` to the
+//! guest running on the target), the bytes sent and the rounds, and how many runs did not
+//! converge within the timeout (cancelled: the guest runs on at the source).
+//!
+//! Workloads: `idle` (the guest ticks every 20 ms and touches about a megabyte) and
+//! `dirtyN` (it rewrites N MiB of its memory, a byte per page, as fast as it can: a tick
+//! every millisecond that is always late).
+//!
+//! Downtime, as each reports it: the own VMM's runs from the pause at the source to the
+//! target's word that the guest runs there; QEMU's (`query-migrate`'s `downtime`) from
+//! the stop at the source to the last byte sent, without the target's resume, which
+//! under the qemu driver its host does after the commit. The `switch` column is the
+//! bench's own measure for both: from the copy being complete to the target listed
+//! running (for the own VMM it is part of its downtime; for QEMU it comes on top).
+//!
+//! Usage: `cargo build --release -p vmm --bin drover-vmm && cargo run -p bench --bin
+//! migration -- --runs 5 [--sizes 256,1024] [--dirty 0,16,64,128] [--only kvm,qemu]
+//! [--max-downtime-ms 50] [--timeout-s 60] [--vmm target/release/drover-vmm]`. The own
+//! VMM needs /dev/kvm; QEMU comes from `scripts/deps`.
+
+#![allow(clippy::print_stdout)] // a report on stdout is its output
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use controlplane::model::ObservedPhase;
+use hostd::driver::{ConvergeLimits, Driver, OutgoingPhase, VmSpec};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Guest memory sizes, MiB.
+    #[arg(long, default_value = "256,1024", value_delimiter = ',')]
+    sizes: Vec<u64>,
+    /// MiB the guest rewrites as fast as it can; 0 is the idle guest.
+    #[arg(long, default_value = "0,16,64,128", value_delimiter = ',')]
+    dirty: Vec<u64>,
+    /// Comma-separated subset of: kvm,qemu.
+    #[arg(long, default_value = "kvm,qemu")]
+    only: String,
+    /// The pause budget given to both (hostd's default).
+    #[arg(long, default_value_t = hostd::migrations::MAX_DOWNTIME_MS_DEFAULT)]
+    max_downtime_ms: u64,
+    /// How far both may throttle the guest (hostd's default).
+    #[arg(long, default_value_t = hostd::migrations::THROTTLE_MAX_PERCENT_DEFAULT)]
+    throttle_max_percent: u8,
+    /// A migration not done copying after this long is cancelled and counted as not
+    /// converging.
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+    /// The own VMM's binary (a release build; default: beside this program).
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+}
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// (p50, p99) of `v`, or `None` when it is empty.
+fn p50_p99(mut v: Vec<f64>) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some((percentile(&v, 0.5), percentile(&v, 0.99)))
+}
+
+fn wait_phase(driver: &mut dyn Driver, domain: &str, phase: ObservedPhase) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    while driver.list(now_ms()).get(domain).map(|s| s.phase) != Some(phase) {
+        if Instant::now() > deadline {
+            bail!("{domain} never became {phase:?}: {:?}", driver.list(now_ms()).get(domain));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+fn wait_ended(driver: &mut dyn Driver, domain: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    while driver.list(now_ms()).get(domain).is_some_and(|s| s.phase.is_live()) {
+        if Instant::now() > deadline {
+            bail!("{domain} never ended: {:?}", driver.list(now_ms()).get(domain));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    driver.remove(domain);
+    Ok(())
+}
+
+fn wait_ticks(console: &Path, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    while std::fs::read_to_string(console).unwrap_or_default().matches(testguest::TICK_PREFIX).count() < count
+    {
+        if Instant::now() > deadline {
+            bail!("the guest never printed {count} ticks in {}", console.display());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// One migration: its numbers, or `None` where it did not converge in time.
+struct Run {
+    done: Option<Done>,
+    bytes_sent: u64,
+}
+
+struct Done {
+    downtime_ms: f64,
+    switch_ms: f64,
+    total_ms: f64,
+    rounds: u32,
+    throttle_percent: u8,
+}
+
+fn migrate_once(
+    source: &mut dyn Driver,
+    target: &mut dyn Driver,
+    spec: &VmSpec,
+    console: &Path,
+    limits: ConvergeLimits,
+    timeout: Duration,
+) -> anyhow::Result<Run> {
+    let domain = spec.domain.as_str();
+    source.start(spec, now_ms())?;
+    wait_phase(source, domain, ObservedPhase::Running)?;
+    wait_ticks(console, 3)?;
+    let mut incoming = spec.clone();
+    incoming.generation += 1;
+    let address = target.prepare_incoming(&incoming, IpAddr::from([127, 0, 0, 1]))?;
+    let started = Instant::now();
+    source.migrate_out(domain, &address, limits, now_ms())?;
+    loop {
+        let out = source.outgoing(domain, now_ms())?;
+        match out.phase {
+            OutgoingPhase::AwaitingSwitch => break,
+            OutgoingPhase::Failed | OutgoingPhase::Cancelled => bail!("the migration ended: {out:?}"),
+            OutgoingPhase::Copying | OutgoingPhase::Completing => {}
+        }
+        if started.elapsed() > timeout {
+            source.migrate_cancel(domain)?;
+            target.destroy(domain, now_ms())?;
+            wait_ended(target, domain)?;
+            wait_phase(source, domain, ObservedPhase::Running)?;
+            source.destroy(domain, now_ms())?;
+            wait_ended(source, domain)?;
+            return Ok(Run { done: None, bytes_sent: out.progress.bytes_sent });
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let complete = Instant::now();
+    let progress = source.migrate_switch(domain)?;
+    // The own VMM's target runs on its source's word; QEMU's waits for its host's resume.
+    if target.list(now_ms()).get(domain).is_some_and(|s| s.phase == ObservedPhase::Paused) {
+        target.resume(domain, now_ms())?;
+    }
+    wait_phase(target, domain, ObservedPhase::Running)?;
+    let switch_ms = complete.elapsed().as_secs_f64() * 1e3;
+    let total_ms = started.elapsed().as_secs_f64() * 1e3;
+    wait_ended(source, domain)?;
+    target.destroy(domain, now_ms())?;
+    wait_ended(target, domain)?;
+    let downtime_ms = progress.downtime_ms.context("a switched-over migration without its downtime")?;
+    Ok(Run {
+        bytes_sent: progress.bytes_sent,
+        done: Some(Done {
+            downtime_ms: downtime_ms as f64,
+            switch_ms,
+            total_ms,
+            rounds: progress.rounds,
+            throttle_percent: progress.throttle_percent,
+        }),
+    })
+}
+
+fn driver(name: &str, run_dir: &Path, vmm: &Path) -> anyhow::Result<Box<dyn Driver>> {
+    Ok(match name {
+        "kvm" => {
+            if !vmm.exists() {
+                bail!("{} is missing: cargo build --release -p vmm --bin drover-vmm", vmm.display());
+            }
+            Box::new(hostd::kvm::KvmDriver::new(hostd::kvm::KvmConfig {
+                program: vmm.to_owned(),
+                program_args: Vec::new(),
+                run_dir: run_dir.to_owned(),
+                console_log_bytes_max: 1 << 20,
+            })?)
+        }
+        other => bench::process_driver(other, run_dir)?,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let limits = ConvergeLimits {
+        max_downtime_ms: args.max_downtime_ms,
+        throttle_max_percent: args.throttle_max_percent,
+    };
+    let timeout = Duration::from_secs(args.timeout_s);
+    let vmm = args.vmm.clone().unwrap_or_else(bench::vmm_bin);
+    let work = tempfile::tempdir()?;
+    let kernel = work.path().join("guest.elf");
+    testguest::write_to(&kernel)?;
+    println!(
+        "limits: max downtime {} ms, throttle up to {}%, timeout {} s, {} runs per row",
+        args.max_downtime_ms, args.throttle_max_percent, args.timeout_s, args.runs
+    );
+    println!(
+        "driver  size_mib  workload  downtime_ms_p50  downtime_ms_p99  switch_ms_p50  total_ms_p50  total_ms_p99  \
+         mib_sent_p50  rounds_p50  throttle_p50  not_converged"
+    );
+    for name in args.only.split(',') {
+        let from = work.path().join(name).join("from");
+        let to = work.path().join(name).join("to");
+        let mut source = driver(name, &from, &vmm)?;
+        let mut target = driver(name, &to, &vmm)?;
+        for &mib in &args.sizes {
+            for &dirty in &args.dirty {
+                let workload = if dirty == 0 { "idle".to_owned() } else { format!("dirty{dirty}") };
+                let cmdline = if dirty == 0 {
+                    "drover.tick_ms=20".to_owned()
+                } else {
+                    format!("drover.tick_ms=1 drover.dirty_mib={dirty}")
+                };
+                let mut runs = Vec::new();
+                for run in 0..args.runs {
+                    let domain = format!("m{mib}{workload}{run}");
+                    let spec = VmSpec {
+                        domain: domain.clone(),
+                        generation: 1,
+                        vcpus: 1,
+                        memory_mib: mib,
+                        kernel: Some(kernel.display().to_string()),
+                        initrd: None,
+                        cmdline: cmdline.clone(),
+                        disks: Vec::new(),
+                        nics: Vec::new(),
+                        restore_from: None,
+                        disks_from: None,
+                    };
+                    let console = from.join(&domain).join("console.log");
+                    runs.push(
+                        migrate_once(source.as_mut(), target.as_mut(), &spec, &console, limits, timeout)
+                            .with_context(|| format!("{name} {mib} MiB {workload} run {run}"))?,
+                    );
+                }
+                let done: Vec<&Done> = runs.iter().filter_map(|r| r.done.as_ref()).collect();
+                let cell = |v: Vec<f64>, pick: fn((f64, f64)) -> f64| {
+                    p50_p99(v).map_or_else(|| "-".to_owned(), |p| format!("{:.1}", pick(p)))
+                };
+                let downtime = || done.iter().map(|d| d.downtime_ms).collect::<Vec<_>>();
+                let total = || done.iter().map(|d| d.total_ms).collect::<Vec<_>>();
+                println!(
+                    "{name:<6}  {mib:>8}  {workload:<8}  {:>15}  {:>15}  {:>13}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>5}/{}",
+                    cell(downtime(), |p| p.0),
+                    cell(downtime(), |p| p.1),
+                    cell(done.iter().map(|d| d.switch_ms).collect(), |p| p.0),
+                    cell(total(), |p| p.0),
+                    cell(total(), |p| p.1),
+                    cell(runs.iter().map(|r| r.bytes_sent as f64 / f64::from(1 << 20)).collect(), |p| p.0),
+                    cell(done.iter().map(|d| f64::from(d.rounds)).collect(), |p| p.0),
+                    cell(done.iter().map(|d| f64::from(d.throttle_percent)).collect(), |p| p.0),
+                    runs.len() - done.len(),
+                    runs.len(),
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Live migration under the qemu driver: QEMU's own pre-copy migration over TCP, driven
+//! over QMP through the same saga as the own VMM's (`crate::migrations`).
+//!
+//! - **Target**: QEMU starts with `-S -incoming defer` and `late-block-activate`, then
+//!   `migrate-incoming tcp:<ip>:0`; the port QEMU bound is read back from `query-migrate`.
+//!   It lists as `Starting` while the stream comes in (`inmigrate`) and `Paused` once the
+//!   whole VM is in. Its disks stay inactive (unlocked, unwritten) until it is resumed,
+//!   which its host does only once the switch-over is committed; a source that resumes
+//!   after a rollback still owns them. A QEMU whose incoming stream breaks exits, which
+//!   its host sees as the incoming VM ending.
+//! - **Source**: `migrate tcp:<target>` with the host's [`ConvergeLimits`] mapped to
+//!   QEMU's settings: `downtime-limit` is the pause budget, `auto-converge` with
+//!   `max-cpu-throttle` the throttle (off where it is 0), and no bandwidth cap (QEMU's
+//!   default of 128 MiB/s is a tenth of a loopback link). QEMU pauses the guest for the
+//!   last copy by itself and ends in `completed` with the guest paused (`postmigrate`):
+//!   that is [`OutgoingPhase::AwaitingSwitch`]. The switch ends the QEMU here (the
+//!   target's host resumes its own); a cancel before that is `migrate_cancel` (QEMU
+//!   resumes the guest itself), after it a `cont`, which takes the disks back.
+//!
+//! The migration a QEMU carries out is written down in its VM directory
+//! ([`OUTGOING_FILE`], the target's address) so that QEMU's record of an older
+//! migration (a snapshot is one, to a file) is never taken for it, and a restarted hostd
+//! finds it. QEMU's own `downtime` is the reported downtime: from the pause here to the
+//! last byte sent, without the target's resume.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use controlplane::model::MigrationProgress;
+use qapi::qmp;
+use serde::{Deserialize, Serialize};
+
+use super::qmp_call;
+use crate::driver::{ConvergeLimits, Outgoing, OutgoingPhase};
+
+/// The file in a VM's directory that names the target of its outgoing migration.
+pub const OUTGOING_FILE: &str = "migration-out";
+/// What [`OUTGOING_FILE`] says of the guest when the migration began.
+const RUNNING: &str = "running";
+const PAUSED: &str = "paused";
+/// How long a cancel may take to bring the guest back.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `query-migrate`, with only the fields Drover reads, each optional: QEMU versions
+/// differ in which they send (the `qapi` crate's own type requires some that QEMU 7.2
+/// lacks).
+#[derive(Debug, Serialize)]
+struct QueryMigrate {}
+
+impl qapi::Command for QueryMigrate {
+    type Ok = MigrationInfo;
+    const NAME: &'static str = "query-migrate";
+    const ALLOW_OOB: bool = false;
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct MigrationInfo {
+    status: Option<qmp::MigrationStatus>,
+    ram: Option<RamStats>,
+    expected_downtime: Option<i64>,
+    downtime: Option<i64>,
+    cpu_throttle_percentage: Option<i64>,
+    error_desc: Option<String>,
+    socket_address: Option<Vec<qmp::SocketAddress>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct RamStats {
+    transferred: Option<i64>,
+    remaining: Option<i64>,
+    dirty_pages_rate: Option<i64>,
+    page_size: Option<i64>,
+    dirty_sync_count: Option<i64>,
+}
+
+fn unsigned(v: Option<i64>) -> u64 {
+    v.map_or(0, |v| u64::try_from(v).unwrap_or(0))
+}
+
+fn capability(capability: qmp::MigrationCapability, state: bool) -> qmp::MigrationCapabilityStatus {
+    qmp::MigrationCapabilityStatus { capability, state }
+}
+
+/// Have the incoming QEMU in `dir` (started with `-S -incoming defer`) listen on
+/// `listen_ip`; returns the `ip:port` its source is to send to.
+pub fn listen(dir: &Path, listen_ip: IpAddr) -> Result<String, String> {
+    let late = vec![capability(qmp::MigrationCapability::late_block_activate, true)];
+    qmp_call(dir, &qmp::migrate_set_capabilities { capabilities: late })?;
+    let uri = format!("tcp:{}", std::net::SocketAddr::new(listen_ip, 0));
+    qmp_call(dir, &qmp::migrate_incoming { uri: Some(uri), channels: None, exit_on_error: None })?;
+    let info = qmp_call(dir, &QueryMigrate {})?;
+    let port = info
+        .socket_address
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|a| match a {
+            qmp::SocketAddress::inet(inet) => inet.base.port.parse::<u16>().ok().filter(|&p| p != 0),
+            _ => None,
+        })
+        .ok_or("QEMU did not say which port it listens on")?;
+    Ok(std::net::SocketAddr::new(listen_ip, port).to_string())
+}
+
+/// Start sending the VM of QEMU `dir` to the incoming QEMU at `address`.
+pub fn start(dir: &Path, address: &str, limits: ConvergeLimits) -> Result<(), String> {
+    if address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("{address:?} is no ip:port"));
+    }
+    let throttle = limits.throttle_max_percent.min(controlplane::model::THROTTLE_PERCENT_MAX);
+    let converge = vec![capability(qmp::MigrationCapability::auto_converge, throttle > 0)];
+    qmp_call(dir, &qmp::migrate_set_capabilities { capabilities: converge })?;
+    let parameters = qmp::MigrateSetParameters {
+        downtime_limit: Some(limits.max_downtime_ms),
+        max_bandwidth: Some(super::snapshot::MAX_BANDWIDTH),
+        max_cpu_throttle: (throttle > 0).then_some(throttle),
+        ..Default::default()
+    };
+    qmp_call(dir, &qmp::migrate_set_parameters(parameters))?;
+    let running = qmp_call(dir, &qmp::query_status {})?.status == qmp::RunState::running;
+    let record = format!("{address}\n{}\n", if running { RUNNING } else { PAUSED });
+    std::fs::write(dir.join(OUTGOING_FILE), record).map_err(|e| format!("{OUTGOING_FILE}: {e}"))?;
+    let migrate =
+        qmp::migrate { uri: Some(format!("tcp:{address}")), channels: None, detach: None, resume: None };
+    qmp_call(dir, &migrate).map(|_| ()).inspect_err(|_| {
+        let _ = std::fs::remove_file(dir.join(OUTGOING_FILE));
+    })
+}
+
+/// The target of the outgoing migration QEMU `dir` carries out, if any, and whether the
+/// guest ran when it began.
+pub fn target(dir: &Path) -> Option<(String, bool)> {
+    let record = std::fs::read_to_string(dir.join(OUTGOING_FILE)).ok()?;
+    let mut lines = record.lines();
+    Some((lines.next()?.to_owned(), lines.next() != Some(PAUSED)))
+}
+
+fn progress(info: &MigrationInfo) -> MigrationProgress {
+    let ram = info.ram.as_ref();
+    let stat = |f: fn(&RamStats) -> Option<i64>| unsigned(ram.and_then(f));
+    MigrationProgress {
+        bytes_sent: stat(|r| r.transferred),
+        // QEMU counts the bitmap syncs, the first before the first full pass.
+        rounds: u32::try_from(stat(|r| r.dirty_sync_count).saturating_sub(1)).unwrap_or(u32::MAX),
+        dirty_bytes_per_s: stat(|r| r.dirty_pages_rate).saturating_mul(stat(|r| r.page_size)),
+        remaining_bytes: stat(|r| r.remaining),
+        expected_downtime_ms: unsigned(info.expected_downtime),
+        throttle_percent: u8::try_from(unsigned(info.cpu_throttle_percentage))
+            .unwrap_or(u8::MAX)
+            .min(controlplane::model::THROTTLE_PERCENT_MAX),
+        // Only the final numbers carry a downtime ([`finished`]).
+        downtime_ms: None,
+    }
+}
+
+/// Where the outgoing migration of QEMU `dir` stands.
+pub fn outgoing(dir: &Path) -> Result<Outgoing, String> {
+    if target(dir).is_none() {
+        return Err("no migration was started".into());
+    }
+    let info = qmp_call(dir, &QueryMigrate {})?;
+    use qmp::MigrationStatus as S;
+    let phase = match info.status {
+        Some(S::completed) => OutgoingPhase::AwaitingSwitch,
+        Some(S::device | S::pre_switchover) => OutgoingPhase::Completing,
+        Some(S::failed | S::colo) => OutgoingPhase::Failed,
+        Some(S::cancelling | S::cancelled) => OutgoingPhase::Cancelled,
+        _ => OutgoingPhase::Copying,
+    };
+    let reason = (phase == OutgoingPhase::Failed)
+        .then(|| info.error_desc.clone().unwrap_or_else(|| "QEMU's migration failed".into()));
+    Ok(Outgoing { phase, progress: progress(&info), reason })
+}
+
+/// The final numbers of the completed outgoing migration of QEMU `dir`; the caller then
+/// ends the QEMU.
+pub fn finished(dir: &Path) -> Result<MigrationProgress, String> {
+    let info = qmp_call(dir, &QueryMigrate {})?;
+    if info.status != Some(qmp::MigrationStatus::completed) {
+        return Err(format!("the migration is {:?}, not completed", info.status));
+    }
+    let downtime = info.downtime.ok_or("QEMU did not say how long the guest was paused")?;
+    Ok(MigrationProgress { downtime_ms: Some(unsigned(Some(downtime))), ..progress(&info) })
+}
+
+/// Abandon the outgoing migration of QEMU `dir`: the guest runs here again (or stays
+/// paused, if it was paused before).
+pub fn cancel(dir: &Path) -> Result<(), String> {
+    let was_running = target(dir).is_none_or(|(_, running)| running);
+    let info = qmp_call(dir, &QueryMigrate {})?;
+    use qmp::MigrationStatus as S;
+    match info.status {
+        // The target holds the whole VM, paused and without its disks: `cont` takes them
+        // back (QEMU activates a guest's disks only on a resume).
+        Some(S::completed) => {
+            qmp_call(dir, &qmp::cont {})?;
+            if !was_running {
+                qmp_call(dir, &qmp::stop {})?;
+            }
+        }
+        Some(S::failed | S::cancelled | S::none) | None => {}
+        Some(_) => {
+            qmp_call(dir, &qmp::migrate_cancel {})?;
+            let deadline = Instant::now() + CANCEL_TIMEOUT;
+            loop {
+                let status = qmp_call(dir, &QueryMigrate {})?.status;
+                if matches!(status, Some(S::cancelled | S::failed)) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("QEMU did not cancel its migration ({status:?})"));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    std::fs::remove_file(dir.join(OUTGOING_FILE)).or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(format!("{OUTGOING_FILE}: {e}")),
+    })
+}
