@@ -727,6 +727,12 @@ impl Vm {
         &self.bus
     }
 
+    /// Whether guest memory is anonymous (not a restored snapshot's file mapping), so
+    /// that pages the process never touched are zeros.
+    pub fn anonymous_memory(&self) -> bool {
+        !self.restored
+    }
+
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
     }

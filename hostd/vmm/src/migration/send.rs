@@ -370,10 +370,16 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<
     let deadline = started + Duration::from_millis(COPY_TIMEOUT_MS);
     vm.log_dirty_pages(true)?;
     let mut collected_at = Instant::now();
-    // Round 0: everything that is not zeros.
+    // Round 0: everything that is not zeros. Pages the process never touched are, and
+    // are skipped unread (reading them would map a zero page into each); one touched
+    // from here on is in the dirty log, on since before this look.
+    let untouched = if vm.anonymous_memory() { untouched(vm.memory(), pages) } else { None };
     for p in 0..pages {
         if p % PAGES_PER_FRAME_MAX as u64 == 0 {
             cancelled()?;
+        }
+        if untouched.as_ref().is_some_and(|u| u[p as usize]) {
+            continue;
         }
         sender.page(p, true)?;
     }
@@ -481,6 +487,19 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<
     cancelled()?;
     locked(&shared.status).phase = OutgoingPhase::AwaitingSwitch;
     Ok(())
+}
+
+/// Which of the first `pages` pages of `mem` (one anonymous mapping) the process never
+/// touched; `None` where that is not known.
+fn untouched(mem: &GuestMemoryMmap, pages: u64) -> Option<Vec<bool>> {
+    use vm_memory::GuestMemoryBackend;
+    if mem.num_regions() != 1 {
+        return None;
+    }
+    let host = mem.get_host_address(GuestAddress(0)).ok()?;
+    let len = usize::try_from(pages).ok()?.checked_mul(PAGE_BYTES)?;
+    let untouched = crate::snapshot::untouched_pages(host as u64, len)?;
+    (untouched.len() as u64 == pages).then_some(untouched)
 }
 
 #[cfg(test)]

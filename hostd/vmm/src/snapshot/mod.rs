@@ -251,17 +251,18 @@ impl Drop for Written {
     }
 }
 
-/// Which pages of the anonymous mapping at `bytes` the process has never touched (neither
-/// present nor swapped out, per `/proc/self/pagemap`): they read as zeros, and reading
-/// them only to find that out would map a zero page into each. `None` when the kernel
-/// does not say; then every page is read.
-fn untouched_pages(bytes: &[u8]) -> Option<Vec<bool>> {
+/// Which pages of the anonymous mapping of `len` bytes at host address `start` the
+/// process has never touched (neither present nor swapped out, per `/proc/self/pagemap`):
+/// they read as zeros, and reading them only to find that out would map a zero page into
+/// each. `None` when the kernel does not say; then every page is read. (An address, not
+/// a slice: a live migration asks while the guest writes its memory.)
+pub(crate) fn untouched_pages(start: u64, len: usize) -> Option<Vec<bool>> {
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
     let pagemap = File::open("/proc/self/pagemap").ok()?;
-    let pages = bytes.len() / PAGE_BYTES as usize;
+    let pages = len / PAGE_BYTES as usize;
     let mut raw = vec![0u8; pages * 8];
-    let offset = (bytes.as_ptr() as u64 / PAGE_BYTES) * 8;
+    let offset = (start / PAGE_BYTES) * 8;
     pagemap.read_exact_at(&mut raw, offset).ok()?;
     Some(
         raw.chunks_exact(8)
@@ -293,7 +294,7 @@ pub fn write(
     let written = Written { path: path.to_owned(), part: part.clone(), file: Some(file) };
     let file = written.file.as_ref().expect("just set");
     let bytes = guest_bytes(mem, memory_bytes)?;
-    let untouched = if anonymous { untouched_pages(bytes) } else { None };
+    let untouched = if anonymous { untouched_pages(bytes.as_ptr() as u64, bytes.len()) } else { None };
     let mut crc = crc32fast::Hasher::new();
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for (c, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
