@@ -133,14 +133,39 @@ pub struct QemuDriver {
     guards: Vec<std::process::Child>,
 }
 
+/// How many times a QMP connection is opened for one call: QEMU serves one client at a
+/// time, and one that connects right as the last one leaves now and then reads a line of
+/// that session before its greeting (seen when a migration is polled every half
+/// millisecond).
+const QMP_CONNECT_TRIES: usize = 3;
+
 fn qmp_call<C: qapi::Command>(dir: &Path, command: &C) -> Result<C::Ok, String> {
-    let stream = UnixStream::connect(dir.join(QMP_FILE)).map_err(|e| format!("QMP socket: {e}"))?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match qmp_once(dir, command) {
+            Ok(done) => return done,
+            Err(handshake) if tries >= QMP_CONNECT_TRIES => return Err(handshake),
+            // Nothing was asked of QEMU yet: connecting again is safe.
+            Err(_) => {}
+        }
+    }
+}
+
+/// One QMP session for `command`: `Err` where the handshake failed (the command was not
+/// sent), else what the command came to.
+fn qmp_once<C: qapi::Command>(dir: &Path, command: &C) -> Result<Result<C::Ok, String>, String> {
+    let stream = match UnixStream::connect(dir.join(QMP_FILE)) {
+        Ok(stream) => stream,
+        Err(e) => return Ok(Err(format!("QMP socket: {e}"))),
+    };
     let timeout = Some(Duration::from_millis(QMP_TIMEOUT_MS));
-    stream.set_read_timeout(timeout).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(timeout).map_err(|e| e.to_string())?;
+    if let Err(e) = stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)) {
+        return Ok(Err(e.to_string()));
+    }
     let mut qmp = Qmp::from_stream(&stream);
     qmp.handshake().map_err(|e| format!("QMP handshake: {e}"))?;
-    qmp.execute(command).map_err(|e| format!("QMP: {e}"))
+    Ok(qmp.execute(command).map_err(|e| format!("QMP: {e}")))
 }
 
 /// The last `lines` non-empty lines QEMU wrote to its log in `dir`, joined by " / ".

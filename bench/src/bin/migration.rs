@@ -3,7 +3,8 @@
 //! with the same guest, memory size, workload and limits: for each guest size and
 //! workload, the downtime each reports, the whole migration (from `migrate_out` to the
 //! guest running on the target), the bytes sent and the rounds, and how many runs did not
-//! converge within the timeout (cancelled: the guest runs on at the source).
+//! converge within the timeout (cancelled: the guest runs on at the source) and how many
+//! failed (said on stderr).
 //!
 //! Workloads: `idle` (the guest ticks every 20 ms and touches about a megabyte) and
 //! `dirtyN` (it rewrites N MiB of its memory, a byte per page, as fast as it can: a tick
@@ -222,7 +223,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "driver  size_mib  workload  downtime_ms_p50  downtime_ms_p99  switch_ms_p50  total_ms_p50  total_ms_p99  \
-         mib_sent_p50  rounds_p50  throttle_p50  not_converged"
+         mib_sent_p50  rounds_p50  throttle_p50  not_converged  failed"
     );
     for name in args.only.split(',') {
         let from = work.path().join(name).join("from");
@@ -238,6 +239,7 @@ fn main() -> anyhow::Result<()> {
                     format!("drover.tick_ms=1 drover.dirty_mib={dirty}")
                 };
                 let mut runs = Vec::new();
+                let mut failed = 0;
                 for run in 0..args.runs {
                     let domain = format!("m{mib}{workload}{run}");
                     let spec = VmSpec {
@@ -254,10 +256,18 @@ fn main() -> anyhow::Result<()> {
                         disks_from: None,
                     };
                     let console = from.join(&domain).join("console.log");
-                    runs.push(
-                        migrate_once(source.as_mut(), target.as_mut(), &spec, &console, limits, timeout)
-                            .with_context(|| format!("{name} {mib} MiB {workload} run {run}"))?,
-                    );
+                    match migrate_once(source.as_mut(), target.as_mut(), &spec, &console, limits, timeout) {
+                        Ok(r) => runs.push(r),
+                        Err(e) => {
+                            // Counted, said, and cleaned up; the other runs go on.
+                            eprintln!("{name} {mib} MiB {workload} run {run} failed: {e:#}");
+                            failed += 1;
+                            for driver in [source.as_mut(), target.as_mut()] {
+                                let _ = driver.destroy(&domain, now_ms());
+                                let _ = wait_ended(driver, &domain);
+                            }
+                        }
+                    }
                 }
                 let done: Vec<&Done> = runs.iter().filter_map(|r| r.done.as_ref()).collect();
                 let cell = |v: Vec<f64>, pick: fn((f64, f64)) -> f64| {
@@ -266,7 +276,7 @@ fn main() -> anyhow::Result<()> {
                 let downtime = || done.iter().map(|d| d.downtime_ms).collect::<Vec<_>>();
                 let total = || done.iter().map(|d| d.total_ms).collect::<Vec<_>>();
                 println!(
-                    "{name:<6}  {mib:>8}  {workload:<8}  {:>15}  {:>15}  {:>13}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>5}/{}",
+                    "{name:<6}  {mib:>8}  {workload:<8}  {:>15}  {:>15}  {:>13}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>5}/{}  {failed:>6}",
                     cell(downtime(), |p| p.0),
                     cell(downtime(), |p| p.1),
                     cell(done.iter().map(|d| d.switch_ms).collect(), |p| p.0),
@@ -276,7 +286,7 @@ fn main() -> anyhow::Result<()> {
                     cell(done.iter().map(|d| f64::from(d.rounds)).collect(), |p| p.0),
                     cell(done.iter().map(|d| f64::from(d.throttle_percent)).collect(), |p| p.0),
                     runs.len() - done.len(),
-                    runs.len(),
+                    args.runs,
                 );
             }
         }
