@@ -413,8 +413,9 @@ impl QemuDriver {
         incoming: bool,
     ) -> Result<(PathBuf, std::process::Child), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
-        let dir = vm_dir::prepare(&self.config.run_dir, &spec.domain, &[QMP_FILE, CONSOLE_SOCKET_FILE])
-            .map_err(failed)?;
+        // (A migration an earlier QEMU of the domain sent is not this one's.)
+        let stale = [QMP_FILE, CONSOLE_SOCKET_FILE, migration::OUTGOING_FILE];
+        let dir = vm_dir::prepare(&self.config.run_dir, &spec.domain, &stale).map_err(failed)?;
         let mut args = self.args(spec, &dir).map_err(failed)?;
         if incoming {
             args.extend(["-S".into(), "-incoming".into(), "defer".into()]);
