@@ -23,13 +23,22 @@ pub fn process_driver(
     name: &str,
     run_dir: &std::path::Path,
 ) -> anyhow::Result<Box<dyn hostd::driver::Driver>> {
+    process_driver_with(name, run_dir, &vmm_bin())
+}
+
+/// [`process_driver`], the own VMM being the binary `vmm`.
+pub fn process_driver_with(
+    name: &str,
+    run_dir: &std::path::Path,
+    vmm: &std::path::Path,
+) -> anyhow::Result<Box<dyn hostd::driver::Driver>> {
     Ok(match name {
         "kvm" => {
-            if !vmm_bin().exists() {
-                anyhow::bail!("{} is missing: cargo build --release -p vmm", vmm_bin().display());
+            if !vmm.exists() {
+                anyhow::bail!("{} is missing: cargo build --release -p vmm", vmm.display());
             }
             Box::new(hostd::kvm::KvmDriver::new(hostd::kvm::KvmConfig {
-                program: vmm_bin(),
+                program: vmm.to_owned(),
                 program_args: Vec::new(),
                 run_dir: run_dir.to_owned(),
                 console_log_bytes_max: 1 << 20,
@@ -38,6 +47,49 @@ pub fn process_driver(
         "qemu" => Box::new(hostd::qemu::QemuDriver::new(hostd::qemu::QemuConfig::new(run_dir.to_owned()))?),
         other => anyhow::bail!("unknown driver {other}"),
     })
+}
+
+/// How long a driver benchmark waits for a VM to reach a phase or print its ticks.
+pub const DRIVER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Wall-clock milliseconds, as drivers take them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// The `p` quantile (0 to 1) of `sorted`, nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Wait until `driver` lists `domain` in `phase`, for at most [`DRIVER_DEADLINE`].
+pub fn wait_phase(
+    driver: &mut dyn hostd::driver::Driver,
+    domain: &str,
+    phase: controlplane::model::ObservedPhase,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + DRIVER_DEADLINE;
+    while driver.list(now_ms()).get(domain).map(|s| s.phase) != Some(phase) {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{domain} never became {phase:?}: {:?}", driver.list(now_ms()).get(domain));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// Wait until the test guest has printed `count` ticks to `console`, for at most
+/// [`DRIVER_DEADLINE`].
+pub fn wait_ticks(console: &std::path::Path, count: usize) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + DRIVER_DEADLINE;
+    while std::fs::read_to_string(console).unwrap_or_default().matches(testguest::TICK_PREFIX).count() < count
+    {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the guest never printed {count} ticks in {}", console.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 /// Traces for a benchmark's replicas (`--trace-sample-ratio`): an OTLP receiver in the

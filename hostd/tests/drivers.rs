@@ -588,6 +588,23 @@ fn the_kvm_driver_boots_a_linux_kernel_to_its_first_console_line() {
     wait_phase(&mut driver, "linux", ObservedPhase::Stopped);
 }
 
+/// The Linux guest as `domain` (256 MiB, counting every 100 ms) with a raw 1 MiB disk,
+/// made in `dir`; returns the spec and the disk's path.
+fn linux_with_disk(domain: &str, dir: &Path) -> (VmSpec, PathBuf) {
+    let (kernel, initrd) = linux_guest();
+    let mut linux = spec(domain, 1, &kernel, "console=ttyS0 panic=-1 drover.tick_ms=100");
+    linux.initrd = Some(initrd);
+    linux.memory_mib = 256;
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    linux.disks = vec![hostd::driver::DiskSpec {
+        path: disk.display().to_string(),
+        format: controlplane::model::VolumeFormat::Raw,
+        read_only: false,
+    }];
+    (linux, disk)
+}
+
 /// The `drover-linux: tick N` numbers in whole lines of `console` (the Linux guest's
 /// counter, `drover.tick_ms`), in order.
 fn linux_ticks(console: &str) -> Vec<u64> {
@@ -627,21 +644,11 @@ fn processes_in(dir: &Path) -> Vec<u32> {
 #[test]
 fn a_qemu_guest_restored_from_a_snapshot_continues_where_it_was() {
     qemu_present();
-    let (kernel, initrd) = linux_guest();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let _vms = KillVmsOnDrop(run.clone());
     let mut driver = QemuDriver::new(QemuConfig::new(run.clone())).unwrap();
-    let mut linux = spec("snap", 1, &kernel, "console=ttyS0 panic=-1 drover.tick_ms=100");
-    linux.initrd = Some(initrd);
-    linux.memory_mib = 256;
-    let disk = dir.path().join("disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    linux.disks = vec![hostd::driver::DiskSpec {
-        path: disk.display().to_string(),
-        format: controlplane::model::VolumeFormat::Raw,
-        read_only: false,
-    }];
+    let (linux, disk) = linux_with_disk("snap", dir.path());
     // The console log from byte `from` on (the log is appended to across generations).
     let console_from = |from: u64| {
         let bytes = std::fs::read(run.join("snap/console.log")).unwrap_or_default();
@@ -1061,23 +1068,13 @@ fn the_kvm_driver_refuses_qcow2_disks_and_a_ninth_disk() {
 fn the_qemu_driver_live_migrates_the_linux_guest_to_another_qemu() {
     use hostd::driver::{ConvergeLimits, OutgoingPhase};
     qemu_present();
-    let (kernel, initrd) = linux_guest();
     let dir = tempfile::tempdir().unwrap();
     let (from, to) = (dir.path().join("from"), dir.path().join("to"));
     let _from_vms = KillVmsOnDrop(from.clone());
     let _to_vms = KillVmsOnDrop(to.clone());
     let mut source = QemuDriver::new(QemuConfig::new(from.clone())).unwrap();
     let mut target = QemuDriver::new(QemuConfig::new(to.clone())).unwrap();
-    let mut linux = spec("mig", 1, &kernel, "console=ttyS0 panic=-1 drover.tick_ms=100");
-    linux.initrd = Some(initrd);
-    linux.memory_mib = 256;
-    let disk = dir.path().join("disk.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    linux.disks = vec![hostd::driver::DiskSpec {
-        path: disk.display().to_string(),
-        format: controlplane::model::VolumeFormat::Raw,
-        read_only: false,
-    }];
+    let (linux, _disk) = linux_with_disk("mig", dir.path());
     let console = |run: &Path| std::fs::read_to_string(run.join("mig/console.log")).unwrap_or_default();
     let last_tick = |run: &Path| linux_ticks(&console(run)).last().copied().unwrap_or(0);
     let within = Duration::from_secs(120);

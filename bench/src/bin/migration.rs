@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use bench::{now_ms, percentile, wait_phase, wait_ticks, DRIVER_DEADLINE};
 use clap::Parser;
 use controlplane::model::ObservedPhase;
 use hostd::driver::{ConvergeLimits, Driver, OutgoingPhase, VmSpec};
@@ -61,16 +62,6 @@ struct Args {
     vmm: Option<PathBuf>,
 }
 
-const DEADLINE: Duration = Duration::from_secs(120);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// (p50, p99) of `v`, or `None` when it is empty.
 fn p50_p99(mut v: Vec<f64>) -> Option<(f64, f64)> {
     if v.is_empty() {
@@ -80,19 +71,8 @@ fn p50_p99(mut v: Vec<f64>) -> Option<(f64, f64)> {
     Some((percentile(&v, 0.5), percentile(&v, 0.99)))
 }
 
-fn wait_phase(driver: &mut dyn Driver, domain: &str, phase: ObservedPhase) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    while driver.list(now_ms()).get(domain).map(|s| s.phase) != Some(phase) {
-        if Instant::now() > deadline {
-            bail!("{domain} never became {phase:?}: {:?}", driver.list(now_ms()).get(domain));
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Ok(())
-}
-
 fn wait_ended(driver: &mut dyn Driver, domain: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + DRIVER_DEADLINE;
     while driver.list(now_ms()).get(domain).is_some_and(|s| s.phase.is_live()) {
         if Instant::now() > deadline {
             bail!("{domain} never ended: {:?}", driver.list(now_ms()).get(domain));
@@ -100,18 +80,6 @@ fn wait_ended(driver: &mut dyn Driver, domain: &str) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     driver.remove(domain);
-    Ok(())
-}
-
-fn wait_ticks(console: &Path, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    while std::fs::read_to_string(console).unwrap_or_default().matches(testguest::TICK_PREFIX).count() < count
-    {
-        if Instant::now() > deadline {
-            bail!("the guest never printed {count} ticks in {}", console.display());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
     Ok(())
 }
 
@@ -189,23 +157,6 @@ fn migrate_once(
     })
 }
 
-fn driver(name: &str, run_dir: &Path, vmm: &Path) -> anyhow::Result<Box<dyn Driver>> {
-    Ok(match name {
-        "kvm" => {
-            if !vmm.exists() {
-                bail!("{} is missing: cargo build --release -p vmm --bin drover-vmm", vmm.display());
-            }
-            Box::new(hostd::kvm::KvmDriver::new(hostd::kvm::KvmConfig {
-                program: vmm.to_owned(),
-                program_args: Vec::new(),
-                run_dir: run_dir.to_owned(),
-                console_log_bytes_max: 1 << 20,
-            })?)
-        }
-        other => bench::process_driver(other, run_dir)?,
-    })
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let limits = ConvergeLimits {
@@ -228,8 +179,8 @@ fn main() -> anyhow::Result<()> {
     for name in args.only.split(',') {
         let from = work.path().join(name).join("from");
         let to = work.path().join(name).join("to");
-        let mut source = driver(name, &from, &vmm)?;
-        let mut target = driver(name, &to, &vmm)?;
+        let mut source = bench::process_driver_with(name, &from, &vmm)?;
+        let mut target = bench::process_driver_with(name, &to, &vmm)?;
         for &mib in &args.sizes {
             for &dirty in &args.dirty {
                 let workload = if dirty == 0 { "idle".to_owned() } else { format!("dirty{dirty}") };

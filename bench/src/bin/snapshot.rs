@@ -13,9 +13,10 @@
 #![allow(clippy::print_stdout)] // a report on stdout is its output
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use bench::{now_ms, percentile, wait_phase, wait_ticks};
 use clap::Parser;
 use controlplane::model::ObservedPhase;
 use hostd::driver::{snapshot_path, Driver, VmSpec};
@@ -32,42 +33,9 @@ struct Args {
     only: String,
 }
 
-const DEADLINE: Duration = Duration::from_secs(120);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn p50(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     percentile(&v, 0.5)
-}
-
-fn wait_phase(driver: &mut dyn Driver, domain: &str, phase: ObservedPhase) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    while driver.list(now_ms()).get(domain).map(|s| s.phase) != Some(phase) {
-        if Instant::now() > deadline {
-            bail!("{domain} never became {phase:?}: {:?}", driver.list(now_ms()).get(domain));
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    Ok(())
-}
-
-fn wait_ticks(console: &Path, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    while std::fs::read_to_string(console).unwrap_or_default().matches(testguest::TICK_PREFIX).count() < count
-    {
-        if Instant::now() > deadline {
-            bail!("the guest never printed {count} ticks in {}", console.display());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
 }
 
 /// One measured round: (paused ms, snapshot call ms, file bytes, restore-to-running ms).

@@ -182,7 +182,7 @@ pub fn finished(dir: &Path) -> Result<MigrationProgress, String> {
         return Err(format!("the migration is {:?}, not completed", info.status));
     }
     let downtime = info.downtime.ok_or("QEMU did not say how long the guest was paused")?;
-    Ok(MigrationProgress { downtime_ms: Some(unsigned(Some(downtime))), ..progress(&info) })
+    Ok(MigrationProgress { downtime_ms: Some(u64::try_from(downtime).unwrap_or(0)), ..progress(&info) })
 }
 
 /// Abandon the outgoing migration of QEMU `dir`: the guest runs here again (or stays
