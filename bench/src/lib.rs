@@ -5,8 +5,9 @@
 //! Criterion benches of the pure core (`benches/core.rs`) and the audit archive
 //! (`benches/archive.rs`) over histories made by [`history`]; binaries: `raft_load`
 //! (replication against etcd), `durability_floor`, `placements`, `vm_start` (against QEMU
-//! and libvirt), `snapshot` (save and restore, against QEMU), `disk_io` (guest disk throughput, against
-//! QEMU) and `sim_speed`; `bench/overlay_net.sh` (the overlay against one bridge).
+//! and libvirt), `snapshot` (save and restore, against QEMU), `migration` (live migration,
+//! against QEMU), `disk_io` (guest disk throughput, against QEMU) and `sim_speed`;
+//! `bench/overlay_net.sh` (the overlay against one bridge).
 #![forbid(unsafe_code)]
 
 pub mod history;
