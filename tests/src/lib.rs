@@ -508,5 +508,14 @@ impl Processes {
             client.status(seed).await.ok().filter(|s| s.voters.len() == want).map(|_| ())
         })
         .await;
+        // A voter that has not yet heard from the leader answers writes with "not the
+        // leader (leader: unknown)": joined means each knows it.
+        for &id in ids {
+            let addr = self.addr(id);
+            wait_for(&format!("replica {id} to know the leader"), Duration::from_secs(60), || async {
+                client.status(&addr).await.ok().filter(|s| s.leader_id != 0).map(|_| ())
+            })
+            .await;
+        }
     }
 }
