@@ -218,15 +218,21 @@ pub enum DomainCmd {
 pub enum HostCmd {
     /// Every host: address, state, capacity and what its domains use.
     List,
-    /// Take a host out of scheduling (maintenance).
-    /// Take a host out of scheduling (maintenance) and move its running domains to other
-    /// hosts: each is shut down and started again elsewhere (live migration later).
+    /// Take a host out of scheduling (maintenance) and move its domains to other hosts,
+    /// one at a time: a running or paused domain by live migration (the scheduler picks
+    /// each target), any other by shutting it down and starting it elsewhere. A live
+    /// migration that is refused or rolls back stops the drain (the domain stays where
+    /// it runs, the host in maintenance); --cold moves every domain by restart instead.
     Drain {
         name: String,
         /// Only take it out of scheduling; leave its domains where they run.
         #[arg(long)]
         keep_domains: bool,
-        /// How long one domain may take to shut down before the drain gives up.
+        /// Move domains by shutting them down and starting them elsewhere, never live.
+        #[arg(long)]
+        cold: bool,
+        /// How long one domain may take to shut down (a cold move) before the drain
+        /// gives up.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
     },
@@ -900,53 +906,114 @@ fn ha_plan(o: Output, reply: &pb::HaPlanReply) -> Printed {
     )
 }
 
-/// Move every domain running on `host` (already in maintenance) elsewhere, one at a time:
-/// shut it down, wait until it has stopped, start it again (the scheduler never picks a
-/// host in maintenance). Returns (domain, new host) for each.
+/// How a drain moved a domain.
+#[derive(Debug, Clone)]
+struct Moved {
+    domain: String,
+    to: String,
+    /// The live migration's measured downtime; `None` for a cold move (or a live one
+    /// whose source had not reported it yet).
+    downtime_ms: Option<u64>,
+    live: bool,
+}
+
+/// Move every domain placed on `host` (already in maintenance) elsewhere, one at a time:
+/// a running or paused one by live migration unless `cold`, any other by shutting it
+/// down, waiting until it has stopped and starting it again (the scheduler never picks a
+/// host in maintenance).
 async fn drain(
     c: &ApiClient,
     consistency: i32,
     host: &str,
+    cold: bool,
     timeout: Duration,
-) -> anyhow::Result<Vec<(String, String)>> {
+) -> anyhow::Result<Vec<Moved>> {
     let list =
         list_all!(c, DomainsClient, domains, pb::ListDomainsRequest { consistency, ..Default::default() });
-    let on_host: Vec<String> = list
+    let on_host: Vec<(String, bool)> = list
         .iter()
         .filter(|d| {
             d.status.as_ref().is_some_and(|s| s.host == host) && d.desired() != pb::DesiredState::Stopped
         })
-        .map(|d| d.name.clone())
+        .map(|d| {
+            let phase = d.status.as_ref().map_or(pb::DomainPhase::Unspecified, |s| s.phase());
+            (d.name.clone(), !cold && matches!(phase, pb::DomainPhase::Running | pb::DomainPhase::Paused))
+        })
         .collect();
     let mut moved = Vec::new();
     let spinner = crate::progress::Spinner::new(format!("draining host {host}"));
-    for name in on_host {
-        spinner.say(format!("draining host {host}: moving {name}"));
-        let req = pb::DomainActionRequest { request_id: new_id(), name: name.clone() };
-        rpc!(c, DomainsClient, shutdown, req.clone());
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let get = pb::GetDomainRequest { name: name.clone(), consistency };
-            let d = rpc!(c, DomainsClient, get, get.clone());
-            let status = d.status.unwrap_or_default();
-            if status.host.is_empty() {
-                break;
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "domain {name} did not stop within {} s (phase {}); host {host} stays in maintenance",
-                timeout.as_secs(),
-                word::<pb::DomainPhase>(status.phase)
-            );
-            tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
-        }
-        let req = pb::DomainActionRequest { request_id: new_id(), name: name.clone() };
-        rpc!(c, DomainsClient, start, req.clone());
-        let get = pb::GetDomainRequest { name: name.clone(), consistency };
-        let to = rpc!(c, DomainsClient, get, get.clone()).status.unwrap_or_default().host;
-        moved.push((name, to));
+    for (name, live) in on_host {
+        let done = if live {
+            spinner.say(format!("draining host {host}: migrating {name}"));
+            drain_live(c, host, &name, &spinner).await?
+        } else {
+            spinner.say(format!("draining host {host}: restarting {name} elsewhere"));
+            drain_cold(c, consistency, host, &name, timeout).await?
+        };
+        moved.push(done);
     }
     Ok(moved)
+}
+
+/// Live-migrate `name` off `host` to the scheduler's choice and follow it to its end.
+async fn drain_live(
+    c: &ApiClient,
+    host: &str,
+    name: &str,
+    spinner: &crate::progress::Spinner,
+) -> anyhow::Result<Moved> {
+    let req =
+        pb::StartMigrationRequest { request_id: new_id(), domain: name.to_owned(), target: String::new() };
+    let started = async { Ok::<_, anyhow::Error>(rpc!(c, MigrationsClient, start, req.clone())) }.await;
+    let w = started.with_context(|| {
+        format!("domain {name} cannot move live; host {host} stays in maintenance (--cold moves domains by restart)")
+    })?;
+    let id = w.first_seq;
+    let m = follow_migration(c, id, Some(spinner)).await?;
+    anyhow::ensure!(
+        m.phase == pb::MigrationPhase::Committed as i32,
+        "migration {id} of domain {name} rolled back ({}); it runs on {host}, which stays in maintenance (--cold moves domains by restart)",
+        m.reason
+    );
+    Ok(Moved {
+        domain: name.to_owned(),
+        to: m.target,
+        downtime_ms: m.progress.and_then(|p| p.downtime_ms),
+        live: true,
+    })
+}
+
+/// Shut `name` down, wait until it has left `host`, and start it again elsewhere.
+async fn drain_cold(
+    c: &ApiClient,
+    consistency: i32,
+    host: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<Moved> {
+    let req = pb::DomainActionRequest { request_id: new_id(), name: name.to_owned() };
+    rpc!(c, DomainsClient, shutdown, req.clone());
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let get = pb::GetDomainRequest { name: name.to_owned(), consistency };
+        let d = rpc!(c, DomainsClient, get, get.clone());
+        let status = d.status.unwrap_or_default();
+        if status.host.is_empty() {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "domain {name} did not stop within {} s (phase {}); host {host} stays in maintenance",
+            timeout.as_secs(),
+            word::<pb::DomainPhase>(status.phase)
+        );
+        tokio::time::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
+    }
+    let req = pb::DomainActionRequest { request_id: new_id(), name: name.to_owned() };
+    rpc!(c, DomainsClient, start, req.clone());
+    let get = pb::GetDomainRequest { name: name.to_owned(), consistency };
+    let to = rpc!(c, DomainsClient, get, get.clone()).status.unwrap_or_default().host;
+    Ok(Moved { domain: name.to_owned(), to, downtime_ms: None, live: false })
 }
 
 /// How often a drain looks whether a domain has stopped.
@@ -1054,18 +1121,31 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
         HostCmd::Drain { name, .. } | HostCmd::Ready { name } if name.is_empty() => {
             return Err(anyhow::anyhow!("a host name is required"));
         }
-        HostCmd::Drain { name, keep_domains, timeout_s } => {
+        HostCmd::Drain { name, keep_domains, cold, timeout_s } => {
             let req = set(name.clone(), HostState::Maintenance);
             let w = rpc!(c, HostsClient, set_state, req.clone());
             if keep_domains {
                 return Ok(written(o, &format!("host {name} in maintenance; its domains stay"), &w));
             }
-            let moved = drain(c, consistency, &name, Duration::from_secs(timeout_s)).await?;
-            let lines: Vec<String> = moved.iter().map(|(d, to)| format!("  {d} -> {to}")).collect();
+            let moved = drain(c, consistency, &name, cold, Duration::from_secs(timeout_s)).await?;
+            let lines: Vec<String> = moved
+                .iter()
+                .map(|m| match (m.live, m.downtime_ms) {
+                    (true, Some(ms)) => format!("  {} -> {} (live, downtime {ms} ms)", m.domain, m.to),
+                    (true, None) => format!("  {} -> {} (live)", m.domain, m.to),
+                    (false, _) => format!("  {} -> {} (restarted)", m.domain, m.to),
+                })
+                .collect();
             show(
                 o,
                 || format!("host {name} in maintenance; {} domains moved\n{}", moved.len(), lines.join("\n")),
-                || json!({"host": name, "moved": moved.iter().map(|(d, to)| json!({"domain": d, "host": to})).collect::<Vec<_>>()}),
+                || {
+                    let moved: Vec<Value> = moved
+                        .iter()
+                        .map(|m| json!({"domain": m.domain, "host": m.to, "live": m.live, "downtime_ms": m.downtime_ms}))
+                        .collect();
+                    json!({"host": name, "moved": moved})
+                },
             )
         }
         HostCmd::Ready { name } => {
@@ -1599,7 +1679,9 @@ async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) ->
                     || json!({"id": id}),
                 ));
             }
-            let m = follow_migration(c, id, o == Output::Table).await?;
+            let spinner = (o == Output::Table)
+                .then(|| crate::progress::Spinner::new(format!("migration {id}: starting")));
+            let m = follow_migration(c, id, spinner.as_ref()).await?;
             anyhow::ensure!(
                 m.phase == pb::MigrationPhase::Committed as i32,
                 "migration {id} of domain {domain} rolled back: {}",
@@ -1727,16 +1809,19 @@ const MIGRATION_WAIT: Duration = Duration::from_secs(900);
 const MIGRATION_DONE_WAIT: Duration = Duration::from_secs(10);
 
 /// Follow migration `id` until it ends (and, once committed, until its downtime is
-/// reported or a short wait passes), its progress on a spinner if `show_progress`.
-async fn follow_migration(c: &ApiClient, id: u64, show_progress: bool) -> anyhow::Result<pb::Migration> {
-    let spinner = show_progress.then(|| crate::progress::Spinner::new(format!("migration {id}: starting")));
+/// reported or a short wait passes), saying its progress on `spinner` if there is one.
+async fn follow_migration(
+    c: &ApiClient,
+    id: u64,
+    spinner: Option<&crate::progress::Spinner>,
+) -> anyhow::Result<pb::Migration> {
     let deadline = std::time::Instant::now() + MIGRATION_WAIT;
     let mut committed_at = None;
     loop {
         let get = pb::GetMigrationRequest { id, consistency: pb::Consistency::Linearizable as i32 };
         let m = rpc!(c, MigrationsClient, get, get);
         let line = migration_line(&m);
-        if let Some(s) = &spinner {
+        if let Some(s) = spinner {
             s.say(line.clone());
         }
         let downtime = m.progress.and_then(|p| p.downtime_ms).is_some();

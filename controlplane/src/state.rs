@@ -41,8 +41,8 @@ impl State {
     /// A state assembled from what a read of the API listed (hostd without a replica of
     /// its own reads this way, then uses the same code as with one). `last_seq` is the
     /// newest version among the resources: the reads must be linearizable and the last of
-    /// them the one whose completeness matters. It holds no migrations, request window,
-    /// settings or fence history.
+    /// them the one whose completeness matters. It holds no request window, settings or
+    /// fence history.
     pub fn from_listing(
         hosts: impl IntoIterator<Item = Host>,
         domains: impl IntoIterator<Item = Domain>,
@@ -50,6 +50,7 @@ impl State {
         pools: impl IntoIterator<Item = Pool>,
         volumes: impl IntoIterator<Item = Volume>,
         snapshots: impl IntoIterator<Item = Snapshot>,
+        migrations: impl IntoIterator<Item = Migration>,
     ) -> State {
         let mut state = State {
             hosts: hosts.into_iter().map(|h| (h.name.clone(), h)).collect(),
@@ -58,6 +59,7 @@ impl State {
             pools: pools.into_iter().map(|p| (p.name.clone(), p)).collect(),
             volumes: volumes.into_iter().map(|v| (v.id.clone(), v)).collect(),
             snapshots: snapshots.into_iter().map(|s| ((s.domain.clone(), s.name.clone()), s)).collect(),
+            migrations: migrations.into_iter().map(|m| (m.id, m)).collect(),
             ..State::default()
         };
         state.last_seq = [
@@ -67,6 +69,7 @@ impl State {
             state.pools.values().map(|p| p.version).max(),
             state.volumes.values().map(|v| v.version).max(),
             state.snapshots.values().map(|s| s.version).max(),
+            state.migrations.values().map(|m| m.version).max(),
         ]
         .into_iter()
         .flatten()

@@ -572,6 +572,13 @@ async fn read_through_api(
     } else {
         (Vec::new(), Vec::new())
     };
+    // Every migration a domain read above takes part in (read after the domains), for
+    // this host's side of the live migrations.
+    let migrations = listed(api, "the migrations", |ch| {
+        let r = request(host, pb::ListMigrationsRequest { consistency: linearizable, ..Default::default() });
+        async move { Ok(MigrationsClient::new(ch).list(r).await?.into_inner().migrations) }
+    })
+    .await?;
     // Read last: every snapshot asked by an event the reads above saw is in it, so the
     // newest version of all is a point the whole view is complete up to.
     let snapshots = listed(api, "the snapshots", |ch| {
@@ -585,7 +592,13 @@ async fn read_through_api(
         let w = pb::WatchRequest {
             from_seq,
             follow: true,
-            kinds: vec!["domain".into(), "snapshot".into(), "volume".into(), "network".into()],
+            kinds: vec![
+                "domain".into(),
+                "snapshot".into(),
+                "volume".into(),
+                "network".into(),
+                "migration".into(),
+            ],
             names: Vec::new(),
         };
         match api
@@ -607,6 +620,7 @@ async fn read_through_api(
             pools.into_iter().map(convert::pool_from_pb).collect::<Result<Vec<_>, _>>()?,
             volumes.into_iter().map(convert::volume_from_pb).collect::<Result<Vec<_>, _>>()?,
             snapshots.into_iter().map(convert::snapshot_from_pb).collect::<Result<Vec<_>, _>>()?,
+            migrations.into_iter().map(convert::migration_from_pb).collect::<Result<Vec<_>, _>>()?,
         ))
     })();
     match state {

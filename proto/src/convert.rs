@@ -596,6 +596,23 @@ pub fn migration_to_pb(m: &Migration) -> pb::Migration {
     }
 }
 
+/// A migration as the API lists it, back in the model's shape (everything is on the wire).
+pub fn migration_from_pb(m: pb::Migration) -> Result<Migration, Status> {
+    Ok(Migration {
+        phase: required::<pb::MigrationPhase>(m.phase, "phase")?,
+        reason: (!m.reason.is_empty()).then_some(m.reason),
+        ended_ms: (m.ended_ms != 0).then_some(m.ended_ms),
+        progress: migration_progress_from_pb(&m.progress.unwrap_or_default())?,
+        id: m.id,
+        domain: m.domain,
+        source: m.source,
+        target: m.target,
+        started_ms: m.started_ms,
+        version: m.version,
+        target_address: m.target_address,
+    })
+}
+
 pub fn migration_progress_to_pb(p: &MigrationProgress) -> pb::MigrationProgress {
     pb::MigrationProgress {
         bytes_sent: p.bytes_sent,
@@ -737,6 +754,20 @@ mod tests {
             kind: model::SnapshotKind::Full,
         })
         .unwrap();
+        h.ready_host("h2", 8, 8192);
+        h.exec(Command::DefineDomain { name: "app".into(), spec: kernel_spec(1, 128) }).unwrap();
+        h.exec(Command::StartDomain { name: "app".into() }).unwrap();
+        let app = h.state.domain("app").unwrap().status.clone();
+        h.exec(Command::ReportObservation {
+            domain: "app".into(),
+            host: app.host.clone().unwrap(),
+            generation: app.generation,
+            phase: ObservedPhase::Running,
+            reason: None,
+        })
+        .unwrap();
+        h.exec(Command::StartMigration { domain: "app".into(), target: None }).unwrap();
+        assert_eq!(h.state.migrations().len(), 1);
         let s = &h.state;
         let listed = State::from_listing(
             s.hosts().values().map(|x| host_from_pb(host_to_pb(s, x)).unwrap()),
@@ -745,11 +776,13 @@ mod tests {
             s.pools().values().map(|x| pool_from_pb(pool_to_pb(x)).unwrap()),
             s.volumes().values().map(|x| volume_from_pb(volume_to_pb(x)).unwrap()),
             s.snapshots().values().map(|x| snapshot_from_pb(snapshot_to_pb(x)).unwrap()),
+            s.migrations().values().map(|x| migration_from_pb(migration_to_pb(x)).unwrap()),
         );
         assert_eq!(listed.hosts(), s.hosts());
         assert_eq!(listed.networks(), s.networks());
         assert_eq!(listed.pools(), s.pools());
         assert_eq!(listed.volumes(), s.volumes());
+        assert_eq!(listed.migrations(), s.migrations());
         assert!(matches!(
             listed.volume(&VolumeRef::new("p", "pending")).unwrap().state,
             VolumeState::Pending { .. }

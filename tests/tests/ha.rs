@@ -239,6 +239,8 @@ async fn draining_a_host_moves_its_domains_and_keeps_it_out_of_scheduling() {
     wait_ready(&ep, &["h1", "h2"]).await;
     let out = drover(&ep, &["host", "drain", "h1"]);
     assert!(out.contains("2 domains moved"), "{out}");
+    // Live: the drain migrated them (hostd here reads the cluster through the API).
+    assert_eq!(out.matches("(live").count(), 2, "{out}");
     wait_for("a and b to run on h2", Duration::from_secs(30), || async {
         ["a", "b"]
             .iter()

@@ -4,7 +4,9 @@
 //! or repeated, the domain's run moves to the target at the commit, its disk comes
 //! along, under either process driver (the own VMM's migration, and QEMU's); an aborted
 //! migration leaves the guest running on its source and removes the target's incoming
-//! VM. Where /dev/kvm is missing the own VMM's tests say so and return.
+//! VM; `drover host drain` moves the guest live; a source SIGKILLed right after the
+//! commit leaves the guest on its target, untouched when HA fences the source. Where
+//! /dev/kvm is missing the own VMM's tests say so and return.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -93,8 +95,14 @@ struct TwoHosts {
 
 impl TwoHosts {
     async fn start(driver: &'static str, h1_extra: &[&str]) -> TwoHosts {
+        TwoHosts::start_with(driver, h1_extra, tests::NO_HOSTD).await
+    }
+
+    /// Like [`TwoHosts::start`], the replica run with `server_flags` (the default
+    /// leases, for a test in which HA fences a host).
+    async fn start_with(driver: &'static str, h1_extra: &[&str], server_flags: &[&str]) -> TwoHosts {
         let mut cluster = Processes::new();
-        let ep = cluster.bootstrap(tests::NO_HOSTD).await;
+        let ep = cluster.bootstrap(server_flags).await;
         let dir = cluster.dir.path().to_owned();
         let kernel = dir.join("guest.elf");
         testguest::write_to(&kernel).unwrap();
@@ -131,12 +139,17 @@ impl TwoHosts {
 
     /// Define `web` on a disk `d1` of the shared pool and run it on h1.
     async fn run_web(&self, cmdline: &str) {
+        self.run_web_with(cmdline, "").await;
+    }
+
+    /// [`TwoHosts::run_web`] with `more` lines in the spec.
+    async fn run_web_with(&self, cmdline: &str, more: &str) {
         drover(&self.ep, &["vol", "create", "p/d1", "--format", "raw", "--capacity-mib", "1"]);
         let spec = self.dir.join("web.yaml");
         std::fs::write(
             &spec,
             format!(
-                "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: {cmdline}\ndisks: [{{volume: p/d1}}]\n",
+                "vcpus: 1\nmemory_mib: 32\nkernel: {}\ncmdline: {cmdline}\ndisks: [{{volume: p/d1}}]\n{more}",
                 self.kernel.display()
             ),
         )
@@ -148,6 +161,29 @@ impl TwoHosts {
             (ticks(&console).len() >= 3).then_some(())
         })
         .await;
+    }
+
+    /// SIGKILL host `name`'s hostd and every VM process it started.
+    fn sigkill_host(&mut self, name: &str) {
+        let index = if name == "h1" { 0 } else { 1 };
+        let hostd = &mut self._hosts[index].0;
+        hostd.kill().unwrap();
+        hostd.wait().unwrap();
+        let vms = self.dir.join(name).join("vms");
+        let _ = Command::new("pkill").args(["-9", "-f", "--"]).arg(vms.display().to_string()).status();
+    }
+
+    fn host_state(&self, name: &str) -> Option<String> {
+        let hosts = json(&self.ep, &["host", "list"])?;
+        let host = hosts.as_array()?.iter().find(|h| h["name"] == name)?;
+        Some(host["state"].as_str()?.to_owned())
+    }
+
+    /// Every tick the guest printed, over both hosts' consoles in order.
+    fn ticks_over_both(&self) -> Vec<u64> {
+        let source = std::fs::read_to_string(self.console("h1")).unwrap_or_default();
+        let target = std::fs::read_to_string(self.console("h2")).unwrap_or_default();
+        testguest::ticks(&format!("{source}{target}"))
     }
 
     fn domain(&self) -> serde_json::Value {
@@ -211,9 +247,8 @@ async fn moves_and_counts_on(driver: &'static str) {
     })
     .await;
     // One counter over both hosts' consoles: no tick lost, none repeated, no new boot.
-    let source_console = std::fs::read_to_string(c.console("h1")).unwrap();
     let target_console = std::fs::read_to_string(&target).unwrap();
-    let seen = testguest::ticks(&format!("{source_console}{target_console}"));
+    let seen = c.ticks_over_both();
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
     assert!(!target_console.contains(testguest::MARKER), "the guest booted again on h2");
     // Nothing runs on h1 any more.
@@ -282,4 +317,96 @@ async fn an_aborted_migration_leaves_the_guest_running_on_its_source() {
     })
     .await;
     assert!(ticks(&c.console("h2")).is_empty());
+}
+
+/// `drover host drain` moves a running guest live: the drain's migration commits, the
+/// guest counts on on the other host with no tick lost or repeated and no second boot,
+/// and the drained host is left in maintenance with nothing running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_host_moves_its_running_guest_live() {
+    if !kvm_present() {
+        return;
+    }
+    let mut c = TwoHosts::start("kvm", &[]).await;
+    c.run_web("drover.tick_ms=20").await;
+    c.add_h2().await;
+    let before = c.domain();
+
+    let drained = json(&c.ep, &["host", "drain", "h1"]).expect("drained");
+    let moved = drained["moved"].as_array().unwrap();
+    assert_eq!(moved.len(), 1, "{drained}");
+    assert_eq!(
+        (&moved[0]["domain"], &moved[0]["host"], &moved[0]["live"]),
+        (&"web".into(), &"h2".into(), &true.into())
+    );
+    assert!(moved[0]["downtime_ms"].is_u64(), "{drained}");
+    assert_eq!(c.host_state("h1").as_deref(), Some("maintenance"));
+
+    let generation = before["generation"].as_u64().unwrap() + 1;
+    wait_for("web to run on h2", Duration::from_secs(30), || async {
+        Some(c.domain())
+            .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
+    })
+    .await;
+    let target = c.console("h2");
+    wait_for("the guest to count on h2", Duration::from_secs(30), || async {
+        (ticks(&target).len() >= 5).then_some(())
+    })
+    .await;
+    let seen = c.ticks_over_both();
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
+    assert!(!std::fs::read_to_string(&target).unwrap().contains(testguest::MARKER), "booted again on h2");
+    wait_for("h1's VM process to be gone", Duration::from_secs(30), || async {
+        (!vm_runs_in(&c.dir.join("h1/vms/web"))).then_some(())
+    })
+    .await;
+}
+
+/// SIGKILL of the source host (its hostd and its VM process) as soon as the commit is
+/// seen: from the commit on the target owns the domain, so the guest counts on there
+/// (its host resumes it whether or not the source's `Go` got out), and when HA fences
+/// the dead source it leaves the domain alone. The domain is an HA one: a run still
+/// recorded on h1 would be restarted elsewhere, a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_killed_after_the_commit_leaves_the_guest_on_its_target() {
+    if !kvm_present() {
+        return;
+    }
+    // The replica's default leases: h1 is fenced a few seconds after it dies.
+    let mut c = TwoHosts::start_with("kvm", &[], &[]).await;
+    c.run_web_with("drover.tick_ms=20", "ha_priority: 1\n").await;
+    c.add_h2().await;
+    let before = c.domain();
+    let generation = before["generation"].as_u64().unwrap() + 1;
+
+    let started = json(&c.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
+    let id = started["id"].as_u64().unwrap();
+    let committed = wait_for("the switch-over to commit", Duration::from_secs(60), || async {
+        c.migration(id).filter(|m| m["phase"] == "committed" || m["phase"] == "rolled-back")
+    })
+    .await;
+    assert_eq!(committed["phase"], "committed", "{committed}");
+    c.sigkill_host("h1");
+
+    wait_for("h1 to be fenced", Duration::from_secs(30), || async {
+        (c.host_state("h1").as_deref() == Some("fenced")).then_some(())
+    })
+    .await;
+    let target = c.console("h2");
+    let at_fence = ticks(&target).last().copied().unwrap_or(0);
+    wait_for("the guest to count on on h2", Duration::from_secs(30), || async {
+        (ticks(&target).last().is_some_and(|t| *t >= at_fence + 20)).then_some(())
+    })
+    .await;
+    // The same run on h2 throughout: the run the commit gave it, never restarted.
+    let after = c.domain();
+    assert_eq!(
+        (&after["host"], &after["phase"], &after["generation"]),
+        (&"h2".into(), &"running".into(), &generation.into()),
+        "{after}"
+    );
+    let seen = c.ticks_over_both();
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
+    assert!(!std::fs::read_to_string(&target).unwrap().contains(testguest::MARKER), "booted again on h2");
+    assert!(!vm_runs_in(&c.dir.join("h1/vms/web")));
 }
