@@ -201,6 +201,19 @@ pub enum DomainCmd {
     List,
     /// One domain in full: spec, status, reason, snapshots to restore from.
     Info { name: String },
+    /// Live-migrate a running domain to another host while it runs, with a progress bar,
+    /// ending with the measured downtime (`drover migrate start --wait`, by name).
+    Migrate {
+        name: String,
+        /// The target host (default: the scheduler's choice).
+        #[arg(long, default_value = "")]
+        to: String,
+        /// The longest pause the switch-over may take (1 to 60000 ms; default: the
+        /// source host's own limit). Pre-copy rounds, throttling the guest if need be,
+        /// go on until the rest fits.
+        #[arg(long)]
+        max_downtime_ms: Option<u64>,
+    },
     /// Print the domain's serial console, as its host keeps it (read-only, like `virsh
     /// console` without typing); with --follow, keep printing what the guest prints until
     /// interrupted.
@@ -370,11 +383,18 @@ pub enum MigrateCmd {
         /// The target host (default: the scheduler's choice).
         #[arg(long, default_value = "")]
         to: String,
+        /// The longest pause the switch-over may take (1 to 60000 ms; default: the
+        /// source host's own limit).
+        #[arg(long)]
+        max_downtime_ms: Option<u64>,
         /// Follow the copy until the migration commits or rolls back, printing its
         /// progress; fails unless it commits.
         #[arg(long)]
         wait: bool,
     },
+    /// Change the longest pause of migration ID while it copies (virsh's
+    /// migrate-setmaxdowntime); the source applies it from its next round.
+    SetDowntime { id: u64, max_downtime_ms: u64 },
     /// Abort migration ID; the domain stays on its source.
     Abort {
         id: u64,
@@ -764,6 +784,28 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
         }
         // `run` streams it, printing as it comes rather than once at the end.
         DomainCmd::Console { .. } => unreachable!("run handles the console"),
+        DomainCmd::Migrate { name, to, max_downtime_ms } => {
+            let d = rpc!(c, DomainsClient, get, pb::GetDomainRequest { name: name.clone(), consistency });
+            let memory_bytes = d.spec.map_or(0, |s| s.memory_mib << 20);
+            let req = pb::StartMigrationRequest {
+                request_id: new_id(),
+                domain: name.clone(),
+                target: to,
+                max_downtime_ms,
+            };
+            let id = rpc!(c, MigrationsClient, start, req.clone()).first_seq;
+            let spinner = (o == Output::Table)
+                .then(|| crate::progress::Spinner::new(format!("migrating domain {name} (migration {id})")));
+            let m = follow_migration(c, id, spinner.as_ref(), memory_bytes).await?;
+            drop(spinner);
+            anyhow::ensure!(
+                m.phase == pb::MigrationPhase::Committed as i32,
+                "migration {id} of domain {name} rolled back: {}; it runs on {} as before",
+                m.reason,
+                m.source
+            );
+            show(o, || migration_summary(&m), || migration_json(&m))
+        }
         DomainCmd::Info { name } => {
             let d = rpc!(c, DomainsClient, get, pb::GetDomainRequest { name: name.clone(), consistency });
             let v = domain_json(&d);
@@ -962,14 +1004,18 @@ async fn drain_live(
     name: &str,
     spinner: &crate::progress::Spinner,
 ) -> anyhow::Result<Moved> {
-    let req =
-        pb::StartMigrationRequest { request_id: new_id(), domain: name.to_owned(), target: String::new() };
+    let req = pb::StartMigrationRequest {
+        request_id: new_id(),
+        domain: name.to_owned(),
+        target: String::new(),
+        max_downtime_ms: None,
+    };
     let started = async { Ok::<_, anyhow::Error>(rpc!(c, MigrationsClient, start, req.clone())) }.await;
     let w = started.with_context(|| {
         format!("domain {name} cannot move live; host {host} stays in maintenance (--cold moves domains by restart)")
     })?;
     let id = w.first_seq;
-    let m = follow_migration(c, id, Some(spinner)).await?;
+    let m = follow_migration(c, id, Some(spinner), 0).await?;
     anyhow::ensure!(
         m.phase == pb::MigrationPhase::Committed as i32,
         "migration {id} of domain {name} rolled back ({}); it runs on {host}, which stays in maintenance (--cold moves domains by restart)",
@@ -1668,8 +1714,13 @@ fn mib(bytes: u64) -> String {
 
 async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) -> anyhow::Result<Printed> {
     Ok(match cmd {
-        MigrateCmd::Start { domain, to, wait } => {
-            let req = pb::StartMigrationRequest { request_id: new_id(), domain: domain.clone(), target: to };
+        MigrateCmd::Start { domain, to, max_downtime_ms, wait } => {
+            let req = pb::StartMigrationRequest {
+                request_id: new_id(),
+                domain: domain.clone(),
+                target: to,
+                max_downtime_ms,
+            };
             let w = rpc!(c, MigrationsClient, start, req.clone());
             let id = w.first_seq;
             if !wait {
@@ -1681,13 +1732,18 @@ async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) ->
             }
             let spinner = (o == Output::Table)
                 .then(|| crate::progress::Spinner::new(format!("migration {id}: starting")));
-            let m = follow_migration(c, id, spinner.as_ref()).await?;
+            let m = follow_migration(c, id, spinner.as_ref(), 0).await?;
             anyhow::ensure!(
                 m.phase == pb::MigrationPhase::Committed as i32,
                 "migration {id} of domain {domain} rolled back: {}",
                 m.reason
             );
             show(o, || migration_summary(&m), || migration_json(&m))
+        }
+        MigrateCmd::SetDowntime { id, max_downtime_ms } => {
+            let req = pb::SetMigrationDowntimeRequest { request_id: new_id(), id, max_downtime_ms };
+            let w = rpc!(c, MigrationsClient, set_downtime, req.clone());
+            written(o, &format!("migration {id} may pause the guest {max_downtime_ms} ms"), &w)
         }
         MigrateCmd::Abort { id, reason } => {
             let req = pb::AbortMigrationRequest { request_id: new_id(), id, reason };
@@ -1757,6 +1813,7 @@ fn migration_json(m: &pb::Migration) -> Value {
         "started_ms": m.started_ms,
         "ended_ms": (m.ended_ms != 0).then_some(m.ended_ms),
         "target_address": m.target_address,
+        "max_downtime_ms": m.max_downtime_ms,
         "progress": {
             "bytes_sent": p.bytes_sent,
             "rounds": p.rounds,
@@ -1784,6 +1841,9 @@ fn migration_line(m: &pb::Migration) -> String {
     if p.throttle_percent > 0 {
         line += &format!(", vCPUs throttled {}%", p.throttle_percent);
     }
+    if let Some(ms) = m.max_downtime_ms {
+        line += &format!(", pause at most {ms} ms");
+    }
     line
 }
 
@@ -1809,11 +1869,13 @@ const MIGRATION_WAIT: Duration = Duration::from_secs(900);
 const MIGRATION_DONE_WAIT: Duration = Duration::from_secs(10);
 
 /// Follow migration `id` until it ends (and, once committed, until its downtime is
-/// reported or a short wait passes), saying its progress on `spinner` if there is one.
+/// reported or a short wait passes), saying its progress on `spinner` if there is one,
+/// as a bar over the guest's `memory_bytes` unless that is 0.
 async fn follow_migration(
     c: &ApiClient,
     id: u64,
     spinner: Option<&crate::progress::Spinner>,
+    memory_bytes: u64,
 ) -> anyhow::Result<pb::Migration> {
     let deadline = std::time::Instant::now() + MIGRATION_WAIT;
     let mut committed_at = None;
@@ -1823,6 +1885,16 @@ async fn follow_migration(
         let line = migration_line(&m);
         if let Some(s) = spinner {
             s.say(line.clone());
+            if memory_bytes > 0 {
+                let p = m.progress.unwrap_or_default();
+                // The first round sends what the guest holds; later ones what it dirtied.
+                let copied = if p.rounds == 0 {
+                    p.bytes_sent.min(memory_bytes)
+                } else {
+                    memory_bytes - p.remaining_bytes.min(memory_bytes)
+                };
+                s.bar(copied, memory_bytes);
+            }
         }
         let downtime = m.progress.and_then(|p| p.downtime_ms).is_some();
         if m.phase == pb::MigrationPhase::RolledBack as i32 || downtime {

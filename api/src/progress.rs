@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use indicatif::ProgressBar;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// How often the spinner turns.
 const TICK: Duration = Duration::from_millis(100);
@@ -32,6 +32,20 @@ impl Spinner {
         if let Some(bar) = &self.0 {
             bar.set_message(message.into());
         }
+    }
+
+    /// Show how much of `total` bytes is `done` (a live migration's copy), as a bar
+    /// under the message from now on.
+    pub fn bar(&self, done: u64, total: u64) {
+        let Some(bar) = &self.0 else { return };
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+            let style = ProgressStyle::with_template("{spinner} {msg}\n  [{bar:40}] {bytes}/{total_bytes}")
+                .expect("the template is valid")
+                .progress_chars("=> ");
+            bar.set_style(style);
+        }
+        bar.set_position(done.min(total));
     }
 }
 

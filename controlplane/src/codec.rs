@@ -17,7 +17,8 @@
 //! (`crate::proposal::ProposalV7` decodes earlier proposals; states are as in 7); 9 added
 //! bearer tokens to the state (`crate::state_v8` decodes states of 7 and 8; proposals
 //! are as in 8); 10 added a migration's target address and progress (`crate::state_v9`
-//! decodes version-9 states, and its `MigrationV9` the migrations of every earlier one).
+//! decodes version-9 states, and its `MigrationV9` the migrations of every earlier one);
+//! 11 added a migration's operator-set longest pause (`crate::state_v10`).
 //! Events and proposals encode alike from 8 on (variants are only appended).
 
 use serde::de::DeserializeOwned;
@@ -28,7 +29,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 10;
+pub const FORMAT_VERSION: u16 = 11;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -82,6 +83,7 @@ impl Durable for State {
             6 => decode_payload::<crate::state_v6::StateV6>(payload).map(State::from),
             7 | 8 => decode_payload::<crate::state_v8::StateV8>(payload).map(State::from),
             9 => decode_payload::<crate::state_v9::StateV9>(payload).map(State::from),
+            10 => decode_payload::<crate::state_v10::StateV10>(payload).map(State::from),
             _ => decode_payload(payload),
         }
     }
@@ -171,7 +173,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 10, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 11, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -180,15 +182,15 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v11 = bytes.clone();
-        v11[3] = 11;
-        assert!(matches!(decode::<EventEnvelope>(&v11), Err(CodecError::Version(11))));
+        let mut v12 = bytes.clone();
+        v12[3] = 12;
+        assert!(matches!(decode::<EventEnvelope>(&v12), Err(CodecError::Version(12))));
         let mut v1 = bytes.clone();
         v1[3] = 1;
         assert_eq!(
             decode::<EventEnvelope>(&v1).unwrap(),
             envelope(),
-            "events encode alike in versions 1 to 10"
+            "events encode alike in versions 1 to 11"
         );
         let mut magic = bytes.clone();
         magic[0] = b'X';

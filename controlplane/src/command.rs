@@ -186,10 +186,18 @@ pub enum Command {
     },
 
     // --- migrations ---
-    /// Live-migrate a running domain; without a target the scheduler picks one.
+    /// Live-migrate a running domain; without a target the scheduler picks one; without
+    /// a longest pause, each source host's own limit holds.
     StartMigration {
         domain: String,
         target: Option<String>,
+        max_downtime_ms: Option<u64>,
+    },
+    /// Change the longest pause a live migration that still copies may take (virsh's
+    /// `migrate-setmaxdowntime`).
+    SetMigrationDowntime {
+        id: MigrationId,
+        max_downtime_ms: u64,
     },
     ReportMigrationProgress {
         id: MigrationId,
@@ -301,6 +309,7 @@ impl Command {
             | RevertSnapshot { .. }
             | CloneDomain { .. }
             | StartMigration { .. }
+            | SetMigrationDowntime { .. }
             | AbortMigration { .. } => Need::Role(Role::Operator),
             CreateNetwork { .. }
             | DeleteNetwork { .. }
@@ -347,6 +356,7 @@ impl Command {
             Command::DeleteSnapshot { .. } => "DeleteSnapshot",
             Command::RevertSnapshot { .. } => "RevertSnapshot",
             Command::StartMigration { .. } => "StartMigration",
+            Command::SetMigrationDowntime { .. } => "SetMigrationDowntime",
             Command::ReportMigrationProgress { .. } => "ReportMigrationProgress",
             Command::CommitMigration { .. } => "CommitMigration",
             Command::AbortMigration { .. } => "AbortMigration",

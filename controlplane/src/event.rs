@@ -375,6 +375,12 @@ pub enum Event {
         id: MigrationId,
         progress: MigrationProgress,
     },
+    /// The operator's longest pause for the live migration of `domain` (its current
+    /// one); in the same proposal as its `MigrationStarted`, or later while it copies.
+    MigrationDowntimeSet {
+        domain: String,
+        max_downtime_ms: u64,
+    },
 }
 
 impl Event {
@@ -440,6 +446,7 @@ impl Event {
         "TokenRevoked",
         "MigrationTargetReady",
         "MigrationProgressed",
+        "MigrationDowntimeSet",
     ];
 
     /// This variant's name (one of [`Event::KINDS`]).
@@ -509,6 +516,7 @@ impl Event {
             Event::TokenRevoked { .. } => 57,
             Event::MigrationTargetReady { .. } => 58,
             Event::MigrationProgressed { .. } => 59,
+            Event::MigrationDowntimeSet { .. } => 60,
         }
     }
 
@@ -571,7 +579,9 @@ impl Event {
             }
             SnapshotRestored { domain, .. } => ResourceKey::Domain(domain.clone()),
             DomainCloned { clone, .. } => ResourceKey::Domain(clone.clone()),
-            MigrationStarted { domain, .. } => ResourceKey::Domain(domain.clone()),
+            MigrationStarted { domain, .. } | MigrationDowntimeSet { domain, .. } => {
+                ResourceKey::Domain(domain.clone())
+            }
             MigrationPhaseChanged { id, .. }
             | MigrationTargetReady { id, .. }
             | MigrationProgressed { id, .. }

@@ -408,7 +408,12 @@ mod tests {
         h.ready_host("b", 8, 8192);
         let src = start_on(&mut h, "m", ha_spec(1, 1024));
         let dst = if src == "a" { "b" } else { "a" };
-        h.exec(Command::StartMigration { domain: "m".into(), target: Some(dst.into()) }).unwrap();
+        h.exec(Command::StartMigration {
+            domain: "m".into(),
+            target: Some(dst.into()),
+            max_downtime_ms: None,
+        })
+        .unwrap();
         // The target dies: the domain keeps running on its source.
         settle(&mut h, &ages(&[(dst, S.fence_after_ms()), (src.as_str(), 0)]));
         let m = h.state.domain("m").unwrap();

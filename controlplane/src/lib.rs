@@ -37,6 +37,7 @@ pub mod scheduler;
 mod state;
 mod state_hash;
 mod state_v1;
+mod state_v10;
 mod state_v2;
 mod state_v3;
 mod state_v4;

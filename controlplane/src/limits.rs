@@ -80,6 +80,9 @@ pub const REQUEST_WINDOW_MAX: usize = 65_536;
 /// How many ended (committed or rolled back) migrations the live state keeps; older ones
 /// live on only in the event archive.
 pub const ENDED_MIGRATIONS_KEPT_MAX: usize = 1024;
+/// Longest pause an operator may allow one live migration (`--max-downtime-ms`): a
+/// minute. Longer is a cold move.
+pub const MIGRATION_DOWNTIME_MS_MAX: u64 = 60_000;
 
 /// Most bearer tokens the cluster keeps (each is checked at every call that carries one).
 pub const TOKENS_MAX: usize = 1024;

@@ -41,6 +41,7 @@ impl From<MigrationV9> for Migration {
             version: m.version,
             target_address: None,
             progress: Default::default(),
+            max_downtime_ms: None,
         }
     }
 }

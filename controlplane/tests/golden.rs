@@ -17,7 +17,8 @@
 //! format version 7 (a host's VM limits) and must decode, as must the `-8` files (format
 //! 8: a proposal's trace); the `-9` files are written by format version 9 (bearer tokens)
 //! and must decode, as must the `-10` files (format 10: a live migration's target address
-//! and progress), which must re-encode to the very same bytes.
+//! and progress); the `-11` files (format 11: an operator's longest pause for a
+//! migration) must re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -184,6 +185,7 @@ fn samples() -> Vec<EventEnvelope> {
         Event::TokenRevoked { name: "ci".into() },
         Event::MigrationTargetReady { id: 33, address: "127.0.0.1:7100".into() },
         Event::MigrationProgressed { id: 33, progress: progress() },
+        Event::MigrationDowntimeSet { domain: "web".into(), max_downtime_ms: 25 },
     ];
     events
         .into_iter()
@@ -321,7 +323,7 @@ fn rich_harness() -> (Harness, Proposal) {
     })
     .unwrap();
     h.take_snapshot("web", "before").unwrap();
-    h.exec(Command::StartMigration { domain: "web".into(), target: None }).unwrap();
+    h.exec(Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: None }).unwrap();
     let id = *h.state.migrations().keys().next().unwrap();
     let command = Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring };
     let request = Request {
@@ -384,11 +386,21 @@ fn trace_of(mut proposal: Proposal) -> Proposal {
 /// target prepared (format 10 records its address) and the source's progress reported.
 /// The proposal is the source's next progress report.
 fn rich_state_migrating() -> (State, Proposal) {
+    let (h, p) = rich_harness_migrating();
+    (h.state, p)
+}
+
+fn rich_harness_migrating() -> (Harness, Proposal) {
     let (mut h, _) = rich_harness_saying_limits();
     h.exec(token_command()).unwrap();
     let first = *h.state.migrations().keys().next().unwrap();
     h.exec(Command::AbortMigration { id: first, reason: "a second try".into() }).unwrap();
-    h.exec(Command::StartMigration { domain: "web".into(), target: Some("h2".into()) }).unwrap();
+    h.exec(Command::StartMigration {
+        domain: "web".into(),
+        target: Some("h2".into()),
+        max_downtime_ms: None,
+    })
+    .unwrap();
     let id = *h.state.migrations().keys().last().unwrap();
     let ready = MigrationReport::TargetReady { address: "127.0.0.1:7100".into() };
     h.exec(Command::ReportMigration { id, host: "h2".into(), report: ready }).unwrap();
@@ -408,20 +420,50 @@ fn rich_state_migrating() -> (State, Proposal) {
     let Ok(Decision::Propose(p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000) else {
         panic!("the source's report decides");
     };
+    (h, p)
+}
+
+/// The migrating state with the operator's longest pause set (format 11 records it); the
+/// proposal changes it again.
+fn rich_state_with_a_pause() -> (State, Proposal) {
+    let (mut h, _) = rich_harness_migrating();
+    let id = *h.state.migrations().keys().last().unwrap();
+    h.exec(Command::SetMigrationDowntime { id, max_downtime_ms: 25 }).unwrap();
+    let request = Request {
+        request_id: "golden-proposal".into(),
+        principal: "golden".into(),
+        caller: controlplane::Caller::Cluster,
+        command: Command::SetMigrationDowntime { id, max_downtime_ms: 40 },
+    };
+    let Ok(Decision::Propose(p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000) else {
+        panic!("the operator's change decides");
+    };
     (h.state, p)
 }
 
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
-    let (state, proposal) = rich_state_migrating();
+    let (state, proposal) = rich_state_with_a_pause();
     let m = state.migrations().values().last().unwrap();
     assert_eq!((m.target_address.as_deref(), m.progress), (Some("127.0.0.1:7100"), progress()));
-    let new_state: State = check_fixed_bytes("state-10.bin", &state);
+    assert_eq!(m.max_downtime_ms, Some(25));
+    let new_state: State = check_fixed_bytes("state-11.bin", &state);
     invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 10");
+    assert_eq!(new_state, state, "today's rich state is the one written by format 11");
     let proposal = trace_of(proposal);
-    let new: Proposal = check_fixed_bytes("proposal-10.bin", &proposal);
-    assert_eq!(new, proposal, "format 10 carries a host's migration report");
+    let new: Proposal = check_fixed_bytes("proposal-11.bin", &proposal);
+    assert_eq!(new, proposal, "format 11 carries an operator's longest pause");
+}
+
+#[test]
+fn format_10_states_and_proposals_still_decode() {
+    let (state, proposal) = rich_state_migrating();
+    let (old_state, _): (State, _) = read_golden("state-10.bin");
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state, state, "format 10 held no operator's longest pause");
+    let (old, bytes): (Proposal, _) = read_golden("proposal-10.bin");
+    assert_eq!(old, trace_of(proposal));
+    assert_eq!(codec::encode(&old)[5..], bytes[5..], "proposals encode as in format 10");
 }
 
 #[test]

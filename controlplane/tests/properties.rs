@@ -199,7 +199,7 @@ fn command() -> impl Strategy<Value = Command> {
         4 => (domain(), pick(SNAPSHOTS)).prop_map(|(domain, name)| Command::RevertSnapshot { domain, name }),
         1 => (domain(), domain(), pick(SNAPSHOTS))
             .prop_map(|(clone, source, snapshot)| Command::CloneDomain { clone, source, snapshot }),
-        3 => (domain(), proptest::option::of(pick(HOSTS))).prop_map(|(domain, target)| Command::StartMigration { domain, target }),
+        3 => (domain(), proptest::option::of(pick(HOSTS)), proptest::option::of(0u64..100)).prop_map(|(domain, target, max_downtime_ms)| Command::StartMigration { domain, target, max_downtime_ms }),
         1 => domain().prop_map(|name| Command::RestartDomain { name }),
         1 => prop_oneof![4 => Just(0u32), 1 => Just(1u32)].prop_map(|ha_reserve_hosts| Command::SetClusterSettings { ha_reserve_hosts }),
         1 => pick(HOSTS).prop_map(|name| Command::ClearHost { name }),
@@ -288,7 +288,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (0..DOMAINS.len(), 0..SNAPSHOTS.len()).prop_map(|(domain, name)| Step::Take { domain, name }),
         2 => (0..DOMAINS.len()).prop_map(|domain| Step::RevertAndRun { domain }),
         2 => (0..DOMAINS.len()).prop_map(|source| Step::CloneOf { source }),
-        4 => (0usize..4, 0u8..5).prop_map(|(which, action)| Step::Migrate { which, action }),
+        4 => (0usize..4, 0u8..6).prop_map(|(which, action)| Step::Migrate { which, action }),
         2 => (command(), 1usize..6).prop_map(|(command, delay)| Step::Stale { command, delay }),
         1 => (0usize..64).prop_map(|which| Step::Retry { which }),
         2 => proptest::collection::vec(prop_oneof![35 => Just(0u64), 3 => Just(1_500u64), 2 => Just(60_000u64)], HOSTS.len())
@@ -517,7 +517,11 @@ impl Run {
                 let Some(domain) = running.get(which % running.len().max(1)).cloned() else {
                     return;
                 };
-                let r = self.request(Command::StartMigration { domain: domain.clone(), target: None });
+                let r = self.request(Command::StartMigration {
+                    domain: domain.clone(),
+                    target: None,
+                    max_downtime_ms: None,
+                });
                 self.submit(&r);
                 let Some(id) = self.state.domain(&domain).and_then(|d| d.migration) else { return };
                 let commands = if which % 2 == 0 {
@@ -579,6 +583,7 @@ impl Run {
                 let command = match action {
                     0 => Command::ReportMigrationProgress { id, phase: MigrationPhase::Transferring },
                     1 => Command::CommitMigration { id },
+                    5 => Command::SetMigrationDowntime { id, max_downtime_ms: which as u64 * 20 },
                     _ => Command::AbortMigration { id, reason: "test".into() },
                 };
                 let r = self.request(command);
@@ -752,6 +757,8 @@ proptest! {
             Command::ReportObservation { domain: name.clone(), host: path.clone(), generation: memory_mib, phase: ObservedPhase::Running, reason: Some(name.clone()) },
             Command::CreateSnapshot { domain: name.clone(), name: path.clone(), kind: SnapshotKind::Full },
             Command::AbortMigration { id: memory_mib, reason: name.clone() },
+            Command::SetMigrationDowntime { id: memory_mib, max_downtime_ms: u64::from(vcpus) },
+            Command::StartMigration { domain: name.clone(), target: Some(path.clone()), max_downtime_ms: Some(memory_mib) },
             Command::ReportMigration { id: memory_mib, host: path.clone(), report: MigrationReport::TargetReady { address: name.clone() } },
             Command::ReportMigration { id: memory_mib, host: path.clone(), report: MigrationReport::Failed { reason: name.clone() } },
         ];
@@ -799,7 +806,7 @@ fn the_generator_reaches_every_event_kind() {
     let strategy = proptest::collection::vec(step(), 100..200);
     let mut seen = BTreeSet::new();
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    for _ in 0..500 {
+    for _ in 0..700 {
         let steps = strategy.new_tree(&mut runner).unwrap().current();
         let mut run = Run {
             state: State::new(),

@@ -270,6 +270,12 @@ pub trait Driver: Send {
         let _ = (address, limits, now_ms);
         Err(unsupported(domain, "live-migrate"))
     }
+    /// New `limits` for `domain`'s outgoing copy (an operator changed the migration's
+    /// longest pause): the rounds to come end within them.
+    fn migrate_limits(&mut self, domain: &str, limits: ConvergeLimits) -> Result<(), DriverError> {
+        let _ = limits;
+        Err(unsupported(domain, "live-migrate"))
+    }
     /// Where `domain`'s outgoing migration stands.
     fn outgoing(&mut self, domain: &str, now_ms: u64) -> Result<Outgoing, DriverError> {
         let _ = now_ms;
@@ -299,6 +305,8 @@ pub trait Driver: Send {
 /// An outgoing live migration, as the driver sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
+    /// The incoming VM it sends to (`ip:port`).
+    pub address: String,
     pub phase: OutgoingPhase,
     pub progress: MigrationProgress,
     /// Why it failed.

@@ -72,6 +72,8 @@ struct FakeOutgoing {
     was_running: bool,
     progress: MigrationProgress,
     reason: Option<String>,
+    /// The copy's limits as last given: its pause fits the longest one.
+    limits: ConvergeLimits,
 }
 
 /// The migration streams between the fakes of a cluster's hosts, modelled: by the
@@ -377,7 +379,7 @@ impl Driver for FakeDriver {
         &mut self,
         domain: &str,
         address: &str,
-        _limits: ConvergeLimits,
+        limits: ConvergeLimits,
         now_ms: u64,
     ) -> Result<(), DriverError> {
         let vm = self.vm(domain)?;
@@ -396,8 +398,24 @@ impl Driver for FakeDriver {
             was_running: vm.phase == ObservedPhase::Running,
             progress: MigrationProgress::default(),
             reason: None,
+            limits,
         });
         Ok(())
+    }
+
+    fn migrate_limits(&mut self, domain: &str, limits: ConvergeLimits) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        match vm.outgoing.as_mut() {
+            Some(o) if o.phase == OutgoingPhase::Copying => {
+                o.limits = limits;
+                Ok(())
+            }
+            _ => Err(DriverError::Failed {
+                domain: domain.to_owned(),
+                action: "change a live migration's limits",
+                reason: "no copy is under way".into(),
+            }),
+        }
     }
 
     fn outgoing(&mut self, domain: &str, now_ms: u64) -> Result<Outgoing, DriverError> {
@@ -433,7 +451,12 @@ impl Driver for FakeDriver {
                 l.complete = true;
             }
         }
-        Ok(Outgoing { phase: o.phase, progress: o.progress, reason: o.reason.clone() })
+        Ok(Outgoing {
+            address: o.address.clone(),
+            phase: o.phase,
+            progress: o.progress,
+            reason: o.reason.clone(),
+        })
     }
 
     fn migrate_switch(&mut self, domain: &str) -> Result<MigrationProgress, DriverError> {
@@ -444,7 +467,12 @@ impl Driver for FakeDriver {
                 if let Some(l) = links.lock().expect("migration links lock").get_mut(&o.address) {
                     l.go = true;
                 }
-                o.progress.downtime_ms = Some(MIGRATION_DOWNTIME_MS);
+                // The rounds went on until the rest fitted the longest pause allowed.
+                let fits = match o.limits.max_downtime_ms {
+                    0 => MIGRATION_DOWNTIME_MS,
+                    most => MIGRATION_DOWNTIME_MS.min(most),
+                };
+                o.progress.downtime_ms = Some(fits);
                 vm.phase = ObservedPhase::Stopped;
                 vm.reason = Some(format!("migrated to {}", o.address));
                 Ok(o.progress)

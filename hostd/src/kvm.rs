@@ -301,6 +301,10 @@ impl Driver for KvmDriver {
         self.control(domain, "start a live migration", request)
     }
 
+    fn migrate_limits(&mut self, domain: &str, limits: ConvergeLimits) -> Result<(), DriverError> {
+        self.control(domain, "change a live migration's limits", Request::MigrateLimits { limits })
+    }
+
     fn outgoing(&mut self, domain: &str, _now_ms: u64) -> Result<Outgoing, DriverError> {
         let failed = |reason: String| DriverError::Failed {
             domain: domain.to_owned(),
@@ -311,7 +315,12 @@ impl Driver for KvmDriver {
         let status = control::call(&vm.dir.join(control::SOCKET_FILE), Request::Status)
             .map_err(|e| failed(e.to_string()))?;
         let m = status.migration.ok_or_else(|| failed("no migration was started".into()))?;
-        Ok(Outgoing { phase: m.phase, progress: progress_of(m.progress), reason: m.reason })
+        Ok(Outgoing {
+            address: m.address,
+            phase: m.phase,
+            progress: progress_of(m.progress),
+            reason: m.reason,
+        })
     }
 
     fn migrate_switch(&mut self, domain: &str) -> Result<MigrationProgress, DriverError> {

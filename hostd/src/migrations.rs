@@ -72,6 +72,8 @@ pub struct MigrationJob {
     pub incoming: Option<VmSpec>,
     /// Whether the source has reported its final numbers (`Done`).
     pub done_reported: bool,
+    /// The operator's longest pause for it (`None`: the host's own limit).
+    pub max_downtime_ms: Option<u64>,
 }
 
 /// This host's migration work, read from the state.
@@ -118,6 +120,7 @@ impl MigrationWork {
                 target_address: m.target_address.clone(),
                 incoming,
                 done_reported: m.progress.downtime_ms.is_some(),
+                max_downtime_ms: m.max_downtime_ms,
             });
         }
         MigrationWork { jobs }
@@ -163,6 +166,9 @@ struct Local {
     /// The report to send (again) until the cluster answers it.
     pending: Option<MigrationReport>,
     last_progress_ms: Option<u64>,
+    /// Source: the limits the driver's copy has (`None`: a copy a previous hostd
+    /// started, or limits it refused).
+    limits: Option<ConvergeLimits>,
 }
 
 /// What a host remembers of its migrations between passes.
@@ -255,7 +261,7 @@ impl HostMigrations {
                 }
                 driver.remove(&job.domain);
             }
-            return Some(Local { stage: Stage::Over, pending: None, last_progress_ms: None });
+            return Some(Local { stage: Stage::Over, pending: None, last_progress_ms: None, limits: None });
         }
         if job.phase.is_ended() {
             return None; // committed: the domain's run here now
@@ -265,6 +271,7 @@ impl HostMigrations {
                 stage: Stage::Failed,
                 pending: Some(MigrationReport::Failed { reason: failure_reason(&reason) }),
                 last_progress_ms: None,
+                limits: None,
             })
         };
         match local {
@@ -286,6 +293,7 @@ impl HostMigrations {
                             stage: Stage::Prepared,
                             pending: Some(MigrationReport::TargetReady { address }),
                             last_progress_ms: None,
+                            limits: None,
                         })
                     }
                     Err(e) => {
@@ -295,7 +303,9 @@ impl HostMigrations {
                 }
             }
             // Prepared before this hostd started: keep watching the VM.
-            None => Some(Local { stage: Stage::Prepared, pending: None, last_progress_ms: None }),
+            None => {
+                Some(Local { stage: Stage::Prepared, pending: None, last_progress_ms: None, limits: None })
+            }
         }
     }
 
@@ -307,7 +317,12 @@ impl HostMigrations {
         now_ms: u64,
     ) -> Option<Local> {
         let domain = job.domain.as_str();
-        let mut l = local.unwrap_or(Local { stage: Stage::Over, pending: None, last_progress_ms: None });
+        let mut l = local.unwrap_or(Local {
+            stage: Stage::Over,
+            pending: None,
+            last_progress_ms: None,
+            limits: None,
+        });
         let fresh = l.stage == Stage::Over && l.pending.is_none();
         match job.phase {
             MigrationPhase::Committed => {
@@ -350,18 +365,25 @@ impl HostMigrations {
                         }
                     }
                 }
-                Some(Local { stage: Stage::Over, pending: None, last_progress_ms: None })
+                Some(Local { stage: Stage::Over, pending: None, last_progress_ms: None, limits: None })
             }
             _ => {
                 let Some(address) = job.target_address.as_deref() else { return Some(l) };
+                let limits = ConvergeLimits {
+                    max_downtime_ms: job.max_downtime_ms.unwrap_or(self.limits.max_downtime_ms),
+                    ..self.limits
+                };
                 if matches!(l.stage, Stage::Switching | Stage::Failed) {
                     // A switch-over or failure reported (or still to be answered): the
                     // view says what became of it.
                     return Some(l);
                 }
                 if fresh {
-                    // A copy a previous hostd started goes on; otherwise start one.
-                    let running = driver.outgoing(domain, now_ms).is_ok_and(|o| {
+                    // A copy a previous hostd started to this target goes on; one to
+                    // another target is an earlier migration's, rolled back while no
+                    // hostd here looked (the view holds only the latest): cancelled.
+                    // Otherwise start one.
+                    let under_way = driver.outgoing(domain, now_ms).ok().filter(|o| {
                         matches!(
                             o.phase,
                             OutgoingPhase::Copying
@@ -369,17 +391,47 @@ impl HostMigrations {
                                 | OutgoingPhase::AwaitingSwitch
                         )
                     });
+                    let running = under_way.as_ref().is_some_and(|o| o.address == address);
+                    if let Some(stale) = under_way.filter(|_| !running) {
+                        info!(domain, migration = job.id, stale = %stale.address, "cancelling an earlier migration's copy");
+                        if let Err(e) = driver.migrate_cancel(domain) {
+                            warn!(domain, error = %e, "cannot cancel an earlier migration's copy");
+                        }
+                        // This one starts once that copy has ended (a later pass).
+                        return Some(l);
+                    }
                     if !running {
-                        if let Err(e) = driver.migrate_out(domain, address, self.limits, now_ms) {
+                        if let Err(e) = driver.migrate_out(domain, address, limits, now_ms) {
                             warn!(domain, migration = job.id, error = %e, "cannot start the copy");
                             l.stage = Stage::Failed;
                             l.pending =
                                 Some(MigrationReport::Failed { reason: failure_reason(&e.to_string()) });
                             return Some(l);
                         }
-                        info!(domain, migration = job.id, %address, "copying to the target");
+                        info!(domain, migration = job.id, %address, max_downtime_ms = limits.max_downtime_ms, "copying to the target");
+                        l.limits = Some(limits);
                     }
                     l.stage = Stage::Sending;
+                } else if l.stage == Stage::Sending
+                    && l.limits != Some(limits)
+                    && job.phase < MigrationPhase::Completing
+                {
+                    // The operator changed the longest pause (or a previous hostd
+                    // started the copy): the rounds to come end within the new one.
+                    match driver.migrate_limits(domain, limits) {
+                        Ok(()) => {
+                            info!(
+                                domain,
+                                migration = job.id,
+                                max_downtime_ms = limits.max_downtime_ms,
+                                "copy limits changed"
+                            );
+                            l.limits = Some(limits);
+                        }
+                        Err(e) => {
+                            warn!(domain, migration = job.id, error = %e, "cannot change the copy's limits")
+                        }
+                    }
                 }
                 let o = match driver.outgoing(domain, now_ms) {
                     Ok(o) => o,
@@ -451,6 +503,7 @@ mod tests {
                 target_address: address.map(str::to_owned),
                 incoming: (side == Side::Target).then(|| spec(2)),
                 done_reported: false,
+                max_downtime_ms: None,
             }],
         }
     }
@@ -515,6 +568,56 @@ mod tests {
         assert_eq!(source.list(83)["web"].phase, ObservedPhase::Stopped);
         assert!(pass(&mut s, &mut source, &w, 84).is_empty());
         assert!(!s.busy());
+    }
+
+    /// The operator's longest pause reaches the copy: at its start, and again when it
+    /// changes while the copy runs (the fake's pause fits the limit it was last given).
+    #[test]
+    fn the_operators_longest_pause_reaches_the_copy_and_its_changes_too() {
+        let address = Some("127.0.0.1:4002");
+        let with = |phase, ms: Option<u64>| {
+            let mut w = job(Side::Source, phase, address);
+            w.jobs[0].max_downtime_ms = ms;
+            w
+        };
+        let mut source = running_source();
+        let mut s = HostMigrations::new(ip(), LIMITS_DEFAULT);
+        pass(&mut s, &mut source, &with(MigrationPhase::Transferring, Some(8)), 10);
+        assert_eq!(s.local[&9].limits.map(|l| l.max_downtime_ms), Some(8));
+        pass(&mut s, &mut source, &with(MigrationPhase::Transferring, Some(3)), 20);
+        assert_eq!(s.local[&9].limits, Some(ConvergeLimits { max_downtime_ms: 3, ..LIMITS_DEFAULT }));
+        pass(&mut s, &mut source, &with(MigrationPhase::Transferring, Some(3)), 80);
+        pass(&mut s, &mut source, &with(MigrationPhase::Completing, Some(3)), 81);
+        let reports = pass(&mut s, &mut source, &with(MigrationPhase::Committed, Some(3)), 83);
+        let [MigrationReport::Done(p)] = reports.as_slice() else { panic!("{reports:?}") };
+        assert_eq!(p.downtime_ms, Some(3), "the copy ended within the changed limit");
+    }
+
+    /// A hostd that starts while its driver still copies for an earlier migration
+    /// (rolled back while no hostd looked; its view holds only the latest) cancels that
+    /// copy and then sends to the new target: never a switch-over to the old one. (The
+    /// simulator found this: seed 270.)
+    #[test]
+    fn a_copy_to_an_earlier_migrations_target_is_cancelled_before_the_new_one() {
+        let mut source = running_source();
+        let mut s = HostMigrations::new(ip(), LIMITS_DEFAULT);
+        pass(
+            &mut s,
+            &mut source,
+            &job(Side::Source, MigrationPhase::Transferring, Some("127.0.0.1:4001")),
+            10,
+        );
+        assert_eq!(source.outgoing("web", 11).unwrap().address, "127.0.0.1:4001");
+        // A new hostd; the view's latest migration is another one, to another target.
+        let mut s = HostMigrations::new(ip(), LIMITS_DEFAULT);
+        let mut w = job(Side::Source, MigrationPhase::Preparing, Some("127.0.0.1:4002"));
+        w.jobs[0].id = 12;
+        assert!(pass(&mut s, &mut source, &w, 20).is_empty());
+        assert_eq!(source.outgoing("web", 20).unwrap().phase, OutgoingPhase::Cancelled);
+        let reports = pass(&mut s, &mut source, &w, 30);
+        assert!(matches!(reports.as_slice(), [MigrationReport::Copying(_)]), "{reports:?}");
+        let o = source.outgoing("web", 31).unwrap();
+        assert_eq!((o.address.as_str(), o.phase), ("127.0.0.1:4002", OutgoingPhase::Copying));
     }
 
     #[test]
@@ -603,7 +706,8 @@ mod tests {
         let dir = std::path::Path::new("/snapshots");
         let mut ids = Vec::new();
         for _ in 0..2 {
-            h.exec(Command::StartMigration { domain: "web".into(), target: None }).unwrap();
+            h.exec(Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: None })
+                .unwrap();
             ids.push(h.state.domain("web").unwrap().migration.unwrap());
             if ids.len() == 1 {
                 h.exec(Command::AbortMigration { id: ids[0], reason: "again".into() }).unwrap();

@@ -538,6 +538,19 @@ impl Driver for QemuDriver {
         })
     }
 
+    fn migrate_limits(
+        &mut self,
+        domain: &str,
+        limits: crate::driver::ConvergeLimits,
+    ) -> Result<(), DriverError> {
+        let vm = self.vm(domain)?;
+        migration::set_limits(&vm.dir, limits).map_err(|reason| DriverError::Failed {
+            domain: domain.to_owned(),
+            action: "change a live migration's limits",
+            reason,
+        })
+    }
+
     fn outgoing(&mut self, domain: &str, _now_ms: u64) -> Result<crate::driver::Outgoing, DriverError> {
         let vm = self.vm(domain)?;
         migration::outgoing(&vm.dir).map_err(|reason| DriverError::Failed {

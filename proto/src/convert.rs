@@ -593,6 +593,7 @@ pub fn migration_to_pb(m: &Migration) -> pb::Migration {
         version: m.version,
         target_address: m.target_address.clone(),
         progress: Some(migration_progress_to_pb(&m.progress)),
+        max_downtime_ms: m.max_downtime_ms,
     }
 }
 
@@ -610,6 +611,7 @@ pub fn migration_from_pb(m: pb::Migration) -> Result<Migration, Status> {
         started_ms: m.started_ms,
         version: m.version,
         target_address: m.target_address,
+        max_downtime_ms: m.max_downtime_ms,
     })
 }
 
@@ -766,7 +768,8 @@ mod tests {
             reason: None,
         })
         .unwrap();
-        h.exec(Command::StartMigration { domain: "app".into(), target: None }).unwrap();
+        h.exec(Command::StartMigration { domain: "app".into(), target: None, max_downtime_ms: Some(20) })
+            .unwrap();
         assert_eq!(h.state.migrations().len(), 1);
         let s = &h.state;
         let listed = State::from_listing(

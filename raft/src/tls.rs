@@ -362,6 +362,7 @@ pub const API_RULES: &[(&str, Rule)] = {
         ("Hosts/GetClusterSettings", rule(Viewer, true)),
         ("Migrations/Start", rule(Operator, false)),
         ("Migrations/Abort", rule(Operator, false)),
+        ("Migrations/SetDowntime", rule(Operator, false)),
         ("Migrations/Get", rule(Viewer, true)),
         ("Migrations/List", rule(Viewer, true)),
         ("Migrations/Report", rule(Admin, true)),

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use controlplane::limits::MIGRATION_DOWNTIME_MS_MAX;
 use controlplane::model::{
     Boot, Cidr, Disk, DomainSpec, HaPolicy, NetworkConfig, NetworkMode, Nic, Placement, PoolConfig, PoolKind,
     SnapshotKind, VolumeFormat, VolumeRef,
@@ -122,6 +123,10 @@ pub fn draw(rng: &mut impl Rng, cfg: &SimConfig) -> Command {
                 name
             },
             target: rng.gen_bool(0.3).then(|| format!("h{}", rng.gen_range(0..cfg.hosts.max(1)))),
+            // Now and then with the operator's own longest pause (some out of range).
+            max_downtime_ms: rng.gen_bool(0.3).then(|| {
+                [0, 5, 50, 300, MIGRATION_DOWNTIME_MS_MAX, MIGRATION_DOWNTIME_MS_MAX + 1][rng.gen_range(0..6)]
+            }),
         },
         // An operator clears a host left out for flapping, or changes HA admission.
         120..=121 => Command::ClearHost { name: format!("h{}", rng.gen_range(0..cfg.hosts.max(1))) },

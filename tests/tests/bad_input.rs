@@ -544,8 +544,39 @@ async fn thirty_kinds_of_bad_input_change_nothing() {
             pb::StartMigrationRequest {
                 request_id: String::new(),
                 domain: "idle".into(),
-                target: String::new()
+                target: String::new(),
+                max_downtime_ms: None
             }
+        ),
+        case!(
+            "migrate with a pause of 0 ms",
+            Code::InvalidArgument,
+            migs,
+            start,
+            pb::StartMigrationRequest {
+                request_id: String::new(),
+                domain: "idle".into(),
+                target: String::new(),
+                max_downtime_ms: Some(0)
+            }
+        ),
+        case!(
+            "migration pause past a minute",
+            Code::InvalidArgument,
+            migs,
+            set_downtime,
+            pb::SetMigrationDowntimeRequest {
+                request_id: String::new(),
+                id: 424_242,
+                max_downtime_ms: 60_001
+            }
+        ),
+        case!(
+            "pause of an unknown migration",
+            Code::NotFound,
+            migs,
+            set_downtime,
+            pb::SetMigrationDowntimeRequest { request_id: String::new(), id: 424_242, max_downtime_ms: 50 }
         ),
         case!(
             "abort unknown migration",

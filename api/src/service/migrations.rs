@@ -16,8 +16,20 @@ impl Migrations for Api {
         request: Request<pb::StartMigrationRequest>,
     ) -> Result<Response<pb::WriteReply>, Status> {
         let (meta, ext, r) = request.into_parts();
-        let command =
-            Command::StartMigration { domain: r.domain, target: (!r.target.is_empty()).then_some(r.target) };
+        let command = Command::StartMigration {
+            domain: r.domain,
+            target: (!r.target.is_empty()).then_some(r.target),
+            max_downtime_ms: r.max_downtime_ms,
+        };
+        Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
+    }
+
+    async fn set_downtime(
+        &self,
+        request: Request<pb::SetMigrationDowntimeRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let (meta, ext, r) = request.into_parts();
+        let command = Command::SetMigrationDowntime { id: r.id, max_downtime_ms: r.max_downtime_ms };
         Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 

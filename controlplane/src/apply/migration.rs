@@ -33,6 +33,7 @@ pub(super) fn started(
         version: seq,
         target_address: None,
         progress: Default::default(),
+        max_downtime_ms: None,
     };
     state.migrations.insert(seq, migration);
 }
@@ -58,6 +59,14 @@ pub(super) fn progressed(state: &mut State, seq: u64, id: &MigrationId, progress
     let m = migration_mut(state, *id);
     assert!(m.progress.downtime_ms.is_none(), "migration {id} has its final numbers");
     m.progress = *progress;
+    m.version = seq;
+}
+
+pub(super) fn downtime_set(state: &mut State, seq: u64, domain: &String, max_downtime_ms: &u64) {
+    let id = domain_mut(state, domain).migration.expect("the domain migrates");
+    let m = migration_mut(state, id);
+    assert!(m.phase < MigrationPhase::Completing, "migration {id} still copies");
+    m.max_downtime_ms = Some(*max_downtime_ms);
     m.version = seq;
 }
 

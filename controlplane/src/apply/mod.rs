@@ -203,6 +203,9 @@ pub fn apply(state: &mut State, envelope: &EventEnvelope) {
         Event::TokenRevoked { name } => token::revoked(state, name),
         Event::MigrationTargetReady { id, address } => migration::target_ready(state, seq, id, address),
         Event::MigrationProgressed { id, progress } => migration::progressed(state, seq, id, progress),
+        Event::MigrationDowntimeSet { domain, max_downtime_ms } => {
+            migration::downtime_set(state, seq, domain, max_downtime_ms)
+        }
     }
 }
 

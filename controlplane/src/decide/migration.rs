@@ -6,7 +6,7 @@
 
 use super::Draft;
 use crate::event::Event;
-use crate::limits::REASON_LEN_MAX;
+use crate::limits::{MIGRATION_DOWNTIME_MS_MAX, REASON_LEN_MAX};
 use std::net::SocketAddr;
 
 use crate::model::{
@@ -17,7 +17,15 @@ use crate::rejection::Rejection;
 use crate::scheduler::{self, Misfit};
 use crate::validate;
 
-pub(super) fn start(d: &mut Draft<'_>, name: &str, target: Option<&str>) -> Result<(), Rejection> {
+pub(super) fn start(
+    d: &mut Draft<'_>,
+    name: &str,
+    target: Option<&str>,
+    max_downtime_ms: Option<u64>,
+) -> Result<(), Rejection> {
+    if let Some(ms) = max_downtime_ms {
+        check_downtime(ms)?;
+    }
     let domain = d.domain(name)?;
     if let Some(id) = domain.migration {
         return Err(Rejection::precondition(
@@ -75,6 +83,43 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str, target: Option<&str>) -> Resu
     };
     d.host(&target)?;
     d.emit(Event::MigrationStarted { domain: name.to_owned(), source, target });
+    if let Some(max_downtime_ms) = max_downtime_ms {
+        d.emit(Event::MigrationDowntimeSet { domain: name.to_owned(), max_downtime_ms });
+    }
+    Ok(())
+}
+
+/// An operator's longest pause for one migration: at least a millisecond (0, a copy that
+/// never ends, is a host's test setting), at most [`MIGRATION_DOWNTIME_MS_MAX`].
+fn check_downtime(ms: u64) -> Result<(), Rejection> {
+    if !(1..=MIGRATION_DOWNTIME_MS_MAX).contains(&ms) {
+        return Err(Rejection::invalid(
+            "max_downtime_ms",
+            format!("{ms} is not within 1..={MIGRATION_DOWNTIME_MS_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn set_downtime(
+    d: &mut Draft<'_>,
+    id: MigrationId,
+    max_downtime_ms: u64,
+) -> Result<(), Rejection> {
+    check_downtime(max_downtime_ms)?;
+    let m = live_migration(d, id)?;
+    if m.phase >= MigrationPhase::Completing {
+        return Err(Rejection::precondition(
+            ResourceKind::Migration,
+            id,
+            format!("is {}: its last copy is under way", m.phase),
+        ));
+    }
+    if m.max_downtime_ms == Some(max_downtime_ms) {
+        return Ok(());
+    }
+    d.domain(&m.domain)?;
+    d.emit(Event::MigrationDowntimeSet { domain: m.domain.clone(), max_downtime_ms });
     Ok(())
 }
 

@@ -113,7 +113,12 @@ fn decide_command(d: &mut Draft<'_>, command: &Command) -> Result<(), Rejection>
         Command::CreateSnapshot { domain, name, kind } => snapshot::create(d, domain, name, *kind),
         Command::DeleteSnapshot { domain, name } => snapshot::delete(d, domain, name),
         Command::RevertSnapshot { domain, name } => snapshot::revert(d, domain, name),
-        Command::StartMigration { domain, target } => migration::start(d, domain, target.as_deref()),
+        Command::StartMigration { domain, target, max_downtime_ms } => {
+            migration::start(d, domain, target.as_deref(), *max_downtime_ms)
+        }
+        Command::SetMigrationDowntime { id, max_downtime_ms } => {
+            migration::set_downtime(d, *id, *max_downtime_ms)
+        }
         Command::ReportMigrationProgress { id, phase } => migration::progress(d, *id, *phase),
         Command::CommitMigration { id } => migration::commit(d, *id),
         Command::AbortMigration { id, reason } => migration::abort(d, *id, reason),

@@ -933,7 +933,7 @@ fn snapshot_rejections() {
             ),
             (
                 "migrate while taking",
-                Command::StartMigration { domain: "web".into(), target: None },
+                Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: None },
                 FailedPrecondition,
                 "s1 is still being taken",
             ),
@@ -1203,6 +1203,7 @@ fn migration_rejections() {
     let start = |domain: &str, target: Option<&str>| Command::StartMigration {
         domain: domain.into(),
         target: target.map(str::to_owned),
+        max_downtime_ms: None,
     };
     h.exec_volume(new_volume("local", "l2", VolumeFormat::Raw, 10, None)).unwrap();
     assert_rejections(
@@ -1341,7 +1342,7 @@ fn hosts_report_a_migration_through_to_its_end() {
     use MigrationReport::*;
     let mut h = world();
     let id = h.state.last_seq() + 1;
-    ok(&mut h, Command::StartMigration { domain: "web".into(), target: None });
+    ok(&mut h, Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: None });
     let (source, target) = migration_sides(&h, id);
     let generation = h.state.domain("web").unwrap().status.generation;
     let ready = || TargetReady { address: "127.0.0.1:7100".into() };
@@ -1442,6 +1443,77 @@ fn hosts_report_a_migration_through_to_its_end() {
     crate::invariants::check(&h.state).unwrap();
 }
 
+/// An operator's longest pause: set at the start (in the same proposal), changed while
+/// the copy runs, refused out of range, once the last copy is under way, or after the end.
+#[test]
+fn an_operator_sets_a_migrations_longest_pause_while_it_copies() {
+    use MigrationReport::*;
+    let mut h = world();
+    assert_rejections(
+        &h,
+        vec![
+            (
+                "no pause at all",
+                Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: Some(0) },
+                InvalidArgument,
+                "max_downtime_ms",
+            ),
+            (
+                "past a minute",
+                Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: Some(60_001) },
+                InvalidArgument,
+                "max_downtime_ms",
+            ),
+        ],
+    );
+    let id = h.state.last_seq() + 1;
+    let before = h.state.last_seq();
+    ok(&mut h, Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: Some(30) });
+    assert_eq!(h.state.last_seq(), before + 2, "the start and its pause, in one proposal");
+    assert_eq!(h.state.migration(id).unwrap().max_downtime_ms, Some(30));
+    let (source, target) = migration_sides(&h, id);
+    ok(&mut h, report(id, &target, TargetReady { address: "127.0.0.1:7100".into() }));
+    ok(&mut h, report(id, &source, Copying(MigrationProgress { rounds: 1, ..Default::default() })));
+    ok(&mut h, Command::SetMigrationDowntime { id, max_downtime_ms: 8 });
+    assert_eq!(h.state.migration(id).unwrap().max_downtime_ms, Some(8));
+    let seq = h.state.last_seq();
+    ok(&mut h, Command::SetMigrationDowntime { id, max_downtime_ms: 8 });
+    assert_eq!(h.state.last_seq(), seq, "the same pause again writes nothing");
+    assert_rejections(
+        &h,
+        vec![
+            ("zero", Command::SetMigrationDowntime { id, max_downtime_ms: 0 }, InvalidArgument, "1..="),
+            (
+                "unknown",
+                Command::SetMigrationDowntime { id: 999_999, max_downtime_ms: 8 },
+                NotFound,
+                "migration 999999",
+            ),
+        ],
+    );
+    ok(&mut h, report(id, &source, Completing(MigrationProgress { rounds: 2, ..Default::default() })));
+    assert_rejections(
+        &h,
+        vec![(
+            "during the last copy",
+            Command::SetMigrationDowntime { id, max_downtime_ms: 20 },
+            FailedPrecondition,
+            "last copy",
+        )],
+    );
+    ok(&mut h, Command::AbortMigration { id, reason: "x".into() });
+    assert_rejections(
+        &h,
+        vec![(
+            "after the end",
+            Command::SetMigrationDowntime { id, max_downtime_ms: 20 },
+            FailedPrecondition,
+            "rolled back",
+        )],
+    );
+    crate::invariants::check(&h.state).unwrap();
+}
+
 #[test]
 fn a_host_that_fails_a_migration_rolls_it_back() {
     let mut h = world();
@@ -1449,7 +1521,7 @@ fn a_host_that_fails_a_migration_rolls_it_back() {
         let id = h.state.last_seq() + 1;
         let free = |h: &Harness| h.state.hosts().values().map(|x| x.free().memory_mib).collect::<Vec<_>>();
         let before = free(&h);
-        ok(&mut h, Command::StartMigration { domain: "web".into(), target: None });
+        ok(&mut h, Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: None });
         let (source, target) = migration_sides(&h, id);
         ok(&mut h, report(id, &target, MigrationReport::TargetReady { address: "127.0.0.1:7100".into() }));
         let host = if failing == 0 { &source } else { &target };
@@ -1556,7 +1628,7 @@ fn terminal_observations_release_and_ha_keeps_wanting_to_run() {
 fn destroy_during_migration_rolls_it_back() {
     let mut h = world();
     let seq = h.state.last_seq();
-    ok(&mut h, Command::StartMigration { domain: "web".into(), target: None });
+    ok(&mut h, Command::StartMigration { domain: "web".into(), target: None, max_downtime_ms: None });
     let id = seq + 1;
     ok(&mut h, Command::DestroyDomain { name: "web".into() });
     let m = h.state.migration(id).unwrap();

@@ -49,6 +49,9 @@ pub struct Migration {
     pub target_address: Option<String>,
     /// How far the copy has got, as the source last reported.
     pub progress: MigrationProgress,
+    /// The longest pause the operator allows this migration; `None`: the source host's
+    /// own limit (`--migration-max-downtime-ms`). It may change while the copy runs.
+    pub max_downtime_ms: Option<u64>,
 }
 
 /// How far a live migration's copy has got (the source host's numbers).

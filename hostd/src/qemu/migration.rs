@@ -112,13 +112,7 @@ pub fn start(dir: &Path, address: &str, limits: ConvergeLimits) -> Result<(), St
     let throttle = limits.throttle_max_percent.min(controlplane::model::THROTTLE_PERCENT_MAX);
     let converge = vec![capability(qmp::MigrationCapability::auto_converge, throttle > 0)];
     qmp_call(dir, &qmp::migrate_set_capabilities { capabilities: converge })?;
-    let parameters = qmp::MigrateSetParameters {
-        downtime_limit: Some(limits.max_downtime_ms),
-        max_bandwidth: Some(super::snapshot::MAX_BANDWIDTH),
-        max_cpu_throttle: (throttle > 0).then_some(throttle),
-        ..Default::default()
-    };
-    qmp_call(dir, &qmp::migrate_set_parameters(parameters))?;
+    set_limits(dir, limits)?;
     let running = qmp_call(dir, &qmp::query_status {})?.status == qmp::RunState::running;
     let record = format!("{address}\n{}\n", if running { RUNNING } else { PAUSED });
     std::fs::write(dir.join(OUTGOING_FILE), record).map_err(|e| format!("{OUTGOING_FILE}: {e}"))?;
@@ -127,6 +121,20 @@ pub fn start(dir: &Path, address: &str, limits: ConvergeLimits) -> Result<(), St
     qmp_call(dir, &migrate).map(|_| ()).inspect_err(|_| {
         let _ = std::fs::remove_file(dir.join(OUTGOING_FILE));
     })
+}
+
+/// Give QEMU `dir`'s migration the `limits` (before it starts, or while it copies: QEMU
+/// reads its parameters at each iteration). Whether it may throttle at all is a
+/// capability, fixed when the migration starts.
+pub fn set_limits(dir: &Path, limits: ConvergeLimits) -> Result<(), String> {
+    let throttle = limits.throttle_max_percent.min(controlplane::model::THROTTLE_PERCENT_MAX);
+    let parameters = qmp::MigrateSetParameters {
+        downtime_limit: Some(limits.max_downtime_ms),
+        max_bandwidth: Some(super::snapshot::MAX_BANDWIDTH),
+        max_cpu_throttle: (throttle > 0).then_some(throttle),
+        ..Default::default()
+    };
+    qmp_call(dir, &qmp::migrate_set_parameters(parameters)).map(|_| ())
 }
 
 /// The target of the outgoing migration QEMU `dir` carries out, if any, and whether the
@@ -157,9 +165,9 @@ fn progress(info: &MigrationInfo) -> MigrationProgress {
 
 /// Where the outgoing migration of QEMU `dir` stands.
 pub fn outgoing(dir: &Path) -> Result<Outgoing, String> {
-    if target(dir).is_none() {
+    let Some((address, _)) = target(dir) else {
         return Err("no migration was started".into());
-    }
+    };
     let info = qmp_call(dir, &QueryMigrate {})?;
     use qmp::MigrationStatus as S;
     let phase = match info.status {
@@ -171,7 +179,7 @@ pub fn outgoing(dir: &Path) -> Result<Outgoing, String> {
     };
     let reason = (phase == OutgoingPhase::Failed)
         .then(|| info.error_desc.clone().unwrap_or_else(|| "QEMU's migration failed".into()));
-    Ok(Outgoing { phase, progress: progress(&info), reason })
+    Ok(Outgoing { address, phase, progress: progress(&info), reason })
 }
 
 /// The final numbers of the completed outgoing migration of QEMU `dir`; the caller then

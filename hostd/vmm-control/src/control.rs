@@ -92,6 +92,10 @@ pub enum Request {
         address: String,
         limits: ConvergeLimits,
     },
+    /// New limits for the outgoing copy under way: the rounds to come end within them.
+    MigrateLimits {
+        limits: ConvergeLimits,
+    },
     /// The switch-over is committed in the cluster: start the target and end this VM.
     /// Answered with `Response::Migrated`.
     MigrateSwitch,
@@ -150,6 +154,8 @@ pub struct MigrationProgress {
 /// An outgoing migration's state, in `Status::migration`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutgoingStatus {
+    /// The incoming VMM it sends to (`ip:port`).
+    pub address: String,
     pub phase: OutgoingPhase,
     pub progress: MigrationProgress,
     /// Why it failed.

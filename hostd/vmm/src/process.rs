@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::{DiskConfig, NicConfig, VmConfig, CONSOLE_LOG_BYTES_DEFAULT};
-use crate::control::{self, ExitRecord, Phase, Request, Response, Status};
+use crate::control::{self, ExitRecord, OutgoingPhase, Phase, Request, Response, Status};
 use crate::lease;
 use crate::migration::receive::{self, Incoming};
 use crate::migration::send::Outgoing;
@@ -258,6 +258,14 @@ fn migrate(vm: &Arc<Vm>, outgoing: &Mutex<Option<Outgoing>>, request: Request) -
             drop(out);
             Response::Ok(status(vm, outgoing))
         }
+        Request::MigrateLimits { limits } => match out.as_ref() {
+            Some(o) if o.status().phase == OutgoingPhase::Copying => {
+                o.set_limits(limits);
+                drop(out);
+                Response::Ok(status(vm, outgoing))
+            }
+            _ => Response::Error("no copy is under way".into()),
+        },
         Request::MigrateSwitch => match out.as_ref().map(|o| o.switch(vm)) {
             None => Response::Error("no migration to switch over".into()),
             Some(Ok(progress)) => Response::Migrated(progress),
@@ -295,9 +303,12 @@ fn serve(
                 Ok(info) => Response::Snapshot(info),
                 Err(e) => Response::Error(e.to_string()),
             },
-            Ok(request @ (Request::MigrateSend { .. } | Request::MigrateSwitch | Request::MigrateCancel)) => {
-                migrate(vm, outgoing, request)
-            }
+            Ok(
+                request @ (Request::MigrateSend { .. }
+                | Request::MigrateLimits { .. }
+                | Request::MigrateSwitch
+                | Request::MigrateCancel),
+            ) => migrate(vm, outgoing, request),
             Ok(request) => {
                 let done = match request {
                     Request::Status => Ok(()),
@@ -307,6 +318,7 @@ fn serve(
                     Request::Reboot => vm.reboot(),
                     Request::Snapshot { .. }
                     | Request::MigrateSend { .. }
+                    | Request::MigrateLimits { .. }
                     | Request::MigrateSwitch
                     | Request::MigrateCancel => unreachable!("answered above"),
                     Request::Destroy => {

@@ -49,6 +49,8 @@ impl std::fmt::Debug for Outgoing {
 
 struct Shared {
     address: String,
+    /// The limits the rounds end within; an operator may change them while it copies.
+    limits: Mutex<ConvergeLimits>,
     status: Mutex<OutgoingStatus>,
     cancel: AtomicBool,
     /// The stream: shut down by a cancel (which unblocks the copy), taken by the switch.
@@ -70,7 +72,9 @@ impl Outgoing {
     pub fn start(vm: Arc<Vm>, address: String, limits: ConvergeLimits) -> Outgoing {
         let shared = Arc::new(Shared {
             address: address.clone(),
+            limits: Mutex::new(limits),
             status: Mutex::new(OutgoingStatus {
+                address: address.clone(),
                 phase: OutgoingPhase::Copying,
                 progress: MigrationProgress::default(),
                 reason: None,
@@ -83,7 +87,7 @@ impl Outgoing {
         });
         let s = shared.clone();
         let spawned = std::thread::Builder::new().name("migrate-out".into()).spawn(move || {
-            let result = copy(&vm, &s, limits);
+            let result = copy(&vm, &s);
             if let Err(e) = result {
                 undo(&vm, &s);
                 let mut status = locked(&s.status);
@@ -106,6 +110,11 @@ impl Outgoing {
             }
         };
         Outgoing { shared, thread: Mutex::new(thread) }
+    }
+
+    /// New limits for the rounds to come.
+    pub fn set_limits(&self, limits: ConvergeLimits) {
+        *locked(&self.shared.limits) = limits;
     }
 
     pub fn status(&self) -> OutgoingStatus {
@@ -311,8 +320,8 @@ fn refusal(stream: &TcpStream) -> Result<(), MigrationError> {
     }
 }
 
-fn copy(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<(), MigrationError> {
-    let result = copy_rounds(vm, shared, limits);
+fn copy(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
+    let result = copy_rounds(vm, shared);
     // A stream that broke may carry the target's reason.
     if let Err(MigrationError::Io(_)) = &result {
         if let Some(stream) = locked(&shared.stream).as_ref() {
@@ -326,7 +335,7 @@ fn copy(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<(), Mig
     result
 }
 
-fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<(), MigrationError> {
+fn copy_rounds(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
     let cancelled = || -> Result<(), MigrationError> {
         if shared.cancel.load(Ordering::SeqCst) {
             Err(MigrationError::Cancelled)
@@ -413,7 +422,9 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, limits: ConvergeLimits) -> Result<
             p.expected_downtime_ms = expected_ms;
             p.throttle_percent = throttle;
         });
-        // A budget of 0 never switches over: the copy goes on until cancelled.
+        // A budget of 0 never switches over: the copy goes on until cancelled. The
+        // limits are read anew each round (an operator may change them).
+        let limits = *locked(&shared.limits);
         if limits.max_downtime_ms > 0 && expected_ms <= limits.max_downtime_ms / COPY_SHARE_OF_DOWNTIME {
             break dirty;
         }
