@@ -18,7 +18,8 @@
 //!   then tell the driver to switch (the target runs, the VM here ends) and report `Done`
 //!   with the measured downtime. A copy that fails is reported `Failed` (a rollback: the
 //!   VM runs on here). A rollback seen in the view (an operator's abort, the target
-//!   failed) cancels the copy.
+//!   failed) cancels the copy. The copy's longest pause is the operator's for this
+//!   migration, else the host's; a change while it copies goes to the driver at once.
 //!
 //! Never two running copies: the target runs only after the commit (its source sends
 //! `Go` only then, and its host resumes it only once the view holds the commit); the

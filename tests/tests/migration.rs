@@ -5,8 +5,9 @@
 //! along, under either process driver (the own VMM's migration, and QEMU's); an aborted
 //! migration leaves the guest running on its source and removes the target's incoming
 //! VM; `drover host drain` moves the guest live; a source SIGKILLed right after the
-//! commit leaves the guest on its target, untouched when HA fences the source. Where
-//! /dev/kvm is missing the own VMM's tests say so and return.
+//! commit leaves the guest on its target, untouched when HA fences the source; a copy
+//! outlives the leader's SIGKILL and commits once the operator allows a longer pause.
+//! Where /dev/kvm is missing the own VMM's tests say so and return.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,7 +83,7 @@ fn vm_runs_in(vm_dir: &Path) -> bool {
 }
 
 struct TwoHosts {
-    _cluster: Processes,
+    cluster: Processes,
     driver: &'static str,
     ep: String,
     dir: PathBuf,
@@ -101,14 +102,29 @@ impl TwoHosts {
     /// Like [`TwoHosts::start`], the replica run with `server_flags` (the default
     /// leases, for a test in which HA fences a host).
     async fn start_with(driver: &'static str, h1_extra: &[&str], server_flags: &[&str]) -> TwoHosts {
+        TwoHosts::start_voters(driver, h1_extra, server_flags, 1).await
+    }
+
+    /// `voters` replicas (1 or 3): the hosts and the CLI know every one of them.
+    async fn start_voters(
+        driver: &'static str,
+        h1_extra: &[&str],
+        server_flags: &[&str],
+        voters: u64,
+    ) -> TwoHosts {
         let mut cluster = Processes::new();
-        let ep = cluster.bootstrap(server_flags).await;
+        let seed = cluster.bootstrap(server_flags).await;
+        if voters > 1 {
+            let ids: Vec<u64> = (2..=voters).collect();
+            cluster.join_voters(&seed, &ids, server_flags).await;
+        }
+        let ep = cluster.addrs().join(",");
         let dir = cluster.dir.path().to_owned();
         let kernel = dir.join("guest.elf");
         testguest::write_to(&kernel).unwrap();
         let hosts = vec![Hostd::start(&ep, &dir, "h1", 101, driver, h1_extra)];
         let _vms = KillVmsOnDrop(dir.clone());
-        let c = TwoHosts { _cluster: cluster, driver, ep, dir, _hosts: hosts, _vms, kernel };
+        let c = TwoHosts { cluster, driver, ep, dir, _hosts: hosts, _vms, kernel };
         c.wait_ready(1).await;
         let pool = c.dir.join("pool");
         drover(
@@ -223,9 +239,11 @@ async fn moves_and_counts_on(driver: &'static str) {
     let before = c.domain();
     assert_eq!(before["host"], "h1", "{before}");
 
-    // `--wait` follows the copy to its end and fails unless it commits.
-    let done = json(&c.ep, &["migrate", "start", "web", "--to", "h2", "--wait"]).expect("migrated");
+    // `domain migrate` follows the copy to its end and fails unless it commits.
+    let done = json(&c.ep, &["domain", "migrate", "web", "--to", "h2", "--max-downtime-ms", "40"])
+        .expect("migrated");
     assert_eq!(done["phase"], "committed", "{done}");
+    assert_eq!(done["max_downtime_ms"], 40, "{done}");
     assert!(done["progress"]["downtime_ms"].is_u64(), "{done}");
     assert_eq!(c.migration(done["id"].as_u64().unwrap()).unwrap(), done);
     assert!(done["progress"]["bytes_sent"].as_u64().unwrap() > 0, "{done}");
@@ -409,4 +427,74 @@ async fn a_source_killed_after_the_commit_leaves_the_guest_on_its_target() {
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
     assert!(!std::fs::read_to_string(&target).unwrap().contains(testguest::MARKER), "booted again on h2");
     assert!(!vm_runs_in(&c.dir.join("h1/vms/web")));
+}
+
+/// A copy that cannot end (its source host's limits never switch over) runs on while the
+/// leader replica is SIGKILLed; through a new leader the operator then allows a longer
+/// pause, the source's VMM takes it from its next round, and the migration commits: the
+/// guest counts on on the target with no tick lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_outlives_a_leader_change_and_commits_once_its_pause_is_allowed() {
+    if !kvm_present() {
+        return;
+    }
+    let mut c = TwoHosts::start_voters(
+        "kvm",
+        &["--migration-max-downtime-ms", "0", "--migration-throttle-max-percent", "0"],
+        tests::NO_HOSTD,
+        3,
+    )
+    .await;
+    c.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;
+    c.add_h2().await;
+    let before = c.domain();
+    let started = json(&c.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
+    let id = started["id"].as_u64().unwrap();
+    wait_for("the copy to run rounds", Duration::from_secs(60), || async {
+        c.migration(id)
+            .filter(|m| m["phase"] == "transferring" && m["progress"]["rounds"].as_u64() >= Some(2))
+    })
+    .await;
+
+    let addrs = c.cluster.addrs();
+    let raft = c.cluster.raft_client(addrs.clone());
+    let leader = wait_for("the leader", Duration::from_secs(30), || async {
+        raft.status(&addrs[0]).await.ok().map(|s| s.leader_id).filter(|l| *l != 0)
+    })
+    .await;
+    c.cluster.kill(leader);
+    let survivor = c.cluster.replicas.values().find(|r| r.id != leader).unwrap().addr.clone();
+    wait_for("a new leader", Duration::from_secs(30), || async {
+        raft.status(&survivor).await.ok().map(|s| s.leader_id).filter(|l| *l != 0 && *l != leader)
+    })
+    .await;
+    // Still copying, still h1's: a leader change decides nothing about a migration.
+    let m = wait_for("the copy to report through the new leader", Duration::from_secs(30), || async {
+        let rounds = c.migration(id)?["progress"]["rounds"].as_u64()?;
+        let m = c.migration(id).filter(|m| m["progress"]["rounds"].as_u64() > Some(rounds + 1))?;
+        Some(m)
+    })
+    .await;
+    assert_eq!(m["phase"], "transferring", "{m}");
+    assert_eq!(c.domain()["host"], "h1");
+
+    drover(&c.ep, &["migrate", "set-downtime", &id.to_string(), "1000"]);
+    let done = wait_for("the migration to commit", Duration::from_secs(60), || async {
+        c.migration(id).filter(|m| m["phase"] == "committed" || m["phase"] == "rolled-back")
+    })
+    .await;
+    assert_eq!((&done["phase"], &done["max_downtime_ms"]), (&"committed".into(), &1000.into()), "{done}");
+    let generation = before["generation"].as_u64().unwrap() + 1;
+    wait_for("web to run on h2", Duration::from_secs(30), || async {
+        Some(c.domain())
+            .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
+    })
+    .await;
+    let target = c.console("h2");
+    wait_for("the guest to count on h2", Duration::from_secs(30), || async {
+        (ticks(&target).len() >= 20).then_some(())
+    })
+    .await;
+    let seen = c.ticks_over_both();
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
 }
