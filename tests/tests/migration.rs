@@ -6,7 +6,8 @@
 //! migration leaves the guest running on its source and removes the target's incoming
 //! VM; `drover host drain` moves the guest live; a source SIGKILLed right after the
 //! commit leaves the guest on its target, untouched when HA fences the source; a copy
-//! outlives the leader's SIGKILL and commits once the operator allows a longer pause.
+//! outlives the leader's SIGKILL and commits once the operator allows a longer pause,
+//! and a source hostd SIGKILLed mid-copy is taken up by the next one.
 //! Where /dev/kvm is missing the own VMM's tests say so and return.
 
 use std::path::{Path, PathBuf};
@@ -19,13 +20,27 @@ fn kvm_present() -> bool {
     vmm::kvm_present_for("the live-migration tests")
 }
 
-struct Hostd(Child);
+/// A hostd process, and where its replica of the log listens (a restart keeps it: the
+/// cluster's membership names it).
+struct Hostd(Child, String);
 
 impl Hostd {
     fn start(endpoint: &str, dir: &Path, name: &str, replica_id: u64, driver: &str, extra: &[&str]) -> Hostd {
+        let listen = format!("127.0.0.1:{}", free_port());
+        Hostd::start_at(endpoint, dir, name, replica_id, driver, extra, listen)
+    }
+
+    fn start_at(
+        endpoint: &str,
+        dir: &Path,
+        name: &str,
+        replica_id: u64,
+        driver: &str,
+        extra: &[&str],
+        listen: String,
+    ) -> Hostd {
         let log =
             std::fs::File::options().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
         let child = Command::new(drover_bin())
             .args(["--endpoint", endpoint, "hostd", "--name", name, "--driver", driver, "--tick-ms", "50"])
             .args(["--vcpus", "8", "--memory-mib", "2048", "--run-dir"])
@@ -39,7 +54,7 @@ impl Hostd {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        Hostd(child)
+        Hostd(child, listen)
     }
 }
 
@@ -497,4 +512,59 @@ async fn a_migration_outlives_a_leader_change_and_commits_once_its_pause_is_allo
     .await;
     let seen = c.ticks_over_both();
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
+}
+
+/// The source's hostd SIGKILLed mid-copy (its VMM copies on) and started again with
+/// other limits: the new hostd takes up the copy its predecessor started (never a second
+/// one), gives it its own longest pause, and the migration commits; the guest counts on
+/// on the target with no tick lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_hostd_restarted_mid_copy_takes_the_copy_up_and_commits() {
+    if !kvm_present() {
+        return;
+    }
+    let mut c = TwoHosts::start(
+        "kvm",
+        &["--migration-max-downtime-ms", "0", "--migration-throttle-max-percent", "0"],
+    )
+    .await;
+    c.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;
+    c.add_h2().await;
+    let before = c.domain();
+    let started = json(&c.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
+    let id = started["id"].as_u64().unwrap();
+    wait_for("the copy to run rounds", Duration::from_secs(60), || async {
+        c.migration(id)
+            .filter(|m| m["phase"] == "transferring" && m["progress"]["rounds"].as_u64() >= Some(2))
+    })
+    .await;
+    let hostd = &mut c._hosts[0].0;
+    hostd.kill().unwrap();
+    hostd.wait().unwrap();
+    assert!(vm_runs_in(&c.dir.join("h1/vms/web")), "the VMM outlives its hostd");
+    // Its own limits this time: the default longest pause, which the copy can meet.
+    let listen = c._hosts[0].1.clone();
+    c._hosts[0] = Hostd::start_at(&c.ep, &c.dir, "h1", 101, "kvm", &[], listen);
+
+    let done = wait_for("the migration to commit", Duration::from_secs(60), || async {
+        c.migration(id).filter(|m| m["phase"] == "committed" || m["phase"] == "rolled-back")
+    })
+    .await;
+    assert_eq!(done["phase"], "committed", "{done}");
+    let generation = before["generation"].as_u64().unwrap() + 1;
+    wait_for("web to run on h2", Duration::from_secs(30), || async {
+        Some(c.domain())
+            .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
+    })
+    .await;
+    let target = c.console("h2");
+    wait_for("the guest to count on h2", Duration::from_secs(30), || async {
+        (ticks(&target).len() >= 20).then_some(())
+    })
+    .await;
+    let seen = c.ticks_over_both();
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
+    let log = std::fs::read_to_string(c.dir.join("h1.log")).unwrap();
+    assert_eq!(log.matches("copying to the target").count(), 1, "one copy, taken up by the new hostd");
+    assert!(log.contains("copy limits changed"), "the new hostd gave the copy its own limits");
 }
