@@ -785,26 +785,7 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
         // `run` streams it, printing as it comes rather than once at the end.
         DomainCmd::Console { .. } => unreachable!("run handles the console"),
         DomainCmd::Migrate { name, to, max_downtime_ms } => {
-            let d = rpc!(c, DomainsClient, get, pb::GetDomainRequest { name: name.clone(), consistency });
-            let memory_bytes = d.spec.map_or(0, |s| s.memory_mib << 20);
-            let req = pb::StartMigrationRequest {
-                request_id: new_id(),
-                domain: name.clone(),
-                target: to,
-                max_downtime_ms,
-            };
-            let id = rpc!(c, MigrationsClient, start, req.clone()).first_seq;
-            let spinner = (o == Output::Table)
-                .then(|| crate::progress::Spinner::new(format!("migrating domain {name} (migration {id})")));
-            let m = follow_migration(c, id, spinner.as_ref(), memory_bytes).await?;
-            drop(spinner);
-            anyhow::ensure!(
-                m.phase == pb::MigrationPhase::Committed as i32,
-                "migration {id} of domain {name} rolled back: {}; it runs on {} as before",
-                m.reason,
-                m.source
-            );
-            show(o, || migration_summary(&m), || migration_json(&m))
+            start_migration(c, o, consistency, name, to, max_downtime_ms, true).await?
         }
         DomainCmd::Info { name } => {
             let d = rpc!(c, DomainsClient, get, pb::GetDomainRequest { name: name.clone(), consistency });
@@ -1715,30 +1696,7 @@ fn mib(bytes: u64) -> String {
 async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) -> anyhow::Result<Printed> {
     Ok(match cmd {
         MigrateCmd::Start { domain, to, max_downtime_ms, wait } => {
-            let req = pb::StartMigrationRequest {
-                request_id: new_id(),
-                domain: domain.clone(),
-                target: to,
-                max_downtime_ms,
-            };
-            let w = rpc!(c, MigrationsClient, start, req.clone());
-            let id = w.first_seq;
-            if !wait {
-                return Ok(show(
-                    o,
-                    || format!("migration {id} of domain {domain} started"),
-                    || json!({"id": id}),
-                ));
-            }
-            let spinner = (o == Output::Table)
-                .then(|| crate::progress::Spinner::new(format!("migration {id}: starting")));
-            let m = follow_migration(c, id, spinner.as_ref(), 0).await?;
-            anyhow::ensure!(
-                m.phase == pb::MigrationPhase::Committed as i32,
-                "migration {id} of domain {domain} rolled back: {}",
-                m.reason
-            );
-            show(o, || migration_summary(&m), || migration_json(&m))
+            start_migration(c, o, consistency, domain, to, max_downtime_ms, wait).await?
         }
         MigrateCmd::SetDowntime { id, max_downtime_ms } => {
             let req = pb::SetMigrationDowntimeRequest { request_id: new_id(), id, max_downtime_ms };
@@ -1787,6 +1745,42 @@ async fn migrate(c: &ApiClient, o: Output, consistency: i32, cmd: MigrateCmd) ->
             )
         }
     })
+}
+
+/// Start live-migrating `domain`; with `wait`, follow it (a progress bar over the
+/// guest's memory on a terminal) and fail unless it commits.
+async fn start_migration(
+    c: &ApiClient,
+    o: Output,
+    consistency: i32,
+    domain: String,
+    to: String,
+    max_downtime_ms: Option<u64>,
+    wait: bool,
+) -> anyhow::Result<Printed> {
+    let req = pb::StartMigrationRequest {
+        request_id: new_id(),
+        domain: domain.clone(),
+        target: to,
+        max_downtime_ms,
+    };
+    let id = rpc!(c, MigrationsClient, start, req.clone()).first_seq;
+    if !wait {
+        return Ok(show(o, || format!("migration {id} of domain {domain} started"), || json!({"id": id})));
+    }
+    let get = pb::GetDomainRequest { name: domain.clone(), consistency };
+    let memory_bytes = rpc!(c, DomainsClient, get, get.clone()).spec.map_or(0, |s| s.memory_mib << 20);
+    let spinner = (o == Output::Table)
+        .then(|| crate::progress::Spinner::new(format!("migrating domain {domain} (migration {id})")));
+    let m = follow_migration(c, id, spinner.as_ref(), memory_bytes).await?;
+    drop(spinner);
+    anyhow::ensure!(
+        m.phase == pb::MigrationPhase::Committed as i32,
+        "migration {id} of domain {domain} rolled back: {}; it runs on {} as before",
+        m.reason,
+        m.source
+    );
+    Ok(show(o, || migration_summary(&m), || migration_json(&m)))
 }
 
 /// A value's fields as `key  value` lines.

@@ -172,6 +172,12 @@ struct Local {
     limits: Option<ConvergeLimits>,
 }
 
+impl Local {
+    fn new(stage: Stage, pending: Option<MigrationReport>) -> Local {
+        Local { stage, pending, last_progress_ms: None, limits: None }
+    }
+}
+
 /// What a host remembers of its migrations between passes.
 #[derive(Debug, Clone)]
 pub struct HostMigrations {
@@ -262,18 +268,13 @@ impl HostMigrations {
                 }
                 driver.remove(&job.domain);
             }
-            return Some(Local { stage: Stage::Over, pending: None, last_progress_ms: None, limits: None });
+            return Some(Local::new(Stage::Over, None));
         }
         if job.phase.is_ended() {
             return None; // committed: the domain's run here now
         }
         let failed = |reason: String| {
-            Some(Local {
-                stage: Stage::Failed,
-                pending: Some(MigrationReport::Failed { reason: failure_reason(&reason) }),
-                last_progress_ms: None,
-                limits: None,
-            })
+            Some(Local::new(Stage::Failed, Some(MigrationReport::Failed { reason: failure_reason(&reason) })))
         };
         match local {
             Some(l) if l.stage == Stage::Failed || l.pending.is_some() => Some(l),
@@ -290,12 +291,7 @@ impl HostMigrations {
                 match driver.prepare_incoming(spec, self.listen_ip) {
                     Ok(address) => {
                         info!(domain = %job.domain, migration = job.id, %address, "incoming VM listening");
-                        Some(Local {
-                            stage: Stage::Prepared,
-                            pending: Some(MigrationReport::TargetReady { address }),
-                            last_progress_ms: None,
-                            limits: None,
-                        })
+                        Some(Local::new(Stage::Prepared, Some(MigrationReport::TargetReady { address })))
                     }
                     Err(e) => {
                         warn!(domain = %job.domain, migration = job.id, error = %e, "cannot prepare the incoming VM");
@@ -304,9 +300,7 @@ impl HostMigrations {
                 }
             }
             // Prepared before this hostd started: keep watching the VM.
-            None => {
-                Some(Local { stage: Stage::Prepared, pending: None, last_progress_ms: None, limits: None })
-            }
+            None => Some(Local::new(Stage::Prepared, None)),
         }
     }
 
@@ -318,12 +312,7 @@ impl HostMigrations {
         now_ms: u64,
     ) -> Option<Local> {
         let domain = job.domain.as_str();
-        let mut l = local.unwrap_or(Local {
-            stage: Stage::Over,
-            pending: None,
-            last_progress_ms: None,
-            limits: None,
-        });
+        let mut l = local.unwrap_or(Local::new(Stage::Over, None));
         let fresh = l.stage == Stage::Over && l.pending.is_none();
         match job.phase {
             MigrationPhase::Committed => {
@@ -366,7 +355,7 @@ impl HostMigrations {
                         }
                     }
                 }
-                Some(Local { stage: Stage::Over, pending: None, last_progress_ms: None, limits: None })
+                Some(Local::new(Stage::Over, None))
             }
             _ => {
                 let Some(address) = job.target_address.as_deref() else { return Some(l) };

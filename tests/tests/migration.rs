@@ -217,6 +217,34 @@ impl TwoHosts {
         testguest::ticks(&format!("{source}{target}"))
     }
 
+    /// Wait until `web` runs on h2 as run `generation` and its guest has printed
+    /// `ticks` there; then one counter over both hosts' consoles: no tick lost, none
+    /// repeated, no second boot on h2.
+    async fn counts_on_h2(&self, generation: u64, ticks_wanted: usize) {
+        wait_for("web to run on h2", Duration::from_secs(30), || async {
+            Some(self.domain())
+                .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
+        })
+        .await;
+        let target = self.console("h2");
+        wait_for("the guest to count on h2", Duration::from_secs(30), || async {
+            (ticks(&target).len() >= ticks_wanted).then_some(())
+        })
+        .await;
+        let seen = self.ticks_over_both();
+        assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
+        let text = std::fs::read_to_string(&target).unwrap();
+        assert!(!text.contains(testguest::MARKER), "the guest booted again on h2");
+    }
+
+    /// Wait until no VM process runs in h1's VM directory of `web`.
+    async fn gone_from_h1(&self) {
+        wait_for("h1's VM process to be gone", Duration::from_secs(30), || async {
+            (!vm_runs_in(&self.dir.join("h1/vms/web"))).then_some(())
+        })
+        .await;
+    }
+
     fn domain(&self) -> serde_json::Value {
         json(&self.ep, &["domain", "info", "web"]).expect("domain info")
     }
@@ -268,27 +296,9 @@ async fn moves_and_counts_on(driver: &'static str) {
 
     // The run moved at the commit: one generation on, on h2, running there.
     let generation = before["generation"].as_u64().unwrap() + 1;
-    let after = wait_for("web to run on h2", Duration::from_secs(30), || async {
-        Some(c.domain())
-            .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
-    })
-    .await;
-    assert_eq!(after["generation"], generation);
+    c.counts_on_h2(generation, 5).await;
     let target = c.console("h2");
-    wait_for("the guest to count on h2", Duration::from_secs(30), || async {
-        (ticks(&target).len() >= 5).then_some(())
-    })
-    .await;
-    // One counter over both hosts' consoles: no tick lost, none repeated, no new boot.
-    let target_console = std::fs::read_to_string(&target).unwrap();
-    let seen = c.ticks_over_both();
-    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
-    assert!(!target_console.contains(testguest::MARKER), "the guest booted again on h2");
-    // Nothing runs on h1 any more.
-    wait_for("h1's VM process to be gone", Duration::from_secs(30), || async {
-        (!vm_runs_in(&c.dir.join("h1/vms/web"))).then_some(())
-    })
-    .await;
+    c.gone_from_h1().await;
     // The disk came along: a reboot on h2 reads what the guest wrote on h1. (The test
     // guest finds its virtio devices on its command line, which QEMU's microvm fills in
     // for Linux only: under QEMU it boots again and sees no disk; the Linux guest's
@@ -376,23 +386,8 @@ async fn draining_a_host_moves_its_running_guest_live() {
     assert_eq!(c.host_state("h1").as_deref(), Some("maintenance"));
 
     let generation = before["generation"].as_u64().unwrap() + 1;
-    wait_for("web to run on h2", Duration::from_secs(30), || async {
-        Some(c.domain())
-            .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
-    })
-    .await;
-    let target = c.console("h2");
-    wait_for("the guest to count on h2", Duration::from_secs(30), || async {
-        (ticks(&target).len() >= 5).then_some(())
-    })
-    .await;
-    let seen = c.ticks_over_both();
-    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
-    assert!(!std::fs::read_to_string(&target).unwrap().contains(testguest::MARKER), "booted again on h2");
-    wait_for("h1's VM process to be gone", Duration::from_secs(30), || async {
-        (!vm_runs_in(&c.dir.join("h1/vms/web"))).then_some(())
-    })
-    .await;
+    c.counts_on_h2(generation, 5).await;
+    c.gone_from_h1().await;
 }
 
 /// SIGKILL of the source host (its hostd and its VM process) as soon as the commit is
@@ -500,18 +495,7 @@ async fn a_migration_outlives_a_leader_change_and_commits_once_its_pause_is_allo
     .await;
     assert_eq!((&done["phase"], &done["max_downtime_ms"]), (&"committed".into(), &1000.into()), "{done}");
     let generation = before["generation"].as_u64().unwrap() + 1;
-    wait_for("web to run on h2", Duration::from_secs(30), || async {
-        Some(c.domain())
-            .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
-    })
-    .await;
-    let target = c.console("h2");
-    wait_for("the guest to count on h2", Duration::from_secs(30), || async {
-        (ticks(&target).len() >= 20).then_some(())
-    })
-    .await;
-    let seen = c.ticks_over_both();
-    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
+    c.counts_on_h2(generation, 20).await;
 }
 
 /// The source's hostd SIGKILLed mid-copy (its VMM copies on) and started again with
@@ -552,18 +536,7 @@ async fn a_source_hostd_restarted_mid_copy_takes_the_copy_up_and_commits() {
     .await;
     assert_eq!(done["phase"], "committed", "{done}");
     let generation = before["generation"].as_u64().unwrap() + 1;
-    wait_for("web to run on h2", Duration::from_secs(30), || async {
-        Some(c.domain())
-            .filter(|d| d["host"] == "h2" && d["phase"] == "running" && d["generation"] == generation)
-    })
-    .await;
-    let target = c.console("h2");
-    wait_for("the guest to count on h2", Duration::from_secs(30), || async {
-        (ticks(&target).len() >= 20).then_some(())
-    })
-    .await;
-    let seen = c.ticks_over_both();
-    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "ticks lost or repeated: {seen:?}");
+    c.counts_on_h2(generation, 20).await;
     let log = std::fs::read_to_string(c.dir.join("h1.log")).unwrap();
     assert_eq!(log.matches("copying to the target").count(), 1, "one copy, taken up by the new hostd");
     assert!(log.contains("copy limits changed"), "the new hostd gave the copy its own limits");
