@@ -19,6 +19,8 @@ pub enum HostBug {
     /// Run a migration's incoming VM as soon as it is there, without waiting for its
     /// source's go.
     IncomingRunsEarly,
+    /// Copy with the host's own longest pause, ignoring the operator's for the migration.
+    MigrationLimitIgnored,
 }
 
 /// One run's settings. Everything random is drawn from `seed`.

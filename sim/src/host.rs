@@ -261,7 +261,14 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             let live = |d: &mut hostd::fake::FakeDriver| d.names_where(now, is_live);
             let before = live(&mut driver);
             // Migrations, networks and volume files first, as production hostd does.
-            let migration_updates = migrations.run(&mut *driver, &assigned.migrations, now);
+            let migration_updates = if core.cfg.host_bug == crate::config::HostBug::MigrationLimitIgnored {
+                // The planted bug: the operator's longest pause never reaches the copy.
+                let mut ignored = assigned.migrations.clone();
+                ignored.jobs.iter_mut().for_each(|j| j.max_downtime_ms = None);
+                migrations.run(&mut *driver, &ignored, now)
+            } else {
+                migrations.run(&mut *driver, &assigned.migrations, now)
+            };
             if core.cfg.host_bug == crate::config::HostBug::IncomingRunsEarly {
                 // The planted bug: the incoming VM runs before its source said go.
                 for job in &assigned.migrations.jobs {

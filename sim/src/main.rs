@@ -35,6 +35,8 @@ enum BugArg {
     DiskRevertSkipped,
     /// Hosts run a migration's incoming VM without waiting for its source's go.
     IncomingRunsEarly,
+    /// Hosts copy with their own longest pause, ignoring the operator's for the migration.
+    MigrationLimitIgnored,
     /// Replicas save their vote without flushing it.
     VoteUnsynced,
     /// Replicas acknowledge appended entries before flushing them.
@@ -120,6 +122,7 @@ fn replay_command(args: &Args, seed: u64) -> String {
         BugArg::VolumeWithoutFile => c.push_str(" --bug volume-without-file"),
         BugArg::DiskRevertSkipped => c.push_str(" --bug disk-revert-skipped"),
         BugArg::IncomingRunsEarly => c.push_str(" --bug incoming-runs-early"),
+        BugArg::MigrationLimitIgnored => c.push_str(" --bug migration-limit-ignored"),
         BugArg::VoteUnsynced => c.push_str(" --bug vote-unsynced"),
         BugArg::AppendUnsynced => c.push_str(" --bug append-unsynced"),
         BugArg::PurgeUnsynced => c.push_str(" --bug purge-unsynced"),
@@ -156,7 +159,8 @@ fn main() -> anyhow::Result<()> {
             | BugArg::NoSelfFence
             | BugArg::VolumeWithoutFile
             | BugArg::DiskRevertSkipped
-            | BugArg::IncomingRunsEarly => Bug::None,
+            | BugArg::IncomingRunsEarly
+            | BugArg::MigrationLimitIgnored => Bug::None,
         },
         host_bug: match args.bug {
             BugArg::SnapshotWithoutFile => HostBug::SnapshotWithoutFile,
@@ -164,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             BugArg::VolumeWithoutFile => HostBug::VolumeWithoutFile,
             BugArg::DiskRevertSkipped => HostBug::DiskRevertSkipped,
             BugArg::IncomingRunsEarly => HostBug::IncomingRunsEarly,
+            BugArg::MigrationLimitIgnored => HostBug::MigrationLimitIgnored,
             _ => HostBug::None,
         },
         keep_trace: args.trace,

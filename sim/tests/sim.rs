@@ -155,6 +155,19 @@ fn a_host_that_runs_an_incoming_vm_before_its_source_says_go_is_caught_within_tw
 }
 
 #[test]
+fn a_host_that_ignores_the_operators_longest_pause_is_caught_within_twenty_seeds() {
+    require_determinism();
+    let caught = (1..=20).find(|seed| {
+        let out = run(&SimConfig { host_bug: HostBug::MigrationLimitIgnored, ..SimConfig::new(*seed) });
+        out.violations.iter().any(|v| v.invariant == "migrations")
+    });
+    assert!(
+        caught.is_some(),
+        "twenty seeds copied past the operator's longest pause and no invariant noticed"
+    );
+}
+
+#[test]
 fn a_host_that_does_not_fence_itself_is_caught_within_ten_seeds() {
     require_determinism();
     let caught = (1..=10).find(|seed| {

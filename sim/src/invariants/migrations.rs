@@ -2,8 +2,9 @@
 //! hosts carried out (its target said where it listens): the stream at that address is
 //! of the migration's domain; one that committed had the whole VM at its target (the
 //! copy complete) before its target was told to run; one that rolled back never told its
-//! target to run. (That a target runs only once its source has stopped — never two runs
-//! — is `single_run`, checked at every start; that every migration ends, `liveness`.)
+//! target to run; one the operator gave a longest pause paused the guest no longer than
+//! that. (That a target runs only once its source has stopped — never two runs — is
+//! `single_run`, checked at every start; that every migration ends, `liveness`.)
 
 use std::collections::BTreeMap;
 
@@ -36,6 +37,11 @@ pub fn check(state: &State, links: &BTreeMap<String, FakeLink>) -> Vec<String> {
                 out.push(format!("{what} committed, yet its target never held the whole VM"))
             }
             _ => {}
+        }
+        if let (Some(most), Some(paused)) = (m.max_downtime_ms, m.progress.downtime_ms) {
+            if paused > most {
+                out.push(format!("{what} paused the guest {paused} ms; the operator allowed {most}"));
+            }
         }
     }
     out
