@@ -218,10 +218,20 @@ pub async fn hostd(core: Arc<Core>, index: usize, boot: u64) {
             }
         } else {
             let invoke_ms = core.clocks.elapsed_ms();
-            // As production hostd lists the domains, not the whole state.
+            // As production hostd reads it: what the API's lists hold, assembled by
+            // `State::from_listing`, not the whole state.
             let name = host.name.clone();
             let view: View<_> = Arc::new(move |s: &State| {
-                (s.last_seq(), share_from_state(&name, s, Path::new(SNAPSHOT_DIR)))
+                let listed = State::from_listing(
+                    s.hosts().values().cloned(),
+                    s.domains().values().cloned(),
+                    s.networks().values().cloned(),
+                    s.pools().values().cloned(),
+                    s.volumes().values().cloned(),
+                    s.snapshots().values().cloned(),
+                    s.migrations().values().cloned(),
+                );
+                (s.last_seq(), share_from_state(&name, &listed, Path::new(SNAPSHOT_DIR)))
             });
             let Some((last_seq, assigned)) = caller.read(view).await else { continue };
             let assigned = Arc::new(assigned);
