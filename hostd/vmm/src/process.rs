@@ -138,8 +138,12 @@ pub fn run(args: VmmArgs) -> i32 {
     let (source, incoming) = match &args.incoming {
         None => (args.restore_from.clone().map_or(Source::Kernel, Source::Snapshot), None),
         Some(address) => {
-            match receive::listen(address, &args.run_dir).and_then(|l| receive::receive(l, &config)) {
-                Ok(r) => (Source::Migrated(Box::new((r.memory, r.state))), Some(r.incoming)),
+            let received = receive::prepare(&config).and_then(|prepared| {
+                let listener = receive::listen(address, &args.run_dir)?;
+                receive::receive(listener, &config, prepared)
+            });
+            match received {
+                Ok(r) => (Source::Migrated(Box::new((r.memory, r.state, r.shell))), Some(r.incoming)),
                 Err(e) => {
                     let why = format!("incoming migration: {e}");
                     eprintln!("drover-vmm: {why}");

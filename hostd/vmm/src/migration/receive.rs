@@ -1,5 +1,6 @@
-//! The target side of a live migration: an incoming VMM [`listen`]s, [`receive`]s one
-//! source's pages and state into fresh guest memory, and once its VM is built paused,
+//! The target side of a live migration: an incoming VMM [`prepare`]s the guest's memory
+//! and the KVM VM for it, [`listen`]s, [`receive`]s one source's pages and state into
+//! that memory, and once its VM is built paused,
 //! [`Incoming::ready`] tells the source and waits (in a thread) for the `Go` that only a
 //! committed switch-over sends.
 
@@ -17,10 +18,7 @@ use crate::config::VmConfig;
 use crate::control::INCOMING_FILE;
 use crate::memory::GuestMemoryMmap;
 use crate::snapshot::VmState;
-use crate::vm::Vm;
-
-/// How often a listener with no connection yet looks again.
-const ACCEPT_POLL_MS: u64 = 5;
+use crate::vm::{Shell, Vm};
 
 /// Listen on `address` (`ip:port`; port 0 picks one) and publish the address it got in
 /// `run_dir`'s [`INCOMING_FILE`] (whole, through a rename).
@@ -41,6 +39,8 @@ pub fn listen(address: &str, run_dir: &Path) -> Result<TcpListener, MigrationErr
 pub struct Received {
     pub memory: GuestMemoryMmap,
     pub state: VmState,
+    /// The KVM VM made for the memory before the address was published.
+    pub shell: Shell,
     pub incoming: Incoming,
 }
 
@@ -50,18 +50,34 @@ pub struct Incoming {
     stream: TcpStream,
 }
 
+/// The guest's memory for `config`'s machine and the KVM VM for it, made before the
+/// address is published (so before any source can connect): registering the memory with
+/// KVM takes milliseconds on some hosts (5 to 10 ms under kvm-pvm), which must not fall
+/// into the guest's pause.
+pub fn prepare(config: &VmConfig) -> Result<(GuestMemoryMmap, Shell), MigrationError> {
+    let memory_bytes = config.memory_mib << 20;
+    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), memory_bytes as usize)])
+        .map_err(|e| MigrationError::Failed(format!("guest memory: {e}")))?;
+    let shell = Shell::new(&memory).map_err(|e| MigrationError::Failed(format!("preparing the VM: {e}")))?;
+    Ok((memory, shell))
+}
+
 /// Take one source's connection and everything it sends up to the VM's state. The
 /// source must describe the machine `config` describes; otherwise it is told why
 /// (`Refused`) and nothing is built.
-pub fn receive(listener: TcpListener, config: &VmConfig) -> Result<Received, MigrationError> {
+pub fn receive(
+    listener: TcpListener,
+    config: &VmConfig,
+    (memory, shell): (GuestMemoryMmap, Shell),
+) -> Result<Received, MigrationError> {
     let stream = accept(&listener)?;
     drop(listener); // one source only
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_millis(ANSWER_TIMEOUT_MS)))?;
     stream.set_write_timeout(Some(Duration::from_millis(ANSWER_TIMEOUT_MS)))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, stream.try_clone()?);
-    match fill(&mut reader, config) {
-        Ok((memory, state)) => Ok(Received { memory, state, incoming: Incoming { stream } }),
+    match fill(&mut reader, config, &memory) {
+        Ok(state) => Ok(Received { memory, state, shell, incoming: Incoming { stream } }),
         Err(e) => {
             refuse(stream, &e.to_string());
             Err(e)
@@ -87,9 +103,14 @@ fn refuse(mut stream: TcpStream, why: &str) {
     }
 }
 
+/// The source's connection, taken the moment it comes (an epoll wait, not a poll: the
+/// source may pause its guest right after connecting, for an idle guest's whole copy).
 fn accept(listener: &TcpListener) -> Result<TcpStream, MigrationError> {
-    listener.set_nonblocking(true)?;
     let deadline = Instant::now() + Duration::from_millis(ACCEPT_TIMEOUT_MS);
+    let epoll = |e: vmm_sys_util::errno::Error| MigrationError::Io(e.into());
+    let ready = vmm_sys_util::poll::PollContext::<u32>::new().map_err(epoll)?;
+    ready.add(listener, 0).map_err(epoll)?;
+    listener.set_nonblocking(true)?;
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -97,22 +118,26 @@ fn accept(listener: &TcpListener) -> Result<TcpStream, MigrationError> {
                 return Ok(stream);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     return Err(MigrationError::Failed(format!(
                         "no source connected within {ACCEPT_TIMEOUT_MS} ms"
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(ACCEPT_POLL_MS));
+                ready.wait_timeout(left).map_err(epoll)?;
             }
             Err(e) => return Err(e.into()),
         }
     }
 }
 
+/// Read the source's pages into `memory` (made for `config`'s machine) up to the VM's
+/// state.
 fn fill(
     input: &mut impl std::io::Read,
     config: &VmConfig,
-) -> Result<(GuestMemoryMmap, VmState), MigrationError> {
+    memory: &GuestMemoryMmap,
+) -> Result<VmState, MigrationError> {
     let bad = MigrationError::Protocol;
     let mut buf = Vec::new();
     let tag = wire::read_frame(input, &mut buf)?;
@@ -131,10 +156,7 @@ fn fill(
             hello.domain, hello.memory_mib, hello.vcpus, config.domain, config.memory_mib, config.vcpus
         )));
     }
-    let memory_bytes = config.memory_mib << 20;
-    let pages = memory_bytes / PAGE_BYTES as u64;
-    let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), memory_bytes as usize)])
-        .map_err(|e| MigrationError::Failed(format!("guest memory: {e}")))?;
+    let pages = (config.memory_mib << 20) / PAGE_BYTES as u64;
     let zeros = vec![0u8; PAGE_BYTES];
     loop {
         let tag = wire::read_frame(input, &mut buf)?;
@@ -158,7 +180,7 @@ fn fill(
                 for region in memory.iter() {
                     std::ops::Deref::deref(region).bitmap().reset();
                 }
-                return Ok((memory, state));
+                return Ok(state);
             }
             other => return Err(bad(format!("{other:?} in the middle of the pages"))),
         }
