@@ -87,7 +87,10 @@ pub enum Source {
 /// vCPU. A live migration's target makes it before its source connects: registering the
 /// memory takes milliseconds under some KVMs (5 to 10 ms under kvm-pvm), which would
 /// otherwise be part of the guest's pause. Pages written into the memory afterwards are
-/// the guest's as KVM sees it (the slot maps the process's memory, not a copy).
+/// the guest's as KVM sees it (the slot maps the process's memory, not a copy). A shell
+/// is made for one memory and goes with it only (`Source::Migrated` carries the two
+/// together; `Vm::start_from` keeps that memory for the VM's life): it has no vCPU, so
+/// nothing runs guest code in it before then (`register_memory`'s SAFETY).
 #[derive(Debug)]
 pub struct Shell {
     vm_fd: Arc<VmFd>,
