@@ -328,21 +328,25 @@ pub async fn run<D: Driver>(
     let mut last_pass = tokio::time::Instant::now();
     let mut last_usage: Option<std::time::Instant> = None;
     let mut boots = Boots::default();
+    // Without a replica: the last view read through the API, and whether the last pass
+    // reported a migration step (the view to act on next must show what came of it).
+    let mut api_view: Option<(std::time::Instant, HostShare)> = None;
+    let mut reported = false;
     loop {
-        let woken = tokio::select! {
+        let (woken, polled) = tokio::select! {
             _ = &mut stop => return Ok(()),
-            _ = tick.tick() => false,
+            _ = tick.tick() => (false, false),
             // A copy or a switch-over under way is looked at often: the guest's pause
             // lasts from the last copy to the commit this host reports.
-            _ = tokio::time::sleep(Duration::from_millis(MIGRATION_POLL_MS)), if migrations.busy() => false,
+            _ = tokio::time::sleep(Duration::from_millis(MIGRATION_POLL_MS)), if migrations.busy() => (false, true),
             m = next_event(&mut watch) => match m {
-                Ok(Some(_)) => true,
+                Ok(Some(_)) => (true, false),
                 Ok(None) | Err(_) => {
                     watch = None;
-                    false
+                    (false, false)
                 }
             },
-            woke = next_applied(&mut applied) => woke,
+            woke = next_applied(&mut applied) => (woke, false),
         };
         if woken {
             // Coalesce bursts: at most one pass per PASS_GAP_MS.
@@ -383,9 +387,21 @@ pub async fn run<D: Driver>(
                     None => continue,
                 }
             }
-            None => match read_through_api(&mut api, &config.host, &mut watch, &config.snapshot_dir).await {
-                Some(share) => share,
-                None => continue,
+            // A pass that only polls a copy reuses a view read less than
+            // API_VIEW_REUSE_MS ago, unless it has reported since.
+            None => match api_view.as_ref().filter(|(at, _)| {
+                polled && !reported && at.elapsed() < Duration::from_millis(API_VIEW_REUSE_MS)
+            }) {
+                Some((_, share)) => share.clone(),
+                None => {
+                    match read_through_api(&mut api, &config.host, &mut watch, &config.snapshot_dir).await {
+                        Some(share) => {
+                            api_view = Some((std::time::Instant::now(), share.clone()));
+                            share
+                        }
+                        None => continue,
+                    }
+                }
             },
         };
         // Driver calls block (a VMM's socket, QMP, a snapshot written to disk): off the
@@ -397,6 +413,7 @@ pub async fn run<D: Driver>(
         // before the pass removes the source's VM (no longer this host's).
         let updates =
             off_the_workers(|| span.in_scope(|| migrations.run(&mut driver, &share.migrations, now)));
+        reported = !updates.is_empty();
         for update in updates {
             let sent = reporter.send_migration(&mut api, &update).await;
             crate::metrics::report("migration", report_result(&sent));
@@ -641,6 +658,10 @@ const BOOT_TRACE_MAX: Duration = Duration::from_secs(60);
 const PASS_GAP_MS: u64 = 5;
 /// How often a host with a migration under way looks at it.
 const MIGRATION_POLL_MS: u64 = 5;
+/// How old a view read through the API may be for a pass that only polls a migration's
+/// copy (a hostd without a replica would otherwise list the cluster every
+/// `MIGRATION_POLL_MS`); a pass after one that reported reads afresh.
+const API_VIEW_REUSE_MS: u64 = 50;
 
 /// Where this host's incoming migrations listen: the IP of its recorded address (which
 /// other hosts reach it at), or loopback where that is no IP or the unspecified one.
