@@ -1768,10 +1768,17 @@ async fn start_migration(
     if !wait {
         return Ok(show(o, || format!("migration {id} of domain {domain} started"), || json!({"id": id})));
     }
-    let get = pb::GetDomainRequest { name: domain.clone(), consistency };
-    let memory_bytes = rpc!(c, DomainsClient, get, get.clone()).spec.map_or(0, |s| s.memory_mib << 20);
-    let spinner = (o == Output::Table)
-        .then(|| crate::progress::Spinner::new(format!("migrating domain {domain} (migration {id})")));
+    // The bar is over the guest's memory, asked for only where there is a bar to draw.
+    let (spinner, memory_bytes) = if o == Output::Table {
+        let get = pb::GetDomainRequest { name: domain.clone(), consistency };
+        let memory_bytes = rpc!(c, DomainsClient, get, get.clone()).spec.map_or(0, |s| s.memory_mib << 20);
+        (
+            Some(crate::progress::Spinner::new(format!("migrating domain {domain} (migration {id})"))),
+            memory_bytes,
+        )
+    } else {
+        (None, 0)
+    };
     let m = follow_migration(c, id, spinner.as_ref(), memory_bytes).await?;
     drop(spinner);
     anyhow::ensure!(

@@ -97,6 +97,11 @@ fn vm_runs_in(vm_dir: &Path) -> bool {
     })
 }
 
+/// h1's flags for a copy that never ends on its own: a pause budget of 0 never switches
+/// over, and no throttling.
+const NEVER_SWITCHES: &[&str] =
+    &["--migration-max-downtime-ms", "0", "--migration-throttle-max-percent", "0"];
+
 struct TwoHosts {
     cluster: Processes,
     driver: &'static str,
@@ -192,6 +197,23 @@ impl TwoHosts {
             (ticks(&console).len() >= 3).then_some(())
         })
         .await;
+    }
+
+    /// Run `web` on h1 dirtying memory, add h2 and start migrating it there (h1 started
+    /// with [`NEVER_SWITCHES`]); returns the domain as it was and the migration's id once
+    /// the copy has run two rounds.
+    async fn start_endless_copy(&mut self) -> (serde_json::Value, u64) {
+        self.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;
+        self.add_h2().await;
+        let before = self.domain();
+        let started = json(&self.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
+        let id = started["id"].as_u64().unwrap();
+        wait_for("the copy to run rounds", Duration::from_secs(60), || async {
+            self.migration(id)
+                .filter(|m| m["phase"] == "transferring" && m["progress"]["rounds"].as_u64() >= Some(2))
+        })
+        .await;
+        (before, id)
     }
 
     /// SIGKILL host `name`'s hostd and every VM process it started.
@@ -322,22 +344,8 @@ async fn an_aborted_migration_leaves_the_guest_running_on_its_source() {
     if !kvm_present() {
         return;
     }
-    // A downtime budget of 0 never switches over: the copy goes on until aborted.
-    let mut c = TwoHosts::start(
-        "kvm",
-        &["--migration-max-downtime-ms", "0", "--migration-throttle-max-percent", "0"],
-    )
-    .await;
-    c.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;
-    c.add_h2().await;
-    let before = c.domain();
-    let started = json(&c.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
-    let id = started["id"].as_u64().unwrap();
-    wait_for("the copy to run rounds", Duration::from_secs(60), || async {
-        c.migration(id)
-            .filter(|m| m["phase"] == "transferring" && m["progress"]["rounds"].as_u64() >= Some(2))
-    })
-    .await;
+    let mut c = TwoHosts::start("kvm", NEVER_SWITCHES).await;
+    let (before, id) = c.start_endless_copy().await;
     drover(&c.ep, &["migrate", "abort", &id.to_string()]);
     let aborted = c.migration(id).unwrap();
     assert_eq!(aborted["phase"], "rolled-back", "{aborted}");
@@ -448,23 +456,8 @@ async fn a_migration_outlives_a_leader_change_and_commits_once_its_pause_is_allo
     if !kvm_present() {
         return;
     }
-    let mut c = TwoHosts::start_voters(
-        "kvm",
-        &["--migration-max-downtime-ms", "0", "--migration-throttle-max-percent", "0"],
-        tests::NO_HOSTD,
-        3,
-    )
-    .await;
-    c.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;
-    c.add_h2().await;
-    let before = c.domain();
-    let started = json(&c.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
-    let id = started["id"].as_u64().unwrap();
-    wait_for("the copy to run rounds", Duration::from_secs(60), || async {
-        c.migration(id)
-            .filter(|m| m["phase"] == "transferring" && m["progress"]["rounds"].as_u64() >= Some(2))
-    })
-    .await;
+    let mut c = TwoHosts::start_voters("kvm", NEVER_SWITCHES, tests::NO_HOSTD, 3).await;
+    let (before, id) = c.start_endless_copy().await;
 
     let addrs = c.cluster.addrs();
     let raft = c.cluster.raft_client(addrs.clone());
@@ -507,21 +500,8 @@ async fn a_source_hostd_restarted_mid_copy_takes_the_copy_up_and_commits() {
     if !kvm_present() {
         return;
     }
-    let mut c = TwoHosts::start(
-        "kvm",
-        &["--migration-max-downtime-ms", "0", "--migration-throttle-max-percent", "0"],
-    )
-    .await;
-    c.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;
-    c.add_h2().await;
-    let before = c.domain();
-    let started = json(&c.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
-    let id = started["id"].as_u64().unwrap();
-    wait_for("the copy to run rounds", Duration::from_secs(60), || async {
-        c.migration(id)
-            .filter(|m| m["phase"] == "transferring" && m["progress"]["rounds"].as_u64() >= Some(2))
-    })
-    .await;
+    let mut c = TwoHosts::start("kvm", NEVER_SWITCHES).await;
+    let (before, id) = c.start_endless_copy().await;
     let hostd = &mut c._hosts[0].0;
     hostd.kill().unwrap();
     hostd.wait().unwrap();
