@@ -91,6 +91,10 @@ pub enum Request {
     MigrateSend {
         address: String,
         limits: ConvergeLimits,
+        /// Mutual TLS on the stream, with the target's host named; none sends in the
+        /// clear (a cluster without TLS).
+        #[serde(default)]
+        tls: Option<MigrationTls>,
     },
     /// New limits for the outgoing copy under way: the rounds to come end within them.
     MigrateLimits {
@@ -113,6 +117,17 @@ pub struct ConvergeLimits {
     /// How far the vCPUs may be throttled when the rounds stop shrinking (auto-converge;
     /// 0 never throttles). The VMM caps it at its own most.
     pub throttle_max_percent: u8,
+}
+
+/// Mutual TLS on a migration stream: both VMMs present their host's certificate (the
+/// `--tls-dir` files of hostd: `ca.pem`, `cert.pem`, `key.pem`) and accept only the
+/// other end's host, by the name its certificate holds, signed by the cluster's CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationTls {
+    /// The host's TLS directory (read at each connection, so renewed files count).
+    pub dir: PathBuf,
+    /// The host at the other end (its certificate's common name).
+    pub peer: String,
 }
 
 /// Where an outgoing live migration stands.

@@ -66,6 +66,13 @@ pub struct VmmArgs {
     /// is built.
     #[arg(long, conflicts_with = "restore_from")]
     pub incoming: Option<String>,
+    /// With --incoming: take the stream over mutual TLS with the host's certificate in
+    /// this directory (`ca.pem`, `cert.pem`, `key.pem`), from --incoming-peer only.
+    #[arg(long, requires_all = ["incoming", "incoming_peer"])]
+    pub incoming_tls_dir: Option<PathBuf>,
+    /// With --incoming-tls-dir: the source's host, as its certificate names it.
+    #[arg(long, requires = "incoming_tls_dir")]
+    pub incoming_peer: Option<String>,
 }
 
 /// The VMM binary's command line: run a VM (the flags of [`VmmArgs`]), or guard another
@@ -138,9 +145,14 @@ pub fn run(args: VmmArgs) -> i32 {
     let (source, incoming) = match &args.incoming {
         None => (args.restore_from.clone().map_or(Source::Kernel, Source::Snapshot), None),
         Some(address) => {
+            let tls = args
+                .incoming_tls_dir
+                .clone()
+                .zip(args.incoming_peer.clone())
+                .map(|(dir, peer)| control::MigrationTls { dir, peer });
             let received = receive::prepare(&config).and_then(|prepared| {
                 let listener = receive::listen(address, &args.run_dir)?;
-                receive::receive(listener, &config, prepared)
+                receive::receive(listener, &config, prepared, tls.as_ref())
             });
             match received {
                 Ok(r) => (Source::Migrated(Box::new((r.memory, r.state, r.shell))), Some(r.incoming)),
@@ -251,14 +263,14 @@ fn status(vm: &Vm, outgoing: &Mutex<Option<Outgoing>>) -> Status {
 fn migrate(vm: &Arc<Vm>, outgoing: &Mutex<Option<Outgoing>>, request: Request) -> Response {
     let mut out = outgoing.lock().unwrap_or_else(|p| p.into_inner());
     match request {
-        Request::MigrateSend { address, limits } => {
+        Request::MigrateSend { address, limits, tls } => {
             if out.as_ref().is_some_and(Outgoing::active) {
                 return Response::Error("a migration is already under way".into());
             }
             if !matches!(vm.status().0, Phase::Running | Phase::Paused) {
                 return Response::Error(format!("the VM is {:?}: nothing to migrate", vm.status().0));
             }
-            *out = Some(Outgoing::start(vm.clone(), address, limits));
+            *out = Some(Outgoing::start(vm.clone(), address, limits, tls));
             drop(out);
             Response::Ok(status(vm, outgoing))
         }

@@ -1,13 +1,14 @@
 //! Live migration between two `drover-vmm` processes over loopback TCP, with the test
 //! guest on the real `/dev/kvm`: the counter goes on in the target with no tick lost or
 //! repeated, a guest dirtying memory converges, and a cancel or a dead target leaves the
-//! guest running in the source. Where `/dev/kvm` is missing every test says so and returns.
+//! guest running in the source; over mutual TLS, only the expected host gets through.
+//! Where `/dev/kvm` is missing every test says so and returns.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use vmm::control::{self, ConvergeLimits, OutgoingPhase, OutgoingStatus, Phase, Request};
+use vmm::control::{self, ConvergeLimits, MigrationTls, OutgoingPhase, OutgoingStatus, Phase, Request};
 
 fn kvm_present() -> bool {
     vmm::kvm_present_for("the live-migration tests")
@@ -26,6 +27,21 @@ struct Vmm {
 impl Vmm {
     /// A VMM for domain `m1`: booting the test guest, or (`incoming`) waiting for one.
     fn spawn(cmdline: &str, memory_mib: u64, disk: Option<&Path>, incoming: bool) -> Vmm {
+        Vmm::spawn_with(cmdline, memory_mib, disk, incoming.then_some(None))
+    }
+
+    /// A VMM waiting for a guest over mutual TLS from the host `tls.peer` names.
+    fn spawn_incoming_tls(cmdline: &str, memory_mib: u64, tls: &MigrationTls) -> Vmm {
+        Vmm::spawn_with(cmdline, memory_mib, None, Some(Some(tls)))
+    }
+
+    /// `incoming`: none boots; `Some(tls)` waits for a guest, over TLS where given.
+    fn spawn_with(
+        cmdline: &str,
+        memory_mib: u64,
+        disk: Option<&Path>,
+        incoming: Option<Option<&MigrationTls>>,
+    ) -> Vmm {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("guest.elf");
         testguest::write_to(&kernel).unwrap();
@@ -40,12 +56,15 @@ impl Vmm {
         if let Some(d) = disk {
             cmd.arg("--disk").arg(format!("{},rw", d.display()));
         }
-        if incoming {
+        if let Some(tls) = incoming {
             cmd.args(["--incoming", "127.0.0.1:0"]);
+            if let Some(t) = tls {
+                cmd.arg("--incoming-tls-dir").arg(&t.dir).args(["--incoming-peer", &t.peer]);
+            }
         }
         let child = cmd.spawn().unwrap();
         let v = Vmm { dir, child };
-        if incoming {
+        if incoming.is_some() {
             v.wait_until("the incoming address", || v.incoming_address().is_some());
         } else {
             v.wait_until("the control socket", || v.socket().exists());
@@ -88,10 +107,21 @@ impl Vmm {
     /// Start migrating to `target` and wait until the copy stops (at the switch-over, or
     /// failed).
     fn migrate_to(&self, target: &Vmm, max_downtime_ms: u64) -> OutgoingStatus {
+        self.migrate_to_with(target, max_downtime_ms, None)
+    }
+
+    /// [`Vmm::migrate_to`], over `tls` where given.
+    fn migrate_to_with(
+        &self,
+        target: &Vmm,
+        max_downtime_ms: u64,
+        tls: Option<MigrationTls>,
+    ) -> OutgoingStatus {
         let address = target.incoming_address().unwrap();
         self.call(Request::MigrateSend {
             address,
             limits: ConvergeLimits { max_downtime_ms, throttle_max_percent: 99 },
+            tls,
         });
         self.wait_until("the copy to finish", || {
             !matches!(self.migration().phase, OutgoingPhase::Copying | OutgoingPhase::Completing)
@@ -200,7 +230,7 @@ fn a_cancelled_migration_leaves_the_guest_running_in_the_source() {
     source.wait_until("ticks", || source.ticks() >= 20);
     let mut target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
     let address = target.incoming_address().unwrap();
-    source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES });
+    source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES, tls: None });
     source.wait_until("a few rounds", || source.migration().progress.rounds >= 3);
     let cancelled = source.call(Request::MigrateCancel);
     assert_eq!(cancelled.migration.unwrap().phase, OutgoingPhase::Cancelled);
@@ -223,7 +253,7 @@ fn a_target_killed_mid_copy_leaves_the_guest_running_in_the_source() {
     source.wait_until("ticks", || source.ticks() >= 20);
     let mut target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
     let address = target.incoming_address().unwrap();
-    source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES });
+    source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES, tls: None });
     source.wait_until("a few rounds", || source.migration().progress.rounds >= 2);
     target.child.kill().unwrap(); // SIGKILL
     target.child.wait().unwrap();
@@ -251,4 +281,115 @@ fn a_source_for_another_machine_is_refused_and_runs_on() {
     assert_eq!(code, Some(2), "{exit}");
     // A switch-over without a finished copy is refused too.
     assert!(control::migrate_switch(&source.socket()).is_err());
+}
+
+/// Hosts' certificates as Drover issues them (common name the host, organizational unit
+/// `host`), in `--tls-dir` layout, from one CA per [`Pki`].
+struct Pki {
+    root: tempfile::TempDir,
+    ca_pem: String,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.distinguished_name.push(DnType::CommonName, "test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&ca_key).unwrap().pem();
+        Pki { root: tempfile::tempdir().unwrap(), ca_pem, ca_key }
+    }
+
+    /// The TLS directory of `kind` `name`, made on first use.
+    fn dir(&self, kind: &str, name: &str) -> PathBuf {
+        use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
+        let dir = self.root.path().join(format!("{kind}-{name}"));
+        if !dir.exists() {
+            let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &self.ca_key).unwrap();
+            let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.distinguished_name.push(DnType::OrganizationalUnitName, kind);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("ca.pem"), &self.ca_pem).unwrap();
+            std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+            std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        }
+        dir
+    }
+
+    /// What host `own` uses to talk to host `peer`.
+    fn tls(&self, own: &str, peer: &str) -> MigrationTls {
+        MigrationTls { dir: self.dir("host", own), peer: peer.to_owned() }
+    }
+}
+
+/// Over mutual TLS between hosts `h1` and `h2`, the guest moves as in the clear: no tick
+/// lost or repeated.
+#[test]
+fn a_guest_migrated_over_tls_counts_on_in_the_target() {
+    if !kvm_present() {
+        return;
+    }
+    let pki = Pki::new();
+    let source = Vmm::spawn("drover.tick_ms=5 drover.dirty_mib=8", 32, None, false);
+    source.wait_until("ticks", || source.ticks() >= 5);
+    let target = Vmm::spawn_incoming_tls("drover.tick_ms=5", 32, &pki.tls("h2", "h1"));
+    let status = source.migrate_to_with(&target, 50, Some(pki.tls("h1", "h2")));
+    assert_eq!(status.phase, OutgoingPhase::AwaitingSwitch, "{status:?}");
+    control::migrate_switch(&source.socket()).unwrap();
+    let before = target.ticks();
+    target.wait_until("the target to count on", || target.ticks() > before + 10);
+    consecutive(&format!("{}{}", source.console(), target.console()));
+}
+
+/// Each way a migration stream can come from or go to the wrong party fails before any
+/// page moves: the guest runs on in the source, and the target never runs it.
+#[test]
+fn a_migration_stream_reaches_only_the_expected_host() {
+    if !kvm_present() {
+        return;
+    }
+    let pki = Pki::new();
+    let other_ca = Pki::new();
+    let source = Vmm::spawn("drover.tick_ms=20", 32, None, false);
+    source.wait_until("a tick", || source.ticks() >= 1);
+    let cases: [(&str, MigrationTls, Option<MigrationTls>, &str); 5] = [
+        // The target waits for h1; the source is h3.
+        (
+            "a source of another host",
+            pki.tls("h2", "h1"),
+            Some(pki.tls("h3", "h2")),
+            "refused: migration TLS",
+        ),
+        // The source expects h2; the target is h4.
+        ("a target of another host", pki.tls("h4", "h1"), Some(pki.tls("h1", "h2")), "not host \"h2\""),
+        // A source whose certificate another CA signed.
+        ("a source of another CA", pki.tls("h2", "h1"), Some(other_ca.tls("h1", "h2")), "TLS"),
+        // A user's certificate of the right CA and name is not a host's.
+        (
+            "a user's certificate",
+            pki.tls("h2", "h1"),
+            Some(MigrationTls { dir: pki.dir("user", "h1"), peer: "h2".into() }),
+            "names user \"h1\", not host \"h1\"",
+        ),
+        // A source in the clear.
+        ("a source without TLS", pki.tls("h2", "h1"), None, ""),
+    ];
+    for (case, target_tls, source_tls, reason) in cases {
+        let mut target = Vmm::spawn_incoming_tls("drover.tick_ms=20", 32, &target_tls);
+        let status = source.migrate_to_with(&target, 50, source_tls);
+        assert_eq!(status.phase, OutgoingPhase::Failed, "{case}: {status:?}");
+        let why = status.reason.unwrap_or_default();
+        assert!(why.contains(reason), "{case}: {why}");
+        assert_eq!(source.call(Request::Status).phase, Phase::Running, "{case}");
+        let (code, exit) = target.exit_record();
+        assert_eq!(code, Some(2), "{case}: {exit}");
+        assert!(testguest::ticks(&target.console()).is_empty(), "{case}");
+        let now = source.ticks();
+        source.wait_until("the source to count on", || source.ticks() > now);
+    }
 }

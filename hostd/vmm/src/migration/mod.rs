@@ -20,10 +20,12 @@
 //!   destroy after a rollback). Never two running copies.
 //!
 //! Wire: every frame is a tag byte, a little-endian u32 length and that many bytes
-//! ([`wire`]).
+//! ([`wire`]), over mutual TLS between the two hosts' certificates where the cluster runs
+//! with TLS ([`tls`]), in the clear where it does not.
 
 pub mod receive;
 pub mod send;
+pub mod tls;
 pub mod wire;
 
 /// How long pre-copy may go on before the migration gives up (the VM runs on here).

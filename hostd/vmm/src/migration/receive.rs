@@ -4,7 +4,7 @@
 //! [`Incoming::ready`] tells the source and waits (in a thread) for the `Go` that only a
 //! committed switch-over sends.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::tls::{self, Stream};
 use super::wire::{self, Tag, PAGE_BYTES};
 use super::{MigrationError, ACCEPT_TIMEOUT_MS, ANSWER_TIMEOUT_MS};
 use crate::config::VmConfig;
-use crate::control::INCOMING_FILE;
+use crate::control::{MigrationTls, INCOMING_FILE};
 use crate::memory::GuestMemoryMmap;
 use crate::snapshot::VmState;
 use crate::vm::{Shell, Vm};
@@ -47,7 +48,7 @@ pub struct Received {
 /// The connection to the source, once the VM's memory and state are in.
 #[derive(Debug)]
 pub struct Incoming {
-    stream: TcpStream,
+    stream: Stream,
 }
 
 /// The guest's memory for `config`'s machine and the KVM VM for it, made before the
@@ -62,21 +63,36 @@ pub fn prepare(config: &VmConfig) -> Result<(GuestMemoryMmap, Shell), MigrationE
     Ok((memory, shell))
 }
 
-/// Take one source's connection and everything it sends up to the VM's state. The
-/// source must describe the machine `config` describes; otherwise it is told why
-/// (`Refused`) and nothing is built.
+/// Take one source's connection (over `tls` where given: a source that is not its host
+/// fails the handshake) and everything it sends up to the VM's state. The source must
+/// describe the machine `config` describes; otherwise it is told why (`Refused`) and
+/// nothing is built.
 pub fn receive(
     listener: TcpListener,
     config: &VmConfig,
     (memory, shell): (GuestMemoryMmap, Shell),
+    tls: Option<&MigrationTls>,
 ) -> Result<Received, MigrationError> {
-    let stream = accept(&listener)?;
+    let tcp = accept(&listener)?;
     drop(listener); // one source only
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_millis(ANSWER_TIMEOUT_MS)))?;
-    stream.set_write_timeout(Some(Duration::from_millis(ANSWER_TIMEOUT_MS)))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, stream.try_clone()?);
-    match fill(&mut reader, config, &memory) {
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(Duration::from_millis(ANSWER_TIMEOUT_MS)))?;
+    tcp.set_write_timeout(Some(Duration::from_millis(ANSWER_TIMEOUT_MS)))?;
+    let stream = match tls {
+        Some(t) => tls::server(tcp, t)?,
+        None => Stream::Plain(tcp),
+    };
+    if let Err(e) = tls.map_or(Ok(()), |t| stream.check_peer(&t.peer)) {
+        refuse(stream, &e.to_string());
+        return Err(e);
+    }
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, stream);
+    let filled = fill(&mut reader, config, &memory);
+    // The source sends nothing after the state until it hears `Ready`: nothing is left
+    // in the buffer.
+    debug_assert!(filled.is_err() || reader.buffer().is_empty());
+    let stream = reader.into_inner();
+    match filled {
         Ok(state) => Ok(Received { memory, state, shell, incoming: Incoming { stream } }),
         Err(e) => {
             refuse(stream, &e.to_string());
@@ -88,15 +104,16 @@ pub fn receive(
 /// Tell the source why not, then take in what it still sends until it hangs up (or
 /// [`ANSWER_TIMEOUT_MS`] pass): closing on unread bytes would reset the connection, and
 /// the reset could overtake the reason.
-fn refuse(mut stream: TcpStream, why: &str) {
-    if wire::write_frame(&mut stream, Tag::Refused, why.as_bytes()).is_err() {
+fn refuse(mut stream: Stream, why: &str) {
+    if wire::write_frame(&mut stream, Tag::Refused, why.as_bytes()).and_then(|()| stream.flush()).is_err() {
         return;
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    stream.finish();
     let deadline = Instant::now() + Duration::from_millis(ANSWER_TIMEOUT_MS);
     let mut sink = vec![0u8; 64 << 10];
     while Instant::now() < deadline {
-        match std::io::Read::read(&mut stream, &mut sink) {
+        // The socket's bytes, not the stream's: what comes is dropped unread.
+        match stream.tcp().read(&mut sink) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -200,7 +217,7 @@ impl Incoming {
         wire::write_frame(&mut self.stream, Tag::Ready, &[])?;
         self.stream.flush()?;
         // The cluster's commit comes between Ready and Go, however long it takes.
-        self.stream.set_read_timeout(None)?;
+        self.stream.tcp().set_read_timeout(None)?;
         std::thread::Builder::new().name("migrate-in".into()).spawn(move || {
             let mut buf = Vec::new();
             match wire::read_frame(&mut self.stream, &mut buf) {

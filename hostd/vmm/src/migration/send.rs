@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
+use super::tls::{self, Stream};
 use super::wire::{self, Tag, PAGES_PER_FRAME_MAX, PAGE_BYTES};
 use super::{MigrationError, ANSWER_TIMEOUT_MS, COPY_TIMEOUT_MS};
-use crate::control::{ConvergeLimits, MigrationProgress, OutgoingPhase, OutgoingStatus};
+use crate::control::{ConvergeLimits, MigrationProgress, MigrationTls, OutgoingPhase, OutgoingStatus};
 use crate::memory::GuestMemoryMmap;
 use crate::vm::Vm;
 
@@ -49,12 +50,16 @@ impl std::fmt::Debug for Outgoing {
 
 struct Shared {
     address: String,
+    /// TLS on the stream, with the target's host; none in the clear.
+    tls: Option<MigrationTls>,
     /// The limits the rounds end within; an operator may change them while it copies.
     limits: Mutex<ConvergeLimits>,
     status: Mutex<OutgoingStatus>,
     cancel: AtomicBool,
-    /// The stream: shut down by a cancel (which unblocks the copy), taken by the switch.
+    /// The stream's socket: shut down by a cancel (which unblocks the copy).
     stream: Mutex<Option<TcpStream>>,
+    /// The stream, once the target holds the VM: taken by the switch.
+    conn: Mutex<Option<Stream>>,
     /// When the VM was paused for the final copy: the downtime runs from here.
     paused_at: Mutex<Option<Instant>>,
     /// Whether the guest ran when the final copy paused it (the target then runs it).
@@ -68,10 +73,16 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Outgoing {
-    /// Start copying `vm` to the incoming VMM at `address`.
-    pub fn start(vm: Arc<Vm>, address: String, limits: ConvergeLimits) -> Outgoing {
+    /// Start copying `vm` to the incoming VMM at `address` (over `tls` where given).
+    pub fn start(
+        vm: Arc<Vm>,
+        address: String,
+        limits: ConvergeLimits,
+        tls: Option<MigrationTls>,
+    ) -> Outgoing {
         let shared = Arc::new(Shared {
             address: address.clone(),
+            tls,
             limits: Mutex::new(limits),
             status: Mutex::new(OutgoingStatus {
                 address: address.clone(),
@@ -81,6 +92,7 @@ impl Outgoing {
             }),
             cancel: AtomicBool::new(false),
             stream: Mutex::new(None),
+            conn: Mutex::new(None),
             paused_at: Mutex::new(None),
             was_running: AtomicBool::new(false),
             undone: AtomicBool::new(false),
@@ -139,7 +151,7 @@ impl Outgoing {
         // The target claims the disks before it runs; the VM here never runs again.
         vm.release_disks()?;
         let answered = (|| {
-            let mut stream = locked(&self.shared.stream)
+            let mut stream = locked(&self.shared.conn)
                 .take()
                 .ok_or_else(|| MigrationError::Failed("the stream is gone".into()))?;
             let run = self.shared.was_running.load(Ordering::SeqCst);
@@ -200,11 +212,12 @@ fn undo(vm: &Arc<Vm>, shared: &Shared) {
     if let Some(stream) = locked(&shared.stream).take() {
         let _ = stream.shutdown(std::net::Shutdown::Both);
     }
+    locked(&shared.conn).take();
 }
 
 /// Pages on their way: gathered into frames of at most [`PAGES_PER_FRAME_MAX`].
 struct PageSender<'a> {
-    out: BufWriter<TcpStream>,
+    out: &'a mut BufWriter<Stream>,
     mem: &'a GuestMemoryMmap,
     numbers: Vec<u64>,
     data: Vec<u8>,
@@ -248,7 +261,7 @@ impl PageSender<'_> {
             self.frame.extend_from_slice(&p.to_le_bytes());
         }
         self.frame.extend_from_slice(&self.data);
-        wire::write_frame(&mut self.out, Tag::Pages, &self.frame)?;
+        wire::write_frame(self.out, Tag::Pages, &self.frame)?;
         self.bytes += self.frame.len() as u64 + 5;
         self.numbers.clear();
         self.data.clear();
@@ -264,7 +277,7 @@ impl PageSender<'_> {
         for p in &self.zeros {
             self.frame.extend_from_slice(&p.to_le_bytes());
         }
-        wire::write_frame(&mut self.out, Tag::Zeros, &self.frame)?;
+        wire::write_frame(self.out, Tag::Zeros, &self.frame)?;
         self.bytes += self.frame.len() as u64 + 5;
         self.zeros.clear();
         Ok(())
@@ -301,16 +314,18 @@ fn union(pending: Vec<u64>, more: Vec<u64>) -> Vec<u64> {
 }
 
 /// Whether the target has said something (it only ever refuses before `Ready`): read it
-/// without waiting when nothing is there.
-fn refusal(stream: &TcpStream) -> Result<(), MigrationError> {
-    stream.set_nonblocking(true)?;
-    let peeked = stream.peek(&mut [0u8; 1]);
-    stream.set_nonblocking(false)?;
+/// without waiting when nothing is there (after the handshake, anything on the socket is
+/// the target's frame: [`tls`]).
+fn refusal(stream: &mut Stream) -> Result<(), MigrationError> {
+    let tcp = stream.tcp();
+    tcp.set_nonblocking(true)?;
+    let peeked = tcp.peek(&mut [0u8; 1]);
+    tcp.set_nonblocking(false)?;
     match peeked {
         Ok(0) => Err(MigrationError::Failed("the target closed the stream".into())),
         Ok(_) => {
             let mut buf = Vec::new();
-            match wire::read_frame(&mut &*stream, &mut buf)? {
+            match wire::read_frame(stream, &mut buf)? {
                 Tag::Refused => Err(MigrationError::Refused(String::from_utf8_lossy(&buf).into_owned())),
                 other => Err(MigrationError::Protocol(format!("{other:?} from the target while copying"))),
             }
@@ -320,22 +335,41 @@ fn refusal(stream: &TcpStream) -> Result<(), MigrationError> {
     }
 }
 
+/// Connect to the target, copy the VM, and leave the stream for the switch-over.
 fn copy(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
-    let result = copy_rounds(vm, shared);
+    let addr: SocketAddr = shared
+        .address
+        .parse()
+        .map_err(|e| MigrationError::Failed(format!("target address {:?}: {e}", shared.address)))?;
+    let answer = Duration::from_millis(ANSWER_TIMEOUT_MS);
+    let tcp = TcpStream::connect_timeout(&addr, answer)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_write_timeout(Some(answer))?;
+    tcp.set_read_timeout(Some(answer))?;
+    *locked(&shared.stream) = Some(tcp.try_clone()?);
+    let stream = match &shared.tls {
+        Some(t) => tls::client(tcp, t)?,
+        None => Stream::Plain(tcp),
+    };
+    let mut out = BufWriter::with_capacity(BUFFER_BYTES, stream);
+    let result = copy_rounds(vm, shared, &mut out);
     // A stream that broke may carry the target's reason.
     if let Err(MigrationError::Io(_)) = &result {
-        if let Some(stream) = locked(&shared.stream).as_ref() {
-            let _ = stream.set_read_timeout(Some(Duration::from_millis(REFUSAL_WAIT_MS)));
-            let mut buf = Vec::new();
-            if let Ok(Tag::Refused) = wire::read_frame(&mut &*stream, &mut buf) {
-                return Err(MigrationError::Refused(String::from_utf8_lossy(&buf).into_owned()));
-            }
+        let stream = out.get_mut();
+        let _ = stream.tcp().set_read_timeout(Some(Duration::from_millis(REFUSAL_WAIT_MS)));
+        let mut buf = Vec::new();
+        if let Ok(Tag::Refused) = wire::read_frame(stream, &mut buf) {
+            return Err(MigrationError::Refused(String::from_utf8_lossy(&buf).into_owned()));
         }
     }
-    result
+    result?;
+    *locked(&shared.conn) = Some(out.into_inner().map_err(|e| MigrationError::Io(e.into_error()))?);
+    locked(&shared.status).phase = OutgoingPhase::AwaitingSwitch;
+    Ok(())
 }
 
-fn copy_rounds(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
+/// The rounds, the stop-and-copy and the target's `Ready`, over `out`.
+fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Result<(), MigrationError> {
     let cancelled = || -> Result<(), MigrationError> {
         if shared.cancel.load(Ordering::SeqCst) {
             Err(MigrationError::Cancelled)
@@ -343,28 +377,17 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
             Ok(())
         }
     };
-    let addr: SocketAddr = shared
-        .address
-        .parse()
-        .map_err(|e| MigrationError::Failed(format!("target address {:?}: {e}", shared.address)))?;
-    let answer = Duration::from_millis(ANSWER_TIMEOUT_MS);
-    let stream = TcpStream::connect_timeout(&addr, answer)?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(answer))?;
-    stream.set_read_timeout(Some(answer))?;
-    *locked(&shared.stream) = Some(stream.try_clone()?);
     cancelled()?;
     let config = vm.config();
     let memory_bytes = config.memory_mib << 20;
     let pages = memory_bytes / PAGE_BYTES as u64;
-    let mut out = BufWriter::with_capacity(BUFFER_BYTES, stream.try_clone()?);
     let hello = wire::Hello {
         version: wire::VERSION,
         domain: config.domain.clone(),
         memory_mib: config.memory_mib,
         vcpus: config.vcpus,
     };
-    wire::write_frame(&mut out, Tag::Hello, &serde_json::to_vec(&hello).expect("serializes"))?;
+    wire::write_frame(out, Tag::Hello, &serde_json::to_vec(&hello).expect("serializes"))?;
     let mut sender = PageSender {
         out,
         mem: vm.memory(),
@@ -393,7 +416,7 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
         sender.page(p, true)?;
     }
     sender.flush()?;
-    refusal(&stream)?;
+    refusal(sender.out.get_mut())?;
     let mut copy_time = started.elapsed();
     let mut rounds = 1u32;
     let mut throttle = 0u8;
@@ -451,7 +474,7 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
             sender.page(p, false)?;
         }
         sender.flush()?;
-        refusal(&stream)?;
+        refusal(sender.out.get_mut())?;
         copy_time += round_started.elapsed();
         rounds += 1;
         set_progress(&|p| {
@@ -479,7 +502,7 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
         state.paused = true;
         let json = serde_json::to_vec(&state)
             .map_err(|e| MigrationError::Failed(format!("encoding the VM's state: {e}")))?;
-        wire::write_frame(&mut sender.out, Tag::State, &json)?;
+        wire::write_frame(sender.out, Tag::State, &json)?;
         sender.out.flush()?;
         sender.bytes += json.len() as u64 + 5;
         let bytes = sender.bytes;
@@ -488,16 +511,13 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
             p.remaining_bytes = 0;
         });
     }
-    let mut stream = stream;
     let mut buf = Vec::new();
-    match wire::read_frame(&mut stream, &mut buf)? {
+    match wire::read_frame(sender.out.get_mut(), &mut buf)? {
         Tag::Ready => {}
         Tag::Refused => return Err(MigrationError::Refused(String::from_utf8_lossy(&buf).into_owned())),
         other => return Err(MigrationError::Protocol(format!("{other:?} where Ready was due"))),
     }
-    cancelled()?;
-    locked(&shared.status).phase = OutgoingPhase::AwaitingSwitch;
-    Ok(())
+    cancelled()
 }
 
 /// Which of the first `pages` pages of `mem` (one anonymous mapping) the process never
