@@ -43,6 +43,7 @@ pub fn process_driver_with(
                 program_args: Vec::new(),
                 run_dir: run_dir.to_owned(),
                 console_log_bytes_max: 1 << 20,
+                tls_dir: None,
             })?)
         }
         "qemu" => Box::new(hostd::qemu::QemuDriver::new(hostd::qemu::QemuConfig::new(run_dir.to_owned()))?),

@@ -249,25 +249,30 @@ pub trait Driver: Send {
     /// instead of booting: it listens on `listen_ip` and returns the `ip:port` its source
     /// is to send to. It lists as `Starting` until the whole VM is in, then `Paused`; it
     /// runs only once its source says the switch-over is committed (or it is resumed).
+    /// `source` is the host that sends: where the driver has the host's TLS files, the
+    /// stream is mutual TLS and only that host's certificate gets through.
     fn prepare_incoming(
         &mut self,
         spec: &VmSpec,
         listen_ip: std::net::IpAddr,
+        source: &str,
     ) -> Result<String, DriverError> {
-        let _ = listen_ip;
+        let _ = (listen_ip, source);
         Err(unsupported(&spec.domain, "receive a live migration"))
     }
-    /// Start sending `domain`'s VM to the incoming VM at `address`; the copy goes on in
-    /// the background ([`Driver::outgoing`]), in rounds (and throttling the guest) until
-    /// the rest fits in the `limits`' pause.
+    /// Start sending `domain`'s VM to the incoming VM at `address` on host `target`
+    /// (over mutual TLS, as in [`Driver::prepare_incoming`]); the copy goes on in the
+    /// background ([`Driver::outgoing`]), in rounds (and throttling the guest) until the
+    /// rest fits in the `limits`' pause.
     fn migrate_out(
         &mut self,
         domain: &str,
         address: &str,
+        target: &str,
         limits: ConvergeLimits,
         now_ms: u64,
     ) -> Result<(), DriverError> {
-        let _ = (address, limits, now_ms);
+        let _ = (address, target, limits, now_ms);
         Err(unsupported(domain, "live-migrate"))
     }
     /// New `limits` for `domain`'s outgoing copy (an operator changed the migration's

@@ -347,6 +347,7 @@ impl Driver for FakeDriver {
         &mut self,
         spec: &VmSpec,
         listen_ip: std::net::IpAddr,
+        _source: &str,
     ) -> Result<String, DriverError> {
         if let Some(vm) = self.vms.get(&spec.domain).filter(|vm| vm.phase.is_live()) {
             return Err(DriverError::WrongPhase {
@@ -379,6 +380,7 @@ impl Driver for FakeDriver {
         &mut self,
         domain: &str,
         address: &str,
+        _target: &str,
         limits: ConvergeLimits,
         now_ms: u64,
     ) -> Result<(), DriverError> {

@@ -16,7 +16,9 @@
 //! Live migration: `prepare_incoming` starts a VMM with `--incoming IP:0` for the
 //! domain's next run (it listens, and waits paused for its source's copy and `Go`);
 //! `migrate_out`, `outgoing`, `migrate_switch` and `migrate_cancel` drive the source
-//! VMM's `MigrateSend`/`MigrateSwitch`/`MigrateCancel` (`vmm::migration`).
+//! VMM's `MigrateSend`/`MigrateSwitch`/`MigrateCancel` (`vmm::migration`). With the
+//! host's TLS files (`KvmConfig::tls_dir`) both VMMs speak mutual TLS and accept only the
+//! other end's host (`--incoming-tls-dir`/`--incoming-peer`, `MigrateSend::tls`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,9 @@ pub struct KvmConfig {
     pub program_args: Vec<String>,
     pub run_dir: PathBuf,
     pub console_log_bytes_max: u64,
+    /// The host's TLS directory (hostd's `--tls-dir`): migration streams go over mutual
+    /// TLS with its certificate; none sends them in the clear.
+    pub tls_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -148,7 +153,12 @@ impl KvmDriver {
 
     /// Start a VMM for `spec` (receiving a live migration on `incoming`): up once its
     /// socket answers (its incoming address is written). Returns its run directory.
-    fn launch(&mut self, spec: &VmSpec, incoming: Option<&str>) -> Result<PathBuf, DriverError> {
+    /// TLS for a migration stream with host `peer`, where this host has TLS files.
+    fn migration_tls(&self, peer: &str) -> Option<control::MigrationTls> {
+        self.config.tls_dir.clone().map(|dir| control::MigrationTls { dir, peer: peer.to_owned() })
+    }
+
+    fn launch(&mut self, spec: &VmSpec, incoming: Option<(&str, &str)>) -> Result<PathBuf, DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
         if let Some(vm) = self.vms.get_mut(&spec.domain) {
             let phase = Self::status_of(vm).phase;
@@ -163,8 +173,11 @@ impl KvmDriver {
         // The taps exist, in their bridges, before the VMM attaches to them.
         tap::plug_nics(spec).map_err(failed)?;
         let mut cmd = self.command(spec, &dir).map_err(failed)?;
-        if let Some(address) = incoming {
+        if let Some((address, source)) = incoming {
             cmd.args(["--incoming", address]);
+            if let Some(tls) = self.migration_tls(source) {
+                cmd.arg("--incoming-tls-dir").arg(&tls.dir).args(["--incoming-peer", &tls.peer]);
+            }
         }
         let launch = vm_dir::Launch {
             what: "the VMM",
@@ -281,9 +294,10 @@ impl Driver for KvmDriver {
         &mut self,
         spec: &VmSpec,
         listen_ip: std::net::IpAddr,
+        source: &str,
     ) -> Result<String, DriverError> {
         let address = std::net::SocketAddr::new(listen_ip, 0).to_string();
-        let dir = self.launch(spec, Some(&address))?;
+        let dir = self.launch(spec, Some((&address, source)))?;
         std::fs::read_to_string(dir.join(control::INCOMING_FILE)).map_err(|e| DriverError::StartFailed {
             domain: spec.domain.clone(),
             reason: format!("reading the incoming VMM's address: {e}"),
@@ -294,10 +308,12 @@ impl Driver for KvmDriver {
         &mut self,
         domain: &str,
         address: &str,
+        target: &str,
         limits: ConvergeLimits,
         _now_ms: u64,
     ) -> Result<(), DriverError> {
-        let request = Request::MigrateSend { address: address.to_owned(), limits };
+        let tls = self.migration_tls(target);
+        let request = Request::MigrateSend { address: address.to_owned(), limits, tls };
         self.control(domain, "start a live migration", request)
     }
 

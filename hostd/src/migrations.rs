@@ -67,6 +67,9 @@ pub struct MigrationJob {
     pub id: MigrationId,
     pub domain: String,
     pub side: Side,
+    /// The host at the other end: the target for a source, the source for a target
+    /// (under TLS the stream accepts only its certificate).
+    pub peer: String,
     pub phase: MigrationPhase,
     pub target_address: Option<String>,
     /// The run the incoming VM is for (the target's; the domain's next generation).
@@ -117,6 +120,10 @@ impl MigrationWork {
                 id: m.id,
                 domain: m.domain.clone(),
                 side,
+                peer: match side {
+                    Side::Source => m.target.clone(),
+                    Side::Target => m.source.clone(),
+                },
                 phase: m.phase,
                 target_address: m.target_address.clone(),
                 incoming,
@@ -288,7 +295,7 @@ impl HostMigrations {
             },
             None if job.phase == MigrationPhase::Preparing && job.target_address.is_none() => {
                 let spec = job.incoming.as_ref()?;
-                match driver.prepare_incoming(spec, self.listen_ip) {
+                match driver.prepare_incoming(spec, self.listen_ip, &job.peer) {
                     Ok(address) => {
                         info!(domain = %job.domain, migration = job.id, %address, "incoming VM listening");
                         Some(Local::new(Stage::Prepared, Some(MigrationReport::TargetReady { address })))
@@ -391,7 +398,7 @@ impl HostMigrations {
                         return Some(l);
                     }
                     if !running {
-                        if let Err(e) = driver.migrate_out(domain, address, limits, now_ms) {
+                        if let Err(e) = driver.migrate_out(domain, address, &job.peer, limits, now_ms) {
                             warn!(domain, migration = job.id, error = %e, "cannot start the copy");
                             l.stage = Stage::Failed;
                             l.pending =
@@ -489,6 +496,10 @@ mod tests {
                 id: 9,
                 domain: "web".into(),
                 side,
+                peer: match side {
+                    Side::Source => "h2".into(),
+                    Side::Target => "h1".into(),
+                },
                 phase,
                 target_address: address.map(str::to_owned),
                 incoming: (side == Side::Target).then(|| spec(2)),

@@ -299,6 +299,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>, security: Security) ->
                 program_args,
                 run_dir: args.run_dir.clone(),
                 console_log_bytes_max: args.console_log_bytes_max,
+                tls_dir: security.transport.dir().map(Path::to_path_buf),
             };
             agent::run(config, crate::kvm::KvmDriver::new(kvm)?, stop).await?
         }
@@ -313,6 +314,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>, security: Security) ->
                 run_dir: args.run_dir.clone(),
                 console_log_bytes_max: args.console_log_bytes_max,
                 fence_watch: Some(vmm_program()?),
+                tls_dir: security.transport.dir().map(Path::to_path_buf),
             };
             let driver = crate::qemu::QemuDriver::new(qemu)?;
             info!(accel = ?driver.accel(), "qemu driver ready");

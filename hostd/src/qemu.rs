@@ -109,6 +109,9 @@ pub struct QemuConfig {
     /// The VMM program and the arguments before its own (`drover-vmm`, or `drover` +
     /// `vmm`) that runs each QEMU's lease guard; `None`: QEMUs are not guarded.
     pub fence_watch: Option<(PathBuf, Vec<String>)>,
+    /// The host's TLS directory (hostd's `--tls-dir`): migration streams go over mutual
+    /// TLS with its certificate (`qemu/migration.rs`); none sends them in the clear.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl QemuConfig {
@@ -120,6 +123,7 @@ impl QemuConfig {
             run_dir,
             console_log_bytes_max: 1 << 20,
             fence_watch: None,
+            tls_dir: None,
         }
     }
 }
@@ -225,6 +229,12 @@ impl QemuDriver {
     /// The accelerator this driver uses on this machine.
     pub fn accel(&self) -> Accel {
         self.accel
+    }
+
+    /// TLS for a migration stream with host `peer`, where this host has TLS files.
+    fn migration_tls(&self, peer: &str) -> Option<vmm_control::control::MigrationTls> {
+        let dir = self.config.tls_dir.clone()?;
+        Some(vmm_control::control::MigrationTls { dir, peer: peer.to_owned() })
     }
 
     fn vm(&mut self, domain: &str) -> Result<&mut VmProcess, DriverError> {
@@ -504,10 +514,11 @@ impl Driver for QemuDriver {
         &mut self,
         spec: &VmSpec,
         listen_ip: std::net::IpAddr,
+        source: &str,
     ) -> Result<String, DriverError> {
         self.end_previous(spec)?;
         let (dir, mut child) = self.launch(spec, true)?;
-        match migration::listen(&dir, listen_ip) {
+        match migration::listen(&dir, listen_ip, self.migration_tls(source).as_ref()) {
             Ok(address) => {
                 info!(domain = %spec.domain, %address, "QEMU waits for an incoming migration");
                 self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));
@@ -527,11 +538,13 @@ impl Driver for QemuDriver {
         &mut self,
         domain: &str,
         address: &str,
+        target: &str,
         limits: crate::driver::ConvergeLimits,
         _now_ms: u64,
     ) -> Result<(), DriverError> {
+        let tls = self.migration_tls(target);
         let vm = self.vm(domain)?;
-        migration::start(&vm.dir, address, limits).map_err(|reason| DriverError::Failed {
+        migration::start(&vm.dir, address, limits, tls.as_ref()).map_err(|reason| DriverError::Failed {
             domain: domain.to_owned(),
             action: "start a live migration",
             reason,

@@ -109,6 +109,7 @@ fn kvm_config(run_dir: &std::path::Path) -> KvmConfig {
         program_args: Vec::new(),
         run_dir: run_dir.to_owned(),
         console_log_bytes_max: 1 << 20,
+        tls_dir: None,
     }
 }
 
@@ -1063,7 +1064,8 @@ fn the_kvm_driver_refuses_qcow2_disks_and_a_ninth_disk() {
 /// is done away with. The next one completes: the target holds the whole guest paused
 /// until it is resumed (as its host does once the switch-over is committed), the source's
 /// QEMU ends at the switch, and the guest counts on at the target from where it stopped,
-/// without booting again.
+/// without booting again. The two hosts (h1, h2) have TLS files: the stream is mutual TLS,
+/// and a target that waits for another host than h1 turns h1's stream away.
 #[test]
 fn the_qemu_driver_live_migrates_the_linux_guest_to_another_qemu() {
     use hostd::driver::{ConvergeLimits, OutgoingPhase};
@@ -1072,8 +1074,13 @@ fn the_qemu_driver_live_migrates_the_linux_guest_to_another_qemu() {
     let (from, to) = (dir.path().join("from"), dir.path().join("to"));
     let _from_vms = KillVmsOnDrop(from.clone());
     let _to_vms = KillVmsOnDrop(to.clone());
-    let mut source = QemuDriver::new(QemuConfig::new(from.clone())).unwrap();
-    let mut target = QemuDriver::new(QemuConfig::new(to.clone())).unwrap();
+    let pki = testguest::certs::Pki::new();
+    let with_tls = |run: &Path, host: &str| QemuConfig {
+        tls_dir: Some(pki.dir("host", host)),
+        ..QemuConfig::new(run.to_owned())
+    };
+    let mut source = QemuDriver::new(with_tls(&from, "h1")).unwrap();
+    let mut target = QemuDriver::new(with_tls(&to, "h2")).unwrap();
     let (linux, _disk) = linux_with_disk("mig", dir.path());
     let console = |run: &Path| std::fs::read_to_string(run.join("mig/console.log")).unwrap_or_default();
     let last_tick = |run: &Path| linux_ticks(&console(run)).last().copied().unwrap_or(0);
@@ -1086,9 +1093,30 @@ fn the_qemu_driver_live_migrates_the_linux_guest_to_another_qemu() {
     let localhost: std::net::IpAddr = "127.0.0.1".parse().unwrap();
 
     // Cancelled: the guest stays and counts on where it was.
-    let address = target.prepare_incoming(&incoming, localhost).unwrap();
+    // A target that waits for h3 refuses h1's stream: the guest counts on at h1.
+    let address = target.prepare_incoming(&incoming, localhost, "h3").unwrap();
+    source.migrate_out("mig", &address, "h2", limits, now_ms()).unwrap();
+    let deadline = Instant::now() + within;
+    let refused = loop {
+        let out = source.outgoing("mig", now_ms()).unwrap();
+        if out.phase == OutgoingPhase::Failed {
+            break out;
+        }
+        assert!(Instant::now() < deadline && out.phase != OutgoingPhase::AwaitingSwitch, "{out:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let target_log = std::fs::read_to_string(to.join("mig/qemu.log")).unwrap_or_default();
+    assert!(target_log.contains("authz check for CN=h1,OU=host is denied"), "{refused:?}\n{target_log}");
+    source.migrate_cancel("mig").unwrap();
+    let _ = target.destroy("mig", 0);
+    wait_ended(&mut target, "mig");
+    target.remove("mig");
+    let at = last_tick(&from);
+    wait_for("counting on after the refusal", within, || last_tick(&from) >= at + 3, || console(&from));
+
+    let address = target.prepare_incoming(&incoming, localhost, "h1").unwrap();
     assert_eq!(target.list(now_ms())["mig"].phase, ObservedPhase::Starting);
-    source.migrate_out("mig", &address, limits, now_ms()).unwrap();
+    source.migrate_out("mig", &address, "h2", limits, now_ms()).unwrap();
     source.migrate_cancel("mig").unwrap();
     let err = source.outgoing("mig", now_ms()).unwrap_err().to_string();
     assert!(err.contains("no migration was started"), "{err}");
@@ -1101,9 +1129,9 @@ fn the_qemu_driver_live_migrates_the_linux_guest_to_another_qemu() {
     assert_eq!(source.list(now_ms())["mig"].phase, ObservedPhase::Running);
 
     // Completed.
-    let address = target.prepare_incoming(&incoming, localhost).unwrap();
+    let address = target.prepare_incoming(&incoming, localhost, "h1").unwrap();
     let started = Instant::now();
-    source.migrate_out("mig", &address, limits, now_ms()).unwrap();
+    source.migrate_out("mig", &address, "h2", limits, now_ms()).unwrap();
     let deadline = Instant::now() + within;
     let copied = loop {
         let out = source.outgoing("mig", now_ms()).unwrap();

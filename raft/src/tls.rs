@@ -206,6 +206,8 @@ pub struct Tls {
     identity: Option<tonic::transport::Identity>,
     /// Who this process is, from its own certificate.
     pub own: Option<Identity>,
+    /// Where the files are (a host's VMMs read them for their migration streams).
+    dir: PathBuf,
 }
 
 impl fmt::Debug for Tls {
@@ -221,13 +223,18 @@ impl Tls {
     pub fn load(files: &TlsFiles) -> Result<Tls, TlsError> {
         let ca = Certificate::from_pem(read(&files.ca())?);
         if !files.cert().exists() && !files.key().exists() {
-            return Ok(Tls { ca, identity: None, own: None });
+            return Ok(Tls { ca, identity: None, own: None, dir: files.dir.clone() });
         }
         let cert = read(&files.cert())?;
         let key = read(&files.key())?;
         let own =
             identity_of_pem(&cert).map_err(|reason| TlsError::Certificate { path: files.cert(), reason })?;
-        Ok(Tls { ca, identity: Some(tonic::transport::Identity::from_pem(cert, key)), own: Some(own) })
+        Ok(Tls {
+            ca,
+            identity: Some(tonic::transport::Identity::from_pem(cert, key)),
+            own: Some(own),
+            dir: files.dir.clone(),
+        })
     }
 
     fn server_config(&self) -> ServerTlsConfig {
@@ -281,6 +288,11 @@ impl Transport {
     /// Who this process is, under TLS with a certificate of its own.
     pub fn own(&self) -> Option<&Identity> {
         self.0.as_deref().and_then(|t| t.own.as_ref())
+    }
+
+    /// The directory the TLS files were loaded from, under TLS.
+    pub fn dir(&self) -> Option<&Path> {
+        self.0.as_deref().map(|t| t.dir.as_path())
     }
 
     /// An endpoint for `addr` (`host:port`), over TLS when this transport has it.

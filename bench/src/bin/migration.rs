@@ -111,9 +111,9 @@ fn migrate_once(
     wait_ticks(console, 3)?;
     let mut incoming = spec.clone();
     incoming.generation += 1;
-    let address = target.prepare_incoming(&incoming, IpAddr::from([127, 0, 0, 1]))?;
+    let address = target.prepare_incoming(&incoming, IpAddr::from([127, 0, 0, 1]), "h1")?;
     let started = Instant::now();
-    source.migrate_out(domain, &address, limits, now_ms())?;
+    source.migrate_out(domain, &address, "h2", limits, now_ms())?;
     loop {
         let out = source.outgoing(domain, now_ms())?;
         match out.phase {

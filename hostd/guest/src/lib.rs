@@ -8,9 +8,11 @@
 //! (`drover-guest: tick N`) every `drover.tick_ms`. Its command-line parameters and serial
 //! commands are listed at the top of `guest.c`.
 //!
-//! It also holds the one helper the tests that boot it share to build the binaries they
-//! run ([`cargo_from_a_test`]).
+//! It also holds what the tests that boot it share: the helper that builds the binaries
+//! they run ([`cargo_from_a_test`]) and a test CA for their TLS ([`certs`]).
 #![forbid(unsafe_code)]
+
+pub mod certs;
 
 /// The ELF image.
 pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/drover-test-guest.elf"));

@@ -17,6 +17,15 @@
 //!   target's host resumes its own); a cancel before that is `migrate_cancel` (QEMU
 //!   resumes the guest itself), after it a `cont`, which takes the disks back.
 //!
+//! **TLS.** Where the host has TLS files, both QEMUs get `tls-creds-x509` credentials made
+//! of them ([`use_tls`]: the host's `ca.pem`, `cert.pem` and `key.pem`, linked under
+//! QEMU's file names in the VM's [`TLS_DIR`]) with `verify-peer` on: the source checks the
+//! target's certificate against the address it connects to (as every other connection in
+//! the cluster does), and the target admits only the source host's certificate, by its
+//! distinguished name (`authz-simple`). QEMU's own key-usage sanity check is off: it asks
+//! for RSA-style key encipherment that ECDSA certificates do not carry; GnuTLS still
+//! verifies the chain, the validity and the peer.
+//!
 //! The migration a QEMU carries out is written down in its VM directory
 //! ([`OUTGOING_FILE`], the target's address) so that QEMU's record of an older
 //! migration (a snapshot is one, to a file) is never taken for it, and a restarted hostd
@@ -32,6 +41,8 @@ use qapi::qmp;
 use serde::{Deserialize, Serialize};
 
 use super::qmp_call;
+use vmm_control::control::MigrationTls;
+
 use crate::driver::{ConvergeLimits, Outgoing, OutgoingPhase};
 
 /// The file in a VM's directory that names the target of its outgoing migration.
@@ -39,6 +50,11 @@ pub const OUTGOING_FILE: &str = "migration-out";
 /// What [`OUTGOING_FILE`] says of the guest when the migration began.
 const RUNNING: &str = "running";
 const PAUSED: &str = "paused";
+/// The directory in a VM's directory that holds its TLS files under QEMU's names.
+pub const TLS_DIR: &str = "migration-tls";
+/// The ids of the QEMU objects a migration's TLS is made of.
+const TLS_CREDS_ID: &str = "drover-migration-tls";
+const TLS_AUTHZ_ID: &str = "drover-migration-peer";
 /// How long a cancel may take to bring the guest back.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,11 +100,78 @@ fn capability(capability: qmp::MigrationCapability, state: bool) -> qmp::Migrati
     qmp::MigrationCapabilityStatus { capability, state }
 }
 
+/// The distinguished name of host `name`'s certificate as QEMU's authorization sees it:
+/// GnuTLS writes the attributes in the order `drover cert` puts them in (common name,
+/// then unit), whatever RFC 4514 says of the order.
+fn host_dn(name: &str) -> String {
+    format!("CN={name},OU=host")
+}
+
+/// Give QEMU `dir` TLS credentials for its migration stream, made of the host's TLS files
+/// in `tls.dir`, as the `endpoint` of the stream; a server admits only host `tls.peer`.
+fn use_tls(dir: &Path, tls: &MigrationTls, endpoint: qmp::QCryptoTLSCredsEndpoint) -> Result<(), String> {
+    let source = std::fs::canonicalize(&tls.dir).map_err(|e| format!("{}: {e}", tls.dir.display()))?;
+    let creds = dir.join(TLS_DIR);
+    let _ = std::fs::remove_dir_all(&creds);
+    std::fs::create_dir_all(&creds).map_err(|e| format!("{}: {e}", creds.display()))?;
+    // QEMU's names for the host's files; each end reads the pair of its endpoint.
+    let links = [
+        ("ca-cert.pem", "ca.pem"),
+        ("server-cert.pem", "cert.pem"),
+        ("server-key.pem", "key.pem"),
+        ("client-cert.pem", "cert.pem"),
+        ("client-key.pem", "key.pem"),
+    ];
+    for (name, file) in links {
+        std::os::unix::fs::symlink(source.join(file), creds.join(name))
+            .map_err(|e| format!("linking {name}: {e}"))?;
+    }
+    // Objects of an earlier migration of this QEMU go first (a source may send twice).
+    let server = endpoint == qmp::QCryptoTLSCredsEndpoint::server;
+    for id in [TLS_CREDS_ID, TLS_AUTHZ_ID] {
+        let _ = qmp_call(dir, &qmp::object_del { id: id.into() });
+    }
+    let properties = qmp::TlsCredsProperties {
+        dir: Some(creds.display().to_string()),
+        endpoint: Some(endpoint),
+        priority: None,
+        verify_peer: Some(true),
+    };
+    #[allow(deprecated)] // `loaded`, which QEMU ignores; left out
+    let x509 = qmp::TlsCredsX509Properties {
+        base: properties,
+        loaded: None,
+        passwordid: None,
+        sanity_check: Some(false),
+    };
+    let creds = qmp::ObjectOptions::tls_creds_x509 { id: TLS_CREDS_ID.into(), tls_creds_x509: x509 };
+    qmp_call(dir, &qmp::object_add(creds))?;
+    if server {
+        let peer = qmp::AuthZSimpleProperties { identity: host_dn(&tls.peer) };
+        qmp_call(
+            dir,
+            &qmp::object_add(qmp::ObjectOptions::authz_simple {
+                id: TLS_AUTHZ_ID.into(),
+                authz_simple: peer,
+            }),
+        )?;
+    }
+    let parameters = qmp::MigrateSetParameters {
+        tls_creds: Some(qmp::StrOrNull::s(TLS_CREDS_ID.into())),
+        tls_authz: server.then(|| qmp::StrOrNull::s(TLS_AUTHZ_ID.into())),
+        ..Default::default()
+    };
+    qmp_call(dir, &qmp::migrate_set_parameters(parameters)).map(|_| ())
+}
+
 /// Have the incoming QEMU in `dir` (started with `-S -incoming defer`) listen on
-/// `listen_ip`; returns the `ip:port` its source is to send to.
-pub fn listen(dir: &Path, listen_ip: IpAddr) -> Result<String, String> {
+/// `listen_ip` (over `tls` where given); returns the `ip:port` its source is to send to.
+pub fn listen(dir: &Path, listen_ip: IpAddr, tls: Option<&MigrationTls>) -> Result<String, String> {
     let late = vec![capability(qmp::MigrationCapability::late_block_activate, true)];
     qmp_call(dir, &qmp::migrate_set_capabilities { capabilities: late })?;
+    if let Some(tls) = tls {
+        use_tls(dir, tls, qmp::QCryptoTLSCredsEndpoint::server)?;
+    }
     let uri = format!("tcp:{}", std::net::SocketAddr::new(listen_ip, 0));
     qmp_call(dir, &qmp::migrate_incoming { uri: Some(uri), channels: None, exit_on_error: None })?;
     let info = qmp_call(dir, &QueryMigrate {})?;
@@ -104,10 +187,19 @@ pub fn listen(dir: &Path, listen_ip: IpAddr) -> Result<String, String> {
     Ok(std::net::SocketAddr::new(listen_ip, port).to_string())
 }
 
-/// Start sending the VM of QEMU `dir` to the incoming QEMU at `address`.
-pub fn start(dir: &Path, address: &str, limits: ConvergeLimits) -> Result<(), String> {
+/// Start sending the VM of QEMU `dir` to the incoming QEMU at `address` (over `tls`
+/// where given).
+pub fn start(
+    dir: &Path,
+    address: &str,
+    limits: ConvergeLimits,
+    tls: Option<&MigrationTls>,
+) -> Result<(), String> {
     if address.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("{address:?} is no ip:port"));
+    }
+    if let Some(tls) = tls {
+        use_tls(dir, tls, qmp::QCryptoTLSCredsEndpoint::client)?;
     }
     let throttle = limits.throttle_max_percent.min(controlplane::model::THROTTLE_PERCENT_MAX);
     let converge = vec![capability(qmp::MigrationCapability::auto_converge, throttle > 0)];

@@ -283,50 +283,6 @@ fn a_source_for_another_machine_is_refused_and_runs_on() {
     assert!(control::migrate_switch(&source.socket()).is_err());
 }
 
-/// Hosts' certificates as Drover issues them (common name the host, organizational unit
-/// `host`), in `--tls-dir` layout, from one CA per [`Pki`].
-struct Pki {
-    root: tempfile::TempDir,
-    ca_pem: String,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.distinguished_name.push(DnType::CommonName, "test CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_pem = params.self_signed(&ca_key).unwrap().pem();
-        Pki { root: tempfile::tempdir().unwrap(), ca_pem, ca_key }
-    }
-
-    /// The TLS directory of `kind` `name`, made on first use.
-    fn dir(&self, kind: &str, name: &str) -> PathBuf {
-        use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
-        let dir = self.root.path().join(format!("{kind}-{name}"));
-        if !dir.exists() {
-            let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &self.ca_key).unwrap();
-            let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.distinguished_name.push(DnType::OrganizationalUnitName, kind);
-            let key = KeyPair::generate().unwrap();
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("ca.pem"), &self.ca_pem).unwrap();
-            std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-            std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        }
-        dir
-    }
-
-    /// What host `own` uses to talk to host `peer`.
-    fn tls(&self, own: &str, peer: &str) -> MigrationTls {
-        MigrationTls { dir: self.dir("host", own), peer: peer.to_owned() }
-    }
-}
-
 /// Over mutual TLS between hosts `h1` and `h2`, the guest moves as in the clear: no tick
 /// lost or repeated.
 #[test]
@@ -334,11 +290,11 @@ fn a_guest_migrated_over_tls_counts_on_in_the_target() {
     if !kvm_present() {
         return;
     }
-    let pki = Pki::new();
+    let pki = testguest::certs::Pki::new();
     let source = Vmm::spawn("drover.tick_ms=5 drover.dirty_mib=8", 32, None, false);
     source.wait_until("ticks", || source.ticks() >= 5);
-    let target = Vmm::spawn_incoming_tls("drover.tick_ms=5", 32, &pki.tls("h2", "h1"));
-    let status = source.migrate_to_with(&target, 50, Some(pki.tls("h1", "h2")));
+    let target = Vmm::spawn_incoming_tls("drover.tick_ms=5", 32, &tls(&pki, "h2", "h1"));
+    let status = source.migrate_to_with(&target, 50, Some(tls(&pki, "h1", "h2")));
     assert_eq!(status.phase, OutgoingPhase::AwaitingSwitch, "{status:?}");
     control::migrate_switch(&source.socket()).unwrap();
     let before = target.ticks();
@@ -353,31 +309,31 @@ fn a_migration_stream_reaches_only_the_expected_host() {
     if !kvm_present() {
         return;
     }
-    let pki = Pki::new();
-    let other_ca = Pki::new();
+    let pki = testguest::certs::Pki::new();
+    let other_ca = testguest::certs::Pki::new();
     let source = Vmm::spawn("drover.tick_ms=20", 32, None, false);
     source.wait_until("a tick", || source.ticks() >= 1);
     let cases: [(&str, MigrationTls, Option<MigrationTls>, &str); 5] = [
         // The target waits for h1; the source is h3.
         (
             "a source of another host",
-            pki.tls("h2", "h1"),
-            Some(pki.tls("h3", "h2")),
+            tls(&pki, "h2", "h1"),
+            Some(tls(&pki, "h3", "h2")),
             "refused: migration TLS",
         ),
         // The source expects h2; the target is h4.
-        ("a target of another host", pki.tls("h4", "h1"), Some(pki.tls("h1", "h2")), "not host \"h2\""),
+        ("a target of another host", tls(&pki, "h4", "h1"), Some(tls(&pki, "h1", "h2")), "not host \"h2\""),
         // A source whose certificate another CA signed.
-        ("a source of another CA", pki.tls("h2", "h1"), Some(other_ca.tls("h1", "h2")), "TLS"),
+        ("a source of another CA", tls(&pki, "h2", "h1"), Some(tls(&other_ca, "h1", "h2")), "TLS"),
         // A user's certificate of the right CA and name is not a host's.
         (
             "a user's certificate",
-            pki.tls("h2", "h1"),
+            tls(&pki, "h2", "h1"),
             Some(MigrationTls { dir: pki.dir("user", "h1"), peer: "h2".into() }),
             "names user \"h1\", not host \"h1\"",
         ),
         // A source in the clear.
-        ("a source without TLS", pki.tls("h2", "h1"), None, ""),
+        ("a source without TLS", tls(&pki, "h2", "h1"), None, ""),
     ];
     for (case, target_tls, source_tls, reason) in cases {
         let mut target = Vmm::spawn_incoming_tls("drover.tick_ms=20", 32, &target_tls);
@@ -392,4 +348,9 @@ fn a_migration_stream_reaches_only_the_expected_host() {
         let now = source.ticks();
         source.wait_until("the source to count on", || source.ticks() > now);
     }
+}
+
+/// What host `own` uses to talk to host `peer`, with `pki`'s certificates.
+fn tls(pki: &testguest::certs::Pki, own: &str, peer: &str) -> MigrationTls {
+    MigrationTls { dir: pki.dir("host", own), peer: peer.to_owned() }
 }
