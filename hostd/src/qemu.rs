@@ -231,12 +231,6 @@ impl QemuDriver {
         self.accel
     }
 
-    /// TLS for a migration stream with host `peer`, where this host has TLS files.
-    fn migration_tls(&self, peer: &str) -> Option<vmm_control::control::MigrationTls> {
-        let dir = self.config.tls_dir.clone()?;
-        Some(vmm_control::control::MigrationTls { dir, peer: peer.to_owned() })
-    }
-
     fn vm(&mut self, domain: &str) -> Result<&mut VmProcess, DriverError> {
         self.vms.get_mut(domain).ok_or_else(|| DriverError::NoSuchVm(domain.to_owned()))
     }
@@ -416,17 +410,22 @@ impl QemuDriver {
     }
 
     /// Start the QEMU of `spec` and wait until it answers QMP; `incoming`: held before the
-    /// guest's first instruction, waiting for a migration stream (`-S -incoming defer`).
+    /// guest's first instruction, waiting for a migration stream (`-S -incoming defer`),
+    /// from host `source` where it is a live migration's.
     fn launch(
         &mut self,
         spec: &VmSpec,
         incoming: bool,
+        source: Option<&str>,
     ) -> Result<(PathBuf, std::process::Child), DriverError> {
         let failed = |reason: String| DriverError::StartFailed { domain: spec.domain.clone(), reason };
         // (A migration an earlier QEMU of the domain sent is not this one's.)
         let stale = [QMP_FILE, CONSOLE_SOCKET_FILE, migration::OUTGOING_FILE];
         let dir = vm_dir::prepare(&self.config.run_dir, &spec.domain, &stale).map_err(failed)?;
         let mut args = self.args(spec, &dir).map_err(failed)?;
+        if let Some(tls_dir) = &self.config.tls_dir {
+            args.extend(migration::tls_args(&dir, tls_dir, source).map_err(failed)?);
+        }
         if incoming {
             args.extend(["-S".into(), "-incoming".into(), "defer".into()]);
         }
@@ -494,7 +493,7 @@ impl Driver for QemuDriver {
             }
         };
         // (A failed launch drops the restored disks, which puts the old ones back.)
-        let (dir, mut child) = self.launch(spec, restore.is_some())?;
+        let (dir, mut child) = self.launch(spec, restore.is_some(), None)?;
         if let Some((file, header, uri, restored)) = restore {
             if let Err(reason) = snapshot::restore(&dir, &mut child, &uri, header.resumes()) {
                 vm_dir::abandon(&mut child, &dir);
@@ -517,8 +516,8 @@ impl Driver for QemuDriver {
         source: &str,
     ) -> Result<String, DriverError> {
         self.end_previous(spec)?;
-        let (dir, mut child) = self.launch(spec, true)?;
-        match migration::listen(&dir, listen_ip, self.migration_tls(source).as_ref()) {
+        let (dir, mut child) = self.launch(spec, true, Some(source))?;
+        match migration::listen(&dir, listen_ip, self.config.tls_dir.is_some()) {
             Ok(address) => {
                 info!(domain = %spec.domain, %address, "QEMU waits for an incoming migration");
                 self.vms.insert(spec.domain.clone(), VmProcess::started(spec.generation, dir, child));
@@ -538,13 +537,14 @@ impl Driver for QemuDriver {
         &mut self,
         domain: &str,
         address: &str,
-        target: &str,
+        // (The target's certificate is checked against `address`.)
+        _target: &str,
         limits: crate::driver::ConvergeLimits,
         _now_ms: u64,
     ) -> Result<(), DriverError> {
-        let tls = self.migration_tls(target);
+        let tls = self.config.tls_dir.is_some();
         let vm = self.vm(domain)?;
-        migration::start(&vm.dir, address, limits, tls.as_ref()).map_err(|reason| DriverError::Failed {
+        migration::start(&vm.dir, address, limits, tls).map_err(|reason| DriverError::Failed {
             domain: domain.to_owned(),
             action: "start a live migration",
             reason,

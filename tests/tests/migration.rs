@@ -2,7 +2,8 @@
 //! `drover up` runs them), the test guest with a disk on a shared pool, and `drover
 //! migrate` through the API. The guest's counter goes on in the target with no tick lost
 //! or repeated, the domain's run moves to the target at the commit, its disk comes
-//! along, under either process driver (the own VMM's migration, and QEMU's); an aborted
+//! along, under either process driver (the own VMM's migration, and QEMU's), in the
+//! clear and with the replicas, the CLI, the hosts and the stream over mutual TLS; an aborted
 //! migration leaves the guest running on its source and removes the target's incoming
 //! VM; `drover host drain` moves the guest live; a source SIGKILLed right after the
 //! commit leaves the guest on its target, untouched when HA fences the source; a copy
@@ -10,10 +11,12 @@
 //! and a source hostd SIGKILLed mid-copy is taken up by the next one.
 //! Where /dev/kvm is missing the own VMM's tests say so and return.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use raft::tls::Kind;
 use tests::{drover_bin, free_port, wait_for, KillVmsOnDrop, Processes};
 
 fn kvm_present() -> bool {
@@ -25,13 +28,14 @@ fn kvm_present() -> bool {
 struct Hostd(Child, String);
 
 impl Hostd {
-    fn start(endpoint: &str, dir: &Path, name: &str, replica_id: u64, driver: &str, extra: &[&str]) -> Hostd {
+    fn start(cli: &Cli, dir: &Path, name: &str, replica_id: u64, driver: &str, extra: &[&str]) -> Hostd {
         let listen = format!("127.0.0.1:{}", free_port());
-        Hostd::start_at(endpoint, dir, name, replica_id, driver, extra, listen)
+        Hostd::start_at(cli, dir, name, replica_id, driver, extra, listen)
     }
 
+    /// Host `name`'s hostd; under TLS with the host's certificate (its migrations too).
     fn start_at(
-        endpoint: &str,
+        cli: &Cli,
         dir: &Path,
         name: &str,
         replica_id: u64,
@@ -41,8 +45,13 @@ impl Hostd {
     ) -> Hostd {
         let log =
             std::fs::File::options().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
-        let child = Command::new(drover_bin())
-            .args(["--endpoint", endpoint, "hostd", "--name", name, "--driver", driver, "--tick-ms", "50"])
+        let mut command = Command::new(drover_bin());
+        command.args(["--endpoint", &cli.endpoint]);
+        if let Some(tls) = &cli.tls {
+            command.arg("--tls-dir").arg(&tls.hosts[name]);
+        }
+        let child = command
+            .args(["hostd", "--name", name, "--driver", driver, "--tick-ms", "50"])
             .args(["--vcpus", "8", "--memory-mib", "2048", "--run-dir"])
             .arg(dir.join(name).join("vms"))
             .arg("--snapshot-dir")
@@ -65,18 +74,38 @@ impl Drop for Hostd {
     }
 }
 
-fn drover(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new(drover_bin()).args(["--endpoint", endpoint]).args(args).output().unwrap();
+/// How the CLI and the hosts reach the cluster: its replicas, and under TLS their
+/// certificates of the test's CA.
+struct Cli {
+    endpoint: String,
+    tls: Option<TlsDirs>,
+}
+
+/// The `--tls-dir`s: the CLI's (an admin user) and each host's.
+struct TlsDirs {
+    user: PathBuf,
+    hosts: BTreeMap<&'static str, PathBuf>,
+}
+
+impl Cli {
+    fn command(&self) -> Command {
+        let mut command = Command::new(drover_bin());
+        command.args(["--endpoint", &self.endpoint]);
+        if let Some(tls) = &self.tls {
+            command.arg("--tls-dir").arg(&tls.user);
+        }
+        command
+    }
+}
+
+fn drover(cli: &Cli, args: &[&str]) -> String {
+    let out = cli.command().args(args).output().unwrap();
     assert!(out.status.success(), "drover {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn json(endpoint: &str, args: &[&str]) -> Option<serde_json::Value> {
-    let out = Command::new(drover_bin())
-        .args(["--endpoint", endpoint, "--output", "json"])
-        .args(args)
-        .output()
-        .ok()?;
+fn json(cli: &Cli, args: &[&str]) -> Option<serde_json::Value> {
+    let out = cli.command().args(["--output", "json"]).args(args).output().ok()?;
     serde_json::from_slice(&out.stdout).ok()
 }
 
@@ -84,17 +113,20 @@ fn ticks(console: &Path) -> Vec<u64> {
     testguest::ticks(&std::fs::read_to_string(console).unwrap_or_default())
 }
 
-/// Whether a VM process (a VMM or a QEMU) runs in VM directory `vm_dir` (its command
-/// line names it, or a file in it).
-fn vm_runs_in(vm_dir: &Path) -> bool {
+/// The arguments of the VM process (a VMM or a QEMU) that runs in VM directory `vm_dir`
+/// (its command line names it, or a file in it), if one does.
+fn vm_args_in(vm_dir: &Path) -> Option<Vec<String>> {
     let wanted = vm_dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).any(|p| {
+    std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).find_map(|p| {
         let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-        cmdline.split(|b| *b == 0).any(|a| {
-            let arg = String::from_utf8_lossy(a);
-            arg == wanted || arg.contains(&format!("{wanted}/"))
-        })
+        let args: Vec<String> =
+            cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        args.iter().any(|arg| *arg == wanted || arg.contains(&format!("{wanted}/"))).then_some(args)
     })
+}
+
+fn vm_runs_in(vm_dir: &Path) -> bool {
+    vm_args_in(vm_dir).is_some()
 }
 
 /// h1's flags for a copy that never ends on its own: a pause budget of 0 never switches
@@ -105,7 +137,7 @@ const NEVER_SWITCHES: &[&str] =
 struct TwoHosts {
     cluster: Processes,
     driver: &'static str,
-    ep: String,
+    cli: Cli,
     dir: PathBuf,
     _hosts: Vec<Hostd>,
     // VMs outlive hostd (and, once the test's directory is gone, their lease file): they
@@ -117,6 +149,12 @@ struct TwoHosts {
 impl TwoHosts {
     async fn start(driver: &'static str, h1_extra: &[&str]) -> TwoHosts {
         TwoHosts::start_with(driver, h1_extra, tests::NO_HOSTD).await
+    }
+
+    /// Like [`TwoHosts::start`], everything over mutual TLS: the replicas, the CLI, the
+    /// hosts and the migration stream between them.
+    async fn start_tls(driver: &'static str) -> TwoHosts {
+        TwoHosts::start_all(driver, &[], tests::NO_HOSTD, 1, true).await
     }
 
     /// Like [`TwoHosts::start`], the replica run with `server_flags` (the default
@@ -132,23 +170,37 @@ impl TwoHosts {
         server_flags: &[&str],
         voters: u64,
     ) -> TwoHosts {
-        let mut cluster = Processes::new();
+        TwoHosts::start_all(driver, h1_extra, server_flags, voters, false).await
+    }
+
+    async fn start_all(
+        driver: &'static str,
+        h1_extra: &[&str],
+        server_flags: &[&str],
+        voters: u64,
+        tls: bool,
+    ) -> TwoHosts {
+        let mut cluster = if tls { Processes::new().with_tls() } else { Processes::new() };
         let seed = cluster.bootstrap(server_flags).await;
         if voters > 1 {
             let ids: Vec<u64> = (2..=voters).collect();
             cluster.join_voters(&seed, &ids, server_flags).await;
         }
-        let ep = cluster.addrs().join(",");
+        let tls = cluster.pki.as_ref().map(|pki| TlsDirs {
+            user: pki.user_dir.clone(),
+            hosts: ["h1", "h2"].into_iter().map(|h| (h, pki.dir_for(Kind::Host, h))).collect(),
+        });
+        let cli = Cli { endpoint: cluster.addrs().join(","), tls };
         let dir = cluster.dir.path().to_owned();
         let kernel = dir.join("guest.elf");
         testguest::write_to(&kernel).unwrap();
-        let hosts = vec![Hostd::start(&ep, &dir, "h1", 101, driver, h1_extra)];
+        let hosts = vec![Hostd::start(&cli, &dir, "h1", 101, driver, h1_extra)];
         let _vms = KillVmsOnDrop(dir.clone());
-        let c = TwoHosts { cluster, driver, ep, dir, _hosts: hosts, _vms, kernel };
+        let c = TwoHosts { cluster, driver, cli, dir, _hosts: hosts, _vms, kernel };
         c.wait_ready(1).await;
         let pool = c.dir.join("pool");
         drover(
-            &c.ep,
+            &c.cli,
             &["pool", "create", "p", "--path", pool.to_str().unwrap(), "--capacity-mib", "64", "--shared"],
         );
         c
@@ -156,7 +208,7 @@ impl TwoHosts {
 
     async fn wait_ready(&self, count: usize) {
         wait_for("the hosts to be ready", Duration::from_secs(60), || async {
-            let hosts = json(&self.ep, &["host", "list"])?;
+            let hosts = json(&self.cli, &["host", "list"])?;
             let ready = hosts.as_array()?.iter().filter(|h| h["state"] == "ready").count();
             (ready == count).then_some(())
         })
@@ -165,7 +217,7 @@ impl TwoHosts {
 
     /// h2 joins once the guest runs on h1 (the only host then).
     async fn add_h2(&mut self) {
-        self._hosts.push(Hostd::start(&self.ep, &self.dir, "h2", 102, self.driver, &[]));
+        self._hosts.push(Hostd::start(&self.cli, &self.dir, "h2", 102, self.driver, &[]));
         self.wait_ready(2).await;
     }
 
@@ -180,7 +232,7 @@ impl TwoHosts {
 
     /// [`TwoHosts::run_web`] with `more` lines in the spec.
     async fn run_web_with(&self, cmdline: &str, more: &str) {
-        drover(&self.ep, &["vol", "create", "p/d1", "--format", "raw", "--capacity-mib", "1"]);
+        drover(&self.cli, &["vol", "create", "p/d1", "--format", "raw", "--capacity-mib", "1"]);
         let spec = self.dir.join("web.yaml");
         std::fs::write(
             &spec,
@@ -190,8 +242,8 @@ impl TwoHosts {
             ),
         )
         .unwrap();
-        drover(&self.ep, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
-        drover(&self.ep, &["domain", "start", "web"]);
+        drover(&self.cli, &["domain", "define", "web", "--file", spec.to_str().unwrap()]);
+        drover(&self.cli, &["domain", "start", "web"]);
         let console = self.console("h1");
         wait_for("the guest on h1 to count", Duration::from_secs(30), || async {
             (ticks(&console).len() >= 3).then_some(())
@@ -206,7 +258,7 @@ impl TwoHosts {
         self.run_web("drover.tick_ms=1 drover.dirty_mib=8").await;
         self.add_h2().await;
         let before = self.domain();
-        let started = json(&self.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
+        let started = json(&self.cli, &["migrate", "start", "web", "--to", "h2"]).expect("started");
         let id = started["id"].as_u64().unwrap();
         wait_for("the copy to run rounds", Duration::from_secs(60), || async {
             self.migration(id)
@@ -227,7 +279,7 @@ impl TwoHosts {
     }
 
     fn host_state(&self, name: &str) -> Option<String> {
-        let hosts = json(&self.ep, &["host", "list"])?;
+        let hosts = json(&self.cli, &["host", "list"])?;
         let host = hosts.as_array()?.iter().find(|h| h["name"] == name)?;
         Some(host["state"].as_str()?.to_owned())
     }
@@ -268,11 +320,11 @@ impl TwoHosts {
     }
 
     fn domain(&self) -> serde_json::Value {
-        json(&self.ep, &["domain", "info", "web"]).expect("domain info")
+        json(&self.cli, &["domain", "info", "web"]).expect("domain info")
     }
 
     fn migration(&self, id: u64) -> Option<serde_json::Value> {
-        json(&self.ep, &["migrate", "get", &id.to_string()])
+        json(&self.cli, &["migrate", "get", &id.to_string()])
     }
 }
 
@@ -281,23 +333,45 @@ async fn a_running_guest_moves_to_another_host_and_counts_on() {
     if !kvm_present() {
         return;
     }
-    moves_and_counts_on("kvm").await;
+    moves_and_counts_on("kvm", false).await;
+}
+
+/// The same with the replicas, the CLI and both hosts over mutual TLS: the migration
+/// stream too, between the two hosts' certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_between_hosts_over_mutual_tls_and_counts_on() {
+    if !kvm_present() {
+        return;
+    }
+    moves_and_counts_on("kvm", true).await;
 }
 
 /// The same under the qemu driver: QEMU's own migration through the same saga (the
 /// target's host resumes the guest once the commit is in its view).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_guest_under_qemu_moves_to_another_host_and_counts_on() {
+    assert_qemu_present();
+    moves_and_counts_on("qemu", false).await;
+}
+
+/// QEMU's migration over mutual TLS (QEMU's x509 credentials from the hosts' TLS
+/// directories; the target lets in only the source host's certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_under_qemu_moves_between_hosts_over_mutual_tls_and_counts_on() {
+    assert_qemu_present();
+    moves_and_counts_on("qemu", true).await;
+}
+
+fn assert_qemu_present() {
     let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
     assert!(
         qemu.is_ok_and(|o| o.status.success()),
         "qemu-system-x86_64 is missing; scripts/deps installs it"
     );
-    moves_and_counts_on("qemu").await;
 }
 
-async fn moves_and_counts_on(driver: &'static str) {
-    let mut c = TwoHosts::start(driver, &[]).await;
+async fn moves_and_counts_on(driver: &'static str, tls: bool) {
+    let mut c = if tls { TwoHosts::start_tls(driver).await } else { TwoHosts::start(driver, &[]).await };
     let token = format!("mig{}", std::process::id());
     c.run_web(&format!("drover.tick_ms=20 drover.blk=write:{token}")).await;
     c.add_h2().await;
@@ -305,7 +379,7 @@ async fn moves_and_counts_on(driver: &'static str) {
     assert_eq!(before["host"], "h1", "{before}");
 
     // `domain migrate` follows the copy to its end and fails unless it commits.
-    let done = json(&c.ep, &["domain", "migrate", "web", "--to", "h2", "--max-downtime-ms", "40"])
+    let done = json(&c.cli, &["domain", "migrate", "web", "--to", "h2", "--max-downtime-ms", "40"])
         .expect("migrated");
     assert_eq!(done["phase"], "committed", "{done}");
     assert_eq!(done["max_downtime_ms"], 40, "{done}");
@@ -320,12 +394,21 @@ async fn moves_and_counts_on(driver: &'static str) {
     let generation = before["generation"].as_u64().unwrap() + 1;
     c.counts_on_h2(generation, 5).await;
     let target = c.console("h2");
+    // The target took the stream in over TLS, or not: the VMM was started for it, QEMU
+    // was given credentials made of the host's files.
+    let h2_vm = c.dir.join("h2/vms/web");
+    let over_tls = if driver == "qemu" {
+        h2_vm.join(hostd::qemu::migration::TLS_DIR).join("ca-cert.pem").exists()
+    } else {
+        vm_args_in(&h2_vm).expect("web runs on h2").iter().any(|a| a == "--incoming-tls-dir")
+    };
+    assert_eq!(over_tls, tls);
     c.gone_from_h1().await;
     // The disk came along: a reboot on h2 reads what the guest wrote on h1. (The test
     // guest finds its virtio devices on its command line, which QEMU's microvm fills in
     // for Linux only: under QEMU it boots again and sees no disk; the Linux guest's
     // migration under the qemu driver is `hostd/tests/drivers.rs`.)
-    drover(&c.ep, &["domain", "reboot", "web"]);
+    drover(&c.cli, &["domain", "reboot", "web"]);
     let wanted = if c.driver == "qemu" { testguest::MARKER.to_owned() } else { format!("held {token}-0") };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -346,7 +429,7 @@ async fn an_aborted_migration_leaves_the_guest_running_on_its_source() {
     }
     let mut c = TwoHosts::start("kvm", NEVER_SWITCHES).await;
     let (before, id) = c.start_endless_copy().await;
-    drover(&c.ep, &["migrate", "abort", &id.to_string()]);
+    drover(&c.cli, &["migrate", "abort", &id.to_string()]);
     let aborted = c.migration(id).unwrap();
     assert_eq!(aborted["phase"], "rolled-back", "{aborted}");
     // Still h1's, the same run, counting on.
@@ -383,7 +466,7 @@ async fn draining_a_host_moves_its_running_guest_live() {
     c.add_h2().await;
     let before = c.domain();
 
-    let drained = json(&c.ep, &["host", "drain", "h1"]).expect("drained");
+    let drained = json(&c.cli, &["host", "drain", "h1"]).expect("drained");
     let moved = drained["moved"].as_array().unwrap();
     assert_eq!(moved.len(), 1, "{drained}");
     assert_eq!(
@@ -415,7 +498,7 @@ async fn a_source_killed_after_the_commit_leaves_the_guest_on_its_target() {
     let before = c.domain();
     let generation = before["generation"].as_u64().unwrap() + 1;
 
-    let started = json(&c.ep, &["migrate", "start", "web", "--to", "h2"]).expect("started");
+    let started = json(&c.cli, &["migrate", "start", "web", "--to", "h2"]).expect("started");
     let id = started["id"].as_u64().unwrap();
     let committed = wait_for("the switch-over to commit", Duration::from_secs(60), || async {
         c.migration(id).filter(|m| m["phase"] == "committed" || m["phase"] == "rolled-back")
@@ -481,7 +564,7 @@ async fn a_migration_outlives_a_leader_change_and_commits_once_its_pause_is_allo
     assert_eq!(m["phase"], "transferring", "{m}");
     assert_eq!(c.domain()["host"], "h1");
 
-    drover(&c.ep, &["migrate", "set-downtime", &id.to_string(), "1000"]);
+    drover(&c.cli, &["migrate", "set-downtime", &id.to_string(), "1000"]);
     let done = wait_for("the migration to commit", Duration::from_secs(60), || async {
         c.migration(id).filter(|m| m["phase"] == "committed" || m["phase"] == "rolled-back")
     })
@@ -508,7 +591,7 @@ async fn a_source_hostd_restarted_mid_copy_takes_the_copy_up_and_commits() {
     assert!(vm_runs_in(&c.dir.join("h1/vms/web")), "the VMM outlives its hostd");
     // Its own limits this time: the default longest pause, which the copy can meet.
     let listen = c._hosts[0].1.clone();
-    c._hosts[0] = Hostd::start_at(&c.ep, &c.dir, "h1", 101, "kvm", &[], listen);
+    c._hosts[0] = Hostd::start_at(&c.cli, &c.dir, "h1", 101, "kvm", &[], listen);
 
     let done = wait_for("the migration to commit", Duration::from_secs(60), || async {
         c.migration(id).filter(|m| m["phase"] == "committed" || m["phase"] == "rolled-back")

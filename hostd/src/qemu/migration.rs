@@ -17,14 +17,22 @@
 //!   target's host resumes its own); a cancel before that is `migrate_cancel` (QEMU
 //!   resumes the guest itself), after it a `cont`, which takes the disks back.
 //!
-//! **TLS.** Where the host has TLS files, both QEMUs get `tls-creds-x509` credentials made
-//! of them ([`use_tls`]: the host's `ca.pem`, `cert.pem` and `key.pem`, linked under
-//! QEMU's file names in the VM's [`TLS_DIR`]) with `verify-peer` on: the source checks the
-//! target's certificate against the address it connects to (as every other connection in
-//! the cluster does), and the target admits only the source host's certificate, by its
-//! distinguished name (`authz-simple`). QEMU's own key-usage sanity check is off: it asks
-//! for RSA-style key encipherment that ECDSA certificates do not carry; GnuTLS still
-//! verifies the chain, the validity and the peer.
+//! **TLS.** Where the host has TLS files, every QEMU it starts gets `tls-creds-x509`
+//! credentials made of them on its command line ([`tls_args`]: the host's `ca.pem`,
+//! `cert.pem` and `key.pem`, linked under QEMU's file names in the VM's [`TLS_DIR`]), with
+//! `verify-peer` on: a client's, and for an incoming QEMU a server's and an
+//! `authz-simple` that admits only the source host's certificate, by its distinguished
+//! name. A migration only points QEMU's `tls-creds` at them ([`use_tls`]); the source
+//! checks the target's certificate against the address it connects to, as every other
+//! connection in the cluster does. QEMU's own key-usage sanity check is off: it asks for
+//! RSA-style key encipherment that ECDSA certificates do not carry; GnuTLS still verifies
+//! the chain, the validity and the peer. The credentials are given at launch, never added
+//! to a running QEMU: QEMU 7.2 with x509 credentials added by `object-add` to a running
+//! guest (and migrated or not) mostly fails its next `system_reset`: its firmware reads
+//! no kernel size from fw_cfg and halts (by hand: all but 2 of some 20 such resets hung,
+//! none of 18 with the same objects on the command line). So a QEMU uses the certificate its host
+//! had when it started, and one started before its host had TLS files does not migrate
+//! over TLS until it is restarted.
 //!
 //! The migration a QEMU carries out is written down in its VM directory
 //! ([`OUTGOING_FILE`], the target's address) so that QEMU's record of an older
@@ -41,7 +49,6 @@ use qapi::qmp;
 use serde::{Deserialize, Serialize};
 
 use super::qmp_call;
-use vmm_control::control::MigrationTls;
 
 use crate::driver::{ConvergeLimits, Outgoing, OutgoingPhase};
 
@@ -52,8 +59,9 @@ const RUNNING: &str = "running";
 const PAUSED: &str = "paused";
 /// The directory in a VM's directory that holds its TLS files under QEMU's names.
 pub const TLS_DIR: &str = "migration-tls";
-/// The ids of the QEMU objects a migration's TLS is made of.
-const TLS_CREDS_ID: &str = "drover-migration-tls";
+/// The ids of the QEMU objects a migration's TLS is made of ([`tls_args`]).
+const TLS_CLIENT_ID: &str = "drover-migration-tls-client";
+const TLS_SERVER_ID: &str = "drover-migration-tls-server";
 const TLS_AUTHZ_ID: &str = "drover-migration-peer";
 /// How long a cancel may take to bring the guest back.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,10 +115,12 @@ fn host_dn(name: &str) -> String {
     format!("CN={name},OU=host")
 }
 
-/// Give QEMU `dir` TLS credentials for its migration stream, made of the host's TLS files
-/// in `tls.dir`, as the `endpoint` of the stream; a server admits only host `tls.peer`.
-fn use_tls(dir: &Path, tls: &MigrationTls, endpoint: qmp::QCryptoTLSCredsEndpoint) -> Result<(), String> {
-    let source = std::fs::canonicalize(&tls.dir).map_err(|e| format!("{}: {e}", tls.dir.display()))?;
+/// The `-object` arguments that give the QEMU of VM directory `dir` its migration
+/// credentials, made of the host's TLS files in `tls_dir` (linked under QEMU's names in
+/// [`TLS_DIR`]): a client's for a stream it sends, and for an incoming QEMU (`source`:
+/// the host it takes the stream from) a server's and the authorization of that host.
+pub fn tls_args(dir: &Path, tls_dir: &Path, source: Option<&str>) -> Result<Vec<String>, String> {
+    let files = std::fs::canonicalize(tls_dir).map_err(|e| format!("{}: {e}", tls_dir.display()))?;
     let creds = dir.join(TLS_DIR);
     let _ = std::fs::remove_dir_all(&creds);
     std::fs::create_dir_all(&creds).map_err(|e| format!("{}: {e}", creds.display()))?;
@@ -123,54 +133,59 @@ fn use_tls(dir: &Path, tls: &MigrationTls, endpoint: qmp::QCryptoTLSCredsEndpoin
         ("client-key.pem", "key.pem"),
     ];
     for (name, file) in links {
-        std::os::unix::fs::symlink(source.join(file), creds.join(name))
+        std::os::unix::fs::symlink(files.join(file), creds.join(name))
             .map_err(|e| format!("linking {name}: {e}"))?;
     }
-    // Objects of an earlier migration of this QEMU go first (a source may send twice).
-    let server = endpoint == qmp::QCryptoTLSCredsEndpoint::server;
-    for id in [TLS_CREDS_ID, TLS_AUTHZ_ID] {
-        let _ = qmp_call(dir, &qmp::object_del { id: id.into() });
-    }
-    let properties = qmp::TlsCredsProperties {
-        dir: Some(creds.display().to_string()),
-        endpoint: Some(endpoint),
-        priority: None,
-        verify_peer: Some(true),
+    let x509 = |id: &str, endpoint| {
+        let properties = qmp::TlsCredsProperties {
+            dir: Some(creds.display().to_string()),
+            endpoint: Some(endpoint),
+            priority: None,
+            verify_peer: Some(true),
+        };
+        #[allow(deprecated)] // `loaded`, which QEMU ignores; left out
+        let x509 = qmp::TlsCredsX509Properties {
+            base: properties,
+            loaded: None,
+            passwordid: None,
+            sanity_check: Some(false),
+        };
+        qmp::ObjectOptions::tls_creds_x509 { id: id.into(), tls_creds_x509: x509 }
     };
-    #[allow(deprecated)] // `loaded`, which QEMU ignores; left out
-    let x509 = qmp::TlsCredsX509Properties {
-        base: properties,
-        loaded: None,
-        passwordid: None,
-        sanity_check: Some(false),
-    };
-    let creds = qmp::ObjectOptions::tls_creds_x509 { id: TLS_CREDS_ID.into(), tls_creds_x509: x509 };
-    qmp_call(dir, &qmp::object_add(creds))?;
-    if server {
-        let peer = qmp::AuthZSimpleProperties { identity: host_dn(&tls.peer) };
-        qmp_call(
-            dir,
-            &qmp::object_add(qmp::ObjectOptions::authz_simple {
-                id: TLS_AUTHZ_ID.into(),
-                authz_simple: peer,
-            }),
-        )?;
+    let mut objects = vec![x509(TLS_CLIENT_ID, qmp::QCryptoTLSCredsEndpoint::client)];
+    if let Some(source) = source {
+        objects.push(x509(TLS_SERVER_ID, qmp::QCryptoTLSCredsEndpoint::server));
+        let peer = qmp::AuthZSimpleProperties { identity: host_dn(source) };
+        objects.push(qmp::ObjectOptions::authz_simple { id: TLS_AUTHZ_ID.into(), authz_simple: peer });
     }
+    let mut args = Vec::new();
+    for object in &objects {
+        let json = serde_json::to_string(object).map_err(|e| format!("a TLS object: {e}"))?;
+        args.extend(["-object".to_owned(), json]);
+    }
+    Ok(args)
+}
+
+/// Have QEMU `dir`'s next migration stream go over the credentials it was started with
+/// ([`tls_args`]), as the `server` (which admits only its source host) or the client.
+fn use_tls(dir: &Path, server: bool) -> Result<(), String> {
     let parameters = qmp::MigrateSetParameters {
-        tls_creds: Some(qmp::StrOrNull::s(TLS_CREDS_ID.into())),
-        tls_authz: server.then(|| qmp::StrOrNull::s(TLS_AUTHZ_ID.into())),
+        tls_creds: Some(qmp::StrOrNull::s(if server { TLS_SERVER_ID } else { TLS_CLIENT_ID }.into())),
+        tls_authz: Some(qmp::StrOrNull::s(if server { TLS_AUTHZ_ID } else { "" }.into())),
         ..Default::default()
     };
-    qmp_call(dir, &qmp::migrate_set_parameters(parameters)).map(|_| ())
+    qmp_call(dir, &qmp::migrate_set_parameters(parameters)).map(|_| ()).map_err(|e| {
+        format!("{e} (QEMU is given the host's TLS credentials when it starts: one started before the host had them migrates once restarted)")
+    })
 }
 
 /// Have the incoming QEMU in `dir` (started with `-S -incoming defer`) listen on
 /// `listen_ip` (over `tls` where given); returns the `ip:port` its source is to send to.
-pub fn listen(dir: &Path, listen_ip: IpAddr, tls: Option<&MigrationTls>) -> Result<String, String> {
+pub fn listen(dir: &Path, listen_ip: IpAddr, tls: bool) -> Result<String, String> {
     let late = vec![capability(qmp::MigrationCapability::late_block_activate, true)];
     qmp_call(dir, &qmp::migrate_set_capabilities { capabilities: late })?;
-    if let Some(tls) = tls {
-        use_tls(dir, tls, qmp::QCryptoTLSCredsEndpoint::server)?;
+    if tls {
+        use_tls(dir, true)?;
     }
     let uri = format!("tcp:{}", std::net::SocketAddr::new(listen_ip, 0));
     qmp_call(dir, &qmp::migrate_incoming { uri: Some(uri), channels: None, exit_on_error: None })?;
@@ -187,19 +202,14 @@ pub fn listen(dir: &Path, listen_ip: IpAddr, tls: Option<&MigrationTls>) -> Resu
     Ok(std::net::SocketAddr::new(listen_ip, port).to_string())
 }
 
-/// Start sending the VM of QEMU `dir` to the incoming QEMU at `address` (over `tls`
-/// where given).
-pub fn start(
-    dir: &Path,
-    address: &str,
-    limits: ConvergeLimits,
-    tls: Option<&MigrationTls>,
-) -> Result<(), String> {
+/// Start sending the VM of QEMU `dir` to the incoming QEMU at `address` (over TLS where
+/// `tls`).
+pub fn start(dir: &Path, address: &str, limits: ConvergeLimits, tls: bool) -> Result<(), String> {
     if address.parse::<std::net::SocketAddr>().is_err() {
         return Err(format!("{address:?} is no ip:port"));
     }
-    if let Some(tls) = tls {
-        use_tls(dir, tls, qmp::QCryptoTLSCredsEndpoint::client)?;
+    if tls {
+        use_tls(dir, false)?;
     }
     let throttle = limits.throttle_max_percent.min(controlplane::model::THROTTLE_PERCENT_MAX);
     let converge = vec![capability(qmp::MigrationCapability::auto_converge, throttle > 0)];

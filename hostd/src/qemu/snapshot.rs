@@ -226,8 +226,13 @@ pub fn take(dir: &Path, pid: u32, domain: &str, path: &Path, running: bool) -> R
     files.remove();
     let result = write_header(&files.part, &header)
         .and_then(|()| {
-            let limits =
-                qmp::MigrateSetParameters { max_bandwidth: Some(MAX_BANDWIDTH), ..Default::default() };
+            // (In the clear: a live migration over TLS before this one leaves QEMU's
+            // `tls-creds` set, which QEMU would wrap the file's stream in.)
+            let limits = qmp::MigrateSetParameters {
+                max_bandwidth: Some(MAX_BANDWIDTH),
+                tls_creds: Some(qmp::StrOrNull::s(String::new())),
+                ..Default::default()
+            };
             qmp_call(dir, &qmp::migrate_set_parameters(limits)).map(|_| ())
         })
         .and_then(|()| migrate_out(dir, pid, &files, &uri, running))
