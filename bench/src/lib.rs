@@ -24,15 +24,18 @@ pub fn process_driver(
     name: &str,
     run_dir: &std::path::Path,
 ) -> anyhow::Result<Box<dyn hostd::driver::Driver>> {
-    process_driver_with(name, run_dir, &vmm_bin())
+    process_driver_with(name, run_dir, &vmm_bin(), None)
 }
 
-/// [`process_driver`], the own VMM being the binary `vmm`.
+/// [`process_driver`], the own VMM being the binary `vmm`, its migration streams over
+/// mutual TLS with the host certificate in `tls_dir` where given.
 pub fn process_driver_with(
     name: &str,
     run_dir: &std::path::Path,
     vmm: &std::path::Path,
+    tls_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<Box<dyn hostd::driver::Driver>> {
+    let tls_dir = tls_dir.map(std::path::Path::to_path_buf);
     Ok(match name {
         "kvm" => {
             if !vmm.exists() {
@@ -43,10 +46,13 @@ pub fn process_driver_with(
                 program_args: Vec::new(),
                 run_dir: run_dir.to_owned(),
                 console_log_bytes_max: 1 << 20,
-                tls_dir: None,
+                tls_dir,
             })?)
         }
-        "qemu" => Box::new(hostd::qemu::QemuDriver::new(hostd::qemu::QemuConfig::new(run_dir.to_owned()))?),
+        "qemu" => Box::new(hostd::qemu::QemuDriver::new(hostd::qemu::QemuConfig {
+            tls_dir,
+            ..hostd::qemu::QemuConfig::new(run_dir.to_owned())
+        })?),
         other => anyhow::bail!("unknown driver {other}"),
     })
 }

@@ -24,6 +24,8 @@
 //! the source's sends with the host's limits mapped to QEMU's (`downtime-limit`,
 //! `auto-converge` up to `max-cpu-throttle`, no bandwidth cap), the switch ends the
 //! source's QEMU and the target's host resumes its own once the commit is in its view.
+//! With the host's `tls_dir`, every QEMU starts with x509 credentials made of the host's
+//! certificate and the stream goes over mutual TLS.
 //!
 //! QEMU cannot watch the host's lease itself, so with `fence_watch` set each QEMU gets a
 //! guard process (`drover-vmm fence-watch`, in its own process group too) that SIGKILLs it

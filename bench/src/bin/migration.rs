@@ -17,10 +17,15 @@
 //! bench's own measure for both: from the copy being complete to the target listed
 //! running (for the own VMM it is part of its downtime; for QEMU it comes on top).
 //!
+//! Streams: `plain` (TCP in the clear) and `tls` (mutual TLS between the two hosts'
+//! certificates of a CA made for the run, as hosts with `--tls-dir` send them: rustls
+//! for the own VMM, GnuTLS for QEMU), each row once per stream asked for.
+//!
 //! Usage: `cargo build --release -p vmm --bin drover-vmm && cargo run -p bench --bin
 //! migration -- --runs 5 [--sizes 256,1024] [--dirty 0,16,64,128] [--only kvm,qemu]
-//! [--max-downtime-ms 50] [--timeout-s 60] [--vmm target/release/drover-vmm]`. The own
-//! VMM needs /dev/kvm; QEMU comes from `scripts/deps`.
+//! [--streams plain,tls] [--max-downtime-ms 50] [--timeout-s 60]
+//! [--vmm target/release/drover-vmm]`. The own VMM needs /dev/kvm; QEMU comes from
+//! `scripts/deps`.
 
 #![allow(clippy::print_stdout)] // a report on stdout is its output
 
@@ -47,6 +52,9 @@ struct Args {
     /// Comma-separated subset of: kvm,qemu.
     #[arg(long, default_value = "kvm,qemu")]
     only: String,
+    /// Comma-separated subset of: plain,tls.
+    #[arg(long, default_value = "plain,tls", value_delimiter = ',')]
+    streams: Vec<String>,
     /// The pause budget given to both (hostd's default).
     #[arg(long, default_value_t = hostd::migrations::MAX_DOWNTIME_MS_DEFAULT)]
     max_downtime_ms: u64,
@@ -172,15 +180,23 @@ fn main() -> anyhow::Result<()> {
         "limits: max downtime {} ms, throttle up to {}%, timeout {} s, {} runs per row",
         args.max_downtime_ms, args.throttle_max_percent, args.timeout_s, args.runs
     );
+    let pki = testguest::certs::Pki::new();
     println!(
-        "driver  size_mib  workload  downtime_ms_p50  downtime_ms_p99  switch_ms_p50  total_ms_p50  total_ms_p99  \
+        "driver  stream  size_mib  workload  downtime_ms_p50  downtime_ms_p99  switch_ms_p50  total_ms_p50  total_ms_p99  \
          mib_sent_p50  rounds_p50  throttle_p50  not_converged  failed"
     );
-    for name in args.only.split(',') {
-        let from = work.path().join(name).join("from");
-        let to = work.path().join(name).join("to");
-        let mut source = bench::process_driver_with(name, &from, &vmm)?;
-        let mut target = bench::process_driver_with(name, &to, &vmm)?;
+    for (name, stream) in args.only.split(',').flat_map(|n| args.streams.iter().map(move |s| (n, s.as_str())))
+    {
+        let tls = match stream {
+            "plain" => false,
+            "tls" => true,
+            other => bail!("unknown stream {other}: plain or tls"),
+        };
+        let host_tls = |host: &str| tls.then(|| pki.dir("host", host));
+        let from = work.path().join(name).join(stream).join("from");
+        let to = work.path().join(name).join(stream).join("to");
+        let mut source = bench::process_driver_with(name, &from, &vmm, host_tls("h1").as_deref())?;
+        let mut target = bench::process_driver_with(name, &to, &vmm, host_tls("h2").as_deref())?;
         for &mib in &args.sizes {
             for &dirty in &args.dirty {
                 let workload = if dirty == 0 { "idle".to_owned() } else { format!("dirty{dirty}") };
@@ -211,7 +227,7 @@ fn main() -> anyhow::Result<()> {
                         Ok(r) => runs.push(r),
                         Err(e) => {
                             // Counted, said, and cleaned up; the other runs go on.
-                            eprintln!("{name} {mib} MiB {workload} run {run} failed: {e:#}");
+                            eprintln!("{name} {stream} {mib} MiB {workload} run {run} failed: {e:#}");
                             failed += 1;
                             for driver in [source.as_mut(), target.as_mut()] {
                                 let _ = driver.destroy(&domain, now_ms());
@@ -227,7 +243,7 @@ fn main() -> anyhow::Result<()> {
                 let downtime = || done.iter().map(|d| d.downtime_ms).collect::<Vec<_>>();
                 let total = || done.iter().map(|d| d.total_ms).collect::<Vec<_>>();
                 println!(
-                    "{name:<6}  {mib:>8}  {workload:<8}  {:>15}  {:>15}  {:>13}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>5}/{}  {failed:>6}",
+                    "{name:<6}  {stream:<6}  {mib:>8}  {workload:<8}  {:>15}  {:>15}  {:>13}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>5}/{}  {failed:>6}",
                     cell(downtime(), |p| p.0),
                     cell(downtime(), |p| p.1),
                     cell(done.iter().map(|d| d.switch_ms).collect(), |p| p.0),

@@ -17,7 +17,8 @@
 //! sparse file, and a VM starts from one (`--restore-from`) with the memory image mapped
 //! copy-on-write and its disks put back to the snapshot's instant. A VM process given its
 //! host's [`lease`] file ends itself the moment the lease passes (self-fencing).
-//! [`migration`] moves a running VM to another VMM process over TCP (pre-copy rounds
+//! [`migration`] moves a running VM to another VMM process over TCP, or mutual TLS
+//! between the two hosts' certificates (`--incoming-tls-dir`/`--incoming-peer`; pre-copy rounds
 //! from KVM's dirty log and the memory's own bitmap, [`memory`]; auto-converge
 //! throttling; the snapshot's VM state at the end; the target runs only on the source's
 //! `Go`, sent once the cluster committed the switch-over): `--incoming ADDR` on the
