@@ -90,6 +90,9 @@ pub struct FakeLink {
     pub go: bool,
     /// The source gave up (cancelled, failed): the incoming VM ends.
     pub gone: bool,
+    /// The target refused the source at the stream's handshake (TLS: not the host it
+    /// expected, a certificate it does not trust), and why: nothing of the VM crossed.
+    pub refused: Option<String>,
 }
 
 /// How an incoming VM whose source gave up ends (as the own VMM's does).
@@ -134,6 +137,9 @@ pub struct FakeDriver {
     pub vm_limits: Option<VmLimits>,
     /// Live migrations' streams, shared with the other hosts' fakes.
     pub migration_links: MigrationLinks,
+    /// The next incoming migration refuses its source at the handshake with this reason
+    /// (the simulator's faults).
+    pub refuse_next_incoming: Option<String>,
 }
 
 impl Default for FakeDriver {
@@ -159,6 +165,7 @@ impl FakeDriver {
             served_networks: NetworkWork::default(),
             vm_limits: None,
             migration_links: MigrationLinks::default(),
+            refuse_next_incoming: None,
         }
     }
 
@@ -360,7 +367,11 @@ impl Driver for FakeDriver {
             let mut links = self.migration_links.lock().expect("migration links lock");
             let port = 4_000 + (links.len() % 60_000) as u16;
             let address = std::net::SocketAddr::new(listen_ip, port).to_string();
-            links.insert(address.clone(), FakeLink { domain: spec.domain.clone(), ..FakeLink::default() });
+            let refused = self.refuse_next_incoming.take();
+            links.insert(
+                address.clone(),
+                FakeLink { domain: spec.domain.clone(), refused, ..FakeLink::default() },
+            );
             address
         };
         let vm = FakeVm {
@@ -439,6 +450,15 @@ impl Driver for FakeDriver {
             // The VM ended under the copy: so does the stream.
             o.phase = OutgoingPhase::Failed;
             o.reason = Some(format!("the VM ended ({:?})", vm.phase));
+            if let Some(l) = links.get_mut(&o.address) {
+                l.gone = true;
+            }
+        }
+        let refused = links.get(&o.address).and_then(|l| l.refused.clone());
+        if let (OutgoingPhase::Copying, Some(reason)) = (o.phase, refused) {
+            // The handshake failed: the copy never began; the incoming VM ends.
+            o.phase = OutgoingPhase::Failed;
+            o.reason = Some(format!("the target refused the stream: {reason}"));
             if let Some(l) = links.get_mut(&o.address) {
                 l.gone = true;
             }

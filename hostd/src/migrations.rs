@@ -652,6 +652,33 @@ mod tests {
         assert_eq!(source.list(81)["web"].phase, ObservedPhase::Paused);
     }
 
+    /// A target that refuses its source at the handshake (TLS: not the host it was told
+    /// to expect): the source reports the copy failed and the guest runs on here; the
+    /// incoming VM ends, which its host reports too.
+    #[test]
+    fn a_target_that_refuses_its_source_fails_the_copy_and_the_guest_runs_on_here() {
+        let mut target = FakeDriver::new(0, 0);
+        target.refuse_next_incoming = Some("not the host it expects".into());
+        let mut t = HostMigrations::new(ip(), LIMITS_DEFAULT);
+        let reports = pass(&mut t, &mut target, &job(Side::Target, MigrationPhase::Preparing, None), 0);
+        let [MigrationReport::TargetReady { address }] = reports.as_slice() else { panic!("{reports:?}") };
+        let address = address.clone();
+        let mut source = running_source();
+        source.migration_links = target.migration_links.clone();
+        let mut s = HostMigrations::new(ip(), LIMITS_DEFAULT);
+        let w = job(Side::Source, MigrationPhase::Transferring, Some(&address));
+        let mut reports = pass(&mut s, &mut source, &w, 10);
+        reports.extend(pass(&mut s, &mut source, &w, 20));
+        assert!(
+            matches!(&reports[..], [MigrationReport::Failed { reason }] if reason.contains("refused the stream: not the host")),
+            "{reports:?}"
+        );
+        assert_eq!(source.list(20)["web"].phase, ObservedPhase::Running);
+        let w = job(Side::Target, MigrationPhase::Transferring, Some(&address));
+        let reports = pass(&mut t, &mut target, &w, 21);
+        assert!(matches!(&reports[..], [MigrationReport::Failed { .. }]), "{reports:?}");
+    }
+
     #[test]
     fn an_incoming_vm_that_ends_before_the_commit_fails_the_migration() {
         let mut target = FakeDriver::new(0, 0);

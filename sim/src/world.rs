@@ -516,7 +516,7 @@ impl World {
                 }
                 self.trace(format!("fault: host {} cut off from the control plane", self.core.hosts[h].name));
             }
-            27..=39 => {
+            27..=38 => {
                 self.core.net.heal();
                 self.trace("fault: partitions healed".into());
             }
@@ -550,6 +550,16 @@ impl World {
                         self.core.hosts[h].name
                     ));
                 }
+            }
+            39 => {
+                let h = self.rng.gen_range(0..host_count);
+                let reason = "the source's certificate is not the host the target expects";
+                self.core.hosts[h].driver.lock().expect("driver lock").refuse_next_incoming =
+                    Some(reason.into());
+                self.trace(format!(
+                    "fault: {} refuses the next migration stream it takes in",
+                    self.core.hosts[h].name
+                ));
             }
             72 => {
                 let h = self.rng.gen_range(0..host_count);

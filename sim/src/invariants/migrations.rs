@@ -2,8 +2,8 @@
 //! hosts carried out (its target said where it listens): the stream at that address is
 //! of the migration's domain; one that committed had the whole VM at its target (the
 //! copy complete) before its target was told to run; one that rolled back never told its
-//! target to run; one the operator gave a longest pause paused the guest no longer than
-//! that. (That a target runs only once its source has stopped — never two runs — is
+//! target to run, nor did one whose target refused its source at the handshake; one the
+//! operator gave a longest pause paused the guest no longer than that. (That a target runs only once its source has stopped — never two runs — is
 //! `single_run`, checked at every start; that every migration ends, `liveness`.)
 
 use std::collections::BTreeMap;
@@ -35,6 +35,9 @@ pub fn check(state: &State, links: &BTreeMap<String, FakeLink>) -> Vec<String> {
             }
             MigrationPhase::Committed if !link.complete => {
                 out.push(format!("{what} committed, yet its target never held the whole VM"))
+            }
+            MigrationPhase::Committed if link.refused.is_some() => {
+                out.push(format!("{what} committed, yet its target refused its source"))
             }
             _ => {}
         }
