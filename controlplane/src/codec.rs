@@ -18,8 +18,10 @@
 //! bearer tokens to the state (`crate::state_v8` decodes states of 7 and 8; proposals
 //! are as in 8); 10 added a migration's target address and progress (`crate::state_v9`
 //! decodes version-9 states, and its `MigrationV9` the migrations of every earlier one);
-//! 11 added a migration's operator-set longest pause (`crate::state_v10`).
-//! Events and proposals encode alike from 8 on (variants are only appended).
+//! 11 added a migration's operator-set longest pause (`crate::state_v10`); 12 added a
+//! proposal's term (`crate::proposal::ProposalV11` decodes proposals of 8 to 11; states
+//! are as in 11).
+//! Events encode alike from 8 on (variants are only appended).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,7 +31,7 @@ use crate::proposal::Proposal;
 use crate::state::State;
 
 /// The format this build writes.
-pub const FORMAT_VERSION: u16 = 11;
+pub const FORMAT_VERSION: u16 = 12;
 /// Largest payload a decode will allocate for (1 GiB: a state snapshot of a big cluster).
 pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 
@@ -66,6 +68,7 @@ impl Durable for Proposal {
     fn decode_old(version: u16, payload: &[u8]) -> Result<Self, CodecError> {
         match version {
             1..=7 => decode_payload::<crate::proposal::ProposalV7>(payload).map(Proposal::from),
+            8..=11 => decode_payload::<crate::proposal::ProposalV11>(payload).map(Proposal::from),
             _ => decode_payload(payload),
         }
     }
@@ -173,7 +176,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = encode(&envelope());
-        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 11, 0]);
+        assert_eq!(&bytes[..5], &[b'D', b'R', 1, 12, 0]);
         assert_eq!(decode::<EventEnvelope>(&bytes).unwrap(), envelope());
     }
 
@@ -182,15 +185,15 @@ mod tests {
         let bytes = encode(&envelope());
         assert!(matches!(decode::<EventEnvelope>(&bytes[..3]), Err(CodecError::Truncated(3))));
         assert!(matches!(decode::<State>(&bytes), Err(CodecError::Tag { expected: 3, found: 1 })));
-        let mut v12 = bytes.clone();
-        v12[3] = 12;
-        assert!(matches!(decode::<EventEnvelope>(&v12), Err(CodecError::Version(12))));
+        let mut v13 = bytes.clone();
+        v13[3] = 13;
+        assert!(matches!(decode::<EventEnvelope>(&v13), Err(CodecError::Version(13))));
         let mut v1 = bytes.clone();
         v1[3] = 1;
         assert_eq!(
             decode::<EventEnvelope>(&v1).unwrap(),
             envelope(),
-            "events encode alike in versions 1 to 11"
+            "events encode alike in versions 1 to 12"
         );
         let mut magic = bytes.clone();
         magic[0] = b'X';

@@ -116,7 +116,12 @@ impl Harness {
                     Ok(c)
                 }
                 (ProposalOutcome::Duplicate(c), _) => Ok(c),
-                (conflict @ (ProposalOutcome::Conflict { .. } | ProposalOutcome::Unfit { .. }), _) => {
+                (
+                    conflict @ (ProposalOutcome::Conflict { .. }
+                    | ProposalOutcome::Unfit { .. }
+                    | ProposalOutcome::OutOfTerm { .. }),
+                    _,
+                ) => {
                     panic!("a proposal decided on the latest state conflicts: {conflict:?}")
                 }
             },

@@ -47,12 +47,13 @@ mod state_v8;
 mod state_v9;
 mod validate;
 
-pub use apply::{apply, apply_proposal};
+pub use apply::{apply, apply_proposal, apply_proposal_in_term};
 pub use command::{Caller, Command, Need, Request, SnapshotOutcome, VolumeOutcome};
 pub use decide::decide;
 pub use event::{Event, EventEnvelope};
 pub use proposal::{
-    Committed, Decision, HostFit, Precondition, Proposal, ProposalOutcome, ProposalV7, TraceParent,
+    Committed, Decision, HostFit, Precondition, Proposal, ProposalOutcome, ProposalV11, ProposalV7,
+    TraceParent,
 };
 pub use rejection::{Rejection, RejectionCode};
 pub use state::State;

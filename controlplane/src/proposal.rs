@@ -39,6 +39,13 @@ pub struct Proposal {
     /// replica that applies the proposal, and the host that acts on it, continue it. Not
     /// part of what the proposal decides: applying ignores it.
     pub trace: Option<TraceParent>,
+    /// The raft term whose leader decided this from what only it knew (its hosts'
+    /// leases, which the leader of each term grants afresh): the proposal holds only in a
+    /// log entry appended in that term (format 12 on). The replica applying the entry
+    /// checks it ([`ProposalOutcome::OutOfTerm`]); the core knows no terms, so
+    /// [`crate::apply_proposal`] does not. `None` for every decision made from the log's
+    /// state alone.
+    pub term: Option<u64>,
 }
 
 /// A W3C trace context (`traceparent`) as the log carries it: whose trace, which span
@@ -65,7 +72,26 @@ pub struct ProposalV7 {
 impl From<ProposalV7> for Proposal {
     fn from(p: ProposalV7) -> Proposal {
         let ProposalV7 { request_id, principal, time_ms, preconditions, fits, events } = p;
-        Proposal { request_id, principal, time_ms, preconditions, fits, events, trace: None }
+        Proposal { request_id, principal, time_ms, preconditions, fits, events, trace: None, term: None }
+    }
+}
+
+/// A proposal as formats 8 to 11 wrote it: a trace, no term.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProposalV11 {
+    pub request_id: String,
+    pub principal: String,
+    pub time_ms: u64,
+    pub preconditions: Vec<Precondition>,
+    pub fits: Vec<HostFit>,
+    pub events: Vec<Event>,
+    pub trace: Option<TraceParent>,
+}
+
+impl From<ProposalV11> for Proposal {
+    fn from(p: ProposalV11) -> Proposal {
+        let ProposalV11 { request_id, principal, time_ms, preconditions, fits, events, trace } = p;
+        Proposal { request_id, principal, time_ms, preconditions, fits, events, trace, term: None }
     }
 }
 
@@ -104,4 +130,8 @@ pub enum ProposalOutcome {
     Conflict { key: ResourceKey, expected: u64, actual: u64 },
     /// A placement no longer fits its host; nothing was applied. The proposer re-decides.
     Unfit { host: String, domain: String, reason: String },
+    /// The proposal holds only in term `decided` and was appended by the leader of term
+    /// `appended` (it waited in a queue across an election): nothing was applied, and the
+    /// proposer gives up (what it decided from is gone with its term).
+    OutOfTerm { decided: u64, appended: u64 },
 }

@@ -17,8 +17,9 @@
 //! format version 7 (a host's VM limits) and must decode, as must the `-8` files (format
 //! 8: a proposal's trace); the `-9` files are written by format version 9 (bearer tokens)
 //! and must decode, as must the `-10` files (format 10: a live migration's target address
-//! and progress); the `-11` files (format 11: an operator's longest pause for a
-//! migration) must re-encode to the very same bytes.
+//! and progress), as must the `-11` files (format 11: an operator's longest pause for a
+//! migration); the `-12` files (format 12: the raft term a proposal holds in) must
+//! re-encode to the very same bytes.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -355,9 +356,15 @@ fn read_golden<T: Durable>(name: &str) -> (T, Vec<u8>) {
     (codec::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}")), bytes)
 }
 
-/// Today's payload of a proposal written by an earlier format: the same bytes, then the
-/// trace format 8 added (none).
+/// Today's payload of a proposal written by a format before 8: the same bytes, then the
+/// trace format 8 added and the term format 12 added (neither).
 fn payload_today(old_bytes: &[u8]) -> Vec<u8> {
+    [&old_bytes[5..], &[0u8, 0u8][..]].concat()
+}
+
+/// Today's payload of a proposal written by formats 8 to 11: the same bytes, then the
+/// term format 12 added (none).
+fn payload_with_no_term(old_bytes: &[u8]) -> Vec<u8> {
     [&old_bytes[5..], &[0u8][..]].concat()
 }
 
@@ -441,18 +448,47 @@ fn rich_state_with_a_pause() -> (State, Proposal) {
     (h.state, p)
 }
 
+/// The proposal a leader of term 7 decided from its leases: a host turns suspect.
+fn proposal_in_a_term() -> Proposal {
+    let (h, _) = rich_harness_migrating();
+    let request = Request {
+        request_id: "golden-proposal".into(),
+        principal: controlplane::ha::PRINCIPAL.into(),
+        caller: controlplane::Caller::Cluster,
+        command: Command::SetHostState { name: "h2".into(), state: HostState::Suspect },
+    };
+    let Ok(Decision::Propose(mut p)) = controlplane::decide(&h.state, &request, 1_764_000_000_000) else {
+        panic!("the leader's suspicion decides");
+    };
+    p.term = Some(7);
+    trace_of(p)
+}
+
 #[test]
 fn golden_state_and_proposal_decode_and_reencode_identically() {
+    let (state, _) = rich_state_with_a_pause();
+    let new_state: State = check_fixed_bytes("state-12.bin", &state);
+    invariants::check(&new_state).unwrap();
+    assert_eq!(new_state, state, "today's rich state is the one written by format 12");
+    let proposal = proposal_in_a_term();
+    let new: Proposal = check_fixed_bytes("proposal-12.bin", &proposal);
+    assert_eq!(new, proposal, "format 12 carries the term a proposal holds in");
+    assert_eq!(new.term, Some(7));
+}
+
+#[test]
+fn format_11_states_and_proposals_still_decode() {
     let (state, proposal) = rich_state_with_a_pause();
     let m = state.migrations().values().last().unwrap();
     assert_eq!((m.target_address.as_deref(), m.progress), (Some("127.0.0.1:7100"), progress()));
     assert_eq!(m.max_downtime_ms, Some(25));
-    let new_state: State = check_fixed_bytes("state-11.bin", &state);
-    invariants::check(&new_state).unwrap();
-    assert_eq!(new_state, state, "today's rich state is the one written by format 11");
-    let proposal = trace_of(proposal);
-    let new: Proposal = check_fixed_bytes("proposal-11.bin", &proposal);
-    assert_eq!(new, proposal, "format 11 carries an operator's longest pause");
+    let (old_state, _): (State, _) = read_golden("state-11.bin");
+    invariants::check(&old_state).unwrap();
+    assert_eq!(old_state, state, "format 12 changed no state");
+    let (old, bytes): (Proposal, _) = read_golden("proposal-11.bin");
+    assert_eq!(old.term, None, "format 11 carried no term");
+    assert_eq!(old, trace_of(proposal));
+    assert_eq!(codec::encode(&old)[5..], payload_with_no_term(&bytes), "format 11's payload, with no term");
 }
 
 #[test]
@@ -463,7 +499,7 @@ fn format_10_states_and_proposals_still_decode() {
     assert_eq!(old_state, state, "format 10 held no operator's longest pause");
     let (old, bytes): (Proposal, _) = read_golden("proposal-10.bin");
     assert_eq!(old, trace_of(proposal));
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "proposals encode as in format 10");
+    assert_eq!(codec::encode(&old)[5..], payload_with_no_term(&bytes), "format 10's payload, with no term");
 }
 
 #[test]
@@ -474,7 +510,7 @@ fn format_9_states_and_proposals_still_decode() {
     assert_eq!(old_state, state, "format 9 held no target addresses nor progress");
     let (old, bytes): (Proposal, _) = read_golden("proposal-9.bin");
     assert_eq!(old, trace_of(proposal));
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "proposals encode as in format 9");
+    assert_eq!(codec::encode(&old)[5..], payload_with_no_term(&bytes), "format 9's payload, with no term");
 }
 
 #[test]
@@ -486,7 +522,7 @@ fn format_8_states_and_proposals_still_decode() {
     let (old, bytes): (Proposal, _) = read_golden("proposal-8.bin");
     let proposal = trace_of(proposal);
     assert_eq!(old, proposal);
-    assert_eq!(codec::encode(&old)[5..], bytes[5..], "proposals encode as in format 8");
+    assert_eq!(codec::encode(&old)[5..], payload_with_no_term(&bytes), "format 8's payload, with no term");
 }
 
 #[test]

@@ -355,7 +355,8 @@ impl Run {
             }
             ProposalOutcome::Duplicate(_)
             | ProposalOutcome::Conflict { .. }
-            | ProposalOutcome::Unfit { .. } => {
+            | ProposalOutcome::Unfit { .. }
+            | ProposalOutcome::OutOfTerm { .. } => {
                 assert!(envelopes.is_empty());
                 assert_eq!(state_hash(&self.state), before, "{outcome:?} changed the state");
             }

@@ -93,13 +93,16 @@ impl HaLoop {
                     _ => None,
                 };
                 sent += 1;
-                let outcome = self.propose(command, term, boot, sent).await;
+                // Decided from this term's leases, so it holds only in this term.
+                let outcome = self.propose(command, term, boot, sent, true).await;
                 fenced_now |= fencing.is_some();
                 if let Some(host) = fencing {
                     // Renewals are answered again only once the fencing has certainly
                     // committed (the state then refuses them) or certainly not; a write
-                    // whose fate is unknown may still commit, so the mark stays (a new
-                    // term clears it, and a host that old is fenced again next tick).
+                    // whose fate is unknown may still commit in this term, so the mark
+                    // stays. A new term clears it: the write can then commit only from
+                    // this term's entries, which the new leader applies before it renews
+                    // anyone (and a host that old is fenced again next tick).
                     if matches!(outcome, Ok(_) | Err(ProposeError::Rejected(_))) {
                         self.leases.fenced(&host);
                     }
@@ -130,7 +133,7 @@ impl HaLoop {
             // tick sees what is left.)
             let writes = restarts.into_iter().map(|command| {
                 sent += 1;
-                self.propose(command, term, boot, sent)
+                self.propose(command, term, boot, sent, false)
             });
             futures::future::join_all(writes).await;
         }
@@ -138,13 +141,15 @@ impl HaLoop {
 
     /// Submit one command of the controller, bounded in time: a write a cut-off leader
     /// made may wait for a commit that never comes, and the loop must go on (a later tick
-    /// decides again).
+    /// decides again). `in_term`: it was decided from this term's leases and holds only
+    /// in a log entry of `term`.
     async fn propose(
         &self,
         command: Command,
         term: u64,
         boot: u64,
         sent: u64,
+        in_term: bool,
     ) -> Result<Committed, ProposeError> {
         let name = command.name();
         let request = Request {
@@ -153,7 +158,13 @@ impl HaLoop {
             caller: controlplane::Caller::Cluster,
             command,
         };
-        let proposed = self.proposer.propose(&request, (self.clock)());
+        let now = (self.clock)();
+        let proposed = async {
+            match in_term {
+                true => self.proposer.propose_in_term(&request, now, term).await,
+                false => self.proposer.propose(&request, now).await,
+            }
+        };
         let outcome = tokio::time::timeout(Duration::from_millis(HA_PROPOSE_TIMEOUT_MS), proposed)
             .await
             .unwrap_or_else(|_| Err(ProposeError::Unavailable("no commit in time".into())));

@@ -17,6 +17,14 @@
 //! a host that renewed only with the old leader is dead by then. Once per term the leader
 //! also confirms that its applied state is current (openraft's read index), so it never
 //! renews a host that an earlier term fenced.
+//!
+//! What a leader decides from its leases holds only in its own term: its HA loop proposes
+//! those writes with the term ([`crate::proposer::Proposer::propose_in_term`]), and a log
+//! entry of a later term voids them. Without that, a fencing decided by the leader of one
+//! term waited in its write queue through an election and committed in the next term,
+//! whose leader had meanwhile renewed the host's lease afresh: the host's VM ran on while
+//! HA restarted it elsewhere (the simulator found it, seed 1114). A table only moves
+//! forward in terms: a caller still acting for an older term changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
@@ -71,12 +79,18 @@ struct Table {
 }
 
 impl Table {
-    fn in_term(&mut self, term: u64) {
-        if self.term != term {
+    /// Move to `term` (a new term forgets every lease and fencing); false, changing
+    /// nothing, for a term older than the table's.
+    fn in_term(&mut self, term: u64) -> bool {
+        if term < self.term {
+            return false;
+        }
+        if term > self.term {
             self.term = term;
             self.renewed.clear();
             self.fencing.clear();
         }
+        true
     }
 
     fn age_ms(&mut self, host: &str, now: Instant) -> u64 {
@@ -86,20 +100,23 @@ impl Table {
 }
 
 impl Leases {
-    /// Host `host` renewed with the leader of `term` at `now`; false (nothing renewed)
-    /// while its fencing is under way.
-    pub fn renew(&self, term: u64, host: &str, now: Instant) -> bool {
+    /// Host `host` renewed with the leader of `term` at `now`; refused (nothing renewed)
+    /// while its fencing is under way, or once a later term has begun.
+    pub fn renew(&self, term: u64, host: &str, now: Instant) -> Result<(), Refusal> {
         let mut t = self.table.lock().expect("lease lock");
-        t.in_term(term);
+        if !t.in_term(term) {
+            return Err(Refusal::NotLeader);
+        }
         if t.fencing.contains(host) {
-            return false;
+            return Err(Refusal::Fencing);
         }
         t.renewed.insert(host.to_owned(), now);
-        true
+        Ok(())
     }
 
     /// How long ago each of `hosts` renewed, in ms, for the leader of `term` at `now`; a
-    /// host this leader has not seen yet gets a full lease from now.
+    /// host this leader has not seen yet gets a full lease from now (and so does every
+    /// host, for a term older than the table's).
     pub fn ages<'a>(
         &self,
         term: u64,
@@ -107,17 +124,17 @@ impl Leases {
         now: Instant,
     ) -> BTreeMap<String, u64> {
         let mut t = self.table.lock().expect("lease lock");
-        t.in_term(term);
-        hosts.into_iter().map(|h| (h.to_owned(), t.age_ms(h, now))).collect()
+        let current = t.in_term(term);
+        hosts.into_iter().map(|h| (h.to_owned(), if current { t.age_ms(h, now) } else { 0 })).collect()
     }
 
     /// Before the leader of `term` proposes to fence `host`: whether its lease is still at
     /// least `fence_after_ms` old at `now` (it may have renewed since the plan was made);
-    /// if so, renewals are refused until [`Leases::fenced`].
+    /// if so, renewals are refused until [`Leases::fenced`]. Never for a term older than
+    /// the table's.
     pub fn begin_fencing(&self, term: u64, host: &str, now: Instant, fence_after_ms: u64) -> bool {
         let mut t = self.table.lock().expect("lease lock");
-        t.in_term(term);
-        if t.age_ms(host, now) < fence_after_ms {
+        if !t.in_term(term) || t.age_ms(host, now) < fence_after_ms {
             return false;
         }
         t.fencing.insert(host.to_owned());
@@ -153,8 +170,7 @@ impl Leases {
                 self.forget(host);
                 Err(Refusal::Gone(s))
             }
-            Some(_) if self.renew(term, host, arrived) => Ok(()),
-            Some(_) => Err(Refusal::Fencing),
+            Some(_) => self.renew(term, host, arrived),
         }
     }
 
@@ -199,22 +215,38 @@ mod tests {
         let leases = Leases::default();
         let t0 = Instant::now();
         assert_eq!(leases.ages(1, ["a"], t0)["a"], 0, "first sight is a fresh lease");
-        leases.renew(1, "b", t0);
+        leases.renew(1, "b", t0).unwrap();
         let t1 = t0 + Duration::from_millis(700);
         let ages = leases.ages(1, ["a", "b"], t1);
         assert_eq!((ages["a"], ages["b"]), (700, 700));
-        leases.renew(1, "a", t1);
+        leases.renew(1, "a", t1).unwrap();
         let t2 = t1 + Duration::from_millis(300);
         let ages = leases.ages(1, ["a", "b"], t2);
         assert_eq!((ages["a"], ages["b"]), (300, 1_000));
         // A host being fenced cannot renew until the fencing is over.
         assert!(!leases.begin_fencing(1, "a", t2, 1_000), "a renewed 300 ms ago");
         assert!(leases.begin_fencing(1, "b", t2, 1_000));
-        assert!(!leases.renew(1, "b", t2), "no renewal while b is being fenced");
+        assert_eq!(leases.renew(1, "b", t2), Err(Refusal::Fencing), "no renewal while b is being fenced");
         leases.fenced("b");
-        assert!(leases.renew(1, "b", t2));
+        assert_eq!(leases.renew(1, "b", t2), Ok(()));
         // A new leader's term: every host starts from a full lease.
         let ages = leases.ages(2, ["a", "b"], t2 + Duration::from_millis(5));
         assert_eq!((ages["a"], ages["b"]), (0, 0));
+    }
+
+    #[test]
+    fn a_table_moves_only_forward_in_terms() {
+        let leases = Leases::default();
+        let t0 = Instant::now();
+        leases.renew(2, "a", t0).unwrap();
+        let t1 = t0 + Duration::from_millis(5_000);
+        // A caller still acting for term 1 (an HA tick that began before the election)
+        // fences nothing, sees only fresh leases and renews nothing.
+        assert!(!leases.begin_fencing(1, "a", t1, 1_000));
+        assert_eq!(leases.ages(1, ["a"], t1)["a"], 0);
+        assert_eq!(leases.renew(1, "a", t1), Err(Refusal::NotLeader));
+        // Term 2's table is untouched: a's renewal is 5 s old there.
+        assert_eq!(leases.ages(2, ["a"], t1)["a"], 5_000);
+        assert!(leases.begin_fencing(2, "a", t1, 1_000));
     }
 }

@@ -25,7 +25,7 @@ pub const ARCHIVE_EVENTS_TOTAL: &str = "drover_archive_events_total";
 pub const ARCHIVE_CHECKPOINTS_TOTAL: &str = "drover_archive_checkpoints_total";
 
 /// Count a proposal's outcome on the leader (`applied`, `duplicate`, `conflict`, `unfit`,
-/// `rejected`, `not_leader`, `failed`).
+/// `out_of_term`, `rejected`, `not_leader`, `failed`).
 pub fn proposal(outcome: &'static str) {
     counter!(PROPOSALS_TOTAL, "outcome" => outcome).increment(1);
 }

@@ -483,6 +483,42 @@ impl Node {
         }
     }
 
+    /// An operator's request to fence host `host` (`request` sets it fenced), on the
+    /// leader only, which holds the leases: refused while the host may still run its VMs
+    /// (it renewed within `lease_ms + fence_ms + drift_ms`). As for the HA loop's own
+    /// fencing, the host's renewals wait while the write commits, and the write holds only
+    /// in this term (a later leader has renewed leases afresh). A host that is not
+    /// registered (or has left) is left to the write path to refuse.
+    pub async fn fence_host(&self, host: &str, request: Request) -> Result<Committed, NodeError> {
+        let (leader, _) = self.leader();
+        if leader != Some(self.inner.id) {
+            return Err(self.not_leader());
+        }
+        let term = self.inner.raft.metrics().borrow().current_term;
+        let registered = self.read_local(|s| s.host(host).is_some_and(|h| h.state != HostState::Left));
+        if !registered {
+            return proposer::submit(self, &self.inner.proposer, &request, true).await;
+        }
+        let now = tokio::time::Instant::now();
+        let fence_after = self.inner.ha.fence_after_ms();
+        if !self.inner.leases.begin_fencing(term, host, now, fence_after) {
+            let age = self.inner.leases.ages(term, [host], now).get(host).copied().unwrap_or(0);
+            return Err(NodeError::Rejected(Rejection::FailedPrecondition {
+                kind: controlplane::model::ResourceKind::Host,
+                name: host.to_owned(),
+                reason: format!(
+                    "renewed its lease {age} ms ago and may still run its VMs; drain it, or stop its hostd and wait for HA to fence it"
+                ),
+            }));
+        }
+        let outcome = self.inner.proposer.propose_in_term(&request, now_ms(), term).await;
+        // As in the HA loop: renewals resume once the write's fate is certain.
+        if matches!(outcome, Ok(_) | Err(ProposeError::Rejected(_))) {
+            self.inner.leases.fenced(host);
+        }
+        outcome.map_err(|e| LeaderPath::refused(self, e))
+    }
+
     /// Run `f` on this replica's applied state, however far behind it may be.
     pub fn read_local<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.inner.shared.state.read().expect("state lock"))

@@ -204,13 +204,33 @@ impl Proposer {
     /// Decide `request` at `now_ms` and commit it, on the leader.
     pub async fn propose(&self, request: &Request, now_ms: u64) -> Result<Committed, ProposeError> {
         let span = crate::traced_span!("propose", request_id = %request.request_id, command = request.command.name());
-        self.propose_traced(request, now_ms).instrument(span).await
+        self.propose_traced(request, now_ms, None).instrument(span).await
     }
 
-    async fn propose_traced(&self, request: &Request, now_ms: u64) -> Result<Committed, ProposeError> {
+    /// As [`Proposer::propose`], for a request the leader of `term` made from what only
+    /// it knows (its hosts' leases): it commits only in a log entry of that term, and a
+    /// write that could not be appended in it is `NotLeader` (never retried in a later
+    /// term, whose leader knows other leases).
+    pub async fn propose_in_term(
+        &self,
+        request: &Request,
+        now_ms: u64,
+        term: u64,
+    ) -> Result<Committed, ProposeError> {
+        let span = crate::traced_span!("propose", request_id = %request.request_id, command = request.command.name());
+        self.propose_traced(request, now_ms, Some(term)).instrument(span).await
+    }
+
+    async fn propose_traced(
+        &self,
+        request: &Request,
+        now_ms: u64,
+        term: Option<u64>,
+    ) -> Result<Committed, ProposeError> {
         let mut last_conflict = String::new();
         for _ in 0..SUBMIT_ATTEMPTS_MAX {
-            if !self.is_leader() {
+            if !self.is_leader() || term.is_some_and(|t| t != self.inner.raft.metrics().borrow().current_term)
+            {
                 return Err(ProposeError::NotLeader);
             }
             self.ensure_current().await?;
@@ -245,6 +265,7 @@ impl Proposer {
             // the proposal carries this span's context to every replica that applies it.
             let committing = crate::traced_span!("commit", events = proposal.events.len());
             proposal.trace = crate::telemetry::current_of(&committing);
+            proposal.term = term;
             let speculative = (self.inner.bug == Bug::AckBeforeCommit).then(|| {
                 let mut state = self.inner.shared.state.read().expect("state lock").clone();
                 apply_proposal(&mut state, &proposal).0
@@ -263,6 +284,7 @@ impl Proposer {
                 Ok(Ok(ProposalOutcome::Duplicate(_))) => "duplicate",
                 Ok(Ok(ProposalOutcome::Conflict { .. })) => "conflict",
                 Ok(Ok(ProposalOutcome::Unfit { .. })) => "unfit",
+                Ok(Ok(ProposalOutcome::OutOfTerm { .. })) => "out_of_term",
                 Ok(Err(WriteFailure::NotLeader)) => "not_leader",
                 Ok(Err(WriteFailure::Other(_))) | Err(_) => "failed",
             });
@@ -270,6 +292,8 @@ impl Proposer {
                 Ok(Ok(ProposalOutcome::Applied(c) | ProposalOutcome::Duplicate(c))) => return Ok(c),
                 Ok(Ok(ProposalOutcome::Conflict { key, .. })) => last_conflict = key.to_string(),
                 Ok(Ok(ProposalOutcome::Unfit { host, .. })) => last_conflict = format!("host {host}"),
+                // Its term is over: what it was decided from is gone with it.
+                Ok(Ok(ProposalOutcome::OutOfTerm { .. })) => return Err(ProposeError::NotLeader),
                 Ok(Err(WriteFailure::NotLeader)) => return Err(ProposeError::NotLeader),
                 Ok(Err(WriteFailure::Other(m))) => return Err(ProposeError::Unavailable(m)),
                 Err(_) => return Err(ProposeError::Unavailable("the replica is shutting down".into())),

@@ -1,7 +1,7 @@
 //! The replicated state machine: openraft's `RaftStateMachine` over the pure core.
 //!
-//! Applying a log entry runs `controlplane::apply_proposal` on the in-memory [`State`]
-//! and records the resulting envelopes in the [`Archive`]. The state itself is made
+//! Applying a log entry runs `controlplane::apply_proposal_in_term` (the entry's term
+//! voids a proposal that holds only in another) on the in-memory [`State`] and records the resulting envelopes in the [`Archive`]. The state itself is made
 //! durable by snapshots: a restart loads the latest snapshot and openraft re-applies the
 //! log after it (archive writes are keyed by seq, so re-applying rewrites the same
 //! records). Before a snapshot is stored, the archive is flushed, so compacting the log
@@ -10,7 +10,7 @@
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
 
-use controlplane::{apply_proposal, codec, State};
+use controlplane::{apply_proposal_in_term, codec, State};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogId};
 use tokio::sync::watch;
@@ -233,8 +233,9 @@ impl<K: Kv> RaftStateMachine<TypeConfig> for StateMachine<K> {
                         for proposal in batch.0.iter() {
                             let before = state.last_seq();
                             let span = self.apply_span(proposal, log_id.index);
-                            let (outcome, mut produced) =
-                                span.in_scope(|| apply_proposal(&mut state, proposal));
+                            let (outcome, mut produced) = span.in_scope(|| {
+                                apply_proposal_in_term(&mut state, proposal, log_id.leader_id.term)
+                            });
                             if let Some(parent) = crate::telemetry::current_of(&span) {
                                 for e in &produced {
                                     self.shared.traces.note(e.event.subject(), parent);

@@ -137,3 +137,82 @@ async fn batched_writes_answer_in_order_and_a_bad_batch_changes_nothing() {
     assert_eq!(n1.read_local(|s| s.last_seq()), before, "refused batches change nothing");
     assert!(!n1.read_local(|s| s.domain("c").is_some()));
 }
+
+fn cluster_request(id: &str, command: Command) -> Request {
+    Request { request_id: id.into(), principal: "t".into(), caller: controlplane::Caller::Cluster, command }
+}
+
+/// An operator's fencing is the leader's to decide, from its leases: refused while the host
+/// renews, on a follower, and for a host that does not exist; granted once the host has been
+/// silent for `lease + fence + drift`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_fences_a_host_only_once_its_lease_has_run_out() {
+    use controlplane::fixtures::register_host;
+    use controlplane::ha::HaSettings;
+    use controlplane::model::HostState;
+    use controlplane::Rejection;
+
+    let ha = HaSettings { heartbeat_interval_ms: 100, lease_ms: 1_000, fence_ms: 1_000, drift_ms: 50 };
+    let dir = tempfile::tempdir().unwrap();
+    let start_with = |id: u64| {
+        let mut config = NodeConfig::new(id, free_addr(), dir.path().join(format!("n{id}")));
+        config.ha = ha;
+        async move {
+            let node = Node::start(config).await.unwrap();
+            tokio::spawn(raft::service::serve(node.clone(), std::future::pending()));
+            node
+        }
+    };
+    let n1 = start_with(1).await;
+    n1.bootstrap().await.unwrap();
+    until("node 1 to lead", || (n1.status().leader_id == 1).then_some(())).await;
+    let n2 = start_with(2).await;
+    n2.join(&n1.listen_addr().to_string(), true, Duration::from_secs(30)).await.unwrap();
+    n1.submit(cluster_request("reg", register_host("h1", 4, 4096)), false).await.unwrap();
+    let ready = Command::SetHostState { name: "h1".into(), state: HostState::Ready };
+    n1.submit(cluster_request("ready", ready), false).await.unwrap();
+    let fence = |name: &str| {
+        cluster_request(
+            &format!("fence-{name}"),
+            Command::SetHostState { name: name.into(), state: HostState::Fenced },
+        )
+    };
+    let state_of = |n: &Node| n.read_local(|s| s.host("h1").map(|h| h.state));
+
+    n1.renew_lease("h1").await.unwrap();
+    match n1.fence_host("h1", fence("h1")).await {
+        Err(NodeError::Rejected(Rejection::FailedPrecondition { reason, .. })) => {
+            assert!(reason.contains("renewed its lease"), "{reason}")
+        }
+        other => panic!("a renewing host was fenced: {other:?}"),
+    }
+    assert_eq!(state_of(&n1), Some(HostState::Ready), "a refused fencing changes nothing");
+    assert!(matches!(n2.fence_host("h1", fence("h1")).await, Err(NodeError::NotLeader { .. })));
+    assert!(matches!(
+        n1.fence_host("nope", fence("nope")).await,
+        Err(NodeError::Rejected(Rejection::NotFound { .. }))
+    ));
+
+    // Silent from now on: the fencing is refused until the lease has run out, then granted
+    // (or HA's own came first; asking again is then no change).
+    let silent = Instant::now();
+    let deadline = silent + Duration::from_secs(10);
+    loop {
+        match n1.fence_host("h1", fence("h1")).await {
+            Ok(_) => break,
+            Err(NodeError::Rejected(Rejection::FailedPrecondition { reason, .. }))
+                if reason.contains("renewed its lease") =>
+            {
+                assert!(Instant::now() < deadline, "still refused 10 s after the last renewal: {reason}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("fencing a silent host: {other:?}"),
+        }
+    }
+    assert!(
+        silent.elapsed() >= Duration::from_millis(ha.fence_after_ms()),
+        "fenced before its lease ran out"
+    );
+    assert_eq!(state_of(&n1), Some(HostState::Fenced));
+    assert!(n1.renew_lease("h1").await.is_err(), "a fenced host renews nothing");
+}

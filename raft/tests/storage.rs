@@ -391,3 +391,32 @@ async fn a_purge_interrupted_after_its_point_was_recorded_is_finished_at_start()
     assert_eq!(first, Some(5), "the leftovers are gone");
     assert_eq!(log.try_get_log_entries(5..=n).await.unwrap().len() as u64, n - 4);
 }
+
+#[tokio::test]
+async fn a_proposal_bound_to_its_term_applies_only_in_an_entry_of_that_term() {
+    let kv = MemKv::new();
+    let mut sm = StateMachine::open(kv.clone(), 10).unwrap();
+    let mut ps = proposals(0);
+    let ready = ps.pop().unwrap();
+    sm.apply(vec![entry(1, ps.pop().unwrap())]).await.unwrap();
+    // The leader of term 1 decided the host ready from its leases; the entry that carries
+    // it was appended by the leader of term 2 (it waited through an election).
+    let bound = Proposal { term: Some(1), ..ready };
+    let mut late = entry(2, bound.clone());
+    late.log_id = LogId::new(CommittedLeaderId::new(2, 1), 2);
+    let before = state_hash(&sm.shared().state.read().unwrap());
+    let results = sm.apply(vec![late]).await.unwrap();
+    assert!(
+        matches!(&results[..], [ApplyResult::Batch(o)]
+            if o[..] == [controlplane::ProposalOutcome::OutOfTerm { decided: 1, appended: 2 }]),
+        "{results:?}"
+    );
+    assert_eq!(state_hash(&sm.shared().state.read().unwrap()), before, "a voided proposal changes nothing");
+    // In an entry of its own term it applies.
+    let results = sm.apply(vec![entry(3, bound)]).await.unwrap();
+    assert!(
+        matches!(&results[..], [ApplyResult::Batch(o)] if matches!(o[..], [controlplane::ProposalOutcome::Applied(_)])),
+        "{results:?}"
+    );
+    assert_eq!(sm.shared().state.read().unwrap().host("h1").unwrap().state, HostState::Ready);
+}

@@ -89,6 +89,7 @@ struct World {
     verified: BTreeMap<NodeId, (NodeId, u64)>,
     boots: Vec<u64>,
     failover: invariants::failover::FailoverWatch,
+    fencing: invariants::fencing::FencingWatch,
     clients: Vec<tokio::task::JoinHandle<()>>,
     rng: ChaCha8Rng,
     faults: u64,
@@ -149,6 +150,7 @@ async fn play(cfg: SimConfig) -> RunOutcome {
         verified: BTreeMap::new(),
         boots: vec![0; cfg.hosts as usize],
         failover: Default::default(),
+        fencing: Default::default(),
         clients: Vec::new(),
         rng: ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6661_756c_7473),
         faults: 0,
@@ -314,12 +316,24 @@ impl World {
         }
         self.join_learners().await;
         let leader = self.leader_in_contact().and_then(|l| self.core.net.live(l));
-        let found = {
+        let (found, fenced) = {
             let state = leader.as_ref().map(|l| l.shared.state.read().expect("state lock"));
-            self.failover.observe(now, state.as_deref())
+            let lease_end = |name: &str| {
+                let host = self.core.hosts.iter().find(|h| h.name == name)?;
+                // The driver's lease is on the monotonic clock; `now` counts from the run's start.
+                let end = host.driver.lock().expect("driver lock").lease_deadline_ms?;
+                Some(end.saturating_sub(crate::clock::EPOCH_MS))
+            };
+            (
+                self.failover.observe(now, state.as_deref()),
+                self.fencing.observe(now, state.as_deref(), lease_end),
+            )
         };
         for detail in found {
             self.core.violation("failover", detail);
+        }
+        for detail in fenced {
+            self.core.violation("fencing", detail);
         }
         if now >= *next_sample {
             *next_sample = now + SAMPLE_EVERY_MS;

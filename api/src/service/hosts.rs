@@ -33,20 +33,15 @@ impl Hosts for Api {
         let (meta, ext, r) = request.into_parts();
         raft::tls::acts_for_host(ext.get(), &r.name)?;
         let state = convert::required::<pb::HostState>(r.state, "state")?;
+        let command = Command::SetHostState { name: r.name.clone(), state };
         if state == controlplane::model::HostState::Fenced {
             // Fencing releases the host's runs for HA to start elsewhere: refused while
             // the host still renews its lease (its VMs may be running), asked of the
             // leader, which holds the leases.
-            let ages = self.node.lease_ages().map_err(|e| e.to_status())?;
-            let fresh = self.node.ha_settings().fence_after_ms();
-            if let Some(age) = ages.get(&r.name).filter(|a| **a < fresh) {
-                return Err(Status::failed_precondition(format!(
-                    "host {} renewed its lease {age} ms ago and may still run its VMs; drain it, or stop its hostd and wait for HA to fence it",
-                    r.name
-                )));
-            }
+            let request = self.request(&meta, &ext, r.request_id, command)?;
+            let c = self.node.fence_host(&r.name, request).await.map_err(|e| e.to_status())?;
+            return Ok(Response::new(pb::WriteReply { first_seq: c.first_seq, last_seq: c.last_seq }));
         }
-        let command = Command::SetHostState { name: r.name, state };
         Ok(Response::new(self.write(&meta, &ext, r.request_id, command).await?))
     }
 

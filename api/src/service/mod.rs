@@ -41,6 +41,20 @@ impl Api {
         request_id: String,
         command: Command,
     ) -> Result<pb::WriteReply, Status> {
+        let request = self.request(meta, ext, request_id, command)?;
+        let committed: Committed = self.node.submit(request, false).await.map_err(|e| e.to_status())?;
+        Ok(pb::WriteReply { first_seq: committed.first_seq, last_seq: committed.last_seq })
+    }
+
+    /// The request a write call makes: its principal, the caller's proven rights, its
+    /// request id (one is drawn where the client gave none) and `command`.
+    pub fn request(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        ext: &tonic::Extensions,
+        request_id: String,
+        command: Command,
+    ) -> Result<Request, Status> {
         let principal = meta
             .get(PRINCIPAL_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -55,12 +69,7 @@ impl Api {
         };
         let request_id =
             if request_id.is_empty() { format!("auto-{:032x}", rand::random::<u128>()) } else { request_id };
-        let committed: Committed = self
-            .node
-            .submit(Request { request_id, principal, caller, command }, false)
-            .await
-            .map_err(|e| e.to_status())?;
-        Ok(pb::WriteReply { first_seq: committed.first_seq, last_seq: committed.last_seq })
+        Ok(Request { request_id, principal, caller, command })
     }
 
     /// Submit the command `command(name)` built from a domain action request.

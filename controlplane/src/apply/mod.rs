@@ -36,6 +36,23 @@ use crate::model::{
 use crate::proposal::{Committed, Proposal, ProposalOutcome};
 use crate::state::State;
 
+/// Apply a proposal found in a raft log entry that the leader of `term` appended: as
+/// [`apply_proposal`], unless the proposal holds only in another term
+/// ([`Proposal::term`]), when nothing is applied.
+pub fn apply_proposal_in_term(
+    state: &mut State,
+    proposal: &Proposal,
+    term: u64,
+) -> (ProposalOutcome, Vec<EventEnvelope>) {
+    match proposal.term {
+        Some(decided) if decided != term => {
+            trace!(request_id = %proposal.request_id, decided, appended = term, "proposal out of its term");
+            (ProposalOutcome::OutOfTerm { decided, appended: term }, Vec::new())
+        }
+        _ => apply_proposal(state, proposal),
+    }
+}
+
 /// Apply a proposal: all of its events if every precondition and host fit holds and its
 /// request was not committed before, none otherwise. Returns the outcome and the envelopes it appended.
 pub fn apply_proposal(state: &mut State, proposal: &Proposal) -> (ProposalOutcome, Vec<EventEnvelope>) {

@@ -132,6 +132,7 @@ pub(super) fn admit(d: &Draft<'_>, name: &str) -> Result<(), Rejection> {
         fits: Vec::new(),
         events: d.events.clone(),
         trace: None,
+        term: None,
     };
     crate::apply::apply_proposal(&mut after, &proposal);
     let refuse = |why: String| {

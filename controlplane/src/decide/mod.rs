@@ -63,6 +63,7 @@ pub fn decide(state: &State, request: &Request, now_ms: u64) -> Result<Decision,
         fits: draft.fits,
         events: draft.events,
         trace: None,
+        term: None,
     }))
 }
 

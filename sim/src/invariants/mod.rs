@@ -6,6 +6,7 @@ pub mod acked_writes;
 pub mod archive_replay;
 pub mod durability;
 pub mod failover;
+pub mod fencing;
 pub mod leases;
 pub mod linearizable;
 pub mod liveness;
