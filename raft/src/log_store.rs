@@ -17,6 +17,9 @@
 //! without a deep copy. The cache mirrors the store: it holds entries as written or as
 //! read back, drops them when they are truncated or purged, and a write error empties
 //! it; a restart starts it empty.
+//!
+//! Replication reads only a gap-free run from where it asks
+//! (`limited_get_log_entries`): openraft 0.9.25 may retry a send of entries purged since.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -206,6 +209,22 @@ impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
             .map(|(_, v)| encoding::decode(&v).map_err(read_logs_err))
             .collect::<Result<_, _>>()?;
         cache.insert(&entries);
+        Ok(entries)
+    }
+
+    /// Replication's read: the entries from `start` on, without a gap, or none.
+    ///
+    /// openraft 0.9.25 may replay a replication read of a range it has purged since (a
+    /// send retried to a follower that was down, whose range no longer blocked the purge).
+    /// Entries that do not begin at `start` would make an AppendEntries whose entries do
+    /// not follow its `prev_log_id`, on which the receiver's openraft asserts and stops for
+    /// good (the simulator found a host's learner stopped so, seed 1159). None makes
+    /// openraft send a heartbeat at `prev_log_id` instead; from that answer it sees the
+    /// purge and sends a snapshot.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let mut entries = self.try_get_log_entries(start..end).await?;
+        let following = entries.iter().zip(start..).take_while(|(e, i)| e.get_log_id().index == *i).count();
+        entries.truncate(following);
         Ok(entries)
     }
 }

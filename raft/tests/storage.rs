@@ -420,3 +420,21 @@ async fn a_proposal_bound_to_its_term_applies_only_in_an_entry_of_that_term() {
     );
     assert_eq!(sm.shared().state.read().unwrap().host("h1").unwrap().state, HostState::Ready);
 }
+
+#[tokio::test]
+async fn replication_reads_only_entries_that_follow_where_it_asked() {
+    let kv = MemKv::new();
+    let mut log = LogStore::new(kv.clone());
+    let entries: Vec<Entry> =
+        proposals(4).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    log.blocking_append(entries.clone()).await.unwrap();
+    log.purge(LogId::new(CommittedLeaderId::new(1, 1), 5)).await.unwrap();
+    // A send that began before the purge asks from 3: what is left (6 on) must not go out
+    // as if it followed 2.
+    assert!(log.limited_get_log_entries(3, 9).await.unwrap().is_empty());
+    assert_eq!(log.limited_get_log_entries(6, 9).await.unwrap(), entries[5..8].to_vec());
+    // Uncached reads, from the store, answer alike.
+    let mut reopened = LogStore::new(kv.clone());
+    assert!(reopened.limited_get_log_entries(4, 9).await.unwrap().is_empty());
+    assert_eq!(reopened.limited_get_log_entries(6, 8).await.unwrap(), entries[5..7].to_vec());
+}
