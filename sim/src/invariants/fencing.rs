@@ -1,12 +1,15 @@
 //! Protects: **a host is fenced only once its lease has run out.** HA restarts a fenced
 //! host's domains at once, so the fencing must come after every VM the host runs has
 //! stopped itself at its lease's end: watched on the leader's state through the run, a
-//! host newly seen fenced must hold a lease (the one its VM processes watch) that ended
-//! by then. A fencing decided from one leader's leases and committed under a later
-//! leader, which had renewed the host meanwhile, breaks it (the simulator found one,
-//! seed 1114); so would a lease renewed by a leader that could not vouch for it.
+//! fencing seen for the first time must find the host's lease (the one its VM processes
+//! watch) ended by then. A fencing is told apart by the host's version, so a state that
+//! lags (a new leader still applying its log) shows no old fencing as new. A fencing
+//! decided from one leader's leases and committed under a later leader, which had
+//! renewed the host meanwhile, breaks it (the simulator found it as two runs, seed 1114;
+//! without the term check, seeds 1606, 1923, 2025 and 2072 break this invariant); so
+//! would a lease renewed by a leader that could not vouch for it.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use controlplane::model::HostState;
 use controlplane::State;
@@ -14,8 +17,8 @@ use controlplane::State;
 /// What the watch remembers between looks.
 #[derive(Debug, Default)]
 pub struct FencingWatch {
-    /// Hosts fenced as of the last look.
-    fenced: BTreeSet<String>,
+    /// The newest version of each host seen so far.
+    seen: BTreeMap<String, u64>,
 }
 
 impl FencingWatch {
@@ -30,16 +33,19 @@ impl FencingWatch {
     ) -> Vec<String> {
         let Some(state) = state else { return Vec::new() };
         let mut found = Vec::new();
-        let fenced: BTreeSet<String> =
-            state.hosts().values().filter(|h| h.state == HostState::Fenced).map(|h| h.name.clone()).collect();
-        for name in fenced.difference(&self.fenced) {
-            if let Some(end) = lease_end(name).filter(|end| *end > now_ms) {
-                found.push(format!(
-                    "host {name} is fenced at {now_ms} ms while its lease runs until {end} ms"
-                ));
+        for h in state.hosts().values() {
+            let newest = self.seen.entry(h.name.clone()).or_insert(0);
+            if h.version <= *newest {
+                continue;
+            }
+            *newest = h.version;
+            if h.state != HostState::Fenced {
+                continue;
+            }
+            if let Some(end) = lease_end(&h.name).filter(|end| *end > now_ms) {
+                found.push(format!("host {} is fenced at {now_ms} ms while its lease runs until {end} ms", h.name));
             }
         }
-        self.fenced = fenced;
         found
     }
 }
