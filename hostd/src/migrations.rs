@@ -89,13 +89,31 @@ pub struct MigrationWork {
 impl MigrationWork {
     /// The migrations of `state` that `host` is the source or the target of: each
     /// domain's latest one, even if it has ended (a switch-over or a cancel may still be
-    /// due); an earlier one is over for good (acting on it could cancel a later copy).
+    /// due); and, on its source, the domain's latest committed one until its source has
+    /// switched over (a migration started right after a commit, before the switch, must
+    /// not leave the target's VM waiting for the word for ever: the simulator found one,
+    /// seed 2068). Any other earlier one is over for good (acting on it could cancel a
+    /// later copy; a later commit moved the run on).
     pub fn from_state(host: &str, state: &State, snapshot_dir: &std::path::Path) -> MigrationWork {
         let latest: BTreeMap<&str, MigrationId> =
             state.migrations().values().map(|m| (m.domain.as_str(), m.id)).collect();
+        let committed: BTreeMap<&str, MigrationId> = state
+            .migrations()
+            .values()
+            .filter(|m| m.phase == MigrationPhase::Committed)
+            .map(|m| (m.domain.as_str(), m.id))
+            .collect();
+        // Only while the domain runs elsewhere: then this host's driver holds no run of it
+        // but the one that migration moved away, and the switch can touch nothing else.
+        let switch_due = |m: &controlplane::model::Migration| {
+            committed.get(m.domain.as_str()) == Some(&m.id)
+                && m.source == host
+                && m.progress.downtime_ms.is_none()
+                && state.domain(&m.domain).is_some_and(|d| d.status.host.as_deref() != Some(host))
+        };
         let mut jobs = Vec::new();
         for m in state.migrations().values() {
-            if latest.get(m.domain.as_str()) != Some(&m.id) {
+            if latest.get(m.domain.as_str()) != Some(&m.id) && !switch_due(m) {
                 continue;
             }
             let side = if m.source == host {
@@ -751,5 +769,61 @@ mod tests {
         let work = MigrationWork::from_state(target, &h.state, dir);
         let incoming = work.jobs[0].incoming.as_ref().unwrap();
         assert_eq!((work.jobs[0].side, incoming.generation), (Side::Target, generation + 1));
+    }
+
+    /// A migration back started right after a commit, before the source switched over:
+    /// the source still switches (else the target's VM waits for its word for ever and
+    /// the new target finds the old VM in its way; the simulator found it, seed 2068).
+    #[test]
+    fn a_committed_migration_stays_the_sources_work_until_it_has_switched_over() {
+        use controlplane::fixtures::{kernel_spec, Harness};
+        use controlplane::Command;
+        use MigrationReport::*;
+        let mut h = Harness::new();
+        h.ready_host("h1", 8, 8192);
+        h.ready_host("h2", 8, 8192);
+        h.exec(Command::DefineDomain { name: "web".into(), spec: kernel_spec(1, 64) }).unwrap();
+        h.exec(Command::StartDomain { name: "web".into() }).unwrap();
+        let d = h.state.domain("web").unwrap();
+        let (source, generation) = (d.status.host.clone().unwrap(), d.status.generation);
+        let target = if source == "h1" { "h2".to_owned() } else { "h1".to_owned() };
+        let phase = ObservedPhase::Running;
+        let observed = Command::ReportObservation {
+            domain: "web".into(),
+            host: source.clone(),
+            generation,
+            phase,
+            reason: None,
+        };
+        h.exec(observed).unwrap();
+        let to = |host: &str| Command::StartMigration {
+            domain: "web".into(),
+            target: Some(host.to_owned()),
+            max_downtime_ms: None,
+        };
+        let report = |id, host: &str, report| Command::ReportMigration { id, host: host.into(), report };
+        h.exec(to(&target)).unwrap();
+        let first = h.state.domain("web").unwrap().migration.unwrap();
+        h.exec(report(first, &target, TargetReady { address: "127.0.0.1:7100".into() })).unwrap();
+        let last = MigrationProgress { bytes_sent: 64 << 20, rounds: 2, ..Default::default() };
+        h.exec(report(first, &source, Completing(last))).unwrap();
+        h.exec(report(first, &source, Switch(last))).unwrap();
+        assert_eq!(h.state.migration(first).unwrap().phase, MigrationPhase::Committed);
+        h.exec(to(&source)).unwrap();
+        let second = h.state.domain("web").unwrap().migration.unwrap();
+        let dir = std::path::Path::new("/snapshots");
+        let jobs = |state: &State, host: &str| {
+            MigrationWork::from_state(host, state, dir)
+                .jobs
+                .iter()
+                .map(|j| (j.id, j.side))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(jobs(&h.state, &source), vec![(first, Side::Source), (second, Side::Target)]);
+        assert_eq!(jobs(&h.state, &target), vec![(second, Side::Source)]);
+        // Switched over (its final numbers said): the first is over.
+        let done = MigrationProgress { downtime_ms: Some(3), ..last };
+        h.exec(report(first, &source, Done(done))).unwrap();
+        assert_eq!(jobs(&h.state, &source), vec![(second, Side::Target)]);
     }
 }

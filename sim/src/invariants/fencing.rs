@@ -43,7 +43,10 @@ impl FencingWatch {
                 continue;
             }
             if let Some(end) = lease_end(&h.name).filter(|end| *end > now_ms) {
-                found.push(format!("host {} is fenced at {now_ms} ms while its lease runs until {end} ms", h.name));
+                found.push(format!(
+                    "host {} is fenced at {now_ms} ms while its lease runs until {end} ms",
+                    h.name
+                ));
             }
         }
         found
