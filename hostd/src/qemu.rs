@@ -32,7 +32,7 @@
 //! the moment the lease in `<run_dir>/lease` passes (self-fencing, see `vmm_control::lease`).
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -169,8 +169,22 @@ fn qmp_once<C: qapi::Command>(dir: &Path, command: &C) -> Result<Result<C::Ok, S
     if let Err(e) = stream.set_read_timeout(timeout).and_then(|()| stream.set_write_timeout(timeout)) {
         return Ok(Err(e.to_string()));
     }
+    // The greeting is read here, not by qapi's handshake: qapi 0.15 panics ("unexpected
+    // eof") when the socket closes before it, as it does when QEMU dies right then (seen
+    // in CI: a QEMU killed by its lease guard while hostd listed its VMs). QEMU sends
+    // nothing after its greeting until capabilities are negotiated, so reading the line
+    // through a buffer of our own leaves nothing behind for qapi's.
+    let mut greeting = String::new();
+    match std::io::BufReader::new(&stream).read_line(&mut greeting) {
+        Ok(0) => return Err("QMP: QEMU closed the socket before its greeting".into()),
+        Err(e) => return Err(format!("QMP greeting: {e}")),
+        Ok(_) if !greeting.contains("\"QMP\"") => {
+            return Err(format!("QMP: not a greeting: {}", greeting.trim()));
+        }
+        Ok(_) => {}
+    }
     let mut qmp = Qmp::from_stream(&stream);
-    qmp.handshake().map_err(|e| format!("QMP handshake: {e}"))?;
+    qmp.execute(&qmp::qmp_capabilities { enable: None }).map_err(|e| format!("QMP handshake: {e}"))?;
     Ok(qmp.execute(command).map_err(|e| format!("QMP: {e}")))
 }
 
@@ -677,5 +691,44 @@ impl Driver for QemuDriver {
         let out = vms.iter_mut().map(|(name, vm)| (name.clone(), self.status_of(vm))).collect();
         self.vms = vms;
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A QMP socket that closes before (or instead of) its greeting is an error, not a
+    /// panic; a greeting followed by answers is a session.
+    #[test]
+    fn a_qmp_socket_that_closes_before_its_greeting_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join(QMP_FILE)).unwrap();
+        let serve = |said: Vec<&'static str>| {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            for (i, line) in said.iter().enumerate() {
+                if i > 0 {
+                    // Each answer follows a command.
+                    let mut asked = String::new();
+                    std::io::BufRead::read_line(&mut reader, &mut asked).unwrap();
+                }
+                conn.write_all(line.as_bytes()).unwrap();
+                conn.write_all(b"\n").unwrap();
+            }
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| serve(Vec::new()));
+            let closed = qmp_once(dir.path(), &qmp::query_status {});
+            assert!(closed.as_ref().is_err_and(|e| e.contains("before its greeting")), "{closed:?}");
+            s.spawn(|| serve(vec![r#"{"event": "STOP"}"#]));
+            let stray = qmp_once(dir.path(), &qmp::query_status {});
+            assert!(stray.as_ref().is_err_and(|e| e.contains("not a greeting")), "{stray:?}");
+            let greeting = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}"#;
+            let status = r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#;
+            s.spawn(move || serve(vec![greeting, r#"{"return": {}}"#, status]));
+            let answered = qmp_once(dir.path(), &qmp::query_status {}).unwrap().unwrap();
+            assert!(answered.running);
+        });
     }
 }
