@@ -18,9 +18,10 @@
 //! also confirms that its applied state is current (openraft's read index), so it never
 //! renews a host that an earlier term fenced.
 //!
-//! What a leader decides from its leases holds only in its own term: its HA loop proposes
-//! those writes with the term ([`crate::proposer::Proposer::propose_in_term`]), and a log
-//! entry of a later term voids them. Without that, a fencing decided by the leader of one
+//! What a leader decides from its leases holds only in its own term: its HA loop and an
+//! operator's fencing (`Node::fence_host`) propose those writes with the term
+//! ([`crate::proposer::Proposer::propose_in_term`]), and a log entry of a later term voids
+//! them. Without that, a fencing decided by the leader of one
 //! term waited in its write queue through an election and committed in the next term,
 //! whose leader had meanwhile renewed the host's lease afresh: the host's VM ran on while
 //! HA restarted it elsewhere (the simulator found it, seed 1114). A table only moves

@@ -487,16 +487,19 @@ impl Node {
     /// leader only, which holds the leases: refused while the host may still run its VMs
     /// (it renewed within `lease_ms + fence_ms + drift_ms`). As for the HA loop's own
     /// fencing, the host's renewals wait while the write commits, and the write holds only
-    /// in this term (a later leader has renewed leases afresh). A host that is not
-    /// registered (or has left) is left to the write path to refuse.
+    /// in this term (a later leader has renewed leases afresh). A host that holds no lease
+    /// (unknown, left, or fenced already: a retried request gets its first answer) is
+    /// left to the write path.
     pub async fn fence_host(&self, host: &str, request: Request) -> Result<Committed, NodeError> {
         let (leader, _) = self.leader();
         if leader != Some(self.inner.id) {
             return Err(self.not_leader());
         }
         let term = self.inner.raft.metrics().borrow().current_term;
-        let registered = self.read_local(|s| s.host(host).is_some_and(|h| h.state != HostState::Left));
-        if !registered {
+        let leased = self.read_local(|s| {
+            s.host(host).is_some_and(|h| !matches!(h.state, HostState::Left | HostState::Fenced))
+        });
+        if !leased {
             return proposer::submit(self, &self.inner.proposer, &request, true).await;
         }
         let now = tokio::time::Instant::now();
