@@ -18,12 +18,14 @@
 //! read back, drops them when they are truncated or purged, and a write error empties
 //! it; a restart starts it empty.
 //!
-//! Replication reads only a gap-free run from where it asks
-//! (`limited_get_log_entries`): openraft 0.9.25 may retry a send of entries purged since.
+//! Replication reads only a gap-free run from where it asks, and only while its leader
+//! has not stepped down (`limited_get_log_entries`): openraft 0.9.25 may retry a send of
+//! entries purged or overwritten since.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -87,6 +89,12 @@ pub struct LogStore<K: Kv> {
     flusher: tokio::sync::mpsc::UnboundedSender<Appended>,
     cache: Arc<Mutex<EntryCache>>,
     bug: Bug,
+    /// How many truncations this store has made (shared by its clones).
+    truncations: Arc<AtomicU64>,
+    /// A replication reader: the truncation count when its leader made it (`None` for
+    /// the store itself). A leader never truncates its own log, so a count that moved
+    /// means the leader stepped down and the reader's sends are stale.
+    reader_of: Option<u64>,
 }
 
 /// An append waiting for its flush: openraft's callback and the last entry it wrote.
@@ -131,7 +139,14 @@ impl<K: Kv> LogStore<K> {
     pub fn new(kv: K) -> LogStore<K> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         crate::runtime::spawn(flusher(kv.clone(), rx));
-        LogStore { kv, flusher: tx, cache: Arc::default(), bug: Bug::None }
+        LogStore {
+            kv,
+            flusher: tx,
+            cache: Arc::default(),
+            bug: Bug::None,
+            truncations: Arc::default(),
+            reader_of: None,
+        }
     }
 
     /// The same store with a planted storage bug (the simulator's).
@@ -221,7 +236,17 @@ impl<K: Kv> RaftLogReader<TypeConfig> for LogStore<K> {
     /// good (the simulator found a host's learner stopped so, seed 1159). None makes
     /// openraft send a heartbeat at `prev_log_id` instead; from that answer it sees the
     /// purge and sends a snapshot.
+    ///
+    /// Nothing either from the reader of a leader that has stepped down since (this store
+    /// truncated): openraft 0.9.25 lets such a stream retry a send, and it read the new
+    /// term's entries now at those indexes and sent them after its own term's
+    /// `prev_log_id`. A learner took them, holding an entry no quorum ever had below them,
+    /// and applied that entry (the simulator found it, seed 4389: a host's replica
+    /// diverged from the cluster's state).
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        if self.reader_of.is_some_and(|at| at != self.truncations.load(Ordering::Acquire)) {
+            return Ok(Vec::new());
+        }
         let mut entries = self.try_get_log_entries(start..end).await?;
         let following = entries.iter().zip(start..).take_while(|(e, i)| e.get_log_id().index == *i).count();
         entries.truncate(following);
@@ -249,8 +274,10 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
+    /// A reader for one replication stream of a leader (openraft 0.9 asks for one only
+    /// there): it serves replication only while this store has not truncated since.
     async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
+        LogStore { reader_of: Some(self.truncations.load(Ordering::Acquire)), ..self.clone() }
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
@@ -322,6 +349,8 @@ impl<K: Kv> RaftLogStorage<TypeConfig> for LogStore<K> {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Before the entries go: a reader that reads the new ones must see the count moved.
+        self.truncations.fetch_add(1, Ordering::AcqRel);
         let removed = self.kv.remove_range(Tree::Log, &u64_key(log_id.index), None);
         match removed {
             Ok(()) => self.cache().truncated(log_id.index),

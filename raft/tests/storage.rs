@@ -438,3 +438,28 @@ async fn replication_reads_only_entries_that_follow_where_it_asked() {
     assert!(reopened.limited_get_log_entries(4, 9).await.unwrap().is_empty());
     assert_eq!(reopened.limited_get_log_entries(6, 8).await.unwrap(), entries[5..7].to_vec());
 }
+
+#[tokio::test]
+async fn a_replication_reader_reads_nothing_once_its_store_has_truncated() {
+    let kv = MemKv::new();
+    let mut log = LogStore::new(kv.clone());
+    let entries: Vec<Entry> =
+        proposals(2).into_iter().enumerate().map(|(i, p)| entry(i as u64 + 1, p)).collect();
+    log.blocking_append(entries.clone()).await.unwrap();
+    // A leader's replication stream reads its log.
+    let mut stream = log.get_log_reader().await;
+    assert_eq!(stream.limited_get_log_entries(3, 6).await.unwrap(), entries[2..5].to_vec());
+    // The leader stepped down: a new leader's entries replace the tail from 4 on.
+    log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4)).await.unwrap();
+    let newer: Vec<Entry> = entries[3..5]
+        .iter()
+        .map(|e| Entry { log_id: LogId::new(CommittedLeaderId::new(2, 2), e.log_id.index), ..e.clone() })
+        .collect();
+    log.blocking_append(newer.clone()).await.unwrap();
+    // The old stream would send the new term's entries after its own term's 3: nothing.
+    assert!(stream.limited_get_log_entries(4, 6).await.unwrap().is_empty());
+    // A stream of a later leadership reads them, and other reads are not affected.
+    let mut later = log.get_log_reader().await;
+    assert_eq!(later.limited_get_log_entries(4, 6).await.unwrap(), newer);
+    assert_eq!(stream.try_get_log_entries(4..6).await.unwrap(), newer);
+}
