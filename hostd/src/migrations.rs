@@ -729,8 +729,9 @@ mod tests {
         assert_eq!(target.list(3)["web"].phase, ObservedPhase::Running);
     }
 
-    #[test]
-    fn only_a_domains_latest_migration_is_work() {
+    /// Two ready hosts and domain `web` running on one of them: the state, that host and
+    /// the run's generation.
+    fn web_running() -> (controlplane::fixtures::Harness, String, u64) {
         use controlplane::fixtures::{kernel_spec, Harness};
         use controlplane::Command;
         let mut h = Harness::new();
@@ -741,14 +742,21 @@ mod tests {
         let d = h.state.domain("web").unwrap();
         let (host, generation) = (d.status.host.clone().unwrap(), d.status.generation);
         let phase = ObservedPhase::Running;
-        h.exec(Command::ReportObservation {
+        let observed = Command::ReportObservation {
             domain: "web".into(),
             host: host.clone(),
             generation,
             phase,
             reason: None,
-        })
-        .unwrap();
+        };
+        h.exec(observed).unwrap();
+        (h, host, generation)
+    }
+
+    #[test]
+    fn only_a_domains_latest_migration_is_work() {
+        use controlplane::Command;
+        let (mut h, host, generation) = web_running();
         let dir = std::path::Path::new("/snapshots");
         let mut ids = Vec::new();
         for _ in 0..2 {
@@ -776,26 +784,10 @@ mod tests {
     /// the new target finds the old VM in its way; the simulator found it, seed 2068).
     #[test]
     fn a_committed_migration_stays_the_sources_work_until_it_has_switched_over() {
-        use controlplane::fixtures::{kernel_spec, Harness};
         use controlplane::Command;
         use MigrationReport::*;
-        let mut h = Harness::new();
-        h.ready_host("h1", 8, 8192);
-        h.ready_host("h2", 8, 8192);
-        h.exec(Command::DefineDomain { name: "web".into(), spec: kernel_spec(1, 64) }).unwrap();
-        h.exec(Command::StartDomain { name: "web".into() }).unwrap();
-        let d = h.state.domain("web").unwrap();
-        let (source, generation) = (d.status.host.clone().unwrap(), d.status.generation);
+        let (mut h, source, _) = web_running();
         let target = if source == "h1" { "h2".to_owned() } else { "h1".to_owned() };
-        let phase = ObservedPhase::Running;
-        let observed = Command::ReportObservation {
-            domain: "web".into(),
-            host: source.clone(),
-            generation,
-            phase,
-            reason: None,
-        };
-        h.exec(observed).unwrap();
         let to = |host: &str| Command::StartMigration {
             domain: "web".into(),
             target: Some(host.to_owned()),
