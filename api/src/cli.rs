@@ -800,17 +800,23 @@ async fn domain(c: &ApiClient, o: Output, consistency: i32, cmd: DomainCmd) -> a
 async fn cluster_status(c: &ApiClient, o: Output) -> anyhow::Result<Printed> {
     let endpoints = c.endpoints();
     let raft = raft::client::Client::with_transport(endpoints.to_vec(), c.transport().clone());
-    let mut addresses: BTreeMap<u64, String> = BTreeMap::new();
+    // Each member is asked through a replica that answered: a host's learner serves only
+    // cluster members on its port, so the replica asks it.
+    let mut addresses: BTreeMap<u64, (String, String)> = BTreeMap::new();
     let mut unknown: Vec<String> = Vec::new();
     for e in endpoints {
         match raft.status(e).await {
-            Ok(s) => addresses.extend(s.addresses),
+            Ok(s) => {
+                for (id, peer) in s.addresses {
+                    addresses.insert(id, (peer, e.clone()));
+                }
+            }
             Err(_) => unknown.push(e.clone()),
         }
     }
     let mut rows = Vec::new();
-    for (id, addr) in &addresses {
-        rows.push((*id, addr.clone(), raft.status(addr).await.ok()));
+    for (id, (addr, through)) in &addresses {
+        rows.push((*id, addr.clone(), raft.member_status(through, *id).await.ok()));
     }
     let leader_applied = rows
         .iter()

@@ -64,19 +64,29 @@ struct ServerArgs {
     /// This replica's node id (1 or more, unique in the cluster).
     #[arg(long)]
     id: u64,
-    /// Where the replica's gRPC services listen.
+    /// Where the public API listens (and, without --peer-listen, the peer services too).
     #[arg(long, default_value = "127.0.0.1:7401")]
     listen: SocketAddr,
-    /// The address other replicas use to reach this one (defaults to --listen).
+    /// Where the peer services (raft and replication) listen, on a port of their own that
+    /// accepts only cluster members' certificates. Required beyond loopback; without it
+    /// they share --listen.
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// The address other members use to reach this one's peer services (defaults to
+    /// --peer-listen, else --listen).
     #[arg(long)]
     advertise: Option<String>,
+    /// The address clients are pointed to for this one's public API, as the leader
+    /// (defaults to --listen).
+    #[arg(long)]
+    advertise_api: Option<String>,
     /// The replica's data directory (created if absent).
     #[arg(long)]
     data_dir: PathBuf,
     /// Start a new cluster with this replica as its only voter (no-op once initialized).
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
-    /// Join the cluster through this member (host:port).
+    /// Join the cluster through this member (its public API or peer port, host:port).
     #[arg(long)]
     join: Option<String>,
     /// With --join: become a voter once caught up (otherwise stay a learner).
@@ -173,14 +183,22 @@ async fn run_server(args: ServerArgs, security: Security) -> anyhow::Result<()> 
             );
         }
     }
-    if !args.listen.ip().is_loopback() && !security.transport.is_tls() {
-        if !security.insecure {
-            bail!(
-                "--listen {} is not a loopback address and there is no --tls-dir; pass --insecure to accept that the API is open",
-                args.listen
-            );
+    if !args.listen.ip().is_loopback() && args.peer_listen.is_none_or(|p| p == args.listen) {
+        bail!(
+            "--listen {} is not a loopback address: beyond loopback the peer services (raft, replication) take a port of their own, which only cluster members may call; pass --peer-listen",
+            args.listen
+        );
+    }
+    for (flag, addr) in [("--listen", Some(args.listen)), ("--peer-listen", args.peer_listen)] {
+        let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) else { continue };
+        if !security.transport.is_tls() {
+            if !security.insecure {
+                bail!(
+                    "{flag} {addr} is not a loopback address and there is no --tls-dir; pass --insecure to accept that it is open"
+                );
+            }
+            warn!(%addr, "INSECURE: listening beyond loopback without TLS: anyone who can reach it can call it");
         }
-        warn!(listen = %args.listen, "INSECURE: listening beyond loopback without TLS: the API is open to anyone who can reach it");
     }
     if let Some(addr) = args.metrics_listen {
         if !addr.ip().is_loopback() && !security.insecure {
@@ -194,9 +212,11 @@ async fn run_server(args: ServerArgs, security: Security) -> anyhow::Result<()> 
     }
     let mut config = NodeConfig::new(args.id, args.listen, args.data_dir.clone());
     config.transport = security.transport;
-    if let Some(a) = args.advertise {
-        config.advertise = a;
-    }
+    config.peer_listen = args.peer_listen;
+    config.advertise = raft::type_config::Member::new(
+        args.advertise.unwrap_or_else(|| args.peer_listen.unwrap_or(args.listen).to_string()),
+        args.advertise_api.unwrap_or_else(|| args.listen.to_string()),
+    );
     config.snapshot_every_entries = args.snapshot_every;
     config.log_entries_kept_after_snapshot = args.log_kept;
     config.checkpoint_every_events = args.checkpoint_every;
@@ -239,7 +259,7 @@ async fn run_server(args: ServerArgs, security: Security) -> anyhow::Result<()> 
             Err(e) => return Err(e).with_context(|| format!("joining through {seed}")),
         }
     }
-    info!(node = args.id, listen = %args.listen, cluster = ?node.cluster_id(), "replica ready");
+    info!(node = args.id, listen = %args.listen, peer_listen = ?args.peer_listen, cluster = ?node.cluster_id(), "replica ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

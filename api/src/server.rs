@@ -1,9 +1,11 @@
-//! Everything a control replica serves on one port: the replication services of `raft`,
-//! the public API, gRPC health and reflection, behind the door of its transport
-//! ([`raft::tls`]).
+//! Everything a control replica serves: the public API with gRPC health and reflection on
+//! its public port, the replication services of `raft` on its peer port (or all on one
+//! port, for a replica without one), each behind the door of its transport
+//! ([`raft::tls`]), which refuses what its port does not serve.
 
 use std::future::Future;
 
+use futures::FutureExt;
 use proto::api::audit_server::AuditServer;
 use proto::api::domains_server::DomainsServer;
 use proto::api::events_server::EventsServer;
@@ -15,8 +17,9 @@ use proto::api::storage_pools_server::StoragePoolsServer;
 use proto::api::tokens_server::TokensServer;
 use proto::api::volumes_server::VolumesServer;
 use raft::node::Node;
-use raft::service::{listen, raft_server, replication_server, server_builder, ServeError};
-use raft::tls::TokenBook;
+use raft::service::{bind, listen, raft_server, replication_server, server_builder, ServeError};
+use raft::tls::{Port, TokenBook};
+use tonic::transport::server::TcpIncoming;
 
 use crate::service::Api;
 
@@ -25,12 +28,41 @@ pub const API_REQUEST_BYTES_MAX: usize = 1 << 20;
 /// Largest public API response (a list of every domain).
 pub const API_RESPONSE_BYTES_MAX: usize = 64 << 20;
 
-/// Serve every service until `shutdown` resolves.
+/// Serve every service until `shutdown` resolves: the public API and the peer services on
+/// ports of their own where the node has a peer port, else all on one.
 pub async fn serve(
     node: Node,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let incoming = listen(&node).await?;
+    let public = listen(&node).await?;
+    let Some(peer_addr) = node.peer_listen_addr() else {
+        return serve_public(node, Port::Both, public, shutdown).await;
+    };
+    let peer = bind(&node, peer_addr).await?;
+    let shutdown = shutdown.shared();
+    let peers = server_builder(node.transport())?
+        .layer(crate::metrics::MetricsLayer)
+        .layer(crate::traces::TracesLayer)
+        .layer(node.transport().door(Port::Peer))
+        .add_service(raft_server(node.clone()))
+        .add_service(replication_server(node.clone()))
+        .serve_with_incoming_shutdown(peer, shutdown.clone());
+    let (served_public, served_peers) =
+        tokio::join!(serve_public(node, Port::Public, public, shutdown), peers);
+    served_public?;
+    served_peers?;
+    Ok(())
+}
+
+/// The public API, health and reflection on `incoming`, with the peer services too where
+/// `port` is [`Port::Both`] (on [`Port::Public`] the replication service is there for its
+/// status only: the door refuses the rest).
+async fn serve_public(
+    node: Node,
+    port: Port,
+    incoming: TcpIncoming,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let api = Api { node: node.clone() };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<DomainsServer<Api>>().await;
@@ -55,8 +87,8 @@ pub async fn serve(
     server_builder(node.transport())?
         .layer(crate::metrics::MetricsLayer)
         .layer(crate::traces::TracesLayer)
-        .layer(node.transport().door().with_tokens(token_book(&node)))
-        .add_service(raft_server(node.clone()))
+        .layer(node.transport().door(port).with_tokens(token_book(&node)))
+        .add_optional_service((port == Port::Both).then(|| raft_server(node.clone())))
         .add_service(replication_server(node))
         .add_service(limited!(DomainsServer))
         .add_service(limited!(HostsServer))

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 /// How `drover up` lays the cluster out.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,9 +19,14 @@ pub struct UpArgs {
     /// Where the cluster keeps its data and logs.
     #[arg(long, default_value = "drover-data")]
     pub data_dir: PathBuf,
-    /// The first replica listens here (127.0.0.1); the others on the next ports.
+    /// The first replica's public API listens here (127.0.0.1); the others on the next
+    /// ports, then the hosts' replicas (from --base-port + 4).
     #[arg(long, default_value_t = 7401)]
     pub base_port: u16,
+    /// The replicas' peer services (raft, replication) listen on 127.0.0.1 from this port
+    /// up. Default: --base-port + 50.
+    #[arg(long)]
+    pub peer_base_port: Option<u16>,
     /// How many host agents to run.
     #[arg(long, default_value_t = 3)]
     pub hosts: usize,
@@ -114,6 +119,12 @@ fn destroy_vms(data_dir: &Path, hosts: usize) -> usize {
 }
 
 const REPLICAS: u16 = 3;
+/// The file in the data directory that names its layout of ports, and the layout this
+/// build runs. Without the file, a data directory with replicas in it is from before the
+/// replicas had peer ports of their own: its membership names one port per replica, which
+/// no longer serves the peer services.
+const LAYOUT_FILE: &str = "layout";
+const LAYOUT: &str = "2: the replicas' public API and peer services on ports of their own\n";
 const STOP_GRACE_MS: u64 = 10_000;
 /// How often `up` looks for processes that died.
 const SUPERVISE_EVERY_MS: u64 = 200;
@@ -242,6 +253,43 @@ impl Drop for Children {
     }
 }
 
+/// The first port of each range `up` listens on (all on 127.0.0.1): the replicas' public
+/// APIs from `public` (then one left free, then the hosts' replicas), their peer services
+/// from `peer`, everyone's metrics from `metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ports {
+    public: u16,
+    peer: u16,
+    metrics: u16,
+}
+
+impl Ports {
+    /// The layout for `hosts` hosts, refused where two ranges overlap or one passes the
+    /// last port.
+    fn new(public: u16, peer: u16, metrics: u16, hosts: u16) -> anyhow::Result<Ports> {
+        let ranges = [
+            ("--base-port", public, REPLICAS + 1 + hosts),
+            ("--peer-base-port", peer, REPLICAS),
+            ("--metrics-base-port", metrics, REPLICAS + hosts),
+        ];
+        for (flag, first, count) in ranges {
+            if u32::from(first) + u32::from(count) > u32::from(u16::MAX) + 1 {
+                bail!("{flag} {first}: its {count} ports pass 65535");
+            }
+        }
+        for (i, (a, a_first, a_count)) in ranges.iter().enumerate() {
+            for (b, b_first, b_count) in &ranges[i + 1..] {
+                if a_first < &(b_first + b_count) && b_first < &(a_first + a_count) {
+                    bail!(
+                        "the ports from {a} {a_first} ({a_count}) and {b} {b_first} ({b_count}) overlap; pick other bases"
+                    );
+                }
+            }
+        }
+        Ok(Ports { public, peer, metrics })
+    }
+}
+
 /// Run the local cluster until Ctrl-C; prints where it is and what to try.
 /// Without `insecure`, every process gets a certificate of the cluster's own CA and the
 /// CLI's config names the admin's.
@@ -249,11 +297,24 @@ pub async fn run(args: UpArgs, insecure: bool, out: &mut dyn std::io::Write) -> 
     let logs = args.data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let addr = |i: u16| format!("127.0.0.1:{}", args.base_port + i);
-    let endpoints: Vec<String> = (0..REPLICAS).map(addr).collect();
-    let metrics_base = args.metrics_base_port.unwrap_or(args.base_port.saturating_add(100));
-    let metrics_addr = |i: u16| format!("127.0.0.1:{}", metrics_base + i);
+    let layout = data_dir.join(LAYOUT_FILE);
+    match std::fs::read_to_string(&layout) {
+        Ok(l) if l == LAYOUT => {}
+        Ok(l) => bail!("{} has the layout {:?}, which this build does not run", data_dir.display(), l.trim()),
+        Err(_) if data_dir.join("replica-1").exists() => bail!(
+            "{} holds a cluster from before the replicas' peer ports (one port per replica, named in its membership); this build cannot resume it: remove the directory to start afresh",
+            data_dir.display()
+        ),
+        Err(_) => std::fs::write(&layout, LAYOUT).with_context(|| format!("writing {}", layout.display()))?,
+    }
     let hosts = u16::try_from(args.hosts).context("too many hosts")?;
+    let metrics_base = args.metrics_base_port.unwrap_or(args.base_port.saturating_add(100));
+    let peer_base = args.peer_base_port.unwrap_or(args.base_port.saturating_add(50));
+    let ports = Ports::new(args.base_port, peer_base, metrics_base, hosts)?;
+    let addr = |i: u16| format!("127.0.0.1:{}", ports.public + i);
+    let peer_addr = |i: u16| format!("127.0.0.1:{}", ports.peer + i);
+    let endpoints: Vec<String> = (0..REPLICAS).map(addr).collect();
+    let metrics_addr = |i: u16| format!("127.0.0.1:{}", ports.metrics + i);
     let metrics: Vec<String> = (0..REPLICAS + hosts).map(metrics_addr).collect();
     let driver = match args.driver.as_str() {
         "auto" if vmm::kvm_usable() => "kvm".to_owned(),
@@ -313,6 +374,8 @@ pub async fn run(args: UpArgs, insecure: bool, out: &mut dyn std::io::Write) -> 
             id.to_string(),
             "--listen".into(),
             addr(i),
+            "--peer-listen".into(),
+            peer_addr(i),
             "--data-dir".into(),
             data_dir.join(format!("replica-{id}")).display().to_string(),
             "--metrics-listen".into(),
@@ -374,7 +437,7 @@ pub async fn run(args: UpArgs, insecure: bool, out: &mut dyn std::io::Write) -> 
     writeln!(
         out,
         "Drover is up: {} replicas, {} hosts ({} driver); data in {}\n\
-         \n  endpoint   {}\n  security   {security}\n  config     {config_shown}\n  metrics    {}\n  logs       {}\n\n\
+         \n  endpoint   {}\n  peers      {} (raft and replication: members only)\n  security   {security}\n  config     {config_shown}\n  metrics    {}\n  logs       {}\n\n\
          Try:\n  D={d}\n  $D host list\n  $D domain define hello --file {}\n  $D domain start hello\n  \
          tail -f {}/host-*/vms/hello/console.log\n  \
          $D snapshot create hello s1\n  $D events --from 1 --follow\n  $D audit verify\n\n\
@@ -384,6 +447,7 @@ pub async fn run(args: UpArgs, insecure: bool, out: &mut dyn std::io::Write) -> 
         driver,
         data_dir.display(),
         endpoints.join(","),
+        (0..REPLICAS).map(peer_addr).collect::<Vec<_>>().join(","),
         metrics.iter().map(|m| format!("http://{m}/metrics")).collect::<Vec<_>>().join(" "),
         logs.display(),
         example.display(),
@@ -404,4 +468,22 @@ pub async fn run(args: UpArgs, insecure: bool, out: &mut dyn std::io::Write) -> 
     let vms = destroy_vms(&data_dir, args.hosts);
     writeln!(out, "stopped ({vms} VMs ended; they start again with the cluster)")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_ranges_may_not_overlap_or_pass_the_last_port() {
+        let ok = Ports::new(7401, 7451, 7501, 3).unwrap();
+        assert_eq!(ok, Ports { public: 7401, peer: 7451, metrics: 7501 });
+        // Hosts' replicas run from base + 4: 47 hosts reach the peer ports at base + 50.
+        assert!(Ports::new(7401, 7451, 7601, 46).is_ok());
+        let e = Ports::new(7401, 7451, 7601, 47).unwrap_err().to_string();
+        assert!(e.contains("--base-port 7401") && e.contains("--peer-base-port 7451"), "{e}");
+        assert!(Ports::new(7401, 7402, 7501, 3).is_err());
+        assert!(Ports::new(7401, 7451, 7453, 3).is_err());
+        assert!(Ports::new(65534, 7451, 7501, 3).unwrap_err().to_string().contains("65535"));
+    }
 }

@@ -152,6 +152,9 @@ async fn start_host_replica(
         warn!(%listen, "INSECURE: the host's replica listens beyond loopback without TLS: anyone who can reach it can talk to it");
     }
     let mut replica = NodeConfig::new(id, listen, dir.clone());
+    // All its services are peer services, for the control replicas; it serves no public
+    // API.
+    replica.advertise.api = String::new();
     replica.transport = security.transport.clone();
     let node = Node::start(replica)
         .await
@@ -173,7 +176,7 @@ async fn start_host_replica(
     tokio::spawn(async move {
         let served = async {
             raft::service::server_builder(serving.transport())?
-                .layer(serving.transport().door())
+                .layer(serving.transport().door(raft::tls::Port::Peer))
                 .add_service(raft::service::raft_server(serving.clone()))
                 .add_service(raft::service::replication_server(serving))
                 .add_service(proto::host::host_agent_server::HostAgentServer::new(consoles))

@@ -34,7 +34,7 @@ impl ArchivePeers for GrpcArchivePeers {
             .membership()
             .nodes()
             .filter(|(id, _)| **id != self.me)
-            .map(|(_, node)| node.addr.clone())
+            .map(|(_, node)| node.peer.clone())
             .collect();
         if peers.is_empty() {
             return Err("no other member to fetch from".into());

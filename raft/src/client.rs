@@ -18,7 +18,7 @@ use tonic::Code;
 
 use crate::encoding;
 use crate::network::Channels;
-use crate::node::LEADER_ADDRESS_HEADER;
+use crate::node::LEADER_PEER_HEADER;
 use crate::tls::Transport;
 
 /// Most attempts for one write before giving up.
@@ -91,11 +91,8 @@ impl Client {
                         .map_err(|e| ClientError::BadReply(e.to_string()));
                 }
                 Err(s) if retryable(s.code()) => {
-                    hint = s
-                        .metadata()
-                        .get(LEADER_ADDRESS_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
+                    hint =
+                        s.metadata().get(LEADER_PEER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
                     if hint.as_deref() == Some(endpoint.as_str()) {
                         hint = None;
                     }
@@ -201,7 +198,13 @@ impl Client {
 
     /// One replica's status.
     pub async fn status(&self, endpoint: &str) -> Result<StatusReply, tonic::Status> {
-        let mut req = tonic::Request::new(StatusRequest {});
+        self.member_status(endpoint, 0).await
+    }
+
+    /// Member `member`'s own status, fetched by the replica at `endpoint` over the
+    /// member's peer port (0: that replica's own).
+    pub async fn member_status(&self, endpoint: &str, member: u64) -> Result<StatusReply, tonic::Status> {
+        let mut req = tonic::Request::new(StatusRequest { member });
         req.set_timeout(self.call_timeout);
         let mut rpc = self.rpc(endpoint).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         Ok(rpc.status(req).await?.into_inner())

@@ -3,14 +3,15 @@
 //! events, proposals and states go through `controlplane::codec` instead.
 //!
 //! Versions: 1, the first; 2 encodes each proposal of a log entry with
-//! `controlplane::codec` (see [`crate::type_config::ProposalBatch`]). Everything else
-//! encodes alike in both, and version 1 still decodes.
+//! `controlplane::codec` (see [`crate::type_config::ProposalBatch`]); 3 records each
+//! member's peer and API addresses (see [`crate::type_config::Member`]). Everything else
+//! encodes alike in all three, and versions 1 and 2 still decode.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The version byte this build writes.
-pub const RAFT_FORMAT_VERSION: u8 = 2;
+pub const RAFT_FORMAT_VERSION: u8 = 3;
 
 std::thread_local! {
     /// The version of the value being decoded on this thread, for the types whose layout

@@ -18,13 +18,15 @@
 //! - **Write path** (`proposer`): decide on the leader, batch, commit; shared with the
 //!   simulator, time passed in.
 //! - **Transport and node** (`network`, `service`, `node`): tonic gRPC for AppendEntries,
-//!   Vote and chunked InstallSnapshot; joins, forwarded writes and replica status.
+//!   Vote and chunked InstallSnapshot; joins, forwarded writes and replica status, on a
+//!   peer port apart from the public API (the membership records each member's two
+//!   addresses, `type_config::Member`).
 //! - **HA** (`leases`, `ha`): the leader's in-memory host leases, renewed by hostd
 //!   heartbeats it answers only while a quorum acknowledged it within the lease, and the
 //!   loop that runs the pure HA controller on them.
 //! - **Security** (`tls`): mutual TLS on every connection; the identity and role a
-//!   peer's certificate names, checked at each server's door against one rule per
-//!   method, and recorded as the principal.
+//!   peer's certificate names, checked at each server's door against what its port
+//!   serves and one rule per method, and recorded as the principal.
 //! - **Telemetry** (`metrics`, `telemetry`): Prometheus metrics, and OpenTelemetry traces
 //!   (opt-in) whose context crosses the log inside each proposal.
 #![forbid(unsafe_code)]

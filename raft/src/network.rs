@@ -108,7 +108,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> GrpcPeer {
         GrpcPeer {
             target,
-            addr: node.addr.clone(),
+            addr: node.peer.clone(),
             channels: self.channels.clone(),
             cluster: self.cluster.clone(),
         }

@@ -16,7 +16,7 @@ use controlplane::ha::HaSettings;
 use controlplane::model::HostState;
 use controlplane::{state_hash, Committed, Rejection, Request, State};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use openraft::{ChangeMembers, SnapshotPolicy};
 use proto::raft::replication_client::ReplicationClient;
 use proto::raft::{JoinRequest, StatusReply, SubmitRequest};
 use tracing::{info, warn, Instrument};
@@ -35,7 +35,7 @@ use crate::network::{Channels, ClusterId, GrpcNetwork};
 use crate::proposer::{self, Bug, LeaderPath, ProposeError, Proposer};
 use crate::state_machine::{Shared, SnapshotHook, StateMachine};
 use crate::tls::Transport;
-use crate::type_config::{NodeId, Raft, StorageError};
+use crate::type_config::{Member, NodeId, Raft, StorageError};
 
 /// How often a replica looks for holes in its archive to fill.
 pub const BACKFILL_INTERVAL_MS: u64 = 1_000;
@@ -43,17 +43,24 @@ pub const BACKFILL_INTERVAL_MS: u64 = 1_000;
 pub const FORWARDED_HEADER: &str = "drover-forwarded";
 /// Headers naming the leader on an `Unavailable` answer.
 pub const LEADER_ID_HEADER: &str = "drover-leader-id";
+/// The leader's public API, for clients of the API.
 pub const LEADER_ADDRESS_HEADER: &str = "drover-leader-address";
+/// The leader's peer port, for clients of the replication service.
+pub const LEADER_PEER_HEADER: &str = "drover-leader-peer";
 const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
 
 /// How a replica runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node_id: NodeId,
-    /// Where the gRPC services listen.
+    /// Where the public API listens (and the peer services, without `peer_listen`).
     pub listen: SocketAddr,
-    /// Where other replicas reach this one (`host:port`).
-    pub advertise: String,
+    /// Where the raft and replication services listen, on a port of their own that only
+    /// cluster members may call; `None` serves them on `listen` too (loopback clusters).
+    pub peer_listen: Option<SocketAddr>,
+    /// How this replica is reached: its peer port by other members, its public API by
+    /// clients (recorded in the membership).
+    pub advertise: Member,
     pub data_dir: PathBuf,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
@@ -72,12 +79,13 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults for a replica on `listen` storing into `data_dir`.
+    /// Defaults for a replica serving everything on `listen`, storing into `data_dir`.
     pub fn new(node_id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> NodeConfig {
         NodeConfig {
             node_id,
             listen,
-            advertise: listen.to_string(),
+            peer_listen: None,
+            advertise: Member::new(listen.to_string(), listen.to_string()),
             data_dir,
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 500,
@@ -103,8 +111,8 @@ pub enum NodeError {
     Raft(String),
     #[error(transparent)]
     Rejected(Rejection),
-    #[error("not the leader (leader: {})", leader_address.as_deref().unwrap_or("unknown"))]
-    NotLeader { leader_id: Option<NodeId>, leader_address: Option<String> },
+    #[error("not the leader (leader: {})", leader.as_ref().map_or("unknown".to_owned(), |m| m.to_string()))]
+    NotLeader { leader_id: Option<NodeId>, leader: Option<Member> },
     #[error("cluster id mismatch: this replica is in cluster {ours}, the other side in cluster {theirs}")]
     ClusterMismatch { ours: String, theirs: String },
     #[error("{0}")]
@@ -130,13 +138,19 @@ impl NodeError {
                 };
                 tonic::Status::new(code, r.to_string())
             }
-            NodeError::NotLeader { leader_id, leader_address } => {
+            NodeError::NotLeader { leader_id, leader } => {
                 let mut s = tonic::Status::unavailable(self.to_string());
                 if let Some(id) = leader_id {
                     s.metadata_mut().insert(LEADER_ID_HEADER, id.to_string().parse().expect("digits"));
                 }
-                if let Some(addr) = leader_address.as_ref().and_then(|a| a.parse().ok()) {
-                    s.metadata_mut().insert(LEADER_ADDRESS_HEADER, addr);
+                let leader = leader.as_ref();
+                for (header, addr) in [
+                    (LEADER_ADDRESS_HEADER, leader.map(|m| m.api.as_str())),
+                    (LEADER_PEER_HEADER, leader.map(|m| m.peer.as_str())),
+                ] {
+                    if let Some(v) = addr.filter(|a| !a.is_empty()).and_then(|a| a.parse().ok()) {
+                        s.metadata_mut().insert(header, v);
+                    }
                 }
                 s
             }
@@ -152,7 +166,7 @@ impl NodeError {
 
 pub(crate) struct NodeInner {
     pub(crate) id: NodeId,
-    pub(crate) advertise: String,
+    pub(crate) advertise: Member,
     pub(crate) raft: Raft,
     pub(crate) shared: Arc<Shared>,
     pub(crate) archive: Archive<SledKv>,
@@ -160,6 +174,7 @@ pub(crate) struct NodeInner {
     pub(crate) cluster: ClusterId,
     pub(crate) channels: Channels,
     pub(crate) listen: SocketAddr,
+    pub(crate) peer_listen: Option<SocketAddr>,
     proposer: Proposer,
     leases: Arc<Leases>,
     ha: HaSettings,
@@ -185,14 +200,14 @@ fn raft_err<E: std::fmt::Display>(e: E) -> NodeError {
     NodeError::Raft(e.to_string())
 }
 
-/// Production's way to the leader: its address from the membership, over gRPC.
+/// Production's way to the leader: its peer port from the membership, over gRPC.
 impl LeaderPath for Node {
     type Leader = String;
     type Error = NodeError;
 
     fn leader(&self) -> (bool, Option<String>) {
-        let (leader, address) = Node::leader(self);
-        (leader == Some(self.inner.id), address)
+        let (leader, member) = Node::leader(self);
+        (leader == Some(self.inner.id), member.map(|m| m.peer))
     }
 
     fn not_leader(&self) -> NodeError {
@@ -293,6 +308,7 @@ impl Node {
                 cluster,
                 channels,
                 listen: config.listen,
+                peer_listen: config.peer_listen,
                 proposer,
                 leases,
                 ha: config.ha,
@@ -346,7 +362,7 @@ impl Node {
         }
         let id = format!("{:032x}", rand::random::<u128>());
         self.adopt_cluster(&id).await?;
-        let members = [(self.inner.id, BasicNode::new(&self.inner.advertise))]
+        let members = [(self.inner.id, self.inner.advertise.clone())]
             .into_iter()
             .collect::<std::collections::BTreeMap<_, _>>();
         match self.inner.raft.initialize(members).await {
@@ -356,16 +372,20 @@ impl Node {
         }
     }
 
-    /// Join the cluster reachable at `seed` (any member), retrying until `deadline`.
+    /// Join the cluster reachable at `seed` (any member's public API or peer port), retrying
+    /// until `deadline`.
     pub async fn join(&self, seed: &str, voter: bool, deadline: Duration) -> Result<(), NodeError> {
         let until = tokio::time::Instant::now() + deadline;
         loop {
-            let channel = self.inner.channels.get(seed).map_err(|e| NodeError::Unavailable(e.to_string()))?;
+            let peer = self.peer_port_of(seed).await;
+            let channel =
+                self.inner.channels.get(&peer).map_err(|e| NodeError::Unavailable(e.to_string()))?;
             let mut request = tonic::Request::new(JoinRequest {
                 node_id: self.inner.id,
-                address: self.inner.advertise.clone(),
+                address: self.inner.advertise.peer.clone(),
                 cluster_id: self.inner.cluster.get().unwrap_or_default(),
                 voter,
+                api_address: self.inner.advertise.api.clone(),
             });
             request.set_timeout(Duration::from_secs(30));
             match ReplicationClient::new(channel).join(request).await {
@@ -385,18 +405,32 @@ impl Node {
         }
     }
 
-    fn leader(&self) -> (Option<NodeId>, Option<String>) {
+    /// The peer port of the member at `seed` (its public API or its peer port), as its
+    /// status names it; `seed` itself where it does not answer or names none (a member
+    /// that serves both on one port).
+    async fn peer_port_of(&self, seed: &str) -> String {
+        let Ok(channel) = self.inner.channels.get(seed) else { return seed.to_owned() };
+        let mut request = tonic::Request::new(proto::raft::StatusRequest::default());
+        request.set_timeout(Duration::from_secs(5));
+        match ReplicationClient::new(channel).status(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                reply.addresses.get(&reply.node_id).cloned().unwrap_or_else(|| seed.to_owned())
+            }
+            Err(_) => seed.to_owned(),
+        }
+    }
+
+    fn leader(&self) -> (Option<NodeId>, Option<Member>) {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
-        let addr = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-        (m.current_leader, addr)
+        let member = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        (m.current_leader, member)
     }
 
     fn not_leader(&self) -> NodeError {
-        let (leader_id, leader_address) = self.leader();
-        NodeError::NotLeader { leader_id, leader_address }
+        let (leader_id, leader) = self.leader();
+        NodeError::NotLeader { leader_id, leader }
     }
 
     /// Decide and commit a request on the leader (forwarding it there from a follower).
@@ -542,17 +576,21 @@ impl Node {
         if !req.cluster_id.is_empty() && req.cluster_id != ours {
             return Err(NodeError::ClusterMismatch { ours, theirs: req.cluster_id });
         }
-        if req.address.parse::<SocketAddr>().is_err() {
-            return Err(NodeError::Rejected(Rejection::InvalidArgument {
-                field: "address".into(),
-                reason: format!("{:?} is not ip:port", req.address),
-            }));
+        for (field, value, may_be_empty) in
+            [("address", &req.address, false), ("api_address", &req.api_address, !req.voter)]
+        {
+            if value.parse::<SocketAddr>().is_err() && !(may_be_empty && value.is_empty()) {
+                return Err(NodeError::Rejected(Rejection::InvalidArgument {
+                    field: field.into(),
+                    reason: format!("{value:?} is not ip:port"),
+                }));
+            }
         }
-        let (leader, address) = self.leader();
+        let (leader, member) = self.leader();
         if leader != Some(self.inner.id) {
-            return match (forwarded, address) {
-                (false, Some(addr)) => {
-                    let (mut client, r) = self.to_leader(&addr, req, Duration::from_secs(30))?;
+            return match (forwarded, member) {
+                (false, Some(m)) => {
+                    let (mut client, r) = self.to_leader(&m.peer, req, Duration::from_secs(30))?;
                     let reply = client.join(r).await.map_err(NodeError::Remote)?;
                     Ok(reply.into_inner().cluster_id)
                 }
@@ -560,23 +598,23 @@ impl Node {
             };
         }
         let membership = self.inner.shared.membership();
-        let known = membership.membership().get_node(&req.node_id).map(|n| n.addr.clone());
-        if known.as_deref() != Some(req.address.as_str()) {
+        let joining = Member::new(&req.address, &req.api_address);
+        if membership.membership().get_node(&req.node_id) != Some(&joining) {
             self.inner
                 .raft
-                .add_learner(req.node_id, BasicNode::new(&req.address), true)
+                .add_learner(req.node_id, joining.clone(), true)
                 .await
                 .map_err(|e| NodeError::Unavailable(format!("adding learner {}: {e}", req.node_id)))?;
         }
         if req.voter && !membership.membership().voter_ids().any(|v| v == req.node_id) {
             self.change(ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]))).await?;
         }
-        info!(node = req.node_id, address = %req.address, voter = req.voter, "member joined");
+        info!(node = req.node_id, address = %joining, voter = req.voter, "member joined");
         Ok(ours)
     }
 
     /// Change membership (on the leader).
-    pub async fn change(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), NodeError> {
+    pub async fn change(&self, change: ChangeMembers<NodeId, Member>) -> Result<(), NodeError> {
         match self.inner.raft.change_membership(change, false).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(self.not_leader()),
@@ -596,12 +634,12 @@ impl Node {
         let m = self.inner.raft.metrics().borrow().clone();
         let (voters, learners) = self.members();
         let (hash, last_seq) = self.read_local(|s| (state_hash(s).to_string(), s.last_seq()));
-        let (leader_id, leader_address) = self.leader();
+        let (leader_id, leader) = self.leader();
         StatusReply {
             node_id: self.inner.id,
             cluster_id: self.inner.cluster.get().unwrap_or_default(),
             leader_id: leader_id.unwrap_or(0),
-            leader_address: leader_address.unwrap_or_default(),
+            leader_address: leader.map(|m| m.api).unwrap_or_default(),
             last_applied_index: m.last_applied.map_or(0, |l| l.index),
             last_seq,
             state_hash: hash,
@@ -614,9 +652,31 @@ impl Node {
                 .membership_config
                 .membership()
                 .nodes()
-                .map(|(id, n)| (*id, n.addr.clone()))
+                .map(|(id, n)| (*id, n.peer.clone()))
+                .collect(),
+            api_addresses: m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(_, n)| !n.api.is_empty())
+                .map(|(id, n)| (*id, n.api.clone()))
                 .collect(),
         }
+    }
+
+    /// Member `member`'s own status, asked over its peer port (as a member).
+    pub async fn status_of(&self, member: NodeId) -> Result<StatusReply, tonic::Status> {
+        let peer = self.inner.shared.membership().membership().get_node(&member).map(|m| m.peer.clone());
+        let peer =
+            peer.ok_or_else(|| tonic::Status::not_found(format!("no member {member} in the cluster")))?;
+        let channel =
+            self.inner.channels.get(&peer).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut request = tonic::Request::new(proto::raft::StatusRequest::default());
+        request.set_timeout(Duration::from_secs(5));
+        let reply = ReplicationClient::new(channel).status(request).await.map_err(|s| {
+            tonic::Status::unavailable(format!("member {member} at {peer} did not answer: {}", s.message()))
+        })?;
+        Ok(reply.into_inner())
     }
 
     /// The lease timings this replica runs with.
@@ -638,9 +698,15 @@ impl Node {
         Ok(self.inner.leases.ages(term, hosts.iter().map(String::as_str), tokio::time::Instant::now()))
     }
 
-    /// Where the services listen.
+    /// Where the public API listens (and the peer services, without a peer port).
     pub fn listen_addr(&self) -> SocketAddr {
         self.inner.listen
+    }
+
+    /// Where the raft and replication services listen when they have a port of their
+    /// own.
+    pub fn peer_listen_addr(&self) -> Option<SocketAddr> {
+        self.inner.peer_listen.filter(|p| *p != self.inner.listen)
     }
 
     /// How this replica connects and serves (TLS or insecure).

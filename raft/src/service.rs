@@ -1,10 +1,11 @@
-//! The gRPC services a replica serves: `Raft` (between replicas) and `Replication`
-//! (joins, membership, writes, status, archive).
+//! The gRPC services a replica serves on its peer port: `Raft` (between replicas) and
+//! `Replication` (joins, membership, writes, status, archive; its status is served on the
+//! public port too, where `api::server` puts it).
 
 use std::future::Future;
 use std::time::Duration;
 
-use openraft::{BasicNode, ChangeMembers};
+use openraft::ChangeMembers;
 use proto::raft::raft_server::{Raft as RaftRpc, RaftServer};
 use proto::raft::replication_server::{Replication, ReplicationServer};
 use proto::raft::{
@@ -19,8 +20,8 @@ use tracing::warn;
 use crate::encoding;
 use crate::network::{CLUSTER_HEADER, RAFT_MESSAGE_BYTES_MAX};
 use crate::node::{Node, NodeError, FORWARDED_HEADER};
-use crate::tls::{Identity, Kind, Transport};
-use crate::type_config::NodeId;
+use crate::tls::{Identity, Kind, Port, Transport};
+use crate::type_config::{Member, NodeId};
 
 /// Largest write request accepted (one encoded command).
 pub const SUBMIT_BYTES_MAX: usize = 1 << 20;
@@ -90,7 +91,7 @@ impl ReplicationService {
     async fn change(
         &self,
         id: NodeId,
-        change: ChangeMembers<NodeId, BasicNode>,
+        change: ChangeMembers<NodeId, Member>,
     ) -> Result<Response<MemberReply>, Status> {
         if id == 0 {
             return Err(Status::invalid_argument("node_id must be set"));
@@ -184,8 +185,12 @@ impl Replication for ReplicationService {
         Ok(Response::new(SubmitBatchReply { results }))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        Ok(Response::new(self.node.status()))
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let member = request.into_inner().member;
+        if member == 0 || member == self.node.id() {
+            return Ok(Response::new(self.node.status()));
+        }
+        Ok(Response::new(self.node.status_of(member).await?))
     }
 
     async fn archive(&self, request: Request<ArchiveRequest>) -> Result<Response<ArchiveReply>, Status> {
@@ -231,10 +236,15 @@ pub fn replication_server(node: Node) -> ReplicationServer<ReplicationService> {
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
 }
 
-/// Bind the node's listen address (warning when it is not loopback and has no TLS), with
-/// TCP_NODELAY on every accepted connection.
+/// Bind the node's public listen address (warning when it is not loopback and has no
+/// TLS), with TCP_NODELAY on every accepted connection.
 pub async fn listen(node: &Node) -> Result<TcpIncoming, ServeError> {
-    let addr = node.listen_addr();
+    bind(node, node.listen_addr()).await
+}
+
+/// Bind `addr` for `node`'s services (warning when it is not loopback and has no TLS), with
+/// TCP_NODELAY on every accepted connection.
+pub async fn bind(node: &Node, addr: std::net::SocketAddr) -> Result<TcpIncoming, ServeError> {
     if !addr.ip().is_loopback() && !node.transport().is_tls() {
         warn!(%addr, "INSECURE: listening beyond loopback without TLS: anyone who can reach it can join, read or write");
     }
@@ -250,14 +260,15 @@ pub fn server_builder(transport: &Transport) -> Result<tonic::transport::Server,
         .server(tonic::transport::Server::builder().timeout(Duration::from_millis(CALL_TIMEOUT_MS)))?)
 }
 
-/// Serve the two replication services on the node's listen address until `shutdown`.
+/// Serve the two replication services, as a peer port, on the node's peer listen address
+/// (its listen address without one) until `shutdown`.
 pub async fn serve(
     node: Node,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let incoming = listen(&node).await?;
+    let incoming = bind(&node, node.peer_listen_addr().unwrap_or(node.listen_addr())).await?;
     server_builder(node.transport())?
-        .layer(node.transport().door())
+        .layer(node.transport().door(Port::Peer))
         .add_service(raft_server(node.clone()))
         .add_service(replication_server(node))
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -7,7 +7,10 @@
 //! names its holder in its subject: the common name is the holder's name, the
 //! organizational unit its [`Kind`] (`replica`, `host` or `user`).
 //!
-//! [`Door`] is the tower layer every server puts in front of its services. It reads the
+//! [`Door`] is the tower layer every server puts in front of its services. It first
+//! refuses what its [`Port`] does not serve: a replica's public port serves the public
+//! API (and its status), its peer port the raft and replication services, which only
+//! cluster members (replicas and hosts) may call there. It reads the
 //! caller's [`Identity`] from the connection's certificate, or from a bearer token
 //! (`authorization: Bearer NAME.SECRET`) where the server has a [`TokenBook`] (the
 //! public API's, backed by its replica's applied state), and refuses what it may not
@@ -314,9 +317,9 @@ impl Transport {
         }
     }
 
-    /// The layer that checks callers at this server's door.
-    pub fn door(&self) -> Door {
-        Door { seen: self.is_tls().then(Arc::default), tokens: None }
+    /// The layer that checks callers at the door of a server listening on `port`.
+    pub fn door(&self, port: Port) -> Door {
+        Door { port, seen: self.is_tls().then(Arc::default), tokens: None }
     }
 }
 
@@ -408,6 +411,42 @@ pub const API_RULES: &[(&str, Rule)] = {
 
 /// The public API's package, as it begins a method's path.
 const API_PREFIX: &str = "/drover.api.v1.";
+/// The peer services' packages (raft and replication; a host's own), as they begin a
+/// method's path.
+const PEER_PREFIXES: [&str; 2] = ["/drover.raft.v1.", "/drover.host.v1."];
+/// A replica's status: a peer method also served on the public port.
+const STATUS_PATH: &str = "/drover.raft.v1.Replication/Status";
+
+/// What one listening port serves, and so whom its door admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The public API, health, reflection and a replica's status: what users call. The
+    /// peer services are not served here, with TLS or without.
+    Public,
+    /// The raft and replication services (and a host's own): for cluster members only. A
+    /// user's certificate is refused, and bearer tokens are not taken.
+    Peer,
+    /// Both on one port: a replica without a peer port of its own, which serves on
+    /// loopback only.
+    Both,
+}
+
+impl Port {
+    /// Whether this port serves the method at `path`.
+    pub fn serves(self, path: &str) -> bool {
+        let peer = PEER_PREFIXES.iter().any(|p| path.starts_with(p));
+        match self {
+            Port::Public => !peer || path == STATUS_PATH,
+            Port::Peer => !path.starts_with(API_PREFIX),
+            Port::Both => true,
+        }
+    }
+
+    /// Whether a caller of `kind` may call anything on this port.
+    pub fn admits(self, kind: Kind) -> bool {
+        self != Port::Peer || kind != Kind::User
+    }
+}
 
 /// The rule of the public API method at `path`, if it is one.
 pub fn api_rule(path: &str) -> Option<Rule> {
@@ -421,7 +460,7 @@ pub fn api_rule(path: &str) -> Option<Rule> {
 /// as learners and backfill their archives); a host's own service is for replicas; health
 /// and reflection are open.
 pub fn allowed(who: &Identity, path: &str) -> bool {
-    if who.kind == Kind::Replica || path == "/drover.raft.v1.Replication/Status" {
+    if who.kind == Kind::Replica || path == STATUS_PATH {
         return true;
     }
     if let Some(rule) = api_rule(path) {
@@ -520,17 +559,19 @@ impl fmt::Debug for TokenBook {
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// The tower layer in front of a server's services ([module docs](self)); without TLS
-/// (`seen` is `None`) it lets every call through.
+/// (`seen` is `None`) it lets through every call its [`Port`] serves.
 #[derive(Debug, Clone)]
 pub struct Door {
+    port: Port,
     seen: Option<Arc<Seen>>,
     tokens: Option<TokenBook>,
 }
 
 impl Door {
     /// This door admits the bearer tokens of `book` too (the public API's); others refuse
-    /// every bearer token.
+    /// every bearer token. A peer port takes none.
     pub fn with_tokens(self, book: TokenBook) -> Door {
+        assert_ne!(self.port, Port::Peer, "a peer port admits cluster members' certificates only");
         Door { tokens: Some(book), ..self }
     }
 }
@@ -539,13 +580,14 @@ impl<S> tower::Layer<S> for Door {
     type Service = DoorService<S>;
 
     fn layer(&self, inner: S) -> DoorService<S> {
-        DoorService { inner, seen: self.seen.clone(), tokens: self.tokens.clone() }
+        DoorService { inner, port: self.port, seen: self.seen.clone(), tokens: self.tokens.clone() }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct DoorService<S> {
     inner: S,
+    port: Port,
     seen: Option<Arc<Seen>>,
     tokens: Option<TokenBook>,
 }
@@ -567,11 +609,17 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         use futures::future::{ready, Either};
+        let refuse = |status: tonic::Status| Either::Right(ready(Ok(status.into_http())));
+        let path = request.uri().path();
+        if !self.port.serves(path) {
+            return refuse(tonic::Status::unimplemented(format!(
+                "{path} is not served on this port: a replica serves its public API and its peer services (raft, replication) on ports of their own"
+            )));
+        }
         let Some(seen) = &self.seen else {
             return Either::Left(self.inner.call(request));
         };
-        let path = request.uri().path().to_owned();
-        let refuse = |status: tonic::Status| Either::Right(ready(Ok(status.into_http())));
+        let path = path.to_owned();
         // A bearer token, when sent, is who calls (even over a certificate's connection).
         let identity = match request.headers_mut().remove(AUTHORIZATION_HEADER) {
             Some(header) => {
@@ -598,6 +646,12 @@ where
                 }
             },
         };
+        if !self.port.admits(identity.kind) {
+            warn!(%identity, method = %path, "refused: a user on the peer port");
+            return refuse(tonic::Status::permission_denied(format!(
+                "{identity} may not call the peer port: it serves cluster members (replicas and hosts) only"
+            )));
+        }
         if !allowed(&identity, &path) {
             warn!(%identity, role = %identity.role, method = %path, "refused: not allowed for this certificate");
             return refuse(tonic::Status::permission_denied(format!("{identity} may not call {path}")));
@@ -694,6 +748,31 @@ mod tests {
         assert_eq!(acts_for_host(Some(&h1), "h2").unwrap_err().code(), tonic::Code::PermissionDenied);
         assert!(acts_for_host(Some(&who(Kind::User, Role::Admin)), "h2").is_ok());
         assert!(acts_for_host(None, "h2").is_ok());
+    }
+
+    /// The public port serves no peer method but a replica's status; the peer port serves
+    /// no public API method and admits no user; one port for both serves everything.
+    #[test]
+    fn each_port_serves_its_own_services_and_the_peer_port_only_members() {
+        for (path, public, peer) in [
+            ("/drover.api.v1.Domains/Define", true, false),
+            ("/grpc.health.v1.Health/Check", true, true),
+            ("/drover.raft.v1.Raft/AppendEntries", false, true),
+            ("/drover.raft.v1.Raft/Vote", false, true),
+            ("/drover.raft.v1.Replication/Submit", false, true),
+            ("/drover.raft.v1.Replication/Join", false, true),
+            ("/drover.raft.v1.Replication/Status", true, true),
+            ("/drover.host.v1.HostAgent/Console", false, true),
+        ] {
+            assert_eq!(Port::Public.serves(path), public, "{path}");
+            assert_eq!(Port::Peer.serves(path), peer, "{path}");
+            assert!(Port::Both.serves(path), "{path}");
+        }
+        for kind in Kind::ALL {
+            assert!(Port::Public.admits(kind));
+            assert!(Port::Both.admits(kind));
+            assert_eq!(Port::Peer.admits(kind), kind != Kind::User);
+        }
     }
 
     #[test]

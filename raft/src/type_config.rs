@@ -12,8 +12,63 @@ use crate::runtime::DroverRuntime;
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
-/// A node's address record (its raft service's `host:port`).
-pub type Node = openraft::BasicNode;
+/// A node's record in the membership.
+pub type Node = Member;
+
+/// Where a member is reached: its peer port (the raft and replication services, for
+/// other members) and its public API (for clients, and what a leader hint names). A
+/// host's learner serves no public API: its `api` is empty. Like etcd's peer and client
+/// URLs, both are replicated with the membership, so every replica can point a client to
+/// the leader's API.
+///
+/// Raft formats 1 and 2 recorded one address (openraft's `BasicNode`), where a replica
+/// served both on one port; it decodes as both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// `host:port` of the raft and replication services.
+    pub peer: String,
+    /// `host:port` of the public API; empty where there is none.
+    pub api: String,
+}
+
+impl Member {
+    pub fn new(peer: impl Into<String>, api: impl Into<String>) -> Member {
+        Member { peer: peer.into(), api: api.into() }
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.api.as_str() {
+            "" => write!(f, "{} (no API)", self.peer),
+            api if api == self.peer => f.write_str(&self.peer),
+            api => write!(f, "{} (API {api})", self.peer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Member, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "Member")]
+        struct Now {
+            peer: String,
+            api: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename = "BasicNode")]
+        struct OneAddress {
+            addr: String,
+        }
+        Ok(if crate::encoding::decoding_format() <= 2 {
+            let old = OneAddress::deserialize(d)?;
+            Member { api: old.addr.clone(), peer: old.addr }
+        } else {
+            let now = Now::deserialize(d)?;
+            Member { peer: now.peer, api: now.api }
+        })
+    }
+}
 
 /// One log entry's payload: proposals decided by the leader, committed together and
 /// applied in order. Batching amortizes a raft round (and its fsyncs) over every write

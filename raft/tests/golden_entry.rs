@@ -75,3 +75,27 @@ fn todays_entries_carry_each_proposal_in_the_codec_with_its_trace() {
     future[0] = encoding::RAFT_FORMAT_VERSION + 1;
     assert!(encoding::decode::<Entry>(&future).is_err());
 }
+
+/// A membership written in raft format 2 named one address per member, where a replica
+/// served its peer services and public API on one port: it decodes as both.
+#[test]
+fn raft_format_2_memberships_decode_with_one_address_as_both() {
+    use raft::type_config::Member;
+    let bytes = std::fs::read(golden("membership-raft2.bin")).unwrap();
+    assert_eq!(bytes[0], 2, "raft format 2");
+    let old: Entry = encoding::decode(&bytes).unwrap();
+    assert_eq!(old.log_id, LogId::new(CommittedLeaderId::new(2, 1), 7));
+    let EntryPayload::Membership(m) = &old.payload else { panic!("not a membership: {old:?}") };
+    assert_eq!(m.voter_ids().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(m.get_node(&1), Some(&Member::new("10.0.0.1:7401", "10.0.0.1:7401")));
+    assert_eq!(m.get_node(&101), Some(&Member::new("10.0.1.1:7500", "10.0.1.1:7500")));
+    // Written again today, each member keeps its two addresses apart.
+    let mut nodes = m.nodes().map(|(id, n)| (*id, n.clone())).collect::<std::collections::BTreeMap<_, _>>();
+    nodes.insert(1, Member::new("10.0.0.1:7451", "10.0.0.1:7401"));
+    nodes.insert(101, Member::new("10.0.1.1:7500", ""));
+    let now = openraft::Membership::new(vec![[1u64, 2].into_iter().collect()], nodes);
+    let e = Entry { log_id: old.log_id, payload: EntryPayload::Membership(now.clone()) };
+    let back: Entry = encoding::decode(&encoding::encode(&e)).unwrap();
+    let EntryPayload::Membership(back) = back.payload else { panic!("not a membership") };
+    assert_eq!(back, now);
+}

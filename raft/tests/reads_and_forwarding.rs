@@ -19,6 +19,18 @@ async fn start(id: u64, dir: &std::path::Path) -> Node {
     node
 }
 
+/// A replica whose peer services have a port of their own (served here; its public API,
+/// which these tests do not serve, has another).
+async fn start_apart(id: u64, dir: &std::path::Path) -> Node {
+    let mut config = NodeConfig::new(id, free_addr(), dir.join(format!("n{id}")));
+    let peer = free_addr();
+    config.peer_listen = Some(peer);
+    config.advertise.peer = peer.to_string();
+    let node = Node::start(config).await.unwrap();
+    tokio::spawn(raft::service::serve(node.clone(), std::future::pending()));
+    node
+}
+
 async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -42,13 +54,14 @@ fn define(name: &str) -> Request {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_writes_forward_and_reads_come_in_two_kinds() {
     let dir = tempfile::tempdir().unwrap();
-    let n1 = start(1, dir.path()).await;
+    let n1 = start_apart(1, dir.path()).await;
     n1.bootstrap().await.unwrap();
     until("node 1 to lead", || (n1.status().leader_id == 1).then_some(())).await;
-    let seed = n1.listen_addr().to_string();
-    let n2 = start(2, dir.path()).await;
+    let seed = n1.peer_listen_addr().unwrap().to_string();
+    let api = n1.listen_addr().to_string();
+    let n2 = start_apart(2, dir.path()).await;
     n2.join(&seed, true, Duration::from_secs(30)).await.unwrap();
-    let n3 = start(3, dir.path()).await;
+    let n3 = start_apart(3, dir.path()).await;
     n3.join(&seed, true, Duration::from_secs(30)).await.unwrap();
     until("three voters", || (n1.members().0.len() == 3).then_some(())).await;
 
@@ -59,9 +72,21 @@ async fn follower_writes_forward_and_reads_come_in_two_kinds() {
     assert!(n1.read_linearizable(|s| s.domain("via-follower").is_some()).await.unwrap());
     // A follower will not answer a linearizable read; it names the leader instead.
     match n3.read_linearizable(|s| s.last_seq()).await {
-        Err(NodeError::NotLeader { leader_id, leader_address }) => {
-            assert_eq!(leader_id, Some(1));
-            assert_eq!(leader_address.as_deref(), Some(seed.as_str()));
+        Err(e @ NodeError::NotLeader { .. }) => {
+            let NodeError::NotLeader { leader_id, leader } = &e else { unreachable!() };
+            assert_eq!(*leader_id, Some(1));
+            assert_eq!(leader.as_ref(), Some(&raft::type_config::Member::new(&seed, &api)));
+            // The answer points an API client to the leader's API, a replication client to
+            // its peer port.
+            let status = e.to_status();
+            let header = |h: &str| status.metadata().get(h).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(header(raft::node::LEADER_ADDRESS_HEADER), Some(api.clone()));
+            assert_eq!(header(raft::node::LEADER_PEER_HEADER), Some(seed.clone()));
+            // Each member's two addresses are in every replica's status.
+            let s = n3.status();
+            assert_eq!(s.leader_address, api);
+            assert_eq!(s.addresses[&1], seed);
+            assert_eq!(s.api_addresses[&1], api);
         }
         other => panic!("a follower answered a linearizable read: {other:?}"),
     }
@@ -75,7 +100,7 @@ async fn follower_writes_forward_and_reads_come_in_two_kinds() {
             let status = e.to_status();
             assert_eq!(status.code(), tonic::Code::Unavailable);
             assert_eq!(
-                status.metadata().get(raft::node::LEADER_ADDRESS_HEADER).unwrap().to_str().unwrap(),
+                status.metadata().get(raft::node::LEADER_PEER_HEADER).unwrap().to_str().unwrap(),
                 seed
             );
         }

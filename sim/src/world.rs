@@ -245,7 +245,7 @@ impl World {
             .core
             .replica_ids
             .iter()
-            .map(|id| (*id, openraft::BasicNode::new(format!("replica-{id}"))))
+            .map(|id| (*id, raft::type_config::Member::new(format!("replica-{id}"), format!("replica-{id}"))))
             .collect();
         if let Some(live) = self.core.net.live(1) {
             if let Err(e) = live.raft.initialize(members).await {
@@ -422,7 +422,7 @@ impl World {
             if self.joined.contains(&r.id) {
                 continue;
             }
-            let node = openraft::BasicNode::new(format!("host-replica-{}", r.id));
+            let node = raft::type_config::Member::new(format!("host-replica-{}", r.id), "");
             let add = leader.raft.add_learner(r.id, node, false);
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1_000), add).await {
                 self.joined.insert(r.id);

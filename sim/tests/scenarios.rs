@@ -45,8 +45,10 @@ async fn a_deposed_leader_does_not_refuse_a_write_committed_without_it() {
     for r in &mut replicas {
         r.start(&net, &clocks, Bug::None, &ids).await.unwrap();
     }
-    let members: BTreeMap<NodeId, openraft::BasicNode> =
-        ids.iter().map(|id| (*id, openraft::BasicNode::new(format!("replica-{id}")))).collect();
+    let members: BTreeMap<NodeId, raft::type_config::Member> = ids
+        .iter()
+        .map(|id| (*id, raft::type_config::Member::new(format!("replica-{id}"), format!("replica-{id}"))))
+        .collect();
     net.live(1).unwrap().raft.initialize(members).await.unwrap();
     let old = leader_among(&net, &ids).await;
     // A first write: the leader has confirmed its state for this term.

@@ -117,7 +117,10 @@ where
 #[derive(Debug)]
 pub struct Replica {
     pub id: u64,
+    /// Its public API (and peer services, without a peer port).
     pub addr: String,
+    /// Its peer services (raft, replication): `addr` unless it has a port of its own.
+    pub peer_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -342,7 +345,8 @@ impl Processes {
     }
 
     /// Every replica started from now on runs with `--tls-dir` (a certificate of a CA made
-    /// for these processes), and the harness's own calls use the user's certificate.
+    /// for these processes) and, as a replica beyond loopback would, with its peer services
+    /// on a port of their own; the harness's own calls use the user's certificate.
     pub fn with_tls(mut self) -> Processes {
         self.pki = Some(TestPki::new(&self.dir.path().join("tls")));
         self
@@ -380,12 +384,20 @@ impl Processes {
         self
     }
 
-    /// Start replica `id` (on a fresh port the first time, the same port after).
+    /// Start replica `id` (on fresh ports the first time, the same ports after); returns
+    /// its public address.
     pub fn start(&mut self, id: u64, extra: &[&str]) -> String {
-        let (addr, data_dir) = match self.replicas.get(&id) {
-            Some(r) => (r.addr.clone(), r.data_dir.clone()),
-            None => (format!("127.0.0.1:{}", free_port()), self.data_root.join(format!("n{id}"))),
+        let (addr, peer_addr, data_dir) = match self.replicas.get(&id) {
+            Some(r) => (r.addr.clone(), r.peer_addr.clone(), r.data_dir.clone()),
+            None => {
+                let addr = format!("127.0.0.1:{}", free_port());
+                let peer =
+                    if self.pki.is_some() { format!("127.0.0.1:{}", free_port()) } else { addr.clone() };
+                (addr, peer, self.data_root.join(format!("n{id}")))
+            }
         };
+        let peer_listen: Vec<&str> =
+            if peer_addr == addr { Vec::new() } else { vec!["--peer-listen", peer_addr.as_str()] };
         let log = self.dir.path().join(format!("n{id}.log"));
         let out = File::options().create(true).append(true).open(&log).expect("log file");
         let tls: Vec<PathBuf> = match &self.pki {
@@ -395,22 +407,34 @@ impl Processes {
         let child = Command::new(drover_bin())
             .args(["server", "--id", &id.to_string(), "--listen", &addr, "--data-dir"])
             .arg(&data_dir)
+            .args(&peer_listen)
             .args(&tls)
             .args(extra)
             .stdout(Stdio::from(out.try_clone().expect("log fd")))
             .stderr(Stdio::from(out))
             .spawn()
             .expect("drover starts");
-        self.replicas.insert(id, Replica { id, addr: addr.clone(), data_dir, log, child: Some(child) });
+        self.replicas
+            .insert(id, Replica { id, addr: addr.clone(), peer_addr, data_dir, log, child: Some(child) });
         addr
     }
 
+    /// Replica `id`'s public API.
     pub fn addr(&self, id: u64) -> String {
         self.replicas[&id].addr.clone()
     }
 
     pub fn addrs(&self) -> Vec<String> {
         self.replicas.values().map(|r| r.addr.clone()).collect()
+    }
+
+    /// Replica `id`'s peer services (its public address, without a peer port).
+    pub fn peer_addr(&self, id: u64) -> String {
+        self.replicas[&id].peer_addr.clone()
+    }
+
+    pub fn peer_addrs(&self) -> Vec<String> {
+        self.replicas.values().map(|r| r.peer_addr.clone()).collect()
     }
 
     /// SIGKILL replica `id` and reap it.

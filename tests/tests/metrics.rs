@@ -56,13 +56,15 @@ async fn until(prometheus: &str, promql: &str, count: usize, ok: impl Fn(f64) ->
 async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     let prometheus_bin = which("prometheus").expect("prometheus is not installed (scripts/deps installs it)");
     let dir = tempfile::tempdir().unwrap();
-    // A cluster takes base..=base+6 (learners from base+4), its metrics six more.
-    let (base, metrics_base) = (free_run(7), free_run(6));
+    // A cluster takes base..=base+6 (learners from base+4), its peer ports three more,
+    // its metrics six more.
+    let (base, peer_base, metrics_base) = (free_run(7), free_run(3), free_run(6));
     let mut up = UpCluster(
         Command::new(drover_bin())
             .args(["up", "--no-user-config", "--data-dir"])
             .arg(dir.path().join("cluster"))
             .args(["--base-port", &base.to_string(), "--metrics-base-port", &metrics_base.to_string()])
+            .args(["--peer-base-port", &peer_base.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

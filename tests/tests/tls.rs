@@ -30,7 +30,11 @@ fn transport(dir: &Path) -> Transport {
 /// The status of replica `addr` as `who` sees it (open to every certificate).
 async fn state_hash(who: &Transport, addr: &str) -> Option<(u64, String)> {
     let channel = who.endpoint(addr).ok()?.connect().await.ok()?;
-    let s = ReplicationClient::new(channel).status(proto::raft::StatusRequest {}).await.ok()?.into_inner();
+    let s = ReplicationClient::new(channel)
+        .status(proto::raft::StatusRequest::default())
+        .await
+        .ok()?
+        .into_inner();
     Some((s.last_seq, s.state_hash))
 }
 
@@ -131,29 +135,54 @@ async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_a
     }
     let plain = Endpoint::from_shared(format!("http://{seed}")).unwrap();
     assert_ne!(list_code(plain).await, Code::Ok, "a plain-text call got in");
+    // The raft and replication services are on the peer port, not the public one.
+    let peer = p.peer_addr(1);
+    assert_ne!(peer, seed);
     // A replica of another cluster's CA cannot send AppendEntries.
-    let foreign = transport(&stranger_replica).endpoint(&seed).unwrap();
+    let foreign = transport(&stranger_replica).endpoint(&peer).unwrap();
     if let Ok(channel) = foreign.connect().await {
         let r = RaftClient::new(channel).append_entries(proto::raft::RaftPayload::default()).await;
         assert!(r.is_err(), "another CA's replica reached raft");
     }
 
-    // Each kind only where it may: a user or a host may not send raft messages or
-    // forwarded writes, and a host joins only as a learner.
+    // The public port serves no peer method but a replica's status, to anyone, even a
+    // replica; the peer port takes no user, not even for a status.
     let as_host = transport(&host);
-    for who in [&as_alice, &as_host] {
+    let as_replica = transport(&replica_1);
+    for who in [&as_alice, &as_host, &as_replica] {
         let channel = who.endpoint(&seed).unwrap().connect().await.unwrap();
         let r = RaftClient::new(channel.clone()).append_entries(proto::raft::RaftPayload::default()).await;
-        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
-        let r = ReplicationClient::new(channel).submit(proto::raft::SubmitRequest::default()).await;
-        assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(r.unwrap_err().code(), Code::Unimplemented);
+        let r = ReplicationClient::new(channel.clone()).submit(proto::raft::SubmitRequest::default()).await;
+        assert_eq!(r.unwrap_err().code(), Code::Unimplemented);
+        assert!(ReplicationClient::new(channel).status(proto::raft::StatusRequest::default()).await.is_ok());
     }
-    let channel = as_host.endpoint(&seed).unwrap().connect().await.unwrap();
+    let channel = as_alice.endpoint(&peer).unwrap().connect().await.unwrap();
+    let r = ReplicationClient::new(channel.clone()).status(proto::raft::StatusRequest::default()).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(list_code(as_alice.endpoint(&peer).unwrap()).await, Code::Unimplemented);
+    // Another member's status through a replica's public port: the replica asks it over its
+    // peer port.
+    let via = ReplicationClient::new(as_alice.endpoint(&seed).unwrap().connect().await.unwrap())
+        .status(proto::raft::StatusRequest { member: 2 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(via.node_id, 2);
+
+    // Each kind only where it may: a host may not send raft messages or forwarded writes,
+    // and joins only as a learner.
+    let channel = as_host.endpoint(&peer).unwrap().connect().await.unwrap();
+    let r = RaftClient::new(channel.clone()).append_entries(proto::raft::RaftPayload::default()).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    let r = ReplicationClient::new(channel.clone()).submit(proto::raft::SubmitRequest::default()).await;
+    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
     let join = proto::raft::JoinRequest {
         node_id: 9,
         address: "127.0.0.1:1".into(),
         cluster_id: String::new(),
         voter: true,
+        api_address: "127.0.0.1:2".into(),
     };
     let r = ReplicationClient::new(channel).join(join).await;
     assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
@@ -198,7 +227,8 @@ async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_a
     }
     let log = p.log_of(1);
     assert!(log.contains("refused: no client certificate"), "{log}");
-    assert!(log.contains("user:alice") && log.contains("/drover.raft.v1.Raft/AppendEntries"), "{log}");
+    assert!(log.contains("user:alice") && log.contains("a user on the peer port"), "{log}");
+    assert!(log.contains("host:h1") && log.contains("/drover.raft.v1.Raft/AppendEntries"), "{log}");
     assert!(log.contains("host:h1") && log.contains("a voter's join"), "{log}");
     assert!(log.contains("user:vic") && log.contains("/drover.api.v1.Domains/Define"), "{log}");
     assert!(log.contains("acting for another host"), "{log}");
@@ -306,11 +336,12 @@ async fn bearer_tokens_are_made_by_admins_act_with_their_role_expire_and_are_rev
     assert!(!garbage.ok && garbage.err.contains("Unauthenticated"), "{}", garbage.err);
     let nobody = drover(&all, &ca_only, None, &["domain", "list"]);
     assert!(!nobody.ok && nobody.err.contains("Unauthenticated"), "{}", nobody.err);
-    let channel = Transport::from_dir(Some(&ca_only)).unwrap().endpoint(&seed).unwrap().connect_lazy();
+    let channel =
+        Transport::from_dir(Some(&ca_only)).unwrap().endpoint(&p.peer_addr(1)).unwrap().connect_lazy();
     let mut append = tonic::Request::new(proto::raft::RaftPayload::default());
     append.metadata_mut().insert("authorization", format!("Bearer {operator}").parse().unwrap());
     let r = RaftClient::new(channel).append_entries(append).await;
-    assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
 
     // A token expires.
     let brief = create("brief", "viewer", "1s");

@@ -45,13 +45,15 @@ fn start_trace(spans: &[Span], kvm: bool) -> Option<Vec<Span>> {
 async fn one_trace_follows_a_start_from_the_cli_to_the_guest() {
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    // A cluster takes base..=base+6 (learners from base+4), its metrics six more.
-    let (base, metrics_base) = (free_run(7), free_run(6));
+    // A cluster takes base..=base+6 (learners from base+4), its peer ports three more,
+    // its metrics six more.
+    let (base, peer_base, metrics_base) = (free_run(7), free_run(3), free_run(6));
     let _up = UpCluster(
         Command::new(drover_bin())
             .args(["up", "--no-user-config", "--data-dir"])
             .arg(dir.path().join("cluster"))
             .args(["--base-port", &base.to_string(), "--metrics-base-port", &metrics_base.to_string()])
+            .args(["--peer-base-port", &peer_base.to_string()])
             .args(["--otlp-endpoint", &receiver.endpoint()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -30,6 +30,7 @@ fn up(dir: &std::path::Path, base: u16) -> Child {
         .args(["up", "--no-user-config", "--data-dir"])
         .arg(dir)
         .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
+        .args(["--peer-base-port", &(base + 13).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -61,7 +62,7 @@ async fn one_command_cluster_runs_domains_stops_and_resumes() {
     let data = dir.path().join("cluster");
     let config = up_config(&data);
     let cfg = config.as_path();
-    let base = free_run(13);
+    let base = free_run(16);
     let endpoints = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect::<Vec<_>>().join(",");
     let child = up(&data, base);
     let mut guard = UpGuard(Some(child.id()));
@@ -268,11 +269,12 @@ fn pid_of(pattern: &str) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_run(13);
+    let base = free_run(16);
     let child = Command::new(drover_bin())
         .args(["up", "--no-user-config", "--driver", "fake", "--data-dir"])
         .arg(dir.path())
         .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
+        .args(["--peer-base-port", &(base + 13).to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -342,4 +344,25 @@ async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     let status = interrupt_and_wait(child);
     assert!(status.success(), "drover up exited with {status}");
     assert_eq!(processes_of_cluster(base), 0, "every replica and host process stopped");
+}
+
+/// A data directory from before the replicas' peer ports names one port per replica in its
+/// membership, which no longer serves raft: `up` refuses it, saying so, and starts nothing.
+#[test]
+fn a_cluster_from_before_the_peer_ports_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("replica-1")).unwrap();
+    let base = free_run(16);
+    let out = Command::new(drover_bin())
+        .args(["up", "--no-user-config", "--driver", "fake", "--data-dir"])
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
+        .args(["--peer-base-port", &(base + 13).to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("from before the replicas' peer ports"), "{err}");
+    assert_eq!(processes_of_cluster(base), 0);
+    assert!(!dir.path().join("layout").exists());
 }

@@ -171,7 +171,7 @@ async fn drover(args: &Args) -> anyhow::Result<()> {
         println!("metrics at {}", metrics.join(" "));
     }
     // Its writes go straight to the replication service, as a member would send them.
-    drive_drover(args, p.addrs(), p.member_transport()).await?;
+    drive_drover(args, p.peer_addrs(), p.member_transport()).await?;
     if let Some(receiver) = receiver {
         // The replicas export every 500 ms: what arrived by now is what they made.
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
