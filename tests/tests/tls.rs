@@ -83,6 +83,16 @@ async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_a
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("replica:1, not replica:2"), "{refused:?}");
+    // Beyond loopback, a replica keeps its peer services on a port of their own.
+    let one_port = drover_command()
+        .args(["server", "--id", "1", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(p.dir.path().join("nope"))
+        .arg("--tls-dir")
+        .arg(&replica_1)
+        .output()
+        .unwrap();
+    assert!(!one_port.status.success());
+    assert!(String::from_utf8_lossy(&one_port.stderr).contains("pass --peer-listen"), "{one_port:?}");
 
     // Three replicas over mutual TLS.
     let (seed, _) = p.three_voters(&[], false).await;
