@@ -398,6 +398,7 @@ async fn a_host_cut_off_fences_itself_its_ha_domains_run_elsewhere_and_it_rejoin
     let net = Net::new(&["ctl", "h1", "h2"]);
     let dir = tempfile::tempdir().unwrap();
     let ep = format!("{}:7401", net.addr(0));
+    let peer = format!("{}:7451", net.addr(0));
     let spawn = |node: &str, args: &[&str]| -> Child {
         let log = std::fs::File::create(dir.path().join(format!("{node}.log"))).unwrap();
         net.drover(node)
@@ -416,6 +417,8 @@ async fn a_host_cut_off_fences_itself_its_ha_domains_run_elsewhere_and_it_rejoin
             "1",
             "--listen",
             &ep,
+            "--peer-listen",
+            &peer,
             "--insecure",
             "--bootstrap",
             "--data-dir",

@@ -108,8 +108,20 @@ async fn two_guests_on_two_hosts_reach_each_other_over_the_overlay() {
             .unwrap()
     };
     let data = dir.path().join("data").display().to_string();
-    let server =
-        ["server", "--id", "1", "--listen", &endpoint, "--insecure", "--bootstrap", "--data-dir", &data];
+    let peer = format!("10.250.{k}.1:{}", free_port());
+    let server = [
+        "server",
+        "--id",
+        "1",
+        "--listen",
+        &endpoint,
+        "--peer-listen",
+        &peer,
+        "--insecure",
+        "--bootstrap",
+        "--data-dir",
+        &data,
+    ];
     world.children.push(spawn(&control, &server, log("server")));
     let drover = |args: &[&str]| {
         let out = Command::new("ip")
