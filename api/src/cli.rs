@@ -1120,6 +1120,9 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
                                     word::<pb::HostState>(h.state)
                                 },
                                 h.address.clone(),
+                                h.labels
+                                    .get(controlplane::model::DRIVER_LABEL)
+                                    .map_or("-".into(), String::clone),
                                 format!("{}/{}", used.vcpus, cap.vcpus),
                                 format!("{}/{}", used.memory_mib, cap.memory_mib),
                                 h.domains.len().to_string(),
@@ -1132,14 +1135,26 @@ async fn host(c: &ApiClient, o: Output, consistency: i32, cmd: HostCmd) -> anyho
                             ]
                         })
                         .collect();
-                    table(&["name", "state", "address", "vcpus", "memory_mib", "domains", "largest VM"], rows)
+                    table(
+                        &[
+                            "name",
+                            "state",
+                            "address",
+                            "driver",
+                            "vcpus",
+                            "memory_mib",
+                            "domains",
+                            "largest VM",
+                        ],
+                        rows,
+                    )
                 },
                 || {
                     Value::Array(
                         list.iter()
                             .map(|h| {
                                 let limits = h.vm_limits.map(|l| json!({"vcpus": l.vcpus, "memory_mib": l.memory_mib, "disks": l.disks, "nics": l.nics}));
-                                json!({"name": h.name, "state": word::<pb::HostState>(h.state), "address": h.address, "domains": h.domains, "flapping": h.flapping, "recent_fences": h.recent_fences, "vm_limits": limits})
+                                json!({"name": h.name, "state": word::<pb::HostState>(h.state), "address": h.address, "domains": h.domains, "flapping": h.flapping, "recent_fences": h.recent_fences, "vm_limits": limits, "labels": h.labels})
                             })
                             .collect(),
                     )

@@ -10,6 +10,9 @@
 //! the answer deterministic for a given state while sending domains that are placed at the
 //! same moment (decided against the same state) to different hosts, so their proposals do
 //! not collide on one host's version.
+//!
+//! A live migration's target must also run the source's driver ([`live_target`]): a
+//! running guest's state moves only between two VMMs of one kind.
 
 use std::fmt;
 
@@ -34,6 +37,11 @@ pub enum Misfit {
     },
     /// The host's driver runs no VM this large: what is over its limits.
     TooLarge(String),
+    /// A live migration's target runs another driver than its source.
+    OtherDriver {
+        target: String,
+        source: String,
+    },
 }
 
 impl fmt::Display for Misfit {
@@ -47,6 +55,10 @@ impl fmt::Display for Misfit {
             Misfit::Flapping => f.write_str("host was fenced too often lately (drover host clear)"),
             Misfit::LocalVolume { volume, host } => write!(f, "its disk {volume} is on host {host}"),
             Misfit::TooLarge(what) => write!(f, "its driver runs no VM with {what}"),
+            Misfit::OtherDriver { target, source } => write!(
+                f,
+                "it runs the {target} driver and the source the {source} driver: a running guest moves live only between hosts of one driver"
+            ),
         }
     }
 }
@@ -65,6 +77,7 @@ pub struct NoPlacement {
     pub too_large: usize,
     /// What was over the limits of the first host too small for it.
     pub too_large_detail: Option<String>,
+    pub other_driver: usize,
 }
 
 impl fmt::Display for NoPlacement {
@@ -82,6 +95,7 @@ impl fmt::Display for NoPlacement {
             (self.flapping, "flapping"),
             (self.local_volume, "without its local disks"),
             (self.too_large, "whose driver runs no VM this large"),
+            (self.other_driver, "running another driver than the source"),
         ];
         let mut first = true;
         for (n, what) in parts.into_iter().filter(|(n, _)| *n > 0) {
@@ -157,21 +171,57 @@ fn load_after(host: &Host, spec: &DomainSpec) -> u64 {
     cpu.max(mem)
 }
 
-/// Pick a host for domain `name`, never `exclude` (a migration's source).
-pub fn place(
+/// Whether a running guest of `source` can move live to `target`: both run one driver. A
+/// host that names no driver (registered by an older build) is taken at its word.
+pub fn live_target(source: &Host, target: &Host) -> Result<(), Misfit> {
+    match (source.driver(), target.driver()) {
+        (Some(s), Some(t)) if s != t => {
+            Err(Misfit::OtherDriver { target: t.to_owned(), source: s.to_owned() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Pick a host for domain `name`.
+pub fn place(state: &State, name: &str, spec: &DomainSpec) -> Result<String, NoPlacement> {
+    place_where(state, name, spec, |_| Ok(()))
+}
+
+/// Pick a live migration's target for domain `name`, running on `source`: never the
+/// source, and a host of its driver ([`live_target`]).
+pub fn place_live(
     state: &State,
     name: &str,
     spec: &DomainSpec,
-    exclude: Option<&str>,
+    source: &Host,
+) -> Result<String, NoPlacement> {
+    place_where(state, name, spec, |host| match host.name == source.name {
+        true => Err(None),
+        false => live_target(source, host).map_err(Some),
+    })
+}
+
+/// Pick a host for domain `name` among those `also` takes: `Err(None)` leaves a host out
+/// uncounted, `Err(Some(misfit))` counts it as unfit.
+fn place_where(
+    state: &State,
+    name: &str,
+    spec: &DomainSpec,
+    also: impl Fn(&Host) -> Result<(), Option<Misfit>>,
 ) -> Result<String, NoPlacement> {
     let mut best: Option<((u64, u64), &Host)> = None;
     let mut why = NoPlacement::default();
     for host in state.hosts().values() {
-        if Some(host.name.as_str()) == exclude || host.state == HostState::Left {
+        if host.state == HostState::Left {
             continue;
         }
+        let verdict = match also(host) {
+            Err(None) => continue,
+            Err(Some(misfit)) => Err(misfit),
+            Ok(()) => fit(state, host, name, spec),
+        };
         why.hosts += 1;
-        match fit(state, host, name, spec) {
+        match verdict {
             Ok(()) => {
                 let rank = (load_after(host, spec) / LOAD_BUCKET_MILLIONTHS, tie_break(name, &host.name));
                 if best.is_none_or(|(b, _)| rank < b) {
@@ -189,6 +239,7 @@ pub fn place(
                 why.too_large += 1;
                 why.too_large_detail.get_or_insert(over);
             }
+            Err(Misfit::OtherDriver { .. }) => why.other_driver += 1,
         }
     }
     best.map(|(_, h)| h.name.clone()).ok_or(why)
@@ -234,9 +285,9 @@ mod tests {
         start(&mut h, "filler", kernel_spec(32, 32768));
         let mut s = kernel_spec(1, 1024);
         s.placement.required_labels = Labels::new();
-        assert_eq!(place(&h.state, "x", &s, None).unwrap(), "small"); // 50% vs 51.5%
+        assert_eq!(place(&h.state, "x", &s).unwrap(), "small"); // 50% vs 51.5%
         let heavy = kernel_spec(1, 1536);
-        assert_eq!(place(&h.state, "y", &heavy, None).unwrap(), "big"); // 75% vs 52.3%
+        assert_eq!(place(&h.state, "y", &heavy).unwrap(), "big"); // 75% vs 52.3%
     }
 
     #[test]
@@ -245,16 +296,55 @@ mod tests {
         let refs: Vec<(&str, u32, u64)> = hosts.iter().map(|(n, c, m)| (n.as_str(), *c, *m)).collect();
         let h = cluster(&refs);
         let spec = kernel_spec(1, 512);
-        let first = place(&h.state, "x", &spec, None).unwrap();
+        let first = place(&h.state, "x", &spec).unwrap();
         for _ in 0..10 {
-            assert_eq!(place(&h.state, "x", &spec, None).unwrap(), first, "same state, same answer");
+            assert_eq!(place(&h.state, "x", &spec).unwrap(), first, "same state, same answer");
         }
-        let other = place(&h.state, "x", &spec, Some(&first)).unwrap();
+        let other = place_live(&h.state, "x", &spec, h.state.host(&first).unwrap()).unwrap();
         assert_ne!(other, first);
         // Twenty domains decided against the same state land on many hosts, not one.
         let chosen: std::collections::BTreeSet<String> =
-            (0..20).map(|i| place(&h.state, &format!("d{i}"), &spec, None).unwrap()).collect();
+            (0..20).map(|i| place(&h.state, &format!("d{i}"), &spec).unwrap()).collect();
         assert!(chosen.len() >= 6, "placements spread over {chosen:?}");
+    }
+
+    /// A live migration's target runs its source's driver; a host that names no driver
+    /// (an older build's) is taken at its word.
+    #[test]
+    fn a_live_target_runs_the_sources_driver() {
+        let mut h = Harness::new();
+        for (name, driver, vcpus, memory_mib) in [
+            ("kvm1", Some("kvm"), 8, 8192),
+            ("kvm2", Some("kvm"), 8, 4096),
+            ("qemu1", Some("qemu"), 64, 65536),
+            ("old", None, 8, 2048),
+        ] {
+            let labels: Labels =
+                driver.map(|d| (crate::model::DRIVER_LABEL.to_owned(), d.to_owned())).into_iter().collect();
+            let mut register = crate::fixtures::register_host(name, vcpus, memory_mib);
+            if let Command::RegisterHost { labels: l, .. } = &mut register {
+                *l = labels;
+            }
+            h.exec(register).unwrap();
+            h.exec(Command::SetHostState { name: name.into(), state: HostState::Ready }).unwrap();
+        }
+        let host = |n: &str| h.state.host(n).unwrap();
+        let spec = kernel_spec(1, 512);
+        // qemu1 is the emptiest, but runs another driver.
+        assert_eq!(place(&h.state, "x", &spec).unwrap(), "qemu1");
+        assert_eq!(place_live(&h.state, "x", &spec, host("kvm1")).unwrap(), "kvm2");
+        let refused = live_target(host("kvm1"), host("qemu1")).unwrap_err();
+        assert!(
+            refused.to_string().contains("runs the qemu driver and the source the kvm driver"),
+            "{refused}"
+        );
+        assert!(live_target(host("kvm1"), host("old")).is_ok());
+        assert!(live_target(host("old"), host("qemu1")).is_ok());
+        // No host of the driver has room: said so.
+        let big = kernel_spec(1, 6144);
+        let why = place_live(&h.state, "x", &big, host("kvm1")).unwrap_err();
+        assert_eq!((why.hosts, why.other_driver, why.memory), (3, 1, 2), "{why}");
+        assert!(why.to_string().contains("1 running another driver than the source"), "{why}");
     }
 
     #[test]
@@ -269,20 +359,20 @@ mod tests {
         })
         .unwrap();
         // c is the emptiest by far but still joining: never chosen.
-        assert_ne!(place(&h.state, "x", &kernel_spec(1, 512), None).unwrap(), "c");
+        assert_ne!(place(&h.state, "x", &kernel_spec(1, 512)).unwrap(), "c");
         let mut gpu = kernel_spec(1, 512);
         gpu.placement.required_labels = [("gpu".to_string(), "yes".to_string())].into();
-        let why = place(&h.state, "x", &gpu, None).unwrap_err();
+        let why = place(&h.state, "x", &gpu).unwrap_err();
         assert_eq!((why.hosts, why.not_ready, why.labels), (3, 1, 2));
         h.exec(Command::SetHostState { name: "c".into(), state: crate::model::HostState::Ready }).unwrap();
-        assert_eq!(place(&h.state, "x", &gpu, None).unwrap(), "c");
+        assert_eq!(place(&h.state, "x", &gpu).unwrap(), "c");
 
         let mut member = kernel_spec(1, 512);
         member.placement.anti_affinity_group = Some("db".into());
         let hosts: std::collections::BTreeSet<String> =
             (0..3).map(|i| start(&mut h, &format!("db{i}"), member.clone())).collect();
         assert_eq!(hosts.len(), 3, "one per host");
-        let why = place(&h.state, "db3", &member, None).unwrap_err();
+        let why = place(&h.state, "db3", &member).unwrap_err();
         assert_eq!(why.anti_affinity, 3);
         assert!(why.to_string().contains("3 running its anti-affinity group"), "{why}");
     }
@@ -312,10 +402,10 @@ mod tests {
         assert!(refused.to_string().contains("vm_limits.vcpus"), "{refused}");
         assert_eq!(h.state.host("a").unwrap().vm_limits, Some(own_vmm), "a refusal changes nothing");
         let big = kernel_spec(4, 4096);
-        assert_eq!(place(&h.state, "x", &big, None).unwrap(), "b", "only b runs a 4 GiB VM");
+        assert_eq!(place(&h.state, "x", &big).unwrap(), "b", "only b runs a 4 GiB VM");
         assert!(fit(&h.state, h.state.host("a").unwrap(), "x", &kernel_spec(32, 3072)).is_ok());
         say(&mut h, "b", Some(own_vmm)).unwrap();
-        let why = place(&h.state, "x", &big, None).unwrap_err();
+        let why = place(&h.state, "x", &big).unwrap_err();
         assert_eq!((why.hosts, why.too_large), (2, 2));
         assert!(
             why.to_string()
@@ -323,13 +413,13 @@ mod tests {
             "{why}"
         );
         let mut wide = kernel_spec(33, 512);
-        let why = place(&h.state, "x", &wide, None).unwrap_err();
+        let why = place(&h.state, "x", &wide).unwrap_err();
         assert!(why.to_string().contains("33 vCPUs (at most 32)"), "{why}");
         wide.vcpus = 1;
         wide.nics = (0..9).map(|_| crate::model::Nic { network: "n".into(), mac: None }).collect();
-        assert!(place(&h.state, "x", &wide, None).unwrap_err().to_string().contains("9 NICs (at most 8)"));
+        assert!(place(&h.state, "x", &wide).unwrap_err().to_string().contains("9 NICs (at most 8)"));
         // A host that says nothing any more has no limits beyond the cluster's.
         say(&mut h, "b", None).unwrap();
-        assert_eq!(place(&h.state, "x", &big, None).unwrap(), "b");
+        assert_eq!(place(&h.state, "x", &big).unwrap(), "b");
     }
 }

@@ -2,10 +2,12 @@
 //! host's learner replica (when asked to), builds the chosen driver and runs the agent
 //! until SIGTERM or Ctrl-C. The `drover` binary's `hostd` verb calls it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use controlplane::model::DRIVER_LABEL;
 use raft::node::{Node, NodeConfig};
 use raft::tls::Security;
 use tracing::{info, warn};
@@ -22,6 +24,17 @@ pub enum DriverKind {
     Qemu,
     /// In memory, no guests (tests, machines without KVM).
     Fake,
+}
+
+impl DriverKind {
+    /// Its name, as `--driver` takes it and the host's driver label records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Kvm => "kvm",
+            DriverKind::Qemu => "qemu",
+            DriverKind::Fake => "fake",
+        }
+    }
 }
 
 /// `drover hostd`'s command line.
@@ -65,7 +78,8 @@ pub struct HostdArgs {
     /// Memory offered to the cluster, MiB (default: this machine's RAM).
     #[arg(long)]
     pub memory_mib: Option<u64>,
-    /// Labels, as key=value (repeatable).
+    /// Labels, as key=value (repeatable). The host labels itself with its driver
+    /// (`drover.io/driver=kvm|qemu|fake`), a key no label given here may take.
     #[arg(long = "label")]
     pub labels: Vec<String>,
     /// Milliseconds between reconcile passes.
@@ -241,7 +255,7 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>, security: Security) ->
         crate::metrics::describe();
         info!(%addr, "serving metrics");
     }
-    let labels = args
+    let mut labels: BTreeMap<String, String> = args
         .labels
         .iter()
         .map(|l| {
@@ -250,6 +264,12 @@ pub async fn run(args: HostdArgs, endpoints: Vec<String>, security: Security) ->
                 .ok_or_else(|| ProcessError::Args(format!("label {l:?} is not key=value")))
         })
         .collect::<Result<_, _>>()?;
+    if labels.contains_key(DRIVER_LABEL) {
+        return Err(ProcessError::Args(format!(
+            "the label {DRIVER_LABEL} is the host's own (its --driver); give another key"
+        )));
+    }
+    labels.insert(DRIVER_LABEL.to_owned(), args.driver.as_str().to_owned());
     let memory_mib = match args.memory_mib {
         Some(m) => m,
         None => vmm_control::host_memory_mib().ok_or_else(|| {

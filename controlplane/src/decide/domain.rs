@@ -264,7 +264,7 @@ pub(super) fn start(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
         return Err(Rejection::precondition(ResourceKind::Domain, name, reason));
     }
     disks_ready(d, domain)?;
-    let host = scheduler::place(d.state, name, &domain.spec, None)
+    let host = scheduler::place(d.state, name, &domain.spec)
         .map_err(|why| Rejection::exhausted(ResourceKind::Domain, name, why.to_string()))?;
     d.fit(&host, name);
     d.emit(Event::DomainStartRequested { name: name.to_owned() });

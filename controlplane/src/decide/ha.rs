@@ -93,7 +93,7 @@ pub(super) fn restart(d: &mut Draft<'_>, name: &str) -> Result<(), Rejection> {
         }
     }
     super::domain::disks_ready(d, domain)?;
-    match scheduler::place(d.state, name, &domain.spec, None) {
+    match scheduler::place(d.state, name, &domain.spec) {
         Ok(host) => {
             d.fit(&host, name);
             if crashed {

@@ -70,7 +70,9 @@ pub(super) fn start(
             if target == source {
                 return Err(Rejection::invalid("target", format!("{target} is the domain's own host")));
             }
-            match scheduler::fit(d.state, host, name, &domain.spec) {
+            match scheduler::live_target(source_host, host)
+                .and_then(|()| scheduler::fit(d.state, host, name, &domain.spec))
+            {
                 Ok(()) => target.to_owned(),
                 Err(m @ (Misfit::Vcpus | Misfit::Memory)) => {
                     return Err(Rejection::exhausted(ResourceKind::Host, target, m.to_string()));
@@ -78,7 +80,7 @@ pub(super) fn start(
                 Err(m) => return Err(Rejection::precondition(ResourceKind::Host, target, m.to_string())),
             }
         }
-        None => scheduler::place(d.state, name, &domain.spec, Some(&source))
+        None => scheduler::place_live(d.state, name, &domain.spec, source_host)
             .map_err(|why| Rejection::exhausted(ResourceKind::Domain, name, why.to_string()))?,
     };
     d.host(&target)?;

@@ -1327,6 +1327,49 @@ fn migration_rejections() {
     crate::invariants::check(&h.state).unwrap();
 }
 
+/// A running guest moves live only between hosts of one driver: a target of another is
+/// refused, and the scheduler picks none; hosts that name no driver are taken at their word.
+#[test]
+fn a_running_guest_moves_live_only_between_hosts_of_one_driver() {
+    let mut h = world();
+    let web_host = h.state.domain("web").unwrap().status.host.clone().unwrap();
+    let other = if web_host == "h1" { "h2" } else { "h1" }.to_string();
+    let relabel = |h: &mut Harness, name: &str, driver: &str| {
+        let host = h.state.host(name).unwrap().clone();
+        let mut labels = host.labels.clone();
+        labels.insert(crate::model::DRIVER_LABEL.to_owned(), driver.to_owned());
+        ok(
+            h,
+            Command::RegisterHost {
+                name: name.into(),
+                address: host.address,
+                capacity: host.capacity,
+                labels,
+                vm_limits: host.vm_limits,
+            },
+        );
+    };
+    relabel(&mut h, &web_host, "kvm");
+    relabel(&mut h, &other, "qemu");
+    let start = |target: Option<&str>| Command::StartMigration {
+        domain: "web".into(),
+        target: target.map(str::to_owned),
+        max_downtime_ms: None,
+    };
+    assert_rejections(
+        &h,
+        vec![
+            ("to another driver", start(Some(&other)), FailedPrecondition, "between hosts of one driver"),
+            ("no host of its driver", start(None), ResourceExhausted, "1 running another driver"),
+        ],
+    );
+    relabel(&mut h, &other, "kvm");
+    ok(&mut h, start(None));
+    let id = h.state.last_seq();
+    assert_eq!(h.state.migration(id).map(|m| m.target.as_str()), Some(other.as_str()));
+    crate::invariants::check(&h.state).unwrap();
+}
+
 /// The source and target of migration `id` in `h`.
 fn migration_sides(h: &Harness, id: u64) -> (String, String) {
     let m = h.state.migration(id).unwrap();

@@ -77,6 +77,11 @@ impl VmLimits {
     }
 }
 
+/// The label a host gives itself naming its hypervisor driver (`kvm`, `qemu`, `fake`), as
+/// Kubernetes' nodes label their architecture: a running guest moves live only between
+/// hosts of one driver, and a domain may require one.
+pub const DRIVER_LABEL: &str = "drover.io/driver";
+
 /// A hypervisor host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Host {
@@ -98,6 +103,12 @@ pub struct Host {
 }
 
 impl Host {
+    /// The driver it says it runs ([`DRIVER_LABEL`]); `None` for a host registered by a
+    /// build from before hosts said.
+    pub fn driver(&self) -> Option<&str> {
+        self.labels.get(DRIVER_LABEL).map(String::as_str)
+    }
+
     /// What is still free.
     pub fn free(&self) -> Resources {
         self.capacity.minus(self.allocated)

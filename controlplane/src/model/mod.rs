@@ -58,7 +58,7 @@ pub use domain::{
     Boot, DesiredState, Disk, Domain, DomainSpec, DomainStatus, HaPolicy, Nic, ObservedPhase, Phase,
     Placement, StopMode,
 };
-pub use host::{Host, HostState, VmLimits};
+pub use host::{Host, HostState, VmLimits, DRIVER_LABEL};
 pub use mac::{Mac, MacError};
 pub use migration::{
     Migration, MigrationId, MigrationPhase, MigrationProgress, MigrationReport, THROTTLE_PERCENT_MAX,
