@@ -453,6 +453,105 @@ async fn an_aborted_migration_leaves_the_guest_running_on_its_source() {
     assert!(ticks(&c.console("h2")).is_empty());
 }
 
+/// A running guest moves live only between hosts of one driver: each host labels itself
+/// with its driver, and a migration to a host of another is refused before anything
+/// starts, with the reason; the guest runs on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_to_a_host_of_another_driver_is_refused_and_changes_nothing() {
+    if !kvm_present() {
+        return;
+    }
+    let mut c = TwoHosts::start("kvm", &[]).await;
+    c.run_web("drover.tick_ms=20").await;
+    c._hosts.push(Hostd::start(&c.cli, &c.dir, "h2", 102, "fake", &[]));
+    c.wait_ready(2).await;
+    let hosts = json(&c.cli, &["host", "list"]).unwrap();
+    let driver_of = |name: &str| {
+        hosts.as_array().unwrap().iter().find(|h| h["name"] == name).unwrap()["labels"]["drover.io/driver"]
+            .clone()
+    };
+    assert_eq!((driver_of("h1"), driver_of("h2")), ("kvm".into(), "fake".into()), "{hosts}");
+    let before = c.domain();
+    for (args, code, reason) in [
+        (
+            &["domain", "migrate", "web", "--to", "h2"][..],
+            "FailedPrecondition",
+            "between hosts of one driver",
+        ),
+        (&["migrate", "start", "web"][..], "ResourceExhausted", "running another driver than the source"),
+    ] {
+        let out = c.cli.command().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(code) && err.contains(reason), "{args:?}: {err}");
+    }
+    // Nothing was written: no migration, no reservation on h2.
+    assert_eq!(json(&c.cli, &["migrate", "list"]), Some(serde_json::json!([])));
+    let hosts = json(&c.cli, &["host", "list"]).unwrap();
+    let h2 = hosts.as_array().unwrap().iter().find(|h| h["name"] == "h2").unwrap();
+    assert_eq!(h2["domains"], serde_json::json!([]), "{hosts}");
+    let after = c.domain();
+    assert_eq!(
+        (&after["host"], &after["generation"], &after["phase"]),
+        (&before["host"], &before["generation"], &"running".into())
+    );
+    let (console, now) = (c.console("h1"), *ticks(&c.console("h1")).last().unwrap_or(&0));
+    wait_for("the guest to count on h1", Duration::from_secs(30), || async {
+        (ticks(&console).last().is_some_and(|t| *t > now + 10)).then_some(())
+    })
+    .await;
+}
+
+/// The link between the two hosts is cut mid-copy: the kernel destroys both ends of the
+/// migration's TCP connection (`ss -K`), as a failed link or a middlebox's reset would.
+/// The copy fails, the migration rolls back with the reason, the guest counts on on its
+/// source as the same run, the target's incoming VM goes, and a migration started again
+/// commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_cut_mid_copy_rolls_the_migration_back_and_the_guest_runs_on() {
+    if !kvm_present() {
+        return;
+    }
+    let mut c = TwoHosts::start("kvm", NEVER_SWITCHES).await;
+    let (before, id) = c.start_endless_copy().await;
+    let target = c.migration(id).unwrap()["target_address"].as_str().unwrap().to_owned();
+    let port = target.rsplit_once(':').unwrap().1.to_owned();
+    let cut = Command::new("ss")
+        .args(["-K", "-t", "state", "established", "(", "dport", "=", &format!(":{port}"), "or"])
+        .args(["sport", "=", &format!(":{port}"), ")"])
+        .output()
+        .expect("ss (iproute2) runs");
+    // (Destroying one end resets the other, which then may be gone before `ss` gets to it.)
+    let killed = String::from_utf8_lossy(&cut.stdout);
+    assert!(killed.lines().any(|l| l.contains(&format!(":{port}"))), "the connection was cut: {killed}");
+    let ended = wait_for("the migration to roll back", Duration::from_secs(60), || async {
+        c.migration(id).filter(|m| m["phase"] == "rolled-back")
+    })
+    .await;
+    assert!(!ended["reason"].as_str().unwrap().is_empty(), "{ended}");
+    eprintln!("rolled back: {ended}");
+    // Still h1's, the same run, counting on; h2's incoming VM is gone and never ran it.
+    let source = c.console("h1");
+    let now = *ticks(&source).last().unwrap();
+    wait_for("the guest to count on h1", Duration::from_secs(30), || async {
+        (ticks(&source).last().is_some_and(|t| *t > now + 50)).then_some(())
+    })
+    .await;
+    let after = c.domain();
+    assert_eq!(
+        (&after["host"], &after["generation"], &after["phase"]),
+        (&before["host"], &before["generation"], &"running".into())
+    );
+    wait_for("h2's incoming VM to go", Duration::from_secs(30), || async {
+        (!vm_runs_in(&c.dir.join("h2/vms/web"))).then_some(())
+    })
+    .await;
+    assert!(ticks(&c.console("h2")).is_empty());
+    // The link is back (a new connection): the next migration commits.
+    let done = json(&c.cli, &["domain", "migrate", "web", "--to", "h2", "--max-downtime-ms", "60000"])
+        .expect("migrated");
+    assert_eq!(done["phase"], "committed", "{done}");
+}
+
 /// `drover host drain` moves a running guest live: the drain's migration commits, the
 /// guest counts on on the other host with no tick lost or repeated and no second boot,
 /// and the drained host is left in maintenance with nothing running.
