@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tests::{drover_bin, free_port, free_run, up_cli, wait_for, KillOnDrop, UpCluster};
+use tests::{drover_bin, free_port, free_run, up_cli, KillOnDrop, UpCluster};
 
 /// `text` as a URL query value.
 fn encode(text: &str) -> String {
@@ -38,18 +38,21 @@ fn query(prometheus: &str, promql: &str) -> Option<Vec<(serde_json::Value, f64)>
         .collect()
 }
 
-/// Wait until `promql`'s series all satisfy `ok` (and there are `count` of them).
+/// Wait until `promql`'s series all satisfy `ok` (and there are `count` of them); a
+/// timeout says what the query last gave.
 async fn until(prometheus: &str, promql: &str, count: usize, ok: impl Fn(f64) -> bool + Copy) {
-    let p = prometheus.to_owned();
-    let q = promql.to_owned();
-    wait_for(&format!("{count} series of `{promql}` as wanted"), Duration::from_secs(60), || {
-        let (p, q) = (p.clone(), q.clone());
-        async move {
-            let series = query(&p, &q)?;
-            (series.len() == count && series.iter().all(|(_, v)| ok(*v))).then_some(())
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let series = query(prometheus, promql);
+        if series.as_ref().is_some_and(|s| s.len() == count && s.iter().all(|(_, v)| ok(*v))) {
+            return;
         }
-    })
-    .await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after 60 s waiting for {count} series of `{promql}` as wanted; the last answer: {series:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,6 +135,21 @@ async fn prometheus_scrapes_every_replica_and_host_of_a_drover_up_cluster() {
     until(&prometheus, "sum(drover_archive_events_total)", 1, |v| v > 0.0).await;
     // The hosts: every one passes, one runs the domain, and their leases are held.
     until(&prometheus, "drover_hostd_reconcile_seconds_count", 3, |v| v > 0.0).await;
+    // (The API first: a guest that does not run fails here, saying where it stands.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = up_cli(&cluster, &["--output", "json", "domain", "info", "web"]);
+        let phase = serde_json::from_str::<serde_json::Value>(&info).ok().map(|v| v["phase"].clone());
+        if phase.is_some_and(|p| p == "running") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web does not run: {info}\n{}",
+            up_cli(&cluster, &["host", "list"])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     until(&prometheus, r#"sum(drover_hostd_vms{phase="running"})"#, 1, |v| v == 1.0).await;
     until(&prometheus, "drover_hostd_lease_remaining_seconds", 3, |v| v > 0.0).await;
     until(&prometheus, r#"sum(drover_hostd_driver_call_seconds_count{call="start"})"#, 1, |v| v >= 1.0).await;
