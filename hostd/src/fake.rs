@@ -88,7 +88,8 @@ pub struct FakeLink {
     pub complete: bool,
     /// The source said `Go` (after the commit): the target may run.
     pub go: bool,
-    /// The source gave up (cancelled, failed): the incoming VM ends.
+    /// The source gave up (cancelled, failed) or is gone with its host: an incoming VM
+    /// that does not hold the whole VM yet ends; one that does stays paused.
     pub gone: bool,
     /// The target refused the source at the stream's handshake (TLS: not the host it
     /// expected, a certificate it does not trust), and why: nothing of the VM crossed.
@@ -192,12 +193,17 @@ impl FakeDriver {
         }
     }
 
-    /// An incoming VM whose source gave up ends, as the own VMM's does when its stream
-    /// drops.
+    /// An incoming VM whose source gave up before the copy was whole ends, as the own
+    /// VMM's does when its stream drops while it fills; one that holds the whole VM stays
+    /// paused (its host resumes it after the commit, or destroys it after a rollback).
     fn end_abandoned_incoming(&mut self) {
         let links = self.migration_links.lock().expect("migration links lock");
         for vm in self.vms.values_mut() {
-            let gone = vm.incoming.as_ref().and_then(|a| links.get(a)).is_some_and(|l| l.gone && !l.go);
+            let gone = vm
+                .incoming
+                .as_ref()
+                .and_then(|a| links.get(a))
+                .is_some_and(|l| l.gone && !l.go && !l.complete);
             if gone && vm.phase.is_live() {
                 vm.phase = ObservedPhase::Crashed;
                 vm.reason = Some(INCOMING_ABANDONED.into());
@@ -220,6 +226,18 @@ impl FakeDriver {
             l.go = true;
         }
         let _ = self.resume(domain, now_ms);
+    }
+
+    /// The host is lost with its VMs (the simulator): the streams its VMs sent on are gone.
+    pub fn lose_host(&mut self) {
+        let mut links = self.migration_links.lock().expect("migration links lock");
+        for out in self.vms.values().filter_map(|vm| vm.outgoing.as_ref()) {
+            if let Some(l) = links.get_mut(&out.address) {
+                l.gone = true;
+            }
+        }
+        drop(links);
+        self.vms.clear();
     }
 
     /// Make a VM crash (tests and the simulator).
@@ -543,8 +561,16 @@ impl Driver for FakeDriver {
         let vm = self.vm(domain)?;
         Self::advance(vm, now_ms);
         if let Some(address) = &vm.incoming {
-            // An incoming VM runs only once its source said `Go`.
-            if !links.lock().expect("migration links lock").get(address).is_some_and(|l| l.go) {
+            // An incoming VM runs on its source's `Go`; its host may resume it only once it
+            // holds the whole VM and its source is gone (so no copy is left there; the host
+            // does so only after the commit is in its view), as a source lost after the
+            // commit never says go.
+            let may = links
+                .lock()
+                .expect("migration links lock")
+                .get(address)
+                .is_some_and(|l| l.go || (l.complete && l.gone));
+            if !may {
                 return Err(DriverError::WrongPhase {
                     domain: domain.to_owned(),
                     action: "run before its source's go",
@@ -782,6 +808,38 @@ mod tests {
             restore_from: None,
             disks_from: None,
         }
+    }
+
+    /// An incoming VM runs on its source's go. Once it holds the whole VM it outlives its
+    /// source (its host resumes it after the commit); before that it ends with it.
+    #[test]
+    fn an_incoming_vm_that_holds_the_whole_vm_outlives_a_lost_source() {
+        let links = MigrationLinks::default();
+        let pair = || {
+            let (mut a, mut b) = (FakeDriver::new(0, 0), FakeDriver::new(0, 0));
+            a.migration_links = links.clone();
+            b.migration_links = links.clone();
+            a.start(&spec("/k"), 0).unwrap();
+            let mut next = spec("/k");
+            next.generation = 2;
+            let address = b.prepare_incoming(&next, "10.0.0.2".parse().unwrap(), "a").unwrap();
+            a.migrate_out("web", &address, "b", crate::migrations::LIMITS_DEFAULT, 10).unwrap();
+            (a, b)
+        };
+        // Whole: refused while the source may still say go, resumable once it is gone.
+        let (mut a, mut b) = pair();
+        let whole = 10 + 64 / MIGRATION_MIB_PER_MS;
+        assert_eq!(a.outgoing("web", whole).unwrap().phase, OutgoingPhase::AwaitingSwitch);
+        assert!(matches!(b.resume("web", whole), Err(DriverError::WrongPhase { .. })));
+        a.lose_host();
+        assert_eq!(b.status("web", whole + 1).unwrap().phase, ObservedPhase::Paused);
+        b.resume("web", whole + 1).unwrap();
+        assert_eq!(b.list(whole + 2)["web"].phase, ObservedPhase::Running);
+        // Not whole yet: it ends with its source.
+        let (mut a, mut b) = pair();
+        a.lose_host();
+        let vm = b.status("web", 11).unwrap();
+        assert_eq!((vm.phase, vm.reason.as_deref()), (ObservedPhase::Crashed, Some(INCOMING_ABANDONED)));
     }
 
     #[test]

@@ -636,6 +636,7 @@ impl World {
                 if alive > 2 && self.hosts[h] != HostRun::Lost {
                     self.kill_host(h);
                     let mut driver = self.core.hosts[h].driver.lock().expect("driver lock");
+                    driver.lose_host();
                     *driver = host::new_driver(
                         &self.core.snapshots,
                         &self.core.volumes,
