@@ -326,6 +326,27 @@ impl TwoHosts {
     fn migration(&self, id: u64) -> Option<serde_json::Value> {
         json(&self.cli, &["migrate", "get", &id.to_string()])
     }
+
+    /// `web` is still h1's, the same run as `before`, running and counting on there; h2's
+    /// incoming VM (if it had one) is gone and never ran the guest.
+    async fn runs_on_at_the_source(&self, before: &serde_json::Value) {
+        let source = self.console("h1");
+        let now = *ticks(&source).last().unwrap_or(&0);
+        wait_for("the guest to count on h1", Duration::from_secs(30), || async {
+            (ticks(&source).last().is_some_and(|t| *t > now + 50)).then_some(())
+        })
+        .await;
+        let after = self.domain();
+        assert_eq!(
+            (&after["host"], &after["generation"], &after["phase"]),
+            (&before["host"], &before["generation"], &"running".into())
+        );
+        wait_for("h2's incoming VM to go", Duration::from_secs(30), || async {
+            (!vm_runs_in(&self.dir.join("h2/vms/web"))).then_some(())
+        })
+        .await;
+        assert!(ticks(&self.console("h2")).is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,25 +453,7 @@ async fn an_aborted_migration_leaves_the_guest_running_on_its_source() {
     drover(&c.cli, &["migrate", "abort", &id.to_string()]);
     let aborted = c.migration(id).unwrap();
     assert_eq!(aborted["phase"], "rolled-back", "{aborted}");
-    // Still h1's, the same run, counting on.
-    let source = c.console("h1");
-    let now = *ticks(&source).last().unwrap();
-    wait_for("the guest to count on h1", Duration::from_secs(30), || async {
-        (ticks(&source).last().is_some_and(|t| *t > now + 50)).then_some(())
-    })
-    .await;
-    let after = c.domain();
-    assert_eq!(
-        (after["host"].clone(), after["generation"].clone()),
-        (before["host"].clone(), before["generation"].clone())
-    );
-    assert_eq!(after["phase"], "running");
-    // h2's incoming VM is gone and never ran the guest.
-    wait_for("h2's incoming VM to go", Duration::from_secs(30), || async {
-        (!vm_runs_in(&c.dir.join("h2/vms/web"))).then_some(())
-    })
-    .await;
-    assert!(ticks(&c.console("h2")).is_empty());
+    c.runs_on_at_the_source(&before).await;
 }
 
 /// A running guest moves live only between hosts of one driver: each host labels itself
@@ -489,16 +492,7 @@ async fn a_migration_to_a_host_of_another_driver_is_refused_and_changes_nothing(
     let hosts = json(&c.cli, &["host", "list"]).unwrap();
     let h2 = hosts.as_array().unwrap().iter().find(|h| h["name"] == "h2").unwrap();
     assert_eq!(h2["domains"], serde_json::json!([]), "{hosts}");
-    let after = c.domain();
-    assert_eq!(
-        (&after["host"], &after["generation"], &after["phase"]),
-        (&before["host"], &before["generation"], &"running".into())
-    );
-    let (console, now) = (c.console("h1"), *ticks(&c.console("h1")).last().unwrap_or(&0));
-    wait_for("the guest to count on h1", Duration::from_secs(30), || async {
-        (ticks(&console).last().is_some_and(|t| *t > now + 10)).then_some(())
-    })
-    .await;
+    c.runs_on_at_the_source(&before).await;
 }
 
 /// The link between the two hosts is cut mid-copy: the kernel destroys both ends of the
@@ -529,23 +523,7 @@ async fn a_link_cut_mid_copy_rolls_the_migration_back_and_the_guest_runs_on() {
     .await;
     assert!(!ended["reason"].as_str().unwrap().is_empty(), "{ended}");
     eprintln!("rolled back: {ended}");
-    // Still h1's, the same run, counting on; h2's incoming VM is gone and never ran it.
-    let source = c.console("h1");
-    let now = *ticks(&source).last().unwrap();
-    wait_for("the guest to count on h1", Duration::from_secs(30), || async {
-        (ticks(&source).last().is_some_and(|t| *t > now + 50)).then_some(())
-    })
-    .await;
-    let after = c.domain();
-    assert_eq!(
-        (&after["host"], &after["generation"], &after["phase"]),
-        (&before["host"], &before["generation"], &"running".into())
-    );
-    wait_for("h2's incoming VM to go", Duration::from_secs(30), || async {
-        (!vm_runs_in(&c.dir.join("h2/vms/web"))).then_some(())
-    })
-    .await;
-    assert!(ticks(&c.console("h2")).is_empty());
+    c.runs_on_at_the_source(&before).await;
     // The link is back (a new connection): the next migration commits.
     let done = json(&c.cli, &["domain", "migrate", "web", "--to", "h2", "--max-downtime-ms", "60000"])
         .expect("migrated");
