@@ -73,26 +73,24 @@ async fn only_the_clusters_certificates_get_in_each_where_its_kind_may_and_the_a
     let stranger_replica = root.join("stranger-replica");
     other_ca.issue(Kind::Replica, "1", &["127.0.0.1".to_owned()], day(), &stranger_replica).unwrap();
 
-    // A replica refuses to serve under another holder's certificate.
-    let refused = drover_command()
-        .args(["server", "--id", "2", "--data-dir"])
-        .arg(p.dir.path().join("nope"))
-        .arg("--tls-dir")
-        .arg(&replica_1)
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("replica:1, not replica:2"), "{refused:?}");
+    // A replica with replica 1's certificate and `args` does not start, and says `why`.
+    let refused = |args: &[&str], why: &str| {
+        let out = drover_command()
+            .arg("server")
+            .args(args)
+            .arg("--data-dir")
+            .arg(p.dir.path().join("nope"))
+            .arg("--tls-dir")
+            .arg(&replica_1)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(why), "{out:?}");
+    };
+    // It refuses to serve under another holder's certificate.
+    refused(&["--id", "2"], "replica:1, not replica:2");
     // Beyond loopback, a replica keeps its peer services on a port of their own.
-    let one_port = drover_command()
-        .args(["server", "--id", "1", "--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(p.dir.path().join("nope"))
-        .arg("--tls-dir")
-        .arg(&replica_1)
-        .output()
-        .unwrap();
-    assert!(!one_port.status.success());
-    assert!(String::from_utf8_lossy(&one_port.stderr).contains("pass --peer-listen"), "{one_port:?}");
+    refused(&["--id", "1", "--listen", "0.0.0.0:0"], "pass --peer-listen");
 
     // Three replicas over mutual TLS.
     let (seed, _) = p.three_voters(&[], false).await;

@@ -25,12 +25,22 @@ impl Drop for UpGuard {
     }
 }
 
-fn up(dir: &std::path::Path, base: u16) -> Child {
-    Command::new(drover_bin())
-        .args(["up", "--no-user-config", "--data-dir"])
+/// `drover up` of a cluster in `dir` on the 16 ports from `base` (`free_run(16)`): the
+/// replicas and hosts, then their metrics from base + 7, the peer ports from base + 13.
+fn up_command(dir: &std::path::Path, base: u16, extra: &[&str]) -> Command {
+    let mut command = Command::new(drover_bin());
+    command
+        .args(["up", "--no-user-config"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(dir)
         .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
-        .args(["--peer-base-port", &(base + 13).to_string()])
+        .args(["--peer-base-port", &(base + 13).to_string()]);
+    command
+}
+
+fn up(dir: &std::path::Path, base: u16) -> Child {
+    up_command(dir, base, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -270,11 +280,7 @@ fn pid_of(pattern: &str) -> Option<u32> {
 async fn a_sigkilled_replica_is_restarted_while_writes_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_run(16);
-    let child = Command::new(drover_bin())
-        .args(["up", "--no-user-config", "--driver", "fake", "--data-dir"])
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
-        .args(["--peer-base-port", &(base + 13).to_string()])
+    let child = up_command(dir.path(), base, &["--driver", "fake"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -353,13 +359,7 @@ fn a_cluster_from_before_the_peer_ports_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("replica-1")).unwrap();
     let base = free_run(16);
-    let out = Command::new(drover_bin())
-        .args(["up", "--no-user-config", "--driver", "fake", "--data-dir"])
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string(), "--metrics-base-port", &(base + 7).to_string()])
-        .args(["--peer-base-port", &(base + 13).to_string()])
-        .output()
-        .unwrap();
+    let out = up_command(dir.path(), base, &["--driver", "fake"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("from before the replicas' peer ports"), "{err}");
