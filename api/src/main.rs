@@ -13,6 +13,11 @@ use raft::node::{Node, NodeConfig};
 use raft::tls::{Kind, Security};
 use tracing::{error, info, warn, Instrument};
 
+/// The allocator: a replica allocates and frees per write (gRPC frames, log entries,
+/// events, archive records); see bench/README.md for what it saves.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "drover", version, about = "Drover: libvirt for a whole cluster")]
 struct Cli {
