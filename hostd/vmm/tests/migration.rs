@@ -1,11 +1,16 @@
 //! Live migration between two `drover-vmm` processes over loopback TCP, with the test
 //! guest on the real `/dev/kvm`: the counter goes on in the target with no tick lost or
-//! repeated, a guest dirtying memory converges, and a cancel or a dead target leaves the
-//! guest running in the source; over mutual TLS, only the expected host gets through.
+//! repeated, a guest dirtying memory converges, and a cancel, a dead target or a
+//! black-holed link leaves the guest running in the source; over mutual TLS, only the
+//! expected host gets through.
 //! Where `/dev/kvm` is missing every test says so and returns.
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmm::control::{self, ConvergeLimits, MigrationTls, OutgoingPhase, OutgoingStatus, Phase, Request};
@@ -263,6 +268,99 @@ fn a_target_killed_mid_copy_leaves_the_guest_running_in_the_source() {
     assert!(failed.migration.unwrap().reason.is_some());
     let now = source.ticks();
     source.wait_until("the source to count on", || source.ticks() > now + 20);
+}
+
+/// A TCP relay from a source to its target that can black-hole the link: once `hole` is
+/// set it moves nothing more either way and keeps both connections open, as a link that
+/// drops every packet and sends no reset would. Dropping it closes them.
+struct Relay {
+    address: String,
+    hole: Arc<AtomicBool>,
+    gone: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn to(target: &str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (hole, gone) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (h, g, target) = (hole.clone(), gone.clone(), target.to_owned());
+        std::thread::spawn(move || {
+            let (Ok((from, _)), Ok(to)) = (listener.accept(), TcpStream::connect(&target)) else { return };
+            for (r, w) in [(from.try_clone().unwrap(), to.try_clone().unwrap()), (to, from)] {
+                let (h, g) = (h.clone(), g.clone());
+                std::thread::spawn(move || relay(r, w, &h, &g));
+            }
+        });
+        Relay { address, hole, gone }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.gone.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copy `r` to `w` until either end closes, or, once `hole` is set, hold both (silent)
+/// until `gone`.
+fn relay(mut r: TcpStream, mut w: TcpStream, hole: &AtomicBool, gone: &AtomicBool) {
+    r.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    while !gone.load(Ordering::SeqCst) {
+        if hole.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match r.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if w.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A link that drops every packet mid-copy without a reset (a black hole) brings no
+/// error, only silence: the guest runs on in the source meanwhile, the stream's timeouts
+/// end the migration on both sides, and the source says why.
+#[test]
+fn a_black_holed_link_mid_copy_times_out_and_the_guest_runs_on_in_the_source() {
+    if !kvm_present() {
+        return;
+    }
+    let source = Vmm::spawn("drover.tick_ms=1 drover.dirty_mib=32", 64, None, false);
+    source.wait_until("ticks", || source.ticks() >= 20);
+    let mut target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
+    let relay = Relay::to(&target.incoming_address().unwrap());
+    let address = relay.address.clone();
+    source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES, tls: None });
+    source.wait_until("a few rounds", || source.migration().progress.rounds >= 2);
+    relay.hole.store(true, Ordering::SeqCst);
+    let cut = Instant::now();
+    let now = source.ticks();
+    source.wait_until("the source to count on in the silence", || source.ticks() > now + 100);
+    assert_eq!(source.migration().phase, OutgoingPhase::Copying, "no error comes through a black hole");
+    // The socket's timeouts are per call, and a write that moves a few bytes now and then
+    // never times out: the source's watchdog cuts a stream that moved nothing for as long.
+    source.wait_until("the stream's timeout", || source.migration().phase == OutgoingPhase::Failed);
+    let timeout = Duration::from_millis(vmm::migration::ANSWER_TIMEOUT_MS);
+    assert!(cut.elapsed() >= timeout / 2, "failed after {:?}, before any timeout", cut.elapsed());
+    let failed = source.call(Request::Status);
+    assert_eq!(failed.phase, Phase::Running, "{failed:?}");
+    let reason = failed.migration.unwrap().reason.unwrap();
+    assert!(reason.contains("nothing moved for 30 s"), "{reason}");
+    let now = source.ticks();
+    source.wait_until("the source to count on", || source.ticks() > now + 20);
+    // The target heard nothing for as long, gave up and never ran the guest.
+    let (code, exit) = target.exit_record();
+    assert_eq!(code, Some(2), "{exit}");
+    assert!(exit["reason"].as_str().unwrap().contains("timed out"), "{exit}");
+    assert!(testguest::ticks(&target.console()).is_empty());
 }
 
 #[test]

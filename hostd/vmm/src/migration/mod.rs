@@ -11,7 +11,9 @@
 //!   (they are on storage both hosts share) and waits for the target's word that it holds
 //!   the VM. When the guest dirties memory faster than the rounds shrink, its vCPUs are
 //!   throttled more every round (auto-converge: 30% and up by 15 points to 99%). It fails
-//!   (and the VM runs on here) after [`COPY_TIMEOUT_MS`].
+//!   (and the VM runs on here) after [`COPY_TIMEOUT_MS`], or once the copy stood still
+//!   for [`ANSWER_TIMEOUT_MS`] (a watchdog cuts the stream: a stalled target, or a link
+//!   that drops every packet).
 //! - The target ([`receive`]) is a VMM started with `--incoming ADDR`: it listens, takes one
 //!   connection, fills fresh guest memory with the pages, builds the VM paused from the
 //!   state and says it is ready. It resumes the guest only when the source says `Go`,
@@ -30,14 +32,15 @@ pub mod wire;
 
 /// How long pre-copy may go on before the migration gives up (the VM runs on here).
 pub const COPY_TIMEOUT_MS: u64 = 120_000;
-/// How long the source waits for the target to connect, answer, or build the VM.
+/// How long the source waits for the target to connect, answer, or build the VM, and how
+/// long a copy may stand still (no frame sent) before the source's watchdog cuts it.
 pub const ANSWER_TIMEOUT_MS: u64 = 30_000;
 /// How long an incoming VMM waits for its source to connect.
 pub const ACCEPT_TIMEOUT_MS: u64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    #[error("migration stream: {0}")]
+    #[error("migration stream: {}", stream_error(.0))]
     Io(#[from] std::io::Error),
     #[error("migration stream: {0}")]
     Protocol(String),
@@ -49,4 +52,16 @@ pub enum MigrationError {
     Cancelled,
     #[error("{0}")]
     Failed(String),
+}
+
+/// What broke the stream, in words: a socket timeout (a read or write of the stream made
+/// no progress within [`ANSWER_TIMEOUT_MS`], as over a link that drops every packet) says
+/// so, where the kernel would only say "Resource temporarily unavailable".
+fn stream_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("timed out (no progress within {} s): {e}", ANSWER_TIMEOUT_MS / 1000)
+        }
+        _ => e.to_string(),
+    }
 }

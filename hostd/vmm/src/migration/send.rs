@@ -32,6 +32,8 @@ const COPY_SHARE_OF_DOWNTIME: u64 = 2;
 const REFUSAL_WAIT_MS: u64 = 500;
 /// The send buffer in front of the socket.
 const BUFFER_BYTES: usize = 1 << 20;
+/// How often the watchdog looks whether the stream still moves.
+const WATCH_INTERVAL_MS: u64 = 500;
 
 /// An outgoing live migration of this VMM's VM.
 pub struct Outgoing {
@@ -66,6 +68,18 @@ struct Shared {
     was_running: AtomicBool,
     /// Whether the VM runs here again (or has ended) after a failure or cancel.
     undone: AtomicBool,
+    /// When the copy last advanced: a frame went into the stream, or it looked at a
+    /// frame's worth of pages, or it began waiting for the target's answer.
+    moved_at: Mutex<Instant>,
+    /// Whether the watchdog cut the stream because nothing moved for
+    /// [`ANSWER_TIMEOUT_MS`].
+    stalled: AtomicBool,
+}
+
+impl Shared {
+    fn moved(&self) {
+        *locked(&self.moved_at) = Instant::now();
+    }
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -96,10 +110,21 @@ impl Outgoing {
             paused_at: Mutex::new(None),
             was_running: AtomicBool::new(false),
             undone: AtomicBool::new(false),
+            moved_at: Mutex::new(Instant::now()),
+            stalled: AtomicBool::new(false),
         });
         let s = shared.clone();
         let spawned = std::thread::Builder::new().name("migrate-out".into()).spawn(move || {
+            let watchdog = watch(s.clone());
             let result = copy(&vm, &s);
+            let result = match result {
+                // The watchdog's cut: say why, not what the cut socket said.
+                Err(_) if s.stalled.load(Ordering::SeqCst) => Err(MigrationError::Failed(format!(
+                    "migration stream: nothing moved for {} s (the link or the target stalled)",
+                    ANSWER_TIMEOUT_MS / 1000
+                ))),
+                other => other,
+            };
             if let Err(e) = result {
                 undo(&vm, &s);
                 let mut status = locked(&s.status);
@@ -111,6 +136,7 @@ impl Outgoing {
                 }
                 eprintln!("drover-vmm: migration to {} ended: {e}", s.address);
             }
+            drop(watchdog);
         });
         let thread = match spawned {
             Ok(t) => Some(t),
@@ -195,6 +221,43 @@ impl Outgoing {
     }
 }
 
+/// Ends the watchdog when dropped.
+struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
+/// Cut the stream when nothing moved through it for [`ANSWER_TIMEOUT_MS`] while the copy
+/// runs. The socket's own timeouts are per call: a target that stopped reading, or a link
+/// that lets a few bytes through now and then, keeps each blocked write moving a little
+/// and the copy waiting for ever (found by a test that black-holes the link).
+fn watch(shared: Arc<Shared>) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new().name("migrate-watch".into()).spawn(move || {
+        let limit = Duration::from_millis(ANSWER_TIMEOUT_MS);
+        // Until the copy ends (its sender is dropped).
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            rx.recv_timeout(Duration::from_millis(WATCH_INTERVAL_MS))
+        {
+            if locked(&shared.moved_at).elapsed() >= limit {
+                shared.stalled.store(true, Ordering::SeqCst);
+                if let Some(stream) = locked(&shared.stream).as_ref() {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // The socket's per-call timeouts still bound most stalls.
+        eprintln!("drover-vmm: starting the migration watchdog: {e}");
+    }
+    Watchdog(Some(tx))
+}
+
 /// Put the VM back as it was: unthrottled, unlogged, running if the migration paused it.
 fn undo(vm: &Arc<Vm>, shared: &Shared) {
     if shared.undone.swap(true, Ordering::SeqCst) {
@@ -218,6 +281,7 @@ fn undo(vm: &Arc<Vm>, shared: &Shared) {
 /// Pages on their way: gathered into frames of at most [`PAGES_PER_FRAME_MAX`].
 struct PageSender<'a> {
     out: &'a mut BufWriter<Stream>,
+    shared: &'a Shared,
     mem: &'a GuestMemoryMmap,
     numbers: Vec<u64>,
     data: Vec<u8>,
@@ -262,6 +326,7 @@ impl PageSender<'_> {
         }
         self.frame.extend_from_slice(&self.data);
         wire::write_frame(self.out, Tag::Pages, &self.frame)?;
+        self.shared.moved();
         self.bytes += self.frame.len() as u64 + 5;
         self.numbers.clear();
         self.data.clear();
@@ -278,6 +343,7 @@ impl PageSender<'_> {
             self.frame.extend_from_slice(&p.to_le_bytes());
         }
         wire::write_frame(self.out, Tag::Zeros, &self.frame)?;
+        self.shared.moved();
         self.bytes += self.frame.len() as u64 + 5;
         self.zeros.clear();
         Ok(())
@@ -370,7 +436,10 @@ fn copy(vm: &Arc<Vm>, shared: &Shared) -> Result<(), MigrationError> {
 
 /// The rounds, the stop-and-copy and the target's `Ready`, over `out`.
 fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Result<(), MigrationError> {
+    // Checked every frame's worth of pages: also where the copy shows the watchdog it
+    // advances (a long run of zero pages sends nothing, yet is no stall).
     let cancelled = || -> Result<(), MigrationError> {
+        shared.moved();
         if shared.cancel.load(Ordering::SeqCst) {
             Err(MigrationError::Cancelled)
         } else {
@@ -390,6 +459,7 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Re
     wire::write_frame(out, Tag::Hello, &serde_json::to_vec(&hello).expect("serializes"))?;
     let mut sender = PageSender {
         out,
+        shared,
         mem: vm.memory(),
         numbers: Vec::with_capacity(PAGES_PER_FRAME_MAX),
         data: Vec::with_capacity(PAGES_PER_FRAME_MAX * PAGE_BYTES),
@@ -504,6 +574,7 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Re
             .map_err(|e| MigrationError::Failed(format!("encoding the VM's state: {e}")))?;
         wire::write_frame(sender.out, Tag::State, &json)?;
         sender.out.flush()?;
+        shared.moved();
         sender.bytes += json.len() as u64 + 5;
         let bytes = sender.bytes;
         set_progress(&|p| {
