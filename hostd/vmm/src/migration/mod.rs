@@ -11,9 +11,9 @@
 //!   (they are on storage both hosts share) and waits for the target's word that it holds
 //!   the VM. When the guest dirties memory faster than the rounds shrink, its vCPUs are
 //!   throttled more every round (auto-converge: 30% and up by 15 points to 99%). It fails
-//!   (and the VM runs on here) after [`COPY_TIMEOUT_MS`], or once the copy stood still
-//!   for [`ANSWER_TIMEOUT_MS`] (a watchdog cuts the stream: a stalled target, or a link
-//!   that drops every packet).
+//!   (and the VM runs on here) after [`COPY_TIMEOUT_MS`], or once the copy all but stood
+//!   still for [`ANSWER_TIMEOUT_MS`] (a watchdog cuts the stream: a stalled target, or a
+//!   link that drops every packet).
 //! - The target ([`receive`]) is a VMM started with `--incoming ADDR`: it listens, takes one
 //!   connection, fills fresh guest memory with the pages, builds the VM paused from the
 //!   state and says it is ready. It resumes the guest only when the source says `Go`,
@@ -33,7 +33,7 @@ pub mod wire;
 /// How long pre-copy may go on before the migration gives up (the VM runs on here).
 pub const COPY_TIMEOUT_MS: u64 = 120_000;
 /// How long the source waits for the target to connect, answer, or build the VM, and how
-/// long a copy may stand still (no frame sent) before the source's watchdog cuts it.
+/// long a copy may all but stand still before the source's watchdog cuts it.
 pub const ANSWER_TIMEOUT_MS: u64 = 30_000;
 /// How long an incoming VMM waits for its source to connect.
 pub const ACCEPT_TIMEOUT_MS: u64 = 60_000;

@@ -4,7 +4,7 @@
 
 use std::io::{BufWriter, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,8 +32,12 @@ const COPY_SHARE_OF_DOWNTIME: u64 = 2;
 const REFUSAL_WAIT_MS: u64 = 500;
 /// The send buffer in front of the socket.
 const BUFFER_BYTES: usize = 1 << 20;
-/// How often the watchdog looks whether the stream still moves.
+/// How often the watchdog looks whether the copy still advances.
 const WATCH_INTERVAL_MS: u64 = 500;
+/// The least a copy must advance in each [`ANSWER_TIMEOUT_MS`], in frames' worth of pages
+/// (sent, or looked at): about 280 KB/s. Less is a stall: a link or target that lets a
+/// frame through now and then would otherwise hold the copy for ever.
+const ADVANCE_PER_WINDOW_MIN: u64 = 8;
 
 /// An outgoing live migration of this VMM's VM.
 pub struct Outgoing {
@@ -68,17 +72,16 @@ struct Shared {
     was_running: AtomicBool,
     /// Whether the VM runs here again (or has ended) after a failure or cancel.
     undone: AtomicBool,
-    /// When the copy last advanced: a frame went into the stream, or it looked at a
-    /// frame's worth of pages, or it began waiting for the target's answer.
-    moved_at: Mutex<Instant>,
-    /// Whether the watchdog cut the stream because nothing moved for
-    /// [`ANSWER_TIMEOUT_MS`].
+    /// How far the copy has come, in frames' worth of pages: one per frame sent and one
+    /// per frame's worth of pages looked at; the watchdog reads it.
+    advanced: AtomicU64,
+    /// Whether the watchdog cut the stream because the copy stood (almost) still.
     stalled: AtomicBool,
 }
 
 impl Shared {
-    fn moved(&self) {
-        *locked(&self.moved_at) = Instant::now();
+    fn advance(&self, frames: u64) {
+        self.advanced.fetch_add(frames, Ordering::SeqCst);
     }
 }
 
@@ -110,7 +113,7 @@ impl Outgoing {
             paused_at: Mutex::new(None),
             was_running: AtomicBool::new(false),
             undone: AtomicBool::new(false),
-            moved_at: Mutex::new(Instant::now()),
+            advanced: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -120,7 +123,7 @@ impl Outgoing {
             let result = match result {
                 // The watchdog's cut: say why, not what the cut socket said.
                 Err(_) if s.stalled.load(Ordering::SeqCst) => Err(MigrationError::Failed(format!(
-                    "migration stream: nothing moved for {} s (the link or the target stalled)",
+                    "migration stream: the copy stood still for {} s (the link or the target stalled)",
                     ANSWER_TIMEOUT_MS / 1000
                 ))),
                 other => other,
@@ -221,28 +224,31 @@ impl Outgoing {
     }
 }
 
-/// Ends the watchdog when dropped.
-struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.take();
-    }
-}
-
-/// Cut the stream when nothing moved through it for [`ANSWER_TIMEOUT_MS`] while the copy
-/// runs. The socket's own timeouts are per call: a target that stopped reading, or a link
-/// that lets a few bytes through now and then, keeps each blocked write moving a little
-/// and the copy waiting for ever (found by a test that black-holes the link).
-fn watch(shared: Arc<Shared>) -> Watchdog {
+/// Cut the stream when the copy advanced by less than [`ADVANCE_PER_WINDOW_MIN`] in an
+/// [`ANSWER_TIMEOUT_MS`]. The socket's own timeouts are per call: a target that stopped
+/// reading, or a link that lets a few bytes through now and then, keeps each blocked write
+/// moving a little; in a test that black-holes the link the copy went on waiting past
+/// 75 s, and a frame crept through about every 30 s. The watchdog ends when the sender
+/// it returns is dropped.
+fn watch(shared: Arc<Shared>) -> std::sync::mpsc::Sender<()> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let spawned = std::thread::Builder::new().name("migrate-watch".into()).spawn(move || {
-        let limit = Duration::from_millis(ANSWER_TIMEOUT_MS);
+        let window = Duration::from_millis(ANSWER_TIMEOUT_MS);
+        // How far the copy had come at each look, the oldest at least a window ago once
+        // there is one that old.
+        let mut looks = std::collections::VecDeque::new();
+        looks.push_back((Instant::now(), shared.advanced.load(Ordering::SeqCst)));
         // Until the copy ends (its sender is dropped).
         while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
             rx.recv_timeout(Duration::from_millis(WATCH_INTERVAL_MS))
         {
-            if locked(&shared.moved_at).elapsed() >= limit {
+            let now = shared.advanced.load(Ordering::SeqCst);
+            looks.push_back((Instant::now(), now));
+            while looks.get(1).is_some_and(|(at, _)| at.elapsed() >= window) {
+                looks.pop_front();
+            }
+            let (at, then) = looks[0];
+            if at.elapsed() >= window && now - then < ADVANCE_PER_WINDOW_MIN {
                 shared.stalled.store(true, Ordering::SeqCst);
                 if let Some(stream) = locked(&shared.stream).as_ref() {
                     let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -255,7 +261,7 @@ fn watch(shared: Arc<Shared>) -> Watchdog {
         // The socket's per-call timeouts still bound most stalls.
         eprintln!("drover-vmm: starting the migration watchdog: {e}");
     }
-    Watchdog(Some(tx))
+    tx
 }
 
 /// Put the VM back as it was: unthrottled, unlogged, running if the migration paused it.
@@ -326,7 +332,7 @@ impl PageSender<'_> {
         }
         self.frame.extend_from_slice(&self.data);
         wire::write_frame(self.out, Tag::Pages, &self.frame)?;
-        self.shared.moved();
+        self.shared.advance(1);
         self.bytes += self.frame.len() as u64 + 5;
         self.numbers.clear();
         self.data.clear();
@@ -343,7 +349,7 @@ impl PageSender<'_> {
             self.frame.extend_from_slice(&p.to_le_bytes());
         }
         wire::write_frame(self.out, Tag::Zeros, &self.frame)?;
-        self.shared.moved();
+        self.shared.advance(1);
         self.bytes += self.frame.len() as u64 + 5;
         self.zeros.clear();
         Ok(())
@@ -439,7 +445,7 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Re
     // Checked every frame's worth of pages: also where the copy shows the watchdog it
     // advances (a long run of zero pages sends nothing, yet is no stall).
     let cancelled = || -> Result<(), MigrationError> {
-        shared.moved();
+        shared.advance(1);
         if shared.cancel.load(Ordering::SeqCst) {
             Err(MigrationError::Cancelled)
         } else {
@@ -574,7 +580,8 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Re
             .map_err(|e| MigrationError::Failed(format!("encoding the VM's state: {e}")))?;
         wire::write_frame(sender.out, Tag::State, &json)?;
         sender.out.flush()?;
-        shared.moved();
+        // The target builds the VM now: a window's worth of credit for its answer.
+        shared.advance(ADVANCE_PER_WINDOW_MIN);
         sender.bytes += json.len() as u64 + 5;
         let bytes = sender.bytes;
         set_progress(&|p| {
@@ -584,7 +591,8 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Re
     }
     let mut buf = Vec::new();
     match wire::read_frame(sender.out.get_mut(), &mut buf)? {
-        Tag::Ready => {}
+        // The stream stays for the switch-over: the watchdog, ending now, must not cut it.
+        Tag::Ready => shared.advance(ADVANCE_PER_WINDOW_MIN),
         Tag::Refused => return Err(MigrationError::Refused(String::from_utf8_lossy(&buf).into_owned())),
         other => return Err(MigrationError::Protocol(format!("{other:?} where Ready was due"))),
     }
