@@ -148,6 +148,15 @@ impl Drop for Vmm {
     }
 }
 
+/// A 64 MiB source whose guest rewrites half its memory every millisecond, counting, and
+/// a target waiting for it.
+fn busy_pair() -> (Vmm, Vmm) {
+    let source = Vmm::spawn("drover.tick_ms=1 drover.dirty_mib=32", 64, None, false);
+    source.wait_until("ticks", || source.ticks() >= 20);
+    let target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
+    (source, target)
+}
+
 /// Every tick of `console`, checked to go up by one each time.
 fn consecutive(console: &str) -> Vec<u64> {
     let seen = testguest::ticks(console);
@@ -210,9 +219,7 @@ fn a_guest_dirtying_half_its_memory_every_millisecond_converges() {
     if !kvm_present() {
         return;
     }
-    let source = Vmm::spawn("drover.tick_ms=1 drover.dirty_mib=32", 64, None, false);
-    source.wait_until("ticks", || source.ticks() >= 20);
-    let target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
+    let (source, target) = busy_pair();
     let status = source.migrate_to(&target, 4);
     assert_eq!(status.phase, OutgoingPhase::AwaitingSwitch, "{status:?}");
     assert!(status.progress.rounds >= 2, "{status:?}");
@@ -231,9 +238,7 @@ fn a_cancelled_migration_leaves_the_guest_running_in_the_source() {
     if !kvm_present() {
         return;
     }
-    let source = Vmm::spawn("drover.tick_ms=1 drover.dirty_mib=32", 64, None, false);
-    source.wait_until("ticks", || source.ticks() >= 20);
-    let mut target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
+    let (source, mut target) = busy_pair();
     let address = target.incoming_address().unwrap();
     source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES, tls: None });
     source.wait_until("a few rounds", || source.migration().progress.rounds >= 3);
@@ -254,9 +259,7 @@ fn a_target_killed_mid_copy_leaves_the_guest_running_in_the_source() {
     if !kvm_present() {
         return;
     }
-    let source = Vmm::spawn("drover.tick_ms=1 drover.dirty_mib=32", 64, None, false);
-    source.wait_until("ticks", || source.ticks() >= 20);
-    let mut target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
+    let (source, mut target) = busy_pair();
     let address = target.incoming_address().unwrap();
     source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES, tls: None });
     source.wait_until("a few rounds", || source.migration().progress.rounds >= 2);
@@ -343,9 +346,7 @@ fn a_black_holed_link_mid_copy_times_out_and_the_guest_runs_on_in_the_source() {
     if !kvm_present() {
         return;
     }
-    let source = Vmm::spawn("drover.tick_ms=1 drover.dirty_mib=32", 64, None, false);
-    source.wait_until("ticks", || source.ticks() >= 20);
-    let mut target = Vmm::spawn("drover.tick_ms=1", 64, None, true);
+    let (source, mut target) = busy_pair();
     let relay = Relay::to(&target.incoming_address().unwrap());
     let address = relay.address.clone();
     source.call(Request::MigrateSend { address, limits: NEVER_CONVERGES, tls: None });
