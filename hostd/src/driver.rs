@@ -316,6 +316,9 @@ pub struct Outgoing {
     pub progress: MigrationProgress,
     /// Why it failed.
     pub reason: Option<String>,
+    /// Once the copy is complete, where the driver measures it: from the pause to the
+    /// last byte of the VM handed to the stream, in microseconds (QEMU's `downtime`).
+    pub stop_copy_us: Option<u64>,
 }
 
 fn unsupported(domain: &str, action: &'static str) -> DriverError {

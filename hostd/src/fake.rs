@@ -496,6 +496,7 @@ impl Driver for FakeDriver {
             phase: o.phase,
             progress: o.progress,
             reason: o.reason.clone(),
+            stop_copy_us: None,
         })
     }
 

@@ -336,6 +336,7 @@ impl Driver for KvmDriver {
             phase: m.phase,
             progress: progress_of(m.progress),
             reason: m.reason,
+            stop_copy_us: m.stop_copy_us,
         })
     }
 

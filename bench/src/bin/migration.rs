@@ -13,7 +13,10 @@
 //! Downtime, as each reports it: the own VMM's runs from the pause at the source to the
 //! target's word that the guest runs there; QEMU's (`query-migrate`'s `downtime`) from
 //! the stop at the source to the last byte sent, without the target's resume, which
-//! under the qemu driver its host does after the commit. The `switch` column is the
+//! under the qemu driver its host does after the commit. `stop_copy` is QEMU's measure
+//! for both: from the pause to the last byte handed to the stream (for QEMU its
+//! downtime; for the own VMM the part of its downtime before the target builds and
+//! runs the guest). The `switch` column is the
 //! bench's own measure for both: from the copy being complete to the target listed
 //! running (for the own VMM it is part of its downtime; for QEMU it comes on top).
 //!
@@ -99,6 +102,8 @@ struct Run {
 
 struct Done {
     downtime_ms: f64,
+    /// From the pause to the last byte sent: QEMU's downtime, the own VMM's part of its own.
+    stop_copy_ms: f64,
     switch_ms: f64,
     total_ms: f64,
     rounds: u32,
@@ -122,10 +127,12 @@ fn migrate_once(
     let address = target.prepare_incoming(&incoming, IpAddr::from([127, 0, 0, 1]), "h1")?;
     let started = Instant::now();
     source.migrate_out(domain, &address, "h2", limits, now_ms())?;
-    loop {
+    let stop_copy_us = loop {
         let out = source.outgoing(domain, now_ms())?;
         match out.phase {
-            OutgoingPhase::AwaitingSwitch => break,
+            OutgoingPhase::AwaitingSwitch => {
+                break out.stop_copy_us.context("a complete copy without its stop-and-copy time")?
+            }
             OutgoingPhase::Failed | OutgoingPhase::Cancelled => bail!("the migration ended: {out:?}"),
             OutgoingPhase::Copying | OutgoingPhase::Completing => {}
         }
@@ -139,7 +146,7 @@ fn migrate_once(
             return Ok(Run { done: None, bytes_sent: out.progress.bytes_sent });
         }
         std::thread::sleep(Duration::from_micros(500));
-    }
+    };
     let complete = Instant::now();
     let progress = source.migrate_switch(domain)?;
     // The own VMM's target runs on its source's word; QEMU's waits for its host's resume.
@@ -157,6 +164,7 @@ fn migrate_once(
         bytes_sent: progress.bytes_sent,
         done: Some(Done {
             downtime_ms: downtime_ms as f64,
+            stop_copy_ms: stop_copy_us as f64 / 1e3,
             switch_ms,
             total_ms,
             rounds: progress.rounds,
@@ -182,7 +190,7 @@ fn main() -> anyhow::Result<()> {
     );
     let pki = testguest::certs::Pki::new();
     println!(
-        "driver  stream  size_mib  workload  downtime_ms_p50  downtime_ms_p99  switch_ms_p50  total_ms_p50  total_ms_p99  \
+        "driver  stream  size_mib  workload  downtime_ms_p50  downtime_ms_p99  stop_copy_ms_p50  switch_ms_p50  total_ms_p50  total_ms_p99  \
          mib_sent_p50  rounds_p50  throttle_p50  not_converged  failed"
     );
     for (name, stream) in args.only.split(',').flat_map(|n| args.streams.iter().map(move |s| (n, s.as_str())))
@@ -243,9 +251,10 @@ fn main() -> anyhow::Result<()> {
                 let downtime = || done.iter().map(|d| d.downtime_ms).collect::<Vec<_>>();
                 let total = || done.iter().map(|d| d.total_ms).collect::<Vec<_>>();
                 println!(
-                    "{name:<6}  {stream:<6}  {mib:>8}  {workload:<8}  {:>15}  {:>15}  {:>13}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>5}/{}  {failed:>6}",
+                    "{name:<6}  {stream:<6}  {mib:>8}  {workload:<8}  {:>15}  {:>15}  {:>16}  {:>13}  {:>12}  {:>12}  {:>12}  {:>10}  {:>12}  {:>5}/{}  {failed:>6}",
                     cell(downtime(), |p| p.0),
                     cell(downtime(), |p| p.1),
+                    cell(done.iter().map(|d| d.stop_copy_ms).collect(), |p| p.0),
                     cell(done.iter().map(|d| d.switch_ms).collect(), |p| p.0),
                     cell(total(), |p| p.0),
                     cell(total(), |p| p.1),

@@ -281,7 +281,12 @@ pub fn outgoing(dir: &Path) -> Result<Outgoing, String> {
     };
     let reason = (phase == OutgoingPhase::Failed)
         .then(|| info.error_desc.clone().unwrap_or_else(|| "QEMU's migration failed".into()));
-    Ok(Outgoing { address, phase, progress: progress(&info), reason })
+    // QEMU's downtime is its stop-and-copy: from the stop to the last byte sent.
+    let stop_copy_us = info
+        .downtime
+        .filter(|_| phase == OutgoingPhase::AwaitingSwitch)
+        .map(|ms| unsigned(Some(ms)).saturating_mul(1000));
+    Ok(Outgoing { address, phase, progress: progress(&info), reason, stop_copy_us })
 }
 
 /// The final numbers of the completed outgoing migration of QEMU `dir`; the caller then

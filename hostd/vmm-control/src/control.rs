@@ -175,6 +175,12 @@ pub struct OutgoingStatus {
     pub progress: MigrationProgress,
     /// Why it failed.
     pub reason: Option<String>,
+    /// Once the copy is complete: from the pause to the last byte of the VM's state
+    /// handed to the stream, in microseconds. QEMU's `downtime` measures this; the
+    /// whole pause ([`MigrationProgress::downtime_ms`]) also counts the target's build
+    /// and resume.
+    #[serde(default)]
+    pub stop_copy_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

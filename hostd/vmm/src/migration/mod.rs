@@ -5,8 +5,9 @@
 //! - The source ([`send`]) enables KVM's dirty-page log and clears the VMM's own record of
 //!   its writes (the memory's bitmap, [`crate::memory`]); round 0 sends every page that is
 //!   not all zeros, each later round the pages either log marked since the round before.
-//!   Once what is left would take no more than half the downtime budget at the link rate
-//!   measured so far, it pauses the VM, locks the devices, sends the last pages and the VM's
+//!   Once what is left would take no more than a sixteenth of the downtime budget at the
+//!   link rate measured so far (or half of it, once more rounds cannot shrink it), it
+//!   pauses the VM, locks the devices, sends the last pages and the VM's
 //!   state (the snapshot's [`crate::snapshot::VmState`]), flushes the writable disks
 //!   (they are on storage both hosts share) and waits for the target's word that it holds
 //!   the VM. When the guest dirties memory faster than the rounds shrink, its vCPUs are

@@ -28,6 +28,13 @@ const CONVERGING_TENTHS: u64 = 9;
 /// The share of the downtime budget the final copy of memory may take; the rest is for
 /// the device state, building the target and the cluster's commit.
 const COPY_SHARE_OF_DOWNTIME: u64 = 2;
+/// The final copy the rounds aim at first, as a share of the budget (3 ms of 50): the
+/// budget is the longest pause allowed, not the pause to settle for while more rounds
+/// (and the throttle) still shrink the rest.
+const AIM_SHARE_OF_DOWNTIME: u64 = 16;
+/// Rounds after the first full copy spent aiming below the budget's share; after them a
+/// rest that fits [`COPY_SHARE_OF_DOWNTIME`] switches over.
+const AIMING_ROUNDS_MAX: u32 = 10;
 /// How long a source whose stream broke looks for the target's reason.
 const REFUSAL_WAIT_MS: u64 = 500;
 /// The send buffer in front of the socket.
@@ -106,6 +113,7 @@ impl Outgoing {
                 phase: OutgoingPhase::Copying,
                 progress: MigrationProgress::default(),
                 reason: None,
+                stop_copy_us: None,
             }),
             cancel: AtomicBool::new(false),
             stream: Mutex::new(None),
@@ -521,17 +529,23 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Re
             p.expected_downtime_ms = expected_ms;
             p.throttle_percent = throttle;
         });
-        // A budget of 0 never switches over: the copy goes on until cancelled. The
-        // limits are read anew each round (an operator may change them).
+        // The limits are read anew each round (an operator may change them).
         let limits = *locked(&shared.limits);
-        if limits.max_downtime_ms > 0 && expected_ms <= limits.max_downtime_ms / COPY_SHARE_OF_DOWNTIME {
-            break dirty;
-        }
         let throttle_max = limits.throttle_max_percent.min(crate::vm::THROTTLE_PERCENT_MAX);
-        if rounds >= 2
-            && throttle < throttle_max
-            && dirty_bytes * 10 >= previous_dirty.saturating_mul(CONVERGING_TENTHS)
-        {
+        let shrinking = dirty_bytes * 10 < previous_dirty.saturating_mul(CONVERGING_TENTHS);
+        // A budget of 0 never switches over: the copy goes on until cancelled. A rest
+        // within the aim switches over at once; one within the budget's share once more
+        // rounds cannot shrink it: the throttle is all it may be and the last round did
+        // not, or the rounds spent aiming are spent.
+        if limits.max_downtime_ms > 0 {
+            let settled = rounds > AIMING_ROUNDS_MAX || (!shrinking && throttle >= throttle_max);
+            if expected_ms <= limits.max_downtime_ms / AIM_SHARE_OF_DOWNTIME
+                || (settled && expected_ms <= limits.max_downtime_ms / COPY_SHARE_OF_DOWNTIME)
+            {
+                break dirty;
+            }
+        }
+        if rounds >= 2 && throttle < throttle_max && !shrinking {
             // Not shrinking: slow the guest down (auto-converge).
             throttle = if throttle == 0 {
                 THROTTLE_FIRST_PERCENT
@@ -580,6 +594,8 @@ fn copy_rounds(vm: &Arc<Vm>, shared: &Shared, out: &mut BufWriter<Stream>) -> Re
             .map_err(|e| MigrationError::Failed(format!("encoding the VM's state: {e}")))?;
         wire::write_frame(sender.out, Tag::State, &json)?;
         sender.out.flush()?;
+        let stop_copy = locked(&shared.paused_at).map(|t| t.elapsed().as_micros() as u64);
+        locked(&shared.status).stop_copy_us = stop_copy;
         // The target builds the VM now: a window's worth of credit for its answer.
         shared.advance(ADVANCE_PER_WINDOW_MIN);
         sender.bytes += json.len() as u64 + 5;
