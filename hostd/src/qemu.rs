@@ -36,7 +36,7 @@ use std::io::{BufRead, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use controlplane::model::ObservedPhase;
 use qapi::{qmp, Qmp};
@@ -137,6 +137,9 @@ pub struct QemuDriver {
     vms: BTreeMap<String, VmProcess>,
     /// Lease guards this driver started, reaped once they end.
     guards: Vec<std::process::Child>,
+    /// The outgoing copies under way, by domain, as this driver watches them (QEMU's
+    /// own has no time limit: `migration::CopyWatch`).
+    copies: BTreeMap<String, migration::CopyWatch>,
 }
 
 /// How many times a QMP connection is opened for one call: QEMU serves one client at a
@@ -226,7 +229,8 @@ impl QemuDriver {
             reason: format!("{}: {e}", config.run_dir.display()),
         })?;
         let accel = config.accel.resolve();
-        let mut driver = QemuDriver { config, accel, vms: BTreeMap::new(), guards: Vec::new() };
+        let mut driver =
+            QemuDriver { config, accel, vms: BTreeMap::new(), guards: Vec::new(), copies: BTreeMap::new() };
         for (dir, record) in vm_dir::recorded(&driver.config.run_dir) {
             match qmp_call(&dir, &qmp::query_status {}) {
                 Ok(_) => info!(domain = %record.domain, pid = record.pid, "re-adopted a running QEMU"),
@@ -564,7 +568,9 @@ impl Driver for QemuDriver {
             domain: domain.to_owned(),
             action: "start a live migration",
             reason,
-        })
+        })?;
+        self.copies.insert(domain.to_owned(), migration::CopyWatch::new(Instant::now()));
+        Ok(())
     }
 
     fn migrate_limits(
@@ -581,12 +587,15 @@ impl Driver for QemuDriver {
     }
 
     fn outgoing(&mut self, domain: &str, _now_ms: u64) -> Result<crate::driver::Outgoing, DriverError> {
-        let vm = self.vm(domain)?;
-        migration::outgoing(&vm.dir).map_err(|reason| DriverError::Failed {
-            domain: domain.to_owned(),
-            action: "live-migrate",
-            reason,
-        })
+        let failed =
+            |reason| DriverError::Failed { domain: domain.to_owned(), action: "live-migrate", reason };
+        let dir = self.vm(domain)?.dir.clone();
+        let mut out = migration::outgoing(&dir).map_err(failed)?;
+        // A hostd that restarted mid-copy watches it from now on.
+        let now = Instant::now();
+        let watch = self.copies.entry(domain.to_owned()).or_insert_with(|| migration::CopyWatch::new(now));
+        watch.look(&dir, &mut out, now).map_err(failed)?;
+        Ok(out)
     }
 
     /// The target QEMU holds the whole VM: this one ends (the target's host resumes its
@@ -597,6 +606,7 @@ impl Driver for QemuDriver {
     ) -> Result<controlplane::model::MigrationProgress, DriverError> {
         let failed =
             |reason: String| DriverError::Failed { domain: domain.to_owned(), action: "switch over", reason };
+        self.copies.remove(domain);
         let vm = self.vm(domain)?;
         let progress = migration::finished(&vm.dir).map_err(failed)?;
         let to = migration::target(&vm.dir).map_or_else(String::new, |(address, _)| address);
@@ -611,6 +621,7 @@ impl Driver for QemuDriver {
     }
 
     fn migrate_cancel(&mut self, domain: &str) -> Result<(), DriverError> {
+        self.copies.remove(domain);
         let vm = self.vm(domain)?;
         migration::cancel(&vm.dir).map_err(|reason| DriverError::Failed {
             domain: domain.to_owned(),
@@ -675,6 +686,7 @@ impl Driver for QemuDriver {
     }
 
     fn remove(&mut self, domain: &str) {
+        self.copies.remove(domain);
         if let Some(vm) = self.vms.remove(domain) {
             vm.forget();
         }

@@ -1182,3 +1182,64 @@ fn the_qemu_driver_live_migrates_the_linux_guest_to_another_qemu() {
         || console(&to),
     );
 }
+
+/// QEMU's own migration has no time limit: over a link that drops every packet and sends
+/// no reset, its copy would wait for ever. The qemu driver watches it as the own VMM
+/// watches its own copy: one that all but stands still for 30 s is cancelled and reported
+/// failed with why, and the guest counts on at its source. The test guest rewrites 16 MiB
+/// as fast as it can under a pause budget of 0 (never switch over), and a relay between
+/// the two QEMUs black-holes the stream mid-copy.
+#[test]
+fn a_qemu_copy_over_a_black_holed_link_fails_and_the_guest_runs_on_at_its_source() {
+    use hostd::driver::{ConvergeLimits, OutgoingPhase};
+    qemu_present();
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+    let _from_vms = KillVmsOnDrop(from.clone());
+    let _to_vms = KillVmsOnDrop(to.clone());
+    let mut source = QemuDriver::new(QemuConfig::new(from.clone())).unwrap();
+    let mut target = QemuDriver::new(QemuConfig::new(to.clone())).unwrap();
+    let kernel = write_test_guest(dir.path());
+    let guest =
+        VmSpec { memory_mib: 64, ..spec("stall", 1, &kernel, "drover.tick_ms=1 drover.dirty_mib=16") };
+    let console = || std::fs::read_to_string(from.join("stall/console.log")).unwrap_or_default();
+    let last_tick = || testguest::ticks(&console()).last().copied().unwrap_or(0);
+    let within = Duration::from_secs(60);
+    source.start(&guest, 0).unwrap();
+    wait_for("the guest counting", within, || last_tick() >= 3, console);
+    let mut incoming = guest.clone();
+    incoming.generation = 2;
+    let address = target.prepare_incoming(&incoming, "127.0.0.1".parse().unwrap(), "h1").unwrap();
+    let relay = testguest::relay::Relay::to(&address);
+    // A pause budget of 0 never switches over: the copy goes on until it ends otherwise.
+    let limits = ConvergeLimits { max_downtime_ms: 0, throttle_max_percent: 0 };
+    source.migrate_out("stall", &relay.address, "h2", limits, now_ms()).unwrap();
+    let sent = |source: &mut QemuDriver| source.outgoing("stall", now_ms()).unwrap().progress.bytes_sent;
+    wait_for("the copy under way", within, || sent(&mut source) > 8 << 20, console);
+
+    relay.black_hole();
+    let holed = Instant::now();
+    let deadline = holed + Duration::from_secs(90);
+    let failed = loop {
+        let out = source.outgoing("stall", now_ms()).unwrap();
+        match out.phase {
+            OutgoingPhase::Failed => break out,
+            OutgoingPhase::Copying | OutgoingPhase::Completing => {}
+            _ => panic!("the copy ended otherwise: {out:?}"),
+        }
+        assert!(Instant::now() < deadline, "the copy over the black hole never gave up: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let reason = failed.reason.clone().unwrap_or_default();
+    assert!(reason.contains("stood still for 30 s"), "{failed:?}");
+    assert!(holed.elapsed() >= Duration::from_secs(15), "it gave up before it stood still: {failed:?}");
+    // Its host rolls the migration back: the guest counts on at its source.
+    source.migrate_cancel("stall").unwrap();
+    assert_eq!(source.list(now_ms())["stall"].phase, ObservedPhase::Running);
+    let at = last_tick();
+    wait_for("counting on at the source", within, || last_tick() >= at + 20, console);
+    target.destroy("stall", 0).unwrap();
+    wait_ended(&mut target, "stall");
+    source.destroy("stall", 0).unwrap();
+    wait_ended(&mut source, "stall");
+}

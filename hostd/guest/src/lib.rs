@@ -9,10 +9,12 @@
 //! commands are listed at the top of `guest.c`.
 //!
 //! It also holds what the tests that boot it share: the helper that builds the binaries
-//! they run ([`cargo_from_a_test`]) and a test CA for their TLS ([`certs`]).
+//! they run ([`cargo_from_a_test`]), a test CA for their TLS ([`certs`]) and a TCP relay
+//! that black-holes a migration's link ([`relay`]).
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod relay;
 
 /// The ELF image.
 pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/drover-test-guest.elf"));

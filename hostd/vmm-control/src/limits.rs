@@ -15,3 +15,10 @@ pub const CMDLINE_BYTES_MAX: usize = 4095;
 pub const DISKS_MAX: usize = 8;
 /// NICs (virtio-net devices) per VM: one MMIO window and interrupt line each.
 pub const NICS_MAX: usize = 8;
+/// How long a live migration's pre-copy may go on before its source gives up (the VM
+/// runs on there): the own VMM's copy, and QEMU's as hostd's qemu driver watches it.
+pub const MIGRATION_COPY_TIMEOUT_MS: u64 = 120_000;
+/// How long a live migration's copy may all but stand still (a target that stopped
+/// reading, a link that drops every packet and sends no reset) before its source cuts
+/// it; the own VMM also waits this long for the target's answers.
+pub const MIGRATION_STALL_MS: u64 = 30_000;

@@ -32,10 +32,10 @@ pub mod tls;
 pub mod wire;
 
 /// How long pre-copy may go on before the migration gives up (the VM runs on here).
-pub const COPY_TIMEOUT_MS: u64 = 120_000;
+pub const COPY_TIMEOUT_MS: u64 = vmm_control::limits::MIGRATION_COPY_TIMEOUT_MS;
 /// How long the source waits for the target to connect, answer, or build the VM, and how
 /// long a copy may all but stand still before the source's watchdog cuts it.
-pub const ANSWER_TIMEOUT_MS: u64 = 30_000;
+pub const ANSWER_TIMEOUT_MS: u64 = vmm_control::limits::MIGRATION_STALL_MS;
 /// How long an incoming VMM waits for its source to connect.
 pub const ACCEPT_TIMEOUT_MS: u64 = 60_000;
 
