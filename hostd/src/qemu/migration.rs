@@ -15,7 +15,8 @@
 //!   last copy by itself and ends in `completed` with the guest paused (`postmigrate`):
 //!   that is [`OutgoingPhase::AwaitingSwitch`]. The switch ends the QEMU here (the
 //!   target's host resumes its own); a cancel before that is `migrate_cancel` (QEMU
-//!   resumes the guest itself), after it a `cont`, which takes the disks back.
+//!   resumes the guest itself), after it a `cont`, which takes the disks back. QEMU's
+//!   copy has no time limit: the driver holds it to the own VMM's ([`CopyWatch`]).
 //!
 //! **TLS.** Where the host has TLS files, every QEMU it starts gets `tls-creds-x509`
 //! credentials made of them on its command line ([`tls_args`]: the host's `ca.pem`,
