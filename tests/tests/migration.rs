@@ -6,7 +6,8 @@
 //! clear and with the replicas, the CLI, the hosts and the stream over mutual TLS; an aborted
 //! migration leaves the guest running on its source and removes the target's incoming
 //! VM; `drover host drain` moves the guest live; a source SIGKILLed right after the
-//! commit leaves the guest on its target, untouched when HA fences the source; a copy
+//! commit leaves the guest on its target, untouched when HA fences the source; a target
+//! SIGKILLed mid-copy rolls the migration back and leaves the guest on its source; a copy
 //! outlives the leader's SIGKILL and commits once the operator allows a longer pause,
 //! and a source hostd SIGKILLed mid-copy is taken up by the next one.
 //! Where /dev/kvm is missing the own VMM's tests say so and return.
@@ -528,6 +529,38 @@ async fn a_link_cut_mid_copy_rolls_the_migration_back_and_the_guest_runs_on() {
     let done = json(&c.cli, &["domain", "migrate", "web", "--to", "h2", "--max-downtime-ms", "60000"])
         .expect("migrated");
     assert_eq!(done["phase"], "committed", "{done}");
+}
+
+/// SIGKILL of the target host (its hostd and its incoming VM) mid-copy: the source's
+/// stream breaks, the migration rolls back with the reason and releases its reservation
+/// on h2, and the guest counts on on its source as the same run. HA then fences the dead
+/// target and leaves the domain, which never ran there, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_killed_mid_copy_rolls_the_migration_back_and_the_guest_runs_on() {
+    if !kvm_present() {
+        return;
+    }
+    // The replica's default leases: h2 is fenced a few seconds after it dies.
+    let mut c = TwoHosts::start_with("kvm", NEVER_SWITCHES, &[]).await;
+    let (before, id) = c.start_endless_copy().await;
+    c.sigkill_host("h2");
+    let ended = wait_for("the migration to roll back", Duration::from_secs(60), || async {
+        c.migration(id).filter(|m| m["phase"] == "rolled-back" || m["phase"] == "committed")
+    })
+    .await;
+    assert_eq!(ended["phase"], "rolled-back", "{ended}");
+    assert!(!ended["reason"].as_str().unwrap_or_default().is_empty(), "{ended}");
+    eprintln!("rolled back: {ended}");
+    c.runs_on_at_the_source(&before).await;
+    wait_for("h2 to be fenced", Duration::from_secs(30), || async {
+        (c.host_state("h2").as_deref() == Some("fenced")).then_some(())
+    })
+    .await;
+    let hosts = json(&c.cli, &["host", "list"]).unwrap();
+    let h2 = hosts.as_array().unwrap().iter().find(|h| h["name"] == "h2").unwrap();
+    assert_eq!(h2["domains"], serde_json::json!([]), "the reservation on h2 is left: {hosts}");
+    // Still the same run on h1, counting, after the fence.
+    c.runs_on_at_the_source(&before).await;
 }
 
 /// `drover host drain` moves a running guest live: the drain's migration commits, the
