@@ -52,7 +52,9 @@ use serde::{Deserialize, Serialize};
 use super::qmp_call;
 
 use crate::driver::{ConvergeLimits, Outgoing, OutgoingPhase};
-use vmm_control::limits::{MIGRATION_COPY_TIMEOUT_MS, MIGRATION_STALL_MS};
+use vmm_control::limits::{
+    migration_stalled, MIGRATION_COPY_TIMEOUT_MS, MIGRATION_STALL_ADVANCE_MIN_BYTES, MIGRATION_STALL_MS,
+};
 
 /// The file in a VM's directory that names the target of its outgoing migration.
 pub const OUTGOING_FILE: &str = "migration-out";
@@ -67,9 +69,6 @@ const TLS_SERVER_ID: &str = "drover-migration-tls-server";
 const TLS_AUTHZ_ID: &str = "drover-migration-peer";
 /// How long a cancel may take to bring the guest back.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
-/// The least QEMU's copy must move in every [`MIGRATION_STALL_MS`] ([`CopyWatch`]): 8 MiB,
-/// about what the own VMM's watchdog asks (8 frames' worth of pages).
-const STALL_ADVANCE_MIN_BYTES: u64 = 8 << 20;
 
 /// `query-migrate`, with only the fields Drover reads, each optional: QEMU versions
 /// differ in which they send (the `qapi` crate's own type requires some that QEMU 7.2
@@ -297,13 +296,13 @@ pub fn outgoing(dir: &Path) -> Result<Outgoing, String> {
 /// What the driver watches of an outgoing QEMU copy, which has neither a time limit nor
 /// a stall detector of its own: over a link that drops every packet it would wait for
 /// ever. The own VMM's limits hold for it too: a copy still going after
-/// [`MIGRATION_COPY_TIMEOUT_MS`], or one that moved less than [`STALL_ADVANCE_MIN_BYTES`]
-/// in [`MIGRATION_STALL_MS`], is cancelled (QEMU resumes the guest here) and reported
-/// failed with why. It sees only what [`outgoing`] reads, as often as the caller looks.
+/// [`MIGRATION_COPY_TIMEOUT_MS`], or one that moved less than
+/// [`MIGRATION_STALL_ADVANCE_MIN_BYTES`] in [`MIGRATION_STALL_MS`], is cancelled (QEMU
+/// resumes the guest here) and reported failed with why. It sees only what [`outgoing`] reads, as often as the caller looks.
 #[derive(Debug)]
 pub struct CopyWatch {
     started: Instant,
-    /// When the copy last moved [`STALL_ADVANCE_MIN_BYTES`], and its bytes then.
+    /// When the copy last moved [`MIGRATION_STALL_ADVANCE_MIN_BYTES`], and its bytes then.
     mark: (Instant, u64),
     /// Why the copy was given up.
     gave_up: Option<String>,
@@ -320,17 +319,14 @@ impl CopyWatch {
         let copying = matches!(out.phase, OutgoingPhase::Copying | OutgoingPhase::Completing);
         if self.gave_up.is_none() && copying {
             let bytes = out.progress.bytes_sent;
-            if bytes >= self.mark.1.saturating_add(STALL_ADVANCE_MIN_BYTES) {
+            if bytes >= self.mark.1.saturating_add(MIGRATION_STALL_ADVANCE_MIN_BYTES) {
                 self.mark = (now, bytes);
             }
             let reason =
                 if now.duration_since(self.started) >= Duration::from_millis(MIGRATION_COPY_TIMEOUT_MS) {
                     Some(format!("pre-copy did not converge within {MIGRATION_COPY_TIMEOUT_MS} ms"))
                 } else if now.duration_since(self.mark.0) >= Duration::from_millis(MIGRATION_STALL_MS) {
-                    Some(format!(
-                        "migration stream: the copy stood still for {} s (the link or the target stalled)",
-                        MIGRATION_STALL_MS / 1000
-                    ))
+                    Some(migration_stalled())
                 } else {
                     None
                 };

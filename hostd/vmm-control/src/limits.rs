@@ -22,3 +22,16 @@ pub const MIGRATION_COPY_TIMEOUT_MS: u64 = 120_000;
 /// reading, a link that drops every packet and sends no reset) before its source cuts
 /// it; the own VMM also waits this long for the target's answers.
 pub const MIGRATION_STALL_MS: u64 = 30_000;
+/// The least a live migration's copy must move in every [`MIGRATION_STALL_MS`] (about
+/// 280 KB/s); less is a stall: a link or target that lets a little through now and then
+/// would otherwise hold the copy for ever.
+pub const MIGRATION_STALL_ADVANCE_MIN_BYTES: u64 = 8 << 20;
+
+/// Why a migration whose copy stalled ([`MIGRATION_STALL_MS`]) failed, as either source
+/// says it.
+pub fn migration_stalled() -> String {
+    format!(
+        "migration stream: the copy stood still for {} s (the link or the target stalled)",
+        MIGRATION_STALL_MS / 1000
+    )
+}

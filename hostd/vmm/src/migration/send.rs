@@ -42,9 +42,11 @@ const BUFFER_BYTES: usize = 1 << 20;
 /// How often the watchdog looks whether the copy still advances.
 const WATCH_INTERVAL_MS: u64 = 500;
 /// The least a copy must advance in each [`ANSWER_TIMEOUT_MS`], in frames' worth of pages
-/// (sent, or looked at): about 280 KB/s. Less is a stall: a link or target that lets a
-/// frame through now and then would otherwise hold the copy for ever.
-const ADVANCE_PER_WINDOW_MIN: u64 = 8;
+/// (sent, or looked at): the cluster's least advance
+/// ([`vmm_control::limits::MIGRATION_STALL_ADVANCE_MIN_BYTES`]) in whole frames.
+const ADVANCE_PER_WINDOW_MIN: u64 =
+    vmm_control::limits::MIGRATION_STALL_ADVANCE_MIN_BYTES / (PAGES_PER_FRAME_MAX * PAGE_BYTES) as u64;
+const _: () = assert!(ADVANCE_PER_WINDOW_MIN >= 1, "a stall is less than a frame's worth");
 
 /// An outgoing live migration of this VMM's VM.
 pub struct Outgoing {
@@ -130,10 +132,9 @@ impl Outgoing {
             let result = copy(&vm, &s);
             let result = match result {
                 // The watchdog's cut: say why, not what the cut socket said.
-                Err(_) if s.stalled.load(Ordering::SeqCst) => Err(MigrationError::Failed(format!(
-                    "migration stream: the copy stood still for {} s (the link or the target stalled)",
-                    ANSWER_TIMEOUT_MS / 1000
-                ))),
+                Err(_) if s.stalled.load(Ordering::SeqCst) => {
+                    Err(MigrationError::Failed(vmm_control::limits::migration_stalled()))
+                }
                 other => other,
             };
             if let Err(e) = result {
